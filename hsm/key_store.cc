@@ -1,0 +1,715 @@
+#include "hsm/key_store.h"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "hsm/attributes.h"
+#include "hsm/ckr.h"
+#include "hsm/digest.h"
+
+namespace signet::hsm {
+namespace {
+
+constexpr absl::string_view kLabelPrefix = "signet:";
+constexpr absl::string_view kRecordApplication = "signet-record";
+constexpr size_t kKeyIdBytes = 16;
+constexpr size_t kMaxRecordBytes = 16 * 1024;
+constexpr size_t kGenerationHeader = 8;
+// Admin-path operations (generate, load, records) wait this long for a
+// session; signing uses the caller's deadline.
+constexpr absl::Duration kAdminWait = absl::Seconds(30);
+constexpr int kReadAttempts = 4;
+
+std::string Hex(absl::string_view id) { return absl::BytesToHexString(id); }
+
+// SoftHSM's file token answers transient errors to one instance while
+// another writes (design.md): retry reads a bounded number of times.
+template <typename F>
+CK_RV RetryRead(F&& call) {
+  CK_RV rv = CKR_OK;
+  for (int attempt = 0; attempt < kReadAttempts; ++attempt) {
+    rv = call();
+    if (!IsTransientReadError(rv)) return rv;
+    absl::SleepFor(absl::Milliseconds(10 << attempt));
+  }
+  return rv;
+}
+
+absl::Status Unfit(absl::string_view key_id, absl::string_view check) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("key ", Hex(key_id), " refused: ", check));
+}
+
+// Reads one attribute into a preallocated buffer of `capacity` bytes (never a
+// NULL size query: through p11-kit-client those can answer CKR_DEVICE_ERROR).
+absl::StatusOr<std::string> ReadAttribute(SessionPool::Lease& lease,
+                                          CK_OBJECT_HANDLE object,
+                                          CK_ATTRIBUTE_TYPE type,
+                                          size_t capacity,
+                                          absl::string_view what) {
+  std::string buf(capacity, '\0');
+  CK_ATTRIBUTE attr = {type, buf.data(), static_cast<CK_ULONG>(buf.size())};
+  CK_RV rv = RetryRead([&] {
+    attr.ulValueLen = static_cast<CK_ULONG>(buf.size());
+    return lease.api().GetAttributeValue(lease.session(), object, &attr, 1);
+  });
+  absl::Status st = lease.Check(rv, absl::StrCat("C_GetAttributeValue(", what,
+                                                 ")"));
+  if (!st.ok()) return st;
+  if (attr.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+      attr.ulValueLen > buf.size()) {
+    return absl::InternalError(
+        absl::StrCat("C_GetAttributeValue(", what, "): no value"));
+  }
+  buf.resize(attr.ulValueLen);
+  return buf;
+}
+
+absl::StatusOr<bool> ReadBool(SessionPool::Lease& lease, CK_OBJECT_HANDLE o,
+                              CK_ATTRIBUTE_TYPE type, absl::string_view what) {
+  absl::StatusOr<std::string> v = ReadAttribute(lease, o, type, 1, what);
+  if (!v.ok()) return v.status();
+  if (v->size() != 1) {
+    return absl::InternalError(absl::StrCat(what, " is not a CK_BBOOL"));
+  }
+  return (*v)[0] != 0;
+}
+
+absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> Find(SessionPool::Lease& lease,
+                                                   AttributeTemplate& templ) {
+  std::vector<CK_OBJECT_HANDLE> found;
+  CK_RV rv = RetryRead([&] {
+    return lease.api().FindObjects(lease.session(), templ.data(), templ.size(),
+                                   &found);
+  });
+  absl::Status st = lease.Check(rv, "C_FindObjects");
+  if (!st.ok()) return st;
+  return found;
+}
+
+absl::StatusOr<CK_OBJECT_HANDLE> FindOne(SessionPool::Lease& lease,
+                                         CK_OBJECT_CLASS cls,
+                                         absl::string_view key_id) {
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, cls).Bytes(CKA_ID, key_id);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
+  if (!found.ok()) return found.status();
+  const char* kind = cls == CKO_PRIVATE_KEY ? "private" : "public";
+  if (found->empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("no ", kind, " key with id ", Hex(key_id), " in the token"));
+  }
+  if (found->size() > 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        found->size(), " ", kind, " keys share id ", Hex(key_id),
+        "; refusing an ambiguous key"));
+  }
+  return found->front();
+}
+
+uint64_t DecodeGeneration(absl::string_view header) {
+  uint64_t g = 0;
+  for (size_t i = 0; i < kGenerationHeader; ++i) {
+    g = (g << 8) | static_cast<unsigned char>(header[i]);
+  }
+  return g;
+}
+
+std::string EncodeGeneration(uint64_t g) {
+  std::string out(kGenerationHeader, '\0');
+  for (int i = kGenerationHeader - 1; i >= 0; --i) {
+    out[i] = static_cast<char>(g & 0xff);
+    g >>= 8;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Pkcs11KeyStore::LabelFor(absl::string_view key_id) {
+  return absl::StrCat(kLabelPrefix, Hex(key_id));
+}
+
+absl::StatusOr<SessionPool::Lease> Pkcs11KeyStore::AcquireForAdmin() {
+  return pool_->Acquire(absl::Now() + kAdminWait);
+}
+
+absl::Status Pkcs11KeyStore::CheckAlgorithmSupported(const KeySpec& spec) {
+  absl::Status valid = ValidateKeySpec(spec);
+  if (!valid.ok()) return valid;
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  std::vector<CK_MECHANISM_TYPE> mechs;
+  absl::Status st = lease->Check(
+      lease->api().GetMechanismList(lease->connection().slot(), &mechs),
+      "C_GetMechanismList");
+  if (!st.ok()) return st;
+  const int bits = IsEcdsa(spec.algorithm)
+                       ? static_cast<int>(DigestLength(spec.algorithm) * 8)
+                       : spec.rsa_bits;
+  for (CK_MECHANISM_TYPE needed :
+       {KeyGenMechanism(spec.algorithm), SignMechanism(spec.algorithm)}) {
+    if (std::find(mechs.begin(), mechs.end(), needed) == mechs.end()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "the HSM cannot do ", AlgorithmName(spec.algorithm),
+          ": mechanism 0x", absl::Hex(needed), " is not in its mechanism list"));
+    }
+    CK_MECHANISM_INFO info;
+    st = lease->Check(lease->api().GetMechanismInfo(lease->connection().slot(),
+                                                    needed, &info),
+                      "C_GetMechanismInfo");
+    if (!st.ok()) return st;
+    const bool is_sign = needed == SignMechanism(spec.algorithm);
+    if (is_sign && (info.flags & CKF_SIGN) == 0) {
+      return absl::UnimplementedError(absl::StrCat(
+          "the HSM cannot sign with ", AlgorithmName(spec.algorithm)));
+    }
+    if (bits < static_cast<int>(info.ulMinKeySize) ||
+        bits > static_cast<int>(info.ulMaxKeySize)) {
+      return absl::UnimplementedError(absl::StrCat(
+          "the HSM cannot do ", AlgorithmName(spec.algorithm), " with ", bits,
+          "-bit keys (it supports ", info.ulMinKeySize, " to ",
+          info.ulMaxKeySize, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
+    const KeySpec& spec) {
+  absl::Status valid = ValidateKeySpec(spec);
+  if (!valid.ok()) return valid;
+  std::string key_id(kKeyIdBytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(key_id.data()),
+                 key_id.size()) != 1) {
+    return absl::InternalError("RAND_bytes failed for a key id");
+  }
+  const std::string label = LabelFor(key_id);
+  const CK_MECHANISM_TYPE allowed = SignMechanism(spec.algorithm);
+
+  AttributeTemplate pub;
+  pub.Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, false)
+      .Bool(CKA_VERIFY, true)
+      .Bool(CKA_ENCRYPT, false)
+      .Bool(CKA_WRAP, false)
+      .Bool(CKA_VERIFY_RECOVER, false)
+      .Bool(CKA_DERIVE, false)
+      .Bool(CKA_MODIFIABLE, false)
+      .Bytes(CKA_ID, key_id)
+      .Bytes(CKA_LABEL, label);
+  if (IsEcdsa(spec.algorithm)) {
+    pub.Bytes(CKA_EC_PARAMS, EcParamsDer(spec.algorithm));
+  } else {
+    pub.Ulong(CKA_MODULUS_BITS, spec.rsa_bits)
+        .Bytes(CKA_PUBLIC_EXPONENT, absl::string_view("\x01\x00\x01", 3));
+  }
+  AttributeTemplate priv;
+  priv.Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, false)
+      .Bool(CKA_MODIFIABLE, false)
+      .Bool(CKA_COPYABLE, false)
+      .Bool(CKA_SIGN, true)
+      .Bool(CKA_SIGN_RECOVER, false)
+      .Bool(CKA_DECRYPT, false)
+      .Bool(CKA_UNWRAP, false)
+      .Bool(CKA_DERIVE, false)
+      .Bytes(CKA_ID, key_id)
+      .Bytes(CKA_LABEL, label)
+      .Bytes(CKA_ALLOWED_MECHANISMS,
+             absl::string_view(reinterpret_cast<const char*>(&allowed),
+                               sizeof(allowed)));
+  CK_MECHANISM mech = {KeyGenMechanism(spec.algorithm), nullptr, 0};
+
+  absl::MutexLock writer(&writer_mu_);
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  // Search before writing, on the same session. Each connection is its own
+  // SoftHSM instance, and an instance that writes without having read since
+  // another instance's write never sees that other write (SoftHSM 2.6.1
+  // Generation::commit takes the on-disk counter + 1 as its own): the
+  // search makes it re-read the token first. It doubles as a uniqueness
+  // check of the new CKA_ID.
+  AttributeTemplate same_id;
+  same_id.Bytes(CKA_ID, key_id);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> clash = Find(*lease, same_id);
+  if (!clash.ok()) return clash.status();
+  if (!clash->empty()) {
+    return absl::InternalError("a fresh random key id is already in use");
+  }
+  CK_OBJECT_HANDLE pub_handle = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE priv_handle = CK_INVALID_HANDLE;
+  absl::Status st = lease->Check(
+      lease->api().GenerateKeyPair(lease->session(), &mech, pub.data(),
+                                   pub.size(), priv.data(), priv.size(),
+                                   &pub_handle, &priv_handle),
+      absl::StrCat("C_GenerateKeyPair(", AlgorithmName(spec.algorithm), ")"));
+  if (!st.ok()) return st;
+  lease->connection().CacheHandle(key_id, priv_handle);
+  return key_id;
+}
+
+absl::StatusOr<CK_OBJECT_HANDLE> Pkcs11KeyStore::PrivateHandleFor(
+    SessionPool::Lease& lease, absl::string_view key_id) {
+  std::optional<CK_OBJECT_HANDLE> cached =
+      lease.connection().CachedHandle(key_id);
+  if (cached) return *cached;
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
+  if (!found.ok()) return found.status();
+  std::optional<CK_OBJECT_HANDLE> wanted;
+  absl::flat_hash_map<std::string, CK_OBJECT_HANDLE> by_id;
+  absl::flat_hash_set<std::string> ambiguous;
+  for (CK_OBJECT_HANDLE h : *found) {
+    absl::StatusOr<std::string> id = ReadAttribute(lease, h, CKA_ID, 256,
+                                                   "CKA_ID");
+    if (!id.ok()) {
+      if (id.status().code() == absl::StatusCode::kUnavailable) {
+        return id.status();
+      }
+      continue;  // a key without an id is not one of ours
+    }
+    if (!by_id.emplace(*id, h).second) ambiguous.insert(*id);
+  }
+  // Two private keys with one CKA_ID: cache neither, sign with neither.
+  for (const auto& [id, h] : by_id) {
+    if (ambiguous.contains(id)) {
+      lease.connection().DropHandles(id);
+      continue;
+    }
+    lease.connection().CacheHandle(id, h);
+    if (id == key_id) wanted = h;
+  }
+  if (ambiguous.contains(key_id)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "several private keys share id ", Hex(key_id),
+        "; refusing an ambiguous key"));
+  }
+  if (!wanted) {
+    return absl::NotFoundError(absl::StrCat("no private key with id ",
+                                            Hex(key_id), " in the token"));
+  }
+  return *wanted;
+}
+
+absl::StatusOr<LoadedKey> Pkcs11KeyStore::LoadKey(absl::string_view key_id,
+                                                  const KeySpec& expected) {
+  absl::Status valid = ValidateKeySpec(expected);
+  if (!valid.ok()) return valid;
+  absl::StatusOr<SessionPool::Lease> lease_or = AcquireForAdmin();
+  if (!lease_or.ok()) return lease_or.status();
+  SessionPool::Lease& lease = *lease_or;
+  // Fresh, targeted searches: a check must not trust a cache filled before
+  // it, and an ambiguous id (two private keys) is refused.
+  absl::StatusOr<CK_OBJECT_HANDLE> found_priv =
+      FindOne(lease, CKO_PRIVATE_KEY, key_id);
+  if (!found_priv.ok()) return found_priv.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> found_pub =
+      FindOne(lease, CKO_PUBLIC_KEY, key_id);
+  if (!found_pub.ok()) return found_pub.status();
+  const CK_OBJECT_HANDLE priv = *found_priv;
+  const CK_OBJECT_HANDLE pub = *found_pub;
+  lease.connection().CacheHandle(key_id, priv);
+
+  struct BoolCheck {
+    CK_ATTRIBUTE_TYPE type;
+    const char* name;
+    bool required;
+  };
+  constexpr BoolCheck kChecks[] = {
+      {CKA_SENSITIVE, "CKA_SENSITIVE", true},
+      {CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", true},
+      {CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", true},
+      {CKA_EXTRACTABLE, "CKA_EXTRACTABLE", false},
+      {CKA_LOCAL, "CKA_LOCAL", true},
+      {CKA_SIGN, "CKA_SIGN", true},
+  };
+  for (const BoolCheck& check : kChecks) {
+    absl::StatusOr<bool> v = ReadBool(lease, priv, check.type, check.name);
+    if (!v.ok()) {
+      if (v.status().code() == absl::StatusCode::kUnavailable) return v.status();
+      return Unfit(key_id, absl::StrCat(check.name, " cannot be read (",
+                                        v.status().message(), ")"));
+    }
+    if (*v != check.required) {
+      return Unfit(key_id, absl::StrCat(check.name, " is ",
+                                        *v ? "true" : "false", ", must be ",
+                                        check.required ? "true" : "false"));
+    }
+  }
+
+  absl::StatusOr<std::string> key_type =
+      ReadAttribute(lease, priv, CKA_KEY_TYPE, sizeof(CK_KEY_TYPE),
+                    "CKA_KEY_TYPE");
+  if (!key_type.ok()) return key_type.status();
+  CK_KEY_TYPE type;
+  std::memcpy(&type, key_type->data(), std::min(key_type->size(), sizeof(type)));
+  const bool ec = IsEcdsa(expected.algorithm);
+  if (type != (ec ? CKK_EC : CKK_RSA)) {
+    return Unfit(key_id, absl::StrCat("key type is not the ",
+                                      ec ? "EC" : "RSA", " key ",
+                                      AlgorithmName(expected.algorithm),
+                                      " needs"));
+  }
+
+  // Preallocated: a NULL size query for this attribute through
+  // p11-kit-client answers CKR_DEVICE_ERROR although the HSM is fine.
+  CK_MECHANISM_TYPE mechs[16];
+  CK_ATTRIBUTE allowed_attr = {CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs)};
+  CK_RV rv = RetryRead([&] {
+    allowed_attr.ulValueLen = sizeof(mechs);
+    return lease.api().GetAttributeValue(lease.session(), priv, &allowed_attr,
+                                         1);
+  });
+  absl::Status st =
+      lease.Check(rv, "C_GetAttributeValue(CKA_ALLOWED_MECHANISMS)");
+  if (!st.ok()) {
+    if (st.code() == absl::StatusCode::kUnavailable) return st;
+    return Unfit(key_id, absl::StrCat("CKA_ALLOWED_MECHANISMS cannot be read (",
+                                      st.message(), ")"));
+  }
+  const CK_MECHANISM_TYPE want = SignMechanism(expected.algorithm);
+  if (allowed_attr.ulValueLen != sizeof(CK_MECHANISM_TYPE) ||
+      mechs[0] != want) {
+    return Unfit(key_id,
+                 absl::StrCat("CKA_ALLOWED_MECHANISMS must be exactly the one "
+                              "mechanism of ",
+                              AlgorithmName(expected.algorithm)));
+  }
+
+  // The export probe. Asked with a NULL buffer so no value could ever be
+  // copied into signet's memory; only CKR_ATTRIBUTE_SENSITIVE passes (an RSA
+  // key has no CKA_VALUE, so it must be probed on CKA_PRIVATE_EXPONENT).
+  CK_ATTRIBUTE probe = {ec ? CKA_VALUE : CKA_PRIVATE_EXPONENT, nullptr, 0};
+  rv = lease.api().GetAttributeValue(lease.session(), priv, &probe, 1);
+  if (rv != CKR_ATTRIBUTE_SENSITIVE) {
+    st = lease.Check(rv, "export probe");
+    if (st.code() == absl::StatusCode::kUnavailable) return st;
+    return Unfit(key_id, absl::StrCat("export probe of ",
+                                      ec ? "CKA_VALUE" : "CKA_PRIVATE_EXPONENT",
+                                      " answered ", CkrName(rv),
+                                      " instead of CKR_ATTRIBUTE_SENSITIVE"));
+  }
+
+  absl::StatusOr<PublicKey> public_key = absl::InternalError("unset");
+  if (ec) {
+    absl::StatusOr<std::string> params =
+        ReadAttribute(lease, pub, CKA_EC_PARAMS, 64, "CKA_EC_PARAMS");
+    if (!params.ok()) return params.status();
+    if (*params != EcParamsDer(expected.algorithm)) {
+      return Unfit(key_id, absl::StrCat("the curve is not the one ",
+                                        AlgorithmName(expected.algorithm),
+                                        " needs"));
+    }
+    absl::StatusOr<std::string> point =
+        ReadAttribute(lease, pub, CKA_EC_POINT, 256, "CKA_EC_POINT");
+    if (!point.ok()) return point.status();
+    public_key = PublicKey::FromEcPoint(*params, *point);
+  } else {
+    absl::StatusOr<std::string> n =
+        ReadAttribute(lease, pub, CKA_MODULUS, 1024, "CKA_MODULUS");
+    if (!n.ok()) return n.status();
+    absl::StatusOr<std::string> e = ReadAttribute(
+        lease, pub, CKA_PUBLIC_EXPONENT, 64, "CKA_PUBLIC_EXPONENT");
+    if (!e.ok()) return e.status();
+    public_key = PublicKey::FromRsa(*n, *e);
+  }
+  if (!public_key.ok()) {
+    return Unfit(key_id, absl::StrCat("public key unusable: ",
+                                      public_key.status().message()));
+  }
+  if (!ec && public_key->bits() != expected.rsa_bits) {
+    return Unfit(key_id, absl::StrCat("modulus is ", public_key->bits(),
+                                      " bits, expected ", expected.rsa_bits));
+  }
+
+  LoadedKey key;
+  key.key_id = std::string(key_id);
+  key.spec = expected;
+  key.public_key = std::make_shared<const PublicKey>(std::move(*public_key));
+  absl::StatusOr<std::string> thumbprint = key.public_key->JwkThumbprint();
+  if (!thumbprint.ok()) return thumbprint.status();
+  key.thumbprint = *thumbprint;
+
+  // Pairwise test: the private key in the HSM and the public key we will
+  // publish belong together.
+  std::string digest(DigestLength(expected.algorithm), '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(digest.data()),
+                 digest.size()) != 1) {
+    return absl::InternalError("RAND_bytes failed for the pairwise test");
+  }
+  absl::StatusOr<std::string> sig = SignWithLease(lease, key, digest);
+  if (!sig.ok()) {
+    if (sig.status().code() == absl::StatusCode::kUnavailable) {
+      return sig.status();
+    }
+    return Unfit(key_id, absl::StrCat("pairwise test could not sign: ",
+                                      sig.status().message()));
+  }
+  absl::Status verified =
+      key.public_key->VerifyDigest(expected.algorithm, digest, *sig);
+  if (!verified.ok()) {
+    return Unfit(key_id, "pairwise test: the HSM's signature does not verify "
+                         "with the token's public key");
+  }
+
+  absl::MutexLock lock(&keys_mu_);
+  loaded_[key.key_id] = std::make_shared<const LoadedKey>(key);
+  return key;
+}
+
+absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
+    SessionPool::Lease& lease, const LoadedKey& key, absl::string_view digest) {
+  const SignatureAlgorithm alg = key.spec.algorithm;
+  std::string input;
+  if (alg == SignatureAlgorithm::kRsaPkcs1Sha256) {
+    absl::StatusOr<std::string> info = Sha256DigestInfo(digest);
+    if (!info.ok()) return info.status();
+    input = std::move(*info);
+  } else {
+    input = std::string(digest);
+  }
+  CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+  CK_MECHANISM mech = {SignMechanism(alg), nullptr, 0};
+  if (alg == SignatureAlgorithm::kRsaPssSha256) {
+    mech.pParameter = &pss;
+    mech.ulParameterLen = sizeof(pss);
+  }
+  CK_RV rv = CKR_OK;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    absl::StatusOr<CK_OBJECT_HANDLE> handle =
+        PrivateHandleFor(lease, key.key_id);
+    if (handle.status().code() == absl::StatusCode::kNotFound) {
+      // The key passed its checks, so it is in the token: this connection's
+      // view of the token is stale. Re-establish it (a new instance reads
+      // the token afresh) and let the caller retry.
+      lease.MarkLost();
+      return absl::UnavailableError(absl::StrCat(
+          "key ", Hex(key.key_id),
+          " is not visible on this HSM connection; reconnecting it"));
+    }
+    if (!handle.ok()) return handle.status();
+    rv = lease.api().SignInit(lease.session(), &mech, *handle);
+    if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
+      // Stale handle (object destroyed and re-created elsewhere): find once.
+      lease.connection().DropHandles(key.key_id);
+      continue;
+    }
+    break;
+  }
+  absl::Status st = lease.Check(rv, "C_SignInit");
+  if (!st.ok()) return st;
+  unsigned char sig[1024];
+  CK_ULONG sig_len = sizeof(sig);
+  st = lease.Check(
+      lease.api().Sign(lease.session(),
+                       reinterpret_cast<const unsigned char*>(input.data()),
+                       input.size(), sig, &sig_len),
+      "C_Sign");
+  if (!st.ok()) return st;
+  if (IsEcdsa(alg) && sig_len != 2 * DigestLength(alg)) {
+    return absl::InternalError(
+        absl::StrCat("C_Sign returned ", sig_len, " bytes; ECDSA r||s for ",
+                     AlgorithmName(alg), " is ", 2 * DigestLength(alg)));
+  }
+  return std::string(reinterpret_cast<const char*>(sig), sig_len);
+}
+
+absl::StatusOr<std::string> Pkcs11KeyStore::SignDigest(
+    absl::string_view key_id, absl::string_view digest, absl::Time deadline) {
+  std::shared_ptr<const LoadedKey> key;
+  {
+    absl::ReaderMutexLock lock(&keys_mu_);
+    auto it = loaded_.find(key_id);
+    if (it != loaded_.end()) key = it->second;
+  }
+  if (key == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "key ", Hex(key_id), " has not passed the load-time checks"));
+  }
+  if (digest.size() != DigestLength(key->spec.algorithm)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "digest is ", digest.size(), " bytes; ",
+        AlgorithmName(key->spec.algorithm), " needs ",
+        DigestLength(key->spec.algorithm)));
+  }
+  absl::StatusOr<SessionPool::Lease> lease = pool_->Acquire(deadline);
+  if (!lease.ok()) return lease.status();
+  return SignWithLease(*lease, *key, digest);
+}
+
+absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::ListKeyIds() {
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(*lease, templ);
+  if (!found.ok()) return found.status();
+  std::vector<std::string> ids;
+  for (CK_OBJECT_HANDLE h : *found) {
+    absl::StatusOr<std::string> label =
+        ReadAttribute(*lease, h, CKA_LABEL, 256, "CKA_LABEL");
+    if (!label.ok() || !absl::StartsWith(*label, kLabelPrefix)) continue;
+    absl::StatusOr<std::string> id =
+        ReadAttribute(*lease, h, CKA_ID, 256, "CKA_ID");
+    if (!id.ok()) return id.status();
+    if (*label != LabelFor(*id)) continue;
+    ids.push_back(std::move(*id));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
+  {
+    // Unusable first, so no signature starts while it is being destroyed.
+    absl::MutexLock lock(&keys_mu_);
+    loaded_.erase(std::string(key_id));
+  }
+  absl::MutexLock writer(&writer_mu_);
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  pool_->DropCachedHandles(key_id);
+  for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+    absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(*lease, cls, key_id);
+    if (h.status().code() == absl::StatusCode::kNotFound) continue;
+    if (!h.ok()) return h.status();
+    absl::Status st = lease->Check(
+        lease->api().DestroyObject(lease->session(), *h), "C_DestroyObject");
+    if (!st.ok()) return st;
+  }
+  absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>> records =
+      FindRecords(*lease, key_id);
+  if (!records.ok()) return records.status();
+  for (const auto& [generation, handle] : *records) {
+    absl::Status st = lease->Check(
+        lease->api().DestroyObject(lease->session(), handle),
+        "C_DestroyObject(record)");
+    if (!st.ok()) return st;
+  }
+  pool_->DropCachedHandles(key_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>>
+Pkcs11KeyStore::FindRecords(SessionPool::Lease& lease,
+                            absl::string_view key_id) {
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA)
+      .Bytes(CKA_LABEL, LabelFor(key_id))
+      .Bytes(CKA_APPLICATION, kRecordApplication);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
+  if (!found.ok()) return found.status();
+  std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>> out;
+  for (CK_OBJECT_HANDLE h : *found) {
+    absl::StatusOr<std::string> value = ReadAttribute(
+        lease, h, CKA_VALUE, kGenerationHeader + kMaxRecordBytes, "CKA_VALUE");
+    if (!value.ok()) return value.status();
+    if (value->size() < kGenerationHeader) continue;  // not ours
+    out.emplace_back(DecodeGeneration(*value), h);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::StatusOr<uint64_t> Pkcs11KeyStore::WriteRecord(absl::string_view key_id,
+                                                     absl::string_view bytes) {
+  if (bytes.size() > kMaxRecordBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "record of ", bytes.size(), " bytes exceeds ", kMaxRecordBytes));
+  }
+  absl::MutexLock writer(&writer_mu_);
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>> older =
+      FindRecords(*lease, key_id);
+  if (!older.ok()) return older.status();
+  const uint64_t generation = older->empty() ? 1 : older->back().first + 1;
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_MODIFIABLE, false)
+      .Bytes(CKA_LABEL, LabelFor(key_id))
+      .Bytes(CKA_APPLICATION, kRecordApplication)
+      .Bytes(CKA_VALUE, absl::StrCat(EncodeGeneration(generation), bytes));
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  absl::Status st = lease->Check(
+      lease->api().CreateObject(lease->session(), templ.data(), templ.size(),
+                                &handle),
+      "C_CreateObject(record)");
+  if (!st.ok()) return st;
+  // Only now that n+1 exists may n go: a crash in between leaves both, and
+  // readers take the highest.
+  for (const auto& [gen, h] : *older) {
+    st = lease->Check(lease->api().DestroyObject(lease->session(), h),
+                      "C_DestroyObject(old record)");
+    if (!st.ok()) return st;
+  }
+  return generation;
+}
+
+absl::StatusOr<std::optional<StoredRecord>> Pkcs11KeyStore::ReadRecordWithLease(
+    SessionPool::Lease& lease, absl::string_view key_id) {
+  absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>> records =
+      FindRecords(lease, key_id);
+  if (!records.ok()) return records.status();
+  if (records->empty()) return std::optional<StoredRecord>();
+  absl::StatusOr<std::string> value =
+      ReadAttribute(lease, records->back().second, CKA_VALUE,
+                    kGenerationHeader + kMaxRecordBytes, "CKA_VALUE(record)");
+  if (!value.ok()) return value.status();
+  StoredRecord record;
+  record.generation = DecodeGeneration(*value);
+  record.bytes = value->substr(kGenerationHeader);
+  return std::optional<StoredRecord>(std::move(record));
+}
+
+absl::StatusOr<std::optional<StoredRecord>> Pkcs11KeyStore::ReadRecord(
+    absl::string_view key_id) {
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  return ReadRecordWithLease(*lease, key_id);
+}
+
+absl::StatusOr<std::map<std::string, StoredRecord>>
+Pkcs11KeyStore::ReadAllRecords() {
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA)
+      .Bytes(CKA_APPLICATION, kRecordApplication);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(*lease, templ);
+  if (!found.ok()) return found.status();
+  std::map<std::string, StoredRecord> out;
+  for (CK_OBJECT_HANDLE h : *found) {
+    absl::StatusOr<std::string> label =
+        ReadAttribute(*lease, h, CKA_LABEL, 256, "CKA_LABEL");
+    if (!label.ok()) return label.status();
+    if (!absl::StartsWith(*label, kLabelPrefix)) continue;
+    std::string key_id =
+        absl::HexStringToBytes(label->substr(kLabelPrefix.size()));
+    absl::StatusOr<std::string> value = ReadAttribute(
+        *lease, h, CKA_VALUE, kGenerationHeader + kMaxRecordBytes, "CKA_VALUE");
+    if (!value.ok()) return value.status();
+    if (value->size() < kGenerationHeader) continue;
+    uint64_t generation = DecodeGeneration(*value);
+    auto it = out.find(key_id);
+    if (it == out.end() || it->second.generation < generation) {
+      out[key_id] = StoredRecord{generation, value->substr(kGenerationHeader)};
+    }
+  }
+  return out;
+}
+
+}  // namespace signet::hsm

@@ -1,0 +1,165 @@
+// Non-exportable signing keys and their records, in a PKCS#11 token.
+//
+// This is the whole of signet's contact with private keys: they are
+// generated in the token with the non-exportable template, checked before
+// first use, addressed by CKA_ID, and used only through C_Sign on a digest
+// computed on the host. Nothing here imports, exports, wraps or reads
+// private key material; the only private-key attribute ever requested is
+// the export probe, which must answer CKR_ATTRIBUTE_SENSITIVE and is asked
+// with a NULL buffer so that even a broken token could not hand bytes back.
+//
+// Key records are opaque CKO_DATA objects beside the key pair, linked by
+// CKA_LABEL ("signet:<hex key id>"). SoftHSM refuses CKA_ID on data objects
+// and refuses to change CKA_VALUE, so records are immutable: a change writes
+// generation n+1 and then destroys generation n; readers take the highest
+// generation, so a crash between the two steps loses nothing.
+//
+// Thread-safety: thread-safe. Token writes (generate, record writes,
+// destroy) are serialized through one writer lock, because SoftHSM's file
+// token does not tolerate one instance writing while others read; reads
+// retry SoftHSM's transient errors a bounded number of times.
+#ifndef SIGNET_HSM_KEY_STORE_H_
+#define SIGNET_HSM_KEY_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "hsm/algorithm.h"
+#include "hsm/public_key.h"
+#include "hsm/session_pool.h"
+
+namespace signet::hsm {
+
+// A key that passed every load-time check. Immutable.
+struct LoadedKey {
+  std::string key_id;  // CKA_ID bytes
+  KeySpec spec;
+  std::shared_ptr<const PublicKey> public_key;
+  std::string thumbprint;  // RFC 7638 JWK thumbprint
+};
+
+// A record as stored: its generation and the caller's opaque bytes.
+struct StoredRecord {
+  uint64_t generation = 0;
+  std::string bytes;
+};
+
+// The role: where keys live and sign. Pkcs11KeyStore is the mechanism.
+class KeyStore {
+ public:
+  virtual ~KeyStore() = default;
+
+  // Generates a key pair in the token with the non-exportable template and
+  // returns its CKA_ID. The key is not usable until LoadKey() checked it.
+  virtual absl::StatusOr<std::string> GenerateKeyPair(const KeySpec& spec) = 0;
+
+  // Runs every load-time check on the key (see Pkcs11KeyStore) and makes it
+  // usable for SignDigest. FAILED_PRECONDITION naming the failed check and
+  // the key id when the key is unfit; NOT_FOUND when there is no such key.
+  virtual absl::StatusOr<LoadedKey> LoadKey(absl::string_view key_id,
+                                            const KeySpec& expected) = 0;
+
+  // Signs a host-computed digest with a loaded key. The signature is in JWS
+  // form (r||s for ECDSA). INVALID_ARGUMENT for a digest of the wrong length,
+  // FAILED_PRECONDITION for a key that is not loaded, UNAVAILABLE when the
+  // HSM is unreachable, DEADLINE_EXCEEDED when no session frees in time.
+  virtual absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
+                                                 absl::string_view digest,
+                                                 absl::Time deadline) = 0;
+
+  // CKA_IDs of every private key in the token with signet's label prefix.
+  virtual absl::StatusOr<std::vector<std::string>> ListKeyIds() = 0;
+
+  // Destroys the private key, then the public key, then the key's records.
+  virtual absl::Status DestroyKeyPair(absl::string_view key_id) = 0;
+
+  // Writes the next generation of `key_id`'s record and destroys the older
+  // ones; returns the new generation.
+  virtual absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
+                                               absl::string_view bytes) = 0;
+  // The highest generation of `key_id`'s record, or nullopt if none.
+  virtual absl::StatusOr<std::optional<StoredRecord>> ReadRecord(
+      absl::string_view key_id) = 0;
+  // Every key id that has a record, with its highest generation.
+  virtual absl::StatusOr<std::map<std::string, StoredRecord>>
+  ReadAllRecords() = 0;
+};
+
+class Pkcs11KeyStore : public KeyStore {
+ public:
+  explicit Pkcs11KeyStore(SessionPool* pool) : pool_(pool) {}
+
+  // Refuses, with UNIMPLEMENTED and a message that says so, an algorithm
+  // the token cannot do: asks C_GetMechanismList / C_GetMechanismInfo for
+  // the key generation and signing mechanisms, CKF_SIGN, and the key size.
+  absl::Status CheckAlgorithmSupported(const KeySpec& spec);
+
+  absl::StatusOr<std::string> GenerateKeyPair(const KeySpec& spec) override;
+
+  // Load-time checks, each failure a FAILED_PRECONDITION naming it:
+  //   CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE true;
+  //   CKA_EXTRACTABLE false; CKA_LOCAL true; CKA_SIGN true;
+  //   CKA_ALLOWED_MECHANISMS exactly the algorithm's one mechanism (read
+  //   into a preallocated buffer: a size query through p11-kit-client
+  //   answers CKR_DEVICE_ERROR);
+  //   the export probe answers CKR_ATTRIBUTE_SENSITIVE (CKA_VALUE for EC,
+  //   CKA_PRIVATE_EXPONENT for RSA; any other answer fails);
+  //   the key type, curve and modulus size are `expected`;
+  //   a pairwise test: sign random bytes in the HSM, verify in OpenSSL.
+  absl::StatusOr<LoadedKey> LoadKey(absl::string_view key_id,
+                                    const KeySpec& expected) override;
+
+  absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
+                                         absl::string_view digest,
+                                         absl::Time deadline) override;
+  absl::StatusOr<std::vector<std::string>> ListKeyIds() override;
+  absl::Status DestroyKeyPair(absl::string_view key_id) override;
+  absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
+                                       absl::string_view bytes) override;
+  absl::StatusOr<std::optional<StoredRecord>> ReadRecord(
+      absl::string_view key_id) override;
+  absl::StatusOr<std::map<std::string, StoredRecord>> ReadAllRecords()
+      override;
+
+  // The label that links a key pair and its records: "signet:<hex id>".
+  static std::string LabelFor(absl::string_view key_id);
+
+ private:
+  // The key's private handle on the lease's connection, from the cache. On
+  // a miss, indexes every private key of the token on that connection at
+  // once (one C_FindObjects and a CKA_ID read per key): a search per key
+  // costs tens of milliseconds on a token with 1,000 objects.
+  absl::StatusOr<CK_OBJECT_HANDLE> PrivateHandleFor(SessionPool::Lease& lease,
+                                                    absl::string_view key_id);
+  absl::StatusOr<std::string> SignWithLease(SessionPool::Lease& lease,
+                                            const LoadedKey& key,
+                                            absl::string_view digest);
+  absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>>
+  FindRecords(SessionPool::Lease& lease, absl::string_view key_id);
+  absl::StatusOr<std::optional<StoredRecord>> ReadRecordWithLease(
+      SessionPool::Lease& lease, absl::string_view key_id);
+  absl::StatusOr<SessionPool::Lease> AcquireForAdmin();
+
+  SessionPool* const pool_;
+  // One writer for every token write (design.md).
+  absl::Mutex writer_mu_;
+  // Read on every sign (reader lock), written when a key is loaded or
+  // destroyed.
+  absl::Mutex keys_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<const LoadedKey>> loaded_
+      ABSL_GUARDED_BY(keys_mu_);
+};
+
+}  // namespace signet::hsm
+
+#endif  // SIGNET_HSM_KEY_STORE_H_

@@ -1,0 +1,408 @@
+#include "hsm/key_store.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/attributes.h"
+#include "hsm/ckr.h"
+#include "hsm/digest.h"
+#include "hsm/test_hsm.h"
+
+namespace signet::hsm {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+using ::testing::UnorderedElementsAre;
+
+absl::Time Later() { return absl::Now() + absl::Seconds(10); }
+
+class KeyStoreTest : public InProcessHsmTest {
+ protected:
+  void SetUp() override {
+    InProcessHsmTest::SetUp();
+    auto pool = MakePool();
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  }
+
+  // Generates and loads an ES256 key.
+  LoadedKey NewEs256() {
+    KeySpec spec{SignatureAlgorithm::kEcdsaP256Sha256};
+    auto id = store_->GenerateKeyPair(spec);
+    EXPECT_TRUE(id.ok()) << id.status();
+    auto key = store_->LoadKey(*id, spec);
+    EXPECT_TRUE(key.ok()) << key.status();
+    return *key;
+  }
+
+  std::unique_ptr<SessionPool> pool_;
+  std::unique_ptr<Pkcs11KeyStore> store_;
+};
+
+struct AlgCase {
+  SignatureAlgorithm algorithm;
+  int rsa_bits;
+};
+
+class KeyStoreAlgorithmTest : public KeyStoreTest,
+                              public ::testing::WithParamInterface<AlgCase> {};
+
+TEST_P(KeyStoreAlgorithmTest, GeneratesLoadsAndSignsAVerifiableDigest) {
+  KeySpec spec{GetParam().algorithm, GetParam().rsa_bits};
+  ASSERT_TRUE(store_->CheckAlgorithmSupported(spec).ok());
+  auto id = store_->GenerateKeyPair(spec);
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto key = store_->LoadKey(*id, spec);
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_THAT(key->thumbprint, SizeIs(43));  // base64url of SHA-256
+  auto digest = DigestFor(spec.algorithm, "header.claims");
+  ASSERT_TRUE(digest.ok());
+  auto sig = store_->SignDigest(*id, *digest, Later());
+  ASSERT_TRUE(sig.ok()) << sig.status();
+  EXPECT_TRUE(key->public_key->VerifyDigest(spec.algorithm, *digest, *sig).ok());
+  auto other = DigestFor(spec.algorithm, "header.claimz");
+  EXPECT_FALSE(key->public_key->VerifyDigest(spec.algorithm, *other, *sig).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, KeyStoreAlgorithmTest,
+    ::testing::Values(AlgCase{SignatureAlgorithm::kEcdsaP256Sha256, 0},
+                      AlgCase{SignatureAlgorithm::kEcdsaP384Sha384, 0},
+                      AlgCase{SignatureAlgorithm::kRsaPkcs1Sha256, 2048},
+                      AlgCase{SignatureAlgorithm::kRsaPssSha256, 2048},
+                      AlgCase{SignatureAlgorithm::kRsaPkcs1Sha256, 3072}));
+
+TEST_F(KeyStoreTest, RefusesAnAlgorithmTheTokenCannotDo) {
+  injector_->HideMechanism(CKM_RSA_PKCS_PSS);
+  absl::Status st =
+      store_->CheckAlgorithmSupported({SignatureAlgorithm::kRsaPssSha256, 2048});
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(st.message(), HasSubstr("PS256"));
+  EXPECT_TRUE(
+      store_->CheckAlgorithmSupported({SignatureAlgorithm::kEcdsaP256Sha256})
+          .ok());
+  EXPECT_EQ(store_
+                ->CheckAlgorithmSupported(
+                    {SignatureAlgorithm::kRsaPkcs1Sha256, 1024})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+struct BoolCheckCase {
+  CK_ATTRIBUTE_TYPE type;
+  bool bad_value;
+  const char* name;
+};
+
+class KeyStoreCheckTest : public KeyStoreTest,
+                          public ::testing::WithParamInterface<BoolCheckCase> {
+};
+
+TEST_P(KeyStoreCheckTest, RefusesAKeyFailingTheCheckAndNamesIt) {
+  KeySpec spec{SignatureAlgorithm::kEcdsaP256Sha256};
+  auto id = store_->GenerateKeyPair(spec);
+  ASSERT_TRUE(id.ok());
+  injector_->OverrideBool(GetParam().type, GetParam().bad_value);
+  auto key = store_->LoadKey(*id, spec);
+  EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(key.status().message(), HasSubstr(GetParam().name));
+  EXPECT_THAT(key.status().message(), HasSubstr(absl::BytesToHexString(*id)));
+  // A refused key never signs.
+  injector_->Clear();
+  auto sig = store_->SignDigest(*id, std::string(32, 'd'), Later());
+  EXPECT_EQ(sig.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EveryAttribute, KeyStoreCheckTest,
+    ::testing::Values(
+        BoolCheckCase{CKA_SENSITIVE, false, "CKA_SENSITIVE"},
+        BoolCheckCase{CKA_ALWAYS_SENSITIVE, false, "CKA_ALWAYS_SENSITIVE"},
+        BoolCheckCase{CKA_NEVER_EXTRACTABLE, false, "CKA_NEVER_EXTRACTABLE"},
+        BoolCheckCase{CKA_EXTRACTABLE, true, "CKA_EXTRACTABLE"},
+        BoolCheckCase{CKA_LOCAL, false, "CKA_LOCAL"},
+        BoolCheckCase{CKA_SIGN, false, "CKA_SIGN"}));
+
+TEST_F(KeyStoreTest, ExportProbeMustAnswerAttributeSensitive) {
+  KeySpec spec{SignatureAlgorithm::kEcdsaP256Sha256};
+  auto id = store_->GenerateKeyPair(spec);
+  ASSERT_TRUE(id.ok());
+  for (CK_RV answer : {CKR_OK, CKR_ATTRIBUTE_TYPE_INVALID}) {
+    injector_->FailAttribute(CKA_VALUE, answer);
+    auto key = store_->LoadKey(*id, spec);
+    EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(key.status().message(), HasSubstr("export probe"));
+    EXPECT_THAT(key.status().message(), HasSubstr(CkrName(answer)));
+  }
+  injector_->Clear();
+  EXPECT_TRUE(store_->LoadKey(*id, spec).ok());
+}
+
+TEST_F(KeyStoreTest, RsaExportProbeUsesThePrivateExponent) {
+  KeySpec spec{SignatureAlgorithm::kRsaPkcs1Sha256, 2048};
+  auto id = store_->GenerateKeyPair(spec);
+  ASSERT_TRUE(id.ok());
+  injector_->FailAttribute(CKA_PRIVATE_EXPONENT, CKR_OK);
+  auto key = store_->LoadKey(*id, spec);
+  EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(key.status().message(), HasSubstr("CKA_PRIVATE_EXPONENT"));
+}
+
+TEST_F(KeyStoreTest, RefusesAKeyOfAnotherAlgorithmThanExpected) {
+  auto id = store_->GenerateKeyPair({SignatureAlgorithm::kEcdsaP256Sha256});
+  ASSERT_TRUE(id.ok());
+  auto as_p384 = store_->LoadKey(*id, {SignatureAlgorithm::kEcdsaP384Sha384});
+  EXPECT_EQ(as_p384.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto as_rsa = store_->LoadKey(*id, {SignatureAlgorithm::kRsaPkcs1Sha256});
+  EXPECT_EQ(as_rsa.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto rsa = store_->GenerateKeyPair({SignatureAlgorithm::kRsaPkcs1Sha256, 2048});
+  ASSERT_TRUE(rsa.ok());
+  // Same key type, other mechanism: CKA_ALLOWED_MECHANISMS tells them apart.
+  auto as_pss =
+      store_->LoadKey(*rsa, {SignatureAlgorithm::kRsaPssSha256, 2048});
+  EXPECT_EQ(as_pss.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(as_pss.status().message(), HasSubstr("CKA_ALLOWED_MECHANISMS"));
+  auto wrong_size =
+      store_->LoadKey(*rsa, {SignatureAlgorithm::kRsaPkcs1Sha256, 3072});
+  EXPECT_EQ(wrong_size.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Generates a key pair directly, bypassing the store's template.
+std::string GenerateWithTemplate(SessionPool& pool, bool sensitive,
+                                 bool extractable,
+                                 std::vector<CK_MECHANISM_TYPE> allowed) {
+  auto lease = pool.Acquire(Later());
+  EXPECT_TRUE(lease.ok());
+  std::string id = "rogue-" + std::to_string(rand());
+  AttributeTemplate pub;
+  pub.Bool(CKA_TOKEN, true)
+      .Bool(CKA_VERIFY, true)
+      .Bytes(CKA_ID, id)
+      .Bytes(CKA_EC_PARAMS, EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256));
+  AttributeTemplate priv;
+  priv.Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SIGN, true)
+      .Bool(CKA_SENSITIVE, sensitive)
+      .Bool(CKA_EXTRACTABLE, extractable)
+      .Bytes(CKA_ID, id);
+  if (!allowed.empty()) {
+    priv.Bytes(CKA_ALLOWED_MECHANISMS,
+               absl::string_view(reinterpret_cast<const char*>(allowed.data()),
+                                 allowed.size() * sizeof(CK_MECHANISM_TYPE)));
+  }
+  CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE h1, h2;
+  EXPECT_EQ(lease->api().GenerateKeyPair(lease->session(), &mech, pub.data(),
+                                         pub.size(), priv.data(), priv.size(),
+                                         &h1, &h2),
+            CKR_OK);
+  return id;
+}
+
+TEST_F(KeyStoreTest, RefusesAKeyGeneratedExtractable) {
+  std::string id = GenerateWithTemplate(*pool_, /*sensitive=*/false,
+                                        /*extractable=*/true, {CKM_ECDSA});
+  auto key = store_->LoadKey(id, {SignatureAlgorithm::kEcdsaP256Sha256});
+  EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(key.status().message(), HasSubstr("CKA_SENSITIVE"));
+}
+
+TEST_F(KeyStoreTest, RefusesAKeyWithoutExactlyOneAllowedMechanism) {
+  std::string none = GenerateWithTemplate(*pool_, true, false, {});
+  auto key = store_->LoadKey(none, {SignatureAlgorithm::kEcdsaP256Sha256});
+  EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(key.status().message(), HasSubstr("CKA_ALLOWED_MECHANISMS"));
+  std::string two =
+      GenerateWithTemplate(*pool_, true, false, {CKM_ECDSA, CKM_ECDSA_SHA256});
+  key = store_->LoadKey(two, {SignatureAlgorithm::kEcdsaP256Sha256});
+  EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(key.status().message(), HasSubstr("CKA_ALLOWED_MECHANISMS"));
+}
+
+TEST_F(KeyStoreTest, RefusesAnImportedKey) {
+  // A key made outside the HSM (here by OpenSSL, in the test only) and
+  // imported: CKA_LOCAL and CKA_ALWAYS_SENSITIVE are false.
+  EVP_PKEY* pkey = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
+  ASSERT_NE(pkey, nullptr);
+  BIGNUM* d = nullptr;
+  ASSERT_EQ(EVP_PKEY_get_bn_param(pkey, "priv", &d), 1);
+  std::string priv_value(32, '\0');
+  BN_bn2binpad(d, reinterpret_cast<unsigned char*>(priv_value.data()), 32);
+  unsigned char point[65];
+  size_t point_len = 0;
+  ASSERT_EQ(EVP_PKEY_get_octet_string_param(pkey, "pub", point, sizeof(point),
+                                            &point_len),
+            1);
+  BN_clear_free(d);
+  EVP_PKEY_free(pkey);
+  std::string ec_point = std::string("\x04\x41", 2) +
+                         std::string(reinterpret_cast<char*>(point), point_len);
+  std::string id = "imported";
+  auto lease = pool_->Acquire(Later());
+  ASSERT_TRUE(lease.ok());
+  const CK_MECHANISM_TYPE ecdsa = CKM_ECDSA;
+  AttributeTemplate priv;
+  priv.Ulong(CKA_CLASS, CKO_PRIVATE_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_EC)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, false)
+      .Bool(CKA_SIGN, true)
+      .Bytes(CKA_ID, id)
+      .Bytes(CKA_EC_PARAMS, EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256))
+      .Bytes(CKA_VALUE, priv_value)
+      .Bytes(CKA_ALLOWED_MECHANISMS,
+             absl::string_view(reinterpret_cast<const char*>(&ecdsa),
+                               sizeof(ecdsa)));
+  AttributeTemplate pub;
+  pub.Ulong(CKA_CLASS, CKO_PUBLIC_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_EC)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_VERIFY, true)
+      .Bytes(CKA_ID, id)
+      .Bytes(CKA_EC_PARAMS, EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256))
+      .Bytes(CKA_EC_POINT, ec_point);
+  CK_OBJECT_HANDLE h;
+  ASSERT_EQ(lease->api().CreateObject(lease->session(), priv.data(),
+                                      priv.size(), &h),
+            CKR_OK);
+  ASSERT_EQ(
+      lease->api().CreateObject(lease->session(), pub.data(), pub.size(), &h),
+      CKR_OK);
+  lease = absl::UnavailableError("released");
+  auto key = store_->LoadKey(id, {SignatureAlgorithm::kEcdsaP256Sha256});
+  EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(key.status().message(), HasSubstr("CKA_ALWAYS_SENSITIVE"));
+}
+
+TEST_F(KeyStoreTest, SigningNeverSearchesAfterTheHandlesAreCached) {
+  LoadedKey key = NewEs256();
+  ASSERT_TRUE(store_->SignDigest(key.key_id, std::string(32, 'a'), Later()).ok());
+  ASSERT_TRUE(store_->SignDigest(key.key_id, std::string(32, 'b'), Later()).ok());
+  const int finds = injector_->Calls("C_FindObjects");
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(
+        store_->SignDigest(key.key_id, std::string(32, 'c'), Later()).ok());
+  }
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
+  EXPECT_GE(injector_->Calls("C_Sign"), 22);
+}
+
+TEST_F(KeyStoreTest, BadDigestAndUnknownKeyAreRefused) {
+  LoadedKey key = NewEs256();
+  auto short_digest = store_->SignDigest(key.key_id, "short", Later());
+  EXPECT_EQ(short_digest.status().code(), absl::StatusCode::kInvalidArgument);
+  auto unknown = store_->SignDigest("nope", std::string(32, 'a'), Later());
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(KeyStoreTest, DeviceErrorIsUnavailableThenTheLayerRecovers) {
+  // One connection, so the next sign must wait for the reconnect.
+  SessionPoolOptions one;
+  one.connections = 1;
+  auto pool = MakePool(one);
+  ASSERT_TRUE(pool.ok());
+  pool_ = std::move(*pool);
+  store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  LoadedKey key = NewEs256();
+  ASSERT_TRUE(store_->SignDigest(key.key_id, std::string(32, 'a'), Later()).ok());
+  const int connects = injector_->Connects();
+  const int finds = injector_->Calls("C_FindObjects");
+  injector_->Fail("C_Sign", CKR_DEVICE_ERROR, 1);
+  auto failed = store_->SignDigest(key.key_id, std::string(32, 'a'), Later());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
+  // Next sign: the lost connection is re-established and the handles are
+  // found again on the new connection (a handle belongs to one connection).
+  std::string digest(32, 'z');
+  for (int i = 0; i < 4; ++i) {
+    auto sig = store_->SignDigest(key.key_id, digest, Later());
+    ASSERT_TRUE(sig.ok()) << sig.status();
+    EXPECT_TRUE(key.public_key
+                    ->VerifyDigest(SignatureAlgorithm::kEcdsaP256Sha256, digest,
+                                   *sig)
+                    .ok());
+  }
+  EXPECT_GT(injector_->Connects(), connects);
+  EXPECT_GT(injector_->Calls("C_FindObjects"), finds);
+}
+
+TEST_F(KeyStoreTest, TransientReadErrorsAreRetriedABoundedNumberOfTimes) {
+  LoadedKey key = NewEs256();
+  injector_->Fail("C_FindObjects", CKR_GENERAL_ERROR, 2);
+  auto ids = store_->ListKeyIds();
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_THAT(*ids, UnorderedElementsAre(key.key_id));
+  injector_->Fail("C_FindObjects", CKR_TOKEN_NOT_RECOGNIZED, -1);
+  EXPECT_EQ(store_->ListKeyIds().status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(KeyStoreTest, RecordsKeepTheHighestGenerationAndReplaceTheOld) {
+  LoadedKey key = NewEs256();
+  EXPECT_EQ(store_->ReadRecord(key.key_id)->has_value(), false);
+  ASSERT_EQ(*store_->WriteRecord(key.key_id, "first"), 1u);
+  ASSERT_EQ(*store_->WriteRecord(key.key_id, "second"), 2u);
+  auto record = store_->ReadRecord(key.key_id);
+  ASSERT_TRUE(record.ok() && record->has_value());
+  EXPECT_EQ((*record)->generation, 2u);
+  EXPECT_EQ((*record)->bytes, "second");
+  // A crash between writing n+1 and destroying n loses nothing.
+  injector_->Fail("C_DestroyObject", CKR_DEVICE_ERROR, 1);
+  EXPECT_EQ(store_->WriteRecord(key.key_id, "third").status().code(),
+            absl::StatusCode::kUnavailable);
+  record = store_->ReadRecord(key.key_id);
+  ASSERT_TRUE(record.ok() && record->has_value()) << record.status();
+  EXPECT_EQ((*record)->generation, 3u);
+  EXPECT_EQ((*record)->bytes, "third");
+  auto all = store_->ReadAllRecords();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ(all->at(key.key_id).bytes, "third");
+  // The next write cleans up both older generations.
+  ASSERT_EQ(*store_->WriteRecord(key.key_id, "fourth"), 4u);
+  EXPECT_EQ((*store_->ReadRecord(key.key_id))->bytes, "fourth");
+}
+
+TEST_F(KeyStoreTest, RecordsAreBinarySafeAndBounded) {
+  LoadedKey key = NewEs256();
+  std::string binary("\x00\x01\xff\x00zz", 6);
+  ASSERT_TRUE(store_->WriteRecord(key.key_id, binary).ok());
+  EXPECT_EQ((*store_->ReadRecord(key.key_id))->bytes, binary);
+  EXPECT_EQ(store_->WriteRecord(key.key_id, std::string(20000, 'x'))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(KeyStoreTest, DestroyRemovesTheKeyPairAndItsRecords) {
+  LoadedKey a = NewEs256();
+  LoadedKey b = NewEs256();
+  ASSERT_TRUE(store_->WriteRecord(a.key_id, "rec-a").ok());
+  ASSERT_TRUE(store_->WriteRecord(b.key_id, "rec-b").ok());
+  EXPECT_THAT(*store_->ListKeyIds(), UnorderedElementsAre(a.key_id, b.key_id));
+  ASSERT_TRUE(store_->DestroyKeyPair(a.key_id).ok());
+  EXPECT_THAT(*store_->ListKeyIds(), UnorderedElementsAre(b.key_id));
+  EXPECT_EQ(store_->SignDigest(a.key_id, std::string(32, 'a'), Later())
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->LoadKey(a.key_id, a.spec).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(store_->ReadRecord(a.key_id)->has_value());
+  EXPECT_EQ((*store_->ReadRecord(b.key_id))->bytes, "rec-b");
+  EXPECT_TRUE(store_->SignDigest(b.key_id, std::string(32, 'b'), Later()).ok());
+}
+
+}  // namespace
+}  // namespace signet::hsm

@@ -1,0 +1,517 @@
+#include "hsm/public_key.h"
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+#include <climits>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "hsm/digest.h"
+
+namespace signet::hsm {
+namespace {
+
+// unique_ptr deleter calling an OpenSSL free function.
+template <auto kFree>
+struct OsslFree {
+  template <typename T>
+  void operator()(T* p) const {
+    kFree(p);
+  }
+};
+
+using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
+using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
+using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
+using ParamBldPtr =
+    std::unique_ptr<OSSL_PARAM_BLD, OsslFree<OSSL_PARAM_BLD_free>>;
+using ParamPtr = std::unique_ptr<OSSL_PARAM, OsslFree<OSSL_PARAM_free>>;
+using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
+using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
+
+constexpr int kMinRsaBits = 2048;
+// OpenSSL's own ceiling for RSA public operations
+// (OPENSSL_RSA_MAX_MODULUS_BITS).
+constexpr int kMaxRsaBits = 16384;
+
+struct Curve {
+  SignatureAlgorithm algorithm;  // the ECDSA algorithm on this curve
+  const char* group_name;        // OpenSSL / SEC 2 name
+  const char* jwk_crv;           // RFC 7518 section 6.2.1.1
+  int field_bytes;
+};
+
+constexpr Curve kCurves[] = {
+    {SignatureAlgorithm::kEcdsaP256Sha256, "prime256v1", "P-256", 32},
+    {SignatureAlgorithm::kEcdsaP384Sha384, "secp384r1", "P-384", 48},
+};
+
+// Drops OpenSSL's thread-local error queue (so a failure here does not
+// surface in an unrelated caller) and returns `code` with `message` plus
+// OpenSSL's reason for the most recent error, which never contains key bytes.
+absl::Status OpenSslError(absl::StatusCode code, absl::string_view message) {
+  unsigned long err = ERR_peek_last_error();
+  std::string text(message);
+  if (err != 0) {
+    char buf[256];
+    ERR_error_string_n(err, buf, sizeof(buf));
+    absl::StrAppend(&text, " (", buf, ")");
+  }
+  ERR_clear_error();
+  return absl::Status(code, text);
+}
+
+const unsigned char* Bytes(absl::string_view s) {
+  return reinterpret_cast<const unsigned char*>(s.data());
+}
+
+absl::StatusOr<BnPtr> ToBignum(absl::string_view big_endian) {
+  if (big_endian.size() > INT_MAX) {
+    return absl::InvalidArgumentError("integer too long");
+  }
+  BnPtr bn(BN_bin2bn(Bytes(big_endian), static_cast<int>(big_endian.size()),
+                     nullptr));
+  if (bn == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal, "BN_bin2bn failed");
+  }
+  return bn;
+}
+
+// Builds a key of type `key_type` ("EC" or "RSA") holding only the public
+// components in `bld`.
+absl::StatusOr<PkeyPtr> FromData(const char* key_type, OSSL_PARAM_BLD* bld) {
+  ParamPtr params(OSSL_PARAM_BLD_to_param(bld));
+  if (params == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "OSSL_PARAM_BLD_to_param failed");
+  }
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
+  if (ctx == nullptr || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
+    return OpenSslError(
+        absl::StatusCode::kInternal,
+        absl::StrCat("EVP_PKEY_fromdata_init(", key_type, ") failed"));
+  }
+  EVP_PKEY* raw = nullptr;
+  if (EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) !=
+      1) {
+    // The components were rejected (for EC: the point is not on the curve).
+    return OpenSslError(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat("invalid ", key_type, " public key components"));
+  }
+  return PkeyPtr(raw);
+}
+
+// An EC key on `curve` from the bare uncompressed point 04||X||Y.
+absl::StatusOr<PkeyPtr> EcKeyFromPoint(const Curve& curve,
+                                       absl::string_view point) {
+  const size_t want = 1 + 2 * static_cast<size_t>(curve.field_bytes);
+  if (point.size() != want || point[0] != '\x04') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EC point for ", curve.jwk_crv, " must be uncompressed (", want,
+        " bytes starting 04), got ", point.size(), " bytes"));
+  }
+  ParamBldPtr bld(OSSL_PARAM_BLD_new());
+  if (bld == nullptr ||
+      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME,
+                                      curve.group_name, 0) != 1 ||
+      OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,
+                                       point.data(), point.size()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "building EC key parameters failed");
+  }
+  return FromData("EC", bld.get());
+}
+
+absl::StatusOr<PkeyPtr> RsaKeyFromComponents(const BIGNUM* n, const BIGNUM* e) {
+  const int bits = BN_num_bits(n);
+  if (bits < kMinRsaBits || bits > kMaxRsaBits) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RSA modulus must be ", kMinRsaBits, " to ", kMaxRsaBits,
+                     " bits, got ", bits));
+  }
+  // NIST SP 800-56B rev 2, 6.4.1.2.1: 2^16 < e < 2^256, e odd. OpenSSL's
+  // default provider only insists on an odd e > 1.
+  const int e_bits = BN_num_bits(e);
+  if (!BN_is_odd(e) || e_bits <= 16 || e_bits > 256) {
+    return absl::InvalidArgumentError(
+        "RSA public exponent must be odd and in [65537, 2^256)");
+  }
+  ParamBldPtr bld(OSSL_PARAM_BLD_new());
+  if (bld == nullptr ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "building RSA key parameters failed");
+  }
+  return FromData("RSA", bld.get());
+}
+
+// The curve of an EC key, or INVALID_ARGUMENT if it is not one we accept
+// (including keys with explicit curve parameters, which have no name).
+absl::StatusOr<const Curve*> CurveOf(const EVP_PKEY* pkey) {
+  char name[64];
+  size_t len = 0;
+  if (EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, name,
+                                     sizeof(name), &len) != 1) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument,
+                        "EC key without a named curve");
+  }
+  const absl::string_view group(name, len);
+  for (const Curve& curve : kCurves) {
+    if (group == curve.group_name) return &curve;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported EC curve ", group));
+}
+
+absl::StatusOr<BnPtr> GetBn(const EVP_PKEY* pkey, const char* name) {
+  BIGNUM* bn = nullptr;
+  if (EVP_PKEY_get_bn_param(pkey, name, &bn) != 1) {
+    return OpenSslError(
+        absl::StatusCode::kInternal,
+        absl::StrCat("EVP_PKEY_get_bn_param(", name, ") failed"));
+  }
+  return BnPtr(bn);
+}
+
+// Big-endian bytes of `bn`, left-padded to `width` bytes, or minimal if
+// `width` is 0.
+std::string BnBytes(const BIGNUM* bn, int width) {
+  if (width == 0) {
+    std::string out(static_cast<size_t>(BN_num_bytes(bn)), '\0');
+    BN_bn2bin(bn, reinterpret_cast<unsigned char*>(out.data()));
+    return out;
+  }
+  std::string out(static_cast<size_t>(width), '\0');
+  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), width);
+  return out;
+}
+
+std::string Base64Url(absl::string_view bytes) {
+  std::string out;
+  absl::WebSafeBase64Escape(bytes, &out);
+  return out;
+}
+
+// The JWS r||s form of an ECDSA signature as the DER ECDSA-Sig-Value
+// (RFC 3279 section 2.2.3) that OpenSSL verifies.
+absl::StatusOr<std::string> EcdsaRawToDer(absl::string_view raw) {
+  const size_t half = raw.size() / 2;
+  absl::StatusOr<BnPtr> r = ToBignum(raw.substr(0, half));
+  if (!r.ok()) return r.status();
+  absl::StatusOr<BnPtr> s = ToBignum(raw.substr(half));
+  if (!s.ok()) return s.status();
+  EcdsaSigPtr sig(ECDSA_SIG_new());
+  if (sig == nullptr || ECDSA_SIG_set0(sig.get(), r->get(), s->get()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal, "ECDSA_SIG_set0 failed");
+  }
+  // ECDSA_SIG_set0 took ownership.
+  r->release();
+  s->release();
+  const int len = i2d_ECDSA_SIG(sig.get(), nullptr);
+  if (len <= 0) {
+    return OpenSslError(absl::StatusCode::kInternal, "i2d_ECDSA_SIG failed");
+  }
+  std::string der(static_cast<size_t>(len), '\0');
+  unsigned char* p = reinterpret_cast<unsigned char*>(der.data());
+  if (i2d_ECDSA_SIG(sig.get(), &p) != len) {
+    return OpenSslError(absl::StatusCode::kInternal, "i2d_ECDSA_SIG failed");
+  }
+  return der;
+}
+
+absl::Status MovedFrom() {
+  return absl::FailedPreconditionError("PublicKey used after move");
+}
+
+}  // namespace
+
+void PublicKey::EvpPkeyDeleter::operator()(EVP_PKEY* pkey) const {
+  EVP_PKEY_free(pkey);
+}
+
+absl::StatusOr<PublicKey> PublicKey::Adopt(EvpPkeyPtr pkey) {
+  if (EVP_PKEY_is_a(pkey.get(), "EC")) {
+    absl::StatusOr<const Curve*> curve = CurveOf(pkey.get());
+    if (!curve.ok()) return curve.status();
+  } else if (EVP_PKEY_is_a(pkey.get(), "RSA")) {
+    const int bits = EVP_PKEY_get_bits(pkey.get());
+    if (bits < kMinRsaBits || bits > kMaxRsaBits) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("RSA modulus must be ", kMinRsaBits, " to ", kMaxRsaBits,
+                       " bits, got ", bits));
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unsupported public key type ", EVP_PKEY_get0_type_name(pkey.get())));
+  }
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
+  if (ctx == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "EVP_PKEY_CTX_new_from_pkey failed");
+  }
+  if (EVP_PKEY_public_check(ctx.get()) != 1) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument,
+                        "public key fails validation");
+  }
+  return PublicKey(std::move(pkey));
+}
+
+absl::StatusOr<PublicKey> PublicKey::FromEcPoint(
+    absl::string_view ec_params_der, absl::string_view ec_point) {
+  const Curve* curve = nullptr;
+  for (const Curve& c : kCurves) {
+    if (ec_params_der == EcParamsDer(c.algorithm)) curve = &c;
+  }
+  if (curve == nullptr) {
+    return absl::InvalidArgumentError(
+        "CKA_EC_PARAMS is not the named curve prime256v1 or secp384r1");
+  }
+  // CKA_EC_POINT is DER OCTET STRING { 04||X||Y } (PKCS#11 v2.40 section
+  // 2.3.3); some modules return the bare point. The two cannot be confused:
+  // the wrapped form is exactly two bytes longer, and its content is short
+  // enough (65 or 97 bytes) that DER uses the one-byte length form.
+  const size_t point_len = 1 + 2 * static_cast<size_t>(curve->field_bytes);
+  absl::string_view point = ec_point;
+  if (ec_point.size() == point_len + 2 && ec_point[0] == '\x04' &&
+      static_cast<unsigned char>(ec_point[1]) == point_len) {
+    point = ec_point.substr(2);
+  }
+  absl::StatusOr<PkeyPtr> pkey = EcKeyFromPoint(*curve, point);
+  if (!pkey.ok()) return pkey.status();
+  return Adopt(EvpPkeyPtr(pkey->release()));
+}
+
+absl::StatusOr<PublicKey> PublicKey::FromRsa(
+    absl::string_view modulus, absl::string_view public_exponent) {
+  absl::StatusOr<BnPtr> n = ToBignum(modulus);
+  if (!n.ok()) return n.status();
+  absl::StatusOr<BnPtr> e = ToBignum(public_exponent);
+  if (!e.ok()) return e.status();
+  absl::StatusOr<PkeyPtr> pkey = RsaKeyFromComponents(n->get(), e->get());
+  if (!pkey.ok()) return pkey.status();
+  return Adopt(EvpPkeyPtr(pkey->release()));
+}
+
+absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
+  if (der.size() > LONG_MAX) {
+    return absl::InvalidArgumentError("SubjectPublicKeyInfo too long");
+  }
+  const unsigned char* p = Bytes(der);
+  PkeyPtr parsed(d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())));
+  if (parsed == nullptr) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument,
+                        "SubjectPublicKeyInfo does not parse");
+  }
+  if (p != Bytes(der) + der.size()) {
+    return absl::InvalidArgumentError(
+        "trailing bytes after SubjectPublicKeyInfo");
+  }
+  // Rebuild the key from its components, so that every PublicKey comes out of
+  // the same import path (and an EC point given compressed is re-encoded
+  // uncompressed).
+  absl::StatusOr<PkeyPtr> rebuilt;
+  if (EVP_PKEY_is_a(parsed.get(), "EC")) {
+    absl::StatusOr<const Curve*> curve = CurveOf(parsed.get());
+    if (!curve.ok()) return curve.status();
+    absl::StatusOr<BnPtr> x = GetBn(parsed.get(), OSSL_PKEY_PARAM_EC_PUB_X);
+    if (!x.ok()) return x.status();
+    absl::StatusOr<BnPtr> y = GetBn(parsed.get(), OSSL_PKEY_PARAM_EC_PUB_Y);
+    if (!y.ok()) return y.status();
+    const int width = (*curve)->field_bytes;
+    rebuilt =
+        EcKeyFromPoint(**curve, absl::StrCat("\x04", BnBytes(x->get(), width),
+                                             BnBytes(y->get(), width)));
+  } else if (EVP_PKEY_is_a(parsed.get(), "RSA")) {
+    absl::StatusOr<BnPtr> n = GetBn(parsed.get(), OSSL_PKEY_PARAM_RSA_N);
+    if (!n.ok()) return n.status();
+    absl::StatusOr<BnPtr> e = GetBn(parsed.get(), OSSL_PKEY_PARAM_RSA_E);
+    if (!e.ok()) return e.status();
+    rebuilt = RsaKeyFromComponents(n->get(), e->get());
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unsupported public key type ", EVP_PKEY_get0_type_name(parsed.get())));
+  }
+  if (!rebuilt.ok()) return rebuilt.status();
+  return Adopt(EvpPkeyPtr(rebuilt->release()));
+}
+
+bool PublicKey::is_ec() const {
+  return pkey_ != nullptr && EVP_PKEY_is_a(pkey_.get(), "EC");
+}
+
+int PublicKey::bits() const {
+  return pkey_ == nullptr ? 0 : EVP_PKEY_get_bits(pkey_.get());
+}
+
+absl::StatusOr<std::string> PublicKey::SpkiDer() const {
+  if (pkey_ == nullptr) return MovedFrom();
+  const int len = i2d_PUBKEY(pkey_.get(), nullptr);
+  if (len <= 0) {
+    return OpenSslError(absl::StatusCode::kInternal, "i2d_PUBKEY failed");
+  }
+  std::string der(static_cast<size_t>(len), '\0');
+  unsigned char* p = reinterpret_cast<unsigned char*>(der.data());
+  if (i2d_PUBKEY(pkey_.get(), &p) != len) {
+    return OpenSslError(absl::StatusCode::kInternal, "i2d_PUBKEY failed");
+  }
+  return der;
+}
+
+absl::StatusOr<std::string> PublicKey::SpkiPem() const {
+  if (pkey_ == nullptr) return MovedFrom();
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (bio == nullptr || PEM_write_bio_PUBKEY(bio.get(), pkey_.get()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "PEM_write_bio_PUBKEY failed");
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio.get(), &data);
+  if (len <= 0 || data == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal, "BIO_get_mem_data failed");
+  }
+  return std::string(data, static_cast<size_t>(len));
+}
+
+absl::StatusOr<PublicKey::JwkMembers> PublicKey::Jwk() const {
+  if (pkey_ == nullptr) return MovedFrom();
+  JwkMembers jwk;
+  if (is_ec()) {
+    absl::StatusOr<const Curve*> curve = CurveOf(pkey_.get());
+    if (!curve.ok()) return curve.status();
+    absl::StatusOr<BnPtr> x = GetBn(pkey_.get(), OSSL_PKEY_PARAM_EC_PUB_X);
+    if (!x.ok()) return x.status();
+    absl::StatusOr<BnPtr> y = GetBn(pkey_.get(), OSSL_PKEY_PARAM_EC_PUB_Y);
+    if (!y.ok()) return y.status();
+    jwk.kty = "EC";
+    jwk.crv = (*curve)->jwk_crv;
+    jwk.x = Base64Url(BnBytes(x->get(), (*curve)->field_bytes));
+    jwk.y = Base64Url(BnBytes(y->get(), (*curve)->field_bytes));
+  } else {
+    absl::StatusOr<BnPtr> n = GetBn(pkey_.get(), OSSL_PKEY_PARAM_RSA_N);
+    if (!n.ok()) return n.status();
+    absl::StatusOr<BnPtr> e = GetBn(pkey_.get(), OSSL_PKEY_PARAM_RSA_E);
+    if (!e.ok()) return e.status();
+    jwk.kty = "RSA";
+    jwk.n = Base64Url(BnBytes(n->get(), 0));
+    jwk.e = Base64Url(BnBytes(e->get(), 0));
+  }
+  return jwk;
+}
+
+absl::StatusOr<std::string> PublicKey::JwkThumbprint() const {
+  absl::StatusOr<JwkMembers> jwk = Jwk();
+  if (!jwk.ok()) return jwk.status();
+  // RFC 7638 section 3.2: required members only, sorted, no whitespace. All
+  // values are base64url or fixed names, so none needs JSON escaping.
+  const std::string canonical =
+      jwk->kty == "EC"
+          ? absl::StrCat(R"({"crv":")", jwk->crv, R"(","kty":"EC","x":")",
+                         jwk->x, R"(","y":")", jwk->y, R"("})")
+          : absl::StrCat(R"({"e":")", jwk->e, R"(","kty":"RSA","n":")", jwk->n,
+                         R"("})");
+  absl::StatusOr<std::string> hash = Sha256(canonical);
+  if (!hash.ok()) return hash.status();
+  return Base64Url(*hash);
+}
+
+absl::Status PublicKey::VerifyDigest(SignatureAlgorithm algorithm,
+                                     absl::string_view digest,
+                                     absl::string_view signature) const {
+  if (pkey_ == nullptr) return MovedFrom();
+  if (digest.size() != DigestLength(algorithm)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(AlgorithmName(algorithm), ": digest must be ",
+                     DigestLength(algorithm), " bytes, got ", digest.size()));
+  }
+  const EVP_MD* md = algorithm == SignatureAlgorithm::kEcdsaP384Sha384
+                         ? EVP_sha384()
+                         : EVP_sha256();
+  std::string der_signature;
+  if (IsEcdsa(algorithm)) {
+    if (!is_ec()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(AlgorithmName(algorithm), ": key is not an EC key"));
+    }
+    absl::StatusOr<const Curve*> curve = CurveOf(pkey_.get());
+    if (!curve.ok()) return curve.status();
+    if ((*curve)->algorithm != algorithm) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          AlgorithmName(algorithm), ": key is on curve ", (*curve)->jwk_crv));
+    }
+    const size_t want = 2 * static_cast<size_t>((*curve)->field_bytes);
+    if (signature.size() != want) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(AlgorithmName(algorithm), ": signature must be ", want,
+                       " bytes (r||s), got ", signature.size()));
+    }
+    absl::StatusOr<std::string> der = EcdsaRawToDer(signature);
+    if (!der.ok()) return der.status();
+    der_signature = *std::move(der);
+    signature = der_signature;
+  } else {
+    if (!EVP_PKEY_is_a(pkey_.get(), "RSA")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(AlgorithmName(algorithm), ": key is not an RSA key"));
+    }
+    // RFC 8017 section 8.2.2 step 1 / 8.1.2 step 1: exactly k bytes.
+    const size_t k = static_cast<size_t>(EVP_PKEY_get_size(pkey_.get()));
+    if (signature.size() != k) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(AlgorithmName(algorithm), ": signature must be ", k,
+                       " bytes, got ", signature.size()));
+    }
+  }
+
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey_.get(), nullptr));
+  if (ctx == nullptr || EVP_PKEY_verify_init(ctx.get()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "EVP_PKEY_verify_init failed");
+  }
+  bool configured = true;
+  if (algorithm == SignatureAlgorithm::kRsaPkcs1Sha256) {
+    configured =
+        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) == 1;
+  } else if (algorithm == SignatureAlgorithm::kRsaPssSha256) {
+    configured =
+        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PSS_PADDING) == 1;
+  }
+  configured = configured && EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1;
+  if (algorithm == SignatureAlgorithm::kRsaPssSha256) {
+    configured = configured &&
+                 EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), EVP_sha256()) == 1 &&
+                 EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), 32) == 1;
+  }
+  if (!configured) {
+    return OpenSslError(
+        absl::StatusCode::kInternal,
+        absl::StrCat(AlgorithmName(algorithm), ": configuring verify failed"));
+  }
+  // 1 is valid; 0 is a bad signature; negative values are decoding failures
+  // of the signature itself (e.g. r or s out of range), also a bad signature.
+  if (EVP_PKEY_verify(ctx.get(), Bytes(signature), signature.size(),
+                      Bytes(digest), digest.size()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat(AlgorithmName(algorithm), ": signature does not verify"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace signet::hsm

@@ -1,0 +1,353 @@
+#include "hsm/session_pool.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "hsm/ckr.h"
+
+namespace signet::hsm {
+namespace {
+
+std::atomic<uint64_t> next_connection_id{1};
+
+bool IsMisconfiguration(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kFailedPrecondition ||
+         status.code() == absl::StatusCode::kInvalidArgument;
+}
+
+}  // namespace
+
+Connection::~Connection() {
+  // Closing sessions and finalizing is the module's job (LoadedModule);
+  // C_Finalize closes every session of this load.
+}
+
+std::optional<CK_OBJECT_HANDLE> Connection::CachedHandle(
+    absl::string_view key_id) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = handles_.find(key_id);
+  if (it == handles_.end()) return std::nullopt;
+  return it->second;
+}
+
+void Connection::CacheHandle(absl::string_view key_id,
+                             CK_OBJECT_HANDLE handle) {
+  absl::MutexLock lock(&mu_);
+  handles_[std::string(key_id)] = handle;
+}
+
+void Connection::DropHandles(absl::string_view key_id) {
+  absl::MutexLock lock(&mu_);
+  handles_.erase(std::string(key_id));
+}
+
+SessionPool::Lease::Lease(Lease&& other) noexcept
+    : pool_(other.pool_),
+      index_(other.index_),
+      connection_(std::move(other.connection_)),
+      session_(other.session_),
+      lost_(other.lost_) {
+  other.pool_ = nullptr;
+}
+
+SessionPool::Lease::~Lease() {
+  if (pool_ != nullptr) pool_->Release(*this);
+}
+
+absl::Status SessionPool::Lease::Check(CK_RV rv, absl::string_view operation) {
+  if (rv == CKR_OK) return absl::OkStatus();
+  if (IsConnectionLost(rv)) {
+    lost_ = true;
+    return absl::UnavailableError(absl::StrCat(
+        operation, ": ", CkrName(rv),
+        " (the HSM connection was lost; reconnecting)"));
+  }
+  return CkrStatus(rv, operation);
+}
+
+SessionPool::SessionPool(std::unique_ptr<Connector> connector, TokenUri token,
+                         Pin pin, SessionPoolOptions options)
+    : connector_(std::move(connector)),
+      token_(std::move(token)),
+      pin_(std::move(pin)),
+      options_(options) {
+  absl::MutexLock lock(&mu_);
+  slots_.resize(options_.connections);
+  for (ConnectionSlot& slot : slots_) slot.backoff = options_.initial_backoff;
+}
+
+SessionPool::~SessionPool() {
+  std::vector<std::shared_ptr<Connection>> to_close;
+  {
+    absl::MutexLock lock(&mu_);
+    shutdown_ = true;
+  }
+  // A reconnect in progress finishes first (bounded by the module's own
+  // connect behaviour).
+  if (recovery_.joinable()) recovery_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    idle_.clear();
+    for (ConnectionSlot& slot : slots_) {
+      if (slot.connection) to_close.push_back(std::move(slot.connection));
+    }
+  }
+  // Connections finalize as the last reference goes, outside the lock.
+}
+
+absl::StatusOr<std::unique_ptr<SessionPool>> SessionPool::Create(
+    std::unique_ptr<Connector> connector, TokenUri token, Pin pin,
+    SessionPoolOptions options) {
+  if (options.connections < 1 || options.sessions_per_connection < 1) {
+    return absl::InvalidArgumentError(
+        "session pool needs at least one connection and one session each");
+  }
+  std::unique_ptr<SessionPool> pool(new SessionPool(
+      std::move(connector), std::move(token), std::move(pin), options));
+  absl::Status last;
+  int up = 0;
+  // One after another: simultaneous logins through p11-kit server can fail
+  // with CKR_GENERAL_ERROR (design.md).
+  for (int i = 0; i < options.connections; ++i) {
+    absl::Duration backoff = options.initial_backoff;
+    for (int attempt = 0; attempt < options.open_attempts; ++attempt) {
+      absl::StatusOr<std::shared_ptr<Connection>> conn = pool->OpenConnection();
+      if (conn.ok()) {
+        absl::MutexLock lock(&pool->mu_);
+        pool->slots_[i].connection = *conn;
+        for (CK_SESSION_HANDLE s : (*conn)->sessions_) {
+          pool->idle_.push_back({static_cast<size_t>(i), *conn, s});
+        }
+        ++up;
+        last = absl::OkStatus();
+        break;
+      }
+      last = conn.status();
+      // A wrong PIN or a missing token will not fix itself: do not retry.
+      if (IsMisconfiguration(last)) return last;
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, options.max_backoff);
+    }
+    if (!last.ok()) {
+      absl::MutexLock lock(&pool->mu_);
+      pool->MarkDown(pool->slots_[i], last);
+    }
+  }
+  if (up == 0) return last;
+  pool->recovery_ = std::thread([p = pool.get()] { p->RecoveryLoop(); });
+  return pool;
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
+  absl::StatusOr<std::unique_ptr<ModuleConnection>> api =
+      connector_->Connect();
+  if (!api.ok()) return api.status();
+
+  std::vector<CK_SLOT_ID> slot_ids;
+  absl::Status st = CkrStatus((*api)->GetSlotList(true, &slot_ids),
+                              "C_GetSlotList");
+  if (!st.ok()) return absl::UnavailableError(st.message());
+  if (slot_ids.empty()) {
+    // p11-kit-client answers C_Initialize fine and lists zero slots when the
+    // server socket is missing: that is "HSM unavailable", never "no keys".
+    return absl::UnavailableError(
+        "the PKCS#11 module shows no token at all: the HSM (p11-kit server) "
+        "is unavailable");
+  }
+  std::vector<std::string> seen;
+  std::optional<CK_SLOT_ID> chosen;
+  for (CK_SLOT_ID id : slot_ids) {
+    CK_TOKEN_INFO info;
+    CK_RV rv = (*api)->GetTokenInfo(id, &info);
+    if (rv != CKR_OK) continue;
+    seen.push_back(TokenLabel(info));
+    if (token_.Matches(info)) {
+      chosen = id;
+      break;
+    }
+  }
+  if (!chosen) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no token matches ", token_.text(), " (tokens present: ",
+                     absl::StrJoin(seen, ", "), ")"));
+  }
+
+  std::shared_ptr<Connection> conn(
+      new Connection(std::move(*api), *chosen, next_connection_id++));
+  for (int i = 0; i < options_.sessions_per_connection; ++i) {
+    CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+    CK_RV rv = conn->api().OpenSession(
+        *chosen, CKF_SERIAL_SESSION | CKF_RW_SESSION, &session);
+    if (rv != CKR_OK) {
+      absl::Status s = CkrStatus(rv, "C_OpenSession");
+      return IsConnectionLost(rv) ? absl::UnavailableError(s.message()) : s;
+    }
+    conn->sessions_.push_back(session);
+  }
+  // Login state is per application (per connection): one C_Login suffices.
+  CK_RV rv = conn->api().Login(conn->sessions_.front(), CKU_USER, pin_.data(),
+                               pin_.size());
+  if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID ||
+        rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_LOCKED ||
+        rv == CKR_PIN_EXPIRED || rv == CKR_USER_PIN_NOT_INITIALIZED) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "C_Login: ", CkrName(rv), ": the configured user PIN for ",
+          token_.text(), " was refused; check hsm.pin_file / hsm.pin_env"));
+    }
+    // CKR_GENERAL_ERROR here is the concurrent-login race: retryable.
+    return absl::UnavailableError(CkrStatus(rv, "C_Login").message());
+  }
+  return conn;
+}
+
+void SessionPool::MarkDown(ConnectionSlot& slot, absl::Status why) {
+  slot.connection.reset();
+  slot.last_error = why;
+  last_error_ = why;
+  absl::Time now = absl::Now();
+  if (IsMisconfiguration(why)) {
+    slot.next_attempt = now + options_.misconfigured_backoff;
+  } else {
+    slot.next_attempt = now + slot.backoff;
+    slot.backoff = std::min(slot.backoff * 2, options_.max_backoff);
+  }
+  recovery_kick_ = true;
+}
+
+void SessionPool::RecoveryLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!shutdown_) {
+    if (MaybeReconnect()) continue;
+    absl::Time wake = absl::InfiniteFuture();
+    for (const ConnectionSlot& slot : slots_) {
+      if (!slot.connection && !slot.reconnecting) {
+        wake = std::min(wake, slot.next_attempt);
+      }
+    }
+    recovery_kick_ = false;
+    auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return shutdown_ || recovery_kick_;
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&woken), wake);
+  }
+}
+
+void SessionPool::Release(Lease& lease) {
+  std::shared_ptr<Connection> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    ConnectionSlot& slot = slots_[lease.index_];
+    bool current = slot.connection == lease.connection_;
+    if (lease.lost_) {
+      if (current) {
+        dropped = std::move(slot.connection);
+        MarkDown(slot, absl::UnavailableError(
+                           "the HSM connection was lost (device error)"));
+        // First retry right away: a restarted HSM should come back quickly.
+        slot.next_attempt = absl::Now();
+      }
+      // Sessions of the lost connection are not reused.
+      idle_.erase(std::remove_if(idle_.begin(), idle_.end(),
+                                 [&](const IdleSession& s) {
+                                   return s.connection == lease.connection_;
+                                 }),
+                  idle_.end());
+    } else if (current) {
+      idle_.push_back({lease.index_, lease.connection_, lease.session_});
+    }
+    lease.connection_.reset();
+  }
+  // `dropped` (and with it C_Finalize of a dead connection) goes here,
+  // outside the lock.
+}
+
+bool SessionPool::MaybeReconnect() {
+  absl::Time now = absl::Now();
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    ConnectionSlot& slot = slots_[i];
+    if (slot.connection || slot.reconnecting || now < slot.next_attempt) {
+      continue;
+    }
+    slot.reconnecting = true;
+    mu_.Unlock();
+    absl::StatusOr<std::shared_ptr<Connection>> conn = OpenConnection();
+    mu_.Lock();
+    ConnectionSlot& s = slots_[i];
+    s.reconnecting = false;
+    if (conn.ok()) {
+      s.connection = *conn;
+      s.backoff = options_.initial_backoff;
+      s.last_error = absl::OkStatus();
+      for (CK_SESSION_HANDLE h : (*conn)->sessions_) {
+        idle_.push_back({i, *conn, h});
+      }
+    } else {
+      s.backoff = std::max(s.backoff, options_.initial_backoff);
+      MarkDown(s, conn.status());
+    }
+    return true;
+  }
+  return false;
+}
+
+absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    while (!idle_.empty()) {
+      IdleSession s = std::move(idle_.front());
+      idle_.pop_front();
+      if (slots_[s.index].connection == s.connection) {
+        return Lease(this, s.index, std::move(s.connection), s.session);
+      }
+    }
+    const absl::Time now = absl::Now();
+    bool any_hope = false;  // up, reconnecting, or due for a retry
+    for (const ConnectionSlot& slot : slots_) {
+      any_hope |= slot.connection != nullptr || slot.reconnecting ||
+                  slot.next_attempt <= now;
+    }
+    if (!any_hope) {
+      return absl::UnavailableError(absl::StrCat(
+          "HSM unavailable: ", last_error_.message(),
+          " (retrying with backoff)"));
+    }
+    if (now >= deadline) {
+      return absl::DeadlineExceededError(
+          "no HSM session became free before the deadline");
+    }
+    // Wake on a released session, or when a reconnect settles.
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !idle_.empty();
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&ready),
+                          std::min(deadline, now + absl::Milliseconds(50)));
+  }
+}
+
+void SessionPool::DropCachedHandles(absl::string_view key_id) {
+  std::vector<std::shared_ptr<Connection>> conns;
+  {
+    absl::MutexLock lock(&mu_);
+    for (ConnectionSlot& slot : slots_) {
+      if (slot.connection) conns.push_back(slot.connection);
+    }
+  }
+  for (auto& c : conns) c->DropHandles(key_id);
+}
+
+int SessionPool::LiveConnections() const {
+  absl::MutexLock lock(&mu_);
+  int up = 0;
+  for (const ConnectionSlot& slot : slots_) up += slot.connection != nullptr;
+  return up;
+}
+
+absl::Status SessionPool::LastError() const {
+  absl::MutexLock lock(&mu_);
+  return last_error_;
+}
+
+}  // namespace signet::hsm

@@ -1,0 +1,206 @@
+// A pool of logged-in PKCS#11 sessions spread over several module
+// connections, with RAII leases and recovery when the HSM goes away.
+//
+// Why several connections: each connection to `p11-kit server` is its own
+// remote process, and throughput grows with connections as well as sessions
+// (design.md, "Cost per call"). Connections are opened one after another,
+// with retry, because opening several at the same moment can fail C_Login
+// with CKR_GENERAL_ERROR.
+//
+// Recovery: a lease whose call answered a connection-lost CK_RV (see
+// IsConnectionLost) marks its connection down. A recovery thread owned by
+// the pool re-establishes down connections (a new module load: initialize,
+// find the token, open sessions, log in) with exponential backoff, so a dead
+// HSM is retried gently, a wrong PIN is never retried hot, and no caller of
+// Acquire() ever blocks on a reconnect. While every connection is down and
+// none is due for a retry, Acquire() answers UNAVAILABLE at once rather than
+// waiting for its deadline. Handles cached on a connection die with it: a
+// handle is only valid on the connection that found it.
+//
+// Thread-safety: thread-safe. A lease is used by one thread at a time, and a
+// session is leased to one lease at a time (PKCS#11 sessions are not
+// reentrant).
+#ifndef SIGNET_HSM_SESSION_POOL_H_
+#define SIGNET_HSM_SESSION_POOL_H_
+
+#include <p11-kit/pkcs11.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "hsm/module.h"
+#include "hsm/pin.h"
+#include "hsm/token_uri.h"
+
+namespace signet::hsm {
+
+struct SessionPoolOptions {
+  int connections = 2;
+  int sessions_per_connection = 2;
+  // Attempts to open each connection at start-up before giving up.
+  int open_attempts = 5;
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(5);
+  // Backoff after a PIN or configuration failure: never retried hot, since
+  // SoftHSM has no PIN lockout of its own.
+  absl::Duration misconfigured_backoff = absl::Seconds(60);
+};
+
+// One established module connection: a token found, sessions open, user
+// logged in, and the handles found on it. Thread-safe.
+class Connection {
+ public:
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  Pkcs11Api& api() { return *api_; }
+  CK_SLOT_ID slot() const { return slot_; }
+  // Unique for every (re)connection in the process.
+  uint64_t id() const { return id_; }
+
+  // The private key handle of `key_id` on this connection, if found before.
+  std::optional<CK_OBJECT_HANDLE> CachedHandle(absl::string_view key_id) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void CacheHandle(absl::string_view key_id, CK_OBJECT_HANDLE handle)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void DropHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  friend class SessionPool;
+  Connection(std::unique_ptr<ModuleConnection> api, CK_SLOT_ID slot,
+             uint64_t id)
+      : api_(std::move(api)), slot_(slot), id_(id) {}
+
+  std::unique_ptr<ModuleConnection> api_;
+  CK_SLOT_ID slot_;
+  uint64_t id_;
+  std::vector<CK_SESSION_HANDLE> sessions_;  // set once at open
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, CK_OBJECT_HANDLE> handles_
+      ABSL_GUARDED_BY(mu_);
+};
+
+class SessionPool {
+ public:
+  // A leased session. Move-only; returns the session on destruction.
+  class Lease {
+   public:
+    Lease(Lease&& other) noexcept;
+    Lease& operator=(Lease&& other) = delete;
+    Lease(const Lease&) = delete;
+    ~Lease();
+
+    Pkcs11Api& api() { return connection_->api(); }
+    CK_SESSION_HANDLE session() const { return session_; }
+    Connection& connection() { return *connection_; }
+
+    // CkrStatus(rv, operation); when `rv` says the connection is lost, also
+    // marks it down so it is re-established, and the status is UNAVAILABLE.
+    absl::Status Check(CK_RV rv, absl::string_view operation);
+
+    // Marks the connection down (to be re-established) without a CK_RV:
+    // for a connection whose view of the token is known to be stale.
+    void MarkLost() { lost_ = true; }
+
+   private:
+    friend class SessionPool;
+    Lease(SessionPool* pool, size_t index, std::shared_ptr<Connection> conn,
+          CK_SESSION_HANDLE session)
+        : pool_(pool),
+          index_(index),
+          connection_(std::move(conn)),
+          session_(session) {}
+
+    SessionPool* pool_;
+    size_t index_;
+    std::shared_ptr<Connection> connection_;
+    CK_SESSION_HANDLE session_;
+    bool lost_ = false;
+  };
+
+  // Opens every connection (one after another, each with retry). Fails when
+  // none can be opened: UNAVAILABLE when the HSM is unreachable (zero
+  // slots), FAILED_PRECONDITION for a wrong PIN or no matching token.
+  // Connections that fail while at least one succeeds are retried later.
+  static absl::StatusOr<std::unique_ptr<SessionPool>> Create(
+      std::unique_ptr<Connector> connector, TokenUri token, Pin pin,
+      SessionPoolOptions options);
+
+  ~SessionPool();
+
+  // A session, waiting until `deadline` for one to be free.
+  // DEADLINE_EXCEEDED when none frees up in time; UNAVAILABLE when every
+  // connection is down (with the last connection error).
+  absl::StatusOr<Lease> Acquire(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Drops `key_id`'s cached handles on every connection (after destroy).
+  void DropCachedHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Number of connections up right now, and configured.
+  int LiveConnections() const ABSL_LOCKS_EXCLUDED(mu_);
+  int ConfiguredConnections() const { return options_.connections; }
+  int Capacity() const {
+    return options_.connections * options_.sessions_per_connection;
+  }
+  // The error that took the last connection down, or OK.
+  absl::Status LastError() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct ConnectionSlot {
+    std::shared_ptr<Connection> connection;  // null while down
+    bool reconnecting = false;
+    absl::Time next_attempt = absl::InfinitePast();
+    absl::Duration backoff;
+    absl::Status last_error;
+  };
+  struct IdleSession {
+    size_t index;
+    std::shared_ptr<Connection> connection;
+    CK_SESSION_HANDLE session;
+  };
+
+  SessionPool(std::unique_ptr<Connector> connector, TokenUri token, Pin pin,
+              SessionPoolOptions options);
+
+  // One connection attempt: load, find the token, open sessions, log in.
+  absl::StatusOr<std::shared_ptr<Connection>> OpenConnection();
+  void Release(Lease& lease) ABSL_LOCKS_EXCLUDED(mu_);
+  // The recovery thread: brings down connections back when their backoff
+  // has passed, until the pool is destroyed.
+  void RecoveryLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Tries to bring up one down connection whose backoff has passed.
+  // Returns true if it tried. Called with mu_ held; releases it meanwhile.
+  bool MaybeReconnect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkDown(ConnectionSlot& slot, absl::Status why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::unique_ptr<Connector> connector_;
+  const TokenUri token_;
+  const Pin pin_;
+  const SessionPoolOptions options_;
+
+  mutable absl::Mutex mu_;
+  std::vector<ConnectionSlot> slots_ ABSL_GUARDED_BY(mu_);
+  std::deque<IdleSession> idle_ ABSL_GUARDED_BY(mu_);
+  absl::Status last_error_ ABSL_GUARDED_BY(mu_);
+  bool recovery_kick_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread recovery_;
+};
+
+}  // namespace signet::hsm
+
+#endif  // SIGNET_HSM_SESSION_POOL_H_

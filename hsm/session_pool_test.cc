@@ -1,0 +1,148 @@
+#include "hsm/session_pool.h"
+
+#include <set>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/test_hsm.h"
+
+namespace signet::hsm {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+using SessionPoolTest = InProcessHsmTest;
+
+absl::Time Soon() { return absl::Now() + absl::Milliseconds(50); }
+
+TEST_F(SessionPoolTest, LeasesEverySessionOnceAndTimesOutWhenAllAreOut) {
+  SessionPoolOptions options;
+  options.connections = 2;
+  options.sessions_per_connection = 2;
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ((*pool)->LiveConnections(), 2);
+  EXPECT_EQ(injector_->Connects(), 2);
+  std::vector<SessionPool::Lease> leases;
+  std::set<std::pair<uint64_t, CK_SESSION_HANDLE>> distinct;
+  for (int i = 0; i < 4; ++i) {
+    auto lease = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    distinct.insert({lease->connection().id(), lease->session()});
+    leases.push_back(std::move(*lease));
+  }
+  EXPECT_EQ(distinct.size(), 4u);
+  auto fifth = (*pool)->Acquire(Soon());
+  EXPECT_EQ(fifth.status().code(), absl::StatusCode::kDeadlineExceeded);
+  leases.pop_back();
+  EXPECT_TRUE((*pool)->Acquire(Soon()).ok());
+}
+
+TEST_F(SessionPoolTest, ZeroSlotsMeansHsmUnavailableNeverNoKeys) {
+  injector_->HideSlots(true);
+  SessionPoolOptions options;
+  options.open_attempts = 2;
+  options.initial_backoff = absl::Milliseconds(1);
+  auto pool = MakePool(options);
+  EXPECT_EQ(pool.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(pool.status().message(), HasSubstr("unavailable"));
+}
+
+TEST_F(SessionPoolTest, WrongPinFailsClearlyAndIsNotRetried) {
+  auto pool = MakePool({}, std::string("wrong-pin-123"));
+  EXPECT_EQ(pool.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(pool.status().message(), HasSubstr("CKR_PIN_INCORRECT"));
+  EXPECT_THAT(pool.status().message(), Not(HasSubstr("wrong-pin-123")));
+  EXPECT_THAT(pool.status().message(), Not(HasSubstr(token_->user_pin())));
+  EXPECT_EQ(injector_->Calls("C_Login"), 1);
+  EXPECT_EQ(injector_->Connects(), 1);
+}
+
+TEST_F(SessionPoolTest, NoMatchingTokenNamesTheTokensPresent) {
+  auto pool = MakePool({}, std::nullopt, "pkcs11:token=not-there");
+  EXPECT_EQ(pool.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(pool.status().message(), HasSubstr("pkcs11:token=not-there"));
+  EXPECT_THAT(pool.status().message(), HasSubstr(token_->label()));
+}
+
+TEST_F(SessionPoolTest, ConcurrentLoginRaceIsRetried) {
+  injector_->Fail("C_Login", CKR_GENERAL_ERROR, 2);
+  SessionPoolOptions options;
+  options.connections = 1;
+  options.initial_backoff = absl::Milliseconds(1);
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ(injector_->Connects(), 3);
+}
+
+TEST_F(SessionPoolTest, LostConnectionIsReestablishedOnNextAcquire) {
+  SessionPoolOptions options;
+  options.connections = 1;
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  uint64_t first_id;
+  {
+    auto lease = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(lease.ok());
+    first_id = lease->connection().id();
+    absl::Status st = lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+    EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  }
+  EXPECT_EQ((*pool)->LiveConnections(), 0);
+  auto lease = (*pool)->Acquire(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_NE(lease->connection().id(), first_id);
+  EXPECT_EQ(injector_->Connects(), 2);
+  unsigned char buf[8];
+  EXPECT_EQ(lease->api().GenerateRandom(lease->session(), buf, sizeof(buf)),
+            CKR_OK);
+}
+
+TEST_F(SessionPoolTest, AllDownAnswersUnavailableAndBacksOff) {
+  SessionPoolOptions options;
+  options.connections = 1;
+  options.initial_backoff = absl::Seconds(60);
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok());
+  {
+    auto lease = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(lease.ok());
+    (void)lease->Check(CKR_DEVICE_REMOVED, "C_Sign");
+  }
+  injector_->HideSlots(true);  // the HSM is still gone
+  // The first retry is immediate and fails...
+  auto first = (*pool)->Acquire(absl::Now() + absl::Seconds(30));
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(injector_->Connects(), 2);
+  // ...and the next caller gets UNAVAILABLE without another connect attempt
+  // (backoff), rather than waiting out its deadline.
+  auto second = (*pool)->Acquire(absl::Now() + absl::Seconds(30));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(), HasSubstr("HSM unavailable"));
+  EXPECT_EQ(injector_->Connects(), 2);
+}
+
+TEST_F(SessionPoolTest, OtherConnectionsKeepServingWhileOneIsDown) {
+  SessionPoolOptions options;
+  options.connections = 2;
+  options.sessions_per_connection = 1;
+  options.initial_backoff = absl::Seconds(60);
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok());
+  {
+    auto lease = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(lease.ok());
+    (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+  }
+  injector_->Fail("Connect", CKR_DEVICE_ERROR, -1);
+  for (int i = 0; i < 5; ++i) {
+    auto lease = (*pool)->Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(lease.ok()) << lease.status();
+  }
+  EXPECT_EQ((*pool)->LiveConnections(), 1);
+}
+
+}  // namespace
+}  // namespace signet::hsm

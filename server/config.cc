@@ -1,0 +1,282 @@
+#include "server/config.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace signet::server {
+namespace {
+
+using signet::v1::Algorithm;
+using signet::v1::ScopeConfig;
+using signet::v1::SignetConfig;
+
+constexpr int kMaxConnections = 64;
+constexpr int kMaxSessionsPerConnection = 64;
+
+class CollectErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    errors_.push_back(absl::StrCat(line + 1, ":", column + 1, ": ", message));
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    AddError(line, column, message);
+  }
+  std::string Joined() const { return absl::StrJoin(errors_, "; "); }
+
+ private:
+  std::vector<std::string> errors_;
+};
+
+bool ValidScopeName(absl::string_view name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    bool ok = absl::ascii_islower(c) || absl::ascii_isdigit(c) ||
+              (i > 0 && (c == '-' || c == '_' || c == '.'));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Splits "host:port" / "[v6]:port".
+bool SplitHostPort(absl::string_view address, std::string* host, int* port) {
+  size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos) return false;
+  absl::string_view h = address.substr(0, colon);
+  if (absl::StartsWith(h, "[") && absl::EndsWith(h, "]")) {
+    h = h.substr(1, h.size() - 2);
+  }
+  if (h.empty() || !absl::SimpleAtoi(address.substr(colon + 1), port) ||
+      *port < 0 || *port > 65535) {
+    return false;
+  }
+  *host = std::string(h);
+  return true;
+}
+
+// An issuer is https://host[:port][/path] (http:// only on loopback), with
+// no query, fragment or userinfo: relying parties compare it byte for byte.
+absl::Status ValidateIssuer(absl::string_view issuer) {
+  absl::string_view rest;
+  bool https = false;
+  if (absl::StartsWith(issuer, "https://")) {
+    rest = issuer.substr(8);
+    https = true;
+  } else if (absl::StartsWith(issuer, "http://")) {
+    rest = issuer.substr(7);
+  } else {
+    return absl::InvalidArgumentError("must start with https://");
+  }
+  if (absl::StrContains(issuer, "?") || absl::StrContains(issuer, "#") ||
+      absl::StrContains(rest, "@")) {
+    return absl::InvalidArgumentError(
+        "must not contain a query, a fragment or user information");
+  }
+  if (absl::EndsWith(issuer, "/")) {
+    return absl::InvalidArgumentError("must not end with '/'");
+  }
+  absl::string_view authority = rest.substr(0, rest.find('/'));
+  std::string host(authority);
+  int port = 0;
+  if (absl::StrContains(authority, ":") &&
+      !SplitHostPort(authority, &host, &port)) {
+    return absl::InvalidArgumentError("has a malformed host:port");
+  }
+  if (host.empty()) return absl::InvalidArgumentError("has no host");
+  if (!https && !IsLoopbackHost(host)) {
+    return absl::InvalidArgumentError(
+        "must use https:// (plain http:// only for loopback hosts)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FieldError(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+}  // namespace
+
+bool IsLoopbackHost(absl::string_view host) {
+  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+std::string JoseAlgorithmName(Algorithm algorithm) {
+  switch (algorithm) {
+    case signet::v1::ES256:
+      return "ES256";
+    case signet::v1::ES384:
+      return "ES384";
+    case signet::v1::RS256:
+      return "RS256";
+    case signet::v1::PS256:
+      return "PS256";
+    default:
+      return "unspecified";
+  }
+}
+
+hsm::KeySpec KeySpecFor(const ScopeConfig& scope) {
+  hsm::KeySpec spec;
+  switch (scope.algorithm()) {
+    case signet::v1::ES384:
+      spec.algorithm = hsm::SignatureAlgorithm::kEcdsaP384Sha384;
+      break;
+    case signet::v1::RS256:
+      spec.algorithm = hsm::SignatureAlgorithm::kRsaPkcs1Sha256;
+      break;
+    case signet::v1::PS256:
+      spec.algorithm = hsm::SignatureAlgorithm::kRsaPssSha256;
+      break;
+    default:
+      spec.algorithm = hsm::SignatureAlgorithm::kEcdsaP256Sha256;
+  }
+  spec.rsa_bits = scope.rsa_bits() == 0 ? 2048 : scope.rsa_bits();
+  return spec;
+}
+
+absl::Status ValidateConfig(SignetConfig& config) {
+  std::string host;
+  int port = 0;
+  if (config.grpc_listen_address().empty()) {
+    return FieldError("grpc_listen_address", "is required (host:port)");
+  }
+  if (!SplitHostPort(config.grpc_listen_address(), &host, &port)) {
+    return FieldError("grpc_listen_address",
+                      absl::StrCat("\"", config.grpc_listen_address(),
+                                   "\" is not host:port"));
+  }
+  if (!IsLoopbackHost(host)) {
+    return FieldError("grpc_listen_address",
+                      "must be a loopback address until mTLS is configured");
+  }
+
+  signet::v1::HsmConfig& hsm = *config.mutable_hsm();
+  if (hsm.module_path().empty()) {
+    return FieldError("hsm.module_path", "is required");
+  }
+  if (hsm.token_uri().empty()) {
+    return FieldError("hsm.token_uri",
+                      "is required (an RFC 7512 URI, e.g. pkcs11:token=signet)");
+  }
+  if (hsm.pin_file().empty() == hsm.pin_env().empty()) {
+    return FieldError("hsm.pin_file / hsm.pin_env",
+                      "exactly one of them must be set");
+  }
+  if (hsm.connections() == 0) hsm.set_connections(2);
+  if (hsm.sessions_per_connection() == 0) hsm.set_sessions_per_connection(2);
+  if (hsm.connections() > kMaxConnections) {
+    return FieldError("hsm.connections",
+                      absl::StrCat("at most ", kMaxConnections));
+  }
+  if (hsm.sessions_per_connection() > kMaxSessionsPerConnection) {
+    return FieldError("hsm.sessions_per_connection",
+                      absl::StrCat("at most ", kMaxSessionsPerConnection));
+  }
+
+  if (config.scopes().empty()) {
+    return FieldError("scopes", "at least one scope is required");
+  }
+  std::set<std::string> names;
+  std::set<std::string> issuers;
+  for (int i = 0; i < config.scopes_size(); ++i) {
+    ScopeConfig& scope = *config.mutable_scopes(i);
+    const std::string field =
+        absl::StrCat("scopes[", i, "]",
+                     scope.name().empty() ? "" : " (" + scope.name() + ")");
+    if (!ValidScopeName(scope.name())) {
+      return FieldError(
+          field + ".name",
+          "must be 1-63 characters of a-z, 0-9, '-', '_', '.', starting "
+          "with a letter or digit (it appears in URLs)");
+    }
+    if (!names.insert(scope.name()).second) {
+      return FieldError(field + ".name", "duplicate scope name");
+    }
+    if (scope.audience_class() == signet::v1::AUDIENCE_CLASS_UNSPECIFIED) {
+      return FieldError(field + ".audience_class",
+                        "must be CONSUMER or ENTERPRISE");
+    }
+    if (scope.purpose() == signet::v1::PURPOSE_UNSPECIFIED) {
+      return FieldError(field + ".purpose", "must be JWT or RAW");
+    }
+    absl::Status issuer = ValidateIssuer(scope.issuer());
+    if (!issuer.ok()) {
+      return FieldError(field + ".issuer",
+                        absl::StrCat("\"", scope.issuer(), "\" ",
+                                     issuer.message()));
+    }
+    if (!issuers.insert(scope.issuer()).second) {
+      return FieldError(field + ".issuer",
+                        "another scope has the same issuer; each issuer is "
+                        "bound to exactly one scope's keys");
+    }
+    if (scope.algorithm() == signet::v1::ALGORITHM_UNSPECIFIED) {
+      return FieldError(field + ".algorithm",
+                        "must be ES256, ES384, RS256 or PS256");
+    }
+    const bool rsa = scope.algorithm() == signet::v1::RS256 ||
+                     scope.algorithm() == signet::v1::PS256;
+    if (!rsa && scope.rsa_bits() != 0) {
+      return FieldError(field + ".rsa_bits", "only for RS256 and PS256");
+    }
+    if (rsa) {
+      if (scope.rsa_bits() == 0) scope.set_rsa_bits(2048);
+      if (scope.rsa_bits() != 2048 && scope.rsa_bits() != 3072 &&
+          scope.rsa_bits() != 4096) {
+        return FieldError(field + ".rsa_bits", "must be 2048, 3072 or 4096");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SignetConfig> ParseConfig(absl::string_view text) {
+  SignetConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  CollectErrors errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &config)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("configuration: ", errors.Joined()));
+  }
+  absl::Status valid = ValidateConfig(config);
+  if (!valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("configuration: ", valid.message()));
+  }
+  return config;
+}
+
+absl::StatusOr<SignetConfig> LoadConfigFile(absl::string_view path) {
+  std::ifstream in{std::string(path)};
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot read configuration file ", path));
+  }
+  std::stringstream buf;
+  buf << in.rdbuf();
+  absl::StatusOr<SignetConfig> config = ParseConfig(buf.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(path, ": ", config.status().message()));
+  }
+  return config;
+}
+
+}  // namespace signet::server

@@ -1,0 +1,41 @@
+// Loading and validating signetd's configuration (proto/signet/v1/config.proto)
+// with protobuf's own text-format parser: no hand-written config parser.
+//
+// Thread-compatible: pure functions.
+#ifndef SIGNET_SERVER_CONFIG_H_
+#define SIGNET_SERVER_CONFIG_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "hsm/algorithm.h"
+#include "signet/v1/config.pb.h"
+
+namespace signet::server {
+
+// Parses text format. INVALID_ARGUMENT with "line:column: reason" for a
+// syntax error or an unknown field, then ValidateConfig(); defaults filled.
+absl::StatusOr<signet::v1::SignetConfig> ParseConfig(absl::string_view text);
+
+// Reads `path` and parses it. NOT_FOUND / PERMISSION_DENIED for the file.
+absl::StatusOr<signet::v1::SignetConfig> LoadConfigFile(
+    absl::string_view path);
+
+// Fills defaults (connections, sessions, rsa_bits) and checks every field;
+// errors are INVALID_ARGUMENT and name the field, e.g.
+// "scopes[1] (demo-enterprise).issuer: ...".
+absl::Status ValidateConfig(signet::v1::SignetConfig& config);
+
+// The HSM key spec of a validated scope.
+hsm::KeySpec KeySpecFor(const signet::v1::ScopeConfig& scope);
+
+// "ES256" etc.
+std::string JoseAlgorithmName(signet::v1::Algorithm algorithm);
+
+// True for "127.0.0.1", "localhost", "::1" / "[::1]" and other 127/8 hosts.
+bool IsLoopbackHost(absl::string_view host);
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_CONFIG_H_

@@ -1,0 +1,133 @@
+#include "server/config.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace signet::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kValid[] = R"pb(
+  grpc_listen_address: "127.0.0.1:7443"
+  hsm {
+    module_path: "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+    p11_kit_server_address: "unix:path=/var/lib/signet/run/hsm.sock"
+    token_uri: "pkcs11:token=signet"
+    pin_file: "/var/lib/signet/secrets/user.pin"
+  }
+  scopes {
+    name: "demo-consumer"
+    audience_class: CONSUMER
+    purpose: JWT
+    issuer: "https://consumer.signet.example"
+    algorithm: ES256
+  }
+  scopes {
+    name: "demo-enterprise"
+    audience_class: ENTERPRISE
+    purpose: JWT
+    issuer: "https://enterprise.signet.example"
+    algorithm: RS256
+  }
+)pb";
+
+absl::Status ParseWith(absl::string_view from, absl::string_view to) {
+  std::string text = absl::StrReplaceAll(kValid, {{from, to}});
+  EXPECT_NE(text, kValid) << "replacement did not apply: " << from;
+  return ParseConfig(text).status();
+}
+
+TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
+  auto config = ParseConfig(kValid);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->scopes_size(), 2);
+  EXPECT_EQ(config->hsm().connections(), 2u);
+  EXPECT_EQ(config->hsm().sessions_per_connection(), 2u);
+  EXPECT_EQ(config->scopes(1).rsa_bits(), 2048u);
+  EXPECT_EQ(KeySpecFor(config->scopes(1)).algorithm,
+            hsm::SignatureAlgorithm::kRsaPkcs1Sha256);
+  EXPECT_EQ(JoseAlgorithmName(config->scopes(0).algorithm()), "ES256");
+}
+
+TEST(ConfigTest, UnknownFieldIsRefusedWithItsPosition) {
+  auto st = ParseConfig(absl::StrCat(kValid, "\nsopes { name: \"x\" }\n"));
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.status().message(), HasSubstr("sopes"));
+  EXPECT_THAT(st.status().message(), HasSubstr("24:"));  // line number
+}
+
+struct BadCase {
+  const char* from;
+  const char* to;
+  const char* field;
+};
+
+class ConfigRejectTest : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(ConfigRejectTest, NamesTheField) {
+  absl::Status st = ParseWith(GetParam().from, GetParam().to);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr(GetParam().field));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fields, ConfigRejectTest,
+    ::testing::Values(
+        BadCase{"\"demo-enterprise\"", "\"demo-consumer\"",
+                "duplicate scope name"},
+        BadCase{"https://enterprise.signet.example",
+                "https://consumer.signet.example", "same issuer"},
+        BadCase{"\"demo-enterprise\"", "\"Demo/Enterprise\"", ".name"},
+        BadCase{"https://consumer.signet.example", "http://consumer.example",
+                "https://"},
+        BadCase{"https://consumer.signet.example", "ftp://consumer.example",
+                "issuer"},
+        BadCase{"https://consumer.signet.example",
+                "https://consumer.signet.example/", "must not end with '/'"},
+        BadCase{"https://consumer.signet.example",
+                "https://consumer.signet.example?x=1", "query"},
+        BadCase{"audience_class: CONSUMER", "", "audience_class"},
+        BadCase{"purpose: JWT\n    issuer: \"https://consumer", "issuer: \"https://consumer",
+                "purpose"},
+        BadCase{"algorithm: ES256", "", "algorithm"},
+        BadCase{"algorithm: ES256", "algorithm: ES256 rsa_bits: 2048",
+                "rsa_bits"},
+        BadCase{"algorithm: RS256", "algorithm: RS256 rsa_bits: 1024",
+                "rsa_bits"},
+        BadCase{"127.0.0.1:7443", "0.0.0.0:7443", "grpc_listen_address"},
+        BadCase{"127.0.0.1:7443", "127.0.0.1", "grpc_listen_address"},
+        BadCase{"token_uri: \"pkcs11:token=signet\"", "", "hsm.token_uri"},
+        BadCase{"pin_file: \"/var/lib/signet/secrets/user.pin\"",
+                "pin_file: \"/x\" pin_env: \"PIN\"", "exactly one"},
+        BadCase{"pin_file: \"/var/lib/signet/secrets/user.pin\"", "",
+                "exactly one"}));
+
+TEST(ConfigTest, PlainHttpIssuerOnlyOnLoopback) {
+  EXPECT_TRUE(ParseWith("https://consumer.signet.example",
+                        "http://127.0.0.1:8080")
+                  .ok());
+  EXPECT_TRUE(ParseWith("https://consumer.signet.example",
+                        "http://localhost:8080/tenant")
+                  .ok());
+}
+
+TEST(ConfigTest, LoopbackHosts) {
+  EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
+  EXPECT_TRUE(IsLoopbackHost("[::1]"));
+  EXPECT_TRUE(IsLoopbackHost("localhost"));
+  EXPECT_FALSE(IsLoopbackHost("10.0.0.1"));
+  EXPECT_FALSE(IsLoopbackHost("localhost.evil.example"));
+}
+
+TEST(ConfigTest, MissingFileIsNotFound) {
+  EXPECT_EQ(LoadConfigFile("/nonexistent/signetd.textproto").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace signet::server

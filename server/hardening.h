@@ -1,0 +1,25 @@
+// Process hardening at signetd start-up (design.md, principle 2).
+#ifndef SIGNET_SERVER_HARDENING_H_
+#define SIGNET_SERVER_HARDENING_H_
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace signet::server {
+
+// No core dumps (RLIMIT_CORE 0), not dumpable (PR_SET_DUMPABLE 0, which
+// also refuses ptrace attach by non-root), SIGPIPE ignored (a dead HSM
+// connection raises it on the next write). INTERNAL if a call fails.
+absl::Status HardenProcess();
+
+// FAILED_PRECONDITION if `maps` (the text of /proc/self/maps) maps a
+// SoftHSM library: through the p11-kit boundary, key material must never be
+// in signetd's address space.
+absl::Status CheckNoHsmLibraryMapped(absl::string_view maps);
+
+// Reads /proc/self/maps and applies CheckNoHsmLibraryMapped.
+absl::Status CheckNoHsmLibraryMappedInThisProcess();
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_HARDENING_H_

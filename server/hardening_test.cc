@@ -1,0 +1,41 @@
+#include "server/hardening.h"
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace signet::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(HardeningTest, DisablesCoreDumpsAndDumpability) {
+  ASSERT_TRUE(HardenProcess().ok());
+  struct rlimit rl;
+  ASSERT_EQ(getrlimit(RLIMIT_CORE, &rl), 0);
+  EXPECT_EQ(rl.rlim_cur, 0u);
+  EXPECT_EQ(rl.rlim_max, 0u);
+  EXPECT_EQ(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
+}
+
+TEST(HardeningTest, RefusesSoftHsmInTheMemoryMap) {
+  const char kMaps[] =
+      "7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+      "7f02-7f03 r-xp 00000000 08:01 2 /usr/lib/softhsm/libsofthsm2.so\n";
+  absl::Status st = CheckNoHsmLibraryMapped(kMaps);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(st.message(), HasSubstr("libsofthsm2.so"));
+  EXPECT_TRUE(CheckNoHsmLibraryMapped(
+                  "7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/pkcs11/"
+                  "p11-kit-client.so\n")
+                  .ok());
+}
+
+TEST(HardeningTest, ThisTestProcessHasNoSoftHsmMapped) {
+  EXPECT_TRUE(CheckNoHsmLibraryMappedInThisProcess().ok());
+}
+
+}  // namespace
+}  // namespace signet::server

@@ -1,0 +1,345 @@
+// signetd as a real process, against SoftHSM2 behind a real `p11-kit server`.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "health.grpc.pb.h"
+#include "tests/testing/p11kit_server.h"
+#include "tests/testing/process.h"
+#include "tests/testing/signetd_process.h"
+#include "tests/testing/temp_token.h"
+
+namespace signet {
+namespace {
+
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::P11KitServer;
+using testing::SignetdOptions;
+using testing::SignetdProcess;
+using testing::TempToken;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(60);
+
+std::string ConfigFor(const TempToken& token, const P11KitServer& server,
+                      absl::string_view extra_hsm = "") {
+  return absl::StrCat(R"pb(
+grpc_listen_address: "127.0.0.1:0"
+hsm {
+  module_path: ")pb", P11KitServer::client_module_path(), R"pb("
+  p11_kit_server_address: ")pb", server.address(), R"pb("
+  token_uri: ")pb", token.token_uri(), R"pb("
+  pin_file: ")pb", token.pin_file_path(), R"pb("
+  )pb", extra_hsm, R"pb(
+}
+scopes {
+  name: "demo-consumer"
+  audience_class: CONSUMER
+  purpose: JWT
+  issuer: "https://consumer.signet.example"
+  algorithm: ES256
+}
+scopes {
+  name: "demo-enterprise"
+  audience_class: ENTERPRISE
+  purpose: JWT
+  issuer: "https://enterprise.signet.example"
+  algorithm: RS256
+}
+)pb");
+}
+
+// The kids signetd printed, by scope.
+std::map<std::string, std::string> PrintedKids(const std::string& output) {
+  std::map<std::string, std::string> kids;
+  std::regex re(R"(scope ([a-z0-9._-]+): key generation \d+ kid ([A-Za-z0-9_-]+))");
+  for (std::sregex_iterator it(output.begin(), output.end(), re), end;
+       it != end; ++it) {
+    kids[(*it)[1]] = (*it)[2];
+  }
+  return kids;
+}
+
+HealthCheckResponse::ServingStatus Health(int port, const std::string& service,
+                                          grpc::StatusCode* code = nullptr) {
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  HealthCheckRequest req;
+  req.set_service(service);
+  HealthCheckResponse resp;
+  grpc::Status st = stub->Check(&ctx, req, &resp);
+  if (code != nullptr) *code = st.error_code();
+  if (!st.ok()) return HealthCheckResponse::UNKNOWN;
+  return resp.status();
+}
+
+// Polls until `service` reports `want` (bounded).
+bool AwaitHealth(int port, const std::string& service,
+                 HealthCheckResponse::ServingStatus want) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    if (Health(port, service) == want) return true;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  return false;
+}
+
+class SignetdTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto token = TempToken::Create();
+    ASSERT_TRUE(token.ok()) << token.status();
+    token_ = std::move(*token);
+    auto server = P11KitServer::Start(*token_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    hsm_ = std::move(*server);
+  }
+
+  absl::StatusOr<std::unique_ptr<SignetdProcess>> StartSignetd(
+      std::string config, std::vector<std::string> flags = {}) {
+    SignetdOptions options;
+    options.binary = SIGNETD_BINARY;
+    options.config_text = std::move(config);
+    options.flags = std::move(flags);
+    return SignetdProcess::Start(token_->dir(), options);
+  }
+
+  std::unique_ptr<TempToken> token_;
+  std::unique_ptr<P11KitServer> hsm_;
+};
+
+TEST_F(SignetdTest, CreatesCheckedKeysPerScopeAndServesHealth) {
+  auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
+  ASSERT_TRUE(signetd.ok()) << signetd.status();
+  auto port = (*signetd)->WaitForPort(kStartTimeout);
+  ASSERT_TRUE(port.ok()) << port.status();
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*signetd)->Output();
+  std::string out = (*signetd)->Output();
+  auto kids = PrintedKids(out);
+  ASSERT_EQ(kids.size(), 2u) << out;
+  EXPECT_NE(kids["demo-consumer"], kids["demo-enterprise"]);
+  EXPECT_THAT(out, HasSubstr("BEGIN PUBLIC KEY"));
+  EXPECT_THAT(out, Not(HasSubstr(token_->user_pin())));
+
+  EXPECT_EQ(Health(*port, ""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health(*port, "scope/demo-consumer"), HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health(*port, "scope/demo-enterprise"),
+            HealthCheckResponse::SERVING);
+  grpc::StatusCode code;
+  Health(*port, "scope/no-such-scope", &code);
+  EXPECT_EQ(code, grpc::StatusCode::NOT_FOUND);
+
+  // Through the boundary: SoftHSM is never mapped into signetd.
+  std::ifstream maps(absl::StrCat("/proc/", (*signetd)->pid(), "/maps"));
+  std::stringstream buf;
+  buf << maps.rdbuf();
+  EXPECT_THAT(buf.str(), HasSubstr("p11-kit-client.so"));
+  EXPECT_THAT(buf.str(), Not(HasSubstr("libsofthsm")));
+
+  auto code_on_stop = (*signetd)->Stop(SIGTERM, absl::Seconds(30));
+  ASSERT_TRUE(code_on_stop.ok()) << code_on_stop.status();
+  EXPECT_EQ(*code_on_stop, 0);
+  EXPECT_THAT((*signetd)->Output(), HasSubstr("signetd stopped"));
+}
+
+TEST_F(SignetdTest, ARestartReusesTheKeysInTheToken) {
+  std::map<std::string, std::string> first;
+  {
+    auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
+    ASSERT_TRUE(signetd.ok());
+    ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+        << (*signetd)->Output();
+    first = PrintedKids((*signetd)->Output());
+    ASSERT_TRUE((*signetd)->Stop(SIGINT, absl::Seconds(30)).ok());
+  }
+  // The HSM restarts too: the keys live in the token, not in a process.
+  ASSERT_TRUE(hsm_->Restart().ok());
+  auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
+  ASSERT_TRUE(signetd.ok());
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*signetd)->Output();
+  EXPECT_EQ(PrintedKids((*signetd)->Output()), first);
+}
+
+TEST_F(SignetdTest, HealthFollowsTheHsmAcrossAKillAndARestart) {
+  auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
+  ASSERT_TRUE(signetd.ok());
+  auto port = (*signetd)->WaitForPort(kStartTimeout);
+  ASSERT_TRUE(port.ok());
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok());
+  ASSERT_TRUE(hsm_->Kill().ok());
+  EXPECT_TRUE(AwaitHealth(*port, "", HealthCheckResponse::NOT_SERVING))
+      << (*signetd)->Output();
+  EXPECT_EQ(Health(*port, "scope/demo-consumer"),
+            HealthCheckResponse::NOT_SERVING);
+  ASSERT_TRUE(hsm_->Restart().ok());
+  EXPECT_TRUE(AwaitHealth(*port, "", HealthCheckResponse::SERVING))
+      << (*signetd)->Output();
+  EXPECT_TRUE(
+      AwaitHealth(*port, "scope/demo-consumer", HealthCheckResponse::SERVING));
+  // Still the same process: it recovered rather than crashed.
+  EXPECT_THAT((*signetd)->Output(), HasSubstr("HSM reachable again"));
+}
+
+TEST_F(SignetdTest, AStalledHsmTurnsHealthNotServingAndNeverBlocksAStop) {
+  auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
+  ASSERT_TRUE(signetd.ok());
+  auto port = (*signetd)->WaitForPort(kStartTimeout);
+  ASSERT_TRUE(port.ok());
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok());
+  // SIGSTOP the whole HSM group: calls block forever, nothing errors.
+  ASSERT_TRUE(hsm_->Stall().ok());
+  EXPECT_TRUE(AwaitHealth(*port, "", HealthCheckResponse::NOT_SERVING))
+      << (*signetd)->Output();
+  EXPECT_THAT((*signetd)->Output(), HasSubstr("stalled"));
+  // SIGTERM still stops it, although a PKCS#11 call is stuck.
+  auto code = (*signetd)->Stop(SIGTERM, absl::Seconds(60));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
+  ASSERT_TRUE(hsm_->Resume().ok());
+}
+
+TEST_F(SignetdTest, StartsNotServingWhileTheHsmIsDownAndComesUpWithIt) {
+  ASSERT_TRUE(hsm_->Kill().ok());
+  auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
+  ASSERT_TRUE(signetd.ok());
+  auto port = (*signetd)->WaitForPort(kStartTimeout);
+  ASSERT_TRUE(port.ok()) << port.status();
+  ASSERT_TRUE((*signetd)->WaitForOutput("HSM unavailable", kStartTimeout).ok())
+      << (*signetd)->Output();
+  EXPECT_EQ(Health(*port, ""), HealthCheckResponse::NOT_SERVING);
+  ASSERT_TRUE(hsm_->Restart().ok());
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*signetd)->Output();
+  EXPECT_TRUE(AwaitHealth(*port, "", HealthCheckResponse::SERVING));
+}
+
+TEST_F(SignetdTest, AWrongPinStopsStartupWithoutShowingAnyPin) {
+  std::string pin_path = token_->dir() + "/wrong.pin";
+  {
+    std::ofstream out(pin_path);
+    out << "definitely-wrong-pin\n";
+  }
+  chmod(pin_path.c_str(), 0600);
+  std::string config = absl::StrReplaceAll(
+      ConfigFor(*token_, *hsm_), {{token_->pin_file_path(), pin_path}});
+  auto signetd = StartSignetd(config);
+  ASSERT_TRUE(signetd.ok());
+  auto code = (*signetd)->WaitExit(kStartTimeout);
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 1);
+  std::string out = (*signetd)->Output();
+  EXPECT_THAT(out, HasSubstr("CKR_PIN_INCORRECT"));
+  EXPECT_THAT(out, Not(HasSubstr("definitely-wrong-pin")));
+  EXPECT_THAT(out, Not(HasSubstr(token_->user_pin())));
+}
+
+TEST_F(SignetdTest, AnInProcessModuleNeedsTheInsecureFlag) {
+  std::string config = absl::StrReplaceAll(
+      ConfigFor(*token_, *hsm_),
+      {{P11KitServer::client_module_path(), TempToken::softhsm_module_path()}});
+  auto refused = StartSignetd(config);
+  ASSERT_TRUE(refused.ok());
+  auto code = (*refused)->WaitExit(kStartTimeout);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1);
+  EXPECT_THAT((*refused)->Output(), HasSubstr("--insecure_in_process_module"));
+
+  // With the flag it runs, and says loudly that it is insecure.
+  ASSERT_TRUE(hsm_->Kill().ok());  // one writer to the token at a time
+  SignetdOptions options;
+  options.binary = SIGNETD_BINARY;
+  options.config_text = config;
+  options.flags = {"--insecure_in_process_module"};
+  options.env = {{"SOFTHSM2_CONF", token_->conf_path()}};
+  auto signetd = SignetdProcess::Start(token_->dir(), options);
+  ASSERT_TRUE(signetd.ok());
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*signetd)->Output();
+  EXPECT_THAT((*signetd)->Output(), HasSubstr("INSECURE"));
+}
+
+TEST_F(SignetdTest, ABadConfigurationNamesTheField) {
+  std::string config = absl::StrReplaceAll(
+      ConfigFor(*token_, *hsm_),
+      {{"https://enterprise.signet.example", "http://enterprise.example"}});
+  auto signetd = StartSignetd(config);
+  ASSERT_TRUE(signetd.ok());
+  auto code = (*signetd)->WaitExit(kStartTimeout);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 1);
+  EXPECT_THAT((*signetd)->Output(), HasSubstr("scopes[1] (demo-enterprise).issuer"));
+}
+
+// The production arrangement: HSM as signet-hsm, signetd as signet.
+TEST(SignetdAsServiceUsersTest, RunsAsSignetAndIsNotDumpable) {
+  testing::TempTokenOptions token_options;
+  token_options.owner_user = "signet-hsm";
+  token_options.pin_file_user = "signet";
+  auto token = TempToken::Create(token_options);
+  ASSERT_TRUE(token.ok()) << token.status()
+                          << " (run scripts/setup as root to create the users)";
+  testing::P11KitServerOptions server_options;
+  server_options.run_as_user = "signet-hsm";
+  server_options.allowed_user = "signet";
+  auto hsm = P11KitServer::Start(**token, server_options);
+  ASSERT_TRUE(hsm.ok()) << hsm.status();
+  SignetdOptions options;
+  options.binary = SIGNETD_BINARY;
+  options.config_text = ConfigFor(**token, **hsm);
+  options.as_user = "signet";
+  auto signetd = SignetdProcess::Start((*token)->dir(), options);
+  ASSERT_TRUE(signetd.ok()) << signetd.status();
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*signetd)->Output();
+  // A non-dumpable process's /proc entries belong to root, not to its user.
+  struct stat st;
+  ASSERT_EQ(stat(absl::StrCat("/proc/", (*signetd)->pid(), "/maps").c_str(),
+                 &st),
+            0);
+  EXPECT_EQ(st.st_uid, 0u);
+  auto signet_user = testing::LookupUser("signet");
+  ASSERT_TRUE(signet_user.ok());
+  std::ifstream status(absl::StrCat("/proc/", (*signetd)->pid(), "/status"));
+  std::string line;
+  bool uid_checked = false;
+  while (std::getline(status, line)) {
+    if (line.rfind("Uid:", 0) == 0) {
+      EXPECT_THAT(line, HasSubstr(absl::StrCat("\t", signet_user->uid, "\t")));
+      uid_checked = true;
+    }
+  }
+  EXPECT_TRUE(uid_checked);
+  // Keys written through the socket belong to the HSM user.
+  auto hsm_user = testing::LookupUser("signet-hsm");
+  ASSERT_TRUE(hsm_user.ok());
+  auto find = testing::RunProcess(
+      {.argv = {"find", (*token)->tokens_dir(), "-type", "f", "!", "-user",
+                "signet-hsm"},
+       .new_process_group = true});
+  ASSERT_TRUE(find.ok());
+  EXPECT_EQ(find->output, "");
+}
+
+}  // namespace
+}  // namespace signet
