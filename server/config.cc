@@ -24,6 +24,8 @@ using signet::v1::ScopeConfig;
 using signet::v1::SignetConfig;
 
 constexpr int kMaxConnections = 64;
+constexpr uint32_t kDefaultTokenLifetime = 3600;
+constexpr uint32_t kMaxTokenLifetime = 7 * 24 * 3600;
 constexpr int kMaxSessionsPerConnection = 64;
 
 class CollectErrors : public google::protobuf::io::ErrorCollector {
@@ -150,7 +152,13 @@ hsm::KeySpec KeySpecFor(const ScopeConfig& scope) {
   return spec;
 }
 
-absl::Status ValidateConfig(SignetConfig& config) {
+bool IsTypedIdentity(absl::string_view identity) {
+  return (absl::StartsWith(identity, "uri:") && identity.size() > 4) ||
+         (absl::StartsWith(identity, "cn:") && identity.size() > 3);
+}
+
+absl::Status ValidateConfig(SignetConfig& config,
+                            const ConfigOptions& options) {
   std::string host;
   int port = 0;
   if (config.grpc_listen_address().empty()) {
@@ -161,9 +169,19 @@ absl::Status ValidateConfig(SignetConfig& config) {
                       absl::StrCat("\"", config.grpc_listen_address(),
                                    "\" is not host:port"));
   }
-  if (!IsLoopbackHost(host)) {
-    return FieldError("grpc_listen_address",
-                      "must be a loopback address until mTLS is configured");
+  if (options.insecure_plaintext) {
+    if (!IsLoopbackHost(host)) {
+      return FieldError("grpc_listen_address",
+                        "must be a loopback address with --insecure_plaintext");
+    }
+  } else {
+    const signet::v1::TlsConfig& tls = config.tls();
+    if (tls.cert_file().empty() || tls.key_file().empty() ||
+        tls.client_ca_file().empty()) {
+      return FieldError("tls",
+                        "cert_file, key_file and client_ca_file are required "
+                        "(mTLS); plain text needs --insecure_plaintext");
+    }
   }
 
   signet::v1::HsmConfig& hsm = *config.mutable_hsm();
@@ -235,6 +253,14 @@ absl::Status ValidateConfig(SignetConfig& config) {
     if (!rsa && scope.rsa_bits() != 0) {
       return FieldError(field + ".rsa_bits", "only for RS256 and PS256");
     }
+    if (scope.max_token_lifetime_seconds() == 0) {
+      scope.set_max_token_lifetime_seconds(kDefaultTokenLifetime);
+    }
+    if (scope.max_token_lifetime_seconds() > kMaxTokenLifetime) {
+      return FieldError(field + ".max_token_lifetime_seconds",
+                        absl::StrCat("at most ", kMaxTokenLifetime,
+                                     " (7 days)"));
+    }
     if (rsa) {
       if (scope.rsa_bits() == 0) scope.set_rsa_bits(2048);
       if (scope.rsa_bits() != 2048 && scope.rsa_bits() != 3072 &&
@@ -243,10 +269,59 @@ absl::Status ValidateConfig(SignetConfig& config) {
       }
     }
   }
+
+  std::set<std::string> identities;
+  for (int i = 0; i < config.tenants_size(); ++i) {
+    signet::v1::TenantConfig& tenant = *config.mutable_tenants(i);
+    const std::string field = absl::StrCat("tenants[", i, "]");
+    if (!IsTypedIdentity(tenant.identity())) {
+      return FieldError(field + ".identity",
+                        absl::StrCat("\"", tenant.identity(),
+                                     "\" must be uri:<URI SAN> or cn:<CN>"));
+    }
+    if (!identities.insert(tenant.identity()).second) {
+      return FieldError(field + ".identity", "duplicate tenant identity");
+    }
+    if (tenant.scopes().empty()) {
+      return FieldError(field + ".scopes", "a tenant needs at least one scope");
+    }
+    for (const std::string& scope : tenant.scopes()) {
+      if (!names.contains(scope)) {
+        return FieldError(field + ".scopes",
+                          absl::StrCat("unknown scope \"", scope, "\""));
+      }
+    }
+    if (tenant.max_concurrent_requests() == 0) {
+      tenant.set_max_concurrent_requests(64);
+    }
+  }
+  for (int i = 0; i < config.admins_size(); ++i) {
+    if (!IsTypedIdentity(config.admins(i))) {
+      return FieldError(absl::StrCat("admins[", i, "]"),
+                        absl::StrCat("\"", config.admins(i),
+                                     "\" must be uri:<URI SAN> or cn:<CN>"));
+    }
+  }
+  if (config.audit_log_path().empty() ||
+      config.audit_log_path().front() != '/') {
+    return FieldError("audit_log_path", "an absolute path is required");
+  }
+  signet::v1::ServingConfig& serving = *config.mutable_serving();
+  if (serving.worker_threads() == 0) {
+    serving.set_worker_threads(hsm.connections() *
+                               hsm.sessions_per_connection());
+  }
+  if (serving.queue_size() == 0) serving.set_queue_size(1024);
+  if (serving.iat_skew_seconds() == 0) serving.set_iat_skew_seconds(60);
+  if (serving.max_batch_size() == 0) serving.set_max_batch_size(256);
+  if (serving.max_batch_size() > 4096) {
+    return FieldError("serving.max_batch_size", "at most 4096");
+  }
   return absl::OkStatus();
 }
 
-absl::StatusOr<SignetConfig> ParseConfig(absl::string_view text) {
+absl::StatusOr<SignetConfig> ParseConfig(absl::string_view text,
+                                         const ConfigOptions& options) {
   SignetConfig config;
   google::protobuf::TextFormat::Parser parser;
   CollectErrors errors;
@@ -255,7 +330,7 @@ absl::StatusOr<SignetConfig> ParseConfig(absl::string_view text) {
     return absl::InvalidArgumentError(
         absl::StrCat("configuration: ", errors.Joined()));
   }
-  absl::Status valid = ValidateConfig(config);
+  absl::Status valid = ValidateConfig(config, options);
   if (!valid.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("configuration: ", valid.message()));
@@ -263,7 +338,8 @@ absl::StatusOr<SignetConfig> ParseConfig(absl::string_view text) {
   return config;
 }
 
-absl::StatusOr<SignetConfig> LoadConfigFile(absl::string_view path) {
+absl::StatusOr<SignetConfig> LoadConfigFile(absl::string_view path,
+                                            const ConfigOptions& options) {
   std::ifstream in{std::string(path)};
   if (!in) {
     return absl::NotFoundError(
@@ -271,7 +347,7 @@ absl::StatusOr<SignetConfig> LoadConfigFile(absl::string_view path) {
   }
   std::stringstream buf;
   buf << in.rdbuf();
-  absl::StatusOr<SignetConfig> config = ParseConfig(buf.str());
+  absl::StatusOr<SignetConfig> config = ParseConfig(buf.str(), options);
   if (!config.ok()) {
     return absl::Status(config.status().code(),
                         absl::StrCat(path, ": ", config.status().message()));

@@ -14,18 +14,28 @@
 
 namespace signet::server {
 
+struct ConfigOptions {
+  // --insecure_plaintext: no TLS section needed, loopback listener only.
+  bool insecure_plaintext = false;
+};
+
 // Parses text format. INVALID_ARGUMENT with "line:column: reason" for a
 // syntax error or an unknown field, then ValidateConfig(); defaults filled.
-absl::StatusOr<signet::v1::SignetConfig> ParseConfig(absl::string_view text);
+absl::StatusOr<signet::v1::SignetConfig> ParseConfig(
+    absl::string_view text, const ConfigOptions& options = {});
 
 // Reads `path` and parses it. NOT_FOUND / PERMISSION_DENIED for the file.
 absl::StatusOr<signet::v1::SignetConfig> LoadConfigFile(
-    absl::string_view path);
+    absl::string_view path, const ConfigOptions& options = {});
 
-// Fills defaults (connections, sessions, rsa_bits) and checks every field;
-// errors are INVALID_ARGUMENT and name the field, e.g.
-// "scopes[1] (demo-enterprise).issuer: ...".
-absl::Status ValidateConfig(signet::v1::SignetConfig& config);
+// Fills defaults (connections, sessions, rsa_bits, token lifetime, serving)
+// and checks every field; errors are INVALID_ARGUMENT and name the field,
+// e.g. "scopes[1] (demo-enterprise).issuer: ...".
+absl::Status ValidateConfig(signet::v1::SignetConfig& config,
+                            const ConfigOptions& options = {});
+
+// True for "uri:<non-empty>" and "cn:<non-empty>".
+bool IsTypedIdentity(absl::string_view identity);
 
 // The HSM key spec of a validated scope.
 hsm::KeySpec KeySpecFor(const signet::v1::ScopeConfig& scope);

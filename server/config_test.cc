@@ -34,6 +34,17 @@ constexpr char kValid[] = R"pb(
     issuer: "https://enterprise.signet.example"
     algorithm: RS256
   }
+  tls {
+    cert_file: "/var/lib/signet/tls/server.pem"
+    key_file: "/var/lib/signet/tls/server.key"
+    client_ca_file: "/var/lib/signet/tls/ca.pem"
+  }
+  tenants {
+    identity: "uri:spiffe://signet.example/tenant/demo-consumer"
+    scopes: "demo-consumer"
+  }
+  admins: "uri:spiffe://signet.example/admin/demo"
+  audit_log_path: "/var/lib/signet/audit/audit.log"
 )pb";
 
 absl::Status ParseWith(absl::string_view from, absl::string_view to) {
@@ -52,13 +63,34 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(KeySpecFor(config->scopes(1)).algorithm,
             hsm::SignatureAlgorithm::kRsaPkcs1Sha256);
   EXPECT_EQ(JoseAlgorithmName(config->scopes(0).algorithm()), "ES256");
+  EXPECT_EQ(config->scopes(0).max_token_lifetime_seconds(), 3600u);
+  EXPECT_EQ(config->tenants(0).max_concurrent_requests(), 64u);
+  EXPECT_EQ(config->serving().worker_threads(), 4u);
+  EXPECT_EQ(config->serving().queue_size(), 1024u);
+  EXPECT_EQ(config->serving().iat_skew_seconds(), 60u);
+}
+
+TEST(ConfigTest, PlainTextNeedsTheFlagAndLoopback) {
+  std::string no_tls = absl::StrReplaceAll(
+      kValid, {{"client_ca_file: \"/var/lib/signet/tls/ca.pem\"", ""}});
+  EXPECT_THAT(ParseConfig(no_tls).status().message(), HasSubstr("tls"));
+  ConfigOptions plaintext;
+  plaintext.insecure_plaintext = true;
+  EXPECT_TRUE(ParseConfig(no_tls, plaintext).ok());
+  std::string wide = absl::StrReplaceAll(no_tls, {{"127.0.0.1:7443", "0.0.0.0:7443"}});
+  EXPECT_THAT(ParseConfig(wide, plaintext).status().message(),
+              HasSubstr("grpc_listen_address"));
+  // With mTLS any address is fine.
+  EXPECT_TRUE(ParseConfig(absl::StrReplaceAll(
+                              kValid, {{"127.0.0.1:7443", "0.0.0.0:7443"}}))
+                  .ok());
 }
 
 TEST(ConfigTest, UnknownFieldIsRefusedWithItsPosition) {
   auto st = ParseConfig(absl::StrCat(kValid, "\nsopes { name: \"x\" }\n"));
   EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.status().message(), HasSubstr("sopes"));
-  EXPECT_THAT(st.status().message(), HasSubstr("24:"));  // line number
+  EXPECT_THAT(st.status().message(), HasSubstr("35:"));  // line number
 }
 
 struct BadCase {
@@ -99,8 +131,17 @@ INSTANTIATE_TEST_SUITE_P(
                 "rsa_bits"},
         BadCase{"algorithm: RS256", "algorithm: RS256 rsa_bits: 1024",
                 "rsa_bits"},
-        BadCase{"127.0.0.1:7443", "0.0.0.0:7443", "grpc_listen_address"},
         BadCase{"127.0.0.1:7443", "127.0.0.1", "grpc_listen_address"},
+        BadCase{"identity: \"uri:spiffe", "identity: \"spiffe",
+                "tenants[0].identity"},
+        BadCase{"scopes: \"demo-consumer\"", "scopes: \"nope\"",
+                "unknown scope \"nope\""},
+        BadCase{"admins: \"uri:", "admins: \"", "admins[0]"},
+        BadCase{"audit_log_path: \"/var", "audit_log_path: \"var",
+                "audit_log_path"},
+        BadCase{"algorithm: ES256",
+                "algorithm: ES256 max_token_lifetime_seconds: 9999999",
+                "max_token_lifetime_seconds"},
         BadCase{"token_uri: \"pkcs11:token=signet\"", "", "hsm.token_uri"},
         BadCase{"pin_file: \"/var/lib/signet/secrets/user.pin\"",
                 "pin_file: \"/x\" pin_env: \"PIN\"", "exactly one"},

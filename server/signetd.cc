@@ -5,14 +5,25 @@
 // default), makes sure every configured scope has an ACTIVE key (creating
 // one on first run), checks every key before use, prints each scope's kid
 // and public key, and serves the gRPC health service (overall and one entry
-// per scope) plus server reflection. The signing RPCs come with issue #4.
+// per scope) plus server reflection, and the Signer service over mTLS.
+//
+// `signetd audit-verify FILE` checks an audit log's chain and checkpoints.
 #include <signal.h>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <optional>
+#include <sstream>
 #include <iostream>
 #include <memory>
 #include <cstdlib>
@@ -39,7 +50,12 @@
 #include "rotation/scope_keys.h"
 #include "server/config.h"
 #include "server/hardening.h"
+#include "server/audit_log.h"
+#include "server/audit_verify.h"
 #include "server/log.h"
+#include "server/signer_service.h"
+#include "server/tls.h"
+#include "server/worker_pool.h"
 
 ABSL_FLAG(std::string, config, "",
           "Path of the configuration file (text format of "
@@ -49,6 +65,15 @@ ABSL_FLAG(bool, insecure_in_process_module, false,
           "p11-kit-client.so, loaded into signetd's own address space, where "
           "key material could end up in a core dump.");
 ABSL_FLAG(bool, log_json, false, "Write logs as JSON lines.");
+ABSL_FLAG(bool, insecure_plaintext, false,
+          "DEVELOPMENT ONLY: serve gRPC without TLS, on a loopback address "
+          "only. Callers then have the identity \"insecure:plaintext\".");
+ABSL_FLAG(std::string, audit_public_key, "",
+          "audit-verify: PEM file of the audit checkpoint key (signetd writes "
+          "it beside the audit log as audit-checkpoint-key.pem).");
+ABSL_FLAG(std::string, expected_checkpoint, "",
+          "audit-verify: the last checkpoint line as the off-host sink "
+          "(syslog) has it; a log cut back past it is then detected.");
 
 namespace signet::server {
 namespace {
@@ -83,6 +108,86 @@ std::string ClassName(signet::v1::AudienceClass c) {
   return signet::v1::AudienceClass_Name(c);
 }
 
+absl::StatusOr<hsm::PublicKey> PublicKeyFromPem(absl::string_view pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  EVP_PKEY* pkey = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (pkey == nullptr) {
+    return absl::InvalidArgumentError("not a PEM public key");
+  }
+  unsigned char* der = nullptr;
+  int len = i2d_PUBKEY(pkey, &der);
+  EVP_PKEY_free(pkey);
+  if (len <= 0) return absl::InvalidArgumentError("cannot encode the key");
+  absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromSpkiDer(
+      absl::string_view(reinterpret_cast<char*>(der), len));
+  OPENSSL_free(der);
+  return key;
+}
+
+// The scope name of the audit checkpoint key (not a valid scope name).
+constexpr char kAuditScope[] = "_audit";
+
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     absl::string_view what) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read ", what, " ", path));
+  }
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+// mTLS: client certificates required and verified against client_ca_file;
+// TLS 1.3 only through the OpenSSL configuration set in main().
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const signet::v1::TlsConfig& tls) {
+  absl::StatusOr<std::string> cert = ReadFile(tls.cert_file(), "tls.cert_file");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadFile(tls.key_file(), "tls.key_file");
+  if (!key.ok()) return key.status();
+  absl::StatusOr<std::string> ca =
+      ReadFile(tls.client_ca_file(), "tls.client_ca_file");
+  if (!ca.ok()) return ca.status();
+  if (!tls.crl_directory().empty()) {
+    absl::Status crls = CheckCrlDirectory(*ca, tls.crl_directory());
+    if (!crls.ok()) return crls;
+  }
+  auto provider =
+      std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+          *ca, std::vector<grpc::experimental::IdentityKeyCertPair>{
+                   {*key, *cert}});
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_cert_request_type(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  if (!tls.crl_directory().empty()) {
+    options.set_crl_directory(tls.crl_directory());
+  }
+  // The transport key's copy is no longer needed here.
+  OPENSSL_cleanse(key->data(), key->size());
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+// The audit checkpoint key's public half, beside the log, for audit-verify.
+absl::Status WriteAuditPublicKey(const std::string& log_path,
+                                 const hsm::PublicKey& key) {
+  absl::StatusOr<std::string> pem = key.SpkiPem();
+  if (!pem.ok()) return pem.status();
+  std::string dir = log_path.substr(0, log_path.rfind('/'));
+  std::string path = dir + "/audit-checkpoint-key.pem";
+  std::ofstream out(path, std::ios::trunc);
+  out << *pem;
+  if (!out) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot write ", path, ": is the audit directory writable by signetd?"));
+  }
+  return absl::OkStatus();
+}
+
 // A cheap call through the boundary: is the HSM answering?
 absl::Status ProbeHsm(hsm::SessionPool& pool) {
   absl::StatusOr<hsm::SessionPool::Lease> lease =
@@ -92,6 +197,32 @@ absl::Status ProbeHsm(hsm::SessionPool& pool) {
   return lease->Check(lease->api().GetTokenInfo(lease->connection().slot(),
                                                 &info),
                       "C_GetTokenInfo");
+}
+
+int AuditVerifyCommand(const std::string& path) {
+  const std::string key_path = absl::GetFlag(FLAGS_audit_public_key);
+  std::optional<hsm::PublicKey> key;
+  if (!key_path.empty()) {
+    absl::StatusOr<std::string> pem = ReadFile(key_path, "--audit_public_key");
+    if (!pem.ok()) return Fail(pem.status());
+    absl::StatusOr<hsm::PublicKey> parsed = PublicKeyFromPem(*pem);
+    if (!parsed.ok()) return Fail(parsed.status());
+    key = std::move(*parsed);
+  } else {
+    SIGNET_LOG_WARN("no --audit_public_key: checkpoint signatures are not "
+                    "checked, only the chain");
+  }
+  absl::StatusOr<AuditVerifyResult> result = VerifyAuditLog(
+      path, key ? &*key : nullptr, absl::GetFlag(FLAGS_expected_checkpoint));
+  if (!result.ok()) {
+    std::cout << "audit log " << path << " FAILED: " << result.status().message()
+              << std::endl;
+    return 1;
+  }
+  std::cout << "audit log " << path << " OK: " << result->lines << " lines, "
+            << result->checkpoints << " checkpoints (last at line "
+            << result->last_checkpoint_seq << ")" << std::endl;
+  return 0;
 }
 
 int Run() {
@@ -110,7 +241,10 @@ int Run() {
   if (config_path.empty()) {
     return Fail(absl::InvalidArgumentError("--config is required"));
   }
-  absl::StatusOr<SignetConfig> config = LoadConfigFile(config_path);
+  ConfigOptions config_options;
+  config_options.insecure_plaintext = absl::GetFlag(FLAGS_insecure_plaintext);
+  absl::StatusOr<SignetConfig> config =
+      LoadConfigFile(config_path, config_options);
   if (!config.ok()) return Fail(config.status());
   const signet::v1::HsmConfig& hsm_config = config->hsm();
 
@@ -140,12 +274,33 @@ int Run() {
 
   // gRPC first, NOT_SERVING until the HSM is reachable and every scope has
   // a checked key: a load balancer sees "not ready", never "no keys".
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (config_options.insecure_plaintext) {
+    SIGNET_LOG_WARN("INSECURE: gRPC in plain text (--insecure_plaintext); "
+                    "callers are not authenticated. Development only.");
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        MakeServerCredentials(config->tls());
+    if (!tls.ok()) return Fail(tls.status());
+    credentials = *tls;
+  }
+  SignerServiceOptions signer_options;
+  signer_options.iat_skew = absl::Seconds(config->serving().iat_skew_seconds());
+  signer_options.max_batch_size =
+      static_cast<int>(config->serving().max_batch_size());
+  signer_options.plaintext = config_options.insecure_plaintext;
+  std::vector<signet::v1::TenantConfig> tenants(config->tenants().begin(),
+                                                config->tenants().end());
+  SignerService signer(signer_options, tenants);
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(config->grpc_listen_address(),
-                           grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(config->grpc_listen_address(), credentials,
+                           &bound_port);
+  builder.RegisterService(&signer);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat(
@@ -161,9 +316,10 @@ int Run() {
   set_health(false);
   const std::string listen_host = config->grpc_listen_address().substr(
       0, config->grpc_listen_address().rfind(':'));
-  SIGNET_LOG_INFO("gRPC (health, reflection) listening on {}:{} (plain text, "
-                  "loopback only until mTLS)",
-                  listen_host, bound_port);
+  SIGNET_LOG_INFO("gRPC (Signer, health, reflection) listening on {}:{} ({})",
+                  listen_host, bound_port,
+                  config_options.insecure_plaintext ? "plain text"
+                                                    : "mTLS, TLS 1.3 only");
 
   hsm::SessionPoolOptions pool_options;
   pool_options.connections = static_cast<int>(hsm_config.connections());
@@ -223,6 +379,39 @@ int Run() {
                     "ignored",
                     unreadable);
   }
+  // The audit checkpoint key: its own key in the HSM, under a scope name no
+  // configured scope can have (names start with a letter or digit), so no
+  // RPC can ever reach it.
+  rotation::ScopeKeyPolicy audit_policy;
+  audit_policy.scope = kAuditScope;
+  audit_policy.algorithm = "ES256";
+  audit_policy.key_spec = {hsm::SignatureAlgorithm::kEcdsaP256Sha256};
+  absl::StatusOr<rotation::ScopeKey> audit_key = rotation::EnsureActiveKey(
+      store, audit_policy, records, absl::Now(), /*may_write=*/true);
+  if (!audit_key.ok()) return Fail(audit_key.status());
+  absl::Status key_file = WriteAuditPublicKey(config->audit_log_path(),
+                                              *audit_key->key.public_key);
+  if (!key_file.ok()) return Fail(key_file);
+  AuditLogOptions audit_options;
+  audit_options.path = config->audit_log_path();
+  audit_options.checkpoint_kid = audit_key->key.thumbprint;
+  const std::string audit_key_id = audit_key->key.key_id;
+  audit_options.sign_checkpoint =
+      [&store, audit_key_id](absl::string_view digest) {
+        return store.SignDigest(audit_key_id, digest,
+                                absl::Now() + absl::Seconds(10));
+      };
+  absl::StatusOr<std::unique_ptr<AuditLog>> audit =
+      AuditLog::Open(std::move(audit_options));
+  if (!audit.ok()) return Fail(audit.status());
+  AuditEvent start_event;
+  start_event.event = "start";
+  start_event.result = "OK";
+  start_event.detail = absl::StrCat("signetd pid ", getpid());
+  absl::Status started = (*audit)->Append(start_event);
+  if (!started.ok()) return Fail(started);
+
+  std::map<std::string, std::shared_ptr<const ScopeState>> scope_states;
   for (const auto& scope : config->scopes()) {
     rotation::ScopeKeyPolicy policy;
     policy.scope = scope.name();
@@ -246,7 +435,19 @@ int Run() {
                                   absl::UTCTimeZone())
               << "\n"
               << *pem << std::flush;
+    absl::StatusOr<std::shared_ptr<const ScopeState>> state =
+        MakeScopeState(scope, key->record, key->key);
+    if (!state.ok()) return Fail(state.status());
+    scope_states[scope.name()] = *state;
   }
+  WorkerPool workers(static_cast<int>(config->serving().worker_threads()),
+                     static_cast<int>(config->serving().queue_size()));
+  auto serving_state = std::make_shared<ServingState>();
+  serving_state->scopes = std::move(scope_states);
+  serving_state->store = &store;
+  serving_state->workers = &workers;
+  serving_state->audit = audit->get();
+  signer.SetServing(serving_state);
   set_health(true);
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
 
@@ -313,13 +514,25 @@ int Run() {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.
-  if (!prober_done->WaitForNotificationWithTimeout(absl::Seconds(3))) {
+  if (!prober_done->WaitForNotificationWithTimeout(absl::Seconds(3)) ||
+      workers.busy() > 0) {
     SIGNET_LOG_WARN("an HSM call is stuck (stalled HSM); exiting without "
                     "closing the HSM connections");
+    AuditEvent stop_event;
+    stop_event.event = "stop";
+    stop_event.result = "OK";
+    stop_event.detail = "HSM stalled; no final checkpoint";
+    (void)(*audit)->Append(stop_event);
     prober.detach();
+    workers.Detach();
     std::_Exit(0);
   }
   prober.join();
+  AuditEvent stop_event;
+  stop_event.event = "stop";
+  stop_event.result = "OK";
+  (void)(*audit)->Append(stop_event);
+  audit->reset();  // final checkpoint, signed by the audit key
   auto closed = std::make_shared<absl::Notification>();
   std::thread closer([p = pool.release(), closed] {
     delete p;
@@ -339,9 +552,27 @@ int Run() {
 }  // namespace signet::server
 
 int main(int argc, char** argv) {
+  // Before anything initializes OpenSSL: gRPC 1.51 has no minimum-version
+  // setting and overrides MinProtocol, but this system_default section makes
+  // OpenSSL refuse anything below TLS 1.3.
+  signet::server::RestrictToTls13();
   absl::SetProgramUsageMessage(
-      "signetd --config=FILE: hardware-backed signing key service");
-  absl::ParseCommandLine(argc, argv);
+      "signetd --config=FILE: hardware-backed signing key service\n"
+      "signetd audit-verify --audit_public_key=PEM [--expected_checkpoint=LINE]"
+      " FILE: check an audit log");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   signet::log::Init(absl::GetFlag(FLAGS_log_json));
+  if (args.size() >= 2 && std::string(args[1]) == "audit-verify") {
+    if (args.size() != 3) {
+      SIGNET_LOG_ERROR("usage: signetd audit-verify "
+                       "--audit_public_key=PEM [--expected_checkpoint=LINE] FILE");
+      return 2;
+    }
+    return signet::server::AuditVerifyCommand(args[2]);
+  }
+  if (args.size() > 1) {
+    SIGNET_LOG_ERROR("unexpected argument: {}", args[1]);
+    return 2;
+  }
   return signet::server::Run();
 }

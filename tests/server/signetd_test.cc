@@ -36,10 +36,17 @@ using testing::SignetdProcess;
 using testing::TempToken;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(60);
+constexpr char kPlaintext[] = "--insecure_plaintext";
 
+// Plain text (--insecure_plaintext) here: these tests are about the HSM
+// side; signer_test covers mTLS.
 std::string ConfigFor(const TempToken& token, const P11KitServer& server,
                       absl::string_view extra_hsm = "") {
-  return absl::StrCat(R"pb(
+  std::string audit_dir = token.dir() + "/audit";
+  mkdir(audit_dir.c_str(), 0777);
+  chmod(audit_dir.c_str(), 0777);
+  return absl::StrCat("audit_log_path: \"", audit_dir, "/audit.log\"\n",
+                      R"pb(
 grpc_listen_address: "127.0.0.1:0"
 hsm {
   module_path: ")pb", P11KitServer::client_module_path(), R"pb("
@@ -120,6 +127,7 @@ class SignetdTest : public ::testing::Test {
     options.binary = SIGNETD_BINARY;
     options.config_text = std::move(config);
     options.flags = std::move(flags);
+    options.flags.push_back(kPlaintext);
     return SignetdProcess::Start(token_->dir(), options);
   }
 
@@ -270,7 +278,7 @@ TEST_F(SignetdTest, AnInProcessModuleNeedsTheInsecureFlag) {
   SignetdOptions options;
   options.binary = SIGNETD_BINARY;
   options.config_text = config;
-  options.flags = {"--insecure_in_process_module"};
+  options.flags = {"--insecure_in_process_module", kPlaintext};
   options.env = {{"SOFTHSM2_CONF", token_->conf_path()}};
   auto signetd = SignetdProcess::Start(token_->dir(), options);
   ASSERT_TRUE(signetd.ok());
@@ -307,6 +315,7 @@ TEST(SignetdAsServiceUsersTest, RunsAsSignetAndIsNotDumpable) {
   SignetdOptions options;
   options.binary = SIGNETD_BINARY;
   options.config_text = ConfigFor(**token, **hsm);
+  options.flags = {kPlaintext};
   options.as_user = "signet";
   auto signetd = SignetdProcess::Start((*token)->dir(), options);
   ASSERT_TRUE(signetd.ok()) << signetd.status();

@@ -1,0 +1,425 @@
+// signetctl: a command-line client of signetd (client/README.md).
+//
+//   signetctl claims --iss URL [--sub S] [--aud A]... [--ttl SECONDS]
+//       prints a claims set {"iss","sub","aud","iat","exp"} with iat = now
+//       and exp = now + ttl (default 600), for sign-jwt to read.
+//   signetctl sign-jwt --scope S [--claims FILE|-]      compact JWS
+//   signetctl sign --scope S (--payload-file FILE|- | --digest-hex HEX)
+//       {"alg","kid","signature"} with the signature base64url (r||s for
+//       ECDSA)
+//   signetctl jwks --scope S                            the scope's JWK set
+//   signetctl public-keys --scope S                     SPKI PEMs (RAW scopes)
+//
+// Connection options of every command that talks to signetd:
+//   --target host:port (default localhost:7443), --ca, --cert, --key,
+//   --client NAME, --timeout SECONDS, --max-attempts N, -v/--verbose.
+// Without --ca/--cert/--key the files come from the development PKI of the
+// state directory that scripts/run uses (StateDir() below):
+//   <state>/tls/ca.pem, <state>/tls/clients/<NAME>.{pem,key}, NAME being
+//   --client (default demo-consumer).
+//
+// Exit codes: 0 success; 1 an error from signetd or the client (the status
+// code and message on stderr) or an input that cannot be read; 2 a usage
+// error (unknown option, missing required option, ...).
+#include <grpc/support/log.h>
+#include <sys/stat.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+
+namespace signet::client {
+namespace {
+
+bool verbose = false;
+
+void Verbose(absl::string_view line) {
+  if (verbose) std::cerr << "signetctl: " << line << std::endl;
+}
+
+// gRPC's own log lines (handshake failures and the like) only with
+// --verbose: without it the one error line of signetctl says it all.
+void GrpcLog(gpr_log_func_args* args) {
+  if (verbose) {
+    std::cerr << "signetctl: grpc: " << args->file << ":" << args->line << ": "
+              << args->message << std::endl;
+  }
+}
+
+bool IsFile(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The state directory of scripts/run: $SIGNET_STATE_DIR if set, else
+// <repo>/var when it holds a development PKI (<repo>/var/tls/ca.pem), else
+// /var/lib/signet (where scripts/run goes when the service users cannot
+// reach the repository).
+std::string StateDir(std::string* why) {
+  if (const char* env = std::getenv("SIGNET_STATE_DIR");
+      env != nullptr && *env != '\0') {
+    *why = "$SIGNET_STATE_DIR";
+    return env;
+  }
+  std::string repo_var = absl::StrCat(SIGNET_SOURCE_DIR, "/var");
+  if (IsFile(repo_var + "/tls/ca.pem")) {
+    *why = "the repository's state directory";
+    return repo_var;
+  }
+  *why = "the system state directory";
+  return "/var/lib/signet";
+}
+
+struct Connection {
+  std::string target = "localhost:7443";
+  std::string ca, cert, key;
+  std::string client_name = "demo-consumer";
+  double timeout_seconds = 5;
+  int max_attempts = 4;
+};
+
+void AddConnectionOptions(CLI::App* command, Connection* c) {
+  command->add_option("--target", c->target, "signetd's gRPC address")
+      ->capture_default_str();
+  command->add_option("--ca", c->ca,
+                      "CA certificate (PEM) that issued signetd's "
+                      "certificate [default: <state>/tls/ca.pem]");
+  command->add_option("--cert", c->cert,
+                      "client certificate (PEM) [default: "
+                      "<state>/tls/clients/<client>.pem]");
+  command->add_option("--key", c->key,
+                      "client private key (PEM) [default: "
+                      "<state>/tls/clients/<client>.key]");
+  command
+      ->add_option("--client", c->client_name,
+                   "which development client certificate of <state> to use "
+                   "when --cert/--key are not given")
+      ->capture_default_str();
+  command
+      ->add_option("--timeout", c->timeout_seconds,
+                   "deadline of the whole call in seconds, retries included")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            double seconds = 0;
+            if (!absl::SimpleAtod(value, &seconds) || !(seconds > 0) ||
+                seconds > 3600) {
+              return "a number of seconds in (0, 3600] is "
+                     "needed, not \"" +
+                     value + "\"";
+            }
+            return "";
+          },
+          "SECONDS"))
+      ->capture_default_str();
+  command
+      ->add_option("--max-attempts", c->max_attempts,
+                   "attempts in all; only UNAVAILABLE and RESOURCE_EXHAUSTED "
+                   "are retried")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Connect(const Connection& c) {
+  ClientOptions options;
+  options.target = c.target;
+  options.timeout = absl::Seconds(c.timeout_seconds);
+  options.max_attempts = c.max_attempts;
+  bool defaults = c.ca.empty() || c.cert.empty() || c.key.empty();
+  std::string state, why;
+  if (defaults) state = StateDir(&why);
+  options.ca_file = c.ca.empty() ? state + "/tls/ca.pem" : c.ca;
+  options.cert_file = c.cert.empty() ? absl::StrCat(state, "/tls/clients/",
+                                                    c.client_name, ".pem")
+                                     : c.cert;
+  options.key_file = c.key.empty() ? absl::StrCat(state, "/tls/clients/",
+                                                  c.client_name, ".key")
+                                   : c.key;
+  if (defaults)
+    Verbose(absl::StrCat("state directory: ", state, " (", why, ")"));
+  Verbose(absl::StrCat("target: ", options.target));
+  Verbose(absl::StrCat("CA certificate: ", options.ca_file));
+  Verbose(absl::StrCat("client certificate: ", options.cert_file));
+  Verbose(absl::StrCat("client key: ", options.key_file));
+  options.on_attempt_failed = [](const AttemptFailure& f) {
+    Verbose(absl::StrCat(
+        f.method, " attempt ", f.attempt, " of ", f.max_attempts,
+        " failed: ", f.status.ToString(),
+        f.will_retry ? absl::StrCat("; retrying in ",
+                                    absl::FormatDuration(absl::Trunc(
+                                        f.backoff, absl::Milliseconds(1))))
+                     : std::string("; not retrying")));
+  };
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+  if (!client.ok() && defaults &&
+      client.status().code() == absl::StatusCode::kNotFound) {
+    return absl::Status(
+        client.status().code(),
+        absl::StrCat(client.status().message(),
+                     " (a default from the state directory ", state,
+                     ": start signetd with scripts/run, set "
+                     "SIGNET_STATE_DIR, or pass --ca, --cert and --key)"));
+  }
+  return client;
+}
+
+// A whole file, or stdin for "-".
+absl::StatusOr<std::string> ReadInput(absl::string_view what,
+                                      const std::string& path) {
+  if (path == "-") {
+    std::string data{std::istreambuf_iterator<char>(std::cin),
+                     std::istreambuf_iterator<char>()};
+    if (std::cin.bad()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read ", what, " from stdin"));
+    }
+    return data;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("cannot open ", what, " file ",
+                                            path, ": ", std::strerror(errno)));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read ", what, " file ", path));
+  }
+  return buffer.str();
+}
+
+int Fail(const absl::Status& status) {
+  std::cerr << "signetctl: error: " << status.ToString() << std::endl;
+  return 1;
+}
+
+int Print(absl::string_view text) {
+  std::cout << text;
+  if (text.empty() || text.back() != '\n') std::cout << '\n';
+  std::cout.flush();
+  if (!std::cout) {
+    std::cerr << "signetctl: error: cannot write to stdout" << std::endl;
+    return 1;
+  }
+  return 0;
+}
+
+int Claims(const std::string& iss, const std::string& sub,
+           const std::vector<std::string>& aud, int64_t ttl) {
+  int64_t now = absl::ToUnixSeconds(absl::Now());
+  nlohmann::ordered_json claims;
+  claims["iss"] = iss;
+  if (!sub.empty()) claims["sub"] = sub;
+  if (aud.size() == 1) {
+    claims["aud"] = aud[0];
+  } else if (!aud.empty()) {
+    claims["aud"] = aud;
+  }
+  claims["iat"] = now;
+  claims["exp"] = now + ttl;
+  return Print(claims.dump());
+}
+
+int SignJwt(const Connection& c, const std::string& scope,
+            const std::string& claims_path) {
+  absl::StatusOr<std::string> claims = ReadInput("claims", claims_path);
+  if (!claims.ok()) return Fail(claims.status());
+  // A file's final newline is not part of the claims (JSON whitespace, but
+  // it would end up in the token's payload).
+  absl::string_view trimmed = absl::StripTrailingAsciiWhitespace(*claims);
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::SignJwtResponse> response =
+      (*client)->SignJwt(scope, trimmed);
+  if (!response.ok()) return Fail(response.status());
+  Verbose(absl::StrCat("signed with kid ", response->kid(), " (",
+                       response->alg(), ")"));
+  return Print(response->jws());
+}
+
+// Lower- or upper-case hex, an even number of digits.
+absl::StatusOr<std::string> ParseHex(absl::string_view hex) {
+  if (hex.empty() || hex.size() % 2 != 0) {
+    return absl::InvalidArgumentError(
+        "--digest-hex: an even, non-zero number of hex digits is needed");
+  }
+  for (char ch : hex) {
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(ch))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--digest-hex: '", std::string(1, ch), "' is not a hex digit"));
+    }
+  }
+  return absl::HexStringToBytes(hex);
+}
+
+int Sign(const Connection& c, const std::string& scope,
+         const std::string& payload_path, const std::string& digest_hex) {
+  std::string input;
+  bool is_digest = !digest_hex.empty();
+  if (is_digest) {
+    absl::StatusOr<std::string> digest = ParseHex(digest_hex);
+    if (!digest.ok()) return Fail(digest.status());
+    input = *std::move(digest);
+  } else {
+    absl::StatusOr<std::string> payload = ReadInput("payload", payload_path);
+    if (!payload.ok()) return Fail(payload.status());
+    input = *std::move(payload);
+  }
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::SignResponse> response =
+      is_digest ? (*client)->SignDigest(scope, input)
+                : (*client)->SignPayload(scope, input);
+  if (!response.ok()) return Fail(response.status());
+  nlohmann::ordered_json out;
+  out["alg"] = response->alg();
+  out["kid"] = response->kid();
+  out["signature"] = absl::WebSafeBase64Escape(response->signature());
+  return Print(out.dump());
+}
+
+int Jwks(const Connection& c, const std::string& scope) {
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::GetJwksResponse> response = (*client)->GetJwks(scope);
+  if (!response.ok()) return Fail(response.status());
+  Verbose(absl::StrCat("JWKS version ", response->version()));
+  return Print(response->jwks_json());
+}
+
+int PublicKeys(const Connection& c, const std::string& scope) {
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::GetPublicKeysResponse> response =
+      (*client)->GetPublicKeys(scope);
+  if (!response.ok()) return Fail(response.status());
+  std::string out;
+  // RFC 7468 section 5.2: text before a PEM boundary is explanatory text,
+  // which PEM parsers (OpenSSL's included) skip.
+  for (const v1::PublicKeyInfo& key : response->keys()) {
+    absl::StrAppend(&out, "kid: ", key.kid(), "\nalg: ", key.alg(), "\n",
+                    key.spki_pem());
+    if (!out.empty() && out.back() != '\n') out += '\n';
+  }
+  return Print(out);
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{
+      "signetctl: sign with signetd over mutual TLS (see client/README.md)",
+      "signetctl"};
+  app.require_subcommand(1);
+  app.fallthrough();  // --verbose before or after the command
+  app.add_flag("-v,--verbose", verbose,
+               "say which files and address are used, and log every failed "
+               "attempt, on stderr");
+
+  std::string iss, sub;
+  std::vector<std::string> aud;
+  int64_t ttl = 600;
+  CLI::App* claims = app.add_subcommand(
+      "claims", "print a JWT claims set with iat = now and exp = now + ttl");
+  claims->add_option("--iss", iss, "issuer (the scope's issuer URL)")
+      ->required();
+  claims->add_option("--sub", sub, "subject");
+  claims->add_option("--aud", aud, "audience (repeat for several)");
+  claims->add_option("--ttl", ttl, "lifetime in seconds")
+      ->check(CLI::Range(int64_t{1}, int64_t{366} * 24 * 3600))
+      ->capture_default_str();
+
+  Connection connection;
+  std::string scope;
+  auto add_scope = [&scope](CLI::App* command) {
+    command->add_option("--scope", scope, "the scope to use")->required();
+  };
+
+  std::string claims_path = "-";
+  CLI::App* sign_jwt = app.add_subcommand(
+      "sign-jwt", "sign a JWT with a JWT scope; prints the compact JWS");
+  add_scope(sign_jwt);
+  sign_jwt
+      ->add_option("--claims", claims_path,
+                   "the claims JSON: a file, or - for stdin")
+      ->capture_default_str();
+  AddConnectionOptions(sign_jwt, &connection);
+
+  std::string payload_path, digest_hex;
+  CLI::App* sign = app.add_subcommand(
+      "sign",
+      "sign raw data with a RAW scope; prints {alg, kid, signature} with the "
+      "signature base64url");
+  add_scope(sign);
+  CLI::Option_group* input =
+      sign->add_option_group("input", "what to sign (exactly one)");
+  input->add_option("--payload-file", payload_path,
+                    "data for the server to hash and sign: a file, or -");
+  input->add_option("--digest-hex", digest_hex,
+                    "a digest of the scope's hash length, in hex");
+  input->require_option(1);
+  AddConnectionOptions(sign, &connection);
+
+  CLI::App* jwks =
+      app.add_subcommand("jwks", "print a JWT scope's JWK set (JSON)");
+  add_scope(jwks);
+  AddConnectionOptions(jwks, &connection);
+
+  CLI::App* public_keys = app.add_subcommand(
+      "public-keys", "print a RAW scope's public keys (SPKI PEM)");
+  add_scope(public_keys);
+  AddConnectionOptions(public_keys, &connection);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help prints and exits 0; every other parse error is a usage error.
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  gpr_set_log_function(GrpcLog);
+
+  if (claims->parsed()) return Claims(iss, sub, aud, ttl);
+  if (sign_jwt->parsed()) return SignJwt(connection, scope, claims_path);
+  if (sign->parsed()) return Sign(connection, scope, payload_path, digest_hex);
+  if (jwks->parsed()) return Jwks(connection, scope);
+  if (public_keys->parsed()) return PublicKeys(connection, scope);
+  std::cerr << app.help();
+  return 2;
+}
+
+}  // namespace
+}  // namespace signet::client
+
+int main(int argc, char** argv) {
+  // CLI11 and the standard library may throw; nothing escapes main.
+  try {
+    return signet::client::Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "signetctl: error: " << e.what() << std::endl;
+    return 1;
+  } catch (...) {
+    std::cerr << "signetctl: error: unexpected exception" << std::endl;
+    return 1;
+  }
+}

@@ -1,0 +1,821 @@
+#include "server/audit_log.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "hsm/digest.h"
+#include "server/audit_verify.h"
+
+namespace signet::server {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// Closes a file descriptor unless released.
+class ScopedFd {
+ public:
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  ~ScopedFd() {
+    if (fd_ >= 0) {
+      close(fd_);
+    }
+  }
+  int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+constexpr absl::string_view kZeroHash =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+constexpr absl::string_view kCheckpointEvent = "checkpoint";
+constexpr absl::string_view kCheckpointFailedEvent = "checkpoint_failed";
+constexpr absl::string_view kRefusalSummaryEvent = "refusal_summary";
+constexpr size_t kCheckpointSignatureBytes = 64;  // ES256 r||s
+// Bounds one write(); callers beyond it go into the next batch.
+constexpr size_t kMaxBatchLines = 4096;
+// Callers named one by one in a refusal summary; the rest are counted.
+constexpr size_t kMaxSummaryCallers = 8;
+
+bool IsReservedEvent(absl::string_view event) {
+  return event == kCheckpointEvent || event == kCheckpointFailedEvent ||
+         event == kRefusalSummaryEvent;
+}
+
+std::string Truncated(absl::string_view value) {
+  if (value.size() <= kMaxAuditFieldBytes) {
+    return std::string(value);
+  }
+  return absl::StrCat(value.substr(0, kMaxAuditFieldBytes), "...");
+}
+
+// RFC 3339, UTC, milliseconds.
+std::string FormatLineTime(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
+}
+
+// Adds `name` with a truncated `value` unless `value` is empty.
+void AddString(Json& j, const char* name, absl::string_view value) {
+  if (!value.empty()) {
+    j[name] = Truncated(value);
+  }
+}
+
+// The object's members without the enclosing braces, as the log writes them:
+// compact, ASCII only (\uXXXX escapes), invalid UTF-8 replaced by U+FFFD, so
+// dump() cannot throw on bad input.
+absl::StatusOr<std::string> MembersOf(const Json& j) {
+  try {
+    std::string s =
+        j.dump(-1, ' ', /*ensure_ascii=*/true, Json::error_handler_t::replace);
+    if (s.size() < 2) {
+      return absl::InternalError("audit line: empty JSON dump");
+    }
+    return s.substr(1, s.size() - 2);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("audit line: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::string> EventMembers(const AuditEvent& event,
+                                         absl::string_view name) {
+  try {
+    Json j = Json::object();
+    AddString(j, "event", name);
+    AddString(j, "caller", event.caller);
+    AddString(j, "scope", event.scope);
+    AddString(j, "kid", event.kid);
+    AddString(j, "alg", event.alg);
+    AddString(j, "input_sha256", event.input_sha256);
+    AddString(j, "result", event.result);
+    AddString(j, "detail", event.detail);
+    return MembersOf(j);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("audit line: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::string> HexSha256(absl::string_view data) {
+  absl::StatusOr<std::string> digest = hsm::Sha256(data);
+  if (!digest.ok()) {
+    return digest.status();
+  }
+  return absl::BytesToHexString(*digest);
+}
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  std::string message = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::PermissionDeniedError(message);
+    default:
+      return absl::UnavailableError(message);
+  }
+}
+
+// Reads exactly `len` bytes at `offset`.
+absl::Status PreadAll(int fd, char* out, size_t len, off_t offset,
+                      absl::string_view path) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n =
+        pread(fd, out + done, len - done, offset + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      const int err = errno;
+      return ErrnoStatus(err, absl::StrCat("audit log ", path, ": read"));
+    }
+    if (n == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("audit log ", path, ": file shrank while being read"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+// Names the line that starts at `buf[start]`, where `buf` holds the file from
+// byte offset `base` on: "line N" from the seq of the complete line before
+// it, or its byte offset if that cannot be told.
+std::string NameLine(absl::string_view buf, size_t start, uint64_t base) {
+  if (start == 0 && base == 0) {
+    return "line 1";
+  }
+  if (start > 0) {
+    const size_t prev_end = start - 1;  // the '\n' ending the line before
+    size_t prev_start = 0;
+    bool whole = base == 0;
+    if (prev_end > 0) {
+      size_t nl = buf.rfind('\n', prev_end - 1);
+      if (nl != absl::string_view::npos) {
+        prev_start = nl + 1;
+        whole = true;
+      }
+    }
+    if (whole) {
+      absl::StatusOr<AuditLineInfo> prev =
+          ParseAuditLine(buf.substr(prev_start, prev_end - prev_start));
+      if (prev.ok()) {
+        return absl::StrCat("line ", prev->seq + 1);
+      }
+    }
+  }
+  return absl::StrCat("the line at byte offset ", base + start);
+}
+
+struct Tail {
+  uint64_t last_seq = 0;
+  std::string last_hash_hex = std::string(kZeroHash);
+  uint64_t last_checkpoint_seq = 0;
+};
+
+// Reads the last line of a non-empty regular file to continue its chain.
+absl::StatusOr<Tail> ReadTail(int fd, uint64_t size, absl::string_view path) {
+  const uint64_t want = std::min<uint64_t>(size, 2 * kMaxAuditLineBytes + 2);
+  const uint64_t base = size - want;
+  std::string buf(static_cast<size_t>(want), '\0');
+  absl::Status read =
+      PreadAll(fd, buf.data(), buf.size(), static_cast<off_t>(base), path);
+  if (!read.ok()) {
+    return read;
+  }
+  const std::string refuse =
+      "; signet never continues a broken chain: check the file with "
+      "audit-verify and move it aside";
+  if (buf.back() != '\n') {
+    size_t nl = buf.rfind('\n');
+    size_t start = nl == std::string::npos ? 0 : nl + 1;
+    if (nl == std::string::npos && base > 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("audit log ", path, ": its last line is longer than ",
+                       kMaxAuditLineBytes, " bytes and incomplete", refuse));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "audit log ", path, ": ", NameLine(buf, start, base),
+        " is incomplete (no newline at the end of the file: a write was cut "
+        "short)",
+        refuse));
+  }
+  const size_t end = buf.size() - 1;
+  size_t start = 0;
+  if (end > 0) {
+    size_t nl = buf.rfind('\n', end - 1);
+    if (nl != std::string::npos) {
+      start = nl + 1;
+    } else if (base > 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("audit log ", path, ": its last line is longer than ",
+                       kMaxAuditLineBytes, " bytes", refuse));
+    }
+  }
+  absl::string_view line = absl::string_view(buf).substr(start, end - start);
+  absl::StatusOr<AuditLineInfo> info = ParseAuditLine(line);
+  if (!info.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "audit log ", path, ": ", NameLine(buf, start, base),
+        " (the last line) is not a valid audit line: ", info.status().message(),
+        refuse));
+  }
+  absl::StatusOr<std::string> hash = HexSha256(line);
+  if (!hash.ok()) {
+    return hash.status();
+  }
+  Tail tail;
+  tail.last_seq = info->seq;
+  tail.last_hash_hex = *std::move(hash);
+  tail.last_checkpoint_seq = info->event == kCheckpointEvent ? info->seq : 0;
+  return tail;
+}
+
+// Makes a newly created file's directory entry durable.
+absl::Status SyncParentDirectory(absl::string_view path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == absl::string_view::npos ? std::string(".")
+                          : slash == 0                     ? std::string("/")
+                                       : std::string(path.substr(0, slash));
+  int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    const int err = errno;
+    return ErrnoStatus(err, absl::StrCat("audit log directory ", dir));
+  }
+  absl::Status status;
+  if (fsync(dfd) != 0) {
+    const int err = errno;
+    status = ErrnoStatus(err, absl::StrCat("fsync of directory ", dir));
+  }
+  close(dfd);
+  return status;
+}
+
+void SendToSyslog(int priority, const std::string& message) {
+  static std::once_flag opened;
+  std::call_once(
+      opened, [] { openlog("signetd", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV); });
+  syslog(LOG_AUTHPRIV | priority, "%s", message.c_str());
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> CheckpointDigest(uint64_t seq,
+                                             absl::string_view head_hex) {
+  return hsm::Sha256(
+      absl::StrCat("signet-audit-checkpoint:", seq, ":", head_hex));
+}
+
+absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
+    AuditLogOptions options) {
+  if (options.path.empty()) {
+    return absl::InvalidArgumentError("audit log: path is empty");
+  }
+  if (options.sign_checkpoint && options.checkpoint_kid.empty()) {
+    return absl::InvalidArgumentError(
+        "audit log: checkpoint_kid is required with a checkpoint signer");
+  }
+  if (options.checkpoint_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "audit log: checkpoint_interval must be positive");
+  }
+  if (options.refusals_per_second < 0) {
+    return absl::InvalidArgumentError(
+        "audit log: refusals_per_second must not be negative");
+  }
+  if (!options.now) {
+    return absl::InvalidArgumentError("audit log: no clock (now) given");
+  }
+  const std::string& path = options.path;
+
+  // O_RDWR: the last line is read back through the same descriptor. An
+  // append-only inode (chattr +a) allows this with O_APPEND.
+  bool created = true;
+  int fd = open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC,
+                0600);
+  if (fd < 0 && errno == EEXIST) {
+    created = false;
+    fd = open(path.c_str(), O_RDWR | O_APPEND | O_CLOEXEC);
+  }
+  if (fd < 0) {
+    const int err = errno;
+    return ErrnoStatus(err, absl::StrCat("audit log ", path, ": open"));
+  }
+  ScopedFd owned_fd(fd);
+
+  // Two writers would interleave lines and break the chain.
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("audit log ", path,
+                       " is already open for writing by another process or "
+                       "another AuditLog"));
+    }
+    const int err = errno;
+    return ErrnoStatus(err, absl::StrCat("audit log ", path, ": flock"));
+  }
+  if (created) {
+    // Enforce 0600 whatever the umask, and make the new entry durable.
+    if (fchmod(fd, 0600) != 0) {
+      const int err = errno;
+      return ErrnoStatus(err, absl::StrCat("audit log ", path, ": fchmod"));
+    }
+    absl::Status synced = SyncParentDirectory(path);
+    if (!synced.ok()) {
+      return synced;
+    }
+  }
+
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    return ErrnoStatus(err, absl::StrCat("audit log ", path, ": fstat"));
+  }
+  Tail tail;
+  uint64_t size = 0;
+  if (S_ISREG(st.st_mode) && st.st_size > 0) {
+    size = static_cast<uint64_t>(st.st_size);
+    absl::StatusOr<Tail> read = ReadTail(fd, size, path);
+    if (!read.ok()) {
+      return read.status();
+    }
+    tail = *std::move(read);
+  }
+
+  return std::unique_ptr<AuditLog>(
+      new AuditLog(std::move(options), owned_fd.release(), size, tail.last_seq,
+                   std::move(tail.last_hash_hex), tail.last_checkpoint_seq));
+}
+
+AuditLog::AuditLog(AuditLogOptions options, int fd, uint64_t file_size,
+                   uint64_t last_seq, std::string last_hash_hex,
+                   uint64_t last_cp_seq)
+    : options_(std::move(options)),
+      fd_(fd),
+      file_size_(file_size),
+      next_seq_(last_seq + 1),
+      last_hash_hex_(std::move(last_hash_hex)),
+      durable_seq_(last_seq),
+      last_checkpoint_seq_(last_cp_seq) {
+  const absl::Time now = options_.now();
+  next_checkpoint_ = now + options_.checkpoint_interval;
+  refusal_window_ = absl::ToUnixSeconds(now);
+  writer_ = std::thread([this] { WriterLoop(); });
+}
+
+AuditLog::~AuditLog() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  writer_.join();
+  close(fd_);
+}
+
+uint64_t AuditLog::last_sequence() const {
+  absl::MutexLock lock(&mu_);
+  return durable_seq_;
+}
+
+uint64_t AuditLog::syncs() const {
+  absl::MutexLock lock(&mu_);
+  return syncs_;
+}
+
+uint64_t AuditLog::EnqueueLocked(absl::Time time, std::string members) {
+  MaybeFlushRefusalSummaryLocked(time, /*force=*/false);
+  const uint64_t ticket = next_ticket_++;
+  pending_.push_back(Pending{ticket, time, std::move(members)});
+  return ticket;
+}
+
+absl::Status AuditLog::Append(const AuditEvent& event) {
+  return AppendAll(absl::MakeConstSpan(&event, 1));
+}
+
+absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
+  std::vector<std::string> members;
+  members.reserve(events.size());
+  for (const AuditEvent& event : events) {
+    if (event.event.empty()) {
+      return absl::InvalidArgumentError("audit event: event name is empty");
+    }
+    if (IsReservedEvent(event.event)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "audit event: \"", event.event, "\" is written by the log itself"));
+    }
+    absl::StatusOr<std::string> m = EventMembers(event, event.event);
+    if (!m.ok()) {
+      return m.status();
+    }
+    members.push_back(*std::move(m));
+  }
+  if (members.empty()) {
+    return absl::OkStatus();
+  }
+  absl::MutexLock lock(&mu_);
+  if (!broken_.ok()) {
+    return broken_;
+  }
+  const absl::Time now = options_.now();
+  uint64_t ticket = 0;
+  for (std::string& m : members) {
+    ticket = EnqueueLocked(now, std::move(m));
+  }
+  auto done = [this, ticket]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return durable_ticket_ >= ticket || !broken_.ok();
+  };
+  mu_.Await(absl::Condition(&done));
+  if (durable_ticket_ >= ticket) {
+    return absl::OkStatus();
+  }
+  return broken_;
+}
+
+void AuditLog::AppendRefusal(const AuditEvent& event) {
+  absl::string_view name = event.event;
+  if (name.empty() || IsReservedEvent(name)) {
+    name = "refuse";
+  }
+  absl::MutexLock lock(&mu_);
+  if (!broken_.ok()) {
+    return;
+  }
+  const absl::Time now = options_.now();
+  const int64_t second = absl::ToUnixSeconds(now);
+  if (second != refusal_window_) {
+    MaybeFlushRefusalSummaryLocked(now, /*force=*/false);
+    refusal_window_ = second;
+    refusals_in_window_ = 0;
+  }
+  if (refusals_in_window_ < options_.refusals_per_second) {
+    absl::StatusOr<std::string> members = EventMembers(event, name);
+    if (!members.ok()) {
+      return;  // out of memory: nothing sensible to record
+    }
+    ++refusals_in_window_;
+    pending_.push_back(Pending{0, now, *std::move(members)});
+    return;
+  }
+  ++refusals_suppressed_;
+  std::string caller = Truncated(event.caller);
+  auto it = suppressed_by_caller_.find(caller);
+  if (it != suppressed_by_caller_.end()) {
+    ++it->second;
+  } else if (suppressed_by_caller_.size() < kMaxSummaryCallers) {
+    suppressed_by_caller_.emplace(std::move(caller), 1);
+  } else {
+    ++suppressed_other_callers_;
+  }
+}
+
+void AuditLog::MaybeFlushRefusalSummaryLocked(absl::Time now, bool force) {
+  if (refusals_suppressed_ == 0) {
+    return;
+  }
+  if (!force && absl::ToUnixSeconds(now) == refusal_window_) {
+    return;
+  }
+  std::string detail = absl::StrCat(
+      "refusals beyond ", options_.refusals_per_second,
+      " per second, not written one by one, in the second from ",
+      FormatLineTime(absl::FromUnixSeconds(refusal_window_)), "; by caller:");
+  const char* sep = " ";
+  for (const auto& [caller, count] : suppressed_by_caller_) {
+    absl::StrAppend(&detail, sep, caller.empty() ? "(none)" : caller, " ",
+                    count);
+    sep = ", ";
+  }
+  if (suppressed_other_callers_ > 0) {
+    absl::StrAppend(&detail, sep, "others ", suppressed_other_callers_);
+  }
+  try {
+    Json j = Json::object();
+    j["event"] = std::string(kRefusalSummaryEvent);
+    j["count"] = refusals_suppressed_;
+    j["detail"] = Truncated(detail);
+    absl::StatusOr<std::string> members = MembersOf(j);
+    if (members.ok()) {
+      pending_.push_back(Pending{0, now, *std::move(members)});
+    }
+  } catch (const std::exception&) {
+    // Out of memory: the count is lost, the chain is not.
+  }
+  refusals_suppressed_ = 0;
+  suppressed_by_caller_.clear();
+  suppressed_other_callers_ = 0;
+}
+
+absl::Status AuditLog::Checkpoint() {
+  if (!options_.sign_checkpoint) {
+    return absl::FailedPreconditionError(
+        "audit log: no checkpoint signer configured");
+  }
+  absl::MutexLock lock(&mu_);
+  if (!broken_.ok()) {
+    return broken_;
+  }
+  const uint64_t generation = ++checkpoint_requested_;
+  auto done = [this, generation]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return checkpoint_done_ >= generation;
+  };
+  mu_.Await(absl::Condition(&done));
+  if (checkpoint_ok_ >= generation) {
+    return absl::OkStatus();
+  }
+  return checkpoint_error_;
+}
+
+bool AuditLog::WriterHasWorkLocked() const {
+  return stopping_ || !pending_.empty() ||
+         checkpoint_requested_ > checkpoint_done_;
+}
+
+AuditLog::SignedCheckpoint AuditLog::SignCheckpointLocked() {
+  // The checkpoint is the next line: its seq and head are fixed here, and
+  // only the writer thread moves them, so the signer may run without mu_
+  // (Appends queue meanwhile).
+  const uint64_t seq = next_seq_;
+  const std::string head = last_hash_hex_;
+  absl::StatusOr<std::string> signature;
+  absl::StatusOr<std::string> digest = CheckpointDigest(seq, head);
+  if (!digest.ok()) {
+    signature = digest.status();
+  } else {
+    mu_.Unlock();
+    try {
+      signature = options_.sign_checkpoint(*digest);
+    } catch (const std::exception& e) {
+      signature = absl::InternalError(
+          absl::StrCat("checkpoint signer threw: ", e.what()));
+    }
+    mu_.Lock();
+  }
+  if (signature.ok() && signature->size() != kCheckpointSignatureBytes) {
+    signature = absl::InternalError(absl::StrCat(
+        "checkpoint signer returned ", signature->size(),
+        " bytes; an ES256 signature (r||s) has ", kCheckpointSignatureBytes));
+  }
+  SignedCheckpoint out;
+  out.status = signature.status();
+  try {
+    Json j = Json::object();
+    if (signature.ok()) {
+      j["event"] = std::string(kCheckpointEvent);
+      j["head"] = head;
+      j["count"] = seq - 1;
+      j["kid"] = Truncated(options_.checkpoint_kid);
+      j["sig"] = absl::WebSafeBase64Escape(*signature);
+    } else {
+      j["event"] = std::string(kCheckpointFailedEvent);
+      j["result"] = absl::StatusCodeToString(signature.status().code());
+      j["detail"] = Truncated(signature.status().message());
+    }
+    absl::StatusOr<std::string> members = MembersOf(j);
+    if (members.ok()) {
+      out.members = *std::move(members);
+    } else if (out.status.ok()) {
+      out.status = members.status();
+    }
+  } catch (const std::exception& e) {
+    if (out.status.ok()) {
+      out.status =
+          absl::InternalError(absl::StrCat("checkpoint line: ", e.what()));
+    }
+  }
+  return out;
+}
+
+absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
+                                  std::vector<std::string>* checkpoint_lines) {
+  if (batch.empty()) {
+    return absl::OkStatus();
+  }
+  std::string buffer;
+  for (const Pending& p : batch) {
+    std::string line = absl::StrCat("{\"seq\":", next_seq_, ",\"time\":\"",
+                                    FormatLineTime(p.time), "\",", p.members,
+                                    ",\"prev\":\"", last_hash_hex_, "\"}");
+    absl::StatusOr<std::string> hash = HexSha256(line);
+    if (!hash.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("audit log ", options_.path,
+                       ": cannot hash a line: ", hash.status().message()));
+    }
+    if (p.checkpoint) {
+      checkpoint_lines->push_back(line);
+    }
+    ++next_seq_;
+    last_hash_hex_ = *std::move(hash);
+    buffer.append(line);
+    buffer.push_back('\n');
+  }
+
+  size_t written = 0;
+  while (written < buffer.size()) {
+    ssize_t n = write(fd_, buffer.data() + written, buffer.size() - written);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      const int err = n < 0 ? errno : ENOSPC;
+      std::string message = absl::StrCat(
+          "audit log ", options_.path, ": write failed: ", std::strerror(err));
+      // Cut what the failed batch wrote off again, so the file still ends
+      // with a whole line and its chain verifies. Nothing is lost: the
+      // batch's callers are told UNAVAILABLE, so what they signed is never
+      // released. (Not for devices, where there is nothing to cut.)
+      struct stat st;
+      if (fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) &&
+          static_cast<uint64_t>(st.st_size) > file_size_) {
+        if (ftruncate(fd_, static_cast<off_t>(file_size_)) == 0 &&
+            fdatasync(fd_) == 0) {
+          absl::StrAppend(&message, " (the partial write was removed)");
+        } else {
+          absl::StrAppend(&message, " (could not remove the partial write: ",
+                          std::strerror(errno), ")");
+        }
+      }
+      return absl::UnavailableError(message);
+    }
+    written += static_cast<size_t>(n);
+  }
+  file_size_ += buffer.size();
+  {
+    absl::MutexLock lock(&mu_);
+    ++syncs_;
+  }
+  if (fdatasync(fd_) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("audit log ", options_.path,
+                     ": fdatasync failed: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+void AuditLog::WriterLoop() {
+  absl::MutexLock lock(&mu_);
+  bool final_checkpoint_tried = false;
+  while (true) {
+    if (!broken_.ok()) {
+      // Fail closed: nothing more is written. Waiters see broken_.
+      pending_.clear();
+      if (checkpoint_done_ < checkpoint_requested_) {
+        checkpoint_done_ = checkpoint_requested_;
+        checkpoint_error_ = broken_;
+      }
+      if (stopping_) {
+        break;
+      }
+      mu_.Await(absl::Condition(this, &AuditLog::WriterHasWorkLocked));
+      continue;
+    }
+
+    absl::Time now = options_.now();
+    if (!WriterHasWorkLocked()) {
+      absl::Duration wait = options_.checkpoint_interval;
+      if (options_.sign_checkpoint) {
+        wait = std::min(wait, next_checkpoint_ - now);
+      }
+      if (refusals_suppressed_ > 0) {
+        wait = std::min(wait, absl::FromUnixSeconds(refusal_window_ + 1) - now);
+      }
+      if (wait > absl::ZeroDuration()) {
+        mu_.AwaitWithTimeout(
+            absl::Condition(this, &AuditLog::WriterHasWorkLocked), wait);
+      }
+      now = options_.now();
+    }
+    MaybeFlushRefusalSummaryLocked(now, /*force=*/stopping_);
+
+    std::vector<Pending> batch;
+    if (pending_.size() <= kMaxBatchLines) {
+      batch.swap(pending_);
+    } else {
+      batch.assign(std::make_move_iterator(pending_.begin()),
+                   std::make_move_iterator(pending_.begin() + kMaxBatchLines));
+      pending_.erase(pending_.begin(), pending_.begin() + kMaxBatchLines);
+    }
+    uint64_t max_ticket = 0;
+    for (const Pending& p : batch) {
+      max_ticket = std::max(max_ticket, p.ticket);
+    }
+
+    // A checkpoint goes after this batch, covering it.
+    const uint64_t requested = checkpoint_requested_;
+    const bool explicit_checkpoint = requested > checkpoint_done_;
+    const bool new_lines = next_seq_ - 1 + batch.size() > last_checkpoint_seq_;
+    bool checkpoint = false;
+    if (options_.sign_checkpoint) {
+      if (explicit_checkpoint) {
+        checkpoint = true;
+      } else if (stopping_ && pending_.empty()) {
+        checkpoint = new_lines && !final_checkpoint_tried;
+        final_checkpoint_tried = true;
+      } else if (now >= next_checkpoint_) {
+        checkpoint = new_lines;
+        if (!new_lines) {
+          next_checkpoint_ = now + options_.checkpoint_interval;  // idle
+        }
+      }
+    }
+    if (batch.empty() && !checkpoint) {
+      if (stopping_ && pending_.empty()) {
+        break;
+      }
+      continue;
+    }
+
+    // Write the batch and release its callers before signing: they never
+    // wait for the HSM.
+    mu_.Unlock();
+    std::vector<std::string> checkpoint_lines;
+    absl::Status status = WriteBatch(batch, &checkpoint_lines);
+    mu_.Lock();
+    if (status.ok()) {
+      durable_ticket_ = std::max(durable_ticket_, max_ticket);
+      durable_seq_ = next_seq_ - 1;
+    } else {
+      broken_ = status;
+    }
+
+    absl::Status checkpoint_status = status;
+    if (status.ok() && checkpoint) {
+      SignedCheckpoint signed_checkpoint = SignCheckpointLocked();
+      checkpoint_status = signed_checkpoint.status;
+      const uint64_t checkpoint_seq = next_seq_;
+      if (!signed_checkpoint.members.empty()) {
+        std::vector<Pending> line;
+        line.push_back(Pending{0, options_.now(),
+                               std::move(signed_checkpoint.members),
+                               signed_checkpoint.status.ok()});
+        mu_.Unlock();
+        status = WriteBatch(line, &checkpoint_lines);
+        mu_.Lock();
+        if (status.ok()) {
+          durable_seq_ = next_seq_ - 1;
+          if (checkpoint_status.ok()) {
+            last_checkpoint_seq_ = checkpoint_seq;
+          }
+        } else {
+          broken_ = status;
+          checkpoint_status = status;
+        }
+      }
+      next_checkpoint_ = options_.now() + options_.checkpoint_interval;
+    }
+    if (checkpoint && explicit_checkpoint) {
+      checkpoint_done_ = requested;
+      if (checkpoint_status.ok()) {
+        checkpoint_ok_ = requested;
+      } else {
+        checkpoint_error_ = checkpoint_status;
+      }
+    }
+    if (options_.syslog && checkpoint) {
+      // Only once durable: syslog must never hold a checkpoint the file
+      // does not.
+      mu_.Unlock();
+      for (const std::string& line : checkpoint_lines) {
+        SendToSyslog(LOG_NOTICE, absl::StrCat("audit-checkpoint ", line));
+      }
+      if (!checkpoint_status.ok()) {
+        SendToSyslog(LOG_WARNING, absl::StrCat("audit-checkpoint-failed ",
+                                               checkpoint_status.ToString()));
+      }
+      mu_.Lock();
+    }
+  }
+}
+
+}  // namespace signet::server

@@ -1,0 +1,276 @@
+// signetd's audit log: one JSON line per event in an append-only file, made a
+// hash chain by each line carrying the SHA-256 of the line before, with
+// checkpoints signed by a dedicated audit key in the HSM and copied to syslog
+// (design.md "Audit", principle 6: if the log cannot be written, signing
+// stops).
+//
+// Line format (one compact JSON object per line, ASCII only: every non-ASCII
+// character is written as a \uXXXX escape, invalid UTF-8 as U+FFFD; members in
+// this fixed order, empty string members omitted):
+//
+//   {"seq":N,"time":"2026-11-23T16:42:50.123Z","event":"sign",
+//    "caller":"uri:spiffe://...","scope":"...","kid":"...","alg":"ES256",
+//    "input_sha256":"<hex>","result":"OK","detail":"...","prev":"<hex>"}
+//
+//   seq    1, 2, 3, ... with no gaps: line N of the file has seq N.
+//   time   RFC 3339, UTC, milliseconds: when the event was handed to the log.
+//   prev   lower-case hex SHA-256 of the previous line's bytes without its
+//          newline; 64 zeros on line 1.
+//
+// Checkpoint lines (event "checkpoint"), written by the log itself:
+//
+//   {"seq":N,"time":"...","event":"checkpoint","head":"<hex>","count":N-1,
+//    "kid":"<audit key kid>","sig":"<base64url r||s>","prev":"<hex>"}
+//
+//   head   hex SHA-256 of line N-1 (equal to prev; 64 zeros if N is 1).
+//   count  the number of lines before this one.
+//   sig    ES256 (ECDSA P-256, JWS form r||s, RFC 7518 section 3.4),
+//          base64url without padding, over
+//          SHA-256("signet-audit-checkpoint:" + decimal N + ":" + head)
+//          (CheckpointDigest below), made by `sign_checkpoint`.
+//
+// Other lines the log writes itself:
+//   "refusal_summary": {"seq","time","event","count":K,"detail","prev"}:
+//       K refusals in one second beyond `refusals_per_second` that were not
+//       written one by one; detail names the second and how many came from
+//       each caller (the first 8 callers seen, the rest as "others").
+//   "checkpoint_failed": {"seq","time","event","result":"<code>",
+//       "detail":"<why>","prev"}: a checkpoint could not be signed.
+//
+// Every string member is cut to kMaxAuditFieldBytes (then ends in "...").
+// Lines are only ever appended (the one exception: the bytes of a batch whose
+// write failed are cut off again, see AuditLog). A broken chain is never
+// repaired or continued by signet: Open refuses it, and VerifyAuditLog
+// (server/audit_verify.h, which also parses lines for Open) names the first
+// broken line.
+//
+// What this does not stop (design.md): a fully compromised signetd can sign
+// checkpoints too; the off-host syslog copy bounds what it can hide to the
+// time since the last checkpoint there.
+#ifndef SIGNET_SERVER_AUDIT_LOG_H_
+#define SIGNET_SERVER_AUDIT_LOG_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace signet::server {
+
+// One audited event. Never put claims, payloads, PINs or key material in any
+// member: the signed input appears only as its SHA-256.
+struct AuditEvent {
+  // "sign", "sign_batch_item", "refuse", "start", "stop", ... Required.
+  // "checkpoint", "checkpoint_failed" and "refusal_summary" are reserved for
+  // lines the log writes itself.
+  std::string event;
+  std::string caller;  // typed identity "uri:..." / "cn:...", or empty
+  std::string scope;
+  std::string kid;
+  std::string alg;
+  std::string input_sha256;  // hex SHA-256 of the signed input
+  std::string result;        // "OK" or an absl status code name
+  std::string detail;        // short; never claims, PINs or keys
+};
+
+// Longest value written for one string member, in bytes (before escaping).
+inline constexpr size_t kMaxAuditFieldBytes = 1024;
+
+// Signs a checkpoint digest (SHA-256, 32 bytes) with the dedicated audit key
+// in the HSM and returns the ES256 signature in JWS form (r||s, 64 bytes).
+// It is called from the log's writer thread, and every Append waits while it
+// runs, so it must return within a bounded time (the server runs the HSM call
+// with a deadline: a stalled HSM must surface as an error, not hang the log).
+using CheckpointSigner =
+    std::function<absl::StatusOr<std::string>(absl::string_view digest)>;
+
+struct AuditLogOptions {
+  // The log file. Created with mode 0600 if absent.
+  std::string path;
+  // May be empty (unit tests, tools): then no checkpoints are written and
+  // Checkpoint() answers FAILED_PRECONDITION.
+  CheckpointSigner sign_checkpoint;
+  // The audit key's kid, recorded in checkpoint lines. Required with a signer.
+  std::string checkpoint_kid;
+  // A checkpoint is written this often if lines were added since the last
+  // one (an idle log gets no new checkpoints). Must be positive.
+  absl::Duration checkpoint_interval = absl::Minutes(1);
+  // Send each checkpoint line to syslog (facility LOG_AUTHPRIV, LOG_NOTICE,
+  // ident "signetd", message "audit-checkpoint <line>"), once it is durable
+  // in the file. A failed checkpoint is sent with LOG_WARNING. Note that
+  // openlog() is process-wide.
+  bool syslog = true;
+  // Refusals beyond this many per second (by `now`) are not written one by
+  // one but counted into one "refusal_summary" line per second, so a flood
+  // of bad requests cannot fill the disk and stop signing. Must be >= 0.
+  int refusals_per_second = 50;
+  // The clock for line times, the checkpoint schedule and refusal windows.
+  std::function<absl::Time()> now = absl::Now;
+};
+
+// SHA-256 of "signet-audit-checkpoint:" + decimal `seq` + ":" + `head_hex`:
+// the digest a checkpoint line's signature covers. INTERNAL if OpenSSL fails.
+absl::StatusOr<std::string> CheckpointDigest(uint64_t seq,
+                                             absl::string_view head_hex);
+
+// The append-only, hash-chained, fail-closed audit log.
+//
+// One writer thread owns the file. Append calls that arrive while it is
+// writing are batched into the next write: one write() and one fdatasync()
+// for the whole batch (group commit), so concurrent signers share the cost of
+// durability.
+//
+// Fail closed: the first write or fdatasync that fails breaks the log for
+// good. That Append and every later Append and Checkpoint answer UNAVAILABLE
+// (the service must then not release what it signed), refusals are dropped.
+// No retry: after a failed fdatasync, Linux may have dropped the dirty pages,
+// so a later "successful" fdatasync proves nothing. If a write fails part
+// way, the bytes of that batch are cut off again (best effort; its callers
+// get UNAVAILABLE), so the file still ends with a complete line, its chain
+// still verifies, and a restart can continue it.
+//
+// Thread-safety: Append, AppendRefusal, Checkpoint, last_sequence and syncs
+// may be called concurrently from any number of threads. The destructor must
+// not run concurrently with any other call.
+class AuditLog {
+ public:
+  // Opens `options.path` for appending (O_APPEND|O_CLOEXEC; created with mode
+  // 0600 and its directory synced if it did not exist), takes an exclusive
+  // flock() on it, reads its last line to continue the sequence and the chain,
+  // and starts the writer thread. The file may be any appendable file (a
+  // character device such as /dev/full works: it has no last line).
+  //
+  // INVALID_ARGUMENT for bad options (empty path, a signer without a kid, a
+  // non-positive checkpoint interval, negative refusals_per_second, no
+  // clock). FAILED_PRECONDITION if another AuditLog (in any process) has the
+  // file open, or if the file's last line is not a complete, valid audit line
+  // (the message names the line): signet never continues a broken chain; run
+  // audit-verify and move the file aside. NOT_FOUND / PERMISSION_DENIED /
+  // UNAVAILABLE if the file cannot be opened, read or synced.
+  static absl::StatusOr<std::unique_ptr<AuditLog>> Open(
+      AuditLogOptions options);
+
+  // Writes any refusal summary still pending, drains queued lines, writes a
+  // final checkpoint (if a signer is set, the log is not broken and lines
+  // were added since the last checkpoint), and stops the writer.
+  ~AuditLog();
+
+  AuditLog(const AuditLog&) = delete;
+  AuditLog& operator=(const AuditLog&) = delete;
+
+  // Appends one line and returns once it is on disk (write + fdatasync).
+  // OK: the line is durable. UNAVAILABLE: it may not be, and the log is now
+  // broken for good (see the class comment). INVALID_ARGUMENT for an empty or
+  // reserved `event.event` (nothing is written).
+  absl::Status Append(const AuditEvent& event);
+
+  // Append for several events at once (e.g. the items of one SignJwtBatch):
+  // their lines are consecutive, in this order, and all are durable when it
+  // returns OK. The same status codes as Append; INVALID_ARGUMENT for any
+  // bad event means none is written.
+  absl::Status AppendAll(absl::Span<const AuditEvent> events);
+
+  // Appends a refusal without waiting for the disk, in order with the other
+  // lines, subject to `refusals_per_second`. An empty or reserved event name
+  // is written as "refuse". Dropped silently if the log is broken.
+  void AppendRefusal(const AuditEvent& event);
+
+  // Signs and appends a checkpoint now (also done every checkpoint_interval
+  // by the writer thread, and at destruction), returning once it is durable.
+  // FAILED_PRECONDITION without a signer; UNAVAILABLE if the log is broken or
+  // the line cannot be made durable; otherwise the signer's error (also
+  // recorded as a "checkpoint_failed" line) or INTERNAL if its signature is
+  // not 64 bytes.
+  absl::Status Checkpoint();
+
+  // The seq of the last line known to be on disk (0 for an empty file).
+  uint64_t last_sequence() const;
+
+  // How many fdatasync calls the log has made (for tests and metrics).
+  uint64_t syncs() const;
+
+ private:
+  struct Pending {
+    uint64_t ticket = 0;  // 0 for lines with no waiter
+    absl::Time time;
+    std::string members;  // JSON members between "time" and "prev"
+    bool checkpoint = false;
+  };
+  // A signed checkpoint line, or else a "checkpoint_failed" line and why.
+  struct SignedCheckpoint {
+    absl::Status status;
+    std::string members;  // empty if not even the failure could be recorded
+  };
+
+  AuditLog(AuditLogOptions options, int fd, uint64_t file_size,
+           uint64_t last_seq, std::string last_hash_hex, uint64_t last_cp_seq);
+
+  // Queues a line; returns its ticket. Also emits a due refusal summary first.
+  uint64_t EnqueueLocked(absl::Time time, std::string members)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MaybeFlushRefusalSummaryLocked(absl::Time now, bool force)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool WriterHasWorkLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  bool CheckpointDueLocked(absl::Time now) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void WriterLoop();
+  // Signs a checkpoint over the current head, with mu_ released around the
+  // signer.
+  SignedCheckpoint SignCheckpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Chains, writes and syncs `batch` (mu_ not held); appends the checkpoint
+  // lines among it to `checkpoint_lines`. On failure returns UNAVAILABLE;
+  // the caller marks the log broken.
+  absl::Status WriteBatch(const std::vector<Pending>& batch,
+                          std::vector<std::string>* checkpoint_lines);
+
+  const AuditLogOptions options_;
+  const int fd_;
+
+  // Owned by the writer thread (and by Open before it starts).
+  uint64_t file_size_;         // bytes known to hold complete lines
+  uint64_t next_seq_;          // seq of the next line written
+  std::string last_hash_hex_;  // hash of the last line written
+
+  mutable absl::Mutex mu_;
+  std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t durable_ticket_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t durable_seq_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_checkpoint_seq_ ABSL_GUARDED_BY(mu_);
+  absl::Status broken_ ABSL_GUARDED_BY(mu_);
+  uint64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time next_checkpoint_ ABSL_GUARDED_BY(mu_);
+  // Explicit Checkpoint() requests: generations requested, attempted
+  // (finished), and satisfied by a durable checkpoint.
+  uint64_t checkpoint_requested_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t checkpoint_done_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t checkpoint_ok_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status checkpoint_error_ ABSL_GUARDED_BY(mu_);
+  // Refusal rate limit: the current one-second window (Unix seconds), how
+  // many refusals it wrote, and how many it suppressed, by caller.
+  int64_t refusal_window_ ABSL_GUARDED_BY(mu_) = 0;
+  int refusals_in_window_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t refusals_suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, uint64_t> suppressed_by_caller_ ABSL_GUARDED_BY(mu_);
+  uint64_t suppressed_other_callers_ ABSL_GUARDED_BY(mu_) = 0;
+
+  std::thread writer_;
+};
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_AUDIT_LOG_H_

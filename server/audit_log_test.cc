@@ -1,0 +1,825 @@
+#include "server/audit_log.h"
+
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/algorithm.h"
+#include "hsm/digest.h"
+#include "hsm/public_key.h"
+#include "server/audit_verify.h"
+
+namespace signet::server {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+using ::testing::StartsWith;
+using Json = nlohmann::ordered_json;
+
+constexpr char kZeroHash[] =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+// A per-test directory under the test temp dir, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = ::testing::TempDir() + "audit_log_test.XXXXXX";
+    char* made = mkdtemp(tmpl.data());
+    EXPECT_NE(made, nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string File(absl::string_view name) const {
+    return absl::StrCat(path_, "/", name);
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteFile(const std::string& path, absl::string_view content) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(content.data(), static_cast<std::streamsize>(content.size()));
+}
+
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path, std::ios::binary);
+  for (std::string line; std::getline(in, line);) {
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+std::string HexSha256(absl::string_view data) {
+  absl::StatusOr<std::string> d = hsm::Sha256(data);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? absl::BytesToHexString(*d) : std::string();
+}
+
+Json Parse(absl::string_view line) {
+  return Json::parse(line.begin(), line.end(), nullptr, false);
+}
+
+// A settable clock shared with the log.
+class FakeClock {
+ public:
+  explicit FakeClock(absl::Time start) : now_(start) {}
+  absl::Time Now() {
+    absl::MutexLock lock(&mu_);
+    return now_;
+  }
+  void Advance(absl::Duration d) {
+    absl::MutexLock lock(&mu_);
+    now_ += d;
+  }
+  std::function<absl::Time()> Fn() {
+    return [this] { return Now(); };
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::Time now_;
+};
+
+absl::Time Start() {
+  // 2026-11-23T16:42:50.123Z
+  return absl::FromUnixMillis(1795452170123);
+}
+
+template <auto kFree>
+struct OsslFree {
+  template <typename T>
+  void operator()(T* p) const {
+    kFree(p);
+  }
+};
+using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
+using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
+using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
+
+// Stands in for the HSM's audit key: a P-256 key made in the test. Only
+// tests ever hold a private key.
+class TestAuditKey {
+ public:
+  TestAuditKey() : key_(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")) {
+    EXPECT_NE(key_, nullptr);
+  }
+
+  // ECDSA over `digest`, converted from DER to JWS r||s as CKM_ECDSA gives.
+  absl::StatusOr<std::string> Sign(absl::string_view digest) const {
+    PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key_.get(), nullptr));
+    if (ctx == nullptr || EVP_PKEY_sign_init(ctx.get()) != 1) {
+      return absl::InternalError("sign init");
+    }
+    const auto* in = reinterpret_cast<const unsigned char*>(digest.data());
+    size_t len = 0;
+    if (EVP_PKEY_sign(ctx.get(), nullptr, &len, in, digest.size()) != 1) {
+      return absl::InternalError("sign size");
+    }
+    std::string der(len, '\0');
+    if (EVP_PKEY_sign(ctx.get(), reinterpret_cast<unsigned char*>(der.data()),
+                      &len, in, digest.size()) != 1) {
+      return absl::InternalError("sign");
+    }
+    const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+    EcdsaSigPtr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(len)));
+    if (sig == nullptr) {
+      return absl::InternalError("d2i_ECDSA_SIG");
+    }
+    std::string raw(64, '\0');
+    auto* out = reinterpret_cast<unsigned char*>(raw.data());
+    if (BN_bn2binpad(ECDSA_SIG_get0_r(sig.get()), out, 32) != 32 ||
+        BN_bn2binpad(ECDSA_SIG_get0_s(sig.get()), out + 32, 32) != 32) {
+      return absl::InternalError("BN_bn2binpad");
+    }
+    return raw;
+  }
+
+  CheckpointSigner Signer() const {
+    return [this](absl::string_view digest) { return Sign(digest); };
+  }
+
+  hsm::PublicKey PublicKey() const {
+    const int len = i2d_PUBKEY(key_.get(), nullptr);
+    std::string der(static_cast<size_t>(len > 0 ? len : 0), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    EXPECT_EQ(i2d_PUBKEY(key_.get(), &p), len);
+    absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromSpkiDer(der);
+    EXPECT_TRUE(key.ok()) << key.status();
+    return *std::move(key);
+  }
+
+ private:
+  PkeyPtr key_;
+};
+
+AuditEvent SignEvent(int i = 0) {
+  AuditEvent e;
+  e.event = "sign";
+  e.caller = "uri:spiffe://example.org/idp/contoso";
+  e.scope = "consumer-demo";
+  e.kid = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+  e.alg = "ES256";
+  e.input_sha256 = HexSha256(absl::StrCat("claims ", i));
+  e.result = "OK";
+  return e;
+}
+
+AuditLogOptions Options(const std::string& path, FakeClock* clock = nullptr) {
+  AuditLogOptions o;
+  o.path = path;
+  o.syslog = false;
+  if (clock != nullptr) {
+    o.now = clock->Fn();
+  }
+  return o;
+}
+
+std::unique_ptr<AuditLog> MustOpen(AuditLogOptions options) {
+  absl::StatusOr<std::unique_ptr<AuditLog>> log =
+      AuditLog::Open(std::move(options));
+  EXPECT_TRUE(log.ok()) << log.status();
+  return log.ok() ? *std::move(log) : nullptr;
+}
+
+void ExpectChainVerifies(const std::string& path, uint64_t lines,
+                         const hsm::PublicKey* key = nullptr) {
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, key);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lines, lines);
+}
+
+TEST(AuditLogTest, LinesAreChainedAndSequenced) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  FakeClock clock(Start());
+  auto log = MustOpen(Options(path, &clock));
+  ASSERT_NE(log, nullptr);
+  EXPECT_EQ(log->last_sequence(), 0u);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+    EXPECT_EQ(log->last_sequence(), static_cast<uint64_t>(i + 1));
+  }
+  log.reset();
+
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(3));
+  EXPECT_EQ(lines[0],
+            absl::StrCat(
+                R"({"seq":1,"time":"2026-11-23T16:42:50.123Z","event":"sign",)",
+                R"("caller":"uri:spiffe://example.org/idp/contoso",)",
+                R"("scope":"consumer-demo",)",
+                R"("kid":"NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs",)",
+                R"("alg":"ES256","input_sha256":")", HexSha256("claims 0"),
+                R"(","result":"OK","prev":")", kZeroHash, R"("})"));
+  for (size_t i = 1; i < lines.size(); ++i) {
+    Json j = Parse(lines[i]);
+    EXPECT_EQ(j["seq"], i + 1);
+    EXPECT_EQ(j["prev"], HexSha256(lines[i - 1]));
+  }
+  EXPECT_EQ(ReadFile(path).back(), '\n');
+  ExpectChainVerifies(path, 3);
+}
+
+TEST(AuditLogTest, OmitsEmptyMembersAndEscapesEverything) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  AuditEvent e;
+  e.event = "start";
+  e.detail = "quote\" newline\n ctl\x01 e-acute\xc3\xa9 bad\xff end";
+  ASSERT_TRUE(log->Append(e).ok());
+  log.reset();
+
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(1));
+  for (char c : lines[0]) {
+    EXPECT_TRUE(c >= 0x20 && c < 0x7f) << lines[0];
+  }
+  Json j = Parse(lines[0]);
+  ASSERT_FALSE(j.is_discarded()) << lines[0];
+  EXPECT_FALSE(j.contains("caller"));
+  EXPECT_FALSE(j.contains("scope"));
+  EXPECT_EQ(j["detail"],
+            "quote\" newline\n ctl\x01 e-acute\xc3\xa9 bad\xef\xbf\xbd end");
+  ExpectChainVerifies(path, 1);
+}
+
+TEST(AuditLogTest, LongMembersAreCut) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  AuditEvent e = SignEvent();
+  e.event = "refuse";
+  e.scope = std::string(100000, 's');
+  e.detail = std::string(100000, '\x01');  // escapes to six bytes each
+  ASSERT_TRUE(log->Append(e).ok());
+  log.reset();
+
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(1));
+  Json j = Parse(lines[0]);
+  EXPECT_EQ(j["scope"], std::string(kMaxAuditFieldBytes, 's') + "...");
+  EXPECT_LE(lines[0].size(), kMaxAuditLineBytes);
+  ExpectChainVerifies(path, 1);
+}
+
+TEST(AuditLogTest, ReopeningContinuesTheSequenceAndTheChain) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  for (int round = 0; round < 3; ++round) {
+    auto log = MustOpen(Options(path));
+    ASSERT_NE(log, nullptr);
+    EXPECT_EQ(log->last_sequence(), static_cast<uint64_t>(2 * round));
+    ASSERT_TRUE(log->Append(SignEvent()).ok());
+    ASSERT_TRUE(log->Append(SignEvent()).ok());
+  }
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(6));
+  EXPECT_EQ(Parse(lines[2])["prev"], HexSha256(lines[1]));
+  EXPECT_EQ(Parse(lines[4])["seq"], 5);
+  ExpectChainVerifies(path, 6);
+}
+
+TEST(AuditLogTest, CreatesTheFileWithMode0600) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  const mode_t old_umask = umask(0);
+  auto log = MustOpen(Options(path));
+  umask(old_umask);
+  ASSERT_NE(log, nullptr);
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST(AuditLogTest, RejectsEmptyAndReservedEventNames) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  for (const char* name :
+       {"", "checkpoint", "checkpoint_failed", "refusal_summary"}) {
+    AuditEvent e = SignEvent();
+    e.event = name;
+    EXPECT_EQ(log->Append(e).code(), absl::StatusCode::kInvalidArgument)
+        << name;
+  }
+  // A refusal with a reserved name is written as "refuse".
+  AuditEvent e = SignEvent();
+  e.event = "checkpoint";
+  log->AppendRefusal(e);
+  log.reset();
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(1));
+  EXPECT_EQ(Parse(lines[0])["event"], "refuse");
+}
+
+TEST(AuditLogTest, RejectsBadOptions) {
+  TempDir dir;
+  TestAuditKey key;
+  AuditLogOptions no_path = Options("");
+  EXPECT_EQ(AuditLog::Open(no_path).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  AuditLogOptions no_kid = Options(dir.File("a"));
+  no_kid.sign_checkpoint = key.Signer();
+  EXPECT_EQ(AuditLog::Open(no_kid).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  AuditLogOptions zero_interval = Options(dir.File("a"));
+  zero_interval.checkpoint_interval = absl::ZeroDuration();
+  EXPECT_EQ(AuditLog::Open(zero_interval).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  AuditLogOptions negative_rate = Options(dir.File("a"));
+  negative_rate.refusals_per_second = -1;
+  EXPECT_EQ(AuditLog::Open(negative_rate).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(AuditLog::Open(Options(dir.File("no/such/dir/audit.log")))
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(AuditLogTest, ASecondWriterIsRefused) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto first = MustOpen(Options(path));
+  ASSERT_NE(first, nullptr);
+  absl::StatusOr<std::unique_ptr<AuditLog>> second =
+      AuditLog::Open(Options(path));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(second.status().message()),
+              HasSubstr("already open"));
+  first.reset();
+  EXPECT_TRUE(AuditLog::Open(Options(path)).ok());
+}
+
+TEST(AuditLogTest, ConcurrentAppendsShareFdatasyncs) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  constexpr int kThreads = 16;
+  constexpr int kPerThread = 100;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        AuditEvent e = SignEvent(t * kPerThread + i);
+        e.caller = absl::StrCat("cn:tenant-", t);
+        if (!log->Append(e).ok()) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(failures.load(), 0);
+  constexpr uint64_t kLines = kThreads * kPerThread;
+  EXPECT_EQ(log->last_sequence(), kLines);
+  EXPECT_LT(log->syncs(), kLines) << "appends were not group-committed";
+  log.reset();
+
+  ExpectChainVerifies(path, kLines);
+  // Every event is there exactly once.
+  std::vector<std::string> lines = ReadLines(path);
+  std::set<std::string> inputs;
+  for (const std::string& line : lines) {
+    inputs.insert(Parse(line)["input_sha256"].get<std::string>());
+  }
+  EXPECT_EQ(inputs.size(), kLines);
+}
+
+TEST(AuditLogTest, AppendAllWritesConsecutiveLines) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  std::vector<AuditEvent> items;
+  for (int i = 0; i < 5; ++i) {
+    items.push_back(SignEvent(i));
+    items.back().event = "sign_batch_item";
+  }
+  ASSERT_TRUE(log->AppendAll(items).ok());
+  EXPECT_EQ(log->last_sequence(), 5u);
+  EXPECT_EQ(log->syncs(), 1u);
+  items[3].event = "checkpoint";
+  EXPECT_EQ(log->AppendAll(items).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(log->AppendAll({}).ok());
+  log.reset();
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(5));  // nothing of the refused call
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Parse(lines[i])["input_sha256"],
+              HexSha256(absl::StrCat("claims ", i)));
+  }
+  ExpectChainVerifies(path, 5);
+}
+
+TEST(AuditLogTest, FailsClosedWhenTheDiskIsFull) {
+  auto log = MustOpen(Options("/dev/full"));
+  ASSERT_NE(log, nullptr);
+  absl::Status first = log->Append(SignEvent());
+  EXPECT_EQ(first.code(), absl::StatusCode::kUnavailable) << first;
+  EXPECT_THAT(std::string(first.message()),
+              HasSubstr("No space left on device"));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(log->Append(SignEvent()).code(), absl::StatusCode::kUnavailable);
+  }
+  log->AppendRefusal(SignEvent());  // dropped, no crash
+  EXPECT_EQ(log->last_sequence(), 0u);
+}
+
+TEST(AuditLogTest, FailsClosedWithACheckpointSignerToo) {
+  TestAuditKey key;
+  AuditLogOptions o = Options("/dev/full");
+  o.sign_checkpoint = key.Signer();
+  o.checkpoint_kid = "audit-kid";
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  EXPECT_EQ(log->Append(SignEvent()).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(log->Checkpoint().code(), absl::StatusCode::kUnavailable);
+}
+
+// RLIMIT_FSIZE makes a regular file stop growing mid-run: the write that
+// crosses the limit is cut short, the next one fails with EFBIG.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    EXPECT_EQ(getrlimit(RLIMIT_FSIZE, &saved_), 0);
+    old_handler_ = signal(SIGXFSZ, SIG_IGN);
+    rlimit limit = saved_;
+    limit.rlim_cur = bytes;
+    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  }
+  ~FileSizeLimit() {
+    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &saved_), 0);
+    signal(SIGXFSZ, old_handler_);
+  }
+
+ private:
+  rlimit saved_;
+  sighandler_t old_handler_;
+};
+
+TEST(AuditLogTest, FailsClosedWhenTheFileStopsGrowingAndStaysVerifiable) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  const size_t good_size = ReadFile(path).size();
+  {
+    FileSizeLimit limit(good_size + 100);  // room for part of one line
+    absl::Status failed = log->Append(SignEvent(3));
+    EXPECT_EQ(failed.code(), absl::StatusCode::kUnavailable) << failed;
+    EXPECT_THAT(std::string(failed.message()),
+                HasSubstr("partial write was removed"));
+  }
+  // Once broken, the log stays broken even though the disk has room again.
+  EXPECT_EQ(log->Append(SignEvent(4)).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(log->last_sequence(), 2u);
+  log.reset();
+
+  EXPECT_EQ(ReadFile(path).size(), good_size);
+  ExpectChainVerifies(path, 2);
+  // A restart continues the chain.
+  log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(5)).ok());
+  log.reset();
+  ExpectChainVerifies(path, 3);
+}
+
+TEST(AuditLogTest, OpenRefusesATruncatedLastLine) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  {
+    auto log = MustOpen(Options(path));
+    ASSERT_NE(log, nullptr);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+    }
+  }
+  const std::string whole = ReadFile(path);
+  WriteFile(path, whole.substr(0, whole.size() - 20));
+  absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Options(path));
+  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(log.status().message()),
+              AllOf(HasSubstr("line 3 is incomplete"),
+                    HasSubstr("never continues a broken chain")));
+  // Nothing was appended to the broken file.
+  EXPECT_EQ(ReadFile(path), whole.substr(0, whole.size() - 20));
+}
+
+TEST(AuditLogTest, OpenRefusesAnInvalidLastLine) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  {
+    auto log = MustOpen(Options(path));
+    ASSERT_NE(log, nullptr);
+    ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+    ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  }
+  WriteFile(path, ReadFile(path) + "{\"seq\":3,\"oops\n");
+  absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Options(path));
+  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(log.status().message()),
+              HasSubstr("line 3 (the last line) is not a valid audit line"));
+
+  WriteFile(path, "not json at all\n");
+  log = AuditLog::Open(Options(path));
+  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(log.status().message()), HasSubstr("line 1"));
+}
+
+TEST(AuditLogTest, CheckpointIsSignedWithTheAuditKey) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey key;
+  AuditLogOptions o = Options(path);
+  o.sign_checkpoint = key.Signer();
+  o.checkpoint_kid = "audit-kid";
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  ASSERT_TRUE(log->Checkpoint().ok());
+  EXPECT_EQ(log->last_sequence(), 3u);
+  log.reset();  // nothing new since the checkpoint: no final one
+
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(3));
+  Json cp = Parse(lines[2]);
+  std::vector<std::string> names;
+  for (auto it = cp.begin(); it != cp.end(); ++it) {
+    names.push_back(it.key());
+  }
+  EXPECT_THAT(names, ::testing::ElementsAre("seq", "time", "event", "head",
+                                            "count", "kid", "sig", "prev"));
+  EXPECT_EQ(cp["event"], "checkpoint");
+  EXPECT_EQ(cp["head"], HexSha256(lines[1]));
+  EXPECT_EQ(cp["prev"], HexSha256(lines[1]));
+  EXPECT_EQ(cp["count"], 2);
+  EXPECT_EQ(cp["kid"], "audit-kid");
+  std::string sig;
+  ASSERT_TRUE(absl::WebSafeBase64Unescape(cp["sig"].get<std::string>(), &sig));
+  absl::StatusOr<std::string> digest =
+      CheckpointDigest(3, cp["head"].get<std::string>());
+  ASSERT_TRUE(digest.ok());
+  EXPECT_EQ(*digest, *hsm::Sha256(absl::StrCat("signet-audit-checkpoint:3:",
+                                               cp["head"].get<std::string>())));
+  hsm::PublicKey public_key = key.PublicKey();
+  EXPECT_TRUE(
+      public_key
+          .VerifyDigest(hsm::SignatureAlgorithm::kEcdsaP256Sha256, *digest, sig)
+          .ok());
+
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, &public_key);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lines, 3u);
+  EXPECT_EQ(r->checkpoints, 1u);
+  EXPECT_EQ(r->last_checkpoint_seq, 3u);
+}
+
+TEST(AuditLogTest, StoppingWritesAFinalCheckpoint) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey key;
+  AuditLogOptions o = Options(path);
+  o.sign_checkpoint = key.Signer();
+  o.checkpoint_kid = "audit-kid";
+  auto log = MustOpen(o);
+  ASSERT_NE(log, nullptr);
+  AuditEvent stop;
+  stop.event = "stop";
+  ASSERT_TRUE(log->Append(stop).ok());
+  log.reset();
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(2));
+  EXPECT_EQ(Parse(lines[1])["event"], "checkpoint");
+
+  // A restart right after a checkpoint adds none when it stops again.
+  log = MustOpen(o);
+  ASSERT_NE(log, nullptr);
+  log.reset();
+  EXPECT_THAT(ReadLines(path), SizeIs(2));
+  hsm::PublicKey public_key = key.PublicKey();
+  ExpectChainVerifies(path, 2, &public_key);
+}
+
+TEST(AuditLogTest, PeriodicCheckpointFollowsTheClock) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey key;
+  FakeClock clock(Start());
+  AuditLogOptions o = Options(path, &clock);
+  o.sign_checkpoint = key.Signer();
+  o.checkpoint_kid = "audit-kid";
+  o.checkpoint_interval = absl::Minutes(1);
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());  // line 1
+  clock.Advance(absl::Seconds(61));
+  // The writer takes line 2 after the clock moved: a checkpoint is due, and
+  // it is written right after the batch holding line 2, before line 4.
+  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  ASSERT_TRUE(log->Append(SignEvent(3)).ok());
+  log.reset();  // final checkpoint: line 5
+
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(5));
+  EXPECT_EQ(Parse(lines[2])["event"], "checkpoint");
+  EXPECT_EQ(Parse(lines[2])["count"], 2);
+  EXPECT_EQ(Parse(lines[2])["time"], "2026-11-23T16:43:51.123Z");
+  EXPECT_EQ(Parse(lines[3])["input_sha256"], HexSha256("claims 3"));
+  EXPECT_EQ(Parse(lines[4])["event"], "checkpoint");
+  hsm::PublicKey public_key = key.PublicKey();
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, &public_key);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->checkpoints, 2u);
+}
+
+TEST(AuditLogTest, CheckpointWithoutASignerIsFailedPrecondition) {
+  TempDir dir;
+  auto log = MustOpen(Options(dir.File("audit.log")));
+  ASSERT_NE(log, nullptr);
+  EXPECT_EQ(log->Checkpoint().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(AuditLogTest, ASignerFailureIsRecordedAndTheLogGoesOn) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  AuditLogOptions o = Options(path);
+  o.sign_checkpoint = [](absl::string_view) -> absl::StatusOr<std::string> {
+    return absl::DeadlineExceededError("audit key: HSM did not answer");
+  };
+  o.checkpoint_kid = "audit-kid";
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  absl::Status cp = log->Checkpoint();
+  EXPECT_EQ(cp.code(), absl::StatusCode::kDeadlineExceeded) << cp;
+  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  log.reset();  // the final checkpoint fails too, once
+
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(4));
+  Json failed = Parse(lines[1]);
+  EXPECT_EQ(failed["event"], "checkpoint_failed");
+  EXPECT_EQ(failed["result"], "DEADLINE_EXCEEDED");
+  EXPECT_EQ(failed["detail"], "audit key: HSM did not answer");
+  EXPECT_EQ(Parse(lines[3])["event"], "checkpoint_failed");
+  ExpectChainVerifies(path, 4);
+}
+
+TEST(AuditLogTest, ASignatureOfTheWrongLengthIsRefused) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  AuditLogOptions o = Options(path);
+  o.sign_checkpoint = [](absl::string_view) -> absl::StatusOr<std::string> {
+    return std::string(72, '\x30');  // DER-sized, not r||s
+  };
+  o.checkpoint_kid = "audit-kid";
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  EXPECT_EQ(log->Checkpoint().code(), absl::StatusCode::kInternal);
+}
+
+TEST(AuditLogTest, ARefusalFloodBecomesASummary) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  FakeClock clock(Start());
+  AuditLogOptions o = Options(path, &clock);
+  o.refusals_per_second = 50;
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 10000; ++i) {
+    AuditEvent e = SignEvent(i);
+    e.event = "refuse";
+    e.caller = i % 2 == 0 ? "cn:flooder" : "uri:spiffe://example.org/other";
+    e.result = "PERMISSION_DENIED";
+    log->AppendRefusal(e);
+  }
+  log.reset();
+
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(51));
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(Parse(lines[i])["event"], "refuse");
+  }
+  Json summary = Parse(lines[50]);
+  EXPECT_EQ(summary["event"], "refusal_summary");
+  EXPECT_EQ(summary["count"], 9950);
+  EXPECT_THAT(summary["detail"].get<std::string>(),
+              AllOf(HasSubstr("cn:flooder 4975"),
+                    HasSubstr("uri:spiffe://example.org/other 4975"),
+                    HasSubstr("2026-11-23T16:42:50.000Z")));
+  ExpectChainVerifies(path, 51);
+}
+
+TEST(AuditLogTest, ARefusalFloodOverSeveralSecondsKeepsEveryCount) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  FakeClock clock(Start());
+  auto log = MustOpen(Options(path, &clock));
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 10000; ++i) {
+    AuditEvent e;
+    e.event = "refuse";
+    e.caller = absl::StrCat("cn:caller-", i % 20);  // more than the map holds
+    log->AppendRefusal(e);
+    if (i == 5000) {
+      // A durable append in the middle keeps its place in the order.
+      ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+    }
+    clock.Advance(absl::Milliseconds(1));  // 10 seconds in all
+  }
+  log.reset();
+
+  std::vector<std::string> lines = ReadLines(path);
+  uint64_t refusals = 0;
+  uint64_t summarized = 0;
+  int summaries = 0;
+  for (const std::string& line : lines) {
+    Json j = Parse(line);
+    if (j["event"] == "refuse") {
+      ++refusals;
+    } else if (j["event"] == "refusal_summary") {
+      ++summaries;
+      summarized += j["count"].get<uint64_t>();
+      EXPECT_THAT(j["detail"].get<std::string>(), HasSubstr("others"));
+    }
+  }
+  EXPECT_EQ(refusals + summarized, 10000u);
+  EXPECT_LE(refusals, 11u * 50u);
+  EXPECT_LE(summaries, 11);
+  EXPECT_LE(lines.size(), 11u * 51u + 1u);
+  ExpectChainVerifies(path, lines.size());
+}
+
+TEST(AuditLogTest, RefusalsAreChainedInOrderWithAppends) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  AuditEvent refusal;
+  refusal.event = "refuse";
+  refusal.detail = "first";
+  log->AppendRefusal(refusal);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  refusal.detail = "second";
+  log->AppendRefusal(refusal);
+  log.reset();
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(3));
+  EXPECT_EQ(Parse(lines[0])["detail"], "first");
+  EXPECT_EQ(Parse(lines[1])["event"], "sign");
+  EXPECT_EQ(Parse(lines[2])["detail"], "second");
+  ExpectChainVerifies(path, 3);
+}
+
+}  // namespace
+}  // namespace signet::server

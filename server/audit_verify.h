@@ -1,0 +1,80 @@
+// Verification of a signetd audit log (the format is in server/audit_log.h):
+// the hash chain, the sequence numbers, the form of every line, every
+// checkpoint's signature, and, given the last checkpoint an operator copied
+// from the off-host syslog sink, that the file still contains it, so a tail
+// cut back past it or a rewritten chain is found (design.md "Audit").
+//
+// Thread-safety: all functions are stateless and safe to call concurrently.
+#ifndef SIGNET_SERVER_AUDIT_VERIFY_H_
+#define SIGNET_SERVER_AUDIT_VERIFY_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "hsm/public_key.h"
+
+namespace signet::server {
+
+// Longest line VerifyAuditLog (and AuditLog::Open) accepts, in bytes.
+inline constexpr size_t kMaxAuditLineBytes = 64 * 1024;
+
+// The members of one audit line that the chain and checkpoints depend on.
+struct AuditLineInfo {
+  uint64_t seq = 0;
+  std::string event;
+  std::string prev;  // hex
+  // Checkpoint lines only (event "checkpoint").
+  std::string head;  // hex
+  uint64_t count = 0;
+  std::string kid;
+  std::string sig;  // base64url as written
+};
+
+// Checks that `line` (without its newline) is one well-formed audit line on
+// its own: a JSON object exactly as the log writes it (compact, ASCII, no
+// duplicate members: re-serializing it gives the same bytes), "seq" first
+// (an integer >= 1), "time" (RFC 3339 UTC), "event" (non-empty), only known
+// members, each of the right type, and "prev" last (64 lower-case hex
+// digits); a checkpoint line also has "head" (64 hex), "count", "kid" and
+// "sig" (base64url of 64 bytes). It does not look at other lines or
+// signatures. DATA_LOSS with the reason (no line number) otherwise.
+absl::StatusOr<AuditLineInfo> ParseAuditLine(absl::string_view line);
+
+struct AuditVerifyResult {
+  uint64_t lines = 0;                // lines in the file
+  uint64_t checkpoints = 0;          // checkpoint lines among them
+  uint64_t last_checkpoint_seq = 0;  // 0 if there is none
+};
+
+// Verifies the audit log at `path`, reading it once from start to end:
+//   - every line is complete (ends with a newline) and well-formed
+//     (ParseAuditLine);
+//   - seq is 1, 2, 3, ... (line N has seq N: no gaps, no repeats);
+//   - each prev is the SHA-256 of the previous line (64 zeros on line 1);
+//   - each checkpoint's head is the SHA-256 of the line before it, its count
+//     is its seq - 1, and, if `checkpoint_key` is non-null, its signature
+//     verifies with that key (ES256 over CheckpointDigest). With a null key
+//     signatures are not checked, so a recomputed chain goes unnoticed
+//     unless `expected_last_checkpoint` catches it.
+//   - if `expected_last_checkpoint` is not empty (a checkpoint line as sent to
+//     syslog; anything before its first '{', such as the syslog prefix, and
+//     trailing whitespace are ignored), the file holds exactly that line at
+//     its seq.
+// Lines after the last checkpoint are protected by the chain only.
+//
+// Verifying a log that signetd is still writing may report its last line as
+// incomplete if a write is caught half-done.
+//
+// DATA_LOSS naming the first broken line and why, e.g. "line 17: prev does
+// not match the hash of line 16". INVALID_ARGUMENT if
+// `expected_last_checkpoint` is not a well-formed checkpoint line.
+// NOT_FOUND / PERMISSION_DENIED / UNAVAILABLE if the file cannot be read.
+absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
+    absl::string_view path, const hsm::PublicKey* checkpoint_key,
+    absl::string_view expected_last_checkpoint = "");
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_AUDIT_VERIFY_H_

@@ -1,0 +1,503 @@
+#include "server/audit_verify.h"
+
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/digest.h"
+#include "hsm/public_key.h"
+#include "server/audit_log.h"
+
+namespace signet::server {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+using Json = nlohmann::ordered_json;
+
+constexpr char kZeroHash[] =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = ::testing::TempDir() + "audit_verify_test.XXXXXX";
+    char* made = mkdtemp(tmpl.data());
+    EXPECT_NE(made, nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string File(absl::string_view name) const {
+    return absl::StrCat(path_, "/", name);
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteFile(const std::string& path, absl::string_view content) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(content.data(), static_cast<std::streamsize>(content.size()));
+}
+
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path, std::ios::binary);
+  for (std::string line; std::getline(in, line);) {
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+void WriteLines(const std::string& path, const std::vector<std::string>& v) {
+  std::string content;
+  for (const std::string& line : v) {
+    absl::StrAppend(&content, line, "\n");
+  }
+  WriteFile(path, content);
+}
+
+std::string HexSha256(absl::string_view data) {
+  absl::StatusOr<std::string> d = hsm::Sha256(data);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? absl::BytesToHexString(*d) : std::string();
+}
+
+Json Parse(absl::string_view line) {
+  return Json::parse(line.begin(), line.end(), nullptr, false);
+}
+
+std::string Dump(const Json& j) {
+  return j.dump(-1, ' ', true, Json::error_handler_t::replace);
+}
+
+// What someone who can write the file, but not sign, does after an edit:
+// recompute every prev (and checkpoint head and count), optionally
+// renumbering seq.
+std::vector<std::string> Rechain(const std::vector<std::string>& lines,
+                                 bool renumber = false) {
+  std::vector<std::string> out;
+  std::string prev = kZeroHash;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    Json j = Parse(lines[i]);
+    if (renumber) {
+      j["seq"] = i + 1;
+    }
+    if (j["event"] == "checkpoint") {
+      j["head"] = prev;
+      j["count"] = j["seq"].get<uint64_t>() - 1;
+    }
+    j["prev"] = prev;
+    out.push_back(Dump(j));
+    prev = HexSha256(out.back());
+  }
+  return out;
+}
+
+template <auto kFree>
+struct OsslFree {
+  template <typename T>
+  void operator()(T* p) const {
+    kFree(p);
+  }
+};
+using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
+using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
+using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
+
+// Stands in for the HSM's audit key (test only).
+class TestAuditKey {
+ public:
+  TestAuditKey() : key_(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")) {
+    EXPECT_NE(key_, nullptr);
+  }
+
+  absl::StatusOr<std::string> Sign(absl::string_view digest) const {
+    PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key_.get(), nullptr));
+    if (ctx == nullptr || EVP_PKEY_sign_init(ctx.get()) != 1) {
+      return absl::InternalError("sign init");
+    }
+    const auto* in = reinterpret_cast<const unsigned char*>(digest.data());
+    size_t len = 0;
+    if (EVP_PKEY_sign(ctx.get(), nullptr, &len, in, digest.size()) != 1) {
+      return absl::InternalError("sign size");
+    }
+    std::string der(len, '\0');
+    if (EVP_PKEY_sign(ctx.get(), reinterpret_cast<unsigned char*>(der.data()),
+                      &len, in, digest.size()) != 1) {
+      return absl::InternalError("sign");
+    }
+    const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+    EcdsaSigPtr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(len)));
+    if (sig == nullptr) {
+      return absl::InternalError("d2i_ECDSA_SIG");
+    }
+    std::string raw(64, '\0');
+    auto* out = reinterpret_cast<unsigned char*>(raw.data());
+    if (BN_bn2binpad(ECDSA_SIG_get0_r(sig.get()), out, 32) != 32 ||
+        BN_bn2binpad(ECDSA_SIG_get0_s(sig.get()), out + 32, 32) != 32) {
+      return absl::InternalError("BN_bn2binpad");
+    }
+    return raw;
+  }
+
+  hsm::PublicKey PublicKey() const {
+    const int len = i2d_PUBKEY(key_.get(), nullptr);
+    std::string der(static_cast<size_t>(len > 0 ? len : 0), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    EXPECT_EQ(i2d_PUBKEY(key_.get(), &p), len);
+    absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromSpkiDer(der);
+    EXPECT_TRUE(key.ok()) << key.status();
+    return *std::move(key);
+  }
+
+ private:
+  PkeyPtr key_;
+};
+
+// A log of 13 lines written by AuditLog: events 1-4, checkpoint 5, events
+// 6-9, checkpoint 10, events 11-12, and the final checkpoint 13.
+class AuditVerifyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.File("audit.log");
+    AuditLogOptions o;
+    o.path = path_;
+    o.syslog = false;
+    o.checkpoint_kid = "audit-kid";
+    o.sign_checkpoint = [this](absl::string_view digest) {
+      return key_.Sign(digest);
+    };
+    absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(o);
+    ASSERT_TRUE(log.ok()) << log.status();
+    for (int i = 1; i <= 10; ++i) {
+      AuditEvent e;
+      e.event = "sign";
+      e.caller = absl::StrCat("cn:tenant-", i % 3);
+      e.scope = "consumer-demo";
+      e.kid = "kid-1";
+      e.alg = "ES256";
+      e.input_sha256 = HexSha256(absl::StrCat("claims ", i));
+      e.result = "OK";
+      ASSERT_TRUE((*log)->Append(e).ok());
+      if (i == 4 || i == 8) {
+        ASSERT_TRUE((*log)->Checkpoint().ok());
+      }
+    }
+    log->reset();
+    lines_ = ReadLines(path_);
+    ASSERT_EQ(lines_.size(), 13u);
+    ASSERT_EQ(Parse(lines_[12])["event"], "checkpoint");
+  }
+
+  absl::StatusOr<AuditVerifyResult> Verify(absl::string_view expected = "") {
+    return VerifyAuditLog(path_, &public_key_, expected);
+  }
+
+  // The last checkpoint as syslog shows it.
+  std::string SyslogCopy(size_t line_number) const {
+    return absl::StrCat("Nov 23 16:42:50 host signetd[4242]: audit-checkpoint ",
+                        lines_[line_number - 1], "\n");
+  }
+
+  TempDir dir_;
+  std::string path_;
+  TestAuditKey key_;
+  hsm::PublicKey public_key_ = key_.PublicKey();
+  std::vector<std::string> lines_;
+};
+
+void ExpectDataLoss(const absl::StatusOr<AuditVerifyResult>& r,
+                    absl::string_view message) {
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(message));
+}
+
+TEST_F(AuditVerifyTest, AGoodLogVerifies) {
+  absl::StatusOr<AuditVerifyResult> r = Verify();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lines, 13u);
+  EXPECT_EQ(r->checkpoints, 3u);
+  EXPECT_EQ(r->last_checkpoint_seq, 13u);
+
+  EXPECT_TRUE(VerifyAuditLog(path_, nullptr).ok());
+  r = Verify(SyslogCopy(13));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(Verify(lines_[4]).ok());  // the bare line works too
+}
+
+TEST_F(AuditVerifyTest, AnEditedLineIsNamed) {
+  std::vector<std::string> edited = lines_;
+  Json j = Parse(edited[2]);
+  j["scope"] = "enterprise-demo";
+  edited[2] = Dump(j);
+  WriteLines(path_, edited);
+  ExpectDataLoss(Verify(),
+                 "line 4: prev does not match the hash of line 3 (line 3 or "
+                 "this line was changed)");
+}
+
+TEST_F(AuditVerifyTest, AnEditThatBreaksTheJsonIsNamed) {
+  std::vector<std::string> edited = lines_;
+  edited[5].pop_back();
+  WriteLines(path_, edited);
+  ExpectDataLoss(Verify(), "line 6: not valid JSON");
+}
+
+TEST_F(AuditVerifyTest, ARecomputedChainFailsTheCheckpointSignature) {
+  std::vector<std::string> edited = lines_;
+  Json j = Parse(edited[1]);
+  j["input_sha256"] = HexSha256("other claims");
+  edited[1] = Dump(j);
+  WriteLines(path_, Rechain(edited));
+
+  ExpectDataLoss(Verify(), "line 5: checkpoint signature does not verify");
+  // Without the key a recomputed chain looks whole...
+  EXPECT_TRUE(VerifyAuditLog(path_, nullptr).ok());
+  // ...but not next to the checkpoint syslog kept.
+  ExpectDataLoss(VerifyAuditLog(path_, nullptr, SyslogCopy(13)),
+                 "line 13: differs from the checkpoint recorded off-host");
+}
+
+TEST_F(AuditVerifyTest, ARecomputedChainWithoutCheckpointsIsFoundBySyslog) {
+  std::vector<std::string> stripped;
+  for (const std::string& line : lines_) {
+    if (Parse(line)["event"] != "checkpoint") {
+      stripped.push_back(line);
+    }
+  }
+  WriteLines(path_, Rechain(stripped, /*renumber=*/true));
+  EXPECT_TRUE(Verify().ok());  // a chain with no checkpoint at all
+  ExpectDataLoss(Verify(SyslogCopy(13)),
+                 "the file ends at line 10, before the checkpoint at line 13 "
+                 "recorded off-host (the tail was cut off)");
+}
+
+TEST_F(AuditVerifyTest, ACutOffTailIsFound) {
+  std::vector<std::string> cut(lines_.begin(), lines_.begin() + 7);
+  WriteLines(path_, cut);
+  EXPECT_TRUE(Verify().ok());  // the chain alone cannot tell
+  ExpectDataLoss(Verify(SyslogCopy(13)),
+                 "the file ends at line 7, before the checkpoint at line 13 "
+                 "recorded off-host (the tail was cut off)");
+  // Lines after the last checkpoint syslog has are bounded by it only.
+  std::vector<std::string> after(lines_.begin(), lines_.begin() + 11);
+  WriteLines(path_, after);
+  EXPECT_TRUE(Verify(SyslogCopy(10)).ok());
+}
+
+TEST_F(AuditVerifyTest, AGapInTheSequenceIsNamed) {
+  std::vector<std::string> gap = lines_;
+  gap.erase(gap.begin() + 3);
+  WriteLines(path_, Rechain(gap));
+  ExpectDataLoss(Verify(), "line 4: seq is 5, expected 4 (lines are missing)");
+
+  std::vector<std::string> repeated = lines_;
+  repeated.insert(repeated.begin() + 2, lines_[1]);
+  WriteLines(path_, Rechain(repeated));
+  ExpectDataLoss(Verify(), "line 3: seq is 2, expected 3 (lines are repeated)");
+}
+
+TEST_F(AuditVerifyTest, ABadCheckpointSignatureIsFound) {
+  std::vector<std::string> edited = lines_;
+  Json j = Parse(edited[9]);
+  std::string sig;
+  ASSERT_TRUE(absl::WebSafeBase64Unescape(j["sig"].get<std::string>(), &sig));
+  sig[10] = static_cast<char>(sig[10] ^ 0x01);
+  j["sig"] = absl::WebSafeBase64Escape(sig);
+  edited[9] = Dump(j);
+  WriteLines(path_, Rechain(edited));
+  ExpectDataLoss(Verify(), "line 10: checkpoint signature does not verify");
+
+  // The untouched log, checked against another key.
+  WriteLines(path_, lines_);
+  TestAuditKey other;
+  hsm::PublicKey other_public = other.PublicKey();
+  ExpectDataLoss(VerifyAuditLog(path_, &other_public),
+                 "line 5: checkpoint signature does not verify");
+}
+
+// Rewrites line `index` with `edit`, keeping every prev right (but not
+// checkpoint heads or counts), so only the edited member is wrong.
+std::vector<std::string> EditKeepingPrevs(
+    std::vector<std::string> lines, size_t index,
+    const std::function<void(Json&)>& edit) {
+  Json j = Parse(lines[index]);
+  edit(j);
+  lines[index] = Dump(j);
+  std::string prev = kZeroHash;
+  for (std::string& line : lines) {
+    Json k = Parse(line);
+    k["prev"] = prev;
+    line = Dump(k);
+    prev = HexSha256(line);
+  }
+  return lines;
+}
+
+TEST_F(AuditVerifyTest, ACheckpointWithTheWrongHeadOrCountIsFound) {
+  WriteLines(path_,
+             EditKeepingPrevs(lines_, 4, [](Json& j) { j["count"] = 3; }));
+  ExpectDataLoss(Verify(), "line 5: checkpoint count is 3, expected 4");
+  WriteLines(path_, EditKeepingPrevs(lines_, 4, [](Json& j) {
+               j["head"] = std::string(64, 'a');
+             }));
+  ExpectDataLoss(Verify(),
+                 "line 5: checkpoint head does not match the hash of line 4");
+}
+
+TEST_F(AuditVerifyTest, AnIncompleteLastLineIsNamed) {
+  const std::string whole = ReadFile(path_);
+  WriteFile(path_, whole.substr(0, whole.size() - 1));
+  ExpectDataLoss(Verify(), "line 13: incomplete");
+}
+
+TEST_F(AuditVerifyTest, ALineNotInTheWrittenFormIsNamed) {
+  std::vector<std::string> edited = lines_;
+  edited[5] = absl::StrCat("{ ", absl::string_view(edited[5]).substr(1));
+  WriteLines(path_, edited);
+  ExpectDataLoss(Verify(), "line 6: not in the form signet writes");
+}
+
+TEST_F(AuditVerifyTest, AFileThatDoesNotStartAChainIsFound) {
+  std::vector<std::string> headless(lines_.begin() + 1, lines_.end());
+  WriteLines(path_, headless);
+  ExpectDataLoss(Verify(), "line 1: seq is 2, expected 1");
+  WriteLines(path_, Rechain(headless, /*renumber=*/true));
+  // Renumbered and rechained, but the checkpoints no longer verify.
+  ExpectDataLoss(Verify(), "line 4: checkpoint signature does not verify");
+}
+
+TEST_F(AuditVerifyTest, AnOverlongLineIsNamed) {
+  std::vector<std::string> edited = lines_;
+  edited[2] = std::string(kMaxAuditLineBytes + 10, 'x');
+  WriteLines(path_, edited);
+  ExpectDataLoss(Verify(), "line 3: longer than");
+}
+
+TEST_F(AuditVerifyTest, TheExpectedCheckpointMustBeACheckpointLine) {
+  absl::StatusOr<AuditVerifyResult> r = Verify(lines_[0]);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("not a checkpoint"));
+  r = Verify("audit-checkpoint {garbage");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(AuditVerifyFileTest, AMissingFileIsNotFound) {
+  EXPECT_EQ(VerifyAuditLog("/nonexistent/audit.log", nullptr).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(AuditVerifyFileTest, AnEmptyFileHasNoLines) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  WriteFile(path, "");
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lines, 0u);
+  const std::string checkpoint = absl::StrCat(
+      R"({"seq":2,"time":"2026-11-23T16:42:50.123Z","event":"checkpoint",)",
+      R"("head":")", kZeroHash, R"(","count":1,"kid":"k","sig":")",
+      absl::WebSafeBase64Escape(std::string(64, 'x')), R"(","prev":")",
+      kZeroHash, R"("})");
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, checkpoint),
+                 "the file ends at line 0, before the checkpoint at line 2");
+}
+
+TEST(ParseAuditLineTest, AcceptsWhatTheLogWrites) {
+  const std::string line = absl::StrCat(
+      R"({"seq":7,"time":"2026-11-23T16:42:50.123Z","event":"sign",)",
+      R"("caller":"cn:x","result":"OK","prev":")", kZeroHash, R"("})");
+  absl::StatusOr<AuditLineInfo> info = ParseAuditLine(line);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->seq, 7u);
+  EXPECT_EQ(info->event, "sign");
+  EXPECT_EQ(info->prev, kZeroHash);
+}
+
+TEST(ParseAuditLineTest, RefusesMalformedLines) {
+  const std::string time = R"("time":"2026-11-23T16:42:50.123Z")";
+  const std::string prev = absl::StrCat(R"("prev":")", kZeroHash, R"(")");
+  struct Case {
+    std::string line;
+    std::string why;
+  };
+  const std::vector<Case> cases = {
+      {"[1,2]", "not a JSON object"},
+      {absl::StrCat(R"({"seq":1,)", time, R"(,"event":"sign","x":"y",)", prev,
+                    "}"),
+       "unknown member \"x\""},
+      {absl::StrCat(R"({)", time, R"(,"seq":1,"event":"sign",)", prev, "}"),
+       "the first member is not \"seq\""},
+      {absl::StrCat(R"({"seq":1,)", time, R"(,"event":"sign",)", prev,
+                    R"(,"result":"OK"})"),
+       "the last member is not \"prev\""},
+      {absl::StrCat(R"({"seq":-1,)", time, R"(,"event":"sign",)", prev, "}"),
+       "\"seq\" is not an unsigned integer"},
+      {absl::StrCat(R"({"seq":0,)", time, R"(,"event":"sign",)", prev, "}"),
+       "seq is 0"},
+      {absl::StrCat(R"({"seq":1,"time":"2026-11-23 16:42:50","event":"sign",)",
+                    prev, "}"),
+       "\"time\" is not RFC 3339"},
+      {absl::StrCat(R"({"seq":1,)", time, R"(,"event":"sign","prev":"ab"})"),
+       "\"prev\" is not 64 lower-case hex digits"},
+      {absl::StrCat(R"({"seq":1,)", time,
+                    R"(,"event":"sign","caller":"a","caller":"b",)", prev, "}"),
+       "not in the form signet writes"},
+      {absl::StrCat(R"({"seq":1,)", time, R"(,"event":"checkpoint","head":")",
+                    kZeroHash, R"(","count":0,"kid":"k",)", prev, "}"),
+       "checkpoint without \"sig\""},
+      {absl::StrCat(R"({"seq":1,)", time, R"(,"event":"checkpoint","head":")",
+                    kZeroHash, R"(","count":0,"kid":"k","sig":"AAAA",)", prev,
+                    "}"),
+       "not base64url (no padding) of 64 bytes"},
+      {absl::StrCat(R"({"seq":1,)", time,
+                    R"(,"event":"sign","detail":"\u00e9",)", prev, "}"),
+       ""},  // accepted: escaped non-ASCII
+      {absl::StrCat(R"({"seq":1,)", time,
+                    ","
+                    R"("event":"sign","detail":"é",)",
+                    prev, "}"),
+       "not printable ASCII"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<AuditLineInfo> info = ParseAuditLine(c.line);
+    if (c.why.empty()) {
+      EXPECT_TRUE(info.ok()) << c.line << ": " << info.status();
+      continue;
+    }
+    EXPECT_EQ(info.status().code(), absl::StatusCode::kDataLoss) << c.line;
+    EXPECT_THAT(std::string(info.status().message()), HasSubstr(c.why))
+        << c.line;
+  }
+}
+
+}  // namespace
+}  // namespace signet::server

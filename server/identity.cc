@@ -1,0 +1,102 @@
+#include "server/identity.h"
+
+#include <grpcpp/security/auth_context.h>
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace signet::server {
+namespace {
+
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct X509Free {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct GeneralNamesFree {
+  void operator()(GENERAL_NAMES* n) const { GENERAL_NAMES_free(n); }
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
+  std::unique_ptr<BIO, BioFree> bio(
+      BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (bio == nullptr) return absl::InternalError("BIO_new_mem_buf");
+  std::unique_ptr<X509, X509Free> cert(
+      PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError("the peer certificate is not PEM X.509");
+  }
+  // X509_get_extended_key_usage answers UINT32_MAX when the extension is
+  // absent: "any" to OpenSSL, but not a client certificate to us.
+  const uint32_t eku = X509_get_extended_key_usage(cert.get());
+  if (eku == UINT32_MAX || (eku & XKU_SSL_CLIENT) == 0) {
+    return absl::PermissionDeniedError(
+        "the client certificate lacks the clientAuth extended key usage");
+  }
+  std::unique_ptr<GENERAL_NAMES, GeneralNamesFree> names(
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(
+          cert.get(), NID_subject_alt_name, nullptr, nullptr)));
+  std::vector<std::string> uris;
+  if (names != nullptr) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(names.get()); ++i) {
+      const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), i);
+      if (name->type != GEN_URI) continue;
+      const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+      uris.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                        ASN1_STRING_length(uri));
+    }
+  }
+  if (uris.size() > 1) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "the client certificate has ", uris.size(),
+        " URI SANs; exactly one is allowed so the identity is unambiguous"));
+  }
+  if (uris.size() == 1) {
+    if (uris[0].empty() || uris[0].find('\0') != std::string::npos) {
+      return absl::PermissionDeniedError("the client certificate's URI SAN is malformed");
+    }
+    return absl::StrCat("uri:", uris[0]);
+  }
+  X509_NAME* subject = X509_get_subject_name(cert.get());
+  int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (idx < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, idx) >= 0) {
+    return absl::PermissionDeniedError(
+        "the client certificate has neither a URI SAN nor exactly one subject CN");
+  }
+  const ASN1_STRING* cn =
+      X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx));
+  unsigned char* utf8 = nullptr;
+  int len = ASN1_STRING_to_UTF8(&utf8, cn);
+  if (len <= 0) {
+    return absl::PermissionDeniedError("the client certificate's CN is unreadable");
+  }
+  std::string value(reinterpret_cast<char*>(utf8), len);
+  OPENSSL_free(utf8);
+  if (value.find('\0') != std::string::npos) {
+    return absl::PermissionDeniedError("the client certificate's CN is malformed");
+  }
+  return absl::StrCat("cn:", value);
+}
+
+absl::StatusOr<std::string> IdentityFromAuthContext(
+    const grpc::AuthContext& context) {
+  std::vector<grpc::string_ref> pem =
+      context.FindPropertyValues("x509_pem_cert");
+  if (pem.empty()) {
+    return absl::UnauthenticatedError("no client certificate");
+  }
+  return IdentityFromCertificatePem(
+      absl::string_view(pem.front().data(), pem.front().size()));
+}
+
+}  // namespace signet::server

@@ -1,0 +1,64 @@
+#include "server/jwt.h"
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "hsm/digest.h"
+
+namespace signet::server {
+
+namespace {
+std::string B64(absl::string_view bytes) {
+  std::string out;
+  absl::WebSafeBase64Escape(bytes, &out);
+  return out;
+}
+}  // namespace
+
+std::string ProtectedHeaderB64(absl::string_view alg, absl::string_view kid) {
+  return B64(absl::StrCat(R"({"alg":")", alg, R"(","kid":")", kid,
+                          R"(","typ":"JWT"})"));
+}
+
+std::string JwsSigningInput(absl::string_view header_b64,
+                            absl::string_view claims_json) {
+  return absl::StrCat(header_b64, ".", B64(claims_json));
+}
+
+std::string CompactJws(absl::string_view signing_input,
+                       absl::string_view signature) {
+  return absl::StrCat(signing_input, ".", B64(signature));
+}
+
+absl::StatusOr<std::string> JwksJson(const std::vector<JwkEntry>& keys) {
+  nlohmann::json set = nlohmann::json::object();
+  set["keys"] = nlohmann::json::array();
+  for (const JwkEntry& entry : keys) {
+    absl::StatusOr<hsm::PublicKey::JwkMembers> members =
+        entry.public_key->Jwk();
+    if (!members.ok()) return members.status();
+    nlohmann::json jwk = nlohmann::json::object();
+    jwk["kty"] = members->kty;
+    if (members->kty == "EC") {
+      jwk["crv"] = members->crv;
+      jwk["x"] = members->x;
+      jwk["y"] = members->y;
+    } else {
+      jwk["n"] = members->n;
+      jwk["e"] = members->e;
+    }
+    jwk["kid"] = entry.kid;
+    jwk["alg"] = entry.alg;
+    jwk["use"] = "sig";
+    set["keys"].push_back(std::move(jwk));
+  }
+  return set.dump();
+}
+
+std::string ContentVersion(absl::string_view body) {
+  absl::StatusOr<std::string> digest = hsm::Sha256(body);
+  return digest.ok() ? B64(*digest) : std::string();
+}
+
+}  // namespace signet::server

@@ -1,0 +1,536 @@
+#include "server/signer_service.h"
+
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "hsm/digest.h"
+#include "rotation/key_state.h"
+#include "server/claims.h"
+#include "server/identity.h"
+#include "server/jwt.h"
+
+namespace signet::server {
+namespace {
+
+using signet::v1::JWT;
+using signet::v1::RAW;
+
+std::string Sha256Hex(absl::string_view data) {
+  absl::StatusOr<std::string> d = hsm::Sha256(data);
+  return d.ok() ? absl::BytesToHexString(*d) : std::string();
+}
+
+// The scope is usable for signing right now.
+absl::Status CheckActive(const ScopeState& scope, absl::Time now) {
+  if (!rotation::CanSign(rotation::StateAt(scope.record, now))) {
+    return absl::UnavailableError(absl::StrCat(
+        "scope ", scope.config.name(),
+        " has no active key right now; the key schedule needs attention"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
+    const signet::v1::ScopeConfig& config, const rotation::KeyRecord& record,
+    const hsm::LoadedKey& key) {
+  auto state = std::make_shared<ScopeState>();
+  state->config = config;
+  state->alg = record.algorithm();
+  state->record = record;
+  state->key = key;
+  if (config.purpose() == JWT) {
+    state->header_b64 = ProtectedHeaderB64(state->alg, key.thumbprint);
+    absl::StatusOr<std::string> jwks =
+        JwksJson({JwkEntry{key.public_key.get(), key.thumbprint, state->alg}});
+    if (!jwks.ok()) return jwks.status();
+    state->jwks_json = *jwks;
+    state->keys_version = ContentVersion(state->jwks_json);
+  } else {
+    absl::StatusOr<std::string> pem = key.public_key->SpkiPem();
+    if (!pem.ok()) return pem.status();
+    state->spki_pem = *pem;
+    state->keys_version = ContentVersion(state->spki_pem);
+  }
+  return std::shared_ptr<const ScopeState>(std::move(state));
+}
+
+SignerService::SignerService(
+    SignerServiceOptions options,
+    const std::vector<signet::v1::TenantConfig>& tenants)
+    : options_(options) {
+  for (const auto& t : tenants) {
+    auto tenant = std::make_unique<Tenant>();
+    tenant->identity = t.identity();
+    tenant->scopes.insert(t.scopes().begin(), t.scopes().end());
+    tenant->max_concurrent =
+        t.max_concurrent_requests() == 0 ? 64 : t.max_concurrent_requests();
+    tenants_[t.identity()] = std::move(tenant);
+  }
+}
+
+void SignerService::SetServing(std::shared_ptr<const ServingState> serving) {
+  absl::MutexLock lock(&mu_);
+  serving_ = std::move(serving);
+}
+
+std::shared_ptr<const ServingState> SignerService::Serving() const {
+  absl::MutexLock lock(&mu_);
+  return serving_;
+}
+
+SignerService::~SignerService() = default;
+
+absl::StatusOr<std::string> SignerService::Caller(
+    grpc::CallbackServerContext* context) {
+  if (options_.plaintext) return std::string("insecure:plaintext");
+  std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (auth == nullptr) return absl::UnauthenticatedError("no TLS peer");
+  return IdentityFromAuthContext(*auth);
+}
+
+absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
+    grpc::CallbackServerContext* context, const std::string& scope_name,
+    std::string* caller) {
+  absl::StatusOr<std::string> identity = Caller(context);
+  if (!identity.ok()) return identity.status();
+  *caller = *identity;
+  if (scope_name.empty()) {
+    return absl::InvalidArgumentError("scope is required");
+  }
+  std::shared_ptr<const ServingState> serving = Serving();
+  if (serving == nullptr) {
+    return absl::UnavailableError(
+        "signetd is starting: the HSM and the scopes' keys are not ready yet");
+  }
+  auto tenant = tenants_.find(*identity);
+  auto scope = serving->scopes.find(scope_name);
+  // One message for "no such scope" and "not yours": scope names are public,
+  // but which tenant holds which scope is not the caller's business.
+  if (tenant == tenants_.end() || scope == serving->scopes.end() ||
+      !tenant->second->scopes.contains(scope_name)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "caller ", *identity, " may not sign with scope \"", scope_name,
+        "\""));
+  }
+  return Authorized{tenant->second.get(), scope->second, std::move(serving)};
+}
+
+absl::Time SignerService::DeadlineOf(
+    grpc::CallbackServerContext* context) const {
+  absl::Time cap = absl::Now() + options_.max_rpc_time;
+  absl::Time client = absl::FromChrono(context->deadline());
+  return std::min(cap, client);
+}
+
+absl::Status SignerService::Admit(Tenant* tenant) {
+  int now = tenant->in_flight.fetch_add(1) + 1;
+  if (now > tenant->max_concurrent) {
+    tenant->in_flight.fetch_sub(1);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "caller ", tenant->identity, " has ", tenant->max_concurrent,
+        " requests in flight, its limit; retry with backoff"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* SignerService::Refuse(
+    grpc::CallbackServerContext* context, const absl::Status& status,
+    absl::string_view event, absl::string_view caller,
+    absl::string_view scope) {
+  AuditEvent refusal;
+  refusal.event = "refuse";
+  refusal.caller = std::string(caller);
+  refusal.scope = std::string(scope);
+  refusal.result = absl::StatusCodeToString(status.code());
+  refusal.detail = std::string(event);
+  std::shared_ptr<const ServingState> serving = Serving();
+  if (serving != nullptr) serving->audit->AppendRefusal(refusal);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SignerService::SignJwt(
+    grpc::CallbackServerContext* context,
+    const signet::v1::SignJwtRequest* request,
+    signet::v1::SignJwtResponse* response) {
+  std::string caller;
+  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
+  if (!auth.ok()) {
+    return Refuse(context, auth.status(), "SignJwt", caller, request->scope());
+  }
+  const ScopeState& scope = *auth->scope;
+  if (scope.config.purpose() != JWT) {
+    return Refuse(context,
+                  absl::FailedPreconditionError(absl::StrCat(
+                      "scope ", scope.config.name(),
+                      " signs raw data only (purpose RAW); use Sign")),
+                  "SignJwt", caller, request->scope());
+  }
+  const absl::Time now = absl::Now();
+  ClaimsPolicy policy;
+  policy.issuer = scope.config.issuer();
+  policy.max_lifetime =
+      absl::Seconds(scope.config.max_token_lifetime_seconds());
+  policy.iat_skew = options_.iat_skew;
+  policy.now = now;
+  absl::StatusOr<CheckedClaims> claims =
+      CheckClaims(request->claims_json(), policy);
+  if (!claims.ok()) {
+    return Refuse(context, claims.status(), "SignJwt", caller,
+                  request->scope());
+  }
+  absl::Status active = CheckActive(scope, now);
+  if (!active.ok()) {
+    return Refuse(context, active, "SignJwt", caller, request->scope());
+  }
+  absl::Status admitted = Admit(auth->tenant);
+  if (!admitted.ok()) {
+    return Refuse(context, admitted, "SignJwt", caller, request->scope());
+  }
+
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Tenant* tenant = auth->tenant;
+  auto call = std::make_shared<PendingCall>(
+      reactor, DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); });
+  std::string signing_input =
+      JwsSigningInput(scope.header_b64, request->claims_json());
+  absl::Status queued = auth->serving->workers->Submit(
+      [call, serving = auth->serving, scope_state = auth->scope, caller,
+       signing_input = std::move(signing_input), response] {
+        // No HSM work after the deadline: the watchdog has answered.
+        if (call->answered() || absl::Now() >= call->deadline()) return;
+        const ScopeState& s = *scope_state;
+        absl::StatusOr<std::string> digest =
+            hsm::DigestFor(s.key.spec.algorithm, signing_input);
+        absl::StatusOr<std::string> signature =
+            digest.ok() ? serving->store->SignDigest(s.key.key_id, *digest,
+                                             call->deadline())
+                        : digest.status();
+        AuditEvent event;
+        event.event = "sign";
+        event.caller = caller;
+        event.scope = s.config.name();
+        event.kid = s.key.thumbprint;
+        event.alg = s.alg;
+        event.input_sha256 = Sha256Hex(signing_input);
+        if (!signature.ok()) {
+          event.event = "refuse";
+          event.result = absl::StatusCodeToString(signature.status().code());
+          serving->audit->AppendRefusal(event);
+          call->Finish(ToGrpcStatus(signature.status()));
+          return;
+        }
+        event.result = "OK";
+        absl::Status audited = serving->audit->Append(event);
+        if (!audited.ok()) {
+          call->Finish(ToGrpcStatus(absl::UnavailableError(
+              "the audit log cannot be written, so nothing is signed "
+              "(fail closed)")));
+          return;
+        }
+        std::string jws = CompactJws(signing_input, *signature);
+        call->Finish(grpc::Status::OK, [&] {
+          response->set_jws(std::move(jws));
+          response->set_kid(s.key.thumbprint);
+          response->set_alg(s.alg);
+        });
+      });
+  if (!queued.ok()) {
+    call->Finish(ToGrpcStatus(queued));
+    return reactor;
+  }
+  watchdog_.Watch(call);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
+    grpc::CallbackServerContext* context,
+    const signet::v1::SignJwtBatchRequest* request,
+    signet::v1::SignJwtBatchResponse* response) {
+  std::string caller;
+  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
+  if (!auth.ok()) {
+    return Refuse(context, auth.status(), "SignJwtBatch", caller,
+                  request->scope());
+  }
+  const ScopeState& scope = *auth->scope;
+  if (scope.config.purpose() != JWT) {
+    return Refuse(context,
+                  absl::FailedPreconditionError(absl::StrCat(
+                      "scope ", scope.config.name(),
+                      " signs raw data only (purpose RAW); use Sign")),
+                  "SignJwtBatch", caller, request->scope());
+  }
+  if (request->claims_json_size() == 0 ||
+      request->claims_json_size() > options_.max_batch_size) {
+    return Refuse(context,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "a batch holds 1 to ", options_.max_batch_size,
+                      " items, not ", request->claims_json_size())),
+                  "SignJwtBatch", caller, request->scope());
+  }
+  const absl::Time now = absl::Now();
+  absl::Status active = CheckActive(scope, now);
+  if (!active.ok()) {
+    return Refuse(context, active, "SignJwtBatch", caller, request->scope());
+  }
+  ClaimsPolicy policy;
+  policy.issuer = scope.config.issuer();
+  policy.max_lifetime =
+      absl::Seconds(scope.config.max_token_lifetime_seconds());
+  policy.iat_skew = options_.iat_skew;
+  policy.now = now;
+  // Validate every item here; only the valid ones reach the HSM.
+  auto items = std::make_shared<std::vector<signet::v1::SignJwtBatchItem>>(
+      request->claims_json_size());
+  auto inputs = std::make_shared<std::vector<std::pair<int, std::string>>>();
+  for (int i = 0; i < request->claims_json_size(); ++i) {
+    absl::StatusOr<CheckedClaims> claims =
+        CheckClaims(request->claims_json(i), policy);
+    if (!claims.ok()) {
+      (*items)[i].set_code(static_cast<int>(claims.status().code()));
+      (*items)[i].set_message(absl::StrCat("item ", i, ": ",
+                                           claims.status().message()));
+      continue;
+    }
+    inputs->emplace_back(
+        i, JwsSigningInput(scope.header_b64, request->claims_json(i)));
+  }
+  absl::Status admitted = Admit(auth->tenant);
+  if (!admitted.ok()) {
+    return Refuse(context, admitted, "SignJwtBatch", caller, request->scope());
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Tenant* tenant = auth->tenant;
+  auto call = std::make_shared<PendingCall>(
+      reactor, DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); });
+  absl::Status queued = auth->serving->workers->Submit(
+      [call, serving = auth->serving, scope_state = auth->scope, caller, items,
+       inputs, response] {
+    if (call->answered() || absl::Now() >= call->deadline()) return;
+    const ScopeState& s = *scope_state;
+    std::vector<AuditEvent> events;
+    for (const auto& [index, input] : *inputs) {
+      signet::v1::SignJwtBatchItem& item = (*items)[index];
+      absl::StatusOr<std::string> digest =
+          hsm::DigestFor(s.key.spec.algorithm, input);
+      absl::StatusOr<std::string> signature =
+          digest.ok()
+              ? serving->store->SignDigest(s.key.key_id, *digest, call->deadline())
+              : digest.status();
+      if (!signature.ok()) {
+        item.set_code(static_cast<int>(signature.status().code()));
+        item.set_message(std::string(signature.status().message()));
+        continue;
+      }
+      AuditEvent event;
+      event.event = "sign";
+      event.caller = caller;
+      event.scope = s.config.name();
+      event.kid = s.key.thumbprint;
+      event.alg = s.alg;
+      event.input_sha256 = Sha256Hex(input);
+      event.result = "OK";
+      event.detail = absl::StrCat("batch item ", index);
+      events.push_back(std::move(event));
+      item.set_jws(CompactJws(input, *signature));
+      item.set_kid(s.key.thumbprint);
+      item.set_alg(s.alg);
+    }
+    // One durable write for the whole batch.
+    absl::Status audited = serving->audit->AppendAll(events);
+    if (!audited.ok()) {
+      call->Finish(ToGrpcStatus(absl::UnavailableError(
+          "the audit log cannot be written, so nothing is signed "
+          "(fail closed)")));
+      return;
+    }
+    call->Finish(grpc::Status::OK, [&] {
+      for (auto& item : *items) *response->add_items() = std::move(item);
+    });
+  });
+  if (!queued.ok()) {
+    call->Finish(ToGrpcStatus(queued));
+    return reactor;
+  }
+  watchdog_.Watch(call);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SignerService::Sign(
+    grpc::CallbackServerContext* context,
+    const signet::v1::SignRequest* request,
+    signet::v1::SignResponse* response) {
+  std::string caller;
+  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
+  if (!auth.ok()) {
+    return Refuse(context, auth.status(), "Sign", caller, request->scope());
+  }
+  const ScopeState& scope = *auth->scope;
+  if (scope.config.purpose() != RAW) {
+    return Refuse(context,
+                  absl::FailedPreconditionError(absl::StrCat(
+                      "scope ", scope.config.name(),
+                      " signs JWTs only (purpose JWT); raw signing there "
+                      "could forge tokens. Use SignJwt")),
+                  "Sign", caller, request->scope());
+  }
+  const hsm::SignatureAlgorithm alg = scope.key.spec.algorithm;
+  std::string digest;
+  switch (request->input_case()) {
+    case signet::v1::SignRequest::kPayload: {
+      absl::StatusOr<std::string> d = hsm::DigestFor(alg, request->payload());
+      if (!d.ok()) return Refuse(context, d.status(), "Sign", caller, request->scope());
+      digest = *d;
+      break;
+    }
+    case signet::v1::SignRequest::kDigest:
+      if (request->digest().size() != hsm::DigestLength(alg)) {
+        return Refuse(context,
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "digest is ", request->digest().size(),
+                          " bytes; ", scope.alg, " needs ",
+                          hsm::DigestLength(alg))),
+                      "Sign", caller, request->scope());
+      }
+      digest = request->digest();
+      break;
+    default:
+      return Refuse(context,
+                    absl::InvalidArgumentError(
+                        "give either payload or digest to sign"),
+                    "Sign", caller, request->scope());
+  }
+  absl::Status active = CheckActive(scope, absl::Now());
+  if (!active.ok()) return Refuse(context, active, "Sign", caller, request->scope());
+  absl::Status admitted = Admit(auth->tenant);
+  if (!admitted.ok()) {
+    return Refuse(context, admitted, "Sign", caller, request->scope());
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Tenant* tenant = auth->tenant;
+  auto call = std::make_shared<PendingCall>(
+      reactor, DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); });
+  absl::Status queued = auth->serving->workers->Submit(
+      [call, serving = auth->serving, scope_state = auth->scope, caller, digest,
+       response] {
+    if (call->answered() || absl::Now() >= call->deadline()) return;
+    const ScopeState& s = *scope_state;
+    absl::StatusOr<std::string> signature =
+        serving->store->SignDigest(s.key.key_id, digest, call->deadline());
+    AuditEvent event;
+    event.event = "sign";
+    event.caller = caller;
+    event.scope = s.config.name();
+    event.kid = s.key.thumbprint;
+    event.alg = s.alg;
+    event.input_sha256 = absl::BytesToHexString(digest);
+    if (!signature.ok()) {
+      event.event = "refuse";
+      event.result = absl::StatusCodeToString(signature.status().code());
+      serving->audit->AppendRefusal(event);
+      call->Finish(ToGrpcStatus(signature.status()));
+      return;
+    }
+    event.result = "OK";
+    if (!serving->audit->Append(event).ok()) {
+      call->Finish(ToGrpcStatus(absl::UnavailableError(
+          "the audit log cannot be written, so nothing is signed "
+          "(fail closed)")));
+      return;
+    }
+    call->Finish(grpc::Status::OK, [&] {
+      response->set_signature(*signature);
+      response->set_kid(s.key.thumbprint);
+      response->set_alg(s.alg);
+    });
+  });
+  if (!queued.ok()) {
+    call->Finish(ToGrpcStatus(queued));
+    return reactor;
+  }
+  watchdog_.Watch(call);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SignerService::GetJwks(
+    grpc::CallbackServerContext* context,
+    const signet::v1::GetJwksRequest* request,
+    signet::v1::GetJwksResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> caller = Caller(context);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  std::shared_ptr<const ServingState> serving = Serving();
+  if (serving == nullptr) {
+    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
+        "signetd is starting: the scopes' keys are not ready yet")));
+    return reactor;
+  }
+  auto scope = serving->scopes.find(request->scope());
+  if (scope == serving->scopes.end()) {
+    reactor->Finish(ToGrpcStatus(absl::NotFoundError(
+        absl::StrCat("no scope named \"", request->scope(), "\""))));
+    return reactor;
+  }
+  if (scope->second->config.purpose() != JWT) {
+    reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+        "scope ", request->scope(),
+        " is RAW: its keys are never published as JWKs; use "
+        "GetPublicKeys"))));
+    return reactor;
+  }
+  response->set_jwks_json(scope->second->jwks_json);
+  response->set_version(scope->second->keys_version);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SignerService::GetPublicKeys(
+    grpc::CallbackServerContext* context,
+    const signet::v1::GetPublicKeysRequest* request,
+    signet::v1::GetPublicKeysResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> caller = Caller(context);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  std::shared_ptr<const ServingState> serving = Serving();
+  if (serving == nullptr) {
+    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
+        "signetd is starting: the scopes' keys are not ready yet")));
+    return reactor;
+  }
+  auto scope = serving->scopes.find(request->scope());
+  if (scope == serving->scopes.end()) {
+    reactor->Finish(ToGrpcStatus(absl::NotFoundError(
+        absl::StrCat("no scope named \"", request->scope(), "\""))));
+    return reactor;
+  }
+  if (scope->second->config.purpose() != RAW) {
+    reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+        "scope ", request->scope(), " is a JWT scope; use GetJwks"))));
+    return reactor;
+  }
+  signet::v1::PublicKeyInfo* key = response->add_keys();
+  key->set_kid(scope->second->key.thumbprint);
+  key->set_alg(scope->second->alg);
+  key->set_spki_pem(scope->second->spki_pem);
+  response->set_version(scope->second->keys_version);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace signet::server

@@ -1,0 +1,78 @@
+#include "server/worker_pool.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace signet::server {
+
+WorkerPool::WorkerPool(int threads, int queue_size) : queue_size_(queue_size) {
+  threads_.reserve(threads);
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] { Loop(); });
+  }
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void WorkerPool::Detach() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.detach();
+  }
+}
+
+absl::Status WorkerPool::Submit(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("signetd is shutting down");
+  if (static_cast<int>(queue_.size()) >= queue_size_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "signetd is at capacity (", busy_, " requests at the HSM, ",
+        queue_.size(), " waiting); retry with backoff"));
+  }
+  queue_.push_back(std::move(task));
+  return absl::OkStatus();
+}
+
+int WorkerPool::busy() const {
+  absl::MutexLock lock(&mu_);
+  return busy_;
+}
+
+int WorkerPool::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(queue_.size());
+}
+
+void WorkerPool::Loop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (queue_.empty()) return;  // stopping, nothing left
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      ++busy_;
+    }
+    task();
+    absl::MutexLock lock(&mu_);
+    --busy_;
+  }
+}
+
+}  // namespace signet::server

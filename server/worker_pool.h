@@ -1,0 +1,54 @@
+// A bounded pool of threads for HSM work, so no gRPC callback thread ever
+// blocks on the HSM (conventions.md, habit 8).
+//
+// Submit() never blocks: when the queue is full it answers
+// RESOURCE_EXHAUSTED and the RPC can say so at once. The number of threads
+// bounds how many workers a stalled HSM can hold (a PKCS#11 call in flight
+// cannot be cancelled). Thread-safe.
+#ifndef SIGNET_SERVER_WORKER_POOL_H_
+#define SIGNET_SERVER_WORKER_POOL_H_
+
+#include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+
+namespace signet::server {
+
+class WorkerPool {
+ public:
+  WorkerPool(int threads, int queue_size);
+  // Runs what is queued, then joins. Threads stuck in an HSM call keep the
+  // destructor waiting: call Detach() first on a stalled shutdown.
+  ~WorkerPool();
+
+  // Queues `task`. RESOURCE_EXHAUSTED when `queue_size` tasks are waiting;
+  // UNAVAILABLE after shutdown began.
+  absl::Status Submit(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Tasks running right now, and waiting.
+  int busy() const ABSL_LOCKS_EXCLUDED(mu_);
+  int queued() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Lets the threads go without joining them (for an exit while an HSM call
+  // is stuck).
+  void Detach() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  const int queue_size_;
+  mutable absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  int busy_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_WORKER_POOL_H_

@@ -1,0 +1,648 @@
+// The Signer service end to end: SoftHSM2 behind a real `p11-kit server`,
+// signetd as a real process, real gRPC over loopback with mTLS.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <grpcpp/grpcpp.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <atomic>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/algorithm.h"
+#include "hsm/digest.h"
+#include "hsm/public_key.h"
+#include "signet/v1/signer.grpc.pb.h"
+#include "tests/testing/p11kit_server.h"
+#include "tests/testing/pki.h"
+#include "tests/testing/process.h"
+#include "tests/testing/signetd_process.h"
+#include "tests/testing/temp_token.h"
+
+namespace signet {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::CertOptions;
+using testing::P11KitServer;
+using testing::SignetdOptions;
+using testing::SignetdProcess;
+using testing::TempToken;
+using testing::TestCa;
+using v1::Signer;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(90);
+constexpr char kAlpha[] = "spiffe://signet.test/tenant/alpha";
+constexpr char kBeta[] = "spiffe://signet.test/tenant/beta";
+constexpr char kRaw[] = "spiffe://signet.test/tenant/raw";
+constexpr char kFlood[] = "spiffe://signet.test/tenant/flood";
+
+struct ScopeCase {
+  const char* name;
+  const char* alg;
+  hsm::SignatureAlgorithm algorithm;
+};
+constexpr ScopeCase kJwtScopes[] = {
+    {"alpha-es256", "ES256", hsm::SignatureAlgorithm::kEcdsaP256Sha256},
+    {"alpha-es384", "ES384", hsm::SignatureAlgorithm::kEcdsaP384Sha384},
+    {"alpha-rs256", "RS256", hsm::SignatureAlgorithm::kRsaPkcs1Sha256},
+    {"alpha-ps256", "PS256", hsm::SignatureAlgorithm::kRsaPssSha256},
+};
+
+std::string Issuer(absl::string_view scope) {
+  return absl::StrCat("https://", scope, ".signet.test");
+}
+
+std::string Claims(absl::string_view scope, int64_t iat_offset = 0,
+                   int64_t lifetime = 600) {
+  int64_t now = absl::ToUnixSeconds(absl::Now()) + iat_offset;
+  return absl::StrCat(R"({"iss":")", Issuer(scope),
+                      R"(","sub":"alice","aud":"mail","iat":)", now,
+                      R"(,"exp":)", now + lifetime, "}");
+}
+
+std::string B64Decode(absl::string_view s) {
+  std::string out;
+  EXPECT_TRUE(absl::WebSafeBase64Unescape(s, &out)) << s;
+  return out;
+}
+
+// The JWK's public key, built independently of signetd's own code path.
+absl::StatusOr<hsm::PublicKey> KeyFromJwk(const nlohmann::json& jwk) {
+  if (jwk["kty"] == "EC") {
+    std::string params(hsm::EcParamsDer(
+        jwk["crv"] == "P-384" ? hsm::SignatureAlgorithm::kEcdsaP384Sha384
+                              : hsm::SignatureAlgorithm::kEcdsaP256Sha256));
+    std::string point = "\x04" + B64Decode(jwk["x"].get<std::string>()) +
+                        B64Decode(jwk["y"].get<std::string>());
+    return hsm::PublicKey::FromEcPoint(params, point);
+  }
+  return hsm::PublicKey::FromRsa(B64Decode(jwk["n"].get<std::string>()),
+                                 B64Decode(jwk["e"].get<std::string>()));
+}
+
+class SignerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    signal(SIGPIPE, SIG_IGN);
+    auto token = TempToken::Create();
+    ASSERT_TRUE(token.ok()) << token.status();
+    token_ = token->release();
+    auto server = P11KitServer::Start(*token_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    hsm_ = server->release();
+    auto ca = TestCa::Create(token_->dir(), "ca");
+    ASSERT_TRUE(ca.ok()) << ca.status();
+    ca_ = ca->release();
+    auto other = TestCa::Create(token_->dir(), "other-ca");
+    ASSERT_TRUE(other.ok());
+    other_ca_ = other->release();
+    server_cert_ = new TestCa::Issued(*ca_->IssueServer("server"));
+    alpha_ = Client("alpha", {.uri_sans = {kAlpha}, .eku = "clientAuth"});
+    beta_ = Client("beta", {.uri_sans = {kBeta}, .eku = "clientAuth"});
+    raw_ = Client("raw", {.uri_sans = {kRaw}, .eku = "clientAuth"});
+    flood_ = Client("flood", {.uri_sans = {kFlood}, .eku = "clientAuth"});
+    audit_dir_ = token_->dir() + "/audit";
+    mkdir(audit_dir_.c_str(), 0700);
+
+    SignetdOptions options;
+    options.binary = SIGNETD_BINARY;
+    options.config_text = Config();
+    auto signetd = SignetdProcess::Start(token_->dir(), options);
+    ASSERT_TRUE(signetd.ok()) << signetd.status();
+    signetd_ = signetd->release();
+    auto port = signetd_->WaitForPort(kStartTimeout);
+    ASSERT_TRUE(port.ok()) << port.status();
+    port_ = *port;
+    ASSERT_TRUE(signetd_->WaitForOutput("signetd ready", kStartTimeout).ok())
+        << signetd_->Output();
+  }
+
+  static void TearDownTestSuite() {
+    delete signetd_;
+    delete hsm_;
+    delete server_cert_;
+    delete alpha_;
+    delete beta_;
+    delete raw_;
+    delete flood_;
+    delete ca_;
+    delete other_ca_;
+    delete token_;
+  }
+
+  static TestCa::Issued* Client(absl::string_view name, CertOptions options) {
+    auto issued = ca_->Issue(name, options);
+    EXPECT_TRUE(issued.ok()) << issued.status();
+    return new TestCa::Issued(*issued);
+  }
+
+  static std::string Config() { return ConfigWithAudit(audit_dir_); }
+
+  static std::string ConfigWithAudit(const std::string& audit_dir,
+                                     absl::string_view extra = "") {
+    std::string scopes;
+    for (const ScopeCase& s : kJwtScopes) {
+      absl::StrAppend(&scopes, "scopes { name: \"", s.name,
+                      "\" audience_class: CONSUMER purpose: JWT issuer: \"",
+                      Issuer(s.name), "\" algorithm: ", s.alg, " }\n");
+    }
+    absl::StrAppend(&scopes, "scopes { name: \"beta\" audience_class: ",
+                    "ENTERPRISE purpose: JWT issuer: \"", Issuer("beta"),
+                    "\" algorithm: ES256 }\n");
+    absl::StrAppend(&scopes, "scopes { name: \"raw\" audience_class: ",
+                    "ENTERPRISE purpose: RAW issuer: \"", Issuer("raw"),
+                    "\" algorithm: ES256 }\n");
+    return absl::StrCat(
+        "grpc_listen_address: \"127.0.0.1:0\"\n",
+        "hsm { module_path: \"", P11KitServer::client_module_path(),
+        "\" p11_kit_server_address: \"", hsm_->address(),
+        "\" token_uri: \"", token_->token_uri(), "\" pin_file: \"",
+        token_->pin_file_path(), "\" }\n", scopes,
+        "tls { cert_file: \"", server_cert_->cert_path, "\" key_file: \"",
+        server_cert_->key_path, "\" client_ca_file: \"", ca_->cert_path(),
+        "\" }\n",
+        "tenants { identity: \"uri:", kAlpha,
+        "\" scopes: \"alpha-es256\" scopes: \"alpha-es384\" scopes: "
+        "\"alpha-rs256\" scopes: \"alpha-ps256\" scopes: \"raw\" }\n",
+        "tenants { identity: \"uri:", kBeta, "\" scopes: \"beta\" }\n",
+        "tenants { identity: \"uri:", kRaw, "\" scopes: \"raw\" }\n",
+        "tenants { identity: \"uri:", kFlood,
+        "\" scopes: \"alpha-es256\" max_concurrent_requests: 2 }\n",
+        "serving { worker_threads: 4 queue_size: 8 }\n",
+        "admins: \"uri:spiffe://signet.test/admin\"\n",
+        "audit_log_path: \"", audit_dir, "/audit.log\"\n", extra);
+  }
+
+  // A second signetd on the same token (its keys exist, so it writes
+  // nothing there) with its own audit log, for tests that break it.
+  static std::unique_ptr<SignetdProcess> StartSecondSignetd(
+      const std::string& audit_dir, int* port) {
+    mkdir(audit_dir.c_str(), 0700);
+    SignetdOptions options;
+    options.binary = SIGNETD_BINARY;
+    options.config_text = ConfigWithAudit(audit_dir);
+    auto signetd = SignetdProcess::Start(token_->dir(), options);
+    EXPECT_TRUE(signetd.ok()) << signetd.status();
+    if (!signetd.ok()) return nullptr;
+    auto p = (*signetd)->WaitForPort(kStartTimeout);
+    EXPECT_TRUE(p.ok()) << p.status();
+    EXPECT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+        << (*signetd)->Output();
+    *port = p.ok() ? *p : 0;
+    return std::move(*signetd);
+  }
+
+  static std::unique_ptr<Signer::Stub> Stub(const TestCa::Issued* client,
+                                            const TestCa* trust = nullptr,
+                                            int port = 0) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = (trust ? trust : ca_)->cert_pem();
+    if (client != nullptr) {
+      ssl.pem_private_key = client->key_pem;
+      ssl.pem_cert_chain = client->cert_pem;
+    }
+    auto channel = grpc::CreateChannel(
+        absl::StrCat("localhost:", port == 0 ? port_ : port),
+                                       grpc::SslCredentials(ssl));
+    return Signer::NewStub(channel);
+  }
+
+  static void Deadline(grpc::ClientContext& ctx, int seconds = 20) {
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(seconds));
+  }
+
+  static grpc::Status SignJwt(Signer::Stub& stub, absl::string_view scope,
+                              absl::string_view claims,
+                              v1::SignJwtResponse* out) {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::SignJwtRequest req;
+    req.set_scope(std::string(scope));
+    req.set_claims_json(std::string(claims));
+    return stub.SignJwt(&ctx, req, out);
+  }
+
+  static nlohmann::json Jwks(Signer::Stub& stub, absl::string_view scope) {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::GetJwksRequest req;
+    req.set_scope(std::string(scope));
+    v1::GetJwksResponse resp;
+    grpc::Status st = stub.GetJwks(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return nlohmann::json::parse(resp.jwks_json());
+  }
+
+  static inline TempToken* token_ = nullptr;
+  static inline P11KitServer* hsm_ = nullptr;
+  static inline TestCa* ca_ = nullptr;
+  static inline TestCa* other_ca_ = nullptr;
+  static inline TestCa::Issued* server_cert_ = nullptr;
+  static inline TestCa::Issued* alpha_ = nullptr;
+  static inline TestCa::Issued* beta_ = nullptr;
+  static inline TestCa::Issued* raw_ = nullptr;
+  static inline TestCa::Issued* flood_ = nullptr;
+  static inline SignetdProcess* signetd_ = nullptr;
+  static inline std::string audit_dir_;
+  static inline int port_ = 0;
+};
+
+TEST_F(SignerTest, SignsJwtsWithEveryAlgorithmThatVerifyAgainstTheJwks) {
+  auto stub = Stub(alpha_);
+  for (const ScopeCase& scope : kJwtScopes) {
+    SCOPED_TRACE(scope.name);
+    std::string claims = Claims(scope.name);
+    v1::SignJwtResponse resp;
+    grpc::Status st = SignJwt(*stub, scope.name, claims, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.alg(), scope.alg);
+    std::vector<std::string> parts = absl::StrSplit(resp.jws(), '.');
+    ASSERT_EQ(parts.size(), 3u);
+    // The header is the server's, and the claims are the caller's bytes.
+    nlohmann::json header = nlohmann::json::parse(B64Decode(parts[0]));
+    EXPECT_EQ(header.size(), 3u);
+    EXPECT_EQ(header["alg"], scope.alg);
+    EXPECT_EQ(header["typ"], "JWT");
+    EXPECT_EQ(header["kid"], resp.kid());
+    EXPECT_EQ(B64Decode(parts[1]), claims);
+    // Verify against the JWK the service publishes for that kid.
+    nlohmann::json jwks = Jwks(*stub, scope.name);
+    ASSERT_EQ(jwks["keys"].size(), 1u);
+    const nlohmann::json& jwk = jwks["keys"][0];
+    EXPECT_EQ(jwk["kid"], resp.kid());
+    EXPECT_EQ(jwk["alg"], scope.alg);
+    EXPECT_EQ(jwk["use"], "sig");
+    auto key = KeyFromJwk(jwk);
+    ASSERT_TRUE(key.ok()) << key.status();
+    auto digest =
+        hsm::DigestFor(scope.algorithm, absl::StrCat(parts[0], ".", parts[1]));
+    ASSERT_TRUE(digest.ok());
+    std::string signature = B64Decode(parts[2]);
+    if (hsm::IsEcdsa(scope.algorithm)) {
+      EXPECT_EQ(signature.size(), 2 * hsm::DigestLength(scope.algorithm));
+    }
+    EXPECT_TRUE(key->VerifyDigest(scope.algorithm, *digest, signature).ok());
+  }
+}
+
+TEST_F(SignerTest, AnotherTenantsScopeAndAnUnknownScopeLookTheSame) {
+  auto stub = Stub(beta_);
+  v1::SignJwtResponse resp;
+  grpc::Status theirs = SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp);
+  grpc::Status unknown = SignJwt(*stub, "no-such-scope", Claims("no-such-scope"), &resp);
+  EXPECT_EQ(theirs.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(unknown.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // The same sentence, but for the scope name the caller typed.
+  std::string a = theirs.error_message();
+  std::string b = unknown.error_message();
+  EXPECT_EQ(a.substr(0, a.find('"')), b.substr(0, b.find('"')));
+  // Beta's own scope works.
+  EXPECT_TRUE(SignJwt(*stub, "beta", Claims("beta"), &resp).ok());
+}
+
+TEST_F(SignerTest, TheIssuerMustBeTheScopes) {
+  auto stub = Stub(alpha_);
+  v1::SignJwtResponse resp;
+  // alpha may sign for alpha-es256, but not claim another scope's issuer.
+  std::string claims = Claims("beta");
+  grpc::Status st = SignJwt(*stub, "alpha-es256", claims, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("iss"));
+}
+
+TEST_F(SignerTest, RawAndJwtScopesAreNeverMixed) {
+  auto stub = Stub(alpha_);
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::SignRequest req;
+    req.set_scope("alpha-es256");
+    req.set_payload("header.claims");
+    v1::SignResponse resp;
+    grpc::Status st = stub->Sign(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  v1::SignJwtResponse jwt;
+  grpc::Status st = SignJwt(*stub, "raw", Claims("raw"), &jwt);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  // A RAW scope has no JWKS, only SPKI.
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::GetJwksRequest req;
+  req.set_scope("raw");
+  v1::GetJwksResponse jwks;
+  EXPECT_EQ(stub->GetJwks(&ctx, req, &jwks).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(SignerTest, RawScopeSignsPayloadsAndDigests) {
+  auto stub = Stub(raw_);
+  grpc::ClientContext kctx;
+  Deadline(kctx);
+  v1::GetPublicKeysRequest kreq;
+  kreq.set_scope("raw");
+  v1::GetPublicKeysResponse keys;
+  ASSERT_TRUE(stub->GetPublicKeys(&kctx, kreq, &keys).ok());
+  ASSERT_EQ(keys.keys_size(), 1);
+  EXPECT_THAT(keys.keys(0).spki_pem(), HasSubstr("BEGIN PUBLIC KEY"));
+
+  auto digest = hsm::Sha256("firmware image");
+  ASSERT_TRUE(digest.ok());
+  for (bool as_digest : {false, true}) {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::SignRequest req;
+    req.set_scope("raw");
+    if (as_digest) {
+      req.set_digest(*digest);
+    } else {
+      req.set_payload("firmware image");
+    }
+    v1::SignResponse resp;
+    grpc::Status st = stub->Sign(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.kid(), keys.keys(0).kid());
+    EXPECT_EQ(resp.signature().size(), 64u);
+  }
+  // A digest of the wrong length, and no input at all.
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::SignRequest req;
+  req.set_scope("raw");
+  req.set_digest("short");
+  v1::SignResponse resp;
+  grpc::Status st = stub->Sign(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("32"));
+  grpc::ClientContext ctx2;
+  Deadline(ctx2);
+  v1::SignRequest empty;
+  empty.set_scope("raw");
+  EXPECT_EQ(stub->Sign(&ctx2, empty, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(SignerTest, BatchSignsValidItemsAndRefusesBadOnesOneByOne) {
+  auto stub = Stub(alpha_);
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::SignJwtBatchRequest req;
+  req.set_scope("alpha-es256");
+  req.add_claims_json(Claims("alpha-es256"));
+  req.add_claims_json(R"({"iss":"x","iss":"y"})");
+  req.add_claims_json(Claims("alpha-es256", 0, 99999));
+  req.add_claims_json(Claims("alpha-es256"));
+  v1::SignJwtBatchResponse resp;
+  grpc::Status st = stub->SignJwtBatch(&ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.items_size(), 4);
+  EXPECT_EQ(resp.items(0).code(), 0);
+  EXPECT_FALSE(resp.items(0).jws().empty());
+  EXPECT_EQ(resp.items(1).code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(resp.items(1).message(), HasSubstr("duplicate"));
+  EXPECT_EQ(resp.items(2).code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(resp.items(2).message(), HasSubstr("lifetime"));
+  EXPECT_EQ(resp.items(3).code(), 0);
+  EXPECT_NE(resp.items(0).jws(), resp.items(3).jws());
+}
+
+TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
+  v1::SignJwtResponse resp;
+  // No client certificate: the handshake fails.
+  auto anonymous = Stub(nullptr);
+  grpc::Status st = SignJwt(*anonymous, "alpha-es256", Claims("alpha-es256"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  // A certificate from another CA: the handshake fails.
+  auto stranger_cert = other_ca_->Issue(
+      "stranger", {.uri_sans = {kAlpha}, .eku = "clientAuth"});
+  ASSERT_TRUE(stranger_cert.ok());
+  auto stranger = Stub(&*stranger_cert);
+  st = SignJwt(*stranger, "alpha-es256", Claims("alpha-es256"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  // Right CA, but no extended key usage at all: the handshake takes it, the
+  // server does not.
+  auto no_eku = ca_->Issue("no-eku", {.uri_sans = {kAlpha}, .eku = ""});
+  ASSERT_TRUE(no_eku.ok());
+  st = SignJwt(*Stub(&*no_eku), "alpha-es256", Claims("alpha-es256"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(), HasSubstr("clientAuth"));
+  // Two URI SANs: ambiguous identity.
+  auto two = ca_->Issue("two-uris", {.uri_sans = {kAlpha, kBeta},
+                                     .eku = "clientAuth"});
+  ASSERT_TRUE(two.ok());
+  st = SignJwt(*Stub(&*two), "alpha-es256", Claims("alpha-es256"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(), HasSubstr("URI SAN"));
+  // A CN-only certificate is "cn:<CN>", not a tenant here.
+  auto cn = ca_->Issue("cn-only", {.cn = "alpha", .eku = "clientAuth"});
+  ASSERT_TRUE(cn.ok());
+  st = SignJwt(*Stub(&*cn), "alpha-es256", Claims("alpha-es256"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(), HasSubstr("cn:alpha"));
+}
+
+TEST_F(SignerTest, Tls12IsRefusedAndTls13Works) {
+  auto run = [](const char* version) {
+    return testing::RunProcess(
+        {.argv = {"openssl", "s_client", version, "-connect",
+                  absl::StrCat("127.0.0.1:", port_), "-CAfile",
+                  ca_->cert_path(), "-cert", alpha_->cert_path, "-key",
+                  alpha_->key_path, "-alpn", "h2", "-brief"},
+         .unset_env = {"OPENSSL_CONF"}},
+        absl::Seconds(20));
+  };
+  auto tls12 = run("-tls1_2");
+  ASSERT_TRUE(tls12.ok());
+  EXPECT_NE(tls12->exit_code, 0) << tls12->output;
+  auto tls13 = run("-tls1_3");
+  ASSERT_TRUE(tls13.ok());
+  EXPECT_THAT(tls13->output, HasSubstr("TLSv1.3")) << tls13->output;
+}
+
+TEST_F(SignerTest, EverySignatureIsAuditedAndTheChainVerifies) {
+  auto stub = Stub(beta_);
+  v1::SignJwtResponse resp;
+  ASSERT_TRUE(SignJwt(*stub, "beta", Claims("beta"), &resp).ok());
+  std::ifstream in(audit_dir_ + "/audit.log");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::string log = buf.str();
+  EXPECT_THAT(log, HasSubstr(R"("event":"start")"));
+  EXPECT_THAT(log, HasSubstr(resp.kid()));
+  EXPECT_THAT(log, HasSubstr(R"("caller":"uri:spiffe://signet.test/tenant/beta")"));
+  // Claims never reach the audit log, only their hash.
+  EXPECT_THAT(log, Not(HasSubstr("alice")));
+  auto verify = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_public_key=" + audit_dir_ + "/audit-checkpoint-key.pem",
+                audit_dir_ + "/audit.log"}},
+      absl::Seconds(30));
+  ASSERT_TRUE(verify.ok());
+  EXPECT_EQ(verify->exit_code, 0) << verify->output;
+  EXPECT_THAT(verify->output, HasSubstr("OK"));
+}
+
+TEST_F(SignerTest, AStalledHsmAnswersWithinTheDeadlineAndSigningResumes) {
+  auto stub = Stub(alpha_);
+  v1::SignJwtResponse resp;
+  ASSERT_TRUE(SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp).ok());
+  ASSERT_TRUE(hsm_->Stall().ok());
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 2);
+    v1::SignJwtRequest req;
+    req.set_scope("alpha-es256");
+    req.set_claims_json(Claims("alpha-es256"));
+    grpc::Status st = stub->SignJwt(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+        << st.error_message();
+  }
+  ASSERT_TRUE(hsm_->Resume().ok());
+  bool resumed = false;
+  for (int i = 0; i < 100 && !resumed; ++i) {
+    resumed = SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp).ok();
+    if (!resumed) absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(resumed) << signetd_->Output();
+}
+
+// One tenant past its limit gets RESOURCE_EXHAUSTED while another keeps
+// being admitted; a full queue answers RESOURCE_EXHAUSTED; requests whose
+// deadline passes in the queue answer DEADLINE_EXCEEDED; all of it while
+// the HSM is stalled, and signing resumes after.
+TEST_F(SignerTest, LimitsHoldWhileTheHsmIsStalled) {
+  auto flood = Stub(flood_);
+  auto alpha = Stub(alpha_);
+  ASSERT_TRUE(hsm_->Stall().ok());
+  auto send = [](Signer::Stub* stub, int deadline_s) {
+    grpc::ClientContext ctx;
+    Deadline(ctx, deadline_s);
+    v1::SignJwtRequest req;
+    req.set_scope("alpha-es256");
+    req.set_claims_json(Claims("alpha-es256"));
+    v1::SignJwtResponse resp;
+    grpc::Status st = stub->SignJwt(&ctx, req, &resp);
+    return st.error_code();
+  };
+  // The flood tenant fills its 2 slots...
+  std::vector<std::thread> threads;
+  std::vector<grpc::StatusCode> flood_codes(2);
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] { flood_codes[i] = send(flood.get(), 4); });
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  // ...so its third request is refused at once,
+  EXPECT_EQ(send(flood.get(), 4), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // while alpha is still admitted: it fills the workers (4, two taken by
+  // flood) and the queue (8)...
+  std::vector<grpc::StatusCode> alpha_codes(10);
+  for (int i = 0; i < 10; ++i) {
+    threads.emplace_back([&, i] { alpha_codes[i] = send(alpha.get(), 4); });
+  }
+  absl::SleepFor(absl::Milliseconds(800));
+  // ...and the next request finds the queue full.
+  EXPECT_EQ(send(alpha.get(), 4), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  for (auto& t : threads) t.join();
+  for (grpc::StatusCode code : flood_codes) {
+    EXPECT_EQ(code, grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  for (grpc::StatusCode code : alpha_codes) {
+    EXPECT_EQ(code, grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  ASSERT_TRUE(hsm_->Resume().ok());
+  bool resumed = false;
+  v1::SignJwtResponse resp;
+  for (int i = 0; i < 100 && !resumed; ++i) {
+    resumed = SignJwt(*flood, "alpha-es256", Claims("alpha-es256"), &resp).ok();
+    if (!resumed) absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(resumed) << signetd_->Output();
+}
+
+TEST_F(SignerTest, AnUnwritableAuditLogStopsSigning) {
+  std::string dir = token_->dir() + "/audit-broken";
+  int port = 0;
+  auto signetd = StartSecondSignetd(dir, &port);
+  ASSERT_NE(signetd, nullptr);
+  auto stub = Stub(alpha_, nullptr, port);
+  v1::SignJwtResponse resp;
+  ASSERT_TRUE(SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp).ok());
+  // Immutable: every further write fails, even through the open descriptor.
+  std::string log = dir + "/audit.log";
+  auto chattr = testing::RunProcess({.argv = {"chattr", "+i", log}});
+  ASSERT_TRUE(chattr.ok() && chattr->succeeded())
+      << (chattr.ok() ? chattr->output : chattr.status().ToString());
+  for (int i = 0; i < 3; ++i) {
+    v1::SignJwtResponse refused;
+    grpc::Status st =
+        SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &refused);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_THAT(st.error_message(), HasSubstr("audit"));
+    EXPECT_TRUE(refused.jws().empty());
+  }
+  (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
+}
+
+TEST_F(SignerTest, AfterKillNineEveryReceivedTokenHasItsAuditLine) {
+  std::string dir = token_->dir() + "/audit-kill9";
+  int port = 0;
+  auto signetd = StartSecondSignetd(dir, &port);
+  ASSERT_NE(signetd, nullptr);
+  std::vector<std::string> received[4];
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&, t] {
+      auto stub = Stub(alpha_, nullptr, port);
+      while (!stop.load()) {
+        v1::SignJwtResponse resp;
+        if (SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp).ok()) {
+          received[t].push_back(resp.jws());
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Seconds(1));
+  kill(signetd->pid(), SIGKILL);
+  absl::SleepFor(absl::Milliseconds(300));
+  stop = true;
+  for (auto& t : clients) t.join();
+  std::ifstream in(dir + "/audit.log");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::string log = buf.str();
+  size_t total = 0;
+  for (const auto& tokens : received) {
+    for (const std::string& jws : tokens) {
+      ++total;
+      std::string input = jws.substr(0, jws.rfind('.'));
+      auto digest = hsm::Sha256(input);
+      ASSERT_TRUE(digest.ok());
+      EXPECT_THAT(log, HasSubstr(absl::BytesToHexString(*digest)));
+    }
+  }
+  EXPECT_GT(total, 0u);
+  // The log the kill cut short still verifies as a chain.
+  auto verify = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify", dir + "/audit.log"}},
+      absl::Seconds(30));
+  ASSERT_TRUE(verify.ok());
+  EXPECT_EQ(verify->exit_code, 0) << verify->output;
+}
+
+}  // namespace
+}  // namespace signet
