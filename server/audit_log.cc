@@ -25,33 +25,13 @@
 #include "absl/time/time.h"
 #include "hsm/digest.h"
 #include "server/audit_verify.h"
+#include "server/scoped_fd.h"
 
 namespace signet::server {
 namespace {
 
 using Json = nlohmann::ordered_json;
 
-// Closes a file descriptor unless released.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() {
-    if (fd_ >= 0) {
-      close(fd_);
-    }
-  }
-  int get() const { return fd_; }
-  int release() {
-    const int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
 
 constexpr absl::string_view kZeroHash =
     "0000000000000000000000000000000000000000000000000000000000000000";

@@ -158,91 +158,44 @@ grpc::ServerUnaryReactor* SignerService::Refuse(
   return reactor;
 }
 
-grpc::ServerUnaryReactor* SignerService::SignJwt(
-    grpc::CallbackServerContext* context,
-    const signet::v1::SignJwtRequest* request,
-    signet::v1::SignJwtResponse* response) {
-  std::string caller;
-  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
-  if (!auth.ok()) {
-    return Refuse(context, auth.status(), "SignJwt", caller, request->scope());
-  }
-  const ScopeState& scope = *auth->scope;
-  if (scope.config.purpose() != JWT) {
-    return Refuse(context,
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "scope ", scope.config.name(),
-                      " signs raw data only (purpose RAW); use Sign")),
-                  "SignJwt", caller, request->scope());
-  }
-  const absl::Time now = absl::Now();
+ClaimsPolicy SignerService::PolicyFor(const ScopeState& scope,
+                                     absl::Time now) const {
   ClaimsPolicy policy;
   policy.issuer = scope.config.issuer();
   policy.max_lifetime =
       absl::Seconds(scope.config.max_token_lifetime_seconds());
   policy.iat_skew = options_.iat_skew;
   policy.now = now;
-  absl::StatusOr<CheckedClaims> claims =
-      CheckClaims(request->claims_json(), policy);
-  if (!claims.ok()) {
-    return Refuse(context, claims.status(), "SignJwt", caller,
-                  request->scope());
-  }
-  absl::Status active = CheckActive(scope, now);
-  if (!active.ok()) {
-    return Refuse(context, active, "SignJwt", caller, request->scope());
-  }
-  absl::Status admitted = Admit(auth->tenant);
-  if (!admitted.ok()) {
-    return Refuse(context, admitted, "SignJwt", caller, request->scope());
-  }
+  return policy;
+}
 
+absl::Status SignerService::CheckPurpose(const ScopeState& scope,
+                                         signet::v1::Purpose wanted) {
+  if (scope.config.purpose() == wanted) return absl::OkStatus();
+  if (wanted == JWT) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("scope ", scope.config.name(),
+                     " signs raw data only (purpose RAW); use Sign"));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "scope ", scope.config.name(),
+      " signs JWTs only (purpose JWT); raw signing there could forge "
+      "tokens. Use SignJwt"));
+}
+
+grpc::ServerUnaryReactor* SignerService::Dispatch(
+    grpc::CallbackServerContext* context, const Authorized& auth,
+    std::function<void(PendingCall&)> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Tenant* tenant = auth->tenant;
+  Tenant* tenant = auth.tenant;
   auto call = std::make_shared<PendingCall>(
-      reactor, DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); });
-  std::string signing_input =
-      JwsSigningInput(scope.header_b64, request->claims_json());
-  absl::Status queued = auth->serving->workers->Submit(
-      [call, serving = auth->serving, scope_state = auth->scope, caller,
-       signing_input = std::move(signing_input), response] {
+      reactor, DeadlineOf(context),
+      [tenant] { tenant->in_flight.fetch_sub(1); });
+  absl::Status queued =
+      auth.serving->workers->Submit([call, work = std::move(work)] {
         // No HSM work after the deadline: the watchdog has answered.
         if (call->answered() || absl::Now() >= call->deadline()) return;
-        const ScopeState& s = *scope_state;
-        absl::StatusOr<std::string> digest =
-            hsm::DigestFor(s.key.spec.algorithm, signing_input);
-        absl::StatusOr<std::string> signature =
-            digest.ok() ? serving->store->SignDigest(s.key.key_id, *digest,
-                                             call->deadline())
-                        : digest.status();
-        AuditEvent event;
-        event.event = "sign";
-        event.caller = caller;
-        event.scope = s.config.name();
-        event.kid = s.key.thumbprint;
-        event.alg = s.alg;
-        event.input_sha256 = Sha256Hex(signing_input);
-        if (!signature.ok()) {
-          event.event = "refuse";
-          event.result = absl::StatusCodeToString(signature.status().code());
-          serving->audit->AppendRefusal(event);
-          call->Finish(ToGrpcStatus(signature.status()));
-          return;
-        }
-        event.result = "OK";
-        absl::Status audited = serving->audit->Append(event);
-        if (!audited.ok()) {
-          call->Finish(ToGrpcStatus(absl::UnavailableError(
-              "the audit log cannot be written, so nothing is signed "
-              "(fail closed)")));
-          return;
-        }
-        std::string jws = CompactJws(signing_input, *signature);
-        call->Finish(grpc::Status::OK, [&] {
-          response->set_jws(std::move(jws));
-          response->set_kid(s.key.thumbprint);
-          response->set_alg(s.alg);
-        });
+        work(*call);
       });
   if (!queued.ok()) {
     call->Finish(ToGrpcStatus(queued));
@@ -252,43 +205,117 @@ grpc::ServerUnaryReactor* SignerService::SignJwt(
   return reactor;
 }
 
+namespace {
+
+AuditEvent SignEvent(const ScopeState& scope, absl::string_view caller,
+                     std::string input_sha256) {
+  AuditEvent event;
+  event.event = "sign";
+  event.caller = std::string(caller);
+  event.scope = scope.config.name();
+  event.kid = scope.key.thumbprint;
+  event.alg = scope.alg;
+  event.input_sha256 = std::move(input_sha256);
+  return event;
+}
+
+const absl::Status& AuditUnavailable() {
+  static const absl::Status* status = new absl::Status(absl::UnavailableError(
+      "the audit log cannot be written, so nothing is signed (fail closed)"));
+  return *status;
+}
+
+// In a worker: signs `digest` with the scope's key, then makes the audit
+// line durable. The signature is returned only once it is audited.
+absl::StatusOr<std::string> SignAudited(const ServingState& serving,
+                                        const ScopeState& scope,
+                                        absl::string_view caller,
+                                        absl::string_view digest,
+                                        std::string input_sha256,
+                                        absl::Time deadline) {
+  absl::StatusOr<std::string> signature =
+      serving.store->SignDigest(scope.key.key_id, digest, deadline);
+  AuditEvent event = SignEvent(scope, caller, std::move(input_sha256));
+  if (!signature.ok()) {
+    event.event = "refuse";
+    event.result = absl::StatusCodeToString(signature.status().code());
+    serving.audit->AppendRefusal(event);
+    return signature.status();
+  }
+  event.result = "OK";
+  if (!serving.audit->Append(event).ok()) return AuditUnavailable();
+  return signature;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* SignerService::SignJwt(
+    grpc::CallbackServerContext* context,
+    const signet::v1::SignJwtRequest* request,
+    signet::v1::SignJwtResponse* response) {
+  std::string caller;
+  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
+  auto refuse = [&](const absl::Status& status) {
+    return Refuse(context, status, "SignJwt", caller, request->scope());
+  };
+  if (!auth.ok()) return refuse(auth.status());
+  const ScopeState& scope = *auth->scope;
+  if (absl::Status st = CheckPurpose(scope, JWT); !st.ok()) return refuse(st);
+  const absl::Time now = absl::Now();
+  absl::StatusOr<CheckedClaims> claims =
+      CheckClaims(request->claims_json(), PolicyFor(scope, now));
+  if (!claims.ok()) return refuse(claims.status());
+  if (absl::Status st = CheckActive(scope, now); !st.ok()) return refuse(st);
+  if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
+
+  std::string signing_input =
+      JwsSigningInput(scope.header_b64, request->claims_json());
+  return Dispatch(
+      context, *auth,
+      [serving = auth->serving, scope_state = auth->scope, caller,
+       signing_input = std::move(signing_input), response](PendingCall& call) {
+        const ScopeState& s = *scope_state;
+        absl::StatusOr<std::string> digest =
+            hsm::DigestFor(s.key.spec.algorithm, signing_input);
+        absl::StatusOr<std::string> signature =
+            digest.ok() ? SignAudited(*serving, s, caller, *digest,
+                                      Sha256Hex(signing_input),
+                                      call.deadline())
+                        : digest.status();
+        if (!signature.ok()) {
+          call.Finish(ToGrpcStatus(signature.status()));
+          return;
+        }
+        std::string jws = CompactJws(signing_input, *signature);
+        call.Finish(grpc::Status::OK, [&] {
+          response->set_jws(std::move(jws));
+          response->set_kid(s.key.thumbprint);
+          response->set_alg(s.alg);
+        });
+      });
+}
+
 grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
     grpc::CallbackServerContext* context,
     const signet::v1::SignJwtBatchRequest* request,
     signet::v1::SignJwtBatchResponse* response) {
   std::string caller;
   absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
-  if (!auth.ok()) {
-    return Refuse(context, auth.status(), "SignJwtBatch", caller,
-                  request->scope());
-  }
+  auto refuse = [&](const absl::Status& status) {
+    return Refuse(context, status, "SignJwtBatch", caller, request->scope());
+  };
+  if (!auth.ok()) return refuse(auth.status());
   const ScopeState& scope = *auth->scope;
-  if (scope.config.purpose() != JWT) {
-    return Refuse(context,
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "scope ", scope.config.name(),
-                      " signs raw data only (purpose RAW); use Sign")),
-                  "SignJwtBatch", caller, request->scope());
-  }
+  if (absl::Status st = CheckPurpose(scope, JWT); !st.ok()) return refuse(st);
   if (request->claims_json_size() == 0 ||
       request->claims_json_size() > options_.max_batch_size) {
-    return Refuse(context,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "a batch holds 1 to ", options_.max_batch_size,
-                      " items, not ", request->claims_json_size())),
-                  "SignJwtBatch", caller, request->scope());
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("a batch holds 1 to ", options_.max_batch_size,
+                     " items, not ", request->claims_json_size())));
   }
   const absl::Time now = absl::Now();
-  absl::Status active = CheckActive(scope, now);
-  if (!active.ok()) {
-    return Refuse(context, active, "SignJwtBatch", caller, request->scope());
-  }
-  ClaimsPolicy policy;
-  policy.issuer = scope.config.issuer();
-  policy.max_lifetime =
-      absl::Seconds(scope.config.max_token_lifetime_seconds());
-  policy.iat_skew = options_.iat_skew;
-  policy.now = now;
+  if (absl::Status st = CheckActive(scope, now); !st.ok()) return refuse(st);
+  const ClaimsPolicy policy = PolicyFor(scope, now);
   // Validate every item here; only the valid ones reach the HSM.
   auto items = std::make_shared<std::vector<signet::v1::SignJwtBatchItem>>(
       request->claims_json_size());
@@ -298,72 +325,50 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
         CheckClaims(request->claims_json(i), policy);
     if (!claims.ok()) {
       (*items)[i].set_code(static_cast<int>(claims.status().code()));
-      (*items)[i].set_message(absl::StrCat("item ", i, ": ",
-                                           claims.status().message()));
+      (*items)[i].set_message(
+          absl::StrCat("item ", i, ": ", claims.status().message()));
       continue;
     }
     inputs->emplace_back(
         i, JwsSigningInput(scope.header_b64, request->claims_json(i)));
   }
-  absl::Status admitted = Admit(auth->tenant);
-  if (!admitted.ok()) {
-    return Refuse(context, admitted, "SignJwtBatch", caller, request->scope());
-  }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Tenant* tenant = auth->tenant;
-  auto call = std::make_shared<PendingCall>(
-      reactor, DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); });
-  absl::Status queued = auth->serving->workers->Submit(
-      [call, serving = auth->serving, scope_state = auth->scope, caller, items,
-       inputs, response] {
-    if (call->answered() || absl::Now() >= call->deadline()) return;
-    const ScopeState& s = *scope_state;
-    std::vector<AuditEvent> events;
-    for (const auto& [index, input] : *inputs) {
-      signet::v1::SignJwtBatchItem& item = (*items)[index];
-      absl::StatusOr<std::string> digest =
-          hsm::DigestFor(s.key.spec.algorithm, input);
-      absl::StatusOr<std::string> signature =
-          digest.ok()
-              ? serving->store->SignDigest(s.key.key_id, *digest, call->deadline())
-              : digest.status();
-      if (!signature.ok()) {
-        item.set_code(static_cast<int>(signature.status().code()));
-        item.set_message(std::string(signature.status().message()));
-        continue;
-      }
-      AuditEvent event;
-      event.event = "sign";
-      event.caller = caller;
-      event.scope = s.config.name();
-      event.kid = s.key.thumbprint;
-      event.alg = s.alg;
-      event.input_sha256 = Sha256Hex(input);
-      event.result = "OK";
-      event.detail = absl::StrCat("batch item ", index);
-      events.push_back(std::move(event));
-      item.set_jws(CompactJws(input, *signature));
-      item.set_kid(s.key.thumbprint);
-      item.set_alg(s.alg);
-    }
-    // One durable write for the whole batch.
-    absl::Status audited = serving->audit->AppendAll(events);
-    if (!audited.ok()) {
-      call->Finish(ToGrpcStatus(absl::UnavailableError(
-          "the audit log cannot be written, so nothing is signed "
-          "(fail closed)")));
-      return;
-    }
-    call->Finish(grpc::Status::OK, [&] {
-      for (auto& item : *items) *response->add_items() = std::move(item);
-    });
-  });
-  if (!queued.ok()) {
-    call->Finish(ToGrpcStatus(queued));
-    return reactor;
-  }
-  watchdog_.Watch(call);
-  return reactor;
+  if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
+  return Dispatch(
+      context, *auth,
+      [serving = auth->serving, scope_state = auth->scope, caller, items,
+       inputs, response](PendingCall& call) {
+        const ScopeState& s = *scope_state;
+        std::vector<AuditEvent> events;
+        for (const auto& [index, input] : *inputs) {
+          signet::v1::SignJwtBatchItem& item = (*items)[index];
+          absl::StatusOr<std::string> digest =
+              hsm::DigestFor(s.key.spec.algorithm, input);
+          absl::StatusOr<std::string> signature =
+              digest.ok() ? serving->store->SignDigest(s.key.key_id, *digest,
+                                                       call.deadline())
+                          : digest.status();
+          if (!signature.ok()) {
+            item.set_code(static_cast<int>(signature.status().code()));
+            item.set_message(std::string(signature.status().message()));
+            continue;
+          }
+          AuditEvent event = SignEvent(s, caller, Sha256Hex(input));
+          event.result = "OK";
+          event.detail = absl::StrCat("batch item ", index);
+          events.push_back(std::move(event));
+          item.set_jws(CompactJws(input, *signature));
+          item.set_kid(s.key.thumbprint);
+          item.set_alg(s.alg);
+        }
+        // One durable write for the whole batch, before any JWS leaves.
+        if (!serving->audit->AppendAll(events).ok()) {
+          call.Finish(ToGrpcStatus(AuditUnavailable()));
+          return;
+        }
+        call.Finish(grpc::Status::OK, [&] {
+          for (auto& item : *items) *response->add_items() = std::move(item);
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* SignerService::Sign(
@@ -372,94 +377,82 @@ grpc::ServerUnaryReactor* SignerService::Sign(
     signet::v1::SignResponse* response) {
   std::string caller;
   absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
-  if (!auth.ok()) {
-    return Refuse(context, auth.status(), "Sign", caller, request->scope());
-  }
+  auto refuse = [&](const absl::Status& status) {
+    return Refuse(context, status, "Sign", caller, request->scope());
+  };
+  if (!auth.ok()) return refuse(auth.status());
   const ScopeState& scope = *auth->scope;
-  if (scope.config.purpose() != RAW) {
-    return Refuse(context,
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "scope ", scope.config.name(),
-                      " signs JWTs only (purpose JWT); raw signing there "
-                      "could forge tokens. Use SignJwt")),
-                  "Sign", caller, request->scope());
-  }
+  if (absl::Status st = CheckPurpose(scope, RAW); !st.ok()) return refuse(st);
   const hsm::SignatureAlgorithm alg = scope.key.spec.algorithm;
   std::string digest;
   switch (request->input_case()) {
     case signet::v1::SignRequest::kPayload: {
       absl::StatusOr<std::string> d = hsm::DigestFor(alg, request->payload());
-      if (!d.ok()) return Refuse(context, d.status(), "Sign", caller, request->scope());
+      if (!d.ok()) return refuse(d.status());
       digest = *d;
       break;
     }
     case signet::v1::SignRequest::kDigest:
       if (request->digest().size() != hsm::DigestLength(alg)) {
-        return Refuse(context,
-                      absl::InvalidArgumentError(absl::StrCat(
-                          "digest is ", request->digest().size(),
-                          " bytes; ", scope.alg, " needs ",
-                          hsm::DigestLength(alg))),
-                      "Sign", caller, request->scope());
+        return refuse(absl::InvalidArgumentError(
+            absl::StrCat("digest is ", request->digest().size(), " bytes; ",
+                         scope.alg, " needs ", hsm::DigestLength(alg))));
       }
       digest = request->digest();
       break;
     default:
-      return Refuse(context,
-                    absl::InvalidArgumentError(
-                        "give either payload or digest to sign"),
-                    "Sign", caller, request->scope());
+      return refuse(
+          absl::InvalidArgumentError("give either payload or digest to sign"));
   }
-  absl::Status active = CheckActive(scope, absl::Now());
-  if (!active.ok()) return Refuse(context, active, "Sign", caller, request->scope());
-  absl::Status admitted = Admit(auth->tenant);
-  if (!admitted.ok()) {
-    return Refuse(context, admitted, "Sign", caller, request->scope());
+  if (absl::Status st = CheckActive(scope, absl::Now()); !st.ok()) {
+    return refuse(st);
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Tenant* tenant = auth->tenant;
-  auto call = std::make_shared<PendingCall>(
-      reactor, DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); });
-  absl::Status queued = auth->serving->workers->Submit(
-      [call, serving = auth->serving, scope_state = auth->scope, caller, digest,
-       response] {
-    if (call->answered() || absl::Now() >= call->deadline()) return;
-    const ScopeState& s = *scope_state;
-    absl::StatusOr<std::string> signature =
-        serving->store->SignDigest(s.key.key_id, digest, call->deadline());
-    AuditEvent event;
-    event.event = "sign";
-    event.caller = caller;
-    event.scope = s.config.name();
-    event.kid = s.key.thumbprint;
-    event.alg = s.alg;
-    event.input_sha256 = absl::BytesToHexString(digest);
-    if (!signature.ok()) {
-      event.event = "refuse";
-      event.result = absl::StatusCodeToString(signature.status().code());
-      serving->audit->AppendRefusal(event);
-      call->Finish(ToGrpcStatus(signature.status()));
-      return;
-    }
-    event.result = "OK";
-    if (!serving->audit->Append(event).ok()) {
-      call->Finish(ToGrpcStatus(absl::UnavailableError(
-          "the audit log cannot be written, so nothing is signed "
-          "(fail closed)")));
-      return;
-    }
-    call->Finish(grpc::Status::OK, [&] {
-      response->set_signature(*signature);
-      response->set_kid(s.key.thumbprint);
-      response->set_alg(s.alg);
-    });
-  });
-  if (!queued.ok()) {
-    call->Finish(ToGrpcStatus(queued));
-    return reactor;
+  if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
+  return Dispatch(
+      context, *auth,
+      [serving = auth->serving, scope_state = auth->scope, caller, digest,
+       response](PendingCall& call) {
+        const ScopeState& s = *scope_state;
+        absl::StatusOr<std::string> signature =
+            SignAudited(*serving, s, caller, digest,
+                        absl::BytesToHexString(digest), call.deadline());
+        if (!signature.ok()) {
+          call.Finish(ToGrpcStatus(signature.status()));
+          return;
+        }
+        call.Finish(grpc::Status::OK, [&] {
+          response->set_signature(*signature);
+          response->set_kid(s.key.thumbprint);
+          response->set_alg(s.alg);
+        });
+      });
+}
+
+absl::StatusOr<std::shared_ptr<const ScopeState>> SignerService::PublicScope(
+    grpc::CallbackServerContext* context, const std::string& scope_name,
+    signet::v1::Purpose purpose) {
+  absl::StatusOr<std::string> caller = Caller(context);
+  if (!caller.ok()) return caller.status();
+  std::shared_ptr<const ServingState> serving = Serving();
+  if (serving == nullptr) {
+    return absl::UnavailableError(
+        "signetd is starting: the scopes' keys are not ready yet");
   }
-  watchdog_.Watch(call);
-  return reactor;
+  auto scope = serving->scopes.find(scope_name);
+  if (scope == serving->scopes.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("no scope named \"", scope_name, "\""));
+  }
+  if (scope->second->config.purpose() != purpose) {
+    return absl::FailedPreconditionError(
+        purpose == JWT
+            ? absl::StrCat("scope ", scope_name,
+                           " is RAW: its keys are never published as JWKs; "
+                           "use GetPublicKeys")
+            : absl::StrCat("scope ", scope_name,
+                           " is a JWT scope; use GetJwks"));
+  }
+  return scope->second;
 }
 
 grpc::ServerUnaryReactor* SignerService::GetJwks(
@@ -467,33 +460,13 @@ grpc::ServerUnaryReactor* SignerService::GetJwks(
     const signet::v1::GetJwksRequest* request,
     signet::v1::GetJwksResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> caller = Caller(context);
-  if (!caller.ok()) {
-    reactor->Finish(ToGrpcStatus(caller.status()));
-    return reactor;
+  absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
+      PublicScope(context, request->scope(), JWT);
+  if (scope.ok()) {
+    response->set_jwks_json((*scope)->jwks_json);
+    response->set_version((*scope)->keys_version);
   }
-  std::shared_ptr<const ServingState> serving = Serving();
-  if (serving == nullptr) {
-    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
-        "signetd is starting: the scopes' keys are not ready yet")));
-    return reactor;
-  }
-  auto scope = serving->scopes.find(request->scope());
-  if (scope == serving->scopes.end()) {
-    reactor->Finish(ToGrpcStatus(absl::NotFoundError(
-        absl::StrCat("no scope named \"", request->scope(), "\""))));
-    return reactor;
-  }
-  if (scope->second->config.purpose() != JWT) {
-    reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
-        "scope ", request->scope(),
-        " is RAW: its keys are never published as JWKs; use "
-        "GetPublicKeys"))));
-    return reactor;
-  }
-  response->set_jwks_json(scope->second->jwks_json);
-  response->set_version(scope->second->keys_version);
-  reactor->Finish(grpc::Status::OK);
+  reactor->Finish(ToGrpcStatus(scope.status()));
   return reactor;
 }
 
@@ -502,34 +475,16 @@ grpc::ServerUnaryReactor* SignerService::GetPublicKeys(
     const signet::v1::GetPublicKeysRequest* request,
     signet::v1::GetPublicKeysResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> caller = Caller(context);
-  if (!caller.ok()) {
-    reactor->Finish(ToGrpcStatus(caller.status()));
-    return reactor;
+  absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
+      PublicScope(context, request->scope(), RAW);
+  if (scope.ok()) {
+    signet::v1::PublicKeyInfo* key = response->add_keys();
+    key->set_kid((*scope)->key.thumbprint);
+    key->set_alg((*scope)->alg);
+    key->set_spki_pem((*scope)->spki_pem);
+    response->set_version((*scope)->keys_version);
   }
-  std::shared_ptr<const ServingState> serving = Serving();
-  if (serving == nullptr) {
-    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
-        "signetd is starting: the scopes' keys are not ready yet")));
-    return reactor;
-  }
-  auto scope = serving->scopes.find(request->scope());
-  if (scope == serving->scopes.end()) {
-    reactor->Finish(ToGrpcStatus(absl::NotFoundError(
-        absl::StrCat("no scope named \"", request->scope(), "\""))));
-    return reactor;
-  }
-  if (scope->second->config.purpose() != RAW) {
-    reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
-        "scope ", request->scope(), " is a JWT scope; use GetJwks"))));
-    return reactor;
-  }
-  signet::v1::PublicKeyInfo* key = response->add_keys();
-  key->set_kid(scope->second->key.thumbprint);
-  key->set_alg(scope->second->alg);
-  key->set_spki_pem(scope->second->spki_pem);
-  response->set_version(scope->second->keys_version);
-  reactor->Finish(grpc::Status::OK);
+  reactor->Finish(ToGrpcStatus(scope.status()));
   return reactor;
 }
 

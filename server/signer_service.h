@@ -25,6 +25,7 @@
 #include "hsm/key_store.h"
 #include "rotation/key_record.pb.h"
 #include "server/audit_log.h"
+#include "server/claims.h"
 #include "server/pending_call.h"
 #include "server/worker_pool.h"
 #include "signet/v1/config.pb.h"
@@ -122,6 +123,20 @@ class SignerService final : public signet::v1::Signer::CallbackService {
   absl::Time DeadlineOf(grpc::CallbackServerContext* context) const;
   // Takes a slot of the tenant's concurrency limit; RESOURCE_EXHAUSTED.
   absl::Status Admit(Tenant* tenant);
+  ClaimsPolicy PolicyFor(const ScopeState& scope, absl::Time now) const;
+  static absl::Status CheckPurpose(const ScopeState& scope,
+                                   signet::v1::Purpose wanted);
+  // Posts `work` to the worker pool for an admitted request and arms the
+  // deadline watchdog; answers RESOURCE_EXHAUSTED when the queue is full.
+  grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* context,
+                                     const Authorized& auth,
+                                     std::function<void(PendingCall&)> work);
+  // A scope for the public-key RPCs: any authenticated caller; NOT_FOUND
+  // for an unknown scope (names are public); FAILED_PRECONDITION for the
+  // other purpose.
+  absl::StatusOr<std::shared_ptr<const ScopeState>> PublicScope(
+      grpc::CallbackServerContext* context, const std::string& scope_name,
+      signet::v1::Purpose purpose);
   // Refuses on the callback thread, with an audit refusal line.
   grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
                                    const absl::Status& status,

@@ -535,34 +535,47 @@ TEST_F(SignerTest, LimitsHoldWhileTheHsmIsStalled) {
     req.set_scope("alpha-es256");
     req.set_claims_json(Claims("alpha-es256"));
     v1::SignJwtResponse resp;
-    grpc::Status st = stub->SignJwt(&ctx, req, &resp);
-    return st.error_code();
+    return stub->SignJwt(&ctx, req, &resp);
   };
   // The flood tenant fills its 2 slots...
   std::vector<std::thread> threads;
-  std::vector<grpc::StatusCode> flood_codes(2);
+  std::vector<grpc::Status> flood_results(2);
   for (int i = 0; i < 2; ++i) {
-    threads.emplace_back([&, i] { flood_codes[i] = send(flood.get(), 4); });
+    threads.emplace_back([&, i] { flood_results[i] = send(flood.get(), 5); });
   }
   absl::SleepFor(absl::Milliseconds(500));
-  // ...so its third request is refused at once,
-  EXPECT_EQ(send(flood.get(), 4), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  // while alpha is still admitted: it fills the workers (4, two taken by
-  // flood) and the queue (8)...
-  std::vector<grpc::StatusCode> alpha_codes(10);
-  for (int i = 0; i < 10; ++i) {
-    threads.emplace_back([&, i] { alpha_codes[i] = send(alpha.get(), 4); });
+  // ...so its third request is refused at once with its own limit,
+  grpc::Status third = send(flood.get(), 5);
+  EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(third.error_message(), HasSubstr("in flight"));
+  // while alpha is still admitted. Its flood fills the workers (4) and the
+  // queue (8): past that, RESOURCE_EXHAUSTED "at capacity"; the admitted
+  // ones wait in the queue until their deadline: DEADLINE_EXCEEDED.
+  constexpr int kAlpha = 30;
+  std::vector<grpc::Status> alpha_results(kAlpha);
+  for (int i = 0; i < kAlpha; ++i) {
+    threads.emplace_back([&, i] { alpha_results[i] = send(alpha.get(), 5); });
   }
-  absl::SleepFor(absl::Milliseconds(800));
-  // ...and the next request finds the queue full.
-  EXPECT_EQ(send(alpha.get(), 4), grpc::StatusCode::RESOURCE_EXHAUSTED);
   for (auto& t : threads) t.join();
-  for (grpc::StatusCode code : flood_codes) {
-    EXPECT_EQ(code, grpc::StatusCode::DEADLINE_EXCEEDED);
+  for (const grpc::Status& st : flood_results) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+        << st.error_message();
   }
-  for (grpc::StatusCode code : alpha_codes) {
-    EXPECT_EQ(code, grpc::StatusCode::DEADLINE_EXCEEDED);
+  int at_capacity = 0;
+  int timed_out = 0;
+  for (const grpc::Status& st : alpha_results) {
+    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      EXPECT_THAT(st.error_message(), HasSubstr("at capacity"));
+      ++at_capacity;
+    } else {
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+          << st.error_message();
+      ++timed_out;
+    }
   }
+  // At most workers + queue (4 + 8) were admitted.
+  EXPECT_GE(at_capacity, kAlpha - 12);
+  EXPECT_GT(timed_out, 0);
   ASSERT_TRUE(hsm_->Resume().ok());
   bool resumed = false;
   v1::SignJwtResponse resp;
