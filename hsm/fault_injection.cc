@@ -30,6 +30,32 @@ std::vector<CK_MECHANISM_TYPE> FaultInjector::hidden_mechanisms() const {
   return hidden_mechs_;
 }
 
+void FaultInjector::Block(absl::string_view call) {
+  absl::MutexLock lock(&mu_);
+  blocked_call_ = std::string(call);
+}
+
+void FaultInjector::Release() {
+  absl::MutexLock lock(&mu_);
+  blocked_call_.clear();
+}
+
+int FaultInjector::Blocked() const {
+  absl::MutexLock lock(&mu_);
+  return blocked_;
+}
+
+void FaultInjector::WaitIfBlocked(absl::string_view call) {
+  absl::MutexLock lock(&mu_);
+  if (blocked_call_ != call) return;
+  ++blocked_;
+  auto released = [this, call]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return blocked_call_ != call;
+  };
+  mu_.Await(absl::Condition(&released));
+  --blocked_;
+}
+
 void FaultInjector::HideSlots(bool hide) {
   absl::MutexLock lock(&mu_);
   hide_slots_ = hide;
@@ -190,6 +216,7 @@ class FaultInjectingConnection : public ModuleConnection {
   CK_RV Sign(CK_SESSION_HANDLE h, const unsigned char* d, CK_ULONG n,
              unsigned char* s, CK_ULONG* sn) override {
     SIGNET_INJECT("C_Sign");
+    injector_->WaitIfBlocked("C_Sign");
     return inner_->Sign(h, d, n, s, sn);
   }
   CK_RV GenerateRandom(CK_SESSION_HANDLE h, unsigned char* o,

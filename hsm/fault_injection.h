@@ -30,6 +30,11 @@ class FaultInjector {
   void FailAttribute(CK_ATTRIBUTE_TYPE type, CK_RV rv);
   // C_GetMechanismList leaves out `mechanism`.
   void HideMechanism(CK_MECHANISM_TYPE mechanism);
+  // Calls of `call` block (like a stalled HSM) until Release(); how many are
+  // blocked right now.
+  void Block(absl::string_view call);
+  void Release();
+  int Blocked() const;
   // C_GetSlotList shows no slot (the p11-kit client's "server missing").
   void HideSlots(bool hide);
   void Clear();
@@ -40,6 +45,7 @@ class FaultInjector {
 
   // Used by the wrapper.
   bool TakeFailure(absl::string_view call, CK_RV* rv);
+  void WaitIfBlocked(absl::string_view call);
   void CountConnect();
   bool hide_slots() const;
   std::vector<CK_MECHANISM_TYPE> hidden_mechanisms() const;
@@ -58,6 +64,8 @@ class FaultInjector {
   std::map<CK_ATTRIBUTE_TYPE, CK_RV> attr_failures_ ABSL_GUARDED_BY(mu_);
   std::vector<CK_MECHANISM_TYPE> hidden_mechs_ ABSL_GUARDED_BY(mu_);
   bool hide_slots_ ABSL_GUARDED_BY(mu_) = false;
+  std::string blocked_call_ ABSL_GUARDED_BY(mu_);
+  int blocked_ ABSL_GUARDED_BY(mu_) = 0;
   int connects_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -48,6 +48,7 @@ SessionPool::Lease::Lease(Lease&& other) noexcept
       index_(other.index_),
       connection_(std::move(other.connection_)),
       session_(other.session_),
+      id_(other.id_),
       lost_(other.lost_) {
   other.pool_ = nullptr;
 }
@@ -217,11 +218,50 @@ void SessionPool::MarkDown(ConnectionSlot& slot, absl::Status why) {
   recovery_kick_ = true;
 }
 
+void SessionPool::DropIdleOf(const std::shared_ptr<Connection>& connection) {
+  idle_.erase(std::remove_if(idle_.begin(), idle_.end(),
+                             [&](const IdleSession& s) {
+                               return s.connection == connection;
+                             }),
+              idle_.end());
+}
+
+std::vector<std::shared_ptr<Connection>> SessionPool::AbandonStalled() {
+  std::vector<std::shared_ptr<Connection>> dropped;
+  const absl::Time now = absl::Now();
+  for (const auto& [id, info] : leases_) {
+    ConnectionSlot& slot = slots_[info.index];
+    if (now - info.since < options_.stall_threshold ||
+        slot.connection.get() != info.connection) {
+      continue;
+    }
+    // Never finalized here: the stuck lease keeps the connection alive,
+    // and it closes normally if the call ever returns.
+    dropped.push_back(slot.connection);
+    DropIdleOf(slot.connection);
+    MarkDown(slot, absl::UnavailableError(absl::StrCat(
+                       "a PKCS#11 call has not returned for ",
+                       absl::FormatDuration(now - info.since),
+                       ": the HSM connection is stalled and was abandoned")));
+    slot.next_attempt = now;  // replace it right away
+    ++abandoned_;
+  }
+  return dropped;
+}
+
 void SessionPool::RecoveryLoop() {
   absl::MutexLock lock(&mu_);
   while (!shutdown_) {
+    std::vector<std::shared_ptr<Connection>> abandoned = AbandonStalled();
+    if (!abandoned.empty()) {
+      mu_.Unlock();
+      abandoned.clear();  // drops our references, outside the lock
+      mu_.Lock();
+    }
     if (MaybeReconnect()) continue;
-    absl::Time wake = absl::InfiniteFuture();
+    // Also a periodic look at the leases, for stalls.
+    absl::Time wake =
+        absl::Now() + std::min(options_.stall_threshold / 4, absl::Seconds(1));
     for (const ConnectionSlot& slot : slots_) {
       if (!slot.connection && !slot.reconnecting) {
         wake = std::min(wake, slot.next_attempt);
@@ -239,6 +279,7 @@ void SessionPool::Release(Lease& lease) {
   std::shared_ptr<Connection> dropped;
   {
     absl::MutexLock lock(&mu_);
+    leases_.erase(lease.id_);
     ConnectionSlot& slot = slots_[lease.index_];
     bool current = slot.connection == lease.connection_;
     if (lease.lost_) {
@@ -250,11 +291,7 @@ void SessionPool::Release(Lease& lease) {
         slot.next_attempt = absl::Now();
       }
       // Sessions of the lost connection are not reused.
-      idle_.erase(std::remove_if(idle_.begin(), idle_.end(),
-                                 [&](const IdleSession& s) {
-                                   return s.connection == lease.connection_;
-                                 }),
-                  idle_.end());
+      DropIdleOf(lease.connection_);
     } else if (current) {
       idle_.push_back({lease.index_, lease.connection_, lease.session_});
     }
@@ -300,7 +337,9 @@ absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
       IdleSession s = std::move(idle_.front());
       idle_.pop_front();
       if (slots_[s.index].connection == s.connection) {
-        return Lease(this, s.index, std::move(s.connection), s.session);
+        const uint64_t id = next_lease_id_++;
+        leases_[id] = LeaseInfo{s.index, s.connection.get(), absl::Now()};
+        return Lease(this, s.index, std::move(s.connection), s.session, id);
       }
     }
     const absl::Time now = absl::Now();
@@ -343,6 +382,11 @@ int SessionPool::LiveConnections() const {
   int up = 0;
   for (const ConnectionSlot& slot : slots_) up += slot.connection != nullptr;
   return up;
+}
+
+int SessionPool::AbandonedConnections() const {
+  absl::MutexLock lock(&mu_);
+  return abandoned_;
 }
 
 absl::Status SessionPool::LastError() const {

@@ -7,6 +7,10 @@
 // with retry, because opening several at the same moment can fail C_Login
 // with CKR_GENERAL_ERROR.
 //
+// Stalls: a lease held past stall_threshold abandons its connection (see
+// SessionPoolOptions). When the stuck call returns, the old connection is
+// closed like any other.
+//
 // Recovery: a lease whose call answered a connection-lost CK_RV (see
 // IsConnectionLost) marks its connection down. A recovery thread owned by
 // the pool re-establishes down connections (a new module load: initialize,
@@ -56,6 +60,12 @@ struct SessionPoolOptions {
   // Backoff after a PIN or configuration failure: never retried hot, since
   // SoftHSM has no PIN lockout of its own.
   absl::Duration misconfigured_backoff = absl::Seconds(60);
+  // A lease held longer than this means its connection is stalled (a
+  // stopped HSM blocks a call with no timeout, and the call cannot be
+  // cancelled): the connection is abandoned — no new work goes to it, it is
+  // never finalized while the call is stuck — and a replacement is opened.
+  // Generous, because generating an RSA-4096 key takes seconds.
+  absl::Duration stall_threshold = absl::Seconds(10);
 };
 
 // One established module connection: a token found, sessions open, user
@@ -118,16 +128,18 @@ class SessionPool {
    private:
     friend class SessionPool;
     Lease(SessionPool* pool, size_t index, std::shared_ptr<Connection> conn,
-          CK_SESSION_HANDLE session)
+          CK_SESSION_HANDLE session, uint64_t id)
         : pool_(pool),
           index_(index),
           connection_(std::move(conn)),
-          session_(session) {}
+          session_(session),
+          id_(id) {}
 
     SessionPool* pool_;
     size_t index_;
     std::shared_ptr<Connection> connection_;
     CK_SESSION_HANDLE session_;
+    uint64_t id_;
     bool lost_ = false;
   };
 
@@ -151,6 +163,8 @@ class SessionPool {
 
   // Number of connections up right now, and configured.
   int LiveConnections() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Connections abandoned because a call on them stalled, since start.
+  int AbandonedConnections() const ABSL_LOCKS_EXCLUDED(mu_);
   int ConfiguredConnections() const { return options_.connections; }
   int Capacity() const {
     return options_.connections * options_.sessions_per_connection;
@@ -186,6 +200,12 @@ class SessionPool {
   bool MaybeReconnect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkDown(ConnectionSlot& slot, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Abandons connections with a lease held past stall_threshold. Returns
+  // the connections to drop (outside the lock).
+  std::vector<std::shared_ptr<Connection>> AbandonStalled()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropIdleOf(const std::shared_ptr<Connection>& connection)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::unique_ptr<Connector> connector_;
   const TokenUri token_;
@@ -196,6 +216,14 @@ class SessionPool {
   std::vector<ConnectionSlot> slots_ ABSL_GUARDED_BY(mu_);
   std::deque<IdleSession> idle_ ABSL_GUARDED_BY(mu_);
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
+  struct LeaseInfo {
+    size_t index;
+    Connection* connection;
+    absl::Time since;
+  };
+  absl::flat_hash_map<uint64_t, LeaseInfo> leases_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int abandoned_ ABSL_GUARDED_BY(mu_) = 0;
   bool recovery_kick_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   std::thread recovery_;

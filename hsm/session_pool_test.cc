@@ -1,6 +1,7 @@
 #include "hsm/session_pool.h"
 
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -144,6 +145,50 @@ TEST_F(SessionPoolTest, OtherConnectionsKeepServingWhileOneIsDown) {
     ASSERT_TRUE(lease.ok()) << lease.status();
   }
   EXPECT_EQ((*pool)->LiveConnections(), 1);
+}
+
+TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
+  SessionPoolOptions options;
+  options.connections = 2;
+  options.sessions_per_connection = 2;
+  options.stall_threshold = absl::Milliseconds(300);
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok());
+  injector_->Block("C_Sign");
+  uint64_t stuck_id = 0;
+  std::thread stuck([&] {
+    auto lease = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(lease.ok());
+    stuck_id = lease->connection().id();
+    unsigned char sig[8];
+    CK_ULONG len = sizeof(sig);
+    // Blocks like a C_Sign into a stopped HSM.
+    (void)lease->api().Sign(lease->session(),
+                            reinterpret_cast<const unsigned char*>("x"), 1,
+                            sig, &len);
+  });
+  while (injector_->Blocked() == 0) absl::SleepFor(absl::Milliseconds(10));
+  // The stalled connection is abandoned and replaced; no lease handed out
+  // afterwards is on it.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while ((*pool)->AbandonedConnections() == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ((*pool)->AbandonedConnections(), 1);
+  while ((*pool)->LiveConnections() < 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ((*pool)->LiveConnections(), 2);
+  EXPECT_GE(injector_->Connects(), 3);
+  for (int i = 0; i < 8; ++i) {
+    auto lease = (*pool)->Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    EXPECT_NE(lease->connection().id(), stuck_id);
+  }
+  // The HSM comes back: the stuck call returns and is let go normally.
+  injector_->Release();
+  stuck.join();
+  EXPECT_EQ((*pool)->LiveConnections(), 2);
 }
 
 }  // namespace

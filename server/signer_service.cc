@@ -16,6 +16,8 @@ namespace {
 using signet::v1::JWT;
 using signet::v1::RAW;
 
+constexpr size_t kMaxCachedIdentities = 4096;
+
 std::string Sha256Hex(absl::string_view data) {
   absl::StatusOr<std::string> d = hsm::Sha256(data);
   return d.ok() ? absl::BytesToHexString(*d) : std::string();
@@ -93,7 +95,20 @@ absl::StatusOr<std::string> SignerService::Caller(
   if (options_.plaintext) return std::string("insecure:plaintext");
   std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   if (auth == nullptr) return absl::UnauthenticatedError("no TLS peer");
-  return IdentityFromAuthContext(*auth);
+  std::vector<grpc::string_ref> pem = auth->FindPropertyValues("x509_pem_cert");
+  if (pem.empty()) return absl::UnauthenticatedError("no client certificate");
+  std::string key(pem.front().data(), pem.front().size());
+  {
+    absl::MutexLock lock(&identities_mu_);
+    auto it = identities_.find(key);
+    if (it != identities_.end()) return it->second;
+  }
+  absl::StatusOr<std::string> identity = IdentityFromCertificatePem(key);
+  absl::MutexLock lock(&identities_mu_);
+  // Bounded: a flood of distinct certificates cannot grow it without limit.
+  if (identities_.size() >= kMaxCachedIdentities) identities_.clear();
+  identities_.emplace(std::move(key), identity);
+  return identity;
 }
 
 absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
