@@ -306,18 +306,26 @@ absl::Status Client::Call(
   return status;
 }
 
+template <typename Request, typename Response>
+absl::StatusOr<Response> Client::Unary(
+    absl::string_view method, const Request& request,
+    grpc::Status (v1::Signer::Stub::*rpc)(grpc::ClientContext*, const Request&,
+                                         Response*)) {
+  Response response;
+  absl::Status status = Call(method, [&](grpc::ClientContext* context) {
+    response.Clear();
+    return (stub_.get()->*rpc)(context, request, &response);
+  });
+  if (!status.ok()) return status;
+  return response;
+}
+
 absl::StatusOr<v1::SignJwtResponse> Client::SignJwt(
     absl::string_view scope, absl::string_view claims_json) {
   v1::SignJwtRequest request;
   request.set_scope(std::string(scope));
   request.set_claims_json(std::string(claims_json));
-  v1::SignJwtResponse response;
-  absl::Status status = Call("SignJwt", [&](grpc::ClientContext* context) {
-    response.Clear();
-    return stub_->SignJwt(context, request, &response);
-  });
-  if (!status.ok()) return status;
-  return response;
+  return Unary("SignJwt", request, &v1::Signer::Stub::SignJwt);
 }
 
 absl::StatusOr<v1::SignJwtBatchResponse> Client::SignJwtBatch(
@@ -327,13 +335,7 @@ absl::StatusOr<v1::SignJwtBatchResponse> Client::SignJwtBatch(
   for (const std::string& claims : claims_json) {
     request.add_claims_json(claims);
   }
-  v1::SignJwtBatchResponse response;
-  absl::Status status = Call("SignJwtBatch", [&](grpc::ClientContext* context) {
-    response.Clear();
-    return stub_->SignJwtBatch(context, request, &response);
-  });
-  if (!status.ok()) return status;
-  return response;
+  return Unary("SignJwtBatch", request, &v1::Signer::Stub::SignJwtBatch);
 }
 
 absl::StatusOr<v1::SignResponse> Client::SignPayload(
@@ -341,13 +343,7 @@ absl::StatusOr<v1::SignResponse> Client::SignPayload(
   v1::SignRequest request;
   request.set_scope(std::string(scope));
   request.set_payload(std::string(payload));
-  v1::SignResponse response;
-  absl::Status status = Call("Sign", [&](grpc::ClientContext* context) {
-    response.Clear();
-    return stub_->Sign(context, request, &response);
-  });
-  if (!status.ok()) return status;
-  return response;
+  return Unary("Sign", request, &v1::Signer::Stub::Sign);
 }
 
 absl::StatusOr<v1::SignResponse> Client::SignDigest(absl::string_view scope,
@@ -355,39 +351,20 @@ absl::StatusOr<v1::SignResponse> Client::SignDigest(absl::string_view scope,
   v1::SignRequest request;
   request.set_scope(std::string(scope));
   request.set_digest(std::string(digest));
-  v1::SignResponse response;
-  absl::Status status = Call("Sign", [&](grpc::ClientContext* context) {
-    response.Clear();
-    return stub_->Sign(context, request, &response);
-  });
-  if (!status.ok()) return status;
-  return response;
+  return Unary("Sign", request, &v1::Signer::Stub::Sign);
 }
 
 absl::StatusOr<v1::GetJwksResponse> Client::GetJwks(absl::string_view scope) {
   v1::GetJwksRequest request;
   request.set_scope(std::string(scope));
-  v1::GetJwksResponse response;
-  absl::Status status = Call("GetJwks", [&](grpc::ClientContext* context) {
-    response.Clear();
-    return stub_->GetJwks(context, request, &response);
-  });
-  if (!status.ok()) return status;
-  return response;
+  return Unary("GetJwks", request, &v1::Signer::Stub::GetJwks);
 }
 
 absl::StatusOr<v1::GetPublicKeysResponse> Client::GetPublicKeys(
     absl::string_view scope) {
   v1::GetPublicKeysRequest request;
   request.set_scope(std::string(scope));
-  v1::GetPublicKeysResponse response;
-  absl::Status status =
-      Call("GetPublicKeys", [&](grpc::ClientContext* context) {
-        response.Clear();
-        return stub_->GetPublicKeys(context, request, &response);
-      });
-  if (!status.ok()) return status;
-  return response;
+  return Unary("GetPublicKeys", request, &v1::Signer::Stub::GetPublicKeys);
 }
 
 }  // namespace signet::client

@@ -142,6 +142,13 @@ class Client {
 
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
+  // One RPC through Call(): the response of the last attempt.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Unary(
+      absl::string_view method, const Request& request,
+      grpc::Status (v1::Signer::Stub::*rpc)(grpc::ClientContext*,
+                                           const Request&, Response*));
+
   std::unique_ptr<v1::Signer::Stub> stub_;
 };
 
