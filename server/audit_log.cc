@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -261,11 +263,29 @@ absl::Status SyncParentDirectory(absl::string_view path) {
   return status;
 }
 
-void SendToSyslog(int priority, const std::string& message) {
-  static std::once_flag opened;
-  std::call_once(
-      opened, [] { openlog("signetd", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV); });
-  syslog(LOG_AUTHPRIV | priority, "%s", message.c_str());
+// To the system's syslog(3), or, when `socket_path` is set, as one RFC 3164
+// datagram ("<PRI>signetd[pid]: message") to that unix datagram socket.
+void SendToSyslog(int priority, const std::string& message,
+                  const std::string& socket_path) {
+  if (socket_path.empty()) {
+    static std::once_flag opened;
+    std::call_once(opened, [] {
+      openlog("signetd", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV);
+    });
+    syslog(LOG_AUTHPRIV | priority, "%s", message.c_str());
+    return;
+  }
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof(addr.sun_path)) return;
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  ScopedFd fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) return;
+  const std::string datagram = absl::StrCat(
+      "<", LOG_AUTHPRIV | priority, ">signetd[", getpid(), "]: ", message);
+  // Best effort, like syslog(3): the file already holds the line.
+  (void)sendto(fd.get(), datagram.data(), datagram.size(), MSG_NOSIGNAL,
+               reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
 }
 
 }  // namespace
@@ -787,11 +807,14 @@ void AuditLog::WriterLoop() {
       // does not.
       mu_.Unlock();
       for (const std::string& line : checkpoint_lines) {
-        SendToSyslog(LOG_NOTICE, absl::StrCat("audit-checkpoint ", line));
+        SendToSyslog(LOG_NOTICE, absl::StrCat("audit-checkpoint ", line),
+                     options_.syslog_socket);
       }
       if (!checkpoint_status.ok()) {
-        SendToSyslog(LOG_WARNING, absl::StrCat("audit-checkpoint-failed ",
-                                               checkpoint_status.ToString()));
+        SendToSyslog(LOG_WARNING,
+                     absl::StrCat("audit-checkpoint-failed ",
+                                  checkpoint_status.ToString()),
+                     options_.syslog_socket);
       }
       mu_.Lock();
     }

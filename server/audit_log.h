@@ -113,6 +113,10 @@ struct AuditLogOptions {
   // in the file. A failed checkpoint is sent with LOG_WARNING. Note that
   // openlog() is process-wide.
   bool syslog = true;
+  // Where "syslog" goes: empty for the system's syslog(3) (/dev/log), else a
+  // unix datagram socket that receives RFC 3164 messages (a log shipper's
+  // own socket, or a test's).
+  std::string syslog_socket;
   // Refusals beyond this many per second (by `now`) are not written one by
   // one but counted into one "refusal_summary" line per second, so a flood
   // of bad requests cannot fill the disk and stop signing. Must be >= 0.

@@ -395,6 +395,7 @@ int Run() {
   AuditLogOptions audit_options;
   audit_options.path = config->audit_log_path();
   audit_options.checkpoint_kid = audit_key->key.thumbprint;
+  audit_options.syslog_socket = config->audit_syslog_socket();
   const std::string audit_key_id = audit_key->key.key_id;
   audit_options.sign_checkpoint =
       [&store, audit_key_id](absl::string_view digest) {

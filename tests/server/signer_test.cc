@@ -1,11 +1,14 @@
 // The Signer service end to end: SoftHSM2 behind a real `p11-kit server`,
 // signetd as a real process, real gRPC over loopback with mTLS.
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <fstream>
 #include <atomic>
 #include <memory>
@@ -189,11 +192,11 @@ class SignerTest : public ::testing::Test {
   // A second signetd on the same token (its keys exist, so it writes
   // nothing there) with its own audit log, for tests that break it.
   static std::unique_ptr<SignetdProcess> StartSecondSignetd(
-      const std::string& audit_dir, int* port) {
+      const std::string& audit_dir, int* port, absl::string_view extra = "") {
     mkdir(audit_dir.c_str(), 0700);
     SignetdOptions options;
     options.binary = SIGNETD_BINARY;
-    options.config_text = ConfigWithAudit(audit_dir);
+    options.config_text = ConfigWithAudit(audit_dir, extra);
     auto signetd = SignetdProcess::Start(token_->dir(), options);
     EXPECT_TRUE(signetd.ok()) << signetd.status();
     if (!signetd.ok()) return nullptr;
@@ -655,6 +658,71 @@ TEST_F(SignerTest, AfterKillNineEveryReceivedTokenHasItsAuditLine) {
       absl::Seconds(30));
   ASSERT_TRUE(verify.ok());
   EXPECT_EQ(verify->exit_code, 0) << verify->output;
+}
+
+// The off-host copy: every checkpoint goes to the syslog sink once it is in
+// the file, and with the sink's last checkpoint a cut-off tail is found.
+TEST_F(SignerTest, CheckpointsReachTheSyslogSinkAndACutTailIsFound) {
+  std::string dir = token_->dir() + "/audit-syslog";
+  mkdir(dir.c_str(), 0700);
+  const std::string sink_path = dir + "/syslog.sock";
+  int sink = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(sink, 0);
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, sink_path.c_str(), sink_path.size());
+  ASSERT_EQ(bind(sink, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  int port = 0;
+  auto signetd = StartSecondSignetd(
+      dir, &port, absl::StrCat("audit_syslog_socket: \"", sink_path, "\"\n"));
+  ASSERT_NE(signetd, nullptr);
+  v1::SignJwtResponse resp;
+  ASSERT_TRUE(SignJwt(*Stub(alpha_, nullptr, port), "alpha-es256",
+                      Claims("alpha-es256"), &resp)
+                  .ok());
+  auto code = signetd->Stop(SIGTERM, absl::Seconds(30));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
+  // The final checkpoint, as the sink received it.
+  std::string last;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = recv(sink, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n <= 0) break;
+    std::string datagram(buf, n);
+    EXPECT_EQ(datagram.rfind("<85>signetd[", 0), 0u) << datagram;
+    size_t at = datagram.find("audit-checkpoint {");
+    if (at != std::string::npos) last = datagram.substr(at + 17);
+  }
+  close(sink);
+  ASSERT_FALSE(last.empty()) << "no checkpoint reached the sink";
+  const std::string log = dir + "/audit.log";
+  auto verify = [&](const std::string& path) {
+    return testing::RunProcess(
+        {.argv = {SIGNETD_BINARY, "audit-verify",
+                  "--audit_public_key=" + dir + "/audit-checkpoint-key.pem",
+                  "--expected_checkpoint=" + last, path}},
+        absl::Seconds(30));
+  };
+  auto whole = verify(log);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->exit_code, 0) << whole->output;
+  // Cut the tail back past that checkpoint (as someone hiding the last
+  // signatures would): the file alone still chains, the sink's copy does not
+  // match any more.
+  std::ifstream in(log);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  ASSERT_GE(lines.size(), 3u);
+  const std::string cut = dir + "/audit-cut.log";
+  {
+    std::ofstream out(cut);
+    for (size_t i = 0; i + 2 < lines.size(); ++i) out << lines[i] << "\n";
+  }
+  auto truncated = verify(cut);
+  ASSERT_TRUE(truncated.ok());
+  EXPECT_NE(truncated->exit_code, 0) << truncated->output;
+  EXPECT_THAT(truncated->output, HasSubstr("cut off"));
 }
 
 }  // namespace
