@@ -40,13 +40,13 @@
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
 #include "tests/testing/temp_token.h"
+#include "tests/testing/test_bed.h"
 
 namespace signet {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-using testing::P11KitServer;
 using testing::SignetdOptions;
 using testing::SignetdProcess;
 using testing::TempToken;
@@ -134,18 +134,11 @@ class SignetctlTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     signal(SIGPIPE, SIG_IGN);
-    auto token = TempToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status();
-    token_ = token->release();
-    auto server = P11KitServer::Start(*token_);
-    ASSERT_TRUE(server.ok()) << server.status();
-    hsm_ = server->release();
-    auto ca = TestCa::Create(token_->dir(), "ca");
-    ASSERT_TRUE(ca.ok()) << ca.status();
-    ca_ = ca->release();
-    auto server_cert = ca_->IssueServer("server");
-    ASSERT_TRUE(server_cert.ok()) << server_cert.status();
-    server_cert_ = new TestCa::Issued(*server_cert);
+    auto bed = testing::SignetTestBed::Create();
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = bed->release();
+    token_ = &bed_->token();
+    ca_ = &bed_->ca();
     auto consumer = ca_->Issue(
         "demo-consumer", {.uri_sans = {kConsumerUri}, .eku = "clientAuth"});
     ASSERT_TRUE(consumer.ok()) << consumer.status();
@@ -170,21 +163,15 @@ class SignetctlTest : public ::testing::Test {
 
   static void TearDownTestSuite() {
     delete signetd_;
-    delete hsm_;
-    delete server_cert_;
     delete consumer_;
-    delete ca_;
-    delete token_;
+    delete bed_;
   }
 
   // The demo configuration of scripts/run, plus a RAW scope for the
   // consumer tenant.
   static std::string Config() {
     return absl::StrCat(
-        "grpc_listen_address: \"127.0.0.1:0\"\n", "hsm { module_path: \"",
-        P11KitServer::client_module_path(), "\" p11_kit_server_address: \"",
-        hsm_->address(), "\" token_uri: \"", token_->token_uri(),
-        "\" pin_file: \"", token_->pin_file_path(), "\" }\n",
+        "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
         "scopes { name: \"demo-consumer\" audience_class: CONSUMER "
         "purpose: JWT issuer: \"",
         kConsumerIssuer,
@@ -194,9 +181,7 @@ class SignetctlTest : public ::testing::Test {
         "algorithm: ES256 max_token_lifetime_seconds: 3600 }\n",
         "scopes { name: \"demo-raw\" audience_class: ENTERPRISE purpose: RAW "
         "issuer: \"https://raw.signet.example\" algorithm: ES256 }\n",
-        "tls { cert_file: \"", server_cert_->cert_path, "\" key_file: \"",
-        server_cert_->key_path, "\" client_ca_file: \"", ca_->cert_path(),
-        "\" }\n", "tenants { identity: \"uri:", kConsumerUri,
+        bed_->TlsConfig(), "tenants { identity: \"uri:", kConsumerUri,
         "\" scopes: \"demo-consumer\" scopes: \"demo-raw\" }\n",
         "tenants { identity: \"uri:", kEnterpriseUri,
         "\" scopes: \"demo-enterprise\" }\n",
@@ -302,10 +287,9 @@ class SignetctlTest : public ::testing::Test {
     return {fd, ntohs(addr.sin_port)};
   }
 
+  static inline testing::SignetTestBed* bed_ = nullptr;
   static inline TempToken* token_ = nullptr;
-  static inline P11KitServer* hsm_ = nullptr;
   static inline TestCa* ca_ = nullptr;
-  static inline TestCa::Issued* server_cert_ = nullptr;
   static inline TestCa::Issued* consumer_ = nullptr;
   static inline SignetdProcess* signetd_ = nullptr;
   static inline std::string audit_dir_;

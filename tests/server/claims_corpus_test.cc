@@ -60,6 +60,7 @@
 #include "tests/testing/pki.h"
 #include "tests/testing/signetd_process.h"
 #include "tests/testing/temp_token.h"
+#include "tests/testing/test_bed.h"
 
 #ifndef SIGNETD_BINARY
 #error "SIGNETD_BINARY must name the signetd binary"
@@ -73,7 +74,6 @@ namespace {
 
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
-using testing::P11KitServer;
 using testing::SignetdOptions;
 using testing::SignetdProcess;
 using testing::TempToken;
@@ -222,18 +222,11 @@ class ClaimsCorpusTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     signal(SIGPIPE, SIG_IGN);
-    auto token = TempToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status();
-    token_ = token->release();
-    auto server = P11KitServer::Start(*token_);
-    ASSERT_TRUE(server.ok()) << server.status();
-    hsm_ = server->release();
-    auto ca = TestCa::Create(token_->dir(), "ca");
-    ASSERT_TRUE(ca.ok()) << ca.status();
-    ca_ = ca->release();
-    auto server_cert = ca_->IssueServer("server");
-    ASSERT_TRUE(server_cert.ok()) << server_cert.status();
-    server_cert_ = new TestCa::Issued(*server_cert);
+    auto bed = testing::SignetTestBed::Create();
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = bed->release();
+    token_ = &bed_->token();
+    ca_ = &bed_->ca();
     auto client = ca_->Issue("consumer-idp",
                              {.uri_sans = {kTenant}, .eku = "clientAuth"});
     ASSERT_TRUE(client.ok()) << client.status();
@@ -244,10 +237,7 @@ class ClaimsCorpusTest : public ::testing::Test {
     SignetdOptions options;
     options.binary = SIGNETD_BINARY;
     options.config_text = absl::StrCat(
-        "grpc_listen_address: \"127.0.0.1:0\"\n", "hsm { module_path: \"",
-        P11KitServer::client_module_path(), "\" p11_kit_server_address: \"",
-        hsm_->address(), "\" token_uri: \"", token_->token_uri(),
-        "\" pin_file: \"", token_->pin_file_path(), "\" }\n",
+        "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
         "scopes { name: \"", kScope,
         "\" audience_class: CONSUMER purpose: JWT issuer: \"", kIssuer,
         "\" algorithm: ES256 max_token_lifetime_seconds: 3600 }\n",
@@ -256,9 +246,7 @@ class ClaimsCorpusTest : public ::testing::Test {
         "scopes { name: \"enterprise\" audience_class: ENTERPRISE purpose: "
         "JWT issuer: \"https://enterprise.signet.example\" algorithm: ES256 "
         "}\n",
-        "tls { cert_file: \"", server_cert_->cert_path, "\" key_file: \"",
-        server_cert_->key_path, "\" client_ca_file: \"", ca_->cert_path(),
-        "\" }\n", "tenants { identity: \"uri:", kTenant, "\" scopes: \"",
+        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant, "\" scopes: \"",
         kScope, "\" }\n", "serving { iat_skew_seconds: 60 }\n",
         "audit_log_path: \"", audit_dir, "/audit.log\"\n");
     auto signetd = SignetdProcess::Start(token_->dir(), options);
@@ -280,11 +268,8 @@ class ClaimsCorpusTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete channel_;
     delete signetd_;
-    delete hsm_;
-    delete server_cert_;
     delete client_;
-    delete ca_;
-    delete token_;
+    delete bed_;
   }
 
   static void Deadline(grpc::ClientContext& ctx) {
@@ -362,10 +347,9 @@ class ClaimsCorpusTest : public ::testing::Test {
     return answer;
   }
 
+  static inline testing::SignetTestBed* bed_ = nullptr;
   static inline TempToken* token_ = nullptr;
-  static inline P11KitServer* hsm_ = nullptr;
   static inline TestCa* ca_ = nullptr;
-  static inline TestCa::Issued* server_cert_ = nullptr;
   static inline TestCa::Issued* client_ = nullptr;
   static inline SignetdProcess* signetd_ = nullptr;
   static inline std::shared_ptr<grpc::Channel>* channel_ = nullptr;

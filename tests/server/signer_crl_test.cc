@@ -28,6 +28,7 @@
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
 #include "tests/testing/temp_token.h"
+#include "tests/testing/test_bed.h"
 
 #ifndef SIGNETD_BINARY
 #error "SIGNETD_BINARY must name the signetd binary"
@@ -38,7 +39,6 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-using testing::P11KitServer;
 using testing::SignetdOptions;
 using testing::SignetdProcess;
 using testing::TempToken;
@@ -61,22 +61,15 @@ class SignerCrlTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     signal(SIGPIPE, SIG_IGN);
-    auto token = TempToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status();
-    token_ = token->release();
-    auto server = P11KitServer::Start(*token_);
-    ASSERT_TRUE(server.ok()) << server.status();
-    hsm_ = server->release();
     // Distinct CNs, so the refusal messages can be matched to the CA.
-    auto ca = TestCa::Create(token_->dir(), "client-ca");
-    ASSERT_TRUE(ca.ok()) << ca.status();
-    ca_ = ca->release();
+    auto bed = testing::SignetTestBed::Create("client-ca");
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = bed->release();
+    token_ = &bed_->token();
+    ca_ = &bed_->ca();
     auto other = TestCa::Create(token_->dir(), "unrelated-ca");
     ASSERT_TRUE(other.ok()) << other.status();
     other_ca_ = other->release();
-    auto server_cert = ca_->IssueServer("server");
-    ASSERT_TRUE(server_cert.ok()) << server_cert.status();
-    server_cert_ = new TestCa::Issued(*server_cert);
     auto good = ca_->Issue("good", {.uri_sans = {kGood}, .eku = "clientAuth"});
     ASSERT_TRUE(good.ok()) << good.status();
     good_ = new TestCa::Issued(*good);
@@ -103,13 +96,10 @@ class SignerCrlTest : public ::testing::Test {
 
   static void TearDownTestSuite() {
     delete signetd_;
-    delete hsm_;
-    delete server_cert_;
     delete good_;
     delete revoked_;
-    delete ca_;
     delete other_ca_;
-    delete token_;
+    delete bed_;
   }
 
   // Both clients are tenants of the scope: only revocation tells them apart.
@@ -118,16 +108,12 @@ class SignerCrlTest : public ::testing::Test {
         absl::StrCat(token_->dir(), "/audit-", ++instances_);
     mkdir(audit_dir.c_str(), 0700);
     return absl::StrCat(
-        "grpc_listen_address: \"127.0.0.1:0\"\n", "hsm { module_path: \"",
-        P11KitServer::client_module_path(), "\" p11_kit_server_address: \"",
-        hsm_->address(), "\" token_uri: \"", token_->token_uri(),
-        "\" pin_file: \"", token_->pin_file_path(), "\" }\n",
+        "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
         "scopes { name: \"", kScope,
         "\" audience_class: CONSUMER purpose: JWT issuer: \"", kIssuer,
-        "\" algorithm: ES256 }\n", "tls { cert_file: \"",
-        server_cert_->cert_path, "\" key_file: \"", server_cert_->key_path,
-        "\" client_ca_file: \"", ca_->cert_path(), "\" crl_directory: \"",
-        crl_directory, "\" }\n", "tenants { identity: \"uri:", kGood,
+        "\" algorithm: ES256 }\n",
+        bed_->TlsConfig(absl::StrCat("crl_directory: \"", crl_directory, "\"")),
+        "tenants { identity: \"uri:", kGood,
         "\" scopes: \"", kScope, "\" }\n",
         "tenants { identity: \"uri:", kRevoked, "\" scopes: \"", kScope,
         "\" }\n", "audit_log_path: \"", audit_dir, "/audit.log\"\n");
@@ -186,11 +172,10 @@ class SignerCrlTest : public ::testing::Test {
     return stub.SignJwt(&ctx, req, out);
   }
 
+  static inline testing::SignetTestBed* bed_ = nullptr;
   static inline TempToken* token_ = nullptr;
-  static inline P11KitServer* hsm_ = nullptr;
   static inline TestCa* ca_ = nullptr;
   static inline TestCa* other_ca_ = nullptr;
-  static inline TestCa::Issued* server_cert_ = nullptr;
   static inline TestCa::Issued* good_ = nullptr;
   static inline TestCa::Issued* revoked_ = nullptr;
   static inline SignetdProcess* signetd_ = nullptr;

@@ -32,6 +32,7 @@
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
 #include "tests/testing/temp_token.h"
+#include "tests/testing/test_bed.h"
 
 namespace signet {
 namespace {
@@ -100,19 +101,16 @@ class SignerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     signal(SIGPIPE, SIG_IGN);
-    auto token = TempToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status();
-    token_ = token->release();
-    auto server = P11KitServer::Start(*token_);
-    ASSERT_TRUE(server.ok()) << server.status();
-    hsm_ = server->release();
-    auto ca = TestCa::Create(token_->dir(), "ca");
-    ASSERT_TRUE(ca.ok()) << ca.status();
-    ca_ = ca->release();
+    auto bed = testing::SignetTestBed::Create();
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = bed->release();
+    token_ = &bed_->token();
+    hsm_ = &bed_->hsm();
+    ca_ = &bed_->ca();
+    server_cert_ = &bed_->server_cert();
     auto other = TestCa::Create(token_->dir(), "other-ca");
     ASSERT_TRUE(other.ok());
     other_ca_ = other->release();
-    server_cert_ = new TestCa::Issued(*ca_->IssueServer("server"));
     alpha_ = Client("alpha", {.uri_sans = {kAlpha}, .eku = "clientAuth"});
     beta_ = Client("beta", {.uri_sans = {kBeta}, .eku = "clientAuth"});
     raw_ = Client("raw", {.uri_sans = {kRaw}, .eku = "clientAuth"});
@@ -135,15 +133,13 @@ class SignerTest : public ::testing::Test {
 
   static void TearDownTestSuite() {
     delete signetd_;
-    delete hsm_;
-    delete server_cert_;
+
     delete alpha_;
     delete beta_;
     delete raw_;
     delete flood_;
-    delete ca_;
     delete other_ca_;
-    delete token_;
+    delete bed_;
   }
 
   static TestCa::Issued* Client(absl::string_view name, CertOptions options) {
@@ -170,13 +166,7 @@ class SignerTest : public ::testing::Test {
                     "\" algorithm: ES256 }\n");
     return absl::StrCat(
         "grpc_listen_address: \"127.0.0.1:0\"\n",
-        "hsm { module_path: \"", P11KitServer::client_module_path(),
-        "\" p11_kit_server_address: \"", hsm_->address(),
-        "\" token_uri: \"", token_->token_uri(), "\" pin_file: \"",
-        token_->pin_file_path(), "\" }\n", scopes,
-        "tls { cert_file: \"", server_cert_->cert_path, "\" key_file: \"",
-        server_cert_->key_path, "\" client_ca_file: \"", ca_->cert_path(),
-        "\" }\n",
+        bed_->HsmConfig(), scopes, bed_->TlsConfig(),
         "tenants { identity: \"uri:", kAlpha,
         "\" scopes: \"alpha-es256\" scopes: \"alpha-es384\" scopes: "
         "\"alpha-rs256\" scopes: \"alpha-ps256\" scopes: \"raw\" }\n",
@@ -250,6 +240,7 @@ class SignerTest : public ::testing::Test {
     return nlohmann::json::parse(resp.jwks_json());
   }
 
+  static inline testing::SignetTestBed* bed_ = nullptr;
   static inline TempToken* token_ = nullptr;
   static inline P11KitServer* hsm_ = nullptr;
   static inline TestCa* ca_ = nullptr;
