@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <regex>
@@ -312,8 +313,13 @@ TEST(SignetdAsServiceUsersTest, RunsAsSignetAndIsNotDumpable) {
   server_options.allowed_user = "signet";
   auto hsm = P11KitServer::Start(**token, server_options);
   ASSERT_TRUE(hsm.ok()) << hsm.status();
+  // A copy signet can execute: the build tree may sit under a home
+  // directory that signet cannot traverse (as scripts/run does too).
+  const std::string binary = (*token)->dir() + "/signetd";
+  std::filesystem::copy_file(SIGNETD_BINARY, binary);
+  chmod(binary.c_str(), 0755);
   SignetdOptions options;
-  options.binary = SIGNETD_BINARY;
+  options.binary = binary;
   options.config_text = ConfigFor(**token, **hsm);
   options.flags = {kPlaintext};
   options.as_user = "signet";
