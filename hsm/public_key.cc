@@ -309,6 +309,33 @@ absl::StatusOr<PublicKey> PublicKey::FromRsa(
   return Adopt(EvpPkeyPtr(pkey->release()));
 }
 
+absl::StatusOr<PublicKey> PublicKey::FromSpkiPem(absl::string_view pem) {
+  if (pem.size() > INT_MAX) {
+    return absl::InvalidArgumentError("PEM public key too long");
+  }
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), &BIO_free);
+  if (bio == nullptr) return absl::InternalError("BIO_new_mem_buf failed");
+  unsigned char* der = nullptr;
+  long der_len = 0;
+  char* name = nullptr;
+  char* header = nullptr;
+  if (PEM_read_bio(bio.get(), &name, &header, &der, &der_len) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("not a PEM block");
+  }
+  const bool is_public_key = std::string(name) == "PUBLIC KEY";
+  OPENSSL_free(name);
+  OPENSSL_free(header);
+  absl::StatusOr<PublicKey> key =
+      is_public_key
+          ? FromSpkiDer(absl::string_view(reinterpret_cast<char*>(der),
+                                          static_cast<size_t>(der_len)))
+          : absl::InvalidArgumentError("the PEM block is not a PUBLIC KEY");
+  OPENSSL_free(der);
+  return key;
+}
+
 absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
   if (der.size() > LONG_MAX) {
     return absl::InvalidArgumentError("SubjectPublicKeyInfo too long");

@@ -74,6 +74,9 @@ class PublicKey {
   // or holds a key outside the accepted set.
   static absl::StatusOr<PublicKey> FromSpkiDer(absl::string_view der);
 
+  // From a PEM "PUBLIC KEY" block (the SpkiPem() form); as FromSpkiDer.
+  static absl::StatusOr<PublicKey> FromSpkiPem(absl::string_view pem);
+
   PublicKey(PublicKey&&) = default;
   PublicKey& operator=(PublicKey&&) = default;
   PublicKey(const PublicKey&) = delete;

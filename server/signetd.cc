@@ -108,23 +108,6 @@ std::string ClassName(signet::v1::AudienceClass c) {
   return signet::v1::AudienceClass_Name(c);
 }
 
-absl::StatusOr<hsm::PublicKey> PublicKeyFromPem(absl::string_view pem) {
-  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
-  EVP_PKEY* pkey = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
-  BIO_free(bio);
-  if (pkey == nullptr) {
-    return absl::InvalidArgumentError("not a PEM public key");
-  }
-  unsigned char* der = nullptr;
-  int len = i2d_PUBKEY(pkey, &der);
-  EVP_PKEY_free(pkey);
-  if (len <= 0) return absl::InvalidArgumentError("cannot encode the key");
-  absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromSpkiDer(
-      absl::string_view(reinterpret_cast<char*>(der), len));
-  OPENSSL_free(der);
-  return key;
-}
-
 // The scope name of the audit checkpoint key (not a valid scope name).
 constexpr char kAuditScope[] = "_audit";
 
@@ -205,7 +188,7 @@ int AuditVerifyCommand(const std::string& path) {
   if (!key_path.empty()) {
     absl::StatusOr<std::string> pem = ReadFile(key_path, "--audit_public_key");
     if (!pem.ok()) return Fail(pem.status());
-    absl::StatusOr<hsm::PublicKey> parsed = PublicKeyFromPem(*pem);
+    absl::StatusOr<hsm::PublicKey> parsed = hsm::PublicKey::FromSpkiPem(*pem);
     if (!parsed.ok()) return Fail(parsed.status());
     key = std::move(*parsed);
   } else {

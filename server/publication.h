@@ -1,0 +1,48 @@
+// The public documents relying parties fetch, built once when key state
+// changes (not per request) and served from an immutable snapshot: the
+// consumer and enterprise JWK sets, each JWT scope's own JWK set and OIDC
+// discovery document, and each RAW scope's keys as SPKI PEM.
+//
+// Storm-0558 worked because consumer and enterprise keys shared one
+// endpoint: here a class set holds only its own class's JWT scopes, RAW
+// scopes are never in a JWK set, and each scope's discovery document points
+// its issuer at that scope's own key set (not the class set), so one
+// tenant's key never vouches for another issuer.
+//
+// Deterministic: the same keys give byte-identical documents on every
+// replica and restart (scopes in name order, keys in the given order,
+// members sorted). Thread-safe: pure functions.
+#ifndef SIGNET_SERVER_PUBLICATION_H_
+#define SIGNET_SERVER_PUBLICATION_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/signer_service.h"
+
+namespace signet::server {
+
+struct PublishedDocuments {
+  std::string consumer_jwks;    // /consumer/.well-known/jwks.json
+  std::string enterprise_jwks;  // /enterprise/.well-known/jwks.json
+  // By scope name: /scopes/{name}/.well-known/jwks.json and
+  // /scopes/{name}/.well-known/openid-configuration (JWT scopes only).
+  std::map<std::string, std::string> scope_jwks;
+  std::map<std::string, std::string> scope_discovery;
+  // /scopes/{name}/keys.pem (RAW scopes only).
+  std::map<std::string, std::string> scope_keys_pem;
+};
+
+// `public_base_url` is where relying parties reach the HTTP endpoint
+// (configured, never taken from a request's Host header), without a
+// trailing '/'. INVALID_ARGUMENT if it is empty or ends with '/'.
+absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
+    const std::map<std::string, std::shared_ptr<const ScopeState>>& scopes,
+    absl::string_view public_base_url);
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_PUBLICATION_H_
