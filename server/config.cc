@@ -306,6 +306,30 @@ absl::Status ValidateConfig(SignetConfig& config,
       config.audit_log_path().front() != '/') {
     return FieldError("audit_log_path", "an absolute path is required");
   }
+  if (config.has_http()) {
+    signet::v1::HttpConfig& http = *config.mutable_http();
+    std::string http_host;
+    int http_port = 0;
+    if (!SplitHostPort(http.listen_address(), &http_host, &http_port)) {
+      return FieldError("http.listen_address",
+                        absl::StrCat("\"", http.listen_address(),
+                                     "\" is not host:port"));
+    }
+    if (!IsLoopbackHost(http_host)) {
+      return FieldError("http.listen_address",
+                        "must be a loopback address (TLS for this endpoint is "
+                        "not built yet: put a TLS proxy in front of it)");
+    }
+    if (!absl::StartsWith(http.public_base_url(), "https://") &&
+        !absl::StartsWith(http.public_base_url(), "http://")) {
+      return FieldError("http.public_base_url",
+                        "must be an http(s):// URL relying parties reach");
+    }
+    if (absl::EndsWith(http.public_base_url(), "/")) {
+      return FieldError("http.public_base_url", "must not end with '/'");
+    }
+    if (http.cache_max_age_seconds() == 0) http.set_cache_max_age_seconds(300);
+  }
   signet::v1::ServingConfig& serving = *config.mutable_serving();
   if (serving.worker_threads() == 0) {
     serving.set_worker_threads(hsm.connections() *

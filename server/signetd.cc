@@ -52,7 +52,9 @@
 #include "server/hardening.h"
 #include "server/audit_log.h"
 #include "server/audit_verify.h"
+#include "server/jwks_http.h"
 #include "server/log.h"
+#include "server/publication.h"
 #include "server/signer_service.h"
 #include "server/tls.h"
 #include "server/worker_pool.h"
@@ -432,6 +434,25 @@ int Run() {
   serving_state->workers = &workers;
   serving_state->audit = audit->get();
   signer.SetServing(serving_state);
+  std::unique_ptr<JwksHttpServer> http;
+  if (config->has_http()) {
+    absl::StatusOr<PublishedDocuments> documents = BuildPublishedDocuments(
+        serving_state->scopes, config->http().public_base_url());
+    if (!documents.ok()) return Fail(documents.status());
+    JwksHttpOptions http_options;
+    http_options.listen_address = config->http().listen_address();
+    http_options.cache_max_age =
+        absl::Seconds(config->http().cache_max_age_seconds());
+    absl::StatusOr<std::unique_ptr<JwksHttpServer>> started =
+        JwksHttpServer::Start(http_options);
+    if (!started.ok()) return Fail(started.status());
+    http = std::move(*started);
+    http->Publish(*documents);
+    SIGNET_LOG_INFO("JWKS HTTP listening on {}:{} (public base URL {})",
+                    http_options.listen_address.substr(
+                        0, http_options.listen_address.rfind(':')),
+                    http->port(), config->http().public_base_url());
+  }
   set_health(true);
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
 
