@@ -34,6 +34,7 @@
 #include "hsm/digest.h"
 #include "hsm/public_key.h"
 #include "server/audit_verify.h"
+#include "server/test_audit_key.h"
 
 namespace signet::server {
 namespace {
@@ -122,72 +123,7 @@ absl::Time Start() {
   return absl::FromUnixMillis(1795452170123);
 }
 
-template <auto kFree>
-struct OsslFree {
-  template <typename T>
-  void operator()(T* p) const {
-    kFree(p);
-  }
-};
-using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
-using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
-
-// Stands in for the HSM's audit key: a P-256 key made in the test. Only
-// tests ever hold a private key.
-class TestAuditKey {
- public:
-  TestAuditKey() : key_(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")) {
-    EXPECT_NE(key_, nullptr);
-  }
-
-  // ECDSA over `digest`, converted from DER to JWS r||s as CKM_ECDSA gives.
-  absl::StatusOr<std::string> Sign(absl::string_view digest) const {
-    PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key_.get(), nullptr));
-    if (ctx == nullptr || EVP_PKEY_sign_init(ctx.get()) != 1) {
-      return absl::InternalError("sign init");
-    }
-    const auto* in = reinterpret_cast<const unsigned char*>(digest.data());
-    size_t len = 0;
-    if (EVP_PKEY_sign(ctx.get(), nullptr, &len, in, digest.size()) != 1) {
-      return absl::InternalError("sign size");
-    }
-    std::string der(len, '\0');
-    if (EVP_PKEY_sign(ctx.get(), reinterpret_cast<unsigned char*>(der.data()),
-                      &len, in, digest.size()) != 1) {
-      return absl::InternalError("sign");
-    }
-    const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-    EcdsaSigPtr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(len)));
-    if (sig == nullptr) {
-      return absl::InternalError("d2i_ECDSA_SIG");
-    }
-    std::string raw(64, '\0');
-    auto* out = reinterpret_cast<unsigned char*>(raw.data());
-    if (BN_bn2binpad(ECDSA_SIG_get0_r(sig.get()), out, 32) != 32 ||
-        BN_bn2binpad(ECDSA_SIG_get0_s(sig.get()), out + 32, 32) != 32) {
-      return absl::InternalError("BN_bn2binpad");
-    }
-    return raw;
-  }
-
-  CheckpointSigner Signer() const {
-    return [this](absl::string_view digest) { return Sign(digest); };
-  }
-
-  hsm::PublicKey PublicKey() const {
-    const int len = i2d_PUBKEY(key_.get(), nullptr);
-    std::string der(static_cast<size_t>(len > 0 ? len : 0), '\0');
-    auto* p = reinterpret_cast<unsigned char*>(der.data());
-    EXPECT_EQ(i2d_PUBKEY(key_.get(), &p), len);
-    absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromSpkiDer(der);
-    EXPECT_TRUE(key.ok()) << key.status();
-    return *std::move(key);
-  }
-
- private:
-  PkeyPtr key_;
-};
+using audit_testing::TestAuditKey;
 
 AuditEvent SignEvent(int i = 0) {
   AuditEvent e;

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/claims_corpus.h"
 
 #ifndef SIGNET_CLAIMS_CORPUS_DIR
 #error "SIGNET_CLAIMS_CORPUS_DIR must name tests/corpus/claims"
@@ -415,38 +416,12 @@ TEST(CheckClaimsTest, NeverThrowsOnMangledInput) {
   }
 }
 
-// tests/corpus/claims: <name>.json files and expected.txt, one line each:
-// "<file> <OK|INVALID_ARGUMENT> <message substring, or ->".
-struct CorpusEntry {
-  std::string file;
-  std::string status;
-  std::string substring;
-};
-
-std::vector<CorpusEntry> ReadExpected(const std::filesystem::path& dir) {
-  std::ifstream in(dir / "expected.txt");
-  EXPECT_TRUE(in.good()) << "cannot read " << (dir / "expected.txt");
-  std::vector<CorpusEntry> entries;
-  std::string line;
-  while (std::getline(in, line)) {
-    const size_t first = line.find(' ');
-    const size_t second =
-        first == std::string::npos ? first : line.find(' ', first + 1);
-    if (second == std::string::npos) {
-      ADD_FAILURE() << "malformed expected.txt line: " << line;
-      continue;
-    }
-    entries.push_back({line.substr(0, first),
-                       line.substr(first + 1, second - first - 1),
-                       line.substr(second + 1)});
-  }
-  return entries;
-}
+using signet::testing::CorpusEntry;
 
 TEST(ClaimsCorpusTest, EveryFileGivesItsExpectedStatus) {
   const std::filesystem::path dir = SIGNET_CLAIMS_CORPUS_DIR;
   ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir << " is missing";
-  const std::vector<CorpusEntry> entries = ReadExpected(dir);
+  const std::vector<CorpusEntry> entries = signet::testing::ReadClaimsCorpus(dir);
   ASSERT_GE(entries.size(), 40u);
 
   std::set<std::string> listed;

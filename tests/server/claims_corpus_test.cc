@@ -56,6 +56,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "signet/v1/signer.grpc.pb.h"
+#include "tests/testing/claims_corpus.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/pki.h"
 #include "tests/testing/signetd_process.h"
@@ -143,32 +144,7 @@ TEST(ShiftTest, ShiftsOnlyStandaloneIntegersInRange) {
   EXPECT_EQ(Shift("\"1800000000\"", 1), "\"1800000001\"");
 }
 
-struct CorpusEntry {
-  std::string file;
-  std::string status;
-  std::string substring;
-};
-
-// expected.txt: "<file> <OK|INVALID_ARGUMENT> <message substring, or ->".
-std::vector<CorpusEntry> ReadExpected(const std::filesystem::path& dir) {
-  std::ifstream in(dir / "expected.txt");
-  EXPECT_TRUE(in.good()) << "cannot read " << (dir / "expected.txt");
-  std::vector<CorpusEntry> entries;
-  std::string line;
-  while (std::getline(in, line)) {
-    const size_t first = line.find(' ');
-    const size_t second =
-        first == std::string::npos ? first : line.find(' ', first + 1);
-    if (second == std::string::npos) {
-      ADD_FAILURE() << "malformed expected.txt line: " << line;
-      continue;
-    }
-    entries.push_back({line.substr(0, first),
-                       line.substr(first + 1, second - first - 1),
-                       line.substr(second + 1)});
-  }
-  return entries;
-}
+using signet::testing::CorpusEntry;
 
 std::string ReadBytes(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -358,7 +334,7 @@ class ClaimsCorpusTest : public ::testing::Test {
 TEST_F(ClaimsCorpusTest, EveryFileGetsItsExpectedStatusOverGrpc) {
   const std::filesystem::path dir = SIGNET_CLAIMS_CORPUS_DIR;
   ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir << " is missing";
-  const std::vector<CorpusEntry> entries = ReadExpected(dir);
+  const std::vector<CorpusEntry> entries = signet::testing::ReadClaimsCorpus(dir);
   ASSERT_GE(entries.size(), 40u);
 
   std::set<std::string> listed;
