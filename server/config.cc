@@ -315,10 +315,30 @@ absl::Status ValidateConfig(SignetConfig& config,
                         absl::StrCat("\"", http.listen_address(),
                                      "\" is not host:port"));
     }
-    if (!IsLoopbackHost(http_host)) {
+    if (http.tls_cert_file().empty() != http.tls_key_file().empty()) {
+      return FieldError(http.tls_cert_file().empty() ? "http.tls_cert_file"
+                                                     : "http.tls_key_file",
+                        "tls_cert_file and tls_key_file go together (both "
+                        "for HTTPS, neither for plain HTTP on loopback)");
+    }
+    if (http.tls_cert_file().empty() && !IsLoopbackHost(http_host)) {
       return FieldError("http.listen_address",
-                        "must be a loopback address (TLS for this endpoint is "
-                        "not built yet: put a TLS proxy in front of it)");
+                        absl::StrCat("\"", http.listen_address(),
+                                     "\" is not a loopback address: set "
+                                     "http.tls_cert_file and http.tls_key_file "
+                                     "(plain HTTP only on loopback)"));
+    }
+    for (const auto& [field, path] :
+         {std::pair<const char*, const std::string&>{"http.tls_cert_file",
+                                                     http.tls_cert_file()},
+          {"http.tls_key_file", http.tls_key_file()}}) {
+      if (!path.empty() && path.front() != '/') {
+        return FieldError(field, "an absolute path is required");
+      }
+    }
+    if (http.threads() == 0) http.set_threads(1);
+    if (http.threads() > 64) {
+      return FieldError("http.threads", "at most 64");
     }
     if (!absl::StartsWith(http.public_base_url(), "https://") &&
         !absl::StartsWith(http.public_base_url(), "http://")) {

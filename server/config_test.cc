@@ -157,6 +157,52 @@ TEST(ConfigTest, PlainHttpIssuerOnlyOnLoopback) {
                   .ok());
 }
 
+// The HTTP endpoint: plain HTTP on loopback, HTTPS anywhere.
+absl::StatusOr<signet::v1::SignetConfig> WithHttp(absl::string_view http) {
+  return ParseConfig(absl::StrCat(kValid, "\nhttp { ", http, " }\n"));
+}
+
+TEST(ConfigTest, HttpPlainOnlyOnLoopbackAndTlsAnywhere) {
+  auto plain = WithHttp(
+      R"(listen_address: "127.0.0.1:8080" public_base_url: "https://k.example")");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->http().threads(), 1u);
+  EXPECT_EQ(plain->http().cache_max_age_seconds(), 300u);
+
+  auto wide = WithHttp(
+      R"(listen_address: "0.0.0.0:8443" public_base_url: "https://k.example")");
+  EXPECT_EQ(wide.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wide.status().message(), HasSubstr("http.listen_address"));
+  EXPECT_THAT(wide.status().message(), HasSubstr("http.tls_cert_file"));
+
+  EXPECT_TRUE(WithHttp(R"(listen_address: "0.0.0.0:8443"
+                          public_base_url: "https://k.example"
+                          tls_cert_file: "/etc/signet/http.pem"
+                          tls_key_file: "/etc/signet/http.key")")
+                  .ok());
+}
+
+TEST(ConfigTest, HttpTlsFilesGoTogetherAndAreAbsolute) {
+  auto cert_only = WithHttp(R"(listen_address: "127.0.0.1:8443"
+                               public_base_url: "https://k.example"
+                               tls_cert_file: "/etc/signet/http.pem")");
+  EXPECT_EQ(cert_only.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cert_only.status().message(), HasSubstr("http.tls_key_file"));
+  auto key_only = WithHttp(R"(listen_address: "127.0.0.1:8443"
+                              public_base_url: "https://k.example"
+                              tls_key_file: "/etc/signet/http.key")");
+  EXPECT_THAT(key_only.status().message(), HasSubstr("http.tls_cert_file"));
+  auto relative = WithHttp(R"(listen_address: "127.0.0.1:8443"
+                              public_base_url: "https://k.example"
+                              tls_cert_file: "/etc/signet/http.pem"
+                              tls_key_file: "http.key")");
+  EXPECT_THAT(relative.status().message(), HasSubstr("http.tls_key_file"));
+  auto threads = WithHttp(R"(listen_address: "127.0.0.1:8080"
+                             public_base_url: "https://k.example"
+                             threads: 65)");
+  EXPECT_THAT(threads.status().message(), HasSubstr("http.threads"));
+}
+
 TEST(ConfigTest, LoopbackHosts) {
   EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
   EXPECT_TRUE(IsLoopbackHost("[::1]"));

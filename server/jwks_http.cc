@@ -4,7 +4,10 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 
+#include <openssl/crypto.h>
+
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -15,6 +18,11 @@
 
 namespace signet::server {
 namespace {
+
+// GnuTLS priorities: TLS 1.2 and 1.3 only (relying parties are often
+// older HTTP stacks than signet's own gRPC clients, which get 1.3 only).
+constexpr char kTlsPriorities[] =
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
 
 // Leaves the URL exactly as sent: paths are matched byte for byte, so no
 // encoded form can reach a document by another spelling.
@@ -91,27 +99,61 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     return absl::InvalidArgumentError(absl::StrCat(
         "http.listen_address host \"", host, "\" must be an IPv4 address"));
   }
+  const bool tls = !options.tls_cert_pem.empty() || !options.tls_key_pem.empty();
+  if (tls && (options.tls_cert_pem.empty() || options.tls_key_pem.empty())) {
+    return absl::InvalidArgumentError(
+        "HTTP TLS needs both a certificate and a key");
+  }
   std::unique_ptr<JwksHttpServer> server(new JwksHttpServer(options));
   {
     absl::MutexLock lock(&server->mu_);
     server->snapshot_ = std::make_shared<const Snapshot>();
   }
+  // The daemon's own copy of the key is the only one kept: ours is zeroed
+  // below, whatever happens.
+  std::string key_pem = options.tls_key_pem;
+  OPENSSL_cleanse(server->options_.tls_key_pem.data(),
+                  server->options_.tls_key_pem.size());
+  server->options_.tls_key_pem.clear();
+
+  unsigned flags =
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+  // Options that depend on the configuration; the fixed ones are passed
+  // directly below (an MHD_OptionItem carries one-pointer options in
+  // ptr_value and unsigned ones in value).
+  std::vector<MHD_OptionItem> items;
+  if (options.threads > 1) {
+    items.push_back({MHD_OPTION_THREAD_POOL_SIZE, options.threads, nullptr});
+  }
+  if (tls) {
+    flags |= MHD_USE_TLS;
+    items.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0,
+                     const_cast<char*>(options.tls_cert_pem.c_str())});
+    items.push_back(
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(key_pem.c_str())});
+    items.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0,
+                     const_cast<char*>(kTlsPriorities)});
+  }
+  items.push_back({MHD_OPTION_END, 0, nullptr});
   server->daemon_ = MHD_start_daemon(
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-          MHD_USE_ERROR_LOG,
-      0, nullptr, nullptr,
-      &HandleRequest, server.get(), MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_CONNECTION_LIMIT,
+      flags, 0, nullptr, nullptr, &HandleRequest, server.get(),
+      MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_CONNECTION_LIMIT,
       options.connection_limit, MHD_OPTION_CONNECTION_TIMEOUT,
       static_cast<unsigned>(absl::ToInt64Seconds(options.connection_timeout)),
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, options.connection_memory_limit,
-      MHD_OPTION_UNESCAPE_CALLBACK, &NoUnescape, nullptr, MHD_OPTION_END);
+      MHD_OPTION_UNESCAPE_CALLBACK, &NoUnescape, nullptr, MHD_OPTION_ARRAY,
+      items.data(), MHD_OPTION_END);
+  OPENSSL_cleanse(key_pem.data(), key_pem.size());
   if (server->daemon_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen for HTTP on ", address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen for HTTP", tls ? "S" : "", " on ", address,
+        tls ? " (in use, or the TLS certificate or key does not load)"
+            : " (in use?)"));
   }
   const MHD_DaemonInfo* info =
       MHD_get_daemon_info(server->daemon_, MHD_DAEMON_INFO_BIND_PORT);
   server->port_ = info != nullptr ? info->port : port;
+  server->tls_ = tls;
   return server;
 }
 
@@ -119,13 +161,37 @@ JwksHttpServer::~JwksHttpServer() {
   if (daemon_ != nullptr) MHD_stop_daemon(daemon_);
 }
 
+JwksHttpServer::Document::~Document() {
+  // Connections still sending hold their own references.
+  if (ok != nullptr) MHD_destroy_response(ok);
+  if (not_modified != nullptr) MHD_destroy_response(not_modified);
+}
+
 void JwksHttpServer::Publish(const PublishedDocuments& documents) {
   auto snapshot = std::make_shared<Snapshot>();
+  const std::string cache = absl::StrCat(
+      "public, max-age=", absl::ToInt64Seconds(options_.cache_max_age));
   auto add = [&](std::string path, const std::string& body,
                  const char* content_type) {
-    (*snapshot)[std::move(path)] =
-        Document{body, content_type, absl::StrCat("\"", ContentVersion(body),
-                                                  "\"")};
+    auto doc = std::make_unique<Document>();
+    doc->body = body;
+    doc->etag = absl::StrCat("\"", ContentVersion(body), "\"");
+    // MUST_COPY: a response outlives this snapshot while a connection is
+    // still sending it.
+    doc->ok = MHD_create_response_from_buffer(
+        body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+    doc->not_modified =
+        MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
+    if (doc->ok != nullptr) {
+      MHD_add_response_header(doc->ok, MHD_HTTP_HEADER_CONTENT_TYPE,
+                              content_type);
+    }
+    for (MHD_Response* r : {doc->ok, doc->not_modified}) {
+      if (r == nullptr) continue;
+      MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, doc->etag.c_str());
+      MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, cache.c_str());
+    }
+    (*snapshot)[std::move(path)] = std::move(doc);
   };
   add("/consumer/.well-known/jwks.json", documents.consumer_jwks,
       "application/json");
@@ -165,30 +231,15 @@ int JwksHttpServer::Respond(MHD_Connection* connection, const char* url,
   if (it == snapshot->end()) {
     return Queue(connection, MHD_HTTP_NOT_FOUND, "not found\n", "text/plain");
   }
-  const Document& doc = it->second;
+  const Document& doc = *it->second;
+  if (doc.ok == nullptr || doc.not_modified == nullptr) return MHD_NO;
   const char* if_none_match = MHD_lookup_connection_value(
       connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
-  const bool not_modified =
-      if_none_match != nullptr && EtagMatches(if_none_match, doc.etag);
-  MHD_Response* response = MHD_create_response_from_buffer(
-      not_modified ? 0 : doc.body.size(),
-      not_modified ? nullptr : const_cast<char*>(doc.body.data()),
-      MHD_RESPMEM_MUST_COPY);
-  if (response == nullptr) return MHD_NO;
-  if (!not_modified) {
-    MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE,
-                            doc.content_type.c_str());
+  if (if_none_match != nullptr && EtagMatches(if_none_match, doc.etag)) {
+    return MHD_queue_response(connection, MHD_HTTP_NOT_MODIFIED,
+                              doc.not_modified);
   }
-  MHD_add_response_header(response, MHD_HTTP_HEADER_ETAG, doc.etag.c_str());
-  const std::string cache = absl::StrCat(
-      "public, max-age=", absl::ToInt64Seconds(options_.cache_max_age));
-  MHD_add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL,
-                          cache.c_str());
-  int ret = MHD_queue_response(
-      connection, not_modified ? MHD_HTTP_NOT_MODIFIED : MHD_HTTP_OK,
-      response);
-  MHD_destroy_response(response);
-  return ret;
+  return MHD_queue_response(connection, MHD_HTTP_OK, doc.ok);
 }
 
 }  // namespace signet::server

@@ -443,15 +443,30 @@ int Run() {
     http_options.listen_address = config->http().listen_address();
     http_options.cache_max_age =
         absl::Seconds(config->http().cache_max_age_seconds());
+    http_options.threads = config->http().threads();
+    if (!config->http().tls_cert_file().empty()) {
+      absl::StatusOr<std::string> cert =
+          ReadFile(config->http().tls_cert_file(), "http.tls_cert_file");
+      if (!cert.ok()) return Fail(cert.status());
+      absl::StatusOr<std::string> key =
+          ReadFile(config->http().tls_key_file(), "http.tls_key_file");
+      if (!key.ok()) return Fail(key.status());
+      http_options.tls_cert_pem = std::move(*cert);
+      http_options.tls_key_pem = std::move(*key);
+      OPENSSL_cleanse(key->data(), key->size());
+    }
     absl::StatusOr<std::unique_ptr<JwksHttpServer>> started =
         JwksHttpServer::Start(http_options);
+    OPENSSL_cleanse(http_options.tls_key_pem.data(),
+                    http_options.tls_key_pem.size());
     if (!started.ok()) return Fail(started.status());
     http = std::move(*started);
     http->Publish(*documents);
-    SIGNET_LOG_INFO("JWKS HTTP listening on {}:{} (public base URL {})",
+    SIGNET_LOG_INFO("JWKS HTTP listening on {}:{} ({}; public base URL {})",
                     http_options.listen_address.substr(
                         0, http_options.listen_address.rfind(':')),
-                    http->port(), config->http().public_base_url());
+                    http->port(), http->tls() ? "TLS" : "plain HTTP",
+                    config->http().public_base_url());
   }
   set_health(true);
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
