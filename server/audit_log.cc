@@ -423,7 +423,8 @@ absl::Status AuditLog::Append(const AuditEvent& event) {
   return AppendAll(absl::MakeConstSpan(&event, 1));
 }
 
-absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
+absl::StatusOr<std::vector<std::string>> AuditLog::LineMembers(
+    absl::Span<const AuditEvent> events) {
   std::vector<std::string> members;
   members.reserve(events.size());
   for (const AuditEvent& event : events) {
@@ -440,7 +441,15 @@ absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
     }
     members.push_back(*std::move(m));
   }
-  if (members.empty()) {
+  return members;
+}
+
+absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
+  absl::StatusOr<std::vector<std::string>> members = LineMembers(events);
+  if (!members.ok()) {
+    return members.status();
+  }
+  if (members->empty()) {
     return absl::OkStatus();
   }
   absl::MutexLock lock(&mu_);
@@ -449,7 +458,7 @@ absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
   }
   const absl::Time now = options_.now();
   uint64_t ticket = 0;
-  for (std::string& m : members) {
+  for (std::string& m : *members) {
     ticket = EnqueueLocked(now, std::move(m));
   }
   auto done = [this, ticket]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -460,6 +469,54 @@ absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
     return absl::OkStatus();
   }
   return broken_;
+}
+
+void AuditLog::AppendAllAsync(absl::Span<const AuditEvent> events,
+                              DurableCallback done) {
+  absl::StatusOr<std::vector<std::string>> members = LineMembers(events);
+  if (!members.ok()) {
+    done(members.status());
+    return;
+  }
+  if (members->empty()) {
+    done(absl::OkStatus());
+    return;
+  }
+  absl::Status broken;
+  {
+    absl::MutexLock lock(&mu_);
+    broken = broken_;
+    if (broken.ok()) {
+      const absl::Time now = options_.now();
+      uint64_t ticket = 0;
+      for (std::string& m : *members) {
+        ticket = EnqueueLocked(now, std::move(m));
+      }
+      callbacks_.emplace_back(ticket, std::move(done));
+      return;
+    }
+  }
+  done(broken);
+}
+
+void AuditLog::RunDurableCallbacksLocked() {
+  std::vector<std::pair<DurableCallback, absl::Status>> ready;
+  while (!callbacks_.empty() &&
+         (callbacks_.front().first <= durable_ticket_ || !broken_.ok())) {
+    ready.emplace_back(std::move(callbacks_.front().second),
+                       callbacks_.front().first <= durable_ticket_
+                           ? absl::OkStatus()
+                           : broken_);
+    callbacks_.pop_front();
+  }
+  if (ready.empty()) {
+    return;
+  }
+  mu_.Unlock();
+  for (auto& [callback, status] : ready) {
+    callback(status);
+  }
+  mu_.Lock();
 }
 
 void AuditLog::AppendRefusal(const AuditEvent& event) {
@@ -690,6 +747,7 @@ void AuditLog::WriterLoop() {
     if (!broken_.ok()) {
       // Fail closed: nothing more is written. Waiters see broken_.
       pending_.clear();
+      RunDurableCallbacksLocked();
       if (checkpoint_done_ < checkpoint_requested_) {
         checkpoint_done_ = checkpoint_requested_;
         checkpoint_error_ = broken_;
@@ -768,6 +826,7 @@ void AuditLog::WriterLoop() {
     } else {
       broken_ = status;
     }
+    RunDurableCallbacksLocked();
 
     absl::Status checkpoint_status = status;
     if (status.ok() && checkpoint) {

@@ -52,11 +52,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -187,6 +189,18 @@ class AuditLog {
   // bad event means none is written.
   absl::Status AppendAll(absl::Span<const AuditEvent> events);
 
+  // AppendAll without waiting, so a worker can go back to the HSM while the
+  // disk syncs: `done` gets what AppendAll would have returned. It runs on
+  // the writer thread once the lines are durable, or the log broke first
+  // (UNAVAILABLE), in append order, before the writer signs a checkpoint;
+  // or at once on this thread for invalid events, a log already broken, or
+  // no events. It must be quick and must not wait on this log (Append,
+  // AppendAll, Checkpoint). Every `done` has run when the destructor
+  // returns.
+  using DurableCallback = std::function<void(const absl::Status&)>;
+  void AppendAllAsync(absl::Span<const AuditEvent> events,
+                      DurableCallback done);
+
   // Appends a refusal without waiting for the disk, in order with the other
   // lines, subject to `refusals_per_second`. An empty or reserved event name
   // is written as "refuse". Dropped silently if the log is broken.
@@ -222,6 +236,13 @@ class AuditLog {
   AuditLog(AuditLogOptions options, int fd, uint64_t file_size,
            uint64_t last_seq, std::string last_hash_hex, uint64_t last_cp_seq);
 
+  // The members of each event's line; INVALID_ARGUMENT for a bad event.
+  static absl::StatusOr<std::vector<std::string>> LineMembers(
+      absl::Span<const AuditEvent> events);
+  // Runs (with mu_ released) the callbacks whose lines are durable, and all
+  // of them when the log is broken.
+  void RunDurableCallbacksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // Queues a line; returns its ticket. Also emits a due refusal summary first.
   uint64_t EnqueueLocked(absl::Time time, std::string members)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -252,6 +273,9 @@ class AuditLog {
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
   uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t durable_ticket_ ABSL_GUARDED_BY(mu_) = 0;
+  // AppendAllAsync callers, in ticket order.
+  std::deque<std::pair<uint64_t, DurableCallback>> callbacks_
+      ABSL_GUARDED_BY(mu_);
   uint64_t durable_seq_ ABSL_GUARDED_BY(mu_);
   uint64_t last_checkpoint_seq_ ABSL_GUARDED_BY(mu_);
   absl::Status broken_ ABSL_GUARDED_BY(mu_);

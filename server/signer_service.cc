@@ -200,7 +200,7 @@ absl::Status SignerService::CheckPurpose(const ScopeState& scope,
 
 grpc::ServerUnaryReactor* SignerService::Dispatch(
     grpc::CallbackServerContext* context, const Authorized& auth,
-    std::function<void(PendingCall&)> work) {
+    std::function<void(std::shared_ptr<PendingCall>)> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Tenant* tenant = auth.tenant;
   auto call = std::make_shared<PendingCall>(
@@ -210,7 +210,7 @@ grpc::ServerUnaryReactor* SignerService::Dispatch(
       auth.serving->workers->Submit([call, work = std::move(work)] {
         // No HSM work after the deadline: the watchdog has answered.
         if (call->answered() || absl::Now() >= call->deadline()) return;
-        work(*call);
+        work(call);
       });
   if (!queued.ok()) {
     call->Finish(ToGrpcStatus(queued));
@@ -240,14 +240,14 @@ const absl::Status& AuditUnavailable() {
   return *status;
 }
 
-// In a worker: signs `digest` with the scope's key, then makes the audit
-// line durable. The signature is returned only once it is audited.
-absl::StatusOr<std::string> SignAudited(const ServingState& serving,
-                                        const ScopeState& scope,
-                                        absl::string_view caller,
-                                        absl::string_view digest,
-                                        std::string input_sha256,
-                                        absl::Time deadline) {
+// In a worker: signs `digest` with the scope's key, then queues its audit
+// line and returns, so the worker goes back to the HSM while the disk syncs.
+// `done` gets the signature once the line is durable (on the audit writer's
+// thread), or the error: a signature never leaves before its audit line.
+void SignThenAudit(const ServingState& serving, const ScopeState& scope,
+                   absl::string_view caller, absl::string_view digest,
+                   std::string input_sha256, absl::Time deadline,
+                   std::function<void(absl::StatusOr<std::string>)> done) {
   absl::StatusOr<std::string> signature =
       serving.store->SignDigest(scope.key.key_id, digest, deadline);
   AuditEvent event = SignEvent(scope, caller, std::move(input_sha256));
@@ -255,11 +255,20 @@ absl::StatusOr<std::string> SignAudited(const ServingState& serving,
     event.event = "refuse";
     event.result = absl::StatusCodeToString(signature.status().code());
     serving.audit->AppendRefusal(event);
-    return signature.status();
+    done(signature.status());
+    return;
   }
   event.result = "OK";
-  if (!serving.audit->Append(event).ok()) return AuditUnavailable();
-  return signature;
+  serving.audit->AppendAllAsync(
+      absl::MakeConstSpan(&event, 1),
+      [signature = *std::move(signature),
+       done = std::move(done)](const absl::Status& durable) mutable {
+        if (!durable.ok()) {
+          done(AuditUnavailable());
+          return;
+        }
+        done(std::move(signature));
+      });
 }
 
 }  // namespace
@@ -288,25 +297,31 @@ grpc::ServerUnaryReactor* SignerService::SignJwt(
   return Dispatch(
       context, *auth,
       [serving = auth->serving, scope_state = auth->scope, caller,
-       signing_input = std::move(signing_input), response](PendingCall& call) {
+       signing_input = std::move(signing_input),
+       response](std::shared_ptr<PendingCall> call) {
         const ScopeState& s = *scope_state;
         absl::StatusOr<std::string> digest =
             hsm::DigestFor(s.key.spec.algorithm, signing_input);
-        absl::StatusOr<std::string> signature =
-            digest.ok() ? SignAudited(*serving, s, caller, *digest,
-                                      Sha256Hex(signing_input),
-                                      call.deadline())
-                        : digest.status();
-        if (!signature.ok()) {
-          call.Finish(ToGrpcStatus(signature.status()));
+        if (!digest.ok()) {
+          call->Finish(ToGrpcStatus(digest.status()));
           return;
         }
-        std::string jws = CompactJws(signing_input, *signature);
-        call.Finish(grpc::Status::OK, [&] {
-          response->set_jws(std::move(jws));
-          response->set_kid(s.key.thumbprint);
-          response->set_alg(s.alg);
-        });
+        std::string input_sha256 = Sha256Hex(signing_input);
+        SignThenAudit(
+            *serving, s, caller, *digest, std::move(input_sha256),
+            call->deadline(),
+            [call, scope_state, signing_input = std::move(signing_input),
+             response](absl::StatusOr<std::string> signature) {
+              if (!signature.ok()) {
+                call->Finish(ToGrpcStatus(signature.status()));
+                return;
+              }
+              call->Finish(grpc::Status::OK, [&] {
+                response->set_jws(CompactJws(signing_input, *signature));
+                response->set_kid(scope_state->key.thumbprint);
+                response->set_alg(scope_state->alg);
+              });
+            });
       });
 }
 
@@ -351,7 +366,7 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
   return Dispatch(
       context, *auth,
       [serving = auth->serving, scope_state = auth->scope, caller, items,
-       inputs, response](PendingCall& call) {
+       inputs, response](std::shared_ptr<PendingCall> call) {
         const ScopeState& s = *scope_state;
         std::vector<AuditEvent> events;
         for (const auto& [index, input] : *inputs) {
@@ -360,7 +375,7 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
               hsm::DigestFor(s.key.spec.algorithm, input);
           absl::StatusOr<std::string> signature =
               digest.ok() ? serving->store->SignDigest(s.key.key_id, *digest,
-                                                       call.deadline())
+                                                       call->deadline())
                           : digest.status();
           if (!signature.ok()) {
             item.set_code(static_cast<int>(signature.status().code()));
@@ -376,13 +391,18 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
           item.set_alg(s.alg);
         }
         // One durable write for the whole batch, before any JWS leaves.
-        if (!serving->audit->AppendAll(events).ok()) {
-          call.Finish(ToGrpcStatus(AuditUnavailable()));
-          return;
-        }
-        call.Finish(grpc::Status::OK, [&] {
-          for (auto& item : *items) *response->add_items() = std::move(item);
-        });
+        serving->audit->AppendAllAsync(
+            events, [call, items, response](const absl::Status& durable) {
+              if (!durable.ok()) {
+                call->Finish(ToGrpcStatus(AuditUnavailable()));
+                return;
+              }
+              call->Finish(grpc::Status::OK, [&] {
+                for (auto& item : *items) {
+                  *response->add_items() = std::move(item);
+                }
+              });
+            });
       });
 }
 
@@ -426,20 +446,21 @@ grpc::ServerUnaryReactor* SignerService::Sign(
   return Dispatch(
       context, *auth,
       [serving = auth->serving, scope_state = auth->scope, caller, digest,
-       response](PendingCall& call) {
-        const ScopeState& s = *scope_state;
-        absl::StatusOr<std::string> signature =
-            SignAudited(*serving, s, caller, digest,
-                        absl::BytesToHexString(digest), call.deadline());
-        if (!signature.ok()) {
-          call.Finish(ToGrpcStatus(signature.status()));
-          return;
-        }
-        call.Finish(grpc::Status::OK, [&] {
-          response->set_signature(*signature);
-          response->set_kid(s.key.thumbprint);
-          response->set_alg(s.alg);
-        });
+       response](std::shared_ptr<PendingCall> call) {
+        SignThenAudit(
+            *serving, *scope_state, caller, digest,
+            absl::BytesToHexString(digest), call->deadline(),
+            [call, scope_state, response](absl::StatusOr<std::string> signature) {
+              if (!signature.ok()) {
+                call->Finish(ToGrpcStatus(signature.status()));
+                return;
+              }
+              call->Finish(grpc::Status::OK, [&] {
+                response->set_signature(*std::move(signature));
+                response->set_kid(scope_state->key.thumbprint);
+                response->set_alg(scope_state->alg);
+              });
+            });
       });
 }
 

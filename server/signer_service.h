@@ -133,7 +133,7 @@ class SignerService final : public signet::v1::Signer::CallbackService {
   // deadline watchdog; answers RESOURCE_EXHAUSTED when the queue is full.
   grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* context,
                                      const Authorized& auth,
-                                     std::function<void(PendingCall&)> work);
+                                     std::function<void(std::shared_ptr<PendingCall>)> work);
   // A scope for the public-key RPCs: any authenticated caller; NOT_FOUND
   // for an unknown scope (names are public); FAILED_PRECONDITION for the
   // other purpose.

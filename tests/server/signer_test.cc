@@ -580,6 +580,64 @@ TEST_F(SignerTest, LimitsHoldWhileTheHsmIsStalled) {
   EXPECT_TRUE(resumed) << signetd_->Output();
 }
 
+// The same with a live HSM: the flood tenant (limit 2) hammers from 8
+// threads while alpha signs one token after another; every alpha request is
+// signed, the flood gets its own RESOURCE_EXHAUSTED, and the flood tenant
+// still signs within its limit.
+TEST_F(SignerTest, OneTenantsFloodDoesNotStopAnothersSigning) {
+  auto flood = Stub(flood_);
+  auto alpha = Stub(alpha_);
+  std::atomic<bool> stop{false};
+  std::atomic<int> flood_ok{0};
+  std::atomic<int> flood_refused{0};
+  std::atomic<int> flood_other{0};
+  absl::Mutex mu;
+  std::string other_error;
+  std::vector<std::thread> flooders;
+  for (int i = 0; i < 8; ++i) {
+    flooders.emplace_back([&] {
+      while (!stop.load()) {
+        v1::SignJwtResponse resp;
+        grpc::Status st =
+            SignJwt(*flood, "alpha-es256", Claims("alpha-es256"), &resp);
+        if (st.ok()) {
+          ++flood_ok;
+        } else if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+                   absl::StrContains(st.error_message(), "in flight")) {
+          ++flood_refused;
+        } else {
+          ++flood_other;
+          absl::MutexLock lock(&mu);
+          other_error = st.error_message();
+        }
+      }
+    });
+  }
+  // Alpha signs at least 50 tokens, and goes on (up to a bound) until the
+  // flood has been refused at least once: admission is the server's, so the
+  // test waits for it rather than assuming a timing.
+  int alpha_signed = 0;
+  std::vector<std::string> alpha_errors;
+  for (int i = 0; i < 2000 && (i < 50 || flood_refused.load() == 0); ++i) {
+    v1::SignJwtResponse resp;
+    grpc::Status st = SignJwt(*alpha, "alpha-es256", Claims("alpha-es256"),
+                              &resp);
+    if (st.ok()) {
+      ++alpha_signed;
+    } else {
+      alpha_errors.push_back(absl::StrCat(st.error_code(), ": ",
+                                          st.error_message()));
+    }
+  }
+  stop = true;
+  for (auto& t : flooders) t.join();
+  EXPECT_THAT(alpha_errors, ::testing::IsEmpty());
+  EXPECT_GE(alpha_signed, 50);
+  EXPECT_GT(flood_refused.load(), 0);
+  EXPECT_GT(flood_ok.load(), 0);
+  EXPECT_EQ(flood_other.load(), 0) << other_error;
+}
+
 TEST_F(SignerTest, AnUnwritableAuditLogStopsSigning) {
   std::string dir = token_->dir() + "/audit-broken";
   int port = 0;
