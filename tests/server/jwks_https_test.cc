@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
+
+#include <fstream>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -21,6 +24,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "signet/v1/signer.grpc.pb.h"
 #include "tests/testing/pki.h"
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
@@ -40,6 +44,8 @@ using testing::SpawnOptions;
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
 constexpr char kHttpListening[] = "JWKS HTTP listening on 0.0.0.0:";
 constexpr char kConsumerPath[] = "/consumer/.well-known/jwks.json";
+constexpr char kIssuer[] = "https://consumer.signet.test";
+constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
 
 class JwksHttpsTest : public ::testing::Test {
  protected:
@@ -48,6 +54,10 @@ class JwksHttpsTest : public ::testing::Test {
     auto bed = testing::SignetTestBed::Create();
     ASSERT_TRUE(bed.ok()) << bed.status();
     bed_ = bed->release();
+    auto tenant = bed_->ca().Issue(
+        "idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
+    ASSERT_TRUE(tenant.ok()) << tenant.status();
+    tenant_ = new testing::TestCa::Issued(*tenant);
     audit_dir_ = bed_->token().dir() + "/audit";
     mkdir(audit_dir_.c_str(), 0700);
     auto started = StartSignetd(bed_->server_cert().cert_path,
@@ -76,6 +86,7 @@ class JwksHttpsTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete signetd_;
     signetd_ = nullptr;
+    delete tenant_;
     delete bed_;
   }
 
@@ -87,7 +98,8 @@ class JwksHttpsTest : public ::testing::Test {
     return absl::StrCat(
         "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
         "scopes { name: \"consumer\" audience_class: CONSUMER purpose: JWT "
-        "issuer: \"https://consumer.signet.test\" algorithm: ES256 }\n",
+        "issuer: \"", kIssuer, "\" algorithm: ES256 }\n",
+        "tenants { identity: \"uri:", kTenant, "\" scopes: \"consumer\" }\n",
         bed_->TlsConfig(), "audit_log_path: \"", audit_dir_, "/audit-", starts, ".log\"\n",
         "http { listen_address: \"0.0.0.0:0\" public_base_url: "
         "\"https://keys.signet.test\" tls_cert_file: \"",
@@ -137,6 +149,7 @@ class JwksHttpsTest : public ::testing::Test {
 
   static inline testing::SignetTestBed* bed_ = nullptr;
   static inline SignetdProcess* signetd_ = nullptr;
+  static inline testing::TestCa::Issued* tenant_ = nullptr;
   static inline std::string audit_dir_;
   static inline int port_ = 0;
 };
@@ -198,6 +211,52 @@ TEST_F(JwksHttpsTest, Tls12And13AreAcceptedOlderVersionsAreNot) {
   // offer it), so a refusal is the server's.
   EXPECT_FALSE(Handshake("-tls1_1", {"-cipher", "DEFAULT@SECLEVEL=0"}));
   EXPECT_FALSE(Handshake("-tls1", {"-cipher", "DEFAULT@SECLEVEL=0"}));
+}
+
+// The reference verifier's command fetches the scope's key set from
+// signetd's own HTTPS endpoint, trusting the CA given with --ca-file.
+TEST_F(JwksHttpsTest, SignetVerifyChecksATokenAgainstTheHttpsKeySet) {
+  int grpc_port = 0;
+  auto port = signetd_->WaitForPort(kStartTimeout);
+  ASSERT_TRUE(port.ok()) << port.status();
+  grpc_port = *port;
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = bed_->ca().cert_pem();
+  ssl.pem_private_key = tenant_->key_pem;
+  ssl.pem_cert_chain = tenant_->cert_pem;
+  auto stub = v1::Signer::NewStub(grpc::CreateChannel(
+      absl::StrCat("localhost:", grpc_port), grpc::SslCredentials(ssl)));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::SignJwtRequest req;
+  req.set_scope("consumer");
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer,
+                                   "\",\"sub\":\"alice\",\"iat\":", now,
+                                   ",\"exp\":", now + 600, "}"));
+  v1::SignJwtResponse resp;
+  grpc::Status st = stub->SignJwt(&ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string token_path = bed_->token().dir() + "/token.jwt";
+  std::ofstream(token_path) << resp.jws();
+
+  auto verify = [&](bool with_ca) {
+    std::string command = absl::StrCat(
+        "exec '", SIGNET_VERIFY_BINARY, "' --issuer '", kIssuer,
+        "' --jwks-url 'https://localhost:", port_,
+        "/scopes/consumer/.well-known/jwks.json'",
+        with_ca ? absl::StrCat(" --ca-file '", bed_->ca().cert_path(), "'")
+                : std::string(),
+        " < '", token_path, "'");
+    return Run({"/bin/sh", "-c", command});
+  };
+  RunResult trusted = verify(true);
+  EXPECT_EQ(trusted.exit_code, 0) << trusted.output;
+  EXPECT_THAT(trusted.output, HasSubstr("\"sub\":\"alice\""));
+  // Without the CA the HTTPS fetch fails, so the token is not accepted.
+  RunResult untrusted = verify(false);
+  EXPECT_EQ(untrusted.exit_code, 1) << untrusted.output;
+  EXPECT_THAT(untrusted.output, Not(HasSubstr("\"sub\":\"alice\"")));
 }
 
 TEST_F(JwksHttpsTest, TheTlsKeyIsNeverLogged) {
