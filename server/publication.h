@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "server/signer_service.h"
 
 namespace signet::server {
@@ -36,12 +37,25 @@ struct PublishedDocuments {
   std::map<std::string, std::string> scope_keys_pem;
 };
 
+// The documents for the key state at `now`: a scope's key is in them while
+// rotation::IsPublished(StateAt(record, now)) (PENDING, ACTIVE, RETIRED);
+// once UNPUBLISHED, DESTROYED or REVOKED it is in no set and no PEM
+// document (the scope's set is then {"keys":[]}).
+//
 // `public_base_url` is where relying parties reach the HTTP endpoint
 // (configured, never taken from a request's Host header), without a
-// trailing '/'. INVALID_ARGUMENT if it is empty or ends with '/'.
+// trailing '/'; empty builds no discovery documents (no HTTP endpoint).
+// INVALID_ARGUMENT if it ends with '/'.
 absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
     const std::map<std::string, std::shared_ptr<const ScopeState>>& scopes,
-    absl::string_view public_base_url);
+    absl::string_view public_base_url, absl::Time now);
+
+// The first instant after `now` at which a key's state changes (any of its
+// schedule's boundaries, or its revocation), so documents built at `now`
+// must be built again; absl::InfiniteFuture() if there is none.
+absl::Time NextKeyStateChange(
+    const std::map<std::string, std::shared_ptr<const ScopeState>>& scopes,
+    absl::Time now);
 
 }  // namespace signet::server
 

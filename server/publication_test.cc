@@ -6,6 +6,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/match.h"
+#include "absl/time/time.h"
 #include "rotation/key_state.h"
 
 #ifndef SIGNET_GOLDEN_DIR
@@ -18,6 +20,12 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
+// The test keys activate at kActivated (NewActiveKeyRecord's default
+// schedule: active 30 days, published 2 hours more); documents are built an
+// hour later unless a test says otherwise.
+const absl::Time kActivated = absl::FromUnixSeconds(1'800'000'000);
+const absl::Time kNow = kActivated + absl::Hours(1);
+
 std::string Read(const std::string& path) {
   std::ifstream in(path);
   std::stringstream buf;
@@ -29,7 +37,8 @@ std::shared_ptr<const ScopeState> Scope(const std::string& name,
                                         signet::v1::AudienceClass cls,
                                         signet::v1::Purpose purpose,
                                         signet::v1::Algorithm alg,
-                                        const std::string& key_file) {
+                                        const std::string& key_file,
+                                        bool revoked = false) {
   signet::v1::ScopeConfig config;
   config.set_name(name);
   config.set_audience_class(cls);
@@ -45,7 +54,11 @@ std::shared_ptr<const ScopeState> Scope(const std::string& name,
   loaded.thumbprint = *loaded.public_key->JwkThumbprint();
   rotation::KeyRecord record = rotation::NewActiveKeyRecord(
       name, "00", alg == signet::v1::RS256 ? "RS256" : "ES256", 0,
-      absl::FromUnixSeconds(1'800'000'000), {});
+      kActivated, {});
+  if (revoked) {
+    *record.mutable_revocation()->mutable_revoked_at() =
+        rotation::TimeToProto(kActivated + absl::Hours(3));
+  }
   auto state = MakeScopeState(config, record, loaded);
   EXPECT_TRUE(state.ok()) << state.status();
   return *state;
@@ -68,7 +81,7 @@ std::map<std::string, std::shared_ptr<const ScopeState>> Scopes() {
 
 TEST(PublicationTest, ClassesNeverMixAndRawKeysAreNeverJwks) {
   auto scopes = Scopes();
-  auto docs = BuildPublishedDocuments(scopes, "https://keys.signet.test");
+  auto docs = BuildPublishedDocuments(scopes, "https://keys.signet.test", kNow);
   ASSERT_TRUE(docs.ok()) << docs.status();
   const std::string& a = scopes["consumer-a"]->key.thumbprint;
   const std::string& b = scopes["consumer-b"]->key.thumbprint;
@@ -94,18 +107,87 @@ TEST(PublicationTest, ClassesNeverMixAndRawKeysAreNeverJwks) {
               HasSubstr(R"("issuer":"https://consumer-a.signet.test")"));
 }
 
-TEST(PublicationTest, ABaseUrlIsRequired) {
-  EXPECT_EQ(BuildPublishedDocuments(Scopes(), "").status().code(),
-            absl::StatusCode::kInvalidArgument);
+TEST(PublicationTest, WithoutABaseUrlThereIsNoDiscovery) {
+  auto docs = BuildPublishedDocuments(Scopes(), "", kNow);
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  EXPECT_THAT(docs->scope_discovery, ::testing::IsEmpty());
+  EXPECT_EQ(docs->scope_jwks.size(), 3u);
   EXPECT_EQ(
-      BuildPublishedDocuments(Scopes(), "https://k.test/").status().code(),
+      BuildPublishedDocuments(Scopes(), "https://k.test/", kNow).status().code(),
       absl::StatusCode::kInvalidArgument);
+}
+
+// A key is published while PENDING, ACTIVE and RETIRED, and leaves every
+// set (its scope's, its class's, its PEM document) once UNPUBLISHED or
+// REVOKED.
+TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
+  auto scopes = Scopes();
+  const std::string a = scopes["consumer-a"]->key.thumbprint;
+  const std::string e = scopes["enterprise"]->key.thumbprint;
+  struct Case {
+    absl::Time at;
+    bool published;
+  };
+  const Case cases[] = {
+      {kActivated - absl::Hours(1), true},                       // PENDING
+      {kActivated + absl::Hours(24), true},                      // ACTIVE
+      {kActivated + absl::Hours(24 * 30), true},                 // RETIRED
+      {kActivated + absl::Hours(24 * 30 + 2), false},            // UNPUBLISHED
+      {kActivated + absl::Hours(24 * 30 + 2) - absl::Nanoseconds(1), true},
+      {kActivated + absl::Hours(24 * 40), false},                // DESTROYED
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::FormatTime(c.at));
+    auto docs = BuildPublishedDocuments(scopes, "https://k.test", c.at);
+    ASSERT_TRUE(docs.ok()) << docs.status();
+    EXPECT_EQ(absl::StrContains(docs->consumer_jwks, a), c.published);
+    EXPECT_EQ(absl::StrContains(docs->scope_jwks["consumer-a"], a),
+              c.published);
+    EXPECT_EQ(absl::StrContains(docs->enterprise_jwks, e), c.published);
+    EXPECT_EQ(docs->scope_keys_pem["raw"].empty(), !c.published);
+    if (!c.published) {
+      EXPECT_EQ(docs->scope_jwks["consumer-a"], R"({"keys":[]})");
+      // Discovery stays: the issuer still exists, its set is just empty.
+      EXPECT_EQ(docs->scope_discovery.count("consumer-a"), 1u);
+    }
+  }
+  // A revoked key is out from its revocation on, whatever its schedule.
+  std::map<std::string, std::shared_ptr<const ScopeState>> revoked = {
+      {"consumer-a",
+       Scope("consumer-a", signet::v1::CONSUMER, signet::v1::JWT,
+             signet::v1::ES256, "ec-00.pem", /*revoked=*/true)}};
+  auto before = BuildPublishedDocuments(revoked, "https://k.test",
+                                        kActivated + absl::Hours(2));
+  auto after = BuildPublishedDocuments(revoked, "https://k.test",
+                                       kActivated + absl::Hours(3));
+  ASSERT_TRUE(before.ok() && after.ok());
+  EXPECT_THAT(before->consumer_jwks, HasSubstr(a));
+  EXPECT_THAT(after->consumer_jwks, Not(HasSubstr(a)));
+  EXPECT_EQ(NextKeyStateChange(revoked, kActivated + absl::Hours(2)),
+            kActivated + absl::Hours(3));
+}
+
+TEST(PublicationTest, NextKeyStateChangeIsTheNearestBoundaryAfterNow) {
+  auto scopes = Scopes();  // every key on the same schedule
+  EXPECT_EQ(NextKeyStateChange(scopes, kActivated - absl::Seconds(1)),
+            kActivated);
+  // At a boundary, the next one.
+  EXPECT_EQ(NextKeyStateChange(scopes, kActivated),
+            kActivated + absl::Hours(24 * 30));
+  EXPECT_EQ(NextKeyStateChange(scopes, kNow), kActivated + absl::Hours(24 * 30));
+  EXPECT_EQ(NextKeyStateChange(scopes, kActivated + absl::Hours(24 * 30)),
+            kActivated + absl::Hours(24 * 30 + 2));
+  EXPECT_EQ(NextKeyStateChange(scopes, kActivated + absl::Hours(24 * 30 + 2)),
+            kActivated + absl::Hours(24 * 31 + 2));
+  EXPECT_EQ(NextKeyStateChange(scopes, kActivated + absl::Hours(24 * 40)),
+            absl::InfiniteFuture());
+  EXPECT_EQ(NextKeyStateChange({}, kNow), absl::InfiniteFuture());
 }
 
 // Byte for byte what every replica serves for these keys; a change to the
 // format shows up here. SIGNET_UPDATE_GOLDEN=1 rewrites the files.
 TEST(PublicationTest, DocumentsMatchTheGoldenFiles) {
-  auto docs = BuildPublishedDocuments(Scopes(), "https://keys.signet.test");
+  auto docs = BuildPublishedDocuments(Scopes(), "https://keys.signet.test", kNow);
   ASSERT_TRUE(docs.ok());
   std::map<std::string, std::string> files = {
       {"consumer.jwks.json", docs->consumer_jwks},
@@ -130,7 +212,7 @@ TEST(PublicationTest, DocumentsMatchTheGoldenFiles) {
     EXPECT_EQ(Read(path), body) << path;
   }
   // Built twice: the same bytes.
-  auto again = BuildPublishedDocuments(Scopes(), "https://keys.signet.test");
+  auto again = BuildPublishedDocuments(Scopes(), "https://keys.signet.test", kNow);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->consumer_jwks, docs->consumer_jwks);
   EXPECT_EQ(again->scope_discovery, docs->scope_discovery);

@@ -9,6 +9,7 @@
 #include "server/claims.h"
 #include "server/identity.h"
 #include "server/jwt.h"
+#include "server/publication.h"
 
 namespace signet::server {
 namespace {
@@ -50,16 +51,14 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
   state->key = key;
   if (config.purpose() == JWT) {
     state->header_b64 = ProtectedHeaderB64(state->alg, key.thumbprint);
+    // Checked here so a key that cannot be a JWK never starts serving.
     absl::StatusOr<std::string> jwks =
         JwksJson({JwkEntry{key.public_key.get(), key.thumbprint, state->alg}});
     if (!jwks.ok()) return jwks.status();
-    state->jwks_json = *jwks;
-    state->keys_version = ContentVersion(state->jwks_json);
   } else {
     absl::StatusOr<std::string> pem = key.public_key->SpkiPem();
     if (!pem.ok()) return pem.status();
     state->spki_pem = *pem;
-    state->keys_version = ContentVersion(state->spki_pem);
   }
   return std::shared_ptr<const ScopeState>(std::move(state));
 }
@@ -196,6 +195,25 @@ absl::Status SignerService::CheckPurpose(const ScopeState& scope,
       "scope ", scope.config.name(),
       " signs JWTs only (purpose JWT); raw signing there could forge "
       "tokens. Use SignJwt"));
+}
+
+namespace {
+const std::string* FindOrNull(const std::map<std::string, std::string>& map,
+                              const std::string& key) {
+  auto it = map.find(key);
+  return it == map.end() ? nullptr : &it->second;
+}
+}  // namespace
+
+void SignerService::SetPublished(
+    std::shared_ptr<const PublishedDocuments> published) {
+  absl::MutexLock lock(&mu_);
+  published_ = std::move(published);
+}
+
+std::shared_ptr<const PublishedDocuments> SignerService::Published() const {
+  absl::MutexLock lock(&mu_);
+  return published_;
 }
 
 grpc::ServerUnaryReactor* SignerService::Dispatch(
@@ -498,11 +516,21 @@ grpc::ServerUnaryReactor* SignerService::GetJwks(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
       PublicScope(context, request->scope(), JWT);
+  absl::Status status = scope.status();
   if (scope.ok()) {
-    response->set_jwks_json((*scope)->jwks_json);
-    response->set_version((*scope)->keys_version);
+    std::shared_ptr<const PublishedDocuments> published = Published();
+    const std::string* jwks =
+        published ? FindOrNull(published->scope_jwks, request->scope())
+                  : nullptr;
+    if (jwks == nullptr) {
+      status = absl::UnavailableError(
+          "signetd is starting: its key sets are not built yet");
+    } else {
+      response->set_jwks_json(*jwks);
+      response->set_version(ContentVersion(*jwks));
+    }
   }
-  reactor->Finish(ToGrpcStatus(scope.status()));
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 
@@ -513,14 +541,27 @@ grpc::ServerUnaryReactor* SignerService::GetPublicKeys(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
       PublicScope(context, request->scope(), RAW);
+  absl::Status status = scope.status();
   if (scope.ok()) {
-    signet::v1::PublicKeyInfo* key = response->add_keys();
-    key->set_kid((*scope)->key.thumbprint);
-    key->set_alg((*scope)->alg);
-    key->set_spki_pem((*scope)->spki_pem);
-    response->set_version((*scope)->keys_version);
+    std::shared_ptr<const PublishedDocuments> published = Published();
+    const std::string* pem =
+        published ? FindOrNull(published->scope_keys_pem, request->scope())
+                  : nullptr;
+    if (pem == nullptr) {
+      status = absl::UnavailableError(
+          "signetd is starting: its public keys are not built yet");
+    } else {
+      // Empty once the key is no longer published.
+      if (!pem->empty()) {
+        signet::v1::PublicKeyInfo* key = response->add_keys();
+        key->set_kid((*scope)->key.thumbprint);
+        key->set_alg((*scope)->alg);
+        key->set_spki_pem(*pem);
+      }
+      response->set_version(ContentVersion(*pem));
+    }
   }
-  reactor->Finish(ToGrpcStatus(scope.status()));
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 

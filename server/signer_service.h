@@ -33,6 +33,8 @@
 
 namespace signet::server {
 
+struct PublishedDocuments;  // server/publication.h
+
 // A scope as the service serves it: its configuration and active key.
 struct ScopeState {
   signet::v1::ScopeConfig config;
@@ -40,9 +42,7 @@ struct ScopeState {
   rotation::KeyRecord record;
   hsm::LoadedKey key;
   std::string header_b64;    // JWT scopes: the protected header, encoded
-  std::string jwks_json;     // JWT scopes
-  std::string spki_pem;      // RAW scopes
-  std::string keys_version;  // version of jwks_json / spki_pem
+  std::string spki_pem;  // RAW scopes (published per the key's state)
 };
 
 // Builds a scope's serving state from its active key.
@@ -77,6 +77,11 @@ class SignerService final : public signet::v1::Signer::CallbackService {
   ~SignerService() override;
 
   void SetServing(std::shared_ptr<const ServingState> serving)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // What GetJwks and GetPublicKeys answer: the documents the HTTP endpoint
+  // serves, built for the current key state (signetd replaces them when a
+  // key's state changes). Until set, those RPCs answer UNAVAILABLE.
+  void SetPublished(std::shared_ptr<const PublishedDocuments> published)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::ServerUnaryReactor* SignJwt(grpc::CallbackServerContext* context,
@@ -113,6 +118,8 @@ class SignerService final : public signet::v1::Signer::CallbackService {
   };
 
   std::shared_ptr<const ServingState> Serving() const ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<const PublishedDocuments> Published() const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // The caller's identity, or the status to answer with. Identities are
   // cached by certificate: parsing X.509 on every RPC was 40% of signetd's
@@ -151,6 +158,7 @@ class SignerService final : public signet::v1::Signer::CallbackService {
   absl::flat_hash_map<std::string, std::unique_ptr<Tenant>> tenants_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServingState> serving_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const PublishedDocuments> published_ ABSL_GUARDED_BY(mu_);
   absl::Mutex identities_mu_;
   absl::flat_hash_map<std::string, absl::StatusOr<std::string>> identities_
       ABSL_GUARDED_BY(identities_mu_);

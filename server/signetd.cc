@@ -110,6 +110,14 @@ std::string ClassName(signet::v1::AudienceClass c) {
   return signet::v1::AudienceClass_Name(c);
 }
 
+bool SameDocuments(const PublishedDocuments& a, const PublishedDocuments& b) {
+  return a.consumer_jwks == b.consumer_jwks &&
+         a.enterprise_jwks == b.enterprise_jwks &&
+         a.scope_jwks == b.scope_jwks &&
+         a.scope_discovery == b.scope_discovery &&
+         a.scope_keys_pem == b.scope_keys_pem;
+}
+
 // The scope name of the audit checkpoint key (not a valid scope name).
 constexpr char kAuditScope[] = "_audit";
 
@@ -434,11 +442,19 @@ int Run() {
   serving_state->workers = &workers;
   serving_state->audit = audit->get();
   signer.SetServing(serving_state);
+  // The public documents (GetJwks, GetPublicKeys, and the HTTP endpoint
+  // if configured), for the key state now; rebuilt by the publisher thread
+  // below whenever a key's state changes.
+  const std::string public_base_url =
+      config->has_http() ? config->http().public_base_url() : "";
+  absl::StatusOr<PublishedDocuments> documents = BuildPublishedDocuments(
+      serving_state->scopes, public_base_url, absl::Now());
+  if (!documents.ok()) return Fail(documents.status());
+  auto published =
+      std::make_shared<const PublishedDocuments>(*std::move(documents));
+  signer.SetPublished(published);
   std::unique_ptr<JwksHttpServer> http;
   if (config->has_http()) {
-    absl::StatusOr<PublishedDocuments> documents = BuildPublishedDocuments(
-        serving_state->scopes, config->http().public_base_url());
-    if (!documents.ok()) return Fail(documents.status());
     JwksHttpOptions http_options;
     http_options.listen_address = config->http().listen_address();
     http_options.cache_max_age =
@@ -461,13 +477,44 @@ int Run() {
                     http_options.tls_key_pem.size());
     if (!started.ok()) return Fail(started.status());
     http = std::move(*started);
-    http->Publish(*documents);
+    http->Publish(*published);
     SIGNET_LOG_INFO("JWKS HTTP listening on {}:{} ({}; public base URL {})",
                     http_options.listen_address.substr(
                         0, http_options.listen_address.rfind(':')),
                     http->port(), http->tls() ? "TLS" : "plain HTTP",
                     config->http().public_base_url());
   }
+  // Keys move through their schedule with the clock (design.md, "Keys and
+  // their lifecycle"): at each boundary the documents are rebuilt, and
+  // replaced when their bytes differ, so an unpublished or revoked key
+  // leaves every set at its time, not at the next restart.
+  auto stop_publishing = std::make_shared<absl::Notification>();
+  std::thread publisher([&signer, &http, serving_state, public_base_url,
+                         published, stop_publishing] {
+    std::shared_ptr<const PublishedDocuments> current = published;
+    while (true) {
+      const absl::Time now = absl::Now();
+      const absl::Time next = NextKeyStateChange(serving_state->scopes, now);
+      // A millisecond past the boundary, so the rebuild sees the new state;
+      // at least hourly, in case the clock jumped.
+      const absl::Duration wait =
+          std::min(next - now + absl::Milliseconds(1), absl::Hours(1));
+      if (stop_publishing->WaitForNotificationWithTimeout(wait)) return;
+      absl::StatusOr<PublishedDocuments> rebuilt = BuildPublishedDocuments(
+          serving_state->scopes, public_base_url, absl::Now());
+      if (!rebuilt.ok()) {
+        SIGNET_LOG_ERROR("rebuilding the published key sets failed: {}",
+                         rebuilt.status().ToString());
+        continue;
+      }
+      if (SameDocuments(*rebuilt, *current)) continue;
+      current = std::make_shared<const PublishedDocuments>(*std::move(rebuilt));
+      signer.SetPublished(current);
+      if (http != nullptr) http->Publish(*current);
+      SIGNET_LOG_INFO("a key's state changed: published key sets rebuilt");
+    }
+  });
+
   set_health(true);
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
 
@@ -530,6 +577,8 @@ int Run() {
     }
   }
   stop_probing->Notify();
+  stop_publishing->Notify();
+  publisher.join();
   set_health(false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
