@@ -116,7 +116,6 @@ using testing::SignetdOptions;
 using testing::SignetdProcess;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(120);
-constexpr char kHttpListening[] = "JWKS HTTP listening on 127.0.0.1:";
 constexpr char kTenant[] = "spiffe://signet.test/bench/jwks";
 constexpr double kGoal = 0.5;
 
@@ -590,22 +589,6 @@ std::string SignetdConfig(testing::SignetTestBed& bed,
       " }\n");
 }
 
-absl::StatusOr<int> HttpPort(const std::string& output) {
-  for (absl::string_view line : absl::StrSplit(output, '\n')) {
-    size_t at = line.find(kHttpListening);
-    if (at == absl::string_view::npos) continue;
-    absl::string_view rest = line.substr(at + strlen(kHttpListening));
-    size_t digits = 0;
-    while (digits < rest.size() && absl::ascii_isdigit(rest[digits])) ++digits;
-    int port = 0;
-    if (absl::SimpleAtoi(rest.substr(0, digits), &port) && port > 0) {
-      return port;
-    }
-  }
-  return absl::NotFoundError(
-      absl::StrCat("no \"", kHttpListening, "<port>\" line in:\n", output));
-}
-
 std::string Indent(absl::string_view text) {
   std::string out;
   for (absl::string_view line : absl::StrSplit(text, "\r\n")) {
@@ -644,15 +627,14 @@ int Run() {
   };
   absl::Status ready =
       (*signetd)->WaitForOutput("signetd ready", kStartTimeout);
-  if (ready.ok())
-    ready = (*signetd)->WaitForOutput(kHttpListening, kStartTimeout);
   if (Interrupted()) return 130;
   if (!ready.ok()) {
     std::cerr << "jwks_benchmark: signetd did not start: " << ready << "\n"
               << (*signetd)->Output();
     return 1;
   }
-  absl::StatusOr<int> signetd_port = HttpPort((*signetd)->Output());
+  absl::StatusOr<int> signetd_port =
+      (*signetd)->WaitForHttpPort(kStartTimeout);
   if (!signetd_port.ok()) {
     std::cerr << "jwks_benchmark: " << signetd_port.status() << "\n";
     return 1;

@@ -57,7 +57,6 @@ using testing::TestCa;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(120);
 constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
-constexpr char kHttpListening[] = "JWKS HTTP listening on 127.0.0.1:";
 
 struct ScopeCase {
   const char* name;
@@ -230,15 +229,9 @@ class VerifierIntegrationTest : public ::testing::Test {
     ASSERT_TRUE(grpc_port.ok()) << grpc_port.status();
     ASSERT_TRUE(signetd_->WaitForOutput("signetd ready", kStartTimeout).ok())
         << signetd_->Output();
-    ASSERT_TRUE(signetd_->WaitForOutput(kHttpListening, kStartTimeout).ok())
-        << signetd_->Output();
-    std::string out = signetd_->Output();
-    size_t at = out.find(kHttpListening);
-    absl::string_view rest =
-        absl::string_view(out).substr(at + strlen(kHttpListening));
-    size_t digits = 0;
-    while (digits < rest.size() && absl::ascii_isdigit(rest[digits])) ++digits;
-    ASSERT_TRUE(absl::SimpleAtoi(rest.substr(0, digits), &http_port_)) << out;
+    absl::StatusOr<int> http_port = signetd_->WaitForHttpPort(kStartTimeout);
+    ASSERT_TRUE(http_port.ok()) << http_port.status();
+    http_port_ = *http_port;
 
     client::ClientOptions client_options;
     client_options.target = absl::StrCat("localhost:", *grpc_port);

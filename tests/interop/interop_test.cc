@@ -89,7 +89,6 @@ using v1::Signer;
 constexpr absl::Duration kStartTimeout = absl::Seconds(240);
 constexpr char kTenant[] = "spiffe://signet.test/tenant/interop";
 constexpr char kBaseUrl[] = "https://keys.signet.test";
-constexpr char kHttpListening[] = "JWKS HTTP listening on 127.0.0.1:";
 constexpr char kPython[] = "/usr/bin/python3";
 constexpr char kAudience[] = "mail";
 
@@ -486,33 +485,12 @@ class InteropTest : public ::testing::Test {
     signetd_ = signetd->release();
     ASSERT_TRUE(signetd_->WaitForOutput("signetd ready", kStartTimeout).ok())
         << signetd_->Output();
-    ASSERT_TRUE(signetd_->WaitForOutput(kHttpListening, kStartTimeout).ok())
-        << signetd_->Output();
-    const std::string out = signetd_->Output();
-    for (absl::string_view line : absl::StrSplit(out, '\n')) {
-      size_t at = line.find(kHttpListening);
-      if (at != absl::string_view::npos) {
-        absl::string_view rest = line.substr(at + strlen(kHttpListening));
-        size_t digits = 0;
-        while (digits < rest.size() && absl::ascii_isdigit(rest[digits])) {
-          ++digits;
-        }
-        ASSERT_TRUE(absl::SimpleAtoi(rest.substr(0, digits), &http_port_))
-            << line;
-        continue;
-      }
-      at = line.find("listening on ");
-      if (at != absl::string_view::npos && absl::StrContains(line, "gRPC") &&
-          grpc_port_ == 0) {
-        absl::string_view address = line.substr(at + 13);
-        address = address.substr(0, address.find(' '));
-        ASSERT_TRUE(absl::SimpleAtoi(address.substr(address.rfind(':') + 1),
-                                     &grpc_port_))
-            << line;
-      }
-    }
-    ASSERT_GT(http_port_, 0) << out;
-    ASSERT_GT(grpc_port_, 0) << out;
+    absl::StatusOr<int> http_port = signetd_->WaitForHttpPort(kStartTimeout);
+    ASSERT_TRUE(http_port.ok()) << http_port.status();
+    http_port_ = *http_port;
+    absl::StatusOr<int> grpc_port = signetd_->WaitForPort(kStartTimeout);
+    ASSERT_TRUE(grpc_port.ok()) << grpc_port.status();
+    grpc_port_ = *grpc_port;
   }
 
   static std::unique_ptr<Signer::Stub> Stub() {

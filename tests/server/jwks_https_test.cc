@@ -42,7 +42,6 @@ using testing::SignetdProcess;
 using testing::SpawnOptions;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
-constexpr char kHttpListening[] = "JWKS HTTP listening on 0.0.0.0:";
 constexpr char kConsumerPath[] = "/consumer/.well-known/jwks.json";
 constexpr char kIssuer[] = "https://consumer.signet.test";
 constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
@@ -66,21 +65,11 @@ class JwksHttpsTest : public ::testing::Test {
     signetd_ = started->release();
     ASSERT_TRUE(signetd_->WaitForOutput("signetd ready", kStartTimeout).ok())
         << signetd_->Output();
-    ASSERT_TRUE(signetd_->WaitForOutput(kHttpListening, kStartTimeout).ok())
-        << signetd_->Output();
-    for (absl::string_view line :
-         absl::StrSplit(signetd_->Output(), '\n')) {
-      size_t at = line.find(kHttpListening);
-      if (at == absl::string_view::npos) continue;
-      absl::string_view rest = line.substr(at + strlen(kHttpListening));
-      size_t digits = 0;
-      while (digits < rest.size() && absl::ascii_isdigit(rest[digits])) {
-        ++digits;
-      }
-      ASSERT_TRUE(absl::SimpleAtoi(rest.substr(0, digits), &port_)) << line;
-      EXPECT_THAT(line, HasSubstr("(TLS;"));
-    }
-    ASSERT_GT(port_, 0) << signetd_->Output();
+    absl::StatusOr<int> port = signetd_->WaitForHttpPort(kStartTimeout);
+    ASSERT_TRUE(port.ok()) << port.status();
+    port_ = *port;
+    EXPECT_THAT(signetd_->Output(), HasSubstr("JWKS HTTP listening on 0.0.0.0:"));
+    EXPECT_THAT(signetd_->Output(), HasSubstr("(TLS;"));
   }
 
   static void TearDownTestSuite() {

@@ -45,7 +45,6 @@ using testing::SpawnOptions;
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
 constexpr char kIssuer[] = "https://short.signet.test";
 constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
-constexpr char kHttpListening[] = "JWKS HTTP listening on 127.0.0.1:";
 // Long enough for signetd to start and sign once on a busy machine.
 constexpr absl::Duration kActiveFor = absl::Seconds(25);
 constexpr absl::Duration kRetiredFor = absl::Seconds(10);
@@ -168,10 +167,9 @@ TEST_F(KeyScheduleTest, SigningStopsAtRetireAndTheKeyLeavesTheSetsAtUnpublish) {
   const std::string out = (*signetd)->Output();
   // signetd took the key on the token; it did not make another.
   EXPECT_THAT(out, HasSubstr(absl::StrCat("kid ", kid)));
-  size_t at = out.find(kHttpListening);
-  ASSERT_NE(at, std::string::npos) << out;
-  const int http_port = std::atoi(out.c_str() + at + strlen(kHttpListening));
-  ASSERT_GT(http_port, 0);
+  auto http = (*signetd)->WaitForHttpPort(kStartTimeout);
+  ASSERT_TRUE(http.ok()) << http.status();
+  const int http_port = *http;
 
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = bed_->ca().cert_pem();

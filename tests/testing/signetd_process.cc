@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -120,6 +121,25 @@ absl::StatusOr<int> SignetdProcess::WaitForPort(absl::Duration timeout) {
   int port = 0;
   if (!absl::SimpleAtoi(address.substr(address.rfind(':') + 1), &port)) {
     return absl::InternalError("cannot parse the port from: " + address);
+  }
+  return port;
+}
+
+absl::StatusOr<int> SignetdProcess::WaitForHttpPort(absl::Duration timeout) {
+  const std::string kMarker = "JWKS HTTP listening on ";
+  absl::Status seen = WaitForOutput(kMarker, timeout);
+  if (!seen.ok()) return seen;
+  std::string out = Output();
+  size_t at = out.find(kMarker) + kMarker.size();
+  size_t colon = out.find(':', at);
+  size_t end = colon == std::string::npos ? colon : colon + 1;
+  while (end < out.size() && absl::ascii_isdigit(out[end])) ++end;
+  int port = 0;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(out.substr(colon + 1, end - colon - 1), &port) ||
+      port <= 0) {
+    return absl::InternalError(
+        "cannot parse the HTTP port from: " + out.substr(at, end - at));
   }
   return port;
 }

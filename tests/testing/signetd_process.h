@@ -40,6 +40,9 @@ class SignetdProcess {
   absl::Status WaitForOutput(absl::string_view text, absl::Duration timeout);
   // The port from "listening on <host>:<port>", once logged.
   absl::StatusOr<int> WaitForPort(absl::Duration timeout);
+  // The JWKS HTTP endpoint's port, from "JWKS HTTP listening on
+  // <host>:<port>", once logged.
+  absl::StatusOr<int> WaitForHttpPort(absl::Duration timeout);
   // Sends `sig` and waits for the exit; returns the exit code (-signal if
   // killed by one).
   absl::StatusOr<int> Stop(int sig, absl::Duration timeout);
