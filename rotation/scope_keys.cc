@@ -65,7 +65,8 @@ absl::StatusOr<ScopeKey> EnsureActiveKey(
   if (!may_write) {
     return absl::FailedPreconditionError(absl::StrCat(
         "scope ", policy.scope,
-        " has no active key and this replica is not the rotation writer"));
+        " has no active key on the token, and this replica does not create "
+        "keys (never_create_keys): start the replica that writes keys first"));
   }
   absl::StatusOr<std::string> key_id = store.GenerateKeyPair(policy.key_spec);
   if (!key_id.ok()) return key_id.status();

@@ -69,7 +69,7 @@ TEST_F(ScopeKeysTest, ScopesDoNotShareKeys) {
 TEST_F(ScopeKeysTest, AReaderReplicaNeverCreatesKeys) {
   auto none = EnsureActiveKey(*store_, policy_, Records(), kNow, false);
   EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(none.status().message(), HasSubstr("rotation writer"));
+  EXPECT_THAT(none.status().message(), HasSubstr("does not create keys"));
   EXPECT_THAT(*store_->ListKeyIds(), SizeIs(0));
 }
 

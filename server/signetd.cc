@@ -380,7 +380,8 @@ int Run() {
   audit_policy.algorithm = "ES256";
   audit_policy.key_spec = {hsm::SignatureAlgorithm::kEcdsaP256Sha256};
   absl::StatusOr<rotation::ScopeKey> audit_key = rotation::EnsureActiveKey(
-      store, audit_policy, records, absl::Now(), /*may_write=*/true);
+      store, audit_policy, records, absl::Now(),
+      /*may_write=*/!config->never_create_keys());
   if (!audit_key.ok()) return Fail(audit_key.status());
   absl::Status key_file = WriteAuditPublicKey(config->audit_log_path(),
                                               *audit_key->key.public_key);
@@ -412,7 +413,8 @@ int Run() {
     policy.algorithm = JoseAlgorithmName(scope.algorithm());
     policy.key_spec = KeySpecFor(scope);
     absl::StatusOr<rotation::ScopeKey> key = rotation::EnsureActiveKey(
-        store, policy, records, absl::Now(), /*may_write=*/true);
+        store, policy, records, absl::Now(),
+        /*may_write=*/!config->never_create_keys());
     if (!key.ok()) return Fail(key.status());
     absl::StatusOr<std::string> pem = key->key.public_key->SpkiPem();
     if (!pem.ok()) return Fail(pem.status());

@@ -190,6 +190,46 @@ TEST_F(SignetdTest, ARestartReusesTheKeysInTheToken) {
   EXPECT_EQ(PrintedKids((*signetd)->Output()), first);
 }
 
+// Replicas sharing one token: one writes keys, the others never do. A
+// replica with never_create_keys refuses to start on a token without the
+// scopes' keys (naming the scope and what to do), and once the writer has
+// created them it serves the very same keys, alongside the writer.
+TEST_F(SignetdTest, AReplicaThatNeverCreatesKeysUsesTheWritersKeys) {
+  auto replica_config = [&](absl::string_view name) {
+    std::string config = ConfigFor(*token_, *hsm_);
+    const std::string audit = token_->dir() + "/audit/audit.log";
+    config.replace(config.find(audit), audit.size(),
+                   absl::StrCat(token_->dir(), "/audit/", name, ".log"));
+    return absl::StrCat(config, "never_create_keys: true\n");
+  };
+  {
+    auto early = StartSignetd(replica_config("early"));
+    ASSERT_TRUE(early.ok()) << early.status();
+    auto code = (*early)->WaitExit(kStartTimeout);
+    ASSERT_TRUE(code.ok()) << code.status() << (*early)->Output();
+    EXPECT_NE(*code, 0);
+    EXPECT_THAT((*early)->Output(), HasSubstr("never_create_keys"));
+    EXPECT_THAT((*early)->Output(),
+                HasSubstr("start the replica that writes keys first"));
+    EXPECT_THAT((*early)->Output(), Not(HasSubstr("key generation")));
+  }
+  auto writer = StartSignetd(ConfigFor(*token_, *hsm_));
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE((*writer)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*writer)->Output();
+  const auto writer_kids = PrintedKids((*writer)->Output());
+  ASSERT_EQ(writer_kids.size(), 2u) << (*writer)->Output();
+
+  auto replica = StartSignetd(replica_config("replica"));
+  ASSERT_TRUE(replica.ok());
+  ASSERT_TRUE((*replica)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*replica)->Output();
+  EXPECT_EQ(PrintedKids((*replica)->Output()), writer_kids);
+  auto port = (*replica)->WaitForPort(kStartTimeout);
+  ASSERT_TRUE(port.ok());
+  EXPECT_EQ(Health(*port, "scope/demo-consumer"), HealthCheckResponse::SERVING);
+}
+
 TEST_F(SignetdTest, HealthFollowsTheHsmAcrossAKillAndARestart) {
   auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
   ASSERT_TRUE(signetd.ok());
