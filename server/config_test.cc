@@ -1,5 +1,7 @@
 #include "server/config.h"
 
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -209,6 +211,25 @@ TEST(ConfigTest, LoopbackHosts) {
   EXPECT_TRUE(IsLoopbackHost("localhost"));
   EXPECT_FALSE(IsLoopbackHost("10.0.0.1"));
   EXPECT_FALSE(IsLoopbackHost("localhost.evil.example"));
+}
+
+// The configuration the signetd container image ships (docker/), writer
+// and replica, as Dockerfile.signetd fills it in.
+TEST(ConfigTest, TheContainerConfigurationIsValid) {
+  std::ifstream in(SIGNET_DOCKER_CONFIG);
+  ASSERT_TRUE(in) << SIGNET_DOCKER_CONFIG;
+  std::stringstream buf;
+  buf << in.rdbuf();
+  const std::string writer = absl::StrReplaceAll(
+      buf.str(), {{"@P11_KIT_CLIENT@",
+                   "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"}});
+  auto config = ParseConfig(writer);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->never_create_keys());
+  EXPECT_FALSE(config->http().tls_cert_file().empty());
+  auto replica = ParseConfig(absl::StrCat(writer, "never_create_keys: true\n"));
+  ASSERT_TRUE(replica.ok()) << replica.status();
+  EXPECT_TRUE(replica->never_create_keys());
 }
 
 TEST(ConfigTest, MissingFileIsNotFound) {
