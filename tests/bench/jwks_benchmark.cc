@@ -84,6 +84,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tests/testing/http_get.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
@@ -224,72 +225,8 @@ absl::StatusOr<int> FreePort() {
   return ntohs(addr.sin_port);
 }
 
-struct HttpResponse {
-  int status = 0;
-  std::string head;  // status line and headers
-  std::string body;
-
-  std::string Header(absl::string_view name) const {
-    for (absl::string_view line : absl::StrSplit(head, "\r\n")) {
-      size_t colon = line.find(':');
-      if (colon != absl::string_view::npos &&
-          absl::EqualsIgnoreCase(line.substr(0, colon), name)) {
-        return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-      }
-    }
-    return "";
-  }
-};
-
-// One GET over a fresh loopback connection (Connection: close).
-absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError("socket");
-  absl::Cleanup closer = [fd] { close(fd); };
-  timeval tv = {.tv_sec = 10, .tv_usec = 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("connect 127.0.0.1:", port, ": ", strerror(errno)));
-  }
-  std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
-                   "\r\nConnection: close\r\n\r\n");
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    return absl::UnavailableError("send");
-  }
-  std::string raw;
-  char buf[16384];
-  for (;;) {
-    ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n > 0) {
-      raw.append(buf, n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      break;
-    }
-  }
-  size_t head_end = raw.find("\r\n\r\n");
-  if (head_end == std::string::npos) {
-    return absl::UnavailableError(absl::StrCat("no response from :", port));
-  }
-  HttpResponse r;
-  r.head = raw.substr(0, head_end);
-  r.body = raw.substr(head_end + 4);
-  std::vector<std::string> words =
-      absl::StrSplit(r.head.substr(0, r.head.find("\r\n")), ' ');
-  if (words.size() < 2 || !absl::SimpleAtoi(words[1], &r.status)) {
-    return absl::UnavailableError(absl::StrCat("bad status line: ", r.head));
-  }
-  return r;
-}
+using testing::HttpGet;
+using testing::HttpResponse;
 
 // Stops a process group: `sig`, then SIGKILL after `grace`; reaps `pid`.
 void StopGroup(pid_t pid, int sig, absl::Duration grace) {

@@ -71,6 +71,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "signet/v1/signer.grpc.pb.h"
+#include "tests/testing/http_get.h"
 #include "tests/testing/pki.h"
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
@@ -156,68 +157,10 @@ void WriteFile(const std::string& path, absl::string_view data) {
   EXPECT_TRUE(out.good()) << path;
 }
 
-// ---------------------------------------------------------------------------
-// HTTP: one GET over a fresh loopback connection, read until the server
-// closes (Connection: close).
-
-struct HttpResponse {
-  int status = 0;
-  std::string head;
-  std::string body;
-};
-
-absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: errno ", errno));
-  timeval tv = {.tv_sec = 20, .tv_usec = 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr = {};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("connect: errno ", e));
-  }
-  std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
-                   "\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("send: errno ", e));
-  }
-  std::string raw;
-  char buf[16384];
-  for (;;) {
-    ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n > 0) {
-      raw.append(buf, n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      break;
-    }
-  }
-  close(fd);
-  size_t head_end = raw.find("\r\n\r\n");
-  if (head_end == std::string::npos) {
-    return absl::UnavailableError(
-        absl::StrCat("no complete response to GET ", path, ": ", raw));
-  }
-  HttpResponse r;
-  r.head = raw.substr(0, head_end);
-  r.body = raw.substr(head_end + 4);
-  std::vector<std::string> status_line =
-      absl::StrSplit(r.head.substr(0, r.head.find("\r\n")), ' ');
-  if (status_line.size() < 2 || !absl::SimpleAtoi(status_line[1], &r.status)) {
-    return absl::UnavailableError(absl::StrCat("bad status line: ", r.head));
-  }
-  return r;
-}
+// HTTP: tests/testing/http_get.h (one GET over a fresh loopback
+// connection).
+using testing::HttpGet;
+using testing::HttpResponse;
 
 // ---------------------------------------------------------------------------
 // OpenSSL: a public key from a JWK's members (RFC 7518 section 6), without
