@@ -26,6 +26,11 @@ using signet::v1::SignetConfig;
 constexpr int kMaxConnections = 64;
 constexpr uint32_t kDefaultTokenLifetime = 3600;
 constexpr uint32_t kMaxTokenLifetime = 7 * 24 * 3600;
+constexpr uint32_t kDefaultCacheMaxAge = 300;
+constexpr uint32_t kDefaultRotationPeriod = 30 * 24 * 3600;
+constexpr uint32_t kMaxRotationPeriod = 365 * 24 * 3600;
+constexpr uint32_t kMaxPublishGrace = 30 * 24 * 3600;
+constexpr uint32_t kDefaultDestroyDelay = 24 * 3600;
 constexpr int kMaxSessionsPerConnection = 64;
 
 class CollectErrors : public google::protobuf::io::ErrorCollector {
@@ -261,6 +266,44 @@ absl::Status ValidateConfig(SignetConfig& config,
                         absl::StrCat("at most ", kMaxTokenLifetime,
                                      " (7 days)"));
     }
+    // The key schedule. The grace must cover a token's life plus the time a
+    // relying party may keep an old JWKS.
+    const uint32_t jwks_max_age = config.has_http() &&
+                                          config.http().cache_max_age_seconds()
+                                      ? config.http().cache_max_age_seconds()
+                                      : kDefaultCacheMaxAge;
+    const uint64_t min_grace =
+        uint64_t{scope.max_token_lifetime_seconds()} + jwks_max_age;
+    if (scope.rotation_period_seconds() == 0) {
+      scope.set_rotation_period_seconds(kDefaultRotationPeriod);
+    }
+    if (scope.rotation_period_seconds() < 3600 ||
+        scope.rotation_period_seconds() > kMaxRotationPeriod) {
+      return FieldError(field + ".rotation_period_seconds",
+                        "must be from 3600 (1 hour) to 31536000 (365 days)");
+    }
+    if (scope.publish_grace_seconds() == 0) {
+      scope.set_publish_grace_seconds(static_cast<uint32_t>(min_grace + 3600));
+    }
+    if (scope.publish_grace_seconds() < min_grace) {
+      return FieldError(
+          field + ".publish_grace_seconds",
+          absl::StrCat("must be at least ", min_grace,
+                       " (max_token_lifetime_seconds + the JWKS cache "
+                       "max-age), or tokens signed late in a key's life "
+                       "would stop verifying before they expire"));
+    }
+    if (scope.publish_grace_seconds() > kMaxPublishGrace) {
+      return FieldError(field + ".publish_grace_seconds",
+                        "at most 2592000 (30 days)");
+    }
+    if (scope.destroy_delay_seconds() == 0) {
+      scope.set_destroy_delay_seconds(kDefaultDestroyDelay);
+    }
+    if (scope.destroy_delay_seconds() > kMaxRotationPeriod) {
+      return FieldError(field + ".destroy_delay_seconds",
+                        "at most 31536000 (365 days)");
+    }
     if (rsa) {
       if (scope.rsa_bits() == 0) scope.set_rsa_bits(2048);
       if (scope.rsa_bits() != 2048 && scope.rsa_bits() != 3072 &&
@@ -348,7 +391,9 @@ absl::Status ValidateConfig(SignetConfig& config,
     if (absl::EndsWith(http.public_base_url(), "/")) {
       return FieldError("http.public_base_url", "must not end with '/'");
     }
-    if (http.cache_max_age_seconds() == 0) http.set_cache_max_age_seconds(300);
+    if (http.cache_max_age_seconds() == 0) {
+      http.set_cache_max_age_seconds(kDefaultCacheMaxAge);
+    }
   }
   signet::v1::ServingConfig& serving = *config.mutable_serving();
   if (serving.worker_threads() == 0) {

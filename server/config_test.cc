@@ -70,6 +70,43 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(config->serving().worker_threads(), 4u);
   EXPECT_EQ(config->serving().queue_size(), 1024u);
   EXPECT_EQ(config->serving().iat_skew_seconds(), 60u);
+  EXPECT_EQ(config->scopes(0).rotation_period_seconds(), 30u * 24 * 3600);
+  // Token lifetime 3600 + JWKS max-age 300 + an hour.
+  EXPECT_EQ(config->scopes(0).publish_grace_seconds(), 3600u + 300 + 3600);
+  EXPECT_EQ(config->scopes(0).destroy_delay_seconds(), 24u * 3600);
+}
+
+TEST(ConfigTest, TheGraceCoversATokensLifeAndTheJwksCache) {
+  auto at_least = [](absl::string_view extra) {
+    return ParseConfig(absl::StrReplaceAll(
+        kValid, {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
+  };
+  // 600 s tokens, 300 s cache: 900 s is the least grace.
+  EXPECT_TRUE(at_least("max_token_lifetime_seconds: 600 "
+                       "publish_grace_seconds: 900").ok());
+  auto short_grace = at_least("max_token_lifetime_seconds: 600 "
+                              "publish_grace_seconds: 899");
+  EXPECT_EQ(short_grace.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(short_grace.status().message());
+  EXPECT_THAT(message, HasSubstr("scopes[0]"));
+  EXPECT_THAT(message, HasSubstr("publish_grace_seconds"));
+  EXPECT_THAT(message, HasSubstr("at least 900"));
+  // A longer JWKS cache needs a longer grace.
+  auto cached = ParseConfig(absl::StrCat(
+      absl::StrReplaceAll(kValid, {{"algorithm: ES256",
+                                    "algorithm: ES256 "
+                                    "max_token_lifetime_seconds: 600 "
+                                    "publish_grace_seconds: 900"}}),
+      "\nhttp { listen_address: \"127.0.0.1:8080\" public_base_url: "
+      "\"https://k.example\" cache_max_age_seconds: 3600 }\n"));
+  EXPECT_THAT(std::string(cached.status().message()), HasSubstr("at least 4200"));
+  EXPECT_THAT(
+      std::string(at_least("rotation_period_seconds: 60").status().message()),
+      HasSubstr("rotation_period_seconds"));
+  EXPECT_THAT(std::string(at_least("destroy_delay_seconds: 40000000")
+                              .status()
+                              .message()),
+              HasSubstr("destroy_delay_seconds"));
 }
 
 TEST(ConfigTest, PlainTextNeedsTheFlagAndLoopback) {

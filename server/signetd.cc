@@ -412,15 +412,26 @@ int Run() {
     policy.scope = scope.name();
     policy.algorithm = JoseAlgorithmName(scope.algorithm());
     policy.key_spec = KeySpecFor(scope);
+    policy.timings.rotation_period =
+        absl::Seconds(scope.rotation_period_seconds());
+    policy.timings.publish_grace = absl::Seconds(scope.publish_grace_seconds());
+    policy.timings.destroy_delay = absl::Seconds(scope.destroy_delay_seconds());
     absl::StatusOr<rotation::ScopeKey> key = rotation::EnsureActiveKey(
         store, policy, records, absl::Now(),
         /*may_write=*/!config->never_create_keys());
     if (!key.ok()) return Fail(key.status());
     absl::StatusOr<std::string> pem = key->key.public_key->SpkiPem();
     if (!pem.ok()) return Fail(pem.status());
-    SIGNET_LOG_INFO("scope {}: key generation {} kid {} checked and active",
-                    scope.name(), key->record.key_generation(),
-                    key->key.thumbprint);
+    SIGNET_LOG_INFO(
+        "scope {}: key generation {} kid {} checked and active; signs until "
+        "{}, published until {}",
+        scope.name(), key->record.key_generation(), key->key.thumbprint,
+        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
+                         rotation::TimeFromProto(key->record.retire_at()),
+                         absl::UTCTimeZone()),
+        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
+                         rotation::TimeFromProto(key->record.unpublish_at()),
+                         absl::UTCTimeZone()));
     std::cout << "scope " << scope.name() << " (" << ClassName(scope.audience_class())
               << ", " << signet::v1::Purpose_Name(scope.purpose()) << ", iss "
               << scope.issuer() << ")\n"

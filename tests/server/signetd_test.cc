@@ -230,6 +230,40 @@ TEST_F(SignetdTest, AReplicaThatNeverCreatesKeysUsesTheWritersKeys) {
   EXPECT_EQ(Health(*port, "scope/demo-consumer"), HealthCheckResponse::SERVING);
 }
 
+// The configured schedule is the one recorded with a new key.
+TEST_F(SignetdTest, ANewKeyGetsTheConfiguredSchedule) {
+  std::string config = ConfigFor(*token_, *hsm_);
+  const std::string es256 = "algorithm: ES256";
+  config.replace(config.find(es256), es256.size(),
+                 "algorithm: ES256 rotation_period_seconds: 7200 "
+                 "publish_grace_seconds: 5400");
+  const absl::Time before = absl::Now();
+  auto signetd = StartSignetd(config);
+  ASSERT_TRUE(signetd.ok());
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << (*signetd)->Output();
+  const absl::Time after = absl::Now();
+  std::smatch m;
+  const std::string out = (*signetd)->Output();
+  ASSERT_TRUE(std::regex_search(
+      out, m,
+      std::regex(R"(scope demo-consumer: key generation 1 kid \S+ checked and )"
+                 R"(active; signs until (\S+), published until (\S+))")))
+      << out;
+  absl::Time retire, unpublish;
+  std::string error;
+  ASSERT_TRUE(absl::ParseTime(absl::RFC3339_full, m[1].str(), &retire, &error))
+      << error;
+  ASSERT_TRUE(
+      absl::ParseTime(absl::RFC3339_full, m[2].str(), &unpublish, &error))
+      << error;
+  // Printed to the second.
+  EXPECT_GE(retire, absl::FromUnixSeconds(absl::ToUnixSeconds(before)) +
+                        absl::Hours(2));
+  EXPECT_LE(retire, after + absl::Hours(2));
+  EXPECT_EQ(unpublish - retire, absl::Seconds(5400));
+}
+
 TEST_F(SignetdTest, HealthFollowsTheHsmAcrossAKillAndARestart) {
   auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
   ASSERT_TRUE(signetd.ok());
