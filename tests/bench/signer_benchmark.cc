@@ -130,6 +130,8 @@ ABSL_FLAG(std::vector<std::string>, batch_concurrency,
 ABSL_FLAG(int, channels, 2,
           "gRPC channels (separate TLS connections) the client spreads its "
           "calls over.");
+ABSL_FLAG(std::string, audit_dir, "",
+          "Directory for the audit log (default: beside the token, on disk).");
 ABSL_FLAG(bool, wait_at_end, false,
           "Print signetd's pid and keep waiting for Enter at the end (to look "
           "at the audit log or attach a profiler); the temporary directory is "
@@ -642,7 +644,13 @@ absl::StatusOr<std::unique_ptr<Env>> StartEnv(int connections, int sessions,
       env->ca->Issue("bench-client", client_options);
   if (!client.ok()) return client.status();
   env->client_cert = std::make_unique<TestCa::Issued>(*client);
-  const std::string audit_dir = env->token->dir() + "/audit";
+  // --audit_dir puts the log elsewhere, e.g. on tmpfs to see what
+  // fdatasync costs.
+  const std::string audit_dir =
+      absl::GetFlag(FLAGS_audit_dir).empty()
+          ? env->token->dir() + "/audit"
+          : absl::StrCat(absl::GetFlag(FLAGS_audit_dir), "/signet-bench-",
+                         getpid());
   mkdir(audit_dir.c_str(), 0700);
   env->audit_path = audit_dir + "/audit.log";
 
