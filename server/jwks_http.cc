@@ -20,9 +20,13 @@ namespace signet::server {
 namespace {
 
 // GnuTLS priorities: TLS 1.2 and 1.3 only (relying parties are often
-// older HTTP stacks than signet's own gRPC clients, which get 1.3 only).
+// older HTTP stacks than signet's own gRPC clients, which get 1.3 only),
+// and for TLS 1.2 only AEAD ciphers with ephemeral ECDH (no CBC, no static
+// RSA key exchange, no SHA-1 MACs).
 constexpr char kTlsPriorities[] =
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:"
+    "-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305:"
+    "-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA";
 
 // Leaves the URL exactly as sent: paths are matched byte for byte, so no
 // encoded form can reach a document by another spelling.

@@ -248,6 +248,16 @@ TEST_F(JwksHttpsTest, SignetVerifyChecksATokenAgainstTheHttpsKeySet) {
   EXPECT_THAT(untrusted.output, Not(HasSubstr("\"sub\":\"alice\"")));
 }
 
+// TLS 1.2 offers only AEAD ciphers with ephemeral ECDH: a client that
+// insists on a CBC cipher (which GnuTLS's NORMAL would accept) gets no
+// handshake.
+TEST_F(JwksHttpsTest, Tls12OffersOnlyAeadCiphersWithEcdhe) {
+  EXPECT_TRUE(Handshake("-tls1_2", {"-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"}));
+  EXPECT_TRUE(
+      Handshake("-tls1_2", {"-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"}));
+  EXPECT_FALSE(Handshake("-tls1_2", {"-cipher", "ECDHE-ECDSA-AES128-SHA"}));
+}
+
 TEST_F(JwksHttpsTest, TheTlsKeyIsNeverLogged) {
   std::string key_body = bed_->server_cert().key_pem;
   // A line from the middle of the PEM body.
