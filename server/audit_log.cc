@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "hsm/digest.h"
 #include "server/audit_verify.h"
@@ -445,30 +446,14 @@ absl::StatusOr<std::vector<std::string>> AuditLog::LineMembers(
 }
 
 absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
-  absl::StatusOr<std::vector<std::string>> members = LineMembers(events);
-  if (!members.ok()) {
-    return members.status();
-  }
-  if (members->empty()) {
-    return absl::OkStatus();
-  }
-  absl::MutexLock lock(&mu_);
-  if (!broken_.ok()) {
-    return broken_;
-  }
-  const absl::Time now = options_.now();
-  uint64_t ticket = 0;
-  for (std::string& m : *members) {
-    ticket = EnqueueLocked(now, std::move(m));
-  }
-  auto done = [this, ticket]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return durable_ticket_ >= ticket || !broken_.ok();
-  };
-  mu_.Await(absl::Condition(&done));
-  if (durable_ticket_ >= ticket) {
-    return absl::OkStatus();
-  }
-  return broken_;
+  absl::Notification durable;
+  absl::Status status;
+  AppendAllAsync(events, [&](const absl::Status& s) {
+    status = s;
+    durable.Notify();
+  });
+  durable.WaitForNotification();
+  return status;
 }
 
 void AuditLog::AppendAllAsync(absl::Span<const AuditEvent> events,

@@ -35,6 +35,7 @@
 #include "hsm/digest.h"
 #include "hsm/public_key.h"
 #include "server/audit_verify.h"
+#include "server/test_audit_files.h"
 #include "server/test_audit_key.h"
 
 namespace signet::server {
@@ -44,59 +45,15 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
 using ::testing::StartsWith;
-using Json = nlohmann::ordered_json;
 
-constexpr char kZeroHash[] =
-    "0000000000000000000000000000000000000000000000000000000000000000";
-
-// A per-test directory under the test temp dir, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = ::testing::TempDir() + "audit_log_test.XXXXXX";
-    char* made = mkdtemp(tmpl.data());
-    EXPECT_NE(made, nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string File(absl::string_view name) const {
-    return absl::StrCat(path_, "/", name);
-  }
-
- private:
-  std::string path_;
-};
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void WriteFile(const std::string& path, absl::string_view content) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(content.data(), static_cast<std::streamsize>(content.size()));
-}
-
-std::vector<std::string> ReadLines(const std::string& path) {
-  std::vector<std::string> lines;
-  std::ifstream in(path, std::ios::binary);
-  for (std::string line; std::getline(in, line);) {
-    lines.push_back(line);
-  }
-  return lines;
-}
-
-std::string HexSha256(absl::string_view data) {
-  absl::StatusOr<std::string> d = hsm::Sha256(data);
-  EXPECT_TRUE(d.ok()) << d.status();
-  return d.ok() ? absl::BytesToHexString(*d) : std::string();
-}
-
-Json Parse(absl::string_view line) {
-  return Json::parse(line.begin(), line.end(), nullptr, false);
-}
+using audit_testing::HexSha256;
+using audit_testing::Json;
+using audit_testing::kZeroHash;
+using audit_testing::Parse;
+using audit_testing::ReadFile;
+using audit_testing::ReadLines;
+using audit_testing::TempDir;
+using audit_testing::WriteFile;
 
 // A settable clock shared with the log.
 class FakeClock {

@@ -217,6 +217,12 @@ absl::Status ValidateConfig(SignetConfig& config,
   }
   std::set<std::string> names;
   std::set<std::string> issuers;
+  // How long relying parties may keep a key set (the HTTP endpoint's
+  // Cache-Control max-age): every scope's grace must cover it.
+  const uint32_t jwks_max_age =
+      config.has_http() && config.http().cache_max_age_seconds() != 0
+          ? config.http().cache_max_age_seconds()
+          : kDefaultCacheMaxAge;
   for (int i = 0; i < config.scopes_size(); ++i) {
     ScopeConfig& scope = *config.mutable_scopes(i);
     const std::string field =
@@ -268,10 +274,6 @@ absl::Status ValidateConfig(SignetConfig& config,
     }
     // The key schedule. The grace must cover a token's life plus the time a
     // relying party may keep an old JWKS.
-    const uint32_t jwks_max_age = config.has_http() &&
-                                          config.http().cache_max_age_seconds()
-                                      ? config.http().cache_max_age_seconds()
-                                      : kDefaultCacheMaxAge;
     const uint64_t min_grace =
         uint64_t{scope.max_token_lifetime_seconds()} + jwks_max_age;
     if (scope.rotation_period_seconds() == 0) {

@@ -178,7 +178,6 @@ void JwksHttpServer::Publish(const PublishedDocuments& documents) {
   auto add = [&](std::string path, const std::string& body,
                  const char* content_type) {
     auto doc = std::make_unique<Document>();
-    doc->body = body;
     doc->etag = absl::StrCat("\"", ContentVersion(body), "\"");
     // MUST_COPY: a response outlives this snapshot while a connection is
     // still sending it.

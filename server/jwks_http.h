@@ -76,7 +76,6 @@ class JwksHttpServer {
     Document(const Document&) = delete;
     Document& operator=(const Document&) = delete;
     ~Document();
-    std::string body;
     std::string etag;  // quoted
     MHD_Response* ok = nullptr;
     MHD_Response* not_modified = nullptr;

@@ -35,6 +35,8 @@ struct PublishedDocuments {
   std::map<std::string, std::string> scope_discovery;
   // /scopes/{name}/keys.pem (RAW scopes only).
   std::map<std::string, std::string> scope_keys_pem;
+
+  bool operator==(const PublishedDocuments&) const = default;
 };
 
 // The documents for the key state at `now`: a scope's key is in them while

@@ -50,11 +50,9 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
   state->record = record;
   state->key = key;
   if (config.purpose() == JWT) {
+    // Its JWK is built with the published documents, which signetd builds
+    // before it serves: a key that cannot be a JWK never starts serving.
     state->header_b64 = ProtectedHeaderB64(state->alg, key.thumbprint);
-    // Checked here so a key that cannot be a JWK never starts serving.
-    absl::StatusOr<std::string> jwks =
-        JwksJson({JwkEntry{key.public_key.get(), key.thumbprint, state->alg}});
-    if (!jwks.ok()) return jwks.status();
   } else {
     absl::StatusOr<std::string> pem = key.public_key->SpkiPem();
     if (!pem.ok()) return pem.status();

@@ -110,14 +110,6 @@ std::string ClassName(signet::v1::AudienceClass c) {
   return signet::v1::AudienceClass_Name(c);
 }
 
-bool SameDocuments(const PublishedDocuments& a, const PublishedDocuments& b) {
-  return a.consumer_jwks == b.consumer_jwks &&
-         a.enterprise_jwks == b.enterprise_jwks &&
-         a.scope_jwks == b.scope_jwks &&
-         a.scope_discovery == b.scope_discovery &&
-         a.scope_keys_pem == b.scope_keys_pem;
-}
-
 // The scope name of the audit checkpoint key (not a valid scope name).
 constexpr char kAuditScope[] = "_audit";
 
@@ -520,7 +512,7 @@ int Run() {
                          rebuilt.status().ToString());
         continue;
       }
-      if (SameDocuments(*rebuilt, *current)) continue;
+      if (*rebuilt == *current) continue;
       current = std::make_shared<const PublishedDocuments>(*std::move(rebuilt));
       signer.SetPublished(current);
       if (http != nullptr) http->Publish(*current);

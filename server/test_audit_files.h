@@ -1,0 +1,87 @@
+// Test-only: a per-test directory, whole-file and line helpers for the audit
+// log tests, which read, edit and rewrite log files byte for byte.
+#ifndef SIGNET_SERVER_TEST_AUDIT_FILES_H_
+#define SIGNET_SERVER_TEST_AUDIT_FILES_H_
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "gtest/gtest.h"
+#include "hsm/digest.h"
+
+namespace signet::server::audit_testing {
+
+// The "prev" of a log's first line.
+inline constexpr char kZeroHash[] =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+// A per-test directory under the test temp dir, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = ::testing::TempDir() + "signet_audit_test.XXXXXX";
+    char* made = mkdtemp(tmpl.data());
+    EXPECT_NE(made, nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string File(absl::string_view name) const {
+    return absl::StrCat(path_, "/", name);
+  }
+
+ private:
+  std::string path_;
+};
+
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void WriteFile(const std::string& path, absl::string_view content) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(content.data(), static_cast<std::streamsize>(content.size()));
+}
+
+inline std::vector<std::string> ReadLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path, std::ios::binary);
+  for (std::string line; std::getline(in, line);) {
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+// Audit lines keep their member order when parsed.
+using Json = nlohmann::ordered_json;
+
+// A parsed line; discarded (is_discarded()) if it is not JSON.
+inline Json Parse(absl::string_view line) {
+  return Json::parse(line.begin(), line.end(), nullptr, false);
+}
+
+// Lowercase hex SHA-256, as the log writes input and line hashes.
+inline std::string HexSha256(absl::string_view data) {
+  absl::StatusOr<std::string> d = hsm::Sha256(data);
+  EXPECT_TRUE(d.ok()) << d.status();
+  return d.ok() ? absl::BytesToHexString(*d) : std::string();
+}
+
+}  // namespace signet::server::audit_testing
+
+#endif  // SIGNET_SERVER_TEST_AUDIT_FILES_H_
