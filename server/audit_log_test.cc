@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -261,6 +262,10 @@ TEST(AuditLogTest, RejectsBadOptions) {
   zero_interval.checkpoint_interval = absl::ZeroDuration();
   EXPECT_EQ(AuditLog::Open(zero_interval).status().code(),
             absl::StatusCode::kInvalidArgument);
+  AuditLogOptions negative_delay = Options(dir.File("a"));
+  negative_delay.group_commit_delay = absl::Microseconds(-1);
+  EXPECT_EQ(AuditLog::Open(negative_delay).status().code(),
+            absl::StatusCode::kInvalidArgument);
   AuditLogOptions negative_rate = Options(dir.File("a"));
   negative_rate.refusals_per_second = -1;
   EXPECT_EQ(AuditLog::Open(negative_rate).status().code(),
@@ -391,6 +396,114 @@ TEST(AuditLogTest, AsyncAppendsReportOnlyDurableLinesInOrder) {
   EXPECT_LT(log->syncs(), static_cast<uint64_t>(kAppends));
   log.reset();
   ExpectChainVerifies(path, kAppends);
+}
+
+// Group commit window (AuditLogOptions::group_commit_delay). The window is
+// an hour here, so "held" and "not held" differ by an hour, not by a timing
+// threshold.
+AuditLogOptions HourLongWindow(const std::string& path) {
+  AuditLogOptions o = Options(path);
+  o.group_commit_delay = absl::Hours(1);
+  return o;
+}
+
+// A notification the callback fires, with the status it got.
+struct Durable {
+  absl::Notification done;
+  absl::Status status;
+  AuditLog::DurableCallback Callback() {
+    return [this](const absl::Status& s) {
+      status = s;
+      done.Notify();
+    };
+  }
+};
+
+TEST(AuditLogTest, ASyncWaitsForAnExpectedLineAndBothShareIt) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(HourLongWindow(path));
+  ASSERT_NE(log, nullptr);
+  AuditLog::ExpectedLine second_expected = log->ExpectLine();
+  AuditEvent first = SignEvent(1);
+  Durable first_durable;
+  log->AppendAllAsync(absl::MakeConstSpan(&first, 1),
+                      first_durable.Callback());
+  // Held for the expected line: not synced, not released.
+  EXPECT_FALSE(
+      first_durable.done.WaitForNotificationWithTimeout(absl::Seconds(0.2)));
+  EXPECT_EQ(log->syncs(), 0u);
+
+  AuditEvent second = SignEvent(2);
+  Durable second_durable;
+  log->AppendAllAsync(absl::MakeConstSpan(&second, 1),
+                      second_durable.Callback(), std::move(second_expected));
+  ASSERT_TRUE(
+      first_durable.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(
+      second_durable.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_TRUE(first_durable.status.ok()) << first_durable.status;
+  EXPECT_TRUE(second_durable.status.ok()) << second_durable.status;
+  EXPECT_EQ(log->syncs(), 1u) << "the two lines did not share one sync";
+  EXPECT_EQ(log->last_sequence(), 2u);
+  log.reset();
+  ExpectChainVerifies(path, 2);
+}
+
+TEST(AuditLogTest, ALoneLineIsNeverHeld) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(HourLongWindow(path));
+  ASSERT_NE(log, nullptr);
+  AuditEvent event = SignEvent(1);
+  Durable durable;
+  log->AppendAllAsync(absl::MakeConstSpan(&event, 1), durable.Callback());
+  // Nothing is expected, so the window does not open (an hour otherwise).
+  ASSERT_TRUE(durable.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_TRUE(durable.status.ok()) << durable.status;
+  // Nor for a synchronous Append.
+  EXPECT_TRUE(log->Append(SignEvent(2)).ok());
+  EXPECT_EQ(log->last_sequence(), 2u);
+}
+
+TEST(AuditLogTest, AnExpectationGivenUpEndsTheWindow) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = MustOpen(HourLongWindow(path));
+  ASSERT_NE(log, nullptr);
+  auto expected = std::make_unique<AuditLog::ExpectedLine>(log->ExpectLine());
+  AuditEvent event = SignEvent(1);
+  Durable durable;
+  log->AppendAllAsync(absl::MakeConstSpan(&event, 1), durable.Callback());
+  EXPECT_FALSE(durable.done.WaitForNotificationWithTimeout(absl::Seconds(0.2)));
+  // The signer failed and appends nothing: its line is no longer expected.
+  expected.reset();
+  ASSERT_TRUE(durable.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_TRUE(durable.status.ok()) << durable.status;
+  // A moved-from expectation expects nothing.
+  AuditLog::ExpectedLine a = log->ExpectLine();
+  AuditLog::ExpectedLine b = std::move(a);
+  b = AuditLog::ExpectedLine();
+  EXPECT_TRUE(log->Append(SignEvent(2)).ok());
+}
+
+TEST(AuditLogTest, AnExplicitCheckpointIsNotHeld) {
+  TempDir dir;
+  TestAuditKey key;
+  const std::string path = dir.File("audit.log");
+  AuditLogOptions options = HourLongWindow(path);
+  options.sign_checkpoint = key.Signer();
+  options.checkpoint_kid = "audit-kid";
+  auto log = MustOpen(options);
+  ASSERT_NE(log, nullptr);
+  AuditLog::ExpectedLine expected = log->ExpectLine();
+  AuditEvent event = SignEvent(1);
+  Durable durable;
+  log->AppendAllAsync(absl::MakeConstSpan(&event, 1), durable.Callback());
+  // Checkpoint() returns only once durable: it must not wait out the hour.
+  EXPECT_TRUE(log->Checkpoint().ok());
+  ASSERT_TRUE(durable.done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(log->last_sequence(), 2u);  // the line and the checkpoint
 }
 
 TEST(AuditLogTest, AsyncAppendRefusesBadEventsAtOnceAndWritesNothing) {

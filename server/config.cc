@@ -408,6 +408,13 @@ absl::Status ValidateConfig(SignetConfig& config,
   if (serving.max_batch_size() > 4096) {
     return FieldError("serving.max_batch_size", "at most 4096");
   }
+  if (!serving.has_audit_group_commit_delay_us()) {
+    serving.set_audit_group_commit_delay_us(1000);
+  }
+  if (serving.audit_group_commit_delay_us() > 100000) {
+    return FieldError("serving.audit_group_commit_delay_us",
+                      "at most 100000 (100 ms)");
+  }
   return absl::OkStatus();
 }
 

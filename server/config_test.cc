@@ -70,6 +70,7 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(config->serving().worker_threads(), 4u);
   EXPECT_EQ(config->serving().queue_size(), 1024u);
   EXPECT_EQ(config->serving().iat_skew_seconds(), 60u);
+  EXPECT_EQ(config->serving().audit_group_commit_delay_us(), 1000u);
   EXPECT_EQ(config->scopes(0).rotation_period_seconds(), 30u * 24 * 3600);
   // Token lifetime 3600 + JWKS max-age 300 + an hour.
   EXPECT_EQ(config->scopes(0).publish_grace_seconds(), 3600u + 300 + 3600);
@@ -186,6 +187,19 @@ INSTANTIATE_TEST_SUITE_P(
                 "pin_file: \"/x\" pin_env: \"PIN\"", "exactly one"},
         BadCase{"pin_file: \"/var/lib/signet/secrets/user.pin\"", "",
                 "exactly one"}));
+
+TEST(ConfigTest, AuditGroupCommitDelayZeroTurnsItOffAndIsBounded) {
+  auto off = ParseConfig(absl::StrCat(
+      kValid, "serving { audit_group_commit_delay_us: 0 }\n"));
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_TRUE(off->serving().has_audit_group_commit_delay_us());
+  EXPECT_EQ(off->serving().audit_group_commit_delay_us(), 0u);
+  absl::Status too_long = ParseConfig(absl::StrCat(
+      kValid, "serving { audit_group_commit_delay_us: 100001 }\n")).status();
+  EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(too_long.message(),
+              HasSubstr("serving.audit_group_commit_delay_us"));
+}
 
 TEST(ConfigTest, PlainHttpIssuerOnlyOnLoopback) {
   EXPECT_TRUE(ParseWith("https://consumer.signet.example",

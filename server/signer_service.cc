@@ -264,6 +264,9 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
                    absl::string_view caller, absl::string_view digest,
                    std::string input_sha256, absl::Time deadline,
                    std::function<void(absl::StatusOr<std::string>)> done) {
+  // Announced before the HSM call, so a sync the writer is about to make
+  // can wait for this line instead of needing another one.
+  AuditLog::ExpectedLine expected = serving.audit->ExpectLine();
   absl::StatusOr<std::string> signature =
       serving.store->SignDigest(scope.key.key_id, digest, deadline);
   AuditEvent event = SignEvent(scope, caller, std::move(input_sha256));
@@ -284,7 +287,8 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
           return;
         }
         done(std::move(signature));
-      });
+      },
+      std::move(expected));
 }
 
 }  // namespace
@@ -384,6 +388,7 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
       [serving = auth->serving, scope_state = auth->scope, caller, items,
        inputs, response](std::shared_ptr<PendingCall> call) {
         const ScopeState& s = *scope_state;
+        AuditLog::ExpectedLine expected = serving->audit->ExpectLine();
         std::vector<AuditEvent> events;
         for (const auto& [index, input] : *inputs) {
           signet::v1::SignJwtBatchItem& item = (*items)[index];
@@ -418,7 +423,8 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
                   *response->add_items() = std::move(item);
                 }
               });
-            });
+            },
+            std::move(expected));
       });
 }
 

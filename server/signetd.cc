@@ -382,6 +382,8 @@ int Run() {
   audit_options.path = config->audit_log_path();
   audit_options.checkpoint_kid = audit_key->key.thumbprint;
   audit_options.syslog_socket = config->audit_syslog_socket();
+  audit_options.group_commit_delay =
+      absl::Microseconds(config->serving().audit_group_commit_delay_us());
   const std::string audit_key_id = audit_key->key.key_id;
   audit_options.sign_checkpoint =
       [&store, audit_key_id](absl::string_view digest) {
