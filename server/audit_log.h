@@ -133,7 +133,7 @@ struct AuditLogOptions {
   // much latency for far fewer syncs (and fewer wake-ups all along the
   // path): tests/bench/run_signer_bench measures it. Zero turns it off;
   // must not be negative (signetd's configuration allows up to 100 ms).
-  absl::Duration group_commit_delay = absl::Milliseconds(1);
+  absl::Duration group_commit_delay = absl::Milliseconds(2);
 };
 
 // SHA-256 of "signet-audit-checkpoint:" + decimal `seq` + ":" + `head_hex`:

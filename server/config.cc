@@ -409,7 +409,7 @@ absl::Status ValidateConfig(SignetConfig& config,
     return FieldError("serving.max_batch_size", "at most 4096");
   }
   if (!serving.has_audit_group_commit_delay_us()) {
-    serving.set_audit_group_commit_delay_us(1000);
+    serving.set_audit_group_commit_delay_us(2000);
   }
   if (serving.audit_group_commit_delay_us() > 100000) {
     return FieldError("serving.audit_group_commit_delay_us",

@@ -70,7 +70,7 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(config->serving().worker_threads(), 4u);
   EXPECT_EQ(config->serving().queue_size(), 1024u);
   EXPECT_EQ(config->serving().iat_skew_seconds(), 60u);
-  EXPECT_EQ(config->serving().audit_group_commit_delay_us(), 1000u);
+  EXPECT_EQ(config->serving().audit_group_commit_delay_us(), 2000u);
   EXPECT_EQ(config->scopes(0).rotation_period_seconds(), 30u * 24 * 3600);
   // Token lifetime 3600 + JWKS max-age 300 + an hour.
   EXPECT_EQ(config->scopes(0).publish_grace_seconds(), 3600u + 300 + 3600);
