@@ -604,6 +604,9 @@ int Run() {
     std::_Exit(0);
   }
   prober.join();
+  // Tasks still queued after the gRPC shutdown sign and audit (or, past
+  // their deadline, do nothing): finish them while the audit log is there.
+  workers.Join();
   AuditEvent stop_event;
   stop_event.event = "stop";
   stop_event.result = "OK";

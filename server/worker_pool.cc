@@ -13,7 +13,9 @@ WorkerPool::WorkerPool(int threads, int queue_size) : queue_size_(queue_size) {
   }
 }
 
-WorkerPool::~WorkerPool() {
+WorkerPool::~WorkerPool() { Join(); }
+
+void WorkerPool::Join() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;

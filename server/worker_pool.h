@@ -34,6 +34,12 @@ class WorkerPool {
   int busy() const ABSL_LOCKS_EXCLUDED(mu_);
   int queued() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Stops taking tasks, runs what is queued, and joins the threads (what
+  // the destructor does, for a shutdown that must finish every task before
+  // what the tasks use goes away, e.g. the audit log). Later Submits answer
+  // UNAVAILABLE. Idempotent.
+  void Join() ABSL_LOCKS_EXCLUDED(mu_);
+
   // Lets the threads go without joining them (for an exit while an HSM call
   // is stuck).
   void Detach() ABSL_LOCKS_EXCLUDED(mu_);

@@ -19,6 +19,20 @@ TEST(WorkerPoolTest, RunsEveryTask) {
   EXPECT_EQ(ran.load(), 50);
 }
 
+TEST(WorkerPoolTest, JoinRunsWhatIsQueuedThenRefusesNewTasks) {
+  std::atomic<int> ran{0};
+  WorkerPool pool(2, 100);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(pool.Submit([&] { ran.fetch_add(1); }).ok());
+  }
+  pool.Join();
+  EXPECT_EQ(ran.load(), 20);  // everything queued ran before Join returned
+  EXPECT_EQ(pool.Submit([&] { ran.fetch_add(1); }).code(),
+            absl::StatusCode::kUnavailable);
+  pool.Join();  // idempotent
+  EXPECT_EQ(ran.load(), 20);
+}
+
 TEST(WorkerPoolTest, AFullQueueAnswersResourceExhaustedWithoutBlocking) {
   absl::Notification release;
   absl::Notification started;
