@@ -462,11 +462,6 @@ absl::Status AuditLog::AppendAll(absl::Span<const AuditEvent> events) {
   return status;
 }
 
-void AuditLog::AppendAllAsync(absl::Span<const AuditEvent> events,
-                              DurableCallback done) {
-  AppendAllAsync(events, std::move(done), ExpectedLine());
-}
-
 AuditLog::ExpectedLine AuditLog::ExpectLine() {
   absl::MutexLock lock(&mu_);
   ++expected_lines_;
@@ -627,7 +622,9 @@ absl::Status AuditLog::Checkpoint() {
 }
 
 bool AuditLog::GroupCommitReadyLocked() const {
-  return expected_lines_ <= 0 || stopping_ || !broken_.ok() ||
+  // (A broken log never gets here: the writer loop handles it first, and
+  // only the writer breaks it.)
+  return expected_lines_ <= 0 || stopping_ ||
          pending_.size() >= kGroupCommitLines ||
          checkpoint_requested_ > checkpoint_done_;
 }

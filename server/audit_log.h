@@ -206,15 +206,13 @@ class AuditLog {
   // no events. It must be quick and must not wait on this log (Append,
   // AppendAll, Checkpoint). Every `done` has run when the destructor
   // returns.
+  // `expected` (from ExpectLine) is no longer expected once the lines are
+  // queued, in the same critical section, so the writer never syncs in
+  // between believing nothing more is coming.
   using DurableCallback = std::function<void(const absl::Status&)>;
   class ExpectedLine;
   void AppendAllAsync(absl::Span<const AuditEvent> events,
-                      DurableCallback done);
-  // The same, and `expected` is no longer expected once the lines are
-  // queued (in the same critical section, so the writer never syncs in
-  // between believing nothing more is coming).
-  void AppendAllAsync(absl::Span<const AuditEvent> events,
-                      DurableCallback done, ExpectedLine expected);
+                      DurableCallback done, ExpectedLine expected = {});
 
   // Announces a line that will be appended soon (a signer calls it before
   // it goes to the HSM), so the writer may hold a sync for it (see
@@ -246,7 +244,9 @@ class AuditLog {
   // one expects nothing.
   class ExpectedLine {
    public:
-    ExpectedLine() = default;
+    // (Not "= default" with a member initializer: AppendAllAsync's default
+    // argument needs this constructor before AuditLog is complete.)
+    ExpectedLine() : log_(nullptr) {}
     ExpectedLine(ExpectedLine&& other) noexcept
         : log_(std::exchange(other.log_, nullptr)) {}
     ExpectedLine& operator=(ExpectedLine&& other) noexcept {
@@ -262,7 +262,7 @@ class AuditLog {
     friend class AuditLog;
     explicit ExpectedLine(AuditLog* log) : log_(log) {}
     void Release();
-    AuditLog* log_ = nullptr;
+    AuditLog* log_;
   };
 
  private:
