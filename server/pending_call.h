@@ -12,11 +12,10 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
-#include <queue>
 #include <thread>
 #include <utility>
-#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -24,19 +23,50 @@
 
 namespace signet::server {
 
+class PendingCall;
+
+// The calls a DeadlineWatchdog waits on, by deadline. Shared by the watchdog
+// and its calls, so a call that is answered after the watchdog is gone (a
+// worker that was stuck in the HSM past shutdown) still finds it.
+struct WatchList {
+  using Key = std::pair<absl::Time, const PendingCall*>;
+  absl::Mutex mu;
+  std::map<Key, std::shared_ptr<PendingCall>> calls ABSL_GUARDED_BY(mu);
+};
+
 class PendingCall {
  public:
-  PendingCall(grpc::ServerUnaryReactor* reactor, absl::Time deadline,
-              std::function<void()> on_done = {})
-      : reactor_(reactor), deadline_(deadline), on_done_(std::move(on_done)) {}
+  // `answer` sends the status (the reactor's Finish); `watch_list` is the
+  // watchdog's, for a call that leaves it once answered (null: not watched).
+  PendingCall(std::function<void(const grpc::Status&)> answer,
+              absl::Time deadline, std::function<void()> on_done = {},
+              std::shared_ptr<WatchList> watch_list = nullptr)
+      : answer_(std::move(answer)),
+        deadline_(deadline),
+        on_done_(std::move(on_done)),
+        watch_list_(std::move(watch_list)) {}
 
   // Answers the RPC unless it was answered already. `fill` writes the
   // response and runs only if this call wins. Returns whether it won.
-  bool Finish(const grpc::Status& status, const std::function<void()>& fill = {}) {
+  bool Finish(const grpc::Status& status,
+              const std::function<void()>& fill = {}) {
     if (answered_.exchange(true)) return false;
     if (fill) fill();
-    reactor_->Finish(status);
+    answer_(status);
     if (on_done_) on_done_();
+    // Leave the watch list now rather than at the deadline, so it holds the
+    // calls in flight, not every call of the last max_rpc_time. The entry
+    // may hold the last reference to this call: it dies with `self`, after
+    // the last use of a member.
+    std::shared_ptr<PendingCall> self;
+    if (watch_list_ != nullptr) {
+      absl::MutexLock lock(&watch_list_->mu);
+      auto it = watch_list_->calls.find({deadline_, this});
+      if (it != watch_list_->calls.end()) {
+        self = std::move(it->second);
+        watch_list_->calls.erase(it);
+      }
+    }
     return true;
   }
 
@@ -44,65 +74,80 @@ class PendingCall {
   absl::Time deadline() const { return deadline_; }
 
  private:
-  grpc::ServerUnaryReactor* const reactor_;
+  const std::function<void(const grpc::Status&)> answer_;
   const absl::Time deadline_;
-  std::function<void()> on_done_;
+  const std::function<void()> on_done_;
+  const std::shared_ptr<WatchList> watch_list_;
   std::atomic<bool> answered_{false};
 };
 
 // Answers DEADLINE_EXCEEDED for every watched call still unanswered at its
-// deadline. One thread; entries of answered calls are dropped lazily.
+// deadline. One thread. A call leaves the list when it is answered.
 class DeadlineWatchdog {
  public:
-  DeadlineWatchdog() : thread_([this] { Loop(); }) {}
+  DeadlineWatchdog()
+      : list_(std::make_shared<WatchList>()), thread_([this] { Loop(); }) {}
   ~DeadlineWatchdog() {
+    std::map<WatchList::Key, std::shared_ptr<PendingCall>> left;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&list_->mu);
       stopping_ = true;
     }
     thread_.join();
+    {
+      // The calls hold the list and the list holds the calls: break that.
+      absl::MutexLock lock(&list_->mu);
+      left.swap(list_->calls);
+    }
   }
 
-  void Watch(std::shared_ptr<PendingCall> call) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    heap_.push(Entry{call->deadline(), std::move(call)});
+  // The list to give the calls this watchdog is to watch.
+  const std::shared_ptr<WatchList>& list() const { return list_; }
+
+  // Watches `call`, which must have been made with list(). Does nothing for
+  // a call answered already.
+  void Watch(std::shared_ptr<PendingCall> call) {
+    absl::MutexLock lock(&list_->mu);
+    // Under the lock: a Finish that set answered() after this test erases
+    // the entry once this returns.
+    if (call->answered()) return;
+    WatchList::Key key{call->deadline(), call.get()};
+    list_->calls.emplace(key, std::move(call));
+  }
+
+  // Calls watched now (for tests).
+  size_t watched() const {
+    absl::MutexLock lock(&list_->mu);
+    return list_->calls.size();
   }
 
  private:
-  struct Entry {
-    absl::Time deadline;
-    std::shared_ptr<PendingCall> call;
-    bool operator>(const Entry& other) const {
-      return deadline > other.deadline;
-    }
-  };
-
   void Loop() {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&list_->mu);
     while (!stopping_) {
       absl::Time now = absl::Now();
-      while (!heap_.empty() && heap_.top().deadline <= now) {
-        std::shared_ptr<PendingCall> call = heap_.top().call;
-        heap_.pop();
-        if (!call->answered()) {
-          mu_.Unlock();
-          call->Finish(grpc::Status(
-              grpc::StatusCode::DEADLINE_EXCEEDED,
-              "the HSM did not answer before the deadline; nothing was "
-              "released (retry, or check the HSM)"));
-          mu_.Lock();
-        }
+      while (!list_->calls.empty() && list_->calls.begin()->first.first <= now) {
+        std::shared_ptr<PendingCall> call =
+            std::move(list_->calls.begin()->second);
+        list_->calls.erase(list_->calls.begin());
+        list_->mu.Unlock();
+        call->Finish(grpc::Status(
+            grpc::StatusCode::DEADLINE_EXCEEDED,
+            "the HSM did not answer before the deadline; nothing was "
+            "released (retry, or check the HSM)"));
+        call.reset();
+        list_->mu.Lock();
       }
       absl::Time wake = now + absl::Milliseconds(100);
-      if (!heap_.empty()) wake = std::min(wake, heap_.top().deadline);
-      mu_.AwaitWithDeadline(absl::Condition(&stopping_), wake);
+      if (!list_->calls.empty()) {
+        wake = std::min(wake, list_->calls.begin()->first.first);
+      }
+      list_->mu.AwaitWithDeadline(absl::Condition(&stopping_), wake);
     }
   }
 
-  absl::Mutex mu_;
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> heap_
-      ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  const std::shared_ptr<WatchList> list_;
+  bool stopping_ ABSL_GUARDED_BY(list_->mu) = false;
   std::thread thread_;
 };
 

@@ -220,8 +220,9 @@ grpc::ServerUnaryReactor* SignerService::Dispatch(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Tenant* tenant = auth.tenant;
   auto call = std::make_shared<PendingCall>(
-      reactor, DeadlineOf(context),
-      [tenant] { tenant->in_flight.fetch_sub(1); });
+      [reactor](const grpc::Status& status) { reactor->Finish(status); },
+      DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); },
+      watchdog_.list());
   absl::Status queued =
       auth.serving->workers->Submit([call, work = std::move(work)] {
         // No HSM work after the deadline: the watchdog has answered.

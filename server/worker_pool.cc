@@ -58,21 +58,22 @@ int WorkerPool::queued() const {
 }
 
 void WorkerPool::Loop() {
+  // One lock round per task: the next task is taken in the same critical
+  // section that counts the last one done.
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !queue_.empty();
+  };
+  absl::MutexLock lock(&mu_);
   for (;;) {
-    std::function<void()> task;
-    {
-      absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !queue_.empty();
-      };
-      mu_.Await(absl::Condition(&ready));
-      if (queue_.empty()) return;  // stopping, nothing left
-      task = std::move(queue_.front());
-      queue_.pop_front();
-      ++busy_;
-    }
+    mu_.Await(absl::Condition(&ready));
+    if (queue_.empty()) return;  // stopping, nothing left
+    std::function<void()> task = std::move(queue_.front());
+    queue_.pop_front();
+    ++busy_;
+    mu_.Unlock();
     task();
-    absl::MutexLock lock(&mu_);
+    task = nullptr;  // what it holds goes outside the lock
+    mu_.Lock();
     --busy_;
   }
 }
