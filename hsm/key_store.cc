@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -486,6 +487,7 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
     mech.ulParameterLen = sizeof(pss);
   }
   CK_RV rv = CKR_OK;
+  absl::MutexLock one_signature_at_a_time(&lease.connection().sign_mu());
   for (int attempt = 0; attempt < 2; ++attempt) {
     absl::StatusOr<CK_OBJECT_HANDLE> handle =
         PrivateHandleFor(lease, key.key_id);
@@ -525,8 +527,8 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
   return std::string(reinterpret_cast<const char*>(sig), sig_len);
 }
 
-absl::StatusOr<std::string> Pkcs11KeyStore::SignDigest(
-    absl::string_view key_id, absl::string_view digest, absl::Time deadline) {
+absl::StatusOr<std::shared_ptr<const LoadedKey>> Pkcs11KeyStore::LoadedKeyFor(
+    absl::string_view key_id, absl::string_view digest) {
   std::shared_ptr<const LoadedKey> key;
   {
     absl::ReaderMutexLock lock(&keys_mu_);
@@ -543,9 +545,57 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignDigest(
         AlgorithmName(key->spec.algorithm), " needs ",
         DigestLength(key->spec.algorithm)));
   }
+  return key;
+}
+
+absl::StatusOr<std::string> Pkcs11KeyStore::SignDigest(
+    absl::string_view key_id, absl::string_view digest, absl::Time deadline) {
+  absl::StatusOr<std::shared_ptr<const LoadedKey>> key =
+      LoadedKeyFor(key_id, digest);
+  if (!key.ok()) return key.status();
   absl::StatusOr<SessionPool::Lease> lease = pool_->Acquire(deadline);
   if (!lease.ok()) return lease.status();
-  return SignWithLease(*lease, *key, digest);
+  return SignWithLease(*lease, **key, digest);
+}
+
+std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
+    absl::string_view key_id, absl::Span<const std::string> digests,
+    absl::Time deadline) {
+  std::vector<absl::StatusOr<std::string>> out;
+  out.reserve(digests.size());
+  std::optional<SessionPool::Lease> lease;
+  absl::Time leased_at;
+  for (const std::string& digest : digests) {
+    absl::StatusOr<std::shared_ptr<const LoadedKey>> key =
+        LoadedKeyFor(key_id, digest);
+    if (!key.ok()) {
+      out.push_back(key.status());
+      continue;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      out.push_back(absl::DeadlineExceededError(
+          "the deadline passed before this signature could start"));
+      continue;
+    }
+    if (lease.has_value() && now - leased_at >= kMaxBatchLeaseTime) {
+      lease.reset();
+    }
+    if (!lease.has_value()) {
+      absl::StatusOr<SessionPool::Lease> next = pool_->Acquire(deadline);
+      if (!next.ok()) {
+        out.push_back(next.status());
+        continue;
+      }
+      lease.emplace(*std::move(next));
+      leased_at = now;
+    }
+    out.push_back(SignWithLease(*lease, **key, digest));
+    // After a failure, the next digest gets a session of its own: this one's
+    // connection may be down (the lease marked it) or stale.
+    if (!out.back().ok()) lease.reset();
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::ListKeyIds() {

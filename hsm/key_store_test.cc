@@ -337,6 +337,85 @@ TEST_F(KeyStoreTest, DeviceErrorIsUnavailableThenTheLayerRecovers) {
   EXPECT_GT(injector_->Calls("C_FindObjects"), finds);
 }
 
+TEST_F(KeyStoreTest, SignDigestsSignsEachDigestAndRefusesOnlyTheBadOnes) {
+  LoadedKey key = NewEs256();
+  std::vector<std::string> digests;
+  for (char c : std::string("abcde")) digests.push_back(std::string(32, c));
+  digests[2] = "short";
+  auto sigs = store_->SignDigests(key.key_id, digests, Later());
+  ASSERT_THAT(sigs, SizeIs(5));
+  for (size_t i = 0; i < digests.size(); ++i) {
+    if (i == 2) {
+      EXPECT_EQ(sigs[i].status().code(), absl::StatusCode::kInvalidArgument);
+      continue;
+    }
+    ASSERT_TRUE(sigs[i].ok()) << i << ": " << sigs[i].status();
+    // Each signature is over its own digest, in order.
+    EXPECT_TRUE(key.public_key
+                    ->VerifyDigest(SignatureAlgorithm::kEcdsaP256Sha256,
+                                   digests[i], *sigs[i])
+                    .ok())
+        << i;
+  }
+  EXPECT_FALSE(key.public_key
+                   ->VerifyDigest(SignatureAlgorithm::kEcdsaP256Sha256,
+                                  digests[0], *sigs[1])
+                   .ok());
+  // Every session went back to the pool.
+  std::vector<SessionPool::Lease> all;
+  for (int i = 0; i < pool_->Capacity(); ++i) {
+    auto lease = pool_->Acquire(absl::Now() + absl::Seconds(1));
+    ASSERT_TRUE(lease.ok()) << i << ": " << lease.status();
+    all.push_back(*std::move(lease));
+  }
+}
+
+TEST_F(KeyStoreTest, SignDigestsOfAnUnknownKeyAreRefused) {
+  auto sigs = store_->SignDigests(
+      "nope", {std::string(32, 'a'), std::string(32, 'b')}, Later());
+  ASSERT_THAT(sigs, SizeIs(2));
+  EXPECT_EQ(sigs[0].status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(sigs[1].status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(KeyStoreTest, SignDigestsStartsNoSignatureAfterTheDeadline) {
+  LoadedKey key = NewEs256();
+  const int signs = injector_->Calls("C_Sign");
+  auto sigs = store_->SignDigests(
+      key.key_id, std::vector<std::string>(3, std::string(32, 'a')),
+      absl::Now() - absl::Milliseconds(1));
+  ASSERT_THAT(sigs, SizeIs(3));
+  for (const auto& sig : sigs) {
+    EXPECT_EQ(sig.status().code(), absl::StatusCode::kDeadlineExceeded);
+  }
+  EXPECT_EQ(injector_->Calls("C_Sign"), signs);
+}
+
+TEST_F(KeyStoreTest, SignDigestsGoOnOnAFreshSessionAfterALostConnection) {
+  SessionPoolOptions one;
+  one.connections = 1;
+  auto pool = MakePool(one);
+  ASSERT_TRUE(pool.ok());
+  pool_ = std::move(*pool);
+  store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  LoadedKey key = NewEs256();
+  const int connects = injector_->Connects();
+  injector_->Fail("C_Sign", CKR_DEVICE_ERROR, 1);
+  const std::vector<std::string> digests(4, std::string(32, 'q'));
+  auto sigs = store_->SignDigests(key.key_id, digests, Later());
+  ASSERT_THAT(sigs, SizeIs(4));
+  EXPECT_EQ(sigs[0].status().code(), absl::StatusCode::kUnavailable);
+  for (int i = 1; i < 4; ++i) {
+    ASSERT_TRUE(sigs[i].ok()) << i << ": " << sigs[i].status();
+    EXPECT_TRUE(key.public_key
+                    ->VerifyDigest(SignatureAlgorithm::kEcdsaP256Sha256,
+                                   digests[i], *sigs[i])
+                    .ok());
+  }
+  // The rest were signed on the re-established connection.
+  EXPECT_GT(injector_->Connects(), connects);
+}
+
 TEST_F(KeyStoreTest, TransientReadErrorsAreRetriedABoundedNumberOfTimes) {
   LoadedKey key = NewEs256();
   injector_->Fail("C_FindObjects", CKR_GENERAL_ERROR, 2);

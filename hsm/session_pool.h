@@ -88,8 +88,17 @@ class Connection {
       ABSL_LOCKS_EXCLUDED(mu_);
   void DropHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Held across one signature's C_SignInit + C_Sign. p11-kit-client sends
+  // a connection's sessions over one socket, and threads waiting on it at
+  // the same time pass its reader role back and forth (a futex wait and
+  // wake-up per answer). The remote end answers one call at a time anyway,
+  // so taking turns here loses no HSM time and saves that churn (measured:
+  // about +12% SignJwt tokens/s at concurrency 64 on 2 cores).
+  absl::Mutex& sign_mu() { return sign_mu_; }
+
  private:
   friend class SessionPool;
+  absl::Mutex sign_mu_;
   Connection(std::unique_ptr<ModuleConnection> api, CK_SLOT_ID slot,
              uint64_t id)
       : api_(std::move(api)), slot_(slot), id_(id) {}

@@ -24,6 +24,16 @@ std::string Sha256Hex(absl::string_view data) {
   return d.ok() ? absl::BytesToHexString(*d) : std::string();
 }
 
+// The hex SHA-256 of a signed input for its audit line. The signing digest
+// is that hash already for every SHA-256 algorithm: no second hash then.
+std::string InputSha256Hex(const ScopeState& scope, absl::string_view digest,
+                           absl::string_view input) {
+  return scope.key.spec.algorithm !=
+                 hsm::SignatureAlgorithm::kEcdsaP384Sha384
+             ? absl::BytesToHexString(digest)
+             : Sha256Hex(input);
+}
+
 // The scope is usable for signing right now.
 absl::Status CheckActive(const ScopeState& scope, absl::Time now) {
   if (!rotation::CanSign(rotation::StateAt(scope.record, now))) {
@@ -327,9 +337,9 @@ grpc::ServerUnaryReactor* SignerService::SignJwt(
           call->Finish(ToGrpcStatus(digest.status()));
           return;
         }
-        std::string input_sha256 = Sha256Hex(signing_input);
         SignThenAudit(
-            *serving, s, caller, *digest, std::move(input_sha256),
+            *serving, s, caller, *digest,
+            InputSha256Hex(s, *digest, signing_input),
             call->deadline(),
             [call, scope_state, signing_input = std::move(signing_input),
              response](absl::StatusOr<std::string> signature) {
@@ -392,25 +402,38 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
         // No ExpectLine here: a whole batch takes longer at the HSM than
         // the group commit window, and its one sync is shared by all its
         // lines anyway.
-        std::vector<AuditEvent> events;
+        // Digests first and JWS afterwards, so the HSM gets the signatures
+        // back to back on one session (SignDigests).
+        std::vector<std::string> digests;
+        std::vector<absl::Status> digest_errors;
+        digests.reserve(inputs->size());
         for (const auto& [index, input] : *inputs) {
-          signet::v1::SignJwtBatchItem& item = (*items)[index];
           absl::StatusOr<std::string> digest =
               hsm::DigestFor(s.key.spec.algorithm, input);
-          absl::StatusOr<std::string> signature =
-              digest.ok() ? serving->store->SignDigest(s.key.key_id, *digest,
-                                                       call->deadline())
-                          : digest.status();
-          if (!signature.ok()) {
-            item.set_code(static_cast<int>(signature.status().code()));
-            item.set_message(std::string(signature.status().message()));
+          digest_errors.push_back(digest.status());
+          digests.push_back(digest.ok() ? *std::move(digest) : std::string());
+        }
+        std::vector<absl::StatusOr<std::string>> signatures =
+            serving->store->SignDigests(s.key.key_id, digests,
+                                        call->deadline());
+        std::vector<AuditEvent> events;
+        events.reserve(inputs->size());
+        for (size_t k = 0; k < inputs->size(); ++k) {
+          const auto& [index, input] = (*inputs)[k];
+          signet::v1::SignJwtBatchItem& item = (*items)[index];
+          const absl::Status& failed =
+              !digest_errors[k].ok() ? digest_errors[k] : signatures[k].status();
+          if (!failed.ok()) {
+            item.set_code(static_cast<int>(failed.code()));
+            item.set_message(std::string(failed.message()));
             continue;
           }
-          AuditEvent event = SignEvent(s, caller, Sha256Hex(input));
+          AuditEvent event =
+              SignEvent(s, caller, InputSha256Hex(s, digests[k], input));
           event.result = "OK";
           event.detail = absl::StrCat("batch item ", index);
           events.push_back(std::move(event));
-          item.set_jws(CompactJws(input, *signature));
+          item.set_jws(CompactJws(input, *signatures[k]));
           item.set_kid(s.key.thumbprint);
           item.set_alg(s.alg);
         }
