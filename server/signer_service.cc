@@ -1,5 +1,7 @@
 #include "server/signer_service.h"
 
+#include <algorithm>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -226,22 +228,32 @@ std::shared_ptr<const PublishedDocuments> SignerService::Published() const {
 
 grpc::ServerUnaryReactor* SignerService::Dispatch(
     grpc::CallbackServerContext* context, const Authorized& auth,
-    std::function<void(std::shared_ptr<PendingCall>)> work) {
+    std::vector<Part> parts) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Tenant* tenant = auth.tenant;
   auto call = std::make_shared<PendingCall>(
       [reactor](const grpc::Status& status) { reactor->Finish(status); },
       DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); },
       watchdog_.list());
-  absl::Status queued =
-      auth.serving->workers->Submit([call, work = std::move(work)] {
-        // No HSM work after the deadline: the watchdog has answered.
-        if (call->answered() || absl::Now() >= call->deadline()) return;
-        work(call);
-      });
-  if (!queued.ok()) {
-    call->Finish(ToGrpcStatus(queued));
-    return reactor;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    auto part = std::make_shared<Part>(std::move(parts[i]));
+    absl::Status queued =
+        auth.serving->workers->Submit([call, part] {
+          // No HSM work after the deadline: the watchdog has answered.
+          if (call->answered() || absl::Now() >= call->deadline()) {
+            (*part)(call, absl::DeadlineExceededError(
+                              "the deadline passed before this work began"));
+            return;
+          }
+          (*part)(call, absl::OkStatus());
+        });
+    if (!queued.ok()) {
+      if (i == 0) {
+        call->Finish(ToGrpcStatus(queued));
+        return reactor;
+      }
+      (*part)(call, queued);
+    }
   }
   watchdog_.Watch(call);
   return reactor;
@@ -302,6 +314,99 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
       std::move(expected));
 }
 
+// A SignJwtBatch call on its way through the workers, in parts.
+struct BatchSigning {
+  std::shared_ptr<const ServingState> serving;
+  std::shared_ptr<const ScopeState> scope;
+  std::string caller;
+  // One per claims set; a part writes only the items of its own inputs.
+  std::vector<signet::v1::SignJwtBatchItem> items;
+  // (item index, JWS signing input) of the valid claims sets.
+  std::vector<std::pair<int, std::string>> inputs;
+  signet::v1::SignJwtBatchResponse* response = nullptr;
+  absl::Mutex mu;
+  std::vector<AuditEvent> events ABSL_GUARDED_BY(mu);
+  int parts_left ABSL_GUARDED_BY(mu) = 0;
+};
+
+// Signs inputs [begin, end) of `batch` (or, when `skipped` is not OK, marks
+// those items with it), then counts the part done. The last part writes the
+// whole batch's audit lines in one durable write and answers: no JWS leaves
+// before every line of the batch is on disk.
+void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
+                   size_t end, const std::shared_ptr<PendingCall>& call,
+                   const absl::Status& skipped) {
+  BatchSigning& batch = *shared;
+  const ScopeState& s = *batch.scope;
+  std::vector<AuditEvent> events;
+  if (!skipped.ok()) {
+    for (size_t k = begin; k < end; ++k) {
+      signet::v1::SignJwtBatchItem& item = batch.items[batch.inputs[k].first];
+      item.set_code(static_cast<int>(skipped.code()));
+      item.set_message(std::string(skipped.message()));
+    }
+  } else {
+    // No ExpectLine here: a batch takes longer at the HSM than the group
+    // commit window, and its one sync is shared by all its lines anyway.
+    // Digests first and JWS afterwards, so the HSM gets the signatures
+    // back to back on one session (SignDigests).
+    std::vector<std::string> digests;
+    std::vector<absl::Status> digest_errors;
+    digests.reserve(end - begin);
+    for (size_t k = begin; k < end; ++k) {
+      absl::StatusOr<std::string> digest =
+          hsm::DigestFor(s.key.spec.algorithm, batch.inputs[k].second);
+      digest_errors.push_back(digest.status());
+      digests.push_back(digest.ok() ? *std::move(digest) : std::string());
+    }
+    std::vector<absl::StatusOr<std::string>> signatures =
+        batch.serving->store->SignDigests(s.key.key_id, digests,
+                                          call->deadline());
+    events.reserve(end - begin);
+    for (size_t k = begin; k < end; ++k) {
+      const auto& [index, input] = batch.inputs[k];
+      signet::v1::SignJwtBatchItem& item = batch.items[index];
+      const absl::Status& failed = !digest_errors[k - begin].ok()
+                                       ? digest_errors[k - begin]
+                                       : signatures[k - begin].status();
+      if (!failed.ok()) {
+        item.set_code(static_cast<int>(failed.code()));
+        item.set_message(std::string(failed.message()));
+        continue;
+      }
+      AuditEvent event = SignEvent(
+          s, batch.caller, InputSha256Hex(s, digests[k - begin], input));
+      event.result = "OK";
+      event.detail = absl::StrCat("batch item ", index);
+      events.push_back(std::move(event));
+      item.set_jws(CompactJws(input, *signatures[k - begin]));
+      item.set_kid(s.key.thumbprint);
+      item.set_alg(s.alg);
+    }
+  }
+  std::vector<AuditEvent> all;
+  {
+    absl::MutexLock lock(&batch.mu);
+    std::move(events.begin(), events.end(), std::back_inserter(batch.events));
+    if (--batch.parts_left > 0) return;
+    all.swap(batch.events);
+  }
+  // The last part: every item is written (the lock ordered the others'
+  // writes before this).
+  batch.serving->audit->AppendAllAsync(
+      all, [call, shared](const absl::Status& durable) {
+        if (!durable.ok()) {
+          call->Finish(ToGrpcStatus(AuditUnavailable()));
+          return;
+        }
+        call->Finish(grpc::Status::OK, [&] {
+          for (auto& item : shared->items) {
+            *shared->response->add_items() = std::move(item);
+          }
+        });
+      });
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* SignerService::SignJwt(
@@ -327,9 +432,11 @@ grpc::ServerUnaryReactor* SignerService::SignJwt(
       JwsSigningInput(scope.header_b64, request->claims_json());
   return Dispatch(
       context, *auth,
-      [serving = auth->serving, scope_state = auth->scope, caller,
-       signing_input = std::move(signing_input),
-       response](std::shared_ptr<PendingCall> call) {
+      {[serving = auth->serving, scope_state = auth->scope, caller,
+        signing_input = std::move(signing_input),
+        response](const std::shared_ptr<PendingCall>& call,
+                  const absl::Status& skipped) {
+        if (!skipped.ok()) return;  // answered already
         const ScopeState& s = *scope_state;
         absl::StatusOr<std::string> digest =
             hsm::DigestFor(s.key.spec.algorithm, signing_input);
@@ -353,7 +460,7 @@ grpc::ServerUnaryReactor* SignerService::SignJwt(
                 response->set_alg(scope_state->alg);
               });
             });
-      });
+      }});
 }
 
 grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
@@ -378,79 +485,45 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
   if (absl::Status st = CheckActive(scope, now); !st.ok()) return refuse(st);
   const ClaimsPolicy policy = PolicyFor(scope, now);
   // Validate every item here; only the valid ones reach the HSM.
-  auto items = std::make_shared<std::vector<signet::v1::SignJwtBatchItem>>(
-      request->claims_json_size());
-  auto inputs = std::make_shared<std::vector<std::pair<int, std::string>>>();
+  auto batch = std::make_shared<BatchSigning>();
+  batch->serving = auth->serving;
+  batch->scope = auth->scope;
+  batch->caller = caller;
+  batch->response = response;
+  batch->items.resize(request->claims_json_size());
   for (int i = 0; i < request->claims_json_size(); ++i) {
     absl::StatusOr<CheckedClaims> claims =
         CheckClaims(request->claims_json(i), policy);
     if (!claims.ok()) {
-      (*items)[i].set_code(static_cast<int>(claims.status().code()));
-      (*items)[i].set_message(
+      batch->items[i].set_code(static_cast<int>(claims.status().code()));
+      batch->items[i].set_message(
           absl::StrCat("item ", i, ": ", claims.status().message()));
       continue;
     }
-    inputs->emplace_back(
+    batch->inputs.emplace_back(
         i, JwsSigningInput(scope.header_b64, request->claims_json(i)));
   }
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
-  return Dispatch(
-      context, *auth,
-      [serving = auth->serving, scope_state = auth->scope, caller, items,
-       inputs, response](std::shared_ptr<PendingCall> call) {
-        const ScopeState& s = *scope_state;
-        // No ExpectLine here: a whole batch takes longer at the HSM than
-        // the group commit window, and its one sync is shared by all its
-        // lines anyway.
-        // Digests first and JWS afterwards, so the HSM gets the signatures
-        // back to back on one session (SignDigests).
-        std::vector<std::string> digests;
-        std::vector<absl::Status> digest_errors;
-        digests.reserve(inputs->size());
-        for (const auto& [index, input] : *inputs) {
-          absl::StatusOr<std::string> digest =
-              hsm::DigestFor(s.key.spec.algorithm, input);
-          digest_errors.push_back(digest.status());
-          digests.push_back(digest.ok() ? *std::move(digest) : std::string());
-        }
-        std::vector<absl::StatusOr<std::string>> signatures =
-            serving->store->SignDigests(s.key.key_id, digests,
-                                        call->deadline());
-        std::vector<AuditEvent> events;
-        events.reserve(inputs->size());
-        for (size_t k = 0; k < inputs->size(); ++k) {
-          const auto& [index, input] = (*inputs)[k];
-          signet::v1::SignJwtBatchItem& item = (*items)[index];
-          const absl::Status& failed =
-              !digest_errors[k].ok() ? digest_errors[k] : signatures[k].status();
-          if (!failed.ok()) {
-            item.set_code(static_cast<int>(failed.code()));
-            item.set_message(std::string(failed.message()));
-            continue;
-          }
-          AuditEvent event =
-              SignEvent(s, caller, InputSha256Hex(s, digests[k], input));
-          event.result = "OK";
-          event.detail = absl::StrCat("batch item ", index);
-          events.push_back(std::move(event));
-          item.set_jws(CompactJws(input, *signatures[k]));
-          item.set_kid(s.key.thumbprint);
-          item.set_alg(s.alg);
-        }
-        // One durable write for the whole batch, before any JWS leaves.
-        serving->audit->AppendAllAsync(
-            events, [call, items, response](const absl::Status& durable) {
-              if (!durable.ok()) {
-                call->Finish(ToGrpcStatus(AuditUnavailable()));
-                return;
-              }
-              call->Finish(grpc::Status::OK, [&] {
-                for (auto& item : *items) {
-                  *response->add_items() = std::move(item);
-                }
-              });
-            });
-      });
+  // Up to one part per worker, each of at least kMinBatchPart items, so a
+  // lone batch uses every HSM session instead of one.
+  const int n = static_cast<int>(batch->inputs.size());
+  const int parts = std::max(
+      1, std::min(auth->serving->workers->threads(),
+                  (n + kMinBatchPart - 1) / kMinBatchPart));
+  {
+    absl::MutexLock lock(&batch->mu);
+    batch->parts_left = parts;
+  }
+  std::vector<Part> work;
+  for (int p = 0; p < parts; ++p) {
+    const size_t begin = static_cast<size_t>(n) * p / parts;
+    const size_t end = static_cast<size_t>(n) * (p + 1) / parts;
+    work.push_back([batch, begin, end](const std::shared_ptr<PendingCall>& call,
+                                       const absl::Status& skipped) {
+      SignBatchPart(batch, begin, end, call, skipped);
+    });
+  }
+  return Dispatch(context, *auth, std::move(work));
 }
 
 grpc::ServerUnaryReactor* SignerService::Sign(
@@ -492,8 +565,10 @@ grpc::ServerUnaryReactor* SignerService::Sign(
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
   return Dispatch(
       context, *auth,
-      [serving = auth->serving, scope_state = auth->scope, caller, digest,
-       response](std::shared_ptr<PendingCall> call) {
+      {[serving = auth->serving, scope_state = auth->scope, caller, digest,
+        response](const std::shared_ptr<PendingCall>& call,
+                  const absl::Status& skipped) {
+        if (!skipped.ok()) return;  // answered already
         SignThenAudit(
             *serving, *scope_state, caller, digest,
             absl::BytesToHexString(digest), call->deadline(),
@@ -508,7 +583,7 @@ grpc::ServerUnaryReactor* SignerService::Sign(
                 response->set_alg(scope_state->alg);
               });
             });
-      });
+      }});
 }
 
 absl::StatusOr<std::shared_ptr<const ScopeState>> SignerService::PublicScope(

@@ -50,6 +50,10 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
     const signet::v1::ScopeConfig& config, const rotation::KeyRecord& record,
     const hsm::LoadedKey& key);
 
+// A SignJwtBatch is split into parts of at least this many items, one per
+// worker at most.
+inline constexpr int kMinBatchPart = 16;
+
 struct SignerServiceOptions {
   absl::Duration iat_skew = absl::Seconds(60);
   int max_batch_size = 256;
@@ -136,11 +140,18 @@ class SignerService final : public signet::v1::Signer::CallbackService {
   ClaimsPolicy PolicyFor(const ScopeState& scope, absl::Time now) const;
   static absl::Status CheckPurpose(const ScopeState& scope,
                                    signet::v1::Purpose wanted);
-  // Posts `work` to the worker pool for an admitted request and arms the
-  // deadline watchdog; answers RESOURCE_EXHAUSTED when the queue is full.
+  // One part of a request's HSM work. It runs once, with `skipped` OK on a
+  // worker, or with `skipped` saying why it did not run: the call was
+  // answered or past its deadline when a worker took it (no HSM work then),
+  // or the queue was full.
+  using Part = std::function<void(const std::shared_ptr<PendingCall>& call,
+                                  const absl::Status& skipped)>;
+  // Posts `parts` to the worker pool for an admitted request and arms the
+  // deadline watchdog. When the first part cannot be queued the call
+  // answers RESOURCE_EXHAUSTED and no part runs.
   grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* context,
                                      const Authorized& auth,
-                                     std::function<void(std::shared_ptr<PendingCall>)> work);
+                                     std::vector<Part> parts);
   // A scope for the public-key RPCs: any authenticated caller; NOT_FOUND
   // for an unknown scope (names are public); FAILED_PRECONDITION for the
   // other purpose.

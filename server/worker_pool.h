@@ -30,6 +30,9 @@ class WorkerPool {
   // UNAVAILABLE after shutdown began.
   absl::Status Submit(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Threads in the pool.
+  int threads() const { return static_cast<int>(threads_.size()); }
+
   // Tasks running right now, and waiting.
   int busy() const ABSL_LOCKS_EXCLUDED(mu_);
   int queued() const ABSL_LOCKS_EXCLUDED(mu_);

@@ -12,12 +12,14 @@
 #include <fstream>
 #include <atomic>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -412,6 +414,82 @@ TEST_F(SignerTest, BatchSignsValidItemsAndRefusesBadOnesOneByOne) {
   EXPECT_THAT(resp.items(2).message(), HasSubstr("lifetime"));
   EXPECT_EQ(resp.items(3).code(), 0);
   EXPECT_NE(resp.items(0).jws(), resp.items(3).jws());
+}
+
+// A batch far larger than one part (kMinBatchPart) is signed by several
+// workers at once: every valid item still gets its own verifying JWS in its
+// own place, every bad item its own error, and the audit log exactly one
+// line per signed item.
+TEST_F(SignerTest, ALargeBatchSplitAcrossWorkersKeepsEveryItemInItsPlace) {
+  auto stub = Stub(alpha_);
+  constexpr int kItems = 200;
+  const std::set<int> bad = {0, 17, 77, 150, 199};
+  v1::SignJwtBatchRequest req;
+  req.set_scope("alpha-es256");
+  for (int i = 0; i < kItems; ++i) {
+    if (bad.contains(i)) {
+      req.add_claims_json(Claims("alpha-es256", 0, 99999));  // too long
+    } else {
+      // A distinct subject per item, to find each one's token again.
+      req.add_claims_json(absl::StrCat(
+          R"({"iss":")", Issuer("alpha-es256"), R"(","sub":"item-)", i,
+          R"(","iat":)", absl::ToUnixSeconds(absl::Now()), R"(,"exp":)",
+          absl::ToUnixSeconds(absl::Now()) + 600, "}"));
+    }
+  }
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::SignJwtBatchResponse resp;
+  grpc::Status st = stub->SignJwtBatch(&ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.items_size(), kItems);
+  nlohmann::json jwks = Jwks(*stub, "alpha-es256");
+  ASSERT_EQ(jwks["keys"].size(), 1u);
+  auto key = KeyFromJwk(jwks["keys"][0]);
+  ASSERT_TRUE(key.ok()) << key.status();
+  std::set<std::string> hashes;
+  for (int i = 0; i < kItems; ++i) {
+    SCOPED_TRACE(i);
+    const v1::SignJwtBatchItem& item = resp.items(i);
+    if (bad.contains(i)) {
+      EXPECT_EQ(item.code(),
+                static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+      EXPECT_THAT(item.message(), HasSubstr(absl::StrCat("item ", i, ":")));
+      EXPECT_TRUE(item.jws().empty());
+      continue;
+    }
+    ASSERT_EQ(item.code(), 0) << item.message();
+    std::vector<std::string> parts = absl::StrSplit(item.jws(), '.');
+    ASSERT_EQ(parts.size(), 3u);
+    EXPECT_EQ(B64Decode(parts[1]), req.claims_json(i));
+    const std::string input = absl::StrCat(parts[0], ".", parts[1]);
+    auto digest = hsm::DigestFor(hsm::SignatureAlgorithm::kEcdsaP256Sha256,
+                                 input);
+    ASSERT_TRUE(digest.ok());
+    EXPECT_TRUE(key->VerifyDigest(hsm::SignatureAlgorithm::kEcdsaP256Sha256,
+                                  *digest, B64Decode(parts[2]))
+                    .ok());
+    hashes.insert(absl::BytesToHexString(*digest));
+  }
+  // One audit line per signed item, naming it, with its input's hash.
+  std::ifstream in(audit_dir_ + "/audit.log");
+  std::string line;
+  std::set<std::string> audited;
+  std::set<std::string> details;
+  while (std::getline(in, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j.value("event", "") != "sign" || j.value("result", "") != "OK" ||
+        !absl::StartsWith(j.value("detail", ""), "batch item ")) {
+      continue;
+    }
+    EXPECT_TRUE(audited.insert(j["input_sha256"].get<std::string>()).second);
+    details.insert(j["detail"].get<std::string>());
+  }
+  EXPECT_EQ(audited, hashes);
+  EXPECT_EQ(details.size(), hashes.size());
+  for (int i : bad) {
+    EXPECT_FALSE(details.contains(absl::StrCat("batch item ", i)));
+  }
 }
 
 TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
