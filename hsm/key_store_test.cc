@@ -34,6 +34,17 @@ class KeyStoreTest : public InProcessHsmTest {
     store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
   }
 
+  // A pool of one connection in place of the default one.
+  void UseOneConnection() {
+    SessionPoolOptions one;
+    one.connections = 1;
+    auto pool = MakePool(one);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    store_.reset();
+    pool_ = std::move(*pool);
+    store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  }
+
   // Generates and loads an ES256 key.
   LoadedKey NewEs256() {
     KeySpec spec{SignatureAlgorithm::kEcdsaP256Sha256};
@@ -309,12 +320,7 @@ TEST_F(KeyStoreTest, BadDigestAndUnknownKeyAreRefused) {
 
 TEST_F(KeyStoreTest, DeviceErrorIsUnavailableThenTheLayerRecovers) {
   // One connection, so the next sign must wait for the reconnect.
-  SessionPoolOptions one;
-  one.connections = 1;
-  auto pool = MakePool(one);
-  ASSERT_TRUE(pool.ok());
-  pool_ = std::move(*pool);
-  store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  ASSERT_NO_FATAL_FAILURE(UseOneConnection());
   LoadedKey key = NewEs256();
   ASSERT_TRUE(store_->SignDigest(key.key_id, std::string(32, 'a'), Later()).ok());
   const int connects = injector_->Connects();
@@ -392,12 +398,7 @@ TEST_F(KeyStoreTest, SignDigestsStartsNoSignatureAfterTheDeadline) {
 }
 
 TEST_F(KeyStoreTest, SignDigestsGoOnOnAFreshSessionAfterALostConnection) {
-  SessionPoolOptions one;
-  one.connections = 1;
-  auto pool = MakePool(one);
-  ASSERT_TRUE(pool.ok());
-  pool_ = std::move(*pool);
-  store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  ASSERT_NO_FATAL_FAILURE(UseOneConnection());
   LoadedKey key = NewEs256();
   const int connects = injector_->Connects();
   injector_->Fail("C_Sign", CKR_DEVICE_ERROR, 1);
