@@ -242,6 +242,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
               Millis(options.initial_backoff));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, Millis(options.max_backoff));
+  // A SignJwtBatch answer may be larger than gRPC's 4 MiB default (256
+  // tokens of up to 87 KB); signetd bounds what it sends.
+  args.SetMaxReceiveMessageSize(-1);
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(options.target, credentials, args);
   return std::unique_ptr<Client>(new Client(options, std::move(channel)));

@@ -419,6 +419,11 @@ uint64_t AuditLog::syncs() const {
   return syncs_;
 }
 
+absl::Status AuditLog::WriteStatus() const {
+  absl::MutexLock lock(&mu_);
+  return broken_;
+}
+
 uint64_t AuditLog::EnqueueLocked(absl::Time time, std::string members) {
   MaybeFlushRefusalSummaryLocked(time, /*force=*/false);
   const uint64_t ticket = next_ticket_++;

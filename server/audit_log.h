@@ -240,6 +240,10 @@ class AuditLog {
   // How many fdatasync calls the log has made (for tests and metrics).
   uint64_t syncs() const;
 
+  // OK while lines can be written; once the log is broken, why (health
+  // turns NOT_SERVING: signing is refused then).
+  absl::Status WriteStatus() const;
+
   // A line that is on its way (ExpectLine). Move-only; a default-constructed
   // one expects nothing.
   class ExpectedLine {

@@ -20,22 +20,12 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "server/message_text.h"
 
 namespace signet::server {
 namespace {
 
 using Json = nlohmann::json;
-
-// Caller text quoted in a message: escaped (no control bytes or quotes
-// reach a log line) and cut short (the claims may be 64 KiB).
-std::string Quote(absl::string_view text) {
-  constexpr size_t kMaxShown = 64;
-  if (text.size() > kMaxShown) {
-    return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMaxShown)),
-                        "\"...");
-  }
-  return absl::StrCat("\"", absl::CHexEscape(text), "\"");
-}
 
 absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);

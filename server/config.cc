@@ -47,17 +47,6 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
   std::vector<std::string> errors_;
 };
 
-bool ValidScopeName(absl::string_view name) {
-  if (name.empty() || name.size() > 63) return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    char c = name[i];
-    bool ok = absl::ascii_islower(c) || absl::ascii_isdigit(c) ||
-              (i > 0 && (c == '-' || c == '_' || c == '.'));
-    if (!ok) return false;
-  }
-  return true;
-}
-
 // Splits "host:port" / "[v6]:port".
 bool SplitHostPort(absl::string_view address, std::string* host, int* port) {
   size_t colon = address.rfind(':');
@@ -156,6 +145,60 @@ hsm::KeySpec KeySpecFor(const ScopeConfig& scope) {
   spec.rsa_bits = scope.rsa_bits() == 0 ? 2048 : scope.rsa_bits();
   return spec;
 }
+
+bool ValidScopeName(absl::string_view name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    bool ok = absl::ascii_islower(c) || absl::ascii_isdigit(c) ||
+              (i > 0 && (c == '-' || c == '_' || c == '.'));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+namespace {
+
+// Fills the gRPC listener's defaults and checks its bounds.
+absl::Status ValidateGrpcLimits(signet::v1::GrpcConfig& grpc) {
+  struct Bound {
+    const char* field;
+    uint32_t (signet::v1::GrpcConfig::*get)() const;
+    void (signet::v1::GrpcConfig::*set)(uint32_t);
+    uint32_t fallback, min, max;
+  };
+  using G = signet::v1::GrpcConfig;
+  const Bound bounds[] = {
+      {"max_concurrent_streams", &G::max_concurrent_streams,
+       &G::set_max_concurrent_streams, 256, 1, 65536},
+      {"max_memory_mib", &G::max_memory_mib, &G::set_max_memory_mib, 1024, 64,
+       1 << 20},
+      {"handshake_timeout_seconds", &G::handshake_timeout_seconds,
+       &G::set_handshake_timeout_seconds, 10, 1, 120},
+      {"max_connection_idle_seconds", &G::max_connection_idle_seconds,
+       &G::set_max_connection_idle_seconds, 900, 1, 7 * 24 * 3600},
+      {"keepalive_time_seconds", &G::keepalive_time_seconds,
+       &G::set_keepalive_time_seconds, 60, 1, 24 * 3600},
+      {"keepalive_timeout_seconds", &G::keepalive_timeout_seconds,
+       &G::set_keepalive_timeout_seconds, 20, 1, 3600},
+      {"max_health_watchers", &G::max_health_watchers,
+       &G::set_max_health_watchers, 1024, 1, 1 << 20},
+      {"reserved_file_descriptors", &G::reserved_file_descriptors,
+       &G::set_reserved_file_descriptors, 256, 32, 1 << 20},
+  };
+  for (const Bound& b : bounds) {
+    if ((grpc.*b.get)() == 0) (grpc.*b.set)(b.fallback);
+    const uint32_t value = (grpc.*b.get)();
+    if (value < b.min || value > b.max) {
+      return FieldError(absl::StrCat("grpc.", b.field),
+                        absl::StrCat(value, " is out of range: ", b.min,
+                                     " to ", b.max));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 bool IsTypedIdentity(absl::string_view identity) {
   return (absl::StartsWith(identity, "uri:") && identity.size() > 4) ||
@@ -415,7 +458,7 @@ absl::Status ValidateConfig(SignetConfig& config,
     return FieldError("serving.audit_group_commit_delay_us",
                       "at most 100000 (100 ms)");
   }
-  return absl::OkStatus();
+  return ValidateGrpcLimits(*config.mutable_grpc());
 }
 
 absl::StatusOr<SignetConfig> ParseConfig(absl::string_view text,

@@ -34,6 +34,9 @@ absl::StatusOr<signet::v1::SignetConfig> LoadConfigFile(
 absl::Status ValidateConfig(signet::v1::SignetConfig& config,
                             const ConfigOptions& options = {});
 
+// True for a name a scope can have: [a-z0-9][a-z0-9._-]{0,62}.
+bool ValidScopeName(absl::string_view name);
+
 // True for "uri:<non-empty>" and "cn:<non-empty>".
 bool IsTypedIdentity(absl::string_view identity);
 

@@ -201,6 +201,27 @@ TEST(ConfigTest, AuditGroupCommitDelayZeroTurnsItOffAndIsBounded) {
               HasSubstr("serving.audit_group_commit_delay_us"));
 }
 
+TEST(ConfigTest, GrpcLimitsHaveDefaultsAndBounds) {
+  auto defaults = ParseConfig(kValid);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  const auto& grpc = defaults->grpc();
+  EXPECT_EQ(grpc.max_concurrent_streams(), 256u);
+  EXPECT_EQ(grpc.max_memory_mib(), 1024u);
+  EXPECT_EQ(grpc.handshake_timeout_seconds(), 10u);
+  EXPECT_EQ(grpc.max_health_watchers(), 1024u);
+  EXPECT_EQ(grpc.reserved_file_descriptors(), 256u);
+  EXPECT_FALSE(grpc.reflection());
+  for (const char* bad :
+       {"grpc { handshake_timeout_seconds: 121 }",
+        "grpc { max_memory_mib: 63 }", "grpc { reserved_file_descriptors: 31 }",
+        "grpc { max_concurrent_streams: 65537 }"}) {
+    absl::Status st = ParseConfig(absl::StrCat(kValid, bad, "\n")).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(st.message(), HasSubstr("grpc.")) << bad;
+    EXPECT_THAT(st.message(), HasSubstr("out of range")) << bad;
+  }
+}
+
 TEST(ConfigTest, PlainHttpIssuerOnlyOnLoopback) {
   EXPECT_TRUE(ParseWith("https://consumer.signet.example",
                         "http://127.0.0.1:8080")

@@ -32,6 +32,24 @@ absl::Status HardenProcess() {
   return absl::OkStatus();
 }
 
+int RaiseOpenFileLimit(int* before) {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    *before = -1;
+    return -1;
+  }
+  auto as_int = [](rlim_t v) {
+    return v == RLIM_INFINITY || v > (1u << 30) ? (1 << 30)
+                                                 : static_cast<int>(v);
+  };
+  *before = as_int(limit.rlim_cur);
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) return *before;
+  }
+  return as_int(limit.rlim_cur);
+}
+
 absl::Status CheckNoHsmLibraryMapped(absl::string_view maps) {
   for (absl::string_view line : absl::StrSplit(maps, '\n')) {
     if (absl::StrContains(line, "libsofthsm")) {

@@ -12,6 +12,12 @@ namespace signet::server {
 // connection raises it on the next write). INTERNAL if a call fails.
 absl::Status HardenProcess();
 
+// Raises the soft open-file limit (RLIMIT_NOFILE) to the hard limit, so a
+// flood of connections meets the connection budget (ConnectionAcceptor)
+// rather than the limit. Returns the limit now in force and, in `before`,
+// the one it replaced.
+int RaiseOpenFileLimit(int* before);
+
 // FAILED_PRECONDITION if `maps` (the text of /proc/self/maps) maps a
 // SoftHSM library: through the p11-kit boundary, key material must never be
 // in signetd's address space.

@@ -1,6 +1,5 @@
 #include "server/identity.h"
 
-#include <grpcpp/security/auth_context.h>
 #include <openssl/bio.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -11,6 +10,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/message_text.h"
 
 namespace signet::server {
 namespace {
@@ -27,6 +28,43 @@ struct GeneralNamesFree {
 
 }  // namespace
 
+namespace {
+
+// The subject as one line (RFC 2253), cut short.
+std::string SubjectLine(X509* cert) {
+  std::unique_ptr<BIO, BioFree> out(BIO_new(BIO_s_mem()));
+  if (out == nullptr) return "?";
+  X509_NAME_print_ex(out.get(), X509_get_subject_name(cert), 0,
+                     XN_FLAG_RFC2253);
+  char* data = nullptr;
+  long len = BIO_get_mem_data(out.get(), &data);
+  return std::string(data, len > 0 ? static_cast<size_t>(len) : 0);
+}
+
+// What a refused certificate said, for the refusal's message and audit line:
+// its subject and URI SANs, each quoted and cut short.
+std::string Described(X509* cert, const std::vector<std::string>& uris) {
+  constexpr size_t kMaxUrisShown = 4;
+  std::vector<std::string> shown;
+  for (size_t i = 0; i < uris.size() && i < kMaxUrisShown; ++i) {
+    shown.push_back(Quote(uris[i]));
+  }
+  if (uris.size() > kMaxUrisShown) {
+    shown.push_back(absl::StrCat("and ", uris.size() - kMaxUrisShown, " more"));
+  }
+  return absl::StrCat("; the certificate has subject ",
+                      Quote(SubjectLine(cert), 128), " and URI SANs [",
+                      absl::StrJoin(shown, ", "), "]");
+}
+
+absl::Status Refused(X509* cert, const std::vector<std::string>& uris,
+                     absl::string_view why) {
+  return absl::PermissionDeniedError(
+      absl::StrCat("client certificate refused: ", why, Described(cert, uris)));
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
   std::unique_ptr<BIO, BioFree> bio(
       BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
@@ -35,13 +73,6 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
       PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   if (cert == nullptr) {
     return absl::InvalidArgumentError("the peer certificate is not PEM X.509");
-  }
-  // X509_get_extended_key_usage answers UINT32_MAX when the extension is
-  // absent: "any" to OpenSSL, but not a client certificate to us.
-  const uint32_t eku = X509_get_extended_key_usage(cert.get());
-  if (eku == UINT32_MAX || (eku & XKU_SSL_CLIENT) == 0) {
-    return absl::PermissionDeniedError(
-        "the client certificate lacks the clientAuth extended key usage");
   }
   std::unique_ptr<GENERAL_NAMES, GeneralNamesFree> names(
       static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(
@@ -56,47 +87,44 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
                         ASN1_STRING_length(uri));
     }
   }
+  // X509_get_extended_key_usage answers UINT32_MAX when the extension is
+  // absent: "any" to OpenSSL, but not a client certificate to us.
+  const uint32_t eku = X509_get_extended_key_usage(cert.get());
+  if (eku == UINT32_MAX || (eku & XKU_SSL_CLIENT) == 0) {
+    return Refused(cert.get(), uris,
+                   "it lacks the clientAuth extended key usage");
+  }
   if (uris.size() > 1) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "the client certificate has ", uris.size(),
-        " URI SANs; exactly one is allowed so the identity is unambiguous"));
+    return Refused(cert.get(), uris,
+                   absl::StrCat("it has ", uris.size(),
+                                " URI SANs; exactly one is allowed so the "
+                                "identity is unambiguous"));
   }
   if (uris.size() == 1) {
     if (uris[0].empty() || uris[0].find('\0') != std::string::npos) {
-      return absl::PermissionDeniedError("the client certificate's URI SAN is malformed");
+      return Refused(cert.get(), uris, "its URI SAN is malformed");
     }
     return absl::StrCat("uri:", uris[0]);
   }
   X509_NAME* subject = X509_get_subject_name(cert.get());
   int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
   if (idx < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, idx) >= 0) {
-    return absl::PermissionDeniedError(
-        "the client certificate has neither a URI SAN nor exactly one subject CN");
+    return Refused(cert.get(), uris,
+                   "it has neither a URI SAN nor exactly one subject CN");
   }
   const ASN1_STRING* cn =
       X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx));
   unsigned char* utf8 = nullptr;
   int len = ASN1_STRING_to_UTF8(&utf8, cn);
   if (len <= 0) {
-    return absl::PermissionDeniedError("the client certificate's CN is unreadable");
+    return Refused(cert.get(), uris, "its CN is unreadable");
   }
   std::string value(reinterpret_cast<char*>(utf8), len);
   OPENSSL_free(utf8);
   if (value.find('\0') != std::string::npos) {
-    return absl::PermissionDeniedError("the client certificate's CN is malformed");
+    return Refused(cert.get(), uris, "its CN is malformed");
   }
   return absl::StrCat("cn:", value);
-}
-
-absl::StatusOr<std::string> IdentityFromAuthContext(
-    const grpc::AuthContext& context) {
-  std::vector<grpc::string_ref> pem =
-      context.FindPropertyValues("x509_pem_cert");
-  if (pem.empty()) {
-    return absl::UnauthenticatedError("no client certificate");
-  }
-  return IdentityFromCertificatePem(
-      absl::string_view(pem.front().data(), pem.front().size()));
 }
 
 }  // namespace signet::server

@@ -14,20 +14,13 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace grpc {
-class AuthContext;
-}
-
 namespace signet::server {
 
-// PERMISSION_DENIED with the reason when the certificate cannot identify a
-// caller; INVALID_ARGUMENT when `pem` is not a certificate.
+// PERMISSION_DENIED when the certificate cannot identify a caller: the
+// message says why and what the certificate said (its subject and URI SANs,
+// quoted and cut short), for the refusal's answer and audit line.
+// INVALID_ARGUMENT when `pem` is not a certificate.
 absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem);
-
-// The identity of a TLS peer (its "x509_pem_cert" property).
-// UNAUTHENTICATED when the peer presented no certificate.
-absl::StatusOr<std::string> IdentityFromAuthContext(
-    const grpc::AuthContext& context);
 
 }  // namespace signet::server
 

@@ -52,8 +52,11 @@ class PendingCall {
               const std::function<void()>& fill = {}) {
     if (answered_.exchange(true)) return false;
     if (fill) fill();
-    answer_(status);
+    // Released before the answer: a client that sends its next request the
+    // moment it hears back must find the slot free, or a tenant running at
+    // exactly its limit is refused.
     if (on_done_) on_done_();
+    answer_(status);
     // Leave the watch list now rather than at the deadline, so it holds the
     // calls in flight, not every call of the last max_rpc_time. The entry
     // may hold the last reference to this call: it dies with `self`, after

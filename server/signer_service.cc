@@ -4,13 +4,19 @@
 #include <iterator>
 #include <utility>
 
+#include <google/protobuf/unknown_field_set.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "hsm/digest.h"
 #include "rotation/key_state.h"
 #include "server/claims.h"
+#include "server/config.h"
 #include "server/identity.h"
 #include "server/jwt.h"
+#include "server/message_text.h"
 #include "server/publication.h"
 
 namespace signet::server {
@@ -36,21 +42,85 @@ std::string InputSha256Hex(const ScopeState& scope, absl::string_view digest,
              : Sha256Hex(input);
 }
 
-// The scope is usable for signing right now.
+// The scope is usable for signing right now. FAILED_PRECONDITION, not
+// UNAVAILABLE: retrying does not help until an operator acts.
 absl::Status CheckActive(const ScopeState& scope, absl::Time now) {
   if (!rotation::CanSign(rotation::StateAt(scope.record, now))) {
-    return absl::UnavailableError(absl::StrCat(
+    return absl::FailedPreconditionError(absl::StrCat(
         "scope ", scope.config.name(),
         " has no active key right now; the key schedule needs attention"));
   }
   return absl::OkStatus();
 }
 
+// Parses a request the way gRPC would, but says why it failed: a message
+// that is well-formed protobuf yet does not parse has a string field that
+// is not UTF-8 (the one check proto3 adds to the wire format).
+template <typename Request>
+absl::Status ParseRequest(const grpc::ByteBuffer& bytes, Request* request) {
+  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader consumes it
+  grpc::ProtoBufferReader reader(&copy);
+  if (request->ParseFromZeroCopyStream(&reader)) return absl::OkStatus();
+  const std::string name = Request::descriptor()->full_name();
+  grpc::ByteBuffer again(bytes);
+  grpc::ProtoBufferReader reread(&again);
+  google::protobuf::UnknownFieldSet fields;
+  if (fields.ParseFromZeroCopyStream(&reread)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request is not a valid ", name,
+        ": a string field (such as scope) is not valid UTF-8"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the request is not a valid ", name,
+      ": it is not well-formed protobuf (truncated or corrupted)"));
+}
+
+// A unary call's response, serialized into gRPC's buffer when the call is
+// answered OK.
+template <typename Response>
+class RawReply {
+ public:
+  RawReply(grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* out)
+      : reactor_(reactor), out_(out) {}
+  Response* response() { return &response_; }
+  grpc::ServerUnaryReactor* reactor() const { return reactor_; }
+  void Answer(const grpc::Status& status) {
+    if (!status.ok()) {
+      reactor_->Finish(status);
+      return;
+    }
+    grpc::ProtoBufferWriter writer(out_, grpc::kProtoBufferWriterMaxBufferLength,
+                                   static_cast<int>(response_.ByteSizeLong()));
+    if (!response_.SerializeToZeroCopyStream(&writer)) {
+      reactor_->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
+                                    "the response could not be serialized"));
+      return;
+    }
+    reactor_->Finish(status);
+  }
+
+ private:
+  grpc::ServerUnaryReactor* const reactor_;
+  grpc::ByteBuffer* const out_;
+  Response response_;
+};
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                       std::string(status.message()));
+}
+
+absl::Status CheckScopeName(absl::string_view name) {
+  if (name.empty()) return absl::InvalidArgumentError("scope is required");
+  if (!ValidScopeName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scope ", Quote(name),
+        " is not a scope name: names are 1 to 63 characters of a-z, 0-9, "
+        "'.', '_' and '-', starting with a letter or digit"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
@@ -126,9 +196,7 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
   absl::StatusOr<std::string> identity = Caller(context);
   if (!identity.ok()) return identity.status();
   *caller = *identity;
-  if (scope_name.empty()) {
-    return absl::InvalidArgumentError("scope is required");
-  }
+  if (absl::Status st = CheckScopeName(scope_name); !st.ok()) return st;
   std::shared_ptr<const ServingState> serving = Serving();
   if (serving == nullptr) {
     return absl::UnavailableError(
@@ -140,9 +208,9 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
   // but which tenant holds which scope is not the caller's business.
   if (tenant == tenants_.end() || scope == serving->scopes.end() ||
       !tenant->second->scopes.contains(scope_name)) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "caller ", *identity, " may not sign with scope \"", scope_name,
-        "\""));
+    return absl::PermissionDeniedError(
+        absl::StrCat("caller ", Quote(*identity, 256),
+                     " may not sign with scope \"", scope_name, "\""));
   }
   return Authorized{tenant->second.get(), scope->second, std::move(serving)};
 }
@@ -159,27 +227,30 @@ absl::Status SignerService::Admit(Tenant* tenant) {
   if (now > tenant->max_concurrent) {
     tenant->in_flight.fetch_sub(1);
     return absl::ResourceExhaustedError(absl::StrCat(
-        "caller ", tenant->identity, " has ", tenant->max_concurrent,
+        "caller ", Quote(tenant->identity, 256), " has ", tenant->max_concurrent,
         " requests in flight, its limit; retry with backoff"));
   }
   return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* SignerService::Refuse(
-    grpc::CallbackServerContext* context, const absl::Status& status,
-    absl::string_view event, absl::string_view caller,
-    absl::string_view scope) {
+void SignerService::Refuse(const Call& call, const absl::Status& status,
+                           absl::string_view caller, absl::string_view scope) {
   AuditEvent refusal;
   refusal.event = "refuse";
-  refusal.caller = std::string(caller);
-  refusal.scope = std::string(scope);
   refusal.result = absl::StatusCodeToString(status.code());
-  refusal.detail = std::string(event);
+  if (caller.empty()) {
+    // No identity: the certificate was refused (or none came). What it said
+    // is in the message.
+    refusal.caller = "unidentified";
+    refusal.detail = absl::StrCat(call.method, ": ", status.message());
+  } else {
+    refusal.caller = std::string(caller);
+    refusal.detail = call.method;
+  }
+  refusal.scope = ValidScopeName(scope) ? std::string(scope) : Quote(scope);
   std::shared_ptr<const ServingState> serving = Serving();
   if (serving != nullptr) serving->audit->AppendRefusal(refusal);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
+  call.answer(ToGrpcStatus(status));
 }
 
 ClaimsPolicy SignerService::PolicyFor(const ScopeState& scope,
@@ -226,15 +297,12 @@ std::shared_ptr<const PublishedDocuments> SignerService::Published() const {
   return published_;
 }
 
-grpc::ServerUnaryReactor* SignerService::Dispatch(
-    grpc::CallbackServerContext* context, const Authorized& auth,
-    std::vector<Part> parts) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
+                             std::vector<Part> parts) {
   Tenant* tenant = auth.tenant;
   auto call = std::make_shared<PendingCall>(
-      [reactor](const grpc::Status& status) { reactor->Finish(status); },
-      DeadlineOf(context), [tenant] { tenant->in_flight.fetch_sub(1); },
-      watchdog_.list());
+      rpc.answer, DeadlineOf(rpc.context),
+      [tenant] { tenant->in_flight.fetch_sub(1); }, watchdog_.list());
   for (size_t i = 0; i < parts.size(); ++i) {
     auto part = std::make_shared<Part>(std::move(parts[i]));
     absl::Status queued =
@@ -250,13 +318,12 @@ grpc::ServerUnaryReactor* SignerService::Dispatch(
     if (!queued.ok()) {
       if (i == 0) {
         call->Finish(ToGrpcStatus(queued));
-        return reactor;
+        return;
       }
       (*part)(call, queued);
     }
   }
   watchdog_.Watch(call);
-  return reactor;
 }
 
 namespace {
@@ -409,14 +476,15 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
 
 }  // namespace
 
-grpc::ServerUnaryReactor* SignerService::SignJwt(
-    grpc::CallbackServerContext* context,
-    const signet::v1::SignJwtRequest* request,
-    signet::v1::SignJwtResponse* response) {
+void SignerService::HandleSignJwt(const Call& rpc,
+                                  const signet::v1::SignJwtRequest& req,
+                                  signet::v1::SignJwtResponse* response) {
+  const signet::v1::SignJwtRequest* request = &req;
   std::string caller;
-  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
+  absl::StatusOr<Authorized> auth =
+      Authorize(rpc.context, request->scope(), &caller);
   auto refuse = [&](const absl::Status& status) {
-    return Refuse(context, status, "SignJwt", caller, request->scope());
+    Refuse(rpc, status, caller, request->scope());
   };
   if (!auth.ok()) return refuse(auth.status());
   const ScopeState& scope = *auth->scope;
@@ -430,8 +498,8 @@ grpc::ServerUnaryReactor* SignerService::SignJwt(
 
   std::string signing_input =
       JwsSigningInput(scope.header_b64, request->claims_json());
-  return Dispatch(
-      context, *auth,
+  Dispatch(
+      rpc, *auth,
       {[serving = auth->serving, scope_state = auth->scope, caller,
         signing_input = std::move(signing_input),
         response](const std::shared_ptr<PendingCall>& call,
@@ -463,14 +531,15 @@ grpc::ServerUnaryReactor* SignerService::SignJwt(
       }});
 }
 
-grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
-    grpc::CallbackServerContext* context,
-    const signet::v1::SignJwtBatchRequest* request,
+void SignerService::HandleSignJwtBatch(
+    const Call& rpc, const signet::v1::SignJwtBatchRequest& req,
     signet::v1::SignJwtBatchResponse* response) {
+  const signet::v1::SignJwtBatchRequest* request = &req;
   std::string caller;
-  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
+  absl::StatusOr<Authorized> auth =
+      Authorize(rpc.context, request->scope(), &caller);
   auto refuse = [&](const absl::Status& status) {
-    return Refuse(context, status, "SignJwtBatch", caller, request->scope());
+    Refuse(rpc, status, caller, request->scope());
   };
   if (!auth.ok()) return refuse(auth.status());
   const ScopeState& scope = *auth->scope;
@@ -523,17 +592,18 @@ grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
       SignBatchPart(batch, begin, end, call, skipped);
     });
   }
-  return Dispatch(context, *auth, std::move(work));
+  Dispatch(rpc, *auth, std::move(work));
 }
 
-grpc::ServerUnaryReactor* SignerService::Sign(
-    grpc::CallbackServerContext* context,
-    const signet::v1::SignRequest* request,
-    signet::v1::SignResponse* response) {
+void SignerService::HandleSign(const Call& rpc,
+                               const signet::v1::SignRequest& req,
+                               signet::v1::SignResponse* response) {
+  const signet::v1::SignRequest* request = &req;
   std::string caller;
-  absl::StatusOr<Authorized> auth = Authorize(context, request->scope(), &caller);
+  absl::StatusOr<Authorized> auth =
+      Authorize(rpc.context, request->scope(), &caller);
   auto refuse = [&](const absl::Status& status) {
-    return Refuse(context, status, "Sign", caller, request->scope());
+    Refuse(rpc, status, caller, request->scope());
   };
   if (!auth.ok()) return refuse(auth.status());
   const ScopeState& scope = *auth->scope;
@@ -563,8 +633,8 @@ grpc::ServerUnaryReactor* SignerService::Sign(
     return refuse(st);
   }
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
-  return Dispatch(
-      context, *auth,
+  Dispatch(
+      rpc, *auth,
       {[serving = auth->serving, scope_state = auth->scope, caller, digest,
         response](const std::shared_ptr<PendingCall>& call,
                   const absl::Status& skipped) {
@@ -591,6 +661,7 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> SignerService::PublicScope(
     signet::v1::Purpose purpose) {
   absl::StatusOr<std::string> caller = Caller(context);
   if (!caller.ok()) return caller.status();
+  if (absl::Status st = CheckScopeName(scope_name); !st.ok()) return st;
   std::shared_ptr<const ServingState> serving = Serving();
   if (serving == nullptr) {
     return absl::UnavailableError(
@@ -613,13 +684,12 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> SignerService::PublicScope(
   return scope->second;
 }
 
-grpc::ServerUnaryReactor* SignerService::GetJwks(
-    grpc::CallbackServerContext* context,
-    const signet::v1::GetJwksRequest* request,
-    signet::v1::GetJwksResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+void SignerService::HandleGetJwks(const Call& rpc,
+                                  const signet::v1::GetJwksRequest& req,
+                                  signet::v1::GetJwksResponse* response) {
+  const signet::v1::GetJwksRequest* request = &req;
   absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
-      PublicScope(context, request->scope(), JWT);
+      PublicScope(rpc.context, request->scope(), JWT);
   absl::Status status = scope.status();
   if (scope.ok()) {
     std::shared_ptr<const PublishedDocuments> published = Published();
@@ -634,17 +704,15 @@ grpc::ServerUnaryReactor* SignerService::GetJwks(
       response->set_version(ContentVersion(*jwks));
     }
   }
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
+  FinishPublic(rpc, status, request->scope());
 }
 
-grpc::ServerUnaryReactor* SignerService::GetPublicKeys(
-    grpc::CallbackServerContext* context,
-    const signet::v1::GetPublicKeysRequest* request,
+void SignerService::HandleGetPublicKeys(
+    const Call& rpc, const signet::v1::GetPublicKeysRequest& req,
     signet::v1::GetPublicKeysResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const signet::v1::GetPublicKeysRequest* request = &req;
   absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
-      PublicScope(context, request->scope(), RAW);
+      PublicScope(rpc.context, request->scope(), RAW);
   absl::Status status = scope.status();
   if (scope.ok()) {
     std::shared_ptr<const PublishedDocuments> published = Published();
@@ -665,8 +733,84 @@ grpc::ServerUnaryReactor* SignerService::GetPublicKeys(
       response->set_version(ContentVersion(*pem));
     }
   }
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
+  FinishPublic(rpc, status, request->scope());
+}
+
+void SignerService::FinishPublic(const Call& rpc, const absl::Status& status,
+                                 absl::string_view scope) {
+  if (status.ok()) {
+    rpc.answer(grpc::Status::OK);
+    return;
+  }
+  // A refused certificate or a bad name is audited like any refusal; an
+  // unknown scope or the other purpose is a lookup of public data, answered
+  // without an audit line.
+  std::string caller;
+  if (absl::StatusOr<std::string> identity = Caller(rpc.context);
+      identity.ok()) {
+    caller = *identity;
+  }
+  if (caller.empty() || status.code() == absl::StatusCode::kInvalidArgument) {
+    Refuse(rpc, status, caller, scope);
+    return;
+  }
+  rpc.answer(ToGrpcStatus(status));
+}
+
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* SignerService::Unary(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response, const char* method,
+    Handler<Request, Response> handler) {
+  auto reply = std::make_shared<RawReply<Response>>(context->DefaultReactor(),
+                                                    response);
+  Call call{context, method,
+            [reply](const grpc::Status& status) { reply->Answer(status); }};
+  Request parsed;
+  if (absl::Status st = ParseRequest(*request, &parsed); !st.ok()) {
+    std::string caller;
+    if (absl::StatusOr<std::string> identity = Caller(context); identity.ok()) {
+      caller = *identity;
+    }
+    Refuse(call, st, caller, "");
+  } else {
+    (this->*handler)(call, parsed, reply->response());
+  }
+  return reply->reactor();
+}
+
+grpc::ServerUnaryReactor* SignerService::SignJwt(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return Unary(context, request, response, "SignJwt",
+               &SignerService::HandleSignJwt);
+}
+
+grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return Unary(context, request, response, "SignJwtBatch",
+               &SignerService::HandleSignJwtBatch);
+}
+
+grpc::ServerUnaryReactor* SignerService::Sign(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return Unary(context, request, response, "Sign", &SignerService::HandleSign);
+}
+
+grpc::ServerUnaryReactor* SignerService::GetJwks(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return Unary(context, request, response, "GetJwks",
+               &SignerService::HandleGetJwks);
+}
+
+grpc::ServerUnaryReactor* SignerService::GetPublicKeys(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return Unary(context, request, response, "GetPublicKeys",
+               &SignerService::HandleGetPublicKeys);
 }
 
 }  // namespace signet::server

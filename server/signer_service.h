@@ -1,19 +1,24 @@
 // The Signer gRPC service (proto/signet/v1/signer.proto), callback API.
 //
-// Every RPC: identify the caller from its mTLS certificate, check that the
-// scope is one of the caller's (an unknown scope and another tenant's scope
-// get the same PERMISSION_DENIED), validate the input on the callback
-// thread, then post the HSM work to the bounded worker pool (full queue:
-// RESOURCE_EXHAUSTED; per-tenant limit: RESOURCE_EXHAUSTED). No HSM work
-// starts after the deadline, and the deadline watchdog answers every RPC
-// by its deadline even when a stalled HSM holds its worker. Nothing signed
-// is released before its audit line is on disk (fail closed).
+// Every RPC: parse the request here (raw callback methods: gRPC 1.51 answers
+// a request that does not parse with UNIMPLEMENTED and no message before a
+// typed handler runs; here it is INVALID_ARGUMENT, audited), identify the
+// caller from its mTLS certificate, check that the scope is one of the
+// caller's (an unknown scope and another tenant's scope get the same
+// PERMISSION_DENIED), validate the input on the callback thread, then post
+// the HSM work to the bounded worker pool (full queue: RESOURCE_EXHAUSTED;
+// per-tenant limit: RESOURCE_EXHAUSTED). No HSM work starts after the
+// deadline, and the deadline watchdog answers every RPC by its deadline even
+// when a stalled HSM holds its worker. Nothing signed is released before its
+// audit line is on disk (fail closed). Every refusal is audited, and every
+// caller-supplied name in a message is quoted and cut short.
 //
 // Thread-safe. The scope snapshot is immutable; rotation will swap it.
 #ifndef SIGNET_SERVER_SIGNER_SERVICE_H_
 #define SIGNET_SERVER_SIGNER_SERVICE_H_
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -30,6 +35,7 @@
 #include "server/worker_pool.h"
 #include "signet/v1/config.pb.h"
 #include "signet/v1/signer.grpc.pb.h"
+#include <grpcpp/support/byte_buffer.h>
 
 namespace signet::server {
 
@@ -49,6 +55,15 @@ struct ScopeState {
 absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
     const signet::v1::ScopeConfig& config, const rotation::KeyRecord& record,
     const hsm::LoadedKey& key);
+
+// The largest request a caller may legally send: a SignJwtBatch of
+// `max_batch_size` claims sets of kMaxClaimsBytes each, with protobuf's
+// framing and a scope name. gRPC's receive limit is set to it (its 4 MiB
+// default refused legal batches with RESOURCE_EXHAUSTED, which clients
+// retry).
+constexpr int MaxRequestBytes(int max_batch_size) {
+  return max_batch_size * (static_cast<int>(kMaxClaimsBytes) + 8) + 4096;
+}
 
 // A SignJwtBatch is split into parts of at least this many items, one per
 // worker at most.
@@ -73,7 +88,15 @@ struct ServingState {
   AuditLog* audit = nullptr;
 };
 
-class SignerService final : public signet::v1::Signer::CallbackService {
+// The service's base: every method raw (see the file comment).
+using RawSignerBase = signet::v1::Signer::WithRawCallbackMethod_SignJwt<
+    signet::v1::Signer::WithRawCallbackMethod_SignJwtBatch<
+        signet::v1::Signer::WithRawCallbackMethod_Sign<
+            signet::v1::Signer::WithRawCallbackMethod_GetJwks<
+                signet::v1::Signer::WithRawCallbackMethod_GetPublicKeys<
+                    signet::v1::Signer::Service>>>>>;
+
+class SignerService final : public RawSignerBase {
  public:
   // Until SetServing() every RPC answers UNAVAILABLE ("starting").
   SignerService(SignerServiceOptions options,
@@ -89,24 +112,20 @@ class SignerService final : public signet::v1::Signer::CallbackService {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::ServerUnaryReactor* SignJwt(grpc::CallbackServerContext* context,
-                                    const signet::v1::SignJwtRequest* request,
-                                    signet::v1::SignJwtResponse* response)
-      override;
-  grpc::ServerUnaryReactor* SignJwtBatch(
-      grpc::CallbackServerContext* context,
-      const signet::v1::SignJwtBatchRequest* request,
-      signet::v1::SignJwtBatchResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* SignJwtBatch(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Sign(grpc::CallbackServerContext* context,
-                                 const signet::v1::SignRequest* request,
-                                 signet::v1::SignResponse* response) override;
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetJwks(grpc::CallbackServerContext* context,
-                                    const signet::v1::GetJwksRequest* request,
-                                    signet::v1::GetJwksResponse* response)
-      override;
-  grpc::ServerUnaryReactor* GetPublicKeys(
-      grpc::CallbackServerContext* context,
-      const signet::v1::GetPublicKeysRequest* request,
-      signet::v1::GetPublicKeysResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetPublicKeys(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
 
  private:
   struct Tenant {
@@ -120,15 +139,47 @@ class SignerService final : public signet::v1::Signer::CallbackService {
     std::shared_ptr<const ScopeState> scope;
     std::shared_ptr<const ServingState> serving;
   };
+  // One call on its way: where it came from and how it is answered (the
+  // answer serializes the response, then finishes the reactor).
+  struct Call {
+    grpc::CallbackServerContext* context;
+    const char* method;
+    std::function<void(const grpc::Status&)> answer;
+  };
+  template <typename Request, typename Response>
+  using Handler = void (SignerService::*)(const Call&, const Request&,
+                                          Response*);
+
+  // Parses the request, runs `handler`, and returns the call's reactor.
+  template <typename Request, typename Response>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response,
+                                  const char* method,
+                                  Handler<Request, Response> handler);
+
+  void HandleSignJwt(const Call& call, const signet::v1::SignJwtRequest& request,
+                     signet::v1::SignJwtResponse* response);
+  void HandleSignJwtBatch(const Call& call,
+                          const signet::v1::SignJwtBatchRequest& request,
+                          signet::v1::SignJwtBatchResponse* response);
+  void HandleSign(const Call& call, const signet::v1::SignRequest& request,
+                  signet::v1::SignResponse* response);
+  void HandleGetJwks(const Call& call, const signet::v1::GetJwksRequest& request,
+                     signet::v1::GetJwksResponse* response);
+  void HandleGetPublicKeys(const Call& call,
+                           const signet::v1::GetPublicKeysRequest& request,
+                           signet::v1::GetPublicKeysResponse* response);
 
   std::shared_ptr<const ServingState> Serving() const ABSL_LOCKS_EXCLUDED(mu_);
   std::shared_ptr<const PublishedDocuments> Published() const
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  // The caller's identity, or the status to answer with. Identities are
-  // cached by certificate: parsing X.509 on every RPC was 40% of signetd's
-  // CPU under unary load, and the identity depends only on the bytes
-  // (revocation is checked by the TLS handshake).
+  // The caller's identity, or the status to answer with (for a refused
+  // certificate, PERMISSION_DENIED saying what the certificate said).
+  // Identities are cached by certificate: parsing X.509 on every RPC was
+  // 40% of signetd's CPU under unary load, and the identity depends only on
+  // the bytes (revocation is checked by the TLS handshake).
   absl::StatusOr<std::string> Caller(grpc::CallbackServerContext* context);
   // Identity + tenant + scope checks.
   absl::StatusOr<Authorized> Authorize(grpc::CallbackServerContext* context,
@@ -149,21 +200,23 @@ class SignerService final : public signet::v1::Signer::CallbackService {
   // Posts `parts` to the worker pool for an admitted request and arms the
   // deadline watchdog. When the first part cannot be queued the call
   // answers RESOURCE_EXHAUSTED and no part runs.
-  grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* context,
-                                     const Authorized& auth,
-                                     std::vector<Part> parts);
+  void Dispatch(const Call& call, const Authorized& auth,
+                std::vector<Part> parts);
   // A scope for the public-key RPCs: any authenticated caller; NOT_FOUND
   // for an unknown scope (names are public); FAILED_PRECONDITION for the
   // other purpose.
   absl::StatusOr<std::shared_ptr<const ScopeState>> PublicScope(
       grpc::CallbackServerContext* context, const std::string& scope_name,
       signet::v1::Purpose purpose);
-  // Refuses on the callback thread, with an audit refusal line.
-  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
-                                   const absl::Status& status,
-                                   absl::string_view event,
-                                   absl::string_view caller,
-                                   absl::string_view scope);
+  // Answers a public-key RPC: refusals of the caller or of the request are
+  // audited, lookups of an unknown scope are not.
+  void FinishPublic(const Call& call, const absl::Status& status,
+                    absl::string_view scope);
+  // Refuses on the callback thread, with an audit refusal line. An empty
+  // `caller` (the certificate was refused) is audited as "unidentified",
+  // with the refusal's message, which says what the certificate said.
+  void Refuse(const Call& call, const absl::Status& status,
+              absl::string_view caller, absl::string_view scope);
 
   const SignerServiceOptions options_;
   absl::flat_hash_map<std::string, std::unique_ptr<Tenant>> tenants_;
@@ -178,6 +231,10 @@ class SignerService final : public signet::v1::Signer::CallbackService {
 
 // absl::Status -> grpc::Status, in one place.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// INVALID_ARGUMENT unless `name` can be a scope's name; the message quotes
+// the name cut short, so a 9,000-byte name cannot outgrow the status.
+absl::Status CheckScopeName(absl::string_view name);
 
 }  // namespace signet::server
 

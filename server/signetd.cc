@@ -10,9 +10,13 @@
 // `signetd audit-verify FILE` checks an audit log's chain and checkpoints.
 #include <signal.h>
 
+#include <google/protobuf/stubs/logging.h>
+#include <grpc/support/log.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -20,6 +24,7 @@
 #include <openssl/pem.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -48,8 +53,12 @@
 #include "hsm/session_pool.h"
 #include "hsm/token_uri.h"
 #include "rotation/scope_keys.h"
+#include "rotation/key_state.h"
 #include "server/config.h"
+#include "server/connection_acceptor.h"
 #include "server/hardening.h"
+#include "server/health_monitor.h"
+#include "server/health_service.h"
 #include "server/audit_log.h"
 #include "server/audit_verify.h"
 #include "server/jwks_http.h"
@@ -82,9 +91,82 @@ namespace {
 
 using signet::v1::SignetConfig;
 
-constexpr char kScopeHealthPrefix[] = "scope/";
-// A probe call that has not returned after this long means a stalled HSM.
+// A probe call that has not returned after this long means a stalled HSM;
+// so does a worker held this long by one task while the probe cannot get a
+// session (tasks are bounded by deadlines and take milliseconds).
 constexpr absl::Duration kStalledCallThreshold = absl::Seconds(3);
+
+// At most this many lines a minute from the libraries' own logging (gRPC,
+// protobuf): a flood of malformed requests must not become a flood of logs.
+// Beyond it, one summary line says how many were dropped.
+constexpr int kLibraryLogLinesPerMinute = 20;
+
+class LibraryLogLimiter {
+ public:
+  // True if the line may be written; otherwise counts it.
+  bool Admit() {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    if (now - window_start_ >= absl::Minutes(1)) {
+      if (dropped_ > 0) {
+        SIGNET_LOG_WARN("{} more gRPC/protobuf log lines in the last minute "
+                        "were not written (rate limit)",
+                        dropped_);
+      }
+      window_start_ = now;
+      written_ = 0;
+      dropped_ = 0;
+    }
+    if (written_ < kLibraryLogLinesPerMinute) {
+      ++written_;
+      return true;
+    }
+    ++dropped_;
+    return false;
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int written_ ABSL_GUARDED_BY(mu_) = 0;
+  int dropped_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+LibraryLogLimiter& LibraryLogs() {
+  static LibraryLogLimiter* limiter = new LibraryLogLimiter();
+  return *limiter;
+}
+
+void GrpcLogToOurs(gpr_log_func_args* args) {
+  if (args->severity < GPR_LOG_SEVERITY_ERROR || !LibraryLogs().Admit()) {
+    return;
+  }
+  SIGNET_LOG_WARN("grpc: {} ({}:{})", args->message, args->file, args->line);
+}
+
+void ProtobufLogToOurs(google::protobuf::LogLevel level, const char* filename,
+                       int line, const std::string& message) {
+  if (level < google::protobuf::LOGLEVEL_WARNING || !LibraryLogs().Admit()) {
+    return;
+  }
+  SIGNET_LOG_WARN("protobuf: {} ({}:{})", message, filename, line);
+}
+
+// Linking gRPC's reflection library registers its plugin with every
+// ServerBuilder (a static initializer). Reflection has no per-call
+// authorization in gRPC 1.51, so unless the configuration asks for it this
+// option takes the plugin out again.
+class WithoutReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(
+      std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins)
+      override {
+    std::erase_if(*plugins, [](const auto& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
 
 int Fail(const absl::Status& status) {
   SIGNET_LOG_ERROR("signetd cannot start: {}", status.ToString());
@@ -221,6 +303,13 @@ int Run() {
 
   absl::Status hardened = HardenProcess();
   if (!hardened.ok()) return Fail(hardened);
+  int open_files_before = 0;
+  const int open_files = RaiseOpenFileLimit(&open_files_before);
+  SIGNET_LOG_INFO("open-file limit {}{}", open_files,
+                  open_files == open_files_before
+                      ? std::string(" (the hard limit)")
+                      : absl::StrCat(" (raised from ", open_files_before,
+                                     " to the hard limit)"));
 
   const std::string config_path = absl::GetFlag(FLAGS_config);
   if (config_path.empty()) {
@@ -275,36 +364,83 @@ int Run() {
   signer_options.max_batch_size =
       static_cast<int>(config->serving().max_batch_size());
   signer_options.plaintext = config_options.insecure_plaintext;
+  const signet::v1::GrpcConfig& grpc_limits = config->grpc();
   std::vector<signet::v1::TenantConfig> tenants(config->tenants().begin(),
                                                 config->tenants().end());
   SignerService signer(signer_options, tenants);
 
-  grpc::EnableDefaultHealthCheckService(true);
+  // signetd accepts the gRPC port's connections itself and hands them to
+  // gRPC, so the acceptor can neither die nor spend the last descriptors
+  // (server/connection_acceptor.h).
+  absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> acceptor =
+      ConnectionAcceptor::Bind(
+          config->grpc_listen_address(),
+          static_cast<int>(grpc_limits.reserved_file_descriptors()));
+  if (!acceptor.ok()) return Fail(acceptor.status());
+  // Health is ours: gRPC's default service has no bound on Watch streams.
+  std::atomic<uint64_t> refused_watches{0};
+  HealthService health_service(
+      static_cast<int>(grpc_limits.max_health_watchers()),
+      [&refused_watches] { refused_watches.fetch_add(1); });
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  int bound_port = 0;
-  builder.AddListeningPort(config->grpc_listen_address(), credentials,
-                           &bound_port);
-  builder.RegisterService(&signer);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || bound_port == 0) {
-    return Fail(absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", config->grpc_listen_address())));
+  if (!grpc_limits.reflection()) {
+    builder.SetOption(std::make_unique<WithoutReflection>());
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  auto set_health = [&](bool serving) {
-    health->SetServingStatus(serving);
-    for (const auto& scope : config->scopes()) {
-      health->SetServingStatus(kScopeHealthPrefix + scope.name(), serving);
-    }
-  };
-  set_health(false);
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>
+      grpc_acceptor = builder.experimental().AddExternalConnectionAcceptor(
+          grpc::ServerBuilder::experimental_type::ExternalConnectionType::
+              FROM_FD,
+          credentials);
+  // Bounds of what one peer can make signetd hold (README, "Hostile
+  // traffic"): streams per connection, memory, time to finish the TLS
+  // handshake, idle connections, and the largest legal request.
+  builder.AddChannelArgument(
+      GRPC_ARG_MAX_CONCURRENT_STREAMS,
+      static_cast<int>(grpc_limits.max_concurrent_streams()));
+  builder.AddChannelArgument(
+      GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+      static_cast<int>(grpc_limits.handshake_timeout_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+      static_cast<int>(grpc_limits.max_connection_idle_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(grpc_limits.keepalive_time_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(grpc_limits.keepalive_timeout_seconds()) * 1000);
+  grpc::ResourceQuota quota("signetd");
+  quota.Resize(static_cast<size_t>(grpc_limits.max_memory_mib()) << 20);
+  builder.SetResourceQuota(quota);
+  const int max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
+  builder.SetMaxReceiveMessageSize(max_request_bytes);
+  builder.RegisterService(&signer);
+  builder.RegisterService(&health_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) {
+    return Fail(absl::UnavailableError(absl::StrCat(
+        "cannot start the gRPC server on ", config->grpc_listen_address())));
+  }
+  (*acceptor)->Start(std::move(grpc_acceptor));
+  std::vector<std::string> scope_names;
+  for (const auto& scope : config->scopes()) scope_names.push_back(scope.name());
+  HealthMonitor health_monitor(
+      scope_names, [&health_service](const std::string& service, bool serving) {
+        health_service.Set(service, serving);
+      });
+  health_monitor.SetAllNotServing("starting: waiting for the HSM and keys");
   const std::string listen_host = config->grpc_listen_address().substr(
       0, config->grpc_listen_address().rfind(':'));
-  SIGNET_LOG_INFO("gRPC (Signer, health, reflection) listening on {}:{} ({})",
-                  listen_host, bound_port,
-                  config_options.insecure_plaintext ? "plain text"
-                                                    : "mTLS, TLS 1.3 only");
+  SIGNET_LOG_INFO(
+      "gRPC (Signer, health{}) listening on {}:{} ({}; at most {} "
+      "descriptors for connections, {} streams each, {} MiB, requests up to "
+      "{} bytes)",
+      grpc_limits.reflection() ? ", reflection" : "", listen_host,
+      (*acceptor)->port(),
+      config_options.insecure_plaintext ? "plain text" : "mTLS, TLS 1.3 only",
+      (*acceptor)->budget_end(), grpc_limits.max_concurrent_streams(),
+      grpc_limits.max_memory_mib(), max_request_bytes);
 
   hsm::SessionPoolOptions pool_options;
   pool_options.connections = static_cast<int>(hsm_config.connections());
@@ -522,7 +658,6 @@ int Run() {
     }
   });
 
-  set_health(true);
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
 
   // The prober calls through the boundary every second. It runs on its own
@@ -555,38 +690,116 @@ int Run() {
     }
     prober_done->Notify();
   });
-  auto probe_stuck = [&probe]() {
-    absl::MutexLock lock(&probe->mu);
-    return probe->in_call &&
-           absl::Now() - probe->call_started > kStalledCallThreshold;
-  };
 
-  bool serving = true;
-  while (!StopRequested(absl::Seconds(1))) {
+  // What the replica can do right now (server/health_monitor.h).
+  auto hsm_condition = [&]() -> absl::Status {
     absl::Status last;
+    absl::Duration in_call;
     {
       absl::MutexLock lock(&probe->mu);
       last = probe->last;
+      in_call = probe->in_call ? absl::Now() - probe->call_started
+                               : absl::ZeroDuration();
     }
-    // DEADLINE_EXCEEDED: every session is busy, not that the HSM is gone.
-    bool up = (last.ok() || last.code() == absl::StatusCode::kDeadlineExceeded)
-              && !probe_stuck();
-    if (up != serving) {
-      serving = up;
-      set_health(up);
-      if (up) {
-        SIGNET_LOG_INFO("HSM reachable again: SERVING");
-      } else {
-        SIGNET_LOG_WARN("HSM unreachable ({}): NOT_SERVING",
-                        probe_stuck() ? "a call has not returned: stalled"
-                                      : std::string(last.message()));
+    if (in_call > kStalledCallThreshold) {
+      return absl::UnavailableError(absl::StrCat(
+          "the HSM is stalled: a probe call has not returned for ",
+          absl::FormatDuration(absl::Trunc(in_call, absl::Seconds(1)))));
+    }
+    if (last.code() == absl::StatusCode::kDeadlineExceeded) {
+      // No session came free for the probe: busy, or held by calls a
+      // stalled HSM never answers.
+      const int stuck = workers.StuckWorkers(kStalledCallThreshold);
+      if (stuck > 0) {
+        return absl::UnavailableError(absl::StrCat(
+            "the HSM is stalled: no session is free and ", stuck,
+            " worker(s) have waited over ",
+            absl::FormatDuration(kStalledCallThreshold),
+            " on one HSM call"));
       }
+      return absl::OkStatus();
+    }
+    if (!last.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("the HSM is unreachable: ", last.message()));
+    }
+    return absl::OkStatus();
+  };
+  auto sample = [&]() {
+    ReplicaCondition condition;
+    condition.hsm = hsm_condition();
+    if (absl::Status audit_status = (*audit)->WriteStatus();
+        !audit_status.ok()) {
+      condition.audit = absl::UnavailableError(absl::StrCat(
+          "the audit log cannot be written, so nothing is signed: ",
+          audit_status.message()));
+    }
+    if ((*acceptor)->BudgetSpent()) {
+      condition.listener = absl::UnavailableError(absl::StrCat(
+          "the gRPC listener refuses new connections: its descriptor budget "
+          "(",
+          (*acceptor)->budget_end(), ") is spent"));
+    }
+    const absl::Time now = absl::Now();
+    for (const auto& [name, scope] : serving_state->scopes) {
+      condition.scopes[name] =
+          rotation::CanSign(rotation::StateAt(scope->record, now))
+              ? absl::OkStatus()
+              : absl::FailedPreconditionError(
+                    "no key of this scope may sign now; the key schedule "
+                    "needs attention");
+    }
+    return condition;
+  };
+  // Connections the acceptor refused, logged and audited at most once per
+  // interval. Returns whether there was anything to report.
+  uint64_t refused_reported = 0;
+  uint64_t accept_errors_reported = 0;
+  uint64_t watches_reported = 0;
+  auto report_refused_connections = [&]() {
+    const uint64_t refused = (*acceptor)->refused();
+    const uint64_t errors = (*acceptor)->accept_errors();
+    const uint64_t watches = refused_watches.load();
+    if (refused == refused_reported && errors == accept_errors_reported &&
+        watches == watches_reported) {
+      return false;
+    }
+    const std::string what = absl::StrCat(
+        refused - refused_reported,
+        " gRPC connection(s) closed at once (descriptor budget spent), ",
+        errors - accept_errors_reported, " failed accept(s) and ",
+        watches - watches_reported,
+        " health watch(es) refused (grpc.max_health_watchers) since the last "
+        "report");
+    SIGNET_LOG_WARN("{}", what);
+    AuditEvent refusal;
+    refusal.event = "refuse";
+    refusal.caller = "unidentified";
+    refusal.result = "RESOURCE_EXHAUSTED";
+    refusal.detail = what;
+    (*audit)->AppendRefusal(refusal);
+    refused_reported = refused;
+    accept_errors_reported = errors;
+    watches_reported = watches;
+    return true;
+  };
+
+  health_monitor.Update(sample());
+  absl::Time last_report = absl::InfinitePast();
+  while (!StopRequested(absl::Seconds(1))) {
+    health_monitor.Update(sample());
+    if (absl::Now() - last_report >= absl::Seconds(10) &&
+        report_refused_connections()) {
+      last_report = absl::Now();
     }
   }
+  report_refused_connections();
+  acceptor->reset();  // no new connection from here on
   stop_probing->Notify();
   stop_publishing->Notify();
   publisher.join();
-  set_health(false);
+  health_monitor.SetAllNotServing("stopping");
+  health_service.Shutdown();  // watchers hear NOT_SERVING, then the end
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.
@@ -644,6 +857,10 @@ int main(int argc, char** argv) {
       " FILE: check an audit log");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   signet::log::Init(absl::GetFlag(FLAGS_log_json));
+  // gRPC's and protobuf's own lines go through ours, rate-limited: a parse
+  // failure is logged by protobuf for every malformed request.
+  gpr_set_log_function(signet::server::GrpcLogToOurs);
+  google::protobuf::SetLogHandler(signet::server::ProtobufLogToOurs);
   if (args.size() >= 2 && std::string(args[1]) == "audit-verify") {
     if (args.size() != 3) {
       SIGNET_LOG_ERROR("usage: signetd audit-verify "

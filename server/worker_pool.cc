@@ -6,10 +6,12 @@
 
 namespace signet::server {
 
-WorkerPool::WorkerPool(int threads, int queue_size) : queue_size_(queue_size) {
+WorkerPool::WorkerPool(int threads, int queue_size)
+    : queue_size_(queue_size),
+      running_since_(static_cast<size_t>(threads), absl::InfiniteFuture()) {
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) {
-    threads_.emplace_back([this] { Loop(); });
+    threads_.emplace_back([this, i] { Loop(static_cast<size_t>(i)); });
   }
 }
 
@@ -52,12 +54,22 @@ int WorkerPool::busy() const {
   return busy_;
 }
 
+int WorkerPool::StuckWorkers(absl::Duration longer_than) const {
+  const absl::Time cutoff = absl::Now() - longer_than;
+  absl::MutexLock lock(&mu_);
+  int stuck = 0;
+  for (absl::Time since : running_since_) {
+    if (since < cutoff) ++stuck;
+  }
+  return stuck;
+}
+
 int WorkerPool::queued() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(queue_.size());
 }
 
-void WorkerPool::Loop() {
+void WorkerPool::Loop(size_t index) {
   // One lock round per task: the next task is taken in the same critical
   // section that counts the last one done.
   auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -70,11 +82,13 @@ void WorkerPool::Loop() {
     std::function<void()> task = std::move(queue_.front());
     queue_.pop_front();
     ++busy_;
+    running_since_[index] = absl::Now();
     mu_.Unlock();
     task();
     task = nullptr;  // what it holds goes outside the lock
     mu_.Lock();
     --busy_;
+    running_since_[index] = absl::InfiniteFuture();
   }
 }
 

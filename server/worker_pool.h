@@ -16,6 +16,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace signet::server {
 
@@ -36,6 +38,10 @@ class WorkerPool {
   // Tasks running right now, and waiting.
   int busy() const ABSL_LOCKS_EXCLUDED(mu_);
   int queued() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Workers that have been running one task for longer than `longer_than`:
+  // tasks are bounded by their deadlines, so these are stuck in an HSM call
+  // that does not return (a stalled HSM).
+  int StuckWorkers(absl::Duration longer_than) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Stops taking tasks, runs what is queued, and joins the threads (what
   // the destructor does, for a shutdown that must finish every task before
@@ -48,12 +54,14 @@ class WorkerPool {
   void Detach() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  void Loop(size_t index) ABSL_LOCKS_EXCLUDED(mu_);
 
   const int queue_size_;
   mutable absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   int busy_ ABSL_GUARDED_BY(mu_) = 0;
+  // When each worker took its current task; InfiniteFuture when idle.
+  std::vector<absl::Time> running_since_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

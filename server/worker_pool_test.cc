@@ -3,6 +3,7 @@
 #include <atomic>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace signet::server {
@@ -52,6 +53,26 @@ TEST(WorkerPoolTest, AFullQueueAnswersResourceExhaustedWithoutBlocking) {
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(pool.queued(), 2);
   release.Notify();
+}
+
+TEST(WorkerPoolTest, CountsWorkersStuckInOneTask) {
+  absl::Notification release;
+  absl::Notification started;
+  WorkerPool pool(2, 10);
+  EXPECT_EQ(pool.StuckWorkers(absl::ZeroDuration()), 0);  // idle is not stuck
+  ASSERT_TRUE(pool.Submit([&] {
+                    started.Notify();
+                    release.WaitForNotification();
+                  })
+                  .ok());
+  started.WaitForNotification();
+  absl::SleepFor(absl::Milliseconds(20));
+  // One worker has been in its task for 20 ms; the other is idle.
+  EXPECT_EQ(pool.StuckWorkers(absl::Milliseconds(10)), 1);
+  EXPECT_EQ(pool.StuckWorkers(absl::Hours(1)), 0);
+  release.Notify();
+  pool.Join();
+  EXPECT_EQ(pool.StuckWorkers(absl::ZeroDuration()), 0);
 }
 
 }  // namespace

@@ -136,6 +136,9 @@ ABSL_FLAG(int, channels, 2,
           "calls over.");
 ABSL_FLAG(std::string, audit_dir, "",
           "Directory for the audit log (default: beside the token, on disk).");
+ABSL_FLAG(std::string, signetd, SIGNETD_BINARY,
+          "The signetd binary to measure, e.g. another build's for an A/B "
+          "comparison in the same run.");
 ABSL_FLAG(bool, wait_at_end, false,
           "Print signetd's pid and keep waiting for Enter at the end (to look "
           "at the audit log or attach a profiler); the temporary directory is "
@@ -663,7 +666,7 @@ absl::StatusOr<std::unique_ptr<Env>> StartEnv(int connections, int sessions,
   env->audit_path = audit_dir + "/audit.log";
 
   SignetdOptions options;
-  options.binary = SIGNETD_BINARY;
+  options.binary = absl::GetFlag(FLAGS_signetd);
   options.config_text = Config(*env, connections, sessions, worker_threads);
   absl::StatusOr<std::unique_ptr<SignetdProcess>> signetd =
       SignetdProcess::Start(env->token->dir(), options);

@@ -25,6 +25,7 @@
 #include "hsm/token_uri.h"
 #include "rotation/key_state.h"
 #include "rotation/scope_keys.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "signet/v1/signer.grpc.pb.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/process.h"
@@ -34,6 +35,9 @@
 namespace signet {
 namespace {
 
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::RunProcess;
@@ -79,6 +83,28 @@ absl::StatusOr<rotation::KeyRecord> CreateShortLivedKey(
                                        /*may_write=*/true);
   if (!key.ok()) return key.status();
   return key->record;
+}
+
+HealthCheckResponse::ServingStatus Health(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
+  auto stub = Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  HealthCheckRequest req;
+  req.set_service(service);
+  HealthCheckResponse resp;
+  return stub->Check(&ctx, req, &resp).ok() ? resp.status()
+                                            : HealthCheckResponse::UNKNOWN;
+}
+
+// Waits (bounded) until scope/short's health entry is `want`.
+bool AwaitScopeHealth(const std::shared_ptr<grpc::Channel>& channel,
+                      HealthCheckResponse::ServingStatus want) {
+  for (int i = 0; i < 50; ++i) {
+    if (Health(channel, "scope/short") == want) return true;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return false;
 }
 
 class KeyScheduleTest : public ::testing::Test {
@@ -175,8 +201,9 @@ TEST_F(KeyScheduleTest, SigningStopsAtRetireAndTheKeyLeavesTheSetsAtUnpublish) {
   ssl.pem_root_certs = bed_->ca().cert_pem();
   ssl.pem_private_key = tenant_.key_pem;
   ssl.pem_cert_chain = tenant_.cert_pem;
-  auto stub = v1::Signer::NewStub(grpc::CreateChannel(
-      absl::StrCat("localhost:", *grpc_port), grpc::SslCredentials(ssl)));
+  auto channel = grpc::CreateChannel(absl::StrCat("localhost:", *grpc_port),
+                                     grpc::SslCredentials(ssl));
+  auto stub = v1::Signer::NewStub(channel);
 
   // ACTIVE: signs, and is published.
   grpc::Status active = SignJwt(*stub);
@@ -190,9 +217,17 @@ TEST_F(KeyScheduleTest, SigningStopsAtRetireAndTheKeyLeavesTheSetsAtUnpublish) {
 
   // RETIRED: no longer signs, still published (its tokens must verify).
   absl::SleepFor(retire_at - absl::Now() + absl::Milliseconds(200));
+  // FAILED_PRECONDITION, not UNAVAILABLE: retrying cannot help. Health says
+  // so for this scope alone, in one log line.
   grpc::Status retired = SignJwt(*stub);
-  EXPECT_EQ(retired.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(retired.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(retired.error_message(), HasSubstr("no active key"));
+  EXPECT_TRUE(AwaitScopeHealth(channel, HealthCheckResponse::NOT_SERVING))
+      << (*signetd)->Output();
+  EXPECT_EQ(Health(channel, ""), HealthCheckResponse::SERVING);
+  EXPECT_THAT((*signetd)->Output(),
+              HasSubstr("health scope/short: NOT_SERVING: no key of this "
+                        "scope may sign now"));
   if (absl::Now() < unpublish_at - absl::Seconds(1)) {
     EXPECT_THAT(HttpGet(http_port, "/scopes/short/.well-known/jwks.json"),
                 HasSubstr(kid));

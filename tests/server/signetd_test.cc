@@ -17,7 +17,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "health.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
@@ -280,8 +280,12 @@ TEST_F(SignetdTest, HealthFollowsTheHsmAcrossAKillAndARestart) {
       << (*signetd)->Output();
   EXPECT_TRUE(
       AwaitHealth(*port, "scope/demo-consumer", HealthCheckResponse::SERVING));
-  // Still the same process: it recovered rather than crashed.
-  EXPECT_THAT((*signetd)->Output(), HasSubstr("HSM reachable again"));
+  // Still the same process: it recovered rather than crashed; one line for
+  // each change.
+  const std::string out = (*signetd)->Output();
+  EXPECT_THAT(out, HasSubstr("health: NOT_SERVING: the HSM is unreachable"));
+  EXPECT_THAT(out.substr(out.find("health: NOT_SERVING: the HSM")),
+              HasSubstr("health: SERVING"));
 }
 
 TEST_F(SignetdTest, AStalledHsmTurnsHealthNotServingAndNeverBlocksAStop) {

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -46,6 +47,7 @@ enum ChildStep : int {
   kStepSetgid,
   kStepSetuid,
   kStepExec,
+  kStepSetrlimit,
 };
 
 const char* StepName(int step) {
@@ -62,6 +64,8 @@ const char* StepName(int step) {
       return "setuid";
     case kStepExec:
       return "execve";
+    case kStepSetrlimit:
+      return "setrlimit";
   }
   return "unknown step";
 }
@@ -286,6 +290,14 @@ absl::StatusOr<pid_t> Spawn(const SpawnOptions& options) {
         dup2(stdout_fd, STDOUT_FILENO) < 0 ||
         dup2(stderr_fd, STDERR_FILENO) < 0) {
       ChildFail(error_pipe[1], kStepDup2);
+    }
+    if (options.open_file_limit > 0) {
+      struct rlimit files;
+      files.rlim_cur = files.rlim_max =
+          static_cast<rlim_t>(options.open_file_limit);
+      if (setrlimit(RLIMIT_NOFILE, &files) != 0) {
+        ChildFail(error_pipe[1], kStepSetrlimit);
+      }
     }
     if (drop_privileges) {
       if (setgroups(1, &gid) != 0) {

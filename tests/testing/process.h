@@ -69,6 +69,9 @@ struct SpawnOptions {
   // Put the child in a new process group whose id is its pid, so the child
   // and everything it forks can be signalled at once with kill(-pid, sig).
   bool new_process_group = true;
+  // If positive, the child's open-file limit, soft and hard (as `ulimit -n`
+  // in a launcher would set it: lowering needs no privilege).
+  int open_file_limit = 0;
 };
 
 // Starts a child and returns its pid once exec has succeeded. The caller must

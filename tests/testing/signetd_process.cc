@@ -45,6 +45,7 @@ absl::StatusOr<std::unique_ptr<SignetdProcess>> SignetdProcess::Start(
                     options.flags.end());
   spawn.env = options.env;
   spawn.as_user = options.as_user;
+  spawn.open_file_limit = options.open_file_limit;
   spawn.stdout_fd = fd;
   spawn.stderr_fd = fd;
   absl::StatusOr<pid_t> pid = Spawn(spawn);

@@ -23,6 +23,7 @@ struct SignetdOptions {
   std::vector<std::string> flags;
   std::vector<std::pair<std::string, std::string>> env;
   std::string as_user;  // run as this user (needs root)
+  int open_file_limit = 0;  // if positive, signetd's `ulimit -n`
 };
 
 class SignetdProcess {

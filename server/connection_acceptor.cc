@@ -1,0 +1,170 @@
+#include "server/connection_acceptor.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace signet::server {
+namespace {
+
+// How long the loop pauses after a failed accept(), so a process out of
+// descriptors does not spin while it waits for connections to close.
+constexpr int kAcceptRetryMs = 50;
+
+int OpenFileLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return 1 << 20;
+  }
+  return static_cast<int>(limit.rlim_cur);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> ConnectionAcceptor::Bind(
+    absl::string_view listen_address, int reserved_fds) {
+  const size_t colon = listen_address.rfind(':');
+  if (colon == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", listen_address, "\" is not host:port"));
+  }
+  std::string host(listen_address.substr(0, colon));
+  const std::string port(listen_address.substr(colon + 1));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  struct addrinfo hints = {};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  struct addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(),
+                           &hints, &found);
+      rc != 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot resolve ", listen_address, ": ", gai_strerror(rc)));
+  }
+  int fd = -1;
+  std::string last_error = "no address";
+  for (struct addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                ai->ai_protocol);
+    if (fd < 0) {
+      last_error = strerror(errno);
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+        listen(fd, SOMAXCONN) == 0) {
+      break;
+    }
+    last_error = strerror(errno);
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(found);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", listen_address, ": ", last_error));
+  }
+  struct sockaddr_storage bound = {};
+  socklen_t len = sizeof(bound);
+  getsockname(fd, reinterpret_cast<struct sockaddr*>(&bound), &len);
+  const int bound_port =
+      bound.ss_family == AF_INET6
+          ? ntohs(reinterpret_cast<struct sockaddr_in6*>(&bound)->sin6_port)
+          : ntohs(reinterpret_cast<struct sockaddr_in*>(&bound)->sin_port);
+  const int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake < 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("eventfd: ", strerror(errno)));
+  }
+  return std::unique_ptr<ConnectionAcceptor>(new ConnectionAcceptor(
+      fd, wake, bound_port, OpenFileLimit() - reserved_fds));
+}
+
+ConnectionAcceptor::~ConnectionAcceptor() {
+  const uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+  if (thread_.joinable()) thread_.join();
+  close(listen_fd_);
+  close(wake_fd_);
+}
+
+void ConnectionAcceptor::Start(
+    std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> grpc) {
+  grpc_ = std::move(grpc);
+  thread_ = std::thread([this] { Loop(); });
+}
+
+bool ConnectionAcceptor::BudgetSpent() const {
+  // The lowest free descriptor: what the next accept() would get.
+  const int probe = fcntl(listen_fd_, F_DUPFD_CLOEXEC, 0);
+  if (probe < 0) return true;
+  close(probe);
+  return probe >= budget_end_;
+}
+
+void ConnectionAcceptor::Loop() {
+  struct pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  int timeout_ms = -1;
+  for (;;) {
+    fds[0].revents = fds[1].revents = 0;
+    const int ready = poll(fds, 2, timeout_ms);
+    if (fds[1].revents != 0) return;
+    if (ready <= 0) {
+      timeout_ms = -1;
+      continue;
+    }
+    // Accept what is waiting, then poll again.
+    for (;;) {
+      const int fd = accept4(listen_fd_, nullptr, nullptr,
+                             SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+          // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection waits in the
+          // backlog; try again shortly instead of spinning or giving up.
+          accept_errors_.fetch_add(1);
+          timeout_ms = kAcceptRetryMs;
+        }
+        break;
+      }
+      if (fd >= budget_end_) {
+        refused_.fetch_add(1);
+        close(fd);
+        continue;
+      }
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters
+          connection;
+      connection.listener_fd = listen_fd_;
+      connection.fd = fd;
+      grpc_->HandleNewConnection(&connection);  // gRPC owns fd now
+    }
+    if (timeout_ms > 0) {
+      // Pause before the next try: poll() on the wake descriptor alone.
+      struct pollfd wake = {wake_fd_, POLLIN, 0};
+      if (poll(&wake, 1, timeout_ms) > 0) return;
+      timeout_ms = -1;
+    }
+  }
+}
+
+}  // namespace signet::server

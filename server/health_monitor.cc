@@ -1,0 +1,71 @@
+#include "server/health_monitor.h"
+
+#include <utility>
+
+#include "server/log.h"
+
+namespace signet::server {
+
+constexpr char kScopePrefix[] = "scope/";
+
+HealthMonitor::HealthMonitor(std::vector<std::string> scopes, Setter set)
+    : scopes_(std::move(scopes)), set_(std::move(set)) {}
+
+absl::Status HealthMonitor::Overall(const ReplicaCondition& condition) {
+  if (!condition.hsm.ok()) return condition.hsm;
+  if (!condition.audit.ok()) return condition.audit;
+  return condition.listener;
+}
+
+void HealthMonitor::Update(const ReplicaCondition& condition) {
+  const absl::Status overall = Overall(condition);
+  if (overall_ != overall.ok()) {
+    if (overall.ok()) {
+      SIGNET_LOG_INFO("health: SERVING (HSM signing, audit log writable, "
+                      "listener accepting)");
+    } else {
+      SIGNET_LOG_WARN("health: NOT_SERVING: {}", overall.message());
+    }
+    overall_ = overall.ok();
+    set_("", overall.ok());
+  }
+  for (const std::string& scope : scopes_) {
+    auto it = condition.scopes.find(scope);
+    const absl::Status own =
+        it == condition.scopes.end() ? absl::OkStatus() : it->second;
+    auto known = scope_ok_.find(scope);
+    if (known == scope_ok_.end() || known->second != own.ok()) {
+      // Only the scope's own changes get a line; the overall one has its own.
+      if (known != scope_ok_.end() || !own.ok()) {
+        if (own.ok()) {
+          SIGNET_LOG_INFO("health {}{}: the scope can sign again",
+                          kScopePrefix, scope);
+        } else {
+          SIGNET_LOG_WARN("health {}{}: NOT_SERVING: {}", kScopePrefix, scope,
+                          own.message());
+        }
+      }
+      scope_ok_[scope] = own.ok();
+    }
+    const bool serving = overall.ok() && own.ok();
+    auto entry = scope_serving_.find(scope);
+    if (entry == scope_serving_.end() || entry->second != serving) {
+      scope_serving_[scope] = serving;
+      set_(kScopePrefix + scope, serving);
+    }
+  }
+}
+
+void HealthMonitor::SetAllNotServing(absl::string_view why) {
+  if (overall_.value_or(true)) {
+    SIGNET_LOG_INFO("health: NOT_SERVING: {}", why);
+  }
+  overall_ = false;
+  set_("", false);
+  for (const std::string& scope : scopes_) {
+    scope_serving_[scope] = false;
+    set_(kScopePrefix + scope, false);
+  }
+}
+
+}  // namespace signet::server

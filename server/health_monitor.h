@@ -1,0 +1,65 @@
+// What this replica can do right now, as the gRPC health service tells it:
+// the overall entry "" and one "scope/<name>" per scope.
+//
+// The overall entry is SERVING only while the HSM signs (not unreachable, not
+// stalled), the audit log can be written (signing is refused otherwise: fail
+// closed) and the gRPC listener accepts new connections. A scope's entry is
+// SERVING only while the overall one is and the scope has a key that may
+// sign now. signetd samples its condition every second and hands it to
+// Update(); every change of an entry's own condition is one log line with the
+// reason, so an operator sees why a load balancer stopped sending traffic.
+//
+// Thread-compatible: one thread (signetd's main loop) calls it.
+#ifndef SIGNET_SERVER_HEALTH_MONITOR_H_
+#define SIGNET_SERVER_HEALTH_MONITOR_H_
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace signet::server {
+
+// One sample of the replica's condition: OK, or why it cannot do its part.
+struct ReplicaCondition {
+  absl::Status hsm;
+  absl::Status audit;
+  absl::Status listener;
+  // Per scope: OK, or why the scope cannot sign now.
+  std::map<std::string, absl::Status> scopes;
+};
+
+class HealthMonitor {
+ public:
+  // `set` changes one health entry ("" or "scope/<name>").
+  using Setter = std::function<void(const std::string& service, bool serving)>;
+  HealthMonitor(std::vector<std::string> scopes, Setter set);
+
+  // Sets every entry from `condition`, logging each change.
+  void Update(const ReplicaCondition& condition);
+
+  // Every entry NOT_SERVING, with one log line saying why (start-up,
+  // shutdown). Update() brings them back.
+  void SetAllNotServing(absl::string_view why);
+
+  // The overall entry as last set.
+  bool serving() const { return overall_.value_or(false); }
+
+ private:
+  // The overall condition's reason, or OK.
+  static absl::Status Overall(const ReplicaCondition& condition);
+
+  const std::vector<std::string> scopes_;
+  const Setter set_;
+  std::optional<bool> overall_;  // unset until the first Update
+  std::map<std::string, bool> scope_ok_;       // the scope's own condition
+  std::map<std::string, bool> scope_serving_;  // what its entry says
+};
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_HEALTH_MONITOR_H_

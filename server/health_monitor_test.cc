@@ -1,0 +1,83 @@
+#include "server/health_monitor.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace signet::server {
+namespace {
+
+// The health entries as the monitor set them, and every set call.
+struct Entries {
+  std::map<std::string, bool> now;
+  std::vector<std::string> calls;
+  HealthMonitor::Setter Sink() {
+    return [this](const std::string& service, bool serving) {
+      now[service] = serving;
+      calls.push_back(service + (serving ? "=SERVING" : "=NOT_SERVING"));
+    };
+  }
+};
+
+ReplicaCondition AllGood() {
+  ReplicaCondition c;
+  c.scopes["a"] = absl::OkStatus();
+  c.scopes["b"] = absl::OkStatus();
+  return c;
+}
+
+TEST(HealthMonitorTest, ServingWhenEverythingWorks) {
+  Entries entries;
+  HealthMonitor monitor({"a", "b"}, entries.Sink());
+  monitor.SetAllNotServing("starting");
+  monitor.Update(AllGood());
+  EXPECT_TRUE(monitor.serving());
+  EXPECT_EQ(entries.now, (std::map<std::string, bool>{
+                             {"", true}, {"scope/a", true}, {"scope/b", true}}));
+}
+
+TEST(HealthMonitorTest, EachFaultTurnsTheReplicaNotServing) {
+  for (int fault = 0; fault < 3; ++fault) {
+    Entries entries;
+    HealthMonitor monitor({"a", "b"}, entries.Sink());
+    monitor.Update(AllGood());
+    ReplicaCondition c = AllGood();
+    absl::Status down = absl::UnavailableError("down");
+    if (fault == 0) c.hsm = down;
+    if (fault == 1) c.audit = down;
+    if (fault == 2) c.listener = down;
+    monitor.Update(c);
+    EXPECT_FALSE(monitor.serving()) << fault;
+    EXPECT_FALSE(entries.now[""]) << fault;
+    EXPECT_FALSE(entries.now["scope/a"]) << fault;  // no scope signs then
+    monitor.Update(AllGood());
+    EXPECT_TRUE(entries.now[""]) << fault;
+    EXPECT_TRUE(entries.now["scope/a"]) << fault;
+  }
+}
+
+TEST(HealthMonitorTest, AScopeWithoutASigningKeyIsNotServingAlone) {
+  Entries entries;
+  HealthMonitor monitor({"a", "b"}, entries.Sink());
+  monitor.Update(AllGood());
+  ReplicaCondition c = AllGood();
+  c.scopes["a"] = absl::FailedPreconditionError("no active key");
+  monitor.Update(c);
+  EXPECT_TRUE(entries.now[""]);
+  EXPECT_FALSE(entries.now["scope/a"]);
+  EXPECT_TRUE(entries.now["scope/b"]);
+}
+
+TEST(HealthMonitorTest, SetsAnEntryOnlyWhenItChanges) {
+  Entries entries;
+  HealthMonitor monitor({"a"}, entries.Sink());
+  monitor.Update(AllGood());
+  const size_t after_first = entries.calls.size();
+  for (int i = 0; i < 5; ++i) monitor.Update(AllGood());
+  EXPECT_EQ(entries.calls.size(), after_first);
+}
+
+}  // namespace
+}  // namespace signet::server

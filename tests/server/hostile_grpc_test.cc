@@ -1,0 +1,728 @@
+// signetd's gRPC listener against hostile traffic and faults, end to end:
+// SoftHSM2 behind a real `p11-kit server`, signetd as a real process, real
+// gRPC over loopback with mTLS, raw TCP floods. Each test pins one way an
+// attacker or a fault took signetd down, or made its health lie, before.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "signet/v1/signer.grpc.pb.h"
+#include "tests/testing/p11kit_server.h"
+#include "tests/testing/pki.h"
+#include "tests/testing/process.h"
+#include "tests/testing/signetd_process.h"
+#include "tests/testing/test_bed.h"
+
+namespace signet {
+namespace {
+
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::SignetdOptions;
+using testing::SignetdProcess;
+using testing::TestCa;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(90);
+constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
+constexpr char kOther[] = "spiffe://signet.test/tenant/other";
+constexpr char kScope[] = "idp";
+constexpr char kIssuer[] = "https://idp.signet.test";
+constexpr char kOtherIssuer[] = "https://other.signet.test";
+// The tenant's limit of requests in flight.
+constexpr int kTenantLimit = 16;
+
+std::string Claims(size_t pad_to = 0, absl::string_view issuer = kIssuer) {
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  std::string claims = absl::StrCat(R"({"iss":")", issuer,
+                                    R"(","sub":"alice","iat":)", now,
+                                    R"(,"exp":)", now + 600, R"(,"pad":")");
+  if (pad_to > claims.size() + 2) {
+    claims.append(pad_to - claims.size() - 2, 'x');
+  }
+  return claims + "\"}";
+}
+
+// Peak resident memory of a process (VmHWM), in bytes.
+int64_t PeakRss(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (absl::StartsWith(line, "VmHWM:")) {
+      std::vector<std::string> parts =
+          absl::StrSplit(line, ' ', absl::SkipEmpty());
+      int64_t kb = 0;
+      if (parts.size() >= 2 && absl::SimpleAtoi(parts[1], &kb)) {
+        return kb * 1024;
+      }
+    }
+  }
+  return -1;
+}
+
+int CountOccurrences(absl::string_view text, absl::string_view what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != absl::string_view::npos;
+       at = text.find(what, at + what.size())) {
+    ++n;
+  }
+  return n;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+// Every health status a Watch stream reported, in order, on its own thread.
+class HealthWatch {
+ public:
+  HealthWatch(std::shared_ptr<grpc::Channel> channel, std::string service)
+      : stub_(Health::NewStub(channel)) {
+    HealthCheckRequest request;
+    request.set_service(std::move(service));
+    thread_ = std::thread([this, request] {
+      auto reader = stub_->Watch(&ctx_, request);
+      HealthCheckResponse response;
+      while (reader->Read(&response)) {
+        absl::MutexLock lock(&mu_);
+        seen_.push_back(response.status());
+      }
+      reader->Finish();
+      absl::MutexLock lock(&mu_);
+      ended_ = true;
+    });
+  }
+  ~HealthWatch() {
+    ctx_.TryCancel();
+    thread_.join();
+  }
+  // Waits (bounded) until the last status reported is `want`.
+  bool AwaitLast(HealthCheckResponse::ServingStatus want,
+                 absl::Duration timeout) {
+    auto last_is = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return ended_ || (!seen_.empty() && seen_.back() == want);
+    };
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&last_is), timeout);
+    return !seen_.empty() && seen_.back() == want;
+  }
+  std::vector<HealthCheckResponse::ServingStatus> Seen() {
+    absl::MutexLock lock(&mu_);
+    return seen_;
+  }
+
+ private:
+  std::unique_ptr<Health::Stub> stub_;
+  grpc::ClientContext ctx_;
+  absl::Mutex mu_;
+  std::vector<HealthCheckResponse::ServingStatus> seen_ ABSL_GUARDED_BY(mu_);
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+class HostileGrpcTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    signal(SIGPIPE, SIG_IGN);
+    auto bed = testing::SignetTestBed::Create();
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = bed->release();
+    tenant_ = Issue("idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
+    other_ = Issue("other", {.uri_sans = {kOther}, .eku = "clientAuth"});
+    // No extended key usage at all: the handshake takes it, signetd not.
+    no_eku_ = Issue("mallory", {.cn = "mallory-no-eku", .eku = ""});
+    two_sans_ = Issue("two-sans",
+                      {.uri_sans = {"spiffe://signet.test/a",
+                                    "spiffe://signet.test/b"},
+                       .eku = "clientAuth"});
+  }
+  static void TearDownTestSuite() {
+    delete tenant_;
+    delete other_;
+    delete no_eku_;
+    delete two_sans_;
+    delete bed_;
+  }
+
+  static TestCa::Issued* Issue(absl::string_view name,
+                               testing::CertOptions options) {
+    auto issued = bed_->ca().Issue(name, options);
+    EXPECT_TRUE(issued.ok()) << issued.status();
+    return new TestCa::Issued(issued.ok() ? *issued : TestCa::Issued{});
+  }
+
+  // A signetd on the shared token with its own audit directory; `extra` is
+  // appended to its configuration.
+  std::unique_ptr<SignetdProcess> Start(absl::string_view name,
+                                        absl::string_view extra = "",
+                                        int open_file_limit = 0) {
+    audit_dir_ = absl::StrCat(bed_->token().dir(), "/audit-", name);
+    mkdir(audit_dir_.c_str(), 0700);
+    SignetdOptions options;
+    options.binary = SIGNETD_BINARY;
+    options.open_file_limit = open_file_limit;
+    options.config_text = absl::StrCat(
+        "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
+        "scopes { name: \"", kScope,
+        "\" audience_class: CONSUMER purpose: JWT issuer: \"", kIssuer,
+        "\" algorithm: ES256 }\n",
+        "scopes { name: \"other\" audience_class: CONSUMER purpose: JWT "
+        "issuer: \"",
+        kOtherIssuer, "\" algorithm: ES256 }\n",
+        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant,
+        "\" scopes: \"", kScope, "\" max_concurrent_requests: ", kTenantLimit,
+        " }\n", "tenants { identity: \"uri:", kOther,
+        "\" scopes: \"other\" }\n", "audit_log_path: \"", audit_dir_,
+        "/audit.log\"\n", extra);
+    auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
+    EXPECT_TRUE(signetd.ok()) << signetd.status();
+    if (!signetd.ok()) return nullptr;
+    auto port = (*signetd)->WaitForPort(kStartTimeout);
+    EXPECT_TRUE(port.ok()) << port.status();
+    EXPECT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+        << (*signetd)->Output();
+    port_ = port.ok() ? *port : 0;
+    return std::move(*signetd);
+  }
+
+  std::shared_ptr<grpc::Channel> Channel(const TestCa::Issued* client,
+                                         bool own_connection = false) const {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = bed_->ca().cert_pem();
+    ssl.pem_private_key = client->key_pem;
+    ssl.pem_cert_chain = client->cert_pem;
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    if (own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return grpc::CreateCustomChannel(absl::StrCat("localhost:", port_),
+                                     grpc::SslCredentials(ssl), args);
+  }
+
+  static void Deadline(grpc::ClientContext& ctx, int seconds = 20) {
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(seconds));
+  }
+
+  grpc::Status SignJwt(v1::Signer::Stub& stub, absl::string_view scope,
+                       int deadline_s = 20) const {
+    grpc::ClientContext ctx;
+    Deadline(ctx, deadline_s);
+    v1::SignJwtRequest req;
+    req.set_scope(std::string(scope));
+    req.set_claims_json(scope == "other" ? Claims(0, kOtherIssuer) : Claims());
+    v1::SignJwtResponse resp;
+    return stub.SignJwt(&ctx, req, &resp);
+  }
+
+  // A unary call with raw request bytes, as a hostile client sends them.
+  grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel,
+                       const std::string& method, const std::string& bytes) {
+    grpc::GenericStub stub(channel);
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    absl::Notification done;
+    grpc::Status result;
+    stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status st) {
+                     result = std::move(st);
+                     done.Notify();
+                   });
+    done.WaitForNotification();
+    return result;
+  }
+
+  // The audit log's lines, once one containing every one of `parts` is
+  // there (refusals are written asynchronously); bounded.
+  std::string AwaitAuditLine(const std::vector<std::string>& parts) const {
+    const absl::Time deadline = absl::Now() + absl::Seconds(15);
+    std::string found;
+    while (found.empty() && absl::Now() < deadline) {
+      for (absl::string_view line :
+           absl::StrSplit(ReadFile(audit_dir_ + "/audit.log"), '\n')) {
+        bool all = true;
+        for (const std::string& p : parts) all = all && absl::StrContains(line, p);
+        if (all) found = std::string(line);
+      }
+      if (found.empty()) absl::SleepFor(absl::Milliseconds(100));
+    }
+    return found;
+  }
+
+  static inline testing::SignetTestBed* bed_ = nullptr;
+  static inline TestCa::Issued* tenant_ = nullptr;
+  static inline TestCa::Issued* other_ = nullptr;
+  static inline TestCa::Issued* no_eku_ = nullptr;
+  static inline TestCa::Issued* two_sans_ = nullptr;
+  std::string audit_dir_;
+  int port_ = 0;
+};
+
+// Item 6: gRPC 1.51 answered a request that fails to parse with
+// UNIMPLEMENTED and no message, before signet's handler ran.
+TEST_F(HostileGrpcTest, UndecodableRequestsAreInvalidArgumentAndAudited) {
+  auto signetd = Start("undecodable");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_);
+  v1::SignJwtRequest valid;
+  valid.set_scope(kScope);
+  valid.set_claims_json(Claims());
+  std::string truncated = valid.SerializeAsString();
+  truncated.resize(truncated.size() - 5);
+  grpc::Status st = RawCall(channel, "/signet.v1.Signer/SignJwt", truncated);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(),
+              HasSubstr("not a valid signet.v1.SignJwtRequest"));
+  EXPECT_THAT(st.error_message(), HasSubstr("not well-formed protobuf"));
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              absl::StrCat("\"caller\":\"uri:", kTenant),
+                              "SignJwt", "INVALID_ARGUMENT"}),
+              Not(::testing::IsEmpty()));
+
+  // A scope that is not UTF-8 (field 1, two bytes 0xff 0xfe), on every RPC.
+  const std::string bad_scope("\x0a\x02\xff\xfe", 4);
+  for (const char* method :
+       {"SignJwt", "SignJwtBatch", "Sign", "GetJwks", "GetPublicKeys"}) {
+    grpc::Status bad = RawCall(
+        channel, absl::StrCat("/signet.v1.Signer/", method), bad_scope);
+    EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(bad.error_message(), HasSubstr("not valid UTF-8")) << method;
+  }
+  // Signing still works, and signetd logged no line per bad request.
+  auto stub = v1::Signer::NewStub(channel);
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  EXPECT_LE(CountOccurrences(signetd->Output(), "invalid UTF-8"), 20)
+      << signetd->Output();
+}
+
+// Item 7: a 9,000-byte scope name came back RESOURCE_EXHAUSTED "received
+// initial metadata size exceeds limit": it was echoed whole.
+TEST_F(HostileGrpcTest, AnOverlongScopeNameIsInvalidArgumentWithAShortMessage) {
+  auto signetd = Start("long-name");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  const std::string long_name(9000, 'a');
+  grpc::Status st = SignJwt(*stub, long_name);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("(9000 bytes)"));
+  EXPECT_THAT(st.error_message(), HasSubstr("is not a scope name"));
+  EXPECT_LT(st.error_message().size(), 400u);
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::GetJwksRequest req;
+  req.set_scope(long_name);
+  v1::GetJwksResponse resp;
+  grpc::Status jwks = stub->GetJwks(&ctx, req, &resp);
+  EXPECT_EQ(jwks.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(jwks.error_message().size(), 400u);
+  // A name with a character no scope name has.
+  EXPECT_EQ(SignJwt(*stub, "Idp").error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // A valid name that is not the caller's stays PERMISSION_DENIED.
+  EXPECT_EQ(SignJwt(*stub, "other").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "(9000 bytes)"}),
+              Not(::testing::IsEmpty()));
+}
+
+// Item 8: refused certificates were audited with an empty caller, and got
+// server reflection (the whole configuration schema).
+TEST_F(HostileGrpcTest, RefusedCertificatesAreAuditedWithWhatTheySaid) {
+  auto signetd = Start("refused-cert");
+  ASSERT_NE(signetd, nullptr);
+  auto no_eku = v1::Signer::NewStub(Channel(no_eku_));
+  grpc::Status st = SignJwt(*no_eku, kScope);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << signetd->Output();
+  EXPECT_THAT(st.error_message(), HasSubstr("clientAuth"));
+  EXPECT_THAT(st.error_message(), HasSubstr("CN=mallory-no-eku"));
+  EXPECT_THAT(AwaitAuditLine({"\"caller\":\"unidentified\"", "clientAuth",
+                              "CN=mallory-no-eku"}),
+              Not(::testing::IsEmpty()));
+
+  auto two = v1::Signer::NewStub(Channel(two_sans_));
+  st = SignJwt(*two, kScope);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << signetd->Output();
+  EXPECT_THAT(st.error_message(), HasSubstr("spiffe://signet.test/a"));
+  EXPECT_THAT(st.error_message(), HasSubstr("spiffe://signet.test/b"));
+  EXPECT_THAT(AwaitAuditLine({"\"caller\":\"unidentified\"", "2 URI SANs",
+                              "spiffe://signet.test/b"}),
+              Not(::testing::IsEmpty()));
+}
+
+// The reflection service answers (it lists signet.v1.Signer) or is absent.
+grpc::Status ListServices(const std::shared_ptr<grpc::Channel>& channel,
+                          std::string* listed) {
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto call = stub.PrepareCall(
+      &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+      &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  // ServerReflectionRequest { list_services: "" } (field 7).
+  grpc::Slice slice(std::string("\x3a\x00", 2));
+  grpc::ByteBuffer request(&slice, 1);
+  call->Write(request, reinterpret_cast<void*>(2));
+  cq.Next(&tag, &ok);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  cq.Next(&tag, &ok);
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  if (ok) {
+    std::vector<grpc::Slice> slices;
+    (void)response.Dump(&slices);
+    for (const grpc::Slice& s : slices) {
+      listed->append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+  }
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  while (cq.Next(&tag, &ok) && tag != reinterpret_cast<void*>(5)) {
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
+TEST_F(HostileGrpcTest, ReflectionIsOffUnlessConfigured) {
+  {
+    auto signetd = Start("no-reflection");
+    ASSERT_NE(signetd, nullptr);
+    std::string listed;
+    grpc::Status st = ListServices(Channel(no_eku_), &listed);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    EXPECT_THAT(listed, Not(HasSubstr("signet.v1.Signer")));
+  }
+  auto signetd = Start("reflection", "grpc { reflection: true }\n");
+  ASSERT_NE(signetd, nullptr);
+  std::string listed;
+  grpc::Status st = ListServices(Channel(tenant_), &listed);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_THAT(listed, HasSubstr("signet.v1.Signer"));
+}
+
+// Item 5: at concurrency == max_concurrent_requests, 3% of calls were
+// refused: the slot was released after the answer was handed to gRPC.
+TEST_F(HostileGrpcTest, ATenantAtExactlyItsLimitIsNeverRefused) {
+  auto signetd = Start("at-limit");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  std::atomic<int> ok{0};
+  std::atomic<int> refused{0};
+  std::atomic<int> other{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kTenantLimit; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 60; ++i) {
+        grpc::Status st = SignJwt(*stub, kScope);
+        if (st.ok()) {
+          ++ok;
+        } else if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          ++refused;
+        } else {
+          ++other;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(refused.load(), 0);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(ok.load(), kTenantLimit * 60);
+}
+
+// Item 3: a legal batch (256 items of 64 KiB) is over gRPC's 4 MiB default
+// and was refused RESOURCE_EXHAUSTED, which clients retry.
+TEST_F(HostileGrpcTest, TheLargestLegalBatchIsSignedAndALargerOneRefused) {
+  auto signetd = Start("large-batch");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  v1::SignJwtBatchRequest batch;
+  batch.set_scope(kScope);
+  for (int i = 0; i < 256; ++i) batch.add_claims_json(Claims(64 * 1024));
+  ASSERT_EQ(batch.claims_json(0).size(), 64u * 1024);
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 60);
+    v1::SignJwtBatchResponse resp;
+    grpc::Status st = stub->SignJwtBatch(&ctx, batch, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_code() << ": " << st.error_message();
+    ASSERT_EQ(resp.items_size(), 256);
+    for (const auto& item : resp.items()) {
+      EXPECT_EQ(item.code(), 0) << item.message();
+    }
+  }
+  // One more item than the limit allows is over the receive limit.
+  batch.add_claims_json(Claims(64 * 1024));
+  batch.add_claims_json(std::string(64 * 1024, ' '));
+  grpc::ClientContext ctx;
+  Deadline(ctx, 60);
+  v1::SignJwtBatchResponse resp;
+  grpc::Status st = stub->SignJwtBatch(&ctx, batch, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << st.error_message();
+}
+
+// Item 4 (c) is pinned by key_schedule_test (a scope whose key retired).
+
+// Item 4 (b): the audit log could not be written (signing refused, fail
+// closed) while health said SERVING.
+TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheAuditLogCannotBeWritten) {
+  auto signetd = Start("audit-health");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_);
+  HealthWatch watch(channel, "");
+  ASSERT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(10)));
+  auto stub = v1::Signer::NewStub(channel);
+  ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+  const std::string log = audit_dir_ + "/audit.log";
+  auto chattr = testing::RunProcess({.argv = {"chattr", "+i", log}});
+  ASSERT_TRUE(chattr.ok() && chattr->succeeded())
+      << (chattr.ok() ? chattr->output : chattr.status().ToString());
+  grpc::Status st = SignJwt(*stub, kScope);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::NOT_SERVING,
+                              absl::Seconds(10)))
+      << signetd->Output();
+  (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
+  EXPECT_EQ(CountOccurrences(signetd->Output(),
+                             "health: NOT_SERVING: the audit log cannot be "
+                             "written"),
+            1)
+      << signetd->Output();
+}
+
+// Item 4 (a): with the HSM stalled under load, stuck calls held every
+// session, the probe's Acquire timed out, and that counted as "busy, up".
+TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheHsmStallsUnderLoad) {
+  auto signetd = Start("stall-health",
+                       "serving { worker_threads: 4 queue_size: 64 }\n");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_);
+  HealthWatch watch(Channel(other_, /*own_connection=*/true), "");
+  ASSERT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(10)));
+  auto stub = v1::Signer::NewStub(channel);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> load;
+  for (int t = 0; t < kTenantLimit; ++t) {
+    load.emplace_back([&] {
+      while (!stop.load()) (void)SignJwt(*stub, kScope, /*deadline_s=*/2);
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  const bool flipped =
+      watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(20));
+  ASSERT_TRUE(bed_->hsm().Resume().ok());
+  EXPECT_TRUE(flipped) << signetd->Output();
+  EXPECT_THAT(signetd->Output(), HasSubstr("health: NOT_SERVING: the HSM is stalled"));
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(60)))
+      << signetd->Output();
+  stop = true;
+  for (auto& t : load) t.join();
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  // One line per change.
+  EXPECT_EQ(CountOccurrences(signetd->Output(), "health: NOT_SERVING: the HSM"),
+            1)
+      << signetd->Output();
+}
+
+// Item 1: about 1,100 idle TCP connections (no TLS) exhausted the open-file
+// limit; gRPC's acceptor stopped accepting for good while health said
+// SERVING. Here signetd runs under `ulimit -n 512` and is flooded with more.
+TEST_F(HostileGrpcTest, AnIdleConnectionFloodNeverKillsTheListener) {
+  constexpr int kLimit = 512;
+  constexpr int kFlood = 700;
+  auto signetd = Start("flood", "grpc { handshake_timeout_seconds: 3 }\n",
+                       kLimit);
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_);
+  HealthWatch watch(channel, "");
+  ASSERT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(10)));
+  auto stub = v1::Signer::NewStub(channel);
+  ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+
+  std::vector<int> flood;
+  struct sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port_));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (int i = 0; i < kFlood; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      close(fd);
+      continue;
+    }
+    flood.push_back(fd);
+  }
+  // The descriptor budget is spent: health says so...
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::NOT_SERVING,
+                              absl::Seconds(10)))
+      << signetd->Output();
+  // ...while the connection already open still signs.
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  for (int fd : flood) close(fd);
+
+  // Released (and the idle ones closed by the handshake timeout): new
+  // connections are accepted again and sign, with no restart.
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(30)))
+      << signetd->Output();
+  bool signed_fresh = false;
+  for (int i = 0; i < 30 && !signed_fresh; ++i) {
+    auto fresh = v1::Signer::NewStub(Channel(tenant_, /*own_connection=*/true));
+    signed_fresh = SignJwt(*fresh, kScope, 5).ok();
+    if (!signed_fresh) absl::SleepFor(absl::Milliseconds(500));
+  }
+  EXPECT_TRUE(signed_fresh) << signetd->Output();
+  EXPECT_EQ(kill(signetd->pid(), 0), 0) << "signetd is gone";
+  const std::string out = signetd->Output();
+  EXPECT_THAT(out, Not(HasSubstr("Failed accept4")));
+  EXPECT_THAT(out, HasSubstr("closed at once (descriptor budget spent)"));
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "descriptor budget"}),
+              Not(::testing::IsEmpty()));
+}
+
+// Item 2: one certificate opening 60,000 Health/Watch streams grew signetd
+// from 40 MB to 1.1 GB. Now streams per connection and Watch streams in all
+// are bounded; this flood comes over many connections, from a certificate
+// the Signer refuses.
+TEST_F(HostileGrpcTest, AWatchFloodIsRefusedBeyondItsBound) {
+  auto signetd = Start("watches",
+                       "grpc { max_concurrent_streams: 100 "
+                       "max_health_watchers: 1000 }\n");
+  ASSERT_NE(signetd, nullptr);
+  constexpr int kConnections = 40;
+  constexpr int kStreamsEach = 100;
+  constexpr int kStreams = kConnections * kStreamsEach;
+  grpc::CompletionQueue cq;
+  std::vector<std::unique_ptr<Health::Stub>> stubs;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts(kStreams);
+  std::vector<std::unique_ptr<grpc::ClientAsyncReader<HealthCheckResponse>>>
+      readers(kStreams);
+  std::vector<grpc::Status> statuses(kStreams);
+  for (int c = 0; c < kConnections; ++c) {
+    stubs.push_back(Health::NewStub(Channel(no_eku_, /*own_connection=*/true)));
+    for (int s = 0; s < kStreamsEach; ++s) {
+      const int i = c * kStreamsEach + s;
+      contexts[i] = std::make_unique<grpc::ClientContext>();
+      HealthCheckRequest req;
+      // Tags: 2i started, 2i+1 finished.
+      readers[i] = stubs.back()->AsyncWatch(contexts[i].get(), req, &cq,
+                                            reinterpret_cast<void*>(2 * i));
+      readers[i]->Finish(&statuses[i], reinterpret_cast<void*>(2 * i + 1));
+    }
+  }
+  // Every refused stream ends; the admitted ones stay open.
+  int finished = 0;
+  int refused = 0;
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+  while (refused < kStreams - 1000) {
+    void* tag = nullptr;
+    bool ok = false;
+    if (cq.AsyncNext(&tag, &ok, deadline) != grpc::CompletionQueue::GOT_EVENT) {
+      break;
+    }
+    const intptr_t t = reinterpret_cast<intptr_t>(tag);
+    if (t % 2 == 0) continue;
+    ++finished;
+    const grpc::Status& st = statuses[t / 2];
+    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      EXPECT_THAT(st.error_message(), HasSubstr("max_health_watchers"));
+      ++refused;
+    }
+  }
+  EXPECT_EQ(refused, kStreams - 1000);
+  EXPECT_EQ(finished, refused);
+  // Another tenant is served meanwhile, and memory stayed bounded.
+  auto other = v1::Signer::NewStub(Channel(other_, /*own_connection=*/true));
+  EXPECT_TRUE(SignJwt(*other, "other").ok());
+  const int64_t peak = PeakRss(signetd->pid());
+  EXPECT_GT(peak, 0);
+  EXPECT_LT(peak, int64_t{300} << 20) << "peak RSS " << (peak >> 20) << " MiB";
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "health watch(es) refused"}),
+              Not(::testing::IsEmpty()));
+  for (auto& ctx : contexts) ctx->TryCancel();
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// Item 3: 100 concurrent SignJwtBatch calls of ~13 MB grew signetd to
+// 750 MB. Over-limit messages are refused, and memory stays bounded.
+TEST_F(HostileGrpcTest, OverLimitMessagesStayWithinTheMemoryBound) {
+  auto signetd = Start("big-messages", "grpc { max_memory_mib: 128 }\n");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  auto other = v1::Signer::NewStub(Channel(other_, /*own_connection=*/true));
+  v1::SignJwtBatchRequest big;
+  big.set_scope(kScope);
+  for (int i = 0; i < 300; ++i) big.add_claims_json(std::string(64 * 1024, 'x'));
+  std::vector<std::thread> senders;
+  std::atomic<int> exhausted{0};
+  std::atomic<int> other_codes{0};
+  for (int t = 0; t < 30; ++t) {
+    senders.emplace_back([&] {
+      auto own = v1::Signer::NewStub(Channel(tenant_, /*own_connection=*/true));
+      grpc::ClientContext ctx;
+      Deadline(ctx, 60);
+      v1::SignJwtBatchResponse resp;
+      grpc::Status st = own->SignJwtBatch(&ctx, big, &resp);
+      if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        ++exhausted;
+      } else {
+        ++other_codes;
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  EXPECT_EQ(exhausted.load(), 30) << other_codes.load();
+  EXPECT_TRUE(SignJwt(*other, "other").ok());
+  const int64_t peak = PeakRss(signetd->pid());
+  EXPECT_LT(peak, int64_t{400} << 20) << "peak RSS " << (peak >> 20) << " MiB";
+}
+
+}  // namespace
+}  // namespace signet
