@@ -313,8 +313,9 @@ class BenchEnv {
     std::sort(ms.begin(), ms.end());
     notes_.push_back(absl::StrFormat(
         "one C_FindObjects by CKA_ID on a token of %d key pairs: %.2f ms "
-        "(hsm/ pays two, private + public key, per connection and key on "
-        "its first sign, then caches the handles)",
+        "(LoadKey pays two, private + public key, on the connection that "
+        "checks the key and one on every other connection up; a connection "
+        "opened later one per loaded key before it serves; signing none)",
         token_keys_, ms[ms.size() / 2]));
   }
 
