@@ -7,7 +7,6 @@
 #include <optional>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -95,24 +94,69 @@ absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> Find(SessionPool::Lease& lease,
   return found;
 }
 
-absl::StatusOr<CK_OBJECT_HANDLE> FindOne(SessionPool::Lease& lease,
-                                         CK_OBJECT_CLASS cls,
-                                         absl::string_view key_id) {
+// The one key of class `cls` with `key_id` that `session`'s connection sees,
+// by a targeted search (CKA_CLASS + CKA_ID). NOT_FOUND when there is none,
+// FAILED_PRECONDITION when there are several (an ambiguous id is refused).
+// When the search itself fails, `*rv` is its CK_RV (else CKR_OK) and the
+// status is CkrStatus's.
+absl::StatusOr<CK_OBJECT_HANDLE> FindUnique(Pkcs11Api& api,
+                                            CK_SESSION_HANDLE session,
+                                            CK_OBJECT_CLASS cls,
+                                            absl::string_view key_id,
+                                            CK_RV* rv) {
   AttributeTemplate templ;
   templ.Ulong(CKA_CLASS, cls).Bytes(CKA_ID, key_id);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
-  if (!found.ok()) return found.status();
+  std::vector<CK_OBJECT_HANDLE> found;
+  *rv = RetryRead([&] {
+    return api.FindObjects(session, templ.data(), templ.size(), &found);
+  });
+  if (*rv != CKR_OK) return CkrStatus(*rv, "C_FindObjects");
   const char* kind = cls == CKO_PRIVATE_KEY ? "private" : "public";
-  if (found->empty()) {
+  if (found.empty()) {
     return absl::NotFoundError(
         absl::StrCat("no ", kind, " key with id ", Hex(key_id), " in the token"));
   }
-  if (found->size() > 1) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        found->size(), " ", kind, " keys share id ", Hex(key_id),
-        "; refusing an ambiguous key"));
+  if (found.size() > 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(found.size(), " ", kind, " keys share id ", Hex(key_id),
+                     "; refusing an ambiguous key"));
   }
-  return found->front();
+  return found.front();
+}
+
+absl::StatusOr<CK_OBJECT_HANDLE> FindOne(SessionPool::Lease& lease,
+                                         CK_OBJECT_CLASS cls,
+                                         absl::string_view key_id) {
+  CK_RV rv = CKR_OK;
+  absl::StatusOr<CK_OBJECT_HANDLE> found =
+      FindUnique(lease.api(), lease.session(), cls, key_id, &rv);
+  // Through the lease, so a lost connection is marked down.
+  if (rv != CKR_OK) return lease.Check(rv, "C_FindObjects");
+  return found;
+}
+
+// Finds the private-key handle of every key in `key_ids` on a connection
+// that is not serving yet, and caches it there. A key not found (or
+// ambiguous) is noted on the connection, never searched for later; a failed
+// search keeps the connection down (UNAVAILABLE: retried with backoff).
+absl::Status WarmConnection(Connection& connection, CK_SESSION_HANDLE session,
+                            const std::vector<std::string>& key_ids) {
+  for (const std::string& key_id : key_ids) {
+    CK_RV rv = CKR_OK;
+    absl::StatusOr<CK_OBJECT_HANDLE> handle =
+        FindUnique(connection.api(), session, CKO_PRIVATE_KEY, key_id, &rv);
+    if (rv != CKR_OK) {
+      return absl::UnavailableError(absl::StrCat("finding the private key ",
+                                                 Hex(key_id), ": ",
+                                                 handle.status().message()));
+    }
+    if (!handle.ok()) {
+      connection.NoteWarmUpMiss(key_id, handle.status());
+      continue;
+    }
+    connection.CacheHandle(key_id, *handle);
+  }
+  return absl::OkStatus();
 }
 
 uint64_t DecodeGeneration(absl::string_view header) {
@@ -133,6 +177,23 @@ std::string EncodeGeneration(uint64_t g) {
 }
 
 }  // namespace
+
+Pkcs11KeyStore::Pkcs11KeyStore(SessionPool* pool) : pool_(pool) {
+  // Captures the shared set, not `this`: the pool may run the warmer once
+  // more while the destructor removes it.
+  warmer_id_ = pool_->AddConnectionWarmer(
+      [warm = warm_](Connection& connection,
+                     CK_SESSION_HANDLE session) -> absl::Status {
+        std::vector<std::string> key_ids;
+        {
+          absl::MutexLock lock(&warm->mu);
+          key_ids.assign(warm->key_ids.begin(), warm->key_ids.end());
+        }
+        return WarmConnection(connection, session, key_ids);
+      });
+}
+
+Pkcs11KeyStore::~Pkcs11KeyStore() { pool_->RemoveConnectionWarmer(warmer_id_); }
 
 std::string Pkcs11KeyStore::LabelFor(absl::string_view key_id) {
   return absl::StrCat(kLabelPrefix, Hex(key_id));
@@ -259,57 +320,69 @@ absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
   return key_id;
 }
 
-absl::StatusOr<CK_OBJECT_HANDLE> Pkcs11KeyStore::PrivateHandleFor(
-    SessionPool::Lease& lease, absl::string_view key_id) {
-  std::optional<CK_OBJECT_HANDLE> cached =
-      lease.connection().CachedHandle(key_id);
-  if (cached) return *cached;
-  AttributeTemplate templ;
-  templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
-  if (!found.ok()) return found.status();
-  std::optional<CK_OBJECT_HANDLE> wanted;
-  absl::flat_hash_map<std::string, CK_OBJECT_HANDLE> by_id;
-  absl::flat_hash_set<std::string> ambiguous;
-  for (CK_OBJECT_HANDLE h : *found) {
-    absl::StatusOr<std::string> id = ReadAttribute(lease, h, CKA_ID, 256,
-                                                   "CKA_ID");
-    if (!id.ok()) {
-      if (id.status().code() == absl::StatusCode::kUnavailable) {
-        return id.status();
-      }
-      continue;  // a key without an id is not one of ours
-    }
-    if (!by_id.emplace(*id, h).second) ambiguous.insert(*id);
-  }
-  // Two private keys with one CKA_ID: cache neither, sign with neither.
-  for (const auto& [id, h] : by_id) {
-    if (ambiguous.contains(id)) {
-      lease.connection().DropHandles(id);
-      continue;
-    }
-    lease.connection().CacheHandle(id, h);
-    if (id == key_id) wanted = h;
-  }
-  if (ambiguous.contains(key_id)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "several private keys share id ", Hex(key_id),
-        "; refusing an ambiguous key"));
-  }
-  if (!wanted) {
-    return absl::NotFoundError(absl::StrCat("no private key with id ",
-                                            Hex(key_id), " in the token"));
-  }
-  return *wanted;
-}
-
 absl::StatusOr<LoadedKey> Pkcs11KeyStore::LoadKey(absl::string_view key_id,
                                                   const KeySpec& expected) {
   absl::Status valid = ValidateKeySpec(expected);
   if (!valid.ok()) return valid;
-  absl::StatusOr<SessionPool::Lease> lease_or = AcquireForAdmin();
-  if (!lease_or.ok()) return lease_or.status();
-  SessionPool::Lease& lease = *lease_or;
+  absl::StatusOr<LoadedKey> key = absl::InternalError("unset");
+  uint64_t checked_on = 0;
+  {
+    absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+    if (!lease.ok()) return lease.status();
+    key = CheckKey(*lease, key_id, expected);
+    if (!key.ok()) return key.status();
+    checked_on = lease->connection().id();
+  }  // That session goes back first: it may be its connection's only one.
+
+  // Every connection opened from now on warms the key before it serves;
+  // the connections up now are warmed here.
+  {
+    absl::MutexLock lock(&warm_->mu);
+    warm_->key_ids.insert(key->key_id);
+  }
+  absl::Status warmed = pool_->WarmLiveConnections(
+      [&](SessionPool::Lease& lease) -> absl::Status {
+        if (lease.connection().id() == checked_on) return absl::OkStatus();
+        absl::StatusOr<CK_OBJECT_HANDLE> handle =
+            FindOne(lease, CKO_PRIVATE_KEY, key_id);
+        if (handle.ok()) {
+          lease.connection().CacheHandle(key_id, *handle);
+          return absl::OkStatus();
+        }
+        if (handle.status().code() == absl::StatusCode::kFailedPrecondition) {
+          return handle.status();  // ambiguous on this connection
+        }
+        // Lost, or blind to a key another connection just checked (its
+        // SoftHSM instance has a stale view of the token): re-opened, it
+        // reads the token afresh and its warm-up finds the key.
+        lease.MarkLost();
+        return absl::OkStatus();
+      },
+      absl::Now() + kAdminWait);
+  if (!warmed.ok()) {
+    bool was_loaded;
+    {
+      absl::ReaderMutexLock lock(&keys_mu_);
+      was_loaded = loaded_.contains(key_id);
+    }
+    if (!was_loaded) {
+      {
+        absl::MutexLock lock(&warm_->mu);
+        warm_->key_ids.erase(key->key_id);
+      }
+      pool_->DropCachedHandles(key_id);
+    }
+    return warmed;
+  }
+
+  absl::MutexLock lock(&keys_mu_);
+  loaded_[key->key_id] = std::make_shared<const LoadedKey>(*key);
+  return key;
+}
+
+absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
+                                                   absl::string_view key_id,
+                                                   const KeySpec& expected) {
   // Fresh, targeted searches: a check must not trust a cache filled before
   // it, and an ambiguous id (two private keys) is refused.
   absl::StatusOr<CK_OBJECT_HANDLE> found_priv =
@@ -464,8 +537,6 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::LoadKey(absl::string_view key_id,
                          "with the token's public key");
   }
 
-  absl::MutexLock lock(&keys_mu_);
-  loaded_[key.key_id] = std::make_shared<const LoadedKey>(key);
   return key;
 }
 
@@ -486,28 +557,38 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
     mech.pParameter = &pss;
     mech.ulParameterLen = sizeof(pss);
   }
-  CK_RV rv = CKR_OK;
-  absl::MutexLock one_signature_at_a_time(&lease.connection().sign_mu());
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    absl::StatusOr<CK_OBJECT_HANDLE> handle =
-        PrivateHandleFor(lease, key.key_id);
-    if (handle.status().code() == absl::StatusCode::kNotFound) {
-      // The key passed its checks, so it is in the token: this connection's
-      // view of the token is stale. Re-establish it (a new instance reads
-      // the token afresh) and let the caller retry.
-      lease.MarkLost();
+  // Never a search here (one costs tens of milliseconds on a big token, and
+  // would hold this connection's sign lock): the handle was found when the
+  // key was loaded or the connection opened.
+  Connection& connection = lease.connection();
+  const std::optional<CK_OBJECT_HANDLE> handle =
+      connection.CachedHandle(key.key_id);
+  if (!handle) {
+    if (std::optional<absl::Status> miss = connection.WarmUpMiss(key.key_id)) {
+      // Opened after the key was loaded and still blind to it: the token
+      // itself lost the key, and a re-opened connection would not help.
       return absl::UnavailableError(absl::StrCat(
-          "key ", Hex(key.key_id),
-          " is not visible on this HSM connection; reconnecting it"));
+          "key ", Hex(key.key_id), " was not found on HSM connection ",
+          connection.id(), " when it was opened (", miss->message(), ")"));
     }
-    if (!handle.ok()) return handle.status();
-    rv = lease.api().SignInit(lease.session(), &mech, *handle);
-    if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
-      // Stale handle (object destroyed and re-created elsewhere): find once.
-      lease.connection().DropHandles(key.key_id);
-      continue;
-    }
-    break;
+    lease.MarkLost();
+    return absl::UnavailableError(
+        absl::StrCat("key ", Hex(key.key_id),
+                     " has no handle on HSM connection ", connection.id(),
+                     ", whose view of the token is incomplete; "
+                     "reconnecting it"));
+  }
+  absl::MutexLock one_signature_at_a_time(&connection.sign_mu());
+  CK_RV rv = lease.api().SignInit(lease.session(), &mech, *handle);
+  if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
+    // The object behind the cached handle is gone on this connection (or
+    // the handle names nothing there): its view is broken. Re-opened, it
+    // finds the key afresh before it serves again.
+    lease.MarkLost();
+    return absl::UnavailableError(
+        absl::StrCat("C_SignInit: ", CkrName(rv), " for key ", Hex(key.key_id),
+                     " on HSM connection ", connection.id(),
+                     ": its cached handle is stale; reconnecting it"));
   }
   absl::Status st = lease.Check(rv, "C_SignInit");
   if (!st.ok()) return st;
@@ -625,6 +706,11 @@ absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
     // Unusable first, so no signature starts while it is being destroyed.
     absl::MutexLock lock(&keys_mu_);
     loaded_.erase(std::string(key_id));
+  }
+  {
+    // And no connection opened from now on looks for it.
+    absl::MutexLock lock(&warm_->mu);
+    warm_->key_ids.erase(std::string(key_id));
   }
   absl::MutexLock writer(&writer_mu_);
   absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();

@@ -14,6 +14,17 @@
 // generation n+1 and then destroys generation n; readers take the highest
 // generation, so a crash between the two steps loses nothing.
 //
+// Handles: a private-key handle belongs to one module connection, and
+// finding one (C_FindObjects) is slow on a token with many objects (tens of
+// milliseconds with 1,000 keys). So handles are found off the signing path
+// and cached per connection: LoadKey finds the key's handle on every
+// connection up at the time, and a connection the pool (re)opens finds the
+// handles of every loaded key before it serves (a connection warmer
+// registered with the SessionPool). Signing never searches: a handle that
+// is missing or that the HSM calls invalid means that connection's view is
+// broken, so it is marked lost (re-opened and re-warmed by the pool) and the
+// signature answers UNAVAILABLE.
+//
 // Thread-safety: thread-safe. Token writes (generate, record writes,
 // destroy) are serialized through one writer lock, because SoftHSM's file
 // token does not tolerate one instance writing while others read; reads
@@ -30,6 +41,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -66,14 +78,17 @@ class KeyStore {
 
   // Runs every load-time check on the key (see Pkcs11KeyStore) and makes it
   // usable for SignDigest. FAILED_PRECONDITION naming the failed check and
-  // the key id when the key is unfit; NOT_FOUND when there is no such key.
+  // the key id when the key is unfit (or its id is ambiguous); NOT_FOUND
+  // when there is no such key.
   virtual absl::StatusOr<LoadedKey> LoadKey(absl::string_view key_id,
                                             const KeySpec& expected) = 0;
 
   // Signs a host-computed digest with a loaded key. The signature is in JWS
   // form (r||s for ECDSA). INVALID_ARGUMENT for a digest of the wrong length,
   // FAILED_PRECONDITION for a key that is not loaded, UNAVAILABLE when the
-  // HSM is unreachable, DEADLINE_EXCEEDED when no session frees in time.
+  // HSM is unreachable or the connection used turned out unfit for the key
+  // (retry: it is being re-established), DEADLINE_EXCEEDED when no session
+  // frees in time.
   virtual absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
                                                  absl::string_view digest,
                                                  absl::Time deadline) = 0;
@@ -109,7 +124,13 @@ class KeyStore {
 
 class Pkcs11KeyStore : public KeyStore {
  public:
-  explicit Pkcs11KeyStore(SessionPool* pool) : pool_(pool) {}
+  // Registers a connection warmer with `pool` (removed by the destructor):
+  // every connection the pool opens finds the private-key handles of every
+  // loaded key before it serves. `pool` must outlive the store.
+  explicit Pkcs11KeyStore(SessionPool* pool);
+  ~Pkcs11KeyStore() override;
+  Pkcs11KeyStore(const Pkcs11KeyStore&) = delete;
+  Pkcs11KeyStore& operator=(const Pkcs11KeyStore&) = delete;
 
   // Refuses, with UNIMPLEMENTED and a message that says so, an algorithm
   // the token cannot do: asks C_GetMechanismList / C_GetMechanismInfo for
@@ -128,9 +149,20 @@ class Pkcs11KeyStore : public KeyStore {
   //   CKA_PRIVATE_EXPONENT for RSA; any other answer fails);
   //   the key type, curve and modulus size are `expected`;
   //   a pairwise test: sign random bytes in the HSM, verify in OpenSSL.
+  // Then finds and caches the key's private-key handle on every connection
+  // up (a connection that does not see the key is re-opened; one that sees
+  // two private keys with its id fails the load), and adds the key to the
+  // set every newly opened connection warms. A key is signable only once
+  // LoadKey returned.
   absl::StatusOr<LoadedKey> LoadKey(absl::string_view key_id,
                                     const KeySpec& expected) override;
 
+  // Never searches the token: signs with the handle cached on the leased
+  // connection. A missing handle, or CKR_OBJECT_HANDLE_INVALID /
+  // CKR_KEY_HANDLE_INVALID from C_SignInit, marks the connection lost and
+  // answers UNAVAILABLE; so does a key the connection's warm-up did not find
+  // (then without re-opening it, since a re-opened one would not find it
+  // either).
   absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
                                          absl::string_view digest,
                                          absl::Time deadline) override;
@@ -138,6 +170,8 @@ class Pkcs11KeyStore : public KeyStore {
       absl::string_view key_id, absl::Span<const std::string> digests,
       absl::Time deadline) override;
   absl::StatusOr<std::vector<std::string>> ListKeyIds() override;
+  // Also drops the key's handles on every connection and takes it out of
+  // the set new connections warm.
   absl::Status DestroyKeyPair(absl::string_view key_id) override;
   absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
                                        absl::string_view bytes) override;
@@ -155,12 +189,19 @@ class Pkcs11KeyStore : public KeyStore {
   static std::string LabelFor(absl::string_view key_id);
 
  private:
-  // The key's private handle on the lease's connection, from the cache. On
-  // a miss, indexes every private key of the token on that connection at
-  // once (one C_FindObjects and a CKA_ID read per key): a search per key
-  // costs tens of milliseconds on a token with 1,000 objects.
-  absl::StatusOr<CK_OBJECT_HANDLE> PrivateHandleFor(SessionPool::Lease& lease,
-                                                    absl::string_view key_id);
+  // The ids of the loaded keys (and of a key being loaded), which every
+  // newly opened connection warms. Shared with the pool's warmer, which may
+  // run once more after the store is gone.
+  struct WarmSet {
+    absl::Mutex mu;
+    absl::flat_hash_set<std::string> key_ids ABSL_GUARDED_BY(mu);
+  };
+
+  // The load-time checks on `lease`'s connection; caches the private-key
+  // handle there.
+  absl::StatusOr<LoadedKey> CheckKey(SessionPool::Lease& lease,
+                                     absl::string_view key_id,
+                                     const KeySpec& expected);
   absl::StatusOr<std::string> SignWithLease(SessionPool::Lease& lease,
                                             const LoadedKey& key,
                                             absl::string_view digest);
@@ -175,7 +216,9 @@ class Pkcs11KeyStore : public KeyStore {
       absl::string_view key_id, absl::string_view digest);
 
   SessionPool* const pool_;
-  // One writer for every token write (design.md).
+  const std::shared_ptr<WarmSet> warm_ = std::make_shared<WarmSet>();
+  uint64_t warmer_id_ = 0;
+  // One writer for every token write (see the file comment).
   absl::Mutex writer_mu_;
   // Read on every sign (reader lock), written when a key is loaded or
   // destroyed.

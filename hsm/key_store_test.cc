@@ -4,6 +4,8 @@
 #include <openssl/rand.h>
 
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,15 +36,89 @@ class KeyStoreTest : public InProcessHsmTest {
     store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
   }
 
-  // A pool of one connection in place of the default one.
-  void UseOneConnection() {
-    SessionPoolOptions one;
-    one.connections = 1;
-    auto pool = MakePool(one);
+  // A pool of `options` in place of the default one.
+  void UsePool(const SessionPoolOptions& options) {
+    auto pool = MakePool(options);
     ASSERT_TRUE(pool.ok()) << pool.status();
     store_.reset();
     pool_ = std::move(*pool);
     store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  }
+
+  // A pool of one connection in place of the default one.
+  void UseOneConnection() {
+    SessionPoolOptions one;
+    one.connections = 1;
+    UsePool(one);
+  }
+
+  // The default layout (two connections of two sessions), with lost
+  // connections re-opened within milliseconds.
+  void UseFastRecovery() {
+    SessionPoolOptions fast;
+    fast.initial_backoff = absl::Milliseconds(5);
+    fast.max_backoff = absl::Milliseconds(20);
+    UsePool(fast);
+  }
+
+  // Waits until every connection of the pool is up (re-opened and warmed).
+  void WaitForEveryConnection() {
+    const absl::Time bound = absl::Now() + absl::Seconds(10);
+    while (pool_->LiveConnections() < pool_->ConfiguredConnections() &&
+           absl::Now() < bound) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ASSERT_EQ(pool_->LiveConnections(), pool_->ConfiguredConnections())
+        << pool_->LastError();
+  }
+
+  // Every session of the pool, leased.
+  std::vector<std::optional<SessionPool::Lease>> HoldEverySession() {
+    std::vector<std::optional<SessionPool::Lease>> all;
+    for (int i = 0; i < pool_->Capacity(); ++i) {
+      auto lease = pool_->Acquire(absl::Now() + absl::Seconds(5));
+      if (!lease.ok()) {
+        ADD_FAILURE() << "session " << i << ": " << lease.status();
+        break;
+      }
+      all.emplace_back(*std::move(lease));
+    }
+    return all;
+  }
+
+  // Signs once with `key` on each connection, and verifies: every other
+  // session is held meanwhile, so the signature must take that
+  // connection's. Returns the ids of the connections signed on.
+  std::set<uint64_t> SignOnEveryConnection(const LoadedKey& key) {
+    std::vector<std::optional<SessionPool::Lease>> held = HoldEverySession();
+    std::set<uint64_t> signed_on;
+    std::set<uint64_t> tried;
+    const std::string digest(DigestLength(key.spec.algorithm), 'e');
+    for (std::optional<SessionPool::Lease>& lease : held) {
+      const uint64_t connection = lease->connection().id();
+      if (!tried.insert(connection).second) continue;
+      lease.reset();  // the one free session
+      auto sig = store_->SignDigest(key.key_id, digest, Later());
+      if (!sig.ok()) {
+        ADD_FAILURE() << "on connection " << connection << ": " << sig.status();
+        continue;
+      }
+      if (!key.public_key->VerifyDigest(key.spec.algorithm, digest, *sig)
+               .ok()) {
+        ADD_FAILURE() << "signature on connection " << connection
+                      << " does not verify";
+        continue;
+      }
+      auto again = pool_->Acquire(absl::Now() + absl::Seconds(5));
+      if (!again.ok()) {
+        ADD_FAILURE() << again.status();
+        continue;
+      }
+      EXPECT_EQ(again->connection().id(), connection);
+      lease.emplace(*std::move(again));
+      signed_on.insert(connection);
+    }
+    return signed_on;
   }
 
   // Generates and loads an ES256 key.
@@ -310,6 +386,223 @@ TEST_F(KeyStoreTest, SigningNeverSearchesAfterTheHandlesAreCached) {
   EXPECT_GE(injector_->Calls("C_Sign"), 22);
 }
 
+// ---------------------------------------------------------------------------
+// Handles are found off the signing path: when a key is loaded, on every
+// connection up, and when a connection is (re)opened, before it serves.
+// Signing never searches (not even the first signature on a connection).
+
+TEST_F(KeyStoreTest, FirstSignOnEveryConnectionAfterLoadNeverSearches) {
+  ASSERT_EQ(pool_->LiveConnections(), 2);
+  LoadedKey a = NewEs256();
+  LoadedKey b = NewEs256();
+  const int finds = injector_->Calls("C_FindObjects");
+  for (const LoadedKey* key : {&a, &b}) {
+    EXPECT_THAT(SignOnEveryConnection(*key), SizeIs(2));
+  }
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds)
+      << "a first signature on a connection searched the token";
+}
+
+TEST_F(KeyStoreTest, FirstSignAfterAReconnectNeverSearches) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  LoadedKey key = NewEs256();
+  ASSERT_THAT(SignOnEveryConnection(key), SizeIs(2));
+  const int connects = injector_->Connects();
+  injector_->Fail("C_Sign", CKR_DEVICE_ERROR, 1);
+  EXPECT_EQ(store_->SignDigest(key.key_id, std::string(32, 'a'), Later())
+                .status()
+                .code(),
+            absl::StatusCode::kUnavailable);
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  EXPECT_EQ(injector_->Connects(), connects + 1);
+  const int finds = injector_->Calls("C_FindObjects");
+  EXPECT_THAT(SignOnEveryConnection(key), SizeIs(2));
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds)
+      << "the first signature on the re-opened connection searched";
+}
+
+TEST_F(KeyStoreTest, ManyKeysInTheTokenAreNeverSearchedWhileSigning) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  // Keys that are in the token but not loaded: a scan would meet them all.
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_TRUE(
+        store_->GenerateKeyPair({SignatureAlgorithm::kEcdsaP256Sha256}).ok());
+  }
+  std::vector<LoadedKey> keys;
+  for (int i = 0; i < 3; ++i) keys.push_back(NewEs256());
+  const int finds = injector_->Calls("C_FindObjects");
+  const int reads = injector_->Calls("C_GetAttributeValue");
+  for (const LoadedKey& key : keys) {
+    EXPECT_THAT(SignOnEveryConnection(key), SizeIs(2));
+  }
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
+  EXPECT_EQ(injector_->Calls("C_GetAttributeValue"), reads);
+
+  // A connection re-opened: its warm-up makes one targeted search per
+  // loaded key (not a scan of the token), and signing none.
+  {
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok());
+    (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+  }
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds + 3);
+  EXPECT_EQ(injector_->Calls("C_GetAttributeValue"), reads);
+  for (const LoadedKey& key : keys) {
+    EXPECT_THAT(SignOnEveryConnection(key), SizeIs(2));
+  }
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds + 3);
+}
+
+TEST_F(KeyStoreTest, AStaleHandleMarksTheConnectionLostAndIsNotSearchedFor) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  LoadedKey key = NewEs256();
+  ASSERT_THAT(SignOnEveryConnection(key), SizeIs(2));
+  for (CK_RV stale : {CKR_OBJECT_HANDLE_INVALID, CKR_KEY_HANDLE_INVALID}) {
+    SCOPED_TRACE(CkrName(stale));
+    // The lost connection stays down until the test lets it come back.
+    injector_->Fail("Connect", CKR_DEVICE_ERROR, -1);
+    const int finds = injector_->Calls("C_FindObjects");
+    const int signs = injector_->Calls("C_Sign");
+    injector_->Fail("C_SignInit", stale, 1);
+    auto sig = store_->SignDigest(key.key_id, std::string(32, 's'), Later());
+    EXPECT_EQ(sig.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(sig.status().message(), HasSubstr(CkrName(stale)));
+    EXPECT_THAT(sig.status().message(), HasSubstr("HSM connection"));
+    EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
+    EXPECT_EQ(injector_->Calls("C_Sign"), signs);
+    EXPECT_EQ(pool_->LiveConnections(), 1);
+    // The other connection goes on signing meanwhile.
+    auto other = store_->SignDigest(key.key_id, std::string(32, 'o'), Later());
+    ASSERT_TRUE(other.ok()) << other.status();
+
+    // Back: re-opened and re-warmed; signing works on both connections
+    // without a search.
+    injector_->Clear();
+    ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+    const int warmed = injector_->Calls("C_FindObjects");
+    EXPECT_EQ(warmed, finds + 1);  // the warm-up: one key, one search
+    EXPECT_THAT(SignOnEveryConnection(key), SizeIs(2));
+    EXPECT_EQ(injector_->Calls("C_FindObjects"), warmed);
+  }
+}
+
+TEST_F(KeyStoreTest, AKeyLoadedWhileAConnectionIsDownIsWarmedWhenItComesBack) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  injector_->Fail("Connect", CKR_DEVICE_ERROR, -1);
+  {
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok());
+    (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+  }
+  ASSERT_EQ(pool_->LiveConnections(), 1);
+  LoadedKey key = NewEs256();
+  const int finds = injector_->Calls("C_FindObjects");
+  injector_->Clear();
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  // Found by the returning connection's warm-up, before it served...
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds + 1);
+  // ...so no signature on it searches.
+  EXPECT_THAT(SignOnEveryConnection(key), SizeIs(2));
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds + 1);
+  EXPECT_TRUE(pool_->LastWarmUpMiss().ok()) << pool_->LastWarmUpMiss();
+}
+
+TEST_F(KeyStoreTest, AWarmUpThatLosesTheConnectionKeepsItDown) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  LoadedKey key = NewEs256();
+  const int connects = injector_->Connects();
+  // Every search fails as on a dead HSM: a re-opened connection cannot warm
+  // up, so it does not serve; the other one goes on.
+  injector_->Fail("C_FindObjects", CKR_DEVICE_ERROR, -1);
+  {
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok());
+    (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+  }
+  const absl::Time bound = absl::Now() + absl::Seconds(10);
+  while (injector_->Connects() < connects + 3 && absl::Now() < bound) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_GE(injector_->Connects(), connects + 3);  // retried
+  EXPECT_EQ(pool_->LiveConnections(), 1);
+  EXPECT_THAT(pool_->LastError().message(), HasSubstr("warming up"));
+  for (int i = 0; i < 4; ++i) {
+    auto sig = store_->SignDigest(key.key_id, std::string(32, 'w'), Later());
+    ASSERT_TRUE(sig.ok()) << sig.status();
+  }
+  injector_->Clear();
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  EXPECT_THAT(SignOnEveryConnection(key), SizeIs(2));
+}
+
+TEST_F(KeyStoreTest, AKeyGoneFromTheTokenIsReportedAndNotSearchedFor) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  LoadedKey key = NewEs256();
+  // Destroyed behind the store's back (another writer, say).
+  {
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok());
+    AttributeTemplate templ;
+    templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Bytes(CKA_ID, key.key_id);
+    std::vector<CK_OBJECT_HANDLE> found;
+    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                       templ.size(), &found),
+              CKR_OK);
+    ASSERT_THAT(found, SizeIs(1));
+    ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
+  }
+  {
+    // Both connections re-opened: neither finds the key any more.
+    std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
+    for (std::optional<SessionPool::Lease>& lease : all) {
+      (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+    }
+  }
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  EXPECT_EQ(pool_->LastWarmUpMiss().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(pool_->LastWarmUpMiss().message(),
+              HasSubstr(absl::BytesToHexString(key.key_id)));
+  // UNAVAILABLE, naming what the warm-up found; no search, and no
+  // reconnect (a re-opened connection would not find the key either).
+  const int finds = injector_->Calls("C_FindObjects");
+  const int connects = injector_->Connects();
+  for (int i = 0; i < 4; ++i) {
+    auto sig = store_->SignDigest(key.key_id, std::string(32, 'g'), Later());
+    EXPECT_EQ(sig.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(sig.status().message(), HasSubstr("when it was opened"));
+  }
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
+  EXPECT_EQ(injector_->Connects(), connects);
+  EXPECT_EQ(pool_->LiveConnections(), 2);
+}
+
+TEST_F(KeyStoreTest, DestroyDropsTheHandlesAndNoNewConnectionLooksForTheKey) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  LoadedKey a = NewEs256();
+  LoadedKey b = NewEs256();
+  ASSERT_TRUE(store_->DestroyKeyPair(a.key_id).ok());
+  {
+    std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
+    ASSERT_THAT(all, SizeIs(pool_->Capacity()));
+    for (std::optional<SessionPool::Lease>& lease : all) {
+      EXPECT_FALSE(lease->connection().CachedHandle(a.key_id).has_value());
+      EXPECT_TRUE(lease->connection().CachedHandle(b.key_id).has_value());
+    }
+  }
+  const int finds = injector_->Calls("C_FindObjects");
+  {
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok());
+    (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+  }
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds + 1);  // b only
+  EXPECT_TRUE(pool_->LastWarmUpMiss().ok()) << pool_->LastWarmUpMiss();
+  EXPECT_THAT(SignOnEveryConnection(b), SizeIs(2));
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds + 1);
+}
+
 TEST_F(KeyStoreTest, BadDigestAndUnknownKeyAreRefused) {
   LoadedKey key = NewEs256();
   auto short_digest = store_->SignDigest(key.key_id, "short", Later());
@@ -328,8 +621,8 @@ TEST_F(KeyStoreTest, DeviceErrorIsUnavailableThenTheLayerRecovers) {
   injector_->Fail("C_Sign", CKR_DEVICE_ERROR, 1);
   auto failed = store_->SignDigest(key.key_id, std::string(32, 'a'), Later());
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
-  // Next sign: the lost connection is re-established and the handles are
-  // found again on the new connection (a handle belongs to one connection).
+  // Next sign: the lost connection is re-established, and its warm-up finds
+  // the handles again before it serves (a handle belongs to one connection).
   std::string digest(32, 'z');
   for (int i = 0; i < 4; ++i) {
     auto sig = store_->SignDigest(key.key_id, digest, Later());

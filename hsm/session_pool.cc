@@ -36,11 +36,26 @@ void Connection::CacheHandle(absl::string_view key_id,
                              CK_OBJECT_HANDLE handle) {
   absl::MutexLock lock(&mu_);
   handles_[std::string(key_id)] = handle;
+  warm_up_misses_.erase(std::string(key_id));
 }
 
 void Connection::DropHandles(absl::string_view key_id) {
   absl::MutexLock lock(&mu_);
   handles_.erase(std::string(key_id));
+  warm_up_misses_.erase(std::string(key_id));
+}
+
+void Connection::NoteWarmUpMiss(absl::string_view key_id, absl::Status why) {
+  absl::MutexLock lock(&mu_);
+  warm_up_misses_[std::string(key_id)] = std::move(why);
+}
+
+std::optional<absl::Status> Connection::WarmUpMiss(
+    absl::string_view key_id) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = warm_up_misses_.find(key_id);
+  if (it == warm_up_misses_.end()) return std::nullopt;
+  return it->second;
 }
 
 SessionPool::Lease::Lease(Lease&& other) noexcept
@@ -114,18 +129,11 @@ absl::StatusOr<std::unique_ptr<SessionPool>> SessionPool::Create(
   for (int i = 0; i < options.connections; ++i) {
     absl::Duration backoff = options.initial_backoff;
     for (int attempt = 0; attempt < options.open_attempts; ++attempt) {
-      absl::StatusOr<std::shared_ptr<Connection>> conn = pool->OpenConnection();
-      if (conn.ok()) {
-        absl::MutexLock lock(&pool->mu_);
-        pool->slots_[i].connection = *conn;
-        for (CK_SESSION_HANDLE s : (*conn)->sessions_) {
-          pool->idle_.push_back({static_cast<size_t>(i), *conn, s});
-        }
+      last = pool->BringUp(i);
+      if (last.ok()) {
         ++up;
-        last = absl::OkStatus();
         break;
       }
-      last = conn.status();
       // A wrong PIN or a missing token will not fix itself: do not retry.
       if (IsMisconfiguration(last)) return last;
       absl::SleepFor(backoff);
@@ -202,6 +210,57 @@ absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
     return absl::UnavailableError(CkrStatus(rv, "C_Login").message());
   }
   return conn;
+}
+
+absl::Status SessionPool::BringUp(size_t index) {
+  absl::StatusOr<std::shared_ptr<Connection>> conn = OpenConnection();
+  if (!conn.ok()) return conn.status();
+  uint64_t epoch;
+  std::vector<ConnectionWarmer> warmers;
+  {
+    absl::MutexLock lock(&mu_);
+    epoch = warm_epoch_;
+    for (const auto& [id, warmer] : warmers_) warmers.push_back(warmer);
+  }
+  for (;;) {
+    for (const ConnectionWarmer& warmer : warmers) {
+      absl::Status st = warmer(**conn, (*conn)->sessions_.front());
+      // `conn` goes with the returned status: closed here, unlocked.
+      if (!st.ok()) {
+        return absl::Status(st.code(), absl::StrCat("warming up a new HSM "
+                                                    "connection: ",
+                                                    st.message()));
+      }
+    }
+    absl::Status miss;
+    {
+      absl::ReaderMutexLock conn_lock(&(*conn)->mu_);
+      for (const auto& [key_id, why] : (*conn)->warm_up_misses_) {
+        miss = absl::Status(
+            why.code(),
+            absl::StrCat("HSM connection ", (*conn)->id(),
+                         " came up without a loaded key: ", why.message()));
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    if (warm_epoch_ != epoch) {
+      // A warmer was added, or a key loaded, while this one warmed up: run
+      // the warmers again, with what they know now.
+      epoch = warm_epoch_;
+      warmers.clear();
+      for (const auto& [id, warmer] : warmers_) warmers.push_back(warmer);
+      continue;
+    }
+    if (!miss.ok()) last_warm_up_miss_ = miss;
+    ConnectionSlot& slot = slots_[index];
+    slot.connection = *conn;
+    slot.backoff = options_.initial_backoff;
+    slot.last_error = absl::OkStatus();
+    for (CK_SESSION_HANDLE h : (*conn)->sessions_) {
+      idle_.push_back({index, *conn, h});
+    }
+    return absl::OkStatus();
+  }
 }
 
 void SessionPool::MarkDown(ConnectionSlot& slot, absl::Status why) {
@@ -310,37 +369,36 @@ bool SessionPool::MaybeReconnect() {
     }
     slot.reconnecting = true;
     mu_.Unlock();
-    absl::StatusOr<std::shared_ptr<Connection>> conn = OpenConnection();
+    absl::Status up = BringUp(i);
     mu_.Lock();
     ConnectionSlot& s = slots_[i];
     s.reconnecting = false;
-    if (conn.ok()) {
-      s.connection = *conn;
-      s.backoff = options_.initial_backoff;
-      s.last_error = absl::OkStatus();
-      for (CK_SESSION_HANDLE h : (*conn)->sessions_) {
-        idle_.push_back({i, *conn, h});
-      }
-    } else {
+    if (!up.ok()) {
       s.backoff = std::max(s.backoff, options_.initial_backoff);
-      MarkDown(s, conn.status());
+      MarkDown(s, up);
     }
     return true;
   }
   return false;
 }
 
+SessionPool::Lease SessionPool::LeaseIdle(
+    std::deque<IdleSession>::iterator it) {
+  IdleSession s = std::move(*it);
+  idle_.erase(it);
+  const uint64_t id = next_lease_id_++;
+  leases_[id] = LeaseInfo{s.index, s.connection.get(), absl::Now()};
+  return Lease(this, s.index, std::move(s.connection), s.session, id);
+}
+
 absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   for (;;) {
     while (!idle_.empty()) {
-      IdleSession s = std::move(idle_.front());
-      idle_.pop_front();
-      if (slots_[s.index].connection == s.connection) {
-        const uint64_t id = next_lease_id_++;
-        leases_[id] = LeaseInfo{s.index, s.connection.get(), absl::Now()};
-        return Lease(this, s.index, std::move(s.connection), s.session, id);
+      if (slots_[idle_.front().index].connection == idle_.front().connection) {
+        return LeaseIdle(idle_.begin());
       }
+      idle_.pop_front();
     }
     const absl::Time now = absl::Now();
     bool any_hope = false;  // up, reconnecting, or due for a retry
@@ -364,6 +422,83 @@ absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
     mu_.AwaitWithDeadline(absl::Condition(&ready),
                           std::min(deadline, now + absl::Milliseconds(50)));
   }
+}
+
+absl::StatusOr<SessionPool::Lease> SessionPool::AcquireOn(
+    size_t index, const std::shared_ptr<Connection>& connection,
+    absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    if (slots_[index].connection != connection) {
+      return absl::AbortedError("the HSM connection went down");
+    }
+    auto it = std::find_if(
+        idle_.begin(), idle_.end(),
+        [&](const IdleSession& s) { return s.connection == connection; });
+    if (it != idle_.end()) return LeaseIdle(it);
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("no session of HSM connection ", connection->id(),
+                       " became free before the deadline"));
+    }
+    // Wake on any released session or slot change; poll besides.
+    const size_t idle_before = idle_.size();
+    auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return idle_.size() != idle_before ||
+             slots_[index].connection != connection;
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&changed),
+                          std::min(deadline, now + absl::Milliseconds(50)));
+  }
+}
+
+absl::Status SessionPool::WarmLiveConnections(
+    absl::FunctionRef<absl::Status(Lease&)> warm, absl::Time deadline) {
+  std::vector<std::pair<size_t, std::shared_ptr<Connection>>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    // A connection coming up now warms again after this (see BringUp).
+    ++warm_epoch_;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i].connection) live.emplace_back(i, slots_[i].connection);
+    }
+  }
+  absl::Status first;
+  for (const auto& [index, connection] : live) {
+    absl::StatusOr<Lease> lease = AcquireOn(index, connection, deadline);
+    if (lease.status().code() == absl::StatusCode::kAborted) {
+      continue;  // down: warmed when it comes back
+    }
+    if (!lease.ok()) {
+      first.Update(lease.status());
+      continue;
+    }
+    first.Update(warm(*lease));
+  }
+  return first;
+}
+
+absl::Status SessionPool::LastWarmUpMiss() const {
+  absl::MutexLock lock(&mu_);
+  return last_warm_up_miss_;
+}
+
+uint64_t SessionPool::AddConnectionWarmer(ConnectionWarmer warmer) {
+  absl::MutexLock lock(&mu_);
+  const uint64_t id = next_warmer_id_++;
+  warmers_.emplace(id, std::move(warmer));
+  ++warm_epoch_;
+  return id;
+}
+
+void SessionPool::RemoveConnectionWarmer(uint64_t id) {
+  ConnectionWarmer removed;  // destroyed outside the lock
+  absl::MutexLock lock(&mu_);
+  auto it = warmers_.find(id);
+  if (it == warmers_.end()) return;
+  removed = std::move(it->second);
+  warmers_.erase(it);
 }
 
 void SessionPool::DropCachedHandles(absl::string_view key_id) {

@@ -3,9 +3,9 @@
 //
 // Why several connections: each connection to `p11-kit server` is its own
 // remote process, and throughput grows with connections as well as sessions
-// (design.md, "Cost per call"). Connections are opened one after another,
-// with retry, because opening several at the same moment can fail C_Login
-// with CKR_GENERAL_ERROR.
+// (measured through p11-kit server and SoftHSM2). Connections are opened one
+// after another, with retry, because opening several at the same moment can
+// fail C_Login with CKR_GENERAL_ERROR.
 //
 // Stalls: a lease held past stall_threshold abandons its connection (see
 // SessionPoolOptions). When the stuck call returns, the old connection is
@@ -21,6 +21,18 @@
 // waiting for its deadline. Handles cached on a connection die with it: a
 // handle is only valid on the connection that found it.
 //
+// Warm-up: the pool knows nothing of keys, but runs the connection warmers
+// registered with it (AddConnectionWarmer; Pkcs11KeyStore registers one that
+// finds every loaded key's private-key handle) on every connection it opens
+// — at start-up, on recovery, and when it replaces an abandoned stalled
+// connection — before any of the connection's sessions is handed out, so
+// that signing never has to look a handle up. A warm-up that fails keeps the
+// connection down, retried with the usual backoff. WarmLiveConnections()
+// runs a warm-up on the connections already up (when a key is loaded); a
+// connection that comes up meanwhile is warmed again before it serves, so
+// none misses it. A warm-up runs outside any lease, so like a C_Login into a
+// stalled HSM, one stuck there holds up the recovery thread until it returns.
+//
 // Thread-safety: thread-safe. A lease is used by one thread at a time, and a
 // session is leased to one lease at a time (PKCS#11 sessions are not
 // reentrant).
@@ -32,6 +44,8 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,6 +54,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -68,6 +83,16 @@ struct SessionPoolOptions {
   absl::Duration stall_threshold = absl::Seconds(10);
 };
 
+class Connection;
+
+// Finds and caches handles on a connection that no signer uses yet, with
+// `session`, one of its sessions, lent for this call only. An error keeps the
+// connection down (retried with backoff): return UNAVAILABLE unless it is a
+// misconfiguration. Called on the pool's recovery thread (or, at start-up,
+// in Create()), never with a pool lock held.
+using ConnectionWarmer = std::function<absl::Status(Connection& connection,
+                                                    CK_SESSION_HANDLE session)>;
+
 // One established module connection: a token found, sessions open, user
 // logged in, and the handles found on it. Thread-safe.
 class Connection {
@@ -84,9 +109,20 @@ class Connection {
   // The private key handle of `key_id` on this connection, if found before.
   std::optional<CK_OBJECT_HANDLE> CachedHandle(absl::string_view key_id) const
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Also forgets any warm-up miss of `key_id`.
   void CacheHandle(absl::string_view key_id, CK_OBJECT_HANDLE handle)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Forgets `key_id`'s handle and any warm-up miss of it.
   void DropHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Records that the warm-up of this freshly opened connection did not find
+  // `key_id` (`why`: NOT_FOUND, or FAILED_PRECONDITION for an ambiguous id).
+  // Such a key is not searched for again on this connection.
+  void NoteWarmUpMiss(absl::string_view key_id, absl::Status why)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Why the warm-up of this connection did not find `key_id`, if it did not.
+  std::optional<absl::Status> WarmUpMiss(absl::string_view key_id) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Held across one signature's C_SignInit + C_Sign. p11-kit-client sends
   // a connection's sessions over one socket, and threads waiting on it at
@@ -110,6 +146,8 @@ class Connection {
   std::vector<CK_SESSION_HANDLE> sessions_;  // set once at open
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, CK_OBJECT_HANDLE> handles_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, absl::Status> warm_up_misses_
       ABSL_GUARDED_BY(mu_);
 };
 
@@ -171,6 +209,30 @@ class SessionPool {
   // Drops `key_id`'s cached handles on every connection (after destroy).
   void DropCachedHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Registers `warmer` to run on every connection opened from now on, before
+  // its sessions are leased (see the file comment). Returns an id for
+  // RemoveConnectionWarmer. A warmer must stay callable until removed, and
+  // may run once more while RemoveConnectionWarmer returns: capture shared
+  // state, not a `this` that may go away.
+  uint64_t AddConnectionWarmer(ConnectionWarmer warmer)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void RemoveConnectionWarmer(uint64_t id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Runs `warm` once on each connection up right now, with a session of
+  // that connection leased to it (waiting until `deadline` for one to be
+  // free), and returns the first error `warm` returned, or
+  // DEADLINE_EXCEEDED when a connection had no free session in time. A
+  // connection that goes down meanwhile is skipped, and one that comes up
+  // meanwhile runs the registered warmers again before it serves: so
+  // whatever the warmers will find when this is called is found on every
+  // connection that serves after it returns.
+  absl::Status WarmLiveConnections(absl::FunctionRef<absl::Status(Lease&)> warm,
+                                   absl::Time deadline)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The last key a warm-up did not find on a new connection (NOT_FOUND or
+  // FAILED_PRECONDITION, naming the connection), or OK.
+  absl::Status LastWarmUpMiss() const ABSL_LOCKS_EXCLUDED(mu_);
+
   // Number of connections up right now, and configured.
   int LiveConnections() const ABSL_LOCKS_EXCLUDED(mu_);
   // Connections abandoned because a call on them stalled, since start.
@@ -201,6 +263,20 @@ class SessionPool {
 
   // One connection attempt: load, find the token, open sessions, log in.
   absl::StatusOr<std::shared_ptr<Connection>> OpenConnection();
+  // OpenConnection, then every registered warmer on it (again if warmers
+  // were added or live connections warmed meanwhile), then the connection
+  // goes into slot `index` and its sessions into the idle list. Called
+  // without mu_; on failure nothing changes and the new connection is
+  // closed.
+  absl::Status BringUp(size_t index) ABSL_LOCKS_EXCLUDED(mu_);
+  // A session of `connection` (in slot `index`), waiting until `deadline`.
+  // ABORTED when the connection leaves its slot meanwhile.
+  absl::StatusOr<Lease> AcquireOn(size_t index,
+                                  const std::shared_ptr<Connection>& connection,
+                                  absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+  // A lease of the idle session at `it`, which is removed from idle_.
+  Lease LeaseIdle(std::deque<IdleSession>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(Lease& lease) ABSL_LOCKS_EXCLUDED(mu_);
   // The recovery thread: brings down connections back when their backoff
   // has passed, until the pool is destroyed.
@@ -235,6 +311,12 @@ class SessionPool {
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   int abandoned_ ABSL_GUARDED_BY(mu_) = 0;
   bool recovery_kick_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<uint64_t, ConnectionWarmer> warmers_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_warmer_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Bumped when a warmer is added and when live connections are warmed: a
+  // connection whose warm-up began before a bump is warmed again.
+  uint64_t warm_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status last_warm_up_miss_ ABSL_GUARDED_BY(mu_);
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   std::thread recovery_;
 };

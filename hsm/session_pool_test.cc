@@ -191,5 +191,106 @@ TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
   EXPECT_EQ((*pool)->LiveConnections(), 2);
 }
 
+TEST_F(SessionPoolTest, WarmersRunOnEveryNewConnectionBeforeItServes) {
+  // Declared before the pool: its recovery thread may call the warmer until
+  // the pool is gone.
+  absl::Mutex mu;
+  std::set<uint64_t> warmed;
+  int failures_left = 0;
+  SessionPoolOptions options;
+  options.connections = 2;
+  options.sessions_per_connection = 1;
+  options.initial_backoff = absl::Milliseconds(5);
+  options.max_backoff = absl::Milliseconds(20);
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  (*pool)->AddConnectionWarmer([&](Connection& connection,
+                                   CK_SESSION_HANDLE session) -> absl::Status {
+    // The lent session works.
+    unsigned char buf[4];
+    if (connection.api().GenerateRandom(session, buf, sizeof(buf)) != CKR_OK) {
+      return absl::UnavailableError("C_GenerateRandom failed");
+    }
+    absl::MutexLock lock(&mu);
+    if (failures_left > 0) {
+      --failures_left;
+      return absl::UnavailableError("injected warm-up failure");
+    }
+    warmed.insert(connection.id());
+    return absl::OkStatus();
+  });
+  std::set<uint64_t> first_ids;
+  const int connects = injector_->Connects();
+  {
+    auto a = (*pool)->Acquire(Soon());
+    auto b = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(a.ok() && b.ok());
+    first_ids = {a->connection().id(), b->connection().id()};
+    {
+      absl::MutexLock lock(&mu);
+      failures_left = 3;
+    }
+    (void)a->Check(CKR_DEVICE_ERROR, "C_Sign");
+  }
+  // Failed warm-ups keep the connection down; it is retried with backoff.
+  const absl::Time bound = absl::Now() + absl::Seconds(10);
+  while ((*pool)->LiveConnections() < 2 && absl::Now() < bound) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ((*pool)->LiveConnections(), 2) << (*pool)->LastError();
+  EXPECT_EQ(injector_->Connects(), connects + 4);
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(failures_left, 0);
+    EXPECT_EQ(warmed.size(), 1u);
+  }
+  // Every lease on a connection opened since is on a warmed one.
+  for (int i = 0; i < 6; ++i) {
+    auto lease = (*pool)->Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(first_ids.count(lease->connection().id()) ||
+                warmed.count(lease->connection().id()))
+        << "connection " << lease->connection().id() << " served unwarmed";
+  }
+  (*pool).reset();
+}
+
+TEST_F(SessionPoolTest, WarmLiveConnectionsLeasesASessionOfEachConnectionUp) {
+  SessionPoolOptions options;
+  options.connections = 2;
+  options.sessions_per_connection = 2;
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  // Three of the four sessions out: the warm-up still gets one of each
+  // connection (waiting for it).
+  std::vector<SessionPool::Lease> held;
+  for (int i = 0; i < 3; ++i) {
+    auto lease = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(lease.ok());
+    held.push_back(*std::move(lease));
+  }
+  std::thread releaser([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    held.clear();
+  });
+  std::multiset<uint64_t> visited;
+  absl::Status st = (*pool)->WarmLiveConnections(
+      [&](SessionPool::Lease& lease) {
+        visited.insert(lease.connection().id());
+        return absl::OkStatus();
+      },
+      absl::Now() + absl::Seconds(5));
+  releaser.join();
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(visited.size(), 2u);
+  EXPECT_EQ(std::set<uint64_t>(visited.begin(), visited.end()).size(), 2u);
+  // Errors come back.
+  st = (*pool)->WarmLiveConnections(
+      [](SessionPool::Lease&) { return absl::FailedPreconditionError("no"); },
+      absl::Now() + absl::Seconds(5));
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace signet::hsm
