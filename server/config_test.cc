@@ -304,8 +304,8 @@ TEST(ConfigTest, HttpConnectionLimitsAndDeadlineOutOfRangeNameTheField) {
        }) {
     SCOPED_TRACE(c.fields);
     auto config = WithHttp(absl::StrCat(
-        R"(listen_address: "127.0.0.1:8080" public_base_url: "https://k.example" )",
-        c.fields));
+        R"(listen_address: "127.0.0.1:8080" )",
+        R"(public_base_url: "https://k.example" )", c.fields));
     EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(config.status().message(), HasSubstr(c.field));
   }
@@ -313,7 +313,8 @@ TEST(ConfigTest, HttpConnectionLimitsAndDeadlineOutOfRangeNameTheField) {
   auto over = WithHttp(R"(listen_address: "127.0.0.1:8080"
                           public_base_url: "https://k.example"
                           max_connections: 10 max_connections_per_client: 11)");
-  EXPECT_THAT(over.status().message(), HasSubstr("at most http.max_connections (10)"));
+  EXPECT_THAT(over.status().message(),
+              HasSubstr("at most http.max_connections (10)"));
 }
 
 TEST(ConfigTest, LoopbackHosts) {

@@ -206,7 +206,11 @@ struct MhdCallbacks {
   static void Log(void* cls, const char* format, va_list ap) {
     char text[512];
     vsnprintf(text, sizeof(text), format, ap);
-    absl::string_view line = absl::StripTrailingAsciiWhitespace(text);
+    std::string line(absl::StripTrailingAsciiWhitespace(text));
+    // One message, one line, whatever a client managed to put into it.
+    for (char& c : line) {
+      if (absl::ascii_iscntrl(static_cast<unsigned char>(c))) c = '?';
+    }
     static_cast<JwksHttpServer*>(cls)->log_->Warn(
         [&] { return absl::StrCat("libmicrohttpd: ", line); });
   }
@@ -495,9 +499,9 @@ int JwksHttpServer::CheckRequest(MHD_Connection* connection,
     return Queue(connection, MHD_HTTP_METHOD_NOT_ALLOWED,
                  "only GET and HEAD\n", "text/plain");
   }
-  // Content on a GET or HEAD has no meaning here (RFC 9110 section 9.3.1)
-  // and could only be a request-smuggling attempt: refuse it before it is
-  // read.
+  // Content on a GET or HEAD has no meaning (RFC 9110 sections 9.3.1 and
+  // 9.3.2), and content left unread is where request smuggling hides:
+  // refuse it before it is read.
   const char* length = MHD_lookup_connection_value(
       connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
   if ((length != nullptr && strcmp(length, "0") != 0) ||

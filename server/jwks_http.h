@@ -19,7 +19,7 @@
 //    it, so trickling clients free their slots.
 //  - Malformed requests get a 4xx, never a dropped connection: 400 for a
 //    NUL byte in the request target (libmicrohttpd 0.9.75 would cut the
-//    path at it), for content on a GET or HEAD (RFC 9110 section 9.3.1),
+//    path at it), for content on a GET or HEAD (RFC 9110 9.3.1, 9.3.2),
 //    for an HTTP/1.1 request without exactly one Host (RFC 9112 section
 //    3.2); libmicrohttpd itself answers 400, 414, 431 and 505. Header
 //    lines are still cut at a NUL byte by libmicrohttpd; no header value
@@ -37,7 +37,8 @@
 // Thread-safe: Publish() swaps an immutable snapshot; requests read it.
 // Each document's response (body, Content-Type, ETag, Cache-Control) is
 // built once per snapshot and shared by every request, so a GET copies
-// nothing. The deadline bookkeeping is one atomic store per request.
+// nothing. The deadline costs a request one clock read and one atomic
+// store; the sweep's lock is taken per connection, not per request.
 #ifndef SIGNET_SERVER_JWKS_HTTP_H_
 #define SIGNET_SERVER_JWKS_HTTP_H_
 

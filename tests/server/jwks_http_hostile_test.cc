@@ -34,6 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -47,10 +48,10 @@ namespace signet {
 namespace {
 
 using ::testing::HasSubstr;
-using ::testing::Not;
 using testing::HttpExchange;
 using testing::HttpGet;
 using testing::HttpResponse;
+using ::testing::Not;
 using testing::SignetdOptions;
 using testing::SignetdProcess;
 
@@ -222,8 +223,8 @@ class Tricklers {
         c.received.append(buf, n);
         continue;
       }
-      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
-                     errno != EINTR)) {
+      if (n == 0 ||
+          (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         c.closed = absl::Now();
         return;
       }
@@ -298,8 +299,8 @@ class JwksHttpHostileTest : public ::testing::Test {
       EXPECT_THAT(c.received, Not(HasSubstr("\"keys\""))) << c.source;
       if (c.closed - c.opened < kDeadline) ++before_deadline;
     }
-    EXPECT_EQ(still_open, 0) << "trickling connections still open after "
-                             << bound << " of waiting";
+    EXPECT_EQ(still_open, 0)
+        << "trickling connections still open after " << bound << " of waiting";
     return before_deadline;
   }
 
@@ -333,10 +334,10 @@ TEST_F(JwksHttpHostileTest, ManySourcesCannotStarveTheEndpoint) {
   std::vector<std::string> sources;
   for (int i = 2; i <= 200; ++i) sources.push_back(absl::StrCat("127.0.0.", i));
   Tricklers tricklers;
-  ASSERT_TRUE(tricklers
-                  .Open(endpoint_->port(), sources,
-                        static_cast<int>(sources.size()))
-                  .ok());
+  ASSERT_TRUE(
+      tricklers
+          .Open(endpoint_->port(), sources, static_cast<int>(sources.size()))
+          .ok());
   tricklers.StartPumping();
   absl::SleepFor(absl::Milliseconds(500));
   // 199 ahead of it in 64 slots: about four deadlines (2 s, plus up to a
@@ -372,8 +373,8 @@ class JwksHttpLogTest : public ::testing::Test {
 TEST_F(JwksHttpLogTest, BadRequestLinesAreRateLimitedWithASummary) {
   constexpr int kBad = 60;
   constexpr int kAllowed = 10;  // JwksHttpServer::kThrottledLogLines
-  const std::string bad =
-      absl::StrCat("GET ", kConsumerPath, " HTTP/1.1\r\nConnection: close\r\n\r\n");
+  const std::string bad = absl::StrCat(
+      "GET ", kConsumerPath, " HTTP/1.1\r\nConnection: close\r\n\r\n");
   absl::Time start = absl::Now();
   for (int i = 0; i < kBad; ++i) {
     absl::StatusOr<HttpResponse> r = HttpExchange(endpoint_->port(), bad);
@@ -403,8 +404,7 @@ TEST_F(JwksHttpLogTest, BadRequestLinesAreRateLimitedWithASummary) {
     absl::string_view rest = line.substr(at + strlen("JWKS HTTP: "));
     if (absl::ConsumePrefix(&rest, "suppressed ")) {
       int64_t k = 0;
-      ASSERT_TRUE(absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &k))
-          << line;
+      ASSERT_TRUE(absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &k)) << line;
       EXPECT_THAT(rest, HasSubstr(" similar lines in the last ")) << line;
       suppressed += k;
       ++summaries;
@@ -415,9 +415,9 @@ TEST_F(JwksHttpLogTest, BadRequestLinesAreRateLimitedWithASummary) {
         << line;
     ++refused_lines;
   }
-  std::cout << kBad << " bad requests in " << sending << ": "
-            << refused_lines << " lines, " << summaries
-            << " summaries of " << suppressed << " suppressed\n";
+  std::cout << kBad << " bad requests in " << sending << ": " << refused_lines
+            << " lines, " << summaries << " summaries of " << suppressed
+            << " suppressed\n";
   // Every bad request is accounted for, once: written or summarized.
   EXPECT_EQ(refused_lines + suppressed, kBad) << out;
   // At most kAllowed per 10 s window; the requests took far less than a

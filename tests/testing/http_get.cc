@@ -33,10 +33,11 @@ std::string HttpResponse::Header(absl::string_view name) const {
 
 absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path,
                                      absl::Duration timeout) {
-  return HttpExchange(port,
-                      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1:",
-                                   port, "\r\nConnection: close\r\n\r\n"),
-                      timeout);
+  return HttpExchange(
+      port,
+      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
+                   "\r\nConnection: close\r\n\r\n"),
+      timeout);
 }
 
 absl::StatusOr<HttpResponse> HttpExchange(int port, absl::string_view request,
