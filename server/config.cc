@@ -3,6 +3,7 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -438,6 +439,25 @@ absl::Status ValidateConfig(SignetConfig& config,
     }
     if (http.cache_max_age_seconds() == 0) {
       http.set_cache_max_age_seconds(kDefaultCacheMaxAge);
+    }
+    if (http.max_connections() == 0) http.set_max_connections(4096);
+    if (http.max_connections() > 65536) {
+      return FieldError("http.max_connections", "at most 65536");
+    }
+    if (http.max_connections_per_client() == 0) {
+      http.set_max_connections_per_client(
+          std::max(1u, http.max_connections() / 4));
+    }
+    if (http.max_connections_per_client() > http.max_connections()) {
+      return FieldError("http.max_connections_per_client",
+                        absl::StrCat("at most http.max_connections (",
+                                     http.max_connections(), ")"));
+    }
+    if (http.request_deadline_seconds() == 0) {
+      http.set_request_deadline_seconds(10);
+    }
+    if (http.request_deadline_seconds() > 300) {
+      return FieldError("http.request_deadline_seconds", "at most 300");
     }
   }
   signet::v1::ServingConfig& serving = *config.mutable_serving();

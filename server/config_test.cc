@@ -277,6 +277,67 @@ TEST(ConfigTest, HttpTlsFilesGoTogetherAndAreAbsolute) {
   EXPECT_THAT(threads.status().message(), HasSubstr("http.threads"));
 }
 
+// Issue 13: slots, a per-client limit and a whole-request deadline, with
+// defaults when unset.
+TEST(ConfigTest, HttpConnectionLimitsAndDeadlineDefaults) {
+  auto plain = WithHttp(
+      R"(listen_address: "127.0.0.1:8080" public_base_url: "https://k.example")");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->http().max_connections(), 4096u);
+  EXPECT_EQ(plain->http().max_connections_per_client(), 1024u);
+  EXPECT_EQ(plain->http().request_deadline_seconds(), 10u);
+
+  // The per-client default follows max_connections (a quarter, at least 1).
+  auto small = WithHttp(R"(listen_address: "127.0.0.1:8080"
+                           public_base_url: "https://k.example"
+                           max_connections: 64)");
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->http().max_connections_per_client(), 16u);
+  auto tiny = WithHttp(R"(listen_address: "127.0.0.1:8080"
+                          public_base_url: "https://k.example"
+                          max_connections: 3)");
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  EXPECT_EQ(tiny->http().max_connections_per_client(), 1u);
+
+  auto set = WithHttp(R"(listen_address: "127.0.0.1:8080"
+                         public_base_url: "https://k.example"
+                         max_connections: 100 max_connections_per_client: 100
+                         request_deadline_seconds: 300)");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->http().max_connections(), 100u);
+  EXPECT_EQ(set->http().max_connections_per_client(), 100u);
+  EXPECT_EQ(set->http().request_deadline_seconds(), 300u);
+}
+
+TEST(ConfigTest, HttpConnectionLimitsAndDeadlineOutOfRangeNameTheField) {
+  struct Case {
+    const char* fields;
+    const char* field;
+  };
+  for (const Case& c : {
+           Case{"max_connections: 65537", "http.max_connections"},
+           Case{"max_connections: 10 max_connections_per_client: 11",
+                "http.max_connections_per_client"},
+           Case{"max_connections_per_client: 4097",
+                "http.max_connections_per_client"},
+           Case{"request_deadline_seconds: 301",
+                "http.request_deadline_seconds"},
+       }) {
+    SCOPED_TRACE(c.fields);
+    auto config = WithHttp(absl::StrCat(
+        R"(listen_address: "127.0.0.1:8080" )",
+        R"(public_base_url: "https://k.example" )", c.fields));
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(config.status().message(), HasSubstr(c.field));
+  }
+  // The error for the per-client limit says what the bound is.
+  auto over = WithHttp(R"(listen_address: "127.0.0.1:8080"
+                          public_base_url: "https://k.example"
+                          max_connections: 10 max_connections_per_client: 11)");
+  EXPECT_THAT(over.status().message(),
+              HasSubstr("at most http.max_connections (10)"));
+}
+
 TEST(ConfigTest, LoopbackHosts) {
   EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
   EXPECT_TRUE(IsLoopbackHost("[::1]"));

@@ -3,18 +3,28 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <limits>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/str_cat.h"
 #include "server/jwt.h"
+#include "server/log.h"
 
 namespace signet::server {
 namespace {
@@ -49,24 +59,38 @@ int Queue(MHD_Connection* connection, unsigned int status,
   return ret;
 }
 
-MHD_Result HandleRequest(void* self, MHD_Connection* connection,
-                         const char* url, const char* method,
-                         const char* /*version*/, const char* /*upload_data*/,
-                         size_t* upload_data_size, void** request_state) {
-  // Other methods are refused at once, before any body they carry is read
-  // (libmicrohttpd will not queue a response while a body is arriving).
-  const bool readable = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
-                        strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-  // For GET/HEAD the first call only announces the request; answer on the
-  // second.
-  if (*request_state == nullptr && readable) {
-    *request_state = self;
-    return MHD_YES;
+// Marks a request whose first handler call passed CheckRequest.
+char kHeadersChecked;
+
+int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The client's address for a log line ("?" when libmicrohttpd has none).
+std::string ClientAddress(MHD_Connection* connection) {
+  const MHD_ConnectionInfo* info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (info == nullptr || info->client_addr == nullptr) return "?";
+  char text[INET6_ADDRSTRLEN] = "?";
+  const sockaddr* addr = info->client_addr;
+  if (addr->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(addr)->sin_addr,
+              text, sizeof(text));
+  } else if (addr->sa_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(addr)->sin6_addr,
+              text, sizeof(text));
   }
-  *upload_data_size = 0;
-  return static_cast<JwksHttpServer*>(self)->Respond(connection, url, method)
-             ? MHD_YES
-             : MHD_NO;
+  return text;
+}
+
+MHD_Result CountHost(void* count, MHD_ValueKind, const char* key,
+                     const char*) {
+  if (key != nullptr && absl::EqualsIgnoreCase(key, MHD_HTTP_HEADER_HOST)) {
+    ++*static_cast<int*>(count);
+  }
+  return MHD_YES;
 }
 
 // If-None-Match (RFC 9110 section 13.1.2): "*" or a comma-separated list
@@ -82,6 +106,120 @@ bool EtagMatches(absl::string_view if_none_match, absl::string_view etag) {
 }
 
 }  // namespace
+
+// At most kThrottledLogLines lines per window; the rest are counted and
+// reported in one summary line when the window has passed (at the next
+// line, or at the next sweep if none comes). Windows start at the first
+// line after the previous one ended. Thread-safe.
+class JwksHttpServer::ThrottledLog {
+ public:
+  // `line` is only built for lines that are written.
+  void Warn(absl::FunctionRef<std::string()> line) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    EndWindowIfOver(now);
+    if (lines_ == 0 && suppressed_ == 0) window_start_ = now;
+    if (lines_ < kThrottledLogLines) {
+      ++lines_;
+      SIGNET_LOG_WARN("JWKS HTTP: {}", line());
+    } else {
+      ++suppressed_;
+    }
+  }
+
+  void Flush() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    EndWindowIfOver(absl::Now());
+  }
+
+ private:
+  void EndWindowIfOver(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (lines_ == 0 || now - window_start_ < kThrottledLogWindow) return;
+    if (suppressed_ > 0) {
+      SIGNET_LOG_WARN("JWKS HTTP: suppressed {} similar lines in the last {}",
+                      suppressed_,
+                      absl::FormatDuration(now - window_start_));
+    }
+    lines_ = 0;
+    suppressed_ = 0;
+  }
+
+  absl::Mutex mu_;
+  absl::Time window_start_ ABSL_GUARDED_BY(mu_);
+  int lines_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// libmicrohttpd's C callbacks; `cls` is the server.
+struct MhdCallbacks {
+  static MHD_Result HandleRequest(void* cls, MHD_Connection* connection,
+                                  const char* url, const char* method,
+                                  const char* version,
+                                  const char* /*upload_data*/,
+                                  size_t* upload_data_size,
+                                  void** request_state) {
+    auto* server = static_cast<JwksHttpServer*>(cls);
+    // The first call, headers complete: check the request and refuse it
+    // before any body is read (libmicrohttpd will not queue a response
+    // while a body is arriving). A response queued now closes the
+    // connection afterwards, so an accepted GET or HEAD is answered on the
+    // second call, which keeps the connection alive.
+    if (*request_state != &kHeadersChecked) {
+      const char* target_end = static_cast<const char*>(*request_state);
+      *request_state = &kHeadersChecked;
+      return server->CheckRequest(connection, method, version, target_end)
+                 ? MHD_YES
+                 : MHD_NO;
+    }
+    *upload_data_size = 0;
+    return server->Respond(connection, url) ? MHD_YES : MHD_NO;
+  }
+
+  // Called once the request line is parsed, before libmicrohttpd cuts the
+  // query off: returns where the request target's first NUL byte is, which
+  // the handler receives as the request's state. Without a NUL byte in the
+  // target, that is the one libmicrohttpd wrote over the space before the
+  // HTTP version.
+  static void* UriLog(void* /*cls*/, const char* uri, MHD_Connection*) {
+    if (uri == nullptr) return nullptr;
+    return const_cast<char*>(uri + strlen(uri));
+  }
+
+  static void RequestCompleted(void* cls, MHD_Connection* connection,
+                               void** /*request_state*/,
+                               MHD_RequestTerminationCode) {
+    static_cast<const JwksHttpServer*>(cls)->Rearm(connection);
+  }
+
+  static void NotifyConnection(void* cls, MHD_Connection* connection,
+                               void** socket_context,
+                               MHD_ConnectionNotificationCode code) {
+    auto* server = static_cast<JwksHttpServer*>(cls);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+      server->Track(connection, socket_context);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+      server->Untrack(*socket_context);
+      *socket_context = nullptr;
+    }
+  }
+
+  static void Log(void* cls, const char* format, va_list ap) {
+    char text[512];
+    vsnprintf(text, sizeof(text), format, ap);
+    std::string line(absl::StripTrailingAsciiWhitespace(text));
+    // One message, one line, whatever a client managed to put into it.
+    for (char& c : line) {
+      if (absl::ascii_iscntrl(static_cast<unsigned char>(c))) c = '?';
+    }
+    static_cast<JwksHttpServer*>(cls)->log_->Warn(
+        [&] { return absl::StrCat("libmicrohttpd: ", line); });
+  }
+};
+
+JwksHttpServer::JwksHttpServer(const JwksHttpOptions& options)
+    : options_(options),
+      deadline_ns_(absl::ToInt64Nanoseconds(options.request_deadline)),
+      log_(std::make_unique<ThrottledLog>()) {}
 
 absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     const JwksHttpOptions& options) {
@@ -108,6 +246,32 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     return absl::InvalidArgumentError(
         "HTTP TLS needs both a certificate and a key");
   }
+  if (options.connection_limit == 0) {
+    return absl::InvalidArgumentError("http.max_connections must not be 0");
+  }
+  if (options.request_deadline <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "http.request_deadline_seconds must be positive");
+  }
+  // Each slot is a descriptor. Raising the soft limit up to the hard one is
+  // always allowed, and nothing in signetd uses select(2); below the slot
+  // count, libmicrohttpd would stop accepting at EMFILE instead.
+  const rlim_t wanted = rlim_t{options.connection_limit} + 1024;
+  rlimit files = {};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < wanted) {
+    rlimit raised = files;
+    raised.rlim_cur = std::min(wanted, files.rlim_max);
+    if (raised.rlim_cur > files.rlim_cur &&
+        setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      files = raised;
+    }
+    if (files.rlim_cur < wanted) {
+      SIGNET_LOG_WARN(
+          "JWKS HTTP endpoint: the open file limit ({}) is below "
+          "http.max_connections + 1024 ({}): connections beyond it wait",
+          static_cast<uint64_t>(files.rlim_cur), static_cast<uint64_t>(wanted));
+    }
+  }
   std::unique_ptr<JwksHttpServer> server(new JwksHttpServer(options));
   {
     absl::MutexLock lock(&server->mu_);
@@ -129,6 +293,10 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
   if (options.threads > 1) {
     items.push_back({MHD_OPTION_THREAD_POOL_SIZE, options.threads, nullptr});
   }
+  if (options.per_client_connection_limit > 0) {
+    items.push_back({MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                     options.per_client_connection_limit, nullptr});
+  }
   if (tls) {
     flags |= MHD_USE_TLS;
     items.push_back({MHD_OPTION_HTTPS_MEM_CERT, 0,
@@ -139,14 +307,20 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
                      const_cast<char*>(kTlsPriorities)});
   }
   items.push_back({MHD_OPTION_END, 0, nullptr});
+  JwksHttpServer* self = server.get();
+  // The logger goes first so that option errors reach it too.
   server->daemon_ = MHD_start_daemon(
-      flags, 0, nullptr, nullptr, &HandleRequest, server.get(),
+      flags, 0, nullptr, nullptr, &MhdCallbacks::HandleRequest, self,
+      MHD_OPTION_EXTERNAL_LOGGER, &MhdCallbacks::Log, self,
       MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_CONNECTION_LIMIT,
       options.connection_limit, MHD_OPTION_CONNECTION_TIMEOUT,
       static_cast<unsigned>(absl::ToInt64Seconds(options.connection_timeout)),
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, options.connection_memory_limit,
-      MHD_OPTION_UNESCAPE_CALLBACK, &NoUnescape, nullptr, MHD_OPTION_ARRAY,
-      items.data(), MHD_OPTION_END);
+      MHD_OPTION_UNESCAPE_CALLBACK, &NoUnescape, nullptr,
+      MHD_OPTION_URI_LOG_CALLBACK, &MhdCallbacks::UriLog, self,
+      MHD_OPTION_NOTIFY_CONNECTION, &MhdCallbacks::NotifyConnection, self,
+      MHD_OPTION_NOTIFY_COMPLETED, &MhdCallbacks::RequestCompleted, self,
+      MHD_OPTION_ARRAY, items.data(), MHD_OPTION_END);
   OPENSSL_cleanse(key_pem.data(), key_pem.size());
   if (server->daemon_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
@@ -158,11 +332,88 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
       MHD_get_daemon_info(server->daemon_, MHD_DAEMON_INFO_BIND_PORT);
   server->port_ = info != nullptr ? info->port : port;
   server->tls_ = tls;
+  server->sweeper_ = std::thread([self] { self->SweepLoop(); });
   return server;
 }
 
 JwksHttpServer::~JwksHttpServer() {
+  if (sweeper_.joinable()) {
+    {
+      absl::MutexLock lock(&connections_mu_);
+      stopping_ = true;
+    }
+    sweeper_.join();
+  }
+  // Its close notifications still reach connections_.
   if (daemon_ != nullptr) MHD_stop_daemon(daemon_);
+}
+
+void JwksHttpServer::Track(MHD_Connection* connection, void** socket_context) {
+  auto tracked = std::make_unique<Tracked>();
+  const MHD_ConnectionInfo* info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+  tracked->fd = info != nullptr ? info->connect_fd : -1;
+  tracked->deadline_ns.store(SteadyNowNs() + deadline_ns_,
+                             std::memory_order_relaxed);
+  *socket_context = tracked.get();
+  absl::MutexLock lock(&connections_mu_);
+  connections_[tracked.get()] = std::move(tracked);
+}
+
+void JwksHttpServer::Untrack(void* socket_context) {
+  if (socket_context == nullptr) return;
+  // Under the lock, so that the sweep never shuts down a descriptor that
+  // libmicrohttpd has closed (it closes it after this notification).
+  absl::MutexLock lock(&connections_mu_);
+  connections_.erase(static_cast<const Tracked*>(socket_context));
+}
+
+void JwksHttpServer::Rearm(MHD_Connection* connection) const {
+  const MHD_ConnectionInfo* info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  if (info == nullptr || info->socket_context == nullptr) return;
+  auto* tracked = static_cast<Tracked*>(info->socket_context);
+  int64_t deadline = tracked->deadline_ns.load(std::memory_order_relaxed);
+  if (deadline == std::numeric_limits<int64_t>::max()) return;  // closing
+  tracked->deadline_ns.store(SteadyNowNs() + deadline_ns_,
+                             std::memory_order_relaxed);
+}
+
+void JwksHttpServer::SweepLoop() {
+  // A quarter of the deadline, so a connection lives at most 1.25 of it.
+  const absl::Duration period = std::clamp(
+      options_.request_deadline / 4, absl::Milliseconds(50), absl::Seconds(1));
+  for (;;) {
+    int closed = 0;
+    {
+      absl::MutexLock lock(&connections_mu_);
+      if (connections_mu_.AwaitWithTimeout(absl::Condition(&stopping_),
+                                           period)) {
+        return;
+      }
+      const int64_t now = SteadyNowNs();
+      for (const auto& [key, tracked] : connections_) {
+        if (tracked->deadline_ns.load(std::memory_order_relaxed) > now) {
+          continue;
+        }
+        tracked->deadline_ns.store(std::numeric_limits<int64_t>::max(),
+                                   std::memory_order_relaxed);
+        // libmicrohttpd then reads end-of-file and closes the connection
+        // itself, in its own thread.
+        if (tracked->fd >= 0) shutdown(tracked->fd, SHUT_RDWR);
+        ++closed;
+      }
+    }
+    if (closed > 0) {
+      log_->Warn([&] {
+        return absl::StrCat("closed ", closed,
+                            " connection(s) past the request deadline (",
+                            absl::FormatDuration(options_.request_deadline),
+                            ")");
+      });
+    }
+    log_->Flush();
+  }
 }
 
 JwksHttpServer::Document::~Document() {
@@ -222,13 +473,57 @@ std::shared_ptr<const JwksHttpServer::Snapshot> JwksHttpServer::Current()
   return snapshot_;
 }
 
-int JwksHttpServer::Respond(MHD_Connection* connection, const char* url,
-                            const char* method) {
+int JwksHttpServer::CheckRequest(MHD_Connection* connection,
+                                 const char* method, const char* version,
+                                 const char* target_end) {
+  // libmicrohttpd 0.9.75 parses the request line by length but hands the
+  // target on as a C string: a NUL byte would cut it and serve the prefix.
+  if (target_end == nullptr || version == nullptr ||
+      target_end + 1 != version) {
+    return Refuse(connection, MHD_HTTP_BAD_REQUEST,
+                  "a NUL byte in the request target");
+  }
+  // RFC 9112 section 3.2: 400 for an HTTP/1.1 request without a Host, and
+  // for any request with more than one.
+  int hosts = 0;
+  MHD_get_connection_values(connection, MHD_HEADER_KIND, &CountHost, &hosts);
+  if (hosts > 1) {
+    return Refuse(connection, MHD_HTTP_BAD_REQUEST, "more than one Host");
+  }
+  if (hosts == 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0) {
+    return Refuse(connection, MHD_HTTP_BAD_REQUEST,
+                  absl::StrCat(version, " without Host"));
+  }
   if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
       strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
     return Queue(connection, MHD_HTTP_METHOD_NOT_ALLOWED,
                  "only GET and HEAD\n", "text/plain");
   }
+  // Content on a GET or HEAD has no meaning (RFC 9110 sections 9.3.1 and
+  // 9.3.2), and content left unread is where request smuggling hides:
+  // refuse it before it is read.
+  const char* length = MHD_lookup_connection_value(
+      connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  if ((length != nullptr && strcmp(length, "0") != 0) ||
+      MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                  MHD_HTTP_HEADER_TRANSFER_ENCODING) !=
+          nullptr) {
+    return Refuse(connection, MHD_HTTP_BAD_REQUEST,
+                  absl::StrCat(method, " with content"));
+  }
+  return MHD_YES;  // answered on the next call
+}
+
+int JwksHttpServer::Refuse(MHD_Connection* connection, unsigned int status,
+                           absl::string_view reason) {
+  log_->Warn([&] {
+    return absl::StrCat("refused a request from ", ClientAddress(connection),
+                        " (", status, "): ", reason);
+  });
+  return Queue(connection, status, "bad request\n", "text/plain");
+}
+
+int JwksHttpServer::Respond(MHD_Connection* connection, const char* url) {
   std::shared_ptr<const Snapshot> snapshot = Current();
   auto it = snapshot->find(absl::string_view(url));
   if (it == snapshot->end()) {

@@ -603,6 +603,11 @@ int Run() {
     http_options.cache_max_age =
         absl::Seconds(config->http().cache_max_age_seconds());
     http_options.threads = config->http().threads();
+    http_options.connection_limit = config->http().max_connections();
+    http_options.per_client_connection_limit =
+        config->http().max_connections_per_client();
+    http_options.request_deadline =
+        absl::Seconds(config->http().request_deadline_seconds());
     if (!config->http().tls_cert_file().empty()) {
       absl::StatusOr<std::string> cert =
           ReadFile(config->http().tls_cert_file(), "http.tls_cert_file");

@@ -660,6 +660,83 @@ TEST_F(JwksHttpTest, MethodsWithABodyGet405WithAllow) {
   ExpectStillServing();
 }
 
+// Issue 13, item 2: content on a GET or HEAD is refused with 400 before it
+// is read, not answered by dropping the connection. Content-Length: 0 is no
+// content.
+TEST_F(JwksHttpTest, GetOrHeadWithContentGets400) {
+  for (const char* method : {"GET", "HEAD"}) {
+    for (const std::string& path :
+         {std::string(kConsumerPath), PemPath("raw"),
+          std::string("/no/such/path")}) {
+      SCOPED_TRACE(absl::StrCat(method, " ", path));
+      HttpResponse sized = Request(http_port_, method, path, "", "hello");
+      EXPECT_EQ(sized.status, 400) << sized.Describe();
+      ExpectNoKeyMaterial(sized, "Content-Length");
+      HttpResponse chunked = RawRequest(
+          http_port_,
+          absl::StrCat(method, " ", path,
+                       " HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: "
+                       "chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+      EXPECT_EQ(chunked.status, 400) << chunked.Describe();
+      ExpectNoKeyMaterial(chunked, "Transfer-Encoding");
+    }
+    HttpResponse empty = Request(http_port_, method, kConsumerPath,
+                                 "Content-Length: 0\r\n");
+    EXPECT_EQ(empty.status, 200) << method << "\n" << empty.Describe();
+  }
+  ExpectStillServing();
+}
+
+// Issue 13, item 3: "paths are matched byte for byte" holds for a NUL byte
+// too: before, the target was cut at it and the prefix served.
+TEST_F(JwksHttpTest, ANulByteInTheRequestTargetGets400) {
+  const std::string nul(1, '\0');
+  for (const std::string& target : {
+           absl::StrCat(kConsumerPath, nul, "/../enterprise"),
+           absl::StrCat(kEnterprisePath, nul),
+           absl::StrCat("/scopes/raw", nul, "/keys.pem"),
+           absl::StrCat(kConsumerPath, "?a", nul, "b"),
+           absl::StrCat(nul, kConsumerPath),
+       }) {
+    SCOPED_TRACE(absl::CEscape(target));
+    HttpResponse r = RawRequest(
+        http_port_, absl::StrCat("GET ", target,
+                                 " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                 "Connection: close\r\n\r\n"));
+    EXPECT_EQ(r.status, 400) << r.Describe();
+    ExpectNoKeyMaterial(r, absl::CEscape(target));
+  }
+  // The same paths without the NUL byte, and with a plain query, are
+  // served: the check is about the NUL byte, not the shape.
+  EXPECT_EQ(Get(http_port_, kConsumerPath).status, 200);
+  EXPECT_EQ(Get(http_port_, absl::StrCat(kConsumerPath, "?a=b")).status, 200);
+  ExpectStillServing();
+}
+
+// Issue 13, item 5: RFC 9112 section 3.2.
+TEST_F(JwksHttpTest, Http11WithoutExactlyOneHostGets400) {
+  HttpResponse none = RawRequest(
+      http_port_, absl::StrCat("GET ", kConsumerPath,
+                               " HTTP/1.1\r\nConnection: close\r\n\r\n"));
+  EXPECT_EQ(none.status, 400) << none.Describe();
+  ExpectNoKeyMaterial(none, "no Host");
+  HttpResponse two = RawRequest(
+      http_port_, absl::StrCat("GET ", kConsumerPath,
+                               " HTTP/1.1\r\nHost: a.example\r\nHost: "
+                               "b.example\r\nConnection: close\r\n\r\n"));
+  EXPECT_EQ(two.status, 400) << two.Describe();
+  ExpectNoKeyMaterial(two, "two Hosts");
+  HttpResponse head = RawRequest(
+      http_port_, absl::StrCat("HEAD ", kConsumerPath,
+                               " HTTP/1.1\r\nConnection: close\r\n\r\n"));
+  EXPECT_EQ(head.status, 400) << head.Describe();
+  // HTTP/1.0 has no Host requirement.
+  HttpResponse old = RawRequest(
+      http_port_, absl::StrCat("GET ", kConsumerPath, " HTTP/1.0\r\n\r\n"));
+  EXPECT_EQ(old.status, 200) << old.Describe();
+  ExpectStillServing();
+}
+
 TEST_F(JwksHttpTest, UnknownPathsAndScopesGet404) {
   for (const char* path : {
            "/",

@@ -12,6 +12,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -32,6 +33,15 @@ std::string HttpResponse::Header(absl::string_view name) const {
 
 absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path,
                                      absl::Duration timeout) {
+  return HttpExchange(
+      port,
+      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
+                   "\r\nConnection: close\r\n\r\n"),
+      timeout);
+}
+
+absl::StatusOr<HttpResponse> HttpExchange(int port, absl::string_view request,
+                                          absl::Duration timeout) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   absl::Cleanup closer = [fd] { close(fd); };
@@ -46,9 +56,6 @@ absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path,
     return absl::UnavailableError(
         absl::StrCat("connect 127.0.0.1:", port, ": ", strerror(errno)));
   }
-  const std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
-                   "\r\nConnection: close\r\n\r\n");
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
       static_cast<ssize_t>(request.size())) {
     return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
@@ -68,7 +75,9 @@ absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path,
   size_t head_end = raw.find("\r\n\r\n");
   if (head_end == std::string::npos) {
     return absl::UnavailableError(
-        absl::StrCat("no complete response to GET ", path, ": ", raw));
+        absl::StrCat("no complete response to ",
+                     absl::CEscape(request.substr(0, request.find('\r'))),
+                     ": ", absl::CEscape(raw)));
   }
   HttpResponse r;
   r.head = raw.substr(0, head_end);

@@ -26,6 +26,13 @@ struct HttpResponse {
 absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path,
                                      absl::Duration timeout = absl::Seconds(20));
 
+// Sends `request` byte for byte (NUL bytes included) to 127.0.0.1:`port`
+// and reads until the server closes; the same errors as HttpGet. `timeout`
+// bounds each send and receive.
+absl::StatusOr<HttpResponse> HttpExchange(
+    int port, absl::string_view request,
+    absl::Duration timeout = absl::Seconds(20));
+
 }  // namespace signet::testing
 
 #endif  // SIGNET_TESTS_TESTING_HTTP_GET_H_
