@@ -253,24 +253,16 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     return absl::InvalidArgumentError(
         "http.request_deadline_seconds must be positive");
   }
-  // Each slot is a descriptor. Raising the soft limit up to the hard one is
-  // always allowed, and nothing in signetd uses select(2); below the slot
-  // count, libmicrohttpd would stop accepting at EMFILE instead.
+  // Each slot is a descriptor; below the slot count, libmicrohttpd would
+  // stop accepting at EMFILE. signetd raises the soft limit to the hard one
+  // at start and keeps these slots out of the gRPC listener's budget.
   const rlim_t wanted = rlim_t{options.connection_limit} + 1024;
   rlimit files = {};
   if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < wanted) {
-    rlimit raised = files;
-    raised.rlim_cur = std::min(wanted, files.rlim_max);
-    if (raised.rlim_cur > files.rlim_cur &&
-        setrlimit(RLIMIT_NOFILE, &raised) == 0) {
-      files = raised;
-    }
-    if (files.rlim_cur < wanted) {
-      SIGNET_LOG_WARN(
-          "JWKS HTTP endpoint: the open file limit ({}) is below "
-          "http.max_connections + 1024 ({}): connections beyond it wait",
-          static_cast<uint64_t>(files.rlim_cur), static_cast<uint64_t>(wanted));
-    }
+    SIGNET_LOG_WARN(
+        "JWKS HTTP endpoint: the open file limit ({}) is below "
+        "http.max_connections + 1024 ({}): connections beyond it wait",
+        static_cast<uint64_t>(files.rlim_cur), static_cast<uint64_t>(wanted));
   }
   std::unique_ptr<JwksHttpServer> server(new JwksHttpServer(options));
   {

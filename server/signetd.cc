@@ -372,10 +372,16 @@ int Run() {
   // signetd accepts the gRPC port's connections itself and hands them to
   // gRPC, so the acceptor can neither die nor spend the last descriptors
   // (server/connection_acceptor.h).
+  // Its budget leaves the HTTP endpoint's slots and the reserve (HSM
+  // sockets, audit files) to them.
+  const int http_slots =
+      config->has_http() ? static_cast<int>(config->http().max_connections())
+                         : 0;
   absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> acceptor =
       ConnectionAcceptor::Bind(
           config->grpc_listen_address(),
-          static_cast<int>(grpc_limits.reserved_file_descriptors()));
+          static_cast<int>(grpc_limits.reserved_file_descriptors()) +
+              http_slots);
   if (!acceptor.ok()) return Fail(acceptor.status());
   // Health is ours: gRPC's default service has no bound on Watch streams.
   std::atomic<uint64_t> refused_watches{0};
