@@ -381,6 +381,21 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
       std::move(expected));
 }
 
+// A refused batch item's audit line (rate-limited into summaries with the
+// other refusals). Only the item's place and the code: its claims, and the
+// message that may quote them, never reach the log.
+void AuditRefusedItem(AuditLog& audit, absl::string_view caller,
+                      absl::string_view scope, int index,
+                      absl::StatusCode code) {
+  AuditEvent refusal;
+  refusal.event = "refuse";
+  refusal.caller = std::string(caller);
+  refusal.scope = std::string(scope);
+  refusal.result = absl::StatusCodeToString(code);
+  refusal.detail = absl::StrCat("SignJwtBatch item ", index);
+  audit.AppendRefusal(refusal);
+}
+
 // A SignJwtBatch call on its way through the workers, in parts.
 struct BatchSigning {
   std::shared_ptr<const ServingState> serving;
@@ -408,9 +423,12 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
   std::vector<AuditEvent> events;
   if (!skipped.ok()) {
     for (size_t k = begin; k < end; ++k) {
-      signet::v1::SignJwtBatchItem& item = batch.items[batch.inputs[k].first];
+      const int index = batch.inputs[k].first;
+      signet::v1::SignJwtBatchItem& item = batch.items[index];
       item.set_code(static_cast<int>(skipped.code()));
       item.set_message(std::string(skipped.message()));
+      AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
+                       index, skipped.code());
     }
   } else {
     // No ExpectLine here: a batch takes longer at the HSM than the group
@@ -439,6 +457,8 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
       if (!failed.ok()) {
         item.set_code(static_cast<int>(failed.code()));
         item.set_message(std::string(failed.message()));
+        AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
+                         index, failed.code());
         continue;
       }
       AuditEvent event = SignEvent(
@@ -567,6 +587,8 @@ void SignerService::HandleSignJwtBatch(
       batch->items[i].set_code(static_cast<int>(claims.status().code()));
       batch->items[i].set_message(
           absl::StrCat("item ", i, ": ", claims.status().message()));
+      AuditRefusedItem(*auth->serving->audit, caller, scope.config.name(), i,
+                       claims.status().code());
       continue;
     }
     batch->inputs.emplace_back(

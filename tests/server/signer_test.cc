@@ -492,6 +492,50 @@ TEST_F(SignerTest, ALargeBatchSplitAcrossWorkersKeepsEveryItemInItsPlace) {
   }
 }
 
+// Every refused item is audited too (it was not: a batch of refused items
+// wrote no line), by its place and code, never its claims; past the
+// refusal rate the rest are counted in refusal_summary lines.
+TEST_F(SignerTest, RefusedBatchItemsAreAudited) {
+  auto stub = Stub(alpha_);
+  constexpr int kItems = 256;
+  v1::SignJwtBatchRequest req;
+  req.set_scope("alpha-es256");
+  for (int i = 0; i < kItems; ++i) {
+    // Another scope's issuer: refused item by item.
+    req.add_claims_json(Claims("beta"));
+  }
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::SignJwtBatchResponse resp;
+  ASSERT_TRUE(stub->SignJwtBatch(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.items_size(), kItems);
+  // Refusals are written without waiting: give the writer a moment.
+  int lines = 0;
+  int summarized = 0;
+  for (int attempt = 0; attempt < 50 && lines + summarized < kItems;
+       ++attempt) {
+    absl::SleepFor(absl::Milliseconds(200));
+    lines = 0;
+    summarized = 0;
+    std::ifstream in(audit_dir_ + "/audit.log");
+    std::string line;
+    while (std::getline(in, line)) {
+      nlohmann::json j = nlohmann::json::parse(line);
+      if (j.value("event", "") == "refuse" &&
+          absl::StartsWith(j.value("detail", ""), "SignJwtBatch item ")) {
+        EXPECT_EQ(j.value("result", ""), "INVALID_ARGUMENT");
+        EXPECT_EQ(j.value("caller", ""), absl::StrCat("uri:", kAlpha));
+        EXPECT_THAT(line, Not(HasSubstr(Issuer("beta"))));  // no claims
+        ++lines;
+      } else if (j.value("event", "") == "refusal_summary") {
+        summarized += j.value("count", 0);
+      }
+    }
+  }
+  EXPECT_GT(lines, 0);
+  EXPECT_GE(lines + summarized, kItems);
+}
+
 TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
   v1::SignJwtResponse resp;
   // No client certificate: the handshake fails.
