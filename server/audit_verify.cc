@@ -364,13 +364,29 @@ absl::StatusOr<AuditLineInfo> ParseAuditLine(absl::string_view line) {
 
 absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
     absl::string_view path, const hsm::PublicKey* checkpoint_key,
-    absl::string_view expected_last_checkpoint) {
+    absl::string_view expected_last_checkpoint,
+    const AuditVerifyOptions& options) {
+  absl::StatusOr<AuditVerifyResult> result;
   try {
-    return Verify(path, checkpoint_key, expected_last_checkpoint);
+    result = Verify(path, checkpoint_key, expected_last_checkpoint);
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("audit log ", path, ": verification failed: ", e.what()));
   }
+  if (!result.ok()) return result;
+  if (result->lines == 0 && !options.allow_empty) {
+    return Broken(absl::StrCat(
+        "audit log ", path,
+        ": the file is empty (a log that should hold lines was truncated or "
+        "replaced; allow an empty file only when none were expected)"));
+  }
+  if (options.require_covered && result->uncovered_lines() > 0) {
+    return Broken(absl::StrCat(
+        "audit log ", path, ": lines ", result->last_checkpoint_seq + 1,
+        " to ", result->lines, " are covered by no checkpoint (only the chain "
+        "protects them: they could have been cut off or appended)"));
+  }
+  return result;
 }
 
 }  // namespace signet::server

@@ -46,6 +46,19 @@ struct AuditVerifyResult {
   uint64_t lines = 0;                // lines in the file
   uint64_t checkpoints = 0;          // checkpoint lines among them
   uint64_t last_checkpoint_seq = 0;  // 0 if there is none
+  // Lines after the last checkpoint: no signature covers them, only the
+  // chain, so they can be cut off or rewritten, and a correctly chained line
+  // appended, without a trace in this file.
+  uint64_t uncovered_lines() const { return lines - last_checkpoint_seq; }
+};
+
+struct AuditVerifyOptions {
+  // An empty file is an error unless this is set: a log that should hold
+  // lines and holds none was truncated or replaced.
+  bool allow_empty = false;
+  // Lines that no checkpoint covers are an error when this is set (for a
+  // log that ended with a stop, whose final checkpoint covers everything).
+  bool require_covered = false;
 };
 
 // Verifies the audit log at `path`, reading it once from start to end:
@@ -68,12 +81,15 @@ struct AuditVerifyResult {
 // incomplete if a write is caught half-done.
 //
 // DATA_LOSS naming the first broken line and why, e.g. "line 17: prev does
-// not match the hash of line 16". INVALID_ARGUMENT if
+// not match the hash of line 16"; also for an empty file and, with
+// `options.require_covered`, for lines after the last checkpoint (see
+// AuditVerifyOptions). INVALID_ARGUMENT if
 // `expected_last_checkpoint` is not a well-formed checkpoint line.
 // NOT_FOUND / PERMISSION_DENIED / UNAVAILABLE if the file cannot be read.
 absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
     absl::string_view path, const hsm::PublicKey* checkpoint_key,
-    absl::string_view expected_last_checkpoint = "");
+    absl::string_view expected_last_checkpoint = "",
+    const AuditVerifyOptions& options = {});
 
 }  // namespace signet::server
 

@@ -213,6 +213,26 @@ TEST_F(AuditVerifyTest, ACutOffTailIsFound) {
   EXPECT_TRUE(Verify(SyslogCopy(10)).ok());
 }
 
+TEST_F(AuditVerifyTest, LinesNoCheckpointCoversAreReportedAndCanBeAnError) {
+  // Line 11 follows the checkpoint at line 10: the chain alone protects it
+  // (it could be a correctly chained line appended after a cut).
+  std::vector<std::string> after(lines_.begin(), lines_.begin() + 11);
+  WriteLines(path_, after);
+  absl::StatusOr<AuditVerifyResult> r = Verify();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->last_checkpoint_seq, 10u);
+  EXPECT_EQ(r->uncovered_lines(), 1u);
+  AuditVerifyOptions strict;
+  strict.require_covered = true;
+  ExpectDataLoss(VerifyAuditLog(path_, &public_key_, "", strict),
+                 "lines 11 to 11 are covered by no checkpoint");
+  // The whole log ends with a checkpoint: nothing uncovered.
+  WriteLines(path_, lines_);
+  r = VerifyAuditLog(path_, &public_key_, "", strict);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->uncovered_lines(), 0u);
+}
+
 TEST_F(AuditVerifyTest, AGapInTheSequenceIsNamed) {
   std::vector<std::string> gap = lines_;
   gap.erase(gap.begin() + 3);
@@ -315,11 +335,14 @@ TEST(AuditVerifyFileTest, AMissingFileIsNotFound) {
             absl::StatusCode::kNotFound);
 }
 
-TEST(AuditVerifyFileTest, AnEmptyFileHasNoLines) {
+TEST(AuditVerifyFileTest, AnEmptyFileIsAnErrorUnlessAllowed) {
   TempDir dir;
   const std::string path = dir.File("audit.log");
   WriteFile(path, "");
-  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+  ExpectDataLoss(VerifyAuditLog(path, nullptr), "the file is empty");
+  AuditVerifyOptions allow;
+  allow.allow_empty = true;
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr, "", allow);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->lines, 0u);
   const std::string checkpoint = absl::StrCat(
@@ -327,7 +350,7 @@ TEST(AuditVerifyFileTest, AnEmptyFileHasNoLines) {
       R"("head":")", kZeroHash, R"(","count":1,"kid":"k","sig":")",
       absl::WebSafeBase64Escape(std::string(64, 'x')), R"(","prev":")",
       kZeroHash, R"("})");
-  ExpectDataLoss(VerifyAuditLog(path, nullptr, checkpoint),
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, checkpoint, allow),
                  "the file ends at line 0, before the checkpoint at line 2");
 }
 

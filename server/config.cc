@@ -184,6 +184,11 @@ absl::Status ValidateGrpcLimits(signet::v1::GrpcConfig& grpc) {
        &G::set_keepalive_timeout_seconds, 20, 1, 3600},
       {"max_health_watchers", &G::max_health_watchers,
        &G::set_max_health_watchers, 1024, 1, 1 << 20},
+      {"max_connection_age_seconds", &G::max_connection_age_seconds,
+       &G::set_max_connection_age_seconds, 1800, 1, 7 * 24 * 3600},
+      {"max_connection_age_grace_seconds",
+       &G::max_connection_age_grace_seconds,
+       &G::set_max_connection_age_grace_seconds, 60, 1, 3600},
       {"reserved_file_descriptors", &G::reserved_file_descriptors,
        &G::set_reserved_file_descriptors, 256, 32, 1 << 20},
   };

@@ -118,6 +118,14 @@ class DeadlineWatchdog {
     list_->calls.emplace(key, std::move(call));
   }
 
+  // Answers every call still watched at `at` with UNAVAILABLE instead of
+  // waiting for its deadline: for a shutdown, which must not wait out the
+  // deadlines of calls a stalled HSM holds.
+  void CutOff(absl::Time at) {
+    absl::MutexLock lock(&list_->mu);
+    cut_off_ = at;
+  }
+
   // Calls watched now (for tests).
   size_t watched() const {
     absl::MutexLock lock(&list_->mu);
@@ -129,19 +137,26 @@ class DeadlineWatchdog {
     absl::MutexLock lock(&list_->mu);
     while (!stopping_) {
       absl::Time now = absl::Now();
-      while (!list_->calls.empty() && list_->calls.begin()->first.first <= now) {
+      const bool cut_off = cut_off_ <= now;
+      while (!list_->calls.empty() &&
+             (cut_off || list_->calls.begin()->first.first <= now)) {
         std::shared_ptr<PendingCall> call =
             std::move(list_->calls.begin()->second);
         list_->calls.erase(list_->calls.begin());
         list_->mu.Unlock();
-        call->Finish(grpc::Status(
-            grpc::StatusCode::DEADLINE_EXCEEDED,
-            "the HSM did not answer before the deadline; nothing was "
-            "released (retry, or check the HSM)"));
+        call->Finish(
+            cut_off
+                ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                               "signetd is shutting down and the HSM has not "
+                               "answered; nothing was released (retry)")
+                : grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                               "the HSM did not answer before the deadline; "
+                               "nothing was released (retry, or check the "
+                               "HSM)"));
         call.reset();
         list_->mu.Lock();
       }
-      absl::Time wake = now + absl::Milliseconds(100);
+      absl::Time wake = std::min(now + absl::Milliseconds(100), cut_off_);
       if (!list_->calls.empty()) {
         wake = std::min(wake, list_->calls.begin()->first.first);
       }
@@ -151,6 +166,7 @@ class DeadlineWatchdog {
 
   const std::shared_ptr<WatchList> list_;
   bool stopping_ ABSL_GUARDED_BY(list_->mu) = false;
+  absl::Time cut_off_ ABSL_GUARDED_BY(list_->mu) = absl::InfiniteFuture();
   std::thread thread_;
 };
 

@@ -102,6 +102,25 @@ TEST(DeadlineWatchdogTest, AnswersDeadlineExceededForAnUnansweredCall) {
   EXPECT_EQ(watchdog.watched(), 0u);
 }
 
+TEST(DeadlineWatchdogTest, ACutOffAnswersEveryWatchedCallUnavailable) {
+  // A shutdown must not wait out the deadlines of calls a stalled HSM holds.
+  DeadlineWatchdog watchdog;
+  Answers answers;
+  absl::Notification answered;
+  auto call = std::make_shared<PendingCall>(
+      [&](const grpc::Status& status) {
+        answers.Sink()(status);
+        answered.Notify();
+      },
+      absl::Now() + absl::Hours(1), nullptr, watchdog.list());
+  watchdog.Watch(call);
+  watchdog.CutOff(absl::Now());
+  answered.WaitForNotification();
+  EXPECT_EQ(answers.Codes(),
+            std::vector<grpc::StatusCode>{grpc::StatusCode::UNAVAILABLE});
+  EXPECT_EQ(watchdog.watched(), 0u);
+}
+
 TEST(DeadlineWatchdogTest, ACallOutlivingItsWatchdogCanStillBeAnswered) {
   // A worker stuck in the HSM past shutdown answers after the watchdog is
   // gone: the list it leaves is still there.

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include <google/protobuf/unknown_field_set.h>
+#include <grpc/support/time.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 
@@ -217,9 +218,14 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
 
 absl::Time SignerService::DeadlineOf(
     grpc::CallbackServerContext* context) const {
-  absl::Time cap = absl::Now() + options_.max_rpc_time;
-  absl::Time client = absl::FromChrono(context->deadline());
-  return std::min(cap, client);
+  const absl::Time cap = absl::Now() + options_.max_rpc_time;
+  // From gRPC's own seconds, not through std::chrono: a legal grpc-timeout
+  // of 9999999H overflowed nanoseconds and read as long past.
+  const gpr_timespec raw =
+      gpr_convert_clock_type(context->raw_deadline(), GPR_CLOCK_REALTIME);
+  if (raw.tv_sec >= absl::ToUnixSeconds(cap)) return cap;
+  return std::min(cap, absl::FromUnixSeconds(raw.tv_sec) +
+                           absl::Nanoseconds(raw.tv_nsec));
 }
 
 absl::Status SignerService::Admit(Tenant* tenant) {
@@ -789,7 +795,23 @@ grpc::ServerUnaryReactor* SignerService::Unary(
   Call call{context, method,
             [reply](const grpc::Status& status) { reply->Answer(status); }};
   Request parsed;
-  if (absl::Status st = ParseRequest(*request, &parsed); !st.ok()) {
+  if (!request->Valid()) {
+    // No message came: the client reset the stream (nothing to audit: it
+    // asked for nothing), or half-closed without sending one.
+    if (context->IsCancelled()) {
+      reply->Answer(grpc::Status::CANCELLED);
+    } else {
+      std::string caller;
+      if (absl::StatusOr<std::string> identity = Caller(context);
+          identity.ok()) {
+        caller = *identity;
+      }
+      Refuse(call,
+             absl::InvalidArgumentError(
+                 "the call carried no request message"),
+             caller, "");
+    }
+  } else if (absl::Status st = ParseRequest(*request, &parsed); !st.ok()) {
     std::string caller;
     if (absl::StatusOr<std::string> identity = Caller(context); identity.ok()) {
       caller = *identity;

@@ -111,6 +111,11 @@ class SignerService final : public RawSignerBase {
   void SetPublished(std::shared_ptr<const PublishedDocuments> published)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // For a shutdown: every call still waiting on the HSM at `at` is answered
+  // UNAVAILABLE then, so the server's own shutdown never waits out deadlines
+  // that a stalled HSM holds.
+  void CutOffPendingCalls(absl::Time at) { watchdog_.CutOff(at); }
+
   grpc::ServerUnaryReactor* SignJwt(grpc::CallbackServerContext* context,
                                     const grpc::ByteBuffer* request,
                                     grpc::ByteBuffer* response) override;

@@ -724,5 +724,90 @@ TEST_F(HostileGrpcTest, OverLimitMessagesStayWithinTheMemoryBound) {
   EXPECT_LT(peak, int64_t{400} << 20) << "peak RSS " << (peak >> 20) << " MiB";
 }
 
+// Found by an outside attack: gRPC 1.51 inflates a compressed message whole
+// before it checks the size limit, so a 1.5 MB gzip of spaces grew signetd
+// by 1.7 GB, from a certificate the Signer refuses as well.
+TEST_F(HostileGrpcTest, ACompressedRequestIsRefusedBeforeItIsInflated) {
+  auto signetd = Start("gzip");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(no_eku_));
+  grpc::ClientContext ctx;
+  Deadline(ctx, 60);
+  ctx.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+  v1::SignJwtRequest req;
+  req.set_scope(kScope);
+  req.set_claims_json(std::string(size_t{300} << 20, ' '));
+  v1::SignJwtResponse resp;
+  grpc::Status st = stub->SignJwt(&ctx, req, &resp);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << st.error_message();
+  const int64_t peak = PeakRss(signetd->pid());
+  EXPECT_GT(peak, 0);
+  EXPECT_LT(peak, int64_t{150} << 20) << "peak RSS " << (peak >> 20) << " MiB";
+  // Uncompressed signing is unaffected.
+  auto tenant = v1::Signer::NewStub(Channel(tenant_, /*own_connection=*/true));
+  EXPECT_TRUE(SignJwt(*tenant, kScope).ok());
+}
+
+// Found by an outside attack: a stop while the HSM was stalled waited out
+// the 30 s deadlines of the calls it held, past the launcher's 10 s.
+TEST_F(HostileGrpcTest, AStopWhileTheHsmIsStalledIsPrompt) {
+  auto signetd = Start("stall-stop");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  std::vector<grpc::Status> results(6);
+  std::vector<std::thread> calls;
+  for (size_t i = 0; i < results.size(); ++i) {
+    calls.emplace_back([&, i] { results[i] = SignJwt(*stub, kScope, 120); });
+  }
+  absl::SleepFor(absl::Seconds(1));
+  const absl::Time asked = absl::Now();
+  auto code = signetd->Stop(SIGTERM, absl::Seconds(15));
+  const absl::Duration took = absl::Now() - asked;
+  for (auto& t : calls) t.join();
+  ASSERT_TRUE(bed_->hsm().Resume().ok());
+  ASSERT_TRUE(code.ok()) << code.status() << signetd->Output();
+  EXPECT_LT(took, absl::Seconds(15));
+  for (const grpc::Status& st : results) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << st.error_message();
+  }
+}
+
+// Found by an outside attack: a call whose request never comes (headers,
+// then nothing) was kept forever, and kept its connection from ever being
+// idle. Every connection now has a maximum age and grace.
+TEST_F(HostileGrpcTest, ACallWhoseRequestNeverComesIsClosed) {
+  auto signetd = Start("no-message",
+                       "grpc { max_connection_age_seconds: 2 "
+                       "max_connection_age_grace_seconds: 1 }\n");
+  ASSERT_NE(signetd, nullptr);
+  grpc::GenericStub stub(Channel(no_eku_, /*own_connection=*/true));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;  // no deadline: the client would wait forever
+  auto call = stub.PrepareCall(&ctx, "/signet.v1.Signer/SignJwt", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(2));
+  const auto limit = std::chrono::system_clock::now() + std::chrono::seconds(30);
+  bool ended = false;
+  while (!ended && cq.AsyncNext(&tag, &ok, limit) ==
+                       grpc::CompletionQueue::GOT_EVENT) {
+    ended = tag == reinterpret_cast<void*>(2);
+  }
+  EXPECT_TRUE(ended) << "the call is still open after 30 s";
+  EXPECT_FALSE(status.ok());
+  ctx.TryCancel();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
 }  // namespace
 }  // namespace signet
