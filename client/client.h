@@ -3,7 +3,8 @@
 //
 // One Client holds one gRPC channel over mutual TLS: the caller is known to
 // signetd by its client certificate alone (a `uri:` or `cn:` identity,
-// design.md "Scopes, tenants, admins"), and may use only its own scopes.
+// docs/architecture.md, "Scopes, tenants and identities"), and may use only
+// its own scopes.
 //
 // Every call
 //   - has one deadline, `ClientOptions.timeout`, for the whole call, retries

@@ -2,8 +2,9 @@
 //
 // hsm/ knows nothing about JWT: these are mechanism-level names. For every
 // algorithm the digest is computed on the host and the HSM signs the digest
-// (design.md: CKM_ECDSA_SHA256 and CKM_SHA256_RSA_PKCS_PSS do not cross
-// `p11-kit server`, so one digest-input mechanism per key works everywhere).
+// (docs/architecture.md, "The HSM boundary as it behaves": CKM_ECDSA_SHA256
+// and CKM_SHA256_RSA_PKCS_PSS do not cross `p11-kit server`, so one
+// digest-input mechanism per key works everywhere).
 #ifndef SIGNET_HSM_ALGORITHM_H_
 #define SIGNET_HSM_ALGORITHM_H_
 

@@ -1,6 +1,7 @@
 // The one table that maps PKCS#11 return values (CK_RV) to absl::Status.
 //
-// Codes are chosen so the caller can act (conventions.md, habit 1):
+// Codes are chosen so the caller can act (docs/architecture.md, "Code
+// conventions"):
 //   device, session and connection errors   -> UNAVAILABLE (retry elsewhere
 //                                               or later; the layer reconnects)
 //   PIN and login problems                   -> FAILED_PRECONDITION (the
@@ -39,7 +40,8 @@ absl::Status CkrStatus(CK_RV rv, absl::string_view operation);
 bool IsConnectionLost(CK_RV rv);
 
 // True for the errors SoftHSM's file token answers transiently while another
-// instance writes (design.md): CKR_GENERAL_ERROR, CKR_TOKEN_NOT_RECOGNIZED.
+// instance writes (docs/architecture.md, "The HSM boundary as it behaves"):
+// CKR_GENERAL_ERROR, CKR_TOKEN_NOT_RECOGNIZED.
 // Reads retry these a bounded number of times.
 bool IsTransientReadError(CK_RV rv);
 

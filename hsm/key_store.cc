@@ -30,7 +30,8 @@ constexpr int kReadAttempts = 4;
 std::string Hex(absl::string_view id) { return absl::BytesToHexString(id); }
 
 // SoftHSM's file token answers transient errors to one instance while
-// another writes (design.md): retry reads a bounded number of times.
+// another writes (docs/architecture.md, "The HSM boundary as it behaves",
+// one writer): retry reads a bounded number of times.
 template <typename F>
 CK_RV RetryRead(F&& call) {
   CK_RV rv = CKR_OK;

@@ -4,8 +4,8 @@
 // list with its own RPC transport (p11-kit/client.c), so each Connect() is
 // its own connection to `p11-kit server` and its own `p11-kit-remote`
 // process on the HSM side: that is how throughput scales across the boundary
-// (design.md, "Cost per call"). For an in-process module p11-kit shares one
-// instance between loads.
+// (docs/architecture.md, "The HSM boundary as it behaves", cost per call).
+// For an in-process module p11-kit shares one instance between loads.
 //
 // Thread-safety: Connect() may be called from any thread.
 #ifndef SIGNET_HSM_MODULE_H_
@@ -23,8 +23,9 @@ namespace signet::hsm {
 class ModuleConnection : public Pkcs11Api {
  public:
   // Lets go of the connection without C_Finalize: a call may be stuck in it
-  // (a stalled HSM blocks C_Finalize too, design.md). The connection's
-  // resources leak on purpose; the destructor then does nothing.
+  // (a stalled HSM blocks C_Finalize too: docs/architecture.md, "The HSM
+  // boundary as it behaves"). The connection's resources leak on purpose;
+  // the destructor then does nothing.
   virtual void Abandon() = 0;
 };
 

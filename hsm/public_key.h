@@ -6,8 +6,8 @@
 // RFC 7638 thumbprint used as `kid`, and verification of a signature the HSM
 // produced over a host-computed digest (hsm/digest.h).
 //
-// It never holds private key material (design.md, principle 1): every factory
-// imports public components only.
+// It never holds private key material (docs/architecture.md, "Principles",
+// 1): every factory imports public components only.
 //
 // Accepted keys: EC on P-256 (prime256v1) or P-384 (secp384r1), and RSA
 // (rsaEncryption, not RSASSA-PSS-restricted keys) with a 2048..16384-bit

@@ -125,7 +125,8 @@ absl::StatusOr<std::unique_ptr<SessionPool>> SessionPool::Create(
   absl::Status last;
   int up = 0;
   // One after another: simultaneous logins through p11-kit server can fail
-  // with CKR_GENERAL_ERROR (design.md).
+  // with CKR_GENERAL_ERROR (docs/architecture.md, "The HSM boundary as it
+  // behaves").
   for (int i = 0; i < options.connections; ++i) {
     absl::Duration backoff = options.initial_backoff;
     for (int attempt = 0; attempt < options.open_attempts; ++attempt) {

@@ -128,9 +128,7 @@ class Connection {
   // a connection's sessions over one socket, and threads waiting on it at
   // the same time pass its reader role back and forth (a futex wait and
   // wake-up per answer). The remote end answers one call at a time anyway,
-  // so taking turns here saves that churn (tests/bench, 2 cores: SignJwt-
-  // Batch of 256 at ratio 0.87-1.10 with it, 0.77-0.87 and 7-11% idle
-  // without; unary SignJwt at concurrency 64 the same within noise).
+  // so taking turns here saves that churn (measured: README, "Benchmarks").
   absl::Mutex& sign_mu() { return sign_mu_; }
 
  private:

@@ -1,6 +1,7 @@
 // The source of "now" for everything time-driven in signet (rotation, JWT
 // checks, cache headers). Time is injected so the lifecycle can be tested by
-// moving a simulated clock instead of sleeping (conventions.md habit 9).
+// moving a simulated clock instead of sleeping (docs/architecture.md, "Code
+// conventions").
 #ifndef SIGNET_ROTATION_CLOCK_H_
 #define SIGNET_ROTATION_CLOCK_H_
 

@@ -1,6 +1,6 @@
 // The lifecycle state of a key as a pure function of its record and the
 // clock, plus validation, construction and (de)serialization of records.
-// design.md, "Keys and their lifecycle":
+// docs/architecture.md, "Keys and their lifecycle":
 //
 //   PENDING ──activate_at──► ACTIVE ──retire_at──► RETIRED ──unpublish_at──►
 //   UNPUBLISHED ──destroy_at──► DESTROYED;  any state ──revoked_at──► REVOKED

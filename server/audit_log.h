@@ -1,8 +1,8 @@
 // signetd's audit log: one JSON line per event in an append-only file, made a
 // hash chain by each line carrying the SHA-256 of the line before, with
 // checkpoints signed by a dedicated audit key in the HSM and copied to syslog
-// (design.md "Audit", principle 6: if the log cannot be written, signing
-// stops).
+// (docs/architecture.md, "The audit log"; "Principles", 6: if the log cannot
+// be written, signing stops).
 //
 // Line format (one compact JSON object per line, ASCII only: every non-ASCII
 // character is written as a \uXXXX escape, invalid UTF-8 as U+FFFD; members in
@@ -44,9 +44,9 @@
 // (server/audit_verify.h, which also parses lines for Open) names the first
 // broken line.
 //
-// What this does not stop (design.md): a fully compromised signetd can sign
-// checkpoints too; the off-host syslog copy bounds what it can hide to the
-// time since the last checkpoint there.
+// What this does not stop (docs/architecture.md, "The audit log"): a fully
+// compromised signetd can sign checkpoints too; the off-host syslog copy
+// bounds what it can hide to the time since the last checkpoint there.
 #ifndef SIGNET_SERVER_AUDIT_LOG_H_
 #define SIGNET_SERVER_AUDIT_LOG_H_
 

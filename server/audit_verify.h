@@ -2,7 +2,8 @@
 // the hash chain, the sequence numbers, the form of every line, every
 // checkpoint's signature, and, given the last checkpoint an operator copied
 // from the off-host syslog sink, that the file still contains it, so a tail
-// cut back past it or a rewritten chain is found (design.md "Audit").
+// cut back past it or a rewritten chain is found (docs/architecture.md,
+// "The audit log").
 //
 // Thread-safety: all functions are stateless and safe to call concurrently.
 #ifndef SIGNET_SERVER_AUDIT_VERIFY_H_

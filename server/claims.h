@@ -1,4 +1,5 @@
-// The strict claims validator of SignJwt (issue 4, "SignJwt"; design.md).
+// The strict claims validator of SignJwt (docs/architecture.md, "The path of
+// a SignJwt"; the rules as callers see them: README, "Signing").
 //
 // A caller hands signet the JWT claims as JSON text, and signet signs those
 // exact bytes. Every relying party must then read the same claims, so this

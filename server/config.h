@@ -24,7 +24,8 @@ struct ConfigOptions {
 absl::StatusOr<signet::v1::SignetConfig> ParseConfig(
     absl::string_view text, const ConfigOptions& options = {});
 
-// Reads `path` and parses it. NOT_FOUND / PERMISSION_DENIED for the file.
+// Reads `path` and parses it. NOT_FOUND when the file cannot be read
+// (missing or not readable).
 absl::StatusOr<signet::v1::SignetConfig> LoadConfigFile(
     absl::string_view path, const ConfigOptions& options = {});
 

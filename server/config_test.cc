@@ -277,8 +277,8 @@ TEST(ConfigTest, HttpTlsFilesGoTogetherAndAreAbsolute) {
   EXPECT_THAT(threads.status().message(), HasSubstr("http.threads"));
 }
 
-// Issue 13: slots, a per-client limit and a whole-request deadline, with
-// defaults when unset.
+// The JWKS endpoint's hostile-client bounds: slots, a per-client limit and a
+// whole-request deadline, with defaults when unset.
 TEST(ConfigTest, HttpConnectionLimitsAndDeadlineDefaults) {
   auto plain = WithHttp(
       R"(listen_address: "127.0.0.1:8080" public_base_url: "https://k.example")");

@@ -1,4 +1,5 @@
-// Process hardening at signetd start-up (design.md, principle 2).
+// Process hardening at signetd start-up (docs/architecture.md, "Principles",
+// 2).
 #ifndef SIGNET_SERVER_HARDENING_H_
 #define SIGNET_SERVER_HARDENING_H_
 

@@ -1,6 +1,7 @@
 // A caller's identity, from its verified mTLS client certificate.
 //
-// Identities are typed so one kind cannot pose as another (design.md):
+// Identities are typed so one kind cannot pose as another
+// (docs/architecture.md, "Scopes, tenants and identities"):
 // "uri:" + the certificate's single URI SAN (SPIFFE style), else "cn:" + its
 // subject CN. A certificate with several URI SANs, or without the clientAuth
 // extended key usage, is refused: the TLS handshake accepts a certificate

@@ -6,7 +6,7 @@
 // "..", "%2e%2e" and encoded slashes are simply unknown paths: 404),
 // Cache-Control max-age, a strong ETag and 304 on If-None-Match.
 //
-// Hostile clients (issue 13). When this endpoint stops answering, relying
+// Hostile clients. When this endpoint stops answering, relying
 // parties' caches expire and every login fails, so:
 //  - Connection slots (connection_limit; beyond it new connections wait in
 //    the kernel's listen queue) and a per-client-address limit (beyond it

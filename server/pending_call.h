@@ -1,7 +1,7 @@
 // One unary RPC's single answer, shared by the worker doing the HSM work and
 // the deadline watchdog, so the client always hears back by its deadline
-// even when a stalled HSM holds the worker forever (design.md: a call in
-// flight cannot be cancelled).
+// even when a stalled HSM holds the worker forever (docs/architecture.md,
+// "The HSM boundary as it behaves": a call in flight cannot be cancelled).
 //
 // Thread-safe: whichever of Finish()'s callers comes first answers; the
 // others do nothing and must not touch the response.

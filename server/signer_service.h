@@ -182,9 +182,10 @@ class SignerService final : public RawSignerBase {
 
   // The caller's identity, or the status to answer with (for a refused
   // certificate, PERMISSION_DENIED saying what the certificate said).
-  // Identities are cached by certificate: parsing X.509 on every RPC was
-  // 40% of signetd's CPU under unary load, and the identity depends only on
-  // the bytes (revocation is checked by the TLS handshake).
+  // Identities are cached by certificate: parsing X.509 on every RPC was a
+  // large share of signetd's CPU under unary load (README, "Benchmarks"), and
+  // the identity depends only on the bytes (revocation is checked by the TLS
+  // handshake).
   absl::StatusOr<std::string> Caller(grpc::CallbackServerContext* context);
   // Identity + tenant + scope checks.
   absl::StatusOr<Authorized> Authorize(grpc::CallbackServerContext* context,

@@ -5,7 +5,8 @@
 // default), makes sure every configured scope has an ACTIVE key (creating
 // one on first run), checks every key before use, prints each scope's kid
 // and public key, and serves the gRPC health service (overall and one entry
-// per scope) plus server reflection, and the Signer service over mTLS.
+// per scope), server reflection when configured, the Signer service over
+// mTLS, and the JWKS HTTP endpoint when configured.
 //
 // `signetd audit-verify FILE` checks an audit log's chain and checkpoints.
 #include <signal.h>
@@ -667,9 +668,9 @@ int Run() {
                     http->port(), http->tls() ? "TLS" : "plain HTTP",
                     config->http().public_base_url());
   }
-  // Keys move through their schedule with the clock (design.md, "Keys and
-  // their lifecycle"): at each boundary the documents are rebuilt, and
-  // replaced when their bytes differ, so an unpublished or revoked key
+  // Keys move through their schedule with the clock (docs/architecture.md,
+  // "Keys and their lifecycle"): at each boundary the documents are rebuilt,
+  // and replaced when their bytes differ, so an unpublished or revoked key
   // leaves every set at its time, not at the next restart.
   auto stop_publishing = std::make_shared<absl::Notification>();
   std::thread publisher([&signer, &http, serving_state, public_base_url,

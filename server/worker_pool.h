@@ -1,5 +1,5 @@
 // A bounded pool of threads for HSM work, so no gRPC callback thread ever
-// blocks on the HSM (conventions.md, habit 8).
+// blocks on the HSM (docs/architecture.md, "Code conventions").
 //
 // Submit() never blocks: when the queue is full it answers
 // RESOURCE_EXHAUSTED and the RPC can say so at once. The number of threads

@@ -1,7 +1,7 @@
 // Signs per second through hsm/ (Pkcs11KeyStore::SignDigest) against raw
 // C_SignInit + C_Sign through the same module and the same boundary, in the
-// same run (issue 3; design.md, "The HSM boundary as it really behaves",
-// "Cost per call").
+// same run (docs/architecture.md, "The HSM boundary as it behaves", cost per
+// call).
 //
 // One process: a temporary SoftHSM2 token behind a real `p11-kit server`,
 // reached through p11-kit-client.so with P11KitConnector, as signetd does.
@@ -37,7 +37,7 @@
 //
 // After the run a ratio table says, for each case, layer signs/s over raw
 // signs/s and, for the layer, 1000-key over 1-key signs/s, against the goals
-// of issue 3 (overhead under 10 %; 1,000 keys within 5 % of 1 key). The
+// of the HSM layer (overhead under 10 %; 1,000 keys within 5 % of 1 key). The
 // table is informational: the exit status is 0 whatever the ratios.
 //
 // Not run by ctest. Run it with tests/bench/run_hsm_bench [benchmark flags].
@@ -639,7 +639,7 @@ void PrintTable(const CollectingReporter& reporter, int large_keys,
       "C_SignInit+C_Sign, same module (p11-kit-client.so -> p11-kit server "
       "-> SoftHSM2), same run ==\n");
   std::printf(
-      "Goals (issue 3): the layer's overhead under 10 %% (layer/raw >= "
+      "Goals: the layer's overhead under 10 %% (layer/raw >= "
       "%.2f); with %d keys on the token within 5 %% of 1 key (%d/1 >= "
       "%.2f).\nInformational only: the exit status does not depend on "
       "them. Threads = sessions = connections x sessions per connection.\n"

@@ -1,6 +1,6 @@
 // JWKS GET requests per second from signetd's HTTP endpoint divided by nginx
 // serving the same bytes as a static file on the same machine, both measured
-// with `wrk` in one run (issue 5, "Benchmark"; goal: at least 0.5).
+// with `wrk` in one run (README, "Benchmarks"; goal: at least 0.5).
 //
 // One process sets up, in temporary directories:
 //   a SoftHSM2 token behind a real `p11-kit server` and a test CA

@@ -1,6 +1,6 @@
 // Integration tests of hsm/ through the production boundary: a real
 // `p11-kit server` process with SoftHSM2 behind it, reached through
-// p11-kit-client.so (design.md, "The HSM boundary as it really behaves").
+// p11-kit-client.so (docs/architecture.md, "The HSM boundary as it behaves").
 //
 // Every test has its own temporary token and its own server. Results are
 // checked independently of signet's code where that matters: signatures with
@@ -339,11 +339,11 @@ std::string CaseName(const ::testing::TestParamInfo<AlgCase>& info) {
 class ThroughServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    // design.md: when the remote side dies the next write raises SIGPIPE,
-    // to be ignored process-wide. hsm/ does not do it itself (see
-    // LosingTheServerDoesNotKillTheProcess), so the tests do it here as
-    // signetd would; otherwise the first call after a kill ends the test
-    // binary.
+    // docs/architecture.md, "The HSM boundary as it behaves": when the remote
+    // side dies the next write raises SIGPIPE, to be ignored process-wide. hsm/
+    // does not do it itself (see LosingTheServerDoesNotKillTheProcess), so the
+    // tests do it here as signetd would; otherwise the first call after a kill
+    // ends the test binary.
     signal(SIGPIPE, SIG_IGN);
     absl::StatusOr<std::unique_ptr<TempToken>> token = TempToken::Create();
     ASSERT_TRUE(token.ok()) << token.status();
@@ -537,9 +537,10 @@ TEST_F(ThroughServerTest, Pkcs11ToolShowsEveryKeySensitiveNeverExtractable) {
     // CKA_DECRYPT, CKA_UNWRAP, CKA_DERIVE are false: signing only.
     EXPECT_EQ(k.usage, std::set<std::string>{"sign"});
     // pkcs11-tool 0.23 asks CKA_ALLOWED_MECHANISMS with a NULL size query,
-    // which p11-kit-client answers with CKR_DEVICE_ERROR (design.md), so
-    // through the boundary it prints a warning and no line; should a later
-    // version print it, it must show the one mechanism.
+    // which p11-kit-client answers with CKR_DEVICE_ERROR (docs/architecture.md,
+    // "The HSM boundary as it behaves"), so through the boundary it prints a
+    // warning and no line; should a later version print it, it must show the
+    // one mechanism.
     if (k.allowed_mechanisms.has_value()) {
       EXPECT_EQ(*k.allowed_mechanisms,
                 std::vector<std::string>{
@@ -704,7 +705,8 @@ TEST_F(ThroughServerTest, ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnecti
         std::vector<CK_OBJECT_HANDLE> found;
         CK_RV rv = CKR_GENERAL_ERROR;
         // SoftHSM may answer a transient error while it re-reads a token
-        // another instance wrote (design.md): retry a few times.
+        // another instance wrote (docs/architecture.md, "The HSM boundary as it
+        // behaves"): retry a few times.
         for (int attempt = 0; attempt < 5 && rv != CKR_OK; ++attempt) {
           found.clear();
           rv = lease.api().FindObjects(lease.session(), templ.data(),
@@ -1164,8 +1166,8 @@ TEST_F(ThroughServerTest, LosingTheServerDoesNotKillTheProcess) {
   ASSERT_TRUE(ready) << "the child could not set up a key; status " << status;
   ASSERT_FALSE(WIFSIGNALED(status) && WTERMSIG(status) == SIGPIPE)
       << "a process using hsm/ was killed by SIGPIPE when p11-kit server "
-         "died: hsm/ must ignore SIGPIPE (design.md, \"Losing the HSM\"; "
-         "issue 3, \"Faults: SIGPIPE ignored\")";
+         "died: hsm/ must ignore SIGPIPE (docs/architecture.md, \"The HSM "
+         "boundary as it behaves\", losing the HSM)";
   ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal "
                                  << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 0)

@@ -1,4 +1,4 @@
-// Interoperability (issue 5): tokens signed by a real signetd, with every
+// Interoperability: tokens signed by a real signetd, with every
 // algorithm and RSA size it supports, verified against the JWK sets it serves
 // over real HTTP by implementations that share no code with signet:
 //

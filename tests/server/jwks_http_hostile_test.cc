@@ -1,4 +1,4 @@
-// signetd's JWKS endpoint under hostile clients (issue 13), end to end: a
+// signetd's JWKS endpoint under hostile clients, end to end: a
 // real signetd (SoftHSM2 behind `p11-kit server`) and real TCP connections
 // from loopback source addresses (127.0.0.2 and up, bound before connect;
 // never anything but loopback).
@@ -351,8 +351,9 @@ TEST_F(JwksHttpHostileTest, ManySourcesCannotStarveTheEndpoint) {
 
 // ---------------------------------------------------------------------------
 
-// The log lines about bad requests (issue 13, item 4), in a signetd of their
-// own so no other test's lines share the window. Default limits.
+// The log lines about bad requests (at most 10 per 10 s, then a summary), in a
+// signetd of their own so no other test's lines share the window. Default
+// limits.
 class JwksHttpLogTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {

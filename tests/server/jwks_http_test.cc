@@ -660,7 +660,7 @@ TEST_F(JwksHttpTest, MethodsWithABodyGet405WithAllow) {
   ExpectStillServing();
 }
 
-// Issue 13, item 2: content on a GET or HEAD is refused with 400 before it
+// Hostile clients: content on a GET or HEAD is refused with 400 before it
 // is read, not answered by dropping the connection. Content-Length: 0 is no
 // content.
 TEST_F(JwksHttpTest, GetOrHeadWithContentGets400) {
@@ -687,7 +687,7 @@ TEST_F(JwksHttpTest, GetOrHeadWithContentGets400) {
   ExpectStillServing();
 }
 
-// Issue 13, item 3: "paths are matched byte for byte" holds for a NUL byte
+// Hostile clients: "paths are matched byte for byte" holds for a NUL byte
 // too: before, the target was cut at it and the prefix served.
 TEST_F(JwksHttpTest, ANulByteInTheRequestTargetGets400) {
   const std::string nul(1, '\0');
@@ -713,7 +713,8 @@ TEST_F(JwksHttpTest, ANulByteInTheRequestTargetGets400) {
   ExpectStillServing();
 }
 
-// Issue 13, item 5: RFC 9112 section 3.2.
+// Hostile clients: an HTTP/1.1 request needs exactly one Host (RFC 9112
+// section 3.2).
 TEST_F(JwksHttpTest, Http11WithoutExactlyOneHostGets400) {
   HttpResponse none = RawRequest(
       http_port_, absl::StrCat("GET ", kConsumerPath,

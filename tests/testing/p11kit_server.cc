@@ -221,8 +221,9 @@ absl::Status P11KitServer::Launch() {
   }
 
   if (allowed_.has_value()) {
-    // As the production launcher does (design.md): the socket belongs to the
-    // one user allowed to connect, and nobody else may open it.
+    // As the production launcher does (docs/architecture.md, "A deployment"):
+    // the socket belongs to the one user allowed to connect, and nobody else
+    // may open it.
     if (chown(socket_path_.c_str(), allowed_->uid, allowed_->gid) != 0 ||
         chmod(socket_path_.c_str(), 0600) != 0) {
       const int error = errno;

@@ -1,5 +1,5 @@
-// A real `p11-kit server` in front of a TempToken: the HSM process boundary
-// of design.md ("The HSM boundary as it really behaves"), for tests that need
+// A real `p11-kit server` in front of a TempToken: the HSM process boundary of
+// docs/architecture.md ("The HSM boundary as it behaves"), for tests that need
 // to lose, stall or restart the HSM.
 //
 // The server runs in its own process group. Every client connection makes it

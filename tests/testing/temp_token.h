@@ -1,7 +1,7 @@
 // A throw-away SoftHSM2 token for one test.
 //
 // Layout of the temp directory (mode 0755, so the service users can traverse
-// it, see design.md "The HSM boundary as it really behaves"):
+// it, see docs/architecture.md, "The HSM boundary as it behaves"):
 //
 //   <dir>/softhsm2.conf   0644: tokendir = <dir>/tokens, file backend
 //   <dir>/tokens/         0700, owned by options.owner_user (else the caller)

@@ -1,6 +1,6 @@
 // Self-test of the integration-test helpers against the real programs:
 // softhsm2-util, p11-kit server, pkcs11-tool through p11-kit-client.so, and
-// the signet-hsm / signet system users of design.md.
+// the signet-hsm / signet system users (docs/architecture.md, "A deployment").
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -176,8 +176,8 @@ std::string FindTokenFile(const std::string& tokens_dir) {
   return "";
 }
 
-// The users of design.md must exist: a missing user is a failure that says
-// how to fix it, never a skip.
+// The users of docs/architecture.md ("A deployment") must exist: a missing user
+// is a failure that says how to fix it, never a skip.
 absl::StatusOr<UserIds> RequireUser(const char* name) {
   absl::StatusOr<UserIds> user = LookupUser(name);
   if (!user.ok() && absl::IsNotFound(user.status())) {
@@ -398,7 +398,8 @@ TEST(P11KitServerTest, KillTakesDownRemoteChildren) {
       << "no p11-kit-remote child appeared; log:\n"
       << (*server)->ReadLog();
 
-  // What design.md warns about: SIGTERM to the server's pid alone leaves the
+  // What docs/architecture.md warns about ("The HSM boundary as it behaves",
+  // stopping the HSM): SIGTERM to the server's pid alone leaves the
   // connection's remote child running.
   ASSERT_EQ(kill(pgid, SIGTERM), 0);
   bool leader_exited = false;
