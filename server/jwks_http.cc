@@ -85,10 +85,37 @@ std::string ClientAddress(MHD_Connection* connection) {
   return text;
 }
 
-MHD_Result CountHost(void* count, MHD_ValueKind, const char* key,
-                     const char*) {
-  if (key != nullptr && absl::EqualsIgnoreCase(key, MHD_HTTP_HEADER_HOST)) {
-    ++*static_cast<int*>(count);
+// What a request's header lines say about its framing.
+struct HeaderCensus {
+  int hosts = 0;
+  int lengths = 0;     // Content-Length lines
+  int encodings = 0;   // Transfer-Encoding lines
+  bool bad_name = false;  // a name that is not an RFC 9110 token
+};
+
+// RFC 9110 section 5.6.2 tchar.
+bool IsTokenChar(char c) {
+  return absl::ascii_isalnum(c) ||
+         absl::string_view("!#$%&'*+-.^_`|~").find(c) != absl::string_view::npos;
+}
+
+MHD_Result CountHeader(void* census_ptr, MHD_ValueKind, const char* key,
+                       const char*) {
+  HeaderCensus& census = *static_cast<HeaderCensus*>(census_ptr);
+  const absl::string_view name = key == nullptr ? "" : key;
+  // "Content-Length : 74" is a header named "Content-Length " to
+  // libmicrohttpd, so the length goes unseen here while a proxy in front
+  // may honour it (RFC 9112 section 5.1: whitespace before the colon is a
+  // 400).
+  if (name.empty() || !std::all_of(name.begin(), name.end(), IsTokenChar)) {
+    census.bad_name = true;
+  }
+  if (absl::EqualsIgnoreCase(name, MHD_HTTP_HEADER_HOST)) ++census.hosts;
+  if (absl::EqualsIgnoreCase(name, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+    ++census.lengths;
+  }
+  if (absl::EqualsIgnoreCase(name, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+    ++census.encodings;
   }
   return MHD_YES;
 }
@@ -477,8 +504,21 @@ int JwksHttpServer::CheckRequest(MHD_Connection* connection,
   }
   // RFC 9112 section 3.2: 400 for an HTTP/1.1 request without a Host, and
   // for any request with more than one.
-  int hosts = 0;
-  MHD_get_connection_values(connection, MHD_HEADER_KIND, &CountHost, &hosts);
+  HeaderCensus census;
+  MHD_get_connection_values(connection, MHD_HEADER_KIND, &CountHeader,
+                            &census);
+  if (census.bad_name) {
+    return Refuse(connection, MHD_HTTP_BAD_REQUEST,
+                  "a header name that is not a token (whitespace before the "
+                  "colon?)");
+  }
+  // Two lengths (even "0" and "74") are where a proxy and this server can
+  // disagree about where the request ends (RFC 9112 section 6.3).
+  if (census.lengths > 1 || census.encodings > 1) {
+    return Refuse(connection, MHD_HTTP_BAD_REQUEST,
+                  "more than one Content-Length or Transfer-Encoding");
+  }
+  const int hosts = census.hosts;
   if (hosts > 1) {
     return Refuse(connection, MHD_HTTP_BAD_REQUEST, "more than one Host");
   }

@@ -710,7 +710,10 @@ TEST_F(HostileGrpcTest, OverLimitMessagesStayWithinTheMemoryBound) {
       Deadline(ctx, 60);
       v1::SignJwtBatchResponse resp;
       grpc::Status st = own->SignJwtBatch(&ctx, big, &resp);
-      if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      // Refused for its size, or its connection dropped while gRPC's memory
+      // quota was under pressure: never signed, never anything else.
+      if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+          st.error_code() == grpc::StatusCode::UNAVAILABLE) {
         ++exhausted;
       } else {
         ++other_codes;

@@ -687,6 +687,32 @@ TEST_F(JwksHttpTest, GetOrHeadWithContentGets400) {
   ExpectStillServing();
 }
 
+// Found by an outside attack: a second request hidden as the content of a
+// GET whose length a proxy in front could read differently (two
+// Content-Length lines, whitespace before the colon) was answered as a
+// second request; each is a 400 now (RFC 9112 sections 5.1 and 6.3).
+TEST_F(JwksHttpTest, AmbiguousFramingGets400) {
+  const std::string hidden =
+      "GET /enterprise/.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n"
+      "Connection: close\r\n\r\n";
+  for (const std::string& framing : {
+           absl::StrCat("Content-Length: 0\r\nContent-Length: ",
+                        hidden.size(), "\r\n"),
+           absl::StrCat("Content-Length : ", hidden.size(), "\r\n"),
+           absl::StrCat("Content-Length\t: ", hidden.size(), "\r\n"),
+           std::string("Transfer-Encoding : chunked\r\n"),
+       }) {
+    SCOPED_TRACE(absl::CEscape(framing));
+    HttpResponse r = RawRequest(
+        http_port_, absl::StrCat("GET ", kConsumerPath,
+                                 " HTTP/1.1\r\nHost: x\r\n", framing,
+                                 "\r\n", hidden));
+    EXPECT_EQ(r.status, 400) << r.Describe();
+    EXPECT_THAT(r.Describe(), Not(HasSubstr("\"kty\"")));
+  }
+  ExpectStillServing();
+}
+
 // Hostile clients: "paths are matched byte for byte" holds for a NUL byte
 // too: before, the target was cut at it and the prefix served.
 TEST_F(JwksHttpTest, ANulByteInTheRequestTargetGets400) {
