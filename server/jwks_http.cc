@@ -134,49 +134,6 @@ bool EtagMatches(absl::string_view if_none_match, absl::string_view etag) {
 
 }  // namespace
 
-// At most kThrottledLogLines lines per window; the rest are counted and
-// reported in one summary line when the window has passed (at the next
-// line, or at the next sweep if none comes). Windows start at the first
-// line after the previous one ended. Thread-safe.
-class JwksHttpServer::ThrottledLog {
- public:
-  // `line` is only built for lines that are written.
-  void Warn(absl::FunctionRef<std::string()> line) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = absl::Now();
-    EndWindowIfOver(now);
-    if (lines_ == 0 && suppressed_ == 0) window_start_ = now;
-    if (lines_ < kThrottledLogLines) {
-      ++lines_;
-      SIGNET_LOG_WARN("JWKS HTTP: {}", line());
-    } else {
-      ++suppressed_;
-    }
-  }
-
-  void Flush() ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    EndWindowIfOver(absl::Now());
-  }
-
- private:
-  void EndWindowIfOver(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (lines_ == 0 || now - window_start_ < kThrottledLogWindow) return;
-    if (suppressed_ > 0) {
-      SIGNET_LOG_WARN("JWKS HTTP: suppressed {} similar lines in the last {}",
-                      suppressed_,
-                      absl::FormatDuration(now - window_start_));
-    }
-    lines_ = 0;
-    suppressed_ = 0;
-  }
-
-  absl::Mutex mu_;
-  absl::Time window_start_ ABSL_GUARDED_BY(mu_);
-  int lines_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
 // libmicrohttpd's C callbacks; `cls` is the server.
 struct MhdCallbacks {
   static MHD_Result HandleRequest(void* cls, MHD_Connection* connection,
@@ -246,7 +203,8 @@ struct MhdCallbacks {
 JwksHttpServer::JwksHttpServer(const JwksHttpOptions& options)
     : options_(options),
       deadline_ns_(absl::ToInt64Nanoseconds(options.request_deadline)),
-      log_(std::make_unique<ThrottledLog>()) {}
+      log_(std::make_unique<ThrottledLog>("JWKS HTTP: ", kThrottledLogLines,
+                                         kThrottledLogWindow)) {}
 
 absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     const JwksHttpOptions& options) {

@@ -55,6 +55,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/throttled_log.h"
 #include "server/publication.h"
 
 struct MHD_Daemon;
@@ -106,7 +107,6 @@ class JwksHttpServer {
 
  private:
   friend struct MhdCallbacks;  // libmicrohttpd's C callbacks, in the .cc
-  class ThrottledLog;
 
   // One open connection, from libmicrohttpd's accept to its close
   // notification (so fd is valid while it is in connections_).

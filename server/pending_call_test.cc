@@ -22,6 +22,14 @@ struct Answers {
       codes.push_back(status.error_code());
     };
   }
+  // Sink(), then notifies `answered` (the watchdog answers on its thread).
+  std::function<void(const grpc::Status&)> NotifyingSink(
+      absl::Notification* answered) {
+    return [this, answered](const grpc::Status& status) {
+      Sink()(status);
+      answered->Notify();
+    };
+  }
   std::vector<grpc::StatusCode> Codes() {
     absl::MutexLock lock(&mu);
     return codes;
@@ -87,11 +95,8 @@ TEST(DeadlineWatchdogTest, AnswersDeadlineExceededForAnUnansweredCall) {
   Answers answers;
   absl::Notification answered;
   auto call = std::make_shared<PendingCall>(
-      [&](const grpc::Status& status) {
-        answers.Sink()(status);
-        answered.Notify();
-      },
-      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+      answers.NotifyingSink(&answered), absl::Now() + absl::Milliseconds(20),
+      nullptr, watchdog.list());
   watchdog.Watch(call);
   answered.WaitForNotification();
   EXPECT_EQ(answers.Codes(), std::vector<grpc::StatusCode>{
@@ -108,11 +113,8 @@ TEST(DeadlineWatchdogTest, ACutOffAnswersEveryWatchedCallUnavailable) {
   Answers answers;
   absl::Notification answered;
   auto call = std::make_shared<PendingCall>(
-      [&](const grpc::Status& status) {
-        answers.Sink()(status);
-        answered.Notify();
-      },
-      absl::Now() + absl::Hours(1), nullptr, watchdog.list());
+      answers.NotifyingSink(&answered), absl::Now() + absl::Hours(1), nullptr,
+      watchdog.list());
   watchdog.Watch(call);
   watchdog.CutOff(absl::Now());
   answered.WaitForNotification();

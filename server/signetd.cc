@@ -60,6 +60,7 @@
 #include "server/hardening.h"
 #include "server/health_monitor.h"
 #include "server/health_service.h"
+#include "server/throttled_log.h"
 #include "server/audit_log.h"
 #include "server/audit_verify.h"
 #include "server/jwks_http.h"
@@ -104,60 +105,29 @@ using signet::v1::SignetConfig;
 // session (tasks are bounded by deadlines and take milliseconds).
 constexpr absl::Duration kStalledCallThreshold = absl::Seconds(3);
 
-// At most this many lines a minute from the libraries' own logging (gRPC,
-// protobuf): a flood of malformed requests must not become a flood of logs.
-// Beyond it, one summary line says how many were dropped.
-constexpr int kLibraryLogLinesPerMinute = 20;
-
-class LibraryLogLimiter {
- public:
-  // True if the line may be written; otherwise counts it.
-  bool Admit() {
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = absl::Now();
-    if (now - window_start_ >= absl::Minutes(1)) {
-      if (dropped_ > 0) {
-        SIGNET_LOG_WARN("{} more gRPC/protobuf log lines in the last minute "
-                        "were not written (rate limit)",
-                        dropped_);
-      }
-      window_start_ = now;
-      written_ = 0;
-      dropped_ = 0;
-    }
-    if (written_ < kLibraryLogLinesPerMinute) {
-      ++written_;
-      return true;
-    }
-    ++dropped_;
-    return false;
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  int written_ ABSL_GUARDED_BY(mu_) = 0;
-  int dropped_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
-LibraryLogLimiter& LibraryLogs() {
-  static LibraryLogLimiter* limiter = new LibraryLogLimiter();
-  return *limiter;
+// gRPC's and protobuf's own lines, at most 20 a minute: a flood of
+// malformed requests must not become a flood of logs (protobuf logs every
+// parse failure).
+ThrottledLog& LibraryLogs() {
+  static ThrottledLog* log =
+      new ThrottledLog("", 20, absl::Minutes(1));
+  return *log;
 }
 
 void GrpcLogToOurs(gpr_log_func_args* args) {
-  if (args->severity < GPR_LOG_SEVERITY_ERROR || !LibraryLogs().Admit()) {
-    return;
-  }
-  SIGNET_LOG_WARN("grpc: {} ({}:{})", args->message, args->file, args->line);
+  if (args->severity < GPR_LOG_SEVERITY_ERROR) return;
+  LibraryLogs().Warn([&] {
+    return absl::StrCat("grpc: ", args->message, " (", args->file, ":",
+                        args->line, ")");
+  });
 }
 
 void ProtobufLogToOurs(google::protobuf::LogLevel level, const char* filename,
                        int line, const std::string& message) {
-  if (level < google::protobuf::LOGLEVEL_WARNING || !LibraryLogs().Admit()) {
-    return;
-  }
-  SIGNET_LOG_WARN("protobuf: {} ({}:{})", message, filename, line);
+  if (level < google::protobuf::LOGLEVEL_WARNING) return;
+  LibraryLogs().Warn([&] {
+    return absl::StrCat("protobuf: ", message, " (", filename, ":", line, ")");
+  });
 }
 
 // Linking gRPC's reflection library registers its plugin with every
