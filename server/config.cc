@@ -191,6 +191,12 @@ absl::Status ValidateGrpcLimits(signet::v1::GrpcConfig& grpc) {
        &G::set_max_connection_age_grace_seconds, 60, 1, 3600},
       {"reserved_file_descriptors", &G::reserved_file_descriptors,
        &G::set_reserved_file_descriptors, 256, 32, 1 << 20},
+      {"request_timeout_seconds", &G::request_timeout_seconds,
+       &G::set_request_timeout_seconds, 10, 1, 300},
+      {"max_calls_awaiting_request", &G::max_calls_awaiting_request,
+       &G::set_max_calls_awaiting_request, 4096, 1, 1 << 20},
+      {"max_connections_per_address", &G::max_connections_per_address,
+       &G::set_max_connections_per_address, 256, 1, 1 << 20},
   };
   for (const Bound& b : bounds) {
     if ((grpc.*b.get)() == 0) (grpc.*b.set)(b.fallback);

@@ -210,9 +210,13 @@ TEST(ConfigTest, GrpcLimitsHaveDefaultsAndBounds) {
   EXPECT_EQ(grpc.handshake_timeout_seconds(), 10u);
   EXPECT_EQ(grpc.max_health_watchers(), 1024u);
   EXPECT_EQ(grpc.reserved_file_descriptors(), 256u);
+  EXPECT_EQ(grpc.request_timeout_seconds(), 10u);
+  EXPECT_EQ(grpc.max_calls_awaiting_request(), 4096u);
+  EXPECT_EQ(grpc.max_connections_per_address(), 256u);
   EXPECT_FALSE(grpc.reflection());
   for (const char* bad :
        {"grpc { handshake_timeout_seconds: 121 }",
+        "grpc { request_timeout_seconds: 301 }",
         "grpc { max_memory_mib: 63 }", "grpc { reserved_file_descriptors: 31 }",
         "grpc { max_concurrent_streams: 65537 }"}) {
     absl::Status st = ParseConfig(absl::StrCat(kValid, bad, "\n")).status();

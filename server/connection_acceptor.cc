@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,6 +17,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace signet::server {
 namespace {
@@ -23,6 +25,32 @@ namespace {
 // How long the loop pauses after a failed accept(), so a process out of
 // descriptors does not spin while it waits for connections to close.
 constexpr int kAcceptRetryMs = 50;
+
+// Sweeps for closed connections at most this often.
+constexpr int kSweepsPerSecond = 10;
+
+// The address a per-address limit counts by: an IPv4 address (also when
+// mapped into IPv6), or an IPv6 /64, the smallest block a host is usually
+// given.
+std::string PeerKey(const struct sockaddr_storage& peer) {
+  if (peer.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const struct sockaddr_in*>(&peer);
+    return std::string(reinterpret_cast<const char*>(&v4->sin_addr), 4);
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const struct sockaddr_in6*>(&peer);
+    const auto* bytes = reinterpret_cast<const char*>(&v6->sin6_addr);
+    if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) return std::string(bytes + 12, 4);
+    return std::string(bytes, 8);
+  }
+  return std::string();  // other families share one count
+}
+
+uint64_t InodeOf(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_ino);
+}
 
 int OpenFileLimit() {
   struct rlimit limit;
@@ -35,7 +63,7 @@ int OpenFileLimit() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> ConnectionAcceptor::Bind(
-    absl::string_view listen_address, int reserved_fds) {
+    absl::string_view listen_address, int reserved_fds, int max_per_address) {
   const size_t colon = listen_address.rfind(':');
   if (colon == absl::string_view::npos) {
     return absl::InvalidArgumentError(
@@ -95,7 +123,7 @@ absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> ConnectionAcceptor::Bind(
     return absl::UnavailableError(absl::StrCat("eventfd: ", strerror(errno)));
   }
   return std::unique_ptr<ConnectionAcceptor>(new ConnectionAcceptor(
-      fd, wake, bound_port, OpenFileLimit() - reserved_fds));
+      fd, wake, bound_port, OpenFileLimit() - reserved_fds, max_per_address));
 }
 
 ConnectionAcceptor::~ConnectionAcceptor() {
@@ -120,6 +148,37 @@ bool ConnectionAcceptor::BudgetSpent() const {
   return probe >= budget_end_;
 }
 
+void ConnectionAcceptor::Sweep() {
+  for (size_t fd = 0; fd < tracked_.size(); ++fd) {
+    Tracked& t = tracked_[fd];
+    if (t.inode == 0 || InodeOf(static_cast<int>(fd)) == t.inode) continue;
+    auto it = per_address_.find(t.peer);
+    if (it != per_address_.end() && --it->second <= 0) per_address_.erase(it);
+    t = Tracked{};
+  }
+}
+
+bool ConnectionAcceptor::Admit(int fd, const std::string& peer) {
+  if (static_cast<size_t>(fd) >= tracked_.size()) tracked_.resize(fd + 1);
+  // A descriptor remembered for a connection gRPC has closed since.
+  if (tracked_[fd].inode != 0) {
+    auto it = per_address_.find(tracked_[fd].peer);
+    if (it != per_address_.end() && --it->second <= 0) per_address_.erase(it);
+    tracked_[fd] = Tracked{};
+  }
+  if (per_address_[peer] >= max_per_address_) {
+    const int64_t now = absl::GetCurrentTimeNanos();
+    if (now - last_sweep_ns_ >= 1'000'000'000 / kSweepsPerSecond) {
+      last_sweep_ns_ = now;
+      Sweep();
+    }
+    if (per_address_[peer] >= max_per_address_) return false;
+  }
+  ++per_address_[peer];
+  tracked_[fd] = Tracked{InodeOf(fd), peer};
+  return true;
+}
+
 void ConnectionAcceptor::Loop() {
   struct pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
   int timeout_ms = -1;
@@ -133,8 +192,11 @@ void ConnectionAcceptor::Loop() {
     }
     // Accept what is waiting, then poll again.
     for (;;) {
-      const int fd = accept4(listen_fd_, nullptr, nullptr,
-                             SOCK_CLOEXEC | SOCK_NONBLOCK);
+      struct sockaddr_storage peer = {};
+      socklen_t peer_len = sizeof(peer);
+      const int fd =
+          accept4(listen_fd_, reinterpret_cast<struct sockaddr*>(&peer),
+                  &peer_len, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -147,6 +209,11 @@ void ConnectionAcceptor::Loop() {
       }
       if (fd >= budget_end_) {
         refused_.fetch_add(1);
+        close(fd);
+        continue;
+      }
+      if (!Admit(fd, PeerKey(peer))) {
+        refused_per_address_.fetch_add(1);
         close(fd);
         continue;
       }

@@ -15,6 +15,14 @@
 // closed by gRPC (GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS), which frees the
 // budget again.
 //
+// One address (an IPv4 address, or an IPv6 /64) may hold at most
+// `max_per_address` connections; one more is closed at once and counted.
+// gRPC closes the descriptors it was handed without telling the acceptor,
+// so the acceptor remembers each connection's descriptor and socket inode
+// and, before it refuses one, sweeps for those that are gone (the
+// descriptor is closed, or reused by another file): at most
+// kSweepsPerSecond sweeps, each one fstat() per connection.
+//
 // Thread-safety: thread-safe. One thread accepts.
 #ifndef SIGNET_SERVER_CONNECTION_ACCEPTOR_H_
 #define SIGNET_SERVER_CONNECTION_ACCEPTOR_H_
@@ -26,6 +34,9 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -37,7 +48,8 @@ class ConnectionAcceptor {
   // Binds `listen_address` ("host:port", "[v6]:port"; port 0 picks one) and
   // listens. UNAVAILABLE when the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> Bind(
-      absl::string_view listen_address, int reserved_fds);
+      absl::string_view listen_address, int reserved_fds,
+      int max_per_address);
   // Stops accepting and closes the listening socket.
   ~ConnectionAcceptor();
   ConnectionAcceptor(const ConnectionAcceptor&) = delete;
@@ -60,22 +72,43 @@ class ConnectionAcceptor {
   // failures, since start.
   uint64_t refused() const { return refused_.load(); }
   uint64_t accept_errors() const { return accept_errors_.load(); }
+  // Connections closed at once because their address held max_per_address.
+  uint64_t refused_per_address() const { return refused_per_address_.load(); }
 
  private:
-  ConnectionAcceptor(int listen_fd, int wake_fd, int port, int budget_end)
+  ConnectionAcceptor(int listen_fd, int wake_fd, int port, int budget_end,
+                     int max_per_address)
       : listen_fd_(listen_fd),
         wake_fd_(wake_fd),
         port_(port),
-        budget_end_(budget_end) {}
+        budget_end_(budget_end),
+        max_per_address_(max_per_address) {}
   void Loop();
+  // Takes a place for the connection `fd` from `peer`; false when its
+  // address holds max_per_address connections still open. Accept thread.
+  bool Admit(int fd, const std::string& peer);
+  // Forgets the connections whose descriptors gRPC has closed.
+  void Sweep();
+
+  // A connection handed to gRPC, as the accept thread remembers it.
+  struct Tracked {
+    uint64_t inode = 0;
+    std::string peer;
+  };
 
   const int listen_fd_;
   const int wake_fd_;  // an eventfd that ends Loop()
   const int port_;
   const int budget_end_;
+  const int max_per_address_;
+  // Accept thread only.
+  std::vector<Tracked> tracked_;  // by descriptor; inode 0: none
+  absl::flat_hash_map<std::string, int> per_address_;
+  int64_t last_sweep_ns_ = 0;
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> grpc_;
   std::atomic<uint64_t> refused_{0};
   std::atomic<uint64_t> accept_errors_{0};
+  std::atomic<uint64_t> refused_per_address_{0};
   std::thread thread_;
 };
 

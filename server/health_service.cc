@@ -10,14 +10,47 @@ namespace signet::server {
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
+// One Check call.
+class HealthService::Checker final : public OneRequestCall {
+ public:
+  Checker(HealthService* service, grpc::CallbackServerContext* context)
+      : OneRequestCall(service->waits_, context), service_(service) {}
+
+ private:
+  void OnRequest(const grpc::ByteBuffer& bytes) override {
+    HealthCheckRequest request;
+    if (absl::Status parsed = ParseMessage(bytes, &request); !parsed.ok()) {
+      if (service_->on_refused_) service_->on_refused_();
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          std::string(parsed.message())));
+      return;
+    }
+    HealthCheckResponse response;
+    grpc::Status status = service_->Check(request.service(), &response);
+    if (!status.ok()) {
+      Finish(status);
+      return;
+    }
+    if (!SerializeMessage(response, &out_)) {
+      Finish(grpc::Status(grpc::StatusCode::INTERNAL,
+                          "the response could not be serialized"));
+      return;
+    }
+    StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+  }
+
+  HealthService* const service_;
+  grpc::ByteBuffer out_;
+};
+
 // One Watch stream. At most one write in flight; a status that arrives
 // meanwhile replaces any other waiting one (the latest wins).
-class HealthService::Watcher
-    : public grpc::ServerWriteReactor<HealthCheckResponse> {
+class HealthService::Watcher final : public OneRequestCall {
  public:
-  Watcher(HealthService* service, std::string name)
-      : service_(service), name_(std::move(name)) {}
+  Watcher(HealthService* service, grpc::CallbackServerContext* context)
+      : OneRequestCall(service->waits_, context), service_(service) {}
 
+  // The service watched; set before the watcher is registered.
   const std::string& name() const { return name_; }
 
   void Send(Status status) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -55,14 +88,33 @@ class HealthService::Watcher
 
   void OnDone() override {
     service_->Forget(this);
-    delete this;
+    OneRequestCall::OnDone();
   }
 
  private:
+  void OnRequest(const grpc::ByteBuffer& bytes) override {
+    HealthCheckRequest request;
+    if (absl::Status parsed = ParseMessage(bytes, &request); !parsed.ok()) {
+      if (service_->on_refused_) service_->on_refused_();
+      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       std::string(parsed.message())));
+      return;
+    }
+    name_ = request.service();
+    service_->StartWatch(this);
+  }
+
   void StartLocked(Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    response_.set_status(status);
+    HealthCheckResponse response;
+    response.set_status(status);
+    out_.Clear();
+    if (!SerializeMessage(response, &out_)) {
+      EndLocked(grpc::Status(grpc::StatusCode::INTERNAL,
+                             "the response could not be serialized"));
+      return;
+    }
     writing_ = true;
-    StartWrite(&response_);
+    StartWrite(&out_);
   }
   // Finish may not overtake a write: wait for it (OnWriteDone comes back).
   void EndLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -80,18 +132,29 @@ class HealthService::Watcher
   }
 
   HealthService* const service_;
-  const std::string name_;
+  std::string name_;
   absl::Mutex mu_;
-  HealthCheckResponse response_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<Status> pending_ ABSL_GUARDED_BY(mu_);
   std::optional<grpc::Status> end_with_ ABSL_GUARDED_BY(mu_);
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-HealthService::HealthService(int max_watchers,
+HealthService::HealthService(int max_watchers, RequestWaits* waits,
                              std::function<void()> on_refused)
-    : max_watchers_(max_watchers), on_refused_(std::move(on_refused)) {}
+    : max_watchers_(max_watchers),
+      waits_(waits),
+      on_refused_(std::move(on_refused)) {
+  AddOneRequestMethod("/grpc.health.v1.Health/Check",
+                      [this](grpc::CallbackServerContext* context) {
+                        return new Checker(this, context);
+                      });
+  AddOneRequestMethod("/grpc.health.v1.Health/Watch",
+                      [this](grpc::CallbackServerContext* context) {
+                        return new Watcher(this, context);
+                      });
+}
 
 HealthService::~HealthService() = default;
 
@@ -132,38 +195,32 @@ void HealthService::Forget(Watcher* watcher) {
   watchers_.erase(watcher);
 }
 
-grpc::ServerUnaryReactor* HealthService::Check(
-    grpc::CallbackServerContext* context, const HealthCheckRequest* request,
-    HealthCheckResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+grpc::Status HealthService::Check(const std::string& service,
+                                  HealthCheckResponse* response) {
   absl::MutexLock lock(&mu_);
-  const Status status = StatusOf(request->service());
+  const Status status = StatusOf(service);
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                 "no such service in this health server"));
-  } else {
-    response->set_status(status);
-    reactor->Finish(grpc::Status::OK);
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        "no such service in this health server");
   }
-  return reactor;
+  response->set_status(status);
+  return grpc::Status::OK;
 }
 
-grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
-    grpc::CallbackServerContext* context, const HealthCheckRequest* request) {
-  auto* watcher = new Watcher(this, request->service());
+void HealthService::StartWatch(Watcher* watcher) {
   bool refused = false;
   {
     absl::MutexLock lock(&mu_);
     if (shut_down_) {
       watcher->End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                 "signetd is shutting down"));
-      return watcher;
+      return;
     }
     if (static_cast<int>(watchers_.size()) >= max_watchers_) {
       refused = true;
     } else {
       watchers_.insert(watcher);
-      watcher->Send(StatusOf(request->service()));
+      watcher->Send(StatusOf(watcher->name()));
     }
   }
   if (refused) {
@@ -174,7 +231,6 @@ grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
                      "(grpc.max_health_watchers); use Check, or retry later")));
     if (on_refused_) on_refused_();
   }
-  return watcher;
 }
 
 }  // namespace signet::server

@@ -4,7 +4,10 @@
 // signetd from 40 MB to 1.1 GB. Here at most `max_watchers` Watch streams are
 // open at once, over every connection; one more is answered
 // RESOURCE_EXHAUSTED at once (and reported through `on_refused`, so it is
-// audited). Check is unary and holds nothing.
+// audited). Check is unary and holds nothing. Both are received as streams
+// (server/one_request_call.h), so a call whose request never comes is
+// bounded, and a request that does not parse is INVALID_ARGUMENT with a
+// message (gRPC's typed handler answers UNIMPLEMENTED and nothing else).
 //
 // Protocol (grpc/grpc doc/health-checking.md): Check answers NOT_FOUND for a
 // service it does not know; Watch sends the current status at once
@@ -23,15 +26,17 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/health/v1/health.pb.h"
+#include "server/one_request_call.h"
 
 namespace signet::server {
 
-class HealthService final
-    : public grpc::health::v1::Health::CallbackService {
+class HealthService final : public OneRequestService {
  public:
-  // `on_refused` runs (on a gRPC thread, quickly) for each refused Watch.
-  HealthService(int max_watchers, std::function<void()> on_refused);
+  // `on_refused` runs (on a gRPC thread, quickly) for each refused Watch and
+  // each request that does not parse. `waits` must outlive the service.
+  HealthService(int max_watchers, RequestWaits* waits,
+                std::function<void()> on_refused);
   ~HealthService() override;
 
   // Sets `service`'s status ("" is the whole server) and tells its watchers.
@@ -45,23 +50,24 @@ class HealthService final
   // Watch streams open now.
   int watchers() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  grpc::ServerUnaryReactor* Check(
-      grpc::CallbackServerContext* context,
-      const grpc::health::v1::HealthCheckRequest* request,
-      grpc::health::v1::HealthCheckResponse* response) override;
-  grpc::ServerWriteReactor<grpc::health::v1::HealthCheckResponse>* Watch(
-      grpc::CallbackServerContext* context,
-      const grpc::health::v1::HealthCheckRequest* request) override;
-
  private:
+  class Checker;
   class Watcher;
   using Status = grpc::health::v1::HealthCheckResponse::ServingStatus;
 
   Status StatusOf(const std::string& service) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(Watcher* watcher) ABSL_LOCKS_EXCLUDED(mu_);
+  // Check's answer for `service`.
+  grpc::Status Check(const std::string& service,
+                     grpc::health::v1::HealthCheckResponse* response)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Registers `watcher` and sends it the current status, or ends it
+  // (shutting down, or too many watchers).
+  void StartWatch(Watcher* watcher) ABSL_LOCKS_EXCLUDED(mu_);
 
   const int max_watchers_;
+  RequestWaits* const waits_;
   const std::function<void()> on_refused_;
   mutable absl::Mutex mu_;
   std::map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);

@@ -42,11 +42,16 @@ constexpr char kTlsPriorities[] =
 // encoded form can reach a document by another spelling.
 size_t NoUnescape(void*, MHD_Connection*, char* s) { return strlen(s); }
 
+// `close`: the response says "Connection: close", and libmicrohttpd closes
+// the connection once it is sent.
 int Queue(MHD_Connection* connection, unsigned int status,
-          absl::string_view body, absl::string_view content_type) {
+          absl::string_view body, absl::string_view content_type, bool close) {
   MHD_Response* response = MHD_create_response_from_buffer(
       body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;
+  if (close) {
+    MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close");
+  }
   if (!content_type.empty()) {
     MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE,
                             std::string(content_type).c_str());
@@ -333,6 +338,7 @@ void JwksHttpServer::Track(MHD_Connection* connection, void** socket_context) {
   tracked->deadline_ns.store(SteadyNowNs() + deadline_ns_,
                              std::memory_order_relaxed);
   *socket_context = tracked.get();
+  open_connections_.fetch_add(1, std::memory_order_relaxed);
   absl::MutexLock lock(&connections_mu_);
   connections_[tracked.get()] = std::move(tracked);
 }
@@ -341,6 +347,7 @@ void JwksHttpServer::Untrack(void* socket_context) {
   if (socket_context == nullptr) return;
   // Under the lock, so that the sweep never shuts down a descriptor that
   // libmicrohttpd has closed (it closes it after this notification).
+  open_connections_.fetch_sub(1, std::memory_order_relaxed);
   absl::MutexLock lock(&connections_mu_);
   connections_.erase(static_cast<const Tracked*>(socket_context));
 }
@@ -395,8 +402,9 @@ void JwksHttpServer::SweepLoop() {
 
 JwksHttpServer::Document::~Document() {
   // Connections still sending hold their own references.
-  if (ok != nullptr) MHD_destroy_response(ok);
-  if (not_modified != nullptr) MHD_destroy_response(not_modified);
+  for (MHD_Response* r : {ok, not_modified, ok_close, not_modified_close}) {
+    if (r != nullptr) MHD_destroy_response(r);
+  }
 }
 
 void JwksHttpServer::Publish(const PublishedDocuments& documents) {
@@ -409,18 +417,28 @@ void JwksHttpServer::Publish(const PublishedDocuments& documents) {
     doc->etag = absl::StrCat("\"", ContentVersion(body), "\"");
     // MUST_COPY: a response outlives this snapshot while a connection is
     // still sending it.
-    doc->ok = MHD_create_response_from_buffer(
-        body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+    for (MHD_Response** ok : {&doc->ok, &doc->ok_close}) {
+      *ok = MHD_create_response_from_buffer(
+          body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+      if (*ok != nullptr) {
+        MHD_add_response_header(*ok, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                content_type);
+      }
+    }
     doc->not_modified =
         MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
-    if (doc->ok != nullptr) {
-      MHD_add_response_header(doc->ok, MHD_HTTP_HEADER_CONTENT_TYPE,
-                              content_type);
-    }
-    for (MHD_Response* r : {doc->ok, doc->not_modified}) {
+    doc->not_modified_close =
+        MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
+    for (MHD_Response* r : {doc->ok, doc->not_modified, doc->ok_close,
+                            doc->not_modified_close}) {
       if (r == nullptr) continue;
       MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, doc->etag.c_str());
       MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, cache.c_str());
+    }
+    for (MHD_Response* r : {doc->ok_close, doc->not_modified_close}) {
+      if (r != nullptr) {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+      }
     }
     (*snapshot)[std::move(path)] = std::move(doc);
   };
@@ -487,7 +505,7 @@ int JwksHttpServer::CheckRequest(MHD_Connection* connection,
   if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
       strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
     return Queue(connection, MHD_HTTP_METHOD_NOT_ALLOWED,
-                 "only GET and HEAD\n", "text/plain");
+                 "only GET and HEAD\n", "text/plain", Crowded());
   }
   // Content on a GET or HEAD has no meaning (RFC 9110 sections 9.3.1 and
   // 9.3.2), and content left unread is where request smuggling hides:
@@ -510,24 +528,27 @@ int JwksHttpServer::Refuse(MHD_Connection* connection, unsigned int status,
     return absl::StrCat("refused a request from ", ClientAddress(connection),
                         " (", status, "): ", reason);
   });
-  return Queue(connection, status, "bad request\n", "text/plain");
+  return Queue(connection, status, "bad request\n", "text/plain", Crowded());
 }
 
 int JwksHttpServer::Respond(MHD_Connection* connection, const char* url) {
   std::shared_ptr<const Snapshot> snapshot = Current();
   auto it = snapshot->find(absl::string_view(url));
   if (it == snapshot->end()) {
-    return Queue(connection, MHD_HTTP_NOT_FOUND, "not found\n", "text/plain");
+    return Queue(connection, MHD_HTTP_NOT_FOUND, "not found\n", "text/plain",
+                 Crowded());
   }
   const Document& doc = *it->second;
-  if (doc.ok == nullptr || doc.not_modified == nullptr) return MHD_NO;
+  const bool close = Crowded();
+  MHD_Response* ok = close ? doc.ok_close : doc.ok;
+  MHD_Response* not_modified = close ? doc.not_modified_close : doc.not_modified;
+  if (ok == nullptr || not_modified == nullptr) return MHD_NO;
   const char* if_none_match = MHD_lookup_connection_value(
       connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
   if (if_none_match != nullptr && EtagMatches(if_none_match, doc.etag)) {
-    return MHD_queue_response(connection, MHD_HTTP_NOT_MODIFIED,
-                              doc.not_modified);
+    return MHD_queue_response(connection, MHD_HTTP_NOT_MODIFIED, not_modified);
   }
-  return MHD_queue_response(connection, MHD_HTTP_OK, doc.ok);
+  return MHD_queue_response(connection, MHD_HTTP_OK, ok);
 }
 
 }  // namespace signet::server

@@ -17,6 +17,13 @@
 //    whenever a response has been sent, by which its next request must be
 //    received and answered. A sweep closes (shutdown(2)) connections past
 //    it, so trickling clients free their slots.
+//  - Keep-alive cannot hold slots under pressure: while more than half the
+//    slots are taken, every response says "Connection: close", so a client
+//    that keeps sending valid requests on one connection cannot keep it
+//    (that held every slot from 4 addresses: the deadline restarts after
+//    each response). Its next request takes a new connection, which the
+//    per-client limit and the deadline bound; an honest client pays one
+//    reconnect.
 //  - Malformed requests get a 4xx, never a dropped connection: 400 for a
 //    NUL byte in the request target (libmicrohttpd 0.9.75 would cut the
 //    path at it), for content on a GET or HEAD (RFC 9110 9.3.1, 9.3.2),
@@ -126,6 +133,9 @@ class JwksHttpServer {
     std::string etag;  // quoted
     MHD_Response* ok = nullptr;
     MHD_Response* not_modified = nullptr;
+    // The same with "Connection: close", for when slots are scarce.
+    MHD_Response* ok_close = nullptr;
+    MHD_Response* not_modified_close = nullptr;
   };
   using Snapshot =
       std::map<std::string, std::unique_ptr<Document>, std::less<>>;
@@ -149,6 +159,11 @@ class JwksHttpServer {
       ABSL_LOCKS_EXCLUDED(connections_mu_);
   void Untrack(void* socket_context) ABSL_LOCKS_EXCLUDED(connections_mu_);
   void Rearm(MHD_Connection* connection) const;
+  // More than half the slots are taken: responses close their connection.
+  bool Crowded() const {
+    return open_connections_.load(std::memory_order_relaxed) >
+           options_.connection_limit / 2;
+  }
   // Closes connections past their deadline until the destructor says stop.
   void SweepLoop() ABSL_LOCKS_EXCLUDED(connections_mu_);
 
@@ -161,6 +176,7 @@ class JwksHttpServer {
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(mu_);
 
   std::unique_ptr<ThrottledLog> log_;
+  std::atomic<unsigned> open_connections_{0};
   absl::Mutex connections_mu_;
   absl::flat_hash_map<const Tracked*, std::unique_ptr<Tracked>> connections_
       ABSL_GUARDED_BY(connections_mu_);

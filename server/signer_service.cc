@@ -4,10 +4,7 @@
 #include <iterator>
 #include <utility>
 
-#include <google/protobuf/unknown_field_set.h>
 #include <grpc/support/time.h>
-#include <grpcpp/support/proto_buffer_reader.h>
-#include <grpcpp/support/proto_buffer_writer.h>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -54,56 +51,34 @@ absl::Status CheckActive(const ScopeState& scope, absl::Time now) {
   return absl::OkStatus();
 }
 
-// Parses a request the way gRPC would, but says why it failed: a message
-// that is well-formed protobuf yet does not parse has a string field that
-// is not UTF-8 (the one check proto3 adds to the wire format).
-template <typename Request>
-absl::Status ParseRequest(const grpc::ByteBuffer& bytes, Request* request) {
-  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader consumes it
-  grpc::ProtoBufferReader reader(&copy);
-  if (request->ParseFromZeroCopyStream(&reader)) return absl::OkStatus();
-  const std::string name = Request::descriptor()->full_name();
-  grpc::ByteBuffer again(bytes);
-  grpc::ProtoBufferReader reread(&again);
-  google::protobuf::UnknownFieldSet fields;
-  if (fields.ParseFromZeroCopyStream(&reread)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the request is not a valid ", name,
-        ": a string field (such as scope) is not valid UTF-8"));
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "the request is not a valid ", name,
-      ": it is not well-formed protobuf (truncated or corrupted)"));
-}
-
-// A unary call's response, serialized into gRPC's buffer when the call is
-// answered OK.
+// A unary call's response, serialized and sent when the call is answered
+// OK. Its call holds it until the write is done; the call's answer holds it
+// for the workers that fill it.
 template <typename Response>
 class RawReply {
  public:
-  RawReply(grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* out)
-      : reactor_(reactor), out_(out) {}
+  explicit RawReply(
+      grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* reactor)
+      : reactor_(reactor) {}
   Response* response() { return &response_; }
-  grpc::ServerUnaryReactor* reactor() const { return reactor_; }
+  // Ends the call; runs once.
   void Answer(const grpc::Status& status) {
     if (!status.ok()) {
       reactor_->Finish(status);
       return;
     }
-    grpc::ProtoBufferWriter writer(out_, grpc::kProtoBufferWriterMaxBufferLength,
-                                   static_cast<int>(response_.ByteSizeLong()));
-    if (!response_.SerializeToZeroCopyStream(&writer)) {
+    if (!SerializeMessage(response_, &out_)) {
       reactor_->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
                                     "the response could not be serialized"));
       return;
     }
-    reactor_->Finish(status);
+    reactor_->StartWriteAndFinish(&out_, grpc::WriteOptions(), status);
   }
 
  private:
-  grpc::ServerUnaryReactor* const reactor_;
-  grpc::ByteBuffer* const out_;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* const reactor_;
   Response response_;
+  grpc::ByteBuffer out_;
 };
 
 }  // namespace
@@ -146,8 +121,19 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
 
 SignerService::SignerService(
     SignerServiceOptions options,
-    const std::vector<signet::v1::TenantConfig>& tenants)
-    : options_(options) {
+    const std::vector<signet::v1::TenantConfig>& tenants, RequestWaits* waits)
+    : options_(options), waits_(waits) {
+  // The names gRPC routes by (signer.proto's; the tests call each method
+  // through the generated stub).
+  AddUnary("/signet.v1.Signer/SignJwt", "SignJwt",
+           &SignerService::HandleSignJwt);
+  AddUnary("/signet.v1.Signer/SignJwtBatch", "SignJwtBatch",
+           &SignerService::HandleSignJwtBatch);
+  AddUnary("/signet.v1.Signer/Sign", "Sign", &SignerService::HandleSign);
+  AddUnary("/signet.v1.Signer/GetJwks", "GetJwks",
+           &SignerService::HandleGetJwks);
+  AddUnary("/signet.v1.Signer/GetPublicKeys", "GetPublicKeys",
+           &SignerService::HandleGetPublicKeys);
   for (const auto& t : tenants) {
     auto tenant = std::make_unique<Tenant>();
     tenant->identity = t.identity();
@@ -356,10 +342,23 @@ const absl::Status& AuditUnavailable() {
 // line and returns, so the worker goes back to the HSM while the disk syncs.
 // `done` gets the signature once the line is durable (on the audit writer's
 // thread), or the error: a signature never leaves before its audit line.
+// After a signature's audit line: the call had been answered already (its
+// deadline passed, or a shutdown cut it off), so the signature reached
+// nobody. A line says so, or the log would claim a token was issued.
+void AuditUndelivered(AuditLog& audit, AuditEvent event, std::string detail) {
+  event.event = "undelivered";
+  event.result = "DEADLINE_EXCEEDED";
+  event.detail = std::move(detail);
+  audit.AppendAllAsync(absl::MakeConstSpan(&event, 1),
+                       [](const absl::Status&) {});
+}
+
+// `done` gets the signature once its audit line is durable, or why there is
+// none, and returns whether the signature reached the caller.
 void SignThenAudit(const ServingState& serving, const ScopeState& scope,
                    absl::string_view caller, absl::string_view digest,
                    std::string input_sha256, absl::Time deadline,
-                   std::function<void(absl::StatusOr<std::string>)> done) {
+                   std::function<bool(absl::StatusOr<std::string>)> done) {
   // Announced before the HSM call, so a sync the writer is about to make
   // can wait for this line instead of needing another one.
   AuditLog::ExpectedLine expected = serving.audit->ExpectLine();
@@ -376,13 +375,17 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
   event.result = "OK";
   serving.audit->AppendAllAsync(
       absl::MakeConstSpan(&event, 1),
-      [signature = *std::move(signature),
-       done = std::move(done)](const absl::Status& durable) mutable {
+      [signature = *std::move(signature), done = std::move(done),
+       audit = serving.audit, event](const absl::Status& durable) mutable {
         if (!durable.ok()) {
           done(AuditUnavailable());
           return;
         }
-        done(std::move(signature));
+        if (!done(std::move(signature))) {
+          AuditUndelivered(*audit, std::move(event),
+                           "signed after the call was answered (deadline or "
+                           "shutdown); the signature was discarded");
+        }
       },
       std::move(expected));
 }
@@ -487,16 +490,27 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
   // The last part: every item is written (the lock ordered the others'
   // writes before this).
   batch.serving->audit->AppendAllAsync(
-      all, [call, shared](const absl::Status& durable) {
+      all, [call, shared, signed_items = all.size()](
+               const absl::Status& durable) {
         if (!durable.ok()) {
           call->Finish(ToGrpcStatus(AuditUnavailable()));
           return;
         }
-        call->Finish(grpc::Status::OK, [&] {
+        const bool delivered = call->Finish(grpc::Status::OK, [&] {
           for (auto& item : shared->items) {
             *shared->response->add_items() = std::move(item);
           }
         });
+        if (!delivered && signed_items > 0) {
+          AuditEvent event =
+              SignEvent(*shared->scope, shared->caller, std::string());
+          AuditUndelivered(
+              *shared->serving->audit, std::move(event),
+              absl::StrCat("a batch signed after the call was answered "
+                           "(deadline or shutdown): its ",
+                           signed_items,
+                           " signed item(s) were discarded"));
+        }
       });
 }
 
@@ -545,10 +559,9 @@ void SignerService::HandleSignJwt(const Call& rpc,
             [call, scope_state, signing_input = std::move(signing_input),
              response](absl::StatusOr<std::string> signature) {
               if (!signature.ok()) {
-                call->Finish(ToGrpcStatus(signature.status()));
-                return;
+                return call->Finish(ToGrpcStatus(signature.status()));
               }
-              call->Finish(grpc::Status::OK, [&] {
+              return call->Finish(grpc::Status::OK, [&] {
                 response->set_jws(CompactJws(signing_input, *signature));
                 response->set_kid(scope_state->key.thumbprint);
                 response->set_alg(scope_state->alg);
@@ -672,10 +685,9 @@ void SignerService::HandleSign(const Call& rpc,
             absl::BytesToHexString(digest), call->deadline(),
             [call, scope_state, response](absl::StatusOr<std::string> signature) {
               if (!signature.ok()) {
-                call->Finish(ToGrpcStatus(signature.status()));
-                return;
+                return call->Finish(ToGrpcStatus(signature.status()));
               }
-              call->Finish(grpc::Status::OK, [&] {
+              return call->Finish(grpc::Status::OK, [&] {
                 response->set_signature(*std::move(signature));
                 response->set_kid(scope_state->key.thumbprint);
                 response->set_alg(scope_state->alg);
@@ -785,76 +797,77 @@ void SignerService::FinishPublic(const Call& rpc, const absl::Status& status,
   rpc.answer(ToGrpcStatus(status));
 }
 
+// One Signer call: its request is read as a stream's one message
+// (server/one_request_call.h), then answered by the method's handler.
 template <typename Request, typename Response>
-grpc::ServerUnaryReactor* SignerService::Unary(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response, const char* method,
-    Handler<Request, Response> handler) {
-  auto reply = std::make_shared<RawReply<Response>>(context->DefaultReactor(),
-                                                    response);
-  Call call{context, method,
-            [reply](const grpc::Status& status) { reply->Answer(status); }};
+class SignerService::UnaryCall final : public OneRequestCall {
+ public:
+  UnaryCall(SignerService* service, grpc::CallbackServerContext* context,
+            const char* method, Handler<Request, Response> handler)
+      : OneRequestCall(service->waits_, context),
+        service_(service),
+        method_(method),
+        handler_(handler) {}
+
+ private:
+  void OnRequest(const grpc::ByteBuffer& bytes) override {
+    reply_ = std::make_shared<RawReply<Response>>(this);
+    Call call{context(), method_,
+              [reply = reply_](const grpc::Status& status) {
+                reply->Answer(status);
+              }};
+    service_->Serve(call, bytes, reply_->response(), handler_);
+  }
+  void OnNoRequest(const grpc::Status& status) override {
+    service_->NoRequest(
+        Call{context(), method_,
+             [this](const grpc::Status& answer) { Finish(answer); }},
+        status);
+  }
+
+  SignerService* const service_;
+  const char* const method_;
+  const Handler<Request, Response> handler_;
+  std::shared_ptr<RawReply<Response>> reply_;
+};
+
+template <typename Request, typename Response>
+void SignerService::AddUnary(const char* name, const char* method,
+                             Handler<Request, Response> handler) {
+  AddOneRequestMethod(
+      name, [this, method, handler](grpc::CallbackServerContext* context) {
+        return new UnaryCall<Request, Response>(this, context, method, handler);
+      });
+}
+
+template <typename Request, typename Response>
+void SignerService::Serve(const Call& call, const grpc::ByteBuffer& bytes,
+                          Response* response,
+                          Handler<Request, Response> handler) {
   Request parsed;
-  if (!request->Valid()) {
-    // No message came: the client reset the stream (nothing to audit: it
-    // asked for nothing), or half-closed without sending one.
-    if (context->IsCancelled()) {
-      reply->Answer(grpc::Status::CANCELLED);
-    } else {
-      std::string caller;
-      if (absl::StatusOr<std::string> identity = Caller(context);
-          identity.ok()) {
-        caller = *identity;
-      }
-      Refuse(call,
-             absl::InvalidArgumentError(
-                 "the call carried no request message"),
-             caller, "");
-    }
-  } else if (absl::Status st = ParseRequest(*request, &parsed); !st.ok()) {
+  if (absl::Status st = ParseMessage(bytes, &parsed); !st.ok()) {
     std::string caller;
-    if (absl::StatusOr<std::string> identity = Caller(context); identity.ok()) {
+    if (absl::StatusOr<std::string> identity = Caller(call.context);
+        identity.ok()) {
       caller = *identity;
     }
     Refuse(call, st, caller, "");
-  } else {
-    (this->*handler)(call, parsed, reply->response());
+    return;
   }
-  return reply->reactor();
+  (this->*handler)(call, parsed, response);
 }
 
-grpc::ServerUnaryReactor* SignerService::SignJwt(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response) {
-  return Unary(context, request, response, "SignJwt",
-               &SignerService::HandleSignJwt);
-}
-
-grpc::ServerUnaryReactor* SignerService::SignJwtBatch(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response) {
-  return Unary(context, request, response, "SignJwtBatch",
-               &SignerService::HandleSignJwtBatch);
-}
-
-grpc::ServerUnaryReactor* SignerService::Sign(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response) {
-  return Unary(context, request, response, "Sign", &SignerService::HandleSign);
-}
-
-grpc::ServerUnaryReactor* SignerService::GetJwks(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response) {
-  return Unary(context, request, response, "GetJwks",
-               &SignerService::HandleGetJwks);
-}
-
-grpc::ServerUnaryReactor* SignerService::GetPublicKeys(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
-    grpc::ByteBuffer* response) {
-  return Unary(context, request, response, "GetPublicKeys",
-               &SignerService::HandleGetPublicKeys);
+void SignerService::NoRequest(const Call& call, const grpc::Status& status) {
+  if (status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
+    call.answer(status);
+    return;
+  }
+  std::string caller;
+  if (absl::StatusOr<std::string> identity = Caller(call.context);
+      identity.ok()) {
+    caller = *identity;
+  }
+  Refuse(call, absl::InvalidArgumentError(status.error_message()), caller, "");
 }
 
 }  // namespace signet::server

@@ -1,7 +1,8 @@
 // The Signer gRPC service (proto/signet/v1/signer.proto), callback API.
 //
-// Every RPC: parse the request here (raw callback methods: gRPC 1.51 answers
-// a request that does not parse with UNIMPLEMENTED and no message before a
+// Every RPC: receive it as a stream (server/one_request_call.h: the wait for
+// its message is bounded), parse the request here (gRPC 1.51 answers a
+// request that does not parse with UNIMPLEMENTED and no message before a
 // typed handler runs; here it is INVALID_ARGUMENT, audited), identify the
 // caller from its mTLS certificate, check that the scope is one of the
 // caller's (an unknown scope and another tenant's scope get the same
@@ -31,6 +32,7 @@
 #include "rotation/key_record.pb.h"
 #include "server/audit_log.h"
 #include "server/claims.h"
+#include "server/one_request_call.h"
 #include "server/pending_call.h"
 #include "server/worker_pool.h"
 #include "signet/v1/config.pb.h"
@@ -88,19 +90,14 @@ struct ServingState {
   AuditLog* audit = nullptr;
 };
 
-// The service's base: every method raw (see the file comment).
-using RawSignerBase = signet::v1::Signer::WithRawCallbackMethod_SignJwt<
-    signet::v1::Signer::WithRawCallbackMethod_SignJwtBatch<
-        signet::v1::Signer::WithRawCallbackMethod_Sign<
-            signet::v1::Signer::WithRawCallbackMethod_GetJwks<
-                signet::v1::Signer::WithRawCallbackMethod_GetPublicKeys<
-                    signet::v1::Signer::Service>>>>>;
-
-class SignerService final : public RawSignerBase {
+class SignerService final : public OneRequestService {
  public:
   // Until SetServing() every RPC answers UNAVAILABLE ("starting").
+  // `waits` bounds the calls still waiting for their request message; it
+  // must outlive the service.
   SignerService(SignerServiceOptions options,
-                const std::vector<signet::v1::TenantConfig>& tenants);
+                const std::vector<signet::v1::TenantConfig>& tenants,
+                RequestWaits* waits);
   ~SignerService() override;
 
   void SetServing(std::shared_ptr<const ServingState> serving)
@@ -115,22 +112,6 @@ class SignerService final : public RawSignerBase {
   // UNAVAILABLE then, so the server's own shutdown never waits out deadlines
   // that a stalled HSM holds.
   void CutOffPendingCalls(absl::Time at) { watchdog_.CutOff(at); }
-
-  grpc::ServerUnaryReactor* SignJwt(grpc::CallbackServerContext* context,
-                                    const grpc::ByteBuffer* request,
-                                    grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* SignJwtBatch(grpc::CallbackServerContext* context,
-                                         const grpc::ByteBuffer* request,
-                                         grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* Sign(grpc::CallbackServerContext* context,
-                                 const grpc::ByteBuffer* request,
-                                 grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* GetJwks(grpc::CallbackServerContext* context,
-                                    const grpc::ByteBuffer* request,
-                                    grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* GetPublicKeys(grpc::CallbackServerContext* context,
-                                          const grpc::ByteBuffer* request,
-                                          grpc::ByteBuffer* response) override;
 
  private:
   struct Tenant {
@@ -155,13 +136,21 @@ class SignerService final : public RawSignerBase {
   using Handler = void (SignerService::*)(const Call&, const Request&,
                                           Response*);
 
-  // Parses the request, runs `handler`, and returns the call's reactor.
   template <typename Request, typename Response>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
-                                  const grpc::ByteBuffer* request,
-                                  grpc::ByteBuffer* response,
-                                  const char* method,
-                                  Handler<Request, Response> handler);
+  class UnaryCall;
+  // Registers the Signer method `name` ("/signet.v1.Signer/Sign"), answered
+  // by `handler`.
+  template <typename Request, typename Response>
+  void AddUnary(const char* name, const char* method,
+                Handler<Request, Response> handler);
+  // Runs `handler` on a request that arrived, or refuses a request that
+  // does not parse.
+  template <typename Request, typename Response>
+  void Serve(const Call& call, const grpc::ByteBuffer& bytes,
+             Response* response, Handler<Request, Response> handler);
+  // A call whose request never came: audited when the client half-closed
+  // without one (the others are counted by RequestWaits).
+  void NoRequest(const Call& call, const grpc::Status& status);
 
   void HandleSignJwt(const Call& call, const signet::v1::SignJwtRequest& request,
                      signet::v1::SignJwtResponse* response);
@@ -225,6 +214,7 @@ class SignerService final : public RawSignerBase {
               absl::string_view caller, absl::string_view scope);
 
   const SignerServiceOptions options_;
+  RequestWaits* const waits_;
   absl::flat_hash_map<std::string, std::unique_ptr<Tenant>> tenants_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServingState> serving_ ABSL_GUARDED_BY(mu_);

@@ -44,6 +44,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -355,7 +356,15 @@ int Run() {
   const signet::v1::GrpcConfig& grpc_limits = config->grpc();
   std::vector<signet::v1::TenantConfig> tenants(config->tenants().begin(),
                                                 config->tenants().end());
-  SignerService signer(signer_options, tenants);
+  // Calls whose request message has not come yet: bounded in number and in
+  // time (server/one_request_call.h).
+  RequestWaitLimits wait_limits;
+  wait_limits.max_waiting =
+      static_cast<int>(grpc_limits.max_calls_awaiting_request());
+  wait_limits.timeout =
+      absl::Seconds(grpc_limits.request_timeout_seconds());
+  RequestWaits request_waits(wait_limits);
+  SignerService signer(signer_options, tenants, &request_waits);
 
   // signetd accepts the gRPC port's connections itself and hands them to
   // gRPC, so the acceptor can neither die nor spend the last descriptors
@@ -369,12 +378,13 @@ int Run() {
       ConnectionAcceptor::Bind(
           config->grpc_listen_address(),
           static_cast<int>(grpc_limits.reserved_file_descriptors()) +
-              http_slots);
+              http_slots,
+          static_cast<int>(grpc_limits.max_connections_per_address()));
   if (!acceptor.ok()) return Fail(acceptor.status());
   // Health is ours: gRPC's default service has no bound on Watch streams.
   std::atomic<uint64_t> refused_watches{0};
   HealthService health_service(
-      static_cast<int>(grpc_limits.max_health_watchers()),
+      static_cast<int>(grpc_limits.max_health_watchers()), &request_waits,
       [&refused_watches] { refused_watches.fetch_add(1); });
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -440,13 +450,14 @@ int Run() {
       0, config->grpc_listen_address().rfind(':'));
   SIGNET_LOG_INFO(
       "gRPC (Signer, health{}) listening on {}:{} ({}; at most {} "
-      "descriptors for connections, {} streams each, {} MiB, requests up to "
-      "{} bytes)",
+      "descriptors for connections, {} per address, {} streams each, {} MiB, "
+      "requests up to {} bytes)",
       grpc_limits.reflection() ? ", reflection" : "", listen_host,
       (*acceptor)->port(),
       config_options.insecure_plaintext ? "plain text" : "mTLS, TLS 1.3 only",
-      (*acceptor)->budget_end(), grpc_limits.max_concurrent_streams(),
-      grpc_limits.max_memory_mib(), max_request_bytes);
+      (*acceptor)->budget_end(), grpc_limits.max_connections_per_address(),
+      grpc_limits.max_concurrent_streams(), grpc_limits.max_memory_mib(),
+      max_request_bytes);
 
   hsm::SessionPoolOptions pool_options;
   pool_options.connections = static_cast<int>(hsm_config.connections());
@@ -764,24 +775,39 @@ int Run() {
   };
   // Connections the acceptor refused, logged and audited at most once per
   // interval. Returns whether there was anything to report.
-  uint64_t refused_reported = 0;
-  uint64_t accept_errors_reported = 0;
-  uint64_t watches_reported = 0;
+  struct Counted {
+    std::function<uint64_t()> count;
+    const char* what;
+    uint64_t reported = 0;
+  };
+  Counted counted[] = {
+      {[&] { return (*acceptor)->refused(); },
+       "gRPC connection(s) closed at once (descriptor budget spent)"},
+      {[&] { return (*acceptor)->refused_per_address(); },
+       "gRPC connection(s) closed at once (their address held "
+       "grpc.max_connections_per_address)"},
+      {[&] { return (*acceptor)->accept_errors(); }, "failed accept(s)"},
+      {[&] { return refused_watches.load(); },
+       "health call(s) refused (grpc.max_health_watchers, or a malformed "
+       "request)"},
+      {[&] { return request_waits.evicted(); },
+       "call(s) still waiting for their request message ended to make room "
+       "(grpc.max_calls_awaiting_request)"},
+      {[&] { return request_waits.timed_out(); },
+       "call(s) whose request message did not come in time "
+       "(grpc.request_timeout_seconds)"},
+  };
   auto report_refused_connections = [&]() {
-    const uint64_t refused = (*acceptor)->refused();
-    const uint64_t errors = (*acceptor)->accept_errors();
-    const uint64_t watches = refused_watches.load();
-    if (refused == refused_reported && errors == accept_errors_reported &&
-        watches == watches_reported) {
-      return false;
+    std::vector<std::string> parts;
+    for (Counted& c : counted) {
+      const uint64_t now = c.count();
+      if (now == c.reported) continue;
+      parts.push_back(absl::StrCat(now - c.reported, " ", c.what));
+      c.reported = now;
     }
-    const std::string what = absl::StrCat(
-        refused - refused_reported,
-        " gRPC connection(s) closed at once (descriptor budget spent), ",
-        errors - accept_errors_reported, " failed accept(s) and ",
-        watches - watches_reported,
-        " health watch(es) refused (grpc.max_health_watchers) since the last "
-        "report");
+    if (parts.empty()) return false;
+    const std::string what = absl::StrCat(absl::StrJoin(parts, ", "),
+                                          " since the last report");
     SIGNET_LOG_WARN("{}", what);
     AuditEvent refusal;
     refusal.event = "refuse";
@@ -789,9 +815,6 @@ int Run() {
     refusal.result = "RESOURCE_EXHAUSTED";
     refusal.detail = what;
     (*audit)->AppendRefusal(refusal);
-    refused_reported = refused;
-    accept_errors_reported = errors;
-    watches_reported = watches;
     return true;
   };
 
@@ -813,6 +836,7 @@ int Run() {
   health_service.Shutdown();  // watchers hear NOT_SERVING, then the end
   // Calls a stalled HSM holds are answered within the shutdown's 5 s.
   signer.CutOffPendingCalls(absl::Now() + absl::Seconds(4));
+  request_waits.CutOff(absl::Now());
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.

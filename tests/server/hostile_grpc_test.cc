@@ -4,6 +4,7 @@
 // attacker or a fault took signetd down, or made its health lie, before.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -573,7 +574,10 @@ TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheHsmStallsUnderLoad) {
 TEST_F(HostileGrpcTest, AnIdleConnectionFloodNeverKillsTheListener) {
   constexpr int kLimit = 512;
   constexpr int kFlood = 700;
-  auto signetd = Start("flood", "grpc { handshake_timeout_seconds: 3 }\n",
+  // No per-address limit in the way: this test pins the descriptor budget.
+  auto signetd = Start("flood",
+                       "grpc { handshake_timeout_seconds: 3 "
+                       "max_connections_per_address: 100000 }\n",
                        kLimit);
   ASSERT_NE(signetd, nullptr);
   auto channel = Channel(tenant_);
@@ -680,7 +684,7 @@ TEST_F(HostileGrpcTest, AWatchFloodIsRefusedBeyondItsBound) {
   const int64_t peak = PeakRss(signetd->pid());
   EXPECT_GT(peak, 0);
   EXPECT_LT(peak, int64_t{300} << 20) << "peak RSS " << (peak >> 20) << " MiB";
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "health watch(es) refused"}),
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "health call(s) refused"}),
               Not(::testing::IsEmpty()));
   for (auto& ctx : contexts) ctx->TryCancel();
   cq.Shutdown();
@@ -783,9 +787,11 @@ TEST_F(HostileGrpcTest, AStopWhileTheHsmIsStalledIsPrompt) {
 // then nothing) was kept forever, and kept its connection from ever being
 // idle. Every connection now has a maximum age and grace.
 TEST_F(HostileGrpcTest, ACallWhoseRequestNeverComesIsClosed) {
+  // The request timeout far away: this test pins the connection's age.
   auto signetd = Start("no-message",
                        "grpc { max_connection_age_seconds: 2 "
-                       "max_connection_age_grace_seconds: 1 }\n");
+                       "max_connection_age_grace_seconds: 1 "
+                       "request_timeout_seconds: 300 }\n");
   ASSERT_NE(signetd, nullptr);
   grpc::GenericStub stub(Channel(no_eku_, /*own_connection=*/true));
   grpc::CompletionQueue cq;
@@ -809,6 +815,273 @@ TEST_F(HostileGrpcTest, ACallWhoseRequestNeverComesIsClosed) {
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
+}
+
+// Calls that send their headers and then nothing (or only a half-close), on
+// one connection, as a hostile client opens them.
+class SilentCalls {
+ public:
+  // Connects `channel` first, so the calls leave in the order they are
+  // opened.
+  SilentCalls(std::shared_ptr<grpc::Channel> channel, std::string method)
+      : stub_(channel), method_(std::move(method)) {
+    EXPECT_TRUE(channel->WaitForConnected(
+        std::chrono::system_clock::now() + std::chrono::seconds(20)));
+  }
+  ~SilentCalls() {
+    for (auto& call : calls_) call->ctx.TryCancel();
+    cq_.Shutdown();
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+
+  // Opens `n` more calls; with `half_close`, each says it has nothing to
+  // send instead of staying silent.
+  void Open(int n, bool half_close = false) {
+    for (int i = 0; i < n; ++i) {
+      auto call = std::make_unique<Call>();
+      const intptr_t index = static_cast<intptr_t>(calls_.size());
+      call->stream = stub_.PrepareCall(&call->ctx, method_, &cq_);
+      call->half_close = half_close;
+      call->stream->StartCall(Tag(index, kStarted));
+      call->stream->Finish(&call->status, Tag(index, kEnded));
+      calls_.push_back(std::move(call));
+    }
+  }
+
+  // Waits until calls [from, to) have all ended, or `timeout` passes.
+  // Returns whether they all ended.
+  bool AwaitEnded(int from, int to, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    auto all_ended = [&] {
+      for (int i = from; i < to; ++i) {
+        if (!calls_[i]->ended) return false;
+      }
+      return true;
+    };
+    while (!all_ended()) {
+      void* tag = nullptr;
+      bool ok = false;
+      if (cq_.AsyncNext(&tag, &ok, absl::ToChronoTime(deadline)) !=
+          grpc::CompletionQueue::GOT_EVENT) {
+        return false;
+      }
+      const intptr_t raw = reinterpret_cast<intptr_t>(tag);
+      Call& call = *calls_[raw / kKinds];
+      if (raw % kKinds == kEnded) call.ended = true;
+      // The half-close may only follow the headers.
+      if (raw % kKinds == kStarted && ok && call.half_close) {
+        call.stream->WritesDone(Tag(raw / kKinds, kHalfClosed));
+      }
+    }
+    return true;
+  }
+
+  bool ended(int i) const { return calls_[i]->ended; }
+  const grpc::Status& status(int i) const { return calls_[i]->status; }
+
+ private:
+  enum Kind : intptr_t { kStarted = 1, kHalfClosed = 2, kEnded = 3, kKinds = 4 };
+  static void* Tag(intptr_t index, Kind kind) {
+    return reinterpret_cast<void*>(index * kKinds + kind);
+  }
+  struct Call {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream;
+    grpc::Status status;
+    bool half_close = false;
+    bool ended = false;
+  };
+
+  grpc::GenericStub stub_;
+  const std::string method_;
+  grpc::CompletionQueue cq_;
+  std::vector<std::unique_ptr<Call>> calls_;
+};
+
+// gRPC 1.51 holds a call whose request never comes from its headers on,
+// before any handler, at about 13 KB each, outside its memory quota, for as
+// long as the connection lives: 100 connections x 256 such calls held
+// 1.35 GB. signetd now sees each call at its headers: beyond
+// max_calls_awaiting_request the call that has waited longest is ended, and
+// none waits longer than request_timeout_seconds. An honest caller is
+// served meanwhile.
+TEST_F(HostileGrpcTest, CallsWaitingForTheirRequestAreBoundedInNumberAndTime) {
+  auto signetd = Start("silent-calls",
+                       "grpc { request_timeout_seconds: 8 "
+                       "max_calls_awaiting_request: 8 }\n");
+  ASSERT_NE(signetd, nullptr);
+  SilentCalls silent(Channel(no_eku_, /*own_connection=*/true),
+                     "/signet.v1.Signer/SignJwt");
+  silent.Open(8);
+  absl::SleepFor(absl::Milliseconds(500));  // the first 8 are the oldest
+  silent.Open(8);
+  ASSERT_TRUE(silent.AwaitEnded(0, 8, absl::Seconds(6)))
+      << "the oldest waiting calls were not ended to make room";
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(silent.status(i).error_code(),
+              grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(silent.status(i).error_message(),
+                HasSubstr("grpc.max_calls_awaiting_request"));
+  }
+
+  // An honest caller is served while 8 silent calls wait.
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  grpc::Status honest = SignJwt(*stub, kScope);
+  EXPECT_TRUE(honest.ok()) << honest.error_message();
+
+  // The rest end at the timeout (one of them may have made room for the
+  // honest call).
+  ASSERT_TRUE(silent.AwaitEnded(8, 16, absl::Seconds(30)))
+      << "calls whose request never came are still open";
+  int timed_out = 0;
+  for (int i = 8; i < 16; ++i) {
+    if (silent.status(i).error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      EXPECT_THAT(silent.status(i).error_message(),
+                  HasSubstr("no request message came within 8s"));
+      ++timed_out;
+    } else {
+      EXPECT_EQ(silent.status(i).error_code(),
+                grpc::StatusCode::RESOURCE_EXHAUSTED);
+    }
+  }
+  EXPECT_GE(timed_out, 7);
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "ended to make room"}),
+              Not(::testing::IsEmpty()));
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "did not come in time"}),
+              Not(::testing::IsEmpty()));
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+}
+
+// A call that half-closes without a request message is refused
+// INVALID_ARGUMENT, saying so, and audited with its caller.
+TEST_F(HostileGrpcTest, ACallWithoutARequestMessageIsInvalidArgument) {
+  auto signetd = Start("empty-call");
+  ASSERT_NE(signetd, nullptr);
+  SilentCalls empty(Channel(tenant_), "/signet.v1.Signer/Sign");
+  empty.Open(1, /*half_close=*/true);
+  ASSERT_TRUE(empty.AwaitEnded(0, 1, absl::Seconds(20)));
+  EXPECT_EQ(empty.status(0).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(empty.status(0).error_message(),
+              HasSubstr("carried no request message"));
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              absl::StrCat("\"caller\":\"uri:", kTenant),
+                              "Sign", "INVALID_ARGUMENT"}),
+              Not(::testing::IsEmpty()));
+}
+
+// Health requests are parsed by signetd too: one that does not parse was
+// answered UNIMPLEMENTED with no message by gRPC's typed handler.
+TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
+  auto signetd = Start("health-undecodable");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(no_eku_);
+  const std::string bad_service("\x0a\x02\xff\xfe", 4);
+  const std::string truncated("\x0a\x05id", 3);
+  for (const char* method : {"Check", "Watch"}) {
+    for (const std::string& bytes : {bad_service, truncated}) {
+      grpc::Status st = RawCall(
+          channel, absl::StrCat("/grpc.health.v1.Health/", method), bytes);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+      EXPECT_THAT(st.error_message(),
+                  HasSubstr("not a valid grpc.health.v1.HealthCheckRequest"))
+          << method;
+    }
+  }
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "health call(s) refused"}),
+              Not(::testing::IsEmpty()));
+  // A well-formed Check is answered as before.
+  auto health = Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  HealthCheckRequest request;
+  HealthCheckResponse response;
+  ASSERT_TRUE(health->Check(&ctx, request, &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+}
+
+// A TCP connection to the gRPC port from `source` (a loopback address),
+// that never starts TLS. -1 if it cannot connect.
+int ConnectFrom(const char* source, int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in from = {};
+  from.sin_family = AF_INET;
+  inet_pton(AF_INET, source, &from.sin_addr);
+  struct sockaddr_in to = {};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(port));
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0 ||
+      connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the server closed `fd` within `wait`.
+bool ClosedByServer(int fd, absl::Duration wait) {
+  struct pollfd p = {fd, POLLIN, 0};
+  if (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(wait))) <= 0) {
+    return false;
+  }
+  char byte;
+  return recv(fd, &byte, 1, MSG_DONTWAIT) <= 0;
+}
+
+// One address could take every connection descriptor of the gRPC port
+// (gRPC has no per-address limit). Now an address holds at most
+// max_connections_per_address; one more is closed at once, and when one of
+// its connections closes, it may open another.
+TEST_F(HostileGrpcTest, OneAddressHoldsAtMostItsShareOfConnections) {
+  auto signetd = Start("per-address",
+                       "grpc { max_connections_per_address: 4 "
+                       "handshake_timeout_seconds: 60 }\n");
+  ASSERT_NE(signetd, nullptr);
+  std::vector<int> held;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(ConnectFrom("127.0.0.2", port_));
+    ASSERT_GE(held.back(), 0);
+  }
+  for (int fd : held) {
+    EXPECT_FALSE(ClosedByServer(fd, absl::Milliseconds(300)));
+  }
+  const int fifth = ConnectFrom("127.0.0.2", port_);
+  ASSERT_GE(fifth, 0);
+  EXPECT_TRUE(ClosedByServer(fifth, absl::Seconds(10)))
+      << "a fifth connection from one address was kept";
+  close(fifth);
+
+  // Another address is served meanwhile (the tenant connects from
+  // 127.0.0.1).
+  auto stub = v1::Signer::NewStub(Channel(tenant_, /*own_connection=*/true));
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+
+  // Two close: their places come back.
+  close(held[0]);
+  close(held[1]);
+  held.erase(held.begin(), held.begin() + 2);
+  bool kept = false;
+  for (int i = 0; i < 50 && !kept; ++i) {
+    const int again = ConnectFrom("127.0.0.2", port_);
+    ASSERT_GE(again, 0);
+    kept = !ClosedByServer(again, absl::Milliseconds(300));
+    if (kept) {
+      held.push_back(again);
+    } else {
+      close(again);
+    }
+  }
+  EXPECT_TRUE(kept) << "a closed connection's place never came back";
+  for (int fd : held) close(fd);
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "grpc.max_connections_per_address"}),
+              Not(::testing::IsEmpty()));
 }
 
 }  // namespace

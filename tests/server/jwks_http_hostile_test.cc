@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -113,11 +114,16 @@ class Endpoint {
   int port_ = 0;
 };
 
-// Connections that each send a request line and then one header byte every
-// kTrickleEvery, never finishing the request, from loopback source
-// addresses. Pump() runs on a thread of its own.
+// Connections from loopback source addresses that each, every
+// kTrickleEvery, either send one more header byte of a request they never
+// finish (kTrickle), or send one more whole GET and read the answers, on a
+// connection kept alive as long as the server lets it (kKeepAlive). Pump()
+// runs on a thread of its own.
 class Tricklers {
  public:
+  enum Mode { kTrickle, kKeepAlive };
+  explicit Tricklers(Mode mode = kTrickle) : mode_(mode) {}
+
   struct Connection {
     int fd = -1;
     std::string source;
@@ -138,8 +144,11 @@ class Tricklers {
   // opened (the server refusing at once shows up later, as a close).
   absl::Status Open(int port, const std::vector<std::string>& sources,
                     int count) {
-    const std::string start = absl::StrCat(
-        "GET ", kConsumerPath, " HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+    const std::string start =
+        mode_ == kKeepAlive
+            ? WholeRequest()
+            : absl::StrCat("GET ", kConsumerPath,
+                           " HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
     for (int i = 0; i < count; ++i) {
       Connection c;
       c.source = sources[i % sources.size()];
@@ -230,12 +239,19 @@ class Tricklers {
       }
       break;
     }
-    if (send(c.fd, "a", 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
+    const std::string next = mode_ == kKeepAlive ? WholeRequest() : "a";
+    if (send(c.fd, next.data(), next.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
         errno != EAGAIN && errno != EWOULDBLOCK) {
       c.closed = absl::Now();
     }
   }
 
+  static std::string WholeRequest() {
+    return absl::StrCat("GET ", kConsumerPath,
+                        " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  }
+
+  const Mode mode_;
   mutable absl::Mutex mu_;
   std::vector<Connection> connections_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> stop_{false};
@@ -347,6 +363,36 @@ TEST_F(JwksHttpHostileTest, ManySourcesCannotStarveTheEndpoint) {
   // One each: nothing for the per-client limit to refuse.
   EXPECT_EQ(refused, 0);
   ExpectServedWhile(tricklers, 1, absl::Seconds(20));
+}
+
+// Found by an outside attack: clients that keep sending valid requests on
+// kept-alive connections held every slot from a few addresses (the
+// deadline restarts after each response), and an honest GET waited in the
+// listen queue for as long as they liked. Above half the slots, every
+// response now closes its connection.
+TEST_F(JwksHttpHostileTest, KeptAliveConnectionsCannotHoldTheSlots) {
+  // kPerClient from each of enough addresses to take every slot.
+  std::vector<std::string> sources;
+  for (int i = 0; i < kSlots / kPerClient; ++i) {
+    sources.push_back(absl::StrCat("127.0.0.", 2 + i));
+  }
+  Tricklers holders(Tricklers::kKeepAlive);
+  ASSERT_TRUE(holders.Open(endpoint_->port(), sources, kSlots).ok());
+  holders.StartPumping();
+  absl::SleepFor(absl::Seconds(1));
+  ExpectServedWhile(holders, 3, absl::Seconds(20));
+  holders.Stop();
+  int answered = 0;
+  int told_to_close = 0;
+  for (const Tricklers::Connection& c : holders.connections()) {
+    if (absl::StrContains(c.received, "\"keys\"")) ++answered;
+    if (absl::StrContains(absl::AsciiStrToLower(c.received),
+                          "connection: close")) {
+      ++told_to_close;
+    }
+  }
+  EXPECT_GT(answered, 0);
+  EXPECT_GT(told_to_close, 0);
 }
 
 // ---------------------------------------------------------------------------

@@ -634,6 +634,25 @@ TEST_F(SignerTest, AStalledHsmAnswersWithinTheDeadlineAndSigningResumes) {
     if (!resumed) absl::SleepFor(absl::Milliseconds(200));
   }
   EXPECT_TRUE(resumed) << signetd_->Output();
+  // The calls the HSM held finished signing after their callers had been
+  // answered: the log says those signatures reached nobody, next to their
+  // "sign" lines.
+  int undelivered = 0;
+  for (int attempt = 0; attempt < 50 && undelivered == 0; ++attempt) {
+    std::ifstream in(audit_dir_ + "/audit.log");
+    std::string line;
+    while (std::getline(in, line)) {
+      nlohmann::json j = nlohmann::json::parse(line);
+      if (j.value("event", "") != "undelivered") continue;
+      EXPECT_EQ(j.value("result", ""), "DEADLINE_EXCEEDED");
+      EXPECT_EQ(j.value("caller", ""), absl::StrCat("uri:", kAlpha));
+      EXPECT_THAT(j.value("detail", ""), HasSubstr("discarded"));
+      EXPECT_FALSE(j.value("input_sha256", "").empty());
+      ++undelivered;
+    }
+    if (undelivered == 0) absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_GT(undelivered, 0) << "no undelivered signature was recorded";
 }
 
 // One tenant past its limit gets RESOURCE_EXHAUSTED while another keeps

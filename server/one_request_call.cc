@@ -1,0 +1,109 @@
+#include "server/one_request_call.h"
+
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/unknown_field_set.h"
+
+namespace signet::server {
+
+absl::Status ParseMessage(const grpc::ByteBuffer& bytes,
+                          google::protobuf::Message* message) {
+  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader consumes it
+  grpc::ProtoBufferReader reader(&copy);
+  if (message->ParseFromZeroCopyStream(&reader)) return absl::OkStatus();
+  const std::string name = message->GetDescriptor()->full_name();
+  grpc::ByteBuffer again(bytes);
+  grpc::ProtoBufferReader reread(&again);
+  google::protobuf::UnknownFieldSet fields;
+  if (fields.ParseFromZeroCopyStream(&reread)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the request is not a valid ", name,
+        ": a string field is not valid UTF-8"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the request is not a valid ", name,
+      ": it is not well-formed protobuf (truncated or corrupted)"));
+}
+
+bool SerializeMessage(const google::protobuf::Message& message,
+                      grpc::ByteBuffer* out) {
+  grpc::ProtoBufferWriter writer(out, grpc::kProtoBufferWriterMaxBufferLength,
+                                 static_cast<int>(message.ByteSizeLong()));
+  return message.SerializeToZeroCopyStream(&writer);
+}
+
+void RequestWaits::Enter() {
+  if (waiting_.fetch_add(1) + 1 <= limits_.max_waiting) return;
+  std::shared_ptr<PendingCall> oldest;
+  {
+    WatchList& list = *watchdog_.list();
+    absl::MutexLock lock(&list.mu);
+    if (list.calls.empty()) return;  // all of them are being answered
+    oldest = std::move(list.calls.begin()->second);
+    list.calls.erase(list.calls.begin());
+  }
+  if (oldest->Finish(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("signetd has ", limits_.max_waiting,
+                       " calls waiting for their request message, its limit "
+                       "(grpc.max_calls_awaiting_request), and this one had "
+                       "waited longest; send the request with the call")))) {
+    evicted_.fetch_add(1);
+  }
+}
+
+void OneRequestCall::Start() {
+  waits_->Enter();
+  const absl::Duration timeout = waits_->limits().timeout;
+  // The watchdog answers only with an error; OnReadDone claims the timer
+  // with OK, which answers nothing.
+  wait_ = std::make_shared<PendingCall>(
+      [this, timeout](const grpc::Status& status) {
+        if (status.ok()) return;
+        if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+          // The shutdown's cut-off.
+          OnNoRequest(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                   "signetd is shutting down; retry"));
+          return;
+        }
+        if (status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+          OnNoRequest(status);  // made room for a newer call
+          return;
+        }
+        waits_->CountTimeout();
+        OnNoRequest(grpc::Status(
+            grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat("no request message came within ",
+                         absl::FormatDuration(timeout),
+                         " of the call's headers "
+                         "(grpc.request_timeout_seconds); send the request "
+                         "with the call")));
+      },
+      absl::Now() + timeout, std::function<void()>{},
+      waits_->watchdog().list());
+  StartRead(&request_);
+  waits_->watchdog().Watch(wait_);
+}
+
+void OneRequestCall::OnReadDone(bool ok) {
+  waits_->Leave();
+  // Lost: the watchdog has answered (or is answering) the call.
+  if (!wait_->Finish(grpc::Status::OK)) return;
+  if (ok) {
+    OnRequest(request_);
+    return;
+  }
+  if (context_->IsCancelled()) {
+    // The client reset the stream: it asked for nothing.
+    OnNoRequest(grpc::Status::CANCELLED);
+    return;
+  }
+  OnNoRequest(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                           "the call carried no request message"));
+}
+
+}  // namespace signet::server

@@ -1,0 +1,163 @@
+// Calls that carry one request message, received as streams so that signet
+// sees each call from its headers on and bounds the wait for its message.
+//
+// Why: gRPC 1.51 holds a unary call from the moment its headers arrive until
+// its message has come, before any handler runs, outside the ResourceQuota
+// (about 13 KB a call) and with no time limit but the client's own
+// deadline. 100 connections x 256 calls that never sent their message held
+// 1.35 GB of signetd. A stream and a unary call look the same on the wire
+// (HTTP/2 headers, messages, trailers), so signet registers its unary and
+// server-streaming methods as bidirectional streams: the handler runs at the
+// headers, reads the one message itself, and the calls still waiting for it
+// are bounded in number (`max_waiting`: beyond it the call that has waited
+// longest is ended RESOURCE_EXHAUSTED) and in time (`timeout`: then
+// DEADLINE_EXCEEDED). docs/architecture.md, "Health, overload and
+// shutdown"; the README's "Hostile traffic" has the measurements.
+//
+// Thread-safety: RequestWaits is thread-safe. A OneRequestCall is driven by
+// gRPC's reactions and the watchdog thread; see its comments.
+#ifndef SIGNET_SERVER_ONE_REQUEST_CALL_H_
+#define SIGNET_SERVER_ONE_REQUEST_CALL_H_
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/server_callback_handlers.h>
+#include <grpcpp/impl/rpc_service_method.h>
+#include <grpcpp/impl/service_type.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/server_callback.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "google/protobuf/message.h"
+#include "server/pending_call.h"
+
+namespace signet::server {
+
+// Parses a request the way gRPC would, but says why it failed
+// (INVALID_ARGUMENT): a message that is well-formed protobuf yet does not
+// parse has a string field that is not UTF-8 (the one check proto3 adds to
+// the wire format).
+absl::Status ParseMessage(const grpc::ByteBuffer& bytes,
+                          google::protobuf::Message* message);
+// Serializes `message` into `out`; false if it cannot be.
+bool SerializeMessage(const google::protobuf::Message& message,
+                      grpc::ByteBuffer* out);
+
+struct RequestWaitLimits {
+  int max_waiting = 4096;
+  absl::Duration timeout = absl::Seconds(10);
+};
+
+// The budget and the timer shared by every call still waiting for its
+// request message.
+class RequestWaits {
+ public:
+  explicit RequestWaits(RequestWaitLimits limits) : limits_(limits) {}
+
+  // Counts a call that starts waiting. When `max_waiting` are waiting
+  // already, the one that has waited longest is ended RESOURCE_EXHAUSTED to
+  // make room: an honest client sends its message with the headers, so its
+  // calls wait for microseconds and are never the oldest, while calls that
+  // never send theirs are. (Refusing the newest instead would let whoever
+  // holds `max_waiting` calls lock every other client out.)
+  void Enter();
+  void Leave() { waiting_.fetch_sub(1); }
+  void CountTimeout() { timed_out_.fetch_add(1); }
+
+  // Every call still waiting at `at` is answered UNAVAILABLE then: for a
+  // shutdown, which should not wait out the timeout.
+  void CutOff(absl::Time at) { watchdog_.CutOff(at); }
+
+  const RequestWaitLimits& limits() const { return limits_; }
+  DeadlineWatchdog& watchdog() { return watchdog_; }
+  int waiting() const { return waiting_.load(); }
+  // Since the start: calls ended to make room, and calls whose message did
+  // not come in time.
+  uint64_t evicted() const { return evicted_.load(); }
+  uint64_t timed_out() const { return timed_out_.load(); }
+
+ private:
+  const RequestWaitLimits limits_;
+  std::atomic<int> waiting_{0};
+  std::atomic<uint64_t> evicted_{0};
+  std::atomic<uint64_t> timed_out_{0};
+  DeadlineWatchdog watchdog_;
+};
+
+// One call with one request message. Construct it in the method's handler,
+// call Start(), and return it to gRPC. It deletes itself when gRPC is done
+// with it.
+//
+// Exactly one of OnRequest() and OnNoRequest() runs, and the subclass must
+// end the call (Finish, or StartWriteAndFinish) exactly once after it.
+class OneRequestCall
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  ~OneRequestCall() override = default;
+
+  // Counts the call among the waiting ones and starts reading the request.
+  void Start();
+
+  void OnReadDone(bool ok) final;
+  void OnDone() override { delete this; }
+
+ protected:
+  OneRequestCall(RequestWaits* waits, grpc::CallbackServerContext* context)
+      : waits_(waits), context_(context) {}
+
+  grpc::CallbackServerContext* context() const { return context_; }
+
+  // The request arrived (bytes, not checked). On a gRPC thread.
+  virtual void OnRequest(const grpc::ByteBuffer& request) = 0;
+  // No request will be handled, and `status` says why:
+  //   RESOURCE_EXHAUSTED  it waited longest when too many were waiting;
+  //   DEADLINE_EXCEEDED   it did not come within the timeout;
+  //   INVALID_ARGUMENT    the client half-closed without sending one;
+  //   CANCELLED           the client went away;
+  //   UNAVAILABLE         signetd is shutting down.
+  // On a gRPC thread or the watchdog's. The default answers `status`;
+  // subclasses may audit first.
+  virtual void OnNoRequest(const grpc::Status& status) { Finish(status); }
+
+ private:
+  RequestWaits* const waits_;
+  grpc::CallbackServerContext* const context_;
+  grpc::ByteBuffer request_;
+  // The wait's timer: whichever of OnReadDone and the watchdog finishes it
+  // first decides whether the request is handled.
+  std::shared_ptr<PendingCall> wait_;
+};
+
+// A service whose methods each take one request message, received as
+// streams.
+class OneRequestService : public grpc::Service {
+ protected:
+  // Registers the method `name` ("/package.Service/Method"). `make` returns
+  // a new OneRequestCall for each call; it is started here.
+  template <typename Make>
+  void AddOneRequestMethod(const char* name, Make make) {
+    using Reactor = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
+    AddMethod(new grpc::internal::RpcServiceMethod(
+        name, grpc::internal::RpcMethod::BIDI_STREAMING, nullptr));
+    MarkMethodRawCallback(
+        methods_++,
+        new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer,
+                                                grpc::ByteBuffer>(
+            [make](grpc::CallbackServerContext* context) -> Reactor* {
+              OneRequestCall* call = make(context);
+              call->Start();
+              return call;
+            }));
+  }
+
+ private:
+  int methods_ = 0;
+};
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_ONE_REQUEST_CALL_H_
