@@ -547,18 +547,24 @@ void AuditLog::AppendRefusal(const AuditEvent& event) {
     MaybeFlushRefusalSummaryLocked(now, /*force=*/false);
     refusal_window_ = second;
     refusals_in_window_ = 0;
+    written_by_caller_.clear();
   }
+  std::string caller = Truncated(event.caller);
+  const int caller_share = std::max(1, options_.refusals_per_second / 5);
   if (refusals_in_window_ < options_.refusals_per_second) {
-    absl::StatusOr<std::string> members = EventMembers(event, name);
-    if (!members.ok()) {
-      return;  // out of memory: nothing sensible to record
+    int& written = written_by_caller_[caller];
+    if (written < caller_share) {
+      absl::StatusOr<std::string> members = EventMembers(event, name);
+      if (!members.ok()) {
+        return;  // out of memory: nothing sensible to record
+      }
+      ++written;
+      ++refusals_in_window_;
+      pending_.push_back(Pending{0, now, *std::move(members)});
+      return;
     }
-    ++refusals_in_window_;
-    pending_.push_back(Pending{0, now, *std::move(members)});
-    return;
   }
   ++refusals_suppressed_;
-  std::string caller = Truncated(event.caller);
   auto it = suppressed_by_caller_.find(caller);
   if (it != suppressed_by_caller_.end()) {
     ++it->second;

@@ -121,7 +121,9 @@ struct AuditLogOptions {
   std::string syslog_socket;
   // Refusals beyond this many per second (by `now`) are not written one by
   // one but counted into one "refusal_summary" line per second, so a flood
-  // of bad requests cannot fill the disk and stop signing. Must be >= 0.
+  // of bad requests cannot fill the disk and stop signing. One caller gets
+  // at most a fifth of them (at least one), so its flood leaves lines for
+  // the others' refusals. Must be >= 0.
   int refusals_per_second = 50;
   // The clock for line times, the checkpoint schedule and refusal windows.
   std::function<absl::Time()> now = absl::Now;
@@ -346,6 +348,9 @@ class AuditLog {
   // many refusals it wrote, and how many it suppressed, by caller.
   int64_t refusal_window_ ABSL_GUARDED_BY(mu_) = 0;
   int refusals_in_window_ ABSL_GUARDED_BY(mu_) = 0;
+  // Lines written in this window by caller (at most refusals_per_second
+  // entries).
+  std::map<std::string, int> written_by_caller_ ABSL_GUARDED_BY(mu_);
   uint64_t refusals_suppressed_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> suppressed_by_caller_ ABSL_GUARDED_BY(mu_);
   uint64_t suppressed_other_callers_ ABSL_GUARDED_BY(mu_) = 0;

@@ -850,19 +850,62 @@ TEST(AuditLogTest, ARefusalFloodBecomesASummary) {
   }
   log.reset();
 
+  // Each caller writes its fifth of the 50 lines; the rest is counted.
   std::vector<std::string> lines = ReadLines(path);
-  ASSERT_THAT(lines, SizeIs(51));
-  for (int i = 0; i < 50; ++i) {
+  ASSERT_THAT(lines, SizeIs(21));
+  for (int i = 0; i < 20; ++i) {
     EXPECT_EQ(Parse(lines[i])["event"], "refuse");
   }
-  Json summary = Parse(lines[50]);
+  Json summary = Parse(lines[20]);
   EXPECT_EQ(summary["event"], "refusal_summary");
-  EXPECT_EQ(summary["count"], 9950);
+  EXPECT_EQ(summary["count"], 9980);
   EXPECT_THAT(summary["detail"].get<std::string>(),
-              AllOf(HasSubstr("cn:flooder 4975"),
-                    HasSubstr("uri:spiffe://example.org/other 4975"),
+              AllOf(HasSubstr("cn:flooder 4990"),
+                    HasSubstr("uri:spiffe://example.org/other 4990"),
                     HasSubstr("2026-11-23T16:42:50.000Z")));
-  ExpectChainVerifies(path, 51);
+  ExpectChainVerifies(path, 21);
+}
+
+// One caller's flood used every line of the window, so another caller's
+// refusals in the same second were only counted. Each caller now gets a
+// fifth of the lines.
+TEST(AuditLogTest, OneCallersFloodLeavesLinesForAnothersRefusals) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  FakeClock clock(Start());
+  AuditLogOptions o = Options(path, &clock);
+  o.refusals_per_second = 50;
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 1000; ++i) {
+    AuditEvent e = SignEvent(i);
+    e.event = "refuse";
+    e.caller = "cn:flooder";
+    e.result = "PERMISSION_DENIED";
+    log->AppendRefusal(e);
+  }
+  for (int i = 0; i < 3; ++i) {
+    AuditEvent e = SignEvent(i);
+    e.event = "refuse";
+    e.caller = "uri:spiffe://example.org/honest";
+    e.result = "INVALID_ARGUMENT";
+    log->AppendRefusal(e);
+  }
+  log.reset();
+
+  int flooder = 0;
+  int honest = 0;
+  uint64_t summarized = 0;
+  for (const std::string& line : ReadLines(path)) {
+    Json j = Parse(line);
+    if (j["event"] == "refusal_summary") summarized += j["count"].get<uint64_t>();
+    if (j["event"] != "refuse") continue;
+    if (j["caller"] == "cn:flooder") ++flooder;
+    if (j["caller"] == "uri:spiffe://example.org/honest") ++honest;
+  }
+  EXPECT_EQ(flooder, 10);
+  EXPECT_EQ(honest, 3);
+  EXPECT_EQ(summarized, 990u);
 }
 
 TEST(AuditLogTest, ARefusalFloodOverSeveralSecondsKeepsEveryCount) {

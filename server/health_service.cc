@@ -1,7 +1,11 @@
 #include "server/health_service.h"
 
+#include <algorithm>
+#include <functional>
 #include <optional>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -50,8 +54,10 @@ class HealthService::Watcher final : public OneRequestCall {
   Watcher(HealthService* service, grpc::CallbackServerContext* context)
       : OneRequestCall(service->waits_, context), service_(service) {}
 
-  // The service watched; set before the watcher is registered.
+  // The service watched, and the hash of the client's certificate; set
+  // before the watcher is registered.
   const std::string& name() const { return name_; }
+  size_t certificate() const { return certificate_; }
 
   void Send(Status status) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
@@ -101,6 +107,15 @@ class HealthService::Watcher final : public OneRequestCall {
       return;
     }
     name_ = request.service();
+    std::shared_ptr<const grpc::AuthContext> auth = context()->auth_context();
+    if (auth != nullptr) {
+      std::vector<grpc::string_ref> pem =
+          auth->FindPropertyValues("x509_pem_cert");
+      if (!pem.empty()) {
+        certificate_ = std::hash<std::string_view>()(
+            std::string_view(pem.front().data(), pem.front().size()));
+      }
+    }
     service_->StartWatch(this);
   }
 
@@ -133,6 +148,7 @@ class HealthService::Watcher final : public OneRequestCall {
 
   HealthService* const service_;
   std::string name_;
+  size_t certificate_ = 0;
   absl::Mutex mu_;
   grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -192,7 +208,11 @@ int HealthService::watchers() const {
 
 void HealthService::Forget(Watcher* watcher) {
   absl::MutexLock lock(&mu_);
-  watchers_.erase(watcher);
+  if (watchers_.erase(watcher) == 0) return;  // never admitted
+  auto it = watchers_by_certificate_.find(watcher->certificate());
+  if (it != watchers_by_certificate_.end() && --it->second <= 0) {
+    watchers_by_certificate_.erase(it);
+  }
 }
 
 grpc::Status HealthService::Check(const std::string& service,
@@ -208,7 +228,8 @@ grpc::Status HealthService::Check(const std::string& service,
 }
 
 void HealthService::StartWatch(Watcher* watcher) {
-  bool refused = false;
+  const int share = std::max(1, max_watchers_ / 4);
+  std::string refused;
   {
     absl::MutexLock lock(&mu_);
     if (shut_down_) {
@@ -216,19 +237,27 @@ void HealthService::StartWatch(Watcher* watcher) {
                                 "signetd is shutting down"));
       return;
     }
+    int& mine = watchers_by_certificate_[watcher->certificate()];
     if (static_cast<int>(watchers_.size()) >= max_watchers_) {
-      refused = true;
+      refused = absl::StrCat("signetd has ", max_watchers_,
+                             " health watches open, its limit "
+                             "(grpc.max_health_watchers)");
+    } else if (mine >= share) {
+      refused = absl::StrCat(
+          "this client certificate holds ", mine,
+          " health watches, its share (a quarter of "
+          "grpc.max_health_watchers)");
     } else {
+      ++mine;
       watchers_.insert(watcher);
       watcher->Send(StatusOf(watcher->name()));
     }
+    if (mine == 0) watchers_by_certificate_.erase(watcher->certificate());
   }
-  if (refused) {
-    watcher->End(grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("signetd has ", max_watchers_,
-                     " health watches open, its limit "
-                     "(grpc.max_health_watchers); use Check, or retry later")));
+  if (!refused.empty()) {
+    watcher->End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              absl::StrCat(refused,
+                                           "; use Check, or retry later")));
     if (on_refused_) on_refused_();
   }
 }

@@ -2,9 +2,10 @@
 // own instead of gRPC's default one, because the default one lets any client
 // with a certificate hold any number of Watch streams: 60,000 of them grew
 // signetd from 40 MB to 1.1 GB. Here at most `max_watchers` Watch streams are
-// open at once, over every connection; one more is answered
-// RESOURCE_EXHAUSTED at once (and reported through `on_refused`, so it is
-// audited). Check is unary and holds nothing. Both are received as streams
+// open at once, over every connection, and at most a quarter of them for
+// one client certificate (any certificate of the CA reaches health, so one
+// must not hold every watch); one more is answered RESOURCE_EXHAUSTED at
+// once (and reported through `on_refused`, so it is audited). Check is unary and holds nothing. Both are received as streams
 // (server/one_request_call.h), so a call whose request never comes is
 // bounded, and a request that does not parse is INVALID_ARGUMENT with a
 // message (gRPC's typed handler answers UNIMPLEMENTED and nothing else).
@@ -72,6 +73,8 @@ class HealthService final : public OneRequestService {
   mutable absl::Mutex mu_;
   std::map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);
   std::set<Watcher*> watchers_ ABSL_GUARDED_BY(mu_);
+  // Open watches by the hash of their client certificate.
+  std::map<size_t, int> watchers_by_certificate_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
