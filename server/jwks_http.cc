@@ -156,6 +156,7 @@ struct MhdCallbacks {
     if (*request_state != &kHeadersChecked) {
       const char* target_end = static_cast<const char*>(*request_state);
       *request_state = &kHeadersChecked;
+      server->HeadersIn(connection);
       return server->CheckRequest(connection, method, version, target_end)
                  ? MHD_YES
                  : MHD_NO;
@@ -208,6 +209,8 @@ struct MhdCallbacks {
 JwksHttpServer::JwksHttpServer(const JwksHttpOptions& options)
     : options_(options),
       deadline_ns_(absl::ToInt64Nanoseconds(options.request_deadline)),
+      headers_ns_(absl::ToInt64Nanoseconds(
+          std::min(options.request_deadline, kCrowdedHeaderTime))),
       log_(std::make_unique<ThrottledLog>("JWKS HTTP: ", kThrottledLogLines,
                                          kThrottledLogWindow)) {}
 
@@ -335,8 +338,9 @@ void JwksHttpServer::Track(MHD_Connection* connection, void** socket_context) {
   const MHD_ConnectionInfo* info =
       MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
   tracked->fd = info != nullptr ? info->connect_fd : -1;
-  tracked->deadline_ns.store(SteadyNowNs() + deadline_ns_,
-                             std::memory_order_relaxed);
+  const int64_t now = SteadyNowNs();
+  tracked->deadline_ns.store(now + deadline_ns_, std::memory_order_relaxed);
+  tracked->headers_due_ns.store(now + headers_ns_, std::memory_order_relaxed);
   *socket_context = tracked.get();
   open_connections_.fetch_add(1, std::memory_order_relaxed);
   absl::MutexLock lock(&connections_mu_);
@@ -359,14 +363,26 @@ void JwksHttpServer::Rearm(MHD_Connection* connection) const {
   auto* tracked = static_cast<Tracked*>(info->socket_context);
   int64_t deadline = tracked->deadline_ns.load(std::memory_order_relaxed);
   if (deadline == std::numeric_limits<int64_t>::max()) return;  // closing
-  tracked->deadline_ns.store(SteadyNowNs() + deadline_ns_,
+  const int64_t now = SteadyNowNs();
+  tracked->deadline_ns.store(now + deadline_ns_, std::memory_order_relaxed);
+  tracked->headers_due_ns.store(now + headers_ns_, std::memory_order_relaxed);
+}
+
+void JwksHttpServer::HeadersIn(MHD_Connection* connection) const {
+  const MHD_ConnectionInfo* info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  if (info == nullptr || info->socket_context == nullptr) return;
+  static_cast<Tracked*>(info->socket_context)
+      ->headers_due_ns.store(std::numeric_limits<int64_t>::max(),
                              std::memory_order_relaxed);
 }
 
 void JwksHttpServer::SweepLoop() {
-  // A quarter of the deadline, so a connection lives at most 1.25 of it.
+  // A quarter of the shorter limit, so a connection lives at most 1.25 of
+  // it.
   const absl::Duration period = std::clamp(
-      options_.request_deadline / 4, absl::Milliseconds(50), absl::Seconds(1));
+      std::min(options_.request_deadline, kCrowdedHeaderTime) / 4,
+      absl::Milliseconds(50), absl::Seconds(1));
   for (;;) {
     int closed = 0;
     {
@@ -376,10 +392,14 @@ void JwksHttpServer::SweepLoop() {
         return;
       }
       const int64_t now = SteadyNowNs();
+      const bool crowded = Crowded();
       for (const auto& [key, tracked] : connections_) {
-        if (tracked->deadline_ns.load(std::memory_order_relaxed) > now) {
-          continue;
+        int64_t due = tracked->deadline_ns.load(std::memory_order_relaxed);
+        if (crowded) {
+          due = std::min(
+              due, tracked->headers_due_ns.load(std::memory_order_relaxed));
         }
+        if (due > now) continue;
         tracked->deadline_ns.store(std::numeric_limits<int64_t>::max(),
                                    std::memory_order_relaxed);
         // libmicrohttpd then reads end-of-file and closes the connection
@@ -390,10 +410,11 @@ void JwksHttpServer::SweepLoop() {
     }
     if (closed > 0) {
       log_->Warn([&] {
-        return absl::StrCat("closed ", closed,
-                            " connection(s) past the request deadline (",
-                            absl::FormatDuration(options_.request_deadline),
-                            ")");
+        return absl::StrCat(
+            "closed ", closed, " connection(s) past the request deadline (",
+            absl::FormatDuration(options_.request_deadline), "; ",
+            absl::FormatDuration(kCrowdedHeaderTime),
+            " for the headers while more than half the slots are taken)");
       });
     }
     log_->Flush();

@@ -17,6 +17,12 @@
 //    whenever a response has been sent, by which its next request must be
 //    received and answered. A sweep closes (shutdown(2)) connections past
 //    it, so trickling clients free their slots.
+//  - Slow requests cannot hold slots under pressure either: while more than
+//    half the slots are taken, a connection must have sent its request's
+//    headers within kCrowdedHeaderTime of its accept (or of its previous
+//    response), or the sweep closes it. Honest clients send them in
+//    milliseconds; tricklers that reconnect at once made honest requests
+//    wait a whole request deadline (10 s) for a slot.
 //  - Keep-alive cannot hold slots under pressure: while more than half the
 //    slots are taken, every response says "Connection: close", so a client
 //    that keeps sending valid requests on one connection cannot keep it
@@ -97,6 +103,9 @@ class JwksHttpServer {
   // Rate limit of the "JWKS HTTP: " lines (see above).
   static constexpr int kThrottledLogLines = 10;
   static constexpr absl::Duration kThrottledLogWindow = absl::Seconds(10);
+  // While more than half the slots are taken: the time a connection has to
+  // send its request's headers (see above).
+  static constexpr absl::Duration kCrowdedHeaderTime = absl::Seconds(1);
 
   // Starts listening. INVALID_ARGUMENT for a bad address or a zero
   // connection limit or deadline, UNAVAILABLE when it cannot bind. Raises
@@ -121,6 +130,9 @@ class JwksHttpServer {
     int fd = -1;
     // steady_clock nanoseconds; INT64_MAX once closed by the sweep.
     std::atomic<int64_t> deadline_ns{0};
+    // When its request's headers are due if slots are scarce; INT64_MAX
+    // once they are in.
+    std::atomic<int64_t> headers_due_ns{0};
   };
 
   // One document, ready to queue on any number of connections: 200 with
@@ -159,6 +171,8 @@ class JwksHttpServer {
       ABSL_LOCKS_EXCLUDED(connections_mu_);
   void Untrack(void* socket_context) ABSL_LOCKS_EXCLUDED(connections_mu_);
   void Rearm(MHD_Connection* connection) const;
+  // The request's headers are in (the handler's first call).
+  void HeadersIn(MHD_Connection* connection) const;
   // More than half the slots are taken: responses close their connection.
   bool Crowded() const {
     return open_connections_.load(std::memory_order_relaxed) >
@@ -172,6 +186,7 @@ class JwksHttpServer {
   int port_ = 0;
   bool tls_ = false;
   int64_t deadline_ns_ = 0;  // options_.request_deadline
+  int64_t headers_ns_ = 0;   // kCrowdedHeaderTime, at most the deadline
   mutable absl::Mutex mu_;
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(mu_);
 

@@ -63,6 +63,9 @@ constexpr char kConsumerPath[] = "/consumer/.well-known/jwks.json";
 constexpr int kSlots = 64;
 constexpr int kPerClient = 8;
 constexpr absl::Duration kDeadline = absl::Seconds(2);
+// While more than half the slots are taken, the time a connection has to
+// send its headers (JwksHttpServer::kCrowdedHeaderTime).
+constexpr absl::Duration kCrowdedHeaderTime = absl::Seconds(1);
 // How often a trickling client sends its next byte: far inside the 10 s
 // inactivity timeout, so only the request deadline can end it.
 constexpr absl::Duration kTrickleEvery = absl::Milliseconds(250);
@@ -144,51 +147,24 @@ class Tricklers {
   // opened (the server refusing at once shows up later, as a close).
   absl::Status Open(int port, const std::vector<std::string>& sources,
                     int count) {
-    const std::string start =
-        mode_ == kKeepAlive
-            ? WholeRequest()
-            : absl::StrCat("GET ", kConsumerPath,
-                           " HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+    port_ = port;
     for (int i = 0; i < count; ++i) {
       Connection c;
       c.source = sources[i % sources.size()];
-      c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (c.fd < 0) return absl::InternalError(strerror(errno));
-      timeval tv = {.tv_sec = 10, .tv_usec = 0};
-      setsockopt(c.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-      sockaddr_in from = {};
-      from.sin_family = AF_INET;
-      if (inet_pton(AF_INET, c.source.c_str(), &from.sin_addr) != 1 ||
-          (ntohl(from.sin_addr.s_addr) >> 24) != 127) {
-        close(c.fd);
-        return absl::InvalidArgumentError(
-            absl::StrCat(c.source, " is not a loopback address"));
-      }
-      if (bind(c.fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) {
-        int e = errno;
-        close(c.fd);
-        return absl::InternalError(
-            absl::StrCat("bind ", c.source, ": ", strerror(e)));
-      }
-      sockaddr_in to = {};
-      to.sin_family = AF_INET;
-      to.sin_port = htons(static_cast<uint16_t>(port));
-      to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      if (connect(c.fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0) {
-        int e = errno;
-        close(c.fd);
-        return absl::UnavailableError(
-            absl::StrCat("connect from ", c.source, ": ", strerror(e)));
-      }
-      c.opened = absl::Now();
-      fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK);
-      // The server may already have closed it (a refused connection):
-      // that is for Pump() to notice, not an error here.
-      (void)send(c.fd, start.data(), start.size(), MSG_NOSIGNAL);
+      absl::Status opened = Dial(c);
+      if (!opened.ok()) return opened;
       absl::MutexLock lock(&mu_);
       connections_.push_back(std::move(c));
     }
     return absl::OkStatus();
+  }
+
+  // A connection the server closes is opened again at once, from the same
+  // address, and starts over (a slowloris that reconnects).
+  void ReconnectWhenClosed() { reconnect_ = true; }
+  int reconnects() const {
+    absl::MutexLock lock(&mu_);
+    return reconnects_;
   }
 
   // Sends the next byte on every open connection every kTrickleEvery, and
@@ -224,7 +200,14 @@ class Tricklers {
 
  private:
   void PumpOne(Connection& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (c.closed != absl::InfiniteFuture()) return;
+    if (c.closed != absl::InfiniteFuture()) {
+      if (!reconnect_) return;
+      close(c.fd);
+      c.fd = -1;
+      c.received.clear();
+      if (Dial(c).ok()) ++reconnects_;
+      return;
+    }
     char buf[4096];
     for (;;) {
       ssize_t n = recv(c.fd, buf, sizeof(buf), MSG_DONTWAIT);
@@ -246,13 +229,60 @@ class Tricklers {
     }
   }
 
+  // Connects `c` from its source and sends the start of its request.
+  absl::Status Dial(Connection& c) {
+    const std::string start =
+        mode_ == kKeepAlive
+            ? WholeRequest()
+            : absl::StrCat("GET ", kConsumerPath,
+                           " HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c.fd < 0) return absl::InternalError(strerror(errno));
+    timeval tv = {.tv_sec = 10, .tv_usec = 0};
+    setsockopt(c.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    sockaddr_in from = {};
+    from.sin_family = AF_INET;
+    if (inet_pton(AF_INET, c.source.c_str(), &from.sin_addr) != 1 ||
+        (ntohl(from.sin_addr.s_addr) >> 24) != 127) {
+      close(c.fd);
+      return absl::InvalidArgumentError(
+          absl::StrCat(c.source, " is not a loopback address"));
+    }
+    if (bind(c.fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) {
+      int e = errno;
+      close(c.fd);
+      return absl::InternalError(
+          absl::StrCat("bind ", c.source, ": ", strerror(e)));
+    }
+    sockaddr_in to = {};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<uint16_t>(port_));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(c.fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0) {
+      int e = errno;
+      close(c.fd);
+      return absl::UnavailableError(
+          absl::StrCat("connect from ", c.source, ": ", strerror(e)));
+    }
+    c.opened = absl::Now();
+    c.closed = absl::InfiniteFuture();
+    fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK);
+    // The server may already have closed it (a refused connection): that
+    // is for Pump() to notice, not an error here.
+    (void)send(c.fd, start.data(), start.size(), MSG_NOSIGNAL);
+    return absl::OkStatus();
+  }
+
   static std::string WholeRequest() {
     return absl::StrCat("GET ", kConsumerPath,
                         " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
   }
 
   const Mode mode_;
+  int port_ = 0;
+  bool reconnect_ = false;
   mutable absl::Mutex mu_;
+  int reconnects_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Connection> connections_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> stop_{false};
   std::thread pump_;
@@ -299,10 +329,12 @@ class JwksHttpHostileTest : public ::testing::Test {
   }
 
   // Every trickler closed by the server, none given a document. Returns
-  // how many the server closed before the deadline could have (from the
-  // client's connect, so never later than the server's accept).
-  static int ExpectAllClosedWithoutADocument(Tricklers& tricklers,
-                                             absl::Duration bound) {
+  // how many the server closed sooner than `sweep_after` (the earliest the
+  // sweep could have) from the client's connect, so never later than the
+  // server's accept: those were refused at once.
+  static int ExpectAllClosedWithoutADocument(
+      Tricklers& tricklers, absl::Duration bound,
+      absl::Duration sweep_after = kDeadline) {
     absl::Time give_up = absl::Now() + bound;
     while (tricklers.open() > 0 && absl::Now() < give_up) {
       absl::SleepFor(absl::Milliseconds(100));
@@ -313,7 +345,7 @@ class JwksHttpHostileTest : public ::testing::Test {
     for (const Tricklers::Connection& c : tricklers.connections()) {
       if (c.closed == absl::InfiniteFuture()) ++still_open;
       EXPECT_THAT(c.received, Not(HasSubstr("\"keys\""))) << c.source;
-      if (c.closed - c.opened < kDeadline) ++before_deadline;
+      if (c.closed - c.opened < sweep_after) ++before_deadline;
     }
     EXPECT_EQ(still_open, 0)
         << "trickling connections still open after " << bound << " of waiting";
@@ -343,9 +375,10 @@ TEST_F(JwksHttpHostileTest, OneSourceCannotTakeTheSlots) {
 // One trickling connection from each of 199 addresses (127.0.0.2 to
 // 127.0.0.200), three times the slots: the per-client limit does not help,
 // the slots fill up, and new connections (127.0.0.1's too) wait in the
-// listen queue. The request deadline frees the slots, a round at a time,
-// until 127.0.0.1 is served. Without the deadline the 10 s inactivity
-// timeout never fires for them and the GET is never answered.
+// listen queue. With the slots crowded, a connection that has not sent its
+// headers within 1 s is closed (the request deadline does the same later),
+// a round at a time, until 127.0.0.1 is served. Without either, the 10 s
+// inactivity timeout never fires for them and the GET is never answered.
 TEST_F(JwksHttpHostileTest, ManySourcesCannotStarveTheEndpoint) {
   std::vector<std::string> sources;
   for (int i = 2; i <= 200; ++i) sources.push_back(absl::StrCat("127.0.0.", i));
@@ -359,8 +392,11 @@ TEST_F(JwksHttpHostileTest, ManySourcesCannotStarveTheEndpoint) {
   // 199 ahead of it in 64 slots: about four deadlines (2 s, plus up to a
   // quarter for the sweep); 60 s is a liveness bound only.
   ExpectServedWhile(tricklers, 1, absl::Seconds(60));
-  int refused = ExpectAllClosedWithoutADocument(tricklers, absl::Seconds(60));
-  // One each: nothing for the per-client limit to refuse.
+  int refused = ExpectAllClosedWithoutADocument(
+      tricklers, absl::Seconds(60),
+      /*sweep_after=*/kCrowdedHeaderTime);
+  // One each: nothing for the per-client limit to refuse; the sweep closed
+  // them all.
   EXPECT_EQ(refused, 0);
   ExpectServedWhile(tricklers, 1, absl::Seconds(20));
 }
@@ -393,6 +429,53 @@ TEST_F(JwksHttpHostileTest, KeptAliveConnectionsCannotHoldTheSlots) {
   }
   EXPECT_GT(answered, 0);
   EXPECT_GT(told_to_close, 0);
+}
+
+// Found by an outside attack: tricklers from many addresses that reconnect
+// as soon as they are closed kept the slots full, and about half of the
+// honest GETs waited a whole request deadline for one. While more than half
+// the slots are taken, a connection now has JwksHttpServer's
+// kCrowdedHeaderTime (1 s) to send its request's headers. A signetd of its
+// own, with a request deadline of 30 s: only the shorter time can free the
+// slots before the bound below.
+TEST(JwksHttpCrowdedTest, ReconnectingTricklersDoNotHoldHonestRequests) {
+  signal(SIGPIPE, SIG_IGN);
+  auto endpoint = Endpoint::Start(absl::StrCat(
+      "max_connections: ", kSlots, " max_connections_per_client: ",
+      kPerClient, " request_deadline_seconds: 30"));
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  std::vector<std::string> sources;
+  for (int i = 0; i < 2 * kSlots; ++i) {
+    sources.push_back(absl::StrCat("127.0.0.", 2 + i));
+  }
+  Tricklers tricklers;
+  tricklers.ReconnectWhenClosed();
+  ASSERT_TRUE((*endpoint)->port() > 0);
+  ASSERT_TRUE(tricklers
+                  .Open((*endpoint)->port(), sources,
+                        static_cast<int>(sources.size()))
+                  .ok());
+  tricklers.StartPumping();
+  absl::SleepFor(absl::Milliseconds(1500));
+  for (int i = 0; i < 5; ++i) {
+    const absl::Duration bound = absl::Seconds(15);  // half the deadline
+    absl::Time start = absl::Now();
+    absl::StatusOr<HttpResponse> r =
+        HttpGet((*endpoint)->port(), kConsumerPath, bound);
+    absl::Duration took = absl::Now() - start;
+    std::cout << "GET " << i << " among reconnecting tricklers ("
+              << tricklers.reconnects() << " reconnects so far): "
+              << (r.ok() ? absl::StrCat(r->status) : r.status().ToString())
+              << " after " << took << "\n";
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200);
+    EXPECT_LT(took, bound);
+  }
+  tricklers.Stop();
+  EXPECT_GT(tricklers.reconnects(), 0);
+  for (const Tricklers::Connection& c : tricklers.connections()) {
+    EXPECT_THAT(c.received, Not(HasSubstr("\"keys\""))) << c.source;
+  }
 }
 
 // ---------------------------------------------------------------------------
