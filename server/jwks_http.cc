@@ -446,10 +446,14 @@ void JwksHttpServer::Publish(const PublishedDocuments& documents) {
                                 content_type);
       }
     }
-    doc->not_modified =
-        MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
-    doc->not_modified_close =
-        MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
+    // The 304s are built on the body too, which they never send: then
+    // libmicrohttpd's Content-Length is the 200's, as RFC 9110 section 8.6
+    // requires of a 304 that carries one (built empty, it said 0).
+    for (MHD_Response** not_modified :
+         {&doc->not_modified, &doc->not_modified_close}) {
+      *not_modified = MHD_create_response_from_buffer(
+          body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+    }
     for (MHD_Response* r : {doc->ok, doc->not_modified, doc->ok_close,
                             doc->not_modified_close}) {
       if (r == nullptr) continue;
