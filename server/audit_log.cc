@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -186,6 +187,10 @@ struct Tail {
   uint64_t last_seq = 0;
   std::string last_hash_hex = std::string(kZeroHash);
   uint64_t last_checkpoint_seq = 0;
+  // An incomplete last line (no newline: a write cut short), and the file
+  // offset it starts at; empty when the file ends with a whole line.
+  std::string torn;
+  uint64_t torn_at = 0;
 };
 
 // Reads the last line of a non-empty regular file to continue its chain.
@@ -209,11 +214,19 @@ absl::StatusOr<Tail> ReadTail(int fd, uint64_t size, absl::string_view path) {
           absl::StrCat("audit log ", path, ": its last line is longer than ",
                        kMaxAuditLineBytes, " bytes and incomplete", refuse));
     }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "audit log ", path, ": ", NameLine(buf, start, base),
-        " is incomplete (no newline at the end of the file: a write was cut "
-        "short)",
-        refuse));
+    // A write cut short (a crash mid-append): the chain continues from the
+    // whole line before it, and Open moves the fragment aside. Its line was
+    // never durable, so its call was never answered.
+    const uint64_t torn_at = base + start;
+    Tail tail;
+    if (torn_at > 0) {
+      absl::StatusOr<Tail> before = ReadTail(fd, torn_at, path);
+      if (!before.ok()) return before.status();
+      tail = *std::move(before);
+    }
+    tail.torn = buf.substr(start);
+    tail.torn_at = torn_at;
+    return tail;
   }
   const size_t end = buf.size() - 1;
   size_t start = 0;
@@ -289,6 +302,62 @@ void SendToSyslog(int priority, const std::string& message,
   // Best effort, like syslog(3): the file already holds the line.
   (void)sendto(fd.get(), datagram.data(), datagram.size(), MSG_NOSIGNAL,
                reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+}
+
+// Moves an incomplete last line out of the log: copies it to a side file
+// next to the log (durably), then cuts the log back to its last whole line.
+// Returns the side file's path. A log that cannot be cut (an append-only
+// inode) is left as it was, for a person.
+absl::StatusOr<std::string> MoveTornLineAside(int fd, const std::string& path,
+                                              const Tail& tail) {
+  std::string side;
+  int side_fd = -1;
+  for (int n = 1; n <= 100 && side_fd < 0; ++n) {
+    side = absl::StrCat(path, ".torn-", tail.last_seq + 1,
+                        n == 1 ? "" : absl::StrCat("-", n));
+    side_fd =
+        open(side.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (side_fd < 0 && errno != EEXIST) {
+      const int err = errno;
+      return ErrnoStatus(err, absl::StrCat("audit log side file ", side));
+    }
+  }
+  ScopedFd out(side_fd);
+  if (out.get() < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "audit log ", path, ": too many side files for its torn last line"));
+  }
+  size_t done = 0;
+  while (done < tail.torn.size()) {
+    ssize_t n = write(out.get(), tail.torn.data() + done,
+                      tail.torn.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      unlink(side.c_str());
+      return ErrnoStatus(err, absl::StrCat("audit log side file ", side));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (fsync(out.get()) != 0) {
+    const int err = errno;
+    unlink(side.c_str());
+    return ErrnoStatus(err, absl::StrCat("audit log side file ", side));
+  }
+  if (absl::Status synced = SyncParentDirectory(side); !synced.ok()) {
+    return synced;
+  }
+  if (ftruncate(fd, static_cast<off_t>(tail.torn_at)) != 0 ||
+      fdatasync(fd) != 0) {
+    const int err = errno;
+    unlink(side.c_str());
+    return absl::FailedPreconditionError(absl::StrCat(
+        "audit log ", path, ": its last line is incomplete (a write was cut "
+        "short) and the file cannot be cut back to the line before it (",
+        std::strerror(err),
+        "; an append-only file?); move the log aside by hand"));
+  }
+  return side;
 }
 
 }  // namespace
@@ -378,10 +447,34 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
     }
     tail = *std::move(read);
   }
+  // A torn last line: moved aside, and recorded as the next line.
+  std::optional<AuditEvent> torn_note;
+  if (!tail.torn.empty()) {
+    absl::StatusOr<std::string> side = MoveTornLineAside(fd, path, tail);
+    if (!side.ok()) return side.status();
+    absl::StatusOr<std::string> fragment_hash = HexSha256(tail.torn);
+    if (!fragment_hash.ok()) return fragment_hash.status();
+    AuditEvent note;
+    note.event = "torn_tail";
+    note.result = "DATA_LOSS";
+    note.detail = absl::StrCat(
+        "an incomplete line of ", tail.torn.size(), " bytes at byte offset ",
+        tail.torn_at,
+        " (a write cut short; its call was never answered) was moved to ",
+        *side, ", sha256 ", *fragment_hash);
+    torn_note = std::move(note);
+    size = tail.torn_at;
+  }
 
-  return std::unique_ptr<AuditLog>(
+  std::unique_ptr<AuditLog> log(
       new AuditLog(std::move(options), owned_fd.release(), size, tail.last_seq,
                    std::move(tail.last_hash_hex), tail.last_checkpoint_seq));
+  if (torn_note) {
+    if (absl::Status noted = log->Append(*torn_note); !noted.ok()) {
+      return noted;
+    }
+  }
+  return log;
 }
 
 AuditLog::AuditLog(AuditLogOptions options, int fd, uint64_t file_size,

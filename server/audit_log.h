@@ -172,10 +172,14 @@ class AuditLog {
   //
   // INVALID_ARGUMENT for bad options (empty path, a signer without a kid, a
   // non-positive checkpoint interval, negative refusals_per_second, no
-  // clock). FAILED_PRECONDITION if another AuditLog (in any process) has the
-  // file open, or if the file's last line is not a complete, valid audit line
-  // (the message names the line): signet never continues a broken chain; run
-  // audit-verify and move the file aside. NOT_FOUND / PERMISSION_DENIED /
+  // clock). A last line without its newline (a write cut short: never
+  // durable, so never answered) is moved to a side file "<path>.torn-<seq>",
+  // the file is cut back to the whole line before it, and a "torn_tail" line
+  // records it. FAILED_PRECONDITION if another AuditLog (in any process) has
+  // the file open, if the file's last whole line is not a valid audit line
+  // (the message names the line: signet never continues a broken chain; run
+  // audit-verify and move the file aside), or if a torn line cannot be cut
+  // off (an append-only file). NOT_FOUND / PERMISSION_DENIED /
   // UNAVAILABLE if the file cannot be opened, read or synced.
   static absl::StatusOr<std::unique_ptr<AuditLog>> Open(
       AuditLogOptions options);

@@ -637,7 +637,12 @@ TEST(AuditLogTest, FailsClosedWhenTheFileStopsGrowingAndStaysVerifiable) {
   ExpectChainVerifies(path, 3);
 }
 
-TEST(AuditLogTest, OpenRefusesATruncatedLastLine) {
+// A crash in the middle of an append leaves a last line without its
+// newline; that line was never durable, so its call was never answered.
+// Open moves it to a side file, cuts the log back to the whole line before
+// it, and records what it did as the next line: the chain goes on and
+// verifies, and no person has to move the log aside.
+TEST(AuditLogTest, OpenMovesATornLastLineAsideAndRecordsIt) {
   TempDir dir;
   const std::string path = dir.File("audit.log");
   {
@@ -648,14 +653,44 @@ TEST(AuditLogTest, OpenRefusesATruncatedLastLine) {
     }
   }
   const std::string whole = ReadFile(path);
-  WriteFile(path, whole.substr(0, whole.size() - 20));
-  absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(Options(path));
-  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(log.status().message()),
-              AllOf(HasSubstr("line 3 is incomplete"),
-                    HasSubstr("never continues a broken chain")));
-  // Nothing was appended to the broken file.
-  EXPECT_EQ(ReadFile(path), whole.substr(0, whole.size() - 20));
+  const std::string cut = whole.substr(0, whole.size() - 20);
+  const std::string fragment = cut.substr(cut.rfind('\n') + 1);
+  WriteFile(path, cut);
+  {
+    auto log = MustOpen(Options(path));
+    ASSERT_NE(log, nullptr);
+    ASSERT_TRUE(log->Append(SignEvent(9)).ok());
+  }
+  // The fragment is in the side file named after the line it would have
+  // been, byte for byte.
+  EXPECT_EQ(ReadFile(path + ".torn-3"), fragment);
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(4));
+  Json note = Parse(lines[2]);
+  EXPECT_EQ(note["event"], "torn_tail");
+  EXPECT_EQ(note["seq"], 3);
+  EXPECT_EQ(note["result"], "DATA_LOSS");
+  EXPECT_THAT(note["detail"].get<std::string>(),
+              AllOf(HasSubstr(absl::StrCat("incomplete line of ",
+                                           fragment.size(), " bytes")),
+                    HasSubstr(path + ".torn-3")));
+  EXPECT_EQ(Parse(lines[3])["seq"], 4);
+  ExpectChainVerifies(path, 4);
+}
+
+// The whole file is one torn line: a new chain starts after the note.
+TEST(AuditLogTest, AFileThatIsOneTornLineStartsOver) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  WriteFile(path, "{\"seq\":1,\"ti");
+  auto log = MustOpen(Options(path));
+  ASSERT_NE(log, nullptr);
+  log.reset();
+  EXPECT_EQ(ReadFile(path + ".torn-1"), "{\"seq\":1,\"ti");
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(1));
+  EXPECT_EQ(Parse(lines[0])["event"], "torn_tail");
+  ExpectChainVerifies(path, 1);
 }
 
 TEST(AuditLogTest, OpenRefusesAnInvalidLastLine) {
