@@ -293,6 +293,61 @@ TEST_F(AuditVerifyTest, ACheckpointWithTheWrongHeadOrCountIsFound) {
                  "line 5: checkpoint head does not match the hash of line 4");
 }
 
+// The tamper cases not pinned above, each found with its message: a byte
+// flipped in place, lines swapped, a line duplicated as it was, a forged
+// line inserted with the chain recomputed after it, and a checkpoint signed
+// by another key (an unknown audit key).
+TEST_F(AuditVerifyTest, EveryOtherTamperCaseIsFound) {
+  {
+    SCOPED_TRACE("one byte flipped");
+    std::string content = ReadFile(path_);
+    const size_t at = content.find("input_sha256\":\"") + 20;
+    content[at] = content[at] == 'a' ? 'b' : 'a';
+    WriteFile(path_, content);
+    ExpectDataLoss(Verify(), "line 2: prev does not match the hash of line 1");
+  }
+  {
+    SCOPED_TRACE("two lines swapped");
+    std::vector<std::string> swapped = lines_;
+    std::swap(swapped[1], swapped[2]);
+    WriteLines(path_, swapped);
+    ExpectDataLoss(Verify(), "line 2: seq is 3, expected 2");
+    WriteLines(path_, Rechain(swapped));  // even with the chain recomputed
+    ExpectDataLoss(Verify(), "line 2: seq is 3, expected 2");
+  }
+  {
+    SCOPED_TRACE("a line duplicated as it was");
+    std::vector<std::string> duplicated = lines_;
+    duplicated.insert(duplicated.begin() + 6, lines_[5]);
+    WriteLines(path_, duplicated);
+    ExpectDataLoss(Verify(), "line 7: seq is 6, expected 7 (lines are repeated)");
+  }
+  {
+    SCOPED_TRACE("a forged line inserted, renumbered and rechained");
+    std::vector<std::string> inserted = lines_;
+    Json forged = Parse(lines_[1]);
+    forged["scope"] = "enterprise-demo";
+    inserted.insert(inserted.begin() + 2, Dump(forged));
+    WriteLines(path_, Rechain(inserted, /*renumber=*/true));
+    ExpectDataLoss(Verify(), "line 6: checkpoint signature does not verify");
+  }
+  {
+    SCOPED_TRACE("a checkpoint signed by an unknown key");
+    TestAuditKey forger;
+    std::vector<std::string> forged = lines_;
+    Json cp = Parse(forged[9]);
+    absl::StatusOr<std::string> digest = CheckpointDigest(
+        cp["seq"].get<uint64_t>(), cp["head"].get<std::string>());
+    ASSERT_TRUE(digest.ok()) << digest.status();
+    absl::StatusOr<std::string> sig = forger.Sign(*digest);
+    ASSERT_TRUE(sig.ok()) << sig.status();
+    cp["sig"] = absl::WebSafeBase64Escape(*sig);
+    forged[9] = Dump(cp);
+    WriteLines(path_, Rechain(forged));
+    ExpectDataLoss(Verify(), "line 10: checkpoint signature does not verify");
+  }
+}
+
 TEST_F(AuditVerifyTest, AnIncompleteLastLineIsNamed) {
   const std::string whole = ReadFile(path_);
   WriteFile(path_, whole.substr(0, whole.size() - 1));
