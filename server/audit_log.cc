@@ -1,5 +1,6 @@
 #include "server/audit_log.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -22,7 +23,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -42,17 +47,22 @@ constexpr absl::string_view kZeroHash =
 constexpr absl::string_view kCheckpointEvent = "checkpoint";
 constexpr absl::string_view kCheckpointFailedEvent = "checkpoint_failed";
 constexpr absl::string_view kRefusalSummaryEvent = "refusal_summary";
+constexpr absl::string_view kSegmentEvent = "segment";
 constexpr size_t kCheckpointSignatureBytes = 64;  // ES256 r||s
 // Bounds one write(); callers beyond it go into the next batch.
 constexpr size_t kMaxBatchLines = 4096;
 // A group commit window ends early once this many lines wait.
 constexpr size_t kGroupCommitLines = 1024;
+// The longest wait between two attempts to recover into a new segment.
+constexpr absl::Duration kMaxRecoveryWait = absl::Seconds(30);
+// After a planned rollover could not close the segment, the next try.
+constexpr absl::Duration kRolloverRetry = absl::Seconds(10);
 // Callers named one by one in a refusal summary; the rest are counted.
 constexpr size_t kMaxSummaryCallers = 8;
 
 bool IsReservedEvent(absl::string_view event) {
   return event == kCheckpointEvent || event == kCheckpointFailedEvent ||
-         event == kRefusalSummaryEvent;
+         event == kRefusalSummaryEvent || event == kSegmentEvent;
 }
 
 std::string Truncated(absl::string_view value) {
@@ -304,6 +314,64 @@ void SendToSyslog(int priority, const std::string& message,
                reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
 }
 
+// The seq of the first line of a non-empty log file that ends with a whole
+// line.
+absl::StatusOr<uint64_t> FirstSeq(int fd, uint64_t size,
+                                  absl::string_view path) {
+  std::string buf(
+      static_cast<size_t>(std::min<uint64_t>(size, kMaxAuditLineBytes + 1)),
+      '\0');
+  absl::Status read = PreadAll(fd, buf.data(), buf.size(), 0, path);
+  if (!read.ok()) return read;
+  const size_t nl = buf.find('\n');
+  absl::StatusOr<AuditLineInfo> first =
+      ParseAuditLine(absl::string_view(buf).substr(0, nl));
+  if (nl == std::string::npos || !first.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "audit log ", path, ": line 1 is not a valid audit line"));
+  }
+  return first->seq;
+}
+
+struct ClosedSegment {
+  std::string path;
+  uint64_t first_seq = 0;
+};
+
+// The closed segment of the log at `path` with the highest first seq, if
+// any.
+absl::StatusOr<std::optional<ClosedSegment>> LatestClosedSegment(
+    const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? std::string(".")
+                          : slash == 0               ? std::string("/")
+                                       : path.substr(0, slash);
+  const std::string prefix =
+      absl::StrCat(slash == std::string::npos ? path : path.substr(slash + 1),
+                   ".");
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) {
+    const int err = errno;
+    return ErrnoStatus(err, absl::StrCat("audit log directory ", dir));
+  }
+  std::optional<ClosedSegment> latest;
+  while (struct dirent* entry = readdir(d)) {
+    absl::string_view name(entry->d_name);
+    if (!absl::ConsumePrefix(&name, prefix) || name.size() != 20 ||
+        !std::all_of(name.begin(), name.end(), absl::ascii_isdigit)) {
+      continue;
+    }
+    uint64_t first = 0;
+    if (!absl::SimpleAtoi(name, &first)) continue;
+    if (!latest || first > latest->first_seq) {
+      latest = ClosedSegment{
+          absl::StrCat(dir, "/", prefix, name), first};
+    }
+  }
+  closedir(d);
+  return latest;
+}
+
 // Moves an incomplete last line out of the log: copies it to a side file
 // next to the log (durably), then cuts the log back to its last whole line.
 // Returns the side file's path. A log that cannot be cut (an append-only
@@ -394,6 +462,44 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   }
   const std::string& path = options.path;
 
+  // A crash between closing a segment and opening the next one leaves no
+  // file at `path`: the chain goes on from the latest closed segment.
+  struct stat path_st;
+  if (stat(path.c_str(), &path_st) != 0 && errno == ENOENT) {
+    absl::StatusOr<std::optional<ClosedSegment>> closed =
+        LatestClosedSegment(path);
+    if (!closed.ok()) return closed.status();
+    if (closed->has_value()) {
+      const ClosedSegment& last = **closed;
+      ScopedFd closed_fd(open(last.path.c_str(), O_RDONLY | O_CLOEXEC));
+      struct stat closed_st;
+      if (closed_fd.get() < 0 || fstat(closed_fd.get(), &closed_st) != 0) {
+        const int err = errno;
+        return ErrnoStatus(err, absl::StrCat("audit log segment ", last.path));
+      }
+      Tail tail;
+      if (closed_st.st_size > 0) {
+        absl::StatusOr<Tail> read = ReadTail(
+            closed_fd.get(), static_cast<uint64_t>(closed_st.st_size),
+            last.path);
+        if (!read.ok()) return read.status();
+        tail = *std::move(read);
+      }
+      std::unique_ptr<AuditLog> log(new AuditLog(
+          std::move(options), -1, 0, tail.last_seq,
+          std::move(tail.last_hash_hex), tail.last_checkpoint_seq));
+      log->current_closed_ = true;
+      log->previous_segment_ = last.path;
+      log->previous_first_seq_ = last.first_seq;
+      absl::Status opened = log->OpenNextSegment(
+          "signetd started with no current segment (it stopped between "
+          "closing one segment and opening the next)");
+      if (!opened.ok()) return opened;
+      log->StartWriter();
+      return log;
+    }
+  }
+
   // O_RDWR: the last line is read back through the same descriptor. An
   // append-only inode (chattr +a) allows this with O_APPEND.
   bool created = true;
@@ -466,9 +572,18 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
     size = tail.torn_at;
   }
 
+  uint64_t first_seq = tail.last_seq + 1;
+  if (size > 0 && S_ISREG(st.st_mode)) {
+    absl::StatusOr<uint64_t> first = FirstSeq(fd, size, path);
+    if (!first.ok()) return first.status();
+    first_seq = *first;
+  }
   std::unique_ptr<AuditLog> log(
       new AuditLog(std::move(options), owned_fd.release(), size, tail.last_seq,
                    std::move(tail.last_hash_hex), tail.last_checkpoint_seq));
+  log->segment_first_seq_ = first_seq;
+  log->regular_file_ = S_ISREG(st.st_mode);
+  log->StartWriter();
   if (torn_note) {
     if (absl::Status noted = log->Append(*torn_note); !noted.ok()) {
       return noted;
@@ -490,6 +605,11 @@ AuditLog::AuditLog(AuditLogOptions options, int fd, uint64_t file_size,
   const absl::Time now = options_.now();
   next_checkpoint_ = now + options_.checkpoint_interval;
   refusal_window_ = absl::ToUnixSeconds(now);
+  segment_opened_ = now;
+  recovery_wait_ = options_.recovery_backoff;
+}
+
+void AuditLog::StartWriter() {
   writer_ = std::thread([this] { WriterLoop(); });
 }
 
@@ -498,8 +618,8 @@ AuditLog::~AuditLog() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  writer_.join();
-  close(fd_);
+  if (writer_.joinable()) writer_.join();
+  if (fd_ >= 0) close(fd_);
 }
 
 uint64_t AuditLog::last_sequence() const {
@@ -734,7 +854,7 @@ bool AuditLog::GroupCommitReadyLocked() const {
 }
 
 bool AuditLog::WriterHasWorkLocked() const {
-  return stopping_ || !pending_.empty() ||
+  return stopping_ || !pending_.empty() || rollover_requested_ ||
          checkpoint_requested_ > checkpoint_done_;
 }
 
@@ -798,11 +918,17 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
   if (batch.empty()) {
     return absl::OkStatus();
   }
+  // The chain moves on only once the batch is durable: after a failure,
+  // next_seq_ and last_hash_hex_ still name the last durable line, which
+  // the next segment continues.
+  uint64_t seq = next_seq_;
+  std::string hash_hex = last_hash_hex_;
+  std::vector<std::string> checkpoints;
   std::string buffer;
   for (const Pending& p : batch) {
-    std::string line = absl::StrCat("{\"seq\":", next_seq_, ",\"time\":\"",
+    std::string line = absl::StrCat("{\"seq\":", seq, ",\"time\":\"",
                                     FormatLineTime(p.time), "\",", p.members,
-                                    ",\"prev\":\"", last_hash_hex_, "\"}");
+                                    ",\"prev\":\"", hash_hex, "\"}");
     absl::StatusOr<std::string> hash = HexSha256(line);
     if (!hash.ok()) {
       return absl::UnavailableError(
@@ -810,10 +936,10 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
                        ": cannot hash a line: ", hash.status().message()));
     }
     if (p.checkpoint) {
-      checkpoint_lines->push_back(line);
+      checkpoints.push_back(line);
     }
-    ++next_seq_;
-    last_hash_hex_ = *std::move(hash);
+    ++seq;
+    hash_hex = *std::move(hash);
     buffer.append(line);
     buffer.push_back('\n');
   }
@@ -857,7 +983,114 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
         absl::StrCat("audit log ", options_.path,
                      ": fdatasync failed: ", std::strerror(errno)));
   }
+  next_seq_ = seq;
+  last_hash_hex_ = std::move(hash_hex);
+  for (std::string& line : checkpoints) {
+    checkpoint_lines->push_back(std::move(line));
+  }
   return absl::OkStatus();
+}
+
+std::string ClosedSegmentPath(absl::string_view path, uint64_t first_seq) {
+  return absl::StrCat(path, ".", absl::StrFormat("%020u", first_seq));
+}
+
+absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
+  const std::string& path = options_.path;
+  if (!current_closed_) {
+    const std::string closed = ClosedSegmentPath(path, segment_first_seq_);
+    if (rename(path.c_str(), closed.c_str()) != 0) {
+      const int err = errno;
+      return ErrnoStatus(err, absl::StrCat("audit log ", path,
+                                           ": cannot close the segment as ",
+                                           closed));
+    }
+    // Never written again, whatever happens next.
+    close(fd_);
+    fd_ = -1;
+    current_closed_ = true;
+    previous_segment_ = closed;
+    previous_first_seq_ = segment_first_seq_;
+    (void)SyncParentDirectory(path);
+  }
+  int fd = open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC,
+                0600);
+  if (fd < 0) {
+    const int err = errno;
+    return ErrnoStatus(err, absl::StrCat("audit log ", path,
+                                         ": cannot open a new segment"));
+  }
+  ScopedFd owned(fd);
+  absl::Status ready;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fchmod(fd, 0600) != 0) {
+    const int err = errno;
+    ready = ErrnoStatus(err, absl::StrCat("audit log ", path,
+                                          ": cannot lock the new segment"));
+  } else {
+    ready = SyncParentDirectory(path);
+  }
+  if (!ready.ok()) {
+    unlink(path.c_str());
+    return ready;
+  }
+  fd_ = owned.release();
+  file_size_ = 0;
+  AuditEvent header;
+  header.event = std::string(kSegmentEvent);
+  header.result = "OK";
+  const size_t slash = previous_segment_.rfind('/');
+  header.detail = absl::StrCat(
+      "continues the chain from ",
+      slash == std::string::npos ? previous_segment_
+                                 : previous_segment_.substr(slash + 1),
+      " (its lines ", previous_first_seq_, " to ", next_seq_ - 1, "): ", why);
+  absl::StatusOr<std::string> members = EventMembers(header, kSegmentEvent);
+  if (!members.ok()) return members.status();
+  std::vector<Pending> line;
+  line.push_back(Pending{0, options_.now(), *std::move(members)});
+  std::vector<std::string> unused;
+  const uint64_t first_seq = next_seq_;
+  absl::Status written = WriteBatch(line, &unused);
+  if (!written.ok()) {
+    // Nothing durable in it: remove it and try again later.
+    close(fd_);
+    fd_ = -1;
+    unlink(path.c_str());
+    return written;
+  }
+  current_closed_ = false;
+  segment_first_seq_ = first_seq;
+  segment_opened_ = options_.now();
+  {
+    absl::MutexLock lock(&mu_);
+    ++segments_opened_;
+  }
+  return absl::OkStatus();
+}
+
+bool AuditLog::RolloverDueLocked(absl::Time now) const {
+  if (!regular_file_ || now < next_rollover_try_) return false;
+  if (rollover_requested_) return true;
+  if (next_seq_ == segment_first_seq_ + 1 && !current_closed_ &&
+      file_size_ > 0) {
+    return false;  // a segment holds at least one line after its header
+  }
+  if (options_.segment_max_bytes > 0 &&
+      file_size_ >= options_.segment_max_bytes) {
+    return true;
+  }
+  return options_.segment_max_age > absl::ZeroDuration() &&
+         now - segment_opened_ >= options_.segment_max_age;
+}
+
+void AuditLog::RollOver() {
+  absl::MutexLock lock(&mu_);
+  rollover_requested_ = true;
+}
+
+uint64_t AuditLog::segments_opened() const {
+  absl::MutexLock lock(&mu_);
+  return segments_opened_;
 }
 
 void AuditLog::WriterLoop() {
@@ -865,7 +1098,7 @@ void AuditLog::WriterLoop() {
   bool final_checkpoint_tried = false;
   while (true) {
     if (!broken_.ok()) {
-      // Fail closed: nothing more is written. Waiters see broken_.
+      // Fail closed: nothing is written while broken. Waiters see broken_.
       pending_.clear();
       RunDurableCallbacksLocked();
       if (checkpoint_done_ < checkpoint_requested_) {
@@ -875,7 +1108,31 @@ void AuditLog::WriterLoop() {
       if (stopping_) {
         break;
       }
-      mu_.Await(absl::Condition(this, &AuditLog::WriterHasWorkLocked));
+      if (options_.recovery_backoff <= absl::ZeroDuration() ||
+          !regular_file_) {
+        mu_.Await(absl::Condition(this, &AuditLog::WriterHasWorkLocked));
+        continue;
+      }
+      // Recovery: never the file that failed (after a failed fdatasync its
+      // pages may be gone), but a new segment continuing the chain from the
+      // last durable line, tried again with backoff until it works.
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), recovery_wait_);
+      if (stopping_) continue;
+      const std::string why = absl::StrCat(
+          "writing the previous segment failed (", broken_.message(),
+          "); its lines after ", next_seq_ - 1,
+          ", if any, were never durable and their calls were answered "
+          "UNAVAILABLE");
+      mu_.Unlock();
+      absl::Status reopened = OpenNextSegment(why);
+      mu_.Lock();
+      if (reopened.ok()) {
+        broken_ = absl::OkStatus();
+        durable_seq_ = next_seq_ - 1;
+        recovery_wait_ = options_.recovery_backoff;
+      } else {
+        recovery_wait_ = std::min(2 * recovery_wait_, kMaxRecoveryWait);
+      }
       continue;
     }
 
@@ -903,6 +1160,33 @@ void AuditLog::WriterLoop() {
       mu_.AwaitWithTimeout(
           absl::Condition(this, &AuditLog::GroupCommitReadyLocked),
           options_.group_commit_delay);
+    }
+
+    if (RolloverDueLocked(now)) {
+      const std::string why =
+          rollover_requested_
+              ? std::string("a new segment was asked for (SIGHUP)")
+              : absl::StrCat("the segment reached its ",
+                             file_size_ >= options_.segment_max_bytes &&
+                                     options_.segment_max_bytes > 0
+                                 ? "size"
+                                 : "age",
+                             " limit");
+      rollover_requested_ = false;
+      mu_.Unlock();
+      absl::Status rolled = OpenNextSegment(why);
+      mu_.Lock();
+      if (rolled.ok()) {
+        durable_seq_ = next_seq_ - 1;
+      } else if (current_closed_) {
+        broken_ = rolled;  // the old one is closed: recover into a new one
+        recovery_wait_ = options_.recovery_backoff;
+        continue;
+      } else {
+        // Could not even close it (an immutable file?): keep writing it and
+        // try again later.
+        next_rollover_try_ = now + kRolloverRetry;
+      }
     }
 
     std::vector<Pending> batch;

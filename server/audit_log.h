@@ -136,7 +136,24 @@ struct AuditLogOptions {
   // path): tests/bench/run_signer_bench measures it. Zero turns it off;
   // must not be negative (signetd's configuration allows up to 100 ms).
   absl::Duration group_commit_delay = absl::Milliseconds(2);
+  // Segments. The file at `path` is the current segment; a closed one is
+  // renamed to ClosedSegmentPath(path, its first seq) and never written
+  // again. A new segment starts with a "segment" line that continues the
+  // chain (its prev is the hash of the last durable line before it), when
+  // the current one holds `segment_max_bytes` or is `segment_max_age` old
+  // (0: no such limit), when RollOver() asks, and after a write failure.
+  uint64_t segment_max_bytes = 0;
+  absl::Duration segment_max_age = absl::ZeroDuration();
+  // After a write or fdatasync fails, the writer opens a new segment (never
+  // appending to the failed file again), first after this long, then after
+  // twice as long each time, up to 30 s, until it works; the log is broken
+  // (UNAVAILABLE) until then. Zero: never (the log stays broken).
+  absl::Duration recovery_backoff = absl::Seconds(1);
 };
+
+// Where the segment of the log at `path` whose first line has seq
+// `first_seq` goes when it is closed: "<path>.<first_seq, 20 digits>".
+std::string ClosedSegmentPath(absl::string_view path, uint64_t first_seq);
 
 // SHA-256 of "signet-audit-checkpoint:" + decimal `seq` + ":" + `head_hex`:
 // the digest a checkpoint line's signature covers. INTERNAL if OpenSSL fails.
@@ -150,14 +167,16 @@ absl::StatusOr<std::string> CheckpointDigest(uint64_t seq,
 // for the whole batch (group commit), so concurrent signers share the cost of
 // durability.
 //
-// Fail closed: the first write or fdatasync that fails breaks the log for
-// good. That Append and every later Append and Checkpoint answer UNAVAILABLE
-// (the service must then not release what it signed), refusals are dropped.
-// No retry: after a failed fdatasync, Linux may have dropped the dirty pages,
-// so a later "successful" fdatasync proves nothing. If a write fails part
-// way, the bytes of that batch are cut off again (best effort; its callers
-// get UNAVAILABLE), so the file still ends with a complete line, its chain
-// still verifies, and a restart can continue it.
+// Fail closed: the first write or fdatasync that fails breaks the log. That
+// Append and every later Append and Checkpoint answer UNAVAILABLE (the
+// service must then not release what it signed), refusals are dropped,
+// until a new segment is open (AuditLogOptions::recovery_backoff). The
+// failed file is never written again: after a failed fdatasync, Linux may
+// have dropped the dirty pages, so a later "successful" fdatasync proves
+// nothing. If a write fails part way, the bytes of that batch are cut off
+// again (best effort; its callers get UNAVAILABLE), so the file still ends
+// with a complete line. The new segment continues the chain from the last
+// durable line; lines after it in the failed file were never durable.
 //
 // Thread-safety: Append, AppendRefusal, Checkpoint, last_sequence and syncs
 // may be called concurrently from any number of threads. The destructor must
@@ -243,6 +262,11 @@ class AuditLog {
   // The seq of the last line known to be on disk (0 for an empty file).
   uint64_t last_sequence() const;
 
+  // Asks for a new segment at the writer's next turn (SIGHUP).
+  void RollOver();
+  // Segments opened since Open (rollovers and recoveries).
+  uint64_t segments_opened() const;
+
   // How many fdatasync calls the log has made (for tests and metrics).
   uint64_t syncs() const;
 
@@ -290,6 +314,13 @@ class AuditLog {
 
   AuditLog(AuditLogOptions options, int fd, uint64_t file_size,
            uint64_t last_seq, std::string last_hash_hex, uint64_t last_cp_seq);
+  void StartWriter();
+
+  // Closes the current segment (unless closed already) and opens the next
+  // one at options_.path, starting with a "segment" line saying `why`.
+  // Writer thread (or Open, before it starts), mu_ not held.
+  absl::Status OpenNextSegment(absl::string_view why);
+  bool RolloverDueLocked(absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // The members of each event's line; INVALID_ARGUMENT for a bad event.
   static absl::StatusOr<std::vector<std::string>> LineMembers(
@@ -320,12 +351,20 @@ class AuditLog {
                           std::vector<std::string>* checkpoint_lines);
 
   const AuditLogOptions options_;
-  const int fd_;
 
   // Owned by the writer thread (and by Open before it starts).
+  int fd_;                     // the current segment; -1 between segments
   uint64_t file_size_;         // bytes known to hold complete lines
   uint64_t next_seq_;          // seq of the next line written
-  std::string last_hash_hex_;  // hash of the last line written
+  std::string last_hash_hex_;  // hash of the last durable line
+  uint64_t segment_first_seq_ = 1;
+  absl::Time segment_opened_;
+  bool current_closed_ = false;  // renamed away; no current segment yet
+  // Segments (rollover and recovery) only for a regular file: a device
+  // such as /dev/full is never renamed.
+  bool regular_file_ = true;
+  std::string previous_segment_;
+  uint64_t previous_first_seq_ = 0;
 
   mutable absl::Mutex mu_;
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
@@ -341,6 +380,10 @@ class AuditLog {
   // Lines announced by ExpectLine and not yet appended or given up.
   int64_t expected_lines_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool rollover_requested_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time next_rollover_try_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Duration recovery_wait_ ABSL_GUARDED_BY(mu_);
+  uint64_t segments_opened_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time next_checkpoint_ ABSL_GUARDED_BY(mu_);
   // Explicit Checkpoint() requests: generations requested, attempted
   // (finished), and satisfied by a durable checkpoint.

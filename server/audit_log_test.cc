@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +27,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -610,7 +613,9 @@ class FileSizeLimit {
 TEST(AuditLogTest, FailsClosedWhenTheFileStopsGrowingAndStaysVerifiable) {
   TempDir dir;
   const std::string path = dir.File("audit.log");
-  auto log = MustOpen(Options(path));
+  AuditLogOptions o = Options(path);
+  o.recovery_backoff = absl::ZeroDuration();  // no new segment: stays broken
+  auto log = MustOpen(std::move(o));
   ASSERT_NE(log, nullptr);
   ASSERT_TRUE(log->Append(SignEvent(1)).ok());
   ASSERT_TRUE(log->Append(SignEvent(2)).ok());
@@ -635,6 +640,185 @@ TEST(AuditLogTest, FailsClosedWhenTheFileStopsGrowingAndStaysVerifiable) {
   ASSERT_TRUE(log->Append(SignEvent(5)).ok());
   log.reset();
   ExpectChainVerifies(path, 3);
+}
+
+// The disk fills up (here: the file may not grow), and then has room again:
+// signing stops (UNAVAILABLE) and resumes without a restart. The failed
+// file is never written again; a new segment continues the chain from its
+// last durable line, and the whole log verifies across the gap.
+TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  AuditLogOptions o = Options(path);
+  o.recovery_backoff = absl::Milliseconds(50);
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  const std::string durable = ReadFile(path);
+  {
+    FileSizeLimit limit(durable.size() + 100);
+    EXPECT_EQ(log->Append(SignEvent(3)).code(),
+              absl::StatusCode::kUnavailable);
+    // No room even for a new segment's first line: it stays broken.
+    FileSizeLimit full(10);
+    absl::SleepFor(absl::Milliseconds(400));
+    EXPECT_FALSE(log->WriteStatus().ok());
+    EXPECT_EQ(log->Append(SignEvent(4)).code(),
+              absl::StatusCode::kUnavailable);
+  }
+  // Room again: within the backoff (at most 30 s), signing resumes.
+  const absl::Time give_up = absl::Now() + absl::Seconds(40);
+  while (!log->WriteStatus().ok() && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(log->WriteStatus().ok()) << log->WriteStatus();
+  ASSERT_TRUE(log->Append(SignEvent(5)).ok());
+  EXPECT_EQ(log->segments_opened(), 1u);
+  log.reset();
+
+  // The failed file, closed as it was, and the new segment after it.
+  const std::string closed = ClosedSegmentPath(path, 1);
+  EXPECT_EQ(ReadFile(closed), durable);
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(2));
+  Json header = Parse(lines[0]);
+  EXPECT_EQ(header["event"], "segment");
+  EXPECT_EQ(header["seq"], 3);
+  EXPECT_THAT(header["detail"].get<std::string>(),
+              AllOf(HasSubstr("audit.log.00000000000000000001"),
+                    HasSubstr("writing the previous segment failed")));
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lines, 4u);
+  EXPECT_EQ(r->segments, 2u);
+  EXPECT_EQ(r->superseded_lines, 0u);
+}
+
+// Segments roll over at the size limit and when asked (SIGHUP); a closed
+// segment is never written again, and the segments make one chain.
+TEST(AuditLogTest, RollsOverAtTheSizeLimitAndWhenAskedKeepingOneChain) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  AuditLogOptions o = Options(path);
+  o.segment_max_bytes = 1200;  // three or four lines
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+  }
+  const uint64_t by_size = log->segments_opened();
+  EXPECT_GE(by_size, 4u);
+  log->RollOver();
+  ASSERT_TRUE(log->Append(SignEvent(20)).ok());
+  EXPECT_EQ(log->segments_opened(), by_size + 1);
+  const uint64_t last = log->last_sequence();
+  log.reset();
+
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->segments, by_size + 2);
+  EXPECT_EQ(r->first_seq, 1u);
+  EXPECT_EQ(r->last_seq, last);
+  EXPECT_EQ(r->lines, 21u + by_size + 1);  // the events and the headers
+  EXPECT_THAT(Parse(ReadLines(path)[0])["detail"].get<std::string>(),
+              HasSubstr("a new segment was asked for"));
+  // The directory alone names the same log.
+  absl::StatusOr<AuditVerifyResult> by_dir = VerifyAuditLog(dir.path(), nullptr);
+  ASSERT_TRUE(by_dir.ok()) << by_dir.status();
+  EXPECT_EQ(by_dir->last_seq, last);
+}
+
+// A stop between closing one segment and opening the next (here: the
+// current file is gone) leaves the closed ones; the next start continues
+// their chain in a new segment.
+TEST(AuditLogTest, StartsANewSegmentWhenOnlyClosedOnesAreLeft) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  {
+    AuditLogOptions o = Options(path);
+    o.segment_max_bytes = 1200;
+    auto log = MustOpen(std::move(o));
+    ASSERT_NE(log, nullptr);
+    for (int i = 0; i < 8; ++i) ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+  }
+  ASSERT_EQ(unlink(path.c_str()), 0);
+  {
+    auto log = MustOpen(Options(path));
+    ASSERT_NE(log, nullptr);
+    ASSERT_TRUE(log->Append(SignEvent(9)).ok());
+  }
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_THAT(lines, SizeIs(2));
+  EXPECT_EQ(Parse(lines[0])["event"], "segment");
+  EXPECT_THAT(Parse(lines[0])["detail"].get<std::string>(),
+              HasSubstr("started with no current segment"));
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->first_seq, 1u);
+}
+
+// Segments removed from the middle, reordered, or replaced are found, each
+// with its message; a run of segments without the first ones verifies from
+// where it starts.
+TEST(AuditLogTest, MissingReorderedOrReplacedSegmentsAreFound) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  {
+    AuditLogOptions o = Options(path);
+    o.segment_max_bytes = 1200;
+    auto log = MustOpen(std::move(o));
+    ASSERT_NE(log, nullptr);
+    for (int i = 0; i < 20; ++i) ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+  }
+  std::vector<std::string> closed;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    if (entry.path().string() != path) closed.push_back(entry.path().string());
+  }
+  std::sort(closed.begin(), closed.end());
+  ASSERT_GE(closed.size(), 4u);
+  auto expect_broken = [&](absl::string_view message) {
+    absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(message));
+  };
+  const std::string second = ReadFile(closed[1]);
+  const std::string third = ReadFile(closed[2]);
+  {
+    SCOPED_TRACE("a segment removed from the middle");
+    ASSERT_EQ(unlink(closed[1].c_str()), 0);
+    expect_broken("are missing between");
+    WriteFile(closed[1], second);
+  }
+  {
+    SCOPED_TRACE("two segments swapped");
+    WriteFile(closed[1], third);
+    WriteFile(closed[2], second);
+    expect_broken("are missing between");
+    WriteFile(closed[1], second);
+    WriteFile(closed[2], third);
+  }
+  {
+    SCOPED_TRACE("a segment's header changed");
+    std::vector<std::string> lines = absl::StrSplit(third, '\n');
+    Json header = Parse(lines[0]);
+    header["prev"] = std::string(64, 'a');
+    lines[0] = header.dump();
+    WriteFile(closed[2], absl::StrJoin(lines, "\n"));
+    expect_broken("prev does not match the hash of line");
+    WriteFile(closed[2], third);
+  }
+  // Restored: whole again.
+  ASSERT_TRUE(VerifyAuditLog(path, nullptr).ok());
+  {
+    SCOPED_TRACE("the first segments shipped and deleted");
+    ASSERT_EQ(unlink(closed[0].c_str()), 0);
+    ASSERT_EQ(unlink(closed[1].c_str()), 0);
+    absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_GT(r->first_seq, 1u);
+  }
 }
 
 // A crash in the middle of an append leaves a last line without its

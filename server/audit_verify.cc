@@ -1,7 +1,16 @@
 #include "server/audit_verify.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <set>
+#include <thread>
+#include <vector>
 
 #include <cerrno>
 #include <cstring>
@@ -15,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -217,28 +227,51 @@ absl::string_view ExtractLine(absl::string_view copied) {
   return absl::StripTrailingAsciiWhitespace(copied.substr(brace));
 }
 
-absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
-                                         const hsm::PublicKey* checkpoint_key,
-                                         absl::string_view expected_copied) {
-  std::optional<AuditLineInfo> expected;
-  const absl::string_view expected_line = ExtractLine(expected_copied);
-  if (!expected_copied.empty()) {
-    absl::StatusOr<AuditLineInfo> info = ParseAuditLine(expected_line);
-    if (!info.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the expected last checkpoint is not an audit line: ",
-                       info.status().message()));
-    }
-    if (info->event != "checkpoint") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the expected last checkpoint is a \"", info->event,
-                       "\" line, not a checkpoint"));
-    }
-    expected = *std::move(info);
+// The expected last checkpoint (as copied from syslog), parsed; nullopt for
+// none.
+absl::StatusOr<std::optional<AuditLineInfo>> ParseExpected(
+    absl::string_view expected_line) {
+  if (expected_line.empty()) return std::optional<AuditLineInfo>();
+  absl::StatusOr<AuditLineInfo> info = ParseAuditLine(expected_line);
+  if (!info.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the expected last checkpoint is not an audit line: ",
+                     info.status().message()));
   }
+  if (info->event != "checkpoint") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the expected last checkpoint is a \"", info->event,
+                     "\" line, not a checkpoint"));
+  }
+  return std::optional<AuditLineInfo>(*std::move(info));
+}
 
-  const std::string path_string(path);
-  int fd = open(path_string.c_str(), O_RDONLY | O_CLOEXEC);
+// Hashes of a segment's last lines kept for stitching: a segment after a
+// write failure continues from the last durable line of the one before,
+// which lies at most one write batch (plus a checkpoint) before its end.
+constexpr size_t kStitchLines = 8192;
+
+// What one segment proves on its own; the stitching checks the rest.
+struct SegmentProof {
+  std::string path;
+  uint64_t first_seq = 0;
+  std::string first_prev;
+  std::string first_event;
+  uint64_t last_seq = 0;  // first_seq - 1 for an empty file
+  std::deque<std::pair<uint64_t, std::string>> tail;  // (seq, hash hex)
+  std::vector<uint64_t> checkpoints;
+  bool expected_seen = false;
+};
+
+// Verifies one file: every line well-formed, seq consecutive from its first
+// line, each prev the hash of the line before (line 1 of a chain: zeros),
+// checkpoints (head, count, signature), and the expected checkpoint if the
+// file holds its seq. `must_start_chain`: the first line must be seq 1.
+absl::StatusOr<SegmentProof> VerifySegment(
+    const std::string& path, const hsm::PublicKey* checkpoint_key,
+    const std::optional<AuditLineInfo>& expected,
+    absl::string_view expected_line, bool must_start_chain) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
     std::string message =
@@ -253,12 +286,14 @@ absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
   }
   ScopedFd owned_fd(fd);
 
-  AuditVerifyResult result;
-  std::string prev_hash(kZeroHash);
-  bool expected_seen = false;
+  SegmentProof proof;
+  proof.path = path;
+  std::string prev_hash;
+  uint64_t count = 0;
   LineReader reader(fd);
   while (true) {
-    const uint64_t n = result.lines + 1;
+    // Lines are named by their seq: the line this one should be.
+    const uint64_t n = count == 0 ? 1 : proof.last_seq + 1;
     absl::StatusOr<std::optional<std::string>> next = reader.Next();
     if (!next.ok()) {
       return absl::Status(next.status().code(),
@@ -275,35 +310,46 @@ absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
       break;
     }
     const std::string& line = **next;
-    auto broken = [&](absl::string_view why) {
-      return Broken(absl::StrCat("audit log ", path, ": line ", n, ": ", why));
-    };
-
     absl::StatusOr<AuditLineInfo> info = ParseAuditLine(line);
     if (!info.ok()) {
-      return broken(info.status().message());
+      return Broken(absl::StrCat("audit log ", path, ": line ", n, ": ",
+                                 info.status().message()));
     }
-    if (info->seq != n) {
+    // The first line of a segment that continues another (a "segment"
+    // line) starts where it says; any other file starts a chain at 1.
+    const bool continues =
+        count == 0 && info->event == "segment" && !must_start_chain;
+    const uint64_t want = continues ? info->seq : n;
+    auto broken = [&](absl::string_view why) {
+      return Broken(
+          absl::StrCat("audit log ", path, ": line ", want, ": ", why));
+    };
+    if (info->seq != want) {
       return broken(absl::StrCat(
-          "seq is ", info->seq, ", expected ", n,
-          info->seq > n ? " (lines are missing)" : " (lines are repeated)"));
+          "seq is ", info->seq, ", expected ", want,
+          info->seq > want ? " (lines are missing)" : " (lines are repeated)"));
     }
-    if (info->prev != prev_hash) {
-      return broken(
-          n == 1
-              ? std::string("prev is not 64 zeros (the file does not start "
-                            "a chain)")
-              : absl::StrCat("prev does not match the hash of line ", n - 1,
-                             " (line ", n - 1, " or this line was changed)"));
+    if (count == 0) {
+      proof.first_seq = info->seq;
+      proof.first_prev = info->prev;
+      proof.first_event = info->event;
+      if (!continues && info->prev != kZeroHash) {
+        return broken(
+            "prev is not 64 zeros (the file does not start a chain)");
+      }
+    } else if (info->prev != prev_hash) {
+      return broken(absl::StrCat("prev does not match the hash of line ",
+                                 want - 1, " (line ", want - 1,
+                                 " or this line was changed)"));
     }
     if (info->event == "checkpoint") {
-      if (info->head != prev_hash) {
+      if (count == 0 || info->head != prev_hash) {
         return broken(absl::StrCat(
-            "checkpoint head does not match the hash of line ", n - 1));
+            "checkpoint head does not match the hash of line ", want - 1));
       }
-      if (info->count != n - 1) {
+      if (info->count != want - 1) {
         return broken(absl::StrCat("checkpoint count is ", info->count,
-                                   ", expected ", n - 1));
+                                   ", expected ", want - 1));
       }
       if (checkpoint_key != nullptr) {
         absl::StatusOr<std::string> digest =
@@ -324,29 +370,189 @@ absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
           return verified;
         }
       }
-      ++result.checkpoints;
-      result.last_checkpoint_seq = n;
+      proof.checkpoints.push_back(want);
     }
-    if (expected.has_value() && expected->seq == n) {
+    if (expected.has_value() && expected->seq == want) {
       if (line != expected_line) {
         return broken(
             "differs from the checkpoint recorded off-host (the chain was "
             "rewritten)");
       }
-      expected_seen = true;
+      proof.expected_seen = true;
     }
     absl::StatusOr<std::string> hash = hsm::Sha256(line);
     if (!hash.ok()) {
       return hash.status();
     }
     prev_hash = absl::BytesToHexString(*hash);
-    result.lines = n;
+    proof.tail.emplace_back(want, prev_hash);
+    if (proof.tail.size() > kStitchLines) proof.tail.pop_front();
+    proof.last_seq = want;
+    ++count;
   }
+  if (count == 0) {
+    proof.first_seq = 1;
+    proof.last_seq = 0;
+  }
+  return proof;
+}
 
-  if (expected.has_value() && !expected_seen) {
+// The files of the log at `path`: its closed segments in order of their
+// first seq, then `path` itself if it exists. `path` may also be a
+// directory holding one log's segments.
+absl::StatusOr<std::vector<std::string>> SegmentFiles(absl::string_view path) {
+  std::string base(path);
+  std::string dir;
+  struct stat st;
+  const bool is_dir = stat(base.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  std::string prefix;
+  if (is_dir) {
+    dir = base;
+  } else {
+    const size_t slash = base.rfind('/');
+    dir = slash == std::string::npos ? std::string(".")
+          : slash == 0               ? std::string("/")
+                                     : base.substr(0, slash);
+    prefix = absl::StrCat(
+        slash == std::string::npos ? base : base.substr(slash + 1), ".");
+  }
+  std::vector<std::pair<uint64_t, std::string>> closed;
+  std::set<std::string> bases;
+  if (DIR* d = opendir(dir.c_str()); d != nullptr) {
+    while (struct dirent* entry = readdir(d)) {
+      absl::string_view name(entry->d_name);
+      if (name.size() <= 21 || name[name.size() - 21] != '.') continue;
+      absl::string_view digits = name.substr(name.size() - 20);
+      if (!std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit)) {
+        continue;
+      }
+      absl::string_view log_name = name.substr(0, name.size() - 21);
+      if (!prefix.empty() && absl::StrCat(log_name, ".") != prefix) continue;
+      uint64_t first = 0;
+      if (!absl::SimpleAtoi(digits, &first)) continue;
+      bases.insert(std::string(log_name));
+      closed.emplace_back(first, absl::StrCat(dir, "/", name));
+    }
+    closedir(d);
+  }
+  if (is_dir) {
+    if (bases.size() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "audit log directory ", base,
+          " holds the segments of more than one log; name the log's file"));
+    }
+    if (bases.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "audit log directory ", base, " holds no closed segment"));
+    }
+    base = absl::StrCat(dir, "/", *bases.begin());
+  }
+  std::sort(closed.begin(), closed.end());
+  std::vector<std::string> files;
+  for (auto& [first, file] : closed) files.push_back(std::move(file));
+  if (access(base.c_str(), F_OK) == 0 || files.empty()) {
+    files.push_back(base);  // a missing file with no segment: NOT_FOUND later
+  }
+  return files;
+}
+
+absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
+                                         const hsm::PublicKey* checkpoint_key,
+                                         absl::string_view expected_copied,
+                                         int threads) {
+  const absl::string_view expected_line = ExtractLine(expected_copied);
+  absl::StatusOr<std::optional<AuditLineInfo>> expected =
+      ParseExpected(expected_copied.empty() ? absl::string_view()
+                                            : expected_line);
+  if (!expected.ok()) return expected.status();
+  absl::StatusOr<std::vector<std::string>> files = SegmentFiles(path);
+  if (!files.ok()) return files.status();
+
+  // Each segment on its own, in parallel; then the seams, in order.
+  const size_t n = files->size();
+  std::vector<absl::StatusOr<SegmentProof>> proofs(
+      n, absl::StatusOr<SegmentProof>(absl::UnknownError("not verified")));
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+      proofs[i] = VerifySegment((*files)[i], checkpoint_key, *expected,
+                                expected_line, /*must_start_chain=*/n == 1);
+    }
+  };
+  const size_t workers = std::max<size_t>(
+      1, std::min<size_t>(n, threads > 0 ? static_cast<size_t>(threads)
+                                         : std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+
+  AuditVerifyResult result;
+  result.segments = n;
+  std::vector<uint64_t> checkpoints;
+  bool expected_seen = false;
+  const SegmentProof* before = nullptr;
+  for (size_t i = 0; i < n; ++i) {
+    if (!proofs[i].ok()) return proofs[i].status();
+    const SegmentProof& proof = *proofs[i];
+    if (before == nullptr) {
+      result.first_seq = proof.first_seq;
+    } else {
+      auto seam = [&](absl::string_view why) {
+        return Broken(absl::StrCat("audit log ", proof.path, ": line ",
+                                   proof.first_seq, ": ", why));
+      };
+      if (proof.first_event != "segment") {
+        return seam(absl::StrCat("the segment after ", before->path,
+                                 " does not start with a \"segment\" line"));
+      }
+      const uint64_t from = proof.first_seq - 1;
+      if (from > before->last_seq) {
+        return seam(absl::StrCat("lines ", before->last_seq + 1, " to ", from,
+                                 " are missing between ", before->path,
+                                 " and this segment"));
+      }
+      auto held = std::find_if(
+          before->tail.begin(), before->tail.end(),
+          [from](const auto& line) { return line.first == from; });
+      if (held == before->tail.end()) {
+        return seam(absl::StrCat("it continues from line ", from,
+                                 ", which ", before->path,
+                                 " does not hold among its last lines"));
+      }
+      if (held->second != proof.first_prev) {
+        return seam(absl::StrCat("prev does not match the hash of line ", from,
+                                 " in ", before->path,
+                                 " (a segment was replaced or changed)"));
+      }
+      // Lines after `from` in the segment before were never durable: a
+      // write or fdatasync failed there, and their calls were refused.
+      result.superseded_lines += before->last_seq - from;
+      while (!checkpoints.empty() && checkpoints.back() > from) {
+        checkpoints.pop_back();
+      }
+    }
+    checkpoints.insert(checkpoints.end(), proof.checkpoints.begin(),
+                       proof.checkpoints.end());
+    expected_seen = expected_seen || proof.expected_seen;
+    result.last_seq = proof.last_seq;
+    before = &proof;
+  }
+  result.lines = result.last_seq + 1 - result.first_seq;
+  result.checkpoints = checkpoints.size();
+  result.last_checkpoint_seq = checkpoints.empty() ? 0 : checkpoints.back();
+
+  if (expected->has_value() && !expected_seen) {
+    const uint64_t seq = (*expected)->seq;
+    if (seq < result.first_seq) {
+      return Broken(absl::StrCat(
+          "audit log ", path, ": the checkpoint at line ", seq,
+          " recorded off-host is before the first line verified (",
+          result.first_seq, "): verify the segments that hold it"));
+    }
     return Broken(absl::StrCat("audit log ", path, ": the file ends at line ",
-                               result.lines, ", before the checkpoint at line ",
-                               expected->seq,
+                               result.last_seq,
+                               ", before the checkpoint at line ", seq,
                                " recorded off-host (the tail was cut off)"));
   }
   return result;
@@ -368,7 +574,8 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
     const AuditVerifyOptions& options) {
   absl::StatusOr<AuditVerifyResult> result;
   try {
-    result = Verify(path, checkpoint_key, expected_last_checkpoint);
+    result = Verify(path, checkpoint_key, expected_last_checkpoint,
+                    options.threads);
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("audit log ", path, ": verification failed: ", e.what()));
@@ -382,8 +589,9 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
   }
   if (options.require_covered && result->uncovered_lines() > 0) {
     return Broken(absl::StrCat(
-        "audit log ", path, ": lines ", result->last_checkpoint_seq + 1,
-        " to ", result->lines, " are covered by no checkpoint (only the chain "
+        "audit log ", path, ": lines ",
+        result->last_seq - result->uncovered_lines() + 1, " to ",
+        result->last_seq, " are covered by no checkpoint (only the chain "
         "protects them: they could have been cut off or appended)"));
   }
   return result;

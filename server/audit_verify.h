@@ -9,6 +9,7 @@
 #ifndef SIGNET_SERVER_AUDIT_VERIFY_H_
 #define SIGNET_SERVER_AUDIT_VERIFY_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -44,13 +45,22 @@ struct AuditLineInfo {
 absl::StatusOr<AuditLineInfo> ParseAuditLine(absl::string_view line);
 
 struct AuditVerifyResult {
-  uint64_t lines = 0;                // lines in the file
+  uint64_t lines = 0;                // lines in the chain proved
+  uint64_t first_seq = 1;            // its first line (1: the log's start)
+  uint64_t last_seq = 0;             // its last line
   uint64_t checkpoints = 0;          // checkpoint lines among them
   uint64_t last_checkpoint_seq = 0;  // 0 if there is none
+  uint64_t segments = 0;             // files read
+  // Lines at the end of a segment that the next segment does not continue
+  // from: written but never durable (a write or fdatasync failed there), so
+  // their calls were refused. Not part of the chain.
+  uint64_t superseded_lines = 0;
   // Lines after the last checkpoint: no signature covers them, only the
   // chain, so they can be cut off or rewritten, and a correctly chained line
   // appended, without a trace in this file.
-  uint64_t uncovered_lines() const { return lines - last_checkpoint_seq; }
+  uint64_t uncovered_lines() const {
+    return last_seq - std::max(last_checkpoint_seq, first_seq - 1);
+  }
 };
 
 struct AuditVerifyOptions {
@@ -60,12 +70,22 @@ struct AuditVerifyOptions {
   // Lines that no checkpoint covers are an error when this is set (for a
   // log that ended with a stop, whose final checkpoint covers everything).
   bool require_covered = false;
+  // Segments verified at once (0: one per core).
+  int threads = 0;
 };
 
-// Verifies the audit log at `path`, reading it once from start to end:
+// Verifies the audit log at `path` with its closed segments
+// (ClosedSegmentPath: "<path>.<first seq, 20 digits>", in order, then
+// `path` itself), or, when `path` is a directory, the segments of the one
+// log in it. Segments are read in parallel (options.threads), each once:
 //   - every line is complete (ends with a newline) and well-formed
 //     (ParseAuditLine);
-//   - seq is 1, 2, 3, ... (line N has seq N: no gaps, no repeats);
+//   - seq is 1, 2, 3, ... (no gaps, no repeats); a log of one file starts at
+//     1; of several, each segment after the first starts with a "segment"
+//     line whose prev is the hash of the line it continues from in the one
+//     before (lines after that one there were never durable: they are
+//     counted as superseded), and the first may be one that continues an
+//     earlier, shipped segment (the proof then starts there);
 //   - each prev is the SHA-256 of the previous line (64 zeros on line 1);
 //   - each checkpoint's head is the SHA-256 of the line before it, its count
 //     is its seq - 1, and, if `checkpoint_key` is non-null, its signature

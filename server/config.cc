@@ -489,6 +489,19 @@ absl::Status ValidateConfig(SignetConfig& config,
     return FieldError("serving.audit_group_commit_delay_us",
                       "at most 100000 (100 ms)");
   }
+  if (!serving.has_audit_segment_max_mib()) {
+    serving.set_audit_segment_max_mib(1024);
+  }
+  if (serving.audit_segment_max_mib() > (1u << 20)) {
+    return FieldError("serving.audit_segment_max_mib", "at most 1048576 (1 TiB)");
+  }
+  if (!serving.has_audit_segment_max_age_hours()) {
+    serving.set_audit_segment_max_age_hours(24);
+  }
+  if (serving.audit_segment_max_age_hours() > 24 * 366) {
+    return FieldError("serving.audit_segment_max_age_hours",
+                      "at most 8784 (a year)");
+  }
   return ValidateGrpcLimits(*config.mutable_grpc());
 }
 

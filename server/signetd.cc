@@ -11,6 +11,8 @@
 // `signetd audit-verify FILE` checks an audit log's chain and checkpoints.
 #include <signal.h>
 
+#include <functional>
+
 #include <google/protobuf/stubs/logging.h>
 #include <grpc/support/log.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -92,6 +94,8 @@ ABSL_FLAG(bool, require_checkpoint_coverage, false,
           "audit-verify: lines after the last checkpoint are an error (use it "
           "on a log that ended with a stop, whose final checkpoint covers "
           "everything).");
+ABSL_FLAG(int, verify_threads, 0,
+          "audit-verify: segments verified at once (0: one per core).");
 ABSL_FLAG(std::string, expected_checkpoint, "",
           "audit-verify: the last checkpoint line as the off-host sink "
           "(syslog) has it; a log cut back past it is then detected.");
@@ -152,17 +156,28 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-// Waits up to `timeout` for SIGINT/SIGTERM (blocked in every thread).
-bool StopRequested(absl::Duration timeout) {
+// Waits up to `timeout` for SIGINT/SIGTERM (blocked in every thread). A
+// SIGHUP on the way runs `on_hangup` (the audit log's new segment).
+bool StopRequested(absl::Duration timeout,
+                   const std::function<void()>& on_hangup = {}) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   struct timespec ts = absl::ToTimespec(timeout);
   int sig = sigtimedwait(&set, nullptr, &ts);
   if (sig == SIGINT || sig == SIGTERM) {
     SIGNET_LOG_INFO("received {}, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     return true;
+  }
+  if (sig == SIGHUP) {
+    if (on_hangup) {
+      SIGNET_LOG_INFO("received SIGHUP: the audit log starts a new segment");
+      on_hangup();
+    } else {
+      SIGNET_LOG_INFO("received SIGHUP before the audit log is open; ignored");
+    }
   }
   return false;
 }
@@ -261,6 +276,7 @@ int AuditVerifyCommand(const std::string& path) {
   AuditVerifyOptions options;
   options.allow_empty = absl::GetFlag(FLAGS_allow_empty);
   options.require_covered = absl::GetFlag(FLAGS_require_checkpoint_coverage);
+  options.threads = absl::GetFlag(FLAGS_verify_threads);
   absl::StatusOr<AuditVerifyResult> result =
       VerifyAuditLog(path, key ? &*key : nullptr,
                      absl::GetFlag(FLAGS_expected_checkpoint), options);
@@ -269,13 +285,25 @@ int AuditVerifyCommand(const std::string& path) {
               << std::endl;
     return 1;
   }
-  std::cout << "audit log " << path << " OK: " << result->lines << " lines, "
+  std::cout << "audit log " << path << " OK: lines " << result->first_seq
+            << " to " << result->last_seq << " (" << result->lines
+            << ") in " << result->segments << " segment(s), "
             << result->checkpoints << " checkpoints (last at line "
             << result->last_checkpoint_seq << ")";
   if (result->uncovered_lines() > 0) {
-    std::cout << "; lines " << result->last_checkpoint_seq + 1 << " to "
-              << result->lines << " (" << result->uncovered_lines()
+    std::cout << "; lines "
+              << result->last_seq - result->uncovered_lines() + 1 << " to "
+              << result->last_seq << " (" << result->uncovered_lines()
               << ") are covered by no checkpoint: only the chain protects them";
+  }
+  if (result->superseded_lines > 0) {
+    std::cout << "; " << result->superseded_lines
+              << " line(s) at the end of a failed segment were never durable "
+                 "(their calls were refused) and are not part of the chain";
+  }
+  if (result->first_seq > 1) {
+    std::cout << "; the segments before line " << result->first_seq
+              << " were not given";
   }
   std::cout << std::endl;
   return 0;
@@ -288,7 +316,11 @@ int Run() {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A file that may not grow (RLIMIT_FSIZE) fails the write with EFBIG,
+  // which the audit log handles, instead of killing signetd.
+  signal(SIGXFSZ, SIG_IGN);
 
   absl::Status hardened = HardenProcess();
   if (!hardened.ok()) return Fail(hardened);
@@ -537,6 +569,10 @@ int Run() {
   audit_options.syslog_socket = config->audit_syslog_socket();
   audit_options.group_commit_delay =
       absl::Microseconds(config->serving().audit_group_commit_delay_us());
+  audit_options.segment_max_bytes =
+      uint64_t{config->serving().audit_segment_max_mib()} << 20;
+  audit_options.segment_max_age =
+      absl::Hours(config->serving().audit_segment_max_age_hours());
   const std::string audit_key_id = audit_key->key.key_id;
   audit_options.sign_checkpoint =
       [&store, audit_key_id](absl::string_view digest) {
@@ -820,7 +856,7 @@ int Run() {
 
   health_monitor.Update(sample());
   absl::Time last_report = absl::InfinitePast();
-  while (!StopRequested(absl::Seconds(1))) {
+  while (!StopRequested(absl::Seconds(1), [&] { (*audit)->RollOver(); })) {
     health_monitor.Update(sample());
     if (absl::Now() - last_report >= absl::Seconds(10) &&
         report_refused_connections()) {

@@ -41,6 +41,7 @@ class TempDir {
   std::string File(absl::string_view name) const {
     return absl::StrCat(path_, "/", name);
   }
+  const std::string& path() const { return path_; }
 
  private:
   std::string path_;

@@ -507,8 +507,8 @@ TEST_F(HostileGrpcTest, TheLargestLegalBatchIsSignedAndALargerOneRefused) {
 // Item 4 (c) is pinned by key_schedule_test (a scope whose key retired).
 
 // Item 4 (b): the audit log could not be written (signing refused, fail
-// closed) while health said SERVING.
-TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheAuditLogCannotBeWritten) {
+// closed) while health said SERVING; and it took a restart to sign again.
+TEST_F(HostileGrpcTest, AnUnwritableAuditLogTurnsHealthNotServingUntilItIsBack) {
   auto signetd = Start("audit-health");
   ASSERT_NE(signetd, nullptr);
   auto channel = Channel(tenant_);
@@ -531,6 +531,21 @@ TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheAuditLogCannotBeWritten) {
                              "written"),
             1)
       << signetd->Output();
+  // The file can change again: signetd closes it as a segment and goes on
+  // in a new one (it retries with backoff, at most 30 s apart), without a
+  // restart; health comes back and signing resumes.
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(60)))
+      << signetd->Output();
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  EXPECT_EQ(access((log + ".00000000000000000001").c_str(), F_OK), 0)
+      << "no closed segment";
+  EXPECT_THAT(ReadFile(log), HasSubstr("\"event\":\"segment\""));
+  // One chain across the gap.
+  auto verified = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify", log}});
+  ASSERT_TRUE(verified.ok()) << verified.status();
+  EXPECT_TRUE(verified->succeeded()) << verified->output;
+  EXPECT_THAT(verified->output, HasSubstr("in 2 segment(s)"));
 }
 
 // Item 4 (a): with the HSM stalled under load, stuck calls held every
