@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <fstream>
+#include <sstream>
 #include <set>
 #include <thread>
 #include <vector>
@@ -141,6 +143,9 @@ absl::StatusOr<AuditLineInfo> ParseAuditLineOrThrow(absl::string_view line) {
   if (!IsHex64(info.prev)) {
     return Broken("\"prev\" is not 64 lower-case hex digits");
   }
+  if (j.contains("kid")) {
+    info.kid = j["kid"].get<std::string>();
+  }
   if (info.event == "checkpoint") {
     for (const char* name : {"head", "count", "kid", "sig"}) {
       if (!j.contains(name)) {
@@ -266,6 +271,10 @@ struct SegmentProof {
   uint64_t last_seq = 0;  // first_seq - 1 for an empty file
   std::deque<std::pair<uint64_t, std::string>> tail;  // (seq, hash hex)
   std::vector<uint64_t> checkpoints;
+  // (seq, kid) of the checkpoints and of the "audit_key" lines that
+  // introduce keys, for the keyring's rule.
+  std::vector<std::pair<uint64_t, std::string>> checkpoint_kids;
+  std::vector<std::pair<uint64_t, std::string>> introduced_kids;
   bool expected_seen = false;
 };
 
@@ -275,6 +284,7 @@ struct SegmentProof {
 // file holds its seq. `must_start_chain`: the first line must be seq 1.
 absl::StatusOr<SegmentProof> VerifySegment(
     const std::string& path, const hsm::PublicKey* checkpoint_key,
+    const std::map<std::string, hsm::PublicKey>* keyring,
     const std::optional<AuditLineInfo>& expected,
     absl::string_view expected_line, bool must_start_chain) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -357,7 +367,18 @@ absl::StatusOr<SegmentProof> VerifySegment(
         return broken(absl::StrCat("checkpoint count is ", info->count,
                                    ", expected ", want - 1));
       }
-      if (checkpoint_key != nullptr) {
+      const hsm::PublicKey* key = checkpoint_key;
+      if (keyring != nullptr) {
+        auto it = keyring->find(info->kid);
+        if (it == keyring->end()) {
+          return broken(absl::StrCat(
+              "checkpoint by audit key ", info->kid,
+              ", which is not in the keyring (an unknown or forged key)"));
+        }
+        key = &it->second;
+      }
+      proof.checkpoint_kids.emplace_back(want, info->kid);
+      if (key != nullptr) {
         absl::StatusOr<std::string> digest =
             CheckpointDigest(info->seq, info->head);
         if (!digest.ok()) {
@@ -365,7 +386,7 @@ absl::StatusOr<SegmentProof> VerifySegment(
         }
         std::string signature;
         absl::WebSafeBase64Unescape(info->sig, &signature);
-        absl::Status verified = checkpoint_key->VerifyDigest(
+        absl::Status verified = key->VerifyDigest(
             hsm::SignatureAlgorithm::kEcdsaP256Sha256, *digest, signature);
         if (absl::IsInvalidArgument(verified)) {
           return broken(absl::StrCat(
@@ -377,6 +398,9 @@ absl::StatusOr<SegmentProof> VerifySegment(
         }
       }
       proof.checkpoints.push_back(want);
+    }
+    if (info->event == "audit_key") {
+      proof.introduced_kids.emplace_back(want, info->kid);
     }
     if (expected.has_value() && expected->seq == want) {
       if (line != expected_line) {
@@ -462,10 +486,10 @@ absl::StatusOr<std::vector<std::string>> SegmentFiles(absl::string_view path) {
   return files;
 }
 
-absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
-                                         const hsm::PublicKey* checkpoint_key,
-                                         absl::string_view expected_copied,
-                                         int threads) {
+absl::StatusOr<AuditVerifyResult> Verify(
+    absl::string_view path, const hsm::PublicKey* checkpoint_key,
+    absl::string_view expected_copied, int threads,
+    const std::map<std::string, hsm::PublicKey>* keyring) {
   const absl::string_view expected_line = ExtractLine(expected_copied);
   absl::StatusOr<std::optional<AuditLineInfo>> expected =
       ParseExpected(expected_copied.empty() ? absl::string_view()
@@ -481,8 +505,9 @@ absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
-      proofs[i] = VerifySegment((*files)[i], checkpoint_key, *expected,
-                                expected_line, /*must_start_chain=*/n == 1);
+      proofs[i] = VerifySegment((*files)[i], checkpoint_key, keyring,
+                                *expected, expected_line,
+                                /*must_start_chain=*/false);
     }
   };
   const size_t workers = std::max<size_t>(
@@ -496,6 +521,8 @@ absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
   AuditVerifyResult result;
   result.segments = n;
   std::vector<uint64_t> checkpoints;
+  std::vector<std::pair<uint64_t, std::string>> checkpoint_kids;
+  std::vector<std::pair<uint64_t, std::string>> introduced_kids;
   bool expected_seen = false;
   const SegmentProof* before = nullptr;
   for (size_t i = 0; i < n; ++i) {
@@ -540,11 +567,43 @@ absl::StatusOr<AuditVerifyResult> Verify(absl::string_view path,
     }
     checkpoints.insert(checkpoints.end(), proof.checkpoints.begin(),
                        proof.checkpoints.end());
+    for (const auto& entry : proof.checkpoint_kids) {
+      while (!checkpoint_kids.empty() &&
+             checkpoint_kids.back().first >= entry.first) {
+        checkpoint_kids.pop_back();  // superseded
+      }
+      checkpoint_kids.push_back(entry);
+    }
+    for (const auto& entry : proof.introduced_kids) {
+      while (!introduced_kids.empty() &&
+             introduced_kids.back().first >= entry.first) {
+        introduced_kids.pop_back();
+      }
+      introduced_kids.push_back(entry);
+    }
     expected_seen = expected_seen || proof.expected_seen;
     result.last_seq = proof.last_seq;
     before = &proof;
   }
   result.lines = result.last_seq + 1 - result.first_seq;
+  // With a keyring: from the first "audit_key" line on, a checkpoint's key
+  // must have been introduced before it (a key that appeared without an
+  // introduction was slipped into the keyring).
+  if (keyring != nullptr && !introduced_kids.empty()) {
+    std::set<std::string> introduced;
+    size_t next_intro = 0;
+    for (const auto& [seq, kid] : checkpoint_kids) {
+      while (next_intro < introduced_kids.size() &&
+             introduced_kids[next_intro].first < seq) {
+        introduced.insert(introduced_kids[next_intro++].second);
+      }
+      if (seq > introduced_kids.front().first && !introduced.contains(kid)) {
+        return Broken(absl::StrCat(
+            "audit log ", path, ": line ", seq, ": checkpoint by audit key ",
+            kid, ", which no audit_key line before it introduced"));
+      }
+    }
+  }
   result.checkpoints = checkpoints.size();
   result.last_checkpoint_seq = checkpoints.empty() ? 0 : checkpoints.back();
 
@@ -581,7 +640,7 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
   absl::StatusOr<AuditVerifyResult> result;
   try {
     result = Verify(path, checkpoint_key, expected_last_checkpoint,
-                    options.threads);
+                    options.threads, options.keyring);
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("audit log ", path, ": verification failed: ", e.what()));
@@ -601,6 +660,43 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
         "protects them: they could have been cut off or appended)"));
   }
   return result;
+}
+
+absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
+    const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("audit keyring ", path, ": cannot be read"));
+  }
+  std::stringstream content;
+  content << in.rdbuf();
+  const std::string text = content.str();
+  const std::string kBegin = "-----BEGIN PUBLIC KEY-----";
+  const std::string kEnd = "-----END PUBLIC KEY-----";
+  std::map<std::string, hsm::PublicKey> keys;
+  for (size_t at = text.find(kBegin); at != std::string::npos;
+       at = text.find(kBegin, at + 1)) {
+    const size_t end = text.find(kEnd, at);
+    if (end == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("audit keyring ", path, ": a key block has no end"));
+    }
+    absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromSpkiPem(
+        absl::string_view(text).substr(at, end + kEnd.size() - at));
+    if (!key.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "audit keyring ", path, ": ", key.status().message()));
+    }
+    absl::StatusOr<std::string> kid = key->JwkThumbprint();
+    if (!kid.ok()) return kid.status();
+    keys.emplace(*kid, *std::move(key));
+  }
+  if (keys.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("audit keyring ", path, ": holds no public key"));
+  }
+  return keys;
 }
 
 }  // namespace signet::server

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -72,7 +73,20 @@ struct AuditVerifyOptions {
   bool require_covered = false;
   // Segments verified at once (0: one per core).
   int threads = 0;
+  // The trusted audit public keys by kid (their JWK thumbprint), e.g. from
+  // the keyring signetd keeps beside the log (ReadAuditKeyring). When set,
+  // each checkpoint is verified with the key its "kid" names (an unknown kid
+  // is an error), instead of with `checkpoint_key`; and once the log holds
+  // an "audit_key" line, each checkpoint's kid must have been introduced by
+  // one before it.
+  const std::map<std::string, hsm::PublicKey>* keyring = nullptr;
 };
+
+// Reads a keyring: PEM public keys (comment lines between them are ignored),
+// by kid. INVALID_ARGUMENT for a block that is not a public key;
+// NOT_FOUND / PERMISSION_DENIED if the file cannot be read.
+absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
+    const std::string& path);
 
 // Verifies the audit log at `path` with its closed segments
 // (ClosedSegmentPath: "<path>.<first seq, 20 digits>", in order, then

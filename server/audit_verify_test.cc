@@ -12,6 +12,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -346,6 +347,93 @@ TEST_F(AuditVerifyTest, EveryOtherTamperCaseIsFound) {
     WriteLines(path_, Rechain(forged));
     ExpectDataLoss(Verify(), "line 10: checkpoint signature does not verify");
   }
+}
+
+// The audit key rotates (here: a restart with another key, as signetd does
+// past the old key's retire time). With the keyring, each checkpoint is
+// verified with the key its kid names; a key missing from the keyring, or
+// one that signs without an audit_key line introducing it, is found.
+TEST(AuditKeyringTest, EachCheckpointIsVerifiedWithItsOwnKey) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey first;
+  TestAuditKey second;
+  const std::string first_kid = *first.PublicKey().JwkThumbprint();
+  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  auto run = [&](const TestAuditKey& key, const std::string& kid,
+                 bool introduce) {
+    AuditLogOptions o;
+    o.path = path;
+    o.syslog = false;
+    o.checkpoint_kid = kid;
+    o.sign_checkpoint = key.Signer();
+    absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(o);
+    ASSERT_TRUE(log.ok()) << log.status();
+    if (introduce) {
+      AuditEvent intro;
+      intro.event = "audit_key";
+      intro.kid = kid;
+      intro.result = "OK";
+      ASSERT_TRUE((*log)->Append(intro).ok());
+    }
+    AuditEvent e;
+    e.event = "sign";
+    e.result = "OK";
+    ASSERT_TRUE((*log)->Append(e).ok());
+    ASSERT_TRUE((*log)->Checkpoint().ok());
+  };
+  run(first, first_kid, true);
+  run(second, second_kid, true);
+
+  std::map<std::string, hsm::PublicKey> ring;
+  ring.emplace(first_kid, first.PublicKey());
+  ring.emplace(second_kid, second.PublicKey());
+  AuditVerifyOptions with_ring;
+  with_ring.keyring = &ring;
+  absl::StatusOr<AuditVerifyResult> r =
+      VerifyAuditLog(path, nullptr, "", with_ring);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->checkpoints, 2u);
+  // One key for every checkpoint, as before the keyring, fails.
+  hsm::PublicKey only_first = first.PublicKey();
+  ExpectDataLoss(VerifyAuditLog(path, &only_first),
+                 "checkpoint signature does not verify");
+  // A keyring without the second key.
+  std::map<std::string, hsm::PublicKey> partial;
+  partial.emplace(first_kid, first.PublicKey());
+  AuditVerifyOptions with_partial;
+  with_partial.keyring = &partial;
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, "", with_partial),
+                 absl::StrCat("checkpoint by audit key ", second_kid,
+                              ", which is not in the keyring"));
+  // A third key slipped into the keyring signs without an introduction.
+  TestAuditKey slipped;
+  const std::string slipped_kid = *slipped.PublicKey().JwkThumbprint();
+  run(slipped, slipped_kid, false);
+  ring.emplace(slipped_kid, slipped.PublicKey());
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, "", with_ring),
+                 absl::StrCat("checkpoint by audit key ", slipped_kid,
+                              ", which no audit_key line before it "
+                              "introduced"));
+}
+
+TEST(AuditKeyringTest, AKeyringFileIsReadByKid) {
+  TempDir dir;
+  TestAuditKey a;
+  TestAuditKey b;
+  const std::string path = dir.File("audit-keyring.pem");
+  WriteFile(path, absl::StrCat("# signet audit checkpoint key\n# kid: x\n",
+                               *a.PublicKey().SpkiPem(), "# another\n",
+                               *b.PublicKey().SpkiPem()));
+  absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
+      ReadAuditKeyring(path);
+  ASSERT_TRUE(ring.ok()) << ring.status();
+  EXPECT_EQ(ring->size(), 2u);
+  EXPECT_TRUE(ring->contains(*a.PublicKey().JwkThumbprint()));
+  EXPECT_TRUE(ring->contains(*b.PublicKey().JwkThumbprint()));
+  WriteFile(path, "# nothing here\n");
+  EXPECT_EQ(ReadAuditKeyring(path).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(AuditVerifyTest, AnIncompleteLastLineIsNamed) {

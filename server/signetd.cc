@@ -9,6 +9,7 @@
 // mTLS, and the JWKS HTTP endpoint when configured.
 //
 // `signetd audit-verify FILE` checks an audit log's chain and checkpoints.
+#include <fcntl.h>
 #include <signal.h>
 
 #include <functional>
@@ -69,6 +70,7 @@
 #include "server/jwks_http.h"
 #include "server/log.h"
 #include "server/publication.h"
+#include "server/scoped_fd.h"
 #include "server/signer_service.h"
 #include "server/tls.h"
 #include "server/worker_pool.h"
@@ -94,6 +96,11 @@ ABSL_FLAG(bool, require_checkpoint_coverage, false,
           "audit-verify: lines after the last checkpoint are an error (use it "
           "on a log that ended with a stop, whose final checkpoint covers "
           "everything).");
+ABSL_FLAG(std::string, audit_keyring, "",
+          "audit-verify: the keyring of audit public keys by kid that "
+          "signetd keeps beside the log (audit-keyring.pem); each checkpoint "
+          "is checked with the key its kid names. Takes the place of "
+          "--audit_public_key.");
 ABSL_FLAG(int, verify_threads, 0,
           "audit-verify: segments verified at once (0: one per core).");
 ABSL_FLAG(std::string, expected_checkpoint, "",
@@ -249,6 +256,39 @@ absl::Status WriteAuditPublicKey(const std::string& log_path,
   return absl::OkStatus();
 }
 
+// The audit keyring beside the log: every audit checkpoint key's public half,
+// by kid, appended when a key is first used and never truncated, so
+// audit-verify can check each checkpoint with its own key after the audit
+// key has rotated (audit-checkpoint-key.pem holds the current one only).
+absl::Status AppendToAuditKeyring(const std::string& log_path,
+                                  const std::string& kid,
+                                  const hsm::PublicKey& key) {
+  const std::string path =
+      log_path.substr(0, log_path.rfind('/')) + "/audit-keyring.pem";
+  if (access(path.c_str(), F_OK) == 0) {
+    absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
+        ReadAuditKeyring(path);
+    if (!ring.ok()) return ring.status();
+    if (ring->contains(kid)) return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> pem = key.SpkiPem();
+  if (!pem.ok()) return pem.status();
+  const std::string entry =
+      absl::StrCat("# signet audit checkpoint key\n# kid: ", kid,
+                   "\n# added: ", absl::FormatTime(absl::Now()), "\n", *pem);
+  ScopedFd fd(open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+                   0644));
+  if (fd.get() < 0 ||
+      write(fd.get(), entry.data(), entry.size()) !=
+          static_cast<ssize_t>(entry.size()) ||
+      fsync(fd.get()) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot append to ", path, ": is the audit directory writable by "
+        "signetd?"));
+  }
+  return absl::OkStatus();
+}
+
 // A cheap call through the boundary: is the HSM answering?
 absl::Status ProbeHsm(hsm::SessionPool& pool) {
   absl::StatusOr<hsm::SessionPool::Lease> lease =
@@ -269,11 +309,20 @@ int AuditVerifyCommand(const std::string& path) {
     absl::StatusOr<hsm::PublicKey> parsed = hsm::PublicKey::FromSpkiPem(*pem);
     if (!parsed.ok()) return Fail(parsed.status());
     key = std::move(*parsed);
-  } else {
-    SIGNET_LOG_WARN("no --audit_public_key: checkpoint signatures are not "
-                    "checked, only the chain");
+  } else if (absl::GetFlag(FLAGS_audit_keyring).empty()) {
+    SIGNET_LOG_WARN("no --audit_keyring or --audit_public_key: checkpoint "
+                    "signatures are not checked, only the chain");
   }
   AuditVerifyOptions options;
+  std::map<std::string, hsm::PublicKey> keyring;
+  if (const std::string ring_path = absl::GetFlag(FLAGS_audit_keyring);
+      !ring_path.empty()) {
+    absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
+        ReadAuditKeyring(ring_path);
+    if (!ring.ok()) return Fail(ring.status());
+    keyring = *std::move(ring);
+    options.keyring = &keyring;
+  }
   options.allow_empty = absl::GetFlag(FLAGS_allow_empty);
   options.require_covered = absl::GetFlag(FLAGS_require_checkpoint_coverage);
   options.threads = absl::GetFlag(FLAGS_verify_threads);
@@ -563,6 +612,10 @@ int Run() {
   absl::Status key_file = WriteAuditPublicKey(config->audit_log_path(),
                                               *audit_key->key.public_key);
   if (!key_file.ok()) return Fail(key_file);
+  absl::Status keyring = AppendToAuditKeyring(config->audit_log_path(),
+                                              audit_key->key.thumbprint,
+                                              *audit_key->key.public_key);
+  if (!keyring.ok()) return Fail(keyring);
   AuditLogOptions audit_options;
   audit_options.path = config->audit_log_path();
   audit_options.checkpoint_kid = audit_key->key.thumbprint;
@@ -574,8 +627,20 @@ int Run() {
   audit_options.segment_max_age =
       absl::Hours(config->serving().audit_segment_max_age_hours());
   const std::string audit_key_id = audit_key->key.key_id;
+  // Never a checkpoint by a key past its active window: the checkpoint
+  // fails (a "checkpoint_failed" line, a syslog warning) until a restart
+  // rotates the audit key.
   audit_options.sign_checkpoint =
-      [&store, audit_key_id](absl::string_view digest) {
+      [&store, audit_key_id, record = audit_key->record,
+       kid = audit_key->key.thumbprint](
+          absl::string_view digest) -> absl::StatusOr<std::string> {
+        const rotation::KeyState state = rotation::StateAt(record, absl::Now());
+        if (!rotation::CanSign(state)) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "the audit key ", kid, " is ",
+              rotation::KeyStateName(state),
+              ", not ACTIVE: restart signetd to rotate it"));
+        }
         return store.SignDigest(audit_key_id, digest,
                                 absl::Now() + absl::Seconds(10));
       };
@@ -588,6 +653,19 @@ int Run() {
   start_event.detail = absl::StrCat("signetd pid ", getpid());
   absl::Status started = (*audit)->Append(start_event);
   if (!started.ok()) return Fail(started);
+  // Which key signs this run's checkpoints: audit-verify with the keyring
+  // checks that every checkpoint's key was introduced so.
+  AuditEvent key_event;
+  key_event.event = "audit_key";
+  key_event.result = "OK";
+  key_event.kid = audit_key->key.thumbprint;
+  key_event.alg = "ES256";
+  key_event.detail = absl::StrCat(
+      "checkpoints are signed by audit key generation ",
+      audit_key->record.key_generation(),
+      "; its public key is in audit-keyring.pem beside this log");
+  absl::Status introduced = (*audit)->Append(key_event);
+  if (!introduced.ok()) return Fail(introduced);
 
   std::map<std::string, std::shared_ptr<const ScopeState>> scope_states;
   for (const auto& scope : config->scopes()) {

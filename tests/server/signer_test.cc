@@ -897,6 +897,21 @@ TEST_F(SignerTest, CheckpointsReachTheSyslogSinkAndACutTailIsFound) {
   auto whole = verify(log);
   ASSERT_TRUE(whole.ok());
   EXPECT_EQ(whole->exit_code, 0) << whole->output;
+  // The keyring signetd keeps beside the log checks each checkpoint with the
+  // key its kid names, and this run's key was introduced in the log.
+  auto by_kid = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_keyring=" + dir + "/audit-keyring.pem",
+                "--expected_checkpoint=" + last, log}},
+      absl::Seconds(30));
+  ASSERT_TRUE(by_kid.ok());
+  EXPECT_EQ(by_kid->exit_code, 0) << by_kid->output;
+  {
+    std::ifstream whole_log(log);
+    std::stringstream text;
+    text << whole_log.rdbuf();
+    EXPECT_THAT(text.str(), HasSubstr(R"("event":"audit_key")"));
+  }
   // Cut the tail back past that checkpoint (as someone hiding the last
   // signatures would): the file alone still chains, the sink's copy does not
   // match any more.
