@@ -502,6 +502,12 @@ absl::Status ValidateConfig(SignetConfig& config,
     return FieldError("serving.audit_segment_max_age_hours",
                       "at most 8784 (a year)");
   }
+  if (config.audit_key_rotation_days() == 0) {
+    config.set_audit_key_rotation_days(365);
+  }
+  if (config.audit_key_rotation_days() > 3650) {
+    return FieldError("audit_key_rotation_days", "at most 3650 (ten years)");
+  }
   return ValidateGrpcLimits(*config.mutable_grpc());
 }
 

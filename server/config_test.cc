@@ -72,6 +72,7 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(config->serving().iat_skew_seconds(), 60u);
   EXPECT_EQ(config->serving().audit_group_commit_delay_us(), 2000u);
   EXPECT_EQ(config->serving().audit_segment_max_mib(), 1024u);
+  EXPECT_EQ(config->audit_key_rotation_days(), 365u);
   EXPECT_EQ(config->serving().audit_segment_max_age_hours(), 24u);
   EXPECT_EQ(config->scopes(0).rotation_period_seconds(), 30u * 24 * 3600);
   // Token lifetime 3600 + JWKS max-age 300 + an hour.

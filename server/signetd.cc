@@ -605,6 +605,8 @@ int Run() {
   audit_policy.scope = kAuditScope;
   audit_policy.algorithm = "ES256";
   audit_policy.key_spec = {hsm::SignatureAlgorithm::kEcdsaP256Sha256};
+  audit_policy.timings.rotation_period =
+      absl::Hours(24) * static_cast<int>(config->audit_key_rotation_days());
   absl::StatusOr<rotation::ScopeKey> audit_key = rotation::EnsureActiveKey(
       store, audit_policy, records, absl::Now(),
       /*may_write=*/!config->never_create_keys());
