@@ -1,5 +1,6 @@
 #include "server/connection_acceptor.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -44,6 +45,26 @@ std::string PeerKey(const struct sockaddr_storage& peer) {
     return std::string(bytes, 8);
   }
   return std::string();  // other families share one count
+}
+
+// The peer as gRPC names it (ServerContext::peer()).
+std::string GrpcEndpoint(const struct sockaddr_storage& peer) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (peer.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const struct sockaddr_in*>(&peer);
+    inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text));
+    return absl::StrCat("ipv4:", text, ":", ntohs(v4->sin_port));
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const struct sockaddr_in6*>(&peer);
+    if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) {
+      inet_ntop(AF_INET, &v6->sin6_addr.s6_addr[12], text, sizeof(text));
+      return absl::StrCat("ipv4:", text, ":", ntohs(v6->sin6_port));
+    }
+    inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof(text));
+    return absl::StrCat("ipv6:[", text, "]:", ntohs(v6->sin6_port));
+  }
+  return std::string();
 }
 
 uint64_t InodeOf(int fd) {
@@ -126,7 +147,11 @@ absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> ConnectionAcceptor::Bind(
       fd, wake, bound_port, OpenFileLimit() - reserved_fds, max_per_address));
 }
 
-ConnectionAcceptor::~ConnectionAcceptor() {
+ConnectionAcceptor::~ConnectionAcceptor() { Stop(); }
+
+void ConnectionAcceptor::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
   const uint64_t one = 1;
   (void)!write(wake_fd_, &one, sizeof(one));
   if (thread_.joinable()) thread_.join();
@@ -148,7 +173,7 @@ bool ConnectionAcceptor::BudgetSpent() const {
   return probe >= budget_end_;
 }
 
-void ConnectionAcceptor::Sweep() {
+void ConnectionAcceptor::SweepLocked() {
   for (size_t fd = 0; fd < tracked_.size(); ++fd) {
     Tracked& t = tracked_[fd];
     if (t.inode == 0 || InodeOf(static_cast<int>(fd)) == t.inode) continue;
@@ -158,7 +183,9 @@ void ConnectionAcceptor::Sweep() {
   }
 }
 
-bool ConnectionAcceptor::Admit(int fd, const std::string& peer) {
+bool ConnectionAcceptor::Admit(int fd, const std::string& peer,
+                               std::string endpoint) {
+  absl::MutexLock lock(&mu_);
   if (static_cast<size_t>(fd) >= tracked_.size()) tracked_.resize(fd + 1);
   // A descriptor remembered for a connection gRPC has closed since.
   if (tracked_[fd].inode != 0) {
@@ -170,13 +197,25 @@ bool ConnectionAcceptor::Admit(int fd, const std::string& peer) {
     const int64_t now = absl::GetCurrentTimeNanos();
     if (now - last_sweep_ns_ >= 1'000'000'000 / kSweepsPerSecond) {
       last_sweep_ns_ = now;
-      Sweep();
+      SweepLocked();
     }
     if (per_address_[peer] >= max_per_address_) return false;
   }
   ++per_address_[peer];
-  tracked_[fd] = Tracked{InodeOf(fd), peer};
+  tracked_[fd] = Tracked{InodeOf(fd), peer, std::move(endpoint)};
   return true;
+}
+
+bool ConnectionAcceptor::CloseConnection(absl::string_view peer) {
+  absl::MutexLock lock(&mu_);
+  for (size_t fd = 0; fd < tracked_.size(); ++fd) {
+    const Tracked& t = tracked_[fd];
+    if (t.inode == 0 || t.endpoint != peer) continue;
+    // Still the same socket (not a descriptor reused since).
+    if (InodeOf(static_cast<int>(fd)) != t.inode) continue;
+    return shutdown(static_cast<int>(fd), SHUT_RDWR) == 0;
+  }
+  return false;
 }
 
 void ConnectionAcceptor::Loop() {
@@ -212,7 +251,7 @@ void ConnectionAcceptor::Loop() {
         close(fd);
         continue;
       }
-      if (!Admit(fd, PeerKey(peer))) {
+      if (!Admit(fd, PeerKey(peer), GrpcEndpoint(peer))) {
         refused_per_address_.fetch_add(1);
         close(fd);
         continue;

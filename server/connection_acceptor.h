@@ -36,7 +36,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -50,8 +52,11 @@ class ConnectionAcceptor {
   static absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> Bind(
       absl::string_view listen_address, int reserved_fds,
       int max_per_address);
-  // Stops accepting and closes the listening socket.
+  // Stops accepting and closes the listening socket (Stop()).
   ~ConnectionAcceptor();
+  // Stops accepting; the connections handed to gRPC stay, and
+  // CloseConnection still works. Idempotent.
+  void Stop();
   ConnectionAcceptor(const ConnectionAcceptor&) = delete;
   ConnectionAcceptor& operator=(const ConnectionAcceptor&) = delete;
 
@@ -75,6 +80,12 @@ class ConnectionAcceptor {
   // Connections closed at once because their address held max_per_address.
   uint64_t refused_per_address() const { return refused_per_address_.load(); }
 
+  // Closes the connection gRPC names `peer` ("ipv4:127.0.0.1:54321",
+  // "ipv6:[::1]:54321", as grpc::ServerContext::peer() says): shuts its
+  // socket down, so gRPC drops it and every call on it. False if no open
+  // connection has that peer. Any thread; for an abusive connection.
+  bool CloseConnection(absl::string_view peer);
+
  private:
   ConnectionAcceptor(int listen_fd, int wake_fd, int port, int budget_end,
                      int max_per_address)
@@ -86,14 +97,16 @@ class ConnectionAcceptor {
   void Loop();
   // Takes a place for the connection `fd` from `peer`; false when its
   // address holds max_per_address connections still open. Accept thread.
-  bool Admit(int fd, const std::string& peer);
+  bool Admit(int fd, const std::string& peer, std::string endpoint)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Forgets the connections whose descriptors gRPC has closed.
-  void Sweep();
+  void SweepLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // A connection handed to gRPC, as the accept thread remembers it.
   struct Tracked {
     uint64_t inode = 0;
-    std::string peer;
+    std::string peer;      // the per-address limit's key
+    std::string endpoint;  // as gRPC names the peer
   };
 
   const int listen_fd_;
@@ -101,14 +114,16 @@ class ConnectionAcceptor {
   const int port_;
   const int budget_end_;
   const int max_per_address_;
-  // Accept thread only.
-  std::vector<Tracked> tracked_;  // by descriptor; inode 0: none
-  absl::flat_hash_map<std::string, int> per_address_;
+  // The accept thread writes them; CloseConnection reads them.
+  absl::Mutex mu_;
+  std::vector<Tracked> tracked_ ABSL_GUARDED_BY(mu_);  // by fd; inode 0: none
+  absl::flat_hash_map<std::string, int> per_address_ ABSL_GUARDED_BY(mu_);
   int64_t last_sweep_ns_ = 0;
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> grpc_;
   std::atomic<uint64_t> refused_{0};
   std::atomic<uint64_t> accept_errors_{0};
   std::atomic<uint64_t> refused_per_address_{0};
+  bool stopped_ = false;
   std::thread thread_;
 };
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/unknown_field_set.h"
 
 namespace signet::server {
@@ -56,6 +57,24 @@ void RequestWaits::Enter() {
   }
 }
 
+void RequestWaits::CountEarlyReset(const std::string& peer) {
+  const int64_t now = absl::GetCurrentTimeNanos();
+  bool close = false;
+  {
+    absl::MutexLock lock(&mu_);
+    // Bounded: forget every count rather than grow with connections.
+    if (resets_.size() >= 65536) resets_.clear();
+    Resets& r = resets_[peer];
+    if (now - r.window_start_ns > absl::ToInt64Nanoseconds(limits_.reset_window)) {
+      r = Resets{now, 0};
+    }
+    close = ++r.count == limits_.max_early_resets + 1;
+  }
+  if (close && close_connection_ && close_connection_(peer)) {
+    reset_closes_.fetch_add(1);
+  }
+}
+
 void OneRequestCall::Start() {
   waits_->Enter();
   const absl::Duration timeout = waits_->limits().timeout;
@@ -98,12 +117,19 @@ void OneRequestCall::OnReadDone(bool ok) {
     return;
   }
   if (context_->IsCancelled()) {
-    // The client reset the stream: it asked for nothing.
+    // The client reset the stream: it asked for nothing, but too many such
+    // resets on one connection are an attack.
+    waits_->CountEarlyReset(context_->peer());
     OnNoRequest(grpc::Status::CANCELLED);
     return;
   }
-  OnNoRequest(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                           "the call carried no request message"));
+  // The client half-closed without a message, or its message was over the
+  // receive limit and gRPC refused it RESOURCE_EXHAUSTED itself (the two
+  // look the same here).
+  OnNoRequest(grpc::Status(
+      grpc::StatusCode::INVALID_ARGUMENT,
+      "the call carried no request message (or one over the receive limit, "
+      "refused RESOURCE_EXHAUSTED)"));
 }
 
 }  // namespace signet::server

@@ -28,9 +28,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "google/protobuf/message.h"
 #include "server/pending_call.h"
@@ -50,13 +55,27 @@ bool SerializeMessage(const google::protobuf::Message& message,
 struct RequestWaitLimits {
   int max_waiting = 4096;
   absl::Duration timeout = absl::Seconds(10);
+  // HTTP/2 "rapid reset": a client that opens streams and resets them
+  // before sending their message makes the server set up a call for each,
+  // as fast as it can send frames (gRPC 1.51 has no defence: two
+  // connections grew signetd to 3 GB and stalled it for a minute). Honest
+  // clients send the message with the headers and reset, if ever, later. A
+  // connection that resets more than this many calls before their message
+  // within `reset_window` is closed.
+  int max_early_resets = 32;
+  absl::Duration reset_window = absl::Seconds(10);
 };
 
 // The budget and the timer shared by every call still waiting for its
 // request message.
 class RequestWaits {
  public:
-  explicit RequestWaits(RequestWaitLimits limits) : limits_(limits) {}
+  // `close_connection` closes the connection gRPC names by a peer string
+  // (the connection acceptor's); it may be empty (nothing is closed).
+  explicit RequestWaits(
+      RequestWaitLimits limits,
+      std::function<bool(const std::string& peer)> close_connection = {})
+      : limits_(limits), close_connection_(std::move(close_connection)) {}
 
   // Counts a call that starts waiting. When `max_waiting` are waiting
   // already, the one that has waited longest is ended RESOURCE_EXHAUSTED to
@@ -67,6 +86,11 @@ class RequestWaits {
   void Enter();
   void Leave() { waiting_.fetch_sub(1); }
   void CountTimeout() { timed_out_.fetch_add(1); }
+  // A call on the connection `peer` was reset before its message came;
+  // closes the connection when it is over max_early_resets.
+  void CountEarlyReset(const std::string& peer) ABSL_LOCKS_EXCLUDED(mu_);
+  // Connections closed for resetting calls early, since the start.
+  uint64_t reset_closes() const { return reset_closes_.load(); }
 
   // Every call still waiting at `at` is answered UNAVAILABLE then: for a
   // shutdown, which should not wait out the timeout.
@@ -81,7 +105,15 @@ class RequestWaits {
   uint64_t timed_out() const { return timed_out_.load(); }
 
  private:
+  struct Resets {
+    int64_t window_start_ns = 0;
+    int count = 0;
+  };
   const RequestWaitLimits limits_;
+  const std::function<bool(const std::string&)> close_connection_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Resets> resets_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> reset_closes_{0};
   std::atomic<int> waiting_{0};
   std::atomic<uint64_t> evicted_{0};
   std::atomic<uint64_t> timed_out_{0};

@@ -437,15 +437,6 @@ int Run() {
   const signet::v1::GrpcConfig& grpc_limits = config->grpc();
   std::vector<signet::v1::TenantConfig> tenants(config->tenants().begin(),
                                                 config->tenants().end());
-  // Calls whose request message has not come yet: bounded in number and in
-  // time (server/one_request_call.h).
-  RequestWaitLimits wait_limits;
-  wait_limits.max_waiting =
-      static_cast<int>(grpc_limits.max_calls_awaiting_request());
-  wait_limits.timeout =
-      absl::Seconds(grpc_limits.request_timeout_seconds());
-  RequestWaits request_waits(wait_limits);
-  SignerService signer(signer_options, tenants, &request_waits);
 
   // signetd accepts the gRPC port's connections itself and hands them to
   // gRPC, so the acceptor can neither die nor spend the last descriptors
@@ -462,6 +453,20 @@ int Run() {
               http_slots,
           static_cast<int>(grpc_limits.max_connections_per_address()));
   if (!acceptor.ok()) return Fail(acceptor.status());
+  // Calls whose request message has not come yet: bounded in number and in
+  // time, and a connection that resets them early is closed
+  // (server/one_request_call.h).
+  RequestWaitLimits wait_limits;
+  wait_limits.max_waiting =
+      static_cast<int>(grpc_limits.max_calls_awaiting_request());
+  wait_limits.timeout =
+      absl::Seconds(grpc_limits.request_timeout_seconds());
+  ConnectionAcceptor* const connections = acceptor->get();
+  RequestWaits request_waits(wait_limits,
+                             [connections](const std::string& peer) {
+                               return connections->CloseConnection(peer);
+                             });
+  SignerService signer(signer_options, tenants, &request_waits);
   // Health is ours: gRPC's default service has no bound on Watch streams.
   std::atomic<uint64_t> refused_watches{0};
   HealthService health_service(
@@ -909,6 +914,9 @@ int Run() {
       {[&] { return request_waits.evicted(); },
        "call(s) still waiting for their request message ended to make room "
        "(grpc.max_calls_awaiting_request)"},
+      {[&] { return request_waits.reset_closes(); },
+       "gRPC connection(s) closed for resetting calls before their request "
+       "message (HTTP/2 rapid reset)"},
       {[&] { return request_waits.timed_out(); },
        "call(s) whose request message did not come in time "
        "(grpc.request_timeout_seconds)"},
@@ -944,7 +952,7 @@ int Run() {
     }
   }
   report_refused_connections();
-  acceptor->reset();  // no new connection from here on
+  (*acceptor)->Stop();  // no new connection from here on
   stop_probing->Notify();
   stop_publishing->Notify();
   publisher.join();

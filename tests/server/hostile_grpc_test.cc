@@ -1106,5 +1106,48 @@ TEST_F(HostileGrpcTest, OneAddressHoldsAtMostItsShareOfConnections) {
               Not(::testing::IsEmpty()));
 }
 
+// Found by an outside attack: HTTP/2 "rapid reset" (a stream's headers,
+// then RST_STREAM at once, as fast as frames go out) from two connections
+// grew signetd to 3 GB and stalled signing and health for over a minute;
+// gRPC 1.51 has no defence. A connection that resets more than 32 calls
+// before their message within 10 s is now closed, and another tenant is
+// served.
+TEST_F(HostileGrpcTest, AConnectionThatResetsCallsBeforeTheirRequestIsClosed) {
+  auto signetd = Start("rapid-reset");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(no_eku_, /*own_connection=*/true);
+  ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() +
+                                        std::chrono::seconds(20)));
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  int reset = 0;
+  for (int i = 0; i < 200; ++i) {
+    grpc::ClientContext ctx;
+    auto call = stub.PrepareCall(&ctx, "/grpc.health.v1.Health/Check", &cq);
+    call->StartCall(reinterpret_cast<void*>(1));
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    if (!ok) break;  // the connection is gone: closed by signetd
+    ctx.TryCancel();  // RST_STREAM before any message
+    grpc::Status status;
+    call->Finish(&status, reinterpret_cast<void*>(2));
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    ++reset;
+  }
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "closed for resetting calls"}),
+              Not(::testing::IsEmpty()))
+      << "after " << reset << " resets\n"
+      << signetd->Output();
+  auto other = v1::Signer::NewStub(Channel(other_, /*own_connection=*/true));
+  EXPECT_TRUE(SignJwt(*other, "other").ok());
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
 }  // namespace
 }  // namespace signet
