@@ -24,7 +24,9 @@ class HealthService::Checker final : public OneRequestCall {
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     HealthCheckRequest request;
     if (absl::Status parsed = ParseMessage(bytes, &request); !parsed.ok()) {
-      if (service_->on_refused_) service_->on_refused_();
+      if (service_->on_refused_) {
+        service_->on_refused_(grpc::StatusCode::INVALID_ARGUMENT);
+      }
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           std::string(parsed.message())));
       return;
@@ -101,7 +103,9 @@ class HealthService::Watcher final : public OneRequestCall {
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     HealthCheckRequest request;
     if (absl::Status parsed = ParseMessage(bytes, &request); !parsed.ok()) {
-      if (service_->on_refused_) service_->on_refused_();
+      if (service_->on_refused_) {
+        service_->on_refused_(grpc::StatusCode::INVALID_ARGUMENT);
+      }
       End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                        std::string(parsed.message())));
       return;
@@ -157,8 +161,9 @@ class HealthService::Watcher final : public OneRequestCall {
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-HealthService::HealthService(int max_watchers, RequestWaits* waits,
-                             std::function<void()> on_refused)
+HealthService::HealthService(
+    int max_watchers, RequestWaits* waits,
+    std::function<void(grpc::StatusCode)> on_refused)
     : max_watchers_(max_watchers),
       waits_(waits),
       on_refused_(std::move(on_refused)) {
@@ -258,7 +263,7 @@ void HealthService::StartWatch(Watcher* watcher) {
     watcher->End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                               absl::StrCat(refused,
                                            "; use Check, or retry later")));
-    if (on_refused_) on_refused_();
+    if (on_refused_) on_refused_(grpc::StatusCode::RESOURCE_EXHAUSTED);
   }
 }
 

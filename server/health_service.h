@@ -34,10 +34,11 @@ namespace signet::server {
 
 class HealthService final : public OneRequestService {
  public:
-  // `on_refused` runs (on a gRPC thread, quickly) for each refused Watch and
-  // each request that does not parse. `waits` must outlive the service.
+  // `on_refused` runs (on a gRPC thread, quickly) with the code of each
+  // refused Watch (RESOURCE_EXHAUSTED) and of each request that does not
+  // parse (INVALID_ARGUMENT). `waits` must outlive the service.
   HealthService(int max_watchers, RequestWaits* waits,
-                std::function<void()> on_refused);
+                std::function<void(grpc::StatusCode)> on_refused);
   ~HealthService() override;
 
   // Sets `service`'s status ("" is the whole server) and tells its watchers.
@@ -69,7 +70,7 @@ class HealthService final : public OneRequestService {
 
   const int max_watchers_;
   RequestWaits* const waits_;
-  const std::function<void()> on_refused_;
+  const std::function<void(grpc::StatusCode)> on_refused_;
   mutable absl::Mutex mu_;
   std::map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);
   std::set<Watcher*> watchers_ ABSL_GUARDED_BY(mu_);

@@ -469,9 +469,14 @@ int Run() {
   SignerService signer(signer_options, tenants, &request_waits);
   // Health is ours: gRPC's default service has no bound on Watch streams.
   std::atomic<uint64_t> refused_watches{0};
+  std::atomic<uint64_t> malformed_health{0};
   HealthService health_service(
       static_cast<int>(grpc_limits.max_health_watchers()), &request_waits,
-      [&refused_watches] { refused_watches.fetch_add(1); });
+      [&refused_watches, &malformed_health](grpc::StatusCode code) {
+        (code == grpc::StatusCode::INVALID_ARGUMENT ? malformed_health
+                                                    : refused_watches)
+            .fetch_add(1);
+      });
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   if (!grpc_limits.reflection()) {
@@ -896,50 +901,57 @@ int Run() {
   };
   // Connections the acceptor refused, logged and audited at most once per
   // interval. Returns whether there was anything to report.
+  // Refusals signetd counts rather than audits one by one (they come in
+  // floods), reported in one log line and one audit line per status code.
   struct Counted {
     std::function<uint64_t()> count;
+    const char* result;  // the status code name the clients got
     const char* what;
     uint64_t reported = 0;
   };
   Counted counted[] = {
-      {[&] { return (*acceptor)->refused(); },
+      {[&] { return (*acceptor)->refused(); }, "UNAVAILABLE",
        "gRPC connection(s) closed at once (descriptor budget spent)"},
-      {[&] { return (*acceptor)->refused_per_address(); },
+      {[&] { return (*acceptor)->refused_per_address(); }, "UNAVAILABLE",
        "gRPC connection(s) closed at once (their address held "
        "grpc.max_connections_per_address)"},
-      {[&] { return (*acceptor)->accept_errors(); }, "failed accept(s)"},
-      {[&] { return refused_watches.load(); },
-       "health call(s) refused (grpc.max_health_watchers, or a malformed "
-       "request)"},
-      {[&] { return request_waits.evicted(); },
-       "call(s) still waiting for their request message ended to make room "
-       "(grpc.max_calls_awaiting_request)"},
-      {[&] { return request_waits.reset_closes(); },
+      {[&] { return (*acceptor)->accept_errors(); }, "UNAVAILABLE",
+       "failed accept(s)"},
+      {[&] { return request_waits.reset_closes(); }, "UNAVAILABLE",
        "gRPC connection(s) closed for resetting calls before their request "
        "message (HTTP/2 rapid reset)"},
-      {[&] { return request_waits.timed_out(); },
+      {[&] { return refused_watches.load(); }, "RESOURCE_EXHAUSTED",
+       "health watch(es) refused (grpc.max_health_watchers or a "
+       "certificate's share)"},
+      {[&] { return request_waits.evicted(); }, "RESOURCE_EXHAUSTED",
+       "call(s) still waiting for their request message ended to make room "
+       "(grpc.max_calls_awaiting_request)"},
+      {[&] { return malformed_health.load(); }, "INVALID_ARGUMENT",
+       "health request(s) that did not parse"},
+      {[&] { return request_waits.timed_out(); }, "DEADLINE_EXCEEDED",
        "call(s) whose request message did not come in time "
        "(grpc.request_timeout_seconds)"},
   };
   auto report_refused_connections = [&]() {
-    std::vector<std::string> parts;
+    std::map<std::string, std::vector<std::string>> by_result;
     for (Counted& c : counted) {
       const uint64_t now = c.count();
       if (now == c.reported) continue;
-      parts.push_back(absl::StrCat(now - c.reported, " ", c.what));
+      by_result[c.result].push_back(absl::StrCat(now - c.reported, " ", c.what));
       c.reported = now;
     }
-    if (parts.empty()) return false;
-    const std::string what = absl::StrCat(absl::StrJoin(parts, ", "),
-                                          " since the last report");
-    SIGNET_LOG_WARN("{}", what);
-    AuditEvent refusal;
-    refusal.event = "refuse";
-    refusal.caller = "unidentified";
-    refusal.result = "RESOURCE_EXHAUSTED";
-    refusal.detail = what;
-    (*audit)->AppendRefusal(refusal);
-    return true;
+    for (const auto& [result, parts] : by_result) {
+      const std::string what = absl::StrCat(absl::StrJoin(parts, ", "),
+                                            " since the last report");
+      SIGNET_LOG_WARN("{}", what);
+      AuditEvent refusal;
+      refusal.event = "refuse";
+      refusal.caller = "unidentified";
+      refusal.result = result;
+      refusal.detail = what;
+      (*audit)->AppendRefusal(refusal);
+    }
+    return !by_result.empty();
   };
 
   health_monitor.Update(sample());

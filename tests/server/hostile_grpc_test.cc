@@ -706,7 +706,9 @@ TEST_F(HostileGrpcTest, AWatchFloodIsRefusedBeyondItsBound) {
   const int64_t peak = PeakRss(signetd->pid());
   EXPECT_GT(peak, 0);
   EXPECT_LT(peak, int64_t{300} << 20) << "peak RSS " << (peak >> 20) << " MiB";
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "health call(s) refused"}),
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "\"result\":\"RESOURCE_EXHAUSTED\"",
+                              "health watch(es) refused"}),
               Not(::testing::IsEmpty()));
   for (auto& ctx : contexts) ctx->TryCancel();
   cq.Shutdown();
@@ -1014,7 +1016,9 @@ TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
           << method;
     }
   }
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "health call(s) refused"}),
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "\"result\":\"INVALID_ARGUMENT\"",
+                              "health request(s) that did not parse"}),
               Not(::testing::IsEmpty()));
   // A well-formed Check is answered as before.
   auto health = Health::NewStub(channel);
