@@ -186,6 +186,13 @@ void ConnectionAcceptor::SweepLocked() {
 bool ConnectionAcceptor::Admit(int fd, const std::string& peer,
                                std::string endpoint) {
   absl::MutexLock lock(&mu_);
+  if (auto banned = banned_until_.find(peer); banned != banned_until_.end()) {
+    if (absl::GetCurrentTimeNanos() < banned->second) {
+      refused_banned_.fetch_add(1);
+      return false;
+    }
+    banned_until_.erase(banned);
+  }
   if (static_cast<size_t>(fd) >= tracked_.size()) tracked_.resize(fd + 1);
   // A descriptor remembered for a connection gRPC has closed since.
   if (tracked_[fd].inode != 0) {
@@ -199,20 +206,30 @@ bool ConnectionAcceptor::Admit(int fd, const std::string& peer,
       last_sweep_ns_ = now;
       SweepLocked();
     }
-    if (per_address_[peer] >= max_per_address_) return false;
+    if (per_address_[peer] >= max_per_address_) {
+      refused_per_address_.fetch_add(1);
+      return false;
+    }
   }
   ++per_address_[peer];
   tracked_[fd] = Tracked{InodeOf(fd), peer, std::move(endpoint)};
   return true;
 }
 
-bool ConnectionAcceptor::CloseConnection(absl::string_view peer) {
+bool ConnectionAcceptor::CloseConnection(absl::string_view peer,
+                                         absl::Duration ban) {
   absl::MutexLock lock(&mu_);
   for (size_t fd = 0; fd < tracked_.size(); ++fd) {
     const Tracked& t = tracked_[fd];
     if (t.inode == 0 || t.endpoint != peer) continue;
     // Still the same socket (not a descriptor reused since).
     if (InodeOf(static_cast<int>(fd)) != t.inode) continue;
+    if (ban > absl::ZeroDuration()) {
+      // Bounded: a flood of distinct addresses forgets the old bans.
+      if (banned_until_.size() >= 65536) banned_until_.clear();
+      banned_until_[t.peer] =
+          absl::GetCurrentTimeNanos() + absl::ToInt64Nanoseconds(ban);
+    }
     return shutdown(static_cast<int>(fd), SHUT_RDWR) == 0;
   }
   return false;
@@ -252,7 +269,6 @@ void ConnectionAcceptor::Loop() {
         continue;
       }
       if (!Admit(fd, PeerKey(peer), GrpcEndpoint(peer))) {
-        refused_per_address_.fetch_add(1);
         close(fd);
         continue;
       }

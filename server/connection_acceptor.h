@@ -39,6 +39,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -82,9 +83,14 @@ class ConnectionAcceptor {
 
   // Closes the connection gRPC names `peer` ("ipv4:127.0.0.1:54321",
   // "ipv6:[::1]:54321", as grpc::ServerContext::peer() says): shuts its
-  // socket down, so gRPC drops it and every call on it. False if no open
-  // connection has that peer. Any thread; for an abusive connection.
-  bool CloseConnection(absl::string_view peer);
+  // socket down, so gRPC drops it and every call on it, and refuses new
+  // connections from its address (as the per-address limit counts them)
+  // for `ban`. False if no open connection has that peer. Any thread; for
+  // an abusive connection.
+  bool CloseConnection(absl::string_view peer,
+                       absl::Duration ban = absl::ZeroDuration());
+  // Connections refused because their address was banned.
+  uint64_t refused_banned() const { return refused_banned_.load(); }
 
  private:
   ConnectionAcceptor(int listen_fd, int wake_fd, int port, int budget_end,
@@ -118,11 +124,14 @@ class ConnectionAcceptor {
   absl::Mutex mu_;
   std::vector<Tracked> tracked_ ABSL_GUARDED_BY(mu_);  // by fd; inode 0: none
   absl::flat_hash_map<std::string, int> per_address_ ABSL_GUARDED_BY(mu_);
+  // Addresses refused until a steady-clock time (ns), by CloseConnection.
+  absl::flat_hash_map<std::string, int64_t> banned_until_ ABSL_GUARDED_BY(mu_);
   int64_t last_sweep_ns_ = 0;
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> grpc_;
   std::atomic<uint64_t> refused_{0};
   std::atomic<uint64_t> accept_errors_{0};
   std::atomic<uint64_t> refused_per_address_{0};
+  std::atomic<uint64_t> refused_banned_{0};
   bool stopped_ = false;
   std::thread thread_;
 };

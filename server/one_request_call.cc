@@ -76,6 +76,14 @@ void RequestWaits::CountEarlyReset(const std::string& peer) {
 }
 
 void OneRequestCall::Start() {
+  if (context_->IsCancelled()) {
+    // Reset before its handler even ran (a backlog of calls under a rapid
+    // reset flood): counted at once, so the connection is cut while the
+    // backlog is still short.
+    waits_->CountEarlyReset(context_->peer());
+    OnNoRequest(grpc::Status::CANCELLED);
+    return;
+  }
   waits_->Enter();
   const absl::Duration timeout = waits_->limits().timeout;
   // The watchdog answers only with an error; OnReadDone claims the timer

@@ -464,7 +464,10 @@ int Run() {
   ConnectionAcceptor* const connections = acceptor->get();
   RequestWaits request_waits(wait_limits,
                              [connections](const std::string& peer) {
-                               return connections->CloseConnection(peer);
+                               // Its address may not come back for a while:
+                               // a rapid-reset client reconnects at once.
+                               return connections->CloseConnection(
+                                   peer, absl::Seconds(30));
                              });
   SignerService signer(signer_options, tenants, &request_waits);
   // Health is ours: gRPC's default service has no bound on Watch streams.
@@ -920,6 +923,9 @@ int Run() {
       {[&] { return request_waits.reset_closes(); }, "UNAVAILABLE",
        "gRPC connection(s) closed for resetting calls before their request "
        "message (HTTP/2 rapid reset)"},
+      {[&] { return (*acceptor)->refused_banned(); }, "UNAVAILABLE",
+       "gRPC connection(s) refused at once from an address banned for 30 s "
+       "after a rapid reset"},
       {[&] { return refused_watches.load(); }, "RESOURCE_EXHAUSTED",
        "health watch(es) refused (grpc.max_health_watchers or a "
        "certificate's share)"},

@@ -1119,6 +1119,11 @@ TEST_F(HostileGrpcTest, OneAddressHoldsAtMostItsShareOfConnections) {
 TEST_F(HostileGrpcTest, AConnectionThatResetsCallsBeforeTheirRequestIsClosed) {
   auto signetd = Start("rapid-reset");
   ASSERT_NE(signetd, nullptr);
+  // Another tenant, connected before (everything here comes from
+  // 127.0.0.1, and the attacker's address is then banned for 30 s).
+  auto other_channel = Channel(other_, /*own_connection=*/true);
+  auto other = v1::Signer::NewStub(other_channel);
+  ASSERT_TRUE(SignJwt(*other, "other").ok());
   auto channel = Channel(no_eku_, /*own_connection=*/true);
   ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() +
                                         std::chrono::seconds(20)));
@@ -1144,8 +1149,14 @@ TEST_F(HostileGrpcTest, AConnectionThatResetsCallsBeforeTheirRequestIsClosed) {
               Not(::testing::IsEmpty()))
       << "after " << reset << " resets\n"
       << signetd->Output();
-  auto other = v1::Signer::NewStub(Channel(other_, /*own_connection=*/true));
+  // The other tenant's connection is served; a new connection from the
+  // attacker's address is refused while the ban lasts.
   EXPECT_TRUE(SignJwt(*other, "other").ok());
+  auto again = v1::Signer::NewStub(Channel(tenant_, /*own_connection=*/true));
+  EXPECT_FALSE(SignJwt(*again, kScope, /*deadline_s=*/3).ok());
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "from an address banned"}),
+              Not(::testing::IsEmpty()));
   cq.Shutdown();
   void* tag;
   bool ok;

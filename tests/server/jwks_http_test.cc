@@ -723,7 +723,7 @@ TEST_F(JwksHttpTest, AmbiguousFramingGets400) {
 // number a 413 (libmicrohttpd's own answers; 0.9.75 writes their header
 // block twice, which the README notes), and the connection closes.
 TEST_F(JwksHttpTest, AMalformedContentLengthIsRefused) {
-  for (const std::string& value : {"abc", "-1", "1x", ""}) {
+  for (const char* value : {"abc", "-1", "1x", ""}) {
     SCOPED_TRACE(value);
     HttpResponse r = RawRequest(
         http_port_, absl::StrCat("GET ", kConsumerPath,
