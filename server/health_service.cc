@@ -23,12 +23,9 @@ class HealthService::Checker final : public OneRequestCall {
  private:
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     HealthCheckRequest request;
-    if (absl::Status parsed = ParseMessage(bytes, &request); !parsed.ok()) {
-      if (service_->on_refused_) {
-        service_->on_refused_(grpc::StatusCode::INVALID_ARGUMENT);
-      }
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          std::string(parsed.message())));
+    if (grpc::Status refused = service_->Parse(bytes, &request);
+        !refused.ok()) {
+      Finish(refused);
       return;
     }
     HealthCheckResponse response;
@@ -102,12 +99,9 @@ class HealthService::Watcher final : public OneRequestCall {
  private:
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     HealthCheckRequest request;
-    if (absl::Status parsed = ParseMessage(bytes, &request); !parsed.ok()) {
-      if (service_->on_refused_) {
-        service_->on_refused_(grpc::StatusCode::INVALID_ARGUMENT);
-      }
-      End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                       std::string(parsed.message())));
+    if (grpc::Status refused = service_->Parse(bytes, &request);
+        !refused.ok()) {
+      End(refused);
       return;
     }
     name_ = request.service();
@@ -218,6 +212,15 @@ void HealthService::Forget(Watcher* watcher) {
   if (it != watchers_by_certificate_.end() && --it->second <= 0) {
     watchers_by_certificate_.erase(it);
   }
+}
+
+grpc::Status HealthService::Parse(const grpc::ByteBuffer& bytes,
+                                  HealthCheckRequest* request) {
+  absl::Status parsed = ParseMessage(bytes, request);
+  if (parsed.ok()) return grpc::Status::OK;
+  if (on_refused_) on_refused_(grpc::StatusCode::INVALID_ARGUMENT);
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      std::string(parsed.message()));
 }
 
 grpc::Status HealthService::Check(const std::string& service,

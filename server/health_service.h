@@ -60,6 +60,10 @@ class HealthService final : public OneRequestService {
   Status StatusOf(const std::string& service) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(Watcher* watcher) ABSL_LOCKS_EXCLUDED(mu_);
+  // Parses a request; INVALID_ARGUMENT (reported to on_refused) when it
+  // does not parse.
+  grpc::Status Parse(const grpc::ByteBuffer& bytes,
+                     grpc::health::v1::HealthCheckRequest* request);
   // Check's answer for `service`.
   grpc::Status Check(const std::string& service,
                      grpc::health::v1::HealthCheckResponse* response)
