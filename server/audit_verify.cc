@@ -281,12 +281,12 @@ struct SegmentProof {
 // Verifies one file: every line well-formed, seq consecutive from its first
 // line, each prev the hash of the line before (line 1 of a chain: zeros),
 // checkpoints (head, count, signature), and the expected checkpoint if the
-// file holds its seq. `must_start_chain`: the first line must be seq 1.
+// file holds its seq.
 absl::StatusOr<SegmentProof> VerifySegment(
     const std::string& path, const hsm::PublicKey* checkpoint_key,
     const std::map<std::string, hsm::PublicKey>* keyring,
     const std::optional<AuditLineInfo>& expected,
-    absl::string_view expected_line, bool must_start_chain) {
+    absl::string_view expected_line) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -334,7 +334,7 @@ absl::StatusOr<SegmentProof> VerifySegment(
     // The first line of a segment that continues another (a "segment"
     // line) starts where it says; any other file starts a chain at 1.
     const bool continues =
-        count == 0 && info->event == "segment" && !must_start_chain;
+        count == 0 && info->event == "segment";
     const uint64_t want = continues ? info->seq : n;
     auto broken = [&](absl::string_view why) {
       return Broken(
@@ -506,8 +506,7 @@ absl::StatusOr<AuditVerifyResult> Verify(
   auto work = [&] {
     for (size_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
       proofs[i] = VerifySegment((*files)[i], checkpoint_key, keyring,
-                                *expected, expected_line,
-                                /*must_start_chain=*/false);
+                                *expected, expected_line);
     }
   };
   const size_t workers = std::max<size_t>(

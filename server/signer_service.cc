@@ -177,6 +177,11 @@ absl::StatusOr<std::string> SignerService::Caller(
   return identity;
 }
 
+std::string SignerService::CallerOrEmpty(grpc::CallbackServerContext* context) {
+  absl::StatusOr<std::string> identity = Caller(context);
+  return identity.ok() ? *std::move(identity) : std::string();
+}
+
 absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
     grpc::CallbackServerContext* context, const std::string& scope_name,
     std::string* caller) {
@@ -785,11 +790,7 @@ void SignerService::FinishPublic(const Call& rpc, const absl::Status& status,
   // A refused certificate or a bad name is audited like any refusal; an
   // unknown scope or the other purpose is a lookup of public data, answered
   // without an audit line.
-  std::string caller;
-  if (absl::StatusOr<std::string> identity = Caller(rpc.context);
-      identity.ok()) {
-    caller = *identity;
-  }
+  const std::string caller = CallerOrEmpty(rpc.context);
   if (caller.empty() || status.code() == absl::StatusCode::kInvalidArgument) {
     Refuse(rpc, status, caller, scope);
     return;
@@ -846,11 +847,7 @@ void SignerService::Serve(const Call& call, const grpc::ByteBuffer& bytes,
                           Handler<Request, Response> handler) {
   Request parsed;
   if (absl::Status st = ParseMessage(bytes, &parsed); !st.ok()) {
-    std::string caller;
-    if (absl::StatusOr<std::string> identity = Caller(call.context);
-        identity.ok()) {
-      caller = *identity;
-    }
+    const std::string caller = CallerOrEmpty(call.context);
     Refuse(call, st, caller, "");
     return;
   }
@@ -862,11 +859,7 @@ void SignerService::NoRequest(const Call& call, const grpc::Status& status) {
     call.answer(status);
     return;
   }
-  std::string caller;
-  if (absl::StatusOr<std::string> identity = Caller(call.context);
-      identity.ok()) {
-    caller = *identity;
-  }
+  const std::string caller = CallerOrEmpty(call.context);
   Refuse(call, absl::InvalidArgumentError(status.error_message()), caller, "");
 }
 

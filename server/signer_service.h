@@ -176,6 +176,9 @@ class SignerService final : public OneRequestService {
   // the identity depends only on the bytes (revocation is checked by the TLS
   // handshake).
   absl::StatusOr<std::string> Caller(grpc::CallbackServerContext* context);
+  // The caller's identity, or "" for a refused certificate (audited as
+  // "unidentified").
+  std::string CallerOrEmpty(grpc::CallbackServerContext* context);
   // Identity + tenant + scope checks.
   absl::StatusOr<Authorized> Authorize(grpc::CallbackServerContext* context,
                                        const std::string& scope_name,
