@@ -702,9 +702,9 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::ListKeyIds() {
   return ids;
 }
 
-absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
+void Pkcs11KeyStore::UnloadKey(absl::string_view key_id) {
   {
-    // Unusable first, so no signature starts while it is being destroyed.
+    // Unusable first, so no signature starts from here on.
     absl::MutexLock lock(&keys_mu_);
     loaded_.erase(std::string(key_id));
   }
@@ -713,6 +713,25 @@ absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
     absl::MutexLock lock(&warm_->mu);
     warm_->key_ids.erase(std::string(key_id));
   }
+  pool_->DropCachedHandles(key_id);
+}
+
+absl::Status Pkcs11KeyStore::DestroyPrivateKey(absl::string_view key_id) {
+  UnloadKey(key_id);
+  absl::MutexLock writer(&writer_mu_);
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(*lease, CKO_PRIVATE_KEY, key_id);
+  if (h.status().code() == absl::StatusCode::kNotFound) return absl::OkStatus();
+  if (!h.ok()) return h.status();
+  absl::Status st = lease->Check(
+      lease->api().DestroyObject(lease->session(), *h), "C_DestroyObject");
+  pool_->DropCachedHandles(key_id);
+  return st;
+}
+
+absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
+  UnloadKey(key_id);
   absl::MutexLock writer(&writer_mu_);
   absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
   if (!lease.ok()) return lease.status();

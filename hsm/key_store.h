@@ -110,6 +110,16 @@ class KeyStore {
   // Destroys the private key, then the public key, then the key's records.
   virtual absl::Status DestroyKeyPair(absl::string_view key_id) = 0;
 
+  // Destroys only the private key (the key can never sign again); its
+  // public key and records stay, as the tombstone operators and audits
+  // read. OK if the private key is already gone.
+  virtual absl::Status DestroyPrivateKey(absl::string_view key_id) = 0;
+
+  // Makes a loaded key unusable for SignDigest and stops warming its
+  // handles on new connections; the token is not touched. For a key that
+  // no longer signs nor is published. No-op for a key that is not loaded.
+  virtual void UnloadKey(absl::string_view key_id) = 0;
+
   // Writes the next generation of `key_id`'s record and destroys the older
   // ones; returns the new generation.
   virtual absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
@@ -173,6 +183,8 @@ class Pkcs11KeyStore : public KeyStore {
   // Also drops the key's handles on every connection and takes it out of
   // the set new connections warm.
   absl::Status DestroyKeyPair(absl::string_view key_id) override;
+  absl::Status DestroyPrivateKey(absl::string_view key_id) override;
+  void UnloadKey(absl::string_view key_id) override;
   absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
                                        absl::string_view bytes) override;
   absl::StatusOr<std::optional<StoredRecord>> ReadRecord(

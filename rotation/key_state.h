@@ -94,6 +94,13 @@ struct KeyTimings {
   // cannot be undone, so it waits a while after the key stopped mattering
   // to anyone; the key cannot sign or be fetched meanwhile.
   absl::Duration destroy_delay = absl::Hours(24);
+  // The least time a successor is published before it may sign (L): long
+  // enough for a relying party and a CDN in front of it to each refresh a
+  // cached key set, and for every replica to re-read the records.
+  absl::Duration min_publish_lead = absl::Minutes(11);
+  // How long a destroyed key's public key and record stay as a tombstone
+  // (for operators and audits) before they are pruned.
+  absl::Duration tombstone_retention = absl::Hours(24 * 30);
 };
 
 // The record of a scope's first key (key_generation 1), ACTIVE from `now`:

@@ -1,11 +1,13 @@
-// A scope's active key, found in the token or (by the one writer) created.
+// A key that is ACTIVE from its creation, found in the token or (by the one
+// writer) created: the audit checkpoint key, which rotates at a start after
+// its period (scopes' keys follow the planner, rotation/schedule.h, through
+// rotation/reconcile.h).
 //
-// Until the reconcile loop exists, every scope has a single key that is
-// made ACTIVE when it is created. This module reads the key records (the
-// token is the single source of truth), picks the scope's active key, and
-// loads it through the key store, which runs every load-time check before
-// the key may sign. It never silently replaces a key that fails a check:
-// that is refused, so an operator sees it.
+// This module reads the key records (the token is the single source of
+// truth), picks the ACTIVE key, and loads it through the key store, which
+// runs every load-time check before the key may sign. It never silently
+// replaces a key that fails a check: that is refused, so an operator sees
+// it.
 //
 // Thread-compatible: call from one thread (start-up).
 #ifndef SIGNET_ROTATION_SCOPE_KEYS_H_

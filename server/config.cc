@@ -32,6 +32,9 @@ constexpr uint32_t kDefaultRotationPeriod = 30 * 24 * 3600;
 constexpr uint32_t kMaxRotationPeriod = 365 * 24 * 3600;
 constexpr uint32_t kMaxPublishGrace = 30 * 24 * 3600;
 constexpr uint32_t kDefaultDestroyDelay = 24 * 3600;
+constexpr uint32_t kDefaultIatSkew = 60;
+// With allow_short_key_schedules (tests and demos).
+constexpr uint32_t kMinShortRotationPeriod = 2;
 constexpr int kMaxSessionsPerConnection = 64;
 
 class CollectErrors : public google::protobuf::io::ErrorCollector {
@@ -278,6 +281,22 @@ absl::Status ValidateConfig(SignetConfig& config,
       config.has_http() && config.http().cache_max_age_seconds() != 0
           ? config.http().cache_max_age_seconds()
           : kDefaultCacheMaxAge;
+  const uint32_t iat_skew = config.serving().iat_skew_seconds() != 0
+                                ? config.serving().iat_skew_seconds()
+                                : kDefaultIatSkew;
+  if (config.reconcile_interval_seconds() == 0) {
+    config.set_reconcile_interval_seconds(10);
+  }
+  if (config.reconcile_interval_seconds() > 3600) {
+    return FieldError("reconcile_interval_seconds", "at most 3600");
+  }
+  if (config.key_refresh_interval_seconds() == 0) {
+    config.set_key_refresh_interval_seconds(60);
+  }
+  if (config.key_refresh_interval_seconds() > 3600) {
+    return FieldError("key_refresh_interval_seconds", "at most 3600");
+  }
+  const uint32_t key_refresh = config.key_refresh_interval_seconds();
   for (int i = 0; i < config.scopes_size(); ++i) {
     ScopeConfig& scope = *config.mutable_scopes(i);
     const std::string field =
@@ -327,17 +346,24 @@ absl::Status ValidateConfig(SignetConfig& config,
                         absl::StrCat("at most ", kMaxTokenLifetime,
                                      " (7 days)"));
     }
-    // The key schedule. The grace must cover a token's life plus the time a
-    // relying party may keep an old JWKS.
-    const uint64_t min_grace =
-        uint64_t{scope.max_token_lifetime_seconds()} + jwks_max_age;
+    // The key schedule (README, "Key rotation"). A token lives until
+    // iat + S + T and verifiers accept it V longer: the grace covers that.
+    const uint64_t min_grace = uint64_t{scope.max_token_lifetime_seconds()} +
+                               iat_skew + kVerifierLeewaySeconds;
     if (scope.rotation_period_seconds() == 0) {
       scope.set_rotation_period_seconds(kDefaultRotationPeriod);
     }
-    if (scope.rotation_period_seconds() < 3600 ||
+    const uint32_t min_period =
+        config.allow_short_key_schedules() ? kMinShortRotationPeriod : 3600;
+    if (scope.rotation_period_seconds() < min_period ||
         scope.rotation_period_seconds() > kMaxRotationPeriod) {
-      return FieldError(field + ".rotation_period_seconds",
-                        "must be from 3600 (1 hour) to 31536000 (365 days)");
+      return FieldError(
+          field + ".rotation_period_seconds",
+          config.allow_short_key_schedules()
+              ? "must be from 2 to 31536000 (365 days)"
+              : "must be from 3600 (1 hour) to 31536000 (365 days); shorter "
+                "periods need allow_short_key_schedules: true (tests and "
+                "demos only)");
     }
     if (scope.publish_grace_seconds() == 0) {
       scope.set_publish_grace_seconds(static_cast<uint32_t>(min_grace + 3600));
@@ -346,9 +372,11 @@ absl::Status ValidateConfig(SignetConfig& config,
       return FieldError(
           field + ".publish_grace_seconds",
           absl::StrCat("must be at least ", min_grace,
-                       " (max_token_lifetime_seconds + the JWKS cache "
-                       "max-age), or tokens signed late in a key's life "
-                       "would stop verifying before they expire"));
+                       " (G >= T + S + V: max_token_lifetime_seconds + "
+                       "serving.iat_skew_seconds + the verifier leeway of ",
+                       kVerifierLeewaySeconds,
+                       "), or tokens signed late in a key's life would stop "
+                       "verifying before they expire"));
     }
     if (scope.publish_grace_seconds() > kMaxPublishGrace) {
       return FieldError(field + ".publish_grace_seconds",
@@ -359,6 +387,34 @@ absl::Status ValidateConfig(SignetConfig& config,
     }
     if (scope.destroy_delay_seconds() > kMaxRotationPeriod) {
       return FieldError(field + ".destroy_delay_seconds",
+                        "at most 31536000 (365 days)");
+    }
+    const uint64_t min_lead = 2 * uint64_t{jwks_max_age} + key_refresh;
+    if (scope.min_publish_lead_seconds() == 0) {
+      scope.set_min_publish_lead_seconds(static_cast<uint32_t>(min_lead));
+    }
+    if (scope.min_publish_lead_seconds() < min_lead) {
+      return FieldError(
+          field + ".min_publish_lead_seconds",
+          absl::StrCat("must be at least ", min_lead,
+                       " (L >= 2C + R: twice http.cache_max_age_seconds, for "
+                       "a CDN and a relying party, + "
+                       "key_refresh_interval_seconds), or relying parties "
+                       "meet a key before they hold it"));
+    }
+    if (scope.rotation_period_seconds() <= scope.min_publish_lead_seconds()) {
+      return FieldError(
+          field + ".rotation_period_seconds",
+          absl::StrCat("must be longer than min_publish_lead_seconds (",
+                       scope.min_publish_lead_seconds(),
+                       "; P > L), or no successor is published long enough "
+                       "before it signs"));
+    }
+    if (scope.tombstone_retention_seconds() == 0) {
+      scope.set_tombstone_retention_seconds(30 * 24 * 3600);
+    }
+    if (scope.tombstone_retention_seconds() > kMaxRotationPeriod) {
+      return FieldError(field + ".tombstone_retention_seconds",
                         "at most 31536000 (365 days)");
     }
     if (rsa) {
@@ -477,7 +533,9 @@ absl::Status ValidateConfig(SignetConfig& config,
                                hsm.sessions_per_connection());
   }
   if (serving.queue_size() == 0) serving.set_queue_size(1024);
-  if (serving.iat_skew_seconds() == 0) serving.set_iat_skew_seconds(60);
+  if (serving.iat_skew_seconds() == 0) {
+    serving.set_iat_skew_seconds(kDefaultIatSkew);
+  }
   if (serving.max_batch_size() == 0) serving.set_max_batch_size(256);
   if (serving.max_batch_size() > 4096) {
     return FieldError("serving.max_batch_size", "at most 4096");

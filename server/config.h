@@ -5,6 +5,7 @@
 #ifndef SIGNET_SERVER_CONFIG_H_
 #define SIGNET_SERVER_CONFIG_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -13,6 +14,10 @@
 #include "signet/v1/config.pb.h"
 
 namespace signet::server {
+
+// V: the clock leeway the README tells relying parties their verifier may
+// allow past exp (signet's own verifier's default). Publish grace covers it.
+inline constexpr uint32_t kVerifierLeewaySeconds = 60;
 
 struct ConfigOptions {
   // --insecure_plaintext: no TLS section needed, loopback listener only.

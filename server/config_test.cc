@@ -75,35 +75,90 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(config->audit_key_rotation_days(), 365u);
   EXPECT_EQ(config->serving().audit_segment_max_age_hours(), 24u);
   EXPECT_EQ(config->scopes(0).rotation_period_seconds(), 30u * 24 * 3600);
-  // Token lifetime 3600 + JWKS max-age 300 + an hour.
-  EXPECT_EQ(config->scopes(0).publish_grace_seconds(), 3600u + 300 + 3600);
+  // Token lifetime 3600 + iat skew 60 + verifier leeway 60 + an hour.
+  EXPECT_EQ(config->scopes(0).publish_grace_seconds(), 3600u + 60 + 60 + 3600);
   EXPECT_EQ(config->scopes(0).destroy_delay_seconds(), 24u * 3600);
+  // 2 x JWKS max-age 300 + key refresh 60.
+  EXPECT_EQ(config->scopes(0).min_publish_lead_seconds(), 660u);
+  EXPECT_EQ(config->scopes(0).tombstone_retention_seconds(), 30u * 24 * 3600);
+  EXPECT_EQ(config->reconcile_interval_seconds(), 10u);
+  EXPECT_EQ(config->key_refresh_interval_seconds(), 60u);
 }
 
-TEST(ConfigTest, TheGraceCoversATokensLifeAndTheJwksCache) {
+TEST(ConfigTest, TheGraceCoversATokensLifeSkewAndVerifierLeeway) {
   auto at_least = [](absl::string_view extra) {
     return ParseConfig(absl::StrReplaceAll(
         kValid, {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
   };
-  // 600 s tokens, 300 s cache: 900 s is the least grace.
+  // 600 s tokens, 60 s skew, 60 s leeway: 720 s is the least grace.
   EXPECT_TRUE(at_least("max_token_lifetime_seconds: 600 "
-                       "publish_grace_seconds: 900").ok());
+                       "publish_grace_seconds: 720").ok());
   auto short_grace = at_least("max_token_lifetime_seconds: 600 "
-                              "publish_grace_seconds: 899");
+                              "publish_grace_seconds: 719");
   EXPECT_EQ(short_grace.status().code(), absl::StatusCode::kInvalidArgument);
   const std::string message(short_grace.status().message());
   EXPECT_THAT(message, HasSubstr("scopes[0]"));
   EXPECT_THAT(message, HasSubstr("publish_grace_seconds"));
-  EXPECT_THAT(message, HasSubstr("at least 900"));
-  // A longer JWKS cache needs a longer grace.
-  auto cached = ParseConfig(absl::StrCat(
+  EXPECT_THAT(message, HasSubstr("at least 720"));
+  EXPECT_THAT(message, HasSubstr("G >= T + S + V"));
+  // A wider iat skew needs a longer grace.
+  auto skewed = ParseConfig(absl::StrCat(
       absl::StrReplaceAll(kValid, {{"algorithm: ES256",
                                     "algorithm: ES256 "
                                     "max_token_lifetime_seconds: 600 "
-                                    "publish_grace_seconds: 900"}}),
-      "\nhttp { listen_address: \"127.0.0.1:8080\" public_base_url: "
-      "\"https://k.example\" cache_max_age_seconds: 3600 }\n"));
-  EXPECT_THAT(std::string(cached.status().message()), HasSubstr("at least 4200"));
+                                    "publish_grace_seconds: 720"}}),
+      "\nserving { iat_skew_seconds: 300 }\n"));
+  EXPECT_THAT(std::string(skewed.status().message()), HasSubstr("at least 960"));
+}
+
+TEST(ConfigTest, TheLeadCoversTwoCachesAndTheRefreshAndIsShorterThanThePeriod) {
+  auto with = [](absl::string_view extra, absl::string_view top = "") {
+    return ParseConfig(absl::StrCat(
+        absl::StrReplaceAll(kValid, {{"algorithm: ES256",
+                                      absl::StrCat("algorithm: ES256 ", extra)}}),
+        "\n", top));
+  };
+  EXPECT_TRUE(with("min_publish_lead_seconds: 660").ok());
+  auto short_lead = with("min_publish_lead_seconds: 659");
+  EXPECT_EQ(short_lead.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(short_lead.status().message()),
+              HasSubstr("min_publish_lead_seconds: must be at least 660 (L >= 2C + R"));
+  // A slower replica refresh needs a longer lead.
+  EXPECT_THAT(std::string(with("min_publish_lead_seconds: 660",
+                               "key_refresh_interval_seconds: 120")
+                              .status()
+                              .message()),
+              HasSubstr("at least 720"));
+  // P > L.
+  auto long_lead = with("rotation_period_seconds: 3600 min_publish_lead_seconds: 3600");
+  EXPECT_THAT(std::string(long_lead.status().message()),
+              HasSubstr("rotation_period_seconds: must be longer than "
+                        "min_publish_lead_seconds"));
+  EXPECT_TRUE(with("rotation_period_seconds: 3600 min_publish_lead_seconds: 3599").ok());
+}
+
+TEST(ConfigTest, ShortRotationPeriodsNeedTheTopLevelSwitch) {
+  const std::string shorter = absl::StrReplaceAll(
+      kValid, {{"algorithm: ES256",
+                "algorithm: ES256 rotation_period_seconds: 6 "
+                "min_publish_lead_seconds: 3"}});
+  auto refused = ParseConfig(shorter);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("allow_short_key_schedules"));
+  // With it, and a lead the cache and refresh allow.
+  auto allowed = ParseConfig(absl::StrCat(
+      shorter,
+      "\nallow_short_key_schedules: true key_refresh_interval_seconds: 1\n"
+      "http { listen_address: \"127.0.0.1:8080\" public_base_url: "
+      "\"https://k.example\" cache_max_age_seconds: 1 }\n"));
+  EXPECT_TRUE(allowed.ok()) << allowed.status();
+}
+
+TEST(ConfigTest, ScheduleFieldBounds) {
+  auto at_least = [](absl::string_view extra) {
+    return ParseConfig(absl::StrReplaceAll(
+        kValid, {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
+  };
   EXPECT_THAT(
       std::string(at_least("rotation_period_seconds: 60").status().message()),
       HasSubstr("rotation_period_seconds"));

@@ -13,7 +13,7 @@
 namespace signet::server {
 
 absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
-    const std::map<std::string, std::shared_ptr<const ScopeState>>& scopes,
+    const std::map<std::string, std::shared_ptr<const ScopeKeys>>& scopes,
     absl::string_view public_base_url, absl::Time now) {
   if (absl::EndsWith(public_base_url, "/")) {
     return absl::InvalidArgumentError(
@@ -24,31 +24,36 @@ absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
   std::vector<JwkEntry> enterprise;
   // std::map: scopes in name order, so the class sets are deterministic.
   for (const auto& [name, scope] : scopes) {
-    const bool published =
-        rotation::IsPublished(rotation::StateAt(scope->record, now));
-    if (scope->config.purpose() == signet::v1::RAW) {
-      docs.scope_keys_pem[name] = published ? scope->spki_pem : "";
+    const std::vector<std::shared_ptr<const ScopeState>> published =
+        scope->PublishedAt(now);
+    if (scope->config().purpose() == signet::v1::RAW) {
+      std::string& pem = docs.scope_keys_pem[name];
+      std::vector<RawPublicKey>& raw = docs.scope_raw_keys[name];
+      for (const auto& key : published) {
+        pem += key->spki_pem;
+        raw.push_back(RawPublicKey{key->key.thumbprint, key->alg, key->spki_pem});
+      }
       continue;
     }
     std::vector<JwkEntry> entries;
-    if (published) {
-      entries.push_back(JwkEntry{scope->key.public_key.get(),
-                                 scope->key.thumbprint, scope->alg});
+    for (const auto& key : published) {
+      entries.push_back(
+          JwkEntry{key->key.public_key.get(), key->key.thumbprint, key->alg});
     }
     absl::StatusOr<std::string> jwks = JwksJson(entries);
     if (!jwks.ok()) return jwks.status();
     docs.scope_jwks[name] = *jwks;
     std::vector<JwkEntry>& class_set =
-        scope->config.audience_class() == signet::v1::CONSUMER ? consumer
-                                                               : enterprise;
+        scope->config().audience_class() == signet::v1::CONSUMER ? consumer
+                                                                 : enterprise;
     class_set.insert(class_set.end(), entries.begin(), entries.end());
     if (public_base_url.empty()) continue;
     nlohmann::json discovery = nlohmann::json::object();
-    discovery["issuer"] = scope->config.issuer();
+    discovery["issuer"] = scope->config().issuer();
     discovery["jwks_uri"] = absl::StrCat(public_base_url, "/scopes/", name,
                                          "/.well-known/jwks.json");
     discovery["id_token_signing_alg_values_supported"] =
-        nlohmann::json::array({scope->alg});
+        nlohmann::json::array({scope->alg()});
     docs.scope_discovery[name] = discovery.dump();
   }
   absl::StatusOr<std::string> consumer_jwks = JwksJson(consumer);
@@ -58,25 +63,6 @@ absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
   docs.consumer_jwks = *consumer_jwks;
   docs.enterprise_jwks = *enterprise_jwks;
   return docs;
-}
-
-absl::Time NextKeyStateChange(
-    const std::map<std::string, std::shared_ptr<const ScopeState>>& scopes,
-    absl::Time now) {
-  absl::Time next = absl::InfiniteFuture();
-  auto consider = [&](const google::protobuf::Timestamp& ts) {
-    absl::Time t = rotation::TimeFromProto(ts);
-    if (t > now && t < next) next = t;
-  };
-  for (const auto& [name, scope] : scopes) {
-    const rotation::KeyRecord& r = scope->record;
-    consider(r.activate_at());
-    consider(r.retire_at());
-    consider(r.unpublish_at());
-    consider(r.destroy_at());
-    if (r.has_revocation()) consider(r.revocation().revoked_at());
-  }
-  return next;
 }
 
 }  // namespace signet::server

@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -26,6 +27,15 @@
 
 namespace signet::server {
 
+// A RAW scope's published key, as GetPublicKeys answers it.
+struct RawPublicKey {
+  std::string kid;
+  std::string alg;
+  std::string spki_pem;
+
+  bool operator==(const RawPublicKey&) const = default;
+};
+
 struct PublishedDocuments {
   std::string consumer_jwks;    // /consumer/.well-known/jwks.json
   std::string enterprise_jwks;  // /enterprise/.well-known/jwks.json
@@ -33,31 +43,29 @@ struct PublishedDocuments {
   // /scopes/{name}/.well-known/openid-configuration (JWT scopes only).
   std::map<std::string, std::string> scope_jwks;
   std::map<std::string, std::string> scope_discovery;
-  // /scopes/{name}/keys.pem (RAW scopes only).
+  // /scopes/{name}/keys.pem (RAW scopes only): every published key's SPKI
+  // PEM, concatenated in generation order; and the same keys for
+  // GetPublicKeys.
   std::map<std::string, std::string> scope_keys_pem;
+  std::map<std::string, std::vector<RawPublicKey>> scope_raw_keys;
 
   bool operator==(const PublishedDocuments&) const = default;
 };
 
-// The documents for the key state at `now`: a scope's key is in them while
-// rotation::IsPublished(StateAt(record, now)) (PENDING, ACTIVE, RETIRED);
-// once UNPUBLISHED, DESTROYED or REVOKED it is in no set and no PEM
-// document (the scope's set is then {"keys":[]}).
+// The documents for the key state at `now`: every loaded key of a scope
+// that is published at `now` (ScopeKeys::PublishedAt: PENDING, ACTIVE,
+// RETIRED) is in them, in generation order, so a standby is in relying
+// parties' sets before it signs and a retired key stays until its tokens
+// expire; once UNPUBLISHED, DESTROYED or REVOKED a key is in no set and no
+// PEM document (a scope with none has the set {"keys":[]}).
 //
 // `public_base_url` is where relying parties reach the HTTP endpoint
 // (configured, never taken from a request's Host header), without a
 // trailing '/'; empty builds no discovery documents (no HTTP endpoint).
 // INVALID_ARGUMENT if it ends with '/'.
 absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
-    const std::map<std::string, std::shared_ptr<const ScopeState>>& scopes,
+    const std::map<std::string, std::shared_ptr<const ScopeKeys>>& scopes,
     absl::string_view public_base_url, absl::Time now);
-
-// The first instant after `now` at which a key's state changes (any of its
-// schedule's boundaries, or its revocation), so documents built at `now`
-// must be built again; absl::InfiniteFuture() if there is none.
-absl::Time NextKeyStateChange(
-    const std::map<std::string, std::shared_ptr<const ScopeState>>& scopes,
-    absl::Time now);
 
 }  // namespace signet::server
 

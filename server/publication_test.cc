@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "rotation/key_state.h"
 
@@ -33,12 +34,14 @@ std::string Read(const std::string& path) {
   return buf.str();
 }
 
-std::shared_ptr<const ScopeState> Scope(const std::string& name,
-                                        signet::v1::AudienceClass cls,
-                                        signet::v1::Purpose purpose,
-                                        signet::v1::Algorithm alg,
-                                        const std::string& key_file,
-                                        bool revoked = false) {
+std::shared_ptr<const ScopeState> Version(const std::string& name,
+                                          signet::v1::AudienceClass cls,
+                                          signet::v1::Purpose purpose,
+                                          signet::v1::Algorithm alg,
+                                          const std::string& key_file,
+                                          bool revoked = false,
+                                          absl::Time activated = kActivated,
+                                          uint64_t generation = 1) {
   signet::v1::ScopeConfig config;
   config.set_name(name);
   config.set_audience_class(cls);
@@ -53,8 +56,9 @@ std::shared_ptr<const ScopeState> Scope(const std::string& name,
   loaded.public_key = std::make_shared<const hsm::PublicKey>(std::move(*key));
   loaded.thumbprint = *loaded.public_key->JwkThumbprint();
   rotation::KeyRecord record = rotation::NewActiveKeyRecord(
-      name, "00", alg == signet::v1::RS256 ? "RS256" : "ES256", 0,
-      kActivated, {});
+      name, absl::StrCat("0", generation),
+      alg == signet::v1::RS256 ? "RS256" : "ES256", 0, activated, {});
+  record.set_key_generation(generation);
   if (revoked) {
     *record.mutable_revocation()->mutable_revoked_at() =
         rotation::TimeToProto(kActivated + absl::Hours(3));
@@ -64,7 +68,25 @@ std::shared_ptr<const ScopeState> Scope(const std::string& name,
   return *state;
 }
 
-std::map<std::string, std::shared_ptr<const ScopeState>> Scopes() {
+std::shared_ptr<const ScopeKeys> Keys(
+    std::vector<std::shared_ptr<const ScopeState>> versions) {
+  std::vector<rotation::KeyRecord> records;
+  for (const auto& v : versions) records.push_back(v->record);
+  return std::make_shared<const ScopeKeys>(versions[0]->config, versions[0]->alg,
+                                           std::move(records), versions,
+                                           rotation::KeyTimings{}, kNow);
+}
+
+std::shared_ptr<const ScopeKeys> Scope(const std::string& name,
+                                       signet::v1::AudienceClass cls,
+                                       signet::v1::Purpose purpose,
+                                       signet::v1::Algorithm alg,
+                                       const std::string& key_file,
+                                       bool revoked = false) {
+  return Keys({Version(name, cls, purpose, alg, key_file, revoked)});
+}
+
+std::map<std::string, std::shared_ptr<const ScopeKeys>> Scopes() {
   using signet::v1::CONSUMER;
   using signet::v1::ENTERPRISE;
   return {
@@ -83,10 +105,10 @@ TEST(PublicationTest, ClassesNeverMixAndRawKeysAreNeverJwks) {
   auto scopes = Scopes();
   auto docs = BuildPublishedDocuments(scopes, "https://keys.signet.test", kNow);
   ASSERT_TRUE(docs.ok()) << docs.status();
-  const std::string& a = scopes["consumer-a"]->key.thumbprint;
-  const std::string& b = scopes["consumer-b"]->key.thumbprint;
-  const std::string& e = scopes["enterprise"]->key.thumbprint;
-  const std::string& r = scopes["raw"]->key.thumbprint;
+  const std::string& a = scopes["consumer-a"]->versions()[0]->key.thumbprint;
+  const std::string& b = scopes["consumer-b"]->versions()[0]->key.thumbprint;
+  const std::string& e = scopes["enterprise"]->versions()[0]->key.thumbprint;
+  const std::string& r = scopes["raw"]->versions()[0]->key.thumbprint;
   EXPECT_THAT(docs->consumer_jwks, HasSubstr(a));
   EXPECT_THAT(docs->consumer_jwks, HasSubstr(b));
   EXPECT_THAT(docs->consumer_jwks, Not(HasSubstr(e)));
@@ -122,8 +144,8 @@ TEST(PublicationTest, WithoutABaseUrlThereIsNoDiscovery) {
 // REVOKED.
 TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
   auto scopes = Scopes();
-  const std::string a = scopes["consumer-a"]->key.thumbprint;
-  const std::string e = scopes["enterprise"]->key.thumbprint;
+  const std::string a = scopes["consumer-a"]->versions()[0]->key.thumbprint;
+  const std::string e = scopes["enterprise"]->versions()[0]->key.thumbprint;
   struct Case {
     absl::Time at;
     bool published;
@@ -151,8 +173,10 @@ TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
       EXPECT_EQ(docs->scope_discovery.count("consumer-a"), 1u);
     }
   }
-  // A revoked key is out from its revocation on, whatever its schedule.
-  std::map<std::string, std::shared_ptr<const ScopeState>> revoked = {
+  // A revoked key is out whatever its schedule, and even at an instant
+  // before its recorded revocation (a clock set back does not bring it
+  // back).
+  std::map<std::string, std::shared_ptr<const ScopeKeys>> revoked = {
       {"consumer-a",
        Scope("consumer-a", signet::v1::CONSUMER, signet::v1::JWT,
              signet::v1::ES256, "ec-00.pem", /*revoked=*/true)}};
@@ -161,27 +185,46 @@ TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
   auto after = BuildPublishedDocuments(revoked, "https://k.test",
                                        kActivated + absl::Hours(3));
   ASSERT_TRUE(before.ok() && after.ok());
-  EXPECT_THAT(before->consumer_jwks, HasSubstr(a));
+  EXPECT_THAT(before->consumer_jwks, Not(HasSubstr(a)));
   EXPECT_THAT(after->consumer_jwks, Not(HasSubstr(a)));
-  EXPECT_EQ(NextKeyStateChange(revoked, kActivated + absl::Hours(2)),
-            kActivated + absl::Hours(3));
+  EXPECT_EQ(revoked["consumer-a"]->SigningAt(kActivated + absl::Hours(2)),
+            nullptr);
 }
 
-TEST(PublicationTest, NextKeyStateChangeIsTheNearestBoundaryAfterNow) {
-  auto scopes = Scopes();  // every key on the same schedule
-  EXPECT_EQ(NextKeyStateChange(scopes, kActivated - absl::Seconds(1)),
-            kActivated);
-  // At a boundary, the next one.
-  EXPECT_EQ(NextKeyStateChange(scopes, kActivated),
-            kActivated + absl::Hours(24 * 30));
-  EXPECT_EQ(NextKeyStateChange(scopes, kNow), kActivated + absl::Hours(24 * 30));
-  EXPECT_EQ(NextKeyStateChange(scopes, kActivated + absl::Hours(24 * 30)),
-            kActivated + absl::Hours(24 * 30 + 2));
-  EXPECT_EQ(NextKeyStateChange(scopes, kActivated + absl::Hours(24 * 30 + 2)),
-            kActivated + absl::Hours(24 * 31 + 2));
-  EXPECT_EQ(NextKeyStateChange(scopes, kActivated + absl::Hours(24 * 40)),
-            absl::InfiniteFuture());
-  EXPECT_EQ(NextKeyStateChange({}, kNow), absl::InfiniteFuture());
+// Fault 1 of the single-key schedule: the set holds every published key of
+// a scope (retired, active, standby) in generation order, not the one that
+// signs.
+TEST(PublicationTest, EveryPublishedKeyOfAScopeIsInItsSets) {
+  using signet::v1::CONSUMER;
+  const absl::Duration period = absl::Hours(24 * 30);
+  auto keys = Keys({
+      Version("consumer-a", CONSUMER, signet::v1::JWT, signet::v1::ES256,
+              "ec-00.pem", false, kActivated - period, 1),
+      Version("consumer-a", CONSUMER, signet::v1::JWT, signet::v1::ES256,
+              "ec-01.pem", false, kActivated, 2),
+      Version("consumer-a", CONSUMER, signet::v1::JWT, signet::v1::ES256,
+              "ec-02.pem", false, kActivated + period, 3),
+  });
+  std::map<std::string, std::shared_ptr<const ScopeKeys>> scopes = {
+      {"consumer-a", keys}};
+  // An hour after generation 1 retired: 1 RETIRED, 2 ACTIVE, 3 PENDING.
+  auto docs = BuildPublishedDocuments(scopes, "", kNow);
+  ASSERT_TRUE(docs.ok());
+  const std::string& set = docs->scope_jwks["consumer-a"];
+  const size_t k1 = set.find(keys->versions()[0]->key.thumbprint);
+  const size_t k2 = set.find(keys->versions()[1]->key.thumbprint);
+  const size_t k3 = set.find(keys->versions()[2]->key.thumbprint);
+  ASSERT_NE(k1, std::string::npos);
+  ASSERT_NE(k2, std::string::npos);
+  ASSERT_NE(k3, std::string::npos);
+  EXPECT_LT(k1, k2);
+  EXPECT_LT(k2, k3);
+  EXPECT_EQ(keys->SigningAt(kNow), keys->versions()[1]);
+  // Two hours after: generation 1 has left.
+  auto later = BuildPublishedDocuments(scopes, "", kActivated + absl::Hours(2));
+  ASSERT_TRUE(later.ok());
+  EXPECT_THAT(later->scope_jwks["consumer-a"],
+              Not(HasSubstr(keys->versions()[0]->key.thumbprint)));
 }
 
 // Byte for byte what every replica serves for these keys; a change to the

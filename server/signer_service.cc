@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "hsm/digest.h"
 #include "rotation/key_state.h"
+#include "rotation/schedule.h"
 #include "server/claims.h"
 #include "server/config.h"
 #include "server/identity.h"
@@ -40,12 +41,13 @@ std::string InputSha256Hex(const ScopeState& scope, absl::string_view digest,
              : Sha256Hex(input);
 }
 
-// The scope is usable for signing right now. FAILED_PRECONDITION, not
-// UNAVAILABLE: retrying does not help until an operator acts.
-absl::Status CheckActive(const ScopeState& scope, absl::Time now) {
-  if (!rotation::CanSign(rotation::StateAt(scope.record, now))) {
+// The scope has a key that signs right now. FAILED_PRECONDITION, not
+// UNAVAILABLE: retrying does not help until the schedule is repaired.
+template <typename Authorized>
+absl::Status CheckActive(const Authorized& auth) {
+  if (!auth.signs) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "scope ", scope.config.name(),
+        "scope ", auth.scope->config.name(),
         " has no active key right now; the key schedule needs attention"));
   }
   return absl::OkStatus();
@@ -117,6 +119,49 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
     state->spki_pem = *pem;
   }
   return std::shared_ptr<const ScopeState>(std::move(state));
+}
+
+ScopeKeys::ScopeKeys(signet::v1::ScopeConfig config, std::string alg,
+                     std::vector<rotation::KeyRecord> records,
+                     std::vector<std::shared_ptr<const ScopeState>> versions,
+                     const rotation::KeyTimings& timings, absl::Time built_at)
+    : config_(std::move(config)),
+      alg_(std::move(alg)),
+      records_(std::move(records)),
+      versions_(std::move(versions)),
+      built_at_(built_at) {
+  valid_until_ = rotation::NextScheduleChange(records_, timings, built_at_);
+  const rotation::ScopeView view = rotation::ViewScope(records_, built_at_);
+  signing_ = VersionFor(view.signing);
+}
+
+std::shared_ptr<const ScopeState> ScopeKeys::VersionFor(int record_index) const {
+  if (record_index < 0) return nullptr;
+  const std::string& key_id = records_[record_index].key_id();
+  for (const auto& version : versions_) {
+    if (version->record.key_id() == key_id) return version;
+  }
+  return nullptr;
+}
+
+std::shared_ptr<const ScopeState> ScopeKeys::SigningAt(absl::Time now) const {
+  if (now >= built_at_ && now < valid_until_) return signing_;
+  return VersionFor(rotation::ViewScope(records_, now).signing);
+}
+
+std::vector<std::shared_ptr<const ScopeState>> ScopeKeys::PublishedAt(
+    absl::Time now) const {
+  const rotation::ScopeView view = rotation::ViewScope(records_, now);
+  std::vector<std::shared_ptr<const ScopeState>> out;
+  for (size_t i = 0; i < records_.size(); ++i) {
+    if (!rotation::IsPublished(view.states[i])) continue;
+    if (auto version = VersionFor(static_cast<int>(i))) out.push_back(version);
+  }
+  return out;
+}
+
+std::string ScopeKeys::ClockAnomalyAt(absl::Time now) const {
+  return rotation::ViewScope(records_, now).clock_anomaly;
 }
 
 SignerService::SignerService(
@@ -204,7 +249,24 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
         absl::StrCat("caller ", Quote(*identity, 256),
                      " may not sign with scope \"", scope_name, "\""));
   }
-  return Authorized{tenant->second.get(), scope->second, std::move(serving)};
+  const ScopeKeys& keys = *scope->second;
+  std::shared_ptr<const ScopeState> signing = keys.SigningAt(absl::Now());
+  if (signing != nullptr) {
+    return Authorized{tenant->second.get(), std::move(signing),
+                      std::move(serving), /*signs=*/true};
+  }
+  // No key signs: purpose and claims are still checked (the more useful
+  // refusal first), then CheckActive refuses.
+  std::shared_ptr<const ScopeState> newest =
+      keys.versions().empty() ? nullptr : keys.versions().back();
+  if (newest == nullptr) {
+    auto keyless = std::make_shared<ScopeState>();
+    keyless->config = keys.config();
+    keyless->alg = keys.alg();
+    newest = std::move(keyless);
+  }
+  return Authorized{tenant->second.get(), std::move(newest), std::move(serving),
+                    /*signs=*/false};
 }
 
 absl::Time SignerService::DeadlineOf(
@@ -276,8 +338,9 @@ absl::Status SignerService::CheckPurpose(const ScopeState& scope,
 }
 
 namespace {
-const std::string* FindOrNull(const std::map<std::string, std::string>& map,
-                              const std::string& key) {
+template <typename Value>
+const Value* FindOrNull(const std::map<std::string, Value>& map,
+                        const std::string& key) {
   auto it = map.find(key);
   return it == map.end() ? nullptr : &it->second;
 }
@@ -538,7 +601,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
   absl::StatusOr<CheckedClaims> claims =
       CheckClaims(request->claims_json(), PolicyFor(scope, now));
   if (!claims.ok()) return refuse(claims.status());
-  if (absl::Status st = CheckActive(scope, now); !st.ok()) return refuse(st);
+  if (absl::Status st = CheckActive(*auth); !st.ok()) return refuse(st);
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
 
   std::string signing_input =
@@ -595,7 +658,7 @@ void SignerService::HandleSignJwtBatch(
                      " items, not ", request->claims_json_size())));
   }
   const absl::Time now = absl::Now();
-  if (absl::Status st = CheckActive(scope, now); !st.ok()) return refuse(st);
+  if (absl::Status st = CheckActive(*auth); !st.ok()) return refuse(st);
   const ClaimsPolicy policy = PolicyFor(scope, now);
   // Validate every item here; only the valid ones reach the HSM.
   auto batch = std::make_shared<BatchSigning>();
@@ -675,7 +738,7 @@ void SignerService::HandleSign(const Call& rpc,
       return refuse(
           absl::InvalidArgumentError("give either payload or digest to sign"));
   }
-  if (absl::Status st = CheckActive(scope, absl::Now()); !st.ok()) {
+  if (absl::Status st = CheckActive(*auth); !st.ok()) {
     return refuse(st);
   }
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
@@ -701,7 +764,7 @@ void SignerService::HandleSign(const Call& rpc,
       }});
 }
 
-absl::StatusOr<std::shared_ptr<const ScopeState>> SignerService::PublicScope(
+absl::StatusOr<std::shared_ptr<const ScopeKeys>> SignerService::PublicScope(
     grpc::CallbackServerContext* context, const std::string& scope_name,
     signet::v1::Purpose purpose) {
   absl::StatusOr<std::string> caller = Caller(context);
@@ -717,7 +780,7 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> SignerService::PublicScope(
     return absl::NotFoundError(
         absl::StrCat("no scope named \"", scope_name, "\""));
   }
-  if (scope->second->config.purpose() != purpose) {
+  if (scope->second->config().purpose() != purpose) {
     return absl::FailedPreconditionError(
         purpose == JWT
             ? absl::StrCat("scope ", scope_name,
@@ -733,7 +796,7 @@ void SignerService::HandleGetJwks(const Call& rpc,
                                   const signet::v1::GetJwksRequest& req,
                                   signet::v1::GetJwksResponse* response) {
   const signet::v1::GetJwksRequest* request = &req;
-  absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
+  absl::StatusOr<std::shared_ptr<const ScopeKeys>> scope =
       PublicScope(rpc.context, request->scope(), JWT);
   absl::Status status = scope.status();
   if (scope.ok()) {
@@ -756,24 +819,27 @@ void SignerService::HandleGetPublicKeys(
     const Call& rpc, const signet::v1::GetPublicKeysRequest& req,
     signet::v1::GetPublicKeysResponse* response) {
   const signet::v1::GetPublicKeysRequest* request = &req;
-  absl::StatusOr<std::shared_ptr<const ScopeState>> scope =
+  absl::StatusOr<std::shared_ptr<const ScopeKeys>> scope =
       PublicScope(rpc.context, request->scope(), RAW);
   absl::Status status = scope.status();
   if (scope.ok()) {
     std::shared_ptr<const PublishedDocuments> published = Published();
+    const std::vector<RawPublicKey>* keys =
+        published ? FindOrNull(published->scope_raw_keys, request->scope())
+                  : nullptr;
     const std::string* pem =
         published ? FindOrNull(published->scope_keys_pem, request->scope())
                   : nullptr;
-    if (pem == nullptr) {
+    if (keys == nullptr || pem == nullptr) {
       status = absl::UnavailableError(
           "signetd is starting: its public keys are not built yet");
     } else {
-      // Empty once the key is no longer published.
-      if (!pem->empty()) {
+      // Every published key (standby, active, retired); none once none is.
+      for (const RawPublicKey& raw : *keys) {
         signet::v1::PublicKeyInfo* key = response->add_keys();
-        key->set_kid((*scope)->key.thumbprint);
-        key->set_alg((*scope)->alg);
-        key->set_spki_pem(*pem);
+        key->set_kid(raw.kid);
+        key->set_alg(raw.alg);
+        key->set_spki_pem(raw.spki_pem);
       }
       response->set_version(ContentVersion(*pem));
     }

@@ -57,8 +57,11 @@
 #include "hsm/pin.h"
 #include "hsm/session_pool.h"
 #include "hsm/token_uri.h"
-#include "rotation/scope_keys.h"
 #include "rotation/key_state.h"
+#include "rotation/reconcile.h"
+#include "rotation/schedule.h"
+#include "rotation/scope_keys.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "server/config.h"
 #include "server/connection_acceptor.h"
 #include "server/hardening.h"
@@ -191,6 +194,107 @@ bool StopRequested(absl::Duration timeout,
 
 std::string ClassName(signet::v1::AudienceClass c) {
   return signet::v1::AudienceClass_Name(c);
+}
+
+// What rotation needs of a validated scope.
+rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope) {
+  rotation::ScopeKeyPolicy policy;
+  policy.scope = scope.name();
+  policy.algorithm = JoseAlgorithmName(scope.algorithm());
+  policy.key_spec = KeySpecFor(scope);
+  policy.timings.rotation_period = absl::Seconds(scope.rotation_period_seconds());
+  policy.timings.publish_grace = absl::Seconds(scope.publish_grace_seconds());
+  policy.timings.destroy_delay = absl::Seconds(scope.destroy_delay_seconds());
+  policy.timings.min_publish_lead =
+      absl::Seconds(scope.min_publish_lead_seconds());
+  policy.timings.tombstone_retention =
+      absl::Seconds(scope.tombstone_retention_seconds());
+  return policy;
+}
+
+// The scopes' serving keys from a reconcile pass. A key whose record did
+// not change keeps its ScopeState from `previous` (nothing recomputed).
+absl::StatusOr<std::map<std::string, std::shared_ptr<const ScopeKeys>>>
+BuildScopeKeys(
+    const signet::v1::SignetConfig& config,
+    const std::vector<rotation::ScopeKeyPolicy>& policies,
+    const std::map<std::string, rotation::ScopeKeySet>& sets,
+    const std::map<std::string, std::shared_ptr<const ScopeKeys>>& previous,
+    absl::Time now) {
+  std::map<std::string, std::shared_ptr<const ScopeKeys>> out;
+  for (int i = 0; i < config.scopes_size(); ++i) {
+    const signet::v1::ScopeConfig& scope = config.scopes(i);
+    auto set = sets.find(scope.name());
+    if (set == sets.end()) continue;
+    std::map<std::string, std::shared_ptr<const ScopeState>> reusable;
+    if (auto old = previous.find(scope.name()); old != previous.end()) {
+      for (const auto& version : old->second->versions()) {
+        reusable[version->record.key_id()] = version;
+      }
+    }
+    std::vector<std::shared_ptr<const ScopeState>> versions;
+    for (const rotation::KeyRecord& record : set->second.records) {
+      auto loaded = set->second.loaded.find(record.key_id());
+      if (loaded == set->second.loaded.end()) continue;
+      auto old = reusable.find(record.key_id());
+      if (old != reusable.end() &&
+          google::protobuf::util::MessageDifferencer::Equals(old->second->record,
+                                                             record)) {
+        versions.push_back(old->second);
+        continue;
+      }
+      absl::StatusOr<std::shared_ptr<const ScopeState>> state =
+          MakeScopeState(scope, record, loaded->second);
+      if (!state.ok()) return state.status();
+      versions.push_back(*std::move(state));
+    }
+    out[scope.name()] = std::make_shared<const ScopeKeys>(
+        scope, JoseAlgorithmName(scope.algorithm()), set->second.records,
+        std::move(versions), policies[i].timings, now);
+  }
+  return out;
+}
+
+// The start-up summary of a scope on standard output: its signing key, its
+// standby, and the signing key's public key.
+void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
+                const ScopeState& signing) {
+  absl::StatusOr<std::string> pem = signing.key.public_key->SpkiPem();
+  const rotation::ScopeView view =
+      rotation::ViewScope(keys.records(), absl::Now());
+  std::string standby = "none yet";
+  if (view.standby >= 0) {
+    const rotation::KeyRecord& r = keys.records()[view.standby];
+    standby = absl::StrCat(
+        r.kid(), ", signs from ",
+        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
+                         rotation::TimeFromProto(r.activate_at()),
+                         absl::UTCTimeZone()));
+  }
+  SIGNET_LOG_INFO(
+      "scope {}: key generation {} kid {} checked and active; signs until "
+      "{}, published until {}; standby {}",
+      scope.name(), signing.record.key_generation(), signing.key.thumbprint,
+      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
+                       rotation::TimeFromProto(signing.record.retire_at()),
+                       absl::UTCTimeZone()),
+      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
+                       rotation::TimeFromProto(signing.record.unpublish_at()),
+                       absl::UTCTimeZone()),
+      standby);
+  std::cout << "scope " << scope.name() << " ("
+            << ClassName(scope.audience_class()) << ", "
+            << signet::v1::Purpose_Name(scope.purpose()) << ", iss "
+            << scope.issuer() << ")\n"
+            << "  alg " << keys.alg() << "  kid " << signing.key.thumbprint
+            << "\n"
+            << "  active since "
+            << absl::FormatTime(
+                   rotation::TimeFromProto(signing.record.activate_at()),
+                   absl::UTCTimeZone())
+            << "\n"
+            << "  standby " << standby << "\n"
+            << (pem.ok() ? *pem : std::string()) << std::flush;
 }
 
 // The scope name of the audit checkpoint key (not a valid scope name).
@@ -682,62 +786,83 @@ int Run() {
   absl::Status introduced = (*audit)->Append(key_event);
   if (!introduced.ok()) return Fail(introduced);
 
-  std::map<std::string, std::shared_ptr<const ScopeState>> scope_states;
+  // The scopes' keys: the reconcile pass (rotation/reconcile.h) makes, on
+  // the writer, each scope's active key and its published standby, and
+  // loads every key a scope needs (README, "Key rotation").
+  std::vector<rotation::ScopeKeyPolicy> policies;
   for (const auto& scope : config->scopes()) {
-    rotation::ScopeKeyPolicy policy;
-    policy.scope = scope.name();
-    policy.algorithm = JoseAlgorithmName(scope.algorithm());
-    policy.key_spec = KeySpecFor(scope);
-    policy.timings.rotation_period =
-        absl::Seconds(scope.rotation_period_seconds());
-    policy.timings.publish_grace = absl::Seconds(scope.publish_grace_seconds());
-    policy.timings.destroy_delay = absl::Seconds(scope.destroy_delay_seconds());
-    absl::StatusOr<rotation::ScopeKey> key = rotation::EnsureActiveKey(
-        store, policy, records, absl::Now(),
-        /*may_write=*/!config->never_create_keys());
-    if (!key.ok()) return Fail(key.status());
-    absl::StatusOr<std::string> pem = key->key.public_key->SpkiPem();
-    if (!pem.ok()) return Fail(pem.status());
-    SIGNET_LOG_INFO(
-        "scope {}: key generation {} kid {} checked and active; signs until "
-        "{}, published until {}",
-        scope.name(), key->record.key_generation(), key->key.thumbprint,
-        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
-                         rotation::TimeFromProto(key->record.retire_at()),
-                         absl::UTCTimeZone()),
-        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
-                         rotation::TimeFromProto(key->record.unpublish_at()),
-                         absl::UTCTimeZone()));
-    std::cout << "scope " << scope.name() << " (" << ClassName(scope.audience_class())
-              << ", " << signet::v1::Purpose_Name(scope.purpose()) << ", iss "
-              << scope.issuer() << ")\n"
-              << "  alg " << policy.algorithm << "  kid "
-              << key->key.thumbprint << "\n"
-              << "  active since "
-              << absl::FormatTime(rotation::TimeFromProto(key->record.activate_at()),
-                                  absl::UTCTimeZone())
-              << "\n"
-              << *pem << std::flush;
-    absl::StatusOr<std::shared_ptr<const ScopeState>> state =
-        MakeScopeState(scope, key->record, key->key);
-    if (!state.ok()) return Fail(state.status());
-    scope_states[scope.name()] = *state;
+    policies.push_back(KeyPolicyFor(scope));
+  }
+  if (config->allow_short_key_schedules()) {
+    SIGNET_LOG_WARN("allow_short_key_schedules is set: rotation periods under "
+                    "an hour are allowed (tests and demos only)");
+  }
+  AuditLog* const audit_log = audit->get();
+  auto key_events = [audit_log](const rotation::KeyEvent& e) {
+    if (e.ok) {
+      SIGNET_LOG_INFO("{}: {}", e.event, e.detail);
+    } else {
+      SIGNET_LOG_ERROR("{}: {}", e.event, e.detail);
+    }
+    AuditEvent line;
+    line.event = e.event;
+    line.caller = "signetd";
+    line.scope = e.scope;
+    line.kid = e.kid;
+    line.result = e.ok ? "OK" : "FAILED";
+    line.detail = e.detail;
+    (void)audit_log->Append(line);
+  };
+  const bool key_writer = !config->never_create_keys();
+  rotation::KeyReconciler reconciler(&store, policies, key_writer, key_events);
+  absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> key_sets =
+      reconciler.RunOnce(absl::Now());
+  if (!key_sets.ok()) return Fail(key_sets.status());
+  absl::StatusOr<std::map<std::string, std::shared_ptr<const ScopeKeys>>>
+      scope_keys = BuildScopeKeys(*config, policies, *key_sets, {}, absl::Now());
+  if (!scope_keys.ok()) return Fail(scope_keys.status());
+  for (const auto& scope : config->scopes()) {
+    const ScopeKeys& keys = *scope_keys->at(scope.name());
+    std::shared_ptr<const ScopeState> signing = keys.SigningAt(absl::Now());
+    if (signing == nullptr) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "scope ", scope.name(),
+          key_writer ? " has no key that may sign now"
+                     : " has no active key on the token, and this replica "
+                       "does not create keys (never_create_keys): start the "
+                       "replica that writes keys first")));
+    }
+    PrintScope(scope, keys, *signing);
   }
   WorkerPool workers(static_cast<int>(config->serving().worker_threads()),
                      static_cast<int>(config->serving().queue_size()));
-  auto serving_state = std::make_shared<ServingState>();
-  serving_state->scopes = std::move(scope_states);
-  serving_state->store = &store;
-  serving_state->workers = &workers;
-  serving_state->audit = audit->get();
-  signer.SetServing(serving_state);
+  auto first_serving = std::make_shared<ServingState>();
+  first_serving->scopes = *std::move(scope_keys);
+  first_serving->store = &store;
+  first_serving->workers = &workers;
+  first_serving->audit = audit->get();
+  signer.SetServing(first_serving);
+  // What the replica serves now; replaced after each reconcile pass.
+  struct CurrentServing {
+    absl::Mutex mu;
+    std::shared_ptr<const ServingState> state ABSL_GUARDED_BY(mu);
+  };
+  auto current_serving = std::make_shared<CurrentServing>();
+  {
+    absl::MutexLock lock(&current_serving->mu);
+    current_serving->state = first_serving;
+  }
+  auto serving_now = [current_serving] {
+    absl::MutexLock lock(&current_serving->mu);
+    return current_serving->state;
+  };
   // The public documents (GetJwks, GetPublicKeys, and the HTTP endpoint
   // if configured), for the key state now; rebuilt by the publisher thread
   // below whenever a key's state changes.
   const std::string public_base_url =
       config->has_http() ? config->http().public_base_url() : "";
   absl::StatusOr<PublishedDocuments> documents = BuildPublishedDocuments(
-      serving_state->scopes, public_base_url, absl::Now());
+      first_serving->scopes, public_base_url, absl::Now());
   if (!documents.ok()) return Fail(documents.status());
   auto published =
       std::make_shared<const PublishedDocuments>(*std::move(documents));
@@ -779,23 +904,72 @@ int Run() {
                     config->http().public_base_url());
   }
   // Keys move through their schedule with the clock (docs/architecture.md,
-  // "Keys and their lifecycle"): at each boundary the documents are rebuilt,
-  // and replaced when their bytes differ, so an unpublished or revoked key
-  // leaves every set at its time, not at the next restart.
-  auto stop_publishing = std::make_shared<absl::Notification>();
-  std::thread publisher([&signer, &http, serving_state, public_base_url,
-                         published, stop_publishing] {
+  // "Rotation"): a reconcile pass runs at each schedule boundary and every
+  // reconcile_interval_seconds on the writer (key_refresh_interval_seconds
+  // on a replica); after each, the scopes' keys are swapped and the
+  // documents rebuilt, and replaced when their bytes differ, so a standby
+  // appears, a retired key stays and an unpublished or revoked key leaves
+  // every set at its time, not at the next restart.
+  auto stop_reconciling = std::make_shared<absl::Notification>();
+  const absl::Duration pass_interval =
+      absl::Seconds(key_writer ? config->reconcile_interval_seconds()
+                               : config->key_refresh_interval_seconds());
+  std::thread reconcile_loop([&, stop_reconciling, pass_interval, published] {
     std::shared_ptr<const PublishedDocuments> current = published;
+    absl::Duration backoff = absl::Seconds(1);
+    bool failing = false;
+    std::map<std::string, std::string> anomalies;
     while (true) {
       const absl::Time now = absl::Now();
-      const absl::Time next = NextKeyStateChange(serving_state->scopes, now);
-      // A millisecond past the boundary, so the rebuild sees the new state;
-      // at least hourly, in case the clock jumped.
-      const absl::Duration wait =
-          std::min(next - now + absl::Milliseconds(1), absl::Hours(1));
-      if (stop_publishing->WaitForNotificationWithTimeout(wait)) return;
+      // A millisecond past the boundary, so the pass sees the new state.
+      absl::Duration wait = std::min(
+          reconciler.NextBoundary(now) - now + absl::Milliseconds(1),
+          pass_interval);
+      if (failing) wait = backoff;
+      if (stop_reconciling->WaitForNotificationWithTimeout(wait)) return;
+      const absl::Time at = absl::Now();
+      absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
+          reconciler.RunOnce(at);
+      std::shared_ptr<const ServingState> previous = serving_now();
+      absl::StatusOr<std::map<std::string, std::shared_ptr<const ScopeKeys>>>
+          built = sets.ok() ? BuildScopeKeys(*config, policies, *sets,
+                                             previous->scopes, at)
+                            : sets.status();
+      if (!built.ok()) {
+        // Never kills the loop: the replica keeps the keys it has, and the
+        // pass is retried with backoff.
+        SIGNET_LOG_ERROR("the key reconcile pass failed (retrying in {}): {}",
+                         absl::FormatDuration(backoff),
+                         built.status().ToString());
+        AuditEvent line;
+        line.event = "key_reconcile_failed";
+        line.caller = "signetd";
+        line.result = absl::StatusCodeToString(built.status().code());
+        line.detail = std::string(built.status().message());
+        (void)audit_log->Append(line);
+        failing = true;
+        backoff = std::min(backoff * 2, pass_interval);
+        continue;
+      }
+      failing = false;
+      backoff = absl::Seconds(1);
+      auto next = std::make_shared<ServingState>(*previous);
+      next->scopes = *std::move(built);
+      for (const auto& [name, keys] : next->scopes) {
+        // A clock set back behind a recorded activation: loud, once.
+        const std::string anomaly = keys->ClockAnomalyAt(at);
+        if (anomaly != anomalies[name]) {
+          if (!anomaly.empty()) SIGNET_LOG_ERROR("clock anomaly: {}", anomaly);
+          anomalies[name] = anomaly;
+        }
+      }
+      signer.SetServing(next);
+      {
+        absl::MutexLock lock(&current_serving->mu);
+        current_serving->state = next;
+      }
       absl::StatusOr<PublishedDocuments> rebuilt = BuildPublishedDocuments(
-          serving_state->scopes, public_base_url, absl::Now());
+          next->scopes, public_base_url, absl::Now());
       if (!rebuilt.ok()) {
         SIGNET_LOG_ERROR("rebuilding the published key sets failed: {}",
                          rebuilt.status().ToString());
@@ -892,9 +1066,9 @@ int Run() {
           (*acceptor)->budget_end(), ") is spent"));
     }
     const absl::Time now = absl::Now();
-    for (const auto& [name, scope] : serving_state->scopes) {
+    for (const auto& [name, scope] : serving_now()->scopes) {
       condition.scopes[name] =
-          rotation::CanSign(rotation::StateAt(scope->record, now))
+          scope->SigningAt(now) != nullptr
               ? absl::OkStatus()
               : absl::FailedPreconditionError(
                     "no key of this scope may sign now; the key schedule "
@@ -972,8 +1146,8 @@ int Run() {
   report_refused_connections();
   (*acceptor)->Stop();  // no new connection from here on
   stop_probing->Notify();
-  stop_publishing->Notify();
-  publisher.join();
+  stop_reconciling->Notify();
+  reconcile_loop.join();
   health_monitor.SetAllNotServing("stopping");
   health_service.Shutdown();  // watchers hear NOT_SERVING, then the end
   // Calls a stalled HSM holds are answered within the shutdown's 5 s.

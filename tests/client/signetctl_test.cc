@@ -339,7 +339,8 @@ TEST_F(SignetctlTest, APipedJwtVerifiesAgainstTheJwksWithOpenssl) {
   Ran jwks_run = Shell(Ctl({"jwks", "--scope", "demo-consumer"}));
   ASSERT_EQ(jwks_run.exit_code, 0) << jwks_run.err;
   nlohmann::json jwks = nlohmann::json::parse(jwks_run.out);
-  ASSERT_EQ(jwks["keys"].size(), 1u) << jwks_run.out;
+  // The active key (first) and its standby.
+  ASSERT_EQ(jwks["keys"].size(), 2u) << jwks_run.out;
   const nlohmann::json& jwk = jwks["keys"][0];
   EXPECT_EQ(jwk["kid"], header["kid"]);
   auto key = KeyFromJwk(jwk);

@@ -504,7 +504,8 @@ TEST_F(HostileGrpcTest, TheLargestLegalBatchIsSignedAndALargerOneRefused) {
       << st.error_message();
 }
 
-// Item 4 (c) is pinned by key_schedule_test (a scope whose key retired).
+// Item 4 (c) is pinned by key_rotation_test (a scope whose last key retired
+// with no writer to make a successor).
 
 // Item 4 (b): the audit log could not be written (signing refused, fail
 // closed) while health said SERVING; and it took a restart to sign again.

@@ -350,6 +350,12 @@ class JwksHttpTest : public ::testing::Test {
         absl::string_view kid = line.substr(kid_at + 5);
         kid = kid.substr(0, kid.find(' '));
         kids_[s.name] = std::string(kid);
+        // "; standby <kid>, signs from ...": published before it signs.
+        size_t standby_at = line.find("; standby ", at);
+        ASSERT_NE(standby_at, absl::string_view::npos) << line;
+        absl::string_view standby = line.substr(standby_at + 10);
+        standby = standby.substr(0, standby.find(','));
+        standby_kids_[s.name] = std::string(standby);
       }
     }
     EXPECT_EQ(http_lines, 1) << out;
@@ -416,16 +422,21 @@ class JwksHttpTest : public ::testing::Test {
   static inline std::string audit_dir_;
   static inline int http_port_ = 0;
   static inline int grpc_port_ = 0;
+  // Each scope's signing kid and its standby's, from the start-up lines.
   static inline std::map<std::string, std::string> kids_;
+  static inline std::map<std::string, std::string> standby_kids_;
 };
 
 TEST_F(JwksHttpTest, ConsumerSetHoldsExactlyTheConsumerJwtScopesKeys) {
   nlohmann::json jwks = GetJson(kConsumerPath);
   ASSERT_TRUE(jwks.contains("keys")) << jwks.dump();
-  EXPECT_THAT(Kids(jwks), UnorderedElementsAre(kids_["consumer-a"],
-                                               kids_["consumer-b"]));
-  EXPECT_EQ(jwks["keys"].size(), 2u);
+  // Each scope's active key and its standby.
+  EXPECT_THAT(Kids(jwks), UnorderedElementsAre(
+                              kids_["consumer-a"], standby_kids_["consumer-a"],
+                              kids_["consumer-b"], standby_kids_["consumer-b"]));
+  EXPECT_EQ(jwks["keys"].size(), 4u);
   EXPECT_THAT(Kids(jwks), Not(Contains(kids_["enterprise"])));
+  EXPECT_THAT(Kids(jwks), Not(Contains(standby_kids_["enterprise"])));
   EXPECT_THAT(Kids(jwks), Not(Contains(kids_["raw"])));
   for (const auto& key : jwks["keys"]) {
     EXPECT_EQ(key["kty"], "EC") << key.dump();
@@ -440,14 +451,16 @@ TEST_F(JwksHttpTest, ConsumerSetHoldsExactlyTheConsumerJwtScopesKeys) {
 TEST_F(JwksHttpTest, EnterpriseSetHoldsOnlyTheEnterpriseJwtScopesKey) {
   nlohmann::json jwks = GetJson(kEnterprisePath);
   ASSERT_TRUE(jwks.contains("keys")) << jwks.dump();
-  EXPECT_THAT(Kids(jwks), UnorderedElementsAre(kids_["enterprise"]));
-  ASSERT_EQ(jwks["keys"].size(), 1u);
-  const nlohmann::json& key = jwks["keys"][0];
-  EXPECT_EQ(key["kty"], "RSA");
-  EXPECT_EQ(key["alg"], "RS256");
-  EXPECT_EQ(key["use"], "sig");
-  EXPECT_TRUE(key.contains("n") && key.contains("e")) << key.dump();
-  EXPECT_FALSE(key.contains("d")) << "a private member: " << key.dump();
+  EXPECT_THAT(Kids(jwks), UnorderedElementsAre(kids_["enterprise"],
+                                               standby_kids_["enterprise"]));
+  ASSERT_EQ(jwks["keys"].size(), 2u);
+  for (const nlohmann::json& key : jwks["keys"]) {
+    EXPECT_EQ(key["kty"], "RSA");
+    EXPECT_EQ(key["alg"], "RS256");
+    EXPECT_EQ(key["use"], "sig");
+    EXPECT_TRUE(key.contains("n") && key.contains("e")) << key.dump();
+    EXPECT_FALSE(key.contains("d")) << "a private member: " << key.dump();
+  }
 }
 
 TEST_F(JwksHttpTest, EachScopeSetHoldsOnlyItsOwnKey) {
@@ -455,7 +468,8 @@ TEST_F(JwksHttpTest, EachScopeSetHoldsOnlyItsOwnKey) {
     SCOPED_TRACE(scope);
     nlohmann::json jwks = GetJson(ScopeJwksPath(scope));
     ASSERT_TRUE(jwks.contains("keys")) << jwks.dump();
-    EXPECT_THAT(Kids(jwks), UnorderedElementsAre(kids_[scope]));
+    EXPECT_THAT(Kids(jwks),
+                UnorderedElementsAre(kids_[scope], standby_kids_[scope]));
   }
 }
 
@@ -503,9 +517,11 @@ TEST_F(JwksHttpTest, RawScopeHasPemKeysAndNoJwksOrDiscovery) {
   v1::GetPublicKeysResponse keys;
   grpc::Status st = stub->GetPublicKeys(&ctx, req, &keys);
   ASSERT_TRUE(st.ok()) << st.error_message();
-  ASSERT_EQ(keys.keys_size(), 1);
+  // The active key and its standby, in generation order.
+  ASSERT_EQ(keys.keys_size(), 2);
   EXPECT_EQ(keys.keys(0).kid(), kids_["raw"]);
-  EXPECT_THAT(pem.body, HasSubstr(keys.keys(0).spki_pem()));
+  EXPECT_EQ(keys.keys(1).kid(), standby_kids_["raw"]);
+  EXPECT_EQ(pem.body, keys.keys(0).spki_pem() + keys.keys(1).spki_pem());
 
   for (const std::string& path : {ScopeJwksPath("raw"), DiscoveryPath("raw")}) {
     HttpResponse r = Get(http_port_, path);
@@ -1006,6 +1022,7 @@ TEST_F(JwksHttpTest, DocumentsAreByteIdenticalAfterARestart) {
     before[path] = {r.body, r.Header("ETag").value_or("")};
   }
   std::map<std::string, std::string> kids_before = kids_;
+  std::map<std::string, std::string> standbys_before = standby_kids_;
   int old_http_port = http_port_;
   auto code = signetd_->Stop(SIGTERM, absl::Seconds(30));
   ASSERT_TRUE(code.ok()) << code.status();
@@ -1017,6 +1034,7 @@ TEST_F(JwksHttpTest, DocumentsAreByteIdenticalAfterARestart) {
   StartSignetd();
   ASSERT_NE(signetd_, nullptr);
   EXPECT_EQ(kids_, kids_before);
+  EXPECT_EQ(standby_kids_, standbys_before);
   for (const std::string& path : AllDocumentPaths()) {
     SCOPED_TRACE(path);
     HttpResponse r = Get(http_port_, path);

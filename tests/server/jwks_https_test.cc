@@ -154,8 +154,10 @@ TEST_F(JwksHttpsTest, ServesTheKeySetOverVerifiedTls) {
   nlohmann::json jwks =
       nlohmann::json::parse(r.output.substr(body_at + 4), nullptr, false);
   ASSERT_FALSE(jwks.is_discarded()) << r.output;
-  ASSERT_EQ(jwks["keys"].size(), 1u) << r.output;
+  // The active key and its standby.
+  ASSERT_EQ(jwks["keys"].size(), 2u) << r.output;
   EXPECT_EQ(jwks["keys"][0]["alg"], "ES256");
+  EXPECT_EQ(jwks["keys"][1]["alg"], "ES256");
 }
 
 TEST_F(JwksHttpsTest, EtagAnd304WorkOverTls) {

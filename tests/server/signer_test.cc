@@ -276,10 +276,13 @@ TEST_F(SignerTest, SignsJwtsWithEveryAlgorithmThatVerifyAgainstTheJwks) {
     EXPECT_EQ(header["kid"], resp.kid());
     EXPECT_EQ(B64Decode(parts[1]), claims);
     // Verify against the JWK the service publishes for that kid.
+    // The scope's set holds its active key and, published before it
+    // signs, its standby (generation order).
     nlohmann::json jwks = Jwks(*stub, scope.name);
-    ASSERT_EQ(jwks["keys"].size(), 1u);
+    ASSERT_EQ(jwks["keys"].size(), 2u);
     const nlohmann::json& jwk = jwks["keys"][0];
     EXPECT_EQ(jwk["kid"], resp.kid());
+    EXPECT_NE(jwks["keys"][1]["kid"], resp.kid());
     EXPECT_EQ(jwk["alg"], scope.alg);
     EXPECT_EQ(jwk["use"], "sig");
     auto key = KeyFromJwk(jwk);
@@ -353,7 +356,7 @@ TEST_F(SignerTest, RawScopeSignsPayloadsAndDigests) {
   kreq.set_scope("raw");
   v1::GetPublicKeysResponse keys;
   ASSERT_TRUE(stub->GetPublicKeys(&kctx, kreq, &keys).ok());
-  ASSERT_EQ(keys.keys_size(), 1);
+  ASSERT_EQ(keys.keys_size(), 2);  // the active key and its standby
   EXPECT_THAT(keys.keys(0).spki_pem(), HasSubstr("BEGIN PUBLIC KEY"));
 
   auto digest = hsm::Sha256("firmware image");
@@ -444,7 +447,7 @@ TEST_F(SignerTest, ALargeBatchSplitAcrossWorkersKeepsEveryItemInItsPlace) {
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(resp.items_size(), kItems);
   nlohmann::json jwks = Jwks(*stub, "alpha-es256");
-  ASSERT_EQ(jwks["keys"].size(), 1u);
+  ASSERT_EQ(jwks["keys"].size(), 2u);  // active (first) and standby
   auto key = KeyFromJwk(jwks["keys"][0]);
   ASSERT_TRUE(key.ok()) << key.status();
   std::set<std::string> hashes;

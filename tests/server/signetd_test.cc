@@ -248,7 +248,7 @@ TEST_F(SignetdTest, ANewKeyGetsTheConfiguredSchedule) {
   ASSERT_TRUE(std::regex_search(
       out, m,
       std::regex(R"(scope demo-consumer: key generation 1 kid \S+ checked and )"
-                 R"(active; signs until (\S+), published until (\S+))")))
+                 R"(active; signs until (\S+), published until ([^;\s]+); standby \S+, signs from (\S+))")))
       << out;
   absl::Time retire, unpublish;
   std::string error;
@@ -262,6 +262,12 @@ TEST_F(SignetdTest, ANewKeyGetsTheConfiguredSchedule) {
                         absl::Hours(2));
   EXPECT_LE(retire, after + absl::Hours(2));
   EXPECT_EQ(unpublish - retire, absl::Seconds(5400));
+  // The standby, published from now, signs when generation 1 retires.
+  absl::Time standby_from;
+  ASSERT_TRUE(
+      absl::ParseTime(absl::RFC3339_full, m[3].str(), &standby_from, &error))
+      << error;
+  EXPECT_EQ(standby_from, retire);
 }
 
 TEST_F(SignetdTest, HealthFollowsTheHsmAcrossAKillAndARestart) {

@@ -1,0 +1,240 @@
+#include "rotation/reconcile.h"
+
+#include <algorithm>
+#include <set>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace signet::rotation {
+namespace {
+
+SchedulePolicy ScheduleOf(const ScopeKeyPolicy& policy) {
+  SchedulePolicy s;
+  s.scope = policy.scope;
+  s.algorithm = policy.algorithm;
+  s.rsa_bits = hsm::IsEcdsa(policy.key_spec.algorithm)
+                   ? 0
+                   : static_cast<uint32_t>(policy.key_spec.rsa_bits);
+  s.timings = policy.timings;
+  return s;
+}
+
+std::vector<KeyRecord> RecordsOf(const std::map<std::string, KeyRecord>& all,
+                                 const std::string& scope) {
+  std::vector<KeyRecord> out;
+  for (const auto& [id, r] : all) {
+    if (r.scope() == scope) out.push_back(r);
+  }
+  std::sort(out.begin(), out.end(), [](const KeyRecord& a, const KeyRecord& b) {
+    return a.key_generation() < b.key_generation();
+  });
+  return out;
+}
+
+}  // namespace
+
+KeyReconciler::KeyReconciler(hsm::KeyStore* store,
+                             std::vector<ScopeKeyPolicy> policies, bool writer,
+                             EventSink events)
+    : store_(store),
+      policies_(std::move(policies)),
+      writer_(writer),
+      events_(std::move(events)) {}
+
+void KeyReconciler::Emit(KeyEvent event) const {
+  if (events_) events_(event);
+}
+
+void KeyReconciler::DestroyUnrecorded(
+    const std::map<std::string, hsm::StoredRecord>& stored) {
+  absl::StatusOr<std::vector<std::string>> ids = store_->ListKeyIds();
+  if (!ids.ok()) {
+    Emit({"key_action_failed", "", "", false,
+          absl::StrCat("listing the token's keys failed: ",
+                       ids.status().message())});
+    return;
+  }
+  for (const std::string& id : *ids) {
+    // Any record, even one this version cannot read, keeps its key.
+    if (stored.contains(id)) continue;
+    absl::Status destroyed = store_->DestroyKeyPair(id);
+    Emit({destroyed.ok() ? "key_pruned" : "key_action_failed", "", "",
+          destroyed.ok(),
+          destroyed.ok()
+              ? absl::StrCat("key pair ", absl::BytesToHexString(id),
+                             " had no record (a write stopped between "
+                             "generating it and recording it): destroyed")
+              : absl::StrCat("destroying unrecorded key pair ",
+                             absl::BytesToHexString(id), " failed: ",
+                             destroyed.message())});
+  }
+}
+
+void KeyReconciler::Execute(const ScopeKeyPolicy& policy,
+                            const std::vector<KeyAction>& actions) {
+  for (const KeyAction& action : actions) {
+    KeyRecord record = action.record;
+    const std::string id = absl::HexStringToBytes(record.key_id());
+    absl::Status status;
+    switch (action.kind) {
+      case KeyAction::Kind::kGenerate: {
+        absl::StatusOr<std::string> generated =
+            store_->GenerateKeyPair(policy.key_spec);
+        if (!generated.ok()) {
+          status = generated.status();
+          break;
+        }
+        absl::StatusOr<hsm::LoadedKey> key =
+            store_->LoadKey(*generated, policy.key_spec);
+        if (!key.ok()) {
+          status = key.status();
+          (void)store_->DestroyKeyPair(*generated);
+          break;
+        }
+        record.set_key_id(absl::BytesToHexString(*generated));
+        record.set_kid(key->thumbprint);
+        status = ValidateKeyRecord(record);
+        if (status.ok()) {
+          // A key is used only once its record is written; a crash before
+          // leaves an unrecorded pair the next pass destroys.
+          status = store_->WriteRecord(*generated, SerializeKeyRecord(record))
+                       .status();
+        }
+        if (status.ok()) loaded_[record.key_id()] = *std::move(key);
+        break;
+      }
+      case KeyAction::Kind::kWriteRecord:
+        status = ValidateKeyRecord(record);
+        if (status.ok()) {
+          status = store_->WriteRecord(id, SerializeKeyRecord(record)).status();
+        }
+        break;
+      case KeyAction::Kind::kDestroyPrivateKey:
+        loaded_.erase(record.key_id());
+        status = store_->DestroyPrivateKey(id);
+        if (status.ok()) {
+          status = store_->WriteRecord(id, SerializeKeyRecord(record)).status();
+        }
+        break;
+      case KeyAction::Kind::kPrune:
+        loaded_.erase(record.key_id());
+        status = store_->DestroyKeyPair(id);
+        break;
+    }
+    if (!status.ok()) {
+      Emit({"key_action_failed", policy.scope, record.kid(), false,
+            absl::StrCat(action.event, " failed (", status.ToString(),
+                         "); retried by the next pass: ", action.detail)});
+      return;
+    }
+    Emit({action.event, policy.scope, record.kid(), true, action.detail});
+  }
+}
+
+absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
+    absl::Time now) {
+  absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
+      store_->ReadAllRecords();
+  if (!stored.ok()) return stored.status();
+  std::map<std::string, KeyRecord> records = ParseRecords(*stored);
+
+  if (writer_) {
+    DestroyUnrecorded(*stored);
+    bool wrote = false;
+    for (const ScopeKeyPolicy& policy : policies_) {
+      std::vector<KeyAction> actions =
+          PlanScope(RecordsOf(records, policy.scope), ScheduleOf(policy), now);
+      if (actions.empty()) continue;
+      Execute(policy, actions);
+      wrote = true;
+    }
+    if (wrote) {
+      stored = store_->ReadAllRecords();
+      if (!stored.ok()) return stored.status();
+      records = ParseRecords(*stored);
+    }
+  }
+
+  std::map<std::string, ScopeKeySet> out;
+  std::set<std::string> needed;
+  for (const ScopeKeyPolicy& policy : policies_) {
+    ScopeKeySet& set = out[policy.scope];
+    set.records = RecordsOf(records, policy.scope);
+    const ScopeView view = ViewScope(set.records, now);
+    for (size_t i = 0; i < set.records.size(); ++i) {
+      const KeyRecord& r = set.records[i];
+      const KeyState state = view.states[i];
+      auto last = last_state_.find(r.key_id());
+      if (last != last_state_.end() && last->second != state &&
+          state != KeyState::kPending && state != KeyState::kDestroyed) {
+        Emit({absl::StrCat("key_", absl::AsciiStrToLower(KeyStateName(state))),
+              policy.scope, r.kid(), true,
+              absl::StrCat("scope ", policy.scope, ": key generation ",
+                           r.key_generation(), " is ", KeyStateName(state),
+                           " (was ", KeyStateName(last->second), ")")});
+      }
+      last_state_[r.key_id()] = state;
+      if (!IsPublished(state)) continue;
+      needed.insert(r.key_id());
+      if (loaded_.contains(r.key_id())) continue;
+      absl::Status load;
+      if (r.algorithm() != policy.algorithm ||
+          (r.rsa_bits() != 0 &&
+           static_cast<int>(r.rsa_bits()) != policy.key_spec.rsa_bits)) {
+        load = absl::FailedPreconditionError(absl::StrCat(
+            "scope ", policy.scope, ": its key ", r.kid(), " is ",
+            r.algorithm(), " but the configuration asks for ",
+            policy.algorithm, "; rotate the scope's key to change algorithm"));
+      } else {
+        absl::StatusOr<hsm::LoadedKey> key =
+            store_->LoadKey(absl::HexStringToBytes(r.key_id()), policy.key_spec);
+        if (key.ok()) {
+          loaded_[r.key_id()] = *std::move(key);
+        } else {
+          load = absl::Status(key.status().code(),
+                              absl::StrCat("scope ", policy.scope, ": ",
+                                           key.status().message()));
+        }
+      }
+      if (!load.ok()) {
+        Emit({"key_action_failed", policy.scope, r.kid(), false,
+              absl::StrCat("loading key generation ", r.key_generation(),
+                           " failed: ", load.message())});
+        if (static_cast<int>(i) == view.signing) return load;
+      }
+    }
+    for (const KeyRecord& r : set.records) {
+      auto key = loaded_.find(r.key_id());
+      if (key != loaded_.end() && needed.contains(r.key_id())) {
+        set.loaded.emplace(key->first, key->second);
+      }
+    }
+    last_records_[policy.scope] = set.records;
+  }
+  // Keys nobody needs any more stop being warmed on new connections.
+  for (auto it = loaded_.begin(); it != loaded_.end();) {
+    if (needed.contains(it->first)) {
+      ++it;
+      continue;
+    }
+    store_->UnloadKey(absl::HexStringToBytes(it->first));
+    it = loaded_.erase(it);
+  }
+  return out;
+}
+
+absl::Time KeyReconciler::NextBoundary(absl::Time now) const {
+  absl::Time next = absl::InfiniteFuture();
+  for (const ScopeKeyPolicy& policy : policies_) {
+    auto records = last_records_.find(policy.scope);
+    if (records == last_records_.end()) continue;
+    next = std::min(next, NextScheduleChange(records->second, policy.timings, now));
+  }
+  return next;
+}
+
+}  // namespace signet::rotation

@@ -1,0 +1,95 @@
+// The reconcile pass: reads the key records from the token, and on the one
+// rotation writer applies what the planner (rotation/schedule.h) says is
+// due; then loads every key a scope needs (its signing key, its standby,
+// its retired keys still published) and unloads the rest.
+// docs/architecture.md, "Rotation".
+//
+// signetd runs a pass every reconcile_interval_seconds on the writer (every
+// key_refresh_interval_seconds on a replica), at each schedule boundary,
+// and when an operator's call asks. A pass is idempotent: a crash between
+// any two token writes is completed by the next one (an unrecorded key
+// pair is destroyed, a missing standby generated), and a failed pass
+// changes nothing that the next cannot finish.
+//
+// Thread-compatible: one thread runs the passes.
+#ifndef SIGNET_ROTATION_RECONCILE_H_
+#define SIGNET_ROTATION_RECONCILE_H_
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "hsm/key_store.h"
+#include "rotation/key_record.pb.h"
+#include "rotation/schedule.h"
+#include "rotation/scope_keys.h"
+
+namespace signet::rotation {
+
+// A lifecycle event for the audit log: a token write the pass made, a state
+// a key entered with the clock (key_retired, key_unpublished, and
+// key_activated seen by a replica), or a failure (key_action_failed).
+struct KeyEvent {
+  std::string event;
+  std::string scope;
+  std::string kid;
+  bool ok = true;
+  std::string detail;
+};
+
+// One scope's keys after a pass.
+struct ScopeKeySet {
+  // Every valid record of the scope, in generation order.
+  std::vector<KeyRecord> records;
+  // The loaded keys (signing, standby, still published), by hex key id.
+  std::map<std::string, hsm::LoadedKey> loaded;
+};
+
+class KeyReconciler {
+ public:
+  using EventSink = std::function<void(const KeyEvent&)>;
+
+  // `store` must outlive the reconciler. `writer`: whether this replica
+  // writes keys (not never_create_keys).
+  KeyReconciler(hsm::KeyStore* store, std::vector<ScopeKeyPolicy> policies,
+                bool writer, EventSink events);
+
+  // One pass at `now`. Per scope: its records and loaded keys. A scope
+  // whose keys could not all be loaded keeps the keys it had. UNAVAILABLE
+  // when the token cannot be read; FAILED_PRECONDITION naming the scope
+  // and key when a needed key fails a load-time check or is of another
+  // algorithm than the configuration's. Planned writes that fail are
+  // reported as key_action_failed events and retried by the next pass.
+  absl::StatusOr<std::map<std::string, ScopeKeySet>> RunOnce(absl::Time now);
+
+  // The first instant after `now` at which a pass has something to do;
+  // absl::InfiniteFuture() if none.
+  absl::Time NextBoundary(absl::Time now) const;
+
+ private:
+  // Applies `actions` for `policy` in order, stopping at the first failure
+  // (the rest depend on it).
+  void Execute(const ScopeKeyPolicy& policy,
+               const std::vector<KeyAction>& actions);
+  // Destroys key pairs that have no record (a crash between generating a
+  // key and recording it).
+  // `stored` holds every record, readable by this version or not.
+  void DestroyUnrecorded(const std::map<std::string, hsm::StoredRecord>& stored);
+  void Emit(KeyEvent event) const;
+
+  hsm::KeyStore* const store_;
+  const std::vector<ScopeKeyPolicy> policies_;
+  const bool writer_;
+  const EventSink events_;
+  std::map<std::string, hsm::LoadedKey> loaded_;  // by hex key id
+  // Each key's effective state at the last pass, to report transitions.
+  std::map<std::string, KeyState> last_state_;
+  std::map<std::string, std::vector<KeyRecord>> last_records_;
+};
+
+}  // namespace signet::rotation
+
+#endif  // SIGNET_ROTATION_RECONCILE_H_

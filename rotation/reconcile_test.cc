@@ -1,0 +1,155 @@
+#include "rotation/reconcile.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/test_hsm.h"
+
+namespace signet::rotation {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::SizeIs;
+
+const absl::Time kNow = absl::FromUnixSeconds(1'800'000'000);
+
+// The reconcile pass against a real SoftHSM2 token.
+class ReconcileTest : public hsm::InProcessHsmTest {
+ protected:
+  void SetUp() override {
+    InProcessHsmTest::SetUp();
+    auto pool = MakePool();
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    store_ = std::make_unique<hsm::Pkcs11KeyStore>(pool_.get());
+    policy_.scope = "demo";
+    policy_.algorithm = "ES256";
+    policy_.key_spec = {hsm::SignatureAlgorithm::kEcdsaP256Sha256};
+    policy_.timings.rotation_period = absl::Hours(1);
+    policy_.timings.publish_grace = absl::Minutes(30);
+    policy_.timings.destroy_delay = absl::Minutes(10);
+    policy_.timings.min_publish_lead = absl::Minutes(11);
+    policy_.timings.tombstone_retention = absl::Hours(1);
+  }
+
+  std::unique_ptr<KeyReconciler> Make(bool writer) {
+    return std::make_unique<KeyReconciler>(
+        store_.get(), std::vector<ScopeKeyPolicy>{policy_}, writer,
+        [this](const KeyEvent& e) { events_.push_back(e.event); });
+  }
+
+  std::unique_ptr<hsm::SessionPool> pool_;
+  std::unique_ptr<hsm::Pkcs11KeyStore> store_;
+  ScopeKeyPolicy policy_;
+  std::vector<std::string> events_;
+};
+
+TEST_F(ReconcileTest, WriterMakesTheActiveKeyAndAPublishedStandby) {
+  auto reconciler = Make(/*writer=*/true);
+  auto keys = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  const ScopeKeySet& set = keys->at("demo");
+  ASSERT_THAT(set.records, SizeIs(2));
+  EXPECT_THAT(set.loaded, SizeIs(2));  // both checked, handles warmed
+  const ScopeView view = ViewScope(set.records, kNow);
+  EXPECT_EQ(set.records[view.signing].key_generation(), 1u);
+  EXPECT_EQ(set.records[view.standby].key_generation(), 2u);
+  EXPECT_EQ(set.records[view.standby].kid(),
+            set.loaded.at(set.records[view.standby].key_id()).thumbprint);
+  EXPECT_THAT(events_, Contains("key_generated"));
+  // Idempotent: a second pass writes nothing.
+  events_.clear();
+  ASSERT_TRUE(reconciler->RunOnce(kNow + absl::Seconds(10)).ok());
+  EXPECT_TRUE(events_.empty());
+  EXPECT_THAT(*store_->ListKeyIds(), SizeIs(2));
+  EXPECT_EQ(reconciler->NextBoundary(kNow),
+            TimeFromProto(set.records[0].retire_at()));
+}
+
+TEST_F(ReconcileTest, ThroughARotationTheRetiredKeyStaysLoadedAndPublished) {
+  auto reconciler = Make(true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok());
+  const absl::Time retire = TimeFromProto(first->at("demo").records[0].retire_at());
+  // A restart after the retire time: a new reconciler, as after a process
+  // restart (fault 1 of the single-key schedule).
+  auto restarted = Make(true);
+  auto after = restarted->RunOnce(retire + absl::Minutes(1));
+  ASSERT_TRUE(after.ok()) << after.status();
+  const ScopeKeySet& set = after->at("demo");
+  ASSERT_THAT(set.records, SizeIs(3));  // gen 1 retired, 2 active, 3 standby
+  EXPECT_THAT(set.loaded, SizeIs(3));
+  const ScopeView view = ViewScope(set.records, retire + absl::Minutes(1));
+  EXPECT_EQ(view.states[0], KeyState::kRetired);
+  EXPECT_EQ(set.records[view.signing].key_generation(), 2u);
+  EXPECT_EQ(set.records[view.standby].key_generation(), 3u);
+  EXPECT_TRUE(set.records[view.signing].has_activation_recorded_at());
+}
+
+TEST_F(ReconcileTest, DestroysThePrivateKeyAtItsTimeAndUnloadsIt) {
+  auto reconciler = Make(true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok());
+  const KeyRecord g1 = first->at("demo").records[0];
+  ASSERT_TRUE(reconciler->RunOnce(TimeFromProto(g1.retire_at())).ok());
+  events_.clear();
+  auto later = reconciler->RunOnce(TimeFromProto(g1.destroy_at()));
+  ASSERT_TRUE(later.ok()) << later.status();
+  EXPECT_THAT(events_, Contains("key_destroyed"));
+  EXPECT_FALSE(later->at("demo").loaded.contains(g1.key_id()));
+  // The private key is gone from the token; the record stays.
+  auto ids = store_->ListKeyIds();
+  ASSERT_TRUE(ids.ok());
+  EXPECT_THAT(*ids, Not(Contains(absl::HexStringToBytes(g1.key_id()))));
+  EXPECT_TRUE(later->at("demo").records[0].private_key_destroyed());
+  EXPECT_EQ(store_
+                ->SignDigest(absl::HexStringToBytes(g1.key_id()),
+                             std::string(32, 'x'), absl::Now() + absl::Seconds(5))
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ReconcileTest, AKeyPairWithoutARecordIsDestroyed) {
+  // A writer that stopped between generating a key and recording it.
+  auto orphan = store_->GenerateKeyPair(policy_.key_spec);
+  ASSERT_TRUE(orphan.ok());
+  auto reconciler = Make(true);
+  ASSERT_TRUE(reconciler->RunOnce(kNow).ok());
+  auto ids = store_->ListKeyIds();
+  ASSERT_TRUE(ids.ok());
+  EXPECT_THAT(*ids, SizeIs(2));
+  EXPECT_THAT(*ids, Not(Contains(*orphan)));
+  EXPECT_THAT(events_, Contains("key_pruned"));
+}
+
+TEST_F(ReconcileTest, ReplicaNeverWritesAndLoadsWhatTheWriterMade) {
+  auto replica = Make(/*writer=*/false);
+  auto empty = replica->RunOnce(kNow);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_THAT(empty->at("demo").records, SizeIs(0));
+  EXPECT_THAT(*store_->ListKeyIds(), SizeIs(0));
+  ASSERT_TRUE(Make(true)->RunOnce(kNow).ok());
+  auto seen = replica->RunOnce(kNow);
+  ASSERT_TRUE(seen.ok());
+  EXPECT_THAT(seen->at("demo").loaded, SizeIs(2));
+}
+
+TEST_F(ReconcileTest, ActiveKeyOfAnotherAlgorithmIsRefusedByName) {
+  ASSERT_TRUE(Make(true)->RunOnce(kNow).ok());
+  policy_.algorithm = "ES384";
+  policy_.key_spec = {hsm::SignatureAlgorithm::kEcdsaP384Sha384};
+  auto keys = Make(false)->RunOnce(kNow);
+  ASSERT_FALSE(keys.ok());
+  EXPECT_EQ(keys.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(keys.status().message(), HasSubstr("rotate the scope's key"));
+}
+
+}  // namespace
+}  // namespace signet::rotation

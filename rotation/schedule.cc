@@ -1,0 +1,410 @@
+#include "rotation/schedule.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace signet::rotation {
+namespace {
+
+absl::Time Activate(const KeyRecord& r) { return TimeFromProto(r.activate_at()); }
+absl::Time Retire(const KeyRecord& r) { return TimeFromProto(r.retire_at()); }
+absl::Time Created(const KeyRecord& r) { return TimeFromProto(r.created_at()); }
+
+std::string Iso(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
+}
+
+std::string Describe(const KeyRecord& r) {
+  return absl::StrCat("generation ", r.key_generation(),
+                      r.kid().empty() ? "" : absl::StrCat(" (kid ", r.kid(), ")"));
+}
+
+bool HasActivated(const KeyRecord& r, absl::Time now) {
+  return r.has_activation_recorded_at() || Activate(r) <= now;
+}
+
+// `r` with its schedule from `activate` on: ACTIVE for the rotation
+// period, then RETIRED for the grace, then UNPUBLISHED for the destroy
+// delay. activate_at never precedes created_at (a clock set back).
+KeyRecord ScheduledFrom(KeyRecord r, absl::Time activate,
+                        const KeyTimings& t) {
+  activate = std::max(activate, Created(r));
+  const absl::Time retire = activate + t.rotation_period;
+  const absl::Time unpublish = retire + t.publish_grace;
+  *r.mutable_activate_at() = TimeToProto(activate);
+  *r.mutable_retire_at() = TimeToProto(retire);
+  *r.mutable_unpublish_at() = TimeToProto(unpublish);
+  *r.mutable_destroy_at() = TimeToProto(unpublish + t.destroy_delay);
+  return r;
+}
+
+// `r` retiring at `retire` (never before it activates), published for the
+// grace after that.
+KeyRecord RetiringAt(KeyRecord r, absl::Time retire, const KeyTimings& t) {
+  retire = std::max(retire, Activate(r));
+  const absl::Time unpublish = retire + t.publish_grace;
+  *r.mutable_retire_at() = TimeToProto(retire);
+  *r.mutable_unpublish_at() = TimeToProto(unpublish);
+  *r.mutable_destroy_at() = TimeToProto(unpublish + t.destroy_delay);
+  return r;
+}
+
+KeyRecord NewRecord(const SchedulePolicy& policy, uint64_t generation,
+                    absl::Time now, absl::Time activate) {
+  KeyRecord r;
+  r.set_scope(policy.scope);
+  r.set_algorithm(policy.algorithm);
+  r.set_rsa_bits(policy.rsa_bits);
+  r.set_key_generation(generation);
+  *r.mutable_created_at() = TimeToProto(now);
+  return ScheduledFrom(std::move(r), activate, policy.timings);
+}
+
+uint64_t NewestGeneration(const std::vector<KeyRecord>& records) {
+  uint64_t newest = 0;
+  for (const KeyRecord& r : records) newest = std::max(newest, r.key_generation());
+  return newest;
+}
+
+// The note an early activation carries: how long relying parties have had
+// the key.
+std::string LeadNote(const KeyRecord& standby, const KeyTimings& t,
+                     absl::Time now) {
+  const absl::Duration published = now - Created(standby);
+  if (published >= t.min_publish_lead) {
+    return absl::StrCat("; it was published for ",
+                        absl::FormatDuration(absl::Trunc(published, absl::Seconds(1))));
+  }
+  return absl::StrCat(
+      "; it was published for only ",
+      absl::FormatDuration(absl::Trunc(published, absl::Seconds(1))),
+      " (under min_publish_lead ", absl::FormatDuration(t.min_publish_lead),
+      "): relying parties whose cached key set predates it meet an unknown "
+      "kid and must refetch");
+}
+
+KeyAction Action(KeyAction::Kind kind, KeyRecord record, std::string event,
+                 std::string detail) {
+  return KeyAction{kind, std::move(record), std::move(event), std::move(detail)};
+}
+
+// The standby of a key that retires at `activate`: published from now.
+KeyAction StandbyFor(const SchedulePolicy& policy, uint64_t generation,
+                     absl::Time now, absl::Time activate) {
+  return Action(KeyAction::Kind::kGenerate,
+                NewRecord(policy, generation, now, activate), "key_generated",
+                absl::StrCat("scope ", policy.scope, ": standby generation ",
+                             generation, " published now, signs from ",
+                             Iso(activate)));
+}
+
+}  // namespace
+
+ScopeView ViewScope(const std::vector<KeyRecord>& records, absl::Time now) {
+  ScopeView view;
+  view.states.reserve(records.size());
+  uint64_t latest_activated = 0;
+  for (const KeyRecord& r : records) {
+    view.states.push_back(StateAt(r, now));
+    if (HasActivated(r, now)) {
+      latest_activated = std::max(latest_activated, r.key_generation());
+    }
+  }
+  for (size_t i = 0; i < records.size(); ++i) {
+    const KeyRecord& r = records[i];
+    KeyState& state = view.states[i];
+    // A recorded revocation is final, even for a clock set back before it.
+    if (r.has_revocation()) state = KeyState::kRevoked;
+    if (state == KeyState::kRevoked) continue;
+    const bool early = state == KeyState::kPending || state == KeyState::kActive;
+    if (r.key_generation() < latest_activated && early) {
+      // Superseded: a later generation has activated.
+      state = KeyState::kRetired;
+    } else if (r.key_generation() == latest_activated &&
+               state == KeyState::kPending) {
+      // Recorded as activated, yet the clock says it has not: the clock
+      // was set back. The records win.
+      state = KeyState::kActive;
+      view.clock_anomaly = absl::StrCat(
+          "the clock (", Iso(now), ") is behind the recorded activation of ",
+          r.scope(), " key ", Describe(r), " at ", Iso(Activate(r)),
+          "; keys follow the records, not the clock");
+    }
+    if (state == KeyState::kActive) {
+      // One signing key: should two records share the latest generation,
+      // the first keeps it and the other reads RETIRED.
+      if (view.signing >= 0) {
+        state = KeyState::kRetired;
+      } else {
+        view.signing = static_cast<int>(i);
+      }
+    }
+  }
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (view.states[i] != KeyState::kPending) continue;
+    if (records[i].key_generation() <= latest_activated) continue;
+    if (view.standby < 0 ||
+        records[i].key_generation() < records[view.standby].key_generation()) {
+      view.standby = static_cast<int>(i);
+    }
+  }
+  return view;
+}
+
+absl::Time DestroyTime(const KeyRecord& record, absl::Duration destroy_delay) {
+  absl::Time at = TimeFromProto(record.destroy_at());
+  if (record.has_revocation()) {
+    at = std::min(at, TimeFromProto(record.revocation().revoked_at()) +
+                          destroy_delay);
+  }
+  return at;
+}
+
+absl::Time NextScheduleChange(const std::vector<KeyRecord>& records,
+                              const KeyTimings& timings, absl::Time now) {
+  absl::Time next = absl::InfiniteFuture();
+  auto consider = [&](absl::Time t) {
+    if (t > now && t < next) next = t;
+  };
+  for (const KeyRecord& r : records) {
+    consider(Activate(r));
+    consider(Retire(r));
+    consider(TimeFromProto(r.unpublish_at()));
+    consider(TimeFromProto(r.destroy_at()));
+    if (r.has_revocation()) {
+      consider(TimeFromProto(r.revocation().revoked_at()));
+    }
+    const absl::Time destroy = DestroyTime(r, timings.destroy_delay);
+    consider(destroy);
+    consider(destroy + timings.tombstone_retention);
+  }
+  return next;
+}
+
+std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
+                                 const SchedulePolicy& policy, absl::Time now) {
+  const KeyTimings& t = policy.timings;
+  const ScopeView view = ViewScope(records, now);
+  std::vector<KeyAction> actions;
+  const uint64_t next_generation = NewestGeneration(records) + 1;
+
+  if (view.signing < 0) {
+    if (view.standby >= 0) {
+      // The active key is gone (revoked, or retired with nobody to record
+      // its successor's activation): the standby relying parties already
+      // hold signs from now.
+      KeyRecord standby =
+          ScheduledFrom(records[view.standby], now, t);
+      *standby.mutable_activation_recorded_at() = TimeToProto(now);
+      std::string detail = absl::StrCat(
+          "scope ", policy.scope, " had no signing key: its standby ",
+          Describe(standby), " activates now",
+          LeadNote(records[view.standby], t, now));
+      const absl::Time successor_at = Retire(standby);
+      actions.push_back(Action(KeyAction::Kind::kWriteRecord,
+                               std::move(standby), "key_activated",
+                               std::move(detail)));
+      actions.push_back(StandbyFor(policy, next_generation, now, successor_at));
+    } else {
+      KeyRecord fresh = NewRecord(policy, next_generation, now, now);
+      *fresh.mutable_activation_recorded_at() = TimeToProto(now);
+      std::string detail =
+          next_generation == 1
+              ? absl::StrCat("scope ", policy.scope,
+                             ": its first key, signing at once")
+              : absl::StrCat(
+                    "scope ", policy.scope,
+                    " had no signing key and no standby: a new key signs "
+                    "at once, unpublished before (relying parties meet an "
+                    "unknown kid and must refetch)");
+      const absl::Time successor_at = Retire(fresh);
+      actions.push_back(Action(KeyAction::Kind::kGenerate, std::move(fresh),
+                               "key_generated", std::move(detail)));
+      actions.push_back(
+          StandbyFor(policy, next_generation + 1, now, successor_at));
+    }
+  } else {
+    const KeyRecord& active = records[view.signing];
+    KeyRecord revised = active;
+    std::vector<std::string> why;
+    if (!active.has_activation_recorded_at()) {
+      *revised.mutable_activation_recorded_at() = TimeToProto(now);
+      why.push_back(absl::StrCat("scope ", policy.scope, ": ",
+                                 Describe(active), " is active since ",
+                                 Iso(Activate(active))));
+    }
+    std::vector<KeyAction> then;
+    if (view.standby < 0) {
+      // A successor, published at least the lead before it signs.
+      const absl::Time activate =
+          std::max(Retire(active), now + t.min_publish_lead);
+      if (activate > Retire(active)) {
+        const absl::Duration by = activate - Retire(active);
+        *revised.mutable_retire_at() = TimeToProto(activate);
+        *revised.mutable_unpublish_at() =
+            TimeToProto(TimeFromProto(active.unpublish_at()) + by);
+        *revised.mutable_destroy_at() =
+            TimeToProto(TimeFromProto(active.destroy_at()) + by);
+        why.push_back(absl::StrCat(
+            "its schedule is extended by ",
+            absl::FormatDuration(absl::Trunc(by, absl::Seconds(1))),
+            " so that its successor is published min_publish_lead before it "
+            "signs"));
+      }
+      then.push_back(StandbyFor(policy, next_generation, now, activate));
+    }
+    if (!why.empty()) {
+      // Before the standby: an extension must hold before a successor
+      // relies on it.
+      actions.push_back(Action(
+          KeyAction::Kind::kWriteRecord, std::move(revised),
+          active.has_activation_recorded_at() ? "key_schedule_extended"
+                                              : "key_activated",
+          absl::StrJoin(why, "; ")));
+    }
+    for (KeyAction& a : then) actions.push_back(std::move(a));
+  }
+
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (static_cast<int>(i) == view.signing ||
+        static_cast<int>(i) == view.standby) {
+      continue;
+    }
+    const KeyRecord& r = records[i];
+    const absl::Time destroy = DestroyTime(r, t.destroy_delay);
+    if (now >= destroy + t.tombstone_retention) {
+      // Past both (a clock that jumped, or a writer that was down): the
+      // prune destroys the private key too.
+      actions.push_back(Action(
+          KeyAction::Kind::kPrune, r, "key_pruned",
+          absl::StrCat("scope ", policy.scope, ": ", Describe(r),
+                       " pruned: private key (if still there), public key "
+                       "and record destroyed")));
+    } else if (!r.private_key_destroyed() && now >= destroy) {
+      KeyRecord destroyed = r;
+      destroyed.set_private_key_destroyed(true);
+      actions.push_back(Action(
+          KeyAction::Kind::kDestroyPrivateKey, std::move(destroyed),
+          "key_destroyed",
+          absl::StrCat("scope ", policy.scope, ": private key of ",
+                       Describe(r), " destroyed in the HSM (due ",
+                       Iso(destroy), "); its public key stays as a tombstone "
+                       "until ", Iso(destroy + t.tombstone_retention))));
+    }
+  }
+  return actions;
+}
+
+absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
+    const std::vector<KeyRecord>& records, const SchedulePolicy& policy,
+    RotateMode mode, absl::Time now) {
+  const KeyTimings& t = policy.timings;
+  const ScopeView view = ViewScope(records, now);
+  if (view.signing < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scope ", policy.scope,
+        " has no active key to rotate; the reconcile loop activates one"));
+  }
+  if (view.standby < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scope ", policy.scope,
+        " has no standby key yet (the reconcile loop makes one within "
+        "seconds); retry"));
+  }
+  const KeyRecord& active = records[view.signing];
+  const KeyRecord& standby = records[view.standby];
+  absl::Time activate = now;
+  std::string note;
+  if (mode == RotateMode::kPlanned) {
+    activate = std::min(Activate(standby), now + t.min_publish_lead);
+  } else {
+    note = LeadNote(standby, t, now);
+  }
+  KeyRecord next = ScheduledFrom(standby, activate, t);
+  if (activate <= now) {
+    *next.mutable_activation_recorded_at() = TimeToProto(now);
+  }
+  KeyRecord old = RetiringAt(active, activate, t);
+  std::vector<KeyAction> actions;
+  // The successor first: once it activates, ViewScope retires the old key
+  // whatever the old record says, so a crash between the two writes never
+  // leaves two signing keys, nor none.
+  actions.push_back(Action(
+      KeyAction::Kind::kWriteRecord, std::move(next), "key_rotated",
+      absl::StrCat("scope ", policy.scope, ": ",
+                   mode == RotateMode::kPlanned ? "planned" : "immediate",
+                   " rotation: standby ", Describe(standby), " signs from ",
+                   Iso(activate), note)));
+  actions.push_back(Action(
+      KeyAction::Kind::kWriteRecord, std::move(old), "key_rotated",
+      absl::StrCat("scope ", policy.scope, ": ", Describe(active),
+                   " retires at ", Iso(activate), " and stays published until ",
+                   Iso(activate + t.publish_grace))));
+  return actions;
+}
+
+absl::StatusOr<std::vector<KeyAction>> PlanRevoke(
+    const std::vector<KeyRecord>& records, const SchedulePolicy& policy,
+    absl::string_view key_id, absl::string_view reason,
+    absl::string_view revoked_by, absl::Time now) {
+  const KeyTimings& t = policy.timings;
+  const ScopeView view = ViewScope(records, now);
+  int index = -1;
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i].key_id() == key_id) index = static_cast<int>(i);
+  }
+  if (index < 0) {
+    return absl::NotFoundError(absl::StrCat("scope ", policy.scope,
+                                            " has no key with id ", key_id));
+  }
+  const KeyRecord& target = records[index];
+  if (target.has_revocation()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scope ", policy.scope, " key ", Describe(target),
+        " is already revoked (at ",
+        Iso(TimeFromProto(target.revocation().revoked_at())), ")"));
+  }
+  if (target.private_key_destroyed() ||
+      view.states[index] == KeyState::kDestroyed) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("scope ", policy.scope, " key ", Describe(target),
+                     " is already destroyed"));
+  }
+  KeyRecord revoked = target;
+  KeyRecord::Revocation* revocation = revoked.mutable_revocation();
+  *revocation->mutable_revoked_at() = TimeToProto(now);
+  revocation->set_reason(std::string(reason));
+  revocation->set_revoked_by(std::string(revoked_by));
+  std::vector<KeyAction> actions;
+  const bool was_signing = index == view.signing;
+  // The revocation first: a crash after it leaves the scope without a
+  // signing key, which the next plan fixes by activating the standby; the
+  // other order could lose the revocation.
+  actions.push_back(Action(
+      KeyAction::Kind::kWriteRecord, std::move(revoked), "key_revoked",
+      absl::StrCat("scope ", policy.scope, ": ", Describe(target), " (",
+                   KeyStateName(view.states[index]),
+                   ") revoked: it neither signs nor is published from now; "
+                   "reason: ",
+                   reason)));
+  if (was_signing) {
+    if (view.standby >= 0) {
+      const KeyRecord& standby = records[view.standby];
+      KeyRecord next = ScheduledFrom(standby, now, t);
+      *next.mutable_activation_recorded_at() = TimeToProto(now);
+      actions.push_back(Action(
+          KeyAction::Kind::kWriteRecord, std::move(next), "key_activated",
+          absl::StrCat("scope ", policy.scope, ": standby ",
+                       Describe(standby),
+                       " activates now in place of the revoked key",
+                       LeadNote(standby, t, now))));
+    }
+  }
+  return actions;
+}
+
+}  // namespace signet::rotation

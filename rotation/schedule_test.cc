@@ -1,0 +1,641 @@
+#include "rotation/schedule.h"
+
+#include <cstdint>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "rotation/key_record.pb.h"
+#include "rotation/key_state.h"
+
+namespace signet::rotation {
+
+// Readable failures.
+void PrintTo(const KeyAction& a, std::ostream* os) {
+  *os << a.event << ": " << a.detail;
+}
+
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
+using ::testing::SizeIs;
+
+constexpr absl::Time kT0 = absl::FromUnixSeconds(1709251200);
+
+// The numbers of the README's defaults, scaled down: cache C, refresh R,
+// token lifetime T, iat skew S, verifier leeway V.
+constexpr absl::Duration kC = absl::Seconds(300);
+constexpr absl::Duration kR = absl::Seconds(60);
+constexpr absl::Duration kT = absl::Seconds(1200);
+constexpr absl::Duration kS = absl::Seconds(60);
+constexpr absl::Duration kV = absl::Seconds(60);
+
+SchedulePolicy Policy() {
+  SchedulePolicy p;
+  p.scope = "demo";
+  p.algorithm = "ES256";
+  p.timings.rotation_period = absl::Hours(1);
+  p.timings.min_publish_lead = 2 * kC + kR;
+  p.timings.publish_grace = kT + kS + kV + absl::Seconds(60);
+  p.timings.destroy_delay = absl::Minutes(30);
+  p.timings.tombstone_retention = absl::Hours(1);
+  return p;
+}
+
+// A token of key writes: what the reconcile loop does through hsm/, in
+// memory, with a crash possible between any two writes.
+class FakeToken {
+ public:
+  // Applies `actions` in order, stopping (a crash) after `writes` token
+  // writes; -1 applies all. Returns the number of writes made.
+  int Apply(const std::vector<KeyAction>& actions, int writes = -1) {
+    int made = 0;
+    auto write = [&] { return writes < 0 || made++ < writes; };
+    for (const KeyAction& action : actions) {
+      KeyRecord r = action.record;
+      switch (action.kind) {
+        case KeyAction::Kind::kGenerate: {
+          if (!write()) return made;
+          const std::string id = absl::StrCat(absl::Hex(++next_id_, absl::kZeroPad4));
+          private_keys_.insert(id);
+          public_keys_.insert(id);
+          r.set_key_id(id);
+          r.set_kid(absl::StrCat("kid-", id));
+          if (!write()) return made;
+          EXPECT_TRUE(ValidateKeyRecord(r).ok()) << ValidateKeyRecord(r);
+          records_[id] = r;
+          break;
+        }
+        case KeyAction::Kind::kWriteRecord:
+          if (!write()) return made;
+          EXPECT_TRUE(ValidateKeyRecord(r).ok()) << ValidateKeyRecord(r);
+          EXPECT_TRUE(records_.contains(r.key_id()));
+          records_[r.key_id()] = r;
+          break;
+        case KeyAction::Kind::kDestroyPrivateKey:
+          if (!write()) return made;
+          private_keys_.erase(r.key_id());
+          if (!write()) return made;
+          records_[r.key_id()] = r;
+          break;
+        case KeyAction::Kind::kPrune:
+          if (!write()) return made;
+          private_keys_.erase(r.key_id());
+          public_keys_.erase(r.key_id());
+          records_.erase(r.key_id());
+          break;
+      }
+    }
+    return made;
+  }
+
+  // What the reconcile loop does first: a key pair without a record (a
+  // crash between generating it and recording it) is destroyed.
+  void DestroyUnrecorded() {
+    for (auto it = public_keys_.begin(); it != public_keys_.end();) {
+      if (records_.contains(*it)) {
+        ++it;
+        continue;
+      }
+      private_keys_.erase(*it);
+      it = public_keys_.erase(it);
+    }
+  }
+
+  std::vector<KeyRecord> Records() const {
+    std::vector<KeyRecord> out;
+    for (const auto& [id, r] : records_) out.push_back(r);
+    return out;
+  }
+  bool HasPrivateKey(const std::string& id) const {
+    return private_keys_.contains(id);
+  }
+  const std::map<std::string, KeyRecord>& records() const { return records_; }
+
+ private:
+  uint64_t next_id_ = 0;
+  std::map<std::string, KeyRecord> records_;
+  std::set<std::string> private_keys_;
+  std::set<std::string> public_keys_;
+};
+
+KeyRecord Find(const std::vector<KeyRecord>& records, uint64_t generation) {
+  for (const KeyRecord& r : records) {
+    if (r.key_generation() == generation) return r;
+  }
+  ADD_FAILURE() << "no generation " << generation;
+  return KeyRecord();
+}
+
+// A scope whose first key was made and its standby not (the writer stopped
+// in between).
+FakeToken FirstKeyOnly(absl::Time now) {
+  FakeToken token;
+  token.Apply(PlanScope({}, Policy(), now), /*writes=*/2);
+  EXPECT_THAT(token.records(), SizeIs(1));
+  return token;
+}
+
+// A scope after its first plan: the first key and its standby.
+FakeToken Started(absl::Time now) {
+  FakeToken token;
+  token.Apply(PlanScope({}, Policy(), now));
+  EXPECT_THAT(token.records(), SizeIs(2));
+  return token;
+}
+
+TEST(PlanScopeTest, FirstKeySignsAtOnceAndItsStandbyFollowsWithALead) {
+  FakeToken token;
+  std::vector<KeyAction> first = PlanScope({}, Policy(), kT0);
+  ASSERT_THAT(first, SizeIs(2));
+  EXPECT_EQ(first[0].kind, KeyAction::Kind::kGenerate);
+  EXPECT_EQ(first[0].event, "key_generated");
+  EXPECT_THAT(first[0].detail, HasSubstr("first key"));
+  EXPECT_EQ(first[1].kind, KeyAction::Kind::kGenerate);
+  EXPECT_THAT(first[1].detail, HasSubstr("standby generation 2"));
+  token.Apply(first);
+  const std::vector<KeyRecord> records = token.Records();
+  const KeyRecord g1 = Find(records, 1);
+  const KeyRecord g2 = Find(records, 2);
+  EXPECT_EQ(TimeFromProto(g2.activate_at()), TimeFromProto(g1.retire_at()));
+  EXPECT_GE(TimeFromProto(g2.activate_at()) - TimeFromProto(g2.created_at()),
+            Policy().timings.min_publish_lead);
+  const ScopeView view = ViewScope(records, kT0);
+  ASSERT_GE(view.signing, 0);
+  ASSERT_GE(view.standby, 0);
+  EXPECT_EQ(records[view.signing].key_generation(), 1u);
+  EXPECT_EQ(records[view.standby].key_generation(), 2u);
+  EXPECT_EQ(view.states[view.standby], KeyState::kPending);
+  // Idempotent: nothing more until a boundary.
+  EXPECT_THAT(PlanScope(records, Policy(), kT0 + absl::Seconds(5)), IsEmpty());
+}
+
+// Fault 2 of the single-key schedule: the successor signed with no lead.
+TEST(PlanScopeTest, SuccessorIsPublishedAWholePeriodBeforeItSigns) {
+  FakeToken token = Started(kT0);
+  const absl::Time retire = TimeFromProto(Find(token.Records(), 1).retire_at());
+  // At the boundary generation 2 signs; it was published since kT0.
+  const ScopeView at = ViewScope(token.Records(), retire);
+  ASSERT_GE(at.signing, 0);
+  const KeyRecord& g2 = token.Records()[at.signing];
+  EXPECT_EQ(g2.key_generation(), 2u);
+  EXPECT_EQ(retire - TimeFromProto(g2.created_at()),
+            Policy().timings.rotation_period);
+}
+
+// Fault 1: after the active key's retire time its key is still published
+// (RETIRED), beside its successor.
+TEST(ViewScopeTest, RetiredKeyStaysPublishedBesideItsSuccessor) {
+  FakeToken token = Started(kT0);
+  const absl::Time after =
+      TimeFromProto(Find(token.Records(), 1).retire_at()) + absl::Minutes(1);
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView view = ViewScope(records, after);
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i].key_generation() == 1) {
+      EXPECT_EQ(view.states[i], KeyState::kRetired);
+      EXPECT_TRUE(IsPublished(view.states[i]));
+    }
+  }
+}
+
+// Fault 3: a clock set back never re-activates an older generation.
+TEST(ViewScopeTest, ClockSetBackDoesNotReactivateAnOlderKey) {
+  FakeToken token = Started(kT0);
+  const absl::Time retire = TimeFromProto(Find(token.Records(), 1).retire_at());
+  // The writer records generation 2's activation.
+  token.Apply(PlanScope(token.Records(), Policy(), retire + absl::Seconds(1)));
+  ASSERT_TRUE(Find(token.Records(), 2).has_activation_recorded_at());
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView back = ViewScope(records, retire - absl::Minutes(10));
+  ASSERT_GE(back.signing, 0);
+  EXPECT_EQ(records[back.signing].key_generation(), 2u);
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i].key_generation() == 1) {
+      EXPECT_EQ(back.states[i], KeyState::kRetired);
+    }
+  }
+  EXPECT_THAT(back.clock_anomaly, HasSubstr("behind the recorded activation"));
+  // Without the recorded activation the clock would have won.
+  EXPECT_THAT(ViewScope(records, retire + absl::Seconds(2)).clock_anomaly,
+              IsEmpty());
+}
+
+TEST(PlanScopeTest, LateStandbyExtendsTheActiveKeyInsteadOfSigningWithoutLead) {
+  // A first key whose standby was never made (the writer was down): 2
+  // minutes before it retires, the planner extends it to now + L.
+  FakeToken token = FirstKeyOnly(kT0);
+  const absl::Time retire = TimeFromProto(Find(token.Records(), 1).retire_at());
+  const absl::Time now = retire - absl::Minutes(2);
+  std::vector<KeyAction> plan = PlanScope(token.Records(), Policy(), now);
+  ASSERT_THAT(plan, SizeIs(2));
+  EXPECT_EQ(plan[0].event, "key_schedule_extended");
+  EXPECT_EQ(plan[1].kind, KeyAction::Kind::kGenerate);
+  token.Apply(plan);
+  const KeyRecord g1 = Find(token.Records(), 1);
+  const KeyRecord g2 = Find(token.Records(), 2);
+  EXPECT_EQ(TimeFromProto(g1.retire_at()), now + Policy().timings.min_publish_lead);
+  EXPECT_EQ(TimeFromProto(g2.activate_at()), TimeFromProto(g1.retire_at()));
+}
+
+TEST(PlanScopeTest, DestroysPrivateKeyAtItsTimeThenPrunesTheTombstone) {
+  FakeToken token = Started(kT0);
+  const KeyRecord g1 = Find(token.Records(), 1);
+  const absl::Time destroy = TimeFromProto(g1.destroy_at());
+  // Keep the scope going up to there.
+  for (absl::Time t = kT0; t < destroy; t += absl::Minutes(5)) {
+    token.Apply(PlanScope(token.Records(), Policy(), t));
+  }
+  std::vector<KeyAction> plan = PlanScope(token.Records(), Policy(), destroy);
+  ASSERT_FALSE(plan.empty());
+  bool destroyed = false;
+  for (const KeyAction& a : plan) {
+    if (a.kind == KeyAction::Kind::kDestroyPrivateKey) {
+      EXPECT_EQ(a.record.key_generation(), 1u);
+      EXPECT_TRUE(a.record.private_key_destroyed());
+      destroyed = true;
+    }
+  }
+  EXPECT_TRUE(destroyed);
+  token.Apply(plan);
+  EXPECT_FALSE(token.HasPrivateKey(g1.key_id()));
+  EXPECT_TRUE(token.records().contains(g1.key_id()));  // the tombstone
+  const absl::Time prune = destroy + Policy().timings.tombstone_retention;
+  EXPECT_EQ(NextScheduleChange({Find(token.Records(), 1)}, Policy().timings,
+                               destroy),
+            prune);
+  token.Apply(PlanScope(token.Records(), Policy(), prune));
+  EXPECT_FALSE(token.records().contains(g1.key_id()));
+}
+
+TEST(PlanRotateNowTest, ImmediateActivatesTheStandbyAndRetiresTheActiveKey) {
+  FakeToken token = Started(kT0);
+  const absl::Time now = kT0 + absl::Minutes(20);
+  absl::StatusOr<std::vector<KeyAction>> plan =
+      PlanRotateNow(token.Records(), Policy(), RotateMode::kImmediate, now);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  token.Apply(*plan);
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView view = ViewScope(records, now);
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(records[view.signing].key_generation(), 2u);
+  const KeyRecord g1 = Find(records, 1);
+  EXPECT_EQ(TimeFromProto(g1.retire_at()), now);
+  EXPECT_EQ(TimeFromProto(g1.unpublish_at()), now + Policy().timings.publish_grace);
+  // The standby was published 20 minutes, over L: no warning.
+  EXPECT_THAT((*plan)[0].detail, Not(HasSubstr("only")));
+}
+
+TEST(PlanRotateNowTest, ImmediateWithAYoungStandbySaysRelyingPartiesMayRefetch) {
+  FakeToken token = Started(kT0);
+  absl::StatusOr<std::vector<KeyAction>> plan = PlanRotateNow(
+      token.Records(), Policy(), RotateMode::kImmediate, kT0 + absl::Seconds(30));
+  ASSERT_TRUE(plan.ok());
+  EXPECT_THAT((*plan)[0].detail, HasSubstr("unknown kid"));
+}
+
+TEST(PlanRotateNowTest, PlannedActivatesTheStandbyAfterTheLead) {
+  FakeToken token = Started(kT0);
+  const absl::Time now = kT0 + absl::Minutes(5);
+  absl::StatusOr<std::vector<KeyAction>> plan =
+      PlanRotateNow(token.Records(), Policy(), RotateMode::kPlanned, now);
+  ASSERT_TRUE(plan.ok());
+  token.Apply(*plan);
+  const KeyRecord g2 = Find(token.Records(), 2);
+  EXPECT_EQ(TimeFromProto(g2.activate_at()), now + Policy().timings.min_publish_lead);
+  EXPECT_EQ(TimeFromProto(Find(token.Records(), 1).retire_at()),
+            TimeFromProto(g2.activate_at()));
+}
+
+TEST(PlanRotateNowTest, RefusesWithoutAStandby) {
+  FakeToken token = FirstKeyOnly(kT0);
+  absl::StatusOr<std::vector<KeyAction>> plan = PlanRotateNow(
+      token.Records(), Policy(), RotateMode::kImmediate, kT0);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(plan.status().message(), HasSubstr("no standby"));
+  EXPECT_EQ(PlanRotateNow({}, Policy(), RotateMode::kPlanned, kT0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(PlanRevokeTest, RevokingTheActiveKeyActivatesTheStandby) {
+  FakeToken token = Started(kT0);
+  const KeyRecord g1 = Find(token.Records(), 1);
+  const absl::Time now = kT0 + absl::Minutes(30);
+  absl::StatusOr<std::vector<KeyAction>> plan = PlanRevoke(
+      token.Records(), Policy(), g1.key_id(), "exposed", "uri:admin", now);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_THAT(*plan, SizeIs(2));
+  EXPECT_EQ((*plan)[0].event, "key_revoked");
+  token.Apply(*plan);
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView view = ViewScope(records, now);
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(records[view.signing].key_generation(), 2u);
+  const KeyRecord revoked = Find(records, 1);
+  EXPECT_EQ(revoked.revocation().reason(), "exposed");
+  EXPECT_EQ(revoked.revocation().revoked_by(), "uri:admin");
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i].key_generation() == 1) {
+      EXPECT_EQ(view.states[i], KeyState::kRevoked);
+    }
+  }
+}
+
+TEST(PlanRevokeTest, CrashAfterTheRevocationStillEndsWithTheStandbySigning) {
+  FakeToken token = Started(kT0);
+  const KeyRecord g1 = Find(token.Records(), 1);
+  const absl::Time now = kT0 + absl::Minutes(30);
+  absl::StatusOr<std::vector<KeyAction>> plan =
+      PlanRevoke(token.Records(), Policy(), g1.key_id(), "r", "a", now);
+  ASSERT_TRUE(plan.ok());
+  token.Apply(*plan, /*writes=*/1);
+  EXPECT_LT(ViewScope(token.Records(), now).signing, 0);
+  token.Apply(PlanScope(token.Records(), Policy(), now + absl::Seconds(1)));
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView view = ViewScope(records, now + absl::Seconds(1));
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(records[view.signing].key_generation(), 2u);
+}
+
+TEST(PlanRevokeTest, RefusesUnknownAndAlreadyRevokedKeys) {
+  FakeToken token = Started(kT0);
+  EXPECT_EQ(PlanRevoke(token.Records(), Policy(), "beef", "r", "a", kT0)
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  const KeyRecord g1 = Find(token.Records(), 1);
+  token.Apply(*PlanRevoke(token.Records(), Policy(), g1.key_id(), "r", "a", kT0));
+  absl::Status again =
+      PlanRevoke(token.Records(), Policy(), g1.key_id(), "r", "a", kT0).status();
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.message(), HasSubstr("already revoked"));
+}
+
+// Hundreds of rotation periods on simulated time with random operator
+// calls and crashes between any two token writes, checking at every step
+// what relying parties and operators are promised (README, "Key
+// rotation").
+class ScheduleSimulation {
+ public:
+  explicit ScheduleSimulation(uint32_t seed) : rng_(seed) {}
+
+  void Run(int steps, bool clock_jumps) {
+    absl::Time truth = kT0;
+    absl::Duration offset;  // the clock's error: clock = truth + offset
+    Reconcile(truth);
+    for (int step = 0; step < steps && !::testing::Test::HasFailure(); ++step) {
+      const absl::Time clock = truth + offset;
+      // Operators act now and then.
+      const int dice = Uniform(0, 99);
+      if (dice < 4) {
+        Admin(clock, RotateMode::kImmediate);
+      } else if (dice < 8) {
+        Admin(clock, RotateMode::kPlanned);
+      } else if (dice < 11) {
+        Revoke(clock, /*which=*/0);
+      } else if (dice < 13) {
+        Revoke(clock, /*which=*/1);
+      }
+      if (clock_jumps && Uniform(0, 99) < 3) {
+        offset = offset == absl::ZeroDuration()
+                     ? -absl::Seconds(Uniform(1, 7200))
+                     : absl::ZeroDuration();
+      }
+      // Time moves to the next boundary or the next reconcile interval,
+      // whichever is first, as in the reconcile loop.
+      const absl::Time next_boundary = NextScheduleChange(
+          token_.Records(), Policy().timings, truth + offset);
+      absl::Duration step_by = absl::Seconds(Uniform(1, 600));
+      if (next_boundary - (truth + offset) < step_by) {
+        step_by = next_boundary - (truth + offset);
+      }
+      // Sign and observe on the way.
+      for (int k = 1; k <= 3; ++k) Observe(truth + step_by * k / 4, offset);
+      truth += step_by;
+      // Just before the reconcile at `truth`: history holds the records it
+      // writes from `truth` on.
+      Observe(truth - absl::Nanoseconds(1), offset);
+      Reconcile(truth + offset);
+    }
+    // History is kept by clock time, which jumps in the other test: there
+    // only the signing invariants of Observe hold.
+    if (!clock_jumps) CheckTokens();
+  }
+
+  int rotations() const { return rotations_; }
+  int tokens() const { return static_cast<int>(tokens_.size()); }
+  // Observations at which no key could sign (after revoking an active key
+  // that had no standby, or a crash before the next plan).
+  int unavailable() const { return unavailable_; }
+
+ private:
+  struct Token {
+    absl::Time signed_at;  // true time
+    std::string key_id;
+  };
+
+  int Uniform(int lo, int hi) {
+    return std::uniform_int_distribution<int>(lo, hi)(rng_);
+  }
+
+  void Reconcile(absl::Time clock) {
+    token_.DestroyUnrecorded();
+    std::vector<KeyAction> plan = PlanScope(token_.Records(), Policy(), clock);
+    if (!plan.empty() && Uniform(0, 9) == 0) {
+      // A crash somewhere in the plan, then a restart that plans again.
+      token_.Apply(plan, Uniform(0, 2 * static_cast<int>(plan.size())));
+      Snapshot(clock);
+      token_.DestroyUnrecorded();
+      plan = PlanScope(token_.Records(), Policy(), clock);
+    }
+    for (const KeyAction& a : plan) {
+      if (a.kind == KeyAction::Kind::kDestroyPrivateKey) {
+        // Never the private key of a key that still signs or is published.
+        const std::vector<KeyRecord> records = token_.Records();
+        const ScopeView view = ViewScope(records, clock);
+        for (size_t i = 0; i < records.size(); ++i) {
+          if (records[i].key_id() == a.record.key_id()) {
+            EXPECT_FALSE(IsPublished(view.states[i]))
+                << "destroying a published key " << a.detail;
+          }
+        }
+      }
+      if (a.event == "key_activated" &&
+          a.detail.find("activates now") != std::string::npos) {
+        emergency_.insert(a.record.key_id());
+      }
+    }
+    token_.Apply(plan);
+    Snapshot(clock);
+    // Idempotent: applied, nothing is left to do at this instant.
+    EXPECT_THAT(PlanScope(token_.Records(), Policy(), clock), IsEmpty());
+  }
+
+  void Admin(absl::Time clock, RotateMode mode) {
+    absl::StatusOr<std::vector<KeyAction>> plan =
+        PlanRotateNow(token_.Records(), Policy(), mode, clock);
+    if (!plan.ok()) {
+      EXPECT_EQ(plan.status().code(), absl::StatusCode::kFailedPrecondition);
+      return;
+    }
+    if (mode == RotateMode::kImmediate) {
+      emergency_.insert((*plan)[0].record.key_id());
+    }
+    const int crash = Uniform(0, 9) == 0 ? Uniform(0, 1) : -1;
+    token_.Apply(*plan, crash);
+    Snapshot(clock);
+    ++rotations_;
+  }
+
+  // which: 0 the active key, 1 the standby.
+  void Revoke(absl::Time clock, int which) {
+    const std::vector<KeyRecord> records = token_.Records();
+    const ScopeView view = ViewScope(records, clock);
+    const int index = which == 0 ? view.signing : view.standby;
+    if (index < 0) return;
+    absl::StatusOr<std::vector<KeyAction>> plan =
+        PlanRevoke(records, Policy(), records[index].key_id(), "test",
+                   "uri:admin", clock);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    for (const KeyAction& a : *plan) {
+      if (a.event == "key_activated") emergency_.insert(a.record.key_id());
+    }
+    const int crash = Uniform(0, 9) == 0 ? Uniform(0, 1) : -1;
+    token_.Apply(*plan, crash);
+    Snapshot(clock);
+  }
+
+  // Remembers the records as of now (true time is what relying parties
+  // live in; with a jumped clock the lead checks are skipped).
+  void Snapshot(absl::Time clock) {
+    history_.emplace_back(clock, token_.Records());
+    for (const KeyRecord& r : token_.Records()) {
+      // A key generated to sign at once (first key, or no standby left).
+      if (TimeFromProto(r.created_at()) == TimeFromProto(r.activate_at()) &&
+          r.has_activation_recorded_at()) {
+        emergency_.insert(r.key_id());
+      }
+    }
+  }
+
+  // The records as they were at clock instant `t`.
+  const std::vector<KeyRecord>& RecordsAt(absl::Time t) const {
+    static const std::vector<KeyRecord> kNone;
+    const std::vector<KeyRecord>* found = &kNone;
+    for (const auto& [at, records] : history_) {
+      if (at > t) break;
+      found = &records;
+    }
+    return *found;
+  }
+
+  void Observe(absl::Time truth, absl::Duration offset) {
+    const absl::Time clock = truth + offset;
+    const std::vector<KeyRecord> records = token_.Records();
+    const ScopeView view = ViewScope(records, clock);
+    int active = 0;
+    for (KeyState s : view.states) active += s == KeyState::kActive ? 1 : 0;
+    ASSERT_LE(active, 1) << "two ACTIVE keys at " << clock;
+    if (view.signing < 0) {
+      ++unavailable_;
+      return;
+    }
+    const KeyRecord& signer = records[view.signing];
+    EXPECT_TRUE(token_.HasPrivateKey(signer.key_id()))
+        << "generation " << signer.key_generation() << " signs without a private key";
+    EXPECT_FALSE(signer.has_revocation());
+    // No key signs after a later generation has signed, whatever the clock.
+    EXPECT_GE(signer.key_generation(), newest_signed_)
+        << "generation " << signer.key_generation() << " signs after generation "
+        << newest_signed_ << " did, at clock " << clock;
+    newest_signed_ = std::max(newest_signed_, signer.key_generation());
+    tokens_.push_back(Token{truth, signer.key_id()});
+  }
+
+  // Every token verifies against any key set a relying party fetched
+  // within 2C before it was signed, and against the set until T + S + V
+  // after it was signed; unless its key was revoked, or the key was made
+  // to sign at once (first key, emergencies the detail warns of).
+  void CheckTokens() {
+    for (const Token& token : tokens_) {
+      auto published_at = [&](absl::Time t) {
+        const std::vector<KeyRecord>& records = RecordsAt(t);
+        const ScopeView view = ViewScope(records, t);
+        for (size_t i = 0; i < records.size(); ++i) {
+          if (records[i].key_id() == token.key_id) {
+            return IsPublished(view.states[i]);
+          }
+        }
+        return false;
+      };
+      auto revoked_by = [&](absl::Time t) {
+        for (const KeyRecord& r : RecordsAt(t)) {
+          if (r.key_id() == token.key_id && r.has_revocation() &&
+              TimeFromProto(r.revocation().revoked_at()) <= t) {
+            return true;
+          }
+        }
+        return false;
+      };
+      if (!emergency_.contains(token.key_id)) {
+        for (absl::Time f = token.signed_at - 2 * kC; f <= token.signed_at;
+             f += kC / 2) {
+          EXPECT_TRUE(published_at(f))
+              << "a relying party that fetched the key set "
+              << absl::FormatDuration(token.signed_at - f)
+              << " before a token was signed cannot verify it (key "
+              << token.key_id << ", signed at "
+              << absl::FormatDuration(token.signed_at - kT0) << ")";
+        }
+      }
+      for (absl::Duration after : {absl::ZeroDuration(), kT / 2, kT, kT + kS + kV}) {
+        const absl::Time u = token.signed_at + after;
+        if (revoked_by(u) || u > history_.back().first) continue;
+        EXPECT_TRUE(published_at(u))
+            << "a token's key left the key set " << absl::FormatDuration(after)
+            << " after it signed";
+      }
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+
+  std::mt19937 rng_;
+  FakeToken token_;
+  std::vector<std::pair<absl::Time, std::vector<KeyRecord>>> history_;
+  std::vector<Token> tokens_;
+  std::set<std::string> emergency_;
+  uint64_t newest_signed_ = 0;
+  int unavailable_ = 0;
+  int rotations_ = 0;
+};
+
+TEST(ScheduleSimulationTest, HundredsOfPeriodsWithOperatorsAndCrashes) {
+  for (uint32_t seed : {1u, 2u, 3u}) {
+    SCOPED_TRACE(seed);
+    ScheduleSimulation sim(seed);
+    sim.Run(3000, /*clock_jumps=*/false);
+    EXPECT_GT(sim.tokens(), 5000);
+    EXPECT_GT(sim.rotations(), 50);
+    EXPECT_LT(sim.unavailable(), sim.tokens() / 50);
+  }
+}
+
+TEST(ScheduleSimulationTest, ClockJumpsNeverMakeAnOlderKeySign) {
+  for (uint32_t seed : {11u, 12u, 13u}) {
+    SCOPED_TRACE(seed);
+    ScheduleSimulation sim(seed);
+    sim.Run(3000, /*clock_jumps=*/true);
+  }
+}
+
+}  // namespace
+}  // namespace signet::rotation

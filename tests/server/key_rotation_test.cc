@@ -1,0 +1,316 @@
+// Keys rotate on their own while signetd serves, end to end: a real signetd
+// on a real token behind `p11-kit server`, with a schedule of seconds
+// (allow_short_key_schedules), signs continuously over mTLS gRPC through
+// several automatic rotations while signet's own verifier, fetching the
+// scope's key set over real HTTP and caching it as Cache-Control says,
+// verifies every token. Then a restart after a key retired, and a replica.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/verifier.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "signet/v1/signer.grpc.pb.h"
+#include "tests/testing/http_get.h"
+#include "tests/testing/signetd_process.h"
+#include "tests/testing/test_bed.h"
+
+namespace signet {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::SignetdOptions;
+using testing::SignetdProcess;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(90);
+constexpr char kIssuer[] = "http://127.0.0.1/short";
+constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
+// P = 6 s, L = 3 s = 2C + R with C = R = 1 s; G covers T = 60 s + S = 5 s
+// + V = 60 s.
+constexpr absl::Duration kPeriod = absl::Seconds(6);
+
+struct Signed {
+  std::string token;
+  std::string kid;
+};
+
+class KeyRotationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    signal(SIGPIPE, SIG_IGN);
+    auto bed = testing::SignetTestBed::Create();
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = std::move(*bed);
+    auto tenant = bed_->ca().Issue(
+        "idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
+    ASSERT_TRUE(tenant.ok()) << tenant.status();
+    tenant_ = *tenant;
+  }
+
+  std::string Config(absl::string_view name, bool writer) const {
+    const std::string audit_dir =
+        absl::StrCat(bed_->token().dir(), "/audit-", name);
+    mkdir(audit_dir.c_str(), 0700);
+    return absl::StrCat(
+        "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
+        "scopes { name: \"short\" audience_class: CONSUMER purpose: JWT "
+        "issuer: \"",
+        kIssuer,
+        "\" algorithm: ES256 max_token_lifetime_seconds: 60 "
+        "rotation_period_seconds: ",
+        absl::ToInt64Seconds(kPeriod),
+        " min_publish_lead_seconds: 3 publish_grace_seconds: 130 }\n",
+        bed_->TlsConfig(),
+        "tenants { identity: \"uri:", kTenant, "\" scopes: \"short\" }\n",
+        "audit_log_path: \"", audit_dir, "/audit.log\"\n",
+        "http { listen_address: \"127.0.0.1:0\" public_base_url: "
+        "\"http://127.0.0.1\" cache_max_age_seconds: 1 }\n",
+        "serving { iat_skew_seconds: 5 }\n",
+        "allow_short_key_schedules: true\n",
+        "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n",
+        writer ? "" : "never_create_keys: true\n");
+  }
+
+  struct Running {
+    std::unique_ptr<SignetdProcess> process;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Signer::Stub> stub;
+    int http_port = 0;
+  };
+
+  Running Start(absl::string_view name, bool writer) {
+    Running r;
+    SignetdOptions options;
+    options.binary = SIGNETD_BINARY;
+    options.config_text = Config(name, writer);
+    auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
+    EXPECT_TRUE(signetd.ok()) << signetd.status();
+    if (!signetd.ok()) return r;
+    r.process = std::move(*signetd);
+    absl::Status ready = r.process->WaitForOutput("signetd ready", kStartTimeout);
+    EXPECT_TRUE(ready.ok()) << ready;
+    auto port = r.process->WaitForPort(kStartTimeout);
+    auto http = r.process->WaitForHttpPort(kStartTimeout);
+    EXPECT_TRUE(port.ok() && http.ok()) << r.process->Output();
+    if (!port.ok() || !http.ok()) return r;
+    r.http_port = *http;
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = bed_->ca().cert_pem();
+    ssl.pem_private_key = tenant_.key_pem;
+    ssl.pem_cert_chain = tenant_.cert_pem;
+    r.channel = grpc::CreateChannel(absl::StrCat("localhost:", *port),
+                                    grpc::SslCredentials(ssl));
+    r.stub = v1::Signer::NewStub(r.channel);
+    return r;
+  }
+
+  static absl::StatusOr<Signed> Sign(v1::Signer::Stub& stub) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::SignJwtRequest req;
+    req.set_scope("short");
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer, "\",\"iat\":",
+                                     now, ",\"exp\":", now + 60, "}"));
+    v1::SignJwtResponse resp;
+    grpc::Status st = stub.SignJwt(&ctx, req, &resp);
+    if (!st.ok()) {
+      return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                          st.error_message());
+    }
+    return Signed{resp.jws(), resp.kid()};
+  }
+
+  static std::string Jwks(int http_port) {
+    auto body =
+        testing::HttpGet(http_port, "/scopes/short/.well-known/jwks.json");
+    EXPECT_TRUE(body.ok()) << body.status();
+    return body.ok() ? body->body : "";
+  }
+
+  // A relying party: caches the set as Cache-Control says (1 s), and
+  // refetches for an unknown kid at most once an hour, so a kid it meets
+  // before it holds it fails.
+  std::unique_ptr<Verifier> RelyingParty(int http_port) {
+    VerifierOptions options;
+    options.issuers = {
+        {kIssuer, absl::StrCat("http://127.0.0.1:", http_port,
+                               "/scopes/short/.well-known/jwks.json")}};
+    options.min_refetch_interval = absl::Hours(1);
+    auto verifier = Verifier::Create(options);
+    EXPECT_TRUE(verifier.ok()) << verifier.status();
+    return verifier.ok() ? std::move(*verifier) : nullptr;
+  }
+
+  std::unique_ptr<testing::SignetTestBed> bed_;
+  testing::TestCa::Issued tenant_;
+};
+
+TEST_F(KeyRotationTest, SignsThroughThreeRotationsWithoutAVerificationFailure) {
+  Running signetd = Start("writer", true);
+  ASSERT_NE(signetd.stub, nullptr);
+  // The standby is published from the start.
+  const std::string first_set = Jwks(signetd.http_port);
+  EXPECT_EQ(std::count(first_set.begin(), first_set.end(), '{') - 1, 2)
+      << "active key and standby expected: " << first_set;
+  std::unique_ptr<Verifier> relying_party = RelyingParty(signetd.http_port);
+  ASSERT_NE(relying_party, nullptr);
+
+  std::vector<std::string> kids;  // in the order they signed
+  int tokens = 0;
+  int sign_failures = 0;
+  int verify_failures = 0;
+  std::string first_failure;
+  const absl::Time end = absl::Now() + 3 * kPeriod + absl::Seconds(3);
+  while (absl::Now() < end) {
+    absl::StatusOr<Signed> token = Sign(*signetd.stub);
+    if (!token.ok()) {
+      if (sign_failures++ == 0) first_failure = token.status().ToString();
+      continue;
+    }
+    ++tokens;
+    if (kids.empty() || kids.back() != token->kid) kids.push_back(token->kid);
+    absl::StatusOr<VerifiedToken> verified = relying_party->Verify(token->token);
+    if (!verified.ok()) {
+      if (verify_failures++ == 0) first_failure = verified.status().ToString();
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(sign_failures, 0) << first_failure;
+  EXPECT_EQ(verify_failures, 0) << first_failure;
+  EXPECT_GT(tokens, 100);
+  // At least three rotations, each to a new key, never back.
+  EXPECT_GE(kids.size(), 4u) << signetd.process->Output();
+  EXPECT_EQ(std::set<std::string>(kids.begin(), kids.end()).size(), kids.size());
+  // Retired keys stay published (their tokens live 60 s).
+  const std::string set = Jwks(signetd.http_port);
+  for (const std::string& kid : kids) EXPECT_THAT(set, HasSubstr(kid));
+  // Every rotation is in the log (and audited: the audit tests read lines).
+  EXPECT_THAT(signetd.process->Output(), HasSubstr("key_generated"));
+  EXPECT_THAT(signetd.process->Output(), HasSubstr("key_retired"));
+}
+
+// Fault 1 of the single-key schedule: a restart after the key's retire
+// time kept only the new key in the set, so tokens the old key had just
+// signed failed with an unknown kid.
+TEST_F(KeyRotationTest, RestartAfterARetireKeepsTheRetiredKeyPublished) {
+  std::string old_kid;
+  {
+    Running signetd = Start("writer", true);
+    ASSERT_NE(signetd.stub, nullptr);
+    absl::StatusOr<Signed> token = Sign(*signetd.stub);
+    ASSERT_TRUE(token.ok()) << token.status();
+    old_kid = token->kid;
+    ASSERT_TRUE(signetd.process->Stop(SIGTERM, absl::Seconds(30)).ok());
+  }
+  // Down over the key's retire time.
+  absl::SleepFor(kPeriod + absl::Seconds(1));
+  Running signetd = Start("writer", true);
+  ASSERT_NE(signetd.stub, nullptr);
+  absl::StatusOr<Signed> token = Sign(*signetd.stub);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_NE(token->kid, old_kid);
+  const std::string set = Jwks(signetd.http_port);
+  EXPECT_THAT(set, HasSubstr(old_kid));
+  EXPECT_THAT(set, HasSubstr(token->kid));
+}
+
+// A replica (never_create_keys) re-reads the records every second: through
+// rotations it signs with the writer's kid and serves byte-identical sets.
+TEST_F(KeyRotationTest, ReplicaFollowsTheWritersRotations) {
+  Running writer = Start("writer", true);
+  ASSERT_NE(writer.stub, nullptr);
+  Running replica = Start("replica", false);
+  ASSERT_NE(replica.stub, nullptr);
+  int same_sets = 0;
+  int same_kids = 0;
+  std::set<std::string> kids;
+  for (int round = 0; round < 3; ++round) {
+    // Mid-way between boundaries and past the refresh interval, both
+    // replicas hold the same records: poll until they agree (at most a
+    // period), which they must within the refresh interval.
+    const absl::Time until = absl::Now() + kPeriod;
+    bool agreed = false;
+    while (absl::Now() < until && !agreed) {
+      const std::string a = Jwks(writer.http_port);
+      const std::string b = Jwks(replica.http_port);
+      absl::StatusOr<Signed> ka = Sign(*writer.stub);
+      absl::StatusOr<Signed> kb = Sign(*replica.stub);
+      ASSERT_TRUE(ka.ok()) << ka.status();
+      ASSERT_TRUE(kb.ok()) << kb.status();
+      if (a == b && ka->kid == kb->kid) {
+        agreed = true;
+        ++same_sets;
+        ++same_kids;
+        kids.insert(ka->kid);
+      } else {
+        absl::SleepFor(absl::Milliseconds(200));
+      }
+    }
+    absl::SleepFor(kPeriod);
+  }
+  EXPECT_EQ(same_sets, 3);
+  EXPECT_EQ(same_kids, 3);
+  EXPECT_GE(kids.size(), 2u);
+  EXPECT_THAT(replica.process->Output(), Not(HasSubstr("key_generated")));
+}
+
+// With no writer left, nobody makes a successor: the standby signs until
+// its own retire time, then the scope fails closed (FAILED_PRECONDITION,
+// which clients do not retry) and its health says NOT_SERVING.
+TEST_F(KeyRotationTest, WithoutAWriterTheScopeFailsClosedAfterItsLastKey) {
+  Running writer = Start("writer", true);
+  ASSERT_NE(writer.stub, nullptr);
+  Running replica = Start("replica", false);
+  ASSERT_NE(replica.stub, nullptr);
+  ASSERT_TRUE(writer.process->Stop(SIGKILL, absl::Seconds(10)).ok());
+  auto health = grpc::health::v1::Health::NewStub(replica.channel);
+  auto scope_health = [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service("scope/short");
+    grpc::health::v1::HealthCheckResponse resp;
+    return health->Check(&ctx, req, &resp).ok()
+               ? resp.status()
+               : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  };
+  EXPECT_EQ(scope_health(), grpc::health::v1::HealthCheckResponse::SERVING);
+  // The active key and the standby: at most two periods.
+  absl::Status last;
+  const absl::Time until = absl::Now() + 3 * kPeriod;
+  while (absl::Now() < until) {
+    absl::StatusOr<Signed> token = Sign(*replica.stub);
+    last = token.status();
+    if (!token.ok()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(last.code(), absl::StatusCode::kFailedPrecondition) << last;
+  EXPECT_THAT(std::string(last.message()), HasSubstr("has no active key"));
+  bool not_serving = false;
+  for (int i = 0; i < 50 && !not_serving; ++i) {
+    not_serving =
+        scope_health() == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+    if (!not_serving) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(not_serving);
+}
+
+}  // namespace
+}  // namespace signet
