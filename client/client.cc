@@ -253,7 +253,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
 Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
     : options_(std::move(options)),
       channel_(std::move(channel)),
-      stub_(v1::Signer::NewStub(channel_)) {}
+      stub_(v1::Signer::NewStub(channel_)),
+      admin_stub_(v1::Admin::NewStub(channel_)) {}
 
 absl::Status Client::Call(
     absl::string_view method,
@@ -309,15 +310,15 @@ absl::Status Client::Call(
   return status;
 }
 
-template <typename Request, typename Response>
+template <typename Stub, typename Request, typename Response>
 absl::StatusOr<Response> Client::Unary(
-    absl::string_view method, const Request& request,
-    grpc::Status (v1::Signer::Stub::*rpc)(grpc::ClientContext*, const Request&,
-                                         Response*)) {
+    Stub* stub, absl::string_view method, const Request& request,
+    grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&,
+                              Response*)) {
   Response response;
   absl::Status status = Call(method, [&](grpc::ClientContext* context) {
     response.Clear();
-    return (stub_.get()->*rpc)(context, request, &response);
+    return (stub->*rpc)(context, request, &response);
   });
   if (!status.ok()) return status;
   return response;
@@ -328,7 +329,7 @@ absl::StatusOr<v1::SignJwtResponse> Client::SignJwt(
   v1::SignJwtRequest request;
   request.set_scope(std::string(scope));
   request.set_claims_json(std::string(claims_json));
-  return Unary("SignJwt", request, &v1::Signer::Stub::SignJwt);
+  return Unary(stub_.get(), "SignJwt", request, &v1::Signer::Stub::SignJwt);
 }
 
 absl::StatusOr<v1::SignJwtBatchResponse> Client::SignJwtBatch(
@@ -338,7 +339,7 @@ absl::StatusOr<v1::SignJwtBatchResponse> Client::SignJwtBatch(
   for (const std::string& claims : claims_json) {
     request.add_claims_json(claims);
   }
-  return Unary("SignJwtBatch", request, &v1::Signer::Stub::SignJwtBatch);
+  return Unary(stub_.get(), "SignJwtBatch", request, &v1::Signer::Stub::SignJwtBatch);
 }
 
 absl::StatusOr<v1::SignResponse> Client::SignPayload(
@@ -346,7 +347,7 @@ absl::StatusOr<v1::SignResponse> Client::SignPayload(
   v1::SignRequest request;
   request.set_scope(std::string(scope));
   request.set_payload(std::string(payload));
-  return Unary("Sign", request, &v1::Signer::Stub::Sign);
+  return Unary(stub_.get(), "Sign", request, &v1::Signer::Stub::Sign);
 }
 
 absl::StatusOr<v1::SignResponse> Client::SignDigest(absl::string_view scope,
@@ -354,20 +355,49 @@ absl::StatusOr<v1::SignResponse> Client::SignDigest(absl::string_view scope,
   v1::SignRequest request;
   request.set_scope(std::string(scope));
   request.set_digest(std::string(digest));
-  return Unary("Sign", request, &v1::Signer::Stub::Sign);
+  return Unary(stub_.get(), "Sign", request, &v1::Signer::Stub::Sign);
 }
 
 absl::StatusOr<v1::GetJwksResponse> Client::GetJwks(absl::string_view scope) {
   v1::GetJwksRequest request;
   request.set_scope(std::string(scope));
-  return Unary("GetJwks", request, &v1::Signer::Stub::GetJwks);
+  return Unary(stub_.get(), "GetJwks", request, &v1::Signer::Stub::GetJwks);
 }
 
 absl::StatusOr<v1::GetPublicKeysResponse> Client::GetPublicKeys(
     absl::string_view scope) {
   v1::GetPublicKeysRequest request;
   request.set_scope(std::string(scope));
-  return Unary("GetPublicKeys", request, &v1::Signer::Stub::GetPublicKeys);
+  return Unary(stub_.get(), "GetPublicKeys", request, &v1::Signer::Stub::GetPublicKeys);
+}
+
+absl::StatusOr<v1::ListScopesResponse> Client::ListScopes() {
+  return Unary(admin_stub_.get(), "ListScopes", v1::ListScopesRequest(),
+               &v1::Admin::Stub::ListScopes);
+}
+
+absl::StatusOr<v1::ListKeysResponse> Client::ListKeys(absl::string_view scope) {
+  v1::ListKeysRequest request;
+  request.set_scope(std::string(scope));
+  return Unary(admin_stub_.get(), "ListKeys", request,
+               &v1::Admin::Stub::ListKeys);
+}
+
+absl::StatusOr<v1::RotateKeyResponse> Client::RotateKey(
+    const v1::RotateKeyRequest& request) {
+  return Unary(admin_stub_.get(), "RotateKey", request,
+               &v1::Admin::Stub::RotateKey);
+}
+
+absl::StatusOr<v1::RevokeKeyResponse> Client::RevokeKey(
+    const v1::RevokeKeyRequest& request) {
+  return Unary(admin_stub_.get(), "RevokeKey", request,
+               &v1::Admin::Stub::RevokeKey);
+}
+
+absl::StatusOr<v1::GetStatusResponse> Client::GetStatus() {
+  return Unary(admin_stub_.get(), "GetStatus", v1::GetStatusRequest(),
+               &v1::Admin::Stub::GetStatus);
 }
 
 }  // namespace signet::client

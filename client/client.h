@@ -47,6 +47,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "signet/v1/admin.grpc.pb.h"
 #include "signet/v1/signer.grpc.pb.h"
 
 namespace signet::client {
@@ -130,6 +131,17 @@ class Client {
   absl::StatusOr<v1::GetPublicKeysResponse> GetPublicKeys(
       absl::string_view scope);
 
+  // The Admin service (proto/signet/v1/admin.proto), for the configured
+  // admins only (PERMISSION_DENIED otherwise). RotateKey and RevokeKey carry
+  // the request's request_id, so a retried attempt is applied once.
+  absl::StatusOr<v1::ListScopesResponse> ListScopes();
+  absl::StatusOr<v1::ListKeysResponse> ListKeys(absl::string_view scope);
+  absl::StatusOr<v1::RotateKeyResponse> RotateKey(
+      const v1::RotateKeyRequest& request);
+  absl::StatusOr<v1::RevokeKeyResponse> RevokeKey(
+      const v1::RevokeKeyRequest& request);
+  absl::StatusOr<v1::GetStatusResponse> GetStatus();
+
   const ClientOptions& options() const { return options_; }
 
  private:
@@ -144,13 +156,14 @@ class Client {
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   // One RPC through Call(): the response of the last attempt.
-  template <typename Request, typename Response>
+  template <typename Stub, typename Request, typename Response>
   absl::StatusOr<Response> Unary(
-      absl::string_view method, const Request& request,
-      grpc::Status (v1::Signer::Stub::*rpc)(grpc::ClientContext*,
-                                           const Request&, Response*));
+      Stub* stub, absl::string_view method, const Request& request,
+      grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&,
+                                Response*));
 
   std::unique_ptr<v1::Signer::Stub> stub_;
+  std::unique_ptr<v1::Admin::Stub> admin_stub_;
 };
 
 // grpc::Status -> absl::Status with the same code and message: the one place

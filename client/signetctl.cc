@@ -10,21 +10,35 @@
 //   signetctl jwks --scope S                            the scope's JWK set
 //   signetctl public-keys --scope S                     SPKI PEMs (RAW scopes)
 //
+// Operators' commands (the Admin service; a table, or --json):
+//   signetctl scopes list
+//   signetctl keys list SCOPE
+//   signetctl keys rotate SCOPE [--now] [--yes] [--request-id ID]
+//   signetctl keys revoke SCOPE KID --reason TEXT [--yes] [--request-id ID]
+//   signetctl status
+// `keys rotate --now` and `keys revoke` ask on a terminal and refuse
+// without --yes when there is none.
+//
 // Connection options of every command that talks to signetd:
-//   --target host:port (default localhost:7443), --ca, --cert, --key,
+//   --target host:port (default localhost:7443), --ca, --cert, --key (or
+//   SIGNET_TARGET, SIGNET_CA, SIGNET_CERT, SIGNET_KEY; a flag wins),
 //   --client NAME, --timeout SECONDS, --max-attempts N, -v/--verbose.
 // Without --ca/--cert/--key the files come from the development PKI of the
 // state directory that scripts/run uses (StateDir() below):
 //   <state>/tls/ca.pem, <state>/tls/clients/<NAME>.{pem,key}, NAME being
-//   --client (default demo-consumer).
+//   --client (default demo-consumer; demo-admin for operators' commands).
 //
-// Exit codes: 0 success; 1 an error from signetd or the client (the status
-// code and message on stderr) or an input that cannot be read; 2 a usage
-// error (unknown option, missing required option, ...).
+// Exit codes: 0 success; 1 a failure (an error from signetd or the client,
+// an input that cannot be read, a change not confirmed); 2 a usage error
+// (unknown option, missing required option, a destructive change without
+// --yes and no terminal); 3 permission denied (PERMISSION_DENIED,
+// UNAUTHENTICATED); 4 unavailable (UNAVAILABLE, DEADLINE_EXCEEDED).
 #include <grpc/support/log.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +53,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -49,6 +64,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace signet::client {
 namespace {
@@ -101,17 +117,25 @@ struct Connection {
 };
 
 void AddConnectionOptions(CLI::App* command, Connection* c) {
+  // A flag wins over its environment variable.
   command->add_option("--target", c->target, "signetd's gRPC address")
+      ->envname("SIGNET_TARGET")
       ->capture_default_str();
-  command->add_option("--ca", c->ca,
-                      "CA certificate (PEM) that issued signetd's "
-                      "certificate [default: <state>/tls/ca.pem]");
-  command->add_option("--cert", c->cert,
-                      "client certificate (PEM) [default: "
-                      "<state>/tls/clients/<client>.pem]");
-  command->add_option("--key", c->key,
-                      "client private key (PEM) [default: "
-                      "<state>/tls/clients/<client>.key]");
+  command
+      ->add_option("--ca", c->ca,
+                   "CA certificate (PEM) that issued signetd's "
+                   "certificate [default: <state>/tls/ca.pem]")
+      ->envname("SIGNET_CA");
+  command
+      ->add_option("--cert", c->cert,
+                   "client certificate (PEM) [default: "
+                   "<state>/tls/clients/<client>.pem]")
+      ->envname("SIGNET_CERT");
+  command
+      ->add_option("--key", c->key,
+                   "client private key (PEM) [default: "
+                   "<state>/tls/clients/<client>.key]")
+      ->envname("SIGNET_KEY");
   command
       ->add_option("--client", c->client_name,
                    "which development client certificate of <state> to use "
@@ -210,9 +234,30 @@ absl::StatusOr<std::string> ReadInput(absl::string_view what,
   return buffer.str();
 }
 
+// Exit codes (README, "Operating keys"; client/README.md).
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitPermissionDenied = 3;
+constexpr int kExitUnavailable = 4;
+
+int ExitCodeFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      return 0;
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
+      return kExitPermissionDenied;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitUnavailable;
+    default:
+      return kExitFailure;
+  }
+}
+
 int Fail(const absl::Status& status) {
   std::cerr << "signetctl: error: " << status.ToString() << std::endl;
-  return 1;
+  return ExitCodeFor(status);
 }
 
 int Print(absl::string_view text) {
@@ -326,6 +371,210 @@ int PublicKeys(const Connection& c, const std::string& scope) {
   return Print(out);
 }
 
+// ---- Operators' commands (the Admin service) ----
+
+// Prints `rows` under `header` in aligned columns.
+int PrintTable(const std::vector<std::string>& header,
+               const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(header.size());
+  for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
+      width[i] = std::max(width[i], row[i].size());
+    }
+  }
+  std::string out;
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string text;
+    for (size_t i = 0; i < cells.size(); ++i) {
+      absl::StrAppend(&text, cells[i]);
+      if (i + 1 < cells.size()) {
+        text.append(width[i] - cells[i].size() + 2, ' ');
+      }
+    }
+    absl::StrAppend(&out, text, "\n");
+  };
+  line(header);
+  for (const auto& row : rows) line(row);
+  return Print(out);
+}
+
+// The response as JSON, with the proto's field names (stable: they are the
+// API's) and every field present.
+int PrintJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  auto st = google::protobuf::util::MessageToJsonString(message, &json, options);
+  if (!st.ok()) {
+    return Fail(absl::InternalError(std::string(st.message())));
+  }
+  return Print(json);
+}
+
+std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+// A destructive change: asks on a terminal; without one, needs --yes.
+// Returns 0 to go on, else the exit code.
+int Confirm(const std::string& question, bool yes) {
+  if (yes) return 0;
+  if (!isatty(STDIN_FILENO)) {
+    std::cerr << "signetctl: error: " << question
+              << ": no terminal to ask on; pass --yes to confirm" << std::endl;
+    return kExitUsage;
+  }
+  std::cerr << question << " [y/N] " << std::flush;
+  std::string answer;
+  std::getline(std::cin, answer);
+  if (answer == "y" || answer == "yes") return 0;
+  std::cerr << "signetctl: not done" << std::endl;
+  return kExitFailure;
+}
+
+// A new request id: retries of the call reuse it, so the change applies
+// once.
+std::string NewRequestId() {
+  absl::BitGen gen;
+  return absl::StrCat("signetctl-", absl::Hex(absl::Uniform<uint64_t>(gen)),
+                      absl::Hex(absl::Uniform<uint64_t>(gen)));
+}
+
+int ScopesList(const Connection& c, bool json) {
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::ListScopesResponse> response = (*client)->ListScopes();
+  if (!response.ok()) return Fail(response.status());
+  if (json) return PrintJson(*response);
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::ScopeSummary& s : response->scopes()) {
+    rows.push_back({s.name(), s.audience_class(), s.purpose(), s.algorithm(),
+                    OrDash(s.active_kid()), OrDash(s.standby_kid()),
+                    OrDash(s.next_transition()), OrDash(s.next_transition_at())});
+  }
+  return PrintTable({"SCOPE", "CLASS", "PURPOSE", "ALG", "ACTIVE KID",
+                     "STANDBY KID", "NEXT", "AT"},
+                    rows);
+}
+
+int KeysList(const Connection& c, const std::string& scope, bool json) {
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::ListKeysResponse> response = (*client)->ListKeys(scope);
+  if (!response.ok()) return Fail(response.status());
+  if (json) return PrintJson(*response);
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::KeyInfo& k : response->keys()) {
+    std::string state = k.state();
+    if (k.standby()) state += " (standby)";
+    if (k.private_key_destroyed()) state += " (private key destroyed)";
+    rows.push_back({absl::StrCat(k.generation()), k.kid(), state,
+                    k.activate_at(), k.retire_at(), k.unpublish_at(),
+                    k.revoked_at().empty()
+                        ? "-"
+                        : absl::StrCat(k.revoked_at(), " by ", k.revoked_by(),
+                                       ": ", k.revocation_reason())});
+  }
+  return PrintTable({"GEN", "KID", "STATE", "SIGNS FROM", "RETIRES",
+                     "UNPUBLISHED", "REVOKED"},
+                    rows);
+}
+
+int KeysRotate(const Connection& c, const std::string& scope, bool now,
+               bool yes, std::string request_id, bool json) {
+  if (now) {
+    if (int code = Confirm(absl::StrCat("Rotate scope ", scope,
+                                        " now (its standby signs at once)?"),
+                           yes);
+        code != 0) {
+      return code;
+    }
+  }
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  v1::RotateKeyRequest request;
+  request.set_scope(scope);
+  request.set_mode(now ? v1::IMMEDIATE : v1::PLANNED);
+  request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
+  Verbose(absl::StrCat("request id ", request.request_id()));
+  absl::StatusOr<v1::RotateKeyResponse> response = (*client)->RotateKey(request);
+  if (!response.ok()) return Fail(response.status());
+  if (!response->warning().empty()) {
+    std::cerr << "signetctl: warning: " << response->warning() << std::endl;
+  }
+  if (json) return PrintJson(*response);
+  return Print(absl::StrCat("scope ", scope, ": ", response->active_kid(),
+                            " signs from ", response->activates_at(), "; ",
+                            response->retiring_kid(), " retires then\n"));
+}
+
+int KeysRevoke(const Connection& c, const std::string& scope,
+               const std::string& kid, const std::string& reason, bool yes,
+               std::string request_id, bool json) {
+  if (int code = Confirm(absl::StrCat("Revoke key ", kid, " of scope ", scope,
+                                      " (it leaves every key set and never "
+                                      "signs again)?"),
+                         yes);
+      code != 0) {
+    return code;
+  }
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  v1::RevokeKeyRequest request;
+  request.set_scope(scope);
+  request.set_kid(kid);
+  request.set_reason(reason);
+  request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
+  Verbose(absl::StrCat("request id ", request.request_id()));
+  absl::StatusOr<v1::RevokeKeyResponse> response = (*client)->RevokeKey(request);
+  if (!response.ok()) return Fail(response.status());
+  if (!response->warning().empty()) {
+    std::cerr << "signetctl: warning: " << response->warning() << std::endl;
+  }
+  if (json) return PrintJson(*response);
+  return Print(absl::StrCat(
+      "scope ", scope, ": ", response->revoked_kid(), " revoked at ",
+      response->revoked_at(),
+      response->active_kid().empty()
+          ? ""
+          : absl::StrCat("; ", response->active_kid(), " signs now"),
+      "\n"));
+}
+
+int Status(const Connection& c, bool json) {
+  auto client = Connect(c);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<v1::GetStatusResponse> response = (*client)->GetStatus();
+  if (!response.ok()) return Fail(response.status());
+  if (json) return PrintJson(*response);
+  const v1::GetStatusResponse& r = *response;
+  std::string out = absl::StrCat(
+      "hsm:        ", r.hsm_reachable() ? "reachable" : "NOT reachable",
+      r.hsm_detail().empty() ? "" : absl::StrCat(" (", r.hsm_detail(), ")"),
+      "; ", r.sessions_in_use(), " of ", r.sessions_total(),
+      " sessions in use\n", "audit log:  ",
+      r.audit_writable() ? "writable" : "NOT writable",
+      r.audit_detail().empty() ? "" : absl::StrCat(" (", r.audit_detail(), ")"),
+      "\n", "keys:       ",
+      r.key_writer() ? "this replica writes keys" : "replica (never_create_keys)",
+      "; last reconcile ", OrDash(r.last_reconcile_at()),
+      r.last_reconcile_error().empty()
+          ? ""
+          : absl::StrCat(" FAILED: ", r.last_reconcile_error()),
+      "\n\n");
+  if (int code = Print(out); code != 0) return code;
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::ScopeStatus& s : r.scopes()) {
+    rows.push_back({s.name(), s.serving() ? "SERVING" : "NOT_SERVING",
+                    OrDash(s.active_kid()), OrDash(s.standby_kid()),
+                    OrDash(s.next_transition()), OrDash(s.next_transition_at()),
+                    OrDash(s.clock_anomaly())});
+  }
+  return PrintTable({"SCOPE", "HEALTH", "ACTIVE KID", "STANDBY KID", "NEXT",
+                     "AT", "CLOCK"},
+                    rows);
+}
+
 int Run(int argc, char** argv) {
   CLI::App app{
       "signetctl: sign with signetd over mutual TLS (see client/README.md)",
@@ -390,6 +639,60 @@ int Run(int argc, char** argv) {
   add_scope(public_keys);
   AddConnectionOptions(public_keys, &connection);
 
+  // Operators' commands: the development state's demo admin by default.
+  Connection admin_connection;
+  admin_connection.client_name = "demo-admin";
+  bool json = false;
+  bool yes = false;
+  bool rotate_now = false;
+  std::string kid, reason, request_id;
+  auto add_json = [&json](CLI::App* command) {
+    command->add_flag("--json", json,
+                      "JSON with the API's field names instead of a table");
+  };
+  CLI::App* scopes_cmd = app.add_subcommand("scopes", "operators: scopes");
+  scopes_cmd->require_subcommand(1);
+  CLI::App* scopes_list = scopes_cmd->add_subcommand(
+      "list", "every scope with its active key, standby and next transition");
+  add_json(scopes_list);
+  AddConnectionOptions(scopes_list, &admin_connection);
+
+  CLI::App* keys_cmd = app.add_subcommand("keys", "operators: keys");
+  keys_cmd->require_subcommand(1);
+  CLI::App* keys_list =
+      keys_cmd->add_subcommand("list", "every key of a scope, with its schedule");
+  keys_list->add_option("SCOPE", scope, "the scope")->required();
+  add_json(keys_list);
+  AddConnectionOptions(keys_list, &admin_connection);
+  CLI::App* keys_rotate = keys_cmd->add_subcommand(
+      "rotate",
+      "rotate a scope's key: its standby signs after the publish lead, or "
+      "at once with --now");
+  keys_rotate->add_option("SCOPE", scope, "the scope")->required();
+  keys_rotate->add_flag("--now", rotate_now,
+                        "an emergency: the standby signs at once");
+  keys_rotate->add_flag("--yes", yes, "do not ask (needed without a terminal)");
+  keys_rotate->add_option("--request-id", request_id,
+                          "reuse to retry a change safely [default: new]");
+  add_json(keys_rotate);
+  AddConnectionOptions(keys_rotate, &admin_connection);
+  CLI::App* keys_revoke = keys_cmd->add_subcommand(
+      "revoke", "revoke a key: it leaves every key set and stops signing now");
+  keys_revoke->add_option("SCOPE", scope, "the scope")->required();
+  keys_revoke->add_option("KID", kid, "the key's kid")->required();
+  keys_revoke->add_option("--reason", reason, "why (recorded and audited)")
+      ->required();
+  keys_revoke->add_flag("--yes", yes, "do not ask (needed without a terminal)");
+  keys_revoke->add_option("--request-id", request_id,
+                          "reuse to retry a change safely [default: new]");
+  add_json(keys_revoke);
+  AddConnectionOptions(keys_revoke, &admin_connection);
+
+  CLI::App* status = app.add_subcommand(
+      "status", "operators: what this replica can do now, and each scope's keys");
+  add_json(status);
+  AddConnectionOptions(status, &admin_connection);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -404,8 +707,19 @@ int Run(int argc, char** argv) {
   if (sign->parsed()) return Sign(connection, scope, payload_path, digest_hex);
   if (jwks->parsed()) return Jwks(connection, scope);
   if (public_keys->parsed()) return PublicKeys(connection, scope);
+  if (scopes_list->parsed()) return ScopesList(admin_connection, json);
+  if (keys_list->parsed()) return KeysList(admin_connection, scope, json);
+  if (keys_rotate->parsed()) {
+    return KeysRotate(admin_connection, scope, rotate_now, yes, request_id,
+                      json);
+  }
+  if (keys_revoke->parsed()) {
+    return KeysRevoke(admin_connection, scope, kid, reason, yes, request_id,
+                      json);
+  }
+  if (status->parsed()) return Status(admin_connection, json);
   std::cerr << app.help();
-  return 2;
+  return kExitUsage;
 }
 
 }  // namespace

@@ -74,8 +74,25 @@ void KeyReconciler::DestroyUnrecorded(
   }
 }
 
-void KeyReconciler::Execute(const ScopeKeyPolicy& policy,
-                            const std::vector<KeyAction>& actions) {
+absl::Status KeyReconciler::Apply(const ScopeKeyPolicy& policy,
+                                  const std::vector<KeyAction>& actions) {
+  if (!writer_) {
+    return absl::FailedPreconditionError(
+        "this replica does not write keys (never_create_keys): call the "
+        "replica that does");
+  }
+  return Execute(policy, actions);
+}
+
+const ScopeKeyPolicy* KeyReconciler::PolicyFor(absl::string_view scope) const {
+  for (const ScopeKeyPolicy& policy : policies_) {
+    if (policy.scope == scope) return &policy;
+  }
+  return nullptr;
+}
+
+absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
+                                    const std::vector<KeyAction>& actions) {
   for (const KeyAction& action : actions) {
     KeyRecord record = action.record;
     const std::string id = absl::HexStringToBytes(record.key_id());
@@ -129,10 +146,11 @@ void KeyReconciler::Execute(const ScopeKeyPolicy& policy,
       Emit({"key_action_failed", policy.scope, record.kid(), false,
             absl::StrCat(action.event, " failed (", status.ToString(),
                          "); retried by the next pass: ", action.detail)});
-      return;
+      return status;
     }
     Emit({action.event, policy.scope, record.kid(), true, action.detail});
   }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
@@ -149,7 +167,7 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
       std::vector<KeyAction> actions =
           PlanScope(RecordsOf(records, policy.scope), ScheduleOf(policy), now);
       if (actions.empty()) continue;
-      Execute(policy, actions);
+      (void)Execute(policy, actions);  // failures are events; next pass retries
       wrote = true;
     }
     if (wrote) {

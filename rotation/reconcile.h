@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "hsm/key_store.h"
 #include "rotation/key_record.pb.h"
@@ -65,15 +66,25 @@ class KeyReconciler {
   // reported as key_action_failed events and retried by the next pass.
   absl::StatusOr<std::map<std::string, ScopeKeySet>> RunOnce(absl::Time now);
 
+  // Applies an operator's change (rotation/schedule.h: PlanRotateNow,
+  // PlanRevoke) for `policy`'s scope, in order, stopping at the first
+  // failure, whose status it returns (each write is also an event). Writer
+  // only: FAILED_PRECONDITION on a replica.
+  absl::Status Apply(const ScopeKeyPolicy& policy,
+                     const std::vector<KeyAction>& actions);
+
+  // The policy of a configured scope, or null.
+  const ScopeKeyPolicy* PolicyFor(absl::string_view scope) const;
+
   // The first instant after `now` at which a pass has something to do;
   // absl::InfiniteFuture() if none.
   absl::Time NextBoundary(absl::Time now) const;
 
  private:
   // Applies `actions` for `policy` in order, stopping at the first failure
-  // (the rest depend on it).
-  void Execute(const ScopeKeyPolicy& policy,
-               const std::vector<KeyAction>& actions);
+  // (the rest depend on it), whose status it returns.
+  absl::Status Execute(const ScopeKeyPolicy& policy,
+                       const std::vector<KeyAction>& actions);
   // Destroys key pairs that have no record (a crash between generating a
   // key and recording it).
   // `stored` holds every record, readable by this version or not.

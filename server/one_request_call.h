@@ -190,6 +190,67 @@ class OneRequestService : public grpc::Service {
   int methods_ = 0;
 };
 
+// A call of a unary method: parses its one request message as a Request
+// and hands it to `handler` with a Response to fill and `answer`, which ends
+// the call (sending the response when the status is OK) and may be called
+// from any thread, once. A request that does not parse, or never comes, goes
+// to `refuse` with the status to answer (after auditing, say).
+template <typename Request, typename Response>
+class TypedOneRequestCall final : public OneRequestCall {
+ public:
+  using Answer = std::function<void(const grpc::Status&)>;
+  using Handler = std::function<void(grpc::CallbackServerContext*,
+                                     const Request&, Response*, Answer)>;
+  using Refuser = std::function<void(grpc::CallbackServerContext*,
+                                     const absl::Status&, Answer)>;
+
+  TypedOneRequestCall(RequestWaits* waits, grpc::CallbackServerContext* context,
+                      Handler handler, Refuser refuse)
+      : OneRequestCall(waits, context),
+        handler_(std::move(handler)),
+        refuse_(std::move(refuse)) {}
+
+ private:
+  // Owns the response until the call is done with it.
+  struct Reply {
+    Response response;
+    grpc::ByteBuffer out;
+  };
+
+  void OnRequest(const grpc::ByteBuffer& bytes) override {
+    auto reply = std::make_shared<Reply>();
+    Answer answer = [this, reply](const grpc::Status& status) {
+      if (!status.ok()) {
+        Finish(status);
+      } else if (!SerializeMessage(reply->response, &reply->out)) {
+        Finish(grpc::Status(grpc::StatusCode::INTERNAL,
+                            "the response could not be serialized"));
+      } else {
+        reply_ = reply;  // kept until OnDone
+        StartWriteAndFinish(&reply->out, grpc::WriteOptions(), status);
+      }
+    };
+    Request request;
+    if (absl::Status st = ParseMessage(bytes, &request); !st.ok()) {
+      refuse_(context(), st, answer);
+      return;
+    }
+    handler_(context(), request, &reply->response, answer);
+  }
+  void OnNoRequest(const grpc::Status& status) override {
+    if (status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
+      Finish(status);
+      return;
+    }
+    refuse_(context(), absl::InvalidArgumentError(status.error_message()),
+            [this](const grpc::Status& answer) { Finish(answer); });
+  }
+
+  const Handler handler_;
+  const Refuser refuse_;
+  std::shared_ptr<Reply> reply_;
+};
+
 }  // namespace signet::server
 
 #endif  // SIGNET_SERVER_ONE_REQUEST_CALL_H_

@@ -43,6 +43,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
@@ -68,7 +69,9 @@
 #include "server/health_monitor.h"
 #include "server/health_service.h"
 #include "server/throttled_log.h"
+#include "server/admin_service.h"
 #include "server/audit_log.h"
+#include "server/key_manager.h"
 #include "server/audit_verify.h"
 #include "server/jwks_http.h"
 #include "server/log.h"
@@ -194,65 +197,6 @@ bool StopRequested(absl::Duration timeout,
 
 std::string ClassName(signet::v1::AudienceClass c) {
   return signet::v1::AudienceClass_Name(c);
-}
-
-// What rotation needs of a validated scope.
-rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope) {
-  rotation::ScopeKeyPolicy policy;
-  policy.scope = scope.name();
-  policy.algorithm = JoseAlgorithmName(scope.algorithm());
-  policy.key_spec = KeySpecFor(scope);
-  policy.timings.rotation_period = absl::Seconds(scope.rotation_period_seconds());
-  policy.timings.publish_grace = absl::Seconds(scope.publish_grace_seconds());
-  policy.timings.destroy_delay = absl::Seconds(scope.destroy_delay_seconds());
-  policy.timings.min_publish_lead =
-      absl::Seconds(scope.min_publish_lead_seconds());
-  policy.timings.tombstone_retention =
-      absl::Seconds(scope.tombstone_retention_seconds());
-  return policy;
-}
-
-// The scopes' serving keys from a reconcile pass. A key whose record did
-// not change keeps its ScopeState from `previous` (nothing recomputed).
-absl::StatusOr<std::map<std::string, std::shared_ptr<const ScopeKeys>>>
-BuildScopeKeys(
-    const signet::v1::SignetConfig& config,
-    const std::vector<rotation::ScopeKeyPolicy>& policies,
-    const std::map<std::string, rotation::ScopeKeySet>& sets,
-    const std::map<std::string, std::shared_ptr<const ScopeKeys>>& previous,
-    absl::Time now) {
-  std::map<std::string, std::shared_ptr<const ScopeKeys>> out;
-  for (int i = 0; i < config.scopes_size(); ++i) {
-    const signet::v1::ScopeConfig& scope = config.scopes(i);
-    auto set = sets.find(scope.name());
-    if (set == sets.end()) continue;
-    std::map<std::string, std::shared_ptr<const ScopeState>> reusable;
-    if (auto old = previous.find(scope.name()); old != previous.end()) {
-      for (const auto& version : old->second->versions()) {
-        reusable[version->record.key_id()] = version;
-      }
-    }
-    std::vector<std::shared_ptr<const ScopeState>> versions;
-    for (const rotation::KeyRecord& record : set->second.records) {
-      auto loaded = set->second.loaded.find(record.key_id());
-      if (loaded == set->second.loaded.end()) continue;
-      auto old = reusable.find(record.key_id());
-      if (old != reusable.end() &&
-          google::protobuf::util::MessageDifferencer::Equals(old->second->record,
-                                                             record)) {
-        versions.push_back(old->second);
-        continue;
-      }
-      absl::StatusOr<std::shared_ptr<const ScopeState>> state =
-          MakeScopeState(scope, record, loaded->second);
-      if (!state.ok()) return state.status();
-      versions.push_back(*std::move(state));
-    }
-    out[scope.name()] = std::make_shared<const ScopeKeys>(
-        scope, JoseAlgorithmName(scope.algorithm()), set->second.records,
-        std::move(versions), policies[i].timings, now);
-  }
-  return out;
 }
 
 // The start-up summary of a scope on standard output: its signing key, its
@@ -574,6 +518,10 @@ int Run() {
                                    peer, absl::Seconds(30));
                              });
   SignerService signer(signer_options, tenants, &request_waits);
+  AdminServiceOptions admin_options;
+  admin_options.admins.assign(config->admins().begin(), config->admins().end());
+  admin_options.plaintext = config_options.insecure_plaintext;
+  AdminService admin_service(admin_options, &request_waits);
   // Health is ours: gRPC's default service has no bound on Watch streams.
   std::atomic<uint64_t> refused_watches{0};
   std::atomic<uint64_t> malformed_health{0};
@@ -630,6 +578,7 @@ int Run() {
   builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
   builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
   builder.RegisterService(&signer);
+  builder.RegisterService(&admin_service);
   builder.RegisterService(&health_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr) {
@@ -647,7 +596,7 @@ int Run() {
   const std::string listen_host = config->grpc_listen_address().substr(
       0, config->grpc_listen_address().rfind(':'));
   SIGNET_LOG_INFO(
-      "gRPC (Signer, health{}) listening on {}:{} ({}; at most {} "
+      "gRPC (Signer, Admin, health{}) listening on {}:{} ({}; at most {} "
       "descriptors for connections, {} per address, {} streams each, {} MiB, "
       "requests up to {} bytes)",
       grpc_limits.reflection() ? ", reflection" : "", listen_host,
@@ -786,58 +735,31 @@ int Run() {
   absl::Status introduced = (*audit)->Append(key_event);
   if (!introduced.ok()) return Fail(introduced);
 
-  // The scopes' keys: the reconcile pass (rotation/reconcile.h) makes, on
-  // the writer, each scope's active key and its published standby, and
-  // loads every key a scope needs (README, "Key rotation").
-  std::vector<rotation::ScopeKeyPolicy> policies;
-  for (const auto& scope : config->scopes()) {
-    policies.push_back(KeyPolicyFor(scope));
-  }
   if (config->allow_short_key_schedules()) {
     SIGNET_LOG_WARN("allow_short_key_schedules is set: rotation periods under "
                     "an hour are allowed (tests and demos only)");
   }
-  AuditLog* const audit_log = audit->get();
-  auto key_events = [audit_log](const rotation::KeyEvent& e) {
-    if (e.ok) {
-      SIGNET_LOG_INFO("{}: {}", e.event, e.detail);
-    } else {
-      SIGNET_LOG_ERROR("{}: {}", e.event, e.detail);
-    }
-    AuditEvent line;
-    line.event = e.event;
-    line.caller = "signetd";
-    line.scope = e.scope;
-    line.kid = e.kid;
-    line.result = e.ok ? "OK" : "FAILED";
-    line.detail = e.detail;
-    (void)audit_log->Append(line);
-  };
-  const bool key_writer = !config->never_create_keys();
-  rotation::KeyReconciler reconciler(&store, policies, key_writer, key_events);
-  absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> key_sets =
-      reconciler.RunOnce(absl::Now());
-  if (!key_sets.ok()) return Fail(key_sets.status());
-  absl::StatusOr<std::map<std::string, std::shared_ptr<const ScopeKeys>>>
-      scope_keys = BuildScopeKeys(*config, policies, *key_sets, {}, absl::Now());
-  if (!scope_keys.ok()) return Fail(scope_keys.status());
+  // The scopes' keys (server/key_manager.h): the first reconcile pass makes,
+  // on the writer, each scope's active key and its published standby; the
+  // loop then keeps the schedule. After each pass the keys are swapped in
+  // and the public documents rebuilt (`on_keys`, set below once the
+  // documents exist).
+  std::function<void(const ScopeKeysMap&)> on_keys;
+  KeyManager key_manager(&store, *config, audit->get(),
+                         [&on_keys](const ScopeKeysMap& scopes) {
+                           if (on_keys) on_keys(scopes);
+                         });
+  if (absl::Status started = key_manager.Start(); !started.ok()) {
+    return Fail(started);
+  }
   for (const auto& scope : config->scopes()) {
-    const ScopeKeys& keys = *scope_keys->at(scope.name());
-    std::shared_ptr<const ScopeState> signing = keys.SigningAt(absl::Now());
-    if (signing == nullptr) {
-      return Fail(absl::FailedPreconditionError(absl::StrCat(
-          "scope ", scope.name(),
-          key_writer ? " has no key that may sign now"
-                     : " has no active key on the token, and this replica "
-                       "does not create keys (never_create_keys): start the "
-                       "replica that writes keys first")));
-    }
-    PrintScope(scope, keys, *signing);
+    const ScopeKeys& keys = *key_manager.Scopes().at(scope.name());
+    PrintScope(scope, keys, *keys.SigningAt(absl::Now()));
   }
   WorkerPool workers(static_cast<int>(config->serving().worker_threads()),
                      static_cast<int>(config->serving().queue_size()));
   auto first_serving = std::make_shared<ServingState>();
-  first_serving->scopes = *std::move(scope_keys);
+  first_serving->scopes = key_manager.Scopes();
   first_serving->store = &store;
   first_serving->workers = &workers;
   first_serving->audit = audit->get();
@@ -904,84 +826,39 @@ int Run() {
                     config->http().public_base_url());
   }
   // Keys move through their schedule with the clock (docs/architecture.md,
-  // "Rotation"): a reconcile pass runs at each schedule boundary and every
-  // reconcile_interval_seconds on the writer (key_refresh_interval_seconds
-  // on a replica); after each, the scopes' keys are swapped and the
-  // documents rebuilt, and replaced when their bytes differ, so a standby
-  // appears, a retired key stays and an unpublished or revoked key leaves
-  // every set at its time, not at the next restart.
-  auto stop_reconciling = std::make_shared<absl::Notification>();
-  const absl::Duration pass_interval =
-      absl::Seconds(key_writer ? config->reconcile_interval_seconds()
-                               : config->key_refresh_interval_seconds());
-  std::thread reconcile_loop([&, stop_reconciling, pass_interval, published] {
-    std::shared_ptr<const PublishedDocuments> current = published;
-    absl::Duration backoff = absl::Seconds(1);
-    bool failing = false;
-    std::map<std::string, std::string> anomalies;
-    while (true) {
-      const absl::Time now = absl::Now();
-      // A millisecond past the boundary, so the pass sees the new state.
-      absl::Duration wait = std::min(
-          reconciler.NextBoundary(now) - now + absl::Milliseconds(1),
-          pass_interval);
-      if (failing) wait = backoff;
-      if (stop_reconciling->WaitForNotificationWithTimeout(wait)) return;
-      const absl::Time at = absl::Now();
-      absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
-          reconciler.RunOnce(at);
-      std::shared_ptr<const ServingState> previous = serving_now();
-      absl::StatusOr<std::map<std::string, std::shared_ptr<const ScopeKeys>>>
-          built = sets.ok() ? BuildScopeKeys(*config, policies, *sets,
-                                             previous->scopes, at)
-                            : sets.status();
-      if (!built.ok()) {
-        // Never kills the loop: the replica keeps the keys it has, and the
-        // pass is retried with backoff.
-        SIGNET_LOG_ERROR("the key reconcile pass failed (retrying in {}): {}",
-                         absl::FormatDuration(backoff),
-                         built.status().ToString());
-        AuditEvent line;
-        line.event = "key_reconcile_failed";
-        line.caller = "signetd";
-        line.result = absl::StatusCodeToString(built.status().code());
-        line.detail = std::string(built.status().message());
-        (void)audit_log->Append(line);
-        failing = true;
-        backoff = std::min(backoff * 2, pass_interval);
-        continue;
-      }
-      failing = false;
-      backoff = absl::Seconds(1);
-      auto next = std::make_shared<ServingState>(*previous);
-      next->scopes = *std::move(built);
-      for (const auto& [name, keys] : next->scopes) {
-        // A clock set back behind a recorded activation: loud, once.
-        const std::string anomaly = keys->ClockAnomalyAt(at);
-        if (anomaly != anomalies[name]) {
-          if (!anomaly.empty()) SIGNET_LOG_ERROR("clock anomaly: {}", anomaly);
-          anomalies[name] = anomaly;
-        }
-      }
-      signer.SetServing(next);
-      {
-        absl::MutexLock lock(&current_serving->mu);
-        current_serving->state = next;
-      }
-      absl::StatusOr<PublishedDocuments> rebuilt = BuildPublishedDocuments(
-          next->scopes, public_base_url, absl::Now());
-      if (!rebuilt.ok()) {
-        SIGNET_LOG_ERROR("rebuilding the published key sets failed: {}",
-                         rebuilt.status().ToString());
-        continue;
-      }
-      if (*rebuilt == *current) continue;
-      current = std::make_shared<const PublishedDocuments>(*std::move(rebuilt));
-      signer.SetPublished(current);
-      if (http != nullptr) http->Publish(*current);
-      SIGNET_LOG_INFO("a key's state changed: published key sets rebuilt");
+  // "Rotation"): after each reconcile pass (at each boundary, every
+  // interval, after an operator's change) the scopes' keys are swapped and
+  // the documents rebuilt, and replaced when their bytes differ, so a
+  // standby appears, a retired key stays, and an unpublished or revoked key
+  // leaves every set at its time, not at the next restart.
+  auto current_documents =
+      std::make_shared<std::shared_ptr<const PublishedDocuments>>(published);
+  on_keys = [&, current_documents](const ScopeKeysMap& scopes) {
+    std::shared_ptr<const ServingState> previous = serving_now();
+    auto next = std::make_shared<ServingState>(*previous);
+    next->scopes = scopes;
+    signer.SetServing(next);
+    {
+      absl::MutexLock lock(&current_serving->mu);
+      current_serving->state = next;
     }
-  });
+    absl::StatusOr<PublishedDocuments> rebuilt =
+        BuildPublishedDocuments(scopes, public_base_url, absl::Now());
+    if (!rebuilt.ok()) {
+      SIGNET_LOG_ERROR("rebuilding the published key sets failed: {}",
+                       rebuilt.status().ToString());
+      return;
+    }
+    if (*rebuilt == **current_documents) return;
+    *current_documents =
+        std::make_shared<const PublishedDocuments>(*std::move(rebuilt));
+    signer.SetPublished(*current_documents);
+    if (http != nullptr) http->Publish(**current_documents);
+    SIGNET_LOG_INFO("a key's state changed: published key sets rebuilt");
+  };
+  // The loop stops before anything `on_keys` uses goes away, on every way
+  // out of Run.
+  absl::Cleanup stop_key_manager = [&key_manager] { key_manager.Stop(); };
 
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
 
@@ -1134,6 +1011,15 @@ int Run() {
     return !by_result.empty();
   };
 
+  admin_service.SetBackend(&key_manager, audit->get(), [&]() {
+    ReplicaStatus replica;
+    replica.hsm = hsm_condition();
+    replica.audit = (*audit)->WriteStatus();
+    replica.sessions_total =
+        pool_options.connections * pool_options.sessions_per_connection;
+    replica.sessions_in_use = workers.busy();
+    return replica;
+  });
   health_monitor.Update(sample());
   absl::Time last_report = absl::InfinitePast();
   while (!StopRequested(absl::Seconds(1), [&] { (*audit)->RollOver(); })) {
@@ -1146,8 +1032,7 @@ int Run() {
   report_refused_connections();
   (*acceptor)->Stop();  // no new connection from here on
   stop_probing->Notify();
-  stop_reconciling->Notify();
-  reconcile_loop.join();
+  key_manager.Stop();
   health_monitor.SetAllNotServing("stopping");
   health_service.Shutdown();  // watchers hear NOT_SERVING, then the end
   // Calls a stalled HSM holds are answered within the shutdown's 5 s.

@@ -418,7 +418,7 @@ TEST_F(SignetctlTest, AnotherTenantsScopeIsPermissionDeniedWithoutRetry) {
   WriteFile(claims_path, R"({"iss":"https://enterprise.signet.example"})");
   Ran ran = Shell(Ctl({"sign-jwt", "--verbose", "--scope", "demo-enterprise",
                        "--claims", claims_path}));
-  EXPECT_EQ(ran.exit_code, 1);
+  EXPECT_EQ(ran.exit_code, 3);  // permission denied
   EXPECT_EQ(ran.out, "");
   EXPECT_THAT(ran.err, HasSubstr("signetctl: error: PERMISSION_DENIED"));
   EXPECT_THAT(ran.err, HasSubstr("demo-enterprise"));
@@ -504,7 +504,7 @@ TEST_F(SignetctlTest, UnavailableIsRetriedMaxAttemptsTimes) {
                                    consumer_->key_path};
   Ran ran = Shell(Words(argv));
   close(fd);
-  EXPECT_EQ(ran.exit_code, 1);
+  EXPECT_EQ(ran.exit_code, 4);  // unavailable
   EXPECT_EQ(ran.out, "");
   std::vector<std::string> attempts;
   for (absl::string_view line : absl::StrSplit(ran.err, '\n')) {

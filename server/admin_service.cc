@@ -1,0 +1,319 @@
+#include "server/admin_service.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "rotation/schedule.h"
+#include "server/config.h"
+#include "server/identity.h"
+#include "server/message_text.h"
+#include "server/signer_service.h"
+
+namespace signet::server {
+namespace {
+
+std::string Rfc3339(absl::Time t) {
+  if (t == absl::InfiniteFuture() || t == absl::InfinitePast()) return "";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
+}
+
+std::string Rfc3339(const google::protobuf::Timestamp& ts) {
+  return Rfc3339(rotation::TimeFromProto(ts));
+}
+
+// The kids of the scope's signing key and standby at `now` ("" if none).
+std::pair<std::string, std::string> ActiveAndStandby(const ScopeKeys& keys,
+                                                     absl::Time now) {
+  const rotation::ScopeView view = rotation::ViewScope(keys.records(), now);
+  std::string active;
+  if (auto signing = keys.SigningAt(now)) active = signing->key.thumbprint;
+  std::string standby =
+      view.standby >= 0 ? keys.records()[view.standby].kid() : std::string();
+  return {active, standby};
+}
+
+}  // namespace
+
+AdminService::AdminService(AdminServiceOptions options, RequestWaits* waits)
+    : options_(std::move(options)),
+      admins_(options_.admins.begin(), options_.admins.end()),
+      waits_(waits) {
+  // The names gRPC routes by (admin.proto's).
+  Add("/signet.v1.Admin/ListScopes", "ListScopes", &AdminService::ListScopes);
+  Add("/signet.v1.Admin/ListKeys", "ListKeys", &AdminService::ListKeys);
+  Add("/signet.v1.Admin/RotateKey", "RotateKey", &AdminService::RotateKey);
+  Add("/signet.v1.Admin/RevokeKey", "RevokeKey", &AdminService::RevokeKey);
+  Add("/signet.v1.Admin/GetStatus", "GetStatus", &AdminService::GetStatus);
+}
+
+void AdminService::SetBackend(KeyManager* keys, AuditLog* audit,
+                              std::function<ReplicaStatus()> status) {
+  auto backend = std::make_shared<Backend>();
+  backend->keys = keys;
+  backend->audit = audit;
+  backend->status = std::move(status);
+  absl::MutexLock lock(&mu_);
+  backend_ = std::move(backend);
+}
+
+std::shared_ptr<const AdminService::Backend> AdminService::backend() const {
+  absl::MutexLock lock(&mu_);
+  return backend_;
+}
+
+template <typename Request, typename Response>
+void AdminService::Add(const char* name, const char* method,
+                       void (AdminService::*handle)(const Backend& backend,
+                                                    const std::string& admin,
+                                                    const Request&, Response*,
+                                                    Answer)) {
+  using Call = TypedOneRequestCall<Request, Response>;
+  typename Call::Handler handler =
+      [this, method, handle](grpc::CallbackServerContext* context,
+                             const Request& request, Response* response,
+                             Answer answer) {
+        std::shared_ptr<const Backend> backend;
+        std::string admin;
+        if (!Admitted(context, method, answer, &backend, &admin)) return;
+        // The backend lives as long as the call: it is captured.
+        (this->*handle)(*backend, admin, request, response,
+                        [backend, answer = std::move(answer)](
+                            const grpc::Status& status) { answer(status); });
+      };
+  typename Call::Refuser refuse = [this, method](
+                                      grpc::CallbackServerContext* context,
+                                      const absl::Status& status,
+                                      Answer answer) {
+    // Only an admin learns why its request did not parse.
+    std::shared_ptr<const Backend> backend;
+    std::string admin;
+    if (!Admitted(context, method, answer, &backend, &admin)) return;
+    Audited(*backend, admin, method, "", status, answer);
+  };
+  AddOneRequestMethod(name, [this, handler, refuse](
+                                grpc::CallbackServerContext* context) {
+    return new Call(waits_, context, handler, refuse);
+  });
+}
+
+bool AdminService::Admitted(grpc::CallbackServerContext* context,
+                            const char* method, const Answer& answer,
+                            std::shared_ptr<const Backend>* backend,
+                            std::string* admin) {
+  *backend = this->backend();
+  if (*backend == nullptr) {
+    answer(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "signetd is starting: its keys are not ready yet"));
+    return false;
+  }
+  absl::StatusOr<std::string> identity = Admin(**backend, context, method);
+  if (!identity.ok()) {
+    answer(ToGrpcStatus(identity.status()));
+    return false;
+  }
+  *admin = *std::move(identity);
+  return true;
+}
+
+absl::StatusOr<std::string> AdminService::Admin(
+    const Backend& backend, grpc::CallbackServerContext* context,
+    const char* method) {
+  absl::StatusOr<std::string> identity;
+  if (options_.plaintext) {
+    identity = std::string("insecure:plaintext");
+  } else {
+    std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+    std::vector<grpc::string_ref> pem =
+        auth ? auth->FindPropertyValues("x509_pem_cert")
+             : std::vector<grpc::string_ref>();
+    identity = pem.empty() ? absl::PermissionDeniedError("no client certificate")
+                           : IdentityFromCertificatePem(absl::string_view(
+                                 pem.front().data(), pem.front().size()));
+  }
+  absl::Status refusal;
+  if (!identity.ok()) {
+    refusal = absl::PermissionDeniedError(
+        absl::StrCat("the Admin service needs an admin's client certificate: ",
+                     identity.status().message()));
+  } else if (!admins_.contains(*identity)) {
+    refusal = absl::PermissionDeniedError(
+        absl::StrCat("caller ", Quote(*identity, 256),
+                     " is not an admin (configuration: admins)"));
+  } else {
+    return identity;
+  }
+  AuditEvent line;
+  line.event = "refuse";
+  line.caller = identity.ok() ? *identity : "unidentified";
+  line.result = absl::StatusCodeToString(refusal.code());
+  line.detail = absl::StrCat("Admin/", method, identity.ok() ? "" : ": ",
+                             identity.ok() ? "" : identity.status().message());
+  backend.audit->AppendRefusal(line);
+  return refusal;
+}
+
+void AdminService::Audited(const Backend& backend, const std::string& admin,
+                           const char* method,
+                           absl::string_view scope, const absl::Status& status,
+                           const Answer& answer, absl::string_view detail) {
+  AuditEvent line;
+  line.event = "admin";
+  line.caller = admin;
+  line.scope = ValidScopeName(scope) ? std::string(scope) : Quote(scope);
+  line.result = absl::StatusCodeToString(status.code());
+  line.detail = status.ok() ? absl::StrCat("Admin/", method,
+                                           detail.empty() ? "" : ": ", detail)
+                            : absl::StrCat("Admin/", method, ": ",
+                                           status.message());
+  // Before the answer; an admin call that cannot be audited is not
+  // answered OK.
+  absl::Status written = backend.audit->Append(line);
+  if (!written.ok()) {
+    answer(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("the audit log cannot be written: ",
+                                     written.message())));
+    return;
+  }
+  answer(ToGrpcStatus(status));
+}
+
+void AdminService::ListScopes(const Backend& backend, const std::string& admin,
+                              const signet::v1::ListScopesRequest&,
+                              signet::v1::ListScopesResponse* response,
+                              Answer answer) {
+  const absl::Time now = absl::Now();
+  for (const auto& [name, keys] : backend.keys->Scopes()) {
+    signet::v1::ScopeSummary* s = response->add_scopes();
+    s->set_name(name);
+    s->set_audience_class(
+        signet::v1::AudienceClass_Name(keys->config().audience_class()));
+    s->set_purpose(signet::v1::Purpose_Name(keys->config().purpose()));
+    s->set_issuer(keys->config().issuer());
+    s->set_algorithm(keys->alg());
+    auto [active, standby] = ActiveAndStandby(*keys, now);
+    s->set_active_kid(active);
+    s->set_standby_kid(standby);
+    const NextTransition next = NextTransitionOf(*keys, now);
+    s->set_next_transition(next.what);
+    s->set_next_transition_at(Rfc3339(next.at));
+  }
+  Audited(backend, admin, "ListScopes", "", absl::OkStatus(), answer);
+}
+
+void AdminService::ListKeys(const Backend& backend, const std::string& admin,
+                            const signet::v1::ListKeysRequest& request,
+                            signet::v1::ListKeysResponse* response,
+                            Answer answer) {
+  if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
+    Audited(backend, admin, "ListKeys", request.scope(), st, answer);
+    return;
+  }
+  ScopeKeysMap scopes = backend.keys->Scopes();
+  auto scope = scopes.find(request.scope());
+  if (scope == scopes.end()) {
+    Audited(backend, admin, "ListKeys", request.scope(),
+            absl::NotFoundError(
+                absl::StrCat("no scope named \"", request.scope(), "\"")),
+            answer);
+    return;
+  }
+  const std::vector<rotation::KeyRecord>& records = scope->second->records();
+  const rotation::ScopeView view = rotation::ViewScope(records, absl::Now());
+  for (size_t i = 0; i < records.size(); ++i) {
+    const rotation::KeyRecord& r = records[i];
+    signet::v1::KeyInfo* k = response->add_keys();
+    k->set_kid(r.kid());
+    k->set_key_id(r.key_id());
+    k->set_generation(r.key_generation());
+    k->set_algorithm(r.algorithm());
+    k->set_state(std::string(rotation::KeyStateName(view.states[i])));
+    k->set_standby(static_cast<int>(i) == view.standby);
+    k->set_created_at(Rfc3339(r.created_at()));
+    k->set_activate_at(Rfc3339(r.activate_at()));
+    k->set_retire_at(Rfc3339(r.retire_at()));
+    k->set_unpublish_at(Rfc3339(r.unpublish_at()));
+    k->set_destroy_at(Rfc3339(r.destroy_at()));
+    k->set_private_key_destroyed(r.private_key_destroyed());
+    if (r.has_revocation()) {
+      k->set_revoked_at(Rfc3339(r.revocation().revoked_at()));
+      k->set_revoked_by(r.revocation().revoked_by());
+      k->set_revocation_reason(r.revocation().reason());
+    }
+  }
+  Audited(backend, admin, "ListKeys", request.scope(), absl::OkStatus(), answer);
+}
+
+void AdminService::RotateKey(const Backend& backend, const std::string& admin,
+                             const signet::v1::RotateKeyRequest& request,
+                             signet::v1::RotateKeyResponse* response,
+                             Answer answer) {
+  if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
+    Audited(backend, admin, "RotateKey", request.scope(), st, answer);
+    return;
+  }
+  backend.keys->RotateKey(
+      request, admin,
+      [this, &backend, admin, scope = request.scope(),
+       mode = signet::v1::RotateMode_Name(request.mode()), response,
+       answer](absl::StatusOr<signet::v1::RotateKeyResponse> result) {
+        if (result.ok()) *response = *result;
+        Audited(backend, admin, "RotateKey", scope, result.status(), answer,
+                result.ok() ? absl::StrCat(mode, ": ", result->active_kid(),
+                                           " signs from ",
+                                           result->activates_at())
+                            : "");
+      });
+}
+
+void AdminService::RevokeKey(const Backend& backend, const std::string& admin,
+                             const signet::v1::RevokeKeyRequest& request,
+                             signet::v1::RevokeKeyResponse* response,
+                             Answer answer) {
+  if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
+    Audited(backend, admin, "RevokeKey", request.scope(), st, answer);
+    return;
+  }
+  backend.keys->RevokeKey(
+      request, admin,
+      [this, &backend, admin, scope = request.scope(), response,
+       answer](absl::StatusOr<signet::v1::RevokeKeyResponse> result) {
+        if (result.ok()) *response = *result;
+        Audited(backend, admin, "RevokeKey", scope, result.status(), answer,
+                result.ok() ? absl::StrCat("revoked ", result->revoked_kid())
+                            : "");
+      });
+}
+
+void AdminService::GetStatus(const Backend& backend, const std::string& admin,
+                             const signet::v1::GetStatusRequest&,
+                             signet::v1::GetStatusResponse* response,
+                             Answer answer) {
+  const ReplicaStatus replica = backend.status ? backend.status() : ReplicaStatus{};
+  response->set_hsm_reachable(replica.hsm.ok());
+  response->set_hsm_detail(std::string(replica.hsm.message()));
+  response->set_sessions_in_use(replica.sessions_in_use);
+  response->set_sessions_total(replica.sessions_total);
+  response->set_audit_writable(replica.audit.ok());
+  response->set_audit_detail(std::string(replica.audit.message()));
+  response->set_key_writer(backend.keys->writer());
+  const KeyManager::PassStatus pass = backend.keys->LastPass();
+  response->set_last_reconcile_at(Rfc3339(pass.at));
+  response->set_last_reconcile_error(std::string(pass.status.message()));
+  const absl::Time now = absl::Now();
+  for (const auto& [name, keys] : backend.keys->Scopes()) {
+    signet::v1::ScopeStatus* s = response->add_scopes();
+    s->set_name(name);
+    auto [active, standby] = ActiveAndStandby(*keys, now);
+    s->set_active_kid(active);
+    s->set_standby_kid(standby);
+    const NextTransition next = NextTransitionOf(*keys, now);
+    s->set_next_transition(next.what);
+    s->set_next_transition_at(Rfc3339(next.at));
+    s->set_serving(!active.empty());
+    s->set_clock_anomaly(keys->ClockAnomalyAt(now));
+  }
+  Audited(backend, admin, "GetStatus", "", absl::OkStatus(), answer);
+}
+
+}  // namespace signet::server

@@ -1,0 +1,112 @@
+// The Admin service (proto/signet/v1/admin.proto): operators list scopes
+// and keys, rotate and revoke keys, and read the replica's status. Only the
+// configured `admins` may call it; anyone else is refused
+// PERMISSION_DENIED. Every call is audited with the caller's identity
+// before it is answered: an "admin" line for an admin's call (its method,
+// scope and result), a refusal line for anyone else's. Key changes go to
+// the KeyManager, which applies them on the one writer thread.
+//
+// Thread-safe.
+#ifndef SIGNET_SERVER_ADMIN_SERVICE_H_
+#define SIGNET_SERVER_ADMIN_SERVICE_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "server/audit_log.h"
+#include "server/key_manager.h"
+#include "server/one_request_call.h"
+#include "signet/v1/admin.pb.h"
+
+namespace signet::server {
+
+// What GetStatus reports of the replica beyond its keys, sampled when asked.
+struct ReplicaStatus {
+  absl::Status hsm;
+  int sessions_in_use = 0;
+  int sessions_total = 0;
+  absl::Status audit;
+};
+
+struct AdminServiceOptions {
+  std::vector<std::string> admins;  // typed identities
+  // Plain-text development mode: callers have the identity
+  // "insecure:plaintext".
+  bool plaintext = false;
+};
+
+class AdminService final : public OneRequestService {
+ public:
+  // Until SetBackend() every call answers UNAVAILABLE ("starting"). `waits`
+  // must outlive the service.
+  AdminService(AdminServiceOptions options, RequestWaits* waits);
+
+  // What the service works with once the HSM, the audit log and the keys
+  // are up. `keys` and `audit` must outlive the service's calls.
+  void SetBackend(KeyManager* keys, AuditLog* audit,
+                  std::function<ReplicaStatus()> status)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Backend {
+    KeyManager* keys = nullptr;
+    AuditLog* audit = nullptr;
+    std::function<ReplicaStatus()> status;
+  };
+  std::shared_ptr<const Backend> backend() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  using Answer = std::function<void(const grpc::Status&)>;
+
+  template <typename Request, typename Response>
+  void Add(const char* name, const char* method,
+           void (AdminService::*handle)(const Backend& backend,
+                                        const std::string& admin,
+                                        const Request&, Response*, Answer));
+
+  // The caller's identity if it is an admin; otherwise the refusal
+  // (audited).
+  absl::StatusOr<std::string> Admin(const Backend& backend,
+                                    grpc::CallbackServerContext* context,
+                                    const char* method);
+  // Whether the call may go on: the service is up and the caller is an
+  // admin (then `backend` and `admin` are set); otherwise it has been
+  // answered (and a refusal audited).
+  bool Admitted(grpc::CallbackServerContext* context, const char* method,
+                const Answer& answer, std::shared_ptr<const Backend>* backend,
+                std::string* admin);
+  // The audit line of an admin's call, then the answer.
+  void Audited(const Backend& backend, const std::string& admin,
+               const char* method,
+               absl::string_view scope, const absl::Status& status,
+               const Answer& answer, absl::string_view detail = "");
+
+  void ListScopes(const Backend& backend, const std::string& admin,
+                  const signet::v1::ListScopesRequest& request,
+                  signet::v1::ListScopesResponse* response, Answer answer);
+  void ListKeys(const Backend& backend, const std::string& admin,
+                const signet::v1::ListKeysRequest& request,
+                signet::v1::ListKeysResponse* response, Answer answer);
+  void RotateKey(const Backend& backend, const std::string& admin,
+                 const signet::v1::RotateKeyRequest& request,
+                 signet::v1::RotateKeyResponse* response, Answer answer);
+  void RevokeKey(const Backend& backend, const std::string& admin,
+                 const signet::v1::RevokeKeyRequest& request,
+                 signet::v1::RevokeKeyResponse* response, Answer answer);
+  void GetStatus(const Backend& backend, const std::string& admin,
+                 const signet::v1::GetStatusRequest& request,
+                 signet::v1::GetStatusResponse* response, Answer answer);
+
+  const AdminServiceOptions options_;
+  const absl::flat_hash_set<std::string> admins_;
+  RequestWaits* const waits_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const Backend> backend_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_ADMIN_SERVICE_H_

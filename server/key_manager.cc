@@ -1,0 +1,477 @@
+#include "server/key_manager.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "rotation/schedule.h"
+#include "server/config.h"
+#include "server/log.h"
+
+namespace signet::server {
+namespace {
+
+std::string Rfc3339(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
+}
+
+}  // namespace
+
+rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope) {
+  rotation::ScopeKeyPolicy policy;
+  policy.scope = scope.name();
+  policy.algorithm = JoseAlgorithmName(scope.algorithm());
+  policy.key_spec = KeySpecFor(scope);
+  policy.timings.rotation_period = absl::Seconds(scope.rotation_period_seconds());
+  policy.timings.publish_grace = absl::Seconds(scope.publish_grace_seconds());
+  policy.timings.destroy_delay = absl::Seconds(scope.destroy_delay_seconds());
+  policy.timings.min_publish_lead =
+      absl::Seconds(scope.min_publish_lead_seconds());
+  policy.timings.tombstone_retention =
+      absl::Seconds(scope.tombstone_retention_seconds());
+  return policy;
+}
+
+absl::StatusOr<ScopeKeysMap> BuildScopeKeys(
+    const signet::v1::SignetConfig& config,
+    const std::map<std::string, rotation::ScopeKeySet>& sets,
+    const ScopeKeysMap& previous, absl::Time now) {
+  ScopeKeysMap out;
+  for (const signet::v1::ScopeConfig& scope : config.scopes()) {
+    auto set = sets.find(scope.name());
+    if (set == sets.end()) continue;
+    std::map<std::string, std::shared_ptr<const ScopeState>> reusable;
+    if (auto old = previous.find(scope.name()); old != previous.end()) {
+      for (const auto& version : old->second->versions()) {
+        reusable[version->record.key_id()] = version;
+      }
+    }
+    std::vector<std::shared_ptr<const ScopeState>> versions;
+    for (const rotation::KeyRecord& record : set->second.records) {
+      auto loaded = set->second.loaded.find(record.key_id());
+      if (loaded == set->second.loaded.end()) continue;
+      auto old = reusable.find(record.key_id());
+      if (old != reusable.end() &&
+          google::protobuf::util::MessageDifferencer::Equals(old->second->record,
+                                                             record)) {
+        versions.push_back(old->second);
+        continue;
+      }
+      absl::StatusOr<std::shared_ptr<const ScopeState>> state =
+          MakeScopeState(scope, record, loaded->second);
+      if (!state.ok()) return state.status();
+      versions.push_back(*std::move(state));
+    }
+    out[scope.name()] = std::make_shared<const ScopeKeys>(
+        scope, JoseAlgorithmName(scope.algorithm()), set->second.records,
+        std::move(versions), KeyPolicyFor(scope).timings, now);
+  }
+  return out;
+}
+
+NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now) {
+  const std::vector<rotation::KeyRecord>& records = keys.records();
+  const rotation::ScopeView view = rotation::ViewScope(records, now);
+  NextTransition next;
+  if (view.signing >= 0) {
+    const absl::Time retire =
+        rotation::TimeFromProto(records[view.signing].retire_at());
+    next.at = retire;
+    next.what = view.standby >= 0 ? "standby activates" : "key retires (no standby yet)";
+    if (view.standby >= 0) {
+      next.at = std::min(retire, rotation::TimeFromProto(
+                                     records[view.standby].activate_at()));
+    }
+  } else if (view.standby >= 0) {
+    next.what = "standby activates";
+    next.at = rotation::TimeFromProto(records[view.standby].activate_at());
+  }
+  return next;
+}
+
+KeyManager::KeyManager(hsm::KeyStore* store,
+                       const signet::v1::SignetConfig& config, AuditLog* audit,
+                       OnKeys on_keys)
+    : store_(store),
+      config_(config),
+      audit_(audit),
+      on_keys_(std::move(on_keys)),
+      writer_(!config.never_create_keys()),
+      interval_(absl::Seconds(config.never_create_keys()
+                                  ? config.key_refresh_interval_seconds()
+                                  : config.reconcile_interval_seconds())) {
+  for (const auto& scope : config_.scopes()) {
+    policies_.push_back(KeyPolicyFor(scope));
+  }
+  reconciler_ = std::make_unique<rotation::KeyReconciler>(
+      store_, policies_, writer_, [this](const rotation::KeyEvent& e) {
+        if (e.ok) {
+          SIGNET_LOG_INFO("{}: {}", e.event, e.detail);
+        } else {
+          SIGNET_LOG_ERROR("{}: {}", e.event, e.detail);
+        }
+        AuditEvent line;
+        line.event = e.event;
+        line.caller = acting_admin_.empty() ? "signetd" : acting_admin_;
+        line.scope = e.scope;
+        line.kid = e.kid;
+        line.result = e.ok ? "OK" : "FAILED";
+        line.detail = e.detail;
+        (void)audit_->Append(line);
+      });
+}
+
+KeyManager::~KeyManager() { Stop(); }
+
+absl::Status KeyManager::Start() {
+  if (absl::Status first = PassAndPublish(); !first.ok()) return first;
+  const absl::Time now = absl::Now();
+  for (const auto& [name, keys] : Scopes()) {
+    if (keys->SigningAt(now) != nullptr) continue;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scope ", name,
+        writer_ ? " has no key that may sign now"
+                : " has no active key on the token, and this replica does "
+                  "not create keys (never_create_keys): start the replica "
+                  "that writes keys first"));
+  }
+  thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void KeyManager::Stop() {
+  std::deque<std::function<void()>> abandoned;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    abandoned.swap(tasks_);
+  }
+  // Queued operator calls are answered (UNAVAILABLE) by their tasks, which
+  // see stopping_.
+  for (auto& task : abandoned) task();
+}
+
+ScopeKeysMap KeyManager::Scopes() const {
+  absl::MutexLock lock(&mu_);
+  return scopes_;
+}
+
+KeyManager::PassStatus KeyManager::LastPass() const {
+  absl::MutexLock lock(&mu_);
+  return last_pass_;
+}
+
+bool KeyManager::Post(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_ || tasks_.size() >= kMaxQueuedCalls) return false;
+  tasks_.push_back(std::move(task));
+  return true;
+}
+
+absl::Status KeyManager::PassAndPublish() {
+  const absl::Time at = absl::Now();
+  absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
+      reconciler_->RunOnce(at);
+  absl::StatusOr<ScopeKeysMap> built =
+      sets.ok() ? BuildScopeKeys(config_, *sets, Scopes(), at) : sets.status();
+  {
+    absl::MutexLock lock(&mu_);
+    last_pass_ = PassStatus{at, built.status()};
+    if (built.ok()) scopes_ = *built;
+  }
+  if (!built.ok()) return built.status();
+  if (on_keys_) on_keys_(*built);
+  return absl::OkStatus();
+}
+
+void KeyManager::Loop() {
+  absl::Duration backoff = absl::Seconds(1);
+  bool failing = false;
+  std::map<std::string, std::string> anomalies;
+  while (true) {
+    const absl::Time now = absl::Now();
+    // A millisecond past the boundary, so the pass sees the new state.
+    absl::Duration wait = std::min(
+        reconciler_->NextBoundary(now) - now + absl::Milliseconds(1), interval_);
+    if (failing) wait = backoff;
+    std::deque<std::function<void()>> tasks;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !tasks_.empty();
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&ready), wait);
+      if (stopping_) return;
+      tasks.swap(tasks_);
+    }
+    if (!tasks.empty()) {
+      // Operator calls run their own pass.
+      for (auto& task : tasks) task();
+      continue;
+    }
+    absl::Status pass = PassAndPublish();
+    if (!pass.ok()) {
+      // Never kills the loop: the replica keeps the keys it has, and the
+      // pass is retried with backoff.
+      SIGNET_LOG_ERROR("the key reconcile pass failed (retrying in {}): {}",
+                       absl::FormatDuration(backoff), pass.ToString());
+      AuditEvent line;
+      line.event = "key_reconcile_failed";
+      line.caller = "signetd";
+      line.result = absl::StatusCodeToString(pass.code());
+      line.detail = std::string(pass.message());
+      (void)audit_->Append(line);
+      failing = true;
+      backoff = std::min(backoff * 2, interval_);
+      continue;
+    }
+    failing = false;
+    backoff = absl::Seconds(1);
+    for (const auto& [name, keys] : Scopes()) {
+      // A clock set back behind a recorded activation: loud, once.
+      const std::string anomaly = keys->ClockAnomalyAt(absl::Now());
+      if (anomaly != anomalies[name]) {
+        if (!anomaly.empty()) SIGNET_LOG_ERROR("clock anomaly: {}", anomaly);
+        anomalies[name] = anomaly;
+      }
+    }
+  }
+}
+
+const rotation::ScopeKeyPolicy* KeyManager::PolicyFor(
+    const std::string& scope) const {
+  return reconciler_->PolicyFor(scope);
+}
+
+absl::StatusOr<std::vector<rotation::KeyRecord>> KeyManager::ReadScope(
+    const std::string& scope) {
+  absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
+      store_->ReadAllRecords();
+  if (!stored.ok()) return stored.status();
+  std::vector<rotation::KeyRecord> out;
+  for (auto& [id, record] : rotation::ParseRecords(*stored)) {
+    if (record.scope() == scope) out.push_back(std::move(record));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const rotation::KeyRecord& a, const rotation::KeyRecord& b) {
+              return a.key_generation() < b.key_generation();
+            });
+  return out;
+}
+
+absl::StatusOr<std::string> KeyManager::Change(
+    const google::protobuf::Message& request, const std::string& request_id,
+    const std::function<absl::StatusOr<std::string>()>& change) {
+  const std::string fingerprint = request.SerializeAsString();
+  if (auto seen = remembered_.find(request_id); seen != remembered_.end()) {
+    if (seen->second.request != fingerprint) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "request_id \"", request_id,
+          "\" was already used for another request; use a new id for a new "
+          "change"));
+    }
+    if (!seen->second.status.ok()) return seen->second.status;
+    return seen->second.response;
+  }
+  absl::StatusOr<std::string> response = change();
+  // A refusal that changed nothing (bad scope, no standby) may be retried
+  // with the same id; an applied change, or a failure midway, is
+  // remembered.
+  const bool remember =
+      response.ok() || response.status().code() == absl::StatusCode::kUnavailable;
+  if (remember) {
+    if (remembered_order_.size() >= kMaxRememberedRequests) {
+      remembered_.erase(remembered_order_.front());
+      remembered_order_.pop_front();
+    }
+    remembered_order_.push_back(request_id);
+    remembered_[request_id] = Remembered{
+        fingerprint, response.status(), response.ok() ? *response : ""};
+  }
+  // The change (or what part of it happened) takes effect in this replica
+  // now, not at the next interval.
+  if (absl::Status pass = PassAndPublish(); !pass.ok()) {
+    SIGNET_LOG_ERROR("the pass after an operator's change failed: {}",
+                     pass.ToString());
+  }
+  return response;
+}
+
+namespace {
+
+absl::Status CheckRequestId(absl::string_view id) {
+  if (id.empty() || id.size() > 128) {
+    return absl::InvalidArgumentError(
+        "request_id is required: 1 to 128 printable ASCII characters, new "
+        "for each intended change (a retry reuses it)");
+  }
+  for (char c : id) {
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(
+          "request_id must be printable ASCII without spaces");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> KeyManager::ApplyChange(
+    const std::string& scope, const std::string& admin, const Planner& plan,
+    const Responder& respond) {
+  const rotation::ScopeKeyPolicy* policy = PolicyFor(scope);
+  if (policy == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no scope named \"", scope, "\""));
+  }
+  if (!writer_) {
+    return absl::FailedPreconditionError(
+        "this replica does not write keys (never_create_keys): call the "
+        "replica that does");
+  }
+  absl::StatusOr<std::vector<rotation::KeyRecord>> records = ReadScope(scope);
+  if (!records.ok()) return records.status();
+  rotation::SchedulePolicy schedule;
+  schedule.scope = policy->scope;
+  schedule.algorithm = policy->algorithm;
+  schedule.timings = policy->timings;
+  const absl::Time now = absl::Now();
+  absl::StatusOr<std::vector<rotation::KeyAction>> actions =
+      plan(*records, schedule, now);
+  if (!actions.ok()) return actions.status();
+  acting_admin_ = admin;
+  absl::Status applied = reconciler_->Apply(*policy, *actions);
+  acting_admin_.clear();
+  if (!applied.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the change was not completed (", applied.message(),
+        "); retry with the same request_id"));
+  }
+  return respond(*actions, now);
+}
+
+template <typename Request, typename Response>
+void KeyManager::Submit(const Request& request, const std::string& admin,
+                        std::function<void(absl::StatusOr<Response>)> done,
+                        Planner plan, Responder respond) {
+  auto task = [this, request, admin, done, plan = std::move(plan),
+               respond = std::move(respond)]() {
+    bool stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      stopping = stopping_;
+    }
+    if (stopping) {
+      done(absl::UnavailableError(
+          "signetd is stopping; retry with the same request_id"));
+      return;
+    }
+    absl::StatusOr<std::string> answer =
+        Change(request, request.request_id(), [&] {
+          return ApplyChange(request.scope(), admin, plan, respond);
+        });
+    if (!answer.ok()) {
+      done(answer.status());
+      return;
+    }
+    Response response;
+    response.ParseFromString(*answer);
+    done(response);
+  };
+  if (!Post(std::move(task))) {
+    done(absl::ResourceExhaustedError(absl::StrCat(
+        "too many key changes queued (", kMaxQueuedCalls,
+        ") or signetd is stopping; retry with the same request_id")));
+  }
+}
+
+void KeyManager::RotateKey(
+    const signet::v1::RotateKeyRequest& request, const std::string& admin,
+    std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done) {
+  if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
+    done(st);
+    return;
+  }
+  if (request.mode() != signet::v1::PLANNED &&
+      request.mode() != signet::v1::IMMEDIATE) {
+    done(absl::InvalidArgumentError("mode must be PLANNED or IMMEDIATE"));
+    return;
+  }
+  const rotation::RotateMode mode = request.mode() == signet::v1::IMMEDIATE
+                                        ? rotation::RotateMode::kImmediate
+                                        : rotation::RotateMode::kPlanned;
+  Submit<signet::v1::RotateKeyRequest, signet::v1::RotateKeyResponse>(
+      request, admin, std::move(done),
+      [mode](const std::vector<rotation::KeyRecord>& records,
+             const rotation::SchedulePolicy& schedule, absl::Time now) {
+        return rotation::PlanRotateNow(records, schedule, mode, now);
+      },
+      [](const std::vector<rotation::KeyAction>& actions, absl::Time) {
+        signet::v1::RotateKeyResponse response;
+        const rotation::KeyRecord& next = actions[0].record;
+        response.set_active_kid(next.kid());
+        response.set_activates_at(
+            Rfc3339(rotation::TimeFromProto(next.activate_at())));
+        response.set_retiring_kid(actions[1].record.kid());
+        if (actions[0].detail.find("unknown kid") != std::string::npos) {
+          response.set_warning(actions[0].detail);
+        }
+        return response.SerializeAsString();
+      });
+}
+
+void KeyManager::RevokeKey(
+    const signet::v1::RevokeKeyRequest& request, const std::string& admin,
+    std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done) {
+  if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
+    done(st);
+    return;
+  }
+  if (request.kid().empty() || request.kid().size() > 128) {
+    done(absl::InvalidArgumentError("kid is required (at most 128 characters)"));
+    return;
+  }
+  if (request.reason().empty() || request.reason().size() > 512) {
+    done(absl::InvalidArgumentError(
+        "reason is required (1 to 512 bytes): it is recorded with the key "
+        "and audited"));
+    return;
+  }
+  const std::string kid = request.kid();
+  const std::string reason = request.reason();
+  Submit<signet::v1::RevokeKeyRequest, signet::v1::RevokeKeyResponse>(
+      request, admin, std::move(done),
+      [kid, reason, admin](const std::vector<rotation::KeyRecord>& records,
+                           const rotation::SchedulePolicy& schedule,
+                           absl::Time now)
+          -> absl::StatusOr<std::vector<rotation::KeyAction>> {
+        for (const rotation::KeyRecord& r : records) {
+          if (r.kid() != kid) continue;
+          return rotation::PlanRevoke(records, schedule, r.key_id(), reason,
+                                      admin, now);
+        }
+        return absl::NotFoundError(absl::StrCat(
+            "scope ", schedule.scope, " has no key with kid \"",
+            kid.substr(0, 64), "\""));
+      },
+      [kid](const std::vector<rotation::KeyAction>& actions, absl::Time now) {
+        signet::v1::RevokeKeyResponse response;
+        response.set_revoked_kid(kid);
+        response.set_revoked_at(Rfc3339(now));
+        if (actions.size() > 1) {
+          response.set_active_kid(actions[1].record.kid());
+          if (actions[1].detail.find("unknown kid") != std::string::npos) {
+            response.set_warning(actions[1].detail);
+          }
+        }
+        return response.SerializeAsString();
+      });
+}
+
+}  // namespace signet::server

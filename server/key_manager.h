@@ -1,0 +1,168 @@
+// The scopes' keys while signetd runs: the reconcile loop (a thread that
+// runs a rotation::KeyReconciler pass at each schedule boundary and every
+// interval), the scopes' serving keys it builds after each pass, and the
+// operators' key changes (rotate, revoke), which run on the same thread so
+// that exactly one writer touches the token. docs/architecture.md,
+// "Rotation"; the README's "Key rotation" and "Operating keys".
+//
+// Thread-safe: Scopes() and LastPass() from any thread; operator calls are
+// queued to the loop's thread and answered from it.
+#ifndef SIGNET_SERVER_KEY_MANAGER_H_
+#define SIGNET_SERVER_KEY_MANAGER_H_
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "hsm/key_store.h"
+#include "rotation/reconcile.h"
+#include "rotation/schedule.h"
+#include "server/audit_log.h"
+#include "server/signer_service.h"
+#include "signet/v1/admin.pb.h"
+#include "signet/v1/config.pb.h"
+
+namespace signet::server {
+
+using ScopeKeysMap = std::map<std::string, std::shared_ptr<const ScopeKeys>>;
+
+// What rotation needs of a validated scope.
+rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope);
+
+// The scopes' serving keys from a reconcile pass. A key whose record did
+// not change keeps its ScopeState from `previous` (nothing recomputed).
+absl::StatusOr<ScopeKeysMap> BuildScopeKeys(
+    const signet::v1::SignetConfig& config,
+    const std::map<std::string, rotation::ScopeKeySet>& sets,
+    const ScopeKeysMap& previous, absl::Time now);
+
+// Where a scope's schedule goes next: "standby activates", "key retires"
+// (no standby), ... and when; {"", InfiniteFuture} if nothing is due.
+struct NextTransition {
+  std::string what;
+  absl::Time at = absl::InfiniteFuture();
+};
+NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now);
+
+class KeyManager {
+ public:
+  // Called on the loop's thread after each successful pass with the new
+  // scopes' keys.
+  using OnKeys = std::function<void(const ScopeKeysMap& scopes)>;
+
+  // `store` and `audit` must outlive the manager. `config` is validated.
+  KeyManager(hsm::KeyStore* store, const signet::v1::SignetConfig& config,
+             AuditLog* audit, OnKeys on_keys);
+  ~KeyManager();
+  KeyManager(const KeyManager&) = delete;
+  KeyManager& operator=(const KeyManager&) = delete;
+
+  // The first pass, on the caller's thread: on the writer it makes each
+  // scope's first key and standby. Then starts the loop. Fails (and starts
+  // nothing) when the pass fails or a scope has no key that may sign.
+  absl::Status Start();
+  // Stops the loop; queued operator calls are answered UNAVAILABLE.
+  void Stop();
+
+  bool writer() const { return writer_; }
+  ScopeKeysMap Scopes() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  struct PassStatus {
+    absl::Time at = absl::InfinitePast();
+    absl::Status status;
+  };
+  PassStatus LastPass() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // An operator's key change. `admin` is the caller's identity (audited and
+  // recorded); `request_id` makes a retry apply once: the same id with the
+  // same request answers as the first time, with another request
+  // INVALID_ARGUMENT. `done` runs on the loop's thread.
+  void RotateKey(const signet::v1::RotateKeyRequest& request,
+                 const std::string& admin,
+                 std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)>
+                     done);
+  void RevokeKey(const signet::v1::RevokeKeyRequest& request,
+                 const std::string& admin,
+                 std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)>
+                     done);
+
+  // Operator calls waiting at once; more are refused RESOURCE_EXHAUSTED.
+  static constexpr size_t kMaxQueuedCalls = 64;
+  // Request ids remembered.
+  static constexpr size_t kMaxRememberedRequests = 1024;
+
+ private:
+  struct Remembered {
+    std::string request;  // the request's serialization
+    absl::Status status;
+    std::string response;
+  };
+
+  void Loop();
+  // A pass now, then the new keys swapped in; on the loop's thread.
+  absl::Status PassAndPublish();
+  // Queues `task` for the loop's thread; false (task not run) when full or
+  // stopping.
+  bool Post(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
+  // The operator call machinery shared by RotateKey and RevokeKey: checks
+  // the request id, runs `change` (which returns the response), remembers
+  // it, runs a pass. On the loop's thread.
+  absl::StatusOr<std::string> Change(
+      const google::protobuf::Message& request, const std::string& request_id,
+      const std::function<absl::StatusOr<std::string>()>& change);
+  using Planner = std::function<absl::StatusOr<std::vector<rotation::KeyAction>>(
+      const std::vector<rotation::KeyRecord>&, const rotation::SchedulePolicy&,
+      absl::Time)>;
+  using Responder = std::function<std::string(
+      const std::vector<rotation::KeyAction>&, absl::Time)>;
+  // Plans (with the scope's records as the token has them now) and applies
+  // an operator's change; returns the serialized response. Loop thread.
+  absl::StatusOr<std::string> ApplyChange(const std::string& scope,
+                                          const std::string& admin,
+                                          const Planner& plan,
+                                          const Responder& respond);
+  // Queues an operator's change for the loop's thread, with its request id.
+  template <typename Request, typename Response>
+  void Submit(const Request& request, const std::string& admin,
+              std::function<void(absl::StatusOr<Response>)> done, Planner plan,
+              Responder respond);
+  // The scope's records as the token has them now.
+  absl::StatusOr<std::vector<rotation::KeyRecord>> ReadScope(
+      const std::string& scope);
+  const rotation::ScopeKeyPolicy* PolicyFor(const std::string& scope) const;
+
+  hsm::KeyStore* const store_;
+  const signet::v1::SignetConfig config_;
+  AuditLog* const audit_;
+  const OnKeys on_keys_;
+  const bool writer_;
+  const absl::Duration interval_;
+  std::vector<rotation::ScopeKeyPolicy> policies_;
+  std::unique_ptr<rotation::KeyReconciler> reconciler_;
+  // Who the events of the change running now are by ("" for the loop).
+  std::string acting_admin_;
+
+  // Loop-thread only.
+  std::map<std::string, Remembered> remembered_;
+  std::deque<std::string> remembered_order_;
+
+  mutable absl::Mutex mu_;
+  ScopeKeysMap scopes_ ABSL_GUARDED_BY(mu_);
+  PassStatus last_pass_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_KEY_MANAGER_H_

@@ -1,0 +1,449 @@
+// The Admin service and signetctl's operators' commands, end to end: a real
+// signetd on a real token behind `p11-kit server`, mTLS gRPC over loopback,
+// a schedule of seconds. Operators rotate and revoke while a tenant signs
+// and signet's verifier (caching the key set as Cache-Control says,
+// refetching an unknown kid at most once an hour) verifies every token.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/verifier.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "signet/v1/admin.grpc.pb.h"
+#include "signet/v1/signer.grpc.pb.h"
+#include "tests/testing/http_get.h"
+#include "tests/testing/process.h"
+#include "tests/testing/signetd_process.h"
+#include "tests/testing/test_bed.h"
+
+namespace signet {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::SignetdOptions;
+using testing::SignetdProcess;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(90);
+constexpr char kIssuer[] = "http://127.0.0.1/ops";
+constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
+constexpr char kAdmin[] = "spiffe://signet.test/admin/ops";
+
+class AdminTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    signal(SIGPIPE, SIG_IGN);
+    auto bed = testing::SignetTestBed::Create();
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = std::move(*bed);
+    auto tenant =
+        bed_->ca().Issue("idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
+    ASSERT_TRUE(tenant.ok()) << tenant.status();
+    tenant_ = *tenant;
+    auto admin =
+        bed_->ca().Issue("ops", {.uri_sans = {kAdmin}, .eku = "clientAuth"});
+    ASSERT_TRUE(admin.ok()) << admin.status();
+    admin_ = *admin;
+    audit_dir_ = bed_->token().dir() + "/audit";
+    mkdir(audit_dir_.c_str(), 0700);
+    SignetdOptions options;
+    options.binary = SIGNETD_BINARY;
+    // P = 60 s: no automatic rotation during a test; L = 3 s.
+    options.config_text = absl::StrCat(
+        "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
+        "scopes { name: \"ops\" audience_class: CONSUMER purpose: JWT issuer: "
+        "\"",
+        kIssuer,
+        "\" algorithm: ES256 max_token_lifetime_seconds: 60 "
+        "rotation_period_seconds: 60 min_publish_lead_seconds: 3 "
+        "publish_grace_seconds: 130 }\n",
+        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant,
+        "\" scopes: \"ops\" }\n", "admins: \"uri:", kAdmin, "\"\n",
+        "audit_log_path: \"", audit_dir_, "/audit.log\"\n",
+        "http { listen_address: \"127.0.0.1:0\" public_base_url: "
+        "\"http://127.0.0.1\" cache_max_age_seconds: 1 }\n",
+        "serving { iat_skew_seconds: 5 }\n",
+        "allow_short_key_schedules: true\n",
+        "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n");
+    auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
+    ASSERT_TRUE(signetd.ok()) << signetd.status();
+    signetd_ = std::move(*signetd);
+    ASSERT_TRUE(signetd_->WaitForOutput("signetd ready", kStartTimeout).ok())
+        << signetd_->Output();
+    auto port = signetd_->WaitForPort(kStartTimeout);
+    ASSERT_TRUE(port.ok());
+    port_ = *port;
+    auto http = signetd_->WaitForHttpPort(kStartTimeout);
+    ASSERT_TRUE(http.ok());
+    http_port_ = *http;
+  }
+
+  std::shared_ptr<grpc::Channel> Channel(const testing::TestCa::Issued& who) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = bed_->ca().cert_pem();
+    ssl.pem_private_key = who.key_pem;
+    ssl.pem_cert_chain = who.cert_pem;
+    return grpc::CreateChannel(absl::StrCat("localhost:", port_),
+                               grpc::SslCredentials(ssl));
+  }
+  std::unique_ptr<v1::Admin::Stub> AdminStub() {
+    return v1::Admin::NewStub(Channel(admin_));
+  }
+
+  static void Deadline(grpc::ClientContext& ctx) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  }
+
+  v1::ListKeysResponse Keys() {
+    auto stub = AdminStub();
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::ListKeysRequest req;
+    req.set_scope("ops");
+    v1::ListKeysResponse resp;
+    grpc::Status st = stub->ListKeys(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp;
+  }
+  std::string KidIn(const v1::ListKeysResponse& keys, absl::string_view state,
+                    bool standby = false) {
+    for (const v1::KeyInfo& k : keys.keys()) {
+      if (k.state() == state && k.standby() == standby) return k.kid();
+    }
+    return "";
+  }
+
+  std::string AuditLog() const {
+    std::ifstream in(audit_dir_ + "/audit.log");
+    std::stringstream buf;
+    buf << in.rdbuf();
+    return buf.str();
+  }
+
+  // Signs and verifies continuously on a thread until Stop().
+  class Load {
+   public:
+    Load(AdminTest* test) : test_(test) {
+      VerifierOptions options;
+      options.issuers = {{kIssuer, absl::StrCat("http://127.0.0.1:",
+                                                test->http_port_,
+                                                "/scopes/ops/.well-known/jwks.json")}};
+      options.min_refetch_interval = absl::Hours(1);
+      auto verifier = Verifier::Create(options);
+      EXPECT_TRUE(verifier.ok()) << verifier.status();
+      verifier_ = std::move(*verifier);
+      stub_ = v1::Signer::NewStub(test->Channel(test->tenant_));
+      thread_ = std::thread([this] { Run(); });
+    }
+    void Stop() {
+      stop_ = true;
+      thread_.join();
+    }
+    int tokens() const { return tokens_; }
+    std::vector<std::string> failures() {
+      absl::MutexLock lock(&mu_);
+      return failures_;
+    }
+    std::vector<std::string> kids() {
+      absl::MutexLock lock(&mu_);
+      return kids_;
+    }
+
+   private:
+    void Run() {
+      while (!stop_) {
+        grpc::ClientContext ctx;
+        Deadline(ctx);
+        v1::SignJwtRequest req;
+        req.set_scope("ops");
+        const int64_t now = absl::ToUnixSeconds(absl::Now());
+        req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer,
+                                         "\",\"iat\":", now,
+                                         ",\"exp\":", now + 60, "}"));
+        v1::SignJwtResponse resp;
+        grpc::Status st = stub_->SignJwt(&ctx, req, &resp);
+        absl::MutexLock lock(&mu_);
+        if (!st.ok()) {
+          failures_.push_back(absl::StrCat("sign: ", st.error_message()));
+          continue;
+        }
+        ++tokens_;
+        if (kids_.empty() || kids_.back() != resp.kid()) kids_.push_back(resp.kid());
+        auto verified = verifier_->Verify(resp.jws());
+        if (!verified.ok()) {
+          failures_.push_back(absl::StrCat("verify: ", verified.status().ToString()));
+        }
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+    AdminTest* test_;
+    std::unique_ptr<Verifier> verifier_;
+    std::unique_ptr<v1::Signer::Stub> stub_;
+    std::thread thread_;
+    std::atomic<bool> stop_{false};
+    std::atomic<int> tokens_{0};
+    absl::Mutex mu_;
+    std::vector<std::string> failures_;
+    std::vector<std::string> kids_;
+  };
+
+  testing::RunResult Ctl(std::vector<std::string> args,
+                         const testing::TestCa::Issued* who = nullptr,
+                         std::string target = "") {
+    if (who == nullptr) who = &admin_;
+    testing::SpawnOptions options;
+    options.argv = {SIGNETCTL_BINARY};
+    options.argv.insert(options.argv.end(), args.begin(), args.end());
+    options.env = {{"SIGNET_TARGET",
+                    target.empty() ? absl::StrCat("localhost:", port_) : target},
+                   {"SIGNET_CA", bed_->ca().cert_path()},
+                   {"SIGNET_CERT", who->cert_path},
+                   {"SIGNET_KEY", who->key_path}};
+    auto ran = testing::RunProcess(options, absl::Seconds(60));
+    EXPECT_TRUE(ran.ok()) << ran.status();
+    return ran.ok() ? *ran : testing::RunResult{};
+  }
+
+  std::unique_ptr<testing::SignetTestBed> bed_;
+  testing::TestCa::Issued tenant_;
+  testing::TestCa::Issued admin_;
+  std::string audit_dir_;
+  std::unique_ptr<SignetdProcess> signetd_;
+  int port_ = 0;
+  int http_port_ = 0;
+};
+
+TEST_F(AdminTest, ATenantCallingAdminIsDeniedAndAudited) {
+  auto stub = v1::Admin::NewStub(Channel(tenant_));
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::ListScopesResponse resp;
+  grpc::Status st = stub->ListScopes(&ctx, v1::ListScopesRequest(), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(), HasSubstr("is not an admin"));
+  EXPECT_EQ(resp.scopes_size(), 0);
+  // A mutation too, and nothing changed.
+  const std::string active = KidIn(Keys(), "ACTIVE");
+  grpc::ClientContext rctx;
+  Deadline(rctx);
+  v1::RevokeKeyRequest revoke;
+  revoke.set_scope("ops");
+  revoke.set_kid(active);
+  revoke.set_reason("not mine to revoke");
+  revoke.set_request_id("tenant-1");
+  v1::RevokeKeyResponse rresp;
+  EXPECT_EQ(stub->RevokeKey(&rctx, revoke, &rresp).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(KidIn(Keys(), "ACTIVE"), active);
+  const std::string audit = AuditLog();
+  EXPECT_THAT(audit, HasSubstr("Admin/ListScopes"));
+  EXPECT_THAT(audit, HasSubstr("Admin/RevokeKey"));
+  EXPECT_THAT(audit, HasSubstr(absl::StrCat("uri:", kTenant)));
+}
+
+TEST_F(AdminTest, ListsScopesKeysAndStatus) {
+  auto stub = AdminStub();
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::ListScopesResponse scopes;
+  ASSERT_TRUE(stub->ListScopes(&ctx, v1::ListScopesRequest(), &scopes).ok());
+  ASSERT_EQ(scopes.scopes_size(), 1);
+  const v1::ScopeSummary& s = scopes.scopes(0);
+  EXPECT_EQ(s.name(), "ops");
+  EXPECT_EQ(s.audience_class(), "CONSUMER");
+  EXPECT_EQ(s.algorithm(), "ES256");
+  EXPECT_FALSE(s.active_kid().empty());
+  EXPECT_FALSE(s.standby_kid().empty());
+  EXPECT_EQ(s.next_transition(), "standby activates");
+  const v1::ListKeysResponse keys = Keys();
+  ASSERT_EQ(keys.keys_size(), 2);
+  EXPECT_EQ(keys.keys(0).kid(), s.active_kid());
+  EXPECT_EQ(keys.keys(0).state(), "ACTIVE");
+  EXPECT_EQ(keys.keys(1).kid(), s.standby_kid());
+  EXPECT_EQ(keys.keys(1).state(), "PENDING");
+  EXPECT_TRUE(keys.keys(1).standby());
+  EXPECT_EQ(keys.keys(1).activate_at(), keys.keys(0).retire_at());
+  grpc::ClientContext sctx;
+  Deadline(sctx);
+  v1::GetStatusResponse status;
+  ASSERT_TRUE(stub->GetStatus(&sctx, v1::GetStatusRequest(), &status).ok());
+  EXPECT_TRUE(status.hsm_reachable()) << status.hsm_detail();
+  EXPECT_TRUE(status.audit_writable());
+  EXPECT_TRUE(status.key_writer());
+  EXPECT_TRUE(status.last_reconcile_error().empty());
+  ASSERT_EQ(status.scopes_size(), 1);
+  EXPECT_TRUE(status.scopes(0).serving());
+  EXPECT_EQ(status.scopes(0).standby_kid(), s.standby_kid());
+  // Every admin call is audited with the admin's identity.
+  EXPECT_THAT(AuditLog(), HasSubstr(absl::StrCat("uri:", kAdmin)));
+  // Unknown scope: NOT_FOUND; a bad name: INVALID_ARGUMENT.
+  for (auto [scope, code] :
+       std::vector<std::pair<std::string, grpc::StatusCode>>{
+           {"nope", grpc::StatusCode::NOT_FOUND},
+           {"Bad Name", grpc::StatusCode::INVALID_ARGUMENT}}) {
+    grpc::ClientContext kctx;
+    Deadline(kctx);
+    v1::ListKeysRequest req;
+    req.set_scope(scope);
+    v1::ListKeysResponse resp;
+    EXPECT_EQ(stub->ListKeys(&kctx, req, &resp).error_code(), code) << scope;
+  }
+}
+
+TEST_F(AdminTest, ImmediateRotationAndRevocationUnderLoad) {
+  // The standby has been published for the lead (3 s) plus the cache.
+  absl::SleepFor(absl::Seconds(5));
+  const v1::ListKeysResponse before = Keys();
+  const std::string first = KidIn(before, "ACTIVE");
+  const std::string standby = KidIn(before, "PENDING", true);
+  ASSERT_FALSE(first.empty());
+  ASSERT_FALSE(standby.empty());
+  Load load(this);
+  absl::SleepFor(absl::Seconds(2));
+  auto stub = AdminStub();
+  grpc::ClientContext ctx;
+  Deadline(ctx);
+  v1::RotateKeyRequest rotate;
+  rotate.set_scope("ops");
+  rotate.set_mode(v1::IMMEDIATE);
+  rotate.set_request_id("rotate-1");
+  v1::RotateKeyResponse rotated;
+  grpc::Status st = stub->RotateKey(&ctx, rotate, &rotated);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(rotated.active_kid(), standby);
+  EXPECT_EQ(rotated.retiring_kid(), first);
+  EXPECT_TRUE(rotated.warning().empty()) << rotated.warning();
+  // The retry of the same request is answered as the first, applied once.
+  grpc::ClientContext again_ctx;
+  Deadline(again_ctx);
+  v1::RotateKeyResponse again;
+  ASSERT_TRUE(stub->RotateKey(&again_ctx, rotate, &again).ok());
+  EXPECT_EQ(again.SerializeAsString(), rotated.SerializeAsString());
+  // The same id for another request is refused.
+  grpc::ClientContext other_ctx;
+  Deadline(other_ctx);
+  v1::RotateKeyRequest other = rotate;
+  other.set_mode(v1::PLANNED);
+  v1::RotateKeyResponse other_resp;
+  EXPECT_EQ(stub->RotateKey(&other_ctx, other, &other_resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  absl::SleepFor(absl::Seconds(3));
+  // Zero failures across the rotation; the old key still published.
+  EXPECT_THAT(load.failures(), ::testing::IsEmpty());
+  const v1::ListKeysResponse after = Keys();
+  EXPECT_EQ(KidIn(after, "ACTIVE"), standby);
+  EXPECT_EQ(KidIn(after, "RETIRED"), first);
+  EXPECT_EQ(after.keys_size(), 3);  // and a new standby
+
+  // Revoke the active key: the new standby (published for only a moment)
+  // takes over, and the answer says relying parties may refetch.
+  grpc::ClientContext rctx;
+  Deadline(rctx);
+  v1::RevokeKeyRequest revoke;
+  revoke.set_scope("ops");
+  revoke.set_kid(standby);
+  revoke.set_reason("suspected exposure (test)");
+  revoke.set_request_id("revoke-1");
+  v1::RevokeKeyResponse revoked;
+  st = stub->RevokeKey(&rctx, revoke, &revoked);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(revoked.revoked_kid(), standby);
+  EXPECT_FALSE(revoked.active_kid().empty());
+  EXPECT_NE(revoked.active_kid(), standby);
+  absl::SleepFor(absl::Seconds(3));
+  load.Stop();
+  EXPECT_GT(load.tokens(), 50);
+  // The revoked key signs nothing after the revocation and leaves the set.
+  const std::vector<std::string> kids = load.kids();
+  ASSERT_FALSE(kids.empty());
+  EXPECT_EQ(kids.back(), revoked.active_kid());
+  auto body = testing::HttpGet(http_port_, "/scopes/ops/.well-known/jwks.json");
+  ASSERT_TRUE(body.ok());
+  EXPECT_THAT(body->body, Not(HasSubstr(standby)));
+  EXPECT_THAT(body->body, HasSubstr(first));
+  const v1::ListKeysResponse end = Keys();
+  bool found = false;
+  for (const v1::KeyInfo& k : end.keys()) {
+    if (k.kid() != standby) continue;
+    found = true;
+    EXPECT_EQ(k.state(), "REVOKED");
+    EXPECT_EQ(k.revoked_by(), absl::StrCat("uri:", kAdmin));
+    EXPECT_EQ(k.revocation_reason(), "suspected exposure (test)");
+  }
+  EXPECT_TRUE(found);
+  const std::string audit = AuditLog();
+  EXPECT_THAT(audit, HasSubstr("key_rotated"));
+  EXPECT_THAT(audit, HasSubstr("key_revoked"));
+}
+
+TEST_F(AdminTest, SignetctlCommandsTablesJsonAndExitCodes) {
+  testing::RunResult scopes = Ctl({"scopes", "list"});
+  EXPECT_EQ(scopes.exit_code, 0) << scopes.output;
+  EXPECT_THAT(scopes.output, HasSubstr("ACTIVE KID"));
+  EXPECT_THAT(scopes.output, HasSubstr("ops"));
+  testing::RunResult json = Ctl({"scopes", "list", "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  nlohmann::json parsed = nlohmann::json::parse(json.output, nullptr, false);
+  ASSERT_FALSE(parsed.is_discarded()) << json.output;
+  EXPECT_EQ(parsed["scopes"][0]["name"], "ops");
+  const std::string active = parsed["scopes"][0]["active_kid"];
+  EXPECT_FALSE(active.empty());
+
+  testing::RunResult keys = Ctl({"keys", "list", "ops"});
+  EXPECT_EQ(keys.exit_code, 0) << keys.output;
+  EXPECT_THAT(keys.output, HasSubstr("PENDING (standby)"));
+  testing::RunResult status = Ctl({"status"});
+  EXPECT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_THAT(status.output, HasSubstr("hsm:        reachable"));
+  EXPECT_THAT(status.output, HasSubstr("SERVING"));
+
+  // A destructive change without a terminal needs --yes: usage error, and
+  // nothing changed.
+  testing::RunResult unconfirmed = Ctl({"keys", "rotate", "ops", "--now"});
+  EXPECT_EQ(unconfirmed.exit_code, 2) << unconfirmed.output;
+  EXPECT_THAT(unconfirmed.output, HasSubstr("--yes"));
+  EXPECT_EQ(KidIn(Keys(), "ACTIVE"), active);
+  testing::RunResult revoke_unconfirmed =
+      Ctl({"keys", "revoke", "ops", active, "--reason", "x"});
+  EXPECT_EQ(revoke_unconfirmed.exit_code, 2);
+  // Planned rotation needs no confirmation.
+  testing::RunResult planned = Ctl({"keys", "rotate", "ops", "--json"});
+  EXPECT_EQ(planned.exit_code, 0) << planned.output;
+  EXPECT_THAT(planned.output, HasSubstr("\"activates_at\""));
+  testing::RunResult now = Ctl({"keys", "rotate", "ops", "--now", "--yes"});
+  EXPECT_EQ(now.exit_code, 0) << now.output;
+  EXPECT_THAT(now.output, HasSubstr("signs from"));
+  EXPECT_NE(KidIn(Keys(), "ACTIVE"), active);
+
+  // Permission denied: 3; unavailable: 4; usage: 2; failure: 1.
+  EXPECT_EQ(Ctl({"scopes", "list"}, &tenant_).exit_code, 3);
+  EXPECT_EQ(Ctl({"status", "--timeout", "2"}, nullptr, "127.0.0.1:1").exit_code,
+            4);
+  EXPECT_EQ(Ctl({"keys", "list"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"keys", "list", "no-such-scope"}).exit_code, 1);
+  // A flag wins over its environment variable.
+  testing::RunResult flag = Ctl({"status", "--target",
+                                 absl::StrCat("localhost:", port_)},
+                                nullptr, "127.0.0.1:1");
+  EXPECT_EQ(flag.exit_code, 0) << flag.output;
+}
+
+}  // namespace
+}  // namespace signet
