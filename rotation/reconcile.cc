@@ -39,11 +39,12 @@ std::vector<KeyRecord> RecordsOf(const std::map<std::string, KeyRecord>& all,
 
 KeyReconciler::KeyReconciler(hsm::KeyStore* store,
                              std::vector<ScopeKeyPolicy> policies, bool writer,
-                             EventSink events)
+                             EventSink events, std::function<void()> before_write)
     : store_(store),
       policies_(std::move(policies)),
       writer_(writer),
-      events_(std::move(events)) {}
+      events_(std::move(events)),
+      before_write_(std::move(before_write)) {}
 
 void KeyReconciler::Emit(KeyEvent event) const {
   if (events_) events_(event);
@@ -61,6 +62,7 @@ void KeyReconciler::DestroyUnrecorded(
   for (const std::string& id : *ids) {
     // Any record, even one this version cannot read, keeps its key.
     if (stored.contains(id)) continue;
+    if (before_write_) before_write_();
     absl::Status destroyed = store_->DestroyKeyPair(id);
     Emit({destroyed.ok() ? "key_pruned" : "key_action_failed", "", "",
           destroyed.ok(),
@@ -99,6 +101,7 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
     absl::Status status;
     switch (action.kind) {
       case KeyAction::Kind::kGenerate: {
+        if (before_write_) before_write_();
         absl::StatusOr<std::string> generated =
             store_->GenerateKeyPair(policy.key_spec);
         if (!generated.ok()) {
@@ -118,6 +121,7 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
         if (status.ok()) {
           // A key is used only once its record is written; a crash before
           // leaves an unrecorded pair the next pass destroys.
+          if (before_write_) before_write_();
           status = store_->WriteRecord(*generated, SerializeKeyRecord(record))
                        .status();
         }
@@ -127,18 +131,22 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
       case KeyAction::Kind::kWriteRecord:
         status = ValidateKeyRecord(record);
         if (status.ok()) {
+          if (before_write_) before_write_();
           status = store_->WriteRecord(id, SerializeKeyRecord(record)).status();
         }
         break;
       case KeyAction::Kind::kDestroyPrivateKey:
         loaded_.erase(record.key_id());
+        if (before_write_) before_write_();
         status = store_->DestroyPrivateKey(id);
         if (status.ok()) {
+          if (before_write_) before_write_();
           status = store_->WriteRecord(id, SerializeKeyRecord(record)).status();
         }
         break;
       case KeyAction::Kind::kPrune:
         loaded_.erase(record.key_id());
+        if (before_write_) before_write_();
         status = store_->DestroyKeyPair(id);
         break;
     }

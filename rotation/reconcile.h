@@ -54,9 +54,12 @@ class KeyReconciler {
   using EventSink = std::function<void(const KeyEvent&)>;
 
   // `store` must outlive the reconciler. `writer`: whether this replica
-  // writes keys (not never_create_keys).
+  // writes keys (not never_create_keys). `before_write`, if set, runs before
+  // every token write (generate, record, destroy): the fault-injection
+  // tests kill the process there.
   KeyReconciler(hsm::KeyStore* store, std::vector<ScopeKeyPolicy> policies,
-                bool writer, EventSink events);
+                bool writer, EventSink events,
+                std::function<void()> before_write = {});
 
   // One pass at `now`. Per scope: its records and loaded keys. A scope
   // whose keys could not all be loaded keeps the keys it had. UNAVAILABLE
@@ -95,6 +98,7 @@ class KeyReconciler {
   const std::vector<ScopeKeyPolicy> policies_;
   const bool writer_;
   const EventSink events_;
+  const std::function<void()> before_write_;
   std::map<std::string, hsm::LoadedKey> loaded_;  // by hex key id
   // Each key's effective state at the last pass, to report transitions.
   std::map<std::string, KeyState> last_state_;

@@ -1,5 +1,7 @@
 #include "server/key_manager.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -93,7 +95,7 @@ NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now) {
 
 KeyManager::KeyManager(hsm::KeyStore* store,
                        const signet::v1::SignetConfig& config, AuditLog* audit,
-                       OnKeys on_keys)
+                       OnKeys on_keys, int kill_at_write)
     : store_(store),
       config_(config),
       audit_(audit),
@@ -120,7 +122,11 @@ KeyManager::KeyManager(hsm::KeyStore* store,
         line.result = e.ok ? "OK" : "FAILED";
         line.detail = e.detail;
         (void)audit_->Append(line);
-      });
+      },
+      kill_at_write <= 0 ? std::function<void()>()
+                         : [kill_at_write, writes = 0]() mutable {
+                             if (++writes == kill_at_write) raise(SIGKILL);
+                           });
 }
 
 KeyManager::~KeyManager() { Stop(); }

@@ -60,8 +60,10 @@ class KeyManager {
   using OnKeys = std::function<void(const ScopeKeysMap& scopes)>;
 
   // `store` and `audit` must outlive the manager. `config` is validated.
+  // `kill_at_write` > 0 is for fault-injection tests only: the process
+  // kills itself (SIGKILL) just before its kill_at_write-th token write.
   KeyManager(hsm::KeyStore* store, const signet::v1::SignetConfig& config,
-             AuditLog* audit, OnKeys on_keys);
+             AuditLog* audit, OnKeys on_keys, int kill_at_write = 0);
   ~KeyManager();
   KeyManager(const KeyManager&) = delete;
   KeyManager& operator=(const KeyManager&) = delete;

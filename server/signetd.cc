@@ -47,6 +47,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -745,10 +746,21 @@ int Run() {
   // and the public documents rebuilt (`on_keys`, set below once the
   // documents exist).
   std::function<void(const ScopeKeysMap&)> on_keys;
+  // Fault injection for the crash tests (tests/server/key_rotation_test.cc):
+  // signetd kills itself before its N-th token write.
+  int kill_at_write = 0;
+  if (const char* env = std::getenv("SIGNET_TEST_KILL_AT_WRITE");
+      env != nullptr && absl::SimpleAtoi(env, &kill_at_write) &&
+      kill_at_write > 0) {
+    SIGNET_LOG_WARN("SIGNET_TEST_KILL_AT_WRITE={}: this process kills itself "
+                    "before token write {} (fault-injection tests only)",
+                    kill_at_write, kill_at_write);
+  }
   KeyManager key_manager(&store, *config, audit->get(),
                          [&on_keys](const ScopeKeysMap& scopes) {
                            if (on_keys) on_keys(scopes);
-                         });
+                         },
+                         kill_at_write);
   if (absl::Status started = key_manager.Start(); !started.ok()) {
     return Fail(started);
   }

@@ -21,6 +21,13 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/verifier.h"
+#include "hsm/key_store.h"
+#include "hsm/module.h"
+#include "hsm/pin.h"
+#include "hsm/session_pool.h"
+#include "hsm/token_uri.h"
+#include "signet/v1/admin.grpc.pb.h"
+#include "tests/testing/p11kit_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -40,6 +47,7 @@ using testing::SignetdProcess;
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
 constexpr char kIssuer[] = "http://127.0.0.1/short";
 constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
+constexpr char kAdmin[] = "spiffe://signet.test/admin/ops";
 // P = 6 s, L = 3 s = 2C + R with C = R = 1 s; G covers T = 60 s + S = 5 s
 // + V = 60 s.
 constexpr absl::Duration kPeriod = absl::Seconds(6);
@@ -60,9 +68,14 @@ class KeyRotationTest : public ::testing::Test {
         "idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
     ASSERT_TRUE(tenant.ok()) << tenant.status();
     tenant_ = *tenant;
+    auto admin =
+        bed_->ca().Issue("ops", {.uri_sans = {kAdmin}, .eku = "clientAuth"});
+    ASSERT_TRUE(admin.ok()) << admin.status();
+    admin_ = *admin;
   }
 
-  std::string Config(absl::string_view name, bool writer) const {
+  std::string Config(absl::string_view name, bool writer,
+                     absl::Duration period = kPeriod) const {
     const std::string audit_dir =
         absl::StrCat(bed_->token().dir(), "/audit-", name);
     mkdir(audit_dir.c_str(), 0700);
@@ -73,10 +86,11 @@ class KeyRotationTest : public ::testing::Test {
         kIssuer,
         "\" algorithm: ES256 max_token_lifetime_seconds: 60 "
         "rotation_period_seconds: ",
-        absl::ToInt64Seconds(kPeriod),
+        absl::ToInt64Seconds(period),
         " min_publish_lead_seconds: 3 publish_grace_seconds: 130 }\n",
         bed_->TlsConfig(),
         "tenants { identity: \"uri:", kTenant, "\" scopes: \"short\" }\n",
+        "admins: \"uri:", kAdmin, "\"\n",
         "audit_log_path: \"", audit_dir, "/audit.log\"\n",
         "http { listen_address: \"127.0.0.1:0\" public_base_url: "
         "\"http://127.0.0.1\" cache_max_age_seconds: 1 }\n",
@@ -93,11 +107,14 @@ class KeyRotationTest : public ::testing::Test {
     int http_port = 0;
   };
 
-  Running Start(absl::string_view name, bool writer) {
+  Running Start(absl::string_view name, bool writer,
+                std::vector<std::pair<std::string, std::string>> env = {},
+                absl::Duration period = kPeriod) {
     Running r;
     SignetdOptions options;
     options.binary = SIGNETD_BINARY;
-    options.config_text = Config(name, writer);
+    options.config_text = Config(name, writer, period);
+    options.env = std::move(env);
     auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
     EXPECT_TRUE(signetd.ok()) << signetd.status();
     if (!signetd.ok()) return r;
@@ -158,8 +175,52 @@ class KeyRotationTest : public ::testing::Test {
     return verifier.ok() ? std::move(*verifier) : nullptr;
   }
 
+  std::unique_ptr<v1::Admin::Stub> AdminStub(const Running& r) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = bed_->ca().cert_pem();
+    ssl.pem_private_key = admin_.key_pem;
+    ssl.pem_cert_chain = admin_.cert_pem;
+    return v1::Admin::NewStub(grpc::CreateChannel(
+        absl::StrCat("localhost:", r.process->WaitForPort(kStartTimeout).value()),
+        grpc::SslCredentials(ssl)));
+  }
+
+  v1::ListKeysResponse Keys(const Running& r) {
+    auto stub = AdminStub(r);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::ListKeysRequest req;
+    req.set_scope("short");
+    v1::ListKeysResponse resp;
+    grpc::Status st = stub->ListKeys(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp;
+  }
+
+  // The private keys in the token, read through the same p11-kit boundary
+  // signetd uses (scopes' keys and the audit key).
+  int TokenPrivateKeys() {
+    hsm::ModuleOptions module;
+    module.module_path = testing::P11KitServer::client_module_path();
+    module.p11_kit_server_address = bed_->hsm().address();
+    auto connector = hsm::P11KitConnector::Create(module);
+    if (!connector.ok()) return -1;
+    auto uri = hsm::TokenUri::Parse(bed_->token().token_uri());
+    if (!uri.ok()) return -1;
+    hsm::SessionPoolOptions options;
+    options.connections = 1;
+    auto pool = hsm::SessionPool::Create(
+        std::move(*connector), std::move(*uri),
+        hsm::Pin::FromBytes(bed_->token().user_pin()), options);
+    if (!pool.ok()) return -1;
+    hsm::Pkcs11KeyStore store(pool->get());
+    auto ids = store.ListKeyIds();
+    return ids.ok() ? static_cast<int>(ids->size()) : -1;
+  }
+
   std::unique_ptr<testing::SignetTestBed> bed_;
   testing::TestCa::Issued tenant_;
+  testing::TestCa::Issued admin_;
 };
 
 TEST_F(KeyRotationTest, SignsThroughThreeRotationsWithoutAVerificationFailure) {
@@ -311,6 +372,108 @@ TEST_F(KeyRotationTest, WithoutAWriterTheScopeFailsClosedAfterItsLastKey) {
   }
   EXPECT_TRUE(not_serving);
 }
+
+// A replica becomes the writer by restarting it without never_create_keys
+// (README, "Key rotation": promoting a replica): it then makes the keys
+// the dead writer would have made, and never a second active key.
+TEST_F(KeyRotationTest, AReplicaIsPromotedToWriterByARestart) {
+  Running writer = Start("writer", true);
+  ASSERT_NE(writer.stub, nullptr);
+  Running replica = Start("replica", false);
+  ASSERT_NE(replica.stub, nullptr);
+  ASSERT_TRUE(writer.process->Stop(SIGKILL, absl::Seconds(10)).ok());
+  // Past the first key's retire time: the standby signs, nobody made a
+  // successor.
+  absl::SleepFor(kPeriod + absl::Seconds(1));
+  v1::ListKeysResponse before = Keys(replica);
+  EXPECT_EQ(before.keys_size(), 2) << before.DebugString();
+  ASSERT_TRUE(replica.process->Stop(SIGTERM, absl::Seconds(30)).ok());
+  Running promoted = Start("replica", true);
+  ASSERT_NE(promoted.stub, nullptr);
+  absl::StatusOr<Signed> token = Sign(*promoted.stub);
+  ASSERT_TRUE(token.ok()) << token.status();
+  v1::ListKeysResponse after = Keys(promoted);
+  int active = 0;
+  int standby = 0;
+  for (const v1::KeyInfo& k : after.keys()) {
+    active += k.state() == "ACTIVE" ? 1 : 0;
+    standby += k.standby() ? 1 : 0;
+  }
+  EXPECT_EQ(active, 1) << after.DebugString();
+  EXPECT_EQ(standby, 1) << after.DebugString();
+  EXPECT_EQ(after.keys_size(), 3) << after.DebugString();
+  EXPECT_THAT(promoted.process->Output(), HasSubstr("key_generated"));
+}
+
+// kill -9 of the writer before each token write of an immediate rotation
+// (the successor's record, the old key's record, the new standby's key
+// pair, its record), then a restart: the schedule converges to one ACTIVE
+// key and one standby, no key pair without a record, and signing verifies.
+class KeyRotationCrashTest : public KeyRotationTest,
+                             public ::testing::WithParamInterface<int> {};
+
+TEST_P(KeyRotationCrashTest, AKilledWriterConvergesAfterARestart) {
+  // The first start writes 4 times (two key pairs and their records); the
+  // rotation's writes are 5 to 8.
+  const int kill_at = GetParam();
+  std::string first_active;
+  {
+    // A period of a minute: no automatic rotation writes meanwhile.
+    Running writer = Start("writer", true,
+                           {{"SIGNET_TEST_KILL_AT_WRITE", absl::StrCat(kill_at)}},
+                           absl::Minutes(1));
+    ASSERT_NE(writer.stub, nullptr);
+    first_active = Sign(*writer.stub).value().kid;
+    auto stub = AdminStub(writer);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::RotateKeyRequest req;
+    req.set_scope("short");
+    req.set_mode(v1::IMMEDIATE);
+    req.set_request_id("crash");
+    v1::RotateKeyResponse resp;
+    grpc::Status st = stub->RotateKey(&ctx, req, &resp);
+    EXPECT_FALSE(st.ok()) << "the writer should have died at write " << kill_at;
+    auto code = writer.process->WaitExit(absl::Seconds(30));
+    ASSERT_TRUE(code.ok()) << code.status();
+    EXPECT_EQ(*code, -SIGKILL) << writer.process->Output();
+  }
+  Running restarted = Start("writer", true, {}, absl::Minutes(1));
+  ASSERT_NE(restarted.stub, nullptr);
+  // Within a pass or two the schedule is whole again.
+  v1::ListKeysResponse keys;
+  int active = 0;
+  int standby = 0;
+  for (int i = 0; i < 50; ++i) {
+    keys = Keys(restarted);
+    active = 0;
+    standby = 0;
+    for (const v1::KeyInfo& k : keys.keys()) {
+      active += k.state() == "ACTIVE" ? 1 : 0;
+      standby += k.standby() ? 1 : 0;
+    }
+    if (active == 1 && standby == 1) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_EQ(active, 1) << keys.DebugString();
+  EXPECT_EQ(standby, 1) << keys.DebugString();
+  // Every key pair has its record (+1: the audit key).
+  EXPECT_EQ(TokenPrivateKeys(), keys.keys_size() + 1) << keys.DebugString();
+  std::unique_ptr<Verifier> relying_party = RelyingParty(restarted.http_port);
+  absl::StatusOr<Signed> token = Sign(*restarted.stub);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_TRUE(relying_party->Verify(token->token).ok());
+  if (kill_at == 5) {
+    // Killed before the rotation wrote anything: nothing changed.
+    EXPECT_EQ(token->kid, first_active);
+  } else {
+    // The successor's activation was written: the old key never signs again.
+    EXPECT_NE(token->kid, first_active);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(EachWriteOfARotation, KeyRotationCrashTest,
+                         ::testing::Values(5, 6, 7, 8));
 
 }  // namespace
 }  // namespace signet
