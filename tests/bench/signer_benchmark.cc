@@ -97,6 +97,7 @@
 #include "hsm/public_key.h"
 #include "hsm/session_pool.h"
 #include "hsm/token_uri.h"
+#include "signet/v1/admin.grpc.pb.h"
 #include "signet/v1/signer.grpc.pb.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/pki.h"
@@ -140,6 +141,11 @@ ABSL_FLAG(std::string, audit_dir, "",
 ABSL_FLAG(std::string, signetd, SIGNETD_BINARY,
           "The signetd binary to measure, e.g. another build's for an A/B "
           "comparison in the same run.");
+ABSL_FLAG(bool, rotation, true,
+          "After the rounds, a unary phase at the first --unary_concurrency "
+          "during which an admin rotates the scope's key IMMEDIATE (Admin "
+          "RotateKey), right after a steady phase: tokens/s across the "
+          "rotation over steady, and every token of it verified.");
 ABSL_FLAG(bool, wait_at_end, false,
           "Print signetd's pid and keep waiting for Enter at the end (to look "
           "at the audit log or attach a profiler); the temporary directory is "
@@ -440,8 +446,15 @@ class ClosedLoop {
   ClosedLoop(std::vector<std::unique_ptr<Signer::Stub>>* stubs, int batch)
       : stubs_(stubs), batch_(batch) {}
 
+  // Keeps every unary token of the measured window (for the rotation
+  // phase's verification).
+  void KeepTokens() { keep_tokens_ = true; }
+  std::vector<std::string> TakeTokens() { return std::move(kept_); }
+
+  // `at_middle`, if set, runs on this thread halfway through the window.
   PhaseResult Run(int concurrency, double warmup_s, double measure_s,
-                  const CpuMeter& meter) {
+                  const CpuMeter& meter,
+                  const std::function<void()>& at_middle = {}) {
     const Clock::time_point t0 = Clock::now();
     window_start_ = t0 + std::chrono::duration_cast<Clock::duration>(
                              std::chrono::duration<double>(warmup_s));
@@ -460,6 +473,10 @@ class ClosedLoop {
     for (auto& slot : slots_) Issue(slot.get());
     std::this_thread::sleep_until(window_start_);
     CpuSnapshot a = meter.Take();
+    if (at_middle) {
+      std::this_thread::sleep_until(window_start_ + (window_end_ - window_start_) / 2);
+      at_middle();
+    }
     std::this_thread::sleep_until(window_end_);
     CpuSnapshot b = meter.Take();
     {
@@ -479,6 +496,7 @@ class ClosedLoop {
       r.errors += s->errors;
       if (r.first_error.empty()) r.first_error = s->first_error;
       all.insert(all.end(), s->latencies_us.begin(), s->latencies_us.end());
+      for (std::string& token : s->kept) kept_.push_back(std::move(token));
     }
     r.tokens_per_s = r.tokens / measure_s;
     r.p50_ms = Percentile(all, 0.50) / 1000.0;
@@ -499,6 +517,7 @@ class ClosedLoop {
     Clock::time_point start;
     // Touched by one callback at a time (a slot has one call in flight).
     std::vector<float> latencies_us;
+    std::vector<std::string> kept;
     int64_t calls = 0, tokens = 0, errors = 0;
     std::string first_error;
   };
@@ -556,6 +575,9 @@ class ClosedLoop {
       if (st.ok()) {
         s->latencies_us.push_back(static_cast<float>(
             std::chrono::duration<double, std::micro>(end - s->start).count()));
+        if (keep_tokens_ && batch_ == 0 && !s->unary_resp.jws().empty()) {
+          s->kept.push_back(s->unary_resp.jws());
+        }
       }
     }
     if (!error.empty() && s->first_error.empty()) s->first_error = error;
@@ -571,6 +593,8 @@ class ClosedLoop {
 
   std::vector<std::unique_ptr<Signer::Stub>>* stubs_;
   const int batch_;  // 0: unary
+  bool keep_tokens_ = false;
+  std::vector<std::string> kept_;
   Clock::time_point window_start_, window_end_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::mutex mu_;
@@ -586,6 +610,7 @@ struct Env {
   std::unique_ptr<TestCa> ca;
   std::unique_ptr<TestCa::Issued> server_cert;
   std::unique_ptr<TestCa::Issued> client_cert;
+  std::unique_ptr<TestCa::Issued> admin_cert;
   std::unique_ptr<SignetdProcess> signetd;
   std::string audit_path;
   int port = 0;
@@ -656,6 +681,13 @@ absl::StatusOr<std::unique_ptr<Env>> StartEnv(int connections, int sessions,
       env->ca->Issue("bench-client", client_options);
   if (!client.ok()) return client.status();
   env->client_cert = std::make_unique<TestCa::Issued>(*client);
+  CertOptions admin_options;
+  admin_options.uri_sans = {"spiffe://signet.test/bench/admin"};
+  admin_options.eku = "clientAuth";
+  absl::StatusOr<TestCa::Issued> admin =
+      env->ca->Issue("bench-admin", admin_options);
+  if (!admin.ok()) return admin.status();
+  env->admin_cert = std::make_unique<TestCa::Issued>(*admin);
   // --audit_dir puts the log elsewhere, e.g. on tmpfs to see what
   // fdatasync costs.
   const std::string audit_dir =
@@ -812,6 +844,77 @@ std::string Fmt(double v, int decimals) {
   return v < 0 ? std::string("-") : absl::StrFormat("%.*f", decimals, v);
 }
 
+// The rotation phase's admin call: the scope's standby signs from now.
+absl::StatusOr<std::string> RotateNow(const Env& env) {
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = env.ca->cert_pem();
+  ssl.pem_private_key = env.admin_cert->key_pem;
+  ssl.pem_cert_chain = env.admin_cert->cert_pem;
+  auto admin = v1::Admin::NewStub(grpc::CreateChannel(
+      absl::StrCat("localhost:", env.port), grpc::SslCredentials(ssl)));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  v1::RotateKeyRequest req;
+  req.set_scope(kScope);
+  req.set_mode(v1::IMMEDIATE);
+  req.set_request_id(absl::StrCat("bench-", getpid()));
+  v1::RotateKeyResponse resp;
+  grpc::Status st = admin->RotateKey(&ctx, req, &resp);
+  if (!st.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                        st.error_message());
+  }
+  return resp.active_kid();
+}
+
+// Verifies every token against the scope's JWK set fetched after the
+// phase (it holds the retired key and its successor). Returns the number
+// that fail, and in `kids` the kids seen, in order of first use.
+int64_t VerifyAgainstJwks(Signer::Stub& stub,
+                          const std::vector<std::string>& tokens,
+                          std::vector<std::string>* kids, std::string* error) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  v1::GetJwksRequest req;
+  req.set_scope(kScope);
+  v1::GetJwksResponse jwks;
+  grpc::Status st = stub.GetJwks(&ctx, req, &jwks);
+  if (!st.ok()) {
+    *error = "GetJwks: " + st.error_message();
+    return static_cast<int64_t>(tokens.size());
+  }
+  nlohmann::json set = nlohmann::json::parse(jwks.jwks_json(), nullptr, false);
+  std::map<std::string, hsm::PublicKey> keys;
+  if (!set.is_discarded()) {
+    for (const nlohmann::json& jwk : set["keys"]) {
+      std::string point = "\x04" + B64Decode(jwk["x"].get<std::string>()) +
+                          B64Decode(jwk["y"].get<std::string>());
+      absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromEcPoint(
+          hsm::EcParamsDer(hsm::SignatureAlgorithm::kEcdsaP256Sha256), point);
+      if (key.ok()) keys.emplace(jwk["kid"].get<std::string>(), *std::move(key));
+    }
+  }
+  int64_t failures = 0;
+  for (const std::string& token : tokens) {
+    std::vector<absl::string_view> parts = absl::StrSplit(token, '.');
+    nlohmann::json header = nlohmann::json::parse(
+        B64Decode(parts.empty() ? "" : parts[0]), nullptr, false);
+    const std::string kid =
+        header.is_discarded() ? "" : header.value("kid", std::string());
+    if (kids->empty() || std::find(kids->begin(), kids->end(), kid) == kids->end()) {
+      kids->push_back(kid);
+    }
+    auto key = keys.find(kid);
+    absl::Status verified =
+        key == keys.end() ? absl::NotFoundError(absl::StrCat("no key ", kid))
+                          : VerifyJws(key->second, kid, token);
+    if (!verified.ok()) {
+      if (failures++ == 0) *error = verified.ToString();
+    }
+  }
+  return failures;
+}
+
 std::string Label(const PhaseResult& r) {
   if (r.name == "raw") return absl::StrCat("raw C_Sign x", r.concurrency);
   if (r.name == "unary") return absl::StrCat("SignJwt c=", r.concurrency);
@@ -954,6 +1057,46 @@ int main(int argc, char** argv) {
       for (int c : batch_conc) run_pair(round, c, b);
     }
   }
+  // Signing through a rotation: a steady phase, then the same load while an
+  // admin rotates the key IMMEDIATE halfway through the window.
+  std::string rotation_report;
+  if (absl::GetFlag(FLAGS_rotation) && !unary.empty()) {
+    const int c = unary.front();
+    ClosedLoop steady_loop(&stubs, 0);
+    PhaseResult steady = steady_loop.Run(c, warmup, seconds, meter);
+    ClosedLoop rotation_loop(&stubs, 0);
+    rotation_loop.KeepTokens();
+    absl::StatusOr<std::string> new_kid = absl::UnknownError("not called");
+    PhaseResult across = rotation_loop.Run(
+        c, warmup, seconds, meter, [&] { new_kid = RotateNow(**env); });
+    if (!new_kid.ok()) {
+      rotation_report = absl::StrCat(
+          "rotation phase: the admin's RotateKey failed (", new_kid.status().ToString(),
+          "); nothing measured\n");
+    } else {
+      std::vector<std::string> kids;
+      std::string error;
+      const std::vector<std::string> tokens = rotation_loop.TakeTokens();
+      const int64_t failures =
+          VerifyAgainstJwks(*stubs.front(), tokens, &kids, &error);
+      const double ratio = steady.tokens_per_s > 0
+                               ? across.tokens_per_s / steady.tokens_per_s
+                               : -1;
+      rotation_report = absl::StrFormat(
+          "signing through an immediate rotation (SignJwt c=%d, RotateKey "
+          "halfway through a %.1f s window): %.0f tokens/s vs %.0f steady "
+          "just before: ratio %s (goal >= 0.95: %s); %lld call errors; "
+          "verification failures %lld of %zu tokens (goal 0: %s)%s; kids "
+          "used: %s\n",
+          c, seconds, across.tokens_per_s, steady.tokens_per_s,
+          Fmt(ratio, 2).c_str(), Verdict(ratio, 0.95),
+          static_cast<long long>(across.errors),
+          static_cast<long long>(failures), tokens.size(),
+          failures == 0 ? "meets" : "misses",
+          error.empty() ? "" : absl::StrCat(" (first: ", error, ")").c_str(),
+          absl::StrJoin(kids, " then ").c_str());
+    }
+  }
   const double total_s = Secs(Clock::now() - t_start);
 
   // Rows in run order, keyed by label.
@@ -1083,6 +1226,8 @@ int main(int argc, char** argv) {
                   : "");
   std::printf("p99/p50 <= 4 at c=64        %-17s %6s  %s\n", "SignJwt c=64",
               Fmt(tail64, 1).c_str(), Verdict(tail64, 4, /*at_most=*/true));
+
+  if (!rotation_report.empty()) std::printf("%s", rotation_report.c_str());
 
   struct stat st;
   const long long audit_bytes =
