@@ -283,23 +283,20 @@ absl::StatusOr<std::string> KeyManager::Change(
           "\" was already used for another request; use a new id for a new "
           "change"));
     }
-    if (!seen->second.status.ok()) return seen->second.status;
     return seen->second.response;
   }
   absl::StatusOr<std::string> response = change();
-  // A refusal that changed nothing (bad scope, no standby) may be retried
-  // with the same id; an applied change, or a failure midway, is
-  // remembered.
-  const bool remember =
-      response.ok() || response.status().code() == absl::StatusCode::kUnavailable;
-  if (remember) {
+  // Only an applied change is remembered: a refusal changed nothing, and a
+  // change that failed midway is planned again from the token's records
+  // when retried (a revocation already written then answers "already
+  // revoked", and the reconcile loop completes the rest).
+  if (response.ok()) {
     if (remembered_order_.size() >= kMaxRememberedRequests) {
       remembered_.erase(remembered_order_.front());
       remembered_order_.pop_front();
     }
     remembered_order_.push_back(request_id);
-    remembered_[request_id] = Remembered{
-        fingerprint, response.status(), response.ok() ? *response : ""};
+    remembered_[request_id] = Remembered{fingerprint, *response};
   }
   // The change (or what part of it happened) takes effect in this replica
   // now, not at the next interval.

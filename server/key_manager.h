@@ -103,9 +103,9 @@ class KeyManager {
   static constexpr size_t kMaxRememberedRequests = 1024;
 
  private:
+  // An applied change's request and answer, by request id.
   struct Remembered {
     std::string request;  // the request's serialization
-    absl::Status status;
     std::string response;
   };
 
@@ -115,9 +115,10 @@ class KeyManager {
   // Queues `task` for the loop's thread; false (task not run) when full or
   // stopping.
   bool Post(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
-  // The operator call machinery shared by RotateKey and RevokeKey: checks
-  // the request id, runs `change` (which returns the response), remembers
-  // it, runs a pass. On the loop's thread.
+  // The operator call machinery shared by RotateKey and RevokeKey: answers
+  // a request id seen before from memory; otherwise runs `change` (which
+  // returns the response), remembers it if it was applied, and runs a pass.
+  // On the loop's thread.
   absl::StatusOr<std::string> Change(
       const google::protobuf::Message& request, const std::string& request_id,
       const std::function<absl::StatusOr<std::string>()>& change);

@@ -329,6 +329,18 @@ TEST_F(KeyRotationTest, ReplicaFollowsTheWritersRotations) {
   EXPECT_EQ(same_sets, 3);
   EXPECT_EQ(same_kids, 3);
   EXPECT_GE(kids.size(), 2u);
+  // Only the writer changes keys.
+  auto admin = AdminStub(replica);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::RotateKeyRequest rotate;
+  rotate.set_scope("short");
+  rotate.set_mode(v1::IMMEDIATE);
+  rotate.set_request_id("on-a-replica");
+  v1::RotateKeyResponse rotated;
+  grpc::Status st = admin->RotateKey(&ctx, rotate, &rotated);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(st.error_message(), HasSubstr("never_create_keys"));
   EXPECT_THAT(replica.process->Output(), Not(HasSubstr("key_generated")));
 }
 
