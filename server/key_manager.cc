@@ -132,7 +132,9 @@ KeyManager::KeyManager(hsm::KeyStore* store,
 KeyManager::~KeyManager() { Stop(); }
 
 absl::Status KeyManager::Start() {
-  if (absl::Status first = PassAndPublish(); !first.ok()) return first;
+  if (absl::Status first = PassAndPublish(/*notify=*/false); !first.ok()) {
+    return first;
+  }
   const absl::Time now = absl::Now();
   for (const auto& [name, keys] : Scopes()) {
     if (keys->SigningAt(now) != nullptr) continue;
@@ -143,9 +145,10 @@ absl::Status KeyManager::Start() {
                   "not create keys (never_create_keys): start the replica "
                   "that writes keys first"));
   }
-  thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
 }
+
+void KeyManager::StartLoop() { thread_ = std::thread([this] { Loop(); }); }
 
 void KeyManager::Stop() {
   std::deque<std::function<void()>> abandoned;
@@ -181,7 +184,7 @@ bool KeyManager::Post(std::function<void()> task) {
   return true;
 }
 
-absl::Status KeyManager::PassAndPublish() {
+absl::Status KeyManager::PassAndPublish(bool notify) {
   const absl::Time at = absl::Now();
   absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
       reconciler_->RunOnce(at);
@@ -193,7 +196,7 @@ absl::Status KeyManager::PassAndPublish() {
     if (built.ok()) scopes_ = *built;
   }
   if (!built.ok()) return built.status();
-  if (on_keys_) on_keys_(*built);
+  if (notify && on_keys_) on_keys_(*built);
   return absl::OkStatus();
 }
 

@@ -69,9 +69,13 @@ class KeyManager {
   KeyManager& operator=(const KeyManager&) = delete;
 
   // The first pass, on the caller's thread: on the writer it makes each
-  // scope's first key and standby. Then starts the loop. Fails (and starts
-  // nothing) when the pass fails or a scope has no key that may sign.
+  // scope's first key and standby. Fails when the pass fails or a scope has
+  // no key that may sign. `on_keys` is not called for it (Scopes() has the
+  // result).
   absl::Status Start();
+  // Starts the loop's thread (after Start succeeded): from here on
+  // `on_keys` runs on it.
+  void StartLoop();
   // Stops the loop; queued operator calls are answered UNAVAILABLE.
   void Stop();
 
@@ -110,8 +114,9 @@ class KeyManager {
   };
 
   void Loop();
-  // A pass now, then the new keys swapped in; on the loop's thread.
-  absl::Status PassAndPublish();
+  // A pass now, then the new keys swapped in (and, if `notify`, handed to
+  // `on_keys`); on the loop's thread once it runs.
+  absl::Status PassAndPublish(bool notify = true);
   // Queues `task` for the loop's thread; false (task not run) when full or
   // stopping.
   bool Post(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);

@@ -745,6 +745,7 @@ int Run() {
   // loop then keeps the schedule. After each pass the keys are swapped in
   // and the public documents rebuilt (`on_keys`, set below once the
   // documents exist).
+  // Set once, before the key manager's loop starts (it runs on that loop).
   std::function<void(const ScopeKeysMap&)> on_keys;
   // Fault injection for the crash tests (tests/server/key_rotation_test.cc):
   // signetd kills itself before its N-th token write.
@@ -871,6 +872,7 @@ int Run() {
   // The loop stops before anything `on_keys` uses goes away, on every way
   // out of Run.
   absl::Cleanup stop_key_manager = [&key_manager] { key_manager.Stop(); };
+  key_manager.StartLoop();
 
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
 
