@@ -27,7 +27,7 @@
 #include "rotation/reconcile.h"
 #include "rotation/schedule.h"
 #include "server/audit_log.h"
-#include "server/signer_service.h"
+#include "server/serving_state.h"
 #include "signet/v1/admin.pb.h"
 #include "signet/v1/config.pb.h"
 

@@ -23,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "server/signer_service.h"
+#include "server/serving_state.h"
 
 namespace signet::server {
 

@@ -28,13 +28,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/time/time.h"
-#include "hsm/key_store.h"
-#include "rotation/key_record.pb.h"
-#include "rotation/key_state.h"
 #include "server/audit_log.h"
 #include "server/claims.h"
 #include "server/one_request_call.h"
 #include "server/pending_call.h"
+#include "server/serving_state.h"
 #include "server/worker_pool.h"
 #include "signet/v1/config.pb.h"
 #include "signet/v1/signer.grpc.pb.h"
@@ -43,71 +41,6 @@
 namespace signet::server {
 
 struct PublishedDocuments;  // server/publication.h
-
-// One key of a scope as the service serves it: the scope's configuration
-// and the key (its record, loaded key, and what is precomputed for it).
-struct ScopeState {
-  signet::v1::ScopeConfig config;
-  std::string alg;  // JOSE name
-  rotation::KeyRecord record;
-  hsm::LoadedKey key;
-  std::string header_b64;    // JWT scopes: the protected header, encoded
-  std::string spki_pem;  // RAW scopes (published per the key's state)
-};
-
-// Builds the serving state of one of a scope's keys.
-absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
-    const signet::v1::ScopeConfig& config, const rotation::KeyRecord& record,
-    const hsm::LoadedKey& key);
-
-// A scope's keys as the reconcile pass left them: every record, and the
-// loaded keys (signing, standby, still published) in generation order.
-// Which key signs is decided per call from the records and the instant
-// (rotation::ViewScope), so every replica with the same records switches
-// keys at the same instant. Immutable.
-class ScopeKeys {
- public:
-  // `versions` holds a ScopeState for each loaded key of `records`.
-  // `built_at` is the instant of the pass; the view computed for it is
-  // reused until the next schedule change.
-  ScopeKeys(signet::v1::ScopeConfig config, std::string alg,
-            std::vector<rotation::KeyRecord> records,
-            std::vector<std::shared_ptr<const ScopeState>> versions,
-            const rotation::KeyTimings& timings, absl::Time built_at);
-
-  const signet::v1::ScopeConfig& config() const { return config_; }
-  const std::string& alg() const { return alg_; }
-  const std::vector<rotation::KeyRecord>& records() const { return records_; }
-  // Loaded keys, in generation order.
-  const std::vector<std::shared_ptr<const ScopeState>>& versions() const {
-    return versions_;
-  }
-
-  // The key that signs at `now`, or null when none may (none ACTIVE, or
-  // the ACTIVE one is not loaded).
-  std::shared_ptr<const ScopeState> SigningAt(absl::Time now) const;
-
-  // The loaded keys published at `now` (PENDING, ACTIVE, RETIRED by the
-  // view), in generation order.
-  std::vector<std::shared_ptr<const ScopeState>> PublishedAt(
-      absl::Time now) const;
-
-  // What the view says of the clock at `now` (empty when all is well).
-  std::string ClockAnomalyAt(absl::Time now) const;
-
- private:
-  std::shared_ptr<const ScopeState> VersionFor(int record_index) const;
-
-  const signet::v1::ScopeConfig config_;
-  const std::string alg_;
-  const std::vector<rotation::KeyRecord> records_;
-  const std::vector<std::shared_ptr<const ScopeState>> versions_;
-  // The signing key for [built_at_, valid_until_): the view does not
-  // change between schedule boundaries.
-  const absl::Time built_at_;
-  absl::Time valid_until_;
-  std::shared_ptr<const ScopeState> signing_;
-};
 
 // The largest request a caller may legally send: a SignJwtBatch of
 // `max_batch_size` claims sets of kMaxClaimsBytes each, with protobuf's
@@ -130,15 +63,6 @@ struct SignerServiceOptions {
   // Plain-text development mode: callers have the identity
   // "insecure:plaintext" (which must be listed as a tenant to sign).
   bool plaintext = false;
-};
-
-// What the service signs with, once the HSM is up. Immutable; swapped
-// whole.
-struct ServingState {
-  std::map<std::string, std::shared_ptr<const ScopeKeys>> scopes;
-  hsm::KeyStore* store = nullptr;
-  WorkerPool* workers = nullptr;
-  AuditLog* audit = nullptr;
 };
 
 class SignerService final : public OneRequestService {

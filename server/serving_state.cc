@@ -1,0 +1,73 @@
+#include "server/serving_state.h"
+
+#include <utility>
+
+#include "rotation/schedule.h"
+#include "server/jwt.h"
+
+namespace signet::server {
+
+absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
+    const signet::v1::ScopeConfig& config, const rotation::KeyRecord& record,
+    const hsm::LoadedKey& key) {
+  auto state = std::make_shared<ScopeState>();
+  state->config = config;
+  state->alg = record.algorithm();
+  state->record = record;
+  state->key = key;
+  if (config.purpose() == signet::v1::JWT) {
+    // Its JWK is built with the published documents, which signetd builds
+    // before it serves: a key that cannot be a JWK never starts serving.
+    state->header_b64 = ProtectedHeaderB64(state->alg, key.thumbprint);
+  } else {
+    absl::StatusOr<std::string> pem = key.public_key->SpkiPem();
+    if (!pem.ok()) return pem.status();
+    state->spki_pem = *pem;
+  }
+  return std::shared_ptr<const ScopeState>(std::move(state));
+}
+
+ScopeKeys::ScopeKeys(signet::v1::ScopeConfig config, std::string alg,
+                     std::vector<rotation::KeyRecord> records,
+                     std::vector<std::shared_ptr<const ScopeState>> versions,
+                     const rotation::KeyTimings& timings, absl::Time built_at)
+    : config_(std::move(config)),
+      alg_(std::move(alg)),
+      records_(std::move(records)),
+      versions_(std::move(versions)),
+      built_at_(built_at) {
+  valid_until_ = rotation::NextScheduleChange(records_, timings, built_at_);
+  const rotation::ScopeView view = rotation::ViewScope(records_, built_at_);
+  signing_ = VersionFor(view.signing);
+}
+
+std::shared_ptr<const ScopeState> ScopeKeys::VersionFor(int record_index) const {
+  if (record_index < 0) return nullptr;
+  const std::string& key_id = records_[record_index].key_id();
+  for (const auto& version : versions_) {
+    if (version->record.key_id() == key_id) return version;
+  }
+  return nullptr;
+}
+
+std::shared_ptr<const ScopeState> ScopeKeys::SigningAt(absl::Time now) const {
+  if (now >= built_at_ && now < valid_until_) return signing_;
+  return VersionFor(rotation::ViewScope(records_, now).signing);
+}
+
+std::vector<std::shared_ptr<const ScopeState>> ScopeKeys::PublishedAt(
+    absl::Time now) const {
+  const rotation::ScopeView view = rotation::ViewScope(records_, now);
+  std::vector<std::shared_ptr<const ScopeState>> out;
+  for (size_t i = 0; i < records_.size(); ++i) {
+    if (!rotation::IsPublished(view.states[i])) continue;
+    if (auto version = VersionFor(static_cast<int>(i))) out.push_back(version);
+  }
+  return out;
+}
+
+std::string ScopeKeys::ClockAnomalyAt(absl::Time now) const {
+  return rotation::ViewScope(records_, now).clock_anomaly;
+}
+
+}  // namespace signet::server
