@@ -317,6 +317,29 @@ absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
   }
   const KeyRecord& active = records[view.signing];
   const KeyRecord& standby = records[view.standby];
+  if (mode == RotateMode::kImmediate) {
+    int published = 0;
+    absl::Time first_leaves = absl::InfiniteFuture();
+    for (size_t i = 0; i < records.size(); ++i) {
+      if (!IsPublished(view.states[i])) continue;
+      ++published;
+      if (view.states[i] == KeyState::kRetired) {
+        first_leaves =
+            std::min(first_leaves, TimeFromProto(records[i].unpublish_at()));
+      }
+    }
+    if (published >= policy.max_published_keys) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "scope ", policy.scope, " already publishes ", published,
+          " keys (at most ", policy.max_published_keys,
+          "): each immediate rotation leaves one more published for the "
+          "grace; ",
+          first_leaves == absl::InfiniteFuture()
+              ? std::string("wait")
+              : absl::StrCat("the next one leaves at ", Iso(first_leaves)),
+          ", or revoke a retired key"));
+    }
+  }
   absl::Time activate = now;
   std::string note;
   if (mode == RotateMode::kPlanned) {

@@ -34,6 +34,11 @@ struct SchedulePolicy {
   std::string algorithm;  // JOSE name, recorded in new keys' records
   uint32_t rsa_bits = 0;  // RSA modulus size; 0 for ECDSA
   KeyTimings timings;
+  // An immediate rotation is refused while the scope publishes this many
+  // keys (each one retires published for the grace and makes a new
+  // standby), so repeated emergencies cannot grow the key sets without
+  // bound. Revocations are never refused.
+  int max_published_keys = 8;
 };
 
 // One scope's keys at an instant.
@@ -116,10 +121,12 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
 //     current time if that is sooner.
 //   kImmediate: the standby activates now; the active key retires now and
 //     stays published for publish_grace.
-// The actions write the revised records (the active key's first, so a
-// crash between the two never leaves two signing keys). FAILED_PRECONDITION
-// when the scope has no active key or no standby (the reconcile loop makes
-// one; retry), naming which.
+// The actions write the revised records (the successor's first: once it
+// activates the old key is superseded, so a crash between the two never
+// leaves two signing keys). FAILED_PRECONDITION when the scope has no
+// active key or no standby (the reconcile loop makes one; retry), naming
+// which; RESOURCE_EXHAUSTED for an immediate rotation while the scope
+// publishes policy.max_published_keys keys (saying when one leaves).
 enum class RotateMode { kPlanned, kImmediate };
 absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
     const std::vector<KeyRecord>& records, const SchedulePolicy& policy,

@@ -326,6 +326,38 @@ TEST(PlanRotateNowTest, RefusesWithoutAStandby) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST(PlanRotateNowTest, ImmediateRotationsStopAtTheCapOnPublishedKeys) {
+  FakeToken token = Started(kT0);
+  absl::Time now = kT0;
+  int rotations = 0;
+  for (; rotations < 20; ++rotations) {
+    now += absl::Minutes(1);
+    absl::StatusOr<std::vector<KeyAction>> plan = PlanRotateNow(
+        token.Records(), Policy(), RotateMode::kImmediate, now);
+    if (!plan.ok()) {
+      EXPECT_EQ(plan.status().code(), absl::StatusCode::kResourceExhausted);
+      EXPECT_THAT(plan.status().message(), HasSubstr("revoke a retired key"));
+      break;
+    }
+    token.Apply(*plan);
+    token.Apply(PlanScope(token.Records(), Policy(), now));  // a new standby
+  }
+  // 1 active + 1 standby + one retired key per rotation, up to the cap.
+  EXPECT_EQ(rotations, Policy().max_published_keys - 2);
+  // A revocation is never refused, and makes room.
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView view = ViewScope(records, now);
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (view.states[i] != KeyState::kRetired) continue;
+    token.Apply(*PlanRevoke(records, Policy(), records[i].key_id(), "room",
+                            "uri:admin", now));
+    break;
+  }
+  EXPECT_TRUE(PlanRotateNow(token.Records(), Policy(), RotateMode::kImmediate,
+                            now + absl::Seconds(1))
+                  .ok());
+}
+
 TEST(PlanRevokeTest, RevokingTheActiveKeyActivatesTheStandby) {
   FakeToken token = Started(kT0);
   const KeyRecord g1 = Find(token.Records(), 1);
@@ -484,7 +516,10 @@ class ScheduleSimulation {
     absl::StatusOr<std::vector<KeyAction>> plan =
         PlanRotateNow(token_.Records(), Policy(), mode, clock);
     if (!plan.ok()) {
-      EXPECT_EQ(plan.status().code(), absl::StatusCode::kFailedPrecondition);
+      // No standby yet, or the cap on published keys.
+      EXPECT_TRUE(plan.status().code() == absl::StatusCode::kFailedPrecondition ||
+                  plan.status().code() == absl::StatusCode::kResourceExhausted)
+          << plan.status();
       return;
     }
     if (mode == RotateMode::kImmediate) {

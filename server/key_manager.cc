@@ -313,10 +313,14 @@ absl::StatusOr<std::string> KeyManager::Change(
 namespace {
 
 absl::Status CheckRequestId(absl::string_view id) {
-  if (id.empty() || id.size() > 128) {
+  if (id.empty()) {
     return absl::InvalidArgumentError(
-        "request_id is required: 1 to 128 printable ASCII characters, new "
-        "for each intended change (a retry reuses it)");
+        "request_id is required: 1 to 128 printable ASCII characters without "
+        "spaces, new for each intended change (a retry reuses it)");
+  }
+  if (id.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request_id is ", id.size(), " bytes long; at most 128"));
   }
   for (char c : id) {
     if (c < 0x21 || c > 0x7e) {
@@ -325,6 +329,16 @@ absl::Status CheckRequestId(absl::string_view id) {
     }
   }
   return absl::OkStatus();
+}
+
+// Text shown to other operators (signetctl's tables) must not carry
+// terminal control sequences or fake lines.
+bool HasControlCharacters(absl::string_view text) {
+  for (char c : text) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -447,6 +461,12 @@ void KeyManager::RevokeKey(
     done(absl::InvalidArgumentError(
         "reason is required (1 to 512 bytes): it is recorded with the key "
         "and audited"));
+    return;
+  }
+  if (HasControlCharacters(request.reason())) {
+    done(absl::InvalidArgumentError(
+        "reason must not contain control characters (newlines, escape "
+        "sequences): operators read it in tables"));
     return;
   }
   const std::string kid = request.kid();

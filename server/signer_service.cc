@@ -85,6 +85,11 @@ class RawReply {
 
 }  // namespace
 
+void SetItemStatus(const absl::Status& status, signet::v1::SignJwtBatchItem* item) {
+  item->set_code(static_cast<int>(status.code()));
+  item->set_message(std::string(status.message()));
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                       std::string(status.message()));
@@ -359,6 +364,19 @@ void AuditUndelivered(AuditLog& audit, AuditEvent event, std::string detail) {
                        [](const absl::Status&) {});
 }
 
+// A signature the key store refused because the key is no longer loaded:
+// it was revoked (or left the key sets) between the call choosing it and
+// the HSM call. Retryable: the next attempt signs with the scope's current
+// key. Named by kid, never by the token's CKA_ID.
+absl::Status KeyChangedUnderCall(const absl::Status& status,
+                                 const ScopeState& scope) {
+  if (status.code() != absl::StatusCode::kFailedPrecondition) return status;
+  return absl::UnavailableError(absl::StrCat(
+      "scope ", scope.config.name(), ": key ", scope.key.thumbprint,
+      " was revoked or retired while this call waited; retry (the next "
+      "attempt signs with the scope's current key)"));
+}
+
 // `done` gets the signature once its audit line is durable, or why there is
 // none, and returns whether the signature reached the caller.
 void SignThenAudit(const ServingState& serving, const ScopeState& scope,
@@ -370,6 +388,9 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
   AuditLog::ExpectedLine expected = serving.audit->ExpectLine();
   absl::StatusOr<std::string> signature =
       serving.store->SignDigest(scope.key.key_id, digest, deadline);
+  if (!signature.ok()) {
+    signature = KeyChangedUnderCall(signature.status(), scope);
+  }
   AuditEvent event = SignEvent(scope, caller, std::move(input_sha256));
   if (!signature.ok()) {
     event.event = "refuse";
@@ -440,8 +461,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
     for (size_t k = begin; k < end; ++k) {
       const int index = batch.inputs[k].first;
       signet::v1::SignJwtBatchItem& item = batch.items[index];
-      item.set_code(static_cast<int>(skipped.code()));
-      item.set_message(std::string(skipped.message()));
+      SetItemStatus(skipped, &item);
       AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
                        index, skipped.code());
     }
@@ -466,12 +486,12 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
     for (size_t k = begin; k < end; ++k) {
       const auto& [index, input] = batch.inputs[k];
       signet::v1::SignJwtBatchItem& item = batch.items[index];
-      const absl::Status& failed = !digest_errors[k - begin].ok()
-                                       ? digest_errors[k - begin]
-                                       : signatures[k - begin].status();
+      const absl::Status failed =
+          !digest_errors[k - begin].ok()
+              ? digest_errors[k - begin]
+              : KeyChangedUnderCall(signatures[k - begin].status(), s);
       if (!failed.ok()) {
-        item.set_code(static_cast<int>(failed.code()));
-        item.set_message(std::string(failed.message()));
+        SetItemStatus(failed, &item);
         AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
                          index, failed.code());
         continue;
@@ -609,9 +629,10 @@ void SignerService::HandleSignJwtBatch(
     absl::StatusOr<CheckedClaims> claims =
         CheckClaims(request->claims_json(i), policy);
     if (!claims.ok()) {
-      batch->items[i].set_code(static_cast<int>(claims.status().code()));
-      batch->items[i].set_message(
-          absl::StrCat("item ", i, ": ", claims.status().message()));
+      SetItemStatus(absl::Status(claims.status().code(),
+                                 absl::StrCat("item ", i, ": ",
+                                              claims.status().message())),
+                    &batch->items[i]);
       AuditRefusedItem(*auth->serving->audit, caller, scope.config.name(), i,
                        claims.status().code());
       continue;

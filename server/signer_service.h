@@ -210,6 +210,11 @@ class SignerService final : public OneRequestService {
 // absl::Status -> grpc::Status, in one place.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// A batch item's code (a google.rpc.Code, the same numbers as
+// absl::StatusCode) and message from `status`: the batch's one conversion.
+void SetItemStatus(const absl::Status& status,
+                   signet::v1::SignJwtBatchItem* item);
+
 // INVALID_ARGUMENT unless `name` can be a scope's name; the message quotes
 // the name cut short, so a 9,000-byte name cannot outgrow the status.
 absl::Status CheckScopeName(absl::string_view name);

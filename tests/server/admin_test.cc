@@ -393,6 +393,49 @@ TEST_F(AdminTest, ImmediateRotationAndRevocationUnderLoad) {
   EXPECT_THAT(audit, HasSubstr("key_revoked"));
 }
 
+// Found by an outside attack: 200 immediate rotations grew the key set to
+// 101 keys, and a reason with escape sequences reached operators'
+// terminals.
+TEST_F(AdminTest, ImmediateRotationsStopAtTheCapAndReasonsAreText) {
+  auto stub = AdminStub();
+  int rotated = 0;
+  grpc::Status refused;
+  for (int i = 0; i < 12; ++i) {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::RotateKeyRequest req;
+    req.set_scope("ops");
+    req.set_mode(v1::IMMEDIATE);
+    req.set_request_id(absl::StrCat("cap-", i));
+    v1::RotateKeyResponse resp;
+    grpc::Status st = stub->RotateKey(&ctx, req, &resp);
+    if (!st.ok()) {
+      refused = st;
+      break;
+    }
+    ++rotated;
+  }
+  EXPECT_EQ(rotated, 6);  // active + standby + 6 retired = 8 published
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("already publishes 8 keys"));
+  auto body = testing::HttpGet(http_port_, "/scopes/ops/.well-known/jwks.json");
+  ASSERT_TRUE(body.ok());
+  nlohmann::json set = nlohmann::json::parse(body->body, nullptr, false);
+  EXPECT_EQ(set["keys"].size(), 8u);
+
+  grpc::ClientContext rctx;
+  Deadline(rctx);
+  v1::RevokeKeyRequest revoke;
+  revoke.set_scope("ops");
+  revoke.set_kid(KidIn(Keys(), "ACTIVE"));
+  revoke.set_reason("x\x1b[2J\nGEN 99 fake-row");
+  revoke.set_request_id("escape");
+  v1::RevokeKeyResponse revoked;
+  grpc::Status st = stub->RevokeKey(&rctx, revoke, &revoked);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("control characters"));
+}
+
 TEST_F(AdminTest, SignetctlCommandsTablesJsonAndExitCodes) {
   testing::RunResult scopes = Ctl({"scopes", "list"});
   EXPECT_EQ(scopes.exit_code, 0) << scopes.output;
