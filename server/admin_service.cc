@@ -244,45 +244,48 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
   Audited(backend, admin, "ListKeys", request.scope(), absl::OkStatus(), answer);
 }
 
+template <typename Request, typename Response>
+void AdminService::Change(
+    const Backend& backend, const std::string& admin, const char* method,
+    const Request& request, Response* response, Answer answer,
+    void (KeyManager::*submit)(const Request&, const std::string&,
+                               std::function<void(absl::StatusOr<Response>)>),
+    std::type_identity_t<std::function<std::string(const Response&)>> describe) {
+  if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
+    Audited(backend, admin, method, request.scope(), st, answer);
+    return;
+  }
+  (backend.keys->*submit)(
+      request, admin,
+      [this, &backend, admin, method, scope = request.scope(), response,
+       answer, describe](absl::StatusOr<Response> result) {
+        if (result.ok()) *response = *result;
+        Audited(backend, admin, method, scope, result.status(), answer,
+                result.ok() ? describe(*result) : "");
+      });
+}
+
 void AdminService::RotateKey(const Backend& backend, const std::string& admin,
                              const signet::v1::RotateKeyRequest& request,
                              signet::v1::RotateKeyResponse* response,
                              Answer answer) {
-  if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
-    Audited(backend, admin, "RotateKey", request.scope(), st, answer);
-    return;
-  }
-  backend.keys->RotateKey(
-      request, admin,
-      [this, &backend, admin, scope = request.scope(),
-       mode = signet::v1::RotateMode_Name(request.mode()), response,
-       answer](absl::StatusOr<signet::v1::RotateKeyResponse> result) {
-        if (result.ok()) *response = *result;
-        Audited(backend, admin, "RotateKey", scope, result.status(), answer,
-                result.ok() ? absl::StrCat(mode, ": ", result->active_kid(),
-                                           " signs from ",
-                                           result->activates_at())
-                            : "");
-      });
+  Change(backend, admin, "RotateKey", request, response, std::move(answer),
+         &KeyManager::RotateKey,
+         [mode = signet::v1::RotateMode_Name(request.mode())](
+             const signet::v1::RotateKeyResponse& r) {
+           return absl::StrCat(mode, ": ", r.active_kid(), " signs from ",
+                               r.activates_at());
+         });
 }
 
 void AdminService::RevokeKey(const Backend& backend, const std::string& admin,
                              const signet::v1::RevokeKeyRequest& request,
                              signet::v1::RevokeKeyResponse* response,
                              Answer answer) {
-  if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
-    Audited(backend, admin, "RevokeKey", request.scope(), st, answer);
-    return;
-  }
-  backend.keys->RevokeKey(
-      request, admin,
-      [this, &backend, admin, scope = request.scope(), response,
-       answer](absl::StatusOr<signet::v1::RevokeKeyResponse> result) {
-        if (result.ok()) *response = *result;
-        Audited(backend, admin, "RevokeKey", scope, result.status(), answer,
-                result.ok() ? absl::StrCat("revoked ", result->revoked_kid())
-                            : "");
-      });
+  Change(backend, admin, "RevokeKey", request, response, std::move(answer),
+         &KeyManager::RevokeKey, [](const signet::v1::RevokeKeyResponse& r) {
+           return absl::StrCat("revoked ", r.revoked_kid());
+         });
 }
 
 void AdminService::GetStatus(const Backend& backend, const std::string& admin,
