@@ -473,7 +473,18 @@ TEST_F(AdminTest, SignetctlCommandsTablesJsonAndExitCodes) {
   testing::RunResult now = Ctl({"keys", "rotate", "ops", "--now", "--yes"});
   EXPECT_EQ(now.exit_code, 0) << now.output;
   EXPECT_THAT(now.output, HasSubstr("signs from"));
-  EXPECT_NE(KidIn(Keys(), "ACTIVE"), active);
+  const std::string rotated_to = KidIn(Keys(), "ACTIVE");
+  EXPECT_NE(rotated_to, active);
+  // Revocation through signetctl, as JSON: the standby takes over.
+  testing::RunResult revoked = Ctl({"keys", "revoke", "ops", rotated_to,
+                                    "--reason", "drill", "--yes", "--json"});
+  ASSERT_EQ(revoked.exit_code, 0) << revoked.output;
+  EXPECT_THAT(revoked.output,
+              HasSubstr(absl::StrCat("\"revoked_kid\":\"", rotated_to, "\"")));
+  EXPECT_NE(KidIn(Keys(), "ACTIVE"), rotated_to);
+  testing::RunResult table = Ctl({"keys", "list", "ops"});
+  EXPECT_THAT(table.output, HasSubstr("REVOKED"));
+  EXPECT_THAT(table.output, HasSubstr("drill"));
 
   // Permission denied: 3; unavailable: 4; usage: 2; failure: 1.
   EXPECT_EQ(Ctl({"scopes", "list"}, &tenant_).exit_code, 3);
