@@ -417,6 +417,62 @@ TEST_F(KeyRotationTest, AReplicaIsPromotedToWriterByARestart) {
   EXPECT_THAT(promoted.process->Output(), HasSubstr("key_generated"));
 }
 
+// The HSM goes away under an operator's rotation: the call answers
+// UNAVAILABLE and changes nothing; the reconcile passes fail (audited,
+// retried with backoff) while signetd keeps running; once the HSM is back
+// the same request id rotates, and signing verifies.
+TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
+  Running writer = Start("writer", true, {}, absl::Minutes(1));
+  ASSERT_NE(writer.stub, nullptr);
+  const std::string first = Sign(*writer.stub).value().kid;
+  ASSERT_TRUE(bed_->hsm().Kill().ok());
+  auto stub = AdminStub(writer);
+  v1::RotateKeyRequest req;
+  req.set_scope("short");
+  req.set_mode(v1::IMMEDIATE);
+  req.set_request_id("during-outage");
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::RotateKeyResponse resp;
+    grpc::Status st = stub->RotateKey(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  }
+  ASSERT_TRUE(writer.process
+                  ->WaitForOutput("the key reconcile pass failed",
+                                  absl::Seconds(30))
+                  .ok())
+      << writer.process->Output();
+  ASSERT_TRUE(bed_->hsm().Restart().ok());
+  // The same request id, once the HSM is back (the pool reconnects).
+  v1::RotateKeyResponse rotated;
+  grpc::Status st;
+  for (int i = 0; i < 60; ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    rotated.Clear();
+    st = stub->RotateKey(&ctx, req, &rotated);
+    if (st.ok()) break;
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  ASSERT_TRUE(st.ok()) << st.error_message() << "\n" << writer.process->Output();
+  EXPECT_NE(rotated.active_kid(), first);
+  v1::ListKeysResponse keys = Keys(writer);
+  int active = 0;
+  for (const v1::KeyInfo& k : keys.keys()) active += k.state() == "ACTIVE" ? 1 : 0;
+  EXPECT_EQ(active, 1) << keys.DebugString();
+  EXPECT_EQ(keys.keys_size(), 3) << keys.DebugString();
+  absl::StatusOr<Signed> token;
+  for (int i = 0; i < 40; ++i) {
+    token = Sign(*writer.stub);
+    if (token.ok()) break;
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->kid, rotated.active_kid());
+  EXPECT_TRUE(RelyingParty(writer.http_port)->Verify(token->token).ok());
+}
+
 // kill -9 of the writer before each token write of an immediate rotation
 // (the successor's record, the old key's record, the new standby's key
 // pair, its record), then a restart: the schedule converges to one ACTIVE
