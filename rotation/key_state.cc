@@ -215,6 +215,11 @@ absl::Time TimeFromProto(const google::protobuf::Timestamp& ts) {
   return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
 }
 
+std::string FormatInstant(absl::Time t) {
+  if (t == absl::InfiniteFuture() || t == absl::InfinitePast()) return "";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
+}
+
 google::protobuf::Timestamp TimeToProto(absl::Time t) {
   // ToUnixSeconds rounds towards the infinite past, so nanos is always in
   // [0, 1e9) as Timestamp requires, also before 1970. Infinite times

@@ -81,6 +81,11 @@ absl::Status ValidateKeyRecord(const KeyRecord& record);
 absl::Time TimeFromProto(const google::protobuf::Timestamp& ts);
 google::protobuf::Timestamp TimeToProto(absl::Time t);
 
+// `t` as RFC 3339 in UTC with milliseconds ("2026-12-05T13:59:39.100Z"), as
+// schedule details, logs and admin answers show instants; "" for an
+// infinite time (no such instant).
+std::string FormatInstant(absl::Time t);
+
 // How long a key spends in each state after it activates. The reconcile
 // loop derives these from the scope's rotation policy.
 struct KeyTimings {

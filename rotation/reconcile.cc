@@ -10,8 +10,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace signet::rotation {
-namespace {
-
 SchedulePolicy ScheduleOf(const ScopeKeyPolicy& policy) {
   SchedulePolicy s;
   s.scope = policy.scope;
@@ -24,7 +22,7 @@ SchedulePolicy ScheduleOf(const ScopeKeyPolicy& policy) {
 }
 
 std::vector<KeyRecord> RecordsOf(const std::map<std::string, KeyRecord>& all,
-                                 const std::string& scope) {
+                                 absl::string_view scope) {
   std::vector<KeyRecord> out;
   for (const auto& [id, r] : all) {
     if (r.scope() == scope) out.push_back(r);
@@ -34,8 +32,6 @@ std::vector<KeyRecord> RecordsOf(const std::map<std::string, KeyRecord>& all,
   });
   return out;
 }
-
-}  // namespace
 
 KeyReconciler::KeyReconciler(hsm::KeyStore* store,
                              std::vector<ScopeKeyPolicy> policies, bool writer,
@@ -124,6 +120,8 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
           if (before_write_) before_write_();
           status = store_->WriteRecord(*generated, SerializeKeyRecord(record))
                        .status();
+          // The pair may be left without its record: the next pass looks.
+          if (!status.ok()) unrecorded_check_due_ = true;
         }
         if (status.ok()) loaded_[record.key_id()] = *std::move(key);
         break;
@@ -169,7 +167,12 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
   std::map<std::string, KeyRecord> records = ParseRecords(*stored);
 
   if (writer_) {
-    DestroyUnrecorded(*stored);
+    // Only a crash (before this process) or a failed record write leaves
+    // a key pair without a record: look for them then, not every pass.
+    if (unrecorded_check_due_) {
+      DestroyUnrecorded(*stored);
+      unrecorded_check_due_ = false;
+    }
     bool wrote = false;
     for (const ScopeKeyPolicy& policy : policies_) {
       std::vector<KeyAction> actions =

@@ -30,6 +30,14 @@
 
 namespace signet::rotation {
 
+// The planner's policy (rotation/schedule.h) of a scope's key policy.
+SchedulePolicy ScheduleOf(const ScopeKeyPolicy& policy);
+
+// The records of `scope` among `all`, in generation order: what the planner
+// and ViewScope take.
+std::vector<KeyRecord> RecordsOf(const std::map<std::string, KeyRecord>& all,
+                                 absl::string_view scope);
+
 // A lifecycle event for the audit log: a token write the pass made, a state
 // a key entered with the clock (key_retired, key_unpublished, and
 // key_activated seen by a replica), or a failure (key_action_failed).
@@ -99,6 +107,10 @@ class KeyReconciler {
   const bool writer_;
   const EventSink events_;
   const std::function<void()> before_write_;
+  // Whether the next pass looks for key pairs without a record: on the
+  // first pass (a crash before this process) and after a failed record
+  // write.
+  bool unrecorded_check_due_ = true;
   std::map<std::string, hsm::LoadedKey> loaded_;  // by hex key id
   // Each key's effective state at the last pass, to report transitions.
   std::map<std::string, KeyState> last_state_;

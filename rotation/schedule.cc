@@ -14,10 +14,6 @@ absl::Time Activate(const KeyRecord& r) { return TimeFromProto(r.activate_at());
 absl::Time Retire(const KeyRecord& r) { return TimeFromProto(r.retire_at()); }
 absl::Time Created(const KeyRecord& r) { return TimeFromProto(r.created_at()); }
 
-std::string Iso(absl::Time t) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
-}
-
 std::string Describe(const KeyRecord& r) {
   return absl::StrCat("generation ", r.key_generation(),
                       r.kid().empty() ? "" : absl::StrCat(" (kid ", r.kid(), ")"));
@@ -99,7 +95,7 @@ KeyAction StandbyFor(const SchedulePolicy& policy, uint64_t generation,
                 NewRecord(policy, generation, now, activate), "key_generated",
                 absl::StrCat("scope ", policy.scope, ": standby generation ",
                              generation, " published now, signs from ",
-                             Iso(activate)));
+                             FormatInstant(activate)));
 }
 
 }  // namespace
@@ -130,8 +126,8 @@ ScopeView ViewScope(const std::vector<KeyRecord>& records, absl::Time now) {
       // was set back. The records win.
       state = KeyState::kActive;
       view.clock_anomaly = absl::StrCat(
-          "the clock (", Iso(now), ") is behind the recorded activation of ",
-          r.scope(), " key ", Describe(r), " at ", Iso(Activate(r)),
+          "the clock (", FormatInstant(now), ") is behind the recorded activation of ",
+          r.scope(), " key ", Describe(r), " at ", FormatInstant(Activate(r)),
           "; keys follow the records, not the clock");
     }
     if (state == KeyState::kActive) {
@@ -235,7 +231,7 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
       *revised.mutable_activation_recorded_at() = TimeToProto(now);
       why.push_back(absl::StrCat("scope ", policy.scope, ": ",
                                  Describe(active), " is active since ",
-                                 Iso(Activate(active))));
+                                 FormatInstant(Activate(active))));
     }
     std::vector<KeyAction> then;
     if (view.standby < 0) {
@@ -292,8 +288,8 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
           "key_destroyed",
           absl::StrCat("scope ", policy.scope, ": private key of ",
                        Describe(r), " destroyed in the HSM (due ",
-                       Iso(destroy), "); its public key stays as a tombstone "
-                       "until ", Iso(destroy + t.tombstone_retention))));
+                       FormatInstant(destroy), "); its public key stays as a tombstone "
+                       "until ", FormatInstant(destroy + t.tombstone_retention))));
     }
   }
   return actions;
@@ -336,7 +332,7 @@ absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
           "grace; ",
           first_leaves == absl::InfiniteFuture()
               ? std::string("wait")
-              : absl::StrCat("the next one leaves at ", Iso(first_leaves)),
+              : absl::StrCat("the next one leaves at ", FormatInstant(first_leaves)),
           ", or revoke a retired key"));
     }
   }
@@ -361,12 +357,12 @@ absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
       absl::StrCat("scope ", policy.scope, ": ",
                    mode == RotateMode::kPlanned ? "planned" : "immediate",
                    " rotation: standby ", Describe(standby), " signs from ",
-                   Iso(activate), note)));
+                   FormatInstant(activate), note)));
   actions.push_back(Action(
       KeyAction::Kind::kWriteRecord, std::move(old), "key_rotated",
       absl::StrCat("scope ", policy.scope, ": ", Describe(active),
-                   " retires at ", Iso(activate), " and stays published until ",
-                   Iso(activate + t.publish_grace))));
+                   " retires at ", FormatInstant(activate), " and stays published until ",
+                   FormatInstant(activate + t.publish_grace))));
   return actions;
 }
 
@@ -389,7 +385,7 @@ absl::StatusOr<std::vector<KeyAction>> PlanRevoke(
     return absl::FailedPreconditionError(absl::StrCat(
         "scope ", policy.scope, " key ", Describe(target),
         " is already revoked (at ",
-        Iso(TimeFromProto(target.revocation().revoked_at())), ")"));
+        FormatInstant(TimeFromProto(target.revocation().revoked_at())), ")"));
   }
   if (target.private_key_destroyed() ||
       view.states[index] == KeyState::kDestroyed) {

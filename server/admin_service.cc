@@ -13,24 +13,17 @@
 namespace signet::server {
 namespace {
 
-std::string Rfc3339(absl::Time t) {
-  if (t == absl::InfiniteFuture() || t == absl::InfinitePast()) return "";
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
-}
-
 std::string Rfc3339(const google::protobuf::Timestamp& ts) {
-  return Rfc3339(rotation::TimeFromProto(ts));
+  return rotation::FormatInstant(rotation::TimeFromProto(ts));
 }
 
 // The kids of the scope's signing key and standby at `now` ("" if none).
 std::pair<std::string, std::string> ActiveAndStandby(const ScopeKeys& keys,
                                                      absl::Time now) {
-  const rotation::ScopeView view = rotation::ViewScope(keys.records(), now);
   std::string active;
   if (auto signing = keys.SigningAt(now)) active = signing->key.thumbprint;
-  std::string standby =
-      view.standby >= 0 ? keys.records()[view.standby].kid() : std::string();
-  return {active, standby};
+  const rotation::KeyRecord* standby = keys.StandbyAt(now);
+  return {active, standby != nullptr ? standby->kid() : std::string()};
 }
 
 }  // namespace
@@ -196,7 +189,7 @@ void AdminService::ListScopes(const Backend& backend, const std::string& admin,
     s->set_standby_kid(standby);
     const NextTransition next = NextTransitionOf(*keys, now);
     s->set_next_transition(next.what);
-    s->set_next_transition_at(Rfc3339(next.at));
+    s->set_next_transition_at(rotation::FormatInstant(next.at));
   }
   Audited(backend, admin, "ListScopes", "", absl::OkStatus(), answer);
 }
@@ -301,7 +294,7 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
   response->set_audit_detail(std::string(replica.audit.message()));
   response->set_key_writer(backend.keys->writer());
   const KeyManager::PassStatus pass = backend.keys->LastPass();
-  response->set_last_reconcile_at(Rfc3339(pass.at));
+  response->set_last_reconcile_at(rotation::FormatInstant(pass.at));
   response->set_last_reconcile_error(std::string(pass.status.message()));
   const absl::Time now = absl::Now();
   for (const auto& [name, keys] : backend.keys->Scopes()) {
@@ -312,7 +305,7 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
     s->set_standby_kid(standby);
     const NextTransition next = NextTransitionOf(*keys, now);
     s->set_next_transition(next.what);
-    s->set_next_transition_at(Rfc3339(next.at));
+    s->set_next_transition_at(rotation::FormatInstant(next.at));
     s->set_serving(!active.empty());
     s->set_clock_anomaly(keys->ClockAnomalyAt(now));
   }

@@ -13,14 +13,6 @@
 #include "server/log.h"
 
 namespace signet::server {
-namespace {
-
-std::string Rfc3339(absl::Time t) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
-}
-
-}  // namespace
-
 rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope) {
   rotation::ScopeKeyPolicy policy;
   policy.scope = scope.name();
@@ -264,15 +256,7 @@ absl::StatusOr<std::vector<rotation::KeyRecord>> KeyManager::ReadScope(
   absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
       store_->ReadAllRecords();
   if (!stored.ok()) return stored.status();
-  std::vector<rotation::KeyRecord> out;
-  for (auto& [id, record] : rotation::ParseRecords(*stored)) {
-    if (record.scope() == scope) out.push_back(std::move(record));
-  }
-  std::sort(out.begin(), out.end(),
-            [](const rotation::KeyRecord& a, const rotation::KeyRecord& b) {
-              return a.key_generation() < b.key_generation();
-            });
-  return out;
+  return rotation::RecordsOf(rotation::ParseRecords(*stored), scope);
 }
 
 absl::StatusOr<std::string> KeyManager::Change(
@@ -357,13 +341,9 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   }
   absl::StatusOr<std::vector<rotation::KeyRecord>> records = ReadScope(scope);
   if (!records.ok()) return records.status();
-  rotation::SchedulePolicy schedule;
-  schedule.scope = policy->scope;
-  schedule.algorithm = policy->algorithm;
-  schedule.timings = policy->timings;
   const absl::Time now = absl::Now();
   absl::StatusOr<std::vector<rotation::KeyAction>> actions =
-      plan(*records, schedule, now);
+      plan(*records, rotation::ScheduleOf(*policy), now);
   if (!actions.ok()) return actions.status();
   acting_admin_ = admin;
   absl::Status applied = reconciler_->Apply(*policy, *actions);
@@ -437,7 +417,7 @@ void KeyManager::RotateKey(
         const rotation::KeyRecord& next = actions[0].record;
         response.set_active_kid(next.kid());
         response.set_activates_at(
-            Rfc3339(rotation::TimeFromProto(next.activate_at())));
+            rotation::FormatInstant(rotation::TimeFromProto(next.activate_at())));
         response.set_retiring_kid(actions[1].record.kid());
         if (actions[0].detail.find("unknown kid") != std::string::npos) {
           response.set_warning(actions[0].detail);
@@ -489,7 +469,7 @@ void KeyManager::RevokeKey(
       [kid](const std::vector<rotation::KeyAction>& actions, absl::Time now) {
         signet::v1::RevokeKeyResponse response;
         response.set_revoked_kid(kid);
-        response.set_revoked_at(Rfc3339(now));
+        response.set_revoked_at(rotation::FormatInstant(now));
         if (actions.size() > 1) {
           response.set_active_kid(actions[1].record.kid());
           if (actions[1].detail.find("unknown kid") != std::string::npos) {

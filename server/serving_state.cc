@@ -66,6 +66,11 @@ std::vector<std::shared_ptr<const ScopeState>> ScopeKeys::PublishedAt(
   return out;
 }
 
+const rotation::KeyRecord* ScopeKeys::StandbyAt(absl::Time now) const {
+  const int standby = rotation::ViewScope(records_, now).standby;
+  return standby >= 0 ? &records_[standby] : nullptr;
+}
+
 std::string ScopeKeys::ClockAnomalyAt(absl::Time now) const {
   return rotation::ViewScope(records_, now).clock_anomaly;
 }

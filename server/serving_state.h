@@ -71,6 +71,9 @@ class ScopeKeys {
   std::vector<std::shared_ptr<const ScopeState>> PublishedAt(
       absl::Time now) const;
 
+  // The standby's record at `now` (the PENDING successor), or null.
+  const rotation::KeyRecord* StandbyAt(absl::Time now) const;
+
   // What the view says of the clock at `now` (empty when all is well).
   std::string ClockAnomalyAt(absl::Time now) const;
 

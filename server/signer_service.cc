@@ -43,11 +43,10 @@ std::string InputSha256Hex(const ScopeState& scope, absl::string_view digest,
 
 // The scope has a key that signs right now. FAILED_PRECONDITION, not
 // UNAVAILABLE: retrying does not help until the schedule is repaired.
-template <typename Authorized>
-absl::Status CheckActive(const Authorized& auth) {
-  if (!auth.signs) {
+absl::Status CheckActive(bool signs, const ScopeState& scope) {
+  if (!signs) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "scope ", auth.scope->config.name(),
+        "scope ", scope.config.name(),
         " has no active key right now; the key schedule needs attention"));
   }
   return absl::OkStatus();
@@ -559,7 +558,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
   absl::StatusOr<CheckedClaims> claims =
       CheckClaims(request->claims_json(), PolicyFor(scope, now));
   if (!claims.ok()) return refuse(claims.status());
-  if (absl::Status st = CheckActive(*auth); !st.ok()) return refuse(st);
+  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) return refuse(st);
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
 
   std::string signing_input =
@@ -616,7 +615,7 @@ void SignerService::HandleSignJwtBatch(
                      " items, not ", request->claims_json_size())));
   }
   const absl::Time now = absl::Now();
-  if (absl::Status st = CheckActive(*auth); !st.ok()) return refuse(st);
+  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) return refuse(st);
   const ClaimsPolicy policy = PolicyFor(scope, now);
   // Validate every item here; only the valid ones reach the HSM.
   auto batch = std::make_shared<BatchSigning>();
@@ -697,7 +696,7 @@ void SignerService::HandleSign(const Call& rpc,
       return refuse(
           absl::InvalidArgumentError("give either payload or digest to sign"));
   }
-  if (absl::Status st = CheckActive(*auth); !st.ok()) {
+  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) {
     return refuse(st);
   }
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);

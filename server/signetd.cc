@@ -60,10 +60,7 @@
 #include "hsm/session_pool.h"
 #include "hsm/token_uri.h"
 #include "rotation/key_state.h"
-#include "rotation/reconcile.h"
-#include "rotation/schedule.h"
 #include "rotation/scope_keys.h"
-#include "google/protobuf/util/message_differencer.h"
 #include "server/config.h"
 #include "server/connection_acceptor.h"
 #include "server/hardening.h"
@@ -205,15 +202,12 @@ std::string ClassName(signet::v1::AudienceClass c) {
 void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
                 const ScopeState& signing) {
   absl::StatusOr<std::string> pem = signing.key.public_key->SpkiPem();
-  const rotation::ScopeView view =
-      rotation::ViewScope(keys.records(), absl::Now());
   std::string standby = "none yet";
-  if (view.standby >= 0) {
-    const rotation::KeyRecord& r = keys.records()[view.standby];
+  if (const rotation::KeyRecord* r = keys.StandbyAt(absl::Now())) {
     standby = absl::StrCat(
-        r.kid(), ", signs from ",
+        r->kid(), ", signs from ",
         absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
-                         rotation::TimeFromProto(r.activate_at()),
+                         rotation::TimeFromProto(r->activate_at()),
                          absl::UTCTimeZone()));
   }
   SIGNET_LOG_INFO(

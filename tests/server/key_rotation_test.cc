@@ -52,6 +52,20 @@ constexpr char kAdmin[] = "spiffe://signet.test/admin/ops";
 // + V = 60 s.
 constexpr absl::Duration kPeriod = absl::Seconds(6);
 
+// How many keys of a listing are ACTIVE, and how many are the standby.
+struct KeyCounts {
+  int active = 0;
+  int standby = 0;
+};
+KeyCounts Count(const v1::ListKeysResponse& keys) {
+  KeyCounts counts;
+  for (const v1::KeyInfo& k : keys.keys()) {
+    counts.active += k.state() == "ACTIVE" ? 1 : 0;
+    counts.standby += k.standby() ? 1 : 0;
+  }
+  return counts;
+}
+
 struct Signed {
   std::string token;
   std::string kid;
@@ -405,14 +419,8 @@ TEST_F(KeyRotationTest, AReplicaIsPromotedToWriterByARestart) {
   absl::StatusOr<Signed> token = Sign(*promoted.stub);
   ASSERT_TRUE(token.ok()) << token.status();
   v1::ListKeysResponse after = Keys(promoted);
-  int active = 0;
-  int standby = 0;
-  for (const v1::KeyInfo& k : after.keys()) {
-    active += k.state() == "ACTIVE" ? 1 : 0;
-    standby += k.standby() ? 1 : 0;
-  }
-  EXPECT_EQ(active, 1) << after.DebugString();
-  EXPECT_EQ(standby, 1) << after.DebugString();
+  EXPECT_EQ(Count(after).active, 1) << after.DebugString();
+  EXPECT_EQ(Count(after).standby, 1) << after.DebugString();
   EXPECT_EQ(after.keys_size(), 3) << after.DebugString();
   EXPECT_THAT(promoted.process->Output(), HasSubstr("key_generated"));
 }
@@ -458,9 +466,7 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
   ASSERT_TRUE(st.ok()) << st.error_message() << "\n" << writer.process->Output();
   EXPECT_NE(rotated.active_kid(), first);
   v1::ListKeysResponse keys = Keys(writer);
-  int active = 0;
-  for (const v1::KeyInfo& k : keys.keys()) active += k.state() == "ACTIVE" ? 1 : 0;
-  EXPECT_EQ(active, 1) << keys.DebugString();
+  EXPECT_EQ(Count(keys).active, 1) << keys.DebugString();
   EXPECT_EQ(keys.keys_size(), 3) << keys.DebugString();
   absl::StatusOr<Signed> token;
   for (int i = 0; i < 40; ++i) {
@@ -510,21 +516,13 @@ TEST_P(KeyRotationCrashTest, AKilledWriterConvergesAfterARestart) {
   ASSERT_NE(restarted.stub, nullptr);
   // Within a pass or two the schedule is whole again.
   v1::ListKeysResponse keys;
-  int active = 0;
-  int standby = 0;
   for (int i = 0; i < 50; ++i) {
     keys = Keys(restarted);
-    active = 0;
-    standby = 0;
-    for (const v1::KeyInfo& k : keys.keys()) {
-      active += k.state() == "ACTIVE" ? 1 : 0;
-      standby += k.standby() ? 1 : 0;
-    }
-    if (active == 1 && standby == 1) break;
+    if (Count(keys).active == 1 && Count(keys).standby == 1) break;
     absl::SleepFor(absl::Milliseconds(200));
   }
-  EXPECT_EQ(active, 1) << keys.DebugString();
-  EXPECT_EQ(standby, 1) << keys.DebugString();
+  EXPECT_EQ(Count(keys).active, 1) << keys.DebugString();
+  EXPECT_EQ(Count(keys).standby, 1) << keys.DebugString();
   // Every key pair has its record (+1: the audit key).
   EXPECT_EQ(TokenPrivateKeys(), keys.keys_size() + 1) << keys.DebugString();
   std::unique_ptr<Verifier> relying_party = RelyingParty(restarted.http_port);
