@@ -70,6 +70,23 @@ absl::StatusOr<std::string> Sha256(absl::string_view data) {
   return Hash(Sha256Md(), data);
 }
 
+Sha256Hasher::Sha256Hasher() : context_(EVP_MD_CTX_new()) {}
+
+Sha256Hasher::~Sha256Hasher() { EVP_MD_CTX_free(context_); }
+
+absl::Status Sha256Hasher::Hash(absl::string_view data, Digest& out) {
+  unsigned int out_len = 0;
+  if (context_ == nullptr ||
+      EVP_DigestInit_ex2(context_, Sha256Md(), nullptr) != 1 ||
+      EVP_DigestUpdate(context_, data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(context_, out.data(), &out_len) != 1 ||
+      out_len != out.size()) {
+    ERR_clear_error();
+    return absl::InternalError("SHA-256 failed (OpenSSL)");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> Sha256DigestInfo(absl::string_view digest) {
   if (digest.size() != kSha256Length) {
     return absl::InvalidArgumentError(absl::StrCat(

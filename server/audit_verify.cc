@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <deque>
 #include <fstream>
 #include <sstream>
 #include <set>
@@ -17,7 +16,6 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
@@ -38,172 +36,52 @@
 namespace signet::server {
 namespace {
 
-using Json = nlohmann::ordered_json;
-
-
 constexpr absl::string_view kZeroHash =
     "0000000000000000000000000000000000000000000000000000000000000000";
-constexpr size_t kSignatureBytes = 64;  // ES256 r||s
-constexpr absl::string_view kTimeFormat = "%Y-%m-%dT%H:%M:%E3SZ";
-
-bool IsHex64(absl::string_view s) {
-  if (s.size() != 64) {
-    return false;
-  }
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return false;
-    }
-  }
-  return true;
-}
-
-bool IsStringMember(absl::string_view name) {
-  return name == "time" || name == "event" || name == "caller" ||
-         name == "scope" || name == "kid" || name == "alg" ||
-         name == "input_sha256" || name == "result" || name == "detail" ||
-         name == "head" || name == "sig" || name == "prev";
-}
 
 absl::Status Broken(absl::string_view why) { return absl::DataLossError(why); }
 
-absl::StatusOr<AuditLineInfo> ParseAuditLineOrThrow(absl::string_view line) {
-  if (line.size() > kMaxAuditLineBytes) {
-    return Broken(absl::StrCat("longer than ", kMaxAuditLineBytes, " bytes"));
-  }
-  for (char c : line) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u >= 0x7f) {
-      return Broken(
-          "holds a byte that is not printable ASCII (signet escapes them)");
-    }
-  }
-  Json j = Json::parse(line.begin(), line.end(), /*cb=*/nullptr,
-                       /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    return Broken("not valid JSON");
-  }
-  if (!j.is_object()) {
-    return Broken("not a JSON object");
-  }
-  if (j.dump(-1, ' ', true, Json::error_handler_t::replace) != line) {
-    return Broken(
-        "not in the form signet writes (spacing, escaping, number form or a "
-        "repeated member)");
-  }
-  if (j.size() < 4) {
-    return Broken("too few members");
-  }
-  size_t index = 0;
-  for (auto it = j.begin(); it != j.end(); ++it, ++index) {
-    const std::string& name = it.key();
-    if (index == 0 && name != "seq") {
-      return Broken("the first member is not \"seq\"");
-    }
-    if (index == 1 && name != "time") {
-      return Broken("the second member is not \"time\"");
-    }
-    if (index == 2 && name != "event") {
-      return Broken("the third member is not \"event\"");
-    }
-    if (index + 1 == j.size() && name != "prev") {
-      return Broken("the last member is not \"prev\"");
-    }
-    if (name == "seq" || name == "count") {
-      if (!it.value().is_number_unsigned()) {
-        return Broken(
-            absl::StrCat("\"", name, "\" is not an unsigned integer"));
-      }
-    } else if (IsStringMember(name)) {
-      if (!it.value().is_string()) {
-        return Broken(absl::StrCat("\"", name, "\" is not a string"));
-      }
-    } else {
-      return Broken(absl::StrCat("unknown member \"", name, "\""));
-    }
-  }
-
-  AuditLineInfo info;
-  info.seq = j["seq"].get<uint64_t>();
-  if (info.seq == 0) {
-    return Broken("seq is 0");
-  }
-  const std::string time = j["time"].get<std::string>();
-  absl::Time t;
-  std::string error;
-  if (!absl::ParseTime(kTimeFormat, time, absl::UTCTimeZone(), &t, &error) ||
-      absl::FormatTime(kTimeFormat, t, absl::UTCTimeZone()) != time) {
-    return Broken("\"time\" is not RFC 3339 UTC with milliseconds");
-  }
-  info.event = j["event"].get<std::string>();
-  if (info.event.empty()) {
-    return Broken("\"event\" is empty");
-  }
-  info.prev = j["prev"].get<std::string>();
-  if (!IsHex64(info.prev)) {
-    return Broken("\"prev\" is not 64 lower-case hex digits");
-  }
-  if (j.contains("kid")) {
-    info.kid = j["kid"].get<std::string>();
-  }
-  if (info.event == "checkpoint") {
-    for (const char* name : {"head", "count", "kid", "sig"}) {
-      if (!j.contains(name)) {
-        return Broken(absl::StrCat("checkpoint without \"", name, "\""));
-      }
-    }
-    info.head = j["head"].get<std::string>();
-    info.count = j["count"].get<uint64_t>();
-    info.kid = j["kid"].get<std::string>();
-    info.sig = j["sig"].get<std::string>();
-    if (!IsHex64(info.head)) {
-      return Broken("checkpoint \"head\" is not 64 lower-case hex digits");
-    }
-    std::string raw;
-    if (!absl::WebSafeBase64Unescape(info.sig, &raw) ||
-        raw.size() != kSignatureBytes ||
-        absl::WebSafeBase64Escape(raw) != info.sig) {
-      return Broken(
-          "checkpoint \"sig\" is not base64url (no padding) of 64 bytes");
-    }
-  }
-  return info;
-}
-
 // Reads a file line by line in large chunks, bounding each line's length.
+// Lines are views into its buffer, valid until the next call.
 class LineReader {
  public:
-  explicit LineReader(int fd) : fd_(fd) {}
+  explicit LineReader(int fd)
+      : fd_(fd), buffer_(kChunk + kMaxAuditLineBytes + 1) {}
 
-  // The next complete line without its newline, std::nullopt at the end of
-  // the file (then `tail()` holds any bytes after the last newline), or an
-  // error: UNAVAILABLE for a read error, DATA_LOSS (no line number) for a
+  // Sets `line` to the next complete line without its newline, or `done` at
+  // the end of the file (then `tail()` holds any bytes after the last
+  // newline). UNAVAILABLE for a read error, DATA_LOSS (no line number) for a
   // line over kMaxAuditLineBytes.
-  absl::StatusOr<std::optional<std::string>> Next() {
+  absl::Status Next(absl::string_view& line, bool& done) {
+    done = false;
     while (true) {
-      size_t nl = buffer_.find('\n', std::max(start_, scanned_));
-      if (nl != std::string::npos) {
-        std::string line = buffer_.substr(start_, nl - start_);
-        // An offset, not an erase per line: erasing moved the rest of the
-        // 64 KiB buffer for every line (12% of verification).
-        start_ = nl + 1;
-        scanned_ = start_;
-        return std::optional<std::string>(std::move(line));
+      const void* nl =
+          std::memchr(buffer_.data() + scanned_, '\n', end_ - scanned_);
+      if (nl != nullptr) {
+        const size_t at = static_cast<const char*>(nl) - buffer_.data();
+        line = absl::string_view(buffer_.data() + start_, at - start_);
+        start_ = scanned_ = at + 1;
+        return absl::OkStatus();
       }
-      buffer_.erase(0, start_);
-      start_ = 0;
-      scanned_ = buffer_.size();
-      if (buffer_.size() > kMaxAuditLineBytes) {
+      scanned_ = end_;
+      if (end_ - start_ > kMaxAuditLineBytes) {
         return absl::DataLossError(
             absl::StrCat("longer than ", kMaxAuditLineBytes, " bytes"));
       }
       if (eof_) {
-        return std::optional<std::string>();
+        done = true;
+        return absl::OkStatus();
       }
-      ssize_t n = read(fd_, chunk_.data(), chunk_.size());
-      if (n < 0 && errno == EINTR) {
-        continue;
+      // The partial line (at most kMaxAuditLineBytes) to the front, so a
+      // whole chunk fits after it.
+      if (start_ > 0) {
+        std::memmove(buffer_.data(), buffer_.data() + start_, end_ - start_);
+        end_ -= start_;
+        scanned_ = end_;
+        start_ = 0;
       }
+      const ssize_t n = read(fd_, buffer_.data() + end_, buffer_.size() - end_);
+      if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
         return absl::UnavailableError(
             absl::StrCat("read failed: ", std::strerror(errno)));
@@ -211,22 +89,39 @@ class LineReader {
       if (n == 0) {
         eof_ = true;
       } else {
-        buffer_.append(chunk_.data(), static_cast<size_t>(n));
+        end_ += static_cast<size_t>(n);
       }
     }
   }
 
-  // Bytes after the last newline, once Next() has returned nullopt.
-  const std::string& tail() const { return buffer_; }
+  // Bytes after the last newline, once Next() has said `done`.
+  absl::string_view tail() const {
+    return absl::string_view(buffer_.data() + start_, end_ - start_);
+  }
 
  private:
+  static constexpr size_t kChunk = 1 << 20;
   const int fd_;
-  std::string chunk_ = std::string(64 * 1024, '\0');
-  std::string buffer_;
-  size_t start_ = 0;    // where the next line begins in buffer_
+  std::vector<char> buffer_;
+  size_t start_ = 0;    // where the next line begins
   size_t scanned_ = 0;  // searched for a newline up to here
+  size_t end_ = 0;      // bytes read into buffer_
   bool eof_ = false;
 };
+
+using Digest = hsm::Sha256Hasher::Digest;
+
+// Whether `hex` (64 lower-case hex digits, already checked) spells `digest`.
+bool HexEquals(absl::string_view hex, const Digest& digest) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (size_t k = 0; k < digest.size(); ++k) {
+    if (hex[2 * k] != kHex[digest[k] >> 4] ||
+        hex[2 * k + 1] != kHex[digest[k] & 0x0f]) {
+      return false;
+    }
+  }
+  return true;
+}
 
 // The checkpoint line in what an operator copied from syslog: from the first
 // '{' on, trailing whitespace removed.
@@ -269,14 +164,46 @@ struct SegmentProof {
   std::string first_prev;
   std::string first_event;
   uint64_t last_seq = 0;  // first_seq - 1 for an empty file
-  std::deque<std::pair<uint64_t, std::string>> tail;  // (seq, hash hex)
+  // The hash of the line the next segment continues from, if this segment
+  // holds it (kept_seq is 0 when there is no next segment or it does not
+  // say; stitching then reports the break).
+  uint64_t kept_seq = 0;
+  std::optional<Digest> kept_hash;
   std::vector<uint64_t> checkpoints;
   // (seq, kid) of the checkpoints and of the "audit_key" lines that
   // introduce keys, for the keyring's rule.
   std::vector<std::pair<uint64_t, std::string>> checkpoint_kids;
   std::vector<std::pair<uint64_t, std::string>> introduced_kids;
   bool expected_seen = false;
+
+  // The hash of line `seq`, if it was kept and is among the segment's last
+  // kStitchLines lines.
+  const Digest* HashOf(uint64_t seq) const {
+    if (!kept_hash.has_value() || seq != kept_seq ||
+        last_seq - seq >= kStitchLines) {
+      return nullptr;
+    }
+    return &*kept_hash;
+  }
 };
+
+// The seq of the line that the segment at `path` continues from (the one
+// before its first line, when that is a "segment" line), or 0 if it starts
+// a chain or its first line cannot be read (verifying it says why).
+uint64_t ContinuesFrom(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ScopedFd owned_fd(fd);
+  LineReader reader(fd);
+  absl::string_view line;
+  bool done = false;
+  AuditLineView first;
+  if (!reader.Next(line, done).ok() || done ||
+      !ScanAuditLine(line, first).ok() || first.event != "segment") {
+    return 0;
+  }
+  return first.seq - 1;
+}
 
 // Verifies one file: every line well-formed, seq consecutive from its first
 // line, each prev the hash of the line before (line 1 of a chain: zeros),
@@ -286,7 +213,7 @@ absl::StatusOr<SegmentProof> VerifySegment(
     const std::string& path, const hsm::PublicKey* checkpoint_key,
     const std::map<std::string, hsm::PublicKey>* keyring,
     const std::optional<AuditLineInfo>& expected,
-    absl::string_view expected_line) {
+    absl::string_view expected_line, uint64_t keep_seq) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -301,22 +228,26 @@ absl::StatusOr<SegmentProof> VerifySegment(
     return absl::UnavailableError(message);
   }
   ScopedFd owned_fd(fd);
+  // Read once, front to back.
+  (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 
   SegmentProof proof;
   proof.path = path;
-  std::string prev_hash;
+  hsm::Sha256Hasher hasher;
+  Digest prev_hash{};
   uint64_t count = 0;
   LineReader reader(fd);
   while (true) {
     // Lines are named by their seq: the line this one should be.
     const uint64_t n = count == 0 ? 1 : proof.last_seq + 1;
-    absl::StatusOr<std::optional<std::string>> next = reader.Next();
-    if (!next.ok()) {
-      return absl::Status(next.status().code(),
-                          absl::StrCat("audit log ", path, ": line ", n, ": ",
-                                       next.status().message()));
+    absl::string_view line;
+    bool done = false;
+    if (absl::Status read = reader.Next(line, done); !read.ok()) {
+      return absl::Status(read.code(), absl::StrCat("audit log ", path,
+                                                    ": line ", n, ": ",
+                                                    read.message()));
     }
-    if (!next->has_value()) {
+    if (done) {
       if (!reader.tail().empty()) {
         return Broken(absl::StrCat(
             "audit log ", path, ": line ", n,
@@ -325,67 +256,66 @@ absl::StatusOr<SegmentProof> VerifySegment(
       }
       break;
     }
-    const std::string& line = **next;
-    absl::StatusOr<AuditLineInfo> info = ParseAuditLine(line);
-    if (!info.ok()) {
+    AuditLineView info;
+    if (absl::Status scanned = ScanAuditLine(line, info); !scanned.ok()) {
       return Broken(absl::StrCat("audit log ", path, ": line ", n, ": ",
-                                 info.status().message()));
+                                 scanned.message()));
     }
     // The first line of a segment that continues another (a "segment"
     // line) starts where it says; any other file starts a chain at 1.
-    const bool continues =
-        count == 0 && info->event == "segment";
-    const uint64_t want = continues ? info->seq : n;
+    const bool continues = count == 0 && info.event == "segment";
+    const uint64_t want = continues ? info.seq : n;
     auto broken = [&](absl::string_view why) {
       return Broken(
           absl::StrCat("audit log ", path, ": line ", want, ": ", why));
     };
-    if (info->seq != want) {
+    if (info.seq != want) {
       return broken(absl::StrCat(
-          "seq is ", info->seq, ", expected ", want,
-          info->seq > want ? " (lines are missing)" : " (lines are repeated)"));
+          "seq is ", info.seq, ", expected ", want,
+          info.seq > want ? " (lines are missing)" : " (lines are repeated)"));
     }
     if (count == 0) {
-      proof.first_seq = info->seq;
-      proof.first_prev = info->prev;
-      proof.first_event = info->event;
-      if (!continues && info->prev != kZeroHash) {
+      proof.first_seq = info.seq;
+      proof.first_prev = std::string(info.prev);
+      proof.first_event = std::string(info.event);
+      if (!continues && info.prev != kZeroHash) {
         return broken(
             "prev is not 64 zeros (the file does not start a chain)");
       }
-    } else if (info->prev != prev_hash) {
+    } else if (!HexEquals(info.prev, prev_hash)) {
       return broken(absl::StrCat("prev does not match the hash of line ",
                                  want - 1, " (line ", want - 1,
                                  " or this line was changed)"));
     }
-    if (info->event == "checkpoint") {
-      if (count == 0 || info->head != prev_hash) {
+    if (info.event == "checkpoint") {
+      if (count == 0 || !HexEquals(info.head, prev_hash)) {
         return broken(absl::StrCat(
             "checkpoint head does not match the hash of line ", want - 1));
       }
-      if (info->count != want - 1) {
-        return broken(absl::StrCat("checkpoint count is ", info->count,
+      if (info.count != want - 1) {
+        return broken(absl::StrCat("checkpoint count is ", info.count,
                                    ", expected ", want - 1));
       }
+      std::string kid(info.kid);
       const hsm::PublicKey* key = checkpoint_key;
       if (keyring != nullptr) {
-        auto it = keyring->find(info->kid);
+        auto it = keyring->find(kid);
         if (it == keyring->end()) {
           return broken(absl::StrCat(
-              "checkpoint by audit key ", info->kid,
+              "checkpoint by audit key ", kid,
               ", which is not in the keyring (an unknown or forged key)"));
         }
         key = &it->second;
       }
-      proof.checkpoint_kids.emplace_back(want, info->kid);
+      proof.checkpoint_kids.emplace_back(want, std::move(kid));
       if (key != nullptr) {
         absl::StatusOr<std::string> digest =
-            CheckpointDigest(info->seq, info->head);
+            CheckpointDigest(info.seq, info.head);
         if (!digest.ok()) {
           return digest.status();
         }
         std::string signature;
-        absl::WebSafeBase64Unescape(info->sig, &signature);
+        absl::WebSafeBase64Unescape(info.sig, &signature);
         absl::Status verified = key->VerifyDigest(
             hsm::SignatureAlgorithm::kEcdsaP256Sha256, *digest, signature);
         if (absl::IsInvalidArgument(verified)) {
@@ -399,8 +329,8 @@ absl::StatusOr<SegmentProof> VerifySegment(
       }
       proof.checkpoints.push_back(want);
     }
-    if (info->event == "audit_key") {
-      proof.introduced_kids.emplace_back(want, info->kid);
+    if (info.event == "audit_key") {
+      proof.introduced_kids.emplace_back(want, std::string(info.kid));
     }
     if (expected.has_value() && expected->seq == want) {
       if (line != expected_line) {
@@ -410,13 +340,13 @@ absl::StatusOr<SegmentProof> VerifySegment(
       }
       proof.expected_seen = true;
     }
-    absl::StatusOr<std::string> hash = hsm::Sha256(line);
-    if (!hash.ok()) {
-      return hash.status();
+    if (absl::Status hashed = hasher.Hash(line, prev_hash); !hashed.ok()) {
+      return hashed;
     }
-    prev_hash = absl::BytesToHexString(*hash);
-    proof.tail.emplace_back(want, prev_hash);
-    if (proof.tail.size() > kStitchLines) proof.tail.pop_front();
+    if (want == keep_seq) {
+      proof.kept_seq = want;
+      proof.kept_hash = prev_hash;
+    }
     proof.last_seq = want;
     ++count;
   }
@@ -502,11 +432,15 @@ absl::StatusOr<AuditVerifyResult> Verify(
   const size_t n = files->size();
   std::vector<absl::StatusOr<SegmentProof>> proofs(
       n, absl::StatusOr<SegmentProof>(absl::UnknownError("not verified")));
+  // Where each segment's successor continues from: the one line hash each
+  // segment keeps for the seam.
+  std::vector<uint64_t> keep(n, 0);
+  for (size_t i = 0; i + 1 < n; ++i) keep[i] = ContinuesFrom((*files)[i + 1]);
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
       proofs[i] = VerifySegment((*files)[i], checkpoint_key, keyring,
-                                *expected, expected_line);
+                                *expected, expected_line, keep[i]);
     }
   };
   const size_t workers = std::max<size_t>(
@@ -544,15 +478,13 @@ absl::StatusOr<AuditVerifyResult> Verify(
                                  " are missing between ", before->path,
                                  " and this segment"));
       }
-      auto held = std::find_if(
-          before->tail.begin(), before->tail.end(),
-          [from](const auto& line) { return line.first == from; });
-      if (held == before->tail.end()) {
+      const Digest* held = before->HashOf(from);
+      if (held == nullptr) {
         return seam(absl::StrCat("it continues from line ", from,
                                  ", which ", before->path,
                                  " does not hold among its last lines"));
       }
-      if (held->second != proof.first_prev) {
+      if (!HexEquals(proof.first_prev, *held)) {
         return seam(absl::StrCat("prev does not match the hash of line ", from,
                                  " in ", before->path,
                                  " (a segment was replaced or changed)"));
@@ -623,14 +555,6 @@ absl::StatusOr<AuditVerifyResult> Verify(
 }
 
 }  // namespace
-
-absl::StatusOr<AuditLineInfo> ParseAuditLine(absl::string_view line) {
-  try {
-    return ParseAuditLineOrThrow(line);
-  } catch (const std::exception& e) {
-    return absl::DataLossError(absl::StrCat("cannot be read: ", e.what()));
-  }
-}
 
 absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
     absl::string_view path, const hsm::PublicKey* checkpoint_key,

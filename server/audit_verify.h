@@ -1,6 +1,7 @@
 // Verification of a signetd audit log (the format is in server/audit_log.h):
 // the hash chain, the sequence numbers, the form of every line, every
-// checkpoint's signature, and, given the last checkpoint an operator copied
+// checkpoint's signature (each line's form is server/audit_line.h), and,
+// given the last checkpoint an operator copied
 // from the off-host syslog sink, that the file still contains it, so a tail
 // cut back past it or a rewritten chain is found (docs/architecture.md,
 // "The audit log").
@@ -17,33 +18,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "hsm/public_key.h"
+#include "server/audit_line.h"
 
 namespace signet::server {
-
-// Longest line VerifyAuditLog (and AuditLog::Open) accepts, in bytes.
-inline constexpr size_t kMaxAuditLineBytes = 64 * 1024;
-
-// The members of one audit line that the chain and checkpoints depend on.
-struct AuditLineInfo {
-  uint64_t seq = 0;
-  std::string event;
-  std::string prev;  // hex
-  // Checkpoint lines only (event "checkpoint").
-  std::string head;  // hex
-  uint64_t count = 0;
-  std::string kid;
-  std::string sig;  // base64url as written
-};
-
-// Checks that `line` (without its newline) is one well-formed audit line on
-// its own: a JSON object exactly as the log writes it (compact, ASCII, no
-// duplicate members: re-serializing it gives the same bytes), "seq" first
-// (an integer >= 1), "time" (RFC 3339 UTC), "event" (non-empty), only known
-// members, each of the right type, and "prev" last (64 lower-case hex
-// digits); a checkpoint line also has "head" (64 hex), "count", "kid" and
-// "sig" (base64url of 64 bytes). It does not look at other lines or
-// signatures. DATA_LOSS with the reason (no line number) otherwise.
-absl::StatusOr<AuditLineInfo> ParseAuditLine(absl::string_view line);
 
 struct AuditVerifyResult {
   uint64_t lines = 0;                // lines in the chain proved

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -179,20 +180,34 @@ absl::Status WriteLogToVerify(const std::string& path,
   return absl::OkStatus();
 }
 
-// SHA-256 of every line on its own, one thread: MB/s.
+// SHA-256 of every line on its own, one thread, through one reused
+// context, reading each file with read() in 1 MiB chunks: MB/s. The least
+// any chain check must do.
 double MeasureLineHashing(const std::string& dir) {
+  hsm::Sha256Hasher hasher;
+  hsm::Sha256Hasher::Digest digest;
   uint64_t bytes = 0;
+  std::vector<char> buffer(2 << 20);
   const auto start = std::chrono::steady_clock::now();
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    std::string content = audit_testing::ReadFile(entry.path().string());
-    bytes += content.size();
-    size_t at = 0;
-    while (at < content.size()) {
-      size_t nl = content.find('\n', at);
-      if (nl == std::string::npos) nl = content.size();
-      (void)hsm::Sha256(absl::string_view(content).substr(at, nl - at));
-      at = nl + 1;
+    const int fd = open(entry.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    size_t held = 0;  // bytes of a partial line at the front of buffer
+    while (true) {
+      const ssize_t n = read(fd, buffer.data() + held, (1 << 20));
+      if (n <= 0) break;
+      bytes += static_cast<uint64_t>(n);
+      const absl::string_view data(buffer.data(), held + n);
+      size_t at = 0;
+      for (size_t nl = data.find('\n'); nl != absl::string_view::npos;
+           nl = data.find('\n', at)) {
+        (void)hasher.Hash(data.substr(at, nl - at), digest);
+        at = nl + 1;
+      }
+      held = data.size() - at;
+      std::memmove(buffer.data(), buffer.data() + at, held);
     }
+    close(fd);
   }
   return static_cast<double>(bytes) / (1 << 20) / Since(start);
 }
