@@ -520,6 +520,18 @@ int SessionPool::LiveConnections() const {
   return up;
 }
 
+int SessionPool::SessionsInUse() const {
+  absl::MutexLock lock(&mu_);
+  int sessions = 0;
+  for (const ConnectionSlot& slot : slots_) {
+    if (slot.connection != nullptr) sessions += options_.sessions_per_connection;
+  }
+  for (const IdleSession& idle : idle_) {
+    if (slots_[idle.index].connection == idle.connection) --sessions;
+  }
+  return std::max(sessions, 0);
+}
+
 int SessionPool::AbandonedConnections() const {
   absl::MutexLock lock(&mu_);
   return abandoned_;

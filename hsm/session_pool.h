@@ -233,6 +233,8 @@ class SessionPool {
 
   // Number of connections up right now, and configured.
   int LiveConnections() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Sessions of connections up right now that are leased.
+  int SessionsInUse() const ABSL_LOCKS_EXCLUDED(mu_);
   // Connections abandoned because a call on them stalled, since start.
   int AbandonedConnections() const ABSL_LOCKS_EXCLUDED(mu_);
   int ConfiguredConnections() const { return options_.connections; }

@@ -35,10 +35,14 @@ TEST_F(SessionPoolTest, LeasesEverySessionOnceAndTimesOutWhenAllAreOut) {
     leases.push_back(std::move(*lease));
   }
   EXPECT_EQ(distinct.size(), 4u);
+  EXPECT_EQ((*pool)->SessionsInUse(), 4);
   auto fifth = (*pool)->Acquire(Soon());
   EXPECT_EQ(fifth.status().code(), absl::StatusCode::kDeadlineExceeded);
   leases.pop_back();
+  EXPECT_EQ((*pool)->SessionsInUse(), 3);
   EXPECT_TRUE((*pool)->Acquire(Soon()).ok());
+  leases.clear();
+  EXPECT_EQ((*pool)->SessionsInUse(), 0);
 }
 
 TEST_F(SessionPoolTest, ZeroSlotsMeansHsmUnavailableNeverNoKeys) {

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
@@ -34,6 +35,7 @@
 #include "absl/time/time.h"
 #include "hsm/digest.h"
 #include "server/audit_verify.h"
+#include "server/log.h"
 #include "server/scoped_fd.h"
 
 namespace signet::server {
@@ -607,6 +609,30 @@ AuditLog::AuditLog(AuditLogOptions options, int fd, uint64_t file_size,
   refusal_window_ = absl::ToUnixSeconds(now);
   segment_opened_ = now;
   recovery_wait_ = options_.recovery_backoff;
+  absl::MutexLock lock(&mu_);
+  checkpoint_signer_ = options_.sign_checkpoint;
+  checkpoint_kid_ = options_.checkpoint_kid;
+}
+
+absl::Status AuditLog::SetCheckpointKey(std::string kid,
+                                        CheckpointSigner signer) {
+  if (!options_.sign_checkpoint) {
+    return absl::FailedPreconditionError(
+        "audit log: opened without a checkpoint signer");
+  }
+  if (kid.empty() || !signer) {
+    return absl::InvalidArgumentError(
+        "audit log: a checkpoint key needs a kid and a signer");
+  }
+  absl::MutexLock lock(&mu_);
+  checkpoint_kid_ = std::move(kid);
+  checkpoint_signer_ = std::move(signer);
+  return absl::OkStatus();
+}
+
+std::string AuditLog::checkpoint_kid() const {
+  absl::MutexLock lock(&mu_);
+  return checkpoint_kid_;
 }
 
 void AuditLog::StartWriter() {
@@ -864,6 +890,10 @@ AuditLog::SignedCheckpoint AuditLog::SignCheckpointLocked() {
   // (Appends queue meanwhile).
   const uint64_t seq = next_seq_;
   const std::string head = last_hash_hex_;
+  // The kid written is the one of the key that signs, even if the key is
+  // switched while the signer runs.
+  const CheckpointSigner signer = checkpoint_signer_;
+  const std::string kid = checkpoint_kid_;
   absl::StatusOr<std::string> signature;
   absl::StatusOr<std::string> digest = CheckpointDigest(seq, head);
   if (!digest.ok()) {
@@ -871,7 +901,7 @@ AuditLog::SignedCheckpoint AuditLog::SignCheckpointLocked() {
   } else {
     mu_.Unlock();
     try {
-      signature = options_.sign_checkpoint(*digest);
+      signature = signer(*digest);
     } catch (const std::exception& e) {
       signature = absl::InternalError(
           absl::StrCat("checkpoint signer threw: ", e.what()));
@@ -891,7 +921,7 @@ AuditLog::SignedCheckpoint AuditLog::SignCheckpointLocked() {
       j["event"] = std::string(kCheckpointEvent);
       j["head"] = head;
       j["count"] = seq - 1;
-      j["kid"] = Truncated(options_.checkpoint_kid);
+      j["kid"] = Truncated(kid);
       j["sig"] = absl::WebSafeBase64Escape(*signature);
     } else {
       j["event"] = std::string(kCheckpointFailedEvent);
@@ -925,10 +955,12 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
   std::string hash_hex = last_hash_hex_;
   std::vector<std::string> checkpoints;
   std::string buffer;
+  size_t kill_at = 0;  // test-only: bytes to write before SIGKILL
   for (const Pending& p : batch) {
     std::string line = absl::StrCat("{\"seq\":", seq, ",\"time\":\"",
                                     FormatLineTime(p.time), "\",", p.members,
                                     ",\"prev\":\"", hash_hex, "\"}");
+    if (seq == options_.kill_mid_line) kill_at = buffer.size() + line.size() / 2;
     absl::StatusOr<std::string> hash = HexSha256(line);
     if (!hash.ok()) {
       return absl::UnavailableError(
@@ -944,6 +976,11 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
     buffer.push_back('\n');
   }
 
+  if (kill_at > 0) {
+    // A crash in the middle of an append (fault-injection tests).
+    (void)!write(fd_, buffer.data(), kill_at);
+    raise(SIGKILL);
+  }
   size_t written = 0;
   while (written < buffer.size()) {
     ssize_t n = write(fd_, buffer.data() + written, buffer.size() - written);
@@ -1162,7 +1199,16 @@ void AuditLog::WriterLoop() {
           options_.group_commit_delay);
     }
 
-    if (RolloverDueLocked(now)) {
+    // A planned rollover first closes the segment with a checkpoint over
+    // its lines (this turn writes the batch and the checkpoint into it);
+    // the next turn rolls over.
+    bool closing_checkpoint = false;
+    if (RolloverDueLocked(now) && options_.sign_checkpoint &&
+        !segment_closing_checkpoint_tried_ &&
+        (last_checkpoint_seq_ + 1 < next_seq_ || !pending_.empty())) {
+      closing_checkpoint = true;
+      segment_closing_checkpoint_tried_ = true;
+    } else if (RolloverDueLocked(now)) {
       const std::string why =
           rollover_requested_
               ? std::string("a new segment was asked for (SIGHUP)")
@@ -1178,6 +1224,11 @@ void AuditLog::WriterLoop() {
       mu_.Lock();
       if (rolled.ok()) {
         durable_seq_ = next_seq_ - 1;
+        segment_closing_checkpoint_tried_ = false;
+        if (rollover_failing_) {
+          SIGNET_LOG_INFO("audit log: the segment rolled over after all");
+          rollover_failing_ = false;
+        }
       } else if (current_closed_) {
         broken_ = rolled;  // the old one is closed: recover into a new one
         recovery_wait_ = options_.recovery_backoff;
@@ -1186,6 +1237,13 @@ void AuditLog::WriterLoop() {
         // Could not even close it (an immutable file?): keep writing it and
         // try again later.
         next_rollover_try_ = now + kRolloverRetry;
+        if (!rollover_failing_) {
+          SIGNET_LOG_WARN("audit log: the segment could not be rolled over "
+                          "({}); writing on in it, trying again every {}",
+                          rolled.ToString(),
+                          absl::FormatDuration(kRolloverRetry));
+          rollover_failing_ = true;
+        }
       }
     }
 
@@ -1208,7 +1266,7 @@ void AuditLog::WriterLoop() {
     const bool new_lines = next_seq_ - 1 + batch.size() > last_checkpoint_seq_;
     bool checkpoint = false;
     if (options_.sign_checkpoint) {
-      if (explicit_checkpoint) {
+      if (explicit_checkpoint || closing_checkpoint) {
         checkpoint = true;
       } else if (stopping_ && pending_.empty()) {
         checkpoint = new_lines && !final_checkpoint_tried;

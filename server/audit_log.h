@@ -149,6 +149,10 @@ struct AuditLogOptions {
   // twice as long each time, up to 30 s, until it works; the log is broken
   // (UNAVAILABLE) until then. Zero: never (the log stays broken).
   absl::Duration recovery_backoff = absl::Seconds(1);
+  // Fault injection for tests only: when > 0, the writer writes the first
+  // half of line `kill_mid_line` (by seq), then kills the process with
+  // SIGKILL, as a crash in the middle of an append would.
+  uint64_t kill_mid_line = 0;
 };
 
 // Where the segment of the log at `path` whose first line has seq
@@ -258,6 +262,15 @@ class AuditLog {
   // recorded as a "checkpoint_failed" line) or INTERNAL if its signature is
   // not 64 bytes.
   absl::Status Checkpoint();
+
+  // Checkpoints from the next one on are signed by `signer` and name `kid`
+  // (the audit key rotating while signetd runs: server/audit_keys.h). A
+  // checkpoint being signed now keeps the key it started with.
+  // FAILED_PRECONDITION if the log was opened without a signer;
+  // INVALID_ARGUMENT for an empty kid or signer.
+  absl::Status SetCheckpointKey(std::string kid, CheckpointSigner signer);
+  // The kid that signs the next checkpoint.
+  std::string checkpoint_kid() const;
 
   // The seq of the last line known to be on disk (0 for an empty file).
   uint64_t last_sequence() const;
@@ -382,11 +395,20 @@ class AuditLog {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool rollover_requested_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time next_rollover_try_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // The current segment's closing checkpoint was tried (a planned rollover
+  // is due); cleared when a new segment opens.
+  bool segment_closing_checkpoint_tried_ ABSL_GUARDED_BY(mu_) = false;
+  // A planned rollover failed and is being retried (logged once).
+  bool rollover_failing_ ABSL_GUARDED_BY(mu_) = false;
   absl::Duration recovery_wait_ ABSL_GUARDED_BY(mu_);
   uint64_t segments_opened_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time next_checkpoint_ ABSL_GUARDED_BY(mu_);
   // Explicit Checkpoint() requests: generations requested, attempted
   // (finished), and satisfied by a durable checkpoint.
+  // The key checkpoints are signed with (options_ at open, then
+  // SetCheckpointKey).
+  CheckpointSigner checkpoint_signer_ ABSL_GUARDED_BY(mu_);
+  std::string checkpoint_kid_ ABSL_GUARDED_BY(mu_);
   uint64_t checkpoint_requested_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t checkpoint_done_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t checkpoint_ok_ ABSL_GUARDED_BY(mu_) = 0;

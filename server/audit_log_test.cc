@@ -729,6 +729,46 @@ TEST(AuditLogTest, RollsOverAtTheSizeLimitAndWhenAskedKeepingOneChain) {
   EXPECT_EQ(by_dir->last_seq, last);
 }
 
+// With a checkpoint signer, a segment closed by a planned rollover (size
+// limit, SIGHUP) ends with a checkpoint over its lines, so a segment
+// shipped away is covered by a signature of its own.
+TEST(AuditLogTest, APlannedRolloverClosesTheSegmentWithACheckpoint) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey key;
+  AuditLogOptions o = Options(path);
+  o.sign_checkpoint = key.Signer();
+  o.checkpoint_kid = "audit-kid";
+  o.segment_max_bytes = 1200;  // three or four lines
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+  }
+  log->RollOver();
+  ASSERT_TRUE(log->Append(SignEvent(20)).ok());
+  log.reset();
+  std::vector<std::string> closed;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    if (entry.path().filename().string() != "audit.log") {
+      closed.push_back(entry.path().string());
+    }
+  }
+  ASSERT_GE(closed.size(), 4u);
+  for (const std::string& segment : closed) {
+    const std::vector<std::string> lines = ReadLines(segment);
+    ASSERT_FALSE(lines.empty()) << segment;
+    EXPECT_EQ(Parse(lines.back())["event"], "checkpoint") << segment;
+  }
+  hsm::PublicKey public_key = key.PublicKey();
+  AuditVerifyOptions options;
+  options.require_covered = true;
+  absl::StatusOr<AuditVerifyResult> r =
+      VerifyAuditLog(path, &public_key, "", options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->segments, closed.size() + 1);
+}
+
 // A stop between closing one segment and opening the next (here: the
 // current file is gone) leaves the closed ones; the next start continues
 // their chain in a new segment.

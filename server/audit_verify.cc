@@ -419,7 +419,8 @@ absl::StatusOr<std::vector<std::string>> SegmentFiles(absl::string_view path) {
 absl::StatusOr<AuditVerifyResult> Verify(
     absl::string_view path, const hsm::PublicKey* checkpoint_key,
     absl::string_view expected_copied, int threads,
-    const std::map<std::string, hsm::PublicKey>* keyring) {
+    const std::map<std::string, hsm::PublicKey>* keyring,
+    bool allow_unvouched) {
   const absl::string_view expected_line = ExtractLine(expected_copied);
   absl::StatusOr<std::optional<AuditLineInfo>> expected =
       ParseExpected(expected_copied.empty() ? absl::string_view()
@@ -519,21 +520,63 @@ absl::StatusOr<AuditVerifyResult> Verify(
   result.lines = result.last_seq + 1 - result.first_seq;
   // With a keyring: from the first "audit_key" line on, a checkpoint's key
   // must have been introduced before it (a key that appeared without an
-  // introduction was slipped into the keyring).
-  if (keyring != nullptr && !introduced_kids.empty()) {
+  // introduction was slipped into the keyring); and every key after the
+  // first to sign in the range must have been vouched for by another: a
+  // checkpoint by an accepted key covers its introduction line, so a key
+  // added to the keyring alone (with a rewritten tail) is found.
+  if (keyring != nullptr) {
     std::set<std::string> introduced;
+    std::set<std::string> vouched;
+    std::set<std::string> accepted;
+    std::set<std::string> superseded;  // replaced by a later key
+    std::string last_signer;
+    // Introductions no checkpoint has covered yet.
+    std::vector<std::pair<uint64_t, std::string>> unvouched;
     size_t next_intro = 0;
     for (const auto& [seq, kid] : checkpoint_kids) {
       while (next_intro < introduced_kids.size() &&
              introduced_kids[next_intro].first < seq) {
-        introduced.insert(introduced_kids[next_intro++].second);
+        introduced.insert(introduced_kids[next_intro].second);
+        unvouched.push_back(introduced_kids[next_intro++]);
       }
-      if (seq > introduced_kids.front().first && !introduced.contains(kid)) {
+      if (!introduced_kids.empty() && seq > introduced_kids.front().first &&
+          !introduced.contains(kid)) {
         return Broken(absl::StrCat(
             "audit log ", path, ": line ", seq, ": checkpoint by audit key ",
             kid, ", which no audit_key line before it introduced"));
       }
+      if (!accepted.empty() && !accepted.contains(kid) &&
+          !vouched.contains(kid) && !allow_unvouched) {
+        return Broken(absl::StrCat(
+            "audit log ", path, ": line ", seq, ": checkpoint by audit key ",
+            kid,
+            ", which the audit key before it never vouched for (no checkpoint "
+            "by another audit key covers an audit_key line introducing it): "
+            "a key added to the keyring without the log, or a log from before "
+            "signet introduced audit keys this way "
+            "(--allow_unvouched_audit_keys)"));
+      }
+      if (superseded.contains(kid)) {
+        return Broken(absl::StrCat(
+            "audit log ", path, ": line ", seq, ": checkpoint by audit key ",
+            kid,
+            ", which a later audit key had already replaced (a retired key "
+            "never signs again)"));
+      }
+      if (!last_signer.empty() && last_signer != kid) {
+        // The key before never signs again.
+        superseded.insert(accepted.begin(), accepted.end());
+      }
+      last_signer = kid;
+      accepted.insert(kid);
+      // This checkpoint, by an accepted key, vouches for the keys introduced
+      // before it.
+      for (const auto& [intro_seq, intro_kid] : unvouched) {
+        vouched.insert(intro_kid);
+      }
+      unvouched.clear();
     }
+    result.audit_keys = accepted.size();
   }
   result.checkpoints = checkpoints.size();
   result.last_checkpoint_seq = checkpoints.empty() ? 0 : checkpoints.back();
@@ -563,7 +606,8 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
   absl::StatusOr<AuditVerifyResult> result;
   try {
     result = Verify(path, checkpoint_key, expected_last_checkpoint,
-                    options.threads, options.keyring);
+                    options.threads, options.keyring,
+                    options.allow_unvouched_keys);
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("audit log ", path, ": verification failed: ", e.what()));

@@ -29,6 +29,7 @@ struct AuditVerifyResult {
   uint64_t checkpoints = 0;          // checkpoint lines among them
   uint64_t last_checkpoint_seq = 0;  // 0 if there is none
   uint64_t segments = 0;             // files read
+  uint64_t audit_keys = 0;  // keys that signed checkpoints (with a keyring)
   // Lines at the end of a segment that the next segment does not continue
   // from: written but never durable (a write or fdatasync failed there), so
   // their calls were refused. Not part of the chain.
@@ -57,6 +58,12 @@ struct AuditVerifyOptions {
   // an "audit_key" line, each checkpoint's kid must have been introduced by
   // one before it.
   const std::map<std::string, hsm::PublicKey>* keyring = nullptr;
+  // With a keyring, every audit key after the first to sign in the range
+  // must have been vouched for: a checkpoint by an earlier accepted key
+  // covers an "audit_key" line introducing it (signetd introduces each
+  // successor while its predecessor still signs). Set this for a log from
+  // before signet did so, whose audit key rotated at a restart.
+  bool allow_unvouched_keys = false;
 };
 
 // Reads a keyring: PEM public keys (comment lines between them are ignored),

@@ -349,10 +349,41 @@ TEST_F(AuditVerifyTest, EveryOtherTamperCaseIsFound) {
   }
 }
 
-// The audit key rotates (here: a restart with another key, as signetd does
-// past the old key's retire time). With the keyring, each checkpoint is
-// verified with the key its kid names; a key missing from the keyring, or
-// one that signs without an audit_key line introducing it, is found.
+// One run of signetd with `key` as its audit key: opens the log at `path`,
+// writes an audit_key line for each of `introduce` (its own kid and, as
+// signetd does, the standby that follows it), a sign line if `sign`, and a
+// checkpoint.
+void RunWithAuditKey(const std::string& path, const TestAuditKey& key,
+                     const std::string& kid,
+                     const std::vector<std::string>& introduce,
+                     bool sign = true) {
+  AuditLogOptions o;
+  o.path = path;
+  o.syslog = false;
+  o.checkpoint_kid = kid;
+  o.sign_checkpoint = key.Signer();
+  absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(o);
+  ASSERT_TRUE(log.ok()) << log.status();
+  for (const std::string& introduced : introduce) {
+    AuditEvent intro;
+    intro.event = "audit_key";
+    intro.kid = introduced;
+    intro.result = "OK";
+    ASSERT_TRUE((*log)->Append(intro).ok());
+  }
+  if (sign) {
+    AuditEvent e;
+    e.event = "sign";
+    e.result = "OK";
+    ASSERT_TRUE((*log)->Append(e).ok());
+  }
+  ASSERT_TRUE((*log)->Checkpoint().ok());
+}
+
+// The audit key rotates. With the keyring, each checkpoint is verified with
+// the key its kid names; a key missing from the keyring, one that signs
+// without an audit_key line introducing it, and one that no checkpoint by
+// the key before it vouched for are found.
 TEST(AuditKeyringTest, EachCheckpointIsVerifiedWithItsOwnKey) {
   TempDir dir;
   const std::string path = dir.File("audit.log");
@@ -361,29 +392,11 @@ TEST(AuditKeyringTest, EachCheckpointIsVerifiedWithItsOwnKey) {
   const std::string first_kid = *first.PublicKey().JwkThumbprint();
   const std::string second_kid = *second.PublicKey().JwkThumbprint();
   auto run = [&](const TestAuditKey& key, const std::string& kid,
-                 bool introduce) {
-    AuditLogOptions o;
-    o.path = path;
-    o.syslog = false;
-    o.checkpoint_kid = kid;
-    o.sign_checkpoint = key.Signer();
-    absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(o);
-    ASSERT_TRUE(log.ok()) << log.status();
-    if (introduce) {
-      AuditEvent intro;
-      intro.event = "audit_key";
-      intro.kid = kid;
-      intro.result = "OK";
-      ASSERT_TRUE((*log)->Append(intro).ok());
-    }
-    AuditEvent e;
-    e.event = "sign";
-    e.result = "OK";
-    ASSERT_TRUE((*log)->Append(e).ok());
-    ASSERT_TRUE((*log)->Checkpoint().ok());
+                 const std::vector<std::string>& introduce) {
+    RunWithAuditKey(path, key, kid, introduce);
   };
-  run(first, first_kid, true);
-  run(second, second_kid, true);
+  run(first, first_kid, {first_kid, second_kid});
+  run(second, second_kid, {second_kid});
 
   std::map<std::string, hsm::PublicKey> ring;
   ring.emplace(first_kid, first.PublicKey());
@@ -394,6 +407,7 @@ TEST(AuditKeyringTest, EachCheckpointIsVerifiedWithItsOwnKey) {
       VerifyAuditLog(path, nullptr, "", with_ring);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->checkpoints, 2u);
+  EXPECT_EQ(r->audit_keys, 2u);
   // One key for every checkpoint, as before the keyring, fails.
   hsm::PublicKey only_first = first.PublicKey();
   ExpectDataLoss(VerifyAuditLog(path, &only_first),
@@ -409,12 +423,136 @@ TEST(AuditKeyringTest, EachCheckpointIsVerifiedWithItsOwnKey) {
   // A third key slipped into the keyring signs without an introduction.
   TestAuditKey slipped;
   const std::string slipped_kid = *slipped.PublicKey().JwkThumbprint();
-  run(slipped, slipped_kid, false);
+  run(slipped, slipped_kid, {});
   ring.emplace(slipped_kid, slipped.PublicKey());
   ExpectDataLoss(VerifyAuditLog(path, nullptr, "", with_ring),
                  absl::StrCat("checkpoint by audit key ", slipped_kid,
                               ", which no audit_key line before it "
                               "introduced"));
+}
+
+// A key that introduces itself (an attacker who added a key to the keyring
+// and rewrote the tail after the last genuine checkpoint) was never vouched
+// for by the key before it: refused, unless the log predates vouching.
+TEST(AuditKeyringTest, AKeyNoEarlierKeyVouchedForIsRefused) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey first;
+  TestAuditKey second;
+  const std::string first_kid = *first.PublicKey().JwkThumbprint();
+  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  auto run = [&](const TestAuditKey& key, const std::string& kid) {
+    RunWithAuditKey(path, key, kid, {kid}, /*sign=*/false);
+  };
+  run(first, first_kid);
+  run(second, second_kid);  // introduced only under its own checkpoint
+  std::map<std::string, hsm::PublicKey> ring;
+  ring.emplace(first_kid, first.PublicKey());
+  ring.emplace(second_kid, second.PublicKey());
+  AuditVerifyOptions options;
+  options.keyring = &ring;
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, "", options),
+                 absl::StrCat("checkpoint by audit key ", second_kid,
+                              ", which the audit key before it never vouched "
+                              "for"));
+  options.allow_unvouched_keys = true;
+  absl::StatusOr<AuditVerifyResult> r =
+      VerifyAuditLog(path, nullptr, "", options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->audit_keys, 2u);
+}
+
+// Once a successor has signed, the key before it never signs again: a
+// checkpoint by it later (a retired key, its private half still around)
+// is refused.
+TEST(AuditKeyringTest, ACheckpointByARetiredKeyIsRefused) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey first;
+  TestAuditKey second;
+  const std::string first_kid = *first.PublicKey().JwkThumbprint();
+  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  auto run = [&](const TestAuditKey& key, const std::string& kid,
+                 const std::vector<std::string>& introduce) {
+    RunWithAuditKey(path, key, kid, introduce, /*sign=*/false);
+  };
+  run(first, first_kid, {first_kid, second_kid});
+  run(second, second_kid, {second_kid});
+  std::map<std::string, hsm::PublicKey> ring;
+  ring.emplace(first_kid, first.PublicKey());
+  ring.emplace(second_kid, second.PublicKey());
+  AuditVerifyOptions options;
+  options.keyring = &ring;
+  ASSERT_TRUE(VerifyAuditLog(path, nullptr, "", options).ok());
+  run(first, first_kid, {first_kid});
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, "", options),
+                 absl::StrCat("checkpoint by audit key ", first_kid,
+                              ", which a later audit key had already "
+                              "replaced"));
+}
+
+// The key switched while the log stays open (AuditLog::SetCheckpointKey):
+// checkpoints before name and are signed by the first key, after by the
+// second.
+TEST(AuditKeyringTest, TheCheckpointKeySwitchesWhileTheLogIsOpen) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey first;
+  TestAuditKey second;
+  const std::string first_kid = *first.PublicKey().JwkThumbprint();
+  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  AuditLogOptions o;
+  o.path = path;
+  o.syslog = false;
+  o.checkpoint_kid = first_kid;
+  o.sign_checkpoint = first.Signer();
+  absl::StatusOr<std::unique_ptr<AuditLog>> log = AuditLog::Open(o);
+  ASSERT_TRUE(log.ok()) << log.status();
+  for (const std::string& kid : {first_kid, second_kid}) {
+    AuditEvent intro;
+    intro.event = "audit_key";
+    intro.kid = kid;
+    intro.result = "OK";
+    ASSERT_TRUE((*log)->Append(intro).ok());
+  }
+  ASSERT_TRUE((*log)->Checkpoint().ok());  // by the first: vouches
+  EXPECT_EQ((*log)->SetCheckpointKey("", second.Signer()).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*log)->SetCheckpointKey(second_kid, second.Signer()).ok());
+  EXPECT_EQ((*log)->checkpoint_kid(), second_kid);
+  AuditEvent e;
+  e.event = "sign";
+  e.result = "OK";
+  ASSERT_TRUE((*log)->Append(e).ok());
+  ASSERT_TRUE((*log)->Checkpoint().ok());  // by the second
+  log->reset();
+
+  std::map<std::string, hsm::PublicKey> ring;
+  ring.emplace(first_kid, first.PublicKey());
+  ring.emplace(second_kid, second.PublicKey());
+  AuditVerifyOptions options;
+  options.keyring = &ring;
+  options.require_covered = true;
+  absl::StatusOr<AuditVerifyResult> r =
+      VerifyAuditLog(path, nullptr, "", options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->audit_keys, 2u);
+  // The checkpoints name the key that signed them.
+  const std::vector<std::string> lines = ReadLines(path);
+  std::vector<std::string> kids;
+  for (const std::string& line : lines) {
+    absl::StatusOr<AuditLineInfo> info = ParseAuditLine(line);
+    ASSERT_TRUE(info.ok());
+    if (info->event == "checkpoint") kids.push_back(info->kid);
+  }
+  EXPECT_THAT(kids, ::testing::ElementsAre(first_kid, second_kid));
+  // Without the first key's vouching checkpoint the switch is refused: the
+  // same log from the switch on, with the first key unknown.
+  std::map<std::string, hsm::PublicKey> only_second;
+  only_second.emplace(second_kid, second.PublicKey());
+  options.keyring = &only_second;
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, "", options),
+                 "which is not in the keyring");
 }
 
 TEST(AuditKeyringTest, AKeyringFileIsReadByKid) {

@@ -566,6 +566,25 @@ absl::Status ValidateConfig(SignetConfig& config,
   if (config.audit_key_rotation_days() > 3650) {
     return FieldError("audit_key_rotation_days", "at most 3650 (ten years)");
   }
+  if (const uint32_t seconds = config.audit_key_rotation_seconds();
+      seconds != 0) {
+    const uint32_t least = config.allow_short_key_schedules()
+                               ? kMinShortRotationPeriod
+                               : 3600;
+    if (seconds < least) {
+      return FieldError(
+          "audit_key_rotation_seconds",
+          config.allow_short_key_schedules()
+              ? absl::StrCat("at least ", least)
+              : std::string("at least 3600; shorter periods need "
+                            "allow_short_key_schedules: true (tests and "
+                            "demos only)"));
+    }
+    if (seconds > 3650u * 24 * 3600) {
+      return FieldError("audit_key_rotation_seconds",
+                        "at most 315360000 (ten years)");
+    }
+  }
   return ValidateGrpcLimits(*config.mutable_grpc());
 }
 

@@ -12,6 +12,7 @@
 namespace signet::server {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 constexpr char kValid[] = R"pb(
@@ -152,6 +153,26 @@ TEST(ConfigTest, ShortRotationPeriodsNeedTheTopLevelSwitch) {
       "http { listen_address: \"127.0.0.1:8080\" public_base_url: "
       "\"https://k.example\" cache_max_age_seconds: 1 }\n"));
   EXPECT_TRUE(allowed.ok()) << allowed.status();
+}
+
+TEST(ConfigTest, AuditKeyRotationInSecondsIsForTestsAndDemos) {
+  auto short_audit = ParseConfig(
+      absl::StrCat(kValid, "\naudit_key_rotation_seconds: 8\n"));
+  EXPECT_THAT(std::string(short_audit.status().message()),
+              AllOf(HasSubstr("audit_key_rotation_seconds"),
+                    HasSubstr("allow_short_key_schedules")));
+  auto allowed = ParseConfig(absl::StrCat(
+      kValid,
+      "\naudit_key_rotation_seconds: 8 allow_short_key_schedules: true\n"));
+  ASSERT_TRUE(allowed.ok()) << allowed.status();
+  EXPECT_EQ(allowed->audit_key_rotation_seconds(), 8u);
+  auto hour = ParseConfig(
+      absl::StrCat(kValid, "\naudit_key_rotation_seconds: 3600\n"));
+  EXPECT_TRUE(hour.ok()) << hour.status();
+  auto too_long = ParseConfig(
+      absl::StrCat(kValid, "\naudit_key_rotation_seconds: 400000000\n"));
+  EXPECT_THAT(std::string(too_long.status().message()),
+              HasSubstr("at most 315360000"));
 }
 
 TEST(ConfigTest, ScheduleFieldBounds) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "hsm/digest.h"
 #include "rotation/schedule.h"
 #include "server/config.h"
 #include "server/log.h"
@@ -87,7 +88,8 @@ NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now) {
 
 KeyManager::KeyManager(hsm::KeyStore* store,
                        const signet::v1::SignetConfig& config, AuditLog* audit,
-                       OnKeys on_keys, int kill_at_write)
+                       OnKeys on_keys, int kill_at_write,
+                       std::vector<InternalScope> internal)
     : store_(store),
       config_(config),
       audit_(audit),
@@ -95,9 +97,13 @@ KeyManager::KeyManager(hsm::KeyStore* store,
       writer_(!config.never_create_keys()),
       interval_(absl::Seconds(config.never_create_keys()
                                   ? config.key_refresh_interval_seconds()
-                                  : config.reconcile_interval_seconds())) {
+                                  : config.reconcile_interval_seconds())),
+      internal_(std::move(internal)) {
   for (const auto& scope : config_.scopes()) {
     policies_.push_back(KeyPolicyFor(scope));
+  }
+  for (const InternalScope& scope : internal_) {
+    policies_.push_back(scope.policy);
   }
   reconciler_ = std::make_unique<rotation::KeyReconciler>(
       store_, policies_, writer_, [this](const rotation::KeyEvent& e) {
@@ -189,6 +195,15 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
   }
   if (!built.ok()) return built.status();
   if (notify && on_keys_) on_keys_(*built);
+  for (const InternalScope& scope : internal_) {
+    auto set = sets->find(scope.policy.scope);
+    if (set == sets->end()) continue;
+    if (absl::Status st = scope.on_pass(set->second, at); !st.ok()) {
+      absl::MutexLock lock(&mu_);
+      last_pass_.status = st;
+      return st;
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -248,6 +263,9 @@ void KeyManager::Loop() {
 
 const rotation::ScopeKeyPolicy* KeyManager::PolicyFor(
     const std::string& scope) const {
+  for (const InternalScope& internal : internal_) {
+    if (internal.policy.scope == scope) return nullptr;  // never an operator's
+  }
   return reconciler_->PolicyFor(scope);
 }
 
@@ -261,18 +279,32 @@ absl::StatusOr<std::vector<rotation::KeyRecord>> KeyManager::ReadScope(
 
 absl::StatusOr<std::string> KeyManager::Change(
     const google::protobuf::Message& request, const std::string& request_id,
-    const std::function<absl::StatusOr<std::string>()>& change) {
+    const std::string& scope,
+    const std::function<absl::StatusOr<std::string>(
+        const std::string& fingerprint)>& change) {
   const std::string fingerprint = request.SerializeAsString();
+  auto reused = [&request_id] {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request_id \"", request_id,
+        "\" was already used for another request; use a new id for a new "
+        "change"));
+  };
   if (auto seen = remembered_.find(request_id); seen != remembered_.end()) {
-    if (seen->second.request != fingerprint) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "request_id \"", request_id,
-          "\" was already used for another request; use a new id for a new "
-          "change"));
-    }
+    if (seen->second.request != fingerprint) return reused();
     return seen->second.response;
   }
-  absl::StatusOr<std::string> response = change();
+  // Not in memory (a restart since, or another writer before a promotion):
+  // the token keeps each applied change with its first record write.
+  absl::StatusOr<std::optional<rotation::OperatorChange>> recorded =
+      RecordedChange(scope, request_id);
+  if (!recorded.ok()) return recorded.status();
+  if (recorded->has_value()) {
+    absl::StatusOr<std::string> digest = hsm::Sha256(fingerprint);
+    if (!digest.ok()) return digest.status();
+    if ((*recorded)->request_sha256() != *digest) return reused();
+    return (*recorded)->response();
+  }
+  absl::StatusOr<std::string> response = change(fingerprint);
   // Only an applied change is remembered: a refusal changed nothing, and a
   // change that failed midway is planned again from the token's records
   // when retried (a revocation already written then answers "already
@@ -327,9 +359,26 @@ bool HasControlCharacters(absl::string_view text) {
 
 }  // namespace
 
+absl::StatusOr<std::optional<rotation::OperatorChange>>
+KeyManager::RecordedChange(const std::string& scope,
+                           const std::string& request_id) {
+  if (PolicyFor(scope) == nullptr) return std::optional<rotation::OperatorChange>();
+  absl::StatusOr<std::vector<rotation::KeyRecord>> records = ReadScope(scope);
+  if (!records.ok()) return records.status();
+  for (const rotation::KeyRecord& record : *records) {
+    for (const rotation::OperatorChange& change : record.operator_changes()) {
+      if (change.request_id() == request_id) {
+        return std::optional<rotation::OperatorChange>(change);
+      }
+    }
+  }
+  return std::optional<rotation::OperatorChange>();
+}
+
 absl::StatusOr<std::string> KeyManager::ApplyChange(
-    const std::string& scope, const std::string& admin, const Planner& plan,
-    const Responder& respond) {
+    const std::string& scope, const std::string& admin,
+    const std::string& request_id, const std::string& fingerprint,
+    const Planner& plan, const Responder& respond) {
   const rotation::ScopeKeyPolicy* policy = PolicyFor(scope);
   if (policy == nullptr) {
     return absl::NotFoundError(absl::StrCat("no scope named \"", scope, "\""));
@@ -345,6 +394,26 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   absl::StatusOr<std::vector<rotation::KeyAction>> actions =
       plan(*records, rotation::ScheduleOf(*policy), now);
   if (!actions.ok()) return actions.status();
+  // The answer is fixed by the plan; it is written with the change's first
+  // record write, so a retry after a restart finds it (Change).
+  const std::string response = respond(*actions, now);
+  absl::StatusOr<std::string> digest = hsm::Sha256(fingerprint);
+  if (!digest.ok()) return digest.status();
+  for (rotation::KeyAction& action : *actions) {
+    if (action.kind != rotation::KeyAction::Kind::kWriteRecord &&
+        action.kind != rotation::KeyAction::Kind::kDestroyPrivateKey) {
+      continue;
+    }
+    auto* changes = action.record.mutable_operator_changes();
+    while (changes->size() >= kMaxRecordedChanges) {
+      changes->erase(changes->begin());
+    }
+    rotation::OperatorChange* change = changes->Add();
+    change->set_request_id(request_id);
+    change->set_request_sha256(*digest);
+    change->set_response(response);
+    break;
+  }
   acting_admin_ = admin;
   absl::Status applied = reconciler_->Apply(*policy, *actions);
   acting_admin_.clear();
@@ -353,7 +422,7 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
         "the change was not completed (", applied.message(),
         "); retry with the same request_id"));
   }
-  return respond(*actions, now);
+  return response;
 }
 
 template <typename Request, typename Response>
@@ -372,9 +441,11 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
           "signetd is stopping; retry with the same request_id"));
       return;
     }
-    absl::StatusOr<std::string> answer =
-        Change(request, request.request_id(), [&] {
-          return ApplyChange(request.scope(), admin, plan, respond);
+    absl::StatusOr<std::string> answer = Change(
+        request, request.request_id(), request.scope(),
+        [&](const std::string& fingerprint) {
+          return ApplyChange(request.scope(), admin, request.request_id(),
+                             fingerprint, plan, respond);
         });
     if (!answer.ok()) {
       done(answer.status());

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,6 +54,17 @@ struct NextTransition {
 };
 NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now);
 
+// A scope the manager keeps on the schedule but neither publishes nor
+// serves: signetd's audit checkpoint key (server/audit_keys.h).
+struct InternalScope {
+  rotation::ScopeKeyPolicy policy;
+  // Its keys after each pass, on the pass's thread. An error fails the pass
+  // (logged, audited, retried).
+  std::function<absl::Status(const rotation::ScopeKeySet& keys,
+                             absl::Time now)>
+      on_pass;
+};
+
 class KeyManager {
  public:
   // Called on the loop's thread after each successful pass with the new
@@ -63,7 +75,8 @@ class KeyManager {
   // `kill_at_write` > 0 is for fault-injection tests only: the process
   // kills itself (SIGKILL) just before its kill_at_write-th token write.
   KeyManager(hsm::KeyStore* store, const signet::v1::SignetConfig& config,
-             AuditLog* audit, OnKeys on_keys, int kill_at_write = 0);
+             AuditLog* audit, OnKeys on_keys, int kill_at_write = 0,
+             std::vector<InternalScope> internal = {});
   ~KeyManager();
   KeyManager(const KeyManager&) = delete;
   KeyManager& operator=(const KeyManager&) = delete;
@@ -103,8 +116,10 @@ class KeyManager {
 
   // Operator calls waiting at once; more are refused RESOURCE_EXHAUSTED.
   static constexpr size_t kMaxQueuedCalls = 64;
-  // Request ids remembered.
+  // Request ids remembered in memory.
   static constexpr size_t kMaxRememberedRequests = 1024;
+  // Operators' changes kept in one key record (the newest).
+  static constexpr int kMaxRecordedChanges = 4;
 
  private:
   // An applied change's request and answer, by request id.
@@ -124,9 +139,17 @@ class KeyManager {
   // a request id seen before from memory; otherwise runs `change` (which
   // returns the response), remembers it if it was applied, and runs a pass.
   // On the loop's thread.
+  // `change` gets the request's serialization. A request id not in memory
+  // is looked up in the scope's records (RecordedChange), so a retry after
+  // a restart answers as the first time.
   absl::StatusOr<std::string> Change(
       const google::protobuf::Message& request, const std::string& request_id,
-      const std::function<absl::StatusOr<std::string>()>& change);
+      const std::string& scope,
+      const std::function<absl::StatusOr<std::string>(
+          const std::string& fingerprint)>& change);
+  // The change with `request_id` recorded in `scope`'s records, if any.
+  absl::StatusOr<std::optional<rotation::OperatorChange>> RecordedChange(
+      const std::string& scope, const std::string& request_id);
   using Planner = std::function<absl::StatusOr<std::vector<rotation::KeyAction>>(
       const std::vector<rotation::KeyRecord>&, const rotation::SchedulePolicy&,
       absl::Time)>;
@@ -134,8 +157,12 @@ class KeyManager {
       const std::vector<rotation::KeyAction>&, absl::Time)>;
   // Plans (with the scope's records as the token has them now) and applies
   // an operator's change; returns the serialized response. Loop thread.
+  // The change (its request id and the SHA-256 of `fingerprint`, with the
+  // response) is written into the first record the plan writes.
   absl::StatusOr<std::string> ApplyChange(const std::string& scope,
                                           const std::string& admin,
+                                          const std::string& request_id,
+                                          const std::string& fingerprint,
                                           const Planner& plan,
                                           const Responder& respond);
   // Queues an operator's change for the loop's thread, with its request id.
@@ -155,6 +182,7 @@ class KeyManager {
   const bool writer_;
   const absl::Duration interval_;
   std::vector<rotation::ScopeKeyPolicy> policies_;
+  const std::vector<InternalScope> internal_;
   std::unique_ptr<rotation::KeyReconciler> reconciler_;
   // Who the events of the change running now are by ("" for the loop).
   std::string acting_admin_;

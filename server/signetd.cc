@@ -69,6 +69,8 @@
 #include "server/throttled_log.h"
 #include "server/admin_service.h"
 #include "server/audit_log.h"
+#include "server/audit_keys.h"
+#include "server/audit_verify_command.h"
 #include "server/key_manager.h"
 #include "server/audit_verify.h"
 #include "server/jwks_http.h"
@@ -90,27 +92,6 @@ ABSL_FLAG(bool, log_json, false, "Write logs as JSON lines.");
 ABSL_FLAG(bool, insecure_plaintext, false,
           "DEVELOPMENT ONLY: serve gRPC without TLS, on a loopback address "
           "only. Callers then have the identity \"insecure:plaintext\".");
-ABSL_FLAG(std::string, audit_public_key, "",
-          "audit-verify: PEM file of the audit checkpoint key (signetd writes "
-          "it beside the audit log as audit-checkpoint-key.pem).");
-ABSL_FLAG(bool, allow_empty, false,
-          "audit-verify: an empty file is not an error (it is by default: a "
-          "log that should hold lines was truncated or replaced).");
-ABSL_FLAG(bool, require_checkpoint_coverage, false,
-          "audit-verify: lines after the last checkpoint are an error (use it "
-          "on a log that ended with a stop, whose final checkpoint covers "
-          "everything).");
-ABSL_FLAG(std::string, audit_keyring, "",
-          "audit-verify: the keyring of audit public keys by kid that "
-          "signetd keeps beside the log (audit-keyring.pem); each checkpoint "
-          "is checked with the key its kid names. Takes the place of "
-          "--audit_public_key.");
-ABSL_FLAG(int, verify_threads, 0,
-          "audit-verify: segments verified at once (0: one per core).");
-ABSL_FLAG(std::string, expected_checkpoint, "",
-          "audit-verify: the last checkpoint line as the off-host sink "
-          "(syslog) has it; a log cut back past it is then detected.");
-
 namespace signet::server {
 namespace {
 
@@ -236,9 +217,6 @@ void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
             << (pem.ok() ? *pem : std::string()) << std::flush;
 }
 
-// The scope name of the audit checkpoint key (not a valid scope name).
-constexpr char kAuditScope[] = "_audit";
-
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      absl::string_view what) {
   std::ifstream in(path);
@@ -283,55 +261,6 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   return grpc::experimental::TlsServerCredentials(options);
 }
 
-// The audit checkpoint key's public half, beside the log, for audit-verify.
-absl::Status WriteAuditPublicKey(const std::string& log_path,
-                                 const hsm::PublicKey& key) {
-  absl::StatusOr<std::string> pem = key.SpkiPem();
-  if (!pem.ok()) return pem.status();
-  std::string dir = log_path.substr(0, log_path.rfind('/'));
-  std::string path = dir + "/audit-checkpoint-key.pem";
-  std::ofstream out(path, std::ios::trunc);
-  out << *pem;
-  if (!out) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot write ", path, ": is the audit directory writable by signetd?"));
-  }
-  return absl::OkStatus();
-}
-
-// The audit keyring beside the log: every audit checkpoint key's public half,
-// by kid, appended when a key is first used and never truncated, so
-// audit-verify can check each checkpoint with its own key after the audit
-// key has rotated (audit-checkpoint-key.pem holds the current one only).
-absl::Status AppendToAuditKeyring(const std::string& log_path,
-                                  const std::string& kid,
-                                  const hsm::PublicKey& key) {
-  const std::string path =
-      log_path.substr(0, log_path.rfind('/')) + "/audit-keyring.pem";
-  if (access(path.c_str(), F_OK) == 0) {
-    absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
-        ReadAuditKeyring(path);
-    if (!ring.ok()) return ring.status();
-    if (ring->contains(kid)) return absl::OkStatus();
-  }
-  absl::StatusOr<std::string> pem = key.SpkiPem();
-  if (!pem.ok()) return pem.status();
-  const std::string entry =
-      absl::StrCat("# signet audit checkpoint key\n# kid: ", kid,
-                   "\n# added: ", absl::FormatTime(absl::Now()), "\n", *pem);
-  ScopedFd fd(open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-                   0644));
-  if (fd.get() < 0 ||
-      write(fd.get(), entry.data(), entry.size()) !=
-          static_cast<ssize_t>(entry.size()) ||
-      fsync(fd.get()) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot append to ", path, ": is the audit directory writable by "
-        "signetd?"));
-  }
-  return absl::OkStatus();
-}
-
 // A cheap call through the boundary: is the HSM answering?
 absl::Status ProbeHsm(hsm::SessionPool& pool) {
   absl::StatusOr<hsm::SessionPool::Lease> lease =
@@ -343,63 +272,6 @@ absl::Status ProbeHsm(hsm::SessionPool& pool) {
                       "C_GetTokenInfo");
 }
 
-int AuditVerifyCommand(const std::string& path) {
-  const std::string key_path = absl::GetFlag(FLAGS_audit_public_key);
-  std::optional<hsm::PublicKey> key;
-  if (!key_path.empty()) {
-    absl::StatusOr<std::string> pem = ReadFile(key_path, "--audit_public_key");
-    if (!pem.ok()) return Fail(pem.status());
-    absl::StatusOr<hsm::PublicKey> parsed = hsm::PublicKey::FromSpkiPem(*pem);
-    if (!parsed.ok()) return Fail(parsed.status());
-    key = std::move(*parsed);
-  } else if (absl::GetFlag(FLAGS_audit_keyring).empty()) {
-    SIGNET_LOG_WARN("no --audit_keyring or --audit_public_key: checkpoint "
-                    "signatures are not checked, only the chain");
-  }
-  AuditVerifyOptions options;
-  std::map<std::string, hsm::PublicKey> keyring;
-  if (const std::string ring_path = absl::GetFlag(FLAGS_audit_keyring);
-      !ring_path.empty()) {
-    absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
-        ReadAuditKeyring(ring_path);
-    if (!ring.ok()) return Fail(ring.status());
-    keyring = *std::move(ring);
-    options.keyring = &keyring;
-  }
-  options.allow_empty = absl::GetFlag(FLAGS_allow_empty);
-  options.require_covered = absl::GetFlag(FLAGS_require_checkpoint_coverage);
-  options.threads = absl::GetFlag(FLAGS_verify_threads);
-  absl::StatusOr<AuditVerifyResult> result =
-      VerifyAuditLog(path, key ? &*key : nullptr,
-                     absl::GetFlag(FLAGS_expected_checkpoint), options);
-  if (!result.ok()) {
-    std::cout << "audit log " << path << " FAILED: " << result.status().message()
-              << std::endl;
-    return 1;
-  }
-  std::cout << "audit log " << path << " OK: lines " << result->first_seq
-            << " to " << result->last_seq << " (" << result->lines
-            << ") in " << result->segments << " segment(s), "
-            << result->checkpoints << " checkpoints (last at line "
-            << result->last_checkpoint_seq << ")";
-  if (result->uncovered_lines() > 0) {
-    std::cout << "; lines "
-              << result->last_seq - result->uncovered_lines() + 1 << " to "
-              << result->last_seq << " (" << result->uncovered_lines()
-              << ") are covered by no checkpoint: only the chain protects them";
-  }
-  if (result->superseded_lines > 0) {
-    std::cout << "; " << result->superseded_lines
-              << " line(s) at the end of a failed segment were never durable "
-                 "(their calls were refused) and are not part of the chain";
-  }
-  if (result->first_seq > 1) {
-    std::cout << "; the segments before line " << result->first_seq
-              << " were not given";
-  }
-  std::cout << std::endl;
-  return 0;
-}
 
 int Run() {
   // Before any thread exists: every thread inherits the blocked mask, so
@@ -652,36 +524,45 @@ int Run() {
       store.ReadAllRecords();
   if (!stored.ok()) return Fail(stored.status());
   int unreadable = 0;
-  std::map<std::string, rotation::KeyRecord> records =
-      rotation::ParseRecords(*stored, &unreadable);
+  (void)rotation::ParseRecords(*stored, &unreadable);
   if (unreadable > 0) {
     SIGNET_LOG_WARN("{} key record(s) in the token could not be read and are "
                     "ignored",
                     unreadable);
   }
-  // The audit checkpoint key: its own key in the HSM, under a scope name no
-  // configured scope can have (names start with a letter or digit), so no
-  // RPC can ever reach it.
-  rotation::ScopeKeyPolicy audit_policy;
-  audit_policy.scope = kAuditScope;
-  audit_policy.algorithm = "ES256";
-  audit_policy.key_spec = {hsm::SignatureAlgorithm::kEcdsaP256Sha256};
-  audit_policy.timings.rotation_period =
-      absl::Hours(24) * static_cast<int>(config->audit_key_rotation_days());
-  absl::StatusOr<rotation::ScopeKey> audit_key = rotation::EnsureActiveKey(
-      store, audit_policy, records, absl::Now(),
-      /*may_write=*/!config->never_create_keys());
-  if (!audit_key.ok()) return Fail(audit_key.status());
-  absl::Status key_file = WriteAuditPublicKey(config->audit_log_path(),
-                                              *audit_key->key.public_key);
-  if (!key_file.ok()) return Fail(key_file);
-  absl::Status keyring = AppendToAuditKeyring(config->audit_log_path(),
-                                              audit_key->key.thumbprint,
-                                              *audit_key->key.public_key);
-  if (!keyring.ok()) return Fail(keyring);
+  // The audit checkpoint key (server/audit_keys.h): a first pass over its
+  // scope alone, before the log opens (its events are written once the log
+  // is open); the key manager's passes keep it on the schedule from then on.
+  AuditKeys audit_keys(&store, config->audit_log_path());
+  std::vector<rotation::KeyEvent> audit_key_events;
+  {
+    rotation::KeyReconciler first_pass(
+        &store, {AuditKeys::Policy(*config)}, !config->never_create_keys(),
+        [&audit_key_events](const rotation::KeyEvent& e) {
+          audit_key_events.push_back(e);
+        });
+    absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
+        first_pass.RunOnce(absl::Now());
+    if (!sets.ok()) return Fail(sets.status());
+    auto set = sets->find(AuditKeys::kScope);
+    if (set == sets->end()) {
+      return Fail(absl::FailedPreconditionError(
+          "the HSM token holds no audit checkpoint key"));
+    }
+    if (absl::Status st = audit_keys.Update(set->second, absl::Now());
+        !st.ok()) {
+      if (config->never_create_keys() && absl::IsFailedPrecondition(st)) {
+        return Fail(absl::FailedPreconditionError(absl::StrCat(
+            st.message(), "; this replica does not create keys "
+            "(never_create_keys): start the replica that writes keys first")));
+      }
+      return Fail(st);
+    }
+  }
   AuditLogOptions audit_options;
   audit_options.path = config->audit_log_path();
-  audit_options.checkpoint_kid = audit_key->key.thumbprint;
+  audit_options.checkpoint_kid = audit_keys.current_kid();
+  audit_options.sign_checkpoint = audit_keys.Signer();
   audit_options.syslog_socket = config->audit_syslog_socket();
   audit_options.group_commit_delay =
       absl::Microseconds(config->serving().audit_group_commit_delay_us());
@@ -689,24 +570,17 @@ int Run() {
       uint64_t{config->serving().audit_segment_max_mib()} << 20;
   audit_options.segment_max_age =
       absl::Hours(config->serving().audit_segment_max_age_hours());
-  const std::string audit_key_id = audit_key->key.key_id;
-  // Never a checkpoint by a key past its active window: the checkpoint
-  // fails (a "checkpoint_failed" line, a syslog warning) until a restart
-  // rotates the audit key.
-  audit_options.sign_checkpoint =
-      [&store, audit_key_id, record = audit_key->record,
-       kid = audit_key->key.thumbprint](
-          absl::string_view digest) -> absl::StatusOr<std::string> {
-        const rotation::KeyState state = rotation::StateAt(record, absl::Now());
-        if (!rotation::CanSign(state)) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "the audit key ", kid, " is ",
-              rotation::KeyStateName(state),
-              ", not ACTIVE: restart signetd to rotate it"));
-        }
-        return store.SignDigest(audit_key_id, digest,
-                                absl::Now() + absl::Seconds(10));
-      };
+  // Fault injection for the torn-line test (tests/server/signer_test.cc):
+  // the audit writer writes half of line N, then kills this process.
+  if (const char* env = std::getenv("SIGNET_TEST_KILL_MID_AUDIT_LINE");
+      env != nullptr &&
+      absl::SimpleAtoi(env, &audit_options.kill_mid_line) &&
+      audit_options.kill_mid_line > 0) {
+    SIGNET_LOG_WARN("SIGNET_TEST_KILL_MID_AUDIT_LINE={}: this process kills "
+                    "itself in the middle of audit line {} (fault-injection "
+                    "tests only)",
+                    audit_options.kill_mid_line, audit_options.kill_mid_line);
+  }
   absl::StatusOr<std::unique_ptr<AuditLog>> audit =
       AuditLog::Open(std::move(audit_options));
   if (!audit.ok()) return Fail(audit.status());
@@ -716,19 +590,21 @@ int Run() {
   start_event.detail = absl::StrCat("signetd pid ", getpid());
   absl::Status started = (*audit)->Append(start_event);
   if (!started.ok()) return Fail(started);
-  // Which key signs this run's checkpoints: audit-verify with the keyring
-  // checks that every checkpoint's key was introduced so.
-  AuditEvent key_event;
-  key_event.event = "audit_key";
-  key_event.result = "OK";
-  key_event.kid = audit_key->key.thumbprint;
-  key_event.alg = "ES256";
-  key_event.detail = absl::StrCat(
-      "checkpoints are signed by audit key generation ",
-      audit_key->record.key_generation(),
-      "; its public key is in audit-keyring.pem beside this log");
-  absl::Status introduced = (*audit)->Append(key_event);
-  if (!introduced.ok()) return Fail(introduced);
+  for (const rotation::KeyEvent& e : audit_key_events) {
+    AuditEvent line;
+    line.event = e.event;
+    line.caller = "signetd";
+    line.scope = e.scope;
+    line.kid = e.kid;
+    line.result = e.ok ? "OK" : "FAILED";
+    line.detail = e.detail;
+    if (absl::Status st = (*audit)->Append(line); !st.ok()) return Fail(st);
+  }
+  // Which keys sign this run's checkpoints, each vouched for by a
+  // checkpoint: audit-verify with the keyring checks this.
+  if (absl::Status st = audit_keys.Attach(audit->get()); !st.ok()) {
+    return Fail(st);
+  }
 
   if (config->allow_short_key_schedules()) {
     SIGNET_LOG_WARN("allow_short_key_schedules is set: rotation periods under "
@@ -751,11 +627,17 @@ int Run() {
                     "before token write {} (fault-injection tests only)",
                     kill_at_write, kill_at_write);
   }
+  std::vector<InternalScope> internal_scopes;
+  internal_scopes.push_back(InternalScope{
+      AuditKeys::Policy(*config),
+      [&audit_keys](const rotation::ScopeKeySet& keys, absl::Time now) {
+        return audit_keys.Update(keys, now);
+      }});
   KeyManager key_manager(&store, *config, audit->get(),
                          [&on_keys](const ScopeKeysMap& scopes) {
                            if (on_keys) on_keys(scopes);
                          },
-                         kill_at_write);
+                         kill_at_write, std::move(internal_scopes));
   if (absl::Status started = key_manager.Start(); !started.ok()) {
     return Fail(started);
   }
@@ -1025,7 +907,7 @@ int Run() {
     replica.audit = (*audit)->WriteStatus();
     replica.sessions_total =
         pool_options.connections * pool_options.sessions_per_connection;
-    replica.sessions_in_use = workers.busy();
+    replica.sessions_in_use = pool_ptr->SessionsInUse();
     return replica;
   });
   health_monitor.Update(sample());
@@ -1070,6 +952,13 @@ int Run() {
   stop_event.event = "stop";
   stop_event.result = "OK";
   (void)(*audit)->Append(stop_event);
+  // The audit key's successor may have taken over since the key manager's
+  // last pass: the final checkpoint is signed by the key that may sign now.
+  if (absl::Status st = audit_keys.Refresh(absl::Now()); !st.ok()) {
+    SIGNET_LOG_WARN("the audit key could not be brought up to date for the "
+                    "final checkpoint: {}",
+                    st.ToString());
+  }
   audit->reset();  // final checkpoint, signed by the audit key
   auto closed = std::make_shared<absl::Notification>();
   std::thread closer([p = pool.release(), closed] {
@@ -1097,24 +986,24 @@ int main(int argc, char** argv) {
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles;
   // that costs CPU on every request and finds nothing at run time.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // The audit-verify subcommand has its own command line (CLI11).
+  if (argc >= 2 && std::string(argv[1]) == "audit-verify") {
+    try {
+      return signet::server::AuditVerifyMain(argc - 1, argv + 1);
+    } catch (const std::exception& e) {
+      std::cerr << "signetd audit-verify: error: " << e.what() << std::endl;
+      return 1;
+    }
+  }
   absl::SetProgramUsageMessage(
       "signetd --config=FILE: hardware-backed signing key service\n"
-      "signetd audit-verify --audit_public_key=PEM [--expected_checkpoint=LINE]"
-      " FILE: check an audit log");
+      "signetd audit-verify --help: check an audit log");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   signet::log::Init(absl::GetFlag(FLAGS_log_json));
   // gRPC's and protobuf's own lines go through ours, rate-limited: a parse
   // failure is logged by protobuf for every malformed request.
   gpr_set_log_function(signet::server::GrpcLogToOurs);
   google::protobuf::SetLogHandler(signet::server::ProtobufLogToOurs);
-  if (args.size() >= 2 && std::string(args[1]) == "audit-verify") {
-    if (args.size() != 3) {
-      SIGNET_LOG_ERROR("usage: signetd audit-verify "
-                       "--audit_public_key=PEM [--expected_checkpoint=LINE] FILE");
-      return 2;
-    }
-    return signet::server::AuditVerifyCommand(args[2]);
-  }
   if (args.size() > 1) {
     SIGNET_LOG_ERROR("unexpected argument: {}", args[1]);
     return 2;

@@ -63,6 +63,11 @@ class AdminTest : public ::testing::Test {
     admin_ = *admin;
     audit_dir_ = bed_->token().dir() + "/audit";
     mkdir(audit_dir_.c_str(), 0700);
+    StartSignetd();
+  }
+
+  // Starts (or, after a stop, restarts) signetd on the same token and log.
+  void StartSignetd() {
     SignetdOptions options;
     options.binary = SIGNETD_BINARY;
     // P = 60 s: no automatic rotation during a test; L = 3 s.
@@ -396,6 +401,64 @@ TEST_F(AdminTest, ImmediateRotationAndRevocationUnderLoad) {
 // Found by an outside attack: 200 immediate rotations grew the key set to
 // 101 keys, and a reason with escape sequences reached operators'
 // terminals.
+// The token keeps each applied change with its request id: a retry after
+// a restart answers as the first time and changes nothing again.
+TEST_F(AdminTest, ARequestIdIsRememberedAcrossARestart) {
+  auto rotate_once = [&](const v1::RotateKeyRequest& req,
+                         v1::RotateKeyResponse* resp) {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    return AdminStub()->RotateKey(&ctx, req, resp);
+  };
+  auto revoke_once = [&](const v1::RevokeKeyRequest& req,
+                         v1::RevokeKeyResponse* resp) {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    return AdminStub()->RevokeKey(&ctx, req, resp);
+  };
+  auto restart = [&] {
+    auto stopped = signetd_->Stop(SIGTERM, absl::Seconds(30));
+    ASSERT_TRUE(stopped.ok()) << stopped.status();
+    StartSignetd();
+  };
+  v1::RotateKeyRequest rotate;
+  rotate.set_scope("ops");
+  rotate.set_mode(v1::IMMEDIATE);
+  rotate.set_request_id("durable-rotate");
+  v1::RotateKeyResponse first;
+  ASSERT_TRUE(rotate_once(rotate, &first).ok());
+  const v1::ListKeysResponse before = Keys();
+  ASSERT_NO_FATAL_FAILURE(restart());
+  v1::RotateKeyResponse again;
+  grpc::Status st = rotate_once(rotate, &again);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(again.SerializeAsString(), first.SerializeAsString());
+  const v1::ListKeysResponse after = Keys();
+  EXPECT_EQ(KidIn(after, "ACTIVE"), first.active_kid());
+  EXPECT_EQ(after.keys_size(), before.keys_size()) << after.DebugString();
+  v1::RotateKeyRequest other = rotate;
+  other.set_mode(v1::PLANNED);
+  v1::RotateKeyResponse other_resp;
+  st = rotate_once(other, &other_resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("already used for another"));
+
+  v1::RevokeKeyRequest revoke;
+  revoke.set_scope("ops");
+  revoke.set_kid(KidIn(after, "PENDING", /*standby=*/true));
+  revoke.set_reason("durable request id (test)");
+  revoke.set_request_id("durable-revoke");
+  ASSERT_FALSE(revoke.kid().empty()) << after.DebugString();
+  v1::RevokeKeyResponse revoked;
+  st = revoke_once(revoke, &revoked);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_NO_FATAL_FAILURE(restart());
+  v1::RevokeKeyResponse revoked_again;
+  st = revoke_once(revoke, &revoked_again);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(revoked_again.SerializeAsString(), revoked.SerializeAsString());
+}
+
 TEST_F(AdminTest, ImmediateRotationsStopAtTheCapAndReasonsAreText) {
   auto stub = AdminStub();
   int rotated = 0;

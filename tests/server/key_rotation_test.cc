@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -27,7 +28,9 @@
 #include "hsm/session_pool.h"
 #include "hsm/token_uri.h"
 #include "signet/v1/admin.grpc.pb.h"
+#include "server/audit_line.h"
 #include "tests/testing/p11kit_server.h"
+#include "tests/testing/process.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -111,7 +114,11 @@ class KeyRotationTest : public ::testing::Test {
         "serving { iat_skew_seconds: 5 }\n",
         "allow_short_key_schedules: true\n",
         "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n",
-        writer ? "" : "never_create_keys: true\n");
+        writer ? "" : "never_create_keys: true\n", extra_config_);
+  }
+
+  std::string AuditDir(absl::string_view name) const {
+    return absl::StrCat(bed_->token().dir(), "/audit-", name);
   }
 
   struct Running {
@@ -188,6 +195,9 @@ class KeyRotationTest : public ::testing::Test {
     EXPECT_TRUE(verifier.ok()) << verifier.status();
     return verifier.ok() ? std::move(*verifier) : nullptr;
   }
+
+  // Appended to every configuration this test starts.
+  std::string extra_config_;
 
   std::unique_ptr<v1::Admin::Stub> AdminStub(const Running& r) {
     grpc::SslCredentialsOptions ssl;
@@ -284,6 +294,64 @@ TEST_F(KeyRotationTest, SignsThroughThreeRotationsWithoutAVerificationFailure) {
 // Fault 1 of the single-key schedule: a restart after the key's retire
 // time kept only the new key in the set, so tokens the old key had just
 // signed failed with an unknown kid.
+// The audit checkpoint key rotates while signetd runs (every 6 s here):
+// each successor is introduced and vouched for by its predecessor's
+// checkpoint before it signs, no checkpoint fails, and the whole log
+// verifies with the keyring, whose keys it needs.
+TEST_F(KeyRotationTest, TheAuditKeyRotatesWhileSigningAndTheLogVerifies) {
+  extra_config_ = "audit_key_rotation_seconds: 6\n";
+  Running writer = Start("audit", true);
+  ASSERT_NE(writer.stub, nullptr);
+  const absl::Time until = absl::Now() + absl::Seconds(16);
+  int signed_tokens = 0;
+  while (absl::Now() < until) {
+    absl::StatusOr<Signed> token = Sign(*writer.stub);
+    ASSERT_TRUE(token.ok()) << token.status();
+    ++signed_tokens;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  auto stopped = writer.process->Stop(SIGTERM, absl::Seconds(20));
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+
+  const std::string dir = AuditDir("audit");
+  std::ifstream in(dir + "/audit.log");
+  std::set<std::string> checkpoint_kids;
+  int switches = 0;
+  int failed_checkpoints = 0;
+  for (std::string line; std::getline(in, line);) {
+    absl::StatusOr<server::AuditLineInfo> info = server::ParseAuditLine(line);
+    ASSERT_TRUE(info.ok()) << line;
+    if (info->event == "checkpoint") checkpoint_kids.insert(info->kid);
+    if (info->event == "checkpoint_failed") ++failed_checkpoints;
+    if (absl::StrContains(line, "signs checkpoints from now on")) ++switches;
+  }
+  EXPECT_GE(switches, 2);
+  EXPECT_GE(checkpoint_kids.size(), 3u);
+  EXPECT_EQ(failed_checkpoints, 0);
+  EXPECT_GT(signed_tokens, 50);
+
+  auto verify = [&](std::vector<std::string> flags) {
+    std::vector<std::string> argv = {SIGNETD_BINARY, "audit-verify"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    argv.push_back(dir + "/audit.log");
+    auto run = testing::RunProcess({.argv = argv}, absl::Seconds(60));
+    EXPECT_TRUE(run.ok()) << run.status();
+    return run.ok() ? *run : testing::RunResult{};
+  };
+  const auto with_ring =
+      verify({"--audit_keyring=" + dir + "/audit-keyring.pem",
+              "--require_checkpoint_coverage"});
+  EXPECT_EQ(with_ring.exit_code, 0) << with_ring.output;
+  EXPECT_THAT(with_ring.output,
+              HasSubstr(absl::StrCat("by ", checkpoint_kids.size(),
+                                     " audit key(s)")));
+  // The current key alone cannot verify the earlier keys' checkpoints.
+  const auto one_key =
+      verify({"--audit_public_key=" + dir + "/audit-checkpoint-key.pem"});
+  EXPECT_NE(one_key.exit_code, 0) << one_key.output;
+  EXPECT_THAT(one_key.output, HasSubstr("checkpoint signature does not verify"));
+}
+
 TEST_F(KeyRotationTest, RestartAfterARetireKeepsTheRetiredKeyPublished) {
   std::string old_kid;
   {
@@ -523,8 +591,8 @@ TEST_P(KeyRotationCrashTest, AKilledWriterConvergesAfterARestart) {
   }
   EXPECT_EQ(Count(keys).active, 1) << keys.DebugString();
   EXPECT_EQ(Count(keys).standby, 1) << keys.DebugString();
-  // Every key pair has its record (+1: the audit key).
-  EXPECT_EQ(TokenPrivateKeys(), keys.keys_size() + 1) << keys.DebugString();
+  // Every key pair has its record (+2: the audit key and its standby).
+  EXPECT_EQ(TokenPrivateKeys(), keys.keys_size() + 2) << keys.DebugString();
   std::unique_ptr<Verifier> relying_party = RelyingParty(restarted.http_port);
   absl::StatusOr<Signed> token = Sign(*restarted.stub);
   ASSERT_TRUE(token.ok()) << token.status();

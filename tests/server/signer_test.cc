@@ -184,11 +184,13 @@ class SignerTest : public ::testing::Test {
   // A second signetd on the same token (its keys exist, so it writes
   // nothing there) with its own audit log, for tests that break it.
   static std::unique_ptr<SignetdProcess> StartSecondSignetd(
-      const std::string& audit_dir, int* port, absl::string_view extra = "") {
+      const std::string& audit_dir, int* port, absl::string_view extra = "",
+      std::vector<std::pair<std::string, std::string>> env = {}) {
     mkdir(audit_dir.c_str(), 0700);
     SignetdOptions options;
     options.binary = SIGNETD_BINARY;
     options.config_text = ConfigWithAudit(audit_dir, extra);
+    options.env = std::move(env);
     auto signetd = SignetdProcess::Start(token_->dir(), options);
     EXPECT_TRUE(signetd.ok()) << signetd.status();
     if (!signetd.ok()) return nullptr;
@@ -848,6 +850,80 @@ TEST_F(SignerTest, AfterKillNineEveryReceivedTokenHasItsAuditLine) {
   // The log the kill cut short still verifies as a chain.
   auto verify = testing::RunProcess(
       {.argv = {SIGNETD_BINARY, "audit-verify", dir + "/audit.log"}},
+      absl::Seconds(30));
+  ASSERT_TRUE(verify.ok());
+  EXPECT_EQ(verify->exit_code, 0) << verify->output;
+}
+
+// A crash in the middle of an audit line (signetd's test-only hook writes
+// half of line 30, then kills itself): the torn line's call was never
+// answered; the next start moves the fragment to a side file, records it
+// in a torn_tail line and goes on; the whole log verifies.
+TEST_F(SignerTest, AnAuditLineTornByACrashIsRecoveredAtTheNextStart) {
+  const std::string dir = token_->dir() + "/audit-torn";
+  const std::string log = dir + "/audit.log";
+  int port = 0;
+  auto crashing = StartSecondSignetd(
+      dir, &port, "", {{"SIGNET_TEST_KILL_MID_AUDIT_LINE", "30"}});
+  ASSERT_NE(crashing, nullptr);
+  auto stub = Stub(alpha_, nullptr, port);
+  std::vector<std::string> received;
+  for (int i = 0; i < 200; ++i) {
+    v1::SignJwtResponse resp;
+    if (!SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp).ok()) {
+      break;
+    }
+    received.push_back(resp.jws());
+  }
+  auto exited = crashing->WaitExit(absl::Seconds(30));
+  ASSERT_TRUE(exited.ok()) << exited.status();
+  ASSERT_FALSE(received.empty());
+  std::string torn;
+  {
+    std::ifstream in(log);
+    std::stringstream buf;
+    buf << in.rdbuf();
+    torn = buf.str();
+  }
+  ASSERT_FALSE(torn.empty());
+  EXPECT_NE(torn.back(), '\n') << "the crash left no partial line";
+  const std::string fragment = torn.substr(torn.rfind('\n') + 1);
+  EXPECT_THAT(fragment, HasSubstr("{\"seq\":30,"));
+  // Every answered token has its whole line.
+  const std::string whole_lines = torn.substr(0, torn.rfind('\n') + 1);
+  for (const std::string& jws : received) {
+    auto digest = hsm::Sha256(jws.substr(0, jws.rfind('.')));
+    ASSERT_TRUE(digest.ok());
+    EXPECT_THAT(whole_lines, HasSubstr(absl::BytesToHexString(*digest)));
+  }
+
+  // The next start recovers by itself and signs.
+  auto again = StartSecondSignetd(dir, &port);
+  ASSERT_NE(again, nullptr);
+  v1::SignJwtResponse resp;
+  EXPECT_TRUE(SignJwt(*Stub(alpha_, nullptr, port), "alpha-es256",
+                      Claims("alpha-es256"), &resp)
+                  .ok());
+  auto code = again->Stop(SIGTERM, absl::Seconds(30));
+  ASSERT_TRUE(code.ok());
+  std::string recovered;
+  {
+    std::ifstream in(log);
+    std::stringstream buf;
+    buf << in.rdbuf();
+    recovered = buf.str();
+  }
+  EXPECT_THAT(recovered, HasSubstr("\"event\":\"torn_tail\""));
+  {
+    std::ifstream side(dir + "/audit.log.torn-30");
+    std::stringstream buf;
+    buf << side.rdbuf();
+    EXPECT_EQ(buf.str(), fragment) << "the side file holds the fragment";
+  }
+  auto verify = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_keyring=" + dir + "/audit-keyring.pem",
+                "--require_checkpoint_coverage", log}},
       absl::Seconds(30));
   ASSERT_TRUE(verify.ok());
   EXPECT_EQ(verify->exit_code, 0) << verify->output;
