@@ -520,6 +520,15 @@ int SessionPool::LiveConnections() const {
   return up;
 }
 
+absl::Status SessionPool::Probe(absl::Time deadline) {
+  absl::StatusOr<Lease> lease = Acquire(deadline);
+  if (!lease.ok()) return lease.status();
+  CK_TOKEN_INFO info;
+  return lease->Check(
+      lease->api().GetTokenInfo(lease->connection().slot(), &info),
+      "C_GetTokenInfo");
+}
+
 int SessionPool::SessionsInUse() const {
   absl::MutexLock lock(&mu_);
   int sessions = 0;

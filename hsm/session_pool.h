@@ -204,6 +204,11 @@ class SessionPool {
   // connection is down (with the last connection error).
   absl::StatusOr<Lease> Acquire(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // A cheap call through the boundary (C_GetTokenInfo on a leased
+  // session): is the HSM answering? Waits until `deadline` for a session;
+  // the errors are Acquire's, or the call's.
+  absl::Status Probe(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Drops `key_id`'s cached handles on every connection (after destroy).
   void DropCachedHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
 

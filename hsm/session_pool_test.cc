@@ -36,6 +36,8 @@ TEST_F(SessionPoolTest, LeasesEverySessionOnceAndTimesOutWhenAllAreOut) {
   }
   EXPECT_EQ(distinct.size(), 4u);
   EXPECT_EQ((*pool)->SessionsInUse(), 4);
+  // The probe needs a session too.
+  EXPECT_EQ((*pool)->Probe(Soon()).code(), absl::StatusCode::kDeadlineExceeded);
   auto fifth = (*pool)->Acquire(Soon());
   EXPECT_EQ(fifth.status().code(), absl::StatusCode::kDeadlineExceeded);
   leases.pop_back();
@@ -43,6 +45,7 @@ TEST_F(SessionPoolTest, LeasesEverySessionOnceAndTimesOutWhenAllAreOut) {
   EXPECT_TRUE((*pool)->Acquire(Soon()).ok());
   leases.clear();
   EXPECT_EQ((*pool)->SessionsInUse(), 0);
+  EXPECT_TRUE((*pool)->Probe(Soon()).ok());
 }
 
 TEST_F(SessionPoolTest, ZeroSlotsMeansHsmUnavailableNeverNoKeys) {
@@ -128,6 +131,8 @@ TEST_F(SessionPoolTest, AllDownAnswersUnavailableAndBacksOff) {
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(second.status().message(), HasSubstr("HSM unavailable"));
   EXPECT_EQ(injector_->Connects(), 2);
+  EXPECT_EQ((*pool)->Probe(absl::Now() + absl::Seconds(30)).code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST_F(SessionPoolTest, OtherConnectionsKeepServingWhileOneIsDown) {

@@ -261,17 +261,6 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   return grpc::experimental::TlsServerCredentials(options);
 }
 
-// A cheap call through the boundary: is the HSM answering?
-absl::Status ProbeHsm(hsm::SessionPool& pool) {
-  absl::StatusOr<hsm::SessionPool::Lease> lease =
-      pool.Acquire(absl::Now() + absl::Seconds(2));
-  if (!lease.ok()) return lease.status();
-  CK_TOKEN_INFO info;
-  return lease->Check(lease->api().GetTokenInfo(lease->connection().slot(),
-                                                &info),
-                      "C_GetTokenInfo");
-}
-
 
 int Run() {
   // Before any thread exists: every thread inherits the blocked mask, so
@@ -772,7 +761,7 @@ int Run() {
         probe->in_call = true;
         probe->call_started = absl::Now();
       }
-      absl::Status status = ProbeHsm(*pool_ptr);
+      absl::Status status = pool_ptr->Probe(absl::Now() + absl::Seconds(2));
       {
         absl::MutexLock lock(&probe->mu);
         probe->in_call = false;
