@@ -65,6 +65,7 @@
 #include "server/connection_acceptor.h"
 #include "server/hardening.h"
 #include "server/health_monitor.h"
+#include "server/hsm_prober.h"
 #include "server/health_service.h"
 #include "server/throttled_log.h"
 #include "server/admin_service.h"
@@ -741,70 +742,18 @@ int Run() {
 
   SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
 
-  // The prober calls through the boundary every second. It runs on its own
-  // thread because a stalled HSM blocks a PKCS#11 call with no timeout: the
-  // main thread must stay free to flip health and to answer SIGTERM.
-  struct ProbeState {
-    absl::Mutex mu;
-    bool in_call ABSL_GUARDED_BY(mu) = false;
-    absl::Time call_started ABSL_GUARDED_BY(mu);
-    absl::Status last ABSL_GUARDED_BY(mu);
-  };
-  auto probe = std::make_shared<ProbeState>();
-  auto stop_probing = std::make_shared<absl::Notification>();
-  auto prober_done = std::make_shared<absl::Notification>();
+  // The HSM liveness prober (server/hsm_prober.h).
   hsm::SessionPool* pool_ptr = pool.get();
-  std::thread prober([probe, stop_probing, prober_done, pool_ptr] {
-    while (!stop_probing->HasBeenNotified()) {
-      {
-        absl::MutexLock lock(&probe->mu);
-        probe->in_call = true;
-        probe->call_started = absl::Now();
-      }
-      absl::Status status = pool_ptr->Probe(absl::Now() + absl::Seconds(2));
-      {
-        absl::MutexLock lock(&probe->mu);
-        probe->in_call = false;
-        probe->last = status;
-      }
-      stop_probing->WaitForNotificationWithTimeout(absl::Seconds(1));
-    }
-    prober_done->Notify();
-  });
-
+  HsmProber::Options prober_options;
+  prober_options.stalled_after = kStalledCallThreshold;
+  HsmProber prober(
+      [pool_ptr](absl::Time deadline) { return pool_ptr->Probe(deadline); },
+      prober_options);
+  prober.Start();
   // What the replica can do right now (server/health_monitor.h).
   auto hsm_condition = [&]() -> absl::Status {
-    absl::Status last;
-    absl::Duration in_call;
-    {
-      absl::MutexLock lock(&probe->mu);
-      last = probe->last;
-      in_call = probe->in_call ? absl::Now() - probe->call_started
-                               : absl::ZeroDuration();
-    }
-    if (in_call > kStalledCallThreshold) {
-      return absl::UnavailableError(absl::StrCat(
-          "the HSM is stalled: a probe call has not returned for ",
-          absl::FormatDuration(absl::Trunc(in_call, absl::Seconds(1)))));
-    }
-    if (last.code() == absl::StatusCode::kDeadlineExceeded) {
-      // No session came free for the probe: busy, or held by calls a
-      // stalled HSM never answers.
-      const int stuck = workers.StuckWorkers(kStalledCallThreshold);
-      if (stuck > 0) {
-        return absl::UnavailableError(absl::StrCat(
-            "the HSM is stalled: no session is free and ", stuck,
-            " worker(s) have waited over ",
-            absl::FormatDuration(kStalledCallThreshold),
-            " on one HSM call"));
-      }
-      return absl::OkStatus();
-    }
-    if (!last.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("the HSM is unreachable: ", last.message()));
-    }
-    return absl::OkStatus();
+    return prober.Condition(
+        [&workers] { return workers.StuckWorkers(kStalledCallThreshold); });
   };
   auto sample = [&]() {
     ReplicaCondition condition;
@@ -910,7 +859,6 @@ int Run() {
   }
   report_refused_connections();
   (*acceptor)->Stop();  // no new connection from here on
-  stop_probing->Notify();
   key_manager.Stop();
   health_monitor.SetAllNotServing("stopping");
   health_service.Shutdown();  // watchers hear NOT_SERVING, then the end
@@ -920,8 +868,7 @@ int Run() {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.
-  if (!prober_done->WaitForNotificationWithTimeout(absl::Seconds(3)) ||
-      workers.busy() > 0) {
+  if (!prober.Stop(absl::Seconds(3)) || workers.busy() > 0) {
     SIGNET_LOG_WARN("an HSM call is stuck (stalled HSM); exiting without "
                     "closing the HSM connections");
     AuditEvent stop_event;
@@ -929,11 +876,9 @@ int Run() {
     stop_event.result = "OK";
     stop_event.detail = "HSM stalled; no final checkpoint";
     (void)(*audit)->Append(stop_event);
-    prober.detach();
     workers.Detach();
     std::_Exit(0);
   }
-  prober.join();
   // Tasks still queued after the gRPC shutdown sign and audit (or, past
   // their deadline, do nothing): finish them while the audit log is there.
   workers.Join();

@@ -1,0 +1,104 @@
+// The prober's verdicts, with a fake probe in place of the HSM call.
+#include "server/hsm_prober.h"
+
+#include <atomic>
+#include <memory>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace signet::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+HsmProber::Options Fast() {
+  HsmProber::Options options;
+  options.interval = absl::Milliseconds(5);
+  options.session_wait = absl::Milliseconds(5);
+  options.stalled_after = absl::Milliseconds(200);
+  return options;
+}
+
+// A probe that answers `answer` and counts its calls.
+struct FakeProbe {
+  std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
+  absl::Status answer;
+  HsmProber::Probe Fn() {
+    return [calls = calls, answer = answer](absl::Time) {
+      ++*calls;
+      return answer;
+    };
+  }
+  void WaitForCalls(int n) const {
+    const absl::Time until = absl::Now() + absl::Seconds(10);
+    while (*calls < n && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    ASSERT_GE(*calls, n);
+  }
+};
+
+TEST(HsmProberTest, AnAnsweringHsmIsOk) {
+  FakeProbe fake;
+  HsmProber prober(fake.Fn(), Fast());
+  prober.Start();
+  fake.WaitForCalls(2);
+  EXPECT_TRUE(prober.Condition([] { return 0; }).ok());
+  EXPECT_TRUE(prober.Stop(absl::Seconds(5)));
+}
+
+TEST(HsmProberTest, AFailingProbeIsUnreachableWithItsError) {
+  FakeProbe fake;
+  fake.answer = absl::UnavailableError("p11-kit server gone");
+  HsmProber prober(fake.Fn(), Fast());
+  prober.Start();
+  fake.WaitForCalls(2);
+  absl::Status condition = prober.Condition([] { return 0; });
+  EXPECT_EQ(condition.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(condition.message(),
+              HasSubstr("the HSM is unreachable: p11-kit server gone"));
+}
+
+// No free session: busy (OK) unless signers are stuck in HSM calls.
+TEST(HsmProberTest, NoFreeSessionIsBusyUnlessWorkersAreStuck) {
+  FakeProbe fake;
+  fake.answer = absl::DeadlineExceededError("no session free");
+  HsmProber prober(fake.Fn(), Fast());
+  prober.Start();
+  fake.WaitForCalls(2);
+  EXPECT_TRUE(prober.Condition([] { return 0; }).ok());
+  absl::Status stuck = prober.Condition([] { return 3; });
+  EXPECT_EQ(stuck.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(stuck.message(),
+              HasSubstr("stalled: no session is free and 3 worker(s)"));
+}
+
+// A probe call that does not return: stalled after stalled_after, and Stop
+// leaves the stuck thread behind instead of hanging.
+TEST(HsmProberTest, AProbeCallThatNeverReturnsIsAStall) {
+  auto release = std::make_shared<absl::Notification>();
+  auto entered = std::make_shared<absl::Notification>();
+  HsmProber prober(
+      [release, entered](absl::Time) {
+        if (!entered->HasBeenNotified()) entered->Notify();
+        release->WaitForNotification();
+        return absl::OkStatus();
+      },
+      Fast());
+  prober.Start();
+  entered->WaitForNotification();
+  EXPECT_TRUE(prober.Condition([] { return 0; }).ok());  // not yet
+  absl::SleepFor(absl::Milliseconds(400));
+  absl::Status stalled = prober.Condition([] { return 0; });
+  EXPECT_EQ(stalled.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(stalled.message(),
+              HasSubstr("the HSM is stalled: a probe call has not returned"));
+  EXPECT_FALSE(prober.Stop(absl::Milliseconds(50)));
+  release->Notify();  // the detached thread ends by itself
+}
+
+}  // namespace
+}  // namespace signet::server
