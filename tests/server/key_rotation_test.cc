@@ -6,6 +6,7 @@
 // verifies every token. Then a restart after a key retired, and a replica.
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <grpcpp/grpcpp.h>
 
@@ -157,13 +158,15 @@ class KeyRotationTest : public ::testing::Test {
     return r;
   }
 
-  static absl::StatusOr<Signed> Sign(v1::Signer::Stub& stub) {
+  // `clock` is signetd's clock as the claims' iat must match it.
+  static absl::StatusOr<Signed> Sign(
+      v1::Signer::Stub& stub, absl::Duration clock = absl::ZeroDuration()) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() +
                      std::chrono::seconds(20));
     v1::SignJwtRequest req;
     req.set_scope("short");
-    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    const int64_t now = absl::ToUnixSeconds(absl::Now() + clock);
     req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer, "\",\"iat\":",
                                      now, ",\"exp\":", now + 60, "}"));
     v1::SignJwtResponse resp;
@@ -350,6 +353,84 @@ TEST_F(KeyRotationTest, TheAuditKeyRotatesWhileSigningAndTheLogVerifies) {
       verify({"--audit_public_key=" + dir + "/audit-checkpoint-key.pem"});
   EXPECT_NE(one_key.exit_code, 0) << one_key.output;
   EXPECT_THAT(one_key.output, HasSubstr("checkpoint signature does not verify"));
+}
+
+// signetd's wall clock set back while it runs (libfaketime, preloaded,
+// reads the offset from a file): past the recorded activation of the key
+// that signs, the older key never signs again; GetStatus and the log say
+// so, and the anomaly clears when the clock is right again.
+TEST_F(KeyRotationTest, AClockSetBackNeverReactivatesAnOlderKeyAndIsShown) {
+  const std::string faketime =
+      "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+  ASSERT_EQ(access(faketime.c_str(), R_OK), 0)
+      << faketime << " is missing: scripts/setup installs libfaketime";
+  const std::string clock_file = bed_->token().dir() + "/clock";
+  auto set_clock = [&](absl::string_view offset) {
+    std::ofstream(clock_file, std::ios::trunc) << offset << "\n";
+  };
+  set_clock("+0");
+  Running writer = Start("clock", true,
+                         {{"LD_PRELOAD", faketime},
+                          {"FAKETIME_TIMESTAMP_FILE", clock_file},
+                          {"FAKETIME_CACHE_DURATION", "1"},
+                          {"FAKETIME_DONT_FAKE_MONOTONIC", "1"}},
+                         absl::Seconds(60));
+  ASSERT_NE(writer.stub, nullptr);
+  absl::StatusOr<Signed> first = Sign(*writer.stub);
+  ASSERT_TRUE(first.ok()) << first.status();
+  // The standby takes over now; the next pass records its activation.
+  auto admin = AdminStub(writer);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::RotateKeyRequest req;
+    req.set_scope("short");
+    req.set_mode(v1::IMMEDIATE);
+    req.set_request_id("clock-1");
+    v1::RotateKeyResponse resp;
+    grpc::Status st = admin->RotateKey(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  absl::SleepFor(absl::Seconds(3));
+  absl::StatusOr<Signed> second = Sign(*writer.stub);
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_NE(second->kid, first->kid);
+  auto scope_status = [&]() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::GetStatusResponse resp;
+    grpc::Status st = admin->GetStatus(&ctx, v1::GetStatusRequest(), &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    for (const auto& scope : resp.scopes()) {
+      if (scope.name() == "short") return scope;
+    }
+    return v1::ScopeStatus();
+  };
+  EXPECT_EQ(scope_status().clock_anomaly(), "");
+
+  // Two minutes back: before the second key was even made.
+  set_clock("-120");
+  absl::SleepFor(absl::Seconds(3));
+  const v1::ScopeStatus behind = scope_status();
+  EXPECT_THAT(behind.clock_anomaly(), Not(::testing::IsEmpty()));
+  EXPECT_EQ(behind.active_kid(), second->kid);
+  for (int i = 0; i < 5; ++i) {
+    absl::StatusOr<Signed> token = Sign(*writer.stub, absl::Seconds(-120));
+    ASSERT_TRUE(token.ok()) << token.status();
+    EXPECT_EQ(token->kid, second->kid) << "an older key signed again";
+  }
+  EXPECT_TRUE(
+      writer.process->WaitForOutput("clock anomaly", absl::Seconds(10)).ok())
+      << writer.process->Output();
+
+  set_clock("+0");
+  absl::SleepFor(absl::Seconds(3));
+  EXPECT_EQ(scope_status().clock_anomaly(), "");
+  absl::StatusOr<Signed> after = Sign(*writer.stub);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->kid, second->kid);
 }
 
 TEST_F(KeyRotationTest, RestartAfterARetireKeepsTheRetiredKeyPublished) {
