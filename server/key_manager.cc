@@ -210,6 +210,8 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
 void KeyManager::Loop() {
   absl::Duration backoff = absl::Seconds(1);
   bool failing = false;
+  absl::Time failing_since;
+  int64_t failed_passes = 0;
   std::map<std::string, std::string> anomalies;
   while (true) {
     const absl::Time now = absl::Now();
@@ -235,18 +237,42 @@ void KeyManager::Loop() {
     absl::Status pass = PassAndPublish();
     if (!pass.ok()) {
       // Never kills the loop: the replica keeps the keys it has, and the
-      // pass is retried with backoff.
+      // pass is retried with backoff. Logged every time; audited once per
+      // run of failures (and once when it ends), so an HSM outage of a day
+      // is two audit lines, not thousands.
       SIGNET_LOG_ERROR("the key reconcile pass failed (retrying in {}): {}",
                        absl::FormatDuration(backoff), pass.ToString());
-      AuditEvent line;
-      line.event = "key_reconcile_failed";
-      line.caller = "signetd";
-      line.result = absl::StatusCodeToString(pass.code());
-      line.detail = std::string(pass.message());
-      (void)audit_->Append(line);
+      if (!failing) {
+        failing_since = absl::Now();
+        failed_passes = 0;
+        AuditEvent line;
+        line.event = "key_reconcile_failed";
+        line.caller = "signetd";
+        line.result = absl::StatusCodeToString(pass.code());
+        line.detail = absl::StrCat(
+            std::string(pass.message()),
+            " (retried with backoff; the next line says when it works again)");
+        (void)audit_->Append(line);
+      }
+      ++failed_passes;
       failing = true;
       backoff = std::min(backoff * 2, interval_);
       continue;
+    }
+    if (failing) {
+      SIGNET_LOG_INFO("the key reconcile pass works again after {} failed "
+                      "pass(es)",
+                      failed_passes);
+      AuditEvent line;
+      line.event = "key_reconcile_recovered";
+      line.caller = "signetd";
+      line.result = "OK";
+      line.detail = absl::StrCat(
+          "the key reconcile pass works again after ", failed_passes,
+          " failed pass(es) over ",
+          absl::FormatDuration(absl::Trunc(absl::Now() - failing_since,
+                                           absl::Seconds(1))));
+      (void)audit_->Append(line);
     }
     failing = false;
     backoff = absl::Seconds(1);

@@ -20,6 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/verifier.h"
@@ -600,6 +601,8 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
                                   absl::Seconds(30))
                   .ok())
       << writer.process->Output();
+  // Several failed passes (backoff 1 s, 2 s, ...) before the HSM is back.
+  absl::SleepFor(absl::Seconds(4));
   ASSERT_TRUE(bed_->hsm().Restart().ok());
   // The same request id, once the HSM is back (the pool reconnects).
   v1::RotateKeyResponse rotated;
@@ -626,6 +629,28 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
   ASSERT_TRUE(token.ok()) << token.status();
   EXPECT_EQ(token->kid, rotated.active_kid());
   EXPECT_TRUE(RelyingParty(writer.http_port)->Verify(token->token).ok());
+  // The outage is two audit lines however many passes failed: when it
+  // began, and when the passes worked again.
+  ASSERT_TRUE(writer.process
+                  ->WaitForOutput("the key reconcile pass works again",
+                                  absl::Seconds(30))
+                  .ok())
+      << writer.process->Output();
+  auto stopped = writer.process->Stop(SIGTERM, absl::Seconds(20));
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  std::ifstream in(AuditDir("writer") + "/audit.log");
+  int failed = 0;
+  int recovered = 0;
+  for (std::string line; std::getline(in, line);) {
+    failed += absl::StrContains(line, "\"event\":\"key_reconcile_failed\"");
+    recovered +=
+        absl::StrContains(line, "\"event\":\"key_reconcile_recovered\"");
+  }
+  EXPECT_EQ(failed, 1);
+  EXPECT_EQ(recovered, 1);
+  const std::vector<std::string> pieces = absl::StrSplit(
+      writer.process->Output(), "the key reconcile pass failed");
+  EXPECT_GE(pieces.size(), 3u) << "the passes were retried and logged";
 }
 
 // kill -9 of the writer before each token write of an immediate rotation
