@@ -24,52 +24,24 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/file.h"
 
 namespace signet::client {
 namespace {
 
-// Reads a whole (small) file. NOT_FOUND, PERMISSION_DENIED or
-// INVALID_ARGUMENT, each naming `what` and the path.
+// Reads a whole (small) file into one buffer (base/file.h: no stray copies
+// of a private key). NOT_FOUND, PERMISSION_DENIED or INVALID_ARGUMENT, each
+// naming `what` and the path.
 absl::StatusOr<std::string> ReadFile(absl::string_view what,
                                      const std::string& path) {
   if (path.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": no file given"));
   }
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    std::string message =
-        absl::StrCat(what, " ", path, ": cannot open: ", strerror(err));
-    if (err == ENOENT || err == ENOTDIR) return absl::NotFoundError(message);
-    if (err == EACCES || err == EPERM) {
-      return absl::PermissionDeniedError(message);
-    }
-    return absl::InvalidArgumentError(message);
+  absl::StatusOr<std::string> contents = base::ReadSmallFile(path, what);
+  if (!contents.ok() && !absl::IsNotFound(contents.status()) &&
+      !absl::IsPermissionDenied(contents.status())) {
+    return absl::InvalidArgumentError(contents.status().message());
   }
-  std::string contents;
-  char buffer[8192];
-  constexpr size_t kMaxSize = 1 << 20;  // PEM files are a few KiB
-  while (true) {
-    ssize_t n = read(fd, buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      close(fd);
-      explicit_bzero(buffer, sizeof(buffer));
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " ", path, ": cannot read: ", strerror(err)));
-    }
-    if (n == 0) break;
-    contents.append(buffer, static_cast<size_t>(n));
-    if (contents.size() > kMaxSize) {
-      close(fd);
-      explicit_bzero(buffer, sizeof(buffer));
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " ", path, ": larger than 1 MiB, not a PEM file"));
-    }
-  }
-  close(fd);
-  explicit_bzero(buffer, sizeof(buffer));
   return contents;
 }
 

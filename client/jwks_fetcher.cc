@@ -29,6 +29,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/quote.h"
 
 namespace signet {
 namespace {
@@ -46,14 +47,7 @@ using CurlUrl = std::unique_ptr<CURLU, CurlUrlFree>;
 using CurlString = std::unique_ptr<char, CurlStringFree>;
 
 // A URL quoted for a message: escaped and cut short.
-std::string Quote(absl::string_view url) {
-  constexpr size_t kMaxShown = 200;
-  if (url.size() > kMaxShown) {
-    return absl::StrCat("\"", absl::CHexEscape(url.substr(0, kMaxShown)),
-                        "\"...");
-  }
-  return absl::StrCat("\"", absl::CHexEscape(url), "\"");
-}
+std::string Quote(absl::string_view url) { return base::Quote(url, 200); }
 
 std::optional<std::string> UrlPart(CURLU* url, CURLUPart part) {
   char* raw = nullptr;

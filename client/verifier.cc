@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/quote.h"
 #include "client/jwks_fetcher.h"
 #include "client/verifier_json.h"
 #include "client/verifier_jwk.h"
@@ -101,14 +102,7 @@ absl::Status Refuse(VerifyError error, absl::string_view detail) {
 }
 
 // Token text quoted in a message: escaped, cut short.
-std::string Quote(absl::string_view text) {
-  constexpr size_t kMaxShown = 100;
-  if (text.size() > kMaxShown) {
-    return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMaxShown)),
-                        "\"...");
-  }
-  return absl::StrCat("\"", absl::CHexEscape(text), "\"");
-}
+std::string Quote(absl::string_view text) { return base::Quote(text, 100); }
 
 absl::Status JsonRefusal(const JsonProblem& problem) {
   return Refuse(problem.duplicate_member ? VerifyError::kDuplicateMember

@@ -11,6 +11,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "base/quote.h"
 #include "nlohmann/json.hpp"
 
 namespace signet::verifier_internal {
@@ -23,15 +24,7 @@ bool IsBase64UrlChar(char c) {
          (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
 
-// A member name quoted for a message: escaped and cut short.
-std::string Quote(absl::string_view text) {
-  constexpr size_t kMaxShown = 64;
-  if (text.size() > kMaxShown) {
-    return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMaxShown)),
-                        "\"...");
-  }
-  return absl::StrCat("\"", absl::CHexEscape(text), "\"");
-}
+using base::Quote;  // member names: escaped, cut short
 
 // Finds what the DOM parse would hide or accept silently: duplicate names,
 // NUL in strings, excessive depth, numbers that overflow. The first problem

@@ -7,10 +7,12 @@
 #include "rotation/schedule.h"
 #include "server/config.h"
 #include "server/identity.h"
-#include "server/message_text.h"
+#include "base/quote.h"
 #include "server/signer_service.h"
 
 namespace signet::server {
+
+using base::Quote;
 namespace {
 
 std::string Rfc3339(const google::protobuf::Timestamp& ts) {

@@ -20,9 +20,11 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
-#include "server/message_text.h"
+#include "base/quote.h"
 
 namespace signet::server {
+
+using base::Quote;
 namespace {
 
 using Json = nlohmann::json;

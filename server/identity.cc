@@ -11,9 +11,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/message_text.h"
+#include "base/quote.h"
 
 namespace signet::server {
+
+using base::Quote;
 namespace {
 
 struct BioFree {

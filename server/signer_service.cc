@@ -15,10 +15,12 @@
 #include "server/config.h"
 #include "server/identity.h"
 #include "server/jwt.h"
-#include "server/message_text.h"
+#include "base/quote.h"
 #include "server/publication.h"
 
 namespace signet::server {
+
+using base::Quote;
 namespace {
 
 using signet::v1::JWT;

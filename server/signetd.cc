@@ -8,7 +8,7 @@
 // per scope), server reflection when configured, the Signer service over
 // mTLS, and the JWKS HTTP endpoint when configured.
 //
-// `signetd audit-verify FILE` checks an audit log's chain and checkpoints.
+// `signetd audit-verify FILE` checks an audit log (server/audit_verify_command.h).
 #include <fcntl.h>
 #include <signal.h>
 
@@ -30,9 +30,7 @@
 
 #include <atomic>
 #include <cstdio>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <iostream>
 #include <memory>
 #include <cstdlib>
@@ -54,6 +52,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/file.h"
 #include "hsm/key_store.h"
 #include "hsm/module.h"
 #include "hsm/pin.h"
@@ -61,24 +60,24 @@
 #include "hsm/token_uri.h"
 #include "rotation/key_state.h"
 #include "rotation/scope_keys.h"
+#include "server/admin_service.h"
+#include "server/audit_keys.h"
+#include "server/audit_log.h"
+#include "server/audit_verify.h"
+#include "server/audit_verify_command.h"
 #include "server/config.h"
 #include "server/connection_acceptor.h"
 #include "server/hardening.h"
 #include "server/health_monitor.h"
-#include "server/hsm_prober.h"
 #include "server/health_service.h"
-#include "server/throttled_log.h"
-#include "server/admin_service.h"
-#include "server/audit_log.h"
-#include "server/audit_keys.h"
-#include "server/audit_verify_command.h"
-#include "server/key_manager.h"
-#include "server/audit_verify.h"
+#include "server/hsm_prober.h"
 #include "server/jwks_http.h"
+#include "server/key_manager.h"
 #include "server/log.h"
 #include "server/publication.h"
 #include "server/scoped_fd.h"
 #include "server/signer_service.h"
+#include "server/throttled_log.h"
 #include "server/tls.h"
 #include "server/worker_pool.h"
 
@@ -218,28 +217,17 @@ void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
             << (pem.ok() ? *pem : std::string()) << std::flush;
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path,
-                                     absl::string_view what) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read ", what, " ", path));
-  }
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
 
 // mTLS: client certificates required and verified against client_ca_file;
 // TLS 1.3 only through the OpenSSL configuration set in main().
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const signet::v1::TlsConfig& tls) {
-  absl::StatusOr<std::string> cert = ReadFile(tls.cert_file(), "tls.cert_file");
+  absl::StatusOr<std::string> cert = base::ReadSmallFile(tls.cert_file(), "tls.cert_file");
   if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadFile(tls.key_file(), "tls.key_file");
+  absl::StatusOr<std::string> key = base::ReadSmallFile(tls.key_file(), "tls.key_file");
   if (!key.ok()) return key.status();
   absl::StatusOr<std::string> ca =
-      ReadFile(tls.client_ca_file(), "tls.client_ca_file");
+      base::ReadSmallFile(tls.client_ca_file(), "tls.client_ca_file");
   if (!ca.ok()) return ca.status();
   if (!tls.crl_directory().empty()) {
     absl::Status crls = CheckCrlDirectory(*ca, tls.crl_directory());
@@ -682,14 +670,15 @@ int Run() {
         absl::Seconds(config->http().request_deadline_seconds());
     if (!config->http().tls_cert_file().empty()) {
       absl::StatusOr<std::string> cert =
-          ReadFile(config->http().tls_cert_file(), "http.tls_cert_file");
+          base::ReadSmallFile(config->http().tls_cert_file(),
+                              "http.tls_cert_file");
       if (!cert.ok()) return Fail(cert.status());
       absl::StatusOr<std::string> key =
-          ReadFile(config->http().tls_key_file(), "http.tls_key_file");
+          base::ReadSmallFile(config->http().tls_key_file(),
+                              "http.tls_key_file");
       if (!key.ok()) return Fail(key.status());
       http_options.tls_cert_pem = std::move(*cert);
-      http_options.tls_key_pem = std::move(*key);
-      OPENSSL_cleanse(key->data(), key->size());
+      http_options.tls_key_pem = std::move(*key);  // cleansed below
     }
     absl::StatusOr<std::unique_ptr<JwksHttpServer>> started =
         JwksHttpServer::Start(http_options);

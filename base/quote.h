@@ -1,11 +1,8 @@
-// Caller-supplied text inside a status message, an audit line or a log line:
-// escaped, so no control byte or quote reaches a log, and cut short, so a
-// long input cannot grow a message (gRPC refuses a status message larger than
-// the peer's metadata limit, and answers RESOURCE_EXHAUSTED instead of ours).
-//
-// Thread-safe: pure functions.
-#ifndef SIGNET_SERVER_MESSAGE_TEXT_H_
-#define SIGNET_SERVER_MESSAGE_TEXT_H_
+// Text from outside (a name, a URL, a token) quoted for an error message or
+// a log line: C-escaped, so it cannot forge lines or terminal sequences,
+// and cut short, so a long input cannot make a long message.
+#ifndef SIGNET_BASE_QUOTE_H_
+#define SIGNET_BASE_QUOTE_H_
 
 #include <cstddef>
 #include <string>
@@ -14,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
-namespace signet::server {
+namespace signet::base {
 
 inline constexpr size_t kMaxQuotedBytes = 64;
 
@@ -29,6 +26,6 @@ inline std::string Quote(absl::string_view text,
   return absl::StrCat("\"", absl::CHexEscape(text), "\"");
 }
 
-}  // namespace signet::server
+}  // namespace signet::base
 
-#endif  // SIGNET_SERVER_MESSAGE_TEXT_H_
+#endif  // SIGNET_BASE_QUOTE_H_

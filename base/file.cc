@@ -1,0 +1,65 @@
+#include "base/file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace signet::base {
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
+                                          absl::string_view what,
+                                          size_t max_bytes) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string message =
+        absl::StrCat("cannot read ", what, " ", path, ": ", std::strerror(err));
+    if (err == ENOENT || err == ENOTDIR) return absl::NotFoundError(message);
+    if (err == EACCES || err == EPERM) {
+      return absl::PermissionDeniedError(message);
+    }
+    return absl::FailedPreconditionError(message);
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read ", what, " ", path, ": not a regular file"));
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read ", what, " ", path, ": larger than ",
+                     max_bytes, " bytes"));
+  }
+  // One buffer, sized once: a file that grows meanwhile is cut at its size
+  // when opened, plus one byte to notice it.
+  std::string content(static_cast<size_t>(st.st_size) + 1, '\0');
+  size_t got = 0;
+  while (got < content.size()) {
+    const ssize_t n = read(fd, content.data() + got, content.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot read ", what, " ", path, ": ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got > static_cast<size_t>(st.st_size)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot read ", what, " ", path, ": it changed while being read"));
+  }
+  content.resize(got);  // shrinks in place: no copy
+  return content;
+}
+
+}  // namespace signet::base

@@ -1,0 +1,69 @@
+#include "base/file.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace signet::base {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ReadSmallFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/signet-base-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::string cmd = "rm -rf " + dir_;
+    (void)!system(cmd.c_str());
+  }
+  std::string Write(const std::string& name, const std::string& content) {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path, std::ios::binary) << content;
+    return path;
+  }
+  std::string dir_;
+};
+
+TEST_F(ReadSmallFileTest, ReadsTheWholeFileWithEveryByte) {
+  const std::string content("line 1\n\0binary\xff", 15);
+  auto got = ReadSmallFile(Write("f", content), "the test file");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, content);
+  auto empty = ReadSmallFile(Write("empty", ""), "the test file");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(*empty, "");
+}
+
+TEST_F(ReadSmallFileTest, ErrorsNameTheFileAndWhatItIs) {
+  auto missing = ReadSmallFile(dir_ + "/none", "tls.key_file");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(),
+              HasSubstr("cannot read tls.key_file " + dir_ + "/none"));
+  auto directory = ReadSmallFile(dir_, "tls.key_file");
+  EXPECT_EQ(directory.status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(directory.status().message(), HasSubstr("not a regular file"));
+  auto large = ReadSmallFile(Write("large", std::string(100, 'x')),
+                             "tls.cert_file", 99);
+  EXPECT_EQ(large.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(large.status().message(), HasSubstr("larger than 99 bytes"));
+  if (geteuid() != 0) {  // root reads anything
+    const std::string locked = Write("locked", "secret");
+    chmod(locked.c_str(), 0);
+    EXPECT_EQ(ReadSmallFile(locked, "tls.key_file").status().code(),
+              absl::StatusCode::kPermissionDenied);
+  }
+}
+
+}  // namespace
+}  // namespace signet::base
