@@ -17,8 +17,14 @@ std::string B64(absl::string_view bytes) {
 }  // namespace
 
 std::string ProtectedHeaderB64(absl::string_view alg, absl::string_view kid) {
-  return B64(absl::StrCat(R"({"alg":")", alg, R"(","kid":")", kid,
-                          R"(","typ":"JWT"})"));
+  // Built by the JSON library, so any value is escaped right (alg and kid
+  // come from code and thumbprints today). Once per key, not per token.
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  header["alg"] = std::string(alg);
+  header["kid"] = std::string(kid);
+  header["typ"] = "JWT";
+  return B64(header.dump(-1, ' ', /*ensure_ascii=*/true,
+                         nlohmann::ordered_json::error_handler_t::replace));
 }
 
 std::string JwsSigningInput(absl::string_view header_b64,

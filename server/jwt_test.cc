@@ -22,6 +22,9 @@ std::string Unb64(absl::string_view s) {
 TEST(JwtTest, HeaderIsWrittenByTheServerInAFixedShape) {
   EXPECT_EQ(Unb64(ProtectedHeaderB64("ES256", "abc_-123")),
             R"({"alg":"ES256","kid":"abc_-123","typ":"JWT"})");
+  // Whatever a kid held, it could not leave its string.
+  EXPECT_EQ(Unb64(ProtectedHeaderB64("ES256", "a\",\"alg\":\"none")),
+            R"({"alg":"ES256","kid":"a\",\"alg\":\"none","typ":"JWT"})");
 }
 
 TEST(JwtTest, CompactSerializationHasThreeUnpaddedParts) {
