@@ -1,5 +1,6 @@
 #include "server/hardening.h"
 
+#include <dlfcn.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
@@ -33,8 +34,16 @@ TEST(HardeningTest, RefusesSoftHsmInTheMemoryMap) {
                   .ok());
 }
 
-TEST(HardeningTest, ThisTestProcessHasNoSoftHsmMapped) {
+// This process's own memory map: clean, then SoftHSM loaded in (as a
+// misconfigured module path would) and named.
+TEST(HardeningTest, FindsSoftHsmLoadedIntoThisProcess) {
   EXPECT_TRUE(CheckNoHsmLibraryMappedInThisProcess().ok());
+  void* softhsm = dlopen("/usr/lib/softhsm/libsofthsm2.so", RTLD_NOW);
+  ASSERT_NE(softhsm, nullptr) << dlerror();
+  absl::Status st = CheckNoHsmLibraryMappedInThisProcess();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(st.message(), HasSubstr("libsofthsm2.so"));
+  dlclose(softhsm);
 }
 
 }  // namespace
