@@ -27,6 +27,9 @@ using signet::v1::JWT;
 using signet::v1::RAW;
 
 constexpr size_t kMaxCachedIdentities = 4096;
+// How long before a caller's deadline signet answers DEADLINE_EXCEEDED
+// itself (SignerService::DeadlineOf).
+constexpr absl::Duration kAnswerHeadroom = absl::Milliseconds(100);
 
 std::string Sha256Hex(absl::string_view data) {
   absl::StatusOr<std::string> d = hsm::Sha256(data);
@@ -221,8 +224,11 @@ absl::Time SignerService::DeadlineOf(
   const gpr_timespec raw =
       gpr_convert_clock_type(context->raw_deadline(), GPR_CLOCK_REALTIME);
   if (raw.tv_sec >= absl::ToUnixSeconds(cap)) return cap;
+  // Answered a little before the caller's own deadline, so that signet's
+  // answer (saying what did not answer) reaches it rather than its own
+  // timer's bare DEADLINE_EXCEEDED.
   return std::min(cap, absl::FromUnixSeconds(raw.tv_sec) +
-                           absl::Nanoseconds(raw.tv_nsec));
+                           absl::Nanoseconds(raw.tv_nsec) - kAnswerHeadroom);
 }
 
 absl::Status SignerService::Admit(Tenant* tenant) {
