@@ -305,7 +305,6 @@ absl::StatusOr<std::vector<rotation::KeyRecord>> KeyManager::ReadScope(
 
 absl::StatusOr<std::string> KeyManager::Change(
     const google::protobuf::Message& request, const std::string& request_id,
-    const std::string& scope,
     const std::function<absl::StatusOr<std::string>(
         const std::string& fingerprint)>& change) {
   const std::string fingerprint = request.SerializeAsString();
@@ -322,7 +321,7 @@ absl::StatusOr<std::string> KeyManager::Change(
   // Not in memory (a restart since, or another writer before a promotion):
   // the token keeps each applied change with its first record write.
   absl::StatusOr<std::optional<rotation::OperatorChange>> recorded =
-      RecordedChange(scope, request_id);
+      RecordedChange(request_id);
   if (!recorded.ok()) return recorded.status();
   if (recorded->has_value()) {
     absl::StatusOr<std::string> digest = hsm::Sha256(fingerprint);
@@ -386,12 +385,13 @@ bool HasControlCharacters(absl::string_view text) {
 }  // namespace
 
 absl::StatusOr<std::optional<rotation::OperatorChange>>
-KeyManager::RecordedChange(const std::string& scope,
-                           const std::string& request_id) {
-  if (PolicyFor(scope) == nullptr) return std::optional<rotation::OperatorChange>();
-  absl::StatusOr<std::vector<rotation::KeyRecord>> records = ReadScope(scope);
-  if (!records.ok()) return records.status();
-  for (const rotation::KeyRecord& record : *records) {
+KeyManager::RecordedChange(const std::string& request_id) {
+  // Every scope's records: a request id names one change, whichever scope
+  // it was for.
+  absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
+      store_->ReadAllRecords();
+  if (!stored.ok()) return stored.status();
+  for (const auto& [key_id, record] : rotation::ParseRecords(*stored)) {
     for (const rotation::OperatorChange& change : record.operator_changes()) {
       if (change.request_id() == request_id) {
         return std::optional<rotation::OperatorChange>(change);
@@ -468,8 +468,7 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
       return;
     }
     absl::StatusOr<std::string> answer = Change(
-        request, request.request_id(), request.scope(),
-        [&](const std::string& fingerprint) {
+        request, request.request_id(), [&](const std::string& fingerprint) {
           return ApplyChange(request.scope(), admin, request.request_id(),
                              fingerprint, plan, respond);
         });

@@ -140,16 +140,16 @@ class KeyManager {
   // returns the response), remembers it if it was applied, and runs a pass.
   // On the loop's thread.
   // `change` gets the request's serialization. A request id not in memory
-  // is looked up in the scope's records (RecordedChange), so a retry after
-  // a restart answers as the first time.
+  // is looked up in every scope's records (RecordedChange), so a retry
+  // after a restart answers as the first time, and the id reused for
+  // another request, on any scope, is refused.
   absl::StatusOr<std::string> Change(
       const google::protobuf::Message& request, const std::string& request_id,
-      const std::string& scope,
       const std::function<absl::StatusOr<std::string>(
           const std::string& fingerprint)>& change);
-  // The change with `request_id` recorded in `scope`'s records, if any.
+  // The change with `request_id` recorded in any record, if any.
   absl::StatusOr<std::optional<rotation::OperatorChange>> RecordedChange(
-      const std::string& scope, const std::string& request_id);
+      const std::string& request_id);
   using Planner = std::function<absl::StatusOr<std::vector<rotation::KeyAction>>(
       const std::vector<rotation::KeyRecord>&, const rotation::SchedulePolicy&,
       absl::Time)>;

@@ -86,7 +86,8 @@ class AdminTest : public ::testing::Test {
         "\"http://127.0.0.1\" cache_max_age_seconds: 1 }\n",
         "serving { iat_skew_seconds: 5 }\n",
         "allow_short_key_schedules: true\n",
-        "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n");
+        "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n",
+        extra_config_);
     auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
     ASSERT_TRUE(signetd.ok()) << signetd.status();
     signetd_ = std::move(*signetd);
@@ -226,6 +227,8 @@ class AdminTest : public ::testing::Test {
     return ran.ok() ? *ran : testing::RunResult{};
   }
 
+  // Appended to the configuration at the next StartSignetd.
+  std::string extra_config_;
   std::unique_ptr<testing::SignetTestBed> bed_;
   testing::TestCa::Issued tenant_;
   testing::TestCa::Issued admin_;
@@ -442,6 +445,22 @@ TEST_F(AdminTest, ARequestIdIsRememberedAcrossARestart) {
   st = rotate_once(other, &other_resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(st.error_message(), HasSubstr("already used for another"));
+  // The same id on another scope, after a restart, is refused too: an id
+  // names one change whichever scope it was for.
+  extra_config_ = absl::StrCat(
+      "scopes { name: \"ops2\" audience_class: CONSUMER purpose: JWT "
+      "issuer: \"",
+      kIssuer,
+      "/ops2\" algorithm: ES256 max_token_lifetime_seconds: 60 "
+      "rotation_period_seconds: 60 min_publish_lead_seconds: 3 "
+      "publish_grace_seconds: 130 }\n");
+  ASSERT_NO_FATAL_FAILURE(restart());
+  v1::RotateKeyRequest elsewhere = rotate;
+  elsewhere.set_scope("ops2");
+  v1::RotateKeyResponse elsewhere_resp;
+  st = rotate_once(elsewhere, &elsewhere_resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << st.error_message();
 
   v1::RevokeKeyRequest revoke;
   revoke.set_scope("ops");
