@@ -18,6 +18,7 @@ SchedulePolicy ScheduleOf(const ScopeKeyPolicy& policy) {
                    ? 0
                    : static_cast<uint32_t>(policy.key_spec.rsa_bits);
   s.timings = policy.timings;
+  s.revive_unused_successor = policy.revive_unused_successor;
   return s;
 }
 

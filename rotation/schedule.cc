@@ -188,18 +188,48 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
   std::vector<KeyAction> actions;
   const uint64_t next_generation = NewestGeneration(records) + 1;
 
+  // The key that signs again from now (revive_unused_successor), if any.
+  int revived = -1;
+  if (view.signing < 0 && view.standby < 0 && policy.revive_unused_successor) {
+    // Only above every generation that has signed: an older key never
+    // signs after a later one.
+    uint64_t last_recorded = 0;
+    for (const KeyRecord& r : records) {
+      if (r.has_activation_recorded_at()) {
+        last_recorded = std::max<uint64_t>(last_recorded, r.key_generation());
+      }
+    }
+    for (size_t i = 0; i < records.size(); ++i) {
+      const KeyRecord& r = records[i];
+      if (r.has_activation_recorded_at() || r.has_revocation() ||
+          r.private_key_destroyed() || r.key_generation() <= last_recorded) {
+        continue;
+      }
+      if (revived < 0 ||
+          r.key_generation() > records[revived].key_generation()) {
+        revived = static_cast<int>(i);
+      }
+    }
+  }
   if (view.signing < 0) {
-    if (view.standby >= 0) {
+    if (view.standby >= 0 || revived >= 0) {
       // The active key is gone (revoked, or retired with nobody to record
       // its successor's activation): the standby relying parties already
-      // hold signs from now.
-      KeyRecord standby =
-          ScheduledFrom(records[view.standby], now, t);
+      // hold signs from now (or the successor whose window passed unused).
+      const int next = view.standby >= 0 ? view.standby : revived;
+      KeyRecord standby = ScheduledFrom(records[next], now, t);
       *standby.mutable_activation_recorded_at() = TimeToProto(now);
-      std::string detail = absl::StrCat(
-          "scope ", policy.scope, " had no signing key: its standby ",
-          Describe(standby), " activates now",
-          LeadNote(records[view.standby], t, now));
+      std::string detail =
+          view.standby >= 0
+              ? absl::StrCat("scope ", policy.scope,
+                             " had no signing key: its standby ",
+                             Describe(standby), " activates now",
+                             LeadNote(records[next], t, now))
+              : absl::StrCat("scope ", policy.scope,
+                             " had no signing key and no standby: ",
+                             Describe(standby),
+                             ", a successor whose window passed unused, "
+                             "signs from now with its schedule moved");
       const absl::Time successor_at = Retire(standby);
       actions.push_back(Action(KeyAction::Kind::kWriteRecord,
                                std::move(standby), "key_activated",
@@ -215,8 +245,11 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
               : absl::StrCat(
                     "scope ", policy.scope,
                     " had no signing key and no standby: a new key signs "
-                    "at once, unpublished before (relying parties meet an "
-                    "unknown kid and must refetch)");
+                    "at once, unpublished before",
+                    policy.revive_unused_successor
+                        ? ""
+                        : " (relying parties meet an unknown kid and must "
+                          "refetch)");
       const absl::Time successor_at = Retire(fresh);
       actions.push_back(Action(KeyAction::Kind::kGenerate, std::move(fresh),
                                "key_generated", std::move(detail)));
@@ -267,7 +300,8 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
 
   for (size_t i = 0; i < records.size(); ++i) {
     if (static_cast<int>(i) == view.signing ||
-        static_cast<int>(i) == view.standby) {
+        static_cast<int>(i) == view.standby ||
+        static_cast<int>(i) == revived) {
       continue;
     }
     const KeyRecord& r = records[i];

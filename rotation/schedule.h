@@ -39,6 +39,13 @@ struct SchedulePolicy {
   // standby), so repeated emergencies cannot grow the key sets without
   // bound. Revocations are never refused.
   int max_published_keys = 8;
+  // When no key signs and there is no standby, sign from now with the
+  // newest generation that never had its activation recorded (not revoked,
+  // private key not destroyed), its schedule moved to start now, instead of
+  // with a new key. For the audit key: its successor was introduced in the
+  // log and vouched for by its predecessor while that one signed; after an
+  // outage longer than a period a new key could not be.
+  bool revive_unused_successor = false;
 };
 
 // One scope's keys at an instant.

@@ -230,6 +230,75 @@ TEST(ViewScopeTest, ClockSetBackDoesNotReactivateAnOlderKey) {
               IsEmpty());
 }
 
+// An outage longer than two periods: the active key and its standby have
+// both passed their windows. A scope makes a new key; the audit key's policy
+// (revive_unused_successor) has the standby, never used, sign from now
+// instead, and never an older generation than one that signed.
+TEST(PlanScopeTest, AfterALongOutageTheUnusedSuccessorSignsWhenRevivable) {
+  FakeToken token = Started(kT0);
+  // The writer recorded generation 1's activation, then stopped.
+  const absl::Time later =
+      kT0 + 3 * Policy().timings.rotation_period + absl::Minutes(1);
+  ASSERT_LT(ViewScope(token.Records(), later).signing, 0);
+  ASSERT_LT(ViewScope(token.Records(), later).standby, 0);
+
+  std::vector<KeyAction> fresh = PlanScope(token.Records(), Policy(), later);
+  ASSERT_FALSE(fresh.empty());
+  EXPECT_EQ(fresh[0].kind, KeyAction::Kind::kGenerate);
+  EXPECT_THAT(fresh[0].detail, HasSubstr("no standby"));
+
+  SchedulePolicy revive = Policy();
+  revive.revive_unused_successor = true;
+  std::vector<KeyAction> revived = PlanScope(token.Records(), revive, later);
+  ASSERT_GE(revived.size(), 2u);
+  EXPECT_EQ(revived[0].kind, KeyAction::Kind::kWriteRecord);
+  EXPECT_EQ(revived[0].record.key_generation(), 2u);
+  EXPECT_THAT(revived[0].detail, HasSubstr("window passed unused"));
+  EXPECT_EQ(TimeFromProto(revived[0].record.activate_at()), later);
+  EXPECT_EQ(revived[1].kind, KeyAction::Kind::kGenerate);  // its standby
+  token.Apply(revived);
+  const ScopeView view = ViewScope(token.Records(), later);
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(token.Records()[view.signing].key_generation(), 2u);
+  EXPECT_GE(view.standby, 0);
+  // Idempotent.
+  EXPECT_THAT(PlanScope(token.Records(), revive, later + absl::Seconds(1)),
+              IsEmpty());
+}
+
+TEST(PlanScopeTest, ARevivedKeyIsNeverOlderThanOneThatSigned) {
+  FakeToken token = Started(kT0);
+  std::vector<KeyRecord> records = token.Records();
+  // Generation 2 was revoked; nothing newer: a new key, not generation 1.
+  for (KeyRecord& r : records) {
+    if (r.key_generation() == 2) {
+      r.mutable_revocation()->set_reason("test");
+      *r.mutable_revocation()->mutable_revoked_at() = TimeToProto(kT0);
+    }
+  }
+  SchedulePolicy revive = Policy();
+  revive.revive_unused_successor = true;
+  const absl::Time later =
+      kT0 + 3 * Policy().timings.rotation_period + absl::Minutes(1);
+  std::vector<KeyAction> plan = PlanScope(records, revive, later);
+  ASSERT_FALSE(plan.empty());
+  EXPECT_EQ(plan[0].kind, KeyAction::Kind::kGenerate);
+  EXPECT_EQ(plan[0].record.key_generation(), 3u);
+  // Generation 2 signed (its activation recorded), generation 1's record
+  // lacks its own: generation 1 is not revived past generation 2.
+  records = token.Records();
+  for (KeyRecord& r : records) {
+    if (r.key_generation() == 1) r.clear_activation_recorded_at();
+    if (r.key_generation() == 2) {
+      *r.mutable_activation_recorded_at() = r.activate_at();
+    }
+  }
+  plan = PlanScope(records, revive, later);
+  ASSERT_FALSE(plan.empty());
+  EXPECT_EQ(plan[0].kind, KeyAction::Kind::kGenerate);
+  EXPECT_EQ(plan[0].record.key_generation(), 3u);
+}
+
 TEST(PlanScopeTest, LateStandbyExtendsTheActiveKeyInsteadOfSigningWithoutLead) {
   // A first key whose standby was never made (the writer was down): 2
   // minutes before it retires, the planner extends it to now + L.

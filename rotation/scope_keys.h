@@ -30,6 +30,8 @@ struct ScopeKeyPolicy {
   std::string algorithm;  // JOSE name recorded in the KeyRecord ("ES256")
   hsm::KeySpec key_spec;
   KeyTimings timings;
+  // SchedulePolicy::revive_unused_successor (rotation/schedule.h).
+  bool revive_unused_successor = false;
 };
 
 struct ScopeKey {

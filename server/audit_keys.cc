@@ -98,6 +98,9 @@ rotation::ScopeKeyPolicy AuditKeys::Policy(
   // Nothing caches an audit key: the lead only has to let the introduction
   // be checkpointed, which happens at once.
   policy.timings.min_publish_lead = std::min(period / 2, absl::Minutes(11));
+  // After an outage longer than a period, the successor that was introduced
+  // and vouched for signs, not a new key no predecessor could vouch for.
+  policy.revive_unused_successor = true;
   return policy;
 }
 

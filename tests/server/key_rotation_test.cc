@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -354,6 +355,40 @@ TEST_F(KeyRotationTest, TheAuditKeyRotatesWhileSigningAndTheLogVerifies) {
       verify({"--audit_public_key=" + dir + "/audit-checkpoint-key.pem"});
   EXPECT_NE(one_key.exit_code, 0) << one_key.output;
   EXPECT_THAT(one_key.output, HasSubstr("checkpoint signature does not verify"));
+}
+
+// signetd down for longer than two audit-key periods (the key and its
+// standby both past their windows): at the restart the standby, introduced
+// and vouched for before the stop, signs the checkpoints; no new key that
+// no predecessor vouched for; the whole log verifies with the keyring.
+TEST_F(KeyRotationTest, TheAuditLogVerifiesAfterAStopLongerThanTwoAuditPeriods) {
+  extra_config_ = "audit_key_rotation_seconds: 4\n";
+  {
+    Running first = Start("outage", true);
+    ASSERT_NE(first.stub, nullptr);
+    ASSERT_TRUE(Sign(*first.stub).ok());
+    auto stopped = first.process->Stop(SIGTERM, absl::Seconds(20));
+    ASSERT_TRUE(stopped.ok()) << stopped.status();
+  }
+  absl::SleepFor(absl::Seconds(10));
+  Running second = Start("outage", true);
+  ASSERT_NE(second.stub, nullptr);
+  absl::StatusOr<Signed> token = Sign(*second.stub);
+  ASSERT_TRUE(token.ok()) << token.status();
+  auto stopped = second.process->Stop(SIGTERM, absl::Seconds(20));
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  const std::string dir = AuditDir("outage");
+  auto verify = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_keyring=" + dir + "/audit-keyring.pem",
+                "--require_checkpoint_coverage", dir + "/audit.log"}},
+      absl::Seconds(60));
+  ASSERT_TRUE(verify.ok()) << verify.status();
+  EXPECT_EQ(verify->exit_code, 0) << verify->output;
+  std::ifstream in(dir + "/audit.log");
+  std::stringstream log;
+  log << in.rdbuf();
+  EXPECT_THAT(log.str(), HasSubstr("window passed unused"));
 }
 
 // signetd's wall clock set back while it runs (libfaketime, preloaded,
