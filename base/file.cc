@@ -15,7 +15,9 @@ namespace signet::base {
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
                                           absl::string_view what,
                                           size_t max_bytes) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  // O_NONBLOCK: a FIFO must not hang the reader (it is refused below).
+  const int fd =
+      open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) {
     const int err = errno;
     const std::string message =

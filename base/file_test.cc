@@ -57,6 +57,11 @@ TEST_F(ReadSmallFileTest, ErrorsNameTheFileAndWhatItIs) {
                              "tls.cert_file", 99);
   EXPECT_EQ(large.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(large.status().message(), HasSubstr("larger than 99 bytes"));
+  const std::string fifo = dir_ + "/fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto from_fifo = ReadSmallFile(fifo, "audit keyring");  // must not hang
+  EXPECT_EQ(from_fifo.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(from_fifo.status().message(), HasSubstr("not a regular file"));
   if (geteuid() != 0) {  // root reads anything
     const std::string locked = Write("locked", "secret");
     chmod(locked.c_str(), 0);

@@ -849,6 +849,24 @@ TEST(AuditLogTest, MissingReorderedOrReplacedSegmentsAreFound) {
     expect_broken("prev does not match the hash of line");
     WriteFile(closed[2], third);
   }
+  {
+    SCOPED_TRACE("the current segment deleted: cut back to a closed one");
+    const std::string current = ReadFile(path);
+    ASSERT_EQ(unlink(path.c_str()), 0);
+    expect_broken("the current segment does not exist");
+    // The closed segments alone, by their directory.
+    EXPECT_TRUE(VerifyAuditLog(dir.path(), nullptr).ok());
+    WriteFile(path, current);
+  }
+  {
+    SCOPED_TRACE("a FIFO in the current segment's place");
+    const std::string current = ReadFile(path);
+    ASSERT_EQ(unlink(path.c_str()), 0);
+    ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+    expect_broken("not a regular file");  // and does not hang
+    ASSERT_EQ(unlink(path.c_str()), 0);
+    WriteFile(path, current);
+  }
   // Restored: whole again.
   ASSERT_TRUE(VerifyAuditLog(path, nullptr).ok());
   {

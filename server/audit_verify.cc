@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/file.h"
 #include "hsm/algorithm.h"
 #include "hsm/digest.h"
 #include "server/audit_log.h"
@@ -191,9 +192,11 @@ struct SegmentProof {
 // before its first line, when that is a "segment" line), or 0 if it starts
 // a chain or its first line cannot be read (verifying it says why).
 uint64_t ContinuesFrom(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return 0;
   ScopedFd owned_fd(fd);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
   LineReader reader(fd);
   absl::string_view line;
   bool done = false;
@@ -214,7 +217,8 @@ absl::StatusOr<SegmentProof> VerifySegment(
     const std::map<std::string, hsm::PublicKey>* keyring,
     const std::optional<AuditLineInfo>& expected,
     absl::string_view expected_line, uint64_t keep_seq) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO named like a log must not hang the verifier.
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) {
     const int err = errno;
     std::string message =
@@ -228,6 +232,12 @@ absl::StatusOr<SegmentProof> VerifySegment(
     return absl::UnavailableError(message);
   }
   ScopedFd owned_fd(fd);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Broken(absl::StrCat("audit log ", path,
+                               ": not a regular file (signet writes its log "
+                               "to regular files)"));
+  }
   // Read once, front to back.
   (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 
@@ -412,6 +422,15 @@ absl::StatusOr<std::vector<std::string>> SegmentFiles(absl::string_view path) {
   for (auto& [first, file] : closed) files.push_back(std::move(file));
   if (access(base.c_str(), F_OK) == 0 || files.empty()) {
     files.push_back(base);  // a missing file with no segment: NOT_FOUND later
+  } else if (!is_dir) {
+    // Closed segments beside a current one that is gone: cutting the log
+    // back to a closed segment would otherwise leave no trace.
+    return absl::DataLossError(absl::StrCat(
+        "audit log ", base,
+        ": the current segment does not exist, only closed segments beside "
+        "it (the log was cut back to a closed segment, or signetd stopped "
+        "between closing one and opening the next); to check the closed "
+        "segments alone, give their directory"));
   }
   return files;
 }
@@ -420,7 +439,7 @@ absl::StatusOr<AuditVerifyResult> Verify(
     absl::string_view path, const hsm::PublicKey* checkpoint_key,
     absl::string_view expected_copied, int threads,
     const std::map<std::string, hsm::PublicKey>* keyring,
-    bool allow_unvouched) {
+    bool allow_unvouched, const std::string& first_kid) {
   const absl::string_view expected_line = ExtractLine(expected_copied);
   absl::StatusOr<std::optional<AuditLineInfo>> expected =
       ParseExpected(expected_copied.empty() ? absl::string_view()
@@ -577,6 +596,15 @@ absl::StatusOr<AuditVerifyResult> Verify(
       unvouched.clear();
     }
     result.audit_keys = accepted.size();
+    if (!first_kid.empty() && result.first_seq == 1 &&
+        !checkpoint_kids.empty() && checkpoint_kids.front().second != first_kid) {
+      return Broken(absl::StrCat(
+          "audit log ", path, ": line ", checkpoint_kids.front().first,
+          ": the log's first checkpoint is by audit key ",
+          checkpoint_kids.front().second, ", not by ", first_kid,
+          ", the key the keyring begins with (the key the log began with): "
+          "a log replaced and signed by a key added to the keyring"));
+    }
   }
   result.checkpoints = checkpoints.size();
   result.last_checkpoint_seq = checkpoints.empty() ? 0 : checkpoints.back();
@@ -607,7 +635,7 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
   try {
     result = Verify(path, checkpoint_key, expected_last_checkpoint,
                     options.threads, options.keyring,
-                    options.allow_unvouched_keys);
+                    options.allow_unvouched_keys, options.first_kid);
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("audit log ", path, ": verification failed: ", e.what()));
@@ -630,15 +658,11 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
 }
 
 absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
-    const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("audit keyring ", path, ": cannot be read"));
-  }
-  std::stringstream content;
-  content << in.rdbuf();
-  const std::string text = content.str();
+    const std::string& path, std::vector<std::string>* kids_in_order) {
+  absl::StatusOr<std::string> read =
+      base::ReadSmallFile(path, "audit keyring", kMaxKeyringBytes);
+  if (!read.ok()) return read.status();
+  const std::string& text = *read;
   const std::string kBegin = "-----BEGIN PUBLIC KEY-----";
   const std::string kEnd = "-----END PUBLIC KEY-----";
   std::map<std::string, hsm::PublicKey> keys;
@@ -657,6 +681,9 @@ absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
     }
     absl::StatusOr<std::string> kid = key->JwkThumbprint();
     if (!kid.ok()) return kid.status();
+    if (kids_in_order != nullptr && !keys.contains(*kid)) {
+      kids_in_order->push_back(*kid);
+    }
     keys.emplace(*kid, *std::move(key));
   }
   if (keys.empty()) {

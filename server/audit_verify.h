@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -64,13 +65,24 @@ struct AuditVerifyOptions {
   // successor while its predecessor still signs). Set this for a log from
   // before signet did so, whose audit key rotated at a restart.
   bool allow_unvouched_keys = false;
+  // With a keyring, for a log verified from line 1: the kid that must sign
+  // its first checkpoint (the keyring's first key, which signetd appended
+  // when the log began), so a whole log replaced and signed by a key added
+  // to the keyring is found. Empty: any key of the keyring.
+  std::string first_kid;
 };
 
+// Longest keyring ReadAuditKeyring reads (ten years of daily keys fit).
+inline constexpr size_t kMaxKeyringBytes = 16 << 20;
+
 // Reads a keyring: PEM public keys (comment lines between them are ignored),
-// by kid. INVALID_ARGUMENT for a block that is not a public key;
-// NOT_FOUND / PERMISSION_DENIED if the file cannot be read.
+// by kid; `kids_in_order`, if given, gets the kids in the file's order.
+// INVALID_ARGUMENT for a block that is not a public key; NOT_FOUND /
+// PERMISSION_DENIED / FAILED_PRECONDITION (not a regular file, over
+// kMaxKeyringBytes) if the file cannot be read.
 absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
-    const std::string& path);
+    const std::string& path,
+    std::vector<std::string>* kids_in_order = nullptr);
 
 // Verifies the audit log at `path` with its closed segments
 // (ClosedSegmentPath: "<path>.<first seq, 20 digits>", in order, then

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -25,7 +26,7 @@ int Fail(absl::string_view message) {
 
 int Verify(const std::string& path, const std::string& public_key_path,
            const std::string& keyring_path, const std::string& expected,
-           AuditVerifyOptions options) {
+           bool no_signatures, AuditVerifyOptions options) {
   std::optional<hsm::PublicKey> key;
   if (!public_key_path.empty()) {
     std::ifstream in(public_key_path);
@@ -43,18 +44,27 @@ int Verify(const std::string& path, const std::string& public_key_path,
     }
     key = *std::move(parsed);
   } else if (keyring_path.empty()) {
-    std::cerr << "signetd audit-verify: warning: no --audit_keyring or "
-                 "--audit_public_key: checkpoint signatures are not checked, "
-                 "only the chain"
+    if (!no_signatures) {
+      std::cerr << "signetd audit-verify: error: give --audit_keyring (or "
+                   "--audit_public_key): without a key only the chain is "
+                   "checked, and anyone who can write the file can recompute "
+                   "it (--no_signatures to check the chain alone)"
+                << std::endl;
+      return 2;
+    }
+    std::cerr << "signetd audit-verify: warning: --no_signatures: checkpoint "
+                 "signatures are not checked, only the chain"
               << std::endl;
   }
   std::map<std::string, hsm::PublicKey> keyring;
   if (!keyring_path.empty()) {
+    std::vector<std::string> order;
     absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
-        ReadAuditKeyring(keyring_path);
+        ReadAuditKeyring(keyring_path, &order);
     if (!ring.ok()) return Fail(ring.status().message());
     keyring = *std::move(ring);
     options.keyring = &keyring;
+    if (!order.empty()) options.first_kid = order.front();
   }
   absl::StatusOr<AuditVerifyResult> result =
       VerifyAuditLog(path, key ? &*key : nullptr, expected, options);
@@ -126,6 +136,13 @@ int AuditVerifyMain(int argc, char** argv) {
                "with --audit_keyring, accept an audit key that no earlier "
                "audit key vouched for (a log from before signet introduced "
                "each audit key under its predecessor's checkpoint)");
+  bool no_signatures = false;
+  app.add_flag("--no_signatures", no_signatures,
+               "check the sequence and the chain only, no checkpoint "
+               "signature (anyone who can write the file can recompute "
+               "those)")
+      ->excludes("--audit_keyring")
+      ->excludes("--audit_public_key");
   app.add_option("--verify_threads", options.threads,
                  "segments verified at once (0: one per core)")
       ->check(CLI::Range(0, 1024))
@@ -136,7 +153,8 @@ int AuditVerifyMain(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
-  return Verify(path, public_key_path, keyring_path, expected, options);
+  return Verify(path, public_key_path, keyring_path, expected, no_signatures,
+                options);
 }
 
 }  // namespace signet::server

@@ -462,6 +462,37 @@ TEST(AuditKeyringTest, AKeyNoEarlierKeyVouchedForIsRefused) {
   EXPECT_EQ(r->audit_keys, 2u);
 }
 
+// A whole log replaced and signed by a key added to the keyring: its first
+// checkpoint is not by the key the keyring begins with.
+TEST(AuditKeyringTest, ALogThatDoesNotBeginWithTheKeyringsFirstKeyIsRefused) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey genuine;
+  TestAuditKey added;
+  const std::string genuine_kid = *genuine.PublicKey().JwkThumbprint();
+  const std::string added_kid = *added.PublicKey().JwkThumbprint();
+  RunWithAuditKey(path, added, added_kid, {added_kid});
+  std::map<std::string, hsm::PublicKey> ring;
+  ring.emplace(genuine_kid, genuine.PublicKey());
+  ring.emplace(added_kid, added.PublicKey());
+  AuditVerifyOptions options;
+  options.keyring = &ring;
+  ASSERT_TRUE(VerifyAuditLog(path, nullptr, "", options).ok());
+  options.first_kid = genuine_kid;
+  ExpectDataLoss(VerifyAuditLog(path, nullptr, "", options),
+                 absl::StrCat("the log's first checkpoint is by audit key ",
+                              added_kid, ", not by ", genuine_kid));
+  options.first_kid = added_kid;
+  EXPECT_TRUE(VerifyAuditLog(path, nullptr, "", options).ok());
+  // The order comes from the keyring file.
+  const std::string ring_path = dir.File("audit-keyring.pem");
+  WriteFile(ring_path, absl::StrCat(*genuine.PublicKey().SpkiPem(),
+                                    *added.PublicKey().SpkiPem()));
+  std::vector<std::string> order;
+  ASSERT_TRUE(ReadAuditKeyring(ring_path, &order).ok());
+  EXPECT_THAT(order, ::testing::ElementsAre(genuine_kid, added_kid));
+}
+
 // Once a successor has signed, the key before it never signs again: a
 // checkpoint by it later (a retired key, its private half still around)
 // is refused.

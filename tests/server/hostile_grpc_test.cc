@@ -543,7 +543,10 @@ TEST_F(HostileGrpcTest, AnUnwritableAuditLogTurnsHealthNotServingUntilItIsBack) 
   EXPECT_THAT(ReadFile(log), HasSubstr("\"event\":\"segment\""));
   // One chain across the gap.
   auto verified = testing::RunProcess(
-      {.argv = {SIGNETD_BINARY, "audit-verify", log}});
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_keyring=" +
+                    log.substr(0, log.rfind('/')) + "/audit-keyring.pem",
+                log}});
   ASSERT_TRUE(verified.ok()) << verified.status();
   EXPECT_TRUE(verified->succeeded()) << verified->output;
   EXPECT_THAT(verified->output, HasSubstr("in 2 segment(s)"));

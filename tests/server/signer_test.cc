@@ -852,10 +852,25 @@ TEST_F(SignerTest, AfterKillNineEveryReceivedTokenHasItsAuditLine) {
   EXPECT_GT(total, 0u);
   // The log the kill cut short still verifies as a chain.
   auto verify = testing::RunProcess(
-      {.argv = {SIGNETD_BINARY, "audit-verify", dir + "/audit.log"}},
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_keyring=" + dir + "/audit-keyring.pem",
+                dir + "/audit.log"}},
       absl::Seconds(30));
   ASSERT_TRUE(verify.ok());
   EXPECT_EQ(verify->exit_code, 0) << verify->output;
+  // Without a key, only if asked: the chain alone can be recomputed.
+  auto keyless = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify", dir + "/audit.log"}},
+      absl::Seconds(30));
+  ASSERT_TRUE(keyless.ok());
+  EXPECT_EQ(keyless->exit_code, 2) << keyless->output;
+  EXPECT_THAT(keyless->output, HasSubstr("give --audit_keyring"));
+  auto chain_only = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify", "--no_signatures",
+                dir + "/audit.log"}},
+      absl::Seconds(30));
+  ASSERT_TRUE(chain_only.ok());
+  EXPECT_EQ(chain_only->exit_code, 0) << chain_only->output;
 }
 
 // A crash in the middle of an audit line (signetd's test-only hook writes
