@@ -201,17 +201,14 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
   bool checkpoint = false;
   if (signing->key.kid != previous.kid) {
     // The successor takes over.
-    AuditEvent line;
-    line.event = "audit_key";
-    line.caller = "signetd";
-    line.kid = signing->key.kid;
-    line.alg = "ES256";
-    line.result = "OK";
-    line.detail = absl::StrCat(
-        "audit key generation ", signing->key.generation,
-        " signs checkpoints from now on, after generation ",
-        previous.generation, " (", previous.kid, ")");
-    if (absl::Status st = log_->Append(line); !st.ok()) return st;
+    if (absl::Status st = Introduce(
+            log_, signing->key,
+            absl::StrCat("audit key generation ", signing->key.generation,
+                         " signs checkpoints from now on, after generation ",
+                         previous.generation, " (", previous.kid, ")"));
+        !st.ok()) {
+      return st;
+    }
     {
       absl::MutexLock lock(&mu_);
       current_ = signing->key;

@@ -1203,12 +1203,13 @@ void AuditLog::WriterLoop() {
     // its lines (this turn writes the batch and the checkpoint into it);
     // the next turn rolls over.
     bool closing_checkpoint = false;
-    if (RolloverDueLocked(now) && options_.sign_checkpoint &&
+    const bool rollover_due = RolloverDueLocked(now);
+    if (rollover_due && options_.sign_checkpoint &&
         !segment_closing_checkpoint_tried_ &&
         (last_checkpoint_seq_ + 1 < next_seq_ || !pending_.empty())) {
       closing_checkpoint = true;
       segment_closing_checkpoint_tried_ = true;
-    } else if (RolloverDueLocked(now)) {
+    } else if (rollover_due) {
       const std::string why =
           rollover_requested_
               ? std::string("a new segment was asked for (SIGHUP)")

@@ -1,11 +1,9 @@
 #include "server/audit_verify_command.h"
 
 #include <CLI/CLI.hpp>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 #include "hsm/public_key.h"
 #include "server/audit_verify.h"
 
@@ -29,15 +28,10 @@ int Verify(const std::string& path, const std::string& public_key_path,
            bool no_signatures, AuditVerifyOptions options) {
   std::optional<hsm::PublicKey> key;
   if (!public_key_path.empty()) {
-    std::ifstream in(public_key_path);
-    std::stringstream pem;
-    pem << in.rdbuf();
-    if (!in) {
-      return Fail(absl::StrCat("cannot read --audit_public_key ",
-                               public_key_path));
-    }
-    absl::StatusOr<hsm::PublicKey> parsed =
-        hsm::PublicKey::FromSpkiPem(pem.str());
+    absl::StatusOr<std::string> pem =
+        base::ReadSmallFile(public_key_path, "--audit_public_key");
+    if (!pem.ok()) return Fail(pem.status().message());
+    absl::StatusOr<hsm::PublicKey> parsed = hsm::PublicKey::FromSpkiPem(*pem);
     if (!parsed.ok()) {
       return Fail(absl::StrCat("--audit_public_key ", public_key_path, ": ",
                                parsed.status().message()));

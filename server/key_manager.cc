@@ -14,6 +14,18 @@
 #include "server/log.h"
 
 namespace signet::server {
+AuditEvent AuditEventOf(const rotation::KeyEvent& event,
+                        const std::string& caller) {
+  AuditEvent line;
+  line.event = event.event;
+  line.caller = caller;
+  line.scope = event.scope;
+  line.kid = event.kid;
+  line.result = event.ok ? "OK" : "FAILED";
+  line.detail = event.detail;
+  return line;
+}
+
 rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope) {
   rotation::ScopeKeyPolicy policy;
   policy.scope = scope.name();
@@ -112,14 +124,8 @@ KeyManager::KeyManager(hsm::KeyStore* store,
         } else {
           SIGNET_LOG_ERROR("{}: {}", e.event, e.detail);
         }
-        AuditEvent line;
-        line.event = e.event;
-        line.caller = acting_admin_.empty() ? "signetd" : acting_admin_;
-        line.scope = e.scope;
-        line.kid = e.kid;
-        line.result = e.ok ? "OK" : "FAILED";
-        line.detail = e.detail;
-        (void)audit_->Append(line);
+        (void)audit_->Append(AuditEventOf(
+            e, acting_admin_.empty() ? "signetd" : acting_admin_));
       },
       kill_at_write <= 0 ? std::function<void()>()
                          : [kill_at_write, writes = 0]() mutable {

@@ -36,6 +36,11 @@ namespace signet::server {
 
 using ScopeKeysMap = std::map<std::string, std::shared_ptr<const ScopeKeys>>;
 
+// The audit line of a lifecycle event, by `caller` ("signetd", or the
+// admin who caused it).
+AuditEvent AuditEventOf(const rotation::KeyEvent& event,
+                        const std::string& caller);
+
 // What rotation needs of a validated scope.
 rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope);
 

@@ -569,14 +569,10 @@ int Run() {
   absl::Status started = (*audit)->Append(start_event);
   if (!started.ok()) return Fail(started);
   for (const rotation::KeyEvent& e : audit_key_events) {
-    AuditEvent line;
-    line.event = e.event;
-    line.caller = "signetd";
-    line.scope = e.scope;
-    line.kid = e.kid;
-    line.result = e.ok ? "OK" : "FAILED";
-    line.detail = e.detail;
-    if (absl::Status st = (*audit)->Append(line); !st.ok()) return Fail(st);
+    if (absl::Status st = (*audit)->Append(AuditEventOf(e, "signetd"));
+        !st.ok()) {
+      return Fail(st);
+    }
   }
   // Which keys sign this run's checkpoints, each vouched for by a
   // checkpoint: audit-verify with the keyring checks this.
