@@ -41,6 +41,9 @@ class HealthService::Checker final : public OneRequestCall {
     }
     StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
   }
+  void OnRefusedRequest(const absl::Status& status) override {
+    Finish(service_->Refused(status));
+  }
 
   HealthService* const service_;
   grpc::ByteBuffer out_;
@@ -89,7 +92,15 @@ class HealthService::Watcher final : public OneRequestCall {
     if (end_with_) EndLocked(*end_with_);
   }
 
+  // A Watch may be ended by the client's reset (OnCancel) and by the failed
+  // read of its request both: each goes through End, which finishes once. (A
+  // second Finish is an assertion failure in gRPC that took signetd down:
+  // a client that reset a Watch before sending its request crashed it.)
   void OnCancel() override { End(grpc::Status::CANCELLED); }
+  void OnNoRequest(const grpc::Status& status) override { End(status); }
+  void OnRefusedRequest(const absl::Status& status) override {
+    End(service_->Refused(status));
+  }
 
   void OnDone() override {
     service_->Forget(this);
@@ -157,7 +168,7 @@ class HealthService::Watcher final : public OneRequestCall {
 
 HealthService::HealthService(
     int max_watchers, RequestWaits* waits,
-    std::function<void(grpc::StatusCode)> on_refused)
+    std::function<void(Refusal)> on_refused)
     : max_watchers_(max_watchers),
       waits_(waits),
       on_refused_(std::move(on_refused)) {
@@ -218,9 +229,17 @@ grpc::Status HealthService::Parse(const grpc::ByteBuffer& bytes,
                                   HealthCheckRequest* request) {
   absl::Status parsed = ParseMessage(bytes, request);
   if (parsed.ok()) return grpc::Status::OK;
-  if (on_refused_) on_refused_(grpc::StatusCode::INVALID_ARGUMENT);
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                      std::string(parsed.message()));
+  return Refused(parsed);
+}
+
+grpc::Status HealthService::Refused(const absl::Status& status) {
+  if (on_refused_) {
+    on_refused_(status.code() == absl::StatusCode::kInvalidArgument
+                    ? Refusal::kMalformed
+                    : Refusal::kOversized);
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
 }
 
 grpc::Status HealthService::Check(const std::string& service,
@@ -266,7 +285,7 @@ void HealthService::StartWatch(Watcher* watcher) {
     watcher->End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                               absl::StrCat(refused,
                                            "; use Check, or retry later")));
-    if (on_refused_) on_refused_(grpc::StatusCode::RESOURCE_EXHAUSTED);
+    if (on_refused_) on_refused_(Refusal::kWatch);
   }
 }
 

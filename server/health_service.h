@@ -34,11 +34,17 @@ namespace signet::server {
 
 class HealthService final : public OneRequestService {
  public:
-  // `on_refused` runs (on a gRPC thread, quickly) with the code of each
-  // refused Watch (RESOURCE_EXHAUSTED) and of each request that does not
-  // parse (INVALID_ARGUMENT). `waits` must outlive the service.
+  enum class Refusal {
+    kWatch,      // a Watch over the limits (RESOURCE_EXHAUSTED)
+    kMalformed,  // a request that does not parse or never came before the
+                 // half-close (INVALID_ARGUMENT)
+    kOversized,  // a request over the size limit (RESOURCE_EXHAUSTED)
+  };
+  // `on_refused` runs (on a gRPC thread, quickly) for each refusal, so that
+  // they are counted and audited in summaries. `waits` must outlive the
+  // service.
   HealthService(int max_watchers, RequestWaits* waits,
-                std::function<void(grpc::StatusCode)> on_refused);
+                std::function<void(Refusal)> on_refused);
   ~HealthService() override;
 
   // Sets `service`'s status ("" is the whole server) and tells its watchers.
@@ -64,6 +70,8 @@ class HealthService final : public OneRequestService {
   // does not parse.
   grpc::Status Parse(const grpc::ByteBuffer& bytes,
                      grpc::health::v1::HealthCheckRequest* request);
+  // Reports a refused request to on_refused; returns the answer.
+  grpc::Status Refused(const absl::Status& status);
   // Check's answer for `service`.
   grpc::Status Check(const std::string& service,
                      grpc::health::v1::HealthCheckResponse* response)
@@ -74,7 +82,7 @@ class HealthService final : public OneRequestService {
 
   const int max_watchers_;
   RequestWaits* const waits_;
-  const std::function<void(grpc::StatusCode)> on_refused_;
+  const std::function<void(Refusal)> on_refused_;
   mutable absl::Mutex mu_;
   std::map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);
   std::set<Watcher*> watchers_ ABSL_GUARDED_BY(mu_);

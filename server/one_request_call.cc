@@ -116,10 +116,25 @@ void OneRequestCall::Start() {
   waits_->watchdog().Watch(wait_);
 }
 
+void OneRequestCall::OnRefusedRequest(const absl::Status& status) {
+  Finish(grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message())));
+}
+
 void OneRequestCall::OnReadDone(bool ok) {
   waits_->Leave();
   // Lost: the watchdog has answered (or is answering) the call.
   if (!wait_->Finish(grpc::Status::OK)) return;
+  const int64_t limit = waits_->limits().max_request_bytes;
+  if (ok && limit > 0 && static_cast<int64_t>(request_.Length()) > limit) {
+    const size_t size = request_.Length();
+    request_.Clear();
+    OnRefusedRequest(absl::ResourceExhaustedError(absl::StrCat(
+        "the request message is ", size, " bytes, over signetd's limit of ",
+        limit,
+        " bytes (the largest legal request, a full SignJwtBatch); split it")));
+    return;
+  }
   if (ok) {
     OnRequest(request_);
     return;
@@ -131,13 +146,11 @@ void OneRequestCall::OnReadDone(bool ok) {
     OnNoRequest(grpc::Status::CANCELLED);
     return;
   }
-  // The client half-closed without a message, or its message was over the
-  // receive limit and gRPC refused it RESOURCE_EXHAUSTED itself (the two
-  // look the same here).
-  OnNoRequest(grpc::Status(
-      grpc::StatusCode::INVALID_ARGUMENT,
-      "the call carried no request message (or one over the receive limit, "
-      "refused RESOURCE_EXHAUSTED)"));
+  // The client half-closed without a message. (gRPC's own receive limit is
+  // off, so a message over it is not refused here unseen.)
+  OnRefusedRequest(absl::InvalidArgumentError(
+      "the call carried no request message; send one request with the "
+      "call"));
 }
 
 }  // namespace signet::server

@@ -64,6 +64,12 @@ struct RequestWaitLimits {
   // within `reset_window` is closed.
   int max_early_resets = 32;
   absl::Duration reset_window = absl::Seconds(10);
+  // The largest request message handled; a larger one is refused
+  // RESOURCE_EXHAUSTED (and audited by the service). 0: no limit. signet,
+  // not gRPC, checks it: gRPC 1.51 receives a message whole before its own
+  // limit refuses it anyway, and refuses it where no handler can see why,
+  // so the refusal could not be audited with the status the client got.
+  int64_t max_request_bytes = 0;
 };
 
 // The budget and the timer shared by every call still waiting for its
@@ -143,16 +149,25 @@ class OneRequestCall
 
   grpc::CallbackServerContext* context() const { return context_; }
 
-  // The request arrived (bytes, not checked). On a gRPC thread.
+  // The request arrived (bytes, within max_request_bytes, not parsed). On a
+  // gRPC thread.
   virtual void OnRequest(const grpc::ByteBuffer& request) = 0;
-  // No request will be handled, and `status` says why:
+  // The request is refused for what the client sent, and `status` says why
+  // (a refusal the service audits):
+  //   INVALID_ARGUMENT    the client half-closed without sending one;
+  //   RESOURCE_EXHAUSTED  it is over max_request_bytes.
+  // On a gRPC thread. The default answers `status`.
+  virtual void OnRefusedRequest(const absl::Status& status);
+  // No request will be handled, for a reason that is not the request's
+  // content, and `status` says why:
   //   RESOURCE_EXHAUSTED  it waited longest when too many were waiting;
   //   DEADLINE_EXCEEDED   it did not come within the timeout;
-  //   INVALID_ARGUMENT    the client half-closed without sending one;
   //   CANCELLED           the client went away;
   //   UNAVAILABLE         signetd is shutting down.
-  // On a gRPC thread or the watchdog's. The default answers `status`;
-  // subclasses may audit first.
+  // These come in floods and are counted (RequestWaits), not audited one by
+  // one. On a gRPC thread or the watchdog's. The default answers `status`;
+  // a subclass that also ends the call elsewhere (OnCancel) overrides both
+  // this and OnRefusedRequest, so that it finishes the call only once.
   virtual void OnNoRequest(const grpc::Status& status) { Finish(status); }
 
  private:
@@ -237,12 +252,8 @@ class TypedOneRequestCall final : public OneRequestCall {
     }
     handler_(context(), request, &reply->response, answer);
   }
-  void OnNoRequest(const grpc::Status& status) override {
-    if (status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
-      Finish(status);
-      return;
-    }
-    refuse_(context(), absl::InvalidArgumentError(status.error_message()),
+  void OnRefusedRequest(const absl::Status& status) override {
+    refuse_(context(), status,
             [this](const grpc::Status& answer) { Finish(answer); });
   }
 

@@ -851,8 +851,8 @@ class SignerService::UnaryCall final : public OneRequestCall {
               }};
     service_->Serve(call, bytes, reply_->response(), handler_);
   }
-  void OnNoRequest(const grpc::Status& status) override {
-    service_->NoRequest(
+  void OnRefusedRequest(const absl::Status& status) override {
+    service_->RefuseRequest(
         Call{context(), method_,
              [this](const grpc::Status& answer) { Finish(answer); }},
         status);
@@ -886,13 +886,10 @@ void SignerService::Serve(const Call& call, const grpc::ByteBuffer& bytes,
   (this->*handler)(call, parsed, response);
 }
 
-void SignerService::NoRequest(const Call& call, const grpc::Status& status) {
-  if (status.error_code() != grpc::StatusCode::INVALID_ARGUMENT) {
-    call.answer(status);
-    return;
-  }
+void SignerService::RefuseRequest(const Call& call,
+                                  const absl::Status& status) {
   const std::string caller = CallerOrEmpty(call.context);
-  Refuse(call, absl::InvalidArgumentError(status.error_message()), caller, "");
+  Refuse(call, status, caller, "");
 }
 
 }  // namespace signet::server

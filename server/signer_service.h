@@ -44,9 +44,10 @@ struct PublishedDocuments;  // server/publication.h
 
 // The largest request a caller may legally send: a SignJwtBatch of
 // `max_batch_size` claims sets of kMaxClaimsBytes each, with protobuf's
-// framing and a scope name. gRPC's receive limit is set to it (its 4 MiB
-// default refused legal batches with RESOURCE_EXHAUSTED, which clients
-// retry).
+// framing and a scope name. A larger request is refused
+// RESOURCE_EXHAUSTED and audited (RequestWaitLimits::max_request_bytes);
+// gRPC's own limit is off (its 4 MiB default refused legal batches, and it
+// refuses where signet cannot audit).
 constexpr int MaxRequestBytes(int max_batch_size) {
   return max_batch_size * (static_cast<int>(kMaxClaimsBytes) + 8) + 4096;
 }
@@ -127,9 +128,9 @@ class SignerService final : public OneRequestService {
   template <typename Request, typename Response>
   void Serve(const Call& call, const grpc::ByteBuffer& bytes,
              Response* response, Handler<Request, Response> handler);
-  // A call whose request never came: audited when the client half-closed
-  // without one (the others are counted by RequestWaits).
-  void NoRequest(const Call& call, const grpc::Status& status);
+  // A call whose request is refused before it is parsed (none came before
+  // the half-close, or it is over the size limit): audited and answered.
+  void RefuseRequest(const Call& call, const absl::Status& status);
 
   void HandleSignJwt(const Call& call, const signet::v1::SignJwtRequest& request,
                      signet::v1::SignJwtResponse* response);

@@ -354,6 +354,7 @@ int Run() {
       static_cast<int>(grpc_limits.max_calls_awaiting_request());
   wait_limits.timeout =
       absl::Seconds(grpc_limits.request_timeout_seconds());
+  wait_limits.max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
   ConnectionAcceptor* const connections = acceptor->get();
   RequestWaits request_waits(wait_limits,
                              [connections](const std::string& peer) {
@@ -370,12 +371,21 @@ int Run() {
   // Health is ours: gRPC's default service has no bound on Watch streams.
   std::atomic<uint64_t> refused_watches{0};
   std::atomic<uint64_t> malformed_health{0};
+  std::atomic<uint64_t> oversized_health{0};
   HealthService health_service(
       static_cast<int>(grpc_limits.max_health_watchers()), &request_waits,
-      [&refused_watches, &malformed_health](grpc::StatusCode code) {
-        (code == grpc::StatusCode::INVALID_ARGUMENT ? malformed_health
-                                                    : refused_watches)
-            .fetch_add(1);
+      [&](HealthService::Refusal refusal) {
+        switch (refusal) {
+          case HealthService::Refusal::kWatch:
+            refused_watches.fetch_add(1);
+            break;
+          case HealthService::Refusal::kMalformed:
+            malformed_health.fetch_add(1);
+            break;
+          case HealthService::Refusal::kOversized:
+            oversized_health.fetch_add(1);
+            break;
+        }
       });
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -414,8 +424,14 @@ int Run() {
   grpc::ResourceQuota quota("signetd");
   quota.Resize(static_cast<size_t>(grpc_limits.max_memory_mib()) << 20);
   builder.SetResourceQuota(quota);
+  // signet checks the request size itself (RequestWaitLimits): gRPC 1.51
+  // receives an over-limit message whole before it refuses it anyway, and
+  // refuses it where no handler sees why, so it could not be audited with
+  // the status the client got. (Reflection, off by default, is the one
+  // service without the check; its messages are received whole either
+  // way, within the memory quota.)
   const int max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
-  builder.SetMaxReceiveMessageSize(max_request_bytes);
+  builder.SetMaxReceiveMessageSize(-1);
   // No compressed requests: gRPC 1.51 decompresses a message whole before it
   // checks the size limit, so a 1.5 MB gzip of spaces grew signetd by
   // 1.7 GB. Claims gain nothing from compression; a compressed request is
@@ -796,8 +812,10 @@ int Run() {
       {[&] { return request_waits.evicted(); }, "RESOURCE_EXHAUSTED",
        "call(s) still waiting for their request message ended to make room "
        "(grpc.max_calls_awaiting_request)"},
+      {[&] { return oversized_health.load(); }, "RESOURCE_EXHAUSTED",
+       "health request(s) over the request size limit"},
       {[&] { return malformed_health.load(); }, "INVALID_ARGUMENT",
-       "health request(s) that did not parse"},
+       "health request(s) that did not parse or never came"},
       {[&] { return request_waits.timed_out(); }, "DEADLINE_EXCEEDED",
        "call(s) whose request message did not come in time "
        "(grpc.request_timeout_seconds)"},

@@ -36,6 +36,7 @@
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/pki.h"
 #include "tests/testing/process.h"
+#include "tests/testing/raw_grpc.h"
 #include "tests/testing/signetd_process.h"
 #include "tests/testing/test_bed.h"
 
@@ -45,6 +46,7 @@ namespace {
 using ::grpc::health::v1::Health;
 using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::SignetdOptions;
@@ -502,6 +504,30 @@ TEST_F(HostileGrpcTest, TheLargestLegalBatchIsSignedAndALargerOneRefused) {
   grpc::Status st = stub->SignJwtBatch(&ctx, batch, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << st.error_message();
+  // signet refuses it, not gRPC: a message that says what to do, and an
+  // audit line with the status the client got (gRPC refused it unseen, and
+  // the line said INVALID_ARGUMENT).
+  EXPECT_THAT(st.error_message(),
+              AllOf(HasSubstr("bytes, over signetd's limit of 16783360"),
+                    HasSubstr("split it")));
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "\"result\":\"RESOURCE_EXHAUSTED\"",
+                              "\"detail\":\"SignJwtBatch\""}),
+              HasSubstr("\"caller\":\"uri:spiffe://signet.test/tenant/idp\""));
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "SignJwtBatch"}),
+              Not(HasSubstr("INVALID_ARGUMENT")));
+  // The same for a certificate the Signer refuses: refused for the size
+  // before anything else, and the line says why.
+  auto unidentified = v1::Signer::NewStub(Channel(no_eku_, true));
+  grpc::ClientContext ctx2;
+  Deadline(ctx2, 60);
+  st = unidentified->SignJwtBatch(&ctx2, batch, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << st.error_message();
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
+                              "\"caller\":\"unidentified\"",
+                              "\"result\":\"RESOURCE_EXHAUSTED\""}),
+              HasSubstr("over signetd's limit"));
 }
 
 // Item 4 (c) is pinned by key_rotation_test (a scope whose last key retired
@@ -1165,6 +1191,85 @@ TEST_F(HostileGrpcTest, AConnectionThatResetsCallsBeforeTheirRequestIsClosed) {
   void* tag;
   bool ok;
   while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// Found while fixing the audit of oversized requests: a client that reset a
+// Health/Watch stream before sending its request made the watch finish
+// twice (once for the reset, once for the failed read), a gRPC assertion
+// that took signetd down. Any certificate of the CA reaches health.
+TEST_F(HostileGrpcTest, ResettingHealthWatchesBeforeTheirRequestIsHarmless) {
+  auto signetd = Start("watch-reset");
+  ASSERT_NE(signetd, nullptr);
+  // Under the rapid-reset limit per connection (32 in 10 s), over several
+  // connections, some reset at once and some a moment after the headers.
+  for (int round = 0; round < 6; ++round) {
+    auto channel = Channel(no_eku_, /*own_connection=*/true);
+    ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() +
+                                          std::chrono::seconds(20)))
+        << "round " << round << "\n"
+        << signetd->Output();
+    grpc::GenericStub stub(channel);
+    grpc::CompletionQueue cq;
+    for (int i = 0; i < 24; ++i) {
+      grpc::ClientContext ctx;
+      auto call = stub.PrepareCall(&ctx, "/grpc.health.v1.Health/Watch", &cq);
+      call->StartCall(reinterpret_cast<void*>(1));
+      void* tag = nullptr;
+      bool ok = false;
+      ASSERT_TRUE(cq.Next(&tag, &ok));
+      ASSERT_TRUE(ok) << "round " << round << " call " << i << "\n"
+                      << signetd->Output();
+      if (i % 2 == 1) absl::SleepFor(absl::Milliseconds(1));
+      ctx.TryCancel();  // RST_STREAM before any message
+      grpc::Status status;
+      call->Finish(&status, reinterpret_cast<void*>(2));
+      ASSERT_TRUE(cq.Next(&tag, &ok));
+    }
+    cq.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) {
+    }
+  }
+  // Still up and serving: a watch from another tenant says SERVING, and a
+  // token is signed.
+  auto channel = Channel(tenant_, /*own_connection=*/true);
+  HealthWatch watch(channel, "");
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(10)))
+      << signetd->Output();
+  auto stub = v1::Signer::NewStub(channel);
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok()) << signetd->Output();
+  EXPECT_THAT(signetd->Output(), Not(HasSubstr("assertion failed")));
+}
+
+// A legal grpc-timeout of 9999999H (8 digits, the protocol's most; 1,141
+// years) overflowed std::chrono's nanoseconds in the Signer's deadline and
+// read as long past: every such call was answered DEADLINE_EXCEEDED at
+// once. gRPC's own client caps the header at 99,999 hours, so the call is
+// written frame by frame.
+TEST_F(HostileGrpcTest, AFarDeadlineIsServedWithinSignetsOwnTimeLimit) {
+  auto signetd = Start("far-deadline");
+  ASSERT_NE(signetd, nullptr);
+  v1::SignJwtRequest req;
+  req.set_scope(kScope);
+  req.set_claims_json(Claims());
+  for (const char* timeout : {"9999999H", "99999999M", "20S"}) {
+    testing::RawGrpcCall call;
+    call.port = port_;
+    call.cert_pem = tenant_->cert_pem;
+    call.key_pem = tenant_->key_pem;
+    call.path = "/signet.v1.Signer/SignJwt";
+    call.headers = {{"grpc-timeout", timeout}};
+    call.message = req.SerializeAsString();
+    absl::StatusOr<testing::RawGrpcAnswer> answer = testing::RawGrpcUnary(call);
+    ASSERT_TRUE(answer.ok()) << timeout << ": " << answer.status();
+    ASSERT_TRUE(answer->has_message)
+        << "grpc-timeout " << timeout << ": no token (answered without one)";
+    v1::SignJwtResponse resp;
+    ASSERT_TRUE(resp.ParseFromString(answer->message)) << timeout;
+    EXPECT_EQ(std::count(resp.jws().begin(), resp.jws().end(), '.'), 2)
+        << timeout << ": " << resp.jws();
   }
 }
 
