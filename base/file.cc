@@ -38,9 +38,9 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
         absl::StrCat("cannot read ", what, " ", path, ": not a regular file"));
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read ", what, " ", path, ": larger than ",
-                     max_bytes, " bytes"));
+    return absl::FailedPreconditionError(absl::StrCat("cannot read ", what, " ",
+                                                      path, ": larger than ",
+                                                      max_bytes, " bytes"));
   }
   // One buffer, sized once: a file that grows meanwhile is cut at its size
   // when opened, plus one byte to notice it.

@@ -50,11 +50,10 @@ TEST_F(ReadSmallFileTest, ErrorsNameTheFileAndWhatItIs) {
   EXPECT_THAT(missing.status().message(),
               HasSubstr("cannot read tls.key_file " + dir_ + "/none"));
   auto directory = ReadSmallFile(dir_, "tls.key_file");
-  EXPECT_EQ(directory.status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(directory.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(directory.status().message(), HasSubstr("not a regular file"));
-  auto large = ReadSmallFile(Write("large", std::string(100, 'x')),
-                             "tls.cert_file", 99);
+  auto large =
+      ReadSmallFile(Write("large", std::string(100, 'x')), "tls.cert_file", 99);
   EXPECT_EQ(large.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(large.status().message(), HasSubstr("larger than 99 bytes"));
   const std::string fifo = dir_ + "/fifo";

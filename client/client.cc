@@ -311,7 +311,8 @@ absl::StatusOr<v1::SignJwtBatchResponse> Client::SignJwtBatch(
   for (const std::string& claims : claims_json) {
     request.add_claims_json(claims);
   }
-  return Unary(stub_.get(), "SignJwtBatch", request, &v1::Signer::Stub::SignJwtBatch);
+  return Unary(stub_.get(), "SignJwtBatch", request,
+               &v1::Signer::Stub::SignJwtBatch);
 }
 
 absl::StatusOr<v1::SignResponse> Client::SignPayload(
@@ -340,7 +341,8 @@ absl::StatusOr<v1::GetPublicKeysResponse> Client::GetPublicKeys(
     absl::string_view scope) {
   v1::GetPublicKeysRequest request;
   request.set_scope(std::string(scope));
-  return Unary(stub_.get(), "GetPublicKeys", request, &v1::Signer::Stub::GetPublicKeys);
+  return Unary(stub_.get(), "GetPublicKeys", request,
+               &v1::Signer::Stub::GetPublicKeys);
 }
 
 absl::StatusOr<v1::ListScopesResponse> Client::ListScopes() {

@@ -157,10 +157,11 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   // One RPC through Call(): the response of the last attempt.
   template <typename Stub, typename Request, typename Response>
-  absl::StatusOr<Response> Unary(
-      Stub* stub, absl::string_view method, const Request& request,
-      grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&,
-                                Response*));
+  absl::StatusOr<Response> Unary(Stub* stub, absl::string_view method,
+                                 const Request& request,
+                                 grpc::Status (Stub::*rpc)(grpc::ClientContext*,
+                                                           const Request&,
+                                                           Response*));
 
   std::unique_ptr<v1::Signer::Stub> stub_;
   std::unique_ptr<v1::Admin::Stub> admin_stub_;

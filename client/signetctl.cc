@@ -406,7 +406,8 @@ int PrintJson(const google::protobuf::Message& message) {
   options.preserve_proto_field_names = true;
   options.always_print_primitive_fields = true;
   std::string json;
-  auto st = google::protobuf::util::MessageToJsonString(message, &json, options);
+  auto st =
+      google::protobuf::util::MessageToJsonString(message, &json, options);
   if (!st.ok()) {
     return Fail(absl::InternalError(std::string(st.message())));
   }
@@ -450,7 +451,8 @@ int ScopesList(const Connection& c, bool json) {
   for (const v1::ScopeSummary& s : response->scopes()) {
     rows.push_back({s.name(), s.audience_class(), s.purpose(), s.algorithm(),
                     OrDash(s.active_kid()), OrDash(s.standby_kid()),
-                    OrDash(s.next_transition()), OrDash(s.next_transition_at())});
+                    OrDash(s.next_transition()),
+                    OrDash(s.next_transition_at())});
   }
   return PrintTable({"SCOPE", "CLASS", "PURPOSE", "ALG", "ACTIVE KID",
                      "STANDBY KID", "NEXT", "AT"},
@@ -497,7 +499,8 @@ int KeysRotate(const Connection& c, const std::string& scope, bool now,
   request.set_mode(now ? v1::IMMEDIATE : v1::PLANNED);
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   Verbose(absl::StrCat("request id ", request.request_id()));
-  absl::StatusOr<v1::RotateKeyResponse> response = (*client)->RotateKey(request);
+  absl::StatusOr<v1::RotateKeyResponse> response =
+      (*client)->RotateKey(request);
   if (!response.ok()) return Fail(response.status());
   if (!response->warning().empty()) {
     std::cerr << "signetctl: warning: " << response->warning() << std::endl;
@@ -526,7 +529,8 @@ int KeysRevoke(const Connection& c, const std::string& scope,
   request.set_reason(reason);
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   Verbose(absl::StrCat("request id ", request.request_id()));
-  absl::StatusOr<v1::RevokeKeyResponse> response = (*client)->RevokeKey(request);
+  absl::StatusOr<v1::RevokeKeyResponse> response =
+      (*client)->RevokeKey(request);
   if (!response.ok()) return Fail(response.status());
   if (!response->warning().empty()) {
     std::cerr << "signetctl: warning: " << response->warning() << std::endl;
@@ -552,11 +556,12 @@ int Status(const Connection& c, bool json) {
       "hsm:        ", r.hsm_reachable() ? "reachable" : "NOT reachable",
       r.hsm_detail().empty() ? "" : absl::StrCat(" (", r.hsm_detail(), ")"),
       "; ", r.sessions_in_use(), " of ", r.sessions_total(),
-      " sessions in use\n", "audit log:  ",
-      r.audit_writable() ? "writable" : "NOT writable",
+      " sessions in use\n",
+      "audit log:  ", r.audit_writable() ? "writable" : "NOT writable",
       r.audit_detail().empty() ? "" : absl::StrCat(" (", r.audit_detail(), ")"),
       "\n", "keys:       ",
-      r.key_writer() ? "this replica writes keys" : "replica (never_create_keys)",
+      r.key_writer() ? "this replica writes keys"
+                     : "replica (never_create_keys)",
       "; last reconcile ", OrDash(r.last_reconcile_at()),
       r.last_reconcile_error().empty()
           ? ""
@@ -570,9 +575,9 @@ int Status(const Connection& c, bool json) {
                     OrDash(s.next_transition()), OrDash(s.next_transition_at()),
                     OrDash(s.clock_anomaly())});
   }
-  return PrintTable({"SCOPE", "HEALTH", "ACTIVE KID", "STANDBY KID", "NEXT",
-                     "AT", "CLOCK"},
-                    rows);
+  return PrintTable(
+      {"SCOPE", "HEALTH", "ACTIVE KID", "STANDBY KID", "NEXT", "AT", "CLOCK"},
+      rows);
 }
 
 int Run(int argc, char** argv) {
@@ -659,8 +664,8 @@ int Run(int argc, char** argv) {
 
   CLI::App* keys_cmd = app.add_subcommand("keys", "operators: keys");
   keys_cmd->require_subcommand(1);
-  CLI::App* keys_list =
-      keys_cmd->add_subcommand("list", "every key of a scope, with its schedule");
+  CLI::App* keys_list = keys_cmd->add_subcommand(
+      "list", "every key of a scope, with its schedule");
   keys_list->add_option("SCOPE", scope, "the scope")->required();
   add_json(keys_list);
   AddConnectionOptions(keys_list, &admin_connection);
@@ -689,7 +694,8 @@ int Run(int argc, char** argv) {
   AddConnectionOptions(keys_revoke, &admin_connection);
 
   CLI::App* status = app.add_subcommand(
-      "status", "operators: what this replica can do now, and each scope's keys");
+      "status",
+      "operators: what this replica can do now, and each scope's keys");
   add_json(status);
   AddConnectionOptions(status, &admin_connection);
 

@@ -56,13 +56,11 @@ absl::string_view EcParamsDer(SignatureAlgorithm a) {
 
 absl::Status ValidateKeySpec(const KeySpec& spec) {
   if (IsEcdsa(spec.algorithm)) return absl::OkStatus();
-  if (spec.rsa_bits == 2048 || spec.rsa_bits == 3072 ||
-      spec.rsa_bits == 4096) {
+  if (spec.rsa_bits == 2048 || spec.rsa_bits == 3072 || spec.rsa_bits == 4096) {
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("RSA key size must be 2048, 3072 or 4096 bits, not ",
-                   spec.rsa_bits));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "RSA key size must be 2048, 3072 or 4096 bits, not ", spec.rsa_bits));
 }
 
 }  // namespace signet::hsm

@@ -36,7 +36,8 @@ inline bool IsEcdsa(SignatureAlgorithm a) {
          a == SignatureAlgorithm::kEcdsaP384Sha384;
 }
 
-// The one mechanism a key of this algorithm is allowed (CKA_ALLOWED_MECHANISMS).
+// The one mechanism a key of this algorithm is allowed
+// (CKA_ALLOWED_MECHANISMS).
 CK_MECHANISM_TYPE SignMechanism(SignatureAlgorithm a);
 
 // The key pair generation mechanism (CKM_EC_KEY_PAIR_GEN or

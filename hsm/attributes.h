@@ -22,13 +22,13 @@ class AttributeTemplate {
     return Bytes(type, absl::string_view(value ? "\x01" : "\x00", 1));
   }
   AttributeTemplate& Ulong(CK_ATTRIBUTE_TYPE type, CK_ULONG value) {
-    return Bytes(type,
-                 absl::string_view(reinterpret_cast<const char*>(&value),
-                                   sizeof(value)));
+    return Bytes(type, absl::string_view(reinterpret_cast<const char*>(&value),
+                                         sizeof(value)));
   }
   AttributeTemplate& Bytes(CK_ATTRIBUTE_TYPE type, absl::string_view value) {
     std::string& stored = storage_.emplace_back(value);
-    attrs_.push_back({type, stored.data(), static_cast<CK_ULONG>(stored.size())});
+    attrs_.push_back(
+        {type, stored.data(), static_cast<CK_ULONG>(stored.size())});
     return *this;
   }
   CK_ATTRIBUTE* data() { return attrs_.data(); }

@@ -186,8 +186,7 @@ class FaultInjectingConnection : public ModuleConnection {
     auto bools = injector_->bool_overrides();
     for (CK_ULONG i = 0; i < n; ++i) {
       auto it = bools.find(t[i].type);
-      if (it != bools.end() && t[i].pValue != nullptr &&
-          t[i].ulValueLen == 1) {
+      if (it != bools.end() && t[i].pValue != nullptr && t[i].ulValueLen == 1) {
         *static_cast<CK_BBOOL*>(t[i].pValue) = it->second ? CK_TRUE : CK_FALSE;
       }
     }

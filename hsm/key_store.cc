@@ -61,8 +61,8 @@ absl::StatusOr<std::string> ReadAttribute(SessionPool::Lease& lease,
     attr.ulValueLen = static_cast<CK_ULONG>(buf.size());
     return lease.api().GetAttributeValue(lease.session(), object, &attr, 1);
   });
-  absl::Status st = lease.Check(rv, absl::StrCat("C_GetAttributeValue(", what,
-                                                 ")"));
+  absl::Status st =
+      lease.Check(rv, absl::StrCat("C_GetAttributeValue(", what, ")"));
   if (!st.ok()) return st;
   if (attr.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
       attr.ulValueLen > buf.size()) {
@@ -114,8 +114,8 @@ absl::StatusOr<CK_OBJECT_HANDLE> FindUnique(Pkcs11Api& api,
   if (*rv != CKR_OK) return CkrStatus(*rv, "C_FindObjects");
   const char* kind = cls == CKO_PRIVATE_KEY ? "private" : "public";
   if (found.empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("no ", kind, " key with id ", Hex(key_id), " in the token"));
+    return absl::NotFoundError(absl::StrCat("no ", kind, " key with id ",
+                                            Hex(key_id), " in the token"));
   }
   if (found.size() > 1) {
     return absl::FailedPreconditionError(
@@ -221,8 +221,8 @@ absl::Status Pkcs11KeyStore::CheckAlgorithmSupported(const KeySpec& spec) {
        {KeyGenMechanism(spec.algorithm), SignMechanism(spec.algorithm)}) {
     if (std::find(mechs.begin(), mechs.end(), needed) == mechs.end()) {
       return absl::UnimplementedError(absl::StrCat(
-          "the HSM cannot do ", AlgorithmName(spec.algorithm),
-          ": mechanism 0x", absl::Hex(needed), " is not in its mechanism list"));
+          "the HSM cannot do ", AlgorithmName(spec.algorithm), ": mechanism 0x",
+          absl::Hex(needed), " is not in its mechanism list"));
     }
     CK_MECHANISM_INFO info;
     st = lease->Check(lease->api().GetMechanismInfo(lease->connection().slot(),
@@ -236,10 +236,10 @@ absl::Status Pkcs11KeyStore::CheckAlgorithmSupported(const KeySpec& spec) {
     }
     if (bits < static_cast<int>(info.ulMinKeySize) ||
         bits > static_cast<int>(info.ulMaxKeySize)) {
-      return absl::UnimplementedError(absl::StrCat(
-          "the HSM cannot do ", AlgorithmName(spec.algorithm), " with ", bits,
-          "-bit keys (it supports ", info.ulMinKeySize, " to ",
-          info.ulMaxKeySize, ")"));
+      return absl::UnimplementedError(
+          absl::StrCat("the HSM cannot do ", AlgorithmName(spec.algorithm),
+                       " with ", bits, "-bit keys (it supports ",
+                       info.ulMinKeySize, " to ", info.ulMaxKeySize, ")"));
     }
   }
   return absl::OkStatus();
@@ -412,7 +412,8 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
   for (const BoolCheck& check : kChecks) {
     absl::StatusOr<bool> v = ReadBool(lease, priv, check.type, check.name);
     if (!v.ok()) {
-      if (v.status().code() == absl::StatusCode::kUnavailable) return v.status();
+      if (v.status().code() == absl::StatusCode::kUnavailable)
+        return v.status();
       return Unfit(key_id, absl::StrCat(check.name, " cannot be read (",
                                         v.status().message(), ")"));
     }
@@ -423,18 +424,17 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
     }
   }
 
-  absl::StatusOr<std::string> key_type =
-      ReadAttribute(lease, priv, CKA_KEY_TYPE, sizeof(CK_KEY_TYPE),
-                    "CKA_KEY_TYPE");
+  absl::StatusOr<std::string> key_type = ReadAttribute(
+      lease, priv, CKA_KEY_TYPE, sizeof(CK_KEY_TYPE), "CKA_KEY_TYPE");
   if (!key_type.ok()) return key_type.status();
   CK_KEY_TYPE type;
-  std::memcpy(&type, key_type->data(), std::min(key_type->size(), sizeof(type)));
+  std::memcpy(&type, key_type->data(),
+              std::min(key_type->size(), sizeof(type)));
   const bool ec = IsEcdsa(expected.algorithm);
   if (type != (ec ? CKK_EC : CKK_RSA)) {
-    return Unfit(key_id, absl::StrCat("key type is not the ",
-                                      ec ? "EC" : "RSA", " key ",
-                                      AlgorithmName(expected.algorithm),
-                                      " needs"));
+    return Unfit(
+        key_id, absl::StrCat("key type is not the ", ec ? "EC" : "RSA", " key ",
+                             AlgorithmName(expected.algorithm), " needs"));
   }
 
   // Preallocated: a NULL size query for this attribute through
@@ -482,9 +482,9 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
         ReadAttribute(lease, pub, CKA_EC_PARAMS, 64, "CKA_EC_PARAMS");
     if (!params.ok()) return params.status();
     if (*params != EcParamsDer(expected.algorithm)) {
-      return Unfit(key_id, absl::StrCat("the curve is not the one ",
-                                        AlgorithmName(expected.algorithm),
-                                        " needs"));
+      return Unfit(key_id,
+                   absl::StrCat("the curve is not the one ",
+                                AlgorithmName(expected.algorithm), " needs"));
     }
     absl::StatusOr<std::string> point =
         ReadAttribute(lease, pub, CKA_EC_POINT, 256, "CKA_EC_POINT");
@@ -534,8 +534,9 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
   absl::Status verified =
       key.public_key->VerifyDigest(expected.algorithm, digest, *sig);
   if (!verified.ok()) {
-    return Unfit(key_id, "pairwise test: the HSM's signature does not verify "
-                         "with the token's public key");
+    return Unfit(key_id,
+                 "pairwise test: the HSM's signature does not verify "
+                 "with the token's public key");
   }
 
   return key;
@@ -622,16 +623,17 @@ absl::StatusOr<std::shared_ptr<const LoadedKey>> Pkcs11KeyStore::LoadedKeyFor(
         "key ", Hex(key_id), " has not passed the load-time checks"));
   }
   if (digest.size() != DigestLength(key->spec.algorithm)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "digest is ", digest.size(), " bytes; ",
-        AlgorithmName(key->spec.algorithm), " needs ",
-        DigestLength(key->spec.algorithm)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("digest is ", digest.size(), " bytes; ",
+                     AlgorithmName(key->spec.algorithm), " needs ",
+                     DigestLength(key->spec.algorithm)));
   }
   return key;
 }
 
-absl::StatusOr<std::string> Pkcs11KeyStore::SignDigest(
-    absl::string_view key_id, absl::string_view digest, absl::Time deadline) {
+absl::StatusOr<std::string> Pkcs11KeyStore::SignDigest(absl::string_view key_id,
+                                                       absl::string_view digest,
+                                                       absl::Time deadline) {
   absl::StatusOr<std::shared_ptr<const LoadedKey>> key =
       LoadedKeyFor(key_id, digest);
   if (!key.ok()) return key.status();
@@ -748,9 +750,9 @@ absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
       FindRecords(*lease, key_id);
   if (!records.ok()) return records.status();
   for (const auto& [generation, handle] : *records) {
-    absl::Status st = lease->Check(
-        lease->api().DestroyObject(lease->session(), handle),
-        "C_DestroyObject(record)");
+    absl::Status st =
+        lease->Check(lease->api().DestroyObject(lease->session(), handle),
+                     "C_DestroyObject(record)");
     if (!st.ok()) return st;
   }
   pool_->DropCachedHandles(key_id);
@@ -800,10 +802,10 @@ absl::StatusOr<uint64_t> Pkcs11KeyStore::WriteRecord(absl::string_view key_id,
       .Bytes(CKA_APPLICATION, kRecordApplication)
       .Bytes(CKA_VALUE, absl::StrCat(EncodeGeneration(generation), bytes));
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  absl::Status st = lease->Check(
-      lease->api().CreateObject(lease->session(), templ.data(), templ.size(),
-                                &handle),
-      "C_CreateObject(record)");
+  absl::Status st =
+      lease->Check(lease->api().CreateObject(lease->session(), templ.data(),
+                                             templ.size(), &handle),
+                   "C_CreateObject(record)");
   if (!st.ok()) return st;
   // Only now that n+1 exists may n go: a crash in between leaves both, and
   // readers take the highest.
@@ -843,8 +845,7 @@ Pkcs11KeyStore::ReadAllRecords() {
   absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
   if (!lease.ok()) return lease.status();
   AttributeTemplate templ;
-  templ.Ulong(CKA_CLASS, CKO_DATA)
-      .Bytes(CKA_APPLICATION, kRecordApplication);
+  templ.Ulong(CKA_CLASS, CKO_DATA).Bytes(CKA_APPLICATION, kRecordApplication);
   absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(*lease, templ);
   if (!found.ok()) return found.status();
   std::map<std::string, StoredRecord> out;

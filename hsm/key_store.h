@@ -189,8 +189,7 @@ class Pkcs11KeyStore : public KeyStore {
                                        absl::string_view bytes) override;
   absl::StatusOr<std::optional<StoredRecord>> ReadRecord(
       absl::string_view key_id) override;
-  absl::StatusOr<std::map<std::string, StoredRecord>> ReadAllRecords()
-      override;
+  absl::StatusOr<std::map<std::string, StoredRecord>> ReadAllRecords() override;
 
   // Longest time SignDigests holds one session before it gives it back
   // and takes the next free one (far below SessionPoolOptions'

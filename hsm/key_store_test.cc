@@ -155,9 +155,11 @@ TEST_P(KeyStoreAlgorithmTest, GeneratesLoadsAndSignsAVerifiableDigest) {
   ASSERT_TRUE(digest.ok());
   auto sig = store_->SignDigest(*id, *digest, Later());
   ASSERT_TRUE(sig.ok()) << sig.status();
-  EXPECT_TRUE(key->public_key->VerifyDigest(spec.algorithm, *digest, *sig).ok());
+  EXPECT_TRUE(
+      key->public_key->VerifyDigest(spec.algorithm, *digest, *sig).ok());
   auto other = DigestFor(spec.algorithm, "header.claimz");
-  EXPECT_FALSE(key->public_key->VerifyDigest(spec.algorithm, *other, *sig).ok());
+  EXPECT_FALSE(
+      key->public_key->VerifyDigest(spec.algorithm, *other, *sig).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -170,18 +172,18 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST_F(KeyStoreTest, RefusesAnAlgorithmTheTokenCannotDo) {
   injector_->HideMechanism(CKM_RSA_PKCS_PSS);
-  absl::Status st =
-      store_->CheckAlgorithmSupported({SignatureAlgorithm::kRsaPssSha256, 2048});
+  absl::Status st = store_->CheckAlgorithmSupported(
+      {SignatureAlgorithm::kRsaPssSha256, 2048});
   EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(st.message(), HasSubstr("PS256"));
   EXPECT_TRUE(
       store_->CheckAlgorithmSupported({SignatureAlgorithm::kEcdsaP256Sha256})
           .ok());
-  EXPECT_EQ(store_
-                ->CheckAlgorithmSupported(
-                    {SignatureAlgorithm::kRsaPkcs1Sha256, 1024})
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      store_
+          ->CheckAlgorithmSupported({SignatureAlgorithm::kRsaPkcs1Sha256, 1024})
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 struct BoolCheckCase {
@@ -251,7 +253,8 @@ TEST_F(KeyStoreTest, RefusesAKeyOfAnotherAlgorithmThanExpected) {
   EXPECT_EQ(as_p384.status().code(), absl::StatusCode::kFailedPrecondition);
   auto as_rsa = store_->LoadKey(*id, {SignatureAlgorithm::kRsaPkcs1Sha256});
   EXPECT_EQ(as_rsa.status().code(), absl::StatusCode::kFailedPrecondition);
-  auto rsa = store_->GenerateKeyPair({SignatureAlgorithm::kRsaPkcs1Sha256, 2048});
+  auto rsa =
+      store_->GenerateKeyPair({SignatureAlgorithm::kRsaPkcs1Sha256, 2048});
   ASSERT_TRUE(rsa.ok());
   // Same key type, other mechanism: CKA_ALLOWED_MECHANISMS tells them apart.
   auto as_pss =
@@ -361,9 +364,9 @@ TEST_F(KeyStoreTest, RefusesAnImportedKey) {
       .Bytes(CKA_EC_PARAMS, EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256))
       .Bytes(CKA_EC_POINT, ec_point);
   CK_OBJECT_HANDLE h;
-  ASSERT_EQ(lease->api().CreateObject(lease->session(), priv.data(),
-                                      priv.size(), &h),
-            CKR_OK);
+  ASSERT_EQ(
+      lease->api().CreateObject(lease->session(), priv.data(), priv.size(), &h),
+      CKR_OK);
   ASSERT_EQ(
       lease->api().CreateObject(lease->session(), pub.data(), pub.size(), &h),
       CKR_OK);
@@ -375,8 +378,10 @@ TEST_F(KeyStoreTest, RefusesAnImportedKey) {
 
 TEST_F(KeyStoreTest, SigningNeverSearchesAfterTheHandlesAreCached) {
   LoadedKey key = NewEs256();
-  ASSERT_TRUE(store_->SignDigest(key.key_id, std::string(32, 'a'), Later()).ok());
-  ASSERT_TRUE(store_->SignDigest(key.key_id, std::string(32, 'b'), Later()).ok());
+  ASSERT_TRUE(
+      store_->SignDigest(key.key_id, std::string(32, 'a'), Later()).ok());
+  ASSERT_TRUE(
+      store_->SignDigest(key.key_id, std::string(32, 'b'), Later()).ok());
   const int finds = injector_->Calls("C_FindObjects");
   for (int i = 0; i < 20; ++i) {
     ASSERT_TRUE(
@@ -615,7 +620,8 @@ TEST_F(KeyStoreTest, DeviceErrorIsUnavailableThenTheLayerRecovers) {
   // One connection, so the next sign must wait for the reconnect.
   ASSERT_NO_FATAL_FAILURE(UseOneConnection());
   LoadedKey key = NewEs256();
-  ASSERT_TRUE(store_->SignDigest(key.key_id, std::string(32, 'a'), Later()).ok());
+  ASSERT_TRUE(
+      store_->SignDigest(key.key_id, std::string(32, 'a'), Later()).ok());
   const int connects = injector_->Connects();
   const int finds = injector_->Calls("C_FindObjects");
   injector_->Fail("C_Sign", CKR_DEVICE_ERROR, 1);
@@ -627,10 +633,10 @@ TEST_F(KeyStoreTest, DeviceErrorIsUnavailableThenTheLayerRecovers) {
   for (int i = 0; i < 4; ++i) {
     auto sig = store_->SignDigest(key.key_id, digest, Later());
     ASSERT_TRUE(sig.ok()) << sig.status();
-    EXPECT_TRUE(key.public_key
-                    ->VerifyDigest(SignatureAlgorithm::kEcdsaP256Sha256, digest,
-                                   *sig)
-                    .ok());
+    EXPECT_TRUE(
+        key.public_key
+            ->VerifyDigest(SignatureAlgorithm::kEcdsaP256Sha256, digest, *sig)
+            .ok());
   }
   EXPECT_GT(injector_->Connects(), connects);
   EXPECT_GT(injector_->Calls("C_FindObjects"), finds);
@@ -752,10 +758,9 @@ TEST_F(KeyStoreTest, RecordsAreBinarySafeAndBounded) {
   std::string binary("\x00\x01\xff\x00zz", 6);
   ASSERT_TRUE(store_->WriteRecord(key.key_id, binary).ok());
   EXPECT_EQ((*store_->ReadRecord(key.key_id))->bytes, binary);
-  EXPECT_EQ(store_->WriteRecord(key.key_id, std::string(20000, 'x'))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      store_->WriteRecord(key.key_id, std::string(20000, 'x')).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(KeyStoreTest, DestroyRemovesTheKeyPairAndItsRecords) {

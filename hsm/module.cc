@@ -125,8 +125,7 @@ absl::StatusOr<std::unique_ptr<P11KitConnector>> P11KitConnector::Create(
       return absl::InvalidArgumentError(
           "hsm.p11_kit_server_address is required with p11-kit-client.so");
     }
-    setenv("P11_KIT_SERVER_ADDRESS", options.p11_kit_server_address.c_str(),
-           1);
+    setenv("P11_KIT_SERVER_ADDRESS", options.p11_kit_server_address.c_str(), 1);
   }
   return std::unique_ptr<P11KitConnector>(
       new P11KitConnector(options.module_path, in_process));

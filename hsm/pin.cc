@@ -78,8 +78,8 @@ absl::StatusOr<Pin> Pin::FromFile(absl::string_view path) {
         "PIN in ", path, " is longer than ", kMaxPinLength, " bytes"));
   }
   if (pin.bytes_.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("PIN file ", path,
-                                                   " is empty"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("PIN file ", path, " is empty"));
   }
   return pin;
 }

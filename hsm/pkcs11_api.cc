@@ -38,8 +38,7 @@ CK_RV FunctionListApi::GetMechanismList(CK_SLOT_ID slot,
   return rv;
 }
 
-CK_RV FunctionListApi::GetMechanismInfo(CK_SLOT_ID slot,
-                                        CK_MECHANISM_TYPE type,
+CK_RV FunctionListApi::GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
                                         CK_MECHANISM_INFO* info) {
   return functions_->C_GetMechanismInfo(slot, type, info);
 }
@@ -111,10 +110,9 @@ CK_RV FunctionListApi::SignInit(CK_SESSION_HANDLE session,
 
 CK_RV FunctionListApi::Sign(CK_SESSION_HANDLE session,
                             const unsigned char* data, CK_ULONG data_len,
-                            unsigned char* signature,
-                            CK_ULONG* signature_len) {
-  return functions_->C_Sign(session, const_cast<unsigned char*>(data),
-                            data_len, signature, signature_len);
+                            unsigned char* signature, CK_ULONG* signature_len) {
+  return functions_->C_Sign(session, const_cast<unsigned char*>(data), data_len,
+                            signature, signature_len);
 }
 
 CK_RV FunctionListApi::GenerateRandom(CK_SESSION_HANDLE session,

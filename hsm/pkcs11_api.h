@@ -44,14 +44,11 @@ class Pkcs11Api {
   virtual CK_RV GetAttributeValue(CK_SESSION_HANDLE session,
                                   CK_OBJECT_HANDLE object, CK_ATTRIBUTE* templ,
                                   CK_ULONG count) = 0;
-  virtual CK_RV GenerateKeyPair(CK_SESSION_HANDLE session,
-                                CK_MECHANISM* mechanism,
-                                CK_ATTRIBUTE* public_templ,
-                                CK_ULONG public_count,
-                                CK_ATTRIBUTE* private_templ,
-                                CK_ULONG private_count,
-                                CK_OBJECT_HANDLE* public_key,
-                                CK_OBJECT_HANDLE* private_key) = 0;
+  virtual CK_RV GenerateKeyPair(
+      CK_SESSION_HANDLE session, CK_MECHANISM* mechanism,
+      CK_ATTRIBUTE* public_templ, CK_ULONG public_count,
+      CK_ATTRIBUTE* private_templ, CK_ULONG private_count,
+      CK_OBJECT_HANDLE* public_key, CK_OBJECT_HANDLE* private_key) = 0;
   virtual CK_RV CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE* templ,
                              CK_ULONG count, CK_OBJECT_HANDLE* object) = 0;
   virtual CK_RV DestroyObject(CK_SESSION_HANDLE session,

@@ -76,9 +76,9 @@ absl::Status SessionPool::Lease::Check(CK_RV rv, absl::string_view operation) {
   if (rv == CKR_OK) return absl::OkStatus();
   if (IsConnectionLost(rv)) {
     lost_ = true;
-    return absl::UnavailableError(absl::StrCat(
-        operation, ": ", CkrName(rv),
-        " (the HSM connection was lost; reconnecting)"));
+    return absl::UnavailableError(
+        absl::StrCat(operation, ": ", CkrName(rv),
+                     " (the HSM connection was lost; reconnecting)"));
   }
   return CkrStatus(rv, operation);
 }
@@ -151,13 +151,12 @@ absl::StatusOr<std::unique_ptr<SessionPool>> SessionPool::Create(
 }
 
 absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
-  absl::StatusOr<std::unique_ptr<ModuleConnection>> api =
-      connector_->Connect();
+  absl::StatusOr<std::unique_ptr<ModuleConnection>> api = connector_->Connect();
   if (!api.ok()) return api.status();
 
   std::vector<CK_SLOT_ID> slot_ids;
-  absl::Status st = CkrStatus((*api)->GetSlotList(true, &slot_ids),
-                              "C_GetSlotList");
+  absl::Status st =
+      CkrStatus((*api)->GetSlotList(true, &slot_ids), "C_GetSlotList");
   if (!st.ok()) return absl::UnavailableError(st.message());
   if (slot_ids.empty()) {
     // p11-kit-client answers C_Initialize fine and lists zero slots when the
@@ -180,8 +179,8 @@ absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
   }
   if (!chosen) {
     return absl::FailedPreconditionError(
-        absl::StrCat("no token matches ", token_.text(), " (tokens present: ",
-                     absl::StrJoin(seen, ", "), ")"));
+        absl::StrCat("no token matches ", token_.text(),
+                     " (tokens present: ", absl::StrJoin(seen, ", "), ")"));
   }
 
   std::shared_ptr<Connection> conn(
@@ -408,9 +407,9 @@ absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
                   slot.next_attempt <= now;
     }
     if (!any_hope) {
-      return absl::UnavailableError(absl::StrCat(
-          "HSM unavailable: ", last_error_.message(),
-          " (retrying with backoff)"));
+      return absl::UnavailableError(
+          absl::StrCat("HSM unavailable: ", last_error_.message(),
+                       " (retrying with backoff)"));
     }
     if (now >= deadline) {
       return absl::DeadlineExceededError(
@@ -533,7 +532,8 @@ int SessionPool::SessionsInUse() const {
   absl::MutexLock lock(&mu_);
   int sessions = 0;
   for (const ConnectionSlot& slot : slots_) {
-    if (slot.connection != nullptr) sessions += options_.sessions_per_connection;
+    if (slot.connection != nullptr)
+      sessions += options_.sessions_per_connection;
   }
   for (const IdleSession& idle : idle_) {
     if (slots_[idle.index].connection == idle.connection) --sessions;

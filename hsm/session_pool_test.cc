@@ -173,8 +173,8 @@ TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
     CK_ULONG len = sizeof(sig);
     // Blocks like a C_Sign into a stopped HSM.
     (void)lease->api().Sign(lease->session(),
-                            reinterpret_cast<const unsigned char*>("x"), 1,
-                            sig, &len);
+                            reinterpret_cast<const unsigned char*>("x"), 1, sig,
+                            &len);
   });
   while (injector_->Blocked() == 0) absl::SleepFor(absl::Milliseconds(10));
   // The stalled connection is abandoned and replaced; no lease handed out

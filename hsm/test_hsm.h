@@ -27,8 +27,7 @@ class InProcessHsmTest : public ::testing::Test {
 
   absl::StatusOr<std::unique_ptr<SessionPool>> MakePool(
       SessionPoolOptions options = {},
-      std::optional<std::string> pin = std::nullopt,
-      std::string uri = "") {
+      std::optional<std::string> pin = std::nullopt, std::string uri = "") {
     ModuleOptions module;
     module.module_path = testing::TempToken::softhsm_module_path();
     module.insecure_in_process_module = true;

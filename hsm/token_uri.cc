@@ -20,9 +20,9 @@ absl::StatusOr<TokenUri> TokenUri::Parse(absl::string_view uri) {
   if (parsed == nullptr) return absl::ResourceExhaustedError("p11_kit_uri_new");
   int rc = p11_kit_uri_parse(text.c_str(), P11_KIT_URI_FOR_TOKEN, parsed.get());
   if (rc != P11_KIT_URI_OK) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("token URI \"", text,
-                     "\" is not a valid PKCS#11 URI: ", p11_kit_uri_message(rc)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "token URI \"", text,
+        "\" is not a valid PKCS#11 URI: ", p11_kit_uri_message(rc)));
   }
   if (p11_kit_uri_any_unrecognized(parsed.get())) {
     return absl::InvalidArgumentError(

@@ -36,7 +36,8 @@ std::vector<KeyRecord> RecordsOf(const std::map<std::string, KeyRecord>& all,
 
 KeyReconciler::KeyReconciler(hsm::KeyStore* store,
                              std::vector<ScopeKeyPolicy> policies, bool writer,
-                             EventSink events, std::function<void()> before_write)
+                             EventSink events,
+                             std::function<void()> before_write)
     : store_(store),
       policies_(std::move(policies)),
       writer_(writer),
@@ -68,8 +69,8 @@ void KeyReconciler::DestroyUnrecorded(
                              " had no record (a write stopped between "
                              "generating it and recording it): destroyed")
               : absl::StrCat("destroying unrecorded key pair ",
-                             absl::BytesToHexString(id), " failed: ",
-                             destroyed.message())});
+                             absl::BytesToHexString(id),
+                             " failed: ", destroyed.message())});
   }
 }
 
@@ -217,11 +218,11 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
            static_cast<int>(r.rsa_bits()) != policy.key_spec.rsa_bits)) {
         load = absl::FailedPreconditionError(absl::StrCat(
             "scope ", policy.scope, ": its key ", r.kid(), " is ",
-            r.algorithm(), " but the configuration asks for ",
-            policy.algorithm, "; rotate the scope's key to change algorithm"));
+            r.algorithm(), " but the configuration asks for ", policy.algorithm,
+            "; rotate the scope's key to change algorithm"));
       } else {
-        absl::StatusOr<hsm::LoadedKey> key =
-            store_->LoadKey(absl::HexStringToBytes(r.key_id()), policy.key_spec);
+        absl::StatusOr<hsm::LoadedKey> key = store_->LoadKey(
+            absl::HexStringToBytes(r.key_id()), policy.key_spec);
         if (key.ok()) {
           loaded_[r.key_id()] = *std::move(key);
         } else {
@@ -262,7 +263,8 @@ absl::Time KeyReconciler::NextBoundary(absl::Time now) const {
   for (const ScopeKeyPolicy& policy : policies_) {
     auto records = last_records_.find(policy.scope);
     if (records == last_records_.end()) continue;
-    next = std::min(next, NextScheduleChange(records->second, policy.timings, now));
+    next = std::min(next,
+                    NextScheduleChange(records->second, policy.timings, now));
   }
   return next;
 }

@@ -99,7 +99,8 @@ class KeyReconciler {
   // Destroys key pairs that have no record (a crash between generating a
   // key and recording it).
   // `stored` holds every record, readable by this version or not.
-  void DestroyUnrecorded(const std::map<std::string, hsm::StoredRecord>& stored);
+  void DestroyUnrecorded(
+      const std::map<std::string, hsm::StoredRecord>& stored);
   void Emit(KeyEvent event) const;
 
   hsm::KeyStore* const store_;

@@ -76,7 +76,8 @@ TEST_F(ReconcileTest, ThroughARotationTheRetiredKeyStaysLoadedAndPublished) {
   auto reconciler = Make(true);
   auto first = reconciler->RunOnce(kNow);
   ASSERT_TRUE(first.ok());
-  const absl::Time retire = TimeFromProto(first->at("demo").records[0].retire_at());
+  const absl::Time retire =
+      TimeFromProto(first->at("demo").records[0].retire_at());
   // A restart after the retire time: a new reconciler, as after a process
   // restart (fault 1 of the single-key schedule).
   auto restarted = Make(true);
@@ -108,12 +109,13 @@ TEST_F(ReconcileTest, DestroysThePrivateKeyAtItsTimeAndUnloadsIt) {
   ASSERT_TRUE(ids.ok());
   EXPECT_THAT(*ids, Not(Contains(absl::HexStringToBytes(g1.key_id()))));
   EXPECT_TRUE(later->at("demo").records[0].private_key_destroyed());
-  EXPECT_EQ(store_
-                ->SignDigest(absl::HexStringToBytes(g1.key_id()),
-                             std::string(32, 'x'), absl::Now() + absl::Seconds(5))
-                .status()
-                .code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      store_
+          ->SignDigest(absl::HexStringToBytes(g1.key_id()),
+                       std::string(32, 'x'), absl::Now() + absl::Seconds(5))
+          .status()
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(ReconcileTest, AKeyPairWithoutARecordIsDestroyed) {

@@ -10,13 +10,16 @@
 namespace signet::rotation {
 namespace {
 
-absl::Time Activate(const KeyRecord& r) { return TimeFromProto(r.activate_at()); }
+absl::Time Activate(const KeyRecord& r) {
+  return TimeFromProto(r.activate_at());
+}
 absl::Time Retire(const KeyRecord& r) { return TimeFromProto(r.retire_at()); }
 absl::Time Created(const KeyRecord& r) { return TimeFromProto(r.created_at()); }
 
 std::string Describe(const KeyRecord& r) {
-  return absl::StrCat("generation ", r.key_generation(),
-                      r.kid().empty() ? "" : absl::StrCat(" (kid ", r.kid(), ")"));
+  return absl::StrCat(
+      "generation ", r.key_generation(),
+      r.kid().empty() ? "" : absl::StrCat(" (kid ", r.kid(), ")"));
 }
 
 bool HasActivated(const KeyRecord& r, absl::Time now) {
@@ -26,8 +29,7 @@ bool HasActivated(const KeyRecord& r, absl::Time now) {
 // `r` with its schedule from `activate` on: ACTIVE for the rotation
 // period, then RETIRED for the grace, then UNPUBLISHED for the destroy
 // delay. activate_at never precedes created_at (a clock set back).
-KeyRecord ScheduledFrom(KeyRecord r, absl::Time activate,
-                        const KeyTimings& t) {
+KeyRecord ScheduledFrom(KeyRecord r, absl::Time activate, const KeyTimings& t) {
   activate = std::max(activate, Created(r));
   const absl::Time retire = activate + t.rotation_period;
   const absl::Time unpublish = retire + t.publish_grace;
@@ -62,7 +64,8 @@ KeyRecord NewRecord(const SchedulePolicy& policy, uint64_t generation,
 
 uint64_t NewestGeneration(const std::vector<KeyRecord>& records) {
   uint64_t newest = 0;
-  for (const KeyRecord& r : records) newest = std::max(newest, r.key_generation());
+  for (const KeyRecord& r : records)
+    newest = std::max(newest, r.key_generation());
   return newest;
 }
 
@@ -72,8 +75,9 @@ std::string LeadNote(const KeyRecord& standby, const KeyTimings& t,
                      absl::Time now) {
   const absl::Duration published = now - Created(standby);
   if (published >= t.min_publish_lead) {
-    return absl::StrCat("; it was published for ",
-                        absl::FormatDuration(absl::Trunc(published, absl::Seconds(1))));
+    return absl::StrCat(
+        "; it was published for ",
+        absl::FormatDuration(absl::Trunc(published, absl::Seconds(1))));
   }
   return absl::StrCat(
       "; it was published for only ",
@@ -85,17 +89,18 @@ std::string LeadNote(const KeyRecord& standby, const KeyTimings& t,
 
 KeyAction Action(KeyAction::Kind kind, KeyRecord record, std::string event,
                  std::string detail) {
-  return KeyAction{kind, std::move(record), std::move(event), std::move(detail)};
+  return KeyAction{kind, std::move(record), std::move(event),
+                   std::move(detail)};
 }
 
 // The standby of a key that retires at `activate`: published from now.
 KeyAction StandbyFor(const SchedulePolicy& policy, uint64_t generation,
                      absl::Time now, absl::Time activate) {
-  return Action(KeyAction::Kind::kGenerate,
-                NewRecord(policy, generation, now, activate), "key_generated",
-                absl::StrCat("scope ", policy.scope, ": standby generation ",
-                             generation, " published now, signs from ",
-                             FormatInstant(activate)));
+  return Action(
+      KeyAction::Kind::kGenerate, NewRecord(policy, generation, now, activate),
+      "key_generated",
+      absl::StrCat("scope ", policy.scope, ": standby generation ", generation,
+                   " published now, signs from ", FormatInstant(activate)));
 }
 
 }  // namespace
@@ -116,7 +121,8 @@ ScopeView ViewScope(const std::vector<KeyRecord>& records, absl::Time now) {
     // A recorded revocation is final, even for a clock set back before it.
     if (r.has_revocation()) state = KeyState::kRevoked;
     if (state == KeyState::kRevoked) continue;
-    const bool early = state == KeyState::kPending || state == KeyState::kActive;
+    const bool early =
+        state == KeyState::kPending || state == KeyState::kActive;
     if (r.key_generation() < latest_activated && early) {
       // Superseded: a later generation has activated.
       state = KeyState::kRetired;
@@ -125,10 +131,11 @@ ScopeView ViewScope(const std::vector<KeyRecord>& records, absl::Time now) {
       // Recorded as activated, yet the clock says it has not: the clock
       // was set back. The records win.
       state = KeyState::kActive;
-      view.clock_anomaly = absl::StrCat(
-          "the clock (", FormatInstant(now), ") is behind the recorded activation of ",
-          r.scope(), " key ", Describe(r), " at ", FormatInstant(Activate(r)),
-          "; keys follow the records, not the clock");
+      view.clock_anomaly =
+          absl::StrCat("the clock (", FormatInstant(now),
+                       ") is behind the recorded activation of ", r.scope(),
+                       " key ", Describe(r), " at ", FormatInstant(Activate(r)),
+                       "; keys follow the records, not the clock");
     }
     if (state == KeyState::kActive) {
       // One signing key: should two records share the latest generation,
@@ -154,8 +161,8 @@ ScopeView ViewScope(const std::vector<KeyRecord>& records, absl::Time now) {
 absl::Time DestroyTime(const KeyRecord& record, absl::Duration destroy_delay) {
   absl::Time at = TimeFromProto(record.destroy_at());
   if (record.has_revocation()) {
-    at = std::min(at, TimeFromProto(record.revocation().revoked_at()) +
-                          destroy_delay);
+    at = std::min(
+        at, TimeFromProto(record.revocation().revoked_at()) + destroy_delay);
   }
   return at;
 }
@@ -225,11 +232,11 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
                              " had no signing key: its standby ",
                              Describe(standby), " activates now",
                              LeadNote(records[next], t, now))
-              : absl::StrCat("scope ", policy.scope,
-                             " had no signing key and no standby: ",
-                             Describe(standby),
-                             ", a successor whose window passed unused, "
-                             "signs from now with its schedule moved");
+              : absl::StrCat(
+                    "scope ", policy.scope,
+                    " had no signing key and no standby: ", Describe(standby),
+                    ", a successor whose window passed unused, "
+                    "signs from now with its schedule moved");
       const absl::Time successor_at = Retire(standby);
       actions.push_back(Action(KeyAction::Kind::kWriteRecord,
                                std::move(standby), "key_activated",
@@ -262,8 +269,8 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
     std::vector<std::string> why;
     if (!active.has_activation_recorded_at()) {
       *revised.mutable_activation_recorded_at() = TimeToProto(now);
-      why.push_back(absl::StrCat("scope ", policy.scope, ": ",
-                                 Describe(active), " is active since ",
+      why.push_back(absl::StrCat("scope ", policy.scope, ": ", Describe(active),
+                                 " is active since ",
                                  FormatInstant(Activate(active))));
     }
     std::vector<KeyAction> then;
@@ -289,19 +296,18 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
     if (!why.empty()) {
       // Before the standby: an extension must hold before a successor
       // relies on it.
-      actions.push_back(Action(
-          KeyAction::Kind::kWriteRecord, std::move(revised),
-          active.has_activation_recorded_at() ? "key_schedule_extended"
-                                              : "key_activated",
-          absl::StrJoin(why, "; ")));
+      actions.push_back(
+          Action(KeyAction::Kind::kWriteRecord, std::move(revised),
+                 active.has_activation_recorded_at() ? "key_schedule_extended"
+                                                     : "key_activated",
+                 absl::StrJoin(why, "; ")));
     }
     for (KeyAction& a : then) actions.push_back(std::move(a));
   }
 
   for (size_t i = 0; i < records.size(); ++i) {
     if (static_cast<int>(i) == view.signing ||
-        static_cast<int>(i) == view.standby ||
-        static_cast<int>(i) == revived) {
+        static_cast<int>(i) == view.standby || static_cast<int>(i) == revived) {
       continue;
     }
     const KeyRecord& r = records[i];
@@ -320,10 +326,11 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
       actions.push_back(Action(
           KeyAction::Kind::kDestroyPrivateKey, std::move(destroyed),
           "key_destroyed",
-          absl::StrCat("scope ", policy.scope, ": private key of ",
-                       Describe(r), " destroyed in the HSM (due ",
-                       FormatInstant(destroy), "); its public key stays as a tombstone "
-                       "until ", FormatInstant(destroy + t.tombstone_retention))));
+          absl::StrCat("scope ", policy.scope, ": private key of ", Describe(r),
+                       " destroyed in the HSM (due ", FormatInstant(destroy),
+                       "); its public key stays as a tombstone "
+                       "until ",
+                       FormatInstant(destroy + t.tombstone_retention))));
     }
   }
   return actions;
@@ -366,7 +373,8 @@ absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
           "grace; ",
           first_leaves == absl::InfiniteFuture()
               ? std::string("wait")
-              : absl::StrCat("the next one leaves at ", FormatInstant(first_leaves)),
+              : absl::StrCat("the next one leaves at ",
+                             FormatInstant(first_leaves)),
           ", or revoke a retired key"));
     }
   }
@@ -392,11 +400,12 @@ absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
                    mode == RotateMode::kPlanned ? "planned" : "immediate",
                    " rotation: standby ", Describe(standby), " signs from ",
                    FormatInstant(activate), note)));
-  actions.push_back(Action(
-      KeyAction::Kind::kWriteRecord, std::move(old), "key_rotated",
-      absl::StrCat("scope ", policy.scope, ": ", Describe(active),
-                   " retires at ", FormatInstant(activate), " and stays published until ",
-                   FormatInstant(activate + t.publish_grace))));
+  actions.push_back(
+      Action(KeyAction::Kind::kWriteRecord, std::move(old), "key_rotated",
+             absl::StrCat("scope ", policy.scope, ": ", Describe(active),
+                          " retires at ", FormatInstant(activate),
+                          " and stays published until ",
+                          FormatInstant(activate + t.publish_grace))));
   return actions;
 }
 
@@ -411,8 +420,8 @@ absl::StatusOr<std::vector<KeyAction>> PlanRevoke(
     if (records[i].key_id() == key_id) index = static_cast<int>(i);
   }
   if (index < 0) {
-    return absl::NotFoundError(absl::StrCat("scope ", policy.scope,
-                                            " has no key with id ", key_id));
+    return absl::NotFoundError(
+        absl::StrCat("scope ", policy.scope, " has no key with id ", key_id));
   }
   const KeyRecord& target = records[index];
   if (target.has_revocation()) {
@@ -423,9 +432,9 @@ absl::StatusOr<std::vector<KeyAction>> PlanRevoke(
   }
   if (target.private_key_destroyed() ||
       view.states[index] == KeyState::kDestroyed) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("scope ", policy.scope, " key ", Describe(target),
-                     " is already destroyed"));
+    return absl::FailedPreconditionError(absl::StrCat("scope ", policy.scope,
+                                                      " key ", Describe(target),
+                                                      " is already destroyed"));
   }
   KeyRecord revoked = target;
   KeyRecord::Revocation* revocation = revoked.mutable_revocation();
@@ -451,8 +460,7 @@ absl::StatusOr<std::vector<KeyAction>> PlanRevoke(
       *next.mutable_activation_recorded_at() = TimeToProto(now);
       actions.push_back(Action(
           KeyAction::Kind::kWriteRecord, std::move(next), "key_activated",
-          absl::StrCat("scope ", policy.scope, ": standby ",
-                       Describe(standby),
+          absl::StrCat("scope ", policy.scope, ": standby ", Describe(standby),
                        " activates now in place of the revoked key",
                        LeadNote(standby, t, now))));
     }

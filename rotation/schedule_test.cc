@@ -65,7 +65,8 @@ class FakeToken {
       switch (action.kind) {
         case KeyAction::Kind::kGenerate: {
           if (!write()) return made;
-          const std::string id = absl::StrCat(absl::Hex(++next_id_, absl::kZeroPad4));
+          const std::string id =
+              absl::StrCat(absl::Hex(++next_id_, absl::kZeroPad4));
           private_keys_.insert(id);
           public_keys_.insert(id);
           r.set_key_id(id);
@@ -312,7 +313,8 @@ TEST(PlanScopeTest, LateStandbyExtendsTheActiveKeyInsteadOfSigningWithoutLead) {
   token.Apply(plan);
   const KeyRecord g1 = Find(token.Records(), 1);
   const KeyRecord g2 = Find(token.Records(), 2);
-  EXPECT_EQ(TimeFromProto(g1.retire_at()), now + Policy().timings.min_publish_lead);
+  EXPECT_EQ(TimeFromProto(g1.retire_at()),
+            now + Policy().timings.min_publish_lead);
   EXPECT_EQ(TimeFromProto(g2.activate_at()), TimeFromProto(g1.retire_at()));
 }
 
@@ -339,9 +341,9 @@ TEST(PlanScopeTest, DestroysPrivateKeyAtItsTimeThenPrunesTheTombstone) {
   EXPECT_FALSE(token.HasPrivateKey(g1.key_id()));
   EXPECT_TRUE(token.records().contains(g1.key_id()));  // the tombstone
   const absl::Time prune = destroy + Policy().timings.tombstone_retention;
-  EXPECT_EQ(NextScheduleChange({Find(token.Records(), 1)}, Policy().timings,
-                               destroy),
-            prune);
+  EXPECT_EQ(
+      NextScheduleChange({Find(token.Records(), 1)}, Policy().timings, destroy),
+      prune);
   token.Apply(PlanScope(token.Records(), Policy(), prune));
   EXPECT_FALSE(token.records().contains(g1.key_id()));
 }
@@ -359,15 +361,18 @@ TEST(PlanRotateNowTest, ImmediateActivatesTheStandbyAndRetiresTheActiveKey) {
   EXPECT_EQ(records[view.signing].key_generation(), 2u);
   const KeyRecord g1 = Find(records, 1);
   EXPECT_EQ(TimeFromProto(g1.retire_at()), now);
-  EXPECT_EQ(TimeFromProto(g1.unpublish_at()), now + Policy().timings.publish_grace);
+  EXPECT_EQ(TimeFromProto(g1.unpublish_at()),
+            now + Policy().timings.publish_grace);
   // The standby was published 20 minutes, over L: no warning.
   EXPECT_THAT((*plan)[0].detail, Not(HasSubstr("only")));
 }
 
-TEST(PlanRotateNowTest, ImmediateWithAYoungStandbySaysRelyingPartiesMayRefetch) {
+TEST(PlanRotateNowTest,
+     ImmediateWithAYoungStandbySaysRelyingPartiesMayRefetch) {
   FakeToken token = Started(kT0);
-  absl::StatusOr<std::vector<KeyAction>> plan = PlanRotateNow(
-      token.Records(), Policy(), RotateMode::kImmediate, kT0 + absl::Seconds(30));
+  absl::StatusOr<std::vector<KeyAction>> plan =
+      PlanRotateNow(token.Records(), Policy(), RotateMode::kImmediate,
+                    kT0 + absl::Seconds(30));
   ASSERT_TRUE(plan.ok());
   EXPECT_THAT((*plan)[0].detail, HasSubstr("unknown kid"));
 }
@@ -380,19 +385,21 @@ TEST(PlanRotateNowTest, PlannedActivatesTheStandbyAfterTheLead) {
   ASSERT_TRUE(plan.ok());
   token.Apply(*plan);
   const KeyRecord g2 = Find(token.Records(), 2);
-  EXPECT_EQ(TimeFromProto(g2.activate_at()), now + Policy().timings.min_publish_lead);
+  EXPECT_EQ(TimeFromProto(g2.activate_at()),
+            now + Policy().timings.min_publish_lead);
   EXPECT_EQ(TimeFromProto(Find(token.Records(), 1).retire_at()),
             TimeFromProto(g2.activate_at()));
 }
 
 TEST(PlanRotateNowTest, RefusesWithoutAStandby) {
   FakeToken token = FirstKeyOnly(kT0);
-  absl::StatusOr<std::vector<KeyAction>> plan = PlanRotateNow(
-      token.Records(), Policy(), RotateMode::kImmediate, kT0);
+  absl::StatusOr<std::vector<KeyAction>> plan =
+      PlanRotateNow(token.Records(), Policy(), RotateMode::kImmediate, kT0);
   EXPECT_EQ(plan.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(plan.status().message(), HasSubstr("no standby"));
-  EXPECT_EQ(PlanRotateNow({}, Policy(), RotateMode::kPlanned, kT0).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      PlanRotateNow({}, Policy(), RotateMode::kPlanned, kT0).status().code(),
+      absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(PlanRotateNowTest, ImmediateRotationsStopAtTheCapOnPublishedKeys) {
@@ -401,8 +408,8 @@ TEST(PlanRotateNowTest, ImmediateRotationsStopAtTheCapOnPublishedKeys) {
   int rotations = 0;
   for (; rotations < 20; ++rotations) {
     now += absl::Minutes(1);
-    absl::StatusOr<std::vector<KeyAction>> plan = PlanRotateNow(
-        token.Records(), Policy(), RotateMode::kImmediate, now);
+    absl::StatusOr<std::vector<KeyAction>> plan =
+        PlanRotateNow(token.Records(), Policy(), RotateMode::kImmediate, now);
     if (!plan.ok()) {
       EXPECT_EQ(plan.status().code(), absl::StatusCode::kResourceExhausted);
       EXPECT_THAT(plan.status().message(), HasSubstr("revoke a retired key"));
@@ -474,9 +481,11 @@ TEST(PlanRevokeTest, RefusesUnknownAndAlreadyRevokedKeys) {
                 .code(),
             absl::StatusCode::kNotFound);
   const KeyRecord g1 = Find(token.Records(), 1);
-  token.Apply(*PlanRevoke(token.Records(), Policy(), g1.key_id(), "r", "a", kT0));
+  token.Apply(
+      *PlanRevoke(token.Records(), Policy(), g1.key_id(), "r", "a", kT0));
   absl::Status again =
-      PlanRevoke(token.Records(), Policy(), g1.key_id(), "r", "a", kT0).status();
+      PlanRevoke(token.Records(), Policy(), g1.key_id(), "r", "a", kT0)
+          .status();
   EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(again.message(), HasSubstr("already revoked"));
 }
@@ -586,7 +595,8 @@ class ScheduleSimulation {
         PlanRotateNow(token_.Records(), Policy(), mode, clock);
     if (!plan.ok()) {
       // No standby yet, or the cap on published keys.
-      EXPECT_TRUE(plan.status().code() == absl::StatusCode::kFailedPrecondition ||
+      EXPECT_TRUE(plan.status().code() ==
+                      absl::StatusCode::kFailedPrecondition ||
                   plan.status().code() == absl::StatusCode::kResourceExhausted)
           << plan.status();
       return;
@@ -606,9 +616,8 @@ class ScheduleSimulation {
     const ScopeView view = ViewScope(records, clock);
     const int index = which == 0 ? view.signing : view.standby;
     if (index < 0) return;
-    absl::StatusOr<std::vector<KeyAction>> plan =
-        PlanRevoke(records, Policy(), records[index].key_id(), "test",
-                   "uri:admin", clock);
+    absl::StatusOr<std::vector<KeyAction>> plan = PlanRevoke(
+        records, Policy(), records[index].key_id(), "test", "uri:admin", clock);
     ASSERT_TRUE(plan.ok()) << plan.status();
     for (const KeyAction& a : *plan) {
       if (a.event == "key_activated") emergency_.insert(a.record.key_id());
@@ -655,12 +664,14 @@ class ScheduleSimulation {
     }
     const KeyRecord& signer = records[view.signing];
     EXPECT_TRUE(token_.HasPrivateKey(signer.key_id()))
-        << "generation " << signer.key_generation() << " signs without a private key";
+        << "generation " << signer.key_generation()
+        << " signs without a private key";
     EXPECT_FALSE(signer.has_revocation());
     // No key signs after a later generation has signed, whatever the clock.
     EXPECT_GE(signer.key_generation(), newest_signed_)
-        << "generation " << signer.key_generation() << " signs after generation "
-        << newest_signed_ << " did, at clock " << clock;
+        << "generation " << signer.key_generation()
+        << " signs after generation " << newest_signed_ << " did, at clock "
+        << clock;
     newest_signed_ = std::max(newest_signed_, signer.key_generation());
     tokens_.push_back(Token{truth, signer.key_id()});
   }
@@ -701,7 +712,8 @@ class ScheduleSimulation {
               << absl::FormatDuration(token.signed_at - kT0) << ")";
         }
       }
-      for (absl::Duration after : {absl::ZeroDuration(), kT / 2, kT, kT + kS + kV}) {
+      for (absl::Duration after :
+           {absl::ZeroDuration(), kT / 2, kT, kT + kS + kV}) {
         const absl::Time u = token.signed_at + after;
         if (revoked_by(u) || u > history_.back().first) continue;
         EXPECT_TRUE(published_at(u))

@@ -38,7 +38,8 @@ absl::StatusOr<ScopeKey> EnsureActiveKey(
     if (!CanSign(StateAt(record, now))) continue;
     // At most one key is ACTIVE per scope; should two ever be, the newest
     // generation wins.
-    if (active == nullptr || record.key_generation() > active->key_generation()) {
+    if (active == nullptr ||
+        record.key_generation() > active->key_generation()) {
       active = &record;
     }
   }
@@ -52,12 +53,12 @@ absl::StatusOr<ScopeKey> EnsureActiveKey(
           active->algorithm(), " but the configuration asks for ",
           policy.algorithm, "; rotate the scope's key to change algorithm"));
     }
-    absl::StatusOr<hsm::LoadedKey> key =
-        store.LoadKey(absl::HexStringToBytes(active->key_id()), policy.key_spec);
+    absl::StatusOr<hsm::LoadedKey> key = store.LoadKey(
+        absl::HexStringToBytes(active->key_id()), policy.key_spec);
     if (!key.ok()) {
-      return absl::Status(key.status().code(),
-                          absl::StrCat("scope ", policy.scope, ": ",
-                                       key.status().message()));
+      return absl::Status(
+          key.status().code(),
+          absl::StrCat("scope ", policy.scope, ": ", key.status().message()));
     }
     return ScopeKey{*active, std::move(*key)};
   }
@@ -74,8 +75,8 @@ absl::StatusOr<ScopeKey> EnsureActiveKey(
   if (!key.ok()) return key.status();
   KeyRecord record = NewActiveKeyRecord(
       policy.scope, absl::BytesToHexString(*key_id), policy.algorithm,
-      hsm::IsEcdsa(policy.key_spec.algorithm) ? 0 : policy.key_spec.rsa_bits, now,
-      policy.timings);
+      hsm::IsEcdsa(policy.key_spec.algorithm) ? 0 : policy.key_spec.rsa_bits,
+      now, policy.timings);
   record.set_key_generation(newest_generation + 1);
   record.set_kid(key->thumbprint);
   absl::Status valid = ValidateKeyRecord(record);

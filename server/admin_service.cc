@@ -4,10 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/quote.h"
 #include "rotation/schedule.h"
 #include "server/config.h"
 #include "server/identity.h"
-#include "base/quote.h"
 #include "server/signer_service.h"
 
 namespace signet::server {
@@ -64,32 +64,31 @@ void AdminService::Add(const char* name, const char* method,
                                                     const Request&, Response*,
                                                     Answer)) {
   using Call = TypedOneRequestCall<Request, Response>;
-  typename Call::Handler handler =
-      [this, method, handle](grpc::CallbackServerContext* context,
-                             const Request& request, Response* response,
-                             Answer answer) {
-        std::shared_ptr<const Backend> backend;
-        std::string admin;
-        if (!Admitted(context, method, answer, &backend, &admin)) return;
-        // The backend lives as long as the call: it is captured.
-        (this->*handle)(*backend, admin, request, response,
-                        [backend, answer = std::move(answer)](
-                            const grpc::Status& status) { answer(status); });
-      };
-  typename Call::Refuser refuse = [this, method](
-                                      grpc::CallbackServerContext* context,
-                                      const absl::Status& status,
-                                      Answer answer) {
-    // Only an admin learns why its request did not parse.
+  typename Call::Handler handler = [this, method, handle](
+                                       grpc::CallbackServerContext* context,
+                                       const Request& request,
+                                       Response* response, Answer answer) {
     std::shared_ptr<const Backend> backend;
     std::string admin;
     if (!Admitted(context, method, answer, &backend, &admin)) return;
-    Audited(*backend, admin, method, "", status, answer);
+    // The backend lives as long as the call: it is captured.
+    (this->*handle)(*backend, admin, request, response,
+                    [backend, answer = std::move(answer)](
+                        const grpc::Status& status) { answer(status); });
   };
-  AddOneRequestMethod(name, [this, handler, refuse](
-                                grpc::CallbackServerContext* context) {
-    return new Call(waits_, context, handler, refuse);
-  });
+  typename Call::Refuser refuse =
+      [this, method](grpc::CallbackServerContext* context,
+                     const absl::Status& status, Answer answer) {
+        // Only an admin learns why its request did not parse.
+        std::shared_ptr<const Backend> backend;
+        std::string admin;
+        if (!Admitted(context, method, answer, &backend, &admin)) return;
+        Audited(*backend, admin, method, "", status, answer);
+      };
+  AddOneRequestMethod(
+      name, [this, handler, refuse](grpc::CallbackServerContext* context) {
+        return new Call(waits_, context, handler, refuse);
+      });
 }
 
 bool AdminService::Admitted(grpc::CallbackServerContext* context,
@@ -122,9 +121,10 @@ absl::StatusOr<std::string> AdminService::Admin(
     std::vector<grpc::string_ref> pem =
         auth ? auth->FindPropertyValues("x509_pem_cert")
              : std::vector<grpc::string_ref>();
-    identity = pem.empty() ? absl::PermissionDeniedError("no client certificate")
-                           : IdentityFromCertificatePem(absl::string_view(
-                                 pem.front().data(), pem.front().size()));
+    identity = pem.empty()
+                   ? absl::PermissionDeniedError("no client certificate")
+                   : IdentityFromCertificatePem(absl::string_view(
+                         pem.front().data(), pem.front().size()));
   }
   absl::Status refusal;
   if (!identity.ok()) {
@@ -149,25 +149,25 @@ absl::StatusOr<std::string> AdminService::Admin(
 }
 
 void AdminService::Audited(const Backend& backend, const std::string& admin,
-                           const char* method,
-                           absl::string_view scope, const absl::Status& status,
-                           const Answer& answer, absl::string_view detail) {
+                           const char* method, absl::string_view scope,
+                           const absl::Status& status, const Answer& answer,
+                           absl::string_view detail) {
   AuditEvent line;
   line.event = "admin";
   line.caller = admin;
   line.scope = ValidScopeName(scope) ? std::string(scope) : Quote(scope);
   line.result = absl::StatusCodeToString(status.code());
-  line.detail = status.ok() ? absl::StrCat("Admin/", method,
-                                           detail.empty() ? "" : ": ", detail)
-                            : absl::StrCat("Admin/", method, ": ",
-                                           status.message());
+  line.detail =
+      status.ok()
+          ? absl::StrCat("Admin/", method, detail.empty() ? "" : ": ", detail)
+          : absl::StrCat("Admin/", method, ": ", status.message());
   // Before the answer; an admin call that cannot be audited is not
   // answered OK.
   absl::Status written = backend.audit->Append(line);
   if (!written.ok()) {
-    answer(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        absl::StrCat("the audit log cannot be written: ",
-                                     written.message())));
+    answer(grpc::Status(
+        grpc::StatusCode::UNAVAILABLE,
+        absl::StrCat("the audit log cannot be written: ", written.message())));
     return;
   }
   answer(ToGrpcStatus(status));
@@ -236,7 +236,8 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
       k->set_revocation_reason(r.revocation().reason());
     }
   }
-  Audited(backend, admin, "ListKeys", request.scope(), absl::OkStatus(), answer);
+  Audited(backend, admin, "ListKeys", request.scope(), absl::OkStatus(),
+          answer);
 }
 
 template <typename Request, typename Response>
@@ -245,15 +246,16 @@ void AdminService::Change(
     const Request& request, Response* response, Answer answer,
     void (KeyManager::*submit)(const Request&, const std::string&,
                                std::function<void(absl::StatusOr<Response>)>),
-    std::type_identity_t<std::function<std::string(const Response&)>> describe) {
+    std::type_identity_t<std::function<std::string(const Response&)>>
+        describe) {
   if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
     Audited(backend, admin, method, request.scope(), st, answer);
     return;
   }
   (backend.keys->*submit)(
       request, admin,
-      [this, &backend, admin, method, scope = request.scope(), response,
-       answer, describe](absl::StatusOr<Response> result) {
+      [this, &backend, admin, method, scope = request.scope(), response, answer,
+       describe](absl::StatusOr<Response> result) {
         if (result.ok()) *response = *result;
         Audited(backend, admin, method, scope, result.status(), answer,
                 result.ok() ? describe(*result) : "");
@@ -287,7 +289,8 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
                              const signet::v1::GetStatusRequest&,
                              signet::v1::GetStatusResponse* response,
                              Answer answer) {
-  const ReplicaStatus replica = backend.status ? backend.status() : ReplicaStatus{};
+  const ReplicaStatus replica =
+      backend.status ? backend.status() : ReplicaStatus{};
   response->set_hsm_reachable(replica.hsm.ok());
   response->set_hsm_detail(std::string(replica.hsm.message()));
   response->set_sessions_in_use(replica.sessions_in_use);

@@ -11,8 +11,8 @@
 #define SIGNET_SERVER_ADMIN_SERVICE_H_
 
 #include <functional>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -81,20 +81,20 @@ class AdminService final : public OneRequestService {
                 std::string* admin);
   // The audit line of an admin's call, then the answer.
   void Audited(const Backend& backend, const std::string& admin,
-               const char* method,
-               absl::string_view scope, const absl::Status& status,
-               const Answer& answer, absl::string_view detail = "");
+               const char* method, absl::string_view scope,
+               const absl::Status& status, const Answer& answer,
+               absl::string_view detail = "");
 
   // A key change: the scope name checked, then `submit` to the key
   // manager; its answer audited (with `describe` of a success) and sent.
   template <typename Request, typename Response>
-  void Change(const Backend& backend, const std::string& admin,
-              const char* method, const Request& request, Response* response,
-              Answer answer,
-              void (KeyManager::*submit)(
-                  const Request&, const std::string&,
-                  std::function<void(absl::StatusOr<Response>)>),
-              std::type_identity_t<std::function<std::string(const Response&)>> describe);
+  void Change(
+      const Backend& backend, const std::string& admin, const char* method,
+      const Request& request, Response* response, Answer answer,
+      void (KeyManager::*submit)(const Request&, const std::string&,
+                                 std::function<void(absl::StatusOr<Response>)>),
+      std::type_identity_t<std::function<std::string(const Response&)>>
+          describe);
 
   void ListScopes(const Backend& backend, const std::string& admin,
                   const signet::v1::ListScopesRequest& request,

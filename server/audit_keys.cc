@@ -45,8 +45,9 @@ absl::Status WriteAuditPublicKey(const std::string& log_path,
   std::ofstream out(path, std::ios::trunc);
   out << *pem;
   if (!out) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot write ", path, ": is the audit directory writable by signetd?"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot write ", path,
+                     ": is the audit directory writable by signetd?"));
   }
   return absl::OkStatus();
 }
@@ -69,15 +70,16 @@ absl::Status AppendToAuditKeyring(const std::string& log_path,
   const std::string entry =
       absl::StrCat("# signet audit checkpoint key\n# kid: ", kid,
                    "\n# added: ", absl::FormatTime(absl::Now()), "\n", *pem);
-  ScopedFd fd(open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-                   0644));
+  ScopedFd fd(
+      open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
   if (fd.get() < 0 ||
       write(fd.get(), entry.data(), entry.size()) !=
           static_cast<ssize_t>(entry.size()) ||
       fsync(fd.get()) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot append to ", path, ": is the audit directory writable by "
-        "signetd?"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot append to ", path,
+                     ": is the audit directory writable by "
+                     "signetd?"));
   }
   return absl::OkStatus();
 }
@@ -93,7 +95,8 @@ rotation::ScopeKeyPolicy AuditKeys::Policy(
   const absl::Duration period =
       config.audit_key_rotation_seconds() != 0
           ? absl::Seconds(config.audit_key_rotation_seconds())
-          : absl::Hours(24) * static_cast<int>(config.audit_key_rotation_days());
+          : absl::Hours(24) *
+                static_cast<int>(config.audit_key_rotation_days());
   policy.timings.rotation_period = period;
   // Nothing caches an audit key: the lead only has to let the introduction
   // be checkpointed, which happens at once.
@@ -137,8 +140,7 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
     auto loaded = set.loaded.find(record.key_id());
     if (loaded == set.loaded.end() || loaded->second.public_key == nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "audit key generation ", record.key_generation(),
-          " is not loaded"));
+          "audit key generation ", record.key_generation(), " is not loaded"));
     }
     Found found;
     found.key.record_key_id = record.key_id();
@@ -162,8 +164,8 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
   // A key is named in the log only once its public half is kept.
   for (const Found* found : {&*signing, standby ? &*standby : nullptr}) {
     if (found == nullptr || in_keyring_.contains(found->key.kid)) continue;
-    if (absl::Status kept = AppendToAuditKeyring(log_path_, found->key.kid,
-                                                 *found->public_key);
+    if (absl::Status kept =
+            AppendToAuditKeyring(log_path_, found->key.kid, *found->public_key);
         !kept.ok()) {
       return kept;
     }
@@ -229,12 +231,12 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
   // A new standby is introduced while the key that signs now can vouch for
   // it with a checkpoint.
   if (standby && !introduced_.contains(standby->key.kid)) {
-    if (absl::Status st = Introduce(
-            log_, standby->key,
-            absl::StrCat("standby audit key generation ",
-                         standby->key.generation,
-                         ": takes over signing checkpoints at ",
-                         rotation::FormatInstant(takes_over)));
+    if (absl::Status st =
+            Introduce(log_, standby->key,
+                      absl::StrCat("standby audit key generation ",
+                                   standby->key.generation,
+                                   ": takes over signing checkpoints at ",
+                                   rotation::FormatInstant(takes_over)));
         !st.ok()) {
       return st;
     }
@@ -304,9 +306,10 @@ absl::Status AuditKeys::Introduce(AuditLog* log, const Key& key,
 
 void AuditKeys::CheckpointNow(AuditLog* log, absl::string_view why) {
   if (absl::Status st = log->Checkpoint(); !st.ok()) {
-    SIGNET_LOG_WARN("audit checkpoint ({}) failed; the next one covers the "
-                    "same lines: {}",
-                    why, st.ToString());
+    SIGNET_LOG_WARN(
+        "audit checkpoint ({}) failed; the next one covers the "
+        "same lines: {}",
+        why, st.ToString());
   }
 }
 

@@ -401,7 +401,8 @@ bool ScanCanonical(absl::string_view line, AuditLineView& view) {
     if (i >= line.size() || line[i] != ':') return false;
     ++i;
     if (m == Member::kSeq || m == Member::kCount) {
-      const size_t end = ScanUnsigned(line, i, m == Member::kSeq ? v.seq : count);
+      const size_t end =
+          ScanUnsigned(line, i, m == Member::kSeq ? v.seq : count);
       if (end == kRefused) return false;
       i = end;
     } else {

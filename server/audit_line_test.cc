@@ -28,9 +28,8 @@ const std::string kSig = absl::StrCat(std::string(85, 'A'), "Q");
 
 std::string Line(absl::string_view seq, absl::string_view time,
                  absl::string_view event, absl::string_view middle) {
-  return absl::StrCat(R"({"seq":)", seq, R"(,"time":")", time,
-                      R"(","event":")", event, "\"", middle,
-                      R"(,"prev":")", kHash, R"("})");
+  return absl::StrCat(R"({"seq":)", seq, R"(,"time":")", time, R"(","event":")",
+                      event, "\"", middle, R"(,"prev":")", kHash, R"("})");
 }
 
 std::string SignLine(absl::string_view detail) {
@@ -42,10 +41,11 @@ std::string SignLine(absl::string_view detail) {
 }
 
 std::string CheckpointLine(absl::string_view sig) {
-  return Line("2001", "2026-11-23T16:42:50.123Z", "checkpoint",
-              absl::StrCat(R"(,"head":")", kHash, R"(","count":2000,)",
-                           R"("kid":"NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs",)",
-                           R"("sig":")", sig, "\""));
+  return Line(
+      "2001", "2026-11-23T16:42:50.123Z", "checkpoint",
+      absl::StrCat(R"(,"head":")", kHash, R"(","count":2000,)",
+                   R"("kid":"NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs",)",
+                   R"("sig":")", sig, "\""));
 }
 
 // The two readings agree on `line`; returns whether it was accepted.
@@ -137,8 +137,7 @@ TEST(AuditLineTest, RefusesEveryOtherForm) {
       // Members.
       {Line("1", t, "", ""), "\"event\" is empty"},
       {Line("1", t, "sign", R"(,"caller":1)"), "\"caller\" is not a string"},
-      {Line("1", t, "sign", R"(,"caller":null)"),
-       "\"caller\" is not a string"},
+      {Line("1", t, "sign", R"(,"caller":null)"), "\"caller\" is not a string"},
       {Line("1", t, "sign", R"(,"caller":"a","caller":"b")"),
        "not in the form signet writes"},
       {Line("1", t, "sign", R"(,"extra":"a")"), "unknown member \"extra\""},

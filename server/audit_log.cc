@@ -4,32 +4,32 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <optional>
 #include <cerrno>
 #include <cstring>
 #include <exception>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -42,7 +42,6 @@ namespace signet::server {
 namespace {
 
 using Json = nlohmann::ordered_json;
-
 
 constexpr absl::string_view kZeroHash =
     "0000000000000000000000000000000000000000000000000000000000000000";
@@ -297,9 +296,8 @@ void SendToSyslog(int priority, const std::string& message,
                   const std::string& socket_path) {
   if (socket_path.empty()) {
     static std::once_flag opened;
-    std::call_once(opened, [] {
-      openlog("signetd", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV);
-    });
+    std::call_once(
+        opened, [] { openlog("signetd", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV); });
     syslog(LOG_AUTHPRIV | priority, "%s", message.c_str());
     return;
   }
@@ -329,8 +327,8 @@ absl::StatusOr<uint64_t> FirstSeq(int fd, uint64_t size,
   absl::StatusOr<AuditLineInfo> first =
       ParseAuditLine(absl::string_view(buf).substr(0, nl));
   if (nl == std::string::npos || !first.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "audit log ", path, ": line 1 is not a valid audit line"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("audit log ", path, ": line 1 is not a valid audit line"));
   }
   return first->seq;
 }
@@ -347,10 +345,9 @@ absl::StatusOr<std::optional<ClosedSegment>> LatestClosedSegment(
   const size_t slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? std::string(".")
                           : slash == 0               ? std::string("/")
-                                       : path.substr(0, slash);
-  const std::string prefix =
-      absl::StrCat(slash == std::string::npos ? path : path.substr(slash + 1),
-                   ".");
+                                                     : path.substr(0, slash);
+  const std::string prefix = absl::StrCat(
+      slash == std::string::npos ? path : path.substr(slash + 1), ".");
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) {
     const int err = errno;
@@ -366,8 +363,7 @@ absl::StatusOr<std::optional<ClosedSegment>> LatestClosedSegment(
     uint64_t first = 0;
     if (!absl::SimpleAtoi(name, &first)) continue;
     if (!latest || first > latest->first_seq) {
-      latest = ClosedSegment{
-          absl::StrCat(dir, "/", prefix, name), first};
+      latest = ClosedSegment{absl::StrCat(dir, "/", prefix, name), first};
     }
   }
   closedir(d);
@@ -385,8 +381,7 @@ absl::StatusOr<std::string> MoveTornLineAside(int fd, const std::string& path,
   for (int n = 1; n <= 100 && side_fd < 0; ++n) {
     side = absl::StrCat(path, ".torn-", tail.last_seq + 1,
                         n == 1 ? "" : absl::StrCat("-", n));
-    side_fd =
-        open(side.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    side_fd = open(side.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (side_fd < 0 && errno != EEXIST) {
       const int err = errno;
       return ErrnoStatus(err, absl::StrCat("audit log side file ", side));
@@ -399,8 +394,8 @@ absl::StatusOr<std::string> MoveTornLineAside(int fd, const std::string& path,
   }
   size_t done = 0;
   while (done < tail.torn.size()) {
-    ssize_t n = write(out.get(), tail.torn.data() + done,
-                      tail.torn.size() - done);
+    ssize_t n =
+        write(out.get(), tail.torn.data() + done, tail.torn.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       const int err = errno;
@@ -422,7 +417,8 @@ absl::StatusOr<std::string> MoveTornLineAside(int fd, const std::string& path,
     const int err = errno;
     unlink(side.c_str());
     return absl::FailedPreconditionError(absl::StrCat(
-        "audit log ", path, ": its last line is incomplete (a write was cut "
+        "audit log ", path,
+        ": its last line is incomplete (a write was cut "
         "short) and the file cannot be cut back to the line before it (",
         std::strerror(err),
         "; an append-only file?); move the log aside by hand"));
@@ -481,9 +477,9 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       }
       Tail tail;
       if (closed_st.st_size > 0) {
-        absl::StatusOr<Tail> read = ReadTail(
-            closed_fd.get(), static_cast<uint64_t>(closed_st.st_size),
-            last.path);
+        absl::StatusOr<Tail> read =
+            ReadTail(closed_fd.get(), static_cast<uint64_t>(closed_st.st_size),
+                     last.path);
         if (!read.ok()) return read.status();
         tail = *std::move(read);
       }
@@ -957,10 +953,11 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
   std::string buffer;
   size_t kill_at = 0;  // test-only: bytes to write before SIGKILL
   for (const Pending& p : batch) {
-    std::string line = absl::StrCat("{\"seq\":", seq, ",\"time\":\"",
-                                    FormatLineTime(p.time), "\",", p.members,
-                                    ",\"prev\":\"", hash_hex, "\"}");
-    if (seq == options_.kill_mid_line) kill_at = buffer.size() + line.size() / 2;
+    std::string line =
+        absl::StrCat("{\"seq\":", seq, ",\"time\":\"", FormatLineTime(p.time),
+                     "\",", p.members, ",\"prev\":\"", hash_hex, "\"}");
+    if (seq == options_.kill_mid_line)
+      kill_at = buffer.size() + line.size() / 2;
     absl::StatusOr<std::string> hash = HexSha256(line);
     if (!hash.ok()) {
       return absl::UnavailableError(
@@ -1038,9 +1035,9 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
     const std::string closed = ClosedSegmentPath(path, segment_first_seq_);
     if (rename(path.c_str(), closed.c_str()) != 0) {
       const int err = errno;
-      return ErrnoStatus(err, absl::StrCat("audit log ", path,
-                                           ": cannot close the segment as ",
-                                           closed));
+      return ErrnoStatus(
+          err, absl::StrCat("audit log ", path,
+                            ": cannot close the segment as ", closed));
     }
     // Never written again, whatever happens next.
     close(fd_);
@@ -1054,15 +1051,15 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
                 0600);
   if (fd < 0) {
     const int err = errno;
-    return ErrnoStatus(err, absl::StrCat("audit log ", path,
-                                         ": cannot open a new segment"));
+    return ErrnoStatus(
+        err, absl::StrCat("audit log ", path, ": cannot open a new segment"));
   }
   ScopedFd owned(fd);
   absl::Status ready;
   if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fchmod(fd, 0600) != 0) {
     const int err = errno;
-    ready = ErrnoStatus(err, absl::StrCat("audit log ", path,
-                                          ": cannot lock the new segment"));
+    ready = ErrnoStatus(
+        err, absl::StrCat("audit log ", path, ": cannot lock the new segment"));
   } else {
     ready = SyncParentDirectory(path);
   }
@@ -1145,8 +1142,7 @@ void AuditLog::WriterLoop() {
       if (stopping_) {
         break;
       }
-      if (options_.recovery_backoff <= absl::ZeroDuration() ||
-          !regular_file_) {
+      if (options_.recovery_backoff <= absl::ZeroDuration() || !regular_file_) {
         mu_.Await(absl::Condition(this, &AuditLog::WriterHasWorkLocked));
         continue;
       }
@@ -1239,10 +1235,10 @@ void AuditLog::WriterLoop() {
         // try again later.
         next_rollover_try_ = now + kRolloverRetry;
         if (!rollover_failing_) {
-          SIGNET_LOG_WARN("audit log: the segment could not be rolled over "
-                          "({}); writing on in it, trying again every {}",
-                          rolled.ToString(),
-                          absl::FormatDuration(kRolloverRetry));
+          SIGNET_LOG_WARN(
+              "audit log: the segment could not be rolled over "
+              "({}); writing on in it, trying again every {}",
+              rolled.ToString(), absl::FormatDuration(kRolloverRetry));
           rollover_failing_ = true;
         }
       }

@@ -240,8 +240,8 @@ class AuditLog {
   // between believing nothing more is coming.
   using DurableCallback = std::function<void(const absl::Status&)>;
   class ExpectedLine;
-  void AppendAllAsync(absl::Span<const AuditEvent> events,
-                      DurableCallback done, ExpectedLine expected = {});
+  void AppendAllAsync(absl::Span<const AuditEvent> events, DurableCallback done,
+                      ExpectedLine expected = {});
 
   // Announces a line that will be appended soon (a signer calls it before
   // it goes to the HSM), so the writer may hold a sync for it (see

@@ -430,8 +430,7 @@ TEST(AuditLogTest, ASyncWaitsForAnExpectedLineAndBothShareIt) {
   AuditLog::ExpectedLine second_expected = log->ExpectLine();
   AuditEvent first = SignEvent(1);
   Durable first_durable;
-  log->AppendAllAsync(absl::MakeConstSpan(&first, 1),
-                      first_durable.Callback());
+  log->AppendAllAsync(absl::MakeConstSpan(&first, 1), first_durable.Callback());
   // Held for the expected line: not synced, not released.
   EXPECT_FALSE(
       first_durable.done.WaitForNotificationWithTimeout(absl::Seconds(0.2)));
@@ -658,14 +657,12 @@ TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
   const std::string durable = ReadFile(path);
   {
     FileSizeLimit limit(durable.size() + 100);
-    EXPECT_EQ(log->Append(SignEvent(3)).code(),
-              absl::StatusCode::kUnavailable);
+    EXPECT_EQ(log->Append(SignEvent(3)).code(), absl::StatusCode::kUnavailable);
     // No room even for a new segment's first line: it stays broken.
     FileSizeLimit full(10);
     absl::SleepFor(absl::Milliseconds(400));
     EXPECT_FALSE(log->WriteStatus().ok());
-    EXPECT_EQ(log->Append(SignEvent(4)).code(),
-              absl::StatusCode::kUnavailable);
+    EXPECT_EQ(log->Append(SignEvent(4)).code(), absl::StatusCode::kUnavailable);
   }
   // Room again: within the backoff (at most 30 s), signing resumes.
   const absl::Time give_up = absl::Now() + absl::Seconds(40);
@@ -724,7 +721,8 @@ TEST(AuditLogTest, RollsOverAtTheSizeLimitAndWhenAskedKeepingOneChain) {
   EXPECT_THAT(Parse(ReadLines(path)[0])["detail"].get<std::string>(),
               HasSubstr("a new segment was asked for"));
   // The directory alone names the same log.
-  absl::StatusOr<AuditVerifyResult> by_dir = VerifyAuditLog(dir.path(), nullptr);
+  absl::StatusOr<AuditVerifyResult> by_dir =
+      VerifyAuditLog(dir.path(), nullptr);
   ASSERT_TRUE(by_dir.ok()) << by_dir.status();
   EXPECT_EQ(by_dir->last_seq, last);
 }
@@ -1175,7 +1173,8 @@ TEST(AuditLogTest, OneCallersFloodLeavesLinesForAnothersRefusals) {
   uint64_t summarized = 0;
   for (const std::string& line : ReadLines(path)) {
     Json j = Parse(line);
-    if (j["event"] == "refusal_summary") summarized += j["count"].get<uint64_t>();
+    if (j["event"] == "refusal_summary")
+      summarized += j["count"].get<uint64_t>();
     if (j["event"] != "refuse") continue;
     if (j["caller"] == "cn:flooder") ++flooder;
     if (j["caller"] == "uri:spiffe://example.org/honest") ++honest;

@@ -7,18 +7,17 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
-#include <sstream>
-#include <set>
-#include <thread>
-#include <vector>
-
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -253,9 +252,9 @@ absl::StatusOr<SegmentProof> VerifySegment(
     absl::string_view line;
     bool done = false;
     if (absl::Status read = reader.Next(line, done); !read.ok()) {
-      return absl::Status(read.code(), absl::StrCat("audit log ", path,
-                                                    ": line ", n, ": ",
-                                                    read.message()));
+      return absl::Status(
+          read.code(),
+          absl::StrCat("audit log ", path, ": line ", n, ": ", read.message()));
     }
     if (done) {
       if (!reader.tail().empty()) {
@@ -289,8 +288,7 @@ absl::StatusOr<SegmentProof> VerifySegment(
       proof.first_prev = std::string(info.prev);
       proof.first_event = std::string(info.event);
       if (!continues && info.prev != kZeroHash) {
-        return broken(
-            "prev is not 64 zeros (the file does not start a chain)");
+        return broken("prev is not 64 zeros (the file does not start a chain)");
       }
     } else if (!HexEquals(info.prev, prev_hash)) {
       return broken(absl::StrCat("prev does not match the hash of line ",
@@ -412,8 +410,8 @@ absl::StatusOr<std::vector<std::string>> SegmentFiles(absl::string_view path) {
           " holds the segments of more than one log; name the log's file"));
     }
     if (bases.empty()) {
-      return absl::NotFoundError(absl::StrCat(
-          "audit log directory ", base, " holds no closed segment"));
+      return absl::NotFoundError(absl::StrCat("audit log directory ", base,
+                                              " holds no closed segment"));
     }
     base = absl::StrCat(dir, "/", *bases.begin());
   }
@@ -438,12 +436,11 @@ absl::StatusOr<std::vector<std::string>> SegmentFiles(absl::string_view path) {
 absl::StatusOr<AuditVerifyResult> Verify(
     absl::string_view path, const hsm::PublicKey* checkpoint_key,
     absl::string_view expected_copied, int threads,
-    const std::map<std::string, hsm::PublicKey>* keyring,
-    bool allow_unvouched, const std::string& first_kid) {
+    const std::map<std::string, hsm::PublicKey>* keyring, bool allow_unvouched,
+    const std::string& first_kid) {
   const absl::string_view expected_line = ExtractLine(expected_copied);
-  absl::StatusOr<std::optional<AuditLineInfo>> expected =
-      ParseExpected(expected_copied.empty() ? absl::string_view()
-                                            : expected_line);
+  absl::StatusOr<std::optional<AuditLineInfo>> expected = ParseExpected(
+      expected_copied.empty() ? absl::string_view() : expected_line);
   if (!expected.ok()) return expected.status();
   absl::StatusOr<std::vector<std::string>> files = SegmentFiles(path);
   if (!files.ok()) return files.status();
@@ -459,13 +456,14 @@ absl::StatusOr<AuditVerifyResult> Verify(
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
-      proofs[i] = VerifySegment((*files)[i], checkpoint_key, keyring,
-                                *expected, expected_line, keep[i]);
+      proofs[i] = VerifySegment((*files)[i], checkpoint_key, keyring, *expected,
+                                expected_line, keep[i]);
     }
   };
   const size_t workers = std::max<size_t>(
-      1, std::min<size_t>(n, threads > 0 ? static_cast<size_t>(threads)
-                                         : std::thread::hardware_concurrency()));
+      1,
+      std::min<size_t>(n, threads > 0 ? static_cast<size_t>(threads)
+                                      : std::thread::hardware_concurrency()));
   std::vector<std::thread> pool;
   for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
   work();
@@ -500,8 +498,8 @@ absl::StatusOr<AuditVerifyResult> Verify(
       }
       const Digest* held = before->HashOf(from);
       if (held == nullptr) {
-        return seam(absl::StrCat("it continues from line ", from,
-                                 ", which ", before->path,
+        return seam(absl::StrCat("it continues from line ", from, ", which ",
+                                 before->path,
                                  " does not hold among its last lines"));
       }
       if (!HexEquals(proof.first_prev, *held)) {
@@ -597,7 +595,8 @@ absl::StatusOr<AuditVerifyResult> Verify(
     }
     result.audit_keys = accepted.size();
     if (!first_kid.empty() && result.first_seq == 1 &&
-        !checkpoint_kids.empty() && checkpoint_kids.front().second != first_kid) {
+        !checkpoint_kids.empty() &&
+        checkpoint_kids.front().second != first_kid) {
       return Broken(absl::StrCat(
           "audit log ", path, ": line ", checkpoint_kids.front().first,
           ": the log's first checkpoint is by audit key ",
@@ -651,7 +650,8 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
     return Broken(absl::StrCat(
         "audit log ", path, ": lines ",
         result->last_seq - result->uncovered_lines() + 1, " to ",
-        result->last_seq, " are covered by no checkpoint (only the chain "
+        result->last_seq,
+        " are covered by no checkpoint (only the chain "
         "protects them: they could have been cut off or appended)"));
   }
   return result;
@@ -676,8 +676,8 @@ absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
     absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromSpkiPem(
         absl::string_view(text).substr(at, end + kEnd.size() - at));
     if (!key.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "audit keyring ", path, ": ", key.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("audit keyring ", path, ": ", key.status().message()));
     }
     absl::StatusOr<std::string> kid = key->JwkThumbprint();
     if (!kid.ok()) return kid.status();

@@ -81,8 +81,7 @@ inline constexpr size_t kMaxKeyringBytes = 16 << 20;
 // PERMISSION_DENIED / FAILED_PRECONDITION (not a regular file, over
 // kMaxKeyringBytes) if the file cannot be read.
 absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
-    const std::string& path,
-    std::vector<std::string>* kids_in_order = nullptr);
+    const std::string& path, std::vector<std::string>* kids_in_order = nullptr);
 
 // Verifies the audit log at `path` with its closed segments
 // (ClosedSegmentPath: "<path>.<first seq, 20 digits>", in order, then

@@ -77,8 +77,7 @@ int Verify(const std::string& path, const std::string& public_key_path,
   }
   if (result->uncovered_lines() > 0) {
     std::cout << "; lines " << result->last_seq - result->uncovered_lines() + 1
-              << " to " << result->last_seq << " ("
-              << result->uncovered_lines()
+              << " to " << result->last_seq << " (" << result->uncovered_lines()
               << ") are covered by no checkpoint: only the chain protects them";
   }
   if (result->superseded_lines > 0) {

@@ -9,10 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -321,7 +321,8 @@ TEST_F(AuditVerifyTest, EveryOtherTamperCaseIsFound) {
     std::vector<std::string> duplicated = lines_;
     duplicated.insert(duplicated.begin() + 6, lines_[5]);
     WriteLines(path_, duplicated);
-    ExpectDataLoss(Verify(), "line 7: seq is 6, expected 7 (lines are repeated)");
+    ExpectDataLoss(Verify(),
+                   "line 7: seq is 6, expected 7 (lines are repeated)");
   }
   {
     SCOPED_TRACE("a forged line inserted, renumbered and rechained");
@@ -654,7 +655,8 @@ TEST(AuditVerifyFileTest, AnEmptyFileIsAnErrorUnlessAllowed) {
   ExpectDataLoss(VerifyAuditLog(path, nullptr), "the file is empty");
   AuditVerifyOptions allow;
   allow.allow_empty = true;
-  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr, "", allow);
+  absl::StatusOr<AuditVerifyResult> r =
+      VerifyAuditLog(path, nullptr, "", allow);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->lines, 0u);
   const std::string checkpoint = absl::StrCat(

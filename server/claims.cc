@@ -19,8 +19,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "nlohmann/json.hpp"
 #include "base/quote.h"
+#include "nlohmann/json.hpp"
 
 namespace signet::server {
 

@@ -421,7 +421,8 @@ using signet::testing::CorpusEntry;
 TEST(ClaimsCorpusTest, EveryFileGivesItsExpectedStatus) {
   const std::filesystem::path dir = SIGNET_CLAIMS_CORPUS_DIR;
   ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir << " is missing";
-  const std::vector<CorpusEntry> entries = signet::testing::ReadClaimsCorpus(dir);
+  const std::vector<CorpusEntry> entries =
+      signet::testing::ReadClaimsCorpus(dir);
   ASSERT_GE(entries.size(), 40u);
 
   std::set<std::string> listed;

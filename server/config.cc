@@ -189,8 +189,7 @@ absl::Status ValidateGrpcLimits(signet::v1::GrpcConfig& grpc) {
        &G::set_max_health_watchers, 1024, 1, 1 << 20},
       {"max_connection_age_seconds", &G::max_connection_age_seconds,
        &G::set_max_connection_age_seconds, 1800, 1, 7 * 24 * 3600},
-      {"max_connection_age_grace_seconds",
-       &G::max_connection_age_grace_seconds,
+      {"max_connection_age_grace_seconds", &G::max_connection_age_grace_seconds,
        &G::set_max_connection_age_grace_seconds, 60, 1, 3600},
       {"reserved_file_descriptors", &G::reserved_file_descriptors,
        &G::set_reserved_file_descriptors, 256, 32, 1 << 20},
@@ -205,9 +204,9 @@ absl::Status ValidateGrpcLimits(signet::v1::GrpcConfig& grpc) {
     if ((grpc.*b.get)() == 0) (grpc.*b.set)(b.fallback);
     const uint32_t value = (grpc.*b.get)();
     if (value < b.min || value > b.max) {
-      return FieldError(absl::StrCat("grpc.", b.field),
-                        absl::StrCat(value, " is out of range: ", b.min,
-                                     " to ", b.max));
+      return FieldError(
+          absl::StrCat("grpc.", b.field),
+          absl::StrCat(value, " is out of range: ", b.min, " to ", b.max));
     }
   }
   return absl::OkStatus();
@@ -252,8 +251,9 @@ absl::Status ValidateConfig(SignetConfig& config,
     return FieldError("hsm.module_path", "is required");
   }
   if (hsm.token_uri().empty()) {
-    return FieldError("hsm.token_uri",
-                      "is required (an RFC 7512 URI, e.g. pkcs11:token=signet)");
+    return FieldError(
+        "hsm.token_uri",
+        "is required (an RFC 7512 URI, e.g. pkcs11:token=signet)");
   }
   if (hsm.pin_file().empty() == hsm.pin_env().empty()) {
     return FieldError("hsm.pin_file / hsm.pin_env",
@@ -320,9 +320,9 @@ absl::Status ValidateConfig(SignetConfig& config,
     }
     absl::Status issuer = ValidateIssuer(scope.issuer());
     if (!issuer.ok()) {
-      return FieldError(field + ".issuer",
-                        absl::StrCat("\"", scope.issuer(), "\" ",
-                                     issuer.message()));
+      return FieldError(
+          field + ".issuer",
+          absl::StrCat("\"", scope.issuer(), "\" ", issuer.message()));
     }
     if (!issuers.insert(scope.issuer()).second) {
       return FieldError(field + ".issuer",
@@ -342,9 +342,9 @@ absl::Status ValidateConfig(SignetConfig& config,
       scope.set_max_token_lifetime_seconds(kDefaultTokenLifetime);
     }
     if (scope.max_token_lifetime_seconds() > kMaxTokenLifetime) {
-      return FieldError(field + ".max_token_lifetime_seconds",
-                        absl::StrCat("at most ", kMaxTokenLifetime,
-                                     " (7 days)"));
+      return FieldError(
+          field + ".max_token_lifetime_seconds",
+          absl::StrCat("at most ", kMaxTokenLifetime, " (7 days)"));
     }
     // The key schedule (README, "Key rotation"). A token lives until
     // iat + S + T and verifiers accept it V longer: the grace covers that.
@@ -467,9 +467,9 @@ absl::Status ValidateConfig(SignetConfig& config,
     std::string http_host;
     int http_port = 0;
     if (!SplitHostPort(http.listen_address(), &http_host, &http_port)) {
-      return FieldError("http.listen_address",
-                        absl::StrCat("\"", http.listen_address(),
-                                     "\" is not host:port"));
+      return FieldError(
+          "http.listen_address",
+          absl::StrCat("\"", http.listen_address(), "\" is not host:port"));
     }
     if (http.tls_cert_file().empty() != http.tls_key_file().empty()) {
       return FieldError(http.tls_cert_file().empty() ? "http.tls_cert_file"
@@ -551,7 +551,8 @@ absl::Status ValidateConfig(SignetConfig& config,
     serving.set_audit_segment_max_mib(1024);
   }
   if (serving.audit_segment_max_mib() > (1u << 20)) {
-    return FieldError("serving.audit_segment_max_mib", "at most 1048576 (1 TiB)");
+    return FieldError("serving.audit_segment_max_mib",
+                      "at most 1048576 (1 TiB)");
   }
   if (!serving.has_audit_segment_max_age_hours()) {
     serving.set_audit_segment_max_age_hours(24);
@@ -568,9 +569,8 @@ absl::Status ValidateConfig(SignetConfig& config,
   }
   if (const uint32_t seconds = config.audit_key_rotation_seconds();
       seconds != 0) {
-    const uint32_t least = config.allow_short_key_schedules()
-                               ? kMinShortRotationPeriod
-                               : 3600;
+    const uint32_t least =
+        config.allow_short_key_schedules() ? kMinShortRotationPeriod : 3600;
     if (seconds < least) {
       return FieldError(
           "audit_key_rotation_seconds",

@@ -89,13 +89,16 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
 TEST(ConfigTest, TheGraceCoversATokensLifeSkewAndVerifierLeeway) {
   auto at_least = [](absl::string_view extra) {
     return ParseConfig(absl::StrReplaceAll(
-        kValid, {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
+        kValid,
+        {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
   };
   // 600 s tokens, 60 s skew, 60 s leeway: 720 s is the least grace.
   EXPECT_TRUE(at_least("max_token_lifetime_seconds: 600 "
-                       "publish_grace_seconds: 720").ok());
-  auto short_grace = at_least("max_token_lifetime_seconds: 600 "
-                              "publish_grace_seconds: 719");
+                       "publish_grace_seconds: 720")
+                  .ok());
+  auto short_grace = at_least(
+      "max_token_lifetime_seconds: 600 "
+      "publish_grace_seconds: 719");
   EXPECT_EQ(short_grace.status().code(), absl::StatusCode::kInvalidArgument);
   const std::string message(short_grace.status().message());
   EXPECT_THAT(message, HasSubstr("scopes[0]"));
@@ -109,21 +112,24 @@ TEST(ConfigTest, TheGraceCoversATokensLifeSkewAndVerifierLeeway) {
                                     "max_token_lifetime_seconds: 600 "
                                     "publish_grace_seconds: 720"}}),
       "\nserving { iat_skew_seconds: 300 }\n"));
-  EXPECT_THAT(std::string(skewed.status().message()), HasSubstr("at least 960"));
+  EXPECT_THAT(std::string(skewed.status().message()),
+              HasSubstr("at least 960"));
 }
 
 TEST(ConfigTest, TheLeadCoversTwoCachesAndTheRefreshAndIsShorterThanThePeriod) {
   auto with = [](absl::string_view extra, absl::string_view top = "") {
     return ParseConfig(absl::StrCat(
-        absl::StrReplaceAll(kValid, {{"algorithm: ES256",
-                                      absl::StrCat("algorithm: ES256 ", extra)}}),
+        absl::StrReplaceAll(
+            kValid,
+            {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}),
         "\n", top));
   };
   EXPECT_TRUE(with("min_publish_lead_seconds: 660").ok());
   auto short_lead = with("min_publish_lead_seconds: 659");
   EXPECT_EQ(short_lead.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(short_lead.status().message()),
-              HasSubstr("min_publish_lead_seconds: must be at least 660 (L >= 2C + R"));
+  EXPECT_THAT(
+      std::string(short_lead.status().message()),
+      HasSubstr("min_publish_lead_seconds: must be at least 660 (L >= 2C + R"));
   // A slower replica refresh needs a longer lead.
   EXPECT_THAT(std::string(with("min_publish_lead_seconds: 660",
                                "key_refresh_interval_seconds: 120")
@@ -131,11 +137,14 @@ TEST(ConfigTest, TheLeadCoversTwoCachesAndTheRefreshAndIsShorterThanThePeriod) {
                               .message()),
               HasSubstr("at least 720"));
   // P > L.
-  auto long_lead = with("rotation_period_seconds: 3600 min_publish_lead_seconds: 3600");
+  auto long_lead =
+      with("rotation_period_seconds: 3600 min_publish_lead_seconds: 3600");
   EXPECT_THAT(std::string(long_lead.status().message()),
               HasSubstr("rotation_period_seconds: must be longer than "
                         "min_publish_lead_seconds"));
-  EXPECT_TRUE(with("rotation_period_seconds: 3600 min_publish_lead_seconds: 3599").ok());
+  EXPECT_TRUE(
+      with("rotation_period_seconds: 3600 min_publish_lead_seconds: 3599")
+          .ok());
 }
 
 TEST(ConfigTest, ShortRotationPeriodsNeedTheTopLevelSwitch) {
@@ -156,8 +165,8 @@ TEST(ConfigTest, ShortRotationPeriodsNeedTheTopLevelSwitch) {
 }
 
 TEST(ConfigTest, AuditKeyRotationInSecondsIsForTestsAndDemos) {
-  auto short_audit = ParseConfig(
-      absl::StrCat(kValid, "\naudit_key_rotation_seconds: 8\n"));
+  auto short_audit =
+      ParseConfig(absl::StrCat(kValid, "\naudit_key_rotation_seconds: 8\n"));
   EXPECT_THAT(std::string(short_audit.status().message()),
               AllOf(HasSubstr("audit_key_rotation_seconds"),
                     HasSubstr("allow_short_key_schedules")));
@@ -166,8 +175,8 @@ TEST(ConfigTest, AuditKeyRotationInSecondsIsForTestsAndDemos) {
       "\naudit_key_rotation_seconds: 8 allow_short_key_schedules: true\n"));
   ASSERT_TRUE(allowed.ok()) << allowed.status();
   EXPECT_EQ(allowed->audit_key_rotation_seconds(), 8u);
-  auto hour = ParseConfig(
-      absl::StrCat(kValid, "\naudit_key_rotation_seconds: 3600\n"));
+  auto hour =
+      ParseConfig(absl::StrCat(kValid, "\naudit_key_rotation_seconds: 3600\n"));
   EXPECT_TRUE(hour.ok()) << hour.status();
   auto too_long = ParseConfig(
       absl::StrCat(kValid, "\naudit_key_rotation_seconds: 400000000\n"));
@@ -178,15 +187,16 @@ TEST(ConfigTest, AuditKeyRotationInSecondsIsForTestsAndDemos) {
 TEST(ConfigTest, ScheduleFieldBounds) {
   auto at_least = [](absl::string_view extra) {
     return ParseConfig(absl::StrReplaceAll(
-        kValid, {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
+        kValid,
+        {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
   };
   EXPECT_THAT(
       std::string(at_least("rotation_period_seconds: 60").status().message()),
       HasSubstr("rotation_period_seconds"));
-  EXPECT_THAT(std::string(at_least("destroy_delay_seconds: 40000000")
-                              .status()
-                              .message()),
-              HasSubstr("destroy_delay_seconds"));
+  EXPECT_THAT(
+      std::string(
+          at_least("destroy_delay_seconds: 40000000").status().message()),
+      HasSubstr("destroy_delay_seconds"));
 }
 
 TEST(ConfigTest, PlainTextNeedsTheFlagAndLoopback) {
@@ -196,7 +206,8 @@ TEST(ConfigTest, PlainTextNeedsTheFlagAndLoopback) {
   ConfigOptions plaintext;
   plaintext.insecure_plaintext = true;
   EXPECT_TRUE(ParseConfig(no_tls, plaintext).ok());
-  std::string wide = absl::StrReplaceAll(no_tls, {{"127.0.0.1:7443", "0.0.0.0:7443"}});
+  std::string wide =
+      absl::StrReplaceAll(no_tls, {{"127.0.0.1:7443", "0.0.0.0:7443"}});
   EXPECT_THAT(ParseConfig(wide, plaintext).status().message(),
               HasSubstr("grpc_listen_address"));
   // With mTLS any address is fine.
@@ -243,8 +254,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"https://consumer.signet.example",
                 "https://consumer.signet.example?x=1", "query"},
         BadCase{"audience_class: CONSUMER", "", "audience_class"},
-        BadCase{"purpose: JWT\n    issuer: \"https://consumer", "issuer: \"https://consumer",
-                "purpose"},
+        BadCase{"purpose: JWT\n    issuer: \"https://consumer",
+                "issuer: \"https://consumer", "purpose"},
         BadCase{"algorithm: ES256", "", "algorithm"},
         BadCase{"algorithm: ES256", "algorithm: ES256 rsa_bits: 2048",
                 "rsa_bits"},
@@ -268,13 +279,16 @@ INSTANTIATE_TEST_SUITE_P(
                 "exactly one"}));
 
 TEST(ConfigTest, AuditGroupCommitDelayZeroTurnsItOffAndIsBounded) {
-  auto off = ParseConfig(absl::StrCat(
-      kValid, "serving { audit_group_commit_delay_us: 0 }\n"));
+  auto off = ParseConfig(
+      absl::StrCat(kValid, "serving { audit_group_commit_delay_us: 0 }\n"));
   ASSERT_TRUE(off.ok()) << off.status();
   EXPECT_TRUE(off->serving().has_audit_group_commit_delay_us());
   EXPECT_EQ(off->serving().audit_group_commit_delay_us(), 0u);
-  absl::Status too_long = ParseConfig(absl::StrCat(
-      kValid, "serving { audit_group_commit_delay_us: 100001 }\n")).status();
+  absl::Status too_long =
+      ParseConfig(
+          absl::StrCat(kValid,
+                       "serving { audit_group_commit_delay_us: 100001 }\n"))
+          .status();
   EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(too_long.message(),
               HasSubstr("serving.audit_group_commit_delay_us"));
@@ -295,8 +309,8 @@ TEST(ConfigTest, GrpcLimitsHaveDefaultsAndBounds) {
   EXPECT_FALSE(grpc.reflection());
   for (const char* bad :
        {"grpc { handshake_timeout_seconds: 121 }",
-        "grpc { request_timeout_seconds: 301 }",
-        "grpc { max_memory_mib: 63 }", "grpc { reserved_file_descriptors: 31 }",
+        "grpc { request_timeout_seconds: 301 }", "grpc { max_memory_mib: 63 }",
+        "grpc { reserved_file_descriptors: 31 }",
         "grpc { max_concurrent_streams: 65537 }"}) {
     absl::Status st = ParseConfig(absl::StrCat(kValid, bad, "\n")).status();
     EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
@@ -306,9 +320,9 @@ TEST(ConfigTest, GrpcLimitsHaveDefaultsAndBounds) {
 }
 
 TEST(ConfigTest, PlainHttpIssuerOnlyOnLoopback) {
-  EXPECT_TRUE(ParseWith("https://consumer.signet.example",
-                        "http://127.0.0.1:8080")
-                  .ok());
+  EXPECT_TRUE(
+      ParseWith("https://consumer.signet.example", "http://127.0.0.1:8080")
+          .ok());
   EXPECT_TRUE(ParseWith("https://consumer.signet.example",
                         "http://localhost:8080/tenant")
                   .ok());
@@ -407,9 +421,9 @@ TEST(ConfigTest, HttpConnectionLimitsAndDeadlineOutOfRangeNameTheField) {
                 "http.request_deadline_seconds"},
        }) {
     SCOPED_TRACE(c.fields);
-    auto config = WithHttp(absl::StrCat(
-        R"(listen_address: "127.0.0.1:8080" )",
-        R"(public_base_url: "https://k.example" )", c.fields));
+    auto config = WithHttp(
+        absl::StrCat(R"(listen_address: "127.0.0.1:8080" )",
+                     R"(public_base_url: "https://k.example" )", c.fields));
     EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(config.status().message(), HasSubstr(c.field));
   }

@@ -75,7 +75,8 @@ uint64_t InodeOf(int fd) {
 
 int OpenFileLimit() {
   struct rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 ||
+      limit.rlim_cur == RLIM_INFINITY) {
     return 1 << 20;
   }
   return static_cast<int>(limit.rlim_cur);

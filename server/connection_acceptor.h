@@ -38,11 +38,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
-
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace signet::server {
 
@@ -51,8 +50,7 @@ class ConnectionAcceptor {
   // Binds `listen_address` ("host:port", "[v6]:port"; port 0 picks one) and
   // listens. UNAVAILABLE when the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> Bind(
-      absl::string_view listen_address, int reserved_fds,
-      int max_per_address);
+      absl::string_view listen_address, int reserved_fds, int max_per_address);
   // Stops accepting and closes the listening socket (Stop()).
   ~ConnectionAcceptor();
   // Stops accepting; the connections handed to gRPC stay, and
@@ -66,8 +64,8 @@ class ConnectionAcceptor {
   // Starts handing every accepted connection to `grpc` (from
   // ServerBuilder::experimental().AddExternalConnectionAcceptor), once the
   // server is started.
-  void Start(std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>
-                 grpc);
+  void Start(
+      std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> grpc);
 
   // True when a connection accepted now would be refused: the descriptor
   // budget is spent. Cheap (one fcntl); for health.

@@ -40,7 +40,7 @@ int RaiseOpenFileLimit(int* before) {
   }
   auto as_int = [](rlim_t v) {
     return v == RLIM_INFINITY || v > (1u << 30) ? (1 << 30)
-                                                 : static_cast<int>(v);
+                                                : static_cast<int>(v);
   };
   *before = as_int(limit.rlim_cur);
   if (limit.rlim_cur < limit.rlim_max) {

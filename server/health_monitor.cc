@@ -21,8 +21,9 @@ void HealthMonitor::Update(const ReplicaCondition& condition) {
   const absl::Status overall = Overall(condition);
   if (overall_ != overall.ok()) {
     if (overall.ok()) {
-      SIGNET_LOG_INFO("health: SERVING (HSM signing, audit log writable, "
-                      "listener accepting)");
+      SIGNET_LOG_INFO(
+          "health: SERVING (HSM signing, audit log writable, "
+          "listener accepting)");
     } else {
       SIGNET_LOG_WARN("health: NOT_SERVING: {}", overall.message());
     }
@@ -38,8 +39,8 @@ void HealthMonitor::Update(const ReplicaCondition& condition) {
       // Only the scope's own changes get a line; the overall one has its own.
       if (known != scope_ok_.end() || !own.ok()) {
         if (own.ok()) {
-          SIGNET_LOG_INFO("health {}{}: the scope can sign again",
-                          kScopePrefix, scope);
+          SIGNET_LOG_INFO("health {}{}: the scope can sign again", kScopePrefix,
+                          scope);
         } else {
           SIGNET_LOG_WARN("health {}{}: NOT_SERVING: {}", kScopePrefix, scope,
                           own.message());

@@ -55,7 +55,7 @@ class HealthMonitor {
 
   const std::vector<std::string> scopes_;
   const Setter set_;
-  std::optional<bool> overall_;  // unset until the first Update
+  std::optional<bool> overall_;                // unset until the first Update
   std::map<std::string, bool> scope_ok_;       // the scope's own condition
   std::map<std::string, bool> scope_serving_;  // what its entry says
 };

@@ -34,8 +34,9 @@ TEST(HealthMonitorTest, ServingWhenEverythingWorks) {
   monitor.SetAllNotServing("starting");
   monitor.Update(AllGood());
   EXPECT_TRUE(monitor.serving());
-  EXPECT_EQ(entries.now, (std::map<std::string, bool>{
-                             {"", true}, {"scope/a", true}, {"scope/b", true}}));
+  EXPECT_EQ(entries.now,
+            (std::map<std::string, bool>{
+                {"", true}, {"scope/a", true}, {"scope/b", true}}));
 }
 
 TEST(HealthMonitorTest, EachFaultTurnsTheReplicaNotServing) {

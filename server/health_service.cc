@@ -141,7 +141,8 @@ class HealthService::Watcher final : public OneRequestCall {
     StartWrite(&out_);
   }
   // Finish may not overtake a write: wait for it (OnWriteDone comes back).
-  void EndLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void EndLocked(const grpc::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finishing_) return;
     if (writing_ || pending_) {
       if (!end_with_) end_with_ = status;
@@ -166,9 +167,8 @@ class HealthService::Watcher final : public OneRequestCall {
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-HealthService::HealthService(
-    int max_watchers, RequestWaits* waits,
-    std::function<void(Refusal)> on_refused)
+HealthService::HealthService(int max_watchers, RequestWaits* waits,
+                             std::function<void(Refusal)> on_refused)
     : max_watchers_(max_watchers),
       waits_(waits),
       on_refused_(std::move(on_refused)) {
@@ -270,10 +270,9 @@ void HealthService::StartWatch(Watcher* watcher) {
                              " health watches open, its limit "
                              "(grpc.max_health_watchers)");
     } else if (mine >= share) {
-      refused = absl::StrCat(
-          "this client certificate holds ", mine,
-          " health watches, its share (a quarter of "
-          "grpc.max_health_watchers)");
+      refused = absl::StrCat("this client certificate holds ", mine,
+                             " health watches, its share (a quarter of "
+                             "grpc.max_health_watchers)");
     } else {
       ++mine;
       watchers_.insert(watcher);
@@ -282,9 +281,9 @@ void HealthService::StartWatch(Watcher* watcher) {
     if (mine == 0) watchers_by_certificate_.erase(watcher->certificate());
   }
   if (!refused.empty()) {
-    watcher->End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                              absl::StrCat(refused,
-                                           "; use Check, or retry later")));
+    watcher->End(
+        grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                     absl::StrCat(refused, "; use Check, or retry later")));
     if (on_refused_) on_refused_(Refusal::kWatch);
   }
 }

@@ -5,10 +5,11 @@
 // open at once, over every connection, and at most a quarter of them for
 // one client certificate (any certificate of the CA reaches health, so one
 // must not hold every watch); one more is answered RESOURCE_EXHAUSTED at
-// once (and reported through `on_refused`, so it is audited). Check is unary and holds nothing. Both are received as streams
-// (server/one_request_call.h), so a call whose request never comes is
-// bounded, and a request that does not parse is INVALID_ARGUMENT with a
-// message (gRPC's typed handler answers UNIMPLEMENTED and nothing else).
+// once (and reported through `on_refused`, so it is audited). Check is unary
+// and holds nothing. Both are received as streams (server/one_request_call.h),
+// so a call whose request never comes is bounded, and a request that does not
+// parse is INVALID_ARGUMENT with a message (gRPC's typed handler answers
+// UNIMPLEMENTED and nothing else).
 //
 // Protocol (grpc/grpc doc/health-checking.md): Check answers NOT_FOUND for a
 // service it does not know; Watch sends the current status at once

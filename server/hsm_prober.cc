@@ -31,8 +31,7 @@ HsmProber::~HsmProber() {
 }
 
 void HsmProber::Start() {
-  thread_ = std::thread([state = state_, probe = probe_,
-                         options = options_] {
+  thread_ = std::thread([state = state_, probe = probe_, options = options_] {
     while (!state->stop.HasBeenNotified()) {
       {
         absl::MutexLock lock(&state->mu);

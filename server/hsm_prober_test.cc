@@ -24,7 +24,8 @@ HsmProber::Options Fast() {
 
 // A probe that answers `answer` and counts its calls.
 struct FakeProbe {
-  std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
+  std::shared_ptr<std::atomic<int>> calls =
+      std::make_shared<std::atomic<int>>(0);
   absl::Status answer;
   HsmProber::Probe Fn() {
     return [calls = calls, answer = answer](absl::Time) {

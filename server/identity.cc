@@ -85,8 +85,9 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
       const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), i);
       if (name->type != GEN_URI) continue;
       const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
-      uris.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
-                        ASN1_STRING_length(uri));
+      uris.emplace_back(
+          reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+          ASN1_STRING_length(uri));
     }
   }
   // X509_get_extended_key_usage answers UINT32_MAX when the extension is
@@ -110,7 +111,8 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
   }
   X509_NAME* subject = X509_get_subject_name(cert.get());
   int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
-  if (idx < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, idx) >= 0) {
+  if (idx < 0 ||
+      X509_NAME_get_index_by_NID(subject, NID_commonName, idx) >= 0) {
     return Refused(cert.get(), uris,
                    "it has neither a URI SAN nor exactly one subject CN");
   }

@@ -3,10 +3,9 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-
-#include <openssl/crypto.h>
 
 #include <algorithm>
 #include <chrono>
@@ -93,15 +92,16 @@ std::string ClientAddress(MHD_Connection* connection) {
 // What a request's header lines say about its framing.
 struct HeaderCensus {
   int hosts = 0;
-  int lengths = 0;     // Content-Length lines
-  int encodings = 0;   // Transfer-Encoding lines
+  int lengths = 0;        // Content-Length lines
+  int encodings = 0;      // Transfer-Encoding lines
   bool bad_name = false;  // a name that is not an RFC 9110 token
 };
 
 // RFC 9110 section 5.6.2 tchar.
 bool IsTokenChar(char c) {
   return absl::ascii_isalnum(c) ||
-         absl::string_view("!#$%&'*+-.^_`|~").find(c) != absl::string_view::npos;
+         absl::string_view("!#$%&'*+-.^_`|~").find(c) !=
+             absl::string_view::npos;
 }
 
 MHD_Result CountHeader(void* census_ptr, MHD_ValueKind, const char* key,
@@ -212,7 +212,7 @@ JwksHttpServer::JwksHttpServer(const JwksHttpOptions& options)
       headers_ns_(absl::ToInt64Nanoseconds(
           std::min(options.request_deadline, kCrowdedHeaderTime))),
       log_(std::make_unique<ThrottledLog>("JWKS HTTP: ", kThrottledLogLines,
-                                         kThrottledLogWindow)) {}
+                                          kThrottledLogWindow)) {}
 
 absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     const JwksHttpOptions& options) {
@@ -234,7 +234,8 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     return absl::InvalidArgumentError(absl::StrCat(
         "http.listen_address host \"", host, "\" must be an IPv4 address"));
   }
-  const bool tls = !options.tls_cert_pem.empty() || !options.tls_key_pem.empty();
+  const bool tls =
+      !options.tls_cert_pem.empty() || !options.tls_key_pem.empty();
   if (tls && (options.tls_cert_pem.empty() || options.tls_key_pem.empty())) {
     return absl::InvalidArgumentError(
         "HTTP TLS needs both a certificate and a key");
@@ -288,8 +289,8 @@ absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
                      const_cast<char*>(options.tls_cert_pem.c_str())});
     items.push_back(
         {MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(key_pem.c_str())});
-    items.push_back({MHD_OPTION_HTTPS_PRIORITIES, 0,
-                     const_cast<char*>(kTlsPriorities)});
+    items.push_back(
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)});
   }
   items.push_back({MHD_OPTION_END, 0, nullptr});
   JwksHttpServer* self = server.get();
@@ -380,9 +381,9 @@ void JwksHttpServer::HeadersIn(MHD_Connection* connection) const {
 void JwksHttpServer::SweepLoop() {
   // A quarter of the shorter limit, so a connection lives at most 1.25 of
   // it.
-  const absl::Duration period = std::clamp(
-      std::min(options_.request_deadline, kCrowdedHeaderTime) / 4,
-      absl::Milliseconds(50), absl::Seconds(1));
+  const absl::Duration period =
+      std::clamp(std::min(options_.request_deadline, kCrowdedHeaderTime) / 4,
+                 absl::Milliseconds(50), absl::Seconds(1));
   for (;;) {
     int closed = 0;
     {
@@ -454,8 +455,8 @@ void JwksHttpServer::Publish(const PublishedDocuments& documents) {
       *not_modified = MHD_create_response_from_buffer(
           body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
     }
-    for (MHD_Response* r : {doc->ok, doc->not_modified, doc->ok_close,
-                            doc->not_modified_close}) {
+    for (MHD_Response* r :
+         {doc->ok, doc->not_modified, doc->ok_close, doc->not_modified_close}) {
       if (r == nullptr) continue;
       MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, doc->etag.c_str());
       MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, cache.c_str());
@@ -493,9 +494,8 @@ std::shared_ptr<const JwksHttpServer::Snapshot> JwksHttpServer::Current()
   return snapshot_;
 }
 
-int JwksHttpServer::CheckRequest(MHD_Connection* connection,
-                                 const char* method, const char* version,
-                                 const char* target_end) {
+int JwksHttpServer::CheckRequest(MHD_Connection* connection, const char* method,
+                                 const char* version, const char* target_end) {
   // libmicrohttpd 0.9.75 parses the request line by length but hands the
   // target on as a C string: a NUL byte would cut it and serve the prefix.
   if (target_end == nullptr || version == nullptr ||
@@ -506,8 +506,7 @@ int JwksHttpServer::CheckRequest(MHD_Connection* connection,
   // RFC 9112 section 3.2: 400 for an HTTP/1.1 request without a Host, and
   // for any request with more than one.
   HeaderCensus census;
-  MHD_get_connection_values(connection, MHD_HEADER_KIND, &CountHeader,
-                            &census);
+  MHD_get_connection_values(connection, MHD_HEADER_KIND, &CountHeader, &census);
   if (census.bad_name) {
     return Refuse(connection, MHD_HTTP_BAD_REQUEST,
                   "a header name that is not a token (whitespace before the "
@@ -529,8 +528,8 @@ int JwksHttpServer::CheckRequest(MHD_Connection* connection,
   }
   if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
       strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
-    return Queue(connection, MHD_HTTP_METHOD_NOT_ALLOWED,
-                 "only GET and HEAD\n", "text/plain", Crowded());
+    return Queue(connection, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n",
+                 "text/plain", Crowded());
   }
   // Content on a GET or HEAD has no meaning (RFC 9110 sections 9.3.1 and
   // 9.3.2), and content left unread is where request smuggling hides:
@@ -566,7 +565,8 @@ int JwksHttpServer::Respond(MHD_Connection* connection, const char* url) {
   const Document& doc = *it->second;
   const bool close = Crowded();
   MHD_Response* ok = close ? doc.ok_close : doc.ok;
-  MHD_Response* not_modified = close ? doc.not_modified_close : doc.not_modified;
+  MHD_Response* not_modified =
+      close ? doc.not_modified_close : doc.not_modified;
   if (ok == nullptr || not_modified == nullptr) return MHD_NO;
   const char* if_none_match = MHD_lookup_connection_value(
       connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);

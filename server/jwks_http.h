@@ -68,8 +68,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/throttled_log.h"
 #include "server/publication.h"
+#include "server/throttled_log.h"
 
 struct MHD_Daemon;
 struct MHD_Connection;

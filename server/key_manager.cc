@@ -31,7 +31,8 @@ rotation::ScopeKeyPolicy KeyPolicyFor(const signet::v1::ScopeConfig& scope) {
   policy.scope = scope.name();
   policy.algorithm = JoseAlgorithmName(scope.algorithm());
   policy.key_spec = KeySpecFor(scope);
-  policy.timings.rotation_period = absl::Seconds(scope.rotation_period_seconds());
+  policy.timings.rotation_period =
+      absl::Seconds(scope.rotation_period_seconds());
   policy.timings.publish_grace = absl::Seconds(scope.publish_grace_seconds());
   policy.timings.destroy_delay = absl::Seconds(scope.destroy_delay_seconds());
   policy.timings.min_publish_lead =
@@ -61,8 +62,8 @@ absl::StatusOr<ScopeKeysMap> BuildScopeKeys(
       if (loaded == set->second.loaded.end()) continue;
       auto old = reusable.find(record.key_id());
       if (old != reusable.end() &&
-          google::protobuf::util::MessageDifferencer::Equals(old->second->record,
-                                                             record)) {
+          google::protobuf::util::MessageDifferencer::Equals(
+              old->second->record, record)) {
         versions.push_back(old->second);
         continue;
       }
@@ -86,10 +87,11 @@ NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now) {
     const absl::Time retire =
         rotation::TimeFromProto(records[view.signing].retire_at());
     next.at = retire;
-    next.what = view.standby >= 0 ? "standby activates" : "key retires (no standby yet)";
+    next.what = view.standby >= 0 ? "standby activates"
+                                  : "key retires (no standby yet)";
     if (view.standby >= 0) {
-      next.at = std::min(retire, rotation::TimeFromProto(
-                                     records[view.standby].activate_at()));
+      next.at = std::min(
+          retire, rotation::TimeFromProto(records[view.standby].activate_at()));
     }
   } else if (view.standby >= 0) {
     next.what = "standby activates";
@@ -152,7 +154,9 @@ absl::Status KeyManager::Start() {
   return absl::OkStatus();
 }
 
-void KeyManager::StartLoop() { thread_ = std::thread([this] { Loop(); }); }
+void KeyManager::StartLoop() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 void KeyManager::Stop() {
   std::deque<std::function<void()>> abandoned;
@@ -222,8 +226,9 @@ void KeyManager::Loop() {
   while (true) {
     const absl::Time now = absl::Now();
     // A millisecond past the boundary, so the pass sees the new state.
-    absl::Duration wait = std::min(
-        reconciler_->NextBoundary(now) - now + absl::Milliseconds(1), interval_);
+    absl::Duration wait =
+        std::min(reconciler_->NextBoundary(now) - now + absl::Milliseconds(1),
+                 interval_);
     if (failing) wait = backoff;
     std::deque<std::function<void()>> tasks;
     {
@@ -266,18 +271,19 @@ void KeyManager::Loop() {
       continue;
     }
     if (failing) {
-      SIGNET_LOG_INFO("the key reconcile pass works again after {} failed "
-                      "pass(es)",
-                      failed_passes);
+      SIGNET_LOG_INFO(
+          "the key reconcile pass works again after {} failed "
+          "pass(es)",
+          failed_passes);
       AuditEvent line;
       line.event = "key_reconcile_recovered";
       line.caller = "signetd";
       line.result = "OK";
-      line.detail = absl::StrCat(
-          "the key reconcile pass works again after ", failed_passes,
-          " failed pass(es) over ",
-          absl::FormatDuration(absl::Trunc(absl::Now() - failing_since,
-                                           absl::Seconds(1))));
+      line.detail =
+          absl::StrCat("the key reconcile pass works again after ",
+                       failed_passes, " failed pass(es) over ",
+                       absl::FormatDuration(absl::Trunc(
+                           absl::Now() - failing_since, absl::Seconds(1))));
       (void)audit_->Append(line);
     }
     failing = false;
@@ -311,8 +317,8 @@ absl::StatusOr<std::vector<rotation::KeyRecord>> KeyManager::ReadScope(
 
 absl::StatusOr<std::string> KeyManager::Change(
     const google::protobuf::Message& request, const std::string& request_id,
-    const std::function<absl::StatusOr<std::string>(
-        const std::string& fingerprint)>& change) {
+    const std::function<
+        absl::StatusOr<std::string>(const std::string& fingerprint)>& change) {
   const std::string fingerprint = request.SerializeAsString();
   auto reused = [&request_id] {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -366,8 +372,8 @@ absl::Status CheckRequestId(absl::string_view id) {
         "spaces, new for each intended change (a retry reuses it)");
   }
   if (id.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request_id is ", id.size(), " bytes long; at most 128"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_id is ", id.size(), " bytes long; at most 128"));
   }
   for (char c : id) {
     if (c < 0x21 || c > 0x7e) {
@@ -450,9 +456,9 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   absl::Status applied = reconciler_->Apply(*policy, *actions);
   acting_admin_.clear();
   if (!applied.ok()) {
-    return absl::UnavailableError(absl::StrCat(
-        "the change was not completed (", applied.message(),
-        "); retry with the same request_id"));
+    return absl::UnavailableError(
+        absl::StrCat("the change was not completed (", applied.message(),
+                     "); retry with the same request_id"));
   }
   return response;
 }
@@ -518,8 +524,8 @@ void KeyManager::RotateKey(
         signet::v1::RotateKeyResponse response;
         const rotation::KeyRecord& next = actions[0].record;
         response.set_active_kid(next.kid());
-        response.set_activates_at(
-            rotation::FormatInstant(rotation::TimeFromProto(next.activate_at())));
+        response.set_activates_at(rotation::FormatInstant(
+            rotation::TimeFromProto(next.activate_at())));
         response.set_retiring_kid(actions[1].record.kid());
         if (actions[0].detail.find("unknown kid") != std::string::npos) {
           response.set_warning(actions[0].detail);
@@ -536,7 +542,8 @@ void KeyManager::RevokeKey(
     return;
   }
   if (request.kid().empty() || request.kid().size() > 128) {
-    done(absl::InvalidArgumentError("kid is required (at most 128 characters)"));
+    done(
+        absl::InvalidArgumentError("kid is required (at most 128 characters)"));
     return;
   }
   if (request.reason().empty() || request.reason().size() > 512) {
@@ -555,18 +562,18 @@ void KeyManager::RevokeKey(
   const std::string reason = request.reason();
   Submit<signet::v1::RevokeKeyRequest, signet::v1::RevokeKeyResponse>(
       request, admin, std::move(done),
-      [kid, reason, admin](const std::vector<rotation::KeyRecord>& records,
-                           const rotation::SchedulePolicy& schedule,
-                           absl::Time now)
-          -> absl::StatusOr<std::vector<rotation::KeyAction>> {
+      [kid, reason, admin](
+          const std::vector<rotation::KeyRecord>& records,
+          const rotation::SchedulePolicy& schedule,
+          absl::Time now) -> absl::StatusOr<std::vector<rotation::KeyAction>> {
         for (const rotation::KeyRecord& r : records) {
           if (r.kid() != kid) continue;
           return rotation::PlanRevoke(records, schedule, r.key_id(), reason,
                                       admin, now);
         }
-        return absl::NotFoundError(absl::StrCat(
-            "scope ", schedule.scope, " has no key with kid \"",
-            kid.substr(0, 64), "\""));
+        return absl::NotFoundError(absl::StrCat("scope ", schedule.scope,
+                                                " has no key with kid \"",
+                                                kid.substr(0, 64), "\""));
       },
       [kid](const std::vector<rotation::KeyAction>& actions, absl::Time now) {
         signet::v1::RevokeKeyResponse response;

@@ -65,8 +65,7 @@ struct InternalScope {
   rotation::ScopeKeyPolicy policy;
   // Its keys after each pass, on the pass's thread. An error fails the pass
   // (logged, audited, retried).
-  std::function<absl::Status(const rotation::ScopeKeySet& keys,
-                             absl::Time now)>
+  std::function<absl::Status(const rotation::ScopeKeySet& keys, absl::Time now)>
       on_pass;
 };
 
@@ -110,14 +109,12 @@ class KeyManager {
   // recorded); `request_id` makes a retry apply once: the same id with the
   // same request answers as the first time, with another request
   // INVALID_ARGUMENT. `done` runs on the loop's thread.
-  void RotateKey(const signet::v1::RotateKeyRequest& request,
-                 const std::string& admin,
-                 std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)>
-                     done);
-  void RevokeKey(const signet::v1::RevokeKeyRequest& request,
-                 const std::string& admin,
-                 std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)>
-                     done);
+  void RotateKey(
+      const signet::v1::RotateKeyRequest& request, const std::string& admin,
+      std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done);
+  void RevokeKey(
+      const signet::v1::RevokeKeyRequest& request, const std::string& admin,
+      std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done);
 
   // Operator calls waiting at once; more are refused RESOURCE_EXHAUSTED.
   static constexpr size_t kMaxQueuedCalls = 64;
@@ -150,14 +147,15 @@ class KeyManager {
   // another request, on any scope, is refused.
   absl::StatusOr<std::string> Change(
       const google::protobuf::Message& request, const std::string& request_id,
-      const std::function<absl::StatusOr<std::string>(
-          const std::string& fingerprint)>& change);
+      const std::function<
+          absl::StatusOr<std::string>(const std::string& fingerprint)>& change);
   // The change with `request_id` recorded in any record, if any.
   absl::StatusOr<std::optional<rotation::OperatorChange>> RecordedChange(
       const std::string& request_id);
-  using Planner = std::function<absl::StatusOr<std::vector<rotation::KeyAction>>(
-      const std::vector<rotation::KeyRecord>&, const rotation::SchedulePolicy&,
-      absl::Time)>;
+  using Planner =
+      std::function<absl::StatusOr<std::vector<rotation::KeyAction>>(
+          const std::vector<rotation::KeyRecord>&,
+          const rotation::SchedulePolicy&, absl::Time)>;
   using Responder = std::function<std::string(
       const std::vector<rotation::KeyAction>&, absl::Time)>;
   // Plans (with the scope's records as the token has them now) and applies

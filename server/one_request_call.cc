@@ -21,9 +21,9 @@ absl::Status ParseMessage(const grpc::ByteBuffer& bytes,
   grpc::ProtoBufferReader reread(&again);
   google::protobuf::UnknownFieldSet fields;
   if (fields.ParseFromZeroCopyStream(&reread)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the request is not a valid ", name,
-        ": a string field is not valid UTF-8"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request is not a valid ", name,
+                     ": a string field is not valid UTF-8"));
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "the request is not a valid ", name,
@@ -65,7 +65,8 @@ void RequestWaits::CountEarlyReset(const std::string& peer) {
     // Bounded: forget every count rather than grow with connections.
     if (resets_.size() >= 65536) resets_.clear();
     Resets& r = resets_[peer];
-    if (now - r.window_start_ns > absl::ToInt64Nanoseconds(limits_.reset_window)) {
+    if (now - r.window_start_ns >
+        absl::ToInt64Nanoseconds(limits_.reset_window)) {
       r = Resets{now, 0};
     }
     close = ++r.count == limits_.max_early_resets + 1;

@@ -46,7 +46,8 @@ TEST(PendingCallTest, OnlyTheFirstFinishAnswersAndFills) {
                            [&] { filled_twice = true; }));
   EXPECT_FALSE(filled_twice);
   EXPECT_EQ(done, 1);
-  EXPECT_EQ(answers.Codes(), std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
+  EXPECT_EQ(answers.Codes(),
+            std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
 }
 
 TEST(PendingCallTest, ReleasesItsSlotBeforeAnswering) {
@@ -67,15 +68,16 @@ TEST(DeadlineWatchdogTest, AnAnsweredCallLeavesTheWatchListAtOnce) {
   Answers answers;
   std::vector<std::shared_ptr<PendingCall>> calls;
   for (int i = 0; i < 100; ++i) {
-    calls.push_back(std::make_shared<PendingCall>(
-        answers.Sink(), absl::Now() + absl::Hours(1), nullptr,
-        watchdog.list()));
+    calls.push_back(std::make_shared<PendingCall>(answers.Sink(),
+                                                  absl::Now() + absl::Hours(1),
+                                                  nullptr, watchdog.list()));
     watchdog.Watch(calls.back());
   }
   EXPECT_EQ(watchdog.watched(), 100u);
   for (int i = 0; i < 60; ++i) EXPECT_TRUE(calls[i]->Finish(grpc::Status::OK));
   EXPECT_EQ(watchdog.watched(), 40u);
-  for (int i = 60; i < 100; ++i) EXPECT_TRUE(calls[i]->Finish(grpc::Status::OK));
+  for (int i = 60; i < 100; ++i)
+    EXPECT_TRUE(calls[i]->Finish(grpc::Status::OK));
   EXPECT_EQ(watchdog.watched(), 0u);
 }
 
@@ -99,8 +101,8 @@ TEST(DeadlineWatchdogTest, AnswersDeadlineExceededForAnUnansweredCall) {
       nullptr, watchdog.list());
   watchdog.Watch(call);
   answered.WaitForNotification();
-  EXPECT_EQ(answers.Codes(), std::vector<grpc::StatusCode>{
-                                 grpc::StatusCode::DEADLINE_EXCEEDED});
+  EXPECT_EQ(answers.Codes(),
+            std::vector<grpc::StatusCode>{grpc::StatusCode::DEADLINE_EXCEEDED});
   // The worker that comes back later loses: nothing more is answered.
   EXPECT_FALSE(call->Finish(grpc::Status::OK));
   EXPECT_EQ(answers.Codes().size(), 1u);
@@ -112,9 +114,9 @@ TEST(DeadlineWatchdogTest, ACutOffAnswersEveryWatchedCallUnavailable) {
   DeadlineWatchdog watchdog;
   Answers answers;
   absl::Notification answered;
-  auto call = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&answered), absl::Now() + absl::Hours(1), nullptr,
-      watchdog.list());
+  auto call = std::make_shared<PendingCall>(answers.NotifyingSink(&answered),
+                                            absl::Now() + absl::Hours(1),
+                                            nullptr, watchdog.list());
   watchdog.Watch(call);
   watchdog.CutOff(absl::Now());
   answered.WaitForNotification();
@@ -131,12 +133,12 @@ TEST(DeadlineWatchdogTest, ACallOutlivingItsWatchdogCanStillBeAnswered) {
   {
     DeadlineWatchdog watchdog;
     call = std::make_shared<PendingCall>(
-        answers.Sink(), absl::Now() + absl::Hours(1), nullptr,
-        watchdog.list());
+        answers.Sink(), absl::Now() + absl::Hours(1), nullptr, watchdog.list());
     watchdog.Watch(call);
   }
   EXPECT_TRUE(call->Finish(grpc::Status::OK));
-  EXPECT_EQ(answers.Codes(), std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
+  EXPECT_EQ(answers.Codes(),
+            std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 #include "server/publication.h"
 
 #include <nlohmann/json.hpp>
-
 #include <vector>
 
 #include "absl/status/status.h"
@@ -31,7 +30,8 @@ absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
       std::vector<RawPublicKey>& raw = docs.scope_raw_keys[name];
       for (const auto& key : published) {
         pem += key->spki_pem;
-        raw.push_back(RawPublicKey{key->key.thumbprint, key->alg, key->spki_pem});
+        raw.push_back(
+            RawPublicKey{key->key.thumbprint, key->alg, key->spki_pem});
       }
       continue;
     }

@@ -4,11 +4,11 @@
 #include <fstream>
 #include <sstream>
 
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
 #include "rotation/key_state.h"
 
 #ifndef SIGNET_GOLDEN_DIR
@@ -34,14 +34,11 @@ std::string Read(const std::string& path) {
   return buf.str();
 }
 
-std::shared_ptr<const ScopeState> Version(const std::string& name,
-                                          signet::v1::AudienceClass cls,
-                                          signet::v1::Purpose purpose,
-                                          signet::v1::Algorithm alg,
-                                          const std::string& key_file,
-                                          bool revoked = false,
-                                          absl::Time activated = kActivated,
-                                          uint64_t generation = 1) {
+std::shared_ptr<const ScopeState> Version(
+    const std::string& name, signet::v1::AudienceClass cls,
+    signet::v1::Purpose purpose, signet::v1::Algorithm alg,
+    const std::string& key_file, bool revoked = false,
+    absl::Time activated = kActivated, uint64_t generation = 1) {
   signet::v1::ScopeConfig config;
   config.set_name(name);
   config.set_audience_class(cls);
@@ -72,9 +69,9 @@ std::shared_ptr<const ScopeKeys> Keys(
     std::vector<std::shared_ptr<const ScopeState>> versions) {
   std::vector<rotation::KeyRecord> records;
   for (const auto& v : versions) records.push_back(v->record);
-  return std::make_shared<const ScopeKeys>(versions[0]->config, versions[0]->alg,
-                                           std::move(records), versions,
-                                           rotation::KeyTimings{}, kNow);
+  return std::make_shared<const ScopeKeys>(
+      versions[0]->config, versions[0]->alg, std::move(records), versions,
+      rotation::KeyTimings{}, kNow);
 }
 
 std::shared_ptr<const ScopeKeys> Scope(const std::string& name,
@@ -114,7 +111,8 @@ TEST(PublicationTest, ClassesNeverMixAndRawKeysAreNeverJwks) {
   EXPECT_THAT(docs->consumer_jwks, Not(HasSubstr(e)));
   EXPECT_THAT(docs->enterprise_jwks, HasSubstr(e));
   EXPECT_THAT(docs->enterprise_jwks, Not(HasSubstr(a)));
-  for (const std::string* doc : {&docs->consumer_jwks, &docs->enterprise_jwks}) {
+  for (const std::string* doc :
+       {&docs->consumer_jwks, &docs->enterprise_jwks}) {
     EXPECT_THAT(*doc, Not(HasSubstr(r)));
   }
   EXPECT_EQ(docs->scope_jwks.count("raw"), 0u);
@@ -123,8 +121,10 @@ TEST(PublicationTest, ClassesNeverMixAndRawKeysAreNeverJwks) {
   // Each issuer is bound to its own scope's set, not to the class set.
   EXPECT_THAT(docs->scope_jwks["consumer-a"], HasSubstr(a));
   EXPECT_THAT(docs->scope_jwks["consumer-a"], Not(HasSubstr(b)));
-  EXPECT_THAT(docs->scope_discovery["consumer-a"],
-              HasSubstr(R"("jwks_uri":"https://keys.signet.test/scopes/consumer-a/.well-known/jwks.json")"));
+  EXPECT_THAT(
+      docs->scope_discovery["consumer-a"],
+      HasSubstr(
+          R"("jwks_uri":"https://keys.signet.test/scopes/consumer-a/.well-known/jwks.json")"));
   EXPECT_THAT(docs->scope_discovery["consumer-a"],
               HasSubstr(R"("issuer":"https://consumer-a.signet.test")"));
 }
@@ -134,9 +134,10 @@ TEST(PublicationTest, WithoutABaseUrlThereIsNoDiscovery) {
   ASSERT_TRUE(docs.ok()) << docs.status();
   EXPECT_THAT(docs->scope_discovery, ::testing::IsEmpty());
   EXPECT_EQ(docs->scope_jwks.size(), 3u);
-  EXPECT_EQ(
-      BuildPublishedDocuments(Scopes(), "https://k.test/", kNow).status().code(),
-      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(BuildPublishedDocuments(Scopes(), "https://k.test/", kNow)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // A key is published while PENDING, ACTIVE and RETIRED, and leaves every
@@ -151,12 +152,12 @@ TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
     bool published;
   };
   const Case cases[] = {
-      {kActivated - absl::Hours(1), true},                       // PENDING
-      {kActivated + absl::Hours(24), true},                      // ACTIVE
-      {kActivated + absl::Hours(24 * 30), true},                 // RETIRED
-      {kActivated + absl::Hours(24 * 30 + 2), false},            // UNPUBLISHED
+      {kActivated - absl::Hours(1), true},             // PENDING
+      {kActivated + absl::Hours(24), true},            // ACTIVE
+      {kActivated + absl::Hours(24 * 30), true},       // RETIRED
+      {kActivated + absl::Hours(24 * 30 + 2), false},  // UNPUBLISHED
       {kActivated + absl::Hours(24 * 30 + 2) - absl::Nanoseconds(1), true},
-      {kActivated + absl::Hours(24 * 40), false},                // DESTROYED
+      {kActivated + absl::Hours(24 * 40), false},  // DESTROYED
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(absl::FormatTime(c.at));
@@ -177,9 +178,8 @@ TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
   // before its recorded revocation (a clock set back does not bring it
   // back).
   std::map<std::string, std::shared_ptr<const ScopeKeys>> revoked = {
-      {"consumer-a",
-       Scope("consumer-a", signet::v1::CONSUMER, signet::v1::JWT,
-             signet::v1::ES256, "ec-00.pem", /*revoked=*/true)}};
+      {"consumer-a", Scope("consumer-a", signet::v1::CONSUMER, signet::v1::JWT,
+                           signet::v1::ES256, "ec-00.pem", /*revoked=*/true)}};
   auto before = BuildPublishedDocuments(revoked, "https://k.test",
                                         kActivated + absl::Hours(2));
   auto after = BuildPublishedDocuments(revoked, "https://k.test",
@@ -230,7 +230,8 @@ TEST(PublicationTest, EveryPublishedKeyOfAScopeIsInItsSets) {
 // Byte for byte what every replica serves for these keys; a change to the
 // format shows up here. SIGNET_UPDATE_GOLDEN=1 rewrites the files.
 TEST(PublicationTest, DocumentsMatchTheGoldenFiles) {
-  auto docs = BuildPublishedDocuments(Scopes(), "https://keys.signet.test", kNow);
+  auto docs =
+      BuildPublishedDocuments(Scopes(), "https://keys.signet.test", kNow);
   ASSERT_TRUE(docs.ok());
   std::map<std::string, std::string> files = {
       {"consumer.jwks.json", docs->consumer_jwks},
@@ -255,7 +256,8 @@ TEST(PublicationTest, DocumentsMatchTheGoldenFiles) {
     EXPECT_EQ(Read(path), body) << path;
   }
   // Built twice: the same bytes.
-  auto again = BuildPublishedDocuments(Scopes(), "https://keys.signet.test", kNow);
+  auto again =
+      BuildPublishedDocuments(Scopes(), "https://keys.signet.test", kNow);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->consumer_jwks, docs->consumer_jwks);
   EXPECT_EQ(again->scope_discovery, docs->scope_discovery);

@@ -41,7 +41,8 @@ ScopeKeys::ScopeKeys(signet::v1::ScopeConfig config, std::string alg,
   signing_ = VersionFor(view.signing);
 }
 
-std::shared_ptr<const ScopeState> ScopeKeys::VersionFor(int record_index) const {
+std::shared_ptr<const ScopeState> ScopeKeys::VersionFor(
+    int record_index) const {
   if (record_index < 0) return nullptr;
   const std::string& key_id = records_[record_index].key_id();
   for (const auto& version : versions_) {

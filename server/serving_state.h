@@ -30,8 +30,8 @@ struct ScopeState {
   std::string alg;  // JOSE name
   rotation::KeyRecord record;
   hsm::LoadedKey key;
-  std::string header_b64;    // JWT scopes: the protected header, encoded
-  std::string spki_pem;  // RAW scopes (published per the key's state)
+  std::string header_b64;  // JWT scopes: the protected header, encoded
+  std::string spki_pem;    // RAW scopes (published per the key's state)
 };
 
 // Builds the serving state of one of a scope's keys.

@@ -1,13 +1,14 @@
 #include "server/signer_service.h"
 
+#include <grpc/support/time.h>
+
 #include <algorithm>
 #include <iterator>
 #include <utility>
 
-#include <grpc/support/time.h>
-
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "base/quote.h"
 #include "hsm/digest.h"
 #include "rotation/key_state.h"
 #include "rotation/schedule.h"
@@ -15,7 +16,6 @@
 #include "server/config.h"
 #include "server/identity.h"
 #include "server/jwt.h"
-#include "base/quote.h"
 #include "server/publication.h"
 
 namespace signet::server {
@@ -40,8 +40,7 @@ std::string Sha256Hex(absl::string_view data) {
 // is that hash already for every SHA-256 algorithm: no second hash then.
 std::string InputSha256Hex(const ScopeState& scope, absl::string_view digest,
                            absl::string_view input) {
-  return scope.key.spec.algorithm !=
-                 hsm::SignatureAlgorithm::kEcdsaP384Sha384
+  return scope.key.spec.algorithm != hsm::SignatureAlgorithm::kEcdsaP384Sha384
              ? absl::BytesToHexString(digest)
              : Sha256Hex(input);
 }
@@ -89,7 +88,8 @@ class RawReply {
 
 }  // namespace
 
-void SetItemStatus(const absl::Status& status, signet::v1::SignJwtBatchItem* item) {
+void SetItemStatus(const absl::Status& status,
+                   signet::v1::SignJwtBatchItem* item) {
   item->set_code(static_cast<int>(status.code()));
   item->set_message(std::string(status.message()));
 }
@@ -109,7 +109,6 @@ absl::Status CheckScopeName(absl::string_view name) {
   }
   return absl::OkStatus();
 }
-
 
 SignerService::SignerService(
     SignerServiceOptions options,
@@ -235,9 +234,10 @@ absl::Status SignerService::Admit(Tenant* tenant) {
   int now = tenant->in_flight.fetch_add(1) + 1;
   if (now > tenant->max_concurrent) {
     tenant->in_flight.fetch_sub(1);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "caller ", Quote(tenant->identity, 256), " has ", tenant->max_concurrent,
-        " requests in flight, its limit; retry with backoff"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("caller ", Quote(tenant->identity, 256), " has ",
+                     tenant->max_concurrent,
+                     " requests in flight, its limit; retry with backoff"));
   }
   return absl::OkStatus();
 }
@@ -263,7 +263,7 @@ void SignerService::Refuse(const Call& call, const absl::Status& status,
 }
 
 ClaimsPolicy SignerService::PolicyFor(const ScopeState& scope,
-                                     absl::Time now) const {
+                                      absl::Time now) const {
   ClaimsPolicy policy;
   policy.issuer = scope.config.issuer();
   policy.max_lifetime =
@@ -315,16 +315,15 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
       [tenant] { tenant->in_flight.fetch_sub(1); }, watchdog_.list());
   for (size_t i = 0; i < parts.size(); ++i) {
     auto part = std::make_shared<Part>(std::move(parts[i]));
-    absl::Status queued =
-        auth.serving->workers->Submit([call, part] {
-          // No HSM work after the deadline: the watchdog has answered.
-          if (call->answered() || absl::Now() >= call->deadline()) {
-            (*part)(call, absl::DeadlineExceededError(
-                              "the deadline passed before this work began"));
-            return;
-          }
-          (*part)(call, absl::OkStatus());
-        });
+    absl::Status queued = auth.serving->workers->Submit([call, part] {
+      // No HSM work after the deadline: the watchdog has answered.
+      if (call->answered() || absl::Now() >= call->deadline()) {
+        (*part)(call, absl::DeadlineExceededError(
+                          "the deadline passed before this work began"));
+        return;
+      }
+      (*part)(call, absl::OkStatus());
+    });
     if (!queued.ok()) {
       if (i == 0) {
         call->Finish(ToGrpcStatus(queued));
@@ -523,8 +522,8 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
   // The last part: every item is written (the lock ordered the others'
   // writes before this).
   batch.serving->audit->AppendAllAsync(
-      all, [call, shared, signed_items = all.size()](
-               const absl::Status& durable) {
+      all,
+      [call, shared, signed_items = all.size()](const absl::Status& durable) {
         if (!durable.ok()) {
           call->Finish(ToGrpcStatus(AuditUnavailable()));
           return;
@@ -541,8 +540,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
               *shared->serving->audit, std::move(event),
               absl::StrCat("a batch signed after the call was answered "
                            "(deadline or shutdown): its ",
-                           signed_items,
-                           " signed item(s) were discarded"));
+                           signed_items, " signed item(s) were discarded"));
         }
       });
 }
@@ -566,41 +564,40 @@ void SignerService::HandleSignJwt(const Call& rpc,
   absl::StatusOr<CheckedClaims> claims =
       CheckClaims(request->claims_json(), PolicyFor(scope, now));
   if (!claims.ok()) return refuse(claims.status());
-  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) return refuse(st);
+  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok())
+    return refuse(st);
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
 
   std::string signing_input =
       JwsSigningInput(scope.header_b64, request->claims_json());
-  Dispatch(
-      rpc, *auth,
-      {[serving = auth->serving, scope_state = auth->scope, caller,
-        signing_input = std::move(signing_input),
-        response](const std::shared_ptr<PendingCall>& call,
-                  const absl::Status& skipped) {
-        if (!skipped.ok()) return;  // answered already
-        const ScopeState& s = *scope_state;
-        absl::StatusOr<std::string> digest =
-            hsm::DigestFor(s.key.spec.algorithm, signing_input);
-        if (!digest.ok()) {
-          call->Finish(ToGrpcStatus(digest.status()));
-          return;
-        }
-        SignThenAudit(
-            *serving, s, caller, *digest,
-            InputSha256Hex(s, *digest, signing_input),
-            call->deadline(),
-            [call, scope_state, signing_input = std::move(signing_input),
-             response](absl::StatusOr<std::string> signature) {
-              if (!signature.ok()) {
-                return call->Finish(ToGrpcStatus(signature.status()));
-              }
-              return call->Finish(grpc::Status::OK, [&] {
-                response->set_jws(CompactJws(signing_input, *signature));
-                response->set_kid(scope_state->key.thumbprint);
-                response->set_alg(scope_state->alg);
-              });
-            });
-      }});
+  Dispatch(rpc, *auth,
+           {[serving = auth->serving, scope_state = auth->scope, caller,
+             signing_input = std::move(signing_input),
+             response](const std::shared_ptr<PendingCall>& call,
+                       const absl::Status& skipped) {
+             if (!skipped.ok()) return;  // answered already
+             const ScopeState& s = *scope_state;
+             absl::StatusOr<std::string> digest =
+                 hsm::DigestFor(s.key.spec.algorithm, signing_input);
+             if (!digest.ok()) {
+               call->Finish(ToGrpcStatus(digest.status()));
+               return;
+             }
+             SignThenAudit(
+                 *serving, s, caller, *digest,
+                 InputSha256Hex(s, *digest, signing_input), call->deadline(),
+                 [call, scope_state, signing_input = std::move(signing_input),
+                  response](absl::StatusOr<std::string> signature) {
+                   if (!signature.ok()) {
+                     return call->Finish(ToGrpcStatus(signature.status()));
+                   }
+                   return call->Finish(grpc::Status::OK, [&] {
+                     response->set_jws(CompactJws(signing_input, *signature));
+                     response->set_kid(scope_state->key.thumbprint);
+                     response->set_alg(scope_state->alg);
+                   });
+                 });
+           }});
 }
 
 void SignerService::HandleSignJwtBatch(
@@ -623,7 +620,8 @@ void SignerService::HandleSignJwtBatch(
                      " items, not ", request->claims_json_size())));
   }
   const absl::Time now = absl::Now();
-  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) return refuse(st);
+  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok())
+    return refuse(st);
   const ClaimsPolicy policy = PolicyFor(scope, now);
   // Validate every item here; only the valid ones reach the HSM.
   auto batch = std::make_shared<BatchSigning>();
@@ -651,9 +649,9 @@ void SignerService::HandleSignJwtBatch(
   // Up to one part per worker, each of at least kMinBatchPart items, so a
   // lone batch uses every HSM session instead of one.
   const int n = static_cast<int>(batch->inputs.size());
-  const int parts = std::max(
-      1, std::min(auth->serving->workers->threads(),
-                  (n + kMinBatchPart - 1) / kMinBatchPart));
+  const int parts =
+      std::max(1, std::min(auth->serving->workers->threads(),
+                           (n + kMinBatchPart - 1) / kMinBatchPart));
   {
     absl::MutexLock lock(&batch->mu);
     batch->parts_left = parts;
@@ -708,26 +706,26 @@ void SignerService::HandleSign(const Call& rpc,
     return refuse(st);
   }
   if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
-  Dispatch(
-      rpc, *auth,
-      {[serving = auth->serving, scope_state = auth->scope, caller, digest,
-        response](const std::shared_ptr<PendingCall>& call,
-                  const absl::Status& skipped) {
-        if (!skipped.ok()) return;  // answered already
-        SignThenAudit(
-            *serving, *scope_state, caller, digest,
-            absl::BytesToHexString(digest), call->deadline(),
-            [call, scope_state, response](absl::StatusOr<std::string> signature) {
-              if (!signature.ok()) {
-                return call->Finish(ToGrpcStatus(signature.status()));
-              }
-              return call->Finish(grpc::Status::OK, [&] {
-                response->set_signature(*std::move(signature));
-                response->set_kid(scope_state->key.thumbprint);
-                response->set_alg(scope_state->alg);
-              });
-            });
-      }});
+  Dispatch(rpc, *auth,
+           {[serving = auth->serving, scope_state = auth->scope, caller, digest,
+             response](const std::shared_ptr<PendingCall>& call,
+                       const absl::Status& skipped) {
+             if (!skipped.ok()) return;  // answered already
+             SignThenAudit(
+                 *serving, *scope_state, caller, digest,
+                 absl::BytesToHexString(digest), call->deadline(),
+                 [call, scope_state,
+                  response](absl::StatusOr<std::string> signature) {
+                   if (!signature.ok()) {
+                     return call->Finish(ToGrpcStatus(signature.status()));
+                   }
+                   return call->Finish(grpc::Status::OK, [&] {
+                     response->set_signature(*std::move(signature));
+                     response->set_kid(scope_state->key.thumbprint);
+                     response->set_alg(scope_state->alg);
+                   });
+                 });
+           }});
 }
 
 absl::StatusOr<std::shared_ptr<const ScopeKeys>> SignerService::PublicScope(
@@ -845,8 +843,7 @@ class SignerService::UnaryCall final : public OneRequestCall {
  private:
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     reply_ = std::make_shared<RawReply<Response>>(this);
-    Call call{context(), method_,
-              [reply = reply_](const grpc::Status& status) {
+    Call call{context(), method_, [reply = reply_](const grpc::Status& status) {
                 reply->Answer(status);
               }};
     service_->Serve(call, bytes, reply_->response(), handler_);

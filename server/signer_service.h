@@ -18,6 +18,8 @@
 #ifndef SIGNET_SERVER_SIGNER_SERVICE_H_
 #define SIGNET_SERVER_SIGNER_SERVICE_H_
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include <atomic>
 #include <functional>
 #include <map>
@@ -36,7 +38,6 @@
 #include "server/worker_pool.h"
 #include "signet/v1/config.pb.h"
 #include "signet/v1/signer.grpc.pb.h"
-#include <grpcpp/support/byte_buffer.h>
 
 namespace signet::server {
 
@@ -132,14 +133,16 @@ class SignerService final : public OneRequestService {
   // the half-close, or it is over the size limit): audited and answered.
   void RefuseRequest(const Call& call, const absl::Status& status);
 
-  void HandleSignJwt(const Call& call, const signet::v1::SignJwtRequest& request,
+  void HandleSignJwt(const Call& call,
+                     const signet::v1::SignJwtRequest& request,
                      signet::v1::SignJwtResponse* response);
   void HandleSignJwtBatch(const Call& call,
                           const signet::v1::SignJwtBatchRequest& request,
                           signet::v1::SignJwtBatchResponse* response);
   void HandleSign(const Call& call, const signet::v1::SignRequest& request,
                   signet::v1::SignResponse* response);
-  void HandleGetJwks(const Call& call, const signet::v1::GetJwksRequest& request,
+  void HandleGetJwks(const Call& call,
+                     const signet::v1::GetJwksRequest& request,
                      signet::v1::GetJwksResponse* response);
   void HandleGetPublicKeys(const Call& call,
                            const signet::v1::GetPublicKeysRequest& request,

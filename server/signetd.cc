@@ -8,12 +8,9 @@
 // per scope), server reflection when configured, the Signer service over
 // mTLS, and the JWKS HTTP endpoint when configured.
 //
-// `signetd audit-verify FILE` checks an audit log (server/audit_verify_command.h).
+// `signetd audit-verify FILE` checks an audit log
+// (server/audit_verify_command.h).
 #include <fcntl.h>
-#include <signal.h>
-
-#include <functional>
-
 #include <google/protobuf/stubs/logging.h>
 #include <grpc/support/log.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -26,22 +23,24 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <openssl/crypto.h>
 #include <openssl/pem.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
-#include <optional>
-#include <iostream>
-#include <memory>
 #include <cstdlib>
+#include <functional>
+#include <iostream>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/cleanup/cleanup.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
@@ -106,8 +105,7 @@ constexpr absl::Duration kStalledCallThreshold = absl::Seconds(3);
 // malformed requests must not become a flood of logs (protobuf logs every
 // parse failure).
 ThrottledLog& LibraryLogs() {
-  static ThrottledLog* log =
-      new ThrottledLog("", 20, absl::Minutes(1));
+  static ThrottledLog* log = new ThrottledLog("", 20, absl::Minutes(1));
   return *log;
 }
 
@@ -134,9 +132,8 @@ void ProtobufLogToOurs(google::protobuf::LogLevel level, const char* filename,
 class WithoutReflection : public grpc::ServerBuilderOption {
  public:
   void UpdateArguments(grpc::ChannelArguments*) override {}
-  void UpdatePlugins(
-      std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins)
-      override {
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
     std::erase_if(*plugins, [](const auto& plugin) {
       return plugin->name() == "proto_server_reflection";
     });
@@ -160,7 +157,8 @@ bool StopRequested(absl::Duration timeout,
   struct timespec ts = absl::ToTimespec(timeout);
   int sig = sigtimedwait(&set, nullptr, &ts);
   if (sig == SIGINT || sig == SIGTERM) {
-    SIGNET_LOG_INFO("received {}, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    SIGNET_LOG_INFO("received {}, stopping",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
     return true;
   }
   if (sig == SIGHUP) {
@@ -185,11 +183,11 @@ void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
   absl::StatusOr<std::string> pem = signing.key.public_key->SpkiPem();
   std::string standby = "none yet";
   if (const rotation::KeyRecord* r = keys.StandbyAt(absl::Now())) {
-    standby = absl::StrCat(
-        r->kid(), ", signs from ",
-        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
-                         rotation::TimeFromProto(r->activate_at()),
-                         absl::UTCTimeZone()));
+    standby =
+        absl::StrCat(r->kid(), ", signs from ",
+                     absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
+                                      rotation::TimeFromProto(r->activate_at()),
+                                      absl::UTCTimeZone()));
   }
   SIGNET_LOG_INFO(
       "scope {}: key generation {} kid {} checked and active; signs until "
@@ -217,14 +215,15 @@ void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
             << (pem.ok() ? *pem : std::string()) << std::flush;
 }
 
-
 // mTLS: client certificates required and verified against client_ca_file;
 // TLS 1.3 only through the OpenSSL configuration set in main().
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const signet::v1::TlsConfig& tls) {
-  absl::StatusOr<std::string> cert = base::ReadSmallFile(tls.cert_file(), "tls.cert_file");
+  absl::StatusOr<std::string> cert =
+      base::ReadSmallFile(tls.cert_file(), "tls.cert_file");
   if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = base::ReadSmallFile(tls.key_file(), "tls.key_file");
+  absl::StatusOr<std::string> key =
+      base::ReadSmallFile(tls.key_file(), "tls.key_file");
   if (!key.ok()) return key.status();
   absl::StatusOr<std::string> ca =
       base::ReadSmallFile(tls.client_ca_file(), "tls.client_ca_file");
@@ -235,8 +234,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   }
   auto provider =
       std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-          *ca, std::vector<grpc::experimental::IdentityKeyCertPair>{
-                   {*key, *cert}});
+          *ca,
+          std::vector<grpc::experimental::IdentityKeyCertPair>{{*key, *cert}});
   grpc::experimental::TlsServerCredentialsOptions options(provider);
   options.watch_root_certs();
   options.watch_identity_key_cert_pairs();
@@ -249,7 +248,6 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   OPENSSL_cleanse(key->data(), key->size());
   return grpc::experimental::TlsServerCredentials(options);
 }
-
 
 int Run() {
   // Before any thread exists: every thread inherits the blocked mask, so
@@ -304,17 +302,18 @@ int Run() {
   absl::StatusOr<hsm::TokenUri> token_uri =
       hsm::TokenUri::Parse(hsm_config.token_uri());
   if (!token_uri.ok()) return Fail(token_uri.status());
-  absl::StatusOr<hsm::Pin> pin = hsm_config.pin_file().empty()
-                                     ? hsm::Pin::FromEnv(hsm_config.pin_env())
-                                     : hsm::Pin::FromFile(hsm_config.pin_file());
+  absl::StatusOr<hsm::Pin> pin =
+      hsm_config.pin_file().empty() ? hsm::Pin::FromEnv(hsm_config.pin_env())
+                                    : hsm::Pin::FromFile(hsm_config.pin_file());
   if (!pin.ok()) return Fail(pin.status());
 
   // gRPC first, NOT_SERVING until the HSM is reachable and every scope has
   // a checked key: a load balancer sees "not ready", never "no keys".
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (config_options.insecure_plaintext) {
-    SIGNET_LOG_WARN("INSECURE: gRPC in plain text (--insecure_plaintext); "
-                    "callers are not authenticated. Development only.");
+    SIGNET_LOG_WARN(
+        "INSECURE: gRPC in plain text (--insecure_plaintext); "
+        "callers are not authenticated. Development only.");
     credentials = grpc::InsecureServerCredentials();
   } else {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
@@ -352,17 +351,16 @@ int Run() {
   RequestWaitLimits wait_limits;
   wait_limits.max_waiting =
       static_cast<int>(grpc_limits.max_calls_awaiting_request());
-  wait_limits.timeout =
-      absl::Seconds(grpc_limits.request_timeout_seconds());
-  wait_limits.max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
+  wait_limits.timeout = absl::Seconds(grpc_limits.request_timeout_seconds());
+  wait_limits.max_request_bytes =
+      MaxRequestBytes(signer_options.max_batch_size);
   ConnectionAcceptor* const connections = acceptor->get();
-  RequestWaits request_waits(wait_limits,
-                             [connections](const std::string& peer) {
-                               // Its address may not come back for a while:
-                               // a rapid-reset client reconnects at once.
-                               return connections->CloseConnection(
-                                   peer, absl::Seconds(30));
-                             });
+  RequestWaits request_waits(
+      wait_limits, [connections](const std::string& peer) {
+        // Its address may not come back for a while:
+        // a rapid-reset client reconnects at once.
+        return connections->CloseConnection(peer, absl::Seconds(30));
+      });
   SignerService signer(signer_options, tenants, &request_waits);
   AdminServiceOptions admin_options;
   admin_options.admins.assign(config->admins().begin(), config->admins().end());
@@ -448,7 +446,8 @@ int Run() {
   }
   (*acceptor)->Start(std::move(grpc_acceptor));
   std::vector<std::string> scope_names;
-  for (const auto& scope : config->scopes()) scope_names.push_back(scope.name());
+  for (const auto& scope : config->scopes())
+    scope_names.push_back(scope.name());
   HealthMonitor health_monitor(
       scope_names, [&health_service](const std::string& service, bool serving) {
         health_service.Set(service, serving);
@@ -475,11 +474,11 @@ int Run() {
   absl::Duration backoff = absl::Milliseconds(500);
   for (;;) {
     absl::StatusOr<std::unique_ptr<hsm::SessionPool>> created =
-        hsm::SessionPool::Create(std::move(*connector), *token_uri,
-                                 hsm::Pin::FromBytes(absl::string_view(
-                                     reinterpret_cast<const char*>(pin->data()),
-                                     pin->size())),
-                                 pool_options);
+        hsm::SessionPool::Create(
+            std::move(*connector), *token_uri,
+            hsm::Pin::FromBytes(absl::string_view(
+                reinterpret_cast<const char*>(pin->data()), pin->size())),
+            pool_options);
     if (created.ok()) {
       pool = std::move(*created);
       break;
@@ -510,8 +509,8 @@ int Run() {
     absl::Status supported = store.CheckAlgorithmSupported(KeySpecFor(scope));
     if (!supported.ok()) {
       return Fail(absl::Status(
-          supported.code(), absl::StrCat("scope ", scope.name(), ": ",
-                                         supported.message())));
+          supported.code(),
+          absl::StrCat("scope ", scope.name(), ": ", supported.message())));
     }
   }
   absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
@@ -520,9 +519,10 @@ int Run() {
   int unreadable = 0;
   (void)rotation::ParseRecords(*stored, &unreadable);
   if (unreadable > 0) {
-    SIGNET_LOG_WARN("{} key record(s) in the token could not be read and are "
-                    "ignored",
-                    unreadable);
+    SIGNET_LOG_WARN(
+        "{} key record(s) in the token could not be read and are "
+        "ignored",
+        unreadable);
   }
   // The audit checkpoint key (server/audit_keys.h): a first pass over its
   // scope alone, before the log opens (its events are written once the log
@@ -547,7 +547,8 @@ int Run() {
         !st.ok()) {
       if (config->never_create_keys() && absl::IsFailedPrecondition(st)) {
         return Fail(absl::FailedPreconditionError(absl::StrCat(
-            st.message(), "; this replica does not create keys "
+            st.message(),
+            "; this replica does not create keys "
             "(never_create_keys): start the replica that writes keys first")));
       }
       return Fail(st);
@@ -567,13 +568,13 @@ int Run() {
   // Fault injection for the torn-line test (tests/server/signer_test.cc):
   // the audit writer writes half of line N, then kills this process.
   if (const char* env = std::getenv("SIGNET_TEST_KILL_MID_AUDIT_LINE");
-      env != nullptr &&
-      absl::SimpleAtoi(env, &audit_options.kill_mid_line) &&
+      env != nullptr && absl::SimpleAtoi(env, &audit_options.kill_mid_line) &&
       audit_options.kill_mid_line > 0) {
-    SIGNET_LOG_WARN("SIGNET_TEST_KILL_MID_AUDIT_LINE={}: this process kills "
-                    "itself in the middle of audit line {} (fault-injection "
-                    "tests only)",
-                    audit_options.kill_mid_line, audit_options.kill_mid_line);
+    SIGNET_LOG_WARN(
+        "SIGNET_TEST_KILL_MID_AUDIT_LINE={}: this process kills "
+        "itself in the middle of audit line {} (fault-injection "
+        "tests only)",
+        audit_options.kill_mid_line, audit_options.kill_mid_line);
   }
   absl::StatusOr<std::unique_ptr<AuditLog>> audit =
       AuditLog::Open(std::move(audit_options));
@@ -597,8 +598,9 @@ int Run() {
   }
 
   if (config->allow_short_key_schedules()) {
-    SIGNET_LOG_WARN("allow_short_key_schedules is set: rotation periods under "
-                    "an hour are allowed (tests and demos only)");
+    SIGNET_LOG_WARN(
+        "allow_short_key_schedules is set: rotation periods under "
+        "an hour are allowed (tests and demos only)");
   }
   // The scopes' keys (server/key_manager.h): the first reconcile pass makes,
   // on the writer, each scope's active key and its published standby; the
@@ -613,9 +615,10 @@ int Run() {
   if (const char* env = std::getenv("SIGNET_TEST_KILL_AT_WRITE");
       env != nullptr && absl::SimpleAtoi(env, &kill_at_write) &&
       kill_at_write > 0) {
-    SIGNET_LOG_WARN("SIGNET_TEST_KILL_AT_WRITE={}: this process kills itself "
-                    "before token write {} (fault-injection tests only)",
-                    kill_at_write, kill_at_write);
+    SIGNET_LOG_WARN(
+        "SIGNET_TEST_KILL_AT_WRITE={}: this process kills itself "
+        "before token write {} (fault-injection tests only)",
+        kill_at_write, kill_at_write);
   }
   std::vector<InternalScope> internal_scopes;
   internal_scopes.push_back(InternalScope{
@@ -623,11 +626,12 @@ int Run() {
       [&audit_keys](const rotation::ScopeKeySet& keys, absl::Time now) {
         return audit_keys.Update(keys, now);
       }});
-  KeyManager key_manager(&store, *config, audit->get(),
-                         [&on_keys](const ScopeKeysMap& scopes) {
-                           if (on_keys) on_keys(scopes);
-                         },
-                         kill_at_write, std::move(internal_scopes));
+  KeyManager key_manager(
+      &store, *config, audit->get(),
+      [&on_keys](const ScopeKeysMap& scopes) {
+        if (on_keys) on_keys(scopes);
+      },
+      kill_at_write, std::move(internal_scopes));
   if (absl::Status started = key_manager.Start(); !started.ok()) {
     return Fail(started);
   }
@@ -681,13 +685,11 @@ int Run() {
     http_options.request_deadline =
         absl::Seconds(config->http().request_deadline_seconds());
     if (!config->http().tls_cert_file().empty()) {
-      absl::StatusOr<std::string> cert =
-          base::ReadSmallFile(config->http().tls_cert_file(),
-                              "http.tls_cert_file");
+      absl::StatusOr<std::string> cert = base::ReadSmallFile(
+          config->http().tls_cert_file(), "http.tls_cert_file");
       if (!cert.ok()) return Fail(cert.status());
-      absl::StatusOr<std::string> key =
-          base::ReadSmallFile(config->http().tls_key_file(),
-                              "http.tls_key_file");
+      absl::StatusOr<std::string> key = base::ReadSmallFile(
+          config->http().tls_key_file(), "http.tls_key_file");
       if (!key.ok()) return Fail(key.status());
       http_options.tls_cert_pem = std::move(*cert);
       http_options.tls_key_pem = std::move(*key);  // cleansed below
@@ -825,12 +827,13 @@ int Run() {
     for (Counted& c : counted) {
       const uint64_t now = c.count();
       if (now == c.reported) continue;
-      by_result[c.result].push_back(absl::StrCat(now - c.reported, " ", c.what));
+      by_result[c.result].push_back(
+          absl::StrCat(now - c.reported, " ", c.what));
       c.reported = now;
     }
     for (const auto& [result, parts] : by_result) {
-      const std::string what = absl::StrCat(absl::StrJoin(parts, ", "),
-                                            " since the last report");
+      const std::string what =
+          absl::StrCat(absl::StrJoin(parts, ", "), " since the last report");
       SIGNET_LOG_WARN("{}", what);
       AuditEvent refusal;
       refusal.event = "refuse";
@@ -872,8 +875,9 @@ int Run() {
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.
   if (!prober.Stop(absl::Seconds(3)) || workers.busy() > 0) {
-    SIGNET_LOG_WARN("an HSM call is stuck (stalled HSM); exiting without "
-                    "closing the HSM connections");
+    SIGNET_LOG_WARN(
+        "an HSM call is stuck (stalled HSM); exiting without "
+        "closing the HSM connections");
     AuditEvent stop_event;
     stop_event.event = "stop";
     stop_event.result = "OK";
@@ -892,9 +896,10 @@ int Run() {
   // The audit key's successor may have taken over since the key manager's
   // last pass: the final checkpoint is signed by the key that may sign now.
   if (absl::Status st = audit_keys.Refresh(absl::Now()); !st.ok()) {
-    SIGNET_LOG_WARN("the audit key could not be brought up to date for the "
-                    "final checkpoint: {}",
-                    st.ToString());
+    SIGNET_LOG_WARN(
+        "the audit key could not be brought up to date for the "
+        "final checkpoint: {}",
+        st.ToString());
   }
   audit->reset();  // final checkpoint, signed by the audit key
   auto closed = std::make_shared<absl::Notification>();

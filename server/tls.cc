@@ -83,9 +83,8 @@ absl::Status CheckCrlDirectory(absl::string_view ca_pem,
         "tls.client_ca_file holds no certificate");
   }
   for (const auto& ca : cas) {
-    const unsigned long hash =
-        X509_NAME_hash_ex(X509_get_subject_name(ca.get()), nullptr, nullptr,
-                          nullptr);
+    const unsigned long hash = X509_NAME_hash_ex(
+        X509_get_subject_name(ca.get()), nullptr, nullptr, nullptr);
     bool current = false;
     std::string tried;
     for (int i = 0; i < 10 && !current; ++i) {
@@ -105,8 +104,10 @@ absl::Status CheckCrlDirectory(absl::string_view ca_pem,
     if (!current) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "tls.crl_directory %s has no current CRL for client CA %s (expected "
-          "%08lx.r0, signed by that CA, nextUpdate in the future%s): gRPC would "
-          "then accept revoked client certificates, so signetd refuses to start",
+          "%08lx.r0, signed by that CA, nextUpdate in the future%s): gRPC "
+          "would "
+          "then accept revoked client certificates, so signetd refuses to "
+          "start",
           std::string(directory), SubjectOf(ca.get()), hash,
           tried.empty() ? "" : "; " + tried + " is not"));
     }

@@ -17,8 +17,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -64,8 +64,7 @@ AuditEvent Event(uint64_t i) {
 }
 
 double Since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                       start)
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
       .count();
 }
 
@@ -131,7 +130,8 @@ double MeasureRawWrites(const std::string& dir, double lines_per_batch,
   const std::string path = dir + "/raw.log";
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
   if (fd < 0) return 0;
-  const size_t batch = std::max<size_t>(1, static_cast<size_t>(lines_per_batch));
+  const size_t batch =
+      std::max<size_t>(1, static_cast<size_t>(lines_per_batch));
   const std::string line(static_cast<size_t>(bytes_per_line) - 1, 'x');
   std::string buffer;
   for (size_t i = 0; i < batch; ++i) buffer += line + "\n";
@@ -162,8 +162,8 @@ absl::Status WriteLogToVerify(const std::string& path,
   o.checkpoint_kid = "bench-audit-key";
   o.sign_checkpoint = key.Signer();
   o.group_commit_delay = absl::ZeroDuration();
-  o.segment_max_bytes =
-      static_cast<uint64_t>(absl::GetFlag(FLAGS_segment_mib)) << 20;
+  o.segment_max_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_segment_mib))
+                        << 20;
   auto log = AuditLog::Open(o);
   if (!log.ok()) return log.status();
   const uint64_t want = static_cast<uint64_t>(absl::GetFlag(FLAGS_verify_mib))
@@ -231,15 +231,16 @@ int Main() {
               absl::GetFlag(FLAGS_seconds));
 
   WriteResult written = MeasureAuditLog(dir, key);
-  const double raw = MeasureRawWrites(dir, written.lines_per_sync,
-                                      written.bytes_per_line);
-  std::printf("write   AuditLog %9.0f lines/s (%.0f bytes/line, %.1f lines "
-              "per fdatasync)\n",
-              written.lines_per_second, written.bytes_per_line,
-              written.lines_per_sync);
-  std::printf("write   raw      %9.0f lines/s (write + fdatasync, same "
-              "batches)   ratio %.2f\n\n",
-              raw, raw > 0 ? written.lines_per_second / raw : 0.0);
+  const double raw =
+      MeasureRawWrites(dir, written.lines_per_sync, written.bytes_per_line);
+  std::printf(
+      "write   AuditLog %9.0f lines/s (%.0f bytes/line, %.1f lines "
+      "per fdatasync)\n",
+      written.lines_per_second, written.bytes_per_line, written.lines_per_sync);
+  std::printf(
+      "write   raw      %9.0f lines/s (write + fdatasync, same "
+      "batches)   ratio %.2f\n\n",
+      raw, raw > 0 ? written.lines_per_second / raw : 0.0);
 
   const std::string verify_dir = dir + "/verify";
   std::filesystem::create_directories(verify_dir);
@@ -267,22 +268,23 @@ int Main() {
       return 1;
     }
     per_thread[threads] = mib / elapsed;
-    std::printf("verify  %d thread(s) %7.1f MiB/s (%.0f MiB, %llu lines, %llu "
-                "segments, %llu checkpoints)   ratio %.2f\n",
-                threads, per_thread[threads], mib,
-                static_cast<unsigned long long>(r->lines),
-                static_cast<unsigned long long>(r->segments),
-                static_cast<unsigned long long>(r->checkpoints),
-                per_thread[threads] / hashing);
+    std::printf(
+        "verify  %d thread(s) %7.1f MiB/s (%.0f MiB, %llu lines, %llu "
+        "segments, %llu checkpoints)   ratio %.2f\n",
+        threads, per_thread[threads], mib,
+        static_cast<unsigned long long>(r->lines),
+        static_cast<unsigned long long>(r->segments),
+        static_cast<unsigned long long>(r->checkpoints),
+        per_thread[threads] / hashing);
   }
   std::printf("baseline SHA-256 of each line, 1 thread: %.1f MiB/s\n\n",
               hashing);
   // A day at 10,000 tokens/s, one line per token.
-  const double day_mib =
-      10000.0 * 86400.0 * written.bytes_per_line / (1 << 20);
-  std::printf("a day at 10,000 tokens/s: %.0f GiB; verified in %.0f min on "
-              "2 threads at this rate (goal: under 10)\n",
-              day_mib / 1024, day_mib / per_thread[2] / 60);
+  const double day_mib = 10000.0 * 86400.0 * written.bytes_per_line / (1 << 20);
+  std::printf(
+      "a day at 10,000 tokens/s: %.0f GiB; verified in %.0f min on "
+      "2 threads at this rate (goal: under 10)\n",
+      day_mib / 1024, day_mib / per_thread[2] / 60);
   if (made) std::filesystem::remove_all(dir);
   return 0;
 }

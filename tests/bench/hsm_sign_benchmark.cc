@@ -18,10 +18,11 @@
 //          cached-handle lookup, the DigestInfo, and the signature copy.
 //
 // The token first holds only the two measured keys (one ES256, one RS256):
-// the "1 key" cases (one key of the algorithm signed with) run then. Before the first "1000 keys" case the token is
-// filled with ES256 key pairs through the same boundary until it holds 1,000
-// key pairs, and fresh pools are opened. So the 1-key cases must run before
-// the 1000-key ones (the registration order; --benchmark_filter is fine,
+// the "1 key" cases (one key of the algorithm signed with) run then. Before the
+// first "1000 keys" case the token is filled with ES256 key pairs through the
+// same boundary until it holds 1,000 key pairs, and fresh pools are opened. So
+// the 1-key cases must run before the 1000-key ones (the registration order;
+// --benchmark_filter is fine,
 // --benchmark_enable_random_interleaving is not).
 //
 // Raw and layer of one case run back to back, --rounds times (default 4,
@@ -159,8 +160,8 @@ class BenchEnv {
     if (keys != token_keys_) {
       if (keys < token_keys_) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "a ", keys, "-key case after the token was filled to ",
-            token_keys_, " keys: run the small-token cases first (no random "
+            "a ", keys, "-key case after the token was filled to ", token_keys_,
+            " keys: run the small-token cases first (no random "
             "interleaving)"));
       }
       targets_.clear();  // pools for the small token: not used again
@@ -175,7 +176,9 @@ class BenchEnv {
     return raw;
   }
 
-  const std::string& KeyId(SignatureAlgorithm a) const { return key_ids_.at(a); }
+  const std::string& KeyId(SignatureAlgorithm a) const {
+    return key_ids_.at(a);
+  }
   const std::string& Digest() const { return digest_; }
 
   // Facts about the setup for the summary.
@@ -216,8 +219,7 @@ class BenchEnv {
     if (!server.ok()) return server.status();
     server_ = std::move(*server);
 
-    absl::StatusOr<std::unique_ptr<SessionPool>> admin =
-        MakePool({1, 1});
+    absl::StatusOr<std::unique_ptr<SessionPool>> admin = MakePool({1, 1});
     if (!admin.ok()) return admin.status();
     admin_pool_ = std::move(*admin);
     admin_store_ = std::make_unique<Pkcs11KeyStore>(admin_pool_.get());
@@ -251,7 +253,8 @@ class BenchEnv {
     absl::StatusOr<std::unique_ptr<hsm::P11KitConnector>> connector =
         hsm::P11KitConnector::Create(module);
     if (!connector.ok()) return connector.status();
-    absl::StatusOr<hsm::TokenUri> uri = hsm::TokenUri::Parse(token_->token_uri());
+    absl::StatusOr<hsm::TokenUri> uri =
+        hsm::TokenUri::Parse(token_->token_uri());
     if (!uri.ok()) return uri.status();
     hsm::SessionPoolOptions options;
     options.connections = layout.connections;
@@ -435,8 +438,8 @@ void RunRaw(benchmark::State& state, Target& target, const Case& c) {
     std::vector<CK_OBJECT_HANDLE> found;
     CK_RV rv = api.FindObjects(session, templ.data(), templ.size(), &found);
     if (rv != CKR_OK || found.size() != 1) {
-      Fail(state, absl::InternalError(absl::StrCat(
-                      "raw: C_FindObjects rv=", rv, " found=", found.size())));
+      Fail(state, absl::InternalError(absl::StrCat("raw: C_FindObjects rv=", rv,
+                                                   " found=", found.size())));
     } else {
       key = found.front();
     }
@@ -456,16 +459,16 @@ void RunRaw(benchmark::State& state, Target& target, const Case& c) {
     CK_ULONG sig_len = sizeof(sig);
     CK_RV rv = api.SignInit(session, &mech, key);
     if (rv == CKR_OK) {
-      rv = api.Sign(session, reinterpret_cast<const unsigned char*>(input.data()),
+      rv = api.Sign(session,
+                    reinterpret_cast<const unsigned char*>(input.data()),
                     input.size(), sig, &sig_len);
     }
     absl::Status v =
-        rv != CKR_OK
-            ? absl::InternalError(absl::StrCat("raw: C_Sign rv=", rv))
-            : target.keys.at(c.alg).public_key->VerifyDigest(
-                  c.alg, env.Digest(),
-                  absl::string_view(reinterpret_cast<const char*>(sig),
-                                    sig_len));
+        rv != CKR_OK ? absl::InternalError(absl::StrCat("raw: C_Sign rv=", rv))
+                     : target.keys.at(c.alg).public_key->VerifyDigest(
+                           c.alg, env.Digest(),
+                           absl::string_view(reinterpret_cast<const char*>(sig),
+                                             sig_len));
     if (!v.ok()) Fail(state, v);
   }
 
@@ -474,7 +477,8 @@ void RunRaw(benchmark::State& state, Target& target, const Case& c) {
     CK_ULONG sig_len = sizeof(sig);
     CK_RV rv = api.SignInit(session, &mech, key);
     if (rv == CKR_OK) {
-      rv = api.Sign(session, reinterpret_cast<const unsigned char*>(input.data()),
+      rv = api.Sign(session,
+                    reinterpret_cast<const unsigned char*>(input.data()),
                     input.size(), sig, &sig_len);
     }
     if (rv != CKR_OK) {
@@ -506,8 +510,7 @@ void RunLayer(benchmark::State& state, Target& target, const Case& c) {
 }
 
 void RunCase(benchmark::State& state, Case c) {
-  absl::StatusOr<Target*> target =
-      BenchEnv::Get().TargetFor(c.layout, c.keys);
+  absl::StatusOr<Target*> target = BenchEnv::Get().TargetFor(c.layout, c.keys);
   if (!target.ok()) {
     Fail(state, target.status());
     for (auto _ : state) {
@@ -522,10 +525,10 @@ void RunCase(benchmark::State& state, Case c) {
 }
 
 std::string CaseName(const Case& c) {
-  return absl::StrCat(AlgName(c.alg), "/keys:", c.keys, "/conn:",
-                      c.layout.connections, "/sess:",
-                      c.layout.sessions_per_connection, "/round:", c.round,
-                      "/", c.path == Path::kRaw ? "raw" : "layer");
+  return absl::StrCat(
+      AlgName(c.alg), "/keys:", c.keys, "/conn:", c.layout.connections,
+      "/sess:", c.layout.sessions_per_connection, "/round:", c.round, "/",
+      c.path == Path::kRaw ? "raw" : "layer");
 }
 
 // Collects items_per_second per case and round while printing as usual.
@@ -599,8 +602,8 @@ double Median(std::vector<double> v) {
 
 // Signs/s of raw and layer for one (alg, keys, layout), over the rounds.
 struct Pair {
-  double raw = -1;    // mean over rounds
-  double layer = -1;  // mean over rounds
+  double raw = -1;             // mean over rounds
+  double layer = -1;           // mean over rounds
   std::vector<double> ratios;  // layer / raw of each round (back to back)
   double Ratio() const { return Median(ratios); }
   std::string Spread() const {
@@ -658,22 +661,22 @@ void PrintTable(const CollectingReporter& reporter, int large_keys,
         const Pair p = Collect(reporter, a, keys, l, rounds);
         if (p.raw < 0 && p.layer < 0) continue;
         const double ratio = p.Ratio();
-        std::printf(
-            "%-6s %5d %-7s %3d %9s %9s %9s %-11s %8s  %s\n", AlgName(a), keys,
-            l.Name().c_str(), l.threads(), Fmt(p.raw, 0).c_str(),
-            Fmt(p.layer, 0).c_str(), Fmt(ratio, 3).c_str(),
-            p.Spread().empty() ? "" : ("(" + p.Spread() + ")").c_str(),
-            ratio < 0 ? "-"
-                      : absl::StrFormat("%+.1f%%", (1 - ratio) * 100).c_str(),
-            Verdict(ratio, kOverheadGoal));
+        std::printf("%-6s %5d %-7s %3d %9s %9s %9s %-11s %8s  %s\n", AlgName(a),
+                    keys, l.Name().c_str(), l.threads(), Fmt(p.raw, 0).c_str(),
+                    Fmt(p.layer, 0).c_str(), Fmt(ratio, 3).c_str(),
+                    p.Spread().empty() ? "" : ("(" + p.Spread() + ")").c_str(),
+                    ratio < 0
+                        ? "-"
+                        : absl::StrFormat("%+.1f%%", (1 - ratio) * 100).c_str(),
+                    Verdict(ratio, kOverheadGoal));
       }
     }
   }
 
   std::printf("\n-- %d keys / 1 key on the token --\n", large_keys);
   std::printf("%-6s %-7s %3s %9s %9s %9s  %-10s %8s %15s\n", "alg", "layout",
-              "thr", "layer 1", "layer N", "layer N/1", "goal >=.95",
-              "raw N/1", "(l/r N)/(l/r 1)");
+              "thr", "layer 1", "layer N", "layer N/1", "goal >=.95", "raw N/1",
+              "(l/r N)/(l/r 1)");
   for (SignatureAlgorithm a : algs) {
     for (const Layout& l : layouts) {
       const Pair one = Collect(reporter, a, 1, l, rounds);

@@ -570,8 +570,7 @@ int Run() {
               << (*signetd)->Output();
     return 1;
   }
-  absl::StatusOr<int> signetd_port =
-      (*signetd)->WaitForHttpPort(kStartTimeout);
+  absl::StatusOr<int> signetd_port = (*signetd)->WaitForHttpPort(kStartTimeout);
   if (!signetd_port.ok()) {
     std::cerr << "jwks_benchmark: " << signetd_port.status() << "\n";
     return 1;

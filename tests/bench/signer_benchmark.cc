@@ -474,7 +474,8 @@ class ClosedLoop {
     std::this_thread::sleep_until(window_start_);
     CpuSnapshot a = meter.Take();
     if (at_middle) {
-      std::this_thread::sleep_until(window_start_ + (window_end_ - window_start_) / 2);
+      std::this_thread::sleep_until(window_start_ +
+                                    (window_end_ - window_start_) / 2);
       at_middle();
     }
     std::this_thread::sleep_until(window_end_);
@@ -891,7 +892,8 @@ int64_t VerifyAgainstJwks(Signer::Stub& stub,
                           B64Decode(jwk["y"].get<std::string>());
       absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromEcPoint(
           hsm::EcParamsDer(hsm::SignatureAlgorithm::kEcdsaP256Sha256), point);
-      if (key.ok()) keys.emplace(jwk["kid"].get<std::string>(), *std::move(key));
+      if (key.ok())
+        keys.emplace(jwk["kid"].get<std::string>(), *std::move(key));
     }
   }
   int64_t failures = 0;
@@ -901,7 +903,8 @@ int64_t VerifyAgainstJwks(Signer::Stub& stub,
         B64Decode(parts.empty() ? "" : parts[0]), nullptr, false);
     const std::string kid =
         header.is_discarded() ? "" : header.value("kid", std::string());
-    if (kids->empty() || std::find(kids->begin(), kids->end(), kid) == kids->end()) {
+    if (kids->empty() ||
+        std::find(kids->begin(), kids->end(), kid) == kids->end()) {
       kids->push_back(kid);
     }
     auto key = keys.find(kid);
@@ -1067,12 +1070,12 @@ int main(int argc, char** argv) {
     ClosedLoop rotation_loop(&stubs, 0);
     rotation_loop.KeepTokens();
     absl::StatusOr<std::string> new_kid = absl::UnknownError("not called");
-    PhaseResult across = rotation_loop.Run(
-        c, warmup, seconds, meter, [&] { new_kid = RotateNow(**env); });
+    PhaseResult across = rotation_loop.Run(c, warmup, seconds, meter,
+                                           [&] { new_kid = RotateNow(**env); });
     if (!new_kid.ok()) {
-      rotation_report = absl::StrCat(
-          "rotation phase: the admin's RotateKey failed (", new_kid.status().ToString(),
-          "); nothing measured\n");
+      rotation_report =
+          absl::StrCat("rotation phase: the admin's RotateKey failed (",
+                       new_kid.status().ToString(), "); nothing measured\n");
     } else {
       std::vector<std::string> kids;
       std::string error;

@@ -105,18 +105,17 @@ std::string Hex(absl::string_view bytes) {
 }
 
 std::string Describe(const RunResult& result) {
-  return absl::StrCat("exit_code=", result.exit_code,
-                      " signal=", result.term_signal,
-                      " timed_out=", result.timed_out, " output:\n",
-                      result.output);
+  return absl::StrCat(
+      "exit_code=", result.exit_code, " signal=", result.term_signal,
+      " timed_out=", result.timed_out, " output:\n", result.output);
 }
 
 // The external programs these tests need. A missing one is a failure that
 // says how to fix it, never a skip.
 absl::StatusOr<RunResult> RunTool(SpawnOptions options) {
   const std::string program = options.argv.empty() ? "" : options.argv[0];
-  absl::StatusOr<RunResult> result = RunProcess(std::move(options),
-                                                kToolTimeout);
+  absl::StatusOr<RunResult> result =
+      RunProcess(std::move(options), kToolTimeout);
   if (!result.ok() && absl::IsNotFound(result.status())) {
     return absl::NotFoundError(absl::StrCat(
         result.status().message(), ": ", program,
@@ -199,11 +198,14 @@ absl::StatusOr<RunResult> OpenSslVerify(const std::string& dir,
     if (!st.ok()) return st;
   }
   SpawnOptions options;
-  options.argv = {"openssl", "dgst",
-                  algorithm == SignatureAlgorithm::kEcdsaP384Sha384
-                      ? "-sha384"
-                      : "-sha256",
-                  "-verify", pub_path, "-signature", sig_path};
+  options.argv = {
+      "openssl",
+      "dgst",
+      algorithm == SignatureAlgorithm::kEcdsaP384Sha384 ? "-sha384" : "-sha256",
+      "-verify",
+      pub_path,
+      "-signature",
+      sig_path};
   if (algorithm == SignatureAlgorithm::kRsaPssSha256) {
     for (const char* opt :
          {"rsa_padding_mode:pss", "rsa_pss_saltlen:32", "rsa_mgf1_md:sha256"}) {
@@ -462,12 +464,13 @@ TEST_P(EveryAlgorithmTest, GeneratesLoadsSignsAndOpenSslVerifies) {
   } else {
     EXPECT_EQ(sig->size(), static_cast<size_t>(spec.rsa_bits / 8));
   }
-  SIGNET_ASSERT_OK(key->public_key->VerifyDigest(spec.algorithm, *digest, *sig));
+  SIGNET_ASSERT_OK(
+      key->public_key->VerifyDigest(spec.algorithm, *digest, *sig));
 
   absl::StatusOr<std::string> pem = key->public_key->SpkiPem();
   SIGNET_ASSERT_OK(pem);
-  absl::StatusOr<RunResult> verified = OpenSslVerify(
-      token_->dir(), "good", spec.algorithm, *pem, data, *sig);
+  absl::StatusOr<RunResult> verified =
+      OpenSslVerify(token_->dir(), "good", spec.algorithm, *pem, data, *sig);
   SIGNET_ASSERT_OK(verified);
   EXPECT_TRUE(verified->succeeded()) << Describe(*verified);
   EXPECT_THAT(verified->output, HasSubstr("Verified OK"))
@@ -511,9 +514,9 @@ TEST_F(ThroughServerTest, Pkcs11ToolShowsEveryKeySensitiveNeverExtractable) {
   }
 
   // Through the boundary, as a client would see it.
-  absl::StatusOr<RunResult> listed = Pkcs11ToolThroughServer(
-      {"--login", "--pin", token_->user_pin(), "--list-objects", "--type",
-       "privkey"});
+  absl::StatusOr<RunResult> listed =
+      Pkcs11ToolThroughServer({"--login", "--pin", token_->user_pin(),
+                               "--list-objects", "--type", "privkey"});
   SIGNET_ASSERT_OK(listed);
   ASSERT_TRUE(listed->succeeded()) << Describe(*listed);
   const std::vector<ListedKey> keys = ParsePrivateKeys(listed->output);
@@ -521,8 +524,8 @@ TEST_F(ThroughServerTest, Pkcs11ToolShowsEveryKeySensitiveNeverExtractable) {
   std::set<std::string> seen;
   for (const ListedKey& k : keys) {
     auto it = expected.find(k.id_hex);
-    ASSERT_NE(it, expected.end())
-        << "unexpected private key:\n" << k.text << Describe(*listed);
+    ASSERT_NE(it, expected.end()) << "unexpected private key:\n"
+                                  << k.text << Describe(*listed);
     seen.insert(k.id_hex);
     SCOPED_TRACE(absl::StrCat(it->second.name, "\n", k.text));
     EXPECT_EQ(k.label,
@@ -542,9 +545,9 @@ TEST_F(ThroughServerTest, Pkcs11ToolShowsEveryKeySensitiveNeverExtractable) {
     // warning and no line; should a later version print it, it must show the
     // one mechanism.
     if (k.allowed_mechanisms.has_value()) {
-      EXPECT_EQ(*k.allowed_mechanisms,
-                std::vector<std::string>{
-                    ToolMechanismName(it->second.algorithm)});
+      EXPECT_EQ(
+          *k.allowed_mechanisms,
+          std::vector<std::string>{ToolMechanismName(it->second.algorithm)});
     }
   }
   EXPECT_EQ(seen.size(), expected.size());
@@ -554,9 +557,9 @@ TEST_F(ThroughServerTest, Pkcs11ToolShowsEveryKeySensitiveNeverExtractable) {
   // as this same user, so its files are readable here). Same keys, same
   // access flags, and exactly the one mechanism of each key's algorithm.
   SpawnOptions direct;
-  direct.argv = {"pkcs11-tool",     "--module",       TempToken::softhsm_module_path(),
-                 "--login",         "--pin",          token_->user_pin(),
-                 "--list-objects",  "--type",         "privkey"};
+  direct.argv = {"pkcs11-tool",    "--module", TempToken::softhsm_module_path(),
+                 "--login",        "--pin",    token_->user_pin(),
+                 "--list-objects", "--type",   "privkey"};
   direct.env = {{"SOFTHSM2_CONF", token_->conf_path()}};
   absl::StatusOr<RunResult> direct_listed = RunTool(direct);
   SIGNET_ASSERT_OK(direct_listed);
@@ -573,15 +576,17 @@ TEST_F(ThroughServerTest, Pkcs11ToolShowsEveryKeySensitiveNeverExtractable) {
     EXPECT_FALSE(k.access.count("extractable"));
     ASSERT_TRUE(k.allowed_mechanisms.has_value())
         << "pkcs11-tool printed no \"Allowed mechanisms\" line";
-    EXPECT_EQ(*k.allowed_mechanisms,
-              std::vector<std::string>{ToolMechanismName(it->second.algorithm)});
+    EXPECT_EQ(
+        *k.allowed_mechanisms,
+        std::vector<std::string>{ToolMechanismName(it->second.algorithm)});
   }
 }
 
 // ---------------------------------------------------------------------------
 // 3. Several connections, several keys: every signature is by the key asked.
 
-TEST_F(ThroughServerTest, ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnection) {
+TEST_F(ThroughServerTest,
+       ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnection) {
   SessionPoolOptions options;
   options.connections = 3;
   options.sessions_per_connection = 2;
@@ -591,7 +596,8 @@ TEST_F(ThroughServerTest, ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnecti
 
   std::vector<LoadedKey> keys;
   for (int i = 0; i < 6; ++i) {
-    std::optional<LoadedKey> key = NewKey({SignatureAlgorithm::kEcdsaP256Sha256});
+    std::optional<LoadedKey> key =
+        NewKey({SignatureAlgorithm::kEcdsaP256Sha256});
     ASSERT_TRUE(key.has_value());
     keys.push_back(*key);
   }
@@ -651,10 +657,10 @@ TEST_F(ThroughServerTest, ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnecti
                               r.signature.status().ToString())];
         continue;
       }
-      EXPECT_TRUE(asked.public_key
-                      ->VerifyDigest(asked.spec.algorithm, r.digest,
-                                     *r.signature)
-                      .ok())
+      EXPECT_TRUE(
+          asked.public_key
+              ->VerifyDigest(asked.spec.algorithm, r.digest, *r.signature)
+              .ok())
           << "signature does not verify with the key asked for, "
           << Hex(asked.key_id);
       for (size_t other = 0; other < keys.size(); ++other) {
@@ -662,12 +668,12 @@ TEST_F(ThroughServerTest, ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnecti
             keys[other].spec.algorithm != asked.spec.algorithm) {
           continue;
         }
-        EXPECT_EQ(keys[other]
-                      .public_key
-                      ->VerifyDigest(asked.spec.algorithm, r.digest,
-                                     *r.signature)
-                      .code(),
-                  absl::StatusCode::kInvalidArgument)
+        EXPECT_EQ(
+            keys[other]
+                .public_key
+                ->VerifyDigest(asked.spec.algorithm, r.digest, *r.signature)
+                .code(),
+            absl::StatusCode::kInvalidArgument)
             << "a signature asked of key " << Hex(asked.key_id)
             << " verifies with key " << Hex(keys[other].key_id);
       }
@@ -715,8 +721,8 @@ TEST_F(ThroughServerTest, ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnecti
         }
         ASSERT_EQ(rv, CKR_OK);
         EXPECT_EQ(found.size(), 1u)
-            << "connection " << conn << " does not see key "
-            << Hex(key.key_id) << " (generated through another connection)";
+            << "connection " << conn << " does not see key " << Hex(key.key_id)
+            << " (generated through another connection)";
         handles.push_back(found.empty() ? CK_INVALID_HANDLE : found[0]);
       }
     }
@@ -762,8 +768,8 @@ TEST_F(ThroughServerTest, RefusesAnImportedKeyAndAnExtractableKey) {
     BN_bn2binpad(d, reinterpret_cast<unsigned char*>(priv_value.data()), 32);
     unsigned char point[65];
     size_t point_len = 0;
-    ASSERT_EQ(EVP_PKEY_get_octet_string_param(pkey, "pub", point,
-                                              sizeof(point), &point_len),
+    ASSERT_EQ(EVP_PKEY_get_octet_string_param(pkey, "pub", point, sizeof(point),
+                                              &point_len),
               1);
     BN_clear_free(d);
     EVP_PKEY_free(pkey);
@@ -799,9 +805,9 @@ TEST_F(ThroughServerTest, RefusesAnImportedKeyAndAnExtractableKey) {
     ASSERT_EQ(lease->api().CreateObject(lease->session(), priv.data(),
                                         priv.size(), &h),
               CKR_OK);
-    ASSERT_EQ(lease->api().CreateObject(lease->session(), pub.data(),
-                                        pub.size(), &h),
-              CKR_OK);
+    ASSERT_EQ(
+        lease->api().CreateObject(lease->session(), pub.data(), pub.size(), &h),
+        CKR_OK);
 
     // A key generated in the HSM, but sensitive=false and extractable.
     AttributeTemplate gen_pub;
@@ -809,7 +815,8 @@ TEST_F(ThroughServerTest, RefusesAnImportedKeyAndAnExtractableKey) {
         .Bool(CKA_VERIFY, true)
         .Bytes(CKA_ID, extractable_id)
         .Bytes(CKA_LABEL, Pkcs11KeyStore::LabelFor(extractable_id))
-        .Bytes(CKA_EC_PARAMS, EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256));
+        .Bytes(CKA_EC_PARAMS,
+               EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256));
     AttributeTemplate gen_priv;
     gen_priv.Bool(CKA_TOKEN, true)
         .Bool(CKA_PRIVATE, true)
@@ -821,10 +828,9 @@ TEST_F(ThroughServerTest, RefusesAnImportedKeyAndAnExtractableKey) {
         .Bytes(CKA_ALLOWED_MECHANISMS, allowed);
     CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, nullptr, 0};
     CK_OBJECT_HANDLE h1 = CK_INVALID_HANDLE, h2 = CK_INVALID_HANDLE;
-    ASSERT_EQ(lease->api().GenerateKeyPair(lease->session(), &mech,
-                                           gen_pub.data(), gen_pub.size(),
-                                           gen_priv.data(), gen_priv.size(),
-                                           &h1, &h2),
+    ASSERT_EQ(lease->api().GenerateKeyPair(
+                  lease->session(), &mech, gen_pub.data(), gen_pub.size(),
+                  gen_priv.data(), gen_priv.size(), &h1, &h2),
               CKR_OK);
   }
 
@@ -835,7 +841,8 @@ TEST_F(ThroughServerTest, RefusesAnImportedKeyAndAnExtractableKey) {
   EXPECT_THAT(imported.status().message(), HasSubstr("CKA_ALWAYS_SENSITIVE"));
   EXPECT_THAT(imported.status().message(), HasSubstr(Hex(imported_id)));
 
-  absl::StatusOr<LoadedKey> extractable = store_->LoadKey(extractable_id, es256);
+  absl::StatusOr<LoadedKey> extractable =
+      store_->LoadKey(extractable_id, es256);
   EXPECT_EQ(extractable.status().code(), absl::StatusCode::kFailedPrecondition)
       << extractable.status();
   EXPECT_THAT(extractable.status().message(), HasSubstr("CKA_SENSITIVE"));
@@ -896,7 +903,8 @@ std::string DescribeOutcome(const PollOutcome& outcome) {
   for (const auto& [code, n] : outcome.failures) {
     absl::StrAppend(&out, " ", absl::StatusCodeToString(code), "x", n);
   }
-  absl::StrAppend(&out, "\nmessages:\n  ", absl::StrJoin(outcome.messages, "\n  "));
+  absl::StrAppend(&out, "\nmessages:\n  ",
+                  absl::StrJoin(outcome.messages, "\n  "));
   return out;
 }
 
@@ -908,8 +916,7 @@ TEST_F(ThroughServerTest, KilledServerIsUnavailableThenSigningRecovers) {
   // One key: with two keys generated through two connections this test
   // would also hit the multi-connection visibility problem that
   // ConcurrentSignaturesAreByTheKeyAskedForOnEveryConnection pins.
-  std::optional<LoadedKey> key =
-      NewKey({SignatureAlgorithm::kEcdsaP256Sha256});
+  std::optional<LoadedKey> key = NewKey({SignatureAlgorithm::kEcdsaP256Sha256});
   ASSERT_TRUE(key.has_value());
   const std::string digest(32, 'k');
   // Sign on both connections (LoadKey cached the handles on each).
@@ -942,8 +949,7 @@ TEST_F(ThroughServerTest, KilledServerIsUnavailableThenSigningRecovers) {
   SIGNET_ASSERT_OK(server_->Restart());
   // Recovery without LoadKey: the pool reconnects (initialize, login) and
   // each new connection finds the loaded key's handle before it serves.
-  PollOutcome outcome =
-      SignUntilItWorks(*store_, *key, digest, kRecoveryBound);
+  PollOutcome outcome = SignUntilItWorks(*store_, *key, digest, kRecoveryBound);
   ASSERT_TRUE(outcome.signature.ok())
       << "no recovery within " << kRecoveryBound << ": "
       << DescribeOutcome(outcome) << "\nserver log:\n"
@@ -1003,11 +1009,10 @@ TEST_F(ThroughServerTest, ServerStoppedForGoodAnswersUnavailableClearly) {
             absl::StatusCode::kUnavailable);
   EXPECT_EQ(store_->ReadRecord(key->key_id).status().code(),
             absl::StatusCode::kUnavailable);
-  EXPECT_EQ(
-      store_->GenerateKeyPair({SignatureAlgorithm::kEcdsaP256Sha256})
-          .status()
-          .code(),
-      absl::StatusCode::kUnavailable);
+  EXPECT_EQ(store_->GenerateKeyPair({SignatureAlgorithm::kEcdsaP256Sha256})
+                .status()
+                .code(),
+            absl::StatusCode::kUnavailable);
 
   // A new pool against the dead socket: p11-kit-client initializes and shows
   // zero slots, which is "HSM unavailable".
@@ -1068,8 +1073,8 @@ TEST_F(ThroughServerTest, RecordsAndKeysSurviveAServerRestart) {
   EXPECT_EQ(all->at(ps->key_id).bytes, std::string("\x00\xffps", 4));
 
   for (const LoadedKey* before : {&*ec, &*ps}) {
-    absl::StatusOr<LoadedKey> again = store_->LoadKey(before->key_id,
-                                                      before->spec);
+    absl::StatusOr<LoadedKey> again =
+        store_->LoadKey(before->key_id, before->spec);
     ASSERT_TRUE(again.ok()) << again.status();
     EXPECT_EQ(again->thumbprint, before->thumbprint);
     absl::StatusOr<std::string> digest =
@@ -1168,8 +1173,8 @@ TEST_F(ThroughServerTest, LosingTheServerDoesNotKillTheProcess) {
       << "a process using hsm/ was killed by SIGPIPE when p11-kit server "
          "died: hsm/ must ignore SIGPIPE (docs/architecture.md, \"The HSM "
          "boundary as it behaves\", losing the HSM)";
-  ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal "
-                                 << WTERMSIG(status);
+  ASSERT_TRUE(WIFEXITED(status))
+      << "child killed by signal " << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 0)
       << "exit 14: a sign after the kill did not answer UNAVAILABLE";
 }
@@ -1230,13 +1235,14 @@ TEST(ServiceUsersTest, KeysWrittenThroughTheSocketBelongToTheHsmUser) {
   EXPECT_EQ(TreeEntries(tokens_dir), before) << "nobody changed the token";
 
   // signet generates a key through the socket.
-  absl::StatusOr<RunResult> generated = pkcs11_tool(
-      {"--login", "--pin", (*token)->user_pin(), "--keypairgen", "--key-type",
-       "EC:prime256v1", "--label", "x", "--id", "01"},
-      kServiceUser);
+  absl::StatusOr<RunResult> generated =
+      pkcs11_tool({"--login", "--pin", (*token)->user_pin(), "--keypairgen",
+                   "--key-type", "EC:prime256v1", "--label", "x", "--id", "01"},
+                  kServiceUser);
   SIGNET_ASSERT_OK(generated);
   ASSERT_TRUE(generated->succeeded())
-      << Describe(*generated) << "\nserver log:\n" << (*server)->ReadLog();
+      << Describe(*generated) << "\nserver log:\n"
+      << (*server)->ReadLog();
 
   // The HSM process wrote it: new files, every entry signet-hsm's.
   const std::vector<std::string> after = TreeEntries(tokens_dir);
@@ -1270,10 +1276,10 @@ TEST(ServiceUsersTest, KeysWrittenThroughTheSocketBelongToTheHsmUser) {
 
   // The key is visible to a second connection (a new remote process
   // reading what the first wrote), sensitive and never extractable.
-  absl::StatusOr<RunResult> listed = pkcs11_tool(
-      {"--login", "--pin", (*token)->user_pin(), "--list-objects", "--type",
-       "privkey"},
-      kServiceUser);
+  absl::StatusOr<RunResult> listed =
+      pkcs11_tool({"--login", "--pin", (*token)->user_pin(), "--list-objects",
+                   "--type", "privkey"},
+                  kServiceUser);
   SIGNET_ASSERT_OK(listed);
   ASSERT_TRUE(listed->succeeded()) << Describe(*listed);
   const std::vector<ListedKey> keys = ParsePrivateKeys(listed->output);
@@ -1305,9 +1311,9 @@ TEST(ServiceUsersTest, KeysWrittenThroughTheSocketBelongToTheHsmUser) {
   SessionPoolOptions pool_options;
   pool_options.connections = 1;
   pool_options.open_attempts = 2;
-  absl::StatusOr<std::unique_ptr<SessionPool>> as_root = SessionPool::Create(
-      std::move(*connector), std::move(*uri),
-      Pin::FromBytes((*token)->user_pin()), pool_options);
+  absl::StatusOr<std::unique_ptr<SessionPool>> as_root =
+      SessionPool::Create(std::move(*connector), std::move(*uri),
+                          Pin::FromBytes((*token)->user_pin()), pool_options);
   EXPECT_EQ(as_root.status().code(), absl::StatusCode::kUnavailable)
       << as_root.status();
 }

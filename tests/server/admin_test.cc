@@ -3,10 +3,9 @@
 // a schedule of seconds. Operators rotate and revoke while a tenant signs
 // and signet's verifier (caching the key set as Cache-Control says,
 // refetching an unknown kid at most once an hour) verifies every token.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
-
-#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <fstream>
@@ -114,7 +113,8 @@ class AdminTest : public ::testing::Test {
   }
 
   static void Deadline(grpc::ClientContext& ctx) {
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
   }
 
   v1::ListKeysResponse Keys() {
@@ -148,9 +148,9 @@ class AdminTest : public ::testing::Test {
    public:
     Load(AdminTest* test) : test_(test) {
       VerifierOptions options;
-      options.issuers = {{kIssuer, absl::StrCat("http://127.0.0.1:",
-                                                test->http_port_,
-                                                "/scopes/ops/.well-known/jwks.json")}};
+      options.issuers = {
+          {kIssuer, absl::StrCat("http://127.0.0.1:", test->http_port_,
+                                 "/scopes/ops/.well-known/jwks.json")}};
       options.min_refetch_interval = absl::Hours(1);
       auto verifier = Verifier::Create(options);
       EXPECT_TRUE(verifier.ok()) << verifier.status();
@@ -180,9 +180,8 @@ class AdminTest : public ::testing::Test {
         v1::SignJwtRequest req;
         req.set_scope("ops");
         const int64_t now = absl::ToUnixSeconds(absl::Now());
-        req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer,
-                                         "\",\"iat\":", now,
-                                         ",\"exp\":", now + 60, "}"));
+        req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer, "\",\"iat\":",
+                                         now, ",\"exp\":", now + 60, "}"));
         v1::SignJwtResponse resp;
         grpc::Status st = stub_->SignJwt(&ctx, req, &resp);
         absl::MutexLock lock(&mu_);
@@ -191,10 +190,12 @@ class AdminTest : public ::testing::Test {
           continue;
         }
         ++tokens_;
-        if (kids_.empty() || kids_.back() != resp.kid()) kids_.push_back(resp.kid());
+        if (kids_.empty() || kids_.back() != resp.kid())
+          kids_.push_back(resp.kid());
         auto verified = verifier_->Verify(resp.jws());
         if (!verified.ok()) {
-          failures_.push_back(absl::StrCat("verify: ", verified.status().ToString()));
+          failures_.push_back(
+              absl::StrCat("verify: ", verified.status().ToString()));
         }
         absl::SleepFor(absl::Milliseconds(10));
       }
@@ -217,11 +218,12 @@ class AdminTest : public ::testing::Test {
     testing::SpawnOptions options;
     options.argv = {SIGNETCTL_BINARY};
     options.argv.insert(options.argv.end(), args.begin(), args.end());
-    options.env = {{"SIGNET_TARGET",
-                    target.empty() ? absl::StrCat("localhost:", port_) : target},
-                   {"SIGNET_CA", bed_->ca().cert_path()},
-                   {"SIGNET_CERT", who->cert_path},
-                   {"SIGNET_KEY", who->key_path}};
+    options.env = {
+        {"SIGNET_TARGET",
+         target.empty() ? absl::StrCat("localhost:", port_) : target},
+        {"SIGNET_CA", bed_->ca().cert_path()},
+        {"SIGNET_CERT", who->cert_path},
+        {"SIGNET_KEY", who->key_path}};
     auto ran = testing::RunProcess(options, absl::Seconds(60));
     EXPECT_TRUE(ran.ok()) << ran.status();
     return ran.ok() ? *ran : testing::RunResult{};
@@ -575,9 +577,9 @@ TEST_F(AdminTest, SignetctlCommandsTablesJsonAndExitCodes) {
   EXPECT_EQ(Ctl({"keys", "list"}).exit_code, 2);
   EXPECT_EQ(Ctl({"keys", "list", "no-such-scope"}).exit_code, 1);
   // A flag wins over its environment variable.
-  testing::RunResult flag = Ctl({"status", "--target",
-                                 absl::StrCat("localhost:", port_)},
-                                nullptr, "127.0.0.1:1");
+  testing::RunResult flag =
+      Ctl({"status", "--target", absl::StrCat("localhost:", port_)}, nullptr,
+          "127.0.0.1:1");
   EXPECT_EQ(flag.exit_code, 0) << flag.output;
 }
 

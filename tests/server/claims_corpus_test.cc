@@ -30,6 +30,8 @@
 // would make protobuf drop the request before signetd's checks run; gRPC
 // 1.51 then answers UNIMPLEMENTED with no message). Every file is asserted
 // to parse, so it reaches CheckClaims and gets its INVALID_ARGUMENT.
+#include "tests/testing/claims_corpus.h"
+
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -56,7 +58,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "signet/v1/signer.grpc.pb.h"
-#include "tests/testing/claims_corpus.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/pki.h"
 #include "tests/testing/signetd_process.h"
@@ -222,8 +223,8 @@ class ClaimsCorpusTest : public ::testing::Test {
         "scopes { name: \"enterprise\" audience_class: ENTERPRISE purpose: "
         "JWT issuer: \"https://enterprise.signet.example\" algorithm: ES256 "
         "}\n",
-        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant, "\" scopes: \"",
-        kScope, "\" }\n", "serving { iat_skew_seconds: 60 }\n",
+        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant,
+        "\" scopes: \"", kScope, "\" }\n", "serving { iat_skew_seconds: 60 }\n",
         "audit_log_path: \"", audit_dir, "/audit.log\"\n");
     auto signetd = SignetdProcess::Start(token_->dir(), options);
     ASSERT_TRUE(signetd.ok()) << signetd.status();
@@ -334,7 +335,8 @@ class ClaimsCorpusTest : public ::testing::Test {
 TEST_F(ClaimsCorpusTest, EveryFileGetsItsExpectedStatusOverGrpc) {
   const std::filesystem::path dir = SIGNET_CLAIMS_CORPUS_DIR;
   ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir << " is missing";
-  const std::vector<CorpusEntry> entries = signet::testing::ReadClaimsCorpus(dir);
+  const std::vector<CorpusEntry> entries =
+      signet::testing::ReadClaimsCorpus(dir);
   ASSERT_GE(entries.size(), 40u);
 
   std::set<std::string> listed;

@@ -3,15 +3,14 @@
 // gRPC over loopback with mTLS, raw TCP floods. Each test pins one way an
 // attacker or a fault took signetd down, or made its health lie, before.
 #include <arpa/inet.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <fstream>
@@ -30,8 +29,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "signet/v1/signer.grpc.pb.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/pki.h"
@@ -64,9 +63,9 @@ constexpr int kTenantLimit = 16;
 
 std::string Claims(size_t pad_to = 0, absl::string_view issuer = kIssuer) {
   const int64_t now = absl::ToUnixSeconds(absl::Now());
-  std::string claims = absl::StrCat(R"({"iss":")", issuer,
-                                    R"(","sub":"alice","iat":)", now,
-                                    R"(,"exp":)", now + 600, R"(,"pad":")");
+  std::string claims =
+      absl::StrCat(R"({"iss":")", issuer, R"(","sub":"alice","iat":)", now,
+                   R"(,"exp":)", now + 600, R"(,"pad":")");
   if (pad_to > claims.size() + 2) {
     claims.append(pad_to - claims.size() - 2, 'x');
   }
@@ -164,10 +163,10 @@ class HostileGrpcTest : public ::testing::Test {
     other_ = Issue("other", {.uri_sans = {kOther}, .eku = "clientAuth"});
     // No extended key usage at all: the handshake takes it, signetd not.
     no_eku_ = Issue("mallory", {.cn = "mallory-no-eku", .eku = ""});
-    two_sans_ = Issue("two-sans",
-                      {.uri_sans = {"spiffe://signet.test/a",
-                                    "spiffe://signet.test/b"},
-                       .eku = "clientAuth"});
+    two_sans_ =
+        Issue("two-sans",
+              {.uri_sans = {"spiffe://signet.test/a", "spiffe://signet.test/b"},
+               .eku = "clientAuth"});
   }
   static void TearDownTestSuite() {
     delete tenant_;
@@ -201,12 +200,11 @@ class HostileGrpcTest : public ::testing::Test {
         "\" algorithm: ES256 }\n",
         "scopes { name: \"other\" audience_class: CONSUMER purpose: JWT "
         "issuer: \"",
-        kOtherIssuer, "\" algorithm: ES256 }\n",
-        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant,
-        "\" scopes: \"", kScope, "\" max_concurrent_requests: ", kTenantLimit,
-        " }\n", "tenants { identity: \"uri:", kOther,
-        "\" scopes: \"other\" }\n", "audit_log_path: \"", audit_dir_,
-        "/audit.log\"\n", extra);
+        kOtherIssuer, "\" algorithm: ES256 }\n", bed_->TlsConfig(),
+        "tenants { identity: \"uri:", kTenant, "\" scopes: \"", kScope,
+        "\" max_concurrent_requests: ", kTenantLimit, " }\n",
+        "tenants { identity: \"uri:", kOther, "\" scopes: \"other\" }\n",
+        "audit_log_path: \"", audit_dir_, "/audit.log\"\n", extra);
     auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
     EXPECT_TRUE(signetd.ok()) << signetd.status();
     if (!signetd.ok()) return nullptr;
@@ -276,7 +274,8 @@ class HostileGrpcTest : public ::testing::Test {
       for (absl::string_view line :
            absl::StrSplit(ReadFile(audit_dir_ + "/audit.log"), '\n')) {
         bool all = true;
-        for (const std::string& p : parts) all = all && absl::StrContains(line, p);
+        for (const std::string& p : parts)
+          all = all && absl::StrContains(line, p);
         if (all) found = std::string(line);
       }
       if (found.empty()) absl::SleepFor(absl::Milliseconds(100));
@@ -318,8 +317,8 @@ TEST_F(HostileGrpcTest, UndecodableRequestsAreInvalidArgumentAndAudited) {
   const std::string bad_scope("\x0a\x02\xff\xfe", 4);
   for (const char* method :
        {"SignJwt", "SignJwtBatch", "Sign", "GetJwks", "GetPublicKeys"}) {
-    grpc::Status bad = RawCall(
-        channel, absl::StrCat("/signet.v1.Signer/", method), bad_scope);
+    grpc::Status bad =
+        RawCall(channel, absl::StrCat("/signet.v1.Signer/", method), bad_scope);
     EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
     EXPECT_THAT(bad.error_message(), HasSubstr("not valid UTF-8")) << method;
   }
@@ -524,10 +523,10 @@ TEST_F(HostileGrpcTest, TheLargestLegalBatchIsSignedAndALargerOneRefused) {
   st = unidentified->SignJwtBatch(&ctx2, batch, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << st.error_message();
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
-                              "\"caller\":\"unidentified\"",
-                              "\"result\":\"RESOURCE_EXHAUSTED\""}),
-              HasSubstr("over signetd's limit"));
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "\"caller\":\"unidentified\"",
+                      "\"result\":\"RESOURCE_EXHAUSTED\""}),
+      HasSubstr("over signetd's limit"));
 }
 
 // Item 4 (c) is pinned by key_rotation_test (a scope whose last key retired
@@ -535,7 +534,8 @@ TEST_F(HostileGrpcTest, TheLargestLegalBatchIsSignedAndALargerOneRefused) {
 
 // Item 4 (b): the audit log could not be written (signing refused, fail
 // closed) while health said SERVING; and it took a restart to sign again.
-TEST_F(HostileGrpcTest, AnUnwritableAuditLogTurnsHealthNotServingUntilItIsBack) {
+TEST_F(HostileGrpcTest,
+       AnUnwritableAuditLogTurnsHealthNotServingUntilItIsBack) {
   auto signetd = Start("audit-health");
   ASSERT_NE(signetd, nullptr);
   auto channel = Channel(tenant_);
@@ -549,8 +549,8 @@ TEST_F(HostileGrpcTest, AnUnwritableAuditLogTurnsHealthNotServingUntilItIsBack) 
       << (chattr.ok() ? chattr->output : chattr.status().ToString());
   grpc::Status st = SignJwt(*stub, kScope);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::NOT_SERVING,
-                              absl::Seconds(10)))
+  EXPECT_TRUE(
+      watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(10)))
       << signetd->Output();
   (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
   EXPECT_EQ(CountOccurrences(signetd->Output(),
@@ -570,8 +570,8 @@ TEST_F(HostileGrpcTest, AnUnwritableAuditLogTurnsHealthNotServingUntilItIsBack) 
   // One chain across the gap.
   auto verified = testing::RunProcess(
       {.argv = {SIGNETD_BINARY, "audit-verify",
-                "--audit_keyring=" +
-                    log.substr(0, log.rfind('/')) + "/audit-keyring.pem",
+                "--audit_keyring=" + log.substr(0, log.rfind('/')) +
+                    "/audit-keyring.pem",
                 log}});
   ASSERT_TRUE(verified.ok()) << verified.status();
   EXPECT_TRUE(verified->succeeded()) << verified->output;
@@ -581,8 +581,8 @@ TEST_F(HostileGrpcTest, AnUnwritableAuditLogTurnsHealthNotServingUntilItIsBack) 
 // Item 4 (a): with the HSM stalled under load, stuck calls held every
 // session, the probe's Acquire timed out, and that counted as "busy, up".
 TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheHsmStallsUnderLoad) {
-  auto signetd = Start("stall-health",
-                       "serving { worker_threads: 4 queue_size: 64 }\n");
+  auto signetd =
+      Start("stall-health", "serving { worker_threads: 4 queue_size: 64 }\n");
   ASSERT_NE(signetd, nullptr);
   auto channel = Channel(tenant_);
   HealthWatch watch(Channel(other_, /*own_connection=*/true), "");
@@ -601,7 +601,8 @@ TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheHsmStallsUnderLoad) {
       watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(20));
   ASSERT_TRUE(bed_->hsm().Resume().ok());
   EXPECT_TRUE(flipped) << signetd->Output();
-  EXPECT_THAT(signetd->Output(), HasSubstr("health: NOT_SERVING: the HSM is stalled"));
+  EXPECT_THAT(signetd->Output(),
+              HasSubstr("health: NOT_SERVING: the HSM is stalled"));
   EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(60)))
       << signetd->Output();
   stop = true;
@@ -646,8 +647,8 @@ TEST_F(HostileGrpcTest, AnIdleConnectionFloodNeverKillsTheListener) {
     flood.push_back(fd);
   }
   // The descriptor budget is spent: health says so...
-  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::NOT_SERVING,
-                              absl::Seconds(10)))
+  EXPECT_TRUE(
+      watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(10)))
       << signetd->Output();
   // ...while the connection already open still signs.
   EXPECT_TRUE(SignJwt(*stub, kScope).ok());
@@ -707,7 +708,8 @@ TEST_F(HostileGrpcTest, AWatchFloodIsRefusedBeyondItsBound) {
   // Every refused stream ends; the admitted ones stay open.
   int finished = 0;
   int refused = 0;
-  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+  const auto deadline =
+      std::chrono::system_clock::now() + std::chrono::seconds(30);
   while (refused < kStreams - kShare) {
     void* tag = nullptr;
     bool ok = false;
@@ -757,7 +759,8 @@ TEST_F(HostileGrpcTest, OverLimitMessagesStayWithinTheMemoryBound) {
   auto other = v1::Signer::NewStub(Channel(other_, /*own_connection=*/true));
   v1::SignJwtBatchRequest big;
   big.set_scope(kScope);
-  for (int i = 0; i < 300; ++i) big.add_claims_json(std::string(64 * 1024, 'x'));
+  for (int i = 0; i < 300; ++i)
+    big.add_claims_json(std::string(64 * 1024, 'x'));
   std::vector<std::thread> senders;
   std::atomic<int> signed_batches{0};
   std::atomic<int> refused_for_size{0};
@@ -857,10 +860,11 @@ TEST_F(HostileGrpcTest, ACallWhoseRequestNeverComesIsClosed) {
   ASSERT_TRUE(cq.Next(&tag, &ok));
   grpc::Status status;
   call->Finish(&status, reinterpret_cast<void*>(2));
-  const auto limit = std::chrono::system_clock::now() + std::chrono::seconds(30);
+  const auto limit =
+      std::chrono::system_clock::now() + std::chrono::seconds(30);
   bool ended = false;
-  while (!ended && cq.AsyncNext(&tag, &ok, limit) ==
-                       grpc::CompletionQueue::GOT_EVENT) {
+  while (!ended &&
+         cq.AsyncNext(&tag, &ok, limit) == grpc::CompletionQueue::GOT_EVENT) {
     ended = tag == reinterpret_cast<void*>(2);
   }
   EXPECT_TRUE(ended) << "the call is still open after 30 s";
@@ -879,8 +883,8 @@ class SilentCalls {
   // opened.
   SilentCalls(std::shared_ptr<grpc::Channel> channel, std::string method)
       : stub_(channel), method_(std::move(method)) {
-    EXPECT_TRUE(channel->WaitForConnected(
-        std::chrono::system_clock::now() + std::chrono::seconds(20)));
+    EXPECT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() +
+                                          std::chrono::seconds(20)));
   }
   ~SilentCalls() {
     for (auto& call : calls_) call->ctx.TryCancel();
@@ -937,7 +941,12 @@ class SilentCalls {
   const grpc::Status& status(int i) const { return calls_[i]->status; }
 
  private:
-  enum Kind : intptr_t { kStarted = 1, kHalfClosed = 2, kEnded = 3, kKinds = 4 };
+  enum Kind : intptr_t {
+    kStarted = 1,
+    kHalfClosed = 2,
+    kEnded = 3,
+    kKinds = 4
+  };
   static void* Tag(intptr_t index, Kind kind) {
     return reinterpret_cast<void*>(index * kKinds + kind);
   }
@@ -1002,11 +1011,9 @@ TEST_F(HostileGrpcTest, CallsWaitingForTheirRequestAreBoundedInNumberAndTime) {
     }
   }
   EXPECT_GE(timed_out, 7);
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
-                              "ended to make room"}),
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "ended to make room"}),
               Not(::testing::IsEmpty()));
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
-                              "did not come in time"}),
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"", "did not come in time"}),
               Not(::testing::IsEmpty()));
   EXPECT_TRUE(SignJwt(*stub, kScope).ok());
 }
@@ -1046,10 +1053,10 @@ TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
           << method;
     }
   }
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
-                              "\"result\":\"INVALID_ARGUMENT\"",
-                              "health request(s) that did not parse"}),
-              Not(::testing::IsEmpty()));
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"INVALID_ARGUMENT\"",
+                      "health request(s) that did not parse"}),
+      Not(::testing::IsEmpty()));
   // A well-formed Check is answered as before.
   auto health = Health::NewStub(channel);
   grpc::ClientContext ctx;
@@ -1135,8 +1142,8 @@ TEST_F(HostileGrpcTest, OneAddressHoldsAtMostItsShareOfConnections) {
   }
   EXPECT_TRUE(kept) << "a closed connection's place never came back";
   for (int fd : held) close(fd);
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
-                              "grpc.max_connections_per_address"}),
+  EXPECT_THAT(AwaitAuditLine(
+                  {"\"event\":\"refuse\"", "grpc.max_connections_per_address"}),
               Not(::testing::IsEmpty()));
 }
 
@@ -1167,16 +1174,16 @@ TEST_F(HostileGrpcTest, AConnectionThatResetsCallsBeforeTheirRequestIsClosed) {
     void* tag = nullptr;
     bool ok = false;
     ASSERT_TRUE(cq.Next(&tag, &ok));
-    if (!ok) break;  // the connection is gone: closed by signetd
+    if (!ok) break;   // the connection is gone: closed by signetd
     ctx.TryCancel();  // RST_STREAM before any message
     grpc::Status status;
     call->Finish(&status, reinterpret_cast<void*>(2));
     ASSERT_TRUE(cq.Next(&tag, &ok));
     ++reset;
   }
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
-                              "closed for resetting calls"}),
-              Not(::testing::IsEmpty()))
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "closed for resetting calls"}),
+      Not(::testing::IsEmpty()))
       << "after " << reset << " resets\n"
       << signetd->Output();
   // The other tenant's connection is served; a new connection from the
@@ -1184,9 +1191,9 @@ TEST_F(HostileGrpcTest, AConnectionThatResetsCallsBeforeTheirRequestIsClosed) {
   EXPECT_TRUE(SignJwt(*other, "other").ok());
   auto again = v1::Signer::NewStub(Channel(tenant_, /*own_connection=*/true));
   EXPECT_FALSE(SignJwt(*again, kScope, /*deadline_s=*/3).ok());
-  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
-                              "from an address banned"}),
-              Not(::testing::IsEmpty()));
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "from an address banned"}),
+      Not(::testing::IsEmpty()));
   cq.Shutdown();
   void* tag;
   bool ok;

@@ -392,9 +392,9 @@ TEST_F(JwksHttpHostileTest, ManySourcesCannotStarveTheEndpoint) {
   // 199 ahead of it in 64 slots: about four deadlines (2 s, plus up to a
   // quarter for the sweep); 60 s is a liveness bound only.
   ExpectServedWhile(tricklers, 1, absl::Seconds(60));
-  int refused = ExpectAllClosedWithoutADocument(
-      tricklers, absl::Seconds(60),
-      /*sweep_after=*/kCrowdedHeaderTime);
+  int refused =
+      ExpectAllClosedWithoutADocument(tricklers, absl::Seconds(60),
+                                      /*sweep_after=*/kCrowdedHeaderTime);
   // One each: nothing for the per-client limit to refuse; the sweep closed
   // them all.
   EXPECT_EQ(refused, 0);
@@ -441,8 +441,8 @@ TEST_F(JwksHttpHostileTest, KeptAliveConnectionsCannotHoldTheSlots) {
 TEST(JwksHttpCrowdedTest, ReconnectingTricklersDoNotHoldHonestRequests) {
   signal(SIGPIPE, SIG_IGN);
   auto endpoint = Endpoint::Start(absl::StrCat(
-      "max_connections: ", kSlots, " max_connections_per_client: ",
-      kPerClient, " request_deadline_seconds: 30"));
+      "max_connections: ", kSlots, " max_connections_per_client: ", kPerClient,
+      " request_deadline_seconds: 30"));
   ASSERT_TRUE(endpoint.ok()) << endpoint.status();
   std::vector<std::string> sources;
   for (int i = 0; i < 2 * kSlots; ++i) {
@@ -451,10 +451,10 @@ TEST(JwksHttpCrowdedTest, ReconnectingTricklersDoNotHoldHonestRequests) {
   Tricklers tricklers;
   tricklers.ReconnectWhenClosed();
   ASSERT_TRUE((*endpoint)->port() > 0);
-  ASSERT_TRUE(tricklers
-                  .Open((*endpoint)->port(), sources,
-                        static_cast<int>(sources.size()))
-                  .ok());
+  ASSERT_TRUE(
+      tricklers
+          .Open((*endpoint)->port(), sources, static_cast<int>(sources.size()))
+          .ok());
   tricklers.StartPumping();
   absl::SleepFor(absl::Milliseconds(1500));
   for (int i = 0; i < 5; ++i) {

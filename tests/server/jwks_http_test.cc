@@ -8,6 +8,7 @@
 // ("scope <name>: key generation N kid <kid>"), not from the documents under
 // test.
 #include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -16,14 +17,12 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include <grpcpp/grpcpp.h>
-#include <nlohmann/json.hpp>
-
 #include <cerrno>
 #include <cstring>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
@@ -55,10 +54,10 @@ using ::testing::AnyOf;
 using ::testing::Contains;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using ::testing::UnorderedElementsAre;
 using testing::SignetdOptions;
 using testing::SignetdProcess;
 using testing::TestCa;
+using ::testing::UnorderedElementsAre;
 using v1::Signer;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
@@ -78,8 +77,7 @@ constexpr ScopeCase kScopes[] = {
     {"enterprise", "ENTERPRISE", "JWT", "RS256"},
     {"raw", "ENTERPRISE", "RAW", "ES256"},
 };
-constexpr const char* kJwtScopes[] = {"consumer-a", "consumer-b",
-                                      "enterprise"};
+constexpr const char* kJwtScopes[] = {"consumer-a", "consumer-b", "enterprise"};
 
 std::string Issuer(absl::string_view scope) {
   return absl::StrCat("https://", scope, ".issuer.signet.test");
@@ -135,11 +133,10 @@ struct HttpResponse {
   }
   std::string Describe() const {
     std::string head = raw.substr(0, raw.find("\r\n\r\n"));
-    return absl::StrCat("status ", status, " (send errno ", send_errno,
-                        ", recv errno ", recv_errno,
-                        timed_out ? ", timed out" : "", ")\n", head.substr(0, 2000),
-                        "\n[body ", body.size(), " bytes] ",
-                        body.substr(0, 300));
+    return absl::StrCat(
+        "status ", status, " (send errno ", send_errno, ", recv errno ",
+        recv_errno, timed_out ? ", timed out" : "", ")\n", head.substr(0, 2000),
+        "\n[body ", body.size(), " bytes] ", body.substr(0, 300));
   }
 };
 
@@ -200,8 +197,8 @@ HttpResponse RawRequest(int port, absl::string_view request,
   int send_errno = 0;
   size_t sent = 0;
   while (sent < request.size()) {
-    ssize_t n = send(fd, request.data() + sent, request.size() - sent,
-                     MSG_NOSIGNAL);
+    ssize_t n =
+        send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       send_errno = errno;  // the server gave up on us; read what it said
@@ -237,12 +234,13 @@ HttpResponse Request(int port, absl::string_view method, absl::string_view path,
                      absl::string_view extra_headers = "",
                      absl::string_view body = "") {
   return RawRequest(
-      port, absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: 127.0.0.1:",
-                         port, "\r\n", extra_headers, "Connection: close\r\n",
-                         body.empty() ? ""
-                                      : absl::StrCat("Content-Length: ",
-                                                     body.size(), "\r\n"),
-                         "\r\n", body));
+      port,
+      absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
+                   "\r\n", extra_headers, "Connection: close\r\n",
+                   body.empty()
+                       ? ""
+                       : absl::StrCat("Content-Length: ", body.size(), "\r\n"),
+                   "\r\n", body));
 }
 
 HttpResponse Get(int port, absl::string_view path,
@@ -266,8 +264,8 @@ class JwksHttpTest : public ::testing::Test {
     ASSERT_TRUE(bed.ok()) << bed.status();
     bed_ = bed->release();
     ca_ = &bed_->ca();
-    auto reader = ca_->Issue("reader", {.uri_sans = {kReader},
-                                        .eku = "clientAuth"});
+    auto reader =
+        ca_->Issue("reader", {.uri_sans = {kReader}, .eku = "clientAuth"});
     ASSERT_TRUE(reader.ok()) << reader.status();
     reader_ = new TestCa::Issued(*reader);
     audit_dir_ = bed_->token().dir() + "/audit";
@@ -342,7 +340,8 @@ class JwksHttpTest : public ::testing::Test {
         continue;
       }
       for (const ScopeCase& s : kScopes) {
-        std::string marker = absl::StrCat("scope ", s.name, ": key generation ");
+        std::string marker =
+            absl::StrCat("scope ", s.name, ": key generation ");
         at = line.find(marker);
         if (at == absl::string_view::npos) continue;
         size_t kid_at = line.find(" kid ", at);
@@ -431,9 +430,10 @@ TEST_F(JwksHttpTest, ConsumerSetHoldsExactlyTheConsumerJwtScopesKeys) {
   nlohmann::json jwks = GetJson(kConsumerPath);
   ASSERT_TRUE(jwks.contains("keys")) << jwks.dump();
   // Each scope's active key and its standby.
-  EXPECT_THAT(Kids(jwks), UnorderedElementsAre(
-                              kids_["consumer-a"], standby_kids_["consumer-a"],
-                              kids_["consumer-b"], standby_kids_["consumer-b"]));
+  EXPECT_THAT(
+      Kids(jwks),
+      UnorderedElementsAre(kids_["consumer-a"], standby_kids_["consumer-a"],
+                           kids_["consumer-b"], standby_kids_["consumer-b"]));
   EXPECT_EQ(jwks["keys"].size(), 4u);
   EXPECT_THAT(Kids(jwks), Not(Contains(kids_["enterprise"])));
   EXPECT_THAT(Kids(jwks), Not(Contains(standby_kids_["enterprise"])));
@@ -490,10 +490,10 @@ TEST_F(JwksHttpTest, DiscoveryNamesTheScopesIssuerAndItsOwnKeySet) {
   HttpResponse evil = Get(http_port_, DiscoveryPath("consumer-a"),
                           "X-Forwarded-Host: evil.example\r\n");
   ASSERT_EQ(evil.status, 200) << evil.Describe();
-  HttpResponse evil_host = RawRequest(
-      http_port_, absl::StrCat("GET ", DiscoveryPath("consumer-a"),
-                               " HTTP/1.1\r\nHost: evil.example\r\n"
-                               "Connection: close\r\n\r\n"));
+  HttpResponse evil_host =
+      RawRequest(http_port_, absl::StrCat("GET ", DiscoveryPath("consumer-a"),
+                                          " HTTP/1.1\r\nHost: evil.example\r\n"
+                                          "Connection: close\r\n\r\n"));
   ASSERT_EQ(evil_host.status, 200) << evil_host.Describe();
   HttpResponse plain = Get(http_port_, DiscoveryPath("consumer-a"));
   EXPECT_EQ(evil.body, plain.body);
@@ -668,9 +668,8 @@ TEST_F(JwksHttpTest, OtherMethodsGet405WithAllow) {
 // client sent one.
 TEST_F(JwksHttpTest, MethodsWithABodyGet405WithAllow) {
   for (const char* method : {"POST", "PUT", "PATCH"}) {
-    for (const std::string& path :
-         {std::string(kConsumerPath), PemPath("raw"),
-          std::string("/no/such/path")}) {
+    for (const std::string& path : {std::string(kConsumerPath), PemPath("raw"),
+                                    std::string("/no/such/path")}) {
       SCOPED_TRACE(absl::StrCat(method, " ", path, " with a body"));
       HttpResponse r = Request(http_port_, method, path, "", "hello");
       EXPECT_EQ(r.status, 405) << r.Describe();
@@ -687,9 +686,8 @@ TEST_F(JwksHttpTest, MethodsWithABodyGet405WithAllow) {
 // content.
 TEST_F(JwksHttpTest, GetOrHeadWithContentGets400) {
   for (const char* method : {"GET", "HEAD"}) {
-    for (const std::string& path :
-         {std::string(kConsumerPath), PemPath("raw"),
-          std::string("/no/such/path")}) {
+    for (const std::string& path : {std::string(kConsumerPath), PemPath("raw"),
+                                    std::string("/no/such/path")}) {
       SCOPED_TRACE(absl::StrCat(method, " ", path));
       HttpResponse sized = Request(http_port_, method, path, "", "hello");
       EXPECT_EQ(sized.status, 400) << sized.Describe();
@@ -702,8 +700,8 @@ TEST_F(JwksHttpTest, GetOrHeadWithContentGets400) {
       EXPECT_EQ(chunked.status, 400) << chunked.Describe();
       ExpectNoKeyMaterial(chunked, "Transfer-Encoding");
     }
-    HttpResponse empty = Request(http_port_, method, kConsumerPath,
-                                 "Content-Length: 0\r\n");
+    HttpResponse empty =
+        Request(http_port_, method, kConsumerPath, "Content-Length: 0\r\n");
     EXPECT_EQ(empty.status, 200) << method << "\n" << empty.Describe();
   }
   ExpectStillServing();
@@ -718,17 +716,17 @@ TEST_F(JwksHttpTest, AmbiguousFramingGets400) {
       "GET /enterprise/.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n"
       "Connection: close\r\n\r\n";
   for (const std::string& framing : {
-           absl::StrCat("Content-Length: 0\r\nContent-Length: ",
-                        hidden.size(), "\r\n"),
+           absl::StrCat("Content-Length: 0\r\nContent-Length: ", hidden.size(),
+                        "\r\n"),
            absl::StrCat("Content-Length : ", hidden.size(), "\r\n"),
            absl::StrCat("Content-Length\t: ", hidden.size(), "\r\n"),
            std::string("Transfer-Encoding : chunked\r\n"),
        }) {
     SCOPED_TRACE(absl::CEscape(framing));
-    HttpResponse r = RawRequest(
-        http_port_, absl::StrCat("GET ", kConsumerPath,
-                                 " HTTP/1.1\r\nHost: x\r\n", framing,
-                                 "\r\n", hidden));
+    HttpResponse r =
+        RawRequest(http_port_, absl::StrCat("GET ", kConsumerPath,
+                                            " HTTP/1.1\r\nHost: x\r\n", framing,
+                                            "\r\n", hidden));
     EXPECT_EQ(r.status, 400) << r.Describe();
     EXPECT_THAT(r.Describe(), Not(HasSubstr("\"kty\"")));
   }
@@ -771,10 +769,10 @@ TEST_F(JwksHttpTest, ANulByteInTheRequestTargetGets400) {
            absl::StrCat(nul, kConsumerPath),
        }) {
     SCOPED_TRACE(absl::CEscape(target));
-    HttpResponse r = RawRequest(
-        http_port_, absl::StrCat("GET ", target,
-                                 " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                 "Connection: close\r\n\r\n"));
+    HttpResponse r =
+        RawRequest(http_port_, absl::StrCat("GET ", target,
+                                            " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                            "Connection: close\r\n\r\n"));
     EXPECT_EQ(r.status, 400) << r.Describe();
     ExpectNoKeyMaterial(r, absl::CEscape(target));
   }
@@ -870,7 +868,8 @@ TEST_F(JwksHttpTest, TraversalAndPercentEncodingTricksServeNothing) {
            "/scopes/consumer-a%2f.well-known%2fjwks.json",
            "/scopes/consumer-a/.well-known%2Fjwks.json",
            "/scopes/raw/..%2F..%2Fenterprise%2F.well-known%2Fjwks.json",
-           "/scopes/raw/..%2f..%2fscopes%2fenterprise%2f.well-known%2fjwks.json",
+           "/scopes/raw/"
+           "..%2f..%2fscopes%2fenterprise%2f.well-known%2fjwks.json",
            "/scopes/consumer%2Da/.well-known/jwks.json",
            "/scopes/consumer-a/.well-known/jwks%2Ejson",
            "/%63onsumer/.well-known/jwks.json",
@@ -896,9 +895,9 @@ TEST_F(JwksHttpTest, TraversalAndPercentEncodingTricksServeNothing) {
 }
 
 TEST_F(JwksHttpTest, AnOversizedHeaderLineIsRefusedAndTheServerGoesOn) {
-  HttpResponse r = Get(http_port_, kEnterprisePath,
-                       absl::StrCat("X-Big: ", std::string(64 * 1024, 'a'),
-                                    "\r\n"));
+  HttpResponse r =
+      Get(http_port_, kEnterprisePath,
+          absl::StrCat("X-Big: ", std::string(64 * 1024, 'a'), "\r\n"));
   std::cout << "64 KiB header line: " << r.Describe() << "\n";
   RecordProperty("oversized_header_status", r.status);
   EXPECT_EQ(r.status, 431) << r.Describe();
@@ -922,8 +921,8 @@ TEST_F(JwksHttpTest, ManyHeadersTogetherAreRefusedAndTheServerGoesOn) {
 TEST_F(JwksHttpTest, AnOversizedUriIsRefusedAndTheServerGoesOn) {
   for (size_t size : {16 * 1024, 64 * 1024}) {
     SCOPED_TRACE(size);
-    std::string path =
-        absl::StrCat("/scopes/", std::string(size, 'a'), "/.well-known/jwks.json");
+    std::string path = absl::StrCat("/scopes/", std::string(size, 'a'),
+                                    "/.well-known/jwks.json");
     HttpResponse r = Get(http_port_, path);
     std::cout << size / 1024 << " KiB URI: " << r.Describe() << "\n";
     RecordProperty(absl::StrCat("oversized_uri_", size / 1024, "k_status"),
@@ -931,8 +930,8 @@ TEST_F(JwksHttpTest, AnOversizedUriIsRefusedAndTheServerGoesOn) {
     EXPECT_EQ(r.status, 414) << r.Describe();
     ExpectNoKeyMaterial(r, "oversized URI");
     // A long query string on a real document's path.
-    HttpResponse q = Get(http_port_, absl::StrCat(kEnterprisePath, "?",
-                                                  std::string(size, 'q')));
+    HttpResponse q = Get(
+        http_port_, absl::StrCat(kEnterprisePath, "?", std::string(size, 'q')));
     std::cout << size / 1024 << " KiB query: " << q.Describe() << "\n";
     EXPECT_EQ(q.status, 414) << q.Describe();
     ExpectNoKeyMaterial(q, "oversized query");
@@ -942,8 +941,7 @@ TEST_F(JwksHttpTest, AnOversizedUriIsRefusedAndTheServerGoesOn) {
 
 TEST_F(JwksHttpTest, GarbageRequestLinesAreRefusedAndTheServerGoesOn) {
   for (const char* request : {
-           "\r\n\r\n",
-           "GET\r\n\r\n",
+           "\r\n\r\n", "GET\r\n\r\n",
            "GET /consumer/.well-known/jwks.json HTTP/9.9\r\nHost: x\r\n\r\n",
            "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  // a TLS hello
        }) {
@@ -1005,9 +1003,9 @@ TEST_F(JwksHttpTest, GrpcGetJwksReturnsTheHttpBytes) {
     // Its version is the set's strong ETag, the same as HTTP's (quoted or
     // not).
     std::string etag = r.Header("ETag").value_or("");
-    EXPECT_THAT(resp.version(),
-                AnyOf(etag, etag.size() > 2 ? etag.substr(1, etag.size() - 2)
-                                            : etag))
+    EXPECT_THAT(
+        resp.version(),
+        AnyOf(etag, etag.size() > 2 ? etag.substr(1, etag.size() - 2) : etag))
         << "HTTP ETag " << etag;
   }
 }

@@ -2,17 +2,15 @@
 // `p11-kit server`, signetd as a real process listening for HTTPS on a
 // non-loopback address (0.0.0.0, which plain HTTP may not use), and real TLS
 // clients: curl for HTTP, `openssl s_client` for protocol versions.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
-#include <nlohmann/json.hpp>
-
-#include <fstream>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -53,8 +51,8 @@ class JwksHttpsTest : public ::testing::Test {
     auto bed = testing::SignetTestBed::Create();
     ASSERT_TRUE(bed.ok()) << bed.status();
     bed_ = bed->release();
-    auto tenant = bed_->ca().Issue(
-        "idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
+    auto tenant =
+        bed_->ca().Issue("idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
     ASSERT_TRUE(tenant.ok()) << tenant.status();
     tenant_ = new testing::TestCa::Issued(*tenant);
     audit_dir_ = bed_->token().dir() + "/audit";
@@ -68,7 +66,8 @@ class JwksHttpsTest : public ::testing::Test {
     absl::StatusOr<int> port = signetd_->WaitForHttpPort(kStartTimeout);
     ASSERT_TRUE(port.ok()) << port.status();
     port_ = *port;
-    EXPECT_THAT(signetd_->Output(), HasSubstr("JWKS HTTP listening on 0.0.0.0:"));
+    EXPECT_THAT(signetd_->Output(),
+                HasSubstr("JWKS HTTP listening on 0.0.0.0:"));
     EXPECT_THAT(signetd_->Output(), HasSubstr("(TLS;"));
   }
 
@@ -87,9 +86,11 @@ class JwksHttpsTest : public ::testing::Test {
     return absl::StrCat(
         "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
         "scopes { name: \"consumer\" audience_class: CONSUMER purpose: JWT "
-        "issuer: \"", kIssuer, "\" algorithm: ES256 }\n",
+        "issuer: \"",
+        kIssuer, "\" algorithm: ES256 }\n",
         "tenants { identity: \"uri:", kTenant, "\" scopes: \"consumer\" }\n",
-        bed_->TlsConfig(), "audit_log_path: \"", audit_dir_, "/audit-", starts, ".log\"\n",
+        bed_->TlsConfig(), "audit_log_path: \"", audit_dir_, "/audit-", starts,
+        ".log\"\n",
         "http { listen_address: \"0.0.0.0:0\" public_base_url: "
         "\"https://keys.signet.test\" tls_cert_file: \"",
         cert_path, "\" tls_key_file: \"", key_path, "\" }\n");
@@ -116,7 +117,12 @@ class JwksHttpsTest : public ::testing::Test {
   static RunResult Curl(absl::string_view host, absl::string_view path,
                         std::vector<std::string> extra = {}) {
     std::vector<std::string> argv = {
-        "curl", "-sS", "-i", "--max-time", "20", "--cacert",
+        "curl",
+        "-sS",
+        "-i",
+        "--max-time",
+        "20",
+        "--cacert",
         bed_->ca().cert_path(),
         absl::StrCat("https://", host, ":", port_, path)};
     argv.insert(argv.end() - 1, extra.begin(), extra.end());
@@ -126,14 +132,20 @@ class JwksHttpsTest : public ::testing::Test {
   // A TLS handshake with one protocol version; true when it completes.
   static bool Handshake(absl::string_view version_flag,
                         std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {
-        "openssl", "s_client", "-connect",
-        absl::StrCat("127.0.0.1:", port_), "-servername", "localhost",
-        "-CAfile", bed_->ca().cert_path(), "-verify_return_error",
-        std::string(version_flag)};
+    std::vector<std::string> argv = {"openssl",
+                                     "s_client",
+                                     "-connect",
+                                     absl::StrCat("127.0.0.1:", port_),
+                                     "-servername",
+                                     "localhost",
+                                     "-CAfile",
+                                     bed_->ca().cert_path(),
+                                     "-verify_return_error",
+                                     std::string(version_flag)};
     argv.insert(argv.end(), extra.begin(), extra.end());
     RunResult r = Run(std::move(argv));  // stdin is /dev/null: EOF at once
-    return r.exit_code == 0 && absl::StrContains(r.output, "Verify return code: 0 (ok)");
+    return r.exit_code == 0 &&
+           absl::StrContains(r.output, "Verify return code: 0 (ok)");
   }
 
   static inline testing::SignetTestBed* bed_ = nullptr;
@@ -185,9 +197,8 @@ TEST_F(JwksHttpsTest, AClientThatDoesNotTrustTheCaIsRefused) {
 }
 
 TEST_F(JwksHttpsTest, PlainHttpOnTheTlsPortGetsNoDocument) {
-  RunResult r =
-      Run({"curl", "-sS", "--max-time", "20",
-           absl::StrCat("http://127.0.0.1:", port_, kConsumerPath)});
+  RunResult r = Run({"curl", "-sS", "--max-time", "20",
+                     absl::StrCat("http://127.0.0.1:", port_, kConsumerPath)});
   EXPECT_FALSE(r.succeeded() && absl::StrContains(r.output, "\"keys\""))
       << r.output;
   // And the server goes on serving TLS.
@@ -254,7 +265,8 @@ TEST_F(JwksHttpsTest, SignetVerifyChecksATokenAgainstTheHttpsKeySet) {
 // insists on a CBC cipher (which GnuTLS's NORMAL would accept) gets no
 // handshake.
 TEST_F(JwksHttpsTest, Tls12OffersOnlyAeadCiphersWithEcdhe) {
-  EXPECT_TRUE(Handshake("-tls1_2", {"-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"}));
+  EXPECT_TRUE(
+      Handshake("-tls1_2", {"-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"}));
   EXPECT_TRUE(
       Handshake("-tls1_2", {"-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"}));
   EXPECT_FALSE(Handshake("-tls1_2", {"-cipher", "ECDHE-ECDSA-AES128-SHA"}));

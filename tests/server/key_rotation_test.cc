@@ -4,11 +4,10 @@
 // several automatic rotations while signet's own verifier, fetching the
 // scope's key set over real HTTP and caching it as Cache-Control says,
 // verifies every token. Then a restart after a key retired, and a replica.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <fstream>
@@ -25,20 +24,20 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/verifier.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "hsm/key_store.h"
 #include "hsm/module.h"
 #include "hsm/pin.h"
 #include "hsm/session_pool.h"
 #include "hsm/token_uri.h"
-#include "signet/v1/admin.grpc.pb.h"
 #include "server/audit_line.h"
-#include "tests/testing/p11kit_server.h"
-#include "tests/testing/process.h"
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
-#include "grpc/health/v1/health.grpc.pb.h"
+#include "signet/v1/admin.grpc.pb.h"
 #include "signet/v1/signer.grpc.pb.h"
 #include "tests/testing/http_get.h"
+#include "tests/testing/p11kit_server.h"
+#include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
 #include "tests/testing/test_bed.h"
 
@@ -84,8 +83,8 @@ class KeyRotationTest : public ::testing::Test {
     auto bed = testing::SignetTestBed::Create();
     ASSERT_TRUE(bed.ok()) << bed.status();
     bed_ = std::move(*bed);
-    auto tenant = bed_->ca().Issue(
-        "idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
+    auto tenant =
+        bed_->ca().Issue("idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
     ASSERT_TRUE(tenant.ok()) << tenant.status();
     tenant_ = *tenant;
     auto admin =
@@ -108,9 +107,8 @@ class KeyRotationTest : public ::testing::Test {
         "rotation_period_seconds: ",
         absl::ToInt64Seconds(period),
         " min_publish_lead_seconds: 3 publish_grace_seconds: 130 }\n",
-        bed_->TlsConfig(),
-        "tenants { identity: \"uri:", kTenant, "\" scopes: \"short\" }\n",
-        "admins: \"uri:", kAdmin, "\"\n",
+        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant,
+        "\" scopes: \"short\" }\n", "admins: \"uri:", kAdmin, "\"\n",
         "audit_log_path: \"", audit_dir, "/audit.log\"\n",
         "http { listen_address: \"127.0.0.1:0\" public_base_url: "
         "\"http://127.0.0.1\" cache_max_age_seconds: 1 }\n",
@@ -143,7 +141,8 @@ class KeyRotationTest : public ::testing::Test {
     EXPECT_TRUE(signetd.ok()) << signetd.status();
     if (!signetd.ok()) return r;
     r.process = std::move(*signetd);
-    absl::Status ready = r.process->WaitForOutput("signetd ready", kStartTimeout);
+    absl::Status ready =
+        r.process->WaitForOutput("signetd ready", kStartTimeout);
     EXPECT_TRUE(ready.ok()) << ready;
     auto port = r.process->WaitForPort(kStartTimeout);
     auto http = r.process->WaitForHttpPort(kStartTimeout);
@@ -169,8 +168,8 @@ class KeyRotationTest : public ::testing::Test {
     v1::SignJwtRequest req;
     req.set_scope("short");
     const int64_t now = absl::ToUnixSeconds(absl::Now() + clock);
-    req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer, "\",\"iat\":",
-                                     now, ",\"exp\":", now + 60, "}"));
+    req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer, "\",\"iat\":", now,
+                                     ",\"exp\":", now + 60, "}"));
     v1::SignJwtResponse resp;
     grpc::Status st = stub.SignJwt(&ctx, req, &resp);
     if (!st.ok()) {
@@ -210,14 +209,16 @@ class KeyRotationTest : public ::testing::Test {
     ssl.pem_private_key = admin_.key_pem;
     ssl.pem_cert_chain = admin_.cert_pem;
     return v1::Admin::NewStub(grpc::CreateChannel(
-        absl::StrCat("localhost:", r.process->WaitForPort(kStartTimeout).value()),
+        absl::StrCat("localhost:",
+                     r.process->WaitForPort(kStartTimeout).value()),
         grpc::SslCredentials(ssl)));
   }
 
   v1::ListKeysResponse Keys(const Running& r) {
     auto stub = AdminStub(r);
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
     v1::ListKeysRequest req;
     req.set_scope("short");
     v1::ListKeysResponse resp;
@@ -276,7 +277,8 @@ TEST_F(KeyRotationTest, SignsThroughThreeRotationsWithoutAVerificationFailure) {
     }
     ++tokens;
     if (kids.empty() || kids.back() != token->kid) kids.push_back(token->kid);
-    absl::StatusOr<VerifiedToken> verified = relying_party->Verify(token->token);
+    absl::StatusOr<VerifiedToken> verified =
+        relying_party->Verify(token->token);
     if (!verified.ok()) {
       if (verify_failures++ == 0) first_failure = verified.status().ToString();
     }
@@ -287,7 +289,8 @@ TEST_F(KeyRotationTest, SignsThroughThreeRotationsWithoutAVerificationFailure) {
   EXPECT_GT(tokens, 100);
   // At least three rotations, each to a new key, never back.
   EXPECT_GE(kids.size(), 4u) << signetd.process->Output();
-  EXPECT_EQ(std::set<std::string>(kids.begin(), kids.end()).size(), kids.size());
+  EXPECT_EQ(std::set<std::string>(kids.begin(), kids.end()).size(),
+            kids.size());
   // Retired keys stay published (their tokens live 60 s).
   const std::string set = Jwks(signetd.http_port);
   for (const std::string& kid : kids) EXPECT_THAT(set, HasSubstr(kid));
@@ -347,21 +350,23 @@ TEST_F(KeyRotationTest, TheAuditKeyRotatesWhileSigningAndTheLogVerifies) {
       verify({"--audit_keyring=" + dir + "/audit-keyring.pem",
               "--require_checkpoint_coverage"});
   EXPECT_EQ(with_ring.exit_code, 0) << with_ring.output;
-  EXPECT_THAT(with_ring.output,
-              HasSubstr(absl::StrCat("by ", checkpoint_kids.size(),
-                                     " audit key(s)")));
+  EXPECT_THAT(
+      with_ring.output,
+      HasSubstr(absl::StrCat("by ", checkpoint_kids.size(), " audit key(s)")));
   // The current key alone cannot verify the earlier keys' checkpoints.
   const auto one_key =
       verify({"--audit_public_key=" + dir + "/audit-checkpoint-key.pem"});
   EXPECT_NE(one_key.exit_code, 0) << one_key.output;
-  EXPECT_THAT(one_key.output, HasSubstr("checkpoint signature does not verify"));
+  EXPECT_THAT(one_key.output,
+              HasSubstr("checkpoint signature does not verify"));
 }
 
 // signetd down for longer than two audit-key periods (the key and its
 // standby both past their windows): at the restart the standby, introduced
 // and vouched for before the stop, signs the checkpoints; no new key that
 // no predecessor vouched for; the whole log verifies with the keyring.
-TEST_F(KeyRotationTest, TheAuditLogVerifiesAfterAStopLongerThanTwoAuditPeriods) {
+TEST_F(KeyRotationTest,
+       TheAuditLogVerifiesAfterAStopLongerThanTwoAuditPeriods) {
   extra_config_ = "audit_key_rotation_seconds: 4\n";
   {
     Running first = Start("outage", true);
@@ -566,7 +571,8 @@ TEST_F(KeyRotationTest, WithoutAWriterTheScopeFailsClosedAfterItsLastKey) {
   auto health = grpc::health::v1::Health::NewStub(replica.channel);
   auto scope_health = [&] {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(5));
     grpc::health::v1::HealthCheckRequest req;
     req.set_service("scope/short");
     grpc::health::v1::HealthCheckResponse resp;
@@ -637,15 +643,17 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
   req.set_request_id("during-outage");
   {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(30));
     v1::RotateKeyResponse resp;
     grpc::Status st = stub->RotateKey(&ctx, req, &resp);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << st.error_message();
   }
-  ASSERT_TRUE(writer.process
-                  ->WaitForOutput("the key reconcile pass failed",
-                                  absl::Seconds(30))
-                  .ok())
+  ASSERT_TRUE(
+      writer.process
+          ->WaitForOutput("the key reconcile pass failed", absl::Seconds(30))
+          .ok())
       << writer.process->Output();
   // Several failed passes (backoff 1 s, 2 s, ...) before the HSM is back.
   absl::SleepFor(absl::Seconds(4));
@@ -655,13 +663,15 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
   grpc::Status st;
   for (int i = 0; i < 60; ++i) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(30));
     rotated.Clear();
     st = stub->RotateKey(&ctx, req, &rotated);
     if (st.ok()) break;
     absl::SleepFor(absl::Milliseconds(500));
   }
-  ASSERT_TRUE(st.ok()) << st.error_message() << "\n" << writer.process->Output();
+  ASSERT_TRUE(st.ok()) << st.error_message() << "\n"
+                       << writer.process->Output();
   EXPECT_NE(rotated.active_kid(), first);
   v1::ListKeysResponse keys = Keys(writer);
   EXPECT_EQ(Count(keys).active, 1) << keys.DebugString();
@@ -694,8 +704,8 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
   }
   EXPECT_EQ(failed, 1);
   EXPECT_EQ(recovered, 1);
-  const std::vector<std::string> pieces = absl::StrSplit(
-      writer.process->Output(), "the key reconcile pass failed");
+  const std::vector<std::string> pieces =
+      absl::StrSplit(writer.process->Output(), "the key reconcile pass failed");
   EXPECT_GE(pieces.size(), 3u) << "the passes were retried and logged";
 }
 
@@ -713,14 +723,15 @@ TEST_P(KeyRotationCrashTest, AKilledWriterConvergesAfterARestart) {
   std::string first_active;
   {
     // A period of a minute: no automatic rotation writes meanwhile.
-    Running writer = Start("writer", true,
-                           {{"SIGNET_TEST_KILL_AT_WRITE", absl::StrCat(kill_at)}},
-                           absl::Minutes(1));
+    Running writer = Start(
+        "writer", true, {{"SIGNET_TEST_KILL_AT_WRITE", absl::StrCat(kill_at)}},
+        absl::Minutes(1));
     ASSERT_NE(writer.stub, nullptr);
     first_active = Sign(*writer.stub).value().kid;
     auto stub = AdminStub(writer);
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
     v1::RotateKeyRequest req;
     req.set_scope("short");
     req.set_mode(v1::IMMEDIATE);

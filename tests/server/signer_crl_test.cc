@@ -113,8 +113,7 @@ class SignerCrlTest : public ::testing::Test {
         "\" audience_class: CONSUMER purpose: JWT issuer: \"", kIssuer,
         "\" algorithm: ES256 }\n",
         bed_->TlsConfig(absl::StrCat("crl_directory: \"", crl_directory, "\"")),
-        "tenants { identity: \"uri:", kGood,
-        "\" scopes: \"", kScope, "\" }\n",
+        "tenants { identity: \"uri:", kGood, "\" scopes: \"", kScope, "\" }\n",
         "tenants { identity: \"uri:", kRevoked, "\" scopes: \"", kScope,
         "\" }\n", "audit_log_path: \"", audit_dir, "/audit.log\"\n");
   }

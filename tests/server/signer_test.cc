@@ -1,17 +1,16 @@
 // The Signer service end to end: SoftHSM2 behind a real `p11-kit server`,
 // signetd as a real process, real gRPC over loopback with mTLS.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
-#include <grpcpp/grpcpp.h>
-#include <nlohmann/json.hpp>
-
+#include <atomic>
 #include <cstring>
 #include <fstream>
-#include <atomic>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
@@ -39,9 +38,9 @@
 namespace signet {
 namespace {
 
+using testing::CertOptions;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using testing::CertOptions;
 using testing::P11KitServer;
 using testing::SignetdOptions;
 using testing::SignetdProcess;
@@ -167,9 +166,8 @@ class SignerTest : public ::testing::Test {
                     "ENTERPRISE purpose: RAW issuer: \"", Issuer("raw"),
                     "\" algorithm: ES256 }\n");
     return absl::StrCat(
-        "grpc_listen_address: \"127.0.0.1:0\"\n",
-        bed_->HsmConfig(), scopes, bed_->TlsConfig(),
-        "tenants { identity: \"uri:", kAlpha,
+        "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(), scopes,
+        bed_->TlsConfig(), "tenants { identity: \"uri:", kAlpha,
         "\" scopes: \"alpha-es256\" scopes: \"alpha-es384\" scopes: "
         "\"alpha-rs256\" scopes: \"alpha-ps256\" scopes: \"raw\" }\n",
         "tenants { identity: \"uri:", kBeta, "\" scopes: \"beta\" }\n",
@@ -177,8 +175,8 @@ class SignerTest : public ::testing::Test {
         "tenants { identity: \"uri:", kFlood,
         "\" scopes: \"alpha-es256\" max_concurrent_requests: 2 }\n",
         "serving { worker_threads: 4 queue_size: 8 }\n",
-        "admins: \"uri:spiffe://signet.test/admin\"\n",
-        "audit_log_path: \"", audit_dir, "/audit.log\"\n", extra);
+        "admins: \"uri:spiffe://signet.test/admin\"\n", "audit_log_path: \"",
+        audit_dir, "/audit.log\"\n", extra);
   }
 
   // A second signetd on the same token (its keys exist, so it writes
@@ -213,7 +211,7 @@ class SignerTest : public ::testing::Test {
     }
     auto channel = grpc::CreateChannel(
         absl::StrCat("localhost:", port == 0 ? port_ : port),
-                                       grpc::SslCredentials(ssl));
+        grpc::SslCredentials(ssl));
     return Signer::NewStub(channel);
   }
 
@@ -303,8 +301,10 @@ TEST_F(SignerTest, SignsJwtsWithEveryAlgorithmThatVerifyAgainstTheJwks) {
 TEST_F(SignerTest, AnotherTenantsScopeAndAnUnknownScopeLookTheSame) {
   auto stub = Stub(beta_);
   v1::SignJwtResponse resp;
-  grpc::Status theirs = SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp);
-  grpc::Status unknown = SignJwt(*stub, "no-such-scope", Claims("no-such-scope"), &resp);
+  grpc::Status theirs =
+      SignJwt(*stub, "alpha-es256", Claims("alpha-es256"), &resp);
+  grpc::Status unknown =
+      SignJwt(*stub, "no-such-scope", Claims("no-such-scope"), &resp);
   EXPECT_EQ(theirs.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(unknown.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   // The same sentence, but for the scope name the caller typed.
@@ -413,9 +413,11 @@ TEST_F(SignerTest, BatchSignsValidItemsAndRefusesBadOnesOneByOne) {
   ASSERT_EQ(resp.items_size(), 4);
   EXPECT_EQ(resp.items(0).code(), 0);
   EXPECT_FALSE(resp.items(0).jws().empty());
-  EXPECT_EQ(resp.items(1).code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(resp.items(1).code(),
+            static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
   EXPECT_THAT(resp.items(1).message(), HasSubstr("duplicate"));
-  EXPECT_EQ(resp.items(2).code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(resp.items(2).code(),
+            static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
   EXPECT_THAT(resp.items(2).message(), HasSubstr("lifetime"));
   EXPECT_EQ(resp.items(3).code(), 0);
   EXPECT_NE(resp.items(0).jws(), resp.items(3).jws());
@@ -468,8 +470,8 @@ TEST_F(SignerTest, ALargeBatchSplitAcrossWorkersKeepsEveryItemInItsPlace) {
     ASSERT_EQ(parts.size(), 3u);
     EXPECT_EQ(B64Decode(parts[1]), req.claims_json(i));
     const std::string input = absl::StrCat(parts[0], ".", parts[1]);
-    auto digest = hsm::DigestFor(hsm::SignatureAlgorithm::kEcdsaP256Sha256,
-                                 input);
+    auto digest =
+        hsm::DigestFor(hsm::SignatureAlgorithm::kEcdsaP256Sha256, input);
     ASSERT_TRUE(digest.ok());
     EXPECT_TRUE(key->VerifyDigest(hsm::SignatureAlgorithm::kEcdsaP256Sha256,
                                   *digest, B64Decode(parts[2]))
@@ -545,11 +547,12 @@ TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
   v1::SignJwtResponse resp;
   // No client certificate: the handshake fails.
   auto anonymous = Stub(nullptr);
-  grpc::Status st = SignJwt(*anonymous, "alpha-es256", Claims("alpha-es256"), &resp);
+  grpc::Status st =
+      SignJwt(*anonymous, "alpha-es256", Claims("alpha-es256"), &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
   // A certificate from another CA: the handshake fails.
-  auto stranger_cert = other_ca_->Issue(
-      "stranger", {.uri_sans = {kAlpha}, .eku = "clientAuth"});
+  auto stranger_cert =
+      other_ca_->Issue("stranger", {.uri_sans = {kAlpha}, .eku = "clientAuth"});
   ASSERT_TRUE(stranger_cert.ok());
   auto stranger = Stub(&*stranger_cert);
   st = SignJwt(*stranger, "alpha-es256", Claims("alpha-es256"), &resp);
@@ -562,8 +565,8 @@ TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(st.error_message(), HasSubstr("clientAuth"));
   // Two URI SANs: ambiguous identity.
-  auto two = ca_->Issue("two-uris", {.uri_sans = {kAlpha, kBeta},
-                                     .eku = "clientAuth"});
+  auto two = ca_->Issue("two-uris",
+                        {.uri_sans = {kAlpha, kBeta}, .eku = "clientAuth"});
   ASSERT_TRUE(two.ok());
   st = SignJwt(*Stub(&*two), "alpha-es256", Claims("alpha-es256"), &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
@@ -604,14 +607,16 @@ TEST_F(SignerTest, EverySignatureIsAuditedAndTheChainVerifies) {
   std::string log = buf.str();
   EXPECT_THAT(log, HasSubstr(R"("event":"start")"));
   EXPECT_THAT(log, HasSubstr(resp.kid()));
-  EXPECT_THAT(log, HasSubstr(R"("caller":"uri:spiffe://signet.test/tenant/beta")"));
+  EXPECT_THAT(log,
+              HasSubstr(R"("caller":"uri:spiffe://signet.test/tenant/beta")"));
   // Claims never reach the audit log, only their hash.
   EXPECT_THAT(log, Not(HasSubstr("alice")));
-  auto verify = testing::RunProcess(
-      {.argv = {SIGNETD_BINARY, "audit-verify",
-                "--audit_public_key=" + audit_dir_ + "/audit-checkpoint-key.pem",
-                audit_dir_ + "/audit.log"}},
-      absl::Seconds(30));
+  auto verify =
+      testing::RunProcess({.argv = {SIGNETD_BINARY, "audit-verify",
+                                    "--audit_public_key=" + audit_dir_ +
+                                        "/audit-checkpoint-key.pem",
+                                    audit_dir_ + "/audit.log"}},
+                          absl::Seconds(30));
   ASSERT_TRUE(verify.ok());
   EXPECT_EQ(verify->exit_code, 0) << verify->output;
   EXPECT_THAT(verify->output, HasSubstr("OK"));
@@ -769,13 +774,13 @@ TEST_F(SignerTest, OneTenantsFloodDoesNotStopAnothersSigning) {
   std::vector<std::string> alpha_errors;
   for (int i = 0; i < 2000 && (i < 50 || flood_refused.load() == 0); ++i) {
     v1::SignJwtResponse resp;
-    grpc::Status st = SignJwt(*alpha, "alpha-es256", Claims("alpha-es256"),
-                              &resp);
+    grpc::Status st =
+        SignJwt(*alpha, "alpha-es256", Claims("alpha-es256"), &resp);
     if (st.ok()) {
       ++alpha_signed;
     } else {
-      alpha_errors.push_back(absl::StrCat(st.error_code(), ": ",
-                                          st.error_message()));
+      alpha_errors.push_back(
+          absl::StrCat(st.error_code(), ": ", st.error_message()));
     }
   }
   stop = true;
@@ -865,10 +870,10 @@ TEST_F(SignerTest, AfterKillNineEveryReceivedTokenHasItsAuditLine) {
   ASSERT_TRUE(keyless.ok());
   EXPECT_EQ(keyless->exit_code, 2) << keyless->output;
   EXPECT_THAT(keyless->output, HasSubstr("give --audit_keyring"));
-  auto chain_only = testing::RunProcess(
-      {.argv = {SIGNETD_BINARY, "audit-verify", "--no_signatures",
-                dir + "/audit.log"}},
-      absl::Seconds(30));
+  auto chain_only =
+      testing::RunProcess({.argv = {SIGNETD_BINARY, "audit-verify",
+                                    "--no_signatures", dir + "/audit.log"}},
+                          absl::Seconds(30));
   ASSERT_TRUE(chain_only.ok());
   EXPECT_EQ(chain_only->exit_code, 0) << chain_only->output;
 }

@@ -1,8 +1,7 @@
 // signetd as a real process, against SoftHSM2 behind a real `p11-kit server`.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
-
-#include <grpcpp/grpcpp.h>
 
 #include <filesystem>
 #include <fstream>
@@ -16,8 +15,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/process.h"
 #include "tests/testing/signetd_process.h"
@@ -48,15 +47,20 @@ std::string ConfigFor(const TempToken& token, const P11KitServer& server,
   chmod(audit_dir.c_str(), 0777);
   return absl::StrCat("audit_log_path: \"", audit_dir, "/audit.log\"\n",
                       R"pb(
-grpc_listen_address: "127.0.0.1:0"
-hsm {
-  module_path: ")pb", P11KitServer::client_module_path(), R"pb("
-  p11_kit_server_address: ")pb", server.address(), R"pb("
-  token_uri: ")pb", token.token_uri(), R"pb("
-  pin_file: ")pb", token.pin_file_path(), R"pb("
-  )pb", extra_hsm, R"pb(
-}
-scopes {
+                        grpc_listen_address: "127.0.0.1:0"
+                        hsm { module_path: ")pb",
+                      P11KitServer::client_module_path(),
+                      R"pb("
+                           p11_kit_server_address: ")pb",
+                      server.address(), R"pb("
+                                             token_uri: ")pb",
+                      token.token_uri(), R"pb("
+                                              pin_file: ")pb",
+                      token.pin_file_path(), R"pb("
+                      )pb",
+                      extra_hsm, R"pb(
+    }
+    scopes {
   name: "demo-consumer"
   audience_class: CONSUMER
   purpose: JWT
@@ -76,7 +80,8 @@ scopes {
 // The kids signetd printed, by scope.
 std::map<std::string, std::string> PrintedKids(const std::string& output) {
   std::map<std::string, std::string> kids;
-  std::regex re(R"(scope ([a-z0-9._-]+): key generation \d+ kid ([A-Za-z0-9_-]+))");
+  std::regex re(
+      R"(scope ([a-z0-9._-]+): key generation \d+ kid ([A-Za-z0-9_-]+))");
   for (std::sregex_iterator it(output.begin(), output.end(), re), end;
        it != end; ++it) {
     kids[(*it)[1]] = (*it)[2];
@@ -247,8 +252,9 @@ TEST_F(SignetdTest, ANewKeyGetsTheConfiguredSchedule) {
   const std::string out = (*signetd)->Output();
   ASSERT_TRUE(std::regex_search(
       out, m,
-      std::regex(R"(scope demo-consumer: key generation 1 kid \S+ checked and )"
-                 R"(active; signs until (\S+), published until ([^;\s]+); standby \S+, signs from (\S+))")))
+      std::regex(
+          R"(scope demo-consumer: key generation 1 kid \S+ checked and )"
+          R"(active; signs until (\S+), published until ([^;\s]+); standby \S+, signs from (\S+))")))
       << out;
   absl::Time retire, unpublish;
   std::string error;
@@ -381,7 +387,8 @@ TEST_F(SignetdTest, ABadConfigurationNamesTheField) {
   auto code = (*signetd)->WaitExit(kStartTimeout);
   ASSERT_TRUE(code.ok());
   EXPECT_EQ(*code, 1);
-  EXPECT_THAT((*signetd)->Output(), HasSubstr("scopes[1] (demo-enterprise).issuer"));
+  EXPECT_THAT((*signetd)->Output(),
+              HasSubstr("scopes[1] (demo-enterprise).issuer"));
 }
 
 // The production arrangement: HSM as signet-hsm, signetd as signet.
@@ -413,9 +420,8 @@ TEST(SignetdAsServiceUsersTest, RunsAsSignetAndIsNotDumpable) {
       << (*signetd)->Output();
   // A non-dumpable process's /proc entries belong to root, not to its user.
   struct stat st;
-  ASSERT_EQ(stat(absl::StrCat("/proc/", (*signetd)->pid(), "/maps").c_str(),
-                 &st),
-            0);
+  ASSERT_EQ(
+      stat(absl::StrCat("/proc/", (*signetd)->pid(), "/maps").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, 0u);
   auto signet_user = testing::LookupUser("signet");
   ASSERT_TRUE(signet_user.ok());
@@ -432,10 +438,10 @@ TEST(SignetdAsServiceUsersTest, RunsAsSignetAndIsNotDumpable) {
   // Keys written through the socket belong to the HSM user.
   auto hsm_user = testing::LookupUser("signet-hsm");
   ASSERT_TRUE(hsm_user.ok());
-  auto find = testing::RunProcess(
-      {.argv = {"find", (*token)->tokens_dir(), "-type", "f", "!", "-user",
-                "signet-hsm"},
-       .new_process_group = true});
+  auto find =
+      testing::RunProcess({.argv = {"find", (*token)->tokens_dir(), "-type",
+                                    "f", "!", "-user", "signet-hsm"},
+                           .new_process_group = true});
   ASSERT_TRUE(find.ok());
   EXPECT_EQ(find->output, "");
 }

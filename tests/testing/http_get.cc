@@ -43,7 +43,8 @@ absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path,
 absl::StatusOr<HttpResponse> HttpExchange(int port, absl::string_view request,
                                           absl::Duration timeout) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  if (fd < 0)
+    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   absl::Cleanup closer = [fd] { close(fd); };
   timeval tv = absl::ToTimeval(timeout);
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -76,8 +77,8 @@ absl::StatusOr<HttpResponse> HttpExchange(int port, absl::string_view request,
   if (head_end == std::string::npos) {
     return absl::UnavailableError(
         absl::StrCat("no complete response to ",
-                     absl::CEscape(request.substr(0, request.find('\r'))),
-                     ": ", absl::CEscape(raw)));
+                     absl::CEscape(request.substr(0, request.find('\r'))), ": ",
+                     absl::CEscape(raw)));
   }
   HttpResponse r;
   r.head = raw.substr(0, head_end);

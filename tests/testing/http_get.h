@@ -23,8 +23,9 @@ struct HttpResponse {
 // GET `path` from 127.0.0.1:`port` with "Connection: close", reading until
 // the server closes. UNAVAILABLE when the connection, the send or the
 // response fails (the message says which), INTERNAL if no socket.
-absl::StatusOr<HttpResponse> HttpGet(int port, absl::string_view path,
-                                     absl::Duration timeout = absl::Seconds(20));
+absl::StatusOr<HttpResponse> HttpGet(
+    int port, absl::string_view path,
+    absl::Duration timeout = absl::Seconds(20));
 
 // Sends `request` byte for byte (NUL bytes included) to 127.0.0.1:`port`
 // and reads until the server closes; the same errors as HttpGet. `timeout`

@@ -88,13 +88,15 @@ class TlsConnection {
  public:
   absl::Status Open(const RawGrpcCall& call) {
     ctx_.reset(SSL_CTX_new(TLS_client_method()));
-    if (ctx_ == nullptr) return absl::InternalError(OpenSslError("SSL_CTX_new"));
+    if (ctx_ == nullptr)
+      return absl::InternalError(OpenSslError("SSL_CTX_new"));
     SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
-    SslPtr<BIO> cert_bio(
-        BIO_new_mem_buf(call.cert_pem.data(), static_cast<int>(call.cert_pem.size())));
-    SslPtr<X509> cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
-    SslPtr<BIO> key_bio(
-        BIO_new_mem_buf(call.key_pem.data(), static_cast<int>(call.key_pem.size())));
+    SslPtr<BIO> cert_bio(BIO_new_mem_buf(
+        call.cert_pem.data(), static_cast<int>(call.cert_pem.size())));
+    SslPtr<X509> cert(
+        PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
+    SslPtr<BIO> key_bio(BIO_new_mem_buf(call.key_pem.data(),
+                                        static_cast<int>(call.key_pem.size())));
     SslPtr<EVP_PKEY> key(
         PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
     if (cert == nullptr || key == nullptr ||
@@ -115,8 +117,8 @@ class TlsConnection {
     addr.sin_port = htons(static_cast<uint16_t>(call.port));
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      return absl::UnavailableError(absl::StrCat("connect to port ", call.port,
-                                                 " failed"));
+      return absl::UnavailableError(
+          absl::StrCat("connect to port ", call.port, " failed"));
     }
     ssl_.reset(SSL_new(ctx_.get()));
     SSL_set_fd(ssl_.get(), fd_);
@@ -157,8 +159,8 @@ class TlsConnection {
       if (absl::Now() >= deadline) {
         return absl::DeadlineExceededError("no answer in time");
       }
-      const int got = SSL_read(ssl_.get(), out.data() + done,
-                               static_cast<int>(n - done));
+      const int got =
+          SSL_read(ssl_.get(), out.data() + done, static_cast<int>(n - done));
       if (got > 0) {
         done += static_cast<size_t>(got);
         continue;
@@ -203,10 +205,10 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
     data.push_back(static_cast<char>((n >> shift) & 0xff));
   }
   data.append(call.message);
-  const std::string out = absl::StrCat(
-      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Frame(kSettings, 0, 0, ""),
-      Frame(kHeaders, kEndHeaders, 1, headers),
-      Frame(kData, kEndStream, 1, data));
+  const std::string out = absl::StrCat("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                                       Frame(kSettings, 0, 0, ""),
+                                       Frame(kHeaders, kEndHeaders, 1, headers),
+                                       Frame(kData, kEndStream, 1, data));
   if (!tls.Write(out)) return absl::UnavailableError("sending the call failed");
 
   RawGrpcAnswer answer;
@@ -229,7 +231,8 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
         }
         break;
       case kPing:
-        if ((flags & kAck) == 0 && !tls.Write(Frame(kPing, kAck, 0, *payload))) {
+        if ((flags & kAck) == 0 &&
+            !tls.Write(Frame(kPing, kAck, 0, *payload))) {
           return absl::UnavailableError("answering PING failed");
         }
         break;

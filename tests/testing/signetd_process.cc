@@ -10,8 +10,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -27,7 +27,8 @@ std::atomic<int> next_instance{0};
 absl::StatusOr<std::unique_ptr<SignetdProcess>> SignetdProcess::Start(
     absl::string_view dir, const SignetdOptions& options) {
   const int n = next_instance++;
-  const std::string config_path = absl::StrCat(dir, "/signetd-", n, ".textproto");
+  const std::string config_path =
+      absl::StrCat(dir, "/signetd-", n, ".textproto");
   {
     std::ofstream out(config_path);
     out << options.config_text;
@@ -36,8 +37,8 @@ absl::StatusOr<std::unique_ptr<SignetdProcess>> SignetdProcess::Start(
   chmod(config_path.c_str(), 0644);
   std::unique_ptr<SignetdProcess> proc(new SignetdProcess());
   proc->log_path_ = absl::StrCat(dir, "/signetd-", n, ".log");
-  int fd = open(proc->log_path_.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC,
-                0644);
+  int fd = open(proc->log_path_.c_str(),
+                O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError("cannot create " + proc->log_path_);
   SpawnOptions spawn;
   spawn.argv = {options.binary, "--config=" + config_path};
@@ -77,8 +78,7 @@ absl::StatusOr<int> SignetdProcess::WaitExit(absl::Duration timeout) {
     pid_t r = waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
       exited_ = true;
-      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status)
-                                     : -WTERMSIG(status);
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
       return exit_code_;
     }
     absl::SleepFor(absl::Milliseconds(20));
@@ -96,8 +96,8 @@ absl::Status SignetdProcess::WaitForOutput(absl::string_view text,
       int status = 0;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         exited_ = true;
-        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status)
-                                       : -WTERMSIG(status);
+        exit_code_ =
+            WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
       }
     }
     if (exited_) {
@@ -139,8 +139,8 @@ absl::StatusOr<int> SignetdProcess::WaitForHttpPort(absl::Duration timeout) {
   if (colon == std::string::npos ||
       !absl::SimpleAtoi(out.substr(colon + 1, end - colon - 1), &port) ||
       port <= 0) {
-    return absl::InternalError(
-        "cannot parse the HTTP port from: " + out.substr(at, end - at));
+    return absl::InternalError("cannot parse the HTTP port from: " +
+                               out.substr(at, end - at));
   }
   return port;
 }

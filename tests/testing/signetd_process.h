@@ -22,7 +22,7 @@ struct SignetdOptions {
   std::string config_text;  // text-format SignetConfig
   std::vector<std::string> flags;
   std::vector<std::pair<std::string, std::string>> env;
-  std::string as_user;  // run as this user (needs root)
+  std::string as_user;      // run as this user (needs root)
   int open_file_limit = 0;  // if positive, signetd's `ulimit -n`
 };
 

@@ -25,12 +25,11 @@ absl::StatusOr<std::unique_ptr<SignetTestBed>> SignetTestBed::Create(
 }
 
 std::string SignetTestBed::HsmConfig(absl::string_view extra) const {
-  return absl::StrCat("hsm { module_path: \"",
-                      P11KitServer::client_module_path(),
-                      "\" p11_kit_server_address: \"", hsm_->address(),
-                      "\" token_uri: \"", token_->token_uri(),
-                      "\" pin_file: \"", token_->pin_file_path(), "\" ", extra,
-                      " }\n");
+  return absl::StrCat(
+      "hsm { module_path: \"", P11KitServer::client_module_path(),
+      "\" p11_kit_server_address: \"", hsm_->address(), "\" token_uri: \"",
+      token_->token_uri(), "\" pin_file: \"", token_->pin_file_path(), "\" ",
+      extra, " }\n");
 }
 
 std::string SignetTestBed::TlsConfig(absl::string_view extra) const {
