@@ -52,12 +52,17 @@ function(signet_proto_library)
       list(APPEND outputs ${out_dir}/${base}.grpc.pb.cc ${out_dir}/${base}.grpc.pb.h)
       list(APPEND args --grpc_out=${out_dir} --plugin=protoc-gen-grpc=${grpc_plugin})
     endif()
+    # protoc writes the .proto files this one imports, transitively, into a
+    # depfile, so changing an imported file regenerates this one too.
+    set(depfile ${out_dir}/${base}.pb.d)
     add_custom_command(
       OUTPUT ${outputs}
       COMMAND protobuf::protoc
-      ARGS ${args} -I${ARG_IMPORT_DIR} -I${PROJECT_SOURCE_DIR}/proto
+      ARGS ${args} --dependency_out=${depfile}
+           -I${ARG_IMPORT_DIR} -I${PROJECT_SOURCE_DIR}/proto
            -I${Protobuf_INCLUDE_DIRS} ${ARG_IMPORT_DIR}/${proto}
       DEPENDS ${ARG_IMPORT_DIR}/${proto} protobuf::protoc
+      DEPFILE ${depfile}
       COMMENT "protoc ${proto}")
     list(APPEND srcs ${outputs})
   endforeach()

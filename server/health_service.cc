@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/grpc_status.h"
 
 namespace signet::server {
 
@@ -238,8 +239,7 @@ grpc::Status HealthService::Refused(const absl::Status& status) {
                     ? Refusal::kMalformed
                     : Refusal::kOversized);
   }
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return ToGrpcStatus(status);
 }
 
 grpc::Status HealthService::Check(const std::string& service,

@@ -155,17 +155,22 @@ absl::Status KeyManager::Start() {
 }
 
 void KeyManager::StartLoop() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    Loop();
+    loop_done_.Notify();
+  });
 }
 
-void KeyManager::Stop() {
+bool KeyManager::Stop(absl::Duration timeout) {
   std::deque<std::function<void()>> abandoned;
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_) return;
     stopping_ = true;
   }
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) {
+    if (!loop_done_.WaitForNotificationWithTimeout(timeout)) return false;
+    thread_.join();
+  }
   {
     absl::MutexLock lock(&mu_);
     abandoned.swap(tasks_);
@@ -173,6 +178,7 @@ void KeyManager::Stop() {
   // Queued operator calls are answered (UNAVAILABLE) by their tasks, which
   // see stopping_.
   for (auto& task : abandoned) task();
+  return true;
 }
 
 ScopeKeysMap KeyManager::Scopes() const {

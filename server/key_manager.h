@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "hsm/key_store.h"
 #include "rotation/reconcile.h"
@@ -93,8 +94,11 @@ class KeyManager {
   // Starts the loop's thread (after Start succeeded): from here on
   // `on_keys` runs on it.
   void StartLoop();
-  // Stops the loop; queued operator calls are answered UNAVAILABLE.
-  void Stop();
+  // Stops the loop; queued operator calls are answered UNAVAILABLE. False
+  // when the loop is still inside the HSM after `timeout` (a stalled HSM: a
+  // PKCS#11 call cannot be cancelled): its thread is left running, and the
+  // caller must exit without destroying what the loop uses (signetd does).
+  bool Stop(absl::Duration timeout = absl::InfiniteDuration());
 
   bool writer() const { return writer_; }
   ScopeKeysMap Scopes() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -200,6 +204,7 @@ class KeyManager {
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
+  absl::Notification loop_done_;  // the loop's thread has returned
 };
 
 }  // namespace signet::server

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/unknown_field_set.h"
+#include "server/grpc_status.h"
 
 namespace signet::server {
 
@@ -47,8 +48,7 @@ void RequestWaits::Enter() {
     oldest = std::move(list.calls.begin()->second);
     list.calls.erase(list.calls.begin());
   }
-  if (oldest->Finish(grpc::Status(
-          grpc::StatusCode::RESOURCE_EXHAUSTED,
+  if (oldest->Finish(absl::ResourceExhaustedError(
           absl::StrCat("signetd has ", limits_.max_waiting,
                        " calls waiting for their request message, its limit "
                        "(grpc.max_calls_awaiting_request), and this one had "
@@ -90,16 +90,16 @@ void OneRequestCall::Start() {
   // The watchdog answers only with an error; OnReadDone claims the timer
   // with OK, which answers nothing.
   wait_ = std::make_shared<PendingCall>(
-      [this, timeout](const grpc::Status& status) {
+      [this, timeout](const absl::Status& status) {
         if (status.ok()) return;
-        if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        if (status.code() == absl::StatusCode::kUnavailable) {
           // The shutdown's cut-off.
           OnNoRequest(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                    "signetd is shutting down; retry"));
           return;
         }
-        if (status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-          OnNoRequest(status);  // made room for a newer call
+        if (status.code() != absl::StatusCode::kDeadlineExceeded) {
+          OnNoRequest(ToGrpcStatus(status));  // made room for a newer call
           return;
         }
         waits_->CountTimeout();
@@ -118,14 +118,13 @@ void OneRequestCall::Start() {
 }
 
 void OneRequestCall::OnRefusedRequest(const absl::Status& status) {
-  Finish(grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message())));
+  Finish(ToGrpcStatus(status));
 }
 
 void OneRequestCall::OnReadDone(bool ok) {
   waits_->Leave();
   // Lost: the watchdog has answered (or is answering) the call.
-  if (!wait_->Finish(grpc::Status::OK)) return;
+  if (!wait_->Finish(absl::OkStatus())) return;
   const int64_t limit = waits_->limits().max_request_bytes;
   if (ok && limit > 0 && static_cast<int64_t>(request_.Length()) > limit) {
     const size_t size = request_.Length();
@@ -138,6 +137,10 @@ void OneRequestCall::OnReadDone(bool ok) {
   }
   if (ok) {
     OnRequest(request_);
+    // Parsed by now: the bytes are not kept while the call is served and its
+    // answer waits for a client that may never read it (a full batch is
+    // 16 MB).
+    request_.Clear();
     return;
   }
   if (context_->IsCancelled()) {

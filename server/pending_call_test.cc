@@ -14,23 +14,23 @@ namespace {
 // What a call answered, in place of a gRPC reactor.
 struct Answers {
   absl::Mutex mu;
-  std::vector<grpc::StatusCode> codes ABSL_GUARDED_BY(mu);
+  std::vector<absl::StatusCode> codes ABSL_GUARDED_BY(mu);
 
-  std::function<void(const grpc::Status&)> Sink() {
-    return [this](const grpc::Status& status) {
+  std::function<void(const absl::Status&)> Sink() {
+    return [this](const absl::Status& status) {
       absl::MutexLock lock(&mu);
-      codes.push_back(status.error_code());
+      codes.push_back(status.code());
     };
   }
   // Sink(), then notifies `answered` (the watchdog answers on its thread).
-  std::function<void(const grpc::Status&)> NotifyingSink(
+  std::function<void(const absl::Status&)> NotifyingSink(
       absl::Notification* answered) {
-    return [this, answered](const grpc::Status& status) {
+    return [this, answered](const absl::Status& status) {
       Sink()(status);
       answered->Notify();
     };
   }
-  std::vector<grpc::StatusCode> Codes() {
+  std::vector<absl::StatusCode> Codes() {
     absl::MutexLock lock(&mu);
     return codes;
   }
@@ -41,13 +41,13 @@ TEST(PendingCallTest, OnlyTheFirstFinishAnswersAndFills) {
   int done = 0;
   PendingCall call(answers.Sink(), absl::InfiniteFuture(), [&] { ++done; });
   bool filled_twice = false;
-  EXPECT_TRUE(call.Finish(grpc::Status::OK));
-  EXPECT_FALSE(call.Finish(grpc::Status(grpc::StatusCode::INTERNAL, "late"),
-                           [&] { filled_twice = true; }));
+  EXPECT_TRUE(call.Finish(absl::OkStatus()));
+  EXPECT_FALSE(
+      call.Finish(absl::InternalError("late"), [&] { filled_twice = true; }));
   EXPECT_FALSE(filled_twice);
   EXPECT_EQ(done, 1);
   EXPECT_EQ(answers.Codes(),
-            std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
+            std::vector<absl::StatusCode>{absl::StatusCode::kOk});
 }
 
 TEST(PendingCallTest, ReleasesItsSlotBeforeAnswering) {
@@ -55,9 +55,9 @@ TEST(PendingCallTest, ReleasesItsSlotBeforeAnswering) {
   // its tenant's slot free: at concurrency == max_concurrent_requests, 3% of
   // calls were refused while the slot was released after the answer.
   std::vector<std::string> order;
-  PendingCall call([&](const grpc::Status&) { order.push_back("answer"); },
+  PendingCall call([&](const absl::Status&) { order.push_back("answer"); },
                    absl::InfiniteFuture(), [&] { order.push_back("release"); });
-  ASSERT_TRUE(call.Finish(grpc::Status::OK, [&] { order.push_back("fill"); }));
+  ASSERT_TRUE(call.Finish(absl::OkStatus(), [&] { order.push_back("fill"); }));
   EXPECT_EQ(order, (std::vector<std::string>{"fill", "release", "answer"}));
 }
 
@@ -74,10 +74,10 @@ TEST(DeadlineWatchdogTest, AnAnsweredCallLeavesTheWatchListAtOnce) {
     watchdog.Watch(calls.back());
   }
   EXPECT_EQ(watchdog.watched(), 100u);
-  for (int i = 0; i < 60; ++i) EXPECT_TRUE(calls[i]->Finish(grpc::Status::OK));
+  for (int i = 0; i < 60; ++i) EXPECT_TRUE(calls[i]->Finish(absl::OkStatus()));
   EXPECT_EQ(watchdog.watched(), 40u);
   for (int i = 60; i < 100; ++i)
-    EXPECT_TRUE(calls[i]->Finish(grpc::Status::OK));
+    EXPECT_TRUE(calls[i]->Finish(absl::OkStatus()));
   EXPECT_EQ(watchdog.watched(), 0u);
 }
 
@@ -87,7 +87,7 @@ TEST(DeadlineWatchdogTest, ACallAnsweredBeforeItIsWatchedIsNotKept) {
   Answers answers;
   auto call = std::make_shared<PendingCall>(
       answers.Sink(), absl::Now() + absl::Hours(1), nullptr, watchdog.list());
-  ASSERT_TRUE(call->Finish(grpc::Status::OK));
+  ASSERT_TRUE(call->Finish(absl::OkStatus()));
   watchdog.Watch(call);
   EXPECT_EQ(watchdog.watched(), 0u);
 }
@@ -102,9 +102,9 @@ TEST(DeadlineWatchdogTest, AnswersDeadlineExceededForAnUnansweredCall) {
   watchdog.Watch(call);
   answered.WaitForNotification();
   EXPECT_EQ(answers.Codes(),
-            std::vector<grpc::StatusCode>{grpc::StatusCode::DEADLINE_EXCEEDED});
+            std::vector<absl::StatusCode>{absl::StatusCode::kDeadlineExceeded});
   // The worker that comes back later loses: nothing more is answered.
-  EXPECT_FALSE(call->Finish(grpc::Status::OK));
+  EXPECT_FALSE(call->Finish(absl::OkStatus()));
   EXPECT_EQ(answers.Codes().size(), 1u);
   EXPECT_EQ(watchdog.watched(), 0u);
 }
@@ -121,7 +121,7 @@ TEST(DeadlineWatchdogTest, ACutOffAnswersEveryWatchedCallUnavailable) {
   watchdog.CutOff(absl::Now());
   answered.WaitForNotification();
   EXPECT_EQ(answers.Codes(),
-            std::vector<grpc::StatusCode>{grpc::StatusCode::UNAVAILABLE});
+            std::vector<absl::StatusCode>{absl::StatusCode::kUnavailable});
   EXPECT_EQ(watchdog.watched(), 0u);
 }
 
@@ -136,9 +136,9 @@ TEST(DeadlineWatchdogTest, ACallOutlivingItsWatchdogCanStillBeAnswered) {
         answers.Sink(), absl::Now() + absl::Hours(1), nullptr, watchdog.list());
     watchdog.Watch(call);
   }
-  EXPECT_TRUE(call->Finish(grpc::Status::OK));
+  EXPECT_TRUE(call->Finish(absl::OkStatus()));
   EXPECT_EQ(answers.Codes(),
-            std::vector<grpc::StatusCode>{grpc::StatusCode::OK});
+            std::vector<absl::StatusCode>{absl::StatusCode::kOk});
 }
 
 }  // namespace

@@ -72,7 +72,11 @@ class RawReply {
       reactor_->Finish(status);
       return;
     }
-    if (!SerializeMessage(response_, &out_)) {
+    const bool serialized = SerializeMessage(response_, &out_);
+    // Only the bytes wait for a client that may read them slowly (an unread
+    // answer to a full batch held its message a second time, 22 MB).
+    Response().Swap(&response_);
+    if (!serialized) {
       reactor_->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
                                     "the response could not be serialized"));
       return;
@@ -92,11 +96,6 @@ void SetItemStatus(const absl::Status& status,
                    signet::v1::SignJwtBatchItem* item) {
   item->set_code(static_cast<int>(status.code()));
   item->set_message(std::string(status.message()));
-}
-
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
 }
 
 absl::Status CheckScopeName(absl::string_view name) {
@@ -311,8 +310,11 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
                              std::vector<Part> parts) {
   Tenant* tenant = auth.tenant;
   auto call = std::make_shared<PendingCall>(
-      rpc.answer, DeadlineOf(rpc.context),
-      [tenant] { tenant->in_flight.fetch_sub(1); }, watchdog_.list());
+      [answer = rpc.answer](const absl::Status& status) {
+        answer(ToGrpcStatus(status));
+      },
+      DeadlineOf(rpc.context), [tenant] { tenant->in_flight.fetch_sub(1); },
+      watchdog_.list());
   for (size_t i = 0; i < parts.size(); ++i) {
     auto part = std::make_shared<Part>(std::move(parts[i]));
     absl::Status queued = auth.serving->workers->Submit([call, part] {
@@ -326,7 +328,7 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
     });
     if (!queued.ok()) {
       if (i == 0) {
-        call->Finish(ToGrpcStatus(queued));
+        call->Finish(queued);
         return;
       }
       (*part)(call, queued);
@@ -525,10 +527,10 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
       all,
       [call, shared, signed_items = all.size()](const absl::Status& durable) {
         if (!durable.ok()) {
-          call->Finish(ToGrpcStatus(AuditUnavailable()));
+          call->Finish(AuditUnavailable());
           return;
         }
-        const bool delivered = call->Finish(grpc::Status::OK, [&] {
+        const bool delivered = call->Finish(absl::OkStatus(), [&] {
           for (auto& item : shared->items) {
             *shared->response->add_items() = std::move(item);
           }
@@ -580,7 +582,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
              absl::StatusOr<std::string> digest =
                  hsm::DigestFor(s.key.spec.algorithm, signing_input);
              if (!digest.ok()) {
-               call->Finish(ToGrpcStatus(digest.status()));
+               call->Finish(digest.status());
                return;
              }
              SignThenAudit(
@@ -589,9 +591,9 @@ void SignerService::HandleSignJwt(const Call& rpc,
                  [call, scope_state, signing_input = std::move(signing_input),
                   response](absl::StatusOr<std::string> signature) {
                    if (!signature.ok()) {
-                     return call->Finish(ToGrpcStatus(signature.status()));
+                     return call->Finish(signature.status());
                    }
-                   return call->Finish(grpc::Status::OK, [&] {
+                   return call->Finish(absl::OkStatus(), [&] {
                      response->set_jws(CompactJws(signing_input, *signature));
                      response->set_kid(scope_state->key.thumbprint);
                      response->set_alg(scope_state->alg);
@@ -711,20 +713,19 @@ void SignerService::HandleSign(const Call& rpc,
              response](const std::shared_ptr<PendingCall>& call,
                        const absl::Status& skipped) {
              if (!skipped.ok()) return;  // answered already
-             SignThenAudit(
-                 *serving, *scope_state, caller, digest,
-                 absl::BytesToHexString(digest), call->deadline(),
-                 [call, scope_state,
-                  response](absl::StatusOr<std::string> signature) {
-                   if (!signature.ok()) {
-                     return call->Finish(ToGrpcStatus(signature.status()));
-                   }
-                   return call->Finish(grpc::Status::OK, [&] {
-                     response->set_signature(*std::move(signature));
-                     response->set_kid(scope_state->key.thumbprint);
-                     response->set_alg(scope_state->alg);
-                   });
-                 });
+             SignThenAudit(*serving, *scope_state, caller, digest,
+                           absl::BytesToHexString(digest), call->deadline(),
+                           [call, scope_state,
+                            response](absl::StatusOr<std::string> signature) {
+                             if (!signature.ok()) {
+                               return call->Finish(signature.status());
+                             }
+                             return call->Finish(absl::OkStatus(), [&] {
+                               response->set_signature(*std::move(signature));
+                               response->set_kid(scope_state->key.thumbprint);
+                               response->set_alg(scope_state->alg);
+                             });
+                           });
            }});
 }
 

@@ -32,6 +32,7 @@
 #include "absl/time/time.h"
 #include "server/audit_log.h"
 #include "server/claims.h"
+#include "server/grpc_status.h"
 #include "server/one_request_call.h"
 #include "server/pending_call.h"
 #include "server/serving_state.h"
@@ -210,9 +211,6 @@ class SignerService final : public OneRequestService {
       ABSL_GUARDED_BY(identities_mu_);
   DeadlineWatchdog watchdog_;
 };
-
-// absl::Status -> grpc::Status, in one place.
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // A batch item's code (a google.rpc.Code, the same numbers as
 // absl::StatusCode) and message from `status`: the batch's one conversion.

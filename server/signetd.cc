@@ -444,6 +444,25 @@ int Run() {
     return Fail(absl::UnavailableError(absl::StrCat(
         "cannot start the gRPC server on ", config->grpc_listen_address())));
   }
+  // Every way out from here on ends the gRPC server with a deadline:
+  // ~Server alone waits for every call, and a client's health Watch never
+  // ends by itself, so a start-up that failed (or was stopped) after this
+  // point hung for as long as any client watched.
+  bool serving_stopped = false;
+  auto stop_serving = [&](absl::Duration grace) {
+    if (serving_stopped) return;
+    serving_stopped = true;
+    (*acceptor)->Stop();        // no new connection from here on
+    health_service.Shutdown();  // watchers hear NOT_SERVING, then the end
+    // Calls a stalled HSM holds are answered within the shutdown's grace.
+    signer.CutOffPendingCalls(absl::Now() + grace - absl::Seconds(1));
+    request_waits.CutOff(absl::Now());
+    server->Shutdown(std::chrono::system_clock::now() +
+                     absl::ToChronoSeconds(grace));
+  };
+  absl::Cleanup stop_serving_on_return = [&] {
+    stop_serving(absl::Seconds(2));
+  };
   (*acceptor)->Start(std::move(grpc_acceptor));
   std::vector<std::string> scope_names;
   for (const auto& scope : config->scopes())
@@ -473,12 +492,35 @@ int Run() {
   std::unique_ptr<hsm::SessionPool> pool;
   absl::Duration backoff = absl::Milliseconds(500);
   for (;;) {
+    // A stalled HSM holds C_Initialize or C_Login, which cannot be
+    // cancelled: the pool is opened on a thread of its own, so that a stop
+    // is still obeyed. Nothing durable is open yet (the audit log opens
+    // after the HSM), so signetd then exits at once.
+    struct Opening {
+      absl::Notification done;
+      absl::StatusOr<std::unique_ptr<hsm::SessionPool>> result =
+          absl::UnknownError("not opened");
+    };
+    auto opening = std::make_shared<Opening>();
+    std::thread([opening, connector = std::move(*connector), uri = *token_uri,
+                 pin_copy = hsm::Pin::FromBytes(absl::string_view(
+                     reinterpret_cast<const char*>(pin->data()), pin->size())),
+                 pool_options]() mutable {
+      opening->result = hsm::SessionPool::Create(
+          std::move(connector), uri, std::move(pin_copy), pool_options);
+      opening->done.Notify();
+    }).detach();
+    while (!opening->done.WaitForNotificationWithTimeout(
+        absl::Milliseconds(200))) {
+      if (StopRequested(absl::ZeroDuration())) {
+        SIGNET_LOG_WARN(
+            "stopping while the HSM has not answered its opening calls "
+            "(stalled HSM); exiting without waiting for them");
+        std::_Exit(0);
+      }
+    }
     absl::StatusOr<std::unique_ptr<hsm::SessionPool>> created =
-        hsm::SessionPool::Create(
-            std::move(*connector), *token_uri,
-            hsm::Pin::FromBytes(absl::string_view(
-                reinterpret_cast<const char*>(pin->data()), pin->size())),
-            pool_options);
+        std::move(opening->result);
     if (created.ok()) {
       pool = std::move(*created);
       break;
@@ -865,16 +907,15 @@ int Run() {
   }
   report_refused_connections();
   (*acceptor)->Stop();  // no new connection from here on
-  key_manager.Stop();
+  // A key-manager pass (or an operator's call) inside a stalled HSM cannot
+  // be cancelled; it is not waited for past 3 s.
+  const bool key_manager_stopped = key_manager.Stop(absl::Seconds(3));
   health_monitor.SetAllNotServing("stopping");
-  health_service.Shutdown();  // watchers hear NOT_SERVING, then the end
-  // Calls a stalled HSM holds are answered within the shutdown's 5 s.
-  signer.CutOffPendingCalls(absl::Now() + absl::Seconds(4));
-  request_waits.CutOff(absl::Now());
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  stop_serving(absl::Seconds(5));
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.
-  if (!prober.Stop(absl::Seconds(3)) || workers.busy() > 0) {
+  if (!key_manager_stopped || !prober.Stop(absl::Seconds(3)) ||
+      workers.busy() > 0) {
     SIGNET_LOG_WARN(
         "an HSM call is stuck (stalled HSM); exiting without "
         "closing the HSM connections");

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -185,9 +186,9 @@ class HostileGrpcTest : public ::testing::Test {
 
   // A signetd on the shared token with its own audit directory; `extra` is
   // appended to its configuration.
-  std::unique_ptr<SignetdProcess> Start(absl::string_view name,
-                                        absl::string_view extra = "",
-                                        int open_file_limit = 0) {
+  std::unique_ptr<SignetdProcess> Start(
+      absl::string_view name, absl::string_view extra = "",
+      int open_file_limit = 0, absl::string_view wait_for = "signetd ready") {
     audit_dir_ = absl::StrCat(bed_->token().dir(), "/audit-", name);
     mkdir(audit_dir_.c_str(), 0700);
     SignetdOptions options;
@@ -210,7 +211,7 @@ class HostileGrpcTest : public ::testing::Test {
     if (!signetd.ok()) return nullptr;
     auto port = (*signetd)->WaitForPort(kStartTimeout);
     EXPECT_TRUE(port.ok()) << port.status();
-    EXPECT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok())
+    EXPECT_TRUE((*signetd)->WaitForOutput(wait_for, kStartTimeout).ok())
         << (*signetd)->Output();
     port_ = port.ok() ? *port : 0;
     return std::move(*signetd);
@@ -1278,6 +1279,64 @@ TEST_F(HostileGrpcTest, AFarDeadlineIsServedWithinSignetsOwnTimeLimit) {
     EXPECT_EQ(std::count(resp.jws().begin(), resp.jws().end(), '.'), 2)
         << timeout << ": " << resp.jws();
   }
+}
+
+// Found by an outside attack: a stop (or a failed start-up) after the gRPC
+// server had started but before signetd served skipped the shutdown with a
+// deadline; ~Server then waited for every call, and a client's health Watch
+// never ends by itself: signetd never exited while anyone watched.
+TEST_F(HostileGrpcTest, AStopBeforeServingEndsWhileAHealthWatchIsOpen) {
+  ASSERT_TRUE(bed_->hsm().Kill().ok());
+  absl::Cleanup restart = [] { (void)bed_->hsm().Restart(); };
+  auto signetd = Start("no-hsm-watch", "", 0, "HSM unavailable");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_, /*own_connection=*/true);
+  HealthWatch watch(channel, "");
+  ASSERT_TRUE(
+      watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(10)))
+      << signetd->Output();
+  const absl::Time asked = absl::Now();
+  absl::StatusOr<int> code = signetd->Stop(SIGTERM, absl::Seconds(20));
+  const absl::Duration took = absl::Now() - asked;
+  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd->Output();
+  EXPECT_EQ(*code, 0) << signetd->Output();
+  EXPECT_LT(took, absl::Seconds(10)) << signetd->Output();
+}
+
+// Found by an outside attack: a stop while a key-manager pass was inside a
+// stalled HSM waited for that pass (a PKCS#11 call cannot be cancelled) for
+// as long as the HSM stalled. The pass is not waited for past 3 s.
+TEST_F(HostileGrpcTest, AStopWhileAKeyManagerPassIsInAStalledHsmIsPrompt) {
+  auto signetd = Start("stall-pass", "reconcile_interval_seconds: 1\n");
+  ASSERT_NE(signetd, nullptr);
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  absl::Cleanup resume = [] { (void)bed_->hsm().Resume(); };
+  // A pass starts within a second and stays inside the HSM.
+  absl::SleepFor(absl::Seconds(3));
+  const absl::Time asked = absl::Now();
+  absl::StatusOr<int> code = signetd->Stop(SIGTERM, absl::Seconds(30));
+  const absl::Duration took = absl::Now() - asked;
+  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd->Output();
+  EXPECT_LT(took, absl::Seconds(10)) << signetd->Output();
+  EXPECT_THAT(signetd->Output(), HasSubstr("an HSM call is stuck"));
+}
+
+// Found by an outside attack: a start while the HSM was stalled sat in
+// C_Initialize, and a stop was not looked at until the HSM answered.
+TEST_F(HostileGrpcTest, AStopWhileTheHsmStallsItsOpeningIsPrompt) {
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  absl::Cleanup resume = [] { (void)bed_->hsm().Resume(); };
+  auto signetd = Start("stall-open", "", 0, "listening on");
+  ASSERT_NE(signetd, nullptr);
+  absl::SleepFor(absl::Seconds(2));
+  const absl::Time asked = absl::Now();
+  absl::StatusOr<int> code = signetd->Stop(SIGTERM, absl::Seconds(30));
+  const absl::Duration took = absl::Now() - asked;
+  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd->Output();
+  EXPECT_EQ(*code, 0) << signetd->Output();
+  EXPECT_LT(took, absl::Seconds(10)) << signetd->Output();
+  EXPECT_THAT(signetd->Output(),
+              HasSubstr("has not answered its opening calls"));
 }
 
 }  // namespace

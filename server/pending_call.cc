@@ -1,0 +1,97 @@
+#include "server/pending_call.h"
+
+#include <algorithm>
+
+namespace signet::server {
+
+bool PendingCall::Finish(const absl::Status& status,
+                         const std::function<void()>& fill) {
+  if (answered_.exchange(true)) return false;
+  if (fill) fill();
+  // Released before the answer: a client that sends its next request the
+  // moment it hears back must find the slot free, or a tenant running at
+  // exactly its limit is refused.
+  if (on_done_) on_done_();
+  answer_(status);
+  // Leave the watch list now rather than at the deadline, so it holds the
+  // calls in flight, not every call of the last max_rpc_time. The entry
+  // may hold the last reference to this call: it dies with `self`, after
+  // the last use of a member.
+  std::shared_ptr<PendingCall> self;
+  if (watch_list_ != nullptr) {
+    absl::MutexLock lock(&watch_list_->mu);
+    auto it = watch_list_->calls.find({deadline_, this});
+    if (it != watch_list_->calls.end()) {
+      self = std::move(it->second);
+      watch_list_->calls.erase(it);
+    }
+  }
+  return true;
+}
+
+DeadlineWatchdog::DeadlineWatchdog()
+    : list_(std::make_shared<WatchList>()), thread_([this] { Loop(); }) {}
+
+DeadlineWatchdog::~DeadlineWatchdog() {
+  std::map<WatchList::Key, std::shared_ptr<PendingCall>> left;
+  {
+    absl::MutexLock lock(&list_->mu);
+    stopping_ = true;
+  }
+  thread_.join();
+  {
+    // The calls hold the list and the list holds the calls: break that.
+    absl::MutexLock lock(&list_->mu);
+    left.swap(list_->calls);
+  }
+}
+
+void DeadlineWatchdog::Watch(std::shared_ptr<PendingCall> call) {
+  absl::MutexLock lock(&list_->mu);
+  // Under the lock: a Finish that set answered() after this test erases
+  // the entry once this returns.
+  if (call->answered()) return;
+  WatchList::Key key{call->deadline(), call.get()};
+  list_->calls.emplace(key, std::move(call));
+}
+
+void DeadlineWatchdog::CutOff(absl::Time at) {
+  absl::MutexLock lock(&list_->mu);
+  cut_off_ = at;
+}
+
+size_t DeadlineWatchdog::watched() const {
+  absl::MutexLock lock(&list_->mu);
+  return list_->calls.size();
+}
+
+void DeadlineWatchdog::Loop() {
+  absl::MutexLock lock(&list_->mu);
+  while (!stopping_) {
+    absl::Time now = absl::Now();
+    const bool cut_off = cut_off_ <= now;
+    while (!list_->calls.empty() &&
+           (cut_off || list_->calls.begin()->first.first <= now)) {
+      std::shared_ptr<PendingCall> call =
+          std::move(list_->calls.begin()->second);
+      list_->calls.erase(list_->calls.begin());
+      list_->mu.Unlock();
+      call->Finish(cut_off ? absl::UnavailableError(
+                                 "signetd is shutting down and the HSM has not "
+                                 "answered; nothing was released (retry)")
+                           : absl::DeadlineExceededError(
+                                 "the HSM did not answer before the deadline; "
+                                 "nothing was released (retry, or check the "
+                                 "HSM)"));
+      call.reset();
+      list_->mu.Lock();
+    }
+    absl::Time wake = std::min(now + absl::Milliseconds(100), cut_off_);
+    if (!list_->calls.empty()) {
+      wake = std::min(wake, list_->calls.begin()->first.first);
+    }
+    list_->mu.AwaitWithDeadline(absl::Condition(&stopping_), wake);
+  }
+}
+
+}  // namespace signet::server
