@@ -348,12 +348,12 @@ int Run() {
   // Calls whose request message has not come yet: bounded in number and in
   // time, and a connection that resets them early is closed
   // (server/one_request_call.h).
+  const int max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
   RequestWaitLimits wait_limits;
   wait_limits.max_waiting =
       static_cast<int>(grpc_limits.max_calls_awaiting_request());
   wait_limits.timeout = absl::Seconds(grpc_limits.request_timeout_seconds());
-  wait_limits.max_request_bytes =
-      MaxRequestBytes(signer_options.max_batch_size);
+  wait_limits.max_request_bytes = max_request_bytes;
   ConnectionAcceptor* const connections = acceptor->get();
   RequestWaits request_waits(
       wait_limits, [connections](const std::string& peer) {
@@ -428,7 +428,6 @@ int Run() {
   // the status the client got. (Reflection, off by default, is the one
   // service without the check; its messages are received whole either
   // way, within the memory quota.)
-  const int max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
   builder.SetMaxReceiveMessageSize(-1);
   // No compressed requests: gRPC 1.51 decompresses a message whole before it
   // checks the size limit, so a 1.5 MB gzip of spaces grew signetd by
