@@ -450,6 +450,14 @@ absl::Status ValidateConfig(SignetConfig& config,
     if (tenant.max_concurrent_requests() == 0) {
       tenant.set_max_concurrent_requests(64);
     }
+    if (tenant.max_unread_answer_mib() == 0) {
+      tenant.set_max_unread_answer_mib(64);
+    }
+    if (tenant.max_unread_answer_mib() > 65536) {
+      return FieldError(field + ".max_unread_answer_mib",
+                        absl::StrCat(tenant.max_unread_answer_mib(),
+                                     " is out of range: 1 to 65536 MiB"));
+    }
   }
   for (int i = 0; i < config.admins_size(); ++i) {
     if (!IsTypedIdentity(config.admins(i))) {

@@ -68,6 +68,7 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(JoseAlgorithmName(config->scopes(0).algorithm()), "ES256");
   EXPECT_EQ(config->scopes(0).max_token_lifetime_seconds(), 3600u);
   EXPECT_EQ(config->tenants(0).max_concurrent_requests(), 64u);
+  EXPECT_EQ(config->tenants(0).max_unread_answer_mib(), 64u);
   EXPECT_EQ(config->serving().worker_threads(), 4u);
   EXPECT_EQ(config->serving().queue_size(), 1024u);
   EXPECT_EQ(config->serving().iat_skew_seconds(), 60u);
@@ -317,6 +318,19 @@ TEST(ConfigTest, GrpcLimitsHaveDefaultsAndBounds) {
     EXPECT_THAT(st.message(), HasSubstr("grpc.")) << bad;
     EXPECT_THAT(st.message(), HasSubstr("out of range")) << bad;
   }
+}
+
+TEST(ConfigTest, UnreadAnswersHaveABoundedLimit) {
+  EXPECT_TRUE(ParseWith("scopes: \"demo-consumer\"\n",
+                        "scopes: \"demo-consumer\" "
+                        "max_unread_answer_mib: 65536\n")
+                  .ok());
+  absl::Status st = ParseWith("scopes: \"demo-consumer\"\n",
+                              "scopes: \"demo-consumer\" "
+                              "max_unread_answer_mib: 65537\n");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("tenants[0].max_unread_answer_mib"));
+  EXPECT_THAT(st.message(), HasSubstr("out of range"));
 }
 
 TEST(ConfigTest, PlainHttpIssuerOnlyOnLoopback) {

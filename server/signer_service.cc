@@ -66,6 +66,7 @@ class RawReply {
       grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* reactor)
       : reactor_(reactor) {}
   Response* response() { return &response_; }
+  UnreadAnswerCharge* charge() { return &charge_; }
   // Ends the call; runs once.
   void Answer(const grpc::Status& status) {
     if (!status.ok()) {
@@ -81,6 +82,7 @@ class RawReply {
                                     "the response could not be serialized"));
       return;
     }
+    charge_.Written(static_cast<int64_t>(out_.Length()));
     reactor_->StartWriteAndFinish(&out_, grpc::WriteOptions(), status);
   }
 
@@ -88,9 +90,22 @@ class RawReply {
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* const reactor_;
   Response response_;
   grpc::ByteBuffer out_;
+  UnreadAnswerCharge charge_;
 };
 
 }  // namespace
+
+void UnreadAnswerCharge::Written(int64_t bytes) {
+  if (unread_ == nullptr) return;
+  bytes_ = bytes;
+  unread_->fetch_add(bytes);
+}
+
+void UnreadAnswerCharge::Settle() {
+  if (unread_ == nullptr || bytes_ == 0) return;
+  unread_->fetch_sub(bytes_);
+  bytes_ = 0;
+}
 
 void SetItemStatus(const absl::Status& status,
                    signet::v1::SignJwtBatchItem* item) {
@@ -130,6 +145,9 @@ SignerService::SignerService(
     tenant->scopes.insert(t.scopes().begin(), t.scopes().end());
     tenant->max_concurrent =
         t.max_concurrent_requests() == 0 ? 64 : t.max_concurrent_requests();
+    tenant->max_unread_bytes =
+        int64_t{t.max_unread_answer_mib() == 0 ? 64 : t.max_unread_answer_mib()}
+        << 20;
     tenants_[t.identity()] = std::move(tenant);
   }
 }
@@ -229,7 +247,18 @@ absl::Time SignerService::DeadlineOf(
                            absl::Nanoseconds(raw.tv_nsec) - kAnswerHeadroom);
 }
 
-absl::Status SignerService::Admit(Tenant* tenant) {
+absl::Status SignerService::Admit(const Call& call, Tenant* tenant) {
+  // Checked before the new call adds to it: the bound holds to within the
+  // answers of the calls in flight (max_concurrent of them at most).
+  const int64_t unread = tenant->unread_bytes.load();
+  if (unread > tenant->max_unread_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "caller ", Quote(tenant->identity, 256), " has not read ", unread >> 10,
+        " KiB of answers to its earlier calls, more than its "
+        "limit of ",
+        tenant->max_unread_bytes >> 20,
+        " MiB (max_unread_answer_mib); read them before sending more calls"));
+  }
   int now = tenant->in_flight.fetch_add(1) + 1;
   if (now > tenant->max_concurrent) {
     tenant->in_flight.fetch_sub(1);
@@ -238,6 +267,7 @@ absl::Status SignerService::Admit(Tenant* tenant) {
                      tenant->max_concurrent,
                      " requests in flight, its limit; retry with backoff"));
   }
+  if (call.charge != nullptr) call.charge->BillTo(&tenant->unread_bytes);
   return absl::OkStatus();
 }
 
@@ -568,7 +598,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
   if (!claims.ok()) return refuse(claims.status());
   if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok())
     return refuse(st);
-  if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
+  if (absl::Status st = Admit(rpc, auth->tenant); !st.ok()) return refuse(st);
 
   std::string signing_input =
       JwsSigningInput(scope.header_b64, request->claims_json());
@@ -647,7 +677,7 @@ void SignerService::HandleSignJwtBatch(
     batch->inputs.emplace_back(
         i, JwsSigningInput(scope.header_b64, request->claims_json(i)));
   }
-  if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
+  if (absl::Status st = Admit(rpc, auth->tenant); !st.ok()) return refuse(st);
   // Up to one part per worker, each of at least kMinBatchPart items, so a
   // lone batch uses every HSM session instead of one.
   const int n = static_cast<int>(batch->inputs.size());
@@ -707,7 +737,7 @@ void SignerService::HandleSign(const Call& rpc,
   if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) {
     return refuse(st);
   }
-  if (absl::Status st = Admit(auth->tenant); !st.ok()) return refuse(st);
+  if (absl::Status st = Admit(rpc, auth->tenant); !st.ok()) return refuse(st);
   Dispatch(rpc, *auth,
            {[serving = auth->serving, scope_state = auth->scope, caller, digest,
              response](const std::shared_ptr<PendingCall>& call,
@@ -840,13 +870,18 @@ class SignerService::UnaryCall final : public OneRequestCall {
         service_(service),
         method_(method),
         handler_(handler) {}
+  // After OnDone: the answer is taken, or will never be.
+  ~UnaryCall() override {
+    if (reply_ != nullptr) reply_->charge()->Settle();
+  }
 
  private:
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     reply_ = std::make_shared<RawReply<Response>>(this);
-    Call call{context(), method_, [reply = reply_](const grpc::Status& status) {
-                reply->Answer(status);
-              }};
+    Call call{
+        context(), method_,
+        [reply = reply_](const grpc::Status& status) { reply->Answer(status); },
+        reply_->charge()};
     service_->Serve(call, bytes, reply_->response(), handler_);
   }
   void OnRefusedRequest(const absl::Status& status) override {

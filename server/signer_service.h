@@ -58,6 +58,25 @@ constexpr int MaxRequestBytes(int max_batch_size) {
 // worker at most.
 inline constexpr int kMinBatchPart = 16;
 
+// One call's answer, counted against its tenant's unread answers
+// (TenantConfig.max_unread_answer_mib) from when it is written until the
+// call is done: the client has taken it, or the call ended without it. The
+// tenant's concurrency slot is free by then, so without this count a tenant
+// that never reads would hold memory without bound.
+class UnreadAnswerCharge {
+ public:
+  // Before the call is answered: the account to count in.
+  void BillTo(std::atomic<int64_t>* unread) { unread_ = unread; }
+  // The answer is written; `bytes` of it wait for the client. At most once.
+  void Written(int64_t bytes);
+  // The call is done. Once, after Written if that came.
+  void Settle();
+
+ private:
+  std::atomic<int64_t>* unread_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
 struct SignerServiceOptions {
   absl::Duration iat_skew = absl::Seconds(60);
   int max_batch_size = 256;
@@ -97,6 +116,10 @@ class SignerService final : public OneRequestService {
     absl::flat_hash_set<std::string> scopes;
     int max_concurrent = 64;
     std::atomic<int> in_flight{0};
+    int64_t max_unread_bytes = int64_t{64} << 20;
+    // Bytes of answers written and not yet taken by the client (their
+    // calls not done): UnreadAnswerCharge.
+    std::atomic<int64_t> unread_bytes{0};
   };
   struct Authorized {
     Tenant* tenant;
@@ -113,6 +136,9 @@ class SignerService final : public OneRequestService {
     grpc::CallbackServerContext* context;
     const char* method;
     std::function<void(const grpc::Status&)> answer;
+    // Its answer's count among the tenant's unread answers; null for a call
+    // refused before its request was read.
+    UnreadAnswerCharge* charge = nullptr;
   };
   template <typename Request, typename Response>
   using Handler = void (SignerService::*)(const Call&, const Request&,
@@ -168,8 +194,11 @@ class SignerService final : public OneRequestService {
                                        const std::string& scope_name,
                                        std::string* caller);
   absl::Time DeadlineOf(grpc::CallbackServerContext* context) const;
-  // Takes a slot of the tenant's concurrency limit; RESOURCE_EXHAUSTED.
-  absl::Status Admit(Tenant* tenant);
+  // Takes a slot of the tenant's concurrency limit and bills the call's
+  // answer to its unread answers; RESOURCE_EXHAUSTED when the tenant is at
+  // its limit of requests in flight, or has more answers unread than its
+  // limit allows.
+  absl::Status Admit(const Call& call, Tenant* tenant);
   ClaimsPolicy PolicyFor(const ScopeState& scope, absl::Time now) const;
   static absl::Status CheckPurpose(const ScopeState& scope,
                                    signet::v1::Purpose wanted);

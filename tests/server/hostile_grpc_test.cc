@@ -56,6 +56,9 @@ using testing::TestCa;
 constexpr absl::Duration kStartTimeout = absl::Seconds(90);
 constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
 constexpr char kOther[] = "spiffe://signet.test/tenant/other";
+// A tenant of the scope kScope whose clients may leave 1 MiB of answers
+// unread.
+constexpr char kUnreading[] = "spiffe://signet.test/tenant/unreading";
 constexpr char kScope[] = "idp";
 constexpr char kIssuer[] = "https://idp.signet.test";
 constexpr char kOtherIssuer[] = "https://other.signet.test";
@@ -162,6 +165,8 @@ class HostileGrpcTest : public ::testing::Test {
     bed_ = bed->release();
     tenant_ = Issue("idp", {.uri_sans = {kTenant}, .eku = "clientAuth"});
     other_ = Issue("other", {.uri_sans = {kOther}, .eku = "clientAuth"});
+    unreading_ =
+        Issue("unreading", {.uri_sans = {kUnreading}, .eku = "clientAuth"});
     // No extended key usage at all: the handshake takes it, signetd not.
     no_eku_ = Issue("mallory", {.cn = "mallory-no-eku", .eku = ""});
     two_sans_ =
@@ -172,6 +177,7 @@ class HostileGrpcTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete tenant_;
     delete other_;
+    delete unreading_;
     delete no_eku_;
     delete two_sans_;
     delete bed_;
@@ -205,7 +211,9 @@ class HostileGrpcTest : public ::testing::Test {
         "tenants { identity: \"uri:", kTenant, "\" scopes: \"", kScope,
         "\" max_concurrent_requests: ", kTenantLimit, " }\n",
         "tenants { identity: \"uri:", kOther, "\" scopes: \"other\" }\n",
-        "audit_log_path: \"", audit_dir_, "/audit.log\"\n", extra);
+        "tenants { identity: \"uri:", kUnreading, "\" scopes: \"", kScope,
+        "\" max_unread_answer_mib: 1 }\n", "audit_log_path: \"", audit_dir_,
+        "/audit.log\"\n", extra);
     auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
     EXPECT_TRUE(signetd.ok()) << signetd.status();
     if (!signetd.ok()) return nullptr;
@@ -287,6 +295,7 @@ class HostileGrpcTest : public ::testing::Test {
   static inline testing::SignetTestBed* bed_ = nullptr;
   static inline TestCa::Issued* tenant_ = nullptr;
   static inline TestCa::Issued* other_ = nullptr;
+  static inline TestCa::Issued* unreading_ = nullptr;
   static inline TestCa::Issued* no_eku_ = nullptr;
   static inline TestCa::Issued* two_sans_ = nullptr;
   std::string audit_dir_;
@@ -1279,6 +1288,82 @@ TEST_F(HostileGrpcTest, AFarDeadlineIsServedWithinSignetsOwnTimeLimit) {
     EXPECT_EQ(std::count(resp.jws().begin(), resp.jws().end(), '.'), 2)
         << timeout << ": " << resp.jws();
   }
+}
+
+// Found by an outside attack: a tenant whose client never read its answers
+// held memory without bound (3.3 GB for 48 unread full batches): its
+// concurrency slot is free once a call is answered. Past its limit of
+// unread answers its calls are refused, audited; others are served; when
+// its client goes away it is served again.
+TEST_F(HostileGrpcTest, ATenantThatNeverReadsItsAnswersIsRefusedPastItsLimit) {
+  auto signetd = Start("unread");
+  ASSERT_NE(signetd, nullptr);
+  testing::RawGrpcCall call;
+  call.port = port_;
+  call.cert_pem = unreading_->cert_pem;
+  call.key_pem = unreading_->key_pem;
+  call.path = "/signet.v1.Signer/SignJwtBatch";
+  v1::SignJwtBatchRequest batch;
+  batch.set_scope(kScope);
+  // Small claims, so the answer (each JWS and its kid) is about four times
+  // the request: ~70 KB an answer.
+  for (int i = 0; i < 200; ++i) batch.add_claims_json(Claims());
+  call.message = batch.SerializeAsString();
+  auto connection = testing::UnreadingGrpcConnection::Open(call);
+  ASSERT_TRUE(connection.ok()) << connection.status();
+
+  auto stub = v1::Signer::NewStub(Channel(unreading_, true));
+  auto other = v1::Signer::NewStub(Channel(other_, true));
+  // Under the limit the tenant is served.
+  ASSERT_TRUE((*connection)->Start(call).ok());
+  auto first = (*connection)->Await(1, absl::Seconds(20));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->answered, 1) << "the first batch was not answered";
+  ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+
+  // 1 MiB is about 15 answers; 40 unread ones are well past it.
+  grpc::Status refused;
+  int calls = 1;
+  for (; calls < 40; ++calls) {
+    ASSERT_TRUE((*connection)->Start(call).ok());
+    auto answers = (*connection)->Await(calls + 1, absl::Seconds(20));
+    ASSERT_TRUE(answers.ok()) << answers.status();
+    ASSERT_EQ(answers->answered + answers->ended, calls + 1);
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::SignJwtRequest req;
+    req.set_scope(kScope);
+    req.set_claims_json(Claims());
+    v1::SignJwtResponse resp;
+    refused = stub->SignJwt(&ctx, req, &resp);
+    if (!refused.ok()) break;
+  }
+  ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << calls << " unread answers; " << refused.error_message();
+  EXPECT_GE(calls, 8) << "refused before 1 MiB was unread";
+  EXPECT_THAT(refused.error_message(),
+              AllOf(HasSubstr(kUnreading), HasSubstr("has not read"),
+                    HasSubstr("max_unread_answer_mib")));
+  EXPECT_THAT(AwaitAuditLine({"\"refuse\"", kUnreading, "RESOURCE_EXHAUSTED"}),
+              Not(::testing::IsEmpty()));
+  // The unread connection's own next call is refused too (trailers only).
+  ASSERT_TRUE((*connection)->Start(call).ok());
+  auto answers = (*connection)->Await(calls + 2, absl::Seconds(20));
+  ASSERT_TRUE(answers.ok()) << answers.status();
+  EXPECT_EQ(answers->answered, calls + 1);
+  EXPECT_EQ(answers->ended, 1);
+  // Another tenant is served meanwhile.
+  EXPECT_TRUE(SignJwt(*other, "other").ok());
+
+  // The client goes away: its answers are dropped, and it is served again.
+  connection->reset();
+  grpc::Status again;
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  do {
+    again = SignJwt(*stub, kScope);
+    if (!again.ok()) absl::SleepFor(absl::Milliseconds(200));
+  } while (!again.ok() && absl::Now() < deadline);
+  EXPECT_TRUE(again.ok()) << again.error_message();
 }
 
 // Found by an outside attack: a stop (or a failed start-up) after the gRPC

@@ -9,9 +9,12 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -20,7 +23,8 @@ namespace signet::testing {
 namespace {
 
 constexpr uint8_t kData = 0x0, kHeaders = 0x1, kRstStream = 0x3,
-                  kSettings = 0x4, kPing = 0x6, kGoAway = 0x7;
+                  kSettings = 0x4, kPing = 0x6, kGoAway = 0x7,
+                  kWindowUpdate = 0x8;
 constexpr uint8_t kEndStream = 0x1, kAck = 0x1, kEndHeaders = 0x4,
                   kPadded = 0x8;
 
@@ -181,13 +185,33 @@ class TlsConnection {
   int fd_ = -1;
 };
 
-}  // namespace
+// The fields of a frame's 9-byte header.
+struct FrameHeader {
+  size_t length = 0;
+  uint8_t type = 0;
+  uint8_t flags = 0;
+  uint32_t stream = 0;
+};
 
-absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
-  const absl::Time deadline = absl::Now() + call.timeout;
-  TlsConnection tls;
-  if (absl::Status st = tls.Open(call); !st.ok()) return st;
+FrameHeader ParseFrameHeader(absl::string_view head) {
+  const auto* h = reinterpret_cast<const unsigned char*>(head.data());
+  FrameHeader f;
+  f.length = (size_t{h[0]} << 16) | (size_t{h[1]} << 8) | h[2];
+  f.type = h[3];
+  f.flags = h[4];
+  f.stream = ((uint32_t{h[5]} & 0x7f) << 24) | (uint32_t{h[6]} << 16) |
+             (uint32_t{h[7]} << 8) | h[8];
+  return f;
+}
 
+uint32_t BigEndian32(absl::string_view bytes) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) |
+         (uint32_t{b[2]} << 8) | b[3];
+}
+
+// The request's headers as HPACK literals.
+std::string RequestHeaders(const RawGrpcCall& call) {
   std::string headers;
   AppendLiteral(&headers, ":method", "POST");
   AppendLiteral(&headers, ":scheme", "https");
@@ -198,17 +222,32 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
   for (const auto& [name, value] : call.headers) {
     AppendLiteral(&headers, name, value);
   }
+  return headers;
+}
+
+// The request message with gRPC's length prefix.
+std::string LengthPrefixed(absl::string_view message) {
   std::string data;
   data.push_back('\0');  // not compressed
-  const uint32_t n = static_cast<uint32_t>(call.message.size());
+  const uint32_t n = static_cast<uint32_t>(message.size());
   for (int shift = 24; shift >= 0; shift -= 8) {
     data.push_back(static_cast<char>((n >> shift) & 0xff));
   }
-  data.append(call.message);
-  const std::string out = absl::StrCat("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-                                       Frame(kSettings, 0, 0, ""),
-                                       Frame(kHeaders, kEndHeaders, 1, headers),
-                                       Frame(kData, kEndStream, 1, data));
+  data.append(message.data(), message.size());
+  return data;
+}
+
+}  // namespace
+
+absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
+  const absl::Time deadline = absl::Now() + call.timeout;
+  TlsConnection tls;
+  if (absl::Status st = tls.Open(call); !st.ok()) return st;
+
+  const std::string out = absl::StrCat(
+      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Frame(kSettings, 0, 0, ""),
+      Frame(kHeaders, kEndHeaders, 1, RequestHeaders(call)),
+      Frame(kData, kEndStream, 1, LengthPrefixed(call.message)));
   if (!tls.Write(out)) return absl::UnavailableError("sending the call failed");
 
   RawGrpcAnswer answer;
@@ -216,12 +255,7 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
   while (!answer.has_message && !answer.ended) {
     absl::StatusOr<std::string> head = tls.Read(9, deadline);
     if (!head.ok()) return head.status();
-    const auto* h = reinterpret_cast<const unsigned char*>(head->data());
-    const size_t length = (size_t{h[0]} << 16) | (size_t{h[1]} << 8) | h[2];
-    const uint8_t type = h[3], flags = h[4];
-    const uint32_t stream = ((uint32_t{h[5]} & 0x7f) << 24) |
-                            (uint32_t{h[6]} << 16) | (uint32_t{h[7]} << 8) |
-                            h[8];
+    const auto [length, type, flags, stream] = ParseFrameHeader(*head);
     absl::StatusOr<std::string> payload = tls.Read(length, deadline);
     if (!payload.ok()) return payload.status();
     switch (type) {
@@ -271,6 +305,166 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
     }
   }
   return answer;
+}
+
+class UnreadingGrpcConnection::Impl {
+ public:
+  absl::Status Open(const RawGrpcCall& base) {
+    if (absl::Status st = tls_.Open(base); !st.ok()) return st;
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no answer's DATA may come.
+    const std::string settings("\0\x04\0\0\0\0", 6);
+    if (!tls_.Write(absl::StrCat("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                                 Frame(kSettings, 0, 0, settings)))) {
+      return absl::UnavailableError("sending the preface failed");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Start(const RawGrpcCall& call) {
+    const uint32_t stream = next_stream_;
+    next_stream_ += 2;
+    stream_windows_[stream] = initial_stream_window_;
+    if (!tls_.Write(
+            Frame(kHeaders, kEndHeaders, stream, RequestHeaders(call)))) {
+      return absl::UnavailableError("sending a call's headers failed");
+    }
+    const absl::Time deadline = absl::Now() + call.timeout;
+    const std::string data = LengthPrefixed(call.message);
+    absl::string_view rest = data;
+    while (!rest.empty()) {
+      const int64_t room =
+          std::min<int64_t>({connection_window_, stream_windows_[stream],
+                             static_cast<int64_t>(max_frame_size_)});
+      if (room <= 0) {
+        // Wait for the server's WINDOW_UPDATE.
+        if (absl::Status st = ReadFrame(deadline); !st.ok()) return st;
+        continue;
+      }
+      const size_t n = std::min(rest.size(), static_cast<size_t>(room));
+      const bool last = n == rest.size();
+      if (!tls_.Write(
+              Frame(kData, last ? kEndStream : 0, stream, rest.substr(0, n)))) {
+        return absl::UnavailableError("sending a call's message failed");
+      }
+      connection_window_ -= static_cast<int64_t>(n);
+      stream_windows_[stream] -= static_cast<int64_t>(n);
+      rest.remove_prefix(n);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Answers> Await(int calls, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (static_cast<int>(answered_.size() + ended_.size()) < calls &&
+           absl::Now() < deadline) {
+      if (absl::Status st = ReadFrame(deadline); !st.ok()) {
+        if (st.code() == absl::StatusCode::kDeadlineExceeded) break;
+        return st;
+      }
+    }
+    return Answers{static_cast<int>(answered_.size()),
+                   static_cast<int>(ended_.size())};
+  }
+
+ private:
+  // Reads and handles one frame from the server.
+  absl::Status ReadFrame(absl::Time deadline) {
+    absl::StatusOr<std::string> head = tls_.Read(9, deadline);
+    if (!head.ok()) return head.status();
+    const FrameHeader f = ParseFrameHeader(*head);
+    // A frame begun is read whole, or the connection's framing is lost.
+    absl::StatusOr<std::string> payload =
+        tls_.Read(f.length, std::max(deadline, absl::Now() + absl::Seconds(5)));
+    if (!payload.ok()) return payload.status();
+    switch (f.type) {
+      case kSettings:
+        if ((f.flags & kAck) != 0) break;
+        for (size_t at = 0; at + 6 <= payload->size(); at += 6) {
+          const uint16_t id = static_cast<uint16_t>(
+              (static_cast<unsigned char>((*payload)[at]) << 8) |
+              static_cast<unsigned char>((*payload)[at + 1]));
+          const uint32_t value =
+              BigEndian32(absl::string_view(*payload).substr(at + 2, 4));
+          if (id == 0x4) {
+            for (auto& [stream, window] : stream_windows_) {
+              window += static_cast<int64_t>(value) - initial_stream_window_;
+            }
+            initial_stream_window_ = value;
+          } else if (id == 0x5) {
+            max_frame_size_ = value;
+          }
+        }
+        if (!tls_.Write(Frame(kSettings, kAck, 0, ""))) {
+          return absl::UnavailableError("acknowledging SETTINGS failed");
+        }
+        break;
+      case kPing:
+        if ((f.flags & kAck) == 0 &&
+            !tls_.Write(Frame(kPing, kAck, 0, *payload))) {
+          return absl::UnavailableError("answering PING failed");
+        }
+        break;
+      case kWindowUpdate: {
+        if (payload->size() != 4) break;
+        const int64_t increment = BigEndian32(*payload) & 0x7fffffff;
+        if (f.stream == 0) {
+          connection_window_ += increment;
+        } else {
+          stream_windows_[f.stream] += increment;
+        }
+        break;
+      }
+      case kHeaders:
+        if ((f.flags & kEndStream) != 0) {
+          answered_.erase(f.stream);
+          ended_.insert(f.stream);
+        } else if (!ended_.contains(f.stream)) {
+          answered_.insert(f.stream);
+        }
+        break;
+      case kRstStream:
+        answered_.erase(f.stream);
+        ended_.insert(f.stream);
+        break;
+      case kGoAway:
+        return absl::UnavailableError("the server sent GOAWAY");
+      default:
+        break;
+    }
+    return absl::OkStatus();
+  }
+
+  TlsConnection tls_;
+  uint32_t next_stream_ = 1;
+  // Send windows (RFC 9113 6.9): the connection's and each stream's.
+  int64_t connection_window_ = 65535;
+  int64_t initial_stream_window_ = 65535;
+  absl::flat_hash_map<uint32_t, int64_t> stream_windows_;
+  uint32_t max_frame_size_ = 16384;
+  absl::flat_hash_set<uint32_t> answered_;
+  absl::flat_hash_set<uint32_t> ended_;
+};
+
+UnreadingGrpcConnection::UnreadingGrpcConnection(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+
+UnreadingGrpcConnection::~UnreadingGrpcConnection() = default;
+
+absl::StatusOr<std::unique_ptr<UnreadingGrpcConnection>>
+UnreadingGrpcConnection::Open(const RawGrpcCall& base) {
+  auto impl = std::make_unique<Impl>();
+  if (absl::Status st = impl->Open(base); !st.ok()) return st;
+  return std::unique_ptr<UnreadingGrpcConnection>(
+      new UnreadingGrpcConnection(std::move(impl)));
+}
+
+absl::Status UnreadingGrpcConnection::Start(const RawGrpcCall& call) {
+  return impl_->Start(call);
+}
+
+absl::StatusOr<UnreadingGrpcConnection::Answers> UnreadingGrpcConnection::Await(
+    int calls, absl::Duration timeout) {
+  return impl_->Await(calls, timeout);
 }
 
 }  // namespace signet::testing

@@ -8,6 +8,7 @@
 #ifndef SIGNET_TESTS_TESTING_RAW_GRPC_H_
 #define SIGNET_TESTS_TESTING_RAW_GRPC_H_
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +41,38 @@ struct RawGrpcAnswer {
 // the stream. UNAVAILABLE if the connection or TLS fails, DEADLINE_EXCEEDED
 // if neither comes within `timeout`.
 absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call);
+
+// A client connection that never reads an answer's message: it announces a
+// stream window of 0 (SETTINGS_INITIAL_WINDOW_SIZE), so the server can send
+// each answer's headers but no DATA, and the message waits in the server.
+// For tests of what unread answers may hold there. It honours the server's
+// flow control for the requests it sends.
+class UnreadingGrpcConnection {
+ public:
+  struct Answers {
+    // Calls whose answer's headers came without ending the stream: the
+    // server answered with a message that is not read.
+    int answered = 0;
+    // Calls that ended: a trailers-only answer (a refusal) or a reset.
+    int ended = 0;
+  };
+
+  // Connects to `base.port` as `base.cert_pem`.
+  static absl::StatusOr<std::unique_ptr<UnreadingGrpcConnection>> Open(
+      const RawGrpcCall& base);
+  ~UnreadingGrpcConnection();
+
+  // Starts a call of `call.path` with `call.message` on a new stream.
+  absl::Status Start(const RawGrpcCall& call);
+  // Reads the server's frames until `calls` calls have an answer (answered
+  // or ended), or `timeout` passes; then what came.
+  absl::StatusOr<Answers> Await(int calls, absl::Duration timeout);
+
+ private:
+  class Impl;
+  explicit UnreadingGrpcConnection(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace signet::testing
 
