@@ -63,6 +63,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/base64url.h"
 #include "client/client.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -341,7 +342,7 @@ int Sign(const Connection& c, const std::string& scope,
   nlohmann::ordered_json out;
   out["alg"] = response->alg();
   out["kid"] = response->kid();
-  out["signature"] = absl::WebSafeBase64Escape(response->signature());
+  out["signature"] = base::Base64UrlEncode(response->signature());
   return Print(out.dump());
 }
 

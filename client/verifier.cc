@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/base64url.h"
 #include "base/quote.h"
 #include "client/jwks_fetcher.h"
 #include "client/verifier_json.h"
@@ -31,13 +32,13 @@
 
 namespace signet {
 
+using base::StrictBase64UrlDecode;
 using verifier_internal::JsonProblem;
 using verifier_internal::JwkKey;
 using verifier_internal::JwkSet;
 using verifier_internal::JwsAlgorithmFromName;
 using verifier_internal::JwsAlgorithmName;
 using verifier_internal::ParseStrictJsonObject;
-using verifier_internal::StrictBase64UrlDecode;
 using Json = nlohmann::json;
 
 struct Verifier::KeySet {

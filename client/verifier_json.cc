@@ -8,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "base/quote.h"
@@ -18,11 +17,6 @@ namespace signet::verifier_internal {
 namespace {
 
 using Json = nlohmann::json;
-
-bool IsBase64UrlChar(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-         (c >= '0' && c <= '9') || c == '-' || c == '_';
-}
 
 using base::Quote;  // member names: escaped, cut short
 
@@ -116,19 +110,6 @@ class StrictSax : public nlohmann::json_sax<Json> {
 };
 
 }  // namespace
-
-std::optional<std::string> StrictBase64UrlDecode(absl::string_view text) {
-  for (char c : text) {
-    if (!IsBase64UrlChar(c)) return std::nullopt;
-  }
-  if (text.size() % 4 == 1) return std::nullopt;
-  std::string decoded;
-  if (!absl::WebSafeBase64Unescape(text, &decoded)) return std::nullopt;
-  // Non-zero bits after the last whole byte: another text for the same
-  // bytes. Re-encoding gives the one canonical text.
-  if (absl::WebSafeBase64Escape(decoded) != text) return std::nullopt;
-  return decoded;
-}
 
 std::optional<Json> ParseStrictJsonObject(absl::string_view text,
                                           absl::string_view what,

@@ -1,16 +1,12 @@
-// Strict decoding for the token verifier (client/verifier.h): base64url
-// without padding, and JSON objects that every conforming parser reads the
-// same way.
+// Strict decoding for the token verifier (client/verifier.h): JSON objects
+// that every conforming parser reads the same way (base64url has its one
+// strict decoder in base/base64url.h).
 //
 // A verifier must read a token exactly as its signer meant it. Two parsers
 // that disagree on a token (one keeps the first of two "iss" members, the
 // other the last; one skips a byte order mark, the other refuses it) let an
 // attacker show each party a different claim set under one signature. So
 // everything a lenient decoder would "repair" is refused here:
-//  - base64url (RFC 7515 section 2, RFC 4648 section 5): only
-//    [A-Za-z0-9_-], no '=' padding, no whitespace, no length of 1 mod 4,
-//    and no non-zero bits after the last whole byte (so exactly one text
-//    encodes each byte string);
 //  - JSON (RFC 8259; RFC 7515 section 5.2 step 4 and RFC 7519 section 4
 //    for duplicates): exactly one value, an object, with only whitespace
 //    after it; no duplicate member names at any depth (compared after
@@ -33,10 +29,6 @@
 namespace signet::verifier_internal {
 
 inline constexpr int kMaxJsonDepth = 32;  // the top-level object is depth 1
-
-// The bytes `text` encodes, or nullopt if it is not strict base64url (see
-// above). The empty string decodes to the empty string.
-std::optional<std::string> StrictBase64UrlDecode(absl::string_view text);
 
 // Why ParseStrictJsonObject refused a document.
 struct JsonProblem {

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "base/base64url.h"
 #include "client/verifier_json.h"
 #include "nlohmann/json.hpp"
 
@@ -69,7 +70,7 @@ absl::StatusOr<std::string> BytesMember(const Json& jwk,
                                         absl::string_view name) {
   absl::StatusOr<std::string> text = StringMember(jwk, name);
   if (!text.ok()) return text.status();
-  std::optional<std::string> bytes = StrictBase64UrlDecode(*text);
+  std::optional<std::string> bytes = base::StrictBase64UrlDecode(*text);
   if (!bytes.has_value()) {
     return Bad(
         absl::StrCat("JWK \"", name, "\" is not base64url without padding"));

@@ -29,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/base64url.h"
 #include "client/jwks_fetcher.h"
 #include "client/verifier_json.h"
 #include "gmock/gmock.h"
@@ -458,11 +459,10 @@ TEST_F(VerifierTest, RefusesLenientBase64) {
   ASSERT_EQ(lenient, canonical);  // a lenient decoder would accept it
   ExpectRefused(*v, absl::StrCat(input, ".", noncanonical),
                 VerifyError::kBadBase64, invalid);
-  EXPECT_FALSE(verifier_internal::StrictBase64UrlDecode("A").has_value());
-  EXPECT_EQ(verifier_internal::StrictBase64UrlDecode("AQ"),
-            std::string("\x01"));
-  EXPECT_FALSE(verifier_internal::StrictBase64UrlDecode("AR").has_value());
-  EXPECT_FALSE(verifier_internal::StrictBase64UrlDecode("AQ==").has_value());
+  EXPECT_FALSE(base::StrictBase64UrlDecode("A").has_value());
+  EXPECT_EQ(base::StrictBase64UrlDecode("AQ"), std::string("\x01"));
+  EXPECT_FALSE(base::StrictBase64UrlDecode("AR").has_value());
+  EXPECT_FALSE(base::StrictBase64UrlDecode("AQ==").has_value());
 }
 
 TEST_F(VerifierTest, RefusesHeaderOrClaimsThatAreNotStrictJsonObjects) {

@@ -55,6 +55,10 @@ function(signet_proto_library)
     # protoc writes the .proto files this one imports, transitively, into a
     # depfile, so changing an imported file regenerates this one too.
     set(depfile ${out_dir}/${base}.pb.d)
+    # Ninja matches the depfile's first target against the command's first
+    # output; protoc writes its targets sorted, so sort ours the same way (or
+    # every build regenerates and recompiles every gRPC proto).
+    list(SORT outputs)
     add_custom_command(
       OUTPUT ${outputs}
       COMMAND protobuf::protoc

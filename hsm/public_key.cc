@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "base/base64url.h"
 #include "hsm/digest.h"
 
 namespace signet::hsm {
@@ -200,12 +201,6 @@ std::string BnBytes(const BIGNUM* bn, int width) {
   }
   std::string out(static_cast<size_t>(width), '\0');
   BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), width);
-  return out;
-}
-
-std::string Base64Url(absl::string_view bytes) {
-  std::string out;
-  absl::WebSafeBase64Escape(bytes, &out);
   return out;
 }
 
@@ -428,16 +423,16 @@ absl::StatusOr<PublicKey::JwkMembers> PublicKey::Jwk() const {
     if (!y.ok()) return y.status();
     jwk.kty = "EC";
     jwk.crv = (*curve)->jwk_crv;
-    jwk.x = Base64Url(BnBytes(x->get(), (*curve)->field_bytes));
-    jwk.y = Base64Url(BnBytes(y->get(), (*curve)->field_bytes));
+    jwk.x = base::Base64UrlEncode(BnBytes(x->get(), (*curve)->field_bytes));
+    jwk.y = base::Base64UrlEncode(BnBytes(y->get(), (*curve)->field_bytes));
   } else {
     absl::StatusOr<BnPtr> n = GetBn(pkey_.get(), OSSL_PKEY_PARAM_RSA_N);
     if (!n.ok()) return n.status();
     absl::StatusOr<BnPtr> e = GetBn(pkey_.get(), OSSL_PKEY_PARAM_RSA_E);
     if (!e.ok()) return e.status();
     jwk.kty = "RSA";
-    jwk.n = Base64Url(BnBytes(n->get(), 0));
-    jwk.e = Base64Url(BnBytes(e->get(), 0));
+    jwk.n = base::Base64UrlEncode(BnBytes(n->get(), 0));
+    jwk.e = base::Base64UrlEncode(BnBytes(e->get(), 0));
   }
   return jwk;
 }
@@ -455,7 +450,7 @@ absl::StatusOr<std::string> PublicKey::JwkThumbprint() const {
                          R"("})");
   absl::StatusOr<std::string> hash = Sha256(canonical);
   if (!hash.ok()) return hash.status();
-  return Base64Url(*hash);
+  return base::Base64UrlEncode(*hash);
 }
 
 absl::Status PublicKey::VerifyDigest(SignatureAlgorithm algorithm,

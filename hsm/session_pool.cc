@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/log.h"
 #include "hsm/ckr.h"
 
 namespace signet::hsm {
@@ -314,6 +315,11 @@ void SessionPool::RecoveryLoop() {
     std::vector<std::shared_ptr<Connection>> abandoned = AbandonStalled();
     if (!abandoned.empty()) {
       mu_.Unlock();
+      SIGNET_LOG_WARN(
+          "HSM: {} connection(s) abandoned: a PKCS#11 call on each has not "
+          "returned for {}; opening replacements (the stuck calls keep them "
+          "until they return)",
+          abandoned.size(), absl::FormatDuration(options_.stall_threshold));
       abandoned.clear();  // drops our references, outside the lock
       mu_.Lock();
     }
@@ -336,6 +342,7 @@ void SessionPool::RecoveryLoop() {
 
 void SessionPool::Release(Lease& lease) {
   std::shared_ptr<Connection> dropped;
+  bool lost_now = false;
   {
     absl::MutexLock lock(&mu_);
     leases_.erase(lease.id_);
@@ -346,6 +353,7 @@ void SessionPool::Release(Lease& lease) {
         dropped = std::move(slot.connection);
         MarkDown(slot, absl::UnavailableError(
                            "the HSM connection was lost (device error)"));
+        lost_now = true;
         // First retry right away: a restarted HSM should come back quickly.
         slot.next_attempt = absl::Now();
       }
@@ -355,6 +363,10 @@ void SessionPool::Release(Lease& lease) {
       idle_.push_back({lease.index_, lease.connection_, lease.session_});
     }
     lease.connection_.reset();
+  }
+  if (lost_now) {
+    SIGNET_LOG_WARN("HSM: connection {} of {} was lost; reconnecting",
+                    lease.index_ + 1, options_.connections);
   }
   // `dropped` (and with it C_Finalize of a dead connection) goes here,
   // outside the lock.
@@ -370,6 +382,16 @@ bool SessionPool::MaybeReconnect() {
     slot.reconnecting = true;
     mu_.Unlock();
     absl::Status up = BringUp(i);
+    if (up.ok()) {
+      SIGNET_LOG_INFO("HSM: connection {} of {} is up again", i + 1,
+                      options_.connections);
+    } else {
+      reconnect_log_.Warn([&] {
+        return absl::StrCat("connection ", i + 1, " of ", options_.connections,
+                            " could not reconnect: ", up.message(),
+                            "; retrying with backoff");
+      });
+    }
     mu_.Lock();
     ConnectionSlot& s = slots_[i];
     s.reconnecting = false;

@@ -59,6 +59,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/throttled_log.h"
 #include "hsm/module.h"
 #include "hsm/pin.h"
 #include "hsm/token_uri.h"
@@ -315,6 +316,9 @@ class SessionPool {
   absl::flat_hash_map<uint64_t, LeaseInfo> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   int abandoned_ ABSL_GUARDED_BY(mu_) = 0;
+  // Failed reconnects: an HSM that stays away for hours is a few lines a
+  // minute, not one per attempt.
+  log::ThrottledLog reconnect_log_{"HSM: ", 4, absl::Minutes(1)};
   bool recovery_kick_ ABSL_GUARDED_BY(mu_) = false;
   std::map<uint64_t, ConnectionWarmer> warmers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_warmer_id_ ABSL_GUARDED_BY(mu_) = 1;

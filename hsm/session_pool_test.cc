@@ -4,6 +4,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/log_capture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/test_hsm.h"
@@ -11,6 +12,7 @@
 namespace signet::hsm {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -86,6 +88,7 @@ TEST_F(SessionPoolTest, ConcurrentLoginRaceIsRetried) {
 }
 
 TEST_F(SessionPoolTest, LostConnectionIsReestablishedOnNextAcquire) {
+  log::LogCapture log;
   SessionPoolOptions options;
   options.connections = 1;
   auto pool = MakePool(options);
@@ -107,9 +110,14 @@ TEST_F(SessionPoolTest, LostConnectionIsReestablishedOnNextAcquire) {
   unsigned char buf[8];
   EXPECT_EQ(lease->api().GenerateRandom(lease->session(), buf, sizeof(buf)),
             CKR_OK);
+  // The HSM layer says what happened to its connection.
+  EXPECT_THAT(log.Text(),
+              AllOf(HasSubstr("HSM: connection 1 of 1 was lost; reconnecting"),
+                    HasSubstr("HSM: connection 1 of 1 is up again")));
 }
 
 TEST_F(SessionPoolTest, AllDownAnswersUnavailableAndBacksOff) {
+  log::LogCapture log;
   SessionPoolOptions options;
   options.connections = 1;
   options.initial_backoff = absl::Seconds(60);
@@ -133,6 +141,8 @@ TEST_F(SessionPoolTest, AllDownAnswersUnavailableAndBacksOff) {
   EXPECT_EQ(injector_->Connects(), 2);
   EXPECT_EQ((*pool)->Probe(absl::Now() + absl::Seconds(30)).code(),
             absl::StatusCode::kUnavailable);
+  EXPECT_THAT(log.Text(), HasSubstr("HSM: connection 1 of 1 could not "
+                                    "reconnect"));
 }
 
 TEST_F(SessionPoolTest, OtherConnectionsKeepServingWhileOneIsDown) {
@@ -157,6 +167,7 @@ TEST_F(SessionPoolTest, OtherConnectionsKeepServingWhileOneIsDown) {
 }
 
 TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
+  log::LogCapture log;
   SessionPoolOptions options;
   options.connections = 2;
   options.sessions_per_connection = 2;
@@ -184,6 +195,7 @@ TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_EQ((*pool)->AbandonedConnections(), 1);
+  EXPECT_THAT(log.Text(), HasSubstr("HSM: 1 connection(s) abandoned"));
   while ((*pool)->LiveConnections() < 2 && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(20));
   }

@@ -14,11 +14,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/log.h"
 #include "hsm/public_key.h"
 #include "rotation/key_state.h"
 #include "rotation/schedule.h"
 #include "server/audit_verify.h"
-#include "server/log.h"
 #include "server/scoped_fd.h"
 
 namespace signet::server {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/base64url.h"
 
 namespace signet::server {
 namespace {
@@ -357,10 +358,8 @@ absl::StatusOr<AuditLineInfo> ParseWithJsonOrThrow(absl::string_view line) {
     if (!IsHex64(info.head)) {
       return Broken("checkpoint \"head\" is not 64 lower-case hex digits");
     }
-    std::string raw;
-    if (!absl::WebSafeBase64Unescape(info.sig, &raw) ||
-        raw.size() != kSignatureBytes ||
-        absl::WebSafeBase64Escape(raw) != info.sig) {
+    std::optional<std::string> raw = base::StrictBase64UrlDecode(info.sig);
+    if (!raw.has_value() || raw->size() != kSignatureBytes) {
       return Broken(
           "checkpoint \"sig\" is not base64url (no padding) of 64 bytes");
     }

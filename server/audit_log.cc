@@ -33,9 +33,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "base/base64url.h"
+#include "base/log.h"
 #include "hsm/digest.h"
 #include "server/audit_verify.h"
-#include "server/log.h"
 #include "server/scoped_fd.h"
 
 namespace signet::server {
@@ -918,7 +919,7 @@ AuditLog::SignedCheckpoint AuditLog::SignCheckpointLocked() {
       j["head"] = head;
       j["count"] = seq - 1;
       j["kid"] = Truncated(kid);
-      j["sig"] = absl::WebSafeBase64Escape(*signature);
+      j["sig"] = base::Base64UrlEncode(*signature);
     } else {
       j["event"] = std::string(kCheckpointFailedEvent);
       j["result"] = absl::StatusCodeToString(signature.status().code());

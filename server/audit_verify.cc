@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/base64url.h"
 #include "base/file.h"
 #include "hsm/algorithm.h"
 #include "hsm/digest.h"
@@ -322,8 +323,9 @@ absl::StatusOr<SegmentProof> VerifySegment(
         if (!digest.ok()) {
           return digest.status();
         }
-        std::string signature;
-        absl::WebSafeBase64Unescape(info.sig, &signature);
+        // The line's reader checked that "sig" is strict base64url.
+        const std::string signature =
+            base::StrictBase64UrlDecode(info.sig).value_or("");
         absl::Status verified = key->VerifyDigest(
             hsm::SignatureAlgorithm::kEcdsaP256Sha256, *digest, signature);
         if (absl::IsInvalidArgument(verified)) {

@@ -22,8 +22,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/log.h"
 #include "server/jwt.h"
-#include "server/log.h"
 
 namespace signet::server {
 namespace {
@@ -211,8 +211,8 @@ JwksHttpServer::JwksHttpServer(const JwksHttpOptions& options)
       deadline_ns_(absl::ToInt64Nanoseconds(options.request_deadline)),
       headers_ns_(absl::ToInt64Nanoseconds(
           std::min(options.request_deadline, kCrowdedHeaderTime))),
-      log_(std::make_unique<ThrottledLog>("JWKS HTTP: ", kThrottledLogLines,
-                                          kThrottledLogWindow)) {}
+      log_(std::make_unique<log::ThrottledLog>(
+          "JWKS HTTP: ", kThrottledLogLines, kThrottledLogWindow)) {}
 
 absl::StatusOr<std::unique_ptr<JwksHttpServer>> JwksHttpServer::Start(
     const JwksHttpOptions& options) {

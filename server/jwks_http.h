@@ -68,8 +68,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/throttled_log.h"
 #include "server/publication.h"
-#include "server/throttled_log.h"
 
 struct MHD_Daemon;
 struct MHD_Connection;
@@ -190,7 +190,7 @@ class JwksHttpServer {
   mutable absl::Mutex mu_;
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(mu_);
 
-  std::unique_ptr<ThrottledLog> log_;
+  std::unique_ptr<log::ThrottledLog> log_;
   std::atomic<unsigned> open_connections_{0};
   absl::Mutex connections_mu_;
   absl::flat_hash_map<const Tracked*, std::unique_ptr<Tracked>> connections_

@@ -4,17 +4,10 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "base/base64url.h"
 #include "hsm/digest.h"
 
 namespace signet::server {
-
-namespace {
-std::string B64(absl::string_view bytes) {
-  std::string out;
-  absl::WebSafeBase64Escape(bytes, &out);
-  return out;
-}
-}  // namespace
 
 std::string ProtectedHeaderB64(absl::string_view alg, absl::string_view kid) {
   // Built by the JSON library, so any value is escaped right (alg and kid
@@ -23,18 +16,19 @@ std::string ProtectedHeaderB64(absl::string_view alg, absl::string_view kid) {
   header["alg"] = std::string(alg);
   header["kid"] = std::string(kid);
   header["typ"] = "JWT";
-  return B64(header.dump(-1, ' ', /*ensure_ascii=*/true,
-                         nlohmann::ordered_json::error_handler_t::replace));
+  return base::Base64UrlEncode(
+      header.dump(-1, ' ', /*ensure_ascii=*/true,
+                  nlohmann::ordered_json::error_handler_t::replace));
 }
 
 std::string JwsSigningInput(absl::string_view header_b64,
                             absl::string_view claims_json) {
-  return absl::StrCat(header_b64, ".", B64(claims_json));
+  return absl::StrCat(header_b64, ".", base::Base64UrlEncode(claims_json));
 }
 
 std::string CompactJws(absl::string_view signing_input,
                        absl::string_view signature) {
-  return absl::StrCat(signing_input, ".", B64(signature));
+  return absl::StrCat(signing_input, ".", base::Base64UrlEncode(signature));
 }
 
 absl::StatusOr<std::string> JwksJson(const std::vector<JwkEntry>& keys) {
@@ -64,7 +58,7 @@ absl::StatusOr<std::string> JwksJson(const std::vector<JwkEntry>& keys) {
 
 std::string ContentVersion(absl::string_view body) {
   absl::StatusOr<std::string> digest = hsm::Sha256(body);
-  return digest.ok() ? B64(*digest) : std::string();
+  return digest.ok() ? base::Base64UrlEncode(*digest) : std::string();
 }
 
 }  // namespace signet::server

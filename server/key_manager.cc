@@ -7,11 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/log.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "hsm/digest.h"
 #include "rotation/schedule.h"
 #include "server/config.h"
-#include "server/log.h"
 
 namespace signet::server {
 AuditEvent AuditEventOf(const rotation::KeyEvent& event,

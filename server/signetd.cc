@@ -52,6 +52,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/file.h"
+#include "base/log.h"
+#include "base/throttled_log.h"
 #include "hsm/key_store.h"
 #include "hsm/module.h"
 #include "hsm/pin.h"
@@ -72,11 +74,9 @@
 #include "server/hsm_prober.h"
 #include "server/jwks_http.h"
 #include "server/key_manager.h"
-#include "server/log.h"
 #include "server/publication.h"
 #include "server/scoped_fd.h"
 #include "server/signer_service.h"
-#include "server/throttled_log.h"
 #include "server/tls.h"
 #include "server/worker_pool.h"
 
@@ -104,8 +104,9 @@ constexpr absl::Duration kStalledCallThreshold = absl::Seconds(3);
 // gRPC's and protobuf's own lines, at most 20 a minute: a flood of
 // malformed requests must not become a flood of logs (protobuf logs every
 // parse failure).
-ThrottledLog& LibraryLogs() {
-  static ThrottledLog* log = new ThrottledLog("", 20, absl::Minutes(1));
+log::ThrottledLog& LibraryLogs() {
+  static log::ThrottledLog* log =
+      new log::ThrottledLog("", 20, absl::Minutes(1));
   return *log;
 }
 

@@ -3,8 +3,8 @@
 //
 // Never log a PIN, a key, or claims: keys are named by kid, and request
 // contents by their SHA-256.
-#ifndef SIGNET_SERVER_LOG_H_
-#define SIGNET_SERVER_LOG_H_
+#ifndef SIGNET_BASE_LOG_H_
+#define SIGNET_BASE_LOG_H_
 
 #include <spdlog/spdlog.h>
 
@@ -32,4 +32,4 @@ void Init(bool json_lines);
 #define SIGNET_LOG_WARN(...) ::spdlog::warn(__VA_ARGS__)
 #define SIGNET_LOG_ERROR(...) ::spdlog::error(__VA_ARGS__)
 
-#endif  // SIGNET_SERVER_LOG_H_
+#endif  // SIGNET_BASE_LOG_H_

@@ -4,8 +4,8 @@
 // Flush()). Windows start at the first line after the previous one ended.
 //
 // Thread-safe.
-#ifndef SIGNET_SERVER_THROTTLED_LOG_H_
-#define SIGNET_SERVER_THROTTLED_LOG_H_
+#ifndef SIGNET_BASE_THROTTLED_LOG_H_
+#define SIGNET_BASE_THROTTLED_LOG_H_
 
 #include <cstdint>
 #include <string>
@@ -15,9 +15,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "server/log.h"
+#include "base/log.h"
 
-namespace signet::server {
+namespace signet::log {
 
 class ThrottledLog {
  public:
@@ -64,6 +64,6 @@ class ThrottledLog {
   int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-}  // namespace signet::server
+}  // namespace signet::log
 
-#endif  // SIGNET_SERVER_THROTTLED_LOG_H_
+#endif  // SIGNET_BASE_THROTTLED_LOG_H_
