@@ -5,6 +5,8 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -26,6 +28,14 @@ class LogCapture {
   // The messages so far, one per line.
   std::string Text() { return sink_->Text(); }
 
+  // Waits until a line containing `text` is logged, for at most `limit`;
+  // true if it was. For lines another thread logs after the event a test
+  // waits on (the line follows the event, so the test cannot simply read).
+  bool WaitFor(const std::string& text,
+               std::chrono::milliseconds limit = std::chrono::seconds(30)) {
+    return sink_->WaitFor(text, limit);
+  }
+
  private:
   class Sink : public spdlog::sinks::base_sink<std::mutex> {
    public:
@@ -33,16 +43,23 @@ class LogCapture {
       std::lock_guard<std::mutex> lock(mutex_);
       return text_;
     }
+    bool WaitFor(const std::string& text, std::chrono::milliseconds limit) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      return logged_.wait_for(
+          lock, limit, [&] { return text_.find(text) != std::string::npos; });
+    }
 
    protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
       text_.append(msg.payload.data(), msg.payload.size());
       text_.push_back('\n');
+      logged_.notify_all();
     }
     void flush_() override {}
 
    private:
     std::string text_;
+    std::condition_variable logged_;
   };
 
   std::shared_ptr<Sink> sink_;
