@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "hsm/ckr.h"
 
@@ -268,7 +269,7 @@ void SessionPool::MarkDown(ConnectionSlot& slot, absl::Status why) {
   slot.connection.reset();
   slot.last_error = why;
   last_error_ = why;
-  absl::Time now = absl::Now();
+  const absl::Duration now = base::MonotonicNow();
   if (IsMisconfiguration(why)) {
     slot.next_attempt = now + options_.misconfigured_backoff;
   } else {
@@ -288,7 +289,8 @@ void SessionPool::DropIdleOf(const std::shared_ptr<Connection>& connection) {
 
 std::vector<std::shared_ptr<Connection>> SessionPool::AbandonStalled() {
   std::vector<std::shared_ptr<Connection>> dropped;
-  const absl::Time now = absl::Now();
+  // Monotonic: a wall clock stepped forward makes no call look stalled.
+  const absl::Duration now = base::MonotonicNow();
   for (const auto& [id, info] : leases_) {
     ConnectionSlot& slot = slots_[info.index];
     if (now - info.since < options_.stall_threshold ||
@@ -325,18 +327,20 @@ void SessionPool::RecoveryLoop() {
     }
     if (MaybeReconnect()) continue;
     // Also a periodic look at the leases, for stalls.
-    absl::Time wake =
-        absl::Now() + std::min(options_.stall_threshold / 4, absl::Seconds(1));
+    const absl::Duration now = base::MonotonicNow();
+    absl::Duration wait =
+        std::min(options_.stall_threshold / 4, absl::Seconds(1));
     for (const ConnectionSlot& slot : slots_) {
       if (!slot.connection && !slot.reconnecting) {
-        wake = std::min(wake, slot.next_attempt);
+        wait = std::min(wait, slot.next_attempt - now);
       }
     }
     recovery_kick_ = false;
     auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return shutdown_ || recovery_kick_;
     };
-    mu_.AwaitWithDeadline(absl::Condition(&woken), wake);
+    mu_.AwaitWithTimeout(absl::Condition(&woken),
+                         std::max(wait, absl::ZeroDuration()));
   }
 }
 
@@ -355,7 +359,7 @@ void SessionPool::Release(Lease& lease) {
                            "the HSM connection was lost (device error)"));
         lost_now = true;
         // First retry right away: a restarted HSM should come back quickly.
-        slot.next_attempt = absl::Now();
+        slot.next_attempt = base::MonotonicNow();
       }
       // Sessions of the lost connection are not reused.
       DropIdleOf(lease.connection_);
@@ -373,7 +377,7 @@ void SessionPool::Release(Lease& lease) {
 }
 
 bool SessionPool::MaybeReconnect() {
-  absl::Time now = absl::Now();
+  const absl::Duration now = base::MonotonicNow();
   for (size_t i = 0; i < slots_.size(); ++i) {
     ConnectionSlot& slot = slots_[i];
     if (slot.connection || slot.reconnecting || now < slot.next_attempt) {
@@ -409,7 +413,7 @@ SessionPool::Lease SessionPool::LeaseIdle(
   IdleSession s = std::move(*it);
   idle_.erase(it);
   const uint64_t id = next_lease_id_++;
-  leases_[id] = LeaseInfo{s.index, s.connection.get(), absl::Now()};
+  leases_[id] = LeaseInfo{s.index, s.connection.get(), base::MonotonicNow()};
   return Lease(this, s.index, std::move(s.connection), s.session, id);
 }
 
@@ -423,10 +427,11 @@ absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
       idle_.pop_front();
     }
     const absl::Time now = absl::Now();
+    const absl::Duration monotonic_now = base::MonotonicNow();
     bool any_hope = false;  // up, reconnecting, or due for a retry
     for (const ConnectionSlot& slot : slots_) {
       any_hope |= slot.connection != nullptr || slot.reconnecting ||
-                  slot.next_attempt <= now;
+                  slot.next_attempt <= monotonic_now;
     }
     if (!any_hope) {
       return absl::UnavailableError(

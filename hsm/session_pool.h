@@ -254,7 +254,9 @@ class SessionPool {
   struct ConnectionSlot {
     std::shared_ptr<Connection> connection;  // null while down
     bool reconnecting = false;
-    absl::Time next_attempt = absl::InfinitePast();
+    // When a reconnect may next be tried, in base::MonotonicNow() time (a
+    // wall clock stepped back must not hold a reconnect back).
+    absl::Duration next_attempt = -absl::InfiniteDuration();
     absl::Duration backoff;
     absl::Status last_error;
   };
@@ -311,7 +313,7 @@ class SessionPool {
   struct LeaseInfo {
     size_t index;
     Connection* connection;
-    absl::Time since;
+    absl::Duration since;  // base::MonotonicNow() when leased
   };
   absl::flat_hash_map<uint64_t, LeaseInfo> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;

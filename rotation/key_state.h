@@ -6,7 +6,7 @@
 //   UNPUBLISHED ──destroy_at──► DESTROYED;  any state ──revoked_at──► REVOKED
 //
 // Nothing here stores state or reads the system clock: callers pass `now`
-// (from a rotation::Clock), so every replica that reads the same record at
+// (from a base::Clock), so every replica that reads the same record at
 // the same instant reaches the same answer. All functions are thread-safe.
 #ifndef SIGNET_ROTATION_KEY_STATE_H_
 #define SIGNET_ROTATION_KEY_STATE_H_

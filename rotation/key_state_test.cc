@@ -3,25 +3,24 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
-#include "rotation/clock.h"
 #include "rotation/key_record.pb.h"
 
 namespace signet::rotation {
 namespace {
 
 using ::google::protobuf::util::MessageDifferencer;
+using ::signet::base::SimulatedClock;
 using ::testing::HasSubstr;
 
 // 2024-03-01T00:00:00Z, an arbitrary instant.
@@ -65,53 +64,6 @@ constexpr KeyState kAllStates[] = {
     KeyState::kPending,     KeyState::kActive,    KeyState::kRetired,
     KeyState::kUnpublished, KeyState::kDestroyed, KeyState::kRevoked,
 };
-
-// --- Clock -----------------------------------------------------------------
-
-TEST(SimulatedClockTest, MovesOnlyWhenTold) {
-  SimulatedClock clock(kT0);
-  const Clock& as_clock = clock;
-  EXPECT_EQ(as_clock.Now(), kT0);
-  EXPECT_EQ(as_clock.Now(), kT0);
-
-  clock.Advance(absl::Seconds(90));
-  EXPECT_EQ(as_clock.Now(), kT0 + absl::Seconds(90));
-
-  clock.Advance(absl::Seconds(-30));  // a wall-clock step backwards
-  EXPECT_EQ(as_clock.Now(), kT0 + absl::Seconds(60));
-
-  clock.SetTime(kT0 - absl::Hours(5));
-  EXPECT_EQ(as_clock.Now(), kT0 - absl::Hours(5));
-}
-
-TEST(SimulatedClockTest, ConcurrentAdvancesAreNotLost) {
-  SimulatedClock clock(kT0);
-  constexpr int kThreads = 4;
-  constexpr int kStepsPerThread = 1000;
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads; ++i) {
-    threads.emplace_back([&clock] {
-      for (int step = 0; step < kStepsPerThread; ++step) {
-        clock.Advance(kOneNs);
-        // A reader never sees the clock before its start.
-        EXPECT_GE(clock.Now(), kT0);
-      }
-    });
-  }
-  for (std::thread& t : threads) {
-    t.join();
-  }
-  EXPECT_EQ(clock.Now(), kT0 + kThreads * kStepsPerThread * kOneNs);
-}
-
-TEST(RealClockTest, FollowsTheSystemClock) {
-  RealClock clock;
-  const absl::Time before = absl::Now();
-  const absl::Time now = clock.Now();
-  const absl::Time after = absl::Now();
-  EXPECT_LE(before, now);
-  EXPECT_LE(now, after);
-}
 
 // --- StateAt -----------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "base/quote.h"
 #include "rotation/schedule.h"
 #include "server/config.h"
@@ -177,7 +176,7 @@ void AdminService::ListScopes(const Backend& backend, const std::string& admin,
                               const signet::v1::ListScopesRequest&,
                               signet::v1::ListScopesResponse* response,
                               Answer answer) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   for (const auto& [name, keys] : backend.keys->Scopes()) {
     signet::v1::ScopeSummary* s = response->add_scopes();
     s->set_name(name);
@@ -214,7 +213,8 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
     return;
   }
   const std::vector<rotation::KeyRecord>& records = scope->second->records();
-  const rotation::ScopeView view = rotation::ViewScope(records, absl::Now());
+  const rotation::ScopeView view =
+      rotation::ViewScope(records, options_.clock->Now());
   for (size_t i = 0; i < records.size(); ++i) {
     const rotation::KeyRecord& r = records[i];
     signet::v1::KeyInfo* k = response->add_keys();
@@ -301,7 +301,7 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
   const KeyManager::PassStatus pass = backend.keys->LastPass();
   response->set_last_reconcile_at(rotation::FormatInstant(pass.at));
   response->set_last_reconcile_error(std::string(pass.status.message()));
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   for (const auto& [name, keys] : backend.keys->Scopes()) {
     signet::v1::ScopeStatus* s = response->add_scopes();
     s->set_name(name);

@@ -18,6 +18,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
+#include "base/clock.h"
 #include "server/audit_log.h"
 #include "server/key_manager.h"
 #include "server/one_request_call.h"
@@ -38,6 +39,8 @@ struct AdminServiceOptions {
   // Plain-text development mode: callers have the identity
   // "insecure:plaintext".
   bool plaintext = false;
+  // The time key states are reported at. Must outlive the service.
+  const base::Clock* clock = &base::SystemClock();
 };
 
 class AdminService final : public OneRequestService {

@@ -57,7 +57,7 @@ absl::Status WriteAuditPublicKey(const std::string& log_path,
 // checkpoint with its own key after the audit key has rotated.
 absl::Status AppendToAuditKeyring(const std::string& log_path,
                                   const std::string& kid,
-                                  const hsm::PublicKey& key) {
+                                  const hsm::PublicKey& key, absl::Time now) {
   const std::string path = Beside(log_path, "audit-keyring.pem");
   if (access(path.c_str(), F_OK) == 0) {
     absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
@@ -69,7 +69,7 @@ absl::Status AppendToAuditKeyring(const std::string& log_path,
   if (!pem.ok()) return pem.status();
   const std::string entry =
       absl::StrCat("# signet audit checkpoint key\n# kid: ", kid,
-                   "\n# added: ", absl::FormatTime(absl::Now()), "\n", *pem);
+                   "\n# added: ", absl::FormatTime(now), "\n", *pem);
   ScopedFd fd(
       open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
   if (fd.get() < 0 ||
@@ -107,8 +107,9 @@ rotation::ScopeKeyPolicy AuditKeys::Policy(
   return policy;
 }
 
-AuditKeys::AuditKeys(hsm::KeyStore* store, std::string log_path)
-    : store_(store), log_path_(std::move(log_path)) {}
+AuditKeys::AuditKeys(hsm::KeyStore* store, std::string log_path,
+                     const base::Clock& clock)
+    : store_(store), log_path_(std::move(log_path)), clock_(clock) {}
 
 absl::Status AuditKeys::Update(const rotation::ScopeKeySet& set,
                                absl::Time now) {
@@ -164,8 +165,8 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
   // A key is named in the log only once its public half is kept.
   for (const Found* found : {&*signing, standby ? &*standby : nullptr}) {
     if (found == nullptr || in_keyring_.contains(found->key.kid)) continue;
-    if (absl::Status kept =
-            AppendToAuditKeyring(log_path_, found->key.kid, *found->public_key);
+    if (absl::Status kept = AppendToAuditKeyring(log_path_, found->key.kid,
+                                                 *found->public_key, now);
         !kept.ok()) {
       return kept;
     }
@@ -324,7 +325,7 @@ absl::StatusOr<std::string> AuditKeys::SignWithCurrent(
   }
   // Never a checkpoint by a key that may not sign at this instant, whatever
   // the last pass said.
-  const rotation::ScopeView view = rotation::ViewScope(records, absl::Now());
+  const rotation::ScopeView view = rotation::ViewScope(records, clock_.Now());
   if (view.signing < 0 || records[view.signing].key_id() != key.record_key_id) {
     std::string state = "unknown";
     for (size_t i = 0; i < records.size(); ++i) {

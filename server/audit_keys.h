@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "hsm/key_store.h"
 #include "rotation/reconcile.h"
 #include "server/audit_log.h"
@@ -46,9 +47,11 @@ class AuditKeys {
   static rotation::ScopeKeyPolicy Policy(
       const signet::v1::SignetConfig& config);
 
-  // `store` must outlive this object. `log_path` is the audit log's path:
-  // the keyring and audit-checkpoint-key.pem are written beside it.
-  AuditKeys(hsm::KeyStore* store, std::string log_path);
+  // `store` and `clock` must outlive this object. `log_path` is the audit
+  // log's path: the keyring and audit-checkpoint-key.pem are written beside
+  // it. `clock` decides which key may sign a checkpoint.
+  AuditKeys(hsm::KeyStore* store, std::string log_path,
+            const base::Clock& clock = base::SystemClock());
 
   // The audit scope's keys after a reconcile pass at `now`. Appends new
   // keys' public halves to the keyring (FAILED_PRECONDITION if it cannot be
@@ -96,6 +99,7 @@ class AuditKeys {
 
   hsm::KeyStore* const store_;
   const std::string log_path_;
+  const base::Clock& clock_;
 
   // Held through Update and Attach (one at a time), including while they
   // wait for a checkpoint.

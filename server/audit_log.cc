@@ -456,8 +456,8 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
     return absl::InvalidArgumentError(
         "audit log: refusals_per_second must not be negative");
   }
-  if (!options.now) {
-    return absl::InvalidArgumentError("audit log: no clock (now) given");
+  if (options.clock == nullptr) {
+    return absl::InvalidArgumentError("audit log: no clock given");
   }
   const std::string& path = options.path;
 
@@ -601,7 +601,7 @@ AuditLog::AuditLog(AuditLogOptions options, int fd, uint64_t file_size,
       last_hash_hex_(std::move(last_hash_hex)),
       durable_seq_(last_seq),
       last_checkpoint_seq_(last_cp_seq) {
-  const absl::Time now = options_.now();
+  const absl::Time now = options_.clock->Now();
   next_checkpoint_ = now + options_.checkpoint_interval;
   refusal_window_ = absl::ToUnixSeconds(now);
   segment_opened_ = now;
@@ -732,7 +732,7 @@ void AuditLog::AppendAllAsync(absl::Span<const AuditEvent> events,
     absl::MutexLock lock(&mu_);
     broken = broken_;
     if (broken.ok()) {
-      const absl::Time now = options_.now();
+      const absl::Time now = options_.clock->Now();
       uint64_t ticket = 0;
       for (std::string& m : *members) {
         ticket = EnqueueLocked(now, std::move(m));
@@ -777,7 +777,7 @@ void AuditLog::AppendRefusal(const AuditEvent& event) {
   if (!broken_.ok()) {
     return;
   }
-  const absl::Time now = options_.now();
+  const absl::Time now = options_.clock->Now();
   const int64_t second = absl::ToUnixSeconds(now);
   if (second != refusal_window_) {
     MaybeFlushRefusalSummaryLocked(now, /*force=*/false);
@@ -1082,7 +1082,7 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
   absl::StatusOr<std::string> members = EventMembers(header, kSegmentEvent);
   if (!members.ok()) return members.status();
   std::vector<Pending> line;
-  line.push_back(Pending{0, options_.now(), *std::move(members)});
+  line.push_back(Pending{0, options_.clock->Now(), *std::move(members)});
   std::vector<std::string> unused;
   const uint64_t first_seq = next_seq_;
   absl::Status written = WriteBatch(line, &unused);
@@ -1095,7 +1095,7 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
   }
   current_closed_ = false;
   segment_first_seq_ = first_seq;
-  segment_opened_ = options_.now();
+  segment_opened_ = options_.clock->Now();
   {
     absl::MutexLock lock(&mu_);
     ++segments_opened_;
@@ -1170,7 +1170,7 @@ void AuditLog::WriterLoop() {
       continue;
     }
 
-    absl::Time now = options_.now();
+    absl::Time now = options_.clock->Now();
     if (!WriterHasWorkLocked()) {
       absl::Duration wait = options_.checkpoint_interval;
       if (options_.sign_checkpoint) {
@@ -1183,7 +1183,7 @@ void AuditLog::WriterLoop() {
         mu_.AwaitWithTimeout(
             absl::Condition(this, &AuditLog::WriterHasWorkLocked), wait);
       }
-      now = options_.now();
+      now = options_.clock->Now();
     }
     MaybeFlushRefusalSummaryLocked(now, /*force=*/stopping_);
     if (!pending_.empty() && !GroupCommitReadyLocked() &&
@@ -1304,7 +1304,7 @@ void AuditLog::WriterLoop() {
       const uint64_t checkpoint_seq = next_seq_;
       if (!signed_checkpoint.members.empty()) {
         std::vector<Pending> line;
-        line.push_back(Pending{0, options_.now(),
+        line.push_back(Pending{0, options_.clock->Now(),
                                std::move(signed_checkpoint.members),
                                signed_checkpoint.status.ok()});
         mu_.Unlock();
@@ -1320,7 +1320,7 @@ void AuditLog::WriterLoop() {
           checkpoint_status = status;
         }
       }
-      next_checkpoint_ = options_.now() + options_.checkpoint_interval;
+      next_checkpoint_ = options_.clock->Now() + options_.checkpoint_interval;
     }
     if (checkpoint && explicit_checkpoint) {
       checkpoint_done_ = requested;

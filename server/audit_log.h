@@ -66,9 +66,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/clock.h"
 
 namespace signet::server {
 
@@ -126,7 +126,8 @@ struct AuditLogOptions {
   // the others' refusals. Must be >= 0.
   int refusals_per_second = 50;
   // The clock for line times, the checkpoint schedule and refusal windows.
-  std::function<absl::Time()> now = absl::Now;
+  // Must outlive the log.
+  const base::Clock* clock = &base::SystemClock();
   // Group commit window. While a line is expected (AuditLog::ExpectLine: a
   // signer is at the HSM and appends when it returns), the writer holds the
   // next fdatasync up to this long, so that line shares it instead of

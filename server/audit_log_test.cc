@@ -60,26 +60,7 @@ using audit_testing::ReadLines;
 using audit_testing::TempDir;
 using audit_testing::WriteFile;
 
-// A settable clock shared with the log.
-class FakeClock {
- public:
-  explicit FakeClock(absl::Time start) : now_(start) {}
-  absl::Time Now() {
-    absl::MutexLock lock(&mu_);
-    return now_;
-  }
-  void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
-    now_ += d;
-  }
-  std::function<absl::Time()> Fn() {
-    return [this] { return Now(); };
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::Time now_;
-};
+using FakeClock = base::SimulatedClock;
 
 absl::Time Start() {
   // 2026-11-23T16:42:50.123Z
@@ -105,7 +86,7 @@ AuditLogOptions Options(const std::string& path, FakeClock* clock = nullptr) {
   o.path = path;
   o.syslog = false;
   if (clock != nullptr) {
-    o.now = clock->Fn();
+    o.clock = clock;
   }
   return o;
 }

@@ -7,6 +7,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "base/clock.h"
 
 namespace signet::server {
 
@@ -16,7 +17,7 @@ struct HsmProber::State {
   absl::Notification done;
   absl::Mutex mu;
   bool in_call ABSL_GUARDED_BY(mu) = false;
-  absl::Time call_started ABSL_GUARDED_BY(mu);
+  absl::Duration call_started ABSL_GUARDED_BY(mu);  // monotonic
   absl::Status last ABSL_GUARDED_BY(mu);
 };
 
@@ -36,7 +37,7 @@ void HsmProber::Start() {
       {
         absl::MutexLock lock(&state->mu);
         state->in_call = true;
-        state->call_started = absl::Now();
+        state->call_started = base::MonotonicNow();
       }
       absl::Status status = probe(absl::Now() + options.session_wait);
       {
@@ -68,7 +69,7 @@ absl::Status HsmProber::Condition(
   {
     absl::MutexLock lock(&state_->mu);
     last = state_->last;
-    in_call = state_->in_call ? absl::Now() - state_->call_started
+    in_call = state_->in_call ? base::MonotonicNow() - state_->call_started
                               : absl::ZeroDuration();
   }
   if (in_call > options_.stalled_after) {

@@ -6,7 +6,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "base/log.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "hsm/digest.h"
@@ -102,11 +101,12 @@ NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now) {
 
 KeyManager::KeyManager(hsm::KeyStore* store,
                        const signet::v1::SignetConfig& config, AuditLog* audit,
-                       OnKeys on_keys, int kill_at_write,
-                       std::vector<InternalScope> internal)
+                       const base::Clock& clock, OnKeys on_keys,
+                       int kill_at_write, std::vector<InternalScope> internal)
     : store_(store),
       config_(config),
       audit_(audit),
+      clock_(clock),
       on_keys_(std::move(on_keys)),
       writer_(!config.never_create_keys()),
       interval_(absl::Seconds(config.never_create_keys()
@@ -141,7 +141,7 @@ absl::Status KeyManager::Start() {
   if (absl::Status first = PassAndPublish(/*notify=*/false); !first.ok()) {
     return first;
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_.Now();
   for (const auto& [name, keys] : Scopes()) {
     if (keys->SigningAt(now) != nullptr) continue;
     return absl::FailedPreconditionError(absl::StrCat(
@@ -199,7 +199,7 @@ bool KeyManager::Post(std::function<void()> task) {
 }
 
 absl::Status KeyManager::PassAndPublish(bool notify) {
-  const absl::Time at = absl::Now();
+  const absl::Time at = clock_.Now();
   absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
       reconciler_->RunOnce(at);
   absl::StatusOr<ScopeKeysMap> built =
@@ -230,19 +230,24 @@ void KeyManager::Loop() {
   int64_t failed_passes = 0;
   std::map<std::string, std::string> anomalies;
   while (true) {
-    const absl::Time now = absl::Now();
-    // A millisecond past the boundary, so the pass sees the new state.
-    absl::Duration wait =
-        std::min(reconciler_->NextBoundary(now) - now + absl::Milliseconds(1),
-                 interval_);
-    if (failing) wait = backoff;
+    const absl::Time now = clock_.Now();
+    // The next pass: a millisecond past the next schedule boundary, so it
+    // sees the new state, or one interval on, on the clock.
+    const absl::Time next_pass =
+        std::min(reconciler_->NextBoundary(now) + absl::Milliseconds(1),
+                 now + interval_);
     std::deque<std::function<void()>> tasks;
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || !tasks_.empty();
       };
-      mu_.AwaitWithTimeout(absl::Condition(&ready), wait);
+      if (failing) {
+        // Backoff is an interval of real time, whatever the clock says.
+        mu_.AwaitWithTimeout(absl::Condition(&ready), backoff);
+      } else {
+        clock_.AwaitUntil(mu_, absl::Condition(&ready), next_pass);
+      }
       if (stopping_) return;
       tasks.swap(tasks_);
     }
@@ -260,7 +265,7 @@ void KeyManager::Loop() {
       SIGNET_LOG_ERROR("the key reconcile pass failed (retrying in {}): {}",
                        absl::FormatDuration(backoff), pass.ToString());
       if (!failing) {
-        failing_since = absl::Now();
+        failing_since = clock_.Now();
         failed_passes = 0;
         AuditEvent line;
         line.event = "key_reconcile_failed";
@@ -289,14 +294,14 @@ void KeyManager::Loop() {
           absl::StrCat("the key reconcile pass works again after ",
                        failed_passes, " failed pass(es) over ",
                        absl::FormatDuration(absl::Trunc(
-                           absl::Now() - failing_since, absl::Seconds(1))));
+                           clock_.Now() - failing_since, absl::Seconds(1))));
       (void)audit_->Append(line);
     }
     failing = false;
     backoff = absl::Seconds(1);
     for (const auto& [name, keys] : Scopes()) {
       // A clock set back behind a recorded activation: loud, once.
-      const std::string anomaly = keys->ClockAnomalyAt(absl::Now());
+      const std::string anomaly = keys->ClockAnomalyAt(clock_.Now());
       if (anomaly != anomalies[name]) {
         if (!anomaly.empty()) SIGNET_LOG_ERROR("clock anomaly: {}", anomaly);
         anomalies[name] = anomaly;
@@ -434,7 +439,7 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   }
   absl::StatusOr<std::vector<rotation::KeyRecord>> records = ReadScope(scope);
   if (!records.ok()) return records.status();
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_.Now();
   absl::StatusOr<std::vector<rotation::KeyAction>> actions =
       plan(*records, rotation::ScheduleOf(*policy), now);
   if (!actions.ok()) return actions.status();

@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "hsm/key_store.h"
 #include "rotation/reconcile.h"
 #include "rotation/schedule.h"
@@ -76,12 +77,14 @@ class KeyManager {
   // scopes' keys.
   using OnKeys = std::function<void(const ScopeKeysMap& scopes)>;
 
-  // `store` and `audit` must outlive the manager. `config` is validated.
+  // `store`, `audit` and `clock` must outlive the manager. `config` is
+  // validated. `clock` decides every key state and schedule boundary, and
+  // the loop waits on it (a test moves a base::SimulatedClock).
   // `kill_at_write` > 0 is for fault-injection tests only: the process
   // kills itself (SIGKILL) just before its kill_at_write-th token write.
   KeyManager(hsm::KeyStore* store, const signet::v1::SignetConfig& config,
-             AuditLog* audit, OnKeys on_keys, int kill_at_write = 0,
-             std::vector<InternalScope> internal = {});
+             AuditLog* audit, const base::Clock& clock, OnKeys on_keys,
+             int kill_at_write = 0, std::vector<InternalScope> internal = {});
   ~KeyManager();
   KeyManager(const KeyManager&) = delete;
   KeyManager& operator=(const KeyManager&) = delete;
@@ -185,6 +188,7 @@ class KeyManager {
   hsm::KeyStore* const store_;
   const signet::v1::SignetConfig config_;
   AuditLog* const audit_;
+  const base::Clock& clock_;
   const OnKeys on_keys_;
   const bool writer_;
   const absl::Duration interval_;

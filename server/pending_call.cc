@@ -76,13 +76,20 @@ void DeadlineWatchdog::Loop() {
           std::move(list_->calls.begin()->second);
       list_->calls.erase(list_->calls.begin());
       list_->mu.Unlock();
-      call->Finish(cut_off ? absl::UnavailableError(
-                                 "signetd is shutting down and the HSM has not "
-                                 "answered; nothing was released (retry)")
-                           : absl::DeadlineExceededError(
-                                 "the HSM did not answer before the deadline; "
-                                 "nothing was released (retry, or check the "
-                                 "HSM)"));
+      if (cut_off) {
+        call->Finish(absl::UnavailableError(
+            "signetd is shutting down and the HSM has not answered; nothing "
+            "was released (retry)"));
+      } else if (call->started()) {
+        call->Finish(absl::DeadlineExceededError(
+            "the HSM did not answer before the deadline; nothing was "
+            "released (retry, or check the HSM)"));
+      } else {
+        call->Finish(absl::DeadlineExceededError(
+            "the call waited for a free HSM session past its deadline (this "
+            "replica is busy); nothing was released (retry with backoff, or "
+            "on another replica)"));
+      }
       call.reset();
       list_->mu.Lock();
     }

@@ -54,12 +54,18 @@ class PendingCall {
   bool answered() const { return answered_.load(); }
   absl::Time deadline() const { return deadline_; }
 
+  // Work for this call has reached the HSM (a worker took it). A call
+  // still queued at its deadline is told so, rather than blamed on the HSM.
+  void MarkStarted() { started_.store(true); }
+  bool started() const { return started_.load(); }
+
  private:
   const std::function<void(const absl::Status&)> answer_;
   const absl::Time deadline_;
   const std::function<void()> on_done_;
   const std::shared_ptr<WatchList> watch_list_;
   std::atomic<bool> answered_{false};
+  std::atomic<bool> started_{false};
 };
 
 // Answers DEADLINE_EXCEEDED for every watched call still unanswered at its

@@ -15,11 +15,13 @@ namespace {
 struct Answers {
   absl::Mutex mu;
   std::vector<absl::StatusCode> codes ABSL_GUARDED_BY(mu);
+  std::vector<std::string> messages ABSL_GUARDED_BY(mu);
 
   std::function<void(const absl::Status&)> Sink() {
     return [this](const absl::Status& status) {
       absl::MutexLock lock(&mu);
       codes.push_back(status.code());
+      messages.emplace_back(status.message());
     };
   }
   // Sink(), then notifies `answered` (the watchdog answers on its thread).
@@ -33,6 +35,10 @@ struct Answers {
   std::vector<absl::StatusCode> Codes() {
     absl::MutexLock lock(&mu);
     return codes;
+  }
+  std::vector<std::string> Messages() {
+    absl::MutexLock lock(&mu);
+    return messages;
   }
 };
 
@@ -107,6 +113,34 @@ TEST(DeadlineWatchdogTest, AnswersDeadlineExceededForAnUnansweredCall) {
   EXPECT_FALSE(call->Finish(absl::OkStatus()));
   EXPECT_EQ(answers.Codes().size(), 1u);
   EXPECT_EQ(watchdog.watched(), 0u);
+}
+
+// A call whose work never reached a worker is told it waited in this
+// replica's queue; one whose work did, that the HSM did not answer.
+TEST(DeadlineWatchdogTest, TheDeadlineMessageSaysWhereTheCallWaited) {
+  DeadlineWatchdog watchdog;
+  Answers answers;
+  absl::Notification queued_answered, started_answered;
+  auto queued = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&queued_answered),
+      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+  watchdog.Watch(queued);
+  queued_answered.WaitForNotification();
+  auto started = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&started_answered),
+      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+  started->MarkStarted();
+  watchdog.Watch(started);
+  started_answered.WaitForNotification();
+  const std::vector<std::string> messages = answers.Messages();
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_NE(messages[0].find("waited for a free HSM session past its "
+                             "deadline (this replica is busy)"),
+            std::string::npos)
+      << messages[0];
+  EXPECT_NE(messages[1].find("the HSM did not answer before the deadline"),
+            std::string::npos)
+      << messages[1];
 }
 
 TEST(DeadlineWatchdogTest, ACutOffAnswersEveryWatchedCallUnavailable) {

@@ -213,7 +213,8 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
                      " may not sign with scope \"", scope_name, "\""));
   }
   const ScopeKeys& keys = *scope->second;
-  std::shared_ptr<const ScopeState> signing = keys.SigningAt(absl::Now());
+  std::shared_ptr<const ScopeState> signing =
+      keys.SigningAt(options_.clock->Now());
   if (signing != nullptr) {
     return Authorized{tenant->second.get(), std::move(signing),
                       std::move(serving), /*signs=*/true};
@@ -347,13 +348,15 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
       watchdog_.list());
   for (size_t i = 0; i < parts.size(); ++i) {
     auto part = std::make_shared<Part>(std::move(parts[i]));
-    absl::Status queued = auth.serving->workers->Submit([call, part] {
+    // Per tenant: tenants take turns at the workers (server/worker_pool.h).
+    absl::Status queued = auth.serving->workers->Submit(tenant, [call, part] {
       // No HSM work after the deadline: the watchdog has answered.
       if (call->answered() || absl::Now() >= call->deadline()) {
         (*part)(call, absl::DeadlineExceededError(
                           "the deadline passed before this work began"));
         return;
       }
+      call->MarkStarted();
       (*part)(call, absl::OkStatus());
     });
     if (!queued.ok()) {
@@ -592,7 +595,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
   if (!auth.ok()) return refuse(auth.status());
   const ScopeState& scope = *auth->scope;
   if (absl::Status st = CheckPurpose(scope, JWT); !st.ok()) return refuse(st);
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   absl::StatusOr<CheckedClaims> claims =
       CheckClaims(request->claims_json(), PolicyFor(scope, now));
   if (!claims.ok()) return refuse(claims.status());
@@ -651,7 +654,7 @@ void SignerService::HandleSignJwtBatch(
         absl::StrCat("a batch holds 1 to ", options_.max_batch_size,
                      " items, not ", request->claims_json_size())));
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok())
     return refuse(st);
   const ClaimsPolicy policy = PolicyFor(scope, now);

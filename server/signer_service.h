@@ -30,6 +30,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "server/audit_log.h"
 #include "server/claims.h"
 #include "server/grpc_status.h"
@@ -85,6 +86,9 @@ struct SignerServiceOptions {
   // Plain-text development mode: callers have the identity
   // "insecure:plaintext" (which must be listed as a tenant to sign).
   bool plaintext = false;
+  // Which key may sign now, and the claims' iat/exp checks. Must outlive
+  // the service.
+  const base::Clock* clock = &base::SystemClock();
 };
 
 class SignerService final : public OneRequestService {

@@ -51,6 +51,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "base/file.h"
 #include "base/log.h"
 #include "base/throttled_log.h"
@@ -180,10 +181,10 @@ std::string ClassName(signet::v1::AudienceClass c) {
 // The start-up summary of a scope on standard output: its signing key, its
 // standby, and the signing key's public key.
 void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
-                const ScopeState& signing) {
+                const ScopeState& signing, absl::Time now) {
   absl::StatusOr<std::string> pem = signing.key.public_key->SpkiPem();
   std::string standby = "none yet";
-  if (const rotation::KeyRecord* r = keys.StandbyAt(absl::Now())) {
+  if (const rotation::KeyRecord* r = keys.StandbyAt(now)) {
     standby =
         absl::StrCat(r->kid(), ", signs from ",
                      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ",
@@ -265,6 +266,8 @@ int Run() {
 
   absl::Status hardened = HardenProcess();
   if (!hardened.ok()) return Fail(hardened);
+  // The one wall clock every part below decides by (base/clock.h).
+  const base::Clock& clock = base::SystemClock();
   int open_files_before = 0;
   const int open_files = RaiseOpenFileLimit(&open_files_before);
   SIGNET_LOG_INFO("open-file limit {}{}", open_files,
@@ -323,6 +326,7 @@ int Run() {
     credentials = *tls;
   }
   SignerServiceOptions signer_options;
+  signer_options.clock = &clock;
   signer_options.iat_skew = absl::Seconds(config->serving().iat_skew_seconds());
   signer_options.max_batch_size =
       static_cast<int>(config->serving().max_batch_size());
@@ -366,6 +370,7 @@ int Run() {
   AdminServiceOptions admin_options;
   admin_options.admins.assign(config->admins().begin(), config->admins().end());
   admin_options.plaintext = config_options.insecure_plaintext;
+  admin_options.clock = &clock;
   AdminService admin_service(admin_options, &request_waits);
   // Health is ours: gRPC's default service has no bound on Watch streams.
   std::atomic<uint64_t> refused_watches{0};
@@ -569,7 +574,7 @@ int Run() {
   // The audit checkpoint key (server/audit_keys.h): a first pass over its
   // scope alone, before the log opens (its events are written once the log
   // is open); the key manager's passes keep it on the schedule from then on.
-  AuditKeys audit_keys(&store, config->audit_log_path());
+  AuditKeys audit_keys(&store, config->audit_log_path(), clock);
   std::vector<rotation::KeyEvent> audit_key_events;
   {
     rotation::KeyReconciler first_pass(
@@ -578,14 +583,14 @@ int Run() {
           audit_key_events.push_back(e);
         });
     absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
-        first_pass.RunOnce(absl::Now());
+        first_pass.RunOnce(clock.Now());
     if (!sets.ok()) return Fail(sets.status());
     auto set = sets->find(AuditKeys::kScope);
     if (set == sets->end()) {
       return Fail(absl::FailedPreconditionError(
           "the HSM token holds no audit checkpoint key"));
     }
-    if (absl::Status st = audit_keys.Update(set->second, absl::Now());
+    if (absl::Status st = audit_keys.Update(set->second, clock.Now());
         !st.ok()) {
       if (config->never_create_keys() && absl::IsFailedPrecondition(st)) {
         return Fail(absl::FailedPreconditionError(absl::StrCat(
@@ -597,6 +602,7 @@ int Run() {
     }
   }
   AuditLogOptions audit_options;
+  audit_options.clock = &clock;
   audit_options.path = config->audit_log_path();
   audit_options.checkpoint_kid = audit_keys.current_kid();
   audit_options.sign_checkpoint = audit_keys.Signer();
@@ -669,7 +675,7 @@ int Run() {
         return audit_keys.Update(keys, now);
       }});
   KeyManager key_manager(
-      &store, *config, audit->get(),
+      &store, *config, audit->get(), clock,
       [&on_keys](const ScopeKeysMap& scopes) {
         if (on_keys) on_keys(scopes);
       },
@@ -679,7 +685,8 @@ int Run() {
   }
   for (const auto& scope : config->scopes()) {
     const ScopeKeys& keys = *key_manager.Scopes().at(scope.name());
-    PrintScope(scope, keys, *keys.SigningAt(absl::Now()));
+    const absl::Time now = clock.Now();
+    PrintScope(scope, keys, *keys.SigningAt(now), now);
   }
   WorkerPool workers(static_cast<int>(config->serving().worker_threads()),
                      static_cast<int>(config->serving().queue_size()));
@@ -709,7 +716,7 @@ int Run() {
   const std::string public_base_url =
       config->has_http() ? config->http().public_base_url() : "";
   absl::StatusOr<PublishedDocuments> documents = BuildPublishedDocuments(
-      first_serving->scopes, public_base_url, absl::Now());
+      first_serving->scopes, public_base_url, clock.Now());
   if (!documents.ok()) return Fail(documents.status());
   auto published =
       std::make_shared<const PublishedDocuments>(*std::move(documents));
@@ -767,7 +774,7 @@ int Run() {
       current_serving->state = next;
     }
     absl::StatusOr<PublishedDocuments> rebuilt =
-        BuildPublishedDocuments(scopes, public_base_url, absl::Now());
+        BuildPublishedDocuments(scopes, public_base_url, clock.Now());
     if (!rebuilt.ok()) {
       SIGNET_LOG_ERROR("rebuilding the published key sets failed: {}",
                        rebuilt.status().ToString());
@@ -815,7 +822,7 @@ int Run() {
           "(",
           (*acceptor)->budget_end(), ") is spent"));
     }
-    const absl::Time now = absl::Now();
+    const absl::Time now = clock.Now();
     for (const auto& [name, scope] : serving_now()->scopes) {
       condition.scopes[name] =
           scope->SigningAt(now) != nullptr
@@ -912,10 +919,19 @@ int Run() {
   const bool key_manager_stopped = key_manager.Stop(absl::Seconds(3));
   health_monitor.SetAllNotServing("stopping");
   stop_serving(absl::Seconds(5));
+  // Every call is answered now. The workers finish the part of a batch
+  // they are on (a few signatures) and skip the queued work of answered
+  // calls: a pool that is only busy, as under load, is waited for. A
+  // stalled or unreachable HSM (what health reports) is not, and neither is
+  // a pool still busy after the longest an RPC may take.
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  bool workers_idle = workers.WaitIdle(absl::ZeroDuration());
+  while (!workers_idle && hsm_condition().ok() && absl::Now() < give_up) {
+    workers_idle = workers.WaitIdle(absl::Milliseconds(200));
+  }
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.
-  if (!key_manager_stopped || !prober.Stop(absl::Seconds(3)) ||
-      workers.busy() > 0) {
+  if (!key_manager_stopped || !workers_idle || !prober.Stop(absl::Seconds(3))) {
     SIGNET_LOG_WARN(
         "an HSM call is stuck (stalled HSM); exiting without "
         "closing the HSM connections");
@@ -936,7 +952,7 @@ int Run() {
   (void)(*audit)->Append(stop_event);
   // The audit key's successor may have taken over since the key manager's
   // last pass: the final checkpoint is signed by the key that may sign now.
-  if (absl::Status st = audit_keys.Refresh(absl::Now()); !st.ok()) {
+  if (absl::Status st = audit_keys.Refresh(clock.Now()); !st.ok()) {
     SIGNET_LOG_WARN(
         "the audit key could not be brought up to date for the "
         "final checkpoint: {}",

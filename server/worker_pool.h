@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -28,9 +29,18 @@ class WorkerPool {
   // destructor waiting: call Detach() first on a stalled shutdown.
   ~WorkerPool();
 
-  // Queues `task`. RESOURCE_EXHAUSTED when `queue_size` tasks are waiting;
+  // Queues `task` for `owner` (a tenant; any stable address). Each owner's
+  // tasks run in order, and the owners with queued tasks take turns, one
+  // task each: a tenant with a deep queue delays another tenant's call by
+  // at most one task per other waiting tenant, not by its whole queue.
+  // RESOURCE_EXHAUSTED when `queue_size` tasks are waiting (all owners);
   // UNAVAILABLE after shutdown began.
-  absl::Status Submit(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Submit(const void* owner, std::function<void()> task)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // A task of no particular owner (they share one turn).
+  absl::Status Submit(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_) {
+    return Submit(nullptr, std::move(task));
+  }
 
   // Threads in the pool.
   int threads() const { return static_cast<int>(threads_.size()); }
@@ -42,6 +52,9 @@ class WorkerPool {
   // tasks are bounded by their deadlines, so these are stuck in an HSM call
   // that does not return (a stalled HSM).
   int StuckWorkers(absl::Duration longer_than) const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Waits up to `limit` until no task runs or waits; true if none does.
+  bool WaitIdle(absl::Duration limit) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Stops taking tasks, runs what is queued, and joins the threads (what
   // the destructor does, for a shutdown that must finish every task before
@@ -55,13 +68,22 @@ class WorkerPool {
 
  private:
   void Loop(size_t index) ABSL_LOCKS_EXCLUDED(mu_);
+  int StuckWorkersLocked(absl::Duration longer_than) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int queue_size_;
   mutable absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  // Next task to run, taking the owners in turn (Submit).
+  std::function<void()> TakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Each owner's queued tasks, and the owners with any, in turn order.
+  absl::flat_hash_map<const void*, std::deque<std::function<void()>>> queues_
+      ABSL_GUARDED_BY(mu_);
+  std::deque<const void*> turns_ ABSL_GUARDED_BY(mu_);
+  int queued_ ABSL_GUARDED_BY(mu_) = 0;
   int busy_ ABSL_GUARDED_BY(mu_) = 0;
   // When each worker took its current task; InfiniteFuture when idle.
-  std::vector<absl::Time> running_since_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Duration> running_since_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

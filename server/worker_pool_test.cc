@@ -1,7 +1,11 @@
 #include "server/worker_pool.h"
 
 #include <atomic>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -73,6 +77,68 @@ TEST(WorkerPoolTest, CountsWorkersStuckInOneTask) {
   release.Notify();
   pool.Join();
   EXPECT_EQ(pool.StuckWorkers(absl::ZeroDuration()), 0);
+}
+
+// A shutdown waits for a pool that is only busy: WaitIdle answers once
+// neither a running nor a queued task is left, and not before.
+TEST(WorkerPoolTest, WaitIdleWaitsForRunningAndQueuedTasks) {
+  absl::Notification release;
+  absl::Notification started;
+  std::atomic<int> ran{0};
+  WorkerPool pool(1, 10);
+  EXPECT_TRUE(pool.WaitIdle(absl::ZeroDuration()));
+  ASSERT_TRUE(pool.Submit([&] {
+                    started.Notify();
+                    release.WaitForNotification();
+                    ran.fetch_add(1);
+                  })
+                  .ok());
+  ASSERT_TRUE(pool.Submit([&] { ran.fetch_add(1); }).ok());
+  started.WaitForNotification();
+  EXPECT_FALSE(pool.WaitIdle(absl::Milliseconds(20)));
+  release.Notify();
+  EXPECT_TRUE(pool.WaitIdle(absl::Seconds(30)));
+  EXPECT_EQ(ran.load(), 2);  // the queued task too
+}
+
+// A tenant with a deep queue does not hold another's call behind all of
+// it: owners take turns, one task each.
+TEST(WorkerPoolTest, OwnersWithQueuedTasksTakeTurns) {
+  const int a = 0, b = 0;  // two owners: only their addresses matter
+  absl::Notification release;
+  absl::Notification started;
+  absl::Mutex mu;
+  std::vector<std::string> order;
+  auto record = [&](std::string who) {
+    absl::MutexLock lock(&mu);
+    order.push_back(std::move(who));
+  };
+  WorkerPool pool(1, 1000);
+  ASSERT_TRUE(pool.Submit(&a,
+                          [&] {
+                            started.Notify();
+                            release.WaitForNotification();
+                          })
+                  .ok());
+  started.WaitForNotification();
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(pool.Submit(&a, [&, i] { record(absl::StrCat("a", i)); }).ok());
+  }
+  ASSERT_TRUE(pool.Submit(&b, [&] { record("b0"); }).ok());
+  ASSERT_TRUE(pool.Submit(&b, [&] { record("b1"); }).ok());
+  EXPECT_EQ(pool.queued(), 52);
+  release.Notify();
+  ASSERT_TRUE(pool.WaitIdle(absl::Seconds(30)));
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(order.size(), 52u);
+  // Turns alternate while both have work; each owner's tasks keep their
+  // order.
+  EXPECT_EQ(order[0], "a0");
+  EXPECT_EQ(order[1], "b0");
+  EXPECT_EQ(order[2], "a1");
+  EXPECT_EQ(order[3], "b1");
+  EXPECT_EQ(order[4], "a2");
+  EXPECT_EQ(order[51], "a49");
 }
 
 }  // namespace

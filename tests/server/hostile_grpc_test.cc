@@ -850,6 +850,71 @@ TEST_F(HostileGrpcTest, AStopWhileTheHsmIsStalledIsPrompt) {
   }
 }
 
+// Found by an outside attack: a stop while a tenant kept 64 full batches in
+// flight (its limit; an honest load) took the "stalled HSM" exit: workers
+// still finishing their part of a batch counted as stuck, so signetd left
+// without its final checkpoint and the audit log had sign lines after its
+// "stop". A busy pool is waited for; only a stalled HSM is not.
+TEST_F(HostileGrpcTest,
+       AStopUnderHeavyLoadIsCleanAndEndsTheLogWithACheckpoint) {
+  auto signetd = Start("stop-under-load");
+  ASSERT_NE(signetd, nullptr);
+  // `other` may have 64 calls in flight (the default limit).
+  auto channel = Channel(other_, /*own_connection=*/true);
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0};
+  std::vector<std::thread> load;
+  for (int i = 0; i < 64; ++i) {
+    load.emplace_back([&] {
+      auto stub = v1::Signer::NewStub(channel);
+      v1::SignJwtBatchRequest batch;
+      batch.set_scope("other");
+      for (int k = 0; k < 256; ++k) {
+        batch.add_claims_json(Claims(0, kOtherIssuer));
+      }
+      while (!stop.load()) {
+        grpc::ClientContext ctx;
+        Deadline(ctx, 60);
+        v1::SignJwtBatchResponse resp;
+        if (stub->SignJwtBatch(&ctx, batch, &resp).ok() &&
+            resp.items_size() == 256 && !resp.items(255).jws().empty()) {
+          answered.fetch_add(1);
+        }
+      }
+    });
+  }
+  // The load is on: batches are answered, and the queue is full behind them.
+  const absl::Time loaded_by = absl::Now() + absl::Seconds(60);
+  while (answered.load() < 64 && absl::Now() < loaded_by) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_GE(answered.load(), 64) << signetd->Output();
+  // The HSM pauses for 2 s (under the 3 s that counts as stalled) as the
+  // stop begins, so calls are still queued when the shutdown cuts them off
+  // and workers are mid-batch when it ends: a slow HSM, not a stalled one.
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  std::thread resume([] {
+    absl::SleepFor(absl::Seconds(2));
+    (void)bed_->hsm().Resume();
+  });
+  absl::StatusOr<int> code = signetd->Stop(SIGTERM, absl::Seconds(60));
+  resume.join();
+  stop = true;
+  for (auto& t : load) t.join();
+  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd->Output();
+  EXPECT_EQ(*code, 0);
+  EXPECT_THAT(signetd->Output(), Not(HasSubstr("stalled HSM")));
+  // The log ends with the stop and the final checkpoint; nothing is signed
+  // after the stop.
+  const std::string log = ReadFile(audit_dir_ + "/audit.log");
+  const size_t stop_at = log.rfind("\"event\":\"stop\"");
+  ASSERT_NE(stop_at, std::string::npos) << "no stop line";
+  const std::string after_stop = log.substr(stop_at);
+  EXPECT_THAT(after_stop, Not(HasSubstr("HSM stalled")));
+  EXPECT_THAT(after_stop, Not(HasSubstr("\"event\":\"sign\"")));
+  EXPECT_THAT(after_stop, HasSubstr("\"event\":\"checkpoint\""));
+}
+
 // Found by an outside attack: a call whose request never comes (headers,
 // then nothing) was kept forever, and kept its connection from ever being
 // idle. Every connection now has a maximum age and grace.

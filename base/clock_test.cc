@@ -1,0 +1,125 @@
+#include "base/clock.h"
+
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+
+namespace signet::base {
+namespace {
+
+constexpr absl::Time kT0 = absl::FromUnixSeconds(1709251200);
+constexpr absl::Duration kOneNs = absl::Nanoseconds(1);
+
+TEST(SimulatedClockTest, MovesOnlyWhenTold) {
+  SimulatedClock clock(kT0);
+  const Clock& as_clock = clock;
+  EXPECT_EQ(as_clock.Now(), kT0);
+  EXPECT_EQ(as_clock.Now(), kT0);
+
+  clock.Advance(absl::Seconds(90));
+  EXPECT_EQ(as_clock.Now(), kT0 + absl::Seconds(90));
+
+  clock.Advance(absl::Seconds(-30));  // a wall-clock step backwards
+  EXPECT_EQ(as_clock.Now(), kT0 + absl::Seconds(60));
+
+  clock.SetTime(kT0 - absl::Hours(5));
+  EXPECT_EQ(as_clock.Now(), kT0 - absl::Hours(5));
+}
+
+TEST(SimulatedClockTest, ConcurrentAdvancesAreNotLost) {
+  SimulatedClock clock(kT0);
+  constexpr int kThreads = 4;
+  constexpr int kStepsPerThread = 1000;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&clock] {
+      for (int step = 0; step < kStepsPerThread; ++step) {
+        clock.Advance(kOneNs);
+        // A reader never sees the clock before its start.
+        EXPECT_GE(clock.Now(), kT0);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(clock.Now(), kT0 + kThreads * kStepsPerThread * kOneNs);
+}
+
+// A wait on a simulated clock ends when the clock is moved past its end,
+// however long that takes in real time, and not before.
+TEST(SimulatedClockTest, AWaitEndsWhenTheClockIsMovedPastItsEnd) {
+  SimulatedClock clock(kT0);
+  absl::Mutex mu;
+  bool never = false;
+  bool returned = false;
+  bool result = true;
+  std::thread waiter([&] {
+    absl::MutexLock lock(&mu);
+    result =
+        clock.AwaitUntil(mu, absl::Condition(&never), kT0 + absl::Hours(24));
+    returned = true;
+  });
+  // Real time passes; simulated time does not, so the wait goes on.
+  absl::SleepFor(absl::Milliseconds(50));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_FALSE(returned);
+  }
+  clock.Advance(absl::Hours(23));
+  absl::SleepFor(absl::Milliseconds(50));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_FALSE(returned);
+  }
+  clock.Advance(absl::Hours(1));
+  waiter.join();
+  EXPECT_TRUE(returned);
+  EXPECT_FALSE(result);
+}
+
+TEST(SimulatedClockTest, AWaitEndsWhenItsConditionHolds) {
+  SimulatedClock clock(kT0);
+  absl::Mutex mu;
+  bool ready = false;
+  bool result = false;
+  std::thread waiter([&] {
+    absl::MutexLock lock(&mu);
+    result =
+        clock.AwaitUntil(mu, absl::Condition(&ready), kT0 + absl::Hours(24));
+  });
+  {
+    absl::MutexLock lock(&mu);
+    ready = true;
+  }
+  waiter.join();
+  EXPECT_TRUE(result);
+  EXPECT_EQ(clock.Now(), kT0);
+}
+
+TEST(RealClockTest, FollowsTheSystemClock) {
+  const Clock& clock = SystemClock();
+  const absl::Time before = absl::Now();
+  const absl::Time now = clock.Now();
+  const absl::Time after = absl::Now();
+  EXPECT_LE(before, now);
+  EXPECT_LE(now, after);
+}
+
+TEST(RealClockTest, AWaitEndsAtItsEndOrItsCondition) {
+  const Clock& clock = SystemClock();
+  absl::Mutex mu;
+  bool ready = false;
+  absl::MutexLock lock(&mu);
+  const absl::Time until = absl::Now() + absl::Milliseconds(20);
+  EXPECT_FALSE(clock.AwaitUntil(mu, absl::Condition(&ready), until));
+  EXPECT_GE(absl::Now(), until);
+  ready = true;
+  EXPECT_TRUE(clock.AwaitUntil(mu, absl::Condition(&ready),
+                               absl::Now() + absl::Hours(1)));
+}
+
+}  // namespace
+}  // namespace signet::base

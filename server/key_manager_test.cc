@@ -1,0 +1,159 @@
+// The key manager's loop on simulated time, against a real SoftHSM2 token:
+// a rotation happens when the clock reaches its boundary, without sleeping
+// the rotation period, and the key that signs follows the schedule.
+#include "server/key_manager.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "base/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/key_store.h"
+#include "hsm/test_hsm.h"
+#include "rotation/key_state.h"
+#include "server/audit_log.h"
+#include "server/config.h"
+#include "server/test_audit_files.h"
+
+namespace signet::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+// 2031-01-01T00:00:00Z: far from the real "now", so a key state or a time
+// read off the system clock instead of the injected one shows.
+const absl::Time kStart = absl::FromUnixSeconds(1'924'992'000);
+
+constexpr char kConfig[] = R"pb(
+  grpc_listen_address: "127.0.0.1:7443"
+  hsm {
+    module_path: "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+    p11_kit_server_address: "unix:path=/nonexistent/hsm.sock"
+    token_uri: "pkcs11:token=signet"
+    pin_file: "/nonexistent/user.pin"
+  }
+  scopes {
+    name: "demo"
+    audience_class: CONSUMER
+    purpose: JWT
+    issuer: "https://consumer.signet.example"
+    algorithm: ES256
+    rotation_period_seconds: 86400
+  }
+  tls {
+    cert_file: "/nonexistent/server.pem"
+    key_file: "/nonexistent/server.key"
+    client_ca_file: "/nonexistent/ca.pem"
+  }
+  tenants { identity: "uri:spiffe://signet.example/tenant/demo" scopes: "demo" }
+  audit_log_path: "/nonexistent/audit.log"
+  # The periodic pass an hour apart on the clock: only the clock wakes it.
+  reconcile_interval_seconds: 3600
+)pb";
+
+class KeyManagerTest : public hsm::InProcessHsmTest {
+ protected:
+  void SetUp() override {
+    InProcessHsmTest::SetUp();
+    auto pool = MakePool();
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    store_ = std::make_unique<hsm::Pkcs11KeyStore>(pool_.get());
+    auto config = ParseConfig(kConfig);
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *std::move(config);
+    AuditLogOptions audit_options;
+    audit_options.path = dir_.File("audit.log");
+    audit_options.syslog = false;
+    audit_options.clock = &clock_;
+    auto audit = AuditLog::Open(std::move(audit_options));
+    ASSERT_TRUE(audit.ok()) << audit.status();
+    audit_ = *std::move(audit);
+  }
+
+  std::unique_ptr<KeyManager> Make() {
+    return std::make_unique<KeyManager>(store_.get(), config_, audit_.get(),
+                                        clock_,
+                                        [this](const ScopeKeysMap& scopes) {
+                                          absl::MutexLock lock(&mu_);
+                                          published_ = scopes;
+                                          ++passes_published_;
+                                        });
+  }
+
+  // The generation of the key that signs in the scopes `on_keys` last
+  // handed over, once it is `generation`; waits for it (bounded in real
+  // time: the clock has already moved).
+  bool WaitForSigningGeneration(uint64_t generation) {
+    auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      if (!published_) return false;
+      auto signing = published_->at("demo")->SigningAt(clock_.Now());
+      return signing != nullptr &&
+             signing->record.key_generation() == generation;
+    };
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(60));
+  }
+
+  int PassesPublished() {
+    absl::MutexLock lock(&mu_);
+    return passes_published_;
+  }
+
+  base::SimulatedClock clock_{kStart};
+  audit_testing::TempDir dir_;
+  std::unique_ptr<hsm::SessionPool> pool_;
+  std::unique_ptr<hsm::Pkcs11KeyStore> store_;
+  signet::v1::SignetConfig config_;
+  std::unique_ptr<AuditLog> audit_;
+  absl::Mutex mu_;
+  std::optional<ScopeKeysMap> published_ ABSL_GUARDED_BY(mu_);
+  int passes_published_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+TEST_F(KeyManagerTest, TheSigningKeyFollowsTheInjectedClockThroughARotation) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  // The first pass ran at the clock's time, not the system's.
+  EXPECT_EQ(keys->LastPass().at, kStart);
+  const ScopeKeys& first = *keys->Scopes().at("demo");
+  std::shared_ptr<const ScopeState> signing = first.SigningAt(kStart);
+  ASSERT_NE(signing, nullptr);
+  EXPECT_EQ(signing->record.key_generation(), 1u);
+  const rotation::KeyRecord* standby = first.StandbyAt(kStart);
+  ASSERT_NE(standby, nullptr);
+  EXPECT_EQ(standby->key_generation(), 2u);
+  const absl::Time takes_over = rotation::TimeFromProto(standby->activate_at());
+  EXPECT_EQ(takes_over - kStart, absl::Hours(24));
+  const std::string standby_kid = standby->kid();
+
+  keys->StartLoop();
+  // Real time passes; the clock does not, so nothing is due: no pass.
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(PassesPublished(), 0);
+
+  // The clock reaches the boundary: the loop wakes, and the standby signs.
+  clock_.SetTime(takes_over);
+  ASSERT_TRUE(WaitForSigningGeneration(2));
+  const ScopeKeys& after = *keys->Scopes().at("demo");
+  EXPECT_EQ(after.SigningAt(clock_.Now())->record.kid(), standby_kid);
+  // Its successor is made and published ahead of it.
+  const rotation::KeyRecord* next = after.StandbyAt(clock_.Now());
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(next->key_generation(), 3u);
+  EXPECT_GE(keys->LastPass().at, takes_over);
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+  // The audit log's lines carry the clock's time too.
+  audit_.reset();  // closed: every line is on disk
+  EXPECT_THAT(audit_testing::ReadFile(dir_.File("audit.log")),
+              HasSubstr("\"time\":\"2031-01-02T00:00:00"));
+}
+
+}  // namespace
+}  // namespace signet::server
