@@ -145,8 +145,11 @@ void OneRequestCall::OnReadDone(bool ok) {
   }
   if (context_->IsCancelled()) {
     // The client reset the stream: it asked for nothing, but too many such
-    // resets on one connection are an attack.
-    waits_->CountEarlyReset(context_->peer());
+    // resets on one connection, each right after its call began, are an
+    // attack.
+    if (base::MonotonicNow() - started_ < waits_->limits().rapid_reset_age) {
+      waits_->CountEarlyReset(context_->peer());
+    }
     OnNoRequest(grpc::Status::CANCELLED);
     return;
   }

@@ -37,6 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "google/protobuf/message.h"
 #include "server/pending_call.h"
 
@@ -61,9 +62,13 @@ struct RequestWaitLimits {
   // connections grew signetd to 3 GB and stalled it for a minute). Honest
   // clients send the message with the headers and reset, if ever, later. A
   // connection that resets more than this many calls before their message
-  // within `reset_window` is closed.
+  // within `reset_window` is closed. Only a reset within `rapid_reset_age`
+  // of the call's start counts: a client whose deadline ends a slow upload,
+  // or whose connection drops with calls open for longer, is not an
+  // attacker (an outside attack tripped the limit that way).
   int max_early_resets = 32;
   absl::Duration reset_window = absl::Seconds(10);
+  absl::Duration rapid_reset_age = absl::Seconds(1);
   // The largest request message handled; a larger one is refused
   // RESOURCE_EXHAUSTED (and audited by the service). 0: no limit. signet,
   // not gRPC, checks it: gRPC 1.51 receives a message whole before its own
@@ -145,7 +150,7 @@ class OneRequestCall
 
  protected:
   OneRequestCall(RequestWaits* waits, grpc::CallbackServerContext* context)
-      : waits_(waits), context_(context) {}
+      : waits_(waits), context_(context), started_(base::MonotonicNow()) {}
 
   grpc::CallbackServerContext* context() const { return context_; }
 
@@ -173,6 +178,7 @@ class OneRequestCall
  private:
   RequestWaits* const waits_;
   grpc::CallbackServerContext* const context_;
+  const absl::Duration started_;  // base::MonotonicNow() at the call's start
   grpc::ByteBuffer request_;
   // The wait's timer: whichever of OnReadDone and the watchdog finishes it
   // first decides whether the request is handled.

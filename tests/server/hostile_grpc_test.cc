@@ -1276,6 +1276,58 @@ TEST_F(HostileGrpcTest, AConnectionThatResetsCallsBeforeTheirRequestIsClosed) {
   }
 }
 
+// Found by an outside attack: a stock client whose deadline ended 100 slow
+// uploads was closed as a rapid reset and its address banned, shutting out
+// every tenant behind it. Calls reset after their first second do not
+// count.
+TEST_F(HostileGrpcTest, CallsCancelledAfterTheirFirstSecondAreNotARapidReset) {
+  auto signetd = Start("late-cancel");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_, /*own_connection=*/true);
+  ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() +
+                                        std::chrono::seconds(20)));
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  constexpr int kCalls = 40;  // over the 32 resets that close a connection
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::GenericClientAsyncReaderWriter>> calls;
+  for (int i = 0; i < kCalls; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    calls.push_back(stub.PrepareCall(contexts.back().get(),
+                                     "/signet.v1.Signer/SignJwt", &cq));
+    calls.back()->StartCall(reinterpret_cast<void*>(1));
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    ASSERT_TRUE(ok);
+  }
+  absl::SleepFor(absl::Milliseconds(1500));  // past the rapid-reset age
+  std::vector<grpc::Status> statuses(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    contexts[i]->TryCancel();
+    calls[i]->Finish(&statuses[i], reinterpret_cast<void*>(2));
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+  }
+  // The same connection still signs: it was not closed.
+  auto signer = v1::Signer::NewStub(channel);
+  EXPECT_TRUE(SignJwt(*signer, kScope).ok());
+  EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+  // And no close was audited (a later audited call orders the file).
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"sign\""}),
+              Not(::testing::IsEmpty()));
+  EXPECT_THAT(ReadFile(audit_dir_ + "/audit.log"),
+              Not(HasSubstr("closed for resetting calls")));
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
 // Found while fixing the audit of oversized requests: a client that reset a
 // Health/Watch stream before sending its request made the watch finish
 // twice (once for the reset, once for the failed read), a gRPC assertion
