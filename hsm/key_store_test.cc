@@ -26,16 +26,8 @@ using ::testing::UnorderedElementsAre;
 
 absl::Time Later() { return absl::Now() + absl::Seconds(10); }
 
-class KeyStoreTest : public InProcessHsmTest {
+class KeyStoreTest : public InProcessKeyStoreTest {
  protected:
-  void SetUp() override {
-    InProcessHsmTest::SetUp();
-    auto pool = MakePool();
-    ASSERT_TRUE(pool.ok()) << pool.status();
-    pool_ = std::move(*pool);
-    store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
-  }
-
   // A pool of `options` in place of the default one.
   void UsePool(const SessionPoolOptions& options) {
     auto pool = MakePool(options);
@@ -130,9 +122,6 @@ class KeyStoreTest : public InProcessHsmTest {
     EXPECT_TRUE(key.ok()) << key.status();
     return *key;
   }
-
-  std::unique_ptr<SessionPool> pool_;
-  std::unique_ptr<Pkcs11KeyStore> store_;
 };
 
 struct AlgCase {

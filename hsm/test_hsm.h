@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "hsm/fault_injection.h"
+#include "hsm/key_store.h"
 #include "hsm/module.h"
 #include "hsm/session_pool.h"
 #include "tests/testing/temp_token.h"
@@ -44,6 +45,22 @@ class InProcessHsmTest : public ::testing::Test {
 
   std::unique_ptr<testing::TempToken> token_;
   std::shared_ptr<FaultInjector> injector_;
+};
+
+// InProcessHsmTest with a default pool and a key store over it, made in
+// SetUp: the fixture of every test of code above the key store.
+class InProcessKeyStoreTest : public InProcessHsmTest {
+ protected:
+  void SetUp() override {
+    InProcessHsmTest::SetUp();
+    auto pool = MakePool();
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+  }
+
+  std::unique_ptr<SessionPool> pool_;
+  std::unique_ptr<Pkcs11KeyStore> store_;
 };
 
 }  // namespace signet::hsm

@@ -20,14 +20,10 @@ using ::testing::SizeIs;
 const absl::Time kNow = absl::FromUnixSeconds(1'800'000'000);
 
 // The reconcile pass against a real SoftHSM2 token.
-class ReconcileTest : public hsm::InProcessHsmTest {
+class ReconcileTest : public hsm::InProcessKeyStoreTest {
  protected:
   void SetUp() override {
-    InProcessHsmTest::SetUp();
-    auto pool = MakePool();
-    ASSERT_TRUE(pool.ok()) << pool.status();
-    pool_ = std::move(*pool);
-    store_ = std::make_unique<hsm::Pkcs11KeyStore>(pool_.get());
+    InProcessKeyStoreTest::SetUp();
     policy_.scope = "demo";
     policy_.algorithm = "ES256";
     policy_.key_spec = {hsm::SignatureAlgorithm::kEcdsaP256Sha256};
@@ -44,8 +40,6 @@ class ReconcileTest : public hsm::InProcessHsmTest {
         [this](const KeyEvent& e) { events_.push_back(e.event); });
   }
 
-  std::unique_ptr<hsm::SessionPool> pool_;
-  std::unique_ptr<hsm::Pkcs11KeyStore> store_;
   ScopeKeyPolicy policy_;
   std::vector<std::string> events_;
 };

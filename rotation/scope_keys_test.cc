@@ -15,14 +15,10 @@ using ::testing::SizeIs;
 
 const absl::Time kNow = absl::FromUnixSeconds(1'800'000'000);
 
-class ScopeKeysTest : public hsm::InProcessHsmTest {
+class ScopeKeysTest : public hsm::InProcessKeyStoreTest {
  protected:
   void SetUp() override {
-    InProcessHsmTest::SetUp();
-    auto pool = MakePool();
-    ASSERT_TRUE(pool.ok()) << pool.status();
-    pool_ = std::move(*pool);
-    store_ = std::make_unique<hsm::Pkcs11KeyStore>(pool_.get());
+    InProcessKeyStoreTest::SetUp();
     policy_.scope = "demo-consumer";
     policy_.algorithm = "ES256";
     policy_.key_spec = {hsm::SignatureAlgorithm::kEcdsaP256Sha256};
@@ -34,8 +30,6 @@ class ScopeKeysTest : public hsm::InProcessHsmTest {
     return ParseRecords(*stored);
   }
 
-  std::unique_ptr<hsm::SessionPool> pool_;
-  std::unique_ptr<hsm::Pkcs11KeyStore> store_;
   ScopeKeyPolicy policy_;
 };
 

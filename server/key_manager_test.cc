@@ -57,14 +57,10 @@ constexpr char kConfig[] = R"pb(
   reconcile_interval_seconds: 3600
 )pb";
 
-class KeyManagerTest : public hsm::InProcessHsmTest {
+class KeyManagerTest : public hsm::InProcessKeyStoreTest {
  protected:
   void SetUp() override {
-    InProcessHsmTest::SetUp();
-    auto pool = MakePool();
-    ASSERT_TRUE(pool.ok()) << pool.status();
-    pool_ = std::move(*pool);
-    store_ = std::make_unique<hsm::Pkcs11KeyStore>(pool_.get());
+    InProcessKeyStoreTest::SetUp();
     auto config = ParseConfig(kConfig);
     ASSERT_TRUE(config.ok()) << config.status();
     config_ = *std::move(config);
@@ -108,8 +104,6 @@ class KeyManagerTest : public hsm::InProcessHsmTest {
 
   base::SimulatedClock clock_{kStart};
   audit_testing::TempDir dir_;
-  std::unique_ptr<hsm::SessionPool> pool_;
-  std::unique_ptr<hsm::Pkcs11KeyStore> store_;
   signet::v1::SignetConfig config_;
   std::unique_ptr<AuditLog> audit_;
   absl::Mutex mu_;
