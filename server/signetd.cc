@@ -943,8 +943,8 @@ int Run() {
     workers.Detach();
     std::_Exit(0);
   }
-  // Tasks still queued after the gRPC shutdown sign and audit (or, past
-  // their deadline, do nothing): finish them while the audit log is there.
+  // The pool is idle (above): this only joins its threads, while the audit
+  // log they wrote to is still there.
   workers.Join();
   AuditEvent stop_event;
   stop_event.event = "stop";

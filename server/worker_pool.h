@@ -82,7 +82,8 @@ class WorkerPool {
   std::deque<const void*> turns_ ABSL_GUARDED_BY(mu_);
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
   int busy_ ABSL_GUARDED_BY(mu_) = 0;
-  // When each worker took its current task; InfiniteFuture when idle.
+  // When each worker took its current task (base::MonotonicNow());
+  // InfiniteDuration when idle.
   std::vector<absl::Duration> running_since_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
