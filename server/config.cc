@@ -450,12 +450,12 @@ absl::Status ValidateConfig(SignetConfig& config,
     if (tenant.max_concurrent_requests() == 0) {
       tenant.set_max_concurrent_requests(64);
     }
-    if (tenant.max_unread_answer_mib() == 0) {
-      tenant.set_max_unread_answer_mib(64);
+    if (tenant.max_answer_memory_mib() == 0) {
+      tenant.set_max_answer_memory_mib(128);
     }
-    if (tenant.max_unread_answer_mib() > 65536) {
-      return FieldError(field + ".max_unread_answer_mib",
-                        absl::StrCat(tenant.max_unread_answer_mib(),
+    if (tenant.max_answer_memory_mib() > 65536) {
+      return FieldError(field + ".max_answer_memory_mib",
+                        absl::StrCat(tenant.max_answer_memory_mib(),
                                      " is out of range: 1 to 65536 MiB"));
     }
   }
@@ -547,6 +547,15 @@ absl::Status ValidateConfig(SignetConfig& config,
   if (serving.max_batch_size() == 0) serving.set_max_batch_size(256);
   if (serving.max_batch_size() > 4096) {
     return FieldError("serving.max_batch_size", "at most 4096");
+  }
+  if (serving.max_answer_memory_mib() == 0) {
+    serving.set_max_answer_memory_mib(512);
+  }
+  if (serving.max_answer_memory_mib() < 16 ||
+      serving.max_answer_memory_mib() > 65536) {
+    return FieldError("serving.max_answer_memory_mib",
+                      absl::StrCat(serving.max_answer_memory_mib(),
+                                   " is out of range: 16 to 65536 MiB"));
   }
   if (!serving.has_audit_group_commit_delay_us()) {
     serving.set_audit_group_commit_delay_us(2000);

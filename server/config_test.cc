@@ -68,7 +68,8 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(JoseAlgorithmName(config->scopes(0).algorithm()), "ES256");
   EXPECT_EQ(config->scopes(0).max_token_lifetime_seconds(), 3600u);
   EXPECT_EQ(config->tenants(0).max_concurrent_requests(), 64u);
-  EXPECT_EQ(config->tenants(0).max_unread_answer_mib(), 64u);
+  EXPECT_EQ(config->tenants(0).max_answer_memory_mib(), 128u);
+  EXPECT_EQ(config->serving().max_answer_memory_mib(), 512u);
   EXPECT_EQ(config->serving().worker_threads(), 4u);
   EXPECT_EQ(config->serving().queue_size(), 1024u);
   EXPECT_EQ(config->serving().iat_skew_seconds(), 60u);
@@ -320,17 +321,29 @@ TEST(ConfigTest, GrpcLimitsHaveDefaultsAndBounds) {
   }
 }
 
-TEST(ConfigTest, UnreadAnswersHaveABoundedLimit) {
+TEST(ConfigTest, AnswerMemoryHasBoundedLimits) {
   EXPECT_TRUE(ParseWith("scopes: \"demo-consumer\"\n",
                         "scopes: \"demo-consumer\" "
-                        "max_unread_answer_mib: 65536\n")
+                        "max_answer_memory_mib: 65536\n")
                   .ok());
   absl::Status st = ParseWith("scopes: \"demo-consumer\"\n",
                               "scopes: \"demo-consumer\" "
-                              "max_unread_answer_mib: 65537\n");
+                              "max_answer_memory_mib: 65537\n");
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("tenants[0].max_unread_answer_mib"));
+  EXPECT_THAT(st.message(), HasSubstr("tenants[0].max_answer_memory_mib"));
   EXPECT_THAT(st.message(), HasSubstr("out of range"));
+  for (const char* bad : {"serving { max_answer_memory_mib: 15 }",
+                          "serving { max_answer_memory_mib: 65537 }"}) {
+    absl::Status all = ParseConfig(absl::StrCat(kValid, bad, "\n")).status();
+    EXPECT_EQ(all.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(all.message(), HasSubstr("serving.max_answer_memory_mib"))
+        << bad;
+    EXPECT_THAT(all.message(), HasSubstr("out of range")) << bad;
+  }
+  EXPECT_TRUE(
+      ParseConfig(
+          absl::StrCat(kValid, "serving { max_answer_memory_mib: 16 }\n"))
+          .ok());
 }
 
 TEST(ConfigTest, PlainHttpIssuerOnlyOnLoopback) {

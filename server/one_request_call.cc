@@ -153,11 +153,14 @@ void OneRequestCall::OnReadDone(bool ok) {
     OnNoRequest(grpc::Status::CANCELLED);
     return;
   }
-  // The client half-closed without a message. (gRPC's own receive limit is
-  // off, so a message over it is not refused here unseen.)
+  // The client half-closed without a whole message: none was sent, or its
+  // length prefix promised more bytes than came (gRPC reports both alike).
+  // (gRPC's own receive limit is off, so a message over it is not refused
+  // here unseen.)
   OnRefusedRequest(absl::InvalidArgumentError(
-      "the call carried no request message; send one request with the "
-      "call"));
+      "the call ended without a whole request message (none was sent, or "
+      "its length prefix promised more bytes than came); send one request "
+      "with the call"));
 }
 
 }  // namespace signet::server

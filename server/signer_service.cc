@@ -66,7 +66,7 @@ class RawReply {
       grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* reactor)
       : reactor_(reactor) {}
   Response* response() { return &response_; }
-  UnreadAnswerCharge* charge() { return &charge_; }
+  AnswerHold* answer_hold() { return &answer_hold_; }
   // Ends the call; runs once.
   void Answer(const grpc::Status& status) {
     if (!status.ok()) {
@@ -82,7 +82,7 @@ class RawReply {
                                     "the response could not be serialized"));
       return;
     }
-    charge_.Written(static_cast<int64_t>(out_.Length()));
+    answer_hold_.Written(static_cast<int64_t>(out_.Length()));
     reactor_->StartWriteAndFinish(&out_, grpc::WriteOptions(), status);
   }
 
@@ -90,22 +90,10 @@ class RawReply {
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* const reactor_;
   Response response_;
   grpc::ByteBuffer out_;
-  UnreadAnswerCharge charge_;
+  AnswerHold answer_hold_;
 };
 
 }  // namespace
-
-void UnreadAnswerCharge::Written(int64_t bytes) {
-  if (unread_ == nullptr) return;
-  bytes_ = bytes;
-  unread_->fetch_add(bytes);
-}
-
-void UnreadAnswerCharge::Settle() {
-  if (unread_ == nullptr || bytes_ == 0) return;
-  unread_->fetch_sub(bytes_);
-  bytes_ = 0;
-}
 
 void SetItemStatus(const absl::Status& status,
                    signet::v1::SignJwtBatchItem* item) {
@@ -127,7 +115,9 @@ absl::Status CheckScopeName(absl::string_view name) {
 SignerService::SignerService(
     SignerServiceOptions options,
     const std::vector<signet::v1::TenantConfig>& tenants, RequestWaits* waits)
-    : options_(options), waits_(waits) {
+    : options_(options),
+      waits_(waits),
+      answers_(options.max_answer_memory_bytes) {
   // The names gRPC routes by (signer.proto's; the tests call each method
   // through the generated stub).
   AddUnary("/signet.v1.Signer/SignJwt", "SignJwt",
@@ -145,9 +135,10 @@ SignerService::SignerService(
     tenant->scopes.insert(t.scopes().begin(), t.scopes().end());
     tenant->max_concurrent =
         t.max_concurrent_requests() == 0 ? 64 : t.max_concurrent_requests();
-    tenant->max_unread_bytes =
-        int64_t{t.max_unread_answer_mib() == 0 ? 64 : t.max_unread_answer_mib()}
-        << 20;
+    tenant->answers = std::make_unique<AnswerMemory>(
+        int64_t{t.max_answer_memory_mib() == 0 ? 128
+                                               : t.max_answer_memory_mib()}
+        << 20);
     tenants_[t.identity()] = std::move(tenant);
   }
 }
@@ -248,17 +239,21 @@ absl::Time SignerService::DeadlineOf(
                            absl::Nanoseconds(raw.tv_nsec) - kAnswerHeadroom);
 }
 
-absl::Status SignerService::Admit(const Call& call, Tenant* tenant) {
-  // Checked before the new call adds to it: the bound holds to within the
-  // answers of the calls in flight (max_concurrent of them at most).
-  const int64_t unread = tenant->unread_bytes.load();
-  if (unread > tenant->max_unread_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "caller ", Quote(tenant->identity, 256), " has not read ", unread >> 10,
-        " KiB of answers to its earlier calls, more than its "
-        "limit of ",
-        tenant->max_unread_bytes >> 20,
-        " MiB (max_unread_answer_mib); read them before sending more calls"));
+void SignerService::SetHsmCondition(const absl::Status& condition) {
+  absl::MutexLock lock(&mu_);
+  hsm_condition_ = condition;
+  hsm_ok_.store(condition.ok());
+}
+
+absl::Status SignerService::Admit(const Call& call, Tenant* tenant,
+                                  int64_t answer_bytes) {
+  if (!hsm_ok_.load(std::memory_order_relaxed)) {
+    absl::MutexLock lock(&mu_);
+    if (!hsm_condition_.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "this replica cannot sign right now (", hsm_condition_.message(),
+          "); retry, on another replica if you have one"));
+    }
   }
   int now = tenant->in_flight.fetch_add(1) + 1;
   if (now > tenant->max_concurrent) {
@@ -268,8 +263,29 @@ absl::Status SignerService::Admit(const Call& call, Tenant* tenant) {
                      tenant->max_concurrent,
                      " requests in flight, its limit; retry with backoff"));
   }
-  if (call.charge != nullptr) call.charge->BillTo(&tenant->unread_bytes);
-  return absl::OkStatus();
+  if (call.answer_hold == nullptr) return absl::OkStatus();
+  const AnswerMemory* refused =
+      call.answer_hold->Hold(tenant->answers.get(), &answers_, answer_bytes);
+  if (refused == nullptr) return absl::OkStatus();
+  tenant->in_flight.fetch_sub(1);
+  if (refused == tenant->answers.get()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "caller ", Quote(tenant->identity, 256), " has ", refused->held() >> 10,
+        " KiB of answers in signetd (calls being signed, or answered and not "
+        "yet read), and this call's answer (up to ",
+        answer_bytes >> 10, " KiB) would pass its limit of ",
+        refused->limit() >> 20,
+        " MiB (max_answer_memory_mib): read the answers, or send fewer large "
+        "calls at once"));
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "signetd holds ", refused->held() >> 20,
+      " MiB of answers for all its callers (being signed, or not yet read), "
+      "and this call's answer (up to ",
+      answer_bytes >> 10, " KiB) would pass the replica's limit of ",
+      refused->limit() >> 20,
+      " MiB (serving.max_answer_memory_mib): this replica is busy; retry "
+      "with backoff"));
 }
 
 void SignerService::Refuse(const Call& call, const absl::Status& status,
@@ -601,10 +617,14 @@ void SignerService::HandleSignJwt(const Call& rpc,
   if (!claims.ok()) return refuse(claims.status());
   if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok())
     return refuse(st);
-  if (absl::Status st = Admit(rpc, auth->tenant); !st.ok()) return refuse(st);
-
   std::string signing_input =
       JwsSigningInput(scope.header_b64, request->claims_json());
+  if (absl::Status st = Admit(
+          rpc, auth->tenant,
+          static_cast<int64_t>(signing_input.size()) + kAnswerBytesPerItem);
+      !st.ok()) {
+    return refuse(st);
+  }
   Dispatch(rpc, *auth,
            {[serving = auth->serving, scope_state = auth->scope, caller,
              signing_input = std::move(signing_input),
@@ -680,7 +700,18 @@ void SignerService::HandleSignJwtBatch(
     batch->inputs.emplace_back(
         i, JwsSigningInput(scope.header_b64, request->claims_json(i)));
   }
-  if (absl::Status st = Admit(rpc, auth->tenant); !st.ok()) return refuse(st);
+  // The largest answer: every item's JWS (or its refusal) and names.
+  int64_t answer_bytes = 0;
+  for (const auto& [index, input] : batch->inputs) {
+    answer_bytes += static_cast<int64_t>(input.size());
+  }
+  for (const signet::v1::SignJwtBatchItem& item : batch->items) {
+    answer_bytes +=
+        static_cast<int64_t>(item.ByteSizeLong()) + kAnswerBytesPerItem;
+  }
+  if (absl::Status st = Admit(rpc, auth->tenant, answer_bytes); !st.ok()) {
+    return refuse(st);
+  }
   // Up to one part per worker, each of at least kMinBatchPart items, so a
   // lone batch uses every HSM session instead of one.
   const int n = static_cast<int>(batch->inputs.size());
@@ -740,7 +771,10 @@ void SignerService::HandleSign(const Call& rpc,
   if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) {
     return refuse(st);
   }
-  if (absl::Status st = Admit(rpc, auth->tenant); !st.ok()) return refuse(st);
+  if (absl::Status st = Admit(rpc, auth->tenant, kAnswerBytesPerItem);
+      !st.ok()) {
+    return refuse(st);
+  }
   Dispatch(rpc, *auth,
            {[serving = auth->serving, scope_state = auth->scope, caller, digest,
              response](const std::shared_ptr<PendingCall>& call,
@@ -875,7 +909,7 @@ class SignerService::UnaryCall final : public OneRequestCall {
         handler_(handler) {}
   // After OnDone: the answer is taken, or will never be.
   ~UnaryCall() override {
-    if (reply_ != nullptr) reply_->charge()->Settle();
+    if (reply_ != nullptr) reply_->answer_hold()->Release();
   }
 
  private:
@@ -884,7 +918,7 @@ class SignerService::UnaryCall final : public OneRequestCall {
     Call call{
         context(), method_,
         [reply = reply_](const grpc::Status& status) { reply->Answer(status); },
-        reply_->charge()};
+        reply_->answer_hold()};
     service_->Serve(call, bytes, reply_->response(), handler_);
   }
   void OnRefusedRequest(const absl::Status& status) override {

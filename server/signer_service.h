@@ -31,6 +31,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
+#include "server/answer_memory.h"
 #include "server/audit_log.h"
 #include "server/claims.h"
 #include "server/grpc_status.h"
@@ -59,25 +60,6 @@ constexpr int MaxRequestBytes(int max_batch_size) {
 // worker at most.
 inline constexpr int kMinBatchPart = 16;
 
-// One call's answer, counted against its tenant's unread answers
-// (TenantConfig.max_unread_answer_mib) from when it is written until the
-// call is done: the client has taken it, or the call ended without it. The
-// tenant's concurrency slot is free by then, so without this count a tenant
-// that never reads would hold memory without bound.
-class UnreadAnswerCharge {
- public:
-  // Before the call is answered: the account to count in.
-  void BillTo(std::atomic<int64_t>* unread) { unread_ = unread; }
-  // The answer is written; `bytes` of it wait for the client. At most once.
-  void Written(int64_t bytes);
-  // The call is done. Once, after Written if that came.
-  void Settle();
-
- private:
-  std::atomic<int64_t>* unread_ = nullptr;
-  int64_t bytes_ = 0;
-};
-
 struct SignerServiceOptions {
   absl::Duration iat_skew = absl::Seconds(60);
   int max_batch_size = 256;
@@ -89,6 +71,9 @@ struct SignerServiceOptions {
   // Which key may sign now, and the claims' iat/exp checks. Must outlive
   // the service.
   const base::Clock* clock = &base::SystemClock();
+  // Answers held for all tenants together
+  // (ServingConfig.max_answer_memory_mib; server/answer_memory.h).
+  int64_t max_answer_memory_bytes = int64_t{512} << 20;
 };
 
 class SignerService final : public OneRequestService {
@@ -109,6 +94,12 @@ class SignerService final : public OneRequestService {
   void SetPublished(std::shared_ptr<const PublishedDocuments> published)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // What health says of the HSM now (signetd's health loop sets it every
+  // second). While it is not OK, signing calls answer UNAVAILABLE at once,
+  // saying why, instead of waiting in a stalled HSM until their deadline:
+  // a client then retries on another replica within its deadline.
+  void SetHsmCondition(const absl::Status& condition) ABSL_LOCKS_EXCLUDED(mu_);
+
   // For a shutdown: every call still waiting on the HSM at `at` is answered
   // UNAVAILABLE then, so the server's own shutdown never waits out deadlines
   // that a stalled HSM holds.
@@ -120,10 +111,8 @@ class SignerService final : public OneRequestService {
     absl::flat_hash_set<std::string> scopes;
     int max_concurrent = 64;
     std::atomic<int> in_flight{0};
-    int64_t max_unread_bytes = int64_t{64} << 20;
-    // Bytes of answers written and not yet taken by the client (their
-    // calls not done): UnreadAnswerCharge.
-    std::atomic<int64_t> unread_bytes{0};
+    // Its answers held in signetd (TenantConfig.max_answer_memory_mib).
+    std::unique_ptr<AnswerMemory> answers;
   };
   struct Authorized {
     Tenant* tenant;
@@ -140,9 +129,9 @@ class SignerService final : public OneRequestService {
     grpc::CallbackServerContext* context;
     const char* method;
     std::function<void(const grpc::Status&)> answer;
-    // Its answer's count among the tenant's unread answers; null for a call
-    // refused before its request was read.
-    UnreadAnswerCharge* charge = nullptr;
+    // Its answer's hold on the tenant's and all tenants' answer memory;
+    // null for a call refused before its request was read.
+    AnswerHold* answer_hold = nullptr;
   };
   template <typename Request, typename Response>
   using Handler = void (SignerService::*)(const Call&, const Request&,
@@ -198,11 +187,12 @@ class SignerService final : public OneRequestService {
                                        const std::string& scope_name,
                                        std::string* caller);
   absl::Time DeadlineOf(grpc::CallbackServerContext* context) const;
-  // Takes a slot of the tenant's concurrency limit and bills the call's
-  // answer to its unread answers; RESOURCE_EXHAUSTED when the tenant is at
-  // its limit of requests in flight, or has more answers unread than its
-  // limit allows.
-  absl::Status Admit(const Call& call, Tenant* tenant);
+  // Takes a slot of the tenant's concurrency limit and holds
+  // `answer_bytes`, the largest answer the call can have, in the tenant's
+  // and all tenants' answer memory; UNAVAILABLE while health says the HSM
+  // cannot sign; RESOURCE_EXHAUSTED when the tenant is at its limit of
+  // requests in flight, or either account would pass its limit.
+  absl::Status Admit(const Call& call, Tenant* tenant, int64_t answer_bytes);
   ClaimsPolicy PolicyFor(const ScopeState& scope, absl::Time now) const;
   static absl::Status CheckPurpose(const ScopeState& scope,
                                    signet::v1::Purpose wanted);
@@ -236,9 +226,14 @@ class SignerService final : public OneRequestService {
   const SignerServiceOptions options_;
   RequestWaits* const waits_;
   absl::flat_hash_map<std::string, std::unique_ptr<Tenant>> tenants_;
+  AnswerMemory answers_;  // all tenants' answers
   mutable absl::Mutex mu_;
   std::shared_ptr<const ServingState> serving_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const PublishedDocuments> published_ ABSL_GUARDED_BY(mu_);
+  // SetHsmCondition's status, and whether it is OK (read on every call
+  // without the lock).
+  absl::Status hsm_condition_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> hsm_ok_{true};
   absl::Mutex identities_mu_;
   absl::flat_hash_map<std::string, absl::StatusOr<std::string>> identities_
       ABSL_GUARDED_BY(identities_mu_);

@@ -79,6 +79,7 @@
 #include "server/scoped_fd.h"
 #include "server/signer_service.h"
 #include "server/tls.h"
+#include "server/unknown_method_service.h"
 #include "server/worker_pool.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -331,6 +332,8 @@ int Run() {
   signer_options.max_batch_size =
       static_cast<int>(config->serving().max_batch_size());
   signer_options.plaintext = config_options.insecure_plaintext;
+  signer_options.max_answer_memory_bytes =
+      int64_t{config->serving().max_answer_memory_mib()} << 20;
   const signet::v1::GrpcConfig& grpc_limits = config->grpc();
   std::vector<signet::v1::TenantConfig> tenants(config->tenants().begin(),
                                                 config->tenants().end());
@@ -392,6 +395,7 @@ int Run() {
         }
       });
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  UnknownMethodService unknown_methods;  // outlives the server
   grpc::ServerBuilder builder;
   if (!grpc_limits.reflection()) {
     builder.SetOption(std::make_unique<WithoutReflection>());
@@ -444,6 +448,9 @@ int Run() {
   builder.RegisterService(&signer);
   builder.RegisterService(&admin_service);
   builder.RegisterService(&health_service);
+  // Every other method: UNIMPLEMENTED with a message, counted
+  // (server/unknown_method_service.h).
+  builder.RegisterCallbackGenericService(&unknown_methods);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr) {
     return Fail(absl::UnavailableError(absl::StrCat(
@@ -867,6 +874,8 @@ int Run() {
        "health request(s) over the request size limit"},
       {[&] { return malformed_health.load(); }, "INVALID_ARGUMENT",
        "health request(s) that did not parse or never came"},
+      {[&] { return unknown_methods.calls(); }, "UNIMPLEMENTED",
+       "call(s) of a method signetd does not serve"},
       {[&] { return request_waits.timed_out(); }, "DEADLINE_EXCEEDED",
        "call(s) whose request message did not come in time "
        "(grpc.request_timeout_seconds)"},
@@ -903,10 +912,16 @@ int Run() {
     replica.sessions_in_use = pool_ptr->SessionsInUse();
     return replica;
   });
-  health_monitor.Update(sample());
+  // Health, and the Signer's fast refusal while the HSM cannot sign.
+  auto update_health = [&] {
+    ReplicaCondition condition = sample();
+    signer.SetHsmCondition(condition.hsm);
+    health_monitor.Update(condition);
+  };
+  update_health();
   absl::Time last_report = absl::InfinitePast();
   while (!StopRequested(absl::Seconds(1), [&] { (*audit)->RollOver(); })) {
-    health_monitor.Update(sample());
+    update_health();
     if (absl::Now() - last_report >= absl::Seconds(10) &&
         report_refused_connections()) {
       last_report = absl::Now();

@@ -212,7 +212,7 @@ class HostileGrpcTest : public ::testing::Test {
         "\" max_concurrent_requests: ", kTenantLimit, " }\n",
         "tenants { identity: \"uri:", kOther, "\" scopes: \"other\" }\n",
         "tenants { identity: \"uri:", kUnreading, "\" scopes: \"", kScope,
-        "\" max_unread_answer_mib: 1 }\n", "audit_log_path: \"", audit_dir_,
+        "\" max_answer_memory_mib: 1 }\n", "audit_log_path: \"", audit_dir_,
         "/audit.log\"\n", extra);
     auto signetd = SignetdProcess::Start(bed_->token().dir(), options);
     EXPECT_TRUE(signetd.ok()) << signetd.status();
@@ -609,10 +609,21 @@ TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheHsmStallsUnderLoad) {
   ASSERT_TRUE(bed_->hsm().Stall().ok());
   const bool flipped =
       watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(20));
+  // While health says so, a new call is refused at once, saying why,
+  // rather than held in the stalled HSM until its 20 s deadline.
+  auto other = v1::Signer::NewStub(Channel(other_, /*own_connection=*/true));
+  const grpc::Status refused = SignJwt(*other, "other", /*deadline_s=*/20);
   ASSERT_TRUE(bed_->hsm().Resume().ok());
   EXPECT_TRUE(flipped) << signetd->Output();
   EXPECT_THAT(signetd->Output(),
               HasSubstr("health: NOT_SERVING: the HSM is stalled"));
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << refused.error_message();
+  EXPECT_THAT(refused.error_message(),
+              AllOf(HasSubstr("this replica cannot sign right now"),
+                    HasSubstr("the HSM is stalled")));
+  EXPECT_THAT(AwaitAuditLine({"\"refuse\"", kOther, "UNAVAILABLE"}),
+              Not(::testing::IsEmpty()));
   EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(60)))
       << signetd->Output();
   stop = true;
@@ -1103,7 +1114,7 @@ TEST_F(HostileGrpcTest, ACallWithoutARequestMessageIsInvalidArgument) {
   ASSERT_TRUE(empty.AwaitEnded(0, 1, absl::Seconds(20)));
   EXPECT_EQ(empty.status(0).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(empty.status(0).error_message(),
-              HasSubstr("carried no request message"));
+              HasSubstr("ended without a whole request message"));
   EXPECT_THAT(AwaitAuditLine({"\"event\":\"refuse\"",
                               absl::StrCat("\"caller\":\"uri:", kTenant),
                               "Sign", "INVALID_ARGUMENT"}),
@@ -1140,6 +1151,39 @@ TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
   HealthCheckResponse response;
   ASSERT_TRUE(health->Check(&ctx, request, &response).ok());
   EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+}
+
+// A method signetd does not serve was answered UNIMPLEMENTED with no
+// message inside gRPC, and left no trace. Now the answer names the method
+// and what is served, the calls are counted into an audit summary, and a
+// large message on such a call is never read.
+TEST_F(HostileGrpcTest, AnUnknownMethodIsUnimplementedWithAMessageAndAudited) {
+  auto signetd = Start("unknown-method");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(no_eku_);
+  for (const char* method :
+       {"/signet.v1.Signer/SignEverything", "/no.such.Service/Call"}) {
+    grpc::Status st = RawCall(channel, method, "\x0a\x01x");
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED) << method;
+    EXPECT_THAT(
+        st.error_message(),
+        AllOf(HasSubstr(absl::StrCat("does not serve method \"", method, "\"")),
+              HasSubstr("/signet.v1.Signer/*")))
+        << method;
+  }
+  // A long method name is cut short in the answer.
+  const std::string long_name = "/" + std::string(4000, 'm') + "/Call";
+  grpc::Status st = RawCall(channel, long_name, std::string(1 << 20, 'x'));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_THAT(st.error_message(), HasSubstr("bytes)"));
+  EXPECT_LT(st.error_message().size(), 400u);
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"UNIMPLEMENTED\"",
+                      "3 call(s) of a method signetd does not serve"}),
+      Not(::testing::IsEmpty()));
+  // The listener serves as before.
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
 }
 
 // A TCP connection to the gRPC port from `source` (a loopback address),
@@ -1410,7 +1454,7 @@ TEST_F(HostileGrpcTest, AFarDeadlineIsServedWithinSignetsOwnTimeLimit) {
 // Found by an outside attack: a tenant whose client never read its answers
 // held memory without bound (3.3 GB for 48 unread full batches): its
 // concurrency slot is free once a call is answered. Past its limit of
-// unread answers its calls are refused, audited; others are served; when
+// answer memory its calls are refused, audited; others are served; when
 // its client goes away it is served again.
 TEST_F(HostileGrpcTest, ATenantThatNeverReadsItsAnswersIsRefusedPastItsLimit) {
   auto signetd = Start("unread");
@@ -1422,8 +1466,8 @@ TEST_F(HostileGrpcTest, ATenantThatNeverReadsItsAnswersIsRefusedPastItsLimit) {
   call.path = "/signet.v1.Signer/SignJwtBatch";
   v1::SignJwtBatchRequest batch;
   batch.set_scope(kScope);
-  // Small claims, so the answer (each JWS and its kid) is about four times
-  // the request: ~70 KB an answer.
+  // Small claims: each answer is ~70 KB, and holds ~260 KB (its inputs and
+  // 1 KiB an item) while it is signed.
   for (int i = 0; i < 200; ++i) batch.add_claims_json(Claims());
   call.message = batch.SerializeAsString();
   auto connection = testing::UnreadingGrpcConnection::Open(call);
@@ -1431,44 +1475,47 @@ TEST_F(HostileGrpcTest, ATenantThatNeverReadsItsAnswersIsRefusedPastItsLimit) {
 
   auto stub = v1::Signer::NewStub(Channel(unreading_, true));
   auto other = v1::Signer::NewStub(Channel(other_, true));
+  auto sign_batch = [&] {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::SignJwtBatchResponse resp;
+    return stub->SignJwtBatch(&ctx, batch, &resp);
+  };
   // Under the limit the tenant is served.
   ASSERT_TRUE((*connection)->Start(call).ok());
   auto first = (*connection)->Await(1, absl::Seconds(20));
   ASSERT_TRUE(first.ok()) << first.status();
   ASSERT_EQ(first->answered, 1) << "the first batch was not answered";
-  ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+  ASSERT_TRUE(sign_batch().ok());
 
   // 1 MiB is about 15 answers; 40 unread ones are well past it.
   grpc::Status refused;
+  testing::UnreadingGrpcConnection::Answers last = *first;
   int calls = 1;
   for (; calls < 40; ++calls) {
     ASSERT_TRUE((*connection)->Start(call).ok());
     auto answers = (*connection)->Await(calls + 1, absl::Seconds(20));
     ASSERT_TRUE(answers.ok()) << answers.status();
     ASSERT_EQ(answers->answered + answers->ended, calls + 1);
-    grpc::ClientContext ctx;
-    Deadline(ctx);
-    v1::SignJwtRequest req;
-    req.set_scope(kScope);
-    req.set_claims_json(Claims());
-    v1::SignJwtResponse resp;
-    refused = stub->SignJwt(&ctx, req, &resp);
+    last = *answers;
+    refused = sign_batch();
     if (!refused.ok()) break;
   }
   ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << calls << " unread answers; " << refused.error_message();
-  EXPECT_GE(calls, 8) << "refused before 1 MiB was unread";
-  EXPECT_THAT(refused.error_message(),
-              AllOf(HasSubstr(kUnreading), HasSubstr("has not read"),
-                    HasSubstr("max_unread_answer_mib")));
+  EXPECT_GE(last.answered, 8) << "refused before 1 MiB was unread";
+  EXPECT_THAT(
+      refused.error_message(),
+      AllOf(HasSubstr(kUnreading), HasSubstr("KiB of answers in signetd"),
+            HasSubstr("max_answer_memory_mib")));
   EXPECT_THAT(AwaitAuditLine({"\"refuse\"", kUnreading, "RESOURCE_EXHAUSTED"}),
               Not(::testing::IsEmpty()));
   // The unread connection's own next call is refused too (trailers only).
   ASSERT_TRUE((*connection)->Start(call).ok());
   auto answers = (*connection)->Await(calls + 2, absl::Seconds(20));
   ASSERT_TRUE(answers.ok()) << answers.status();
-  EXPECT_EQ(answers->answered, calls + 1);
-  EXPECT_EQ(answers->ended, 1);
+  EXPECT_EQ(answers->answered, last.answered);
+  EXPECT_EQ(answers->ended, last.ended + 1);
   // Another tenant is served meanwhile.
   EXPECT_TRUE(SignJwt(*other, "other").ok());
 
@@ -1477,10 +1524,134 @@ TEST_F(HostileGrpcTest, ATenantThatNeverReadsItsAnswersIsRefusedPastItsLimit) {
   grpc::Status again;
   const absl::Time deadline = absl::Now() + absl::Seconds(15);
   do {
-    again = SignJwt(*stub, kScope);
+    again = sign_batch();
     if (!again.ok()) absl::SleepFor(absl::Milliseconds(200));
   } while (!again.ok() && absl::Now() < deadline);
   EXPECT_TRUE(again.ok()) << again.error_message();
+}
+
+// Found by an outside attack: the bound on a tenant's answers was checked
+// only against answers already written, so every call admitted while the
+// HSM was paused added its answer on top (13 times the limit). Each call
+// now holds its largest answer from admission: with the HSM stalled, a
+// tenant limited to 1 MiB has at most four ~260 KB batches admitted, and
+// the rest are refused at once, audited.
+TEST_F(HostileGrpcTest, CallsAdmittedWhileTheHsmStallsHoldTheirAnswersAtOnce) {
+  auto signetd = Start("answers-stalled");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(unreading_, true));
+  v1::SignJwtBatchRequest batch;
+  batch.set_scope(kScope);
+  for (int i = 0; i < 200; ++i) batch.add_claims_json(Claims());
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  absl::Cleanup resume = [] { (void)bed_->hsm().Resume(); };
+  constexpr int kCalls = 12;
+  std::vector<grpc::Status> results(kCalls);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCalls; ++i) {
+    callers.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      Deadline(ctx, 5);
+      v1::SignJwtBatchResponse resp;
+      results[i] = stub->SignJwtBatch(&ctx, batch, &resp);
+    });
+  }
+  for (auto& t : callers) t.join();
+  int admitted = 0;
+  int refused = 0;
+  for (const grpc::Status& st : results) {
+    // Admitted calls wait in the stalled HSM until their deadline.
+    if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) ++admitted;
+    if (st.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) continue;
+    ++refused;
+    EXPECT_THAT(st.error_message(),
+                AllOf(HasSubstr(kUnreading), HasSubstr("max_answer_memory_mib"),
+                      HasSubstr("would pass its limit of 1 MiB")));
+  }
+  EXPECT_LE(admitted, 4) << "more than 1 MiB of answers admitted";
+  EXPECT_GE(refused, 1);
+  EXPECT_THAT(AwaitAuditLine({"\"refuse\"", kUnreading, "RESOURCE_EXHAUSTED"}),
+              Not(::testing::IsEmpty()));
+}
+
+// All tenants together are bounded too (serving.max_answer_memory_mib):
+// eight tenants that never read held about 2 GB when each had only its
+// own limit. One tenant's unread full batch (a 20 MB answer) fills a
+// replica limited to 16 MiB; another tenant, far under its own limit, is
+// refused saying the replica is busy, and signs once the answer is gone.
+TEST_F(HostileGrpcTest, AllTenantsTogetherHoldAtMostTheReplicasAnswerMemory) {
+  auto signetd =
+      Start("answers-all", "serving { max_answer_memory_mib: 16 }\n");
+  ASSERT_NE(signetd, nullptr);
+  testing::RawGrpcCall call;
+  call.port = port_;
+  call.cert_pem = tenant_->cert_pem;
+  call.key_pem = tenant_->key_pem;
+  call.path = "/signet.v1.Signer/SignJwtBatch";
+  v1::SignJwtBatchRequest full;
+  full.set_scope(kScope);
+  for (int i = 0; i < 256; ++i) full.add_claims_json(Claims(60000));
+  call.message = full.SerializeAsString();
+  auto connection = testing::UnreadingGrpcConnection::Open(call);
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  ASSERT_TRUE((*connection)->Start(call).ok());
+  auto answers = (*connection)->Await(1, absl::Seconds(60));
+  ASSERT_TRUE(answers.ok()) << answers.status();
+  ASSERT_EQ(answers->answered, 1)
+      << "a lone call is admitted however large, and answered";
+
+  auto other = v1::Signer::NewStub(Channel(other_, true));
+  grpc::Status refused = SignJwt(*other, "other");
+  ASSERT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.error_message();
+  EXPECT_THAT(refused.error_message(),
+              AllOf(HasSubstr("for all its callers"),
+                    HasSubstr("serving.max_answer_memory_mib"),
+                    HasSubstr("this replica is busy")));
+  EXPECT_THAT(AwaitAuditLine({"\"refuse\"", kOther, "RESOURCE_EXHAUSTED"}),
+              Not(::testing::IsEmpty()));
+
+  // The reader goes away: its answer is dropped, and others sign again.
+  connection->reset();
+  grpc::Status again;
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  do {
+    again = SignJwt(*other, "other");
+    if (!again.ok()) absl::SleepFor(absl::Milliseconds(200));
+  } while (!again.ok() && absl::Now() < deadline);
+  EXPECT_TRUE(again.ok()) << again.error_message();
+}
+
+// Found by an outside attack: with one queue for every tenant, another
+// tenant's calls timed out behind one tenant's queued batches 8 times of 9.
+// Tenants take turns at the workers now: one tenant's 16 batches of 4096
+// claims sets on one worker (seconds of HSM work) delay another tenant's
+// call by at most the part the worker is on.
+TEST_F(HostileGrpcTest, AnotherTenantIsServedWhileOneTenantsWorkIsQueued) {
+  auto signetd =
+      Start("fairness", "serving { worker_threads: 1 max_batch_size: 4096 }\n");
+  ASSERT_NE(signetd, nullptr);
+  auto flood = v1::Signer::NewStub(Channel(tenant_, true));
+  v1::SignJwtBatchRequest batch;
+  batch.set_scope(kScope);
+  for (int i = 0; i < 4096; ++i) batch.add_claims_json(Claims());
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::thread> flooding;
+  for (int i = 0; i < kTenantLimit; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    Deadline(*contexts.back(), 60);
+    flooding.emplace_back([&, ctx = contexts.back().get()] {
+      v1::SignJwtBatchResponse resp;
+      (void)flood->SignJwtBatch(ctx, batch, &resp);
+    });
+  }
+  // The flood's batches are queued before the other tenant's call.
+  absl::SleepFor(absl::Seconds(1));
+  auto other = v1::Signer::NewStub(Channel(other_, true));
+  const grpc::Status served = SignJwt(*other, "other", /*deadline_s=*/5);
+  for (auto& ctx : contexts) ctx->TryCancel();
+  for (auto& t : flooding) t.join();
+  EXPECT_TRUE(served.ok()) << served.error_message();
 }
 
 // Found by an outside attack: a stop (or a failed start-up) after the gRPC

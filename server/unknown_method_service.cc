@@ -1,0 +1,42 @@
+#include "server/unknown_method_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "base/quote.h"
+
+namespace signet::server {
+namespace {
+
+// Answers at once and reads nothing: a call's messages, however large,
+// are never taken in.
+class UnknownMethodReactor final : public grpc::ServerGenericBidiReactor {
+ public:
+  explicit UnknownMethodReactor(const std::string& quoted_method) {
+    Finish(grpc::Status(
+        grpc::StatusCode::UNIMPLEMENTED,
+        absl::StrCat("signetd does not serve method ", quoted_method,
+                     "; it serves /signet.v1.Signer/*, /signet.v1.Admin/* "
+                     "and /grpc.health.v1.Health/* (proto/signet/v1/ in "
+                     "signet's source)")));
+  }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::ServerGenericBidiReactor* UnknownMethodService::CreateReactor(
+    grpc::GenericCallbackServerContext* context) {
+  std::string quoted = base::Quote(context->method());
+  calls_.fetch_add(1);
+  {
+    absl::MutexLock lock(&mu_);
+    last_method_ = quoted;
+  }
+  return new UnknownMethodReactor(quoted);
+}
+
+std::string UnknownMethodService::last_method() const {
+  absl::MutexLock lock(&mu_);
+  return last_method_;
+}
+
+}  // namespace signet::server
