@@ -7,9 +7,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rotation/key_state.h"
+#include "server/serving_publisher.h"
 
 #ifndef SIGNET_GOLDEN_DIR
 #error "SIGNET_GOLDEN_DIR must name tests/golden/publication"
@@ -261,6 +263,65 @@ TEST(PublicationTest, DocumentsMatchTheGoldenFiles) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->consumer_jwks, docs->consumer_jwks);
   EXPECT_EQ(again->scope_discovery, docs->scope_discovery);
+}
+
+// The publisher hands each pass's state on, and the documents only when
+// their bytes changed: a pass that changed nothing publishes nothing, a
+// revocation takes the key out of every set at once, and the rest of the
+// state (store, workers, audit log) is kept.
+TEST(ServingPublisherTest, EachPassIsServedAndChangedDocumentsArePublished) {
+  base::SimulatedClock clock(kNow);
+  std::vector<std::shared_ptr<const ServingState>> served;
+  std::vector<std::shared_ptr<const PublishedDocuments>> published;
+  auto first = std::make_shared<ServingState>();
+  first->scopes = Scopes();
+  // Never dereferenced: it shows the rest of the state is carried over.
+  auto* const workers = reinterpret_cast<WorkerPool*>(uintptr_t{0x1000});
+  first->workers = workers;
+  auto publisher = ServingPublisher::Create(
+      first, "https://k.test", &clock,
+      {.serving = [&](auto state) { served.push_back(state); },
+       .documents = [&](auto docs) { published.push_back(docs); }});
+  ASSERT_TRUE(publisher.ok()) << publisher.status();
+  ASSERT_EQ(served.size(), 1u);
+  ASSERT_EQ(published.size(), 1u);
+  EXPECT_EQ(served[0], first);
+  const std::string a =
+      first->scopes["consumer-a"]->versions()[0]->key.thumbprint;
+  EXPECT_THAT(published[0]->consumer_jwks, HasSubstr(a));
+  EXPECT_EQ((*publisher)->documents(), published[0]);
+
+  // The same keys: served again, nothing published.
+  (*publisher)->OnKeys(Scopes());
+  EXPECT_EQ(served.size(), 2u);
+  EXPECT_EQ(published.size(), 1u);
+
+  // consumer-a's key is revoked (at kActivated + 3 h): it leaves the sets.
+  clock.SetTime(kActivated + absl::Hours(4));
+  auto scopes = Scopes();
+  scopes["consumer-a"] =
+      Scope("consumer-a", signet::v1::CONSUMER, signet::v1::JWT,
+            signet::v1::ES256, "ec-00.pem", /*revoked=*/true);
+  (*publisher)->OnKeys(scopes);
+  ASSERT_EQ(served.size(), 3u);
+  ASSERT_EQ(published.size(), 2u);
+  EXPECT_THAT(published[1]->consumer_jwks, Not(HasSubstr(a)));
+  EXPECT_EQ(served[2]->scopes.at("consumer-a"), scopes["consumer-a"]);
+  EXPECT_EQ(served[2]->workers, workers);
+  EXPECT_EQ((*publisher)->serving(), served[2]);
+  EXPECT_EQ((*publisher)->documents(), published[1]);
+}
+
+TEST(ServingPublisherTest, ABaseUrlThatCannotBeUsedFailsAtCreate) {
+  base::SimulatedClock clock(kNow);
+  auto first = std::make_shared<ServingState>();
+  first->scopes = Scopes();
+  int calls = 0;
+  auto publisher = ServingPublisher::Create(
+      first, "https://k.test/", &clock,
+      {.serving = [&](auto) { ++calls; }, .documents = [&](auto) { ++calls; }});
+  EXPECT_EQ(publisher.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(calls, 0);
 }
 
 }  // namespace

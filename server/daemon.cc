@@ -1,0 +1,864 @@
+#include "server/daemon.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "base/file.h"
+#include "base/log.h"
+#include "rotation/key_state.h"
+#include "rotation/scope_keys.h"
+#include "server/hardening.h"
+#include "server/publication.h"
+#include "server/tls.h"
+
+namespace signet::server {
+namespace {
+
+// A probe call that has not returned after this long means a stalled HSM;
+// so does a worker held this long by one task while the probe cannot get a
+// session (tasks are bounded by deadlines and take milliseconds).
+constexpr absl::Duration kStalledCallThreshold = absl::Seconds(3);
+
+// Linking gRPC's reflection library registers its plugin with every
+// ServerBuilder (a static initializer). Reflection has no per-call
+// authorization in gRPC 1.51, so unless the configuration asks for it this
+// option takes the plugin out again.
+class WithoutReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    std::erase_if(*plugins, [](const auto& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
+
+// Waits up to `timeout` for SIGINT/SIGTERM (blocked in every thread). A
+// SIGHUP on the way runs `on_hangup` (the audit log's new segment).
+bool StopRequested(absl::Duration timeout,
+                   const std::function<void()>& on_hangup = {}) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  struct timespec ts = absl::ToTimespec(timeout);
+  int sig = sigtimedwait(&set, nullptr, &ts);
+  if (sig == SIGINT || sig == SIGTERM) {
+    SIGNET_LOG_INFO("received {}, stopping",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
+    return true;
+  }
+  if (sig == SIGHUP) {
+    if (on_hangup) {
+      SIGNET_LOG_INFO("received SIGHUP: the audit log starts a new segment");
+      on_hangup();
+    } else {
+      SIGNET_LOG_INFO("received SIGHUP before the audit log is open; ignored");
+    }
+  }
+  return false;
+}
+
+std::string Iso8601(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+}
+
+// The start-up summary of a scope on standard output: its signing key, its
+// standby, and the signing key's public key.
+void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
+                const ScopeState& signing, absl::Time now) {
+  absl::StatusOr<std::string> pem = signing.key.public_key->SpkiPem();
+  std::string standby = "none yet";
+  if (const rotation::KeyRecord* r = keys.StandbyAt(now)) {
+    standby = absl::StrCat(r->kid(), ", signs from ",
+                           Iso8601(rotation::TimeFromProto(r->activate_at())));
+  }
+  SIGNET_LOG_INFO(
+      "scope {}: key generation {} kid {} checked and active; signs until "
+      "{}, published until {}; standby {}",
+      scope.name(), signing.record.key_generation(), signing.key.thumbprint,
+      Iso8601(rotation::TimeFromProto(signing.record.retire_at())),
+      Iso8601(rotation::TimeFromProto(signing.record.unpublish_at())), standby);
+  std::cout << "scope " << scope.name() << " ("
+            << signet::v1::AudienceClass_Name(scope.audience_class()) << ", "
+            << signet::v1::Purpose_Name(scope.purpose()) << ", iss "
+            << scope.issuer() << ")\n"
+            << "  alg " << keys.alg() << "  kid " << signing.key.thumbprint
+            << "\n"
+            << "  active since "
+            << absl::FormatTime(
+                   rotation::TimeFromProto(signing.record.activate_at()),
+                   absl::UTCTimeZone())
+            << "\n"
+            << "  standby " << standby << "\n"
+            << (pem.ok() ? *pem : std::string()) << std::flush;
+}
+
+// mTLS: client certificates required and verified against client_ca_file;
+// TLS 1.3 only through the OpenSSL configuration set in main().
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const signet::v1::TlsConfig& tls) {
+  absl::StatusOr<std::string> cert =
+      base::ReadSmallFile(tls.cert_file(), "tls.cert_file");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key =
+      base::ReadSmallFile(tls.key_file(), "tls.key_file");
+  if (!key.ok()) return key.status();
+  absl::StatusOr<std::string> ca =
+      base::ReadSmallFile(tls.client_ca_file(), "tls.client_ca_file");
+  if (!ca.ok()) return ca.status();
+  if (!tls.crl_directory().empty()) {
+    absl::Status crls = CheckCrlDirectory(*ca, tls.crl_directory());
+    if (!crls.ok()) return crls;
+  }
+  auto provider =
+      std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+          *ca,
+          std::vector<grpc::experimental::IdentityKeyCertPair>{{*key, *cert}});
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_cert_request_type(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  if (!tls.crl_directory().empty()) {
+    options.set_crl_directory(tls.crl_directory());
+  }
+  // The transport key's copy is no longer needed here.
+  OPENSSL_cleanse(key->data(), key->size());
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+// A fault-injection count from the environment (tests only), or 0.
+int FaultInjection(const char* name) {
+  int n = 0;
+  const char* env = std::getenv(name);
+  if (env == nullptr || !absl::SimpleAtoi(env, &n) || n <= 0) return 0;
+  return n;
+}
+
+}  // namespace
+
+Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
+
+Daemon::~Daemon() {
+  // The loop stops before anything the publisher uses goes away, and the
+  // gRPC server before the workers, the audit log and the keys its calls
+  // use: ~Server alone waits for every call, and a client's health Watch
+  // never ends by itself.
+  if (key_manager_ != nullptr) key_manager_->Stop();
+  StopServing(absl::Seconds(2));
+}
+
+absl::Status Daemon::LoadConfiguration() {
+  if (absl::Status hardened = HardenProcess(); !hardened.ok()) return hardened;
+  int open_files_before = 0;
+  const int open_files = RaiseOpenFileLimit(&open_files_before);
+  SIGNET_LOG_INFO("open-file limit {}{}", open_files,
+                  open_files == open_files_before
+                      ? std::string(" (the hard limit)")
+                      : absl::StrCat(" (raised from ", open_files_before,
+                                     " to the hard limit)"));
+  if (options_.config_path.empty()) {
+    return absl::InvalidArgumentError("--config is required");
+  }
+  config_options_.insecure_plaintext = options_.insecure_plaintext;
+  absl::StatusOr<signet::v1::SignetConfig> config =
+      LoadConfigFile(options_.config_path, config_options_);
+  if (!config.ok()) return config.status();
+  config_ = *std::move(config);
+  const signet::v1::HsmConfig& hsm_config = config_.hsm();
+
+  module_.module_path = hsm_config.module_path();
+  module_.p11_kit_server_address = hsm_config.p11_kit_server_address();
+  module_.insecure_in_process_module = options_.insecure_in_process_module;
+  absl::StatusOr<std::unique_ptr<hsm::P11KitConnector>> connector =
+      hsm::P11KitConnector::Create(module_);
+  if (!connector.ok()) return connector.status();
+  connector_ = *std::move(connector);
+  in_process_ = connector_->in_process();
+  if (in_process_) {
+    SIGNET_LOG_WARN(
+        "INSECURE: PKCS#11 module {} is loaded INTO signetd "
+        "(--insecure_in_process_module). Key material may be mapped into "
+        "this process and a memory dump could contain it. Development only.",
+        module_.module_path);
+  }
+  absl::StatusOr<hsm::TokenUri> token_uri =
+      hsm::TokenUri::Parse(hsm_config.token_uri());
+  if (!token_uri.ok()) return token_uri.status();
+  token_uri_ = *std::move(token_uri);
+  absl::StatusOr<hsm::Pin> pin =
+      hsm_config.pin_file().empty() ? hsm::Pin::FromEnv(hsm_config.pin_env())
+                                    : hsm::Pin::FromFile(hsm_config.pin_file());
+  if (!pin.ok()) return pin.status();
+  pin_ = *std::move(pin);
+  if (config_.allow_short_key_schedules()) {
+    SIGNET_LOG_WARN(
+        "allow_short_key_schedules is set: rotation periods under "
+        "an hour are allowed (tests and demos only)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartListening() {
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (config_options_.insecure_plaintext) {
+    SIGNET_LOG_WARN(
+        "INSECURE: gRPC in plain text (--insecure_plaintext); "
+        "callers are not authenticated. Development only.");
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        MakeServerCredentials(config_.tls());
+    if (!tls.ok()) return tls.status();
+    credentials = *tls;
+  }
+  SignerServiceOptions signer_options;
+  signer_options.clock = &clock_;
+  signer_options.iat_skew = absl::Seconds(config_.serving().iat_skew_seconds());
+  signer_options.max_batch_size =
+      static_cast<int>(config_.serving().max_batch_size());
+  signer_options.plaintext = config_options_.insecure_plaintext;
+  signer_options.max_answer_memory_bytes =
+      int64_t{config_.serving().max_answer_memory_mib()} << 20;
+  const signet::v1::GrpcConfig& grpc_limits = config_.grpc();
+
+  // signetd accepts the gRPC port's connections itself and hands them to
+  // gRPC, so the acceptor can neither die nor spend the last descriptors
+  // (server/connection_acceptor.h). Its budget leaves the HTTP endpoint's
+  // slots and the reserve (HSM sockets, audit files) to them.
+  const int http_slots =
+      config_.has_http() ? static_cast<int>(config_.http().max_connections())
+                         : 0;
+  absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> acceptor =
+      ConnectionAcceptor::Bind(
+          config_.grpc_listen_address(),
+          static_cast<int>(grpc_limits.reserved_file_descriptors()) +
+              http_slots,
+          static_cast<int>(grpc_limits.max_connections_per_address()));
+  if (!acceptor.ok()) return acceptor.status();
+  acceptor_ = *std::move(acceptor);
+  // Calls whose request message has not come yet: bounded in number and in
+  // time, and a connection that resets them early is closed
+  // (server/one_request_call.h).
+  const int max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
+  RequestWaitLimits wait_limits;
+  wait_limits.max_waiting =
+      static_cast<int>(grpc_limits.max_calls_awaiting_request());
+  wait_limits.timeout = absl::Seconds(grpc_limits.request_timeout_seconds());
+  wait_limits.max_request_bytes = max_request_bytes;
+  request_waits_ = std::make_unique<RequestWaits>(
+      wait_limits, [connections = acceptor_.get()](const std::string& peer) {
+        // Its address may not come back for a while: a rapid-reset client
+        // reconnects at once.
+        return connections->CloseConnection(peer, absl::Seconds(30));
+      });
+  signer_ = std::make_unique<SignerService>(
+      signer_options,
+      std::vector<signet::v1::TenantConfig>(config_.tenants().begin(),
+                                            config_.tenants().end()),
+      request_waits_.get());
+  AdminServiceOptions admin_options;
+  admin_options.admins.assign(config_.admins().begin(), config_.admins().end());
+  admin_options.plaintext = config_options_.insecure_plaintext;
+  admin_options.clock = &clock_;
+  admin_service_ =
+      std::make_unique<AdminService>(admin_options, request_waits_.get());
+  // Health is ours: gRPC's default service has no bound on Watch streams.
+  health_service_ = std::make_unique<HealthService>(
+      static_cast<int>(grpc_limits.max_health_watchers()), request_waits_.get(),
+      [this](HealthService::Refusal refusal) {
+        switch (refusal) {
+          case HealthService::Refusal::kWatch:
+            refused_watches_.fetch_add(1);
+            break;
+          case HealthService::Refusal::kMalformed:
+            malformed_health_.fetch_add(1);
+            break;
+          case HealthService::Refusal::kOversized:
+            oversized_health_.fetch_add(1);
+            break;
+        }
+      });
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  if (!grpc_limits.reflection()) {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>
+      grpc_acceptor = builder.experimental().AddExternalConnectionAcceptor(
+          grpc::ServerBuilder::experimental_type::ExternalConnectionType::
+              FROM_FD,
+          credentials);
+  // Bounds of what one peer can make signetd hold (README, "Hostile
+  // traffic"): streams per connection, memory, time to finish the TLS
+  // handshake, idle connections, and the largest legal request.
+  builder.AddChannelArgument(
+      GRPC_ARG_MAX_CONCURRENT_STREAMS,
+      static_cast<int>(grpc_limits.max_concurrent_streams()));
+  builder.AddChannelArgument(
+      GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+      static_cast<int>(grpc_limits.handshake_timeout_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+      static_cast<int>(grpc_limits.max_connection_idle_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_MAX_CONNECTION_AGE_MS,
+      static_cast<int>(grpc_limits.max_connection_age_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+      static_cast<int>(grpc_limits.max_connection_age_grace_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(grpc_limits.keepalive_time_seconds()) * 1000);
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(grpc_limits.keepalive_timeout_seconds()) * 1000);
+  grpc::ResourceQuota quota("signetd");
+  quota.Resize(static_cast<size_t>(grpc_limits.max_memory_mib()) << 20);
+  builder.SetResourceQuota(quota);
+  // signet checks the request size itself (RequestWaitLimits): gRPC 1.51
+  // receives an over-limit message whole before it refuses it anyway, and
+  // refuses it where no handler sees why, so it could not be audited with
+  // the status the client got. (Reflection, off by default, is the one
+  // service without the check; its messages are received whole either
+  // way, within the memory quota.)
+  builder.SetMaxReceiveMessageSize(-1);
+  // No compressed requests: gRPC 1.51 decompresses a message whole before it
+  // checks the size limit, so a 1.5 MB gzip of spaces grew signetd by
+  // 1.7 GB. Claims gain nothing from compression; a compressed request is
+  // refused from its headers, before any byte of it is inflated.
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
+  builder.RegisterService(signer_.get());
+  builder.RegisterService(admin_service_.get());
+  builder.RegisterService(health_service_.get());
+  // Every other method: UNIMPLEMENTED with a message, counted
+  // (server/unknown_method_service.h).
+  builder.RegisterCallbackGenericService(&unknown_methods_);
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot start the gRPC server on ", config_.grpc_listen_address()));
+  }
+  acceptor_->Start(std::move(grpc_acceptor));
+  std::vector<std::string> scope_names;
+  for (const auto& scope : config_.scopes()) {
+    scope_names.push_back(scope.name());
+  }
+  health_monitor_ = std::make_unique<HealthMonitor>(
+      scope_names, [health = health_service_.get()](const std::string& service,
+                                                    bool serving) {
+        health->Set(service, serving);
+      });
+  health_monitor_->SetAllNotServing("starting: waiting for the HSM and keys");
+
+  // Refusals counted rather than audited one by one (they come in floods).
+  ConnectionAcceptor* const a = acceptor_.get();
+  RequestWaits* const w = request_waits_.get();
+  refusals_.Add([a] { return a->refused(); }, "UNAVAILABLE",
+                "gRPC connection(s) closed at once (descriptor budget spent)");
+  refusals_.Add([a] { return a->refused_per_address(); }, "UNAVAILABLE",
+                "gRPC connection(s) closed at once (their address held "
+                "grpc.max_connections_per_address)");
+  refusals_.Add([a] { return a->accept_errors(); }, "UNAVAILABLE",
+                "failed accept(s)");
+  refusals_.Add([w] { return w->reset_closes(); }, "UNAVAILABLE",
+                "gRPC connection(s) closed for resetting calls before their "
+                "request message (HTTP/2 rapid reset)");
+  refusals_.Add([a] { return a->refused_banned(); }, "UNAVAILABLE",
+                "gRPC connection(s) refused at once from an address banned "
+                "for 30 s after a rapid reset");
+  refusals_.Add([this] { return refused_watches_.load(); },
+                "RESOURCE_EXHAUSTED",
+                "health watch(es) refused (grpc.max_health_watchers or a "
+                "certificate's share)");
+  refusals_.Add([w] { return w->evicted(); }, "RESOURCE_EXHAUSTED",
+                "call(s) still waiting for their request message ended to "
+                "make room (grpc.max_calls_awaiting_request)");
+  refusals_.Add([this] { return oversized_health_.load(); },
+                "RESOURCE_EXHAUSTED",
+                "health request(s) over the request size limit");
+  refusals_.Add([this] { return malformed_health_.load(); }, "INVALID_ARGUMENT",
+                "health request(s) that did not parse or never came");
+  refusals_.Add([this] { return unknown_methods_.calls(); }, "UNIMPLEMENTED",
+                "call(s) of a method signetd does not serve");
+  refusals_.Add([w] { return w->timed_out(); }, "DEADLINE_EXCEEDED",
+                "call(s) whose request message did not come in time "
+                "(grpc.request_timeout_seconds)");
+
+  const std::string listen_host = config_.grpc_listen_address().substr(
+      0, config_.grpc_listen_address().rfind(':'));
+  SIGNET_LOG_INFO(
+      "gRPC (Signer, Admin, health{}) listening on {}:{} ({}; at most {} "
+      "descriptors for connections, {} per address, {} streams each, {} MiB, "
+      "requests up to {} bytes)",
+      grpc_limits.reflection() ? ", reflection" : "", listen_host,
+      acceptor_->port(),
+      config_options_.insecure_plaintext ? "plain text" : "mTLS, TLS 1.3 only",
+      acceptor_->budget_end(), grpc_limits.max_connections_per_address(),
+      grpc_limits.max_concurrent_streams(), grpc_limits.max_memory_mib(),
+      max_request_bytes);
+  return absl::OkStatus();
+}
+
+void Daemon::StopServing(absl::Duration grace) {
+  if (serving_stopped_ || server_ == nullptr) return;
+  serving_stopped_ = true;
+  acceptor_->Stop();            // no new connection from here on
+  health_service_->Shutdown();  // watchers hear NOT_SERVING, then the end
+  // Calls a stalled HSM holds are answered within the shutdown's grace.
+  signer_->CutOffPendingCalls(absl::Now() + grace - absl::Seconds(1));
+  request_waits_->CutOff(absl::Now());
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    absl::ToChronoSeconds(grace));
+}
+
+absl::Status Daemon::OpenHsm() {
+  const signet::v1::HsmConfig& hsm_config = config_.hsm();
+  pool_options_.connections = static_cast<int>(hsm_config.connections());
+  pool_options_.sessions_per_connection =
+      static_cast<int>(hsm_config.sessions_per_connection());
+  absl::Duration backoff = absl::Milliseconds(500);
+  for (;;) {
+    // A stalled HSM holds C_Initialize or C_Login, which cannot be
+    // cancelled: the pool is opened on a thread of its own, so that a stop
+    // is still obeyed. Nothing durable is open yet (the audit log opens
+    // after the HSM), so signetd then exits at once.
+    struct Opening {
+      absl::Notification done;
+      absl::StatusOr<std::unique_ptr<hsm::SessionPool>> result =
+          absl::UnknownError("not opened");
+    };
+    auto opening = std::make_shared<Opening>();
+    std::thread([opening, connector = std::move(connector_), uri = *token_uri_,
+                 pin_copy = hsm::Pin::FromBytes(absl::string_view(
+                     reinterpret_cast<const char*>(pin_->data()),
+                     pin_->size())),
+                 options = pool_options_]() mutable {
+      opening->result = hsm::SessionPool::Create(std::move(connector), uri,
+                                                 std::move(pin_copy), options);
+      opening->done.Notify();
+    }).detach();
+    while (!opening->done.WaitForNotificationWithTimeout(
+        absl::Milliseconds(200))) {
+      if (StopRequested(absl::ZeroDuration())) {
+        SIGNET_LOG_WARN(
+            "stopping while the HSM has not answered its opening calls "
+            "(stalled HSM); exiting without waiting for them");
+        std::_Exit(0);
+      }
+    }
+    absl::StatusOr<std::unique_ptr<hsm::SessionPool>> created =
+        std::move(opening->result);
+    if (created.ok()) {
+      pool_ = *std::move(created);
+      break;
+    }
+    if (created.status().code() != absl::StatusCode::kUnavailable) {
+      return created.status();
+    }
+    SIGNET_LOG_WARN("HSM unavailable ({}); retrying in {}",
+                    created.status().message(), absl::FormatDuration(backoff));
+    if (StopRequested(backoff)) {
+      return absl::CancelledError("stopped while waiting for the HSM");
+    }
+    backoff = std::min(backoff * 2, absl::Seconds(10));
+    absl::StatusOr<std::unique_ptr<hsm::P11KitConnector>> connector =
+        hsm::P11KitConnector::Create(module_);
+    if (!connector.ok()) return connector.status();
+    connector_ = *std::move(connector);
+  }
+  // The pool holds its own copy; ours is wiped now.
+  pin_.reset();
+
+  if (!in_process_) {
+    absl::Status clean = CheckNoHsmLibraryMappedInThisProcess();
+    if (!clean.ok()) return clean;
+  }
+  SIGNET_LOG_INFO("HSM token {} open: {} connection(s) x {} session(s)",
+                  token_uri_->text(), pool_->LiveConnections(),
+                  pool_options_.sessions_per_connection);
+
+  store_ = std::make_unique<hsm::Pkcs11KeyStore>(pool_.get());
+  for (const auto& scope : config_.scopes()) {
+    absl::Status supported = store_->CheckAlgorithmSupported(KeySpecFor(scope));
+    if (!supported.ok()) {
+      return absl::Status(
+          supported.code(),
+          absl::StrCat("scope ", scope.name(), ": ", supported.message()));
+    }
+  }
+  absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
+      store_->ReadAllRecords();
+  if (!stored.ok()) return stored.status();
+  int unreadable = 0;
+  (void)rotation::ParseRecords(*stored, &unreadable);
+  if (unreadable > 0) {
+    SIGNET_LOG_WARN(
+        "{} key record(s) in the token could not be read and are "
+        "ignored",
+        unreadable);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<rotation::KeyEvent>> Daemon::FirstAuditKeyPass() {
+  std::vector<rotation::KeyEvent> events;
+  rotation::KeyReconciler first_pass(
+      store_.get(), {AuditKeys::Policy(config_)}, !config_.never_create_keys(),
+      [&events](const rotation::KeyEvent& e) { events.push_back(e); });
+  absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
+      first_pass.RunOnce(clock_.Now());
+  if (!sets.ok()) return sets.status();
+  auto set = sets->find(AuditKeys::kScope);
+  if (set == sets->end()) {
+    return absl::FailedPreconditionError(
+        "the HSM token holds no audit checkpoint key");
+  }
+  if (absl::Status st = audit_keys_->Update(set->second, clock_.Now());
+      !st.ok()) {
+    if (config_.never_create_keys() && absl::IsFailedPrecondition(st)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          st.message(),
+          "; this replica does not create keys "
+          "(never_create_keys): start the replica that writes keys first"));
+    }
+    return st;
+  }
+  return events;
+}
+
+absl::Status Daemon::OpenAuditLog() {
+  // The audit checkpoint key (server/audit_keys.h): a first pass over its
+  // scope alone, before the log opens (its events are written once the log
+  // is open); the key manager's passes keep it on the schedule from then on.
+  audit_keys_ = std::make_unique<AuditKeys>(store_.get(),
+                                            config_.audit_log_path(), clock_);
+  absl::StatusOr<std::vector<rotation::KeyEvent>> audit_key_events =
+      FirstAuditKeyPass();
+  if (!audit_key_events.ok()) return audit_key_events.status();
+  AuditLogOptions audit_options;
+  audit_options.clock = &clock_;
+  audit_options.path = config_.audit_log_path();
+  audit_options.checkpoint_kid = audit_keys_->current_kid();
+  audit_options.sign_checkpoint = audit_keys_->Signer();
+  audit_options.syslog_socket = config_.audit_syslog_socket();
+  audit_options.group_commit_delay =
+      absl::Microseconds(config_.serving().audit_group_commit_delay_us());
+  audit_options.segment_max_bytes =
+      uint64_t{config_.serving().audit_segment_max_mib()} << 20;
+  audit_options.segment_max_age =
+      absl::Hours(config_.serving().audit_segment_max_age_hours());
+  // Fault injection for the torn-line test (tests/server/signer_test.cc):
+  // the audit writer writes half of line N, then kills this process.
+  audit_options.kill_mid_line =
+      FaultInjection("SIGNET_TEST_KILL_MID_AUDIT_LINE");
+  if (audit_options.kill_mid_line > 0) {
+    SIGNET_LOG_WARN(
+        "SIGNET_TEST_KILL_MID_AUDIT_LINE={}: this process kills "
+        "itself in the middle of audit line {} (fault-injection "
+        "tests only)",
+        audit_options.kill_mid_line, audit_options.kill_mid_line);
+  }
+  absl::StatusOr<std::unique_ptr<AuditLog>> audit =
+      AuditLog::Open(std::move(audit_options));
+  if (!audit.ok()) return audit.status();
+  audit_ = *std::move(audit);
+  AuditEvent start_event;
+  start_event.event = "start";
+  start_event.result = "OK";
+  start_event.detail = absl::StrCat("signetd pid ", getpid());
+  if (absl::Status st = audit_->Append(start_event); !st.ok()) return st;
+  for (const rotation::KeyEvent& e : *audit_key_events) {
+    if (absl::Status st = audit_->Append(AuditEventOf(e, "signetd"));
+        !st.ok()) {
+      return st;
+    }
+  }
+  // Which keys sign this run's checkpoints, each vouched for by a
+  // checkpoint: audit-verify with the keyring checks this.
+  return audit_keys_->Attach(audit_.get());
+}
+
+absl::Status Daemon::LoadScopes() {
+  // The scopes' keys (server/key_manager.h): the first reconcile pass makes,
+  // on the writer, each scope's active key and its published standby; the
+  // loop then keeps the schedule. After each pass the publisher swaps the
+  // keys in and rebuilds the public documents.
+  // Fault injection for the crash tests (tests/server/key_rotation_test.cc):
+  // signetd kills itself before its N-th token write.
+  const int kill_at_write = FaultInjection("SIGNET_TEST_KILL_AT_WRITE");
+  if (kill_at_write > 0) {
+    SIGNET_LOG_WARN(
+        "SIGNET_TEST_KILL_AT_WRITE={}: this process kills itself "
+        "before token write {} (fault-injection tests only)",
+        kill_at_write, kill_at_write);
+  }
+  std::vector<InternalScope> internal_scopes;
+  internal_scopes.push_back(
+      InternalScope{AuditKeys::Policy(config_),
+                    [keys = audit_keys_.get()](const rotation::ScopeKeySet& set,
+                                               absl::Time now) {
+                      return keys->Update(set, now);
+                    }});
+  // The publisher is set once, before the key manager's loop starts (its
+  // passes run on that loop).
+  key_manager_ = std::make_unique<KeyManager>(
+      store_.get(), config_, audit_.get(), clock_,
+      [this](const ScopeKeysMap& scopes) {
+        if (publisher_ != nullptr) publisher_->OnKeys(scopes);
+      },
+      kill_at_write, std::move(internal_scopes));
+  if (absl::Status started = key_manager_->Start(); !started.ok()) {
+    return started;
+  }
+  for (const auto& scope : config_.scopes()) {
+    const ScopeKeys& keys = *key_manager_->Scopes().at(scope.name());
+    const absl::Time now = clock_.Now();
+    PrintScope(scope, keys, *keys.SigningAt(now), now);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartServing() {
+  workers_ = std::make_unique<WorkerPool>(
+      static_cast<int>(config_.serving().worker_threads()),
+      static_cast<int>(config_.serving().queue_size()));
+  auto first_serving = std::make_shared<ServingState>();
+  first_serving->scopes = key_manager_->Scopes();
+  first_serving->store = store_.get();
+  first_serving->workers = workers_.get();
+  first_serving->audit = audit_.get();
+  // What the replica serves and publishes (GetJwks, GetPublicKeys, and the
+  // HTTP endpoint if configured), for the key state now; swapped after each
+  // reconcile pass (server/serving_publisher.h).
+  absl::StatusOr<std::unique_ptr<ServingPublisher>> publisher =
+      ServingPublisher::Create(
+          first_serving,
+          config_.has_http() ? config_.http().public_base_url() : "", &clock_,
+          {.serving =
+               [this](std::shared_ptr<const ServingState> state) {
+                 signer_->SetServing(std::move(state));
+               },
+           .documents =
+               [this](std::shared_ptr<const PublishedDocuments> documents) {
+                 signer_->SetPublished(documents);
+                 if (http_ != nullptr) http_->Publish(*documents);
+               }});
+  if (!publisher.ok()) return publisher.status();
+  publisher_ = *std::move(publisher);
+  if (config_.has_http()) {
+    if (absl::Status st = StartHttp(); !st.ok()) return st;
+  }
+  key_manager_->StartLoop();
+  SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
+
+  // The HSM liveness prober (server/hsm_prober.h).
+  HsmProber::Options prober_options;
+  prober_options.stalled_after = kStalledCallThreshold;
+  prober_ = std::make_unique<HsmProber>(
+      [pool = pool_.get()](absl::Time deadline) {
+        return pool->Probe(deadline);
+      },
+      prober_options);
+  prober_->Start();
+  admin_service_->SetBackend(key_manager_.get(), audit_.get(), [this]() {
+    ReplicaStatus replica;
+    replica.hsm = HsmCondition();
+    replica.audit = audit_->WriteStatus();
+    replica.sessions_total =
+        pool_options_.connections * pool_options_.sessions_per_connection;
+    replica.sessions_in_use = pool_->SessionsInUse();
+    return replica;
+  });
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartHttp() {
+  const signet::v1::HttpConfig& config = config_.http();
+  JwksHttpOptions http_options;
+  http_options.listen_address = config.listen_address();
+  http_options.cache_max_age = absl::Seconds(config.cache_max_age_seconds());
+  http_options.threads = config.threads();
+  http_options.connection_limit = config.max_connections();
+  http_options.per_client_connection_limit =
+      config.max_connections_per_client();
+  http_options.request_deadline =
+      absl::Seconds(config.request_deadline_seconds());
+  if (!config.tls_cert_file().empty()) {
+    absl::StatusOr<std::string> cert =
+        base::ReadSmallFile(config.tls_cert_file(), "http.tls_cert_file");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key =
+        base::ReadSmallFile(config.tls_key_file(), "http.tls_key_file");
+    if (!key.ok()) return key.status();
+    http_options.tls_cert_pem = std::move(*cert);
+    http_options.tls_key_pem = std::move(*key);  // cleansed below
+  }
+  absl::StatusOr<std::unique_ptr<JwksHttpServer>> started =
+      JwksHttpServer::Start(http_options);
+  OPENSSL_cleanse(http_options.tls_key_pem.data(),
+                  http_options.tls_key_pem.size());
+  if (!started.ok()) return started.status();
+  http_ = *std::move(started);
+  http_->Publish(*publisher_->documents());
+  SIGNET_LOG_INFO("JWKS HTTP listening on {}:{} ({}; public base URL {})",
+                  http_options.listen_address.substr(
+                      0, http_options.listen_address.rfind(':')),
+                  http_->port(), http_->tls() ? "TLS" : "plain HTTP",
+                  config.public_base_url());
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::HsmCondition() const {
+  return prober_->Condition([workers = workers_.get()] {
+    return workers->StuckWorkers(kStalledCallThreshold);
+  });
+}
+
+ReplicaCondition Daemon::Sample() const {
+  ReplicaCondition condition;
+  condition.hsm = HsmCondition();
+  if (absl::Status audit_status = audit_->WriteStatus(); !audit_status.ok()) {
+    condition.audit = absl::UnavailableError(
+        absl::StrCat("the audit log cannot be written, so nothing is signed: ",
+                     audit_status.message()));
+  }
+  if (acceptor_->BudgetSpent()) {
+    condition.listener = absl::UnavailableError(absl::StrCat(
+        "the gRPC listener refuses new connections: its descriptor budget "
+        "(",
+        acceptor_->budget_end(), ") is spent"));
+  }
+  const absl::Time now = clock_.Now();
+  for (const auto& [name, scope] : publisher_->serving()->scopes) {
+    condition.scopes[name] =
+        scope->SigningAt(now) != nullptr
+            ? absl::OkStatus()
+            : absl::FailedPreconditionError(
+                  "no key of this scope may sign now; the key schedule "
+                  "needs attention");
+  }
+  return condition;
+}
+
+void Daemon::UpdateHealth() {
+  ReplicaCondition condition = Sample();
+  signer_->SetHsmCondition(condition.hsm);
+  health_monitor_->Update(condition);
+}
+
+bool Daemon::ReportRefusals() {
+  const std::map<std::string, std::string> report = refusals_.Take();
+  for (const auto& [result, what] : report) {
+    SIGNET_LOG_WARN("{}", what);
+    AuditEvent refusal;
+    refusal.event = "refuse";
+    refusal.caller = "unidentified";
+    refusal.result = result;
+    refusal.detail = what;
+    audit_->AppendRefusal(refusal);
+  }
+  return !report.empty();
+}
+
+void Daemon::RunUntilStopped() {
+  UpdateHealth();
+  absl::Time last_report = absl::InfinitePast();
+  while (!StopRequested(absl::Seconds(1), [this] { audit_->RollOver(); })) {
+    UpdateHealth();
+    if (absl::Now() - last_report >= absl::Seconds(10) && ReportRefusals()) {
+      last_report = absl::Now();
+    }
+  }
+}
+
+int Daemon::Stop() {
+  ReportRefusals();
+  acceptor_->Stop();  // no new connection from here on
+  // A key-manager pass (or an operator's call) inside a stalled HSM cannot
+  // be cancelled; it is not waited for past 3 s.
+  const bool key_manager_stopped = key_manager_->Stop(absl::Seconds(3));
+  health_monitor_->SetAllNotServing("stopping");
+  StopServing(absl::Seconds(5));
+  // Every call is answered now. The workers finish the part of a batch
+  // they are on (a few signatures) and skip the queued work of answered
+  // calls: a pool that is only busy, as under load, is waited for. A
+  // stalled or unreachable HSM (what health reports) is not, and neither is
+  // a pool still busy after the longest an RPC may take.
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  bool workers_idle = workers_->WaitIdle(absl::ZeroDuration());
+  while (!workers_idle && HsmCondition().ok() && absl::Now() < give_up) {
+    workers_idle = workers_->WaitIdle(absl::Milliseconds(200));
+  }
+  // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
+  // block on it too: leave without closing the HSM rather than hang.
+  if (!key_manager_stopped || !workers_idle ||
+      !prober_->Stop(absl::Seconds(3))) {
+    SIGNET_LOG_WARN(
+        "an HSM call is stuck (stalled HSM); exiting without "
+        "closing the HSM connections");
+    AuditEvent stop_event;
+    stop_event.event = "stop";
+    stop_event.result = "OK";
+    stop_event.detail = "HSM stalled; no final checkpoint";
+    (void)audit_->Append(stop_event);
+    workers_->Detach();
+    std::_Exit(0);
+  }
+  // The pool is idle (above): this only joins its threads, while the audit
+  // log they wrote to is still there.
+  workers_->Join();
+  AuditEvent stop_event;
+  stop_event.event = "stop";
+  stop_event.result = "OK";
+  (void)audit_->Append(stop_event);
+  // The audit key's successor may have taken over since the key manager's
+  // last pass: the final checkpoint is signed by the key that may sign now.
+  if (absl::Status st = audit_keys_->Refresh(clock_.Now()); !st.ok()) {
+    SIGNET_LOG_WARN(
+        "the audit key could not be brought up to date for the "
+        "final checkpoint: {}",
+        st.ToString());
+  }
+  audit_.reset();  // final checkpoint, signed by the audit key
+  auto closed = std::make_shared<absl::Notification>();
+  std::thread closer([p = pool_.release(), closed] {
+    delete p;
+    closed->Notify();
+  });
+  if (!closed->WaitForNotificationWithTimeout(absl::Seconds(5))) {
+    SIGNET_LOG_WARN("closing the HSM connections did not finish; exiting");
+    closer.detach();
+    std::_Exit(0);
+  }
+  closer.join();
+  SIGNET_LOG_INFO("signetd stopped");
+  return 0;
+}
+
+}  // namespace signet::server

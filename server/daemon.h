@@ -1,0 +1,161 @@
+// signetd's life as one object in named phases (docs/architecture.md,
+// "signetd, phase by phase").
+//
+//   LoadConfiguration  process hardening, the open-file limit, the
+//                      configuration, the PKCS#11 module and the PIN
+//   StartListening     gRPC first, every health entry NOT_SERVING: a load
+//                      balancer sees "not ready", never "no keys"
+//   OpenHsm            the session pool, retried with backoff while the HSM
+//                      is unavailable; CANCELLED when a stop came first
+//   OpenAuditLog       the audit checkpoint key, then the audit log
+//   LoadScopes         the first reconcile pass: every scope has a checked,
+//                      active key
+//   StartServing       workers, publication, the HTTP endpoint, the key
+//                      manager's loop, the HSM prober, the Signer serves
+//   RunUntilStopped    health every second until SIGTERM/SIGINT
+//   Stop               the ordered shutdown; the exit code
+//
+// Run the phases in that order; after one fails, destroy the daemon. The
+// members are declared in the order the phases make them, so destruction
+// is the reverse: the key manager's loop and the gRPC server stop first
+// (the destructor's body), then what they used goes away, last made first
+// gone. A phase that loses a race with a stalled HSM may end the process
+// itself (std::_Exit) rather than hang: nothing durable is left half done
+// then (see Stop and OpenHsm).
+//
+// Thread-safety: the phases run on one thread (main's), which alone waits
+// for the stop signals (they are blocked in every other thread).
+#ifndef SIGNET_SERVER_DAEMON_H_
+#define SIGNET_SERVER_DAEMON_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "base/clock.h"
+#include "hsm/key_store.h"
+#include "hsm/module.h"
+#include "hsm/pin.h"
+#include "hsm/session_pool.h"
+#include "hsm/token_uri.h"
+#include "server/admin_service.h"
+#include "server/audit_keys.h"
+#include "server/audit_log.h"
+#include "server/config.h"
+#include "server/connection_acceptor.h"
+#include "server/health_monitor.h"
+#include "server/health_service.h"
+#include "server/hsm_prober.h"
+#include "server/jwks_http.h"
+#include "server/key_manager.h"
+#include "server/one_request_call.h"
+#include "server/refusal_summary.h"
+#include "server/serving_publisher.h"
+#include "server/signer_service.h"
+#include "server/unknown_method_service.h"
+#include "server/worker_pool.h"
+#include "signet/v1/config.pb.h"
+
+namespace signet::server {
+
+struct DaemonOptions {
+  std::string config_path;
+  // DEVELOPMENT ONLY (signetd's flags of the same names).
+  bool insecure_in_process_module = false;
+  bool insecure_plaintext = false;
+};
+
+class Daemon {
+ public:
+  explicit Daemon(DaemonOptions options);
+  // Stops the key manager's loop and the gRPC server, then the members go
+  // in reverse order of declaration. After Stop() there is nothing left to
+  // stop.
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  absl::Status LoadConfiguration();
+  absl::Status StartListening();
+  absl::Status OpenHsm();
+  absl::Status OpenAuditLog();
+  absl::Status LoadScopes();
+  absl::Status StartServing();
+  void RunUntilStopped();
+  int Stop();
+
+ private:
+  // Ends the gRPC server within `grace` (once): the acceptor stops, health
+  // watchers hear NOT_SERVING and then the end, calls a stalled HSM holds
+  // are answered before the grace ends.
+  void StopServing(absl::Duration grace);
+  // The first reconcile pass over the audit key's scope, before the log
+  // opens; its key events, to be written once the log is open.
+  absl::StatusOr<std::vector<rotation::KeyEvent>> FirstAuditKeyPass();
+  absl::Status StartHttp();
+  // What the HSM can do now (server/hsm_prober.h), and the whole replica.
+  absl::Status HsmCondition() const;
+  ReplicaCondition Sample() const;
+  // Health, and the Signer's fast refusal while the HSM cannot sign.
+  void UpdateHealth();
+  // Logs and audits the counted refusals since the last report; whether
+  // there were any.
+  bool ReportRefusals();
+
+  const DaemonOptions options_;
+  // The one wall clock every part decides by (base/clock.h).
+  const base::Clock& clock_ = base::SystemClock();
+
+  // LoadConfiguration
+  ConfigOptions config_options_;
+  signet::v1::SignetConfig config_;
+  hsm::ModuleOptions module_;
+  std::unique_ptr<hsm::P11KitConnector> connector_;
+  bool in_process_ = false;
+  std::optional<hsm::TokenUri> token_uri_;
+  std::optional<hsm::Pin> pin_;  // until the pool holds its own copy
+
+  // StartListening
+  std::unique_ptr<ConnectionAcceptor> acceptor_;
+  std::unique_ptr<RequestWaits> request_waits_;
+  std::unique_ptr<SignerService> signer_;
+  std::unique_ptr<AdminService> admin_service_;
+  std::atomic<uint64_t> refused_watches_{0};
+  std::atomic<uint64_t> malformed_health_{0};
+  std::atomic<uint64_t> oversized_health_{0};
+  std::unique_ptr<HealthService> health_service_;
+  UnknownMethodService unknown_methods_;
+  std::unique_ptr<grpc::Server> server_;
+  bool serving_stopped_ = false;
+  std::unique_ptr<HealthMonitor> health_monitor_;
+  RefusalSummary refusals_;
+
+  // OpenHsm
+  hsm::SessionPoolOptions pool_options_;
+  std::unique_ptr<hsm::SessionPool> pool_;
+  std::unique_ptr<hsm::Pkcs11KeyStore> store_;
+
+  // OpenAuditLog
+  std::unique_ptr<AuditKeys> audit_keys_;
+  std::unique_ptr<AuditLog> audit_;
+
+  // LoadScopes. The publisher is made in StartServing, but declared before
+  // the key manager, whose passes it takes, so that it outlives it.
+  std::unique_ptr<ServingPublisher> publisher_;
+  std::unique_ptr<KeyManager> key_manager_;
+
+  // StartServing
+  std::unique_ptr<WorkerPool> workers_;
+  std::unique_ptr<JwksHttpServer> http_;
+  std::unique_ptr<HsmProber> prober_;
+};
+
+}  // namespace signet::server
+
+#endif  // SIGNET_SERVER_DAEMON_H_
