@@ -316,27 +316,25 @@ absl::Status Daemon::StartListening() {
   // Bounds of what one peer can make signetd hold (README, "Hostile
   // traffic"): streams per connection, memory, time to finish the TLS
   // handshake, idle connections, and the largest legal request.
-  builder.AddChannelArgument(
-      GRPC_ARG_MAX_CONCURRENT_STREAMS,
-      static_cast<int>(grpc_limits.max_concurrent_streams()));
-  builder.AddChannelArgument(
-      GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
-      static_cast<int>(grpc_limits.handshake_timeout_seconds()) * 1000);
-  builder.AddChannelArgument(
-      GRPC_ARG_MAX_CONNECTION_IDLE_MS,
-      static_cast<int>(grpc_limits.max_connection_idle_seconds()) * 1000);
-  builder.AddChannelArgument(
-      GRPC_ARG_MAX_CONNECTION_AGE_MS,
-      static_cast<int>(grpc_limits.max_connection_age_seconds()) * 1000);
-  builder.AddChannelArgument(
-      GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
-      static_cast<int>(grpc_limits.max_connection_age_grace_seconds()) * 1000);
-  builder.AddChannelArgument(
-      GRPC_ARG_KEEPALIVE_TIME_MS,
-      static_cast<int>(grpc_limits.keepalive_time_seconds()) * 1000);
-  builder.AddChannelArgument(
-      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-      static_cast<int>(grpc_limits.keepalive_timeout_seconds()) * 1000);
+  auto ms = [](uint32_t seconds) { return static_cast<int>(seconds) * 1000; };
+  const std::pair<const char*, int> channel_arguments[] = {
+      {GRPC_ARG_MAX_CONCURRENT_STREAMS,
+       static_cast<int>(grpc_limits.max_concurrent_streams())},
+      {GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+       ms(grpc_limits.handshake_timeout_seconds())},
+      {GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+       ms(grpc_limits.max_connection_idle_seconds())},
+      {GRPC_ARG_MAX_CONNECTION_AGE_MS,
+       ms(grpc_limits.max_connection_age_seconds())},
+      {GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+       ms(grpc_limits.max_connection_age_grace_seconds())},
+      {GRPC_ARG_KEEPALIVE_TIME_MS, ms(grpc_limits.keepalive_time_seconds())},
+      {GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+       ms(grpc_limits.keepalive_timeout_seconds())},
+  };
+  for (const auto& [name, value] : channel_arguments) {
+    builder.AddChannelArgument(name, value);
+  }
   grpc::ResourceQuota quota("signetd");
   quota.Resize(static_cast<size_t>(grpc_limits.max_memory_mib()) << 20);
   builder.SetResourceQuota(quota);

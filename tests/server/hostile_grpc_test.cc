@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -290,6 +291,30 @@ class HostileGrpcTest : public ::testing::Test {
       if (found.empty()) absl::SleepFor(absl::Milliseconds(100));
     }
     return found;
+  }
+
+  // A SignJwtBatch of `batch` as `client`, for a raw connection.
+  testing::RawGrpcCall RawBatchCall(
+      const TestCa::Issued* client,
+      const v1::SignJwtBatchRequest& batch) const {
+    testing::RawGrpcCall call;
+    call.port = port_;
+    call.cert_pem = client->cert_pem;
+    call.key_pem = client->key_pem;
+    call.path = "/signet.v1.Signer/SignJwtBatch";
+    call.message = batch.SerializeAsString();
+    return call;
+  }
+
+  // Calls `sign` until it succeeds (or 15 s have passed); its last status.
+  static grpc::Status AwaitSigned(const std::function<grpc::Status()>& sign) {
+    grpc::Status status;
+    const absl::Time deadline = absl::Now() + absl::Seconds(15);
+    do {
+      status = sign();
+      if (!status.ok()) absl::SleepFor(absl::Milliseconds(200));
+    } while (!status.ok() && absl::Now() < deadline);
+    return status;
   }
 
   static inline testing::SignetTestBed* bed_ = nullptr;
@@ -1459,17 +1484,12 @@ TEST_F(HostileGrpcTest, AFarDeadlineIsServedWithinSignetsOwnTimeLimit) {
 TEST_F(HostileGrpcTest, ATenantThatNeverReadsItsAnswersIsRefusedPastItsLimit) {
   auto signetd = Start("unread");
   ASSERT_NE(signetd, nullptr);
-  testing::RawGrpcCall call;
-  call.port = port_;
-  call.cert_pem = unreading_->cert_pem;
-  call.key_pem = unreading_->key_pem;
-  call.path = "/signet.v1.Signer/SignJwtBatch";
   v1::SignJwtBatchRequest batch;
   batch.set_scope(kScope);
   // Small claims: each answer is ~70 KB, and holds ~260 KB (its inputs and
   // 1 KiB an item) while it is signed.
   for (int i = 0; i < 200; ++i) batch.add_claims_json(Claims());
-  call.message = batch.SerializeAsString();
+  const testing::RawGrpcCall call = RawBatchCall(unreading_, batch);
   auto connection = testing::UnreadingGrpcConnection::Open(call);
   ASSERT_TRUE(connection.ok()) << connection.status();
 
@@ -1521,12 +1541,7 @@ TEST_F(HostileGrpcTest, ATenantThatNeverReadsItsAnswersIsRefusedPastItsLimit) {
 
   // The client goes away: its answers are dropped, and it is served again.
   connection->reset();
-  grpc::Status again;
-  const absl::Time deadline = absl::Now() + absl::Seconds(15);
-  do {
-    again = sign_batch();
-    if (!again.ok()) absl::SleepFor(absl::Milliseconds(200));
-  } while (!again.ok() && absl::Now() < deadline);
+  const grpc::Status again = AwaitSigned(sign_batch);
   EXPECT_TRUE(again.ok()) << again.error_message();
 }
 
@@ -1583,15 +1598,10 @@ TEST_F(HostileGrpcTest, AllTenantsTogetherHoldAtMostTheReplicasAnswerMemory) {
   auto signetd =
       Start("answers-all", "serving { max_answer_memory_mib: 16 }\n");
   ASSERT_NE(signetd, nullptr);
-  testing::RawGrpcCall call;
-  call.port = port_;
-  call.cert_pem = tenant_->cert_pem;
-  call.key_pem = tenant_->key_pem;
-  call.path = "/signet.v1.Signer/SignJwtBatch";
   v1::SignJwtBatchRequest full;
   full.set_scope(kScope);
   for (int i = 0; i < 256; ++i) full.add_claims_json(Claims(60000));
-  call.message = full.SerializeAsString();
+  const testing::RawGrpcCall call = RawBatchCall(tenant_, full);
   auto connection = testing::UnreadingGrpcConnection::Open(call);
   ASSERT_TRUE(connection.ok()) << connection.status();
   ASSERT_TRUE((*connection)->Start(call).ok());
@@ -1613,12 +1623,8 @@ TEST_F(HostileGrpcTest, AllTenantsTogetherHoldAtMostTheReplicasAnswerMemory) {
 
   // The reader goes away: its answer is dropped, and others sign again.
   connection->reset();
-  grpc::Status again;
-  const absl::Time deadline = absl::Now() + absl::Seconds(15);
-  do {
-    again = SignJwt(*other, "other");
-    if (!again.ok()) absl::SleepFor(absl::Milliseconds(200));
-  } while (!again.ok() && absl::Now() < deadline);
+  const grpc::Status again =
+      AwaitSigned([&] { return SignJwt(*other, "other"); });
   EXPECT_TRUE(again.ok()) << again.error_message();
 }
 
