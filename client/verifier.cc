@@ -269,9 +269,7 @@ Verifier::Verifier(VerifierOptions options, std::shared_ptr<JwksSource> source)
 
 Verifier::~Verifier() = default;
 
-absl::Time Verifier::Now() const {
-  return options_.clock ? options_.clock() : absl::Now();
-}
+absl::Time Verifier::Now() const { return options_.clock->Now(); }
 
 absl::StatusOr<std::shared_ptr<const Verifier::KeySet>> Verifier::GetKeySet(
     IssuerState& state, absl::string_view kid) {

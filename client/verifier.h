@@ -65,6 +65,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "client/jwks_fetcher.h"
 
 namespace signet {
@@ -132,8 +133,9 @@ struct VerifierOptions {
   size_t max_token_bytes = 64 * 1024;
   // The fetcher Create() builds (ignored by CreateWithSource).
   CurlJwksSourceOptions fetch;
-  // The time now; empty: absl::Now. Tests pass a simulated clock.
-  std::function<absl::Time()> clock;
+  // The time now (base/clock.h): the system clock, or a simulated one in
+  // tests. Must outlive the verifier.
+  const base::Clock* clock = &base::SystemClock();
 };
 
 // A token that passed every check.

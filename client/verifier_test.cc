@@ -30,6 +30,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "base/base64url.h"
+#include "base/clock.h"
 #include "client/jwks_fetcher.h"
 #include "client/verifier_json.h"
 #include "gmock/gmock.h"
@@ -236,22 +237,6 @@ class FakeSource : public JwksSource {
   std::map<std::string, int> fetches_ ABSL_GUARDED_BY(mu_);
 };
 
-class SimClock {
- public:
-  absl::Time Now() {
-    absl::MutexLock lock(&mu_);
-    return now_;
-  }
-  void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
-    now_ += d;
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::Time now_ = kStart;
-};
-
 // ---------------------------------------------------------------------------
 
 class VerifierTest : public ::testing::Test {
@@ -283,7 +268,7 @@ class VerifierTest : public ::testing::Test {
                               {kIssuerA, kUrlA}, {kIssuerB, kUrlB}}) {
     VerifierOptions options;
     options.issuers = std::move(issuers);
-    options.clock = [this] { return clock_.Now(); };
+    options.clock = &clock_;
     return options;
   }
 
@@ -317,7 +302,7 @@ class VerifierTest : public ::testing::Test {
 
   static inline TestKey *a_, *b_, *a384_, *a_rs_, *a_ps_, *e_, *e_rs_;
   std::shared_ptr<FakeSource> source_;
-  SimClock clock_;
+  base::SimulatedClock clock_{kStart};
 };
 
 // --- Valid tokens ----------------------------------------------------------

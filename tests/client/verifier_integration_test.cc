@@ -36,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "client/client.h"
 #include "client/jwks_fetcher.h"
 #include "client/verifier.h"
@@ -275,9 +276,10 @@ class VerifierIntegrationTest : public ::testing::Test {
   }
 
   // A verifier with the real libcurl source, counted.
-  std::unique_ptr<Verifier> Make(std::vector<TrustedIssuer> issuers,
-                                 std::function<absl::Time()> clock = {},
-                                 CurlJwksSourceOptions fetch = {}) {
+  std::unique_ptr<Verifier> Make(
+      std::vector<TrustedIssuer> issuers,
+      const base::Clock* clock = &base::SystemClock(),
+      CurlJwksSourceOptions fetch = {}) {
     auto curl = CurlJwksSource::Create(fetch);
     EXPECT_TRUE(curl.ok()) << curl.status();
     if (!curl.ok()) return nullptr;
@@ -285,7 +287,7 @@ class VerifierIntegrationTest : public ::testing::Test {
     VerifierOptions options;
     options.issuers = std::move(issuers);
     options.audiences = {"mail"};
-    options.clock = std::move(clock);
+    options.clock = clock;
     auto v = Verifier::CreateWithSource(std::move(options), source_);
     EXPECT_TRUE(v.ok()) << v.status();
     return v.ok() ? *std::move(v) : nullptr;
@@ -417,12 +419,8 @@ TEST_F(VerifierIntegrationTest, ScopeBTokenRefusedForScopeAIssuer) {
 
 // signetd's Cache-Control (max-age=300) is what the verifier keeps to.
 TEST_F(VerifierIntegrationTest, CachesPerSignetdsCacheControl) {
-  absl::Mutex mu;
-  absl::Time now = absl::Now();
-  auto v = Make({Trust("consumer-a")}, [&] {
-    absl::MutexLock lock(&mu);
-    return now;
-  });
+  base::SimulatedClock clock(absl::Now());
+  auto v = Make({Trust("consumer-a")}, &clock);
   v1::SignJwtResponse jwt = Sign("consumer-a", ClaimsFor(Issuer("consumer-a")));
   ASSERT_TRUE(v->Verify(jwt.jws()).ok());
   ASSERT_TRUE(v->Verify(jwt.jws()).ok());
@@ -436,17 +434,11 @@ TEST_F(VerifierIntegrationTest, CachesPerSignetdsCacheControl) {
                    ".", parts[2]);
   ExpectRefused(*v, bogus, VerifyError::kUnknownKid);
   EXPECT_EQ(source_->Fetches(JwksUrl("consumer-a")), 1);  // just fetched
-  {
-    absl::MutexLock lock(&mu);
-    now += absl::Seconds(31);
-  }
+  clock.Advance(absl::Seconds(31));
   ExpectRefused(*v, bogus, VerifyError::kUnknownKid);
   ExpectRefused(*v, bogus, VerifyError::kUnknownKid);
   EXPECT_EQ(source_->Fetches(JwksUrl("consumer-a")), 2);
-  {
-    absl::MutexLock lock(&mu);
-    now += absl::Seconds(300);
-  }
+  clock.Advance(absl::Seconds(300));
   // 331 s after the first fetch the set has expired (the token is still
   // within its 600 s).
   ASSERT_TRUE(v->Verify(jwt.jws()).ok());
@@ -457,7 +449,7 @@ TEST_F(VerifierIntegrationTest, FetchLimitsAndFailures) {
   v1::SignJwtResponse jwt = Sign("consumer-a", ClaimsFor(Issuer("consumer-a")));
   CurlJwksSourceOptions tiny;
   tiny.max_body_bytes = 64;
-  auto capped = Make({Trust("consumer-a")}, {}, tiny);
+  auto capped = Make({Trust("consumer-a")}, &base::SystemClock(), tiny);
   absl::StatusOr<VerifiedToken> r = capped->Verify(jwt.jws());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(GetVerifyError(r.status()), VerifyError::kJwksUnavailable);
@@ -562,7 +554,8 @@ TEST_F(VerifierIntegrationTest, HttpsWithPrivateCa) {
   private_ca.ca_file = ca.cert_path();
   std::string good_url =
       absl::StrCat("https://localhost:", good->port(), "/jwks.json");
-  auto v = Make({{Issuer("consumer-a"), good_url}}, {}, private_ca);
+  auto v = Make({{Issuer("consumer-a"), good_url}}, &base::SystemClock(),
+                private_ca);
   absl::StatusOr<VerifiedToken> r = v->Verify(jwt.jws());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->kid, jwt.kid());
@@ -580,7 +573,7 @@ TEST_F(VerifierIntegrationTest, HttpsWithPrivateCa) {
   auto wrong_host =
       Make({{Issuer("consumer-a"),
              absl::StrCat("https://localhost:", other->port(), "/jwks.json")}},
-           {}, private_ca);
+           &base::SystemClock(), private_ca);
   r = wrong_host->Verify(jwt.jws());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(GetVerifyError(r.status()), VerifyError::kJwksUnavailable)
