@@ -87,8 +87,9 @@ void DeadlineWatchdog::Loop() {
       } else {
         call->Finish(absl::DeadlineExceededError(
             "the call waited for a free HSM session past its deadline (this "
-            "replica is busy); nothing was released (retry with backoff, or "
-            "on another replica)"));
+            "replica is busy, or its HSM is stalled: health says which); "
+            "nothing was released (retry with backoff, or on another "
+            "replica)"));
       }
       call.reset();
       list_->mu.Lock();

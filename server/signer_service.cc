@@ -301,6 +301,20 @@ void SignerService::Refuse(const Call& call, const absl::Status& status,
   } else {
     refusal.caller = std::string(caller);
     refusal.detail = call.method;
+    // Why, when signet's own message says it without quoting the request:
+    // which limit, the HSM's condition, the key schedule, authorization. A
+    // refused request's message (INVALID_ARGUMENT) may quote its claims,
+    // which never reach the log.
+    switch (status.code()) {
+      case absl::StatusCode::kResourceExhausted:
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kFailedPrecondition:
+      case absl::StatusCode::kPermissionDenied:
+        absl::StrAppend(&refusal.detail, ": ", status.message());
+        break;
+      default:
+        break;
+    }
   }
   refusal.scope = ValidScopeName(scope) ? std::string(scope) : Quote(scope);
   std::shared_ptr<const ServingState> serving = Serving();
