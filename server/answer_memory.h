@@ -69,8 +69,6 @@ class AnswerHold {
   // The call is done: the hold is given back. Idempotent.
   void Release();
 
-  int64_t bytes() const { return bytes_; }
-
  private:
   AnswerMemory* tenant_ = nullptr;
   AnswerMemory* all_ = nullptr;

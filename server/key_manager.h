@@ -36,8 +36,6 @@
 
 namespace signet::server {
 
-using ScopeKeysMap = std::map<std::string, std::shared_ptr<const ScopeKeys>>;
-
 // The audit line of a lifecycle event, by `caller` ("signetd", or the
 // admin who caused it).
 AuditEvent AuditEventOf(const rotation::KeyEvent& event,

@@ -16,7 +16,6 @@
 #define SIGNET_SERVER_SERVING_PUBLISHER_H_
 
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 
@@ -31,7 +30,6 @@ namespace signet::server {
 
 class ServingPublisher {
  public:
-  using ScopeKeysMap = std::map<std::string, std::shared_ptr<const ScopeKeys>>;
   // Where each new state goes (the Signer), and each changed set of
   // documents (the Signer and the HTTP endpoint).
   struct Sinks {

@@ -91,10 +91,13 @@ class ScopeKeys {
   std::shared_ptr<const ScopeState> signing_;
 };
 
+// Every scope's keys, by scope name.
+using ScopeKeysMap = std::map<std::string, std::shared_ptr<const ScopeKeys>>;
+
 // What the service signs with, once the HSM is up. Immutable; swapped
 // whole.
 struct ServingState {
-  std::map<std::string, std::shared_ptr<const ScopeKeys>> scopes;
+  ScopeKeysMap scopes;
   hsm::KeyStore* store = nullptr;
   WorkerPool* workers = nullptr;
   AuditLog* audit = nullptr;

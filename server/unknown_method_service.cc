@@ -25,18 +25,8 @@ class UnknownMethodReactor final : public grpc::ServerGenericBidiReactor {
 
 grpc::ServerGenericBidiReactor* UnknownMethodService::CreateReactor(
     grpc::GenericCallbackServerContext* context) {
-  std::string quoted = base::Quote(context->method());
   calls_.fetch_add(1);
-  {
-    absl::MutexLock lock(&mu_);
-    last_method_ = quoted;
-  }
-  return new UnknownMethodReactor(quoted);
-}
-
-std::string UnknownMethodService::last_method() const {
-  absl::MutexLock lock(&mu_);
-  return last_method_;
+  return new UnknownMethodReactor(base::Quote(context->method()));
 }
 
 }  // namespace signet::server

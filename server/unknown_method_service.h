@@ -16,10 +16,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <string>
-
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace signet::server {
 
@@ -28,15 +24,11 @@ class UnknownMethodService final : public grpc::CallbackGenericService {
   grpc::ServerGenericBidiReactor* CreateReactor(
       grpc::GenericCallbackServerContext* context) override;
 
-  // Calls answered since the start, and the method the last one named
-  // (quoted and cut short).
+  // Calls answered since the start.
   uint64_t calls() const { return calls_.load(); }
-  std::string last_method() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   std::atomic<uint64_t> calls_{0};
-  mutable absl::Mutex mu_;
-  std::string last_method_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace signet::server
