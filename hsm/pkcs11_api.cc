@@ -31,10 +31,17 @@ CK_RV FunctionListApi::GetMechanismList(CK_SLOT_ID slot,
   CK_ULONG count = 0;
   CK_RV rv = functions_->C_GetMechanismList(slot, nullptr, &count);
   if (rv != CKR_OK) return rv;
-  mechs->assign(count, 0);
-  if (count == 0) return CKR_OK;
+  if (count == 0) {
+    mechs->clear();
+    return CKR_OK;
+  }
+  // One element more than asked for: Debian bookworm's p11-kit-client, in
+  // C_GetMechanismList, drops the mechanisms it does not forward by moving
+  // the rest of the list down one element too many, reading past the
+  // buffer's end (valgrind saw it). The spare element makes that read ours.
+  mechs->assign(count + 1, 0);
   rv = functions_->C_GetMechanismList(slot, mechs->data(), &count);
-  if (rv == CKR_OK) mechs->resize(count);
+  mechs->resize(rv == CKR_OK ? count : 0);
   return rv;
 }
 

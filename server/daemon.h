@@ -69,6 +69,11 @@ struct DaemonOptions {
   // DEVELOPMENT ONLY (signetd's flags of the same names).
   bool insecure_in_process_module = false;
   bool insecure_plaintext = false;
+  // The wall clock every part decides by (base/clock.h); null is the
+  // system clock. A test runs the daemon in its own process on a
+  // base::SimulatedClock, so days of key schedule pass in seconds. Must
+  // outlive the daemon.
+  const base::Clock* clock = nullptr;
 };
 
 class Daemon {
@@ -90,6 +95,11 @@ class Daemon {
   void RunUntilStopped();
   int Stop();
 
+  // The ports bound (after StartListening, and StartServing for HTTP; 0
+  // without an HTTP endpoint): a configured port 0 picks a free one.
+  int grpc_port() const;
+  int http_port() const;
+
  private:
   // Ends the gRPC server within `grace` (once): the acceptor stops, health
   // watchers hear NOT_SERVING and then the end, calls a stalled HSM holds
@@ -110,7 +120,7 @@ class Daemon {
 
   const DaemonOptions options_;
   // The one wall clock every part decides by (base/clock.h).
-  const base::Clock& clock_ = base::SystemClock();
+  const base::Clock& clock_;
 
   // LoadConfiguration
   ConfigOptions config_options_;

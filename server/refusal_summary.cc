@@ -8,8 +8,10 @@
 namespace signet::server {
 
 void RefusalSummary::Add(std::function<uint64_t()> count, std::string result,
-                         std::string what) {
-  counted_.push_back({std::move(count), std::move(result), std::move(what)});
+                         std::string what,
+                         std::function<std::string()> detail) {
+  counted_.push_back({std::move(count), std::move(result), std::move(what),
+                      std::move(detail)});
 }
 
 std::map<std::string, std::string> RefusalSummary::Take() {
@@ -17,7 +19,10 @@ std::map<std::string, std::string> RefusalSummary::Take() {
   for (Counted& c : counted_) {
     const uint64_t now = c.count();
     if (now == c.reported) continue;
-    by_result[c.result].push_back(absl::StrCat(now - c.reported, " ", c.what));
+    std::string detail = c.detail ? c.detail() : std::string();
+    by_result[c.result].push_back(
+        absl::StrCat(now - c.reported, " ", c.what,
+                     detail.empty() ? "" : absl::StrCat(" (", detail, ")")));
     c.reported = now;
   }
   std::map<std::string, std::string> report;

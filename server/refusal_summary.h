@@ -21,9 +21,11 @@ class RefusalSummary {
  public:
   // `count` reads a counter that only grows; `result` is the status code
   // name the refused clients got; `what` says what is counted, in the
-  // plural form "call(s) of …".
+  // plural form "call(s) of …". `detail`, if given, is asked once each
+  // time the counter moved and says more ("by …"): it follows `what`, in
+  // parentheses, unless empty.
   void Add(std::function<uint64_t()> count, std::string result,
-           std::string what);
+           std::string what, std::function<std::string()> detail = {});
 
   // By result: "N what, M other-what since the last report", for every
   // counter that moved since the last Take(). Empty when none moved.
@@ -34,6 +36,7 @@ class RefusalSummary {
     std::function<uint64_t()> count;
     std::string result;
     std::string what;
+    std::function<std::string()> detail;
     uint64_t reported = 0;
   };
   std::vector<Counted> counted_;

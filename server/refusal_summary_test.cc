@@ -45,5 +45,32 @@ TEST(RefusalSummaryTest, ReportsWhatMovedSinceTheLastReportByResult) {
   EXPECT_THAT(summary.Take(), IsEmpty());
 }
 
+TEST(RefusalSummaryTest, ADetailIsAskedOnlyWhenItsCounterMoved) {
+  std::atomic<uint64_t> unknown{0};
+  int asked = 0;
+  RefusalSummary summary;
+  summary.Add([&] { return unknown.load(); }, "UNIMPLEMENTED",
+              "call(s) of unknown methods",
+              [&] {
+                ++asked;
+                return asked == 1 ? std::string("by \"uri:a\" (2)")
+                                  : std::string();
+              });
+  EXPECT_THAT(summary.Take(), IsEmpty());
+  EXPECT_EQ(asked, 0);
+  unknown = 2;
+  EXPECT_THAT(summary.Take(),
+              ElementsAre(Pair("UNIMPLEMENTED",
+                               "2 call(s) of unknown methods (by \"uri:a\" "
+                               "(2)) since the last report")));
+  // An empty detail adds nothing.
+  unknown = 3;
+  EXPECT_THAT(summary.Take(),
+              ElementsAre(Pair("UNIMPLEMENTED",
+                               "1 call(s) of unknown methods since the last "
+                               "report")));
+  EXPECT_EQ(asked, 2);
+}
+
 }  // namespace
 }  // namespace signet::server

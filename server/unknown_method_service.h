@@ -5,8 +5,9 @@
 // count it: a scan of method names left no trace. Registered as the
 // server's generic service, this takes every call no other service
 // matches, answers UNIMPLEMENTED naming the method and what is served,
-// without reading the call's messages, and counts it for signetd's
-// refusal summaries (README, "Hostile traffic").
+// without reading the call's messages, and counts it, by caller, for
+// signetd's refusal summaries (README, "Hostile traffic"): a scan of method
+// names by a tenant's certificate names that tenant.
 //
 // Thread-safety: thread-safe; gRPC calls CreateReactor from its threads.
 #ifndef SIGNET_SERVER_UNKNOWN_METHOD_SERVICE_H_
@@ -15,7 +16,13 @@
 #include <grpcpp/generic/async_generic_service.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace signet::server {
 
@@ -27,8 +34,28 @@ class UnknownMethodService final : public grpc::CallbackGenericService {
   // Calls answered since the start.
   uint64_t calls() const { return calls_.load(); }
 
+  // Who made the calls since the last TakeCallers(), most calls first:
+  // "by uri:spiffe://… (12), unidentified (3)". A caller is the identity
+  // its client certificate gives (server/identity.h), or "unidentified"
+  // (no certificate, or one that identifies nobody). At most kMaxCallers
+  // certificates are told apart in one report; the calls of the rest are
+  // "N by other callers".
+  std::string TakeCallers() ABSL_LOCKS_EXCLUDED(mu_);
+
+  static constexpr size_t kMaxCallers = 16;
+
  private:
+  struct Caller {
+    std::string identity;  // quoted, or "unidentified"
+    uint64_t calls = 0;
+  };
+
   std::atomic<uint64_t> calls_{0};
+  absl::Mutex mu_;
+  // By a hash of the client certificate: its identity is read once per
+  // report, not once per call.
+  std::map<size_t, Caller> callers_ ABSL_GUARDED_BY(mu_);
+  uint64_t other_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace signet::server

@@ -1227,11 +1227,27 @@ TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
 
 // A method signetd does not serve was answered UNIMPLEMENTED with no
 // message inside gRPC, and left no trace. Now the answer names the method
-// and what is served, the calls are counted into an audit summary, and a
-// large message on such a call is never read.
+// and what is served, the calls are counted into an audit summary by
+// caller, and a large message on such a call is never read.
 TEST_F(HostileGrpcTest, AnUnknownMethodIsUnimplementedWithAMessageAndAudited) {
   auto signetd = Start("unknown-method");
   ASSERT_NE(signetd, nullptr);
+  // A tenant's scan names the tenant: the calls are counted by caller. The
+  // first refusals are reported within a second, the next ones 10 s later.
+  auto tenant_channel = Channel(tenant_);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(RawCall(tenant_channel, "/signet.v1.Signer/ListAllKeys", "")
+                  .error_code(),
+              grpc::StatusCode::UNIMPLEMENTED);
+  }
+  // JSON-escaped in the line: (by \"uri:…\" (2)).
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"UNIMPLEMENTED\"",
+                      absl::StrCat("2 call(s) of a method signetd does not "
+                                   "serve (by \\\"uri:",
+                                   kTenant, "\\\" (2))")}),
+      Not(::testing::IsEmpty()));
+
   auto channel = Channel(no_eku_);
   for (const char* method :
        {"/signet.v1.Signer/SignEverything", "/no.such.Service/Call"}) {
@@ -1249,12 +1265,14 @@ TEST_F(HostileGrpcTest, AnUnknownMethodIsUnimplementedWithAMessageAndAudited) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
   EXPECT_THAT(st.error_message(), HasSubstr("bytes)"));
   EXPECT_LT(st.error_message().size(), 400u);
+  // A certificate that identifies nobody (no clientAuth) is "unidentified".
   EXPECT_THAT(
       AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"UNIMPLEMENTED\"",
-                      "3 call(s) of a method signetd does not serve"}),
+                      "3 call(s) of a method signetd does not serve (by "
+                      "unidentified (3))"}),
       Not(::testing::IsEmpty()));
   // The listener serves as before.
-  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  auto stub = v1::Signer::NewStub(tenant_channel);
   EXPECT_TRUE(SignJwt(*stub, kScope).ok());
 }
 
