@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "base/base64url.h"
 #include "client/verifier_json.h"
+#include "crypto/public_keys.h"
 #include "nlohmann/json.hpp"
 
 namespace signet::verifier_internal {
@@ -26,29 +27,7 @@ namespace {
 
 using Json = nlohmann::json;
 
-struct BnFree {
-  void operator()(BIGNUM* p) const { BN_free(p); }
-};
-struct ParamBldFree {
-  void operator()(OSSL_PARAM_BLD* p) const { OSSL_PARAM_BLD_free(p); }
-};
-struct ParamFree {
-  void operator()(OSSL_PARAM* p) const { OSSL_PARAM_free(p); }
-};
-struct PkeyCtxFree {
-  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
-};
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
-};
-struct EcdsaSigFree {
-  void operator()(ECDSA_SIG* p) const { ECDSA_SIG_free(p); }
-};
-using Bn = std::unique_ptr<BIGNUM, BnFree>;
-using Pkey = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
-
-constexpr int kMinRsaBits = 2048;
-constexpr int kMaxRsaBits = 16384;
+using Pkey = crypto::EvpPkeyPtr;
 
 absl::Status Bad(absl::string_view why) {
   return absl::InvalidArgumentError(why);
@@ -78,30 +57,6 @@ absl::StatusOr<std::string> BytesMember(const Json& jwk,
   return *std::move(bytes);
 }
 
-// Builds a public key of `type` ("EC", "RSA") from OSSL_PARAMs and checks it.
-absl::StatusOr<Pkey> FromData(const char* type, OSSL_PARAM_BLD* bld) {
-  std::unique_ptr<OSSL_PARAM, ParamFree> params(OSSL_PARAM_BLD_to_param(bld));
-  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(
-      EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
-  if (params == nullptr || ctx == nullptr) {
-    return absl::InternalError("OpenSSL: out of memory building a key");
-  }
-  EVP_PKEY* raw = nullptr;
-  if (EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
-      EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) !=
-          1) {
-    return Bad(absl::StrCat("JWK is not a valid ", type, " public key"));
-  }
-  Pkey key(raw);
-  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> check(
-      EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
-  if (check == nullptr || EVP_PKEY_public_check(check.get()) != 1) {
-    return Bad(absl::StrCat("JWK is not a valid ", type,
-                            " public key (OpenSSL's public key check fails)"));
-  }
-  return key;
-}
-
 absl::StatusOr<Pkey> EcKey(const Json& jwk, JwsAlgorithm alg) {
   const bool p256 = alg == JwsAlgorithm::kEs256;
   const char* crv_name = p256 ? "P-256" : "P-384";
@@ -121,17 +76,14 @@ absl::StatusOr<Pkey> EcKey(const Json& jwk, JwsAlgorithm alg) {
     return Bad(absl::StrCat("JWK x and y must be ", field, " bytes each for ",
                             crv_name, ", not ", x->size(), " and ", y->size()));
   }
-  std::string point = absl::StrCat("\x04", *x, *y);
-  std::unique_ptr<OSSL_PARAM_BLD, ParamBldFree> bld(OSSL_PARAM_BLD_new());
-  if (bld == nullptr ||
-      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME,
-                                      p256 ? "prime256v1" : "secp384r1",
-                                      0) != 1 ||
-      OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,
-                                       point.data(), point.size()) != 1) {
-    return absl::InternalError("OpenSSL: out of memory building a key");
+  absl::StatusOr<Pkey> key = crypto::EcPublicKeyFromPoint(
+      p256 ? crypto::EcCurve::kP256 : crypto::EcCurve::kP384,
+      absl::StrCat("\x04", *x, *y));
+  if (absl::IsInvalidArgument(key.status())) {
+    return Bad(absl::StrCat("JWK is not a valid EC public key: ",
+                            key.status().message()));
   }
-  return FromData("EC", bld.get());
+  return key;
 }
 
 absl::StatusOr<Pkey> RsaKey(const Json& jwk) {
@@ -139,55 +91,12 @@ absl::StatusOr<Pkey> RsaKey(const Json& jwk) {
   if (!n.ok()) return n.status();
   absl::StatusOr<std::string> e = BytesMember(jwk, "e");
   if (!e.ok()) return e.status();
-  Bn bn_n(BN_bin2bn(reinterpret_cast<const unsigned char*>(n->data()),
-                    static_cast<int>(n->size()), nullptr));
-  Bn bn_e(BN_bin2bn(reinterpret_cast<const unsigned char*>(e->data()),
-                    static_cast<int>(e->size()), nullptr));
-  if (bn_n == nullptr || bn_e == nullptr) {
-    return absl::InternalError("OpenSSL: out of memory building a key");
+  absl::StatusOr<Pkey> key = crypto::RsaPublicKeyFromComponents(*n, *e);
+  if (absl::IsInvalidArgument(key.status())) {
+    return Bad(absl::StrCat("JWK is not a valid RSA public key: ",
+                            key.status().message()));
   }
-  const int bits = BN_num_bits(bn_n.get());
-  if (bits < kMinRsaBits || bits > kMaxRsaBits) {
-    return Bad(absl::StrCat("JWK RSA modulus has ", bits, " bits; ",
-                            kMinRsaBits, " to ", kMaxRsaBits, " are accepted"));
-  }
-  if (!BN_is_odd(bn_e.get()) || BN_num_bits(bn_e.get()) < 2 ||
-      BN_num_bits(bn_e.get()) > 64) {
-    return Bad(
-        "JWK RSA exponent e must be odd, at least 3 and at most 64 bits");
-  }
-  std::unique_ptr<OSSL_PARAM_BLD, ParamBldFree> bld(OSSL_PARAM_BLD_new());
-  if (bld == nullptr ||
-      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, bn_n.get()) !=
-          1 ||
-      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, bn_e.get()) !=
-          1) {
-    return absl::InternalError("OpenSSL: out of memory building a key");
-  }
-  return FromData("RSA", bld.get());
-}
-
-// r||s -> DER ECDSA-Sig-Value (RFC 3279 section 2.2.3), what EVP reads.
-std::optional<std::string> RsToDer(absl::string_view rs) {
-  const size_t half = rs.size() / 2;
-  std::unique_ptr<ECDSA_SIG, EcdsaSigFree> sig(ECDSA_SIG_new());
-  BIGNUM* r = BN_bin2bn(reinterpret_cast<const unsigned char*>(rs.data()),
-                        static_cast<int>(half), nullptr);
-  BIGNUM* s =
-      BN_bin2bn(reinterpret_cast<const unsigned char*>(rs.data() + half),
-                static_cast<int>(half), nullptr);
-  if (sig == nullptr || r == nullptr || s == nullptr ||
-      ECDSA_SIG_set0(sig.get(), r, s) != 1) {
-    BN_free(r);
-    BN_free(s);
-    return std::nullopt;
-  }
-  unsigned char* der = nullptr;
-  int len = i2d_ECDSA_SIG(sig.get(), &der);
-  if (len <= 0) return std::nullopt;
-  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
-  OPENSSL_free(der);
-  return out;
+  return key;
 }
 
 }  // namespace
@@ -271,10 +180,8 @@ absl::Status JwkKey::Verify(absl::string_view signing_input,
           " bytes; the JWS form r||s has ", expected,
           " (a DER ECDSA-Sig-Value is not a JWS signature)"));
     }
-    std::optional<std::string> converted = RsToDer(signature);
-    if (!converted.has_value()) {
-      return absl::InternalError("OpenSSL: cannot encode the ECDSA signature");
-    }
+    absl::StatusOr<std::string> converted = crypto::EcdsaRawToDer(signature);
+    if (!converted.ok()) return converted.status();
     der = *std::move(converted);
     to_check = der;
   } else {
@@ -285,36 +192,41 @@ absl::Status JwkKey::Verify(absl::string_view signing_input,
                        signature.size(), " bytes; this key's are ", size));
     }
   }
-  std::unique_ptr<EVP_MD_CTX, MdCtxFree> md(EVP_MD_CTX_new());
-  if (md == nullptr) return absl::InternalError("OpenSSL: out of memory");
-  EVP_PKEY_CTX* pctx = nullptr;  // owned by md
-  const char* digest = alg_ == JwsAlgorithm::kEs384 ? "SHA384" : "SHA256";
-  if (EVP_DigestVerifyInit_ex(md.get(), &pctx, digest, nullptr, nullptr,
-                              key_.get(), nullptr) != 1) {
-    return absl::InternalError("OpenSSL: EVP_DigestVerifyInit_ex failed");
+  // The digest of the signing input, then the signature over it
+  // (crypto/public_keys.h, shared with the HSM layer's checks).
+  const bool sha384 = alg_ == JwsAlgorithm::kEs384;
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  if (EVP_Digest(signing_input.data(), signing_input.size(), digest,
+                 &digest_len, sha384 ? EVP_sha384() : EVP_sha256(),
+                 nullptr) != 1) {
+    return absl::InternalError("OpenSSL: the digest failed");
   }
-  if (alg_ == JwsAlgorithm::kPs256) {
-    if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-        EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
-        EVP_PKEY_CTX_set_rsa_mgf1_md_name(pctx, "SHA256", nullptr) != 1) {
-      return absl::InternalError("OpenSSL: cannot set PSS parameters");
-    }
-  } else if (alg_ == JwsAlgorithm::kRs256) {
-    if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1) {
-      return absl::InternalError("OpenSSL: cannot set PKCS#1 v1.5 padding");
-    }
+  crypto::SignatureScheme scheme = crypto::SignatureScheme::kEcdsaSha256;
+  switch (alg_) {
+    case JwsAlgorithm::kEs256:
+      scheme = crypto::SignatureScheme::kEcdsaSha256;
+      break;
+    case JwsAlgorithm::kEs384:
+      scheme = crypto::SignatureScheme::kEcdsaSha384;
+      break;
+    case JwsAlgorithm::kRs256:
+      scheme = crypto::SignatureScheme::kRsaPkcs1Sha256;
+      break;
+    case JwsAlgorithm::kPs256:
+      scheme = crypto::SignatureScheme::kRsaPssSha256;
+      break;
   }
-  int rc = EVP_DigestVerify(
-      md.get(), reinterpret_cast<const unsigned char*>(to_check.data()),
-      to_check.size(),
-      reinterpret_cast<const unsigned char*>(signing_input.data()),
-      signing_input.size());
-  if (rc != 1) {
+  absl::Status verified = crypto::VerifyDigestSignature(
+      key_.get(), scheme,
+      absl::string_view(reinterpret_cast<const char*>(digest), digest_len),
+      to_check);
+  if (absl::IsInvalidArgument(verified)) {
     return absl::UnauthenticatedError(
         absl::StrCat("the ", JwsAlgorithmName(alg_),
                      " signature does not verify with key ", kid_));
   }
-  return absl::OkStatus();
+  return verified;
 }
 
 absl::StatusOr<JwkSet> ParseJwkSet(absl::string_view body) {

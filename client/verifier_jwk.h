@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "crypto/public_keys.h"
 #include "nlohmann/json.hpp"
 
 namespace signet::verifier_internal {
@@ -45,10 +46,6 @@ enum class JwsAlgorithm { kEs256, kEs384, kRs256, kPs256 };
 // "ES256" -> kEs256, ...; nullopt for any other name (none included).
 std::optional<JwsAlgorithm> JwsAlgorithmFromName(absl::string_view name);
 absl::string_view JwsAlgorithmName(JwsAlgorithm alg);
-
-struct EvpPkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
 
 class JwkKey {
  public:
@@ -69,13 +66,12 @@ class JwkKey {
                       absl::string_view signature) const;
 
  private:
-  JwkKey(std::string kid, JwsAlgorithm alg,
-         std::unique_ptr<EVP_PKEY, EvpPkeyFree> key)
+  JwkKey(std::string kid, JwsAlgorithm alg, crypto::EvpPkeyPtr key)
       : kid_(std::move(kid)), alg_(alg), key_(std::move(key)) {}
 
   const std::string kid_;
   const JwsAlgorithm alg_;
-  const std::unique_ptr<EVP_PKEY, EvpPkeyFree> key_;
+  const crypto::EvpPkeyPtr key_;
 };
 
 // A parsed JWK set: the usable keys by kid, and for every other entry that

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "base/base64url.h"
+#include "crypto/public_keys.h"
 #include "hsm/digest.h"
 
 namespace signet::hsm {
@@ -38,128 +39,26 @@ struct OsslFree {
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
-using ParamBldPtr =
-    std::unique_ptr<OSSL_PARAM_BLD, OsslFree<OSSL_PARAM_BLD_free>>;
-using ParamPtr = std::unique_ptr<OSSL_PARAM, OsslFree<OSSL_PARAM_free>>;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
-using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
 
-constexpr int kMinRsaBits = 2048;
-// OpenSSL's own ceiling for RSA public operations
-// (OPENSSL_RSA_MAX_MODULUS_BITS).
-constexpr int kMaxRsaBits = 16384;
+using crypto::kMaxRsaBits;
+using crypto::kMinRsaBits;
 
 struct Curve {
   SignatureAlgorithm algorithm;  // the ECDSA algorithm on this curve
-  const char* group_name;        // OpenSSL / SEC 2 name
-  const char* jwk_crv;           // RFC 7518 section 6.2.1.1
-  int field_bytes;
+  crypto::EcCurve curve;
+  const crypto::EcCurveInfo& info() const { return crypto::InfoOf(curve); }
 };
 
 constexpr Curve kCurves[] = {
-    {SignatureAlgorithm::kEcdsaP256Sha256, "prime256v1", "P-256", 32},
-    {SignatureAlgorithm::kEcdsaP384Sha384, "secp384r1", "P-384", 48},
+    {SignatureAlgorithm::kEcdsaP256Sha256, crypto::EcCurve::kP256},
+    {SignatureAlgorithm::kEcdsaP384Sha384, crypto::EcCurve::kP384},
 };
 
-// Drops OpenSSL's thread-local error queue (so a failure here does not
-// surface in an unrelated caller) and returns `code` with `message` plus
-// OpenSSL's reason for the most recent error, which never contains key bytes.
-absl::Status OpenSslError(absl::StatusCode code, absl::string_view message) {
-  unsigned long err = ERR_peek_last_error();
-  std::string text(message);
-  if (err != 0) {
-    char buf[256];
-    ERR_error_string_n(err, buf, sizeof(buf));
-    absl::StrAppend(&text, " (", buf, ")");
-  }
-  ERR_clear_error();
-  return absl::Status(code, text);
-}
+using crypto::OpenSslError;
 
 const unsigned char* Bytes(absl::string_view s) {
   return reinterpret_cast<const unsigned char*>(s.data());
-}
-
-absl::StatusOr<BnPtr> ToBignum(absl::string_view big_endian) {
-  if (big_endian.size() > INT_MAX) {
-    return absl::InvalidArgumentError("integer too long");
-  }
-  BnPtr bn(BN_bin2bn(Bytes(big_endian), static_cast<int>(big_endian.size()),
-                     nullptr));
-  if (bn == nullptr) {
-    return OpenSslError(absl::StatusCode::kInternal, "BN_bin2bn failed");
-  }
-  return bn;
-}
-
-// Builds a key of type `key_type` ("EC" or "RSA") holding only the public
-// components in `bld`.
-absl::StatusOr<PkeyPtr> FromData(const char* key_type, OSSL_PARAM_BLD* bld) {
-  ParamPtr params(OSSL_PARAM_BLD_to_param(bld));
-  if (params == nullptr) {
-    return OpenSslError(absl::StatusCode::kInternal,
-                        "OSSL_PARAM_BLD_to_param failed");
-  }
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
-  if (ctx == nullptr || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
-    return OpenSslError(
-        absl::StatusCode::kInternal,
-        absl::StrCat("EVP_PKEY_fromdata_init(", key_type, ") failed"));
-  }
-  EVP_PKEY* raw = nullptr;
-  if (EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) !=
-      1) {
-    // The components were rejected (for EC: the point is not on the curve).
-    return OpenSslError(
-        absl::StatusCode::kInvalidArgument,
-        absl::StrCat("invalid ", key_type, " public key components"));
-  }
-  return PkeyPtr(raw);
-}
-
-// An EC key on `curve` from the bare uncompressed point 04||X||Y.
-absl::StatusOr<PkeyPtr> EcKeyFromPoint(const Curve& curve,
-                                       absl::string_view point) {
-  const size_t want = 1 + 2 * static_cast<size_t>(curve.field_bytes);
-  if (point.size() != want || point[0] != '\x04') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "EC point for ", curve.jwk_crv, " must be uncompressed (", want,
-        " bytes starting 04), got ", point.size(), " bytes"));
-  }
-  ParamBldPtr bld(OSSL_PARAM_BLD_new());
-  if (bld == nullptr ||
-      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME,
-                                      curve.group_name, 0) != 1 ||
-      OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,
-                                       point.data(), point.size()) != 1) {
-    return OpenSslError(absl::StatusCode::kInternal,
-                        "building EC key parameters failed");
-  }
-  return FromData("EC", bld.get());
-}
-
-absl::StatusOr<PkeyPtr> RsaKeyFromComponents(const BIGNUM* n, const BIGNUM* e) {
-  const int bits = BN_num_bits(n);
-  if (bits < kMinRsaBits || bits > kMaxRsaBits) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("RSA modulus must be ", kMinRsaBits, " to ", kMaxRsaBits,
-                     " bits, got ", bits));
-  }
-  // NIST SP 800-56B rev 2, 6.4.1.2.1: 2^16 < e < 2^256, e odd. OpenSSL's
-  // default provider only insists on an odd e > 1.
-  const int e_bits = BN_num_bits(e);
-  if (!BN_is_odd(e) || e_bits <= 16 || e_bits > 256) {
-    return absl::InvalidArgumentError(
-        "RSA public exponent must be odd and in [65537, 2^256)");
-  }
-  ParamBldPtr bld(OSSL_PARAM_BLD_new());
-  if (bld == nullptr ||
-      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
-      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e) != 1) {
-    return OpenSslError(absl::StatusCode::kInternal,
-                        "building RSA key parameters failed");
-  }
-  return FromData("RSA", bld.get());
 }
 
 // The curve of an EC key, or INVALID_ARGUMENT if it is not one we accept
@@ -174,7 +73,7 @@ absl::StatusOr<const Curve*> CurveOf(const EVP_PKEY* pkey) {
   }
   const absl::string_view group(name, len);
   for (const Curve& curve : kCurves) {
-    if (group == curve.group_name) return &curve;
+    if (group == curve.info().group_name) return &curve;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unsupported EC curve ", group));
@@ -201,33 +100,6 @@ std::string BnBytes(const BIGNUM* bn, int width) {
   std::string out(static_cast<size_t>(width), '\0');
   BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), width);
   return out;
-}
-
-// The JWS r||s form of an ECDSA signature as the DER ECDSA-Sig-Value
-// (RFC 3279 section 2.2.3) that OpenSSL verifies.
-absl::StatusOr<std::string> EcdsaRawToDer(absl::string_view raw) {
-  const size_t half = raw.size() / 2;
-  absl::StatusOr<BnPtr> r = ToBignum(raw.substr(0, half));
-  if (!r.ok()) return r.status();
-  absl::StatusOr<BnPtr> s = ToBignum(raw.substr(half));
-  if (!s.ok()) return s.status();
-  EcdsaSigPtr sig(ECDSA_SIG_new());
-  if (sig == nullptr || ECDSA_SIG_set0(sig.get(), r->get(), s->get()) != 1) {
-    return OpenSslError(absl::StatusCode::kInternal, "ECDSA_SIG_set0 failed");
-  }
-  // ECDSA_SIG_set0 took ownership.
-  r->release();
-  s->release();
-  const int len = i2d_ECDSA_SIG(sig.get(), nullptr);
-  if (len <= 0) {
-    return OpenSslError(absl::StatusCode::kInternal, "i2d_ECDSA_SIG failed");
-  }
-  std::string der(static_cast<size_t>(len), '\0');
-  unsigned char* p = reinterpret_cast<unsigned char*>(der.data());
-  if (i2d_ECDSA_SIG(sig.get(), &p) != len) {
-    return OpenSslError(absl::StatusCode::kInternal, "i2d_ECDSA_SIG failed");
-  }
-  return der;
 }
 
 absl::Status MovedFrom() {
@@ -281,24 +153,23 @@ absl::StatusOr<PublicKey> PublicKey::FromEcPoint(
   // 2.3.3); some modules return the bare point. The two cannot be confused:
   // the wrapped form is exactly two bytes longer, and its content is short
   // enough (65 or 97 bytes) that DER uses the one-byte length form.
-  const size_t point_len = 1 + 2 * static_cast<size_t>(curve->field_bytes);
+  const size_t point_len =
+      1 + 2 * static_cast<size_t>(curve->info().field_bytes);
   absl::string_view point = ec_point;
   if (ec_point.size() == point_len + 2 && ec_point[0] == '\x04' &&
       static_cast<unsigned char>(ec_point[1]) == point_len) {
     point = ec_point.substr(2);
   }
-  absl::StatusOr<PkeyPtr> pkey = EcKeyFromPoint(*curve, point);
+  absl::StatusOr<crypto::EvpPkeyPtr> pkey =
+      crypto::EcPublicKeyFromPoint(curve->curve, point);
   if (!pkey.ok()) return pkey.status();
   return Adopt(EvpPkeyPtr(pkey->release()));
 }
 
 absl::StatusOr<PublicKey> PublicKey::FromRsa(
     absl::string_view modulus, absl::string_view public_exponent) {
-  absl::StatusOr<BnPtr> n = ToBignum(modulus);
-  if (!n.ok()) return n.status();
-  absl::StatusOr<BnPtr> e = ToBignum(public_exponent);
-  if (!e.ok()) return e.status();
-  absl::StatusOr<PkeyPtr> pkey = RsaKeyFromComponents(n->get(), e->get());
+  absl::StatusOr<crypto::EvpPkeyPtr> pkey =
+      crypto::RsaPublicKeyFromComponents(modulus, public_exponent);
   if (!pkey.ok()) return pkey.status();
   return Adopt(EvpPkeyPtr(pkey->release()));
 }
@@ -347,7 +218,7 @@ absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
   // Rebuild the key from its components, so that every PublicKey comes out of
   // the same import path (and an EC point given compressed is re-encoded
   // uncompressed).
-  absl::StatusOr<PkeyPtr> rebuilt;
+  absl::StatusOr<crypto::EvpPkeyPtr> rebuilt;
   if (EVP_PKEY_is_a(parsed.get(), "EC")) {
     absl::StatusOr<const Curve*> curve = CurveOf(parsed.get());
     if (!curve.ok()) return curve.status();
@@ -355,16 +226,17 @@ absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
     if (!x.ok()) return x.status();
     absl::StatusOr<BnPtr> y = GetBn(parsed.get(), OSSL_PKEY_PARAM_EC_PUB_Y);
     if (!y.ok()) return y.status();
-    const int width = (*curve)->field_bytes;
-    rebuilt =
-        EcKeyFromPoint(**curve, absl::StrCat("\x04", BnBytes(x->get(), width),
-                                             BnBytes(y->get(), width)));
+    const int width = (*curve)->info().field_bytes;
+    rebuilt = crypto::EcPublicKeyFromPoint(
+        (*curve)->curve, absl::StrCat("\x04", BnBytes(x->get(), width),
+                                      BnBytes(y->get(), width)));
   } else if (EVP_PKEY_is_a(parsed.get(), "RSA")) {
     absl::StatusOr<BnPtr> n = GetBn(parsed.get(), OSSL_PKEY_PARAM_RSA_N);
     if (!n.ok()) return n.status();
     absl::StatusOr<BnPtr> e = GetBn(parsed.get(), OSSL_PKEY_PARAM_RSA_E);
     if (!e.ok()) return e.status();
-    rebuilt = RsaKeyFromComponents(n->get(), e->get());
+    rebuilt = crypto::RsaPublicKeyFromComponents(BnBytes(n->get(), 0),
+                                                 BnBytes(e->get(), 0));
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "unsupported public key type ", EVP_PKEY_get0_type_name(parsed.get())));
@@ -421,9 +293,11 @@ absl::StatusOr<PublicKey::JwkMembers> PublicKey::Jwk() const {
     absl::StatusOr<BnPtr> y = GetBn(pkey_.get(), OSSL_PKEY_PARAM_EC_PUB_Y);
     if (!y.ok()) return y.status();
     jwk.kty = "EC";
-    jwk.crv = (*curve)->jwk_crv;
-    jwk.x = base::Base64UrlEncode(BnBytes(x->get(), (*curve)->field_bytes));
-    jwk.y = base::Base64UrlEncode(BnBytes(y->get(), (*curve)->field_bytes));
+    jwk.crv = (*curve)->info().jwk_crv;
+    jwk.x =
+        base::Base64UrlEncode(BnBytes(x->get(), (*curve)->info().field_bytes));
+    jwk.y =
+        base::Base64UrlEncode(BnBytes(y->get(), (*curve)->info().field_bytes));
   } else {
     absl::StatusOr<BnPtr> n = GetBn(pkey_.get(), OSSL_PKEY_PARAM_RSA_N);
     if (!n.ok()) return n.status();
@@ -461,9 +335,6 @@ absl::Status PublicKey::VerifyDigest(SignatureAlgorithm algorithm,
         absl::StrCat(AlgorithmName(algorithm), ": digest must be ",
                      DigestLength(algorithm), " bytes, got ", digest.size()));
   }
-  const EVP_MD* md = algorithm == SignatureAlgorithm::kEcdsaP384Sha384
-                         ? EVP_sha384()
-                         : EVP_sha256();
   std::string der_signature;
   if (IsEcdsa(algorithm)) {
     if (!is_ec()) {
@@ -473,16 +344,17 @@ absl::Status PublicKey::VerifyDigest(SignatureAlgorithm algorithm,
     absl::StatusOr<const Curve*> curve = CurveOf(pkey_.get());
     if (!curve.ok()) return curve.status();
     if ((*curve)->algorithm != algorithm) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          AlgorithmName(algorithm), ": key is on curve ", (*curve)->jwk_crv));
+      return absl::InvalidArgumentError(absl::StrCat(AlgorithmName(algorithm),
+                                                     ": key is on curve ",
+                                                     (*curve)->info().jwk_crv));
     }
-    const size_t want = 2 * static_cast<size_t>((*curve)->field_bytes);
+    const size_t want = 2 * static_cast<size_t>((*curve)->info().field_bytes);
     if (signature.size() != want) {
       return absl::InvalidArgumentError(
           absl::StrCat(AlgorithmName(algorithm), ": signature must be ", want,
                        " bytes (r||s), got ", signature.size()));
     }
-    absl::StatusOr<std::string> der = EcdsaRawToDer(signature);
+    absl::StatusOr<std::string> der = crypto::EcdsaRawToDer(signature);
     if (!der.ok()) return der.status();
     der_signature = *std::move(der);
     signature = der_signature;
@@ -500,37 +372,27 @@ absl::Status PublicKey::VerifyDigest(SignatureAlgorithm algorithm,
     }
   }
 
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey_.get(), nullptr));
-  if (ctx == nullptr || EVP_PKEY_verify_init(ctx.get()) != 1) {
-    return OpenSslError(absl::StatusCode::kInternal,
-                        "EVP_PKEY_verify_init failed");
+  crypto::SignatureScheme scheme = crypto::SignatureScheme::kEcdsaSha256;
+  switch (algorithm) {
+    case SignatureAlgorithm::kEcdsaP256Sha256:
+      scheme = crypto::SignatureScheme::kEcdsaSha256;
+      break;
+    case SignatureAlgorithm::kEcdsaP384Sha384:
+      scheme = crypto::SignatureScheme::kEcdsaSha384;
+      break;
+    case SignatureAlgorithm::kRsaPkcs1Sha256:
+      scheme = crypto::SignatureScheme::kRsaPkcs1Sha256;
+      break;
+    case SignatureAlgorithm::kRsaPssSha256:
+      scheme = crypto::SignatureScheme::kRsaPssSha256;
+      break;
   }
-  bool configured = true;
-  if (algorithm == SignatureAlgorithm::kRsaPkcs1Sha256) {
-    configured =
-        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) == 1;
-  } else if (algorithm == SignatureAlgorithm::kRsaPssSha256) {
-    configured =
-        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PSS_PADDING) == 1;
-  }
-  configured = configured && EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1;
-  if (algorithm == SignatureAlgorithm::kRsaPssSha256) {
-    configured = configured &&
-                 EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), EVP_sha256()) == 1 &&
-                 EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), 32) == 1;
-  }
-  if (!configured) {
-    return OpenSslError(
-        absl::StatusCode::kInternal,
-        absl::StrCat(AlgorithmName(algorithm), ": configuring verify failed"));
-  }
-  // 1 is valid; 0 is a bad signature; negative values are decoding failures
-  // of the signature itself (e.g. r or s out of range), also a bad signature.
-  if (EVP_PKEY_verify(ctx.get(), Bytes(signature), signature.size(),
-                      Bytes(digest), digest.size()) != 1) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(
-        absl::StrCat(AlgorithmName(algorithm), ": signature does not verify"));
+  if (absl::Status verified =
+          crypto::VerifyDigestSignature(pkey_.get(), scheme, digest, signature);
+      !verified.ok()) {
+    return absl::Status(
+        verified.code(),
+        absl::StrCat(AlgorithmName(algorithm), ": ", verified.message()));
   }
   return absl::OkStatus();
 }

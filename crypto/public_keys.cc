@@ -1,0 +1,228 @@
+#include "crypto/public_keys.h"
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/param_build.h>
+#include <openssl/rsa.h>
+
+#include <climits>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace signet::crypto {
+namespace {
+
+// unique_ptr deleter calling an OpenSSL free function.
+template <auto kFree>
+struct OsslFree {
+  template <typename T>
+  void operator()(T* p) const {
+    kFree(p);
+  }
+};
+
+using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
+using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
+using ParamBldPtr =
+    std::unique_ptr<OSSL_PARAM_BLD, OsslFree<OSSL_PARAM_BLD_free>>;
+using ParamPtr = std::unique_ptr<OSSL_PARAM, OsslFree<OSSL_PARAM_free>>;
+using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
+
+constexpr EcCurveInfo kP256 = {"prime256v1", "P-256", 32};
+constexpr EcCurveInfo kP384 = {"secp384r1", "P-384", 48};
+
+const unsigned char* Bytes(absl::string_view s) {
+  return reinterpret_cast<const unsigned char*>(s.data());
+}
+
+absl::StatusOr<BnPtr> ToBignum(absl::string_view big_endian) {
+  if (big_endian.size() > INT_MAX) {
+    return absl::InvalidArgumentError("integer too long");
+  }
+  BnPtr bn(BN_bin2bn(Bytes(big_endian), static_cast<int>(big_endian.size()),
+                     nullptr));
+  if (bn == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal, "BN_bin2bn failed");
+  }
+  return bn;
+}
+
+// A key of `key_type` ("EC" or "RSA") holding only the public components in
+// `bld`, once OpenSSL's public key check passes.
+absl::StatusOr<EvpPkeyPtr> FromData(const char* key_type, OSSL_PARAM_BLD* bld) {
+  ParamPtr params(OSSL_PARAM_BLD_to_param(bld));
+  if (params == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "OSSL_PARAM_BLD_to_param failed");
+  }
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
+  if (ctx == nullptr || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
+    return OpenSslError(
+        absl::StatusCode::kInternal,
+        absl::StrCat("EVP_PKEY_fromdata_init(", key_type, ") failed"));
+  }
+  EVP_PKEY* raw = nullptr;
+  if (EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) !=
+      1) {
+    // The components were refused (for EC: the point is not on the curve).
+    return OpenSslError(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat("invalid ", key_type, " public key components"));
+  }
+  EvpPkeyPtr key(raw);
+  PkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
+  if (check == nullptr) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "EVP_PKEY_CTX_new_from_pkey failed");
+  }
+  if (EVP_PKEY_public_check(check.get()) != 1) {
+    return OpenSslError(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat(key_type, " public key fails OpenSSL's public key check"));
+  }
+  return key;
+}
+
+}  // namespace
+
+const EcCurveInfo& InfoOf(EcCurve curve) {
+  return curve == EcCurve::kP384 ? kP384 : kP256;
+}
+
+absl::Status OpenSslError(absl::StatusCode code, absl::string_view message) {
+  unsigned long err = ERR_peek_last_error();
+  std::string text(message);
+  if (err != 0) {
+    char buf[256];
+    ERR_error_string_n(err, buf, sizeof(buf));
+    absl::StrAppend(&text, " (", buf, ")");
+  }
+  ERR_clear_error();
+  return absl::Status(code, text);
+}
+
+absl::StatusOr<EvpPkeyPtr> EcPublicKeyFromPoint(EcCurve curve,
+                                                absl::string_view point) {
+  const EcCurveInfo& info = InfoOf(curve);
+  const size_t want = 1 + 2 * static_cast<size_t>(info.field_bytes);
+  if (point.size() != want || point[0] != '\x04') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EC point for ", info.jwk_crv, " must be uncompressed (", want,
+        " bytes starting 04), got ", point.size(), " bytes"));
+  }
+  ParamBldPtr bld(OSSL_PARAM_BLD_new());
+  if (bld == nullptr ||
+      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME,
+                                      info.group_name, 0) != 1 ||
+      OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,
+                                       point.data(), point.size()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "building EC key parameters failed");
+  }
+  return FromData("EC", bld.get());
+}
+
+absl::StatusOr<EvpPkeyPtr> RsaPublicKeyFromComponents(
+    absl::string_view modulus, absl::string_view public_exponent) {
+  absl::StatusOr<BnPtr> n = ToBignum(modulus);
+  if (!n.ok()) return n.status();
+  absl::StatusOr<BnPtr> e = ToBignum(public_exponent);
+  if (!e.ok()) return e.status();
+  const int bits = BN_num_bits(n->get());
+  if (bits < kMinRsaBits || bits > kMaxRsaBits) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RSA modulus has ", bits, " bits; ", kMinRsaBits, " to ",
+                     kMaxRsaBits, " are accepted"));
+  }
+  const int e_bits = BN_num_bits(e->get());
+  if (!BN_is_odd(e->get()) || e_bits <= 16 || e_bits > 256) {
+    return absl::InvalidArgumentError(
+        "RSA public exponent must be odd and in [65537, 2^256)");
+  }
+  ParamBldPtr bld(OSSL_PARAM_BLD_new());
+  if (bld == nullptr ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n->get()) != 1 ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e->get()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "building RSA key parameters failed");
+  }
+  return FromData("RSA", bld.get());
+}
+
+absl::StatusOr<std::string> EcdsaRawToDer(absl::string_view raw) {
+  if (raw.empty() || raw.size() % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("an ECDSA signature r||s has two halves of equal length, "
+                     "not ",
+                     raw.size(), " bytes"));
+  }
+  const size_t half = raw.size() / 2;
+  absl::StatusOr<BnPtr> r = ToBignum(raw.substr(0, half));
+  if (!r.ok()) return r.status();
+  absl::StatusOr<BnPtr> s = ToBignum(raw.substr(half));
+  if (!s.ok()) return s.status();
+  EcdsaSigPtr sig(ECDSA_SIG_new());
+  if (sig == nullptr || ECDSA_SIG_set0(sig.get(), r->get(), s->get()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal, "ECDSA_SIG_set0 failed");
+  }
+  // ECDSA_SIG_set0 took ownership.
+  r->release();
+  s->release();
+  const int len = i2d_ECDSA_SIG(sig.get(), nullptr);
+  if (len <= 0) {
+    return OpenSslError(absl::StatusCode::kInternal, "i2d_ECDSA_SIG failed");
+  }
+  std::string der(static_cast<size_t>(len), '\0');
+  unsigned char* p = reinterpret_cast<unsigned char*>(der.data());
+  if (i2d_ECDSA_SIG(sig.get(), &p) != len) {
+    return OpenSslError(absl::StatusCode::kInternal, "i2d_ECDSA_SIG failed");
+  }
+  return der;
+}
+
+absl::Status VerifyDigestSignature(EVP_PKEY* key, SignatureScheme scheme,
+                                   absl::string_view digest,
+                                   absl::string_view signature) {
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
+  if (ctx == nullptr || EVP_PKEY_verify_init(ctx.get()) != 1) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "EVP_PKEY_verify_init failed");
+  }
+  const EVP_MD* md =
+      scheme == SignatureScheme::kEcdsaSha384 ? EVP_sha384() : EVP_sha256();
+  bool configured = true;
+  if (scheme == SignatureScheme::kRsaPkcs1Sha256) {
+    configured =
+        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) == 1;
+  } else if (scheme == SignatureScheme::kRsaPssSha256) {
+    configured =
+        EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PSS_PADDING) == 1;
+  }
+  configured = configured && EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1;
+  if (scheme == SignatureScheme::kRsaPssSha256) {
+    // RFC 7518 section 3.5: MGF1 with the same hash, a salt as long as it.
+    configured = configured &&
+                 EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), EVP_sha256()) == 1 &&
+                 EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), 32) == 1;
+  }
+  if (!configured) {
+    return OpenSslError(absl::StatusCode::kInternal,
+                        "configuring the verification failed");
+  }
+  // 1 is valid; 0 a bad signature; a negative value a signature that does
+  // not even decode (r or s out of range): a bad signature as well.
+  if (EVP_PKEY_verify(ctx.get(), Bytes(signature), signature.size(),
+                      Bytes(digest), digest.size()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("signature does not verify");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace signet::crypto

@@ -1,0 +1,148 @@
+#include "crypto/public_keys.h"
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace signet::crypto {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The P-256 generator point G (SEC 2 section 2.4.2): a point on the curve
+// whose key is known to everyone, which is all a public-key test needs.
+const std::string kP256G = absl::HexStringToBytes(
+    "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+    "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5");
+
+TEST(EcPublicKeyFromPointTest, BuildsAKeyOnTheCurve) {
+  absl::StatusOr<EvpPkeyPtr> key =
+      EcPublicKeyFromPoint(EcCurve::kP256, kP256G);
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_TRUE(EVP_PKEY_is_a(key->get(), "EC"));
+  EXPECT_EQ(EVP_PKEY_get_bits(key->get()), 256);
+}
+
+TEST(EcPublicKeyFromPointTest, RefusesAPointOffTheCurveOrMisshapen) {
+  std::string off = kP256G;
+  off.back() ^= 1;
+  EXPECT_EQ(EcPublicKeyFromPoint(EcCurve::kP256, off).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Compressed form, the wrong curve's length, nothing.
+  EXPECT_THAT(
+      EcPublicKeyFromPoint(EcCurve::kP256, "\x02" + kP256G.substr(1, 32))
+          .status()
+          .message(),
+      HasSubstr("must be uncompressed (65 bytes starting 04)"));
+  EXPECT_EQ(EcPublicKeyFromPoint(EcCurve::kP384, kP256G).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EcPublicKeyFromPoint(EcCurve::kP256, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The public half of an RSA key OpenSSL generates for the test.
+struct RsaComponents {
+  std::string n;
+  std::string e;
+};
+RsaComponents GenerateRsaComponents(unsigned int bits) {
+  EvpPkeyPtr pair(EVP_RSA_gen(bits));
+  RsaComponents out;
+  if (pair == nullptr) return out;
+  for (auto [name, into] : {std::pair{OSSL_PKEY_PARAM_RSA_N, &out.n},
+                            std::pair{OSSL_PKEY_PARAM_RSA_E, &out.e}}) {
+    BIGNUM* bn = nullptr;
+    if (EVP_PKEY_get_bn_param(pair.get(), name, &bn) != 1) return {};
+    into->resize(static_cast<size_t>(BN_num_bytes(bn)));
+    BN_bn2bin(bn, reinterpret_cast<unsigned char*>(into->data()));
+    BN_free(bn);
+  }
+  return out;
+}
+
+TEST(RsaPublicKeyFromComponentsTest, HoldsToTheModulusAndExponentRules) {
+  const RsaComponents rsa = GenerateRsaComponents(2048);
+  ASSERT_FALSE(rsa.n.empty());
+  absl::StatusOr<EvpPkeyPtr> key = RsaPublicKeyFromComponents(rsa.n, rsa.e);
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_EQ(EVP_PKEY_get_bits(key->get()), 2048);
+
+  const RsaComponents small = GenerateRsaComponents(1024);
+  ASSERT_FALSE(small.n.empty());
+  EXPECT_THAT(RsaPublicKeyFromComponents(small.n, small.e).status().message(),
+              HasSubstr("RSA modulus has 1024 bits; 2048 to 16384 are "
+                        "accepted"));
+  // 3, an even one, and one of 2^256 or more.
+  for (const std::string& e :
+       {std::string("\x03"), std::string("\x01\x00\x00", 3),
+        std::string(33, '\xff')}) {
+    EXPECT_THAT(RsaPublicKeyFromComponents(rsa.n, e).status().message(),
+                HasSubstr("RSA public exponent must be odd"))
+        << absl::BytesToHexString(e);
+  }
+}
+
+TEST(EcdsaRawToDerTest, EncodesRAndSAsDerIntegers) {
+  // r = 1, s = 0x80 (a leading zero byte in DER: it would read negative).
+  std::string raw(64, '\0');
+  raw[31] = 1;
+  raw[63] = '\x80';
+  absl::StatusOr<std::string> der = EcdsaRawToDer(raw);
+  ASSERT_TRUE(der.ok()) << der.status();
+  EXPECT_EQ(absl::BytesToHexString(*der), "3007020101020200" "80");
+  EXPECT_EQ(EcdsaRawToDer("").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EcdsaRawToDer("abc").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// RFC 6979 appendix A.2.5: the P-256 key and its deterministic ECDSA
+// signature of "sample" with SHA-256. A published vector, so no private key
+// is ever handed to OpenSSL, in a test either.
+TEST(VerifyDigestSignatureTest, AcceptsTheSignatureAndNothingElse) {
+  absl::StatusOr<EvpPkeyPtr> key = EcPublicKeyFromPoint(
+      EcCurve::kP256,
+      absl::HexStringToBytes(
+          "0460fed4ba255a9d31c961eb74c6356d68c049b8923b61fa6ce669622e60f29fb6"
+          "7903fe1008b8bc99a41ae9e95628bc64f2f1b20c2d7e9f5177a3c294d4462299"));
+  ASSERT_TRUE(key.ok()) << key.status();
+  unsigned char digest_bytes[32];
+  unsigned int digest_len = 0;
+  ASSERT_EQ(EVP_Digest("sample", 6, digest_bytes, &digest_len, EVP_sha256(),
+                       nullptr),
+            1);
+  const std::string digest(reinterpret_cast<const char*>(digest_bytes),
+                           digest_len);
+  absl::StatusOr<std::string> der = EcdsaRawToDer(absl::HexStringToBytes(
+      "efd48b2aacb6a8fd1140dd9cd45e81d69d2c877b56aaf991c34d0ea84eaf3716"
+      "f7cb1c942d657c41d436c7a1b6e29f65f3e900dbb9aff4064dc4ab2f843acda8"));
+  ASSERT_TRUE(der.ok()) << der.status();
+
+  EXPECT_TRUE(
+      VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256, digest,
+                            *der)
+          .ok());
+  std::string other_digest = digest;
+  other_digest[0] ^= 1;
+  EXPECT_THAT(VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256,
+                                    other_digest, *der),
+              ::testing::Property(&absl::Status::message,
+                                  "signature does not verify"));
+  // Garbage that does not even decode is a bad signature, not an error.
+  EXPECT_EQ(VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256,
+                                  digest, "garbage")
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace signet::crypto
