@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
+#include "crypto/public_keys.h"
 
 namespace signet::client {
 namespace {
@@ -68,13 +69,7 @@ absl::StatusOr<std::string> ReadPem(absl::string_view what,
   return pem;
 }
 
-template <auto kFree>
-struct OsslFree {
-  template <typename T>
-  void operator()(T* p) const {
-    kFree(p);
-  }
-};
+using crypto::OsslFree;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free>>;
 using X509Ptr = std::unique_ptr<X509, OsslFree<X509_free>>;
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;

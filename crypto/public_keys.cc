@@ -18,15 +18,6 @@
 namespace signet::crypto {
 namespace {
 
-// unique_ptr deleter calling an OpenSSL free function.
-template <auto kFree>
-struct OsslFree {
-  template <typename T>
-  void operator()(T* p) const {
-    kFree(p);
-  }
-};
-
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 using ParamBldPtr =

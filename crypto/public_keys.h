@@ -24,10 +24,17 @@
 
 namespace signet::crypto {
 
-struct EvpPkeyFree {
-  void operator()(EVP_PKEY* pkey) const { EVP_PKEY_free(pkey); }
+// A std::unique_ptr deleter calling an OpenSSL free function:
+// std::unique_ptr<BIO, OsslFree<BIO_free_all>>.
+template <auto kFree>
+struct OsslFree {
+  template <typename T>
+  void operator()(T* p) const {
+    kFree(p);
+  }
 };
-using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
+
+using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 
 // The RSA moduli accepted, in bits. The ceiling is OpenSSL's own for public
 // operations (OPENSSL_RSA_MAX_MODULUS_BITS).

@@ -27,14 +27,7 @@
 namespace signet::hsm {
 namespace {
 
-// unique_ptr deleter calling an OpenSSL free function.
-template <auto kFree>
-struct OsslFree {
-  template <typename T>
-  void operator()(T* p) const {
-    kFree(p);
-  }
-};
+using crypto::OsslFree;
 
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;

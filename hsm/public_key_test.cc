@@ -17,6 +17,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "crypto/public_keys.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/algorithm.h"
@@ -30,13 +31,7 @@ using ::testing::SizeIs;
 
 // Test-only private keys stand in for the HSM: they produce the signatures
 // PublicKey must verify. The library itself never sees a private key.
-template <auto kFree>
-struct OsslFree {
-  template <typename T>
-  void operator()(T* p) const {
-    kFree(p);
-  }
-};
+using crypto::OsslFree;
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;

@@ -14,19 +14,14 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "crypto/public_keys.h"
 #include "gtest/gtest.h"
 #include "hsm/public_key.h"
 #include "server/audit_log.h"
 
 namespace signet::server::audit_testing {
 
-template <auto kFree>
-struct OsslFree {
-  template <typename T>
-  void operator()(T* p) const {
-    kFree(p);
-  }
-};
+using crypto::OsslFree;
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
