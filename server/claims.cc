@@ -20,14 +20,12 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "base/quote.h"
-#include "nlohmann/json.hpp"
+#include "jose/strict_json.h"
 
 namespace signet::server {
 
 using base::Quote;
 namespace {
-
-using Json = nlohmann::json;
 
 absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);
@@ -94,296 +92,108 @@ bool IsJsonWhitespace(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-// What the parser saw as the value of one registered claim.
+// What the parser saw as the value of one registered claim: absent, or a
+// value (jose/strict_json.h).
 struct Observed {
-  enum class Kind {
-    kAbsent,
-    kString,
-    kUnsigned,  // an integer written without '-'
-    kNegative,  // an integer written with '-', including "-0"
-    kFloat,     // a fraction, an exponent, or an integer too big for 64 bits
-    kBool,
-    kNull,
-    kObject,
-    kArray,
-  };
-  Kind kind = Kind::kAbsent;
-  std::string text;  // kString: the unescaped value; kFloat: the raw token
-  uint64_t unsigned_value = 0;
-  int64_t negative_value = 0;
-
-  static Observed Of(Kind kind) {
-    Observed v;
-    v.kind = kind;
-    return v;
-  }
+  bool present = false;
+  jose::JsonValue value;
 };
 
-absl::string_view KindName(Observed::Kind kind) {
-  switch (kind) {
-    case Observed::Kind::kAbsent:
-      return "nothing";
-    case Observed::Kind::kString:
-      return "a string";
-    case Observed::Kind::kUnsigned:
-    case Observed::Kind::kNegative:
-    case Observed::Kind::kFloat:
-      return "a number";
-    case Observed::Kind::kBool:
-      return "a boolean";
-    case Observed::Kind::kNull:
-      return "null";
-    case Observed::Kind::kObject:
-      return "an object";
-    case Observed::Kind::kArray:
-      return "an array";
-  }
-  return "an unknown value";
-}
-
-// Receives nlohmann's SAX events; the first problem stops the parse (a
-// callback returns false) and is kept in error().
-class StrictClaimsHandler : public nlohmann::json_sax<Json> {
- public:
-  const absl::Status& error() const { return error_; }
-  const Observed& iss() const { return iss_; }
-  const Observed& iat() const { return iat_; }
-  const Observed& exp() const { return exp_; }
-  const Observed& nbf() const { return nbf_; }
-
-  bool null() override { return OnValue(Observed::Of(Observed::Kind::kNull)); }
-
-  bool boolean(bool /*val*/) override {
-    return OnValue(Observed::Of(Observed::Kind::kBool));
-  }
-
-  bool number_integer(number_integer_t val) override {
-    // nlohmann only calls this for a token that starts with '-'.
-    Observed v = Observed::Of(Observed::Kind::kNegative);
-    v.negative_value = val;
-    return OnValue(std::move(v));
-  }
-
-  bool number_unsigned(number_unsigned_t val) override {
-    Observed v = Observed::Of(Observed::Kind::kUnsigned);
-    v.unsigned_value = val;
-    return OnValue(std::move(v));
-  }
-
-  bool number_float(number_float_t val, const string_t& token) override {
-    if (!std::isfinite(val)) {  // nlohmann refuses these first (error 406)
-      return Fail(
-          absl::StrCat("claims contain a number", Where(), kOverflowsDouble));
-    }
-    Observed v = Observed::Of(Observed::Kind::kFloat);
-    v.text = token;
-    return OnValue(std::move(v));
-  }
-
-  bool string(string_t& val) override {
-    if (absl::StrContains(val, absl::string_view("\0", 1))) {
-      return Fail(absl::StrCat(
-          "claims contain U+0000 (\\u0000) in a string", Where(),
+// The claims' words for a document jose::CheckStrictJsonObject refused.
+absl::Status RefusalMessage(const jose::JsonRefusal& r) {
+  using Reason = jose::JsonRefusal::Reason;
+  // " inside member \"x\"" once inside the top-level object, else "".
+  const std::string where =
+      r.depth > 0 ? absl::StrCat(" inside member ", Quote(r.top_member)) : "";
+  const size_t offset = r.offset.value_or(0);
+  switch (r.reason) {
+    case Reason::kNotAnObject:
+      return Invalid(absl::StrCat("claims must be a JSON object, got ",
+                                  jose::KindName(r.got)));
+    case Reason::kNulInString:
+      return Invalid(absl::StrCat(
+          "claims contain U+0000 (\\u0000) in a string", where,
           "; it is refused because relying parties that use C strings would "
           "truncate the string there"));
-    }
-    Observed v = Observed::Of(Observed::Kind::kString);
-    v.text = std::move(val);
-    return OnValue(std::move(v));
-  }
-
-  bool binary(binary_t& /*val*/) override {
-    // Never produced by the JSON format; refused to stay closed.
-    return Fail("claims contain binary data, which JSON cannot carry");
-  }
-
-  bool start_object(std::size_t /*elements*/) override {
-    if (!OnValue(Observed::Of(Observed::Kind::kObject))) {
-      return false;
-    }
-    return Push(/*is_object=*/true);
-  }
-
-  bool key(string_t& val) override {
-    if (absl::StrContains(val, absl::string_view("\0", 1))) {
-      return Fail(absl::StrCat(
-          "claims contain U+0000 (\\u0000) in the member name ", Quote(val),
-          frames_.size() > 1 ? Where() : std::string(),
+    case Reason::kNulInName:
+      return Invalid(absl::StrCat(
+          "claims contain U+0000 (\\u0000) in the member name ", Quote(r.name),
+          r.depth > 1 ? where : std::string(),
           "; it is refused because relying parties that use C strings would "
           "truncate the name there"));
-    }
-    Frame& frame = frames_.back();
-    if (frames_.size() == 1) {
-      top_member_ = val;
-    }
-    if (!frame.names.insert(val).second) {
-      return Fail(absl::StrCat(
-          "claims have a duplicate member name ", Quote(val),
-          frames_.size() == 1
-              ? std::string(" in the top-level object")
-              : absl::StrCat(" in an object at depth ", frames_.size(),
-                             " inside member ", Quote(top_member_)),
+    case Reason::kDuplicateMember:
+      return Invalid(absl::StrCat(
+          "claims have a duplicate member name ", Quote(r.name),
+          r.depth == 1 ? std::string(" in the top-level object")
+                       : absl::StrCat(" in an object at depth ", r.depth,
+                                      " inside member ", Quote(r.top_member)),
           " (names are compared after unescaping); relying parties would "
           "disagree on which value counts"));
-    }
-    return true;
-  }
-
-  bool end_object() override { return Pop(); }
-
-  bool start_array(std::size_t /*elements*/) override {
-    if (!OnValue(Observed::Of(Observed::Kind::kArray))) {
-      return false;
-    }
-    return Push(/*is_object=*/false);
-  }
-
-  bool end_array() override { return Pop(); }
-
-  bool parse_error(std::size_t position, const std::string& /*last_token*/,
-                   const nlohmann::detail::exception& ex) override {
-    // `position` counts the bytes read, the offending one included.
-    const size_t offset = position > 0 ? position - 1 : 0;
-    if (top_done_) {
-      return Fail(absl::StrFormat(
+    case Reason::kTooDeep:
+      return Invalid(absl::StrCat(
+          "claims nest objects and arrays more than ", kMaxClaimsDepth,
+          " levels deep", where, "; at most ", kMaxClaimsDepth,
+          " are allowed, the top-level object included"));
+    case Reason::kNumberOverflow:
+      if (!r.offset.has_value()) {
+        return Invalid(
+            absl::StrCat("claims contain a number", where, kOverflowsDouble));
+      }
+      return Invalid(
+          absl::StrFormat("claims contain a number near byte offset %d%s",
+                          offset, kOverflowsDouble));
+    case Reason::kBinary:
+      return Invalid("claims contain binary data, which JSON cannot carry");
+    case Reason::kTrailingData:
+      return Invalid(absl::StrFormat(
           "claims have trailing data after the JSON object at byte offset "
           "%d; send exactly one JSON object (only whitespace may follow it)",
           offset));
-    }
-    if (ex.id == 406) {  // out_of_range.406: "number overflow parsing"
-      return Fail(
-          absl::StrFormat("claims contain a number near byte offset "
-                          "%d%s",
-                          offset, kOverflowsDouble));
-    }
-    const absl::string_view what = ex.what();
-    if (absl::StrContains(what, "surrogate U+")) {
-      return Fail(absl::StrFormat(
+    case Reason::kLoneSurrogate:
+      return Invalid(absl::StrFormat(
           "claims contain an escaped lone UTF-16 surrogate near byte offset "
           "%d: \\uD800..\\uDBFF must be followed by \\uDC00..\\uDFFF, and "
           "\\uDC00..\\uDFFF must follow \\uD800..\\uDBFF",
           offset));
-    }
-    // Keep nlohmann's description but not its "last read: '...'" echo of
-    // the caller's bytes.
-    absl::string_view description = what;
-    if (size_t start = description.find("syntax error");
-        start != absl::string_view::npos) {
-      description.remove_prefix(start);
-    } else {
-      description = "the parser refused it";
-    }
-    if (size_t echo = description.find("; last read");
-        echo != absl::string_view::npos) {
-      description = description.substr(0, echo);
-    }
-    return Fail(
-        absl::StrFormat("claims are not valid JSON near byte offset "
-                        "%d: %s",
-                        offset, description));
+    case Reason::kSyntax:
+      return Invalid(
+          absl::StrFormat("claims are not valid JSON near byte offset %d: %s",
+                          offset, r.description));
   }
-
- private:
-  struct Frame {
-    bool is_object;
-    std::set<std::string, std::less<>> names;
-  };
-
-  bool Fail(std::string message) {
-    if (error_.ok()) {
-      error_ = Invalid(message);
-    }
-    return false;
-  }
-
-  // " inside member \"x\"" once inside the top-level object, else "".
-  std::string Where() const {
-    if (frames_.empty()) {
-      return "";
-    }
-    return absl::StrCat(" inside member ", Quote(top_member_));
-  }
-
-  // Every value, containers included, before their content.
-  bool OnValue(Observed v) {
-    if (frames_.empty()) {
-      if (v.kind != Observed::Kind::kObject) {
-        return Fail(absl::StrCat("claims must be a JSON object, got ",
-                                 KindName(v.kind)));
-      }
-      return true;
-    }
-    if (frames_.size() == 1) {
-      if (Observed* claim = RegisteredClaim(top_member_); claim != nullptr) {
-        *claim = std::move(v);
-      }
-    }
-    return true;
-  }
-
-  Observed* RegisteredClaim(absl::string_view name) {
-    if (name == "iss") return &iss_;
-    if (name == "iat") return &iat_;
-    if (name == "exp") return &exp_;
-    if (name == "nbf") return &nbf_;
-    return nullptr;
-  }
-
-  bool Push(bool is_object) {
-    if (frames_.size() >= static_cast<size_t>(kMaxClaimsDepth)) {
-      return Fail(absl::StrCat("claims nest objects and arrays more than ",
-                               kMaxClaimsDepth, " levels deep", Where(),
-                               "; at most ", kMaxClaimsDepth,
-                               " are allowed, the top-level object included"));
-    }
-    frames_.push_back(Frame{is_object, {}});
-    return true;
-  }
-
-  bool Pop() {
-    frames_.pop_back();
-    if (frames_.empty()) {
-      top_done_ = true;
-    }
-    return true;
-  }
-
-  absl::Status error_;
-  std::vector<Frame> frames_;
-  std::string top_member_;  // the last member name of the top-level object
-  bool top_done_ = false;   // the top-level object has been closed
-  Observed iss_, iat_, exp_, nbf_;
-};
+  return Invalid("claims are not valid JSON");
+}
 
 // iat, exp, nbf: RFC 7519 NumericDate, restricted to integers in
 // [0, 2^53) so that every relying party (JavaScript included) reads the
 // same value.
-absl::StatusOr<int64_t> NumericDate(absl::string_view name, const Observed& v,
-                                    bool required) {
+absl::StatusOr<int64_t> NumericDate(absl::string_view name,
+                                    const Observed& observed, bool required) {
   constexpr absl::string_view kRange = "[0, 2^53)";
+  if (!observed.present) {
+    if (required) {
+      return Invalid(absl::StrCat(
+          "claims member \"", name,
+          "\" is missing; it must be an integer number of seconds since the "
+          "epoch"));
+    }
+    return 0;
+  }
+  const jose::JsonValue& v = observed.value;
   switch (v.kind) {
-    case Observed::Kind::kAbsent:
-      if (required) {
-        return Invalid(absl::StrCat(
-            "claims member \"", name,
-            "\" is missing; it must be an integer number of seconds since "
-            "the epoch"));
-      }
-      return 0;
-    case Observed::Kind::kUnsigned:
+    case jose::JsonValue::Kind::kUnsigned:
       if (v.unsigned_value >= static_cast<uint64_t>(kMaxNumericDate)) {
         return Invalid(absl::StrCat(
             "claims member \"", name, "\" must be an integer in ", kRange,
             ", got ", v.unsigned_value, ", which is out of range"));
       }
       return static_cast<int64_t>(v.unsigned_value);
-    case Observed::Kind::kNegative:
+    case jose::JsonValue::Kind::kNegative:
       return Invalid(absl::StrCat(
           "claims member \"", name, "\" must be an integer in ", kRange,
           ", got ",
           v.negative_value == 0 ? "-0" : absl::StrCat(v.negative_value),
           ", which is negative"));
-    case Observed::Kind::kFloat: {
+    case jose::JsonValue::Kind::kFloat: {
       const bool integral = v.text.find_first_of(".eE") == std::string::npos;
       if (integral) {  // digits only, but too big for 64 bits
         return Invalid(absl::StrCat(
@@ -397,7 +207,7 @@ absl::StatusOr<int64_t> NumericDate(absl::string_view name, const Observed& v,
     default:
       return Invalid(absl::StrCat("claims member \"", name,
                                   "\" must be an integer in ", kRange, ", got ",
-                                  KindName(v.kind)));
+                                  jose::KindName(v.kind)));
   }
 }
 
@@ -436,45 +246,50 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
     return Invalid("claims are empty; send one JSON object");
   }
 
-  // 4: the structure.
-  StrictClaimsHandler handler;
-  const bool parsed =
-      Json::sax_parse(claims.begin(), claims.end(), &handler,
-                      Json::input_format_t::json, /*strict=*/true,
-                      /*ignore_comments=*/false);
-  if (!handler.error().ok()) {
-    return handler.error();
-  }
-  if (!parsed) {
-    return Invalid("claims are not valid JSON");
+  // 4: the structure (jose/strict_json.h), reading the registered claims
+  // at the top level as they come.
+  Observed iss, iat_seen, exp_seen, nbf_seen;
+  jose::StrictJsonOptions options;
+  options.max_depth = kMaxClaimsDepth;
+  options.on_top_level_value = [&](const std::string& member,
+                                   const jose::JsonValue& value) {
+    Observed* claim = member == "iss"   ? &iss
+                      : member == "iat" ? &iat_seen
+                      : member == "exp" ? &exp_seen
+                      : member == "nbf" ? &nbf_seen
+                                        : nullptr;
+    if (claim != nullptr) *claim = Observed{true, value};
+  };
+  if (std::optional<jose::JsonRefusal> refusal =
+          jose::CheckStrictJsonObject(claims, options)) {
+    return RefusalMessage(*refusal);
   }
 
   // 5: the issuer.
-  const Observed& iss = handler.iss();
-  if (iss.kind == Observed::Kind::kAbsent) {
+  if (!iss.present) {
     return Invalid(absl::StrCat(
         "claims member \"iss\" is missing; it must be this scope's issuer ",
         Quote(policy.issuer)));
   }
-  if (iss.kind != Observed::Kind::kString) {
+  if (iss.value.kind != jose::JsonValue::Kind::kString) {
     return Invalid(absl::StrCat("claims member \"iss\" must be a string, got ",
-                                KindName(iss.kind)));
+                                jose::KindName(iss.value.kind)));
   }
-  if (iss.text != policy.issuer) {
-    return Invalid(absl::StrCat("claims member \"iss\" is ", Quote(iss.text),
-                                " but this scope's issuer is ",
-                                Quote(policy.issuer),
-                                " (compared byte for byte)"));
+  if (iss.value.text != policy.issuer) {
+    return Invalid(
+        absl::StrCat("claims member \"iss\" is ", Quote(iss.value.text),
+                     " but this scope's issuer is ", Quote(policy.issuer),
+                     " (compared byte for byte)"));
   }
 
   // 6: the NumericDate members.
-  absl::StatusOr<int64_t> iat = NumericDate("iat", handler.iat(), true);
+  absl::StatusOr<int64_t> iat = NumericDate("iat", iat_seen, true);
   if (!iat.ok()) return iat.status();
-  absl::StatusOr<int64_t> exp = NumericDate("exp", handler.exp(), true);
+  absl::StatusOr<int64_t> exp = NumericDate("exp", exp_seen, true);
   if (!exp.ok()) return exp.status();
-  absl::StatusOr<int64_t> nbf = NumericDate("nbf", handler.nbf(), false);
+  absl::StatusOr<int64_t> nbf = NumericDate("nbf", nbf_seen, false);
   if (!nbf.ok()) return nbf.status();
-  const bool has_nbf = handler.nbf().kind != Observed::Kind::kAbsent;
+  const bool has_nbf = nbf_seen.present;
 
   // 7: the times.
   const int64_t now_seconds = absl::ToUnixSeconds(policy.now);
