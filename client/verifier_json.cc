@@ -40,6 +40,8 @@ std::string Why(const jose::JsonRefusal& r) {
       break;
     case Reason::kBinary:
       return "binary value";
+    case Reason::kInternal:
+      return "not valid JSON";
     case Reason::kTrailingData:
     case Reason::kLoneSurrogate:
     case Reason::kSyntax:

@@ -106,8 +106,8 @@ TEST(EcdsaRawToDerTest, EncodesRAndSAsDerIntegers) {
 }
 
 // RFC 6979 appendix A.2.5: the P-256 key and its deterministic ECDSA
-// signature of "sample" with SHA-256. A published vector, so no private key
-// is ever handed to OpenSSL, in a test either.
+// signature of "sample" with SHA-256. A published vector: this test hands
+// OpenSSL no private key.
 TEST(VerifyDigestSignatureTest, AcceptsTheSignatureAndNothingElse) {
   absl::StatusOr<EvpPkeyPtr> key = EcPublicKeyFromPoint(
       EcCurve::kP256,

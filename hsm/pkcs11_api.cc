@@ -26,6 +26,11 @@ CK_RV FunctionListApi::GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO* info) {
   return functions_->C_GetTokenInfo(slot, info);
 }
 
+namespace {
+// Far above the few hundred mechanisms PKCS#11 3.0 defines.
+constexpr CK_ULONG kMaxMechanisms = 1 << 16;
+}  // namespace
+
 CK_RV FunctionListApi::GetMechanismList(CK_SLOT_ID slot,
                                         std::vector<CK_MECHANISM_TYPE>* mechs) {
   CK_ULONG count = 0;
@@ -35,6 +40,9 @@ CK_RV FunctionListApi::GetMechanismList(CK_SLOT_ID slot,
     mechs->clear();
     return CKR_OK;
   }
+  // A module that claims more mechanisms than PKCS#11 defines is broken
+  // (and count + 1 below must not wrap).
+  if (count > kMaxMechanisms) return CKR_GENERAL_ERROR;
   // One element more than asked for: Debian bookworm's p11-kit-client, in
   // C_GetMechanismList, drops the mechanisms it does not forward by moving
   // the rest of the list down one element too many, reading past the

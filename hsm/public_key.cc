@@ -30,12 +30,8 @@ namespace {
 using crypto::OsslFree;
 
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
-
-using crypto::kMaxRsaBits;
-using crypto::kMinRsaBits;
 
 struct Curve {
   SignatureAlgorithm algorithm;  // the ECDSA algorithm on this curve
@@ -106,28 +102,15 @@ void PublicKey::EvpPkeyDeleter::operator()(EVP_PKEY* pkey) const {
 }
 
 absl::StatusOr<PublicKey> PublicKey::Adopt(EvpPkeyPtr pkey) {
+  // Every key comes from crypto/'s builders, which hold it to the size and
+  // exponent rules and run OpenSSL's public key check: what is left is the
+  // curve an EC key is on.
   if (EVP_PKEY_is_a(pkey.get(), "EC")) {
     absl::StatusOr<const Curve*> curve = CurveOf(pkey.get());
     if (!curve.ok()) return curve.status();
-  } else if (EVP_PKEY_is_a(pkey.get(), "RSA")) {
-    const int bits = EVP_PKEY_get_bits(pkey.get());
-    if (bits < kMinRsaBits || bits > kMaxRsaBits) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("RSA modulus must be ", kMinRsaBits, " to ", kMaxRsaBits,
-                       " bits, got ", bits));
-    }
-  } else {
+  } else if (!EVP_PKEY_is_a(pkey.get(), "RSA")) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unsupported public key type ", EVP_PKEY_get0_type_name(pkey.get())));
-  }
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
-  if (ctx == nullptr) {
-    return OpenSslError(absl::StatusCode::kInternal,
-                        "EVP_PKEY_CTX_new_from_pkey failed");
-  }
-  if (EVP_PKEY_public_check(ctx.get()) != 1) {
-    return OpenSslError(absl::StatusCode::kInvalidArgument,
-                        "public key fails validation");
   }
   return PublicKey(std::move(pkey));
 }

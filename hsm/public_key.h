@@ -139,8 +139,9 @@ class PublicKey {
 
   explicit PublicKey(EvpPkeyPtr pkey) : pkey_(std::move(pkey)) {}
 
-  // Checks the key is of an accepted type and size and passes
-  // EVP_PKEY_public_check, then takes ownership.
+  // Checks the key is EC on an accepted curve or RSA, then takes ownership
+  // (its size, exponent and EVP_PKEY_public_check were checked where it was
+  // built, crypto/public_keys.h).
   static absl::StatusOr<PublicKey> Adopt(EvpPkeyPtr pkey);
 
   EvpPkeyPtr pkey_;

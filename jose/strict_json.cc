@@ -207,7 +207,7 @@ std::optional<JsonRefusal> CheckStrictJsonObject(
   if (ok) return std::nullopt;
   if (sax.refusal().has_value()) return std::move(sax.refusal());
   JsonRefusal refusal;
-  refusal.description = "the parser refused it";
+  refusal.reason = JsonRefusal::Reason::kInternal;
   return refusal;
 }
 

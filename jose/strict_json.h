@@ -69,6 +69,7 @@ struct JsonRefusal {
     kTrailingData,     // something after the top-level object, at `offset`
     kLoneSurrogate,    // an escaped lone UTF-16 surrogate near `offset`
     kSyntax,           // anything else the lexer refused, near `offset`
+    kInternal,         // the reader itself failed (out of memory)
   };
   Reason reason = Reason::kSyntax;
   JsonValue::Kind got = JsonValue::Kind::kNull;  // kNotAnObject

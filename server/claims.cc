@@ -159,8 +159,10 @@ absl::Status RefusalMessage(const jose::JsonRefusal& r) {
       return Invalid(
           absl::StrFormat("claims are not valid JSON near byte offset %d: %s",
                           offset, r.description));
+    case Reason::kInternal:
+      break;
   }
-  return Invalid("claims are not valid JSON");
+  return Invalid("claims could not be checked");
 }
 
 // iat, exp, nbf: RFC 7519 NumericDate, restricted to integers in

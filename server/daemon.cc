@@ -404,10 +404,11 @@ absl::Status Daemon::StartListening() {
                 "RESOURCE_EXHAUSTED",
                 "health request(s) over the request size limit");
   refusals_.Add([this] { return malformed_health_.load(); }, "INVALID_ARGUMENT",
-                "health request(s) that did not parse or never came");
-  refusals_.Add([this] { return unknown_methods_.calls(); }, "UNIMPLEMENTED",
-                "call(s) of a method signetd does not serve",
-                [this] { return unknown_methods_.TakeCallers(); });
+                "health request(s) that did not parse, never came, or "
+                "named a service over 256 bytes");
+  refusals_.AddTally([this] { return unknown_methods_.TakeReport(); },
+                     "UNIMPLEMENTED",
+                     "call(s) of a method signetd does not serve");
   refusals_.Add([w] { return w->timed_out(); }, "DEADLINE_EXCEEDED",
                 "call(s) whose request message did not come in time "
                 "(grpc.request_timeout_seconds)");
@@ -834,7 +835,7 @@ int Daemon::Stop() {
     stop_event.detail = "HSM stalled; no final checkpoint";
     (void)audit_->Append(stop_event);
     workers_->Detach();
-    std::_Exit(0);
+    std::_Exit(options_.exit_code_if_hsm_stuck);
   }
   // The pool is idle (above): this only joins its threads, while the audit
   // log they wrote to is still there.
@@ -868,7 +869,7 @@ int Daemon::Stop() {
   if (!closed->WaitForNotificationWithTimeout(absl::Seconds(5))) {
     SIGNET_LOG_WARN("closing the HSM connections did not finish; exiting");
     closer.detach();
-    std::_Exit(0);
+    std::_Exit(options_.exit_code_if_hsm_stuck);
   }
   closer.join();
   SIGNET_LOG_INFO("signetd stopped");

@@ -21,6 +21,7 @@
 #ifndef SIGNET_SERVER_HEALTH_SERVICE_H_
 #define SIGNET_SERVER_HEALTH_SERVICE_H_
 
+#include <cstddef>
 #include <functional>
 #include <map>
 #include <set>
@@ -58,6 +59,11 @@ class HealthService final : public OneRequestService {
 
   // Watch streams open now.
   int watchers() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The longest service name a request may carry: "scope/" and a scope name
+  // of at most 64 bytes, with room to spare. A longer one is INVALID_ARGUMENT
+  // (a malformed request): a Watch would hold it for the stream's life.
+  static constexpr size_t kMaxServiceNameBytes = 256;
 
  private:
   class Checker;

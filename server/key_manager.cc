@@ -206,11 +206,16 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
       sets.ok() ? BuildScopeKeys(config_, *sets, Scopes(), at) : sets.status();
   {
     absl::MutexLock lock(&mu_);
-    last_pass_ = PassStatus{at, built.status()};
     if (built.ok()) scopes_ = *built;
   }
+  if (built.ok() && notify && on_keys_) on_keys_(*built);
+  {
+    // After the keys are handed on: a pass GetStatus reports is one whose
+    // keys are served and published.
+    absl::MutexLock lock(&mu_);
+    last_pass_ = PassStatus{at, built.status()};
+  }
   if (!built.ok()) return built.status();
-  if (notify && on_keys_) on_keys_(*built);
   for (const InternalScope& scope : internal_) {
     auto set = sets->find(scope.policy.scope);
     if (set == sets->end()) continue;

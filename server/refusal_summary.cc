@@ -8,21 +8,30 @@
 namespace signet::server {
 
 void RefusalSummary::Add(std::function<uint64_t()> count, std::string result,
-                         std::string what,
-                         std::function<std::string()> detail) {
-  counted_.push_back({std::move(count), std::move(result), std::move(what),
-                      std::move(detail)});
+                         std::string what) {
+  counted_.push_back(
+      {std::move(count), std::move(result), std::move(what), {}});
+}
+
+void RefusalSummary::AddTally(std::function<Tally()> take, std::string result,
+                              std::string what) {
+  counted_.push_back({{}, std::move(result), std::move(what), std::move(take)});
 }
 
 std::map<std::string, std::string> RefusalSummary::Take() {
   std::map<std::string, std::vector<std::string>> by_result;
   for (Counted& c : counted_) {
+    if (c.take) {
+      const Tally tally = c.take();
+      if (tally.count == 0) continue;
+      by_result[c.result].push_back(absl::StrCat(
+          tally.count, " ", c.what,
+          tally.detail.empty() ? "" : absl::StrCat(" (", tally.detail, ")")));
+      continue;
+    }
     const uint64_t now = c.count();
     if (now == c.reported) continue;
-    std::string detail = c.detail ? c.detail() : std::string();
-    by_result[c.result].push_back(
-        absl::StrCat(now - c.reported, " ", c.what,
-                     detail.empty() ? "" : absl::StrCat(" (", detail, ")")));
+    by_result[c.result].push_back(absl::StrCat(now - c.reported, " ", c.what));
     c.reported = now;
   }
   std::map<std::string, std::string> report;

@@ -21,11 +21,21 @@ class RefusalSummary {
  public:
   // `count` reads a counter that only grows; `result` is the status code
   // name the refused clients got; `what` says what is counted, in the
-  // plural form "call(s) of …". `detail`, if given, is asked once each
-  // time the counter moved and says more ("by …"): it follows `what`, in
-  // parentheses, unless empty.
+  // plural form "call(s) of …".
   void Add(std::function<uint64_t()> count, std::string result,
-           std::string what, std::function<std::string()> detail = {});
+           std::string what);
+
+  // What a source that keeps its own tally hands over at each report: how
+  // many since the last one, and, in the same snapshot, a detail ("by …")
+  // that follows `what` in parentheses unless empty.
+  struct Tally {
+    uint64_t count = 0;
+    std::string detail;
+  };
+  // For a source whose count and detail must agree: `take` is called once
+  // per report and returns what it counted since its last call.
+  void AddTally(std::function<Tally()> take, std::string result,
+                std::string what);
 
   // By result: "N what, M other-what since the last report", for every
   // counter that moved since the last Take(). Empty when none moved.
@@ -36,7 +46,7 @@ class RefusalSummary {
     std::function<uint64_t()> count;
     std::string result;
     std::string what;
-    std::function<std::string()> detail;
+    std::function<Tally()> take;  // set instead of `count` by AddTally
     uint64_t reported = 0;
   };
   std::vector<Counted> counted_;

@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "base/log.h"
+#include "base/quote.h"
 #include "base/throttled_log.h"
 #include "server/audit_verify_command.h"
 #include "server/daemon.h"
@@ -51,11 +52,18 @@ log::ThrottledLog& LibraryLogs() {
   return *log;
 }
 
+// The libraries' messages quote what peers sent (gRPC's copy header values
+// into them): quoted, so a peer cannot forge a log line or send terminal
+// sequences (an outside attack made a header value into a whole "health:
+// SERVING" line), and cut at 512 bytes.
+constexpr size_t kMaxLibraryMessageBytes = 512;
+
 void GrpcLogToOurs(gpr_log_func_args* args) {
   if (args->severity < GPR_LOG_SEVERITY_ERROR) return;
   LibraryLogs().Warn([&] {
-    return absl::StrCat("grpc: ", args->message, " (", args->file, ":",
-                        args->line, ")");
+    return absl::StrCat(
+        "grpc: ", base::Quote(args->message, kMaxLibraryMessageBytes), " (",
+        args->file, ":", args->line, ")");
   });
 }
 
@@ -63,7 +71,9 @@ void ProtobufLogToOurs(google::protobuf::LogLevel level, const char* filename,
                        int line, const std::string& message) {
   if (level < google::protobuf::LOGLEVEL_WARNING) return;
   LibraryLogs().Warn([&] {
-    return absl::StrCat("protobuf: ", message, " (", filename, ":", line, ")");
+    return absl::StrCat(
+        "protobuf: ", base::Quote(message, kMaxLibraryMessageBytes), " (",
+        filename, ":", line, ")");
   });
 }
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -34,47 +33,61 @@ class UnknownMethodReactor final : public grpc::ServerGenericBidiReactor {
 grpc::ServerGenericBidiReactor* UnknownMethodService::CreateReactor(
     grpc::GenericCallbackServerContext* context) {
   calls_.fetch_add(1);
-  std::string_view pem;
+  absl::string_view pem;
   std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   std::vector<grpc::string_ref> pems;
   if (auth != nullptr) pems = auth->FindPropertyValues("x509_pem_cert");
   if (!pems.empty())
-    pem = std::string_view(pems.front().data(), pems.front().size());
-  const size_t key = pem.empty() ? 0 : std::hash<std::string_view>()(pem);
+    pem = absl::string_view(pems.front().data(), pems.front().size());
+  bool known = false;
   {
+    // A call is counted where it is attributed, under one lock, so that a
+    // report's count and its "by …" always agree.
     absl::MutexLock lock(&mu_);
-    auto it = callers_.find(key);
-    if (it == callers_.end() && callers_.size() >= kMaxCallers) {
+    if (auto it = callers_.find(pem); it != callers_.end()) {
+      ++it->second.calls;
+      known = true;
+    } else if (callers_.size() >= kMaxCallers) {
+      ++other_calls_;
+      known = true;
+    }
+    if (known) ++unreported_;
+  }
+  if (!known) {
+    // Parsed outside the lock; another call of the same certificate may
+    // have added it meanwhile.
+    absl::StatusOr<std::string> identity =
+        pem.empty() ? absl::StatusOr<std::string>(absl::UnknownError(""))
+                    : IdentityFromCertificatePem(pem);
+    std::string label = identity.ok() ? base::Quote(*identity, 128)
+                                      : std::string("unidentified");
+    absl::MutexLock lock(&mu_);
+    if (auto it = callers_.find(pem); it != callers_.end()) {
+      ++it->second.calls;
+    } else if (callers_.size() >= kMaxCallers) {
       ++other_calls_;
     } else {
-      if (it == callers_.end()) {
-        absl::StatusOr<std::string> identity =
-            pem.empty() ? absl::StatusOr<std::string>(absl::UnknownError(""))
-                        : IdentityFromCertificatePem(
-                              absl::string_view(pem.data(), pem.size()));
-        it = callers_
-                 .emplace(key,
-                          Caller{identity.ok() ? base::Quote(*identity, 128)
-                                               : std::string("unidentified")})
-                 .first;
-      }
-      ++it->second.calls;
+      callers_.emplace(std::string(pem), Caller{std::move(label), 1});
     }
+    ++unreported_;
   }
   return new UnknownMethodReactor(base::Quote(context->method()));
 }
 
-std::string UnknownMethodService::TakeCallers() {
+RefusalSummary::Tally UnknownMethodService::TakeReport() {
   std::map<std::string, uint64_t> by_identity;
   uint64_t others = 0;
+  RefusalSummary::Tally tally;
   {
     absl::MutexLock lock(&mu_);
-    for (const auto& [key, caller] : callers_) {
+    for (const auto& [pem, caller] : callers_) {
       by_identity[caller.identity] += caller.calls;
     }
     others = other_calls_;
+    tally.count = unreported_;
     callers_.clear();
     other_calls_ = 0;
+    unreported_ = 0;
   }
   std::vector<std::pair<std::string, uint64_t>> sorted(by_identity.begin(),
                                                        by_identity.end());
@@ -86,8 +99,9 @@ std::string UnknownMethodService::TakeCallers() {
     parts.push_back(absl::StrCat(identity, " (", calls, ")"));
   }
   if (others > 0) parts.push_back(absl::StrCat(others, " by other callers"));
-  if (parts.empty()) return "";
-  return absl::StrCat("by ", absl::StrJoin(parts, ", "));
+  if (!parts.empty())
+    tally.detail = absl::StrCat("by ", absl::StrJoin(parts, ", "));
+  return tally;
 }
 
 }  // namespace signet::server

@@ -18,11 +18,13 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "server/refusal_summary.h"
 
 namespace signet::server {
 
@@ -34,13 +36,13 @@ class UnknownMethodService final : public grpc::CallbackGenericService {
   // Calls answered since the start.
   uint64_t calls() const { return calls_.load(); }
 
-  // Who made the calls since the last TakeCallers(), most calls first:
-  // "by uri:spiffe://… (12), unidentified (3)". A caller is the identity
-  // its client certificate gives (server/identity.h), or "unidentified"
-  // (no certificate, or one that identifies nobody). At most kMaxCallers
-  // certificates are told apart in one report; the calls of the rest are
-  // "N by other callers".
-  std::string TakeCallers() ABSL_LOCKS_EXCLUDED(mu_);
+  // The calls since the last TakeReport(), and who made them, most calls
+  // first: "by \"uri:spiffe://…\" (12), unidentified (3)", from one
+  // snapshot. A caller is the identity its client certificate gives
+  // (server/identity.h), or "unidentified" (no certificate, or one that
+  // identifies nobody). At most kMaxCallers certificates are told apart in
+  // one report; the calls of the rest are "N by other callers".
+  RefusalSummary::Tally TakeReport() ABSL_LOCKS_EXCLUDED(mu_);
 
   static constexpr size_t kMaxCallers = 16;
 
@@ -52,10 +54,11 @@ class UnknownMethodService final : public grpc::CallbackGenericService {
 
   std::atomic<uint64_t> calls_{0};
   absl::Mutex mu_;
-  // By a hash of the client certificate: its identity is read once per
+  // By client certificate (PEM; "" for none): its identity is read once per
   // report, not once per call.
-  std::map<size_t, Caller> callers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Caller, std::less<>> callers_ ABSL_GUARDED_BY(mu_);
   uint64_t other_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t unreported_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace signet::server

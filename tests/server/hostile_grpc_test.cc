@@ -1194,7 +1194,8 @@ TEST_F(HostileGrpcTest, ACallWithoutARequestMessageIsInvalidArgument) {
 }
 
 // Health requests are parsed by signetd too: one that does not parse was
-// answered UNIMPLEMENTED with no message by gRPC's typed handler.
+// answered UNIMPLEMENTED with no message by gRPC's typed handler. One with
+// an over-long service name is refused as well.
 TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
   auto signetd = Start("health-undecodable");
   ASSERT_NE(signetd, nullptr);
@@ -1210,6 +1211,18 @@ TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
                   HasSubstr("not a valid grpc.health.v1.HealthCheckRequest"))
           << method;
     }
+  }
+  // A name longer than any signetd serves is refused before a Watch could
+  // hold it (an outside attack held 1,024 Watches of 3 MB names: 3 GB).
+  const std::string long_name =
+      std::string("\x0a\xe8\x07", 3) + std::string(1000, 'a');
+  for (const char* method : {"Check", "Watch"}) {
+    grpc::Status st = RawCall(
+        channel, absl::StrCat("/grpc.health.v1.Health/", method), long_name);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(st.error_message(),
+                HasSubstr("the health service name is 1000 bytes"))
+        << method;
   }
   EXPECT_THAT(
       AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"INVALID_ARGUMENT\"",
@@ -1234,18 +1247,17 @@ TEST_F(HostileGrpcTest, AnUnknownMethodIsUnimplementedWithAMessageAndAudited) {
   ASSERT_NE(signetd, nullptr);
   // A tenant's scan names the tenant: the calls are counted by caller. The
   // first refusals are reported within a second, the next ones 10 s later.
+  // One call: a report cannot split it.
   auto tenant_channel = Channel(tenant_);
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_EQ(RawCall(tenant_channel, "/signet.v1.Signer/ListAllKeys", "")
-                  .error_code(),
-              grpc::StatusCode::UNIMPLEMENTED);
-  }
-  // JSON-escaped in the line: (by \"uri:…\" (2)).
+  EXPECT_EQ(
+      RawCall(tenant_channel, "/signet.v1.Signer/ListAllKeys", "").error_code(),
+      grpc::StatusCode::UNIMPLEMENTED);
+  // JSON-escaped in the line: (by \"uri:…\" (1)).
   EXPECT_THAT(
       AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"UNIMPLEMENTED\"",
-                      absl::StrCat("2 call(s) of a method signetd does not "
+                      absl::StrCat("1 call(s) of a method signetd does not "
                                    "serve (by \\\"uri:",
-                                   kTenant, "\\\" (2))")}),
+                                   kTenant, "\\\" (1))")}),
       Not(::testing::IsEmpty()));
 
   auto channel = Channel(no_eku_);
@@ -1539,6 +1551,34 @@ TEST_F(HostileGrpcTest, AFarDeadlineIsServedWithinSignetsOwnTimeLimit) {
     EXPECT_EQ(std::count(resp.jws().begin(), resp.jws().end(), '.'), 2)
         << timeout << ": " << resp.jws();
   }
+}
+
+// Found by an outside attack: gRPC copies a malformed header value into its
+// own log message, so a peer could forge a whole signetd log line (and send
+// terminal sequences). The libraries' messages are quoted now.
+TEST_F(HostileGrpcTest, APeersHeaderCannotForgeALogLine) {
+  auto signetd = Start("log-forgery");
+  ASSERT_NE(signetd, nullptr);
+  testing::RawGrpcCall call;
+  call.port = port_;
+  call.cert_pem = tenant_->cert_pem;
+  call.key_pem = tenant_->key_pem;
+  call.path = "/signet.v1.Signer/SignJwt";
+  call.headers = {
+      {"grpc-timeout", "1S\nFORGED signetd: health: SERVING\x1b[2J"}};
+  call.message = "\x0a\x02id";
+  (void)testing::RawGrpcUnary(call);
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!absl::StrContains(signetd->Output(), "FORGED") &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const std::string output = signetd->Output();
+  ASSERT_THAT(output, HasSubstr("FORGED")) << "gRPC logged nothing";
+  // On one line, escaped: no line of the output starts with the forgery.
+  EXPECT_THAT(output, HasSubstr("\\nFORGED"));
+  EXPECT_THAT(output, Not(HasSubstr("\nFORGED")));
+  EXPECT_THAT(output, Not(HasSubstr("\x1b")));
 }
 
 // Found by an outside attack: a tenant whose client never read its answers
