@@ -77,15 +77,15 @@ void DeadlineWatchdog::Loop() {
       list_->calls.erase(list_->calls.begin());
       list_->mu.Unlock();
       if (cut_off) {
-        call->Finish(absl::UnavailableError(
+        call->Expire(absl::UnavailableError(
             "signetd is shutting down and the HSM has not answered; nothing "
             "was released (retry)"));
       } else if (call->started()) {
-        call->Finish(absl::DeadlineExceededError(
+        call->Expire(absl::DeadlineExceededError(
             "the HSM did not answer before the deadline; nothing was "
             "released (retry, or check the HSM)"));
       } else {
-        call->Finish(absl::DeadlineExceededError(
+        call->Expire(absl::DeadlineExceededError(
             "the call waited for a free HSM session past its deadline (this "
             "replica is busy, or its HSM is stalled: health says which); "
             "nothing was released (retry with backoff, or on another "

@@ -38,13 +38,17 @@ class PendingCall {
   // `answer` sends the status (the reactor's Finish, through ToGrpcStatus);
   // `watch_list` is the watchdog's, for a call that leaves it once answered
   // (null: not watched).
+  // `on_expired` runs after the watchdog has answered the call (its
+  // deadline passed): the Signer audits that refusal.
   PendingCall(std::function<void(const absl::Status&)> answer,
               absl::Time deadline, std::function<void()> on_done = {},
-              std::shared_ptr<WatchList> watch_list = nullptr)
+              std::shared_ptr<WatchList> watch_list = nullptr,
+              std::function<void(const absl::Status&)> on_expired = {})
       : answer_(std::move(answer)),
         deadline_(deadline),
         on_done_(std::move(on_done)),
-        watch_list_(std::move(watch_list)) {}
+        watch_list_(std::move(watch_list)),
+        on_expired_(std::move(on_expired)) {}
 
   // Answers the RPC unless it was answered already. `fill` writes the
   // response and runs only if this call wins. Returns whether it won.
@@ -52,6 +56,12 @@ class PendingCall {
               const std::function<void()>& fill = {});
 
   bool answered() const { return answered_.load(); }
+
+  // For the watchdog: answers with `status` and, if that answered the call,
+  // runs `on_expired`.
+  void Expire(const absl::Status& status) {
+    if (Finish(status) && on_expired_) on_expired_(status);
+  }
   absl::Time deadline() const { return deadline_; }
 
   // Work for this call has reached the HSM (a worker took it). A call
@@ -64,6 +74,7 @@ class PendingCall {
   const absl::Time deadline_;
   const std::function<void()> on_done_;
   const std::shared_ptr<WatchList> watch_list_;
+  const std::function<void(const absl::Status&)> on_expired_;
   std::atomic<bool> answered_{false};
   std::atomic<bool> started_{false};
 };

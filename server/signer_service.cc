@@ -208,7 +208,7 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
       keys.SigningAt(options_.clock->Now());
   if (signing != nullptr) {
     return Authorized{tenant->second.get(), std::move(signing),
-                      std::move(serving), /*signs=*/true};
+                      std::move(serving), /*signs=*/true, *identity};
   }
   // No key signs: purpose and claims are still checked (the more useful
   // refusal first), then CheckActive refuses.
@@ -221,7 +221,7 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
     newest = std::move(keyless);
   }
   return Authorized{tenant->second.get(), std::move(newest), std::move(serving),
-                    /*signs=*/false};
+                    /*signs=*/false, *identity};
 }
 
 absl::Time SignerService::DeadlineOf(
@@ -288,8 +288,12 @@ absl::Status SignerService::Admit(const Call& call, Tenant* tenant,
       "with backoff"));
 }
 
-void SignerService::Refuse(const Call& call, const absl::Status& status,
-                           absl::string_view caller, absl::string_view scope) {
+namespace {
+
+// A refused call's audit line. Refusals are rate-limited into summaries by
+// the audit log (AppendRefusal).
+AuditEvent RefusalEvent(const char* method, const absl::Status& status,
+                        absl::string_view caller, absl::string_view scope) {
   AuditEvent refusal;
   refusal.event = "refuse";
   refusal.result = absl::StatusCodeToString(status.code());
@@ -297,19 +301,21 @@ void SignerService::Refuse(const Call& call, const absl::Status& status,
     // No identity: the certificate was refused (or none came). What it said
     // is in the message.
     refusal.caller = "unidentified";
-    refusal.detail = absl::StrCat(call.method, ": ", status.message());
+    refusal.detail = absl::StrCat(method, ": ", status.message());
   } else {
     refusal.caller = std::string(caller);
-    refusal.detail = call.method;
+    refusal.detail = method;
     // Why, when signet's own message says it without quoting the request:
-    // which limit, the HSM's condition, the key schedule, authorization. A
-    // refused request's message (INVALID_ARGUMENT) may quote its claims,
-    // which never reach the log.
+    // which limit, the HSM's condition, the key schedule, authorization, a
+    // deadline passed in the queue or at the HSM. A refused request's
+    // message (INVALID_ARGUMENT) may quote its claims, which never reach the
+    // log.
     switch (status.code()) {
       case absl::StatusCode::kResourceExhausted:
       case absl::StatusCode::kUnavailable:
       case absl::StatusCode::kFailedPrecondition:
       case absl::StatusCode::kPermissionDenied:
+      case absl::StatusCode::kDeadlineExceeded:
         absl::StrAppend(&refusal.detail, ": ", status.message());
         break;
       default:
@@ -317,8 +323,18 @@ void SignerService::Refuse(const Call& call, const absl::Status& status,
     }
   }
   refusal.scope = ValidScopeName(scope) ? std::string(scope) : Quote(scope);
+  return refusal;
+}
+
+}  // namespace
+
+void SignerService::Refuse(const Call& call, const absl::Status& status,
+                           absl::string_view caller, absl::string_view scope) {
   std::shared_ptr<const ServingState> serving = Serving();
-  if (serving != nullptr) serving->audit->AppendRefusal(refusal);
+  if (serving != nullptr) {
+    serving->audit->AppendRefusal(
+        RefusalEvent(call.method, status, caller, scope));
+  }
   call.answer(ToGrpcStatus(status));
 }
 
@@ -370,12 +386,20 @@ std::shared_ptr<const PublishedDocuments> SignerService::Published() const {
 void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
                              std::vector<Part> parts) {
   Tenant* tenant = auth.tenant;
+  // A call the watchdog answers (its deadline passed in the queue or at the
+  // HSM) or the workers' queue refuses is audited like any refusal; an
+  // outside attack found neither was.
+  auto audit_refusal =
+      [audit = auth.serving->audit, method = rpc.method, caller = auth.caller,
+       scope = auth.scope->config.name()](const absl::Status& status) {
+        audit->AppendRefusal(RefusalEvent(method, status, caller, scope));
+      };
   auto call = std::make_shared<PendingCall>(
       [answer = rpc.answer](const absl::Status& status) {
         answer(ToGrpcStatus(status));
       },
       DeadlineOf(rpc.context), [tenant] { tenant->in_flight.fetch_sub(1); },
-      watchdog_.list());
+      watchdog_.list(), audit_refusal);
   for (size_t i = 0; i < parts.size(); ++i) {
     auto part = std::make_shared<Part>(std::move(parts[i]));
     // Per tenant: tenants take turns at the workers (server/worker_pool.h).
@@ -391,7 +415,7 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
     });
     if (!queued.ok()) {
       if (i == 0) {
-        call->Finish(queued);
+        if (call->Finish(queued)) audit_refusal(queued);
         return;
       }
       (*part)(call, queued);

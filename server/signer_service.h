@@ -122,6 +122,7 @@ class SignerService final : public OneRequestService {
     std::shared_ptr<const ScopeState> scope;
     std::shared_ptr<const ServingState> serving;
     bool signs = false;
+    std::string caller;  // the identity, for audit lines
   };
   // One call on its way: where it came from and how it is answered (the
   // answer serializes the response, then finishes the reactor).

@@ -724,6 +724,30 @@ TEST_F(SignerTest, LimitsHoldWhileTheHsmIsStalled) {
   // At most workers + queue (4 + 8) were admitted.
   EXPECT_GE(at_capacity, kAlpha - 12);
   EXPECT_GT(timed_out, 0);
+  // Both refusals are audited, with why (an outside attack found neither
+  // was: the queue's refusal and the watchdog's answer bypassed the audit).
+  bool audited_capacity = false;
+  bool audited_deadline = false;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    std::ifstream in(audit_dir_ + "/audit.log");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!absl::StrContains(line, "\"event\":\"refuse\"") ||
+          !absl::StrContains(
+              line, "\"caller\":\"uri:spiffe://signet.test/tenant/alpha\"")) {
+        continue;
+      }
+      audited_capacity |= absl::StrContains(line, "RESOURCE_EXHAUSTED") &&
+                          absl::StrContains(line, "at capacity");
+      audited_deadline |=
+          absl::StrContains(line, "DEADLINE_EXCEEDED") &&
+          absl::StrContains(line, "waited for a free HSM session");
+    }
+    if (audited_capacity && audited_deadline) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(audited_capacity);
+  EXPECT_TRUE(audited_deadline);
   ASSERT_TRUE(hsm_->Resume().ok());
   bool resumed = false;
   v1::SignJwtResponse resp;
