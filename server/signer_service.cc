@@ -403,16 +403,21 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
   for (size_t i = 0; i < parts.size(); ++i) {
     auto part = std::make_shared<Part>(std::move(parts[i]));
     // Per tenant: tenants take turns at the workers (server/worker_pool.h).
-    absl::Status queued = auth.serving->workers->Submit(tenant, [call, part] {
-      // No HSM work after the deadline: the watchdog has answered.
-      if (call->answered() || absl::Now() >= call->deadline()) {
-        (*part)(call, absl::DeadlineExceededError(
-                          "the deadline passed before this work began"));
-        return;
-      }
-      call->MarkStarted();
-      (*part)(call, absl::OkStatus());
-    });
+    absl::Status queued = auth.serving->workers->Submit(
+        tenant,
+        [call, part] {
+          // No HSM work after the deadline: the watchdog has answered.
+          if (call->answered() || absl::Now() >= call->deadline()) {
+            (*part)(call, absl::DeadlineExceededError(
+                              "the deadline passed before this work began"));
+            return;
+          }
+          call->MarkStarted();
+          (*part)(call, absl::OkStatus());
+        },
+        // An answered call's queued work gives up its place when the queue
+        // is full (its refusal is audited: the watchdog's hook).
+        [call] { return !call->answered(); });
     if (!queued.ok()) {
       if (i == 0) {
         if (call->Finish(queued)) audit_refusal(queued);

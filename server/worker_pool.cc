@@ -1,6 +1,7 @@
 #include "server/worker_pool.h"
 
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/clock.h"
@@ -38,26 +39,50 @@ void WorkerPool::Detach() {
   }
 }
 
-absl::Status WorkerPool::Submit(const void* owner, std::function<void()> task) {
+absl::Status WorkerPool::Submit(const void* owner, std::function<void()> task,
+                                std::function<bool()> wanted) {
+  std::vector<Queued> dropped;  // destroyed after the lock is released
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("signetd is shutting down");
+  if (queued_ >= queue_size_) DropUnwantedLocked(&dropped);
   if (queued_ >= queue_size_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "signetd is at capacity (", busy_, " requests at the HSM, ", queued_,
         " waiting); retry with backoff"));
   }
-  std::deque<std::function<void()>>& queue = queues_[owner];
+  std::deque<Queued>& queue = queues_[owner];
   if (queue.empty()) turns_.push_back(owner);
-  queue.push_back(std::move(task));
+  queue.push_back(Queued{std::move(task), std::move(wanted)});
   ++queued_;
   return absl::OkStatus();
+}
+
+void WorkerPool::DropUnwantedLocked(std::vector<Queued>* dropped) {
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    std::deque<Queued>& queue = it->second;
+    for (auto q = queue.begin(); q != queue.end();) {
+      if (q->wanted && !q->wanted()) {
+        dropped->push_back(std::move(*q));
+        q = queue.erase(q);
+        --queued_;
+      } else {
+        ++q;
+      }
+    }
+    if (queue.empty()) {
+      std::erase(turns_, it->first);
+      queues_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
 }
 
 std::function<void()> WorkerPool::TakeLocked() {
   const void* owner = turns_.front();
   turns_.pop_front();
   auto it = queues_.find(owner);
-  std::function<void()> task = std::move(it->second.front());
+  std::function<void()> task = std::move(it->second.front().task);
   it->second.pop_front();
   if (it->second.empty()) {
     queues_.erase(it);  // an owner is kept only while it has work

@@ -35,11 +35,20 @@ class WorkerPool {
   // at most one task per other waiting tenant, not by its whole queue.
   // RESOURCE_EXHAUSTED when `queue_size` tasks are waiting (all owners);
   // UNAVAILABLE after shutdown began.
-  absl::Status Submit(const void* owner, std::function<void()> task)
+  //
+  // `wanted`, if given, says whether the task is still worth running (its
+  // call has not been answered). A full queue first drops the tasks no
+  // longer wanted, unrun: calls answered at their deadline while queued
+  // must not keep their places (an outside attack filled the queue with
+  // such tasks from a tenant with 100 ms deadlines, and a third tenant was
+  // refused "at capacity"). `wanted` is called under the pool's lock: it
+  // must be quick and take no lock.
+  absl::Status Submit(const void* owner, std::function<void()> task,
+                      std::function<bool()> wanted = {})
       ABSL_LOCKS_EXCLUDED(mu_);
   // A task of no particular owner (they share one turn).
   absl::Status Submit(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_) {
-    return Submit(nullptr, std::move(task));
+    return Submit(nullptr, std::move(task), {});
   }
 
   // Threads in the pool.
@@ -77,7 +86,16 @@ class WorkerPool {
   std::function<void()> TakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Each owner's queued tasks, and the owners with any, in turn order.
-  absl::flat_hash_map<const void*, std::deque<std::function<void()>>> queues_
+  struct Queued {
+    std::function<void()> task;
+    std::function<bool()> wanted;  // empty: always wanted
+  };
+  // Moves the tasks no longer wanted into `dropped` (destroyed by the caller
+  // outside the lock: they may hold large requests).
+  void DropUnwantedLocked(std::vector<Queued>* dropped)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::flat_hash_map<const void*, std::deque<Queued>> queues_
       ABSL_GUARDED_BY(mu_);
   std::deque<const void*> turns_ ABSL_GUARDED_BY(mu_);
   int queued_ ABSL_GUARDED_BY(mu_) = 0;

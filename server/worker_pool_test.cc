@@ -59,6 +59,46 @@ TEST(WorkerPoolTest, AFullQueueAnswersResourceExhaustedWithoutBlocking) {
   release.Notify();
 }
 
+// Tasks of calls answered while queued (their deadline passed) give up
+// their places when the queue is full, unrun; wanted ones keep theirs.
+TEST(WorkerPoolTest, AFullQueueDropsTasksNoLongerWantedBeforeRefusing) {
+  absl::Notification release;
+  absl::Notification started;
+  WorkerPool pool(1, 3);
+  ASSERT_TRUE(pool.Submit([&] {
+                    started.Notify();
+                    release.WaitForNotification();
+                  })
+                  .ok());
+  started.WaitForNotification();
+  std::atomic<bool> answered{false};
+  std::atomic<int> ran{0};
+  int owner_a = 0;
+  int owner_b = 0;
+  // Tenant A's two calls, then one of tenant B's: the queue is full.
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(
+        pool.Submit(
+                &owner_a, [&] { ++ran; }, [&] { return !answered.load(); })
+            .ok());
+  }
+  ASSERT_TRUE(pool.Submit(
+                      &owner_b, [&] { ++ran; }, [] { return true; })
+                  .ok());
+  EXPECT_EQ(pool.Submit(&owner_b, [&] { ++ran; }).code(),
+            absl::StatusCode::kResourceExhausted);
+  // A's calls are answered at their deadline: their places are free.
+  answered = true;
+  EXPECT_TRUE(pool.Submit(&owner_b, [&] { ++ran; }).ok());
+  EXPECT_TRUE(pool.Submit(&owner_b, [&] { ++ran; }).ok());
+  EXPECT_EQ(pool.queued(), 3);
+  EXPECT_EQ(pool.Submit(&owner_b, [&] { ++ran; }).code(),
+            absl::StatusCode::kResourceExhausted);
+  release.Notify();
+  ASSERT_TRUE(pool.WaitIdle(absl::Seconds(10)));
+  EXPECT_EQ(ran.load(), 3);  // B's three; A's two never ran
+}
+
 TEST(WorkerPoolTest, CountsWorkersStuckInOneTask) {
   absl::Notification release;
   absl::Notification started;
