@@ -147,7 +147,11 @@ void OneRequestCall::OnReadDone(bool ok) {
     // The client reset the stream: it asked for nothing, but too many such
     // resets on one connection, each right after its call began, are an
     // attack.
-    if (base::MonotonicNow() - started_ < waits_->limits().rapid_reset_age) {
+    const RequestWaitLimits& limits = waits_->limits();
+    const bool at_its_deadline =
+        absl::Now() >= deadline_ - absl::Milliseconds(2);
+    if (base::MonotonicNow() - started_ < limits.rapid_reset_age &&
+        (!at_its_deadline || time_allowed_ < limits.min_honest_deadline)) {
       waits_->CountEarlyReset(context_->peer());
     }
     OnNoRequest(grpc::Status::CANCELLED);

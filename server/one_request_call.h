@@ -65,8 +65,14 @@ struct RequestWaitLimits {
   // within `reset_window` is closed. Only a reset within `rapid_reset_age`
   // of the call's start counts: a client whose deadline ends a slow upload,
   // or whose connection drops with calls open for longer, is not an
-  // attacker (an outside attack tripped the limit that way).
+  // attacker (an outside attack tripped the limit that way). Nor is a
+  // reset at the call's own deadline when the client allowed at least
+  // `min_honest_deadline`: a busy replica may not read an honest client's
+  // message before a tight deadline (a third attack saw clients with 20-30 ms
+  // deadlines closed and their address banned). A deadline shorter than
+  // that counts, or a client could reset at will by asking for 1 ms.
   int max_early_resets = 32;
+  absl::Duration min_honest_deadline = absl::Milliseconds(10);
   absl::Duration reset_window = absl::Seconds(10);
   absl::Duration rapid_reset_age = absl::Seconds(1);
   // The largest request message handled; a larger one is refused
@@ -150,7 +156,11 @@ class OneRequestCall
 
  protected:
   OneRequestCall(RequestWaits* waits, grpc::CallbackServerContext* context)
-      : waits_(waits), context_(context), started_(base::MonotonicNow()) {}
+      : waits_(waits),
+        context_(context),
+        started_(base::MonotonicNow()),
+        deadline_(absl::FromChrono(context->deadline())),
+        time_allowed_(deadline_ - absl::Now()) {}
 
   grpc::CallbackServerContext* context() const { return context_; }
 
@@ -179,6 +189,9 @@ class OneRequestCall
   RequestWaits* const waits_;
   grpc::CallbackServerContext* const context_;
   const absl::Duration started_;  // base::MonotonicNow() at the call's start
+  // The client's deadline, and how long it gave the call from its start.
+  const absl::Time deadline_;
+  const absl::Duration time_allowed_;
   grpc::ByteBuffer request_;
   // The wait's timer: whichever of OnReadDone and the watchdog finishes it
   // first decides whether the request is handled.

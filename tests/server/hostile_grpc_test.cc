@@ -1474,6 +1474,55 @@ TEST_F(HostileGrpcTest, CallsCancelledAfterTheirFirstSecondAreNotARapidReset) {
   }
 }
 
+// Found by a third outside attack: an honest client with 20-30 ms
+// deadlines, whose messages a busy replica had not read yet, was closed as
+// a rapid reset and its address banned. A call that ends at its own
+// deadline, when the client allowed it at least 10 ms, does not count. (A
+// message never sent looks the same to signetd as one not read yet.)
+TEST_F(HostileGrpcTest, CallsEndedByTheirOwnDeadlineAreNotARapidReset) {
+  auto signetd = Start("deadline-resets");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_, /*own_connection=*/true);
+  ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() +
+                                        std::chrono::seconds(20)));
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  constexpr int kCalls = 40;  // over the 32 resets that close a connection
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::GenericClientAsyncReaderWriter>> calls;
+  std::vector<grpc::Status> statuses(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(std::chrono::system_clock::now() +
+                                  std::chrono::milliseconds(30));
+    calls.push_back(stub.PrepareCall(contexts.back().get(),
+                                     "/signet.v1.Signer/SignJwt", &cq));
+    calls.back()->StartCall(reinterpret_cast<void*>(1));
+    calls.back()->Finish(&statuses[i], reinterpret_cast<void*>(2));
+  }
+  for (int i = 0; i < 2 * kCalls; ++i) {
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+  }
+  for (const grpc::Status& st : statuses) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // The same connection still signs: it was not closed, nor banned.
+  auto signer = v1::Signer::NewStub(channel);
+  EXPECT_TRUE(SignJwt(*signer, kScope).ok());
+  EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"sign\""}),
+              Not(::testing::IsEmpty()));
+  EXPECT_THAT(ReadFile(audit_dir_ + "/audit.log"),
+              Not(HasSubstr("closed for resetting calls")));
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
 // Found while fixing the audit of oversized requests: a client that reset a
 // Health/Watch stream before sending its request made the watch finish
 // twice (once for the reset, once for the failed read), a gRPC assertion
