@@ -199,6 +199,8 @@ absl::Status ValidateGrpcLimits(signet::v1::GrpcConfig& grpc) {
        &G::set_max_calls_awaiting_request, 4096, 1, 1 << 20},
       {"max_connections_per_address", &G::max_connections_per_address,
        &G::set_max_connections_per_address, 256, 1, 1 << 20},
+      {"max_connections", &G::max_connections, &G::set_max_connections, 8192,
+       16, 1 << 20},
   };
   for (const Bound& b : bounds) {
     if ((grpc.*b.get)() == 0) (grpc.*b.set)(b.fallback);

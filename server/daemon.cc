@@ -177,13 +177,6 @@ Daemon::~Daemon() {
 
 absl::Status Daemon::LoadConfiguration() {
   if (absl::Status hardened = HardenProcess(); !hardened.ok()) return hardened;
-  int open_files_before = 0;
-  const int open_files = RaiseOpenFileLimit(&open_files_before);
-  SIGNET_LOG_INFO("open-file limit {}{}", open_files,
-                  open_files == open_files_before
-                      ? std::string(" (the hard limit)")
-                      : absl::StrCat(" (raised from ", open_files_before,
-                                     " to the hard limit)"));
   if (options_.config_path.empty()) {
     return absl::InvalidArgumentError("--config is required");
   }
@@ -192,6 +185,23 @@ absl::Status Daemon::LoadConfiguration() {
       LoadConfigFile(options_.config_path, config_options_);
   if (!config.ok()) return config.status();
   config_ = *std::move(config);
+  // Descriptors for grpc.max_connections, the reserve (HSM sockets, audit
+  // files) and the HTTP endpoint's connections: the gRPC budget is what the
+  // limit leaves after the other two (server/connection_acceptor.h).
+  const int64_t wanted_files =
+      int64_t{config_.grpc().max_connections()} +
+      config_.grpc().reserved_file_descriptors() +
+      (config_.has_http() ? config_.http().max_connections() : 0);
+  int open_files_before = 0;
+  const int open_files = SetOpenFileLimit(
+      static_cast<int>(std::min<int64_t>(wanted_files, 1 << 30)),
+      &open_files_before);
+  SIGNET_LOG_INFO(
+      "open-file limit {}{}", open_files,
+      open_files < wanted_files
+          ? absl::StrCat(" (the hard limit: below the ", wanted_files,
+                         " grpc.max_connections and the reserve want)")
+          : std::string(" (grpc.max_connections, the reserve and HTTP)"));
   const signet::v1::HsmConfig& hsm_config = config_.hsm();
 
   module_.module_path = hsm_config.module_path();

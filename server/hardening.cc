@@ -4,6 +4,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -32,7 +33,7 @@ absl::Status HardenProcess() {
   return absl::OkStatus();
 }
 
-int RaiseOpenFileLimit(int* before) {
+int SetOpenFileLimit(int wanted, int* before) {
   struct rlimit limit;
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
     *before = -1;
@@ -43,8 +44,10 @@ int RaiseOpenFileLimit(int* before) {
                                                 : static_cast<int>(v);
   };
   *before = as_int(limit.rlim_cur);
-  if (limit.rlim_cur < limit.rlim_max) {
-    limit.rlim_cur = limit.rlim_max;
+  const rlim_t target = std::min<rlim_t>(
+      limit.rlim_max, static_cast<rlim_t>(std::max(wanted, 0)));
+  if (limit.rlim_cur != target) {
+    limit.rlim_cur = target;
     if (setrlimit(RLIMIT_NOFILE, &limit) != 0) return *before;
   }
   return as_int(limit.rlim_cur);

@@ -13,11 +13,14 @@ namespace signet::server {
 // connection raises it on the next write). INTERNAL if a call fails.
 absl::Status HardenProcess();
 
-// Raises the soft open-file limit (RLIMIT_NOFILE) to the hard limit, so a
-// flood of connections meets the connection budget (ConnectionAcceptor)
-// rather than the limit. Returns the limit now in force and, in `before`,
-// the one it replaced.
-int RaiseOpenFileLimit(int* before);
+// Sets the soft open-file limit (RLIMIT_NOFILE) to `wanted`, or to the hard
+// limit if that is lower: high enough that a flood of connections meets the
+// connection budget (ConnectionAcceptor) rather than the limit, and no
+// higher, because every connection the budget admits holds memory gRPC's
+// quota does not count (25-41 KB idle; a hard limit of 524,288, systemd's
+// default for services, would allow 13-20 GB). Returns the limit now in
+// force and, in `before`, the one it replaced.
+int SetOpenFileLimit(int wanted, int* before);
 
 // FAILED_PRECONDITION if `maps` (the text of /proc/self/maps) maps a
 // SoftHSM library: through the p11-kit boundary, key material must never be

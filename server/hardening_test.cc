@@ -4,6 +4,8 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include <algorithm>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -19,6 +21,24 @@ TEST(HardeningTest, DisablesCoreDumpsAndDumpability) {
   EXPECT_EQ(rl.rlim_cur, 0u);
   EXPECT_EQ(rl.rlim_max, 0u);
   EXPECT_EQ(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
+}
+
+// The soft open-file limit goes to what is wanted, lower or higher, but
+// never above the hard limit.
+TEST(HardeningTest, SetsTheOpenFileLimitToWhatIsWantedWithinTheHardLimit) {
+  struct rlimit original;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &original), 0);
+  const int hard =
+      original.rlim_max == RLIM_INFINITY || original.rlim_max > (1u << 30)
+          ? (1 << 30)
+          : static_cast<int>(original.rlim_max);
+  int before = 0;
+  EXPECT_EQ(SetOpenFileLimit(512, &before), std::min(512, hard));
+  EXPECT_EQ(before,
+            static_cast<int>(std::min<rlim_t>(original.rlim_cur, 1u << 30)));
+  EXPECT_EQ(SetOpenFileLimit(1 << 30, &before), hard);
+  EXPECT_EQ(before, std::min(512, hard));
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &original), 0);
 }
 
 TEST(HardeningTest, RefusesSoftHsmInTheMemoryMap) {

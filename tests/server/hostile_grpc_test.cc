@@ -1318,6 +1318,42 @@ bool ClosedByServer(int fd, absl::Duration wait) {
   return recv(fd, &byte, 1, MSG_DONTWAIT) <= 0;
 }
 
+// Found by a third outside attack: the connection budget was the whole
+// hard open-file limit, and each idle connection holds 25-41 KB that the
+// gRPC memory quota does not count (a hard limit of 524,288 would allow
+// 13-20 GB). grpc.max_connections caps it: signetd sets its open-file limit
+// from it, and a connection past the budget is closed at once.
+TEST_F(HostileGrpcTest, GrpcMaxConnectionsCapsTheConnectionsHeld) {
+  auto signetd = Start("max-connections",
+                       "grpc { max_connections: 64 "
+                       "max_connections_per_address: 1000 "
+                       "handshake_timeout_seconds: 60 }\n");
+  ASSERT_NE(signetd, nullptr);
+  EXPECT_THAT(signetd->Output(),
+              HasSubstr("(grpc.max_connections, the reserve and HTTP)"));
+  std::vector<int> held;
+  int closed = 0;
+  for (int i = 0; i < 100; ++i) {
+    const int fd = ConnectFrom("127.0.0.3", port_);
+    ASSERT_GE(fd, 0);
+    if (ClosedByServer(fd, absl::Milliseconds(100))) {
+      ++closed;
+      close(fd);
+    } else {
+      held.push_back(fd);
+    }
+  }
+  // The descriptors signetd opens after its start (HSM connections, the
+  // audit log, gRPC's own) come out of the same budget: about 64, never more.
+  EXPECT_LE(held.size(), 64u);
+  EXPECT_GE(held.size(), 16u);
+  EXPECT_GE(closed, 36);
+  for (int fd : held) close(fd);
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "descriptor budget spent"}),
+      Not(::testing::IsEmpty()));
+}
+
 // One address could take every connection descriptor of the gRPC port
 // (gRPC has no per-address limit). Now an address holds at most
 // max_connections_per_address; one more is closed at once, and when one of
