@@ -55,8 +55,11 @@ constexpr size_t kCheckpointSignatureBytes = 64;  // ES256 r||s
 constexpr size_t kMaxBatchLines = 4096;
 // A group commit window ends early once this many lines wait.
 constexpr size_t kGroupCommitLines = 1024;
-// The longest wait between two attempts to recover into a new segment.
-constexpr absl::Duration kMaxRecoveryWait = absl::Seconds(30);
+// The longest wait between two attempts to recover into a new segment: a
+// replica refuses to sign until one works, so it is short (an outside
+// attack saw signing come back 16 s after the disk had room, when it was
+// 30 s); an attempt is one open() of a new file.
+constexpr absl::Duration kMaxRecoveryWait = absl::Seconds(4);
 // After a planned rollover could not close the segment, the next try.
 constexpr absl::Duration kRolloverRetry = absl::Seconds(10);
 // Callers named one by one in a refusal summary; the rest are counted.
@@ -775,6 +778,7 @@ void AuditLog::AppendRefusal(const AuditEvent& event) {
   }
   absl::MutexLock lock(&mu_);
   if (!broken_.ok()) {
+    ++refusals_while_broken_;  // counted in the segment that recovers
     return;
   }
   const absl::Time now = options_.clock->Now();
@@ -1164,6 +1168,26 @@ void AuditLog::WriterLoop() {
         broken_ = absl::OkStatus();
         durable_seq_ = next_seq_ - 1;
         recovery_wait_ = options_.recovery_backoff;
+        if (refusals_while_broken_ > 0) {
+          // An outside attack counted 2,380 refusals during an outage that
+          // left no trace.
+          try {
+            Json j = Json::object();
+            j["event"] = std::string(kRefusalSummaryEvent);
+            j["count"] = refusals_while_broken_;
+            j["detail"] =
+                "refusals while the audit log could not be written (the "
+                "previous segment failed), not written one by one";
+            absl::StatusOr<std::string> members = MembersOf(j);
+            if (members.ok()) {
+              pending_.push_back(
+                  Pending{0, options_.clock->Now(), *std::move(members)});
+            }
+          } catch (const std::exception&) {
+            // Out of memory: the count is lost, the chain is not.
+          }
+          refusals_while_broken_ = 0;
+        }
       } else {
         recovery_wait_ = std::min(2 * recovery_wait_, kMaxRecoveryWait);
       }

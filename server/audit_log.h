@@ -147,7 +147,7 @@ struct AuditLogOptions {
   absl::Duration segment_max_age = absl::ZeroDuration();
   // After a write or fdatasync fails, the writer opens a new segment (never
   // appending to the failed file again), first after this long, then after
-  // twice as long each time, up to 30 s, until it works; the log is broken
+  // twice as long each time, up to 4 s, until it works; the log is broken
   // (UNAVAILABLE) until then. Zero: never (the log stays broken).
   absl::Duration recovery_backoff = absl::Seconds(1);
   // Fault injection for tests only: when > 0, the writer writes the first
@@ -422,6 +422,9 @@ class AuditLog {
   // entries).
   std::map<std::string, int> written_by_caller_ ABSL_GUARDED_BY(mu_);
   uint64_t refusals_suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+  // Refusals while the log was broken (they cannot be written then): one
+  // summary line in the segment that recovers.
+  uint64_t refusals_while_broken_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> suppressed_by_caller_ ABSL_GUARDED_BY(mu_);
   uint64_t suppressed_other_callers_ ABSL_GUARDED_BY(mu_) = 0;
 

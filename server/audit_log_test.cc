@@ -660,8 +660,16 @@ TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
     absl::SleepFor(absl::Milliseconds(400));
     EXPECT_FALSE(log->WriteStatus().ok());
     EXPECT_EQ(log->Append(SignEvent(4)).code(), absl::StatusCode::kUnavailable);
+    // The calls refused meanwhile cannot be written one by one.
+    for (int i = 0; i < 3; ++i) {
+      AuditEvent refusal;
+      refusal.event = "refuse";
+      refusal.caller = "uri:spiffe://example/tenant";
+      refusal.result = "UNAVAILABLE";
+      log->AppendRefusal(refusal);
+    }
   }
-  // Room again: within the backoff (at most 30 s), signing resumes.
+  // Room again: within the backoff (at most 4 s), signing resumes.
   const absl::Time give_up = absl::Now() + absl::Seconds(40);
   while (!log->WriteStatus().ok() && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(20));
@@ -675,16 +683,22 @@ TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
   const std::string closed = ClosedSegmentPath(path, 1);
   EXPECT_EQ(ReadFile(closed), durable);
   std::vector<std::string> lines = ReadLines(path);
-  ASSERT_THAT(lines, SizeIs(2));
+  ASSERT_THAT(lines, SizeIs(3));
   Json header = Parse(lines[0]);
   EXPECT_EQ(header["event"], "segment");
   EXPECT_EQ(header["seq"], 3);
   EXPECT_THAT(header["detail"].get<std::string>(),
               AllOf(HasSubstr("audit.log.00000000000000000001"),
                     HasSubstr("writing the previous segment failed")));
+  // The outage's refusals, counted in the segment that recovered.
+  Json counted = Parse(lines[1]);
+  EXPECT_EQ(counted["event"], "refusal_summary");
+  EXPECT_EQ(counted["count"], 3);
+  EXPECT_THAT(counted["detail"].get<std::string>(),
+              HasSubstr("while the audit log could not be written"));
   absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->lines, 4u);
+  EXPECT_EQ(r->lines, 5u);
   EXPECT_EQ(r->segments, 2u);
   EXPECT_EQ(r->superseded_lines, 0u);
 }
