@@ -1,8 +1,8 @@
 // signetd's life as one object in named phases (docs/architecture.md,
 // "signetd, phase by phase").
 //
-//   LoadConfiguration  process hardening, the open-file limit, the
-//                      configuration, the PKCS#11 module and the PIN
+//   LoadConfiguration  process hardening, the configuration, the open-file
+//                      limit it asks for, the PKCS#11 module and the PIN
 //   StartListening     gRPC first, every health entry NOT_SERVING: a load
 //                      balancer sees "not ready", never "no keys"
 //   OpenHsm            the session pool, retried with backoff while the HSM
