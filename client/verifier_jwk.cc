@@ -1,11 +1,6 @@
 #include "client/verifier_jwk.h"
 
-#include <openssl/bn.h>
-#include <openssl/core_names.h>
-#include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/param_build.h>
-#include <openssl/rsa.h>
 
 #include <cstddef>
 #include <memory>

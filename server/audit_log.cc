@@ -815,6 +815,23 @@ void AuditLog::AppendRefusal(const AuditEvent& event) {
   }
 }
 
+void AuditLog::PushRefusalSummaryLocked(uint64_t count,
+                                        absl::string_view detail,
+                                        absl::Time now) {
+  try {
+    Json j = Json::object();
+    j["event"] = std::string(kRefusalSummaryEvent);
+    j["count"] = count;
+    j["detail"] = Truncated(detail);
+    absl::StatusOr<std::string> members = MembersOf(j);
+    if (members.ok()) {
+      pending_.push_back(Pending{0, now, *std::move(members)});
+    }
+  } catch (const std::exception&) {
+    // Out of memory: the count is lost, the chain is not.
+  }
+}
+
 void AuditLog::MaybeFlushRefusalSummaryLocked(absl::Time now, bool force) {
   if (refusals_suppressed_ == 0) {
     return;
@@ -835,18 +852,7 @@ void AuditLog::MaybeFlushRefusalSummaryLocked(absl::Time now, bool force) {
   if (suppressed_other_callers_ > 0) {
     absl::StrAppend(&detail, sep, "others ", suppressed_other_callers_);
   }
-  try {
-    Json j = Json::object();
-    j["event"] = std::string(kRefusalSummaryEvent);
-    j["count"] = refusals_suppressed_;
-    j["detail"] = Truncated(detail);
-    absl::StatusOr<std::string> members = MembersOf(j);
-    if (members.ok()) {
-      pending_.push_back(Pending{0, now, *std::move(members)});
-    }
-  } catch (const std::exception&) {
-    // Out of memory: the count is lost, the chain is not.
-  }
+  PushRefusalSummaryLocked(refusals_suppressed_, detail, now);
   refusals_suppressed_ = 0;
   suppressed_by_caller_.clear();
   suppressed_other_callers_ = 0;
@@ -1171,21 +1177,11 @@ void AuditLog::WriterLoop() {
         if (refusals_while_broken_ > 0) {
           // An outside attack counted 2,380 refusals during an outage that
           // left no trace.
-          try {
-            Json j = Json::object();
-            j["event"] = std::string(kRefusalSummaryEvent);
-            j["count"] = refusals_while_broken_;
-            j["detail"] =
-                "refusals while the audit log could not be written (the "
-                "previous segment failed), not written one by one";
-            absl::StatusOr<std::string> members = MembersOf(j);
-            if (members.ok()) {
-              pending_.push_back(
-                  Pending{0, options_.clock->Now(), *std::move(members)});
-            }
-          } catch (const std::exception&) {
-            // Out of memory: the count is lost, the chain is not.
-          }
+          PushRefusalSummaryLocked(
+              refusals_while_broken_,
+              "refusals while the audit log could not be written (the "
+              "previous segment failed), not written one by one",
+              options_.clock->Now());
           refusals_while_broken_ = 0;
         }
       } else {

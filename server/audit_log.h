@@ -346,6 +346,10 @@ class AuditLog {
   // Queues a line; returns its ticket. Also emits a due refusal summary first.
   uint64_t EnqueueLocked(absl::Time time, std::string members)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues a refusal_summary line counting `count` refusals.
+  void PushRefusalSummaryLocked(uint64_t count, absl::string_view detail,
+                                absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeFlushRefusalSummaryLocked(absl::Time now, bool force)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool WriterHasWorkLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -414,8 +414,9 @@ absl::Status Daemon::StartListening() {
                 "RESOURCE_EXHAUSTED",
                 "health request(s) over the request size limit");
   refusals_.Add([this] { return malformed_health_.load(); }, "INVALID_ARGUMENT",
-                "health request(s) that did not parse, never came, or "
-                "named a service over 256 bytes");
+                absl::StrCat("health request(s) that did not parse, never "
+                             "came, or named a service over ",
+                             HealthService::kMaxServiceNameBytes, " bytes"));
   refusals_.AddTally([this] { return unknown_methods_.TakeReport(); },
                      "UNIMPLEMENTED",
                      "call(s) of a method signetd does not serve");

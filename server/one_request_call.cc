@@ -147,11 +147,16 @@ void OneRequestCall::OnReadDone(bool ok) {
     // The client reset the stream: it asked for nothing, but too many such
     // resets on one connection, each right after its call began, are an
     // attack.
+    // Whether the client's own deadline ended it, and how long that
+    // deadline gave the call (read here, not for every call).
     const RequestWaitLimits& limits = waits_->limits();
-    const bool at_its_deadline =
-        absl::Now() >= deadline_ - absl::Milliseconds(2);
-    if (base::MonotonicNow() - started_ < limits.rapid_reset_age &&
-        (!at_its_deadline || time_allowed_ < limits.min_honest_deadline)) {
+    const absl::Duration age = base::MonotonicNow() - started_;
+    const absl::Time now = absl::Now();
+    const absl::Time deadline = absl::FromChrono(context_->deadline());
+    const bool at_its_deadline = now >= deadline - absl::Milliseconds(2);
+    const absl::Duration time_allowed = deadline - (now - age);
+    if (age < limits.rapid_reset_age &&
+        (!at_its_deadline || time_allowed < limits.min_honest_deadline)) {
       waits_->CountEarlyReset(context_->peer());
     }
     OnNoRequest(grpc::Status::CANCELLED);

@@ -156,11 +156,7 @@ class OneRequestCall
 
  protected:
   OneRequestCall(RequestWaits* waits, grpc::CallbackServerContext* context)
-      : waits_(waits),
-        context_(context),
-        started_(base::MonotonicNow()),
-        deadline_(absl::FromChrono(context->deadline())),
-        time_allowed_(deadline_ - absl::Now()) {}
+      : waits_(waits), context_(context), started_(base::MonotonicNow()) {}
 
   grpc::CallbackServerContext* context() const { return context_; }
 
@@ -189,9 +185,6 @@ class OneRequestCall
   RequestWaits* const waits_;
   grpc::CallbackServerContext* const context_;
   const absl::Duration started_;  // base::MonotonicNow() at the call's start
-  // The client's deadline, and how long it gave the call from its start.
-  const absl::Time deadline_;
-  const absl::Duration time_allowed_;
   grpc::ByteBuffer request_;
   // The wait's timer: whichever of OnReadDone and the watchdog finishes it
   // first decides whether the request is handled.

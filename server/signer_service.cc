@@ -208,7 +208,7 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
       keys.SigningAt(options_.clock->Now());
   if (signing != nullptr) {
     return Authorized{tenant->second.get(), std::move(signing),
-                      std::move(serving), /*signs=*/true, *identity};
+                      std::move(serving), /*signs=*/true};
   }
   // No key signs: purpose and claims are still checked (the more useful
   // refusal first), then CheckActive refuses.
@@ -221,7 +221,7 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
     newest = std::move(keyless);
   }
   return Authorized{tenant->second.get(), std::move(newest), std::move(serving),
-                    /*signs=*/false, *identity};
+                    /*signs=*/false};
 }
 
 absl::Time SignerService::DeadlineOf(
@@ -384,16 +384,18 @@ std::shared_ptr<const PublishedDocuments> SignerService::Published() const {
 }
 
 void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
+                             const std::string& caller,
                              std::vector<Part> parts) {
   Tenant* tenant = auth.tenant;
   // A call the watchdog answers (its deadline passed in the queue or at the
   // HSM) or the workers' queue refuses is audited like any refusal; an
   // outside attack found neither was.
-  auto audit_refusal =
-      [audit = auth.serving->audit, method = rpc.method, caller = auth.caller,
-       scope = auth.scope->config.name()](const absl::Status& status) {
-        audit->AppendRefusal(RefusalEvent(method, status, caller, scope));
-      };
+  auto audit_refusal = [audit = auth.serving->audit, method = rpc.method,
+                        caller,
+                        scope = auth.scope](const absl::Status& status) {
+    audit->AppendRefusal(
+        RefusalEvent(method, status, caller, scope->config.name()));
+  };
   auto call = std::make_shared<PendingCall>(
       [answer = rpc.answer](const absl::Status& status) {
         answer(ToGrpcStatus(status));
@@ -668,7 +670,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
       !st.ok()) {
     return refuse(st);
   }
-  Dispatch(rpc, *auth,
+  Dispatch(rpc, *auth, caller,
            {[serving = auth->serving, scope_state = auth->scope, caller,
              signing_input = std::move(signing_input),
              response](const std::shared_ptr<PendingCall>& call,
@@ -774,7 +776,7 @@ void SignerService::HandleSignJwtBatch(
       SignBatchPart(batch, begin, end, call, skipped);
     });
   }
-  Dispatch(rpc, *auth, std::move(work));
+  Dispatch(rpc, *auth, caller, std::move(work));
 }
 
 void SignerService::HandleSign(const Call& rpc,
@@ -818,7 +820,7 @@ void SignerService::HandleSign(const Call& rpc,
       !st.ok()) {
     return refuse(st);
   }
-  Dispatch(rpc, *auth,
+  Dispatch(rpc, *auth, caller,
            {[serving = auth->serving, scope_state = auth->scope, caller, digest,
              response](const std::shared_ptr<PendingCall>& call,
                        const absl::Status& skipped) {

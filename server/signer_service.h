@@ -122,7 +122,6 @@ class SignerService final : public OneRequestService {
     std::shared_ptr<const ScopeState> scope;
     std::shared_ptr<const ServingState> serving;
     bool signs = false;
-    std::string caller;  // the identity, for audit lines
   };
   // One call on its way: where it came from and how it is answered (the
   // answer serializes the response, then finishes the reactor).
@@ -205,9 +204,10 @@ class SignerService final : public OneRequestService {
                                   const absl::Status& skipped)>;
   // Posts `parts` to the worker pool for an admitted request and arms the
   // deadline watchdog. When the first part cannot be queued the call
-  // answers RESOURCE_EXHAUSTED and no part runs.
+  // answers RESOURCE_EXHAUSTED and no part runs. `caller` is Authorize's,
+  // for the audit line of a call refused there or answered at its deadline.
   void Dispatch(const Call& call, const Authorized& auth,
-                std::vector<Part> parts);
+                const std::string& caller, std::vector<Part> parts);
   // A scope for the public-key RPCs: any authenticated caller; NOT_FOUND
   // for an unknown scope (names are public); FAILED_PRECONDITION for the
   // other purpose.

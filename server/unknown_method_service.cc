@@ -32,7 +32,6 @@ class UnknownMethodReactor final : public grpc::ServerGenericBidiReactor {
 
 grpc::ServerGenericBidiReactor* UnknownMethodService::CreateReactor(
     grpc::GenericCallbackServerContext* context) {
-  calls_.fetch_add(1);
   absl::string_view pem;
   std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   std::vector<grpc::string_ref> pems;

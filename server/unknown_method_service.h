@@ -15,7 +15,6 @@
 
 #include <grpcpp/generic/async_generic_service.h>
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -33,9 +32,6 @@ class UnknownMethodService final : public grpc::CallbackGenericService {
   grpc::ServerGenericBidiReactor* CreateReactor(
       grpc::GenericCallbackServerContext* context) override;
 
-  // Calls answered since the start.
-  uint64_t calls() const { return calls_.load(); }
-
   // The calls since the last TakeReport(), and who made them, most calls
   // first: "by \"uri:spiffe://…\" (12), unidentified (3)", from one
   // snapshot. A caller is the identity its client certificate gives
@@ -52,7 +48,6 @@ class UnknownMethodService final : public grpc::CallbackGenericService {
     uint64_t calls = 0;
   };
 
-  std::atomic<uint64_t> calls_{0};
   absl::Mutex mu_;
   // By client certificate (PEM; "" for none): its identity is read once per
   // report, not once per call.
