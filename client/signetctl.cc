@@ -576,9 +576,19 @@ int Status(const Connection& c, bool json) {
                     OrDash(s.next_transition()), OrDash(s.next_transition_at()),
                     OrDash(s.clock_anomaly())});
   }
-  return PrintTable(
-      {"SCOPE", "HEALTH", "ACTIVE KID", "STANDBY KID", "NEXT", "AT", "CLOCK"},
-      rows);
+  if (int code = PrintTable({"SCOPE", "HEALTH", "ACTIVE KID", "STANDBY KID",
+                             "NEXT", "AT", "CLOCK"},
+                            rows);
+      code != 0) {
+    return code;
+  }
+  std::string problems;
+  for (const v1::ScopeStatus& s : r.scopes()) {
+    for (const std::string& problem : s.key_problems()) {
+      absl::StrAppend(&problems, "key problem: ", problem, "\n");
+    }
+  }
+  return problems.empty() ? 0 : Print(absl::StrCat("\n", problems));
 }
 
 int Run(int argc, char** argv) {

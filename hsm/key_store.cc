@@ -568,10 +568,14 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
   if (!handle) {
     if (std::optional<absl::Status> miss = connection.WarmUpMiss(key.key_id)) {
       // Opened after the key was loaded and still blind to it: the token
-      // itself lost the key, and a re-opened connection would not help.
-      return absl::UnavailableError(absl::StrCat(
-          "key ", Hex(key.key_id), " was not found on HSM connection ",
-          connection.id(), " when it was opened (", miss->message(), ")"));
+      // itself lost the key (NOT_FOUND), or holds two with its id, and a
+      // re-opened connection would not help. Not UNAVAILABLE: a retry
+      // cannot succeed.
+      return absl::Status(
+          miss->code(),
+          absl::StrCat("key ", Hex(key.key_id),
+                       " was not found on HSM connection ", connection.id(),
+                       " when it was opened (", miss->message(), ")"));
     }
     lease.MarkLost();
     return absl::UnavailableError(
@@ -702,6 +706,55 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::ListKeyIds() {
   }
   std::sort(ids.begin(), ids.end());
   return ids;
+}
+
+absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
+  std::vector<std::string> key_ids;
+  {
+    absl::ReaderMutexLock lock(&keys_mu_);
+    for (const auto& [key_id, key] : loaded_) key_ids.push_back(key_id);
+  }
+  std::vector<std::string> gone;
+  if (key_ids.empty()) return gone;
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  Connection& connection = lease->connection();
+  for (const std::string& key_id : key_ids) {
+    if (std::optional<CK_OBJECT_HANDLE> handle =
+            connection.CachedHandle(key_id)) {
+      // Read through the handle: no search. A handle can outlive its object
+      // (CKR_OBJECT_HANDLE_INVALID), so the id read back must be the key's.
+      std::string id(key_id.size() + 1, '\0');
+      CK_ATTRIBUTE attr = {CKA_ID, id.data(), static_cast<CK_ULONG>(id.size())};
+      CK_RV rv = RetryRead([&] {
+        attr.ulValueLen = static_cast<CK_ULONG>(id.size());
+        return lease->api().GetAttributeValue(lease->session(), *handle, &attr,
+                                              1);
+      });
+      if (rv == CKR_OK && attr.ulValueLen == key_id.size() &&
+          id.compare(0, key_id.size(), key_id) == 0) {
+        continue;
+      }
+      if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID &&
+          rv != CKR_KEY_HANDLE_INVALID) {
+        absl::Status st = lease->Check(rv, "C_GetAttributeValue(CKA_ID)");
+        if (absl::IsUnavailable(st)) return st;
+        continue;  // an odd answer about one key does not make it gone
+      }
+    }
+    // No handle here, or one that names nothing (or another object): a
+    // targeted search settles it.
+    CK_RV rv = CKR_OK;
+    absl::StatusOr<CK_OBJECT_HANDLE> found = FindUnique(
+        lease->api(), lease->session(), CKO_PRIVATE_KEY, key_id, &rv);
+    if (rv != CKR_OK) return lease->Check(rv, "C_FindObjects");
+    if (found.ok()) {
+      connection.CacheHandle(key_id, *found);
+    } else if (absl::IsNotFound(found.status())) {
+      gone.push_back(key_id);
+    }
+  }
+  return gone;
 }
 
 void Pkcs11KeyStore::UnloadKey(absl::string_view key_id) {

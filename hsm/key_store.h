@@ -107,6 +107,12 @@ class KeyStore {
   // CKA_IDs of every private key in the token with signet's label prefix.
   virtual absl::StatusOr<std::vector<std::string>> ListKeyIds() = 0;
 
+  // The CKA_IDs of loaded keys whose private key the token no longer holds
+  // (deleted behind signet's back: by hand, or by another program). Nothing
+  // is unloaded; the caller decides. UNAVAILABLE when the HSM cannot be
+  // asked.
+  virtual absl::StatusOr<std::vector<std::string>> LoadedKeysGone() = 0;
+
   // Destroys the private key, then the public key, then the key's records.
   virtual absl::Status DestroyKeyPair(absl::string_view key_id) = 0;
 
@@ -170,9 +176,10 @@ class Pkcs11KeyStore : public KeyStore {
   // Never searches the token: signs with the handle cached on the leased
   // connection. A missing handle, or CKR_OBJECT_HANDLE_INVALID /
   // CKR_KEY_HANDLE_INVALID from C_SignInit, marks the connection lost and
-  // answers UNAVAILABLE; so does a key the connection's warm-up did not find
-  // (then without re-opening it, since a re-opened one would not find it
-  // either).
+  // answers UNAVAILABLE (the re-opened connection finds the key afresh). A
+  // key the connection's warm-up did not find answers NOT_FOUND (the token
+  // lost it: a re-opened connection would not find it either; an ambiguous
+  // id answers FAILED_PRECONDITION).
   absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
                                          absl::string_view digest,
                                          absl::Time deadline) override;
@@ -180,6 +187,13 @@ class Pkcs11KeyStore : public KeyStore {
       absl::string_view key_id, absl::Span<const std::string> digests,
       absl::Time deadline) override;
   absl::StatusOr<std::vector<std::string>> ListKeyIds() override;
+  // Asks through one connection, without a search for a key that is there:
+  // each loaded key's cached handle is read (CKA_ID, one call). A key
+  // whose handle there is missing, stale, or names another object is
+  // looked for once (a targeted search), which re-caches the handle of a
+  // key that is there. A key found twice is not reported (loading it again
+  // refuses it).
+  absl::StatusOr<std::vector<std::string>> LoadedKeysGone() override;
   // Also drops the key's handles on every connection and takes it out of
   // the set new connections warm.
   absl::Status DestroyKeyPair(absl::string_view key_id) override;

@@ -557,18 +557,65 @@ TEST_F(KeyStoreTest, AKeyGoneFromTheTokenIsReportedAndNotSearchedFor) {
   EXPECT_EQ(pool_->LastWarmUpMiss().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(pool_->LastWarmUpMiss().message(),
               HasSubstr(absl::BytesToHexString(key.key_id)));
-  // UNAVAILABLE, naming what the warm-up found; no search, and no
-  // reconnect (a re-opened connection would not find the key either).
+  // NOT_FOUND (not UNAVAILABLE: a retry cannot help), naming what the
+  // warm-up found; no search, and no reconnect (a re-opened connection
+  // would not find the key either).
   const int finds = injector_->Calls("C_FindObjects");
   const int connects = injector_->Connects();
   for (int i = 0; i < 4; ++i) {
     auto sig = store_->SignDigest(key.key_id, std::string(32, 'g'), Later());
-    EXPECT_EQ(sig.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(sig.status().code(), absl::StatusCode::kNotFound);
     EXPECT_THAT(sig.status().message(), HasSubstr("when it was opened"));
   }
   EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
   EXPECT_EQ(injector_->Connects(), connects);
   EXPECT_EQ(pool_->LiveConnections(), 2);
+}
+
+// The reconcile pass asks which loaded keys are gone: the keys that are
+// there are read through their cached handles, never searched for; a key
+// deleted behind the store's back is reported (and only it), and it stays
+// loaded until the caller unloads it.
+TEST_F(KeyStoreTest, LoadedKeysGoneReadsHandlesAndReportsOnlyTheDeletedKey) {
+  LoadedKey kept = NewEs256();
+  LoadedKey deleted = NewEs256();
+  int finds = injector_->Calls("C_FindObjects");
+  auto none = store_->LoadedKeysGone();
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_THAT(*none, SizeIs(0));
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
+  {
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok());
+    AttributeTemplate templ;
+    templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Bytes(CKA_ID, deleted.key_id);
+    std::vector<CK_OBJECT_HANDLE> found;
+    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                       templ.size(), &found),
+              CKR_OK);
+    ASSERT_THAT(found, SizeIs(1));
+    ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
+  }
+  finds = injector_->Calls("C_FindObjects");
+  auto gone = store_->LoadedKeysGone();
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  EXPECT_THAT(*gone, UnorderedElementsAre(deleted.key_id));
+  // One targeted search, for the key whose handle names nothing.
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds + 1);
+  // Still signable as far as the store knows: unloading is the caller's.
+  EXPECT_TRUE(
+      store_->SignDigest(kept.key_id, std::string(32, 'k'), Later()).ok());
+  store_->UnloadKey(deleted.key_id);
+  auto after = store_->LoadedKeysGone();
+  ASSERT_TRUE(after.ok());
+  EXPECT_THAT(*after, SizeIs(0));
+}
+
+TEST_F(KeyStoreTest, LoadedKeysGoneIsUnavailableWhenTheHsmIs) {
+  NewEs256();
+  injector_->Fail("C_GetAttributeValue", CKR_DEVICE_ERROR, 1);
+  EXPECT_EQ(store_->LoadedKeysGone().status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST_F(KeyStoreTest, DestroyDropsTheHandlesAndNoNewConnectionLooksForTheKey) {

@@ -168,6 +168,16 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
   if (!stored.ok()) return stored.status();
   std::map<std::string, KeyRecord> records = ParseRecords(*stored);
 
+  // Keys deleted from the token behind signet's back (by hand, or by
+  // another program): unloaded here, so the scopes below try to load them
+  // again and say why they cannot.
+  absl::StatusOr<std::vector<std::string>> gone = store_->LoadedKeysGone();
+  if (!gone.ok()) return gone.status();
+  for (const std::string& key_id : *gone) {
+    store_->UnloadKey(key_id);
+    loaded_.erase(absl::BytesToHexString(key_id));
+  }
+
   if (writer_) {
     // Only a crash (before this process) or a failed record write leaves
     // a key pair without a record: look for them then, not every pass.
@@ -217,25 +227,40 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
           (r.rsa_bits() != 0 &&
            static_cast<int>(r.rsa_bits()) != policy.key_spec.rsa_bits)) {
         load = absl::FailedPreconditionError(absl::StrCat(
-            "scope ", policy.scope, ": its key ", r.kid(), " is ",
-            r.algorithm(), " but the configuration asks for ", policy.algorithm,
-            "; rotate the scope's key to change algorithm"));
+            "it is ", r.algorithm(), " but the configuration asks for ",
+            policy.algorithm, "; rotate the scope's key to change algorithm"));
       } else {
         absl::StatusOr<hsm::LoadedKey> key = store_->LoadKey(
             absl::HexStringToBytes(r.key_id()), policy.key_spec);
         if (key.ok()) {
           loaded_[r.key_id()] = *std::move(key);
         } else {
-          load = absl::Status(key.status().code(),
-                              absl::StrCat("scope ", policy.scope, ": ",
-                                           key.status().message()));
+          load = key.status();
         }
       }
-      if (!load.ok()) {
+      auto failed = load_failures_.find(r.key_id());
+      if (load.ok()) {
+        if (failed != load_failures_.end()) {
+          Emit({"key_loaded", policy.scope, r.kid(), true,
+                absl::StrCat("scope ", policy.scope, ": key generation ",
+                             r.key_generation(), " loads again (it failed: ",
+                             failed->second, ")")});
+          load_failures_.erase(failed);
+        }
+        continue;
+      }
+      const std::string why = absl::StrCat(
+          "scope ", policy.scope, ": key generation ", r.key_generation(),
+          " (kid ", r.kid(), ", ", KeyStateName(state),
+          ") cannot be loaded: ", load.message());
+      set.unusable[r.key_id()] = why;
+      if (failed == load_failures_.end() || failed->second != why) {
+        // Once per reason, not once per pass.
         Emit({"key_action_failed", policy.scope, r.kid(), false,
-              absl::StrCat("loading key generation ", r.key_generation(),
-                           " failed: ", load.message())});
-        if (static_cast<int>(i) == view.signing) return load;
+              absl::StrCat(why, static_cast<int>(i) == view.signing
+                                    ? "; the scope cannot sign"
+                                    : "")});
+        load_failures_[r.key_id()] = why;
       }
     }
     for (const KeyRecord& r : set.records) {
@@ -255,6 +280,9 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
     store_->UnloadKey(absl::HexStringToBytes(it->first));
     it = loaded_.erase(it);
   }
+  std::erase_if(load_failures_, [&needed](const auto& failure) {
+    return !needed.contains(failure.first);
+  });
   return out;
 }
 

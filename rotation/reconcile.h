@@ -55,6 +55,11 @@ struct ScopeKeySet {
   std::vector<KeyRecord> records;
   // The loaded keys (signing, standby, still published), by hex key id.
   std::map<std::string, hsm::LoadedKey> loaded;
+  // The keys the scope needs that could not be loaded, by hex key id: why
+  // (a key gone from the token, a failed load-time check, an algorithm
+  // other than the configuration's). Such a key neither signs nor is
+  // published, and each pass tries it again.
+  std::map<std::string, std::string> unusable;
 };
 
 class KeyReconciler {
@@ -69,12 +74,15 @@ class KeyReconciler {
                 bool writer, EventSink events,
                 std::function<void()> before_write = {});
 
-  // One pass at `now`. Per scope: its records and loaded keys. A scope
-  // whose keys could not all be loaded keeps the keys it had. UNAVAILABLE
-  // when the token cannot be read; FAILED_PRECONDITION naming the scope
-  // and key when a needed key fails a load-time check or is of another
-  // algorithm than the configuration's. Planned writes that fail are
-  // reported as key_action_failed events and retried by the next pass.
+  // One pass at `now`. Per scope: its records, its loaded keys, and the
+  // keys it needs that could not be loaded (ScopeKeySet::unusable: one
+  // scope's broken key never fails the pass, so the other scopes keep
+  // signing). A loaded key the token no longer holds (deleted behind
+  // signet's back) is unloaded and reported so. UNAVAILABLE when the token
+  // cannot be read. Planned writes that fail are reported as
+  // key_action_failed events and retried by the next pass; a key that
+  // cannot be loaded is one key_action_failed event while its reason stays
+  // the same, and a key_loaded event when it loads again.
   absl::StatusOr<std::map<std::string, ScopeKeySet>> RunOnce(absl::Time now);
 
   // Applies an operator's change (rotation/schedule.h: PlanRotateNow,
@@ -113,6 +121,9 @@ class KeyReconciler {
   // write.
   bool unrecorded_check_due_ = true;
   std::map<std::string, hsm::LoadedKey> loaded_;  // by hex key id
+  // Why each needed key that could not be loaded failed, by hex key id (one
+  // event per reason, not one per pass).
+  std::map<std::string, std::string> load_failures_;
   // Each key's effective state at the last pass, to report transitions.
   std::map<std::string, KeyState> last_state_;
   std::map<std::string, std::vector<KeyRecord>> last_records_;

@@ -7,6 +7,7 @@
 #include "absl/strings/escaping.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hsm/attributes.h"
 #include "hsm/test_hsm.h"
 
 namespace signet::rotation {
@@ -141,10 +142,94 @@ TEST_F(ReconcileTest, ActiveKeyOfAnotherAlgorithmIsRefusedByName) {
   ASSERT_TRUE(Make(true)->RunOnce(kNow).ok());
   policy_.algorithm = "ES384";
   policy_.key_spec = {hsm::SignatureAlgorithm::kEcdsaP384Sha384};
+  // The pass works (other scopes keep signing); this scope's keys are
+  // unusable, each saying why.
   auto keys = Make(false)->RunOnce(kNow);
-  ASSERT_FALSE(keys.ok());
-  EXPECT_EQ(keys.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(keys.status().message(), HasSubstr("rotate the scope's key"));
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  const ScopeKeySet& set = keys->at("demo");
+  EXPECT_THAT(set.loaded, SizeIs(0));
+  ASSERT_THAT(set.unusable, SizeIs(2));
+  const std::string& active = set.records[0].key_id();
+  ASSERT_TRUE(set.unusable.contains(active));
+  EXPECT_THAT(set.unusable.at(active), HasSubstr("rotate the scope's key"));
+  EXPECT_THAT(set.unusable.at(active), HasSubstr(set.records[0].kid()));
+}
+
+// Deletes `key_id`'s private key from the token, as a person with the
+// token's PIN could: behind the store's back.
+void DeletePrivateKey(hsm::SessionPool& pool, const std::string& hex_key_id) {
+  auto lease = pool.Acquire(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  hsm::AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY)
+      .Bytes(CKA_ID, absl::HexStringToBytes(hex_key_id));
+  std::vector<CK_OBJECT_HANDLE> found;
+  ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                     templ.size(), &found),
+            CKR_OK);
+  ASSERT_THAT(found, SizeIs(1));
+  ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
+}
+
+// A key deleted from the token behind signet's back: the next pass finds
+// it gone (without searching for the keys that are there), unloads it,
+// and says so once; the pass itself works, and another scope keeps its
+// keys. A restarted reconciler says the same instead of failing.
+TEST_F(ReconcileTest,
+       AKeyDeletedBehindItsBackIsUnusableAndOtherScopesKeepTheirs) {
+  ScopeKeyPolicy other = policy_;
+  other.scope = "other";
+  std::vector<std::string> details;
+  auto make = [&](bool writer) {
+    return std::make_unique<KeyReconciler>(
+        store_.get(), std::vector<ScopeKeyPolicy>{policy_, other}, writer,
+        [&](const KeyEvent& e) {
+          events_.push_back(e.event);
+          details.push_back(e.detail);
+        });
+  };
+  auto reconciler = make(true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const KeyRecord active = first->at("demo").records[0];
+  ASSERT_NO_FATAL_FAILURE(DeletePrivateKey(*pool_, active.key_id()));
+
+  events_.clear();
+  details.clear();
+  auto after = reconciler->RunOnce(kNow + absl::Seconds(10));
+  ASSERT_TRUE(after.ok()) << after.status();
+  const ScopeKeySet& demo = after->at("demo");
+  EXPECT_FALSE(demo.loaded.contains(active.key_id()));
+  EXPECT_THAT(demo.loaded, SizeIs(1));  // the standby
+  ASSERT_TRUE(demo.unusable.contains(active.key_id()));
+  EXPECT_THAT(demo.unusable.at(active.key_id()),
+              HasSubstr("no private key with id"));
+  EXPECT_THAT(demo.unusable.at(active.key_id()), HasSubstr(active.kid()));
+  EXPECT_THAT(after->at("other").loaded, SizeIs(2));
+  EXPECT_THAT(after->at("other").unusable, SizeIs(0));
+  ASSERT_THAT(events_, SizeIs(1));
+  EXPECT_EQ(events_[0], "key_action_failed");
+  EXPECT_THAT(details[0], HasSubstr("the scope cannot sign"));
+  EXPECT_EQ(
+      store_
+          ->SignDigest(absl::HexStringToBytes(active.key_id()),
+                       std::string(32, 'x'), absl::Now() + absl::Seconds(5))
+          .status()
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
+
+  // Once per reason, not once per pass.
+  events_.clear();
+  auto again = reconciler->RunOnce(kNow + absl::Seconds(20));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->at("demo").unusable.contains(active.key_id()));
+  EXPECT_TRUE(events_.empty());
+
+  // A restart: the pass works and says why the key cannot sign.
+  auto restarted = make(true)->RunOnce(kNow + absl::Seconds(30));
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  EXPECT_TRUE(restarted->at("demo").unusable.contains(active.key_id()));
+  EXPECT_THAT(restarted->at("other").loaded, SizeIs(2));
 }
 
 }  // namespace

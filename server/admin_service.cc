@@ -313,6 +313,9 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
     s->set_next_transition_at(rotation::FormatInstant(next.at));
     s->set_serving(!active.empty());
     s->set_clock_anomaly(keys->ClockAnomalyAt(now));
+    for (const auto& [key_id, why] : keys->unusable()) {
+      s->add_key_problems(why);
+    }
   }
   Audited(backend, admin, "GetStatus", "", absl::OkStatus(), answer);
 }

@@ -653,7 +653,14 @@ absl::Status Daemon::LoadScopes() {
   for (const auto& scope : config_.scopes()) {
     const ScopeKeys& keys = *key_manager_->Scopes().at(scope.name());
     const absl::Time now = clock_.Now();
-    PrintScope(scope, keys, *keys.SigningAt(now), now);
+    if (std::shared_ptr<const ScopeState> signing = keys.SigningAt(now)) {
+      PrintScope(scope, keys, *signing, now);
+    } else {
+      // Logged by the key manager; here for the person at the terminal.
+      std::cout << "scope " << scope.name()
+                << " CANNOT SIGN: " << keys.CanSignAt(now).message() << "\n"
+                << std::flush;
+    }
   }
   return absl::OkStatus();
 }
@@ -667,6 +674,10 @@ absl::Status Daemon::StartServing() {
   first_serving->store = store_.get();
   first_serving->workers = workers_.get();
   first_serving->audit = audit_.get();
+  // The workers (which call it) stop before the key manager is destroyed.
+  first_serving->key_gone = [keys = key_manager_.get()] {
+    keys->RequestPass();
+  };
   // What the replica serves and publishes (GetJwks, GetPublicKeys, and the
   // HTTP endpoint if configured), for the key state now; swapped after each
   // reconcile pass (server/serving_publisher.h).
@@ -774,12 +785,7 @@ ReplicaCondition Daemon::Sample() const {
   }
   const absl::Time now = clock_.Now();
   for (const auto& [name, scope] : publisher_->serving()->scopes) {
-    condition.scopes[name] =
-        scope->SigningAt(now) != nullptr
-            ? absl::OkStatus()
-            : absl::FailedPreconditionError(
-                  "no key of this scope may sign now; the key schedule "
-                  "needs attention");
+    condition.scopes[name] = scope->CanSignAt(now);
   }
   return condition;
 }

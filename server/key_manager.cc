@@ -73,7 +73,8 @@ absl::StatusOr<ScopeKeysMap> BuildScopeKeys(
     }
     out[scope.name()] = std::make_shared<const ScopeKeys>(
         scope, JoseAlgorithmName(scope.algorithm()), set->second.records,
-        std::move(versions), KeyPolicyFor(scope).timings, now);
+        std::move(versions), KeyPolicyFor(scope).timings, now,
+        set->second.unusable);
   }
   return out;
 }
@@ -141,15 +142,17 @@ absl::Status KeyManager::Start() {
   if (absl::Status first = PassAndPublish(/*notify=*/false); !first.ok()) {
     return first;
   }
+  // A scope that cannot sign does not keep the others from serving: it is
+  // NOT_SERVING (health, GetStatus) and refused with why, and each pass
+  // tries its keys again.
   const absl::Time now = clock_.Now();
   for (const auto& [name, keys] : Scopes()) {
-    if (keys->SigningAt(now) != nullptr) continue;
-    return absl::FailedPreconditionError(absl::StrCat(
-        "scope ", name,
-        writer_ ? " has no key that may sign now"
-                : " has no active key on the token, and this replica does "
-                  "not create keys (never_create_keys): start the replica "
-                  "that writes keys first"));
+    absl::Status can_sign = keys->CanSignAt(now);
+    if (can_sign.ok()) continue;
+    SIGNET_LOG_ERROR("{}{}", can_sign.message(),
+                     writer_ ? ""
+                             : " (this replica does not create keys, "
+                               "never_create_keys: the writer makes them)");
   }
   return absl::OkStatus();
 }
@@ -189,6 +192,11 @@ ScopeKeysMap KeyManager::Scopes() const {
 KeyManager::PassStatus KeyManager::LastPass() const {
   absl::MutexLock lock(&mu_);
   return last_pass_;
+}
+
+void KeyManager::RequestPass() {
+  absl::MutexLock lock(&mu_);
+  pass_asked_ = true;
 }
 
 bool KeyManager::Post(std::function<void()> task) {
@@ -234,6 +242,9 @@ void KeyManager::Loop() {
   absl::Time failing_since;
   int64_t failed_passes = 0;
   std::map<std::string, std::string> anomalies;
+  // Asked-for passes (RequestPass) are heard from this instant on (real
+  // time), at most one per kMinAskedPassSpacing.
+  absl::Time hear_asks_from = absl::InfinitePast();
   while (true) {
     const absl::Time now = clock_.Now();
     // The next pass: a millisecond past the next schedule boundary, so it
@@ -244,17 +255,27 @@ void KeyManager::Loop() {
     std::deque<std::function<void()>> tasks;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !tasks_.empty();
+      const bool hear_asks = absl::Now() >= hear_asks_from;
+      auto ready = [this, hear_asks]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !tasks_.empty() || (hear_asks && pass_asked_);
       };
       if (failing) {
         // Backoff is an interval of real time, whatever the clock says.
         mu_.AwaitWithTimeout(absl::Condition(&ready), backoff);
+      } else if (!hear_asks) {
+        // Not longer than the spacing, so an ask made meanwhile is heard.
+        mu_.AwaitWithTimeout(absl::Condition(&ready),
+                             hear_asks_from - absl::Now());
+        if (!ready() && clock_.Now() < next_pass) continue;
       } else {
         clock_.AwaitUntil(mu_, absl::Condition(&ready), next_pass);
       }
       if (stopping_) return;
       tasks.swap(tasks_);
+      if (tasks.empty() && pass_asked_) {
+        hear_asks_from = absl::Now() + kMinAskedPassSpacing;
+      }
+      pass_asked_ = false;  // any pass now answers the asks so far
     }
     if (!tasks.empty()) {
       // Operator calls run their own pass.

@@ -88,9 +88,11 @@ class KeyManager {
   KeyManager& operator=(const KeyManager&) = delete;
 
   // The first pass, on the caller's thread: on the writer it makes each
-  // scope's first key and standby. Fails when the pass fails or a scope has
-  // no key that may sign. `on_keys` is not called for it (Scopes() has the
-  // result).
+  // scope's first key and standby. Fails when the pass fails (the token
+  // cannot be read); a scope with no key that may sign is logged (and its
+  // keys' failures audited by the pass) but does not fail the start, so
+  // the other scopes serve. `on_keys` is not called for it (Scopes() has
+  // the result).
   absl::Status Start();
   // Starts the loop's thread (after Start succeeded): from here on
   // `on_keys` runs on it.
@@ -120,6 +122,14 @@ class KeyManager {
   void RevokeKey(
       const signet::v1::RevokeKeyRequest& request, const std::string& admin,
       std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done);
+
+  // Asks for a pass soon, on the loop's thread: the Signer calls it when
+  // the key store says a key is gone from the token, so health and the
+  // refusals follow within about a second instead of an interval. At most
+  // one asked-for pass starts per kMinAskedPassSpacing; more asks in
+  // between are folded into it. Thread-safe, cheap.
+  void RequestPass() ABSL_LOCKS_EXCLUDED(mu_);
+  static constexpr absl::Duration kMinAskedPassSpacing = absl::Seconds(1);
 
   // Operator calls waiting at once; more are refused RESOURCE_EXHAUSTED.
   static constexpr size_t kMaxQueuedCalls = 64;
@@ -205,6 +215,7 @@ class KeyManager {
   PassStatus last_pass_ ABSL_GUARDED_BY(mu_);
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool pass_asked_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
   absl::Notification loop_done_;  // the loop's thread has returned
 };

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "rotation/schedule.h"
 #include "server/jwt.h"
 
@@ -30,11 +31,13 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
 ScopeKeys::ScopeKeys(signet::v1::ScopeConfig config, std::string alg,
                      std::vector<rotation::KeyRecord> records,
                      std::vector<std::shared_ptr<const ScopeState>> versions,
-                     const rotation::KeyTimings& timings, absl::Time built_at)
+                     const rotation::KeyTimings& timings, absl::Time built_at,
+                     std::map<std::string, std::string> unusable)
     : config_(std::move(config)),
       alg_(std::move(alg)),
       records_(std::move(records)),
       versions_(std::move(versions)),
+      unusable_(std::move(unusable)),
       built_at_(built_at) {
   valid_until_ = rotation::NextScheduleChange(records_, timings, built_at_);
   const rotation::ScopeView view = rotation::ViewScope(records_, built_at_);
@@ -54,6 +57,29 @@ std::shared_ptr<const ScopeState> ScopeKeys::VersionFor(
 std::shared_ptr<const ScopeState> ScopeKeys::SigningAt(absl::Time now) const {
   if (now >= built_at_ && now < valid_until_) return signing_;
   return VersionFor(rotation::ViewScope(records_, now).signing);
+}
+
+absl::Status ScopeKeys::CanSignAt(absl::Time now) const {
+  if (SigningAt(now) != nullptr) return absl::OkStatus();
+  const int signing = rotation::ViewScope(records_, now).signing;
+  if (signing < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scope ", config_.name(),
+        " has no active key right now; the key schedule needs attention "
+        "(signetctl keys list ",
+        config_.name(), ")"));
+  }
+  const rotation::KeyRecord& active = records_[signing];
+  auto why = unusable_.find(active.key_id());
+  return absl::FailedPreconditionError(absl::StrCat(
+      why != unusable_.end()
+          ? why->second
+          : absl::StrCat("scope ", config_.name(), ": its ACTIVE key ",
+                         active.kid(), " is not loaded"),
+      "; the scope cannot sign until an operator revokes that key "
+      "(signetctl keys revoke ",
+      config_.name(), " ", active.kid(),
+      ", so that the standby signs) or restores it in the HSM"));
 }
 
 std::vector<std::shared_ptr<const ScopeState>> ScopeKeys::PublishedAt(

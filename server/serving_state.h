@@ -6,6 +6,7 @@
 #ifndef SIGNET_SERVER_SERVING_STATE_H_
 #define SIGNET_SERVER_SERVING_STATE_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,10 +50,13 @@ class ScopeKeys {
   // `versions` holds a ScopeState for each loaded key of `records`.
   // `built_at` is the instant of the pass; the view computed for it is
   // reused until the next schedule change.
+  // `unusable`: the keys the scope needs that could not be loaded, by hex
+  // key id, and why (rotation::ScopeKeySet::unusable).
   ScopeKeys(signet::v1::ScopeConfig config, std::string alg,
             std::vector<rotation::KeyRecord> records,
             std::vector<std::shared_ptr<const ScopeState>> versions,
-            const rotation::KeyTimings& timings, absl::Time built_at);
+            const rotation::KeyTimings& timings, absl::Time built_at,
+            std::map<std::string, std::string> unusable = {});
 
   const signet::v1::ScopeConfig& config() const { return config_; }
   const std::string& alg() const { return alg_; }
@@ -62,9 +66,18 @@ class ScopeKeys {
     return versions_;
   }
 
+  // The keys the scope needs that could not be loaded, by hex key id: why.
+  const std::map<std::string, std::string>& unusable() const {
+    return unusable_;
+  }
+
   // The key that signs at `now`, or null when none may (none ACTIVE, or
   // the ACTIVE one is not loaded).
   std::shared_ptr<const ScopeState> SigningAt(absl::Time now) const;
+
+  // Why no key signs at `now`, for a person to act on (FAILED_PRECONDITION);
+  // OK when one does.
+  absl::Status CanSignAt(absl::Time now) const;
 
   // The loaded keys published at `now` (PENDING, ACTIVE, RETIRED by the
   // view), in generation order.
@@ -84,6 +97,7 @@ class ScopeKeys {
   const std::string alg_;
   const std::vector<rotation::KeyRecord> records_;
   const std::vector<std::shared_ptr<const ScopeState>> versions_;
+  const std::map<std::string, std::string> unusable_;
   // The signing key for [built_at_, valid_until_): the view does not
   // change between schedule boundaries.
   const absl::Time built_at_;
@@ -101,6 +115,10 @@ struct ServingState {
   hsm::KeyStore* store = nullptr;
   WorkerPool* workers = nullptr;
   AuditLog* audit = nullptr;
+  // Called when the key store answers that the token no longer holds a
+  // key (deleted behind signet's back): asks for a reconcile pass now.
+  // Thread-safe, cheap, may be called for every refused signature.
+  std::function<void()> key_gone;
 };
 
 }  // namespace signet::server

@@ -45,17 +45,6 @@ std::string InputSha256Hex(const ScopeState& scope, absl::string_view digest,
              : Sha256Hex(input);
 }
 
-// The scope has a key that signs right now. FAILED_PRECONDITION, not
-// UNAVAILABLE: retrying does not help until the schedule is repaired.
-absl::Status CheckActive(bool signs, const ScopeState& scope) {
-  if (!signs) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "scope ", scope.config.name(),
-        " has no active key right now; the key schedule needs attention"));
-  }
-  return absl::OkStatus();
-}
-
 // A unary call's response, serialized and sent when the call is answered
 // OK. Its call holds it until the write is done; the call's answer holds it
 // for the workers that fill it.
@@ -204,14 +193,15 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
                      " may not sign with scope \"", scope_name, "\""));
   }
   const ScopeKeys& keys = *scope->second;
-  std::shared_ptr<const ScopeState> signing =
-      keys.SigningAt(options_.clock->Now());
+  const absl::Time now = options_.clock->Now();
+  std::shared_ptr<const ScopeState> signing = keys.SigningAt(now);
   if (signing != nullptr) {
     return Authorized{tenant->second.get(), std::move(signing),
-                      std::move(serving), /*signs=*/true};
+                      std::move(serving), absl::OkStatus()};
   }
   // No key signs: purpose and claims are still checked (the more useful
-  // refusal first), then CheckActive refuses.
+  // refusal first), then `can_sign` refuses (FAILED_PRECONDITION, not
+  // UNAVAILABLE: retrying does not help until the keys are repaired).
   std::shared_ptr<const ScopeState> newest =
       keys.versions().empty() ? nullptr : keys.versions().back();
   if (newest == nullptr) {
@@ -221,7 +211,7 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
     newest = std::move(keyless);
   }
   return Authorized{tenant->second.get(), std::move(newest), std::move(serving),
-                    /*signs=*/false};
+                    keys.CanSignAt(now)};  // not OK: the same instant
 }
 
 absl::Time SignerService::DeadlineOf(
@@ -466,12 +456,27 @@ void AuditUndelivered(AuditLog& audit, AuditEvent event, std::string detail) {
                        [](const absl::Status&) {});
 }
 
-// A signature the key store refused because the key is no longer loaded:
-// it was revoked (or left the key sets) between the call choosing it and
-// the HSM call. Retryable: the next attempt signs with the scope's current
-// key. Named by kid, never by the token's CKA_ID.
+// A signature the key store refused because of the key, not the HSM:
+// - the key is no longer loaded (FAILED_PRECONDITION from the store): it
+//   was revoked (or left the key sets) between the call choosing it and
+//   the HSM call. Retryable (UNAVAILABLE): the next attempt signs with the
+//   scope's current key.
+// - the token no longer holds it (NOT_FOUND: deleted behind signet's
+//   back). Not retryable (FAILED_PRECONDITION); the key manager is asked
+//   for a pass now, which unloads it and turns the scope NOT_SERVING.
+// Named by kid, never by the token's CKA_ID.
 absl::Status KeyChangedUnderCall(const absl::Status& status,
+                                 const ServingState& serving,
                                  const ScopeState& scope) {
+  if (status.code() == absl::StatusCode::kNotFound) {
+    if (serving.key_gone) serving.key_gone();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scope ", scope.config.name(), ": its key ", scope.key.thumbprint,
+        " is no longer in the HSM token (deleted outside signet), so it "
+        "cannot sign; an operator must revoke it (signetctl keys revoke ",
+        scope.config.name(), " ", scope.key.thumbprint,
+        ", so that the standby signs) or restore it"));
+  }
   if (status.code() != absl::StatusCode::kFailedPrecondition) return status;
   return absl::UnavailableError(absl::StrCat(
       "scope ", scope.config.name(), ": key ", scope.key.thumbprint,
@@ -491,7 +496,7 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
   absl::StatusOr<std::string> signature =
       serving.store->SignDigest(scope.key.key_id, digest, deadline);
   if (!signature.ok()) {
-    signature = KeyChangedUnderCall(signature.status(), scope);
+    signature = KeyChangedUnderCall(signature.status(), serving, scope);
   }
   AuditEvent event = SignEvent(scope, caller, std::move(input_sha256));
   if (!signature.ok()) {
@@ -591,7 +596,8 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
       const absl::Status failed =
           !digest_errors[k - begin].ok()
               ? digest_errors[k - begin]
-              : KeyChangedUnderCall(signatures[k - begin].status(), s);
+              : KeyChangedUnderCall(signatures[k - begin].status(),
+                                    *batch.serving, s);
       if (!failed.ok()) {
         SetItemStatus(failed, &item);
         AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
@@ -660,8 +666,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
   absl::StatusOr<CheckedClaims> claims =
       CheckClaims(request->claims_json(), PolicyFor(scope, now));
   if (!claims.ok()) return refuse(claims.status());
-  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok())
-    return refuse(st);
+  if (absl::Status st = auth->can_sign; !st.ok()) return refuse(st);
   std::string signing_input =
       JwsSigningInput(scope.header_b64, request->claims_json());
   if (absl::Status st = Admit(
@@ -720,8 +725,7 @@ void SignerService::HandleSignJwtBatch(
                      " items, not ", request->claims_json_size())));
   }
   const absl::Time now = options_.clock->Now();
-  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok())
-    return refuse(st);
+  if (absl::Status st = auth->can_sign; !st.ok()) return refuse(st);
   const ClaimsPolicy policy = PolicyFor(scope, now);
   // Validate every item here; only the valid ones reach the HSM.
   auto batch = std::make_shared<BatchSigning>();
@@ -813,7 +817,7 @@ void SignerService::HandleSign(const Call& rpc,
       return refuse(
           absl::InvalidArgumentError("give either payload or digest to sign"));
   }
-  if (absl::Status st = CheckActive(auth->signs, *auth->scope); !st.ok()) {
+  if (absl::Status st = auth->can_sign; !st.ok()) {
     return refuse(st);
   }
   if (absl::Status st = Admit(rpc, auth->tenant, kAnswerBytesPerItem);

@@ -118,10 +118,10 @@ class SignerService final : public OneRequestService {
     Tenant* tenant;
     // The key that signs now; or, when none may, the scope's newest key
     // (or a key-less state) so that purpose and claims are still checked,
-    // and `signs` is false.
+    // and `can_sign` says why none signs (ScopeKeys::CanSignAt).
     std::shared_ptr<const ScopeState> scope;
     std::shared_ptr<const ServingState> serving;
-    bool signs = false;
+    absl::Status can_sign;
   };
   // One call on its way: where it came from and how it is answered (the
   // answer serializes the response, then finishes the reactor).

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -113,8 +114,7 @@ class KeyRotationTest : public ::testing::Test {
         "http { listen_address: \"127.0.0.1:0\" public_base_url: "
         "\"http://127.0.0.1\" cache_max_age_seconds: 1 }\n",
         "serving { iat_skew_seconds: 5 }\n",
-        "allow_short_key_schedules: true\n",
-        "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n",
+        "allow_short_key_schedules: true\n", intervals_,
         writer ? "" : "never_create_keys: true\n", extra_config_);
   }
 
@@ -202,6 +202,9 @@ class KeyRotationTest : public ::testing::Test {
 
   // Appended to every configuration this test starts.
   std::string extra_config_;
+  // The reconcile passes' intervals.
+  std::string intervals_ =
+      "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n";
 
   std::unique_ptr<v1::Admin::Stub> AdminStub(const Running& r) {
     grpc::SslCredentialsOptions ssl;
@@ -771,6 +774,201 @@ TEST_P(KeyRotationCrashTest, AKilledWriterConvergesAfterARestart) {
 
 INSTANTIATE_TEST_SUITE_P(EachWriteOfARotation, KeyRotationCrashTest,
                          ::testing::Values(5, 6, 7, 8));
+
+// A key deleted from the token behind signet's back (a person with the
+// token's PIN, another program): its scope turns NOT_SERVING and refuses
+// FAILED_PRECONDITION (which clients do not retry) naming the key and the
+// remedy, within seconds; another scope keeps signing; a restart serves
+// the other scope instead of refusing to start; the operator's remedy
+// (revoking the missing key) brings the scope back.
+TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
+  constexpr char kOtherTenant[] = "spiffe://signet.test/tenant/other";
+  auto other_cert = bed_->ca().Issue(
+      "other", {.uri_sans = {kOtherTenant}, .eku = "clientAuth"});
+  ASSERT_TRUE(other_cert.ok()) << other_cert.status();
+  extra_config_ = absl::StrCat(
+      "scopes { name: \"other\" audience_class: ENTERPRISE purpose: JWT "
+      "issuer: \"http://127.0.0.1/other\" algorithm: ES256 "
+      "max_token_lifetime_seconds: 60 }\n",
+      "tenants { identity: \"uri:", kOtherTenant, "\" scopes: \"other\" }\n");
+  // Passes a minute apart, so that the Signer's ask for a pass (not the
+  // timer) turns the scope NOT_SERVING.
+  intervals_ =
+      "reconcile_interval_seconds: 60\nkey_refresh_interval_seconds: 1\n";
+  // A period of an hour: no rotation heals the scope during the test.
+  Running signetd = Start("writer", true, {}, absl::Hours(1));
+  ASSERT_NE(signetd.stub, nullptr);
+  auto other_stub = [&](const Running& r) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = bed_->ca().cert_pem();
+    ssl.pem_private_key = other_cert->key_pem;
+    ssl.pem_cert_chain = other_cert->cert_pem;
+    return v1::Signer::NewStub(grpc::CreateChannel(
+        absl::StrCat("localhost:",
+                     r.process->WaitForPort(kStartTimeout).value()),
+        grpc::SslCredentials(ssl)));
+  };
+  auto sign_other = [&](v1::Signer::Stub& stub) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::SignJwtRequest req;
+    req.set_scope("other");
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    req.set_claims_json(
+        absl::StrCat("{\"iss\":\"http://127.0.0.1/other\",\"iat\":", now,
+                     ",\"exp\":", now + 60, "}"));
+    v1::SignJwtResponse resp;
+    return stub.SignJwt(&ctx, req, &resp);
+  };
+  auto scope_health = [](const Running& r, const std::string& scope) {
+    auto health = grpc::health::v1::Health::NewStub(r.channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(absl::StrCat("scope/", scope));
+    grpc::health::v1::HealthCheckResponse resp;
+    return health->Check(&ctx, req, &resp).ok()
+               ? resp.status()
+               : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  };
+  using grpc::health::v1::HealthCheckResponse;
+
+  absl::StatusOr<Signed> before = Sign(*signetd.stub);
+  ASSERT_TRUE(before.ok()) << before.status();
+  {
+    auto other = other_stub(signetd);
+    ASSERT_TRUE(sign_other(*other).ok());
+  }
+  std::string deleted_key_id;
+  const v1::ListKeysResponse keys = Keys(signetd);
+  for (const v1::KeyInfo& k : keys.keys()) {
+    if (k.kid() == before->kid) deleted_key_id = k.key_id();
+  }
+  ASSERT_FALSE(deleted_key_id.empty());
+  {
+    // Deleted through the HSM's own boundary, as pkcs11-tool would.
+    hsm::ModuleOptions module;
+    module.module_path = testing::P11KitServer::client_module_path();
+    module.p11_kit_server_address = bed_->hsm().address();
+    auto connector = hsm::P11KitConnector::Create(module);
+    ASSERT_TRUE(connector.ok()) << connector.status();
+    auto uri = hsm::TokenUri::Parse(bed_->token().token_uri());
+    ASSERT_TRUE(uri.ok());
+    hsm::SessionPoolOptions options;
+    options.connections = 1;
+    auto pool = hsm::SessionPool::Create(
+        std::move(*connector), std::move(*uri),
+        hsm::Pin::FromBytes(bed_->token().user_pin()), options);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    hsm::Pkcs11KeyStore store(pool->get());
+    ASSERT_TRUE(
+        store.DestroyPrivateKey(absl::HexStringToBytes(deleted_key_id)).ok());
+  }
+
+  // Signing on: an UNAVAILABLE or two while stale handles are dropped, then
+  // FAILED_PRECONDITION naming the key and what to do.
+  absl::Status refused;
+  const absl::Time bound = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < bound) {
+    refused = Sign(*signetd.stub).status();
+    if (absl::IsFailedPrecondition(refused)) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr(before->kid));
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("signetctl keys revoke short"));
+  // Health follows within seconds (an asked-for pass, not the 60 s timer).
+  bool not_serving = false;
+  for (int i = 0; i < 100 && !not_serving; ++i) {
+    not_serving =
+        scope_health(signetd, "short") == HealthCheckResponse::NOT_SERVING;
+    if (!not_serving) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(not_serving);
+  refused = Sign(*signetd.stub).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("no private key with id"));
+  EXPECT_EQ(scope_health(signetd, "other"), HealthCheckResponse::SERVING);
+  {
+    auto other = other_stub(signetd);
+    EXPECT_TRUE(sign_other(*other).ok());
+  }
+  {
+    auto admin = AdminStub(signetd);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::GetStatusResponse status;
+    ASSERT_TRUE(admin->GetStatus(&ctx, v1::GetStatusRequest(), &status).ok());
+    for (const v1::ScopeStatus& s : status.scopes()) {
+      if (s.name() == "short") {
+        EXPECT_FALSE(s.serving());
+        ASSERT_EQ(s.key_problems_size(), 1);
+        EXPECT_THAT(s.key_problems(0), HasSubstr(before->kid));
+      } else {
+        EXPECT_TRUE(s.serving()) << s.name();
+        EXPECT_EQ(s.key_problems_size(), 0) << s.name();
+      }
+    }
+  }
+
+  // A restart starts, serves the other scope, and says why "short" cannot
+  // sign.
+  ASSERT_TRUE(signetd.process->Stop(SIGTERM, absl::Seconds(20)).ok());
+  Running restarted = Start("writer", true, {}, absl::Hours(1));
+  ASSERT_NE(restarted.stub, nullptr) << restarted.process->Output();
+  EXPECT_THAT(restarted.process->Output(), HasSubstr("short CANNOT SIGN"));
+  EXPECT_EQ(scope_health(restarted, "short"), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(scope_health(restarted, "other"), HealthCheckResponse::SERVING);
+  {
+    auto other = other_stub(restarted);
+    EXPECT_TRUE(sign_other(*other).ok());
+  }
+  EXPECT_EQ(Sign(*restarted.stub).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // The remedy: revoke the missing key; the standby signs now.
+  {
+    auto admin = AdminStub(restarted);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::RevokeKeyRequest revoke;
+    revoke.set_scope("short");
+    revoke.set_kid(before->kid);
+    revoke.set_reason("deleted from the token outside signet");
+    revoke.set_request_id("revoke-deleted");
+    v1::RevokeKeyResponse revoked;
+    grpc::Status st = admin->RevokeKey(&ctx, revoke, &revoked);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  absl::StatusOr<Signed> after = Sign(*restarted.stub);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_NE(after->kid, before->kid);
+  bool serving = false;  // health is sampled once a second
+  for (int i = 0; i < 100 && !serving; ++i) {
+    serving = scope_health(restarted, "short") == HealthCheckResponse::SERVING;
+    if (!serving) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(serving);
+
+  // Audited once per reason and process (not once per pass), saying why.
+  ASSERT_TRUE(restarted.process->Stop(SIGTERM, absl::Seconds(20)).ok());
+  std::ifstream in(AuditDir("writer") + "/audit.log");
+  int cannot_sign = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (absl::StrContains(line, "\"event\":\"key_action_failed\"") &&
+        absl::StrContains(line, "the scope cannot sign")) {
+      ++cannot_sign;
+      EXPECT_THAT(line, HasSubstr("no private key with id"));
+    }
+  }
+  EXPECT_EQ(cannot_sign, 2);
+}
 
 }  // namespace
 }  // namespace signet
