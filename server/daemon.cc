@@ -700,7 +700,18 @@ absl::Status Daemon::StartServing() {
     if (absl::Status st = StartHttp(); !st.ok()) return st;
   }
   key_manager_->StartLoop();
-  SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
+  int cannot_sign = 0;
+  for (const auto& [name, keys] : key_manager_->Scopes()) {
+    cannot_sign += keys->CanSignAt(clock_.Now()).ok() ? 0 : 1;
+  }
+  if (cannot_sign == 0) {
+    SIGNET_LOG_INFO("signetd ready: every scope has a checked, active key");
+  } else {
+    SIGNET_LOG_WARN(
+        "signetd ready: {} of {} scopes cannot sign (NOT_SERVING; why is "
+        "logged above and in signetctl status)",
+        cannot_sign, key_manager_->Scopes().size());
+  }
 
   // The HSM liveness prober (server/hsm_prober.h).
   HsmProber::Options prober_options;

@@ -922,6 +922,8 @@ TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
   Running restarted = Start("writer", true, {}, absl::Hours(1));
   ASSERT_NE(restarted.stub, nullptr) << restarted.process->Output();
   EXPECT_THAT(restarted.process->Output(), HasSubstr("short CANNOT SIGN"));
+  EXPECT_THAT(restarted.process->Output(),
+              HasSubstr("signetd ready: 1 of 2 scopes cannot sign"));
   EXPECT_EQ(scope_health(restarted, "short"), HealthCheckResponse::NOT_SERVING);
   EXPECT_EQ(scope_health(restarted, "other"), HealthCheckResponse::SERVING);
   {
