@@ -303,16 +303,16 @@ absl::Status Daemon::StartListening() {
   // Health is ours: gRPC's default service has no bound on Watch streams.
   health_service_ = std::make_unique<HealthService>(
       static_cast<int>(grpc_limits.max_health_watchers()), request_waits_.get(),
-      [this](HealthService::Refusal refusal) {
+      [this](HealthService::Refusal refusal, const grpc::AuthContext* caller) {
         switch (refusal) {
           case HealthService::Refusal::kWatch:
-            refused_watches_.fetch_add(1);
+            refused_watches_.Count(caller);
             break;
           case HealthService::Refusal::kMalformed:
-            malformed_health_.fetch_add(1);
+            malformed_health_.Count(caller);
             break;
           case HealthService::Refusal::kOversized:
-            oversized_health_.fetch_add(1);
+            oversized_health_.Count(caller);
             break;
         }
       });
@@ -403,20 +403,21 @@ absl::Status Daemon::StartListening() {
   refusals_.Add([a] { return a->refused_banned(); }, "UNAVAILABLE",
                 "gRPC connection(s) refused at once from an address banned "
                 "for 30 s after a rapid reset");
-  refusals_.Add([this] { return refused_watches_.load(); },
-                "RESOURCE_EXHAUSTED",
-                "health watch(es) refused (grpc.max_health_watchers or a "
-                "certificate's share)");
+  refusals_.AddTally([this] { return refused_watches_.TakeReport(); },
+                     "RESOURCE_EXHAUSTED",
+                     "health watch(es) refused (grpc.max_health_watchers or a "
+                     "certificate's share)");
   refusals_.Add([w] { return w->evicted(); }, "RESOURCE_EXHAUSTED",
                 "call(s) still waiting for their request message ended to "
                 "make room (grpc.max_calls_awaiting_request)");
-  refusals_.Add([this] { return oversized_health_.load(); },
-                "RESOURCE_EXHAUSTED",
-                "health request(s) over the request size limit");
-  refusals_.Add([this] { return malformed_health_.load(); }, "INVALID_ARGUMENT",
-                absl::StrCat("health request(s) that did not parse, never "
-                             "came, or named a service over ",
-                             HealthService::kMaxServiceNameBytes, " bytes"));
+  refusals_.AddTally([this] { return oversized_health_.TakeReport(); },
+                     "RESOURCE_EXHAUSTED",
+                     "health request(s) over the request size limit");
+  refusals_.AddTally(
+      [this] { return malformed_health_.TakeReport(); }, "INVALID_ARGUMENT",
+      absl::StrCat("health request(s) that did not parse, never "
+                   "came, or named a service over ",
+                   HealthService::kMaxServiceNameBytes, " bytes"));
   refusals_.AddTally([this] { return unknown_methods_.TakeReport(); },
                      "UNIMPLEMENTED",
                      "call(s) of a method signetd does not serve");

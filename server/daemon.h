@@ -47,6 +47,7 @@
 #include "server/admin_service.h"
 #include "server/audit_keys.h"
 #include "server/audit_log.h"
+#include "server/caller_tally.h"
 #include "server/config.h"
 #include "server/connection_acceptor.h"
 #include "server/health_monitor.h"
@@ -141,9 +142,9 @@ class Daemon {
   std::unique_ptr<RequestWaits> request_waits_;
   std::unique_ptr<SignerService> signer_;
   std::unique_ptr<AdminService> admin_service_;
-  std::atomic<uint64_t> refused_watches_{0};
-  std::atomic<uint64_t> malformed_health_{0};
-  std::atomic<uint64_t> oversized_health_{0};
+  CallerTally refused_watches_;
+  CallerTally malformed_health_;
+  CallerTally oversized_health_;
   std::unique_ptr<HealthService> health_service_;
   UnknownMethodService unknown_methods_;
   std::unique_ptr<grpc::Server> server_;

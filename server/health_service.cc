@@ -24,7 +24,8 @@ class HealthService::Checker final : public OneRequestCall {
  private:
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     HealthCheckRequest request;
-    if (grpc::Status refused = service_->Parse(bytes, &request);
+    if (grpc::Status refused =
+            service_->Parse(context()->auth_context().get(), bytes, &request);
         !refused.ok()) {
       Finish(refused);
       return;
@@ -43,7 +44,7 @@ class HealthService::Checker final : public OneRequestCall {
     StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
   }
   void OnRefusedRequest(const absl::Status& status) override {
-    Finish(service_->Refused(status));
+    Finish(service_->Refused(context()->auth_context().get(), status));
   }
 
   HealthService* const service_;
@@ -56,6 +57,11 @@ class HealthService::Watcher final : public OneRequestCall {
  public:
   Watcher(HealthService* service, grpc::CallbackServerContext* context)
       : OneRequestCall(service->waits_, context), service_(service) {}
+
+  // The client's authentication (its certificate), for refusal counts.
+  std::shared_ptr<const grpc::AuthContext> auth() const {
+    return context()->auth_context();
+  }
 
   // The service watched, and the hash of the client's certificate; set
   // before the watcher is registered.
@@ -100,7 +106,7 @@ class HealthService::Watcher final : public OneRequestCall {
   void OnCancel() override { End(grpc::Status::CANCELLED); }
   void OnNoRequest(const grpc::Status& status) override { End(status); }
   void OnRefusedRequest(const absl::Status& status) override {
-    End(service_->Refused(status));
+    End(service_->Refused(context()->auth_context().get(), status));
   }
 
   void OnDone() override {
@@ -111,7 +117,8 @@ class HealthService::Watcher final : public OneRequestCall {
  private:
   void OnRequest(const grpc::ByteBuffer& bytes) override {
     HealthCheckRequest request;
-    if (grpc::Status refused = service_->Parse(bytes, &request);
+    if (grpc::Status refused =
+            service_->Parse(context()->auth_context().get(), bytes, &request);
         !refused.ok()) {
       End(refused);
       return;
@@ -169,7 +176,7 @@ class HealthService::Watcher final : public OneRequestCall {
 };
 
 HealthService::HealthService(int max_watchers, RequestWaits* waits,
-                             std::function<void(Refusal)> on_refused)
+                             OnRefused on_refused)
     : max_watchers_(max_watchers),
       waits_(waits),
       on_refused_(std::move(on_refused)) {
@@ -226,7 +233,8 @@ void HealthService::Forget(Watcher* watcher) {
   }
 }
 
-grpc::Status HealthService::Parse(const grpc::ByteBuffer& bytes,
+grpc::Status HealthService::Parse(const grpc::AuthContext* caller,
+                                  const grpc::ByteBuffer& bytes,
                                   HealthCheckRequest* request) {
   absl::Status parsed = ParseMessage(bytes, request);
   if (parsed.ok() && request->service().size() > kMaxServiceNameBytes) {
@@ -240,14 +248,16 @@ grpc::Status HealthService::Parse(const grpc::ByteBuffer& bytes,
         kMaxServiceNameBytes));
   }
   if (parsed.ok()) return grpc::Status::OK;
-  return Refused(parsed);
+  return Refused(caller, parsed);
 }
 
-grpc::Status HealthService::Refused(const absl::Status& status) {
+grpc::Status HealthService::Refused(const grpc::AuthContext* caller,
+                                    const absl::Status& status) {
   if (on_refused_) {
     on_refused_(status.code() == absl::StatusCode::kInvalidArgument
                     ? Refusal::kMalformed
-                    : Refusal::kOversized);
+                    : Refusal::kOversized,
+                caller);
   }
   return ToGrpcStatus(status);
 }
@@ -291,10 +301,13 @@ void HealthService::StartWatch(Watcher* watcher) {
     if (mine == 0) watchers_by_certificate_.erase(watcher->certificate());
   }
   if (!refused.empty()) {
+    // Counted before End: the stream may be gone once it ended.
+    if (on_refused_) {
+      on_refused_(Refusal::kWatch, watcher->auth().get());
+    }
     watcher->End(
         grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                      absl::StrCat(refused, "; use Check, or retry later")));
-    if (on_refused_) on_refused_(Refusal::kWatch);
   }
 }
 

@@ -42,11 +42,13 @@ class HealthService final : public OneRequestService {
                  // half-close (INVALID_ARGUMENT)
     kOversized,  // a request over the size limit (RESOURCE_EXHAUSTED)
   };
-  // `on_refused` runs (on a gRPC thread, quickly) for each refusal, so that
-  // they are counted and audited in summaries. `waits` must outlive the
-  // service.
-  HealthService(int max_watchers, RequestWaits* waits,
-                std::function<void(Refusal)> on_refused);
+  // `on_refused` runs (on a gRPC thread, quickly) for each refusal, with
+  // the refused call's authentication (its client certificate; may be
+  // null), so that they are counted by caller and audited in summaries.
+  // `waits` must outlive the service.
+  using OnRefused =
+      std::function<void(Refusal, const grpc::AuthContext* caller)>;
+  HealthService(int max_watchers, RequestWaits* waits, OnRefused on_refused);
   ~HealthService() override;
 
   // Sets `service`'s status ("" is the whole server) and tells its watchers.
@@ -73,12 +75,14 @@ class HealthService final : public OneRequestService {
   Status StatusOf(const std::string& service) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(Watcher* watcher) ABSL_LOCKS_EXCLUDED(mu_);
-  // Parses a request; INVALID_ARGUMENT (reported to on_refused) when it
-  // does not parse.
-  grpc::Status Parse(const grpc::ByteBuffer& bytes,
+  // Parses `caller`'s request; INVALID_ARGUMENT (reported to on_refused)
+  // when it does not parse.
+  grpc::Status Parse(const grpc::AuthContext* caller,
+                     const grpc::ByteBuffer& bytes,
                      grpc::health::v1::HealthCheckRequest* request);
-  // Reports a refused request to on_refused; returns the answer.
-  grpc::Status Refused(const absl::Status& status);
+  // Reports `caller`'s refused request to on_refused; returns the answer.
+  grpc::Status Refused(const grpc::AuthContext* caller,
+                       const absl::Status& status);
   // Check's answer for `service`.
   grpc::Status Check(const std::string& service,
                      grpc::health::v1::HealthCheckResponse* response)
@@ -89,7 +93,7 @@ class HealthService final : public OneRequestService {
 
   const int max_watchers_;
   RequestWaits* const waits_;
-  const std::function<void(Refusal)> on_refused_;
+  const OnRefused on_refused_;
   mutable absl::Mutex mu_;
   std::map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);
   std::set<Watcher*> watchers_ ABSL_GUARDED_BY(mu_);

@@ -15,14 +15,7 @@
 
 #include <grpcpp/generic/async_generic_service.h>
 
-#include <cstddef>
-#include <cstdint>
-#include <functional>
-#include <map>
-#include <string>
-
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "server/caller_tally.h"
 #include "server/refusal_summary.h"
 
 namespace signet::server {
@@ -32,28 +25,12 @@ class UnknownMethodService final : public grpc::CallbackGenericService {
   grpc::ServerGenericBidiReactor* CreateReactor(
       grpc::GenericCallbackServerContext* context) override;
 
-  // The calls since the last TakeReport(), and who made them, most calls
-  // first: "by \"uri:spiffe://…\" (12), unidentified (3)", from one
-  // snapshot. A caller is the identity its client certificate gives
-  // (server/identity.h), or "unidentified" (no certificate, or one that
-  // identifies nobody). At most kMaxCallers certificates are told apart in
-  // one report; the calls of the rest are "N by other callers".
-  RefusalSummary::Tally TakeReport() ABSL_LOCKS_EXCLUDED(mu_);
-
-  static constexpr size_t kMaxCallers = 16;
+  // The calls since the last TakeReport(), and who made them
+  // (server/caller_tally.h).
+  RefusalSummary::Tally TakeReport() { return calls_.TakeReport(); }
 
  private:
-  struct Caller {
-    std::string identity;  // quoted, or "unidentified"
-    uint64_t calls = 0;
-  };
-
-  absl::Mutex mu_;
-  // By client certificate (PEM; "" for none): its identity is read once per
-  // report, not once per call.
-  std::map<std::string, Caller, std::less<>> callers_ ABSL_GUARDED_BY(mu_);
-  uint64_t other_calls_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t unreported_ ABSL_GUARDED_BY(mu_) = 0;
+  CallerTally calls_;
 };
 
 }  // namespace signet::server

@@ -1218,9 +1218,21 @@ TEST_F(HostileGrpcTest, ACallWithoutARequestMessageIsInvalidArgument) {
 TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
   auto signetd = Start("health-undecodable");
   ASSERT_NE(signetd, nullptr);
-  auto channel = Channel(no_eku_);
   const std::string bad_service("\x0a\x02\xff\xfe", 4);
   const std::string truncated("\x0a\x05id", 3);
+  // Counted by caller: a tenant's certificate is named (JSON-escaped in the
+  // line). One call: a report cannot split it.
+  EXPECT_EQ(RawCall(Channel(tenant_), "/grpc.health.v1.Health/Check", truncated)
+                .error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(
+      AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"INVALID_ARGUMENT\"",
+                      absl::StrCat("1 health request(s) that did not parse",
+                                   ", never came, or named a service over "
+                                   "256 bytes (by \\\"uri:",
+                                   kTenant, "\\\" (1))")}),
+      Not(::testing::IsEmpty()));
+  auto channel = Channel(no_eku_);
   for (const char* method : {"Check", "Watch"}) {
     for (const std::string& bytes : {bad_service, truncated}) {
       grpc::Status st = RawCall(
@@ -1243,9 +1255,12 @@ TEST_F(HostileGrpcTest, HealthRequestsThatDoNotParseAreInvalidArgument) {
                 HasSubstr("the health service name is 1000 bytes"))
         << method;
   }
+  // The next report (10 s after the first) has the six of a certificate
+  // that identifies nobody.
   EXPECT_THAT(
       AwaitAuditLine({"\"event\":\"refuse\"", "\"result\":\"INVALID_ARGUMENT\"",
-                      "health request(s) that did not parse"}),
+                      "6 health request(s) that did not parse",
+                      "(by unidentified (6))"}),
       Not(::testing::IsEmpty()));
   // A well-formed Check is answered as before.
   auto health = Health::NewStub(channel);
