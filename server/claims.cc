@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -27,8 +28,14 @@ namespace signet::server {
 using base::Quote;
 namespace {
 
-absl::Status Invalid(absl::string_view message) {
-  return absl::InvalidArgumentError(message);
+constexpr absl::string_view kRulePayload = "type.signet/claims-rule";
+
+// INVALID_ARGUMENT with `message` for the caller, and `rule`, a fixed name
+// that quotes nothing of the request, for the audit log (ClaimsRuleOf).
+absl::Status Invalid(absl::string_view rule, absl::string_view message) {
+  absl::Status status = absl::InvalidArgumentError(message);
+  status.SetPayload(kRulePayload, absl::Cord(rule));
+  return status;
 }
 
 // RFC 3629 section 4. Returns the first error as "byte offset N: reason".
@@ -108,61 +115,81 @@ absl::Status RefusalMessage(const jose::JsonRefusal& r) {
   const size_t offset = r.offset.value_or(0);
   switch (r.reason) {
     case Reason::kNotAnObject:
-      return Invalid(absl::StrCat("claims must be a JSON object, got ",
+      return Invalid("not_an_object",
+                     absl::StrCat("claims must be a JSON object, got ",
                                   jose::KindName(r.got)));
     case Reason::kNulInString:
-      return Invalid(absl::StrCat(
-          "claims contain U+0000 (\\u0000) in a string", where,
-          "; it is refused because relying parties that use C strings would "
-          "truncate the string there"));
+      return Invalid(
+          "nul_in_string",
+          absl::StrCat("claims contain U+0000 (\\u0000) in a string", where,
+                       "; it is refused because relying parties that use C "
+                       "strings would "
+                       "truncate the string there"));
     case Reason::kNulInName:
-      return Invalid(absl::StrCat(
-          "claims contain U+0000 (\\u0000) in the member name ", Quote(r.name),
-          r.depth > 1 ? where : std::string(),
-          "; it is refused because relying parties that use C strings would "
-          "truncate the name there"));
+      return Invalid(
+          "nul_in_name",
+          absl::StrCat("claims contain U+0000 (\\u0000) in the member name ",
+                       Quote(r.name), r.depth > 1 ? where : std::string(),
+                       "; it is refused because relying parties that use C "
+                       "strings would "
+                       "truncate the name there"));
     case Reason::kDuplicateMember:
-      return Invalid(absl::StrCat(
-          "claims have a duplicate member name ", Quote(r.name),
-          r.depth == 1 ? std::string(" in the top-level object")
-                       : absl::StrCat(" in an object at depth ", r.depth,
-                                      " inside member ", Quote(r.top_member)),
-          " (names are compared after unescaping); relying parties would "
-          "disagree on which value counts"));
+      return Invalid(
+          "duplicate_member",
+          absl::StrCat(
+              "claims have a duplicate member name ", Quote(r.name),
+              r.depth == 1
+                  ? std::string(" in the top-level object")
+                  : absl::StrCat(" in an object at depth ", r.depth,
+                                 " inside member ", Quote(r.top_member)),
+              " (names are compared after unescaping); relying parties would "
+              "disagree on which value counts"));
     case Reason::kTooDeep:
-      return Invalid(absl::StrCat(
-          "claims nest objects and arrays more than ", kMaxClaimsDepth,
-          " levels deep", where, "; at most ", kMaxClaimsDepth,
-          " are allowed, the top-level object included"));
+      return Invalid(
+          "too_deep",
+          absl::StrCat("claims nest objects and arrays more than ",
+                       kMaxClaimsDepth, " levels deep", where, "; at most ",
+                       kMaxClaimsDepth,
+                       " are allowed, the top-level object included"));
     case Reason::kNumberOverflow:
       if (!r.offset.has_value()) {
         return Invalid(
+            "number_overflow",
             absl::StrCat("claims contain a number", where, kOverflowsDouble));
       }
       return Invalid(
+          "number_overflow",
           absl::StrFormat("claims contain a number near byte offset %d%s",
                           offset, kOverflowsDouble));
     case Reason::kBinary:
-      return Invalid("claims contain binary data, which JSON cannot carry");
+      return Invalid("binary",
+                     "claims contain binary data, which JSON cannot carry");
     case Reason::kTrailingData:
-      return Invalid(absl::StrFormat(
-          "claims have trailing data after the JSON object at byte offset "
-          "%d; send exactly one JSON object (only whitespace may follow it)",
-          offset));
+      return Invalid(
+          "trailing_data",
+          absl::StrFormat(
+              "claims have trailing data after the JSON object at byte offset "
+              "%d; send exactly one JSON object (only whitespace may follow "
+              "it)",
+              offset));
     case Reason::kLoneSurrogate:
-      return Invalid(absl::StrFormat(
-          "claims contain an escaped lone UTF-16 surrogate near byte offset "
-          "%d: \\uD800..\\uDBFF must be followed by \\uDC00..\\uDFFF, and "
-          "\\uDC00..\\uDFFF must follow \\uD800..\\uDBFF",
-          offset));
+      return Invalid(
+          "lone_surrogate",
+          absl::StrFormat(
+              "claims contain an escaped lone UTF-16 surrogate near byte "
+              "offset "
+              "%d: \\uD800..\\uDBFF must be followed by \\uDC00..\\uDFFF, and "
+              "\\uDC00..\\uDFFF must follow \\uD800..\\uDBFF",
+              offset));
     case Reason::kSyntax:
       return Invalid(
+          "syntax",
           absl::StrFormat("claims are not valid JSON near byte offset %d: %s",
                           offset, r.description));
     case Reason::kInternal:
       break;
   }
-  return Invalid("claims could not be checked");
+  return Invalid("internal", "claims could not be checked");
 }
 
 // iat, exp, nbf: RFC 7519 NumericDate, restricted to integers in
@@ -173,10 +200,11 @@ absl::StatusOr<int64_t> NumericDate(absl::string_view name,
   constexpr absl::string_view kRange = "[0, 2^53)";
   if (!observed.present) {
     if (required) {
-      return Invalid(absl::StrCat(
-          "claims member \"", name,
-          "\" is missing; it must be an integer number of seconds since the "
-          "epoch"));
+      return Invalid(absl::StrCat(name, "_missing"),
+                     absl::StrCat("claims member \"", name,
+                                  "\" is missing; it must be an integer number "
+                                  "of seconds since the "
+                                  "epoch"));
     }
     return 0;
   }
@@ -184,32 +212,41 @@ absl::StatusOr<int64_t> NumericDate(absl::string_view name,
   switch (v.kind) {
     case jose::JsonValue::Kind::kUnsigned:
       if (v.unsigned_value >= static_cast<uint64_t>(kMaxNumericDate)) {
-        return Invalid(absl::StrCat(
-            "claims member \"", name, "\" must be an integer in ", kRange,
-            ", got ", v.unsigned_value, ", which is out of range"));
+        return Invalid(
+            absl::StrCat(name, "_out_of_range"),
+            absl::StrCat("claims member \"", name, "\" must be an integer in ",
+                         kRange, ", got ", v.unsigned_value,
+                         ", which is out of range"));
       }
       return static_cast<int64_t>(v.unsigned_value);
     case jose::JsonValue::Kind::kNegative:
-      return Invalid(absl::StrCat(
-          "claims member \"", name, "\" must be an integer in ", kRange,
-          ", got ",
-          v.negative_value == 0 ? "-0" : absl::StrCat(v.negative_value),
-          ", which is negative"));
+      return Invalid(
+          absl::StrCat(name, "_negative"),
+          absl::StrCat(
+              "claims member \"", name, "\" must be an integer in ", kRange,
+              ", got ",
+              v.negative_value == 0 ? "-0" : absl::StrCat(v.negative_value),
+              ", which is negative"));
     case jose::JsonValue::Kind::kFloat: {
       const bool integral = v.text.find_first_of(".eE") == std::string::npos;
       if (integral) {  // digits only, but too big for 64 bits
-        return Invalid(absl::StrCat(
-            "claims member \"", name, "\" must be an integer in ", kRange,
-            ", got ", Quote(v.text), ", which is out of range"));
+        return Invalid(
+            absl::StrCat(name, "_out_of_range"),
+            absl::StrCat("claims member \"", name, "\" must be an integer in ",
+                         kRange, ", got ", Quote(v.text),
+                         ", which is out of range"));
       }
-      return Invalid(absl::StrCat(
-          "claims member \"", name, "\" must be an integer in ", kRange,
-          " written without fraction or exponent, got ", Quote(v.text)));
+      return Invalid(
+          absl::StrCat(name, "_not_integer"),
+          absl::StrCat("claims member \"", name, "\" must be an integer in ",
+                       kRange, " written without fraction or exponent, got ",
+                       Quote(v.text)));
     }
     default:
-      return Invalid(absl::StrCat("claims member \"", name,
-                                  "\" must be an integer in ", kRange, ", got ",
-                                  jose::KindName(v.kind)));
+      return Invalid(
+          absl::StrCat(name, "_not_a_number"),
+          absl::StrCat("claims member \"", name, "\" must be an integer in ",
+                       kRange, ", got ", jose::KindName(v.kind)));
   }
 }
 
@@ -222,30 +259,35 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
 
   // 1-3: the raw bytes, before any parser sees them.
   if (claims.size() > kMaxClaimsBytes) {
-    return Invalid(absl::StrCat("claims are ", claims.size(),
-                                " bytes; at most ", kMaxClaimsBytes,
-                                " (64 KiB) are allowed"));
+    return Invalid(
+        "too_large",
+        absl::StrCat("claims are ", claims.size(), " bytes; at most ",
+                     kMaxClaimsBytes, " (64 KiB) are allowed"));
   }
   if (absl::StartsWith(claims, "\xEF\xBB\xBF")) {
     return Invalid(
+        "byte_order_mark",
         "claims start with a UTF-8 byte order mark (EF BB BF); send the JSON "
         "object without it");
   }
   if (size_t nul = claims.find('\0'); nul != absl::string_view::npos) {
-    return Invalid(absl::StrCat(
-        "claims contain a raw NUL byte at byte offset ", nul,
-        "; JSON text never contains one (escape it as \\u0000 inside a "
-        "string, which is refused too)"));
+    return Invalid(
+        "raw_nul",
+        absl::StrCat(
+            "claims contain a raw NUL byte at byte offset ", nul,
+            "; JSON text never contains one (escape it as \\u0000 inside a "
+            "string, which is refused too)"));
   }
   if (std::optional<std::string> error = FindUtf8Error(claims)) {
-    return Invalid(absl::StrCat("claims are not valid UTF-8 at ", *error));
+    return Invalid("not_utf8",
+                   absl::StrCat("claims are not valid UTF-8 at ", *error));
   }
   bool blank = true;
   for (char c : claims) {
     blank = blank && IsJsonWhitespace(c);
   }
   if (blank) {
-    return Invalid("claims are empty; send one JSON object");
+    return Invalid("empty", "claims are empty; send one JSON object");
   }
 
   // 4: the structure (jose/strict_json.h), reading the registered claims
@@ -269,16 +311,20 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
 
   // 5: the issuer.
   if (!iss.present) {
-    return Invalid(absl::StrCat(
-        "claims member \"iss\" is missing; it must be this scope's issuer ",
-        Quote(policy.issuer)));
+    return Invalid(
+        "iss_missing",
+        absl::StrCat(
+            "claims member \"iss\" is missing; it must be this scope's issuer ",
+            Quote(policy.issuer)));
   }
   if (iss.value.kind != jose::JsonValue::Kind::kString) {
-    return Invalid(absl::StrCat("claims member \"iss\" must be a string, got ",
+    return Invalid("iss_not_a_string",
+                   absl::StrCat("claims member \"iss\" must be a string, got ",
                                 jose::KindName(iss.value.kind)));
   }
   if (iss.value.text != policy.issuer) {
     return Invalid(
+        "iss_not_the_scopes",
         absl::StrCat("claims member \"iss\" is ", Quote(iss.value.text),
                      " but this scope's issuer is ", Quote(policy.issuer),
                      " (compared byte for byte)"));
@@ -297,31 +343,38 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
   const int64_t now_seconds = absl::ToUnixSeconds(policy.now);
   const absl::Duration iat_offset = absl::FromUnixSeconds(*iat) - policy.now;
   if (absl::AbsDuration(iat_offset) > policy.iat_skew) {
-    return Invalid(absl::StrCat(
-        "claims member \"iat\" (", *iat, ") is ",
-        absl::FormatDuration(absl::AbsDuration(iat_offset)),
-        iat_offset > absl::ZeroDuration() ? " ahead of" : " behind",
-        " the server's clock (", now_seconds, "); at most ",
-        absl::FormatDuration(policy.iat_skew), " of skew is allowed"));
+    return Invalid(
+        "iat_skew",
+        absl::StrCat(
+            "claims member \"iat\" (", *iat, ") is ",
+            absl::FormatDuration(absl::AbsDuration(iat_offset)),
+            iat_offset > absl::ZeroDuration() ? " ahead of" : " behind",
+            " the server's clock (", now_seconds, "); at most ",
+            absl::FormatDuration(policy.iat_skew), " of skew is allowed"));
   }
   if (*exp <= *iat) {
-    return Invalid(absl::StrCat("claims member \"exp\" (", *exp,
+    return Invalid("exp_not_after_iat",
+                   absl::StrCat("claims member \"exp\" (", *exp,
                                 ") must be after \"iat\" (", *iat, ")"));
   }
   const absl::Duration lifetime = absl::Seconds(*exp - *iat);
   if (lifetime > policy.max_lifetime) {
-    return Invalid(absl::StrCat("claims lifetime \"exp\" - \"iat\" is ",
+    return Invalid("lifetime_too_long",
+                   absl::StrCat("claims lifetime \"exp\" - \"iat\" is ",
                                 absl::FormatDuration(lifetime),
                                 "; this scope allows at most ",
                                 absl::FormatDuration(policy.max_lifetime)));
   }
   if (absl::FromUnixSeconds(*exp) <= policy.now) {
-    return Invalid(absl::StrCat(
-        "claims member \"exp\" (", *exp, ") is not after the server's clock (",
-        now_seconds, "): the token would already be expired"));
+    return Invalid(
+        "expired",
+        absl::StrCat("claims member \"exp\" (", *exp,
+                     ") is not after the server's clock (", now_seconds,
+                     "): the token would already be expired"));
   }
   if (has_nbf && *nbf >= *exp) {
-    return Invalid(absl::StrCat("claims member \"nbf\" (", *nbf,
+    return Invalid("nbf_not_before_exp",
+                   absl::StrCat("claims member \"nbf\" (", *nbf,
                                 ") must be before \"exp\" (", *exp, ")"));
   }
 
@@ -334,6 +387,11 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
 
 }  // namespace
 
+std::string ClaimsRuleOf(const absl::Status& status) {
+  absl::optional<absl::Cord> rule = status.GetPayload(kRulePayload);
+  return rule.has_value() ? std::string(*rule) : std::string();
+}
+
 absl::StatusOr<CheckedClaims> CheckClaims(absl::string_view claims_json,
                                           const ClaimsPolicy& policy) {
   // nlohmann may throw (std::bad_alloc at least); nothing crosses this API.
@@ -341,7 +399,7 @@ absl::StatusOr<CheckedClaims> CheckClaims(absl::string_view claims_json,
     return CheckClaimsOrThrow(claims_json, policy);
   } catch (...) {
     // Not e.what(): nlohmann's messages may quote the caller's bytes.
-    return Invalid("claims could not be checked");
+    return Invalid("internal", "claims could not be checked");
   }
 }
 

@@ -55,6 +55,12 @@ struct ClaimsPolicy {
   absl::Time now;
 };
 
+// The rule an INVALID_ARGUMENT of CheckClaims broke: a fixed name such as
+// "exp_not_after_iat", "duplicate_member" or "iss_not_the_scopes" that
+// quotes nothing of the request, for audit lines (which never carry
+// claims; the message may quote them). Empty for any other status.
+std::string ClaimsRuleOf(const absl::Status& status);
+
 // The NumericDate claims (RFC 7519 section 2), in seconds since the epoch.
 struct CheckedClaims {
   int64_t iat;

@@ -418,6 +418,24 @@ TEST(CheckClaimsTest, NeverThrowsOnMangledInput) {
 
 using signet::testing::CorpusEntry;
 
+// The rule of a refusal, for audit lines that must not carry the claims.
+TEST(CheckClaimsTest, EachRefusalNamesItsRule) {
+  auto rule = [](absl::string_view claims) {
+    return ClaimsRuleOf(CheckClaims(claims, Policy()).status());
+  };
+  EXPECT_EQ(rule(Claims(R"(,"sub":"a","sub":"b")")), "duplicate_member");
+  EXPECT_EQ(rule(Claims("", kNow, kNow)), "exp_not_after_iat");
+  EXPECT_EQ(rule(Claims("", kNow, kNow + 7200)), "lifetime_too_long");
+  EXPECT_EQ(rule(R"({"iss":"https://evil.example","iat":1,"exp":2})"),
+            "iss_not_the_scopes");
+  EXPECT_EQ(
+      rule(absl::StrCat(R"({"iss":")", kIssuer, R"(","exp":)", kNow + 60, "}")),
+      "iat_missing");
+  EXPECT_EQ(rule("{"), "syntax");
+  EXPECT_EQ(rule(Claims()), "");  // accepted: no rule
+  EXPECT_EQ(ClaimsRuleOf(absl::InvalidArgumentError("other")), "");
+}
+
 TEST(ClaimsCorpusTest, EveryFileGivesItsExpectedStatus) {
   const std::filesystem::path dir = SIGNET_CLAIMS_CORPUS_DIR;
   ASSERT_TRUE(std::filesystem::is_directory(dir)) << dir << " is missing";
@@ -443,6 +461,10 @@ TEST(ClaimsCorpusTest, EveryFileGivesItsExpectedStatus) {
       EXPECT_EQ(checked.status().code(), absl::StatusCode::kInvalidArgument);
       EXPECT_THAT(std::string(checked.status().message()),
                   HasSubstr(entry.substring));
+      // Every refusal names its rule for the audit log, in a fixed
+      // vocabulary that quotes nothing of the request.
+      EXPECT_THAT(ClaimsRuleOf(checked.status()),
+                  ::testing::MatchesRegex("[a-z0-9_]+"));
     }
   }
   // Every corpus file is listed, so none is silently skipped.

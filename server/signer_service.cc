@@ -308,6 +308,12 @@ AuditEvent RefusalEvent(const char* method, const absl::Status& status,
       case absl::StatusCode::kDeadlineExceeded:
         absl::StrAppend(&refusal.detail, ": ", status.message());
         break;
+      case absl::StatusCode::kInvalidArgument:
+        // The rule, not the message (which may quote the claims).
+        if (std::string rule = ClaimsRuleOf(status); !rule.empty()) {
+          absl::StrAppend(&refusal.detail, ": claims rule ", rule);
+        }
+        break;
       default:
         break;
     }
@@ -529,13 +535,17 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
 // message that may quote them, never reach the log.
 void AuditRefusedItem(AuditLog& audit, absl::string_view caller,
                       absl::string_view scope, int index,
-                      absl::StatusCode code) {
+                      const absl::Status& status) {
   AuditEvent refusal;
   refusal.event = "refuse";
   refusal.caller = std::string(caller);
   refusal.scope = std::string(scope);
-  refusal.result = absl::StatusCodeToString(code);
+  refusal.result = absl::StatusCodeToString(status.code());
   refusal.detail = absl::StrCat("SignJwtBatch item ", index);
+  // The claims rule, never the message (which may quote the claims).
+  if (std::string rule = ClaimsRuleOf(status); !rule.empty()) {
+    absl::StrAppend(&refusal.detail, ": claims rule ", rule);
+  }
   audit.AppendRefusal(refusal);
 }
 
@@ -570,7 +580,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
       signet::v1::SignJwtBatchItem& item = batch.items[index];
       SetItemStatus(skipped, &item);
       AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
-                       index, skipped.code());
+                       index, skipped);
     }
   } else {
     // No ExpectLine here: a batch takes longer at the HSM than the group
@@ -601,7 +611,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
       if (!failed.ok()) {
         SetItemStatus(failed, &item);
         AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
-                         index, failed.code());
+                         index, failed);
         continue;
       }
       AuditEvent event = SignEvent(
@@ -743,7 +753,7 @@ void SignerService::HandleSignJwtBatch(
                                               claims.status().message())),
                     &batch->items[i]);
       AuditRefusedItem(*auth->serving->audit, caller, scope.config.name(), i,
-                       claims.status().code());
+                       claims.status());
       continue;
     }
     batch->inputs.emplace_back(

@@ -500,7 +500,8 @@ TEST_F(SignerTest, ALargeBatchSplitAcrossWorkersKeepsEveryItemInItsPlace) {
 }
 
 // Every refused item is audited too (it was not: a batch of refused items
-// wrote no line), by its place and code, never its claims; past the
+// wrote no line), by its place, code and the claims rule it broke, never
+// its claims; past the
 // refusal rate the rest are counted in refusal_summary lines.
 TEST_F(SignerTest, RefusedBatchItemsAreAudited) {
   auto stub = Stub(alpha_);
@@ -533,6 +534,9 @@ TEST_F(SignerTest, RefusedBatchItemsAreAudited) {
         EXPECT_EQ(j.value("result", ""), "INVALID_ARGUMENT");
         EXPECT_EQ(j.value("caller", ""), absl::StrCat("uri:", kAlpha));
         EXPECT_THAT(line, Not(HasSubstr(Issuer("beta"))));  // no claims
+        // Why, as the rule broken, not the message (which quotes iss).
+        EXPECT_THAT(j.value("detail", ""),
+                    ::testing::EndsWith(": claims rule iss_not_the_scopes"));
         ++lines;
       } else if (j.value("event", "") == "refusal_summary") {
         summarized += j.value("count", 0);
