@@ -80,10 +80,77 @@ absl::StatusOr<EvpPkeyPtr> FromData(const char* key_type, OSSL_PARAM_BLD* bld) {
   return key;
 }
 
+absl::StatusOr<BnPtr> GetBn(const EVP_PKEY* pkey, const char* name) {
+  BIGNUM* bn = nullptr;
+  if (EVP_PKEY_get_bn_param(pkey, name, &bn) != 1) {
+    return OpenSslError(
+        absl::StatusCode::kInternal,
+        absl::StrCat("EVP_PKEY_get_bn_param(", name, ") failed"));
+  }
+  return BnPtr(bn);
+}
+
+// Big-endian bytes of `bn`, left-padded to `width` bytes, or minimal if
+// `width` is 0.
+std::string BnBytes(const BIGNUM* bn, int width) {
+  if (width == 0) {
+    std::string out(static_cast<size_t>(BN_num_bytes(bn)), '\0');
+    BN_bn2bin(bn, reinterpret_cast<unsigned char*>(out.data()));
+    return out;
+  }
+  std::string out(static_cast<size_t>(width), '\0');
+  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), width);
+  return out;
+}
+
 }  // namespace
 
 const EcCurveInfo& InfoOf(EcCurve curve) {
   return curve == EcCurve::kP384 ? kP384 : kP256;
+}
+
+absl::StatusOr<EcCurve> EcCurveOf(const EVP_PKEY* key) {
+  char name[64];
+  size_t len = 0;
+  if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, name,
+                                     sizeof(name), &len) != 1) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument,
+                        "EC key without a named curve");
+  }
+  const absl::string_view group(name, len);
+  for (EcCurve curve : {EcCurve::kP256, EcCurve::kP384}) {
+    if (group == InfoOf(curve).group_name) return curve;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported EC curve ", group));
+}
+
+absl::StatusOr<PublicComponents> ComponentsOf(const EVP_PKEY* key) {
+  if (key == nullptr) return absl::InvalidArgumentError("no public key");
+  PublicComponents out;
+  if (EVP_PKEY_is_a(key, "EC")) {
+    absl::StatusOr<EcCurve> curve = EcCurveOf(key);
+    if (!curve.ok()) return curve.status();
+    absl::StatusOr<BnPtr> x = GetBn(key, OSSL_PKEY_PARAM_EC_PUB_X);
+    if (!x.ok()) return x.status();
+    absl::StatusOr<BnPtr> y = GetBn(key, OSSL_PKEY_PARAM_EC_PUB_Y);
+    if (!y.ok()) return y.status();
+    const int width = InfoOf(*curve).field_bytes;
+    out.curve = *curve;
+    out.x = BnBytes(x->get(), width);
+    out.y = BnBytes(y->get(), width);
+  } else if (EVP_PKEY_is_a(key, "RSA")) {
+    absl::StatusOr<BnPtr> n = GetBn(key, OSSL_PKEY_PARAM_RSA_N);
+    if (!n.ok()) return n.status();
+    absl::StatusOr<BnPtr> e = GetBn(key, OSSL_PKEY_PARAM_RSA_E);
+    if (!e.ok()) return e.status();
+    out.n = BnBytes(n->get(), 0);
+    out.e = BnBytes(e->get(), 0);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unsupported public key type ", EVP_PKEY_get0_type_name(key)));
+  }
+  return out;
 }
 
 absl::Status OpenSslError(absl::StatusCode code, absl::string_view message) {

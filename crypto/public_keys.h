@@ -1,7 +1,8 @@
 // OpenSSL glue shared by the HSM layer (public keys read from the token,
-// checked against their own signatures) and the reference verifier (public
-// keys from a JWK set): building a public key from its components, the JWS
-// form of an ECDSA signature, and verifying a signature over a digest.
+// checked against their own signatures), jose/ (a key's JWK members) and the
+// reference verifier (public keys from a JWK set): building a public key from
+// its components and reading them back, the JWS form of an ECDSA signature,
+// and verifying a signature over a digest.
 //
 // Public keys only: signet never hands OpenSSL a signing key
 // (docs/architecture.md, "Principles"). Every builder runs OpenSSL's public
@@ -16,6 +17,7 @@
 #include <openssl/evp.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -61,6 +63,27 @@ absl::Status OpenSslError(absl::StatusCode code, absl::string_view message);
 // on the curve.
 absl::StatusOr<EvpPkeyPtr> EcPublicKeyFromPoint(EcCurve curve,
                                                 absl::string_view point);
+
+// The curve of an EC key. INVALID_ARGUMENT for a key with explicit curve
+// parameters (no name) or on a curve other than P-256 and P-384.
+absl::StatusOr<EcCurve> EcCurveOf(const EVP_PKEY* key);
+
+// The public components of an EC key on P-256 or P-384, or of an RSA key, as
+// big-endian byte strings.
+struct PublicComponents {
+  std::optional<EcCurve> curve;  // set for an EC key, empty for an RSA key
+  // EC: the affine coordinates, each left-padded to the field size
+  // (InfoOf(*curve).field_bytes: 32 or 48 bytes). Empty for RSA.
+  std::string x, y;
+  // RSA: the modulus and the public exponent, minimal (no leading zero
+  // bytes). Empty for EC.
+  std::string n, e;
+};
+
+// The public components of `key` (see PublicComponents). INVALID_ARGUMENT
+// for a null key, another key type, or an EC key on another curve (as
+// EcCurveOf); INTERNAL if OpenSSL cannot export a component.
+absl::StatusOr<PublicComponents> ComponentsOf(const EVP_PKEY* key);
 
 // An RSA public key from the big-endian modulus and public exponent.
 // INVALID_ARGUMENT unless the modulus has kMinRsaBits to kMaxRsaBits bits

@@ -91,6 +91,50 @@ TEST(RsaPublicKeyFromComponentsTest, HoldsToTheModulusAndExponentRules) {
   }
 }
 
+TEST(ComponentsOfTest, GivesBackTheComponentsAKeyWasBuiltFrom) {
+  absl::StatusOr<EvpPkeyPtr> ec = EcPublicKeyFromPoint(EcCurve::kP256, kP256G);
+  ASSERT_TRUE(ec.ok()) << ec.status();
+  absl::StatusOr<EcCurve> curve = EcCurveOf(ec->get());
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  EXPECT_EQ(*curve, EcCurve::kP256);
+  absl::StatusOr<PublicComponents> point = ComponentsOf(ec->get());
+  ASSERT_TRUE(point.ok()) << point.status();
+  EXPECT_EQ(point->curve, EcCurve::kP256);
+  EXPECT_EQ(point->x, kP256G.substr(1, 32));
+  EXPECT_EQ(point->y, kP256G.substr(33));
+  EXPECT_TRUE(point->n.empty());
+  EXPECT_TRUE(point->e.empty());
+
+  const RsaComponents rsa = GenerateRsaComponents(2048);
+  ASSERT_FALSE(rsa.n.empty());
+  // Leading zero bytes in, minimal bytes out.
+  absl::StatusOr<EvpPkeyPtr> key = RsaPublicKeyFromComponents(
+      absl::StrCat(std::string(2, '\0'), rsa.n), rsa.e);
+  ASSERT_TRUE(key.ok()) << key.status();
+  absl::StatusOr<PublicComponents> components = ComponentsOf(key->get());
+  ASSERT_TRUE(components.ok()) << components.status();
+  EXPECT_FALSE(components->curve.has_value());
+  EXPECT_EQ(components->n, rsa.n);
+  EXPECT_EQ(components->e, rsa.e);
+  EXPECT_TRUE(components->x.empty());
+  EXPECT_TRUE(components->y.empty());
+}
+
+TEST(ComponentsOfTest, RefusesOtherKeysAndCurves) {
+  EXPECT_EQ(ComponentsOf(nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EvpPkeyPtr ed25519(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
+  ASSERT_NE(ed25519, nullptr);
+  EXPECT_THAT(ComponentsOf(ed25519.get()).status().message(),
+              HasSubstr("unsupported public key type"));
+  EvpPkeyPtr p521(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-521"));
+  ASSERT_NE(p521, nullptr);
+  EXPECT_THAT(EcCurveOf(p521.get()).status().message(),
+              HasSubstr("unsupported EC curve"));
+  EXPECT_EQ(ComponentsOf(p521.get()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(EcdsaRawToDerTest, EncodesRAndSAsDerIntegers) {
   // r = 1, s = 0x80 (a leading zero byte in DER: it would read negative).
   std::string raw(64, '\0');

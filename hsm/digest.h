@@ -30,7 +30,7 @@ absl::StatusOr<std::string> DigestFor(SignatureAlgorithm algorithm,
                                       absl::string_view data);
 
 // SHA-256 of `data` (32 bytes), for callers that need the hash itself rather
-// than an algorithm's digest (e.g. the RFC 7638 JWK thumbprint).
+// than an algorithm's digest (e.g. a JWKS document's ETag).
 // INTERNAL if OpenSSL fails.
 absl::StatusOr<std::string> Sha256(absl::string_view data);
 

@@ -512,9 +512,6 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
   key.key_id = std::string(key_id);
   key.spec = expected;
   key.public_key = std::make_shared<const PublicKey>(std::move(*public_key));
-  absl::StatusOr<std::string> thumbprint = key.public_key->JwkThumbprint();
-  if (!thumbprint.ok()) return thumbprint.status();
-  key.thumbprint = *thumbprint;
 
   // Pairwise test: the private key in the HSM and the public key we will
   // publish belong together.

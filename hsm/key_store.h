@@ -58,7 +58,6 @@ struct LoadedKey {
   std::string key_id;  // CKA_ID bytes
   KeySpec spec;
   std::shared_ptr<const PublicKey> public_key;
-  std::string thumbprint;  // RFC 7638 JWK thumbprint
 };
 
 // A record as stored: its generation and the caller's opaque bytes.

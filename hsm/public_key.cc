@@ -1,8 +1,6 @@
 #include "hsm/public_key.h"
 
 #include <openssl/bio.h>
-#include <openssl/bn.h>
-#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -17,7 +15,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "base/base64url.h"
 #include "crypto/public_keys.h"
 #include "hsm/digest.h"
 
@@ -27,7 +24,6 @@ namespace {
 using crypto::OsslFree;
 
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
-using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
 
 struct Curve {
@@ -50,42 +46,12 @@ const unsigned char* Bytes(absl::string_view s) {
 // The curve of an EC key, or INVALID_ARGUMENT if it is not one we accept
 // (including keys with explicit curve parameters, which have no name).
 absl::StatusOr<const Curve*> CurveOf(const EVP_PKEY* pkey) {
-  char name[64];
-  size_t len = 0;
-  if (EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, name,
-                                     sizeof(name), &len) != 1) {
-    return OpenSslError(absl::StatusCode::kInvalidArgument,
-                        "EC key without a named curve");
+  absl::StatusOr<crypto::EcCurve> curve = crypto::EcCurveOf(pkey);
+  if (!curve.ok()) return curve.status();
+  for (const Curve& c : kCurves) {
+    if (c.curve == *curve) return &c;
   }
-  const absl::string_view group(name, len);
-  for (const Curve& curve : kCurves) {
-    if (group == curve.info().group_name) return &curve;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unsupported EC curve ", group));
-}
-
-absl::StatusOr<BnPtr> GetBn(const EVP_PKEY* pkey, const char* name) {
-  BIGNUM* bn = nullptr;
-  if (EVP_PKEY_get_bn_param(pkey, name, &bn) != 1) {
-    return OpenSslError(
-        absl::StatusCode::kInternal,
-        absl::StrCat("EVP_PKEY_get_bn_param(", name, ") failed"));
-  }
-  return BnPtr(bn);
-}
-
-// Big-endian bytes of `bn`, left-padded to `width` bytes, or minimal if
-// `width` is 0.
-std::string BnBytes(const BIGNUM* bn, int width) {
-  if (width == 0) {
-    std::string out(static_cast<size_t>(BN_num_bytes(bn)), '\0');
-    BN_bn2bin(bn, reinterpret_cast<unsigned char*>(out.data()));
-    return out;
-  }
-  std::string out(static_cast<size_t>(width), '\0');
-  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), width);
-  return out;
+  return absl::InternalError("EC curve without a signature algorithm");
 }
 
 absl::Status MovedFrom() {
@@ -191,29 +157,15 @@ absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
   // Rebuild the key from its components, so that every PublicKey comes out of
   // the same import path (and an EC point given compressed is re-encoded
   // uncompressed).
-  absl::StatusOr<crypto::EvpPkeyPtr> rebuilt;
-  if (EVP_PKEY_is_a(parsed.get(), "EC")) {
-    absl::StatusOr<const Curve*> curve = CurveOf(parsed.get());
-    if (!curve.ok()) return curve.status();
-    absl::StatusOr<BnPtr> x = GetBn(parsed.get(), OSSL_PKEY_PARAM_EC_PUB_X);
-    if (!x.ok()) return x.status();
-    absl::StatusOr<BnPtr> y = GetBn(parsed.get(), OSSL_PKEY_PARAM_EC_PUB_Y);
-    if (!y.ok()) return y.status();
-    const int width = (*curve)->info().field_bytes;
-    rebuilt = crypto::EcPublicKeyFromPoint(
-        (*curve)->curve, absl::StrCat("\x04", BnBytes(x->get(), width),
-                                      BnBytes(y->get(), width)));
-  } else if (EVP_PKEY_is_a(parsed.get(), "RSA")) {
-    absl::StatusOr<BnPtr> n = GetBn(parsed.get(), OSSL_PKEY_PARAM_RSA_N);
-    if (!n.ok()) return n.status();
-    absl::StatusOr<BnPtr> e = GetBn(parsed.get(), OSSL_PKEY_PARAM_RSA_E);
-    if (!e.ok()) return e.status();
-    rebuilt = crypto::RsaPublicKeyFromComponents(BnBytes(n->get(), 0),
-                                                 BnBytes(e->get(), 0));
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unsupported public key type ", EVP_PKEY_get0_type_name(parsed.get())));
-  }
+  absl::StatusOr<crypto::PublicComponents> components =
+      crypto::ComponentsOf(parsed.get());
+  if (!components.ok()) return components.status();
+  absl::StatusOr<crypto::EvpPkeyPtr> rebuilt =
+      components->curve.has_value()
+          ? crypto::EcPublicKeyFromPoint(
+                *components->curve,
+                absl::StrCat("\x04", components->x, components->y))
+          : crypto::RsaPublicKeyFromComponents(components->n, components->e);
   if (!rebuilt.ok()) return rebuilt.status();
   return Adopt(EvpPkeyPtr(rebuilt->release()));
 }
@@ -253,50 +205,6 @@ absl::StatusOr<std::string> PublicKey::SpkiPem() const {
     return OpenSslError(absl::StatusCode::kInternal, "BIO_get_mem_data failed");
   }
   return std::string(data, static_cast<size_t>(len));
-}
-
-absl::StatusOr<PublicKey::JwkMembers> PublicKey::Jwk() const {
-  if (pkey_ == nullptr) return MovedFrom();
-  JwkMembers jwk;
-  if (is_ec()) {
-    absl::StatusOr<const Curve*> curve = CurveOf(pkey_.get());
-    if (!curve.ok()) return curve.status();
-    absl::StatusOr<BnPtr> x = GetBn(pkey_.get(), OSSL_PKEY_PARAM_EC_PUB_X);
-    if (!x.ok()) return x.status();
-    absl::StatusOr<BnPtr> y = GetBn(pkey_.get(), OSSL_PKEY_PARAM_EC_PUB_Y);
-    if (!y.ok()) return y.status();
-    jwk.kty = "EC";
-    jwk.crv = (*curve)->info().jwk_crv;
-    jwk.x =
-        base::Base64UrlEncode(BnBytes(x->get(), (*curve)->info().field_bytes));
-    jwk.y =
-        base::Base64UrlEncode(BnBytes(y->get(), (*curve)->info().field_bytes));
-  } else {
-    absl::StatusOr<BnPtr> n = GetBn(pkey_.get(), OSSL_PKEY_PARAM_RSA_N);
-    if (!n.ok()) return n.status();
-    absl::StatusOr<BnPtr> e = GetBn(pkey_.get(), OSSL_PKEY_PARAM_RSA_E);
-    if (!e.ok()) return e.status();
-    jwk.kty = "RSA";
-    jwk.n = base::Base64UrlEncode(BnBytes(n->get(), 0));
-    jwk.e = base::Base64UrlEncode(BnBytes(e->get(), 0));
-  }
-  return jwk;
-}
-
-absl::StatusOr<std::string> PublicKey::JwkThumbprint() const {
-  absl::StatusOr<JwkMembers> jwk = Jwk();
-  if (!jwk.ok()) return jwk.status();
-  // RFC 7638 section 3.2: required members only, sorted, no whitespace. All
-  // values are base64url or fixed names, so none needs JSON escaping.
-  const std::string canonical =
-      jwk->kty == "EC"
-          ? absl::StrCat(R"({"crv":")", jwk->crv, R"(","kty":"EC","x":")",
-                         jwk->x, R"(","y":")", jwk->y, R"("})")
-          : absl::StrCat(R"({"e":")", jwk->e, R"(","kty":"RSA","n":")", jwk->n,
-                         R"("})");
-  absl::StatusOr<std::string> hash = Sha256(canonical);
-  if (!hash.ok()) return hash.status();
-  return base::Base64UrlEncode(*hash);
 }
 
 absl::Status PublicKey::VerifyDigest(SignatureAlgorithm algorithm,

@@ -1,10 +1,11 @@
 // The public half of an HSM signing key, held as an OpenSSL EVP_PKEY.
 //
 // PublicKey is built from what the HSM exposes (PKCS#11 public-key attributes)
-// or from an X.509 SubjectPublicKeyInfo, and serves everything signet does
-// with public material: SPKI DER/PEM, JWK members (RFC 7517/7518), the
-// RFC 7638 thumbprint used as `kid`, and verification of a signature the HSM
-// produced over a host-computed digest (hsm/digest.h).
+// or from an X.509 SubjectPublicKeyInfo, and serves what the HSM layer does
+// with public material: SPKI DER/PEM, and verification of a signature the HSM
+// produced over a host-computed digest (hsm/digest.h). hsm/ knows nothing of
+// JOSE: a key's JWK members and its RFC 7638 thumbprint (signet's `kid`) are
+// computed above it, from get(), by jose/jwk.h.
 //
 // It never holds private key material (docs/architecture.md, "Principles",
 // 1): every factory imports public components only.
@@ -40,16 +41,6 @@ namespace signet::hsm {
 
 class PublicKey {
  public:
-  // JWK members (RFC 7518 section 6), each value already in its JSON string
-  // form: byte strings are base64url without padding (RFC 7515 section 2).
-  // EC keys set kty "EC", crv ("P-256"/"P-384"), x and y (each left-padded to
-  // the field size, 32 or 48 bytes, as RFC 7518 section 6.2.1.2 requires);
-  // RSA keys set kty "RSA", n and e (minimal big-endian, no leading zero
-  // bytes, RFC 7518 section 6.3.1). Members that do not apply are empty.
-  struct JwkMembers {
-    std::string kty, crv, x, y, n, e;
-  };
-
   // From the PKCS#11 attributes of an EC public key (PKCS#11 v2.40 section
   // 2.3.3): `ec_params_der` is CKA_EC_PARAMS, which must be the DER named-curve
   // OID of prime256v1 or secp384r1 (hsm/algorithm.h EcParamsDer); `ec_point`
@@ -97,17 +88,6 @@ class PublicKey {
   // The same SPKI as PEM ("-----BEGIN PUBLIC KEY-----", RFC 7468 section 13).
   // INTERNAL if OpenSSL fails to encode.
   absl::StatusOr<std::string> SpkiPem() const;
-
-  // The JWK members of this key (see JwkMembers). INTERNAL if OpenSSL cannot
-  // export the public components.
-  absl::StatusOr<JwkMembers> Jwk() const;
-
-  // The RFC 7638 JWK thumbprint: base64url(SHA-256(UTF-8 of the required
-  // members in lexicographic order, no whitespace)), i.e. over
-  //   {"crv":"P-256","kty":"EC","x":"...","y":"..."} or
-  //   {"e":"AQAB","kty":"RSA","n":"..."}.
-  // signet uses it as the key's `kid`. INTERNAL if OpenSSL fails.
-  absl::StatusOr<std::string> JwkThumbprint() const;
 
   // Verifies `signature` over the host-computed `digest` (hsm/digest.h
   // DigestFor) for `algorithm`:

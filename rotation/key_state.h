@@ -113,7 +113,8 @@ struct KeyTimings {
 // unpublish_at = retire_at + publish_grace, destroy_at = unpublish_at +
 // destroy_delay. No PENDING phase: with no earlier key there is no token a
 // relying party could fail to verify, and the scope must be able to sign.
-// kid is left empty for the HSM layer to fill in from the public key.
+// kid is left empty for the caller to fill in from the public key once the
+// HSM has loaded it (its RFC 7638 thumbprint, jose/jwk.h).
 // The result passes ValidateKeyRecord when scope, key_id and algorithm are
 // valid and the durations are not negative; the writer validates before
 // persisting.

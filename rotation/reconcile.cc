@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "jose/jwk.h"
 
 namespace signet::rotation {
 SchedulePolicy ScheduleOf(const ScopeKeyPolicy& policy) {
@@ -113,8 +114,17 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
           (void)store_->DestroyKeyPair(*generated);
           break;
         }
+        // The kid is computed here, above hsm/ (which knows nothing of
+        // JOSE), and recorded with the key.
+        absl::StatusOr<std::string> kid =
+            jose::JwkThumbprint(key->public_key->get());
+        if (!kid.ok()) {
+          status = kid.status();
+          (void)store_->DestroyKeyPair(*generated);
+          break;
+        }
         record.set_key_id(absl::BytesToHexString(*generated));
-        record.set_kid(key->thumbprint);
+        record.set_kid(*kid);
         status = ValidateKeyRecord(record);
         if (status.ok()) {
           // A key is used only once its record is written; a crash before

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "hsm/attributes.h"
 #include "hsm/test_hsm.h"
+#include "jose/jwk.h"
 
 namespace signet::rotation {
 namespace {
@@ -55,8 +56,10 @@ TEST_F(ReconcileTest, WriterMakesTheActiveKeyAndAPublishedStandby) {
   const ScopeView view = ViewScope(set.records, kNow);
   EXPECT_EQ(set.records[view.signing].key_generation(), 1u);
   EXPECT_EQ(set.records[view.standby].key_generation(), 2u);
-  EXPECT_EQ(set.records[view.standby].kid(),
-            set.loaded.at(set.records[view.standby].key_id()).thumbprint);
+  EXPECT_EQ(
+      set.records[view.standby].kid(),
+      *jose::JwkThumbprint(
+          set.loaded.at(set.records[view.standby].key_id()).public_key->get()));
   EXPECT_THAT(events_, Contains("key_generated"));
   // Idempotent: a second pass writes nothing.
   events_.clear();

@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "jose/jwk.h"
 
 namespace signet::rotation {
 
@@ -73,12 +74,16 @@ absl::StatusOr<ScopeKey> EnsureActiveKey(
   if (!key_id.ok()) return key_id.status();
   absl::StatusOr<hsm::LoadedKey> key = store.LoadKey(*key_id, policy.key_spec);
   if (!key.ok()) return key.status();
+  // The kid (RFC 7638 thumbprint) is computed above hsm/, which knows
+  // nothing of JOSE.
+  absl::StatusOr<std::string> kid = jose::JwkThumbprint(key->public_key->get());
+  if (!kid.ok()) return kid.status();
   KeyRecord record = NewActiveKeyRecord(
       policy.scope, absl::BytesToHexString(*key_id), policy.algorithm,
       hsm::IsEcdsa(policy.key_spec.algorithm) ? 0 : policy.key_spec.rsa_bits,
       now, policy.timings);
   record.set_key_generation(newest_generation + 1);
-  record.set_kid(key->thumbprint);
+  record.set_kid(*kid);
   absl::Status valid = ValidateKeyRecord(record);
   if (!valid.ok()) return valid;
   // Persisted before it takes effect: a key without a record is never used.

@@ -6,6 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/test_hsm.h"
+#include "jose/jwk.h"
 
 namespace signet::rotation {
 namespace {
@@ -38,14 +39,17 @@ TEST_F(ScopeKeysTest, CreatesAnActiveKeyOnceAndReusesItAfterwards) {
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->record.scope(), "demo-consumer");
   EXPECT_EQ(first->record.key_generation(), 1u);
-  EXPECT_EQ(first->record.kid(), first->key.thumbprint);
+  EXPECT_EQ(first->record.kid(),
+            *jose::JwkThumbprint(first->key.public_key->get()));
   EXPECT_EQ(StateAt(first->record, kNow), KeyState::kActive);
 
   // A restart (fresh records read from the token) finds the same key.
   auto again = EnsureActiveKey(*store_, policy_, Records(), kNow, true);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->key.key_id, first->key.key_id);
-  EXPECT_EQ(again->key.thumbprint, first->key.thumbprint);
+  EXPECT_EQ(again->record.kid(), first->record.kid());
+  EXPECT_EQ(*jose::JwkThumbprint(again->key.public_key->get()),
+            first->record.kid());
   EXPECT_THAT(*store_->ListKeyIds(), SizeIs(1));
 }
 

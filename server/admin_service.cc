@@ -22,7 +22,7 @@ std::string Rfc3339(const google::protobuf::Timestamp& ts) {
 std::pair<std::string, std::string> ActiveAndStandby(const ScopeKeys& keys,
                                                      absl::Time now) {
   std::string active;
-  if (auto signing = keys.SigningAt(now)) active = signing->key.thumbprint;
+  if (auto signing = keys.SigningAt(now)) active = signing->kid;
   const rotation::KeyRecord* standby = keys.StandbyAt(now);
   return {active, standby != nullptr ? standby->kid() : std::string()};
 }

@@ -146,7 +146,7 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
     Found found;
     found.key.record_key_id = record.key_id();
     found.key.key_id = loaded->second.key_id;
-    found.key.kid = loaded->second.thumbprint;
+    found.key.kid = record.kid();  // its RFC 7638 JWK thumbprint
     found.key.generation = record.key_generation();
     found.public_key = loaded->second.public_key;
     return found;

@@ -30,6 +30,7 @@
 #include "base/file.h"
 #include "hsm/algorithm.h"
 #include "hsm/digest.h"
+#include "jose/jwk.h"
 #include "server/audit_log.h"
 #include "server/scoped_fd.h"
 
@@ -680,7 +681,7 @@ absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
       return absl::InvalidArgumentError(
           absl::StrCat("audit keyring ", path, ": ", key.status().message()));
     }
-    absl::StatusOr<std::string> kid = key->JwkThumbprint();
+    absl::StatusOr<std::string> kid = jose::JwkThumbprint(key->get());
     if (!kid.ok()) return kid.status();
     if (kids_in_order != nullptr && !keys.contains(*kid)) {
       kids_in_order->push_back(*kid);

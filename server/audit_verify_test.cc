@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "hsm/digest.h"
 #include "hsm/public_key.h"
+#include "jose/jwk.h"
 #include "server/audit_log.h"
 #include "server/test_audit_files.h"
 #include "server/test_audit_key.h"
@@ -390,8 +391,8 @@ TEST(AuditKeyringTest, EachCheckpointIsVerifiedWithItsOwnKey) {
   const std::string path = dir.File("audit.log");
   TestAuditKey first;
   TestAuditKey second;
-  const std::string first_kid = *first.PublicKey().JwkThumbprint();
-  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  const std::string first_kid = *jose::JwkThumbprint(first.PublicKey().get());
+  const std::string second_kid = *jose::JwkThumbprint(second.PublicKey().get());
   auto run = [&](const TestAuditKey& key, const std::string& kid,
                  const std::vector<std::string>& introduce) {
     RunWithAuditKey(path, key, kid, introduce);
@@ -423,7 +424,8 @@ TEST(AuditKeyringTest, EachCheckpointIsVerifiedWithItsOwnKey) {
                               ", which is not in the keyring"));
   // A third key slipped into the keyring signs without an introduction.
   TestAuditKey slipped;
-  const std::string slipped_kid = *slipped.PublicKey().JwkThumbprint();
+  const std::string slipped_kid =
+      *jose::JwkThumbprint(slipped.PublicKey().get());
   run(slipped, slipped_kid, {});
   ring.emplace(slipped_kid, slipped.PublicKey());
   ExpectDataLoss(VerifyAuditLog(path, nullptr, "", with_ring),
@@ -440,8 +442,8 @@ TEST(AuditKeyringTest, AKeyNoEarlierKeyVouchedForIsRefused) {
   const std::string path = dir.File("audit.log");
   TestAuditKey first;
   TestAuditKey second;
-  const std::string first_kid = *first.PublicKey().JwkThumbprint();
-  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  const std::string first_kid = *jose::JwkThumbprint(first.PublicKey().get());
+  const std::string second_kid = *jose::JwkThumbprint(second.PublicKey().get());
   auto run = [&](const TestAuditKey& key, const std::string& kid) {
     RunWithAuditKey(path, key, kid, {kid}, /*sign=*/false);
   };
@@ -470,8 +472,9 @@ TEST(AuditKeyringTest, ALogThatDoesNotBeginWithTheKeyringsFirstKeyIsRefused) {
   const std::string path = dir.File("audit.log");
   TestAuditKey genuine;
   TestAuditKey added;
-  const std::string genuine_kid = *genuine.PublicKey().JwkThumbprint();
-  const std::string added_kid = *added.PublicKey().JwkThumbprint();
+  const std::string genuine_kid =
+      *jose::JwkThumbprint(genuine.PublicKey().get());
+  const std::string added_kid = *jose::JwkThumbprint(added.PublicKey().get());
   RunWithAuditKey(path, added, added_kid, {added_kid});
   std::map<std::string, hsm::PublicKey> ring;
   ring.emplace(genuine_kid, genuine.PublicKey());
@@ -502,8 +505,8 @@ TEST(AuditKeyringTest, ACheckpointByARetiredKeyIsRefused) {
   const std::string path = dir.File("audit.log");
   TestAuditKey first;
   TestAuditKey second;
-  const std::string first_kid = *first.PublicKey().JwkThumbprint();
-  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  const std::string first_kid = *jose::JwkThumbprint(first.PublicKey().get());
+  const std::string second_kid = *jose::JwkThumbprint(second.PublicKey().get());
   auto run = [&](const TestAuditKey& key, const std::string& kid,
                  const std::vector<std::string>& introduce) {
     RunWithAuditKey(path, key, kid, introduce, /*sign=*/false);
@@ -531,8 +534,8 @@ TEST(AuditKeyringTest, TheCheckpointKeySwitchesWhileTheLogIsOpen) {
   const std::string path = dir.File("audit.log");
   TestAuditKey first;
   TestAuditKey second;
-  const std::string first_kid = *first.PublicKey().JwkThumbprint();
-  const std::string second_kid = *second.PublicKey().JwkThumbprint();
+  const std::string first_kid = *jose::JwkThumbprint(first.PublicKey().get());
+  const std::string second_kid = *jose::JwkThumbprint(second.PublicKey().get());
   AuditLogOptions o;
   o.path = path;
   o.syslog = false;
@@ -599,8 +602,8 @@ TEST(AuditKeyringTest, AKeyringFileIsReadByKid) {
       ReadAuditKeyring(path);
   ASSERT_TRUE(ring.ok()) << ring.status();
   EXPECT_EQ(ring->size(), 2u);
-  EXPECT_TRUE(ring->contains(*a.PublicKey().JwkThumbprint()));
-  EXPECT_TRUE(ring->contains(*b.PublicKey().JwkThumbprint()));
+  EXPECT_TRUE(ring->contains(*jose::JwkThumbprint(a.PublicKey().get())));
+  EXPECT_TRUE(ring->contains(*jose::JwkThumbprint(b.PublicKey().get())));
   WriteFile(path, "# nothing here\n");
   EXPECT_EQ(ReadAuditKeyring(path).status().code(),
             absl::StatusCode::kInvalidArgument);

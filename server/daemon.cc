@@ -99,15 +99,14 @@ void PrintScope(const signet::v1::ScopeConfig& scope, const ScopeKeys& keys,
   SIGNET_LOG_INFO(
       "scope {}: key generation {} kid {} checked and active; signs until "
       "{}, published until {}; standby {}",
-      scope.name(), signing.record.key_generation(), signing.key.thumbprint,
+      scope.name(), signing.record.key_generation(), signing.kid,
       Iso8601(rotation::TimeFromProto(signing.record.retire_at())),
       Iso8601(rotation::TimeFromProto(signing.record.unpublish_at())), standby);
   std::cout << "scope " << scope.name() << " ("
             << signet::v1::AudienceClass_Name(scope.audience_class()) << ", "
             << signet::v1::Purpose_Name(scope.purpose()) << ", iss "
             << scope.issuer() << ")\n"
-            << "  alg " << keys.alg() << "  kid " << signing.key.thumbprint
-            << "\n"
+            << "  alg " << keys.alg() << "  kid " << signing.kid << "\n"
             << "  active since "
             << absl::FormatTime(
                    rotation::TimeFromProto(signing.record.activate_at()),

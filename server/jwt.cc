@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/base64url.h"
 #include "hsm/digest.h"
+#include "jose/jwk.h"
 
 namespace signet::server {
 
@@ -34,8 +35,8 @@ absl::StatusOr<std::string> JwksJson(const std::vector<JwkEntry>& keys) {
   nlohmann::json set = nlohmann::json::object();
   set["keys"] = nlohmann::json::array();
   for (const JwkEntry& entry : keys) {
-    absl::StatusOr<hsm::PublicKey::JwkMembers> members =
-        entry.public_key->Jwk();
+    absl::StatusOr<jose::JwkMembers> members =
+        jose::JwkOf(entry.public_key->get());
     if (!members.ok()) return members.status();
     nlohmann::json jwk = nlohmann::json::object();
     jwk["kty"] = members->kty;

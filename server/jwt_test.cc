@@ -7,6 +7,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "jose/jwk.h"
 
 namespace signet::server {
 namespace {
@@ -49,7 +50,7 @@ TEST(JwtTest, JwksIsDeterministicAndCarriesTheRequiredMembers) {
   OPENSSL_free(der);
   EVP_PKEY_free(pkey);
   ASSERT_TRUE(key.ok());
-  auto kid = key->JwkThumbprint();
+  auto kid = jose::JwkThumbprint(key->get());
   ASSERT_TRUE(kid.ok());
   auto a = JwksJson({JwkEntry{&*key, *kid, "ES256"}});
   auto b = JwksJson({JwkEntry{&*key, *kid, "ES256"}});

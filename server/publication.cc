@@ -30,15 +30,14 @@ absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
       std::vector<RawPublicKey>& raw = docs.scope_raw_keys[name];
       for (const auto& key : published) {
         pem += key->spki_pem;
-        raw.push_back(
-            RawPublicKey{key->key.thumbprint, key->alg, key->spki_pem});
+        raw.push_back(RawPublicKey{key->kid, key->alg, key->spki_pem});
       }
       continue;
     }
     std::vector<JwkEntry> entries;
     for (const auto& key : published) {
       entries.push_back(
-          JwkEntry{key->key.public_key.get(), key->key.thumbprint, key->alg});
+          JwkEntry{key->key.public_key.get(), key->kid, key->alg});
     }
     absl::StatusOr<std::string> jwks = JwksJson(entries);
     if (!jwks.ok()) return jwks.status();

@@ -10,6 +10,7 @@
 #include "base/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "jose/jwk.h"
 #include "rotation/key_state.h"
 #include "server/serving_publisher.h"
 
@@ -53,11 +54,12 @@ std::shared_ptr<const ScopeState> Version(
   hsm::LoadedKey loaded;
   loaded.key_id = name;
   loaded.public_key = std::make_shared<const hsm::PublicKey>(std::move(*key));
-  loaded.thumbprint = *loaded.public_key->JwkThumbprint();
   rotation::KeyRecord record = rotation::NewActiveKeyRecord(
       name, absl::StrCat("0", generation),
       alg == signet::v1::RS256 ? "RS256" : "ES256", 0, activated, {});
   record.set_key_generation(generation);
+  // As rotation/ records it when it generates the key.
+  record.set_kid(*jose::JwkThumbprint(loaded.public_key->get()));
   if (revoked) {
     *record.mutable_revocation()->mutable_revoked_at() =
         rotation::TimeToProto(kActivated + absl::Hours(3));
@@ -104,10 +106,10 @@ TEST(PublicationTest, ClassesNeverMixAndRawKeysAreNeverJwks) {
   auto scopes = Scopes();
   auto docs = BuildPublishedDocuments(scopes, "https://keys.signet.test", kNow);
   ASSERT_TRUE(docs.ok()) << docs.status();
-  const std::string& a = scopes["consumer-a"]->versions()[0]->key.thumbprint;
-  const std::string& b = scopes["consumer-b"]->versions()[0]->key.thumbprint;
-  const std::string& e = scopes["enterprise"]->versions()[0]->key.thumbprint;
-  const std::string& r = scopes["raw"]->versions()[0]->key.thumbprint;
+  const std::string& a = scopes["consumer-a"]->versions()[0]->kid;
+  const std::string& b = scopes["consumer-b"]->versions()[0]->kid;
+  const std::string& e = scopes["enterprise"]->versions()[0]->kid;
+  const std::string& r = scopes["raw"]->versions()[0]->kid;
   EXPECT_THAT(docs->consumer_jwks, HasSubstr(a));
   EXPECT_THAT(docs->consumer_jwks, HasSubstr(b));
   EXPECT_THAT(docs->consumer_jwks, Not(HasSubstr(e)));
@@ -147,8 +149,8 @@ TEST(PublicationTest, WithoutABaseUrlThereIsNoDiscovery) {
 // REVOKED.
 TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
   auto scopes = Scopes();
-  const std::string a = scopes["consumer-a"]->versions()[0]->key.thumbprint;
-  const std::string e = scopes["enterprise"]->versions()[0]->key.thumbprint;
+  const std::string a = scopes["consumer-a"]->versions()[0]->kid;
+  const std::string e = scopes["enterprise"]->versions()[0]->kid;
   struct Case {
     absl::Time at;
     bool published;
@@ -213,9 +215,9 @@ TEST(PublicationTest, EveryPublishedKeyOfAScopeIsInItsSets) {
   auto docs = BuildPublishedDocuments(scopes, "", kNow);
   ASSERT_TRUE(docs.ok());
   const std::string& set = docs->scope_jwks["consumer-a"];
-  const size_t k1 = set.find(keys->versions()[0]->key.thumbprint);
-  const size_t k2 = set.find(keys->versions()[1]->key.thumbprint);
-  const size_t k3 = set.find(keys->versions()[2]->key.thumbprint);
+  const size_t k1 = set.find(keys->versions()[0]->kid);
+  const size_t k2 = set.find(keys->versions()[1]->kid);
+  const size_t k3 = set.find(keys->versions()[2]->kid);
   ASSERT_NE(k1, std::string::npos);
   ASSERT_NE(k2, std::string::npos);
   ASSERT_NE(k3, std::string::npos);
@@ -226,7 +228,7 @@ TEST(PublicationTest, EveryPublishedKeyOfAScopeIsInItsSets) {
   auto later = BuildPublishedDocuments(scopes, "", kActivated + absl::Hours(2));
   ASSERT_TRUE(later.ok());
   EXPECT_THAT(later->scope_jwks["consumer-a"],
-              Not(HasSubstr(keys->versions()[0]->key.thumbprint)));
+              Not(HasSubstr(keys->versions()[0]->kid)));
 }
 
 // Byte for byte what every replica serves for these keys; a change to the
@@ -286,8 +288,7 @@ TEST(ServingPublisherTest, EachPassIsServedAndChangedDocumentsArePublished) {
   ASSERT_EQ(served.size(), 1u);
   ASSERT_EQ(published.size(), 1u);
   EXPECT_EQ(served[0], first);
-  const std::string a =
-      first->scopes["consumer-a"]->versions()[0]->key.thumbprint;
+  const std::string a = first->scopes["consumer-a"]->versions()[0]->kid;
   EXPECT_THAT(published[0]->consumer_jwks, HasSubstr(a));
   EXPECT_EQ((*publisher)->documents(), published[0]);
 

@@ -16,10 +16,11 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
   state->alg = record.algorithm();
   state->record = record;
   state->key = key;
+  state->kid = record.kid();
   if (config.purpose() == signet::v1::JWT) {
     // Its JWK is built with the published documents, which signetd builds
     // before it serves: a key that cannot be a JWK never starts serving.
-    state->header_b64 = ProtectedHeaderB64(state->alg, key.thumbprint);
+    state->header_b64 = ProtectedHeaderB64(state->alg, state->kid);
   } else {
     absl::StatusOr<std::string> pem = key.public_key->SpkiPem();
     if (!pem.ok()) return pem.status();

@@ -31,6 +31,10 @@ struct ScopeState {
   std::string alg;  // JOSE name
   rotation::KeyRecord record;
   hsm::LoadedKey key;
+  // The key's kid, its RFC 7638 JWK thumbprint, as its record holds it
+  // (computed from the public key when the key was generated, rotation/):
+  // the JWS header's and the JWKS documents' kid.
+  std::string kid;
   std::string header_b64;  // JWT scopes: the protected header, encoded
   std::string spki_pem;    // RAW scopes (published per the key's state)
 };

@@ -435,7 +435,7 @@ AuditEvent SignEvent(const ScopeState& scope, absl::string_view caller,
   event.event = "sign";
   event.caller = std::string(caller);
   event.scope = scope.config.name();
-  event.kid = scope.key.thumbprint;
+  event.kid = scope.kid;
   event.alg = scope.alg;
   event.input_sha256 = std::move(input_sha256);
   return event;
@@ -477,15 +477,15 @@ absl::Status KeyChangedUnderCall(const absl::Status& status,
   if (status.code() == absl::StatusCode::kNotFound) {
     if (serving.key_gone) serving.key_gone();
     return absl::FailedPreconditionError(absl::StrCat(
-        "scope ", scope.config.name(), ": its key ", scope.key.thumbprint,
+        "scope ", scope.config.name(), ": its key ", scope.kid,
         " is no longer in the HSM token (deleted outside signet), so it "
         "cannot sign; an operator must revoke it (signetctl keys revoke ",
-        scope.config.name(), " ", scope.key.thumbprint,
+        scope.config.name(), " ", scope.kid,
         ", so that the standby signs) or restore it"));
   }
   if (status.code() != absl::StatusCode::kFailedPrecondition) return status;
   return absl::UnavailableError(absl::StrCat(
-      "scope ", scope.config.name(), ": key ", scope.key.thumbprint,
+      "scope ", scope.config.name(), ": key ", scope.kid,
       " was revoked or retired while this call waited; retry (the next "
       "attempt signs with the scope's current key)"));
 }
@@ -620,7 +620,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
       event.detail = absl::StrCat("batch item ", index);
       events.push_back(std::move(event));
       item.set_jws(CompactJws(input, *signatures[k - begin]));
-      item.set_kid(s.key.thumbprint);
+      item.set_kid(s.kid);
       item.set_alg(s.alg);
     }
   }
@@ -708,7 +708,7 @@ void SignerService::HandleSignJwt(const Call& rpc,
                    }
                    return call->Finish(absl::OkStatus(), [&] {
                      response->set_jws(CompactJws(signing_input, *signature));
-                     response->set_kid(scope_state->key.thumbprint);
+                     response->set_kid(scope_state->kid);
                      response->set_alg(scope_state->alg);
                    });
                  });
@@ -848,7 +848,7 @@ void SignerService::HandleSign(const Call& rpc,
                              }
                              return call->Finish(absl::OkStatus(), [&] {
                                response->set_signature(*std::move(signature));
-                               response->set_kid(scope_state->key.thumbprint);
+                               response->set_kid(scope_state->kid);
                                response->set_alg(scope_state->alg);
                              });
                            });
