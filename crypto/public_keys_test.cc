@@ -25,8 +25,7 @@ const std::string kP256G = absl::HexStringToBytes(
     "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5");
 
 TEST(EcPublicKeyFromPointTest, BuildsAKeyOnTheCurve) {
-  absl::StatusOr<EvpPkeyPtr> key =
-      EcPublicKeyFromPoint(EcCurve::kP256, kP256G);
+  absl::StatusOr<EvpPkeyPtr> key = EcPublicKeyFromPoint(EcCurve::kP256, kP256G);
   ASSERT_TRUE(key.ok()) << key.status();
   EXPECT_TRUE(EVP_PKEY_is_a(key->get(), "EC"));
   EXPECT_EQ(EVP_PKEY_get_bits(key->get()), 256);
@@ -142,7 +141,9 @@ TEST(EcdsaRawToDerTest, EncodesRAndSAsDerIntegers) {
   raw[63] = '\x80';
   absl::StatusOr<std::string> der = EcdsaRawToDer(raw);
   ASSERT_TRUE(der.ok()) << der.status();
-  EXPECT_EQ(absl::BytesToHexString(*der), "3007020101020200" "80");
+  EXPECT_EQ(absl::BytesToHexString(*der),
+            "3007020101020200"
+            "80");
   EXPECT_EQ(EcdsaRawToDer("").status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(EcdsaRawToDer("abc").status().code(),
@@ -161,9 +162,9 @@ TEST(VerifyDigestSignatureTest, AcceptsTheSignatureAndNothingElse) {
   ASSERT_TRUE(key.ok()) << key.status();
   unsigned char digest_bytes[32];
   unsigned int digest_len = 0;
-  ASSERT_EQ(EVP_Digest("sample", 6, digest_bytes, &digest_len, EVP_sha256(),
-                       nullptr),
-            1);
+  ASSERT_EQ(
+      EVP_Digest("sample", 6, digest_bytes, &digest_len, EVP_sha256(), nullptr),
+      1);
   const std::string digest(reinterpret_cast<const char*>(digest_bytes),
                            digest_len);
   absl::StatusOr<std::string> der = EcdsaRawToDer(absl::HexStringToBytes(
@@ -171,16 +172,15 @@ TEST(VerifyDigestSignatureTest, AcceptsTheSignatureAndNothingElse) {
       "f7cb1c942d657c41d436c7a1b6e29f65f3e900dbb9aff4064dc4ab2f843acda8"));
   ASSERT_TRUE(der.ok()) << der.status();
 
-  EXPECT_TRUE(
-      VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256, digest,
-                            *der)
-          .ok());
+  EXPECT_TRUE(VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256,
+                                    digest, *der)
+                  .ok());
   std::string other_digest = digest;
   other_digest[0] ^= 1;
-  EXPECT_THAT(VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256,
-                                    other_digest, *der),
-              ::testing::Property(&absl::Status::message,
-                                  "signature does not verify"));
+  EXPECT_THAT(
+      VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256,
+                            other_digest, *der),
+      ::testing::Property(&absl::Status::message, "signature does not verify"));
   // Garbage that does not even decode is a bad signature, not an error.
   EXPECT_EQ(VerifyDigestSignature(key->get(), SignatureScheme::kEcdsaSha256,
                                   digest, "garbage")

@@ -50,7 +50,8 @@ TEST(StrictJsonTest, RefusesWhatParsersReadDifferently) {
 }
 
 TEST(StrictJsonTest, SaysWhereTheProblemIs) {
-  std::optional<JsonRefusal> r = Check(R"({"x":1,"outer":{"in":{"k":1,"k":2}}})");
+  std::optional<JsonRefusal> r =
+      Check(R"({"x":1,"outer":{"in":{"k":1,"k":2}}})");
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->reason, Reason::kDuplicateMember);
   EXPECT_EQ(r->name, "k");

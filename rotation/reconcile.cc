@@ -243,7 +243,24 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
         absl::StatusOr<hsm::LoadedKey> key = store_->LoadKey(
             absl::HexStringToBytes(r.key_id()), policy.key_spec);
         if (key.ok()) {
-          loaded_[r.key_id()] = *std::move(key);
+          // The kid tokens and key sets carry is the record's: it must be
+          // this key's thumbprint, or relying parties would look for
+          // another key (a record edited or written by hand, say).
+          absl::StatusOr<std::string> kid =
+              jose::JwkThumbprint(key->public_key->get());
+          if (!kid.ok()) {
+            load = kid.status();
+          } else if (*kid != r.kid()) {
+            load = absl::FailedPreconditionError(
+                absl::StrCat("its record's kid \"", absl::CEscape(r.kid()),
+                             "\" is not the key's RFC 7638 thumbprint ", *kid,
+                             ": the record does not describe this key"));
+          }
+          if (load.ok()) {
+            loaded_[r.key_id()] = *std::move(key);
+          } else {
+            store_->UnloadKey(key->key_id);
+          }
         } else {
           load = key.status();
         }

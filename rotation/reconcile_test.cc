@@ -158,6 +158,28 @@ TEST_F(ReconcileTest, ActiveKeyOfAnotherAlgorithmIsRefusedByName) {
   EXPECT_THAT(set.unusable.at(active), HasSubstr(set.records[0].kid()));
 }
 
+// A record whose kid is not its key's thumbprint (edited by hand, say)
+// would have tokens name another key: the key is unusable, saying why.
+TEST_F(ReconcileTest, ARecordWhoseKidIsNotItsKeysThumbprintIsUnusable) {
+  auto first = Make(true)->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  KeyRecord active = first->at("demo").records[0];
+  const std::string wrong_kid = first->at("demo").records[1].kid();
+  active.set_kid(wrong_kid);
+  ASSERT_TRUE(store_
+                  ->WriteRecord(absl::HexStringToBytes(active.key_id()),
+                                SerializeKeyRecord(active))
+                  .ok());
+  auto after = Make(false)->RunOnce(kNow);
+  ASSERT_TRUE(after.ok()) << after.status();
+  const ScopeKeySet& set = after->at("demo");
+  EXPECT_FALSE(set.loaded.contains(active.key_id()));
+  ASSERT_TRUE(set.unusable.contains(active.key_id()));
+  EXPECT_THAT(set.unusable.at(active.key_id()),
+              HasSubstr("is not the key's RFC 7638 thumbprint"));
+  EXPECT_TRUE(set.loaded.contains(set.records[1].key_id()));  // the standby
+}
+
 // Deletes `key_id`'s private key from the token, as a person with the
 // token's PIN could: behind the store's back.
 void DeletePrivateKey(hsm::SessionPool& pool, const std::string& hex_key_id) {
