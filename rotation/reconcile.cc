@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "jose/jwk.h"
 
 namespace signet::rotation {
@@ -49,18 +50,25 @@ void KeyReconciler::Emit(KeyEvent event) const {
   if (events_) events_(event);
 }
 
-void KeyReconciler::DestroyUnrecorded(
+bool KeyReconciler::DestroyUnrecorded(
     const std::map<std::string, hsm::StoredRecord>& stored) {
   absl::StatusOr<std::vector<std::string>> ids = store_->ListKeyIds();
   if (!ids.ok()) {
     Emit({"key_action_failed", "", "", false,
           absl::StrCat("listing the token's keys failed: ",
                        ids.status().message())});
-    return;
+    return true;
   }
+  bool gated = false;
   for (const std::string& id : *ids) {
     // Any record, even one this version cannot read, keeps its key.
     if (stored.contains(id)) continue;
+    if (!gated && change_gate_) {
+      if (!change_gate_("", "destroying key pairs that have no record").ok()) {
+        return false;  // looked for again by the next pass
+      }
+      gated = true;
+    }
     if (before_write_) before_write_();
     absl::Status destroyed = store_->DestroyKeyPair(id);
     Emit({destroyed.ok() ? "key_pruned" : "key_action_failed", "", "",
@@ -73,6 +81,7 @@ void KeyReconciler::DestroyUnrecorded(
                              absl::BytesToHexString(id),
                              " failed: ", destroyed.message())});
   }
+  return true;
 }
 
 absl::Status KeyReconciler::Apply(const ScopeKeyPolicy& policy,
@@ -94,6 +103,14 @@ const ScopeKeyPolicy* KeyReconciler::PolicyFor(absl::string_view scope) const {
 
 absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
                                     const std::vector<KeyAction>& actions) {
+  if (change_gate_ && !actions.empty()) {
+    std::vector<std::string> what;
+    for (const KeyAction& action : actions) what.push_back(action.event);
+    absl::Status gate = change_gate_(
+        policy.scope, absl::StrCat(actions.size(), " token write(s): ",
+                                   absl::StrJoin(what, ", ")));
+    if (!gate.ok()) return gate;
+  }
   for (const KeyAction& action : actions) {
     KeyRecord record = action.record;
     const std::string id = absl::HexStringToBytes(record.key_id());
@@ -192,8 +209,7 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
     // Only a crash (before this process) or a failed record write leaves
     // a key pair without a record: look for them then, not every pass.
     if (unrecorded_check_due_) {
-      DestroyUnrecorded(*stored);
-      unrecorded_check_due_ = false;
+      unrecorded_check_due_ = !DestroyUnrecorded(*stored);
     }
     bool wrote = false;
     for (const ScopeKeyPolicy& policy : policies_) {

@@ -85,6 +85,16 @@ class KeyReconciler {
   // the same, and a key_loaded event when it loads again.
   absl::StatusOr<std::map<std::string, ScopeKeySet>> RunOnce(absl::Time now);
 
+  // Runs before a scope's planned token writes (and before destroying key
+  // pairs without a record), with the scope ("" for the latter) and what is
+  // about to be written; an error means none of them is made now (the pass
+  // goes on; an operator's change answers that error). signetd makes it a
+  // durable audit line, so no key changes while the audit log cannot be
+  // written.
+  using ChangeGate = std::function<absl::Status(absl::string_view scope,
+                                                absl::string_view what)>;
+  void SetChangeGate(ChangeGate gate) { change_gate_ = std::move(gate); }
+
   // Applies an operator's change (rotation/schedule.h: PlanRotateNow,
   // PlanRevoke) for `policy`'s scope, in order, stopping at the first
   // failure, whose status it returns (each write is also an event). Writer
@@ -106,8 +116,9 @@ class KeyReconciler {
                        const std::vector<KeyAction>& actions);
   // Destroys key pairs that have no record (a crash between generating a
   // key and recording it).
-  // `stored` holds every record, readable by this version or not.
-  void DestroyUnrecorded(
+  // `stored` holds every record, readable by this version or not. False
+  // when the change gate held the destruction back.
+  bool DestroyUnrecorded(
       const std::map<std::string, hsm::StoredRecord>& stored);
   void Emit(KeyEvent event) const;
 
@@ -116,6 +127,7 @@ class KeyReconciler {
   const bool writer_;
   const EventSink events_;
   const std::function<void()> before_write_;
+  ChangeGate change_gate_;
   // Whether the next pass looks for key pairs without a record: on the
   // first pass (a crash before this process) and after a failed record
   // write.

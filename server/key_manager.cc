@@ -134,6 +134,29 @@ KeyManager::KeyManager(hsm::KeyStore* store,
                          : [kill_at_write, writes = 0]() mutable {
                              if (++writes == kill_at_write) raise(SIGKILL);
                            });
+  // Write-ahead: a durable audit line before a scope's token writes, so no
+  // key changes while the audit log cannot be written (the events of the
+  // writes follow). An outside attack revoked and rotated keys with the
+  // log unwritable: the token changed and no line said so.
+  reconciler_->SetChangeGate(
+      [this](absl::string_view scope, absl::string_view what) {
+        AuditEvent line;
+        line.event = "key_changes";
+        line.caller = acting_admin_.empty() ? "signetd" : acting_admin_;
+        line.scope = std::string(scope);
+        line.result = "STARTING";
+        line.detail = std::string(what);
+        if (absl::Status written = audit_->Append(line); !written.ok()) {
+          SIGNET_LOG_ERROR(
+              "key changes{}{} held back: the audit log cannot be written ({})",
+              scope.empty() ? "" : " of scope ", scope, written.message());
+          return absl::UnavailableError(absl::StrCat(
+              "the audit log cannot be written, so no key change is made (each "
+              "is audited first): ",
+              written.message(), "; retry once health says SERVING"));
+        }
+        return absl::OkStatus();
+      });
 }
 
 KeyManager::~KeyManager() { Stop(); }

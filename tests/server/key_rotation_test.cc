@@ -972,5 +972,80 @@ TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
   EXPECT_EQ(cannot_sign, 2);
 }
 
+// No key changes while the audit log cannot be written: an outside attack
+// revoked and rotated keys with the log unwritable (chattr +i) and the
+// token changed with no line saying so. Now each change is audited first
+// (a durable key_changes line): the operator's call answers UNAVAILABLE
+// and nothing changes; once the log works again the same call applies,
+// its key_changes line before the key_revoked one.
+TEST_F(KeyRotationTest, NoKeyChangesWhileTheAuditLogCannotBeWritten) {
+  Running signetd = Start("writer", true, {}, absl::Hours(1));
+  ASSERT_NE(signetd.stub, nullptr);
+  const v1::ListKeysResponse before = Keys(signetd);
+  std::string active;
+  for (const v1::KeyInfo& k : before.keys()) {
+    if (k.state() == "ACTIVE") active = k.kid();
+  }
+  ASSERT_FALSE(active.empty());
+  const std::string log = AuditDir("writer") + "/audit.log";
+  auto chattr = testing::RunProcess({.argv = {"chattr", "+i", log}});
+  ASSERT_TRUE(chattr.ok() && chattr->succeeded())
+      << (chattr.ok() ? chattr->output : chattr.status().ToString());
+  auto revoke = [&] {
+    auto admin = AdminStub(signetd);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::RevokeKeyRequest req;
+    req.set_scope("short");
+    req.set_kid(active);
+    req.set_reason("while the audit log is unwritable");
+    req.set_request_id("revoke-unaudited");
+    v1::RevokeKeyResponse resp;
+    return admin->RevokeKey(&ctx, req, &resp);
+  };
+  const grpc::Status refused = revoke();
+  (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << refused.error_message();
+  EXPECT_THAT(refused.error_message(), HasSubstr("audit log"));
+  // Nothing changed in the token (read once the log, which audits every
+  // admin call, works again: a new segment, without a restart).
+  v1::ListKeysResponse during;
+  for (const absl::Time until = absl::Now() + absl::Seconds(60);
+       absl::Now() < until;) {
+    auto admin = AdminStub(signetd);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::ListKeysRequest req;
+    req.set_scope("short");
+    if (admin->ListKeys(&ctx, req, &during).ok()) break;
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  ASSERT_EQ(during.keys_size(), before.keys_size());
+  for (int i = 0; i < during.keys_size(); ++i) {
+    EXPECT_EQ(during.keys(i).state(), before.keys(i).state()) << i;
+    EXPECT_EQ(during.keys(i).kid(), before.keys(i).kid()) << i;
+  }
+  // The same call applies now, audited first.
+  grpc::Status applied = refused;
+  const absl::Time bound = absl::Now() + absl::Seconds(60);
+  while (!applied.ok() && absl::Now() < bound) {
+    absl::SleepFor(absl::Milliseconds(500));
+    applied = revoke();
+  }
+  ASSERT_TRUE(applied.ok())
+      << applied.error_message() << signetd.process->Output();
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)),
+                         std::istreambuf_iterator<char>());
+  const size_t intent = text.find("\"event\":\"key_changes\"");
+  const size_t revoked = text.find("\"event\":\"key_revoked\"");
+  ASSERT_NE(intent, std::string::npos);
+  ASSERT_NE(revoked, std::string::npos);
+  EXPECT_LT(intent, revoked);
+}
+
 }  // namespace
 }  // namespace signet
