@@ -576,9 +576,29 @@ void KeyManager::RotateKey(
                                         : rotation::RotateMode::kPlanned;
   Submit<signet::v1::RotateKeyRequest, signet::v1::RotateKeyResponse>(
       request, admin, std::move(done),
-      [mode](const std::vector<rotation::KeyRecord>& records,
-             const rotation::SchedulePolicy& schedule, absl::Time now) {
-        return rotation::PlanRotateNow(records, schedule, mode, now);
+      [this, mode](
+          const std::vector<rotation::KeyRecord>& records,
+          const rotation::SchedulePolicy& schedule,
+          absl::Time now) -> absl::StatusOr<std::vector<rotation::KeyAction>> {
+        absl::StatusOr<std::vector<rotation::KeyAction>> plan =
+            rotation::PlanRotateNow(records, schedule, mode, now);
+        if (!plan.ok() || plan->empty()) return plan;
+        // Never rotate to a standby the last pass could not load (gone
+        // from the token, failing a check): the scope would stop signing.
+        const rotation::KeyRecord& next = plan->front().record;
+        const ScopeKeysMap scopes = Scopes();
+        auto scope = scopes.find(schedule.scope);
+        if (scope == scopes.end()) return plan;
+        auto why = scope->second->unusable().find(next.key_id());
+        if (why == scope->second->unusable().end()) return plan;
+        return absl::FailedPreconditionError(absl::StrCat(
+            "scope ", schedule.scope, ": its standby ", next.kid(),
+            " cannot sign (", why->second,
+            "), so rotating to it would stop the scope; revoke the standby "
+            "first (signetctl keys revoke ",
+            schedule.scope, " ", next.kid(),
+            "): the writer makes a new one, which relying parties hold once "
+            "it has been published for min_publish_lead_seconds"));
       },
       [](const std::vector<rotation::KeyAction>& actions, absl::Time) {
         signet::v1::RotateKeyResponse response;

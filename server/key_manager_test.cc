@@ -6,14 +6,18 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hsm/attributes.h"
 #include "hsm/key_store.h"
 #include "hsm/test_hsm.h"
 #include "rotation/key_state.h"
@@ -153,6 +157,58 @@ TEST_F(KeyManagerTest, TheSigningKeyFollowsTheInjectedClockThroughARotation) {
   audit_.reset();  // closed: every line is on disk
   EXPECT_THAT(audit_testing::ReadFile(dir_.File("audit.log")),
               HasSubstr("\"time\":\"2031-01-02T00:00:00"));
+}
+
+// An outside attack deleted a standby's private key and rotated: the
+// rotation made the broken standby sign, and the scope stopped. A rotation
+// to a standby the last pass could not load is refused, saying what to do.
+TEST_F(KeyManagerTest, ARotationToAStandbyThatCannotSignIsRefused) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  const rotation::KeyRecord standby =
+      *keys->Scopes().at("demo")->StandbyAt(kStart);
+  {
+    auto lease = pool_->Acquire(absl::Now() + absl::Seconds(10));
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    hsm::AttributeTemplate templ;
+    templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY)
+        .Bytes(CKA_ID, absl::HexStringToBytes(standby.key_id()));
+    std::vector<CK_OBJECT_HANDLE> found;
+    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                       templ.size(), &found),
+              CKR_OK);
+    ASSERT_EQ(found.size(), 1u);
+    ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
+  }
+  keys->StartLoop();
+  keys->RequestPass();
+  bool seen = false;
+  for (int i = 0; i < 100 && !seen; ++i) {
+    seen = keys->Scopes().at("demo")->unusable().contains(standby.key_id());
+    if (!seen) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(seen);
+  signet::v1::RotateKeyRequest request;
+  request.set_scope("demo");
+  request.set_mode(signet::v1::IMMEDIATE);
+  request.set_request_id("rotate-to-a-broken-standby");
+  absl::Notification answered;
+  absl::Status status;
+  keys->RotateKey(request, "uri:admin",
+                  [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
+                    status = r.status();
+                    answered.Notify();
+                  });
+  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(
+      std::string(status.message()),
+      HasSubstr(absl::StrCat("signetctl keys revoke demo ", standby.kid())));
+  // Nothing changed: generation 1 still signs.
+  std::shared_ptr<const ScopeState> signing =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now());
+  ASSERT_NE(signing, nullptr);
+  EXPECT_EQ(signing->record.key_generation(), 1u);
 }
 
 }  // namespace
