@@ -314,6 +314,30 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
     }
     last_records_[policy.scope] = set.records;
   }
+  // Keys only signet uses are replaced when they cannot be loaded
+  // (ScopeKeyPolicy::replace_unusable_keys): revoked, saying why, and the
+  // pass runs again so that the schedule activates or makes a successor.
+  // One key per run, planned from the records as they are now (a second
+  // revocation planned from the same records would undo the first's
+  // effects); at most kMaxReplacementsPerPass runs.
+  if (writer_ && replacements_ < kMaxReplacementsPerPass) {
+    for (const ScopeKeyPolicy& policy : policies_) {
+      if (!policy.replace_unusable_keys) continue;
+      const ScopeKeySet& set = out[policy.scope];
+      for (const auto& [key_id, why] : set.unusable) {
+        absl::StatusOr<std::vector<KeyAction>> plan =
+            PlanRevoke(set.records, ScheduleOf(policy), key_id,
+                       absl::StrCat("cannot be loaded, replaced by signetd: ",
+                                    why.substr(0, 400)),
+                       "signetd", now);
+        if (!plan.ok() || !Execute(policy, *plan).ok()) continue;
+        ++replacements_;
+        absl::StatusOr<std::map<std::string, ScopeKeySet>> again = RunOnce(now);
+        --replacements_;
+        return again;
+      }
+    }
+  }
   // Keys nobody needs any more stop being warmed on new connections.
   for (auto it = loaded_.begin(); it != loaded_.end();) {
     if (needed.contains(it->first)) {

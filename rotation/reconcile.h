@@ -128,6 +128,10 @@ class KeyReconciler {
   const EventSink events_;
   const std::function<void()> before_write_;
   ChangeGate change_gate_;
+  // How many replacements of unusable keys the pass running now has made
+  // (each runs the pass again).
+  static constexpr int kMaxReplacementsPerPass = 4;
+  int replacements_ = 0;
   // Whether the next pass looks for key pairs without a record: on the
   // first pass (a crash before this process) and after a failed record
   // write.

@@ -257,5 +257,55 @@ TEST_F(ReconcileTest,
   EXPECT_THAT(restarted->at("other").loaded, SizeIs(2));
 }
 
+// A key only signet uses (the audit checkpoint key) that vanished from the
+// token is revoked by the writer, saying why, and its standby signs: an
+// outside attack deleted it and signetd could never start again.
+TEST_F(ReconcileTest, AnUnusableKeyOfAScopeSignetAloneUsesIsReplaced) {
+  policy_.replace_unusable_keys = true;
+  auto reconciler = Make(true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const KeyRecord active = first->at("demo").records[0];
+  const KeyRecord standby = first->at("demo").records[1];
+  ASSERT_NO_FATAL_FAILURE(DeletePrivateKey(*pool_, active.key_id()));
+  events_.clear();
+  // A restart (a new reconciler), as after the attack.
+  auto after = Make(true)->RunOnce(kNow + absl::Seconds(10));
+  ASSERT_TRUE(after.ok()) << after.status();
+  const ScopeKeySet& set = after->at("demo");
+  EXPECT_THAT(set.unusable, SizeIs(0));
+  const ScopeView view = ViewScope(set.records, kNow + absl::Seconds(10));
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(set.records[view.signing].key_id(), standby.key_id());
+  EXPECT_TRUE(set.loaded.contains(standby.key_id()));
+  EXPECT_TRUE(set.records[0].has_revocation());
+  EXPECT_THAT(set.records[0].revocation().reason(),
+              HasSubstr("cannot be loaded, replaced by signetd"));
+  EXPECT_THAT(events_, Contains("key_revoked"));
+  // Another scope's keys are never replaced on their own: see
+  // AKeyDeletedBehindItsBackIsUnusableAndOtherScopesKeepTheirs.
+}
+
+// Both gone: each is revoked, one at a time from the records as they are
+// then, and a new key signs (in either order of the two ids).
+TEST_F(ReconcileTest, BothUnusableKeysOfAScopeSignetAloneUsesAreReplaced) {
+  policy_.replace_unusable_keys = true;
+  auto first = Make(true)->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  for (const KeyRecord& r : first->at("demo").records) {
+    ASSERT_NO_FATAL_FAILURE(DeletePrivateKey(*pool_, r.key_id()));
+  }
+  auto after = Make(true)->RunOnce(kNow + absl::Seconds(10));
+  ASSERT_TRUE(after.ok()) << after.status();
+  const ScopeKeySet& set = after->at("demo");
+  EXPECT_THAT(set.unusable, SizeIs(0));
+  const ScopeView view = ViewScope(set.records, kNow + absl::Seconds(10));
+  ASSERT_GE(view.signing, 0);
+  EXPECT_GE(set.records[view.signing].key_generation(), 3u);
+  EXPECT_TRUE(set.loaded.contains(set.records[view.signing].key_id()));
+  EXPECT_TRUE(set.records[0].has_revocation());
+  EXPECT_TRUE(set.records[1].has_revocation());
+}
+
 }  // namespace
 }  // namespace signet::rotation

@@ -32,6 +32,12 @@ struct ScopeKeyPolicy {
   KeyTimings timings;
   // SchedulePolicy::revive_unused_successor (rotation/schedule.h).
   bool revive_unused_successor = false;
+  // For a key only signet uses (the audit checkpoint key, which no
+  // operator call reaches): the writer revokes a key of this scope that
+  // cannot be loaded (gone from the token, failing a check), recording
+  // why, so that the schedule replaces it. Operators' scopes never set it:
+  // a key that vanished is an incident a person must see and act on.
+  bool replace_unusable_keys = false;
 };
 
 struct ScopeKey {

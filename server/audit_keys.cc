@@ -104,6 +104,9 @@ rotation::ScopeKeyPolicy AuditKeys::Policy(
   // After an outage longer than a period, the successor that was introduced
   // and vouched for signs, not a new key no predecessor could vouch for.
   policy.revive_unused_successor = true;
+  // No operator call reaches this key: one that vanished from the token
+  // would otherwise keep signetd from ever starting again.
+  policy.replace_unusable_keys = true;
   return policy;
 }
 

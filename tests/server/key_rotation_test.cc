@@ -1047,5 +1047,78 @@ TEST_F(KeyRotationTest, NoKeyChangesWhileTheAuditLogCannotBeWritten) {
   EXPECT_LT(intent, revoked);
 }
 
+// The audit checkpoint keys deleted from the token (an outside attack):
+// signetd could never start again ("audit key generation 1 is not
+// loaded"), and no operator call reaches that key. The writer now revokes
+// an audit key it cannot load and the schedule replaces it: a restart
+// starts and signs, and the log says why.
+TEST_F(KeyRotationTest, AnAuditKeyDeletedFromTheTokenIsReplaced) {
+  Running signetd = Start("writer", true, {}, absl::Hours(1));
+  ASSERT_NE(signetd.stub, nullptr);
+  ASSERT_TRUE(Sign(*signetd.stub).ok());
+  std::set<std::string> scope_keys;
+  const v1::ListKeysResponse keys = Keys(signetd);
+  for (const v1::KeyInfo& k : keys.keys()) {
+    scope_keys.insert(absl::HexStringToBytes(k.key_id()));
+  }
+  ASSERT_TRUE(signetd.process->Stop(SIGKILL, absl::Seconds(10)).ok());
+  {
+    hsm::ModuleOptions module;
+    module.module_path = testing::P11KitServer::client_module_path();
+    module.p11_kit_server_address = bed_->hsm().address();
+    auto connector = hsm::P11KitConnector::Create(module);
+    ASSERT_TRUE(connector.ok()) << connector.status();
+    auto uri = hsm::TokenUri::Parse(bed_->token().token_uri());
+    ASSERT_TRUE(uri.ok());
+    hsm::SessionPoolOptions options;
+    options.connections = 1;
+    auto pool = hsm::SessionPool::Create(
+        std::move(*connector), std::move(*uri),
+        hsm::Pin::FromBytes(bed_->token().user_pin()), options);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    hsm::Pkcs11KeyStore store(pool->get());
+    auto ids = store.ListKeyIds();
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    int deleted = 0;
+    for (const std::string& id : *ids) {
+      if (scope_keys.contains(id)) continue;
+      ASSERT_TRUE(store.DestroyPrivateKey(id).ok());  // an audit key
+      ++deleted;
+    }
+    ASSERT_EQ(deleted, 2);  // the audit key and its standby
+  }
+  Running restarted = Start("writer", true, {}, absl::Hours(1));
+  ASSERT_NE(restarted.stub, nullptr) << restarted.process->Output();
+  ASSERT_TRUE(Sign(*restarted.stub).ok());
+  ASSERT_TRUE(restarted.process->Stop(SIGTERM, absl::Seconds(20)).ok());
+  const std::string dir = AuditDir("writer");
+  std::ifstream in(dir + "/audit.log");
+  int replaced = 0;
+  for (std::string line; std::getline(in, line);) {
+    replaced +=
+        absl::StrContains(line, "\"event\":\"key_revoked\"") &&
+        absl::StrContains(line, "cannot be loaded, replaced by signetd");
+  }
+  EXPECT_EQ(replaced, 2);
+  // Both keys gone: no audit key could vouch for the new one, and
+  // audit-verify says so (a key nothing vouched for could be anyone's);
+  // the lines above say why, and a person who read them accepts it.
+  auto verify = [&](std::vector<std::string> flags) {
+    std::vector<std::string> argv = {
+        SIGNETD_BINARY, "audit-verify",
+        "--audit_keyring=" + dir + "/audit-keyring.pem"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    argv.push_back(dir + "/audit.log");
+    auto run = testing::RunProcess({.argv = argv}, absl::Seconds(60));
+    EXPECT_TRUE(run.ok()) << run.status();
+    return run.ok() ? *run : testing::RunResult{};
+  };
+  const auto strict = verify({});
+  EXPECT_NE(strict.exit_code, 0) << strict.output;
+  EXPECT_THAT(strict.output, HasSubstr("never vouched for"));
+  const auto accepted = verify({"--allow_unvouched_audit_keys"});
+  EXPECT_EQ(accepted.exit_code, 0) << accepted.output;
+}
+
 }  // namespace
 }  // namespace signet
