@@ -622,6 +622,12 @@ TEST_F(HostileGrpcTest,
   EXPECT_EQ(access((log + ".00000000000000000001").c_str(), F_OK), 0)
       << "no closed segment";
   EXPECT_THAT(ReadFile(log), HasSubstr("\"event\":\"segment\""));
+  // The call refused while the log was broken (signed, then discarded) is
+  // counted in the segment that recovered.
+  EXPECT_THAT(AwaitAuditLine({"\"event\":\"refusal_summary\"",
+                              "refusals while the audit log could not be "
+                              "written"}),
+              Not(::testing::IsEmpty()));
   // One chain across the gap.
   auto verified = testing::RunProcess(
       {.argv = {SIGNETD_BINARY, "audit-verify",
