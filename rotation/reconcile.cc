@@ -173,6 +173,7 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
         break;
       case KeyAction::Kind::kPrune:
         loaded_.erase(record.key_id());
+        pruned_.insert(record.key_id());
         if (before_write_) before_write_();
         status = store_->DestroyKeyPair(id);
         break;
@@ -186,6 +187,45 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
     Emit({action.event, policy.scope, record.kid(), true, action.detail});
   }
   return absl::OkStatus();
+}
+
+bool KeyReconciler::RestoreVanishedRecords(
+    const std::map<std::string, KeyRecord>& records) {
+  bool restored = false;
+  for (const ScopeKeyPolicy& policy : policies_) {
+    auto last = last_records_.find(policy.scope);
+    if (last == last_records_.end()) continue;
+    for (const KeyRecord& r : last->second) {
+      if (records.contains(r.key_id()) || pruned_.contains(r.key_id())) {
+        continue;
+      }
+      auto state = last_state_.find(r.key_id());
+      if (state == last_state_.end() || !IsPublished(state->second)) continue;
+      const std::string what = absl::StrCat(
+          "scope ", policy.scope, ": the record of key generation ",
+          r.key_generation(), " (", KeyStateName(state->second),
+          ") vanished from the token or became unreadable (deleted or "
+          "shadowed outside signet)");
+      if (change_gate_ && !change_gate_(policy.scope, what).ok()) continue;
+      if (before_write_) before_write_();
+      absl::Status written =
+          store_
+              ->WriteRecord(absl::HexStringToBytes(r.key_id()),
+                            SerializeKeyRecord(r))
+              .status();
+      Emit({written.ok() ? "key_record_restored" : "key_action_failed",
+            policy.scope, r.kid(), false,
+            absl::StrCat(what,
+                         written.ok()
+                             ? "; written again from this replica's memory, "
+                               "so the schedule does not treat the key as "
+                               "gone"
+                             : absl::StrCat("; writing it again failed: ",
+                                            written.message()))});
+      restored = restored || written.ok();
+    }
+  }
+  return restored;
 }
 
 absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
@@ -203,6 +243,12 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
   for (const std::string& key_id : *gone) {
     store_->UnloadKey(key_id);
     loaded_.erase(absl::BytesToHexString(key_id));
+  }
+
+  if (writer_ && RestoreVanishedRecords(records)) {
+    stored = store_->ReadAllRecords();
+    if (!stored.ok()) return stored.status();
+    records = ParseRecords(*stored);
   }
 
   if (writer_) {

@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,14 @@ class KeyReconciler {
   // when the change gate held the destruction back.
   bool DestroyUnrecorded(
       const std::map<std::string, hsm::StoredRecord>& stored);
+  // The writer writes again, from the last pass, the record of a key that
+  // was published then and whose record has vanished from `records`
+  // (deleted, or shadowed by an unreadable newer generation, outside
+  // signet) without a prune of this process: otherwise the planner would
+  // promote the standby as if the key never existed. Each restoration is a
+  // key_record_restored event (ok=false: an incident). True when one was
+  // written.
+  bool RestoreVanishedRecords(const std::map<std::string, KeyRecord>& records);
   void Emit(KeyEvent event) const;
 
   hsm::KeyStore* const store_;
@@ -143,6 +152,8 @@ class KeyReconciler {
   // Each key's effective state at the last pass, to report transitions.
   std::map<std::string, KeyState> last_state_;
   std::map<std::string, std::vector<KeyRecord>> last_records_;
+  // Keys this process pruned (their records vanish by design).
+  std::set<std::string> pruned_;
 };
 
 }  // namespace signet::rotation

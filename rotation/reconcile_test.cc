@@ -307,5 +307,53 @@ TEST_F(ReconcileTest, BothUnusableKeysOfAScopeSignetAloneUsesAreReplaced) {
   EXPECT_TRUE(set.records[1].has_revocation());
 }
 
+// A published key's record deleted behind signet's back (an outside attack):
+// the planner promoted the standby at once, the old kid left the key sets
+// with no grace and no line said why. The writer writes the record again
+// from the last pass, loudly, and nothing else changes.
+TEST_F(ReconcileTest, AVanishedRecordOfAPublishedKeyIsWrittenAgain) {
+  std::vector<std::string> details;
+  auto reconciler = std::make_unique<KeyReconciler>(
+      store_.get(), std::vector<ScopeKeyPolicy>{policy_}, true,
+      [&](const KeyEvent& e) {
+        events_.push_back(e.event);
+        details.push_back(e.detail);
+      });
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const KeyRecord active = first->at("demo").records[0];
+  {
+    auto lease = pool_->Acquire(absl::Now() + absl::Seconds(10));
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    hsm::AttributeTemplate templ;
+    templ.Ulong(CKA_CLASS, CKO_DATA)
+        .Bytes(CKA_LABEL, hsm::Pkcs11KeyStore::LabelFor(
+                              absl::HexStringToBytes(active.key_id())));
+    std::vector<CK_OBJECT_HANDLE> found;
+    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                       templ.size(), &found),
+              CKR_OK);
+    ASSERT_FALSE(found.empty());
+    for (CK_OBJECT_HANDLE h : found) {
+      ASSERT_EQ(lease->api().DestroyObject(lease->session(), h), CKR_OK);
+    }
+  }
+  events_.clear();
+  details.clear();
+  auto after = reconciler->RunOnce(kNow + absl::Seconds(10));
+  ASSERT_TRUE(after.ok()) << after.status();
+  const ScopeKeySet& set = after->at("demo");
+  ASSERT_THAT(set.records, SizeIs(2));  // no new key
+  const ScopeView view = ViewScope(set.records, kNow + absl::Seconds(10));
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(set.records[view.signing].key_id(), active.key_id());
+  EXPECT_TRUE(set.loaded.contains(active.key_id()));
+  ASSERT_THAT(events_, SizeIs(1));
+  EXPECT_EQ(events_[0], "key_record_restored");
+  EXPECT_THAT(details[0], HasSubstr("vanished from the token"));
+  auto stored = store_->ReadRecord(absl::HexStringToBytes(active.key_id()));
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+}
+
 }  // namespace
 }  // namespace signet::rotation
