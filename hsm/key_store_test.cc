@@ -535,18 +535,7 @@ TEST_F(KeyStoreTest, AKeyGoneFromTheTokenIsReportedAndNotSearchedFor) {
   ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
   LoadedKey key = NewEs256();
   // Destroyed behind the store's back (another writer, say).
-  {
-    auto lease = pool_->Acquire(Later());
-    ASSERT_TRUE(lease.ok());
-    AttributeTemplate templ;
-    templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Bytes(CKA_ID, key.key_id);
-    std::vector<CK_OBJECT_HANDLE> found;
-    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
-                                       templ.size(), &found),
-              CKR_OK);
-    ASSERT_THAT(found, SizeIs(1));
-    ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
-  }
+  ASSERT_NO_FATAL_FAILURE(DestroyBehindTheStoresBack(*pool_, key.key_id));
   {
     // Both connections re-opened: neither finds the key any more.
     std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
@@ -585,18 +574,7 @@ TEST_F(KeyStoreTest, LoadedKeysGoneReadsHandlesAndReportsOnlyTheDeletedKey) {
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_THAT(*none, SizeIs(0));
   EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
-  {
-    auto lease = pool_->Acquire(Later());
-    ASSERT_TRUE(lease.ok());
-    AttributeTemplate templ;
-    templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Bytes(CKA_ID, deleted.key_id);
-    std::vector<CK_OBJECT_HANDLE> found;
-    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
-                                       templ.size(), &found),
-              CKR_OK);
-    ASSERT_THAT(found, SizeIs(1));
-    ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
-  }
+  ASSERT_NO_FATAL_FAILURE(DestroyBehindTheStoresBack(*pool_, deleted.key_id));
   finds = injector_->Calls("C_FindObjects");
   auto gone = store_->LoadedKeysGone();
   ASSERT_TRUE(gone.ok()) << gone.status();

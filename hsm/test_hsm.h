@@ -6,8 +6,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "hsm/attributes.h"
 #include "hsm/fault_injection.h"
 #include "hsm/key_store.h"
 #include "hsm/module.h"
@@ -46,6 +49,32 @@ class InProcessHsmTest : public ::testing::Test {
   std::unique_ptr<testing::TempToken> token_;
   std::shared_ptr<FaultInjector> injector_;
 };
+
+// Destroys the objects of `cls` with CKA_ID `key_id` (binary; CKO_DATA
+// records are found by their CKA_LABEL instead) through one of `pool`'s
+// sessions, as a person with the token's PIN could: behind the key store's
+// back. Fails the test unless at least one was found.
+inline void DestroyBehindTheStoresBack(SessionPool& pool,
+                                       const std::string& key_id,
+                                       CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY) {
+  auto lease = pool.Acquire(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, cls);
+  if (cls == CKO_DATA) {
+    templ.Bytes(CKA_LABEL, Pkcs11KeyStore::LabelFor(key_id));
+  } else {
+    templ.Bytes(CKA_ID, key_id);
+  }
+  std::vector<CK_OBJECT_HANDLE> found;
+  ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                     templ.size(), &found),
+            CKR_OK);
+  ASSERT_FALSE(found.empty());
+  for (CK_OBJECT_HANDLE object : found) {
+    ASSERT_EQ(lease->api().DestroyObject(lease->session(), object), CKR_OK);
+  }
+}
 
 // InProcessHsmTest with a default pool and a key store over it, made in
 // SetUp: the fixture of every test of code above the key store.

@@ -180,20 +180,10 @@ TEST_F(ReconcileTest, ARecordWhoseKidIsNotItsKeysThumbprintIsUnusable) {
   EXPECT_TRUE(set.loaded.contains(set.records[1].key_id()));  // the standby
 }
 
-// Deletes `key_id`'s private key from the token, as a person with the
+// Deletes `hex_key_id`'s private key from the token, as a person with the
 // token's PIN could: behind the store's back.
 void DeletePrivateKey(hsm::SessionPool& pool, const std::string& hex_key_id) {
-  auto lease = pool.Acquire(absl::Now() + absl::Seconds(10));
-  ASSERT_TRUE(lease.ok()) << lease.status();
-  hsm::AttributeTemplate templ;
-  templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY)
-      .Bytes(CKA_ID, absl::HexStringToBytes(hex_key_id));
-  std::vector<CK_OBJECT_HANDLE> found;
-  ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
-                                     templ.size(), &found),
-            CKR_OK);
-  ASSERT_THAT(found, SizeIs(1));
-  ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
+  hsm::DestroyBehindTheStoresBack(pool, absl::HexStringToBytes(hex_key_id));
 }
 
 // A key deleted from the token behind signet's back: the next pass finds
@@ -322,22 +312,8 @@ TEST_F(ReconcileTest, AVanishedRecordOfAPublishedKeyIsWrittenAgain) {
   auto first = reconciler->RunOnce(kNow);
   ASSERT_TRUE(first.ok()) << first.status();
   const KeyRecord active = first->at("demo").records[0];
-  {
-    auto lease = pool_->Acquire(absl::Now() + absl::Seconds(10));
-    ASSERT_TRUE(lease.ok()) << lease.status();
-    hsm::AttributeTemplate templ;
-    templ.Ulong(CKA_CLASS, CKO_DATA)
-        .Bytes(CKA_LABEL, hsm::Pkcs11KeyStore::LabelFor(
-                              absl::HexStringToBytes(active.key_id())));
-    std::vector<CK_OBJECT_HANDLE> found;
-    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
-                                       templ.size(), &found),
-              CKR_OK);
-    ASSERT_FALSE(found.empty());
-    for (CK_OBJECT_HANDLE h : found) {
-      ASSERT_EQ(lease->api().DestroyObject(lease->session(), h), CKR_OK);
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(hsm::DestroyBehindTheStoresBack(
+      *pool_, absl::HexStringToBytes(active.key_id()), CKO_DATA));
   events_.clear();
   details.clear();
   auto after = reconciler->RunOnce(kNow + absl::Seconds(10));

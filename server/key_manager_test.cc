@@ -167,19 +167,8 @@ TEST_F(KeyManagerTest, ARotationToAStandbyThatCannotSignIsRefused) {
   ASSERT_TRUE(keys->Start().ok());
   const rotation::KeyRecord standby =
       *keys->Scopes().at("demo")->StandbyAt(kStart);
-  {
-    auto lease = pool_->Acquire(absl::Now() + absl::Seconds(10));
-    ASSERT_TRUE(lease.ok()) << lease.status();
-    hsm::AttributeTemplate templ;
-    templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY)
-        .Bytes(CKA_ID, absl::HexStringToBytes(standby.key_id()));
-    std::vector<CK_OBJECT_HANDLE> found;
-    ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
-                                       templ.size(), &found),
-              CKR_OK);
-    ASSERT_EQ(found.size(), 1u);
-    ASSERT_EQ(lease->api().DestroyObject(lease->session(), found[0]), CKR_OK);
-  }
+  ASSERT_NO_FATAL_FAILURE(hsm::DestroyBehindTheStoresBack(
+      *pool_, absl::HexStringToBytes(standby.key_id())));
   keys->StartLoop();
   keys->RequestPass();
   bool seen = false;

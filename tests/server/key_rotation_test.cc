@@ -230,24 +230,38 @@ class KeyRotationTest : public ::testing::Test {
     return resp;
   }
 
-  // The private keys in the token, read through the same p11-kit boundary
-  // signetd uses (scopes' keys and the audit key).
-  int TokenPrivateKeys() {
+  // A key store of the test's own over the same p11-kit boundary signetd
+  // uses: what a person with the token's PIN can do (pkcs11-tool, say).
+  struct OwnStore {
+    std::unique_ptr<hsm::SessionPool> pool;
+    std::unique_ptr<hsm::Pkcs11KeyStore> store;
+  };
+  absl::StatusOr<OwnStore> OpenOwnStore() {
     hsm::ModuleOptions module;
     module.module_path = testing::P11KitServer::client_module_path();
     module.p11_kit_server_address = bed_->hsm().address();
     auto connector = hsm::P11KitConnector::Create(module);
-    if (!connector.ok()) return -1;
+    if (!connector.ok()) return connector.status();
     auto uri = hsm::TokenUri::Parse(bed_->token().token_uri());
-    if (!uri.ok()) return -1;
+    if (!uri.ok()) return uri.status();
     hsm::SessionPoolOptions options;
     options.connections = 1;
     auto pool = hsm::SessionPool::Create(
         std::move(*connector), std::move(*uri),
         hsm::Pin::FromBytes(bed_->token().user_pin()), options);
-    if (!pool.ok()) return -1;
-    hsm::Pkcs11KeyStore store(pool->get());
-    auto ids = store.ListKeyIds();
+    if (!pool.ok()) return pool.status();
+    OwnStore own;
+    own.pool = *std::move(pool);
+    own.store = std::make_unique<hsm::Pkcs11KeyStore>(own.pool.get());
+    return own;
+  }
+
+  // The private keys in the token, read through the same p11-kit boundary
+  // signetd uses (scopes' keys and the audit key).
+  int TokenPrivateKeys() {
+    auto own = OpenOwnStore();
+    if (!own.ok()) return -1;
+    auto ids = own->store->ListKeyIds();
     return ids.ok() ? static_cast<int>(ids->size()) : -1;
   }
 
@@ -849,22 +863,11 @@ TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
   ASSERT_FALSE(deleted_key_id.empty());
   {
     // Deleted through the HSM's own boundary, as pkcs11-tool would.
-    hsm::ModuleOptions module;
-    module.module_path = testing::P11KitServer::client_module_path();
-    module.p11_kit_server_address = bed_->hsm().address();
-    auto connector = hsm::P11KitConnector::Create(module);
-    ASSERT_TRUE(connector.ok()) << connector.status();
-    auto uri = hsm::TokenUri::Parse(bed_->token().token_uri());
-    ASSERT_TRUE(uri.ok());
-    hsm::SessionPoolOptions options;
-    options.connections = 1;
-    auto pool = hsm::SessionPool::Create(
-        std::move(*connector), std::move(*uri),
-        hsm::Pin::FromBytes(bed_->token().user_pin()), options);
-    ASSERT_TRUE(pool.ok()) << pool.status();
-    hsm::Pkcs11KeyStore store(pool->get());
+    auto own = OpenOwnStore();
+    ASSERT_TRUE(own.ok()) << own.status();
     ASSERT_TRUE(
-        store.DestroyPrivateKey(absl::HexStringToBytes(deleted_key_id)).ok());
+        own->store->DestroyPrivateKey(absl::HexStringToBytes(deleted_key_id))
+            .ok());
   }
 
   // Signing on: an UNAVAILABLE or two while stale handles are dropped, then
@@ -1063,26 +1066,14 @@ TEST_F(KeyRotationTest, AnAuditKeyDeletedFromTheTokenIsReplaced) {
   }
   ASSERT_TRUE(signetd.process->Stop(SIGKILL, absl::Seconds(10)).ok());
   {
-    hsm::ModuleOptions module;
-    module.module_path = testing::P11KitServer::client_module_path();
-    module.p11_kit_server_address = bed_->hsm().address();
-    auto connector = hsm::P11KitConnector::Create(module);
-    ASSERT_TRUE(connector.ok()) << connector.status();
-    auto uri = hsm::TokenUri::Parse(bed_->token().token_uri());
-    ASSERT_TRUE(uri.ok());
-    hsm::SessionPoolOptions options;
-    options.connections = 1;
-    auto pool = hsm::SessionPool::Create(
-        std::move(*connector), std::move(*uri),
-        hsm::Pin::FromBytes(bed_->token().user_pin()), options);
-    ASSERT_TRUE(pool.ok()) << pool.status();
-    hsm::Pkcs11KeyStore store(pool->get());
-    auto ids = store.ListKeyIds();
+    auto own = OpenOwnStore();
+    ASSERT_TRUE(own.ok()) << own.status();
+    auto ids = own->store->ListKeyIds();
     ASSERT_TRUE(ids.ok()) << ids.status();
     int deleted = 0;
     for (const std::string& id : *ids) {
       if (scope_keys.contains(id)) continue;
-      ASSERT_TRUE(store.DestroyPrivateKey(id).ok());  // an audit key
+      ASSERT_TRUE(own->store->DestroyPrivateKey(id).ok());  // an audit key
       ++deleted;
     }
     ASSERT_EQ(deleted, 2);  // the audit key and its standby
