@@ -217,6 +217,38 @@ class KeyRotationTest : public ::testing::Test {
         grpc::SslCredentials(ssl)));
   }
 
+  // `r`'s health of "scope/<scope>"; UNKNOWN when the Check fails.
+  static grpc::health::v1::HealthCheckResponse::ServingStatus ScopeHealth(
+      const Running& r, absl::string_view scope) {
+    auto health = grpc::health::v1::Health::NewStub(r.channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(absl::StrCat("scope/", scope));
+    grpc::health::v1::HealthCheckResponse resp;
+    return health->Check(&ctx, req, &resp).ok()
+               ? resp.status()
+               : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  }
+
+  // An admin's revocation of `kid` in scope "short".
+  grpc::Status Revoke(const Running& r, const std::string& kid,
+                      const std::string& reason,
+                      const std::string& request_id) {
+    auto admin = AdminStub(r);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::RevokeKeyRequest req;
+    req.set_scope("short");
+    req.set_kid(kid);
+    req.set_reason(reason);
+    req.set_request_id(request_id);
+    v1::RevokeKeyResponse resp;
+    return admin->RevokeKey(&ctx, req, &resp);
+  }
+
   v1::ListKeysResponse Keys(const Running& r) {
     auto stub = AdminStub(r);
     grpc::ClientContext ctx;
@@ -585,18 +617,7 @@ TEST_F(KeyRotationTest, WithoutAWriterTheScopeFailsClosedAfterItsLastKey) {
   Running replica = Start("replica", false);
   ASSERT_NE(replica.stub, nullptr);
   ASSERT_TRUE(writer.process->Stop(SIGKILL, absl::Seconds(10)).ok());
-  auto health = grpc::health::v1::Health::NewStub(replica.channel);
-  auto scope_health = [&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::seconds(5));
-    grpc::health::v1::HealthCheckRequest req;
-    req.set_service("scope/short");
-    grpc::health::v1::HealthCheckResponse resp;
-    return health->Check(&ctx, req, &resp).ok()
-               ? resp.status()
-               : grpc::health::v1::HealthCheckResponse::UNKNOWN;
-  };
+  auto scope_health = [&] { return ScopeHealth(replica, "short"); };
   EXPECT_EQ(scope_health(), grpc::health::v1::HealthCheckResponse::SERVING);
   // The active key and the standby: at most two periods.
   absl::Status last;
@@ -836,16 +857,7 @@ TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
     return stub.SignJwt(&ctx, req, &resp);
   };
   auto scope_health = [](const Running& r, const std::string& scope) {
-    auto health = grpc::health::v1::Health::NewStub(r.channel);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::seconds(5));
-    grpc::health::v1::HealthCheckRequest req;
-    req.set_service(absl::StrCat("scope/", scope));
-    grpc::health::v1::HealthCheckResponse resp;
-    return health->Check(&ctx, req, &resp).ok()
-               ? resp.status()
-               : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+    return ScopeHealth(r, scope);
   };
   using grpc::health::v1::HealthCheckResponse;
 
@@ -938,17 +950,9 @@ TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
 
   // The remedy: revoke the missing key; the standby signs now.
   {
-    auto admin = AdminStub(restarted);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::seconds(20));
-    v1::RevokeKeyRequest revoke;
-    revoke.set_scope("short");
-    revoke.set_kid(before->kid);
-    revoke.set_reason("deleted from the token outside signet");
-    revoke.set_request_id("revoke-deleted");
-    v1::RevokeKeyResponse revoked;
-    grpc::Status st = admin->RevokeKey(&ctx, revoke, &revoked);
+    grpc::Status st =
+        Revoke(restarted, before->kid, "deleted from the token outside signet",
+               "revoke-deleted");
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   absl::StatusOr<Signed> after = Sign(*restarted.stub);
@@ -995,17 +999,8 @@ TEST_F(KeyRotationTest, NoKeyChangesWhileTheAuditLogCannotBeWritten) {
   ASSERT_TRUE(chattr.ok() && chattr->succeeded())
       << (chattr.ok() ? chattr->output : chattr.status().ToString());
   auto revoke = [&] {
-    auto admin = AdminStub(signetd);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::seconds(20));
-    v1::RevokeKeyRequest req;
-    req.set_scope("short");
-    req.set_kid(active);
-    req.set_reason("while the audit log is unwritable");
-    req.set_request_id("revoke-unaudited");
-    v1::RevokeKeyResponse resp;
-    return admin->RevokeKey(&ctx, req, &resp);
+    return Revoke(signetd, active, "while the audit log is unwritable",
+                  "revoke-unaudited");
   };
   const grpc::Status refused = revoke();
   (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
