@@ -19,6 +19,8 @@ namespace {
 
 constexpr absl::string_view kLabelPrefix = "signet:";
 constexpr absl::string_view kRecordApplication = "signet-record";
+// The marker of a generation not yet recorded (see GenerateKeyPair).
+constexpr absl::string_view kUnrecordedApplication = "signet-unrecorded";
 constexpr size_t kKeyIdBytes = 16;
 constexpr size_t kMaxRecordBytes = 16 * 1024;
 constexpr size_t kGenerationHeader = 8;
@@ -309,14 +311,36 @@ absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
   if (!clash->empty()) {
     return absl::InternalError("a fresh random key id is already in use");
   }
+  // The marker first: a key pair without a record may be destroyed at the
+  // next start only when this marker says its generation never finished
+  // (the first WriteRecord removes it). Without it a key whose record was
+  // deleted later, outside signet, would look the same and be destroyed.
+  AttributeTemplate marker;
+  marker.Ulong(CKA_CLASS, CKO_DATA)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_MODIFIABLE, false)
+      .Bytes(CKA_LABEL, label)
+      .Bytes(CKA_APPLICATION, kUnrecordedApplication)
+      .Bytes(CKA_VALUE, absl::string_view("\x01", 1));
+  CK_OBJECT_HANDLE marker_handle = CK_INVALID_HANDLE;
+  absl::Status st =
+      lease->Check(lease->api().CreateObject(lease->session(), marker.data(),
+                                             marker.size(), &marker_handle),
+                   "C_CreateObject(generation marker)");
+  if (!st.ok()) return st;
   CK_OBJECT_HANDLE pub_handle = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE priv_handle = CK_INVALID_HANDLE;
-  absl::Status st = lease->Check(
+  st = lease->Check(
       lease->api().GenerateKeyPair(lease->session(), &mech, pub.data(),
                                    pub.size(), priv.data(), priv.size(),
                                    &pub_handle, &priv_handle),
       absl::StrCat("C_GenerateKeyPair(", AlgorithmName(spec.algorithm), ")"));
-  if (!st.ok()) return st;
+  if (!st.ok()) {
+    // Best effort: a marker left behind is removed by the next start.
+    (void)lease->api().DestroyObject(lease->session(), marker_handle);
+    return st;
+  }
   lease->connection().CacheHandle(key_id, priv_handle);
   return key_id;
 }
@@ -565,11 +589,13 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
   if (!handle) {
     if (std::optional<absl::Status> miss = connection.WarmUpMiss(key.key_id)) {
       // Opened after the key was loaded and still blind to it: the token
-      // itself lost the key (NOT_FOUND), or holds two with its id, and a
-      // re-opened connection would not help. Not UNAVAILABLE: a retry
+      // itself lost the key (NOT_FOUND), or holds two with its id
+      // (DATA_LOSS: not FAILED_PRECONDITION, which says "not loaded"), and
+      // a re-opened connection would not help. Not UNAVAILABLE: a retry
       // cannot succeed.
       return absl::Status(
-          miss->code(),
+          absl::IsNotFound(*miss) ? absl::StatusCode::kNotFound
+                                  : absl::StatusCode::kDataLoss,
           absl::StrCat("key ", Hex(key.key_id),
                        " was not found on HSM connection ", connection.id(),
                        " when it was opened (", miss->message(), ")"));
@@ -705,6 +731,30 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::ListKeyIds() {
   return ids;
 }
 
+absl::StatusOr<std::vector<std::string>>
+Pkcs11KeyStore::ListUnfinishedGenerations() {
+  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
+  if (!lease.ok()) return lease.status();
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA)
+      .Bytes(CKA_APPLICATION, kUnrecordedApplication);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(*lease, templ);
+  if (!found.ok()) return found.status();
+  std::vector<std::string> ids;
+  for (CK_OBJECT_HANDLE h : *found) {
+    absl::StatusOr<std::string> label =
+        ReadAttribute(*lease, h, CKA_LABEL, 256, "CKA_LABEL");
+    if (!label.ok()) return label.status();
+    if (!absl::StartsWith(*label, kLabelPrefix)) continue;
+    std::string id = absl::HexStringToBytes(label->substr(kLabelPrefix.size()));
+    if (LabelFor(id) != *label) continue;  // not a label signet writes
+    ids.push_back(std::move(id));
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
 absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
   std::vector<std::string> key_ids;
   {
@@ -805,7 +855,25 @@ absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
                      "C_DestroyObject(record)");
     if (!st.ok()) return st;
   }
+  absl::Status markers = DestroyGenerationMarkers(*lease, key_id);
+  if (!markers.ok()) return markers;
   pool_->DropCachedHandles(key_id);
+  return absl::OkStatus();
+}
+
+absl::Status Pkcs11KeyStore::DestroyGenerationMarkers(
+    SessionPool::Lease& lease, absl::string_view key_id) {
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA)
+      .Bytes(CKA_LABEL, LabelFor(key_id))
+      .Bytes(CKA_APPLICATION, kUnrecordedApplication);
+  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
+  if (!found.ok()) return found.status();
+  for (CK_OBJECT_HANDLE h : *found) {
+    absl::Status st = lease.Check(lease.api().DestroyObject(lease.session(), h),
+                                  "C_DestroyObject(generation marker)");
+    if (!st.ok()) return st;
+  }
   return absl::OkStatus();
 }
 
@@ -862,6 +930,14 @@ absl::StatusOr<uint64_t> Pkcs11KeyStore::WriteRecord(absl::string_view key_id,
   for (const auto& [gen, h] : *older) {
     st = lease->Check(lease->api().DestroyObject(lease->session(), h),
                       "C_DestroyObject(old record)");
+    if (!st.ok()) return st;
+  }
+  if (generation == 1) {
+    // The key is recorded: its generation finished. A crash before this
+    // leaves a marker beside a record, which the start-up clean-up
+    // ignores (the record keeps the key) and the key's destruction
+    // removes.
+    st = DestroyGenerationMarkers(*lease, key_id);
     if (!st.ok()) return st;
   }
   return generation;

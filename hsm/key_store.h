@@ -73,6 +73,9 @@ class KeyStore {
 
   // Generates a key pair in the token with the non-exportable template and
   // returns its CKA_ID. The key is not usable until LoadKey() checked it.
+  // A marker written before the key pair says its generation has not
+  // finished until the key's first record is written
+  // (ListUnfinishedGenerations).
   virtual absl::StatusOr<std::string> GenerateKeyPair(const KeySpec& spec) = 0;
 
   // Runs every load-time check on the key (see Pkcs11KeyStore) and makes it
@@ -87,7 +90,8 @@ class KeyStore {
   // FAILED_PRECONDITION for a key that is not loaded, UNAVAILABLE when the
   // HSM is unreachable or the connection used turned out unfit for the key
   // (retry: it is being re-established), DEADLINE_EXCEEDED when no session
-  // frees in time.
+  // frees in time; NOT_FOUND / DATA_LOSS when the token lost the key or
+  // holds two private keys with its id (see Pkcs11KeyStore).
   virtual absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
                                                  absl::string_view digest,
                                                  absl::Time deadline) = 0;
@@ -106,13 +110,23 @@ class KeyStore {
   // CKA_IDs of every private key in the token with signet's label prefix.
   virtual absl::StatusOr<std::vector<std::string>> ListKeyIds() = 0;
 
+  // CKA_IDs whose GenerateKeyPair started and whose first record was never
+  // written: what a crash (or a failed record write) between generating a
+  // key and recording it leaves, with or without the key pair. Only these
+  // key pairs are safe to destroy for want of a record; one without a
+  // record that is not listed here was recorded once (its record was
+  // deleted outside signet) or was made by another program.
+  virtual absl::StatusOr<std::vector<std::string>>
+  ListUnfinishedGenerations() = 0;
+
   // The CKA_IDs of loaded keys whose private key the token no longer holds
   // (deleted behind signet's back: by hand, or by another program). Nothing
   // is unloaded; the caller decides. UNAVAILABLE when the HSM cannot be
   // asked.
   virtual absl::StatusOr<std::vector<std::string>> LoadedKeysGone() = 0;
 
-  // Destroys the private key, then the public key, then the key's records.
+  // Destroys the private key, then the public key, then the key's records
+  // (and an unfinished generation's marker).
   virtual absl::Status DestroyKeyPair(absl::string_view key_id) = 0;
 
   // Destroys only the private key (the key can never sign again); its
@@ -177,8 +191,8 @@ class Pkcs11KeyStore : public KeyStore {
   // CKR_KEY_HANDLE_INVALID from C_SignInit, marks the connection lost and
   // answers UNAVAILABLE (the re-opened connection finds the key afresh). A
   // key the connection's warm-up did not find answers NOT_FOUND (the token
-  // lost it: a re-opened connection would not find it either; an ambiguous
-  // id answers FAILED_PRECONDITION).
+  // lost it: a re-opened connection would not find it either); one whose id
+  // two private keys share there answers DATA_LOSS.
   absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
                                          absl::string_view digest,
                                          absl::Time deadline) override;
@@ -186,6 +200,7 @@ class Pkcs11KeyStore : public KeyStore {
       absl::string_view key_id, absl::Span<const std::string> digests,
       absl::Time deadline) override;
   absl::StatusOr<std::vector<std::string>> ListKeyIds() override;
+  absl::StatusOr<std::vector<std::string>> ListUnfinishedGenerations() override;
   // Asks through one connection, without a search for a key that is there:
   // each loaded key's cached handle is read (CKA_ID, one call). A key
   // whose handle there is missing, stale, or names another object is
@@ -231,6 +246,9 @@ class Pkcs11KeyStore : public KeyStore {
                                             absl::string_view digest);
   absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>>
   FindRecords(SessionPool::Lease& lease, absl::string_view key_id);
+  // Destroys `key_id`'s generation markers (see GenerateKeyPair).
+  absl::Status DestroyGenerationMarkers(SessionPool::Lease& lease,
+                                        absl::string_view key_id);
   absl::StatusOr<std::optional<StoredRecord>> ReadRecordWithLease(
       SessionPool::Lease& lease, absl::string_view key_id);
   absl::StatusOr<SessionPool::Lease> AcquireForAdmin();

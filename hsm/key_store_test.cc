@@ -21,6 +21,7 @@ namespace signet::hsm {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 using ::testing::SizeIs;
 using ::testing::UnorderedElementsAre;
 
@@ -257,12 +258,14 @@ TEST_F(KeyStoreTest, RefusesAKeyOfAnotherAlgorithmThanExpected) {
 }
 
 // Generates a key pair directly, bypassing the store's template.
+// With `id`, a second private key with that id (a planted duplicate).
 std::string GenerateWithTemplate(SessionPool& pool, bool sensitive,
                                  bool extractable,
-                                 std::vector<CK_MECHANISM_TYPE> allowed) {
+                                 std::vector<CK_MECHANISM_TYPE> allowed,
+                                 std::string id = "") {
   auto lease = pool.Acquire(Later());
   EXPECT_TRUE(lease.ok());
-  std::string id = "rogue-" + std::to_string(rand());
+  if (id.empty()) id = "rogue-" + std::to_string(rand());
   AttributeTemplate pub;
   pub.Bool(CKA_TOKEN, true)
       .Bool(CKA_VERIFY, true)
@@ -531,6 +534,27 @@ TEST_F(KeyStoreTest, AWarmUpThatLosesTheConnectionKeepsItDown) {
   EXPECT_THAT(SignOnEveryConnection(key), SizeIs(2));
 }
 
+// A second private key planted with a loaded key's id, seen by a
+// connection's warm-up: the store answered FAILED_PRECONDITION, the code of
+// "not loaded", which the Signer takes for a key revoked while the call
+// waited and answers "retry". DATA_LOSS says the token is at fault.
+TEST_F(KeyStoreTest, AnIdTwoPrivateKeysShareIsDataLossAtSigning) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  LoadedKey key = NewEs256();
+  GenerateWithTemplate(*pool_, /*sensitive=*/true, /*extractable=*/false,
+                       {CKM_ECDSA}, key.key_id);
+  {
+    std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
+    for (std::optional<SessionPool::Lease>& lease : all) {
+      (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+    }
+  }
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  auto sig = store_->SignDigest(key.key_id, std::string(32, 'd'), Later());
+  EXPECT_EQ(sig.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(sig.status().message(), HasSubstr("share id"));
+}
+
 TEST_F(KeyStoreTest, AKeyGoneFromTheTokenIsReportedAndNotSearchedFor) {
   ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
   LoadedKey key = NewEs256();
@@ -766,6 +790,34 @@ TEST_F(KeyStoreTest, RecordsKeepTheHighestGenerationAndReplaceTheOld) {
   // The next write cleans up both older generations.
   ASSERT_EQ(*store_->WriteRecord(key.key_id, "fourth"), 4u);
   EXPECT_EQ((*store_->ReadRecord(key.key_id))->bytes, "fourth");
+}
+
+// The marker that lets a restart tell a crash between generating and
+// recording a key (destroy the key pair) from a record deleted later
+// outside signet (keep it).
+TEST_F(KeyStoreTest, AGenerationIsUnfinishedUntilTheKeysFirstRecord) {
+  EXPECT_THAT(*store_->ListUnfinishedGenerations(), IsEmpty());
+  LoadedKey recorded = NewEs256();
+  LoadedKey crashed = NewEs256();
+  LoadedKey destroyed = NewEs256();
+  EXPECT_THAT(
+      *store_->ListUnfinishedGenerations(),
+      UnorderedElementsAre(recorded.key_id, crashed.key_id, destroyed.key_id));
+  ASSERT_TRUE(store_->WriteRecord(recorded.key_id, "rec").ok());
+  ASSERT_TRUE(store_->DestroyKeyPair(destroyed.key_id).ok());
+  EXPECT_THAT(*store_->ListUnfinishedGenerations(),
+              UnorderedElementsAre(crashed.key_id));
+  // Later generations of the record do not bring it back, and a record
+  // deleted afterwards leaves a key whose generation had finished.
+  ASSERT_TRUE(store_->WriteRecord(recorded.key_id, "rec2").ok());
+  ASSERT_NO_FATAL_FAILURE(
+      DestroyBehindTheStoresBack(*pool_, recorded.key_id, CKO_DATA));
+  EXPECT_THAT(*store_->ListUnfinishedGenerations(),
+              UnorderedElementsAre(crashed.key_id));
+  EXPECT_THAT(*store_->ListKeyIds(),
+              UnorderedElementsAre(recorded.key_id, crashed.key_id));
+  // The marker is not a record.
+  EXPECT_THAT(*store_->ReadAllRecords(), IsEmpty());
 }
 
 TEST_F(KeyStoreTest, RecordsAreBinarySafeAndBounded) {

@@ -53,16 +53,37 @@ void KeyReconciler::Emit(KeyEvent event) const {
 bool KeyReconciler::DestroyUnrecorded(
     const std::map<std::string, hsm::StoredRecord>& stored) {
   absl::StatusOr<std::vector<std::string>> ids = store_->ListKeyIds();
-  if (!ids.ok()) {
+  absl::StatusOr<std::vector<std::string>> unfinished =
+      ids.ok() ? store_->ListUnfinishedGenerations() : ids.status();
+  if (!unfinished.ok()) {
     Emit({"key_action_failed", "", "", false,
           absl::StrCat("listing the token's keys failed: ",
-                       ids.status().message())});
+                       unfinished.status().message())});
     return true;
   }
+  const std::set<std::string> unfinished_ids(unfinished->begin(),
+                                             unfinished->end());
+  std::set<std::string> candidates = unfinished_ids;
+  candidates.insert(ids->begin(), ids->end());
   bool gated = false;
-  for (const std::string& id : *ids) {
+  for (const std::string& id : candidates) {
     // Any record, even one this version cannot read, keeps its key.
     if (stored.contains(id)) continue;
+    if (!unfinished_ids.contains(id)) {
+      // Recorded once (the record was deleted outside signet) or made by
+      // another program: never destroyed on a guess, never published or
+      // used, and said once per start.
+      Emit({"key_unrecorded_kept", "", "", false,
+            absl::StrCat(
+                "key pair ", absl::BytesToHexString(id),
+                " has a signet label but no record, and its generation had "
+                "finished: its record was deleted outside signet, or another "
+                "program made it. Kept, but neither published nor used to "
+                "sign (tokens it signed stop verifying once relying parties "
+                "refetch the key sets); restore the token from a backup, or "
+                "destroy the key pair by hand if it is not signet's")});
+      continue;
+    }
     if (!gated && change_gate_) {
       if (!change_gate_("", "destroying key pairs that have no record").ok()) {
         return false;  // looked for again by the next pass

@@ -115,8 +115,10 @@ class KeyReconciler {
   // (the rest depend on it), whose status it returns.
   absl::Status Execute(const ScopeKeyPolicy& policy,
                        const std::vector<KeyAction>& actions);
-  // Destroys key pairs that have no record (a crash between generating a
-  // key and recording it).
+  // Destroys key pairs that have no record and whose generation never
+  // finished (a crash between generating a key and recording it); a key
+  // pair without a record whose generation had finished is kept and
+  // reported (key_unrecorded_kept, ok=false: an incident).
   // `stored` holds every record, readable by this version or not. False
   // when the change gate held the destruction back.
   bool DestroyUnrecorded(

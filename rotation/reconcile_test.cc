@@ -1,5 +1,6 @@
 #include "rotation/reconcile.h"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -295,6 +296,45 @@ TEST_F(ReconcileTest, BothUnusableKeysOfAScopeSignetAloneUsesAreReplaced) {
   EXPECT_TRUE(set.loaded.contains(set.records[view.signing].key_id()));
   EXPECT_TRUE(set.records[0].has_revocation());
   EXPECT_TRUE(set.records[1].has_revocation());
+}
+
+// A published key's record deleted while signetd was down (fourth outside
+// attack): the restart destroyed the key pair as if a crash had left it,
+// so nothing could bring the key back. Its generation had finished, so it
+// is kept, neither loaded nor published, and said once.
+TEST_F(ReconcileTest, AKeyPairWhoseRecordWasDeletedWhileDownIsKept) {
+  std::vector<std::string> details;
+  auto events = [&](const KeyEvent& e) {
+    events_.push_back(e.event);
+    details.push_back(e.detail);
+  };
+  auto first =
+      KeyReconciler(store_.get(), {policy_}, true, events).RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const KeyRecord active = first->at("demo").records[0];
+  const std::string active_id = absl::HexStringToBytes(active.key_id());
+  ASSERT_NO_FATAL_FAILURE(
+      hsm::DestroyBehindTheStoresBack(*pool_, active_id, CKO_DATA));
+  events_.clear();
+  details.clear();
+  // A restart: a new reconciler, with no memory of the last pass.
+  KeyReconciler restarted(store_.get(), {policy_}, true, events);
+  auto after = restarted.RunOnce(kNow + absl::Seconds(10));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_THAT(*store_->ListKeyIds(), Contains(active_id));
+  ASSERT_EQ(std::count(events_.begin(), events_.end(), "key_unrecorded_kept"),
+            1);
+  EXPECT_THAT(events_, Not(Contains("key_pruned")));
+  EXPECT_THAT(details, Contains(HasSubstr(active.key_id())));
+  const ScopeKeySet& set = after->at("demo");
+  EXPECT_FALSE(set.loaded.contains(active.key_id()));
+  for (const KeyRecord& r : set.records) {
+    EXPECT_NE(r.key_id(), active.key_id());
+  }
+  // Said once per start, not once per pass.
+  events_.clear();
+  ASSERT_TRUE(restarted.RunOnce(kNow + absl::Seconds(20)).ok());
+  EXPECT_THAT(events_, Not(Contains("key_unrecorded_kept")));
 }
 
 // A published key's record deleted behind signet's back (an outside attack):

@@ -598,10 +598,33 @@ absl::Status Daemon::OpenAuditLog() {
         "tests only)",
         audit_options.kill_mid_line, audit_options.kill_mid_line);
   }
-  absl::StatusOr<std::unique_ptr<AuditLog>> audit =
-      AuditLog::Open(std::move(audit_options));
-  if (!audit.ok()) return audit.status();
-  audit_ = *std::move(audit);
+  // A log that cannot be opened for now (made immutable, a read-only or
+  // full disk, a permission) is waited for, as the HSM is: the listener is
+  // up and health says NOT_SERVING meanwhile, and signetd serves once a
+  // person fixed it, instead of exiting (which a supervisor takes for a
+  // configuration error and gives up on). What no wait fixes (a broken
+  // chain, a missing directory, a bad path) still stops the start.
+  absl::Duration backoff = absl::Milliseconds(500);
+  for (;;) {
+    absl::StatusOr<std::unique_ptr<AuditLog>> audit =
+        AuditLog::Open(audit_options);
+    if (audit.ok()) {
+      audit_ = *std::move(audit);
+      break;
+    }
+    if (!absl::IsPermissionDenied(audit.status()) &&
+        !absl::IsUnavailable(audit.status())) {
+      return audit.status();
+    }
+    SIGNET_LOG_WARN(
+        "the audit log cannot be opened ({}): nothing is served until it "
+        "can; retrying in {}",
+        audit.status().message(), absl::FormatDuration(backoff));
+    if (StopRequested(backoff)) {
+      return absl::CancelledError("stopped while waiting for the audit log");
+    }
+    backoff = std::min(backoff * 2, absl::Seconds(10));
+  }
   AuditEvent start_event;
   start_event.event = "start";
   start_event.result = "OK";

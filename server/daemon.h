@@ -7,7 +7,9 @@
 //                      balancer sees "not ready", never "no keys"
 //   OpenHsm            the session pool, retried with backoff while the HSM
 //                      is unavailable; CANCELLED when a stop came first
-//   OpenAuditLog       the audit checkpoint key, then the audit log
+//   OpenAuditLog       the audit checkpoint key, then the audit log, retried
+//                      with backoff while it cannot be opened (permission,
+//                      disk); CANCELLED when a stop came first
 //   LoadScopes         the first reconcile pass: every scope has a checked,
 //                      active key
 //   StartServing       workers, publication, the HTTP endpoint, the key

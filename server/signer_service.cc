@@ -470,6 +470,8 @@ void AuditUndelivered(AuditLog& audit, AuditEvent event, std::string detail) {
 // - the token no longer holds it (NOT_FOUND: deleted behind signet's
 //   back). Not retryable (FAILED_PRECONDITION); the key manager is asked
 //   for a pass now, which unloads it and turns the scope NOT_SERVING.
+// - the token holds two private keys with its id (DATA_LOSS). Not
+//   retryable (FAILED_PRECONDITION) either.
 // Named by kid, never by the token's CKA_ID.
 absl::Status KeyChangedUnderCall(const absl::Status& status,
                                  const ServingState& serving,
@@ -482,6 +484,14 @@ absl::Status KeyChangedUnderCall(const absl::Status& status,
         "cannot sign; an operator must revoke it (signetctl keys revoke ",
         scope.config.name(), " ", scope.kid,
         ", so that the standby signs) or restore it"));
+  }
+  if (status.code() == absl::StatusCode::kDataLoss) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scope ", scope.config.name(), ": its key ", scope.kid,
+        " is ambiguous in the HSM token (more than one private key has its "
+        "id: planted outside signet), so it cannot sign; an operator "
+        "must remove the other key or revoke this one (signetctl keys revoke ",
+        scope.config.name(), " ", scope.kid, ")"));
   }
   if (status.code() != absl::StatusCode::kFailedPrecondition) return status;
   return absl::UnavailableError(absl::StrCat(

@@ -639,6 +639,52 @@ TEST_F(HostileGrpcTest,
   EXPECT_THAT(verified->output, HasSubstr("in 2 segment(s)"));
 }
 
+// A restart while the audit log could not be opened (made immutable) was
+// final: signetd exited 1 within 15 s, which scripts/run takes for a
+// configuration error and does not restart (fourth outside attack). It
+// waits instead, NOT_SERVING, and serves once the log can be opened.
+TEST_F(HostileGrpcTest, ARestartWaitsForAnAuditLogItCannotOpen) {
+  auto first = Start("audit-restart");
+  ASSERT_NE(first, nullptr);
+  {
+    auto stub = v1::Signer::NewStub(Channel(tenant_, true));
+    ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+  }
+  auto stopped = first->Stop(SIGTERM, absl::Seconds(60));
+  ASSERT_TRUE(stopped.ok() && *stopped == 0) << first->Output();
+  const std::string log = audit_dir_ + "/audit.log";
+  auto chattr = testing::RunProcess({.argv = {"chattr", "+i", log}});
+  ASSERT_TRUE(chattr.ok() && chattr->succeeded())
+      << (chattr.ok() ? chattr->output : chattr.status().ToString());
+  auto signetd =
+      Start("audit-restart", "", 0, "the audit log cannot be opened");
+  if (signetd == nullptr || signetd->WaitExit(absl::Milliseconds(100)).ok()) {
+    (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
+    FAIL() << "signetd did not wait for its audit log";
+  }
+  auto channel = Channel(tenant_, true);
+  HealthWatch watch(channel, "");
+  EXPECT_TRUE(
+      watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(10)));
+  auto stub = v1::Signer::NewStub(channel);
+  EXPECT_EQ(SignJwt(*stub, kScope).error_code(), grpc::StatusCode::UNAVAILABLE);
+  // Still waiting a few retries later, not exited.
+  EXPECT_FALSE(signetd->WaitExit(absl::Seconds(3)).ok()) << signetd->Output();
+  EXPECT_THAT(signetd->Output(), HasSubstr("Operation not permitted"));
+  (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
+  ASSERT_TRUE(signetd->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << signetd->Output();
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(30)))
+      << signetd->Output();
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  // One chain across both runs.
+  auto verified = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_keyring=" + audit_dir_ + "/audit-keyring.pem", log}});
+  ASSERT_TRUE(verified.ok()) << verified.status();
+  EXPECT_TRUE(verified->succeeded()) << verified->output;
+}
+
 // Item 4 (a): with the HSM stalled under load, stuck calls held every
 // session, the probe's Acquire timed out, and that counted as "busy, up".
 TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheHsmStallsUnderLoad) {
