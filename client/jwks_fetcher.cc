@@ -1,8 +1,6 @@
 #include "client/jwks_fetcher.h"
 
-#include <arpa/inet.h>
 #include <curl/curl.h>
-#include <netinet/in.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/net.h"
 #include "base/quote.h"
 
 namespace signet {
@@ -58,22 +57,6 @@ std::optional<std::string> UrlPart(CURLU* url, CURLUPart part) {
   return std::string(raw);
 }
 
-bool IsLoopbackHost(std::string host) {
-  if (absl::EqualsIgnoreCase(host, "localhost")) return true;
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  in_addr v4;
-  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
-    return (ntohl(v4.s_addr) >> 24) == 127;
-  }
-  in6_addr v6;
-  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
-    return IN6_IS_ADDR_LOOPBACK(&v6);
-  }
-  return false;
-}
-
 // Parses and checks `url`; on success the parsed handle (which the fetch
 // then uses as is, so the URL checked is the URL fetched) and its scheme.
 absl::StatusOr<std::pair<CurlUrl, std::string>> ParseUrl(
@@ -101,7 +84,7 @@ absl::StatusOr<std::pair<CurlUrl, std::string>> ParseUrl(
   }
   if (*scheme == "https") return std::make_pair(std::move(handle), *scheme);
   if (*scheme == "http") {
-    if (IsLoopbackHost(*host)) {
+    if (base::IsLoopbackHost(*host)) {
       return std::make_pair(std::move(handle), *scheme);
     }
     return bad(absl::StrCat(

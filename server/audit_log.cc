@@ -141,6 +141,11 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
     case EPERM:
     case EROFS:
       return absl::PermissionDeniedError(message);
+    case EISDIR:
+    case ELOOP:
+    case ENAMETOOLONG:
+      // The path itself cannot be a log: no wait fixes it.
+      return absl::FailedPreconditionError(message);
     default:
       return absl::UnavailableError(message);
   }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -942,6 +943,24 @@ TEST(AuditLogTest, AFileThatIsOneTornLineStartsOver) {
   ASSERT_THAT(lines, SizeIs(1));
   EXPECT_EQ(Parse(lines[0])["event"], "torn_tail");
   ExpectChainVerifies(path, 1);
+}
+
+// signetd waits for a log it cannot open for now (UNAVAILABLE,
+// PERMISSION_DENIED) and stops at once for a path no wait fixes: those must
+// not come back UNAVAILABLE.
+TEST(AuditLogTest, APathThatCannotBeALogIsFailedPrecondition) {
+  TempDir dir;
+  const std::string is_dir = dir.File("a-directory");
+  ASSERT_EQ(mkdir(is_dir.c_str(), 0700), 0);
+  absl::StatusOr<std::unique_ptr<AuditLog>> log =
+      AuditLog::Open(Options(is_dir));
+  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
+      << log.status();
+  const std::string loop = dir.File("loop");
+  ASSERT_EQ(symlink(loop.c_str(), loop.c_str()), 0);
+  log = AuditLog::Open(Options(loop + "/audit.log"));
+  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
+      << log.status();
 }
 
 TEST(AuditLogTest, OpenRefusesAnInvalidLastLine) {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/net.h"
 
 namespace signet::server {
 namespace {
@@ -96,7 +97,7 @@ absl::Status ValidateIssuer(absl::string_view issuer) {
     return absl::InvalidArgumentError("has a malformed host:port");
   }
   if (host.empty()) return absl::InvalidArgumentError("has no host");
-  if (!https && !IsLoopbackHost(host)) {
+  if (!https && !base::IsLoopbackHost(host)) {
     return absl::InvalidArgumentError(
         "must use https:// (plain http:// only for loopback hosts)");
   }
@@ -108,13 +109,6 @@ absl::Status FieldError(absl::string_view field, absl::string_view what) {
 }
 
 }  // namespace
-
-bool IsLoopbackHost(absl::string_view host) {
-  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
-    host = host.substr(1, host.size() - 2);
-  }
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
-}
 
 std::string JoseAlgorithmName(Algorithm algorithm) {
   switch (algorithm) {
@@ -234,7 +228,7 @@ absl::Status ValidateConfig(SignetConfig& config,
                                    "\" is not host:port"));
   }
   if (options.insecure_plaintext) {
-    if (!IsLoopbackHost(host)) {
+    if (!base::IsLoopbackHost(host)) {
       return FieldError("grpc_listen_address",
                         "must be a loopback address with --insecure_plaintext");
     }
@@ -487,7 +481,7 @@ absl::Status ValidateConfig(SignetConfig& config,
                         "tls_cert_file and tls_key_file go together (both "
                         "for HTTPS, neither for plain HTTP on loopback)");
     }
-    if (http.tls_cert_file().empty() && !IsLoopbackHost(http_host)) {
+    if (http.tls_cert_file().empty() && !base::IsLoopbackHost(http_host)) {
       return FieldError("http.listen_address",
                         absl::StrCat("\"", http.listen_address(),
                                      "\" is not a loopback address: set "

@@ -52,9 +52,6 @@ hsm::KeySpec KeySpecFor(const signet::v1::ScopeConfig& scope);
 // "ES256" etc.
 std::string JoseAlgorithmName(signet::v1::Algorithm algorithm);
 
-// True for "127.0.0.1", "localhost", "::1" / "[::1]" and other 127/8 hosts.
-bool IsLoopbackHost(absl::string_view host);
-
 }  // namespace signet::server
 
 #endif  // SIGNET_SERVER_CONFIG_H_

@@ -249,6 +249,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"\"demo-enterprise\"", "\"Demo/Enterprise\"", ".name"},
         BadCase{"https://consumer.signet.example", "http://consumer.example",
                 "https://"},
+        // Starts like 127/8 but is a name anyone can point anywhere.
+        BadCase{"https://consumer.signet.example", "http://127.evil.example",
+                "https://"},
         BadCase{"https://consumer.signet.example", "ftp://consumer.example",
                 "issuer"},
         BadCase{"https://consumer.signet.example",
@@ -460,14 +463,6 @@ TEST(ConfigTest, HttpConnectionLimitsAndDeadlineOutOfRangeNameTheField) {
                           max_connections: 10 max_connections_per_client: 11)");
   EXPECT_THAT(over.status().message(),
               HasSubstr("at most http.max_connections (10)"));
-}
-
-TEST(ConfigTest, LoopbackHosts) {
-  EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
-  EXPECT_TRUE(IsLoopbackHost("[::1]"));
-  EXPECT_TRUE(IsLoopbackHost("localhost"));
-  EXPECT_FALSE(IsLoopbackHost("10.0.0.1"));
-  EXPECT_FALSE(IsLoopbackHost("localhost.evil.example"));
 }
 
 // The configuration the signetd container image ships (docker/), writer
