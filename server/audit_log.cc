@@ -1033,6 +1033,14 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
         absl::StrCat("audit log ", options_.path,
                      ": fdatasync failed: ", std::strerror(errno)));
   }
+  // Durable, but where? A file deleted or moved away outside signet still
+  // takes writes: those lines are not in the log. They are not counted
+  // (their callers are answered UNAVAILABLE), and the recovery writes the
+  // segment again at its closed path.
+  if (absl::Status at_path = CheckStillAtPath(); !at_path.ok()) {
+    file_size_ -= buffer.size();
+    return at_path;
+  }
   next_seq_ = seq;
   last_hash_hex_ = std::move(hash_hex);
   for (std::string& line : checkpoints) {
@@ -1045,11 +1053,79 @@ std::string ClosedSegmentPath(absl::string_view path, uint64_t first_seq) {
   return absl::StrCat(path, ".", absl::StrFormat("%020u", first_seq));
 }
 
+absl::Status AuditLog::CheckStillAtPath() const {
+  if (!regular_file_) return absl::OkStatus();
+  struct stat open_st;
+  struct stat path_st;
+  if (fstat(fd_, &open_st) != 0) {
+    return ErrnoStatus(errno,
+                       absl::StrCat("audit log ", options_.path, ": fstat"));
+  }
+  const bool gone = open_st.st_nlink == 0;
+  const bool elsewhere = !gone && (stat(options_.path.c_str(), &path_st) != 0 ||
+                                   path_st.st_dev != open_st.st_dev ||
+                                   path_st.st_ino != open_st.st_ino);
+  if (!gone && !elsewhere) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      "audit log ", options_.path, ": the open segment was ",
+      gone ? "deleted" : "moved away or replaced",
+      " outside signet; its lines are written again at the segment's closed "
+      "path"));
+}
+
+absl::Status AuditLog::CopyOpenSegmentTo(const std::string& closed) const {
+  int out = open(closed.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (out < 0) {
+    return ErrnoStatus(errno, absl::StrCat("audit log: cannot write ", closed));
+  }
+  ScopedFd owned(out);
+  std::string chunk(64 * 1024, '\0');
+  uint64_t done = 0;
+  while (done < file_size_) {
+    const size_t want = static_cast<size_t>(
+        std::min<uint64_t>(chunk.size(), file_size_ - done));
+    ssize_t n = pread(fd_, chunk.data(), want, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      unlink(closed.c_str());
+      return ErrnoStatus(err, absl::StrCat("audit log: reading the open "
+                                           "segment back for ",
+                                           closed));
+    }
+    size_t written = 0;
+    while (written < static_cast<size_t>(n)) {
+      ssize_t w = write(out, chunk.data() + written, n - written);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const int err = w < 0 ? errno : ENOSPC;
+        unlink(closed.c_str());
+        return ErrnoStatus(err,
+                           absl::StrCat("audit log: cannot write ", closed));
+      }
+      written += static_cast<size_t>(w);
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  if (fsync(out) != 0) {
+    const int err = errno;
+    unlink(closed.c_str());
+    return ErrnoStatus(err, absl::StrCat("audit log: cannot sync ", closed));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
   const std::string& path = options_.path;
   if (!current_closed_) {
     const std::string closed = ClosedSegmentPath(path, segment_first_seq_);
-    if (rename(path.c_str(), closed.c_str()) != 0) {
+    if (!CheckStillAtPath().ok()) {
+      // Deleted or moved away outside signet: the open file still holds
+      // every durable line, so the closed segment is written from it, and
+      // whatever is at the path now (if anything) is not touched.
+      absl::Status copied = CopyOpenSegmentTo(closed);
+      if (!copied.ok()) return copied;
+    } else if (rename(path.c_str(), closed.c_str()) != 0) {
       const int err = errno;
       return ErrnoStatus(
           err, absl::StrCat("audit log ", path,

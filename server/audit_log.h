@@ -334,6 +334,13 @@ class AuditLog {
   // one at options_.path, starting with a "segment" line saying `why`.
   // Writer thread (or Open, before it starts), mu_ not held.
   absl::Status OpenNextSegment(absl::string_view why);
+  // OK while the open segment is the file at options_.path; UNAVAILABLE
+  // once it was deleted, moved or replaced there outside signet (its lines
+  // would be where audit-verify never looks).
+  absl::Status CheckStillAtPath() const;
+  // Writes the open segment's first file_size_ bytes, read back through
+  // fd_, to `closed`: how a segment that is no longer at its path closes.
+  absl::Status CopyOpenSegmentTo(const std::string& closed) const;
   bool RolloverDueLocked(absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   // The members of each event's line; INVALID_ARGUMENT for a bad event.

@@ -704,6 +704,52 @@ TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
   EXPECT_EQ(r->superseded_lines, 0u);
 }
 
+// The current segment deleted (or moved away) while signetd runs: the
+// open file still took lines, health said writable, and the signatures of
+// those lines were delivered with no audit line anywhere on disk (fifth
+// outside attack). Now the first write after it fails closed, and the
+// recovery writes the segment again, from the open file, at its closed
+// path, so the whole log still verifies.
+TEST(AuditLogTest, ASegmentDeletedOrMovedAwayFailsClosedAndIsWrittenAgain) {
+  for (const bool moved : {false, true}) {
+    SCOPED_TRACE(moved ? "moved away" : "deleted");
+    TempDir dir;
+    const std::string path = dir.File("audit.log");
+    AuditLogOptions o = Options(path);
+    o.recovery_backoff = absl::Milliseconds(50);
+    auto log = MustOpen(std::move(o));
+    ASSERT_NE(log, nullptr);
+    ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+    ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+    const std::string durable = ReadFile(path);
+    if (moved) {
+      ASSERT_EQ(rename(path.c_str(), dir.File("elsewhere").c_str()), 0);
+    } else {
+      ASSERT_EQ(unlink(path.c_str()), 0);
+    }
+    absl::Status refused = log->Append(SignEvent(3));
+    EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string(refused.message()),
+                HasSubstr(moved ? "moved away" : "deleted"));
+    const absl::Time give_up = absl::Now() + absl::Seconds(40);
+    while (!log->WriteStatus().ok() && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    ASSERT_TRUE(log->WriteStatus().ok()) << log->WriteStatus();
+    ASSERT_TRUE(log->Append(SignEvent(4)).ok());
+    log.reset();
+    // The two durable lines, at the closed path; not the refused third.
+    EXPECT_EQ(ReadFile(ClosedSegmentPath(path, 1)), durable);
+    std::vector<std::string> lines = ReadLines(path);
+    ASSERT_FALSE(lines.empty());
+    EXPECT_THAT(Parse(lines[0])["detail"].get<std::string>(),
+                HasSubstr(moved ? "moved away" : "deleted"));
+    absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->segments, 2u);
+  }
+}
+
 // Segments roll over at the size limit and when asked (SIGHUP); a closed
 // segment is never written again, and the segments make one chain.
 TEST(AuditLogTest, RollsOverAtTheSizeLimitAndWhenAskedKeepingOneChain) {
