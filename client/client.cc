@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
+#include "base/status_macros.h"
 #include "crypto/public_keys.h"
 
 namespace signet::client {
@@ -177,25 +178,27 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
         "ClientOptions: initial_backoff must be positive and at most "
         "max_backoff");
   }
-  absl::StatusOr<std::string> ca =
-      ReadPem("CA certificate file", options.ca_file, "CERTIFICATE");
-  if (!ca.ok()) return ca.status();
-  absl::StatusOr<std::string> cert =
-      ReadPem("client certificate file", options.cert_file, "CERTIFICATE");
-  if (!cert.ok()) return cert.status();
+  SIGNET_ASSIGN_OR_RETURN(
+      std::string ca,
+      ReadPem("CA certificate file", options.ca_file, "CERTIFICATE"));
+  SIGNET_ASSIGN_OR_RETURN(
+      std::string cert,
+      ReadPem("client certificate file", options.cert_file, "CERTIFICATE"));
+  // The key stays in its StatusOr (no SIGNET_ASSIGN_OR_RETURN): that string
+  // is the one copy of it this function makes, and it is zeroed below.
   absl::StatusOr<std::string> key =
       ReadPem("client key file", options.key_file, "PRIVATE KEY");
   if (!key.ok()) return key.status();
 
-  absl::Status files = CheckTlsFiles(options, *ca, *cert, *key);
+  absl::Status files = CheckTlsFiles(options, ca, cert, *key);
   if (!files.ok()) {
     explicit_bzero(key->data(), key->size());
     return files;
   }
 
   grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = *std::move(ca);
-  ssl.pem_cert_chain = *std::move(cert);
+  ssl.pem_root_certs = std::move(ca);
+  ssl.pem_cert_chain = std::move(cert);
   ssl.pem_private_key = *key;
   explicit_bzero(key->data(), key->size());
   std::shared_ptr<grpc::ChannelCredentials> credentials =

@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "base/net.h"
 #include "base/quote.h"
+#include "base/status_macros.h"
 
 namespace signet {
 namespace {
@@ -146,8 +147,7 @@ size_t OnHeader(char* data, size_t size, size_t count, void* user) {
 }  // namespace
 
 absl::Status CheckJwksUrl(absl::string_view url) {
-  absl::Status init = GlobalInit();
-  if (!init.ok()) return init;
+  SIGNET_RETURN_IF_ERROR(GlobalInit());
   return ParseUrl(url).status();
 }
 
@@ -201,14 +201,12 @@ absl::StatusOr<std::unique_ptr<CurlJwksSource>> CurlJwksSource::Create(
     if (err == EACCES) return absl::PermissionDeniedError(message);
     return absl::InvalidArgumentError(message);
   }
-  absl::Status init = GlobalInit();
-  if (!init.ok()) return init;
+  SIGNET_RETURN_IF_ERROR(GlobalInit());
   return std::unique_ptr<CurlJwksSource>(new CurlJwksSource(options));
 }
 
 absl::StatusOr<JwksDocument> CurlJwksSource::Fetch(const std::string& url) {
-  absl::StatusOr<std::pair<CurlUrl, std::string>> parsed = ParseUrl(url);
-  if (!parsed.ok()) return parsed.status();
+  SIGNET_ASSIGN_OR_RETURN(auto parsed, ParseUrl(url));
   std::unique_ptr<CURL, CurlEasyFree> curl(curl_easy_init());
   if (curl == nullptr) return absl::InternalError("curl_easy_init failed");
   CURL* h = curl.get();
@@ -218,8 +216,8 @@ absl::StatusOr<JwksDocument> CurlJwksSource::Fetch(const std::string& url) {
   const long timeout_ms = static_cast<long>(
       std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.timeout)));
   bool set =
-      curl_easy_setopt(h, CURLOPT_CURLU, parsed->first.get()) == CURLE_OK &&
-      curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, parsed->second.c_str()) ==
+      curl_easy_setopt(h, CURLOPT_CURLU, parsed.first.get()) == CURLE_OK &&
+      curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, parsed.second.c_str()) ==
           CURLE_OK &&
       curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
       curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&

@@ -25,6 +25,7 @@
 #include "absl/time/time.h"
 #include "base/base64url.h"
 #include "base/quote.h"
+#include "base/status_macros.h"
 #include "client/jwks_fetcher.h"
 #include "client/verifier_json.h"
 #include "client/verifier_jwk.h"
@@ -206,11 +207,10 @@ VerifyError GetVerifyError(const absl::Status& status) {
 
 absl::StatusOr<std::unique_ptr<Verifier>> Verifier::Create(
     VerifierOptions options) {
-  absl::StatusOr<std::unique_ptr<CurlJwksSource>> source =
-      CurlJwksSource::Create(options.fetch);
-  if (!source.ok()) return source.status();
+  SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<CurlJwksSource> source,
+                          CurlJwksSource::Create(options.fetch));
   return CreateWithSource(std::move(options),
-                          std::shared_ptr<JwksSource>(*std::move(source)));
+                          std::shared_ptr<JwksSource>(std::move(source)));
 }
 
 absl::StatusOr<std::unique_ptr<Verifier>> Verifier::CreateWithSource(
@@ -392,10 +392,9 @@ absl::StatusOr<VerifiedToken> Verifier::Verify(absl::string_view compact_jws) {
                   absl::StrCat("issuer ", Quote(iss),
                                " is not one this verifier trusts"));
   }
-  absl::StatusOr<std::shared_ptr<const KeySet>> keys =
-      GetKeySet(*state->second, kid);
-  if (!keys.ok()) return keys.status();
-  const JwkSet& jwks = (*keys)->jwks;
+  SIGNET_ASSIGN_OR_RETURN(std::shared_ptr<const KeySet> keys,
+                          GetKeySet(*state->second, kid));
+  const JwkSet& jwks = keys->jwks;
   if (auto it = jwks.unusable.find(kid); it != jwks.unusable.end()) {
     return Refuse(VerifyError::kUnusableKey,
                   absl::StrCat("key ", Quote(kid), " of issuer ", Quote(iss),
@@ -406,7 +405,7 @@ absl::StatusOr<VerifiedToken> Verifier::Verify(absl::string_view compact_jws) {
     return Refuse(
         VerifyError::kUnknownKid,
         absl::StrCat("kid ", Quote(kid), " is not in the key set of issuer ",
-                     Quote(iss), " (fetched at ", TimeText((*keys)->fetched_at),
+                     Quote(iss), " (fetched at ", TimeText(keys->fetched_at),
                      ")"));
   }
   const JwkKey& key = *key_it->second;
@@ -427,31 +426,31 @@ absl::StatusOr<VerifiedToken> Verifier::Verify(absl::string_view compact_jws) {
 
   // Time.
   const absl::Time now = Now();
-  absl::StatusOr<std::optional<absl::Time>> exp = TimeClaim(*claims, "exp");
-  if (!exp.ok()) return exp.status();
-  absl::StatusOr<std::optional<absl::Time>> nbf = TimeClaim(*claims, "nbf");
-  if (!nbf.ok()) return nbf.status();
-  absl::StatusOr<std::optional<absl::Time>> iat = TimeClaim(*claims, "iat");
-  if (!iat.ok()) return iat.status();
-  if (!exp->has_value()) {
+  SIGNET_ASSIGN_OR_RETURN(std::optional<absl::Time> exp,
+                          TimeClaim(*claims, "exp"));
+  SIGNET_ASSIGN_OR_RETURN(std::optional<absl::Time> nbf,
+                          TimeClaim(*claims, "nbf"));
+  SIGNET_ASSIGN_OR_RETURN(std::optional<absl::Time> iat,
+                          TimeClaim(*claims, "iat"));
+  if (!exp.has_value()) {
     return Refuse(VerifyError::kBadTimeClaim,
                   "the claims have no \"exp\": a token must expire");
   }
-  if (now >= **exp + options_.leeway) {
+  if (now >= *exp + options_.leeway) {
     return Refuse(VerifyError::kExpired,
-                  absl::StrCat("the token expired at ", TimeText(**exp),
+                  absl::StrCat("the token expired at ", TimeText(*exp),
                                " (now ", TimeText(now), ", leeway ",
                                absl::FormatDuration(options_.leeway), ")"));
   }
-  if (nbf->has_value() && **nbf > now + options_.leeway) {
+  if (nbf.has_value() && *nbf > now + options_.leeway) {
     return Refuse(VerifyError::kNotYetValid,
-                  absl::StrCat("the token is not valid before ",
-                               TimeText(**nbf), " (now ", TimeText(now), ")"));
+                  absl::StrCat("the token is not valid before ", TimeText(*nbf),
+                               " (now ", TimeText(now), ")"));
   }
-  if (iat->has_value() && **iat > now + options_.leeway) {
+  if (iat.has_value() && *iat > now + options_.leeway) {
     return Refuse(
         VerifyError::kIssuedInFuture,
-        absl::StrCat("the token says it was issued at ", TimeText(**iat),
+        absl::StrCat("the token says it was issued at ", TimeText(*iat),
                      ", in the future (now ", TimeText(now), ")"));
   }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "base/base64url.h"
+#include "base/status_macros.h"
 #include "client/verifier_json.h"
 #include "crypto/public_keys.h"
 #include "nlohmann/json.hpp"
@@ -42,9 +43,8 @@ absl::StatusOr<std::string> StringMember(const Json& jwk,
 // A required base64url member, decoded.
 absl::StatusOr<std::string> BytesMember(const Json& jwk,
                                         absl::string_view name) {
-  absl::StatusOr<std::string> text = StringMember(jwk, name);
-  if (!text.ok()) return text.status();
-  std::optional<std::string> bytes = base::StrictBase64UrlDecode(*text);
+  SIGNET_ASSIGN_OR_RETURN(std::string text, StringMember(jwk, name));
+  std::optional<std::string> bytes = base::StrictBase64UrlDecode(text);
   if (!bytes.has_value()) {
     return Bad(
         absl::StrCat("JWK \"", name, "\" is not base64url without padding"));
@@ -56,24 +56,21 @@ absl::StatusOr<Pkey> EcKey(const Json& jwk, JwsAlgorithm alg) {
   const bool p256 = alg == JwsAlgorithm::kEs256;
   const char* crv_name = p256 ? "P-256" : "P-384";
   const size_t field = p256 ? 32 : 48;
-  absl::StatusOr<std::string> crv = StringMember(jwk, "crv");
-  if (!crv.ok()) return crv.status();
-  if (*crv != crv_name) {
-    return Bad(absl::StrCat("JWK crv \"", *crv, "\" does not match alg ",
+  SIGNET_ASSIGN_OR_RETURN(std::string crv, StringMember(jwk, "crv"));
+  if (crv != crv_name) {
+    return Bad(absl::StrCat("JWK crv \"", crv, "\" does not match alg ",
                             JwsAlgorithmName(alg), " (", crv_name,
                             " expected)"));
   }
-  absl::StatusOr<std::string> x = BytesMember(jwk, "x");
-  if (!x.ok()) return x.status();
-  absl::StatusOr<std::string> y = BytesMember(jwk, "y");
-  if (!y.ok()) return y.status();
-  if (x->size() != field || y->size() != field) {
+  SIGNET_ASSIGN_OR_RETURN(std::string x, BytesMember(jwk, "x"));
+  SIGNET_ASSIGN_OR_RETURN(std::string y, BytesMember(jwk, "y"));
+  if (x.size() != field || y.size() != field) {
     return Bad(absl::StrCat("JWK x and y must be ", field, " bytes each for ",
-                            crv_name, ", not ", x->size(), " and ", y->size()));
+                            crv_name, ", not ", x.size(), " and ", y.size()));
   }
   absl::StatusOr<Pkey> key = crypto::EcPublicKeyFromPoint(
       p256 ? crypto::EcCurve::kP256 : crypto::EcCurve::kP384,
-      absl::StrCat("\x04", *x, *y));
+      absl::StrCat("\x04", x, y));
   if (absl::IsInvalidArgument(key.status())) {
     return Bad(absl::StrCat("JWK is not a valid EC public key: ",
                             key.status().message()));
@@ -82,11 +79,9 @@ absl::StatusOr<Pkey> EcKey(const Json& jwk, JwsAlgorithm alg) {
 }
 
 absl::StatusOr<Pkey> RsaKey(const Json& jwk) {
-  absl::StatusOr<std::string> n = BytesMember(jwk, "n");
-  if (!n.ok()) return n.status();
-  absl::StatusOr<std::string> e = BytesMember(jwk, "e");
-  if (!e.ok()) return e.status();
-  absl::StatusOr<Pkey> key = crypto::RsaPublicKeyFromComponents(*n, *e);
+  SIGNET_ASSIGN_OR_RETURN(std::string n, BytesMember(jwk, "n"));
+  SIGNET_ASSIGN_OR_RETURN(std::string e, BytesMember(jwk, "e"));
+  absl::StatusOr<Pkey> key = crypto::RsaPublicKeyFromComponents(n, e);
   if (absl::IsInvalidArgument(key.status())) {
     return Bad(absl::StrCat("JWK is not a valid RSA public key: ",
                             key.status().message()));
@@ -120,9 +115,8 @@ absl::string_view JwsAlgorithmName(JwsAlgorithm alg) {
 
 absl::StatusOr<std::shared_ptr<const JwkKey>> JwkKey::FromJwk(const Json& jwk) {
   if (!jwk.is_object()) return Bad("JWK is not a JSON object");
-  absl::StatusOr<std::string> kid = StringMember(jwk, "kid");
-  if (!kid.ok()) return kid.status();
-  if (kid->empty()) return Bad("JWK kid is empty");
+  SIGNET_ASSIGN_OR_RETURN(std::string kid, StringMember(jwk, "kid"));
+  if (kid.empty()) return Bad("JWK kid is empty");
   for (const char* secret : {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}) {
     if (jwk.contains(secret)) {
       return Bad(absl::StrCat("JWK carries private or secret key material (\"",
@@ -150,17 +144,15 @@ absl::StatusOr<std::shared_ptr<const JwkKey>> JwkKey::FromJwk(const Json& jwk) {
   if (!alg.has_value()) {
     return Bad(absl::StrCat("JWK alg \"", *alg_name, "\" is not supported"));
   }
-  absl::StatusOr<std::string> kty = StringMember(jwk, "kty");
-  if (!kty.ok()) return kty.status();
+  SIGNET_ASSIGN_OR_RETURN(std::string kty, StringMember(jwk, "kty"));
   const bool ec = *alg == JwsAlgorithm::kEs256 || *alg == JwsAlgorithm::kEs384;
-  if (*kty != (ec ? "EC" : "RSA")) {
+  if (kty != (ec ? "EC" : "RSA")) {
     return Bad(
-        absl::StrCat("JWK kty \"", *kty, "\" does not match alg ", *alg_name));
+        absl::StrCat("JWK kty \"", kty, "\" does not match alg ", *alg_name));
   }
-  absl::StatusOr<Pkey> key = ec ? EcKey(jwk, *alg) : RsaKey(jwk);
-  if (!key.ok()) return key.status();
+  SIGNET_ASSIGN_OR_RETURN(Pkey key, ec ? EcKey(jwk, *alg) : RsaKey(jwk));
   return std::shared_ptr<const JwkKey>(
-      new JwkKey(*std::move(kid), *alg, *std::move(key)));
+      new JwkKey(std::move(kid), *alg, std::move(key)));
 }
 
 absl::Status JwkKey::Verify(absl::string_view signing_input,
@@ -175,9 +167,7 @@ absl::Status JwkKey::Verify(absl::string_view signing_input,
           " bytes; the JWS form r||s has ", expected,
           " (a DER ECDSA-Sig-Value is not a JWS signature)"));
     }
-    absl::StatusOr<std::string> converted = crypto::EcdsaRawToDer(signature);
-    if (!converted.ok()) return converted.status();
-    der = *std::move(converted);
+    SIGNET_ASSIGN_OR_RETURN(der, crypto::EcdsaRawToDer(signature));
     to_check = der;
   } else {
     const int size = EVP_PKEY_get_size(key_.get());

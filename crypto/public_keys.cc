@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace signet::crypto {
 namespace {
@@ -129,23 +130,18 @@ absl::StatusOr<PublicComponents> ComponentsOf(const EVP_PKEY* key) {
   if (key == nullptr) return absl::InvalidArgumentError("no public key");
   PublicComponents out;
   if (EVP_PKEY_is_a(key, "EC")) {
-    absl::StatusOr<EcCurve> curve = EcCurveOf(key);
-    if (!curve.ok()) return curve.status();
-    absl::StatusOr<BnPtr> x = GetBn(key, OSSL_PKEY_PARAM_EC_PUB_X);
-    if (!x.ok()) return x.status();
-    absl::StatusOr<BnPtr> y = GetBn(key, OSSL_PKEY_PARAM_EC_PUB_Y);
-    if (!y.ok()) return y.status();
-    const int width = InfoOf(*curve).field_bytes;
-    out.curve = *curve;
-    out.x = BnBytes(x->get(), width);
-    out.y = BnBytes(y->get(), width);
+    SIGNET_ASSIGN_OR_RETURN(EcCurve curve, EcCurveOf(key));
+    SIGNET_ASSIGN_OR_RETURN(BnPtr x, GetBn(key, OSSL_PKEY_PARAM_EC_PUB_X));
+    SIGNET_ASSIGN_OR_RETURN(BnPtr y, GetBn(key, OSSL_PKEY_PARAM_EC_PUB_Y));
+    const int width = InfoOf(curve).field_bytes;
+    out.curve = curve;
+    out.x = BnBytes(x.get(), width);
+    out.y = BnBytes(y.get(), width);
   } else if (EVP_PKEY_is_a(key, "RSA")) {
-    absl::StatusOr<BnPtr> n = GetBn(key, OSSL_PKEY_PARAM_RSA_N);
-    if (!n.ok()) return n.status();
-    absl::StatusOr<BnPtr> e = GetBn(key, OSSL_PKEY_PARAM_RSA_E);
-    if (!e.ok()) return e.status();
-    out.n = BnBytes(n->get(), 0);
-    out.e = BnBytes(e->get(), 0);
+    SIGNET_ASSIGN_OR_RETURN(BnPtr n, GetBn(key, OSSL_PKEY_PARAM_RSA_N));
+    SIGNET_ASSIGN_OR_RETURN(BnPtr e, GetBn(key, OSSL_PKEY_PARAM_RSA_E));
+    out.n = BnBytes(n.get(), 0);
+    out.e = BnBytes(e.get(), 0);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "unsupported public key type ", EVP_PKEY_get0_type_name(key)));
@@ -188,25 +184,23 @@ absl::StatusOr<EvpPkeyPtr> EcPublicKeyFromPoint(EcCurve curve,
 
 absl::StatusOr<EvpPkeyPtr> RsaPublicKeyFromComponents(
     absl::string_view modulus, absl::string_view public_exponent) {
-  absl::StatusOr<BnPtr> n = ToBignum(modulus);
-  if (!n.ok()) return n.status();
-  absl::StatusOr<BnPtr> e = ToBignum(public_exponent);
-  if (!e.ok()) return e.status();
-  const int bits = BN_num_bits(n->get());
+  SIGNET_ASSIGN_OR_RETURN(BnPtr n, ToBignum(modulus));
+  SIGNET_ASSIGN_OR_RETURN(BnPtr e, ToBignum(public_exponent));
+  const int bits = BN_num_bits(n.get());
   if (bits < kMinRsaBits || bits > kMaxRsaBits) {
     return absl::InvalidArgumentError(
         absl::StrCat("RSA modulus has ", bits, " bits; ", kMinRsaBits, " to ",
                      kMaxRsaBits, " are accepted"));
   }
-  const int e_bits = BN_num_bits(e->get());
-  if (!BN_is_odd(e->get()) || e_bits <= 16 || e_bits > 256) {
+  const int e_bits = BN_num_bits(e.get());
+  if (!BN_is_odd(e.get()) || e_bits <= 16 || e_bits > 256) {
     return absl::InvalidArgumentError(
         "RSA public exponent must be odd and in [65537, 2^256)");
   }
   ParamBldPtr bld(OSSL_PARAM_BLD_new());
   if (bld == nullptr ||
-      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n->get()) != 1 ||
-      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e->get()) != 1) {
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get()) != 1 ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get()) != 1) {
     return OpenSslError(absl::StatusCode::kInternal,
                         "building RSA key parameters failed");
   }
@@ -221,17 +215,15 @@ absl::StatusOr<std::string> EcdsaRawToDer(absl::string_view raw) {
                      raw.size(), " bytes"));
   }
   const size_t half = raw.size() / 2;
-  absl::StatusOr<BnPtr> r = ToBignum(raw.substr(0, half));
-  if (!r.ok()) return r.status();
-  absl::StatusOr<BnPtr> s = ToBignum(raw.substr(half));
-  if (!s.ok()) return s.status();
+  SIGNET_ASSIGN_OR_RETURN(BnPtr r, ToBignum(raw.substr(0, half)));
+  SIGNET_ASSIGN_OR_RETURN(BnPtr s, ToBignum(raw.substr(half)));
   EcdsaSigPtr sig(ECDSA_SIG_new());
-  if (sig == nullptr || ECDSA_SIG_set0(sig.get(), r->get(), s->get()) != 1) {
+  if (sig == nullptr || ECDSA_SIG_set0(sig.get(), r.get(), s.get()) != 1) {
     return OpenSslError(absl::StatusCode::kInternal, "ECDSA_SIG_set0 failed");
   }
   // ECDSA_SIG_set0 took ownership.
-  r->release();
-  s->release();
+  r.release();
+  s.release();
   const int len = i2d_ECDSA_SIG(sig.get(), nullptr);
   if (len <= 0) {
     return OpenSslError(absl::StatusCode::kInternal, "i2d_ECDSA_SIG failed");

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "base/status_macros.h"
+
 namespace signet::hsm {
 
 void FaultInjector::Fail(absl::string_view call, CK_RV rv, int times) {
@@ -240,10 +242,10 @@ FaultInjectingConnector::Connect() {
   if (injector_->TakeFailure("Connect", &rv)) {
     return absl::UnavailableError("injected: connect failed");
   }
-  absl::StatusOr<std::unique_ptr<ModuleConnection>> inner = inner_->Connect();
-  if (!inner.ok()) return inner.status();
+  SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<ModuleConnection> inner,
+                          inner_->Connect());
   return std::unique_ptr<ModuleConnection>(
-      new FaultInjectingConnection(std::move(*inner), injector_));
+      new FaultInjectingConnection(std::move(inner), injector_));
 }
 
 }  // namespace signet::hsm

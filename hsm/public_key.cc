@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "crypto/public_keys.h"
 #include "hsm/digest.h"
 
@@ -46,10 +47,9 @@ const unsigned char* Bytes(absl::string_view s) {
 // The curve of an EC key, or INVALID_ARGUMENT if it is not one we accept
 // (including keys with explicit curve parameters, which have no name).
 absl::StatusOr<const Curve*> CurveOf(const EVP_PKEY* pkey) {
-  absl::StatusOr<crypto::EcCurve> curve = crypto::EcCurveOf(pkey);
-  if (!curve.ok()) return curve.status();
+  SIGNET_ASSIGN_OR_RETURN(crypto::EcCurve curve, crypto::EcCurveOf(pkey));
   for (const Curve& c : kCurves) {
-    if (c.curve == *curve) return &c;
+    if (c.curve == curve) return &c;
   }
   return absl::InternalError("EC curve without a signature algorithm");
 }
@@ -69,8 +69,7 @@ absl::StatusOr<PublicKey> PublicKey::Adopt(EvpPkeyPtr pkey) {
   // exponent rules and run OpenSSL's public key check: what is left is the
   // curve an EC key is on.
   if (EVP_PKEY_is_a(pkey.get(), "EC")) {
-    absl::StatusOr<const Curve*> curve = CurveOf(pkey.get());
-    if (!curve.ok()) return curve.status();
+    SIGNET_RETURN_IF_ERROR(CurveOf(pkey.get()).status());
   } else if (!EVP_PKEY_is_a(pkey.get(), "RSA")) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unsupported public key type ", EVP_PKEY_get0_type_name(pkey.get())));
@@ -99,18 +98,17 @@ absl::StatusOr<PublicKey> PublicKey::FromEcPoint(
       static_cast<unsigned char>(ec_point[1]) == point_len) {
     point = ec_point.substr(2);
   }
-  absl::StatusOr<crypto::EvpPkeyPtr> pkey =
-      crypto::EcPublicKeyFromPoint(curve->curve, point);
-  if (!pkey.ok()) return pkey.status();
-  return Adopt(EvpPkeyPtr(pkey->release()));
+  SIGNET_ASSIGN_OR_RETURN(crypto::EvpPkeyPtr pkey,
+                          crypto::EcPublicKeyFromPoint(curve->curve, point));
+  return Adopt(EvpPkeyPtr(pkey.release()));
 }
 
 absl::StatusOr<PublicKey> PublicKey::FromRsa(
     absl::string_view modulus, absl::string_view public_exponent) {
-  absl::StatusOr<crypto::EvpPkeyPtr> pkey =
-      crypto::RsaPublicKeyFromComponents(modulus, public_exponent);
-  if (!pkey.ok()) return pkey.status();
-  return Adopt(EvpPkeyPtr(pkey->release()));
+  SIGNET_ASSIGN_OR_RETURN(
+      crypto::EvpPkeyPtr pkey,
+      crypto::RsaPublicKeyFromComponents(modulus, public_exponent));
+  return Adopt(EvpPkeyPtr(pkey.release()));
 }
 
 absl::StatusOr<PublicKey> PublicKey::FromSpkiPem(absl::string_view pem) {
@@ -157,17 +155,16 @@ absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
   // Rebuild the key from its components, so that every PublicKey comes out of
   // the same import path (and an EC point given compressed is re-encoded
   // uncompressed).
-  absl::StatusOr<crypto::PublicComponents> components =
-      crypto::ComponentsOf(parsed.get());
-  if (!components.ok()) return components.status();
-  absl::StatusOr<crypto::EvpPkeyPtr> rebuilt =
-      components->curve.has_value()
+  SIGNET_ASSIGN_OR_RETURN(crypto::PublicComponents components,
+                          crypto::ComponentsOf(parsed.get()));
+  SIGNET_ASSIGN_OR_RETURN(
+      crypto::EvpPkeyPtr rebuilt,
+      components.curve.has_value()
           ? crypto::EcPublicKeyFromPoint(
-                *components->curve,
-                absl::StrCat("\x04", components->x, components->y))
-          : crypto::RsaPublicKeyFromComponents(components->n, components->e);
-  if (!rebuilt.ok()) return rebuilt.status();
-  return Adopt(EvpPkeyPtr(rebuilt->release()));
+                *components.curve,
+                absl::StrCat("\x04", components.x, components.y))
+          : crypto::RsaPublicKeyFromComponents(components.n, components.e));
+  return Adopt(EvpPkeyPtr(rebuilt.release()));
 }
 
 bool PublicKey::is_ec() const {
@@ -222,22 +219,19 @@ absl::Status PublicKey::VerifyDigest(SignatureAlgorithm algorithm,
       return absl::InvalidArgumentError(
           absl::StrCat(AlgorithmName(algorithm), ": key is not an EC key"));
     }
-    absl::StatusOr<const Curve*> curve = CurveOf(pkey_.get());
-    if (!curve.ok()) return curve.status();
-    if ((*curve)->algorithm != algorithm) {
+    SIGNET_ASSIGN_OR_RETURN(const Curve* curve, CurveOf(pkey_.get()));
+    if (curve->algorithm != algorithm) {
       return absl::InvalidArgumentError(absl::StrCat(AlgorithmName(algorithm),
                                                      ": key is on curve ",
-                                                     (*curve)->info().jwk_crv));
+                                                     curve->info().jwk_crv));
     }
-    const size_t want = 2 * static_cast<size_t>((*curve)->info().field_bytes);
+    const size_t want = 2 * static_cast<size_t>(curve->info().field_bytes);
     if (signature.size() != want) {
       return absl::InvalidArgumentError(
           absl::StrCat(AlgorithmName(algorithm), ": signature must be ", want,
                        " bytes (r||s), got ", signature.size()));
     }
-    absl::StatusOr<std::string> der = crypto::EcdsaRawToDer(signature);
-    if (!der.ok()) return der.status();
-    der_signature = *std::move(der);
+    SIGNET_ASSIGN_OR_RETURN(der_signature, crypto::EcdsaRawToDer(signature));
     signature = der_signature;
   } else {
     if (!EVP_PKEY_is_a(pkey_.get(), "RSA")) {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/status_macros.h"
 #include "hsm/ckr.h"
 
 namespace signet::hsm {
@@ -153,12 +154,12 @@ absl::StatusOr<std::unique_ptr<SessionPool>> SessionPool::Create(
 }
 
 absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
-  absl::StatusOr<std::unique_ptr<ModuleConnection>> api = connector_->Connect();
-  if (!api.ok()) return api.status();
+  SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<ModuleConnection> api,
+                          connector_->Connect());
 
   std::vector<CK_SLOT_ID> slot_ids;
   absl::Status st =
-      CkrStatus((*api)->GetSlotList(true, &slot_ids), "C_GetSlotList");
+      CkrStatus(api->GetSlotList(true, &slot_ids), "C_GetSlotList");
   if (!st.ok()) return absl::UnavailableError(st.message());
   if (slot_ids.empty()) {
     // p11-kit-client answers C_Initialize fine and lists zero slots when the
@@ -171,7 +172,7 @@ absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
   std::optional<CK_SLOT_ID> chosen;
   for (CK_SLOT_ID id : slot_ids) {
     CK_TOKEN_INFO info;
-    CK_RV rv = (*api)->GetTokenInfo(id, &info);
+    CK_RV rv = api->GetTokenInfo(id, &info);
     if (rv != CKR_OK) continue;
     seen.push_back(TokenLabel(info));
     if (token_.Matches(info)) {
@@ -186,7 +187,7 @@ absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
   }
 
   std::shared_ptr<Connection> conn(
-      new Connection(std::move(*api), *chosen, next_connection_id++));
+      new Connection(std::move(api), *chosen, next_connection_id++));
   for (int i = 0; i < options_.sessions_per_connection; ++i) {
     CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
     CK_RV rv = conn->api().OpenSession(
@@ -215,8 +216,7 @@ absl::StatusOr<std::shared_ptr<Connection>> SessionPool::OpenConnection() {
 }
 
 absl::Status SessionPool::BringUp(size_t index) {
-  absl::StatusOr<std::shared_ptr<Connection>> conn = OpenConnection();
-  if (!conn.ok()) return conn.status();
+  SIGNET_ASSIGN_OR_RETURN(std::shared_ptr<Connection> conn, OpenConnection());
   uint64_t epoch;
   std::vector<ConnectionWarmer> warmers;
   {
@@ -226,7 +226,7 @@ absl::Status SessionPool::BringUp(size_t index) {
   }
   for (;;) {
     for (const ConnectionWarmer& warmer : warmers) {
-      absl::Status st = warmer(**conn, (*conn)->sessions_.front());
+      absl::Status st = warmer(*conn, conn->sessions_.front());
       // `conn` goes with the returned status: closed here, unlocked.
       if (!st.ok()) {
         return absl::Status(st.code(), absl::StrCat("warming up a new HSM "
@@ -236,11 +236,11 @@ absl::Status SessionPool::BringUp(size_t index) {
     }
     absl::Status miss;
     {
-      absl::ReaderMutexLock conn_lock(&(*conn)->mu_);
-      for (const auto& [key_id, why] : (*conn)->warm_up_misses_) {
+      absl::ReaderMutexLock conn_lock(&conn->mu_);
+      for (const auto& [key_id, why] : conn->warm_up_misses_) {
         miss = absl::Status(
             why.code(),
-            absl::StrCat("HSM connection ", (*conn)->id(),
+            absl::StrCat("HSM connection ", conn->id(),
                          " came up without a loaded key: ", why.message()));
       }
     }
@@ -255,11 +255,11 @@ absl::Status SessionPool::BringUp(size_t index) {
     }
     if (!miss.ok()) last_warm_up_miss_ = miss;
     ConnectionSlot& slot = slots_[index];
-    slot.connection = *conn;
+    slot.connection = conn;
     slot.backoff = options_.initial_backoff;
     slot.last_error = absl::OkStatus();
-    for (CK_SESSION_HANDLE h : (*conn)->sessions_) {
-      idle_.push_back({index, *conn, h});
+    for (CK_SESSION_HANDLE h : conn->sessions_) {
+      idle_.push_back({index, conn, h});
     }
     return absl::OkStatus();
   }
@@ -547,12 +547,10 @@ int SessionPool::LiveConnections() const {
 }
 
 absl::Status SessionPool::Probe(absl::Time deadline) {
-  absl::StatusOr<Lease> lease = Acquire(deadline);
-  if (!lease.ok()) return lease.status();
+  SIGNET_ASSIGN_OR_RETURN(Lease lease, Acquire(deadline));
   CK_TOKEN_INFO info;
-  return lease->Check(
-      lease->api().GetTokenInfo(lease->connection().slot(), &info),
-      "C_GetTokenInfo");
+  return lease.Check(lease.api().GetTokenInfo(lease.connection().slot(), &info),
+                     "C_GetTokenInfo");
 }
 
 int SessionPool::SessionsInUse() const {

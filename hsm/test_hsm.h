@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 #include "gtest/gtest.h"
 #include "hsm/attributes.h"
 #include "hsm/fault_injection.h"
@@ -35,13 +36,13 @@ class InProcessHsmTest : public ::testing::Test {
     ModuleOptions module;
     module.module_path = testing::TempToken::softhsm_module_path();
     module.insecure_in_process_module = true;
-    auto connector = P11KitConnector::Create(module);
-    if (!connector.ok()) return connector.status();
-    auto token_uri = TokenUri::Parse(uri.empty() ? token_->token_uri() : uri);
-    if (!token_uri.ok()) return token_uri.status();
+    SIGNET_ASSIGN_OR_RETURN(auto connector, P11KitConnector::Create(module));
+    SIGNET_ASSIGN_OR_RETURN(
+        auto token_uri,
+        TokenUri::Parse(uri.empty() ? token_->token_uri() : uri));
     return SessionPool::Create(std::make_unique<FaultInjectingConnector>(
-                                   std::move(*connector), injector_),
-                               std::move(*token_uri),
+                                   std::move(connector), injector_),
+                               std::move(token_uri),
                                Pin::FromBytes(pin ? *pin : token_->user_pin()),
                                options);
   }

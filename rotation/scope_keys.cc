@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "jose/jwk.h"
 
 namespace signet::rotation {
@@ -70,27 +71,25 @@ absl::StatusOr<ScopeKey> EnsureActiveKey(
         " has no active key on the token, and this replica does not create "
         "keys (never_create_keys): start the replica that writes keys first"));
   }
-  absl::StatusOr<std::string> key_id = store.GenerateKeyPair(policy.key_spec);
-  if (!key_id.ok()) return key_id.status();
-  absl::StatusOr<hsm::LoadedKey> key = store.LoadKey(*key_id, policy.key_spec);
-  if (!key.ok()) return key.status();
+  SIGNET_ASSIGN_OR_RETURN(std::string key_id,
+                          store.GenerateKeyPair(policy.key_spec));
+  SIGNET_ASSIGN_OR_RETURN(hsm::LoadedKey key,
+                          store.LoadKey(key_id, policy.key_spec));
   // The kid (RFC 7638 thumbprint) is computed above hsm/, which knows
   // nothing of JOSE.
-  absl::StatusOr<std::string> kid = jose::JwkThumbprint(key->public_key->get());
-  if (!kid.ok()) return kid.status();
+  SIGNET_ASSIGN_OR_RETURN(std::string kid,
+                          jose::JwkThumbprint(key.public_key->get()));
   KeyRecord record = NewActiveKeyRecord(
-      policy.scope, absl::BytesToHexString(*key_id), policy.algorithm,
+      policy.scope, absl::BytesToHexString(key_id), policy.algorithm,
       hsm::IsEcdsa(policy.key_spec.algorithm) ? 0 : policy.key_spec.rsa_bits,
       now, policy.timings);
   record.set_key_generation(newest_generation + 1);
-  record.set_kid(*kid);
-  absl::Status valid = ValidateKeyRecord(record);
-  if (!valid.ok()) return valid;
+  record.set_kid(kid);
+  SIGNET_RETURN_IF_ERROR(ValidateKeyRecord(record));
   // Persisted before it takes effect: a key without a record is never used.
-  absl::StatusOr<uint64_t> written =
-      store.WriteRecord(*key_id, SerializeKeyRecord(record));
-  if (!written.ok()) return written.status();
-  return ScopeKey{std::move(record), std::move(*key)};
+  SIGNET_RETURN_IF_ERROR(
+      store.WriteRecord(key_id, SerializeKeyRecord(record)).status());
+  return ScopeKey{std::move(record), std::move(key)};
 }
 
 }  // namespace signet::rotation
