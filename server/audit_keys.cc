@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/log.h"
+#include "base/status_macros.h"
 #include "hsm/public_key.h"
 #include "rotation/key_state.h"
 #include "rotation/schedule.h"
@@ -39,11 +40,10 @@ std::string Beside(const std::string& log_path, absl::string_view name) {
 // --audit_public_key.
 absl::Status WriteAuditPublicKey(const std::string& log_path,
                                  const hsm::PublicKey& key) {
-  absl::StatusOr<std::string> pem = key.SpkiPem();
-  if (!pem.ok()) return pem.status();
+  SIGNET_ASSIGN_OR_RETURN(std::string pem, key.SpkiPem());
   const std::string path = Beside(log_path, "audit-checkpoint-key.pem");
   std::ofstream out(path, std::ios::trunc);
-  out << *pem;
+  out << pem;
   if (!out) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot write ", path,
@@ -60,16 +60,13 @@ absl::Status AppendToAuditKeyring(const std::string& log_path,
                                   const hsm::PublicKey& key, absl::Time now) {
   const std::string path = Beside(log_path, "audit-keyring.pem");
   if (access(path.c_str(), F_OK) == 0) {
-    absl::StatusOr<std::map<std::string, hsm::PublicKey>> ring =
-        ReadAuditKeyring(path);
-    if (!ring.ok()) return ring.status();
-    if (ring->contains(kid)) return absl::OkStatus();
+    SIGNET_ASSIGN_OR_RETURN(auto ring, ReadAuditKeyring(path));
+    if (ring.contains(kid)) return absl::OkStatus();
   }
-  absl::StatusOr<std::string> pem = key.SpkiPem();
-  if (!pem.ok()) return pem.status();
+  SIGNET_ASSIGN_OR_RETURN(std::string pem, key.SpkiPem());
   const std::string entry =
       absl::StrCat("# signet audit checkpoint key\n# kid: ", kid,
-                   "\n# added: ", absl::FormatTime(now), "\n", *pem);
+                   "\n# added: ", absl::FormatTime(now), "\n", pem);
   ScopedFd fd(
       open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
   if (fd.get() < 0 ||
@@ -154,25 +151,19 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
     found.public_key = loaded->second.public_key;
     return found;
   };
-  absl::StatusOr<Found> signing = find(view.signing);
-  if (!signing.ok()) return signing.status();
+  SIGNET_ASSIGN_OR_RETURN(Found signing, find(view.signing));
   std::optional<Found> standby;
   absl::Time takes_over = absl::InfiniteFuture();
   if (view.standby >= 0) {
-    absl::StatusOr<Found> found = find(view.standby);
-    if (!found.ok()) return found.status();
-    standby = *std::move(found);
+    SIGNET_ASSIGN_OR_RETURN(standby, find(view.standby));
     takes_over =
         rotation::TimeFromProto(set.records[view.standby].activate_at());
   }
   // A key is named in the log only once its public half is kept.
-  for (const Found* found : {&*signing, standby ? &*standby : nullptr}) {
+  for (const Found* found : {&signing, standby ? &*standby : nullptr}) {
     if (found == nullptr || in_keyring_.contains(found->key.kid)) continue;
-    if (absl::Status kept = AppendToAuditKeyring(log_path_, found->key.kid,
-                                                 *found->public_key, now);
-        !kept.ok()) {
-      return kept;
-    }
+    SIGNET_RETURN_IF_ERROR(AppendToAuditKeyring(log_path_, found->key.kid,
+                                                *found->public_key, now));
     in_keyring_.insert(found->key.kid);
   }
   Key previous;
@@ -180,56 +171,44 @@ absl::Status AuditKeys::UpdateLocked(const rotation::ScopeKeySet& set,
     absl::MutexLock lock(&mu_);
     records_ = set.records;
     previous = current_;
-    if (log_ == nullptr) current_ = signing->key;
+    if (log_ == nullptr) current_ = signing.key;
   }
   standby_ = standby ? standby->key : Key();
   standby_takes_over_ = takes_over;
   if (log_ == nullptr) {
     // The start-up pass: Attach introduces the keys.
-    return previous.kid == signing->key.kid
+    return previous.kid == signing.key.kid
                ? absl::OkStatus()
-               : WriteAuditPublicKey(log_path_, *signing->public_key);
+               : WriteAuditPublicKey(log_path_, *signing.public_key);
   }
 
-  if (!introduced_.contains(signing->key.kid)) {
+  if (!introduced_.contains(signing.key.kid)) {
     // Not seen as a standby (an upgrade, or a successor made and activated
     // between two passes): introduced now, vouched for only if the key
     // before it can still sign.
-    if (absl::Status st = Introduce(
-            log_, signing->key,
-            absl::StrCat("audit key generation ", signing->key.generation,
-                         " signs checkpoints"));
-        !st.ok()) {
-      return st;
-    }
+    SIGNET_RETURN_IF_ERROR(
+        Introduce(log_, signing.key,
+                  absl::StrCat("audit key generation ", signing.key.generation,
+                               " signs checkpoints")));
     CheckpointNow(log_, "vouching for a new audit key");
   }
   bool checkpoint = false;
-  if (signing->key.kid != previous.kid) {
+  if (signing.key.kid != previous.kid) {
     // The successor takes over.
-    if (absl::Status st = Introduce(
-            log_, signing->key,
-            absl::StrCat("audit key generation ", signing->key.generation,
-                         " signs checkpoints from now on, after generation ",
-                         previous.generation, " (", previous.kid, ")"));
-        !st.ok()) {
-      return st;
-    }
+    SIGNET_RETURN_IF_ERROR(Introduce(
+        log_, signing.key,
+        absl::StrCat("audit key generation ", signing.key.generation,
+                     " signs checkpoints from now on, after generation ",
+                     previous.generation, " (", previous.kid, ")")));
     {
       absl::MutexLock lock(&mu_);
-      current_ = signing->key;
+      current_ = signing.key;
     }
-    if (absl::Status st = log_->SetCheckpointKey(signing->key.kid, Signer());
-        !st.ok()) {
-      return st;
-    }
+    SIGNET_RETURN_IF_ERROR(log_->SetCheckpointKey(signing.key.kid, Signer()));
     SIGNET_LOG_INFO(
         "audit key generation {} ({}) signs checkpoints from now on",
-        signing->key.generation, signing->key.kid);
-    if (absl::Status st = WriteAuditPublicKey(log_path_, *signing->public_key);
-        !st.ok()) {
-      return st;
-    }
+        signing.key.generation, signing.key.kid);
+    SIGNET_RETURN_IF_ERROR(WriteAuditPublicKey(log_path_, *signing.public_key));
     checkpoint = true;
   }
   // A new standby is introduced while the key that signs now can vouch for
@@ -281,14 +260,11 @@ absl::Status AuditKeys::Attach(AuditLog* log) {
     return st;
   }
   if (!standby_.kid.empty()) {
-    if (absl::Status st = Introduce(
-            log, standby_,
-            absl::StrCat("standby audit key generation ", standby_.generation,
-                         ": takes over signing checkpoints at ",
-                         rotation::FormatInstant(standby_takes_over_)));
-        !st.ok()) {
-      return st;
-    }
+    SIGNET_RETURN_IF_ERROR(Introduce(
+        log, standby_,
+        absl::StrCat("standby audit key generation ", standby_.generation,
+                     ": takes over signing checkpoints at ",
+                     rotation::FormatInstant(standby_takes_over_))));
   }
   CheckpointNow(log, "vouching for the audit keys at start");
   return absl::OkStatus();
@@ -303,7 +279,7 @@ absl::Status AuditKeys::Introduce(AuditLog* log, const Key& key,
   line.alg = "ES256";
   line.result = "OK";
   line.detail = std::move(what);
-  if (absl::Status st = log->Append(line); !st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(log->Append(line));
   introduced_.insert(key.kid);
   return absl::OkStatus();
 }

@@ -12,6 +12,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "base/base64url.h"
+#include "base/status_macros.h"
 
 namespace signet::server {
 namespace {
@@ -475,18 +476,15 @@ absl::StatusOr<AuditLineInfo> ParseWithJsonLibrary(absl::string_view line) {
 absl::Status ScanAuditLine(absl::string_view line, AuditLineView& view) {
   if (audit_line_internal::ScanCanonical(line, view)) return absl::OkStatus();
   // Refused: the slow parse says why.
-  absl::StatusOr<AuditLineInfo> reason =
-      audit_line_internal::ParseWithJsonLibrary(line);
-  if (!reason.ok()) return reason.status();
+  SIGNET_RETURN_IF_ERROR(
+      audit_line_internal::ParseWithJsonLibrary(line).status());
   // The two disagree (the tests hold them together): refuse all the same.
   return Broken("not in the form signet writes");
 }
 
 absl::StatusOr<AuditLineInfo> ParseAuditLine(absl::string_view line) {
   AuditLineView view;
-  if (absl::Status scanned = ScanAuditLine(line, view); !scanned.ok()) {
-    return scanned;
-  }
+  SIGNET_RETURN_IF_ERROR(ScanAuditLine(line, view));
   AuditLineInfo info;
   info.seq = view.seq;
   info.event = std::string(view.event);

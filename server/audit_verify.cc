@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "base/base64url.h"
 #include "base/file.h"
+#include "base/status_macros.h"
 #include "hsm/algorithm.h"
 #include "hsm/digest.h"
 #include "jose/jwk.h"
@@ -318,16 +319,13 @@ absl::StatusOr<SegmentProof> VerifySegment(
       }
       proof.checkpoint_kids.emplace_back(want, std::move(kid));
       if (key != nullptr) {
-        absl::StatusOr<std::string> digest =
-            CheckpointDigest(info.seq, info.head);
-        if (!digest.ok()) {
-          return digest.status();
-        }
+        SIGNET_ASSIGN_OR_RETURN(std::string digest,
+                                CheckpointDigest(info.seq, info.head));
         // The line's reader checked that "sig" is strict base64url.
         const std::string signature =
             base::StrictBase64UrlDecode(info.sig).value_or("");
         absl::Status verified = key->VerifyDigest(
-            hsm::SignatureAlgorithm::kEcdsaP256Sha256, *digest, signature);
+            hsm::SignatureAlgorithm::kEcdsaP256Sha256, digest, signature);
         if (absl::IsInvalidArgument(verified)) {
           return broken(absl::StrCat(
               "checkpoint signature does not verify with the given key (",
@@ -350,9 +348,7 @@ absl::StatusOr<SegmentProof> VerifySegment(
       }
       proof.expected_seen = true;
     }
-    if (absl::Status hashed = hasher.Hash(line, prev_hash); !hashed.ok()) {
-      return hashed;
-    }
+    SIGNET_RETURN_IF_ERROR(hasher.Hash(line, prev_hash));
     if (want == keep_seq) {
       proof.kept_seq = want;
       proof.kept_hash = prev_hash;
@@ -441,24 +437,24 @@ absl::StatusOr<AuditVerifyResult> Verify(
     const std::map<std::string, hsm::PublicKey>* keyring, bool allow_unvouched,
     const std::string& first_kid) {
   const absl::string_view expected_line = ExtractLine(expected_copied);
-  absl::StatusOr<std::optional<AuditLineInfo>> expected = ParseExpected(
-      expected_copied.empty() ? absl::string_view() : expected_line);
-  if (!expected.ok()) return expected.status();
-  absl::StatusOr<std::vector<std::string>> files = SegmentFiles(path);
-  if (!files.ok()) return files.status();
+  SIGNET_ASSIGN_OR_RETURN(
+      std::optional<AuditLineInfo> expected,
+      ParseExpected(expected_copied.empty() ? absl::string_view()
+                                            : expected_line));
+  SIGNET_ASSIGN_OR_RETURN(std::vector<std::string> files, SegmentFiles(path));
 
   // Each segment on its own, in parallel; then the seams, in order.
-  const size_t n = files->size();
+  const size_t n = files.size();
   std::vector<absl::StatusOr<SegmentProof>> proofs(
       n, absl::StatusOr<SegmentProof>(absl::UnknownError("not verified")));
   // Where each segment's successor continues from: the one line hash each
   // segment keeps for the seam.
   std::vector<uint64_t> keep(n, 0);
-  for (size_t i = 0; i + 1 < n; ++i) keep[i] = ContinuesFrom((*files)[i + 1]);
+  for (size_t i = 0; i + 1 < n; ++i) keep[i] = ContinuesFrom(files[i + 1]);
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
-      proofs[i] = VerifySegment((*files)[i], checkpoint_key, keyring, *expected,
+      proofs[i] = VerifySegment(files[i], checkpoint_key, keyring, expected,
                                 expected_line, keep[i]);
     }
   };
@@ -610,8 +606,8 @@ absl::StatusOr<AuditVerifyResult> Verify(
   result.checkpoints = checkpoints.size();
   result.last_checkpoint_seq = checkpoints.empty() ? 0 : checkpoints.back();
 
-  if (expected->has_value() && !expected_seen) {
-    const uint64_t seq = (*expected)->seq;
+  if (expected.has_value() && !expected_seen) {
+    const uint64_t seq = expected->seq;
     if (seq < result.first_seq) {
       return Broken(absl::StrCat(
           "audit log ", path, ": the checkpoint at line ", seq,
@@ -661,10 +657,10 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
 
 absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
     const std::string& path, std::vector<std::string>* kids_in_order) {
-  absl::StatusOr<std::string> read =
-      base::ReadSmallFile(path, "audit keyring", kMaxKeyringBytes);
-  if (!read.ok()) return read.status();
-  const std::string& text = *read;
+  SIGNET_ASSIGN_OR_RETURN(
+      std::string read,
+      base::ReadSmallFile(path, "audit keyring", kMaxKeyringBytes));
+  const std::string& text = read;
   const std::string kBegin = "-----BEGIN PUBLIC KEY-----";
   const std::string kEnd = "-----END PUBLIC KEY-----";
   std::map<std::string, hsm::PublicKey> keys;
@@ -681,12 +677,11 @@ absl::StatusOr<std::map<std::string, hsm::PublicKey>> ReadAuditKeyring(
       return absl::InvalidArgumentError(
           absl::StrCat("audit keyring ", path, ": ", key.status().message()));
     }
-    absl::StatusOr<std::string> kid = jose::JwkThumbprint(key->get());
-    if (!kid.ok()) return kid.status();
-    if (kids_in_order != nullptr && !keys.contains(*kid)) {
-      kids_in_order->push_back(*kid);
+    SIGNET_ASSIGN_OR_RETURN(std::string kid, jose::JwkThumbprint(key->get()));
+    if (kids_in_order != nullptr && !keys.contains(kid)) {
+      kids_in_order->push_back(kid);
     }
-    keys.emplace(*kid, *std::move(key));
+    keys.emplace(kid, *std::move(key));
   }
   if (keys.empty()) {
     return absl::InvalidArgumentError(

@@ -21,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "base/quote.h"
+#include "base/status_macros.h"
 #include "jose/strict_json.h"
 
 namespace signet::server {
@@ -331,33 +332,30 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
   }
 
   // 6: the NumericDate members.
-  absl::StatusOr<int64_t> iat = NumericDate("iat", iat_seen, true);
-  if (!iat.ok()) return iat.status();
-  absl::StatusOr<int64_t> exp = NumericDate("exp", exp_seen, true);
-  if (!exp.ok()) return exp.status();
-  absl::StatusOr<int64_t> nbf = NumericDate("nbf", nbf_seen, false);
-  if (!nbf.ok()) return nbf.status();
+  SIGNET_ASSIGN_OR_RETURN(int64_t iat, NumericDate("iat", iat_seen, true));
+  SIGNET_ASSIGN_OR_RETURN(int64_t exp, NumericDate("exp", exp_seen, true));
+  SIGNET_ASSIGN_OR_RETURN(int64_t nbf, NumericDate("nbf", nbf_seen, false));
   const bool has_nbf = nbf_seen.present;
 
   // 7: the times.
   const int64_t now_seconds = absl::ToUnixSeconds(policy.now);
-  const absl::Duration iat_offset = absl::FromUnixSeconds(*iat) - policy.now;
+  const absl::Duration iat_offset = absl::FromUnixSeconds(iat) - policy.now;
   if (absl::AbsDuration(iat_offset) > policy.iat_skew) {
     return Invalid(
         "iat_skew",
         absl::StrCat(
-            "claims member \"iat\" (", *iat, ") is ",
+            "claims member \"iat\" (", iat, ") is ",
             absl::FormatDuration(absl::AbsDuration(iat_offset)),
             iat_offset > absl::ZeroDuration() ? " ahead of" : " behind",
             " the server's clock (", now_seconds, "); at most ",
             absl::FormatDuration(policy.iat_skew), " of skew is allowed"));
   }
-  if (*exp <= *iat) {
+  if (exp <= iat) {
     return Invalid("exp_not_after_iat",
-                   absl::StrCat("claims member \"exp\" (", *exp,
-                                ") must be after \"iat\" (", *iat, ")"));
+                   absl::StrCat("claims member \"exp\" (", exp,
+                                ") must be after \"iat\" (", iat, ")"));
   }
-  const absl::Duration lifetime = absl::Seconds(*exp - *iat);
+  const absl::Duration lifetime = absl::Seconds(exp - iat);
   if (lifetime > policy.max_lifetime) {
     return Invalid("lifetime_too_long",
                    absl::StrCat("claims lifetime \"exp\" - \"iat\" is ",
@@ -365,22 +363,22 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
                                 "; this scope allows at most ",
                                 absl::FormatDuration(policy.max_lifetime)));
   }
-  if (absl::FromUnixSeconds(*exp) <= policy.now) {
+  if (absl::FromUnixSeconds(exp) <= policy.now) {
     return Invalid(
         "expired",
-        absl::StrCat("claims member \"exp\" (", *exp,
+        absl::StrCat("claims member \"exp\" (", exp,
                      ") is not after the server's clock (", now_seconds,
                      "): the token would already be expired"));
   }
-  if (has_nbf && *nbf >= *exp) {
+  if (has_nbf && nbf >= exp) {
     return Invalid("nbf_not_before_exp",
-                   absl::StrCat("claims member \"nbf\" (", *nbf,
-                                ") must be before \"exp\" (", *exp, ")"));
+                   absl::StrCat("claims member \"nbf\" (", nbf,
+                                ") must be before \"exp\" (", exp, ")"));
   }
 
-  CheckedClaims checked{*iat, *exp, std::nullopt};
+  CheckedClaims checked{iat, exp, std::nullopt};
   if (has_nbf) {
-    checked.nbf = *nbf;
+    checked.nbf = nbf;
   }
   return checked;
 }

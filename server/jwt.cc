@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/base64url.h"
+#include "base/status_macros.h"
 #include "hsm/digest.h"
 #include "jose/jwk.h"
 
@@ -35,18 +36,17 @@ absl::StatusOr<std::string> JwksJson(const std::vector<JwkEntry>& keys) {
   nlohmann::json set = nlohmann::json::object();
   set["keys"] = nlohmann::json::array();
   for (const JwkEntry& entry : keys) {
-    absl::StatusOr<jose::JwkMembers> members =
-        jose::JwkOf(entry.public_key->get());
-    if (!members.ok()) return members.status();
+    SIGNET_ASSIGN_OR_RETURN(jose::JwkMembers members,
+                            jose::JwkOf(entry.public_key->get()));
     nlohmann::json jwk = nlohmann::json::object();
-    jwk["kty"] = members->kty;
-    if (members->kty == "EC") {
-      jwk["crv"] = members->crv;
-      jwk["x"] = members->x;
-      jwk["y"] = members->y;
+    jwk["kty"] = members.kty;
+    if (members.kty == "EC") {
+      jwk["crv"] = members.crv;
+      jwk["x"] = members.x;
+      jwk["y"] = members.y;
     } else {
-      jwk["n"] = members->n;
-      jwk["e"] = members->e;
+      jwk["n"] = members.n;
+      jwk["e"] = members.e;
     }
     jwk["kid"] = entry.kid;
     jwk["alg"] = entry.alg;

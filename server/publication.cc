@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "rotation/key_state.h"
 #include "server/jwt.h"
 
@@ -39,9 +40,8 @@ absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
       entries.push_back(
           JwkEntry{key->key.public_key.get(), key->kid, key->alg});
     }
-    absl::StatusOr<std::string> jwks = JwksJson(entries);
-    if (!jwks.ok()) return jwks.status();
-    docs.scope_jwks[name] = *jwks;
+    SIGNET_ASSIGN_OR_RETURN(std::string jwks, JwksJson(entries));
+    docs.scope_jwks[name] = jwks;
     std::vector<JwkEntry>& class_set =
         scope->config().audience_class() == signet::v1::CONSUMER ? consumer
                                                                  : enterprise;
@@ -55,12 +55,10 @@ absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
         nlohmann::json::array({scope->alg()});
     docs.scope_discovery[name] = discovery.dump();
   }
-  absl::StatusOr<std::string> consumer_jwks = JwksJson(consumer);
-  if (!consumer_jwks.ok()) return consumer_jwks.status();
-  absl::StatusOr<std::string> enterprise_jwks = JwksJson(enterprise);
-  if (!enterprise_jwks.ok()) return enterprise_jwks.status();
-  docs.consumer_jwks = *consumer_jwks;
-  docs.enterprise_jwks = *enterprise_jwks;
+  SIGNET_ASSIGN_OR_RETURN(std::string consumer_jwks, JwksJson(consumer));
+  SIGNET_ASSIGN_OR_RETURN(std::string enterprise_jwks, JwksJson(enterprise));
+  docs.consumer_jwks = consumer_jwks;
+  docs.enterprise_jwks = enterprise_jwks;
   return docs;
 }
 

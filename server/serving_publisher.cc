@@ -3,19 +3,20 @@
 #include <utility>
 
 #include "base/log.h"
+#include "base/status_macros.h"
 
 namespace signet::server {
 
 absl::StatusOr<std::unique_ptr<ServingPublisher>> ServingPublisher::Create(
     std::shared_ptr<const ServingState> first, std::string public_base_url,
     const base::Clock* clock, Sinks sinks) {
-  absl::StatusOr<PublishedDocuments> documents =
-      BuildPublishedDocuments(first->scopes, public_base_url, clock->Now());
-  if (!documents.ok()) return documents.status();
+  SIGNET_ASSIGN_OR_RETURN(
+      PublishedDocuments documents,
+      BuildPublishedDocuments(first->scopes, public_base_url, clock->Now()));
   std::unique_ptr<ServingPublisher> publisher(new ServingPublisher(
       std::move(public_base_url), clock, std::move(sinks)));
   auto published =
-      std::make_shared<const PublishedDocuments>(*std::move(documents));
+      std::make_shared<const PublishedDocuments>(std::move(documents));
   {
     absl::MutexLock lock(&publisher->mu_);
     publisher->serving_ = first;

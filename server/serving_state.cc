@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "rotation/schedule.h"
 #include "server/jwt.h"
 
@@ -22,9 +23,7 @@ absl::StatusOr<std::shared_ptr<const ScopeState>> MakeScopeState(
     // before it serves: a key that cannot be a JWK never starts serving.
     state->header_b64 = ProtectedHeaderB64(state->alg, state->kid);
   } else {
-    absl::StatusOr<std::string> pem = key.public_key->SpkiPem();
-    if (!pem.ok()) return pem.status();
-    state->spki_pem = *pem;
+    SIGNET_ASSIGN_OR_RETURN(state->spki_pem, key.public_key->SpkiPem());
   }
   return std::shared_ptr<const ScopeState>(std::move(state));
 }
