@@ -31,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "hsm/digest.h"
 #include "server/audit_log.h"
 #include "server/audit_verify.h"
@@ -164,8 +165,7 @@ absl::Status WriteLogToVerify(const std::string& path,
   o.group_commit_delay = absl::ZeroDuration();
   o.segment_max_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_segment_mib))
                         << 20;
-  auto log = AuditLog::Open(o);
-  if (!log.ok()) return log.status();
+  SIGNET_ASSIGN_OR_RETURN(auto log, AuditLog::Open(o));
   const uint64_t want = static_cast<uint64_t>(absl::GetFlag(FLAGS_verify_mib))
                         << 20;
   const std::string dir = path.substr(0, path.rfind('/'));
@@ -174,8 +174,8 @@ absl::Status WriteLogToVerify(const std::string& path,
   while (DirectoryBytes(dir) < want) {
     batch.clear();
     for (int k = 0; k < 2000; ++k) batch.push_back(Event(i++));
-    if (absl::Status st = (*log)->AppendAll(batch); !st.ok()) return st;
-    if (absl::Status st = (*log)->Checkpoint(); !st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(log->AppendAll(batch));
+    SIGNET_RETURN_IF_ERROR(log->Checkpoint());
   }
   return absl::OkStatus();
 }

@@ -64,6 +64,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "benchmark/benchmark.h"
 #include "hsm/algorithm.h"
 #include "hsm/attributes.h"
@@ -154,7 +155,7 @@ class BenchEnv {
   // the token filled) on first use.
   absl::StatusOr<Target*> TargetFor(Layout layout, int keys) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (absl::Status st = StartLocked(); !st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(StartLocked());
     // "1 key" is the token as started: the measured key of each algorithm.
     keys = std::max(keys, base_keys_);
     if (keys != token_keys_) {
@@ -165,14 +166,14 @@ class BenchEnv {
             "interleaving)"));
       }
       targets_.clear();  // pools for the small token: not used again
-      if (absl::Status st = FillLocked(keys); !st.ok()) return st;
+      SIGNET_RETURN_IF_ERROR(FillLocked(keys));
     }
     auto it = targets_.find(layout);
     if (it != targets_.end()) return it->second.get();
-    absl::StatusOr<std::unique_ptr<Target>> t = MakeTargetLocked(layout);
-    if (!t.ok()) return t.status();
-    Target* raw = t->get();
-    targets_[layout] = std::move(*t);
+    SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<Target> t,
+                            MakeTargetLocked(layout));
+    Target* raw = t.get();
+    targets_[layout] = std::move(t);
     return raw;
   }
 
@@ -210,29 +211,20 @@ class BenchEnv {
     const auto t0 = std::chrono::steady_clock::now();
     testing::TempTokenOptions token_options;
     token_options.label = "signet-bench";
-    absl::StatusOr<std::unique_ptr<testing::TempToken>> token =
-        testing::TempToken::Create(token_options);
-    if (!token.ok()) return token.status();
-    token_ = std::move(*token);
-    absl::StatusOr<std::unique_ptr<testing::P11KitServer>> server =
-        testing::P11KitServer::Start(*token_);
-    if (!server.ok()) return server.status();
-    server_ = std::move(*server);
+    SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<testing::TempToken> token,
+                            testing::TempToken::Create(token_options));
+    token_ = std::move(token);
+    SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<testing::P11KitServer> server,
+                            testing::P11KitServer::Start(*token_));
+    server_ = std::move(server);
 
-    absl::StatusOr<std::unique_ptr<SessionPool>> admin = MakePool({1, 1});
-    if (!admin.ok()) return admin.status();
-    admin_pool_ = std::move(*admin);
+    SIGNET_ASSIGN_OR_RETURN(admin_pool_, MakePool({1, 1}));
     admin_store_ = std::make_unique<Pkcs11KeyStore>(admin_pool_.get());
     for (SignatureAlgorithm a : {SignatureAlgorithm::kEcdsaP256Sha256,
                                  SignatureAlgorithm::kRsaPkcs1Sha256}) {
-      if (absl::Status st = admin_store_->CheckAlgorithmSupported(SpecFor(a));
-          !st.ok()) {
-        return st;
-      }
-      absl::StatusOr<std::string> id =
-          admin_store_->GenerateKeyPair(SpecFor(a));
-      if (!id.ok()) return id.status();
-      key_ids_[a] = *id;
+      SIGNET_RETURN_IF_ERROR(admin_store_->CheckAlgorithmSupported(SpecFor(a)));
+      SIGNET_ASSIGN_OR_RETURN(key_ids_[a],
+                              admin_store_->GenerateKeyPair(SpecFor(a)));
     }
     token_keys_ = base_keys_ = static_cast<int>(key_ids_.size());
     digest_ = std::string(32, '\0');
@@ -250,16 +242,14 @@ class BenchEnv {
     hsm::ModuleOptions module;
     module.module_path = testing::P11KitServer::client_module_path();
     module.p11_kit_server_address = server_->address();
-    absl::StatusOr<std::unique_ptr<hsm::P11KitConnector>> connector =
-        hsm::P11KitConnector::Create(module);
-    if (!connector.ok()) return connector.status();
-    absl::StatusOr<hsm::TokenUri> uri =
-        hsm::TokenUri::Parse(token_->token_uri());
-    if (!uri.ok()) return uri.status();
+    SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<hsm::P11KitConnector> connector,
+                            hsm::P11KitConnector::Create(module));
+    SIGNET_ASSIGN_OR_RETURN(hsm::TokenUri uri,
+                            hsm::TokenUri::Parse(token_->token_uri()));
     hsm::SessionPoolOptions options;
     options.connections = layout.connections;
     options.sessions_per_connection = layout.sessions_per_connection;
-    return SessionPool::Create(std::move(*connector), std::move(*uri),
+    return SessionPool::Create(std::move(connector), std::move(uri),
                                hsm::Pin::FromBytes(token_->user_pin()),
                                options);
   }
@@ -324,19 +314,18 @@ class BenchEnv {
 
   absl::StatusOr<std::unique_ptr<Target>> MakeTargetLocked(Layout layout) {
     auto target = std::make_unique<Target>();
-    absl::StatusOr<std::unique_ptr<SessionPool>> pool = MakePool(layout);
-    if (!pool.ok()) return pool.status();
-    target->pool = std::move(*pool);
+    SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<SessionPool> pool,
+                            MakePool(layout));
+    target->pool = std::move(pool);
     target->store = std::make_unique<Pkcs11KeyStore>(target->pool.get());
     std::vector<double> load_ms;
     for (const auto& [alg, id] : key_ids_) {
       const auto t0 = std::chrono::steady_clock::now();
-      absl::StatusOr<hsm::LoadedKey> key =
-          target->store->LoadKey(id, SpecFor(alg));
-      if (!key.ok()) return key.status();
+      SIGNET_ASSIGN_OR_RETURN(hsm::LoadedKey key,
+                              target->store->LoadKey(id, SpecFor(alg)));
       load_ms.push_back(1000.0 *
                         Seconds(std::chrono::steady_clock::now() - t0));
-      target->keys.emplace(alg, std::move(*key));
+      target->keys.emplace(alg, std::move(key));
     }
     // Sign once with each key on every session, verified, before measuring:
     // hold all sessions but one, sign on that one, and move on to the next.
@@ -347,10 +336,9 @@ class BenchEnv {
     std::vector<SessionPool::Lease> held;
     held.reserve(target->pool->Capacity());
     for (int i = 0; i < target->pool->Capacity(); ++i) {
-      absl::StatusOr<SessionPool::Lease> l =
-          target->pool->Acquire(absl::Now() + kSetupWait);
-      if (!l.ok()) return l.status();
-      held.push_back(std::move(*l));
+      SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease l,
+                              target->pool->Acquire(absl::Now() + kSetupWait));
+      held.push_back(std::move(l));
     }
     std::vector<SessionPool::Lease> warmed;
     warmed.reserve(held.size());
@@ -370,15 +358,12 @@ class BenchEnv {
           signed_on.emplace_back(connection, alg);
         }
         if (!sig.ok()) return sig.status();
-        if (absl::Status v = key.public_key->VerifyDigest(alg, digest_, *sig);
-            !v.ok()) {
-          return v;
-        }
+        SIGNET_RETURN_IF_ERROR(
+            key.public_key->VerifyDigest(alg, digest_, *sig));
       }
-      absl::StatusOr<SessionPool::Lease> l =
-          target->pool->Acquire(absl::Now() + kSetupWait);
-      if (!l.ok()) return l.status();
-      warmed.push_back(std::move(*l));
+      SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease l,
+                              target->pool->Acquire(absl::Now() + kSetupWait));
+      warmed.push_back(std::move(l));
     }
     std::sort(load_ms.begin(), load_ms.end());
     std::sort(first_sign_ms.begin(), first_sign_ms.end());

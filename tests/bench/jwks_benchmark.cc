@@ -84,6 +84,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "tests/testing/http_get.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/process.h"
@@ -274,12 +275,10 @@ class Nginx {
          p.string().size() >= www.size(); p = p.parent_path()) {
       chmod(p.c_str(), 0755);
     }
-    absl::Status st = WriteFile(file.string(), body);
-    if (!st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(WriteFile(file.string(), body));
     std::filesystem::create_directories(n->dir_ + "/temp", ec);
-    absl::StatusOr<int> port = FreePort();
-    if (!port.ok()) return port.status();
-    n->port_ = *port;
+    SIGNET_ASSIGN_OR_RETURN(int port, FreePort());
+    n->port_ = port;
     const std::string& d = n->dir_;
     const std::string conf = absl::StrCat(
         "# written by tests/bench/jwks_benchmark\n"
@@ -343,8 +342,7 @@ class Nginx {
         "    }\n"
         "  }\n"
         "}\n");
-    st = WriteFile(d + "/nginx.conf", conf);
-    if (!st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(WriteFile(d + "/nginx.conf", conf));
     int log_fd = open((d + "/stderr.log").c_str(),
                       O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (log_fd < 0) return absl::InternalError("open nginx stderr.log");

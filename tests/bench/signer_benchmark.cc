@@ -88,6 +88,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "benchmark/benchmark.h"
 #include "hsm/algorithm.h"
 #include "hsm/attributes.h"
@@ -322,21 +323,20 @@ class RawBaseline {
     hsm::ModuleOptions module;
     module.module_path = P11KitServer::client_module_path();
     module.p11_kit_server_address = server.address();
-    absl::StatusOr<std::unique_ptr<hsm::P11KitConnector>> connector =
-        hsm::P11KitConnector::Create(module);
-    if (!connector.ok()) return connector.status();
-    absl::StatusOr<hsm::TokenUri> uri = hsm::TokenUri::Parse(token.token_uri());
-    if (!uri.ok()) return uri.status();
+    SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<hsm::P11KitConnector> connector,
+                            hsm::P11KitConnector::Create(module));
+    SIGNET_ASSIGN_OR_RETURN(hsm::TokenUri uri,
+                            hsm::TokenUri::Parse(token.token_uri()));
     hsm::SessionPoolOptions options;
     options.connections = connections;
     options.sessions_per_connection = sessions_per_connection;
-    absl::StatusOr<std::unique_ptr<hsm::SessionPool>> pool =
-        hsm::SessionPool::Create(std::move(*connector), std::move(*uri),
+    SIGNET_ASSIGN_OR_RETURN(
+        std::unique_ptr<hsm::SessionPool> pool,
+        hsm::SessionPool::Create(std::move(connector), std::move(uri),
                                  hsm::Pin::FromBytes(token.user_pin()),
-                                 options);
-    if (!pool.ok()) return pool.status();
+                                 options));
     auto raw = std::unique_ptr<RawBaseline>(new RawBaseline);
-    raw->pool_ = std::move(*pool);
+    raw->pool_ = std::move(pool);
     return raw;
   }
 
@@ -660,35 +660,30 @@ absl::StatusOr<std::unique_ptr<Env>> StartEnv(int connections, int sessions,
   auto env = std::make_unique<Env>();
   testing::TempTokenOptions token_options;
   token_options.label = "signet-sbench";
-  absl::StatusOr<std::unique_ptr<TempToken>> token =
-      TempToken::Create(token_options);
-  if (!token.ok()) return token.status();
-  env->token = std::move(*token);
-  absl::StatusOr<std::unique_ptr<P11KitServer>> hsm =
-      P11KitServer::Start(*env->token);
-  if (!hsm.ok()) return hsm.status();
-  env->hsm = std::move(*hsm);
-  absl::StatusOr<std::unique_ptr<TestCa>> ca =
-      TestCa::Create(env->token->dir(), "ca");
-  if (!ca.ok()) return ca.status();
-  env->ca = std::move(*ca);
-  absl::StatusOr<TestCa::Issued> server = env->ca->IssueServer("server");
-  if (!server.ok()) return server.status();
-  env->server_cert = std::make_unique<TestCa::Issued>(*server);
+  SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<TempToken> token,
+                          TempToken::Create(token_options));
+  env->token = std::move(token);
+  SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<P11KitServer> hsm,
+                          P11KitServer::Start(*env->token));
+  env->hsm = std::move(hsm);
+  SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<TestCa> ca,
+                          TestCa::Create(env->token->dir(), "ca"));
+  env->ca = std::move(ca);
+  SIGNET_ASSIGN_OR_RETURN(TestCa::Issued server,
+                          env->ca->IssueServer("server"));
+  env->server_cert = std::make_unique<TestCa::Issued>(server);
   CertOptions client_options;
   client_options.uri_sans = {kTenant};
   client_options.eku = "clientAuth";
-  absl::StatusOr<TestCa::Issued> client =
-      env->ca->Issue("bench-client", client_options);
-  if (!client.ok()) return client.status();
-  env->client_cert = std::make_unique<TestCa::Issued>(*client);
+  SIGNET_ASSIGN_OR_RETURN(TestCa::Issued client,
+                          env->ca->Issue("bench-client", client_options));
+  env->client_cert = std::make_unique<TestCa::Issued>(client);
   CertOptions admin_options;
   admin_options.uri_sans = {"spiffe://signet.test/bench/admin"};
   admin_options.eku = "clientAuth";
-  absl::StatusOr<TestCa::Issued> admin =
-      env->ca->Issue("bench-admin", admin_options);
-  if (!admin.ok()) return admin.status();
-  env->admin_cert = std::make_unique<TestCa::Issued>(*admin);
+  SIGNET_ASSIGN_OR_RETURN(TestCa::Issued admin,
+                          env->ca->Issue("bench-admin", admin_options));
+  env->admin_cert = std::make_unique<TestCa::Issued>(admin);
   // --audit_dir puts the log elsewhere, e.g. on tmpfs to see what
   // fdatasync costs.
   const std::string audit_dir =
@@ -702,13 +697,11 @@ absl::StatusOr<std::unique_ptr<Env>> StartEnv(int connections, int sessions,
   SignetdOptions options;
   options.binary = absl::GetFlag(FLAGS_signetd);
   options.config_text = Config(*env, connections, sessions, worker_threads);
-  absl::StatusOr<std::unique_ptr<SignetdProcess>> signetd =
-      SignetdProcess::Start(env->token->dir(), options);
-  if (!signetd.ok()) return signetd.status();
-  env->signetd = std::move(*signetd);
-  absl::StatusOr<int> port = env->signetd->WaitForPort(kStartTimeout);
-  if (!port.ok()) return port.status();
-  env->port = *port;
+  SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<SignetdProcess> signetd,
+                          SignetdProcess::Start(env->token->dir(), options));
+  env->signetd = std::move(signetd);
+  SIGNET_ASSIGN_OR_RETURN(int port, env->signetd->WaitForPort(kStartTimeout));
+  env->port = port;
   absl::Status ready =
       env->signetd->WaitForOutput("signetd ready", kStartTimeout);
   if (!ready.ok()) {
@@ -750,10 +743,9 @@ absl::Status VerifyJws(const hsm::PublicKey& key, const std::string& kid,
     return absl::InternalError(
         absl::StrCat("unexpected header ", B64Decode(parts[0])));
   }
-  absl::StatusOr<std::string> digest =
-      hsm::Sha256(absl::StrCat(parts[0], ".", parts[1]));
-  if (!digest.ok()) return digest.status();
-  return key.VerifyDigest(hsm::SignatureAlgorithm::kEcdsaP256Sha256, *digest,
+  SIGNET_ASSIGN_OR_RETURN(std::string digest,
+                          hsm::Sha256(absl::StrCat(parts[0], ".", parts[1])));
+  return key.VerifyDigest(hsm::SignatureAlgorithm::kEcdsaP256Sha256, digest,
                           B64Decode(parts[2]));
 }
 
@@ -778,9 +770,10 @@ absl::Status SanityCheck(Signer::Stub& stub) {
   const nlohmann::json& jwk = set["keys"][0];
   std::string point = "\x04" + B64Decode(jwk["x"].get<std::string>()) +
                       B64Decode(jwk["y"].get<std::string>());
-  absl::StatusOr<hsm::PublicKey> key = hsm::PublicKey::FromEcPoint(
-      hsm::EcParamsDer(hsm::SignatureAlgorithm::kEcdsaP256Sha256), point);
-  if (!key.ok()) return key.status();
+  SIGNET_ASSIGN_OR_RETURN(
+      hsm::PublicKey key,
+      hsm::PublicKey::FromEcPoint(
+          hsm::EcParamsDer(hsm::SignatureAlgorithm::kEcdsaP256Sha256), point));
   const std::string kid = jwk["kid"].get<std::string>();
 
   grpc::ClientContext uctx;
@@ -791,7 +784,7 @@ absl::Status SanityCheck(Signer::Stub& stub) {
   v1::SignJwtResponse uresp;
   st = stub.SignJwt(&uctx, ureq, &uresp);
   if (!st.ok()) return absl::InternalError("SignJwt: " + st.error_message());
-  if (absl::Status v = VerifyJws(*key, kid, uresp.jws()); !v.ok()) return v;
+  SIGNET_RETURN_IF_ERROR(VerifyJws(key, kid, uresp.jws()));
 
   grpc::ClientContext bctx;
   deadline(bctx);
@@ -808,7 +801,7 @@ absl::Status SanityCheck(Signer::Stub& stub) {
     if (item.code() != 0) {
       return absl::InternalError("batch item: " + item.message());
     }
-    if (absl::Status v = VerifyJws(*key, kid, item.jws()); !v.ok()) return v;
+    SIGNET_RETURN_IF_ERROR(VerifyJws(key, kid, item.jws()));
   }
   return absl::OkStatus();
 }

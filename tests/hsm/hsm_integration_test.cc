@@ -45,6 +45,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/algorithm.h"
@@ -183,9 +184,7 @@ absl::StatusOr<RunResult> OpenSslVerify(const std::string& dir,
                                         absl::string_view jws_signature) {
   std::string sig(jws_signature);
   if (IsEcdsa(algorithm)) {
-    absl::StatusOr<std::string> der = EcdsaRawToDer(jws_signature);
-    if (!der.ok()) return der.status();
-    sig = *der;
+    SIGNET_ASSIGN_OR_RETURN(sig, EcdsaRawToDer(jws_signature));
   }
   const std::string pub_path = absl::StrCat(dir, "/", name, ".pub.pem");
   const std::string sig_path = absl::StrCat(dir, "/", name, ".sig");
@@ -194,8 +193,7 @@ absl::StatusOr<RunResult> OpenSslVerify(const std::string& dir,
        {std::pair<std::string, absl::string_view>{pub_path, spki_pem},
         {sig_path, sig},
         {data_path, data}}) {
-    absl::Status st = WriteFile(path, bytes);
-    if (!st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(WriteFile(path, bytes));
   }
   SpawnOptions options;
   options.argv = {
@@ -373,17 +371,15 @@ class ThroughServerTest : public ::testing::Test {
     ModuleOptions module;
     module.module_path = P11KitServer::client_module_path();
     module.p11_kit_server_address = server_->address();
-    absl::StatusOr<std::unique_ptr<P11KitConnector>> connector =
-        P11KitConnector::Create(module);
-    if (!connector.ok()) return connector.status();
-    if ((*connector)->in_process()) {
+    SIGNET_ASSIGN_OR_RETURN(std::unique_ptr<P11KitConnector> connector,
+                            P11KitConnector::Create(module));
+    if (connector->in_process()) {
       return absl::InternalError("p11-kit-client.so taken as in-process");
     }
-    absl::StatusOr<TokenUri> uri = TokenUri::Parse(token_->token_uri());
-    if (!uri.ok()) return uri.status();
+    SIGNET_ASSIGN_OR_RETURN(TokenUri uri, TokenUri::Parse(token_->token_uri()));
     return SessionPool::Create(std::make_unique<FaultInjectingConnector>(
-                                   std::move(*connector), injector_),
-                               std::move(*uri),
+                                   std::move(connector), injector_),
+                               std::move(uri),
                                Pin::FromBytes(token_->user_pin()), options);
   }
 

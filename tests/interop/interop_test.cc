@@ -68,6 +68,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "signet/v1/signer.grpc.pb.h"
@@ -222,16 +223,14 @@ absl::StatusOr<Pkey> KeyFromJwk(const nlohmann::json& jwk) {
   const std::string kty = jwk.value("kty", "");
   if (kty == "RSA") {
     type = "RSA";
-    absl::StatusOr<std::string> n_bytes = Member(jwk, "n");
-    if (!n_bytes.ok()) return n_bytes.status();
-    absl::StatusOr<std::string> e_bytes = Member(jwk, "e");
-    if (!e_bytes.ok()) return e_bytes.status();
-    if (n_bytes->empty() || (*n_bytes)[0] == '\0') {
+    SIGNET_ASSIGN_OR_RETURN(std::string n_bytes, Member(jwk, "n"));
+    SIGNET_ASSIGN_OR_RETURN(std::string e_bytes, Member(jwk, "e"));
+    if (n_bytes.empty() || n_bytes[0] == '\0') {
       // RFC 7518 section 6.3.1.1: no leading zero octets.
       return absl::InvalidArgumentError("JWK n has a leading zero octet");
     }
-    n = Bn(*n_bytes);
-    e = Bn(*e_bytes);
+    n = Bn(n_bytes);
+    e = Bn(e_bytes);
     if (!OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get()) ||
         !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get())) {
       return absl::InternalError("OSSL_PARAM_BLD_push_BN");
@@ -249,16 +248,14 @@ absl::StatusOr<Pkey> KeyFromJwk(const nlohmann::json& jwk) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat("JWK crv ", crv));
     }
-    absl::StatusOr<std::string> x = Member(jwk, "x");
-    if (!x.ok()) return x.status();
-    absl::StatusOr<std::string> y = Member(jwk, "y");
-    if (!y.ok()) return y.status();
+    SIGNET_ASSIGN_OR_RETURN(std::string x, Member(jwk, "x"));
+    SIGNET_ASSIGN_OR_RETURN(std::string y, Member(jwk, "y"));
     // RFC 7518 section 6.2.1.2/3: exactly the field size, zero-padded.
-    if (x->size() != size || y->size() != size) {
+    if (x.size() != size || y.size() != size) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "JWK x/y are ", x->size(), "/", y->size(), " bytes, not ", size));
+          "JWK x/y are ", x.size(), "/", y.size(), " bytes, not ", size));
     }
-    point = absl::StrCat("\x04", *x, *y);
+    point = absl::StrCat("\x04", x, y);
     if (!OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME,
                                          group.c_str(), 0) ||
         !OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,

@@ -39,6 +39,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/http_get.h"
@@ -76,10 +77,9 @@ class Endpoint {
  public:
   static absl::StatusOr<std::unique_ptr<Endpoint>> Start(
       absl::string_view http_extra) {
-    auto bed = testing::SignetTestBed::Create();
-    if (!bed.ok()) return bed.status();
+    SIGNET_ASSIGN_OR_RETURN(auto bed, testing::SignetTestBed::Create());
     std::unique_ptr<Endpoint> e(new Endpoint);
-    e->bed_ = std::move(*bed);
+    e->bed_ = std::move(bed);
     const std::string audit_dir = e->bed_->token().dir() + "/audit";
     mkdir(audit_dir.c_str(), 0700);
     SignetdOptions options;
@@ -95,15 +95,13 @@ class Endpoint {
         "http { listen_address: \"127.0.0.1:0\" public_base_url: "
         "\"https://keys.signet.test\" ",
         http_extra, " }\n");
-    auto signetd = SignetdProcess::Start(e->bed_->token().dir(), options);
-    if (!signetd.ok()) return signetd.status();
-    e->signetd_ = std::move(*signetd);
-    absl::Status ready =
-        e->signetd_->WaitForOutput("signetd ready", kStartTimeout);
-    if (!ready.ok()) return ready;
-    absl::StatusOr<int> port = e->signetd_->WaitForHttpPort(kStartTimeout);
-    if (!port.ok()) return port.status();
-    e->port_ = *port;
+    SIGNET_ASSIGN_OR_RETURN(
+        auto signetd, SignetdProcess::Start(e->bed_->token().dir(), options));
+    e->signetd_ = std::move(signetd);
+    SIGNET_RETURN_IF_ERROR(
+        e->signetd_->WaitForOutput("signetd ready", kStartTimeout));
+    SIGNET_ASSIGN_OR_RETURN(e->port_,
+                            e->signetd_->WaitForHttpPort(kStartTimeout));
     return e;
   }
 
@@ -151,8 +149,7 @@ class Tricklers {
     for (int i = 0; i < count; ++i) {
       Connection c;
       c.source = sources[i % sources.size()];
-      absl::Status opened = Dial(c);
-      if (!opened.ok()) return opened;
+      SIGNET_RETURN_IF_ERROR(Dial(c));
       absl::MutexLock lock(&mu_);
       connections_.push_back(std::move(c));
     }

@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "client/verifier.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -272,18 +273,18 @@ class KeyRotationTest : public ::testing::Test {
     hsm::ModuleOptions module;
     module.module_path = testing::P11KitServer::client_module_path();
     module.p11_kit_server_address = bed_->hsm().address();
-    auto connector = hsm::P11KitConnector::Create(module);
-    if (!connector.ok()) return connector.status();
-    auto uri = hsm::TokenUri::Parse(bed_->token().token_uri());
-    if (!uri.ok()) return uri.status();
+    SIGNET_ASSIGN_OR_RETURN(auto connector,
+                            hsm::P11KitConnector::Create(module));
+    SIGNET_ASSIGN_OR_RETURN(auto uri,
+                            hsm::TokenUri::Parse(bed_->token().token_uri()));
     hsm::SessionPoolOptions options;
     options.connections = 1;
-    auto pool = hsm::SessionPool::Create(
-        std::move(*connector), std::move(*uri),
-        hsm::Pin::FromBytes(bed_->token().user_pin()), options);
-    if (!pool.ok()) return pool.status();
+    SIGNET_ASSIGN_OR_RETURN(
+        auto pool, hsm::SessionPool::Create(
+                       std::move(connector), std::move(uri),
+                       hsm::Pin::FromBytes(bed_->token().user_pin()), options));
     OwnStore own;
-    own.pool = *std::move(pool);
+    own.pool = std::move(pool);
     own.store = std::make_unique<hsm::Pkcs11KeyStore>(own.pool.get());
     return own;
   }

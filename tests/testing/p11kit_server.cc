@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 
 #ifndef SIGNET_P11KIT_MODULE_DIR
 #define SIGNET_P11KIT_MODULE_DIR "/usr/lib/x86_64-linux-gnu/pkcs11"
@@ -89,11 +90,7 @@ absl::StatusOr<std::unique_ptr<P11KitServer>> P11KitServer::Start(
     const TempToken& token, P11KitServerOptions options) {
   std::optional<UserIds> run_as;
   if (!options.run_as_user.empty()) {
-    absl::StatusOr<UserIds> found = LookupUser(options.run_as_user);
-    if (!found.ok()) {
-      return found.status();
-    }
-    run_as = *std::move(found);
+    SIGNET_ASSIGN_OR_RETURN(run_as, LookupUser(options.run_as_user));
     struct stat st;
     if (stat(token.tokens_dir().c_str(), &st) != 0) {
       return absl::InternalError(
@@ -109,11 +106,7 @@ absl::StatusOr<std::unique_ptr<P11KitServer>> P11KitServer::Start(
   }
   std::unique_ptr<P11KitServer> server(new P11KitServer());
   if (!options.allowed_user.empty()) {
-    absl::StatusOr<UserIds> found = LookupUser(options.allowed_user);
-    if (!found.ok()) {
-      return found.status();
-    }
-    server->allowed_ = *std::move(found);
+    SIGNET_ASSIGN_OR_RETURN(server->allowed_, LookupUser(options.allowed_user));
   }
   server->options_ = std::move(options);
   server->conf_path_ = token.conf_path();
@@ -137,9 +130,7 @@ absl::StatusOr<std::unique_ptr<P11KitServer>> P11KitServer::Start(
     return error == EPERM ? absl::PermissionDeniedError(message)
                           : absl::InternalError(message);
   }
-  if (absl::Status s = server->Launch(); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(server->Launch());
   return server;
 }
 
@@ -279,9 +270,7 @@ absl::Status P11KitServer::Kill() {
 }
 
 absl::Status P11KitServer::Restart() {
-  if (absl::Status s = Kill(); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(Kill());
   return Launch();
 }
 

@@ -28,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "tests/testing/process.h"
 
 namespace signet::testing {
@@ -126,9 +127,7 @@ absl::Status ReplaceFile(const std::string& path, absl::string_view contents,
   if (fchmod(fd, mode) != 0) {
     return ErrnoStatus(errno, absl::StrCat("chmod ", tmp));
   }
-  if (absl::Status s = WriteAll(fd, contents, tmp); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(WriteAll(fd, contents, tmp));
   if (rename(tmp.c_str(), path.c_str()) != 0) {
     return ErrnoStatus(errno, absl::StrCat("rename ", tmp, " to ", path));
   }
@@ -245,26 +244,21 @@ absl::StatusOr<std::string> TestCa::RunOpenssl(std::vector<std::string> args) {
     options.argv.push_back(std::move(arg));
   }
   options.unset_env = {"OPENSSL_CONF"};
-  absl::StatusOr<RunResult> ran = RunProcess(options, kOpensslTimeout);
-  if (!ran.ok()) {
-    return ran.status();
-  }
-  if (!ran->succeeded()) {
+  SIGNET_ASSIGN_OR_RETURN(RunResult ran, RunProcess(options, kOpensslTimeout));
+  if (!ran.succeeded()) {
     return absl::InternalError(absl::StrCat(
         absl::StrJoin(options.argv, " "),
-        ran->timed_out ? " timed out"
-                       : absl::StrCat(" exited with ", ran->exit_code,
-                                      " signal ", ran->term_signal),
-        ": ", ran->output));
+        ran.timed_out ? " timed out"
+                      : absl::StrCat(" exited with ", ran.exit_code, " signal ",
+                                     ran.term_signal),
+        ": ", ran.output));
   }
-  return std::move(ran->output);
+  return std::move(ran.output);
 }
 
 absl::StatusOr<std::unique_ptr<TestCa>> TestCa::Create(absl::string_view dir,
                                                        absl::string_view name) {
-  if (absl::Status s = CheckName("CA name", name); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(CheckName("CA name", name));
   absl::string_view parent = dir;
   while (parent.size() > 1 && absl::EndsWith(parent, "/")) {
     parent.remove_suffix(1);
@@ -278,9 +272,7 @@ absl::StatusOr<std::unique_ptr<TestCa>> TestCa::Create(absl::string_view dir,
   std::unique_ptr<TestCa> ca(new TestCa());
   ca->dir_ =
       parent == "/" ? absl::StrCat("/", name) : absl::StrCat(parent, "/", name);
-  if (absl::Status s = MakeDir(ca->dir_, 0755, /*may_exist=*/false); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(MakeDir(ca->dir_, 0755, /*may_exist=*/false));
   bool created = false;
   absl::Cleanup remove_on_error = [&created, &ca] {
     if (!created) {
@@ -289,9 +281,7 @@ absl::StatusOr<std::unique_ptr<TestCa>> TestCa::Create(absl::string_view dir,
     }
   };
   for (absl::string_view sub : {"certs", "newcerts", "work"}) {
-    if (absl::Status s = MakeDir(Join(ca->dir_, sub), 0755, false); !s.ok()) {
-      return s;
-    }
+    SIGNET_RETURN_IF_ERROR(MakeDir(Join(ca->dir_, sub), 0755, false));
   }
   ca->config_path_ = Join(ca->dir_, "openssl.cnf");
   ca->key_path_ = Join(ca->dir_, "ca.key");
@@ -339,73 +329,48 @@ absl::StatusOr<std::unique_ptr<TestCa>> TestCa::Create(absl::string_view dir,
       "keyUsage = critical, keyCertSign, cRLSign\n"
       "subjectKeyIdentifier = hash\n");
   // clang-format on
-  if (absl::Status s = WriteNewFile(ca->config_path_, config, 0644); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = WriteNewFile(Join(ca->dir_, "index.txt"), "", 0644);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = WriteNewFile(Join(ca->dir_, "index.txt.attr"),
-                                    "unique_subject = no\n", 0644);
-      !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(WriteNewFile(ca->config_path_, config, 0644));
+  SIGNET_RETURN_IF_ERROR(WriteNewFile(Join(ca->dir_, "index.txt"), "", 0644));
+  SIGNET_RETURN_IF_ERROR(WriteNewFile(Join(ca->dir_, "index.txt.attr"),
+                                      "unique_subject = no\n", 0644));
   for (absl::string_view counter : {"serial", "crlnumber"}) {
-    if (absl::Status s = WriteNewFile(Join(ca->dir_, counter), "1000\n", 0644);
-        !s.ok()) {
-      return s;
-    }
+    SIGNET_RETURN_IF_ERROR(
+        WriteNewFile(Join(ca->dir_, counter), "1000\n", 0644));
   }
 
-  absl::StatusOr<std::string> ou = RandomHex(8);
-  if (!ou.ok()) {
-    return ou.status();
-  }
-  absl::StatusOr<std::string> serial = RandomHex(16);
-  if (!serial.ok()) {
-    return serial.status();
-  }
-  absl::StatusOr<std::string> out = RunOpenssl(
-      {"genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-       "-pkeyopt", "ec_param_enc:named_curve", "-out", ca->key_path_});
-  if (!out.ok()) {
-    return out.status();
-  }
+  SIGNET_ASSIGN_OR_RETURN(std::string ou, RandomHex(8));
+  SIGNET_ASSIGN_OR_RETURN(std::string serial, RandomHex(16));
+  SIGNET_RETURN_IF_ERROR(
+      RunOpenssl({"genpkey", "-algorithm", "EC", "-pkeyopt",
+                  "ec_paramgen_curve:P-256", "-pkeyopt",
+                  "ec_param_enc:named_curve", "-out", ca->key_path_})
+          .status());
   if (chmod(ca->key_path_.c_str(), 0600) != 0) {
     return ErrnoStatus(errno, absl::StrCat("chmod ", ca->key_path_));
   }
-  out = RunOpenssl(
-      {"req", "-new", "-x509", "-config", ca->config_path_, "-extensions",
-       "v3_ca", "-key", ca->key_path_, "-subj",
-       absl::StrCat("/O=signet tests/OU=", *ou, "/CN=", SubjValue(name)),
-       "-days", absl::StrCat(kCaDays), "-sha256", "-set_serial",
-       absl::StrCat("0x", *serial), "-out", ca->cert_path_});
-  if (!out.ok()) {
-    return out.status();
-  }
+  SIGNET_RETURN_IF_ERROR(
+      RunOpenssl(
+          {"req", "-new", "-x509", "-config", ca->config_path_, "-extensions",
+           "v3_ca", "-key", ca->key_path_, "-subj",
+           absl::StrCat("/O=signet tests/OU=", ou, "/CN=", SubjValue(name)),
+           "-days", absl::StrCat(kCaDays), "-sha256", "-set_serial",
+           absl::StrCat("0x", serial), "-out", ca->cert_path_})
+          .status());
   if (chmod(ca->cert_path_.c_str(), 0644) != 0) {
     return ErrnoStatus(errno, absl::StrCat("chmod ", ca->cert_path_));
   }
-  absl::StatusOr<std::string> pem = ReadFile(ca->cert_path_);
-  if (!pem.ok()) {
-    return pem.status();
-  }
-  ca->cert_pem_ = *std::move(pem);
-  out = RunOpenssl({"x509", "-noout", "-hash", "-in", ca->cert_path_});
-  if (!out.ok()) {
-    return out.status();
-  }
-  ca->subject_hash_ = std::string(absl::StripAsciiWhitespace(*out));
+  SIGNET_ASSIGN_OR_RETURN(ca->cert_pem_, ReadFile(ca->cert_path_));
+  SIGNET_ASSIGN_OR_RETURN(
+      std::string hash,
+      RunOpenssl({"x509", "-noout", "-hash", "-in", ca->cert_path_}));
+  ca->subject_hash_ = std::string(absl::StripAsciiWhitespace(hash));
   created = true;
   return ca;
 }
 
 absl::StatusOr<TestCa::Issued> TestCa::Issue(absl::string_view name,
                                              const CertOptions& options) {
-  if (absl::Status s = CheckName("certificate name", name); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(CheckName("certificate name", name));
   const std::string cn = options.cn.empty() ? std::string(name) : options.cn;
   std::vector<std::string> alt_names;
   for (const auto& [kind, values] :
@@ -493,32 +458,25 @@ absl::StatusOr<TestCa::Issued> TestCa::Issue(absl::string_view name,
   }
   // A leftover from an interrupted call must not stop this one.
   unlink(ext.c_str());
-  if (absl::Status s = WriteNewFile(ext, extensions, 0644); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(WriteNewFile(ext, extensions, 0644));
 
-  absl::StatusOr<std::string> out = RunOpenssl(
-      {"genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-       "-pkeyopt", "ec_param_enc:named_curve", "-out", key});
-  if (!out.ok()) {
-    return out.status();
-  }
-  out = RunOpenssl({"req", "-new", "-config", config_path_, "-key", key,
-                    "-subj", absl::StrCat("/CN=", SubjValue(cn)), "-out", csr});
-  if (!out.ok()) {
-    return out.status();
-  }
-  out = RunOpenssl({"ca", "-batch", "-notext", "-config", config_path_, "-days",
-                    absl::StrCat(kLeafDays), "-extfile", ext, "-extensions",
-                    "ext", "-in", csr, "-out", cert});
-  if (!out.ok()) {
-    return out.status();
-  }
-  out = RunOpenssl({"x509", "-noout", "-serial", "-in", cert});
-  if (!out.ok()) {
-    return out.status();
-  }
-  issued.serial = ValueAfterEquals(*out);
+  SIGNET_RETURN_IF_ERROR(RunOpenssl({"genpkey", "-algorithm", "EC", "-pkeyopt",
+                                     "ec_paramgen_curve:P-256", "-pkeyopt",
+                                     "ec_param_enc:named_curve", "-out", key})
+                             .status());
+  SIGNET_RETURN_IF_ERROR(
+      RunOpenssl({"req", "-new", "-config", config_path_, "-key", key, "-subj",
+                  absl::StrCat("/CN=", SubjValue(cn)), "-out", csr})
+          .status());
+  SIGNET_RETURN_IF_ERROR(
+      RunOpenssl({"ca", "-batch", "-notext", "-config", config_path_, "-days",
+                  absl::StrCat(kLeafDays), "-extfile", ext, "-extensions",
+                  "ext", "-in", csr, "-out", cert})
+          .status());
+  SIGNET_ASSIGN_OR_RETURN(
+      std::string serial_line,
+      RunOpenssl({"x509", "-noout", "-serial", "-in", cert}));
+  issued.serial = ValueAfterEquals(serial_line);
 
   // Test keys, readable by a service under test (see the header).
   if (chmod(key.c_str(), 0644) != 0 || chmod(cert.c_str(), 0644) != 0) {
@@ -530,16 +488,10 @@ absl::StatusOr<TestCa::Issued> TestCa::Issue(absl::string_view name,
   if (rename(cert.c_str(), issued.cert_path.c_str()) != 0) {
     return ErrnoStatus(errno, absl::StrCat("rename ", cert));
   }
-  absl::StatusOr<std::string> cert_pem = ReadFile(issued.cert_path);
-  if (!cert_pem.ok()) {
-    return cert_pem.status();
-  }
-  absl::StatusOr<std::string> key_pem = ReadFile(issued.key_path);
-  if (!key_pem.ok()) {
-    return key_pem.status();
-  }
-  issued.cert_pem = *std::move(cert_pem);
-  issued.key_pem = *std::move(key_pem);
+  SIGNET_ASSIGN_OR_RETURN(std::string cert_pem, ReadFile(issued.cert_path));
+  SIGNET_ASSIGN_OR_RETURN(std::string key_pem, ReadFile(issued.key_path));
+  issued.cert_pem = std::move(cert_pem);
+  issued.key_pem = std::move(key_pem);
   return issued;
 }
 
@@ -553,17 +505,15 @@ absl::StatusOr<TestCa::Issued> TestCa::IssueServer(absl::string_view name) {
 }
 
 absl::Status TestCa::Revoke(const Issued& cert) {
-  absl::StatusOr<std::string> out = RunOpenssl(
-      {"x509", "-noout", "-issuer_hash", "-serial", "-in", cert.cert_path});
-  if (!out.ok()) {
-    return out.status();
-  }
+  SIGNET_ASSIGN_OR_RETURN(
+      std::string out, RunOpenssl({"x509", "-noout", "-issuer_hash", "-serial",
+                                   "-in", cert.cert_path}));
   // Output: the issuer hash on one line, then "serial=<hex>".
   std::vector<absl::string_view> lines =
-      absl::StrSplit(*out, '\n', absl::SkipWhitespace());
+      absl::StrSplit(out, '\n', absl::SkipWhitespace());
   if (lines.size() != 2) {
     return absl::InternalError(
-        absl::StrCat("unexpected openssl x509 output: ", *out));
+        absl::StrCat("unexpected openssl x509 output: ", out));
   }
   if (absl::StripAsciiWhitespace(lines[0]) != subject_hash_) {
     return absl::InvalidArgumentError(
@@ -574,13 +524,10 @@ absl::Status TestCa::Revoke(const Issued& cert) {
   // `openssl ca -revoke` would add an unknown certificate to the database:
   // look it up first. index.txt: status, expiry, revocation, serial, file,
   // subject, separated by tabs.
-  absl::StatusOr<std::string> index = ReadFile(Join(dir_, "index.txt"));
-  if (!index.ok()) {
-    return index.status();
-  }
+  SIGNET_ASSIGN_OR_RETURN(std::string index, ReadFile(Join(dir_, "index.txt")));
   bool found = false;
   for (absl::string_view line :
-       absl::StrSplit(*index, '\n', absl::SkipEmpty())) {
+       absl::StrSplit(index, '\n', absl::SkipEmpty())) {
     std::vector<absl::string_view> fields = absl::StrSplit(line, '\t');
     if (fields.size() < 4 || !absl::EqualsIgnoreCase(fields[3], serial)) {
       continue;
@@ -597,9 +544,9 @@ absl::Status TestCa::Revoke(const Issued& cert) {
         absl::StrCat("certificate ", serial, " (", cert.cert_path,
                      ") is not in the database of the CA in ", dir_));
   }
-  out = RunOpenssl(
-      {"ca", "-batch", "-config", config_path_, "-revoke", cert.cert_path});
-  return out.status();
+  return RunOpenssl({"ca", "-batch", "-config", config_path_, "-revoke",
+                     cert.cert_path})
+      .status();
 }
 
 absl::Status TestCa::WriteCrl(absl::string_view crl_dir) {
@@ -613,32 +560,23 @@ absl::Status TestCa::WriteCrl(absl::string_view crl_dir) {
         "got '",
         absl::CHexEscape(crl_dir), "'"));
   }
-  if (absl::Status s = MakeDir(dir, 0755, /*may_exist=*/true); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(MakeDir(dir, 0755, /*may_exist=*/true));
   const std::string crl = Join(dir_, "work/crl.pem");
   absl::Cleanup remove_crl = [&crl] { unlink(crl.c_str()); };
-  absl::StatusOr<std::string> out = RunOpenssl(
-      {"ca", "-batch", "-gencrl", "-config", config_path_, "-out", crl});
-  if (!out.ok()) {
-    return out.status();
-  }
+  SIGNET_RETURN_IF_ERROR(RunOpenssl({"ca", "-batch", "-gencrl", "-config",
+                                     config_path_, "-out", crl})
+                             .status());
   // The directory lookup finds a CRL by the hash of its issuer name, which
   // is the CA's subject hash.
-  out = RunOpenssl({"crl", "-noout", "-hash", "-in", crl});
-  if (!out.ok()) {
-    return out.status();
-  }
-  if (absl::StripAsciiWhitespace(*out) != subject_hash_) {
+  SIGNET_ASSIGN_OR_RETURN(std::string out,
+                          RunOpenssl({"crl", "-noout", "-hash", "-in", crl}));
+  if (absl::StripAsciiWhitespace(out) != subject_hash_) {
     return absl::InternalError(
-        absl::StrCat("the CRL's issuer hash ", absl::StripAsciiWhitespace(*out),
+        absl::StrCat("the CRL's issuer hash ", absl::StripAsciiWhitespace(out),
                      " differs from the CA's subject hash ", subject_hash_));
   }
-  absl::StatusOr<std::string> pem = ReadFile(crl);
-  if (!pem.ok()) {
-    return pem.status();
-  }
-  return ReplaceFile(Join(dir, absl::StrCat(subject_hash_, ".r0")), *pem, 0644);
+  SIGNET_ASSIGN_OR_RETURN(std::string pem, ReadFile(crl));
+  return ReplaceFile(Join(dir, absl::StrCat(subject_hash_, ".r0")), pem, 0644);
 }
 
 }  // namespace signet::testing

@@ -28,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 
 extern char** environ;
 
@@ -201,18 +202,11 @@ absl::StatusOr<pid_t> Spawn(const SpawnOptions& options) {
   if (options.argv.empty()) {
     return absl::InvalidArgumentError("Spawn: empty argv");
   }
-  absl::StatusOr<std::string> program = ResolveProgram(options.argv[0]);
-  if (!program.ok()) {
-    return program.status();
-  }
+  SIGNET_ASSIGN_OR_RETURN(std::string program, ResolveProgram(options.argv[0]));
   UserIds user;
   const bool drop_privileges = !options.as_user.empty();
   if (drop_privileges) {
-    absl::StatusOr<UserIds> found = LookupUser(options.as_user);
-    if (!found.ok()) {
-      return found.status();
-    }
-    user = *std::move(found);
+    SIGNET_ASSIGN_OR_RETURN(user, LookupUser(options.as_user));
   }
 
   // The environment: ours, minus what is unset or overridden, plus overrides.
@@ -310,7 +304,7 @@ absl::StatusOr<pid_t> Spawn(const SpawnOptions& options) {
         ChildFail(error_pipe[1], kStepSetuid);
       }
     }
-    execve(program->c_str(), argv.data(), envp.data());
+    execve(program.c_str(), argv.data(), envp.data());
     ChildFail(error_pipe[1], kStepExec);
   }
 

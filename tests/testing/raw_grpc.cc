@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 
 namespace signet::testing {
 namespace {
@@ -242,7 +243,7 @@ std::string LengthPrefixed(absl::string_view message) {
 absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
   const absl::Time deadline = absl::Now() + call.timeout;
   TlsConnection tls;
-  if (absl::Status st = tls.Open(call); !st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(tls.Open(call));
 
   const std::string out = absl::StrCat(
       "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Frame(kSettings, 0, 0, ""),
@@ -253,11 +254,9 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
   RawGrpcAnswer answer;
   std::string body;  // stream 1's DATA so far
   while (!answer.has_message && !answer.ended) {
-    absl::StatusOr<std::string> head = tls.Read(9, deadline);
-    if (!head.ok()) return head.status();
-    const auto [length, type, flags, stream] = ParseFrameHeader(*head);
-    absl::StatusOr<std::string> payload = tls.Read(length, deadline);
-    if (!payload.ok()) return payload.status();
+    SIGNET_ASSIGN_OR_RETURN(std::string head, tls.Read(9, deadline));
+    const auto [length, type, flags, stream] = ParseFrameHeader(head);
+    SIGNET_ASSIGN_OR_RETURN(std::string payload, tls.Read(length, deadline));
     switch (type) {
       case kSettings:
         if ((flags & kAck) == 0 && !tls.Write(Frame(kSettings, kAck, 0, ""))) {
@@ -265,8 +264,7 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
         }
         break;
       case kPing:
-        if ((flags & kAck) == 0 &&
-            !tls.Write(Frame(kPing, kAck, 0, *payload))) {
+        if ((flags & kAck) == 0 && !tls.Write(Frame(kPing, kAck, 0, payload))) {
           return absl::UnavailableError("answering PING failed");
         }
         break;
@@ -281,7 +279,7 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
         break;
       case kData: {
         if (stream != 1) break;
-        absl::string_view p = *payload;
+        absl::string_view p = payload;
         if ((flags & kPadded) != 0 && !p.empty()) {
           const size_t pad = static_cast<unsigned char>(p[0]);
           p.remove_prefix(1);
@@ -310,7 +308,7 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
 class UnreadingGrpcConnection::Impl {
  public:
   absl::Status Open(const RawGrpcCall& base) {
-    if (absl::Status st = tls_.Open(base); !st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(tls_.Open(base));
     // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no answer's DATA may come.
     const std::string settings("\0\x04\0\0\0\0", 6);
     if (!tls_.Write(absl::StrCat("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -337,7 +335,7 @@ class UnreadingGrpcConnection::Impl {
                              static_cast<int64_t>(max_frame_size_)});
       if (room <= 0) {
         // Wait for the server's WINDOW_UPDATE.
-        if (absl::Status st = ReadFrame(deadline); !st.ok()) return st;
+        SIGNET_RETURN_IF_ERROR(ReadFrame(deadline));
         continue;
       }
       const size_t n = std::min(rest.size(), static_cast<size_t>(room));
@@ -369,22 +367,22 @@ class UnreadingGrpcConnection::Impl {
  private:
   // Reads and handles one frame from the server.
   absl::Status ReadFrame(absl::Time deadline) {
-    absl::StatusOr<std::string> head = tls_.Read(9, deadline);
-    if (!head.ok()) return head.status();
-    const FrameHeader f = ParseFrameHeader(*head);
+    SIGNET_ASSIGN_OR_RETURN(std::string head, tls_.Read(9, deadline));
+    const FrameHeader f = ParseFrameHeader(head);
     // A frame begun is read whole, or the connection's framing is lost.
-    absl::StatusOr<std::string> payload =
-        tls_.Read(f.length, std::max(deadline, absl::Now() + absl::Seconds(5)));
-    if (!payload.ok()) return payload.status();
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string payload,
+        tls_.Read(f.length,
+                  std::max(deadline, absl::Now() + absl::Seconds(5))));
     switch (f.type) {
       case kSettings:
         if ((f.flags & kAck) != 0) break;
-        for (size_t at = 0; at + 6 <= payload->size(); at += 6) {
+        for (size_t at = 0; at + 6 <= payload.size(); at += 6) {
           const uint16_t id = static_cast<uint16_t>(
-              (static_cast<unsigned char>((*payload)[at]) << 8) |
-              static_cast<unsigned char>((*payload)[at + 1]));
+              (static_cast<unsigned char>(payload[at]) << 8) |
+              static_cast<unsigned char>(payload[at + 1]));
           const uint32_t value =
-              BigEndian32(absl::string_view(*payload).substr(at + 2, 4));
+              BigEndian32(absl::string_view(payload).substr(at + 2, 4));
           if (id == 0x4) {
             for (auto& [stream, window] : stream_windows_) {
               window += static_cast<int64_t>(value) - initial_stream_window_;
@@ -400,13 +398,13 @@ class UnreadingGrpcConnection::Impl {
         break;
       case kPing:
         if ((f.flags & kAck) == 0 &&
-            !tls_.Write(Frame(kPing, kAck, 0, *payload))) {
+            !tls_.Write(Frame(kPing, kAck, 0, payload))) {
           return absl::UnavailableError("answering PING failed");
         }
         break;
       case kWindowUpdate: {
-        if (payload->size() != 4) break;
-        const int64_t increment = BigEndian32(*payload) & 0x7fffffff;
+        if (payload.size() != 4) break;
+        const int64_t increment = BigEndian32(payload) & 0x7fffffff;
         if (f.stream == 0) {
           connection_window_ += increment;
         } else {
@@ -453,7 +451,7 @@ UnreadingGrpcConnection::~UnreadingGrpcConnection() = default;
 absl::StatusOr<std::unique_ptr<UnreadingGrpcConnection>>
 UnreadingGrpcConnection::Open(const RawGrpcCall& base) {
   auto impl = std::make_unique<Impl>();
-  if (absl::Status st = impl->Open(base); !st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(impl->Open(base));
   return std::unique_ptr<UnreadingGrpcConnection>(
       new UnreadingGrpcConnection(std::move(impl)));
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 #include "tests/testing/process.h"
 
 namespace signet::testing {
@@ -113,8 +114,7 @@ absl::Status SignetdProcess::WaitForOutput(absl::string_view text,
 }
 
 absl::StatusOr<int> SignetdProcess::WaitForPort(absl::Duration timeout) {
-  absl::Status seen = WaitForOutput("listening on ", timeout);
-  if (!seen.ok()) return seen;
+  SIGNET_RETURN_IF_ERROR(WaitForOutput("listening on ", timeout));
   std::string out = Output();
   size_t at = out.find("listening on ");
   size_t end = out.find(' ', at + 13);
@@ -128,8 +128,7 @@ absl::StatusOr<int> SignetdProcess::WaitForPort(absl::Duration timeout) {
 
 absl::StatusOr<int> SignetdProcess::WaitForHttpPort(absl::Duration timeout) {
   const std::string kMarker = "JWKS HTTP listening on ";
-  absl::Status seen = WaitForOutput(kMarker, timeout);
-  if (!seen.ok()) return seen;
+  SIGNET_RETURN_IF_ERROR(WaitForOutput(kMarker, timeout));
   std::string out = Output();
   size_t at = out.find(kMarker) + kMarker.size();
   size_t colon = out.find(':', at);

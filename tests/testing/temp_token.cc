@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "base/status_macros.h"
 #include "tests/testing/process.h"
 
 namespace signet::testing {
@@ -123,19 +124,11 @@ absl::StatusOr<std::unique_ptr<TempToken>> TempToken::Create(
   }
   std::optional<UserIds> owner;
   if (!options.owner_user.empty()) {
-    absl::StatusOr<UserIds> found = LookupUser(options.owner_user);
-    if (!found.ok()) {
-      return found.status();
-    }
-    owner = *std::move(found);
+    SIGNET_ASSIGN_OR_RETURN(owner, LookupUser(options.owner_user));
   }
   std::optional<UserIds> pin_reader;
   if (!options.pin_file_user.empty()) {
-    absl::StatusOr<UserIds> found = LookupUser(options.pin_file_user);
-    if (!found.ok()) {
-      return found.status();
-    }
-    pin_reader = *std::move(found);
+    SIGNET_ASSIGN_OR_RETURN(pin_reader, LookupUser(options.pin_file_user));
   }
 
   // Under /tmp, not $TMPDIR: the service users must be able to reach the
@@ -163,9 +156,7 @@ absl::StatusOr<std::unique_ptr<TempToken>> TempToken::Create(
     return ErrnoStatus(errno, absl::StrCat("chmod ", token->tokens_dir_));
   }
   if (owner.has_value()) {
-    if (absl::Status s = ChownTo(token->tokens_dir_, *owner); !s.ok()) {
-      return s;
-    }
+    SIGNET_RETURN_IF_ERROR(ChownTo(token->tokens_dir_, *owner));
   }
   const std::string conf = absl::StrCat(
       "# written by signet::testing::TempToken\n"
@@ -173,20 +164,12 @@ absl::StatusOr<std::unique_ptr<TempToken>> TempToken::Create(
       token->tokens_dir_, "\n",
       "objectstore.backend = file\n"
       "log.level = ERROR\n");
-  if (absl::Status s = WriteNewFile(token->conf_path_, conf, 0644); !s.ok()) {
-    return s;
-  }
+  SIGNET_RETURN_IF_ERROR(WriteNewFile(token->conf_path_, conf, 0644));
 
-  absl::StatusOr<std::string> so_pin = RandomPin();
-  if (!so_pin.ok()) {
-    return so_pin.status();
-  }
-  absl::StatusOr<std::string> user_pin = RandomPin();
-  if (!user_pin.ok()) {
-    return user_pin.status();
-  }
-  token->so_pin_ = *std::move(so_pin);
-  token->user_pin_ = *std::move(user_pin);
+  SIGNET_ASSIGN_OR_RETURN(std::string so_pin, RandomPin());
+  SIGNET_ASSIGN_OR_RETURN(std::string user_pin, RandomPin());
+  token->so_pin_ = std::move(so_pin);
+  token->user_pin_ = std::move(user_pin);
 
   SpawnOptions init;
   init.argv = {"softhsm2-util", "--init-token", "--free",
@@ -194,17 +177,14 @@ absl::StatusOr<std::unique_ptr<TempToken>> TempToken::Create(
                token->so_pin_,  "--pin",        token->user_pin_};
   init.env = {{"SOFTHSM2_CONF", token->conf_path_}};
   init.as_user = options.owner_user;
-  absl::StatusOr<RunResult> ran = RunProcess(init, absl::Seconds(60));
-  if (!ran.ok()) {
-    return ran.status();
-  }
-  if (!ran->succeeded()) {
+  SIGNET_ASSIGN_OR_RETURN(RunResult ran, RunProcess(init, absl::Seconds(60)));
+  if (!ran.succeeded()) {
     return absl::InternalError(absl::StrCat(
         "softhsm2-util --init-token --label ", token->label_,
-        ran->timed_out ? " timed out"
-                       : absl::StrCat(" exited with ", ran->exit_code,
-                                      " signal ", ran->term_signal),
-        ": ", ran->output));
+        ran.timed_out ? " timed out"
+                      : absl::StrCat(" exited with ", ran.exit_code, " signal ",
+                                     ran.term_signal),
+        ": ", ran.output));
   }
 
   if (absl::Status s =
@@ -213,9 +193,7 @@ absl::StatusOr<std::unique_ptr<TempToken>> TempToken::Create(
     return s;
   }
   if (pin_reader.has_value()) {
-    if (absl::Status s = ChownTo(token->pin_file_path_, *pin_reader); !s.ok()) {
-      return s;
-    }
+    SIGNET_RETURN_IF_ERROR(ChownTo(token->pin_file_path_, *pin_reader));
   }
   return token;
 }

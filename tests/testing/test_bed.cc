@@ -1,26 +1,18 @@
 #include "tests/testing/test_bed.h"
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace signet::testing {
 
 absl::StatusOr<std::unique_ptr<SignetTestBed>> SignetTestBed::Create(
     absl::string_view ca_name) {
   std::unique_ptr<SignetTestBed> bed(new SignetTestBed());
-  absl::StatusOr<std::unique_ptr<TempToken>> token = TempToken::Create();
-  if (!token.ok()) return token.status();
-  bed->token_ = std::move(*token);
-  absl::StatusOr<std::unique_ptr<P11KitServer>> hsm =
-      P11KitServer::Start(*bed->token_);
-  if (!hsm.ok()) return hsm.status();
-  bed->hsm_ = std::move(*hsm);
-  absl::StatusOr<std::unique_ptr<TestCa>> ca =
-      TestCa::Create(bed->token_->dir(), ca_name);
-  if (!ca.ok()) return ca.status();
-  bed->ca_ = std::move(*ca);
-  absl::StatusOr<TestCa::Issued> server = bed->ca_->IssueServer("server");
-  if (!server.ok()) return server.status();
-  bed->server_cert_ = std::move(*server);
+  SIGNET_ASSIGN_OR_RETURN(bed->token_, TempToken::Create());
+  SIGNET_ASSIGN_OR_RETURN(bed->hsm_, P11KitServer::Start(*bed->token_));
+  SIGNET_ASSIGN_OR_RETURN(bed->ca_,
+                          TestCa::Create(bed->token_->dir(), ca_name));
+  SIGNET_ASSIGN_OR_RETURN(bed->server_cert_, bed->ca_->IssueServer("server"));
   return bed;
 }
 
