@@ -261,6 +261,22 @@ int Fail(const absl::Status& status) {
   return ExitCodeFor(status);
 }
 
+// A key change whose answer never came (deadline, lost connection) may
+// have been applied: the request id is how to find out without applying
+// it twice.
+int FailChange(const absl::Status& status, const std::string& request_id) {
+  const int code = Fail(status);
+  if (absl::IsDeadlineExceeded(status) || absl::IsUnavailable(status) ||
+      absl::IsCancelled(status) || absl::IsUnknown(status)) {
+    std::cerr << "signetctl: the change may have been applied or not; run "
+                 "the same command with --request-id "
+              << request_id
+              << " to find out (a request id is never applied twice)"
+              << std::endl;
+  }
+  return code;
+}
+
 int Print(absl::string_view text) {
   std::cout << text;
   if (text.empty() || text.back() != '\n') std::cout << '\n';
@@ -502,7 +518,9 @@ int KeysRotate(const Connection& c, const std::string& scope, bool now,
   Verbose(absl::StrCat("request id ", request.request_id()));
   absl::StatusOr<v1::RotateKeyResponse> response =
       (*client)->RotateKey(request);
-  if (!response.ok()) return Fail(response.status());
+  if (!response.ok()) {
+    return FailChange(response.status(), request.request_id());
+  }
   if (!response->warning().empty()) {
     std::cerr << "signetctl: warning: " << response->warning() << std::endl;
   }
@@ -532,7 +550,9 @@ int KeysRevoke(const Connection& c, const std::string& scope,
   Verbose(absl::StrCat("request id ", request.request_id()));
   absl::StatusOr<v1::RevokeKeyResponse> response =
       (*client)->RevokeKey(request);
-  if (!response.ok()) return Fail(response.status());
+  if (!response.ok()) {
+    return FailChange(response.status(), request.request_id());
+  }
   if (!response->warning().empty()) {
     std::cerr << "signetctl: warning: " << response->warning() << std::endl;
   }

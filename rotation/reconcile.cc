@@ -170,8 +170,6 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
           if (before_write_) before_write_();
           status = store_->WriteRecord(*generated, SerializeKeyRecord(record))
                        .status();
-          // The pair may be left without its record: the next pass looks.
-          if (!status.ok()) unrecorded_check_due_ = true;
         }
         if (status.ok()) loaded_[record.key_id()] = *std::move(key);
         break;
@@ -198,6 +196,12 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
         if (before_write_) before_write_();
         status = store_->DestroyKeyPair(id);
         break;
+    }
+    if (!status.ok() && action.kind == KeyAction::Kind::kGenerate) {
+      // A failed generation may leave a pair without its record (a lost
+      // reply to C_GenerateKeyPair, a failed record write, a clean-up that
+      // failed too): the next pass looks for it.
+      unrecorded_check_due_ = true;
     }
     if (!status.ok()) {
       Emit({"key_action_failed", policy.scope, record.kid(), false,

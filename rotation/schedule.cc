@@ -366,7 +366,8 @@ absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(
       }
     }
     if (published >= policy.max_published_keys) {
-      return absl::ResourceExhaustedError(absl::StrCat(
+      // Not RESOURCE_EXHAUSTED: clients retry that, and this lasts hours.
+      return absl::FailedPreconditionError(absl::StrCat(
           "scope ", policy.scope, " already publishes ", published,
           " keys (at most ", policy.max_published_keys,
           "): each immediate rotation leaves one more published for the "

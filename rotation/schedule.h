@@ -132,7 +132,7 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
 // activates the old key is superseded, so a crash between the two never
 // leaves two signing keys). FAILED_PRECONDITION when the scope has no
 // active key or no standby (the reconcile loop makes one; retry), naming
-// which; RESOURCE_EXHAUSTED for an immediate rotation while the scope
+// which; also FAILED_PRECONDITION for an immediate rotation while the scope
 // publishes policy.max_published_keys keys (saying when one leaves).
 enum class RotateMode { kPlanned, kImmediate };
 absl::StatusOr<std::vector<KeyAction>> PlanRotateNow(

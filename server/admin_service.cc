@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "base/quote.h"
 #include "rotation/schedule.h"
 #include "server/config.h"
@@ -60,6 +61,7 @@ template <typename Request, typename Response>
 void AdminService::Add(const char* name, const char* method,
                        void (AdminService::*handle)(const Backend& backend,
                                                     const std::string& admin,
+                                                    absl::Time deadline,
                                                     const Request&, Response*,
                                                     Answer)) {
   using Call = TypedOneRequestCall<Request, Response>;
@@ -71,7 +73,8 @@ void AdminService::Add(const char* name, const char* method,
     std::string admin;
     if (!Admitted(context, method, answer, &backend, &admin)) return;
     // The backend lives as long as the call: it is captured.
-    (this->*handle)(*backend, admin, request, response,
+    (this->*handle)(*backend, admin, absl::FromChrono(context->deadline()),
+                    request, response,
                     [backend, answer = std::move(answer)](
                         const grpc::Status& status) { answer(status); });
   };
@@ -150,7 +153,7 @@ absl::StatusOr<std::string> AdminService::Admin(
 void AdminService::Audited(const Backend& backend, const std::string& admin,
                            const char* method, absl::string_view scope,
                            const absl::Status& status, const Answer& answer,
-                           absl::string_view detail) {
+                           absl::string_view detail, bool answer_unaudited) {
   AuditEvent line;
   line.event = "admin";
   line.caller = admin;
@@ -163,16 +166,21 @@ void AdminService::Audited(const Backend& backend, const std::string& admin,
   // Before the answer; an admin call that cannot be audited is not
   // answered OK.
   absl::Status written = backend.audit->Append(line);
-  if (!written.ok()) {
-    answer(grpc::Status(
-        grpc::StatusCode::UNAVAILABLE,
-        absl::StrCat("the audit log cannot be written: ", written.message())));
+  if (!written.ok() && answer_unaudited) {
+    SIGNET_LOG_WARN(
+        "Admin/{} by {} answered without its audit line (the audit log "
+        "cannot be written: {})",
+        method, admin, written.message());
+  } else if (!written.ok()) {
+    answer(ToGrpcStatus(absl::UnavailableError(
+        absl::StrCat("the audit log cannot be written: ", written.message()))));
     return;
   }
   answer(ToGrpcStatus(status));
 }
 
 void AdminService::ListScopes(const Backend& backend, const std::string& admin,
+                              absl::Time /*deadline*/,
                               const signet::v1::ListScopesRequest&,
                               signet::v1::ListScopesResponse* response,
                               Answer answer) {
@@ -196,6 +204,7 @@ void AdminService::ListScopes(const Backend& backend, const std::string& admin,
 }
 
 void AdminService::ListKeys(const Backend& backend, const std::string& admin,
+                            absl::Time /*deadline*/,
                             const signet::v1::ListKeysRequest& request,
                             signet::v1::ListKeysResponse* response,
                             Answer answer) {
@@ -242,9 +251,10 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
 
 template <typename Request, typename Response>
 void AdminService::Change(
-    const Backend& backend, const std::string& admin, const char* method,
-    const Request& request, Response* response, Answer answer,
-    void (KeyManager::*submit)(const Request&, const std::string&,
+    const Backend& backend, const std::string& admin, absl::Time deadline,
+    const char* method, const Request& request, Response* response,
+    Answer answer,
+    void (KeyManager::*submit)(const Request&, const std::string&, absl::Time,
                                std::function<void(absl::StatusOr<Response>)>),
     std::type_identity_t<std::function<std::string(const Response&)>>
         describe) {
@@ -253,7 +263,7 @@ void AdminService::Change(
     return;
   }
   (backend.keys->*submit)(
-      request, admin,
+      request, admin, deadline,
       [this, &backend, admin, method, scope = request.scope(), response, answer,
        describe](absl::StatusOr<Response> result) {
         if (result.ok()) *response = *result;
@@ -263,11 +273,12 @@ void AdminService::Change(
 }
 
 void AdminService::RotateKey(const Backend& backend, const std::string& admin,
+                             absl::Time deadline,
                              const signet::v1::RotateKeyRequest& request,
                              signet::v1::RotateKeyResponse* response,
                              Answer answer) {
-  Change(backend, admin, "RotateKey", request, response, std::move(answer),
-         &KeyManager::RotateKey,
+  Change(backend, admin, deadline, "RotateKey", request, response,
+         std::move(answer), &KeyManager::RotateKey,
          [mode = signet::v1::RotateMode_Name(request.mode())](
              const signet::v1::RotateKeyResponse& r) {
            return absl::StrCat(mode, ": ", r.active_kid(), " signs from ",
@@ -276,16 +287,19 @@ void AdminService::RotateKey(const Backend& backend, const std::string& admin,
 }
 
 void AdminService::RevokeKey(const Backend& backend, const std::string& admin,
+                             absl::Time deadline,
                              const signet::v1::RevokeKeyRequest& request,
                              signet::v1::RevokeKeyResponse* response,
                              Answer answer) {
-  Change(backend, admin, "RevokeKey", request, response, std::move(answer),
-         &KeyManager::RevokeKey, [](const signet::v1::RevokeKeyResponse& r) {
+  Change(backend, admin, deadline, "RevokeKey", request, response,
+         std::move(answer), &KeyManager::RevokeKey,
+         [](const signet::v1::RevokeKeyResponse& r) {
            return absl::StrCat("revoked ", r.revoked_kid());
          });
 }
 
 void AdminService::GetStatus(const Backend& backend, const std::string& admin,
+                             absl::Time /*deadline*/,
                              const signet::v1::GetStatusRequest&,
                              signet::v1::GetStatusResponse* response,
                              Answer answer) {
@@ -311,13 +325,20 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
     const NextTransition next = NextTransitionOf(*keys, now);
     s->set_next_transition(next.what);
     s->set_next_transition_at(rotation::FormatInstant(next.at));
-    s->set_serving(!active.empty());
+    // What the scope's health entry says (an outside attack saw SERVING
+    // here while health said NOT_SERVING for a stalled HSM).
+    auto scope_condition = replica.scopes.find(name);
+    s->set_serving(
+        replica.hsm.ok() && replica.audit.ok() && replica.listener.ok() &&
+        (scope_condition != replica.scopes.end() ? scope_condition->second.ok()
+                                                 : keys->CanSignAt(now).ok()));
     s->set_clock_anomaly(keys->ClockAnomalyAt(now));
     for (const auto& [key_id, why] : keys->unusable()) {
       s->add_key_problems(why);
     }
   }
-  Audited(backend, admin, "GetStatus", "", absl::OkStatus(), answer);
+  Audited(backend, admin, "GetStatus", "", absl::OkStatus(), answer, "",
+          /*answer_unaudited=*/true);
 }
 
 }  // namespace signet::server

@@ -11,6 +11,7 @@
 #define SIGNET_SERVER_ADMIN_SERVICE_H_
 
 #include <functional>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -32,6 +33,10 @@ struct ReplicaStatus {
   int sessions_in_use = 0;
   int sessions_total = 0;
   absl::Status audit;
+  absl::Status listener;
+  // Per scope: OK, or why it cannot sign now. With the three above, what
+  // the scope's health entry says (ScopeStatus.serving).
+  std::map<std::string, absl::Status> scopes;
 };
 
 struct AdminServiceOptions {
@@ -69,7 +74,8 @@ class AdminService final : public OneRequestService {
   void Add(const char* name, const char* method,
            void (AdminService::*handle)(const Backend& backend,
                                         const std::string& admin,
-                                        const Request&, Response*, Answer));
+                                        absl::Time deadline, const Request&,
+                                        Response*, Answer));
 
   // The caller's identity if it is an admin; otherwise the refusal
   // (audited).
@@ -82,36 +88,44 @@ class AdminService final : public OneRequestService {
   bool Admitted(grpc::CallbackServerContext* context, const char* method,
                 const Answer& answer, std::shared_ptr<const Backend>* backend,
                 std::string* admin);
-  // The audit line of an admin's call, then the answer.
+  // The audit line of an admin's call, then the answer. A call whose line
+  // cannot be written is answered UNAVAILABLE, unless `answer_unaudited`
+  // (GetStatus only: it changes nothing, and it is how an operator sees
+  // that the log cannot be written); then a log line says so.
   void Audited(const Backend& backend, const std::string& admin,
                const char* method, absl::string_view scope,
                const absl::Status& status, const Answer& answer,
-               absl::string_view detail = "");
+               absl::string_view detail = "", bool answer_unaudited = false);
 
   // A key change: the scope name checked, then `submit` to the key
   // manager; its answer audited (with `describe` of a success) and sent.
   template <typename Request, typename Response>
   void Change(
-      const Backend& backend, const std::string& admin, const char* method,
-      const Request& request, Response* response, Answer answer,
-      void (KeyManager::*submit)(const Request&, const std::string&,
+      const Backend& backend, const std::string& admin, absl::Time deadline,
+      const char* method, const Request& request, Response* response,
+      Answer answer,
+      void (KeyManager::*submit)(const Request&, const std::string&, absl::Time,
                                  std::function<void(absl::StatusOr<Response>)>),
       std::type_identity_t<std::function<std::string(const Response&)>>
           describe);
 
   void ListScopes(const Backend& backend, const std::string& admin,
+                  absl::Time deadline,
                   const signet::v1::ListScopesRequest& request,
                   signet::v1::ListScopesResponse* response, Answer answer);
   void ListKeys(const Backend& backend, const std::string& admin,
-                const signet::v1::ListKeysRequest& request,
+                absl::Time deadline, const signet::v1::ListKeysRequest& request,
                 signet::v1::ListKeysResponse* response, Answer answer);
   void RotateKey(const Backend& backend, const std::string& admin,
+                 absl::Time deadline,
                  const signet::v1::RotateKeyRequest& request,
                  signet::v1::RotateKeyResponse* response, Answer answer);
   void RevokeKey(const Backend& backend, const std::string& admin,
+                 absl::Time deadline,
                  const signet::v1::RevokeKeyRequest& request,
                  signet::v1::RevokeKeyResponse* response, Answer answer);
   void GetStatus(const Backend& backend, const std::string& admin,
+                 absl::Time deadline,
                  const signet::v1::GetStatusRequest& request,
                  signet::v1::GetStatusResponse* response, Answer answer);
 

@@ -507,6 +507,18 @@ absl::StatusOr<AuditVerifyResult> Verify(
       }
       // Lines after `from` in the segment before were never durable: a
       // write or fdatasync failed there, and their calls were refused.
+      // A checkpoint recorded off-host was durable when it was sent (the
+      // writer sends only those), so it can never be among them: a forged
+      // "segment" line would otherwise drop every line after it.
+      if (expected.has_value() && expected->seq > from &&
+          expected->seq <= before->last_seq) {
+        return seam(absl::StrCat(
+            "it continues from line ", from, ", which makes lines ", from + 1,
+            " to ", before->last_seq, " of ", before->path,
+            " never durable, but the checkpoint at line ", expected->seq,
+            " recorded off-host is among them (a segment line was forged "
+            "to drop them)"));
+      }
       result.superseded_lines += before->last_seq - from;
       while (!checkpoints.empty() && checkpoints.back() > from) {
         checkpoints.pop_back();

@@ -6,6 +6,7 @@
 #include <openssl/x509.h>
 #include <stdlib.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -213,6 +214,35 @@ TEST_F(AuditVerifyTest, ACutOffTailIsFound) {
   std::vector<std::string> after(lines_.begin(), lines_.begin() + 11);
   WriteLines(path_, after);
   EXPECT_TRUE(Verify(SyslogCopy(10)).ok());
+}
+
+// A hand-written "segment" line that continues the chain from an earlier
+// line marks every later line of the segment before as never durable
+// (superseded); with a checkpoint syslog holds among them, that passed
+// --expected_checkpoint (fifth outside attack).
+TEST_F(AuditVerifyTest, AForgedSegmentLineCannotSupersedeARecordedCheckpoint) {
+  ASSERT_EQ(rename(path_.c_str(), ClosedSegmentPath(path_, 1).c_str()), 0);
+  Json forged = Parse(lines_[0]);
+  for (const char* member : {"caller", "scope", "kid", "alg", "input_sha256"}) {
+    forged.erase(member);
+  }
+  forged.erase("prev");  // the last member, after detail
+  forged["seq"] = 8;
+  forged["event"] = "segment";
+  forged["detail"] =
+      "continues the chain from audit.log.00000000000000000001 (its lines 1 "
+      "to 7): writing the previous segment failed (No space left on device)";
+  forged["prev"] = HexSha256(lines_[6]);
+  WriteLines(path_, {Dump(forged)});
+  absl::StatusOr<AuditVerifyResult> alone = Verify();
+  ASSERT_TRUE(alone.ok()) << alone.status();  // the chain alone cannot tell
+  EXPECT_EQ(alone->superseded_lines, 6u);
+  ExpectDataLoss(Verify(SyslogCopy(13)),
+                 "the checkpoint at line 13 recorded off-host is among them");
+  ExpectDataLoss(Verify(SyslogCopy(10)),
+                 "the checkpoint at line 10 recorded off-host is among them");
+  // A checkpoint before the seam is not affected.
+  EXPECT_TRUE(Verify(SyslogCopy(5)).ok());
 }
 
 TEST_F(AuditVerifyTest, LinesNoCheckpointCoversAreReportedAndCanBeAnError) {

@@ -746,11 +746,14 @@ absl::Status Daemon::StartServing() {
       prober_options);
   prober_->Start();
   admin_service_->SetBackend(key_manager_.get(), audit_.get(), [this]() {
+    // What health says, from the same sample.
+    ReplicaCondition condition = Sample();
     ReplicaStatus replica;
-    replica.hsm = HsmCondition();
+    replica.hsm = std::move(condition.hsm);
     replica.audit = audit_->WriteStatus();
-    replica.sessions_total =
-        pool_options_.connections * pool_options_.sessions_per_connection;
+    replica.listener = std::move(condition.listener);
+    replica.scopes = std::move(condition.scopes);
+    replica.sessions_total = pool_->Capacity();
     replica.sessions_in_use = pool_->SessionsInUse();
     return replica;
   });

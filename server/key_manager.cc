@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
+#include "base/quote.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "hsm/digest.h"
 #include "rotation/schedule.h"
@@ -446,12 +447,40 @@ absl::Status CheckRequestId(absl::string_view id) {
 
 // Text shown to other operators (signetctl's tables) must not carry
 // terminal control sequences or fake lines.
+// C0 and DEL; C1 (U+0080-U+009F, which terminals take for escape
+// sequences); and the bidirectional controls (U+061C, U+200E, U+200F,
+// U+202A-U+202E, U+2066-U+2069), which make a table show other text than
+// it holds. The text is valid UTF-8 (protobuf checked it).
 bool HasControlCharacters(absl::string_view text) {
-  for (char c : text) {
-    const unsigned char u = static_cast<unsigned char>(c);
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char u = static_cast<unsigned char>(text[i]);
     if (u < 0x20 || u == 0x7f) return true;
+    if (i + 1 >= text.size()) continue;
+    const unsigned char v = static_cast<unsigned char>(text[i + 1]);
+    if (u == 0xc2 && v >= 0x80 && v <= 0x9f) return true;  // C1
+    if (u == 0xd8 && v == 0x9c) return true;               // U+061C
+    if (i + 2 >= text.size() || u != 0xe2) continue;
+    const unsigned char w = static_cast<unsigned char>(text[i + 2]);
+    if (v == 0x80 && (w == 0x8e || w == 0x8f || (w >= 0xaa && w <= 0xae))) {
+      return true;  // U+200E, U+200F, U+202A-U+202E
+    }
+    if (v == 0x81 && w >= 0xa6 && w <= 0xa9) return true;  // U+2066-U+2069
   }
   return false;
+}
+
+// A change is not started with less of its call's deadline left: it takes
+// a few token writes (tens of milliseconds, more on a busy HSM), and the
+// caller's own deadline passes a little before the server's (which counts
+// from the request's arrival), so one started at the last moment would be
+// made after its caller was told it failed.
+constexpr absl::Duration kMinTimeForAChange = absl::Seconds(1);
+
+absl::Status DeadlinePassed() {
+  return absl::DeadlineExceededError(
+      "the call's deadline passed, or was less than 1 s away, before the "
+      "change could be made (the HSM is slow or stalled, or other changes "
+      "were ahead): nothing was changed; retry with the same request_id");
 }
 
 }  // namespace
@@ -474,7 +503,7 @@ KeyManager::RecordedChange(const std::string& request_id) {
 }
 
 absl::StatusOr<std::string> KeyManager::ApplyChange(
-    const std::string& scope, const std::string& admin,
+    const std::string& scope, const std::string& admin, absl::Time deadline,
     const std::string& request_id, const std::string& fingerprint,
     const Planner& plan, const Responder& respond) {
   const rotation::ScopeKeyPolicy* policy = PolicyFor(scope);
@@ -512,6 +541,10 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
     change->set_response(response);
     break;
   }
+  // The last moment before the first token write: a caller that gave up
+  // meanwhile (reading the records waits for the HSM) was told the change
+  // failed, so it is not made.
+  if (absl::Now() + kMinTimeForAChange >= deadline) return DeadlinePassed();
   acting_admin_ = admin;
   absl::Status applied = reconciler_->Apply(*policy, *actions);
   acting_admin_.clear();
@@ -525,9 +558,10 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
 
 template <typename Request, typename Response>
 void KeyManager::Submit(const Request& request, const std::string& admin,
+                        absl::Time deadline,
                         std::function<void(absl::StatusOr<Response>)> done,
                         Planner plan, Responder respond) {
-  auto task = [this, request, admin, done, plan = std::move(plan),
+  auto task = [this, request, admin, deadline, done, plan = std::move(plan),
                respond = std::move(respond)]() {
     bool stopping;
     {
@@ -539,10 +573,18 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
           "signetd is stopping; retry with the same request_id"));
       return;
     }
+    // The caller has been told DEADLINE_EXCEEDED already (an outside attack
+    // saw three immediate rotations, queued behind a stalled HSM, applied
+    // seconds after each answered "failed"). absl::Now(), not clock_: the
+    // deadline is gRPC's, in real time.
+    if (absl::Now() + kMinTimeForAChange >= deadline) {
+      done(DeadlinePassed());
+      return;
+    }
     absl::StatusOr<std::string> answer = Change(
         request, request.request_id(), [&](const std::string& fingerprint) {
-          return ApplyChange(request.scope(), admin, request.request_id(),
-                             fingerprint, plan, respond);
+          return ApplyChange(request.scope(), admin, deadline,
+                             request.request_id(), fingerprint, plan, respond);
         });
     if (!answer.ok()) {
       done(answer.status());
@@ -561,6 +603,7 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
 
 void KeyManager::RotateKey(
     const signet::v1::RotateKeyRequest& request, const std::string& admin,
+    absl::Time deadline,
     std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done) {
   if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
     done(st);
@@ -575,7 +618,7 @@ void KeyManager::RotateKey(
                                         ? rotation::RotateMode::kImmediate
                                         : rotation::RotateMode::kPlanned;
   Submit<signet::v1::RotateKeyRequest, signet::v1::RotateKeyResponse>(
-      request, admin, std::move(done),
+      request, admin, deadline, std::move(done),
       [this, mode](
           const std::vector<rotation::KeyRecord>& records,
           const rotation::SchedulePolicy& schedule,
@@ -616,6 +659,7 @@ void KeyManager::RotateKey(
 
 void KeyManager::RevokeKey(
     const signet::v1::RevokeKeyRequest& request, const std::string& admin,
+    absl::Time deadline,
     std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done) {
   if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
     done(st);
@@ -635,13 +679,14 @@ void KeyManager::RevokeKey(
   if (HasControlCharacters(request.reason())) {
     done(absl::InvalidArgumentError(
         "reason must not contain control characters (newlines, escape "
-        "sequences): operators read it in tables"));
+        "sequences, C1 or bidirectional controls): operators read it in "
+        "tables"));
     return;
   }
   const std::string kid = request.kid();
   const std::string reason = request.reason();
   Submit<signet::v1::RevokeKeyRequest, signet::v1::RevokeKeyResponse>(
-      request, admin, std::move(done),
+      request, admin, deadline, std::move(done),
       [kid, reason, admin](
           const std::vector<rotation::KeyRecord>& records,
           const rotation::SchedulePolicy& schedule,
@@ -652,8 +697,8 @@ void KeyManager::RevokeKey(
                                       admin, now);
         }
         return absl::NotFoundError(absl::StrCat("scope ", schedule.scope,
-                                                " has no key with kid \"",
-                                                kid.substr(0, 64), "\""));
+                                                " has no key with kid ",
+                                                base::Quote(kid)));
       },
       [kid](const std::vector<rotation::KeyAction>& actions, absl::Time now) {
         signet::v1::RevokeKeyResponse response;

@@ -115,12 +115,17 @@ class KeyManager {
   // An operator's key change. `admin` is the caller's identity (audited and
   // recorded); `request_id` makes a retry apply once: the same id with the
   // same request answers as the first time, with another request
-  // INVALID_ARGUMENT. `done` runs on the loop's thread.
+  // INVALID_ARGUMENT. `done` runs on the loop's thread. `deadline` is the
+  // call's (real wall time, as gRPC's): a change whose turn comes after it
+  // is not applied (DEADLINE_EXCEEDED), since its caller has given up and
+  // was told it failed.
   void RotateKey(
       const signet::v1::RotateKeyRequest& request, const std::string& admin,
+      absl::Time deadline,
       std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done);
   void RevokeKey(
       const signet::v1::RevokeKeyRequest& request, const std::string& admin,
+      absl::Time deadline,
       std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done);
 
   // Asks for a pass soon, on the loop's thread: the Signer calls it when
@@ -177,15 +182,17 @@ class KeyManager {
   // an operator's change; returns the serialized response. Loop thread.
   // The change (its request id and the SHA-256 of `fingerprint`, with the
   // response) is written into the first record the plan writes.
-  absl::StatusOr<std::string> ApplyChange(const std::string& scope,
-                                          const std::string& admin,
-                                          const std::string& request_id,
-                                          const std::string& fingerprint,
-                                          const Planner& plan,
-                                          const Responder& respond);
+  // DEADLINE_EXCEEDED, with nothing written, when `deadline` has passed by
+  // the time the token's records are read and the plan is made (the HSM
+  // may have stalled meanwhile).
+  absl::StatusOr<std::string> ApplyChange(
+      const std::string& scope, const std::string& admin, absl::Time deadline,
+      const std::string& request_id, const std::string& fingerprint,
+      const Planner& plan, const Responder& respond);
   // Queues an operator's change for the loop's thread, with its request id.
   template <typename Request, typename Response>
   void Submit(const Request& request, const std::string& admin,
+              absl::Time deadline,
               std::function<void(absl::StatusOr<Response>)> done, Planner plan,
               Responder respond);
   // The scope's records as the token has them now.

@@ -159,6 +159,48 @@ TEST_F(KeyManagerTest, TheSigningKeyFollowsTheInjectedClockThroughARotation) {
               HasSubstr("\"time\":\"2031-01-02T00:00:00"));
 }
 
+// An outside attack stalled the HSM and rotated three times: each call
+// answered DEADLINE_EXCEEDED, and all three rotations were applied when the
+// HSM came back. A change whose turn comes after its call's deadline is not
+// applied.
+TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  const uint64_t before = keys->Scopes()
+                              .at("demo")
+                              ->SigningAt(clock_.Now())
+                              ->record.key_generation();
+  signet::v1::RotateKeyRequest request;
+  request.set_scope("demo");
+  request.set_mode(signet::v1::IMMEDIATE);
+  request.set_request_id("rotate-after-the-caller-gave-up");
+  absl::Notification answered;
+  absl::Status status;
+  keys->RotateKey(request, "uri:admin", absl::Now() - absl::Milliseconds(1),
+                  [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
+                    status = r.status();
+                    answered.Notify();
+                  });
+  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("nothing was changed"));
+  EXPECT_EQ(keys->Scopes()
+                .at("demo")
+                ->SigningAt(clock_.Now())
+                ->record.key_generation(),
+            before);
+  // The same request id with time left applies it (it was never recorded).
+  absl::Notification again;
+  keys->RotateKey(request, "uri:admin", absl::InfiniteFuture(),
+                  [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
+                    status = r.status();
+                    again.Notify();
+                  });
+  ASSERT_TRUE(again.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_TRUE(status.ok()) << status;
+}
+
 // An outside attack deleted a standby's private key and rotated: the
 // rotation made the broken standby sign, and the scope stopped. A rotation
 // to a standby the last pass could not load is refused, saying what to do.
@@ -183,7 +225,7 @@ TEST_F(KeyManagerTest, ARotationToAStandbyThatCannotSignIsRefused) {
   request.set_request_id("rotate-to-a-broken-standby");
   absl::Notification answered;
   absl::Status status;
-  keys->RotateKey(request, "uri:admin",
+  keys->RotateKey(request, "uri:admin", absl::InfiniteFuture(),
                   [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
                     status = r.status();
                     answered.Notify();

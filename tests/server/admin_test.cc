@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -317,6 +318,96 @@ TEST_F(AdminTest, ListsScopesKeysAndStatus) {
   }
 }
 
+// Fifth outside attack: with the HSM stalled, `signetctl status` said each
+// scope was SERVING while health said NOT_SERVING; and three immediate
+// rotations that had answered DEADLINE_EXCEEDED were all applied once the
+// HSM came back.
+TEST_F(AdminTest, AStalledHsmShowsInStatusAndAChangePastItsDeadlineIsNotMade) {
+  auto stub = AdminStub();
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  v1::GetStatusResponse status;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  do {
+    absl::SleepFor(absl::Milliseconds(200));
+    grpc::ClientContext sctx;
+    Deadline(sctx);
+    status.Clear();
+    ASSERT_TRUE(stub->GetStatus(&sctx, v1::GetStatusRequest(), &status).ok());
+  } while (status.hsm_reachable() && absl::Now() < give_up);
+  EXPECT_FALSE(status.hsm_reachable());
+  ASSERT_EQ(status.scopes_size(), 1);
+  EXPECT_FALSE(status.scopes(0).serving());  // as health says
+
+  grpc::ClientContext rctx;
+  rctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::RotateKeyRequest rotate;
+  rotate.set_scope("ops");
+  rotate.set_mode(v1::IMMEDIATE);
+  rotate.set_request_id("rotate-behind-a-stalled-hsm");
+  v1::RotateKeyResponse rotated;
+  grpc::Status st = stub->RotateKey(&rctx, rotate, &rotated);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << st.error_message();
+  ASSERT_TRUE(bed_->hsm().Resume().ok());
+  // Refused, audited, nothing changed: DEADLINE_EXCEEDED when its turn (or
+  // the end of its wait for the HSM) came after its deadline; UNAVAILABLE if
+  // the stalled HSM answered its read with an error first. Never applied.
+  std::string answered;
+  for (int i = 0; i < 300 && answered.empty(); ++i) {
+    for (absl::string_view line : absl::StrSplit(AuditLog(), '\n')) {
+      if (absl::StrContains(line, "Admin/RotateKey")) {
+        answered = std::string(line);
+      }
+    }
+    if (answered.empty()) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_THAT(answered, ::testing::AnyOf(HasSubstr("nothing was changed"),
+                                         HasSubstr("UNAVAILABLE")))
+      << signetd_->Output();
+  EXPECT_THAT(answered, Not(HasSubstr("\"result\":\"OK\"")));
+  // No key event of the admin's (a change's lines carry the admin).
+  for (absl::string_view line : absl::StrSplit(AuditLog(), '\n')) {
+    EXPECT_FALSE(absl::StrContains(
+                     line, absl::StrCat("\"caller\":\"uri:", kAdmin, "\"")) &&
+                 absl::StrContains(line, "\"event\":\"key_"))
+        << line;
+  }
+}
+
+// Fifth outside attack: with the audit log unwritable every Admin call was
+// refused, GetStatus too, so `signetctl status` could never show "audit
+// log: NOT writable". GetStatus is answered (and logged) unaudited; every
+// other call still needs its line.
+TEST_F(AdminTest, StatusIsAnsweredWhileTheAuditLogCannotBeWritten) {
+  auto stub = AdminStub();
+  const std::string log = audit_dir_ + "/audit.log";
+  auto chattr = testing::RunProcess({.argv = {"chattr", "+i", log}});
+  ASSERT_TRUE(chattr.ok() && chattr->succeeded())
+      << (chattr.ok() ? chattr->output : chattr.status().ToString());
+  v1::GetStatusResponse status;
+  grpc::Status st;
+  for (int i = 0; i < 2; ++i) {  // the first call's own line breaks the log
+    grpc::ClientContext sctx;
+    Deadline(sctx);
+    status.Clear();
+    st = stub->GetStatus(&sctx, v1::GetStatusRequest(), &status);
+  }
+  grpc::ClientContext kctx;
+  Deadline(kctx);
+  v1::ListKeysRequest list;
+  list.set_scope("ops");
+  v1::ListKeysResponse keys;
+  const grpc::Status listed = stub->ListKeys(&kctx, list, &keys);
+  (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(status.audit_writable());
+  EXPECT_THAT(status.audit_detail(), HasSubstr("Operation not permitted"));
+  EXPECT_EQ(listed.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(signetd_->Output(),
+              HasSubstr("Admin/GetStatus by uri:" + std::string(kAdmin) +
+                        " answered without its audit line"));
+}
+
 TEST_F(AdminTest, ImmediateRotationAndRevocationUnderLoad) {
   // The standby has been published for the lead (3 s) plus the cache.
   absl::SleepFor(absl::Seconds(5));
@@ -500,7 +591,8 @@ TEST_F(AdminTest, ImmediateRotationsStopAtTheCapAndReasonsAreText) {
     ++rotated;
   }
   EXPECT_EQ(rotated, 6);  // active + standby + 6 retired = 8 published
-  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // Not RESOURCE_EXHAUSTED, which clients retry: the cap lasts hours.
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(refused.error_message(), HasSubstr("already publishes 8 keys"));
   auto body = testing::HttpGet(http_port_, "/scopes/ops/.well-known/jwks.json");
   ASSERT_TRUE(body.ok());
@@ -518,6 +610,30 @@ TEST_F(AdminTest, ImmediateRotationsStopAtTheCapAndReasonsAreText) {
   grpc::Status st = stub->RevokeKey(&rctx, revoke, &revoked);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(st.error_message(), HasSubstr("control characters"));
+  // C1 (CSI) and a bidirectional override are control characters too, and
+  // an unknown kid is quoted, not echoed raw (fifth outside attack).
+  for (const char* reason : {"x \xc2\x9b"
+                             "2J",
+                             "x \xe2\x80\xae"
+                             "gnp.exe"}) {
+    grpc::ClientContext cctx;
+    Deadline(cctx);
+    revoke.set_reason(reason);
+    revoke.set_request_id(absl::StrCat("escape-", revoke.reason().size()));
+    st = stub->RevokeKey(&cctx, revoke, &revoked);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << reason;
+    EXPECT_THAT(st.error_message(), HasSubstr("control characters"));
+  }
+  grpc::ClientContext kctx;
+  Deadline(kctx);
+  revoke.set_reason("incident 42");
+  revoke.set_kid("\x1b[31mEVIL\x1b[0m\nfake line");
+  revoke.set_request_id("escaped-kid");
+  st = stub->RevokeKey(&kctx, revoke, &revoked);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(st.error_message(), Not(HasSubstr("\x1b")));
+  EXPECT_THAT(st.error_message(), Not(HasSubstr("\n")));
+  EXPECT_THAT(st.error_message(), HasSubstr("\\x1b[31mEVIL"));
 }
 
 TEST_F(AdminTest, SignetctlCommandsTablesJsonAndExitCodes) {
