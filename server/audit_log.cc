@@ -498,6 +498,15 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       log->current_closed_ = true;
       log->previous_segment_ = last.path;
       log->previous_first_seq_ = last.first_seq;
+      // Only a stop between closing a segment and opening the next leaves
+      // this legitimately; a deleted current segment looks the same here.
+      SIGNET_LOG_WARN(
+          "audit log {}: no current segment; continuing the chain from {} "
+          "(line {}). If signetd did not stop during a rollover or a write "
+          "failure, the current segment was deleted: run signetd "
+          "audit-verify with --expected_checkpoint set to the last "
+          "checkpoint your syslog holds",
+          path, last.path, tail.last_seq);
       absl::Status opened = log->OpenNextSegment(
           "signetd started with no current segment (it stopped between "
           "closing one segment and opening the next)");
