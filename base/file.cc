@@ -12,6 +12,16 @@
 
 namespace signet::base {
 
+namespace {
+
+// Zeroes a buffer the compiler may not skip (it is discarded next).
+void Wipe(std::string& buffer) {
+  volatile char* p = buffer.data();
+  for (size_t i = 0; i < buffer.size(); ++i) p[i] = 0;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
                                           absl::string_view what,
                                           size_t max_bytes) {
@@ -50,13 +60,16 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
     const ssize_t n = read(fd, content.data() + got, content.size() - got);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
+      const int err = errno;
+      Wipe(content);  // what was read may be a secret
       return absl::UnavailableError(absl::StrCat(
-          "cannot read ", what, " ", path, ": ", std::strerror(errno)));
+          "cannot read ", what, " ", path, ": ", std::strerror(err)));
     }
     if (n == 0) break;
     got += static_cast<size_t>(n);
   }
   if (got > static_cast<size_t>(st.st_size)) {
+    Wipe(content);
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot read ", what, " ", path, ": it changed while being read"));
   }

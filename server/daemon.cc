@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -126,6 +127,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   absl::StatusOr<std::string> key =
       base::ReadSmallFile(tls.key_file(), "tls.key_file");
   if (!key.ok()) return key.status();
+  // The transport key's copies here are zeroed on every way out (the
+  // credentials keep their own).
+  absl::Cleanup wipe_key = [&key] {
+    OPENSSL_cleanse(key->data(), key->size());
+  };
   absl::StatusOr<std::string> ca =
       base::ReadSmallFile(tls.client_ca_file(), "tls.client_ca_file");
   if (!ca.ok()) return ca.status();
@@ -133,10 +139,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     absl::Status crls = CheckCrlDirectory(*ca, tls.crl_directory());
     if (!crls.ok()) return crls;
   }
+  std::vector<grpc::experimental::IdentityKeyCertPair> pairs{{*key, *cert}};
   auto provider =
       std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-          *ca,
-          std::vector<grpc::experimental::IdentityKeyCertPair>{{*key, *cert}});
+          *ca, pairs);
+  for (grpc::experimental::IdentityKeyCertPair& pair : pairs) {
+    OPENSSL_cleanse(pair.private_key.data(), pair.private_key.size());
+  }
   grpc::experimental::TlsServerCredentialsOptions options(provider);
   options.watch_root_certs();
   options.watch_identity_key_cert_pairs();
@@ -145,8 +154,6 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (!tls.crl_directory().empty()) {
     options.set_crl_directory(tls.crl_directory());
   }
-  // The transport key's copy is no longer needed here.
-  OPENSSL_cleanse(key->data(), key->size());
   return grpc::experimental::TlsServerCredentials(options);
 }
 
