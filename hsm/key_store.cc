@@ -10,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "hsm/attributes.h"
 #include "hsm/ckr.h"
 #include "hsm/digest.h"
@@ -160,6 +161,26 @@ absl::Status WarmConnection(Connection& connection, CK_SESSION_HANDLE session,
     connection.CacheHandle(key_id, *handle);
   }
   return absl::OkStatus();
+}
+
+// Creates an immutable, private token object of class CKO_DATA linked to a
+// key pair by `label`: a record, or a generation marker.
+absl::Status CreateDataObject(SessionPool::Lease& lease,
+                              absl::string_view label,
+                              absl::string_view application,
+                              absl::string_view value, absl::string_view what,
+                              CK_OBJECT_HANDLE* handle) {
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_MODIFIABLE, false)
+      .Bytes(CKA_LABEL, label)
+      .Bytes(CKA_APPLICATION, application)
+      .Bytes(CKA_VALUE, value);
+  return lease.Check(lease.api().CreateObject(lease.session(), templ.data(),
+                                              templ.size(), handle),
+                     what);
 }
 
 uint64_t DecodeGeneration(absl::string_view header) {
@@ -315,23 +336,13 @@ absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
   // next start only when this marker says its generation never finished
   // (the first WriteRecord removes it). Without it a key whose record was
   // deleted later, outside signet, would look the same and be destroyed.
-  AttributeTemplate marker;
-  marker.Ulong(CKA_CLASS, CKO_DATA)
-      .Bool(CKA_TOKEN, true)
-      .Bool(CKA_PRIVATE, true)
-      .Bool(CKA_MODIFIABLE, false)
-      .Bytes(CKA_LABEL, label)
-      .Bytes(CKA_APPLICATION, kUnrecordedApplication)
-      .Bytes(CKA_VALUE, absl::string_view("\x01", 1));
   CK_OBJECT_HANDLE marker_handle = CK_INVALID_HANDLE;
-  absl::Status st =
-      lease->Check(lease->api().CreateObject(lease->session(), marker.data(),
-                                             marker.size(), &marker_handle),
-                   "C_CreateObject(generation marker)");
-  if (!st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(CreateDataObject(
+      *lease, label, kUnrecordedApplication, absl::string_view("\x01", 1),
+      "C_CreateObject(generation marker)", &marker_handle));
   CK_OBJECT_HANDLE pub_handle = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE priv_handle = CK_INVALID_HANDLE;
-  st = lease->Check(
+  absl::Status st = lease->Check(
       lease->api().GenerateKeyPair(lease->session(), &mech, pub.data(),
                                    pub.size(), priv.data(), priv.size(),
                                    &pub_handle, &priv_handle),
@@ -911,19 +922,11 @@ absl::StatusOr<uint64_t> Pkcs11KeyStore::WriteRecord(absl::string_view key_id,
       FindRecords(*lease, key_id);
   if (!older.ok()) return older.status();
   const uint64_t generation = older->empty() ? 1 : older->back().first + 1;
-  AttributeTemplate templ;
-  templ.Ulong(CKA_CLASS, CKO_DATA)
-      .Bool(CKA_TOKEN, true)
-      .Bool(CKA_PRIVATE, true)
-      .Bool(CKA_MODIFIABLE, false)
-      .Bytes(CKA_LABEL, LabelFor(key_id))
-      .Bytes(CKA_APPLICATION, kRecordApplication)
-      .Bytes(CKA_VALUE, absl::StrCat(EncodeGeneration(generation), bytes));
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
   absl::Status st =
-      lease->Check(lease->api().CreateObject(lease->session(), templ.data(),
-                                             templ.size(), &handle),
-                   "C_CreateObject(record)");
+      CreateDataObject(*lease, LabelFor(key_id), kRecordApplication,
+                       absl::StrCat(EncodeGeneration(generation), bytes),
+                       "C_CreateObject(record)", &handle);
   if (!st.ok()) return st;
   // Only now that n+1 exists may n go: a crash in between leaves both, and
   // readers take the highest.

@@ -99,6 +99,15 @@ std::unique_ptr<AuditLog> MustOpen(AuditLogOptions options) {
   return log.ok() ? *std::move(log) : nullptr;
 }
 
+// Waits (bounded) until `log` can be written again: a recovery into a new
+// segment.
+void AwaitWritable(const AuditLog& log) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(40);
+  while (!log.WriteStatus().ok() && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
 // An audit log on /dev/full (`options.path`). That file is one for the
 // whole machine, and an audit log locks its file: another test of this
 // suite (ctest runs them in parallel) or another run on the machine may
@@ -671,10 +680,7 @@ TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
     }
   }
   // Room again: within the backoff (at most 4 s), signing resumes.
-  const absl::Time give_up = absl::Now() + absl::Seconds(40);
-  while (!log->WriteStatus().ok() && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  AwaitWritable(*log);
   ASSERT_TRUE(log->WriteStatus().ok()) << log->WriteStatus();
   ASSERT_TRUE(log->Append(SignEvent(5)).ok());
   EXPECT_EQ(log->segments_opened(), 1u);
@@ -731,10 +737,7 @@ TEST(AuditLogTest, ASegmentDeletedOrMovedAwayFailsClosedAndIsWrittenAgain) {
     EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
     EXPECT_THAT(std::string(refused.message()),
                 HasSubstr(moved ? "moved away" : "deleted"));
-    const absl::Time give_up = absl::Now() + absl::Seconds(40);
-    while (!log->WriteStatus().ok() && absl::Now() < give_up) {
-      absl::SleepFor(absl::Milliseconds(20));
-    }
+    AwaitWritable(*log);
     ASSERT_TRUE(log->WriteStatus().ok()) << log->WriteStatus();
     ASSERT_TRUE(log->Append(SignEvent(4)).ok());
     log.reset();

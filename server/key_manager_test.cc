@@ -159,6 +159,25 @@ TEST_F(KeyManagerTest, TheSigningKeyFollowsTheInjectedClockThroughARotation) {
               HasSubstr("\"time\":\"2031-01-02T00:00:00"));
 }
 
+// An immediate rotation of scope "demo" with `request_id` and `deadline`,
+// waited for; its answer's status.
+absl::Status RotateNow(KeyManager& keys, const std::string& request_id,
+                       absl::Time deadline) {
+  signet::v1::RotateKeyRequest request;
+  request.set_scope("demo");
+  request.set_mode(signet::v1::IMMEDIATE);
+  request.set_request_id(request_id);
+  absl::Notification answered;
+  absl::Status status = absl::UnknownError("no answer in 30 s");
+  keys.RotateKey(request, "uri:admin", deadline,
+                 [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
+                   status = r.status();
+                   answered.Notify();
+                 });
+  (void)answered.WaitForNotificationWithTimeout(absl::Seconds(30));
+  return status;
+}
+
 // An outside attack stalled the HSM and rotated three times: each call
 // answered DEADLINE_EXCEEDED, and all three rotations were applied when the
 // HSM came back. A change whose turn comes after its call's deadline is not
@@ -171,18 +190,8 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
                               .at("demo")
                               ->SigningAt(clock_.Now())
                               ->record.key_generation();
-  signet::v1::RotateKeyRequest request;
-  request.set_scope("demo");
-  request.set_mode(signet::v1::IMMEDIATE);
-  request.set_request_id("rotate-after-the-caller-gave-up");
-  absl::Notification answered;
-  absl::Status status;
-  keys->RotateKey(request, "uri:admin", absl::Now() - absl::Milliseconds(1),
-                  [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
-                    status = r.status();
-                    answered.Notify();
-                  });
-  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  absl::Status status = RotateNow(*keys, "rotate-after-the-caller-gave-up",
+                                  absl::Now() - absl::Milliseconds(1));
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("nothing was changed"));
   EXPECT_EQ(keys->Scopes()
@@ -191,13 +200,8 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
                 ->record.key_generation(),
             before);
   // The same request id with time left applies it (it was never recorded).
-  absl::Notification again;
-  keys->RotateKey(request, "uri:admin", absl::InfiniteFuture(),
-                  [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
-                    status = r.status();
-                    again.Notify();
-                  });
-  ASSERT_TRUE(again.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  status = RotateNow(*keys, "rotate-after-the-caller-gave-up",
+                     absl::InfiniteFuture());
   EXPECT_TRUE(status.ok()) << status;
 }
 
@@ -219,18 +223,8 @@ TEST_F(KeyManagerTest, ARotationToAStandbyThatCannotSignIsRefused) {
     if (!seen) absl::SleepFor(absl::Milliseconds(50));
   }
   ASSERT_TRUE(seen);
-  signet::v1::RotateKeyRequest request;
-  request.set_scope("demo");
-  request.set_mode(signet::v1::IMMEDIATE);
-  request.set_request_id("rotate-to-a-broken-standby");
-  absl::Notification answered;
-  absl::Status status;
-  keys->RotateKey(request, "uri:admin", absl::InfiniteFuture(),
-                  [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
-                    status = r.status();
-                    answered.Notify();
-                  });
-  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  const absl::Status status =
+      RotateNow(*keys, "rotate-to-a-broken-standby", absl::InfiniteFuture());
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_THAT(
       std::string(status.message()),
