@@ -343,9 +343,11 @@ absl::Status ValidateConfig(SignetConfig& config,
           absl::StrCat("at most ", kMaxTokenLifetime, " (7 days)"));
     }
     // The key schedule (README, "Key rotation"). A token lives until
-    // iat + S + T and verifiers accept it V longer: the grace covers that.
+    // iat + S + T and verifiers accept it V longer, and a replica may sign
+    // with a key up to R after the writer retired it (it re-reads the
+    // records every R): the grace covers all of it.
     const uint64_t min_grace = uint64_t{scope.max_token_lifetime_seconds()} +
-                               iat_skew + kVerifierLeewaySeconds;
+                               iat_skew + kVerifierLeewaySeconds + key_refresh;
     if (scope.rotation_period_seconds() == 0) {
       scope.set_rotation_period_seconds(kDefaultRotationPeriod);
     }
@@ -368,10 +370,12 @@ absl::Status ValidateConfig(SignetConfig& config,
       return FieldError(
           field + ".publish_grace_seconds",
           absl::StrCat("must be at least ", min_grace,
-                       " (G >= T + S + V: max_token_lifetime_seconds + "
+                       " (G >= T + S + V + R: max_token_lifetime_seconds + "
                        "serving.iat_skew_seconds + the verifier leeway of ",
                        kVerifierLeewaySeconds,
-                       "), or tokens signed late in a key's life would stop "
+                       " + key_refresh_interval_seconds), or tokens signed "
+                       "late in a key's life, by the writer or a replica "
+                       "that has not re-read the records yet, would stop "
                        "verifying before they expire"));
     }
     if (scope.publish_grace_seconds() > kMaxPublishGrace) {

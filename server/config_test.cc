@@ -78,8 +78,10 @@ TEST(ConfigTest, ParsesTheEmbeddedDefaultShapeAndFillsDefaults) {
   EXPECT_EQ(config->audit_key_rotation_days(), 365u);
   EXPECT_EQ(config->serving().audit_segment_max_age_hours(), 24u);
   EXPECT_EQ(config->scopes(0).rotation_period_seconds(), 30u * 24 * 3600);
-  // Token lifetime 3600 + iat skew 60 + verifier leeway 60 + an hour.
-  EXPECT_EQ(config->scopes(0).publish_grace_seconds(), 3600u + 60 + 60 + 3600);
+  // Token lifetime 3600 + iat skew 60 + verifier leeway 60 + key refresh
+  // 60 + an hour.
+  EXPECT_EQ(config->scopes(0).publish_grace_seconds(),
+            3600u + 60 + 60 + 60 + 3600);
   EXPECT_EQ(config->scopes(0).destroy_delay_seconds(), 24u * 3600);
   // 2 x JWKS max-age 300 + key refresh 60.
   EXPECT_EQ(config->scopes(0).min_publish_lead_seconds(), 660u);
@@ -94,28 +96,40 @@ TEST(ConfigTest, TheGraceCoversATokensLifeSkewAndVerifierLeeway) {
         kValid,
         {{"algorithm: ES256", absl::StrCat("algorithm: ES256 ", extra)}}));
   };
-  // 600 s tokens, 60 s skew, 60 s leeway: 720 s is the least grace.
+  // 600 s tokens, 60 s skew, 60 s leeway, replicas re-reading every 60 s:
+  // 780 s is the least grace.
   EXPECT_TRUE(at_least("max_token_lifetime_seconds: 600 "
-                       "publish_grace_seconds: 720")
+                       "publish_grace_seconds: 780")
                   .ok());
   auto short_grace = at_least(
       "max_token_lifetime_seconds: 600 "
-      "publish_grace_seconds: 719");
+      "publish_grace_seconds: 779");
   EXPECT_EQ(short_grace.status().code(), absl::StatusCode::kInvalidArgument);
   const std::string message(short_grace.status().message());
   EXPECT_THAT(message, HasSubstr("scopes[0]"));
   EXPECT_THAT(message, HasSubstr("publish_grace_seconds"));
-  EXPECT_THAT(message, HasSubstr("at least 720"));
-  EXPECT_THAT(message, HasSubstr("G >= T + S + V"));
+  EXPECT_THAT(message, HasSubstr("at least 780"));
+  EXPECT_THAT(message, HasSubstr("G >= T + S + V + R"));
   // A wider iat skew needs a longer grace.
   auto skewed = ParseConfig(absl::StrCat(
       absl::StrReplaceAll(kValid, {{"algorithm: ES256",
                                     "algorithm: ES256 "
                                     "max_token_lifetime_seconds: 600 "
-                                    "publish_grace_seconds: 720"}}),
+                                    "publish_grace_seconds: 780"}}),
       "\nserving { iat_skew_seconds: 300 }\n"));
   EXPECT_THAT(std::string(skewed.status().message()),
-              HasSubstr("at least 960"));
+              HasSubstr("at least 1020"));
+  // So does a replica that re-reads the records less often (fifth outside
+  // attack: after an immediate rotation on the writer a replica signs with
+  // the retired key for up to R).
+  auto slow_replicas = ParseConfig(absl::StrCat(
+      absl::StrReplaceAll(kValid, {{"algorithm: ES256",
+                                    "algorithm: ES256 "
+                                    "max_token_lifetime_seconds: 600 "
+                                    "publish_grace_seconds: 780"}}),
+      "\nkey_refresh_interval_seconds: 300\n"));
+  EXPECT_THAT(std::string(slow_replicas.status().message()),
+              HasSubstr("at least 1020"));
 }
 
 TEST(ConfigTest, TheLeadCoversTwoCachesAndTheRefreshAndIsShorterThanThePeriod) {
