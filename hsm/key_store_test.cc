@@ -36,6 +36,7 @@ class KeyStoreTest : public InProcessKeyStoreTest {
     store_.reset();
     pool_ = std::move(*pool);
     store_ = std::make_unique<Pkcs11KeyStore>(pool_.get());
+    pool_options_ = options;
   }
 
   // A pool of one connection in place of the default one.
@@ -57,11 +58,11 @@ class KeyStoreTest : public InProcessKeyStoreTest {
   // Waits until every connection of the pool is up (re-opened and warmed).
   void WaitForEveryConnection() {
     const absl::Time bound = absl::Now() + absl::Seconds(10);
-    while (pool_->LiveConnections() < pool_->ConfiguredConnections() &&
+    while (pool_->LiveConnections() < pool_options_.connections &&
            absl::Now() < bound) {
       absl::SleepFor(absl::Milliseconds(5));
     }
-    ASSERT_EQ(pool_->LiveConnections(), pool_->ConfiguredConnections())
+    ASSERT_EQ(pool_->LiveConnections(), pool_options_.connections)
         << pool_->LastError();
   }
 
@@ -123,6 +124,9 @@ class KeyStoreTest : public InProcessKeyStoreTest {
     EXPECT_TRUE(key.ok()) << key.status();
     return *key;
   }
+
+  // The options of pool_: the fixture's default pool, or UsePool's.
+  SessionPoolOptions pool_options_;
 };
 
 struct AlgCase {

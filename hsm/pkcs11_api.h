@@ -103,9 +103,6 @@ class FunctionListApi : public Pkcs11Api {
   CK_RV GenerateRandom(CK_SESSION_HANDLE session, unsigned char* out,
                        CK_ULONG len) override;
 
- protected:
-  CK_FUNCTION_LIST* functions() const { return functions_; }
-
  private:
   CK_FUNCTION_LIST* functions_;
 };

@@ -237,13 +237,12 @@ class SessionPool {
   // FAILED_PRECONDITION, naming the connection), or OK.
   absl::Status LastWarmUpMiss() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Number of connections up right now, and configured.
+  // Number of connections up right now.
   int LiveConnections() const ABSL_LOCKS_EXCLUDED(mu_);
   // Sessions of connections up right now that are leased.
   int SessionsInUse() const ABSL_LOCKS_EXCLUDED(mu_);
   // Connections abandoned because a call on them stalled, since start.
   int AbandonedConnections() const ABSL_LOCKS_EXCLUDED(mu_);
-  int ConfiguredConnections() const { return options_.connections; }
   int Capacity() const {
     return options_.connections * options_.sessions_per_connection;
   }

@@ -363,8 +363,6 @@ class AuditLog {
   // The group commit window may end: nothing more is expected, the batch is
   // big, or something must not wait (stop, explicit checkpoint).
   bool GroupCommitReadyLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  bool CheckpointDueLocked(absl::Time now) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void WriterLoop();
   // Signs a checkpoint over the current head, with mu_ released around the
   // signer.

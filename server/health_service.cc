@@ -219,11 +219,6 @@ void HealthService::Shutdown() {
   }
 }
 
-int HealthService::watchers() const {
-  absl::MutexLock lock(&mu_);
-  return static_cast<int>(watchers_.size());
-}
-
 void HealthService::Forget(Watcher* watcher) {
   absl::MutexLock lock(&mu_);
   if (watchers_.erase(watcher) == 0) return;  // never admitted

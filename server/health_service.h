@@ -59,9 +59,6 @@ class HealthService final : public OneRequestService {
   // the server's own, so watchers hear NOT_SERVING instead of a cut stream.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Watch streams open now.
-  int watchers() const ABSL_LOCKS_EXCLUDED(mu_);
-
   // The longest service name a request may carry: "scope/" and a scope name
   // of at most 64 bytes, with room to spare. A longer one is INVALID_ARGUMENT
   // (a malformed request): a Watch would hold it for the stream's life.

@@ -115,7 +115,6 @@ class RequestWaits {
 
   const RequestWaitLimits& limits() const { return limits_; }
   DeadlineWatchdog& watchdog() { return watchdog_; }
-  int waiting() const { return waiting_.load(); }
   // Since the start: calls ended to make room, and calls whose message did
   // not come in time.
   uint64_t evicted() const { return evicted_.load(); }
