@@ -37,8 +37,8 @@ class HealthService::Checker final : public OneRequestCall {
       return;
     }
     if (!SerializeMessage(response, &out_)) {
-      Finish(grpc::Status(grpc::StatusCode::INTERNAL,
-                          "the response could not be serialized"));
+      Finish(ToGrpcStatus(
+          absl::InternalError("the response could not be serialized")));
       return;
     }
     StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
@@ -141,8 +141,8 @@ class HealthService::Watcher final : public OneRequestCall {
     response.set_status(status);
     out_.Clear();
     if (!SerializeMessage(response, &out_)) {
-      EndLocked(grpc::Status(grpc::StatusCode::INTERNAL,
-                             "the response could not be serialized"));
+      EndLocked(ToGrpcStatus(
+          absl::InternalError("the response could not be serialized")));
       return;
     }
     writing_ = true;
@@ -262,8 +262,8 @@ grpc::Status HealthService::Check(const std::string& service,
   absl::MutexLock lock(&mu_);
   const Status status = StatusOf(service);
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        "no such service in this health server");
+    return ToGrpcStatus(
+        absl::NotFoundError("no such service in this health server"));
   }
   response->set_status(status);
   return grpc::Status::OK;
@@ -275,8 +275,8 @@ void HealthService::StartWatch(Watcher* watcher) {
   {
     absl::MutexLock lock(&mu_);
     if (shut_down_) {
-      watcher->End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                "signetd is shutting down"));
+      watcher->End(
+          ToGrpcStatus(absl::UnavailableError("signetd is shutting down")));
       return;
     }
     int& mine = watchers_by_certificate_[watcher->certificate()];
@@ -300,9 +300,8 @@ void HealthService::StartWatch(Watcher* watcher) {
     if (on_refused_) {
       on_refused_(Refusal::kWatch, watcher->auth().get());
     }
-    watcher->End(
-        grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                     absl::StrCat(refused, "; use Check, or retry later")));
+    watcher->End(ToGrpcStatus(absl::ResourceExhaustedError(
+        absl::StrCat(refused, "; use Check, or retry later"))));
   }
 }
 

@@ -94,8 +94,8 @@ void OneRequestCall::Start() {
         if (status.ok()) return;
         if (status.code() == absl::StatusCode::kUnavailable) {
           // The shutdown's cut-off.
-          OnNoRequest(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                   "signetd is shutting down; retry"));
+          OnNoRequest(ToGrpcStatus(
+              absl::UnavailableError("signetd is shutting down; retry")));
           return;
         }
         if (status.code() != absl::StatusCode::kDeadlineExceeded) {
@@ -103,13 +103,11 @@ void OneRequestCall::Start() {
           return;
         }
         waits_->CountTimeout();
-        OnNoRequest(grpc::Status(
-            grpc::StatusCode::DEADLINE_EXCEEDED,
-            absl::StrCat("no request message came within ",
-                         absl::FormatDuration(timeout),
-                         " of the call's headers "
-                         "(grpc.request_timeout_seconds); send the request "
-                         "with the call")));
+        OnNoRequest(ToGrpcStatus(absl::DeadlineExceededError(absl::StrCat(
+            "no request message came within ", absl::FormatDuration(timeout),
+            " of the call's headers "
+            "(grpc.request_timeout_seconds); send the request "
+            "with the call"))));
       },
       absl::Now() + timeout, std::function<void()>{},
       waits_->watchdog().list());

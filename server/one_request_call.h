@@ -39,6 +39,7 @@
 #include "absl/time/time.h"
 #include "base/clock.h"
 #include "google/protobuf/message.h"
+#include "server/grpc_status.h"
 #include "server/pending_call.h"
 
 namespace signet::server {
@@ -249,8 +250,8 @@ class TypedOneRequestCall final : public OneRequestCall {
       if (!status.ok()) {
         Finish(status);
       } else if (!SerializeMessage(reply->response, &reply->out)) {
-        Finish(grpc::Status(grpc::StatusCode::INTERNAL,
-                            "the response could not be serialized"));
+        Finish(ToGrpcStatus(
+            absl::InternalError("the response could not be serialized")));
       } else {
         reply_ = reply;  // kept until OnDone
         StartWriteAndFinish(&reply->out, grpc::WriteOptions(), status);

@@ -67,8 +67,8 @@ class RawReply {
     // answer to a full batch held its message a second time, 22 MB).
     Response().Swap(&response_);
     if (!serialized) {
-      reactor_->Finish(grpc::Status(grpc::StatusCode::INTERNAL,
-                                    "the response could not be serialized"));
+      reactor_->Finish(ToGrpcStatus(
+          absl::InternalError("the response could not be serialized")));
       return;
     }
     answer_hold_.Written(static_cast<int64_t>(out_.Length()));

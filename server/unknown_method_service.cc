@@ -1,7 +1,9 @@
 #include "server/unknown_method_service.h"
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "base/quote.h"
+#include "server/grpc_status.h"
 
 namespace signet::server {
 namespace {
@@ -11,12 +13,11 @@ namespace {
 class UnknownMethodReactor final : public grpc::ServerGenericBidiReactor {
  public:
   explicit UnknownMethodReactor(const std::string& quoted_method) {
-    Finish(grpc::Status(
-        grpc::StatusCode::UNIMPLEMENTED,
+    Finish(ToGrpcStatus(absl::UnimplementedError(
         absl::StrCat("signetd does not serve method ", quoted_method,
                      "; it serves /signet.v1.Signer/*, /signet.v1.Admin/* "
                      "and /grpc.health.v1.Health/* (proto/signet/v1/ in "
-                     "signet's source)")));
+                     "signet's source)"))));
   }
   void OnDone() override { delete this; }
 };
