@@ -108,6 +108,17 @@ void AwaitWritable(const AuditLog& log) {
   }
 }
 
+// A log at `path` that tries to recover every 50 ms, holding two lines.
+std::unique_ptr<AuditLog> OpenWithTwoLines(const std::string& path) {
+  AuditLogOptions o = Options(path);
+  o.recovery_backoff = absl::Milliseconds(50);
+  auto log = MustOpen(std::move(o));
+  if (log == nullptr) return nullptr;
+  EXPECT_TRUE(log->Append(SignEvent(1)).ok());
+  EXPECT_TRUE(log->Append(SignEvent(2)).ok());
+  return log;
+}
+
 // An audit log on /dev/full (`options.path`). That file is one for the
 // whole machine, and an audit log locks its file: another test of this
 // suite (ctest runs them in parallel) or another run on the machine may
@@ -655,12 +666,8 @@ TEST(AuditLogTest, FailsClosedWhenTheFileStopsGrowingAndStaysVerifiable) {
 TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
   TempDir dir;
   const std::string path = dir.File("audit.log");
-  AuditLogOptions o = Options(path);
-  o.recovery_backoff = absl::Milliseconds(50);
-  auto log = MustOpen(std::move(o));
+  auto log = OpenWithTwoLines(path);
   ASSERT_NE(log, nullptr);
-  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
-  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
   const std::string durable = ReadFile(path);
   {
     FileSizeLimit limit(durable.size() + 100);
@@ -721,12 +728,8 @@ TEST(AuditLogTest, ASegmentDeletedOrMovedAwayFailsClosedAndIsWrittenAgain) {
     SCOPED_TRACE(moved ? "moved away" : "deleted");
     TempDir dir;
     const std::string path = dir.File("audit.log");
-    AuditLogOptions o = Options(path);
-    o.recovery_backoff = absl::Milliseconds(50);
-    auto log = MustOpen(std::move(o));
+    auto log = OpenWithTwoLines(path);
     ASSERT_NE(log, nullptr);
-    ASSERT_TRUE(log->Append(SignEvent(1)).ok());
-    ASSERT_TRUE(log->Append(SignEvent(2)).ok());
     const std::string durable = ReadFile(path);
     if (moved) {
       ASSERT_EQ(rename(path.c_str(), dir.File("elsewhere").c_str()), 0);

@@ -110,25 +110,26 @@ TEST(ConfigTest, TheGraceCoversATokensLifeSkewAndVerifierLeeway) {
   EXPECT_THAT(message, HasSubstr("publish_grace_seconds"));
   EXPECT_THAT(message, HasSubstr("at least 780"));
   EXPECT_THAT(message, HasSubstr("G >= T + S + V + R"));
+  // The least grace above, with `top` added to the configuration.
+  auto least_grace_with = [](absl::string_view top) {
+    return ParseConfig(absl::StrCat(
+        absl::StrReplaceAll(kValid, {{"algorithm: ES256",
+                                      "algorithm: ES256 "
+                                      "max_token_lifetime_seconds: 600 "
+                                      "publish_grace_seconds: 780"}}),
+        "\n", top, "\n"));
+  };
   // A wider iat skew needs a longer grace.
-  auto skewed = ParseConfig(absl::StrCat(
-      absl::StrReplaceAll(kValid, {{"algorithm: ES256",
-                                    "algorithm: ES256 "
-                                    "max_token_lifetime_seconds: 600 "
-                                    "publish_grace_seconds: 780"}}),
-      "\nserving { iat_skew_seconds: 300 }\n"));
-  EXPECT_THAT(std::string(skewed.status().message()),
+  EXPECT_THAT(std::string(least_grace_with("serving { iat_skew_seconds: 300 }")
+                              .status()
+                              .message()),
               HasSubstr("at least 1020"));
   // So does a replica that re-reads the records less often (fifth outside
   // attack: after an immediate rotation on the writer a replica signs with
   // the retired key for up to R).
-  auto slow_replicas = ParseConfig(absl::StrCat(
-      absl::StrReplaceAll(kValid, {{"algorithm: ES256",
-                                    "algorithm: ES256 "
-                                    "max_token_lifetime_seconds: 600 "
-                                    "publish_grace_seconds: 780"}}),
-      "\nkey_refresh_interval_seconds: 300\n"));
-  EXPECT_THAT(std::string(slow_replicas.status().message()),
+  EXPECT_THAT(std::string(least_grace_with("key_refresh_interval_seconds: 300")
+                              .status()
+                              .message()),
               HasSubstr("at least 1020"));
 }
 
