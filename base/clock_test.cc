@@ -30,6 +30,44 @@ TEST(SimulatedClockTest, MovesOnlyWhenTold) {
   EXPECT_EQ(as_clock.Now(), kT0 - absl::Hours(5));
 }
 
+// Elapsed time follows time passing, never a step of the wall clock, so
+// ElapsedWallTime sees a step forward as the wall clock reading ahead of it.
+TEST(SimulatedClockTest, ElapsedTimeIgnoresStepsOfTheWallClock) {
+  SimulatedClock clock(kT0);
+  const ElapsedWallTime seen(clock);
+  EXPECT_EQ(seen.Now(), kT0);
+
+  clock.Advance(absl::Seconds(90));
+  clock.SetTime(kT0 + absl::Seconds(100));
+  EXPECT_EQ(clock.Elapsed(), absl::Seconds(100));
+  EXPECT_EQ(seen.Now(), kT0 + absl::Seconds(100));
+
+  clock.StepWall(absl::Hours(2));  // set forward
+  EXPECT_EQ(clock.Now(), kT0 + absl::Seconds(100) + absl::Hours(2));
+  EXPECT_EQ(seen.Now(), kT0 + absl::Seconds(100));
+
+  clock.Advance(absl::Seconds(-30));  // set back
+  clock.SetTime(kT0);                 // set back again
+  clock.StepWall(absl::Seconds(-5));
+  EXPECT_EQ(clock.Elapsed(), absl::Seconds(100));
+  EXPECT_EQ(clock.Now(), kT0 - absl::Seconds(5));
+
+  clock.Advance(absl::Seconds(7));
+  EXPECT_EQ(seen.Now(), kT0 + absl::Seconds(107));
+}
+
+// The real clock's elapsed time moves with real time (and on: it is
+// CLOCK_BOOTTIME, which no one can set).
+TEST(RealClockTest, ElapsedTimeMovesWithRealTime) {
+  const Clock& clock = SystemClock();
+  const absl::Duration before = clock.Elapsed();
+  absl::SleepFor(absl::Milliseconds(20));
+  const absl::Duration after = clock.Elapsed();
+  EXPECT_GE(after - before, absl::Milliseconds(20));
+  const ElapsedWallTime seen(clock);
+  EXPECT_LE(absl::AbsDuration(seen.Now() - clock.Now()), absl::Seconds(1));
+}
+
 TEST(SimulatedClockTest, ConcurrentAdvancesAreNotLost) {
   SimulatedClock clock(kT0);
   constexpr int kThreads = 4;

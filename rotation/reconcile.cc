@@ -46,6 +46,42 @@ KeyReconciler::KeyReconciler(hsm::KeyStore* store,
       events_(std::move(events)),
       before_write_(std::move(before_write)) {}
 
+namespace {
+bool Irreversible(const KeyAction& action) {
+  return action.kind == KeyAction::Kind::kDestroyPrivateKey ||
+         action.kind == KeyAction::Kind::kPrune;
+}
+}  // namespace
+
+void KeyReconciler::ReportHeld(absl::string_view scope,
+                               const std::vector<KeyAction>& planned,
+                               const std::vector<KeyAction>& due_by_the_clock,
+                               absl::Duration clock_ahead,
+                               std::set<std::string>& held) {
+  std::set<std::string> planned_ids;
+  for (const KeyAction& a : planned) {
+    if (Irreversible(a)) planned_ids.insert(a.record.key_id());
+  }
+  for (const KeyAction& a : due_by_the_clock) {
+    if (!Irreversible(a) || planned_ids.contains(a.record.key_id())) continue;
+    held.insert(a.record.key_id());
+    if (held_.contains(a.record.key_id())) continue;  // reported already
+    Emit({"key_destruction_held", std::string(scope), a.record.kid(), false,
+          absl::StrCat(
+              "scope ", scope, ": ",
+              a.kind == KeyAction::Kind::kPrune ? "pruning"
+                                                : "destroying the private key "
+                                                  "of",
+              " key generation ", a.record.key_generation(),
+              " is held back: the wall clock reads ",
+              absl::FormatDuration(absl::Trunc(clock_ahead, absl::Seconds(1))),
+              " ahead of the time this signetd has seen pass since it "
+              "started, so it may have been set forward and the key's tokens "
+              "may still be valid; it is done once that time has really "
+              "passed (if the clock is right, restart signetd to accept it)")});
+  }
+}
+
 void KeyReconciler::Emit(KeyEvent event) const {
   if (events_) events_(event);
 }
@@ -255,6 +291,11 @@ bool KeyReconciler::RestoreVanishedRecords(
 
 absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
     absl::Time now) {
+  return RunOnce(now, now);
+}
+
+absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
+    absl::Time now, absl::Time irreversible_until) {
   absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
       store_->ReadAllRecords();
   if (!stored.ok()) return stored.status();
@@ -283,13 +324,22 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
       unrecorded_check_due_ = !DestroyUnrecorded(*stored);
     }
     bool wrote = false;
+    std::set<std::string> held;
     for (const ScopeKeyPolicy& policy : policies_) {
+      const std::vector<KeyRecord> scope_records =
+          RecordsOf(records, policy.scope);
       std::vector<KeyAction> actions =
-          PlanScope(RecordsOf(records, policy.scope), ScheduleOf(policy), now);
+          PlanScope(scope_records, ScheduleOf(policy), now, irreversible_until);
+      if (irreversible_until < now) {
+        ReportHeld(policy.scope, actions,
+                   PlanScope(scope_records, ScheduleOf(policy), now),
+                   now - irreversible_until, held);
+      }
       if (actions.empty()) continue;
       (void)Execute(policy, actions);  // failures are events; next pass retries
       wrote = true;
     }
+    held_ = std::move(held);
     if (wrote) {
       stored = store_->ReadAllRecords();
       if (!stored.ok()) return stored.status();

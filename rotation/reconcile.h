@@ -86,6 +86,14 @@ class KeyReconciler {
   // the same, and a key_loaded event when it loads again.
   absl::StatusOr<std::map<std::string, ScopeKeySet>> RunOnce(absl::Time now);
 
+  // RunOnce, with destroying private keys and pruning keys held to
+  // `irreversible_until` (rotation/schedule.h, PlanScope): signetd passes
+  // the wall time it has seen pass when the wall clock reads ahead of it.
+  // Each key held so is one key_destruction_held event (ok=false) while it
+  // stays held.
+  absl::StatusOr<std::map<std::string, ScopeKeySet>> RunOnce(
+      absl::Time now, absl::Time irreversible_until);
+
   // Runs before a scope's planned token writes (and before destroying key
   // pairs without a record), with the scope ("" for the latter) and what is
   // about to be written; an error means none of them is made now (the pass
@@ -131,6 +139,13 @@ class KeyReconciler {
   // key_record_restored event (ok=false: an incident). True when one was
   // written.
   bool RestoreVanishedRecords(const std::map<std::string, KeyRecord>& records);
+  // Reports, once per key while it stays held, each irreversible action
+  // (destroy, prune) in `due_by_the_clock` that is not in `planned`, and
+  // adds its key id to `held`.
+  void ReportHeld(absl::string_view scope,
+                  const std::vector<KeyAction>& planned,
+                  const std::vector<KeyAction>& due_by_the_clock,
+                  absl::Duration clock_ahead, std::set<std::string>& held);
   void Emit(KeyEvent event) const;
 
   hsm::KeyStore* const store_;
@@ -156,6 +171,8 @@ class KeyReconciler {
   std::map<std::string, std::vector<KeyRecord>> last_records_;
   // Keys this process pruned (their records vanish by design).
   std::set<std::string> pruned_;
+  // Keys whose destruction or pruning the last pass held back (by key id).
+  std::set<std::string> held_;
 };
 
 }  // namespace signet::rotation

@@ -117,6 +117,31 @@ TEST_F(ReconcileTest, DestroysThePrivateKeyAtItsTimeAndUnloadsIt) {
       absl::StatusCode::kFailedPrecondition);
 }
 
+// Held to an instant before its destruction, the key stays, reported once
+// however many passes hold it; then held no longer, it is destroyed.
+TEST_F(ReconcileTest, ADestructionHeldBackIsReportedOnceAndDoneLater) {
+  auto reconciler = Make(true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok());
+  const KeyRecord g1 = first->at("demo").records[0];
+  const absl::Time destroy = TimeFromProto(g1.destroy_at());
+  events_.clear();
+  for (int pass = 0; pass < 3; ++pass) {
+    ASSERT_TRUE(reconciler->RunOnce(destroy, destroy - absl::Seconds(1)).ok());
+  }
+  EXPECT_EQ(std::count(events_.begin(), events_.end(), "key_destruction_held"),
+            1);
+  EXPECT_THAT(events_, Not(Contains("key_destroyed")));
+  auto ids = store_->ListKeyIds();
+  ASSERT_TRUE(ids.ok());
+  EXPECT_THAT(*ids, Contains(absl::HexStringToBytes(g1.key_id())));
+
+  events_.clear();
+  ASSERT_TRUE(reconciler->RunOnce(destroy, destroy).ok());
+  EXPECT_THAT(events_, Contains("key_destroyed"));
+  EXPECT_THAT(events_, Not(Contains("key_destruction_held")));
+}
+
 TEST_F(ReconcileTest, AKeyPairWithoutARecordIsDestroyed) {
   // A writer that stopped between generating a key and recording it.
   auto orphan = store_->GenerateKeyPair(policy_.key_spec);

@@ -190,6 +190,13 @@ absl::Time NextScheduleChange(const std::vector<KeyRecord>& records,
 
 std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
                                  const SchedulePolicy& policy, absl::Time now) {
+  return PlanScope(records, policy, now, now);
+}
+
+std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
+                                 const SchedulePolicy& policy, absl::Time now,
+                                 absl::Time irreversible_until) {
+  irreversible_until = std::min(irreversible_until, now);
   const KeyTimings& t = policy.timings;
   const ScopeView view = ViewScope(records, now);
   std::vector<KeyAction> actions;
@@ -312,7 +319,7 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
     }
     const KeyRecord& r = records[i];
     const absl::Time destroy = DestroyTime(r, t.destroy_delay);
-    if (now >= destroy + t.tombstone_retention) {
+    if (irreversible_until >= destroy + t.tombstone_retention) {
       // Past both (a clock that jumped, or a writer that was down): the
       // prune destroys the private key too.
       actions.push_back(Action(
@@ -320,7 +327,7 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
           absl::StrCat("scope ", policy.scope, ": ", Describe(r),
                        " pruned: private key (if still there), public key "
                        "and record destroyed")));
-    } else if (!r.private_key_destroyed() && now >= destroy) {
+    } else if (!r.private_key_destroyed() && irreversible_until >= destroy) {
       KeyRecord destroyed = r;
       destroyed.set_private_key_destroyed(true);
       actions.push_back(Action(

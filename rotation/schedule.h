@@ -123,6 +123,16 @@ struct KeyAction {
 std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
                                  const SchedulePolicy& policy, absl::Time now);
 
+// PlanScope, with destroying a private key and pruning a key (the steps
+// that cannot be undone) planned only when due at or before
+// `irreversible_until` (at most `now`): the wall time the writer has seen
+// pass (base::ElapsedWallTime), so a wall clock stepped forward cannot
+// destroy a key whose tokens are still valid. The 3-argument form takes
+// `now`.
+std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
+                                 const SchedulePolicy& policy, absl::Time now,
+                                 absl::Time irreversible_until);
+
 // An operator's rotation of the scope.
 //   kPlanned: the standby activates at now + min_publish_lead, or at its
 //     current time if that is sooner.

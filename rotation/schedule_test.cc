@@ -348,6 +348,40 @@ TEST(PlanScopeTest, DestroysPrivateKeyAtItsTimeThenPrunesTheTombstone) {
   EXPECT_FALSE(token.records().contains(g1.key_id()));
 }
 
+// The irreversible steps wait for `irreversible_until` (the time the writer
+// has seen pass), whatever the wall clock says; the rest of the plan
+// follows the wall clock.
+TEST(PlanScopeTest, DestroyAndPruneWaitForTheTimeSeenPass) {
+  FakeToken token = Started(kT0);
+  const KeyRecord g1 = Find(token.Records(), 1);
+  const absl::Time destroy = TimeFromProto(g1.destroy_at());
+  const absl::Time prune = destroy + Policy().timings.tombstone_retention;
+  auto kinds_for_g1 = [&](const std::vector<KeyAction>& plan) {
+    std::vector<KeyAction::Kind> kinds;
+    for (const KeyAction& a : plan) {
+      if (a.record.key_id() == g1.key_id()) kinds.push_back(a.kind);
+    }
+    return kinds;
+  };
+  const absl::Time before_destroy = destroy - absl::Seconds(1);
+  // The wall clock is past the prune; the time seen pass is not even at
+  // the destruction: neither, but the schedule still moves on.
+  std::vector<KeyAction> held =
+      PlanScope(token.Records(), Policy(), prune, before_destroy);
+  EXPECT_THAT(kinds_for_g1(held), ::testing::IsEmpty());
+  EXPECT_FALSE(held.empty());  // keys activated and generated at `prune`
+  // The time seen pass reaches the destruction: the private key only.
+  EXPECT_THAT(
+      kinds_for_g1(PlanScope(token.Records(), Policy(), prune, destroy)),
+      ::testing::ElementsAre(KeyAction::Kind::kDestroyPrivateKey));
+  // And the prune; `irreversible_until` past `now` counts as `now`.
+  EXPECT_THAT(kinds_for_g1(PlanScope(token.Records(), Policy(), prune, prune)),
+              ::testing::ElementsAre(KeyAction::Kind::kPrune));
+  EXPECT_THAT(kinds_for_g1(PlanScope(token.Records(), Policy(), destroy,
+                                     prune + absl::Hours(1))),
+              ::testing::ElementsAre(KeyAction::Kind::kDestroyPrivateKey));
+}
+
 TEST(PlanRotateNowTest, ImmediateActivatesTheStandbyAndRetiresTheActiveKey) {
   FakeToken token = Started(kT0);
   const absl::Time now = kT0 + absl::Minutes(20);

@@ -109,6 +109,7 @@ KeyManager::KeyManager(hsm::KeyStore* store,
       config_(config),
       audit_(audit),
       clock_(clock),
+      seen_(clock),
       on_keys_(std::move(on_keys)),
       writer_(!config.never_create_keys()),
       interval_(absl::Seconds(config.never_create_keys()
@@ -232,8 +233,26 @@ bool KeyManager::Post(std::function<void()> task) {
 
 absl::Status KeyManager::PassAndPublish(bool notify) {
   const absl::Time at = clock_.Now();
+  // Destroying and pruning keys follow the time seen pass when the wall
+  // clock reads well ahead of it (set forward while signetd ran).
+  const absl::Time seen = seen_.Now();
+  const absl::Duration ahead =
+      at - seen > kWallClockStepTolerance ? at - seen : absl::ZeroDuration();
+  if ((ahead > absl::ZeroDuration()) != (clock_ahead_ > absl::ZeroDuration())) {
+    if (ahead > absl::ZeroDuration()) {
+      SIGNET_LOG_ERROR(
+          "clock anomaly: the wall clock reads {} ahead of the time signetd "
+          "has seen pass since it started (it was set forward?); destroying "
+          "and pruning keys wait until that time has really passed",
+          absl::FormatDuration(absl::Trunc(ahead, absl::Seconds(1))));
+    } else {
+      SIGNET_LOG_INFO(
+          "the wall clock agrees again with the time signetd has seen pass");
+    }
+  }
+  clock_ahead_ = ahead;
   absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
-      reconciler_->RunOnce(at);
+      reconciler_->RunOnce(at, ahead > absl::ZeroDuration() ? seen : at);
   absl::StatusOr<ScopeKeysMap> built =
       sets.ok() ? BuildScopeKeys(config_, *sets, Scopes(), at) : sets.status();
   {
@@ -270,12 +289,15 @@ void KeyManager::Loop() {
   // time), at most one per kMinAskedPassSpacing.
   absl::Time hear_asks_from = absl::InfinitePast();
   while (true) {
-    const absl::Time now = clock_.Now();
-    // The next pass: a millisecond past the next schedule boundary, so it
-    // sees the new state, or one interval on, on the clock.
+    // The next pass: a millisecond past the next schedule boundary after
+    // the last pass, so it sees the new state, or one interval on, on the
+    // clock. From the last pass, not now: a clock set forward between the
+    // two must not skip what fell due meanwhile (now, if the clock was set
+    // back, so the wait is not the step's length).
+    const absl::Time from = std::min(clock_.Now(), LastPass().at);
     const absl::Time next_pass =
-        std::min(reconciler_->NextBoundary(now) + absl::Milliseconds(1),
-                 now + interval_);
+        std::min(reconciler_->NextBoundary(from) + absl::Milliseconds(1),
+                 from + interval_);
     std::deque<std::function<void()>> tasks;
     {
       absl::MutexLock lock(&mu_);

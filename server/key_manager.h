@@ -142,6 +142,11 @@ class KeyManager {
   static constexpr size_t kMaxRememberedRequests = 1024;
   // Operators' changes kept in one key record (the newest).
   static constexpr int kMaxRecordedChanges = 4;
+  // The wall clock reading this far ahead of the time this process has
+  // seen pass (base::ElapsedWallTime) is taken as set forward: destroying
+  // and pruning keys then wait until that time has really passed. Above
+  // the steps a time daemon makes to correct drift.
+  static constexpr absl::Duration kWallClockStepTolerance = absl::Seconds(60);
 
  private:
   // An applied change's request and answer, by request id.
@@ -204,6 +209,8 @@ class KeyManager {
   const signet::v1::SignetConfig config_;
   AuditLog* const audit_;
   const base::Clock& clock_;
+  // The wall time seen pass since this object was made.
+  const base::ElapsedWallTime seen_;
   const OnKeys on_keys_;
   const bool writer_;
   const absl::Duration interval_;
@@ -214,6 +221,9 @@ class KeyManager {
   std::string acting_admin_;
 
   // Loop-thread only.
+  // How far the wall clock read ahead at the last pass, past the tolerance
+  // (zero when within it): its changes are logged.
+  absl::Duration clock_ahead_;
   std::map<std::string, Remembered> remembered_;
   std::deque<std::string> remembered_order_;
 

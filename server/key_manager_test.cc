@@ -21,6 +21,7 @@
 #include "hsm/key_store.h"
 #include "hsm/test_hsm.h"
 #include "rotation/key_state.h"
+#include "rotation/scope_keys.h"
 #include "server/audit_log.h"
 #include "server/config.h"
 #include "server/test_audit_files.h"
@@ -29,6 +30,7 @@ namespace signet::server {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // 2031-01-01T00:00:00Z: far from the real "now", so a key state or a time
 // read off the system clock instead of the injected one shows.
@@ -234,6 +236,53 @@ TEST_F(KeyManagerTest, ARotationToAStandbyThatCannotSignIsRefused) {
       keys->Scopes().at("demo")->SigningAt(clock_.Now());
   ASSERT_NE(signing, nullptr);
   EXPECT_EQ(signing->record.key_generation(), 1u);
+}
+
+// The wall clock set forward two months while signetd runs: the schedule
+// moves on (new keys sign), but generation 1, whose prune the wall clock
+// says is long due, is neither destroyed nor pruned: that waits until the
+// time has really passed, and the hold is audited.
+TEST_F(KeyManagerTest, AWallClockSetForwardDoesNotDestroyKeysUntilTimePasses) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  const rotation::KeyRecord first =
+      keys->Scopes().at("demo")->SigningAt(kStart)->record;
+  keys->StartLoop();
+  auto pass_at = [&](absl::Time t) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(60);
+    while (keys->LastPass().at < t && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return keys->LastPass().at >= t;
+  };
+  auto record_of_first = [&]() -> std::optional<rotation::KeyRecord> {
+    auto stored = store_->ReadAllRecords();
+    EXPECT_TRUE(stored.ok()) << stored.status();
+    if (!stored.ok()) return std::nullopt;
+    for (const auto& [id, r] : rotation::ParseRecords(*stored)) {
+      if (r.key_id() == first.key_id()) return r;
+    }
+    return std::nullopt;
+  };
+
+  clock_.StepWall(absl::Hours(24 * 60));
+  ASSERT_TRUE(pass_at(clock_.Now()));
+  ASSERT_TRUE(WaitForSigningGeneration(3));  // the schedule went on
+  std::optional<rotation::KeyRecord> kept = record_of_first();
+  ASSERT_TRUE(kept.has_value()) << "generation 1 was pruned";
+  EXPECT_FALSE(kept->private_key_destroyed());
+  std::string log = audit_testing::ReadFile(dir_.File("audit.log"));
+  EXPECT_THAT(log, HasSubstr("\"event\":\"key_destruction_held\""));
+  EXPECT_THAT(log, Not(HasSubstr("key_pruned")));
+  EXPECT_THAT(log, Not(HasSubstr("key_destroyed")));
+
+  // Two months really pass: now it is pruned.
+  clock_.Advance(absl::Hours(24 * 60));
+  ASSERT_TRUE(pass_at(clock_.Now()));
+  EXPECT_FALSE(record_of_first().has_value());
+  log = audit_testing::ReadFile(dir_.File("audit.log"));
+  EXPECT_THAT(log, HasSubstr("key_pruned"));
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
 }
 
 }  // namespace

@@ -108,8 +108,8 @@ class KeyRotationTest : public ::testing::Test {
         "\" algorithm: ES256 max_token_lifetime_seconds: 60 "
         "rotation_period_seconds: ",
         absl::ToInt64Seconds(period),
-        " min_publish_lead_seconds: 3 publish_grace_seconds: 130 }\n",
-        bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant,
+        " min_publish_lead_seconds: 3 publish_grace_seconds: 130", scope_extra_,
+        " }\n", bed_->TlsConfig(), "tenants { identity: \"uri:", kTenant,
         "\" scopes: \"short\" }\n", "admins: \"uri:", kAdmin, "\"\n",
         "audit_log_path: \"", audit_dir, "/audit.log\"\n",
         "http { listen_address: \"127.0.0.1:0\" public_base_url: "
@@ -203,6 +203,8 @@ class KeyRotationTest : public ::testing::Test {
 
   // Appended to every configuration this test starts.
   std::string extra_config_;
+  // Appended inside the scope "short" of every configuration.
+  std::string scope_extra_;
   // The reconcile passes' intervals.
   std::string intervals_ =
       "reconcile_interval_seconds: 1\nkey_refresh_interval_seconds: 1\n";
@@ -248,6 +250,47 @@ class KeyRotationTest : public ::testing::Test {
     req.set_request_id(request_id);
     v1::RevokeKeyResponse resp;
     return admin->RevokeKey(&ctx, req, &resp);
+  }
+
+  // signetd with libfaketime preloaded: its wall clock is the real one
+  // plus the offset SetFakeClock last wrote (read at most a second late;
+  // on a loaded machine, later). Its CLOCK_MONOTONIC and CLOCK_BOOTTIME are
+  // not faked: time still passes as it does.
+  Running StartWithFakeClock(absl::string_view name) {
+    const std::string faketime =
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    EXPECT_EQ(access(faketime.c_str(), R_OK), 0)
+        << faketime << " is missing: scripts/setup installs libfaketime";
+    SetFakeClock("+0");
+    return Start(name, true,
+                 {{"LD_PRELOAD", faketime},
+                  {"FAKETIME_TIMESTAMP_FILE", FakeClockFile()},
+                  {"FAKETIME_CACHE_DURATION", "1"},
+                  {"FAKETIME_DONT_FAKE_MONOTONIC", "1"}},
+                 absl::Seconds(60));
+  }
+  std::string FakeClockFile() const { return bed_->token().dir() + "/clock"; }
+  // `offset` as libfaketime reads it ("+600", "-120"). Replaced whole
+  // (rename), so libfaketime never reads a half-written file.
+  void SetFakeClock(absl::string_view offset) {
+    const std::string next = FakeClockFile() + ".next";
+    std::ofstream(next, std::ios::trunc) << offset << "\n";
+    ASSERT_EQ(rename(next.c_str(), FakeClockFile().c_str()), 0);
+  }
+
+  // An admin's rotation of scope "short" (immediate unless `mode` says).
+  grpc::Status Rotate(const Running& r, const std::string& request_id,
+                      v1::RotateMode mode = v1::IMMEDIATE) {
+    auto admin = AdminStub(r);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(20));
+    v1::RotateKeyRequest req;
+    req.set_scope("short");
+    req.set_mode(mode);
+    req.set_request_id(request_id);
+    v1::RotateKeyResponse resp;
+    return admin->RotateKey(&ctx, req, &resp);
   }
 
   v1::ListKeysResponse Keys(const Running& r) {
@@ -451,41 +494,16 @@ TEST_F(KeyRotationTest,
 // that signs, the older key never signs again; GetStatus and the log say
 // so, and the anomaly clears when the clock is right again.
 TEST_F(KeyRotationTest, AClockSetBackNeverReactivatesAnOlderKeyAndIsShown) {
-  const std::string faketime =
-      "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-  ASSERT_EQ(access(faketime.c_str(), R_OK), 0)
-      << faketime << " is missing: scripts/setup installs libfaketime";
-  const std::string clock_file = bed_->token().dir() + "/clock";
-  // Replaced whole (rename), so libfaketime never reads a half-written file.
-  auto set_clock = [&](absl::string_view offset) {
-    const std::string next = clock_file + ".next";
-    std::ofstream(next, std::ios::trunc) << offset << "\n";
-    ASSERT_EQ(rename(next.c_str(), clock_file.c_str()), 0);
-  };
-  set_clock("+0");
-  Running writer = Start("clock", true,
-                         {{"LD_PRELOAD", faketime},
-                          {"FAKETIME_TIMESTAMP_FILE", clock_file},
-                          {"FAKETIME_CACHE_DURATION", "1"},
-                          {"FAKETIME_DONT_FAKE_MONOTONIC", "1"}},
-                         absl::Seconds(60));
+  Running writer = StartWithFakeClock("clock");
   ASSERT_NE(writer.stub, nullptr);
   absl::StatusOr<Signed> first = Sign(*writer.stub);
   ASSERT_TRUE(first.ok()) << first.status();
   // The standby takes over now; the next pass records its activation.
-  auto admin = AdminStub(writer);
   {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::seconds(20));
-    v1::RotateKeyRequest req;
-    req.set_scope("short");
-    req.set_mode(v1::IMMEDIATE);
-    req.set_request_id("clock-1");
-    v1::RotateKeyResponse resp;
-    grpc::Status st = admin->RotateKey(&ctx, req, &resp);
+    grpc::Status st = Rotate(writer, "clock-1");
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
+  auto admin = AdminStub(writer);
   absl::SleepFor(absl::Seconds(3));
   absl::StatusOr<Signed> second = Sign(*writer.stub);
   ASSERT_TRUE(second.ok()) << second.status();
@@ -506,7 +524,7 @@ TEST_F(KeyRotationTest, AClockSetBackNeverReactivatesAnOlderKeyAndIsShown) {
 
   // Two minutes back: before the second key was even made. (signetd reads
   // the offset at most a second late; on a loaded machine, later.)
-  set_clock("-120");
+  SetFakeClock("-120");
   v1::ScopeStatus behind;
   for (int i = 0; i < 60 && behind.clock_anomaly().empty(); ++i) {
     absl::SleepFor(absl::Milliseconds(500));
@@ -523,7 +541,7 @@ TEST_F(KeyRotationTest, AClockSetBackNeverReactivatesAnOlderKeyAndIsShown) {
       writer.process->WaitForOutput("clock anomaly", absl::Seconds(10)).ok())
       << writer.process->Output();
 
-  set_clock("+0");
+  SetFakeClock("+0");
   std::string anomaly = "not read yet";
   for (int i = 0; i < 60 && !anomaly.empty(); ++i) {
     absl::SleepFor(absl::Milliseconds(500));
@@ -533,6 +551,81 @@ TEST_F(KeyRotationTest, AClockSetBackNeverReactivatesAnOlderKeyAndIsShown) {
   absl::StatusOr<Signed> after = Sign(*writer.stub);
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->kid, second->kid);
+}
+
+// signetd's wall clock set forward ten minutes while it runs, past the
+// destruction and the prune of a key retired just before (whose tokens are
+// still valid): the schedule moves on, but the key is neither destroyed
+// nor pruned, the hold is logged and audited, and when the clock is right
+// again the key is published again and its token verifies.
+TEST_F(KeyRotationTest, AClockSetForwardDestroysNoKeyBeforeItsTime) {
+  scope_extra_ = " destroy_delay_seconds: 5 tombstone_retention_seconds: 5";
+  Running writer = StartWithFakeClock("forward");
+  ASSERT_NE(writer.stub, nullptr);
+  absl::StatusOr<Signed> first = Sign(*writer.stub);
+  ASSERT_TRUE(first.ok()) << first.status();
+  // Generation 1 retires now: published for the grace (130 s), destroyed
+  // 5 s after that, pruned 5 s after that.
+  {
+    grpc::Status st = Rotate(writer, "forward-1");
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  auto listed = [&](const std::string& kid) {
+    const v1::ListKeysResponse keys = Keys(writer);
+    for (const v1::KeyInfo& k : keys.keys()) {
+      if (k.kid() == kid) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(listed(first->kid));
+
+  SetFakeClock("+600");
+  ASSERT_TRUE(
+      writer.process->WaitForOutput("key_destruction_held", absl::Seconds(30))
+          .ok())
+      << writer.process->Output();
+  EXPECT_THAT(writer.process->Output(),
+              HasSubstr("clock anomaly: the wall clock reads"));
+  // The pass that held it went on: new keys sign, generation 1 is still
+  // there. (That pass was the only one: libfaketime cannot fake the
+  // kernel's futex timeouts that absl's timed waits use, so with a positive
+  // offset the loop's next wait lasts the offset longer.)
+  EXPECT_TRUE(listed(first->kid)) << writer.process->Output();
+  absl::StatusOr<Signed> ahead = Sign(*writer.stub, absl::Seconds(600));
+  for (int i = 0; i < 40 && !ahead.ok(); ++i) {  // the pass is finishing
+    absl::SleepFor(absl::Milliseconds(250));
+    ahead = Sign(*writer.stub, absl::Seconds(600));
+  }
+  ASSERT_TRUE(ahead.ok()) << ahead.status();
+  EXPECT_NE(ahead->kid, first->kid);
+  EXPECT_THAT(writer.process->Output(), Not(HasSubstr("key_pruned")));
+  EXPECT_THAT(writer.process->Output(), Not(HasSubstr("key_destroyed")));
+
+  // The clock is right again (libfaketime reads the file at most a second
+  // late), and an operator's call wakes the loop out of that wait: its
+  // pass publishes generation 1 again (its grace has not ended), and a
+  // relying party verifies its token.
+  SetFakeClock("+0");
+  absl::SleepFor(absl::Seconds(2));
+  {
+    grpc::Status st = Rotate(writer, "forward-2", v1::PLANNED);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  std::string set;
+  for (int i = 0; i < 60 && !absl::StrContains(set, first->kid); ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    set = Jwks(writer.http_port);
+  }
+  EXPECT_THAT(set, HasSubstr(first->kid))
+      << Keys(writer).DebugString() << writer.process->Output();
+  std::unique_ptr<Verifier> relying_party = RelyingParty(writer.http_port);
+  ASSERT_NE(relying_party, nullptr);
+  auto verified = relying_party->Verify(first->token);
+  EXPECT_TRUE(verified.ok()) << verified.status();
+  std::ifstream in(AuditDir("forward") + "/audit.log");
+  std::stringstream log;
+  log << in.rdbuf();
+  EXPECT_THAT(log.str(), HasSubstr("\"event\":\"key_destruction_held\""));
 }
 
 TEST_F(KeyRotationTest, RestartAfterARetireKeepsTheRetiredKeyPublished) {
