@@ -34,7 +34,9 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "base/base64url.h"
+#include "base/file.h"
 #include "base/log.h"
+#include "base/status_macros.h"
 #include "hsm/digest.h"
 #include "server/audit_verify.h"
 #include "server/scoped_fd.h"
@@ -62,6 +64,9 @@ constexpr size_t kGroupCommitLines = 1024;
 constexpr absl::Duration kMaxRecoveryWait = absl::Seconds(4);
 // After a planned rollover could not close the segment, the next try.
 constexpr absl::Duration kRolloverRetry = absl::Seconds(10);
+// A file at the log's path this small, with no whole line, during a
+// rollover is a segment whose first line never completed.
+constexpr size_t kMaxSegmentHeaderBytes = 64 * 1024;
 // Callers named one by one in a refusal summary; the rest are counted.
 constexpr size_t kMaxSummaryCallers = 8;
 
@@ -467,12 +472,44 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   if (options.clock == nullptr) {
     return absl::InvalidArgumentError("audit log: no clock given");
   }
-  const std::string& path = options.path;
+  // A copy: `options` moves into the log below, and messages after that
+  // still name the path.
+  const std::string path = options.path;
 
   // A crash between closing a segment and opening the next one leaves no
-  // file at `path`: the chain goes on from the latest closed segment.
+  // file at `path` (or, just after opening it, an empty one) and the
+  // rollover marker: the chain goes on from the latest closed segment.
+  const std::string marker = RolloverMarkerPath(path);
+  struct stat marker_st;
+  const bool rollover_under_way = stat(marker.c_str(), &marker_st) == 0;
   struct stat path_st;
-  if (stat(path.c_str(), &path_st) != 0 && errno == ENOENT) {
+  bool no_current = stat(path.c_str(), &path_st) != 0 && errno == ENOENT;
+  std::string rollover_torn;  // where a torn first line was moved, if any
+  if (!no_current && rollover_under_way && S_ISREG(path_st.st_mode) &&
+      static_cast<size_t>(path_st.st_size) < kMaxSegmentHeaderBytes) {
+    // The next segment was made but its first line never completed: it
+    // holds nothing durable. Moved aside (or removed when empty).
+    absl::StatusOr<std::string> content =
+        base::ReadSmallFile(path, "audit log segment", kMaxSegmentHeaderBytes);
+    if (content.ok() && content->find('\n') == std::string::npos) {
+      if (!content->empty()) {
+        for (int n = 1; n <= 100 && rollover_torn.empty(); ++n) {
+          const std::string side = absl::StrCat(
+              path, ".torn-rollover", n == 1 ? "" : absl::StrCat("-", n));
+          if (link(path.c_str(), side.c_str()) == 0) rollover_torn = side;
+        }
+      }
+      if ((!content->empty() && rollover_torn.empty()) ||
+          unlink(path.c_str()) != 0) {
+        const int err = errno;
+        return ErrnoStatus(err, absl::StrCat("audit log ", path,
+                                             ": moving aside the unfinished "
+                                             "segment a rollover left"));
+      }
+      no_current = true;
+    }
+  }
+  if (no_current) {
     absl::StatusOr<std::optional<ClosedSegment>> closed =
         LatestClosedSegment(path);
     if (!closed.ok()) return closed.status();
@@ -499,17 +536,47 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       log->previous_segment_ = last.path;
       log->previous_first_seq_ = last.first_seq;
       // Only a stop between closing a segment and opening the next leaves
-      // this legitimately; a deleted current segment looks the same here.
-      SIGNET_LOG_WARN(
-          "audit log {}: no current segment; continuing the chain from {} "
-          "(line {}). If signetd did not stop during a rollover or a write "
-          "failure, the current segment was deleted: run signetd "
-          "audit-verify with --expected_checkpoint set to the last "
-          "checkpoint your syslog holds",
-          path, last.path, tail.last_seq);
-      absl::Status opened = log->OpenNextSegment(
-          "signetd started with no current segment (it stopped between "
-          "closing one segment and opening the next)");
+      // this legitimately, and that leaves the rollover marker.
+      std::string why;
+      if (rollover_under_way) {
+        SIGNET_LOG_INFO(
+            "audit log {}: finishing the rollover signetd stopped in; the "
+            "chain continues from {} (line {})",
+            path, last.path, tail.last_seq);
+        why = absl::StrCat(
+            "signetd started with no current segment (it stopped between "
+            "closing one segment and opening the next)",
+            rollover_torn.empty()
+                ? ""
+                : absl::StrCat("; the next segment's unfinished first line "
+                               "was moved to ",
+                               rollover_torn));
+      } else if (log->options_.accept_missing_segment) {
+        SIGNET_LOG_WARN(
+            "audit log {}: the current segment is missing and no rollover was "
+            "under way; continuing the chain from {} (line {}) as the "
+            "operator asked (--audit_accept_missing_segment)",
+            path, last.path, tail.last_seq);
+        why =
+            "signetd started with the current segment missing and no rollover "
+            "under way (deleted or moved while signetd was down?); the "
+            "operator accepted it (--audit_accept_missing_segment)";
+      } else {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "audit log ", path,
+            ": the current segment is missing and no rollover was under way "
+            "(no ",
+            RolloverMarkerPath(path),
+            "), so it was deleted or moved while signetd was down; its lines "
+            "after line ",
+            tail.last_seq, " (the end of ", last.path,
+            ") are not in the log. Put it back if you can; otherwise see what "
+            "is lost with `signetd audit-verify --expected_checkpoint=<the "
+            "last checkpoint your syslog holds>` and start signetd once with "
+            "--audit_accept_missing_segment to continue the chain from ",
+            last.path));
+      }
+      absl::Status opened = log->OpenNextSegment(why);
       if (!opened.ok()) return opened;
       log->StartWriter();
       return log;
@@ -599,6 +666,10 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
                    std::move(tail.last_hash_hex), tail.last_checkpoint_seq));
   log->segment_first_seq_ = first_seq;
   log->regular_file_ = S_ISREG(st.st_mode);
+  // A marker left by a rollover that finished (its removal failed): stale.
+  if (rollover_under_way && unlink(marker.c_str()) == 0) {
+    (void)SyncParentDirectory(path);
+  }
   log->StartWriter();
   if (torn_note) {
     if (absl::Status noted = log->Append(*torn_note); !noted.ok()) {
@@ -1124,10 +1195,39 @@ absl::Status AuditLog::CopyOpenSegmentTo(const std::string& closed) const {
   return absl::OkStatus();
 }
 
+std::string RolloverMarkerPath(absl::string_view path) {
+  return absl::StrCat(path, ".rollover");
+}
+
+namespace {
+// Writes the rollover marker of the log at `path` durably, naming `closed`.
+absl::Status WriteRolloverMarker(const std::string& path,
+                                 const std::string& closed) {
+  const std::string marker = RolloverMarkerPath(path);
+  ScopedFd fd(
+      open(marker.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  const std::string text = absl::StrCat(closed, "\n");
+  if (fd.get() < 0 ||
+      write(fd.get(), text.data(), text.size()) !=
+          static_cast<ssize_t>(text.size()) ||
+      fsync(fd.get()) != 0) {
+    const int err = errno;
+    return ErrnoStatus(err == 0 ? EIO : err,
+                       absl::StrCat("audit log: cannot write ", marker));
+  }
+  return SyncParentDirectory(marker);
+}
+}  // namespace
+
 absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
   const std::string& path = options_.path;
   if (!current_closed_) {
     const std::string closed = ClosedSegmentPath(path, segment_first_seq_);
+    // Before anything is closed: a stop from here until the next segment
+    // is durable leaves it, and the next start finishes the rollover.
+    if (regular_file_) {
+      SIGNET_RETURN_IF_ERROR(WriteRolloverMarker(path, closed));
+    }
     if (!CheckStillAtPath().ok()) {
       // Deleted or moved away outside signet: the open file still holds
       // every durable line, so the closed segment is written from it, and
@@ -1196,6 +1296,11 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
   current_closed_ = false;
   segment_first_seq_ = first_seq;
   segment_opened_ = options_.clock->Now();
+  // The rollover is over (a leftover marker only lets a later start with
+  // no current segment continue, as if a rollover had been under way).
+  if (unlink(RolloverMarkerPath(path).c_str()) == 0) {
+    (void)SyncParentDirectory(path);
+  }
   {
     absl::MutexLock lock(&mu_);
     ++segments_opened_;

@@ -145,6 +145,14 @@ struct AuditLogOptions {
   // (0: no such limit), when RollOver() asks, and after a write failure.
   uint64_t segment_max_bytes = 0;
   absl::Duration segment_max_age = absl::ZeroDuration();
+  // A rollover leaves RolloverMarkerPath(path) from before it closes the
+  // current segment until the next one is durable, so a stop in between is
+  // told apart from a current segment deleted while signetd was down: Open
+  // with no file at `path` and closed segments continues the chain only
+  // when the marker is there, or when this is set (an operator who has
+  // looked, once: the new segment's first line says so); otherwise it is
+  // FAILED_PRECONDITION, naming the file and what to do.
+  bool accept_missing_segment = false;
   // After a write or fdatasync fails, the writer opens a new segment (never
   // appending to the failed file again), first after this long, then after
   // twice as long each time, up to 4 s, until it works; the log is broken
@@ -155,6 +163,10 @@ struct AuditLogOptions {
   // SIGKILL, as a crash in the middle of an append would.
   uint64_t kill_mid_line = 0;
 };
+
+// The file that says a rollover of the log at `path` is under way:
+// "<path>.rollover" (it holds the path of the segment being closed).
+std::string RolloverMarkerPath(absl::string_view path);
 
 // Where the segment of the log at `path` whose first line has seq
 // `first_seq` goes when it is closed: "<path>.<first_seq, 20 digits>".

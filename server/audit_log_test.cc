@@ -756,6 +756,42 @@ TEST(AuditLogTest, ASegmentDeletedOrMovedAwayFailsClosedAndIsWrittenAgain) {
   }
 }
 
+// A rollover that cannot finish (here: after the segment was moved away,
+// something else sits at the path, so the next segment cannot be made)
+// leaves the rollover marker; signetd stopped in that state continues the
+// chain at its next start, the segment's lines kept at their closed path.
+TEST(AuditLogTest, AStopWhileARolloverCannotFinishIsFinishedAtTheNextStart) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = OpenWithTwoLines(path);
+  ASSERT_NE(log, nullptr);
+  ASSERT_EQ(rename(path.c_str(), dir.File("elsewhere").c_str()), 0);
+  ASSERT_EQ(mkdir(path.c_str(), 0700), 0);
+  EXPECT_FALSE(log->Append(SignEvent(3)).ok());
+  // The recovery tries (and fails) at least once before the stop.
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  struct stat st;
+  while (stat(ClosedSegmentPath(path, 1).c_str(), &st) != 0 &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_FALSE(log->WriteStatus().ok());
+  log.reset();
+  EXPECT_EQ(stat(RolloverMarkerPath(path).c_str(), &st), 0);
+  ASSERT_EQ(rmdir(path.c_str()), 0);
+
+  auto again = MustOpen(Options(path));
+  ASSERT_NE(again, nullptr);
+  ASSERT_TRUE(again->Append(SignEvent(4)).ok());
+  again.reset();
+  EXPECT_THAT(Parse(ReadLines(path)[0])["detail"].get<std::string>(),
+              HasSubstr("started with no current segment"));
+  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->segments, 2u);
+  EXPECT_NE(stat(RolloverMarkerPath(path).c_str(), &st), 0);
+}
+
 // Segments roll over at the size limit and when asked (SIGHUP); a closed
 // segment is never written again, and the segments make one chain.
 TEST(AuditLogTest, RollsOverAtTheSizeLimitAndWhenAskedKeepingOneChain) {
@@ -831,33 +867,95 @@ TEST(AuditLogTest, APlannedRolloverClosesTheSegmentWithACheckpoint) {
   EXPECT_EQ(r->segments, closed.size() + 1);
 }
 
-// A stop between closing one segment and opening the next (here: the
-// current file is gone) leaves the closed ones; the next start continues
-// their chain in a new segment.
-TEST(AuditLogTest, StartsANewSegmentWhenOnlyClosedOnesAreLeft) {
-  TempDir dir;
-  const std::string path = dir.File("audit.log");
-  {
-    AuditLogOptions o = Options(path);
+// The closed segments and no current one: what a stop between closing one
+// segment and opening the next leaves (with the rollover marker), and what
+// deleting the current segment while signetd is down leaves (without it).
+class MissingCurrentSegmentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    AuditLogOptions o = Options(path_);
     o.segment_max_bytes = 1200;
     auto log = MustOpen(std::move(o));
     ASSERT_NE(log, nullptr);
     for (int i = 0; i < 8; ++i) ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+    log.reset();
+    // Rollovers that finished leave no marker.
+    struct stat st;
+    ASSERT_NE(stat(RolloverMarkerPath(path_).c_str(), &st), 0);
+    ASSERT_EQ(unlink(path_.c_str()), 0);
   }
-  ASSERT_EQ(unlink(path.c_str()), 0);
-  {
-    auto log = MustOpen(Options(path));
-    ASSERT_NE(log, nullptr);
-    ASSERT_TRUE(log->Append(SignEvent(9)).ok());
+
+  // Opens the log again, appends one line, and returns the first line of
+  // the new current segment, after checking the whole chain verifies.
+  std::string ContinueAndReadHeader(AuditLogOptions o) {
+    {
+      auto log = MustOpen(std::move(o));
+      EXPECT_NE(log, nullptr);
+      if (log == nullptr) return "";
+      EXPECT_TRUE(log->Append(SignEvent(9)).ok());
+    }
+    std::vector<std::string> lines = ReadLines(path_);
+    EXPECT_THAT(lines, SizeIs(2));
+    if (lines.empty()) return "";
+    EXPECT_EQ(Parse(lines[0])["event"], "segment");
+    absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path_, nullptr);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) {
+      EXPECT_EQ(r->first_seq, 1u);
+    }
+    struct stat st;
+    EXPECT_NE(stat(RolloverMarkerPath(path_).c_str(), &st), 0)
+        << "the marker outlived the rollover";
+    return Parse(lines[0])["detail"].get<std::string>();
   }
-  std::vector<std::string> lines = ReadLines(path);
-  ASSERT_THAT(lines, SizeIs(2));
-  EXPECT_EQ(Parse(lines[0])["event"], "segment");
-  EXPECT_THAT(Parse(lines[0])["detail"].get<std::string>(),
+
+  TempDir dir_;
+  const std::string path_ = dir_.File("audit.log");
+};
+
+TEST_F(MissingCurrentSegmentTest, AStopMidRolloverIsFinishedAtTheNextStart) {
+  WriteFile(RolloverMarkerPath(path_), "the segment being closed\n");
+  EXPECT_THAT(ContinueAndReadHeader(Options(path_)),
               HasSubstr("started with no current segment"));
-  absl::StatusOr<AuditVerifyResult> r = VerifyAuditLog(path, nullptr);
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->first_seq, 1u);
+}
+
+// The stop came just after the next segment was created, before its first
+// line: an empty file at the path, and the marker.
+TEST_F(MissingCurrentSegmentTest, AnEmptySegmentLeftByARolloverIsReplaced) {
+  WriteFile(RolloverMarkerPath(path_), "the segment being closed\n");
+  WriteFile(path_, "");
+  EXPECT_THAT(ContinueAndReadHeader(Options(path_)),
+              HasSubstr("started with no current segment"));
+}
+
+// The stop came while the next segment's first line was being written:
+// half a line at the path, and the marker. The half line is kept aside.
+TEST_F(MissingCurrentSegmentTest, AHalfWrittenFirstLineIsMovedAside) {
+  WriteFile(RolloverMarkerPath(path_), "the segment being closed\n");
+  WriteFile(path_, "{\"seq\":9,\"event\":\"segm");
+  EXPECT_THAT(ContinueAndReadHeader(Options(path_)),
+              HasSubstr("unfinished first line was moved to"));
+  EXPECT_EQ(ReadFile(path_ + ".torn-rollover"), "{\"seq\":9,\"event\":\"segm");
+}
+
+TEST_F(MissingCurrentSegmentTest, ADeletedCurrentSegmentStopsTheStart) {
+  absl::StatusOr<std::unique_ptr<AuditLog>> log =
+      AuditLog::Open(Options(path_));
+  ASSERT_FALSE(log.ok());
+  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
+      << log.status();
+  EXPECT_THAT(std::string(log.status().message()),
+              AllOf(HasSubstr("the current segment is missing"),
+                    HasSubstr("--audit_accept_missing_segment"),
+                    HasSubstr("--expected_checkpoint")));
+  struct stat st;
+  EXPECT_NE(stat(path_.c_str(), &st), 0) << "nothing is created";
+
+  // An operator who has looked accepts it, once; the log says so.
+  AuditLogOptions accepting = Options(path_);
+  accepting.accept_missing_segment = true;
+  EXPECT_THAT(ContinueAndReadHeader(std::move(accepting)),
+              HasSubstr("the operator accepted it"));
 }
 
 // Segments removed from the middle, reordered, or replaced are found, each

@@ -585,6 +585,7 @@ absl::Status Daemon::OpenAuditLog() {
   AuditLogOptions audit_options;
   audit_options.clock = &clock_;
   audit_options.path = config_.audit_log_path();
+  audit_options.accept_missing_segment = options_.accept_missing_audit_segment;
   audit_options.checkpoint_kid = audit_keys_->current_kid();
   audit_options.sign_checkpoint = audit_keys_->Signer();
   audit_options.syslog_socket = config_.audit_syslog_socket();

@@ -72,6 +72,11 @@ struct DaemonOptions {
   // DEVELOPMENT ONLY (signetd's flags of the same names).
   bool insecure_in_process_module = false;
   bool insecure_plaintext = false;
+  // Continue the audit log's chain over a current segment that is missing
+  // with no rollover under way (AuditLogOptions::accept_missing_segment):
+  // an operator's decision, for one start (signetd's
+  // --audit_accept_missing_segment).
+  bool accept_missing_audit_segment = false;
   // The wall clock every part decides by (base/clock.h); null is the
   // system clock. A test runs the daemon in its own process on a
   // base::SimulatedClock, so days of key schedule pass in seconds. Must

@@ -37,6 +37,11 @@ ABSL_FLAG(bool, insecure_in_process_module, false,
           "p11-kit-client.so, loaded into signetd's own address space, where "
           "key material could end up in a core dump.");
 ABSL_FLAG(bool, log_json, false, "Write logs as JSON lines.");
+ABSL_FLAG(bool, audit_accept_missing_segment, false,
+          "For one start, after a person has looked: continue the audit "
+          "log's chain although its current segment is missing and no "
+          "rollover was under way (it was deleted or moved while signetd was "
+          "down). The new segment's first line records it.");
 ABSL_FLAG(bool, insecure_plaintext, false,
           "DEVELOPMENT ONLY: serve gRPC without TLS, on a loopback address "
           "only. Callers then have the identity \"insecure:plaintext\".");
@@ -84,11 +89,12 @@ int Fail(const absl::Status& status) {
 
 // The daemon's phases in order (server/daemon.h); the exit code.
 int RunDaemon() {
-  Daemon daemon(
-      {.config_path = absl::GetFlag(FLAGS_config),
-       .insecure_in_process_module =
-           absl::GetFlag(FLAGS_insecure_in_process_module),
-       .insecure_plaintext = absl::GetFlag(FLAGS_insecure_plaintext)});
+  Daemon daemon({.config_path = absl::GetFlag(FLAGS_config),
+                 .insecure_in_process_module =
+                     absl::GetFlag(FLAGS_insecure_in_process_module),
+                 .insecure_plaintext = absl::GetFlag(FLAGS_insecure_plaintext),
+                 .accept_missing_audit_segment =
+                     absl::GetFlag(FLAGS_audit_accept_missing_segment)});
   for (absl::Status (Daemon::*phase)() :
        {&Daemon::LoadConfiguration, &Daemon::StartListening, &Daemon::OpenHsm,
         &Daemon::OpenAuditLog, &Daemon::LoadScopes, &Daemon::StartServing}) {

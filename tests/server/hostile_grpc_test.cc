@@ -201,6 +201,7 @@ class HostileGrpcTest : public ::testing::Test {
     SignetdOptions options;
     options.binary = SIGNETD_BINARY;
     options.open_file_limit = open_file_limit;
+    options.flags = flags_;
     options.config_text = absl::StrCat(
         "grpc_listen_address: \"127.0.0.1:0\"\n", bed_->HsmConfig(),
         "scopes { name: \"", kScope,
@@ -225,6 +226,9 @@ class HostileGrpcTest : public ::testing::Test {
     port_ = port.ok() ? *port : 0;
     return std::move(*signetd);
   }
+
+  // signetd's command-line flags beyond --config, for the next Start.
+  std::vector<std::string> flags_;
 
   std::shared_ptr<grpc::Channel> Channel(const TestCa::Issued* client,
                                          bool own_connection = false) const {
@@ -683,6 +687,49 @@ TEST_F(HostileGrpcTest, ARestartWaitsForAnAuditLogItCannotOpen) {
                 "--audit_keyring=" + audit_dir_ + "/audit-keyring.pem", log}});
   ASSERT_TRUE(verified.ok()) << verified.status();
   EXPECT_TRUE(verified->succeeded()) << verified->output;
+}
+
+// The current audit segment deleted while signetd was down was continued
+// over at the next start, with only a warning (fifth outside attack). The
+// start now stops (exit 1, which scripts/run does not restart) saying what
+// to do; an operator's --audit_accept_missing_segment continues the chain,
+// and the new segment's first line records it.
+TEST_F(HostileGrpcTest, ACurrentSegmentDeletedWhileDownStopsTheStart) {
+  auto first = Start("audit-deleted");
+  ASSERT_NE(first, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(tenant_, true));
+  ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+  // A closed segment (SIGHUP), then lines in the current one.
+  ASSERT_EQ(kill(first->pid(), SIGHUP), 0);
+  const std::string log = audit_dir_ + "/audit.log";
+  const std::string closed = log + ".00000000000000000001";
+  struct stat st;
+  for (int i = 0; i < 300 && stat(closed.c_str(), &st) != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(stat(closed.c_str(), &st), 0) << first->Output();
+  ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+  auto stopped = first->Stop(SIGTERM, absl::Seconds(60));
+  ASSERT_TRUE(stopped.ok() && *stopped == 0) << first->Output();
+  ASSERT_EQ(unlink(log.c_str()), 0);
+
+  auto refused =
+      Start("audit-deleted", "", 0, "the current segment is missing");
+  ASSERT_NE(refused, nullptr);
+  auto code = refused->WaitExit(absl::Seconds(60));
+  ASSERT_TRUE(code.ok()) << refused->Output();
+  EXPECT_EQ(*code, 1);
+  EXPECT_THAT(refused->Output(),
+              AllOf(HasSubstr("no rollover was under way"),
+                    HasSubstr("--audit_accept_missing_segment")));
+  EXPECT_NE(stat(log.c_str(), &st), 0) << "the refused start made a segment";
+
+  flags_ = {"--audit_accept_missing_segment"};
+  auto accepted = Start("audit-deleted");
+  ASSERT_NE(accepted, nullptr);
+  stub = v1::Signer::NewStub(Channel(tenant_, true));
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  EXPECT_THAT(ReadFile(log), HasSubstr("the operator accepted it"));
 }
 
 // Item 4 (a): with the HSM stalled under load, stuck calls held every
