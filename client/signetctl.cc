@@ -44,12 +44,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -64,6 +62,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/base64url.h"
+#include "base/file.h"
 #include "client/client.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -221,18 +220,7 @@ absl::StatusOr<std::string> ReadInput(absl::string_view what,
     }
     return data;
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot open ", what, " file ",
-                                            path, ": ", std::strerror(errno)));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read ", what, " file ", path));
-  }
-  return buffer.str();
+  return base::ReadSmallFile(path, absl::StrCat(what, " file"));
 }
 
 // Exit codes (README, "Operating keys"; client/README.md).

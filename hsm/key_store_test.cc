@@ -261,41 +261,6 @@ TEST_F(KeyStoreTest, RefusesAKeyOfAnotherAlgorithmThanExpected) {
   EXPECT_EQ(wrong_size.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
-// Generates a key pair directly, bypassing the store's template.
-// With `id`, a second private key with that id (a planted duplicate).
-std::string GenerateWithTemplate(SessionPool& pool, bool sensitive,
-                                 bool extractable,
-                                 std::vector<CK_MECHANISM_TYPE> allowed,
-                                 std::string id = "") {
-  auto lease = pool.Acquire(Later());
-  EXPECT_TRUE(lease.ok());
-  if (id.empty()) id = "rogue-" + std::to_string(rand());
-  AttributeTemplate pub;
-  pub.Bool(CKA_TOKEN, true)
-      .Bool(CKA_VERIFY, true)
-      .Bytes(CKA_ID, id)
-      .Bytes(CKA_EC_PARAMS, EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256));
-  AttributeTemplate priv;
-  priv.Bool(CKA_TOKEN, true)
-      .Bool(CKA_PRIVATE, true)
-      .Bool(CKA_SIGN, true)
-      .Bool(CKA_SENSITIVE, sensitive)
-      .Bool(CKA_EXTRACTABLE, extractable)
-      .Bytes(CKA_ID, id);
-  if (!allowed.empty()) {
-    priv.Bytes(CKA_ALLOWED_MECHANISMS,
-               absl::string_view(reinterpret_cast<const char*>(allowed.data()),
-                                 allowed.size() * sizeof(CK_MECHANISM_TYPE)));
-  }
-  CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE h1, h2;
-  EXPECT_EQ(lease->api().GenerateKeyPair(lease->session(), &mech, pub.data(),
-                                         pub.size(), priv.data(), priv.size(),
-                                         &h1, &h2),
-            CKR_OK);
-  return id;
-}
-
 TEST_F(KeyStoreTest, RefusesAKeyGeneratedExtractable) {
   std::string id = GenerateWithTemplate(*pool_, /*sensitive=*/false,
                                         /*extractable=*/true, {CKM_ECDSA});

@@ -3,6 +3,7 @@
 #ifndef SIGNET_HSM_TEST_HSM_H_
 #define SIGNET_HSM_TEST_HSM_H_
 
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -11,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "gtest/gtest.h"
+#include "hsm/algorithm.h"
 #include "hsm/attributes.h"
 #include "hsm/fault_injection.h"
 #include "hsm/key_store.h"
@@ -75,6 +77,44 @@ inline void DestroyBehindTheStoresBack(SessionPool& pool,
   for (CK_OBJECT_HANDLE object : found) {
     ASSERT_EQ(lease->api().DestroyObject(lease->session(), object), CKR_OK);
   }
+}
+
+// Generates an ECDSA P-256 key pair through one of `pool`'s sessions,
+// bypassing the store's template, as a person with the token's PIN could;
+// returns its CKA_ID. With `id`, a second private key with that id (a
+// planted duplicate).
+inline std::string GenerateWithTemplate(SessionPool& pool, bool sensitive,
+                                        bool extractable,
+                                        std::vector<CK_MECHANISM_TYPE> allowed,
+                                        std::string id = "") {
+  auto lease = pool.Acquire(absl::Now() + absl::Seconds(10));
+  EXPECT_TRUE(lease.ok()) << lease.status();
+  if (!lease.ok()) return id;
+  if (id.empty()) id = "rogue-" + std::to_string(rand());
+  AttributeTemplate pub;
+  pub.Bool(CKA_TOKEN, true)
+      .Bool(CKA_VERIFY, true)
+      .Bytes(CKA_ID, id)
+      .Bytes(CKA_EC_PARAMS, EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256));
+  AttributeTemplate priv;
+  priv.Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SIGN, true)
+      .Bool(CKA_SENSITIVE, sensitive)
+      .Bool(CKA_EXTRACTABLE, extractable)
+      .Bytes(CKA_ID, id);
+  if (!allowed.empty()) {
+    priv.Bytes(CKA_ALLOWED_MECHANISMS,
+               absl::string_view(reinterpret_cast<const char*>(allowed.data()),
+                                 allowed.size() * sizeof(CK_MECHANISM_TYPE)));
+  }
+  CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE h1, h2;
+  EXPECT_EQ(lease->api().GenerateKeyPair(lease->session(), &mech, pub.data(),
+                                         pub.size(), priv.data(), priv.size(),
+                                         &h1, &h2),
+            CKR_OK);
+  return id;
 }
 
 // InProcessHsmTest with a default pool and a key store over it, made in

@@ -435,25 +435,35 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
     }
     last_records_[policy.scope] = set.records;
   }
-  // Keys only signet uses are replaced when they cannot be loaded
-  // (ScopeKeyPolicy::replace_unusable_keys): revoked, saying why, and the
-  // pass runs again so that the schedule activates or makes a successor.
-  // One key per run, planned from the records as they are now (a second
-  // revocation planned from the same records would undo the first's
-  // effects); at most kMaxReplacementsPerPass runs.
+  // Keys that cannot be loaded are replaced (revoked, saying why, and the
+  // pass runs again so that the schedule activates or makes a successor)
+  // when only signet uses them (ScopeKeyPolicy::replace_unusable_keys), and
+  // in every scope when the key is the standby: it has never signed, so
+  // revoking it breaks no token, and left alone it would activate at its
+  // time and stop the scope. A broken key that signed stays an incident
+  // for a person. One key per run, planned from the records as they are
+  // now (a second revocation planned from the same records would undo the
+  // first's effects); at most kMaxReplacementsPerPass runs.
   if (writer_ && replacements_ < kMaxReplacementsPerPass) {
     for (const ScopeKeyPolicy& policy : policies_) {
-      if (!policy.replace_unusable_keys) continue;
       const ScopeKeySet& set = out[policy.scope];
+      if (set.unusable.empty()) continue;
+      const int standby = ViewScope(set.records, now).standby;
       for (const auto& [key_id, why] : set.unusable) {
+        const bool is_standby =
+            standby >= 0 && set.records[standby].key_id() == key_id;
+        if (!policy.replace_unusable_keys && !is_standby) continue;
         absl::StatusOr<std::vector<KeyAction>> plan =
             PlanRevoke(set.records, ScheduleOf(policy), key_id,
-                       absl::StrCat("cannot be loaded, replaced by signetd: ",
+                       absl::StrCat(is_standby ? "the standby " : "",
+                                    "cannot be loaded, "
+                                    "replaced by signetd: ",
                                     why.substr(0, 400)),
                        "signetd", now);
         if (!plan.ok() || !Execute(policy, *plan).ok()) continue;
         ++replacements_;
-        absl::StatusOr<std::map<std::string, ScopeKeySet>> again = RunOnce(now);
+        absl::StatusOr<std::map<std::string, ScopeKeySet>> again =
+            RunOnce(now, irreversible_until);
         --replacements_;
         return again;
       }

@@ -234,6 +234,35 @@ void DeletePrivateKey(hsm::SessionPool& pool, const std::string& hex_key_id) {
   hsm::DestroyBehindTheStoresBack(pool, absl::HexStringToBytes(hex_key_id));
 }
 
+// A standby deleted from the token would activate at its time and stop the
+// scope: the writer replaces it (it never signed, so revoking it breaks no
+// token), in an operator's scope too; the active key is untouched.
+TEST_F(ReconcileTest, AStandbyThatCannotBeLoadedIsReplaced) {
+  auto reconciler = Make(true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const KeyRecord active = first->at("demo").records[0];
+  const KeyRecord standby = first->at("demo").records[1];
+  ASSERT_NO_FATAL_FAILURE(DeletePrivateKey(*pool_, standby.key_id()));
+  // Not loaded yet on this reconciler: a restarted one meets it missing.
+  events_.clear();
+  auto after = Make(true)->RunOnce(kNow + absl::Seconds(10));
+  ASSERT_TRUE(after.ok()) << after.status();
+  const ScopeKeySet& demo = after->at("demo");
+  EXPECT_THAT(events_, Contains("key_revoked"));
+  EXPECT_THAT(demo.unusable, SizeIs(0));
+  ASSERT_THAT(demo.records, SizeIs(3));
+  EXPECT_TRUE(demo.records[1].has_revocation());
+  EXPECT_THAT(demo.records[1].revocation().reason(),
+              HasSubstr("the standby cannot be loaded"));
+  const ScopeView view = ViewScope(demo.records, kNow + absl::Seconds(10));
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(demo.records[view.signing].key_id(), active.key_id());
+  ASSERT_GE(view.standby, 0);
+  EXPECT_EQ(demo.records[view.standby].key_generation(), 3u);
+  EXPECT_TRUE(demo.loaded.contains(demo.records[2].key_id()));
+}
+
 // A key deleted from the token behind signet's back: the next pass finds
 // it gone (without searching for the keys that are there), unloads it,
 // and says so once; the pass itself works, and another scope keeps its

@@ -29,7 +29,9 @@ struct ScopeKeyPolicy {
   // operator call reaches): the writer revokes a key of this scope that
   // cannot be loaded (gone from the token, failing a check), recording
   // why, so that the schedule replaces it. Operators' scopes never set it:
-  // a key that vanished is an incident a person must see and act on.
+  // a key that vanished after it signed is an incident a person must see
+  // and act on. (A standby that cannot be loaded is replaced in every
+  // scope: it never signed; rotation/reconcile.cc.)
   bool replace_unusable_keys = false;
 };
 

@@ -4,9 +4,7 @@
 #include <google/protobuf/text_format.h>
 
 #include <algorithm>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -16,7 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/file.h"
 #include "base/net.h"
+#include "base/status_macros.h"
 
 namespace signet::server {
 namespace {
@@ -625,14 +625,10 @@ absl::StatusOr<SignetConfig> ParseConfig(absl::string_view text,
 
 absl::StatusOr<SignetConfig> LoadConfigFile(absl::string_view path,
                                             const ConfigOptions& options) {
-  std::ifstream in{std::string(path)};
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot read configuration file ", path));
-  }
-  std::stringstream buf;
-  buf << in.rdbuf();
-  absl::StatusOr<SignetConfig> config = ParseConfig(buf.str(), options);
+  SIGNET_ASSIGN_OR_RETURN(
+      const std::string text,
+      base::ReadSmallFile(std::string(path), "configuration file"));
+  absl::StatusOr<SignetConfig> config = ParseConfig(text, options);
   if (!config.ok()) {
     return absl::Status(config.status().code(),
                         absl::StrCat(path, ": ", config.status().message()));

@@ -208,9 +208,10 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
 }
 
 // An outside attack deleted a standby's private key and rotated: the
-// rotation made the broken standby sign, and the scope stopped. A rotation
-// to a standby the last pass could not load is refused, saying what to do.
-TEST_F(KeyManagerTest, ARotationToAStandbyThatCannotSignIsRefused) {
+// rotation made the broken standby sign, and the scope stopped. Now the
+// next pass replaces a standby that cannot be loaded (it never signed), so
+// a rotation after it moves to a key that signs.
+TEST_F(KeyManagerTest, AStandbyThatCannotBeLoadedIsReplacedBeforeItCanSign) {
   std::unique_ptr<KeyManager> keys = Make();
   ASSERT_TRUE(keys->Start().ok());
   const rotation::KeyRecord standby =
@@ -219,23 +220,26 @@ TEST_F(KeyManagerTest, ARotationToAStandbyThatCannotSignIsRefused) {
       *pool_, absl::HexStringToBytes(standby.key_id())));
   keys->StartLoop();
   keys->RequestPass();
-  bool seen = false;
-  for (int i = 0; i < 100 && !seen; ++i) {
-    seen = keys->Scopes().at("demo")->unusable().contains(standby.key_id());
-    if (!seen) absl::SleepFor(absl::Milliseconds(50));
+  std::optional<rotation::KeyRecord> next;
+  for (int i = 0; i < 200; ++i) {
+    const ScopeKeysMap scopes = keys->Scopes();
+    const rotation::KeyRecord* now = scopes.at("demo")->StandbyAt(clock_.Now());
+    if (now != nullptr) next = *now;
+    if (next && next->key_id() != standby.key_id()) break;
+    absl::SleepFor(absl::Milliseconds(50));
   }
-  ASSERT_TRUE(seen);
+  ASSERT_TRUE(next.has_value());
+  ASSERT_NE(next->key_id(), standby.key_id());
+  EXPECT_EQ(next->key_generation(), 3u);
+  EXPECT_THAT(audit_testing::ReadFile(dir_.File("audit.log")),
+              HasSubstr("the standby cannot be loaded, replaced by signetd"));
   const absl::Status status =
-      RotateNow(*keys, "rotate-to-a-broken-standby", absl::InfiniteFuture());
-  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
-  EXPECT_THAT(
-      std::string(status.message()),
-      HasSubstr(absl::StrCat("signetctl keys revoke demo ", standby.kid())));
-  // Nothing changed: generation 1 still signs.
+      RotateNow(*keys, "rotate-after-the-replacement", absl::InfiniteFuture());
+  ASSERT_TRUE(status.ok()) << status;
   std::shared_ptr<const ScopeState> signing =
       keys->Scopes().at("demo")->SigningAt(clock_.Now());
   ASSERT_NE(signing, nullptr);
-  EXPECT_EQ(signing->record.key_generation(), 1u);
+  EXPECT_EQ(signing->record.key_generation(), 3u);
 }
 
 // The wall clock set forward two months while signetd runs: the schedule

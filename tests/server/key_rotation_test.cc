@@ -33,6 +33,7 @@
 #include "hsm/module.h"
 #include "hsm/pin.h"
 #include "hsm/session_pool.h"
+#include "hsm/test_hsm.h"
 #include "hsm/token_uri.h"
 #include "server/audit_line.h"
 #include "signet/v1/admin.grpc.pb.h"
@@ -46,6 +47,7 @@
 namespace signet {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::SignetdOptions;
@@ -1071,6 +1073,46 @@ TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
     }
   }
   EXPECT_EQ(cannot_sign, 2);
+}
+
+// A second private key planted with the signing key's CKA_ID (by a person
+// with the PIN, or a faulty tool) makes the key ambiguous. Once signetd's
+// connections re-open (here: the p11-kit server restarts) and warm the key
+// again, signing answers FAILED_PRECONDITION naming the ambiguity and what
+// to do, not UNAVAILABLE ("retry"), which clients would retry for ever.
+TEST_F(KeyRotationTest, ASigningKeyWhoseIdTwoPrivateKeysShareIsRefusedSoundly) {
+  Running signetd = Start("ambiguous", true);
+  ASSERT_NE(signetd.stub, nullptr);
+  absl::StatusOr<Signed> before = Sign(*signetd.stub);
+  ASSERT_TRUE(before.ok()) << before.status();
+  std::string key_id;
+  const v1::ListKeysResponse keys = Keys(signetd);
+  for (const v1::KeyInfo& k : keys.keys()) {
+    if (k.kid() == before->kid) key_id = k.key_id();
+  }
+  ASSERT_FALSE(key_id.empty());
+  {
+    auto own = OpenOwnStore();
+    ASSERT_TRUE(own.ok()) << own.status();
+    hsm::GenerateWithTemplate(*own->pool, /*sensitive=*/true,
+                              /*extractable=*/false, {CKM_ECDSA},
+                              absl::HexStringToBytes(key_id));
+  }
+  ASSERT_TRUE(bed_->hsm().Restart().ok());
+
+  // An UNAVAILABLE or two while the connections come back, then the answer.
+  absl::Status refused;
+  const absl::Time bound = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < bound) {
+    refused = Sign(*signetd.stub).status();
+    if (!absl::IsUnavailable(refused) && !refused.ok()) break;
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition)
+      << refused << signetd.process->Output();
+  EXPECT_THAT(std::string(refused.message()),
+              AllOf(HasSubstr(before->kid), HasSubstr("ambiguous"),
+                    HasSubstr("signetctl keys revoke short")));
 }
 
 // No key changes while the audit log cannot be written: an outside attack
