@@ -13,8 +13,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 #include "base/log.h"
 
 namespace signet::log {
@@ -28,9 +28,9 @@ class ThrottledLog {
   // `line` is only built for lines that are written.
   void Warn(absl::FunctionRef<std::string()> line) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    const absl::Time now = absl::Now();
+    const absl::Duration now = base::MonotonicNow();
     EndWindowIfOver(now);
-    if (lines_ == 0 && suppressed_ == 0) window_start_ = now;
+    if (lines_ == 0 && suppressed_ == 0) window_start_monotonic_ = now;
     if (lines_ < max_lines_) {
       ++lines_;
       SIGNET_LOG_WARN("{}{}", prefix_, line());
@@ -41,15 +41,17 @@ class ThrottledLog {
 
   void Flush() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    EndWindowIfOver(absl::Now());
+    EndWindowIfOver(base::MonotonicNow());
   }
 
  private:
-  void EndWindowIfOver(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (lines_ == 0 || now - window_start_ < window_) return;
+  // `now`: base::MonotonicNow().
+  void EndWindowIfOver(absl::Duration now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (lines_ == 0 || now - window_start_monotonic_ < window_) return;
     if (suppressed_ > 0) {
       SIGNET_LOG_WARN("{}suppressed {} similar lines in the last {}", prefix_,
-                      suppressed_, absl::FormatDuration(now - window_start_));
+                      suppressed_,
+                      absl::FormatDuration(now - window_start_monotonic_));
     }
     lines_ = 0;
     suppressed_ = 0;
@@ -59,7 +61,7 @@ class ThrottledLog {
   const int max_lines_;
   const absl::Duration window_;
   absl::Mutex mu_;
-  absl::Time window_start_ ABSL_GUARDED_BY(mu_);
+  absl::Duration window_start_monotonic_ ABSL_GUARDED_BY(mu_);
   int lines_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
 };

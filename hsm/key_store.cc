@@ -10,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/clock.h"
 #include "base/status_macros.h"
 #include "hsm/attributes.h"
 #include "hsm/ckr.h"
@@ -686,7 +687,7 @@ std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
   std::vector<absl::StatusOr<std::string>> out;
   out.reserve(digests.size());
   std::optional<SessionPool::Lease> lease;
-  absl::Time leased_at;
+  absl::Duration leased_at_monotonic;  // base::MonotonicNow()
   for (const std::string& digest : digests) {
     absl::StatusOr<std::shared_ptr<const LoadedKey>> key =
         LoadedKeyFor(key_id, digest);
@@ -700,7 +701,9 @@ std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
           "the deadline passed before this signature could start"));
       continue;
     }
-    if (lease.has_value() && now - leased_at >= kMaxBatchLeaseTime) {
+    const absl::Duration now_monotonic = base::MonotonicNow();
+    if (lease.has_value() &&
+        now_monotonic - leased_at_monotonic >= kMaxBatchLeaseTime) {
       lease.reset();
     }
     if (!lease.has_value()) {
@@ -710,7 +713,7 @@ std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
         continue;
       }
       lease.emplace(*std::move(next));
-      leased_at = now;
+      leased_at_monotonic = now_monotonic;
     }
     out.push_back(SignWithLease(*lease, **key, digest));
     // After a failure, the next digest gets a session of its own: this one's

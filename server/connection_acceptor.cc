@@ -18,7 +18,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "base/clock.h"
 
 namespace signet::server {
 namespace {
@@ -187,12 +188,13 @@ void ConnectionAcceptor::SweepLocked() {
 bool ConnectionAcceptor::Admit(int fd, const std::string& peer,
                                std::string endpoint) {
   absl::MutexLock lock(&mu_);
-  if (auto banned = banned_until_.find(peer); banned != banned_until_.end()) {
-    if (absl::GetCurrentTimeNanos() < banned->second) {
+  if (auto banned = banned_until_monotonic_.find(peer);
+      banned != banned_until_monotonic_.end()) {
+    if (base::MonotonicNow() < banned->second) {
       refused_banned_.fetch_add(1);
       return false;
     }
-    banned_until_.erase(banned);
+    banned_until_monotonic_.erase(banned);
   }
   if (static_cast<size_t>(fd) >= tracked_.size()) tracked_.resize(fd + 1);
   // A descriptor remembered for a connection gRPC has closed since.
@@ -202,9 +204,9 @@ bool ConnectionAcceptor::Admit(int fd, const std::string& peer,
     tracked_[fd] = Tracked{};
   }
   if (per_address_[peer] >= max_per_address_) {
-    const int64_t now = absl::GetCurrentTimeNanos();
-    if (now - last_sweep_ns_ >= 1'000'000'000 / kSweepsPerSecond) {
-      last_sweep_ns_ = now;
+    const absl::Duration now = base::MonotonicNow();
+    if (now - last_sweep_monotonic_ >= absl::Seconds(1) / kSweepsPerSecond) {
+      last_sweep_monotonic_ = now;
       SweepLocked();
     }
     if (per_address_[peer] >= max_per_address_) {
@@ -227,9 +229,10 @@ bool ConnectionAcceptor::CloseConnection(absl::string_view peer,
     if (InodeOf(static_cast<int>(fd)) != t.inode) continue;
     if (ban > absl::ZeroDuration()) {
       // Bounded: a flood of distinct addresses forgets the old bans.
-      if (banned_until_.size() >= 65536) banned_until_.clear();
-      banned_until_[t.peer] =
-          absl::GetCurrentTimeNanos() + absl::ToInt64Nanoseconds(ban);
+      if (banned_until_monotonic_.size() >= 65536) {
+        banned_until_monotonic_.clear();
+      }
+      banned_until_monotonic_[t.peer] = base::MonotonicNow() + ban;
     }
     return shutdown(static_cast<int>(fd), SHUT_RDWR) == 0;
   }

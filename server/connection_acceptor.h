@@ -122,9 +122,11 @@ class ConnectionAcceptor {
   absl::Mutex mu_;
   std::vector<Tracked> tracked_ ABSL_GUARDED_BY(mu_);  // by fd; inode 0: none
   absl::flat_hash_map<std::string, int> per_address_ ABSL_GUARDED_BY(mu_);
-  // Addresses refused until a steady-clock time (ns), by CloseConnection.
-  absl::flat_hash_map<std::string, int64_t> banned_until_ ABSL_GUARDED_BY(mu_);
-  int64_t last_sweep_ns_ = 0;
+  // Addresses refused until a base::MonotonicNow() time, by CloseConnection.
+  absl::flat_hash_map<std::string, absl::Duration> banned_until_monotonic_
+      ABSL_GUARDED_BY(mu_);
+  absl::Duration last_sweep_monotonic_ ABSL_GUARDED_BY(mu_) =
+      -absl::InfiniteDuration();
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> grpc_;
   std::atomic<uint64_t> refused_{0};
   std::atomic<uint64_t> accept_errors_{0};

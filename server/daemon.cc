@@ -857,11 +857,12 @@ bool Daemon::ReportRefusals() {
 
 void Daemon::RunUntilStopped() {
   UpdateHealth();
-  absl::Time last_report = absl::InfinitePast();
+  absl::Duration last_report_monotonic = -absl::InfiniteDuration();
   while (!StopRequested(absl::Seconds(1), [this] { audit_->RollOver(); })) {
     UpdateHealth();
-    if (absl::Now() - last_report >= absl::Seconds(10) && ReportRefusals()) {
-      last_report = absl::Now();
+    if (base::MonotonicNow() - last_report_monotonic >= absl::Seconds(10) &&
+        ReportRefusals()) {
+      last_report_monotonic = base::MonotonicNow();
     }
   }
 }
@@ -879,9 +880,11 @@ int Daemon::Stop() {
   // calls: a pool that is only busy, as under load, is waited for. A
   // stalled or unreachable HSM (what health reports) is not, and neither is
   // a pool still busy after the longest an RPC may take.
-  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  const absl::Duration give_up_monotonic =
+      base::MonotonicNow() + absl::Seconds(30);
   bool workers_idle = workers_->WaitIdle(absl::ZeroDuration());
-  while (!workers_idle && HsmCondition().ok() && absl::Now() < give_up) {
+  while (!workers_idle && HsmCondition().ok() &&
+         base::MonotonicNow() < give_up_monotonic) {
     workers_idle = workers_->WaitIdle(absl::Milliseconds(200));
   }
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would

@@ -285,9 +285,9 @@ void KeyManager::Loop() {
   absl::Time failing_since;
   int64_t failed_passes = 0;
   std::map<std::string, std::string> anomalies;
-  // Asked-for passes (RequestPass) are heard from this instant on (real
-  // time), at most one per kMinAskedPassSpacing.
-  absl::Time hear_asks_from = absl::InfinitePast();
+  // Asked-for passes (RequestPass) are heard from this base::MonotonicNow()
+  // time on, at most one per kMinAskedPassSpacing.
+  absl::Duration hear_asks_from_monotonic = -absl::InfiniteDuration();
   while (true) {
     // The next pass: a millisecond past the next schedule boundary after
     // the last pass, so it sees the new state, or one interval on, on the
@@ -301,7 +301,7 @@ void KeyManager::Loop() {
     std::deque<std::function<void()>> tasks;
     {
       absl::MutexLock lock(&mu_);
-      const bool hear_asks = absl::Now() >= hear_asks_from;
+      const bool hear_asks = base::MonotonicNow() >= hear_asks_from_monotonic;
       auto ready = [this, hear_asks]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || !tasks_.empty() || (hear_asks && pass_asked_);
       };
@@ -311,7 +311,7 @@ void KeyManager::Loop() {
       } else if (!hear_asks) {
         // Not longer than the spacing, so an ask made meanwhile is heard.
         mu_.AwaitWithTimeout(absl::Condition(&ready),
-                             hear_asks_from - absl::Now());
+                             hear_asks_from_monotonic - base::MonotonicNow());
         if (!ready() && clock_.Now() < next_pass) continue;
       } else {
         clock_.AwaitUntil(mu_, absl::Condition(&ready), next_pass);
@@ -319,7 +319,7 @@ void KeyManager::Loop() {
       if (stopping_) return;
       tasks.swap(tasks_);
       if (tasks.empty() && pass_asked_) {
-        hear_asks_from = absl::Now() + kMinAskedPassSpacing;
+        hear_asks_from_monotonic = base::MonotonicNow() + kMinAskedPassSpacing;
       }
       pass_asked_ = false;  // any pass now answers the asks so far
     }

@@ -58,15 +58,14 @@ void RequestWaits::Enter() {
 }
 
 void RequestWaits::CountEarlyReset(const std::string& peer) {
-  const int64_t now = absl::GetCurrentTimeNanos();
+  const absl::Duration now = base::MonotonicNow();
   bool close = false;
   {
     absl::MutexLock lock(&mu_);
     // Bounded: forget every count rather than grow with connections.
     if (resets_.size() >= 65536) resets_.clear();
     Resets& r = resets_[peer];
-    if (now - r.window_start_ns >
-        absl::ToInt64Nanoseconds(limits_.reset_window)) {
+    if (now - r.window_start_monotonic > limits_.reset_window) {
       r = Resets{now, 0};
     }
     close = ++r.count == limits_.max_early_resets + 1;

@@ -123,7 +123,8 @@ class RequestWaits {
 
  private:
   struct Resets {
-    int64_t window_start_ns = 0;
+    // base::MonotonicNow(); none yet: a new entry starts a window.
+    absl::Duration window_start_monotonic = -absl::InfiniteDuration();
     int count = 0;
   };
   const RequestWaitLimits limits_;
