@@ -65,9 +65,8 @@ absl::StatusOr<std::string> ReadAttribute(SessionPool::Lease& lease,
     attr.ulValueLen = static_cast<CK_ULONG>(buf.size());
     return lease.api().GetAttributeValue(lease.session(), object, &attr, 1);
   });
-  absl::Status st =
-      lease.Check(rv, absl::StrCat("C_GetAttributeValue(", what, ")"));
-  if (!st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(
+      lease.Check(rv, absl::StrCat("C_GetAttributeValue(", what, ")")));
   if (attr.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
       attr.ulValueLen > buf.size()) {
     return absl::InternalError(
@@ -79,12 +78,12 @@ absl::StatusOr<std::string> ReadAttribute(SessionPool::Lease& lease,
 
 absl::StatusOr<bool> ReadBool(SessionPool::Lease& lease, CK_OBJECT_HANDLE o,
                               CK_ATTRIBUTE_TYPE type, absl::string_view what) {
-  absl::StatusOr<std::string> v = ReadAttribute(lease, o, type, 1, what);
-  if (!v.ok()) return v.status();
-  if (v->size() != 1) {
+  SIGNET_ASSIGN_OR_RETURN(std::string v,
+                          ReadAttribute(lease, o, type, 1, what));
+  if (v.size() != 1) {
     return absl::InternalError(absl::StrCat(what, " is not a CK_BBOOL"));
   }
-  return (*v)[0] != 0;
+  return v[0] != 0;
 }
 
 absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> Find(SessionPool::Lease& lease,
@@ -94,8 +93,7 @@ absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> Find(SessionPool::Lease& lease,
     return lease.api().FindObjects(lease.session(), templ.data(), templ.size(),
                                    &found);
   });
-  absl::Status st = lease.Check(rv, "C_FindObjects");
-  if (!st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(lease.Check(rv, "C_FindObjects"));
   return found;
 }
 
@@ -229,15 +227,12 @@ absl::StatusOr<SessionPool::Lease> Pkcs11KeyStore::AcquireForAdmin() {
 }
 
 absl::Status Pkcs11KeyStore::CheckAlgorithmSupported(const KeySpec& spec) {
-  absl::Status valid = ValidateKeySpec(spec);
-  if (!valid.ok()) return valid;
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
+  SIGNET_RETURN_IF_ERROR(ValidateKeySpec(spec));
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   std::vector<CK_MECHANISM_TYPE> mechs;
-  absl::Status st = lease->Check(
-      lease->api().GetMechanismList(lease->connection().slot(), &mechs),
-      "C_GetMechanismList");
-  if (!st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(lease.Check(
+      lease.api().GetMechanismList(lease.connection().slot(), &mechs),
+      "C_GetMechanismList"));
   const int bits = IsEcdsa(spec.algorithm)
                        ? static_cast<int>(DigestLength(spec.algorithm) * 8)
                        : spec.rsa_bits;
@@ -249,10 +244,9 @@ absl::Status Pkcs11KeyStore::CheckAlgorithmSupported(const KeySpec& spec) {
           absl::Hex(needed), " is not in its mechanism list"));
     }
     CK_MECHANISM_INFO info;
-    st = lease->Check(lease->api().GetMechanismInfo(lease->connection().slot(),
-                                                    needed, &info),
-                      "C_GetMechanismInfo");
-    if (!st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(lease.Check(
+        lease.api().GetMechanismInfo(lease.connection().slot(), needed, &info),
+        "C_GetMechanismInfo"));
     const bool is_sign = needed == SignMechanism(spec.algorithm);
     if (is_sign && (info.flags & CKF_SIGN) == 0) {
       return absl::UnimplementedError(absl::StrCat(
@@ -271,8 +265,7 @@ absl::Status Pkcs11KeyStore::CheckAlgorithmSupported(const KeySpec& spec) {
 
 absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
     const KeySpec& spec) {
-  absl::Status valid = ValidateKeySpec(spec);
-  if (!valid.ok()) return valid;
+  SIGNET_RETURN_IF_ERROR(ValidateKeySpec(spec));
   std::string key_id(kKeyIdBytes, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(key_id.data()),
                  key_id.size()) != 1) {
@@ -318,8 +311,7 @@ absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
   CK_MECHANISM mech = {KeyGenMechanism(spec.algorithm), nullptr, 0};
 
   absl::MutexLock writer(&writer_mu_);
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   // Search before writing, on the same session. Each connection is its own
   // SoftHSM instance, and an instance that writes without having read since
   // another instance's write never sees that other write (SoftHSM 2.6.1
@@ -328,9 +320,9 @@ absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
   // check of the new CKA_ID.
   AttributeTemplate same_id;
   same_id.Bytes(CKA_ID, key_id);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> clash = Find(*lease, same_id);
-  if (!clash.ok()) return clash.status();
-  if (!clash->empty()) {
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> clash,
+                          Find(lease, same_id));
+  if (!clash.empty()) {
     return absl::InternalError("a fresh random key id is already in use");
   }
   // The marker first: a key pair without a record may be destroyed at the
@@ -339,43 +331,40 @@ absl::StatusOr<std::string> Pkcs11KeyStore::GenerateKeyPair(
   // deleted later, outside signet, would look the same and be destroyed.
   CK_OBJECT_HANDLE marker_handle = CK_INVALID_HANDLE;
   SIGNET_RETURN_IF_ERROR(CreateDataObject(
-      *lease, label, kUnrecordedApplication, absl::string_view("\x01", 1),
+      lease, label, kUnrecordedApplication, absl::string_view("\x01", 1),
       "C_CreateObject(generation marker)", &marker_handle));
   CK_OBJECT_HANDLE pub_handle = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE priv_handle = CK_INVALID_HANDLE;
-  absl::Status st = lease->Check(
-      lease->api().GenerateKeyPair(lease->session(), &mech, pub.data(),
-                                   pub.size(), priv.data(), priv.size(),
-                                   &pub_handle, &priv_handle),
+  absl::Status st = lease.Check(
+      lease.api().GenerateKeyPair(lease.session(), &mech, pub.data(),
+                                  pub.size(), priv.data(), priv.size(),
+                                  &pub_handle, &priv_handle),
       absl::StrCat("C_GenerateKeyPair(", AlgorithmName(spec.algorithm), ")"));
   if (!st.ok()) {
     // Best effort: a marker left behind is removed by the next start.
-    (void)lease->api().DestroyObject(lease->session(), marker_handle);
+    (void)lease.api().DestroyObject(lease.session(), marker_handle);
     return st;
   }
-  lease->connection().CacheHandle(key_id, priv_handle);
+  lease.connection().CacheHandle(key_id, priv_handle);
   return key_id;
 }
 
 absl::StatusOr<LoadedKey> Pkcs11KeyStore::LoadKey(absl::string_view key_id,
                                                   const KeySpec& expected) {
-  absl::Status valid = ValidateKeySpec(expected);
-  if (!valid.ok()) return valid;
-  absl::StatusOr<LoadedKey> key = absl::InternalError("unset");
+  SIGNET_RETURN_IF_ERROR(ValidateKeySpec(expected));
+  LoadedKey key;
   uint64_t checked_on = 0;
   {
-    absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-    if (!lease.ok()) return lease.status();
-    key = CheckKey(*lease, key_id, expected);
-    if (!key.ok()) return key.status();
-    checked_on = lease->connection().id();
+    SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
+    SIGNET_ASSIGN_OR_RETURN(key, CheckKey(lease, key_id, expected));
+    checked_on = lease.connection().id();
   }  // That session goes back first: it may be its connection's only one.
 
   // Every connection opened from now on warms the key before it serves;
   // the connections up now are warmed here.
   {
     absl::MutexLock lock(&warm_->mu);
-    warm_->key_ids.insert(key->key_id);
+    warm_->key_ids.insert(key.key_id);
   }
   absl::Status warmed = pool_->WarmLiveConnections(
       [&](SessionPool::Lease& lease) -> absl::Status {
@@ -405,7 +394,7 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::LoadKey(absl::string_view key_id,
     if (!was_loaded) {
       {
         absl::MutexLock lock(&warm_->mu);
-        warm_->key_ids.erase(key->key_id);
+        warm_->key_ids.erase(key.key_id);
       }
       pool_->DropCachedHandles(key_id);
     }
@@ -413,7 +402,7 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::LoadKey(absl::string_view key_id,
   }
 
   absl::MutexLock lock(&keys_mu_);
-  loaded_[key->key_id] = std::make_shared<const LoadedKey>(*key);
+  loaded_[key.key_id] = std::make_shared<const LoadedKey>(key);
   return key;
 }
 
@@ -422,14 +411,10 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
                                                    const KeySpec& expected) {
   // Fresh, targeted searches: a check must not trust a cache filled before
   // it, and an ambiguous id (two private keys) is refused.
-  absl::StatusOr<CK_OBJECT_HANDLE> found_priv =
-      FindOne(lease, CKO_PRIVATE_KEY, key_id);
-  if (!found_priv.ok()) return found_priv.status();
-  absl::StatusOr<CK_OBJECT_HANDLE> found_pub =
-      FindOne(lease, CKO_PUBLIC_KEY, key_id);
-  if (!found_pub.ok()) return found_pub.status();
-  const CK_OBJECT_HANDLE priv = *found_priv;
-  const CK_OBJECT_HANDLE pub = *found_pub;
+  SIGNET_ASSIGN_OR_RETURN(const CK_OBJECT_HANDLE priv,
+                          FindOne(lease, CKO_PRIVATE_KEY, key_id));
+  SIGNET_ASSIGN_OR_RETURN(const CK_OBJECT_HANDLE pub,
+                          FindOne(lease, CKO_PUBLIC_KEY, key_id));
   lease.connection().CacheHandle(key_id, priv);
 
   struct BoolCheck {
@@ -460,12 +445,11 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
     }
   }
 
-  absl::StatusOr<std::string> key_type = ReadAttribute(
-      lease, priv, CKA_KEY_TYPE, sizeof(CK_KEY_TYPE), "CKA_KEY_TYPE");
-  if (!key_type.ok()) return key_type.status();
+  SIGNET_ASSIGN_OR_RETURN(std::string key_type,
+                          ReadAttribute(lease, priv, CKA_KEY_TYPE,
+                                        sizeof(CK_KEY_TYPE), "CKA_KEY_TYPE"));
   CK_KEY_TYPE type;
-  std::memcpy(&type, key_type->data(),
-              std::min(key_type->size(), sizeof(type)));
+  std::memcpy(&type, key_type.data(), std::min(key_type.size(), sizeof(type)));
   const bool ec = IsEcdsa(expected.algorithm);
   if (type != (ec ? CKK_EC : CKK_RSA)) {
     return Unfit(
@@ -514,26 +498,26 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::CheckKey(SessionPool::Lease& lease,
 
   absl::StatusOr<PublicKey> public_key = absl::InternalError("unset");
   if (ec) {
-    absl::StatusOr<std::string> params =
-        ReadAttribute(lease, pub, CKA_EC_PARAMS, 64, "CKA_EC_PARAMS");
-    if (!params.ok()) return params.status();
-    if (*params != EcParamsDer(expected.algorithm)) {
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string params,
+        ReadAttribute(lease, pub, CKA_EC_PARAMS, 64, "CKA_EC_PARAMS"));
+    if (params != EcParamsDer(expected.algorithm)) {
       return Unfit(key_id,
                    absl::StrCat("the curve is not the one ",
                                 AlgorithmName(expected.algorithm), " needs"));
     }
-    absl::StatusOr<std::string> point =
-        ReadAttribute(lease, pub, CKA_EC_POINT, 256, "CKA_EC_POINT");
-    if (!point.ok()) return point.status();
-    public_key = PublicKey::FromEcPoint(*params, *point);
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string point,
+        ReadAttribute(lease, pub, CKA_EC_POINT, 256, "CKA_EC_POINT"));
+    public_key = PublicKey::FromEcPoint(params, point);
   } else {
-    absl::StatusOr<std::string> n =
-        ReadAttribute(lease, pub, CKA_MODULUS, 1024, "CKA_MODULUS");
-    if (!n.ok()) return n.status();
-    absl::StatusOr<std::string> e = ReadAttribute(
-        lease, pub, CKA_PUBLIC_EXPONENT, 64, "CKA_PUBLIC_EXPONENT");
-    if (!e.ok()) return e.status();
-    public_key = PublicKey::FromRsa(*n, *e);
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string n,
+        ReadAttribute(lease, pub, CKA_MODULUS, 1024, "CKA_MODULUS"));
+    SIGNET_ASSIGN_OR_RETURN(std::string e,
+                            ReadAttribute(lease, pub, CKA_PUBLIC_EXPONENT, 64,
+                                          "CKA_PUBLIC_EXPONENT"));
+    public_key = PublicKey::FromRsa(n, e);
   }
   if (!public_key.ok()) {
     return Unfit(key_id, absl::StrCat("public key unusable: ",
@@ -580,9 +564,7 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
   const SignatureAlgorithm alg = key.spec.algorithm;
   std::string input;
   if (alg == SignatureAlgorithm::kRsaPkcs1Sha256) {
-    absl::StatusOr<std::string> info = Sha256DigestInfo(digest);
-    if (!info.ok()) return info.status();
-    input = std::move(*info);
+    SIGNET_ASSIGN_OR_RETURN(input, Sha256DigestInfo(digest));
   } else {
     input = std::string(digest);
   }
@@ -631,16 +613,14 @@ absl::StatusOr<std::string> Pkcs11KeyStore::SignWithLease(
                      " on HSM connection ", connection.id(),
                      ": its cached handle is stale; reconnecting it"));
   }
-  absl::Status st = lease.Check(rv, "C_SignInit");
-  if (!st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(lease.Check(rv, "C_SignInit"));
   unsigned char sig[1024];
   CK_ULONG sig_len = sizeof(sig);
-  st = lease.Check(
+  SIGNET_RETURN_IF_ERROR(lease.Check(
       lease.api().Sign(lease.session(),
                        reinterpret_cast<const unsigned char*>(input.data()),
                        input.size(), sig, &sig_len),
-      "C_Sign");
-  if (!st.ok()) return st;
+      "C_Sign"));
   if (IsEcdsa(alg) && sig_len != 2 * DigestLength(alg)) {
     return absl::InternalError(
         absl::StrCat("C_Sign returned ", sig_len, " bytes; ECDSA r||s for ",
@@ -673,12 +653,10 @@ absl::StatusOr<std::shared_ptr<const LoadedKey>> Pkcs11KeyStore::LoadedKeyFor(
 absl::StatusOr<std::string> Pkcs11KeyStore::SignDigest(absl::string_view key_id,
                                                        absl::string_view digest,
                                                        absl::Time deadline) {
-  absl::StatusOr<std::shared_ptr<const LoadedKey>> key =
-      LoadedKeyFor(key_id, digest);
-  if (!key.ok()) return key.status();
-  absl::StatusOr<SessionPool::Lease> lease = pool_->Acquire(deadline);
-  if (!lease.ok()) return lease.status();
-  return SignWithLease(*lease, **key, digest);
+  SIGNET_ASSIGN_OR_RETURN(std::shared_ptr<const LoadedKey> key,
+                          LoadedKeyFor(key_id, digest));
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, pool_->Acquire(deadline));
+  return SignWithLease(lease, *key, digest);
 }
 
 std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
@@ -724,22 +702,20 @@ std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
 }
 
 absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::ListKeyIds() {
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   AttributeTemplate templ;
   templ.Ulong(CKA_CLASS, CKO_PRIVATE_KEY);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(*lease, templ);
-  if (!found.ok()) return found.status();
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                          Find(lease, templ));
   std::vector<std::string> ids;
-  for (CK_OBJECT_HANDLE h : *found) {
+  for (CK_OBJECT_HANDLE h : found) {
     absl::StatusOr<std::string> label =
-        ReadAttribute(*lease, h, CKA_LABEL, 256, "CKA_LABEL");
+        ReadAttribute(lease, h, CKA_LABEL, 256, "CKA_LABEL");
     if (!label.ok() || !absl::StartsWith(*label, kLabelPrefix)) continue;
-    absl::StatusOr<std::string> id =
-        ReadAttribute(*lease, h, CKA_ID, 256, "CKA_ID");
-    if (!id.ok()) return id.status();
-    if (*label != LabelFor(*id)) continue;
-    ids.push_back(std::move(*id));
+    SIGNET_ASSIGN_OR_RETURN(std::string id,
+                            ReadAttribute(lease, h, CKA_ID, 256, "CKA_ID"));
+    if (*label != LabelFor(id)) continue;
+    ids.push_back(std::move(id));
   }
   std::sort(ids.begin(), ids.end());
   return ids;
@@ -747,21 +723,20 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::ListKeyIds() {
 
 absl::StatusOr<std::vector<std::string>>
 Pkcs11KeyStore::ListUnfinishedGenerations() {
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   AttributeTemplate templ;
   templ.Ulong(CKA_CLASS, CKO_DATA)
       .Bytes(CKA_APPLICATION, kUnrecordedApplication);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(*lease, templ);
-  if (!found.ok()) return found.status();
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                          Find(lease, templ));
   std::vector<std::string> ids;
-  for (CK_OBJECT_HANDLE h : *found) {
-    absl::StatusOr<std::string> label =
-        ReadAttribute(*lease, h, CKA_LABEL, 256, "CKA_LABEL");
-    if (!label.ok()) return label.status();
-    if (!absl::StartsWith(*label, kLabelPrefix)) continue;
-    std::string id = absl::HexStringToBytes(label->substr(kLabelPrefix.size()));
-    if (LabelFor(id) != *label) continue;  // not a label signet writes
+  for (CK_OBJECT_HANDLE h : found) {
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string label,
+        ReadAttribute(lease, h, CKA_LABEL, 256, "CKA_LABEL"));
+    if (!absl::StartsWith(label, kLabelPrefix)) continue;
+    std::string id = absl::HexStringToBytes(label.substr(kLabelPrefix.size()));
+    if (LabelFor(id) != label) continue;  // not a label signet writes
     ids.push_back(std::move(id));
   }
   std::sort(ids.begin(), ids.end());
@@ -777,9 +752,8 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
   }
   std::vector<std::string> gone;
   if (key_ids.empty()) return gone;
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
-  Connection& connection = lease->connection();
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
+  Connection& connection = lease.connection();
   for (const std::string& key_id : key_ids) {
     if (std::optional<CK_OBJECT_HANDLE> handle =
             connection.CachedHandle(key_id)) {
@@ -789,8 +763,8 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
       CK_ATTRIBUTE attr = {CKA_ID, id.data(), static_cast<CK_ULONG>(id.size())};
       CK_RV rv = RetryRead([&] {
         attr.ulValueLen = static_cast<CK_ULONG>(id.size());
-        return lease->api().GetAttributeValue(lease->session(), *handle, &attr,
-                                              1);
+        return lease.api().GetAttributeValue(lease.session(), *handle, &attr,
+                                             1);
       });
       if (rv == CKR_OK && attr.ulValueLen == key_id.size() &&
           id.compare(0, key_id.size(), key_id) == 0) {
@@ -798,7 +772,7 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
       }
       if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID &&
           rv != CKR_KEY_HANDLE_INVALID) {
-        absl::Status st = lease->Check(rv, "C_GetAttributeValue(CKA_ID)");
+        absl::Status st = lease.Check(rv, "C_GetAttributeValue(CKA_ID)");
         if (absl::IsUnavailable(st)) return st;
         continue;  // an odd answer about one key does not make it gone
       }
@@ -806,9 +780,9 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
     // No handle here, or one that names nothing (or another object): a
     // targeted search settles it.
     CK_RV rv = CKR_OK;
-    absl::StatusOr<CK_OBJECT_HANDLE> found = FindUnique(
-        lease->api(), lease->session(), CKO_PRIVATE_KEY, key_id, &rv);
-    if (rv != CKR_OK) return lease->Check(rv, "C_FindObjects");
+    absl::StatusOr<CK_OBJECT_HANDLE> found =
+        FindUnique(lease.api(), lease.session(), CKO_PRIVATE_KEY, key_id, &rv);
+    if (rv != CKR_OK) return lease.Check(rv, "C_FindObjects");
     if (found.ok()) {
       connection.CacheHandle(key_id, *found);
     } else if (absl::IsNotFound(found.status())) {
@@ -835,13 +809,12 @@ void Pkcs11KeyStore::UnloadKey(absl::string_view key_id) {
 absl::Status Pkcs11KeyStore::DestroyPrivateKey(absl::string_view key_id) {
   UnloadKey(key_id);
   absl::MutexLock writer(&writer_mu_);
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
-  absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(*lease, CKO_PRIVATE_KEY, key_id);
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
+  absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(lease, CKO_PRIVATE_KEY, key_id);
   if (h.status().code() == absl::StatusCode::kNotFound) return absl::OkStatus();
   if (!h.ok()) return h.status();
-  absl::Status st = lease->Check(
-      lease->api().DestroyObject(lease->session(), *h), "C_DestroyObject");
+  absl::Status st = lease.Check(lease.api().DestroyObject(lease.session(), *h),
+                                "C_DestroyObject");
   pool_->DropCachedHandles(key_id);
   return st;
 }
@@ -849,28 +822,22 @@ absl::Status Pkcs11KeyStore::DestroyPrivateKey(absl::string_view key_id) {
 absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
   UnloadKey(key_id);
   absl::MutexLock writer(&writer_mu_);
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   pool_->DropCachedHandles(key_id);
   for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
-    absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(*lease, cls, key_id);
+    absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(lease, cls, key_id);
     if (h.status().code() == absl::StatusCode::kNotFound) continue;
     if (!h.ok()) return h.status();
-    absl::Status st = lease->Check(
-        lease->api().DestroyObject(lease->session(), *h), "C_DestroyObject");
-    if (!st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(lease.Check(
+        lease.api().DestroyObject(lease.session(), *h), "C_DestroyObject"));
   }
-  absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>> records =
-      FindRecords(*lease, key_id);
-  if (!records.ok()) return records.status();
-  for (const auto& [generation, handle] : *records) {
-    absl::Status st =
-        lease->Check(lease->api().DestroyObject(lease->session(), handle),
-                     "C_DestroyObject(record)");
-    if (!st.ok()) return st;
+  SIGNET_ASSIGN_OR_RETURN(auto records, FindRecords(lease, key_id));
+  for (const auto& [generation, handle] : records) {
+    SIGNET_RETURN_IF_ERROR(
+        lease.Check(lease.api().DestroyObject(lease.session(), handle),
+                    "C_DestroyObject(record)"));
   }
-  absl::Status markers = DestroyGenerationMarkers(*lease, key_id);
-  if (!markers.ok()) return markers;
+  SIGNET_RETURN_IF_ERROR(DestroyGenerationMarkers(lease, key_id));
   pool_->DropCachedHandles(key_id);
   return absl::OkStatus();
 }
@@ -881,12 +848,12 @@ absl::Status Pkcs11KeyStore::DestroyGenerationMarkers(
   templ.Ulong(CKA_CLASS, CKO_DATA)
       .Bytes(CKA_LABEL, LabelFor(key_id))
       .Bytes(CKA_APPLICATION, kUnrecordedApplication);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
-  if (!found.ok()) return found.status();
-  for (CK_OBJECT_HANDLE h : *found) {
-    absl::Status st = lease.Check(lease.api().DestroyObject(lease.session(), h),
-                                  "C_DestroyObject(generation marker)");
-    if (!st.ok()) return st;
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                          Find(lease, templ));
+  for (CK_OBJECT_HANDLE h : found) {
+    SIGNET_RETURN_IF_ERROR(
+        lease.Check(lease.api().DestroyObject(lease.session(), h),
+                    "C_DestroyObject(generation marker)"));
   }
   return absl::OkStatus();
 }
@@ -898,15 +865,16 @@ Pkcs11KeyStore::FindRecords(SessionPool::Lease& lease,
   templ.Ulong(CKA_CLASS, CKO_DATA)
       .Bytes(CKA_LABEL, LabelFor(key_id))
       .Bytes(CKA_APPLICATION, kRecordApplication);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(lease, templ);
-  if (!found.ok()) return found.status();
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                          Find(lease, templ));
   std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>> out;
-  for (CK_OBJECT_HANDLE h : *found) {
-    absl::StatusOr<std::string> value = ReadAttribute(
-        lease, h, CKA_VALUE, kGenerationHeader + kMaxRecordBytes, "CKA_VALUE");
-    if (!value.ok()) return value.status();
-    if (value->size() < kGenerationHeader) continue;  // not ours
-    out.emplace_back(DecodeGeneration(*value), h);
+  for (CK_OBJECT_HANDLE h : found) {
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string value,
+        ReadAttribute(lease, h, CKA_VALUE, kGenerationHeader + kMaxRecordBytes,
+                      "CKA_VALUE"));
+    if (value.size() < kGenerationHeader) continue;  // not ours
+    out.emplace_back(DecodeGeneration(value), h);
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -919,83 +887,75 @@ absl::StatusOr<uint64_t> Pkcs11KeyStore::WriteRecord(absl::string_view key_id,
         "record of ", bytes.size(), " bytes exceeds ", kMaxRecordBytes));
   }
   absl::MutexLock writer(&writer_mu_);
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
-  absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>> older =
-      FindRecords(*lease, key_id);
-  if (!older.ok()) return older.status();
-  const uint64_t generation = older->empty() ? 1 : older->back().first + 1;
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
+  SIGNET_ASSIGN_OR_RETURN(auto older, FindRecords(lease, key_id));
+  const uint64_t generation = older.empty() ? 1 : older.back().first + 1;
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  absl::Status st =
-      CreateDataObject(*lease, LabelFor(key_id), kRecordApplication,
+  SIGNET_RETURN_IF_ERROR(
+      CreateDataObject(lease, LabelFor(key_id), kRecordApplication,
                        absl::StrCat(EncodeGeneration(generation), bytes),
-                       "C_CreateObject(record)", &handle);
-  if (!st.ok()) return st;
+                       "C_CreateObject(record)", &handle));
   // Only now that n+1 exists may n go: a crash in between leaves both, and
   // readers take the highest.
-  for (const auto& [gen, h] : *older) {
-    st = lease->Check(lease->api().DestroyObject(lease->session(), h),
-                      "C_DestroyObject(old record)");
-    if (!st.ok()) return st;
+  for (const auto& [gen, h] : older) {
+    SIGNET_RETURN_IF_ERROR(
+        lease.Check(lease.api().DestroyObject(lease.session(), h),
+                    "C_DestroyObject(old record)"));
   }
   if (generation == 1) {
     // The key is recorded: its generation finished. A crash before this
     // leaves a marker beside a record, which the start-up clean-up
     // ignores (the record keeps the key) and the key's destruction
     // removes.
-    st = DestroyGenerationMarkers(*lease, key_id);
-    if (!st.ok()) return st;
+    SIGNET_RETURN_IF_ERROR(DestroyGenerationMarkers(lease, key_id));
   }
   return generation;
 }
 
 absl::StatusOr<std::optional<StoredRecord>> Pkcs11KeyStore::ReadRecordWithLease(
     SessionPool::Lease& lease, absl::string_view key_id) {
-  absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>> records =
-      FindRecords(lease, key_id);
-  if (!records.ok()) return records.status();
-  if (records->empty()) return std::optional<StoredRecord>();
-  absl::StatusOr<std::string> value =
-      ReadAttribute(lease, records->back().second, CKA_VALUE,
-                    kGenerationHeader + kMaxRecordBytes, "CKA_VALUE(record)");
-  if (!value.ok()) return value.status();
+  SIGNET_ASSIGN_OR_RETURN(auto records, FindRecords(lease, key_id));
+  if (records.empty()) return std::optional<StoredRecord>();
+  SIGNET_ASSIGN_OR_RETURN(
+      std::string value,
+      ReadAttribute(lease, records.back().second, CKA_VALUE,
+                    kGenerationHeader + kMaxRecordBytes, "CKA_VALUE(record)"));
   StoredRecord record;
-  record.generation = DecodeGeneration(*value);
-  record.bytes = value->substr(kGenerationHeader);
+  record.generation = DecodeGeneration(value);
+  record.bytes = value.substr(kGenerationHeader);
   return std::optional<StoredRecord>(std::move(record));
 }
 
 absl::StatusOr<std::optional<StoredRecord>> Pkcs11KeyStore::ReadRecord(
     absl::string_view key_id) {
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
-  return ReadRecordWithLease(*lease, key_id);
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
+  return ReadRecordWithLease(lease, key_id);
 }
 
 absl::StatusOr<std::map<std::string, StoredRecord>>
 Pkcs11KeyStore::ReadAllRecords() {
-  absl::StatusOr<SessionPool::Lease> lease = AcquireForAdmin();
-  if (!lease.ok()) return lease.status();
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   AttributeTemplate templ;
   templ.Ulong(CKA_CLASS, CKO_DATA).Bytes(CKA_APPLICATION, kRecordApplication);
-  absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> found = Find(*lease, templ);
-  if (!found.ok()) return found.status();
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                          Find(lease, templ));
   std::map<std::string, StoredRecord> out;
-  for (CK_OBJECT_HANDLE h : *found) {
-    absl::StatusOr<std::string> label =
-        ReadAttribute(*lease, h, CKA_LABEL, 256, "CKA_LABEL");
-    if (!label.ok()) return label.status();
-    if (!absl::StartsWith(*label, kLabelPrefix)) continue;
+  for (CK_OBJECT_HANDLE h : found) {
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string label,
+        ReadAttribute(lease, h, CKA_LABEL, 256, "CKA_LABEL"));
+    if (!absl::StartsWith(label, kLabelPrefix)) continue;
     std::string key_id =
-        absl::HexStringToBytes(label->substr(kLabelPrefix.size()));
-    absl::StatusOr<std::string> value = ReadAttribute(
-        *lease, h, CKA_VALUE, kGenerationHeader + kMaxRecordBytes, "CKA_VALUE");
-    if (!value.ok()) return value.status();
-    if (value->size() < kGenerationHeader) continue;
-    uint64_t generation = DecodeGeneration(*value);
+        absl::HexStringToBytes(label.substr(kLabelPrefix.size()));
+    SIGNET_ASSIGN_OR_RETURN(
+        std::string value,
+        ReadAttribute(lease, h, CKA_VALUE, kGenerationHeader + kMaxRecordBytes,
+                      "CKA_VALUE"));
+    if (value.size() < kGenerationHeader) continue;
+    uint64_t generation = DecodeGeneration(value);
     auto it = out.find(key_id);
     if (it == out.end() || it->second.generation < generation) {
-      out[key_id] = StoredRecord{generation, value->substr(kGenerationHeader)};
+      out[key_id] = StoredRecord{generation, value.substr(kGenerationHeader)};
     }
   }
   return out;

@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "jose/jwk.h"
 
 namespace signet::rotation {
@@ -163,10 +164,9 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
   if (change_gate_ && !actions.empty()) {
     std::vector<std::string> what;
     for (const KeyAction& action : actions) what.push_back(action.event);
-    absl::Status gate = change_gate_(
+    SIGNET_RETURN_IF_ERROR(change_gate_(
         policy.scope, absl::StrCat(actions.size(), " token write(s): ",
-                                   absl::StrJoin(what, ", ")));
-    if (!gate.ok()) return gate;
+                                   absl::StrJoin(what, ", "))));
   }
   for (const KeyAction& action : actions) {
     KeyRecord record = action.record;
@@ -296,32 +296,29 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
 
 absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
     absl::Time now, absl::Time irreversible_until) {
-  absl::StatusOr<std::map<std::string, hsm::StoredRecord>> stored =
-      store_->ReadAllRecords();
-  if (!stored.ok()) return stored.status();
-  std::map<std::string, KeyRecord> records = ParseRecords(*stored);
+  SIGNET_ASSIGN_OR_RETURN(auto stored, store_->ReadAllRecords());
+  std::map<std::string, KeyRecord> records = ParseRecords(stored);
 
   // Keys deleted from the token behind signet's back (by hand, or by
   // another program): unloaded here, so the scopes below try to load them
   // again and say why they cannot.
-  absl::StatusOr<std::vector<std::string>> gone = store_->LoadedKeysGone();
-  if (!gone.ok()) return gone.status();
-  for (const std::string& key_id : *gone) {
+  SIGNET_ASSIGN_OR_RETURN(std::vector<std::string> gone,
+                          store_->LoadedKeysGone());
+  for (const std::string& key_id : gone) {
     store_->UnloadKey(key_id);
     loaded_.erase(absl::BytesToHexString(key_id));
   }
 
   if (writer_ && RestoreVanishedRecords(records)) {
-    stored = store_->ReadAllRecords();
-    if (!stored.ok()) return stored.status();
-    records = ParseRecords(*stored);
+    SIGNET_ASSIGN_OR_RETURN(stored, store_->ReadAllRecords());
+    records = ParseRecords(stored);
   }
 
   if (writer_) {
     // Only a crash (before this process) or a failed record write leaves
     // a key pair without a record: look for them then, not every pass.
     if (unrecorded_check_due_) {
-      unrecorded_check_due_ = !DestroyUnrecorded(*stored);
+      unrecorded_check_due_ = !DestroyUnrecorded(stored);
     }
     bool wrote = false;
     std::set<std::string> held;
@@ -341,9 +338,8 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
     }
     held_ = std::move(held);
     if (wrote) {
-      stored = store_->ReadAllRecords();
-      if (!stored.ok()) return stored.status();
-      records = ParseRecords(*stored);
+      SIGNET_ASSIGN_OR_RETURN(stored, store_->ReadAllRecords());
+      records = ParseRecords(stored);
     }
   }
 

@@ -129,11 +129,8 @@ absl::StatusOr<std::string> EventMembers(const AuditEvent& event,
 }
 
 absl::StatusOr<std::string> HexSha256(absl::string_view data) {
-  absl::StatusOr<std::string> digest = hsm::Sha256(data);
-  if (!digest.ok()) {
-    return digest.status();
-  }
-  return absl::BytesToHexString(*digest);
+  SIGNET_ASSIGN_OR_RETURN(std::string digest, hsm::Sha256(data));
+  return absl::BytesToHexString(digest);
 }
 
 absl::Status ErrnoStatus(int err, absl::string_view what) {
@@ -223,11 +220,8 @@ absl::StatusOr<Tail> ReadTail(int fd, uint64_t size, absl::string_view path) {
   const uint64_t want = std::min<uint64_t>(size, 2 * kMaxAuditLineBytes + 2);
   const uint64_t base = size - want;
   std::string buf(static_cast<size_t>(want), '\0');
-  absl::Status read =
-      PreadAll(fd, buf.data(), buf.size(), static_cast<off_t>(base), path);
-  if (!read.ok()) {
-    return read;
-  }
+  SIGNET_RETURN_IF_ERROR(
+      PreadAll(fd, buf.data(), buf.size(), static_cast<off_t>(base), path));
   const std::string refuse =
       "; signet never continues a broken chain: check the file with "
       "audit-verify and move it aside";
@@ -245,9 +239,7 @@ absl::StatusOr<Tail> ReadTail(int fd, uint64_t size, absl::string_view path) {
     const uint64_t torn_at = base + start;
     Tail tail;
     if (torn_at > 0) {
-      absl::StatusOr<Tail> before = ReadTail(fd, torn_at, path);
-      if (!before.ok()) return before.status();
-      tail = *std::move(before);
+      SIGNET_ASSIGN_OR_RETURN(tail, ReadTail(fd, torn_at, path));
     }
     tail.torn = buf.substr(start);
     tail.torn_at = torn_at;
@@ -273,13 +265,10 @@ absl::StatusOr<Tail> ReadTail(int fd, uint64_t size, absl::string_view path) {
         " (the last line) is not a valid audit line: ", info.status().message(),
         refuse));
   }
-  absl::StatusOr<std::string> hash = HexSha256(line);
-  if (!hash.ok()) {
-    return hash.status();
-  }
+  SIGNET_ASSIGN_OR_RETURN(std::string hash, HexSha256(line));
   Tail tail;
   tail.last_seq = info->seq;
-  tail.last_hash_hex = *std::move(hash);
+  tail.last_hash_hex = std::move(hash);
   tail.last_checkpoint_seq = info->event == kCheckpointEvent ? info->seq : 0;
   return tail;
 }
@@ -335,8 +324,7 @@ absl::StatusOr<uint64_t> FirstSeq(int fd, uint64_t size,
   std::string buf(
       static_cast<size_t>(std::min<uint64_t>(size, kMaxAuditLineBytes + 1)),
       '\0');
-  absl::Status read = PreadAll(fd, buf.data(), buf.size(), 0, path);
-  if (!read.ok()) return read;
+  SIGNET_RETURN_IF_ERROR(PreadAll(fd, buf.data(), buf.size(), 0, path));
   const size_t nl = buf.find('\n');
   absl::StatusOr<AuditLineInfo> first =
       ParseAuditLine(absl::string_view(buf).substr(0, nl));
@@ -423,9 +411,7 @@ absl::StatusOr<std::string> MoveTornLineAside(int fd, const std::string& path,
     unlink(side.c_str());
     return ErrnoStatus(err, absl::StrCat("audit log side file ", side));
   }
-  if (absl::Status synced = SyncParentDirectory(side); !synced.ok()) {
-    return synced;
-  }
+  SIGNET_RETURN_IF_ERROR(SyncParentDirectory(side));
   if (ftruncate(fd, static_cast<off_t>(tail.torn_at)) != 0 ||
       fdatasync(fd) != 0) {
     const int err = errno;
@@ -510,11 +496,10 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
     }
   }
   if (no_current) {
-    absl::StatusOr<std::optional<ClosedSegment>> closed =
-        LatestClosedSegment(path);
-    if (!closed.ok()) return closed.status();
-    if (closed->has_value()) {
-      const ClosedSegment& last = **closed;
+    SIGNET_ASSIGN_OR_RETURN(std::optional<ClosedSegment> closed,
+                            LatestClosedSegment(path));
+    if (closed.has_value()) {
+      const ClosedSegment& last = *closed;
       ScopedFd closed_fd(open(last.path.c_str(), O_RDONLY | O_CLOEXEC));
       struct stat closed_st;
       if (closed_fd.get() < 0 || fstat(closed_fd.get(), &closed_st) != 0) {
@@ -523,11 +508,10 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       }
       Tail tail;
       if (closed_st.st_size > 0) {
-        absl::StatusOr<Tail> read =
+        SIGNET_ASSIGN_OR_RETURN(
+            tail,
             ReadTail(closed_fd.get(), static_cast<uint64_t>(closed_st.st_size),
-                     last.path);
-        if (!read.ok()) return read.status();
-        tail = *std::move(read);
+                     last.path));
       }
       std::unique_ptr<AuditLog> log(new AuditLog(
           std::move(options), -1, 0, tail.last_seq,
@@ -576,8 +560,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
             "--audit_accept_missing_segment to continue the chain from ",
             last.path));
       }
-      absl::Status opened = log->OpenNextSegment(why);
-      if (!opened.ok()) return opened;
+      SIGNET_RETURN_IF_ERROR(log->OpenNextSegment(why));
       log->StartWriter();
       return log;
     }
@@ -615,10 +598,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       const int err = errno;
       return ErrnoStatus(err, absl::StrCat("audit log ", path, ": fchmod"));
     }
-    absl::Status synced = SyncParentDirectory(path);
-    if (!synced.ok()) {
-      return synced;
-    }
+    SIGNET_RETURN_IF_ERROR(SyncParentDirectory(path));
   }
 
   struct stat st;
@@ -630,36 +610,29 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   uint64_t size = 0;
   if (S_ISREG(st.st_mode) && st.st_size > 0) {
     size = static_cast<uint64_t>(st.st_size);
-    absl::StatusOr<Tail> read = ReadTail(fd, size, path);
-    if (!read.ok()) {
-      return read.status();
-    }
-    tail = *std::move(read);
+    SIGNET_ASSIGN_OR_RETURN(tail, ReadTail(fd, size, path));
   }
   // A torn last line: moved aside, and recorded as the next line.
   std::optional<AuditEvent> torn_note;
   if (!tail.torn.empty()) {
-    absl::StatusOr<std::string> side = MoveTornLineAside(fd, path, tail);
-    if (!side.ok()) return side.status();
-    absl::StatusOr<std::string> fragment_hash = HexSha256(tail.torn);
-    if (!fragment_hash.ok()) return fragment_hash.status();
+    SIGNET_ASSIGN_OR_RETURN(std::string side,
+                            MoveTornLineAside(fd, path, tail));
+    SIGNET_ASSIGN_OR_RETURN(std::string fragment_hash, HexSha256(tail.torn));
     AuditEvent note;
     note.event = "torn_tail";
     note.result = "DATA_LOSS";
     note.detail = absl::StrCat(
         "an incomplete line of ", tail.torn.size(), " bytes at byte offset ",
         tail.torn_at,
-        " (a write cut short; its call was never answered) was moved to ",
-        *side, ", sha256 ", *fragment_hash);
+        " (a write cut short; its call was never answered) was moved to ", side,
+        ", sha256 ", fragment_hash);
     torn_note = std::move(note);
     size = tail.torn_at;
   }
 
   uint64_t first_seq = tail.last_seq + 1;
   if (size > 0 && S_ISREG(st.st_mode)) {
-    absl::StatusOr<uint64_t> first = FirstSeq(fd, size, path);
-    if (!first.ok()) return first.status();
-    first_seq = *first;
+    SIGNET_ASSIGN_OR_RETURN(first_seq, FirstSeq(fd, size, path));
   }
   std::unique_ptr<AuditLog> log(
       new AuditLog(std::move(options), owned_fd.release(), size, tail.last_seq,
@@ -672,9 +645,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   }
   log->StartWriter();
   if (torn_note) {
-    if (absl::Status noted = log->Append(*torn_note); !noted.ok()) {
-      return noted;
-    }
+    SIGNET_RETURN_IF_ERROR(log->Append(*torn_note));
   }
   return log;
 }
@@ -771,11 +742,8 @@ absl::StatusOr<std::vector<std::string>> AuditLog::LineMembers(
       return absl::InvalidArgumentError(absl::StrCat(
           "audit event: \"", event.event, "\" is written by the log itself"));
     }
-    absl::StatusOr<std::string> m = EventMembers(event, event.event);
-    if (!m.ok()) {
-      return m.status();
-    }
-    members.push_back(*std::move(m));
+    SIGNET_ASSIGN_OR_RETURN(std::string m, EventMembers(event, event.event));
+    members.push_back(std::move(m));
   }
   return members;
 }
@@ -1232,8 +1200,7 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
       // Deleted or moved away outside signet: the open file still holds
       // every durable line, so the closed segment is written from it, and
       // whatever is at the path now (if anything) is not touched.
-      absl::Status copied = CopyOpenSegmentTo(closed);
-      if (!copied.ok()) return copied;
+      SIGNET_RETURN_IF_ERROR(CopyOpenSegmentTo(closed));
     } else if (rename(path.c_str(), closed.c_str()) != 0) {
       const int err = errno;
       return ErrnoStatus(
@@ -1279,10 +1246,10 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
       slash == std::string::npos ? previous_segment_
                                  : previous_segment_.substr(slash + 1),
       " (its lines ", previous_first_seq_, " to ", next_seq_ - 1, "): ", why);
-  absl::StatusOr<std::string> members = EventMembers(header, kSegmentEvent);
-  if (!members.ok()) return members.status();
+  SIGNET_ASSIGN_OR_RETURN(std::string members,
+                          EventMembers(header, kSegmentEvent));
   std::vector<Pending> line;
-  line.push_back(Pending{0, options_.clock->Now(), *std::move(members)});
+  line.push_back(Pending{0, options_.clock->Now(), std::move(members)});
   std::vector<std::string> unused;
   const uint64_t first_seq = next_seq_;
   absl::Status written = WriteBatch(line, &unused);

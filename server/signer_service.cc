@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "base/quote.h"
+#include "base/status_macros.h"
 #include "hsm/digest.h"
 #include "rotation/key_state.h"
 #include "rotation/schedule.h"
@@ -173,23 +174,22 @@ std::string SignerService::CallerOrEmpty(grpc::CallbackServerContext* context) {
 absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
     grpc::CallbackServerContext* context, const std::string& scope_name,
     std::string* caller) {
-  absl::StatusOr<std::string> identity = Caller(context);
-  if (!identity.ok()) return identity.status();
-  *caller = *identity;
-  if (absl::Status st = CheckScopeName(scope_name); !st.ok()) return st;
+  SIGNET_ASSIGN_OR_RETURN(std::string identity, Caller(context));
+  *caller = identity;
+  SIGNET_RETURN_IF_ERROR(CheckScopeName(scope_name));
   std::shared_ptr<const ServingState> serving = Serving();
   if (serving == nullptr) {
     return absl::UnavailableError(
         "signetd is starting: the HSM and the scopes' keys are not ready yet");
   }
-  auto tenant = tenants_.find(*identity);
+  auto tenant = tenants_.find(identity);
   auto scope = serving->scopes.find(scope_name);
   // One message for "no such scope" and "not yours": scope names are public,
   // but which tenant holds which scope is not the caller's business.
   if (tenant == tenants_.end() || scope == serving->scopes.end() ||
       !tenant->second->scopes.contains(scope_name)) {
     return absl::PermissionDeniedError(
-        absl::StrCat("caller ", Quote(*identity, 256),
+        absl::StrCat("caller ", Quote(identity, 256),
                      " may not sign with scope \"", scope_name, "\""));
   }
   const ScopeKeys& keys = *scope->second;
@@ -886,9 +886,8 @@ void SignerService::HandleSign(const Call& rpc,
 absl::StatusOr<std::shared_ptr<const ScopeKeys>> SignerService::PublicScope(
     grpc::CallbackServerContext* context, const std::string& scope_name,
     signet::v1::Purpose purpose) {
-  absl::StatusOr<std::string> caller = Caller(context);
-  if (!caller.ok()) return caller.status();
-  if (absl::Status st = CheckScopeName(scope_name); !st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(Caller(context).status());
+  SIGNET_RETURN_IF_ERROR(CheckScopeName(scope_name));
   std::shared_ptr<const ServingState> serving = Serving();
   if (serving == nullptr) {
     return absl::UnavailableError(
