@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -272,6 +273,18 @@ class KeyRotationTest : public ::testing::Test {
                  absl::Seconds(60));
   }
   std::string FakeClockFile() const { return bed_->token().dir() + "/clock"; }
+  // A writer on a fake clock (StartWithFakeClock) that has signed `first`
+  // and then rotated at once (its first key retires now).
+  void SignThenRotateOnAFakeClock(absl::string_view name, Running& writer,
+                                  std::optional<Signed>& first) {
+    writer = StartWithFakeClock(name);
+    ASSERT_NE(writer.stub, nullptr);
+    absl::StatusOr<Signed> signed_first = Sign(*writer.stub);
+    ASSERT_TRUE(signed_first.ok()) << signed_first.status();
+    first = *signed_first;
+    grpc::Status st = Rotate(writer, absl::StrCat(name, "-1"));
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
   // `offset` as libfaketime reads it ("+600", "-120"). Replaced whole
   // (rename), so libfaketime never reads a half-written file.
   void SetFakeClock(absl::string_view offset) {
@@ -496,15 +509,10 @@ TEST_F(KeyRotationTest,
 // that signs, the older key never signs again; GetStatus and the log say
 // so, and the anomaly clears when the clock is right again.
 TEST_F(KeyRotationTest, AClockSetBackNeverReactivatesAnOlderKeyAndIsShown) {
-  Running writer = StartWithFakeClock("clock");
-  ASSERT_NE(writer.stub, nullptr);
-  absl::StatusOr<Signed> first = Sign(*writer.stub);
-  ASSERT_TRUE(first.ok()) << first.status();
+  Running writer;
+  std::optional<Signed> first;
   // The standby takes over now; the next pass records its activation.
-  {
-    grpc::Status st = Rotate(writer, "clock-1");
-    ASSERT_TRUE(st.ok()) << st.error_message();
-  }
+  ASSERT_NO_FATAL_FAILURE(SignThenRotateOnAFakeClock("clock", writer, first));
   auto admin = AdminStub(writer);
   absl::SleepFor(absl::Seconds(3));
   absl::StatusOr<Signed> second = Sign(*writer.stub);
@@ -562,16 +570,11 @@ TEST_F(KeyRotationTest, AClockSetBackNeverReactivatesAnOlderKeyAndIsShown) {
 // again the key is published again and its token verifies.
 TEST_F(KeyRotationTest, AClockSetForwardDestroysNoKeyBeforeItsTime) {
   scope_extra_ = " destroy_delay_seconds: 5 tombstone_retention_seconds: 5";
-  Running writer = StartWithFakeClock("forward");
-  ASSERT_NE(writer.stub, nullptr);
-  absl::StatusOr<Signed> first = Sign(*writer.stub);
-  ASSERT_TRUE(first.ok()) << first.status();
+  Running writer;
+  std::optional<Signed> first;
   // Generation 1 retires now: published for the grace (130 s), destroyed
   // 5 s after that, pruned 5 s after that.
-  {
-    grpc::Status st = Rotate(writer, "forward-1");
-    ASSERT_TRUE(st.ok()) << st.error_message();
-  }
+  ASSERT_NO_FATAL_FAILURE(SignThenRotateOnAFakeClock("forward", writer, first));
   auto listed = [&](const std::string& kid) {
     const v1::ListKeysResponse keys = Keys(writer);
     for (const v1::KeyInfo& k : keys.keys()) {
