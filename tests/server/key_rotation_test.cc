@@ -321,6 +321,16 @@ class KeyRotationTest : public ::testing::Test {
     return resp;
   }
 
+  // The hex key id of `kid` in `r`'s listing of scope "short"; empty if it
+  // is not listed.
+  std::string KeyIdOf(const Running& r, const std::string& kid) {
+    const v1::ListKeysResponse keys = Keys(r);
+    for (const v1::KeyInfo& k : keys.keys()) {
+      if (k.kid() == kid) return k.key_id();
+    }
+    return "";
+  }
+
   // A key store of the test's own over the same p11-kit boundary signetd
   // uses: what a person with the token's PIN can do (pkcs11-tool, say).
   struct OwnStore {
@@ -576,11 +586,7 @@ TEST_F(KeyRotationTest, AClockSetForwardDestroysNoKeyBeforeItsTime) {
   // 5 s after that, pruned 5 s after that.
   ASSERT_NO_FATAL_FAILURE(SignThenRotateOnAFakeClock("forward", writer, first));
   auto listed = [&](const std::string& kid) {
-    const v1::ListKeysResponse keys = Keys(writer);
-    for (const v1::KeyInfo& k : keys.keys()) {
-      if (k.kid() == kid) return true;
-    }
-    return false;
+    return !KeyIdOf(writer, kid).empty();
   };
   ASSERT_TRUE(listed(first->kid));
 
@@ -966,11 +972,7 @@ TEST_F(KeyRotationTest, AKeyDeletedBehindSignetsBackTakesDownOnlyItsScope) {
     auto other = other_stub(signetd);
     ASSERT_TRUE(sign_other(*other).ok());
   }
-  std::string deleted_key_id;
-  const v1::ListKeysResponse keys = Keys(signetd);
-  for (const v1::KeyInfo& k : keys.keys()) {
-    if (k.kid() == before->kid) deleted_key_id = k.key_id();
-  }
+  const std::string deleted_key_id = KeyIdOf(signetd, before->kid);
   ASSERT_FALSE(deleted_key_id.empty());
   {
     // Deleted through the HSM's own boundary, as pkcs11-tool would.
@@ -1088,11 +1090,7 @@ TEST_F(KeyRotationTest, ASigningKeyWhoseIdTwoPrivateKeysShareIsRefusedSoundly) {
   ASSERT_NE(signetd.stub, nullptr);
   absl::StatusOr<Signed> before = Sign(*signetd.stub);
   ASSERT_TRUE(before.ok()) << before.status();
-  std::string key_id;
-  const v1::ListKeysResponse keys = Keys(signetd);
-  for (const v1::KeyInfo& k : keys.keys()) {
-    if (k.kid() == before->kid) key_id = k.key_id();
-  }
+  const std::string key_id = KeyIdOf(signetd, before->kid);
   ASSERT_FALSE(key_id.empty());
   {
     auto own = OpenOwnStore();
