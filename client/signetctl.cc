@@ -43,6 +43,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <iostream>
 #include <iterator>
@@ -622,7 +623,18 @@ int Run(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{366} * 24 * 3600))
       ->capture_default_str();
 
-  Connection connection;
+  // One Connection per command: CLI11 fills an option of a command that
+  // was not run from its environment variable too, so a variable shared
+  // between commands let SIGNET_CERT overwrite the --cert of the command
+  // that ran (sixth outside attack).
+  std::deque<Connection> connections;
+  auto add_connection = [&connections](CLI::App* command,
+                                       const char* client_name) {
+    Connection& c = connections.emplace_back();
+    c.client_name = client_name;
+    AddConnectionOptions(command, &c);
+    return &c;
+  };
   std::string scope;
   auto add_scope = [&scope](CLI::App* command) {
     command->add_option("--scope", scope, "the scope to use")->required();
@@ -636,7 +648,7 @@ int Run(int argc, char** argv) {
       ->add_option("--claims", claims_path,
                    "the claims JSON: a file, or - for stdin")
       ->capture_default_str();
-  AddConnectionOptions(sign_jwt, &connection);
+  Connection* sign_jwt_connection = add_connection(sign_jwt, "demo-consumer");
 
   std::string payload_path, digest_hex;
   CLI::App* sign = app.add_subcommand(
@@ -651,21 +663,20 @@ int Run(int argc, char** argv) {
   input->add_option("--digest-hex", digest_hex,
                     "a digest of the scope's hash length, in hex");
   input->require_option(1);
-  AddConnectionOptions(sign, &connection);
+  Connection* sign_connection = add_connection(sign, "demo-consumer");
 
   CLI::App* jwks =
       app.add_subcommand("jwks", "print a JWT scope's JWK set (JSON)");
   add_scope(jwks);
-  AddConnectionOptions(jwks, &connection);
+  Connection* jwks_connection = add_connection(jwks, "demo-consumer");
 
   CLI::App* public_keys = app.add_subcommand(
       "public-keys", "print a RAW scope's public keys (SPKI PEM)");
   add_scope(public_keys);
-  AddConnectionOptions(public_keys, &connection);
+  Connection* public_keys_connection =
+      add_connection(public_keys, "demo-consumer");
 
   // Operators' commands: the development state's demo admin by default.
-  Connection admin_connection;
-  admin_connection.client_name = "demo-admin";
   bool json = false;
   bool yes = false;
   bool rotate_now = false;
@@ -679,7 +690,8 @@ int Run(int argc, char** argv) {
   CLI::App* scopes_list = scopes_cmd->add_subcommand(
       "list", "every scope with its active key, standby and next transition");
   add_json(scopes_list);
-  AddConnectionOptions(scopes_list, &admin_connection);
+  Connection* scopes_list_connection =
+      add_connection(scopes_list, "demo-admin");
 
   CLI::App* keys_cmd = app.add_subcommand("keys", "operators: keys");
   keys_cmd->require_subcommand(1);
@@ -687,7 +699,7 @@ int Run(int argc, char** argv) {
       "list", "every key of a scope, with its schedule");
   keys_list->add_option("SCOPE", scope, "the scope")->required();
   add_json(keys_list);
-  AddConnectionOptions(keys_list, &admin_connection);
+  Connection* keys_list_connection = add_connection(keys_list, "demo-admin");
   CLI::App* keys_rotate = keys_cmd->add_subcommand(
       "rotate",
       "rotate a scope's key: its standby signs after the publish lead, or "
@@ -699,7 +711,8 @@ int Run(int argc, char** argv) {
   keys_rotate->add_option("--request-id", request_id,
                           "reuse to retry a change safely [default: new]");
   add_json(keys_rotate);
-  AddConnectionOptions(keys_rotate, &admin_connection);
+  Connection* keys_rotate_connection =
+      add_connection(keys_rotate, "demo-admin");
   CLI::App* keys_revoke = keys_cmd->add_subcommand(
       "revoke", "revoke a key: it leaves every key set and stops signing now");
   keys_revoke->add_option("SCOPE", scope, "the scope")->required();
@@ -710,13 +723,14 @@ int Run(int argc, char** argv) {
   keys_revoke->add_option("--request-id", request_id,
                           "reuse to retry a change safely [default: new]");
   add_json(keys_revoke);
-  AddConnectionOptions(keys_revoke, &admin_connection);
+  Connection* keys_revoke_connection =
+      add_connection(keys_revoke, "demo-admin");
 
   CLI::App* status = app.add_subcommand(
       "status",
       "operators: what this replica can do now, and each scope's keys");
   add_json(status);
-  AddConnectionOptions(status, &admin_connection);
+  Connection* status_connection = add_connection(status, "demo-admin");
 
   try {
     app.parse(argc, argv);
@@ -728,21 +742,31 @@ int Run(int argc, char** argv) {
   gpr_set_log_function(GrpcLog);
 
   if (claims->parsed()) return Claims(iss, sub, aud, ttl);
-  if (sign_jwt->parsed()) return SignJwt(connection, scope, claims_path);
-  if (sign->parsed()) return Sign(connection, scope, payload_path, digest_hex);
-  if (jwks->parsed()) return Jwks(connection, scope);
-  if (public_keys->parsed()) return PublicKeys(connection, scope);
-  if (scopes_list->parsed()) return ScopesList(admin_connection, json);
-  if (keys_list->parsed()) return KeysList(admin_connection, scope, json);
+  if (sign_jwt->parsed()) {
+    return SignJwt(*sign_jwt_connection, scope, claims_path);
+  }
+  if (sign->parsed()) {
+    return Sign(*sign_connection, scope, payload_path, digest_hex);
+  }
+  if (jwks->parsed()) return Jwks(*jwks_connection, scope);
+  if (public_keys->parsed()) {
+    return PublicKeys(*public_keys_connection, scope);
+  }
+  if (scopes_list->parsed()) {
+    return ScopesList(*scopes_list_connection, json);
+  }
+  if (keys_list->parsed()) {
+    return KeysList(*keys_list_connection, scope, json);
+  }
   if (keys_rotate->parsed()) {
-    return KeysRotate(admin_connection, scope, rotate_now, yes, request_id,
-                      json);
+    return KeysRotate(*keys_rotate_connection, scope, rotate_now, yes,
+                      request_id, json);
   }
   if (keys_revoke->parsed()) {
-    return KeysRevoke(admin_connection, scope, kid, reason, yes, request_id,
-                      json);
+    return KeysRevoke(*keys_revoke_connection, scope, kid, reason, yes,
+                      request_id, json);
   }
-  if (status->parsed()) return Status(admin_connection, json);
+  if (status->parsed()) return Status(*status_connection, json);
   std::cerr << app.help();
   return kExitUsage;
 }

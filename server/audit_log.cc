@@ -464,10 +464,34 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
 
   // A crash between closing a segment and opening the next one leaves no
   // file at `path` (or, just after opening it, an empty one) and the
-  // rollover marker: the chain goes on from the latest closed segment.
+  // rollover marker naming the segment it closed, the latest closed one:
+  // the chain goes on from there. A marker naming another (or nothing: an
+  // empty file planted to pass a deleted segment off as a rollover) is not
+  // a rollover under way.
   const std::string marker = RolloverMarkerPath(path);
   struct stat marker_st;
-  const bool rollover_under_way = stat(marker.c_str(), &marker_st) == 0;
+  const bool marker_exists = stat(marker.c_str(), &marker_st) == 0;
+  bool rollover_under_way = false;
+  if (marker_exists) {
+    SIGNET_ASSIGN_OR_RETURN(std::optional<ClosedSegment> latest,
+                            LatestClosedSegment(path));
+    absl::StatusOr<std::string> named =
+        base::ReadSmallFile(marker, "audit log rollover marker", 4096);
+    auto base_name = [](absl::string_view p) {
+      p = absl::StripSuffix(p, "\n");
+      const size_t slash = p.rfind('/');
+      return slash == absl::string_view::npos ? p : p.substr(slash + 1);
+    };
+    rollover_under_way = named.ok() && latest.has_value() &&
+                         !base_name(*named).empty() &&
+                         base_name(*named) == base_name(latest->path);
+    if (!rollover_under_way) {
+      SIGNET_LOG_WARN(
+          "audit log {}: {} does not name the latest closed segment ({}), so "
+          "it is not taken for a rollover under way",
+          path, marker, latest.has_value() ? latest->path : "none");
+    }
+  }
   struct stat path_st;
   bool no_current = stat(path.c_str(), &path_st) != 0 && errno == ENOENT;
   std::string rollover_torn;  // where a torn first line was moved, if any
@@ -639,8 +663,9 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
                    std::move(tail.last_hash_hex), tail.last_checkpoint_seq));
   log->segment_first_seq_ = first_seq;
   log->regular_file_ = S_ISREG(st.st_mode);
-  // A marker left by a rollover that finished (its removal failed): stale.
-  if (rollover_under_way && unlink(marker.c_str()) == 0) {
+  // A marker left by a rollover that finished (its removal failed), or one
+  // that names no rollover: stale.
+  if (marker_exists && unlink(marker.c_str()) == 0) {
     (void)SyncParentDirectory(path);
   }
   log->StartWriter();

@@ -909,12 +909,23 @@ class MissingCurrentSegmentTest : public ::testing::Test {
     return Parse(lines[0])["detail"].get<std::string>();
   }
 
+  // The path of the closed segment with the highest first line.
+  std::string LatestClosed() const {
+    std::string latest;
+    for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+      const std::string name = entry.path().string();
+      if (name.size() == path_.size() + 21 && name > latest) latest = name;
+    }
+    EXPECT_FALSE(latest.empty());
+    return latest;
+  }
+
   TempDir dir_;
   const std::string path_ = dir_.File("audit.log");
 };
 
 TEST_F(MissingCurrentSegmentTest, AStopMidRolloverIsFinishedAtTheNextStart) {
-  WriteFile(RolloverMarkerPath(path_), "the segment being closed\n");
+  WriteFile(RolloverMarkerPath(path_), LatestClosed() + "\n");
   EXPECT_THAT(ContinueAndReadHeader(Options(path_)),
               HasSubstr("started with no current segment"));
 }
@@ -922,7 +933,7 @@ TEST_F(MissingCurrentSegmentTest, AStopMidRolloverIsFinishedAtTheNextStart) {
 // The stop came just after the next segment was created, before its first
 // line: an empty file at the path, and the marker.
 TEST_F(MissingCurrentSegmentTest, AnEmptySegmentLeftByARolloverIsReplaced) {
-  WriteFile(RolloverMarkerPath(path_), "the segment being closed\n");
+  WriteFile(RolloverMarkerPath(path_), LatestClosed() + "\n");
   WriteFile(path_, "");
   EXPECT_THAT(ContinueAndReadHeader(Options(path_)),
               HasSubstr("started with no current segment"));
@@ -931,11 +942,27 @@ TEST_F(MissingCurrentSegmentTest, AnEmptySegmentLeftByARolloverIsReplaced) {
 // The stop came while the next segment's first line was being written:
 // half a line at the path, and the marker. The half line is kept aside.
 TEST_F(MissingCurrentSegmentTest, AHalfWrittenFirstLineIsMovedAside) {
-  WriteFile(RolloverMarkerPath(path_), "the segment being closed\n");
+  WriteFile(RolloverMarkerPath(path_), LatestClosed() + "\n");
   WriteFile(path_, "{\"seq\":9,\"event\":\"segm");
   EXPECT_THAT(ContinueAndReadHeader(Options(path_)),
               HasSubstr("unfinished first line was moved to"));
   EXPECT_EQ(ReadFile(path_ + ".torn-rollover"), "{\"seq\":9,\"event\":\"segm");
+}
+
+// A marker that names no segment, or one that is not the latest closed
+// one, passes no deleted segment off as a rollover (sixth outside attack:
+// an empty marker planted beside a deleted current segment).
+TEST_F(MissingCurrentSegmentTest, APlantedMarkerPassesNoDeletedSegmentOff) {
+  for (const std::string& planted :
+       {std::string(""), std::string("audit.log.00000000000000000001\n")}) {
+    SCOPED_TRACE(planted);
+    WriteFile(RolloverMarkerPath(path_), planted);
+    absl::StatusOr<std::unique_ptr<AuditLog>> log =
+        AuditLog::Open(Options(path_));
+    ASSERT_FALSE(log.ok());
+    EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
+        << log.status();
+  }
 }
 
 TEST_F(MissingCurrentSegmentTest, ADeletedCurrentSegmentStopsTheStart) {

@@ -453,6 +453,35 @@ TEST_F(SignetctlTest, AMissingCertificateFileIsAClearError) {
   EXPECT_THAT(ran.err, HasSubstr("No such file or directory"));
 }
 
+// A flag wins over its environment variable, in every command (sixth
+// outside attack: SIGNET_CA/SIGNET_CERT/SIGNET_KEY overwrote the flags,
+// through a variable the commands shared).
+TEST_F(SignetctlTest, AFlagWinsOverItsEnvironmentVariable) {
+  const std::vector<std::pair<std::string, std::string>> env = {
+      {"SIGNET_CA", work_dir_ + "/env-ca.pem"},
+      {"SIGNET_CERT", work_dir_ + "/env-cert.pem"},
+      {"SIGNET_KEY", work_dir_ + "/env-key.pem"}};
+  for (const char* command : {"jwks", "sign-jwt"}) {
+    SCOPED_TRACE(command);
+    std::vector<std::string> argv = {SIGNETCTL_BINARY, command,
+                                     "--scope",        "demo-consumer",
+                                     "--target",       Target(),
+                                     "--ca",           ca_->cert_path(),
+                                     "--cert",         consumer_->cert_path,
+                                     "--key",          consumer_->key_path};
+    const std::string line =
+        std::string(command) == "sign-jwt"
+            ? absl::StrCat(
+                  Ctl({"claims", "--iss", kConsumerIssuer, "--sub", "alice"},
+                      false),
+                  " | ", Words(argv))
+            : Words(argv);
+    Ran ran = Shell(line, env);
+    EXPECT_EQ(ran.exit_code, 0) << ran.err;
+    EXPECT_THAT(ran.err, Not(HasSubstr("env-")));
+  }
+}
+
 TEST_F(SignetctlTest, TheTlsFilesDefaultToTheStateDirectory) {
   // The layout scripts/run makes: <state>/tls/ca.pem and
   // <state>/tls/clients/demo-consumer.{pem,key}.
