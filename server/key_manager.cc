@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -284,7 +285,9 @@ void KeyManager::Loop() {
   bool failing = false;
   absl::Time failing_since;
   int64_t failed_passes = 0;
-  std::map<std::string, std::string> anomalies;
+  // Scopes whose clock anomaly has been logged (its text names the clock's
+  // reading, so it differs at every pass: logged when it starts and ends).
+  std::set<std::string> anomalous;
   // Asked-for passes (RequestPass) are heard from this base::MonotonicNow()
   // time on, at most one per kMinAskedPassSpacing.
   absl::Duration hear_asks_from_monotonic = -absl::InfiniteDuration();
@@ -374,9 +377,14 @@ void KeyManager::Loop() {
     for (const auto& [name, keys] : Scopes()) {
       // A clock set back behind a recorded activation: loud, once.
       const std::string anomaly = keys->ClockAnomalyAt(clock_.Now());
-      if (anomaly != anomalies[name]) {
-        if (!anomaly.empty()) SIGNET_LOG_ERROR("clock anomaly: {}", anomaly);
-        anomalies[name] = anomaly;
+      if (anomaly.empty() == anomalous.contains(name)) {
+        if (anomaly.empty()) {
+          SIGNET_LOG_INFO("scope {}: the clock anomaly has cleared", name);
+          anomalous.erase(name);
+        } else {
+          SIGNET_LOG_ERROR("clock anomaly: {}", anomaly);
+          anomalous.insert(name);
+        }
       }
     }
   }
