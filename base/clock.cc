@@ -1,10 +1,18 @@
 #include "base/clock.h"
 
+#include <fcntl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <string>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -18,6 +26,31 @@ absl::Duration RealClock::Elapsed() const {
   // Cannot fail for a valid clock id and address (Linux >= 2.6.39).
   (void)clock_gettime(CLOCK_BOOTTIME, &ts);
   return absl::DurationFromTimespec(ts);
+}
+
+absl::StatusOr<std::string> RealClock::ElapsedOrigin() const {
+  // Random per boot, the same for every process of that boot (random(4)).
+  // Read with read(2): a /proc file's size is 0 to stat.
+  static const absl::StatusOr<std::string>* const boot_id =
+      []() -> absl::StatusOr<std::string>* {
+    constexpr char kPath[] = "/proc/sys/kernel/random/boot_id";
+    const int fd = open(kPath, O_RDONLY | O_CLOEXEC);
+    char buffer[64];
+    const ssize_t n = fd < 0 ? -1 : read(fd, buffer, sizeof(buffer));
+    const int err = errno;
+    if (fd >= 0) close(fd);
+    const std::string id =
+        n > 0 ? std::string(absl::StripAsciiWhitespace(
+                    absl::string_view(buffer, static_cast<size_t>(n))))
+              : "";
+    if (id.size() != 36) {
+      return new absl::StatusOr<std::string>(absl::UnavailableError(
+          absl::StrCat("cannot read the boot id ", kPath, ": ",
+                       n < 0 ? std::strerror(err) : "not a UUID")));
+    }
+    return new absl::StatusOr<std::string>(id);
+  }();
+  return *boot_id;
 }
 
 bool RealClock::AwaitUntil(absl::Mutex& mu, const absl::Condition& condition,
@@ -39,8 +72,43 @@ ElapsedWallTime::ElapsedWallTime(const Clock& clock)
       start_wall_(clock.Now()),
       start_elapsed_(clock.Elapsed()) {}
 
+ElapsedWallTime::ElapsedWallTime(const Clock& clock, absl::Time anchor_wall,
+                                 absl::Duration anchor_elapsed)
+    : clock_(clock), start_wall_(anchor_wall), start_elapsed_(anchor_elapsed) {}
+
 absl::Time ElapsedWallTime::Now() const {
   return start_wall_ + (clock_.Elapsed() - start_elapsed_);
+}
+
+absl::Duration ElapsedWallTime::AheadBy(absl::Time wall) const {
+  const absl::Duration ahead = wall - Now();
+  return ahead > kStepTolerance ? ahead : absl::ZeroDuration();
+}
+
+WallClockStepDetector::WallClockStepDetector(const Clock& clock,
+                                             absl::Duration tolerance)
+    : clock_(clock),
+      tolerance_(tolerance),
+      last_wall_(clock.Now()),
+      last_elapsed_(clock.Elapsed()) {}
+
+absl::Duration WallClockStepDetector::Sample() {
+  const absl::Time wall = clock_.Now();
+  const absl::Duration elapsed = clock_.Elapsed();
+  const absl::Duration step = (wall - last_wall_) - (elapsed - last_elapsed_);
+  last_wall_ = wall;
+  last_elapsed_ = elapsed;
+  return absl::AbsDuration(step) > tolerance_ ? step : absl::ZeroDuration();
+}
+
+SimulatedClock::SimulatedClock(absl::Time start)
+    : now_(start), origin_([] {
+        static std::atomic<int> made{0};
+        return absl::StrCat("simulated-", ++made);
+      }()) {}
+
+absl::StatusOr<std::string> SimulatedClock::ElapsedOrigin() const {
+  return origin_;
 }
 
 absl::Time SimulatedClock::Now() const {

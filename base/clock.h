@@ -8,7 +8,10 @@
 #ifndef SIGNET_BASE_CLOCK_H_
 #define SIGNET_BASE_CLOCK_H_
 
+#include <string>
+
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -31,6 +34,12 @@ class Clock {
   // against. Only differences mean anything.
   virtual absl::Duration Elapsed() const = 0;
 
+  // Names the origin of Elapsed(): two readings of Elapsed() compare only
+  // under the same name. For the real clock, the machine's boot (the
+  // kernel's boot_id); each SimulatedClock is its own. UNAVAILABLE when it
+  // cannot be read.
+  virtual absl::StatusOr<std::string> ElapsedOrigin() const = 0;
+
   // With `mu` held: waits until `condition` holds or this clock reaches
   // `until`, whichever is first, and returns whether `condition` holds.
   // `mu` is released while waiting, as absl::Mutex::Await does.
@@ -44,6 +53,7 @@ class RealClock final : public Clock {
  public:
   absl::Time Now() const override;
   absl::Duration Elapsed() const override;
+  absl::StatusOr<std::string> ElapsedOrigin() const override;
   bool AwaitUntil(absl::Mutex& mu, const absl::Condition& condition,
                   absl::Time until) const override
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
@@ -58,26 +68,67 @@ const Clock& SystemClock();
 // fixed origin; only differences mean anything.
 absl::Duration MonotonicNow();
 
-// The wall time this process has seen pass: the wall clock's reading when
-// it was made, plus the time elapsed since on Clock::Elapsed. A wall clock
+// The wall time seen pass since an anchor: the wall clock's reading at the
+// anchor, plus the time elapsed since on Clock::Elapsed. A wall clock
 // stepped forward (by hand, by a bad time source, by an attacker who may
 // set it) reads ahead of it; one stepped back reads behind it. The key
 // lifecycle holds its irreversible steps (destroying a private key,
 // pruning a key) to it, so a step forward cannot destroy a key whose
-// tokens are still valid (docs/architecture.md, "Rotation"). It cannot see
-// a step made while the process was down. Thread-safe.
+// tokens are still valid (docs/architecture.md, "Rotation"). signetd
+// anchors it at the first start of each boot and keeps the anchor across
+// restarts (base/wall_clock_anchor.h), so a restart, or a step made while
+// it was down, does not reset it. Thread-safe.
 class ElapsedWallTime {
  public:
-  // `clock` must outlive this.
-  explicit ElapsedWallTime(const Clock& clock);
+  // How far the wall clock may read ahead before it counts as set forward:
+  // more than NTP's slews and a machine's drift between synchronisations,
+  // far less than any key lifetime.
+  static constexpr absl::Duration kStepTolerance = absl::Seconds(60);
 
-  // The start's wall time plus the time elapsed since.
+  // Anchored now. `clock` must outlive this.
+  explicit ElapsedWallTime(const Clock& clock);
+  // Anchored at `anchor_wall`, when `clock` read `anchor_elapsed` on
+  // Elapsed() (the same origin as now). `clock` must outlive this.
+  ElapsedWallTime(const Clock& clock, absl::Time anchor_wall,
+                  absl::Duration anchor_elapsed);
+
+  // The anchor's wall time plus the time elapsed since.
   absl::Time Now() const;
+
+  // How far `wall` (a reading of the wall clock) is ahead of Now() when
+  // that is more than kStepTolerance; zero otherwise.
+  absl::Duration AheadBy(absl::Time wall) const;
+
+  // The anchor's wall time.
+  absl::Time anchor_wall() const { return start_wall_; }
 
  private:
   const Clock& clock_;
   const absl::Time start_wall_;
   const absl::Duration start_elapsed_;
+};
+
+// Notices a step of the wall clock between two calls of Sample: the wall
+// time moved by more than `tolerance` differently from the elapsed time
+// (Clock::Elapsed). Called about once a second by one thread (signetd's
+// health loop, which waits on a monotonic timeout), it lets the key manager
+// run a pass at once after a step, instead of at the end of a wait the
+// step has stretched (Abseil's timed waits end on the wall clock). Not
+// thread-safe.
+class WallClockStepDetector {
+ public:
+  // `clock` must outlive this.
+  explicit WallClockStepDetector(const Clock& clock,
+                                 absl::Duration tolerance = absl::Seconds(2));
+
+  // The step since the last call (positive: set forward), or zero.
+  absl::Duration Sample();
+
+ private:
+  const Clock& clock_;
+  const absl::Duration tolerance_;
+  absl::Time last_wall_;
+  absl::Duration last_elapsed_;
 };
 
 // A clock that only moves when told to, for tests. Thread-safe: tests may
@@ -87,13 +138,15 @@ class ElapsedWallTime {
 // Advance or SetTime backwards) moves only the wall time.
 class SimulatedClock final : public Clock {
  public:
-  explicit SimulatedClock(absl::Time start) : now_(start) {}
+  explicit SimulatedClock(absl::Time start);
 
   SimulatedClock(const SimulatedClock&) = delete;
   SimulatedClock& operator=(const SimulatedClock&) = delete;
 
   absl::Time Now() const override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Duration Elapsed() const override ABSL_LOCKS_EXCLUDED(mu_);
+  // "simulated-<n>": unique to this clock in the process.
+  absl::StatusOr<std::string> ElapsedOrigin() const override;
   // A waiter sees a move within a few milliseconds of real time (it looks
   // again every few: the clock does not know the waiters' mutexes).
   bool AwaitUntil(absl::Mutex& mu, const absl::Condition& condition,
@@ -116,6 +169,7 @@ class SimulatedClock final : public Clock {
   mutable absl::Mutex mu_;
   absl::Time now_ ABSL_GUARDED_BY(mu_);
   absl::Duration elapsed_ ABSL_GUARDED_BY(mu_);
+  const std::string origin_;
 };
 
 }  // namespace signet::base

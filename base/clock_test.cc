@@ -68,6 +68,22 @@ TEST(RealClockTest, ElapsedTimeMovesWithRealTime) {
   EXPECT_LE(absl::AbsDuration(seen.Now() - clock.Now()), absl::Seconds(1));
 }
 
+TEST(WallClockStepDetectorTest, SeesStepsNotTimePassing) {
+  SimulatedClock clock(kT0);
+  WallClockStepDetector steps(clock);
+  EXPECT_EQ(steps.Sample(), absl::ZeroDuration());
+  clock.Advance(absl::Hours(3));  // time passing is no step
+  EXPECT_EQ(steps.Sample(), absl::ZeroDuration());
+  clock.StepWall(absl::Minutes(10));
+  clock.Advance(absl::Seconds(1));
+  EXPECT_EQ(steps.Sample(), absl::Minutes(10));
+  EXPECT_EQ(steps.Sample(), absl::ZeroDuration());  // reported once
+  clock.StepWall(absl::Seconds(-600));
+  EXPECT_EQ(steps.Sample(), absl::Seconds(-600));
+  clock.StepWall(absl::Seconds(1));  // within the tolerance: a slew
+  EXPECT_EQ(steps.Sample(), absl::ZeroDuration());
+}
+
 TEST(SimulatedClockTest, ConcurrentAdvancesAreNotLost) {
   SimulatedClock clock(kT0);
   constexpr int kThreads = 4;

@@ -77,4 +77,62 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
   return content;
 }
 
+absl::Status ReplaceFileDurably(const std::string& path,
+                                absl::string_view content,
+                                absl::string_view what, int mode) {
+  const std::string temporary = absl::StrCat(path, ".tmp");
+  auto failed = [&](int err, absl::string_view doing) {
+    unlink(temporary.c_str());
+    const std::string message = absl::StrCat("cannot ", doing, " ", what, " ",
+                                             path, ": ", std::strerror(err));
+    return err == EACCES || err == EPERM || err == EROFS
+               ? absl::PermissionDeniedError(message)
+               : absl::UnavailableError(message);
+  };
+  const int fd = open(temporary.c_str(),
+                      O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                      static_cast<mode_t>(mode));
+  if (fd < 0) {
+    const int err = errno;
+    // Nothing was created: nothing to remove.
+    return failed(err, "write");
+  }
+  size_t written = 0;
+  while (written < content.size()) {
+    const ssize_t n =
+        write(fd, content.data() + written, content.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : ENOSPC;
+      close(fd);
+      return failed(err, "write");
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (fsync(fd) != 0) {
+    const int err = errno;
+    close(fd);
+    return failed(err, "sync");
+  }
+  close(fd);
+  if (rename(temporary.c_str(), path.c_str()) != 0) {
+    return failed(errno, "replace");
+  }
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? std::string(".")
+                          : slash == 0               ? std::string("/")
+                                                     : path.substr(0, slash);
+  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || fsync(dfd) != 0) {
+    const int err = errno;
+    if (dfd >= 0) close(dfd);
+    // The new file is in place; only its durability is in doubt.
+    return absl::UnavailableError(absl::StrCat("cannot sync the directory of ",
+                                               what, " ", path, ": ",
+                                               std::strerror(err)));
+  }
+  close(dfd);
+  return absl::OkStatus();
+}
+
 }  // namespace signet::base

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -20,6 +21,17 @@ namespace signet::base {
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
                                           absl::string_view what,
                                           size_t max_bytes = 1 << 20);
+
+// Replaces the file at `path` with `content` so that a crash at any moment
+// leaves either the old file or the new one, whole: written to
+// "<path>.tmp" (mode `mode`), synced, renamed over `path`, and the
+// directory synced. For small state files signetd keeps (never a secret:
+// the temporary file is not zeroed). PERMISSION_DENIED or UNAVAILABLE
+// (no space, an I/O error), naming `what` and the path; the temporary file
+// is removed on failure.
+absl::Status ReplaceFileDurably(const std::string& path,
+                                absl::string_view content,
+                                absl::string_view what, int mode = 0600);
 
 }  // namespace signet::base
 

@@ -69,5 +69,24 @@ TEST_F(ReadSmallFileTest, ErrorsNameTheFileAndWhatItIs) {
   }
 }
 
+TEST_F(ReadSmallFileTest, ReplaceFileDurablyReplacesWholeAndLeavesNoTemporary) {
+  const std::string path = Write("state", "old content that is longer");
+  ASSERT_TRUE(ReplaceFileDurably(path, "new", "the state file").ok());
+  auto got = ReadSmallFile(path, "the state file");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, "new");
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_NE(access((path + ".tmp").c_str(), F_OK), 0);
+
+  // A directory that does not exist: nothing written, the error says what.
+  const absl::Status missing =
+      ReplaceFileDurably(dir_ + "/none/state", "x", "the state file");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(missing.message(),
+              HasSubstr("cannot write the state file " + dir_ + "/none/state"));
+}
+
 }  // namespace
 }  // namespace signet::base

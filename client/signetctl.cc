@@ -576,7 +576,11 @@ int Status(const Connection& c, bool json) {
       r.last_reconcile_error().empty()
           ? ""
           : absl::StrCat(" FAILED: ", r.last_reconcile_error()),
-      "\n\n");
+      "\n",
+      r.wall_clock_anomaly().empty()
+          ? ""
+          : absl::StrCat("wall clock: ", r.wall_clock_anomaly(), "\n"),
+      "\n");
   if (int code = Print(out); code != 0) return code;
   std::vector<std::vector<std::string>> rows;
   for (const v1::ScopeStatus& s : r.scopes()) {

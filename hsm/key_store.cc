@@ -143,7 +143,8 @@ absl::StatusOr<CK_OBJECT_HANDLE> FindOne(SessionPool::Lease& lease,
 // ambiguous) is noted on the connection, never searched for later; a failed
 // search keeps the connection down (UNAVAILABLE: retried with backoff).
 absl::Status WarmConnection(Connection& connection, CK_SESSION_HANDLE session,
-                            const std::vector<std::string>& key_ids) {
+                            const std::vector<std::string>& key_ids,
+                            std::vector<std::string>& missed) {
   for (const std::string& key_id : key_ids) {
     CK_RV rv = CKR_OK;
     absl::StatusOr<CK_OBJECT_HANDLE> handle =
@@ -155,6 +156,7 @@ absl::Status WarmConnection(Connection& connection, CK_SESSION_HANDLE session,
     }
     if (!handle.ok()) {
       connection.NoteWarmUpMiss(key_id, handle.status());
+      missed.push_back(key_id);
       continue;
     }
     connection.CacheHandle(key_id, *handle);
@@ -212,7 +214,17 @@ Pkcs11KeyStore::Pkcs11KeyStore(SessionPool* pool) : pool_(pool) {
           absl::MutexLock lock(&warm->mu);
           key_ids.assign(warm->key_ids.begin(), warm->key_ids.end());
         }
-        return WarmConnection(connection, session, key_ids);
+        std::vector<std::string> missed;
+        absl::Status warmed =
+            WarmConnection(connection, session, key_ids, missed);
+        absl::MutexLock lock(&warm->mu);
+        for (std::string& key_id : missed) {
+          // Only a key still loaded: one unloaded meanwhile is nobody's.
+          if (warm->key_ids.contains(key_id)) {
+            warm->missed.insert(std::move(key_id));
+          }
+        }
+        return warmed;
       });
 }
 
@@ -744,19 +756,24 @@ Pkcs11KeyStore::ListUnfinishedGenerations() {
   return ids;
 }
 
-absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
+absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysUnusable() {
   std::vector<std::string> key_ids;
+  absl::flat_hash_set<std::string> missed;
   {
     absl::ReaderMutexLock lock(&keys_mu_);
     for (const auto& [key_id, key] : loaded_) key_ids.push_back(key_id);
   }
-  std::vector<std::string> gone;
-  if (key_ids.empty()) return gone;
+  {
+    absl::MutexLock lock(&warm_->mu);
+    missed = warm_->missed;
+  }
+  std::vector<std::string> unusable;
+  if (key_ids.empty()) return unusable;
   SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   Connection& connection = lease.connection();
   for (const std::string& key_id : key_ids) {
-    if (std::optional<CK_OBJECT_HANDLE> handle =
-            connection.CachedHandle(key_id)) {
+    std::optional<CK_OBJECT_HANDLE> handle = connection.CachedHandle(key_id);
+    if (handle && !missed.contains(key_id)) {
       // Read through the handle: no search. A handle can outlive its object
       // (CKR_OBJECT_HANDLE_INVALID), so the id read back must be the key's.
       std::string id(key_id.size() + 1, '\0');
@@ -774,22 +791,23 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysGone() {
           rv != CKR_KEY_HANDLE_INVALID) {
         absl::Status st = lease.Check(rv, "C_GetAttributeValue(CKA_ID)");
         if (absl::IsUnavailable(st)) return st;
-        continue;  // an odd answer about one key does not make it gone
+        continue;  // an odd answer about one key does not make it unusable
       }
     }
-    // No handle here, or one that names nothing (or another object): a
-    // targeted search settles it.
+    // No handle here, one that names nothing (or another object), or a key
+    // some connection's warm-up missed: a targeted search settles it.
     CK_RV rv = CKR_OK;
     absl::StatusOr<CK_OBJECT_HANDLE> found =
         FindUnique(lease.api(), lease.session(), CKO_PRIVATE_KEY, key_id, &rv);
     if (rv != CKR_OK) return lease.Check(rv, "C_FindObjects");
     if (found.ok()) {
-      connection.CacheHandle(key_id, *found);
-    } else if (absl::IsNotFound(found.status())) {
-      gone.push_back(key_id);
+      if (!handle) connection.CacheHandle(key_id, *found);
+    } else if (absl::IsNotFound(found.status()) ||
+               absl::IsFailedPrecondition(found.status())) {
+      unusable.push_back(key_id);  // gone, or its id is now shared
     }
   }
-  return gone;
+  return unusable;
 }
 
 void Pkcs11KeyStore::UnloadKey(absl::string_view key_id) {
@@ -802,6 +820,7 @@ void Pkcs11KeyStore::UnloadKey(absl::string_view key_id) {
     // And no connection opened from now on looks for it.
     absl::MutexLock lock(&warm_->mu);
     warm_->key_ids.erase(std::string(key_id));
+    warm_->missed.erase(std::string(key_id));
   }
   pool_->DropCachedHandles(key_id);
 }

@@ -119,11 +119,14 @@ class KeyStore {
   virtual absl::StatusOr<std::vector<std::string>>
   ListUnfinishedGenerations() = 0;
 
-  // The CKA_IDs of loaded keys whose private key the token no longer holds
-  // (deleted behind signet's back: by hand, or by another program). Nothing
-  // is unloaded; the caller decides. UNAVAILABLE when the HSM cannot be
-  // asked.
-  virtual absl::StatusOr<std::vector<std::string>> LoadedKeysGone() = 0;
+  // The CKA_IDs of loaded keys that can no longer sign from the token: its
+  // private key is gone (deleted behind signet's back: by hand, or by
+  // another program), or a second private key now shares its id (planted,
+  // or imported by another program), which a connection opened since
+  // cannot tell apart and refuses. Nothing is unloaded; the caller decides
+  // (and loading such a key again fails, saying why). UNAVAILABLE when the
+  // HSM cannot be asked.
+  virtual absl::StatusOr<std::vector<std::string>> LoadedKeysUnusable() = 0;
 
   // Destroys the private key, then the public key, then the key's records
   // (and an unfinished generation's marker).
@@ -207,7 +210,7 @@ class Pkcs11KeyStore : public KeyStore {
   // looked for once (a targeted search), which re-caches the handle of a
   // key that is there. A key found twice is not reported (loading it again
   // refuses it).
-  absl::StatusOr<std::vector<std::string>> LoadedKeysGone() override;
+  absl::StatusOr<std::vector<std::string>> LoadedKeysUnusable() override;
   // Also drops the key's handles on every connection and takes it out of
   // the set new connections warm.
   absl::Status DestroyKeyPair(absl::string_view key_id) override;
@@ -234,6 +237,10 @@ class Pkcs11KeyStore : public KeyStore {
   struct WarmSet {
     absl::Mutex mu;
     absl::flat_hash_set<std::string> key_ids ABSL_GUARDED_BY(mu);
+    // Loaded keys a connection's warm-up did not find exactly once (gone,
+    // or an id two private keys share): LoadedKeysUnusable searches for
+    // these, whatever handle another connection still holds.
+    absl::flat_hash_set<std::string> missed ABSL_GUARDED_BY(mu);
   };
 
   // The load-time checks on `lease`'s connection; caches the private-key

@@ -522,6 +522,16 @@ TEST_F(KeyStoreTest, AnIdTwoPrivateKeysShareIsDataLossAtSigning) {
   auto sig = store_->SignDigest(key.key_id, std::string(32, 'd'), Later());
   EXPECT_EQ(sig.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(sig.status().message(), HasSubstr("share id"));
+  // The reconcile pass hears of it: the key is unusable (an outside attack
+  // saw health say SERVING for twelve passes while every signature was
+  // refused so).
+  auto unusable = store_->LoadedKeysUnusable();
+  ASSERT_TRUE(unusable.ok()) << unusable.status();
+  EXPECT_THAT(*unusable, UnorderedElementsAre(key.key_id));
+  store_->UnloadKey(key.key_id);
+  auto after = store_->LoadedKeysUnusable();
+  ASSERT_TRUE(after.ok());
+  EXPECT_THAT(*after, SizeIs(0));
 }
 
 TEST_F(KeyStoreTest, AKeyGoneFromTheTokenIsReportedAndNotSearchedFor) {
@@ -559,17 +569,18 @@ TEST_F(KeyStoreTest, AKeyGoneFromTheTokenIsReportedAndNotSearchedFor) {
 // there are read through their cached handles, never searched for; a key
 // deleted behind the store's back is reported (and only it), and it stays
 // loaded until the caller unloads it.
-TEST_F(KeyStoreTest, LoadedKeysGoneReadsHandlesAndReportsOnlyTheDeletedKey) {
+TEST_F(KeyStoreTest,
+       LoadedKeysUnusableReadsHandlesAndReportsOnlyTheDeletedKey) {
   LoadedKey kept = NewEs256();
   LoadedKey deleted = NewEs256();
   int finds = injector_->Calls("C_FindObjects");
-  auto none = store_->LoadedKeysGone();
+  auto none = store_->LoadedKeysUnusable();
   ASSERT_TRUE(none.ok()) << none.status();
   EXPECT_THAT(*none, SizeIs(0));
   EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
   ASSERT_NO_FATAL_FAILURE(DestroyBehindTheStoresBack(*pool_, deleted.key_id));
   finds = injector_->Calls("C_FindObjects");
-  auto gone = store_->LoadedKeysGone();
+  auto gone = store_->LoadedKeysUnusable();
   ASSERT_TRUE(gone.ok()) << gone.status();
   EXPECT_THAT(*gone, UnorderedElementsAre(deleted.key_id));
   // One targeted search, for the key whose handle names nothing.
@@ -578,15 +589,15 @@ TEST_F(KeyStoreTest, LoadedKeysGoneReadsHandlesAndReportsOnlyTheDeletedKey) {
   EXPECT_TRUE(
       store_->SignDigest(kept.key_id, std::string(32, 'k'), Later()).ok());
   store_->UnloadKey(deleted.key_id);
-  auto after = store_->LoadedKeysGone();
+  auto after = store_->LoadedKeysUnusable();
   ASSERT_TRUE(after.ok());
   EXPECT_THAT(*after, SizeIs(0));
 }
 
-TEST_F(KeyStoreTest, LoadedKeysGoneIsUnavailableWhenTheHsmIs) {
+TEST_F(KeyStoreTest, LoadedKeysUnusableIsUnavailableWhenTheHsmIs) {
   NewEs256();
   injector_->Fail("C_GetAttributeValue", CKR_DEVICE_ERROR, 1);
-  EXPECT_EQ(store_->LoadedKeysGone().status().code(),
+  EXPECT_EQ(store_->LoadedKeysUnusable().status().code(),
             absl::StatusCode::kUnavailable);
 }
 

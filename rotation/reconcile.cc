@@ -70,16 +70,17 @@ void KeyReconciler::ReportHeld(absl::string_view scope,
     Emit({"key_destruction_held", std::string(scope), a.record.kid(), false,
           absl::StrCat(
               "scope ", scope, ": ",
-              a.kind == KeyAction::Kind::kPrune ? "pruning"
-                                                : "destroying the private key "
-                                                  "of",
+              a.kind == KeyAction::Kind::kPrune
+                  ? "pruning (destroying the key pair and its records of)"
+                  : "destroying the private key of",
               " key generation ", a.record.key_generation(),
               " is held back: the wall clock reads ",
               absl::FormatDuration(absl::Trunc(clock_ahead, absl::Seconds(1))),
-              " ahead of the time this signetd has seen pass since it "
-              "started, so it may have been set forward and the key's tokens "
-              "may still be valid; it is done once that time has really "
-              "passed (if the clock is right, restart signetd to accept it)")});
+              " ahead of the time signetd has seen pass since this boot's "
+              "first start, so it may have been set forward and the key's "
+              "tokens may still be valid; it is done once that time has "
+              "really passed (if the clock is right, start signetd once with "
+              "--accept_wall_clock)")});
   }
 }
 
@@ -239,12 +240,33 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
       // failed too): the next pass looks for it.
       unrecorded_check_due_ = true;
     }
+    const bool irreversible =
+        action.kind == KeyAction::Kind::kDestroyPrivateKey ||
+        action.kind == KeyAction::Kind::kPrune;
+    if (!status.ok() && irreversible) {
+      FailedIrreversible& failed = failed_irreversible_[record.key_id()];
+      const bool same = failed.reason == status.ToString();
+      failed.reason = status.ToString();
+      failed.skip = failed.next_skip;
+      failed.next_skip = std::min(2 * failed.next_skip, kMaxFailedSkip);
+      if (!same) {
+        Emit({"key_action_failed", policy.scope, record.kid(), false,
+              absl::StrCat(action.event, " failed (", status.ToString(),
+                           "); retried with a growing wait, up to every ",
+                           kMaxFailedSkip,
+                           " passes (reported again if the "
+                           "reason changes): ",
+                           action.detail)});
+      }
+      return status;
+    }
     if (!status.ok()) {
       Emit({"key_action_failed", policy.scope, record.kid(), false,
             absl::StrCat(action.event, " failed (", status.ToString(),
                          "); retried by the next pass: ", action.detail)});
       return status;
     }
+    if (irreversible) failed_irreversible_.erase(record.key_id());
     Emit({action.event, policy.scope, record.kid(), true, action.detail});
   }
   return absl::OkStatus();
@@ -300,11 +322,12 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
   std::map<std::string, KeyRecord> records = ParseRecords(stored);
 
   // Keys deleted from the token behind signet's back (by hand, or by
-  // another program): unloaded here, so the scopes below try to load them
-  // again and say why they cannot.
-  SIGNET_ASSIGN_OR_RETURN(std::vector<std::string> gone,
-                          store_->LoadedKeysGone());
-  for (const std::string& key_id : gone) {
+  // another program), or whose id a second private key now shares:
+  // unloaded here, so the scopes below try to load them again and say why
+  // they cannot.
+  SIGNET_ASSIGN_OR_RETURN(std::vector<std::string> unusable,
+                          store_->LoadedKeysUnusable());
+  for (const std::string& key_id : unusable) {
     store_->UnloadKey(key_id);
     loaded_.erase(absl::BytesToHexString(key_id));
   }
@@ -332,6 +355,20 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
                    PlanScope(scope_records, ScheduleOf(policy), now),
                    now - irreversible_until, held);
       }
+      // A destruction or prune that failed waits its turn (see
+      // failed_irreversible_); the scope's other writes go on.
+      std::erase_if(actions, [this](const KeyAction& a) {
+        if (a.kind != KeyAction::Kind::kDestroyPrivateKey &&
+            a.kind != KeyAction::Kind::kPrune) {
+          return false;
+        }
+        auto failed = failed_irreversible_.find(a.record.key_id());
+        if (failed == failed_irreversible_.end() || failed->second.skip == 0) {
+          return false;
+        }
+        --failed->second.skip;
+        return true;
+      });
       if (actions.empty()) continue;
       (void)Execute(policy, actions);  // failures are events; next pass retries
       wrote = true;
@@ -355,11 +392,25 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
       auto last = last_state_.find(r.key_id());
       if (last != last_state_.end() && last->second != state &&
           state != KeyState::kPending && state != KeyState::kDestroyed) {
+        // A state before the last one is the clock set back (the sixth
+        // outside attack read "key_retired (was DESTROYED)" as a key
+        // brought back): said so, and that nothing destroyed comes back.
+        const bool backwards = state < last->second;
         Emit({absl::StrCat("key_", absl::AsciiStrToLower(KeyStateName(state))),
-              policy.scope, r.kid(), true,
-              absl::StrCat("scope ", policy.scope, ": key generation ",
-                           r.key_generation(), " is ", KeyStateName(state),
-                           " (was ", KeyStateName(last->second), ")")});
+              policy.scope, r.kid(), !backwards,
+              absl::StrCat(
+                  "scope ", policy.scope, ": key generation ",
+                  r.key_generation(), " is ", KeyStateName(state), " (was ",
+                  KeyStateName(last->second), ")",
+                  backwards
+                      ? absl::StrCat(
+                            ": the wall clock reads before that change (set "
+                            "back?)",
+                            r.private_key_destroyed()
+                                ? "; its private key stays destroyed and it "
+                                  "never signs again"
+                                : "")
+                      : "")});
       }
       last_state_[r.key_id()] = state;
       if (!IsPublished(state)) continue;

@@ -94,6 +94,9 @@ class KeyReconciler {
   absl::StatusOr<std::map<std::string, ScopeKeySet>> RunOnce(
       absl::Time now, absl::Time irreversible_until);
 
+  // How many keys the last pass held back so (for GetStatus).
+  size_t held_count() const { return held_.size(); }
+
   // Runs before a scope's planned token writes (and before destroying key
   // pairs without a record), with the scope ("" for the latter) and what is
   // about to be written; an error means none of them is made now (the pass
@@ -173,6 +176,18 @@ class KeyReconciler {
   std::set<std::string> pruned_;
   // Keys whose destruction or pruning the last pass held back (by key id).
   std::set<std::string> held_;
+  // A destruction or prune that failed, by key id: retried after `skip`
+  // more passes, the wait doubling each time up to kMaxFailedSkip, so a
+  // key the token will not let go (an id two private keys share, say) is
+  // not one key_changes line and one failure per pass. Its failure is
+  // emitted once per reason.
+  struct FailedIrreversible {
+    std::string reason;
+    int skip = 0;
+    int next_skip = 1;
+  };
+  static constexpr int kMaxFailedSkip = 64;
+  std::map<std::string, FailedIrreversible> failed_irreversible_;
 };
 
 }  // namespace signet::rotation

@@ -142,6 +142,39 @@ TEST_F(ReconcileTest, ADestructionHeldBackIsReportedOnceAndDoneLater) {
   EXPECT_THAT(events_, Not(Contains("key_destruction_held")));
 }
 
+// A destruction the token keeps refusing (a sixth outside attack planted a
+// second private key with the key's id: every pass tried, and each try was
+// a key_changes line and a key_action_failed line) is retried with a
+// growing wait and reported once; done once the token lets it.
+TEST_F(ReconcileTest,
+       AFailingDestructionIsRetriedWithAGrowingWaitReportedOnce) {
+  auto reconciler = Make(true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok());
+  const KeyRecord g1 = first->at("demo").records[0];
+  const absl::Time destroy = TimeFromProto(g1.destroy_at());
+  ASSERT_TRUE(reconciler->RunOnce(TimeFromProto(g1.retire_at())).ok());
+  events_.clear();
+  injector_->Fail("C_DestroyObject", CKR_FUNCTION_FAILED, -1);
+  const int before = injector_->Calls("C_DestroyObject");
+  constexpr int kPasses = 20;
+  for (int pass = 0; pass < kPasses; ++pass) {
+    ASSERT_TRUE(reconciler->RunOnce(destroy).ok());
+  }
+  // Tried at passes 1, 3, 6, 11 and 20 (waits of 1, 2, 4 and 8 passes).
+  EXPECT_EQ(injector_->Calls("C_DestroyObject") - before, 5);
+  EXPECT_EQ(std::count(events_.begin(), events_.end(), "key_action_failed"), 1);
+  EXPECT_THAT(events_, Not(Contains("key_destroyed")));
+
+  injector_->Clear();
+  for (int pass = 0; pass < 17 && std::count(events_.begin(), events_.end(),
+                                             "key_destroyed") == 0;
+       ++pass) {
+    ASSERT_TRUE(reconciler->RunOnce(destroy).ok());
+  }
+  EXPECT_THAT(events_, Contains("key_destroyed"));
+}
+
 TEST_F(ReconcileTest, AKeyPairWithoutARecordIsDestroyed) {
   // A writer that stopped between generating a key and recording it.
   auto orphan = store_->GenerateKeyPair(policy_.key_spec);

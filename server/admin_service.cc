@@ -315,6 +315,7 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
   const KeyManager::PassStatus pass = backend.keys->LastPass();
   response->set_last_reconcile_at(rotation::FormatInstant(pass.at));
   response->set_last_reconcile_error(std::string(pass.status.message()));
+  response->set_wall_clock_anomaly(pass.wall_clock_anomaly);
   const absl::Time now = options_.clock->Now();
   for (const auto& [name, keys] : backend.keys->Scopes()) {
     signet::v1::ScopeStatus* s = response->add_scopes();

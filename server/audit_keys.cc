@@ -29,19 +29,12 @@ namespace {
 // waits for it.
 constexpr absl::Duration kSignDeadline = absl::Seconds(10);
 
-std::string Beside(const std::string& log_path, absl::string_view name) {
-  const size_t slash = log_path.rfind('/');
-  const std::string dir =
-      slash == std::string::npos ? std::string(".") : log_path.substr(0, slash);
-  return absl::StrCat(dir, "/", name);
-}
-
 // The current audit key's public half alone, for audit-verify
 // --audit_public_key.
 absl::Status WriteAuditPublicKey(const std::string& log_path,
                                  const hsm::PublicKey& key) {
   SIGNET_ASSIGN_OR_RETURN(std::string pem, key.SpkiPem());
-  const std::string path = Beside(log_path, "audit-checkpoint-key.pem");
+  const std::string path = BesideAuditLog(log_path, "audit-checkpoint-key.pem");
   std::ofstream out(path, std::ios::trunc);
   out << pem;
   if (!out) {
@@ -58,7 +51,7 @@ absl::Status WriteAuditPublicKey(const std::string& log_path,
 absl::Status AppendToAuditKeyring(const std::string& log_path,
                                   const std::string& kid,
                                   const hsm::PublicKey& key, absl::Time now) {
-  const std::string path = Beside(log_path, "audit-keyring.pem");
+  const std::string path = BesideAuditLog(log_path, "audit-keyring.pem");
   if (access(path.c_str(), F_OK) == 0) {
     SIGNET_ASSIGN_OR_RETURN(auto ring, ReadAuditKeyring(path));
     if (ring.contains(kid)) return absl::OkStatus();

@@ -1114,6 +1114,10 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
     file_size_ -= buffer.size();
     return at_path;
   }
+  if (absl::Status whole = CheckSegmentLength(buffer.size()); !whole.ok()) {
+    file_size_ -= buffer.size();
+    return whole;
+  }
   next_seq_ = seq;
   last_hash_hex_ = std::move(hash_hex);
   for (std::string& line : checkpoints) {
@@ -1144,6 +1148,43 @@ absl::Status AuditLog::CheckStillAtPath() const {
       gone ? "deleted" : "moved away or replaced",
       " outside signet; its lines are written again at the segment's closed "
       "path"));
+}
+
+absl::Status AuditLog::CheckSegmentLength(uint64_t batch_bytes) {
+  if (!regular_file_) return absl::OkStatus();
+  struct stat st;
+  if (fstat(fd_, &st) != 0) {
+    return ErrnoStatus(errno,
+                       absl::StrCat("audit log ", options_.path, ": fstat"));
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size == file_size_) return absl::OkStatus();
+  const uint64_t before = file_size_ - batch_bytes;
+  if (size > file_size_) {
+    return absl::UnavailableError(absl::StrCat(
+        "audit log ", options_.path,
+        ": the open segment was written to "
+        "outside signet (",
+        size, " bytes where signetd wrote ", file_size_,
+        "); it is closed as it is and the chain goes on in a new segment"));
+  }
+  // O_APPEND put the batch at the new end: cut it off again.
+  std::string cut;
+  if (size >= batch_bytes &&
+      ftruncate(fd_, static_cast<off_t>(size - batch_bytes)) == 0 &&
+      fdatasync(fd_) == 0) {
+    cut = "this batch was removed again";
+  } else {
+    cut = absl::StrCat("this batch could not be removed again (",
+                       std::strerror(errno), ")");
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "audit log ", options_.path,
+      ": the open segment was cut short outside "
+      "signet (",
+      size - std::min(size, batch_bytes), " bytes left of the ", before,
+      " signetd had made durable: lines are lost; ", cut,
+      "); it is closed as it is and the chain goes on in a new segment"));
 }
 
 absl::Status AuditLog::CopyOpenSegmentTo(const std::string& closed) const {
@@ -1190,6 +1231,14 @@ absl::Status AuditLog::CopyOpenSegmentTo(const std::string& closed) const {
 
 std::string RolloverMarkerPath(absl::string_view path) {
   return absl::StrCat(path, ".rollover");
+}
+
+std::string BesideAuditLog(absl::string_view log_path, absl::string_view name) {
+  const size_t slash = log_path.rfind('/');
+  return absl::StrCat(slash == absl::string_view::npos
+                          ? absl::string_view(".")
+                          : log_path.substr(0, slash),
+                      "/", name);
 }
 
 namespace {

@@ -168,6 +168,11 @@ struct AuditLogOptions {
 // "<path>.rollover" (it holds the path of the segment being closed).
 std::string RolloverMarkerPath(absl::string_view path);
 
+// The file `name` in the directory of the audit log at `log_path`: the one
+// directory signetd writes, where it keeps its audit keyring and its
+// wall-clock anchor beside the log.
+std::string BesideAuditLog(absl::string_view log_path, absl::string_view name);
+
 // Where the segment of the log at `path` whose first line has seq
 // `first_seq` goes when it is closed: "<path>.<first_seq, 20 digits>".
 std::string ClosedSegmentPath(absl::string_view path, uint64_t first_seq);
@@ -350,6 +355,12 @@ class AuditLog {
   // once it was deleted, moved or replaced there outside signet (its lines
   // would be where audit-verify never looks).
   absl::Status CheckStillAtPath() const;
+  // After a batch of `batch_bytes` was written and synced: UNAVAILABLE when
+  // the open segment is not the length signetd wrote (cut short, or
+  // written to, in place outside signet). A segment cut short loses lines
+  // already answered as durable and took the batch at its new end: the
+  // batch is cut off again, so the segment closes as it was left.
+  absl::Status CheckSegmentLength(uint64_t batch_bytes);
   // Writes the open segment's first file_size_ bytes, read back through
   // fd_, to `closed`: how a segment that is no longer at its path closes.
   absl::Status CopyOpenSegmentTo(const std::string& closed) const;

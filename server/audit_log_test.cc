@@ -756,6 +756,39 @@ TEST(AuditLogTest, ASegmentDeletedOrMovedAwayFailsClosedAndIsWrittenAgain) {
   }
 }
 
+// A segment cut short in place while signetd writes it (truncate(1), a hand
+// edit) went unnoticed: the next lines were appended after the cut, and
+// only an audit-verify run long after showed the gap. Now the next write
+// sees the segment shorter than what was made durable: that write is
+// refused UNAVAILABLE (fail closed) and removed again, the segment is
+// closed as it was left, and the next segment's first line says what
+// happened.
+TEST(AuditLogTest, ASegmentCutShortInPlaceIsClosedAndSaidSo) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  auto log = OpenWithTwoLines(path);
+  ASSERT_NE(log, nullptr);
+  const std::vector<std::string> durable = ReadLines(path);
+  ASSERT_EQ(durable.size(), 2u);
+  ASSERT_EQ(truncate(path.c_str(), static_cast<off_t>(durable[0].size() + 1)),
+            0);
+  absl::Status refused = log->Append(SignEvent(3));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(refused.message()),
+              AllOf(HasSubstr("cut short outside signet"),
+                    HasSubstr("this batch was removed again")));
+  AwaitWritable(*log);
+  ASSERT_TRUE(log->WriteStatus().ok()) << log->WriteStatus();
+  ASSERT_TRUE(log->Append(SignEvent(4)).ok());
+  log.reset();
+  // The closed segment is what was left: the first line alone.
+  EXPECT_EQ(ReadFile(ClosedSegmentPath(path, 1)), durable[0] + "\n");
+  std::vector<std::string> lines = ReadLines(path);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_THAT(Parse(lines[0])["detail"].get<std::string>(),
+              HasSubstr("cut short outside signet"));
+}
+
 // A rollover that cannot finish (here: after the segment was moved away,
 // something else sits at the path, so the next segment cannot be made)
 // leaves the rollover marker; signetd stopped in that state continues the

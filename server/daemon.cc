@@ -27,6 +27,8 @@
 #include "absl/time/clock.h"
 #include "base/file.h"
 #include "base/log.h"
+#include "base/status_macros.h"
+#include "base/wall_clock_anchor.h"
 #include "rotation/key_state.h"
 #include "rotation/scope_keys.h"
 #include "server/hardening.h"
@@ -547,13 +549,89 @@ absl::Status Daemon::OpenHsm() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::optional<AuditEvent>> Daemon::AnchorWallClock() {
+  using Source = base::LoadedWallClockAnchor::Source;
+  const std::string path =
+      BesideAuditLog(config_.audit_log_path(), "wall-clock-anchor");
+  absl::StatusOr<base::LoadedWallClockAnchor> loaded =
+      base::LoadOrTakeWallClockAnchor(path, clock_, options_.accept_wall_clock);
+  if (!loaded.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        loaded.status().message(),
+        ". signetd measures the wall clock from the first start of each boot "
+        "so that a clock set forward cannot destroy keys early; if the clock "
+        "is right, start signetd once with --accept_wall_clock to measure "
+        "from it"));
+  }
+  seen_.emplace(clock_, loaded->anchor.wall, loaded->anchor.elapsed);
+  auto when = [](absl::Time t) {
+    return absl::FormatTime(absl::RFC3339_sec, t, absl::UTCTimeZone());
+  };
+  const absl::Time now = clock_.Now();
+  // How the wall clock compares with the time seen pass since the file's
+  // anchor, for the operator's record.
+  auto against_previous = [&]() -> std::string {
+    if (!loaded->previous.has_value() ||
+        loaded->previous->origin != loaded->anchor.origin) {
+      return "";
+    }
+    const base::ElapsedWallTime before(clock_, loaded->previous->wall,
+                                       loaded->previous->elapsed);
+    const absl::Duration off =
+        absl::Trunc(now - before.Now(), absl::Seconds(1));
+    return absl::StrCat("; it read ", absl::FormatDuration(off),
+                        " from the time seen pass since ",
+                        when(loaded->previous->wall));
+  };
+  std::optional<AuditEvent> accepted;
+  switch (loaded->source) {
+    case Source::kKept:
+      SIGNET_LOG_INFO(
+          "wall clock measured against the time seen pass since {}, this "
+          "boot's first start ({})",
+          when(loaded->anchor.wall), path);
+      break;
+    case Source::kNoFile:
+    case Source::kNewBoot:
+      SIGNET_LOG_INFO(
+          "wall clock measured from {}, this boot's first start ({})",
+          when(loaded->anchor.wall), path);
+      break;
+    case Source::kOriginUnknown:
+      break;
+    case Source::kAccepted: {
+      const std::string detail =
+          absl::StrCat("the operator accepted the wall clock as it reads (",
+                       when(loaded->anchor.wall), ", --accept_wall_clock)",
+                       against_previous());
+      SIGNET_LOG_WARN("{}", detail);
+      accepted.emplace();
+      accepted->event = "wall_clock_accepted";
+      accepted->result = "OK";
+      accepted->detail = detail;
+      break;
+    }
+  }
+  if (!loaded->not_stored.empty()) {
+    SIGNET_LOG_WARN(
+        "the wall-clock anchor cannot be kept ({}): this run measures the wall "
+        "clock from {}, and a restart will measure from the clock as it then "
+        "reads",
+        loaded->not_stored, when(loaded->anchor.wall));
+  }
+  return accepted;
+}
+
 absl::StatusOr<std::vector<rotation::KeyEvent>> Daemon::FirstAuditKeyPass() {
   std::vector<rotation::KeyEvent> events;
   rotation::KeyReconciler first_pass(
       store_.get(), {AuditKeys::Policy(config_)}, !config_.never_create_keys(),
       [&events](const rotation::KeyEvent& e) { events.push_back(e); });
+  // Destroying and pruning wait for the time seen pass, as in every pass.
+  const absl::Time now = clock_.Now();
   absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
-      first_pass.RunOnce(clock_.Now());
+      first_pass.RunOnce(
+          now, seen_->AheadBy(now) > absl::ZeroDuration() ? seen_->Now() : now);
   if (!sets.ok()) return sets.status();
   auto set = sets->find(AuditKeys::kScope);
   if (set == sets->end()) {
@@ -577,6 +655,8 @@ absl::Status Daemon::OpenAuditLog() {
   // The audit checkpoint key (server/audit_keys.h): a first pass over its
   // scope alone, before the log opens (its events are written once the log
   // is open); the key manager's passes keep it on the schedule from then on.
+  SIGNET_ASSIGN_OR_RETURN(std::optional<AuditEvent> clock_accepted,
+                          AnchorWallClock());
   audit_keys_ = std::make_unique<AuditKeys>(store_.get(),
                                             config_.audit_log_path(), clock_);
   absl::StatusOr<std::vector<rotation::KeyEvent>> audit_key_events =
@@ -638,6 +718,9 @@ absl::Status Daemon::OpenAuditLog() {
   start_event.result = "OK";
   start_event.detail = absl::StrCat("signetd pid ", getpid());
   if (absl::Status st = audit_->Append(start_event); !st.ok()) return st;
+  if (clock_accepted.has_value()) {
+    SIGNET_RETURN_IF_ERROR(audit_->Append(*clock_accepted));
+  }
   for (const rotation::KeyEvent& e : *audit_key_events) {
     if (absl::Status st = audit_->Append(AuditEventOf(e, "signetd"));
         !st.ok()) {
@@ -677,7 +760,7 @@ absl::Status Daemon::LoadScopes() {
       [this](const ScopeKeysMap& scopes) {
         if (publisher_ != nullptr) publisher_->OnKeys(scopes);
       },
-      kill_at_write, std::move(internal_scopes));
+      kill_at_write, std::move(internal_scopes), seen_);
   if (absl::Status started = key_manager_->Start(); !started.ok()) {
     return started;
   }
@@ -858,7 +941,22 @@ bool Daemon::ReportRefusals() {
 void Daemon::RunUntilStopped() {
   UpdateHealth();
   absl::Duration last_report_monotonic = -absl::InfiniteDuration();
+  // This loop's wait is a monotonic timeout, so it runs every second
+  // whatever the wall clock does.
+  base::WallClockStepDetector steps(clock_);
   while (!StopRequested(absl::Seconds(1), [this] { audit_->RollOver(); })) {
+    if (const absl::Duration step = steps.Sample();
+        step != absl::ZeroDuration()) {
+      // The key manager's wait ends on the wall clock: a step back
+      // stretches it by the step. A pass now publishes what the clock says
+      // (a key held while the clock read ahead is published again).
+      SIGNET_LOG_WARN(
+          "the wall clock stepped {} ({}); the key manager runs a pass now",
+          absl::FormatDuration(absl::Trunc(step, absl::Seconds(1))),
+          step > absl::ZeroDuration() ? "forward" : "back");
+      key_manager_->RequestPass();
+    }
+    key_manager_->Tick();
     UpdateHealth();
     if (base::MonotonicNow() - last_report_monotonic >= absl::Seconds(10) &&
         ReportRefusals()) {

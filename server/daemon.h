@@ -77,6 +77,11 @@ struct DaemonOptions {
   // an operator's decision, for one start (signetd's
   // --audit_accept_missing_segment).
   bool accept_missing_audit_segment = false;
+  // Measure the wall clock from its reading now instead of from the first
+  // start of this boot (base/wall_clock_anchor.h): an operator's decision
+  // that a clock signetd found set forward is right, for one start
+  // (signetd's --accept_wall_clock).
+  bool accept_wall_clock = false;
   // The wall clock every part decides by (base/clock.h); null is the
   // system clock. A test runs the daemon in its own process on a
   // base::SimulatedClock, so days of key schedule pass in seconds. Must
@@ -118,6 +123,10 @@ class Daemon {
   // watchers hear NOT_SERVING and then the end, calls a stalled HSM holds
   // are answered before the grace ends.
   void StopServing(absl::Duration grace);
+  // Loads the wall-clock anchor beside the audit log (or takes one) into
+  // seen_, logging where it comes from; what to write in the audit log
+  // once it is open (an operator's acceptance of the clock), if anything.
+  absl::StatusOr<std::optional<AuditEvent>> AnchorWallClock();
   // The first reconcile pass over the audit key's scope, before the log
   // opens; its key events, to be written once the log is open.
   absl::StatusOr<std::vector<rotation::KeyEvent>> FirstAuditKeyPass();
@@ -165,6 +174,9 @@ class Daemon {
   std::unique_ptr<hsm::Pkcs11KeyStore> store_;
 
   // OpenAuditLog
+  // The time seen pass, which the wall clock is measured against before a
+  // key is destroyed or pruned (base/clock.h).
+  std::optional<base::ElapsedWallTime> seen_;
   std::unique_ptr<AuditKeys> audit_keys_;
   std::unique_ptr<AuditLog> audit_;
 

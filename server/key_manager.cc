@@ -105,12 +105,13 @@ NextTransition NextTransitionOf(const ScopeKeys& keys, absl::Time now) {
 KeyManager::KeyManager(hsm::KeyStore* store,
                        const signet::v1::SignetConfig& config, AuditLog* audit,
                        const base::Clock& clock, OnKeys on_keys,
-                       int kill_at_write, std::vector<InternalScope> internal)
+                       int kill_at_write, std::vector<InternalScope> internal,
+                       std::optional<base::ElapsedWallTime> seen)
     : store_(store),
       config_(config),
       audit_(audit),
       clock_(clock),
-      seen_(clock),
+      seen_(seen ? *seen : base::ElapsedWallTime(clock)),
       on_keys_(std::move(on_keys)),
       writer_(!config.never_create_keys()),
       interval_(absl::Seconds(config.never_create_keys()
@@ -225,6 +226,11 @@ void KeyManager::RequestPass() {
   pass_asked_ = true;
 }
 
+void KeyManager::Tick() {
+  // Releasing mu_ re-evaluates the loop's wait condition (absl::Mutex).
+  absl::MutexLock lock(&mu_);
+}
+
 bool KeyManager::Post(std::function<void()> task) {
   absl::MutexLock lock(&mu_);
   if (stopping_ || tasks_.size() >= kMaxQueuedCalls) return false;
@@ -235,17 +241,19 @@ bool KeyManager::Post(std::function<void()> task) {
 absl::Status KeyManager::PassAndPublish(bool notify) {
   const absl::Time at = clock_.Now();
   // Destroying and pruning keys follow the time seen pass when the wall
-  // clock reads well ahead of it (set forward while signetd ran).
+  // clock reads well ahead of it (set forward since the anchor).
   const absl::Time seen = seen_.Now();
-  const absl::Duration ahead =
-      at - seen > kWallClockStepTolerance ? at - seen : absl::ZeroDuration();
+  const absl::Duration ahead = seen_.AheadBy(at);
   if ((ahead > absl::ZeroDuration()) != (clock_ahead_ > absl::ZeroDuration())) {
     if (ahead > absl::ZeroDuration()) {
       SIGNET_LOG_ERROR(
           "clock anomaly: the wall clock reads {} ahead of the time signetd "
-          "has seen pass since it started (it was set forward?); destroying "
-          "and pruning keys wait until that time has really passed",
-          absl::FormatDuration(absl::Trunc(ahead, absl::Seconds(1))));
+          "has seen pass since {} (it was set forward?); destroying and "
+          "pruning keys wait until that time has really passed (if the "
+          "clock is right, start signetd once with --accept_wall_clock)",
+          absl::FormatDuration(absl::Trunc(ahead, absl::Seconds(1))),
+          absl::FormatTime(absl::RFC3339_sec, seen_.anchor_wall(),
+                           absl::UTCTimeZone()));
     } else {
       SIGNET_LOG_INFO(
           "the wall clock agrees again with the time signetd has seen pass");
@@ -265,7 +273,17 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
     // After the keys are handed on: a pass GetStatus reports is one whose
     // keys are served and published.
     absl::MutexLock lock(&mu_);
-    last_pass_ = PassStatus{at, built.status()};
+    last_pass_ = PassStatus{at, built.status(), ""};
+    if (ahead > absl::ZeroDuration()) {
+      last_pass_.wall_clock_anomaly = absl::StrCat(
+          "reads ", absl::FormatDuration(absl::Trunc(ahead, absl::Seconds(1))),
+          " ahead of the time seen pass since ",
+          absl::FormatTime(absl::RFC3339_sec, seen_.anchor_wall(),
+                           absl::UTCTimeZone()),
+          "; ", reconciler_->held_count(),
+          " key destruction(s) or prune(s) held until their time really "
+          "passes");
+    }
   }
   if (!built.ok()) return built.status();
   for (const InternalScope& scope : internal_) {
@@ -308,16 +326,29 @@ void KeyManager::Loop() {
       auto ready = [this, hear_asks]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || !tasks_.empty() || (hear_asks && pass_asked_);
       };
+      // Each wait's own end is part of its condition too, so a Tick ends
+      // it when the timed end was stretched by a clock step.
       if (failing) {
         // Backoff is an interval of real time, whatever the clock says.
-        mu_.AwaitWithTimeout(absl::Condition(&ready), backoff);
+        const absl::Duration until_monotonic = base::MonotonicNow() + backoff;
+        auto over = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return ready() || base::MonotonicNow() >= until_monotonic;
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&over), backoff);
       } else if (!hear_asks) {
         // Not longer than the spacing, so an ask made meanwhile is heard.
-        mu_.AwaitWithTimeout(absl::Condition(&ready),
+        auto over = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return ready() || base::MonotonicNow() >= hear_asks_from_monotonic ||
+                 clock_.Now() >= next_pass;
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&over),
                              hear_asks_from_monotonic - base::MonotonicNow());
         if (!ready() && clock_.Now() < next_pass) continue;
       } else {
-        clock_.AwaitUntil(mu_, absl::Condition(&ready), next_pass);
+        auto over = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return ready() || clock_.Now() >= next_pass;
+        };
+        clock_.AwaitUntil(mu_, absl::Condition(&over), next_pass);
       }
       if (stopping_) return;
       tasks.swap(tasks_);

@@ -80,9 +80,13 @@ class KeyManager {
   // the loop waits on it (a test moves a base::SimulatedClock).
   // `kill_at_write` > 0 is for fault-injection tests only: the process
   // kills itself (SIGKILL) just before its kill_at_write-th token write.
+  // `seen` is what the wall clock is measured against (signetd's is
+  // anchored at the first start of the boot: base/wall_clock_anchor.h);
+  // unset, it is anchored when the manager is made.
   KeyManager(hsm::KeyStore* store, const signet::v1::SignetConfig& config,
              AuditLog* audit, const base::Clock& clock, OnKeys on_keys,
-             int kill_at_write = 0, std::vector<InternalScope> internal = {});
+             int kill_at_write = 0, std::vector<InternalScope> internal = {},
+             std::optional<base::ElapsedWallTime> seen = std::nullopt);
   ~KeyManager();
   KeyManager(const KeyManager&) = delete;
   KeyManager& operator=(const KeyManager&) = delete;
@@ -109,6 +113,9 @@ class KeyManager {
   struct PassStatus {
     absl::Time at = absl::InfinitePast();
     absl::Status status;
+    // Empty when the wall clock agreed with the time seen pass; otherwise
+    // how far ahead it read and what that held back.
+    std::string wall_clock_anomaly;
   };
   PassStatus LastPass() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -134,6 +141,14 @@ class KeyManager {
   // one asked-for pass starts per kMinAskedPassSpacing; more asks in
   // between are folded into it. Thread-safe, cheap.
   void RequestPass() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Called about once a second from a thread whose own wait is monotonic
+  // (signetd's health loop). The loop's timed waits end on the wall clock
+  // (Debian's Abseil waits for an absolute CLOCK_REALTIME instant), so a
+  // clock set back while it waits stretches the wait by the step; each
+  // tick re-checks whether the wait is over by its own measure, so the
+  // loop is at most about a second late whatever the clock did.
+  void Tick() ABSL_LOCKS_EXCLUDED(mu_);
   static constexpr absl::Duration kMinAskedPassSpacing = absl::Seconds(1);
 
   // Operator calls waiting at once; more are refused RESOURCE_EXHAUSTED.
@@ -142,11 +157,6 @@ class KeyManager {
   static constexpr size_t kMaxRememberedRequests = 1024;
   // Operators' changes kept in one key record (the newest).
   static constexpr int kMaxRecordedChanges = 4;
-  // The wall clock reading this far ahead of the time this process has
-  // seen pass (base::ElapsedWallTime) is taken as set forward: destroying
-  // and pruning keys then wait until that time has really passed. Above
-  // the steps a time daemon makes to correct drift.
-  static constexpr absl::Duration kWallClockStepTolerance = absl::Seconds(60);
 
  private:
   // An applied change's request and answer, by request id.

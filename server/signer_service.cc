@@ -471,7 +471,8 @@ void AuditUndelivered(AuditLog& audit, AuditEvent event, std::string detail) {
 //   back). Not retryable (FAILED_PRECONDITION); the key manager is asked
 //   for a pass now, which unloads it and turns the scope NOT_SERVING.
 // - the token holds two private keys with its id (DATA_LOSS). Not
-//   retryable (FAILED_PRECONDITION) either.
+//   retryable (FAILED_PRECONDITION) either; the key manager is asked for a
+//   pass now too, which unloads it and says why it cannot be loaded.
 // Named by kid, never by the token's CKA_ID.
 absl::Status KeyChangedUnderCall(const absl::Status& status,
                                  const ServingState& serving,
@@ -486,6 +487,7 @@ absl::Status KeyChangedUnderCall(const absl::Status& status,
         ", so that the standby signs) or restore it"));
   }
   if (status.code() == absl::StatusCode::kDataLoss) {
+    if (serving.key_gone) serving.key_gone();
     return absl::FailedPreconditionError(absl::StrCat(
         "scope ", scope.config.name(), ": its key ", scope.kid,
         " is ambiguous in the HSM token (more than one private key has its "

@@ -42,6 +42,12 @@ ABSL_FLAG(bool, audit_accept_missing_segment, false,
           "log's chain although its current segment is missing and no "
           "rollover was under way (it was deleted or moved while signetd was "
           "down). The new segment's first line records it.");
+ABSL_FLAG(bool, accept_wall_clock, false,
+          "For one start, after a person has checked the clock: measure the "
+          "wall clock from its reading now, not from this boot's first "
+          "start. signetd holds back destroying and pruning keys while the "
+          "clock reads ahead of the time it has seen pass (set forward); "
+          "with this, what is due is done. The audit log records it.");
 ABSL_FLAG(bool, insecure_plaintext, false,
           "DEVELOPMENT ONLY: serve gRPC without TLS, on a loopback address "
           "only. Callers then have the identity \"insecure:plaintext\".");
@@ -94,7 +100,8 @@ int RunDaemon() {
                      absl::GetFlag(FLAGS_insecure_in_process_module),
                  .insecure_plaintext = absl::GetFlag(FLAGS_insecure_plaintext),
                  .accept_missing_audit_segment =
-                     absl::GetFlag(FLAGS_audit_accept_missing_segment)});
+                     absl::GetFlag(FLAGS_audit_accept_missing_segment),
+                 .accept_wall_clock = absl::GetFlag(FLAGS_accept_wall_clock)});
   for (absl::Status (Daemon::*phase)() :
        {&Daemon::LoadConfiguration, &Daemon::StartListening, &Daemon::OpenHsm,
         &Daemon::OpenAuditLog, &Daemon::LoadScopes, &Daemon::StartServing}) {
