@@ -15,6 +15,7 @@
 #include "base/base64url.h"
 #include "base/status_macros.h"
 #include "client/verifier_json.h"
+#include "crypto/digest.h"
 #include "crypto/public_keys.h"
 #include "nlohmann/json.hpp"
 
@@ -178,15 +179,12 @@ absl::Status JwkKey::Verify(absl::string_view signing_input,
     }
   }
   // The digest of the signing input, then the signature over it
-  // (crypto/public_keys.h, shared with the HSM layer's checks).
-  const bool sha384 = alg_ == JwsAlgorithm::kEs384;
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_len = 0;
-  if (EVP_Digest(signing_input.data(), signing_input.size(), digest,
-                 &digest_len, sha384 ? EVP_sha384() : EVP_sha256(),
-                 nullptr) != 1) {
-    return absl::InternalError("OpenSSL: the digest failed");
-  }
+  // (crypto/digest.h and crypto/public_keys.h, shared with the HSM layer's
+  // checks).
+  SIGNET_ASSIGN_OR_RETURN(const std::string digest,
+                          alg_ == JwsAlgorithm::kEs384
+                              ? crypto::Sha384(signing_input)
+                              : crypto::Sha256(signing_input));
   crypto::SignatureScheme scheme = crypto::SignatureScheme::kEcdsaSha256;
   switch (alg_) {
     case JwsAlgorithm::kEs256:
@@ -202,10 +200,8 @@ absl::Status JwkKey::Verify(absl::string_view signing_input,
       scheme = crypto::SignatureScheme::kRsaPssSha256;
       break;
   }
-  absl::Status verified = crypto::VerifyDigestSignature(
-      key_.get(), scheme,
-      absl::string_view(reinterpret_cast<const char*>(digest), digest_len),
-      to_check);
+  absl::Status verified =
+      crypto::VerifyDigestSignature(key_.get(), scheme, digest, to_check);
   if (absl::IsInvalidArgument(verified)) {
     return absl::UnauthenticatedError(
         absl::StrCat("the ", JwsAlgorithmName(alg_),

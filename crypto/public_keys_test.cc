@@ -10,6 +10,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "crypto/digest.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -160,13 +161,9 @@ TEST(VerifyDigestSignatureTest, AcceptsTheSignatureAndNothingElse) {
           "0460fed4ba255a9d31c961eb74c6356d68c049b8923b61fa6ce669622e60f29fb6"
           "7903fe1008b8bc99a41ae9e95628bc64f2f1b20c2d7e9f5177a3c294d4462299"));
   ASSERT_TRUE(key.ok()) << key.status();
-  unsigned char digest_bytes[32];
-  unsigned int digest_len = 0;
-  ASSERT_EQ(
-      EVP_Digest("sample", 6, digest_bytes, &digest_len, EVP_sha256(), nullptr),
-      1);
-  const std::string digest(reinterpret_cast<const char*>(digest_bytes),
-                           digest_len);
+  absl::StatusOr<std::string> sha256 = Sha256("sample");
+  ASSERT_TRUE(sha256.ok()) << sha256.status();
+  const std::string& digest = *sha256;
   absl::StatusOr<std::string> der = EcdsaRawToDer(absl::HexStringToBytes(
       "efd48b2aacb6a8fd1140dd9cd45e81d69d2c877b56aaf991c34d0ea84eaf3716"
       "f7cb1c942d657c41d436c7a1b6e29f65f3e900dbb9aff4064dc4ab2f843acda8"));

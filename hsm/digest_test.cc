@@ -62,32 +62,6 @@ TEST(DigestForTest, UnknownAlgorithmIsInvalidArgument) {
   EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(Sha256Test, KnownAnswer) {
-  absl::StatusOr<std::string> d = Sha256("abc");
-  ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_EQ(Hex(*d), kSha256Abc);
-}
-
-// One context hashes input after input, each from a fresh start.
-TEST(Sha256HasherTest, ReusedContextGivesEachInputItsOwnHash) {
-  Sha256Hasher hasher;
-  Sha256Hasher::Digest out;
-  for (absl::string_view input : {"abc", "", "abc", "a longer input"}) {
-    ASSERT_TRUE(hasher.Hash(input, out).ok());
-    const std::string got(reinterpret_cast<const char*>(out.data()),
-                          out.size());
-    absl::StatusOr<std::string> want = Sha256(input);
-    ASSERT_TRUE(want.ok());
-    EXPECT_EQ(Hex(got), Hex(*want)) << input;
-    if (input == "abc") {
-      EXPECT_EQ(Hex(got), kSha256Abc);
-    }
-    if (input.empty()) {
-      EXPECT_EQ(Hex(got), kSha256Empty);
-    }
-  }
-}
-
 TEST(Sha256DigestInfoTest, KnownDerPrefix) {
   const std::string digest = absl::HexStringToBytes(kSha256Abc);
   absl::StatusOr<std::string> info = Sha256DigestInfo(digest);

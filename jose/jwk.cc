@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "base/base64url.h"
 #include "base/status_macros.h"
+#include "crypto/digest.h"
 #include "crypto/public_keys.h"
 
 namespace signet::jose {
@@ -41,15 +42,8 @@ absl::StatusOr<std::string> JwkThumbprint(const EVP_PKEY* key) {
                          R"(","y":")", jwk.y, R"("})")
           : absl::StrCat(R"({"e":")", jwk.e, R"(","kty":"RSA","n":")", jwk.n,
                          R"("})");
-  unsigned char hash[EVP_MAX_MD_SIZE];
-  unsigned int hash_len = 0;
-  if (EVP_Digest(canonical.data(), canonical.size(), hash, &hash_len,
-                 EVP_sha256(), nullptr) != 1) {
-    return crypto::OpenSslError(absl::StatusCode::kInternal,
-                                "SHA-256 of the JWK failed");
-  }
-  return base::Base64UrlEncode(
-      absl::string_view(reinterpret_cast<const char*>(hash), hash_len));
+  SIGNET_ASSIGN_OR_RETURN(std::string hash, crypto::Sha256(canonical));
+  return base::Base64UrlEncode(hash);
 }
 
 }  // namespace signet::jose

@@ -14,6 +14,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "crypto/digest.h"
 #include "crypto/public_keys.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -44,15 +45,6 @@ std::string B64UrlDecode(absl::string_view in) {
   std::string out;
   EXPECT_TRUE(absl::WebSafeBase64Unescape(in, &out)) << in;
   return out;
-}
-
-std::string Sha256(absl::string_view data) {
-  unsigned char hash[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EXPECT_EQ(
-      EVP_Digest(data.data(), data.size(), hash, &len, EVP_sha256(), nullptr),
-      1);
-  return std::string(reinterpret_cast<const char*>(hash), len);
 }
 
 PkeyPtr GenerateEc(const char* curve) {
@@ -185,8 +177,10 @@ class EcJwkTest : public ::testing::TestWithParam<EcCase> {
     const std::string canonical =
         absl::StrCat(R"({"crv":")", c.crv, R"(","kty":"EC","x":")", jwk->x,
                      R"(","y":")", jwk->y, R"("})");
+    absl::StatusOr<std::string> hash = crypto::Sha256(canonical);
+    ASSERT_TRUE(hash.ok()) << hash.status();
     std::string want;
-    absl::WebSafeBase64Escape(Sha256(canonical), &want);
+    absl::WebSafeBase64Escape(*hash, &want);
     absl::StatusOr<std::string> thumbprint = JwkThumbprint(key.get());
     ASSERT_TRUE(thumbprint.ok()) << thumbprint.status();
     EXPECT_EQ(*thumbprint, want);

@@ -29,8 +29,8 @@
 #include "base/base64url.h"
 #include "base/file.h"
 #include "base/status_macros.h"
+#include "crypto/digest.h"
 #include "hsm/algorithm.h"
-#include "hsm/digest.h"
 #include "jose/jwk.h"
 #include "server/audit_log.h"
 #include "server/scoped_fd.h"
@@ -111,7 +111,7 @@ class LineReader {
   bool eof_ = false;
 };
 
-using Digest = hsm::Sha256Hasher::Digest;
+using Digest = crypto::Sha256Hasher::Digest;
 
 // Whether `hex` (64 lower-case hex digits, already checked) spells `digest`.
 bool HexEquals(absl::string_view hex, const Digest& digest) {
@@ -244,7 +244,7 @@ absl::StatusOr<SegmentProof> VerifySegment(
 
   SegmentProof proof;
   proof.path = path;
-  hsm::Sha256Hasher hasher;
+  crypto::Sha256Hasher hasher;
   Digest prev_hash{};
   uint64_t count = 0;
   LineReader reader(fd);

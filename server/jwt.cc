@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/base64url.h"
 #include "base/status_macros.h"
-#include "hsm/digest.h"
+#include "crypto/digest.h"
 #include "jose/jwk.h"
 
 namespace signet::server {
@@ -57,7 +57,7 @@ absl::StatusOr<std::string> JwksJson(const std::vector<JwkEntry>& keys) {
 }
 
 std::string ContentVersion(absl::string_view body) {
-  absl::StatusOr<std::string> digest = hsm::Sha256(body);
+  absl::StatusOr<std::string> digest = crypto::Sha256(body);
   return digest.ok() ? base::Base64UrlEncode(*digest) : std::string();
 }
 

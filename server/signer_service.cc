@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/quote.h"
 #include "base/status_macros.h"
+#include "crypto/digest.h"
 #include "hsm/digest.h"
 #include "rotation/key_state.h"
 #include "rotation/schedule.h"
@@ -33,7 +34,7 @@ constexpr size_t kMaxCachedIdentities = 4096;
 constexpr absl::Duration kAnswerHeadroom = absl::Milliseconds(100);
 
 std::string Sha256Hex(absl::string_view data) {
-  absl::StatusOr<std::string> d = hsm::Sha256(data);
+  absl::StatusOr<std::string> d = crypto::Sha256(data);
   return d.ok() ? absl::BytesToHexString(*d) : std::string();
 }
 

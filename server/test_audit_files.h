@@ -16,8 +16,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "crypto/digest.h"
 #include "gtest/gtest.h"
-#include "hsm/digest.h"
 
 namespace signet::server::audit_testing {
 
@@ -77,7 +77,7 @@ inline Json Parse(absl::string_view line) {
 
 // Lowercase hex SHA-256, as the log writes input and line hashes.
 inline std::string HexSha256(absl::string_view data) {
-  absl::StatusOr<std::string> d = hsm::Sha256(data);
+  absl::StatusOr<std::string> d = crypto::Sha256(data);
   EXPECT_TRUE(d.ok()) << d.status();
   return d.ok() ? absl::BytesToHexString(*d) : std::string();
 }

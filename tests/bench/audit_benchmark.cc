@@ -32,7 +32,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/status_macros.h"
-#include "hsm/digest.h"
+#include "crypto/digest.h"
 #include "server/audit_log.h"
 #include "server/audit_verify.h"
 #include "server/test_audit_files.h"
@@ -58,7 +58,8 @@ AuditEvent Event(uint64_t i) {
   e.scope = "consumer-demo";
   e.kid = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
   e.alg = "ES256";
-  absl::StatusOr<std::string> digest = hsm::Sha256(absl::StrCat("claims ", i));
+  absl::StatusOr<std::string> digest =
+      crypto::Sha256(absl::StrCat("claims ", i));
   e.input_sha256 = digest.ok() ? absl::BytesToHexString(*digest) : "";
   e.result = "OK";
   return e;
@@ -184,8 +185,8 @@ absl::Status WriteLogToVerify(const std::string& path,
 // context, reading each file with read() in 1 MiB chunks: MB/s. The least
 // any chain check must do.
 double MeasureLineHashing(const std::string& dir) {
-  hsm::Sha256Hasher hasher;
-  hsm::Sha256Hasher::Digest digest;
+  crypto::Sha256Hasher hasher;
+  crypto::Sha256Hasher::Digest digest;
   uint64_t bytes = 0;
   std::vector<char> buffer(2 << 20);
   const auto start = std::chrono::steady_clock::now();

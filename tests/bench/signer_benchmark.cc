@@ -90,9 +90,9 @@
 #include "absl/time/time.h"
 #include "base/status_macros.h"
 #include "benchmark/benchmark.h"
+#include "crypto/digest.h"
 #include "hsm/algorithm.h"
 #include "hsm/attributes.h"
-#include "hsm/digest.h"
 #include "hsm/module.h"
 #include "hsm/pin.h"
 #include "hsm/public_key.h"
@@ -743,8 +743,8 @@ absl::Status VerifyJws(const hsm::PublicKey& key, const std::string& kid,
     return absl::InternalError(
         absl::StrCat("unexpected header ", B64Decode(parts[0])));
   }
-  SIGNET_ASSIGN_OR_RETURN(std::string digest,
-                          hsm::Sha256(absl::StrCat(parts[0], ".", parts[1])));
+  SIGNET_ASSIGN_OR_RETURN(std::string digest, crypto::Sha256(absl::StrCat(
+                                                  parts[0], ".", parts[1])));
   return key.VerifyDigest(hsm::SignatureAlgorithm::kEcdsaP256Sha256, digest,
                           B64Decode(parts[2]));
 }

@@ -30,10 +30,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "crypto/digest.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/algorithm.h"
-#include "hsm/digest.h"
 #include "hsm/public_key.h"
 #include "tests/testing/p11kit_server.h"
 #include "tests/testing/pki.h"
@@ -349,7 +349,7 @@ TEST_F(SignetctlTest, APipedJwtVerifiesAgainstTheJwksWithOpenssl) {
   std::string signing_input = absl::StrCat(parts[0], ".", parts[1]);
   std::string signature = B64Decode(parts[2]);
   ASSERT_EQ(signature.size(), 64u);
-  auto digest = hsm::Sha256(signing_input);
+  auto digest = crypto::Sha256(signing_input);
   ASSERT_TRUE(digest.ok());
   EXPECT_TRUE(key->VerifyDigest(hsm::SignatureAlgorithm::kEcdsaP256Sha256,
                                 *digest, signature)
@@ -383,7 +383,7 @@ TEST_F(SignetctlTest, RawSignaturesVerifyAgainstThePublicKeys) {
   const std::string payload = "firmware image 1.2.3\n";
   std::string payload_path = work_dir_ + "/firmware.bin";
   WriteFile(payload_path, payload);
-  auto digest = hsm::Sha256(payload);
+  auto digest = crypto::Sha256(payload);
   ASSERT_TRUE(digest.ok());
   for (bool as_digest : {false, true}) {
     SCOPED_TRACE(as_digest ? "digest" : "payload");

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "crypto/digest.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/algorithm.h"
@@ -361,7 +362,7 @@ TEST_F(SignerTest, RawScopeSignsPayloadsAndDigests) {
   ASSERT_EQ(keys.keys_size(), 2);  // the active key and its standby
   EXPECT_THAT(keys.keys(0).spki_pem(), HasSubstr("BEGIN PUBLIC KEY"));
 
-  auto digest = hsm::Sha256("firmware image");
+  auto digest = crypto::Sha256("firmware image");
   ASSERT_TRUE(digest.ok());
   for (bool as_digest : {false, true}) {
     grpc::ClientContext ctx;
@@ -877,7 +878,7 @@ TEST_F(SignerTest, AfterKillNineEveryReceivedTokenHasItsAuditLine) {
     for (const std::string& jws : tokens) {
       ++total;
       std::string input = jws.substr(0, jws.rfind('.'));
-      auto digest = hsm::Sha256(input);
+      auto digest = crypto::Sha256(input);
       ASSERT_TRUE(digest.ok());
       EXPECT_THAT(log, HasSubstr(absl::BytesToHexString(*digest)));
     }
@@ -943,7 +944,7 @@ TEST_F(SignerTest, AnAuditLineTornByACrashIsRecoveredAtTheNextStart) {
   // Every answered token has its whole line.
   const std::string whole_lines = torn.substr(0, torn.rfind('\n') + 1);
   for (const std::string& jws : received) {
-    auto digest = hsm::Sha256(jws.substr(0, jws.rfind('.')));
+    auto digest = crypto::Sha256(jws.substr(0, jws.rfind('.')));
     ASSERT_TRUE(digest.ok());
     EXPECT_THAT(whole_lines, HasSubstr(absl::BytesToHexString(*digest)));
   }
