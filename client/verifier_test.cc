@@ -33,6 +33,7 @@
 #include "base/clock.h"
 #include "client/jwks_fetcher.h"
 #include "client/verifier_json.h"
+#include "crypto/public_keys.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -79,19 +80,6 @@ std::string BnParam(EVP_PKEY* key, const char* name, int pad) {
       BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), size),
       size);
   BN_free(bn);
-  return out;
-}
-
-// DER ECDSA-Sig-Value -> r||s.
-std::string DerToRs(absl::string_view der, int field) {
-  const unsigned char* p = reinterpret_cast<const unsigned char*>(der.data());
-  ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der.size()));
-  EXPECT_NE(sig, nullptr);
-  std::string out(static_cast<size_t>(2 * field), '\0');
-  auto* o = reinterpret_cast<unsigned char*>(out.data());
-  BN_bn2binpad(ECDSA_SIG_get0_r(sig), o, field);
-  BN_bn2binpad(ECDSA_SIG_get0_s(sig), o + field, field);
-  ECDSA_SIG_free(sig);
   return out;
 }
 
@@ -163,8 +151,11 @@ class TestKey {
               1);
     sig.resize(len);
     EVP_MD_CTX_free(md);
-    if (ec() && !der) return DerToRs(sig, field());
-    return sig;
+    if (!ec() || der) return sig;
+    absl::StatusOr<std::string> raw = crypto::EcdsaDerToRaw(
+        alg_ == "ES384" ? crypto::EcCurve::kP384 : crypto::EcCurve::kP256, sig);
+    EXPECT_TRUE(raw.ok()) << raw.status();
+    return raw.ok() ? *raw : std::string();
   }
 
  private:

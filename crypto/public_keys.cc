@@ -236,6 +236,34 @@ absl::StatusOr<std::string> EcdsaRawToDer(absl::string_view raw) {
   return der;
 }
 
+absl::StatusOr<std::string> EcdsaDerToRaw(EcCurve curve,
+                                          absl::string_view der) {
+  if (der.size() > LONG_MAX) {
+    return absl::InvalidArgumentError("ECDSA signature too long");
+  }
+  const unsigned char* p = Bytes(der);
+  EcdsaSigPtr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der.size())));
+  // Trailing bytes are refused too: one signature, one encoding.
+  if (sig == nullptr || p != Bytes(der) + der.size()) {
+    return OpenSslError(absl::StatusCode::kInvalidArgument,
+                        "not a DER ECDSA-Sig-Value");
+  }
+  const int width = InfoOf(curve).field_bytes;
+  const BIGNUM* r = ECDSA_SIG_get0_r(sig.get());
+  const BIGNUM* s = ECDSA_SIG_get0_s(sig.get());
+  std::string raw(2 * static_cast<size_t>(width), '\0');
+  auto* out = reinterpret_cast<unsigned char*>(raw.data());
+  if (BN_is_negative(r) || BN_is_negative(s) ||
+      BN_bn2binpad(r, out, width) != width ||
+      BN_bn2binpad(s, out + width, width) != width) {
+    return OpenSslError(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat("ECDSA r and s must be non-negative and fit ", width,
+                     " bytes (", InfoOf(curve).jwk_crv, ")"));
+  }
+  return raw;
+}
+
 absl::Status VerifyDigestSignature(EVP_PKEY* key, SignatureScheme scheme,
                                    absl::string_view digest,
                                    absl::string_view signature) {

@@ -97,6 +97,14 @@ absl::StatusOr<EvpPkeyPtr> RsaPublicKeyFromComponents(
 // INVALID_ARGUMENT for an empty or odd-length input.
 absl::StatusOr<std::string> EcdsaRawToDer(absl::string_view raw);
 
+// The other way: the JWS form r||s of a DER ECDSA-Sig-Value, each integer
+// left-padded to `curve`'s field size (InfoOf(curve).field_bytes; RFC 7518
+// section 3.4), the form CKM_ECDSA returns. Signet's own signatures come
+// from the HSM in that form already; this serves what stands in for the HSM
+// with an OpenSSL key (tests). INVALID_ARGUMENT unless `der` is exactly one
+// ECDSA-Sig-Value whose r and s are non-negative and fit the field.
+absl::StatusOr<std::string> EcdsaDerToRaw(EcCurve curve, absl::string_view der);
+
 // What a signature is, for VerifyDigestSignature.
 enum class SignatureScheme {
   kEcdsaSha256,     // ES256: P-256, SHA-256

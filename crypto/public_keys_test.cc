@@ -151,6 +151,71 @@ TEST(EcdsaRawToDerTest, EncodesRAndSAsDerIntegers) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(EcdsaDerToRawTest, PadsRAndSToTheField) {
+  // r = 1, s = 0x80: EcdsaRawToDer's vector read back.
+  absl::StatusOr<std::string> raw = EcdsaDerToRaw(
+      EcCurve::kP256, absl::HexStringToBytes("300702010102020080"));
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  std::string want(64, '\0');
+  want[31] = 1;
+  want[63] = '\x80';
+  EXPECT_EQ(absl::BytesToHexString(*raw), absl::BytesToHexString(want));
+
+  absl::StatusOr<std::string> wide = EcdsaDerToRaw(
+      EcCurve::kP384, absl::HexStringToBytes("300702010102020080"));
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  EXPECT_EQ(wide->size(), 96u);
+  EXPECT_EQ((*wide)[47], 1);
+  EXPECT_EQ((*wide)[95], '\x80');
+}
+
+TEST(EcdsaDerToRawTest, RoundTripsWithEcdsaRawToDer) {
+  // RFC 6979's signatures of "sample" on P-256 with SHA-256 (A.2.5) and on
+  // P-384 with SHA-384 (A.2.6): r has its top bit set, so its DER integer
+  // carries a leading zero byte the JWS form drops.
+  for (auto [curve, hex] :
+       {std::pair{
+            EcCurve::kP256,
+            "efd48b2aacb6a8fd1140dd9cd45e81d69d2c877b56aaf991c34d0ea84eaf3716"
+            "f7cb1c942d657c41d436c7a1b6e29f65f3e900dbb9aff4064dc4ab2f843acda8"},
+        std::pair{
+            EcCurve::kP384,
+            "94edbb92a5ecb8aad4736e56c691916b3f88140666ce9fa73d64c4ea95ad133c"
+            "81a648152e44acf96e36dd1e80fabe46"
+            "99ef4aeb15f178cea1fe40db2603138f130e740a19624526203b6351d0a3a94f"
+            "a329c145786e679e7b82c71a38628ac8"}}) {
+    const std::string raw = absl::HexStringToBytes(hex);
+    absl::StatusOr<std::string> der = EcdsaRawToDer(raw);
+    ASSERT_TRUE(der.ok()) << der.status();
+    absl::StatusOr<std::string> back = EcdsaDerToRaw(curve, *der);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(absl::BytesToHexString(*back), hex);
+  }
+}
+
+TEST(EcdsaDerToRawTest, RefusesWhatIsNotOneSignatureThatFits) {
+  const std::string der = absl::HexStringToBytes("300702010102020080");
+  for (const std::string& bad :
+       {std::string(), std::string("garbage"), der + '\0', der.substr(0, 8)}) {
+    EXPECT_EQ(EcdsaDerToRaw(EcCurve::kP256, bad).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << absl::BytesToHexString(bad);
+  }
+  // An r of 33 significant bytes fits P-384, not P-256.
+  absl::StatusOr<std::string> long_r =
+      EcdsaRawToDer(std::string(33, '\x7f') + std::string(33, '\x01'));
+  ASSERT_TRUE(long_r.ok()) << long_r.status();
+  EXPECT_THAT(EcdsaDerToRaw(EcCurve::kP256, *long_r).status().message(),
+              HasSubstr("fit 32 bytes (P-256)"));
+  EXPECT_TRUE(EcdsaDerToRaw(EcCurve::kP384, *long_r).ok());
+  // A negative s (DER integer 0x80): no JWS form.
+  EXPECT_EQ(
+      EcdsaDerToRaw(EcCurve::kP256, absl::HexStringToBytes("3006020101020180"))
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 // RFC 6979 appendix A.2.5: the P-256 key and its deterministic ECDSA
 // signature of "sample" with SHA-256. A published vector: this test hands
 // OpenSSL no private key.

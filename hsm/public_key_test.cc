@@ -36,7 +36,6 @@ using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
-using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
 
 // RFC 7638 section 3.1.
 constexpr char kRfc7638N[] =
@@ -153,16 +152,13 @@ std::string SignDigest(EVP_PKEY* key, SignatureAlgorithm algorithm,
   sig.resize(len);
   if (!IsEcdsa(algorithm)) return sig;
 
-  const int width = algorithm == SignatureAlgorithm::kEcdsaP384Sha384 ? 48 : 32;
-  const auto* p = reinterpret_cast<const unsigned char*>(sig.data());
-  EcdsaSigPtr ecdsa(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size())));
-  EXPECT_NE(ecdsa, nullptr);
-  std::string raw(2 * static_cast<size_t>(width), '\0');
-  auto* out = reinterpret_cast<unsigned char*>(raw.data());
-  EXPECT_EQ(BN_bn2binpad(ECDSA_SIG_get0_r(ecdsa.get()), out, width), width);
-  EXPECT_EQ(BN_bn2binpad(ECDSA_SIG_get0_s(ecdsa.get()), out + width, width),
-            width);
-  return raw;
+  absl::StatusOr<std::string> raw =
+      crypto::EcdsaDerToRaw(algorithm == SignatureAlgorithm::kEcdsaP384Sha384
+                                ? crypto::EcCurve::kP384
+                                : crypto::EcCurve::kP256,
+                            sig);
+  EXPECT_TRUE(raw.ok()) << raw.status();
+  return raw.ok() ? *raw : std::string();
 }
 
 std::string Digest(SignatureAlgorithm algorithm, absl::string_view data) {

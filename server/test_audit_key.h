@@ -3,8 +3,6 @@
 #ifndef SIGNET_SERVER_TEST_AUDIT_KEY_H_
 #define SIGNET_SERVER_TEST_AUDIT_KEY_H_
 
-#include <openssl/bn.h>
-#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -24,7 +22,6 @@ namespace signet::server::audit_testing {
 using crypto::OsslFree;
 using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
-using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, OsslFree<ECDSA_SIG_free>>;
 
 class TestAuditKey {
  public:
@@ -48,18 +45,8 @@ class TestAuditKey {
                       &len, in, digest.size()) != 1) {
       return absl::InternalError("sign");
     }
-    const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-    EcdsaSigPtr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(len)));
-    if (sig == nullptr) {
-      return absl::InternalError("d2i_ECDSA_SIG");
-    }
-    std::string raw(64, '\0');
-    auto* out = reinterpret_cast<unsigned char*>(raw.data());
-    if (BN_bn2binpad(ECDSA_SIG_get0_r(sig.get()), out, 32) != 32 ||
-        BN_bn2binpad(ECDSA_SIG_get0_s(sig.get()), out + 32, 32) != 32) {
-      return absl::InternalError("BN_bn2binpad");
-    }
-    return raw;
+    der.resize(len);
+    return crypto::EcdsaDerToRaw(crypto::EcCurve::kP256, der);
   }
 
   CheckpointSigner Signer() const {
