@@ -73,7 +73,6 @@ absl::StatusOr<std::string> ReadPem(absl::string_view what,
 using crypto::OsslFree;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free>>;
 using X509Ptr = std::unique_ptr<X509, OsslFree<X509_free>>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 
 // Never prompts for a passphrase (OpenSSL's default callback would read
 // the terminal): an encrypted key simply fails to load.
@@ -107,10 +106,10 @@ absl::Status CheckTlsFiles(const ClientOptions& options, const std::string& ca,
   }
   if (status.ok()) {
     BioPtr bio(BIO_new_mem_buf(key.data(), static_cast<int>(key.size())));
-    PkeyPtr pkey(bio == nullptr
-                     ? nullptr
-                     : PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase,
-                                               nullptr));
+    crypto::EvpPkeyPtr pkey(
+        bio == nullptr ? nullptr
+                       : PEM_read_bio_PrivateKey(bio.get(), nullptr,
+                                                 NoPassphrase, nullptr));
     if (pkey == nullptr) {
       status = absl::InvalidArgumentError(
           absl::StrCat("client key file ", options.key_file,

@@ -66,11 +66,6 @@ std::string B64(absl::string_view bytes) {
 // ---------------------------------------------------------------------------
 // Test keys (private: the test signs).
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-
 std::string BnParam(EVP_PKEY* key, const char* name, int pad) {
   BIGNUM* bn = nullptr;
   EXPECT_EQ(EVP_PKEY_get_bn_param(key, name, &bn), 1) << name;
@@ -161,7 +156,7 @@ class TestKey {
  private:
   TestKey() = default;
   std::string alg_, kid_;
-  Pkey key_;
+  crypto::EvpPkeyPtr key_;
 };
 
 std::string JwksOf(const std::vector<const TestKey*>& keys) {

@@ -24,7 +24,6 @@ namespace {
 
 using crypto::OsslFree;
 
-using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
 
 struct Curve {
@@ -60,11 +59,7 @@ absl::Status MovedFrom() {
 
 }  // namespace
 
-void PublicKey::EvpPkeyDeleter::operator()(EVP_PKEY* pkey) const {
-  EVP_PKEY_free(pkey);
-}
-
-absl::StatusOr<PublicKey> PublicKey::Adopt(EvpPkeyPtr pkey) {
+absl::StatusOr<PublicKey> PublicKey::Adopt(crypto::EvpPkeyPtr pkey) {
   // Every key comes from crypto/'s builders, which hold it to the size and
   // exponent rules and run OpenSSL's public key check: what is left is the
   // curve an EC key is on.
@@ -100,7 +95,7 @@ absl::StatusOr<PublicKey> PublicKey::FromEcPoint(
   }
   SIGNET_ASSIGN_OR_RETURN(crypto::EvpPkeyPtr pkey,
                           crypto::EcPublicKeyFromPoint(curve->curve, point));
-  return Adopt(EvpPkeyPtr(pkey.release()));
+  return Adopt(std::move(pkey));
 }
 
 absl::StatusOr<PublicKey> PublicKey::FromRsa(
@@ -108,7 +103,7 @@ absl::StatusOr<PublicKey> PublicKey::FromRsa(
   SIGNET_ASSIGN_OR_RETURN(
       crypto::EvpPkeyPtr pkey,
       crypto::RsaPublicKeyFromComponents(modulus, public_exponent));
-  return Adopt(EvpPkeyPtr(pkey.release()));
+  return Adopt(std::move(pkey));
 }
 
 absl::StatusOr<PublicKey> PublicKey::FromSpkiPem(absl::string_view pem) {
@@ -143,7 +138,8 @@ absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
     return absl::InvalidArgumentError("SubjectPublicKeyInfo too long");
   }
   const unsigned char* p = Bytes(der);
-  PkeyPtr parsed(d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())));
+  crypto::EvpPkeyPtr parsed(
+      d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())));
   if (parsed == nullptr) {
     return OpenSslError(absl::StatusCode::kInvalidArgument,
                         "SubjectPublicKeyInfo does not parse");
@@ -164,7 +160,7 @@ absl::StatusOr<PublicKey> PublicKey::FromSpkiDer(absl::string_view der) {
                 *components.curve,
                 absl::StrCat("\x04", components.x, components.y))
           : crypto::RsaPublicKeyFromComponents(components.n, components.e));
-  return Adopt(EvpPkeyPtr(rebuilt.release()));
+  return Adopt(std::move(rebuilt));
 }
 
 bool PublicKey::is_ec() const {

@@ -26,8 +26,6 @@
 #ifndef SIGNET_HSM_PUBLIC_KEY_H_
 #define SIGNET_HSM_PUBLIC_KEY_H_
 
-#include <openssl/types.h>
-
 #include <memory>
 #include <string>
 #include <utility>
@@ -35,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "crypto/public_keys.h"
 #include "hsm/algorithm.h"
 
 namespace signet::hsm {
@@ -112,19 +111,14 @@ class PublicKey {
   EVP_PKEY* get() const { return pkey_.get(); }
 
  private:
-  struct EvpPkeyDeleter {
-    void operator()(EVP_PKEY* pkey) const;
-  };
-  using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, EvpPkeyDeleter>;
-
-  explicit PublicKey(EvpPkeyPtr pkey) : pkey_(std::move(pkey)) {}
+  explicit PublicKey(crypto::EvpPkeyPtr pkey) : pkey_(std::move(pkey)) {}
 
   // Checks the key is EC on an accepted curve or RSA, then takes ownership
   // (its size, exponent and EVP_PKEY_public_check were checked where it was
   // built, crypto/public_keys.h).
-  static absl::StatusOr<PublicKey> Adopt(EvpPkeyPtr pkey);
+  static absl::StatusOr<PublicKey> Adopt(crypto::EvpPkeyPtr pkey);
 
-  EvpPkeyPtr pkey_;
+  crypto::EvpPkeyPtr pkey_;
 };
 
 }  // namespace signet::hsm

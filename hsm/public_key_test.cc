@@ -31,8 +31,8 @@ using ::testing::SizeIs;
 
 // Test-only private keys stand in for the HSM: they produce the signatures
 // PublicKey must verify. The library itself never sees a private key.
+using crypto::EvpPkeyPtr;
 using crypto::OsslFree;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
@@ -55,14 +55,14 @@ std::string B64UrlDecode(absl::string_view in) {
   return out;
 }
 
-PkeyPtr GenerateEc(const char* curve) {
-  PkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", curve));
+EvpPkeyPtr GenerateEc(const char* curve) {
+  EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", curve));
   EXPECT_NE(key, nullptr) << "EC keygen on " << curve;
   return key;
 }
 
-PkeyPtr GenerateRsa(size_t bits) {
-  PkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", bits));
+EvpPkeyPtr GenerateRsa(size_t bits) {
+  EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", bits));
   EXPECT_NE(key, nullptr) << "RSA keygen " << bits;
   return key;
 }
@@ -210,7 +210,7 @@ class EcPublicKeyTest : public ::testing::TestWithParam<EcCase> {
   }
   absl::string_view Params() const { return EcParamsDer(GetParam().algorithm); }
 
-  PkeyPtr private_key_;
+  EvpPkeyPtr private_key_;
 };
 
 TEST_P(EcPublicKeyTest, FromEcPointRoundTrip) {
@@ -555,7 +555,7 @@ TEST(RsaModulusTest, PrimeModulusIsInvalidArgument) {
 }
 
 TEST(RsaModulusTest, ModulusBelow2048BitsIsInvalidArgument) {
-  PkeyPtr short_key = GenerateRsa(1024);
+  EvpPkeyPtr short_key = GenerateRsa(1024);
   ASSERT_NE(short_key, nullptr);
   absl::StatusOr<PublicKey> key =
       PublicKey::FromRsa(BnParam(short_key.get(), OSSL_PKEY_PARAM_RSA_N),
@@ -575,7 +575,7 @@ TEST(FromSpkiDerTest, GarbageAndTruncationAreInvalidArgument) {
   EXPECT_EQ(PublicKey::FromSpkiDer("not der").status().code(),
             absl::StatusCode::kInvalidArgument);
 
-  PkeyPtr ec = GenerateEc("P-256");
+  EvpPkeyPtr ec = GenerateEc("P-256");
   const std::string spki = OpenSslSpki(ec.get());
   EXPECT_EQ(PublicKey::FromSpkiDer(spki + '\0').status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -585,12 +585,12 @@ TEST(FromSpkiDerTest, GarbageAndTruncationAreInvalidArgument) {
 }
 
 TEST(FromSpkiDerTest, UnsupportedKeyTypesAreInvalidArgument) {
-  PkeyPtr ed25519(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
+  EvpPkeyPtr ed25519(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
   ASSERT_NE(ed25519, nullptr);
   EXPECT_EQ(PublicKey::FromSpkiDer(OpenSslSpki(ed25519.get())).status().code(),
             absl::StatusCode::kInvalidArgument);
 
-  PkeyPtr p521 = GenerateEc("P-521");
+  EvpPkeyPtr p521 = GenerateEc("P-521");
   ASSERT_NE(p521, nullptr);
   EXPECT_EQ(PublicKey::FromSpkiDer(OpenSslSpki(p521.get())).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -599,7 +599,7 @@ TEST(FromSpkiDerTest, UnsupportedKeyTypesAreInvalidArgument) {
 // ---------------------------------------------------------------- move
 
 TEST(PublicKeyMoveTest, MovedFromObjectFailsCleanly) {
-  PkeyPtr ec = GenerateEc("P-256");
+  EvpPkeyPtr ec = GenerateEc("P-256");
   absl::StatusOr<PublicKey> key = PublicKey::FromEcPoint(
       EcParamsDer(SignatureAlgorithm::kEcdsaP256Sha256), EcPoint(ec.get()));
   ASSERT_TRUE(key.ok()) << key.status();

@@ -26,8 +26,8 @@ using ::testing::SizeIs;
 
 // Test-only keys: generated here, their public halves rebuilt through
 // crypto/'s builders, as hsm::PublicKey builds the keys signet serves.
+using crypto::EvpPkeyPtr;
 using crypto::OsslFree;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 
 // RFC 7638 section 3.1.
@@ -47,14 +47,14 @@ std::string B64UrlDecode(absl::string_view in) {
   return out;
 }
 
-PkeyPtr GenerateEc(const char* curve) {
-  PkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", curve));
+EvpPkeyPtr GenerateEc(const char* curve) {
+  EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", curve));
   EXPECT_NE(key, nullptr) << "EC keygen on " << curve;
   return key;
 }
 
-PkeyPtr GenerateRsa(size_t bits) {
-  PkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", bits));
+EvpPkeyPtr GenerateRsa(size_t bits) {
+  EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", bits));
   EXPECT_NE(key, nullptr) << "RSA keygen " << bits;
   return key;
 }
@@ -69,9 +69,9 @@ std::string OpenSslSpki(EVP_PKEY* key) {
 }
 
 // The public key an SPKI holds, as OpenSSL parses it.
-PkeyPtr FromSpki(const std::string& der) {
+EvpPkeyPtr FromSpki(const std::string& der) {
   const unsigned char* p = reinterpret_cast<const unsigned char*>(der.data());
-  PkeyPtr key(d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())));
+  EvpPkeyPtr key(d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())));
   EXPECT_NE(key, nullptr);
   return key;
 }
@@ -187,7 +187,7 @@ class EcJwkTest : public ::testing::TestWithParam<EcCase> {
     EXPECT_THAT(*thumbprint, SizeIs(43));
   }
 
-  PkeyPtr private_key_;
+  EvpPkeyPtr private_key_;
 };
 
 TEST_P(EcJwkTest, JwkMembersAndThumbprint) {
@@ -201,7 +201,7 @@ TEST_P(EcJwkTest, JwkMembersAndThumbprint) {
 TEST_P(EcJwkTest, CoordinatesWithALeadingZeroByteStayFixedWidth) {
   const size_t fb = GetParam().field_bytes;
   for (int i = 0; i < 8192; ++i) {
-    PkeyPtr candidate = GenerateEc(GetParam().curve);
+    EvpPkeyPtr candidate = GenerateEc(GetParam().curve);
     ASSERT_NE(candidate, nullptr);
     const std::string point = EcPoint(candidate.get());
     if (point[1] != '\0' && point[1 + fb] != '\0') continue;
@@ -214,7 +214,7 @@ TEST_P(EcJwkTest, CoordinatesWithALeadingZeroByteStayFixedWidth) {
 TEST_P(EcJwkTest, SameKeyFromSpkiOrPointOrPrivateKeySameThumbprint) {
   crypto::EvpPkeyPtr from_point = FromPoint(EcPoint(private_key_.get()));
   ASSERT_NE(from_point, nullptr);
-  PkeyPtr from_spki = FromSpki(OpenSslSpki(private_key_.get()));
+  EvpPkeyPtr from_spki = FromSpki(OpenSslSpki(private_key_.get()));
   ASSERT_NE(from_spki, nullptr);
   absl::StatusOr<std::string> want = JwkThumbprint(from_point.get());
   ASSERT_TRUE(want.ok()) << want.status();
@@ -271,7 +271,7 @@ TEST_F(RsaJwkTest, JwkMembers) {
 TEST_F(RsaJwkTest, SameKeyFromSpkiOrComponentsSameThumbprint) {
   crypto::EvpPkeyPtr key = Key();
   ASSERT_NE(key, nullptr);
-  PkeyPtr from_spki = FromSpki(OpenSslSpki(private_key_));
+  EvpPkeyPtr from_spki = FromSpki(OpenSslSpki(private_key_));
   ASSERT_NE(from_spki, nullptr);
   absl::StatusOr<std::string> thumbprint = JwkThumbprint(key.get());
   ASSERT_TRUE(thumbprint.ok()) << thumbprint.status();
@@ -288,9 +288,9 @@ TEST(JwkRefusalTest, NoKeyIsInvalidArgument) {
 }
 
 TEST(JwkRefusalTest, OtherKeyTypesAndCurvesAreInvalidArgument) {
-  PkeyPtr ed25519(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
+  EvpPkeyPtr ed25519(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
   ASSERT_NE(ed25519, nullptr);
-  PkeyPtr p521 = GenerateEc("P-521");
+  EvpPkeyPtr p521 = GenerateEc("P-521");
   ASSERT_NE(p521, nullptr);
   for (EVP_PKEY* key : {ed25519.get(), p521.get()}) {
     EXPECT_EQ(JwkOf(key).status().code(), absl::StatusCode::kInvalidArgument)

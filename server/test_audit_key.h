@@ -20,7 +20,6 @@
 namespace signet::server::audit_testing {
 
 using crypto::OsslFree;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
 using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 
 class TestAuditKey {
@@ -64,7 +63,7 @@ class TestAuditKey {
   }
 
  private:
-  PkeyPtr key_;
+  crypto::EvpPkeyPtr key_;
 };
 
 }  // namespace signet::server::audit_testing

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "crypto/public_keys.h"
 
 namespace signet::testing {
 namespace {
@@ -34,7 +35,6 @@ struct SslDeleter {
   void operator()(SSL* s) const { SSL_free(s); }
   void operator()(BIO* b) const { BIO_free(b); }
   void operator()(X509* x) const { X509_free(x); }
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
 };
 template <typename T>
 using SslPtr = std::unique_ptr<T, SslDeleter>;
@@ -102,7 +102,7 @@ class TlsConnection {
         PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
     SslPtr<BIO> key_bio(BIO_new_mem_buf(call.key_pem.data(),
                                         static_cast<int>(call.key_pem.size())));
-    SslPtr<EVP_PKEY> key(
+    crypto::EvpPkeyPtr key(
         PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
     if (cert == nullptr || key == nullptr ||
         SSL_CTX_use_certificate(ctx_.get(), cert.get()) != 1 ||
