@@ -53,7 +53,7 @@ absl::StatusOr<std::string> ReadPem(absl::string_view what,
                                     const std::string& path,
                                     absl::string_view label) {
   absl::StatusOr<std::string> pem = ReadFile(what, path);
-  if (!pem.ok()) return pem.status();
+  SIGNET_RETURN_IF_ERROR(pem.status());
   absl::Status bad;
   if (!absl::StrContains(*pem, "-----BEGIN ") ||
       !absl::StrContains(*pem, absl::StrCat(label, "-----"))) {
@@ -187,7 +187,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
   // is the one copy of it this function makes, and it is zeroed below.
   absl::StatusOr<std::string> key =
       ReadPem("client key file", options.key_file, "PRIVATE KEY");
-  if (!key.ok()) return key.status();
+  SIGNET_RETURN_IF_ERROR(key.status());
 
   absl::Status files = CheckTlsFiles(options, ca, cert, *key);
   if (!files.ok()) {
@@ -285,11 +285,10 @@ absl::StatusOr<Response> Client::Unary(
     grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&,
                               Response*)) {
   Response response;
-  absl::Status status = Call(method, [&](grpc::ClientContext* context) {
+  SIGNET_RETURN_IF_ERROR(Call(method, [&](grpc::ClientContext* context) {
     response.Clear();
     return (stub->*rpc)(context, request, &response);
-  });
-  if (!status.ok()) return status;
+  }));
   return response;
 }
 

@@ -831,7 +831,7 @@ absl::Status Pkcs11KeyStore::DestroyPrivateKey(absl::string_view key_id) {
   SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
   absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(lease, CKO_PRIVATE_KEY, key_id);
   if (h.status().code() == absl::StatusCode::kNotFound) return absl::OkStatus();
-  if (!h.ok()) return h.status();
+  SIGNET_RETURN_IF_ERROR(h.status());
   absl::Status st = lease.Check(lease.api().DestroyObject(lease.session(), *h),
                                 "C_DestroyObject");
   pool_->DropCachedHandles(key_id);
@@ -846,7 +846,7 @@ absl::Status Pkcs11KeyStore::DestroyKeyPair(absl::string_view key_id) {
   for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
     absl::StatusOr<CK_OBJECT_HANDLE> h = FindOne(lease, cls, key_id);
     if (h.status().code() == absl::StatusCode::kNotFound) continue;
-    if (!h.ok()) return h.status();
+    SIGNET_RETURN_IF_ERROR(h.status());
     SIGNET_RETURN_IF_ERROR(lease.Check(
         lease.api().DestroyObject(lease.session(), *h), "C_DestroyObject"));
   }

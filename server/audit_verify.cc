@@ -331,9 +331,7 @@ absl::StatusOr<SegmentProof> VerifySegment(
               "checkpoint signature does not verify with the given key (",
               verified.message(), ")"));
         }
-        if (!verified.ok()) {
-          return verified;
-        }
+        SIGNET_RETURN_IF_ERROR(verified);
       }
       proof.checkpoints.push_back(want);
     }
@@ -475,7 +473,7 @@ absl::StatusOr<AuditVerifyResult> Verify(
   bool expected_seen = false;
   const SegmentProof* before = nullptr;
   for (size_t i = 0; i < n; ++i) {
-    if (!proofs[i].ok()) return proofs[i].status();
+    SIGNET_RETURN_IF_ERROR(proofs[i].status());
     const SegmentProof& proof = *proofs[i];
     if (before == nullptr) {
       result.first_seq = proof.first_seq;
@@ -649,7 +647,7 @@ absl::StatusOr<AuditVerifyResult> VerifyAuditLog(
     return absl::InternalError(
         absl::StrCat("audit log ", path, ": verification failed: ", e.what()));
   }
-  if (!result.ok()) return result;
+  SIGNET_RETURN_IF_ERROR(result.status());
   if (result->lines == 0 && !options.allow_empty) {
     return Broken(absl::StrCat(
         "audit log ", path,
