@@ -8,7 +8,6 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -22,6 +21,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
+#include "base/clock.h"
 #include "base/log.h"
 #include "server/jwt.h"
 
@@ -66,10 +67,11 @@ int Queue(MHD_Connection* connection, unsigned int status,
 // Marks a request whose first handler call passed CheckRequest.
 char kHeadersChecked;
 
-int64_t SteadyNowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+// Connection deadlines are in-process intervals: monotonic time, so a wall
+// clock stepped back never stretches one (docs/architecture.md, "Code
+// conventions").
+int64_t MonotonicNowNs() {
+  return absl::ToInt64Nanoseconds(base::MonotonicNow());
 }
 
 // The client's address for a log line ("?" when libmicrohttpd has none).
@@ -339,7 +341,7 @@ void JwksHttpServer::Track(MHD_Connection* connection, void** socket_context) {
   const MHD_ConnectionInfo* info =
       MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
   tracked->fd = info != nullptr ? info->connect_fd : -1;
-  const int64_t now = SteadyNowNs();
+  const int64_t now = MonotonicNowNs();
   tracked->deadline_ns.store(now + deadline_ns_, std::memory_order_relaxed);
   tracked->headers_due_ns.store(now + headers_ns_, std::memory_order_relaxed);
   *socket_context = tracked.get();
@@ -364,7 +366,7 @@ void JwksHttpServer::Rearm(MHD_Connection* connection) const {
   auto* tracked = static_cast<Tracked*>(info->socket_context);
   int64_t deadline = tracked->deadline_ns.load(std::memory_order_relaxed);
   if (deadline == std::numeric_limits<int64_t>::max()) return;  // closing
-  const int64_t now = SteadyNowNs();
+  const int64_t now = MonotonicNowNs();
   tracked->deadline_ns.store(now + deadline_ns_, std::memory_order_relaxed);
   tracked->headers_due_ns.store(now + headers_ns_, std::memory_order_relaxed);
 }
@@ -392,7 +394,7 @@ void JwksHttpServer::SweepLoop() {
                                            period)) {
         return;
       }
-      const int64_t now = SteadyNowNs();
+      const int64_t now = MonotonicNowNs();
       const bool crowded = Crowded();
       for (const auto& [key, tracked] : connections_) {
         int64_t due = tracked->deadline_ns.load(std::memory_order_relaxed);

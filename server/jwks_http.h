@@ -128,7 +128,8 @@ class JwksHttpServer {
   // notification (so fd is valid while it is in connections_).
   struct Tracked {
     int fd = -1;
-    // steady_clock nanoseconds; INT64_MAX once closed by the sweep.
+    // base::MonotonicNow() in nanoseconds; INT64_MAX once closed by the
+    // sweep.
     std::atomic<int64_t> deadline_ns{0};
     // When its request's headers are due if slots are scarce; INT64_MAX
     // once they are in.
