@@ -77,12 +77,41 @@ ElapsedWallTime::ElapsedWallTime(const Clock& clock, absl::Time anchor_wall,
     : clock_(clock), start_wall_(anchor_wall), start_elapsed_(anchor_elapsed) {}
 
 absl::Time ElapsedWallTime::Now() const {
+  absl::MutexLock lock(&mu_);
   return start_wall_ + (clock_.Elapsed() - start_elapsed_);
 }
 
 absl::Duration ElapsedWallTime::AheadBy(absl::Time wall) const {
   const absl::Duration ahead = wall - Now();
   return ahead > kStepTolerance ? ahead : absl::ZeroDuration();
+}
+
+absl::Time ElapsedWallTime::anchor_wall() const {
+  absl::MutexLock lock(&mu_);
+  return start_wall_;
+}
+
+void ElapsedWallTime::Reanchor(absl::Time anchor_wall,
+                               absl::Duration anchor_elapsed) {
+  absl::MutexLock lock(&mu_);
+  start_wall_ = anchor_wall;
+  start_elapsed_ = anchor_elapsed;
+}
+
+bool ElapsedWallTime::LowerTo(absl::Time wall) {
+  const absl::Duration elapsed = clock_.Elapsed();
+  absl::MutexLock lock(&mu_);
+  if (start_wall_ + (elapsed - start_elapsed_) - wall <= kStepTolerance) {
+    return false;
+  }
+  start_wall_ = wall;
+  start_elapsed_ = elapsed;
+  return true;
+}
+
+std::pair<absl::Time, absl::Duration> ElapsedWallTime::anchor() const {
+  absl::MutexLock lock(&mu_);
+  return {start_wall_, start_elapsed_};
 }
 
 WallClockStepDetector::WallClockStepDetector(const Clock& clock,
@@ -104,7 +133,9 @@ absl::Duration WallClockStepDetector::Sample() {
 SimulatedClock::SimulatedClock(absl::Time start)
     : now_(start), origin_([] {
         static std::atomic<int> made{0};
-        return absl::StrCat("simulated-", ++made);
+        // The process id too: a test restarting a daemon in another
+        // process on the same audit directory is another "boot".
+        return absl::StrCat("simulated-", getpid(), "-", ++made);
       }()) {}
 
 absl::StatusOr<std::string> SimulatedClock::ElapsedOrigin() const {

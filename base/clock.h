@@ -9,6 +9,7 @@
 #define SIGNET_BASE_CLOCK_H_
 
 #include <string>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -92,20 +93,39 @@ class ElapsedWallTime {
   ElapsedWallTime(const Clock& clock, absl::Time anchor_wall,
                   absl::Duration anchor_elapsed);
 
+  ElapsedWallTime(const ElapsedWallTime&) = delete;
+  ElapsedWallTime& operator=(const ElapsedWallTime&) = delete;
+
   // The anchor's wall time plus the time elapsed since.
-  absl::Time Now() const;
+  absl::Time Now() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // How far `wall` (a reading of the wall clock) is ahead of Now() when
   // that is more than kStepTolerance; zero otherwise.
-  absl::Duration AheadBy(absl::Time wall) const;
+  absl::Duration AheadBy(absl::Time wall) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // The anchor's wall time.
-  absl::Time anchor_wall() const { return start_wall_; }
+  absl::Time anchor_wall() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Moves the anchor to `anchor_wall` at `anchor_elapsed` (an operator
+  // accepted the clock).
+  void Reanchor(absl::Time anchor_wall, absl::Duration anchor_elapsed)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // When `wall` reads more than kStepTolerance behind Now() (the clock was
+  // set back, or read ahead when the anchor was taken), re-anchors at
+  // `wall` now and returns true. Lowering only ever holds more back, so it
+  // is always safe; without it, a clock ahead at the anchor would hide a
+  // later step forward of up to that much.
+  bool LowerTo(absl::Time wall) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The anchor as (wall time, elapsed time), to keep it.
+  std::pair<absl::Time, absl::Duration> anchor() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const Clock& clock_;
-  const absl::Time start_wall_;
-  const absl::Duration start_elapsed_;
+  mutable absl::Mutex mu_;
+  absl::Time start_wall_ ABSL_GUARDED_BY(mu_);
+  absl::Duration start_elapsed_ ABSL_GUARDED_BY(mu_);
 };
 
 // Notices a step of the wall clock between two calls of Sample: the wall
@@ -145,7 +165,7 @@ class SimulatedClock final : public Clock {
 
   absl::Time Now() const override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Duration Elapsed() const override ABSL_LOCKS_EXCLUDED(mu_);
-  // "simulated-<n>": unique to this clock in the process.
+  // "simulated-<pid>-<n>": unique to this clock.
   absl::StatusOr<std::string> ElapsedOrigin() const override;
   // A waiter sees a move within a few milliseconds of real time (it looks
   // again every few: the clock does not know the waiters' mutexes).

@@ -68,6 +68,26 @@ TEST(RealClockTest, ElapsedTimeMovesWithRealTime) {
   EXPECT_LE(absl::AbsDuration(seen.Now() - clock.Now()), absl::Seconds(1));
 }
 
+// A clock that read ahead when the anchor was taken, then set back (an
+// RTC ahead at boot, corrected by NTP): the anchor comes down with it, so
+// a later step forward is seen whole. It never goes up.
+TEST(ElapsedWallTimeTest, LowersToAClockSetBackAndNeverRises) {
+  SimulatedClock clock(kT0);
+  ElapsedWallTime seen(clock);
+  EXPECT_FALSE(seen.LowerTo(clock.Now()));
+  clock.StepWall(absl::Seconds(-30));  // within the tolerance
+  EXPECT_FALSE(seen.LowerTo(clock.Now()));
+  EXPECT_EQ(seen.Now(), kT0);
+  clock.StepWall(absl::Seconds(-3600) + absl::Seconds(30));
+  EXPECT_TRUE(seen.LowerTo(clock.Now()));
+  EXPECT_EQ(seen.Now(), kT0 - absl::Hours(1));
+  EXPECT_EQ(seen.anchor().first, kT0 - absl::Hours(1));
+  clock.StepWall(absl::Minutes(30));
+  EXPECT_EQ(seen.AheadBy(clock.Now()), absl::Minutes(30));
+  EXPECT_FALSE(seen.LowerTo(clock.Now()));  // ahead: never raised
+  EXPECT_EQ(seen.Now(), kT0 - absl::Hours(1));
+}
+
 TEST(WallClockStepDetectorTest, SeesStepsNotTimePassing) {
   SimulatedClock clock(kT0);
   WallClockStepDetector steps(clock);

@@ -124,13 +124,20 @@ absl::StatusOr<LoadedWallClockAnchor> LoadOrTakeWallClockAnchor(
       return loaded;
     }
   }
-  if (absl::Status stored =
-          ReplaceFileDurably(path, FormatWallClockAnchor(loaded.anchor),
-                             "the wall-clock anchor", 0600);
+  if (loaded.source == LoadedWallClockAnchor::Source::kAccepted) {
+    return loaded;  // stored by the caller once the acceptance is recorded
+  }
+  if (absl::Status stored = StoreWallClockAnchor(path, loaded.anchor);
       !stored.ok()) {
     loaded.not_stored = std::string(stored.message());
   }
   return loaded;
+}
+
+absl::Status StoreWallClockAnchor(const std::string& path,
+                                  const WallClockAnchor& anchor) {
+  return ReplaceFileDurably(path, FormatWallClockAnchor(anchor),
+                            "the wall-clock anchor", 0600);
 }
 
 }  // namespace signet::base

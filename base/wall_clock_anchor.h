@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -54,7 +55,10 @@ struct LoadedWallClockAnchor {
 
 // The anchor in the file at `path` when it was taken in this boot;
 // otherwise one taken from `clock` now and stored there (durably, before
-// this returns). With `accept_wall_clock`, always one taken now.
+// this returns). With `accept_wall_clock`, always one taken now, and NOT
+// stored: the caller records the acceptance (the audit log) and then
+// stores it with StoreWallClockAnchor, so an acceptance never takes effect
+// at a later start without its record.
 //
 // FAILED_PRECONDITION, naming the file and what is wrong with it, when it
 // exists but cannot be read or parsed, or claims this boot with an elapsed
@@ -63,6 +67,10 @@ struct LoadedWallClockAnchor {
 // is not an error (see `not_stored`).
 absl::StatusOr<LoadedWallClockAnchor> LoadOrTakeWallClockAnchor(
     const std::string& path, const Clock& clock, bool accept_wall_clock);
+
+// Replaces the file at `path` with `anchor`, durably.
+absl::Status StoreWallClockAnchor(const std::string& path,
+                                  const WallClockAnchor& anchor);
 
 }  // namespace signet::base
 

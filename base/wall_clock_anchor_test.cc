@@ -87,7 +87,8 @@ TEST_F(WallClockAnchorTest, ARestartInTheSameBootKeepsTheFirstAnchor) {
   EXPECT_EQ(seen.Now(), kT0 + absl::Minutes(5));
   EXPECT_EQ(seen.AheadBy(clock.Now()), absl::Hours(3));
 
-  // The operator accepts the clock: measured from now on, and kept.
+  // The operator accepts the clock: measured from now on, but kept only
+  // once the caller stores it (after recording the acceptance).
   absl::StatusOr<LoadedWallClockAnchor> accepted =
       LoadOrTakeWallClockAnchor(path_, clock, true);
   ASSERT_TRUE(accepted.ok()) << accepted.status();
@@ -95,6 +96,11 @@ TEST_F(WallClockAnchorTest, ARestartInTheSameBootKeepsTheFirstAnchor) {
   ASSERT_TRUE(accepted->previous.has_value());
   EXPECT_EQ(accepted->previous->wall, kT0);
   EXPECT_EQ(accepted->anchor.wall, clock.Now());
+  absl::StatusOr<LoadedWallClockAnchor> unrecorded =
+      LoadOrTakeWallClockAnchor(path_, clock, false);
+  ASSERT_TRUE(unrecorded.ok()) << unrecorded.status();
+  EXPECT_EQ(unrecorded->anchor.wall, kT0);
+  ASSERT_TRUE(StoreWallClockAnchor(path_, accepted->anchor).ok());
   absl::StatusOr<LoadedWallClockAnchor> after =
       LoadOrTakeWallClockAnchor(path_, clock, false);
   ASSERT_TRUE(after.ok()) << after.status();

@@ -801,7 +801,11 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysUnusable() {
         FindUnique(lease.api(), lease.session(), CKO_PRIVATE_KEY, key_id, &rv);
     if (rv != CKR_OK) return lease.Check(rv, "C_FindObjects");
     if (found.ok()) {
-      if (!handle) connection.CacheHandle(key_id, *found);
+      if (!handle || *handle != *found) connection.CacheHandle(key_id, *found);
+      // Found exactly once now, but a connection opened since missed it
+      // (a duplicate removed, a stale view): loaded again by the caller,
+      // which warms every connection, so none stays blind to it.
+      if (missed.contains(key_id)) unusable.push_back(key_id);
     } else if (absl::IsNotFound(found.status()) ||
                absl::IsFailedPrecondition(found.status())) {
       unusable.push_back(key_id);  // gone, or its id is now shared

@@ -534,6 +534,63 @@ TEST_F(KeyStoreTest, AnIdTwoPrivateKeysShareIsDataLossAtSigning) {
   EXPECT_THAT(*after, SizeIs(0));
 }
 
+// The duplicate removed before a pass heard of it: the key is found once
+// again, but the connections whose warm-up missed it would refuse it until
+// they reconnect. It is reported, so the pass loads it again, which warms
+// every connection; then it is no longer searched for.
+TEST_F(KeyStoreTest, AKeyAConnectionMissedIsLoadedAgainOnceFoundOnce) {
+  ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
+  LoadedKey key = NewEs256();
+  GenerateWithTemplate(*pool_, /*sensitive=*/true, /*extractable=*/false,
+                       {CKM_ECDSA}, key.key_id);
+  {
+    std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
+    for (std::optional<SessionPool::Lease>& lease : all) {
+      (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+    }
+  }
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  ASSERT_EQ(store_->SignDigest(key.key_id, std::string(32, 'd'), Later())
+                .status()
+                .code(),
+            absl::StatusCode::kDataLoss);
+  {
+    // The planted pair (no label) goes; signet's stays.
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+      AttributeTemplate templ;
+      templ.Ulong(CKA_CLASS, cls).Bytes(CKA_ID, key.key_id);
+      std::vector<CK_OBJECT_HANDLE> found;
+      ASSERT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                         templ.size(), &found),
+                CKR_OK);
+      ASSERT_THAT(found, SizeIs(2));
+      for (CK_OBJECT_HANDLE object : found) {
+        CK_ATTRIBUTE label = {CKA_LABEL, nullptr, 0};
+        const CK_RV rv =
+            lease->api().GetAttributeValue(lease->session(), object, &label, 1);
+        if (rv != CKR_OK || label.ulValueLen == 0) {
+          ASSERT_EQ(lease->api().DestroyObject(lease->session(), object),
+                    CKR_OK);
+        }
+      }
+    }
+  }
+  auto unusable = store_->LoadedKeysUnusable();
+  ASSERT_TRUE(unusable.ok()) << unusable.status();
+  EXPECT_THAT(*unusable, UnorderedElementsAre(key.key_id));
+  store_->UnloadKey(key.key_id);
+  auto again = store_->LoadKey(key.key_id, key.spec);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_THAT(SignOnEveryConnection(*again), SizeIs(2));
+  const int finds = injector_->Calls("C_FindObjects");
+  auto after = store_->LoadedKeysUnusable();
+  ASSERT_TRUE(after.ok());
+  EXPECT_THAT(*after, SizeIs(0));
+  EXPECT_EQ(injector_->Calls("C_FindObjects"), finds);
+}
+
 TEST_F(KeyStoreTest, AKeyGoneFromTheTokenIsReportedAndNotSearchedFor) {
   ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
   LoadedKey key = NewEs256();

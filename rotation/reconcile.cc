@@ -357,16 +357,19 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
       }
       // A destruction or prune that failed waits its turn (see
       // failed_irreversible_); the scope's other writes go on.
-      std::erase_if(actions, [this](const KeyAction& a) {
+      // One pass counts once per key, whatever it plans for the key.
+      std::set<std::string> waited;
+      std::erase_if(actions, [this, &waited](const KeyAction& a) {
         if (a.kind != KeyAction::Kind::kDestroyPrivateKey &&
             a.kind != KeyAction::Kind::kPrune) {
           return false;
         }
         auto failed = failed_irreversible_.find(a.record.key_id());
-        if (failed == failed_irreversible_.end() || failed->second.skip == 0) {
-          return false;
-        }
+        if (failed == failed_irreversible_.end()) return false;
+        if (waited.contains(a.record.key_id())) return true;
+        if (failed->second.skip == 0) return false;
         --failed->second.skip;
+        waited.insert(a.record.key_id());
         return true;
       });
       if (actions.empty()) continue;
@@ -374,6 +377,10 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
       wrote = true;
     }
     held_ = std::move(held);
+    // A key whose records are gone (pruned, or by hand) fails no more.
+    std::erase_if(failed_irreversible_, [&records](const auto& entry) {
+      return !records.contains(entry.first);
+    });
     if (wrote) {
       SIGNET_ASSIGN_OR_RETURN(stored, store_->ReadAllRecords());
       records = ParseRecords(stored);

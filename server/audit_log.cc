@@ -1114,7 +1114,7 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
     file_size_ -= buffer.size();
     return at_path;
   }
-  if (absl::Status whole = CheckSegmentLength(buffer.size()); !whole.ok()) {
+  if (absl::Status whole = CheckSegmentLength(buffer); !whole.ok()) {
     file_size_ -= buffer.size();
     return whole;
   }
@@ -1150,7 +1150,7 @@ absl::Status AuditLog::CheckStillAtPath() const {
       "path"));
 }
 
-absl::Status AuditLog::CheckSegmentLength(uint64_t batch_bytes) {
+absl::Status AuditLog::CheckSegmentLength(absl::string_view batch) {
   if (!regular_file_) return absl::OkStatus();
   struct stat st;
   if (fstat(fd_, &st) != 0) {
@@ -1159,31 +1159,28 @@ absl::Status AuditLog::CheckSegmentLength(uint64_t batch_bytes) {
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size == file_size_) return absl::OkStatus();
-  const uint64_t before = file_size_ - batch_bytes;
-  if (size > file_size_) {
-    return absl::UnavailableError(absl::StrCat(
-        "audit log ", options_.path,
-        ": the open segment was written to "
-        "outside signet (",
-        size, " bytes where signetd wrote ", file_size_,
-        "); it is closed as it is and the chain goes on in a new segment"));
+  // The batch is cut off again only if it is what ends the file (O_APPEND
+  // put it at the end as it was when written): never a byte of anyone
+  // else's.
+  std::string cut = "the batch is not at the end, so nothing was cut";
+  if (size >= batch.size()) {
+    std::string tail(batch.size(), '\0');
+    const off_t at = static_cast<off_t>(size - batch.size());
+    if (pread(fd_, tail.data(), tail.size(), at) ==
+            static_cast<ssize_t>(tail.size()) &&
+        tail == batch) {
+      cut = ftruncate(fd_, at) == 0 && fdatasync(fd_) == 0
+                ? "the refused batch was removed again"
+                : absl::StrCat("the refused batch could not be removed (",
+                               std::strerror(errno), ")");
+    }
   }
-  // O_APPEND put the batch at the new end: cut it off again.
-  std::string cut;
-  if (size >= batch_bytes &&
-      ftruncate(fd_, static_cast<off_t>(size - batch_bytes)) == 0 &&
-      fdatasync(fd_) == 0) {
-    cut = "this batch was removed again";
-  } else {
-    cut = absl::StrCat("this batch could not be removed again (",
-                       std::strerror(errno), ")");
-  }
+  const uint64_t before = file_size_ - batch.size();
   return absl::UnavailableError(absl::StrCat(
-      "audit log ", options_.path,
-      ": the open segment was cut short outside "
-      "signet (",
-      size - std::min(size, batch_bytes), " bytes left of the ", before,
-      " signetd had made durable: lines are lost; ", cut,
+      "audit log ", options_.path, ": the open segment was ",
+      size < file_size_ ? "cut short" : "written to", " outside signet (", size,
+      " bytes after signetd's write; ", before, " were durable before it",
+      size < file_size_ ? ": lines are lost" : "", "; ", cut,
       "); it is closed as it is and the chain goes on in a new segment"));
 }
 

@@ -355,12 +355,12 @@ class AuditLog {
   // once it was deleted, moved or replaced there outside signet (its lines
   // would be where audit-verify never looks).
   absl::Status CheckStillAtPath() const;
-  // After a batch of `batch_bytes` was written and synced: UNAVAILABLE when
-  // the open segment is not the length signetd wrote (cut short, or
-  // written to, in place outside signet). A segment cut short loses lines
-  // already answered as durable and took the batch at its new end: the
-  // batch is cut off again, so the segment closes as it was left.
-  absl::Status CheckSegmentLength(uint64_t batch_bytes);
+  // After `batch` was written and synced: UNAVAILABLE when the open
+  // segment is not the length signetd wrote (cut short, or written to, in
+  // place outside signet). A segment cut short loses lines already
+  // answered as durable. The batch (refused) is cut off again when it is
+  // what ends the file, so the segment closes as it was left.
+  absl::Status CheckSegmentLength(absl::string_view batch);
   // Writes the open segment's first file_size_ bytes, read back through
   // fd_, to `closed`: how a segment that is no longer at its path closes.
   absl::Status CopyOpenSegmentTo(const std::string& closed) const;

@@ -776,7 +776,7 @@ TEST(AuditLogTest, ASegmentCutShortInPlaceIsClosedAndSaidSo) {
   EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(refused.message()),
               AllOf(HasSubstr("cut short outside signet"),
-                    HasSubstr("this batch was removed again")));
+                    HasSubstr("the refused batch was removed again")));
   AwaitWritable(*log);
   ASSERT_TRUE(log->WriteStatus().ok()) << log->WriteStatus();
   ASSERT_TRUE(log->Append(SignEvent(4)).ok());

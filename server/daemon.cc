@@ -241,7 +241,9 @@ absl::Status Daemon::LoadConfiguration() {
         "allow_short_key_schedules is set: rotation periods under "
         "an hour are allowed (tests and demos only)");
   }
-  return absl::OkStatus();
+  // As early as possible: before waiting for the HSM, so a step made
+  // meanwhile is measured too.
+  return AnchorWallClock();
 }
 
 absl::Status Daemon::StartListening() {
@@ -549,10 +551,10 @@ absl::Status Daemon::OpenHsm() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<AuditEvent>> Daemon::AnchorWallClock() {
+absl::Status Daemon::AnchorWallClock() {
   using Source = base::LoadedWallClockAnchor::Source;
-  const std::string path =
-      BesideAuditLog(config_.audit_log_path(), "wall-clock-anchor");
+  anchor_path_ = BesideAuditLog(config_.audit_log_path(), "wall-clock-anchor");
+  const std::string& path = anchor_path_;
   absl::StatusOr<base::LoadedWallClockAnchor> loaded =
       base::LoadOrTakeWallClockAnchor(path, clock_, options_.accept_wall_clock);
   if (!loaded.ok()) {
@@ -563,7 +565,17 @@ absl::StatusOr<std::optional<AuditEvent>> Daemon::AnchorWallClock() {
         "is right, start signetd once with --accept_wall_clock to measure "
         "from it"));
   }
-  seen_.emplace(clock_, loaded->anchor.wall, loaded->anchor.elapsed);
+  // An acceptance takes effect once the audit log records it
+  // (OpenAuditLog); until then the file's anchor of this boot holds.
+  const bool accepting = loaded->source == Source::kAccepted;
+  const bool hold_until_recorded =
+      accepting && loaded->previous.has_value() &&
+      loaded->previous->origin == loaded->anchor.origin;
+  const base::WallClockAnchor& first =
+      hold_until_recorded ? *loaded->previous : loaded->anchor;
+  seen_ = std::make_unique<base::ElapsedWallTime>(clock_, first.wall,
+                                                  first.elapsed);
+  if (accepting) accepted_anchor_ = loaded->anchor;
   auto when = [](absl::Time t) {
     return absl::FormatTime(absl::RFC3339_sec, t, absl::UTCTimeZone());
   };
@@ -583,7 +595,6 @@ absl::StatusOr<std::optional<AuditEvent>> Daemon::AnchorWallClock() {
                         " from the time seen pass since ",
                         when(loaded->previous->wall));
   };
-  std::optional<AuditEvent> accepted;
   switch (loaded->source) {
     case Source::kKept:
       SIGNET_LOG_INFO(
@@ -605,13 +616,14 @@ absl::StatusOr<std::optional<AuditEvent>> Daemon::AnchorWallClock() {
                        when(loaded->anchor.wall), ", --accept_wall_clock)",
                        against_previous());
       SIGNET_LOG_WARN("{}", detail);
-      accepted.emplace();
-      accepted->event = "wall_clock_accepted";
-      accepted->result = "OK";
-      accepted->detail = detail;
+      clock_accepted_.emplace();
+      clock_accepted_->event = "wall_clock_accepted";
+      clock_accepted_->result = "OK";
+      clock_accepted_->detail = detail;
       break;
     }
   }
+  anchor_origin_ = loaded->anchor.origin;
   if (!loaded->not_stored.empty()) {
     SIGNET_LOG_WARN(
         "the wall-clock anchor cannot be kept ({}): this run measures the wall "
@@ -619,7 +631,26 @@ absl::StatusOr<std::optional<AuditEvent>> Daemon::AnchorWallClock() {
         "reads",
         loaded->not_stored, when(loaded->anchor.wall));
   }
-  return accepted;
+  // A clock behind the anchor (set back while signetd was down, or ahead
+  // when the anchor was taken) brings it down.
+  LowerWallClockAnchor();
+  return absl::OkStatus();
+}
+
+void Daemon::LowerWallClockAnchor() {
+  if (!seen_->LowerTo(clock_.Now())) return;
+  const auto [wall, elapsed] = seen_->anchor();
+  SIGNET_LOG_WARN(
+      "the wall clock reads behind the time seen pass since the anchor; the "
+      "anchor comes down to {} (a later step forward is measured from it)",
+      absl::FormatTime(absl::RFC3339_sec, wall, absl::UTCTimeZone()));
+  if (anchor_origin_.empty()) return;  // kept in this process only
+  if (absl::Status stored = base::StoreWallClockAnchor(
+          anchor_path_, {anchor_origin_, wall, elapsed});
+      !stored.ok()) {
+    SIGNET_LOG_WARN("the lowered wall-clock anchor cannot be kept: {}",
+                    stored.message());
+  }
 }
 
 absl::StatusOr<std::vector<rotation::KeyEvent>> Daemon::FirstAuditKeyPass() {
@@ -655,8 +686,6 @@ absl::Status Daemon::OpenAuditLog() {
   // The audit checkpoint key (server/audit_keys.h): a first pass over its
   // scope alone, before the log opens (its events are written once the log
   // is open); the key manager's passes keep it on the schedule from then on.
-  SIGNET_ASSIGN_OR_RETURN(std::optional<AuditEvent> clock_accepted,
-                          AnchorWallClock());
   audit_keys_ = std::make_unique<AuditKeys>(store_.get(),
                                             config_.audit_log_path(), clock_);
   absl::StatusOr<std::vector<rotation::KeyEvent>> audit_key_events =
@@ -718,8 +747,19 @@ absl::Status Daemon::OpenAuditLog() {
   start_event.result = "OK";
   start_event.detail = absl::StrCat("signetd pid ", getpid());
   if (absl::Status st = audit_->Append(start_event); !st.ok()) return st;
-  if (clock_accepted.has_value()) {
-    SIGNET_RETURN_IF_ERROR(audit_->Append(*clock_accepted));
+  if (clock_accepted_.has_value()) {
+    SIGNET_RETURN_IF_ERROR(audit_->Append(*clock_accepted_));
+    // Recorded: this run measures from the accepted anchor, and so does
+    // every restart of this boot once it is stored.
+    seen_->Reanchor(accepted_anchor_->wall, accepted_anchor_->elapsed);
+    if (absl::Status stored =
+            base::StoreWallClockAnchor(anchor_path_, *accepted_anchor_);
+        !stored.ok()) {
+      SIGNET_LOG_WARN(
+          "the accepted wall-clock anchor cannot be kept ({}): a restart "
+          "measures from the one before it again",
+          stored.message());
+    }
   }
   for (const rotation::KeyEvent& e : *audit_key_events) {
     if (absl::Status st = audit_->Append(AuditEventOf(e, "signetd"));
@@ -760,7 +800,7 @@ absl::Status Daemon::LoadScopes() {
       [this](const ScopeKeysMap& scopes) {
         if (publisher_ != nullptr) publisher_->OnKeys(scopes);
       },
-      kill_at_write, std::move(internal_scopes), seen_);
+      kill_at_write, std::move(internal_scopes), seen_.get());
   if (absl::Status started = key_manager_->Start(); !started.ok()) {
     return started;
   }
@@ -954,6 +994,7 @@ void Daemon::RunUntilStopped() {
           "the wall clock stepped {} ({}); the key manager runs a pass now",
           absl::FormatDuration(absl::Trunc(step, absl::Seconds(1))),
           step > absl::ZeroDuration() ? "forward" : "back");
+      if (step < absl::ZeroDuration()) LowerWallClockAnchor();
       key_manager_->RequestPass();
     }
     key_manager_->Tick();

@@ -41,6 +41,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
+#include "base/wall_clock_anchor.h"
 #include "hsm/key_store.h"
 #include "hsm/module.h"
 #include "hsm/pin.h"
@@ -124,9 +125,13 @@ class Daemon {
   // are answered before the grace ends.
   void StopServing(absl::Duration grace);
   // Loads the wall-clock anchor beside the audit log (or takes one) into
-  // seen_, logging where it comes from; what to write in the audit log
-  // once it is open (an operator's acceptance of the clock), if anything.
-  absl::StatusOr<std::optional<AuditEvent>> AnchorWallClock();
+  // seen_, logging where it comes from. An operator's acceptance of the
+  // clock is kept in clock_accepted_ and accepted_anchor_ until
+  // OpenAuditLog records it.
+  absl::Status AnchorWallClock();
+  // Brings the anchor down to the wall clock when it reads behind the time
+  // seen pass (base::ElapsedWallTime::LowerTo), and keeps it.
+  void LowerWallClockAnchor();
   // The first reconcile pass over the audit key's scope, before the log
   // opens; its key events, to be written once the log is open.
   absl::StatusOr<std::vector<rotation::KeyEvent>> FirstAuditKeyPass();
@@ -173,10 +178,16 @@ class Daemon {
   std::unique_ptr<hsm::SessionPool> pool_;
   std::unique_ptr<hsm::Pkcs11KeyStore> store_;
 
+  // LoadConfiguration (AnchorWallClock): the time seen pass, which the
+  // wall clock is measured against before a key is destroyed or pruned
+  // (base/clock.h); an acceptance of the clock waiting to be audited.
+  std::string anchor_path_;
+  std::string anchor_origin_;  // empty: the boot id could not be read
+  std::unique_ptr<base::ElapsedWallTime> seen_;
+  std::optional<base::WallClockAnchor> accepted_anchor_;
+  std::optional<AuditEvent> clock_accepted_;
+
   // OpenAuditLog
-  // The time seen pass, which the wall clock is measured against before a
-  // key is destroyed or pruned (base/clock.h).
-  std::optional<base::ElapsedWallTime> seen_;
   std::unique_ptr<AuditKeys> audit_keys_;
   std::unique_ptr<AuditLog> audit_;
 

@@ -106,12 +106,15 @@ KeyManager::KeyManager(hsm::KeyStore* store,
                        const signet::v1::SignetConfig& config, AuditLog* audit,
                        const base::Clock& clock, OnKeys on_keys,
                        int kill_at_write, std::vector<InternalScope> internal,
-                       std::optional<base::ElapsedWallTime> seen)
+                       const base::ElapsedWallTime* seen)
     : store_(store),
       config_(config),
       audit_(audit),
       clock_(clock),
-      seen_(seen ? *seen : base::ElapsedWallTime(clock)),
+      own_seen_(seen == nullptr
+                    ? std::make_unique<const base::ElapsedWallTime>(clock)
+                    : nullptr),
+      seen_(seen != nullptr ? *seen : *own_seen_),
       on_keys_(std::move(on_keys)),
       writer_(!config.never_create_keys()),
       interval_(absl::Seconds(config.never_create_keys()

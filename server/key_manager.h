@@ -81,12 +81,13 @@ class KeyManager {
   // `kill_at_write` > 0 is for fault-injection tests only: the process
   // kills itself (SIGKILL) just before its kill_at_write-th token write.
   // `seen` is what the wall clock is measured against (signetd's is
-  // anchored at the first start of the boot: base/wall_clock_anchor.h);
-  // unset, it is anchored when the manager is made.
+  // anchored at the first start of the boot, base/wall_clock_anchor.h,
+  // and lowered when the clock is set back); it must outlive the manager.
+  // Null: the manager anchors its own when it is made.
   KeyManager(hsm::KeyStore* store, const signet::v1::SignetConfig& config,
              AuditLog* audit, const base::Clock& clock, OnKeys on_keys,
              int kill_at_write = 0, std::vector<InternalScope> internal = {},
-             std::optional<base::ElapsedWallTime> seen = std::nullopt);
+             const base::ElapsedWallTime* seen = nullptr);
   ~KeyManager();
   KeyManager(const KeyManager&) = delete;
   KeyManager& operator=(const KeyManager&) = delete;
@@ -219,8 +220,10 @@ class KeyManager {
   const signet::v1::SignetConfig config_;
   AuditLog* const audit_;
   const base::Clock& clock_;
-  // The wall time seen pass since this object was made.
-  const base::ElapsedWallTime seen_;
+  // The wall time seen pass: the caller's, or (own_seen_) since this
+  // object was made.
+  const std::unique_ptr<const base::ElapsedWallTime> own_seen_;
+  const base::ElapsedWallTime& seen_;
   const OnKeys on_keys_;
   const bool writer_;
   const absl::Duration interval_;
