@@ -27,11 +27,6 @@ namespace signet::hsm {
 absl::StatusOr<std::string> DigestFor(SignatureAlgorithm algorithm,
                                       absl::string_view data);
 
-// SHA-256 itself lives in crypto/digest.h. This name stays for the server
-// callers not yet moved over to it (server/key_manager.cc,
-// server/audit_log.cc); new code calls crypto::Sha256.
-using crypto::Sha256;
-
 // The bytes CKM_RSA_PKCS signs for RS256: the DER encoding of
 //   DigestInfo ::= SEQUENCE { AlgorithmIdentifier { id-sha256, NULL },
 //                             OCTET STRING digest }

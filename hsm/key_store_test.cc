@@ -83,6 +83,20 @@ class KeyStoreTest : public InProcessKeyStoreTest {
   // Signs once with `key` on each connection, and verifies: every other
   // session is held meanwhile, so the signature must take that
   // connection's. Returns the ids of the connections signed on.
+  // A second key pair planted with `key`'s id (as a person with the PIN
+  // could), then every connection re-opened, so each warm-up sees two.
+  void PlantDuplicateAndReconnect(const LoadedKey& key) {
+    GenerateWithTemplate(*pool_, /*sensitive=*/true, /*extractable=*/false,
+                         {CKM_ECDSA}, key.key_id);
+    {
+      std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
+      for (std::optional<SessionPool::Lease>& lease : all) {
+        (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
+      }
+    }
+    ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  }
+
   std::set<uint64_t> SignOnEveryConnection(const LoadedKey& key) {
     std::vector<std::optional<SessionPool::Lease>> held = HoldEverySession();
     std::set<uint64_t> signed_on;
@@ -510,15 +524,7 @@ TEST_F(KeyStoreTest, AWarmUpThatLosesTheConnectionKeepsItDown) {
 TEST_F(KeyStoreTest, AnIdTwoPrivateKeysShareIsDataLossAtSigning) {
   ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
   LoadedKey key = NewEs256();
-  GenerateWithTemplate(*pool_, /*sensitive=*/true, /*extractable=*/false,
-                       {CKM_ECDSA}, key.key_id);
-  {
-    std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
-    for (std::optional<SessionPool::Lease>& lease : all) {
-      (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
-    }
-  }
-  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  ASSERT_NO_FATAL_FAILURE(PlantDuplicateAndReconnect(key));
   auto sig = store_->SignDigest(key.key_id, std::string(32, 'd'), Later());
   EXPECT_EQ(sig.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(sig.status().message(), HasSubstr("share id"));
@@ -541,15 +547,7 @@ TEST_F(KeyStoreTest, AnIdTwoPrivateKeysShareIsDataLossAtSigning) {
 TEST_F(KeyStoreTest, AKeyAConnectionMissedIsLoadedAgainOnceFoundOnce) {
   ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
   LoadedKey key = NewEs256();
-  GenerateWithTemplate(*pool_, /*sensitive=*/true, /*extractable=*/false,
-                       {CKM_ECDSA}, key.key_id);
-  {
-    std::vector<std::optional<SessionPool::Lease>> all = HoldEverySession();
-    for (std::optional<SessionPool::Lease>& lease : all) {
-      (void)lease->Check(CKR_DEVICE_ERROR, "C_Sign");
-    }
-  }
-  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  ASSERT_NO_FATAL_FAILURE(PlantDuplicateAndReconnect(key));
   ASSERT_EQ(store_->SignDigest(key.key_id, std::string(32, 'd'), Later())
                 .status()
                 .code(),

@@ -37,7 +37,7 @@
 #include "base/file.h"
 #include "base/log.h"
 #include "base/status_macros.h"
-#include "hsm/digest.h"
+#include "crypto/digest.h"
 #include "server/audit_verify.h"
 #include "server/scoped_fd.h"
 
@@ -129,7 +129,7 @@ absl::StatusOr<std::string> EventMembers(const AuditEvent& event,
 }
 
 absl::StatusOr<std::string> HexSha256(absl::string_view data) {
-  SIGNET_ASSIGN_OR_RETURN(std::string digest, hsm::Sha256(data));
+  SIGNET_ASSIGN_OR_RETURN(std::string digest, crypto::Sha256(data));
   return absl::BytesToHexString(digest);
 }
 
@@ -430,7 +430,7 @@ absl::StatusOr<std::string> MoveTornLineAside(int fd, const std::string& path,
 
 absl::StatusOr<std::string> CheckpointDigest(uint64_t seq,
                                              absl::string_view head_hex) {
-  return hsm::Sha256(
+  return crypto::Sha256(
       absl::StrCat("signet-audit-checkpoint:", seq, ":", head_hex));
 }
 

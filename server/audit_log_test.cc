@@ -35,10 +35,10 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "crypto/digest.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/algorithm.h"
-#include "hsm/digest.h"
 #include "hsm/public_key.h"
 #include "server/audit_verify.h"
 #include "server/test_audit_files.h"
@@ -1228,8 +1228,9 @@ TEST(AuditLogTest, CheckpointIsSignedWithTheAuditKey) {
   absl::StatusOr<std::string> digest =
       CheckpointDigest(3, cp["head"].get<std::string>());
   ASSERT_TRUE(digest.ok());
-  EXPECT_EQ(*digest, *hsm::Sha256(absl::StrCat("signet-audit-checkpoint:3:",
-                                               cp["head"].get<std::string>())));
+  EXPECT_EQ(*digest,
+            *crypto::Sha256(absl::StrCat("signet-audit-checkpoint:3:",
+                                         cp["head"].get<std::string>())));
   hsm::PublicKey public_key = key.PublicKey();
   EXPECT_TRUE(
       public_key

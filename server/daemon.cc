@@ -138,8 +138,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
       base::ReadSmallFile(tls.client_ca_file(), "tls.client_ca_file");
   if (!ca.ok()) return ca.status();
   if (!tls.crl_directory().empty()) {
-    absl::Status crls = CheckCrlDirectory(*ca, tls.crl_directory());
-    if (!crls.ok()) return crls;
+    SIGNET_RETURN_IF_ERROR(CheckCrlDirectory(*ca, tls.crl_directory()));
   }
   std::vector<grpc::experimental::IdentityKeyCertPair> pairs{{*key, *cert}};
   auto provider =
@@ -189,10 +188,8 @@ absl::Status Daemon::LoadConfiguration() {
     return absl::InvalidArgumentError("--config is required");
   }
   config_options_.insecure_plaintext = options_.insecure_plaintext;
-  absl::StatusOr<signet::v1::SignetConfig> config =
-      LoadConfigFile(options_.config_path, config_options_);
-  if (!config.ok()) return config.status();
-  config_ = *std::move(config);
+  SIGNET_ASSIGN_OR_RETURN(
+      config_, LoadConfigFile(options_.config_path, config_options_));
   // Descriptors for grpc.max_connections, the reserve (HSM sockets, audit
   // files) and the HTTP endpoint's connections: the gRPC budget is what the
   // limit leaves after the other two (server/connection_acceptor.h).
@@ -215,10 +212,7 @@ absl::Status Daemon::LoadConfiguration() {
   module_.module_path = hsm_config.module_path();
   module_.p11_kit_server_address = hsm_config.p11_kit_server_address();
   module_.insecure_in_process_module = options_.insecure_in_process_module;
-  absl::StatusOr<std::unique_ptr<hsm::P11KitConnector>> connector =
-      hsm::P11KitConnector::Create(module_);
-  if (!connector.ok()) return connector.status();
-  connector_ = *std::move(connector);
+  SIGNET_ASSIGN_OR_RETURN(connector_, hsm::P11KitConnector::Create(module_));
   in_process_ = connector_->in_process();
   if (in_process_) {
     SIGNET_LOG_WARN(
@@ -227,15 +221,12 @@ absl::Status Daemon::LoadConfiguration() {
         "this process and a memory dump could contain it. Development only.",
         module_.module_path);
   }
-  absl::StatusOr<hsm::TokenUri> token_uri =
-      hsm::TokenUri::Parse(hsm_config.token_uri());
-  if (!token_uri.ok()) return token_uri.status();
-  token_uri_ = *std::move(token_uri);
-  absl::StatusOr<hsm::Pin> pin =
-      hsm_config.pin_file().empty() ? hsm::Pin::FromEnv(hsm_config.pin_env())
-                                    : hsm::Pin::FromFile(hsm_config.pin_file());
-  if (!pin.ok()) return pin.status();
-  pin_ = *std::move(pin);
+  SIGNET_ASSIGN_OR_RETURN(token_uri_,
+                          hsm::TokenUri::Parse(hsm_config.token_uri()));
+  SIGNET_ASSIGN_OR_RETURN(pin_,
+                          hsm_config.pin_file().empty()
+                              ? hsm::Pin::FromEnv(hsm_config.pin_env())
+                              : hsm::Pin::FromFile(hsm_config.pin_file()));
   if (config_.allow_short_key_schedules()) {
     SIGNET_LOG_WARN(
         "allow_short_key_schedules is set: rotation periods under "
@@ -276,14 +267,13 @@ absl::Status Daemon::StartListening() {
   const int http_slots =
       config_.has_http() ? static_cast<int>(config_.http().max_connections())
                          : 0;
-  absl::StatusOr<std::unique_ptr<ConnectionAcceptor>> acceptor =
+  SIGNET_ASSIGN_OR_RETURN(
+      acceptor_,
       ConnectionAcceptor::Bind(
           config_.grpc_listen_address(),
           static_cast<int>(grpc_limits.reserved_file_descriptors()) +
               http_slots,
-          static_cast<int>(grpc_limits.max_connections_per_address()));
-  if (!acceptor.ok()) return acceptor.status();
-  acceptor_ = *std::move(acceptor);
+          static_cast<int>(grpc_limits.max_connections_per_address())));
   // Calls whose request message has not come yet: bounded in number and in
   // time, and a connection that resets them early is closed
   // (server/one_request_call.h).
@@ -512,17 +502,13 @@ absl::Status Daemon::OpenHsm() {
       return absl::CancelledError("stopped while waiting for the HSM");
     }
     backoff = std::min(backoff * 2, absl::Seconds(10));
-    absl::StatusOr<std::unique_ptr<hsm::P11KitConnector>> connector =
-        hsm::P11KitConnector::Create(module_);
-    if (!connector.ok()) return connector.status();
-    connector_ = *std::move(connector);
+    SIGNET_ASSIGN_OR_RETURN(connector_, hsm::P11KitConnector::Create(module_));
   }
   // The pool holds its own copy; ours is wiped now.
   pin_.reset();
 
   if (!in_process_) {
-    absl::Status clean = CheckNoHsmLibraryMappedInThisProcess();
-    if (!clean.ok()) return clean;
+    SIGNET_RETURN_IF_ERROR(CheckNoHsmLibraryMappedInThisProcess());
   }
   SIGNET_LOG_INFO("HSM token {} open: {} connection(s) x {} session(s)",
                   token_uri_->text(), pool_->LiveConnections(),

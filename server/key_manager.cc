@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "base/quote.h"
+#include "crypto/digest.h"
 #include "google/protobuf/util/message_differencer.h"
-#include "hsm/digest.h"
 #include "rotation/schedule.h"
 #include "server/config.h"
 
@@ -461,7 +461,7 @@ absl::StatusOr<std::string> KeyManager::Change(
       RecordedChange(request_id);
   if (!recorded.ok()) return recorded.status();
   if (recorded->has_value()) {
-    absl::StatusOr<std::string> digest = hsm::Sha256(fingerprint);
+    absl::StatusOr<std::string> digest = crypto::Sha256(fingerprint);
     if (!digest.ok()) return digest.status();
     if ((*recorded)->request_sha256() != *digest) return reused();
     return (*recorded)->response();
@@ -588,7 +588,7 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   // The answer is fixed by the plan; it is written with the change's first
   // record write, so a retry after a restart finds it (Change).
   const std::string response = respond(*actions, now);
-  absl::StatusOr<std::string> digest = hsm::Sha256(fingerprint);
+  absl::StatusOr<std::string> digest = crypto::Sha256(fingerprint);
   if (!digest.ok()) return digest.status();
   for (rotation::KeyAction& action : *actions) {
     if (action.kind != rotation::KeyAction::Kind::kWriteRecord &&

@@ -289,6 +289,16 @@ class KeyRotationTest : public ::testing::Test {
     grpc::Status st = Rotate(writer, absl::StrCat(name, "-1"));
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
+  // `r` logs and audits a destruction held back, and says its clock reads
+  // ahead.
+  static void ExpectDestructionHeld(const Running& r) {
+    ASSERT_TRUE(
+        r.process->WaitForOutput("key_destruction_held", absl::Seconds(30))
+            .ok())
+        << r.process->Output();
+    EXPECT_THAT(r.process->Output(),
+                HasSubstr("clock anomaly: the wall clock reads"));
+  }
   // `offset` as libfaketime reads it ("+600", "-120"). Replaced whole
   // (rename), so libfaketime never reads a half-written file.
   void SetFakeClock(absl::string_view offset) {
@@ -623,12 +633,7 @@ TEST_F(KeyRotationTest, AClockSetForwardDestroysNoKeyBeforeItsTime) {
   ASSERT_TRUE(listed(first->kid));
 
   SetFakeClock("+600");
-  ASSERT_TRUE(
-      writer.process->WaitForOutput("key_destruction_held", absl::Seconds(30))
-          .ok())
-      << writer.process->Output();
-  EXPECT_THAT(writer.process->Output(),
-              HasSubstr("clock anomaly: the wall clock reads"));
+  ASSERT_NO_FATAL_FAILURE(ExpectDestructionHeld(writer));
   // The pass that held it went on: new keys sign, generation 1 is still
   // there. (That pass was the only one: libfaketime cannot fake the
   // kernel's futex timeouts that absl's timed waits use, so with a positive
@@ -695,12 +700,7 @@ TEST_F(KeyRotationTest, AClockSetForwardStaysHeldAcrossRestarts) {
   // Restarted on the same clock: still held, and audited again.
   writer = StartWithFakeClock("restart", "+660");
   ASSERT_NE(writer.stub, nullptr);
-  ASSERT_TRUE(
-      writer.process->WaitForOutput("key_destruction_held", absl::Seconds(30))
-          .ok())
-      << writer.process->Output();
-  EXPECT_THAT(writer.process->Output(),
-              HasSubstr("clock anomaly: the wall clock reads"));
+  ASSERT_NO_FATAL_FAILURE(ExpectDestructionHeld(writer));
   EXPECT_THAT(writer.process->Output(),
               HasSubstr("wall clock measured against the time seen pass "
                         "since"));
