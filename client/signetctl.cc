@@ -57,6 +57,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -197,8 +198,16 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Connection& c) {
                      : std::string("; not retrying")));
   };
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+  // The hint only when the missing file is one this command defaulted (not
+  // one a flag or SIGNET_CA/CERT/KEY named).
+  auto names_a_default = [&](absl::string_view message) {
+    return (c.ca.empty() && absl::StrContains(message, options.ca_file)) ||
+           (c.cert.empty() && absl::StrContains(message, options.cert_file)) ||
+           (c.key.empty() && absl::StrContains(message, options.key_file));
+  };
   if (!client.ok() && defaults &&
-      client.status().code() == absl::StatusCode::kNotFound) {
+      client.status().code() == absl::StatusCode::kNotFound &&
+      names_a_default(client.status().message())) {
     return absl::Status(
         client.status().code(),
         absl::StrCat(client.status().message(),

@@ -512,6 +512,13 @@ TEST_F(SignetctlTest, TheTlsFilesDefaultToTheStateDirectory) {
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.err, HasSubstr(empty + "/tls/ca.pem"));
   EXPECT_THAT(missing.err, HasSubstr("SIGNET_STATE_DIR"));
+  // A missing file the environment named is not blamed on the state
+  // directory (the sixth outside attack was told to set SIGNET_STATE_DIR).
+  Ran named = Shell(jwks, {{"SIGNET_STATE_DIR", state},
+                           {"SIGNET_CERT", work_dir_ + "/no-such.pem"}});
+  EXPECT_EQ(named.exit_code, 1);
+  EXPECT_THAT(named.err, HasSubstr(work_dir_ + "/no-such.pem"));
+  EXPECT_THAT(named.err, Not(HasSubstr("a default from the state directory")));
 }
 
 TEST_F(SignetctlTest, UnavailableIsRetriedMaxAttemptsTimes) {
