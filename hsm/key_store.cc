@@ -802,10 +802,15 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysUnusable() {
     if (rv != CKR_OK) return lease.Check(rv, "C_FindObjects");
     if (found.ok()) {
       if (!handle || *handle != *found) connection.CacheHandle(key_id, *found);
-      // Found exactly once now, but a connection opened since missed it
-      // (a duplicate removed, a stale view): loaded again by the caller,
-      // which warms every connection, so none stays blind to it.
-      if (missed.contains(key_id)) unusable.push_back(key_id);
+      if (missed.contains(key_id)) {
+        // Found exactly once here: the miss was a connection's stale view
+        // (SoftHSM instances refresh their object lists late) or a
+        // duplicate since removed; not searched for again. Loading it
+        // again instead would refuse a healthy key whenever the reload
+        // lands on a connection whose view is still stale.
+        absl::MutexLock lock(&warm_->mu);
+        warm_->missed.erase(key_id);
+      }
     } else if (absl::IsNotFound(found.status()) ||
                absl::IsFailedPrecondition(found.status())) {
       unusable.push_back(key_id);  // gone, or its id is now shared

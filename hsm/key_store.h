@@ -123,11 +123,9 @@ class KeyStore {
   // private key is gone (deleted behind signet's back: by hand, or by
   // another program), or a second private key now shares its id (planted,
   // or imported by another program), which a connection opened since
-  // cannot tell apart and refuses. Also a key such a connection missed
-  // that is found exactly once again: loading it again warms every
-  // connection. Nothing is unloaded; the caller decides (and loading a key
-  // gone or shared fails, saying why). UNAVAILABLE when the HSM cannot be
-  // asked.
+  // cannot tell apart and refuses. Nothing is unloaded; the caller decides
+  // (and loading such a key again fails, saying why). UNAVAILABLE when the
+  // HSM cannot be asked.
   virtual absl::StatusOr<std::vector<std::string>> LoadedKeysUnusable() = 0;
 
   // Destroys the private key, then the public key, then the key's records
@@ -211,7 +209,7 @@ class Pkcs11KeyStore : public KeyStore {
   // whose handle there is missing, stale, or names another object is
   // looked for once (a targeted search), which re-caches the handle of a
   // key that is there; so is a key some connection's warm-up missed (until
-  // it is unloaded). A key found twice is reported.
+  // a search finds it exactly once). A key found twice is reported.
   absl::StatusOr<std::vector<std::string>> LoadedKeysUnusable() override;
   // Also drops the key's handles on every connection and takes it out of
   // the set new connections warm.
