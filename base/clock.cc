@@ -86,6 +86,11 @@ absl::Duration ElapsedWallTime::AheadBy(absl::Time wall) const {
   return ahead > kStepTolerance ? ahead : absl::ZeroDuration();
 }
 
+absl::Time ElapsedWallTime::IrreversibleStepsAt(absl::Time wall) const {
+  const absl::Time seen = Now();
+  return wall - seen > kStepTolerance ? seen : wall;
+}
+
 absl::Time ElapsedWallTime::anchor_wall() const {
   absl::MutexLock lock(&mu_);
   return start_wall_;

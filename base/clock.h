@@ -103,6 +103,12 @@ class ElapsedWallTime {
   // that is more than kStepTolerance; zero otherwise.
   absl::Duration AheadBy(absl::Time wall) const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The time the irreversible steps of a pass with the wall clock at
+  // `wall` are measured against: Now() when `wall` reads ahead of it (see
+  // AheadBy), else `wall`. Never later than `wall` plus kStepTolerance.
+  absl::Time IrreversibleStepsAt(absl::Time wall) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // The anchor's wall time.
   absl::Time anchor_wall() const ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -88,6 +88,22 @@ TEST(ElapsedWallTimeTest, LowersToAClockSetBackAndNeverRises) {
   EXPECT_EQ(seen.Now(), kT0 - absl::Hours(1));
 }
 
+// Irreversible steps follow the wall clock while it agrees with the time
+// seen pass (NTP's slews included), and the time seen pass once the wall
+// clock reads ahead of it beyond the tolerance.
+TEST(ElapsedWallTimeTest, IrreversibleStepsWaitForTheTimeSeenPass) {
+  SimulatedClock clock(kT0);
+  ElapsedWallTime seen(clock);
+  clock.Advance(absl::Minutes(5));
+  EXPECT_EQ(seen.IrreversibleStepsAt(clock.Now()), kT0 + absl::Minutes(5));
+  clock.StepWall(ElapsedWallTime::kStepTolerance);  // at the tolerance
+  EXPECT_EQ(seen.IrreversibleStepsAt(clock.Now()), clock.Now());
+  clock.StepWall(absl::Seconds(1));  // past it
+  EXPECT_EQ(seen.IrreversibleStepsAt(clock.Now()), kT0 + absl::Minutes(5));
+  clock.StepWall(absl::Hours(-1));  // behind: the wall clock, the earlier
+  EXPECT_EQ(seen.IrreversibleStepsAt(clock.Now()), clock.Now());
+}
+
 TEST(WallClockStepDetectorTest, SeesStepsNotTimePassing) {
   SimulatedClock clock(kT0);
   WallClockStepDetector steps(clock);

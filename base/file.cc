@@ -23,6 +23,18 @@ void Wipe(std::string& buffer) {
 
 }  // namespace
 
+std::string ParentDirectory(absl::string_view path) {
+  const size_t slash = path.rfind('/');
+  if (slash == absl::string_view::npos) return ".";
+  if (slash == 0) return "/";
+  return std::string(path.substr(0, slash));
+}
+
+absl::string_view BaseName(absl::string_view path) {
+  const size_t slash = path.rfind('/');
+  return slash == absl::string_view::npos ? path : path.substr(slash + 1);
+}
+
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
                                           absl::string_view what,
                                           size_t max_bytes) {
@@ -116,10 +128,7 @@ absl::Status ReplaceFileDurably(const std::string& path,
   if (rename(temporary.c_str(), path.c_str()) != 0) {
     return failed(errno, "replace");
   }
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? std::string(".")
-                          : slash == 0               ? std::string("/")
-                                                     : path.substr(0, slash);
+  const std::string dir = ParentDirectory(path);
   const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0 || fsync(dfd) != 0) {
     const int err = errno;

@@ -14,6 +14,15 @@
 
 namespace signet::base {
 
+// The directory that holds `path`: "." when `path` has no slash, "/" when
+// its only slash is the first character, else everything before the last
+// slash ("a/b/c" -> "a/b").
+std::string ParentDirectory(absl::string_view path);
+
+// The last component of `path`: everything after its last slash, or all of
+// it when it has none ("a/b/c" -> "c").
+absl::string_view BaseName(absl::string_view path);
+
 // The bytes of the file at `path`, at most `max_bytes`. `what` names the
 // file in errors (e.g. "tls.key_file"). NOT_FOUND, PERMISSION_DENIED,
 // FAILED_PRECONDITION (not a regular file, or larger than max_bytes), or

@@ -15,6 +15,17 @@ namespace {
 
 using ::testing::HasSubstr;
 
+TEST(PathTest, ParentDirectoryAndBaseNameSplitAtTheLastSlash) {
+  EXPECT_EQ(ParentDirectory("a/b/c.log"), "a/b");
+  EXPECT_EQ(BaseName("a/b/c.log"), "c.log");
+  EXPECT_EQ(ParentDirectory("/var/lib/signet/audit.log"), "/var/lib/signet");
+  EXPECT_EQ(ParentDirectory("audit.log"), ".");
+  EXPECT_EQ(BaseName("audit.log"), "audit.log");
+  EXPECT_EQ(ParentDirectory("/audit.log"), "/");
+  EXPECT_EQ(BaseName("/audit.log"), "audit.log");
+  EXPECT_EQ(BaseName("dir/"), "");
+}
+
 class ReadSmallFileTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -275,10 +275,7 @@ absl::StatusOr<Tail> ReadTail(int fd, uint64_t size, absl::string_view path) {
 
 // Makes a newly created file's directory entry durable.
 absl::Status SyncParentDirectory(absl::string_view path) {
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == absl::string_view::npos ? std::string(".")
-                          : slash == 0                     ? std::string("/")
-                                       : std::string(path.substr(0, slash));
+  const std::string dir = base::ParentDirectory(path);
   int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) {
     const int err = errno;
@@ -344,12 +341,8 @@ struct ClosedSegment {
 // any.
 absl::StatusOr<std::optional<ClosedSegment>> LatestClosedSegment(
     const std::string& path) {
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? std::string(".")
-                          : slash == 0               ? std::string("/")
-                                                     : path.substr(0, slash);
-  const std::string prefix = absl::StrCat(
-      slash == std::string::npos ? path : path.substr(slash + 1), ".");
+  const std::string dir = base::ParentDirectory(path);
+  const std::string prefix = absl::StrCat(base::BaseName(path), ".");
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) {
     const int err = errno;
@@ -478,9 +471,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
     absl::StatusOr<std::string> named =
         base::ReadSmallFile(marker, "audit log rollover marker", 4096);
     auto base_name = [](absl::string_view p) {
-      p = absl::StripSuffix(p, "\n");
-      const size_t slash = p.rfind('/');
-      return slash == absl::string_view::npos ? p : p.substr(slash + 1);
+      return base::BaseName(absl::StripSuffix(p, "\n"));
     };
     rollover_under_way = named.ok() && latest.has_value() &&
                          !base_name(*named).empty() &&
@@ -1231,11 +1222,8 @@ std::string RolloverMarkerPath(absl::string_view path) {
 }
 
 std::string BesideAuditLog(absl::string_view log_path, absl::string_view name) {
-  const size_t slash = log_path.rfind('/');
-  return absl::StrCat(slash == absl::string_view::npos
-                          ? absl::string_view(".")
-                          : log_path.substr(0, slash),
-                      "/", name);
+  const std::string dir = base::ParentDirectory(log_path);
+  return dir == "/" ? absl::StrCat("/", name) : absl::StrCat(dir, "/", name);
 }
 
 namespace {
@@ -1311,11 +1299,8 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
   AuditEvent header;
   header.event = std::string(kSegmentEvent);
   header.result = "OK";
-  const size_t slash = previous_segment_.rfind('/');
   header.detail = absl::StrCat(
-      "continues the chain from ",
-      slash == std::string::npos ? previous_segment_
-                                 : previous_segment_.substr(slash + 1),
+      "continues the chain from ", base::BaseName(previous_segment_),
       " (its lines ", previous_first_seq_, " to ", next_seq_ - 1, "): ", why);
   SIGNET_ASSIGN_OR_RETURN(std::string members,
                           EventMembers(header, kSegmentEvent));

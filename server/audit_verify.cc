@@ -373,12 +373,8 @@ absl::StatusOr<std::vector<std::string>> SegmentFiles(absl::string_view path) {
   if (is_dir) {
     dir = base;
   } else {
-    const size_t slash = base.rfind('/');
-    dir = slash == std::string::npos ? std::string(".")
-          : slash == 0               ? std::string("/")
-                                     : base.substr(0, slash);
-    prefix = absl::StrCat(
-        slash == std::string::npos ? base : base.substr(slash + 1), ".");
+    dir = base::ParentDirectory(base);
+    prefix = absl::StrCat(base::BaseName(base), ".");
   }
   std::vector<std::pair<uint64_t, std::string>> closed;
   std::set<std::string> bases;

@@ -647,8 +647,7 @@ absl::StatusOr<std::vector<rotation::KeyEvent>> Daemon::FirstAuditKeyPass() {
   // Destroying and pruning wait for the time seen pass, as in every pass.
   const absl::Time now = clock_.Now();
   absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
-      first_pass.RunOnce(
-          now, seen_->AheadBy(now) > absl::ZeroDuration() ? seen_->Now() : now);
+      first_pass.RunOnce(now, seen_->IrreversibleStepsAt(now));
   if (!sets.ok()) return sets.status();
   auto set = sets->find(AuditKeys::kScope);
   if (set == sets->end()) {

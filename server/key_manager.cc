@@ -245,10 +245,11 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
   const absl::Time at = clock_.Now();
   // Destroying and pruning keys follow the time seen pass when the wall
   // clock reads well ahead of it (set forward since the anchor).
-  const absl::Time seen = seen_.Now();
-  const absl::Duration ahead = seen_.AheadBy(at);
-  if ((ahead > absl::ZeroDuration()) != (clock_ahead_ > absl::ZeroDuration())) {
-    if (ahead > absl::ZeroDuration()) {
+  const absl::Time irreversible_at = seen_.IrreversibleStepsAt(at);
+  const absl::Duration ahead = at - irreversible_at;
+  const bool clock_ahead = ahead > absl::ZeroDuration();
+  if (clock_ahead != clock_ahead_) {
+    if (clock_ahead) {
       SIGNET_LOG_ERROR(
           "clock anomaly: the wall clock reads {} ahead of the time signetd "
           "has seen pass since {} (it was set forward?); destroying and "
@@ -262,9 +263,9 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
           "the wall clock agrees again with the time signetd has seen pass");
     }
   }
-  clock_ahead_ = ahead;
+  clock_ahead_ = clock_ahead;
   absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
-      reconciler_->RunOnce(at, ahead > absl::ZeroDuration() ? seen : at);
+      reconciler_->RunOnce(at, irreversible_at);
   absl::StatusOr<ScopeKeysMap> built =
       sets.ok() ? BuildScopeKeys(config_, *sets, Scopes(), at) : sets.status();
   {
@@ -277,7 +278,7 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
     // keys are served and published.
     absl::MutexLock lock(&mu_);
     last_pass_ = PassStatus{at, built.status(), ""};
-    if (ahead > absl::ZeroDuration()) {
+    if (clock_ahead) {
       last_pass_.wall_clock_anomaly = absl::StrCat(
           "reads ", absl::FormatDuration(absl::Trunc(ahead, absl::Seconds(1))),
           " ahead of the time seen pass since ",

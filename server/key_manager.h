@@ -234,9 +234,9 @@ class KeyManager {
   std::string acting_admin_;
 
   // Loop-thread only.
-  // How far the wall clock read ahead at the last pass, past the tolerance
-  // (zero when within it): its changes are logged.
-  absl::Duration clock_ahead_;
+  // Whether the wall clock read ahead of the time seen pass at the last
+  // pass (ElapsedWallTime::AheadBy): its changes are logged.
+  bool clock_ahead_ = false;
   std::map<std::string, Remembered> remembered_;
   std::deque<std::string> remembered_order_;
 
