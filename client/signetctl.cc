@@ -15,6 +15,7 @@
 //   signetctl keys list SCOPE
 //   signetctl keys rotate SCOPE [--now] [--yes] [--request-id ID]
 //   signetctl keys revoke SCOPE KID --reason TEXT [--yes] [--request-id ID]
+//     (a KID may begin with '-': it is still read as the KID)
 //   signetctl status
 // `keys rotate --now` and `keys revoke` ask on a terminal and refuse
 // without --yes when there is none.
@@ -613,6 +614,46 @@ int Status(const Connection& c, bool json) {
   return problems.empty() ? 0 : Print(absl::StrCat("\n", problems));
 }
 
+// A kid is a JWK thumbprint (RFC 7638): 43 base64url characters, and one
+// in 64 begins with '-', which CLI11 takes for an option (and "-h..." for
+// --help: nothing revoked, exit 0). Such an argument is moved behind a "--",
+// where CLI11 reads only positionals, unless it is the value of the long
+// option before it or the command line already has a "--".
+bool LooksLikeAKid(absl::string_view arg) {
+  return arg.size() == 43 && std::all_of(arg.begin(), arg.end(), [](char c) {
+           return absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+                  c == '-' || c == '_';
+         });
+}
+
+std::vector<char*> KidsAsPositionals(int argc, char** argv) {
+  static char separator[] = "--";
+  std::vector<char*> args(argv, argv + argc);
+  if (std::any_of(args.begin() + std::min(argc, 1), args.end(),
+                  [](const char* a) { return absl::string_view(a) == "--"; })) {
+    return args;
+  }
+  auto takes_a_value = [](absl::string_view option) {
+    return absl::StartsWith(option, "--") && !absl::StrContains(option, '=') &&
+           option != "--yes" && option != "--json" && option != "--now" &&
+           option != "--verbose" && option != "--help";
+  };
+  std::vector<char*> kept, kids;
+  for (int i = 0; i < argc; ++i) {
+    const absl::string_view arg(argv[i]);
+    if (i > 0 && absl::StartsWith(arg, "-") && LooksLikeAKid(arg) &&
+        !takes_a_value(argv[i - 1])) {
+      kids.push_back(argv[i]);
+    } else {
+      kept.push_back(argv[i]);
+    }
+  }
+  if (kids.empty()) return args;
+  kept.push_back(separator);
+  kept.insert(kept.end(), kids.begin(), kids.end());
+  return kept;
+}
+
 int Run(int argc, char** argv) {
   CLI::App app{
       "signetctl: sign with signetd over mutual TLS (see client/README.md)",
@@ -746,7 +787,8 @@ int Run(int argc, char** argv) {
   Connection* status_connection = add_connection(status, "demo-admin");
 
   try {
-    app.parse(argc, argv);
+    std::vector<char*> args = KidsAsPositionals(argc, argv);
+    app.parse(static_cast<int>(args.size()), args.data());
   } catch (const CLI::ParseError& e) {
     // --help prints and exits 0; every other parse error is a usage error.
     int code = app.exit(e);

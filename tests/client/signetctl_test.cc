@@ -557,6 +557,21 @@ TEST_F(SignetctlTest, UnavailableIsRetriedMaxAttemptsTimes) {
   EXPECT_THAT(ran.err, HasSubstr("gave up after 3 attempts"));
 }
 
+// A kid is 43 base64url characters, and one in 64 begins with '-': it is
+// still the KID, never an option ("-h..." was --help: exit 0, nothing
+// revoked; "-A..." a usage error). The consumer's certificate is refused
+// (exit 3): the command reached signetd.
+TEST_F(SignetctlTest, AKidBeginningWithADashIsStillTheKid) {
+  for (const std::string& kid : {absl::StrCat("-h", std::string(41, 'A')),
+                                 absl::StrCat("-", std::string(42, 'b')),
+                                 absl::StrCat("--", std::string(41, 'c'))}) {
+    Ran ran = Shell(Ctl({"keys", "revoke", "demo-consumer", kid, "--reason",
+                         "drill", "--yes"}));
+    EXPECT_EQ(ran.exit_code, 3) << kid << "\n" << ran.out << ran.err;
+    EXPECT_THAT(ran.err, HasSubstr("PERMISSION_DENIED")) << kid;
+  }
+}
+
 TEST_F(SignetctlTest, UsageErrorsExitWithTwo) {
   EXPECT_EQ(Shell(Ctl({}, false)).exit_code, 2);
   EXPECT_EQ(Shell(Ctl({"no-such-command"}, false)).exit_code, 2);
