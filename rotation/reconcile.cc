@@ -267,9 +267,21 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
       return status;
     }
     if (irreversible) failed_irreversible_.erase(record.key_id());
+    if (action.kind != KeyAction::Kind::kPrune) RememberWritten(record);
     Emit({action.event, policy.scope, record.kid(), true, action.detail});
   }
   return absl::OkStatus();
+}
+
+void KeyReconciler::RememberWritten(const KeyRecord& record) {
+  std::vector<KeyRecord>& last = last_records_[record.scope()];
+  for (KeyRecord& r : last) {
+    if (r.key_id() == record.key_id()) {
+      r = record;
+      return;
+    }
+  }
+  last.push_back(record);
 }
 
 bool KeyReconciler::RestoreVanishedRecords(

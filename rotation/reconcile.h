@@ -142,6 +142,8 @@ class KeyReconciler {
   // key_record_restored event (ok=false: an incident). True when one was
   // written.
   bool RestoreVanishedRecords(const std::map<std::string, KeyRecord>& records);
+  // Replaces (or adds) `record` in last_records_ once it is written.
+  void RememberWritten(const KeyRecord& record);
   // Reports, once per key while it stays held, each irreversible action
   // (destroy, prune) in `due_by_the_clock` that is not in `planned`, and
   // adds its key id to `held`.
@@ -171,6 +173,9 @@ class KeyReconciler {
   std::map<std::string, std::string> load_failures_;
   // Each key's effective state at the last pass, to report transitions.
   std::map<std::string, KeyState> last_state_;
+  // Each scope's records as the last pass read them, updated by every
+  // record this process wrote since: what a vanished record is written
+  // again from (an operator's change made after the pass included).
   std::map<std::string, std::vector<KeyRecord>> last_records_;
   // Keys this process pruned (their records vanish by design).
   std::set<std::string> pruned_;

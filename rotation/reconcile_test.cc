@@ -480,5 +480,33 @@ TEST_F(ReconcileTest, AVanishedRecordOfAPublishedKeyIsWrittenAgain) {
   ASSERT_TRUE(stored.ok() && stored->has_value());
 }
 
+// A record that vanishes after an operator's change is written again as
+// the change left it, not as the pass before it read it: restoring the
+// older record undid an immediate rotation (the standby pending again, the
+// old key retired: no signing key).
+TEST_F(ReconcileTest, AVanishedRecordIsRestoredAsTheLastChangeLeftIt) {
+  auto reconciler = Make(/*writer=*/true);
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const absl::Time at = kNow + absl::Seconds(5);
+  absl::StatusOr<std::vector<KeyAction>> rotate =
+      PlanRotateNow(first->at("demo").records, ScheduleOf(policy_),
+                    RotateMode::kImmediate, at);
+  ASSERT_TRUE(rotate.ok()) << rotate.status();
+  ASSERT_TRUE(reconciler->Apply(policy_, *rotate).ok());
+  const KeyRecord rotated_to = rotate->front().record;
+  ASSERT_NO_FATAL_FAILURE(hsm::DestroyBehindTheStoresBack(
+      *pool_, absl::HexStringToBytes(rotated_to.key_id()), CKO_DATA));
+  events_.clear();
+  auto after = reconciler->RunOnce(at + absl::Seconds(5));
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_THAT(events_, Contains("key_record_restored"));
+  const std::vector<KeyRecord>& records = after->at("demo").records;
+  const ScopeView view = ViewScope(records, at + absl::Seconds(5));
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(records[view.signing].key_id(), rotated_to.key_id());
+  EXPECT_EQ(TimeFromProto(records[view.signing].activate_at()), at);
+}
+
 }  // namespace
 }  // namespace signet::rotation
