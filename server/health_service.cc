@@ -288,6 +288,14 @@ void HealthService::StartWatch(Watcher* watcher) {
       refused = absl::StrCat("this client certificate holds ", mine,
                              " health watches, its share (a quarter of "
                              "grpc.max_health_watchers)");
+    } else if (static_cast<int>(watchers_.size()) >= max_watchers_ / 2 &&
+               mine >= kFewWatches) {
+      // The second half is kept for certificates holding few: a sixth
+      // outside attack filled every slot with four certificates.
+      refused = absl::StrCat(
+          "half of grpc.max_health_watchers are open, and the second half "
+          "is kept for client certificates holding fewer than ",
+          kFewWatches, " (this one holds ", mine, ")");
     } else {
       ++mine;
       watchers_.insert(watcher);

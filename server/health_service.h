@@ -64,6 +64,12 @@ class HealthService final : public OneRequestService {
   // (a malformed request): a Watch would hold it for the stream's life.
   static constexpr size_t kMaxServiceNameBytes = 256;
 
+  // Watch streams a client certificate may hold: a quarter of
+  // max_health_watchers; and once half of them are open, fewer than
+  // kFewWatches (a load balancer's health checker holds a handful), so a
+  // few certificates cannot take every slot.
+  static constexpr int kFewWatches = 8;
+
  private:
   class Checker;
   class Watcher;

@@ -157,6 +157,75 @@ class HealthWatch {
   std::thread thread_;
 };
 
+// Health/Watch streams opened at once, `streams_each` over each channel,
+// on one completion queue; the admitted ones stay open until destruction.
+class WatchFlood {
+ public:
+  struct Ended {
+    int finished = 0;                   // streams that ended
+    std::vector<std::string> refusals;  // messages of RESOURCE_EXHAUSTED ends
+  };
+
+  WatchFlood(const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+             int streams_each) {
+    const size_t streams = channels.size() * streams_each;
+    contexts_.resize(streams);
+    readers_.resize(streams);
+    statuses_.resize(streams);
+    size_t i = 0;
+    for (const auto& channel : channels) {
+      stubs_.push_back(Health::NewStub(channel));
+      for (int s = 0; s < streams_each; ++s, ++i) {
+        contexts_[i] = std::make_unique<grpc::ClientContext>();
+        // Tags: 2i started, 2i+1 finished.
+        readers_[i] =
+            stubs_.back()->AsyncWatch(contexts_[i].get(), HealthCheckRequest(),
+                                      &cq_, reinterpret_cast<void*>(2 * i));
+        readers_[i]->Finish(&statuses_[i], reinterpret_cast<void*>(2 * i + 1));
+      }
+    }
+  }
+  ~WatchFlood() {
+    for (auto& ctx : contexts_) ctx->TryCancel();
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+
+  // Waits until `refusals` streams in all were refused, at most 30 s.
+  const Ended& AwaitRefusals(size_t refusals) {
+    const auto deadline =
+        std::chrono::system_clock::now() + std::chrono::seconds(30);
+    while (ended_.refusals.size() < refusals) {
+      void* tag = nullptr;
+      bool ok = false;
+      if (cq_.AsyncNext(&tag, &ok, deadline) !=
+          grpc::CompletionQueue::GOT_EVENT) {
+        break;
+      }
+      const intptr_t t = reinterpret_cast<intptr_t>(tag);
+      if (t % 2 == 0) continue;
+      ++ended_.finished;
+      const grpc::Status& st = statuses_[t / 2];
+      if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        ended_.refusals.push_back(st.error_message());
+      }
+    }
+    return ended_;
+  }
+
+ private:
+  grpc::CompletionQueue cq_;
+  std::vector<std::unique_ptr<Health::Stub>> stubs_;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts_;
+  std::vector<std::unique_ptr<grpc::ClientAsyncReader<HealthCheckResponse>>>
+      readers_;
+  std::vector<grpc::Status> statuses_;
+  Ended ended_;
+};
+
 class HostileGrpcTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -853,51 +922,40 @@ TEST_F(HostileGrpcTest, AWatchFloodIsRefusedBeyondItsBound) {
   constexpr int kStreams = kConnections * kStreamsEach;
   // One certificate's share: a quarter of max_health_watchers.
   constexpr int kShare = 250;
-  grpc::CompletionQueue cq;
-  std::vector<std::unique_ptr<Health::Stub>> stubs;
-  std::vector<std::unique_ptr<grpc::ClientContext>> contexts(kStreams);
-  std::vector<std::unique_ptr<grpc::ClientAsyncReader<HealthCheckResponse>>>
-      readers(kStreams);
-  std::vector<grpc::Status> statuses(kStreams);
+  std::vector<std::shared_ptr<grpc::Channel>> mallory;
   for (int c = 0; c < kConnections; ++c) {
-    stubs.push_back(Health::NewStub(Channel(no_eku_, /*own_connection=*/true)));
-    for (int s = 0; s < kStreamsEach; ++s) {
-      const int i = c * kStreamsEach + s;
-      contexts[i] = std::make_unique<grpc::ClientContext>();
-      HealthCheckRequest req;
-      // Tags: 2i started, 2i+1 finished.
-      readers[i] = stubs.back()->AsyncWatch(contexts[i].get(), req, &cq,
-                                            reinterpret_cast<void*>(2 * i));
-      readers[i]->Finish(&statuses[i], reinterpret_cast<void*>(2 * i + 1));
-    }
+    mallory.push_back(Channel(no_eku_, /*own_connection=*/true));
   }
   // Every refused stream ends; the admitted ones stay open.
-  int finished = 0;
-  int refused = 0;
-  const auto deadline =
-      std::chrono::system_clock::now() + std::chrono::seconds(30);
-  while (refused < kStreams - kShare) {
-    void* tag = nullptr;
-    bool ok = false;
-    if (cq.AsyncNext(&tag, &ok, deadline) != grpc::CompletionQueue::GOT_EVENT) {
-      break;
-    }
-    const intptr_t t = reinterpret_cast<intptr_t>(tag);
-    if (t % 2 == 0) continue;
-    ++finished;
-    const grpc::Status& st = statuses[t / 2];
-    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
-      EXPECT_THAT(st.error_message(), HasSubstr("grpc.max_health_watchers"));
-      ++refused;
-    }
+  WatchFlood flood(mallory, kStreamsEach);
+  const WatchFlood::Ended& ended = flood.AwaitRefusals(kStreams - kShare);
+  EXPECT_EQ(ended.refusals.size(), size_t{kStreams - kShare});
+  EXPECT_EQ(ended.finished, kStreams - kShare);
+  for (const std::string& refusal : ended.refusals) {
+    EXPECT_THAT(refusal, HasSubstr("grpc.max_health_watchers"));
   }
-  EXPECT_EQ(refused, kStreams - kShare);
-  EXPECT_EQ(finished, refused);
-  // Another certificate still gets a watch: one certificate cannot hold
-  // them all.
+  // A second certificate takes its quarter too: half the slots are open.
+  WatchFlood second({Channel(other_, /*own_connection=*/true),
+                     Channel(other_, /*own_connection=*/true),
+                     Channel(other_, /*own_connection=*/true)},
+                    kStreamsEach);
+  EXPECT_EQ(second.AwaitRefusals(3 * kStreamsEach - kShare).refusals.size(),
+            size_t{3 * kStreamsEach - kShare});
+  // The second half is kept for certificates holding few (a sixth outside
+  // attack filled every slot with four certificates): another certificate
+  // still gets a watch, and its load balancer a handful, not more.
   HealthWatch tenant_watch(Channel(tenant_, /*own_connection=*/true), "");
   EXPECT_TRUE(
       tenant_watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(10)));
+  constexpr int kMore = 20;
+  WatchFlood third({Channel(tenant_, /*own_connection=*/true)}, kMore);
+  // Fewer than 8 per certificate (server/health_service.h, kFewWatches):
+  // the tenant holds one already.
+  constexpr int admitted = 8 - 1;
+  const WatchFlood::Ended& third_ended = third.AwaitRefusals(kMore - admitted);
+  ASSERT_EQ(third_ended.refusals.size(), size_t{kMore - admitted});
+  EXPECT_THAT(third_ended.refusals[0],
+              HasSubstr("kept for client certificates holding fewer than 8"));
   // Another tenant is served meanwhile, and memory stayed bounded.
   auto other = v1::Signer::NewStub(Channel(other_, /*own_connection=*/true));
   EXPECT_TRUE(SignJwt(*other, "other").ok());
@@ -908,12 +966,6 @@ TEST_F(HostileGrpcTest, AWatchFloodIsRefusedBeyondItsBound) {
                               "\"result\":\"RESOURCE_EXHAUSTED\"",
                               "health watch(es) refused"}),
               Not(::testing::IsEmpty()));
-  for (auto& ctx : contexts) ctx->TryCancel();
-  cq.Shutdown();
-  void* tag;
-  bool ok;
-  while (cq.Next(&tag, &ok)) {
-  }
 }
 
 // Item 3: 100 concurrent SignJwtBatch calls of ~13 MB grew signetd to
