@@ -510,6 +510,26 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       no_current = true;
     }
   }
+  if (!no_current && S_ISREG(path_st.st_mode) && path_st.st_size == 0) {
+    // An empty current segment beside closed ones holds nothing, and only a
+    // rollover (handled above) leaves one: it was emptied (truncated while
+    // signetd was down). Without this, the chain restarted at line 1
+    // silently; now it is a missing segment (below).
+    SIGNET_ASSIGN_OR_RETURN(std::optional<ClosedSegment> closed,
+                            LatestClosedSegment(path));
+    if (closed.has_value()) {
+      if (unlink(path.c_str()) != 0) {
+        const int err = errno;
+        return ErrnoStatus(err, absl::StrCat("audit log ", path,
+                                             ": removing the emptied segment"));
+      }
+      SIGNET_LOG_WARN(
+          "audit log {}: the current segment was empty beside closed "
+          "segments (emptied while signetd was down?); treated as missing",
+          path);
+      no_current = true;
+    }
+  }
   if (no_current) {
     SIGNET_ASSIGN_OR_RETURN(std::optional<ClosedSegment> closed,
                             LatestClosedSegment(path));
@@ -563,8 +583,8 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
       } else {
         return absl::FailedPreconditionError(absl::StrCat(
             "audit log ", path,
-            ": the current segment is missing and no rollover was under way "
-            "(no ",
+            ": the current segment is missing (or was emptied) and no "
+            "rollover was under way (no ",
             RolloverMarkerPath(path),
             "), so it was deleted or moved while signetd was down; its lines "
             "after line ",
@@ -654,6 +674,9 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
                    std::move(tail.last_hash_hex), tail.last_checkpoint_seq));
   log->segment_first_seq_ = first_seq;
   log->regular_file_ = S_ISREG(st.st_mode);
+  // No closed segment (else the path above) and nothing in the current
+  // one: line 1 is this process's.
+  log->started_new_chain_ = size == 0 && tail.last_seq == 0;
   // A marker left by a rollover that finished (its removal failed), or one
   // that names no rollover: stale.
   if (marker_exists && unlink(marker.c_str()) == 0) {
@@ -1584,6 +1607,12 @@ void AuditLog::WriterLoop() {
       }
       mu_.Lock();
     }
+  }
+}
+
+void AuditLog::AlertSyslog(const std::string& message) const {
+  if (options_.syslog) {
+    SendToSyslog(LOG_WARNING, message, options_.syslog_socket);
   }
 }
 

@@ -290,6 +290,15 @@ class AuditLog {
   // The kid that signs the next checkpoint.
   std::string checkpoint_kid() const;
 
+  // Whether Open started a new chain: no closed segment, and no line in
+  // the current one (line 1 is this process's).
+  bool started_new_chain() const { return started_new_chain_; }
+
+  // Sends `message` to the syslog sink checkpoints go to, as a warning
+  // (when syslog is on): for what a person off the host must see even if
+  // this log is later removed.
+  void AlertSyslog(const std::string& message) const;
+
   // The seq of the last line known to be on disk (0 for an empty file).
   uint64_t last_sequence() const;
 
@@ -409,6 +418,7 @@ class AuditLog {
   // Segments (rollover and recovery) only for a regular file: a device
   // such as /dev/full is never renamed.
   bool regular_file_ = true;
+  bool started_new_chain_ = false;
   std::string previous_segment_;
   uint64_t previous_first_seq_ = 0;
 

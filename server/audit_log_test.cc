@@ -1018,6 +1018,37 @@ TEST_F(MissingCurrentSegmentTest, ADeletedCurrentSegmentStopsTheStart) {
               HasSubstr("the operator accepted it"));
 }
 
+// A current segment emptied while signetd was down (truncated to zero
+// bytes) restarted the chain at line 1 silently; it is a missing segment.
+TEST_F(MissingCurrentSegmentTest, AnEmptiedCurrentSegmentStopsTheStart) {
+  WriteFile(path_, "");
+  absl::StatusOr<std::unique_ptr<AuditLog>> log =
+      AuditLog::Open(Options(path_));
+  ASSERT_FALSE(log.ok());
+  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
+      << log.status();
+  EXPECT_THAT(std::string(log.status().message()),
+              HasSubstr("the current segment is missing (or was emptied)"));
+  AuditLogOptions accepting = Options(path_);
+  accepting.accept_missing_segment = true;
+  EXPECT_THAT(ContinueAndReadHeader(std::move(accepting)),
+              HasSubstr("the operator accepted it"));
+}
+
+TEST(AuditLogTest, SaysWhetherItStartedANewChain) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  {
+    auto log = MustOpen(Options(path));
+    ASSERT_NE(log, nullptr);
+    EXPECT_TRUE(log->started_new_chain());
+    ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  }
+  auto again = MustOpen(Options(path));
+  ASSERT_NE(again, nullptr);
+  EXPECT_FALSE(again->started_new_chain());
+}
+
 // Segments removed from the middle, reordered, or replaced are found, each
 // with its message; a run of segments without the first ones verifies from
 // where it starts.

@@ -654,6 +654,17 @@ absl::StatusOr<std::vector<rotation::KeyEvent>> Daemon::FirstAuditKeyPass() {
     return absl::FailedPreconditionError(
         "the HSM token holds no audit checkpoint key");
   }
+  // The oldest audit key made before this start: the token has audited
+  // before (OpenAuditLog).
+  for (const rotation::KeyRecord& r : set->second.records) {
+    const absl::Time made = rotation::TimeFromProto(r.created_at());
+    if (made < now &&
+        (!audit_key_made_before_start_.has_value() ||
+         made < rotation::TimeFromProto(
+                    audit_key_made_before_start_->created_at()))) {
+      audit_key_made_before_start_ = r;
+    }
+  }
   if (absl::Status st = audit_keys_->Update(set->second, clock_.Now());
       !st.ok()) {
     if (config_.never_create_keys() && absl::IsFailedPrecondition(st)) {
@@ -732,6 +743,26 @@ absl::Status Daemon::OpenAuditLog() {
   start_event.result = "OK";
   start_event.detail = absl::StrCat("signetd pid ", getpid());
   if (absl::Status st = audit_->Append(start_event); !st.ok()) return st;
+  if (audit_->started_new_chain() && audit_key_made_before_start_) {
+    // Not silent: a log moved away or deleted while signetd was down looks
+    // like a first start but for the token, whose audit key is older.
+    const rotation::KeyRecord& key = *audit_key_made_before_start_;
+    AuditEvent note;
+    note.event = "new_chain";
+    note.result = "OK";
+    note.detail = absl::StrCat(
+        "no audit log at ", config_.audit_log_path(),
+        " (no current or closed segment): a new chain starts at line 1, on "
+        "an HSM token whose audit key generation ",
+        key.key_generation(), " (kid ", key.kid(), ") was made at ",
+        rotation::FormatInstant(rotation::TimeFromProto(key.created_at())),
+        ", before this start: this replica's first start on a token another "
+        "replica uses, or this log was deleted or moved away; compare with "
+        "the audit checkpoints your syslog holds");
+    SIGNET_LOG_ERROR("audit log: {}", note.detail);
+    audit_->AlertSyslog(absl::StrCat("audit-new-chain ", note.detail));
+    SIGNET_RETURN_IF_ERROR(audit_->Append(note));
+  }
   if (clock_accepted_.has_value()) {
     SIGNET_RETURN_IF_ERROR(audit_->Append(*clock_accepted_));
     // Recorded: this run measures from the accepted anchor, and so does

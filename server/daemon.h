@@ -47,6 +47,7 @@
 #include "hsm/pin.h"
 #include "hsm/session_pool.h"
 #include "hsm/token_uri.h"
+#include "rotation/key_record.pb.h"
 #include "server/admin_service.h"
 #include "server/audit_keys.h"
 #include "server/audit_log.h"
@@ -186,6 +187,9 @@ class Daemon {
   std::unique_ptr<base::ElapsedWallTime> seen_;
   std::optional<base::WallClockAnchor> accepted_anchor_;
   std::optional<AuditEvent> clock_accepted_;
+  // The oldest audit key the token held before this start, if any: a new
+  // audit chain beside it is said loudly (OpenAuditLog).
+  std::optional<rotation::KeyRecord> audit_key_made_before_start_;
 
   // OpenAuditLog
   std::unique_ptr<AuditKeys> audit_keys_;

@@ -1006,11 +1006,18 @@ TEST_F(SignerTest, CheckpointsReachTheSyslogSinkAndACutTailIsFound) {
   EXPECT_EQ(*code, 0);
   // The final checkpoint, as the sink received it.
   std::string last;
+  std::string new_chain;
   char buf[65536];
   for (;;) {
     ssize_t n = recv(sink, buf, sizeof(buf), MSG_DONTWAIT);
     if (n <= 0) break;
     std::string datagram(buf, n);
+    if (absl::StrContains(datagram, "audit-new-chain ")) {
+      // A warning (LOG_AUTHPRIV | LOG_WARNING).
+      EXPECT_EQ(datagram.rfind("<84>signetd[", 0), 0u) << datagram;
+      new_chain = datagram;
+      continue;
+    }
     EXPECT_EQ(datagram.rfind("<85>signetd[", 0), 0u) << datagram;
     size_t at = datagram.find("audit-checkpoint {");
     if (at != std::string::npos) last = datagram.substr(at + 17);
@@ -1018,6 +1025,23 @@ TEST_F(SignerTest, CheckpointsReachTheSyslogSinkAndACutTailIsFound) {
   close(sink);
   ASSERT_FALSE(last.empty()) << "no checkpoint reached the sink";
   const std::string log = dir + "/audit.log";
+  // This log starts a new chain on a token whose audit key the first
+  // signetd made: said in the sink and in the log, not silently (as it
+  // would be for a log moved away or deleted). The first signetd's log, on
+  // a new token, says nothing of the kind.
+  EXPECT_THAT(new_chain, HasSubstr("a new chain starts at line 1"));
+  EXPECT_THAT(new_chain, HasSubstr("deleted or moved away"));
+  {
+    std::ifstream second_log(log);
+    std::stringstream text;
+    text << second_log.rdbuf();
+    EXPECT_THAT(text.str(), HasSubstr(R"("event":"new_chain")"));
+    std::ifstream first_log(audit_dir_ + "/audit.log");
+    std::stringstream first_text;
+    first_text << first_log.rdbuf();
+    EXPECT_THAT(first_text.str(), HasSubstr(R"("event":"start")"));
+    EXPECT_THAT(first_text.str(), Not(HasSubstr(R"("event":"new_chain")")));
+  }
   auto verify = [&](const std::string& path) {
     return testing::RunProcess(
         {.argv = {SIGNETD_BINARY, "audit-verify",
