@@ -134,9 +134,11 @@ absl::Status ReplaceFileDurably(const std::string& path,
     const int err = errno;
     if (dfd >= 0) close(dfd);
     // The new file is in place; only its durability is in doubt.
-    return absl::UnavailableError(absl::StrCat("cannot sync the directory of ",
-                                               what, " ", path, ": ",
-                                               std::strerror(err)));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot sync the directory of ", what, " ", path, ": ",
+        std::strerror(err),
+        " (the new file is in place, but a crash before the system writes "
+        "the directory back may undo it)"));
   }
   close(dfd);
   return absl::OkStatus();

@@ -37,7 +37,9 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
 // directory synced. For small state files signetd keeps (never a secret:
 // the temporary file is not zeroed). PERMISSION_DENIED or UNAVAILABLE
 // (no space, an I/O error), naming `what` and the path; the temporary file
-// is removed on failure.
+// is removed on failure. When only the directory sync fails, the new file
+// is in place (UNAVAILABLE, saying so): callers must not say it was not
+// written.
 absl::Status ReplaceFileDurably(const std::string& path,
                                 absl::string_view content,
                                 absl::string_view what, int mode = 0600);

@@ -21,7 +21,9 @@ function(signet_cc_test)
     set(ARG_TIMEOUT 120)
   endif()
   # Tests that start no process are "unit": scripts/test -L unit runs them
-  # alone in seconds.
+  # alone in seconds. Module tests against a SoftHSM2 token made with
+  # softhsm2-util say LABELS softhsm; those that start signetd or p11-kit
+  # server, LABELS integration.
   if(NOT ARG_LABELS)
     set(ARG_LABELS unit)
   endif()

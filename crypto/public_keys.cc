@@ -19,7 +19,6 @@
 namespace signet::crypto {
 namespace {
 
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 using ParamBldPtr =
     std::unique_ptr<OSSL_PARAM_BLD, OsslFree<OSSL_PARAM_BLD_free>>;
@@ -53,7 +52,7 @@ absl::StatusOr<EvpPkeyPtr> FromData(const char* key_type, OSSL_PARAM_BLD* bld) {
     return OpenSslError(absl::StatusCode::kInternal,
                         "OSSL_PARAM_BLD_to_param failed");
   }
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
   if (ctx == nullptr || EVP_PKEY_fromdata_init(ctx.get()) != 1) {
     return OpenSslError(
         absl::StatusCode::kInternal,
@@ -68,7 +67,7 @@ absl::StatusOr<EvpPkeyPtr> FromData(const char* key_type, OSSL_PARAM_BLD* bld) {
         absl::StrCat("invalid ", key_type, " public key components"));
   }
   EvpPkeyPtr key(raw);
-  PkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
+  EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
   if (check == nullptr) {
     return OpenSslError(absl::StatusCode::kInternal,
                         "EVP_PKEY_CTX_new_from_pkey failed");
@@ -267,7 +266,7 @@ absl::StatusOr<std::string> EcdsaDerToRaw(EcCurve curve,
 absl::Status VerifyDigestSignature(EVP_PKEY* key, SignatureScheme scheme,
                                    absl::string_view digest,
                                    absl::string_view signature) {
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
   if (ctx == nullptr || EVP_PKEY_verify_init(ctx.get()) != 1) {
     return OpenSslError(absl::StatusCode::kInternal,
                         "EVP_PKEY_verify_init failed");

@@ -37,6 +37,8 @@ struct OsslFree {
 };
 
 using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, OsslFree<EVP_PKEY_free>>;
+using EvpPkeyCtxPtr =
+    std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 
 // The RSA moduli accepted, in bits. The ceiling is OpenSSL's own for public
 // operations (OPENSSL_RSA_MAX_MODULUS_BITS).

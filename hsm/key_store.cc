@@ -808,8 +808,13 @@ absl::StatusOr<std::vector<std::string>> Pkcs11KeyStore::LoadedKeysUnusable() {
         // duplicate since removed; not searched for again. Loading it
         // again instead would refuse a healthy key whenever the reload
         // lands on a connection whose view is still stale.
-        absl::MutexLock lock(&warm_->mu);
-        warm_->missed.erase(key_id);
+        {
+          absl::MutexLock lock(&warm_->mu);
+          warm_->missed.erase(key_id);
+        }
+        // The connections that missed it still refuse it: re-opened, they
+        // find it afresh.
+        pool_->ReopenConnectionsThatMissed(key_id);
       }
     } else if (absl::IsNotFound(found.status()) ||
                absl::IsFailedPrecondition(found.status())) {

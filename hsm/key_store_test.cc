@@ -542,8 +542,8 @@ TEST_F(KeyStoreTest, AnIdTwoPrivateKeysShareIsDataLossAtSigning) {
 
 // The duplicate removed before a pass heard of it: the key is found once
 // again, so it is not reported (a reload could land on a connection whose
-// view is stale and refuse a healthy key), and it is not searched for
-// again.
+// view is stale and refuse a healthy key), not searched for again, and the
+// connections whose warm-up missed it are re-opened, so they sign with it.
 TEST_F(KeyStoreTest, AKeyAConnectionMissedButFoundOnceIsKept) {
   ASSERT_NO_FATAL_FAILURE(UseFastRecovery());
   LoadedKey key = NewEs256();
@@ -578,6 +578,11 @@ TEST_F(KeyStoreTest, AKeyAConnectionMissedButFoundOnceIsKept) {
   auto unusable = store_->LoadedKeysUnusable();
   ASSERT_TRUE(unusable.ok()) << unusable.status();
   EXPECT_THAT(*unusable, SizeIs(0));
+  // The connections whose warm-up missed it are re-opened and sign with it
+  // again (they refused it with DATA_LOSS until they reconnected for
+  // another reason).
+  ASSERT_NO_FATAL_FAILURE(WaitForEveryConnection());
+  EXPECT_THAT(SignOnEveryConnection(key), SizeIs(pool_options_.connections));
   const int finds = injector_->Calls("C_FindObjects");
   auto after = store_->LoadedKeysUnusable();
   ASSERT_TRUE(after.ok());

@@ -31,9 +31,9 @@ using ::testing::SizeIs;
 
 // Test-only private keys stand in for the HSM: they produce the signatures
 // PublicKey must verify. The library itself never sees a private key.
+using crypto::EvpPkeyCtxPtr;
 using crypto::EvpPkeyPtr;
 using crypto::OsslFree;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
 using BnPtr = std::unique_ptr<BIGNUM, OsslFree<BN_free>>;
 using BioPtr = std::unique_ptr<BIO, OsslFree<BIO_free_all>>;
 
@@ -125,7 +125,7 @@ std::string FlipBit(std::string s, size_t byte = 0) {
 // OpenSSL produces is converted here), RSA as configured for `algorithm`.
 std::string SignDigest(EVP_PKEY* key, SignatureAlgorithm algorithm,
                        absl::string_view digest) {
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
   EXPECT_EQ(EVP_PKEY_sign_init(ctx.get()), 1);
   const EVP_MD* md = algorithm == SignatureAlgorithm::kEcdsaP384Sha384
                          ? EVP_sha384()
@@ -494,7 +494,7 @@ TEST_F(RsaPublicKeyTest, CkmRsaPkcsOverDigestInfoVerifiesAsRs256) {
   absl::StatusOr<std::string> info = Sha256DigestInfo(digest);
   ASSERT_TRUE(info.ok()) << info.status();
 
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, private_key_, nullptr));
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, private_key_, nullptr));
   ASSERT_EQ(EVP_PKEY_sign_init(ctx.get()), 1);
   ASSERT_EQ(EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING), 1);
   std::string sig(256, '\0');

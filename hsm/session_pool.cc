@@ -539,6 +539,45 @@ void SessionPool::DropCachedHandles(absl::string_view key_id) {
   for (auto& c : conns) c->DropHandles(key_id);
 }
 
+int SessionPool::ReopenConnectionsThatMissed(absl::string_view key_id) {
+  std::vector<std::pair<size_t, std::shared_ptr<Connection>>> up;
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i].connection) up.emplace_back(i, slots_[i].connection);
+    }
+  }
+  // A connection's own lock is never taken under mu_.
+  std::erase_if(up, [key_id](const auto& entry) {
+    return !entry.second->WarmUpMiss(key_id).has_value();
+  });
+  std::vector<std::shared_ptr<Connection>> dropped;
+  std::vector<size_t> reopened;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [index, connection] : up) {
+      ConnectionSlot& slot = slots_[index];
+      if (slot.connection != connection) continue;  // already re-opened
+      dropped.push_back(std::move(slot.connection));
+      MarkDown(slot,
+               absl::UnavailableError(
+                   "re-opened: its view of the token missed a key the token "
+                   "holds"));
+      slot.next_attempt = base::MonotonicNow();
+      DropIdleOf(connection);
+      reopened.push_back(index);
+    }
+  }
+  for (size_t index : reopened) {
+    SIGNET_LOG_WARN(
+        "HSM: connection {} of {} did not see a key the token holds when it "
+        "opened (a stale view); reconnecting it",
+        index + 1, options_.connections);
+  }
+  // `dropped` goes here, outside the lock (leases still out keep theirs).
+  return static_cast<int>(reopened.size());
+}
+
 int SessionPool::LiveConnections() const {
   absl::MutexLock lock(&mu_);
   int up = 0;

@@ -213,6 +213,14 @@ class SessionPool {
   // Drops `key_id`'s cached handles on every connection (after destroy).
   void DropCachedHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Re-opens every connection up now whose warm-up missed `key_id`, a key
+  // since found exactly once (that connection's view of the token was
+  // stale, or a duplicate has gone): each is marked down as a lost one is,
+  // so it reconnects and warms afresh instead of refusing the key until
+  // something else breaks it. Returns how many were re-opened.
+  int ReopenConnectionsThatMissed(absl::string_view key_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // Registers `warmer` to run on every connection opened from now on, before
   // its sessions are leased (see the file comment). Returns an id for
   // RemoveConnectionWarmer. A warmer must stay callable until removed, and

@@ -404,7 +404,11 @@ absl::StatusOr<std::string> MoveTornLineAside(int fd, const std::string& path,
     unlink(side.c_str());
     return ErrnoStatus(err, absl::StrCat("audit log side file ", side));
   }
-  SIGNET_RETURN_IF_ERROR(SyncParentDirectory(side));
+  if (absl::Status synced = SyncParentDirectory(side); !synced.ok()) {
+    // The start fails and is retried: no side file per attempt.
+    unlink(side.c_str());
+    return synced;
+  }
   if (ftruncate(fd, static_cast<off_t>(tail.torn_at)) != 0 ||
       fdatasync(fd) != 0) {
     const int err = errno;
@@ -1297,6 +1301,16 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
     previous_first_seq_ = segment_first_seq_;
     (void)SyncParentDirectory(path);
   }
+  // The first line is made before the file: a failure leaves no empty
+  // segment behind to block the next attempt (O_EXCL).
+  AuditEvent header;
+  header.event = std::string(kSegmentEvent);
+  header.result = "OK";
+  header.detail = absl::StrCat(
+      "continues the chain from ", base::BaseName(previous_segment_),
+      " (its lines ", previous_first_seq_, " to ", next_seq_ - 1, "): ", why);
+  SIGNET_ASSIGN_OR_RETURN(std::string members,
+                          EventMembers(header, kSegmentEvent));
   int fd = open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC,
                 0600);
   if (fd < 0) {
@@ -1319,14 +1333,6 @@ absl::Status AuditLog::OpenNextSegment(absl::string_view why) {
   }
   fd_ = owned.release();
   file_size_ = 0;
-  AuditEvent header;
-  header.event = std::string(kSegmentEvent);
-  header.result = "OK";
-  header.detail = absl::StrCat(
-      "continues the chain from ", base::BaseName(previous_segment_),
-      " (its lines ", previous_first_seq_, " to ", next_seq_ - 1, "): ", why);
-  SIGNET_ASSIGN_OR_RETURN(std::string members,
-                          EventMembers(header, kSegmentEvent));
   std::vector<Pending> line;
   line.push_back(Pending{0, options_.clock->Now(), std::move(members)});
   std::vector<std::string> unused;

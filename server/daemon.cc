@@ -612,9 +612,9 @@ absl::Status Daemon::AnchorWallClock() {
   anchor_origin_ = loaded->anchor.origin;
   if (!loaded->not_stored.empty()) {
     SIGNET_LOG_WARN(
-        "the wall-clock anchor cannot be kept ({}): this run measures the wall "
-        "clock from {}, and a restart will measure from the clock as it then "
-        "reads",
+        "the wall-clock anchor may not be kept ({}): this run measures the "
+        "wall clock from {}, and a restart may measure from the clock as it "
+        "then reads",
         loaded->not_stored, when(loaded->anchor.wall));
   }
   // A clock behind the anchor (set back while signetd was down, or ahead
@@ -634,7 +634,7 @@ void Daemon::LowerWallClockAnchor() {
   if (absl::Status stored = base::StoreWallClockAnchor(
           anchor_path_, {anchor_origin_, wall, elapsed});
       !stored.ok()) {
-    SIGNET_LOG_WARN("the lowered wall-clock anchor cannot be kept: {}",
+    SIGNET_LOG_WARN("the lowered wall-clock anchor may not be kept: {}",
                     stored.message());
   }
 }
@@ -772,8 +772,8 @@ absl::Status Daemon::OpenAuditLog() {
             base::StoreWallClockAnchor(anchor_path_, *accepted_anchor_);
         !stored.ok()) {
       SIGNET_LOG_WARN(
-          "the accepted wall-clock anchor cannot be kept ({}): a restart "
-          "measures from the one before it again",
+          "the accepted wall-clock anchor may not be kept ({}): a restart "
+          "may measure from the one before it again",
           stored.message());
     }
   }

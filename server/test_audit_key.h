@@ -19,8 +19,7 @@
 
 namespace signet::server::audit_testing {
 
-using crypto::OsslFree;
-using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OsslFree<EVP_PKEY_CTX_free>>;
+using crypto::EvpPkeyCtxPtr;
 
 class TestAuditKey {
  public:
@@ -30,7 +29,7 @@ class TestAuditKey {
 
   // ECDSA over `digest`, converted from DER to JWS r||s as CKM_ECDSA gives.
   absl::StatusOr<std::string> Sign(absl::string_view digest) const {
-    PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key_.get(), nullptr));
+    EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key_.get(), nullptr));
     if (ctx == nullptr || EVP_PKEY_sign_init(ctx.get()) != 1) {
       return absl::InternalError("sign init");
     }
