@@ -929,18 +929,25 @@ absl::StatusOr<uint64_t> Pkcs11KeyStore::WriteRecord(absl::string_view key_id,
                        absl::StrCat(EncodeGeneration(generation), bytes),
                        "C_CreateObject(record)", &handle));
   // Only now that n+1 exists may n go: a crash in between leaves both, and
-  // readers take the highest.
+  // readers take the highest. From here on the record is written, whatever
+  // fails: an older generation left behind (the connection dropped, say)
+  // is harmless and the next write of this record removes it, so the
+  // write is not reported failed (a seventh outside attack saw a
+  // revocation in force answered "not completed").
   for (const auto& [gen, h] : older) {
-    SIGNET_RETURN_IF_ERROR(
-        lease.Check(lease.api().DestroyObject(lease.session(), h),
-                    "C_DestroyObject(old record)"));
+    if (!lease
+             .Check(lease.api().DestroyObject(lease.session(), h),
+                    "C_DestroyObject(old record)")
+             .ok()) {
+      break;
+    }
   }
   if (generation == 1) {
     // The key is recorded: its generation finished. A crash before this
-    // leaves a marker beside a record, which the start-up clean-up
-    // ignores (the record keeps the key) and the key's destruction
-    // removes.
-    SIGNET_RETURN_IF_ERROR(DestroyGenerationMarkers(lease, key_id));
+    // (or a failure) leaves a marker beside a record, which the start-up
+    // clean-up ignores (the record keeps the key) and the key's
+    // destruction removes.
+    (void)DestroyGenerationMarkers(lease, key_id);
   }
   return generation;
 }

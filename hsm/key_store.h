@@ -143,7 +143,9 @@ class KeyStore {
   virtual void UnloadKey(absl::string_view key_id) = 0;
 
   // Writes the next generation of `key_id`'s record and destroys the older
-  // ones; returns the new generation.
+  // ones; returns the new generation. Once the new generation is written
+  // the write succeeded: an older one that cannot be destroyed stays
+  // (readers take the highest) until the next write.
   virtual absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
                                                absl::string_view bytes) = 0;
   // The highest generation of `key_id`'s record, or nullopt if none.

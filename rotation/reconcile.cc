@@ -550,6 +550,33 @@ absl::StatusOr<std::map<std::string, ScopeKeySet>> KeyReconciler::RunOnce(
   return out;
 }
 
+std::map<std::string, ScopeKeySet> KeyReconciler::KnownSets() const {
+  std::map<std::string, ScopeKeySet> out;
+  for (const ScopeKeyPolicy& policy : policies_) {
+    auto records = last_records_.find(policy.scope);
+    if (records == last_records_.end()) continue;
+    ScopeKeySet& set = out[policy.scope];
+    set.records = records->second;
+    std::erase_if(set.records, [this](const KeyRecord& r) {
+      return pruned_.contains(r.key_id());
+    });
+    std::sort(set.records.begin(), set.records.end(),
+              [](const KeyRecord& a, const KeyRecord& b) {
+                return a.key_generation() < b.key_generation();
+              });
+    for (const KeyRecord& r : set.records) {
+      if (auto key = loaded_.find(r.key_id()); key != loaded_.end()) {
+        set.loaded.emplace(key->first, key->second);
+      }
+      if (auto failed = load_failures_.find(r.key_id());
+          failed != load_failures_.end()) {
+        set.unusable[r.key_id()] = failed->second;
+      }
+    }
+  }
+  return out;
+}
+
 absl::Time KeyReconciler::NextBoundary(absl::Time now) const {
   absl::Time next = absl::InfiniteFuture();
   for (const ScopeKeyPolicy& policy : policies_) {

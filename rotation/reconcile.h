@@ -121,6 +121,14 @@ class KeyReconciler {
   // absl::InfiniteFuture() if none.
   absl::Time NextBoundary(absl::Time now) const;
 
+  // Each scope's keys as this reconciler knows them without asking the
+  // token: the records the last pass read with every record written since
+  // (an operator's change included), and the keys loaded then. What an
+  // operator's change must take effect on at once when the pass after it
+  // cannot read the token (a revoked key must not go on signing until the
+  // HSM answers again). Scopes no pass has read yet are left out.
+  std::map<std::string, ScopeKeySet> KnownSets() const;
+
  private:
   // Applies `actions` for `policy` in order, stopping at the first failure
   // (the rest depend on it), whose status it returns.

@@ -302,6 +302,21 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
   return absl::OkStatus();
 }
 
+absl::Status KeyManager::PublishKnown() {
+  const absl::Time at = clock_.Now();
+  const ScopeKeysMap previous = Scopes();
+  absl::StatusOr<ScopeKeysMap> built =
+      BuildScopeKeys(config_, reconciler_->KnownSets(), previous, at);
+  if (!built.ok()) return built.status();
+  for (const auto& [name, keys] : previous) built->try_emplace(name, keys);
+  {
+    absl::MutexLock lock(&mu_);
+    scopes_ = *built;
+  }
+  if (on_keys_) on_keys_(*built);
+  return absl::OkStatus();
+}
+
 void KeyManager::Loop() {
   absl::Duration backoff = absl::Seconds(1);
   bool failing = false;
@@ -483,8 +498,16 @@ absl::StatusOr<std::string> KeyManager::Change(
   // The change (or what part of it happened) takes effect in this replica
   // now, not at the next interval.
   if (absl::Status pass = PassAndPublish(); !pass.ok()) {
-    SIGNET_LOG_ERROR("the pass after an operator's change failed: {}",
-                     pass.ToString());
+    // The token cannot be read now (the HSM connection dropped, say), but
+    // what was written is known: it takes effect all the same, or a revoked
+    // key would sign until a pass succeeds (a seventh outside attack saw
+    // thousands of tokens so, after the revocation was answered).
+    absl::Status known = PublishKnown();
+    SIGNET_LOG_ERROR(
+        "the pass after an operator's change failed: {}; {}", pass.ToString(),
+        known.ok() ? "the change takes effect from the records written"
+                   : absl::StrCat("and so did serving the records written: ",
+                                  known.ToString()));
   }
   return response;
 }

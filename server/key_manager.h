@@ -170,6 +170,10 @@ class KeyManager {
   // A pass now, then the new keys swapped in (and, if `notify`, handed to
   // `on_keys`); on the loop's thread once it runs.
   absl::Status PassAndPublish(bool notify = true);
+  // The keys as the reconciler knows them without reading the token
+  // (KeyReconciler::KnownSets) swapped in and handed to `on_keys`: after an
+  // operator's change whose pass failed. On the loop's thread.
+  absl::Status PublishKnown();
   // Queues `task` for the loop's thread; false (task not run) when full or
   // stopping.
   bool Post(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);

@@ -3,6 +3,8 @@
 // the rotation period, and the key that signs follows the schedule.
 #include "server/key_manager.h"
 
+#include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,6 +65,76 @@ constexpr char kConfig[] = R"pb(
   reconcile_interval_seconds: 3600
 )pb";
 
+// The token through `inner`, except that once `FailReadsAfterAWrite()` is
+// called, every ReadAllRecords after the next record write answers
+// UNAVAILABLE: the HSM connection dropped right after an operator's change
+// was written, so the pass after it cannot read the token.
+class ReadsFailAfterAWrite : public hsm::KeyStore {
+ public:
+  explicit ReadsFailAfterAWrite(hsm::KeyStore* inner) : inner_(inner) {}
+  void FailReadsAfterAWrite() { armed_ = true; }
+
+  absl::StatusOr<std::string> GenerateKeyPair(
+      const hsm::KeySpec& spec) override {
+    return inner_->GenerateKeyPair(spec);
+  }
+  absl::StatusOr<hsm::LoadedKey> LoadKey(
+      absl::string_view key_id, const hsm::KeySpec& expected) override {
+    return inner_->LoadKey(key_id, expected);
+  }
+  absl::StatusOr<std::string> SignDigest(absl::string_view key_id,
+                                         absl::string_view digest,
+                                         absl::Time deadline) override {
+    return inner_->SignDigest(key_id, digest, deadline);
+  }
+  std::vector<absl::StatusOr<std::string>> SignDigests(
+      absl::string_view key_id, absl::Span<const std::string> digests,
+      absl::Time deadline) override {
+    return inner_->SignDigests(key_id, digests, deadline);
+  }
+  absl::StatusOr<std::vector<std::string>> ListKeyIds() override {
+    return inner_->ListKeyIds();
+  }
+  absl::StatusOr<std::vector<std::string>> ListUnfinishedGenerations()
+      override {
+    return inner_->ListUnfinishedGenerations();
+  }
+  absl::StatusOr<std::vector<std::string>> LoadedKeysUnusable() override {
+    return inner_->LoadedKeysUnusable();
+  }
+  absl::Status DestroyKeyPair(absl::string_view key_id) override {
+    return inner_->DestroyKeyPair(key_id);
+  }
+  absl::Status DestroyPrivateKey(absl::string_view key_id) override {
+    return inner_->DestroyPrivateKey(key_id);
+  }
+  void UnloadKey(absl::string_view key_id) override {
+    inner_->UnloadKey(key_id);
+  }
+  absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
+                                       absl::string_view bytes) override {
+    absl::StatusOr<uint64_t> written = inner_->WriteRecord(key_id, bytes);
+    if (armed_) reads_fail_ = true;
+    return written;
+  }
+  absl::StatusOr<std::optional<hsm::StoredRecord>> ReadRecord(
+      absl::string_view key_id) override {
+    return inner_->ReadRecord(key_id);
+  }
+  absl::StatusOr<std::map<std::string, hsm::StoredRecord>> ReadAllRecords()
+      override {
+    if (reads_fail_) {
+      return absl::UnavailableError("injected: the HSM connection dropped");
+    }
+    return inner_->ReadAllRecords();
+  }
+
+ private:
+  hsm::KeyStore* const inner_;
+  std::atomic<bool> armed_ = false;
+  std::atomic<bool> reads_fail_ = false;
+};
+
 class KeyManagerTest : public hsm::InProcessKeyStoreTest {
  protected:
   void SetUp() override {
@@ -79,9 +151,9 @@ class KeyManagerTest : public hsm::InProcessKeyStoreTest {
     audit_ = *std::move(audit);
   }
 
-  std::unique_ptr<KeyManager> Make() {
-    return std::make_unique<KeyManager>(store_.get(), config_, audit_.get(),
-                                        clock_,
+  std::unique_ptr<KeyManager> Make(hsm::KeyStore* store = nullptr) {
+    return std::make_unique<KeyManager>(store != nullptr ? store : store_.get(),
+                                        config_, audit_.get(), clock_,
                                         [this](const ScopeKeysMap& scopes) {
                                           absl::MutexLock lock(&mu_);
                                           published_ = scopes;
@@ -178,6 +250,54 @@ absl::Status RotateNow(KeyManager& keys, const std::string& request_id,
                  });
   (void)answered.WaitForNotificationWithTimeout(absl::Seconds(30));
   return status;
+}
+
+// An operator's revocation written, then the HSM connection dropped before
+// the pass after it could read the token: the revoked key signed thousands
+// more tokens and stayed published until a pass succeeded (a seventh
+// outside attack). What was written takes effect at once all the same.
+TEST_F(KeyManagerTest, ARevocationTakesEffectWhenThePassAfterItFails) {
+  ReadsFailAfterAWrite store(store_.get());
+  std::unique_ptr<KeyManager> keys = Make(&store);
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  const std::string revoked =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now())->record.kid();
+  store.FailReadsAfterAWrite();
+  signet::v1::RevokeKeyRequest request;
+  request.set_scope("demo");
+  request.set_kid(revoked);
+  request.set_reason("drill");
+  request.set_request_id("revoke-then-the-hsm-drops");
+  absl::Notification answered;
+  absl::Status status = absl::UnknownError("no answer in 30 s");
+  keys->RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
+                  [&](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
+                    status = r.status();
+                    answered.Notify();
+                  });
+  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_FALSE(keys->LastPass().status.ok());  // the pass did fail
+  // What signs here, and what the publisher was handed (the key sets).
+  auto expect_revoked_gone = [&](const ScopeKeysMap& scopes) {
+    const ScopeKeys& demo = *scopes.at("demo");
+    std::shared_ptr<const ScopeState> signing = demo.SigningAt(clock_.Now());
+    ASSERT_NE(signing, nullptr);  // the standby took over
+    EXPECT_NE(signing->record.kid(), revoked);
+    for (const auto& published : demo.PublishedAt(clock_.Now())) {
+      EXPECT_NE(published->record.kid(), revoked);
+    }
+  };
+  expect_revoked_gone(keys->Scopes());
+  std::optional<ScopeKeysMap> published;
+  {
+    absl::MutexLock lock(&mu_);
+    published = published_;
+  }
+  ASSERT_TRUE(published.has_value()) << "nothing was handed on";
+  expect_revoked_gone(*published);
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
 }
 
 // An outside attack stalled the HSM and rotated three times: each call
