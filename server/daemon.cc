@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -83,6 +84,31 @@ bool StopRequested(absl::Duration timeout,
     }
   }
   return false;
+}
+
+// Runs `write` (lines the start writes to the audit log) until it succeeds:
+// a log that cannot be written for now (a full disk, say) is waited for,
+// as one that cannot be opened is, instead of failing the start for good
+// (a supervisor takes that exit for a configuration error and gives up).
+// What no wait fixes still fails the start; so does a stop request.
+absl::Status WriteAtStart(absl::FunctionRef<absl::Status()> write) {
+  absl::Duration backoff = absl::Milliseconds(500);
+  for (;;) {
+    absl::Status written = write();
+    if (written.ok() ||
+        (!absl::IsUnavailable(written) && !absl::IsPermissionDenied(written) &&
+         !absl::IsResourceExhausted(written))) {
+      return written;
+    }
+    SIGNET_LOG_WARN(
+        "the audit log cannot be written ({}): nothing is served until it "
+        "can; retrying in {}",
+        written.message(), absl::FormatDuration(backoff));
+    if (StopRequested(backoff)) {
+      return absl::CancelledError("stopped while waiting for the audit log");
+    }
+    backoff = std::min(backoff * 2, absl::Seconds(10));
+  }
 }
 
 std::string Iso8601(absl::Time t) {
@@ -742,7 +768,8 @@ absl::Status Daemon::OpenAuditLog() {
   start_event.event = "start";
   start_event.result = "OK";
   start_event.detail = absl::StrCat("signetd pid ", getpid());
-  if (absl::Status st = audit_->Append(start_event); !st.ok()) return st;
+  SIGNET_RETURN_IF_ERROR(
+      WriteAtStart([&] { return audit_->Append(start_event); }));
   if (audit_->started_new_chain() && audit_key_made_before_start_) {
     // Not silent: a log moved away or deleted while signetd was down looks
     // like a first start but for the token, whose audit key is older.
@@ -761,10 +788,11 @@ absl::Status Daemon::OpenAuditLog() {
         "the audit checkpoints your syslog holds");
     SIGNET_LOG_ERROR("audit log: {}", note.detail);
     audit_->AlertSyslog(absl::StrCat("audit-new-chain ", note.detail));
-    SIGNET_RETURN_IF_ERROR(audit_->Append(note));
+    SIGNET_RETURN_IF_ERROR(WriteAtStart([&] { return audit_->Append(note); }));
   }
   if (clock_accepted_.has_value()) {
-    SIGNET_RETURN_IF_ERROR(audit_->Append(*clock_accepted_));
+    SIGNET_RETURN_IF_ERROR(
+        WriteAtStart([&] { return audit_->Append(*clock_accepted_); }));
     // Recorded: this run measures from the accepted anchor, and so does
     // every restart of this boot once it is stored.
     seen_->Reanchor(accepted_anchor_->wall, accepted_anchor_->elapsed);
@@ -778,14 +806,12 @@ absl::Status Daemon::OpenAuditLog() {
     }
   }
   for (const rotation::KeyEvent& e : *audit_key_events) {
-    if (absl::Status st = audit_->Append(AuditEventOf(e, "signetd"));
-        !st.ok()) {
-      return st;
-    }
+    SIGNET_RETURN_IF_ERROR(WriteAtStart(
+        [&] { return audit_->Append(AuditEventOf(e, "signetd")); }));
   }
   // Which keys sign this run's checkpoints, each vouched for by a
   // checkpoint: audit-verify with the keyring checks this.
-  return audit_keys_->Attach(audit_.get());
+  return WriteAtStart([&] { return audit_keys_->Attach(audit_.get()); });
 }
 
 absl::Status Daemon::LoadScopes() {

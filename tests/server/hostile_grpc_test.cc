@@ -3,6 +3,7 @@
 // gRPC over loopback with mTLS, raw TCP floods. Each test pins one way an
 // attacker or a fault took signetd down, or made its health lie, before.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
@@ -756,6 +757,79 @@ TEST_F(HostileGrpcTest, ARestartWaitsForAnAuditLogItCannotOpen) {
                 "--audit_keyring=" + audit_dir_ + "/audit-keyring.pem", log}});
   ASSERT_TRUE(verified.ok()) << verified.status();
   EXPECT_TRUE(verified->succeeded()) << verified->output;
+}
+
+// A restart on a full disk (the audit log's) was final: the open went
+// through, its first line failed with "No space left on device", and
+// signetd exited 1, which scripts/run takes for a configuration error and
+// does not restart (seventh outside attack). It waits instead,
+// NOT_SERVING, and serves once there is space again.
+TEST_F(HostileGrpcTest, ARestartWaitsForSpaceOnAFullAuditDisk) {
+  const std::string dir = absl::StrCat(bed_->token().dir(), "/audit-full-disk");
+  mkdir(dir.c_str(), 0700);
+  auto mounted =
+      testing::RunProcess({.argv = {"mount", "-t", "tmpfs", "-o",
+                                    "size=2m,mode=0700", "tmpfs", dir}});
+  if (!mounted.ok() || !mounted->succeeded()) {
+    GTEST_SKIP() << "this test needs to mount a small tmpfs (as root): "
+                 << (mounted.ok() ? mounted->output
+                                  : mounted.status().ToString());
+  }
+  absl::Cleanup unmount = [&dir] {
+    (void)testing::RunProcess({.argv = {"umount", "-l", dir}});
+  };
+  {
+    auto first = Start("full-disk");
+    ASSERT_NE(first, nullptr);
+    auto stub = v1::Signer::NewStub(Channel(tenant_, true));
+    ASSERT_TRUE(SignJwt(*stub, kScope).ok());
+    // Every byte of the file system taken, then signatures until one is
+    // refused: the log's last page (tmpfs gives whole 4 KiB pages) is full
+    // too, short of less than a line.
+    const std::string filler = dir + "/filler";
+    const int fd = open(filler.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    const std::string block(4096, 'x');
+    while (write(fd, block.data(), block.size()) > 0) {
+    }
+    while (write(fd, "x", 1) > 0) {
+    }
+    close(fd);
+    grpc::Status refused;
+    for (int i = 0; i < 100 && refused.ok(); ++i)
+      refused = SignJwt(*stub, kScope);
+    ASSERT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << refused.error_message();
+    // A crash (or an OOM kill) now: scripts/run restarts it.
+    ASSERT_TRUE(first->Stop(SIGKILL, absl::Seconds(30)).ok());
+  }
+  const std::string log = dir + "/audit.log";
+  const std::string filler = dir + "/filler";
+  auto signetd = Start("full-disk", "", 0, "the audit log cannot be written");
+  ASSERT_NE(signetd, nullptr);
+  EXPECT_THAT(signetd->Output(), HasSubstr("No space left on device"));
+  auto channel = Channel(tenant_, true);
+  HealthWatch watch(channel, "");
+  EXPECT_TRUE(
+      watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(10)));
+  auto stub = v1::Signer::NewStub(channel);
+  EXPECT_EQ(SignJwt(*stub, kScope).error_code(), grpc::StatusCode::UNAVAILABLE);
+  // Still waiting a few retries later, not exited.
+  EXPECT_FALSE(signetd->WaitExit(absl::Seconds(3)).ok()) << signetd->Output();
+  ASSERT_EQ(unlink(filler.c_str()), 0);
+  ASSERT_TRUE(signetd->WaitForOutput("signetd ready", kStartTimeout).ok())
+      << signetd->Output();
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(30)))
+      << signetd->Output();
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  // One chain across both runs.
+  auto verified = testing::RunProcess(
+      {.argv = {SIGNETD_BINARY, "audit-verify",
+                "--audit_keyring=" + dir + "/audit-keyring.pem", log}});
+  ASSERT_TRUE(verified.ok()) << verified.status();
+  EXPECT_TRUE(verified->succeeded()) << verified->output;
+  auto stopped = signetd->Stop(SIGTERM, absl::Seconds(60));
+  EXPECT_TRUE(stopped.ok() && *stopped == 0) << signetd->Output();
 }
 
 // The current audit segment deleted while signetd was down was continued
