@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,17 +39,128 @@ constexpr uint32_t kDefaultIatSkew = 60;
 constexpr uint32_t kMinShortRotationPeriod = 2;
 constexpr int kMaxSessionsPerConnection = 64;
 
+// Every name the configuration's schema knows: field names, message and
+// enum type names, enum values.
+void CollectNames(const google::protobuf::Descriptor* message,
+                  std::set<std::string>& names) {
+  if (!names.insert(message->full_name()).second) return;
+  names.insert(message->name());
+  for (int i = 0; i < message->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* field = message->field(i);
+    names.insert(field->name());
+    if (field->message_type() != nullptr) {
+      CollectNames(field->message_type(), names);
+    }
+    if (field->enum_type() != nullptr) {
+      names.insert(field->enum_type()->full_name());
+      for (int v = 0; v < field->enum_type()->value_count(); ++v) {
+        names.insert(field->enum_type()->value(v)->name());
+      }
+    }
+  }
+}
+
+// Levenshtein distance, for short names only.
+size_t EditDistance(absl::string_view a, absl::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1,
+                         diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// The parser's messages quote the file's text ("has no field named "x"",
+// "Expected identifier, got: x"), and a file given as the configuration by
+// mistake may be a secret (a PIN file, say: an outside attack saw its
+// digits in the error). A quoted or "got:" token stays only when it is a
+// name of the schema or one a typo away from one (then the name is
+// suggested); otherwise it is not repeated.
+class Redactor {
+ public:
+  Redactor() { CollectNames(SignetConfig::descriptor(), names_); }
+
+  std::string Redact(const std::string& message) {
+    std::string out;
+    absl::string_view rest(message);
+    for (;;) {
+      const size_t quote = rest.find('"');
+      const size_t got = rest.find("got: ");
+      if (quote == absl::string_view::npos && got == absl::string_view::npos) {
+        absl::StrAppend(&out, rest);
+        return out;
+      }
+      if (got != absl::string_view::npos &&
+          (quote == absl::string_view::npos || got < quote)) {
+        // The token is the rest of the message.
+        auto [text, hint] = Token(rest.substr(got + 5));
+        absl::StrAppend(&out, rest.substr(0, got + 5), text, hint);
+        return out;
+      }
+      const size_t end = rest.find('"', quote + 1);
+      if (end == absl::string_view::npos) {
+        auto [text, hint] = Token(rest.substr(quote + 1));
+        absl::StrAppend(&out, rest.substr(0, quote + 1), text, hint);
+        return out;
+      }
+      auto [text, hint] = Token(rest.substr(quote + 1, end - quote - 1));
+      absl::StrAppend(&out, rest.substr(0, quote + 1), text, "\"", hint);
+      rest = rest.substr(end + 1);
+    }
+  }
+
+  bool redacted() const { return redacted_; }
+
+ private:
+  // The token as shown, and what follows its closing quote (a suggestion).
+  std::pair<std::string, std::string> Token(absl::string_view token) {
+    if (token.size() <= 1 || names_.contains(std::string(token))) {
+      return {std::string(token), ""};  // punctuation, or the schema's name
+    }
+    if (token.size() <= 64) {
+      for (const std::string& name : names_) {
+        if (name.size() > 3 && EditDistance(token, name) <= 2) {
+          return {std::string(token),
+                  absl::StrCat(" (did you mean \"", name, "\"?)")};
+        }
+      }
+    }
+    redacted_ = true;
+    return {"(not shown)", ""};
+  }
+
+  std::set<std::string> names_;
+  bool redacted_ = false;
+};
+
 class CollectErrors : public google::protobuf::io::ErrorCollector {
  public:
   void AddError(int line, int column, const std::string& message) override {
-    errors_.push_back(absl::StrCat(line + 1, ":", column + 1, ": ", message));
+    errors_.push_back(absl::StrCat(line + 1, ":", column + 1, ": ",
+                                   redactor_.Redact(message)));
   }
   void AddWarning(int line, int column, const std::string& message) override {
     AddError(line, column, message);
   }
-  std::string Joined() const { return absl::StrJoin(errors_, "; "); }
+  std::string Joined() const {
+    return absl::StrCat(
+        absl::StrJoin(errors_, "; "),
+        redactor_.redacted()
+            ? " (text from the file that is not a configuration name is not "
+              "repeated: the file may hold a secret, e.g. a PIN file given "
+              "as the configuration)"
+            : "");
+  }
 
  private:
+  Redactor redactor_;
   std::vector<std::string> errors_;
 };
 

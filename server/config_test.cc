@@ -240,6 +240,31 @@ TEST(ConfigTest, UnknownFieldIsRefusedWithItsPosition) {
   EXPECT_THAT(st.status().message(), HasSubstr("35:"));  // line number
 }
 
+// A file given as the configuration by mistake may be a secret: a PIN
+// file's digits, or a hex PIN taken for a field name, were repeated in the
+// error (seventh outside attack). Text that is no name of the schema is
+// not shown; a typo of one is, with the name it is close to.
+TEST(ConfigTest, ParseErrorsRepeatNoSecretFromTheFile) {
+  for (const std::string pin :
+       {"873441920517\n", "deadbeefcafe4a1b2c3d4e5f60718293\n",
+        "scopes: 4711abcd\n", "grpc_listen_address: 9f8e7d6c5b4a\n"}) {
+    auto st = ParseConfig(pin);
+    ASSERT_FALSE(st.ok()) << pin;
+    const std::string message(st.status().message());
+    EXPECT_THAT(message, Not(HasSubstr("873441920517")));
+    EXPECT_THAT(message, Not(HasSubstr("deadbeefcafe")));
+    EXPECT_THAT(message, Not(HasSubstr("4711abcd")));
+    EXPECT_THAT(message, Not(HasSubstr("9f8e7d6c5b4a")));
+    EXPECT_THAT(message, HasSubstr("1:"));  // where, still
+    EXPECT_THAT(message, HasSubstr("may hold a secret")) << message;
+  }
+  auto typo = ParseConfig(absl::StrCat(kValid, "\naudit_log_pth: \"/x\"\n"));
+  ASSERT_FALSE(typo.ok());
+  EXPECT_THAT(
+      typo.status().message(),
+      HasSubstr("\"audit_log_pth\" (did you mean \"audit_log_path\"?)"));
+}
+
 struct BadCase {
   const char* from;
   const char* to;
