@@ -139,6 +139,18 @@ bool EtagMatches(absl::string_view if_none_match, absl::string_view etag) {
   return false;
 }
 
+// Every If-None-Match line, joined with commas: RFC 9110 section 5.3 lets a
+// list be split over several lines (libmicrohttpd's lookup gives the first).
+MHD_Result JoinIfNoneMatch(void* joined_ptr, MHD_ValueKind, const char* key,
+                           const char* value) {
+  std::string& joined = *static_cast<std::string*>(joined_ptr);
+  if (key != nullptr && value != nullptr &&
+      absl::EqualsIgnoreCase(key, MHD_HTTP_HEADER_IF_NONE_MATCH)) {
+    absl::StrAppend(&joined, joined.empty() ? "" : ",", value);
+  }
+  return MHD_YES;
+}
+
 }  // namespace
 
 // libmicrohttpd's C callbacks; `cls` is the server.
@@ -570,9 +582,10 @@ int JwksHttpServer::Respond(MHD_Connection* connection, const char* url) {
   MHD_Response* not_modified =
       close ? doc.not_modified_close : doc.not_modified;
   if (ok == nullptr || not_modified == nullptr) return MHD_NO;
-  const char* if_none_match = MHD_lookup_connection_value(
-      connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
-  if (if_none_match != nullptr && EtagMatches(if_none_match, doc.etag)) {
+  std::string if_none_match;
+  MHD_get_connection_values(connection, MHD_HEADER_KIND, &JoinIfNoneMatch,
+                            &if_none_match);
+  if (!if_none_match.empty() && EtagMatches(if_none_match, doc.etag)) {
     return MHD_queue_response(connection, MHD_HTTP_NOT_MODIFIED, not_modified);
   }
   return MHD_queue_response(connection, MHD_HTTP_OK, ok);

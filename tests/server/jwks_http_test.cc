@@ -630,6 +630,12 @@ TEST_F(JwksHttpTest, IfNoneMatchAcceptsListsWeakFormAndStar) {
                              << r.Describe();
     EXPECT_EQ(r.body, "") << value;
   }
+  // The list split over two lines (RFC 9110 section 5.3): the second line
+  // counts too (seventh outside attack: only the first did).
+  HttpResponse split = Get(
+      http_port_, kConsumerPath,
+      absl::StrCat("If-None-Match: \"nope\"\r\nIf-None-Match: ", etag, "\r\n"));
+  EXPECT_EQ(split.status, 304) << split.Describe();
 }
 
 TEST_F(JwksHttpTest, HeadGivesTheSameHeadersAndNoBody) {
