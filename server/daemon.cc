@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
@@ -85,6 +86,30 @@ bool StopRequested(absl::Duration timeout,
   }
   return false;
 }
+
+// Says, every few seconds, which step a stop that takes long is in: a stop
+// that hangs is then found in the log, not guessed at (a seventh outside
+// attack saw one, once, that scripts/run killed after 10 s with no line
+// after "stopping").
+class StopPhases {
+ public:
+  explicit StopPhases(absl::Duration every)
+      : thread_([this, every] {
+          while (!done_.WaitForNotificationWithTimeout(every)) {
+            SIGNET_LOG_WARN("stopping takes long: still {}", phase_.load());
+          }
+        }) {}
+  ~StopPhases() {
+    done_.Notify();
+    thread_.join();
+  }
+  void Enter(const char* phase) { phase_.store(phase); }
+
+ private:
+  std::atomic<const char*> phase_{"starting to stop"};
+  absl::Notification done_;
+  std::thread thread_;  // last: it reads the members above
+};
 
 // Runs `write` (lines the start writes to the audit log) until it succeeds:
 // a log that cannot be written for now (a full disk, say) is waited for,
@@ -1049,13 +1074,19 @@ void Daemon::RunUntilStopped() {
 }
 
 int Daemon::Stop() {
+  StopPhases phases(absl::Seconds(2));
   ReportRefusals();
   acceptor_->Stop();  // no new connection from here on
+  phases.Enter("waiting for the key manager's pass (at most 3 s)");
   // A key-manager pass (or an operator's call) inside a stalled HSM cannot
   // be cancelled; it is not waited for past 3 s.
   const bool key_manager_stopped = key_manager_->Stop(absl::Seconds(3));
   health_monitor_->SetAllNotServing("stopping");
+  phases.Enter(
+      "answering the calls in flight and shutting the gRPC server down (at "
+      "most 5 s)");
   StopServing(absl::Seconds(5));
+  phases.Enter("waiting for the signing workers (at most 30 s)");
   // Every call is answered now. The workers finish the part of a batch
   // they are on (a few signatures) and skip the queued work of answered
   // calls: a pool that is only busy, as under load, is waited for. A
@@ -1070,6 +1101,7 @@ int Daemon::Stop() {
   }
   // A call stuck in a stalled HSM cannot be cancelled, and C_Finalize would
   // block on it too: leave without closing the HSM rather than hang.
+  phases.Enter("waiting for the HSM prober (at most 3 s)");
   if (!key_manager_stopped || !workers_idle ||
       !prober_->Stop(absl::Seconds(3))) {
     SIGNET_LOG_WARN(
@@ -1085,7 +1117,9 @@ int Daemon::Stop() {
   }
   // The pool is idle (above): this only joins its threads, while the audit
   // log they wrote to is still there.
+  phases.Enter("joining the signing workers");
   workers_->Join();
+  phases.Enter("writing the audit log's stop line");
   AuditEvent stop_event;
   stop_event.event = "stop";
   stop_event.result = "OK";
@@ -1098,7 +1132,9 @@ int Daemon::Stop() {
         "final checkpoint: {}",
         st.ToString());
   }
+  phases.Enter("writing the final checkpoint and closing the audit log");
   audit_.reset();  // final checkpoint, signed by the audit key
+  phases.Enter("closing the key store");
   // The key store takes its handle warmer off the pool in its destructor:
   // it goes before the pool does. (It went after, when the daemon was
   // destroyed, into a freed pool: a heap corruption at every clean stop
@@ -1107,6 +1143,7 @@ int Daemon::Stop() {
   // workers, the gRPC server.
   audit_keys_.reset();
   store_.reset();
+  phases.Enter("closing the HSM connections (at most 5 s)");
   auto closed = std::make_shared<absl::Notification>();
   std::thread closer([p = pool_.release(), closed] {
     delete p;

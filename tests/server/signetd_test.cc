@@ -315,6 +315,9 @@ TEST_F(SignetdTest, AStalledHsmTurnsHealthNotServingAndNeverBlocksAStop) {
   auto code = (*signetd)->Stop(SIGTERM, absl::Seconds(60));
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0);
+  // A stop that takes long says which step it is in (the prober's call is
+  // stuck for its 3 s).
+  EXPECT_THAT((*signetd)->Output(), HasSubstr("stopping takes long: still"));
   ASSERT_TRUE(hsm_->Resume().ok());
 }
 
