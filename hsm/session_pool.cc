@@ -346,6 +346,10 @@ void SessionPool::RecoveryLoop() {
 
 void SessionPool::Release(Lease& lease) {
   std::shared_ptr<Connection> dropped;
+  // The lease's reference may be the last one (the slot let the connection
+  // go meanwhile: lost, abandoned or re-opened): it goes outside the lock,
+  // since its destruction finalizes the module (a remote call).
+  std::shared_ptr<Connection> last;
   bool lost_now = false;
   {
     absl::MutexLock lock(&mu_);
@@ -366,14 +370,14 @@ void SessionPool::Release(Lease& lease) {
     } else if (current) {
       idle_.push_back({lease.index_, lease.connection_, lease.session_});
     }
-    lease.connection_.reset();
+    last = std::move(lease.connection_);
   }
   if (lost_now) {
     SIGNET_LOG_WARN("HSM: connection {} of {} was lost; reconnecting",
                     lease.index_ + 1, options_.connections);
   }
-  // `dropped` (and with it C_Finalize of a dead connection) goes here,
-  // outside the lock.
+  // `dropped` and `last` (and with them C_Finalize of a connection let go)
+  // go here, outside the lock.
 }
 
 bool SessionPool::MaybeReconnect() {

@@ -680,7 +680,9 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   log->regular_file_ = S_ISREG(st.st_mode);
   // No closed segment (else the path above) and nothing in the current
   // one: line 1 is this process's.
-  log->started_new_chain_ = size == 0 && tail.last_seq == 0;
+  log->started_new_chain_ =
+      S_ISREG(st.st_mode) && size == 0 && tail.last_seq == 0;
+  log->found_empty_segment_ = log->started_new_chain_ && !created;
   // A marker left by a rollover that finished (its removal failed), or one
   // that names no rollover: stale.
   if (marker_exists && unlink(marker.c_str()) == 0) {
@@ -688,9 +690,20 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
   }
   log->StartWriter();
   if (torn_note) {
-    SIGNET_RETURN_IF_ERROR(log->Append(*torn_note));
+    // The torn line is already aside and cut off: its note must not be
+    // lost with a failed open (a full disk), or the side file would have
+    // no line in the log. The caller writes it again.
+    if (!log->Append(*torn_note).ok()) {
+      log->unwritten_open_line_ = std::move(torn_note);
+    }
   }
   return log;
+}
+
+std::optional<AuditEvent> AuditLog::TakeUnwrittenOpenLine() {
+  std::optional<AuditEvent> line = std::move(unwritten_open_line_);
+  unwritten_open_line_.reset();
+  return line;
 }
 
 AuditLog::AuditLog(AuditLogOptions options, int fd, uint64_t file_size,

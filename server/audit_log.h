@@ -56,6 +56,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -293,6 +294,22 @@ class AuditLog {
   // Whether Open started a new chain: no closed segment, and no line in
   // the current one (line 1 is this process's).
   bool started_new_chain() const { return started_new_chain_; }
+  // Whether Open found the current segment there but empty (a start that
+  // stopped before its first line, or a file emptied), rather than making
+  // it.
+  bool found_empty_segment() const { return found_empty_segment_; }
+
+  // Whether the log gets over a failed write by itself (a new segment, with
+  // backoff): a regular file with recovery on. Otherwise a failed write
+  // stays failed, and waiting for it is in vain.
+  bool can_recover() const {
+    return regular_file_ && options_.recovery_backoff > absl::ZeroDuration();
+  }
+
+  // The line Open could not append (the note of a torn last line moved
+  // aside, when the disk is full), to be appended again by the caller; nullopt
+  // when there is none. Each call takes it.
+  std::optional<AuditEvent> TakeUnwrittenOpenLine();
 
   // Sends `message` to the syslog sink checkpoints go to, as a warning
   // (when syslog is on): for what a person off the host must see even if
@@ -419,6 +436,8 @@ class AuditLog {
   // such as /dev/full is never renamed.
   bool regular_file_ = true;
   bool started_new_chain_ = false;
+  bool found_empty_segment_ = false;
+  std::optional<AuditEvent> unwritten_open_line_;
   std::string previous_segment_;
   uint64_t previous_first_seq_ = 0;
 

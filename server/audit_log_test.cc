@@ -16,6 +16,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -1042,11 +1043,21 @@ TEST(AuditLogTest, SaysWhetherItStartedANewChain) {
     auto log = MustOpen(Options(path));
     ASSERT_NE(log, nullptr);
     EXPECT_TRUE(log->started_new_chain());
+    EXPECT_FALSE(log->found_empty_segment());
     ASSERT_TRUE(log->Append(SignEvent(1)).ok());
   }
-  auto again = MustOpen(Options(path));
-  ASSERT_NE(again, nullptr);
-  EXPECT_FALSE(again->started_new_chain());
+  {
+    auto again = MustOpen(Options(path));
+    ASSERT_NE(again, nullptr);
+    EXPECT_FALSE(again->started_new_chain());
+  }
+  // An empty file left by a start that stopped before its first line.
+  const std::string empty = dir.File("empty.log");
+  WriteFile(empty, "");
+  auto log = MustOpen(Options(empty));
+  ASSERT_NE(log, nullptr);
+  EXPECT_TRUE(log->started_new_chain());
+  EXPECT_TRUE(log->found_empty_segment());
 }
 
 // Segments removed from the middle, reordered, or replaced are found, each
@@ -1169,6 +1180,47 @@ TEST(AuditLogTest, OpenMovesATornLastLineAsideAndRecordsIt) {
                     HasSubstr(path + ".torn-3")));
   EXPECT_EQ(Parse(lines[3])["seq"], 4);
   ExpectChainVerifies(path, 4);
+}
+
+// No room for the note of a torn last line (a full disk): the line is
+// already aside and cut off, so Open does not fail (a retried open found
+// nothing torn, and the side file had no line in the log); the note waits
+// for the caller, who writes it once there is room.
+TEST(AuditLogTest, ATornLinesNoteWithoutRoomIsKeptForTheCaller) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  {
+    auto log = MustOpen(Options(path));
+    ASSERT_NE(log, nullptr);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(log->Append(SignEvent(i)).ok());
+  }
+  const std::string whole = ReadFile(path);
+  const std::string cut = whole.substr(0, whole.size() - 20);
+  WriteFile(path, cut);
+  AuditLogOptions o = Options(path);
+  o.recovery_backoff = absl::Milliseconds(10);
+  std::unique_ptr<AuditLog> log;
+  {
+    FileSizeLimit limit(cut.rfind('\n') + 1 + 10);
+    log = MustOpen(o);
+    ASSERT_NE(log, nullptr);
+  }
+  std::optional<AuditEvent> note = log->TakeUnwrittenOpenLine();
+  ASSERT_TRUE(note.has_value());
+  EXPECT_EQ(note->event, "torn_tail");
+  EXPECT_FALSE(log->TakeUnwrittenOpenLine().has_value());
+  // Room again: the log recovers (a new segment) and takes it.
+  absl::Status appended = log->Append(*note);
+  for (int i = 0; i < 200 && !appended.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+    appended = log->Append(*note);
+  }
+  ASSERT_TRUE(appended.ok()) << appended;
+  log.reset();
+  absl::StatusOr<AuditVerifyResult> verified = VerifyAuditLog(path, nullptr);
+  ASSERT_TRUE(verified.ok()) << verified.status();
+  std::string all = ReadFile(path);
+  EXPECT_THAT(all, HasSubstr("\"event\":\"torn_tail\""));
 }
 
 // The whole file is one torn line: a new chain starts after the note.

@@ -115,12 +115,15 @@ class StopPhases {
 // a log that cannot be written for now (a full disk, say) is waited for,
 // as one that cannot be opened is, instead of failing the start for good
 // (a supervisor takes that exit for a configuration error and gives up).
-// What no wait fixes still fails the start; so does a stop request.
-absl::Status WriteAtStart(absl::FunctionRef<absl::Status()> write) {
+// What no wait fixes still fails the start, and so does a log that does not
+// get over a failed write by itself (AuditLog::can_recover: not a regular
+// file); so does a stop request.
+absl::Status WriteAtStart(const AuditLog& log,
+                          absl::FunctionRef<absl::Status()> write) {
   absl::Duration backoff = absl::Milliseconds(500);
   for (;;) {
     absl::Status written = write();
-    if (written.ok() ||
+    if (written.ok() || !log.can_recover() ||
         (!absl::IsUnavailable(written) && !absl::IsPermissionDenied(written) &&
          !absl::IsResourceExhausted(written))) {
       return written;
@@ -793,8 +796,12 @@ absl::Status Daemon::OpenAuditLog() {
   start_event.event = "start";
   start_event.result = "OK";
   start_event.detail = absl::StrCat("signetd pid ", getpid());
+  if (std::optional<AuditEvent> line = audit_->TakeUnwrittenOpenLine()) {
+    SIGNET_RETURN_IF_ERROR(
+        WriteAtStart(*audit_, [&] { return audit_->Append(*line); }));
+  }
   SIGNET_RETURN_IF_ERROR(
-      WriteAtStart([&] { return audit_->Append(start_event); }));
+      WriteAtStart(*audit_, [&] { return audit_->Append(start_event); }));
   if (audit_->started_new_chain() && audit_key_made_before_start_) {
     // Not silent: a log moved away or deleted while signetd was down looks
     // like a first start but for the token, whose audit key is older.
@@ -808,16 +815,21 @@ absl::Status Daemon::OpenAuditLog() {
         "an HSM token whose audit key generation ",
         key.key_generation(), " (kid ", key.kid(), ") was made at ",
         rotation::FormatInstant(rotation::TimeFromProto(key.created_at())),
-        ", before this start: this replica's first start on a token another "
-        "replica uses, or this log was deleted or moved away; compare with "
-        "the audit checkpoints your syslog holds");
+        ", before this start: ",
+        audit_->found_empty_segment()
+            ? "the log is there but empty (an earlier start stopped before "
+              "its first line, or the log was emptied)"
+            : "this replica's first start on a token another replica uses, "
+              "or this log was deleted or moved away",
+        "; compare with the audit checkpoints your syslog holds");
     SIGNET_LOG_ERROR("audit log: {}", note.detail);
     audit_->AlertSyslog(absl::StrCat("audit-new-chain ", note.detail));
-    SIGNET_RETURN_IF_ERROR(WriteAtStart([&] { return audit_->Append(note); }));
+    SIGNET_RETURN_IF_ERROR(
+        WriteAtStart(*audit_, [&] { return audit_->Append(note); }));
   }
   if (clock_accepted_.has_value()) {
-    SIGNET_RETURN_IF_ERROR(
-        WriteAtStart([&] { return audit_->Append(*clock_accepted_); }));
+    SIGNET_RETURN_IF_ERROR(WriteAtStart(
+        *audit_, [&] { return audit_->Append(*clock_accepted_); }));
     // Recorded: this run measures from the accepted anchor, and so does
     // every restart of this boot once it is stored.
     seen_->Reanchor(accepted_anchor_->wall, accepted_anchor_->elapsed);
@@ -832,11 +844,12 @@ absl::Status Daemon::OpenAuditLog() {
   }
   for (const rotation::KeyEvent& e : *audit_key_events) {
     SIGNET_RETURN_IF_ERROR(WriteAtStart(
-        [&] { return audit_->Append(AuditEventOf(e, "signetd")); }));
+        *audit_, [&] { return audit_->Append(AuditEventOf(e, "signetd")); }));
   }
   // Which keys sign this run's checkpoints, each vouched for by a
   // checkpoint: audit-verify with the keyring checks this.
-  return WriteAtStart([&] { return audit_keys_->Attach(audit_.get()); });
+  return WriteAtStart(*audit_,
+                      [&] { return audit_keys_->Attach(audit_.get()); });
 }
 
 absl::Status Daemon::LoadScopes() {
