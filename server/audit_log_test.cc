@@ -943,6 +943,27 @@ class MissingCurrentSegmentTest : public ::testing::Test {
     return Parse(lines[0])["detail"].get<std::string>();
   }
 
+  // Open refuses (FAILED_PRECONDITION saying `says`) until an operator
+  // accepts the missing segment; then the chain continues and the new
+  // segment's first line says so.
+  void ExpectRefusedUntilAccepted(absl::string_view says) {
+    absl::StatusOr<std::unique_ptr<AuditLog>> log =
+        AuditLog::Open(Options(path_));
+    ASSERT_FALSE(log.ok());
+    EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
+        << log.status();
+    EXPECT_THAT(
+        std::string(log.status().message()),
+        AllOf(HasSubstr(says), HasSubstr("--audit_accept_missing_segment"),
+              HasSubstr("--expected_checkpoint")));
+    struct stat st;
+    EXPECT_NE(stat(path_.c_str(), &st), 0) << "nothing is created";
+    AuditLogOptions accepting = Options(path_);
+    accepting.accept_missing_segment = true;
+    EXPECT_THAT(ContinueAndReadHeader(std::move(accepting)),
+                HasSubstr("the operator accepted it"));
+  }
+
   // The path of the closed segment with the highest first line.
   std::string LatestClosed() const {
     std::string latest;
@@ -1000,40 +1021,14 @@ TEST_F(MissingCurrentSegmentTest, APlantedMarkerPassesNoDeletedSegmentOff) {
 }
 
 TEST_F(MissingCurrentSegmentTest, ADeletedCurrentSegmentStopsTheStart) {
-  absl::StatusOr<std::unique_ptr<AuditLog>> log =
-      AuditLog::Open(Options(path_));
-  ASSERT_FALSE(log.ok());
-  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
-      << log.status();
-  EXPECT_THAT(std::string(log.status().message()),
-              AllOf(HasSubstr("the current segment is missing"),
-                    HasSubstr("--audit_accept_missing_segment"),
-                    HasSubstr("--expected_checkpoint")));
-  struct stat st;
-  EXPECT_NE(stat(path_.c_str(), &st), 0) << "nothing is created";
-
-  // An operator who has looked accepts it, once; the log says so.
-  AuditLogOptions accepting = Options(path_);
-  accepting.accept_missing_segment = true;
-  EXPECT_THAT(ContinueAndReadHeader(std::move(accepting)),
-              HasSubstr("the operator accepted it"));
+  ExpectRefusedUntilAccepted("the current segment is missing");
 }
 
 // A current segment emptied while signetd was down (truncated to zero
 // bytes) restarted the chain at line 1 silently; it is a missing segment.
 TEST_F(MissingCurrentSegmentTest, AnEmptiedCurrentSegmentStopsTheStart) {
   WriteFile(path_, "");
-  absl::StatusOr<std::unique_ptr<AuditLog>> log =
-      AuditLog::Open(Options(path_));
-  ASSERT_FALSE(log.ok());
-  EXPECT_EQ(log.status().code(), absl::StatusCode::kFailedPrecondition)
-      << log.status();
-  EXPECT_THAT(std::string(log.status().message()),
-              HasSubstr("the current segment is missing (or was emptied)"));
-  AuditLogOptions accepting = Options(path_);
-  accepting.accept_missing_segment = true;
-  EXPECT_THAT(ContinueAndReadHeader(std::move(accepting)),
-              HasSubstr("the operator accepted it"));
+  ExpectRefusedUntilAccepted("the current segment is missing (or was emptied)");
 }
 
 TEST(AuditLogTest, SaysWhetherItStartedANewChain) {
