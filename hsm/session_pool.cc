@@ -358,12 +358,11 @@ void SessionPool::Release(Lease& lease) {
     bool current = slot.connection == lease.connection_;
     if (lease.lost_) {
       if (current) {
-        dropped = std::move(slot.connection);
-        MarkDown(slot, absl::UnavailableError(
-                           "the HSM connection was lost (device error)"));
-        lost_now = true;
         // First retry right away: a restarted HSM should come back quickly.
-        slot.next_attempt = base::MonotonicNow();
+        dropped =
+            LetGo(slot, absl::UnavailableError(
+                            "the HSM connection was lost (device error)"));
+        lost_now = true;
       }
       // Sessions of the lost connection are not reused.
       DropIdleOf(lease.connection_);
@@ -543,7 +542,16 @@ void SessionPool::DropCachedHandles(absl::string_view key_id) {
   for (auto& c : conns) c->DropHandles(key_id);
 }
 
-int SessionPool::ReopenConnectionsThatMissed(absl::string_view key_id) {
+std::shared_ptr<Connection> SessionPool::LetGo(ConnectionSlot& slot,
+                                               absl::Status why) {
+  std::shared_ptr<Connection> connection = std::move(slot.connection);
+  MarkDown(slot, std::move(why));
+  slot.next_attempt = base::MonotonicNow();
+  DropIdleOf(connection);
+  return connection;
+}
+
+void SessionPool::ReopenConnectionsThatMissed(absl::string_view key_id) {
   std::vector<std::pair<size_t, std::shared_ptr<Connection>>> up;
   {
     absl::MutexLock lock(&mu_);
@@ -562,13 +570,10 @@ int SessionPool::ReopenConnectionsThatMissed(absl::string_view key_id) {
     for (const auto& [index, connection] : up) {
       ConnectionSlot& slot = slots_[index];
       if (slot.connection != connection) continue;  // already re-opened
-      dropped.push_back(std::move(slot.connection));
-      MarkDown(slot,
-               absl::UnavailableError(
-                   "re-opened: its view of the token missed a key the token "
-                   "holds"));
-      slot.next_attempt = base::MonotonicNow();
-      DropIdleOf(connection);
+      dropped.push_back(
+          LetGo(slot, absl::UnavailableError(
+                          "re-opened: its view of the token missed a key the "
+                          "token holds")));
       reopened.push_back(index);
     }
   }
@@ -578,8 +583,8 @@ int SessionPool::ReopenConnectionsThatMissed(absl::string_view key_id) {
         "opened (a stale view); reconnecting it",
         index + 1, options_.connections);
   }
-  // `dropped` goes here, outside the lock (leases still out keep theirs).
-  return static_cast<int>(reopened.size());
+  // `dropped` goes here, outside the lock (leases still out release
+  // theirs outside it too: Release).
 }
 
 int SessionPool::LiveConnections() const {

@@ -217,8 +217,8 @@ class SessionPool {
   // since found exactly once (that connection's view of the token was
   // stale, or a duplicate has gone): each is marked down as a lost one is,
   // so it reconnects and warms afresh instead of refusing the key until
-  // something else breaks it. Returns how many were re-opened.
-  int ReopenConnectionsThatMissed(absl::string_view key_id)
+  // something else breaks it.
+  void ReopenConnectionsThatMissed(absl::string_view key_id)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Registers `warmer` to run on every connection opened from now on, before
@@ -299,6 +299,11 @@ class SessionPool {
   // Tries to bring up one down connection whose backoff has passed.
   // Returns true if it tried. Called with mu_ held; releases it meanwhile.
   bool MaybeReconnect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `slot`'s connection down for a reconnect at once (MarkDown, no
+  // backoff, its idle sessions dropped) and returns it, to be released
+  // outside mu_ (its destruction finalizes the module).
+  std::shared_ptr<Connection> LetGo(ConnectionSlot& slot, absl::Status why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkDown(ConnectionSlot& slot, absl::Status why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Abandons connections with a lease held past stall_threshold. Returns

@@ -560,10 +560,6 @@ std::map<std::string, ScopeKeySet> KeyReconciler::KnownSets() const {
     std::erase_if(set.records, [this](const KeyRecord& r) {
       return pruned_.contains(r.key_id());
     });
-    std::sort(set.records.begin(), set.records.end(),
-              [](const KeyRecord& a, const KeyRecord& b) {
-                return a.key_generation() < b.key_generation();
-              });
     for (const KeyRecord& r : set.records) {
       if (auto key = loaded_.find(r.key_id()); key != loaded_.end()) {
         set.loaded.emplace(key->first, key->second);

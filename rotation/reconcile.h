@@ -183,7 +183,8 @@ class KeyReconciler {
   std::map<std::string, KeyState> last_state_;
   // Each scope's records as the last pass read them, updated by every
   // record this process wrote since: what a vanished record is written
-  // again from (an operator's change made after the pass included).
+  // again from (an operator's change made after the pass included). In
+  // generation order (a key made since has the newest generation).
   std::map<std::string, std::vector<KeyRecord>> last_records_;
   // Keys this process pruned (their records vanish by design).
   std::set<std::string> pruned_;

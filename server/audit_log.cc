@@ -701,9 +701,7 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(
 }
 
 std::optional<AuditEvent> AuditLog::TakeUnwrittenOpenLine() {
-  std::optional<AuditEvent> line = std::move(unwritten_open_line_);
-  unwritten_open_line_.reset();
-  return line;
+  return std::exchange(unwritten_open_line_, std::nullopt);
 }
 
 AuditLog::AuditLog(AuditLogOptions options, int fd, uint64_t file_size,

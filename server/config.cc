@@ -60,6 +60,17 @@ void CollectNames(const google::protobuf::Descriptor* message,
   }
 }
 
+// The schema's names, collected once, on the first parse error: a
+// configuration that parses never needs them.
+const std::set<std::string>& SchemaNames() {
+  static const std::set<std::string>* const names = [] {
+    auto* collected = new std::set<std::string>();
+    CollectNames(SignetConfig::descriptor(), *collected);
+    return collected;
+  }();
+  return *names;
+}
+
 // Levenshtein distance, for short names only.
 size_t EditDistance(absl::string_view a, absl::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -85,8 +96,6 @@ size_t EditDistance(absl::string_view a, absl::string_view b) {
 // suggested); otherwise it is not repeated.
 class Redactor {
  public:
-  Redactor() { CollectNames(SignetConfig::descriptor(), names_); }
-
   std::string Redact(const std::string& message) {
     std::string out;
     absl::string_view rest(message);
@@ -121,11 +130,12 @@ class Redactor {
  private:
   // The token as shown, and what follows its closing quote (a suggestion).
   std::pair<std::string, std::string> Token(absl::string_view token) {
-    if (token.size() <= 1 || names_.contains(std::string(token))) {
+    const std::set<std::string>& names = SchemaNames();
+    if (token.size() <= 1 || names.contains(std::string(token))) {
       return {std::string(token), ""};  // punctuation, or the schema's name
     }
     if (token.size() <= 64) {
-      for (const std::string& name : names_) {
+      for (const std::string& name : names) {
         if (name.size() > 3 && EditDistance(token, name) <= 2) {
           return {std::string(token),
                   absl::StrCat(" (did you mean \"", name, "\"?)")};
@@ -136,7 +146,6 @@ class Redactor {
     return {"(not shown)", ""};
   }
 
-  std::set<std::string> names_;
   bool redacted_ = false;
 };
 

@@ -708,15 +708,12 @@ absl::StatusOr<std::vector<rotation::KeyEvent>> Daemon::FirstAuditKeyPass() {
     return absl::FailedPreconditionError(
         "the HSM token holds no audit checkpoint key");
   }
-  // The oldest audit key made before this start: the token has audited
-  // before (OpenAuditLog).
+  // The oldest audit key made before this start (records are in
+  // generation order): the token has audited before (OpenAuditLog).
   for (const rotation::KeyRecord& r : set->second.records) {
-    const absl::Time made = rotation::TimeFromProto(r.created_at());
-    if (made < now &&
-        (!audit_key_made_before_start_.has_value() ||
-         made < rotation::TimeFromProto(
-                    audit_key_made_before_start_->created_at()))) {
+    if (rotation::TimeFromProto(r.created_at()) < now) {
       audit_key_made_before_start_ = r;
+      break;
     }
   }
   if (absl::Status st = audit_keys_->Update(set->second, clock_.Now());
@@ -796,12 +793,13 @@ absl::Status Daemon::OpenAuditLog() {
   start_event.event = "start";
   start_event.result = "OK";
   start_event.detail = absl::StrCat("signetd pid ", getpid());
+  auto append = [this](const AuditEvent& line) {
+    return WriteAtStart(*audit_, [&] { return audit_->Append(line); });
+  };
   if (std::optional<AuditEvent> line = audit_->TakeUnwrittenOpenLine()) {
-    SIGNET_RETURN_IF_ERROR(
-        WriteAtStart(*audit_, [&] { return audit_->Append(*line); }));
+    SIGNET_RETURN_IF_ERROR(append(*line));
   }
-  SIGNET_RETURN_IF_ERROR(
-      WriteAtStart(*audit_, [&] { return audit_->Append(start_event); }));
+  SIGNET_RETURN_IF_ERROR(append(start_event));
   if (audit_->started_new_chain() && audit_key_made_before_start_) {
     // Not silent: a log moved away or deleted while signetd was down looks
     // like a first start but for the token, whose audit key is older.
@@ -824,12 +822,10 @@ absl::Status Daemon::OpenAuditLog() {
         "; compare with the audit checkpoints your syslog holds");
     SIGNET_LOG_ERROR("audit log: {}", note.detail);
     audit_->AlertSyslog(absl::StrCat("audit-new-chain ", note.detail));
-    SIGNET_RETURN_IF_ERROR(
-        WriteAtStart(*audit_, [&] { return audit_->Append(note); }));
+    SIGNET_RETURN_IF_ERROR(append(note));
   }
   if (clock_accepted_.has_value()) {
-    SIGNET_RETURN_IF_ERROR(WriteAtStart(
-        *audit_, [&] { return audit_->Append(*clock_accepted_); }));
+    SIGNET_RETURN_IF_ERROR(append(*clock_accepted_));
     // Recorded: this run measures from the accepted anchor, and so does
     // every restart of this boot once it is stored.
     seen_->Reanchor(accepted_anchor_->wall, accepted_anchor_->elapsed);
@@ -843,8 +839,7 @@ absl::Status Daemon::OpenAuditLog() {
     }
   }
   for (const rotation::KeyEvent& e : *audit_key_events) {
-    SIGNET_RETURN_IF_ERROR(WriteAtStart(
-        *audit_, [&] { return audit_->Append(AuditEventOf(e, "signetd")); }));
+    SIGNET_RETURN_IF_ERROR(append(AuditEventOf(e, "signetd")));
   }
   // Which keys sign this run's checkpoints, each vouched for by a
   // checkpoint: audit-verify with the keyring checks this.

@@ -268,11 +268,7 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
       reconciler_->RunOnce(at, irreversible_at);
   absl::StatusOr<ScopeKeysMap> built =
       sets.ok() ? BuildScopeKeys(config_, *sets, Scopes(), at) : sets.status();
-  {
-    absl::MutexLock lock(&mu_);
-    if (built.ok()) scopes_ = *built;
-  }
-  if (built.ok() && notify && on_keys_) on_keys_(*built);
+  if (built.ok()) SwapIn(*built, notify);
   {
     // After the keys are handed on: a pass GetStatus reports is one whose
     // keys are served and published.
@@ -309,12 +305,16 @@ absl::Status KeyManager::PublishKnown() {
       BuildScopeKeys(config_, reconciler_->KnownSets(), previous, at);
   if (!built.ok()) return built.status();
   for (const auto& [name, keys] : previous) built->try_emplace(name, keys);
+  SwapIn(*built, /*notify=*/true);
+  return absl::OkStatus();
+}
+
+void KeyManager::SwapIn(const ScopeKeysMap& scopes, bool notify) {
   {
     absl::MutexLock lock(&mu_);
-    scopes_ = *built;
+    scopes_ = scopes;
   }
-  if (on_keys_) on_keys_(*built);
-  return absl::OkStatus();
+  if (notify && on_keys_) on_keys_(scopes);
 }
 
 void KeyManager::Loop() {

@@ -174,6 +174,8 @@ class KeyManager {
   // (KeyReconciler::KnownSets) swapped in and handed to `on_keys`: after an
   // operator's change whose pass failed. On the loop's thread.
   absl::Status PublishKnown();
+  // `scopes` served from now on, and handed to `on_keys` if `notify`.
+  void SwapIn(const ScopeKeysMap& scopes, bool notify) ABSL_LOCKS_EXCLUDED(mu_);
   // Queues `task` for the loop's thread; false (task not run) when full or
   // stopping.
   bool Post(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
