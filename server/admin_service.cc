@@ -8,6 +8,7 @@
 #include "rotation/schedule.h"
 #include "server/config.h"
 #include "server/identity.h"
+#include "server/pending_call.h"
 #include "server/signer_service.h"
 
 namespace signet::server {
@@ -26,6 +27,24 @@ std::pair<std::string, std::string> ActiveAndStandby(const ScopeKeys& keys,
   if (auto signing = keys.SigningAt(now)) active = signing->kid;
   const rotation::KeyRecord* standby = keys.StandbyAt(now);
   return {active, standby != nullptr ? standby->kid() : std::string()};
+}
+
+// The audit line of an admin's call answered `status`; `note` follows its
+// detail.
+AuditEvent AdminLine(const std::string& admin, const char* method,
+                     absl::string_view scope, const absl::Status& status,
+                     absl::string_view detail, absl::string_view note = "") {
+  AuditEvent line;
+  line.event = "admin";
+  line.caller = admin;
+  line.scope = ValidScopeName(scope) ? std::string(scope) : Quote(scope);
+  line.result = absl::StatusCodeToString(status.code());
+  line.detail =
+      status.ok()
+          ? absl::StrCat("Admin/", method, detail.empty() ? "" : ": ", detail)
+          : absl::StrCat("Admin/", method, ": ", status.message());
+  if (!note.empty()) absl::StrAppend(&line.detail, " ", note);
+  return line;
 }
 
 }  // namespace
@@ -154,15 +173,7 @@ void AdminService::Audited(const Backend& backend, const std::string& admin,
                            const char* method, absl::string_view scope,
                            const absl::Status& status, const Answer& answer,
                            absl::string_view detail, bool answer_unaudited) {
-  AuditEvent line;
-  line.event = "admin";
-  line.caller = admin;
-  line.scope = ValidScopeName(scope) ? std::string(scope) : Quote(scope);
-  line.result = absl::StatusCodeToString(status.code());
-  line.detail =
-      status.ok()
-          ? absl::StrCat("Admin/", method, detail.empty() ? "" : ": ", detail)
-          : absl::StrCat("Admin/", method, ": ", status.message());
+  const AuditEvent line = AdminLine(admin, method, scope, status, detail);
   // Before the answer; an admin call that cannot be audited is not
   // answered OK.
   absl::Status written = backend.audit->Append(line);
@@ -177,6 +188,16 @@ void AdminService::Audited(const Backend& backend, const std::string& admin,
     return;
   }
   answer(ToGrpcStatus(status));
+}
+
+void AdminService::AuditAfterAnswer(const Backend& backend,
+                                    const AuditEvent& line) {
+  if (absl::Status written = backend.audit->Append(line); !written.ok()) {
+    SIGNET_LOG_WARN(
+        "{} by {}: {} (not audited: the audit log cannot be "
+        "written: {})",
+        line.event, line.caller, line.detail, written.message());
+  }
 }
 
 void AdminService::ListScopes(const Backend& backend, const std::string& admin,
@@ -262,13 +283,57 @@ void AdminService::Change(
     Audited(backend, admin, method, request.scope(), st, answer);
     return;
   }
+  // The change runs on the key manager's thread, in the HSM, where a
+  // stalled HSM may hold it for good; gRPC's Shutdown waits for every call
+  // to be answered, so a stop hung behind it. The call is answered by
+  // whichever comes first: the change's outcome, its deadline, or a stop
+  // (the watchdog of RequestWaits, cut off at shutdown), each audited.
+  auto pending = std::make_shared<PendingCall>(
+      [answer](const absl::Status& status) { answer(ToGrpcStatus(status)); },
+      deadline, /*on_done=*/nullptr, waits_->watchdog().list(),
+      [&backend, admin, method,
+       scope = request.scope()](const absl::Status& status) {
+        // After the answer (the watchdog's): nothing left to hold it for.
+        AuditAfterAnswer(backend, AdminLine(admin, method, scope, status, ""));
+      });
+  const std::string retry = absl::StrCat(
+      "; it may still be applied once the HSM answers: call again with the "
+      "same request_id (",
+      Quote(request.request_id(), 64), ") to learn its outcome");
+  pending->SetExpiryAnswers(
+      {absl::DeadlineExceededError(absl::StrCat(
+           "the key change did not finish before the call's deadline (the HSM "
+           "is slow or stalled: health says which)",
+           retry)),
+       absl::UnavailableError(absl::StrCat(
+           "signetd is stopping and the HSM has not finished the key change",
+           retry))});
+  waits_->watchdog().Watch(pending);
   (backend.keys->*submit)(
       request, admin, deadline,
-      [this, &backend, admin, method, scope = request.scope(), response, answer,
-       describe](absl::StatusOr<Response> result) {
-        if (result.ok()) *response = *result;
-        Audited(backend, admin, method, scope, result.status(), answer,
-                result.ok() ? describe(*result) : "");
+      [this, &backend, admin, method, scope = request.scope(), response,
+       pending, describe](absl::StatusOr<Response> result) {
+        const std::string detail = result.ok() ? describe(*result) : "";
+        if (pending->answered()) {
+          // Told DEADLINE_EXCEEDED or UNAVAILABLE already: the outcome is
+          // audited all the same, for the retry that asks for it.
+          AuditAfterAnswer(
+              backend, AdminLine(admin, method, scope, result.status(), detail,
+                                 "(the outcome, after the call was answered)"));
+          return;
+        }
+        Audited(
+            backend, admin, method, scope, result.status(),
+            [&pending, &result, response](const grpc::Status& status) {
+              pending->Finish(absl::Status(static_cast<absl::StatusCode>(
+                                               status.error_code()),
+                                           status.error_message()),
+                              [&] {
+                                if (status.ok() && result.ok())
+                                  *response = *result;
+                              });
+            },
+            detail);
       });
 }
 

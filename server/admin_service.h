@@ -97,8 +97,16 @@ class AdminService final : public OneRequestService {
                const absl::Status& status, const Answer& answer,
                absl::string_view detail = "", bool answer_unaudited = false);
 
+  // The audit line of an answer already sent (by the deadline watchdog, or
+  // a change's outcome after it); a line that cannot be written is logged.
+  static void AuditAfterAnswer(const Backend& backend, const AuditEvent& line);
+
   // A key change: the scope name checked, then `submit` to the key
   // manager; its answer audited (with `describe` of a success) and sent.
+  // Answered by whichever comes first: the change's outcome, the call's
+  // deadline, or a stop (a stalled HSM may hold the change for good); a
+  // change that finishes after its call was answered has its outcome
+  // audited still.
   template <typename Request, typename Response>
   void Change(
       const Backend& backend, const std::string& admin, absl::Time deadline,

@@ -53,6 +53,7 @@ using ::testing::HasSubstr;
 using ::testing::SizeIs;
 using ::testing::StartsWith;
 
+using audit_testing::FileSizeLimit;
 using audit_testing::HexSha256;
 using audit_testing::Json;
 using audit_testing::kZeroHash;
@@ -606,27 +607,6 @@ TEST(AuditLogTest, FailsClosedWithACheckpointSignerToo) {
   EXPECT_EQ(log->Append(SignEvent()).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(log->Checkpoint().code(), absl::StatusCode::kUnavailable);
 }
-
-// RLIMIT_FSIZE makes a regular file stop growing mid-run: the write that
-// crosses the limit is cut short, the next one fails with EFBIG.
-class FileSizeLimit {
- public:
-  explicit FileSizeLimit(rlim_t bytes) {
-    EXPECT_EQ(getrlimit(RLIMIT_FSIZE, &saved_), 0);
-    old_handler_ = signal(SIGXFSZ, SIG_IGN);
-    rlimit limit = saved_;
-    limit.rlim_cur = bytes;
-    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
-  }
-  ~FileSizeLimit() {
-    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &saved_), 0);
-    signal(SIGXFSZ, old_handler_);
-  }
-
- private:
-  rlimit saved_;
-  sighandler_t old_handler_;
-};
 
 TEST(AuditLogTest, FailsClosedWhenTheFileStopsGrowingAndStaysVerifiable) {
   TempDir dir;

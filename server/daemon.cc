@@ -81,7 +81,9 @@ bool StopRequested(absl::Duration timeout,
       SIGNET_LOG_INFO("received SIGHUP: the audit log starts a new segment");
       on_hangup();
     } else {
-      SIGNET_LOG_INFO("received SIGHUP before the audit log is open; ignored");
+      SIGNET_LOG_INFO(
+          "received SIGHUP while signetd is starting; ignored (the audit log "
+          "starts a new segment on a SIGHUP once signetd serves)");
     }
   }
   return false;
@@ -110,6 +112,24 @@ class StopPhases {
   absl::Notification done_;
   std::thread thread_;  // last: it reads the members above
 };
+
+// Runs `step` on a thread of its own and waits up to `limit` for it: a step
+// that calls into a stalled HSM cannot be cancelled, and a stop must not
+// wait for it. False when it has not returned by then; its thread is left
+// behind, and the caller must exit without destroying what it uses.
+bool FinishesWithin(absl::Duration limit, std::function<void()> step) {
+  auto done = std::make_shared<absl::Notification>();
+  std::thread runner([step = std::move(step), done] {
+    step();
+    done->Notify();
+  });
+  if (!done->WaitForNotificationWithTimeout(limit)) {
+    runner.detach();
+    return false;
+  }
+  runner.join();
+  return true;
+}
 
 // Runs `write` (lines the start writes to the audit log) until it succeeds:
 // a log that cannot be written for now (a full disk, say) is waited for,
@@ -1115,11 +1135,14 @@ int Daemon::Stop() {
     SIGNET_LOG_WARN(
         "an HSM call is stuck (stalled HSM); exiting without "
         "closing the HSM connections");
-    AuditEvent stop_event;
-    stop_event.event = "stop";
-    stop_event.result = "OK";
-    stop_event.detail = "HSM stalled; no final checkpoint";
-    (void)audit_->Append(stop_event);
+    // A checkpoint falling due would wait for the HSM before this line.
+    (void)FinishesWithin(absl::Seconds(2), [this] {
+      AuditEvent stop_event;
+      stop_event.event = "stop";
+      stop_event.result = "OK";
+      stop_event.detail = "HSM stalled; no final checkpoint";
+      (void)audit_->Append(stop_event);
+    });
     workers_->Detach();
     std::_Exit(options_.exit_code_if_hsm_stuck);
   }
@@ -1127,21 +1150,35 @@ int Daemon::Stop() {
   // log they wrote to is still there.
   phases.Enter("joining the signing workers");
   workers_->Join();
-  phases.Enter("writing the audit log's stop line");
-  AuditEvent stop_event;
-  stop_event.event = "stop";
-  stop_event.result = "OK";
-  (void)audit_->Append(stop_event);
-  // The audit key's successor may have taken over since the key manager's
-  // last pass: the final checkpoint is signed by the key that may sign now.
-  if (absl::Status st = audit_keys_->Refresh(clock_.Now()); !st.ok()) {
+  // The stop line (a checkpoint falling due signs in the HSM first), the
+  // audit key brought up to date, and the final checkpoint signed by it:
+  // an HSM that stalled after the checks above holds them for good (an
+  // eighth outside attack: a stop right after a stall waited for the HSM
+  // to come back).
+  phases.Enter(
+      "writing the audit log's stop line and final checkpoint (at most 5 s)");
+  if (!FinishesWithin(absl::Seconds(5), [this] {
+        AuditEvent stop_event;
+        stop_event.event = "stop";
+        stop_event.result = "OK";
+        (void)audit_->Append(stop_event);
+        // The audit key's successor may have taken over since the key
+        // manager's last pass: the final checkpoint is signed by the key
+        // that may sign now.
+        if (absl::Status st = audit_keys_->Refresh(clock_.Now()); !st.ok()) {
+          SIGNET_LOG_WARN(
+              "the audit key could not be brought up to date for the "
+              "final checkpoint: {}",
+              st.ToString());
+        }
+        audit_.reset();  // final checkpoint, signed by the audit key
+      })) {
     SIGNET_LOG_WARN(
-        "the audit key could not be brought up to date for the "
-        "final checkpoint: {}",
-        st.ToString());
+        "the audit log's last lines wait for the HSM (stalled); exiting "
+        "without its final checkpoint (the next start goes on from the "
+        "last line written)");
+    std::_Exit(options_.exit_code_if_hsm_stuck);
   }
-  phases.Enter("writing the final checkpoint and closing the audit log");
-  audit_.reset();  // final checkpoint, signed by the audit key
   phases.Enter("closing the key store");
   // The key store takes its handle warmer off the pool in its destructor:
   // it goes before the pool does. (It went after, when the daemon was
@@ -1152,17 +1189,10 @@ int Daemon::Stop() {
   audit_keys_.reset();
   store_.reset();
   phases.Enter("closing the HSM connections (at most 5 s)");
-  auto closed = std::make_shared<absl::Notification>();
-  std::thread closer([p = pool_.release(), closed] {
-    delete p;
-    closed->Notify();
-  });
-  if (!closed->WaitForNotificationWithTimeout(absl::Seconds(5))) {
+  if (!FinishesWithin(absl::Seconds(5), [p = pool_.release()] { delete p; })) {
     SIGNET_LOG_WARN("closing the HSM connections did not finish; exiting");
-    closer.detach();
     std::_Exit(options_.exit_code_if_hsm_stuck);
   }
-  closer.join();
   SIGNET_LOG_INFO("signetd stopped");
   return 0;
 }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "base/quote.h"
+#include "base/status_macros.h"
 #include "crypto/digest.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "rotation/schedule.h"
@@ -134,8 +135,7 @@ KeyManager::KeyManager(hsm::KeyStore* store,
         } else {
           SIGNET_LOG_ERROR("{}: {}", e.event, e.detail);
         }
-        (void)audit_->Append(AuditEventOf(
-            e, acting_admin_.empty() ? "signetd" : acting_admin_));
+        Audit(AuditEventOf(e, acting_admin_.empty() ? "signetd" : acting_admin_));
       },
       kill_at_write <= 0 ? std::function<void()>()
                          : [kill_at_write, writes = 0]() mutable {
@@ -147,13 +147,16 @@ KeyManager::KeyManager(hsm::KeyStore* store,
   // log unwritable: the token changed and no line said so.
   reconciler_->SetChangeGate(
       [this](absl::string_view scope, absl::string_view what) {
+        // Events of earlier changes first, so the log keeps their order.
+        absl::Status written = WriteUnwrittenEvents();
         AuditEvent line;
         line.event = "key_changes";
         line.caller = acting_admin_.empty() ? "signetd" : acting_admin_;
         line.scope = std::string(scope);
         line.result = "STARTING";
         line.detail = std::string(what);
-        if (absl::Status written = audit_->Append(line); !written.ok()) {
+        if (written.ok()) written = audit_->Append(line);
+        if (!written.ok()) {
           SIGNET_LOG_ERROR(
               "key changes{}{} held back: the audit log cannot be written ({})",
               scope.empty() ? "" : " of scope ", scope, written.message());
@@ -200,17 +203,25 @@ bool KeyManager::Stop(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  if (thread_.joinable()) {
-    if (!loop_done_.WaitForNotificationWithTimeout(timeout)) return false;
-    thread_.join();
-  }
+  const bool loop_ended =
+      !thread_.joinable() || loop_done_.WaitForNotificationWithTimeout(timeout);
   {
     absl::MutexLock lock(&mu_);
     abandoned.swap(tasks_);
   }
   // Queued operator calls are answered (UNAVAILABLE) by their tasks, which
-  // see stopping_.
+  // see stopping_ and touch nothing else: also while the loop is stuck in
+  // the HSM (gRPC's Shutdown waits for every call to be answered).
   for (auto& task : abandoned) task();
+  if (!loop_ended) return false;
+  if (thread_.joinable()) thread_.join();
+  // The loop is over: its events are this thread's now.
+  if (!WriteUnwrittenEvents().ok()) {
+    SIGNET_LOG_ERROR(
+        "{} key event(s) were never written to the audit log (it could not "
+        "be written); the lines above have them",
+        unwritten_events_.size() + unwritten_events_dropped_);
+  }
   return true;
 }
 
@@ -232,6 +243,48 @@ void KeyManager::RequestPass() {
 void KeyManager::Tick() {
   // Releasing mu_ re-evaluates the loop's wait condition (absl::Mutex).
   absl::MutexLock lock(&mu_);
+}
+
+void KeyManager::Audit(AuditEvent line) {
+  if (WriteUnwrittenEvents().ok()) {
+    absl::Status written = audit_->Append(line);
+    if (written.ok()) return;
+    SIGNET_LOG_ERROR(
+        "the audit log cannot be written ({}): the {} line is kept to be "
+        "written once it can",
+        written.message(), line.event);
+  }
+  if (unwritten_events_.size() >= kMaxUnwrittenEvents) {
+    ++unwritten_events_dropped_;
+    return;
+  }
+  line.detail = absl::StrCat(
+      line.detail, line.detail.empty() ? "" : " ",
+      "(written late: the audit log could not be written at ",
+      absl::FormatTime(absl::RFC3339_full, clock_.Now(), absl::UTCTimeZone()),
+      ", when this happened)");
+  unwritten_events_.push_back(std::move(line));
+}
+
+absl::Status KeyManager::WriteUnwrittenEvents() {
+  while (!unwritten_events_.empty()) {
+    SIGNET_RETURN_IF_ERROR(audit_->Append(unwritten_events_.front()));
+    unwritten_events_.pop_front();
+  }
+  if (unwritten_events_dropped_ > 0) {
+    AuditEvent line;
+    line.event = "key_events_lost";
+    line.caller = "signetd";
+    line.result = "DATA_LOSS";
+    line.detail = absl::StrCat(
+        unwritten_events_dropped_,
+        " key event(s) after the ones above were not kept while the audit "
+        "log could not be written (at most ",
+        kMaxUnwrittenEvents, " are kept); signetd's own log has them");
+    SIGNET_RETURN_IF_ERROR(audit_->Append(line));
+    unwritten_events_dropped_ = 0;
+  }
+  return absl::OkStatus();
 }
 
 bool KeyManager::Post(std::function<void()> task) {
@@ -329,6 +382,8 @@ void KeyManager::Loop() {
   // time on, at most one per kMinAskedPassSpacing.
   absl::Duration hear_asks_from_monotonic = -absl::InfiniteDuration();
   while (true) {
+    (void)WriteUnwrittenEvents();
+    const bool events_waiting = !unwritten_events_.empty();
     // The next pass: a millisecond past the next schedule boundary after
     // the last pass, so it sees the new state, or one interval on, on the
     // clock. From the last pass, not now: a clock set forward between the
@@ -347,13 +402,16 @@ void KeyManager::Loop() {
       };
       // Each wait's own end is part of its condition too, so a Tick ends
       // it when the timed end was stretched by a clock step.
-      if (failing) {
+      if (failing || events_waiting) {
         // Backoff is an interval of real time, whatever the clock says.
-        const absl::Duration until_monotonic = base::MonotonicNow() + backoff;
+        // Events the audit log could not take are tried again every second.
+        const absl::Duration wait = failing ? backoff : absl::Seconds(1);
+        const absl::Duration until_monotonic = base::MonotonicNow() + wait;
         auto over = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return ready() || base::MonotonicNow() >= until_monotonic;
         };
-        mu_.AwaitWithTimeout(absl::Condition(&over), backoff);
+        mu_.AwaitWithTimeout(absl::Condition(&over), wait);
+        if (!failing && !ready() && clock_.Now() < next_pass) continue;
       } else if (!hear_asks) {
         // Not longer than the spacing, so an ask made meanwhile is heard.
         auto over = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -399,7 +457,7 @@ void KeyManager::Loop() {
         line.detail = absl::StrCat(
             std::string(pass.message()),
             " (retried with backoff; the next line says when it works again)");
-        (void)audit_->Append(line);
+        Audit(std::move(line));
       }
       ++failed_passes;
       failing = true;
@@ -420,7 +478,7 @@ void KeyManager::Loop() {
                        failed_passes, " failed pass(es) over ",
                        absl::FormatDuration(absl::Trunc(
                            clock_.Now() - failing_since, absl::Seconds(1))));
-      (void)audit_->Append(line);
+      Audit(std::move(line));
     }
     failing = false;
     backoff = absl::Seconds(1);

@@ -156,6 +156,8 @@ class KeyManager {
   static constexpr size_t kMaxQueuedCalls = 64;
   // Request ids remembered in memory.
   static constexpr size_t kMaxRememberedRequests = 1024;
+  // Audit lines kept while the audit log cannot be written (Audit).
+  static constexpr size_t kMaxUnwrittenEvents = 256;
   // Operators' changes kept in one key record (the newest).
   static constexpr int kMaxRecordedChanges = 4;
 
@@ -176,6 +178,16 @@ class KeyManager {
   absl::Status PublishKnown();
   // `scopes` served from now on, and handed to `on_keys` if `notify`.
   void SwapIn(const ScopeKeysMap& scopes, bool notify) ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes `line` to the audit log, after the lines kept from before. A
+  // line the log cannot take now (it is broken: a full disk) is kept, up to
+  // kMaxUnwrittenEvents, and written once it can, saying so: a change whose
+  // "key_changes" line was written before its token write does not lose
+  // what the write did when the log breaks in between. The thread that
+  // runs passes (Start's, then the loop's).
+  void Audit(AuditEvent line);
+  // Writes the lines Audit kept (and, if it had to drop some, a line that
+  // says how many); the log's error when it still cannot.
+  absl::Status WriteUnwrittenEvents();
   // Queues `task` for the loop's thread; false (task not run) when full or
   // stopping.
   bool Post(std::function<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
@@ -244,6 +256,10 @@ class KeyManager {
   // pass (ElapsedWallTime::AheadBy): its changes are logged.
   bool clock_ahead_ = false;
   std::map<std::string, Remembered> remembered_;
+  // Audit lines the log could not take yet (Audit), and how many more it
+  // had no room to keep.
+  std::deque<AuditEvent> unwritten_events_;
+  size_t unwritten_events_dropped_ = 0;
   std::deque<std::string> remembered_order_;
 
   mutable absl::Mutex mu_;

@@ -3,14 +3,19 @@
 // the rotation period, and the key that signs follows the schedule.
 #include "server/key_manager.h"
 
+#include <algorithm>
 #include <atomic>
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -65,14 +70,20 @@ constexpr char kConfig[] = R"pb(
   reconcile_interval_seconds: 3600
 )pb";
 
-// The token through `inner`, except that once `FailReadsAfterAWrite()` is
-// called, every ReadAllRecords after the next record write answers
-// UNAVAILABLE: the HSM connection dropped right after an operator's change
-// was written, so the pass after it cannot read the token.
-class ReadsFailAfterAWrite : public hsm::KeyStore {
+// The token through `inner`, with faults that follow the next record
+// write. After `FailReadsAfterAWrite()`, every ReadAllRecords after it
+// answers UNAVAILABLE: the HSM connection dropped right after an operator's
+// change was written, so the pass after it cannot read the token. After
+// `AfterTheNextWrite(f)`, `f` runs once right after it (on the writer's
+// thread).
+class FaultsAfterAWrite : public hsm::KeyStore {
  public:
-  explicit ReadsFailAfterAWrite(hsm::KeyStore* inner) : inner_(inner) {}
+  explicit FaultsAfterAWrite(hsm::KeyStore* inner) : inner_(inner) {}
   void FailReadsAfterAWrite() { armed_ = true; }
+  void AfterTheNextWrite(std::function<void()> f) {
+    absl::MutexLock lock(&mu_);
+    after_write_ = std::move(f);
+  }
 
   absl::StatusOr<std::string> GenerateKeyPair(
       const hsm::KeySpec& spec) override {
@@ -115,6 +126,12 @@ class ReadsFailAfterAWrite : public hsm::KeyStore {
                                        absl::string_view bytes) override {
     absl::StatusOr<uint64_t> written = inner_->WriteRecord(key_id, bytes);
     if (armed_) reads_fail_ = true;
+    std::function<void()> after;
+    {
+      absl::MutexLock lock(&mu_);
+      after = std::exchange(after_write_, nullptr);
+    }
+    if (after) after();
     return written;
   }
   absl::StatusOr<std::optional<hsm::StoredRecord>> ReadRecord(
@@ -133,6 +150,8 @@ class ReadsFailAfterAWrite : public hsm::KeyStore {
   hsm::KeyStore* const inner_;
   std::atomic<bool> armed_ = false;
   std::atomic<bool> reads_fail_ = false;
+  absl::Mutex mu_;
+  std::function<void()> after_write_ ABSL_GUARDED_BY(mu_);
 };
 
 class KeyManagerTest : public hsm::InProcessKeyStoreTest {
@@ -257,7 +276,7 @@ absl::Status RotateNow(KeyManager& keys, const std::string& request_id,
 // more tokens and stayed published until a pass succeeded (a seventh
 // outside attack). What was written takes effect at once all the same.
 TEST_F(KeyManagerTest, ARevocationTakesEffectWhenThePassAfterItFails) {
-  ReadsFailAfterAWrite store(store_.get());
+  FaultsAfterAWrite store(store_.get());
   std::unique_ptr<KeyManager> keys = Make(&store);
   ASSERT_TRUE(keys->Start().ok());
   keys->StartLoop();
@@ -297,6 +316,85 @@ TEST_F(KeyManagerTest, ARevocationTakesEffectWhenThePassAfterItFails) {
   }
   ASSERT_TRUE(published.has_value()) << "nothing was handed on";
   expect_revoked_gone(*published);
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+}
+
+// Every line of the audit log in `dir` (whose current segment is
+// "audit.log"), closed segments first, parsed.
+std::vector<audit_testing::Json> AuditLines(const audit_testing::TempDir& dir) {
+  std::vector<std::string> closed;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, "audit.log.") && name.size() == 30) {
+      closed.push_back(entry.path().string());
+    }
+  }
+  std::sort(closed.begin(), closed.end());
+  closed.push_back(dir.File("audit.log"));
+  std::vector<audit_testing::Json> lines;
+  for (const std::string& segment : closed) {
+    for (const std::string& line : audit_testing::ReadLines(segment)) {
+      lines.push_back(audit_testing::Parse(line));
+    }
+  }
+  return lines;
+}
+
+// A change's "key_changes" line is written before the token is; the audit
+// log then broke (a full disk) before the change's own events were: they
+// were lost, and the log said a change was starting but never what it did.
+// They are kept and written, marked late, once the log can be written.
+TEST_F(KeyManagerTest, EventsTheAuditLogCouldNotTakeAreWrittenLater) {
+  // Room in the log, so the token's files (a few KB each) stay under the
+  // file size limit that breaks it.
+  for (int i = 0; i < 200; ++i) {
+    AuditEvent filler;
+    filler.event = "sign";
+    filler.detail = std::string(200, 'x');
+    ASSERT_TRUE(audit_->Append(filler).ok());
+  }
+  FaultsAfterAWrite store(store_.get());
+  std::unique_ptr<KeyManager> keys = Make(&store);
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  const std::string revoked =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now())->record.kid();
+  std::optional<audit_testing::FileSizeLimit> full;
+  const uintmax_t log_size = std::filesystem::file_size(dir_.File("audit.log"));
+  store.AfterTheNextWrite([&] { full.emplace(log_size); });
+  signet::v1::RevokeKeyRequest request;
+  request.set_scope("demo");
+  request.set_kid(revoked);
+  request.set_reason("drill");
+  request.set_request_id("revoke-while-the-disk-fills");
+  absl::Notification answered;
+  absl::Status status = absl::UnknownError("no answer in 30 s");
+  keys->RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
+                  [&](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
+                    status = r.status();
+                    answered.Notify();
+                  });
+  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_TRUE(full.has_value()) << "the revocation wrote no record";
+  full.reset();  // room again: the log starts a new segment
+  auto revoked_line = [&]() -> std::optional<audit_testing::Json> {
+    for (const audit_testing::Json& line : AuditLines(dir_)) {
+      if (line.is_object() && line.value("event", "") == "key_revoked" &&
+          line.value("kid", "") == revoked) {
+        return line;
+      }
+    }
+    return std::nullopt;
+  };
+  std::optional<audit_testing::Json> line;
+  for (int i = 0; i < 300 && !(line = revoked_line()); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(line.has_value()) << "no key_revoked line in 30 s";
+  EXPECT_EQ(line->value("caller", ""), "uri:admin");
+  EXPECT_THAT(line->value("detail", ""),
+              HasSubstr("written late: the audit log could not be written"));
   EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
 }
 

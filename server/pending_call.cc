@@ -76,7 +76,9 @@ void DeadlineWatchdog::Loop() {
           std::move(list_->calls.begin()->second);
       list_->calls.erase(list_->calls.begin());
       list_->mu.Unlock();
-      if (cut_off) {
+      if (const auto& answers = call->expiry_answers(); answers.has_value()) {
+        call->Expire(cut_off ? answers->at_cut_off : answers->at_deadline);
+      } else if (cut_off) {
         call->Expire(absl::UnavailableError(
             "signetd is shutting down and the HSM has not answered; nothing "
             "was released (retry)"));

@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -69,6 +70,20 @@ class PendingCall {
   void MarkStarted() { started_.store(true); }
   bool started() const { return started_.load(); }
 
+  // What the watchdog answers for a call whose work is not a signature
+  // (its own words say that nothing was released): at the call's deadline,
+  // and at a shutdown's cut-off. Set before the call is watched.
+  struct ExpiryAnswers {
+    absl::Status at_deadline;
+    absl::Status at_cut_off;
+  };
+  void SetExpiryAnswers(ExpiryAnswers answers) {
+    expiry_answers_ = std::move(answers);
+  }
+  const std::optional<ExpiryAnswers>& expiry_answers() const {
+    return expiry_answers_;
+  }
+
  private:
   const std::function<void(const absl::Status&)> answer_;
   const absl::Time deadline_;
@@ -77,6 +92,7 @@ class PendingCall {
   const std::function<void(const absl::Status&)> on_expired_;
   std::atomic<bool> answered_{false};
   std::atomic<bool> started_{false};
+  std::optional<ExpiryAnswers> expiry_answers_;
 };
 
 // Answers DEADLINE_EXCEEDED for every watched call still unanswered at its

@@ -160,6 +160,37 @@ TEST(DeadlineWatchdogTest, ACutOffAnswersEveryWatchedCallUnavailable) {
   EXPECT_EQ(watchdog.watched(), 0u);
 }
 
+// A call whose work is not a signature (an operator's key change) says
+// what its expiry means in its own words.
+TEST(DeadlineWatchdogTest, ACallsOwnExpiryAnswersReplaceTheWatchdogs) {
+  DeadlineWatchdog watchdog;
+  Answers answers;
+  absl::Notification expired, cut_off;
+  const PendingCall::ExpiryAnswers own{
+      absl::DeadlineExceededError("the change may still be applied"),
+      absl::UnavailableError("stopping; the change may still be applied")};
+  auto at_deadline = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&expired), absl::Now() + absl::Milliseconds(20),
+      nullptr, watchdog.list());
+  at_deadline->SetExpiryAnswers(own);
+  watchdog.Watch(at_deadline);
+  expired.WaitForNotification();
+  auto at_cut_off = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&cut_off), absl::Now() + absl::Hours(1), nullptr,
+      watchdog.list());
+  at_cut_off->SetExpiryAnswers(own);
+  watchdog.Watch(at_cut_off);
+  watchdog.CutOff(absl::Now());
+  cut_off.WaitForNotification();
+  EXPECT_EQ(answers.Codes(),
+            (std::vector<absl::StatusCode>{absl::StatusCode::kDeadlineExceeded,
+                                           absl::StatusCode::kUnavailable}));
+  EXPECT_EQ(answers.Messages(),
+            (std::vector<std::string>{"the change may still be applied",
+                                      "stopping; the change may still be "
+                                      "applied"}));
+}
+
 TEST(DeadlineWatchdogTest, ACallOutlivingItsWatchdogCanStillBeAnswered) {
   // A worker stuck in the HSM past shutdown answers after the watchdog is
   // gone: the list it leaves is still there.

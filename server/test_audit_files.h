@@ -3,7 +3,9 @@
 #ifndef SIGNET_SERVER_TEST_AUDIT_FILES_H_
 #define SIGNET_SERVER_TEST_AUDIT_FILES_H_
 
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <filesystem>
 #include <fstream>
@@ -81,6 +83,28 @@ inline std::string HexSha256(absl::string_view data) {
   EXPECT_TRUE(d.ok()) << d.status();
   return d.ok() ? absl::BytesToHexString(*d) : std::string();
 }
+
+// RLIMIT_FSIZE makes a regular file stop growing mid-run: the write that
+// crosses the limit is cut short, the next one fails with EFBIG. Process-wide
+// (every file this process writes), while it lives; SIGXFSZ is ignored.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    EXPECT_EQ(getrlimit(RLIMIT_FSIZE, &saved_), 0);
+    old_handler_ = signal(SIGXFSZ, SIG_IGN);
+    rlimit limit = saved_;
+    limit.rlim_cur = bytes;
+    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  }
+  ~FileSizeLimit() {
+    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &saved_), 0);
+    signal(SIGXFSZ, old_handler_);
+  }
+
+ private:
+  rlimit saved_;
+  sighandler_t old_handler_;
+};
 
 }  // namespace signet::server::audit_testing
 

@@ -830,6 +830,25 @@ TEST_F(HostileGrpcTest, ARestartWaitsForSpaceOnAFullAuditDisk) {
   EXPECT_TRUE(stopped.ok() && *stopped == 0) << signetd->Output();
 }
 
+// The wait above is for a log that gets over a failed write by itself (a
+// regular file, which a new segment replaces). An audit log that is a device
+// does not: a start that cannot write its lines to it fails at once, naming
+// the cause, instead of waiting in vain with health NOT_SERVING.
+TEST_F(HostileGrpcTest, AStartOnAnUnwritableDeviceLogFailsInsteadOfWaiting) {
+  const std::string dir = absl::StrCat(bed_->token().dir(), "/audit-device");
+  ASSERT_TRUE(mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) << dir;
+  const std::string log = dir + "/audit.log";
+  (void)unlink(log.c_str());
+  ASSERT_EQ(symlink("/dev/full", log.c_str()), 0);  // every write: ENOSPC
+  auto signetd = Start("device", "", 0, "No space left on device");
+  ASSERT_NE(signetd, nullptr);
+  auto code = signetd->WaitExit(absl::Seconds(30));
+  ASSERT_TRUE(code.ok()) << signetd->Output();
+  EXPECT_NE(*code, 0);
+  EXPECT_THAT(signetd->Output(), Not(HasSubstr("retrying in")));
+  EXPECT_THAT(signetd->Output(), Not(HasSubstr("signetd ready")));
+}
+
 // The current audit segment deleted while signetd was down was continued
 // over at the next start, with only a warning (fifth outside attack). The
 // start now stops (exit 1, which scripts/run does not restart) saying what
@@ -1235,7 +1254,7 @@ TEST_F(HostileGrpcTest, AStopWhileLargeBatchesUploadEndsTheProcessPromptly) {
   stop = true;
   for (auto& t : uploads) t.join();
   ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd->Output();
-  EXPECT_EQ(*code, 0);
+  EXPECT_EQ(*code, 0) << signetd->Output();
   ASSERT_THAT(signetd->Output(), HasSubstr("signetd stopped")) << said_stopped;
   EXPECT_LT(lingered, absl::Seconds(5)) << signetd->Output();
 }

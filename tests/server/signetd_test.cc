@@ -321,6 +321,25 @@ TEST_F(SignetdTest, AStalledHsmTurnsHealthNotServingAndNeverBlocksAStop) {
   ASSERT_TRUE(hsm_->Resume().ok());
 }
 
+// An eighth outside attack stalled the HSM and sent SIGTERM 0.1 s later,
+// before health had seen the stall: the stop waited as long as the HSM
+// stayed stalled, in the final audit checkpoint (signed in the HSM). Every
+// step of a stop that calls the HSM is bounded.
+TEST_F(SignetdTest, AStopRightAfterTheHsmStallsDoesNotWaitForIt) {
+  auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
+  ASSERT_TRUE(signetd.ok());
+  ASSERT_TRUE((*signetd)->WaitForOutput("signetd ready", kStartTimeout).ok());
+  ASSERT_TRUE(hsm_->Stall().ok());
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_EQ(kill((*signetd)->pid(), SIGTERM), 0);
+  // The HSM stays stalled for far longer than any bounded stop takes.
+  auto code = (*signetd)->WaitExit(absl::Seconds(40));
+  ASSERT_TRUE(hsm_->Resume().ok());
+  ASSERT_TRUE(code.ok()) << code.status() << "\n" << (*signetd)->Output();
+  EXPECT_EQ(*code, 0);
+  EXPECT_THAT((*signetd)->Output(), HasSubstr("stalled"));
+}
+
 TEST_F(SignetdTest, StartsNotServingWhileTheHsmIsDownAndComesUpWithIt) {
   ASSERT_TRUE(hsm_->Kill().ok());
   auto signetd = StartSignetd(ConfigFor(*token_, *hsm_));
