@@ -128,11 +128,7 @@ absl::Status ReplaceFileDurably(const std::string& path,
   if (rename(temporary.c_str(), path.c_str()) != 0) {
     return failed(errno, "replace");
   }
-  const std::string dir = ParentDirectory(path);
-  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0 || fsync(dfd) != 0) {
-    const int err = errno;
-    if (dfd >= 0) close(dfd);
+  if (const int err = SyncParentDirectory(path); err != 0) {
     // The new file is in place; only its durability is in doubt.
     return absl::UnavailableError(absl::StrCat(
         "cannot sync the directory of ", what, " ", path, ": ",
@@ -140,8 +136,16 @@ absl::Status ReplaceFileDurably(const std::string& path,
         " (the new file is in place, but a crash before the system writes "
         "the directory back may undo it)"));
   }
-  close(dfd);
   return absl::OkStatus();
+}
+
+int SyncParentDirectory(absl::string_view path) {
+  const std::string dir = ParentDirectory(path);
+  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return errno;
+  const int err = fsync(dfd) != 0 ? errno : 0;
+  close(dfd);
+  return err;
 }
 
 }  // namespace signet::base

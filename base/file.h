@@ -31,6 +31,11 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
                                           absl::string_view what,
                                           size_t max_bytes = 1 << 20);
 
+// Syncs the directory that holds `path` (fsync), so that a file created,
+// renamed or removed there survives a crash: 0, or the errno of the open
+// or the fsync that failed, for the caller to say what it means for it.
+int SyncParentDirectory(absl::string_view path);
+
 // Replaces the file at `path` with `content` so that a crash at any moment
 // leaves either the old file or the new one, whole: written to
 // "<path>.tmp" (mode `mode`), synced, renamed over `path`, and the

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -97,6 +98,12 @@ TEST_F(ReadSmallFileTest, ReplaceFileDurablyReplacesWholeAndLeavesNoTemporary) {
   EXPECT_EQ(missing.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(missing.message(),
               HasSubstr("cannot write the state file " + dir_ + "/none/state"));
+}
+
+TEST_F(ReadSmallFileTest, SyncParentDirectorySaysWhichErrnoFailed) {
+  EXPECT_EQ(SyncParentDirectory(Write("f", "x")), 0);
+  EXPECT_EQ(SyncParentDirectory(dir_ + "/none/f"), ENOENT);
+  EXPECT_EQ(SyncParentDirectory(Write("file", "x") + "/f"), ENOTDIR);
 }
 
 }  // namespace

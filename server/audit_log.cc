@@ -275,19 +275,11 @@ absl::StatusOr<Tail> ReadTail(int fd, uint64_t size, absl::string_view path) {
 
 // Makes a newly created file's directory entry durable.
 absl::Status SyncParentDirectory(absl::string_view path) {
-  const std::string dir = base::ParentDirectory(path);
-  int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) {
-    const int err = errno;
-    return ErrnoStatus(err, absl::StrCat("audit log directory ", dir));
+  if (const int err = base::SyncParentDirectory(path); err != 0) {
+    return ErrnoStatus(err, absl::StrCat("fsync of audit log directory ",
+                                         base::ParentDirectory(path)));
   }
-  absl::Status status;
-  if (fsync(dfd) != 0) {
-    const int err = errno;
-    status = ErrnoStatus(err, absl::StrCat("fsync of directory ", dir));
-  }
-  close(dfd);
-  return status;
+  return absl::OkStatus();
 }
 
 // To the system's syslog(3), or, when `socket_path` is set, as one RFC 3164

@@ -7,7 +7,6 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "base/clock.h"
 
 namespace signet::server {
 
@@ -37,7 +36,7 @@ void HsmProber::Start() {
       {
         absl::MutexLock lock(&state->mu);
         state->in_call = true;
-        state->call_started = base::MonotonicNow();
+        state->call_started = options.monotonic_now();
       }
       absl::Status status = probe(absl::Now() + options.session_wait);
       {
@@ -69,7 +68,7 @@ absl::Status HsmProber::Condition(
   {
     absl::MutexLock lock(&state_->mu);
     last = state_->last;
-    in_call = state_->in_call ? base::MonotonicNow() - state_->call_started
+    in_call = state_->in_call ? options_.monotonic_now() - state_->call_started
                               : absl::ZeroDuration();
   }
   if (in_call > options_.stalled_after) {

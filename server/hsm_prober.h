@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 
 namespace signet::server {
 
@@ -30,6 +31,9 @@ class HsmProber {
     absl::Duration session_wait = absl::Seconds(2);
     // A call that has not returned for longer is a stalled HSM.
     absl::Duration stalled_after = absl::Seconds(3);
+    // What a call's time is measured on: monotonic time, which an NTP step
+    // cannot make look stalled (a test moves its own).
+    std::function<absl::Duration()> monotonic_now = base::MonotonicNow;
   };
 
   HsmProber(Probe probe, Options options);
