@@ -144,13 +144,15 @@ bool KeyReconciler::DestroyUnrecorded(
 }
 
 absl::Status KeyReconciler::Apply(const ScopeKeyPolicy& policy,
-                                  const std::vector<KeyAction>& actions) {
+                                  const std::vector<KeyAction>& actions,
+                                  size_t* completed) {
+  if (completed != nullptr) *completed = 0;
   if (!writer_) {
     return absl::FailedPreconditionError(
         "this replica does not write keys (never_create_keys): call the "
         "replica that does");
   }
-  return Execute(policy, actions);
+  return Execute(policy, actions, completed);
 }
 
 const ScopeKeyPolicy* KeyReconciler::PolicyFor(absl::string_view scope) const {
@@ -161,7 +163,8 @@ const ScopeKeyPolicy* KeyReconciler::PolicyFor(absl::string_view scope) const {
 }
 
 absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
-                                    const std::vector<KeyAction>& actions) {
+                                    const std::vector<KeyAction>& actions,
+                                    size_t* completed) {
   if (change_gate_ && !actions.empty()) {
     std::vector<std::string> what;
     for (const KeyAction& action : actions) what.push_back(action.event);
@@ -269,6 +272,7 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
     if (irreversible) failed_irreversible_.erase(record.key_id());
     if (action.kind != KeyAction::Kind::kPrune) RememberWritten(record);
     Emit({action.event, policy.scope, record.kid(), true, action.detail});
+    if (completed != nullptr) ++*completed;
   }
   return absl::OkStatus();
 }

@@ -110,9 +110,11 @@ class KeyReconciler {
   // Applies an operator's change (rotation/schedule.h: PlanRotateNow,
   // PlanRevoke) for `policy`'s scope, in order, stopping at the first
   // failure, whose status it returns (each write is also an event). Writer
-  // only: FAILED_PRECONDITION on a replica.
+  // only: FAILED_PRECONDITION on a replica. `completed`, if set, gets how
+  // many of the actions were made (all of them on success).
   absl::Status Apply(const ScopeKeyPolicy& policy,
-                     const std::vector<KeyAction>& actions);
+                     const std::vector<KeyAction>& actions,
+                     size_t* completed = nullptr);
 
   // The policy of a configured scope, or null.
   const ScopeKeyPolicy* PolicyFor(absl::string_view scope) const;
@@ -131,9 +133,11 @@ class KeyReconciler {
 
  private:
   // Applies `actions` for `policy` in order, stopping at the first failure
-  // (the rest depend on it), whose status it returns.
+  // (the rest depend on it), whose status it returns; `completed` as for
+  // Apply.
   absl::Status Execute(const ScopeKeyPolicy& policy,
-                       const std::vector<KeyAction>& actions);
+                       const std::vector<KeyAction>& actions,
+                       size_t* completed = nullptr);
   // Destroys key pairs that have no record and whose generation never
   // finished (a crash between generating a key and recording it); a key
   // pair without a record whose generation had finished is kept and

@@ -1096,6 +1096,12 @@ TEST(AuditLogTest, MissingReorderedOrReplacedSegmentsAreFound) {
     WriteFile(path, current);
   }
   {
+    SCOPED_TRACE("a closed segment emptied (cut while signetd ran)");
+    WriteFile(closed[1], "");
+    expect_broken("is empty: its lines were removed after they were written");
+    WriteFile(closed[1], second);
+  }
+  {
     SCOPED_TRACE("a FIFO in the current segment's place");
     const std::string current = ReadFile(path);
     ASSERT_EQ(unlink(path.c_str()), 0);

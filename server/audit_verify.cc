@@ -478,6 +478,15 @@ absl::StatusOr<AuditVerifyResult> Verify(
         return Broken(absl::StrCat("audit log ", proof.path, ": line ",
                                    proof.first_seq, ": ", why));
       };
+      if (proof.first_event.empty()) {
+        // signetd closes a current segment it finds cut short while it
+        // runs, and logs the loss ("cut short outside signet").
+        return Broken(absl::StrCat(
+            "audit log ", proof.path, ": the segment after ", before->path,
+            " is empty: its lines were removed after they were written (the "
+            "lines from ",
+            before->last_seq + 1, " on are lost)"));
+      }
       if (proof.first_event != "segment") {
         return seam(absl::StrCat("the segment after ", before->path,
                                  " does not start with a \"segment\" line"));

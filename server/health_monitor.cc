@@ -11,15 +11,23 @@ constexpr char kScopePrefix[] = "scope/";
 HealthMonitor::HealthMonitor(std::vector<std::string> scopes, Setter set)
     : scopes_(std::move(scopes)), set_(std::move(set)) {}
 
-absl::Status HealthMonitor::Overall(const ReplicaCondition& condition) {
+absl::Status HealthMonitor::Overall(const ReplicaCondition& condition,
+                                    std::string* cause) {
+  *cause = !condition.hsm.ok()        ? "hsm"
+           : !condition.audit.ok()    ? "audit"
+           : !condition.listener.ok() ? "listener"
+                                      : "";
   if (!condition.hsm.ok()) return condition.hsm;
   if (!condition.audit.ok()) return condition.audit;
   return condition.listener;
 }
 
 void HealthMonitor::Update(const ReplicaCondition& condition) {
-  const absl::Status overall = Overall(condition);
-  if (overall_ != overall.ok()) {
+  std::string cause;
+  const absl::Status overall = Overall(condition, &cause);
+  // Also a new cause while NOT_SERVING (an eighth outside attack saw
+  // "starting" as the last line while the audit log could not be written).
+  if (overall_ != overall.ok() || cause != overall_cause_) {
     if (overall.ok()) {
       SIGNET_LOG_INFO(
           "health: SERVING (HSM signing, audit log writable, "
@@ -27,6 +35,9 @@ void HealthMonitor::Update(const ReplicaCondition& condition) {
     } else {
       SIGNET_LOG_WARN("health: NOT_SERVING: {}", overall.message());
     }
+    overall_cause_ = cause;
+  }
+  if (overall_ != overall.ok()) {
     overall_ = overall.ok();
     set_("", overall.ok());
   }
@@ -58,9 +69,10 @@ void HealthMonitor::Update(const ReplicaCondition& condition) {
 }
 
 void HealthMonitor::SetAllNotServing(absl::string_view why) {
-  if (overall_.value_or(true)) {
+  if (overall_.value_or(true) || overall_cause_ != why) {
     SIGNET_LOG_INFO("health: NOT_SERVING: {}", why);
   }
+  overall_cause_ = std::string(why);
   overall_ = false;
   set_("", false);
   for (const std::string& scope : scopes_) {

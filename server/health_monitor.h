@@ -39,7 +39,10 @@ class HealthMonitor {
   using Setter = std::function<void(const std::string& service, bool serving)>;
   HealthMonitor(std::vector<std::string> scopes, Setter set);
 
-  // Sets every entry from `condition`, logging each change.
+  // Sets every entry from `condition`, logging each change: of an entry,
+  // and of what keeps the replica NOT_SERVING (the HSM, the audit log, the
+  // listener, or SetAllNotServing's reason), so the last line always says
+  // why.
   void Update(const ReplicaCondition& condition);
 
   // Every entry NOT_SERVING, with one log line saying why (start-up,
@@ -50,13 +53,16 @@ class HealthMonitor {
   bool serving() const { return overall_.value_or(false); }
 
  private:
-  // The overall condition's reason, or OK.
-  static absl::Status Overall(const ReplicaCondition& condition);
+  // The overall condition's reason, or OK; `cause` names its part ("hsm",
+  // "audit", "listener"; "" when OK).
+  static absl::Status Overall(const ReplicaCondition& condition,
+                              std::string* cause);
 
   const std::vector<std::string> scopes_;
   const Setter set_;
-  std::optional<bool> overall_;                // unset until the first Update
-  std::map<std::string, bool> scope_ok_;       // the scope's own condition
+  std::optional<bool> overall_;           // unset until the first Update
+  std::string overall_cause_;             // what made it NOT_SERVING, as logged
+  std::map<std::string, bool> scope_ok_;  // the scope's own condition
   std::map<std::string, bool> scope_serving_;  // what its entry says
 };
 

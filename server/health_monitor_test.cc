@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "base/log_capture.h"
 #include "gtest/gtest.h"
 
 namespace signet::server {
@@ -37,6 +38,33 @@ TEST(HealthMonitorTest, ServingWhenEverythingWorks) {
   EXPECT_EQ(entries.now,
             (std::map<std::string, bool>{
                 {"", true}, {"scope/a", true}, {"scope/b", true}}));
+}
+
+// The last health line says why the replica is NOT_SERVING now: after
+// "starting", the audit log that cannot be written (an eighth outside
+// attack read "starting" as the last line while signing was refused); one
+// line per cause, not per sample.
+TEST(HealthMonitorTest, ANewCauseWhileNotServingIsLogged) {
+  log::LogCapture captured;
+  Entries entries;
+  HealthMonitor monitor({"a"}, entries.Sink());
+  monitor.SetAllNotServing("starting: waiting for the HSM and keys");
+  ReplicaCondition c = AllGood();
+  c.audit = absl::UnavailableError("the audit log cannot be written: ENOSPC");
+  monitor.Update(c);
+  monitor.Update(c);
+  c.hsm = absl::UnavailableError("the HSM is unreachable");
+  monitor.Update(c);
+  const std::string text = captured.Text();
+  EXPECT_NE(text.find("health: NOT_SERVING: the audit log cannot be written"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("cannot be written"), text.rfind("cannot be written"))
+      << text;
+  EXPECT_NE(text.find("health: NOT_SERVING: the HSM is unreachable"),
+            std::string::npos)
+      << text;
+  EXPECT_FALSE(entries.now[""]);
 }
 
 TEST(HealthMonitorTest, EachFaultTurnsTheReplicaNotServing) {

@@ -305,8 +305,9 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
     if (clock_ahead) {
       SIGNET_LOG_ERROR(
           "clock anomaly: the wall clock reads {} ahead of the time signetd "
-          "has seen pass since {} (it was set forward?); destroying and "
-          "pruning keys wait until that time has really passed (if the "
+          "has seen pass since {} (it was set forward; or it was set back "
+          "earlier, which lowers that time, and is right again); destroying "
+          "and pruning keys wait until that time has really passed (if the "
           "clock is right, start signetd once with --accept_wall_clock)",
           absl::FormatDuration(absl::Trunc(ahead, absl::Seconds(1))),
           absl::FormatTime(absl::RFC3339_sec, seen_.anchor_wall(),
@@ -556,6 +557,9 @@ absl::StatusOr<std::string> KeyManager::Change(
   // The change (or what part of it happened) takes effect in this replica
   // now, not at the next interval.
   if (absl::Status pass = PassAndPublish(); !pass.ok()) {
+    // Tried again soon, not at the next interval: a change whose later
+    // writes failed may have left the scope without a signing key.
+    RequestPass();
     // The token cannot be read now (the HSM connection dropped, say), but
     // what was written is known: it takes effect all the same, or a revoked
     // key would sign until a pass succeeds (a seventh outside attack saw
@@ -594,9 +598,12 @@ absl::Status CheckRequestId(absl::string_view id) {
 // Text shown to other operators (signetctl's tables) must not carry
 // terminal control sequences or fake lines.
 // C0 and DEL; C1 (U+0080-U+009F, which terminals take for escape
-// sequences); and the bidirectional controls (U+061C, U+200E, U+200F,
+// sequences); the bidirectional controls (U+061C, U+200E, U+200F,
 // U+202A-U+202E, U+2066-U+2069), which make a table show other text than
-// it holds. The text is valid UTF-8 (protobuf checked it).
+// it holds; the line and paragraph separators (U+2028, U+2029), which
+// start a fake line; and the invisible ones (U+200B-U+200D, U+2060-U+2064,
+// U+FEFF), which hide text in a table (an eighth outside attack). The text
+// is valid UTF-8 (protobuf checked it).
 bool HasControlCharacters(absl::string_view text) {
   for (size_t i = 0; i < text.size(); ++i) {
     const unsigned char u = static_cast<unsigned char>(text[i]);
@@ -605,12 +612,16 @@ bool HasControlCharacters(absl::string_view text) {
     const unsigned char v = static_cast<unsigned char>(text[i + 1]);
     if (u == 0xc2 && v >= 0x80 && v <= 0x9f) return true;  // C1
     if (u == 0xd8 && v == 0x9c) return true;               // U+061C
-    if (i + 2 >= text.size() || u != 0xe2) continue;
+    if (i + 2 >= text.size()) continue;
     const unsigned char w = static_cast<unsigned char>(text[i + 2]);
-    if (v == 0x80 && (w == 0x8e || w == 0x8f || (w >= 0xaa && w <= 0xae))) {
-      return true;  // U+200E, U+200F, U+202A-U+202E
+    if (u == 0xef && v == 0xbb && w == 0xbf) return true;  // U+FEFF
+    if (u != 0xe2) continue;
+    if (v == 0x80 && ((w >= 0x8b && w <= 0x8f) || (w >= 0xa8 && w <= 0xae))) {
+      return true;  // U+200B-U+200F, U+2028-U+202E
     }
-    if (v == 0x81 && w >= 0xa6 && w <= 0xa9) return true;  // U+2066-U+2069
+    if (v == 0x81 && ((w >= 0xa0 && w <= 0xa4) || (w >= 0xa6 && w <= 0xa9))) {
+      return true;  // U+2060-U+2064, U+2066-U+2069
+    }
   }
   return false;
 }
@@ -672,11 +683,16 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   const std::string response = respond(*actions, now);
   absl::StatusOr<std::string> digest = crypto::Sha256(fingerprint);
   if (!digest.ok()) return digest.status();
-  for (rotation::KeyAction& action : *actions) {
+  // The action whose record carries the change: once it is written, the
+  // change is made (a retry finds it), whatever happens to the rest.
+  size_t recorded_by = actions->size();
+  for (size_t i = 0; i < actions->size(); ++i) {
+    rotation::KeyAction& action = (*actions)[i];
     if (action.kind != rotation::KeyAction::Kind::kWriteRecord &&
         action.kind != rotation::KeyAction::Kind::kDestroyPrivateKey) {
       continue;
     }
+    recorded_by = i;
     auto* changes = action.record.mutable_operator_changes();
     while (changes->size() >= kMaxRecordedChanges) {
       changes->erase(changes->begin());
@@ -692,12 +708,24 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   // failed, so it is not made.
   if (absl::Now() + kMinTimeForAChange >= deadline) return DeadlinePassed();
   acting_admin_ = admin;
-  absl::Status applied = reconciler_->Apply(*policy, *actions);
+  size_t completed = 0;
+  absl::Status applied = reconciler_->Apply(*policy, *actions, &completed);
   acting_admin_.clear();
-  if (!applied.ok()) {
+  if (!applied.ok() && completed <= recorded_by) {
     return absl::UnavailableError(
-        absl::StrCat("the change was not completed (", applied.message(),
+        absl::StrCat("the change was not made (", applied.message(),
                      "); retry with the same request_id"));
+  }
+  if (!applied.ok()) {
+    // Made, as a retry would be told (the record that carries it is
+    // written); the rest is the schedule's, which the loop's passes
+    // complete as soon as the HSM answers (Change asks for one).
+    change_warning_ = absl::StrCat(
+        "the change is made, but ", actions->size() - completed, " of its ",
+        actions->size(), " token writes failed (", applied.message(),
+        "): signetd completes them within seconds once the HSM answers; "
+        "until then the scope may have no signing key (health says so)");
+    SIGNET_LOG_ERROR("scope {}: {}", scope, change_warning_);
   }
   return response;
 }
@@ -738,6 +766,11 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
     }
     Response response;
     response.ParseFromString(*answer);
+    if (!change_warning_.empty()) {
+      response.set_warning(absl::StrCat(
+          response.warning(), response.warning().empty() ? "" : "; ",
+          std::exchange(change_warning_, std::string())));
+    }
     done(response);
   };
   if (!Post(std::move(task))) {
@@ -831,14 +864,20 @@ void KeyManager::RevokeKey(
   }
   const std::string kid = request.kid();
   const std::string reason = request.reason();
+  // Whether the plan revokes the key that signs now (the responder sees
+  // only the plan).
+  auto revokes_signing = std::make_shared<bool>(false);
   Submit<signet::v1::RevokeKeyRequest, signet::v1::RevokeKeyResponse>(
       request, admin, deadline, std::move(done),
-      [kid, reason, admin](
+      [kid, reason, admin, revokes_signing](
           const std::vector<rotation::KeyRecord>& records,
           const rotation::SchedulePolicy& schedule,
           absl::Time now) -> absl::StatusOr<std::vector<rotation::KeyAction>> {
-        for (const rotation::KeyRecord& r : records) {
+        const int signing = rotation::ViewScope(records, now).signing;
+        for (size_t i = 0; i < records.size(); ++i) {
+          const rotation::KeyRecord& r = records[i];
           if (r.kid() != kid) continue;
+          *revokes_signing = signing == static_cast<int>(i);
           return rotation::PlanRevoke(records, schedule, r.key_id(), reason,
                                       admin, now);
         }
@@ -846,7 +885,8 @@ void KeyManager::RevokeKey(
                                                 " has no key with kid ",
                                                 base::Quote(kid)));
       },
-      [kid](const std::vector<rotation::KeyAction>& actions, absl::Time now) {
+      [kid, revokes_signing](const std::vector<rotation::KeyAction>& actions,
+                             absl::Time now) {
         signet::v1::RevokeKeyResponse response;
         response.set_revoked_kid(kid);
         response.set_revoked_at(rotation::FormatInstant(now));
@@ -855,6 +895,12 @@ void KeyManager::RevokeKey(
           if (actions[1].detail.find("unknown kid") != std::string::npos) {
             response.set_warning(actions[1].detail);
           }
+        } else if (*revokes_signing) {
+          response.set_warning(
+              "the revoked key was the one that signs and no standby could "
+              "take over: the scope signs again once signetd has made and "
+              "published a new key (its next pass, within seconds; health "
+              "says NOT_SERVING until then)");
         }
         return response.SerializeAsString();
       });

@@ -250,6 +250,9 @@ class KeyManager {
   std::unique_ptr<rotation::KeyReconciler> reconciler_;
   // Who the events of the change running now are by ("" for the loop).
   std::string acting_admin_;
+  // Set by ApplyChange when the change was made but some of its writes
+  // failed; Submit adds it to the answer's warning (and clears it).
+  std::string change_warning_;
 
   // Loop-thread only.
   // Whether the wall clock read ahead of the time seen pass at the last

@@ -663,15 +663,24 @@ TEST_F(AdminTest, ImmediateRotationsStopAtTheCapAndReasonsAreText) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(st.error_message(), HasSubstr("control characters"));
   // C1 (CSI) and a bidirectional override are control characters too, and
-  // an unknown kid is quoted, not echoed raw (fifth outside attack).
-  for (const char* reason : {"x \xc2\x9b"
-                             "2J",
-                             "x \xe2\x80\xae"
-                             "gnp.exe"}) {
+  // an unknown kid is quoted, not echoed raw (fifth outside attack); so are
+  // a line separator and invisible characters (eighth).
+  const std::vector<std::string> control_reasons = {
+      "x \xc2\x9b"
+      "2J",
+      "x \xe2\x80\xae"
+      "gnp.exe",
+      "ok\xe2\x80\xa8"
+      "FAKE-LINE: key restored by admin",
+      "x\xe2\x80\x8by",
+      "x\xef\xbb\xbfy",
+      "x\xe2\x81\xa0y"};
+  for (size_t i = 0; i < control_reasons.size(); ++i) {
+    const std::string& reason = control_reasons[i];
     grpc::ClientContext cctx;
     Deadline(cctx);
     revoke.set_reason(reason);
-    revoke.set_request_id(absl::StrCat("escape-", revoke.reason().size()));
+    revoke.set_request_id(absl::StrCat("escape-", i));
     st = stub->RevokeKey(&cctx, revoke, &revoked);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << reason;
     EXPECT_THAT(st.error_message(), HasSubstr("control characters"));
