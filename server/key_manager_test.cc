@@ -193,6 +193,15 @@ class KeyManagerTest : public hsm::InProcessKeyStoreTest {
                                         });
   }
 
+  // Make(store), its first pass and its loop started.
+  std::unique_ptr<KeyManager> Started(hsm::KeyStore* store) {
+    std::unique_ptr<KeyManager> keys = Make(store);
+    const absl::Status first = keys->Start();
+    EXPECT_TRUE(first.ok()) << first;
+    keys->StartLoop();
+    return keys;
+  }
+
   // The generation of the key that signs in the scopes `on_keys` last
   // handed over, once it is `generation`; waits for it (bounded in real
   // time: the clock has already moved).
@@ -284,31 +293,44 @@ absl::Status RotateNow(KeyManager& keys, const std::string& request_id,
   return status;
 }
 
+// A revocation in scope "demo" of `kid` with `request_id`, waited for; its
+// answer (UNKNOWN when none came within 30 s).
+absl::StatusOr<signet::v1::RevokeKeyResponse> Revoke(
+    KeyManager& keys, const std::string& kid, const std::string& request_id) {
+  signet::v1::RevokeKeyRequest request;
+  request.set_scope("demo");
+  request.set_kid(kid);
+  request.set_reason("drill");
+  request.set_request_id(request_id);
+  // Shared with the callback, which may still come after a timeout.
+  struct Answer {
+    absl::Notification answered;
+    absl::StatusOr<signet::v1::RevokeKeyResponse> response;
+  };
+  auto answer = std::make_shared<Answer>();
+  keys.RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
+                 [answer](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
+                   answer->response = std::move(r);
+                   answer->answered.Notify();
+                 });
+  if (!answer->answered.WaitForNotificationWithTimeout(absl::Seconds(30))) {
+    return absl::UnknownError("no answer in 30 s");
+  }
+  return answer->response;
+}
+
 // An operator's revocation written, then the HSM connection dropped before
 // the pass after it could read the token: the revoked key signed thousands
 // more tokens and stayed published until a pass succeeded (a seventh
 // outside attack). What was written takes effect at once all the same.
 TEST_F(KeyManagerTest, ARevocationTakesEffectWhenThePassAfterItFails) {
   FaultsAfterAWrite store(store_.get());
-  std::unique_ptr<KeyManager> keys = Make(&store);
-  ASSERT_TRUE(keys->Start().ok());
-  keys->StartLoop();
+  std::unique_ptr<KeyManager> keys = Started(&store);
   const std::string revoked =
       keys->Scopes().at("demo")->SigningAt(clock_.Now())->record.kid();
   store.FailReadsAfterAWrite();
-  signet::v1::RevokeKeyRequest request;
-  request.set_scope("demo");
-  request.set_kid(revoked);
-  request.set_reason("drill");
-  request.set_request_id("revoke-then-the-hsm-drops");
-  absl::Notification answered;
-  absl::Status status = absl::UnknownError("no answer in 30 s");
-  keys->RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
-                  [&](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
-                    status = r.status();
-                    answered.Notify();
-                  });
-  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  const absl::Status status =
+      Revoke(*keys, revoked, "revoke-then-the-hsm-drops").status();
   ASSERT_TRUE(status.ok()) << status;
   EXPECT_FALSE(keys->LastPass().status.ok());  // the pass did fail
   // What signs here, and what the publisher was handed (the key sets).
@@ -340,26 +362,12 @@ TEST_F(KeyManagerTest, ARevocationTakesEffectWhenThePassAfterItFails) {
 // with a warning, and the loop completes it as soon as the HSM answers.
 TEST_F(KeyManagerTest, ARevocationCutShortIsAnsweredMadeAndCompletedPromptly) {
   FaultsAfterAWrite store(store_.get());
-  std::unique_ptr<KeyManager> keys = Make(&store);
-  ASSERT_TRUE(keys->Start().ok());
-  keys->StartLoop();
+  std::unique_ptr<KeyManager> keys = Started(&store);
   const std::string revoked =
       keys->Scopes().at("demo")->SigningAt(clock_.Now())->record.kid();
   store.BreakAfterTheNextWrite();
-  signet::v1::RevokeKeyRequest request;
-  request.set_scope("demo");
-  request.set_kid(revoked);
-  request.set_reason("drill");
-  request.set_request_id("revoke-as-the-hsm-dies");
-  absl::Notification answered;
-  absl::StatusOr<signet::v1::RevokeKeyResponse> response =
-      absl::UnknownError("no answer in 30 s");
-  keys->RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
-                  [&](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
-                    response = std::move(r);
-                    answered.Notify();
-                  });
-  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  const absl::StatusOr<signet::v1::RevokeKeyResponse> response =
+      Revoke(*keys, revoked, "revoke-as-the-hsm-dies");
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_EQ(response->revoked_kid(), revoked);
   EXPECT_THAT(response->warning(), HasSubstr("the change is made, but 1 of"));
@@ -382,36 +390,17 @@ TEST_F(KeyManagerTest, ARevocationCutShortIsAnsweredMadeAndCompletedPromptly) {
 // signing key now.
 TEST_F(KeyManagerTest, RevokingTheSigningKeyWithNoStandbySaysSo) {
   FaultsAfterAWrite store(store_.get());
-  std::unique_ptr<KeyManager> keys = Make(&store);
-  ASSERT_TRUE(keys->Start().ok());
-  keys->StartLoop();
-  auto revoke = [&](const std::string& kid, const std::string& id) {
-    signet::v1::RevokeKeyRequest request;
-    request.set_scope("demo");
-    request.set_kid(kid);
-    request.set_reason("drill");
-    request.set_request_id(id);
-    absl::Notification answered;
-    absl::StatusOr<signet::v1::RevokeKeyResponse> response =
-        absl::UnknownError("no answer in 30 s");
-    keys->RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
-                    [&](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
-                      response = std::move(r);
-                      answered.Notify();
-                    });
-    EXPECT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
-    return response;
-  };
+  std::unique_ptr<KeyManager> keys = Started(&store);
   const ScopeKeys& demo = *keys->Scopes().at("demo");
   const std::string active = demo.SigningAt(clock_.Now())->record.kid();
   ASSERT_NE(demo.StandbyAt(clock_.Now()), nullptr);
   const std::string standby = demo.StandbyAt(clock_.Now())->kid();
   store.FailGenerations(true);  // no new standby after this revocation
-  auto first = revoke(standby, "revoke-the-standby");
+  auto first = Revoke(*keys, standby, "revoke-the-standby");
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->warning(), "");
   ASSERT_EQ(keys->Scopes().at("demo")->StandbyAt(clock_.Now()), nullptr);
-  auto second = revoke(active, "revoke-the-signing-key");
+  auto second = Revoke(*keys, active, "revoke-the-signing-key");
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(second->active_kid(), "");
   EXPECT_THAT(second->warning(),
@@ -456,27 +445,14 @@ TEST_F(KeyManagerTest, EventsTheAuditLogCouldNotTakeAreWrittenLater) {
     ASSERT_TRUE(audit_->Append(filler).ok());
   }
   FaultsAfterAWrite store(store_.get());
-  std::unique_ptr<KeyManager> keys = Make(&store);
-  ASSERT_TRUE(keys->Start().ok());
-  keys->StartLoop();
+  std::unique_ptr<KeyManager> keys = Started(&store);
   const std::string revoked =
       keys->Scopes().at("demo")->SigningAt(clock_.Now())->record.kid();
   std::optional<audit_testing::FileSizeLimit> full;
   const uintmax_t log_size = std::filesystem::file_size(dir_.File("audit.log"));
   store.AfterTheNextWrite([&] { full.emplace(log_size); });
-  signet::v1::RevokeKeyRequest request;
-  request.set_scope("demo");
-  request.set_kid(revoked);
-  request.set_reason("drill");
-  request.set_request_id("revoke-while-the-disk-fills");
-  absl::Notification answered;
-  absl::Status status = absl::UnknownError("no answer in 30 s");
-  keys->RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
-                  [&](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
-                    status = r.status();
-                    answered.Notify();
-                  });
-  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  const absl::Status status =
+      Revoke(*keys, revoked, "revoke-while-the-disk-fills").status();
   ASSERT_TRUE(status.ok()) << status;
   ASSERT_TRUE(full.has_value()) << "the revocation wrote no record";
   full.reset();  // room again: the log starts a new segment
