@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "base/log.h"
 #include "base/quote.h"
 #include "rotation/schedule.h"
@@ -192,12 +193,19 @@ void AdminService::Audited(const Backend& backend, const std::string& admin,
 
 void AdminService::AuditAfterAnswer(const Backend& backend,
                                     const AuditEvent& line) {
-  if (absl::Status written = backend.audit->Append(line); !written.ok()) {
-    SIGNET_LOG_WARN(
-        "{} by {}: {} (not audited: the audit log cannot be "
-        "written: {})",
-        line.event, line.caller, line.detail, written.message());
-  }
+  // Without waiting: the watchdog's thread (and a stop) must not wait for
+  // the log's writer, which may be signing a checkpoint in a stalled HSM.
+  backend.audit->AppendAllAsync(
+      absl::MakeConstSpan(&line, 1),
+      [event = line.event, caller = line.caller,
+       detail = line.detail](const absl::Status& written) {
+        if (!written.ok()) {
+          SIGNET_LOG_WARN(
+              "{} by {}: {} (not audited: the audit log cannot be written: "
+              "{})",
+              event, caller, detail, written.message());
+        }
+      });
 }
 
 void AdminService::ListScopes(const Backend& backend, const std::string& admin,
@@ -322,18 +330,29 @@ void AdminService::Change(
                                  "(the outcome, after the call was answered)"));
           return;
         }
+        bool answered_here = true;
         Audited(
             backend, admin, method, scope, result.status(),
-            [&pending, &result, response](const grpc::Status& status) {
-              pending->Finish(absl::Status(static_cast<absl::StatusCode>(
-                                               status.error_code()),
-                                           status.error_message()),
-                              [&] {
-                                if (status.ok() && result.ok())
-                                  *response = *result;
-                              });
+            [&](const grpc::Status& status) {
+              answered_here = pending->Finish(
+                  absl::Status(
+                      static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message()),
+                  [&] {
+                    if (status.ok() && result.ok()) *response = *result;
+                  });
             },
             detail);
+        if (!answered_here) {
+          // The deadline or the stop answered while the line above was
+          // written (the claim is not held across it: a stalled HSM could
+          // hold that write, and the call must still be answered).
+          AuditAfterAnswer(
+              backend,
+              AdminLine(admin, method, scope, result.status(), detail,
+                        "(the outcome, after the call was answered: the "
+                        "line before is not what the caller heard)"));
+        }
       });
 }
 

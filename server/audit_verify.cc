@@ -480,12 +480,13 @@ absl::StatusOr<AuditVerifyResult> Verify(
       };
       if (proof.first_event.empty()) {
         // signetd closes a current segment it finds cut short while it
-        // runs, and logs the loss ("cut short outside signet").
+        // runs, and logs the loss ("cut short outside signet"); a crash
+        // while a new segment was opened leaves one empty too.
         return Broken(absl::StrCat(
             "audit log ", proof.path, ": the segment after ", before->path,
-            " is empty: its lines were removed after they were written (the "
-            "lines from ",
-            before->last_seq + 1, " on are lost)"));
+            " is empty: a crash while it was being opened, or its lines were "
+            "removed after they were written (then the lines from ",
+            before->last_seq + 1, " on are lost: signetd's log says so)"));
       }
       if (proof.first_event != "segment") {
         return seam(absl::StrCat("the segment after ", before->path,

@@ -1105,10 +1105,19 @@ int Daemon::Stop() {
   StopPhases phases(absl::Seconds(2));
   ReportRefusals();
   acceptor_->Stop();  // no new connection from here on
-  phases.Enter("waiting for the key manager's pass (at most 3 s)");
+  phases.Enter("waiting for the key manager's pass (at most 4 s)");
   // A key-manager pass (or an operator's call) inside a stalled HSM cannot
   // be cancelled; it is not waited for past 3 s.
-  const bool key_manager_stopped = key_manager_->Stop(absl::Seconds(3));
+  // Bounded as a whole: what Stop does after the loop (answering queued
+  // operator calls, writing kept key events) waits for the audit log,
+  // whose writer may be signing a checkpoint in a stalled HSM.
+  auto stopped = std::make_shared<std::atomic<bool>>(false);
+  const bool key_manager_stopped =
+      FinishesWithin(absl::Seconds(4),
+                     [key_manager = key_manager_.get(), stopped] {
+                       stopped->store(key_manager->Stop(absl::Seconds(3)));
+                     }) &&
+      stopped->load();
   health_monitor_->SetAllNotServing("stopping");
   phases.Enter(
       "answering the calls in flight and shutting the gRPC server down (at "

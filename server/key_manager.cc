@@ -203,25 +203,30 @@ bool KeyManager::Stop(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  const bool loop_ended =
-      !thread_.joinable() || loop_done_.WaitForNotificationWithTimeout(timeout);
+  if (thread_.joinable()) {
+    // A loop stuck in the HSM keeps its queued operator calls: their
+    // callers are answered by the request watchdog at the stop's cut-off
+    // (server/admin_service.cc), which does not wait for the audit log.
+    if (!loop_done_.WaitForNotificationWithTimeout(timeout)) return false;
+    thread_.join();
+  }
   {
     absl::MutexLock lock(&mu_);
     abandoned.swap(tasks_);
   }
   // Queued operator calls are answered (UNAVAILABLE) by their tasks, which
-  // see stopping_ and touch nothing else: also while the loop is stuck in
-  // the HSM (gRPC's Shutdown waits for every call to be answered).
+  // see stopping_.
   for (auto& task : abandoned) task();
-  if (!loop_ended) return false;
-  if (thread_.joinable()) thread_.join();
-  // The loop is over: its events are this thread's now.
+  // The loop is over: its events are this thread's now. Tried once: the
+  // audit log may be gone by a second call (the destructor's).
   if (!WriteUnwrittenEvents().ok()) {
     SIGNET_LOG_ERROR(
         "{} key event(s) were never written to the audit log (it could not "
         "be written); the lines above have them",
         unwritten_events_.size() + unwritten_events_dropped_);
   }
+  unwritten_events_.clear();
+  unwritten_events_dropped_ = 0;
   return true;
 }
 
@@ -249,6 +254,13 @@ void KeyManager::Audit(AuditEvent line) {
   if (WriteUnwrittenEvents().ok()) {
     absl::Status written = audit_->Append(line);
     if (written.ok()) return;
+    if (!absl::IsUnavailable(written)) {
+      // Not a broken log (a line the log refuses): keeping it would hold
+      // back every line after it.
+      SIGNET_LOG_ERROR("the {} line was refused by the audit log: {}",
+                       line.event, written.ToString());
+      return;
+    }
     SIGNET_LOG_ERROR(
         "the audit log cannot be written ({}): the {} line is kept to be "
         "written once it can",
@@ -268,7 +280,12 @@ void KeyManager::Audit(AuditEvent line) {
 
 absl::Status KeyManager::WriteUnwrittenEvents() {
   while (!unwritten_events_.empty()) {
-    SIGNET_RETURN_IF_ERROR(audit_->Append(unwritten_events_.front()));
+    absl::Status written = audit_->Append(unwritten_events_.front());
+    if (absl::IsUnavailable(written)) return written;
+    if (!written.ok()) {
+      SIGNET_LOG_ERROR("the {} line was refused by the audit log: {}",
+                       unwritten_events_.front().event, written.ToString());
+    }
     unwritten_events_.pop_front();
   }
   if (unwritten_events_dropped_ > 0) {
@@ -712,19 +729,22 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   absl::Status applied = reconciler_->Apply(*policy, *actions, &completed);
   acting_admin_.clear();
   if (!applied.ok() && completed <= recorded_by) {
-    return absl::UnavailableError(
-        absl::StrCat("the change was not made (", applied.message(),
-                     "); retry with the same request_id"));
+    // A write the HSM reported failed may still have been made (its reply
+    // lost): the retry finds out.
+    return absl::UnavailableError(absl::StrCat(
+        "the change was not made, or not known to be (", applied.message(),
+        "); retry with the same request_id to make it or learn that it was"));
   }
   if (!applied.ok()) {
     // Made, as a retry would be told (the record that carries it is
     // written); the rest is the schedule's, which the loop's passes
     // complete as soon as the HSM answers (Change asks for one).
     change_warning_ = absl::StrCat(
-        "the change is made, but ", actions->size() - completed, " of its ",
-        actions->size(), " token writes failed (", applied.message(),
-        "): signetd completes them within seconds once the HSM answers; "
-        "until then the scope may have no signing key (health says so)");
+        "the change is made, but the last ", actions->size() - completed,
+        " of its ", actions->size(), " token write(s) were not (",
+        applied.message(),
+        "): signetd makes them within seconds once the HSM answers; until "
+        "then the scope may have no signing key (health says so)");
     SIGNET_LOG_ERROR("scope {}: {}", scope, change_warning_);
   }
   return response;
@@ -858,8 +878,8 @@ void KeyManager::RevokeKey(
   if (HasControlCharacters(request.reason())) {
     done(absl::InvalidArgumentError(
         "reason must not contain control characters (newlines, escape "
-        "sequences, C1 or bidirectional controls): operators read it in "
-        "tables"));
+        "sequences, C1 or bidirectional controls, line separators, "
+        "invisible characters): operators read it in tables"));
     return;
   }
   const std::string kid = request.kid();

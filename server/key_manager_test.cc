@@ -370,7 +370,9 @@ TEST_F(KeyManagerTest, ARevocationCutShortIsAnsweredMadeAndCompletedPromptly) {
       Revoke(*keys, revoked, "revoke-as-the-hsm-dies");
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_EQ(response->revoked_kid(), revoked);
-  EXPECT_THAT(response->warning(), HasSubstr("the change is made, but 1 of"));
+  EXPECT_THAT(response->warning(),
+              HasSubstr("the change is made, but the last 1 of its 2 token "
+                        "write(s) were not"));
   // The HSM is back; the simulated clock does not move, so only a pass
   // the loop asked for itself completes the change (the interval is an
   // hour).
@@ -391,10 +393,10 @@ TEST_F(KeyManagerTest, ARevocationCutShortIsAnsweredMadeAndCompletedPromptly) {
 TEST_F(KeyManagerTest, RevokingTheSigningKeyWithNoStandbySaysSo) {
   FaultsAfterAWrite store(store_.get());
   std::unique_ptr<KeyManager> keys = Started(&store);
-  const ScopeKeys& demo = *keys->Scopes().at("demo");
-  const std::string active = demo.SigningAt(clock_.Now())->record.kid();
-  ASSERT_NE(demo.StandbyAt(clock_.Now()), nullptr);
-  const std::string standby = demo.StandbyAt(clock_.Now())->kid();
+  const std::shared_ptr<const ScopeKeys> demo = keys->Scopes().at("demo");
+  const std::string active = demo->SigningAt(clock_.Now())->record.kid();
+  ASSERT_NE(demo->StandbyAt(clock_.Now()), nullptr);
+  const std::string standby = demo->StandbyAt(clock_.Now())->kid();
   store.FailGenerations(true);  // no new standby after this revocation
   auto first = Revoke(*keys, standby, "revoke-the-standby");
   ASSERT_TRUE(first.ok()) << first.status();
