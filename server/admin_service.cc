@@ -105,7 +105,8 @@ void AdminService::Add(const char* name, const char* method,
         std::shared_ptr<const Backend> backend;
         std::string admin;
         if (!Admitted(context, method, answer, &backend, &admin)) return;
-        Audited(*backend, admin, method, "", status, answer);
+        Audited(*backend, admin, absl::FromChrono(context->deadline()), method,
+                "", status, answer);
       };
   AddOneRequestMethod(
       name, [this, handler, refuse](grpc::CallbackServerContext* context) {
@@ -170,25 +171,60 @@ absl::StatusOr<std::string> AdminService::Admin(
   return refusal;
 }
 
+std::shared_ptr<PendingCall> AdminService::Watched(
+    const Backend& backend, const std::string& admin, const char* method,
+    absl::string_view scope, const Answer& answer, absl::Time deadline,
+    PendingCall::ExpiryAnswers expiry, std::string expiry_note) {
+  auto pending = std::make_shared<PendingCall>(
+      [answer](const absl::Status& status) { answer(ToGrpcStatus(status)); },
+      deadline, /*on_done=*/nullptr, waits_->watchdog().list(),
+      [&backend, admin, method, scope = std::string(scope),
+       note = std::move(expiry_note)](const absl::Status& status) {
+        // After the answer (the watchdog's): nothing left to hold it for.
+        // (`backend` lives as long as `answer`, which the call holds.)
+        AuditAfterAnswer(backend,
+                         AdminLine(admin, method, scope, status, "", note));
+      });
+  pending->SetExpiryAnswers(std::move(expiry));
+  waits_->watchdog().Watch(pending);
+  return pending;
+}
+
 void AdminService::Audited(const Backend& backend, const std::string& admin,
-                           const char* method, absl::string_view scope,
-                           const absl::Status& status, const Answer& answer,
-                           absl::string_view detail, bool answer_unaudited) {
+                           absl::Time deadline, const char* method,
+                           absl::string_view scope, const absl::Status& status,
+                           const Answer& answer, absl::string_view detail,
+                           bool answer_unaudited) {
+  std::shared_ptr<PendingCall> pending = Watched(
+      backend, admin, method, scope, answer, deadline,
+      {absl::DeadlineExceededError(
+           "the audit log did not take this call's line before its deadline "
+           "(its writer waits for the HSM or the disk: health says which); "
+           "nothing was changed, retry"),
+       absl::UnavailableError(
+           "signetd is stopping before the audit log took this call's line; "
+           "nothing was changed, retry")},
+      "(the answer the caller heard; the line before it, if any, is not)");
   const AuditEvent line = AdminLine(admin, method, scope, status, detail);
-  // Before the answer; an admin call that cannot be audited is not
-  // answered OK.
-  absl::Status written = backend.audit->Append(line);
-  if (!written.ok() && answer_unaudited) {
-    SIGNET_LOG_WARN(
-        "Admin/{} by {} answered without its audit line (the audit log "
-        "cannot be written: {})",
-        method, admin, written.message());
-  } else if (!written.ok()) {
-    answer(ToGrpcStatus(absl::UnavailableError(
-        absl::StrCat("the audit log cannot be written: ", written.message()))));
-    return;
-  }
-  answer(ToGrpcStatus(status));
+  // The line before the answer: an admin call that cannot be audited is
+  // not answered OK.
+  backend.audit->AppendAllAsync(
+      absl::MakeConstSpan(&line, 1),
+      [pending, status, answer_unaudited, method = std::string(method),
+       admin](const absl::Status& written) {
+        if (written.ok()) {
+          pending->Finish(status);
+        } else if (answer_unaudited) {
+          SIGNET_LOG_WARN(
+              "Admin/{} by {} answered without its audit line (the audit log "
+              "cannot be written: {})",
+              method, admin, written.message());
+          pending->Finish(status);
+        } else {
+          pending->Finish(absl::UnavailableError(absl::StrCat(
+              "the audit log cannot be written: ", written.message())));
+        }
+      });
 }
 
 void AdminService::AuditAfterAnswer(const Backend& backend,
@@ -209,7 +245,7 @@ void AdminService::AuditAfterAnswer(const Backend& backend,
 }
 
 void AdminService::ListScopes(const Backend& backend, const std::string& admin,
-                              absl::Time /*deadline*/,
+                              absl::Time deadline,
                               const signet::v1::ListScopesRequest&,
                               signet::v1::ListScopesResponse* response,
                               Answer answer) {
@@ -229,22 +265,22 @@ void AdminService::ListScopes(const Backend& backend, const std::string& admin,
     s->set_next_transition(next.what);
     s->set_next_transition_at(rotation::FormatInstant(next.at));
   }
-  Audited(backend, admin, "ListScopes", "", absl::OkStatus(), answer);
+  Audited(backend, admin, deadline, "ListScopes", "", absl::OkStatus(), answer);
 }
 
 void AdminService::ListKeys(const Backend& backend, const std::string& admin,
-                            absl::Time /*deadline*/,
+                            absl::Time deadline,
                             const signet::v1::ListKeysRequest& request,
                             signet::v1::ListKeysResponse* response,
                             Answer answer) {
   if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
-    Audited(backend, admin, "ListKeys", request.scope(), st, answer);
+    Audited(backend, admin, deadline, "ListKeys", request.scope(), st, answer);
     return;
   }
   ScopeKeysMap scopes = backend.keys->Scopes();
   auto scope = scopes.find(request.scope());
   if (scope == scopes.end()) {
-    Audited(backend, admin, "ListKeys", request.scope(),
+    Audited(backend, admin, deadline, "ListKeys", request.scope(),
             absl::NotFoundError(
                 absl::StrCat("no scope named \"", request.scope(), "\"")),
             answer);
@@ -274,8 +310,8 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
       k->set_revocation_reason(r.revocation().reason());
     }
   }
-  Audited(backend, admin, "ListKeys", request.scope(), absl::OkStatus(),
-          answer);
+  Audited(backend, admin, deadline, "ListKeys", request.scope(),
+          absl::OkStatus(), answer);
 }
 
 template <typename Request, typename Response>
@@ -288,39 +324,35 @@ void AdminService::Change(
     std::type_identity_t<std::function<std::string(const Response&)>>
         describe) {
   if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
-    Audited(backend, admin, method, request.scope(), st, answer);
+    Audited(backend, admin, deadline, method, request.scope(), st, answer);
     return;
   }
   // The change runs on the key manager's thread, in the HSM, where a
   // stalled HSM may hold it for good; gRPC's Shutdown waits for every call
   // to be answered, so a stop hung behind it. The call is answered by
-  // whichever comes first: the change's outcome, its deadline, or a stop
-  // (the watchdog of RequestWaits, cut off at shutdown), each audited.
-  auto pending = std::make_shared<PendingCall>(
-      [answer](const absl::Status& status) { answer(ToGrpcStatus(status)); },
-      deadline, /*on_done=*/nullptr, waits_->watchdog().list(),
-      [&backend, admin, method,
-       scope = request.scope()](const absl::Status& status) {
-        // After the answer (the watchdog's): nothing left to hold it for.
-        AuditAfterAnswer(backend, AdminLine(admin, method, scope, status, ""));
-      });
+  // whichever comes first: the change's outcome (once its line is
+  // durable), its deadline, or a stop (the watchdog of RequestWaits, cut
+  // off at shutdown), each audited.
   const std::string retry = absl::StrCat(
       "; it may still be applied once the HSM answers: call again with the "
       "same request_id (",
       Quote(request.request_id(), 64), ") to learn its outcome");
-  pending->SetExpiryAnswers(
+  std::shared_ptr<PendingCall> pending = Watched(
+      backend, admin, method, request.scope(), answer, deadline,
       {absl::DeadlineExceededError(absl::StrCat(
            "the key change did not finish before the call's deadline (the HSM "
            "is slow or stalled: health says which)",
            retry)),
        absl::UnavailableError(absl::StrCat(
            "signetd is stopping and the HSM has not finished the key change",
-           retry))});
-  waits_->watchdog().Watch(pending);
+           retry))},
+      "(the answer the caller heard; the change's outcome, once known, is "
+      "audited on its own line)");
   (backend.keys->*submit)(
       request, admin, deadline,
-      [this, &backend, admin, method, scope = request.scope(), response,
-       pending, describe](absl::StatusOr<Response> result) {
+      [&backend, admin, method, scope = request.scope(),
+       request_id = request.request_id(), response, pending,
+       describe](absl::StatusOr<Response> result) {
         const std::string detail = result.ok() ? describe(*result) : "";
         if (pending->answered()) {
           // Told DEADLINE_EXCEEDED or UNAVAILABLE already: the outcome is
@@ -330,29 +362,39 @@ void AdminService::Change(
                                  "(the outcome, after the call was answered)"));
           return;
         }
-        bool answered_here = true;
-        Audited(
-            backend, admin, method, scope, result.status(),
-            [&](const grpc::Status& status) {
-              answered_here = pending->Finish(
-                  absl::Status(
-                      static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message()),
-                  [&] {
-                    if (status.ok() && result.ok()) *response = *result;
-                  });
-            },
-            detail);
-        if (!answered_here) {
-          // The deadline or the stop answered while the line above was
-          // written (the claim is not held across it: a stalled HSM could
-          // hold that write, and the call must still be answered).
-          AuditAfterAnswer(
-              backend,
-              AdminLine(admin, method, scope, result.status(), detail,
-                        "(the outcome, after the call was answered: the "
-                        "line before is not what the caller heard)"));
-        }
+        const AuditEvent line =
+            AdminLine(admin, method, scope, result.status(), detail);
+        // The line before the answer, without waiting for it here (this is
+        // the key manager's thread). Should the deadline or a stop answer
+        // first, the line above is the outcome and the watchdog's is what
+        // the caller heard.
+        backend.audit->AppendAllAsync(
+            absl::MakeConstSpan(&line, 1),
+            [pending, response, result = std::move(result), detail,
+             request_id](const absl::Status& written) {
+              if (written.ok()) {
+                pending->Finish(result.status(), [&] {
+                  if (result.ok()) *response = *result;
+                });
+              } else if (result.ok()) {
+                // Made: its key events wait in the key manager for the log
+                // (KeyManager::Audit); a retry learns the outcome then.
+                pending->Finish(absl::UnavailableError(absl::StrCat(
+                    "the key change was made (", detail,
+                    ") but the audit log cannot be written (",
+                    written.message(),
+                    "), so it is not answered OK; its key events are written "
+                    "once the log can be: call again with the same "
+                    "request_id (",
+                    Quote(request_id, 64),
+                    ") once health says SERVING to be answered its outcome")));
+              } else {
+                pending->Finish(absl::UnavailableError(absl::StrCat(
+                    "the audit log cannot be written (", written.message(),
+                    "); the key change was not made, or not known to be: ",
+                    result.status().message())));
+              }
+            });
       });
 }
 
@@ -383,7 +425,7 @@ void AdminService::RevokeKey(const Backend& backend, const std::string& admin,
 }
 
 void AdminService::GetStatus(const Backend& backend, const std::string& admin,
-                             absl::Time /*deadline*/,
+                             absl::Time deadline,
                              const signet::v1::GetStatusRequest&,
                              signet::v1::GetStatusResponse* response,
                              Answer answer) {
@@ -422,8 +464,8 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
       s->add_key_problems(why);
     }
   }
-  Audited(backend, admin, "GetStatus", "", absl::OkStatus(), answer, "",
-          /*answer_unaudited=*/true);
+  Audited(backend, admin, deadline, "GetStatus", "", absl::OkStatus(), answer,
+          "", /*answer_unaudited=*/true);
 }
 
 }  // namespace signet::server

@@ -23,6 +23,7 @@
 #include "server/audit_log.h"
 #include "server/key_manager.h"
 #include "server/one_request_call.h"
+#include "server/pending_call.h"
 #include "signet/v1/admin.pb.h"
 
 namespace signet::server {
@@ -92,10 +93,25 @@ class AdminService final : public OneRequestService {
   // cannot be written is answered UNAVAILABLE, unless `answer_unaudited`
   // (GetStatus only: it changes nothing, and it is how an operator sees
   // that the log cannot be written); then a log line says so.
+  //
+  // Nothing here waits for the log: the call is answered once its line is
+  // durable, or by the request watchdog at `deadline` or at a stop,
+  // whichever comes first (then that answer is audited too). The log's
+  // writer may be held by a checkpoint signature in a stalled HSM, and
+  // gRPC's Shutdown waits for every call to be answered: a ninth outside
+  // attack held a stop for as long as the HSM stalled so.
   void Audited(const Backend& backend, const std::string& admin,
-               const char* method, absl::string_view scope,
+               absl::Time deadline, const char* method, absl::string_view scope,
                const absl::Status& status, const Answer& answer,
                absl::string_view detail = "", bool answer_unaudited = false);
+
+  // A call answered by `answer`, watched by the request watchdog until
+  // `deadline` with `expiry` as its answers then, and at a stop. An
+  // expiry answer is audited (method, scope) with `expiry_note`.
+  std::shared_ptr<PendingCall> Watched(
+      const Backend& backend, const std::string& admin, const char* method,
+      absl::string_view scope, const Answer& answer, absl::Time deadline,
+      PendingCall::ExpiryAnswers expiry, std::string expiry_note);
 
   // The audit line of an answer already sent (by the deadline watchdog, or
   // a change's outcome after it); a line that cannot be written is logged.

@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -24,10 +25,6 @@
 
 namespace signet::server {
 namespace {
-
-// How long the HSM may take over a checkpoint signature: the log's writer
-// waits for it.
-constexpr absl::Duration kSignDeadline = absl::Seconds(10);
 
 // The current audit key's public half alone, for audit-verify
 // --audit_public_key.
@@ -101,8 +98,11 @@ rotation::ScopeKeyPolicy AuditKeys::Policy(
 }
 
 AuditKeys::AuditKeys(hsm::KeyStore* store, std::string log_path,
-                     const base::Clock& clock)
-    : store_(store), log_path_(std::move(log_path)), clock_(clock) {}
+                     const base::Clock& clock, absl::Duration sign_deadline)
+    : store_(store),
+      log_path_(std::move(log_path)),
+      clock_(clock),
+      sign_deadline_(sign_deadline) {}
 
 absl::Status AuditKeys::Update(const rotation::ScopeKeySet& set,
                                absl::Time now) {
@@ -310,7 +310,41 @@ absl::StatusOr<std::string> AuditKeys::SignWithCurrent(
         ", not ACTIVE: checkpoints wait for the next key pass to switch to "
         "its successor"));
   }
-  return store_->SignDigest(key.key_id, digest, absl::Now() + kSignDeadline);
+  auto signature = std::make_shared<Signature>();
+  signature->asked_at = absl::Now();
+  const absl::Time deadline = signature->asked_at + sign_deadline_;
+  {
+    absl::MutexLock lock(&mu_);
+    if (last_signature_ != nullptr &&
+        !last_signature_->done.HasBeenNotified()) {
+      return absl::UnavailableError(absl::StrCat(
+          "the HSM has not answered the checkpoint signature asked of it at ",
+          absl::FormatTime(absl::RFC3339_sec, last_signature_->asked_at,
+                           absl::UTCTimeZone()),
+          " (it is stalled or unreachable: health says which); no checkpoint "
+          "is signed until it does"));
+    }
+    last_signature_ = signature;
+  }
+  // A thread of its own, left in the HSM if it stalls (see Signer()).
+  std::thread([signature, store = store_, key_id = key.key_id,
+               digest = std::string(digest), deadline] {
+    signature->result = store->SignDigest(key_id, digest, deadline);
+    signature->done.Notify();
+  }).detach();
+  if (!signature->done.WaitForNotificationWithDeadline(deadline)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the HSM did not sign the checkpoint within ",
+        absl::FormatDuration(sign_deadline_),
+        " (it is slow or stalled: health says which); the next checkpoint "
+        "covers the same lines"));
+  }
+  return signature->result;
+}
+
+bool AuditKeys::signature_outstanding() const {
+  absl::MutexLock lock(&mu_);
+  return last_signature_ != nullptr && !last_signature_->done.HasBeenNotified();
 }
 
 }  // namespace signet::server

@@ -19,6 +19,7 @@
 #ifndef SIGNET_SERVER_AUDIT_KEYS_H_
 #define SIGNET_SERVER_AUDIT_KEYS_H_
 
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -27,6 +28,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
 #include "hsm/key_store.h"
@@ -47,11 +49,18 @@ class AuditKeys {
   static rotation::ScopeKeyPolicy Policy(
       const signet::v1::SignetConfig& config);
 
-  // `store` and `clock` must outlive this object. `log_path` is the audit
-  // log's path: the keyring and audit-checkpoint-key.pem are written beside
-  // it. `clock` decides which key may sign a checkpoint.
+  // How long a checkpoint signature may take in the HSM by default.
+  static constexpr absl::Duration kDefaultSignDeadline = absl::Seconds(5);
+
+  // `store` and `clock` must outlive this object, and `store` must also
+  // outlive a signature still outstanding when it is destroyed (see
+  // signature_outstanding()). `log_path` is the audit log's path: the
+  // keyring and audit-checkpoint-key.pem are written beside it. `clock`
+  // decides which key may sign a checkpoint. `sign_deadline`: how long the
+  // signer waits for the HSM.
   AuditKeys(hsm::KeyStore* store, std::string log_path,
-            const base::Clock& clock = base::SystemClock());
+            const base::Clock& clock = base::SystemClock(),
+            absl::Duration sign_deadline = kDefaultSignDeadline);
 
   // The audit scope's keys after a reconcile pass at `now`. Appends new
   // keys' public halves to the keyring (FAILED_PRECONDITION if it cannot be
@@ -70,8 +79,24 @@ class AuditKeys {
   // For the log's options at open: the signing key's kid, and a signer that
   // signs with whichever key is current when it runs, refusing (with
   // FAILED_PRECONDITION) a key that may not sign at that instant.
+  //
+  // The log's writer waits for the signer, and every Append waits for the
+  // writer, so the signer is bounded: the HSM call runs on a thread of its
+  // own, and the signer gives up on it after `sign_deadline`
+  // (DEADLINE_EXCEEDED; the log writes "checkpoint_failed" and goes on). A
+  // call into a stalled HSM cannot be cancelled, so that thread stays in
+  // the HSM until it answers; while it does, the signer answers
+  // UNAVAILABLE at once rather than sending a second call after it. (A
+  // ninth outside attack: a stall while the writer signed held every
+  // Admin call, and with them the stop, for as long as the HSM stalled.)
   std::string current_kid() const ABSL_LOCKS_EXCLUDED(mu_);
   CheckpointSigner Signer();
+
+  // Whether a checkpoint signature the signer gave up on is still in the
+  // HSM. Its thread uses the key store: while this is true, the store and
+  // its session pool must not be destroyed (signetd exits without closing
+  // them instead).
+  bool signature_outstanding() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Introduces the keys known so far in `log` (the signing key, and the
   // standby with the time it takes over), with a checkpoint over them; from
@@ -97,9 +122,18 @@ class AuditKeys {
   // lines). Never with mu_ held: the signer takes it.
   static void CheckpointNow(AuditLog* log, absl::string_view why);
 
+  // One checkpoint signature in the HSM, shared with the thread that
+  // makes it.
+  struct Signature {
+    absl::Notification done;
+    absl::StatusOr<std::string> result;  // set before `done`
+    absl::Time asked_at;
+  };
+
   hsm::KeyStore* const store_;
   const std::string log_path_;
   const base::Clock& clock_;
+  const absl::Duration sign_deadline_;
 
   // Held through Update and Attach (one at a time), including while they
   // wait for a checkpoint.
@@ -115,6 +149,8 @@ class AuditKeys {
   mutable absl::Mutex mu_;
   std::vector<rotation::KeyRecord> records_ ABSL_GUARDED_BY(mu_);
   Key current_ ABSL_GUARDED_BY(mu_);
+  // The last signature asked of the HSM (done, or still in it).
+  std::shared_ptr<Signature> last_signature_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace signet::server

@@ -95,8 +95,9 @@ inline constexpr size_t kMaxAuditFieldBytes = 1024;
 // Signs a checkpoint digest (SHA-256, 32 bytes) with the dedicated audit key
 // in the HSM and returns the ES256 signature in JWS form (r||s, 64 bytes).
 // It is called from the log's writer thread, and every Append waits while it
-// runs, so it must return within a bounded time (the server runs the HSM call
-// with a deadline: a stalled HSM must surface as an error, not hang the log).
+// runs, so it must return within a bounded time (the server's gives up on the
+// HSM after a deadline, server/audit_keys.h: a stalled HSM must surface as an
+// error, not hang the log).
 using CheckpointSigner =
     std::function<absl::StatusOr<std::string>(absl::string_view digest)>;
 

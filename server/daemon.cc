@@ -254,6 +254,22 @@ Daemon::~Daemon() {
   // never ends by itself.
   if (key_manager_ != nullptr) key_manager_->Stop();
   StopServing(absl::Seconds(2));
+  // A start that failed part way (Stop did all this otherwise). In the
+  // members' own order, up to the audit log (its final checkpoint); then a
+  // checkpoint signature the HSM still holds keeps the key store and the
+  // pool from being destroyed under its thread.
+  prober_.reset();
+  http_.reset();
+  workers_.reset();
+  key_manager_.reset();
+  publisher_.reset();
+  audit_.reset();
+  if (audit_keys_ != nullptr && audit_keys_->signature_outstanding()) {
+    SIGNET_LOG_WARN(
+        "a checkpoint signature is stuck in the HSM (stalled); exiting "
+        "without closing the HSM connections");
+    std::_Exit(options_.exit_code_if_hsm_stuck);
+  }
 }
 
 absl::Status Daemon::LoadConfiguration() {
@@ -1186,6 +1202,14 @@ int Daemon::Stop() {
         "the audit log's last lines wait for the HSM (stalled); exiting "
         "without its final checkpoint (the next start goes on from the "
         "last line written)");
+    std::_Exit(options_.exit_code_if_hsm_stuck);
+  }
+  if (audit_keys_->signature_outstanding()) {
+    // The checkpoint signer gave up on a signature the HSM still holds;
+    // its thread uses the key store and the pool.
+    SIGNET_LOG_WARN(
+        "a checkpoint signature is stuck in the HSM (stalled); exiting "
+        "without closing the HSM connections");
     std::_Exit(options_.exit_code_if_hsm_stuck);
   }
   phases.Enter("closing the key store");

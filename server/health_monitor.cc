@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "base/log.h"
 
 namespace signet::server {
@@ -11,22 +12,42 @@ constexpr char kScopePrefix[] = "scope/";
 HealthMonitor::HealthMonitor(std::vector<std::string> scopes, Setter set)
     : scopes_(std::move(scopes)), set_(std::move(set)) {}
 
+namespace {
+
+// A reason's message with each run of digits as one '#': two samples of one
+// reason (a stall 3 s old, then 4 s) read the same, so it is logged once,
+// while another reason in the same part (the HSM stalled, then
+// unreachable) reads differently and gets its own line.
+std::string Shape(absl::string_view message) {
+  std::string shape;
+  shape.reserve(message.size());
+  for (size_t i = 0; i < message.size(); ++i) {
+    if (absl::ascii_isdigit(message[i])) {
+      if (i == 0 || !absl::ascii_isdigit(message[i - 1])) shape += '#';
+    } else {
+      shape += message[i];
+    }
+  }
+  return shape;
+}
+
+}  // namespace
+
 absl::Status HealthMonitor::Overall(const ReplicaCondition& condition,
                                     std::string* cause) {
-  *cause = !condition.hsm.ok()        ? "hsm"
-           : !condition.audit.ok()    ? "audit"
-           : !condition.listener.ok() ? "listener"
-                                      : "";
-  if (!condition.hsm.ok()) return condition.hsm;
-  if (!condition.audit.ok()) return condition.audit;
-  return condition.listener;
+  const absl::Status& reason = !condition.hsm.ok()     ? condition.hsm
+                               : !condition.audit.ok() ? condition.audit
+                                                       : condition.listener;
+  *cause = reason.ok() ? "" : Shape(reason.message());
+  return reason;
 }
 
 void HealthMonitor::Update(const ReplicaCondition& condition) {
   std::string cause;
   const absl::Status overall = Overall(condition, &cause);
   // Also a new cause while NOT_SERVING (an eighth outside attack saw
-  // "starting" as the last line while the audit log could not be written).
+  // "starting" as the last line while the audit log could not be written;
+  // a ninth, "stalled" while the HSM had become unreachable).
   if (overall_ != overall.ok() || cause != overall_cause_) {
     if (overall.ok()) {
       SIGNET_LOG_INFO(
@@ -45,10 +66,11 @@ void HealthMonitor::Update(const ReplicaCondition& condition) {
     auto it = condition.scopes.find(scope);
     const absl::Status own =
         it == condition.scopes.end() ? absl::OkStatus() : it->second;
-    auto known = scope_ok_.find(scope);
-    if (known == scope_ok_.end() || known->second != own.ok()) {
+    const std::string reason = own.ok() ? "" : Shape(own.message());
+    auto known = scope_reason_.find(scope);
+    if (known == scope_reason_.end() || known->second != reason) {
       // Only the scope's own changes get a line; the overall one has its own.
-      if (known != scope_ok_.end() || !own.ok()) {
+      if (known != scope_reason_.end() || !own.ok()) {
         if (own.ok()) {
           SIGNET_LOG_INFO("health {}{}: the scope can sign again", kScopePrefix,
                           scope);
@@ -57,7 +79,7 @@ void HealthMonitor::Update(const ReplicaCondition& condition) {
                           own.message());
         }
       }
-      scope_ok_[scope] = own.ok();
+      scope_reason_[scope] = reason;
     }
     const bool serving = overall.ok() && own.ok();
     auto entry = scope_serving_.find(scope);

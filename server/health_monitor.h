@@ -6,8 +6,10 @@
 // closed) and the gRPC listener accepts new connections. A scope's entry is
 // SERVING only while the overall one is and the scope has a key that may
 // sign now. signetd samples its condition every second and hands it to
-// Update(); every change of an entry's own condition is one log line with the
-// reason, so an operator sees why a load balancer stopped sending traffic.
+// Update(); every change of an entry's own condition, and of its reason, is
+// one log line, so an operator sees why a load balancer stopped sending
+// traffic (a reason's numbers, such as how long a stall has lasted, are not
+// a change).
 //
 // Thread-compatible: one thread (signetd's main loop) calls it.
 #ifndef SIGNET_SERVER_HEALTH_MONITOR_H_
@@ -53,16 +55,19 @@ class HealthMonitor {
   bool serving() const { return overall_.value_or(false); }
 
  private:
-  // The overall condition's reason, or OK; `cause` names its part ("hsm",
-  // "audit", "listener"; "" when OK).
+  // The overall condition's reason (the HSM's, else the audit log's, else
+  // the listener's), or OK; `cause` is its message with numbers left out
+  // ("" when OK): what a new line is logged for.
   static absl::Status Overall(const ReplicaCondition& condition,
                               std::string* cause);
 
   const std::vector<std::string> scopes_;
   const Setter set_;
-  std::optional<bool> overall_;           // unset until the first Update
-  std::string overall_cause_;             // what made it NOT_SERVING, as logged
-  std::map<std::string, bool> scope_ok_;  // the scope's own condition
+  std::optional<bool> overall_;  // unset until the first Update
+  std::string overall_cause_;    // what made it NOT_SERVING, as logged
+  // The scope's own condition, as logged: "" when it can sign, else its
+  // reason with numbers left out.
+  std::map<std::string, std::string> scope_reason_;
   std::map<std::string, bool> scope_serving_;  // what its entry says
 };
 

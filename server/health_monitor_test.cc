@@ -67,6 +67,41 @@ TEST(HealthMonitorTest, ANewCauseWhileNotServingIsLogged) {
   EXPECT_FALSE(entries.now[""]);
 }
 
+// A ninth outside attack: the HSM went from stalled to unreachable (and a
+// scope from one reason to another) with no line, so the last line named a
+// reason that no longer held. A reason's numbers changing (how long the
+// stall has lasted) is the same reason: no line for each sample.
+TEST(HealthMonitorTest, AnotherReasonInTheSamePartIsLoggedButNotItsNumbers) {
+  log::LogCapture captured;
+  Entries entries;
+  HealthMonitor monitor({"a"}, entries.Sink());
+  ReplicaCondition c = AllGood();
+  c.hsm = absl::UnavailableError(
+      "the HSM is stalled: a probe call has not returned for 3s");
+  c.scopes["a"] = absl::FailedPreconditionError("scope a: no key may sign");
+  monitor.Update(c);
+  c.hsm = absl::UnavailableError(
+      "the HSM is stalled: a probe call has not returned for 14s");
+  monitor.Update(c);
+  c.hsm = absl::UnavailableError("the HSM is unreachable: CKR_DEVICE_ERROR");
+  c.scopes["a"] = absl::FailedPreconditionError("scope a: its key is revoked");
+  monitor.Update(c);
+  const std::string text = captured.Text();
+  EXPECT_NE(text.find("health: NOT_SERVING: the HSM is stalled"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("has not returned for 14s"), std::string::npos) << text;
+  EXPECT_NE(text.find("health: NOT_SERVING: the HSM is unreachable"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("scope/a: NOT_SERVING: scope a: no key may sign"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("scope/a: NOT_SERVING: scope a: its key is revoked"),
+            std::string::npos)
+      << text;
+}
+
 TEST(HealthMonitorTest, EachFaultTurnsTheReplicaNotServing) {
   for (int fault = 0; fault < 3; ++fault) {
     Entries entries;

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -434,6 +435,81 @@ TEST_F(AdminTest, AStopAnswersAKeyChangeThatAStalledHsmHolds) {
               HasSubstr("signetd is stopping and the HSM has not finished "
                         "the key change"));
   EXPECT_THAT(status.error_message(), HasSubstr("same request_id"));
+}
+
+// A ninth outside attack: the HSM stalled while the audit log's writer
+// signed a checkpoint (once a minute; here the one that closes a segment at
+// SIGHUP). Every Admin call waited for the writer without bound, and the
+// stop waited for the calls: signetd stopped only when the HSM came back.
+// The call is answered at its deadline by the watchdog, the signature is
+// given up on, and the stop ends.
+TEST_F(AdminTest, AStallWhileACheckpointIsSignedHoldsNeitherCallsNorTheStop) {
+  auto stub = AdminStub();
+  {
+    // A line since the last checkpoint, so the rollover signs one.
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::ListKeysRequest list;
+    list.set_scope("ops");
+    v1::ListKeysResponse keys;
+    ASSERT_TRUE(stub->ListKeys(&ctx, list, &keys).ok());
+  }
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  ASSERT_EQ(kill(signetd_->pid(), SIGHUP), 0);
+  absl::SleepFor(absl::Seconds(1));  // the writer is in the HSM by now
+
+  // Shorter than the checkpoint signer's deadline (5 s): the watchdog
+  // answers at the deadline (the client's own deadline fires at the same
+  // instant, so which one the client hears is a race: the audit log says
+  // below that the watchdog answered).
+  grpc::ClientContext short_ctx;
+  short_ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(2));
+  v1::GetStatusResponse status;
+  const grpc::Status held =
+      stub->GetStatus(&short_ctx, v1::GetStatusRequest(), &status);
+  EXPECT_EQ(held.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << held.error_message();
+
+  // A call in flight at the stop, the HSM still stalled.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  absl::Notification answered;
+  grpc::Status in_flight;
+  std::thread caller([&] {
+    v1::ListKeysRequest list;
+    list.set_scope("ops");
+    v1::ListKeysResponse keys;
+    in_flight = stub->ListKeys(&ctx, list, &keys);
+    answered.Notify();
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_EQ(kill(signetd_->pid(), SIGTERM), 0);
+  const absl::StatusOr<int> code = signetd_->WaitExit(absl::Seconds(60));
+  ASSERT_TRUE(bed_->hsm().Resume().ok());
+  const bool heard = answered.WaitForNotificationWithTimeout(absl::Seconds(60));
+  if (!heard) ctx.TryCancel();
+  caller.join();
+  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd_->Output();
+  EXPECT_TRUE(heard);
+  // The signature the HSM held is recorded as failed, in the segment the
+  // rollover closed; the watchdog's answer to GetStatus is audited.
+  std::string closed_segments;
+  for (const auto& entry : std::filesystem::directory_iterator(audit_dir_)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, "audit.log.0")) {
+      std::ifstream in(entry.path());
+      std::stringstream buf;
+      buf << in.rdbuf();
+      closed_segments += buf.str();
+    }
+  }
+  EXPECT_THAT(closed_segments,
+              HasSubstr("\"event\":\"checkpoint_failed\",\"result\":"
+                        "\"DEADLINE_EXCEEDED\""));
+  EXPECT_THAT(closed_segments + AuditLog(),
+              HasSubstr("Admin/GetStatus: the audit log did not take this "
+                        "call's line before its deadline"));
 }
 
 // Fifth outside attack: with the audit log unwritable every Admin call was
