@@ -17,6 +17,9 @@ namespace signet::server {
 using base::Quote;
 namespace {
 
+// How long before a call's deadline the watchdog answers it.
+constexpr absl::Duration kAnswerAheadOfDeadline = absl::Milliseconds(200);
+
 std::string Rfc3339(const google::protobuf::Timestamp& ts) {
   return rotation::FormatInstant(rotation::TimeFromProto(ts));
 }
@@ -175,9 +178,17 @@ std::shared_ptr<PendingCall> AdminService::Watched(
     const Backend& backend, const std::string& admin, const char* method,
     absl::string_view scope, const Answer& answer, absl::Time deadline,
     PendingCall::ExpiryAnswers expiry, std::string expiry_note) {
+  // A little ahead of the deadline, so the caller hears signetd's answer
+  // (which says what to do) rather than its own library's bare
+  // DEADLINE_EXCEEDED at the same instant (a tenth outside attack). A key
+  // change is not started this close to its deadline (KeyManager), so one
+  // not started by then never is.
+  const absl::Time answer_by = deadline == absl::InfiniteFuture()
+                                   ? deadline
+                                   : deadline - kAnswerAheadOfDeadline;
   auto pending = std::make_shared<PendingCall>(
       [answer](const absl::Status& status) { answer(ToGrpcStatus(status)); },
-      deadline, /*on_done=*/nullptr, waits_->watchdog().list(),
+      answer_by, /*on_done=*/nullptr, waits_->watchdog().list(),
       [&backend, admin, method, scope = std::string(scope),
        note = std::move(expiry_note)](const absl::Status& status) {
         // After the answer (the watchdog's): nothing left to hold it for.
@@ -320,7 +331,8 @@ void AdminService::Change(
     const char* method, const Request& request, Response* response,
     Answer answer,
     void (KeyManager::*submit)(const Request&, const std::string&, absl::Time,
-                               std::function<void(absl::StatusOr<Response>)>),
+                               std::function<void(absl::StatusOr<Response>)>,
+                               std::function<void()>),
     std::type_identity_t<std::function<std::string(const Response&)>>
         describe) {
   if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
@@ -345,7 +357,20 @@ void AdminService::Change(
            retry)),
        absl::UnavailableError(absl::StrCat(
            "signetd is stopping and the HSM has not finished the key change",
-           retry))},
+           retry)),
+       // Its turn never came: the key manager does not start a change
+       // after its deadline, or once stopping (KeyManager::RotateKey).
+       absl::DeadlineExceededError(absl::StrCat(
+           "the key change was still queued behind the key manager's work at "
+           "the call's deadline (an earlier change or pass is in a slow or "
+           "stalled HSM: health says which), so it is not made; retry with "
+           "the same request_id (",
+           Quote(request.request_id(), 64), ")")),
+       absl::UnavailableError(absl::StrCat(
+           "signetd is stopping and the key change was still queued behind "
+           "the key manager's work, so it is not made; retry with the same "
+           "request_id (",
+           Quote(request.request_id(), 64), ") once signetd is back"))},
       "(the answer the caller heard; the change's outcome, once known, is "
       "audited on its own line)");
   (backend.keys->*submit)(
@@ -381,21 +406,25 @@ void AdminService::Change(
                 // (KeyManager::Audit); a retry learns the outcome then.
                 pending->Finish(absl::UnavailableError(absl::StrCat(
                     "the key change was made (", detail,
-                    ") but the audit log cannot be written (",
+                    ") but this call's audit line could not be written (",
                     written.message(),
-                    "), so it is not answered OK; its key events are written "
-                    "once the log can be: call again with the same "
-                    "request_id (",
+                    "), so it is not answered OK; the change's own key "
+                    "events are in the audit log, or kept to be written once "
+                    "it can be: call again with the same request_id (",
                     Quote(request_id, 64),
                     ") once health says SERVING to be answered its outcome")));
               } else {
-                pending->Finish(absl::UnavailableError(absl::StrCat(
-                    "the audit log cannot be written (", written.message(),
-                    "); the key change was not made, or not known to be: ",
-                    result.status().message())));
+                // The change's own error says what became of it.
+                pending->Finish(absl::Status(
+                    result.status().code(),
+                    absl::StrCat(result.status().message(),
+                                 " (this call's audit line could not be "
+                                 "written either: ",
+                                 written.message(), ")")));
               }
             });
-      });
+      },
+      [pending] { pending->MarkStarted(); });
 }
 
 void AdminService::RotateKey(const Backend& backend, const std::string& admin,

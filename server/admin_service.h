@@ -129,7 +129,8 @@ class AdminService final : public OneRequestService {
       const char* method, const Request& request, Response* response,
       Answer answer,
       void (KeyManager::*submit)(const Request&, const std::string&, absl::Time,
-                                 std::function<void(absl::StatusOr<Response>)>),
+                                 std::function<void(absl::StatusOr<Response>)>,
+                                 std::function<void()>),
       std::type_identity_t<std::function<std::string(const Response&)>>
           describe);
 

@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -312,39 +313,68 @@ absl::StatusOr<std::string> AuditKeys::SignWithCurrent(
   }
   auto signature = std::make_shared<Signature>();
   signature->asked_at = absl::Now();
-  const absl::Time deadline = signature->asked_at + sign_deadline_;
+  signature->asked_at_monotonic = base::MonotonicNow();
   {
     absl::MutexLock lock(&mu_);
-    if (last_signature_ != nullptr &&
-        !last_signature_->done.HasBeenNotified()) {
+    std::erase_if(held_, [](const std::shared_ptr<Signature>& held) {
+      return held->done.HasBeenNotified();
+    });
+    // A held signature may be on a connection the pool has since dropped
+    // and will never return: a new one goes after it once it is old, up to
+    // kMaxHeldSignatures of them, so checkpoints come back when the HSM
+    // does even if that call never ends.
+    if (!held_.empty() &&
+        (held_.size() >= kMaxHeldSignatures ||
+         signature->asked_at_monotonic - held_.back()->asked_at_monotonic <
+             sign_deadline_ * kRetryHeldAfterDeadlines)) {
       return absl::UnavailableError(absl::StrCat(
           "the HSM has not answered the checkpoint signature asked of it at ",
-          absl::FormatTime(absl::RFC3339_sec, last_signature_->asked_at,
+          absl::FormatTime(absl::RFC3339_sec, held_.back()->asked_at,
                            absl::UTCTimeZone()),
-          " (it is stalled or unreachable: health says which); no checkpoint "
-          "is signed until it does"));
+          held_.size() > 1
+              ? absl::StrCat(" (nor ", held_.size() - 1, " before it)")
+              : "",
+          "; it is stalled or unreachable (health says which), and no "
+          "checkpoint is signed until it answers"));
     }
-    last_signature_ = signature;
+    held_.push_back(signature);
   }
   // A thread of its own, left in the HSM if it stalls (see Signer()).
-  std::thread([signature, store = store_, key_id = key.key_id,
-               digest = std::string(digest), deadline] {
-    signature->result = store->SignDigest(key_id, digest, deadline);
-    signature->done.Notify();
-  }).detach();
-  if (!signature->done.WaitForNotificationWithDeadline(deadline)) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "the HSM did not sign the checkpoint within ",
-        absl::FormatDuration(sign_deadline_),
-        " (it is slow or stalled: health says which); the next checkpoint "
-        "covers the same lines"));
+  try {
+    std::thread([signature, store = store_, key_id = key.key_id,
+                 digest = std::string(digest),
+                 deadline = signature->asked_at + sign_deadline_] {
+      signature->result = store->SignDigest(key_id, digest, deadline);
+      signature->done.Notify();
+    }).detach();
+  } catch (const std::system_error& e) {
+    absl::MutexLock lock(&mu_);
+    held_.pop_back();  // never asked
+    return absl::ResourceExhaustedError(
+        absl::StrCat("no thread for the checkpoint signature: ", e.what()));
+  }
+  // Measured on the monotonic clock in short waits: Abseil's timed waits
+  // end at a wall-clock instant, which a clock step moves.
+  const absl::Duration give_up = signature->asked_at_monotonic + sign_deadline_;
+  while (!signature->done.WaitForNotificationWithTimeout(
+      std::min(absl::Milliseconds(50), sign_deadline_))) {
+    if (base::MonotonicNow() >= give_up) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the HSM did not sign the checkpoint within ",
+          absl::FormatDuration(sign_deadline_),
+          " (it is slow or stalled: health says which); the next checkpoint "
+          "covers the same lines"));
+    }
   }
   return signature->result;
 }
 
 bool AuditKeys::signature_outstanding() const {
   absl::MutexLock lock(&mu_);
-  return last_signature_ != nullptr && !last_signature_->done.HasBeenNotified();
+  return std::any_of(held_.begin(), held_.end(),
+                     [](const std::shared_ptr<Signature>& held) {
+                       return !held->done.HasBeenNotified();
+                     });
 }
 
 }  // namespace signet::server

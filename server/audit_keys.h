@@ -51,6 +51,10 @@ class AuditKeys {
 
   // How long a checkpoint signature may take in the HSM by default.
   static constexpr absl::Duration kDefaultSignDeadline = absl::Seconds(5);
+  // Signatures given up on and still in the HSM: a new one is sent after
+  // the last of them once it is this many deadlines old, up to this many.
+  static constexpr int kRetryHeldAfterDeadlines = 4;
+  static constexpr size_t kMaxHeldSignatures = 3;
 
   // `store` and `clock` must outlive this object, and `store` must also
   // outlive a signature still outstanding when it is destroyed (see
@@ -86,9 +90,12 @@ class AuditKeys {
   // (DEADLINE_EXCEEDED; the log writes "checkpoint_failed" and goes on). A
   // call into a stalled HSM cannot be cancelled, so that thread stays in
   // the HSM until it answers; while it does, the signer answers
-  // UNAVAILABLE at once rather than sending a second call after it. (A
-  // ninth outside attack: a stall while the writer signed held every
-  // Admin call, and with them the stop, for as long as the HSM stalled.)
+  // UNAVAILABLE at once rather than sending a second call after it, until
+  // the held one is kRetryHeldAfterDeadlines deadlines old (it may be on a
+  // connection that never answers), and at most kMaxHeldSignatures are
+  // held. (A ninth outside attack: a stall while the writer signed held
+  // every Admin call, and with them the stop, for as long as the HSM
+  // stalled.)
   std::string current_kid() const ABSL_LOCKS_EXCLUDED(mu_);
   CheckpointSigner Signer();
 
@@ -128,6 +135,7 @@ class AuditKeys {
     absl::Notification done;
     absl::StatusOr<std::string> result;  // set before `done`
     absl::Time asked_at;
+    absl::Duration asked_at_monotonic;  // base::MonotonicNow()
   };
 
   hsm::KeyStore* const store_;
@@ -149,8 +157,9 @@ class AuditKeys {
   mutable absl::Mutex mu_;
   std::vector<rotation::KeyRecord> records_ ABSL_GUARDED_BY(mu_);
   Key current_ ABSL_GUARDED_BY(mu_);
-  // The last signature asked of the HSM (done, or still in it).
-  std::shared_ptr<Signature> last_signature_ ABSL_GUARDED_BY(mu_);
+  // The signatures the signer gave up on (oldest first), until they are
+  // seen done.
+  std::vector<std::shared_ptr<Signature>> held_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace signet::server

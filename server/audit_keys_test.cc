@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
@@ -68,8 +69,10 @@ class AuditKeysTest : public hsm::InProcessKeyStoreTest {
 // A ninth outside attack: the HSM stalled while the writer signed a
 // checkpoint, and every Admin call (and with them the stop) waited for as
 // long as it stalled. The signer gives up at its deadline, and does not
-// send a second signature into the HSM while the first is still there.
-TEST_F(AuditKeysTest, AStalledHsmFailsTheSignatureAtTheDeadlineAndOnlyOnce) {
+// send a second signature into the HSM while the first is still there,
+// until it is old, nor more than a few.
+TEST_F(AuditKeysTest,
+       AStalledHsmFailsTheSignatureAtTheDeadlineAndIsNotFlooded) {
   CheckpointSigner sign = keys_->Signer();
   absl::StatusOr<std::string> signature = sign(digest_);
   ASSERT_TRUE(signature.ok()) << signature.status();
@@ -93,7 +96,27 @@ TEST_F(AuditKeysTest, AStalledHsmFailsTheSignatureAtTheDeadlineAndOnlyOnce) {
               HasSubstr("has not answered the checkpoint signature"));
   EXPECT_EQ(injector_->Calls("C_Sign"), calls) << "a second call into the HSM";
 
-  // The HSM answers the signature it held; the next one is made.
+  // The held call may be on a connection that never answers: once it is
+  // kRetryHeldAfterDeadlines deadlines old a new one is sent, up to
+  // kMaxHeldSignatures held.
+  const absl::Duration retry_after =
+      kSignDeadline * AuditKeys::kRetryHeldAfterDeadlines +
+      absl::Milliseconds(200);
+  for (size_t held = 2; held <= AuditKeys::kMaxHeldSignatures; ++held) {
+    absl::SleepFor(retry_after);
+    signature = sign(digest_);
+    EXPECT_EQ(signature.status().code(), absl::StatusCode::kDeadlineExceeded)
+        << signature.status();
+  }
+  absl::SleepFor(retry_after);
+  signature = sign(digest_);
+  EXPECT_EQ(signature.status().code(), absl::StatusCode::kUnavailable)
+      << signature.status();
+  EXPECT_THAT(signature.status().message(),
+              HasSubstr(absl::StrCat("(nor ", AuditKeys::kMaxHeldSignatures - 1,
+                                     " before it)")));
+
+  // The HSM answers the signatures it held; the next one is made.
   injector_->Release();
   ASSERT_TRUE(WaitUntilNoSignatureIsOutstanding());
   signature = sign(digest_);

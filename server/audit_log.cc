@@ -986,7 +986,10 @@ bool AuditLog::GroupCommitReadyLocked() const {
 }
 
 bool AuditLog::WriterHasWorkLocked() const {
-  return stopping_ || !pending_.empty() || rollover_requested_ ||
+  // A requested rollover that failed waits for its retry time (the loop's
+  // timed wait wakes for it).
+  return stopping_ || !pending_.empty() ||
+         (rollover_requested_ && options_.clock->Now() >= next_rollover_try_) ||
          checkpoint_requested_ > checkpoint_done_;
 }
 
@@ -1449,6 +1452,9 @@ void AuditLog::WriterLoop() {
       if (refusals_suppressed_ > 0) {
         wait = std::min(wait, absl::FromUnixSeconds(refusal_window_ + 1) - now);
       }
+      if (rollover_requested_) {
+        wait = std::min(wait, next_rollover_try_ - now);
+      }
       if (wait > absl::ZeroDuration()) {
         mu_.AwaitWithTimeout(
             absl::Condition(this, &AuditLog::WriterHasWorkLocked), wait);
@@ -1486,7 +1492,7 @@ void AuditLog::WriterLoop() {
                                  ? "size"
                                  : "age",
                              " limit");
-      rollover_requested_ = false;
+      const bool requested = std::exchange(rollover_requested_, false);
       mu_.Unlock();
       absl::Status rolled = OpenNextSegment(why);
       mu_.Lock();
@@ -1503,8 +1509,13 @@ void AuditLog::WriterLoop() {
         continue;
       } else {
         // Could not even close it (an immutable file?): keep writing it and
-        // try again later.
+        // try again later: a SIGHUP's rollover too, and closing the segment
+        // with a checkpoint over the lines written since (a tenth outside
+        // attack: the retry was dropped, and the next rollover left the
+        // segment's last lines under no checkpoint).
         next_rollover_try_ = now + kRolloverRetry;
+        rollover_requested_ = rollover_requested_ || requested;
+        segment_closing_checkpoint_tried_ = false;
         if (!rollover_failing_) {
           SIGNET_LOG_WARN(
               "audit log: the segment could not be rolled over "

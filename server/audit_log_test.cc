@@ -36,6 +36,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/log_capture.h"
 #include "crypto/digest.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -879,6 +880,57 @@ TEST(AuditLogTest, APlannedRolloverClosesTheSegmentWithACheckpoint) {
       VerifyAuditLog(path, &public_key, "", options);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->segments, closed.size() + 1);
+}
+
+// A SIGHUP's rollover that fails before it can close the segment (here the
+// rollover marker cannot be made) is tried again, and closes the segment
+// with a checkpoint over the lines written since its first try (a tenth
+// outside attack: the retry was dropped, and the next rollover left the
+// segment's last lines under no checkpoint).
+TEST(AuditLogTest, AFailedRolloverIsRetriedAndStillClosesWithACheckpoint) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  TestAuditKey key;
+  FakeClock clock(Start());
+  AuditLogOptions o = Options(path, &clock);
+  o.sign_checkpoint = key.Signer();
+  o.checkpoint_kid = "audit-kid";
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  ASSERT_EQ(mkdir(RolloverMarkerPath(path).c_str(), 0700), 0);
+  const uint64_t segments = log->segments_opened();
+  log::LogCapture captured;
+  log->RollOver();
+  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (!absl::StrContains(captured.Text(), "could not be rolled over") &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_THAT(captured.Text(), HasSubstr("could not be rolled over"));
+  ASSERT_EQ(rmdir(RolloverMarkerPath(path).c_str()), 0);
+  ASSERT_TRUE(log->Append(SignEvent(3)).ok());
+  EXPECT_EQ(log->segments_opened(), segments);  // its retry time is not yet
+  clock.Advance(absl::Seconds(11));
+  ASSERT_TRUE(log->Append(SignEvent(4)).ok());
+  while (log->segments_opened() == segments && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(log->segments_opened(), segments + 1);
+  log.reset();
+  // The closed segment ends with a checkpoint over all its lines.
+  const std::vector<std::string> closed = ReadLines(ClosedSegmentPath(path, 1));
+  ASSERT_GE(closed.size(), 2u);
+  EXPECT_EQ(Parse(closed.back())["event"], "checkpoint");
+  EXPECT_EQ(Parse(closed.back())["count"], closed.size() - 1);
+  hsm::PublicKey public_key = key.PublicKey();
+  AuditVerifyOptions options;
+  options.require_covered = true;
+  absl::StatusOr<AuditVerifyResult> r =
+      VerifyAuditLog(path, &public_key, "", options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->segments, 2u);
 }
 
 // The closed segments and no current one: what a stop between closing one

@@ -535,9 +535,11 @@ void Daemon::StopServing(absl::Duration grace) {
   serving_stopped_ = true;
   acceptor_->Stop();            // no new connection from here on
   health_service_->Shutdown();  // watchers hear NOT_SERVING, then the end
-  // Calls a stalled HSM holds are answered within the shutdown's grace.
-  signer_->CutOffPendingCalls(absl::Now() + grace - absl::Seconds(1));
-  request_waits_->CutOff(absl::Now());
+  // Calls a stalled HSM (or an audit log waiting for it) holds are
+  // answered within the shutdown's grace; the others finish in it.
+  const absl::Time cut_off = absl::Now() + grace - absl::Seconds(1);
+  signer_->CutOffPendingCalls(cut_off);
+  request_waits_->CutOff(cut_off);
   server_->Shutdown(std::chrono::system_clock::now() +
                     absl::ToChronoSeconds(grace));
 }
@@ -981,6 +983,10 @@ absl::Status Daemon::StartServing() {
   // The HSM liveness prober (server/hsm_prober.h).
   HsmProber::Options prober_options;
   prober_options.stalled_after = kStalledCallThreshold;
+  // Past the pool's own stall threshold, at which it abandons the
+  // connection and serves on a new one.
+  prober_options.replace_stuck_after =
+      pool_options_.stall_threshold + absl::Seconds(2);
   prober_ = std::make_unique<HsmProber>(
       [pool = pool_.get()](absl::Time deadline) {
         return pool->Probe(deadline);
@@ -1147,8 +1153,13 @@ int Daemon::Stop() {
   // a pool still busy after the longest an RPC may take.
   const absl::Duration give_up_monotonic =
       base::MonotonicNow() + absl::Seconds(30);
+  // Nor is a worker in one HSM call for longer than the pool waits before
+  // it abandons a connection: the HSM may serve again on a new one (so
+  // health says SERVING), but that call never returns (a tenth outside
+  // attack: a stop waited the whole 30 s for it).
   bool workers_idle = workers_->WaitIdle(absl::ZeroDuration());
   while (!workers_idle && HsmCondition().ok() &&
+         workers_->StuckWorkers(pool_options_.stall_threshold) == 0 &&
          base::MonotonicNow() < give_up_monotonic) {
     workers_idle = workers_->WaitIdle(absl::Milliseconds(200));
   }
@@ -1161,13 +1172,22 @@ int Daemon::Stop() {
         "an HSM call is stuck (stalled HSM); exiting without "
         "closing the HSM connections");
     // A checkpoint falling due would wait for the HSM before this line.
-    (void)FinishesWithin(absl::Seconds(2), [this] {
-      AuditEvent stop_event;
-      stop_event.event = "stop";
-      stop_event.result = "OK";
-      stop_event.detail = "HSM stalled; no final checkpoint";
-      (void)audit_->Append(stop_event);
-    });
+    // When health says the HSM serves (the stuck call is on a connection
+    // the pool abandoned), a final checkpoint is tried too.
+    const bool hsm_serving = HsmCondition().ok();
+    (void)FinishesWithin(
+        absl::Seconds(hsm_serving ? 3 : 2), [this, hsm_serving] {
+          AuditEvent stop_event;
+          stop_event.event = "stop";
+          stop_event.result = "OK";
+          stop_event.detail =
+              hsm_serving ? "an HSM call is stuck on a connection the pool "
+                            "abandoned; exiting without closing the HSM "
+                            "connections"
+                          : "HSM stalled; no final checkpoint";
+          (void)audit_->Append(stop_event);
+          if (hsm_serving) (void)audit_->Checkpoint();
+        });
     workers_->Detach();
     std::_Exit(options_.exit_code_if_hsm_stuck);
   }

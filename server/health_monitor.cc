@@ -14,18 +14,26 @@ HealthMonitor::HealthMonitor(std::vector<std::string> scopes, Setter set)
 
 namespace {
 
-// A reason's message with each run of digits as one '#': two samples of one
-// reason (a stall 3 s old, then 4 s) read the same, so it is logged once,
-// while another reason in the same part (the HSM stalled, then
-// unreachable) reads differently and gets its own line.
+// A reason's message with each number as one '#' (a number runs on through
+// digits, '.' and the unit letters of a duration, so "59s", "1m1s" and "2h"
+// are all "#"): two samples of one reason (a stall 3 s old, then 61 s)
+// read the same, so it is logged once, while another reason in the same
+// part (the HSM stalled, then unreachable) reads differently and gets its
+// own line.
 std::string Shape(absl::string_view message) {
   std::string shape;
   shape.reserve(message.size());
-  for (size_t i = 0; i < message.size(); ++i) {
-    if (absl::ascii_isdigit(message[i])) {
-      if (i == 0 || !absl::ascii_isdigit(message[i - 1])) shape += '#';
-    } else {
-      shape += message[i];
+  size_t i = 0;
+  while (i < message.size()) {
+    if (!absl::ascii_isdigit(message[i])) {
+      shape += message[i++];
+      continue;
+    }
+    shape += '#';
+    while (i < message.size() && (absl::ascii_isdigit(message[i]) ||
+                                  absl::string_view(".hmsun").find(
+                                      message[i]) != absl::string_view::npos)) {
+      ++i;
     }
   }
   return shape;

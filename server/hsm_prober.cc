@@ -1,29 +1,35 @@
 #include "server/hsm_prober.h"
 
+#include <algorithm>
+#include <optional>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "base/log.h"
 
 namespace signet::server {
 
-// Shared with the thread, which may outlive the prober (a stuck call).
+// Shared with its thread, which may outlive the prober (a stuck call).
 struct HsmProber::State {
   absl::Notification stop;
   absl::Notification done;
   absl::Mutex mu;
   bool in_call ABSL_GUARDED_BY(mu) = false;
   absl::Duration call_started ABSL_GUARDED_BY(mu);  // monotonic
+  // For a thread that replaced a stuck one, until its first call returns:
+  // when the stuck call started (monotonic), so the stall goes on counting.
+  std::optional<absl::Duration> stalled_since ABSL_GUARDED_BY(mu);
   absl::Status last ABSL_GUARDED_BY(mu);
 };
 
 HsmProber::HsmProber(Probe probe, Options options)
-    : probe_(std::move(probe)),
-      options_(options),
-      state_(std::make_shared<State>()) {}
+    : probe_(std::move(probe)), options_(options) {}
 
 HsmProber::~HsmProber() {
   // A probe that is not stuck returns within its session wait.
@@ -31,7 +37,15 @@ HsmProber::~HsmProber() {
 }
 
 void HsmProber::Start() {
-  thread_ = std::thread([state = state_, probe = probe_, options = options_] {
+  absl::MutexLock lock(&mu_);
+  if (started_) return;
+  started_ = true;
+  state_ = std::make_shared<State>();
+  StartThread(state_);
+}
+
+void HsmProber::StartThread(const std::shared_ptr<State>& state) const {
+  std::thread([state, probe = probe_, options = options_] {
     while (!state->stop.HasBeenNotified()) {
       {
         absl::MutexLock lock(&state->mu);
@@ -42,34 +56,93 @@ void HsmProber::Start() {
       {
         absl::MutexLock lock(&state->mu);
         state->in_call = false;
+        state->stalled_since.reset();
         state->last = std::move(status);
       }
       state->stop.WaitForNotificationWithTimeout(options.interval);
     }
     state->done.Notify();
+  }).detach();
+}
+
+void HsmProber::ReplaceStuckProbeLocked() const {
+  std::erase_if(left_behind_, [](const std::shared_ptr<State>& state) {
+    return state->done.HasBeenNotified();
   });
+  if (!started_ || stopping_ || state_ == nullptr ||
+      left_behind_.size() >= kMaxLeftBehind) {
+    return;
+  }
+  absl::Duration started;
+  std::optional<absl::Duration> stalled_since;
+  {
+    absl::MutexLock lock(&state_->mu);
+    if (!state_->in_call || options_.monotonic_now() - state_->call_started <=
+                                options_.replace_stuck_after) {
+      return;
+    }
+    started = state_->call_started;
+    stalled_since = state_->stalled_since;
+  }
+  SIGNET_LOG_WARN(
+      "HSM probe: one call has not returned for {}; probing on a new thread "
+      "(the session pool replaces a connection held past its stall "
+      "threshold), the old call left behind",
+      absl::FormatDuration(
+          absl::Trunc(options_.monotonic_now() - started, absl::Seconds(1))));
+  state_->stop.Notify();  // it ends once its call returns, if ever
+  left_behind_.push_back(state_);
+  state_ = std::make_shared<State>();
+  {
+    absl::MutexLock lock(&state_->mu);
+    state_->stalled_since = stalled_since.value_or(started);
+    // In its call from the start: the stall shows without a gap.
+    state_->in_call = true;
+    state_->call_started = options_.monotonic_now();
+  }
+  StartThread(state_);
 }
 
 bool HsmProber::Stop(absl::Duration wait) {
-  if (!state_->stop.HasBeenNotified()) state_->stop.Notify();
-  if (!thread_.joinable()) return true;
-  if (!state_->done.WaitForNotificationWithTimeout(wait)) {
-    thread_.detach();
-    return false;
+  std::vector<std::shared_ptr<State>> states;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    states = left_behind_;
+    if (state_ != nullptr) states.push_back(state_);
   }
-  thread_.join();
-  return true;
+  for (const std::shared_ptr<State>& state : states) {
+    if (!state->stop.HasBeenNotified()) state->stop.Notify();
+  }
+  const absl::Time give_up = absl::Now() + wait;
+  bool all_ended = true;
+  for (const std::shared_ptr<State>& state : states) {
+    if (!state->done.WaitForNotificationWithDeadline(give_up)) {
+      all_ended = false;
+    }
+  }
+  return all_ended;
 }
 
 absl::Status HsmProber::Condition(
     const std::function<int()>& stuck_workers) const {
+  std::shared_ptr<State> state;
+  {
+    absl::MutexLock lock(&mu_);
+    ReplaceStuckProbeLocked();
+    state = state_;
+  }
+  if (state == nullptr) return absl::OkStatus();  // not started
   absl::Status last;
   absl::Duration in_call;
   {
-    absl::MutexLock lock(&state_->mu);
-    last = state_->last;
-    in_call = state_->in_call ? options_.monotonic_now() - state_->call_started
-                              : absl::ZeroDuration();
+    absl::MutexLock lock(&state->mu);
+    last = state->last;
+    const absl::Duration since =
+        std::min(state->call_started,
+                 state->stalled_since.value_or(state->call_started));
+    in_call = state->in_call ? options_.monotonic_now() - since
+                             : absl::ZeroDuration();
   }
   if (in_call > options_.stalled_after) {
     return absl::UnavailableError(absl::StrCat(

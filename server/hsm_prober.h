@@ -9,11 +9,14 @@
 #ifndef SIGNET_SERVER_HSM_PROBER_H_
 #define SIGNET_SERVER_HSM_PROBER_H_
 
+#include <cstddef>
 #include <functional>
 #include <memory>
-#include <thread>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
 
@@ -31,6 +34,14 @@ class HsmProber {
     absl::Duration session_wait = absl::Seconds(2);
     // A call that has not returned for longer is a stalled HSM.
     absl::Duration stalled_after = absl::Seconds(3);
+    // A call that has not returned for longer is left behind and the
+    // probing goes on on a new thread (at most kMaxLeftBehind left): the
+    // session pool abandons a connection held past its stall threshold and
+    // serves on a new one, and a call on the old one may never return (a
+    // tenth outside attack: health said "stalled" for as long as it did,
+    // while the HSM served). Until the new thread's first call returns,
+    // the stall goes on counting from the old call. Infinite: never.
+    absl::Duration replace_stuck_after = absl::InfiniteDuration();
     // What a call's time is measured on: monotonic time, which an NTP step
     // cannot make look stalled (a test moves its own).
     std::function<absl::Duration()> monotonic_now = base::MonotonicNow;
@@ -44,10 +55,13 @@ class HsmProber {
   HsmProber& operator=(const HsmProber&) = delete;
 
   void Start();
-  // Asks the thread to stop. True once it ended within `wait` (joined);
-  // false when a probe call is stuck in the HSM: the thread is left to end
-  // by itself (it holds what it uses).
+  // Asks the threads to stop. True once each ended within `wait` (the
+  // ones left behind too); false when a probe call is stuck in the HSM: it
+  // is left to end by itself (it holds what it uses, but the probe's own
+  // objects, such as the session pool, must then not be destroyed).
   bool Stop(absl::Duration wait);
+
+  static constexpr size_t kMaxLeftBehind = 3;
 
   // What the HSM can do now: OK; UNAVAILABLE "the HSM is stalled" when a
   // probe call has not returned for over stalled_after, or when no session
@@ -55,14 +69,25 @@ class HsmProber {
   // stalled_after on one HSM call) is positive; UNAVAILABLE "the HSM is
   // unreachable" with the probe's error. A probe that found every session
   // busy with calls that return is OK (busy, not down).
+  // Also where a probe stuck past replace_stuck_after is left behind
+  // (signetd asks every second).
   absl::Status Condition(const std::function<int()>& stuck_workers) const;
 
  private:
   struct State;
+  // Starts a probing thread on `state` (detached: it holds `state`).
+  void StartThread(const std::shared_ptr<State>& state) const;
+  // Leaves the current probe behind if it is stuck past
+  // replace_stuck_after, and forgets the ones left behind that ended.
+  void ReplaceStuckProbeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const Probe probe_;
   const Options options_;
-  std::shared_ptr<State> state_;
-  std::thread thread_;
+  mutable absl::Mutex mu_;
+  mutable std::shared_ptr<State> state_ ABSL_GUARDED_BY(mu_);
+  mutable std::vector<std::shared_ptr<State>> left_behind_ ABSL_GUARDED_BY(mu_);
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace signet::server

@@ -108,5 +108,62 @@ TEST(HsmProberTest, AProbeCallThatNeverReturnsIsAStall) {
   release->Notify();  // the detached thread ends by itself
 }
 
+// A tenth outside attack: the pool abandoned the connection a probe call
+// was stuck on and served on a new one, but health said "stalled" for as
+// long as that call did not return. A call stuck past replace_stuck_after
+// is left behind and probing goes on: the stall shows without a gap until
+// the new thread's call returns, then the HSM is OK again. Stop says a
+// call is still stuck while the one left behind is.
+TEST(HsmProberTest, AProbeStuckOnAnAbandonedConnectionIsLeftBehind) {
+  auto now = std::make_shared<absl::Duration>();
+  HsmProber::Options options = Fast();
+  options.monotonic_now = [now] { return *now; };
+  options.replace_stuck_after = absl::Seconds(12);
+  auto release_first = std::make_shared<absl::Notification>();
+  auto release_second = std::make_shared<absl::Notification>();
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  HsmProber prober(
+      [release_first, release_second, calls](absl::Time) {
+        const int call = ++*calls;
+        if (call == 1) release_first->WaitForNotification();
+        if (call == 2) release_second->WaitForNotification();
+        return absl::OkStatus();
+      },
+      options);
+  // Whatever happens below, the stuck calls end before the test does.
+  struct Release {
+    std::shared_ptr<absl::Notification> first, second;
+    ~Release() {
+      if (!first->HasBeenNotified()) first->Notify();
+      if (!second->HasBeenNotified()) second->Notify();
+    }
+  } release_at_exit{release_first, release_second};
+  prober.Start();
+  while (*calls < 1) absl::SleepFor(absl::Milliseconds(1));
+  *now += absl::Seconds(5);
+  EXPECT_THAT(prober.Condition([] { return 0; }).message(),
+              HasSubstr("the HSM is stalled"));
+  *now += absl::Seconds(8);  // 13 s: left behind, a new thread probes
+  absl::Status condition = prober.Condition([] { return 0; });
+  EXPECT_THAT(condition.message(), HasSubstr("has not returned for 13s"));
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (*calls < 2 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(*calls, 2) << "no new thread probes";
+  *now += absl::Seconds(1);
+  // The new thread's call has not returned yet: still the same stall.
+  EXPECT_THAT(prober.Condition([] { return 0; }).message(),
+              HasSubstr("has not returned for 14s"));
+  release_second->Notify();
+  while (!prober.Condition([] { return 0; }).ok() && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(prober.Condition([] { return 0; }).ok());
+  EXPECT_FALSE(prober.Stop(absl::Milliseconds(50)));  // the first is stuck
+  release_first->Notify();
+  EXPECT_TRUE(prober.Stop(absl::Seconds(10)));
+}
+
 }  // namespace
 }  // namespace signet::server

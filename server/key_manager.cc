@@ -754,9 +754,12 @@ template <typename Request, typename Response>
 void KeyManager::Submit(const Request& request, const std::string& admin,
                         absl::Time deadline,
                         std::function<void(absl::StatusOr<Response>)> done,
-                        Planner plan, Responder respond) {
-  auto task = [this, request, admin, deadline, done, plan = std::move(plan),
+                        std::function<void()> on_turn, Planner plan,
+                        Responder respond) {
+  auto task = [this, request, admin, deadline, done,
+               on_turn = std::move(on_turn), plan = std::move(plan),
                respond = std::move(respond)]() {
+    if (on_turn) on_turn();
     bool stopping;
     {
       absl::MutexLock lock(&mu_);
@@ -803,7 +806,8 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
 void KeyManager::RotateKey(
     const signet::v1::RotateKeyRequest& request, const std::string& admin,
     absl::Time deadline,
-    std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done) {
+    std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done,
+    std::function<void()> on_turn) {
   if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
     done(st);
     return;
@@ -817,7 +821,7 @@ void KeyManager::RotateKey(
                                         ? rotation::RotateMode::kImmediate
                                         : rotation::RotateMode::kPlanned;
   Submit<signet::v1::RotateKeyRequest, signet::v1::RotateKeyResponse>(
-      request, admin, deadline, std::move(done),
+      request, admin, deadline, std::move(done), std::move(on_turn),
       [this, mode](
           const std::vector<rotation::KeyRecord>& records,
           const rotation::SchedulePolicy& schedule,
@@ -859,7 +863,8 @@ void KeyManager::RotateKey(
 void KeyManager::RevokeKey(
     const signet::v1::RevokeKeyRequest& request, const std::string& admin,
     absl::Time deadline,
-    std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done) {
+    std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done,
+    std::function<void()> on_turn) {
   if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
     done(st);
     return;
@@ -888,7 +893,7 @@ void KeyManager::RevokeKey(
   // only the plan).
   auto revokes_signing = std::make_shared<bool>(false);
   Submit<signet::v1::RevokeKeyRequest, signet::v1::RevokeKeyResponse>(
-      request, admin, deadline, std::move(done),
+      request, admin, deadline, std::move(done), std::move(on_turn),
       [kid, reason, admin, revokes_signing](
           const std::vector<rotation::KeyRecord>& records,
           const rotation::SchedulePolicy& schedule,

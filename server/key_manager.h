@@ -126,15 +126,20 @@ class KeyManager {
   // INVALID_ARGUMENT. `done` runs on the loop's thread. `deadline` is the
   // call's (real wall time, as gRPC's): a change whose turn comes after it
   // is not applied (DEADLINE_EXCEEDED), since its caller has given up and
-  // was told it failed.
+  // was told it failed. `on_turn`, if set, runs on the loop's thread when
+  // the change's turn comes, before anything else about it is decided: a
+  // change whose turn has not come by its deadline, or by Stop, is never
+  // applied (the request watchdog tells its caller so).
   void RotateKey(
       const signet::v1::RotateKeyRequest& request, const std::string& admin,
       absl::Time deadline,
-      std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done);
+      std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done,
+      std::function<void()> on_turn = {});
   void RevokeKey(
       const signet::v1::RevokeKeyRequest& request, const std::string& admin,
       absl::Time deadline,
-      std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done);
+      std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done,
+      std::function<void()> on_turn = {});
 
   // Asks for a pass soon, on the loop's thread: the Signer calls it when
   // the key store says a key is gone from the token, so health and the
@@ -227,8 +232,8 @@ class KeyManager {
   template <typename Request, typename Response>
   void Submit(const Request& request, const std::string& admin,
               absl::Time deadline,
-              std::function<void(absl::StatusOr<Response>)> done, Planner plan,
-              Responder respond);
+              std::function<void(absl::StatusOr<Response>)> done,
+              std::function<void()> on_turn, Planner plan, Responder respond);
   // The scope's records as the token has them now.
   absl::StatusOr<std::vector<rotation::KeyRecord>> ReadScope(
       const std::string& scope);

@@ -77,7 +77,12 @@ void DeadlineWatchdog::Loop() {
       list_->calls.erase(list_->calls.begin());
       list_->mu.Unlock();
       if (const auto& answers = call->expiry_answers(); answers.has_value()) {
-        call->Expire(cut_off ? answers->at_cut_off : answers->at_deadline);
+        const std::optional<absl::Status>& not_started =
+            cut_off ? answers->not_started_at_cut_off
+                    : answers->not_started_at_deadline;
+        call->Expire(!call->started() && not_started.has_value() ? *not_started
+                     : cut_off ? answers->at_cut_off
+                               : answers->at_deadline);
       } else if (cut_off) {
         call->Expire(absl::UnavailableError(
             "signetd is shutting down and the HSM has not answered; nothing "

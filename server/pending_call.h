@@ -39,8 +39,9 @@ class PendingCall {
   // `answer` sends the status (the reactor's Finish, through ToGrpcStatus);
   // `watch_list` is the watchdog's, for a call that leaves it once answered
   // (null: not watched).
-  // `on_expired` runs after the watchdog has answered the call (its
-  // deadline passed): the Signer audits that refusal.
+  // `on_expired` runs when the watchdog answers the call (its deadline
+  // passed, or a stop), just before the answer: the Signer audits that
+  // refusal. It must not wait.
   PendingCall(std::function<void(const absl::Status&)> answer,
               absl::Time deadline, std::function<void()> on_done = {},
               std::shared_ptr<WatchList> watch_list = nullptr,
@@ -58,10 +59,16 @@ class PendingCall {
 
   bool answered() const { return answered_.load(); }
 
-  // For the watchdog: answers with `status` and, if that answered the call,
-  // runs `on_expired`.
+  // For the watchdog: answers with `status`, running `on_expired` first if
+  // this answers the call. First: once every call is answered a stop may
+  // destroy the audit log `on_expired` writes to (a review found the
+  // watchdog's thread could reach it after that).
   void Expire(const absl::Status& status) {
-    if (Finish(status) && on_expired_) on_expired_(status);
+    if (!on_expired_) {
+      Finish(status);
+      return;
+    }
+    Finish(status, [&] { on_expired_(status); });
   }
   absl::Time deadline() const { return deadline_; }
 
@@ -72,10 +79,14 @@ class PendingCall {
 
   // What the watchdog answers for a call whose work is not a signature
   // (its own words say that nothing was released): at the call's deadline,
-  // and at a shutdown's cut-off. Set before the call is watched.
+  // and at a shutdown's cut-off; and, when set, instead of those for a call
+  // whose work has not started (MarkStarted). Set before the call is
+  // watched.
   struct ExpiryAnswers {
     absl::Status at_deadline;
     absl::Status at_cut_off;
+    std::optional<absl::Status> not_started_at_deadline;
+    std::optional<absl::Status> not_started_at_cut_off;
   };
   void SetExpiryAnswers(ExpiryAnswers answers) {
     expiry_answers_ = std::move(answers);

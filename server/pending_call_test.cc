@@ -1,5 +1,6 @@
 #include "server/pending_call.h"
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -189,6 +190,63 @@ TEST(DeadlineWatchdogTest, ACallsOwnExpiryAnswersReplaceTheWatchdogs) {
             (std::vector<std::string>{"the change may still be applied",
                                       "stopping; the change may still be "
                                       "applied"}));
+}
+
+// A queued change whose turn has not come is never made: its caller is
+// told so, where a started one hears that it may still be applied.
+TEST(DeadlineWatchdogTest, ACallNotStartedGetsItsNotStartedAnswers) {
+  DeadlineWatchdog watchdog;
+  Answers answers;
+  absl::Notification started_expired, queued_expired, queued_cut_off;
+  PendingCall::ExpiryAnswers own{
+      absl::DeadlineExceededError("may still be applied"),
+      absl::UnavailableError("stopping; may still be applied"),
+      absl::DeadlineExceededError("still queued: not made"),
+      absl::UnavailableError("stopping, still queued: not made")};
+  auto started = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&started_expired),
+      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+  started->SetExpiryAnswers(own);
+  started->MarkStarted();
+  watchdog.Watch(started);
+  started_expired.WaitForNotification();
+  auto queued = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&queued_expired),
+      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+  queued->SetExpiryAnswers(own);
+  watchdog.Watch(queued);
+  queued_expired.WaitForNotification();
+  auto queued_at_stop = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&queued_cut_off), absl::Now() + absl::Hours(1),
+      nullptr, watchdog.list());
+  queued_at_stop->SetExpiryAnswers(own);
+  watchdog.Watch(queued_at_stop);
+  watchdog.CutOff(absl::Now());
+  queued_cut_off.WaitForNotification();
+  EXPECT_EQ(answers.Messages(),
+            (std::vector<std::string>{"may still be applied",
+                                      "still queued: not made",
+                                      "stopping, still queued: not made"}));
+}
+
+// The watchdog's answer is audited before it is sent: once every call is
+// answered a stop may destroy the audit log (a review found the
+// watchdog's thread could still be on its way to it).
+TEST(DeadlineWatchdogTest, AnExpiredCallIsAuditedBeforeItIsAnswered) {
+  DeadlineWatchdog watchdog;
+  absl::Notification answered;
+  std::atomic<bool> audited{false};
+  std::atomic<bool> audited_before_the_answer{false};
+  auto call = std::make_shared<PendingCall>(
+      [&](const absl::Status&) {
+        audited_before_the_answer.store(audited.load());
+        answered.Notify();
+      },
+      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list(),
+      [&](const absl::Status&) { audited.store(true); });
+  watchdog.Watch(call);
+  answered.WaitForNotification();
+  EXPECT_TRUE(audited_before_the_answer.load());
 }
 
 TEST(DeadlineWatchdogTest, ACallOutlivingItsWatchdogCanStillBeAnswered) {
