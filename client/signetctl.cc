@@ -265,8 +265,13 @@ int Fail(const absl::Status& status) {
 // it twice.
 int FailChange(const absl::Status& status, const std::string& request_id) {
   const int code = Fail(status);
-  if (absl::IsDeadlineExceeded(status) || absl::IsUnavailable(status) ||
-      absl::IsCancelled(status) || absl::IsUnknown(status)) {
+  if (absl::StrContains(status.message(), "so it is not made")) {
+    // signetd knows: its turn never came (server/admin_service.cc).
+    std::cerr << "signetctl: the change was not made; run the same command "
+                 "with --request-id "
+              << request_id << " to make it" << std::endl;
+  } else if (absl::IsDeadlineExceeded(status) || absl::IsUnavailable(status) ||
+             absl::IsCancelled(status) || absl::IsUnknown(status)) {
     std::cerr << "signetctl: the change may have been applied or not; run "
                  "the same command with --request-id "
               << request_id

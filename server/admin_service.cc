@@ -17,7 +17,9 @@ namespace signet::server {
 using base::Quote;
 namespace {
 
-// How long before a call's deadline the watchdog answers it.
+// How long before a call's deadline the watchdog answers it. Less than
+// KeyManager's kMinTimeForAChange (1 s): a change not started this close
+// to its deadline never is, so "not made" stays true.
 constexpr absl::Duration kAnswerAheadOfDeadline = absl::Milliseconds(200);
 
 std::string Rfc3339(const google::protobuf::Timestamp& ts) {
@@ -183,15 +185,18 @@ std::shared_ptr<PendingCall> AdminService::Watched(
   // DEADLINE_EXCEEDED at the same instant (a tenth outside attack). A key
   // change is not started this close to its deadline (KeyManager), so one
   // not started by then never is.
-  const absl::Time answer_by = deadline == absl::InfiniteFuture()
-                                   ? deadline
-                                   : deadline - kAnswerAheadOfDeadline;
+  // Only with time to spare: a call that arrives with its deadline
+  // nearly gone is answered at it, not before its work could run.
+  const absl::Time answer_by = deadline - absl::Now() > absl::Seconds(1)
+                                   ? deadline - kAnswerAheadOfDeadline
+                                   : deadline;
   auto pending = std::make_shared<PendingCall>(
       [answer](const absl::Status& status) { answer(ToGrpcStatus(status)); },
       answer_by, /*on_done=*/nullptr, waits_->watchdog().list(),
       [&backend, admin, method, scope = std::string(scope),
        note = std::move(expiry_note)](const absl::Status& status) {
-        // After the answer (the watchdog's): nothing left to hold it for.
+        // The watchdog's answer, queued just before it goes out (so the log
+        // takes it before a stop can destroy the log) without waiting.
         // (`backend` lives as long as `answer`, which the call holds.)
         AuditAfterAnswer(backend,
                          AdminLine(admin, method, scope, status, "", note));

@@ -113,8 +113,9 @@ class AdminService final : public OneRequestService {
       absl::string_view scope, const Answer& answer, absl::Time deadline,
       PendingCall::ExpiryAnswers expiry, std::string expiry_note);
 
-  // The audit line of an answer already sent (by the deadline watchdog, or
-  // a change's outcome after it); a line that cannot be written is logged.
+  // The audit line of an answer the watchdog sends (queued just before it
+  // goes out), or of a change's outcome after its call was answered;
+  // queued without waiting, and a line that cannot be written is logged.
   static void AuditAfterAnswer(const Backend& backend, const AuditEvent& line);
 
   // A key change: the scope name checked, then `submit` to the key

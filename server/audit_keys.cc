@@ -323,8 +323,15 @@ absl::StatusOr<std::string> AuditKeys::SignWithCurrent(
     // and will never return: a new one goes after it once it is old, up to
     // kMaxHeldSignatures of them, so checkpoints come back when the HSM
     // does even if that call never ends.
+    // Only recent ones count toward the cap: old incidents must not keep
+    // checkpoints from coming back after a new one.
+    const size_t recent = std::count_if(
+        held_.begin(), held_.end(), [&](const std::shared_ptr<Signature>& h) {
+          return signature->asked_at_monotonic - h->asked_at_monotonic <
+                 kHeldSignatureCountsFor;
+        });
     if (!held_.empty() &&
-        (held_.size() >= kMaxHeldSignatures ||
+        (recent >= kMaxHeldSignatures ||
          signature->asked_at_monotonic - held_.back()->asked_at_monotonic <
              sign_deadline_ * kRetryHeldAfterDeadlines)) {
       return absl::UnavailableError(absl::StrCat(

@@ -54,7 +54,10 @@ class AuditKeys {
   // Signatures given up on and still in the HSM: a new one is sent after
   // the last of them once it is this many deadlines old, up to this many.
   static constexpr int kRetryHeldAfterDeadlines = 4;
+  // At most this many held, of those asked in the last
+  // kHeldSignatureCountsFor.
   static constexpr size_t kMaxHeldSignatures = 3;
+  static constexpr absl::Duration kHeldSignatureCountsFor = absl::Minutes(10);
 
   // `store` and `clock` must outlive this object, and `store` must also
   // outlive a signature still outstanding when it is destroyed (see

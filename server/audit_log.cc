@@ -1382,6 +1382,9 @@ bool AuditLog::RolloverDueLocked(absl::Time now) const {
 }
 
 void AuditLog::RollOver() {
+  // A device (/dev/full, a FIFO) has no segments; a request that can never
+  // be met would keep the writer busy.
+  if (!regular_file_) return;
   absl::MutexLock lock(&mu_);
   rollover_requested_ = true;
 }
@@ -1513,7 +1516,7 @@ void AuditLog::WriterLoop() {
         // with a checkpoint over the lines written since (a tenth outside
         // attack: the retry was dropped, and the next rollover left the
         // segment's last lines under no checkpoint).
-        next_rollover_try_ = now + kRolloverRetry;
+        next_rollover_try_ = options_.clock->Now() + kRolloverRetry;
         rollover_requested_ = rollover_requested_ || requested;
         segment_closing_checkpoint_tried_ = false;
         if (!rollover_failing_) {

@@ -1181,9 +1181,10 @@ int Daemon::Stop() {
           stop_event.event = "stop";
           stop_event.result = "OK";
           stop_event.detail =
-              hsm_serving ? "an HSM call is stuck on a connection the pool "
-                            "abandoned; exiting without closing the HSM "
-                            "connections"
+              hsm_serving ? "an HSM call did not return in time while the HSM "
+                            "served others (a connection the pool abandoned, "
+                            "or a pass or batch that overran); exiting without "
+                            "closing the HSM connections"
                           : "HSM stalled; no final checkpoint";
           (void)audit_->Append(stop_event);
           if (hsm_serving) (void)audit_->Checkpoint();

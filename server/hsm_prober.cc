@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -56,7 +57,12 @@ void HsmProber::StartThread(const std::shared_ptr<State>& state) const {
       {
         absl::MutexLock lock(&state->mu);
         state->in_call = false;
-        state->stalled_since.reset();
+        // No session came free: not an answer from the HSM, so a stall
+        // carried over from a stuck probe goes on (a review: the calls
+        // left behind hold the sessions, and "busy" read as SERVING).
+        if (status.code() != absl::StatusCode::kDeadlineExceeded) {
+          state->stalled_since.reset();
+        }
         state->last = std::move(status);
       }
       state->stop.WaitForNotificationWithTimeout(options.interval);
@@ -69,8 +75,17 @@ void HsmProber::ReplaceStuckProbeLocked() const {
   std::erase_if(left_behind_, [](const std::shared_ptr<State>& state) {
     return state->done.HasBeenNotified();
   });
-  if (!started_ || stopping_ || state_ == nullptr ||
-      left_behind_.size() >= kMaxLeftBehind) {
+  // Only recent ones count toward the cap: a call on an abandoned
+  // connection may never return, and old incidents must not keep a new
+  // one from being followed (they stay listed, for Stop).
+  const absl::Duration now = options_.monotonic_now();
+  const size_t recent =
+      std::count_if(left_behind_.begin(), left_behind_.end(),
+                    [&](const std::shared_ptr<State>& state) {
+                      absl::MutexLock lock(&state->mu);
+                      return now - state->call_started < kLeftBehindCountsFor;
+                    });
+  if (!started_ || stopping_ || state_ == nullptr || recent >= kMaxLeftBehind) {
     return;
   }
   absl::Duration started;
@@ -85,22 +100,28 @@ void HsmProber::ReplaceStuckProbeLocked() const {
     stalled_since = state_->stalled_since;
   }
   SIGNET_LOG_WARN(
-      "HSM probe: one call has not returned for {}; probing on a new thread "
-      "(the session pool replaces a connection held past its stall "
-      "threshold), the old call left behind",
+      "HSM probe: one call has not returned for {}; probing on a new thread, "
+      "the old call left behind (the session pool replaces a connection "
+      "held past its stall threshold, if the HSM answers new ones)",
       absl::FormatDuration(
           absl::Trunc(options_.monotonic_now() - started, absl::Seconds(1))));
+  auto next = std::make_shared<State>();
+  {
+    absl::MutexLock lock(&next->mu);
+    next->stalled_since = stalled_since.value_or(started);
+    // In its call from the start: the stall shows without a gap.
+    next->in_call = true;
+    next->call_started = options_.monotonic_now();
+  }
+  try {
+    StartThread(next);
+  } catch (const std::system_error& e) {
+    SIGNET_LOG_ERROR("HSM probe: no thread for a new probe: {}", e.what());
+    return;  // the stuck one stays current: health keeps saying stalled
+  }
   state_->stop.Notify();  // it ends once its call returns, if ever
   left_behind_.push_back(state_);
-  state_ = std::make_shared<State>();
-  {
-    absl::MutexLock lock(&state_->mu);
-    state_->stalled_since = stalled_since.value_or(started);
-    // In its call from the start: the stall shows without a gap.
-    state_->in_call = true;
-    state_->call_started = options_.monotonic_now();
-  }
-  StartThread(state_);
+  state_ = std::move(next);
 }
 
 bool HsmProber::Stop(absl::Duration wait) {
@@ -138,11 +159,17 @@ absl::Status HsmProber::Condition(
   {
     absl::MutexLock lock(&state->mu);
     last = state->last;
-    const absl::Duration since =
-        std::min(state->call_started,
-                 state->stalled_since.value_or(state->call_started));
-    in_call = state->in_call ? options_.monotonic_now() - since
-                             : absl::ZeroDuration();
+    // A stall carried over from a probe left behind counts from its call,
+    // also while this probe finds no session free.
+    if (state->in_call) {
+      in_call = options_.monotonic_now() -
+                std::min(state->call_started,
+                         state->stalled_since.value_or(state->call_started));
+    } else if (state->stalled_since.has_value()) {
+      in_call = options_.monotonic_now() - *state->stalled_since;
+    } else {
+      in_call = absl::ZeroDuration();
+    }
   }
   if (in_call > options_.stalled_after) {
     return absl::UnavailableError(absl::StrCat(

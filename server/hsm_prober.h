@@ -61,7 +61,10 @@ class HsmProber {
   // objects, such as the session pool, must then not be destroyed).
   bool Stop(absl::Duration wait);
 
+  // At most this many probe calls left behind in the last
+  // kLeftBehindCountsFor; older ones no longer count.
   static constexpr size_t kMaxLeftBehind = 3;
+  static constexpr absl::Duration kLeftBehindCountsFor = absl::Minutes(10);
 
   // What the HSM can do now: OK; UNAVAILABLE "the HSM is stalled" when a
   // probe call has not returned for over stalled_after, or when no session

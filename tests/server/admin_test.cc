@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -540,6 +541,57 @@ TEST_F(AdminTest, AStallWhileACheckpointIsSignedHoldsNeitherCallsNorTheStop) {
   EXPECT_THAT(closed_segments + AuditLog(),
               HasSubstr("Admin/GetStatus: the audit log did not take this "
                         "call's line before its deadline"));
+}
+
+// A tenth outside attack: one connection to the HSM stuck (one
+// p11-kit-remote child stopped) while new ones were served. The pool
+// abandoned it and served on a new one, but the prober's call on it never
+// returned, so health said "stalled" for as long as the child stayed
+// stopped. The stuck probe is left behind and probing goes on; a stop then
+// leaves without waiting for it, after its stop line and a final
+// checkpoint.
+TEST_F(AdminTest, OneStuckHsmConnectionDoesNotKeepTheReplicaDown) {
+  auto stub = AdminStub();
+  auto hsm_reachable = [&]() -> std::optional<bool> {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::GetStatusResponse status;
+    if (!stub->GetStatus(&ctx, v1::GetStatusRequest(), &status).ok()) {
+      return std::nullopt;
+    }
+    return status.hsm_reachable();
+  };
+  const absl::StatusOr<pid_t> child = bed_->hsm().StallOneConnection();
+  ASSERT_TRUE(child.ok()) << child.status();
+  // The probe takes the sessions in turn: one lands on the stopped
+  // connection and stays there.
+  bool seen_stalled = false;
+  for (absl::Time give_up = absl::Now() + absl::Seconds(40);
+       !seen_stalled && absl::Now() < give_up;
+       absl::SleepFor(absl::Milliseconds(200))) {
+    seen_stalled = hsm_reachable() == false;
+  }
+  ASSERT_TRUE(seen_stalled) << signetd_->Output();
+  bool back = false;
+  for (absl::Time give_up = absl::Now() + absl::Seconds(60);
+       !back && absl::Now() < give_up;
+       absl::SleepFor(absl::Milliseconds(200))) {
+    back = hsm_reachable() == true;
+  }
+  EXPECT_TRUE(back) << signetd_->Output();
+  EXPECT_THAT(signetd_->Output(), HasSubstr("probing on a new thread"));
+
+  ASSERT_EQ(kill(signetd_->pid(), SIGTERM), 0);
+  const absl::StatusOr<int> code = signetd_->WaitExit(absl::Seconds(60));
+  kill(*child, SIGCONT);
+  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd_->Output();
+  std::vector<std::string> lines =
+      absl::StrSplit(AuditLog(), '\n', absl::SkipEmpty());
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_THAT(lines[lines.size() - 2],
+              HasSubstr("an HSM call did not return in time while the HSM "
+                        "served others"));
+  EXPECT_THAT(lines.back(), HasSubstr("\"event\":\"checkpoint\""));
 }
 
 // Fifth outside attack: with the audit log unwritable every Admin call was

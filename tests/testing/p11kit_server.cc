@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -310,6 +311,41 @@ absl::Status P11KitServer::Resume() {
     absl::SleepFor(kPollInterval);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<pid_t> P11KitServer::StallOneConnection() {
+  if (pid_ <= 0) {
+    return absl::FailedPreconditionError(
+        "StallOneConnection: p11-kit server not running");
+  }
+  for (const ProcessInfo& member : ProcessGroupMembers(pid_)) {
+    if (member.pid == pid_ ||
+        !absl::StrContains(member.command, "p11-kit-remote")) {
+      continue;
+    }
+    if (kill(member.pid, SIGSTOP) != 0) {
+      return absl::InternalError(
+          absl::StrCat("kill(", member.pid, ", SIGSTOP): ", ErrnoText(errno)));
+    }
+    const absl::Time deadline = absl::Now() + kSignalTimeout;
+    for (;;) {
+      bool stopped = false;
+      for (const ProcessInfo& now : ProcessGroupMembers(pid_)) {
+        if (now.pid == member.pid) {
+          stopped = now.state == 'T' || now.state == 't';
+        }
+      }
+      if (stopped) return member.pid;
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("process ", member.pid, " not stopped after SIGSTOP"));
+      }
+      absl::SleepFor(kPollInterval);
+    }
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "the p11-kit server (process group ", pid_,
+      ") has no p11-kit-remote child: no client connection is open"));
 }
 
 void P11KitServer::ExportAddressInThisProcess() const {

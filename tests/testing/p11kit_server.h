@@ -89,6 +89,11 @@ class P11KitServer {
   absl::Status Stall();
   // SIGCONTs the whole group. FAILED_PRECONDITION if not running.
   absl::Status Resume();
+  // SIGSTOPs one of the server's per-connection children (a p11-kit-remote
+  // process): one connection of the client stalls while the others, and
+  // new ones, are served. Returns its pid once it is stopped; Resume()
+  // continues it. NOT_FOUND if the server has no such child.
+  absl::StatusOr<pid_t> StallOneConnection();
 
   // setenv("P11_KIT_SERVER_ADDRESS", address()) for tests that load the
   // p11-kit client module in this process.
