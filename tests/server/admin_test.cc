@@ -140,6 +140,22 @@ class AdminTest : public ::testing::Test {
     return "";
   }
 
+  // SIGTERMs signetd while the HSM is stalled and expects it to exit; then
+  // resumes the HSM and waits for the call `caller` makes on `ctx` to be
+  // answered (`answered`), cancelling it if it never is. Whether it was.
+  bool StopWhileStalled(absl::Notification& answered, grpc::ClientContext& ctx,
+                        std::thread& caller) {
+    EXPECT_EQ(kill(signetd_->pid(), SIGTERM), 0);
+    const absl::StatusOr<int> code = signetd_->WaitExit(absl::Seconds(60));
+    EXPECT_TRUE(bed_->hsm().Resume().ok());
+    const bool heard =
+        answered.WaitForNotificationWithTimeout(absl::Seconds(60));
+    if (!heard) ctx.TryCancel();
+    caller.join();
+    EXPECT_TRUE(code.ok()) << code.status() << "\n" << signetd_->Output();
+    return heard && code.ok();
+  }
+
   std::string AuditLog() const {
     std::ifstream in(audit_dir_ + "/audit.log");
     std::stringstream buf;
@@ -452,13 +468,7 @@ TEST_F(AdminTest, AStopAnswersAKeyChangeThatAStalledHsmHolds) {
               HasSubstr("was still queued behind the key manager's work at "
                         "the call's deadline"));
   EXPECT_THAT(queued_line, HasSubstr("so it is not made"));
-  ASSERT_EQ(kill(signetd_->pid(), SIGTERM), 0);
-  const absl::StatusOr<int> code = signetd_->WaitExit(absl::Seconds(60));
-  ASSERT_TRUE(bed_->hsm().Resume().ok());
-  const bool heard = answered.WaitForNotificationWithTimeout(absl::Seconds(60));
-  if (!heard) ctx.TryCancel();
-  caller.join();
-  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd_->Output();
+  const bool heard = StopWhileStalled(answered, ctx, caller);
   ASSERT_TRUE(heard);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << status.error_message();
@@ -515,13 +525,7 @@ TEST_F(AdminTest, AStallWhileACheckpointIsSignedHoldsNeitherCallsNorTheStop) {
     answered.Notify();
   });
   absl::SleepFor(absl::Milliseconds(300));
-  ASSERT_EQ(kill(signetd_->pid(), SIGTERM), 0);
-  const absl::StatusOr<int> code = signetd_->WaitExit(absl::Seconds(60));
-  ASSERT_TRUE(bed_->hsm().Resume().ok());
-  const bool heard = answered.WaitForNotificationWithTimeout(absl::Seconds(60));
-  if (!heard) ctx.TryCancel();
-  caller.join();
-  ASSERT_TRUE(code.ok()) << code.status() << "\n" << signetd_->Output();
+  const bool heard = StopWhileStalled(answered, ctx, caller);
   EXPECT_TRUE(heard);
   // The signature the HSM held is recorded as failed, in the segment the
   // rollover closed; the watchdog's answer to GetStatus is audited.
