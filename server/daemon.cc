@@ -264,12 +264,17 @@ Daemon::~Daemon() {
   key_manager_.reset();
   publisher_.reset();
   audit_.reset();
-  if (audit_keys_ != nullptr && audit_keys_->signature_outstanding()) {
-    SIGNET_LOG_WARN(
-        "a checkpoint signature is stuck in the HSM (stalled); exiting "
-        "without closing the HSM connections");
-    std::_Exit(options_.exit_code_if_hsm_stuck);
-  }
+  ExitIfACheckpointSignatureIsHeld();
+}
+
+void Daemon::ExitIfACheckpointSignatureIsHeld() {
+  // The checkpoint signer gave up on a signature the HSM still holds; its
+  // thread uses the key store and the pool, which must not be destroyed.
+  if (audit_keys_ == nullptr || !audit_keys_->signature_outstanding()) return;
+  SIGNET_LOG_WARN(
+      "a checkpoint signature is stuck in the HSM (stalled); exiting "
+      "without closing the HSM connections");
+  std::_Exit(options_.exit_code_if_hsm_stuck);
 }
 
 absl::Status Daemon::LoadConfiguration() {
@@ -1225,14 +1230,7 @@ int Daemon::Stop() {
         "last line written)");
     std::_Exit(options_.exit_code_if_hsm_stuck);
   }
-  if (audit_keys_->signature_outstanding()) {
-    // The checkpoint signer gave up on a signature the HSM still holds;
-    // its thread uses the key store and the pool.
-    SIGNET_LOG_WARN(
-        "a checkpoint signature is stuck in the HSM (stalled); exiting "
-        "without closing the HSM connections");
-    std::_Exit(options_.exit_code_if_hsm_stuck);
-  }
+  ExitIfACheckpointSignatureIsHeld();
   phases.Enter("closing the key store");
   // The key store takes its handle warmer off the pool in its destructor:
   // it goes before the pool does. (It went after, when the daemon was

@@ -125,6 +125,9 @@ class Daemon {
   // watchers hear NOT_SERVING and then the end, calls a stalled HSM holds
   // are answered before the grace ends.
   void StopServing(absl::Duration grace);
+  // _Exits (exit_code_if_hsm_stuck) while a checkpoint signature is still in
+  // the HSM: its thread uses the key store and the pool.
+  void ExitIfACheckpointSignatureIsHeld();
   // Loads the wall-clock anchor beside the audit log (or takes one) into
   // seen_, logging where it comes from. An operator's acceptance of the
   // clock is kept in clock_accepted_ and accepted_anchor_ until

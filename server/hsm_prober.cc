@@ -39,8 +39,7 @@ HsmProber::~HsmProber() {
 
 void HsmProber::Start() {
   absl::MutexLock lock(&mu_);
-  if (started_) return;
-  started_ = true;
+  if (state_ != nullptr) return;
   state_ = std::make_shared<State>();
   StartThread(state_);
 }
@@ -85,15 +84,15 @@ void HsmProber::ReplaceStuckProbeLocked() const {
                       absl::MutexLock lock(&state->mu);
                       return now - state->call_started < kLeftBehindCountsFor;
                     });
-  if (!started_ || stopping_ || state_ == nullptr || recent >= kMaxLeftBehind) {
+  if (stopping_ || state_ == nullptr || recent >= kMaxLeftBehind) {
     return;
   }
   absl::Duration started;
   std::optional<absl::Duration> stalled_since;
   {
     absl::MutexLock lock(&state_->mu);
-    if (!state_->in_call || options_.monotonic_now() - state_->call_started <=
-                                options_.replace_stuck_after) {
+    if (!state_->in_call ||
+        now - state_->call_started <= options_.replace_stuck_after) {
       return;
     }
     started = state_->call_started;
@@ -103,15 +102,14 @@ void HsmProber::ReplaceStuckProbeLocked() const {
       "HSM probe: one call has not returned for {}; probing on a new thread, "
       "the old call left behind (the session pool replaces a connection "
       "held past its stall threshold, if the HSM answers new ones)",
-      absl::FormatDuration(
-          absl::Trunc(options_.monotonic_now() - started, absl::Seconds(1))));
+      absl::FormatDuration(absl::Trunc(now - started, absl::Seconds(1))));
   auto next = std::make_shared<State>();
   {
     absl::MutexLock lock(&next->mu);
     next->stalled_since = stalled_since.value_or(started);
     // In its call from the start: the stall shows without a gap.
     next->in_call = true;
-    next->call_started = options_.monotonic_now();
+    next->call_started = now;
   }
   try {
     StartThread(next);

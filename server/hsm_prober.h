@@ -87,9 +87,9 @@ class HsmProber {
   const Probe probe_;
   const Options options_;
   mutable absl::Mutex mu_;
+  // The probing thread's state; null until Start.
   mutable std::shared_ptr<State> state_ ABSL_GUARDED_BY(mu_);
   mutable std::vector<std::shared_ptr<State>> left_behind_ ABSL_GUARDED_BY(mu_);
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
