@@ -67,6 +67,11 @@ absl::Duration MonotonicNow() {
   return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
 }
 
+absl::Time MonotonicDeadline::OnWallClock() const {
+  if (at_ == absl::InfiniteDuration()) return absl::InfiniteFuture();
+  return absl::Now() + left();
+}
+
 ElapsedWallTime::ElapsedWallTime(const Clock& clock)
     : clock_(clock),
       start_wall_(clock.Now()),

@@ -69,6 +69,51 @@ const Clock& SystemClock();
 // fixed origin; only differences mean anything.
 absl::Duration MonotonicNow();
 
+// A deadline on the monotonic clock (MonotonicNow): a wall clock stepped
+// while a call waits neither expires the call early nor extends it. (A
+// call's deadline taken on the wall clock read as long past once signetd's
+// clock was set forward under it.) A value; copies are cheap.
+class MonotonicDeadline {
+ public:
+  // `left` from now; absl::InfiniteDuration() for no deadline.
+  static MonotonicDeadline In(absl::Duration left) {
+    return MonotonicDeadline(MonotonicNow() + left);
+  }
+  static MonotonicDeadline Never() {
+    return MonotonicDeadline(absl::InfiniteDuration());
+  }
+  // At `at` on MonotonicNow()'s scale (for tests and for ordering).
+  static MonotonicDeadline At(absl::Duration at) {
+    return MonotonicDeadline(at);
+  }
+
+  // Time left until the deadline: negative once it has passed, infinite
+  // for Never().
+  absl::Duration left() const { return at_ - MonotonicNow(); }
+  bool passed() const { return MonotonicNow() >= at_; }
+  // The same deadline `earlier` sooner.
+  MonotonicDeadline EarlierBy(absl::Duration earlier) const {
+    return MonotonicDeadline(at_ - earlier);
+  }
+  // The deadline on today's wall clock (absl::Now() plus left()), for an
+  // API that waits on wall time: read it just before that wait, so a step
+  // of the wall clock only moves a wait already under way.
+  absl::Time OnWallClock() const;
+  // On MonotonicNow()'s scale.
+  absl::Duration at() const { return at_; }
+
+  friend bool operator<(MonotonicDeadline a, MonotonicDeadline b) {
+    return a.at_ < b.at_;
+  }
+  friend bool operator==(MonotonicDeadline a, MonotonicDeadline b) {
+    return a.at_ == b.at_;
+  }
+
+ private:
+  explicit MonotonicDeadline(absl::Duration at) : at_(at) {}
+  absl::Duration at_;
+};
+
 // The wall time seen pass since an anchor: the wall clock's reading at the
 // anchor, plus the time elapsed since on Clock::Elapsed. A wall clock
 // stepped forward (by hand, by a bad time source, by an attacker who may

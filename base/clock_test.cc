@@ -211,5 +211,32 @@ TEST(RealClockTest, AWaitEndsAtItsEndOrItsCondition) {
                                absl::Now() + absl::Hours(1)));
 }
 
+TEST(MonotonicDeadlineTest, CountsDownOnTheMonotonicClock) {
+  const MonotonicDeadline soon = MonotonicDeadline::In(absl::Seconds(30));
+  EXPECT_FALSE(soon.passed());
+  EXPECT_GT(soon.left(), absl::Seconds(29));
+  EXPECT_LE(soon.left(), absl::Seconds(30));
+  EXPECT_LT(soon.EarlierBy(absl::Seconds(1)), soon);
+  EXPECT_LE(soon.EarlierBy(absl::Seconds(1)).left(), absl::Seconds(29));
+  // On the wall clock: as far from now as it is on the monotonic clock.
+  const absl::Duration on_wall = soon.OnWallClock() - absl::Now();
+  EXPECT_GT(on_wall, absl::Seconds(29));
+  EXPECT_LE(on_wall, absl::Seconds(30));
+
+  const MonotonicDeadline past = MonotonicDeadline::In(-absl::Milliseconds(1));
+  EXPECT_TRUE(past.passed());
+  EXPECT_LT(past.left(), absl::ZeroDuration());
+  EXPECT_LT(past, soon);
+}
+
+TEST(MonotonicDeadlineTest, NeverNeverPasses) {
+  const MonotonicDeadline never = MonotonicDeadline::Never();
+  EXPECT_FALSE(never.passed());
+  EXPECT_EQ(never.left(), absl::InfiniteDuration());
+  EXPECT_EQ(never.EarlierBy(absl::Seconds(1)), never);
+  EXPECT_EQ(never.OnWallClock(), absl::InfiniteFuture());
+  EXPECT_LT(MonotonicDeadline::In(absl::Hours(24 * 365)), never);
+}
+
 }  // namespace
 }  // namespace signet::base

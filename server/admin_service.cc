@@ -7,6 +7,7 @@
 #include "base/log.h"
 #include "base/quote.h"
 #include "rotation/schedule.h"
+#include "server/call_deadline.h"
 #include "server/config.h"
 #include "server/identity.h"
 #include "server/pending_call.h"
@@ -84,11 +85,10 @@ std::shared_ptr<const AdminService::Backend> AdminService::backend() const {
 
 template <typename Request, typename Response>
 void AdminService::Add(const char* name, const char* method,
-                       void (AdminService::*handle)(const Backend& backend,
-                                                    const std::string& admin,
-                                                    absl::Time deadline,
-                                                    const Request&, Response*,
-                                                    Answer)) {
+                       void (AdminService::*handle)(
+                           const Backend& backend, const std::string& admin,
+                           base::MonotonicDeadline deadline, const Request&,
+                           Response*, Answer)) {
   using Call = TypedOneRequestCall<Request, Response>;
   typename Call::Handler handler = [this, method, handle](
                                        grpc::CallbackServerContext* context,
@@ -98,8 +98,7 @@ void AdminService::Add(const char* name, const char* method,
     std::string admin;
     if (!Admitted(context, method, answer, &backend, &admin)) return;
     // The backend lives as long as the call: it is captured.
-    (this->*handle)(*backend, admin, absl::FromChrono(context->deadline()),
-                    request, response,
+    (this->*handle)(*backend, admin, CallDeadline(*context), request, response,
                     [backend, answer = std::move(answer)](
                         const grpc::Status& status) { answer(status); });
   };
@@ -110,8 +109,8 @@ void AdminService::Add(const char* name, const char* method,
         std::shared_ptr<const Backend> backend;
         std::string admin;
         if (!Admitted(context, method, answer, &backend, &admin)) return;
-        Audited(*backend, admin, absl::FromChrono(context->deadline()), method,
-                "", status, answer);
+        Audited(*backend, admin, CallDeadline(*context), method, "", status,
+                answer);
       };
   AddOneRequestMethod(
       name, [this, handler, refuse](grpc::CallbackServerContext* context) {
@@ -178,8 +177,9 @@ absl::StatusOr<std::string> AdminService::Admin(
 
 std::shared_ptr<PendingCall> AdminService::Watched(
     const Backend& backend, const std::string& admin, const char* method,
-    absl::string_view scope, const Answer& answer, absl::Time deadline,
-    PendingCall::ExpiryAnswers expiry, std::string expiry_note) {
+    absl::string_view scope, const Answer& answer,
+    base::MonotonicDeadline deadline, PendingCall::ExpiryAnswers expiry,
+    std::string expiry_note) {
   // A little ahead of the deadline, so the caller hears signetd's answer
   // (which says what to do) rather than its own library's bare
   // DEADLINE_EXCEEDED at the same instant (a tenth outside attack). A key
@@ -187,9 +187,10 @@ std::shared_ptr<PendingCall> AdminService::Watched(
   // not started by then never is.
   // Only with time to spare: a call that arrives with its deadline
   // nearly gone is answered at it, not before its work could run.
-  const absl::Time answer_by = deadline - absl::Now() > absl::Seconds(1)
-                                   ? deadline - kAnswerAheadOfDeadline
-                                   : deadline;
+  const base::MonotonicDeadline answer_by =
+      deadline.left() > absl::Seconds(1)
+          ? deadline.EarlierBy(kAnswerAheadOfDeadline)
+          : deadline;
   auto pending = std::make_shared<PendingCall>(
       [answer](const absl::Status& status) { answer(ToGrpcStatus(status)); },
       answer_by, /*on_done=*/nullptr, waits_->watchdog().list(),
@@ -207,10 +208,27 @@ std::shared_ptr<PendingCall> AdminService::Watched(
 }
 
 void AdminService::Audited(const Backend& backend, const std::string& admin,
-                           absl::Time deadline, const char* method,
+                           base::MonotonicDeadline deadline, const char* method,
                            absl::string_view scope, const absl::Status& status,
                            const Answer& answer, absl::string_view detail,
-                           bool answer_unaudited) {
+                           bool answer_first) {
+  const AuditEvent line = AdminLine(admin, method, scope, status, detail);
+  if (answer_first) {
+    // Not behind the log's writer, which may be held up to the checkpoint
+    // signer's deadline by a stalled HSM: status is what an operator reads
+    // to find that out (a review found it waited there).
+    answer(ToGrpcStatus(status));
+    backend.audit->AppendAllAsync(
+        absl::MakeConstSpan(&line, 1),
+        [method = std::string(method), admin](const absl::Status& written) {
+          if (written.ok()) return;
+          SIGNET_LOG_WARN(
+              "Admin/{} by {} answered without its audit line (the audit log "
+              "cannot be written: {})",
+              method, admin, written.message());
+        });
+    return;
+  }
   std::shared_ptr<PendingCall> pending = Watched(
       backend, admin, method, scope, answer, deadline,
       {absl::DeadlineExceededError(
@@ -221,20 +239,12 @@ void AdminService::Audited(const Backend& backend, const std::string& admin,
            "signetd is stopping before the audit log took this call's line; "
            "nothing was changed, retry")},
       "(the answer the caller heard; the line before it, if any, is not)");
-  const AuditEvent line = AdminLine(admin, method, scope, status, detail);
   // The line before the answer: an admin call that cannot be audited is
   // not answered OK.
   backend.audit->AppendAllAsync(
       absl::MakeConstSpan(&line, 1),
-      [pending, status, answer_unaudited, method = std::string(method),
-       admin](const absl::Status& written) {
+      [pending, status](const absl::Status& written) {
         if (written.ok()) {
-          pending->Finish(status);
-        } else if (answer_unaudited) {
-          SIGNET_LOG_WARN(
-              "Admin/{} by {} answered without its audit line (the audit log "
-              "cannot be written: {})",
-              method, admin, written.message());
           pending->Finish(status);
         } else {
           pending->Finish(absl::UnavailableError(absl::StrCat(
@@ -261,7 +271,7 @@ void AdminService::AuditAfterAnswer(const Backend& backend,
 }
 
 void AdminService::ListScopes(const Backend& backend, const std::string& admin,
-                              absl::Time deadline,
+                              base::MonotonicDeadline deadline,
                               const signet::v1::ListScopesRequest&,
                               signet::v1::ListScopesResponse* response,
                               Answer answer) {
@@ -285,7 +295,7 @@ void AdminService::ListScopes(const Backend& backend, const std::string& admin,
 }
 
 void AdminService::ListKeys(const Backend& backend, const std::string& admin,
-                            absl::Time deadline,
+                            base::MonotonicDeadline deadline,
                             const signet::v1::ListKeysRequest& request,
                             signet::v1::ListKeysResponse* response,
                             Answer answer) {
@@ -332,10 +342,11 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
 
 template <typename Request, typename Response>
 void AdminService::Change(
-    const Backend& backend, const std::string& admin, absl::Time deadline,
-    const char* method, const Request& request, Response* response,
-    Answer answer,
-    void (KeyManager::*submit)(const Request&, const std::string&, absl::Time,
+    const Backend& backend, const std::string& admin,
+    base::MonotonicDeadline deadline, const char* method,
+    const Request& request, Response* response, Answer answer,
+    void (KeyManager::*submit)(const Request&, const std::string&,
+                               base::MonotonicDeadline,
                                std::function<void(absl::StatusOr<Response>)>,
                                std::function<void()>),
     std::type_identity_t<std::function<std::string(const Response&)>>
@@ -433,7 +444,7 @@ void AdminService::Change(
 }
 
 void AdminService::RotateKey(const Backend& backend, const std::string& admin,
-                             absl::Time deadline,
+                             base::MonotonicDeadline deadline,
                              const signet::v1::RotateKeyRequest& request,
                              signet::v1::RotateKeyResponse* response,
                              Answer answer) {
@@ -447,7 +458,7 @@ void AdminService::RotateKey(const Backend& backend, const std::string& admin,
 }
 
 void AdminService::RevokeKey(const Backend& backend, const std::string& admin,
-                             absl::Time deadline,
+                             base::MonotonicDeadline deadline,
                              const signet::v1::RevokeKeyRequest& request,
                              signet::v1::RevokeKeyResponse* response,
                              Answer answer) {
@@ -459,7 +470,7 @@ void AdminService::RevokeKey(const Backend& backend, const std::string& admin,
 }
 
 void AdminService::GetStatus(const Backend& backend, const std::string& admin,
-                             absl::Time deadline,
+                             base::MonotonicDeadline deadline,
                              const signet::v1::GetStatusRequest&,
                              signet::v1::GetStatusResponse* response,
                              Answer answer) {
@@ -499,7 +510,7 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
     }
   }
   Audited(backend, admin, deadline, "GetStatus", "", absl::OkStatus(), answer,
-          "", /*answer_unaudited=*/true);
+          "", /*answer_first=*/true);
 }
 
 }  // namespace signet::server

@@ -75,8 +75,8 @@ class AdminService final : public OneRequestService {
   void Add(const char* name, const char* method,
            void (AdminService::*handle)(const Backend& backend,
                                         const std::string& admin,
-                                        absl::Time deadline, const Request&,
-                                        Response*, Answer));
+                                        base::MonotonicDeadline deadline,
+                                        const Request&, Response*, Answer));
 
   // The caller's identity if it is an admin; otherwise the refusal
   // (audited).
@@ -90,9 +90,11 @@ class AdminService final : public OneRequestService {
                 const Answer& answer, std::shared_ptr<const Backend>* backend,
                 std::string* admin);
   // The audit line of an admin's call, then the answer. A call whose line
-  // cannot be written is answered UNAVAILABLE, unless `answer_unaudited`
+  // cannot be written is answered UNAVAILABLE. With `answer_first`
   // (GetStatus only: it changes nothing, and it is how an operator sees
-  // that the log cannot be written); then a log line says so.
+  // that the log cannot be written, or waits for a stalled HSM), the
+  // answer goes first and its line follows; a log line says so if the
+  // line cannot be written.
   //
   // Nothing here waits for the log: the call is answered once its line is
   // durable, or by the request watchdog at `deadline` or at a stop,
@@ -101,17 +103,19 @@ class AdminService final : public OneRequestService {
   // gRPC's Shutdown waits for every call to be answered: a ninth outside
   // attack held a stop for as long as the HSM stalled so.
   void Audited(const Backend& backend, const std::string& admin,
-               absl::Time deadline, const char* method, absl::string_view scope,
-               const absl::Status& status, const Answer& answer,
-               absl::string_view detail = "", bool answer_unaudited = false);
+               base::MonotonicDeadline deadline, const char* method,
+               absl::string_view scope, const absl::Status& status,
+               const Answer& answer, absl::string_view detail = "",
+               bool answer_first = false);
 
   // A call answered by `answer`, watched by the request watchdog until
   // `deadline` with `expiry` as its answers then, and at a stop. An
   // expiry answer is audited (method, scope) with `expiry_note`.
   std::shared_ptr<PendingCall> Watched(
       const Backend& backend, const std::string& admin, const char* method,
-      absl::string_view scope, const Answer& answer, absl::Time deadline,
-      PendingCall::ExpiryAnswers expiry, std::string expiry_note);
+      absl::string_view scope, const Answer& answer,
+      base::MonotonicDeadline deadline, PendingCall::ExpiryAnswers expiry,
+      std::string expiry_note);
 
   // The audit line of an answer the watchdog sends (queued just before it
   // goes out), or of a change's outcome after its call was answered;
@@ -125,33 +129,34 @@ class AdminService final : public OneRequestService {
   // change that finishes after its call was answered has its outcome
   // audited still.
   template <typename Request, typename Response>
-  void Change(
-      const Backend& backend, const std::string& admin, absl::Time deadline,
-      const char* method, const Request& request, Response* response,
-      Answer answer,
-      void (KeyManager::*submit)(const Request&, const std::string&, absl::Time,
-                                 std::function<void(absl::StatusOr<Response>)>,
-                                 std::function<void()>),
-      std::type_identity_t<std::function<std::string(const Response&)>>
-          describe);
+  void Change(const Backend& backend, const std::string& admin,
+              base::MonotonicDeadline deadline, const char* method,
+              const Request& request, Response* response, Answer answer,
+              void (KeyManager::*submit)(
+                  const Request&, const std::string&, base::MonotonicDeadline,
+                  std::function<void(absl::StatusOr<Response>)>,
+                  std::function<void()>),
+              std::type_identity_t<std::function<std::string(const Response&)>>
+                  describe);
 
   void ListScopes(const Backend& backend, const std::string& admin,
-                  absl::Time deadline,
+                  base::MonotonicDeadline deadline,
                   const signet::v1::ListScopesRequest& request,
                   signet::v1::ListScopesResponse* response, Answer answer);
   void ListKeys(const Backend& backend, const std::string& admin,
-                absl::Time deadline, const signet::v1::ListKeysRequest& request,
+                base::MonotonicDeadline deadline,
+                const signet::v1::ListKeysRequest& request,
                 signet::v1::ListKeysResponse* response, Answer answer);
   void RotateKey(const Backend& backend, const std::string& admin,
-                 absl::Time deadline,
+                 base::MonotonicDeadline deadline,
                  const signet::v1::RotateKeyRequest& request,
                  signet::v1::RotateKeyResponse* response, Answer answer);
   void RevokeKey(const Backend& backend, const std::string& admin,
-                 absl::Time deadline,
+                 base::MonotonicDeadline deadline,
                  const signet::v1::RevokeKeyRequest& request,
                  signet::v1::RevokeKeyResponse* response, Answer answer);
   void GetStatus(const Backend& backend, const std::string& admin,
-                 absl::Time deadline,
+                 base::MonotonicDeadline deadline,
                  const signet::v1::GetStatusRequest& request,
                  signet::v1::GetStatusResponse* response, Answer answer);
 

@@ -542,7 +542,8 @@ void Daemon::StopServing(absl::Duration grace) {
   health_service_->Shutdown();  // watchers hear NOT_SERVING, then the end
   // Calls a stalled HSM (or an audit log waiting for it) holds are
   // answered within the shutdown's grace; the others finish in it.
-  const absl::Time cut_off = absl::Now() + grace - absl::Seconds(1);
+  const base::MonotonicDeadline cut_off =
+      base::MonotonicDeadline::In(grace - absl::Seconds(1));
   signer_->CutOffPendingCalls(cut_off);
   request_waits_->CutOff(cut_off);
   server_->Shutdown(std::chrono::system_clock::now() +

@@ -133,10 +133,13 @@ bool HsmProber::Stop(absl::Duration wait) {
   for (const std::shared_ptr<State>& state : states) {
     if (!state->stop.HasBeenNotified()) state->stop.Notify();
   }
-  const absl::Time give_up = absl::Now() + wait;
+  // Monotonic: a wall clock step during a stop neither cuts the wait short
+  // nor stretches it.
+  const base::MonotonicDeadline give_up = base::MonotonicDeadline::In(wait);
   bool all_ended = true;
   for (const std::shared_ptr<State>& state : states) {
-    if (!state->done.WaitForNotificationWithDeadline(give_up)) {
+    if (!state->done.WaitForNotificationWithTimeout(
+            std::max(absl::ZeroDuration(), give_up.left()))) {
       all_ended = false;
     }
   }

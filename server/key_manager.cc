@@ -532,6 +532,25 @@ absl::StatusOr<std::vector<rotation::KeyRecord>> KeyManager::ReadScope(
   return rotation::RecordsOf(rotation::ParseRecords(*stored), scope);
 }
 
+namespace {
+
+// The token's records could not be read before anything was written (the
+// HSM went away, say). An outside attack that killed the HSM during a
+// rotation was answered with the bare PKCS#11 error, which left it unsure
+// whether the change was made. ("so it is not made" is what signetctl
+// looks for.)
+absl::Status NotMadeAsRecordsUnread(const absl::Status& read) {
+  return absl::Status(
+      read.code(),
+      absl::StrCat("the key records could not be read from the HSM (",
+                   read.message(),
+                   ") before anything was written, so it is not made; "
+                   "retry with the same request_id once the HSM answers "
+                   "(health says when)"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> KeyManager::Change(
     const google::protobuf::Message& request, const std::string& request_id,
     const std::function<
@@ -551,7 +570,7 @@ absl::StatusOr<std::string> KeyManager::Change(
   // the token keeps each applied change with its first record write.
   absl::StatusOr<std::optional<rotation::OperatorChange>> recorded =
       RecordedChange(request_id);
-  if (!recorded.ok()) return recorded.status();
+  if (!recorded.ok()) return NotMadeAsRecordsUnread(recorded.status());
   if (recorded->has_value()) {
     absl::StatusOr<std::string> digest = crypto::Sha256(fingerprint);
     if (!digest.ok()) return digest.status();
@@ -654,7 +673,8 @@ absl::Status DeadlinePassed() {
   return absl::DeadlineExceededError(
       "the call's deadline passed, or was less than 1 s away, before the "
       "change could be made (the HSM is slow or stalled, or other changes "
-      "were ahead): nothing was changed; retry with the same request_id");
+      "were ahead): nothing was changed, so it is not made; retry with the "
+      "same request_id");
 }
 
 }  // namespace
@@ -677,9 +697,10 @@ KeyManager::RecordedChange(const std::string& request_id) {
 }
 
 absl::StatusOr<std::string> KeyManager::ApplyChange(
-    const std::string& scope, const std::string& admin, absl::Time deadline,
-    const std::string& request_id, const std::string& fingerprint,
-    const Planner& plan, const Responder& respond) {
+    const std::string& scope, const std::string& admin,
+    base::MonotonicDeadline deadline, const std::string& request_id,
+    const std::string& fingerprint, const Planner& plan,
+    const Responder& respond) {
   const rotation::ScopeKeyPolicy* policy = PolicyFor(scope);
   if (policy == nullptr) {
     return absl::NotFoundError(absl::StrCat("no scope named \"", scope, "\""));
@@ -690,7 +711,7 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
         "replica that does");
   }
   absl::StatusOr<std::vector<rotation::KeyRecord>> records = ReadScope(scope);
-  if (!records.ok()) return records.status();
+  if (!records.ok()) return NotMadeAsRecordsUnread(records.status());
   const absl::Time now = clock_.Now();
   absl::StatusOr<std::vector<rotation::KeyAction>> actions =
       plan(*records, rotation::ScheduleOf(*policy), now);
@@ -723,7 +744,7 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   // The last moment before the first token write: a caller that gave up
   // meanwhile (reading the records waits for the HSM) was told the change
   // failed, so it is not made.
-  if (absl::Now() + kMinTimeForAChange >= deadline) return DeadlinePassed();
+  if (deadline.left() <= kMinTimeForAChange) return DeadlinePassed();
   acting_admin_ = admin;
   size_t completed = 0;
   absl::Status applied = reconciler_->Apply(*policy, *actions, &completed);
@@ -752,7 +773,7 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
 
 template <typename Request, typename Response>
 void KeyManager::Submit(const Request& request, const std::string& admin,
-                        absl::Time deadline,
+                        base::MonotonicDeadline deadline,
                         std::function<void(absl::StatusOr<Response>)> done,
                         std::function<void()> on_turn, Planner plan,
                         Responder respond) {
@@ -772,9 +793,9 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
     }
     // The caller has been told DEADLINE_EXCEEDED already (an outside attack
     // saw three immediate rotations, queued behind a stalled HSM, applied
-    // seconds after each answered "failed"). absl::Now(), not clock_: the
-    // deadline is gRPC's, in real time.
-    if (absl::Now() + kMinTimeForAChange >= deadline) {
+    // seconds after each answered "failed"). Monotonic, not clock_: the
+    // watchdog that answered measures the same way.
+    if (deadline.left() <= kMinTimeForAChange) {
       done(DeadlinePassed());
       return;
     }
@@ -805,7 +826,7 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
 
 void KeyManager::RotateKey(
     const signet::v1::RotateKeyRequest& request, const std::string& admin,
-    absl::Time deadline,
+    base::MonotonicDeadline deadline,
     std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done,
     std::function<void()> on_turn) {
   if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
@@ -862,7 +883,7 @@ void KeyManager::RotateKey(
 
 void KeyManager::RevokeKey(
     const signet::v1::RevokeKeyRequest& request, const std::string& admin,
-    absl::Time deadline,
+    base::MonotonicDeadline deadline,
     std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done,
     std::function<void()> on_turn) {
   if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {

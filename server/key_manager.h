@@ -124,7 +124,8 @@ class KeyManager {
   // recorded); `request_id` makes a retry apply once: the same id with the
   // same request answers as the first time, with another request
   // INVALID_ARGUMENT. `done` runs on the loop's thread. `deadline` is the
-  // call's (real wall time, as gRPC's): a change whose turn comes after it
+  // call's (monotonic, as the request watchdog measures it, so both agree
+  // however the wall clock steps): a change whose turn comes after it
   // is not applied (DEADLINE_EXCEEDED), since its caller has given up and
   // was told it failed. `on_turn`, if set, runs on the loop's thread when
   // the change's turn comes, before anything else about it is decided: a
@@ -132,12 +133,12 @@ class KeyManager {
   // applied (the request watchdog tells its caller so).
   void RotateKey(
       const signet::v1::RotateKeyRequest& request, const std::string& admin,
-      absl::Time deadline,
+      base::MonotonicDeadline deadline,
       std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done,
       std::function<void()> on_turn = {});
   void RevokeKey(
       const signet::v1::RevokeKeyRequest& request, const std::string& admin,
-      absl::Time deadline,
+      base::MonotonicDeadline deadline,
       std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done,
       std::function<void()> on_turn = {});
 
@@ -224,14 +225,17 @@ class KeyManager {
   // DEADLINE_EXCEEDED, with nothing written, when `deadline` has passed by
   // the time the token's records are read and the plan is made (the HSM
   // may have stalled meanwhile).
-  absl::StatusOr<std::string> ApplyChange(
-      const std::string& scope, const std::string& admin, absl::Time deadline,
-      const std::string& request_id, const std::string& fingerprint,
-      const Planner& plan, const Responder& respond);
+  absl::StatusOr<std::string> ApplyChange(const std::string& scope,
+                                          const std::string& admin,
+                                          base::MonotonicDeadline deadline,
+                                          const std::string& request_id,
+                                          const std::string& fingerprint,
+                                          const Planner& plan,
+                                          const Responder& respond);
   // Queues an operator's change for the loop's thread, with its request id.
   template <typename Request, typename Response>
   void Submit(const Request& request, const std::string& admin,
-              absl::Time deadline,
+              base::MonotonicDeadline deadline,
               std::function<void(absl::StatusOr<Response>)> done,
               std::function<void()> on_turn, Planner plan, Responder respond);
   // The scope's records as the token has them now.

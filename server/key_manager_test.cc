@@ -277,7 +277,7 @@ TEST_F(KeyManagerTest, TheSigningKeyFollowsTheInjectedClockThroughARotation) {
 // An immediate rotation of scope "demo" with `request_id` and `deadline`,
 // waited for; its answer's status.
 absl::Status RotateNow(KeyManager& keys, const std::string& request_id,
-                       absl::Time deadline) {
+                       base::MonotonicDeadline deadline) {
   signet::v1::RotateKeyRequest request;
   request.set_scope("demo");
   request.set_mode(signet::v1::IMMEDIATE);
@@ -308,7 +308,7 @@ absl::StatusOr<signet::v1::RevokeKeyResponse> Revoke(
     absl::StatusOr<signet::v1::RevokeKeyResponse> response;
   };
   auto answer = std::make_shared<Answer>();
-  keys.RevokeKey(request, "uri:admin", absl::InfiniteFuture(),
+  keys.RevokeKey(request, "uri:admin", base::MonotonicDeadline::Never(),
                  [answer](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
                    answer->response = std::move(r);
                    answer->answered.Notify();
@@ -490,8 +490,9 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
                               .at("demo")
                               ->SigningAt(clock_.Now())
                               ->record.key_generation();
-  absl::Status status = RotateNow(*keys, "rotate-after-the-caller-gave-up",
-                                  absl::Now() - absl::Milliseconds(1));
+  absl::Status status =
+      RotateNow(*keys, "rotate-after-the-caller-gave-up",
+                base::MonotonicDeadline::In(-absl::Milliseconds(1)));
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("nothing was changed"));
   EXPECT_EQ(keys->Scopes()
@@ -501,8 +502,47 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
             before);
   // The same request id with time left applies it (it was never recorded).
   status = RotateNow(*keys, "rotate-after-the-caller-gave-up",
-                     absl::InfiniteFuture());
+                     base::MonotonicDeadline::Never());
   EXPECT_TRUE(status.ok()) << status;
+}
+
+// An outside attack killed the HSM during a rotation and was answered with
+// the bare PKCS#11 error: it could not tell whether the change was made. A
+// change whose records cannot be read says it is not made, and is made by
+// the same request once the HSM answers.
+TEST_F(KeyManagerTest, AChangeWhoseRecordsCannotBeReadSaysItIsNotMade) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  const uint64_t before = keys->Scopes()
+                              .at("demo")
+                              ->SigningAt(clock_.Now())
+                              ->record.key_generation();
+  injector_->Fail("C_FindObjects", CKR_DEVICE_ERROR, -1);
+  absl::Status status = RotateNow(*keys, "rotate-while-the-hsm-is-gone",
+                                  base::MonotonicDeadline::Never());
+  injector_->Clear();
+  EXPECT_FALSE(status.ok());
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("before anything was written, so it is not made"));
+  EXPECT_EQ(keys->Scopes()
+                .at("demo")
+                ->SigningAt(clock_.Now())
+                ->record.key_generation(),
+            before);
+  // The same request once the HSM is back (its connection may take a
+  // moment to be made again).
+  for (int i = 0; i < 60 && !status.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    status = RotateNow(*keys, "rotate-while-the-hsm-is-gone",
+                       base::MonotonicDeadline::Never());
+  }
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(keys->Scopes()
+                .at("demo")
+                ->SigningAt(clock_.Now())
+                ->record.key_generation(),
+            before + 1);
 }
 
 // An outside attack deleted a standby's private key and rotated: the
@@ -531,8 +571,8 @@ TEST_F(KeyManagerTest, AStandbyThatCannotBeLoadedIsReplacedBeforeItCanSign) {
   EXPECT_EQ(next->key_generation(), 3u);
   EXPECT_THAT(audit_testing::ReadFile(dir_.File("audit.log")),
               HasSubstr("the standby cannot be loaded, replaced by signetd"));
-  const absl::Status status =
-      RotateNow(*keys, "rotate-after-the-replacement", absl::InfiniteFuture());
+  const absl::Status status = RotateNow(*keys, "rotate-after-the-replacement",
+                                        base::MonotonicDeadline::Never());
   ASSERT_TRUE(status.ok()) << status;
   std::shared_ptr<const ScopeState> signing =
       keys->Scopes().at("demo")->SigningAt(clock_.Now());

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/unknown_field_set.h"
+#include "server/call_deadline.h"
 #include "server/grpc_status.h"
 
 namespace signet::server {
@@ -108,7 +109,7 @@ void OneRequestCall::Start() {
             "(grpc.request_timeout_seconds); send the request "
             "with the call"))));
       },
-      absl::Now() + timeout, std::function<void()>{},
+      base::MonotonicDeadline::In(timeout), std::function<void()>{},
       waits_->watchdog().list());
   StartRead(&request_);
   waits_->watchdog().Watch(wait_);
@@ -148,10 +149,9 @@ void OneRequestCall::OnReadDone(bool ok) {
     // deadline gave the call (read here, not for every call).
     const RequestWaitLimits& limits = waits_->limits();
     const absl::Duration age = base::MonotonicNow() - started_;
-    const absl::Time now = absl::Now();
-    const absl::Time deadline = absl::FromChrono(context_->deadline());
-    const bool at_its_deadline = now >= deadline - absl::Milliseconds(2);
-    const absl::Duration time_allowed = deadline - (now - age);
+    const absl::Duration left = CallDeadline(*context_).left();
+    const bool at_its_deadline = left <= absl::Milliseconds(2);
+    const absl::Duration time_allowed = left + age;
     if (age < limits.rapid_reset_age &&
         (!at_its_deadline || time_allowed < limits.min_honest_deadline)) {
       waits_->CountEarlyReset(context_->peer());

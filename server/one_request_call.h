@@ -112,7 +112,7 @@ class RequestWaits {
 
   // Every call still waiting at `at` is answered UNAVAILABLE then: for a
   // shutdown, which should not wait out the timeout.
-  void CutOff(absl::Time at) { watchdog_.CutOff(at); }
+  void CutOff(base::MonotonicDeadline at) { watchdog_.CutOff(at); }
 
   const RequestWaitLimits& limits() const { return limits_; }
   DeadlineWatchdog& watchdog() { return watchdog_; }

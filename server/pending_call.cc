@@ -55,7 +55,7 @@ void DeadlineWatchdog::Watch(std::shared_ptr<PendingCall> call) {
   list_->calls.emplace(key, std::move(call));
 }
 
-void DeadlineWatchdog::CutOff(absl::Time at) {
+void DeadlineWatchdog::CutOff(base::MonotonicDeadline at) {
   absl::MutexLock lock(&list_->mu);
   cut_off_ = at;
 }
@@ -68,10 +68,12 @@ size_t DeadlineWatchdog::watched() const {
 void DeadlineWatchdog::Loop() {
   absl::MutexLock lock(&list_->mu);
   while (!stopping_) {
-    absl::Time now = absl::Now();
-    const bool cut_off = cut_off_ <= now;
+    // Monotonic: a wall clock stepped forward expires no call early.
+    const base::MonotonicDeadline now =
+        base::MonotonicDeadline::At(base::MonotonicNow());
+    const bool cut_off = !(now < cut_off_);
     while (!list_->calls.empty() &&
-           (cut_off || list_->calls.begin()->first.first <= now)) {
+           (cut_off || !(now < list_->calls.begin()->first.first))) {
       std::shared_ptr<PendingCall> call =
           std::move(list_->calls.begin()->second);
       list_->calls.erase(list_->calls.begin());
@@ -101,11 +103,11 @@ void DeadlineWatchdog::Loop() {
       call.reset();
       list_->mu.Lock();
     }
-    absl::Time wake = std::min(now + absl::Milliseconds(100), cut_off_);
+    absl::Duration wait = std::min(absl::Milliseconds(100), cut_off_.left());
     if (!list_->calls.empty()) {
-      wake = std::min(wake, list_->calls.begin()->first.first);
+      wait = std::min(wait, list_->calls.begin()->first.first.left());
     }
-    list_->mu.AwaitWithDeadline(absl::Condition(&stopping_), wake);
+    list_->mu.AwaitWithTimeout(absl::Condition(&stopping_), wait);
   }
 }
 

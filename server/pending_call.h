@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 
 namespace signet::server {
 
@@ -29,7 +30,7 @@ class PendingCall;
 // and its calls, so a call that is answered after the watchdog is gone (a
 // worker that was stuck in the HSM past shutdown) still finds it.
 struct WatchList {
-  using Key = std::pair<absl::Time, const PendingCall*>;
+  using Key = std::pair<base::MonotonicDeadline, const PendingCall*>;
   absl::Mutex mu;
   std::map<Key, std::shared_ptr<PendingCall>> calls ABSL_GUARDED_BY(mu);
 };
@@ -43,7 +44,8 @@ class PendingCall {
   // passed, or a stop), just before the answer: the Signer audits that
   // refusal. It must not wait.
   PendingCall(std::function<void(const absl::Status&)> answer,
-              absl::Time deadline, std::function<void()> on_done = {},
+              base::MonotonicDeadline deadline,
+              std::function<void()> on_done = {},
               std::shared_ptr<WatchList> watch_list = nullptr,
               std::function<void(const absl::Status&)> on_expired = {})
       : answer_(std::move(answer)),
@@ -70,7 +72,7 @@ class PendingCall {
     }
     Finish(status, [&] { on_expired_(status); });
   }
-  absl::Time deadline() const { return deadline_; }
+  base::MonotonicDeadline deadline() const { return deadline_; }
 
   // Work for this call has reached the HSM (a worker took it). A call
   // still queued at its deadline is told so, rather than blamed on the HSM.
@@ -97,7 +99,7 @@ class PendingCall {
 
  private:
   const std::function<void(const absl::Status&)> answer_;
-  const absl::Time deadline_;
+  const base::MonotonicDeadline deadline_;
   const std::function<void()> on_done_;
   const std::shared_ptr<WatchList> watch_list_;
   const std::function<void(const absl::Status&)> on_expired_;
@@ -123,7 +125,7 @@ class DeadlineWatchdog {
   // Answers every call still watched at `at` with UNAVAILABLE instead of
   // waiting for its deadline: for a shutdown, which must not wait out the
   // deadlines of calls a stalled HSM holds.
-  void CutOff(absl::Time at);
+  void CutOff(base::MonotonicDeadline at);
 
   // Calls watched now (for tests).
   size_t watched() const;
@@ -133,7 +135,8 @@ class DeadlineWatchdog {
 
   const std::shared_ptr<WatchList> list_;
   bool stopping_ ABSL_GUARDED_BY(list_->mu) = false;
-  absl::Time cut_off_ ABSL_GUARDED_BY(list_->mu) = absl::InfiniteFuture();
+  base::MonotonicDeadline cut_off_ ABSL_GUARDED_BY(list_->mu) =
+      base::MonotonicDeadline::Never();
   std::thread thread_;
 };
 

@@ -46,7 +46,8 @@ struct Answers {
 TEST(PendingCallTest, OnlyTheFirstFinishAnswersAndFills) {
   Answers answers;
   int done = 0;
-  PendingCall call(answers.Sink(), absl::InfiniteFuture(), [&] { ++done; });
+  PendingCall call(answers.Sink(), base::MonotonicDeadline::Never(),
+                   [&] { ++done; });
   bool filled_twice = false;
   EXPECT_TRUE(call.Finish(absl::OkStatus()));
   EXPECT_FALSE(
@@ -63,7 +64,8 @@ TEST(PendingCallTest, ReleasesItsSlotBeforeAnswering) {
   // calls were refused while the slot was released after the answer.
   std::vector<std::string> order;
   PendingCall call([&](const absl::Status&) { order.push_back("answer"); },
-                   absl::InfiniteFuture(), [&] { order.push_back("release"); });
+                   base::MonotonicDeadline::Never(),
+                   [&] { order.push_back("release"); });
   ASSERT_TRUE(call.Finish(absl::OkStatus(), [&] { order.push_back("fill"); }));
   EXPECT_EQ(order, (std::vector<std::string>{"fill", "release", "answer"}));
 }
@@ -75,9 +77,9 @@ TEST(DeadlineWatchdogTest, AnAnsweredCallLeavesTheWatchListAtOnce) {
   Answers answers;
   std::vector<std::shared_ptr<PendingCall>> calls;
   for (int i = 0; i < 100; ++i) {
-    calls.push_back(std::make_shared<PendingCall>(answers.Sink(),
-                                                  absl::Now() + absl::Hours(1),
-                                                  nullptr, watchdog.list()));
+    calls.push_back(std::make_shared<PendingCall>(
+        answers.Sink(), base::MonotonicDeadline::In(absl::Hours(1)), nullptr,
+        watchdog.list()));
     watchdog.Watch(calls.back());
   }
   EXPECT_EQ(watchdog.watched(), 100u);
@@ -93,7 +95,8 @@ TEST(DeadlineWatchdogTest, ACallAnsweredBeforeItIsWatchedIsNotKept) {
   DeadlineWatchdog watchdog;
   Answers answers;
   auto call = std::make_shared<PendingCall>(
-      answers.Sink(), absl::Now() + absl::Hours(1), nullptr, watchdog.list());
+      answers.Sink(), base::MonotonicDeadline::In(absl::Hours(1)), nullptr,
+      watchdog.list());
   ASSERT_TRUE(call->Finish(absl::OkStatus()));
   watchdog.Watch(call);
   EXPECT_EQ(watchdog.watched(), 0u);
@@ -104,8 +107,9 @@ TEST(DeadlineWatchdogTest, AnswersDeadlineExceededForAnUnansweredCall) {
   Answers answers;
   absl::Notification answered;
   auto call = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&answered), absl::Now() + absl::Milliseconds(20),
-      nullptr, watchdog.list());
+      answers.NotifyingSink(&answered),
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
   watchdog.Watch(call);
   answered.WaitForNotification();
   EXPECT_EQ(answers.Codes(),
@@ -124,12 +128,14 @@ TEST(DeadlineWatchdogTest, TheDeadlineMessageSaysWhereTheCallWaited) {
   absl::Notification queued_answered, started_answered;
   auto queued = std::make_shared<PendingCall>(
       answers.NotifyingSink(&queued_answered),
-      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
   watchdog.Watch(queued);
   queued_answered.WaitForNotification();
   auto started = std::make_shared<PendingCall>(
       answers.NotifyingSink(&started_answered),
-      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
   started->MarkStarted();
   watchdog.Watch(started);
   started_answered.WaitForNotification();
@@ -150,11 +156,11 @@ TEST(DeadlineWatchdogTest, ACutOffAnswersEveryWatchedCallUnavailable) {
   DeadlineWatchdog watchdog;
   Answers answers;
   absl::Notification answered;
-  auto call = std::make_shared<PendingCall>(answers.NotifyingSink(&answered),
-                                            absl::Now() + absl::Hours(1),
-                                            nullptr, watchdog.list());
+  auto call = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&answered),
+      base::MonotonicDeadline::In(absl::Hours(1)), nullptr, watchdog.list());
   watchdog.Watch(call);
-  watchdog.CutOff(absl::Now());
+  watchdog.CutOff(base::MonotonicDeadline::In(absl::ZeroDuration()));
   answered.WaitForNotification();
   EXPECT_EQ(answers.Codes(),
             std::vector<absl::StatusCode>{absl::StatusCode::kUnavailable});
@@ -171,17 +177,18 @@ TEST(DeadlineWatchdogTest, ACallsOwnExpiryAnswersReplaceTheWatchdogs) {
       absl::DeadlineExceededError("the change may still be applied"),
       absl::UnavailableError("stopping; the change may still be applied")};
   auto at_deadline = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&expired), absl::Now() + absl::Milliseconds(20),
-      nullptr, watchdog.list());
+      answers.NotifyingSink(&expired),
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
   at_deadline->SetExpiryAnswers(own);
   watchdog.Watch(at_deadline);
   expired.WaitForNotification();
   auto at_cut_off = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&cut_off), absl::Now() + absl::Hours(1), nullptr,
-      watchdog.list());
+      answers.NotifyingSink(&cut_off),
+      base::MonotonicDeadline::In(absl::Hours(1)), nullptr, watchdog.list());
   at_cut_off->SetExpiryAnswers(own);
   watchdog.Watch(at_cut_off);
-  watchdog.CutOff(absl::Now());
+  watchdog.CutOff(base::MonotonicDeadline::In(absl::ZeroDuration()));
   cut_off.WaitForNotification();
   EXPECT_EQ(answers.Codes(),
             (std::vector<absl::StatusCode>{absl::StatusCode::kDeadlineExceeded,
@@ -205,23 +212,25 @@ TEST(DeadlineWatchdogTest, ACallNotStartedGetsItsNotStartedAnswers) {
       absl::UnavailableError("stopping, still queued: not made")};
   auto started = std::make_shared<PendingCall>(
       answers.NotifyingSink(&started_expired),
-      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
   started->SetExpiryAnswers(own);
   started->MarkStarted();
   watchdog.Watch(started);
   started_expired.WaitForNotification();
   auto queued = std::make_shared<PendingCall>(
       answers.NotifyingSink(&queued_expired),
-      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list());
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
   queued->SetExpiryAnswers(own);
   watchdog.Watch(queued);
   queued_expired.WaitForNotification();
   auto queued_at_stop = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&queued_cut_off), absl::Now() + absl::Hours(1),
-      nullptr, watchdog.list());
+      answers.NotifyingSink(&queued_cut_off),
+      base::MonotonicDeadline::In(absl::Hours(1)), nullptr, watchdog.list());
   queued_at_stop->SetExpiryAnswers(own);
   watchdog.Watch(queued_at_stop);
-  watchdog.CutOff(absl::Now());
+  watchdog.CutOff(base::MonotonicDeadline::In(absl::ZeroDuration()));
   queued_cut_off.WaitForNotification();
   EXPECT_EQ(answers.Messages(),
             (std::vector<std::string>{"may still be applied",
@@ -242,8 +251,8 @@ TEST(DeadlineWatchdogTest, AnExpiredCallIsAuditedBeforeItIsAnswered) {
         audited_before_the_answer.store(audited.load());
         answered.Notify();
       },
-      absl::Now() + absl::Milliseconds(20), nullptr, watchdog.list(),
-      [&](const absl::Status&) { audited.store(true); });
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list(), [&](const absl::Status&) { audited.store(true); });
   watchdog.Watch(call);
   answered.WaitForNotification();
   EXPECT_TRUE(audited_before_the_answer.load());
@@ -257,7 +266,8 @@ TEST(DeadlineWatchdogTest, ACallOutlivingItsWatchdogCanStillBeAnswered) {
   {
     DeadlineWatchdog watchdog;
     call = std::make_shared<PendingCall>(
-        answers.Sink(), absl::Now() + absl::Hours(1), nullptr, watchdog.list());
+        answers.Sink(), base::MonotonicDeadline::In(absl::Hours(1)), nullptr,
+        watchdog.list());
     watchdog.Watch(call);
   }
   EXPECT_TRUE(call->Finish(absl::OkStatus()));

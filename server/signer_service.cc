@@ -1,7 +1,5 @@
 #include "server/signer_service.h"
 
-#include <grpc/support/time.h>
-
 #include <algorithm>
 #include <iterator>
 #include <utility>
@@ -14,6 +12,7 @@
 #include "hsm/digest.h"
 #include "rotation/key_state.h"
 #include "rotation/schedule.h"
+#include "server/call_deadline.h"
 #include "server/claims.h"
 #include "server/config.h"
 #include "server/identity.h"
@@ -215,19 +214,13 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
                     keys.CanSignAt(now)};  // not OK: the same instant
 }
 
-absl::Time SignerService::DeadlineOf(
+base::MonotonicDeadline SignerService::DeadlineOf(
     grpc::CallbackServerContext* context) const {
-  const absl::Time cap = absl::Now() + options_.max_rpc_time;
-  // From gRPC's own seconds, not through std::chrono: a legal grpc-timeout
-  // of 9999999H overflowed nanoseconds and read as long past.
-  const gpr_timespec raw =
-      gpr_convert_clock_type(context->raw_deadline(), GPR_CLOCK_REALTIME);
-  if (raw.tv_sec >= absl::ToUnixSeconds(cap)) return cap;
   // Answered a little before the caller's own deadline, so that signet's
   // answer (saying what did not answer) reaches it rather than its own
   // timer's bare DEADLINE_EXCEEDED.
-  return std::min(cap, absl::FromUnixSeconds(raw.tv_sec) +
-                           absl::Nanoseconds(raw.tv_nsec) - kAnswerHeadroom);
+  return std::min(base::MonotonicDeadline::In(options_.max_rpc_time),
+                  CallDeadline(*context).EarlierBy(kAnswerHeadroom));
 }
 
 void SignerService::SetHsmCondition(const absl::Status& condition) {
@@ -406,7 +399,7 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
         tenant,
         [call, part] {
           // No HSM work after the deadline: the watchdog has answered.
-          if (call->answered() || absl::Now() >= call->deadline()) {
+          if (call->answered() || call->deadline().passed()) {
             (*part)(call, absl::DeadlineExceededError(
                               "the deadline passed before this work began"));
             return;
@@ -620,7 +613,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
     }
     std::vector<absl::StatusOr<std::string>> signatures =
         batch.serving->store->SignDigests(s.key.key_id, digests,
-                                          call->deadline());
+                                          call->deadline().OnWallClock());
     events.reserve(end - begin);
     for (size_t k = begin; k < end; ++k) {
       const auto& [index, input] = batch.inputs[k];
@@ -731,7 +724,8 @@ void SignerService::HandleSignJwt(const Call& rpc,
              }
              SignThenAudit(
                  *serving, s, caller, *digest,
-                 InputSha256Hex(s, *digest, signing_input), call->deadline(),
+                 InputSha256Hex(s, *digest, signing_input),
+                 call->deadline().OnWallClock(),
                  [call, scope_state, signing_input = std::move(signing_input),
                   response](absl::StatusOr<std::string> signature) {
                    if (!signature.ok()) {
@@ -871,7 +865,8 @@ void SignerService::HandleSign(const Call& rpc,
                        const absl::Status& skipped) {
              if (!skipped.ok()) return;  // answered already
              SignThenAudit(*serving, *scope_state, caller, digest,
-                           absl::BytesToHexString(digest), call->deadline(),
+                           absl::BytesToHexString(digest),
+                           call->deadline().OnWallClock(),
                            [call, scope_state,
                             response](absl::StatusOr<std::string> signature) {
                              if (!signature.ok()) {

@@ -103,7 +103,7 @@ class SignerService final : public OneRequestService {
   // For a shutdown: every call still waiting on the HSM at `at` is answered
   // UNAVAILABLE then, so the server's own shutdown never waits out deadlines
   // that a stalled HSM holds.
-  void CutOffPendingCalls(absl::Time at) { watchdog_.CutOff(at); }
+  void CutOffPendingCalls(base::MonotonicDeadline at) { watchdog_.CutOff(at); }
 
  private:
   struct Tenant {
@@ -186,7 +186,8 @@ class SignerService final : public OneRequestService {
   absl::StatusOr<Authorized> Authorize(grpc::CallbackServerContext* context,
                                        const std::string& scope_name,
                                        std::string* caller);
-  absl::Time DeadlineOf(grpc::CallbackServerContext* context) const;
+  base::MonotonicDeadline DeadlineOf(
+      grpc::CallbackServerContext* context) const;
   // Takes a slot of the tenant's concurrency limit and holds
   // `answer_bytes`, the largest answer the call can have, in the tenant's
   // and all tenants' answer memory; UNAVAILABLE while health says the HSM
