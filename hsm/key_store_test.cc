@@ -15,7 +15,7 @@
 #include "hsm/attributes.h"
 #include "hsm/ckr.h"
 #include "hsm/digest.h"
-#include "hsm/test_hsm.h"
+#include "tests/testing/in_process_hsm.h"
 
 namespace signet::hsm {
 namespace {

@@ -7,7 +7,7 @@
 #include "base/log_capture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "hsm/test_hsm.h"
+#include "tests/testing/in_process_hsm.h"
 
 namespace signet::hsm {
 namespace {

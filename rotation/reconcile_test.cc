@@ -9,8 +9,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/attributes.h"
-#include "hsm/test_hsm.h"
 #include "jose/jwk.h"
+#include "tests/testing/in_process_hsm.h"
 
 namespace signet::rotation {
 namespace {

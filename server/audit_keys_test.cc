@@ -16,11 +16,11 @@
 #include "base/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "hsm/test_hsm.h"
 #include "rotation/reconcile.h"
 #include "server/audit_log.h"
 #include "server/test_audit_files.h"
 #include "signet/v1/config.pb.h"
+#include "tests/testing/in_process_hsm.h"
 
 namespace signet::server {
 namespace {

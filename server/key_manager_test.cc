@@ -26,12 +26,12 @@
 #include "gtest/gtest.h"
 #include "hsm/attributes.h"
 #include "hsm/key_store.h"
-#include "hsm/test_hsm.h"
 #include "rotation/key_state.h"
 #include "rotation/scope_keys.h"
 #include "server/audit_log.h"
 #include "server/config.h"
 #include "server/test_audit_files.h"
+#include "tests/testing/in_process_hsm.h"
 
 namespace signet::server {
 namespace {

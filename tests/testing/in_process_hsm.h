@@ -1,7 +1,7 @@
 // Test-only: a fresh SoftHSM2 token loaded in-process behind a
 // FaultInjectingConnector, for unit tests of hsm/ against a real module.
-#ifndef SIGNET_HSM_TEST_HSM_H_
-#define SIGNET_HSM_TEST_HSM_H_
+#ifndef SIGNET_TESTS_TESTING_IN_PROCESS_HSM_H_
+#define SIGNET_TESTS_TESTING_IN_PROCESS_HSM_H_
 
 #include <cstdlib>
 #include <memory>
@@ -135,4 +135,4 @@ class InProcessKeyStoreTest : public InProcessHsmTest {
 
 }  // namespace signet::hsm
 
-#endif  // SIGNET_HSM_TEST_HSM_H_
+#endif  // SIGNET_TESTS_TESTING_IN_PROCESS_HSM_H_
