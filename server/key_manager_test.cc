@@ -193,6 +193,14 @@ class KeyManagerTest : public hsm::InProcessKeyStoreTest {
                                         });
   }
 
+  // The generation of the key scope "demo" signs with now.
+  uint64_t DemoSigningGeneration(const KeyManager& keys) {
+    return keys.Scopes()
+        .at("demo")
+        ->SigningAt(clock_.Now())
+        ->record.key_generation();
+  }
+
   // Make(store), its first pass and its loop started.
   std::unique_ptr<KeyManager> Started(hsm::KeyStore* store) {
     std::unique_ptr<KeyManager> keys = Make(store);
@@ -486,20 +494,13 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
   std::unique_ptr<KeyManager> keys = Make();
   ASSERT_TRUE(keys->Start().ok());
   keys->StartLoop();
-  const uint64_t before = keys->Scopes()
-                              .at("demo")
-                              ->SigningAt(clock_.Now())
-                              ->record.key_generation();
+  const uint64_t before = DemoSigningGeneration(*keys);
   absl::Status status =
       RotateNow(*keys, "rotate-after-the-caller-gave-up",
                 base::MonotonicDeadline::In(-absl::Milliseconds(1)));
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("nothing was changed"));
-  EXPECT_EQ(keys->Scopes()
-                .at("demo")
-                ->SigningAt(clock_.Now())
-                ->record.key_generation(),
-            before);
+  EXPECT_EQ(DemoSigningGeneration(*keys), before);
   // The same request id with time left applies it (it was never recorded).
   status = RotateNow(*keys, "rotate-after-the-caller-gave-up",
                      base::MonotonicDeadline::Never());
@@ -514,10 +515,7 @@ TEST_F(KeyManagerTest, AChangeWhoseRecordsCannotBeReadSaysItIsNotMade) {
   std::unique_ptr<KeyManager> keys = Make();
   ASSERT_TRUE(keys->Start().ok());
   keys->StartLoop();
-  const uint64_t before = keys->Scopes()
-                              .at("demo")
-                              ->SigningAt(clock_.Now())
-                              ->record.key_generation();
+  const uint64_t before = DemoSigningGeneration(*keys);
   injector_->Fail("C_FindObjects", CKR_DEVICE_ERROR, -1);
   absl::Status status = RotateNow(*keys, "rotate-while-the-hsm-is-gone",
                                   base::MonotonicDeadline::Never());
@@ -525,11 +523,7 @@ TEST_F(KeyManagerTest, AChangeWhoseRecordsCannotBeReadSaysItIsNotMade) {
   EXPECT_FALSE(status.ok());
   EXPECT_THAT(std::string(status.message()),
               HasSubstr("before anything was written, so it is not made"));
-  EXPECT_EQ(keys->Scopes()
-                .at("demo")
-                ->SigningAt(clock_.Now())
-                ->record.key_generation(),
-            before);
+  EXPECT_EQ(DemoSigningGeneration(*keys), before);
   // The same request once the HSM is back (its connection may take a
   // moment to be made again).
   for (int i = 0; i < 60 && !status.ok(); ++i) {
@@ -538,11 +532,7 @@ TEST_F(KeyManagerTest, AChangeWhoseRecordsCannotBeReadSaysItIsNotMade) {
                        base::MonotonicDeadline::Never());
   }
   ASSERT_TRUE(status.ok()) << status;
-  EXPECT_EQ(keys->Scopes()
-                .at("demo")
-                ->SigningAt(clock_.Now())
-                ->record.key_generation(),
-            before + 1);
+  EXPECT_EQ(DemoSigningGeneration(*keys), before + 1);
 }
 
 // An outside attack deleted a standby's private key and rotated: the

@@ -49,16 +49,6 @@ constexpr char kIssuer[] = "http://127.0.0.1/ops";
 constexpr char kTenant[] = "spiffe://signet.test/tenant/idp";
 constexpr char kAdmin[] = "spiffe://signet.test/admin/ops";
 
-// How many times `what` occurs in `text`.
-size_t Occurrences(absl::string_view text, absl::string_view what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != absl::string_view::npos;
-       at = text.find(what, at + what.size())) {
-    ++n;
-  }
-  return n;
-}
-
 class AdminTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -505,7 +495,8 @@ TEST_F(AdminTest, AStallWhileACheckpointIsSignedHoldsNeitherCallsNorTheStop) {
     v1::ListKeysResponse keys;
     ASSERT_TRUE(stub->ListKeys(&ctx, list, &keys).ok());
   }
-  const size_t status_lines_before = Occurrences(AuditLog(), "Admin/GetStatus");
+  const int status_lines_before =
+      testing::CountOccurrences(AuditLog(), "Admin/GetStatus");
   ASSERT_TRUE(bed_->hsm().Stall().ok());
   ASSERT_EQ(kill(signetd_->pid(), SIGHUP), 0);
   absl::SleepFor(absl::Seconds(1));  // the writer is in the HSM by now
@@ -571,7 +562,8 @@ TEST_F(AdminTest, AStallWhileACheckpointIsSignedHoldsNeitherCallsNorTheStop) {
   EXPECT_THAT(closed_segments + AuditLog(),
               HasSubstr("Admin/ListScopes: the audit log did not take this "
                         "call's line before its deadline"));
-  EXPECT_EQ(Occurrences(closed_segments + AuditLog(), "Admin/GetStatus"),
+  EXPECT_EQ(testing::CountOccurrences(closed_segments + AuditLog(),
+                                      "Admin/GetStatus"),
             status_lines_before + 1);
 }
 

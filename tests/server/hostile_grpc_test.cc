@@ -96,15 +96,6 @@ int64_t PeakRss(pid_t pid) {
   return -1;
 }
 
-int CountOccurrences(absl::string_view text, absl::string_view what) {
-  int n = 0;
-  for (size_t at = text.find(what); at != absl::string_view::npos;
-       at = text.find(what, at + what.size())) {
-    ++n;
-  }
-  return n;
-}
-
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
   std::stringstream buf;
@@ -492,7 +483,7 @@ TEST_F(HostileGrpcTest, UndecodableRequestsAreInvalidArgumentAndAudited) {
   // Signing still works, and signetd logged no line per bad request.
   auto stub = v1::Signer::NewStub(channel);
   EXPECT_TRUE(SignJwt(*stub, kScope).ok());
-  EXPECT_LE(CountOccurrences(signetd->Output(), "invalid UTF-8"), 20)
+  EXPECT_LE(testing::CountOccurrences(signetd->Output(), "invalid UTF-8"), 20)
       << signetd->Output();
 }
 
@@ -721,10 +712,11 @@ TEST_F(HostileGrpcTest,
       watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(10)))
       << signetd->Output();
   (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
-  EXPECT_EQ(CountOccurrences(signetd->Output(),
-                             "health: NOT_SERVING: the audit log cannot be "
-                             "written"),
-            1)
+  EXPECT_EQ(
+      testing::CountOccurrences(signetd->Output(),
+                                "health: NOT_SERVING: the audit log cannot be "
+                                "written"),
+      1)
       << signetd->Output();
   // The file can change again: signetd closes it as a segment and goes on
   // in a new one (it retries with backoff, at most 30 s apart), without a
@@ -935,7 +927,8 @@ TEST_F(HostileGrpcTest, HealthTurnsNotServingWhenTheHsmStallsUnderLoad) {
   for (auto& t : load) t.join();
   EXPECT_TRUE(SignJwt(*stub, kScope).ok());
   // One line per change.
-  EXPECT_EQ(CountOccurrences(signetd->Output(), "health: NOT_SERVING: the HSM"),
+  EXPECT_EQ(testing::CountOccurrences(signetd->Output(),
+                                      "health: NOT_SERVING: the HSM"),
             1)
       << signetd->Output();
 }

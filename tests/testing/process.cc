@@ -399,4 +399,13 @@ absl::StatusOr<RunResult> RunProcess(SpawnOptions options,
   return result;
 }
 
+int CountOccurrences(absl::string_view text, absl::string_view what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != absl::string_view::npos;
+       at = text.find(what, at + what.size())) {
+    ++n;
+  }
+  return n;
+}
+
 }  // namespace signet::testing

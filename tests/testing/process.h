@@ -98,6 +98,10 @@ struct RunResult {
 absl::StatusOr<RunResult> RunProcess(
     SpawnOptions options, absl::Duration timeout = absl::Seconds(60));
 
+// How many times `what` occurs in `text` (a process's output, a log),
+// without overlaps.
+int CountOccurrences(absl::string_view text, absl::string_view what);
+
 }  // namespace signet::testing
 
 #endif  // SIGNET_TESTS_TESTING_PROCESS_H_
