@@ -211,6 +211,35 @@ uint32_t BigEndian32(absl::string_view bytes) {
          (uint32_t{b[2]} << 8) | b[3];
 }
 
+struct Http2Frame {
+  FrameHeader header;
+  std::string payload;
+};
+
+// Reads one frame from the server, waiting for its header until `deadline`.
+// A frame begun is read whole, or the connection's framing is lost. Every
+// reader answers the server's SETTINGS (acknowledged) and PING here; the
+// frame is returned all the same.
+absl::StatusOr<Http2Frame> ReadServerFrame(TlsConnection& tls,
+                                           absl::Time deadline) {
+  SIGNET_ASSIGN_OR_RETURN(std::string head, tls.Read(9, deadline));
+  Http2Frame frame{ParseFrameHeader(head), ""};
+  SIGNET_ASSIGN_OR_RETURN(
+      frame.payload,
+      tls.Read(frame.header.length,
+               std::max(deadline, absl::Now() + absl::Seconds(5))));
+  const bool ack = (frame.header.flags & kAck) != 0;
+  if (frame.header.type == kSettings && !ack &&
+      !tls.Write(Frame(kSettings, kAck, 0, ""))) {
+    return absl::UnavailableError("acknowledging SETTINGS failed");
+  }
+  if (frame.header.type == kPing && !ack &&
+      !tls.Write(Frame(kPing, kAck, 0, frame.payload))) {
+    return absl::UnavailableError("answering PING failed");
+  }
+  return frame;
+}
+
 // The request's headers as HPACK literals.
 std::string RequestHeaders(const RawGrpcCall& call) {
   std::string headers;
@@ -254,20 +283,10 @@ absl::StatusOr<RawGrpcAnswer> RawGrpcUnary(const RawGrpcCall& call) {
   RawGrpcAnswer answer;
   std::string body;  // stream 1's DATA so far
   while (!answer.has_message && !answer.ended) {
-    SIGNET_ASSIGN_OR_RETURN(std::string head, tls.Read(9, deadline));
-    const auto [length, type, flags, stream] = ParseFrameHeader(head);
-    SIGNET_ASSIGN_OR_RETURN(std::string payload, tls.Read(length, deadline));
+    SIGNET_ASSIGN_OR_RETURN(Http2Frame frame, ReadServerFrame(tls, deadline));
+    const auto& [length, type, flags, stream] = frame.header;
+    const std::string& payload = frame.payload;
     switch (type) {
-      case kSettings:
-        if ((flags & kAck) == 0 && !tls.Write(Frame(kSettings, kAck, 0, ""))) {
-          return absl::UnavailableError("acknowledging SETTINGS failed");
-        }
-        break;
-      case kPing:
-        if ((flags & kAck) == 0 && !tls.Write(Frame(kPing, kAck, 0, payload))) {
-          return absl::UnavailableError("answering PING failed");
-        }
-        break;
       case kGoAway:
         answer.ended = true;
         break;
@@ -367,13 +386,9 @@ class UnreadingGrpcConnection::Impl {
  private:
   // Reads and handles one frame from the server.
   absl::Status ReadFrame(absl::Time deadline) {
-    SIGNET_ASSIGN_OR_RETURN(std::string head, tls_.Read(9, deadline));
-    const FrameHeader f = ParseFrameHeader(head);
-    // A frame begun is read whole, or the connection's framing is lost.
-    SIGNET_ASSIGN_OR_RETURN(
-        std::string payload,
-        tls_.Read(f.length,
-                  std::max(deadline, absl::Now() + absl::Seconds(5))));
+    SIGNET_ASSIGN_OR_RETURN(Http2Frame frame, ReadServerFrame(tls_, deadline));
+    const FrameHeader& f = frame.header;
+    const std::string& payload = frame.payload;
     switch (f.type) {
       case kSettings:
         if ((f.flags & kAck) != 0) break;
@@ -391,15 +406,6 @@ class UnreadingGrpcConnection::Impl {
           } else if (id == 0x5) {
             max_frame_size_ = value;
           }
-        }
-        if (!tls_.Write(Frame(kSettings, kAck, 0, ""))) {
-          return absl::UnavailableError("acknowledging SETTINGS failed");
-        }
-        break;
-      case kPing:
-        if ((f.flags & kAck) == 0 &&
-            !tls_.Write(Frame(kPing, kAck, 0, payload))) {
-          return absl::UnavailableError("answering PING failed");
         }
         break;
       case kWindowUpdate: {
