@@ -700,7 +700,7 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
     const std::string& scope, const std::string& admin,
     base::MonotonicDeadline deadline, const std::string& request_id,
     const std::string& fingerprint, const Planner& plan,
-    const Responder& respond) {
+    const Responder& respond, std::string* warning) {
   const rotation::ScopeKeyPolicy* policy = PolicyFor(scope);
   if (policy == nullptr) {
     return absl::NotFoundError(absl::StrCat("no scope named \"", scope, "\""));
@@ -760,13 +760,13 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
     // Made, as a retry would be told (the record that carries it is
     // written); the rest is the schedule's, which the loop's passes
     // complete as soon as the HSM answers (Change asks for one).
-    change_warning_ = absl::StrCat(
+    *warning = absl::StrCat(
         "the change is made, but the last ", actions->size() - completed,
         " of its ", actions->size(), " token write(s) were not (",
         applied.message(),
         "): signetd makes them within seconds once the HSM answers; until "
         "then the scope may have no signing key (health says so)");
-    SIGNET_LOG_ERROR("scope {}: {}", scope, change_warning_);
+    SIGNET_LOG_ERROR("scope {}: {}", scope, *warning);
   }
   return response;
 }
@@ -799,10 +799,12 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
       done(DeadlinePassed());
       return;
     }
+    std::string warning;
     absl::StatusOr<std::string> answer = Change(
         request, request.request_id(), [&](const std::string& fingerprint) {
           return ApplyChange(request.scope(), admin, deadline,
-                             request.request_id(), fingerprint, plan, respond);
+                             request.request_id(), fingerprint, plan, respond,
+                             &warning);
         });
     if (!answer.ok()) {
       done(answer.status());
@@ -810,10 +812,9 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
     }
     Response response;
     response.ParseFromString(*answer);
-    if (!change_warning_.empty()) {
+    if (!warning.empty()) {
       response.set_warning(absl::StrCat(
-          response.warning(), response.warning().empty() ? "" : "; ",
-          std::exchange(change_warning_, std::string())));
+          response.warning(), response.warning().empty() ? "" : "; ", warning));
     }
     done(response);
   };

@@ -224,14 +224,14 @@ class KeyManager {
   // response) is written into the first record the plan writes.
   // DEADLINE_EXCEEDED, with nothing written, when `deadline` has passed by
   // the time the token's records are read and the plan is made (the HSM
-  // may have stalled meanwhile).
-  absl::StatusOr<std::string> ApplyChange(const std::string& scope,
-                                          const std::string& admin,
-                                          base::MonotonicDeadline deadline,
-                                          const std::string& request_id,
-                                          const std::string& fingerprint,
-                                          const Planner& plan,
-                                          const Responder& respond);
+  // may have stalled meanwhile). When the change was made but some of its
+  // writes failed, `*warning` says so (for the answer's warning; a retry
+  // answers without it, as the loop completes the writes).
+  absl::StatusOr<std::string> ApplyChange(
+      const std::string& scope, const std::string& admin,
+      base::MonotonicDeadline deadline, const std::string& request_id,
+      const std::string& fingerprint, const Planner& plan,
+      const Responder& respond, std::string* warning);
   // Queues an operator's change for the loop's thread, with its request id.
   template <typename Request, typename Response>
   void Submit(const Request& request, const std::string& admin,
@@ -259,9 +259,6 @@ class KeyManager {
   std::unique_ptr<rotation::KeyReconciler> reconciler_;
   // Who the events of the change running now are by ("" for the loop).
   std::string acting_admin_;
-  // Set by ApplyChange when the change was made but some of its writes
-  // failed; Submit adds it to the answer's warning (and clears it).
-  std::string change_warning_;
 
   // Loop-thread only.
   // Whether the wall clock read ahead of the time seen pass at the last
