@@ -332,29 +332,8 @@ absl::Status Daemon::LoadConfiguration() {
   return AnchorWallClock();
 }
 
-absl::Status Daemon::StartListening() {
-  std::shared_ptr<grpc::ServerCredentials> credentials;
-  if (config_options_.insecure_plaintext) {
-    SIGNET_LOG_WARN(
-        "INSECURE: gRPC in plain text (--insecure_plaintext); "
-        "callers are not authenticated. Development only.");
-    credentials = grpc::InsecureServerCredentials();
-  } else {
-    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
-        MakeServerCredentials(config_.tls());
-    if (!tls.ok()) return tls.status();
-    credentials = *tls;
-  }
-  SignerServiceOptions signer_options;
-  signer_options.clock = &clock_;
-  signer_options.iat_skew = absl::Seconds(config_.serving().iat_skew_seconds());
-  signer_options.max_batch_size =
-      static_cast<int>(config_.serving().max_batch_size());
-  signer_options.plaintext = config_options_.insecure_plaintext;
-  signer_options.max_answer_memory_bytes =
-      int64_t{config_.serving().max_answer_memory_mib()} << 20;
+absl::Status Daemon::BindAcceptor() {
   const signet::v1::GrpcConfig& grpc_limits = config_.grpc();
-
   // signetd accepts the gRPC port's connections itself and hands them to
   // gRPC, so the acceptor can neither die nor spend the last descriptors
   // (server/connection_acceptor.h). Its budget leaves the HTTP endpoint's
@@ -369,15 +348,29 @@ absl::Status Daemon::StartListening() {
           static_cast<int>(grpc_limits.reserved_file_descriptors()) +
               http_slots,
           static_cast<int>(grpc_limits.max_connections_per_address())));
+  return absl::OkStatus();
+}
+
+void Daemon::MakeServices() {
+  SignerServiceOptions signer_options;
+  signer_options.clock = &clock_;
+  signer_options.iat_skew = absl::Seconds(config_.serving().iat_skew_seconds());
+  signer_options.max_batch_size =
+      static_cast<int>(config_.serving().max_batch_size());
+  signer_options.plaintext = config_options_.insecure_plaintext;
+  signer_options.max_answer_memory_bytes =
+      int64_t{config_.serving().max_answer_memory_mib()} << 20;
+  const signet::v1::GrpcConfig& grpc_limits = config_.grpc();
+
   // Calls whose request message has not come yet: bounded in number and in
   // time, and a connection that resets them early is closed
   // (server/one_request_call.h).
-  const int max_request_bytes = MaxRequestBytes(signer_options.max_batch_size);
+  max_request_bytes_ = MaxRequestBytes(signer_options.max_batch_size);
   RequestWaitLimits wait_limits;
   wait_limits.max_waiting =
       static_cast<int>(grpc_limits.max_calls_awaiting_request());
   wait_limits.timeout = absl::Seconds(grpc_limits.request_timeout_seconds());
-  wait_limits.max_request_bytes = max_request_bytes;
+  wait_limits.max_request_bytes = max_request_bytes_;
   request_waits_ = std::make_unique<RequestWaits>(
       wait_limits, [connections = acceptor_.get()](const std::string& peer) {
         // Its address may not come back for a while: a rapid-reset client
@@ -411,6 +404,11 @@ absl::Status Daemon::StartListening() {
             break;
         }
       });
+}
+
+absl::Status Daemon::BuildGrpcServer(
+    std::shared_ptr<grpc::ServerCredentials> credentials) {
+  const signet::v1::GrpcConfig& grpc_limits = config_.grpc();
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   if (!grpc_limits.reflection()) {
@@ -471,17 +469,10 @@ absl::Status Daemon::StartListening() {
         "cannot start the gRPC server on ", config_.grpc_listen_address()));
   }
   acceptor_->Start(std::move(grpc_acceptor));
-  std::vector<std::string> scope_names;
-  for (const auto& scope : config_.scopes()) {
-    scope_names.push_back(scope.name());
-  }
-  health_monitor_ = std::make_unique<HealthMonitor>(
-      scope_names, [health = health_service_.get()](const std::string& service,
-                                                    bool serving) {
-        health->Set(service, serving);
-      });
-  health_monitor_->SetAllNotServing("starting: waiting for the HSM and keys");
+  return absl::OkStatus();
+}
 
+void Daemon::CountRefusals() {
   // Refusals counted rather than audited one by one (they come in floods).
   ConnectionAcceptor* const a = acceptor_.get();
   RequestWaits* const w = request_waits_.get();
@@ -519,7 +510,38 @@ absl::Status Daemon::StartListening() {
   refusals_.Add([w] { return w->timed_out(); }, "DEADLINE_EXCEEDED",
                 "call(s) whose request message did not come in time "
                 "(grpc.request_timeout_seconds)");
+}
 
+absl::Status Daemon::StartListening() {
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (config_options_.insecure_plaintext) {
+    SIGNET_LOG_WARN(
+        "INSECURE: gRPC in plain text (--insecure_plaintext); "
+        "callers are not authenticated. Development only.");
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        MakeServerCredentials(config_.tls());
+    if (!tls.ok()) return tls.status();
+    credentials = *tls;
+  }
+  SIGNET_RETURN_IF_ERROR(BindAcceptor());
+  MakeServices();
+  SIGNET_RETURN_IF_ERROR(BuildGrpcServer(std::move(credentials)));
+  std::vector<std::string> scope_names;
+  for (const auto& scope : config_.scopes()) {
+    scope_names.push_back(scope.name());
+  }
+  health_monitor_ = std::make_unique<HealthMonitor>(
+      scope_names, [health = health_service_.get()](const std::string& service,
+                                                    bool serving) {
+        health->Set(service, serving);
+      });
+  health_monitor_->SetAllNotServing("starting: waiting for the HSM and keys");
+
+  CountRefusals();
+
+  const signet::v1::GrpcConfig& grpc_limits = config_.grpc();
   const std::string listen_host = config_.grpc_listen_address().substr(
       0, config_.grpc_listen_address().rfind(':'));
   SIGNET_LOG_INFO(
@@ -531,7 +553,7 @@ absl::Status Daemon::StartListening() {
       config_options_.insecure_plaintext ? "plain text" : "mTLS, TLS 1.3 only",
       acceptor_->budget_end(), grpc_limits.max_connections_per_address(),
       grpc_limits.max_concurrent_streams(), grpc_limits.max_memory_mib(),
-      max_request_bytes);
+      max_request_bytes_);
   return absl::OkStatus();
 }
 

@@ -125,6 +125,15 @@ class Daemon {
   // watchers hear NOT_SERVING and then the end, calls a stalled HSM holds
   // are answered before the grace ends.
   void StopServing(absl::Duration grace);
+  // StartListening's steps: the gRPC port bound by signetd's own acceptor;
+  // the services and the bounds of calls waiting for their request; the
+  // gRPC server with its limits, on the acceptor; the refusals counted
+  // into the audit log rather than one line each.
+  absl::Status BindAcceptor();
+  void MakeServices();
+  absl::Status BuildGrpcServer(
+      std::shared_ptr<grpc::ServerCredentials> credentials);
+  void CountRefusals();
   // _Exits (exit_code_if_hsm_stuck) while a checkpoint signature is still in
   // the HSM: its thread uses the key store and the pool.
   void ExitIfACheckpointSignatureIsHeld();
@@ -163,6 +172,7 @@ class Daemon {
   std::optional<hsm::Pin> pin_;  // until the pool holds its own copy
 
   // StartListening
+  int max_request_bytes_ = 0;  // the largest legal request
   std::unique_ptr<ConnectionAcceptor> acceptor_;
   std::unique_ptr<RequestWaits> request_waits_;
   std::unique_ptr<SignerService> signer_;
