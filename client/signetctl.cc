@@ -592,6 +592,9 @@ int Status(const Connection& c, bool json) {
           ? ""
           : absl::StrCat(" FAILED: ", r.last_reconcile_error()),
       "\n",
+      r.key_manager_stuck().empty()
+          ? ""
+          : absl::StrCat("key changes: HELD: ", r.key_manager_stuck(), "\n"),
       r.wall_clock_anomaly().empty()
           ? ""
           : absl::StrCat("wall clock: ", r.wall_clock_anomaly(), "\n"),

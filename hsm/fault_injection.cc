@@ -121,6 +121,7 @@ namespace {
     if (injector_->TakeFailure(name, &injected)) { \
       return injected;                             \
     }                                              \
+    injector_->WaitIfBlocked(name);                \
   } while (0)
 
 class FaultInjectingConnection : public ModuleConnection {
@@ -217,7 +218,6 @@ class FaultInjectingConnection : public ModuleConnection {
   CK_RV Sign(CK_SESSION_HANDLE h, const unsigned char* d, CK_ULONG n,
              unsigned char* s, CK_ULONG* sn) override {
     SIGNET_INJECT("C_Sign");
-    injector_->WaitIfBlocked("C_Sign");
     return inner_->Sign(h, d, n, s, sn);
   }
   CK_RV GenerateRandom(CK_SESSION_HANDLE h, unsigned char* o,

@@ -79,9 +79,11 @@ std::string LeadNote(const KeyRecord& standby, const KeyTimings& t,
         "; it was published for ",
         absl::FormatDuration(absl::Trunc(published, absl::Seconds(1))));
   }
+  // At least "0s": FormatDuration writes a zero duration as a bare "0".
+  const absl::Duration shown = absl::Trunc(published, absl::Seconds(1));
   return absl::StrCat(
       "; it was published for only ",
-      absl::FormatDuration(absl::Trunc(published, absl::Seconds(1))),
+      shown <= absl::ZeroDuration() ? "0s" : absl::FormatDuration(shown),
       " (under min_publish_lead ", absl::FormatDuration(t.min_publish_lead),
       "): relying parties whose cached key set predates it meet an unknown "
       "kid and must refetch");

@@ -98,24 +98,33 @@ void AdminService::Add(const char* name, const char* method,
     std::string admin;
     if (!Admitted(context, method, answer, &backend, &admin)) return;
     // The backend lives as long as the call: it is captured.
-    (this->*handle)(*backend, admin, CallDeadline(*context), request, response,
+    (this->*handle)(*backend, admin, DeadlineOf(*context), request, response,
                     [backend, answer = std::move(answer)](
                         const grpc::Status& status) { answer(status); });
   };
-  typename Call::Refuser refuse =
-      [this, method](grpc::CallbackServerContext* context,
-                     const absl::Status& status, Answer answer) {
-        // Only an admin learns why its request did not parse.
-        std::shared_ptr<const Backend> backend;
-        std::string admin;
-        if (!Admitted(context, method, answer, &backend, &admin)) return;
-        Audited(*backend, admin, CallDeadline(*context), method, "", status,
-                answer);
-      };
+  typename Call::Refuser refuse = [this, method](
+                                      grpc::CallbackServerContext* context,
+                                      const absl::Status& status,
+                                      Answer answer) {
+    // Only an admin learns why its request did not parse.
+    std::shared_ptr<const Backend> backend;
+    std::string admin;
+    if (!Admitted(context, method, answer, &backend, &admin)) return;
+    Audited(*backend, admin, DeadlineOf(*context), method, "", status, answer);
+  };
   AddOneRequestMethod(
       name, [this, handler, refuse](grpc::CallbackServerContext* context) {
         return new Call(waits_, context, handler, refuse);
       });
+}
+
+base::MonotonicDeadline AdminService::DeadlineOf(
+    const grpc::CallbackServerContext& context) const {
+  // A call without a deadline (or a far one) is answered within
+  // max_rpc_time all the same: a key change behind a stalled HSM waited
+  // for as long as the HSM did (an eleventh outside attack).
+  return std::min(CallDeadline(context),
+                  base::MonotonicDeadline::In(options_.max_rpc_time));
 }
 
 bool AdminService::Admitted(grpc::CallbackServerContext* context,
@@ -185,12 +194,8 @@ std::shared_ptr<PendingCall> AdminService::Watched(
   // DEADLINE_EXCEEDED at the same instant (a tenth outside attack). A key
   // change is not started this close to its deadline (KeyManager), so one
   // not started by then never is.
-  // Only with time to spare: a call that arrives with its deadline
-  // nearly gone is answered at it, not before its work could run.
   const base::MonotonicDeadline answer_by =
-      deadline.left() > absl::Seconds(1)
-          ? deadline.EarlierBy(kAnswerAheadOfDeadline)
-          : deadline;
+      AnswerBy(deadline, kAnswerAheadOfDeadline);
   auto pending = std::make_shared<PendingCall>(
       [answer](const absl::Status& status) { answer(ToGrpcStatus(status)); },
       answer_by, /*on_done=*/nullptr, waits_->watchdog().list(),
@@ -355,6 +360,20 @@ void AdminService::Change(
     Audited(backend, admin, deadline, method, request.scope(), st, answer);
     return;
   }
+  // Not queued behind a pass an HSM call holds: refused at once, saying
+  // so, rather than at its deadline as if health could say why.
+  if (backend.status) {
+    if (absl::Status held = backend.status().key_manager; !held.ok()) {
+      Audited(backend, admin, deadline, method, request.scope(),
+              absl::UnavailableError(
+                  absl::StrCat(held.message(),
+                               ", so this change is not made; retry with "
+                               "the same request_id once `signetctl "
+                               "status` no longer shows it")),
+              answer);
+      return;
+    }
+  }
   // The change runs on the key manager's thread, in the HSM, where a
   // stalled HSM may hold it for good; gRPC's Shutdown waits for every call
   // to be answered, so a stop hung behind it. The call is answered by
@@ -369,7 +388,7 @@ void AdminService::Change(
       backend, admin, method, request.scope(), answer, deadline,
       {absl::DeadlineExceededError(absl::StrCat(
            "the key change did not finish before the call's deadline (the HSM "
-           "is slow or stalled: health says which)",
+           "is slow or stalled: `signetctl status` says which)",
            retry)),
        absl::UnavailableError(absl::StrCat(
            "signetd is stopping and the HSM has not finished the key change",
@@ -379,7 +398,8 @@ void AdminService::Change(
        absl::DeadlineExceededError(absl::StrCat(
            "the key change was still queued behind the key manager's work at "
            "the call's deadline (an earlier change or pass is in a slow or "
-           "stalled HSM: health says which), so it is not made; retry with "
+           "stalled HSM: `signetctl status` says which), so it is not made; "
+           "retry with "
            "the same request_id (",
            Quote(request.request_id(), 64), ")")),
        absl::UnavailableError(absl::StrCat(
@@ -487,6 +507,7 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
   response->set_last_reconcile_at(rotation::FormatInstant(pass.at));
   response->set_last_reconcile_error(std::string(pass.status.message()));
   response->set_wall_clock_anomaly(pass.wall_clock_anomaly);
+  response->set_key_manager_stuck(std::string(replica.key_manager.message()));
   const absl::Time now = options_.clock->Now();
   for (const auto& [name, keys] : backend.keys->Scopes()) {
     signet::v1::ScopeStatus* s = response->add_scopes();

@@ -38,6 +38,9 @@ struct ReplicaStatus {
   // Per scope: OK, or why it cannot sign now. With the three above, what
   // the scope's health entry says (ScopeStatus.serving).
   std::map<std::string, absl::Status> scopes;
+  // OK, or how long the key manager has been held by one pass
+  // (KeyManager::LoopCondition): key changes are refused meanwhile.
+  absl::Status key_manager;
 };
 
 struct AdminServiceOptions {
@@ -47,6 +50,9 @@ struct AdminServiceOptions {
   bool plaintext = false;
   // The time key states are reported at. Must outlive the service.
   const base::Clock* clock = &base::SystemClock();
+  // The longest a call is given, whatever its own deadline (as the
+  // Signer's): a key change is answered by then even if the HSM holds it.
+  absl::Duration max_rpc_time = absl::Seconds(30);
 };
 
 class AdminService final : public OneRequestService {
@@ -78,6 +84,9 @@ class AdminService final : public OneRequestService {
                                         base::MonotonicDeadline deadline,
                                         const Request&, Response*, Answer));
 
+  // The call's deadline, at most options_.max_rpc_time away.
+  base::MonotonicDeadline DeadlineOf(
+      const grpc::CallbackServerContext& context) const;
   // The caller's identity if it is an admin; otherwise the refusal
   // (audited).
   absl::StatusOr<std::string> Admin(const Backend& backend,

@@ -2,6 +2,8 @@
 
 #include <grpc/support/time.h>
 
+#include <algorithm>
+
 namespace signet::server {
 
 base::MonotonicDeadline CallDeadline(const grpc::ServerContextBase& context) {
@@ -16,6 +18,13 @@ base::MonotonicDeadline CallDeadline(const grpc::ServerContextBase& context) {
                    gpr_now(GPR_CLOCK_MONOTONIC));
   return base::MonotonicDeadline::In(absl::Seconds(left.tv_sec) +
                                      absl::Nanoseconds(left.tv_nsec));
+}
+
+base::MonotonicDeadline AnswerBy(base::MonotonicDeadline deadline,
+                                 absl::Duration headroom) {
+  const absl::Duration tenth =
+      std::max(absl::ZeroDuration(), deadline.left() / 10);
+  return deadline.EarlierBy(std::min(headroom, tenth));
 }
 
 }  // namespace signet::server

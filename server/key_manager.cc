@@ -6,6 +6,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "base/quote.h"
@@ -240,6 +241,19 @@ KeyManager::PassStatus KeyManager::LastPass() const {
   return last_pass_;
 }
 
+absl::Status KeyManager::LoopCondition(absl::Duration stuck_after) const {
+  const int64_t since = busy_since_ns_.load();
+  if (since == kIdle) return absl::OkStatus();
+  const absl::Duration busy = base::MonotonicNow() - absl::Nanoseconds(since);
+  if (busy <= stuck_after) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      "the key manager has been on one pass for ",
+      absl::FormatDuration(absl::Trunc(busy, absl::Seconds(1))),
+      " (an HSM call that has not returned: a stalled HSM, or a connection "
+      "the pool abandoned); key changes wait until it returns, while "
+      "signing goes on"));
+}
+
 void KeyManager::RequestPass() {
   absl::MutexLock lock(&mu_);
   pass_asked_ = true;
@@ -452,6 +466,8 @@ void KeyManager::Loop() {
       }
       pass_asked_ = false;  // any pass now answers the asks so far
     }
+    busy_since_ns_.store(absl::ToInt64Nanoseconds(base::MonotonicNow()));
+    absl::Cleanup idle = [this] { busy_since_ns_.store(kIdle); };
     if (!tasks.empty()) {
       // Operator calls run their own pass.
       for (auto& task : tasks) task();
@@ -891,15 +907,27 @@ void KeyManager::RevokeKey(
     done(st);
     return;
   }
-  if (request.kid().empty() || request.kid().size() > 128) {
+  if (request.kid().empty()) {
     done(
         absl::InvalidArgumentError("kid is required (at most 128 characters)"));
     return;
   }
-  if (request.reason().empty() || request.reason().size() > 512) {
+  if (request.kid().size() > 128) {
+    done(absl::InvalidArgumentError(absl::StrCat(
+        "kid is ", request.kid().size(), " bytes long; at most 128")));
+    return;
+  }
+  if (request.reason().empty()) {
     done(absl::InvalidArgumentError(
         "reason is required (1 to 512 bytes): it is recorded with the key "
         "and audited"));
+    return;
+  }
+  if (request.reason().size() > 512) {
+    done(absl::InvalidArgumentError(
+        absl::StrCat("reason is ", request.reason().size(),
+                     " bytes long; at most 512 (it is recorded with the key "
+                     "and audited)")));
     return;
   }
   if (HasControlCharacters(request.reason())) {

@@ -10,6 +10,8 @@
 #ifndef SIGNET_SERVER_KEY_MANAGER_H_
 #define SIGNET_SERVER_KEY_MANAGER_H_
 
+#include <atomic>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
@@ -119,6 +121,14 @@ class KeyManager {
     std::string wall_clock_anomaly;
   };
   PassStatus LastPass() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // OK unless the loop has been on one piece of work (a pass, or the
+  // operator changes taken with it) for longer than `stuck_after`; then
+  // UNAVAILABLE saying for how long. A PKCS#11 call on a connection the
+  // pool abandoned may never return, and every key change waits behind
+  // it while signing goes on (an outside attack found revocation blocked
+  // so while health and status said all was well). Any thread.
+  absl::Status LoopCondition(absl::Duration stuck_after) const;
 
   // An operator's key change. `admin` is the caller's identity (audited and
   // recorded); `request_id` makes a retry apply once: the same id with the
@@ -279,6 +289,10 @@ class KeyManager {
   bool pass_asked_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
   absl::Notification loop_done_;  // the loop's thread has returned
+  // base::MonotonicNow() in nanoseconds when the loop took up its current
+  // work; kIdle between pieces of work.
+  static constexpr int64_t kIdle = INT64_MIN;
+  std::atomic<int64_t> busy_since_ns_{kIdle};
 };
 
 }  // namespace signet::server

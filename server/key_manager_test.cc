@@ -511,6 +511,36 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
 // the bare PKCS#11 error: it could not tell whether the change was made. A
 // change whose records cannot be read says it is not made, and is made by
 // the same request once the HSM answers.
+// An eleventh outside attack: one HSM connection stuck (a p11-kit child
+// stopped) held the loop in one call for as long as it stayed stuck, and
+// every key change, a revocation too, waited behind it while health and
+// status said all was well. The loop says how long it has been held.
+TEST_F(KeyManagerTest, ALoopHeldInOneHsmCallSaysForHowLong) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  EXPECT_TRUE(keys->LoopCondition(absl::ZeroDuration()).ok());
+  injector_->Block("C_FindObjects");
+  keys->RequestPass();
+  absl::Status held;
+  for (int i = 0; i < 400 && held.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+    held = keys->LoopCondition(absl::ZeroDuration());
+  }
+  EXPECT_EQ(held.code(), absl::StatusCode::kUnavailable) << held;
+  EXPECT_THAT(std::string(held.message()),
+              HasSubstr("the key manager has been on one pass for"));
+  // Not past a longer threshold.
+  EXPECT_TRUE(keys->LoopCondition(absl::Hours(1)).ok());
+  injector_->Release();
+  absl::Status after = held;
+  for (int i = 0; i < 400 && !after.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+    after = keys->LoopCondition(absl::ZeroDuration());
+  }
+  EXPECT_TRUE(after.ok()) << after;
+}
+
 TEST_F(KeyManagerTest, AChangeWhoseRecordsCannotBeReadSaysItIsNotMade) {
   std::unique_ptr<KeyManager> keys = Make();
   ASSERT_TRUE(keys->Start().ok());

@@ -417,6 +417,70 @@ TEST_F(AdminTest, AStalledHsmShowsInStatusAndAChangePastItsDeadlineIsNotMade) {
 // from the HSM, so signetd never stopped (a supervisor kills it after its
 // grace: 10 s for scripts/run). The stop answers it, saying how to learn
 // its outcome.
+// An eleventh outside attack: one HSM connection stuck held the key
+// manager's pass in one call for as long as it stayed stuck; every key
+// change, a revocation of a compromised key too, waited behind it and was
+// answered at its deadline "health says which" while health and status
+// said all was well. Status now shows the held pass, and a change is
+// refused at once, as not made, until the pass returns.
+TEST_F(AdminTest, AKeyManagerHeldInTheHsmIsShownAndRefusesChangesAtOnce) {
+  auto stub = AdminStub();
+  auto held_for = [&]() -> std::string {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::GetStatusResponse status;
+    const grpc::Status st =
+        stub->GetStatus(&ctx, v1::GetStatusRequest(), &status);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return status.key_manager_stuck();
+  };
+  EXPECT_EQ(held_for(), "");
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  // The loop's next pass (one a second) goes into the stalled HSM; it is
+  // shown once it is held past the pool's stall threshold (10 s) + 2 s.
+  std::string held;
+  for (int i = 0; i < 120 && held.empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    held = held_for();
+  }
+  EXPECT_THAT(held, HasSubstr("the key manager has been on one pass for"));
+  v1::RotateKeyRequest rotate;
+  rotate.set_scope("ops");
+  rotate.set_mode(v1::IMMEDIATE);
+  rotate.set_request_id("rotate-while-held");
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(30));
+    v1::RotateKeyResponse rotated;
+    const grpc::Status refused = stub->RotateKey(&ctx, rotate, &rotated);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << refused.error_message();
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr("the key manager has been on one pass for"));
+    EXPECT_THAT(refused.error_message(),
+                HasSubstr("so this change is not made"));
+  }
+  EXPECT_THAT(AuditLog(), HasSubstr("so this change is not made"));
+  ASSERT_TRUE(bed_->hsm().Resume().ok());
+  for (int i = 0; i < 120 && !held.empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    held = held_for();
+  }
+  EXPECT_EQ(held, "");
+  // The same request, once the pass has returned, is made.
+  grpc::Status made;
+  for (int i = 0; i < 60; ++i) {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::RotateKeyResponse rotated;
+    made = stub->RotateKey(&ctx, rotate, &rotated);
+    if (made.ok()) break;
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  EXPECT_TRUE(made.ok()) << made.error_message();
+}
+
 TEST_F(AdminTest, AStopAnswersAKeyChangeThatAStalledHsmHolds) {
   auto stub = AdminStub();
   ASSERT_TRUE(bed_->hsm().Stall().ok());
