@@ -26,9 +26,6 @@ constexpr absl::string_view kUnrecordedApplication = "signet-unrecorded";
 constexpr size_t kKeyIdBytes = 16;
 constexpr size_t kMaxRecordBytes = 16 * 1024;
 constexpr size_t kGenerationHeader = 8;
-// Admin-path operations (generate, load, records) wait this long for a
-// session; signing uses the caller's deadline.
-constexpr absl::Duration kAdminWait = absl::Seconds(30);
 constexpr int kReadAttempts = 4;
 
 std::string Hex(absl::string_view id) { return absl::BytesToHexString(id); }
@@ -235,7 +232,7 @@ std::string Pkcs11KeyStore::LabelFor(absl::string_view key_id) {
 }
 
 absl::StatusOr<SessionPool::Lease> Pkcs11KeyStore::AcquireForAdmin() {
-  return pool_->Acquire(absl::Now() + kAdminWait);
+  return pool_->Acquire(absl::Now() + kAdminSessionWait);
 }
 
 absl::Status Pkcs11KeyStore::CheckAlgorithmSupported(const KeySpec& spec) {
@@ -396,7 +393,7 @@ absl::StatusOr<LoadedKey> Pkcs11KeyStore::LoadKey(absl::string_view key_id,
         lease.MarkLost();
         return absl::OkStatus();
       },
-      absl::Now() + kAdminWait);
+      absl::Now() + kAdminSessionWait);
   if (!warmed.ok()) {
     bool was_loaded;
     {

@@ -67,6 +67,10 @@ struct StoredRecord {
 };
 
 // The role: where keys live and sign. Pkcs11KeyStore is the mechanism.
+// Admin-path operations (generate, load, records) wait this long for a
+// session; signing uses the caller's deadline.
+inline constexpr absl::Duration kAdminSessionWait = absl::Seconds(30);
+
 class KeyStore {
  public:
   virtual ~KeyStore() = default;

@@ -360,16 +360,18 @@ void AdminService::Change(
     Audited(backend, admin, deadline, method, request.scope(), st, answer);
     return;
   }
-  // Not queued behind a pass an HSM call holds: refused at once, saying
-  // so, rather than at its deadline as if health could say why.
+  // Not queued behind a change or pass an HSM call holds: refused at
+  // once, saying so, rather than at its deadline as if health could say
+  // why.
   if (backend.status) {
     if (absl::Status held = backend.status().key_manager; !held.ok()) {
       Audited(backend, admin, deadline, method, request.scope(),
-              absl::UnavailableError(
-                  absl::StrCat(held.message(),
-                               ", so this change is not made; retry with "
-                               "the same request_id once `signetctl "
-                               "status` no longer shows it")),
+              absl::UnavailableError(absl::StrCat(
+                  held.message(),
+                  ": this call changed nothing (a change with this "
+                  "request_id already in the HSM may still finish); retry "
+                  "with the same request_id once `signetctl status` no "
+                  "longer shows it")),
               answer);
       return;
     }

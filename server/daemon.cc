@@ -1031,11 +1031,12 @@ absl::Status Daemon::StartServing() {
     replica.scopes = std::move(condition.scopes);
     replica.sessions_total = pool_->Capacity();
     replica.sessions_in_use = pool_->SessionsInUse();
-    // Held past the time the pool abandons a connection and the prober
-    // leaves a stuck probe behind: the call the loop is in may never
-    // return.
+    // Held past the longest a change may wait for a session (under load)
+    // plus the time the pool abandons a connection: the call the loop is
+    // in may never return.
     replica.key_manager = key_manager_->LoopCondition(
-        pool_options_.stall_threshold + absl::Seconds(2));
+        hsm::kAdminSessionWait + pool_options_.stall_threshold +
+        absl::Seconds(2));
     return replica;
   });
   return absl::OkStatus();

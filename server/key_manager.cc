@@ -247,10 +247,10 @@ absl::Status KeyManager::LoopCondition(absl::Duration stuck_after) const {
   const absl::Duration busy = base::MonotonicNow() - absl::Nanoseconds(since);
   if (busy <= stuck_after) return absl::OkStatus();
   return absl::UnavailableError(absl::StrCat(
-      "the key manager has been on one pass for ",
+      "the key manager has been on one change or pass for ",
       absl::FormatDuration(absl::Trunc(busy, absl::Seconds(1))),
       " (an HSM call that has not returned: a stalled HSM, or a connection "
-      "the pool abandoned); key changes wait until it returns, while "
+      "the pool abandoned); key changes are refused until it returns, while "
       "signing goes on"));
 }
 
@@ -466,13 +466,21 @@ void KeyManager::Loop() {
       }
       pass_asked_ = false;  // any pass now answers the asks so far
     }
-    busy_since_ns_.store(absl::ToInt64Nanoseconds(base::MonotonicNow()));
+    // Each piece of work is timed on its own (a review: a burst of queued
+    // changes, timed as one, read as a held loop).
+    auto take_up = [this] {
+      busy_since_ns_.store(absl::ToInt64Nanoseconds(base::MonotonicNow()));
+    };
     absl::Cleanup idle = [this] { busy_since_ns_.store(kIdle); };
     if (!tasks.empty()) {
       // Operator calls run their own pass.
-      for (auto& task : tasks) task();
+      for (auto& task : tasks) {
+        take_up();
+        task();
+      }
       continue;
     }
+    take_up();
     absl::Status pass = PassAndPublish();
     if (!pass.ok()) {
       // Never kills the loop: the replica keeps the keys it has, and the
@@ -565,6 +573,20 @@ absl::Status NotMadeAsRecordsUnread(const absl::Status& read) {
                    "(health says when)"));
 }
 
+// The same before the request id was looked up: this call wrote nothing,
+// but an earlier call with the same id (before a restart) may have made
+// the change, so "not made" would not be true (a review).
+absl::Status RequestIdUnreadable(const absl::Status& read) {
+  return absl::Status(
+      read.code(),
+      absl::StrCat("the key records could not be read from the HSM (",
+                   read.message(),
+                   "): this call wrote nothing, and whether an earlier call "
+                   "with this request_id made the change is not known; "
+                   "retry with the same request_id once the HSM answers "
+                   "(health says when)"));
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> KeyManager::Change(
@@ -586,7 +608,7 @@ absl::StatusOr<std::string> KeyManager::Change(
   // the token keeps each applied change with its first record write.
   absl::StatusOr<std::optional<rotation::OperatorChange>> recorded =
       RecordedChange(request_id);
-  if (!recorded.ok()) return NotMadeAsRecordsUnread(recorded.status());
+  if (!recorded.ok()) return RequestIdUnreadable(recorded.status());
   if (recorded->has_value()) {
     absl::StatusOr<std::string> digest = crypto::Sha256(fingerprint);
     if (!digest.ok()) return digest.status();

@@ -107,7 +107,10 @@ void DeadlineWatchdog::Loop() {
     if (!list_->calls.empty()) {
       wait = std::min(wait, list_->calls.begin()->first.first.left());
     }
-    list_->mu.AwaitWithTimeout(absl::Condition(&stopping_), wait);
+    // At least a millisecond: once the cut-off has passed, its left() is
+    // negative and the loop would spin until the watchdog is destroyed.
+    list_->mu.AwaitWithTimeout(absl::Condition(&stopping_),
+                               std::max(wait, absl::Milliseconds(1)));
   }
 }
 

@@ -878,8 +878,8 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
     EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
         << st.error_message();
     // Not the bare PKCS#11 error (an outside attack could not tell whether
-    // the change was made): signetctl says "not made" on these words.
-    EXPECT_THAT(st.error_message(), HasSubstr("so it is not made"));
+    // the change was made).
+    EXPECT_THAT(st.error_message(), HasSubstr("this call wrote nothing"));
   }
   ASSERT_TRUE(
       writer.process
