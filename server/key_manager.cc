@@ -558,32 +558,20 @@ absl::StatusOr<std::vector<rotation::KeyRecord>> KeyManager::ReadScope(
 
 namespace {
 
-// The token's records could not be read before anything was written (the
-// HSM went away, say). An outside attack that killed the HSM during a
-// rotation was answered with the bare PKCS#11 error, which left it unsure
-// whether the change was made. ("so it is not made" is what signetctl
-// looks for.)
-absl::Status NotMadeAsRecordsUnread(const absl::Status& read) {
+// The token's records could not be read (the HSM went away, say). An
+// outside attack that killed the HSM during a rotation was answered with
+// the bare PKCS#11 error, which left it unsure whether the change was
+// made. `outcome` says what is known: after the request id was looked up,
+// nothing was written, "so it is not made" (what signetctl looks for);
+// before, an earlier call with the same id (before a restart) may have
+// made the change, so that would not be true (a review).
+absl::Status RecordsUnread(const absl::Status& read,
+                           absl::string_view outcome) {
   return absl::Status(
       read.code(),
       absl::StrCat("the key records could not be read from the HSM (",
-                   read.message(),
-                   ") before anything was written, so it is not made; "
-                   "retry with the same request_id once the HSM answers "
-                   "(health says when)"));
-}
-
-// The same before the request id was looked up: this call wrote nothing,
-// but an earlier call with the same id (before a restart) may have made
-// the change, so "not made" would not be true (a review).
-absl::Status RequestIdUnreadable(const absl::Status& read) {
-  return absl::Status(
-      read.code(),
-      absl::StrCat("the key records could not be read from the HSM (",
-                   read.message(),
-                   "): this call wrote nothing, and whether an earlier call "
-                   "with this request_id made the change is not known; "
-                   "retry with the same request_id once the HSM answers "
+                   read.message(), ")", outcome,
+                   "; retry with the same request_id once the HSM answers "
                    "(health says when)"));
 }
 
@@ -608,7 +596,12 @@ absl::StatusOr<std::string> KeyManager::Change(
   // the token keeps each applied change with its first record write.
   absl::StatusOr<std::optional<rotation::OperatorChange>> recorded =
       RecordedChange(request_id);
-  if (!recorded.ok()) return RequestIdUnreadable(recorded.status());
+  if (!recorded.ok()) {
+    return RecordsUnread(recorded.status(),
+                         ": this call wrote nothing, and whether an earlier "
+                         "call with this request_id made the change is not "
+                         "known");
+  }
   if (recorded->has_value()) {
     absl::StatusOr<std::string> digest = crypto::Sha256(fingerprint);
     if (!digest.ok()) return digest.status();
@@ -749,7 +742,10 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
         "replica that does");
   }
   absl::StatusOr<std::vector<rotation::KeyRecord>> records = ReadScope(scope);
-  if (!records.ok()) return NotMadeAsRecordsUnread(records.status());
+  if (!records.ok()) {
+    return RecordsUnread(records.status(),
+                         " before anything was written, so it is not made");
+  }
   const absl::Time now = clock_.Now();
   absl::StatusOr<std::vector<rotation::KeyAction>> actions =
       plan(*records, rotation::ScheduleOf(*policy), now);
