@@ -581,7 +581,7 @@ int Status(const Connection& c, bool json) {
       "hsm:        ", r.hsm_reachable() ? "reachable" : "NOT reachable",
       r.hsm_detail().empty() ? "" : absl::StrCat(" (", r.hsm_detail(), ")"),
       "; ", r.sessions_in_use(), " of ", r.sessions_total(),
-      " sessions in use\n",
+      " sessions in use on live connections\n",
       "audit log:  ", r.audit_writable() ? "writable" : "NOT writable",
       r.audit_detail().empty() ? "" : absl::StrCat(" (", r.audit_detail(), ")"),
       "\n", "keys:       ",

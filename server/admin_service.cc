@@ -69,11 +69,13 @@ AdminService::AdminService(AdminServiceOptions options, RequestWaits* waits)
 }
 
 void AdminService::SetBackend(KeyManager* keys, AuditLog* audit,
-                              std::function<ReplicaStatus()> status) {
+                              std::function<ReplicaStatus()> status,
+                              absl::Duration key_manager_held_after) {
   auto backend = std::make_shared<Backend>();
   backend->keys = keys;
   backend->audit = audit;
   backend->status = std::move(status);
+  backend->held_after = key_manager_held_after;
   absl::MutexLock lock(&mu_);
   backend_ = std::move(backend);
 }
@@ -353,28 +355,33 @@ void AdminService::Change(
     void (KeyManager::*submit)(const Request&, const std::string&,
                                base::MonotonicDeadline,
                                std::function<void(absl::StatusOr<Response>)>,
-                               std::function<void()>),
+                               KeyManager::OnTurn),
     std::type_identity_t<std::function<std::string(const Response&)>>
         describe) {
   if (absl::Status st = CheckScopeName(request.scope()); !st.ok()) {
     Audited(backend, admin, deadline, method, request.scope(), st, answer);
     return;
   }
+  // A malformed request hears what is wrong with it, whatever the key
+  // manager is doing.
+  if (absl::Status st = KeyManager::Check(request); !st.ok()) {
+    Audited(backend, admin, deadline, method, request.scope(), st, answer);
+    return;
+  }
   // Not queued behind a change or pass an HSM call holds: refused at
   // once, saying so, rather than at its deadline as if health could say
   // why.
-  if (backend.status) {
-    if (absl::Status held = backend.status().key_manager; !held.ok()) {
-      Audited(backend, admin, deadline, method, request.scope(),
-              absl::UnavailableError(absl::StrCat(
-                  held.message(),
-                  ": this call changed nothing (a change with this "
-                  "request_id already in the HSM may still finish); retry "
-                  "with the same request_id once `signetctl status` no "
-                  "longer shows it")),
-              answer);
-      return;
-    }
+  if (absl::Status held = backend.keys->LoopCondition(backend.held_after);
+      !held.ok()) {
+    Audited(backend, admin, deadline, method, request.scope(),
+            absl::UnavailableError(absl::StrCat(
+                held.message(),
+                ": this call changed nothing (a change with this "
+                "request_id already in the HSM may still finish); retry "
+                "with the same request_id once `signetctl status` no "
+                "longer shows it")),
+            answer);
+    return;
   }
   // The change runs on the key manager's thread, in the HSM, where a
   // stalled HSM may hold it for good; gRPC's Shutdown waits for every call
@@ -389,8 +396,9 @@ void AdminService::Change(
   std::shared_ptr<PendingCall> pending = Watched(
       backend, admin, method, request.scope(), answer, deadline,
       {absl::DeadlineExceededError(absl::StrCat(
-           "the key change did not finish before the call's deadline (the HSM "
-           "is slow or stalled: `signetctl status` says which)",
+           "the key change did not finish before the call's deadline (the "
+           "caller's, or grpc.max_call_seconds if sooner; the HSM is slow or "
+           "stalled: `signetctl status` says which)",
            retry)),
        absl::UnavailableError(absl::StrCat(
            "signetd is stopping and the HSM has not finished the key change",
@@ -399,8 +407,9 @@ void AdminService::Change(
        // after its deadline, or once stopping (KeyManager::RotateKey).
        absl::DeadlineExceededError(absl::StrCat(
            "the key change was still queued behind the key manager's work at "
-           "the call's deadline (an earlier change or pass is in a slow or "
-           "stalled HSM: `signetctl status` says which), so it is not made; "
+           "the call's deadline (the caller's, or grpc.max_call_seconds if "
+           "sooner; an earlier change or pass is in a slow or stalled HSM: "
+           "`signetctl status` says which), so it is not made; "
            "retry with "
            "the same request_id (",
            Quote(request.request_id(), 64), ")")),
@@ -462,7 +471,7 @@ void AdminService::Change(
               }
             });
       },
-      [pending] { pending->MarkStarted(); });
+      [pending] { return pending->MarkStarted(); });
 }
 
 void AdminService::RotateKey(const Backend& backend, const std::string& admin,

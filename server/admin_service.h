@@ -62,9 +62,13 @@ class AdminService final : public OneRequestService {
   AdminService(AdminServiceOptions options, RequestWaits* waits);
 
   // What the service works with once the HSM, the audit log and the keys
-  // are up. `keys` and `audit` must outlive the service's calls.
+  // are up. `keys` and `audit` must outlive the service's calls. Key
+  // changes are refused at once while the key manager has been on one
+  // piece of work for longer than `key_manager_held_after`
+  // (KeyManager::LoopCondition; `status` reports the same).
   void SetBackend(KeyManager* keys, AuditLog* audit,
-                  std::function<ReplicaStatus()> status)
+                  std::function<ReplicaStatus()> status,
+                  absl::Duration key_manager_held_after)
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -72,6 +76,7 @@ class AdminService final : public OneRequestService {
     KeyManager* keys = nullptr;
     AuditLog* audit = nullptr;
     std::function<ReplicaStatus()> status;
+    absl::Duration held_after = absl::InfiniteDuration();
   };
   std::shared_ptr<const Backend> backend() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -144,7 +149,7 @@ class AdminService final : public OneRequestService {
               void (KeyManager::*submit)(
                   const Request&, const std::string&, base::MonotonicDeadline,
                   std::function<void(absl::StatusOr<Response>)>,
-                  std::function<void()>),
+                  KeyManager::OnTurn),
               std::type_identity_t<std::function<std::string(const Response&)>>
                   describe);
 

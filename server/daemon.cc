@@ -361,6 +361,7 @@ void Daemon::MakeServices() {
   signer_options.max_answer_memory_bytes =
       int64_t{config_.serving().max_answer_memory_mib()} << 20;
   const signet::v1::GrpcConfig& grpc_limits = config_.grpc();
+  signer_options.max_rpc_time = absl::Seconds(grpc_limits.max_call_seconds());
 
   // Calls whose request message has not come yet: bounded in number and in
   // time, and a connection that resets them early is closed
@@ -386,6 +387,7 @@ void Daemon::MakeServices() {
   admin_options.admins.assign(config_.admins().begin(), config_.admins().end());
   admin_options.plaintext = config_options_.insecure_plaintext;
   admin_options.clock = &clock_;
+  admin_options.max_rpc_time = signer_options.max_rpc_time;
   admin_service_ =
       std::make_unique<AdminService>(admin_options, request_waits_.get());
   // Health is ours: gRPC's default service has no bound on Watch streams.
@@ -1021,24 +1023,27 @@ absl::Status Daemon::StartServing() {
       },
       prober_options);
   prober_->Start();
-  admin_service_->SetBackend(key_manager_.get(), audit_.get(), [this]() {
-    // What health says, from the same sample.
-    ReplicaCondition condition = Sample();
-    ReplicaStatus replica;
-    replica.hsm = std::move(condition.hsm);
-    replica.audit = audit_->WriteStatus();
-    replica.listener = std::move(condition.listener);
-    replica.scopes = std::move(condition.scopes);
-    replica.sessions_total = pool_->Capacity();
-    replica.sessions_in_use = pool_->SessionsInUse();
-    // Held past the longest a change may wait for a session (under load)
-    // plus the time the pool abandons a connection: the call the loop is
-    // in may never return.
-    replica.key_manager = key_manager_->LoopCondition(
-        hsm::kAdminSessionWait + pool_options_.stall_threshold +
-        absl::Seconds(2));
-    return replica;
-  });
+  // Held past the longest a change may wait for a session (under load)
+  // plus the time the pool abandons a connection: the call the key manager
+  // is in may never return.
+  const absl::Duration held_after =
+      hsm::kAdminSessionWait + pool_options_.stall_threshold + absl::Seconds(2);
+  admin_service_->SetBackend(
+      key_manager_.get(), audit_.get(),
+      [this, held_after]() {
+        // What health says, from the same sample.
+        ReplicaCondition condition = Sample();
+        ReplicaStatus replica;
+        replica.hsm = std::move(condition.hsm);
+        replica.audit = audit_->WriteStatus();
+        replica.listener = std::move(condition.listener);
+        replica.scopes = std::move(condition.scopes);
+        replica.sessions_total = pool_->Capacity();
+        replica.sessions_in_use = pool_->SessionsInUse();
+        replica.key_manager = key_manager_->LoopCondition(held_after);
+        return replica;
+      },
+      held_after);
   return absl::OkStatus();
 }
 

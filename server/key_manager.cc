@@ -809,12 +809,10 @@ template <typename Request, typename Response>
 void KeyManager::Submit(const Request& request, const std::string& admin,
                         base::MonotonicDeadline deadline,
                         std::function<void(absl::StatusOr<Response>)> done,
-                        std::function<void()> on_turn, Planner plan,
-                        Responder respond) {
+                        OnTurn on_turn, Planner plan, Responder respond) {
   auto task = [this, request, admin, deadline, done,
                on_turn = std::move(on_turn), plan = std::move(plan),
                respond = std::move(respond)]() {
-    if (on_turn) on_turn();
     bool stopping;
     {
       absl::MutexLock lock(&mu_);
@@ -831,6 +829,15 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
     // watchdog that answered measures the same way.
     if (deadline.left() <= kMinTimeForAChange) {
       done(DeadlinePassed());
+      return;
+    }
+    // Started only if its call was not answered first as never started (at
+    // its deadline or a stop): both sides then say the same.
+    if (on_turn && !on_turn()) {
+      done(absl::DeadlineExceededError(
+          "the call was answered before this change's turn came (its "
+          "deadline, or a stop), so it is not made; retry with the same "
+          "request_id"));
       return;
     }
     std::string warning;
@@ -859,18 +866,56 @@ void KeyManager::Submit(const Request& request, const std::string& admin,
   }
 }
 
+absl::Status KeyManager::Check(const signet::v1::RotateKeyRequest& request) {
+  if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
+    return st;
+  }
+  if (request.mode() != signet::v1::PLANNED &&
+      request.mode() != signet::v1::IMMEDIATE) {
+    return absl::InvalidArgumentError("mode must be PLANNED or IMMEDIATE");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KeyManager::Check(const signet::v1::RevokeKeyRequest& request) {
+  if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
+    return st;
+  }
+  if (request.kid().empty()) {
+    return absl::InvalidArgumentError(
+        "kid is required (at most 128 characters)");
+  }
+  if (request.kid().size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kid is ", request.kid().size(), " bytes long; at most 128"));
+  }
+  if (request.reason().empty()) {
+    return absl::InvalidArgumentError(
+        "reason is required (1 to 512 bytes): it is recorded with the key "
+        "and audited");
+  }
+  if (request.reason().size() > 512) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reason is ", request.reason().size(),
+                     " bytes long; at most 512 (it is recorded with the key "
+                     "and audited)"));
+  }
+  if (HasControlCharacters(request.reason())) {
+    return absl::InvalidArgumentError(
+        "reason must not contain control characters (newlines, escape "
+        "sequences, C1 or bidirectional controls, line separators, "
+        "invisible characters): operators read it in tables");
+  }
+  return absl::OkStatus();
+}
+
 void KeyManager::RotateKey(
     const signet::v1::RotateKeyRequest& request, const std::string& admin,
     base::MonotonicDeadline deadline,
     std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done,
-    std::function<void()> on_turn) {
-  if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
+    OnTurn on_turn) {
+  if (absl::Status st = Check(request); !st.ok()) {
     done(st);
-    return;
-  }
-  if (request.mode() != signet::v1::PLANNED &&
-      request.mode() != signet::v1::IMMEDIATE) {
-    done(absl::InvalidArgumentError("mode must be PLANNED or IMMEDIATE"));
     return;
   }
   const rotation::RotateMode mode = request.mode() == signet::v1::IMMEDIATE
@@ -920,39 +965,9 @@ void KeyManager::RevokeKey(
     const signet::v1::RevokeKeyRequest& request, const std::string& admin,
     base::MonotonicDeadline deadline,
     std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done,
-    std::function<void()> on_turn) {
-  if (absl::Status st = CheckRequestId(request.request_id()); !st.ok()) {
+    OnTurn on_turn) {
+  if (absl::Status st = Check(request); !st.ok()) {
     done(st);
-    return;
-  }
-  if (request.kid().empty()) {
-    done(
-        absl::InvalidArgumentError("kid is required (at most 128 characters)"));
-    return;
-  }
-  if (request.kid().size() > 128) {
-    done(absl::InvalidArgumentError(absl::StrCat(
-        "kid is ", request.kid().size(), " bytes long; at most 128")));
-    return;
-  }
-  if (request.reason().empty()) {
-    done(absl::InvalidArgumentError(
-        "reason is required (1 to 512 bytes): it is recorded with the key "
-        "and audited"));
-    return;
-  }
-  if (request.reason().size() > 512) {
-    done(absl::InvalidArgumentError(
-        absl::StrCat("reason is ", request.reason().size(),
-                     " bytes long; at most 512 (it is recorded with the key "
-                     "and audited)")));
-    return;
-  }
-  if (HasControlCharacters(request.reason())) {
-    done(absl::InvalidArgumentError(
-        "reason must not contain control characters (newlines, escape "
-        "sequences, C1 or bidirectional controls, line separators, "
-        "invisible characters): operators read it in tables"));
     return;
   }
   const std::string kid = request.kid();

@@ -138,19 +138,27 @@ class KeyManager {
   // however the wall clock steps): a change whose turn comes after it
   // is not applied (DEADLINE_EXCEEDED), since its caller has given up and
   // was told it failed. `on_turn`, if set, runs on the loop's thread when
-  // the change's turn comes, before anything else about it is decided: a
-  // change whose turn has not come by its deadline, or by Stop, is never
-  // applied (the request watchdog tells its caller so).
+  // the change's turn comes and it is about to be applied (not stopping,
+  // its deadline not near); it returns false when the call has been
+  // answered already as not started (PendingCall::MarkStarted), and then
+  // the change is not applied: a change whose turn has not come by its
+  // deadline, or by Stop, is never applied, and its caller is told so.
+  using OnTurn = std::function<bool()>;
   void RotateKey(
       const signet::v1::RotateKeyRequest& request, const std::string& admin,
       base::MonotonicDeadline deadline,
       std::function<void(absl::StatusOr<signet::v1::RotateKeyResponse>)> done,
-      std::function<void()> on_turn = {});
+      OnTurn on_turn = {});
   void RevokeKey(
       const signet::v1::RevokeKeyRequest& request, const std::string& admin,
       base::MonotonicDeadline deadline,
       std::function<void(absl::StatusOr<signet::v1::RevokeKeyResponse>)> done,
-      std::function<void()> on_turn = {});
+      OnTurn on_turn = {});
+  // What RotateKey and RevokeKey refuse before the change is queued
+  // (INVALID_ARGUMENT): the Admin service asks first, so a malformed
+  // request hears what is wrong with it whatever the loop is doing.
+  static absl::Status Check(const signet::v1::RotateKeyRequest& request);
+  static absl::Status Check(const signet::v1::RevokeKeyRequest& request);
 
   // Asks for a pass soon, on the loop's thread: the Signer calls it when
   // the key store says a key is gone from the token, so health and the
@@ -247,7 +255,7 @@ class KeyManager {
   void Submit(const Request& request, const std::string& admin,
               base::MonotonicDeadline deadline,
               std::function<void(absl::StatusOr<Response>)> done,
-              std::function<void()> on_turn, Planner plan, Responder respond);
+              OnTurn on_turn, Planner plan, Responder respond);
   // The scope's records as the token has them now.
   absl::StatusOr<std::vector<rotation::KeyRecord>> ReadScope(
       const std::string& scope);

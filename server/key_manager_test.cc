@@ -285,18 +285,21 @@ TEST_F(KeyManagerTest, TheSigningKeyFollowsTheInjectedClockThroughARotation) {
 // An immediate rotation of scope "demo" with `request_id` and `deadline`,
 // waited for; its answer's status.
 absl::Status RotateNow(KeyManager& keys, const std::string& request_id,
-                       base::MonotonicDeadline deadline) {
+                       base::MonotonicDeadline deadline,
+                       KeyManager::OnTurn on_turn = {}) {
   signet::v1::RotateKeyRequest request;
   request.set_scope("demo");
   request.set_mode(signet::v1::IMMEDIATE);
   request.set_request_id(request_id);
   absl::Notification answered;
   absl::Status status = absl::UnknownError("no answer in 30 s");
-  keys.RotateKey(request, "uri:admin", deadline,
-                 [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
-                   status = r.status();
-                   answered.Notify();
-                 });
+  keys.RotateKey(
+      request, "uri:admin", deadline,
+      [&](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
+        status = r.status();
+        answered.Notify();
+      },
+      std::move(on_turn));
   (void)answered.WaitForNotificationWithTimeout(absl::Seconds(30));
   return status;
 }
@@ -505,6 +508,39 @@ TEST_F(KeyManagerTest, AChangePastItsCallsDeadlineIsNotApplied) {
   status = RotateNow(*keys, "rotate-after-the-caller-gave-up",
                      base::MonotonicDeadline::Never());
   EXPECT_TRUE(status.ok()) << status;
+}
+
+// A twelfth review: a change whose call the watchdog had already answered
+// as never started ("so it is not made") could still start, and one marked
+// started just before the key manager refused it was answered "may still be
+// applied". The turn is taken only if the call was not answered first, and
+// only once the change is about to be made.
+TEST_F(KeyManagerTest, AChangeWhoseCallWasAnsweredFirstIsNotApplied) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  const uint64_t before = DemoSigningGeneration(*keys);
+  absl::Status status =
+      RotateNow(*keys, "rotate-answered-first",
+                base::MonotonicDeadline::Never(), [] { return false; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("answered before this change's turn came"));
+  EXPECT_EQ(DemoSigningGeneration(*keys), before);
+  // Past its deadline, the turn is never taken.
+  bool turn_taken = false;
+  status = RotateNow(*keys, "rotate-answered-first",
+                     base::MonotonicDeadline::In(-absl::Milliseconds(1)),
+                     [&] { return turn_taken = true; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_FALSE(turn_taken);
+  status = RotateNow(*keys, "rotate-answered-first",
+                     base::MonotonicDeadline::Never(),
+                     [&] { return turn_taken = true; });
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(turn_taken);
+  EXPECT_NE(DemoSigningGeneration(*keys), before);
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
 }
 
 // An eleventh outside attack: one HSM connection stuck (a p11-kit child

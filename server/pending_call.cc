@@ -1,6 +1,9 @@
 #include "server/pending_call.h"
 
 #include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
 
 namespace signet::server {
 
@@ -82,23 +85,25 @@ void DeadlineWatchdog::Loop() {
         const std::optional<absl::Status>& not_started =
             cut_off ? answers->not_started_at_cut_off
                     : answers->not_started_at_deadline;
-        call->Expire(!call->started() && not_started.has_value() ? *not_started
+        call->Expire(not_started.has_value() && call->ClaimNotStarted()
+                         ? *not_started
                      : cut_off ? answers->at_cut_off
                                : answers->at_deadline);
       } else if (cut_off) {
         call->Expire(absl::UnavailableError(
             "signetd is shutting down and the HSM has not answered; nothing "
             "was released (retry)"));
-      } else if (call->started()) {
-        call->Expire(absl::DeadlineExceededError(
-            "the HSM did not answer before the deadline; nothing was "
-            "released (retry, or check the HSM)"));
+      } else if (!call->ClaimNotStarted()) {
+        call->Expire(absl::DeadlineExceededError(absl::StrCat(
+            "the HSM did not answer before the deadline", call->deadline_note(),
+            "; nothing was released (retry, or check the HSM)")));
       } else {
-        call->Expire(absl::DeadlineExceededError(
-            "the call waited for a free HSM session past its deadline (this "
-            "replica is busy, or its HSM is stalled: health says which); "
-            "nothing was released (retry with backoff, or on another "
-            "replica)"));
+        call->Expire(absl::DeadlineExceededError(absl::StrCat(
+            "the call waited for a free HSM session past its deadline",
+            call->deadline_note(),
+            " (this replica is busy, or its HSM is stalled: health says "
+            "which); nothing was released (retry with backoff, or on another "
+            "replica)")));
       }
       call.reset();
       list_->mu.Lock();

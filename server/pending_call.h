@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -76,8 +77,22 @@ class PendingCall {
 
   // Work for this call has reached the HSM (a worker took it). A call
   // still queued at its deadline is told so, rather than blamed on the HSM.
-  void MarkStarted() { started_.store(true); }
-  bool started() const { return started_.load(); }
+  // False when the watchdog has already answered the call as not started
+  // (ClaimNotStarted): the work must then not begin, or the answer
+  // ("not made") would be untrue. One atomic step, so the watchdog and the
+  // worker never both win.
+  bool MarkStarted() {
+    int phase = kQueued;
+    return phase_.compare_exchange_strong(phase, kStarted) || phase == kStarted;
+  }
+  bool started() const { return phase_.load() == kStarted; }
+  // For the watchdog: true, and the call can no longer start, unless its
+  // work has started.
+  bool ClaimNotStarted() {
+    int phase = kQueued;
+    return phase_.compare_exchange_strong(phase, kAnsweredUnstarted) ||
+           phase == kAnsweredUnstarted;
+  }
 
   // What the watchdog answers for a call whose work is not a signature
   // (its own words say that nothing was released): at the call's deadline,
@@ -90,6 +105,12 @@ class PendingCall {
     std::optional<absl::Status> not_started_at_deadline;
     std::optional<absl::Status> not_started_at_cut_off;
   };
+  // Said after "the deadline" in the watchdog's own answers: whose
+  // deadline it was, when not the caller's (signetd's limit per call).
+  // Set before the call is watched.
+  void SetDeadlineNote(std::string note) { deadline_note_ = std::move(note); }
+  const std::string& deadline_note() const { return deadline_note_; }
+
   void SetExpiryAnswers(ExpiryAnswers answers) {
     expiry_answers_ = std::move(answers);
   }
@@ -104,8 +125,12 @@ class PendingCall {
   const std::shared_ptr<WatchList> watch_list_;
   const std::function<void(const absl::Status&)> on_expired_;
   std::atomic<bool> answered_{false};
-  std::atomic<bool> started_{false};
+  static constexpr int kQueued = 0;
+  static constexpr int kStarted = 1;
+  static constexpr int kAnsweredUnstarted = 2;
+  std::atomic<int> phase_{kQueued};
   std::optional<ExpiryAnswers> expiry_answers_;
+  std::string deadline_note_;
 };
 
 // Answers DEADLINE_EXCEEDED for every watched call still unanswered at its

@@ -70,6 +70,21 @@ TEST(PendingCallTest, ReleasesItsSlotBeforeAnswering) {
   EXPECT_EQ(order, (std::vector<std::string>{"fill", "release", "answer"}));
 }
 
+// The watchdog and the worker never both win: a call claimed as not
+// started cannot start, and a started one cannot be claimed.
+TEST(PendingCallTest, StartedAndAnsweredAsNotStartedExcludeEachOther) {
+  auto sink = [](const absl::Status&) {};
+  PendingCall claimed(sink, base::MonotonicDeadline::Never());
+  EXPECT_TRUE(claimed.ClaimNotStarted());
+  EXPECT_FALSE(claimed.MarkStarted());
+  EXPECT_FALSE(claimed.started());
+  PendingCall started(sink, base::MonotonicDeadline::Never());
+  EXPECT_TRUE(started.MarkStarted());
+  EXPECT_TRUE(started.MarkStarted());
+  EXPECT_FALSE(started.ClaimNotStarted());
+  EXPECT_TRUE(started.started());
+}
+
 TEST(DeadlineWatchdogTest, AnAnsweredCallLeavesTheWatchListAtOnce) {
   // Before, answered calls stayed until their deadline: at 10k signs/s and a
   // 30 s cap that was 300k entries. Now the list holds the calls in flight.
@@ -147,6 +162,37 @@ TEST(DeadlineWatchdogTest, TheDeadlineMessageSaysWhereTheCallWaited) {
       std::string::npos)
       << messages[0];
   EXPECT_NE(messages[1].find("the HSM did not answer before the deadline"),
+            std::string::npos)
+      << messages[1];
+}
+
+// A deadline that was not the caller's (the Signer's limit per call) is
+// named in both of the watchdog's answers.
+TEST(DeadlineWatchdogTest, TheDeadlineMessageSaysWhoseDeadlineItWas) {
+  DeadlineWatchdog watchdog;
+  Answers answers;
+  absl::Notification queued_answered, started_answered;
+  auto queued = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&queued_answered),
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
+  queued->SetDeadlineNote(" (signetd's limit)");
+  watchdog.Watch(queued);
+  queued_answered.WaitForNotification();
+  auto started = std::make_shared<PendingCall>(
+      answers.NotifyingSink(&started_answered),
+      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+      watchdog.list());
+  started->SetDeadlineNote(" (signetd's limit)");
+  started->MarkStarted();
+  watchdog.Watch(started);
+  started_answered.WaitForNotification();
+  const std::vector<std::string> messages = answers.Messages();
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_NE(messages[0].find("past its deadline (signetd's limit) (this"),
+            std::string::npos)
+      << messages[0];
+  EXPECT_NE(messages[1].find("before the deadline (signetd's limit); nothing"),
             std::string::npos)
       << messages[1];
 }

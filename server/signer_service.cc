@@ -215,9 +215,16 @@ absl::StatusOr<SignerService::Authorized> SignerService::Authorize(
 }
 
 base::MonotonicDeadline SignerService::DeadlineOf(
-    grpc::CallbackServerContext* context) const {
-  return std::min(base::MonotonicDeadline::In(options_.max_rpc_time),
-                  AnswerBy(CallDeadline(*context), kAnswerHeadroom));
+    grpc::CallbackServerContext* context, std::string* note) const {
+  const base::MonotonicDeadline limit =
+      base::MonotonicDeadline::In(options_.max_rpc_time);
+  const base::MonotonicDeadline callers =
+      AnswerBy(CallDeadline(*context), kAnswerHeadroom);
+  if (callers < limit) return callers;
+  *note = absl::StrCat(" (signetd's limit of ",
+                       absl::FormatDuration(options_.max_rpc_time),
+                       " per call, which came before the caller's deadline)");
+  return limit;
 }
 
 void SignerService::SetHsmCondition(const absl::Status& condition) {
@@ -383,12 +390,16 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
     audit->AppendRefusal(
         RefusalEvent(method, status, caller, scope->config.name()));
   };
+  std::string deadline_note;
+  const base::MonotonicDeadline deadline =
+      DeadlineOf(rpc.context, &deadline_note);
   auto call = std::make_shared<PendingCall>(
       [answer = rpc.answer](const absl::Status& status) {
         answer(ToGrpcStatus(status));
       },
-      DeadlineOf(rpc.context), [tenant] { tenant->in_flight.fetch_sub(1); },
-      watchdog_.list(), audit_refusal);
+      deadline, [tenant] { tenant->in_flight.fetch_sub(1); }, watchdog_.list(),
+      audit_refusal);
+  call->SetDeadlineNote(std::move(deadline_note));
   for (size_t i = 0; i < parts.size(); ++i) {
     auto part = std::make_shared<Part>(std::move(parts[i]));
     // Per tenant: tenants take turns at the workers (server/worker_pool.h).
@@ -396,12 +407,12 @@ void SignerService::Dispatch(const Call& rpc, const Authorized& auth,
         tenant,
         [call, part] {
           // No HSM work after the deadline: the watchdog has answered.
-          if (call->answered() || call->deadline().passed()) {
+          if (call->answered() || call->deadline().passed() ||
+              !call->MarkStarted()) {
             (*part)(call, absl::DeadlineExceededError(
                               "the deadline passed before this work began"));
             return;
           }
-          call->MarkStarted();
           (*part)(call, absl::OkStatus());
         },
         // An answered call's queued work gives up its place when the queue
@@ -578,7 +589,31 @@ struct BatchSigning {
   absl::Mutex mu;
   std::vector<AuditEvent> events ABSL_GUARDED_BY(mu);
   int parts_left ABSL_GUARDED_BY(mu) = 0;
+  // The inputs the HSM failed, and the first such failure; whether all of
+  // them failed with its code.
+  size_t hsm_failed ABSL_GUARDED_BY(mu) = 0;
+  absl::Status first_hsm_failure ABSL_GUARDED_BY(mu);
+  bool one_failure_code ABSL_GUARDED_BY(mu) = true;
 };
+
+// The call's own answer when no input was signed and the HSM failed every
+// one for the same kind of reason (it went away, the key is gone): that
+// reason, not OK with per-item errors, so a client that retries on the
+// call's status (UNAVAILABLE) retries. Otherwise OK.
+absl::Status BatchOutcome(size_t inputs, size_t hsm_failed,
+                          const absl::Status& first_hsm_failure,
+                          bool one_failure_code) {
+  if (inputs == 0 || hsm_failed != inputs || !one_failure_code) {
+    return absl::OkStatus();
+  }
+  return absl::Status(
+      first_hsm_failure.code(),
+      absl::StrCat(
+          "no item of the batch was signed: ", first_hsm_failure.message(),
+          " (every item that reached the HSM failed so; items "
+          "refused for their claims are not reported in this "
+          "answer)"));
+}
 
 // Signs inputs [begin, end) of `batch` (or, when `skipped` is not OK, marks
 // those items with it), then counts the part done. The last part writes the
@@ -590,6 +625,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
   BatchSigning& batch = *shared;
   const ScopeState& s = *batch.scope;
   std::vector<AuditEvent> events;
+  std::vector<absl::Status> hsm_failures;
   if (!skipped.ok()) {
     for (size_t k = begin; k < end; ++k) {
       const int index = batch.inputs[k].first;
@@ -625,6 +661,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
               : KeyChangedUnderCall(signatures[k - begin].status(),
                                     *batch.serving, s);
       if (!failed.ok()) {
+        hsm_failures.push_back(failed);
         SetItemStatus(failed, &item);
         AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
                          index, failed);
@@ -641,17 +678,27 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
     }
   }
   std::vector<AuditEvent> all;
+  absl::Status outcome;
   {
     absl::MutexLock lock(&batch.mu);
     std::move(events.begin(), events.end(), std::back_inserter(batch.events));
+    for (const absl::Status& failed : hsm_failures) {
+      if (batch.hsm_failed++ == 0) {
+        batch.first_hsm_failure = failed;
+      } else if (failed.code() != batch.first_hsm_failure.code()) {
+        batch.one_failure_code = false;
+      }
+    }
     if (--batch.parts_left > 0) return;
     all.swap(batch.events);
+    outcome = BatchOutcome(batch.inputs.size(), batch.hsm_failed,
+                           batch.first_hsm_failure, batch.one_failure_code);
   }
   // The last part: every item is written (the lock ordered the others'
   // writes before this).
   batch.serving->audit->AppendAllAsync(
-      all,
-      [call, shared, signed_items = all.size()](const absl::Status& durable) {
+      all, [call, shared, signed_items = all.size(),
+            outcome](const absl::Status& durable) {
         if (!durable.ok()) {
           AuditEvent refusal;
           refusal.event = "refuse";
@@ -663,6 +710,10 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
                            signed_items, " signature(s) discarded");
           shared->serving->audit->AppendRefusal(refusal);
           call->Finish(AuditUnavailable());
+          return;
+        }
+        if (!outcome.ok()) {
+          call->Finish(outcome);
           return;
         }
         const bool delivered = call->Finish(absl::OkStatus(), [&] {

@@ -186,8 +186,11 @@ class SignerService final : public OneRequestService {
   absl::StatusOr<Authorized> Authorize(grpc::CallbackServerContext* context,
                                        const std::string& scope_name,
                                        std::string* caller);
-  base::MonotonicDeadline DeadlineOf(
-      grpc::CallbackServerContext* context) const;
+  // The call's deadline, at most options_.max_rpc_time away; when that
+  // limit comes first, `note` says so (the watchdog's answer names it, so
+  // a caller with a later deadline is not told it was theirs).
+  base::MonotonicDeadline DeadlineOf(grpc::CallbackServerContext* context,
+                                     std::string* note) const;
   // Takes a slot of the tenant's concurrency limit and holds
   // `answer_bytes`, the largest answer the call can have, in the tenant's
   // and all tenants' answer memory; UNAVAILABLE while health says the HSM

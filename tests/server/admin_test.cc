@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -462,6 +463,20 @@ TEST_F(AdminTest, AKeyManagerHeldInTheHsmIsShownAndRefusesChangesAtOnce) {
                 HasSubstr("this call changed nothing"));
   }
   EXPECT_THAT(AuditLog(), HasSubstr("this call changed nothing"));
+  // A malformed request hears what is wrong with it, not "held".
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::RevokeKeyRequest revoke;
+    revoke.set_scope("ops");
+    revoke.set_kid("some-kid");
+    revoke.set_reason("testing");
+    v1::RevokeKeyResponse revoked;
+    const grpc::Status refused = stub->RevokeKey(&ctx, revoke, &revoked);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << refused.error_message();
+    EXPECT_THAT(refused.error_message(), HasSubstr("request_id is required"));
+  }
   ASSERT_TRUE(bed_->hsm().Resume().ok());
   for (int i = 0; i < 120 && !held.empty(); ++i) {
     absl::SleepFor(absl::Milliseconds(500));
@@ -479,6 +494,56 @@ TEST_F(AdminTest, AKeyManagerHeldInTheHsmIsShownAndRefusesChangesAtOnce) {
     absl::SleepFor(absl::Milliseconds(500));
   }
   EXPECT_TRUE(made.ok()) << made.error_message();
+}
+
+// grpc.max_call_seconds bounds every Signer and Admin call whatever the
+// caller's deadline, and the answer says it was that limit: an outside
+// attack heard "the deadline" for a call whose own deadline was far off.
+TEST_F(AdminTest, ACallIsAnsweredAtMaxCallSecondsSayingItWasThatLimit) {
+  ASSERT_TRUE(signetd_->Stop(SIGTERM, absl::Seconds(30)).ok());
+  extra_config_ = "grpc { max_call_seconds: 3 }\n";
+  ASSERT_NO_FATAL_FAILURE(StartSignetd());
+  auto signer = v1::Signer::NewStub(Channel(tenant_));
+  auto admin = AdminStub();
+  ASSERT_TRUE(bed_->hsm().Stall().ok());
+  absl::Cleanup resume = [this] { (void)bed_->hsm().Resume(); };
+  auto far_deadline = [](grpc::ClientContext& ctx) {
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(120));
+  };
+  grpc::Status signed_status;
+  std::thread sign([&] {
+    grpc::ClientContext ctx;
+    far_deadline(ctx);
+    v1::SignJwtRequest req;
+    req.set_scope("ops");
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    req.set_claims_json(absl::StrCat("{\"iss\":\"", kIssuer, "\",\"iat\":", now,
+                                     ",\"exp\":", now + 60, "}"));
+    v1::SignJwtResponse resp;
+    signed_status = signer->SignJwt(&ctx, req, &resp);
+  });
+  grpc::Status rotated_status;
+  {
+    grpc::ClientContext ctx;
+    far_deadline(ctx);
+    v1::RotateKeyRequest rotate;
+    rotate.set_scope("ops");
+    rotate.set_mode(v1::IMMEDIATE);
+    rotate.set_request_id("rotate-past-the-limit");
+    v1::RotateKeyResponse rotated;
+    rotated_status = admin->RotateKey(&ctx, rotate, &rotated);
+  }
+  sign.join();
+  EXPECT_EQ(signed_status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << signed_status.error_message();
+  EXPECT_THAT(signed_status.error_message(),
+              HasSubstr("(signetd's limit of 3s per call, which came before "
+                        "the caller's deadline)"));
+  EXPECT_EQ(rotated_status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << rotated_status.error_message();
+  EXPECT_THAT(rotated_status.error_message(),
+              HasSubstr("or grpc.max_call_seconds if sooner"));
 }
 
 // A key change that a stalled HSM holds, then SIGTERM: gRPC's Shutdown

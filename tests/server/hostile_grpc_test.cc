@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <fstream>
@@ -2094,6 +2095,69 @@ TEST_F(HostileGrpcTest, AnotherTenantIsServedWhileOneTenantsWorkIsQueued) {
   for (auto& ctx : contexts) ctx->TryCancel();
   for (auto& t : flooding) t.join();
   EXPECT_TRUE(served.ok()) << served.error_message();
+}
+
+// Found by an outside attack: a batch whose every item the HSM failed for
+// one reason (the HSM went away after the call was admitted) was answered
+// OK with per-item errors, so a client retrying on the call's status never
+// retried. Such a batch is now answered with that reason (UNAVAILABLE).
+TEST_F(HostileGrpcTest, ABatchTheHsmFailsWhollyIsAnsweredWithTheReason) {
+  auto signetd = Start("batch-hsm-gone");
+  ASSERT_NE(signetd, nullptr);
+  auto stub = v1::Signer::NewStub(Channel(tenant_));
+  v1::SignJwtBatchRequest batch;
+  batch.set_scope(kScope);
+  for (int i = 0; i < 8; ++i) batch.add_claims_json(Claims());
+  auto send = [&](v1::SignJwtBatchResponse* resp) {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 10);
+    return stub->SignJwtBatch(&ctx, batch, resp);
+  };
+  {
+    v1::SignJwtBatchResponse resp;
+    ASSERT_TRUE(send(&resp).ok());
+  }
+  // Batches in flight when the HSM goes are admitted and fail in it; those
+  // sent after health notices are refused at admission. Either way the
+  // call says so.
+  std::atomic<bool> stop{false};
+  std::atomic<int> unavailable{0};
+  absl::Mutex mu;
+  std::vector<std::string> wrong;
+  std::vector<std::thread> senders;
+  for (int t = 0; t < 4; ++t) {
+    senders.emplace_back([&] {
+      while (!stop.load()) {
+        v1::SignJwtBatchResponse resp;
+        const grpc::Status st = send(&resp);
+        absl::MutexLock lock(&mu);
+        if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+          ++unavailable;
+        } else if (!st.ok()) {
+          wrong.push_back(
+              absl::StrCat("call: ", st.error_code(), " ", st.error_message()));
+        }
+        // A batch the HSM failed part-way is answered OK: some items are
+        // signed.
+        if (st.ok() && std::none_of(resp.items().begin(), resp.items().end(),
+                                    [](const v1::SignJwtBatchItem& item) {
+                                      return item.code() == 0;
+                                    })) {
+          wrong.push_back(absl::StrCat(
+              "answered OK with no item signed: ",
+              resp.items_size() > 0 ? resp.items(0).message() : ""));
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(bed_->hsm().Kill().ok());
+  absl::Cleanup restart = [] { (void)bed_->hsm().Restart(); };
+  absl::SleepFor(absl::Seconds(2));
+  stop.store(true);
+  for (auto& t : senders) t.join();
+  EXPECT_GE(unavailable.load(), 1);
+  EXPECT_THAT(wrong, ::testing::IsEmpty());
 }
 
 // Found by an outside attack: a stop (or a failed start-up) after the gRPC
