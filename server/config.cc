@@ -316,8 +316,10 @@ absl::Status ValidateGrpcLimits(signet::v1::GrpcConfig& grpc) {
        &G::set_max_connections_per_address, 256, 1, 1 << 20},
       {"max_connections", &G::max_connections, &G::set_max_connections, 8192,
        16, 1 << 20},
+      // At least 5: a key change is not started with less than 1 s of its
+      // call left (server/key_manager.cc).
       {"max_call_seconds", &G::max_call_seconds, &G::set_max_call_seconds, 30,
-       1, 300},
+       5, 300},
   };
   for (const Bound& b : bounds) {
     if ((grpc.*b.get)() == 0) (grpc.*b.set)(b.fallback);

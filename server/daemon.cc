@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -23,6 +25,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/functional/function_ref.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -659,6 +662,18 @@ absl::Status Daemon::OpenHsm() {
   return absl::OkStatus();
 }
 
+void Daemon::RemoveRunMarker() {
+  if (running_marker_.empty()) return;
+  if (unlink(running_marker_.c_str()) != 0 && errno != ENOENT) {
+    SIGNET_LOG_WARN(
+        "the run marker {} could not be removed ({}): the next start will "
+        "say this run ended without a stop line",
+        running_marker_, strerror(errno));
+    return;
+  }
+  (void)base::SyncParentDirectory(running_marker_);
+}
+
 absl::Status Daemon::AnchorWallClock() {
   using Source = base::LoadedWallClockAnchor::Source;
   anchor_path_ = BesideAuditLog(config_.audit_log_path(), "wall-clock-anchor");
@@ -861,6 +876,26 @@ absl::Status Daemon::OpenAuditLog() {
   start_event.event = "start";
   start_event.result = "OK";
   start_event.detail = absl::StrCat("signetd pid ", getpid());
+  // Whether the run before this one stopped: a marker beside the log, made
+  // at each start and removed once the stop line is written. A kill -9, a
+  // crash or a power cut leaves it, and this start line says so (a twelfth
+  // outside attack had to infer a crash from a missing stop line).
+  running_marker_ = BesideAuditLog(config_.audit_log_path(), "signetd.running");
+  if (absl::StatusOr<std::string> left =
+          base::ReadSmallFile(running_marker_, "the run marker", 256);
+      left.ok()) {
+    absl::StrAppend(&start_event.detail, "; the previous run (",
+                    absl::StripAsciiWhitespace(*left),
+                    ") ended without a stop line: it was killed, crashed, or "
+                    "the machine stopped");
+  }
+  if (absl::Status made = base::ReplaceFileDurably(
+          running_marker_, absl::StrCat("signetd pid ", getpid(), "\n"),
+          "the run marker");
+      !made.ok()) {
+    SIGNET_LOG_WARN("{} (the next start cannot tell whether this run stopped)",
+                    made.ToString());
+  }
   auto append = [this](const AuditEvent& line) {
     return WriteAtStart(*audit_, [&] { return audit_->Append(line); });
   };
@@ -971,6 +1006,7 @@ absl::Status Daemon::StartServing() {
   first_serving->store = store_.get();
   first_serving->workers = workers_.get();
   first_serving->audit = audit_.get();
+  first_serving->revoked = key_manager_->revoked();
   // The workers (which call it) stop before the key manager is destroyed.
   first_serving->key_gone = [keys = key_manager_.get()] {
     keys->RequestPass();
@@ -1225,7 +1261,7 @@ int Daemon::Stop() {
                             "or a pass or batch that overran); exiting without "
                             "closing the HSM connections"
                           : "HSM stalled; no final checkpoint";
-          (void)audit_->Append(stop_event);
+          if (audit_->Append(stop_event).ok()) RemoveRunMarker();
           if (hsm_serving) (void)audit_->Checkpoint();
         });
     workers_->Detach();
@@ -1246,7 +1282,7 @@ int Daemon::Stop() {
         AuditEvent stop_event;
         stop_event.event = "stop";
         stop_event.result = "OK";
-        (void)audit_->Append(stop_event);
+        if (audit_->Append(stop_event).ok()) RemoveRunMarker();
         // The audit key's successor may have taken over since the key
         // manager's last pass: the final checkpoint is signed by the key
         // that may sign now.

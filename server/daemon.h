@@ -142,6 +142,9 @@ class Daemon {
   // clock is kept in clock_accepted_ and accepted_anchor_ until
   // OpenAuditLog records it.
   absl::Status AnchorWallClock();
+  // Removes the marker that says this run has not stopped (after its stop
+  // line is written).
+  void RemoveRunMarker();
   // Brings the anchor down to the wall clock when it reads behind the time
   // seen pass (base::ElapsedWallTime::LowerTo), and keeps it.
   void LowerWallClockAnchor();
@@ -196,6 +199,8 @@ class Daemon {
   // wall clock is measured against before a key is destroyed or pruned
   // (base/clock.h); an acceptance of the clock waiting to be audited.
   std::string anchor_path_;
+  // Beside the audit log while this run has not written its stop line.
+  std::string running_marker_;
   std::string anchor_origin_;  // empty: the boot id could not be read
   std::unique_ptr<base::ElapsedWallTime> seen_;
   std::optional<base::WallClockAnchor> accepted_anchor_;

@@ -779,11 +779,25 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   // meanwhile (reading the records waits for the HSM) was told the change
   // failed, so it is not made.
   if (deadline.left() <= kMinTimeForAChange) return DeadlinePassed();
+  // A key being revoked is out of service in this replica from before its
+  // revocation is written: no signature made with it leaves from here on
+  // (RevokedKeys), not only once the pass after the change has run.
+  std::vector<std::string> revoking;
+  for (const rotation::KeyAction& action : *actions) {
+    if (action.kind == rotation::KeyAction::Kind::kWriteRecord &&
+        action.record.has_revocation()) {
+      revoking.push_back(action.record.key_id());
+    }
+  }
+  for (const std::string& key_id : revoking) revoked_->Mark(key_id);
   acting_admin_ = admin;
   size_t completed = 0;
   absl::Status applied = reconciler_->Apply(*policy, *actions, &completed);
   acting_admin_.clear();
   if (!applied.ok() && completed <= recorded_by) {
+    // Not known to be written: back in service (a pass that reads it as
+    // written takes the key out again).
+    for (const std::string& key_id : revoking) revoked_->Unmark(key_id);
     // A write the HSM reported failed may still have been made (its reply
     // lost): the retry finds out.
     return absl::UnavailableError(absl::StrCat(

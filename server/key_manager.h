@@ -112,6 +112,9 @@ class KeyManager {
 
   bool writer() const { return writer_; }
   ScopeKeysMap Scopes() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The keys this manager's revocations took out of service, from before
+  // each revocation is written: what the Signer checks (ServingState).
+  std::shared_ptr<const RevokedKeys> revoked() const { return revoked_; }
 
   struct PassStatus {
     absl::Time at = absl::InfinitePast();
@@ -277,6 +280,8 @@ class KeyManager {
   std::unique_ptr<rotation::KeyReconciler> reconciler_;
   // Who the events of the change running now are by ("" for the loop).
   std::string acting_admin_;
+  // Marked by an operator's revocation before it is written.
+  const std::shared_ptr<RevokedKeys> revoked_ = std::make_shared<RevokedKeys>();
 
   // Loop-thread only.
   // Whether the wall clock read ahead of the time seen pass at the last

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -540,6 +541,40 @@ TEST_F(KeyManagerTest, AChangeWhoseCallWasAnsweredFirstIsNotApplied) {
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_TRUE(turn_taken);
   EXPECT_NE(DemoSigningGeneration(*keys), before);
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+}
+
+// A twelfth outside attack received tokens signed with a revoked key after
+// its revocation was answered, and thousands signed while it was written.
+// The key is out of service (KeyManager::revoked, which the Signer checks)
+// from before its revocation record is written, and back in service when
+// that write fails (the revocation is not made).
+TEST_F(KeyManagerTest, ARevokedKeyIsOutOfServiceFromBeforeItsRecordIsWritten) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  const rotation::KeyRecord active =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now())->record;
+  EXPECT_FALSE(keys->revoked()->Contains(active.key_id()));
+  injector_->Fail("C_CreateObject", CKR_DEVICE_ERROR, -1);
+  const absl::Status failed =
+      Revoke(*keys, active.kid(), "revoke-not-written").status();
+  injector_->Clear();
+  EXPECT_FALSE(failed.ok());
+  EXPECT_FALSE(keys->revoked()->Contains(active.key_id()));
+  injector_->Block("C_CreateObject");
+  std::thread revoking(
+      [&] { (void)Revoke(*keys, active.kid(), "revoke-held-in-its-write"); });
+  bool out_of_service = false;
+  for (int i = 0; i < 400 && !out_of_service; ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+    out_of_service = keys->revoked()->Contains(active.key_id());
+  }
+  EXPECT_TRUE(out_of_service);
+  injector_->Release();
+  revoking.join();
+  EXPECT_TRUE(keys->revoked()->Contains(active.key_id()));
+  EXPECT_NE(DemoSigningGeneration(*keys), active.key_generation());
   EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
 }
 

@@ -135,26 +135,29 @@ TEST(DeadlineWatchdogTest, AnswersDeadlineExceededForAnUnansweredCall) {
   EXPECT_EQ(watchdog.watched(), 0u);
 }
 
+// The watchdog's answers to a call whose work never reached a worker and
+// to one whose did, each with `note` (PendingCall::SetDeadlineNote).
+std::vector<std::string> ExpireQueuedThenStarted(const std::string& note) {
+  DeadlineWatchdog watchdog;
+  Answers answers;
+  for (bool started : {false, true}) {
+    absl::Notification answered;
+    auto call = std::make_shared<PendingCall>(
+        answers.NotifyingSink(&answered),
+        base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
+        watchdog.list());
+    call->SetDeadlineNote(note);
+    if (started) call->MarkStarted();
+    watchdog.Watch(call);
+    answered.WaitForNotification();
+  }
+  return answers.Messages();
+}
+
 // A call whose work never reached a worker is told it waited in this
 // replica's queue; one whose work did, that the HSM did not answer.
 TEST(DeadlineWatchdogTest, TheDeadlineMessageSaysWhereTheCallWaited) {
-  DeadlineWatchdog watchdog;
-  Answers answers;
-  absl::Notification queued_answered, started_answered;
-  auto queued = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&queued_answered),
-      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
-      watchdog.list());
-  watchdog.Watch(queued);
-  queued_answered.WaitForNotification();
-  auto started = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&started_answered),
-      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
-      watchdog.list());
-  started->MarkStarted();
-  watchdog.Watch(started);
-  started_answered.WaitForNotification();
-  const std::vector<std::string> messages = answers.Messages();
+  const std::vector<std::string> messages = ExpireQueuedThenStarted("");
   ASSERT_EQ(messages.size(), 2u);
   EXPECT_NE(
       messages[0].find("waited for a free HSM session past its "
@@ -169,25 +172,8 @@ TEST(DeadlineWatchdogTest, TheDeadlineMessageSaysWhereTheCallWaited) {
 // A deadline that was not the caller's (the Signer's limit per call) is
 // named in both of the watchdog's answers.
 TEST(DeadlineWatchdogTest, TheDeadlineMessageSaysWhoseDeadlineItWas) {
-  DeadlineWatchdog watchdog;
-  Answers answers;
-  absl::Notification queued_answered, started_answered;
-  auto queued = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&queued_answered),
-      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
-      watchdog.list());
-  queued->SetDeadlineNote(" (signetd's limit)");
-  watchdog.Watch(queued);
-  queued_answered.WaitForNotification();
-  auto started = std::make_shared<PendingCall>(
-      answers.NotifyingSink(&started_answered),
-      base::MonotonicDeadline::In(absl::Milliseconds(20)), nullptr,
-      watchdog.list());
-  started->SetDeadlineNote(" (signetd's limit)");
-  started->MarkStarted();
-  watchdog.Watch(started);
-  started_answered.WaitForNotification();
-  const std::vector<std::string> messages = answers.Messages();
+  const std::vector<std::string> messages =
+      ExpireQueuedThenStarted(" (signetd's limit)");
   ASSERT_EQ(messages.size(), 2u);
   EXPECT_NE(messages[0].find("past its deadline (signetd's limit) (this"),
             std::string::npos)

@@ -6,13 +6,18 @@
 #ifndef SIGNET_SERVER_SERVING_STATE_H_
 #define SIGNET_SERVER_SERVING_STATE_H_
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "hsm/key_store.h"
 #include "rotation/key_record.pb.h"
@@ -114,8 +119,41 @@ using ScopeKeysMap = std::map<std::string, std::shared_ptr<const ScopeKeys>>;
 
 // What the service signs with, once the HSM is up. Immutable; swapped
 // whole.
+// The keys an operator's revocation has taken out of service in this
+// replica, marked from just before the revocation is written: no
+// signature made with one is released from then on, even by a call that
+// took the key before (the Signer checks before signing and again when it
+// delivers). A twelfth outside attack saw hundreds of tokens with a
+// revoked kid delivered after the revocation was answered OK, and
+// thousands while it was being written. Thread-safe; the check is one
+// atomic load until the first revocation.
+class RevokedKeys {
+ public:
+  void Mark(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (ids_.insert(std::string(key_id)).second) count_.fetch_add(1);
+  }
+  // A revocation that was not written after all.
+  void Unmark(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (ids_.erase(key_id) > 0) count_.fetch_sub(1);
+  }
+  bool Contains(absl::string_view key_id) const ABSL_LOCKS_EXCLUDED(mu_) {
+    if (count_.load() == 0) return false;
+    absl::ReaderMutexLock lock(&mu_);
+    return ids_.contains(key_id);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_set<std::string> ids_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int> count_{0};
+};
+
 struct ServingState {
   ScopeKeysMap scopes;
+  // The key manager's (KeyManager::revoked); null: none.
+  std::shared_ptr<const RevokedKeys> revoked;
   hsm::KeyStore* store = nullptr;
   WorkerPool* workers = nullptr;
   AuditLog* audit = nullptr;

@@ -223,7 +223,10 @@ base::MonotonicDeadline SignerService::DeadlineOf(
   if (callers < limit) return callers;
   *note = absl::StrCat(" (signetd's limit of ",
                        absl::FormatDuration(options_.max_rpc_time),
-                       " per call, which came before the caller's deadline)");
+                       callers == base::MonotonicDeadline::Never()
+                           ? " per call: the call set no deadline of its own)"
+                           : " per call, which came before the caller's "
+                             "deadline)");
   return limit;
 }
 
@@ -456,9 +459,10 @@ const absl::Status& AuditUnavailable() {
 // After a signature's audit line: the call had been answered already (its
 // deadline passed, or a shutdown cut it off), so the signature reached
 // nobody. A line says so, or the log would claim a token was issued.
-void AuditUndelivered(AuditLog& audit, AuditEvent event, std::string detail) {
+void AuditUndelivered(AuditLog& audit, AuditEvent event, std::string detail,
+                      const char* result = "DEADLINE_EXCEEDED") {
   event.event = "undelivered";
-  event.result = "DEADLINE_EXCEEDED";
+  event.result = result;
   event.detail = std::move(detail);
   audit.AppendAllAsync(absl::MakeConstSpan(&event, 1),
                        [](const absl::Status&) {});
@@ -504,6 +508,37 @@ absl::Status KeyChangedUnderCall(const absl::Status& status,
       "attempt signs with the scope's current key)"));
 }
 
+// Whether a call's key has been revoked in this replica since the call took
+// it (RevokedKeys): checked before the HSM call and again just before a
+// signature is released, so none made with a revoked key leaves once its
+// revocation is being written.
+class RevocationCheck {
+ public:
+  RevocationCheck(const ServingState& serving, const ScopeState& scope)
+      : revoked_(serving.revoked),
+        key_id_(scope.record.key_id()),
+        scope_(scope.config.name()),
+        kid_(scope.kid) {}
+  // OK, or UNAVAILABLE (the next attempt signs with the scope's current
+  // key).
+  absl::Status Check() const {
+    if (revoked_ == nullptr || !revoked_->Contains(key_id_)) {
+      return absl::OkStatus();
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "scope ", scope_, ": key ", kid_,
+        " was revoked while this call was being signed, and no signature "
+        "made with it is released after its revocation; retry (the next "
+        "attempt signs with the scope's current key)"));
+  }
+
+ private:
+  std::shared_ptr<const RevokedKeys> revoked_;
+  std::string key_id_;
+  std::string scope_;
+  std::string kid_;
+};
+
 // `done` gets the signature once its audit line is durable, or why there is
 // none, and returns whether the signature reached the caller.
 void SignThenAudit(const ServingState& serving, const ScopeState& scope,
@@ -514,8 +549,12 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
   // Announced before the HSM call, so a sync the writer is about to make
   // can wait for this line instead of needing another one.
   AuditLog::ExpectedLine expected = serving.audit->ExpectLine();
+  RevocationCheck revocation(serving, scope);
+  const absl::Status revoked = revocation.Check();
   absl::StatusOr<std::string> signature =
-      serving.store->SignDigest(scope.key.key_id, digest, deadline);
+      revoked.ok()
+          ? serving.store->SignDigest(scope.key.key_id, digest, deadline)
+          : absl::StatusOr<std::string>(revoked);
   if (!signature.ok()) {
     signature = KeyChangedUnderCall(signature.status(), serving, scope);
   }
@@ -534,7 +573,8 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
   serving.audit->AppendAllAsync(
       absl::MakeConstSpan(&event, 1),
       [signature = *std::move(signature), done = std::move(done),
-       audit = serving.audit, event](const absl::Status& durable) mutable {
+       audit = serving.audit, event, revocation = std::move(revocation)](
+          const absl::Status& durable) mutable {
         if (!durable.ok()) {
           // A refusal too: counted (the log is broken) in the segment
           // that recovers, as an outside attack found 2,700 of these
@@ -546,6 +586,14 @@ void SignThenAudit(const ServingState& serving, const ScopeState& scope,
               "was discarded";
           audit->AppendRefusal(event);
           done(AuditUnavailable());
+          return;
+        }
+        if (absl::Status revoked = revocation.Check(); !revoked.ok()) {
+          done(revoked);
+          AuditUndelivered(*audit, std::move(event),
+                           "its key was revoked before the signature was "
+                           "released; the signature was discarded",
+                           "UNAVAILABLE");
           return;
         }
         if (!done(std::move(signature))) {
@@ -589,30 +637,26 @@ struct BatchSigning {
   absl::Mutex mu;
   std::vector<AuditEvent> events ABSL_GUARDED_BY(mu);
   int parts_left ABSL_GUARDED_BY(mu) = 0;
-  // The inputs the HSM failed, and the first such failure; whether all of
-  // them failed with its code.
-  size_t hsm_failed ABSL_GUARDED_BY(mu) = 0;
-  absl::Status first_hsm_failure ABSL_GUARDED_BY(mu);
-  bool one_failure_code ABSL_GUARDED_BY(mu) = true;
+  // The inputs not signed (the HSM failed them, their key was revoked, or
+  // their part was skipped: deadline, full queue), and the first reason.
+  size_t failed ABSL_GUARDED_BY(mu) = 0;
+  absl::Status first_failure ABSL_GUARDED_BY(mu);
 };
 
-// The call's own answer when no input was signed and the HSM failed every
-// one for the same kind of reason (it went away, the key is gone): that
-// reason, not OK with per-item errors, so a client that retries on the
-// call's status (UNAVAILABLE) retries. Otherwise OK.
-absl::Status BatchOutcome(size_t inputs, size_t hsm_failed,
-                          const absl::Status& first_hsm_failure,
-                          bool one_failure_code) {
-  if (inputs == 0 || hsm_failed != inputs || !one_failure_code) {
-    return absl::OkStatus();
-  }
+// The call's own answer when inputs with valid claims were sent and none
+// was signed (the HSM went away after admission, the key was revoked or
+// is gone, the deadline passed in the queue): the first reason, not OK
+// with per-item errors, so a client that retries on the call's status
+// (UNAVAILABLE) retries. Otherwise OK (a batch signed in part, or one
+// whose every item was refused for its claims, carries per-item codes).
+absl::Status BatchOutcome(size_t inputs, size_t failed,
+                          const absl::Status& first_failure) {
+  if (inputs == 0 || failed != inputs) return absl::OkStatus();
   return absl::Status(
-      first_hsm_failure.code(),
-      absl::StrCat(
-          "no item of the batch was signed: ", first_hsm_failure.message(),
-          " (every item that reached the HSM failed so; items "
-          "refused for their claims are not reported in this "
-          "answer)"));
+      first_failure.code(),
+      absl::StrCat("no item of the batch was signed: ", first_failure.message(),
+                   " (items refused for their claims are not reported in "
+                   "this answer)"));
 }
 
 // Signs inputs [begin, end) of `batch` (or, when `skipped` is not OK, marks
@@ -625,11 +669,12 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
   BatchSigning& batch = *shared;
   const ScopeState& s = *batch.scope;
   std::vector<AuditEvent> events;
-  std::vector<absl::Status> hsm_failures;
+  std::vector<absl::Status> failures;
   if (!skipped.ok()) {
     for (size_t k = begin; k < end; ++k) {
       const int index = batch.inputs[k].first;
       signet::v1::SignJwtBatchItem& item = batch.items[index];
+      failures.push_back(skipped);
       SetItemStatus(skipped, &item);
       AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
                        index, skipped);
@@ -648,9 +693,14 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
       digest_errors.push_back(digest.status());
       digests.push_back(digest.ok() ? *std::move(digest) : std::string());
     }
-    std::vector<absl::StatusOr<std::string>> signatures =
-        batch.serving->store->SignDigests(s.key.key_id, digests,
-                                          call->deadline().OnWallClock());
+    std::vector<absl::StatusOr<std::string>> signatures;
+    if (absl::Status revoked = RevocationCheck(*batch.serving, s).Check();
+        !revoked.ok()) {
+      signatures.assign(end - begin, revoked);
+    } else {
+      signatures = batch.serving->store->SignDigests(
+          s.key.key_id, digests, call->deadline().OnWallClock());
+    }
     events.reserve(end - begin);
     for (size_t k = begin; k < end; ++k) {
       const auto& [index, input] = batch.inputs[k];
@@ -661,7 +711,7 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
               : KeyChangedUnderCall(signatures[k - begin].status(),
                                     *batch.serving, s);
       if (!failed.ok()) {
-        hsm_failures.push_back(failed);
+        failures.push_back(failed);
         SetItemStatus(failed, &item);
         AuditRefusedItem(*batch.serving->audit, batch.caller, s.config.name(),
                          index, failed);
@@ -682,23 +732,21 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
   {
     absl::MutexLock lock(&batch.mu);
     std::move(events.begin(), events.end(), std::back_inserter(batch.events));
-    for (const absl::Status& failed : hsm_failures) {
-      if (batch.hsm_failed++ == 0) {
-        batch.first_hsm_failure = failed;
-      } else if (failed.code() != batch.first_hsm_failure.code()) {
-        batch.one_failure_code = false;
-      }
+    if (batch.failed == 0 && !failures.empty()) {
+      batch.first_failure = failures.front();
     }
+    batch.failed += failures.size();
     if (--batch.parts_left > 0) return;
     all.swap(batch.events);
-    outcome = BatchOutcome(batch.inputs.size(), batch.hsm_failed,
-                           batch.first_hsm_failure, batch.one_failure_code);
+    outcome =
+        BatchOutcome(batch.inputs.size(), batch.failed, batch.first_failure);
   }
   // The last part: every item is written (the lock ordered the others'
   // writes before this).
   batch.serving->audit->AppendAllAsync(
-      all, [call, shared, signed_items = all.size(),
-            outcome](const absl::Status& durable) {
+      all, [call, shared, signed_items = all.size(), outcome,
+            revocation = RevocationCheck(*batch.serving, *batch.scope)](
+               const absl::Status& durable) {
         if (!durable.ok()) {
           AuditEvent refusal;
           refusal.event = "refuse";
@@ -714,6 +762,18 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
         }
         if (!outcome.ok()) {
           call->Finish(outcome);
+          return;
+        }
+        if (absl::Status revoked = revocation.Check();
+            !revoked.ok() && signed_items > 0) {
+          call->Finish(revoked);
+          AuditUndelivered(
+              *shared->serving->audit,
+              SignEvent(*shared->scope, shared->caller, std::string()),
+              absl::StrCat("a batch whose key was revoked before it was "
+                           "released: its ",
+                           signed_items, " signed item(s) were discarded"),
+              "UNAVAILABLE");
           return;
         }
         const bool delivered = call->Finish(absl::OkStatus(), [&] {
