@@ -880,21 +880,18 @@ absl::Status Daemon::OpenAuditLog() {
   // at each start and removed once the stop line is written. A kill -9, a
   // crash or a power cut leaves it, and this start line says so (a twelfth
   // outside attack had to infer a crash from a missing stop line).
-  running_marker_ = BesideAuditLog(config_.audit_log_path(), "signetd.running");
+  // One per log (like its .rollover marker), made once this run's start
+  // line is written.
+  const std::string running_marker =
+      absl::StrCat(config_.audit_log_path(), ".running");
   if (absl::StatusOr<std::string> left =
-          base::ReadSmallFile(running_marker_, "the run marker", 256);
+          base::ReadSmallFile(running_marker, "the run marker", 256);
       left.ok()) {
     absl::StrAppend(&start_event.detail, "; the previous run (",
                     absl::StripAsciiWhitespace(*left),
-                    ") ended without a stop line: it was killed, crashed, or "
-                    "the machine stopped");
-  }
-  if (absl::Status made = base::ReplaceFileDurably(
-          running_marker_, absl::StrCat("signetd pid ", getpid(), "\n"),
-          "the run marker");
-      !made.ok()) {
-    SIGNET_LOG_WARN("{} (the next start cannot tell whether this run stopped)",
-                    made.ToString());
+                    ") ended without a stop line: it was killed, crashed, "
+                    "failed to start after its start line, or the machine "
+                    "stopped");
   }
   auto append = [this](const AuditEvent& line) {
     return WriteAtStart(*audit_, [&] { return audit_->Append(line); });
@@ -903,6 +900,15 @@ absl::Status Daemon::OpenAuditLog() {
     SIGNET_RETURN_IF_ERROR(append(*line));
   }
   SIGNET_RETURN_IF_ERROR(append(start_event));
+  if (absl::Status made = base::ReplaceFileDurably(
+          running_marker, absl::StrCat("signetd pid ", getpid(), "\n"),
+          "the run marker");
+      !made.ok()) {
+    SIGNET_LOG_WARN("{} (the next start cannot tell whether this run stopped)",
+                    made.ToString());
+  } else {
+    running_marker_ = running_marker;
+  }
   if (audit_->started_new_chain() && audit_key_made_before_start_) {
     // Not silent: a log moved away or deleted while signetd was down looks
     // like a first start but for the token, whose audit key is older.

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "base/quote.h"
@@ -351,6 +352,15 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
   clock_ahead_ = clock_ahead;
   absl::StatusOr<std::map<std::string, rotation::ScopeKeySet>> sets =
       reconciler_->RunOnce(at, irreversible_at);
+  if (sets.ok()) {
+    absl::flat_hash_set<std::string> revoked;
+    for (const auto& [name, set] : *sets) {
+      for (const rotation::KeyRecord& record : set.records) {
+        if (record.has_revocation()) revoked.insert(record.key_id());
+      }
+    }
+    revoked_->Reset(std::move(revoked));
+  }
   absl::StatusOr<ScopeKeysMap> built =
       sets.ok() ? BuildScopeKeys(config_, *sets, Scopes(), at) : sets.status();
   if (built.ok()) SwapIn(*built, notify);
@@ -602,13 +612,17 @@ absl::StatusOr<std::string> KeyManager::Change(
                          "call with this request_id made the change is not "
                          "known");
   }
+  absl::StatusOr<std::string> response;
   if (recorded->has_value()) {
     absl::StatusOr<std::string> digest = crypto::Sha256(fingerprint);
     if (!digest.ok()) return digest.status();
     if ((*recorded)->request_sha256() != *digest) return reused();
-    return (*recorded)->response();
+    // Made by an earlier call whose outcome was not known: the pass below
+    // makes it take effect here now (a revoked key out of service).
+    response = (*recorded)->response();
+  } else {
+    response = change(fingerprint);
   }
-  absl::StatusOr<std::string> response = change(fingerprint);
   // Only an applied change is remembered: a refusal changed nothing, and a
   // change that failed midway is planned again from the token's records
   // when retried (a revocation already written then answers "already
@@ -795,9 +809,8 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
   absl::Status applied = reconciler_->Apply(*policy, *actions, &completed);
   acting_admin_.clear();
   if (!applied.ok() && completed <= recorded_by) {
-    // Not known to be written: back in service (a pass that reads it as
-    // written takes the key out again).
-    for (const std::string& key_id : revoking) revoked_->Unmark(key_id);
+    // Not known to be written: kept out of service until a pass reads the
+    // records and settles it (RevokedKeys::Reset); Change asks for one.
     // A write the HSM reported failed may still have been made (its reply
     // lost): the retry finds out.
     return absl::UnavailableError(absl::StrCat(

@@ -88,6 +88,9 @@ class FaultsAfterAWrite : public hsm::KeyStore {
   // After the next record write, every record write and read fails until
   // Heal(): the HSM went away in the middle of a change.
   void BreakAfterTheNextWrite() { break_armed_ = true; }
+  // The next record write is made but its reply is lost (an error), and
+  // the HSM is gone until Heal().
+  void LoseTheNextWritesReply() { lose_reply_armed_ = true; }
   void Heal() { broken_ = false; }
 
   absl::StatusOr<std::string> GenerateKeyPair(
@@ -135,6 +138,10 @@ class FaultsAfterAWrite : public hsm::KeyStore {
                                        absl::string_view bytes) override {
     if (broken_) return absl::UnavailableError("injected: the HSM is gone");
     absl::StatusOr<uint64_t> written = inner_->WriteRecord(key_id, bytes);
+    if (lose_reply_armed_.exchange(false)) {
+      broken_ = true;
+      return absl::UnavailableError("injected: the write's reply was lost");
+    }
     if (armed_) reads_fail_ = true;
     if (break_armed_.exchange(false)) broken_ = true;
     std::function<void()> after;
@@ -162,6 +169,7 @@ class FaultsAfterAWrite : public hsm::KeyStore {
   std::atomic<bool> armed_ = false;
   std::atomic<bool> reads_fail_ = false;
   std::atomic<bool> break_armed_ = false;
+  std::atomic<bool> lose_reply_armed_ = false;
   std::atomic<bool> generations_fail_ = false;
   std::atomic<bool> broken_ = false;
   absl::Mutex mu_;
@@ -573,6 +581,29 @@ TEST_F(KeyManagerTest, ARevokedKeyIsOutOfServiceFromBeforeItsRecordIsWritten) {
   EXPECT_TRUE(out_of_service);
   injector_->Release();
   revoking.join();
+  EXPECT_TRUE(keys->revoked()->Contains(active.key_id()));
+  EXPECT_NE(DemoSigningGeneration(*keys), active.key_generation());
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+}
+
+// A review: a revocation whose write was made but whose reply was lost
+// put the key back in service, and the retry that learned it was made did
+// not take it out again. It stays out until a pass reads the records.
+TEST_F(KeyManagerTest, ARevocationWhoseWriteReplyWasLostKeepsTheKeyOut) {
+  FaultsAfterAWrite store(store_.get());
+  std::unique_ptr<KeyManager> keys = Started(&store);
+  const rotation::KeyRecord active =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now())->record;
+  store.LoseTheNextWritesReply();
+  const absl::Status lost =
+      Revoke(*keys, active.kid(), "revoke-reply-lost").status();
+  EXPECT_EQ(lost.code(), absl::StatusCode::kUnavailable) << lost;
+  EXPECT_THAT(std::string(lost.message()), HasSubstr("not known to be"));
+  EXPECT_TRUE(keys->revoked()->Contains(active.key_id()));
+  store.Heal();
+  const absl::Status retried =
+      Revoke(*keys, active.kid(), "revoke-reply-lost").status();
+  EXPECT_TRUE(retried.ok()) << retried;
   EXPECT_TRUE(keys->revoked()->Contains(active.key_id()));
   EXPECT_NE(DemoSigningGeneration(*keys), active.key_generation());
   EXPECT_TRUE(keys->Stop(absl::Seconds(30)));

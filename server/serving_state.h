@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -119,24 +120,29 @@ using ScopeKeysMap = std::map<std::string, std::shared_ptr<const ScopeKeys>>;
 
 // What the service signs with, once the HSM is up. Immutable; swapped
 // whole.
-// The keys an operator's revocation has taken out of service in this
-// replica, marked from just before the revocation is written: no
-// signature made with one is released from then on, even by a call that
-// took the key before (the Signer checks before signing and again when it
-// delivers). A twelfth outside attack saw hundreds of tokens with a
-// revoked kid delivered after the revocation was answered OK, and
-// thousands while it was being written. Thread-safe; the check is one
-// atomic load until the first revocation.
+// The keys revoked in this replica's view: marked by an operator's
+// revocation from just before it is written, and set from the records by
+// every pass (so a revocation whose write's outcome was not known, or one
+// another replica made, is settled at the next pass). No signature made
+// with one is released from then on, even by a call that took the key
+// before (the Signer checks before signing and again when it delivers). A
+// twelfth outside attack saw hundreds of tokens with a revoked kid delivered
+// after the revocation was answered OK, and thousands while it was being
+// written. Thread-safe; the check is one atomic load until the first
+// revocation.
 class RevokedKeys {
  public:
   void Mark(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     if (ids_.insert(std::string(key_id)).second) count_.fetch_add(1);
   }
-  // A revocation that was not written after all.
-  void Unmark(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_) {
+  // Exactly `ids`: what a pass read from the records (every key whose
+  // record holds a revocation), which settles a revocation whose write's
+  // outcome was not known.
+  void Reset(absl::flat_hash_set<std::string> ids) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    if (ids_.erase(key_id) > 0) count_.fetch_sub(1);
+    ids_ = std::move(ids);
+    count_.store(static_cast<int>(ids_.size()));
   }
   bool Contains(absl::string_view key_id) const ABSL_LOCKS_EXCLUDED(mu_) {
     if (count_.load() == 0) return false;

@@ -641,6 +641,7 @@ struct BatchSigning {
   // their part was skipped: deadline, full queue), and the first reason.
   size_t failed ABSL_GUARDED_BY(mu) = 0;
   absl::Status first_failure ABSL_GUARDED_BY(mu);
+  size_t first_failure_at ABSL_GUARDED_BY(mu) = 0;  // its part's first input
 };
 
 // The call's own answer when inputs with valid claims were sent and none
@@ -732,8 +733,12 @@ void SignBatchPart(const std::shared_ptr<BatchSigning>& shared, size_t begin,
   {
     absl::MutexLock lock(&batch.mu);
     std::move(events.begin(), events.end(), std::back_inserter(batch.events));
-    if (batch.failed == 0 && !failures.empty()) {
+    // The answer's reason is the first input's that failed, whichever part
+    // finishes first.
+    if (!failures.empty() &&
+        (batch.failed == 0 || begin < batch.first_failure_at)) {
       batch.first_failure = failures.front();
+      batch.first_failure_at = begin;
     }
     batch.failed += failures.size();
     if (--batch.parts_left > 0) return;

@@ -1019,7 +1019,8 @@ TEST_F(AdminTest, AStartAfterAKillSaysThePreviousRunDidNotStop) {
   EXPECT_THAT(details[1], Not(HasSubstr("ended without a stop line")));
   EXPECT_THAT(details[2],
               HasSubstr(") ended without a stop line: it was killed, crashed, "
-                        "or the machine stopped"));
+                        "failed to start after its start line, or the "
+                        "machine stopped"));
 }
 
 // Found by an outside attack: 200 immediate rotations grew the key set to
