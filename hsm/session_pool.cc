@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/clock.h"
@@ -421,13 +422,48 @@ SessionPool::Lease SessionPool::LeaseIdle(
 }
 
 absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
+  return AcquireWith(deadline, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return idle_.begin();
+  });
+}
+
+absl::StatusOr<SessionPool::Lease> SessionPool::AcquireForProbe(
+    absl::Time deadline) {
+  return AcquireWith(deadline, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    // Connections with a lease held past the threshold: suspect.
+    const absl::Duration now = base::MonotonicNow();
+    absl::flat_hash_set<const Connection*> suspect;
+    for (const auto& [id, info] : leases_) {
+      if (now - info.since > options_.probe_avoids_held_past) {
+        suspect.insert(info.connection);
+      }
+    }
+    bool any_trusted = false;
+    for (const ConnectionSlot& slot : slots_) {
+      any_trusted |= slot.connection != nullptr &&
+                     !suspect.contains(slot.connection.get());
+    }
+    if (!any_trusted) return idle_.begin();  // all suspect: the HSM may be
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if (!suspect.contains(it->connection.get())) return it;
+    }
+    return idle_.end();  // wait for a trusted connection's session
+  });
+}
+
+absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
+    absl::Time deadline,
+    absl::FunctionRef<std::deque<IdleSession>::iterator()> pick) {
   absl::MutexLock lock(&mu_);
   for (;;) {
-    while (!idle_.empty()) {
-      if (slots_[idle_.front().index].connection == idle_.front().connection) {
-        return LeaseIdle(idle_.begin());
-      }
-      idle_.pop_front();
+    // Sessions of connections no longer in their slot are dropped.
+    std::erase_if(
+        idle_, [this](const IdleSession& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return slots_[s.index].connection != s.connection;
+        });
+    if (!idle_.empty()) {
+      auto chosen = pick();
+      if (chosen != idle_.end()) return LeaseIdle(chosen);
     }
     const absl::Time now = absl::Now();
     const absl::Duration monotonic_now = base::MonotonicNow();
@@ -445,9 +481,11 @@ absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
       return absl::DeadlineExceededError(
           "no HSM session became free before the deadline");
     }
-    // Wake on a released session, or when a reconnect settles.
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return !idle_.empty();
+    // Wake on a released session, or when a reconnect settles; a probe
+    // waiting for a trusted connection looks again every 50 ms.
+    const size_t idle_now = idle_.size();
+    auto ready = [this, idle_now]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return idle_.size() > idle_now;
     };
     mu_.AwaitWithDeadline(absl::Condition(&ready),
                           std::min(deadline, now + absl::Milliseconds(50)));
@@ -595,7 +633,7 @@ int SessionPool::LiveConnections() const {
 }
 
 absl::Status SessionPool::Probe(absl::Time deadline) {
-  SIGNET_ASSIGN_OR_RETURN(Lease lease, Acquire(deadline));
+  SIGNET_ASSIGN_OR_RETURN(Lease lease, AcquireForProbe(deadline));
   CK_TOKEN_INFO info;
   return lease.Check(lease.api().GetTokenInfo(lease.connection().slot(), &info),
                      "C_GetTokenInfo");

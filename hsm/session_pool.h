@@ -82,6 +82,13 @@ struct SessionPoolOptions {
   // never finalized while the call is stuck — and a replacement is opened.
   // Generous, because generating an RSA-4096 key takes seconds.
   absl::Duration stall_threshold = absl::Seconds(10);
+  // A probe (Probe, AcquireForProbe) prefers a connection with no lease
+  // held longer than this: one stuck connection (its HSM process stopped)
+  // must not make a probe that lands on it report the whole HSM stalled
+  // while the other connections serve. A signature holds a lease for
+  // milliseconds. When every live connection has such a lease, the probe
+  // takes any session: the HSM as a whole may be stalled.
+  absl::Duration probe_avoids_held_past = absl::Seconds(1);
 };
 
 class Connection;
@@ -209,6 +216,11 @@ class SessionPool {
   // session): is the HSM answering? Waits until `deadline` for a session;
   // the errors are Acquire's, or the call's.
   absl::Status Probe(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+  // The session Probe uses: as Acquire, but on a connection with no lease
+  // held past options.probe_avoids_held_past while there is one (waiting
+  // for one of its sessions rather than taking a suspect connection's).
+  absl::StatusOr<Lease> AcquireForProbe(absl::Time deadline)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Drops `key_id`'s cached handles on every connection (after destroy).
   void DropCachedHandles(absl::string_view key_id) ABSL_LOCKS_EXCLUDED(mu_);
@@ -292,6 +304,12 @@ class SessionPool {
   // A lease of the idle session at `it`, which is removed from idle_.
   Lease LeaseIdle(std::deque<IdleSession>::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Acquire's loop; `pick` chooses an idle session (idle_.end() for none
+  // now) among idle_, whose stale entries are already dropped.
+  absl::StatusOr<Lease> AcquireWith(
+      absl::Time deadline,
+      absl::FunctionRef<std::deque<IdleSession>::iterator()> pick)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Release(Lease& lease) ABSL_LOCKS_EXCLUDED(mu_);
   // The recovery thread: brings down connections back when their backoff
   // has passed, until the pool is destroyed.

@@ -215,6 +215,37 @@ TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
   EXPECT_EQ((*pool)->LiveConnections(), 2);
 }
 
+// A twelfth outside attack stopped one connection's HSM process: the probe
+// that landed on it reported the whole HSM stalled for ~12 s while the
+// other connection served. A probe now avoids a connection with a lease
+// held past probe_avoids_held_past, unless every live connection has one.
+TEST_F(SessionPoolTest, AProbeAvoidsAConnectionWithALeaseHeldTooLong) {
+  SessionPoolOptions options;
+  options.connections = 2;
+  options.sessions_per_connection = 2;
+  options.probe_avoids_held_past = absl::Milliseconds(100);
+  auto pool = MakePool(options);
+  ASSERT_TRUE(pool.ok());
+  auto held = (*pool)->Acquire(Soon());
+  ASSERT_TRUE(held.ok());
+  const uint64_t suspect = held->connection().id();
+  // Fresh, the lease makes nothing suspect: the probe takes the first idle
+  // session, whichever connection it is on.
+  absl::SleepFor(absl::Milliseconds(200));
+  for (int i = 0; i < 6; ++i) {
+    auto probe = (*pool)->AcquireForProbe(Soon());
+    ASSERT_TRUE(probe.ok()) << probe.status();
+    EXPECT_NE(probe->connection().id(), suspect) << i;
+  }
+  EXPECT_TRUE((*pool)->Probe(Soon()).ok());
+  // Both connections held too long: the probe takes what there is.
+  auto other = (*pool)->AcquireForProbe(Soon());
+  ASSERT_TRUE(other.ok());
+  absl::SleepFor(absl::Milliseconds(200));
+  auto any = (*pool)->AcquireForProbe(Soon());
+  ASSERT_TRUE(any.ok()) << any.status();
+}
+
 TEST_F(SessionPoolTest, WarmersRunOnEveryNewConnectionBeforeItServes) {
   // Declared before the pool: its recovery thread may call the warmer until
   // the pool is gone.

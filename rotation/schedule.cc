@@ -22,8 +22,19 @@ std::string Describe(const KeyRecord& r) {
       r.kid().empty() ? "" : absl::StrCat(" (kid ", r.kid(), ")"));
 }
 
+// Whether `r` has activated by `now`: its activation was recorded, or its
+// time came before `now` and before any revocation. A standby revoked
+// before its time never signed, so its activate_at passing later does not
+// supersede the key that signs (a planned rotation can move a standby's
+// time before the active key's retire_at; revoked, it must not retire the
+// active key early).
 bool HasActivated(const KeyRecord& r, absl::Time now) {
-  return r.has_activation_recorded_at() || Activate(r) <= now;
+  if (r.has_activation_recorded_at()) return true;
+  absl::Time until = now;
+  if (r.has_revocation()) {
+    until = std::min(until, TimeFromProto(r.revocation().revoked_at()));
+  }
+  return Activate(r) <= until;
 }
 
 // `r` with its schedule from `activate` on: ACTIVE for the rotation
@@ -160,11 +171,12 @@ ScopeView ViewScope(const std::vector<KeyRecord>& records, absl::Time now) {
   return view;
 }
 
-absl::Time DestroyTime(const KeyRecord& record, absl::Duration destroy_delay) {
+absl::Time DestroyTime(const KeyRecord& record, const KeyTimings& timings) {
   absl::Time at = TimeFromProto(record.destroy_at());
   if (record.has_revocation()) {
     at = std::min(
-        at, TimeFromProto(record.revocation().revoked_at()) + destroy_delay);
+        at, TimeFromProto(record.revocation().revoked_at()) +
+                std::min(timings.destroy_delay, timings.min_publish_lead));
   }
   return at;
 }
@@ -183,7 +195,7 @@ absl::Time NextScheduleChange(const std::vector<KeyRecord>& records,
     if (r.has_revocation()) {
       consider(TimeFromProto(r.revocation().revoked_at()));
     }
-    const absl::Time destroy = DestroyTime(r, timings.destroy_delay);
+    const absl::Time destroy = DestroyTime(r, timings);
     consider(destroy);
     consider(destroy + timings.tombstone_retention);
   }
@@ -314,13 +326,24 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
     for (KeyAction& a : then) actions.push_back(std::move(a));
   }
 
+  // Tombstones kept (private key destroyed, not pruned by this plan), by
+  // generation; the newest generation is never among them.
+  std::vector<int> tombstones;
   for (size_t i = 0; i < records.size(); ++i) {
     if (static_cast<int>(i) == view.signing ||
         static_cast<int>(i) == view.standby || static_cast<int>(i) == revived) {
       continue;
     }
     const KeyRecord& r = records[i];
-    const absl::Time destroy = DestroyTime(r, t.destroy_delay);
+    const absl::Time destroy = DestroyTime(r, t);
+    const bool published = view.states[i] == KeyState::kPending ||
+                           view.states[i] == KeyState::kActive ||
+                           view.states[i] == KeyState::kRetired;
+    if (r.private_key_destroyed() && !published &&
+        irreversible_until < destroy + t.tombstone_retention &&
+        r.key_generation() < next_generation - 1) {
+      tombstones.push_back(static_cast<int>(i));
+    }
     if (irreversible_until >= destroy + t.tombstone_retention) {
       // Past both (a clock that jumped, or a writer that was down): the
       // prune destroys the private key too.
@@ -340,6 +363,27 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
                        "); its public key stays as a tombstone "
                        "until ",
                        FormatInstant(destroy + t.tombstone_retention))));
+    }
+  }
+  const int excess =
+      static_cast<int>(tombstones.size()) - std::max(policy.max_tombstones, 0);
+  if (excess > 0) {
+    // Repeated revocations (or immediate rotations) leave a tombstone each;
+    // the oldest go first. Nothing is lost that anyone relies on: the key
+    // neither signs nor is published, and the audit log keeps its history.
+    std::sort(tombstones.begin(), tombstones.end(), [&](int a, int b) {
+      return records[a].key_generation() < records[b].key_generation();
+    });
+    for (int n = 0; n < excess; ++n) {
+      const KeyRecord& r = records[tombstones[n]];
+      actions.push_back(Action(
+          KeyAction::Kind::kPrune, r, "key_pruned",
+          absl::StrCat("scope ", policy.scope, ": ", Describe(r),
+                       " pruned before its time (",
+                       FormatInstant(DestroyTime(r, t) + t.tombstone_retention),
+                       "): the scope keeps at most ", policy.max_tombstones,
+                       " destroyed keys' public keys and records, and this "
+                       "is the oldest beyond that")));
     }
   }
   return actions;

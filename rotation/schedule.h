@@ -39,6 +39,12 @@ struct SchedulePolicy {
   // standby), so repeated emergencies cannot grow the key sets without
   // bound. Revocations are never refused.
   int max_published_keys = 8;
+  // At most this many destroyed keys (tombstones: public key and record,
+  // the private key gone) are kept per scope; the oldest beyond it are
+  // pruned before tombstone_retention, so repeated revocations cannot grow
+  // the token without bound. The scope's newest generation is never pruned
+  // early (new generations are numbered above it).
+  int max_tombstones = 16;
   // When no key signs and there is no standby, sign from now with the
   // newest generation that never had its activation recorded (not revoked,
   // private key not destroyed), its schedule moved to start now, instead of
@@ -75,9 +81,14 @@ struct ScopeView {
 // `now`. At most one key is ACTIVE, whatever the records and clock.
 ScopeView ViewScope(const std::vector<KeyRecord>& records, absl::Time now);
 
-// When the private key of `record` is due for destruction: destroy_at, or
-// destroy_delay after a revocation if that is sooner.
-absl::Time DestroyTime(const KeyRecord& record, absl::Duration destroy_delay);
+// When the private key of `record` is due for destruction: destroy_at, or,
+// after a revocation, revoked_at plus the shorter of destroy_delay and
+// min_publish_lead if that is sooner. A revoked key never signs or is
+// published again, and by min_publish_lead (at least every replica's
+// re-read interval) no replica has it loaded; destroying it then bounds the
+// keys repeated revocations leave in the token, and stops a replica that
+// cannot re-read the records from signing with it.
+absl::Time DestroyTime(const KeyRecord& record, const KeyTimings& timings);
 
 // The first instant after `now` at which the view of `records` or the plan
 // for them may change (any schedule boundary, revocation, destruction or

@@ -524,6 +524,119 @@ TEST(PlanRevokeTest, RefusesUnknownAndAlreadyRevokedKeys) {
   EXPECT_THAT(again.message(), HasSubstr("already revoked"));
 }
 
+// A planned rotation moves the standby's time before the active key's
+// retire_at; revoked before that time, the standby never signed, so its
+// time passing does not retire the active key (which signs on until its
+// own retire_at, when the new standby, published a whole lead before,
+// takes over). Found by the simulation below.
+TEST(PlanRevokeTest, AStandbyRevokedBeforeItsTimeDoesNotRetireTheActiveKey) {
+  const SchedulePolicy policy = Policy();
+  FakeToken token = Started(kT0);
+  const KeyRecord g1 = Find(token.Records(), 1);
+  const absl::Time rotated = kT0 + absl::Minutes(10);
+  token.Apply(
+      *PlanRotateNow(token.Records(), policy, RotateMode::kPlanned, rotated));
+  const absl::Time g2_time =
+      TimeFromProto(Find(token.Records(), 2).activate_at());
+  ASSERT_EQ(g2_time, rotated + policy.timings.min_publish_lead);
+  ASSERT_LT(g2_time, TimeFromProto(g1.retire_at()));
+
+  const absl::Time revoked = rotated + absl::Minutes(2);
+  token.Apply(*PlanRevoke(token.Records(), policy,
+                          Find(token.Records(), 2).key_id(), "r", "a",
+                          revoked));
+  token.Apply(PlanScope(token.Records(), policy, revoked));
+  const KeyRecord g3 = Find(token.Records(), 3);
+  EXPECT_GE(TimeFromProto(g3.activate_at()) - TimeFromProto(g3.created_at()),
+            policy.timings.min_publish_lead);
+
+  // From g2's time to g3's, g1 still signs and nothing activates early.
+  const absl::Time g3_time = TimeFromProto(g3.activate_at());
+  ASSERT_GT(g3_time, g2_time);
+  for (const absl::Time t : {g2_time, g3_time - absl::Seconds(1)}) {
+    const std::vector<KeyRecord> records = token.Records();
+    const ScopeView view = ViewScope(records, t);
+    ASSERT_GE(view.signing, 0);
+    EXPECT_EQ(records[view.signing].key_generation(), 1u);
+    for (const KeyAction& a : PlanScope(records, policy, t)) {
+      EXPECT_NE(a.event, "key_activated") << a.detail;
+    }
+  }
+  token.Apply(PlanScope(token.Records(), policy, g3_time));
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView view = ViewScope(records, g3_time);
+  ASSERT_GE(view.signing, 0);
+  EXPECT_EQ(records[view.signing].key_generation(), 3u);
+}
+
+// A revoked key never signs or is published again, so its private key
+// goes at the shorter of destroy_delay and min_publish_lead after the
+// revocation (by then every replica has re-read the records), not at the
+// end of its schedule.
+TEST(PlanRevokeTest, ARevokedPrivateKeyGoesAtTheShorterOfTheDelayAndTheLead) {
+  for (const absl::Duration destroy_delay :
+       {absl::Minutes(30), absl::Minutes(5)}) {
+    SCOPED_TRACE(absl::FormatDuration(destroy_delay));
+    SchedulePolicy policy = Policy();
+    policy.timings.destroy_delay = destroy_delay;
+    const absl::Duration after =
+        std::min(destroy_delay, policy.timings.min_publish_lead);
+    FakeToken token = Started(kT0);
+    const KeyRecord g1 = Find(token.Records(), 1);
+    const absl::Time now = kT0 + absl::Minutes(1);
+    token.Apply(
+        *PlanRevoke(token.Records(), policy, g1.key_id(), "r", "a", now));
+    token.Apply(PlanScope(token.Records(), policy, now));
+    const KeyRecord revoked = Find(token.Records(), 1);
+    EXPECT_EQ(DestroyTime(revoked, policy.timings), now + after);
+    EXPECT_EQ(NextScheduleChange({revoked}, policy.timings, now), now + after);
+    token.Apply(
+        PlanScope(token.Records(), policy, now + after - absl::Seconds(1)));
+    EXPECT_TRUE(token.HasPrivateKey(g1.key_id()));
+    token.Apply(PlanScope(token.Records(), policy, now + after));
+    EXPECT_FALSE(token.HasPrivateKey(g1.key_id()));
+    EXPECT_TRUE(token.records().contains(g1.key_id()));  // the tombstone
+  }
+}
+
+// Each revocation of the active key makes a new key; the tombstones they
+// leave are capped per scope (oldest pruned first), so an operator revoking
+// again and again cannot grow the token without bound.
+TEST(PlanScopeTest, RepeatedRevocationsKeepAtMostMaxTombstones) {
+  SchedulePolicy policy = Policy();
+  policy.max_tombstones = 4;
+  FakeToken token = Started(kT0);
+  absl::Time now = kT0;
+  uint64_t newest = 0;
+  for (int i = 0; i < 30; ++i) {
+    now += absl::Minutes(1);
+    const std::vector<KeyRecord> records = token.Records();
+    const ScopeView view = ViewScope(records, now);
+    ASSERT_GE(view.signing, 0);
+    token.Apply(*PlanRevoke(records, policy, records[view.signing].key_id(),
+                            "r", "a", now));
+    token.Apply(PlanScope(token.Records(), policy, now));
+  }
+  now += policy.timings.min_publish_lead;
+  token.Apply(PlanScope(token.Records(), policy, now));
+  token.Apply(PlanScope(token.Records(), policy, now));  // idempotent
+  EXPECT_THAT(PlanScope(token.Records(), policy, now), IsEmpty());
+
+  std::vector<uint64_t> tombstones;
+  int live_private_keys = 0;
+  for (const KeyRecord& r : token.Records()) {
+    newest = std::max<uint64_t>(newest, r.key_generation());
+    if (r.private_key_destroyed()) tombstones.push_back(r.key_generation());
+    if (token.HasPrivateKey(r.key_id())) ++live_private_keys;
+  }
+  std::sort(tombstones.begin(), tombstones.end());
+  // 30 revoked keys, all destroyed; the 4 newest kept as tombstones.
+  EXPECT_EQ(newest, 32u);
+  EXPECT_THAT(tombstones, ::testing::ElementsAre(27, 28, 29, 30));
+  EXPECT_EQ(live_private_keys, 2);  // the active key and its standby
+  EXPECT_GE(ViewScope(token.Records(), now).signing, 0);
+}
+
 // Hundreds of rotation periods on simulated time with random operator
 // calls and crashes between any two token writes, checking at every step
 // what relying parties and operators are promised (README, "Key

@@ -335,11 +335,11 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
     k->set_activate_at(Rfc3339(r.activate_at()));
     k->set_retire_at(Rfc3339(r.retire_at()));
     k->set_unpublish_at(Rfc3339(r.unpublish_at()));
-    // A revoked key's private key goes destroy_delay after its revocation,
-    // sooner than its record's schedule says (a twelfth outside attack saw
-    // a month-late time listed).
+    // A revoked key's private key goes soon after its revocation, sooner
+    // than its record's schedule says (a twelfth outside attack saw a
+    // month-late time listed).
     k->set_destroy_at(rotation::FormatInstant(rotation::DestroyTime(
-        r, absl::Seconds(scope->second->config().destroy_delay_seconds()))));
+        r, KeyPolicyFor(scope->second->config()).timings)));
     k->set_private_key_destroyed(r.private_key_destroyed());
     if (r.has_revocation()) {
       k->set_revoked_at(Rfc3339(r.revocation().revoked_at()));

@@ -1055,10 +1055,14 @@ absl::Status Daemon::StartServing() {
   // The HSM liveness prober (server/hsm_prober.h).
   HsmProber::Options prober_options;
   prober_options.stalled_after = kStalledCallThreshold;
-  // Past the pool's own stall threshold, at which it abandons the
-  // connection and serves on a new one.
-  prober_options.replace_stuck_after =
-      pool_options_.stall_threshold + absl::Seconds(2);
+  // A second before a stuck probe would read as a stalled HSM: the new
+  // probe avoids a connection with a call held that long
+  // (SessionPool::AcquireForProbe), so one stuck connection while others
+  // serve never turns health NOT_SERVING (a twelfth outside attack saw
+  // ~12 s of it when this waited for the pool's stall threshold); a whole
+  // HSM stalled stalls the new probe too, and is reported at
+  // kStalledCallThreshold, counted from the first probe's call.
+  prober_options.replace_stuck_after = kStalledCallThreshold - absl::Seconds(1);
   prober_ = std::make_unique<HsmProber>(
       [pool = pool_.get()](absl::Time deadline) {
         return pool->Probe(deadline);
