@@ -166,11 +166,16 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
                                     const std::vector<KeyAction>& actions,
                                     size_t* completed) {
   if (change_gate_ && !actions.empty()) {
+    // Each write with its event's detail (generation, kid, what and why):
+    // should signetd be killed between a write and its event line, this
+    // line, durable before the first write, still names it.
     std::vector<std::string> what;
-    for (const KeyAction& action : actions) what.push_back(action.event);
+    for (const KeyAction& action : actions) {
+      what.push_back(absl::StrCat(action.event, " (", action.detail, ")"));
+    }
     SIGNET_RETURN_IF_ERROR(change_gate_(
         policy.scope, absl::StrCat(actions.size(), " token write(s): ",
-                                   absl::StrJoin(what, ", "))));
+                                   absl::StrJoin(what, "; "))));
   }
   for (const KeyAction& action : actions) {
     KeyRecord record = action.record;

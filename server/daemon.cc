@@ -887,6 +887,7 @@ absl::Status Daemon::OpenAuditLog() {
   if (absl::StatusOr<std::string> left =
           base::ReadSmallFile(running_marker, "the run marker", 256);
       left.ok()) {
+    previous_run_unstopped_ = true;
     absl::StrAppend(&start_event.detail, "; the previous run (",
                     absl::StripAsciiWhitespace(*left),
                     ") ended without a stop line: it was killed, crashed, "
@@ -987,6 +988,16 @@ absl::Status Daemon::LoadScopes() {
       kill_at_write, std::move(internal_scopes), seen_.get());
   if (absl::Status started = key_manager_->Start(); !started.ok()) {
     return started;
+  }
+  if (previous_run_unstopped_) {
+    // A write the killed run made just before it died has no event line;
+    // its key_changes line names it, and this says what came of it (a
+    // thirteenth outside attack found revocations in the token that the
+    // log only announced).
+    key_manager_->AuditKeysAtStart(
+        "the previous run ended without a stop line, so a key change it "
+        "was making may have no event line (its last key_changes line "
+        "names the writes it started)");
   }
   for (const auto& scope : config_.scopes()) {
     const ScopeKeys& keys = *key_manager_->Scopes().at(scope.name());

@@ -201,6 +201,8 @@ class Daemon {
   std::string anchor_path_;
   // Beside the audit log while this run has not written its stop line.
   std::string running_marker_;
+  // The run marker was there at start: the previous run did not stop.
+  bool previous_run_unstopped_ = false;
   std::string anchor_origin_;  // empty: the boot id could not be read
   std::unique_ptr<base::ElapsedWallTime> seen_;
   std::optional<base::WallClockAnchor> accepted_anchor_;

@@ -9,6 +9,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "base/log.h"
 #include "base/quote.h"
 #include "base/status_macros.h"
@@ -190,6 +191,43 @@ absl::Status KeyManager::Start() {
                                "never_create_keys: the writer makes them)");
   }
   return absl::OkStatus();
+}
+
+void KeyManager::AuditKeysAtStart(absl::string_view why) {
+  const absl::Time now = clock_.Now();
+  const std::map<std::string, rotation::ScopeKeySet> sets =
+      reconciler_->KnownSets();
+  for (const auto& scope : config_.scopes()) {
+    auto set = sets.find(scope.name());
+    if (set == sets.end()) continue;
+    const std::vector<rotation::KeyRecord>& records = set->second.records;
+    const rotation::ScopeView view = rotation::ViewScope(records, now);
+    std::vector<std::string> keys;
+    for (size_t i = 0; i < records.size(); ++i) {
+      const rotation::KeyRecord& r = records[i];
+      std::string key = absl::StrCat("generation ", r.key_generation(), " kid ",
+                                     r.kid().empty() ? "(none)" : r.kid(), " ",
+                                     rotation::KeyStateName(view.states[i]));
+      if (static_cast<int>(i) == view.standby) key += " (standby)";
+      if (r.has_revocation()) {
+        absl::StrAppend(&key, " (revoked at ",
+                        rotation::FormatInstant(rotation::TimeFromProto(
+                            r.revocation().revoked_at())),
+                        " by ", r.revocation().revoked_by(), ")");
+      }
+      if (r.private_key_destroyed()) key += " (private key destroyed)";
+      keys.push_back(std::move(key));
+    }
+    AuditEvent line;
+    line.event = "keys_at_start";
+    line.caller = "signetd";
+    line.scope = scope.name();
+    line.result = "OK";
+    line.detail = absl::StrCat(
+        why, "; the token holds ", records.size(), " key(s) of scope ",
+        scope.name(), ": ", keys.empty() ? "none" : absl::StrJoin(keys, "; "));
+    Audit(std::move(line));
+  }
 }
 
 void KeyManager::StartLoop() {
@@ -622,6 +660,19 @@ absl::StatusOr<std::string> KeyManager::Change(
     response = (*recorded)->response();
   } else {
     response = change(fingerprint);
+    if (response.ok()) {
+      // What was written is served at once: the pass below may first make
+      // the next standby (seconds for an RSA-4096 key, more in a network
+      // HSM), and until it swaps in, a revoked active key was still the
+      // one served and every call of its scope was refused (a thirteenth
+      // outside attack), though its successor's activation was written.
+      if (absl::Status known = PublishKnown(); !known.ok()) {
+        SIGNET_LOG_WARN(
+            "the records an operator's change wrote could not be served "
+            "before the pass after it: {}",
+            known.ToString());
+      }
+    }
   }
   // Only an applied change is remembered: a refusal changed nothing, and a
   // change that failed midway is planned again from the token's records

@@ -101,6 +101,14 @@ class KeyManager {
   // the other scopes serve. `on_keys` is not called for it (Scopes() has
   // the result).
   absl::Status Start();
+
+  // One `keys_at_start` audit line per configured scope, saying what the
+  // token holds now (each key's generation, kid and state) and why this is
+  // written (`why`). For a start after a run that ended without a stop
+  // line: a token write it made just before it was killed has no event
+  // line of its own (its `key_changes` line names it), and this line says
+  // what came of it. Call after Start.
+  void AuditKeysAtStart(absl::string_view why);
   // Starts the loop's thread (after Start succeeded): from here on
   // `on_keys` runs on it.
   void StartLoop();

@@ -586,6 +586,39 @@ TEST_F(KeyManagerTest, ARevokedKeyIsOutOfServiceFromBeforeItsRecordIsWritten) {
   EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
 }
 
+// A thirteenth outside attack: revoking the active key refused every call
+// of its scope (the revoked key was still the one served) until the pass
+// after the change had made the next standby, seconds for an RSA-4096 key,
+// long after the successor's activation was written. What a change wrote
+// is served at once, before that pass.
+TEST_F(KeyManagerTest,
+       ARevokedKeysSuccessorIsServedBeforeTheNextStandbyIsMade) {
+  std::unique_ptr<KeyManager> keys = Make();
+  ASSERT_TRUE(keys->Start().ok());
+  keys->StartLoop();
+  const rotation::KeyRecord active =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now())->record;
+  injector_->Block("C_GenerateKeyPair");
+  std::thread revoking([&] {
+    const absl::Status revoked =
+        Revoke(*keys, active.kid(), "revoke-before-the-standby").status();
+    EXPECT_TRUE(revoked.ok()) << revoked;
+  });
+  for (int i = 0; i < 400 && injector_->Blocked() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+  ASSERT_GT(injector_->Blocked(), 0);
+  // The successor is served while the next standby's generation is held.
+  std::shared_ptr<const ScopeState> signing =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now());
+  ASSERT_NE(signing, nullptr);
+  EXPECT_EQ(signing->record.key_generation(), active.key_generation() + 1);
+  injector_->Release();
+  revoking.join();
+  EXPECT_EQ(DemoSigningGeneration(*keys), active.key_generation() + 1);
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+}
+
 // A review: a revocation whose write was made but whose reply was lost
 // put the key back in service, and the retry that learned it was made did
 // not take it out again. It stays out until a pass reads the records.

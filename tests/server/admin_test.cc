@@ -43,6 +43,8 @@
 namespace signet {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::Contains;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::SignetdOptions;
@@ -1026,6 +1028,25 @@ TEST_F(AdminTest, AStartAfterAKillSaysThePreviousRunDidNotStop) {
   };
   ASSERT_TRUE(signetd_->Stop(SIGTERM, absl::Seconds(30)).ok());
   ASSERT_NO_FATAL_FAILURE(StartSignetd());
+  // A thirteenth outside attack: a kill -9 between a key write and its
+  // event line left a revocation in the token that the log only announced
+  // as "2 token write(s): key_revoked, key_activated". The key_changes line
+  // now names each write (generation, kid, reason), and the start after an
+  // unclean stop audits what the token holds.
+  const std::string standby = KidIn(Keys(), "PENDING", true);
+  ASSERT_FALSE(standby.empty());
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    v1::RevokeKeyRequest revoke;
+    revoke.set_scope("ops");
+    revoke.set_kid(standby);
+    revoke.set_reason("revoked before a kill");
+    revoke.set_request_id("before-a-kill");
+    v1::RevokeKeyResponse response;
+    const grpc::Status st = AdminStub()->RevokeKey(&ctx, revoke, &response);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
   ASSERT_TRUE(signetd_->Stop(SIGKILL, absl::Seconds(30)).ok());
   ASSERT_NO_FATAL_FAILURE(StartSignetd());
   const std::vector<std::string> details = start_details();
@@ -1036,6 +1057,29 @@ TEST_F(AdminTest, AStartAfterAKillSaysThePreviousRunDidNotStop) {
               HasSubstr(") ended without a stop line: it was killed, crashed, "
                         "failed to start after its start line, or the "
                         "machine stopped"));
+  std::vector<std::string> intents, at_start;
+  for (absl::string_view text : absl::StrSplit(AuditLog(), '\n')) {
+    nlohmann::json line = nlohmann::json::parse(text, nullptr, false);
+    if (!line.is_object()) continue;
+    if (line.value("event", "") == "key_changes") {
+      intents.push_back(line.value("detail", ""));
+    }
+    if (line.value("event", "") == "keys_at_start") {
+      EXPECT_EQ(line.value("scope", ""), "ops");
+      at_start.push_back(line.value("detail", ""));
+    }
+  }
+  EXPECT_THAT(intents,
+              Contains(AllOf(HasSubstr("key_revoked ("), HasSubstr(standby),
+                             HasSubstr("revoked before a kill"))));
+  // Only after the unclean stop, once for the one scope.
+  ASSERT_EQ(at_start.size(), 1u);
+  EXPECT_THAT(at_start[0], HasSubstr("the previous run ended without a stop "
+                                     "line"));
+  EXPECT_THAT(at_start[0],
+              HasSubstr(absl::StrCat("kid ", standby, " REVOKED")));
+  EXPECT_THAT(at_start[0], HasSubstr(absl::StrCat(
+                               "kid ", KidIn(Keys(), "ACTIVE"), " ACTIVE")));
 }
 
 // Found by an outside attack: 200 immediate rotations grew the key set to
