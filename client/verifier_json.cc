@@ -38,6 +38,8 @@ std::string Why(const jose::JsonRefusal& r) {
     case Reason::kNumberOverflow:
       if (!r.offset.has_value()) return "a number overflows a double";
       break;
+    case Reason::kInexactInteger:  // not asked for here
+      return "an integer beyond 2^53";
     case Reason::kBinary:
       return "binary value";
     case Reason::kInternal:

@@ -261,6 +261,7 @@ absl::Status SessionPool::BringUp(size_t index) {
     slot.last_error = absl::OkStatus();
     for (CK_SESSION_HANDLE h : conn->sessions_) {
       idle_.push_back({index, conn, h});
+      ++idle_added_;
     }
     return absl::OkStatus();
   }
@@ -369,6 +370,7 @@ void SessionPool::Release(Lease& lease) {
       DropIdleOf(lease.connection_);
     } else if (current) {
       idle_.push_back({lease.index_, lease.connection_, lease.session_});
+      ++idle_added_;
     }
     last = std::move(lease.connection_);
   }
@@ -422,38 +424,54 @@ SessionPool::Lease SessionPool::LeaseIdle(
 }
 
 absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
-  return AcquireWith(deadline, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    return idle_.begin();
-  });
+  return AcquireWith(deadline,
+                     [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS
+                     -> absl::StatusOr<std::deque<IdleSession>::iterator> {
+                       return idle_.begin();
+                     });
 }
 
 absl::StatusOr<SessionPool::Lease> SessionPool::AcquireForProbe(
     absl::Time deadline) {
-  return AcquireWith(deadline, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    // Connections with a lease held past the threshold: suspect.
-    const absl::Duration now = base::MonotonicNow();
-    absl::flat_hash_set<const Connection*> suspect;
-    for (const auto& [id, info] : leases_) {
-      if (now - info.since > options_.probe_avoids_held_past) {
-        suspect.insert(info.connection);
-      }
-    }
-    bool any_trusted = false;
-    for (const ConnectionSlot& slot : slots_) {
-      any_trusted |= slot.connection != nullptr &&
-                     !suspect.contains(slot.connection.get());
-    }
-    if (!any_trusted) return idle_.begin();  // all suspect: the HSM may be
-    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
-      if (!suspect.contains(it->connection.get())) return it;
-    }
-    return idle_.end();  // wait for a trusted connection's session
-  });
+  return AcquireWith(
+      deadline,
+      [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS
+      -> absl::StatusOr<std::deque<IdleSession>::iterator> {
+        // Connections with a lease held past the threshold: suspect.
+        const absl::Duration now = base::MonotonicNow();
+        absl::flat_hash_set<const Connection*> suspect;
+        for (const auto& [id, info] : leases_) {
+          if (now - info.since > options_.probe_avoids_held_past) {
+            suspect.insert(info.connection);
+          }
+        }
+        int live = 0, trusted = 0;
+        for (const ConnectionSlot& slot : slots_) {
+          if (slot.connection == nullptr) continue;
+          ++live;
+          trusted += suspect.contains(slot.connection.get()) ? 0 : 1;
+        }
+        if (live > 0 && trusted == 0) {
+          // The HSM as a whole may be stalled: a probe that took a session
+          // now would most likely stick in it too, holding a session the
+          // signers need until the HSM answers (a probe left behind every
+          // 2 s took the sessions of a 4-session pool). As "no session
+          // free": the prober then asks whether signers are stuck, and a
+          // stall it has seen goes on.
+          return absl::DeadlineExceededError(absl::StrCat(
+              "every HSM connection has a call held over ",
+              absl::FormatDuration(options_.probe_avoids_held_past),
+              "; the probe takes none of their sessions"));
+        }
+        for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+          if (!suspect.contains(it->connection.get())) return it;
+        }
+        return idle_.end();  // wait for a trusted connection's session
+      });
 }
 
 absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
-    absl::Time deadline,
-    absl::FunctionRef<std::deque<IdleSession>::iterator()> pick) {
+    absl::Time deadline, absl::FunctionRef<PickIdle()> pick) {
   absl::MutexLock lock(&mu_);
   for (;;) {
     // Sessions of connections no longer in their slot are dropped.
@@ -461,10 +479,9 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
         idle_, [this](const IdleSession& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return slots_[s.index].connection != s.connection;
         });
-    if (!idle_.empty()) {
-      auto chosen = pick();
-      if (chosen != idle_.end()) return LeaseIdle(chosen);
-    }
+    absl::StatusOr<std::deque<IdleSession>::iterator> chosen = pick();
+    if (!chosen.ok()) return chosen.status();
+    if (*chosen != idle_.end()) return LeaseIdle(*chosen);
     const absl::Time now = absl::Now();
     const absl::Duration monotonic_now = base::MonotonicNow();
     bool any_hope = false;  // up, reconnecting, or due for a retry
@@ -481,11 +498,11 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
       return absl::DeadlineExceededError(
           "no HSM session became free before the deadline");
     }
-    // Wake on a released session, or when a reconnect settles; a probe
-    // waiting for a trusted connection looks again every 50 ms.
-    const size_t idle_now = idle_.size();
-    auto ready = [this, idle_now]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return idle_.size() > idle_now;
+    // Wake on a released session, or when a reconnect settles (either adds
+    // an idle session); also every 50 ms.
+    const uint64_t added = idle_added_;
+    auto ready = [this, added]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return idle_added_ != added;
     };
     mu_.AwaitWithDeadline(absl::Condition(&ready),
                           std::min(deadline, now + absl::Milliseconds(50)));

@@ -87,7 +87,9 @@ struct SessionPoolOptions {
   // must not make a probe that lands on it report the whole HSM stalled
   // while the other connections serve. A signature holds a lease for
   // milliseconds. When every live connection has such a lease, the probe
-  // takes any session: the HSM as a whole may be stalled.
+  // takes none (DEADLINE_EXCEEDED, as when no session is free): the HSM as
+  // a whole may be stalled, and a probe stuck there would hold a session
+  // the signers need.
   absl::Duration probe_avoids_held_past = absl::Seconds(1);
 };
 
@@ -217,8 +219,9 @@ class SessionPool {
   // the errors are Acquire's, or the call's.
   absl::Status Probe(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
   // The session Probe uses: as Acquire, but on a connection with no lease
-  // held past options.probe_avoids_held_past while there is one (waiting
-  // for one of its sessions rather than taking a suspect connection's).
+  // held past options.probe_avoids_held_past (waiting for one of its
+  // sessions rather than taking a suspect connection's); DEADLINE_EXCEEDED
+  // at once when every live connection has such a lease.
   absl::StatusOr<Lease> AcquireForProbe(absl::Time deadline)
       ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -304,11 +307,12 @@ class SessionPool {
   // A lease of the idle session at `it`, which is removed from idle_.
   Lease LeaseIdle(std::deque<IdleSession>::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Acquire's loop; `pick` chooses an idle session (idle_.end() for none
-  // now) among idle_, whose stale entries are already dropped.
-  absl::StatusOr<Lease> AcquireWith(
-      absl::Time deadline,
-      absl::FunctionRef<std::deque<IdleSession>::iterator()> pick)
+  // Acquire's loop; `pick`, run with mu_ held, chooses an idle session
+  // among idle_, whose stale entries are already dropped: idle_.end() to
+  // wait for another, or an error to answer at once.
+  using PickIdle = absl::StatusOr<std::deque<IdleSession>::iterator>;
+  absl::StatusOr<Lease> AcquireWith(absl::Time deadline,
+                                    absl::FunctionRef<PickIdle()> pick)
       ABSL_LOCKS_EXCLUDED(mu_);
   void Release(Lease& lease) ABSL_LOCKS_EXCLUDED(mu_);
   // The recovery thread: brings down connections back when their backoff
@@ -339,6 +343,9 @@ class SessionPool {
   mutable absl::Mutex mu_;
   std::vector<ConnectionSlot> slots_ ABSL_GUARDED_BY(mu_);
   std::deque<IdleSession> idle_ ABSL_GUARDED_BY(mu_);
+  // Sessions ever added to idle_ (released or brought up): what a waiter
+  // for a session wakes on.
+  uint64_t idle_added_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   struct LeaseInfo {
     size_t index;

@@ -229,8 +229,6 @@ TEST_F(SessionPoolTest, AProbeAvoidsAConnectionWithALeaseHeldTooLong) {
   auto held = (*pool)->Acquire(Soon());
   ASSERT_TRUE(held.ok());
   const uint64_t suspect = held->connection().id();
-  // Fresh, the lease makes nothing suspect: the probe takes the first idle
-  // session, whichever connection it is on.
   absl::SleepFor(absl::Milliseconds(200));
   for (int i = 0; i < 6; ++i) {
     auto probe = (*pool)->AcquireForProbe(Soon());
@@ -238,12 +236,21 @@ TEST_F(SessionPoolTest, AProbeAvoidsAConnectionWithALeaseHeldTooLong) {
     EXPECT_NE(probe->connection().id(), suspect) << i;
   }
   EXPECT_TRUE((*pool)->Probe(Soon()).ok());
-  // Both connections held too long: the probe takes what there is.
+  // Both connections held too long: the HSM as a whole may be stalled,
+  // and the probe takes no session (one stuck there would hold it).
   auto other = (*pool)->AcquireForProbe(Soon());
   ASSERT_TRUE(other.ok());
   absl::SleepFor(absl::Milliseconds(200));
-  auto any = (*pool)->AcquireForProbe(Soon());
-  ASSERT_TRUE(any.ok()) << any.status();
+  const absl::Time asked = absl::Now();
+  auto none = (*pool)->AcquireForProbe(absl::Now() + absl::Seconds(30));
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(none.status().message(),
+              HasSubstr("every HSM connection has a call held over"));
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(20));  // at once, not waited
+  EXPECT_EQ((*pool)->Probe(Soon()).code(), absl::StatusCode::kDeadlineExceeded);
+  // Signers are not steered: they still get the idle sessions.
+  auto signer = (*pool)->Acquire(Soon());
+  EXPECT_TRUE(signer.ok()) << signer.status();
 }
 
 TEST_F(SessionPoolTest, WarmersRunOnEveryNewConnectionBeforeItServes) {

@@ -28,11 +28,18 @@ class StrictSax : public nlohmann::json_sax<Json> {
     // nlohmann only calls this for a token that starts with '-'.
     JsonValue v = Of(JsonValue::Kind::kNegative);
     v.negative_value = value;
+    if (options_.refuse_inexact_integers &&
+        value < -static_cast<int64_t>(kMaxExactInteger)) {
+      return RefuseInexact(std::move(v));
+    }
     return OnValue(std::move(v));
   }
   bool number_unsigned(number_unsigned_t value) override {
     JsonValue v = Of(JsonValue::Kind::kUnsigned);
     v.unsigned_value = value;
+    if (options_.refuse_inexact_integers && value > kMaxExactInteger) {
+      return RefuseInexact(std::move(v));
+    }
     return OnValue(std::move(v));
   }
   bool number_float(number_float_t value, const string_t& token) override {
@@ -42,6 +49,11 @@ class StrictSax : public nlohmann::json_sax<Json> {
     }
     JsonValue v = Of(JsonValue::Kind::kFloat);
     v.text = token;
+    // Digits only, yet a float: too big for 64 bits, so beyond 2^53 too.
+    if (options_.refuse_inexact_integers &&
+        token.find_first_of(".eE") == std::string::npos) {
+      return RefuseInexact(std::move(v));
+    }
     return OnValue(std::move(v));
   }
   bool string(string_t& value) override {
@@ -162,6 +174,13 @@ class StrictSax : public nlohmann::json_sax<Json> {
     r.depth = static_cast<int>(frames_.size());
     r.top_member = top_member_;
     refusal_ = std::move(r);
+    return false;
+  }
+
+  bool RefuseInexact(JsonValue value) {
+    if (refusal_.has_value()) return false;
+    Refuse(JsonRefusal::Reason::kInexactInteger);
+    refusal_->value = std::move(value);
     return false;
   }
 

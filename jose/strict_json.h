@@ -15,6 +15,10 @@
 //  - objects and arrays nested deeper than the caller's limit (the
 //    top-level object is depth 1);
 //  - a number that overflows a double;
+//  - with refuse_inexact_integers (the claims a tenant sends): an integer
+//    (written without fraction or exponent) beyond +-(2^53 - 1), which a
+//    double cannot hold exactly, so JavaScript and other double-based
+//    readers would read another value (I-JSON, RFC 7493 2.2);
 //  - anything nlohmann's strict lexer refuses (invalid UTF-8 in a string,
 //    a lone escaped UTF-16 surrogate, a syntax error).
 // What a caller checks before (a byte order mark, the size) and after (the
@@ -65,6 +69,7 @@ struct JsonRefusal {
     kDuplicateMember,  // `name` twice in one object, at `depth`
     kTooDeep,          // an object or array would be deeper than the limit
     kNumberOverflow,   // a number that overflows a double
+    kInexactInteger,   // an integer beyond +-(2^53 - 1): `value`
     kBinary,           // never produced by JSON text; refused to stay closed
     kTrailingData,     // something after the top-level object, at `offset`
     kLoneSurrogate,    // an escaped lone UTF-16 surrogate near `offset`
@@ -83,14 +88,22 @@ struct JsonRefusal {
   // data, a lone surrogate, a syntax error, and a number overflow it finds
   // first); unset otherwise.
   std::optional<size_t> offset;
+  // kInexactInteger: the number (kUnsigned, kNegative, or kFloat with its
+  // token, for one too big for 64 bits).
+  JsonValue value;
   // kSyntax: nlohmann's description without its echo of the input ("syntax
   // error while parsing object - unexpected end of input; expected '}'").
   std::string description;
 };
 
+// The largest integer a double holds exactly with every smaller one.
+inline constexpr uint64_t kMaxExactInteger = (uint64_t{1} << 53) - 1;
+
 struct StrictJsonOptions {
   // The deepest nesting allowed; the top-level object is depth 1.
   int max_depth = 16;
+  // Refuse integers beyond +-kMaxExactInteger (kInexactInteger).
+  bool refuse_inexact_integers = false;
   // Called for each value directly inside the top-level object, in order,
   // with its member name (containers before their content). Optional.
   std::function<void(const std::string& member, const JsonValue& value)>

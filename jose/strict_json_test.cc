@@ -77,6 +77,40 @@ TEST(StrictJsonTest, SaysWhereTheProblemIs) {
   EXPECT_EQ(KindName(r->got), "a number");
 }
 
+// A thirteenth outside attack had claims with 123456789012345678901234567890
+// signed; a double-based reader (JavaScript) reads another value.
+TEST(StrictJsonTest, InexactIntegersAreRefusedWhenAskedFor) {
+  StrictJsonOptions options;
+  options.refuse_inexact_integers = true;
+  for (const char* text : {
+           R"({"a":9007199254740991,"b":-9007199254740991,"c":1.5e300})",
+           R"({"a":[0,-0,1e20]})",
+       }) {
+    EXPECT_EQ(CheckStrictJsonObject(text, options), std::nullopt) << text;
+  }
+  struct Case {
+    const char* text;
+    JsonValue::Kind kind;
+    int depth;
+  };
+  for (const Case& c : {
+           Case{R"({"a":9007199254740992})", JsonValue::Kind::kUnsigned, 1},
+           Case{R"({"a":{"b":[-9007199254740992]}})",
+                JsonValue::Kind::kNegative, 3},
+           Case{R"({"a":123456789012345678901234567890})",
+                JsonValue::Kind::kFloat, 1},
+       }) {
+    std::optional<JsonRefusal> r = CheckStrictJsonObject(c.text, options);
+    ASSERT_TRUE(r.has_value()) << c.text;
+    EXPECT_EQ(r->reason, Reason::kInexactInteger) << c.text;
+    EXPECT_EQ(r->value.kind, c.kind) << c.text;
+    EXPECT_EQ(r->depth, c.depth) << c.text;
+    EXPECT_EQ(r->top_member, "a") << c.text;
+    // Not asked for: accepted.
+    EXPECT_EQ(Check(c.text), std::nullopt) << c.text;
+  }
+}
+
 TEST(StrictJsonTest, TheDepthLimitCountsTheTopLevelObject) {
   EXPECT_EQ(Check(R"({"a":{"b":1}})", 2), std::nullopt);
   std::optional<JsonRefusal> r = Check(R"({"a":{"b":[1]}})", 2);

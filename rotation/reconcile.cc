@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/quote.h"
 #include "base/status_macros.h"
 #include "jose/jwk.h"
 
@@ -166,12 +167,19 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
                                     const std::vector<KeyAction>& actions,
                                     size_t* completed) {
   if (change_gate_ && !actions.empty()) {
-    // Each write with its event's detail (generation, kid, what and why):
-    // should signetd be killed between a write and its event line, this
-    // line, durable before the first write, still names it.
+    // Each write, compactly (an audit field holds 1024 bytes): should
+    // signetd be killed between a write and its event line, this line,
+    // durable before the first write, still names it.
     std::vector<std::string> what;
     for (const KeyAction& action : actions) {
-      what.push_back(absl::StrCat(action.event, " (", action.detail, ")"));
+      const KeyRecord& r = action.record;
+      std::string one = absl::StrCat(action.event, " gen ", r.key_generation());
+      if (!r.kid().empty()) absl::StrAppend(&one, " ", r.kid());
+      if (action.event == "key_revoked" && r.has_revocation()) {
+        absl::StrAppend(&one, " by ", base::Quote(r.revocation().revoked_by()),
+                        " for ", base::Quote(r.revocation().reason()));
+      }
+      what.push_back(std::move(one));
     }
     SIGNET_RETURN_IF_ERROR(change_gate_(
         policy.scope, absl::StrCat(actions.size(), " token write(s): ",

@@ -369,8 +369,10 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
       static_cast<int>(tombstones.size()) - std::max(policy.max_tombstones, 0);
   if (excess > 0) {
     // Repeated revocations (or immediate rotations) leave a tombstone each;
-    // the oldest go first. Nothing is lost that anyone relies on: the key
-    // neither signs nor is published, and the audit log keeps its history.
+    // the oldest go first. The key neither signs nor is published, and the
+    // audit log keeps its history; what goes is its record in the token,
+    // and with it the request ids of changes it carried (a retry after a
+    // restart is then answered from memory, or as an unknown kid).
     std::sort(tombstones.begin(), tombstones.end(), [&](int a, int b) {
       return records[a].key_generation() < records[b].key_generation();
     });

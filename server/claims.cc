@@ -107,6 +107,9 @@ struct Observed {
   jose::JsonValue value;
 };
 
+absl::StatusOr<int64_t> NumericDate(absl::string_view name,
+                                    const Observed& observed, bool required);
+
 // The claims' words for a document jose::CheckStrictJsonObject refused.
 absl::Status RefusalMessage(const jose::JsonRefusal& r) {
   using Reason = jose::JsonRefusal::Reason;
@@ -162,6 +165,28 @@ absl::Status RefusalMessage(const jose::JsonRefusal& r) {
           "number_overflow",
           absl::StrFormat("claims contain a number near byte offset %d%s",
                           offset, kOverflowsDouble));
+    case Reason::kInexactInteger: {
+      if (r.depth == 1 && (r.top_member == "iat" || r.top_member == "exp" ||
+                           r.top_member == "nbf")) {
+        // The registered dates say it their way ("must be an integer in
+        // [0, 2^53)").
+        absl::StatusOr<int64_t> date =
+            NumericDate(r.top_member, Observed{true, r.value}, true);
+        if (!date.ok()) return date.status();
+      }
+      const std::string number =
+          r.value.kind == jose::JsonValue::Kind::kUnsigned
+              ? absl::StrCat(r.value.unsigned_value)
+          : r.value.kind == jose::JsonValue::Kind::kNegative
+              ? absl::StrCat(r.value.negative_value)
+              : r.value.text;
+      return Invalid(
+          "inexact_integer",
+          absl::StrCat("claims contain the integer ", number, where,
+                       ", beyond +-(2^53 - 1): relying parties that read "
+                       "numbers as doubles (JavaScript among them) would "
+                       "read another value; send it as a string"));
+    }
     case Reason::kBinary:
       return Invalid("binary",
                      "claims contain binary data, which JSON cannot carry");
@@ -296,6 +321,7 @@ absl::StatusOr<CheckedClaims> CheckClaimsOrThrow(absl::string_view claims,
   Observed iss, iat_seen, exp_seen, nbf_seen;
   jose::StrictJsonOptions options;
   options.max_depth = kMaxClaimsDepth;
+  options.refuse_inexact_integers = true;
   options.on_top_level_value = [&](const std::string& member,
                                    const jose::JsonValue& value) {
     Observed* claim = member == "iss"   ? &iss

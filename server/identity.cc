@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/quote.h"
 
@@ -59,6 +61,14 @@ std::string Described(X509* cert, const std::vector<std::string>& uris) {
                       absl::StrJoin(shown, ", "), "]");
 }
 
+// A character RFC 3986 allows in a URI: unreserved, reserved, or '%' (of
+// a percent-encoding).
+bool IsUriCharacter(unsigned char c) {
+  return absl::ascii_isalnum(c) ||
+         absl::string_view("-._~:/?#[]@!$&'()*+,;=%")
+                 .find(static_cast<char>(c)) != absl::string_view::npos;
+}
+
 absl::Status Refused(X509* cert, const std::vector<std::string>& uris,
                      absl::string_view why) {
   return absl::PermissionDeniedError(
@@ -104,8 +114,21 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
                                 "identity is unambiguous"));
   }
   if (uris.size() == 1) {
-    if (uris[0].empty() || uris[0].find('\0') != std::string::npos) {
+    if (uris[0].empty()) {
       return Refused(cert.get(), uris, "its URI SAN is malformed");
+    }
+    // Only the characters RFC 3986 allows in a URI (a thirteenth outside
+    // attack had a SAN with a newline, quotes and backslashes taken as an
+    // identity, while one with a NUL was refused).
+    for (size_t i = 0; i < uris[0].size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(uris[0][i]);
+      if (!IsUriCharacter(c)) {
+        return Refused(
+            cert.get(), uris,
+            absl::StrFormat("its URI SAN is not a URI (RFC 3986): byte 0x%02x "
+                            "at offset %d is not allowed in one",
+                            c, i));
+      }
     }
     return absl::StrCat("uri:", uris[0]);
   }

@@ -202,20 +202,27 @@ void KeyManager::AuditKeysAtStart(absl::string_view why) {
     if (set == sets.end()) continue;
     const std::vector<rotation::KeyRecord>& records = set->second.records;
     const rotation::ScopeView view = rotation::ViewScope(records, now);
+    // Newest first and compact: an audit field holds 1024 bytes, so on a
+    // scope with many tombstones the oldest are what is cut.
+    std::vector<size_t> order(records.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return records[a].key_generation() > records[b].key_generation();
+    });
     std::vector<std::string> keys;
-    for (size_t i = 0; i < records.size(); ++i) {
+    for (size_t i : order) {
       const rotation::KeyRecord& r = records[i];
-      std::string key = absl::StrCat("generation ", r.key_generation(), " kid ",
-                                     r.kid().empty() ? "(none)" : r.kid(), " ",
-                                     rotation::KeyStateName(view.states[i]));
-      if (static_cast<int>(i) == view.standby) key += " (standby)";
+      std::string key =
+          absl::StrCat("gen ", r.key_generation(), " ",
+                       r.kid().empty() ? "(no kid)" : r.kid(), " ",
+                       rotation::KeyStateName(view.states[i]));
+      if (static_cast<int>(i) == view.standby) key += " standby";
       if (r.has_revocation()) {
-        absl::StrAppend(&key, " (revoked at ",
+        absl::StrAppend(&key, " at ",
                         rotation::FormatInstant(rotation::TimeFromProto(
-                            r.revocation().revoked_at())),
-                        " by ", r.revocation().revoked_by(), ")");
+                            r.revocation().revoked_at())));
       }
-      if (r.private_key_destroyed()) key += " (private key destroyed)";
+      if (r.private_key_destroyed()) key += " destroyed";
       keys.push_back(std::move(key));
     }
     AuditEvent line;
@@ -224,8 +231,8 @@ void KeyManager::AuditKeysAtStart(absl::string_view why) {
     line.scope = scope.name();
     line.result = "OK";
     line.detail = absl::StrCat(
-        why, "; the token holds ", records.size(), " key(s) of scope ",
-        scope.name(), ": ", keys.empty() ? "none" : absl::StrJoin(keys, "; "));
+        why, "; the token holds ", records.size(), " key(s), newest first: ",
+        keys.empty() ? "none" : absl::StrJoin(keys, "; "));
     Audit(std::move(line));
   }
 }

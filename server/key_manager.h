@@ -107,7 +107,7 @@ class KeyManager {
   // written (`why`). For a start after a run that ended without a stop
   // line: a token write it made just before it was killed has no event
   // line of its own (its `key_changes` line names it), and this line says
-  // what came of it. Call after Start.
+  // what came of it. Call after Start and before StartLoop.
   void AuditKeysAtStart(absl::string_view why);
   // Starts the loop's thread (after Start succeeded): from here on
   // `on_keys` runs on it.

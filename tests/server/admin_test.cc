@@ -759,7 +759,11 @@ TEST_F(AdminTest, OneStuckHsmConnectionDoesNotKeepTheReplicaDown) {
   }
   EXPECT_TRUE(abandoned) << signetd_->Output();
   EXPECT_GT(answered, 20);
-  EXPECT_EQ(unreachable, 0) << signetd_->Output();
+  // At most a blip (GetStatus is read every 200 ms; with the old probe and
+  // delay it read unreachable for ~9 s, some 45 readings): the replacement
+  // probe has about a second to answer before the first one's call reads
+  // as a stall, which a loaded machine may take.
+  EXPECT_LE(unreachable, 3) << signetd_->Output();
   EXPECT_EQ(hsm_reachable(), std::optional<bool>(true));
 
   ASSERT_EQ(kill(signetd_->pid(), SIGTERM), 0);
@@ -1070,16 +1074,17 @@ TEST_F(AdminTest, AStartAfterAKillSaysThePreviousRunDidNotStop) {
     }
   }
   EXPECT_THAT(intents,
-              Contains(AllOf(HasSubstr("key_revoked ("), HasSubstr(standby),
-                             HasSubstr("revoked before a kill"))));
+              Contains(AllOf(HasSubstr("key_revoked gen "),
+                             HasSubstr(absl::StrCat(" ", standby, " by ")),
+                             HasSubstr("for \"revoked before a kill\""))));
   // Only after the unclean stop, once for the one scope.
   ASSERT_EQ(at_start.size(), 1u);
   EXPECT_THAT(at_start[0], HasSubstr("the previous run ended without a stop "
                                      "line"));
   EXPECT_THAT(at_start[0],
-              HasSubstr(absl::StrCat("kid ", standby, " REVOKED")));
-  EXPECT_THAT(at_start[0], HasSubstr(absl::StrCat(
-                               "kid ", KidIn(Keys(), "ACTIVE"), " ACTIVE")));
+              HasSubstr(absl::StrCat(" ", standby, " REVOKED at ")));
+  EXPECT_THAT(at_start[0],
+              HasSubstr(absl::StrCat(" ", KidIn(Keys(), "ACTIVE"), " ACTIVE")));
 }
 
 // Found by an outside attack: 200 immediate rotations grew the key set to
