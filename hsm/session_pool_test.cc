@@ -218,7 +218,8 @@ TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
 // A twelfth outside attack stopped one connection's HSM process: the probe
 // that landed on it reported the whole HSM stalled for ~12 s while the
 // other connection served. A probe now avoids a connection with a lease
-// held past probe_avoids_held_past, unless every live connection has one.
+// held past probe_avoids_held_past, and takes no session when every live
+// connection has one.
 TEST_F(SessionPoolTest, AProbeAvoidsAConnectionWithALeaseHeldTooLong) {
   SessionPoolOptions options;
   options.connections = 2;

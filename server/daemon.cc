@@ -1069,9 +1069,10 @@ absl::Status Daemon::StartServing() {
   // A second before a stuck probe would read as a stalled HSM: the new
   // probe avoids a connection with a call held that long
   // (SessionPool::AcquireForProbe), so one stuck connection while others
-  // serve never turns health NOT_SERVING (a twelfth outside attack saw
-  // ~12 s of it when this waited for the pool's stall threshold); a whole
-  // HSM stalled stalls the new probe too, and is reported at
+  // serve does not turn health NOT_SERVING (a twelfth outside attack saw
+  // ~12 s of it when this waited for the pool's stall threshold). A whole
+  // HSM stalled sticks the new probe too, or gives it no session (every
+  // connection has a call held), and is reported at
   // kStalledCallThreshold, counted from the first probe's call.
   prober_options.replace_stuck_after = kStalledCallThreshold - absl::Seconds(1);
   prober_ = std::make_unique<HsmProber>(
