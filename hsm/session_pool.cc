@@ -414,12 +414,13 @@ bool SessionPool::MaybeReconnect() {
   return false;
 }
 
-SessionPool::Lease SessionPool::LeaseIdle(
-    std::deque<IdleSession>::iterator it) {
+SessionPool::Lease SessionPool::LeaseIdle(std::deque<IdleSession>::iterator it,
+                                          bool probe) {
   IdleSession s = std::move(*it);
   idle_.erase(it);
   const uint64_t id = next_lease_id_++;
-  leases_[id] = LeaseInfo{s.index, s.connection.get(), base::MonotonicNow()};
+  leases_[id] =
+      LeaseInfo{s.index, s.connection.get(), base::MonotonicNow(), probe};
   return Lease(this, s.index, std::move(s.connection), s.session, id);
 }
 
@@ -437,41 +438,46 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireForProbe(
       deadline,
       [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS
       -> absl::StatusOr<std::deque<IdleSession>::iterator> {
-        // Connections with a lease held past the threshold: suspect.
+        // Connections with a lease held past the threshold: suspect; and
+        // those where it is a probe's: stuck, most likely.
         const absl::Duration now = base::MonotonicNow();
-        absl::flat_hash_set<const Connection*> suspect;
+        absl::flat_hash_set<const Connection*> suspect, probe_held;
         for (const auto& [id, info] : leases_) {
           if (now - info.since > options_.probe_avoids_held_past) {
             suspect.insert(info.connection);
+            if (info.probe) probe_held.insert(info.connection);
           }
         }
-        int live = 0, trusted = 0;
+        int live = 0, clean = 0, without_probe = 0;
         for (const ConnectionSlot& slot : slots_) {
           if (slot.connection == nullptr) continue;
           ++live;
-          trusted += suspect.contains(slot.connection.get()) ? 0 : 1;
+          clean += suspect.contains(slot.connection.get()) ? 0 : 1;
+          without_probe += probe_held.contains(slot.connection.get()) ? 0 : 1;
         }
-        if (live > 0 && trusted == 0) {
-          // The HSM as a whole may be stalled: a probe that took a session
-          // now would most likely stick in it too, holding a session the
-          // signers need until the HSM answers (a probe left behind every
-          // 2 s took the sessions of a 4-session pool). As "no session
-          // free": the prober then asks whether signers are stuck, and a
-          // stall it has seen goes on.
+        if (live > 0 && without_probe == 0) {
+          // Every connection up holds a probe stuck past the threshold: the
+          // HSM as a whole is likely stalled, and the prober counts that
+          // stall from those probes. Another one would only stick too,
+          // holding a session the signers need (probes left behind every
+          // 2 s took the sessions of a 4-session pool).
           return absl::DeadlineExceededError(absl::StrCat(
-              "every HSM connection has a call held over ",
+              "a probe has been held over ",
               absl::FormatDuration(options_.probe_avoids_held_past),
-              "; the probe takes none of their sessions"));
+              " on every HSM connection; this probe takes none of their "
+              "sessions"));
         }
+        const auto& avoid = clean > 0 ? suspect : probe_held;
         for (auto it = idle_.begin(); it != idle_.end(); ++it) {
-          if (!suspect.contains(it->connection.get())) return it;
+          if (!avoid.contains(it->connection.get())) return it;
         }
-        return idle_.end();  // wait for a trusted connection's session
-      });
+        return idle_.end();  // wait for a session of such a connection
+      },
+      /*probe=*/true);
 }
 
 absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
-    absl::Time deadline, absl::FunctionRef<PickIdle()> pick) {
+    absl::Time deadline, absl::FunctionRef<PickIdle()> pick, bool probe) {
   absl::MutexLock lock(&mu_);
   for (;;) {
     // Sessions of connections no longer in their slot are dropped.
@@ -481,7 +487,7 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
         });
     absl::StatusOr<std::deque<IdleSession>::iterator> chosen = pick();
     if (!chosen.ok()) return chosen.status();
-    if (*chosen != idle_.end()) return LeaseIdle(*chosen);
+    if (*chosen != idle_.end()) return LeaseIdle(*chosen, probe);
     const absl::Time now = absl::Now();
     const absl::Duration monotonic_now = base::MonotonicNow();
     bool any_hope = false;  // up, reconnecting, or due for a retry
@@ -528,10 +534,9 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireOn(
                        " became free before the deadline"));
     }
     // Wake on any released session or slot change; poll besides.
-    const size_t idle_before = idle_.size();
+    const uint64_t added = idle_added_;
     auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return idle_.size() != idle_before ||
-             slots_[index].connection != connection;
+      return idle_added_ != added || slots_[index].connection != connection;
     };
     mu_.AwaitWithDeadline(absl::Condition(&changed),
                           std::min(deadline, now + absl::Milliseconds(50)));

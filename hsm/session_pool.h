@@ -86,10 +86,13 @@ struct SessionPoolOptions {
   // held longer than this: one stuck connection (its HSM process stopped)
   // must not make a probe that lands on it report the whole HSM stalled
   // while the other connections serve. A signature holds a lease for
-  // milliseconds. When every live connection has such a lease, the probe
-  // takes none (DEADLINE_EXCEEDED, as when no session is free): the HSM as
-  // a whole may be stalled, and a probe stuck there would hold a session
-  // the signers need.
+  // milliseconds. Failing that, it takes a session of a connection whose
+  // long lease is not a probe's (a key generation takes seconds; if the
+  // HSM is stalled, the probe sticks there and the stall shows). When
+  // every live connection holds a probe that long, it takes none
+  // (DEADLINE_EXCEEDED at once, as when no session is free): the HSM as a
+  // whole is likely stalled, the prober already counts that stall, and
+  // another stuck probe would only hold a session the signers need.
   absl::Duration probe_avoids_held_past = absl::Seconds(1);
 };
 
@@ -220,8 +223,9 @@ class SessionPool {
   absl::Status Probe(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
   // The session Probe uses: as Acquire, but on a connection with no lease
   // held past options.probe_avoids_held_past (waiting for one of its
-  // sessions rather than taking a suspect connection's); DEADLINE_EXCEEDED
-  // at once when every live connection has such a lease.
+  // sessions rather than taking a suspect connection's); with no such
+  // connection up, on one where no probe's lease is held that long;
+  // DEADLINE_EXCEEDED at once when every live connection has one.
   absl::StatusOr<Lease> AcquireForProbe(absl::Time deadline)
       ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -305,14 +309,15 @@ class SessionPool {
                                   const std::shared_ptr<Connection>& connection,
                                   absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
   // A lease of the idle session at `it`, which is removed from idle_.
-  Lease LeaseIdle(std::deque<IdleSession>::iterator it)
+  Lease LeaseIdle(std::deque<IdleSession>::iterator it, bool probe = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Acquire's loop; `pick`, run with mu_ held, chooses an idle session
   // among idle_, whose stale entries are already dropped: idle_.end() to
   // wait for another, or an error to answer at once.
   using PickIdle = absl::StatusOr<std::deque<IdleSession>::iterator>;
   absl::StatusOr<Lease> AcquireWith(absl::Time deadline,
-                                    absl::FunctionRef<PickIdle()> pick)
+                                    absl::FunctionRef<PickIdle()> pick,
+                                    bool probe = false)
       ABSL_LOCKS_EXCLUDED(mu_);
   void Release(Lease& lease) ABSL_LOCKS_EXCLUDED(mu_);
   // The recovery thread: brings down connections back when their backoff
@@ -351,6 +356,7 @@ class SessionPool {
     size_t index;
     Connection* connection;
     absl::Duration since;  // base::MonotonicNow() when leased
+    bool probe = false;    // leased by AcquireForProbe
   };
   absl::flat_hash_map<uint64_t, LeaseInfo> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;

@@ -1,5 +1,6 @@
 #include "hsm/session_pool.h"
 
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -219,7 +220,7 @@ TEST_F(SessionPoolTest, AStalledConnectionIsAbandonedAndReplaced) {
 // that landed on it reported the whole HSM stalled for ~12 s while the
 // other connection served. A probe now avoids a connection with a lease
 // held past probe_avoids_held_past, and takes no session when every live
-// connection has one.
+// connection holds a probe that long.
 TEST_F(SessionPoolTest, AProbeAvoidsAConnectionWithALeaseHeldTooLong) {
   SessionPoolOptions options;
   options.connections = 2;
@@ -227,8 +228,9 @@ TEST_F(SessionPoolTest, AProbeAvoidsAConnectionWithALeaseHeldTooLong) {
   options.probe_avoids_held_past = absl::Milliseconds(100);
   auto pool = MakePool(options);
   ASSERT_TRUE(pool.ok());
-  auto held = (*pool)->Acquire(Soon());
-  ASSERT_TRUE(held.ok());
+  auto acquired = (*pool)->Acquire(Soon());
+  ASSERT_TRUE(acquired.ok());
+  std::optional<SessionPool::Lease> held(std::move(*acquired));
   const uint64_t suspect = held->connection().id();
   absl::SleepFor(absl::Milliseconds(200));
   for (int i = 0; i < 6; ++i) {
@@ -237,16 +239,33 @@ TEST_F(SessionPoolTest, AProbeAvoidsAConnectionWithALeaseHeldTooLong) {
     EXPECT_NE(probe->connection().id(), suspect) << i;
   }
   EXPECT_TRUE((*pool)->Probe(Soon()).ok());
-  // Both connections held too long: the HSM as a whole may be stalled,
-  // and the probe takes no session (one stuck there would hold it).
-  auto other = (*pool)->AcquireForProbe(Soon());
-  ASSERT_TRUE(other.ok());
+  // Both connections with a long lease, neither a probe's (a key
+  // generation takes seconds): the probe still goes in, so a stalled HSM
+  // sticks it and shows.
+  std::vector<SessionPool::Lease> others;
+  while (others.empty() || others.back().connection().id() == suspect) {
+    auto lease = (*pool)->Acquire(Soon());
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    others.push_back(std::move(*lease));
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_TRUE((*pool)->AcquireForProbe(Soon()).ok());
+  held.reset();
+  others.clear();
+  // A probe held too long on every connection: the HSM as a whole is
+  // likely stalled, and another probe takes no session (it would stick
+  // too, holding one the signers need).
+  auto first = (*pool)->AcquireForProbe(Soon());
+  ASSERT_TRUE(first.ok());
+  absl::SleepFor(absl::Milliseconds(200));
+  auto second = (*pool)->AcquireForProbe(Soon());
+  ASSERT_TRUE(second.ok());
+  EXPECT_NE(second->connection().id(), first->connection().id());
   absl::SleepFor(absl::Milliseconds(200));
   const absl::Time asked = absl::Now();
   auto none = (*pool)->AcquireForProbe(absl::Now() + absl::Seconds(30));
   EXPECT_EQ(none.status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(none.status().message(),
-              HasSubstr("every HSM connection has a call held over"));
+  EXPECT_THAT(none.status().message(), HasSubstr("a probe has been held over"));
   EXPECT_LT(absl::Now() - asked, absl::Seconds(20));  // at once, not waited
   EXPECT_EQ((*pool)->Probe(Soon()).code(), absl::StatusCode::kDeadlineExceeded);
   // Signers are not steered: they still get the idle sessions.

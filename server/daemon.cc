@@ -1071,8 +1071,8 @@ absl::Status Daemon::StartServing() {
   // (SessionPool::AcquireForProbe), so one stuck connection while others
   // serve does not turn health NOT_SERVING (a twelfth outside attack saw
   // ~12 s of it when this waited for the pool's stall threshold). A whole
-  // HSM stalled sticks the new probe too, or gives it no session (every
-  // connection has a call held), and is reported at
+  // HSM stalled sticks the new probe too, or, once a probe is stuck on
+  // every connection, gives it no session, and is reported at
   // kStalledCallThreshold, counted from the first probe's call.
   prober_options.replace_stuck_after = kStalledCallThreshold - absl::Seconds(1);
   prober_ = std::make_unique<HsmProber>(

@@ -69,6 +69,13 @@ bool IsUriCharacter(unsigned char c) {
                  .find(static_cast<char>(c)) != absl::string_view::npos;
 }
 
+// Whether text[i], a '%', is followed by two hex digits.
+bool PercentEncodingAt(absl::string_view text, size_t i) {
+  return i + 2 < text.size() &&
+         absl::ascii_isxdigit(static_cast<unsigned char>(text[i + 1])) &&
+         absl::ascii_isxdigit(static_cast<unsigned char>(text[i + 2]));
+}
+
 absl::Status Refused(X509* cert, const std::vector<std::string>& uris,
                      absl::string_view why) {
   return absl::PermissionDeniedError(
@@ -120,14 +127,23 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
     // Only the characters RFC 3986 allows in a URI (a thirteenth outside
     // attack had a SAN with a newline, quotes and backslashes taken as an
     // identity, while one with a NUL was refused).
-    for (size_t i = 0; i < uris[0].size(); ++i) {
-      const unsigned char c = static_cast<unsigned char>(uris[0][i]);
+    const std::string& uri = uris[0];
+    for (size_t i = 0; i < uri.size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(uri[i]);
       if (!IsUriCharacter(c)) {
         return Refused(
             cert.get(), uris,
             absl::StrFormat("its URI SAN is not a URI (RFC 3986): byte 0x%02x "
                             "at offset %d is not allowed in one",
                             c, i));
+      }
+      if (c == '%' && !PercentEncodingAt(uri, i)) {
+        return Refused(
+            cert.get(), uris,
+            absl::StrFormat("its URI SAN is not a URI (RFC 3986): the '%%' at "
+                            "offset %d does not begin a percent-encoding "
+                            "(%%HH)",
+                            i));
       }
     }
     return absl::StrCat("uri:", uris[0]);

@@ -588,6 +588,15 @@ TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
   EXPECT_THAT(st.error_message(),
               HasSubstr("its URI SAN is not a URI (RFC 3986): byte 0x20 at "
                         "offset 25"));
+  auto percent = ca_->Issue(
+      "odd-percent",
+      {.uri_sans = {"spiffe://signet.example/a%zz"}, .eku = "clientAuth"});
+  ASSERT_TRUE(percent.ok()) << percent.status();
+  st = SignJwt(*Stub(&*percent), "alpha-es256", Claims("alpha-es256"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(),
+              HasSubstr("the '%' at offset 25 does not begin a "
+                        "percent-encoding"));
   // A CN-only certificate is "cn:<CN>", not a tenant here.
   auto cn = ca_->Issue("cn-only", {.cn = "alpha", .eku = "clientAuth"});
   ASSERT_TRUE(cn.ok());
