@@ -322,6 +322,8 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
   const std::vector<rotation::KeyRecord>& records = scope->second->records();
   const rotation::ScopeView view =
       rotation::ViewScope(records, options_.clock->Now());
+  const rotation::KeyTimings timings =
+      KeyPolicyFor(scope->second->config()).timings;
   for (size_t i = 0; i < records.size(); ++i) {
     const rotation::KeyRecord& r = records[i];
     signet::v1::KeyInfo* k = response->add_keys();
@@ -338,8 +340,8 @@ void AdminService::ListKeys(const Backend& backend, const std::string& admin,
     // A revoked key's private key goes soon after its revocation, sooner
     // than its record's schedule says (a twelfth outside attack saw a
     // month-late time listed).
-    k->set_destroy_at(rotation::FormatInstant(rotation::DestroyTime(
-        r, KeyPolicyFor(scope->second->config()).timings)));
+    k->set_destroy_at(
+        rotation::FormatInstant(rotation::DestroyTime(r, timings)));
     k->set_private_key_destroyed(r.private_key_destroyed());
     if (r.has_revocation()) {
       k->set_revoked_at(Rfc3339(r.revocation().revoked_at()));

@@ -202,15 +202,11 @@ void KeyManager::AuditKeysAtStart(absl::string_view why) {
     if (set == sets.end()) continue;
     const std::vector<rotation::KeyRecord>& records = set->second.records;
     const rotation::ScopeView view = rotation::ViewScope(records, now);
-    // Newest first and compact: an audit field holds 1024 bytes, so on a
-    // scope with many tombstones the oldest are what is cut.
-    std::vector<size_t> order(records.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return records[a].key_generation() > records[b].key_generation();
-    });
+    // Newest first (the records are in generation order) and compact: an
+    // audit field holds 1024 bytes, so on a scope with many tombstones the
+    // oldest are what is cut.
     std::vector<std::string> keys;
-    for (size_t i : order) {
+    for (size_t i = records.size(); i-- > 0;) {
       const rotation::KeyRecord& r = records[i];
       std::string key =
           absl::StrCat("gen ", r.key_generation(), " ",

@@ -579,24 +579,20 @@ TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
   EXPECT_THAT(st.error_message(), HasSubstr("URI SAN"));
   // A URI SAN with characters no URI has (RFC 3986) is no identity (a
   // thirteenth outside attack had one with quotes and a newline taken).
-  auto odd = ca_->Issue(
-      "odd-uri",
-      {.uri_sans = {"spiffe://signet.example/a b\"{}"}, .eku = "clientAuth"});
-  ASSERT_TRUE(odd.ok()) << odd.status();
-  st = SignJwt(*Stub(&*odd), "alpha-es256", Claims("alpha-es256"), &resp);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_THAT(st.error_message(),
-              HasSubstr("its URI SAN is not a URI (RFC 3986): byte 0x20 at "
-                        "offset 25"));
-  auto percent = ca_->Issue(
-      "odd-percent",
-      {.uri_sans = {"spiffe://signet.example/a%zz"}, .eku = "clientAuth"});
-  ASSERT_TRUE(percent.ok()) << percent.status();
-  st = SignJwt(*Stub(&*percent), "alpha-es256", Claims("alpha-es256"), &resp);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_THAT(st.error_message(),
-              HasSubstr("the '%' at offset 25 does not begin a "
-                        "percent-encoding"));
+  auto refused_uri = [&](absl::string_view name, const std::string& san,
+                         absl::string_view why) {
+    SCOPED_TRACE(san);
+    auto cert = ca_->Issue(name, {.uri_sans = {san}, .eku = "clientAuth"});
+    ASSERT_TRUE(cert.ok()) << cert.status();
+    const grpc::Status refused =
+        SignJwt(*Stub(&*cert), "alpha-es256", Claims("alpha-es256"), &resp);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(refused.error_message(), HasSubstr(std::string(why)));
+  };
+  refused_uri("odd-uri", "spiffe://signet.example/a b\"{}",
+              "its URI SAN is not a URI (RFC 3986): byte 0x20 at offset 25");
+  refused_uri("odd-percent", "spiffe://signet.example/a%zz",
+              "the '%' at offset 25 does not begin a percent-encoding");
   // A CN-only certificate is "cn:<CN>", not a tenant here.
   auto cn = ca_->Issue("cn-only", {.cn = "alpha", .eku = "clientAuth"});
   ASSERT_TRUE(cn.ok());
