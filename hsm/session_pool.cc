@@ -426,8 +426,12 @@ SessionPool::Lease SessionPool::LeaseIdle(std::deque<IdleSession>::iterator it,
 
 absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
   return AcquireWith(deadline,
-                     [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS
-                     -> absl::StatusOr<std::deque<IdleSession>::iterator> {
+                     [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> PickIdle {
+                       // Any session will do: the first one whose
+                       // connection is still in its slot.
+                       while (!idle_.empty() && !IsCurrent(idle_.front())) {
+                         idle_.pop_front();
+                       }
                        return idle_.begin();
                      });
 }
@@ -436,8 +440,11 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireForProbe(
     absl::Time deadline) {
   return AcquireWith(
       deadline,
-      [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS
-      -> absl::StatusOr<std::deque<IdleSession>::iterator> {
+      [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> PickIdle {
+        std::erase_if(
+            idle_, [this](const IdleSession& s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              return !IsCurrent(s);
+            });
         // Connections with a lease held past the threshold: suspect; and
         // those where it is a probe's: stuck, most likely.
         const absl::Duration now = base::MonotonicNow();
@@ -480,12 +487,7 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
     absl::Time deadline, absl::FunctionRef<PickIdle()> pick, bool probe) {
   absl::MutexLock lock(&mu_);
   for (;;) {
-    // Sessions of connections no longer in their slot are dropped.
-    std::erase_if(
-        idle_, [this](const IdleSession& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return slots_[s.index].connection != s.connection;
-        });
-    absl::StatusOr<std::deque<IdleSession>::iterator> chosen = pick();
+    PickIdle chosen = pick();
     if (!chosen.ok()) return chosen.status();
     if (*chosen != idle_.end()) return LeaseIdle(*chosen, probe);
     const absl::Time now = absl::Now();
@@ -505,10 +507,15 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
           "no HSM session became free before the deadline");
     }
     // Wake on a released session, or when a reconnect settles (either adds
-    // an idle session); also every 50 ms.
+    // an idle session); also every 50 ms. A probe, which may refuse the
+    // sessions idle now, waits for one added since. A signer waits for any
+    // idle session: were it to wait for the counter too, each release
+    // would wake every waiter in turn (the first takes the session, the
+    // rest find none and wait again), a herd of wake-ups per signature at
+    // high concurrency.
     const uint64_t added = idle_added_;
-    auto ready = [this, added]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return idle_added_ != added;
+    auto ready = [this, added, probe]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return probe ? idle_added_ != added : !idle_.empty();
     };
     mu_.AwaitWithDeadline(absl::Condition(&ready),
                           std::min(deadline, now + absl::Milliseconds(50)));
@@ -669,7 +676,7 @@ int SessionPool::SessionsInUse() const {
       sessions += options_.sessions_per_connection;
   }
   for (const IdleSession& idle : idle_) {
-    if (slots_[idle.index].connection == idle.connection) --sessions;
+    if (IsCurrent(idle)) --sessions;
   }
   return std::max(sessions, 0);
 }

@@ -308,12 +308,18 @@ class SessionPool {
   absl::StatusOr<Lease> AcquireOn(size_t index,
                                   const std::shared_ptr<Connection>& connection,
                                   absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether `idle`'s connection is still the one in its slot (a replaced
+  // or dropped connection's sessions are stale).
+  bool IsCurrent(const IdleSession& idle) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return slots_[idle.index].connection == idle.connection;
+  }
   // A lease of the idle session at `it`, which is removed from idle_.
   Lease LeaseIdle(std::deque<IdleSession>::iterator it, bool probe = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Acquire's loop; `pick`, run with mu_ held, chooses an idle session
-  // among idle_, whose stale entries are already dropped: idle_.end() to
-  // wait for another, or an error to answer at once.
+  // among idle_ (dropping stale ones it meets): idle_.end() to wait for
+  // another, or an error to answer at once.
   using PickIdle = absl::StatusOr<std::deque<IdleSession>::iterator>;
   absl::StatusOr<Lease> AcquireWith(absl::Time deadline,
                                     absl::FunctionRef<PickIdle()> pick,

@@ -6,6 +6,8 @@
 #include <openssl/x509v3.h>
 
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -14,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/quote.h"
+#include "base/utf8.h"
 
 namespace signet::server {
 
@@ -164,8 +167,28 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
   }
   std::string value(reinterpret_cast<char*>(utf8), len);
   OPENSSL_free(utf8);
-  if (value.find('\0') != std::string::npos) {
-    return Refused(cert.get(), uris, "its CN is malformed");
+  // A name is UTF-8 (a BMPString can hold lone surrogates) without control
+  // characters: a newline or an escape sequence in an identity forges log
+  // lines and confuses whoever reads them (the URI SAN check above, for
+  // the CN; quotes and backslashes stay, as in "O'Brien").
+  if (std::optional<std::string> error = base::FindUtf8Error(value)) {
+    return Refused(cert.get(), uris,
+                   absl::StrCat("its CN is not UTF-8 at ", *error));
+  }
+  for (size_t i = 0; i < value.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(value[i]);
+    // C0 and DEL; C1 (U+0080..U+009F) is 0xC2 0x80..0x9F in UTF-8.
+    const bool c1 = c == 0xC2 && i + 1 < value.size() &&
+                    static_cast<unsigned char>(value[i + 1]) <= 0x9F;
+    if (c < 0x20 || c == 0x7F || c1) {
+      const unsigned code_point =
+          c1 ? static_cast<unsigned char>(value[i + 1]) : c;
+      return Refused(
+          cert.get(), uris,
+          absl::StrFormat("its CN holds the control character U+%04X at byte "
+                          "offset %d; a name has none",
+                          code_point, i));
+    }
   }
   return absl::StrCat("cn:", value);
 }

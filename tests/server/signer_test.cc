@@ -579,26 +579,41 @@ TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
   EXPECT_THAT(st.error_message(), HasSubstr("URI SAN"));
   // A URI SAN with characters no URI has (RFC 3986) is no identity (a
   // thirteenth outside attack had one with quotes and a newline taken).
-  auto refused_uri = [&](absl::string_view name, const std::string& san,
-                         absl::string_view why) {
-    SCOPED_TRACE(san);
-    auto cert = ca_->Issue(name, {.uri_sans = {san}, .eku = "clientAuth"});
+  auto refused = [&](absl::string_view name, const CertOptions& how,
+                     absl::string_view why) {
+    SCOPED_TRACE(name);
+    auto cert = ca_->Issue(name, how);
     ASSERT_TRUE(cert.ok()) << cert.status();
-    const grpc::Status refused =
+    const grpc::Status refusal =
         SignJwt(*Stub(&*cert), "alpha-es256", Claims("alpha-es256"), &resp);
-    EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-    EXPECT_THAT(refused.error_message(), HasSubstr(std::string(why)));
+    EXPECT_EQ(refusal.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(refusal.error_message(), HasSubstr(std::string(why)));
   };
-  refused_uri("odd-uri", "spiffe://signet.example/a b\"{}",
-              "its URI SAN is not a URI (RFC 3986): byte 0x20 at offset 25");
-  refused_uri("odd-percent", "spiffe://signet.example/a%zz",
-              "the '%' at offset 25 does not begin a percent-encoding");
+  refused(
+      "odd-uri",
+      {.uri_sans = {"spiffe://signet.example/a b\"{}"}, .eku = "clientAuth"},
+      "its URI SAN is not a URI (RFC 3986): byte 0x20 at offset 25");
+  refused("odd-percent",
+          {.uri_sans = {"spiffe://signet.example/a%zz"}, .eku = "clientAuth"},
+          "the '%' at offset 25 does not begin a percent-encoding");
+  // Nor is a CN with a control character (a newline forges log lines),
+  // C0 or C1; quotes and backslashes are names' (the next check).
+  refused("cn-newline", {.cn = "alpha\nforged", .eku = "clientAuth"},
+          "its CN holds the control character U+000A at byte offset 5");
+  refused("cn-c1", {.cn = "al\xC2\x85pha", .eku = "clientAuth"},
+          "its CN holds the control character U+0085 at byte offset");
   // A CN-only certificate is "cn:<CN>", not a tenant here.
   auto cn = ca_->Issue("cn-only", {.cn = "alpha", .eku = "clientAuth"});
   ASSERT_TRUE(cn.ok());
   st = SignJwt(*Stub(&*cn), "alpha-es256", Claims("alpha-es256"), &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(st.error_message(), HasSubstr("cn:alpha"));
+  auto quoted =
+      ca_->Issue("cn-quoted", {.cn = "O'Brien \"\\\" x", .eku = "clientAuth"});
+  ASSERT_TRUE(quoted.ok());
+  st = SignJwt(*Stub(&*quoted), "alpha-es256", Claims("alpha-es256"), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(), HasSubstr("may not sign with scope"));
 }
 
 TEST_F(SignerTest, Tls12IsRefusedAndTls13Works) {

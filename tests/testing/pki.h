@@ -47,6 +47,7 @@ namespace signet::testing {
 // and subject/authority key identifiers.
 struct CertOptions {
   // Subject CN; empty means the certificate's name (the argument of Issue).
+  // At most 64 bytes, any but NUL (control characters included).
   std::string cn;
   // subjectAltName entries, in this order: URIs, DNS names, IP addresses
   // (IPv4 or IPv6 text form). All empty means no subjectAltName at all.
