@@ -12,6 +12,7 @@
 #include "hsm/digest.h"
 #include "rotation/key_state.h"
 #include "rotation/schedule.h"
+#include "server/batch_outcome.h"
 #include "server/call_deadline.h"
 #include "server/claims.h"
 #include "server/config.h"
@@ -643,22 +644,6 @@ struct BatchSigning {
   absl::Status first_failure ABSL_GUARDED_BY(mu);
   size_t first_failure_at ABSL_GUARDED_BY(mu) = 0;  // its part's first input
 };
-
-// The call's own answer when inputs with valid claims were sent and none
-// was signed (the HSM went away after admission, the key was revoked or
-// is gone, the deadline passed in the queue): the first reason, not OK
-// with per-item errors, so a client that retries on the call's status
-// (UNAVAILABLE) retries. Otherwise OK (a batch signed in part, or one
-// whose every item was refused for its claims, carries per-item codes).
-absl::Status BatchOutcome(size_t inputs, size_t failed,
-                          const absl::Status& first_failure) {
-  if (inputs == 0 || failed != inputs) return absl::OkStatus();
-  return absl::Status(
-      first_failure.code(),
-      absl::StrCat("no item of the batch was signed: ", first_failure.message(),
-                   " (items refused for their claims are not reported in "
-                   "this answer)"));
-}
 
 // Signs inputs [begin, end) of `batch` (or, when `skipped` is not OK, marks
 // those items with it), then counts the part done. The last part writes the
