@@ -797,6 +797,24 @@ TEST_F(SignerTest, LimitsHoldWhileTheHsmIsStalled) {
     if (!resumed) absl::SleepFor(absl::Milliseconds(200));
   }
   EXPECT_TRUE(resumed) << signetd_->Output();
+  // No HSM work after a deadline: the alpha calls answered while queued
+  // reach the workers once the HSM is back and are skipped, never signed.
+  // An alpha call after them (a tenant's tasks run in order) is signed;
+  // besides it, only the alpha calls the stall caught inside a worker
+  // (at most 4) have "sign" lines.
+  ASSERT_TRUE(
+      SignJwt(*alpha, "alpha-es256", Claims("alpha-es256"), &resp).ok());
+  std::ifstream in(audit_dir_ + "/audit.log");
+  std::string line;
+  int alpha_signatures = 0;
+  while (std::getline(in, line)) {
+    alpha_signatures +=
+        absl::StrContains(line, "\"event\":\"sign\"") &&
+        absl::StrContains(
+            line, "\"caller\":\"uri:spiffe://signet.test/tenant/alpha\"");
+  }
+  EXPECT_GE(alpha_signatures, 1);
+  EXPECT_LE(alpha_signatures, 1 + 4);
 }
 
 // The same with a live HSM: the flood tenant (limit 2) hammers from 8
