@@ -117,6 +117,14 @@ absl::StatusOr<std::string> IdentityFromCertificatePem(absl::string_view pem) {
     return Refused(cert.get(), uris,
                    "it lacks the clientAuth extended key usage");
   }
+  // A CA certificate is not a client's (SPIRE refuses them too): a tenant
+  // holding one could issue itself more, and it would be one key for
+  // two jobs.
+  if ((X509_get_extension_flags(cert.get()) & EXFLAG_CA) != 0) {
+    return Refused(cert.get(), uris,
+                   "it is a CA certificate (basicConstraints CA:TRUE); a "
+                   "client presents a leaf certificate");
+  }
   if (uris.size() > 1) {
     return Refused(cert.get(), uris,
                    absl::StrCat("it has ", uris.size(),

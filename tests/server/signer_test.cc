@@ -596,6 +596,9 @@ TEST_F(SignerTest, CertificatesThatMustNotGetIn) {
   refused("odd-percent",
           {.uri_sans = {"spiffe://signet.example/a%zz"}, .eku = "clientAuth"},
           "the '%' at offset 25 does not begin a percent-encoding");
+  // A CA certificate, even one for a tenant's URI with clientAuth.
+  refused("ca-cert", {.uri_sans = {kAlpha}, .eku = "clientAuth", .ca = true},
+          "it is a CA certificate (basicConstraints CA:TRUE)");
   // Nor is a CN with a control character (a newline forges log lines),
   // C0 or C1; quotes and backslashes are names' (the next check).
   refused("cn-newline", {.cn = "alpha\nforged", .eku = "clientAuth"},

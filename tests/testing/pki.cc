@@ -445,12 +445,16 @@ absl::StatusOr<TestCa::Issued> TestCa::Issue(absl::string_view name,
     }
   };
 
-  std::string extensions =
+  std::string extensions = absl::StrCat(
       "[ext]\n"
-      "basicConstraints = critical, CA:FALSE\n"
-      "keyUsage = critical, digitalSignature\n"
+      "basicConstraints = critical, ",
+      options.ca ? "CA:TRUE" : "CA:FALSE",
+      "\n"
+      "keyUsage = critical, digitalSignature",
+      options.ca ? ", keyCertSign" : "",
+      "\n"
       "subjectKeyIdentifier = hash\n"
-      "authorityKeyIdentifier = keyid:always\n";
+      "authorityKeyIdentifier = keyid:always\n");
   if (!ekus.empty()) {
     absl::StrAppend(&extensions,
                     "extendedKeyUsage = ", absl::StrJoin(ekus, ", "), "\n");

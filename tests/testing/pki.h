@@ -43,8 +43,8 @@
 namespace signet::testing {
 
 // What to put in an issued certificate. Every certificate also gets
-// basicConstraints CA:FALSE (critical), keyUsage digitalSignature (critical),
-// and subject/authority key identifiers.
+// basicConstraints CA:FALSE (critical; see `ca`), keyUsage digitalSignature
+// (critical), and subject/authority key identifiers.
 struct CertOptions {
   // Subject CN; empty means the certificate's name (the argument of Issue).
   // At most 64 bytes, any but NUL (control characters included).
@@ -60,6 +60,9 @@ struct CertOptions {
   // Other OpenSSL short names (codeSigning, ...) make certificates with the
   // wrong purpose.
   std::string eku;
+  // basicConstraints CA:TRUE (and keyUsage keyCertSign besides): a CA
+  // certificate, which signetd refuses as a client's.
+  bool ca = false;
 };
 
 class TestCa {
