@@ -153,7 +153,7 @@ absl::Status KeyReconciler::Apply(const ScopeKeyPolicy& policy,
         "this replica does not write keys (never_create_keys): call the "
         "replica that does");
   }
-  return Execute(policy, actions, completed);
+  return Execute(policy, actions, completed, /*operators=*/true);
 }
 
 const ScopeKeyPolicy* KeyReconciler::PolicyFor(absl::string_view scope) const {
@@ -165,7 +165,7 @@ const ScopeKeyPolicy* KeyReconciler::PolicyFor(absl::string_view scope) const {
 
 absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
                                     const std::vector<KeyAction>& actions,
-                                    size_t* completed) {
+                                    size_t* completed, bool operators) {
   if (change_gate_ && !actions.empty()) {
     // Each write, compactly (an audit field holds 1024 bytes): should
     // signetd be killed between a write and its event line, this line,
@@ -277,9 +277,19 @@ absl::Status KeyReconciler::Execute(const ScopeKeyPolicy& policy,
       return status;
     }
     if (!status.ok()) {
+      // An operator's change is not the next pass's to retry (a fourteenth
+      // outside attack read "retried by the next pass" on a revocation
+      // that nothing retried): the operator's call hears the error and is
+      // what tries again.
       Emit({"key_action_failed", policy.scope, record.kid(), false,
             absl::StrCat(action.event, " failed (", status.ToString(),
-                         "); retried by the next pass: ", action.detail)});
+                         operators
+                             ? "); not made and not retried by signetd: the "
+                               "operator's call is answered with this error "
+                               "and the same call (same request_id) tries "
+                               "again: "
+                             : "); retried by the next pass: ",
+                         action.detail)});
       return status;
     }
     if (irreversible) failed_irreversible_.erase(record.key_id());

@@ -134,10 +134,11 @@ class KeyReconciler {
  private:
   // Applies `actions` for `policy` in order, stopping at the first failure
   // (the rest depend on it), whose status it returns; `completed` as for
-  // Apply.
+  // Apply. `operators`: an operator's change (Apply), whose failure is
+  // the caller's to retry, not the next pass's (its event says which).
   absl::Status Execute(const ScopeKeyPolicy& policy,
                        const std::vector<KeyAction>& actions,
-                       size_t* completed = nullptr);
+                       size_t* completed = nullptr, bool operators = false);
   // Destroys key pairs that have no record and whose generation never
   // finished (a crash between generating a key and recording it); a key
   // pair without a record whose generation had finished is kept and

@@ -175,6 +175,38 @@ TEST_F(ReconcileTest,
   EXPECT_THAT(events_, Contains("key_destroyed"));
 }
 
+// An operator's change that fails is the operator's call to retry, not
+// the next pass's, and its key_action_failed event says so (a fourteenth
+// outside attack read "retried by the next pass" on a revocation that
+// nothing retried).
+TEST_F(ReconcileTest, AnOperatorsFailedChangeSaysTheCallRetriesIt) {
+  std::vector<std::string> details;
+  auto reconciler = std::make_unique<KeyReconciler>(
+      store_.get(), std::vector<ScopeKeyPolicy>{policy_}, true,
+      [&](const KeyEvent& e) {
+        events_.push_back(e.event);
+        details.push_back(e.detail);
+      });
+  auto first = reconciler->RunOnce(kNow);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const KeyRecord& active = first->at("demo").records[0];
+  absl::StatusOr<std::vector<KeyAction>> revoke =
+      PlanRevoke(first->at("demo").records, ScheduleOf(policy_),
+                 active.key_id(), "compromised", "ops", kNow);
+  ASSERT_TRUE(revoke.ok()) << revoke.status();
+  events_.clear();
+  details.clear();
+  injector_->Fail("C_CreateObject", CKR_DEVICE_ERROR, -1);
+  EXPECT_FALSE(reconciler->Apply(policy_, *revoke).ok());
+  injector_->Clear();
+  ASSERT_THAT(events_, Contains("key_action_failed"));
+  const size_t failed =
+      std::find(events_.begin(), events_.end(), "key_action_failed") -
+      events_.begin();
+  EXPECT_THAT(details[failed], HasSubstr("not retried by signetd"));
+  EXPECT_THAT(details[failed], Not(HasSubstr("retried by the next pass")));
+}
+
 TEST_F(ReconcileTest, AKeyPairWithoutARecordIsDestroyed) {
   // A writer that stopped between generating a key and recording it.
   auto orphan = store_->GenerateKeyPair(policy_.key_spec);

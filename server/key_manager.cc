@@ -731,32 +731,53 @@ absl::Status CheckRequestId(absl::string_view id) {
 }
 
 // Text shown to other operators (signetctl's tables) must not carry
-// terminal control sequences or fake lines.
-// C0 and DEL; C1 (U+0080-U+009F, which terminals take for escape
-// sequences); the bidirectional controls (U+061C, U+200E, U+200F,
-// U+202A-U+202E, U+2066-U+2069), which make a table show other text than
-// it holds; the line and paragraph separators (U+2028, U+2029), which
-// start a fake line; and the invisible ones (U+200B-U+200D, U+2060-U+2064,
-// U+FEFF), which hide text in a table (an eighth outside attack). The text
-// is valid UTF-8 (protobuf checked it).
+// terminal control sequences, fake lines or hidden text. Refused: C0 and
+// DEL; C1 (U+0080-U+009F, which terminals take for escape sequences); the
+// bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E,
+// U+2066-U+2069), which make a table show other text than it holds; the
+// line and paragraph separators (U+2028, U+2029), which start a fake
+// line; and what shows as nothing (an eighth outside attack hid text with
+// U+200B; a fourteenth with tag characters, fillers and soft hyphens):
+// Unicode's default-ignorable code points (DerivedCoreProperties.txt:
+// U+00AD, U+034F, U+115F-U+1160, U+17B4-U+17B5, U+180B-U+180F,
+// U+200B-U+200F, U+202A-U+202E, U+2060-U+206F, U+3164, U+FE00-U+FE0F,
+// U+FEFF, U+FFA0, U+FFF0-U+FFF8, U+1BCA0-U+1BCA3, U+1D173-U+1D17A,
+// U+E0000-U+E0FFF), the interlinear annotation controls and object
+// replacement marks (U+FFF9-U+FFFC) and the braille blank (U+2800). The
+// text is valid UTF-8 (protobuf checked it).
+bool IsHiddenOrControl(uint32_t c) {
+  constexpr std::pair<uint32_t, uint32_t> kRefused[] = {
+      {0x0000, 0x001F},   {0x007F, 0x009F},   {0x00AD, 0x00AD},
+      {0x034F, 0x034F},   {0x061C, 0x061C},   {0x115F, 0x1160},
+      {0x17B4, 0x17B5},   {0x180B, 0x180F},   {0x200B, 0x200F},
+      {0x2028, 0x202E},   {0x2060, 0x206F},   {0x2800, 0x2800},
+      {0x3164, 0x3164},   {0xFE00, 0xFE0F},   {0xFEFF, 0xFEFF},
+      {0xFFA0, 0xFFA0},   {0xFFF0, 0xFFFC},   {0x1BCA0, 0x1BCA3},
+      {0x1D173, 0x1D17A}, {0xE0000, 0xE0FFF},
+  };
+  for (const auto& [first, last] : kRefused) {
+    if (c >= first && c <= last) return true;
+  }
+  return false;
+}
+
 bool HasControlCharacters(absl::string_view text) {
-  for (size_t i = 0; i < text.size(); ++i) {
-    const unsigned char u = static_cast<unsigned char>(text[i]);
-    if (u < 0x20 || u == 0x7f) return true;
-    if (i + 1 >= text.size()) continue;
-    const unsigned char v = static_cast<unsigned char>(text[i + 1]);
-    if (u == 0xc2 && v >= 0x80 && v <= 0x9f) return true;  // C1
-    if (u == 0xd8 && v == 0x9c) return true;               // U+061C
-    if (i + 2 >= text.size()) continue;
-    const unsigned char w = static_cast<unsigned char>(text[i + 2]);
-    if (u == 0xef && v == 0xbb && w == 0xbf) return true;  // U+FEFF
-    if (u != 0xe2) continue;
-    if (v == 0x80 && ((w >= 0x8b && w <= 0x8f) || (w >= 0xa8 && w <= 0xae))) {
-      return true;  // U+200B-U+200F, U+2028-U+202E
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char lead = static_cast<unsigned char>(text[i]);
+    const size_t length = lead < 0x80   ? 1
+                          : lead < 0xE0 ? 2
+                          : lead < 0xF0 ? 3
+                                        : 4;
+    if (i + length > text.size()) return true;  // not UTF-8 after all
+    uint32_t c = length == 1   ? lead
+                 : length == 2 ? lead & 0x1F
+                 : length == 3 ? lead & 0x0F
+                               : lead & 0x07;
+    for (size_t k = 1; k < length; ++k) {
+      c = (c << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
     }
-    if (v == 0x81 && ((w >= 0xa0 && w <= 0xa4) || (w >= 0xa6 && w <= 0xa9))) {
-      return true;  // U+2060-U+2064, U+2066-U+2069
-    }
+    if (IsHiddenOrControl(c)) return true;
+    i += length;
   }
   return false;
 }
@@ -985,7 +1006,8 @@ absl::Status KeyManager::Check(const signet::v1::RevokeKeyRequest& request) {
     return absl::InvalidArgumentError(
         "reason must not contain control characters (newlines, escape "
         "sequences, C1 or bidirectional controls, line separators, "
-        "invisible characters): operators read it in tables");
+        "invisible characters such as zero-width spaces, soft hyphens, "
+        "fillers or tag characters): operators read it in tables");
   }
   return absl::OkStatus();
 }
