@@ -42,6 +42,17 @@ class ReconcileTest : public hsm::InProcessKeyStoreTest {
         store_.get(), std::vector<ScopeKeyPolicy>{policy_}, writer,
         [this](const KeyEvent& e) { events_.push_back(e.event); });
   }
+  // A writer whose events' details also go to `details`, in step with
+  // events_.
+  std::unique_ptr<KeyReconciler> MakeWriterWithDetails(
+      std::vector<std::string>* details) {
+    return std::make_unique<KeyReconciler>(
+        store_.get(), std::vector<ScopeKeyPolicy>{policy_}, true,
+        [this, details](const KeyEvent& e) {
+          events_.push_back(e.event);
+          details->push_back(e.detail);
+        });
+  }
 
   ScopeKeyPolicy policy_;
   std::vector<std::string> events_;
@@ -181,12 +192,7 @@ TEST_F(ReconcileTest,
 // nothing retried).
 TEST_F(ReconcileTest, AnOperatorsFailedChangeSaysTheCallRetriesIt) {
   std::vector<std::string> details;
-  auto reconciler = std::make_unique<KeyReconciler>(
-      store_.get(), std::vector<ScopeKeyPolicy>{policy_}, true,
-      [&](const KeyEvent& e) {
-        events_.push_back(e.event);
-        details.push_back(e.detail);
-      });
+  auto reconciler = MakeWriterWithDetails(&details);
   auto first = reconciler->RunOnce(kNow);
   ASSERT_TRUE(first.ok()) << first.status();
   const KeyRecord& active = first->at("demo").records[0];
@@ -484,12 +490,7 @@ TEST_F(ReconcileTest, AKeyPairWhoseRecordWasDeletedWhileDownIsKept) {
 // from the last pass, loudly, and nothing else changes.
 TEST_F(ReconcileTest, AVanishedRecordOfAPublishedKeyIsWrittenAgain) {
   std::vector<std::string> details;
-  auto reconciler = std::make_unique<KeyReconciler>(
-      store_.get(), std::vector<ScopeKeyPolicy>{policy_}, true,
-      [&](const KeyEvent& e) {
-        events_.push_back(e.event);
-        details.push_back(e.detail);
-      });
+  auto reconciler = MakeWriterWithDetails(&details);
   auto first = reconciler->RunOnce(kNow);
   ASSERT_TRUE(first.ok()) << first.status();
   const KeyRecord active = first->at("demo").records[0];
