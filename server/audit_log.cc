@@ -2,13 +2,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <linux/fs.h>
 #include <signal.h>
 #include <sys/file.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -72,52 +69,6 @@ constexpr absl::Duration kRolloverRetry = absl::Seconds(10);
 constexpr size_t kMaxSegmentHeaderBytes = 64 * 1024;
 // Callers named one by one in a refusal summary; the rest are counted.
 constexpr size_t kMaxSummaryCallers = 8;
-
-// Room the write check reserves past the current segment's end: several
-// lines' worth, so the lines written next use it (at most this much stays
-// allocated past the end of a segment once it is closed).
-constexpr int64_t kWriteCheckBytes = 4096;
-
-// Whether the segment open at `fd`, `size` bytes long, can take the next
-// lines, found without writing any (AuditLogOptions::write_check_interval):
-// UNAVAILABLE saying why when it cannot.
-absl::Status CheckAppendable(int fd, uint64_t size) {
-  const auto cannot = [](absl::string_view why) {
-    return absl::UnavailableError(absl::StrCat(
-        "the current segment cannot take another line (checked without "
-        "writing one): ",
-        why));
-  };
-  struct statvfs fs;
-  if (fstatvfs(fd, &fs) != 0) {
-    return cannot(absl::StrCat("fstatvfs: ", std::strerror(errno)));
-  }
-  if ((fs.f_flag & ST_RDONLY) != 0)
-    return cannot("its file system is read-only");
-  if (fallocate(fd, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(size),
-                kWriteCheckBytes) == 0) {
-    return absl::OkStatus();
-  }
-  const int err = errno;
-  if (err != EOPNOTSUPP && err != ENOSYS) {
-    return cannot(absl::StrCat("reserving room for it past the end (",
-                               kWriteCheckBytes,
-                               " bytes) failed: ", std::strerror(err)));
-  }
-  // No fallocate on this file system: judge by its free space and by the
-  // file's immutable flag.
-  const uint64_t free_blocks = geteuid() == 0 ? fs.f_bfree : fs.f_bavail;
-  if (free_blocks * fs.f_frsize < static_cast<uint64_t>(kWriteCheckBytes)) {
-    return cannot(absl::StrCat("its file system is full (",
-                               free_blocks * fs.f_frsize, " bytes free)"));
-  }
-  int flags = 0;
-  if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 &&
-      (flags & FS_IMMUTABLE_FL) != 0) {
-    return cannot("the file is immutable (chattr +i)");
-  }
-  return absl::OkStatus();
-}
 
 bool IsReservedEvent(absl::string_view event) {
   return event == kCheckpointEvent || event == kCheckpointFailedEvent ||
@@ -811,25 +762,7 @@ uint64_t AuditLog::syncs() const {
 
 absl::Status AuditLog::WriteStatus() const {
   absl::MutexLock lock(&mu_);
-  return broken_.ok() ? write_check_ : broken_;
-}
-
-void AuditLog::MaybeCheckWritableLocked(absl::Time now) {
-  if (!WriteCheckApplies() || now < next_write_check_) return;
-  next_write_check_ = now + options_.write_check_interval;
-  const int fd = fd_;
-  const uint64_t size = file_size_;
-  mu_.Unlock();
-  absl::Status check = CheckAppendable(fd, size);
-  mu_.Lock();
-  if (check.ok() != write_check_.ok()) {
-    if (check.ok()) {
-      SIGNET_LOG_INFO("audit log: the current segment can take lines again");
-    } else {
-      SIGNET_LOG_ERROR("audit log: {}", check.message());
-    }
-  }
-  write_check_ = std::move(check);
+  return broken_;
 }
 
 uint64_t AuditLog::EnqueueLocked(absl::Time time, std::string members) {
@@ -1525,16 +1458,12 @@ void AuditLog::WriterLoop() {
       if (rollover_requested_) {
         wait = std::min(wait, next_rollover_try_ - now);
       }
-      if (WriteCheckApplies()) {
-        wait = std::min(wait, next_write_check_ - now);
-      }
       if (wait > absl::ZeroDuration()) {
         mu_.AwaitWithTimeout(
             absl::Condition(this, &AuditLog::WriterHasWorkLocked), wait);
       }
       now = options_.clock->Now();
     }
-    MaybeCheckWritableLocked(now);
     MaybeFlushRefusalSummaryLocked(now, /*force=*/stopping_);
     if (!pending_.empty() && !GroupCommitReadyLocked() &&
         options_.group_commit_delay > absl::ZeroDuration()) {
