@@ -140,6 +140,12 @@ absl::Duration WallClockStepDetector::Sample() {
   return absl::AbsDuration(step) > tolerance_ ? step : absl::ZeroDuration();
 }
 
+absl::Duration WallClockStepDetector::OffsetOf(absl::Time wall,
+                                               absl::Duration elapsed) const {
+  const absl::Duration offset = (wall - last_wall_) - (elapsed - last_elapsed_);
+  return absl::AbsDuration(offset) > tolerance_ ? offset : absl::ZeroDuration();
+}
+
 SimulatedClock::SimulatedClock(absl::Time start)
     : now_(start), origin_([] {
         static std::atomic<int> made{0};

@@ -195,6 +195,16 @@ class WallClockStepDetector {
   // The step since the last call (positive: set forward), or zero.
   absl::Duration Sample();
 
+  // How far a reading another thread made (`wall` and `elapsed` read
+  // together) lies off the wall clock as the last Sample read it, beyond
+  // the tolerance (positive: that reading was ahead), or zero. Two samples
+  // a second apart miss a step that comes and goes between them, and
+  // Debian's Abseil reads the kernel's clock for absl::Now() only every
+  // second or two (it counts CPU cycles in between), so a thread that
+  // acted on such a step (the key manager's pass) is the only witness:
+  // signetd asks its last pass's reading here.
+  absl::Duration OffsetOf(absl::Time wall, absl::Duration elapsed) const;
+
  private:
   const Clock& clock_;
   const absl::Duration tolerance_;

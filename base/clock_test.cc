@@ -120,6 +120,34 @@ TEST(WallClockStepDetectorTest, SeesStepsNotTimePassing) {
   EXPECT_EQ(steps.Sample(), absl::ZeroDuration());
 }
 
+// A step that came and went between two samples is seen only by a thread
+// that read the clock during it: its reading lies off the clock as the
+// next sample reads it, by the step, wherever it was made in between.
+TEST(WallClockStepDetectorTest, MeasuresAnotherThreadsReadingAgainstTheClock) {
+  SimulatedClock clock(kT0);
+  WallClockStepDetector steps(clock);
+  EXPECT_EQ(steps.Sample(), absl::ZeroDuration());
+  clock.Advance(absl::Milliseconds(400));
+  const absl::Time steady_wall = clock.Now();
+  const absl::Duration steady_elapsed = clock.Elapsed();
+  clock.StepWall(absl::Minutes(10));  // set forward ...
+  clock.Advance(absl::Milliseconds(300));
+  const absl::Time ahead_wall = clock.Now();  // ... the other thread reads
+  const absl::Duration ahead_elapsed = clock.Elapsed();
+  clock.StepWall(absl::Minutes(-10));  // ... and right again
+  clock.Advance(absl::Milliseconds(300));
+  EXPECT_EQ(steps.Sample(), absl::ZeroDuration());  // the sample missed it
+  EXPECT_EQ(steps.OffsetOf(ahead_wall, ahead_elapsed), absl::Minutes(10));
+  EXPECT_EQ(steps.OffsetOf(steady_wall, steady_elapsed), absl::ZeroDuration());
+  // A reading from before a step the sample saw lies off by the step the
+  // other way; within the tolerance, a slew, it does not.
+  clock.StepWall(absl::Seconds(-30));
+  EXPECT_EQ(steps.Sample(), absl::Seconds(-30));
+  EXPECT_EQ(steps.OffsetOf(steady_wall, steady_elapsed), absl::Seconds(30));
+  EXPECT_EQ(steps.OffsetOf(steady_wall + absl::Seconds(-29), steady_elapsed),
+            absl::ZeroDuration());
+}
+
 TEST(SimulatedClockTest, ConcurrentAdvancesAreNotLost) {
   SimulatedClock clock(kT0);
   constexpr int kThreads = 4;

@@ -1198,9 +1198,13 @@ void Daemon::RunUntilStopped() {
   // This loop's wait is a monotonic timeout, so it runs every second
   // whatever the wall clock does.
   base::WallClockStepDetector steps(clock_);
+  // Each pass's clock reading is compared with a sample once: if they
+  // agree, a later step is one the samples see. Passes that began before
+  // a step seen here are not compared (a pass was asked for).
+  absl::Duration passes_checked_until = -absl::InfiniteDuration();
   while (!StopRequested(absl::Seconds(1), [this] { audit_->RollOver(); })) {
-    if (const absl::Duration step = steps.Sample();
-        step != absl::ZeroDuration()) {
+    const absl::Duration step = steps.Sample();
+    if (step != absl::ZeroDuration()) {
       // The key manager's wait ends on the wall clock: a step back
       // stretches it by the step. A pass now publishes what the clock says
       // (a key held while the clock read ahead is published again).
@@ -1210,6 +1214,26 @@ void Daemon::RunUntilStopped() {
           step > absl::ZeroDuration() ? "forward" : "back");
       if (step < absl::ZeroDuration()) LowerWallClockAnchor();
       key_manager_->RequestPass();
+      passes_checked_until = clock_.Elapsed();
+    } else if (const KeyManager::PassStatus pass = key_manager_->LastPass();
+               pass.elapsed > passes_checked_until) {
+      passes_checked_until = pass.elapsed;
+      // A step that came and went between two samples, which the last
+      // pass read: what it published follows that clock (a key whose
+      // grace seemed over withdrawn) until its next pass, which the step
+      // may have put off by its size.
+      if (const absl::Duration off = steps.OffsetOf(pass.at, pass.elapsed);
+          off != absl::ZeroDuration()) {
+        SIGNET_LOG_WARN(
+            "the key manager's last pass read the wall clock {} {} of where "
+            "it stands now (a step that came and went between two samples); "
+            "the key manager runs a pass now",
+            absl::FormatDuration(
+                absl::Trunc(absl::AbsDuration(off), absl::Seconds(1))),
+            off > absl::ZeroDuration() ? "ahead" : "behind");
+        key_manager_->RequestPass();
+        passes_checked_until = clock_.Elapsed();
+      }
     }
     key_manager_->Tick();
     UpdateHealth();

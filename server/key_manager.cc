@@ -369,6 +369,7 @@ bool KeyManager::Post(std::function<void()> task) {
 
 absl::Status KeyManager::PassAndPublish(bool notify) {
   const absl::Time at = clock_.Now();
+  const absl::Duration at_elapsed = clock_.Elapsed();
   // Destroying and pruning keys follow the time seen pass when the wall
   // clock reads well ahead of it (set forward since the anchor).
   const absl::Time irreversible_at = seen_.IrreversibleStepsAt(at);
@@ -409,7 +410,7 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
     // After the keys are handed on: a pass GetStatus reports is one whose
     // keys are served and published.
     absl::MutexLock lock(&mu_);
-    last_pass_ = PassStatus{at, built.status(), ""};
+    last_pass_ = PassStatus{at, at_elapsed, built.status(), ""};
     if (clock_ahead) {
       last_pass_.wall_clock_anomaly = absl::StrCat(
           "reads ", absl::FormatDuration(absl::Trunc(ahead, absl::Seconds(1))),

@@ -126,6 +126,10 @@ class KeyManager {
 
   struct PassStatus {
     absl::Time at = absl::InfinitePast();
+    // The clock's elapsed time (base::Clock::Elapsed) read with `at`: the
+    // pair says where the wall clock stood then (signetd compares it with
+    // the clock now, base::WallClockStepDetector::OffsetOf).
+    absl::Duration elapsed = -absl::InfiniteDuration();
     absl::Status status;
     // Empty when the wall clock agreed with the time seen pass; otherwise
     // how far ahead it read and what that held back.
