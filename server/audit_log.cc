@@ -2,10 +2,13 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
@@ -34,6 +37,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "base/base64url.h"
+#include "base/clock.h"
 #include "base/file.h"
 #include "base/log.h"
 #include "base/status_macros.h"
@@ -69,6 +73,52 @@ constexpr absl::Duration kRolloverRetry = absl::Seconds(10);
 constexpr size_t kMaxSegmentHeaderBytes = 64 * 1024;
 // Callers named one by one in a refusal summary; the rest are counted.
 constexpr size_t kMaxSummaryCallers = 8;
+
+// Room the write check reserves past the current segment's end: several
+// lines' worth, so the lines written next use it (at most this much stays
+// allocated past the end of a segment once it is closed).
+constexpr int64_t kWriteCheckBytes = 4096;
+
+// Whether the segment open at `fd`, `size` bytes long, can take the next
+// lines, found without writing any (AuditLogOptions::write_check_interval):
+// UNAVAILABLE saying why when it cannot.
+absl::Status CheckAppendable(int fd, uint64_t size) {
+  const auto cannot = [](absl::string_view why) {
+    return absl::UnavailableError(absl::StrCat(
+        "the current segment cannot take another line (checked without "
+        "writing one): ",
+        why));
+  };
+  struct statvfs fs;
+  if (fstatvfs(fd, &fs) != 0) {
+    return cannot(absl::StrCat("fstatvfs: ", std::strerror(errno)));
+  }
+  if ((fs.f_flag & ST_RDONLY) != 0)
+    return cannot("its file system is read-only");
+  if (fallocate(fd, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(size),
+                kWriteCheckBytes) == 0) {
+    return absl::OkStatus();
+  }
+  const int err = errno;
+  if (err != EOPNOTSUPP && err != ENOSYS) {
+    return cannot(absl::StrCat("reserving room for it past the end (",
+                               kWriteCheckBytes,
+                               " bytes) failed: ", std::strerror(err)));
+  }
+  // No fallocate on this file system: judge by its free space and by the
+  // file's immutable flag.
+  const uint64_t free_blocks = geteuid() == 0 ? fs.f_bfree : fs.f_bavail;
+  if (free_blocks * fs.f_frsize < static_cast<uint64_t>(kWriteCheckBytes)) {
+    return cannot(absl::StrCat("its file system is full (",
+                               free_blocks * fs.f_frsize, " bytes free)"));
+  }
+  int flags = 0;
+  if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 &&
+      (flags & FS_IMMUTABLE_FL) != 0) {
+    return cannot("the file is immutable (chattr +i)");
+  }
+  return absl::OkStatus();
+}
 
 bool IsReservedEvent(absl::string_view event) {
   return event == kCheckpointEvent || event == kCheckpointFailedEvent ||
@@ -762,7 +812,33 @@ uint64_t AuditLog::syncs() const {
 
 absl::Status AuditLog::WriteStatus() const {
   absl::MutexLock lock(&mu_);
-  return broken_;
+  return broken_.ok() ? write_check_ : broken_;
+}
+
+bool AuditLog::WriteCheckDueLocked() const {
+  return WriteCheckApplies() && base::MonotonicNow() >= next_write_check_;
+}
+
+bool AuditLog::IdleWriterShouldWakeLocked() const {
+  return WriterHasWorkLocked() || WriteCheckDueLocked();
+}
+
+void AuditLog::MaybeCheckWritableLocked() {
+  if (!WriteCheckDueLocked()) return;
+  next_write_check_ = base::MonotonicNow() + options_.write_check_interval;
+  const int fd = fd_;
+  const uint64_t size = file_size_;
+  mu_.Unlock();
+  absl::Status check = CheckAppendable(fd, size);
+  mu_.Lock();
+  if (check.ok() != write_check_.ok()) {
+    if (check.ok()) {
+      SIGNET_LOG_INFO("audit log: the current segment can take lines again");
+    } else {
+      SIGNET_LOG_ERROR("audit log: {}", check.message());
+    }
+  }
+  write_check_ = std::move(check);
 }
 
 uint64_t AuditLog::EnqueueLocked(absl::Time time, std::string members) {
@@ -1458,12 +1534,21 @@ void AuditLog::WriterLoop() {
       if (rollover_requested_) {
         wait = std::min(wait, next_rollover_try_ - now);
       }
+      if (WriteCheckApplies()) {
+        wait = std::min(wait, next_write_check_ - base::MonotonicNow());
+      }
       if (wait > absl::ZeroDuration()) {
+        // The write check's time is monotonic and part of the condition:
+        // Abseil's timed wait ends on the wall clock (a step back stretches
+        // it by the step), but the condition is evaluated again whenever
+        // another thread releases mu_ (health asks WriteStatus every
+        // second).
         mu_.AwaitWithTimeout(
-            absl::Condition(this, &AuditLog::WriterHasWorkLocked), wait);
+            absl::Condition(this, &AuditLog::IdleWriterShouldWakeLocked), wait);
       }
       now = options_.clock->Now();
     }
+    MaybeCheckWritableLocked();
     MaybeFlushRefusalSummaryLocked(now, /*force=*/stopping_);
     if (!pending_.empty() && !GroupCommitReadyLocked() &&
         options_.group_commit_delay > absl::ZeroDuration()) {

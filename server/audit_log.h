@@ -160,6 +160,16 @@ struct AuditLogOptions {
   // twice as long each time, up to 4 s, until it works; the log is broken
   // (UNAVAILABLE) until then. Zero: never (the log stays broken).
   absl::Duration recovery_backoff = absl::Seconds(1);
+  // How often the writer checks, without writing a line, that the current
+  // segment can take the next ones (WriteStatus says so): room for them
+  // can be reserved past its end (fallocate(2) FALLOC_FL_KEEP_SIZE fails
+  // as their write would: EPERM on an immutable file, ENOSPC on a full
+  // file system) on a file system that is not read-only. Without it an
+  // idle log looked writable until a signer's line failed (a fourteenth
+  // outside attack: health SERVING for minutes on an immutable log). Only
+  // health follows the check; a write decides whether a line is lost.
+  // Zero: never.
+  absl::Duration write_check_interval = absl::Seconds(1);
   // Fault injection for tests only: when > 0, the writer writes the first
   // half of line `kill_mid_line` (by seq), then kills the process with
   // SIGKILL, as a crash in the middle of an append would.
@@ -329,7 +339,8 @@ class AuditLog {
   uint64_t syncs() const;
 
   // OK while lines can be written; once the log is broken, why (health
-  // turns NOT_SERVING: signing is refused then).
+  // turns NOT_SERVING: signing is refused then); also UNAVAILABLE while
+  // the last write check (AuditLogOptions::write_check_interval) failed.
   absl::Status WriteStatus() const;
 
   // A line that is on its way (ExpectLine). Move-only; a default-constructed
@@ -422,6 +433,19 @@ class AuditLog {
   // the caller marks the log broken.
   absl::Status WriteBatch(const std::vector<Pending>& batch,
                           std::vector<std::string>* checkpoint_lines);
+  // Whether the write check runs: asked for, on a regular file (not a
+  // device such as /dev/full), with a segment open.
+  bool WriteCheckApplies() const {
+    return options_.write_check_interval > absl::ZeroDuration() &&
+           regular_file_ && fd_ >= 0;
+  }
+  // Whether the write check is due (it runs on the monotonic clock, so a
+  // wall clock set back does not put it off).
+  bool WriteCheckDueLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // What ends the idle writer's wait: work, or the write check due.
+  bool IdleWriterShouldWakeLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The write check, when it is due (mu_ released around it).
+  void MaybeCheckWritableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AuditLogOptions options_;
 
@@ -452,6 +476,11 @@ class AuditLog {
   uint64_t durable_seq_ ABSL_GUARDED_BY(mu_);
   uint64_t last_checkpoint_seq_ ABSL_GUARDED_BY(mu_);
   absl::Status broken_ ABSL_GUARDED_BY(mu_);
+  // The last write check's result, and when the next one is due.
+  absl::Status write_check_ ABSL_GUARDED_BY(mu_);
+  // On base::MonotonicNow()'s scale.
+  absl::Duration next_write_check_ ABSL_GUARDED_BY(mu_) =
+      -absl::InfiniteDuration();
   uint64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
   // Lines announced by ExpectLine and not yet appended or given up.
   int64_t expected_lines_ ABSL_GUARDED_BY(mu_) = 0;

@@ -1,17 +1,22 @@
 #include "server/audit_log.h"
 
+#include <fcntl.h>
+#include <linux/fs.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -697,6 +702,86 @@ TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
   EXPECT_EQ(r->lines, 5u);
   EXPECT_EQ(r->segments, 2u);
   EXPECT_EQ(r->superseded_lines, 0u);
+}
+
+// Sets or clears `path`'s immutable flag (chattr +i / -i): OK, or why not
+// (not root, or a file system without the flag).
+absl::Status SetImmutable(const std::string& path, bool immutable) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::InternalError(std::strerror(errno));
+  int flags = 0;
+  int rc = ioctl(fd, FS_IOC_GETFLAGS, &flags);
+  if (rc == 0) {
+    flags = immutable ? (flags | FS_IMMUTABLE_FL) : (flags & ~FS_IMMUTABLE_FL);
+    rc = ioctl(fd, FS_IOC_SETFLAGS, &flags);
+  }
+  const int err = errno;
+  close(fd);
+  return rc == 0 ? absl::OkStatus() : absl::InternalError(std::strerror(err));
+}
+
+// An idle log whose segment can no longer take lines (here: immutable)
+// says so within its write check's interval, without a line being
+// written, and says it can again once the file can change; nothing broke,
+// so no new segment starts and the chain goes on in the same file (a
+// fourteenth outside attack: an idle replica's health said SERVING for
+// minutes on an immutable log).
+TEST(AuditLogTest, AnIdleLogNoticesItsSegmentCannotTakeLines) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  AuditLogOptions o = Options(path);
+  o.write_check_interval = absl::Milliseconds(50);
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  EXPECT_TRUE(log->WriteStatus().ok());
+  if (absl::Status set = SetImmutable(path, true); !set.ok()) {
+    GTEST_SKIP() << "cannot make the log immutable here: " << set;
+  }
+  const auto await = [&log](bool writable) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (log->WriteStatus().ok() != writable && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return log->WriteStatus();
+  };
+  const absl::Status unwritable = await(false);
+  ASSERT_TRUE(SetImmutable(path, false).ok());
+  EXPECT_EQ(unwritable.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(unwritable.message()),
+              AllOf(HasSubstr("the current segment cannot take another line"),
+                    HasSubstr("Operation not permitted")));
+  EXPECT_TRUE(await(true).ok());
+  ASSERT_TRUE(log->Append(SignEvent(2)).ok());
+  EXPECT_EQ(log->segments_opened(), 0u);
+  log.reset();
+  ExpectChainVerifies(path, 2);
+}
+
+// The write check keeps its pace on the monotonic clock: a wall clock set
+// back an hour (here the log's simulated clock, which does not move on its
+// own) does not put it off by the hour.
+TEST(AuditLogTest, AWallClockSetBackDoesNotPutOffTheWriteCheck) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  FakeClock clock(absl::FromUnixSeconds(1'800'000'000));
+  AuditLogOptions o = Options(path, &clock);
+  o.write_check_interval = absl::Milliseconds(50);
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  absl::SleepFor(absl::Milliseconds(200));  // a few checks on this clock
+  clock.StepWall(absl::Hours(-1));
+  if (absl::Status set = SetImmutable(path, true); !set.ok()) {
+    GTEST_SKIP() << "cannot make the log immutable here: " << set;
+  }
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (log->WriteStatus().ok() && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const absl::Status unwritable = log->WriteStatus();
+  ASSERT_TRUE(SetImmutable(path, false).ok());
+  EXPECT_EQ(unwritable.code(), absl::StatusCode::kUnavailable) << unwritable;
 }
 
 // The current segment deleted (or moved away) while signetd runs: the

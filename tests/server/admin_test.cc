@@ -800,8 +800,8 @@ TEST_F(AdminTest, StatusIsAnsweredWhileTheAuditLogCannotBeWritten) {
       << (chattr.ok() ? chattr->output : chattr.status().ToString());
   v1::GetStatusResponse status;
   grpc::Status st;
-  // The first call's own line breaks the log (written after its answer):
-  // a later call says so.
+  // The first call's own line breaks the log (written after its answer),
+  // or the log's write check finds it first: a later call says so.
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   do {
     grpc::ClientContext sctx;

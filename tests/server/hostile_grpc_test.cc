@@ -738,6 +738,41 @@ TEST_F(HostileGrpcTest,
   EXPECT_THAT(ExpectChainVerifies(log), HasSubstr("in 2 segment(s)"));
 }
 
+// An idle replica's audit log made immutable: health said SERVING (and
+// GetStatus audit_writable) for minutes, until a signer's line failed
+// (fourteenth outside attack). Now the log's write check finds it within
+// seconds with no call made, and finds it writable again: nothing broke,
+// so signing goes on in the same segment.
+TEST_F(HostileGrpcTest, AnIdleReplicaNoticesAnUnwritableAuditLog) {
+  auto signetd = Start("audit-idle");
+  ASSERT_NE(signetd, nullptr);
+  auto channel = Channel(tenant_);
+  HealthWatch watch(channel, "");
+  ASSERT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(10)));
+  const std::string log = audit_dir_ + "/audit.log";
+  auto chattr = testing::RunProcess({.argv = {"chattr", "+i", log}});
+  ASSERT_TRUE(chattr.ok() && chattr->succeeded())
+      << (chattr.ok() ? chattr->output : chattr.status().ToString());
+  const bool noticed =
+      watch.AwaitLast(HealthCheckResponse::NOT_SERVING, absl::Seconds(10));
+  (void)testing::RunProcess({.argv = {"chattr", "-i", log}});
+  EXPECT_TRUE(noticed) << signetd->Output();
+  EXPECT_EQ(testing::CountOccurrences(
+                signetd->Output(),
+                "health: NOT_SERVING: the audit log cannot be written, so "
+                "nothing is signed: the current segment cannot take another "
+                "line"),
+            1)
+      << signetd->Output();
+  EXPECT_TRUE(watch.AwaitLast(HealthCheckResponse::SERVING, absl::Seconds(10)))
+      << signetd->Output();
+  auto stub = v1::Signer::NewStub(channel);
+  EXPECT_TRUE(SignJwt(*stub, kScope).ok());
+  EXPECT_NE(access((log + ".00000000000000000001").c_str(), F_OK), 0)
+      << "a new segment, though no write failed";
+  EXPECT_THAT(ExpectChainVerifies(log), HasSubstr("in 1 segment(s)"));
+}
+
 // A restart while the audit log could not be opened (made immutable) was
 // final: signetd exited 1 within 15 s, which scripts/run takes for a
 // configuration error and does not restart (fourth outside attack). It
