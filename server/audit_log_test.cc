@@ -720,6 +720,15 @@ absl::Status SetImmutable(const std::string& path, bool immutable) {
   return rc == 0 ? absl::OkStatus() : absl::InternalError(std::strerror(err));
 }
 
+// `log`'s WriteStatus once its being OK is `writable`, or after 10 s.
+absl::Status AwaitWriteStatus(const AuditLog& log, bool writable) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (log.WriteStatus().ok() != writable && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return log.WriteStatus();
+}
+
 // An idle log whose segment can no longer take lines (here: immutable)
 // says so within its write check's interval, without a line being
 // written, and says it can again once the file can change; nothing broke,
@@ -738,20 +747,13 @@ TEST(AuditLogTest, AnIdleLogNoticesItsSegmentCannotTakeLines) {
   if (absl::Status set = SetImmutable(path, true); !set.ok()) {
     GTEST_SKIP() << "cannot make the log immutable here: " << set;
   }
-  const auto await = [&log](bool writable) {
-    const absl::Time give_up = absl::Now() + absl::Seconds(10);
-    while (log->WriteStatus().ok() != writable && absl::Now() < give_up) {
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return log->WriteStatus();
-  };
-  const absl::Status unwritable = await(false);
+  const absl::Status unwritable = AwaitWriteStatus(*log, false);
   ASSERT_TRUE(SetImmutable(path, false).ok());
   EXPECT_EQ(unwritable.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(unwritable.message()),
               AllOf(HasSubstr("the current segment cannot take another line"),
                     HasSubstr("Operation not permitted")));
-  EXPECT_TRUE(await(true).ok());
+  EXPECT_TRUE(AwaitWriteStatus(*log, true).ok());
   ASSERT_TRUE(log->Append(SignEvent(2)).ok());
   EXPECT_EQ(log->segments_opened(), 0u);
   log.reset();
@@ -775,11 +777,7 @@ TEST(AuditLogTest, AWallClockSetBackDoesNotPutOffTheWriteCheck) {
   if (absl::Status set = SetImmutable(path, true); !set.ok()) {
     GTEST_SKIP() << "cannot make the log immutable here: " << set;
   }
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (log->WriteStatus().ok() && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  const absl::Status unwritable = log->WriteStatus();
+  const absl::Status unwritable = AwaitWriteStatus(*log, false);
   ASSERT_TRUE(SetImmutable(path, false).ok());
   EXPECT_EQ(unwritable.code(), absl::StatusCode::kUnavailable) << unwritable;
 }
