@@ -886,8 +886,10 @@ TEST_F(KeyRotationTest, AnHsmOutageDuringARotationChangesNothingUntilItIsBack) {
           ->WaitForOutput("the key reconcile pass failed", absl::Seconds(30))
           .ok())
       << writer.process->Output();
-  // Several failed passes (backoff 1 s, 2 s, ...) before the HSM is back.
+  // Several failed passes (backoff 1 s, 2 s, ...) before the HSM is back;
+  // relying parties are served the last key sets throughout (README).
   absl::SleepFor(absl::Seconds(4));
+  EXPECT_THAT(Jwks(writer.http_port), HasSubstr(first));
   ASSERT_TRUE(bed_->hsm().Restart().ok());
   // The same request id, once the HSM is back (the pool reconnects).
   v1::RotateKeyResponse rotated;
