@@ -1043,7 +1043,8 @@ absl::Status Daemon::StartServing() {
                [this](std::shared_ptr<const PublishedDocuments> documents) {
                  signer_->SetPublished(documents);
                  if (http_ != nullptr) http_->Publish(*documents);
-               }});
+               }},
+          seen_.get());
   if (!publisher.ok()) return publisher.status();
   publisher_ = *std::move(publisher);
   if (config_.has_http()) {

@@ -14,7 +14,7 @@ namespace signet::server {
 
 absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
     const std::map<std::string, std::shared_ptr<const ScopeKeys>>& scopes,
-    absl::string_view public_base_url, absl::Time now) {
+    absl::string_view public_base_url, absl::Time now, absl::Time seen) {
   if (absl::EndsWith(public_base_url, "/")) {
     return absl::InvalidArgumentError(
         "the public base URL must not end with '/'");
@@ -25,7 +25,7 @@ absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
   // std::map: scopes in name order, so the class sets are deterministic.
   for (const auto& [name, scope] : scopes) {
     const std::vector<std::shared_ptr<const ScopeState>> published =
-        scope->PublishedAt(now);
+        scope->PublishedAt(now, seen);
     if (scope->config().purpose() == signet::v1::RAW) {
       std::string& pem = docs.scope_keys_pem[name];
       std::vector<RawPublicKey>& raw = docs.scope_raw_keys[name];

@@ -62,10 +62,13 @@ struct PublishedDocuments {
 // `public_base_url` is where relying parties reach the HTTP endpoint
 // (configured, never taken from a request's Host header), without a
 // trailing '/'; empty builds no discovery documents (no HTTP endpoint).
-// INVALID_ARGUMENT if it ends with '/'.
+// INVALID_ARGUMENT if it ends with '/'. `seen` as ScopeKeys::PublishedAt
+// takes it: a key also stays while it is published at the time really seen
+// pass (a wall clock set forward does not withdraw it early).
 absl::StatusOr<PublishedDocuments> BuildPublishedDocuments(
     const std::map<std::string, std::shared_ptr<const ScopeKeys>>& scopes,
-    absl::string_view public_base_url, absl::Time now);
+    absl::string_view public_base_url, absl::Time now,
+    absl::Time seen = absl::InfiniteFuture());
 
 }  // namespace signet::server
 

@@ -195,6 +195,36 @@ TEST(PublicationTest, KeysLeaveTheSetsWhenTheirStateSaysSo) {
             nullptr);
 }
 
+// A wall clock set forward past a retired key's grace does not withdraw
+// it: while the time really seen pass (`seen`) is inside the grace, its
+// tokens may still be valid, and it stays in every set; a revoked key
+// stays out whatever either time says (a fifteenth outside attack: a
+// relying party lost the key that had signed seconds before).
+TEST(PublicationTest, AClockSetForwardDoesNotWithdrawAKeyBeforeItsTime) {
+  auto scopes = Scopes();
+  const std::string a = scopes["consumer-a"]->versions()[0]->kid;
+  const absl::Time retired = kActivated + absl::Hours(24 * 30);
+  const absl::Time unpublished = kActivated + absl::Hours(24 * 30 + 2);
+  auto ahead = BuildPublishedDocuments(scopes, "https://k.test", unpublished,
+                                       /*seen=*/retired);
+  ASSERT_TRUE(ahead.ok()) << ahead.status();
+  EXPECT_THAT(ahead->consumer_jwks, HasSubstr(a));
+  EXPECT_THAT(ahead->scope_jwks["consumer-a"], HasSubstr(a));
+  EXPECT_THAT(ahead->scope_keys_pem["raw"], HasSubstr("BEGIN PUBLIC KEY"));
+  // Its time has really passed: out.
+  auto passed = BuildPublishedDocuments(scopes, "https://k.test", unpublished,
+                                        /*seen=*/unpublished);
+  ASSERT_TRUE(passed.ok()) << passed.status();
+  EXPECT_THAT(passed->consumer_jwks, Not(HasSubstr(a)));
+  std::map<std::string, std::shared_ptr<const ScopeKeys>> revoked = {
+      {"consumer-a", Scope("consumer-a", signet::v1::CONSUMER, signet::v1::JWT,
+                           signet::v1::ES256, "ec-00.pem", /*revoked=*/true)}};
+  auto revoked_ahead = BuildPublishedDocuments(
+      revoked, "https://k.test", unpublished, /*seen=*/kActivated);
+  ASSERT_TRUE(revoked_ahead.ok()) << revoked_ahead.status();
+  EXPECT_THAT(revoked_ahead->consumer_jwks, Not(HasSubstr(a)));
+}
+
 // Fault 1 of the single-key schedule: the set holds every published key of
 // a scope (retired, active, standby) in generation order, not the one that
 // signs.

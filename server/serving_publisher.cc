@@ -7,14 +7,21 @@
 
 namespace signet::server {
 
+absl::StatusOr<PublishedDocuments> ServingPublisher::Build(
+    const ScopeKeysMap& scopes) const {
+  const absl::Time now = clock_->Now();
+  return BuildPublishedDocuments(
+      scopes, public_base_url_, now,
+      seen_ != nullptr ? seen_->IrreversibleStepsAt(now) : now);
+}
+
 absl::StatusOr<std::unique_ptr<ServingPublisher>> ServingPublisher::Create(
     std::shared_ptr<const ServingState> first, std::string public_base_url,
-    const base::Clock* clock, Sinks sinks) {
-  SIGNET_ASSIGN_OR_RETURN(
-      PublishedDocuments documents,
-      BuildPublishedDocuments(first->scopes, public_base_url, clock->Now()));
+    const base::Clock* clock, Sinks sinks, const base::ElapsedWallTime* seen) {
   std::unique_ptr<ServingPublisher> publisher(new ServingPublisher(
-      std::move(public_base_url), clock, std::move(sinks)));
+      std::move(public_base_url), clock, std::move(sinks), seen));
+  SIGNET_ASSIGN_OR_RETURN(PublishedDocuments documents,
+                          publisher->Build(first->scopes));
   auto published =
       std::make_shared<const PublishedDocuments>(std::move(documents));
   {
@@ -36,8 +43,7 @@ void ServingPublisher::OnKeys(const ScopeKeysMap& scopes) {
     serving_ = next;
   }
   sinks_.serving(next);
-  absl::StatusOr<PublishedDocuments> rebuilt =
-      BuildPublishedDocuments(scopes, public_base_url_, clock_->Now());
+  absl::StatusOr<PublishedDocuments> rebuilt = Build(scopes);
   if (!rebuilt.ok()) {
     SIGNET_LOG_ERROR("rebuilding the published key sets failed: {}",
                      rebuilt.status().ToString());

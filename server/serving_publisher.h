@@ -39,10 +39,14 @@ class ServingPublisher {
 
   // Builds the documents for `first` (the state at start) and hands both to
   // the sinks. `public_base_url` as BuildPublishedDocuments takes it;
-  // `clock` decides which keys are published and must outlive this.
+  // `clock` decides which keys are published and must outlive this;
+  // `seen`, if set (it must outlive this too), is the time seen pass that
+  // keeps a key published while a clock set forward says its grace is over
+  // (ScopeKeys::PublishedAt).
   static absl::StatusOr<std::unique_ptr<ServingPublisher>> Create(
       std::shared_ptr<const ServingState> first, std::string public_base_url,
-      const base::Clock* clock, Sinks sinks);
+      const base::Clock* clock, Sinks sinks,
+      const base::ElapsedWallTime* seen = nullptr);
 
   // After a reconcile pass: `scopes` replace the served scopes (the rest of
   // the state is kept), and the documents are rebuilt. A rebuild that fails
@@ -55,13 +59,18 @@ class ServingPublisher {
 
  private:
   ServingPublisher(std::string public_base_url, const base::Clock* clock,
-                   Sinks sinks)
+                   Sinks sinks, const base::ElapsedWallTime* seen)
       : public_base_url_(std::move(public_base_url)),
         clock_(clock),
+        seen_(seen),
         sinks_(std::move(sinks)) {}
+
+  // The documents for `scopes` now.
+  absl::StatusOr<PublishedDocuments> Build(const ScopeKeysMap& scopes) const;
 
   const std::string public_base_url_;
   const base::Clock* const clock_;
+  const base::ElapsedWallTime* const seen_;
   const Sinks sinks_;
   // One pass at a time, so the sinks see the states in order.
   absl::Mutex pass_mu_ ABSL_ACQUIRED_BEFORE(mu_);

@@ -1,5 +1,6 @@
 #include "server/serving_state.h"
 
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -83,11 +84,17 @@ absl::Status ScopeKeys::CanSignAt(absl::Time now) const {
 }
 
 std::vector<std::shared_ptr<const ScopeState>> ScopeKeys::PublishedAt(
-    absl::Time now) const {
+    absl::Time now, absl::Time seen) const {
   const rotation::ScopeView view = rotation::ViewScope(records_, now);
+  std::optional<rotation::ScopeView> seen_view;
+  if (seen < now) seen_view = rotation::ViewScope(records_, seen);
   std::vector<std::shared_ptr<const ScopeState>> out;
   for (size_t i = 0; i < records_.size(); ++i) {
-    if (!rotation::IsPublished(view.states[i])) continue;
+    if (!rotation::IsPublished(view.states[i]) &&
+        !(seen_view.has_value() &&
+          rotation::IsPublished(seen_view->states[i]))) {
+      continue;
+    }
     if (auto version = VersionFor(static_cast<int>(i))) out.push_back(version);
   }
   return out;

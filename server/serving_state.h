@@ -90,9 +90,13 @@ class ScopeKeys {
   absl::Status CanSignAt(absl::Time now) const;
 
   // The loaded keys published at `now` (PENDING, ACTIVE, RETIRED by the
-  // view), in generation order.
+  // view), in generation order. With `seen` (the time really seen pass,
+  // base::ElapsedWallTime::IrreversibleStepsAt, before `now` when the wall
+  // clock reads ahead), also those published at `seen`: a key leaves the
+  // sets once its grace has really passed, not when a clock set forward
+  // says so (its tokens may still be valid).
   std::vector<std::shared_ptr<const ScopeState>> PublishedAt(
-      absl::Time now) const;
+      absl::Time now, absl::Time seen = absl::InfiniteFuture()) const;
 
   // The standby's record at `now` (the PENDING successor), or null.
   const rotation::KeyRecord* StandbyAt(absl::Time now) const;

@@ -639,6 +639,11 @@ TEST_F(KeyRotationTest, AClockSetForwardDestroysNoKeyBeforeItsTime) {
   // kernel's futex timeouts that absl's timed waits use, so with a positive
   // offset the loop's next wait lasts the offset longer.)
   EXPECT_TRUE(listed(first->kid)) << writer.process->Output();
+  // Relying parties keep it too: its grace (130 s) has not really passed,
+  // so its tokens may still be valid (a fifteenth outside attack saw it
+  // withdrawn for the whole step).
+  EXPECT_THAT(Jwks(writer.http_port), HasSubstr(first->kid))
+      << writer.process->Output();
   absl::StatusOr<Signed> ahead = Sign(*writer.stub, absl::Seconds(600));
   for (int i = 0; i < 40 && !ahead.ok(); ++i) {  // the pass is finishing
     absl::SleepFor(absl::Milliseconds(250));
@@ -657,7 +662,7 @@ TEST_F(KeyRotationTest, AClockSetForwardDestroysNoKeyBeforeItsTime) {
   // The clock is right again (libfaketime reads the file at most a second
   // late). signetd sees the step within a second or two and runs a pass at
   // once, without an operator's call (the loop's own wait would last the
-  // offset longer): it publishes generation 1 again (its grace has not
+  // offset longer): generation 1 is still published (its grace has not
   // ended), and a relying party verifies its token.
   SetFakeClock("+0");
   std::string set;
