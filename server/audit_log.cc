@@ -812,7 +812,20 @@ uint64_t AuditLog::syncs() const {
 
 absl::Status AuditLog::WriteStatus() const {
   absl::MutexLock lock(&mu_);
-  return broken_.ok() ? write_check_ : broken_;
+  if (!broken_.ok()) return broken_;
+  if (disk_call_since_ != absl::InfiniteDuration()) {
+    const absl::Duration waited = base::MonotonicNow() - disk_call_since_;
+    if (waited > options_.disk_stall_after) {
+      return absl::UnavailableError(absl::StrCat(
+          "the audit log's disk has not answered for ",
+          absl::FormatDuration(absl::Trunc(waited, absl::Seconds(1))), " (",
+          disk_call_,
+          "): a stalled disk or file system (frozen, a hung network "
+          "volume?); lines, and the signatures waiting on them, wait until "
+          "it answers"));
+    }
+  }
+  return write_check_;
 }
 
 bool AuditLog::WriteCheckDueLocked() const {
@@ -828,9 +841,9 @@ void AuditLog::MaybeCheckWritableLocked() {
   next_write_check_ = base::MonotonicNow() + options_.write_check_interval;
   const int fd = fd_;
   const uint64_t size = file_size_;
-  mu_.Unlock();
-  absl::Status check = CheckAppendable(fd, size);
-  mu_.Lock();
+  absl::Status check =
+      DiskCallUnlocked("checking that the segment can take lines",
+                       [&] { return CheckAppendable(fd, size); });
   if (check.ok() != write_check_.ok()) {
     if (check.ok()) {
       SIGNET_LOG_INFO("audit log: the current segment can take lines again");
@@ -1133,6 +1146,7 @@ absl::Status AuditLog::WriteBatch(const std::vector<Pending>& batch,
   if (batch.empty()) {
     return absl::OkStatus();
   }
+  if (options_.before_write) options_.before_write();
   // The chain moves on only once the batch is durable: after a failure,
   // next_seq_ and last_hash_hex_ still name the last durable line, which
   // the next segment continues.
@@ -1499,9 +1513,8 @@ void AuditLog::WriterLoop() {
           "); its lines after ", next_seq_ - 1,
           ", if any, were never durable and their calls were answered "
           "UNAVAILABLE");
-      mu_.Unlock();
-      absl::Status reopened = OpenNextSegment(why);
-      mu_.Lock();
+      absl::Status reopened = DiskCallUnlocked(
+          "opening a new segment", [&] { return OpenNextSegment(why); });
       if (reopened.ok()) {
         broken_ = absl::OkStatus();
         durable_seq_ = next_seq_ - 1;
@@ -1581,9 +1594,9 @@ void AuditLog::WriterLoop() {
                                  : "age",
                              " limit");
       const bool requested = std::exchange(rollover_requested_, false);
-      mu_.Unlock();
-      absl::Status rolled = OpenNextSegment(why);
-      mu_.Lock();
+      absl::Status rolled =
+          DiskCallUnlocked("rolling over to a new segment",
+                           [&] { return OpenNextSegment(why); });
       if (rolled.ok()) {
         durable_seq_ = next_seq_ - 1;
         segment_closing_checkpoint_tried_ = false;
@@ -1654,10 +1667,10 @@ void AuditLog::WriterLoop() {
 
     // Write the batch and release its callers before signing: they never
     // wait for the HSM.
-    mu_.Unlock();
     std::vector<std::string> checkpoint_lines;
-    absl::Status status = WriteBatch(batch, &checkpoint_lines);
-    mu_.Lock();
+    absl::Status status =
+        DiskCallUnlocked("writing lines and syncing them",
+                         [&] { return WriteBatch(batch, &checkpoint_lines); });
     if (status.ok()) {
       durable_ticket_ = std::max(durable_ticket_, max_ticket);
       durable_seq_ = next_seq_ - 1;
@@ -1676,9 +1689,9 @@ void AuditLog::WriterLoop() {
         line.push_back(Pending{0, options_.clock->Now(),
                                std::move(signed_checkpoint.members),
                                signed_checkpoint.status.ok()});
-        mu_.Unlock();
-        status = WriteBatch(line, &checkpoint_lines);
-        mu_.Lock();
+        status = DiskCallUnlocked("writing lines and syncing them", [&] {
+          return WriteBatch(line, &checkpoint_lines);
+        });
         if (status.ok()) {
           durable_seq_ = next_seq_ - 1;
           if (checkpoint_status.ok()) {

@@ -170,6 +170,17 @@ struct AuditLogOptions {
   // health follows the check; a write decides whether a line is lost.
   // Zero: never.
   absl::Duration write_check_interval = absl::Seconds(1);
+  // A disk call of the writer (writing lines and their fdatasync, the
+  // write check, opening a segment) that has not returned after this long
+  // makes WriteStatus UNAVAILABLE until it returns: a stalled disk or file
+  // system (a frozen file system, a hung network volume) kept every line,
+  // and so every signature, waiting while health said SERVING (a
+  // fifteenth outside attack).
+  absl::Duration disk_stall_after = absl::Seconds(3);
+  // Fault injection for tests only: called on the writer's thread before
+  // each batch of lines is written (a test blocks in it, as a stalled disk
+  // would block the write).
+  std::function<void()> before_write;
   // Fault injection for tests only: when > 0, the writer writes the first
   // half of line `kill_mid_line` (by seq), then kills the process with
   // SIGKILL, as a crash in the middle of an append would.
@@ -446,6 +457,19 @@ class AuditLog {
   bool IdleWriterShouldWakeLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The write check, when it is due (mu_ released around it).
   void MaybeCheckWritableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Releases mu_ around `call`, one of the writer's disk calls (`what`, for
+  // WriteStatus while it has not returned past disk_stall_after).
+  template <typename Call>
+  auto DiskCallUnlocked(const char* what, Call call)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    disk_call_since_ = base::MonotonicNow();
+    disk_call_ = what;
+    mu_.Unlock();
+    auto result = call();
+    mu_.Lock();
+    disk_call_since_ = absl::InfiniteDuration();
+    return result;
+  }
 
   const AuditLogOptions options_;
 
@@ -481,6 +505,11 @@ class AuditLog {
   // On base::MonotonicNow()'s scale.
   absl::Duration next_write_check_ ABSL_GUARDED_BY(mu_) =
       -absl::InfiniteDuration();
+  // When the writer's current disk call began (MonotonicNow), infinite
+  // while it is in none, and what it is.
+  absl::Duration disk_call_since_ ABSL_GUARDED_BY(mu_) =
+      absl::InfiniteDuration();
+  const char* disk_call_ ABSL_GUARDED_BY(mu_) = "";
   uint64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
   // Lines announced by ExpectLine and not yet appended or given up.
   int64_t expected_lines_ ABSL_GUARDED_BY(mu_) = 0;

@@ -760,6 +760,42 @@ TEST(AuditLogTest, AnIdleLogNoticesItsSegmentCannotTakeLines) {
   ExpectChainVerifies(path, 2);
 }
 
+// A disk that stops answering (a frozen file system: the write blocks,
+// nothing fails) makes WriteStatus UNAVAILABLE once the writer's call has
+// waited past disk_stall_after, saying which call; once the disk answers,
+// the line is written and the log is writable again (a fifteenth outside
+// attack: health said SERVING while every signature waited).
+TEST(AuditLogTest, AStalledDiskIsReportedWhileTheWriterWaitsOnIt) {
+  TempDir dir;
+  const std::string path = dir.File("audit.log");
+  AuditLogOptions o = Options(path);
+  o.disk_stall_after = absl::Milliseconds(100);
+  auto stalled = std::make_shared<absl::Notification>();
+  auto disk_answers = std::make_shared<absl::Notification>();
+  std::atomic<bool> stall{false};
+  o.before_write = [&stall, stalled, disk_answers] {
+    if (!stall.load()) return;
+    stalled->Notify();
+    disk_answers->WaitForNotification();
+  };
+  auto log = MustOpen(std::move(o));
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SignEvent(1)).ok());
+  stall = true;
+  std::thread appender([&log] { EXPECT_TRUE(log->Append(SignEvent(2)).ok()); });
+  stalled->WaitForNotification();
+  const absl::Status waiting = AwaitWriteStatus(*log, false);
+  disk_answers->Notify();
+  appender.join();
+  EXPECT_EQ(waiting.code(), absl::StatusCode::kUnavailable) << waiting;
+  EXPECT_THAT(std::string(waiting.message()),
+              AllOf(HasSubstr("the audit log's disk has not answered for"),
+                    HasSubstr("writing lines and syncing them")));
+  EXPECT_TRUE(AwaitWriteStatus(*log, true).ok());
+  log.reset();
+  ExpectChainVerifies(path, 2);
+}
+
 // The write check keeps its pace on the monotonic clock: a wall clock set
 // back an hour (here the log's simulated clock, which does not move on its
 // own) does not put it off by the hour.

@@ -1266,7 +1266,19 @@ int Daemon::Stop() {
   phases.Enter(
       "answering the calls in flight and shutting the gRPC server down (at "
       "most 5 s)");
-  StopServing(absl::Seconds(5));
+  // Bounded as a whole: gRPC's shutdown waits for every handler to return,
+  // and one waiting on a disk that does not answer (a frozen audit file
+  // system) never does (a fifteenth outside attack: the stop hung until the
+  // supervisor's SIGKILL). Nothing durable can be written then either.
+  if (!FinishesWithin(absl::Seconds(6),
+                      [this] { StopServing(absl::Seconds(5)); })) {
+    SIGNET_LOG_ERROR(
+        "the gRPC server did not shut down within 6 s: a call is stuck (the "
+        "audit log's disk not answering?); exiting without the audit log's "
+        "stop line (the next start records that this run did not end "
+        "cleanly)");
+    std::_Exit(options_.exit_code_if_hsm_stuck);
+  }
   phases.Enter("waiting for the signing workers (at most 30 s)");
   // Every call is answered now. The workers finish the part of a batch
   // they are on (a few signatures) and skip the queued work of answered

@@ -89,7 +89,8 @@ struct DaemonOptions {
   // base::SimulatedClock, so days of key schedule pass in seconds. Must
   // outlive the daemon.
   const base::Clock* clock = nullptr;
-  // The exit code when a stop finds an HSM call stuck (a stalled HSM) and
+  // The exit code when a stop finds an HSM call stuck (a stalled HSM), or a
+  // call stuck on the audit log's disk, and
   // the process leaves at once rather than hang (see Stop): 0 for signetd,
   // whose stop was asked for; a test running the daemon in its own process
   // sets another, so that this counts as a failure.

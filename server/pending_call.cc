@@ -96,7 +96,9 @@ void DeadlineWatchdog::Loop() {
       } else if (!call->ClaimNotStarted()) {
         call->Expire(absl::DeadlineExceededError(absl::StrCat(
             "the HSM did not answer before the deadline", call->deadline_note(),
-            "; nothing was released (retry, or check the HSM)")));
+            ", or the audit log did not take the call's line (a stalled disk; "
+            "health says which); nothing was released (retry, or check the "
+            "HSM and the audit log's disk)")));
       } else {
         call->Expire(absl::DeadlineExceededError(absl::StrCat(
             "the call waited for a free HSM session past its deadline",
