@@ -1354,9 +1354,9 @@ int Daemon::Stop() {
         audit_.reset();  // final checkpoint, signed by the audit key
       })) {
     SIGNET_LOG_WARN(
-        "the audit log's last lines wait for the HSM (stalled); exiting "
-        "without its final checkpoint (the next start goes on from the "
-        "last line written)");
+        "the audit log's last lines wait for the HSM or the audit log's "
+        "disk (stalled: health said which); exiting without its final "
+        "checkpoint (the next start goes on from the last line written)");
     std::_Exit(options_.exit_code_if_hsm_stuck);
   }
   ExitIfACheckpointSignatureIsHeld();
