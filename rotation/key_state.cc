@@ -1,8 +1,12 @@
 #include "rotation/key_state.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -251,6 +255,51 @@ KeyRecord NewActiveKeyRecord(absl::string_view scope, absl::string_view key_id,
   *record.mutable_unpublish_at() = TimeToProto(unpublish_at);
   *record.mutable_destroy_at() = TimeToProto(destroy_at);
   return record;
+}
+
+bool CarryOperatorChanges(const std::vector<OperatorChange>& changes,
+                          absl::Time now, KeyRecord* into) {
+  const absl::Time oldest_kept = now - kChangeRetention;
+  auto expired = [&](const OperatorChange& change) {
+    return change.has_made_at() &&
+           TimeFromProto(change.made_at()) < oldest_kept;
+  };
+  std::set<std::string> held;
+  for (const OperatorChange& c : into->operator_changes()) {
+    held.insert(c.request_id());
+  }
+  for (const OperatorChange& c : into->carried_changes()) {
+    held.insert(c.request_id());
+  }
+  bool added = false;
+  for (const OperatorChange& change : changes) {
+    if (expired(change) || !held.insert(change.request_id()).second) continue;
+    *into->add_carried_changes() = change;
+    added = true;
+  }
+  if (!added) return false;
+  // Oldest first (a change without made_at counts as the oldest), so the
+  // ones dropped to fit are the oldest.
+  std::vector<OperatorChange> kept;
+  for (const OperatorChange& c : into->carried_changes()) {
+    if (!expired(c)) kept.push_back(c);
+  }
+  std::stable_sort(kept.begin(), kept.end(),
+                   [](const OperatorChange& a, const OperatorChange& b) {
+                     return TimeFromProto(a.made_at()) <
+                            TimeFromProto(b.made_at());
+                   });
+  size_t bytes = 0;
+  for (const OperatorChange& c : kept) bytes += c.ByteSizeLong();
+  size_t first = 0;
+  while (first < kept.size() && bytes > kMaxCarriedChangeBytes) {
+    bytes -= kept[first++].ByteSizeLong();
+  }
+  into->clear_carried_changes();
+  for (size_t i = first; i < kept.size(); ++i) {
+    *into->add_carried_changes() = std::move(kept[i]);
+  }
+  return true;
 }
 
 absl::StatusOr<KeyRecord> ParseKeyRecord(absl::string_view bytes) {

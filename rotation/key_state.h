@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -121,6 +122,26 @@ struct KeyTimings {
 KeyRecord NewActiveKeyRecord(absl::string_view scope, absl::string_view key_id,
                              absl::string_view algorithm, uint32_t rsa_bits,
                              absl::Time now, const KeyTimings& timings);
+
+// How long an operator's change (its request id, the request's digest and
+// the answer) stays recognized after the record that first held it is
+// pruned: a client retries within minutes; a day leaves room for a retry
+// after an outage or a restart.
+inline constexpr absl::Duration kChangeRetention = absl::Hours(24);
+// The most bytes of carried_changes one record keeps: tens of changes (a
+// change is about 100 to 400 bytes), well inside the 16 KiB the HSM layer
+// stores per record.
+inline constexpr size_t kMaxCarriedChangeBytes = 8 * 1024;
+
+// Adds `changes` to `into`'s carried_changes, so their request ids stay
+// recognized once the record that held them is gone. Skipped: a change
+// whose request id `into` already holds (in either list), and one made
+// before `now - kChangeRetention` (one without made_at, recorded before
+// the field existed, is carried). When anything was added, carried
+// changes made before that instant are dropped too, then the oldest until
+// the list fits kMaxCarriedChangeBytes. Returns whether anything was added.
+bool CarryOperatorChanges(const std::vector<OperatorChange>& changes,
+                          absl::Time now, KeyRecord* into);
 
 // Parses a record read from the token and validates it (ValidateKeyRecord),
 // so a caller never acts on a corrupt or truncated record. INVALID_ARGUMENT

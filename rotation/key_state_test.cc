@@ -462,6 +462,70 @@ INSTANTIATE_TEST_SUITE_P(
       return info.param.name;
     });
 
+// --- Carried operator changes
+// ------------------------------------------------------
+
+OperatorChange Change(const std::string& id, absl::Time made_at,
+                      size_t response_bytes = 16) {
+  OperatorChange c;
+  c.set_request_id(id);
+  c.set_request_sha256(std::string(32, 'h'));
+  c.set_response(std::string(response_bytes, 'r'));
+  *c.mutable_made_at() = TimeToProto(made_at);
+  return c;
+}
+
+std::vector<std::string> CarriedIds(const KeyRecord& r) {
+  std::vector<std::string> ids;
+  for (const OperatorChange& c : r.carried_changes()) {
+    ids.push_back(c.request_id());
+  }
+  return ids;
+}
+
+TEST(CarryOperatorChangesTest, KeepsTheLastDaysChangesOnceEach) {
+  KeyRecord into = MakeRecord(Schedule{});
+  *into.add_operator_changes() = Change("own", kT0);
+  const absl::Time now = kT0 + absl::Hours(2);
+  EXPECT_TRUE(CarryOperatorChanges(
+      {Change("own", kT0), Change("a", kT0 + absl::Hours(1)),
+       Change("stale", now - kChangeRetention - absl::Seconds(1)),
+       Change("b", kT0)},
+      now, &into));
+  // Oldest first; the one it holds already and the stale one are not added.
+  EXPECT_THAT(CarriedIds(into), ::testing::ElementsAre("b", "a"));
+  // Nothing new: nothing added, and the record is unchanged.
+  const std::string before = SerializeKeyRecord(into);
+  EXPECT_FALSE(CarryOperatorChanges({Change("a", kT0)}, now, &into));
+  EXPECT_EQ(SerializeKeyRecord(into), before);
+  // A day after "a", adding one drops those made before that day ("b").
+  const absl::Time later = kT0 + absl::Hours(1) + kChangeRetention;
+  EXPECT_TRUE(CarryOperatorChanges({Change("c", later)}, later, &into));
+  EXPECT_THAT(CarriedIds(into), ::testing::ElementsAre("a", "c"));
+}
+
+TEST(CarryOperatorChangesTest, DropsTheOldestToFitItsBytes) {
+  KeyRecord into = MakeRecord(Schedule{});
+  std::vector<OperatorChange> many;
+  for (int i = 0; i < 100; ++i) {
+    many.push_back(Change(absl::StrCat("id-", 100 + i), kT0 + absl::Seconds(i),
+                          /*response_bytes=*/300));
+  }
+  EXPECT_TRUE(CarryOperatorChanges(many, kT0 + absl::Minutes(5), &into));
+  size_t bytes = 0;
+  for (const OperatorChange& c : into.carried_changes()) {
+    bytes += c.ByteSizeLong();
+  }
+  EXPECT_LE(bytes, kMaxCarriedChangeBytes);
+  EXPECT_GT(bytes + 400, kMaxCarriedChangeBytes);  // filled, not emptied
+  const std::vector<std::string> ids = CarriedIds(into);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids.back(), "id-199");  // the newest stay
+  EXPECT_NE(ids.front(), "id-100");
+  // The record still fits what the HSM layer stores (16 KiB).
+  EXPECT_LT(SerializeKeyRecord(into).size(), 16u * 1024);
+}
+
 // --- Serialization
 // -------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 #include "rotation/schedule.h"
 
 #include <algorithm>
+#include <cstddef>
+#include <set>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -202,6 +206,88 @@ absl::Time NextScheduleChange(const std::vector<KeyRecord>& records,
   return next;
 }
 
+namespace {
+
+// A pruned record takes the request ids of the operators' changes it held
+// with it, and a retry of such a change after a restart (its answer no
+// longer in memory) was applied again as a new change (a fourteenth outside
+// attack rotated twice so, eight minutes apart). So before the first prune,
+// the changes the pruned records hold (made within kChangeRetention) are
+// written into the newest record that stays: the key this plan generates,
+// else the newest record not pruned. Every action of the plan that writes
+// that record carries them, and one that writes it before the first prune
+// is added when there is none, so a crash between two writes never loses
+// them (a change held twice is harmless: a retry finds either copy). With
+// no record left to take them, they go (the audit log keeps them).
+void CarryChangesOfPruned(const std::vector<KeyRecord>& records,
+                          const SchedulePolicy& policy, absl::Time now,
+                          std::vector<KeyAction>& actions) {
+  std::vector<OperatorChange> held;
+  std::set<std::string> pruned;
+  size_t first_prune = actions.size();
+  for (size_t i = 0; i < actions.size(); ++i) {
+    if (actions[i].kind != KeyAction::Kind::kPrune) continue;
+    first_prune = std::min(first_prune, i);
+    const KeyRecord& r = actions[i].record;
+    pruned.insert(r.key_id());
+    held.insert(held.end(), r.operator_changes().begin(),
+                r.operator_changes().end());
+    held.insert(held.end(), r.carried_changes().begin(),
+                r.carried_changes().end());
+  }
+  if (held.empty()) return;
+  KeyAction* generated = nullptr;
+  for (KeyAction& a : actions) {
+    if (a.kind == KeyAction::Kind::kGenerate &&
+        (generated == nullptr ||
+         a.record.key_generation() > generated->record.key_generation())) {
+      generated = &a;
+    }
+  }
+  if (generated != nullptr) {
+    // Generated before the prunes (and a failed action stops the plan), so
+    // its first record holds them before any prune runs.
+    CarryOperatorChanges(held, now, &generated->record);
+    return;
+  }
+  int target = -1;
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (pruned.count(records[i].key_id()) != 0) continue;
+    if (target < 0 ||
+        records[i].key_generation() > records[target].key_generation()) {
+      target = static_cast<int>(i);
+    }
+  }
+  if (target < 0) return;
+  const std::string& target_id = records[target].key_id();
+  bool written_before_prune = false;
+  bool added = false;
+  for (size_t i = 0; i < actions.size(); ++i) {
+    KeyAction& a = actions[i];
+    if (a.kind == KeyAction::Kind::kPrune || a.record.key_id() != target_id) {
+      continue;
+    }
+    added = CarryOperatorChanges(held, now, &a.record) || added;
+    if (i < first_prune) written_before_prune = true;
+  }
+  if (written_before_prune) return;
+  KeyRecord carrier = records[target];
+  if (!CarryOperatorChanges(held, now, &carrier) && !added) return;
+  actions.insert(
+      actions.begin() + static_cast<std::ptrdiff_t>(first_prune),
+      Action(KeyAction::Kind::kWriteRecord, std::move(carrier),
+             "key_changes_carried",
+             absl::StrCat("scope ", policy.scope,
+                          ": the request ids of "
+                          "operators' changes held by the keys pruned next "
+                          "are kept in ",
+                          Describe(records[target]),
+                          " for a day, so a retry of one is answered as "
+                          "the first time instead of applied again")));
+}
+
+}  // namespace
+
 std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
                                  const SchedulePolicy& policy, absl::Time now) {
   return PlanScope(records, policy, now, now);
@@ -388,6 +474,7 @@ std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
                        "is the oldest beyond that")));
     }
   }
+  CarryChangesOfPruned(records, policy, now, actions);
   return actions;
 }
 

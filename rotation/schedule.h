@@ -116,8 +116,8 @@ struct KeyAction {
   // (kPrune).
   KeyRecord record;
   // The audit event: "key_generated", "key_activated",
-  // "key_schedule_extended", "key_destroyed", "key_pruned",
-  // "key_rotated", "key_revoked".
+  // "key_schedule_extended", "key_destroyed", "key_changes_carried",
+  // "key_pruned", "key_rotated", "key_revoked".
   std::string event;
   // What happened and why, for the audit line and the log.
   std::string detail;
@@ -129,8 +129,10 @@ struct KeyAction {
 // has no standby, generate one that activates at the active key's
 // retire_at (extending the active key's schedule first if that is sooner
 // than now + min_publish_lead); destroy private keys due; prune tombstones
-// due. Idempotent: planning again after applying the actions gives none
-// until the next boundary. `records` must all be of policy.scope.
+// due, after writing the operators' changes they hold (of the last
+// kChangeRetention) into the scope's newest record that stays. Idempotent:
+// planning again after applying the actions gives none until the next boundary.
+// `records` must all be of policy.scope.
 std::vector<KeyAction> PlanScope(const std::vector<KeyRecord>& records,
                                  const SchedulePolicy& policy, absl::Time now);
 

@@ -637,6 +637,122 @@ TEST(PlanScopeTest, RepeatedRevocationsKeepAtMostMaxTombstones) {
   EXPECT_GE(ViewScope(token.Records(), now).signing, 0);
 }
 
+// The request ids the token's records hold (either list).
+std::set<std::string> RequestIdsHeld(const FakeToken& token) {
+  std::set<std::string> ids;
+  for (const KeyRecord& r : token.Records()) {
+    for (const OperatorChange& c : r.operator_changes()) {
+      ids.insert(c.request_id());
+    }
+    for (const OperatorChange& c : r.carried_changes()) {
+      ids.insert(c.request_id());
+    }
+  }
+  return ids;
+}
+
+// What KeyManager::ApplyChange does: the change rides on the plan's first
+// record write.
+void RecordChange(std::vector<KeyAction>& plan, const std::string& request_id,
+                  absl::Time made_at) {
+  for (KeyAction& a : plan) {
+    if (a.kind != KeyAction::Kind::kWriteRecord) continue;
+    OperatorChange* change = a.record.add_operator_changes();
+    change->set_request_id(request_id);
+    change->set_request_sha256(std::string(32, 'h'));
+    change->set_response("answer");
+    *change->mutable_made_at() = TimeToProto(made_at);
+    return;
+  }
+  ADD_FAILURE() << "the plan writes no record";
+}
+
+// A pruned tombstone used to take the request ids of the changes it held
+// with it, so a retry after a restart was applied again (a fourteenth
+// outside attack). Thirty revocations a minute apart, four tombstones
+// kept: every revocation's request id is still in the token, and planning
+// again adds nothing.
+TEST(PlanScopeTest, RequestIdsOfPrunedKeysStayInTheToken) {
+  SchedulePolicy policy = Policy();
+  policy.max_tombstones = 4;
+  FakeToken token = Started(kT0);
+  absl::Time now = kT0;
+  std::set<std::string> made;
+  bool carried = false;
+  auto pass = [&] {
+    const std::vector<KeyAction> plan = PlanScope(token.Records(), policy, now);
+    for (const KeyAction& a : plan) {
+      carried = carried || a.event == "key_changes_carried";
+    }
+    token.Apply(plan);
+  };
+  for (int i = 0; i < 30; ++i) {
+    now += absl::Minutes(1);
+    const std::vector<KeyRecord> records = token.Records();
+    const ScopeView view = ViewScope(records, now);
+    ASSERT_GE(view.signing, 0);
+    std::vector<KeyAction> revoke = *PlanRevoke(
+        records, policy, records[view.signing].key_id(), "r", "a", now);
+    const std::string id = absl::StrCat("revoke-", i);
+    RecordChange(revoke, id, now);
+    made.insert(id);
+    token.Apply(revoke);
+    pass();
+    EXPECT_EQ(RequestIdsHeld(token), made) << "after revocation " << i;
+  }
+  now += policy.timings.min_publish_lead;
+  pass();  // the revoked keys' private keys are destroyed
+  pass();  // the tombstones beyond 4 are pruned
+  EXPECT_TRUE(carried);
+  EXPECT_THAT(PlanScope(token.Records(), policy, now), IsEmpty());
+  EXPECT_EQ(RequestIdsHeld(token), made);
+}
+
+// A crash between any two writes of a pass that prunes a key holding a
+// change loses the change's request id at no point; a change made more
+// than a day before the prune is not kept.
+TEST(PlanScopeTest, APruneCarriesChangesOfTheLastDayAcrossACrash) {
+  SchedulePolicy policy = Policy();
+  FakeToken token = Started(kT0);
+  absl::Time now = kT0 + absl::Minutes(1);
+  // Two revocations of the active key: an old one (its change made a
+  // day and more before the prune) and a recent one.
+  for (const auto& [id, made_at] :
+       {std::pair<std::string, absl::Time>{"old", now - absl::Hours(30)},
+        {"recent", now}}) {
+    const std::vector<KeyRecord> records = token.Records();
+    const ScopeView view = ViewScope(records, now);
+    ASSERT_GE(view.signing, 0);
+    std::vector<KeyAction> revoke = *PlanRevoke(
+        records, policy, records[view.signing].key_id(), "r", "a", now);
+    RecordChange(revoke, id, made_at);
+    token.Apply(revoke);
+    token.Apply(PlanScope(token.Records(), policy, now));
+  }
+  ASSERT_EQ(RequestIdsHeld(token), (std::set<std::string>{"old", "recent"}));
+  // Past both revoked keys' destruction and tombstone retention.
+  now += policy.timings.min_publish_lead + policy.timings.destroy_delay +
+         policy.timings.tombstone_retention;
+  const std::vector<KeyAction> pass = PlanScope(token.Records(), policy, now);
+  int prunes = 0;
+  for (const KeyAction& a : pass) {
+    if (a.kind == KeyAction::Kind::kPrune) ++prunes;
+  }
+  ASSERT_GE(prunes, 2);
+  const int writes = FakeToken(token).Apply(pass);
+  for (int k = 0; k <= writes; ++k) {
+    FakeToken crashed = token;
+    crashed.Apply(pass, k);
+    EXPECT_TRUE(RequestIdsHeld(crashed).contains("recent"))
+        << "crash after " << k << " of " << writes << " writes";
+    // The next pass completes it.
+    crashed.Apply(PlanScope(crashed.Records(), policy, now));
+    EXPECT_TRUE(RequestIdsHeld(crashed).contains("recent"));
+  }
+  token.Apply(pass);
+  EXPECT_EQ(RequestIdsHeld(token), std::set<std::string>{"recent"});
+}
+
 // Hundreds of rotation periods on simulated time with random operator
 // calls and crashes between any two token writes, checking at every step
 // what relying parties and operators are promised (README, "Key

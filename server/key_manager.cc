@@ -808,9 +808,12 @@ KeyManager::RecordedChange(const std::string& request_id) {
       store_->ReadAllRecords();
   if (!stored.ok()) return stored.status();
   for (const auto& [key_id, record] : rotation::ParseRecords(*stored)) {
-    for (const rotation::OperatorChange& change : record.operator_changes()) {
-      if (change.request_id() == request_id) {
-        return std::optional<rotation::OperatorChange>(change);
+    for (const auto* changes :
+         {&record.operator_changes(), &record.carried_changes()}) {
+      for (const rotation::OperatorChange& change : *changes) {
+        if (change.request_id() == request_id) {
+          return std::optional<rotation::OperatorChange>(change);
+        }
       }
     }
   }
@@ -856,13 +859,19 @@ absl::StatusOr<std::string> KeyManager::ApplyChange(
     }
     recorded_by = i;
     auto* changes = action.record.mutable_operator_changes();
+    // The oldest beyond the few kept move to the record's carried changes
+    // (recognized for a day), not away.
+    std::vector<rotation::OperatorChange> pushed_out;
     while (changes->size() >= kMaxRecordedChanges) {
+      pushed_out.push_back(changes->Get(0));
       changes->erase(changes->begin());
     }
+    rotation::CarryOperatorChanges(pushed_out, now, &action.record);
     rotation::OperatorChange* change = changes->Add();
     change->set_request_id(request_id);
     change->set_request_sha256(*digest);
     change->set_response(response);
+    *change->mutable_made_at() = rotation::TimeToProto(now);
     break;
   }
   // The last moment before the first token write: a caller that gave up

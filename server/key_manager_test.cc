@@ -785,5 +785,72 @@ TEST_F(KeyManagerTest, AWallClockSetForwardDoesNotDestroyKeysUntilTimePasses) {
   EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
 }
 
+// A revocation retried after a restart, once the revoked key's record has
+// been pruned: the request id went with the record, so the retry was
+// answered as an unknown kid (and a rotation's retry was applied again: a
+// fourteenth outside attack). The pass that prunes the record keeps its
+// change in the scope's newest record, and the retry is answered as the
+// first time.
+TEST_F(KeyManagerTest, ARetryAfterARestartIsRecognizedOnceItsKeyIsPruned) {
+  // Tombstones kept ten minutes, so the revoked key is pruned within the
+  // day its change is kept for.
+  config_.mutable_scopes(0)->set_tombstone_retention_seconds(600);
+  const std::string request_id = "revoke-then-restart";
+  std::string revoked_kid;
+  std::string revoked_id;
+  signet::v1::RevokeKeyResponse first;
+  auto held = [&](const std::string& key_id) {
+    auto stored = store_->ReadAllRecords();
+    EXPECT_TRUE(stored.ok()) << stored.status();
+    if (!stored.ok()) return false;
+    for (const auto& [id, r] : rotation::ParseRecords(*stored)) {
+      if (r.key_id() == key_id) return true;
+    }
+    return false;
+  };
+  {
+    std::unique_ptr<KeyManager> keys = Started(store_.get());
+    const rotation::KeyRecord& signing =
+        keys->Scopes().at("demo")->SigningAt(clock_.Now())->record;
+    revoked_kid = signing.kid();
+    revoked_id = signing.key_id();
+    ASSERT_TRUE(held(revoked_id));
+    absl::StatusOr<signet::v1::RevokeKeyResponse> answer =
+        Revoke(*keys, revoked_kid, request_id);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    first = *answer;
+    // Time passes, ten minutes at a time, until the key is pruned.
+    const absl::Time revoked_at = clock_.Now();
+    while (held(revoked_id) && clock_.Now() - revoked_at < absl::Hours(12)) {
+      clock_.Advance(absl::Minutes(10));
+      keys->RequestPass();  // no boundary may be due: a pass all the same
+      const absl::Time give_up = absl::Now() + absl::Seconds(60);
+      while (keys->LastPass().at < clock_.Now() && absl::Now() < give_up) {
+        absl::SleepFor(absl::Milliseconds(5));
+      }
+      ASSERT_GE(keys->LastPass().at, clock_.Now());
+    }
+    ASSERT_FALSE(held(revoked_id)) << "the revoked key was not pruned";
+    EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+  }
+  // A restart: nothing in memory.
+  std::unique_ptr<KeyManager> keys = Started(store_.get());
+  absl::StatusOr<signet::v1::RevokeKeyResponse> retried =
+      Revoke(*keys, revoked_kid, request_id);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->SerializeAsString(), first.SerializeAsString());
+  // The id for another request is still refused.
+  const std::string other_kid =
+      keys->Scopes().at("demo")->SigningAt(clock_.Now())->record.kid();
+  absl::StatusOr<signet::v1::RevokeKeyResponse> reused =
+      Revoke(*keys, other_kid, request_id);
+  EXPECT_EQ(reused.status().code(), absl::StatusCode::kInvalidArgument)
+      << reused.status();
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+  audit_.reset();
+  EXPECT_THAT(audit_testing::ReadFile(dir_.File("audit.log")),
+              HasSubstr("\"event\":\"key_changes_carried\""));
+}
+
 }  // namespace
 }  // namespace signet::server
