@@ -598,6 +598,10 @@ int Status(const Connection& c, bool json) {
       r.wall_clock_anomaly().empty()
           ? ""
           : absl::StrCat("wall clock: ", r.wall_clock_anomaly(), "\n"),
+      r.token_write_problem().empty()
+          ? ""
+          : absl::StrCat("token writes: FAILING: ", r.token_write_problem(),
+                         "\n"),
       "\n");
   if (int code = Print(out); code != 0) return code;
   std::vector<std::vector<std::string>> rows;

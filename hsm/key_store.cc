@@ -23,6 +23,8 @@ constexpr absl::string_view kLabelPrefix = "signet:";
 constexpr absl::string_view kRecordApplication = "signet-record";
 // The marker of a generation not yet recorded (see GenerateKeyPair).
 constexpr absl::string_view kUnrecordedApplication = "signet-unrecorded";
+// The object CheckWritable makes and destroys at once.
+constexpr absl::string_view kWriteCheckApplication = "signet-write-check";
 constexpr size_t kKeyIdBytes = 16;
 constexpr size_t kMaxRecordBytes = 16 * 1024;
 constexpr size_t kGenerationHeader = 8;
@@ -947,6 +949,27 @@ absl::StatusOr<uint64_t> Pkcs11KeyStore::WriteRecord(absl::string_view key_id,
     (void)DestroyGenerationMarkers(lease, key_id);
   }
   return generation;
+}
+
+absl::Status Pkcs11KeyStore::CheckWritable() {
+  absl::MutexLock writer(&writer_mu_);
+  SIGNET_ASSIGN_OR_RETURN(SessionPool::Lease lease, AcquireForAdmin());
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA)
+      .Bytes(CKA_APPLICATION, kWriteCheckApplication);
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> left,
+                          Find(lease, templ));
+  for (CK_OBJECT_HANDLE h : left) {
+    SIGNET_RETURN_IF_ERROR(
+        lease.Check(lease.api().DestroyObject(lease.session(), h),
+                    "C_DestroyObject(an earlier write check's object)"));
+  }
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  SIGNET_RETURN_IF_ERROR(CreateDataObject(
+      lease, "signet-write-check", kWriteCheckApplication,
+      absl::string_view("\x01", 1), "C_CreateObject(write check)", &handle));
+  return lease.Check(lease.api().DestroyObject(lease.session(), handle),
+                     "C_DestroyObject(write check)");
 }
 
 absl::StatusOr<std::optional<StoredRecord>> Pkcs11KeyStore::ReadRecordWithLease(

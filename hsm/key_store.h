@@ -158,6 +158,15 @@ class KeyStore {
   // Every key id that has a record, with its highest generation.
   virtual absl::StatusOr<std::map<std::string, StoredRecord>>
   ReadAllRecords() = 0;
+
+  // Creates a small token object and destroys it again: OK when the token
+  // takes writes now, else the error that refused the write. The writer's
+  // passes write only when a key's time comes (hours or days apart), so a
+  // token that stopped taking writes (a read-only or full file system
+  // under SoftHSM, a write-protected token, an HSM out of object space)
+  // would otherwise show only when a rotation or revocation fails. What an
+  // earlier check left (a crash between the two calls) is destroyed first.
+  virtual absl::Status CheckWritable() = 0;
 };
 
 class Pkcs11KeyStore : public KeyStore {
@@ -227,6 +236,7 @@ class Pkcs11KeyStore : public KeyStore {
   absl::StatusOr<std::optional<StoredRecord>> ReadRecord(
       absl::string_view key_id) override;
   absl::StatusOr<std::map<std::string, StoredRecord>> ReadAllRecords() override;
+  absl::Status CheckWritable() override;
 
   // Longest time SignDigests holds one session before it gives it back
   // and takes the next free one (far below SessionPoolOptions'

@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <set>
@@ -15,6 +16,7 @@
 #include "hsm/attributes.h"
 #include "hsm/ckr.h"
 #include "hsm/digest.h"
+#include "tests/testing/immutable.h"
 #include "tests/testing/in_process_hsm.h"
 
 namespace signet::hsm {
@@ -887,6 +889,71 @@ TEST_F(KeyStoreTest, DestroyRemovesTheKeyPairAndItsRecords) {
   EXPECT_FALSE(store_->ReadRecord(a.key_id)->has_value());
   EXPECT_EQ((*store_->ReadRecord(b.key_id))->bytes, "rec-b");
   EXPECT_TRUE(store_->SignDigest(b.key_id, std::string(32, 'b'), Later()).ok());
+}
+
+// The token's data objects, of any application (what a write check left
+// behind would show here).
+size_t DataObjects(SessionPool& pool) {
+  auto lease = pool.Acquire(Later());
+  EXPECT_TRUE(lease.ok()) << lease.status();
+  if (!lease.ok()) return 0;
+  AttributeTemplate templ;
+  templ.Ulong(CKA_CLASS, CKO_DATA);
+  std::vector<CK_OBJECT_HANDLE> found;
+  EXPECT_EQ(lease->api().FindObjects(lease->session(), templ.data(),
+                                     templ.size(), &found),
+            CKR_OK);
+  return found.size();
+}
+
+// A token that takes no writes (here its object directory is immutable, so
+// SoftHSM cannot create an object's file) is found by the write check,
+// without a key's time having to come; the check leaves nothing behind,
+// and clears what an earlier one left (a crash between its two calls).
+TEST_F(KeyStoreTest, AWriteCheckSaysWhetherTheTokenTakesWrites) {
+  LoadedKey key = NewEs256();
+  ASSERT_TRUE(store_->WriteRecord(key.key_id, "rec").ok());
+  const size_t before = DataObjects(*pool_);
+  ASSERT_TRUE(store_->CheckWritable().ok());
+  EXPECT_EQ(DataObjects(*pool_), before);
+  {
+    // An earlier check's object, left by a crash.
+    auto lease = pool_->Acquire(Later());
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    AttributeTemplate templ;
+    templ.Ulong(CKA_CLASS, CKO_DATA)
+        .Bool(CKA_TOKEN, true)
+        .Bool(CKA_PRIVATE, true)
+        .Bytes(CKA_LABEL, "signet-write-check")
+        .Bytes(CKA_APPLICATION, "signet-write-check")
+        .Bytes(CKA_VALUE, "x");
+    CK_OBJECT_HANDLE left = CK_INVALID_HANDLE;
+    ASSERT_EQ(lease->api().CreateObject(lease->session(), templ.data(),
+                                        templ.size(), &left),
+              CKR_OK);
+  }
+  ASSERT_EQ(DataObjects(*pool_), before + 1);
+  ASSERT_TRUE(store_->CheckWritable().ok());
+  EXPECT_EQ(DataObjects(*pool_), before);
+
+  std::vector<std::string> token_dirs;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(token_->tokens_dir())) {
+    if (entry.is_directory()) token_dirs.push_back(entry.path());
+  }
+  ASSERT_THAT(token_dirs, SizeIs(1));
+  if (absl::Status set = testing::SetImmutable(token_dirs[0], true);
+      !set.ok()) {
+    GTEST_SKIP() << "cannot make the token directory immutable here: " << set;
+  }
+  const absl::Status refused = store_->CheckWritable();
+  ASSERT_TRUE(testing::SetImmutable(token_dirs[0], false).ok());
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("C_CreateObject(write check)"));
+  EXPECT_TRUE(store_->CheckWritable().ok());
+  EXPECT_EQ(DataObjects(*pool_), before);
+  EXPECT_EQ((*store_->ReadRecord(key.key_id))->bytes, "rec");
 }
 
 }  // namespace

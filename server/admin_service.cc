@@ -538,6 +538,7 @@ void AdminService::GetStatus(const Backend& backend, const std::string& admin,
   response->set_last_reconcile_error(std::string(pass.status.message()));
   response->set_wall_clock_anomaly(pass.wall_clock_anomaly);
   response->set_key_manager_stuck(std::string(replica.key_manager.message()));
+  response->set_token_write_problem(backend.keys->TokenWriteProblem());
   const absl::Time now = options_.clock->Now();
   for (const auto& [name, keys] : backend.keys->Scopes()) {
     signet::v1::ScopeStatus* s = response->add_scopes();

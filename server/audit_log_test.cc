@@ -1,14 +1,12 @@
 #include "server/audit_log.h"
 
 #include <fcntl.h>
-#include <linux/fs.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -50,6 +48,7 @@
 #include "server/audit_verify.h"
 #include "server/test_audit_files.h"
 #include "server/test_audit_key.h"
+#include "tests/testing/immutable.h"
 
 namespace signet::server {
 namespace {
@@ -704,21 +703,7 @@ TEST(AuditLogTest, RecoversIntoANewSegmentOnceTheDiskHasRoomAgain) {
   EXPECT_EQ(r->superseded_lines, 0u);
 }
 
-// Sets or clears `path`'s immutable flag (chattr +i / -i): OK, or why not
-// (not root, or a file system without the flag).
-absl::Status SetImmutable(const std::string& path, bool immutable) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::InternalError(std::strerror(errno));
-  int flags = 0;
-  int rc = ioctl(fd, FS_IOC_GETFLAGS, &flags);
-  if (rc == 0) {
-    flags = immutable ? (flags | FS_IMMUTABLE_FL) : (flags & ~FS_IMMUTABLE_FL);
-    rc = ioctl(fd, FS_IOC_SETFLAGS, &flags);
-  }
-  const int err = errno;
-  close(fd);
-  return rc == 0 ? absl::OkStatus() : absl::InternalError(std::strerror(err));
-}
+using ::signet::testing::SetImmutable;
 
 // `log`'s WriteStatus once its being OK is `writable`, or after 10 s.
 absl::Status AwaitWriteStatus(const AuditLog& log, bool writable) {

@@ -278,6 +278,45 @@ ScopeKeysMap KeyManager::Scopes() const {
   return scopes_;
 }
 
+std::string KeyManager::TokenWriteProblem() const {
+  absl::MutexLock lock(&mu_);
+  return token_write_problem_;
+}
+
+void KeyManager::CheckTokenWritableIfDue() {
+  if (!writer_) return;
+  const bool failing = token_unwritable_since_ != absl::InfinitePast();
+  if (!failing && clock_.Elapsed() < next_token_write_check_) return;
+  const absl::Status writable = store_->CheckWritable();
+  next_token_write_check_ = clock_.Elapsed() + kTokenWriteCheckInterval;
+  if (writable.ok() == !failing) return;  // no change
+  AuditEvent line;
+  line.caller = "signetd";
+  std::string problem;
+  if (writable.ok()) {
+    token_unwritable_since_ = absl::InfinitePast();
+    SIGNET_LOG_INFO("the HSM token takes writes again");
+    line.event = "token_writable_again";
+    line.result = "OK";
+    line.detail = "the HSM token takes writes again";
+  } else {
+    token_unwritable_since_ = clock_.Now();
+    problem = absl::StrCat(
+        "the HSM token takes no writes (since ",
+        rotation::FormatInstant(token_unwritable_since_),
+        "; checked again after every pass): ", writable.ToString(),
+        "; signing goes on, but rotations, revocations and new standbys fail "
+        "until it does");
+    SIGNET_LOG_ERROR("{}", problem);
+    line.event = "token_unwritable";
+    line.result = absl::StatusCodeToString(writable.code());
+    line.detail = problem;
+  }
+  Audit(std::move(line));
+  absl::MutexLock lock(&mu_);
+  token_write_problem_ = std::move(problem);
+}
+
 KeyManager::PassStatus KeyManager::LastPass() const {
   absl::MutexLock lock(&mu_);
   return last_pass_;
@@ -405,7 +444,12 @@ absl::Status KeyManager::PassAndPublish(bool notify) {
   }
   absl::StatusOr<ScopeKeysMap> built =
       sets.ok() ? BuildScopeKeys(config_, *sets, Scopes(), at) : sets.status();
-  if (built.ok()) SwapIn(*built, notify);
+  if (built.ok()) {
+    SwapIn(*built, notify);
+    // Before the pass is reported, so a status read after it has the
+    // check's answer too.
+    CheckTokenWritableIfDue();
+  }
   {
     // After the keys are handed on: a pass GetStatus reports is one whose
     // keys are served and published.

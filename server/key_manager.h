@@ -191,6 +191,17 @@ class KeyManager {
   void Tick() ABSL_LOCKS_EXCLUDED(mu_);
   static constexpr absl::Duration kMinAskedPassSpacing = absl::Seconds(1);
 
+  // Empty unless this writer's last check that the HSM token takes writes
+  // (hsm::KeyStore::CheckWritable) failed; then since when and why. The
+  // passes write only when a key's time comes, so without the check a
+  // token that stopped taking writes showed only when a rotation failed.
+  // Checked by the first pass, then by a pass once
+  // kTokenWriteCheckInterval of the clock's elapsed time has gone by, and
+  // by every pass while it fails. Empty on a replica (it writes no
+  // keys). Any thread.
+  std::string TokenWriteProblem() const ABSL_LOCKS_EXCLUDED(mu_);
+  static constexpr absl::Duration kTokenWriteCheckInterval = absl::Minutes(5);
+
   // Operator calls waiting at once; more are refused RESOURCE_EXHAUSTED.
   static constexpr size_t kMaxQueuedCalls = 64;
   // Request ids remembered in memory.
@@ -299,6 +310,12 @@ class KeyManager {
   // Whether the wall clock read ahead of the time seen pass at the last
   // pass (ElapsedWallTime::AheadBy): its changes are logged.
   bool clock_ahead_ = false;
+  // The token write check (TokenWriteProblem), when due. In a pass that
+  // read the token (PassAndPublish).
+  void CheckTokenWritableIfDue() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Duration next_token_write_check_ = -absl::InfiniteDuration();
+  absl::Time token_unwritable_since_ = absl::InfinitePast();
+  std::string token_write_problem_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Remembered> remembered_;
   // Audit lines the log could not take yet (Audit), and how many more it
   // had no room to keep.

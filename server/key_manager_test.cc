@@ -18,6 +18,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -137,6 +138,10 @@ class FaultsAfterAWrite : public hsm::KeyStore {
   absl::StatusOr<uint64_t> WriteRecord(absl::string_view key_id,
                                        absl::string_view bytes) override {
     if (broken_) return absl::UnavailableError("injected: the HSM is gone");
+    if (writes_refused_) {
+      return absl::UnavailableError(
+          "injected: C_CreateObject(record): CKR_DEVICE_MEMORY");
+    }
     absl::StatusOr<uint64_t> written = inner_->WriteRecord(key_id, bytes);
     if (lose_reply_armed_.exchange(false)) {
       broken_ = true;
@@ -163,6 +168,15 @@ class FaultsAfterAWrite : public hsm::KeyStore {
     }
     return inner_->ReadAllRecords();
   }
+  absl::Status CheckWritable() override {
+    if (writes_refused_) {
+      return absl::UnavailableError(
+          "injected: C_CreateObject(write check): CKR_DEVICE_MEMORY");
+    }
+    return inner_->CheckWritable();
+  }
+  // The token takes no writes (a full or read-only token), reads work.
+  void RefuseWrites(bool refuse) { writes_refused_ = refuse; }
 
  private:
   hsm::KeyStore* const inner_;
@@ -172,6 +186,7 @@ class FaultsAfterAWrite : public hsm::KeyStore {
   std::atomic<bool> lose_reply_armed_ = false;
   std::atomic<bool> generations_fail_ = false;
   std::atomic<bool> broken_ = false;
+  std::atomic<bool> writes_refused_ = false;
   absl::Mutex mu_;
   std::function<void()> after_write_ ABSL_GUARDED_BY(mu_);
 };
@@ -850,6 +865,46 @@ TEST_F(KeyManagerTest, ARetryAfterARestartIsRecognizedOnceItsKeyIsPruned) {
   audit_.reset();
   EXPECT_THAT(audit_testing::ReadFile(dir_.File("audit.log")),
               HasSubstr("\"event\":\"key_changes_carried\""));
+}
+
+// A token that stops taking writes while nothing is due: before, it
+// showed only when a rotation or revocation failed, hours or days later.
+// The check after a pass says so within kTokenWriteCheckInterval, audited
+// once, and clears at the first pass after the token takes writes again.
+TEST_F(KeyManagerTest, ATokenThatTakesNoWritesIsReportedBeforeAnyWriteIsDue) {
+  FaultsAfterAWrite faults(store_.get());
+  std::unique_ptr<KeyManager> keys = Started(&faults);
+  EXPECT_EQ(keys->TokenWriteProblem(), "");
+  auto pass_after = [&](absl::Duration step) {
+    clock_.Advance(step);
+    keys->RequestPass();
+    const absl::Time give_up = absl::Now() + absl::Seconds(60);
+    while (keys->LastPass().at < clock_.Now() && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return keys->LastPass().at >= clock_.Now() && keys->LastPass().status.ok();
+  };
+  faults.RefuseWrites(true);
+  // Not yet due: the last check passed less than the interval ago.
+  ASSERT_TRUE(pass_after(absl::Seconds(10)));
+  EXPECT_EQ(keys->TokenWriteProblem(), "");
+  ASSERT_TRUE(pass_after(KeyManager::kTokenWriteCheckInterval));
+  const std::string problem = keys->TokenWriteProblem();
+  EXPECT_THAT(problem, HasSubstr("the HSM token takes no writes (since "));
+  EXPECT_THAT(problem, HasSubstr("CKR_DEVICE_MEMORY"));
+  // Checked after every pass while it fails; said once.
+  ASSERT_TRUE(pass_after(absl::Seconds(10)));
+  EXPECT_EQ(keys->TokenWriteProblem(), problem);
+  faults.RefuseWrites(false);
+  ASSERT_TRUE(pass_after(absl::Seconds(10)));
+  EXPECT_EQ(keys->TokenWriteProblem(), "");
+  EXPECT_TRUE(keys->Stop(absl::Seconds(30)));
+  audit_.reset();
+  const std::string log = audit_testing::ReadFile(dir_.File("audit.log"));
+  const std::vector<std::string> parts =
+      absl::StrSplit(log, "\"event\":\"token_unwritable\"");
+  EXPECT_EQ(parts.size(), 2u);  // one line
+  EXPECT_THAT(log, HasSubstr("\"event\":\"token_writable_again\""));
 }
 
 }  // namespace
