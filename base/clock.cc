@@ -67,6 +67,11 @@ absl::Duration MonotonicNow() {
   return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
 }
 
+MonotonicDeadline MonotonicDeadline::FromWallClock(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return Never();
+  return In(deadline - absl::Now());
+}
+
 absl::Time MonotonicDeadline::OnWallClock() const {
   if (at_ == absl::InfiniteDuration()) return absl::InfiniteFuture();
   return absl::Now() + left();

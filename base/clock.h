@@ -82,6 +82,10 @@ class MonotonicDeadline {
   static MonotonicDeadline Never() {
     return MonotonicDeadline(absl::InfiniteDuration());
   }
+  // A wall-clock deadline read once against the wall clock now, then
+  // counted on the monotonic clock (a later step of the wall clock moves it
+  // no more); absl::InfiniteFuture() is Never().
+  static MonotonicDeadline FromWallClock(absl::Time deadline);
   // At `at` on MonotonicNow()'s scale (for tests and for ordering).
   static MonotonicDeadline At(absl::Duration at) {
     return MonotonicDeadline(at);

@@ -264,6 +264,17 @@ TEST(MonotonicDeadlineTest, NeverNeverPasses) {
   EXPECT_EQ(never.EarlierBy(absl::Seconds(1)), never);
   EXPECT_EQ(never.OnWallClock(), absl::InfiniteFuture());
   EXPECT_LT(MonotonicDeadline::In(absl::Hours(24 * 365)), never);
+  EXPECT_EQ(MonotonicDeadline::FromWallClock(absl::InfiniteFuture()), never);
+}
+
+TEST(MonotonicDeadlineTest, AWallClockDeadlineIsReadOnceThenCountedDown) {
+  const MonotonicDeadline in_a_minute =
+      MonotonicDeadline::FromWallClock(absl::Now() + absl::Minutes(1));
+  EXPECT_GT(in_a_minute.left(), absl::Seconds(59));
+  EXPECT_LE(in_a_minute.left(), absl::Minutes(1));
+  EXPECT_TRUE(MonotonicDeadline::FromWallClock(absl::Now() - absl::Seconds(1))
+                  .passed());
+  EXPECT_TRUE(MonotonicDeadline::FromWallClock(absl::InfinitePast()).passed());
 }
 
 }  // namespace

@@ -677,6 +677,10 @@ std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
   out.reserve(digests.size());
   std::optional<SessionPool::Lease> lease;
   absl::Duration leased_at_monotonic;  // base::MonotonicNow()
+  // Counted on the monotonic clock from here (SessionPool::Acquire does
+  // the same), so a wall clock step during the batch moves neither end.
+  const base::MonotonicDeadline until =
+      base::MonotonicDeadline::FromWallClock(deadline);
   for (const std::string& digest : digests) {
     absl::StatusOr<std::shared_ptr<const LoadedKey>> key =
         LoadedKeyFor(key_id, digest);
@@ -684,8 +688,7 @@ std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
       out.push_back(key.status());
       continue;
     }
-    const absl::Time now = absl::Now();
-    if (now >= deadline) {
+    if (until.passed()) {
       out.push_back(absl::DeadlineExceededError(
           "the deadline passed before this signature could start"));
       continue;
@@ -696,7 +699,8 @@ std::vector<absl::StatusOr<std::string>> Pkcs11KeyStore::SignDigests(
       lease.reset();
     }
     if (!lease.has_value()) {
-      absl::StatusOr<SessionPool::Lease> next = pool_->Acquire(deadline);
+      absl::StatusOr<SessionPool::Lease> next =
+          pool_->Acquire(until.OnWallClock());
       if (!next.ok()) {
         out.push_back(next.status());
         continue;

@@ -424,6 +424,29 @@ SessionPool::Lease SessionPool::LeaseIdle(std::deque<IdleSession>::iterator it,
   return Lease(this, s.index, std::move(s.connection), s.session, id);
 }
 
+namespace {
+
+// One wait for a session: at most 50 ms (the waiter polls) and never past
+// the deadline. Its end is part of the wait's condition too: Debian's
+// Abseil (20220623) ends a timed wait at an absolute CLOCK_REALTIME
+// instant, so a wall clock set back during the wait would stretch it by
+// the step, and the condition is evaluated whenever another thread
+// releases mu_ (every lease, return and probe).
+class WaitSlice {
+ public:
+  explicit WaitSlice(base::MonotonicDeadline until)
+      : length_(std::min(until.left(), absl::Milliseconds(50))),
+        end_(base::MonotonicNow() + length_) {}
+  absl::Duration length() const { return length_; }
+  bool over() const { return base::MonotonicNow() >= end_; }
+
+ private:
+  absl::Duration length_;
+  absl::Duration end_;
+};
+
+}  // namespace
+
 absl::StatusOr<SessionPool::Lease> SessionPool::Acquire(absl::Time deadline) {
   return AcquireWith(deadline,
                      [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> PickIdle {
@@ -485,12 +508,16 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireForProbe(
 
 absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
     absl::Time deadline, absl::FunctionRef<PickIdle()> pick, bool probe) {
+  // Read once, then counted on the monotonic clock: a wall clock stepped
+  // while this waits neither ends the wait early (a step forward failed
+  // signatures DEADLINE_EXCEEDED at once) nor stretches it by the step.
+  const base::MonotonicDeadline until =
+      base::MonotonicDeadline::FromWallClock(deadline);
   absl::MutexLock lock(&mu_);
   for (;;) {
     PickIdle chosen = pick();
     if (!chosen.ok()) return chosen.status();
     if (*chosen != idle_.end()) return LeaseIdle(*chosen, probe);
-    const absl::Time now = absl::Now();
     const absl::Duration monotonic_now = base::MonotonicNow();
     bool any_hope = false;  // up, reconnecting, or due for a retry
     for (const ConnectionSlot& slot : slots_) {
@@ -502,7 +529,7 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
           absl::StrCat("HSM unavailable: ", last_error_.message(),
                        " (retrying with backoff)"));
     }
-    if (now >= deadline) {
+    if (until.passed()) {
       return absl::DeadlineExceededError(
           "no HSM session became free before the deadline");
     }
@@ -514,17 +541,23 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireWith(
     // rest find none and wait again), a herd of wake-ups per signature at
     // high concurrency.
     const uint64_t added = idle_added_;
-    auto ready = [this, added, probe]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return probe ? idle_added_ != added : !idle_.empty();
+    const WaitSlice slice(until);
+    auto ready = [this, added, probe,
+                  &slice]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return (probe ? idle_added_ != added : !idle_.empty()) || slice.over();
     };
-    mu_.AwaitWithDeadline(absl::Condition(&ready),
-                          std::min(deadline, now + absl::Milliseconds(50)));
+    mu_.AwaitWithTimeout(absl::Condition(&ready), slice.length());
   }
 }
 
 absl::StatusOr<SessionPool::Lease> SessionPool::AcquireOn(
     size_t index, const std::shared_ptr<Connection>& connection,
     absl::Time deadline) {
+  // Read once, then counted on the monotonic clock: a wall clock stepped
+  // while this waits neither ends the wait early (a step forward failed
+  // signatures DEADLINE_EXCEEDED at once) nor stretches it by the step.
+  const base::MonotonicDeadline until =
+      base::MonotonicDeadline::FromWallClock(deadline);
   absl::MutexLock lock(&mu_);
   for (;;) {
     if (slots_[index].connection != connection) {
@@ -534,19 +567,19 @@ absl::StatusOr<SessionPool::Lease> SessionPool::AcquireOn(
         idle_.begin(), idle_.end(),
         [&](const IdleSession& s) { return s.connection == connection; });
     if (it != idle_.end()) return LeaseIdle(it);
-    const absl::Time now = absl::Now();
-    if (now >= deadline) {
+    if (until.passed()) {
       return absl::DeadlineExceededError(
           absl::StrCat("no session of HSM connection ", connection->id(),
                        " became free before the deadline"));
     }
     // Wake on any released session or slot change; poll besides.
     const uint64_t added = idle_added_;
+    const WaitSlice slice(until);
     auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return idle_added_ != added || slots_[index].connection != connection;
+      return idle_added_ != added || slots_[index].connection != connection ||
+             slice.over();
     };
-    mu_.AwaitWithDeadline(absl::Condition(&changed),
-                          std::min(deadline, now + absl::Milliseconds(50)));
+    mu_.AwaitWithTimeout(absl::Condition(&changed), slice.length());
   }
 }
 
