@@ -275,7 +275,8 @@ int FailChange(const absl::Status& status, const std::string& request_id) {
     std::cerr << "signetctl: the change may have been applied or not; run "
                  "the same command with --request-id "
               << request_id
-              << " to find out (a request id is never applied twice)"
+              << " within a day to find out (signetd recognizes a request "
+                 "id for at least a day and does not apply it twice)"
               << std::endl;
   }
   return code;
