@@ -328,8 +328,29 @@ absl::Status RotateNow(KeyManager& keys, const std::string& request_id,
   return status;
 }
 
-// A revocation in scope "demo" of `kid` with `request_id`, waited for; its
-// answer (UNKNOWN when none came within 30 s).
+// Calls `call` with a callback for its answer and waits for it (UNKNOWN
+// when none came within 30 s). The answer is shared with the callback,
+// which may still come after a timeout.
+template <typename Response>
+absl::StatusOr<Response> AwaitAnswer(
+    const std::function<void(std::function<void(absl::StatusOr<Response>)>)>&
+        call) {
+  struct Answer {
+    absl::Notification answered;
+    absl::StatusOr<Response> response;
+  };
+  auto answer = std::make_shared<Answer>();
+  call([answer](absl::StatusOr<Response> r) {
+    answer->response = std::move(r);
+    answer->answered.Notify();
+  });
+  if (!answer->answered.WaitForNotificationWithTimeout(absl::Seconds(30))) {
+    return absl::UnknownError("no answer in 30 s");
+  }
+  return answer->response;
+}
+
+// A revocation in scope "demo" of `kid` with `request_id`, waited for.
 absl::StatusOr<signet::v1::RevokeKeyResponse> Revoke(
     KeyManager& keys, const std::string& kid, const std::string& request_id) {
   signet::v1::RevokeKeyRequest request;
@@ -337,21 +358,24 @@ absl::StatusOr<signet::v1::RevokeKeyResponse> Revoke(
   request.set_kid(kid);
   request.set_reason("drill");
   request.set_request_id(request_id);
-  // Shared with the callback, which may still come after a timeout.
-  struct Answer {
-    absl::Notification answered;
-    absl::StatusOr<signet::v1::RevokeKeyResponse> response;
-  };
-  auto answer = std::make_shared<Answer>();
-  keys.RevokeKey(request, "uri:admin", base::MonotonicDeadline::Never(),
-                 [answer](absl::StatusOr<signet::v1::RevokeKeyResponse> r) {
-                   answer->response = std::move(r);
-                   answer->answered.Notify();
-                 });
-  if (!answer->answered.WaitForNotificationWithTimeout(absl::Seconds(30))) {
-    return absl::UnknownError("no answer in 30 s");
-  }
-  return answer->response;
+  return AwaitAnswer<signet::v1::RevokeKeyResponse>([&](auto done) {
+    keys.RevokeKey(request, "uri:admin", base::MonotonicDeadline::Never(),
+                   std::move(done));
+  });
+}
+
+// A rotation of scope "demo" in `mode` with `request_id`, waited for.
+absl::StatusOr<signet::v1::RotateKeyResponse> Rotate(
+    KeyManager& keys, signet::v1::RotateMode mode,
+    const std::string& request_id) {
+  signet::v1::RotateKeyRequest request;
+  request.set_scope("demo");
+  request.set_mode(mode);
+  request.set_request_id(request_id);
+  return AwaitAnswer<signet::v1::RotateKeyResponse>([&](auto done) {
+    keys.RotateKey(request, "uri:admin", base::MonotonicDeadline::Never(),
+                   std::move(done));
+  });
 }
 
 // An operator's revocation written, then the HSM connection dropped before
@@ -865,30 +889,6 @@ TEST_F(KeyManagerTest, ARetryAfterARestartIsRecognizedOnceItsKeyIsPruned) {
   audit_.reset();
   EXPECT_THAT(audit_testing::ReadFile(dir_.File("audit.log")),
               HasSubstr("\"event\":\"key_changes_carried\""));
-}
-
-// A rotation of scope "demo" in `mode` with `request_id`, waited for.
-absl::StatusOr<signet::v1::RotateKeyResponse> Rotate(
-    KeyManager& keys, signet::v1::RotateMode mode,
-    const std::string& request_id) {
-  signet::v1::RotateKeyRequest request;
-  request.set_scope("demo");
-  request.set_mode(mode);
-  request.set_request_id(request_id);
-  struct Answer {
-    absl::Notification answered;
-    absl::StatusOr<signet::v1::RotateKeyResponse> response;
-  };
-  auto answer = std::make_shared<Answer>();
-  keys.RotateKey(request, "uri:admin", base::MonotonicDeadline::Never(),
-                 [answer](absl::StatusOr<signet::v1::RotateKeyResponse> r) {
-                   answer->response = std::move(r);
-                   answer->answered.Notify();
-                 });
-  if (!answer->answered.WaitForNotificationWithTimeout(absl::Seconds(30))) {
-    return absl::UnknownError("no answer in 30 s");
-  }
-  return answer->response;
 }
 
 // Five planned rotations write their request ids into the same standby's
