@@ -30,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "base/clock.h"
 #include "base/file.h"
 #include "base/log.h"
 #include "base/status_macros.h"
@@ -603,6 +604,11 @@ absl::Status Daemon::OpenHsm() {
                                                  std::move(pin_copy), options);
       opening->done.Notify();
     }).detach();
+    // Said every 5 s while it lasts: a start that waits on a stalled HSM
+    // said nothing for as long as it stalled (a sixteenth outside attack
+    // saw 18 s of silence).
+    const absl::Duration opening_since = base::MonotonicNow();
+    absl::Duration next_note = opening_since + absl::Seconds(5);
     while (!opening->done.WaitForNotificationWithTimeout(
         absl::Milliseconds(200))) {
       if (StopRequested(absl::ZeroDuration())) {
@@ -610,6 +616,16 @@ absl::Status Daemon::OpenHsm() {
             "stopping while the HSM has not answered its opening calls "
             "(stalled HSM); exiting without waiting for them");
         std::_Exit(0);
+      }
+      if (base::MonotonicNow() >= next_note) {
+        SIGNET_LOG_WARN(
+            "the HSM has not answered signetd's opening calls (C_Initialize, "
+            "C_OpenSession, C_Login) for {}: a stalled or overloaded HSM; "
+            "still waiting, serving nothing until it answers (a stop is "
+            "obeyed at once)",
+            absl::FormatDuration(absl::Trunc(
+                base::MonotonicNow() - opening_since, absl::Seconds(1))));
+        next_note += absl::Seconds(5);
       }
     }
     absl::StatusOr<std::unique_ptr<hsm::SessionPool>> created =

@@ -2236,13 +2236,23 @@ TEST_F(HostileGrpcTest, AStopWhileAKeyManagerPassIsInAStalledHsmIsPrompt) {
 }
 
 // Found by an outside attack: a start while the HSM was stalled sat in
-// C_Initialize, and a stop was not looked at until the HSM answered.
+// C_Initialize, and a stop was not looked at until the HSM answered. And
+// by a sixteenth: it said nothing while it waited.
 TEST_F(HostileGrpcTest, AStopWhileTheHsmStallsItsOpeningIsPrompt) {
   ASSERT_TRUE(bed_->hsm().Stall().ok());
   absl::Cleanup resume = [] { (void)bed_->hsm().Resume(); };
   auto signetd = Start("stall-open", "", 0, "listening on");
   ASSERT_NE(signetd, nullptr);
-  absl::SleepFor(absl::Seconds(2));
+  // Long enough for the first "still waiting" line (every 5 s).
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (!absl::StrContains(signetd->Output(),
+                            "has not answered signetd's opening calls") &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_THAT(signetd->Output(),
+              HasSubstr("has not answered signetd's opening calls (C_"
+                        "Initialize, C_OpenSession, C_Login) for 5s"));
   const absl::Time asked = absl::Now();
   absl::StatusOr<int> code = signetd->Stop(SIGTERM, absl::Seconds(30));
   const absl::Duration took = absl::Now() - asked;
