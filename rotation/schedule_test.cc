@@ -185,9 +185,10 @@ TEST(PlanScopeTest, SuccessorIsPublishedAWholePeriodBeforeItSigns) {
   FakeToken token = Started(kT0);
   const absl::Time retire = TimeFromProto(Find(token.Records(), 1).retire_at());
   // At the boundary generation 2 signs; it was published since kT0.
-  const ScopeView at = ViewScope(token.Records(), retire);
+  const std::vector<KeyRecord> records = token.Records();
+  const ScopeView at = ViewScope(records, retire);
   ASSERT_GE(at.signing, 0);
-  const KeyRecord& g2 = token.Records()[at.signing];
+  const KeyRecord& g2 = records[at.signing];
   EXPECT_EQ(g2.key_generation(), 2u);
   EXPECT_EQ(retire - TimeFromProto(g2.created_at()),
             Policy().timings.rotation_period);
