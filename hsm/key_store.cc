@@ -96,6 +96,20 @@ absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> Find(SessionPool::Lease& lease,
   return found;
 }
 
+// Destroys every object `templ` matches; `what` names them in an error.
+absl::Status DestroyEveryMatch(SessionPool::Lease& lease,
+                               AttributeTemplate& templ,
+                               absl::string_view what) {
+  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
+                          Find(lease, templ));
+  for (CK_OBJECT_HANDLE h : found) {
+    SIGNET_RETURN_IF_ERROR(
+        lease.Check(lease.api().DestroyObject(lease.session(), h),
+                    absl::StrCat("C_DestroyObject(", what, ")")));
+  }
+  return absl::OkStatus();
+}
+
 // The one key of class `cls` with `key_id` that `session`'s connection sees,
 // by a targeted search (CKA_CLASS + CKA_ID). NOT_FOUND when there is none,
 // FAILED_PRECONDITION when there are several (an ambiguous id is refused).
@@ -884,14 +898,7 @@ absl::Status Pkcs11KeyStore::DestroyGenerationMarkers(
   templ.Ulong(CKA_CLASS, CKO_DATA)
       .Bytes(CKA_LABEL, LabelFor(key_id))
       .Bytes(CKA_APPLICATION, kUnrecordedApplication);
-  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> found,
-                          Find(lease, templ));
-  for (CK_OBJECT_HANDLE h : found) {
-    SIGNET_RETURN_IF_ERROR(
-        lease.Check(lease.api().DestroyObject(lease.session(), h),
-                    "C_DestroyObject(generation marker)"));
-  }
-  return absl::OkStatus();
+  return DestroyEveryMatch(lease, templ, "generation marker");
 }
 
 absl::StatusOr<std::vector<std::pair<uint64_t, CK_OBJECT_HANDLE>>>
@@ -961,13 +968,8 @@ absl::Status Pkcs11KeyStore::CheckWritable() {
   AttributeTemplate templ;
   templ.Ulong(CKA_CLASS, CKO_DATA)
       .Bytes(CKA_APPLICATION, kWriteCheckApplication);
-  SIGNET_ASSIGN_OR_RETURN(std::vector<CK_OBJECT_HANDLE> left,
-                          Find(lease, templ));
-  for (CK_OBJECT_HANDLE h : left) {
-    SIGNET_RETURN_IF_ERROR(
-        lease.Check(lease.api().DestroyObject(lease.session(), h),
-                    "C_DestroyObject(an earlier write check's object)"));
-  }
+  SIGNET_RETURN_IF_ERROR(
+      DestroyEveryMatch(lease, templ, "an earlier write check's object"));
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
   SIGNET_RETURN_IF_ERROR(CreateDataObject(
       lease, "signet-write-check", kWriteCheckApplication,
