@@ -212,7 +212,9 @@ class SessionPool {
 
   ~SessionPool();
 
-  // A session, waiting until `deadline` for one to be free.
+  // A session, waiting until `deadline` for one to be free. The deadline is
+  // read once against the wall clock, then counted on the monotonic clock
+  // (a later wall clock step neither shortens nor stretches the wait).
   // DEADLINE_EXCEEDED when none frees up in time; UNAVAILABLE when every
   // connection is down (with the last connection error).
   absl::StatusOr<Lease> Acquire(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
